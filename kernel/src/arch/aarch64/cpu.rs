@@ -1,0 +1,184 @@
+//! Small wrappers over single instructions: TLB maintenance, `AT`, barriers,
+//! counters. System registers with a field layout are used through
+//! `aarch64-cpu`; these are the ones that are plain instructions.
+
+use core::arch::asm;
+
+#[inline(always)]
+pub fn tpidr_el1() -> u64 {
+    let v;
+    // SAFETY: reading TPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+#[inline(always)]
+pub fn set_tpidr_el1(v: u64) {
+    // SAFETY: TPIDR_EL1 is the kernel's own per-CPU pointer register.
+    unsafe { asm!("msr tpidr_el1, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Invalidates all stage-1 EL1&0 TLB entries on this CPU (Inner Shareable
+/// broadcast when `broadcast`), with the barriers that make it complete.
+pub fn tlbi_vmalle1(broadcast: bool) {
+    // SAFETY: TLB invalidation only drops cached translations.
+    unsafe {
+        if broadcast {
+            asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags));
+        } else {
+            asm!("dsb nshst", "tlbi vmalle1", "dsb nsh", "isb", options(nostack, preserves_flags));
+        }
+    }
+}
+
+/// Invalidates the translation of one VA in all ASIDs (for global kernel
+/// mappings), broadcast to the Inner Shareable domain.
+pub fn tlbi_vaae1is(va: u64) {
+    // The operand is VA[55:12] whatever the granule.
+    let op = (va >> 12) & ((1 << 44) - 1);
+    // SAFETY: TLB invalidation only drops cached translations.
+    unsafe { asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) op, options(nostack, preserves_flags)) };
+}
+
+/// The result of an `AT` instruction: PAR_EL1 decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtResult {
+    /// Translation succeeded: physical address (with the page offset), and
+    /// PAR_EL1's memory attribute byte.
+    Ok { pa: u64, attr: u8 },
+    /// Translation faulted: the fault status code (same encoding as DFSC)
+    /// and whether it was on a stage-2 walk.
+    Fault { fst: u8, s2: bool },
+}
+
+/// Which translation `AT` performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtOp {
+    /// `AT S1E1R`: stage 1, EL1 read.
+    S1E1R,
+    /// `AT S1E1W`: stage 1, EL1 write.
+    S1E1W,
+    /// `AT S1E0R`: stage 1, EL0 read (permission as EL0 sees it).
+    S1E0R,
+    /// `AT S1E0W`: stage 1, EL0 write.
+    S1E0W,
+}
+
+/// Asks the MMU to translate `va`, with interrupts masked so that PAR_EL1
+/// cannot be clobbered between the `AT` and its read.
+pub fn at(op: AtOp, va: u64) -> AtResult {
+    let par: u64;
+    // SAFETY: AT only writes PAR_EL1, which is read back before DAIF is restored.
+    unsafe {
+        macro_rules! at_asm {
+            ($ins:literal) => {
+                asm!(
+                    "mrs {daif}, daif",
+                    "msr daifset, #0xf",
+                    concat!("at ", $ins, ", {va}"),
+                    "isb",
+                    "mrs {par}, par_el1",
+                    "msr daif, {daif}",
+                    va = in(reg) va, par = out(reg) par, daif = out(reg) _,
+                    options(nostack)
+                )
+            };
+        }
+        match op {
+            AtOp::S1E1R => at_asm!("s1e1r"),
+            AtOp::S1E1W => at_asm!("s1e1w"),
+            AtOp::S1E0R => at_asm!("s1e0r"),
+            AtOp::S1E0W => at_asm!("s1e0w"),
+        }
+    }
+    if par & 1 == 0 {
+        AtResult::Ok { pa: (par & 0x0000_ffff_ffff_f000) | (va & 0xfff), attr: (par >> 56) as u8 }
+    } else {
+        AtResult::Fault { fst: ((par >> 1) & 0x3f) as u8, s2: par & (1 << 9) != 0 }
+    }
+}
+
+/// Cleans the cache line(s) holding `[addr, addr+len)` to the point of
+/// coherency, for data another CPU will read with its MMU off.
+pub fn dcache_clean_poc(addr: u64, len: u64) {
+    let mut a = addr & !63;
+    while a < addr + len {
+        // SAFETY: cleaning a cache line does not change memory contents.
+        unsafe { asm!("dc cvac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += 64;
+    }
+    // SAFETY: barrier only.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Waits for an event.
+#[inline(always)]
+pub fn wfe() {
+    // SAFETY: WFE only waits.
+    unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Signals an event to all CPUs.
+#[inline(always)]
+pub fn sev() {
+    // SAFETY: SEV only wakes WFE waiters.
+    unsafe { asm!("dsb ish", "sev", options(nostack, preserves_flags)) };
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions; returns the previous DAIF.
+pub fn irq_save() -> u64 {
+    let daif: u64;
+    // SAFETY: only changes the exception mask.
+    unsafe { asm!("mrs {}, daif", "msr daifset, #0xf", out(reg) daif, options(nomem, nostack, preserves_flags)) };
+    daif
+}
+
+pub fn irq_restore(daif: u64) {
+    // SAFETY: restores a value obtained from irq_save.
+    unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack, preserves_flags)) };
+}
+
+/// The current frame pointer (x29).
+#[inline(always)]
+pub fn frame_pointer() -> u64 {
+    let fp: u64;
+    // SAFETY: reads a register.
+    unsafe { asm!("mov {}, x29", out(reg) fp, options(nomem, nostack, preserves_flags)) };
+    fp
+}
+
+/// Switches TTBR1_EL1 to `root` and invalidates this CPU's TLB.
+///
+/// No break-before-make is done, so the old and new tables must agree on
+/// every VA the CPU may translate in between: same output address, page size
+/// and memory type (permissions may differ). `mm::kmap` guarantees this by
+/// mapping the image with pages in both and keeping the early DTB window out
+/// of the final tables.
+///
+/// # Safety
+/// Every VA the CPU is using (code, stack, data) must translate to the same
+/// PA with compatible attributes in the new tables.
+pub unsafe fn switch_ttbr1(root: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "msr ttbr1_el1, {r}",
+            "isb",
+            "tlbi vmalle1",
+            "dsb nsh",
+            "isb",
+            r = in(reg) root,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Points TTBR0_EL1 at `root` (an empty table while no process runs).
+///
+/// # Safety
+/// Nothing may be running from TTBR0 addresses.
+pub unsafe fn set_ttbr0(root: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("msr ttbr0_el1, {r}", "isb", "tlbi vmalle1", "dsb nsh", "isb", r = in(reg) root, options(nostack, preserves_flags)) };
+}

@@ -1,0 +1,19 @@
+//! AArch64: boot, exceptions, system registers, TLB and cache maintenance, `AT`.
+//!
+//! Everything that needs `asm!` is in this module and gated on the bare-metal
+//! target; [`esr`] and [`regs`] are pure and unit-tested on the host.
+pub mod esr;
+pub mod regs;
+
+#[cfg(target_os = "none")]
+pub mod boot;
+#[cfg(target_os = "none")]
+pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod exception;
+#[cfg(target_os = "none")]
+pub mod percpu;
+#[cfg(target_os = "none")]
+pub mod psci;
+#[cfg(target_os = "none")]
+pub mod semihosting;

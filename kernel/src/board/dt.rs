@@ -1,0 +1,314 @@
+//! What the devicetree says about the machine: RAM, reserved memory, the
+//! UART, the GIC, the timer, PSCI, CPUs, bootargs and the initrd.
+//!
+//! Built on the `fdt` crate. Bus addresses are translated through every
+//! parent's `ranges` (the Raspberry Pi puts its peripherals behind one), so
+//! everything here is a CPU physical address.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use fdt::node::FdtNode;
+use fdt::Fdt;
+
+use crate::mm::addr::PhysRange;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciConduit {
+    Hvc,
+    Smc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub path: String,
+    pub compatible: String,
+    pub regs: Vec<PhysRange>,
+    pub interrupts: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GicVersion {
+    V2,
+    V3,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gic {
+    pub version: GicVersion,
+    pub dev: Device,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuNode {
+    pub mpidr: u64,
+    pub enable_method: String,
+    pub release_addr: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BoardInfo {
+    pub model: String,
+    pub compatible: String,
+    pub ram: Vec<PhysRange>,
+    /// `/memreserve/` entries and `/reserved-memory` children.
+    pub reserved: Vec<(PhysRange, String)>,
+    pub uart: Option<Device>,
+    pub gic: Option<Gic>,
+    pub timer: Option<Device>,
+    pub psci: Option<PsciConduit>,
+    pub cpus: Vec<CpuNode>,
+    pub bootargs: String,
+    pub initrd: Option<PhysRange>,
+    pub dtb_size: usize,
+}
+
+impl BoardInfo {
+    /// Value of `key=value` in bootargs.
+    pub fn bootarg(&self, key: &str) -> Option<&str> {
+        self.bootargs.split_ascii_whitespace().find_map(|w| {
+            let (k, v) = w.split_once('=')?;
+            (k == key).then_some(v)
+        })
+    }
+    pub fn total_ram(&self) -> u64 {
+        self.ram.iter().map(|r| r.size()).sum()
+    }
+}
+
+fn be(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64)
+}
+
+/// One level of `ranges`: empty means identity, `None` means no `ranges`
+/// property at all (addresses cannot be translated past this bus).
+type Ranges = Option<Vec<(u64, u64, u64)>>;
+
+fn parse_ranges(node: FdtNode<'_, '_>, parent_addr_cells: usize) -> Ranges {
+    let prop = node.property("ranges")?;
+    let cells = node.cell_sizes();
+    let (ca, sc) = (cells.address_cells, cells.size_cells);
+    let entry = (ca + parent_addr_cells + sc) * 4;
+    if prop.value.is_empty() || entry == 0 {
+        return Some(Vec::new());
+    }
+    Some(
+        prop.value
+            .chunks_exact(entry)
+            .map(|c| (be(&c[..ca * 4]), be(&c[ca * 4..(ca + parent_addr_cells) * 4]), be(&c[(ca + parent_addr_cells) * 4..])))
+            .collect(),
+    )
+}
+
+fn translate(mut addr: u64, stack: &[Ranges]) -> Option<u64> {
+    for level in stack.iter().rev() {
+        let table = level.as_ref()?;
+        if table.is_empty() {
+            continue;
+        }
+        let &(child, parent, size) = table.iter().find(|&&(c, _, s)| addr >= c && addr - c < s)?;
+        let _ = size;
+        addr = addr - child + parent;
+    }
+    Some(addr)
+}
+
+struct Walker {
+    devices: Vec<(Device, Vec<(u64, u64)>)>,
+}
+
+impl Walker {
+    fn visit(&mut self, node: FdtNode<'_, '_>, path: &str, stack: &mut Vec<Ranges>, addr_cells: usize) {
+        if let Some(compat) = node.compatible() {
+            let mut regs = Vec::new();
+            let mut raw = Vec::new();
+            if let Some(rr) = node.raw_reg() {
+                for r in rr {
+                    let a = be(r.address);
+                    let s = be(r.size);
+                    raw.push((a, s));
+                    if let Some(pa) = translate(a, stack) {
+                        regs.push(PhysRange::new(pa, pa + s));
+                    }
+                }
+            }
+            let interrupts = node
+                .property("interrupts")
+                .map(|p| p.value.chunks_exact(4).map(|c| be(c) as u32).collect())
+                .unwrap_or_default();
+            self.devices.push((
+                Device { path: path.to_string(), compatible: compat.all().collect::<Vec<_>>().join(" "), regs, interrupts },
+                raw,
+            ));
+        }
+        let my_cells = node.cell_sizes().address_cells;
+        stack.push(parse_ranges(node, addr_cells));
+        for child in node.children() {
+            let cpath = if path == "/" { alloc::format!("/{}", child.name) } else { alloc::format!("{path}/{}", child.name) };
+            self.visit(child, &cpath, stack, my_cells);
+        }
+        stack.pop();
+    }
+}
+
+/// Parses a flattened devicetree.
+pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
+    let fdt = Fdt::new(bytes).map_err(|_| "not a valid flattened devicetree")?;
+    let mut info = BoardInfo { dtb_size: fdt.total_size(), ..Default::default() };
+    let root = fdt.find_node("/").ok_or("devicetree has no root node")?;
+    info.model = root.property("model").and_then(|p| p.as_str()).unwrap_or("unknown").to_string();
+    info.compatible = root.compatible().map(|c| c.first().to_string()).unwrap_or_default();
+
+    // Every node with a compatible, with translated regs. The tree root has
+    // an identity "bus".
+    let mut w = Walker { devices: Vec::new() };
+    let mut stack = alloc::vec![Some(Vec::new())];
+    for child in root.children() {
+        w.visit(child, &alloc::format!("/{}", child.name), &mut stack, root.cell_sizes().address_cells);
+    }
+    let find = |names: &[&str]| -> Option<Device> {
+        w.devices.iter().map(|(d, _)| d).find(|d| d.compatible.split(' ').any(|c| names.contains(&c))).cloned()
+    };
+
+    for node in fdt.all_nodes() {
+        if node.name == "memory" || node.name.starts_with("memory@") {
+            if node.property("device_type").and_then(|p| p.as_str()) != Some("memory") {
+                continue;
+            }
+            if let Some(regs) = node.reg() {
+                for r in regs {
+                    let start = r.starting_address as u64;
+                    let size = r.size.unwrap_or(0) as u64;
+                    if size > 0 {
+                        info.ram.push(PhysRange::new(start, start + size));
+                    }
+                }
+            }
+        }
+    }
+    if info.ram.is_empty() {
+        return Err("devicetree describes no memory");
+    }
+    info.ram.sort_by_key(|r| r.start);
+
+    for r in fdt.memory_reservations() {
+        let start = r.address() as u64;
+        info.reserved.push((PhysRange::new(start, start + r.size() as u64), "/memreserve/".to_string()));
+    }
+    if let Some(rm) = fdt.find_node("/reserved-memory") {
+        for child in rm.children() {
+            if let Some(regs) = child.reg() {
+                for r in regs {
+                    let start = r.starting_address as u64;
+                    let size = r.size.unwrap_or(0) as u64;
+                    info.reserved.push((PhysRange::new(start, start + size), alloc::format!("/reserved-memory/{}", child.name)));
+                }
+            }
+        }
+    }
+
+    let chosen = fdt.find_node("/chosen");
+    if let Some(ch) = chosen {
+        info.bootargs = ch.property("bootargs").and_then(|p| p.as_str()).unwrap_or("").trim().to_string();
+        let s = ch.property("linux,initrd-start").map(|p| be(p.value));
+        let e = ch.property("linux,initrd-end").map(|p| be(p.value));
+        if let (Some(s), Some(e)) = (s, e) {
+            if e > s {
+                info.initrd = Some(PhysRange::new(s, e));
+            }
+        }
+    }
+
+    // UART: the one /chosen/stdout-path names, else the first PL011.
+    let stdout = chosen
+        .and_then(|c| c.property("stdout-path"))
+        .and_then(|p| p.as_str())
+        .map(|s| s.split(':').next().unwrap_or(s).to_string());
+    let stdout = stdout.map(|s| {
+        if s.starts_with('/') { s } else { fdt.aliases().and_then(|a| a.resolve(&s)).unwrap_or("").to_string() }
+    });
+    info.uart = stdout
+        .and_then(|p| w.devices.iter().map(|(d, _)| d).find(|d| d.path == p && d.compatible.contains("pl011")).cloned())
+        .or_else(|| find(&["arm,pl011"]));
+
+    info.gic = find(&["arm,gic-v3"]).map(|dev| Gic { version: GicVersion::V3, dev }).or_else(|| {
+        find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"]).map(|dev| Gic { version: GicVersion::V2, dev })
+    });
+    info.timer = find(&["arm,armv8-timer"]);
+
+    info.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
+        "hvc" => Some(PsciConduit::Hvc),
+        "smc" => Some(PsciConduit::Smc),
+        _ => None,
+    });
+
+    if let Some(cpus) = fdt.find_node("/cpus") {
+        for c in cpus.children() {
+            if c.property("device_type").and_then(|p| p.as_str()) != Some("cpu") {
+                continue;
+            }
+            let mpidr = c.property("reg").map(|p| be(p.value)).unwrap_or(0);
+            let enable_method = c.property("enable-method").and_then(|p| p.as_str()).unwrap_or("").to_string();
+            let release_addr = c.property("cpu-release-addr").map(|p| be(p.value));
+            info.cpus.push(CpuNode { mpidr, enable_method, release_addr });
+        }
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+
+    static VIRT_A72: &[u8] = include_bytes!("../../tests/data/virt-a72-smp4-1g.dtb");
+    static VIRT_EL2: &[u8] = include_bytes!("../../tests/data/virt-el2-smp2-1536m.dtb");
+
+    #[test]
+    fn qemu_virt_el1() {
+        let b = parse(VIRT_A72).unwrap();
+        assert_eq!(b.ram, [PhysRange::new(0x4000_0000, 0x8000_0000)]);
+        assert_eq!(b.total_ram(), 1 << 30);
+        assert_eq!(b.psci, Some(PsciConduit::Hvc));
+        assert_eq!(b.cpus.len(), 4);
+        assert_eq!(b.cpus[3].mpidr, 3);
+        assert_eq!(b.cpus[0].enable_method, "psci");
+        let uart = b.uart.unwrap();
+        assert_eq!(uart.regs, [PhysRange::new(0x0900_0000, 0x0900_1000)]);
+        assert_eq!(uart.path, "/pl011@9000000");
+        let gic = b.gic.unwrap();
+        assert_eq!(gic.version, GicVersion::V2);
+        assert_eq!(gic.dev.regs[0].start.0, 0x0800_0000);
+        assert_eq!(gic.dev.regs[1].start.0, 0x0801_0000);
+        assert_eq!(b.timer.unwrap().interrupts.len(), 12);
+        assert!(b.initrd.is_none());
+        assert!(b.reserved.is_empty());
+    }
+
+    #[test]
+    fn qemu_virt_el2_with_memreserve_and_initrd() {
+        let b = parse(VIRT_EL2).unwrap();
+        assert_eq!(b.total_ram(), 1536 << 20);
+        assert_eq!(b.psci, Some(PsciConduit::Smc), "PSCI goes to EL3 when EL2 is the guest's");
+        assert_eq!(b.cpus.len(), 2);
+        assert_eq!(b.reserved, [(PhysRange::new(0x5f00_0000, 0x5f02_0000), "/memreserve/".into())]);
+        assert_eq!(b.initrd, Some(PhysRange::new(0x4800_0000, 0x4800_0123)));
+        assert_eq!(b.bootarg("pagelab.mode"), Some("script"));
+        assert_eq!(b.bootarg("pagelab.exit"), Some("semihosting"));
+        assert_eq!(b.bootarg("nosuch"), None);
+    }
+
+    #[test]
+    fn ranges_translation() {
+        let stack = [Some(Vec::new()), Some(std::vec![(0x7e00_0000, 0x3f00_0000, 0x0100_0000)])];
+        assert_eq!(translate(0x7e20_1000, &stack), Some(0x3f20_1000));
+        assert_eq!(translate(0x1000, &stack), None, "outside every range");
+        assert_eq!(translate(0x1000, &[Some(Vec::new())]), Some(0x1000));
+        assert_eq!(translate(0x1000, &[None]), None, "no ranges property: not translatable");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse(&[0u8; 64]).is_err());
+        assert!(parse(&[]).is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! The console's command engine and line editor (hardware side).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+
+use super::parse::{self, Line};
+use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
+use crate::arch::aarch64::regs::VA_BITS;
+use crate::arch::percpu;
+use crate::kmain::{boot, exit};
+use crate::mm::addr::VirtAddr;
+use crate::mm::desc::Kind;
+use crate::mm::granule::{GRANULE, START_LEVEL};
+use crate::mm::layout::{phys_to_virt, MARKERS};
+use crate::mm::pgtable::Translation;
+use crate::mm::ptdump::PtDump;
+use crate::mm::{frame, heap, kmap};
+use crate::util::{parse_number, Bytes};
+use crate::{print, println};
+
+/// What a command did.
+enum Outcome {
+    /// Ran; nothing to assert.
+    Done,
+    /// An assertion: passed or failed (with a reason).
+    Assert(Result<(), String>),
+    /// The session should end (halt).
+    Halt,
+}
+
+type CmdResult = Result<Outcome, String>;
+
+pub struct Session {
+    pub passed: usize,
+    pub failed: usize,
+    script: bool,
+}
+
+/// Prints into a String then to the console in one go (keeps lines whole).
+struct Out(String);
+impl Write for Out {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0.push_str(s);
+        if self.0.len() > 4096 {
+            print!("{}", self.0);
+            self.0.clear();
+        }
+        Ok(())
+    }
+}
+impl Drop for Out {
+    fn drop(&mut self) {
+        print!("{}", self.0);
+    }
+}
+
+const HELP: &str = "\
+pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
+expects its command to be refused; `#` starts a comment).
+Available now:
+  help                 this text
+  info                 what the devicetree describes and how we booted
+  meminfo              physical frames: total, free, used, by owner
+  ptdump kernel        the kernel's translation tables, Linux arm64 ptdump style
+  kwalk ADDR           walk a kernel VA in software and with the AT instruction
+  invariants           assertion: frame accounting and kernel-table rules hold
+  cpus                 CPUs online
+  selftest [NAME]      run the in-kernel tests (all, or those whose name contains NAME)
+  halt                 power off (QEMU exits)
+Process, mapping, access, pin and uffd commands (spawn, P mmap, P write, ...)
+arrive with the processes issue; until then they are refused with an error.";
+
+const PROCESS_COMMANDS: &[&str] = &[
+    "fork", "exit", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
+    "uffd-events", "query", "stats", "walk", "atcheck",
+];
+
+impl Session {
+    pub fn new(script: bool) -> Self {
+        Self { passed: 0, failed: 0, script }
+    }
+
+    /// Runs one raw line (line numbers start at 1). Returns false on `halt`.
+    pub fn run_line(&mut self, n: usize, raw: &[u8]) -> bool {
+        let line = match parse::lex(raw) {
+            Ok(None) => return true,
+            Ok(Some(l)) => l,
+            Err(e) => {
+                println!("error: line {n}: {e}");
+                self.failed += 1;
+                return true;
+            }
+        };
+        if self.script {
+            println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
+        }
+        let r = self.dispatch(&line);
+        match (line.expect_error, r) {
+            (false, Ok(Outcome::Done)) => {}
+            (false, Ok(Outcome::Halt)) => return false,
+            (_, Ok(Outcome::Assert(Ok(())))) if !line.expect_error => {
+                println!("PASS line {n}: {}", line.text);
+                self.passed += 1;
+            }
+            (_, Ok(Outcome::Assert(Err(why)))) if !line.expect_error => {
+                println!("FAIL line {n}: {}: {why}", line.text);
+                self.failed += 1;
+            }
+            (false, Err(e)) => {
+                println!("error: line {n}: {e}");
+                self.failed += 1;
+            }
+            (true, Err(e)) => {
+                println!("PASS line {n}: refused as expected: {e}");
+                self.passed += 1;
+            }
+            (true, Ok(Outcome::Halt)) => return false,
+            (true, Ok(_)) => {
+                println!("FAIL line {n}: ! {}: expected an error, but the command succeeded", line.text);
+                self.failed += 1;
+            }
+            (false, Ok(Outcome::Assert(_))) => unreachable!(),
+        }
+        true
+    }
+
+    fn dispatch(&mut self, l: &Line<'_>) -> CmdResult {
+        let w = &l.words;
+        let args = &w[1..];
+        match w[0] {
+            "help" => no_args(args).map(|_| {
+                println!("{HELP}");
+                Outcome::Done
+            }),
+            "info" => no_args(args).map(|_| info()),
+            "meminfo" => no_args(args).map(|_| meminfo()),
+            "cpus" => no_args(args).map(|_| cpus()),
+            "ptdump" => match args {
+                ["kernel"] => Ok(ptdump_kernel()),
+                [] => Err("ptdump needs `kernel` or a process name".into()),
+                [p] if parse::is_name(p) => Err(alloc::format!("no process named `{p}` (processes arrive with the processes issue)")),
+                _ => Err("usage: ptdump [P | kernel]".into()),
+            },
+            "kwalk" => match args {
+                [a] => kwalk(a),
+                _ => Err("usage: kwalk ADDR".into()),
+            },
+            "invariants" => no_args(args).map(|_| Outcome::Assert(invariants())),
+            "selftest" => match args {
+                [] => Ok(Outcome::Assert(selftest(None))),
+                [name] => Ok(Outcome::Assert(selftest(Some(name)))),
+                _ => Err("usage: selftest [NAME]".into()),
+            },
+            "halt" => no_args(args).map(|_| Outcome::Halt),
+            "spawn" => match args {
+                [p] if parse::is_name(p) => Err("spawn: EL0 processes are not available yet (processes issue)".into()),
+                [p] => Err(alloc::format!("`{p}` is not a valid process name")),
+                _ => Err("usage: spawn P".into()),
+            },
+            "checkpin" | "unpin" => Err(alloc::format!("{}: pins are not available yet", w[0])),
+            p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
+                Err(alloc::format!("no process named `{p}`"))
+            }
+            other => Err(alloc::format!("unknown command `{}` (try `help`)", truncate(other, 40))),
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
+
+fn no_args(args: &[&str]) -> Result<(), String> {
+    if args.is_empty() { Ok(()) } else { Err(alloc::format!("unexpected argument `{}`", truncate(args[0], 40))) }
+}
+
+fn info() -> Outcome {
+    let b = boot();
+    let mut o = Out(String::new());
+    let _ = writeln!(o, "model: {} ({})", b.board.model, b.board.compatible);
+    let _ = writeln!(o, "entered at EL{}, running at EL1; granule {}", b.boot_el, GRANULE.name());
+    for r in &b.board.ram {
+        let _ = writeln!(o, "RAM      {:#014x}-{:#014x} {}", r.start.0, r.end.0, Bytes(r.size()));
+    }
+    for (r, what) in &b.reserved {
+        let _ = writeln!(o, "reserved {:#014x}-{:#014x} {what}", r.start.0, r.end.0);
+    }
+    if let Some(u) = &b.board.uart {
+        let _ = writeln!(o, "uart     {} at {:#x} ({})", u.path, u.regs[0].start.0, u.compatible);
+    }
+    if let Some(g) = &b.board.gic {
+        let regs: Vec<String> = g.dev.regs.iter().map(|r| alloc::format!("{:#x}", r.start.0)).collect();
+        let _ = writeln!(o, "gic      {:?} at {}", g.version, regs.join(", "));
+    }
+    if let Some(t) = &b.board.timer {
+        let _ = writeln!(o, "timer    {} interrupts {:?}", t.compatible, t.interrupts);
+    }
+    let _ = writeln!(o, "psci     {:?}", b.board.psci);
+    let _ = writeln!(o, "cpus     {} in the devicetree, {} online", b.board.cpus.len(), percpu::ONLINE.load(Ordering::Relaxed));
+    let _ = writeln!(o, "bootargs {}", b.board.bootargs);
+    Outcome::Done
+}
+
+fn meminfo() -> Outcome {
+    let s = frame::stats();
+    let b = boot();
+    let ps = crate::mm::granule::PAGE_SIZE;
+    let total = b.board.total_ram() / ps;
+    let h = heap::stats();
+    let mut o = Out(String::new());
+    let _ = writeln!(o, "frames: {} KiB each", ps / 1024);
+    let _ = writeln!(o, "  total     {total:>9}  ({})", Bytes(total * ps));
+    let _ = writeln!(o, "  reserved  {:>9}  (kernel image, devicetree, initrd, firmware)", total - s.managed);
+    let _ = writeln!(o, "  managed   {:>9}", s.managed);
+    let _ = writeln!(o, "  free      {:>9}", s.free);
+    let _ = writeln!(o, "  used      {:>9}", s.allocated);
+    for (i, name) in frame::OWNERS.iter().enumerate() {
+        let _ = writeln!(o, "    {name:<12}{:>9}", s.by_owner[i]);
+    }
+    let _ = writeln!(o, "kernel page-table pages: {}", kmap::table_pages());
+    let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
+    Outcome::Done
+}
+
+fn cpus() -> Outcome {
+    for i in 0..crate::arch::aarch64::boot::MAX_CPUS {
+        let c = percpu::cpu(i);
+        if c.online.load(Ordering::Acquire) {
+            println!("cpu{i}: online, MPIDR {:#x}", c.mpidr.load(Ordering::Relaxed));
+        }
+    }
+    Outcome::Done
+}
+
+fn ptdump_kernel() -> Outcome {
+    let mut o = Out(String::new());
+    let (leaves, lines) = kmap::with_tables(|t| {
+        let mut d = PtDump::new(&mut o, START_LEVEL, MARKERS);
+        t.walk(true, &mut |e| {
+            let _ = d.entry(e);
+        });
+        d.finish().unwrap_or((0, 0))
+    });
+    let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---", kmap::table_pages());
+    Outcome::Done
+}
+
+fn kwalk(a: &str) -> CmdResult {
+    let va = parse_number(a).ok_or_else(|| alloc::format!("`{}` is not a number", truncate(a, 40)))?;
+    let top = va >> VA_BITS;
+    if top != 0xffff {
+        return Err(alloc::format!("{va:#x} is not a kernel (TTBR1) address"));
+    }
+    let sw = kmap::with_tables(|t| t.translate(VirtAddr(va)));
+    match sw {
+        Translation::Mapped { pa, level, desc } => {
+            print!("walker: level {level} {desc:?} -> PA {pa:#x}  ");
+            let _ = crate::mm::ptdump::write_attrs(&mut Out(String::new()), desc, level);
+            println!();
+        }
+        Translation::Fault { level, desc } => println!("walker: translation fault at level {level} ({desc:?})"),
+    }
+    match cpu::at(AtOp::S1E1R, va) {
+        AtResult::Ok { pa, attr } => println!("AT S1E1R: PA {pa:#x}, attributes {attr:#04x}"),
+        AtResult::Fault { fst, .. } => {
+            println!("AT S1E1R: {}", crate::arch::aarch64::esr::FaultStatus::from_fsc(fst))
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Invariants that exist at this stage: frame accounting against the
+/// allocator's bitmap, W^X and table-page accounting in the kernel tables.
+pub fn invariants() -> Result<(), String> {
+    frame::check()?;
+    let mut err: Option<String> = None;
+    let mut tables = 1usize;
+    kmap::with_tables(|t| {
+        t.walk(true, &mut |e| match e.kind {
+            Kind::Table(pa) if e.level < 3 => {
+                tables += 1;
+                let _ = pa;
+            }
+            Kind::Leaf(_) => {
+                let p = e.desc.perms();
+                if !p.read_only && !p.pxn && err.is_none() {
+                    err = Some(alloc::format!("kernel VA {:#x} is both writable and executable", e.va.0));
+                }
+                if p.el0 && err.is_none() {
+                    err = Some(alloc::format!("kernel VA {:#x} is accessible from EL0", e.va.0));
+                }
+            }
+            Kind::Reserved if err.is_none() => err = Some(alloc::format!("reserved encoding at {:#x} level {}", e.va.0, e.level)),
+            _ => {}
+        })
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    // The root's empty TTBR0 partner is a table page too.
+    let accounted = kmap::table_pages();
+    if tables + 1 != accounted {
+        return Err(alloc::format!("{tables} kernel table pages reachable (+1 empty TTBR0) but {accounted} accounted"));
+    }
+    Ok(())
+}
+
+fn selftest(filter: Option<&str>) -> Result<(), String> {
+    let failed = crate::test::run_filtered(filter);
+    if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
+}
+
+/// Runs the script in the initrd; returns the number of failures.
+pub fn run_script() -> usize {
+    let b = boot();
+    let Some(r) = b.board.initrd else {
+        println!("error: line 0: script mode but no script was passed (qemu-run.sh --script FILE)");
+        println!("0 passed, 1 failed");
+        return 1;
+    };
+    // SAFETY: the initrd is reserved RAM, mapped by the linear map.
+    let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).0 as *const u8, r.size() as usize) };
+    let mut s = Session::new(true);
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if !s.run_line(i + 1, raw) {
+            break;
+        }
+    }
+    finish(&mut s)
+}
+
+fn finish(s: &mut Session) -> usize {
+    match invariants() {
+        Ok(()) => {
+            println!("PASS end: invariants");
+            s.passed += 1;
+        }
+        Err(e) => {
+            println!("FAIL end: invariants: {e}");
+            s.failed += 1;
+        }
+    }
+    println!("{} passed, {} failed", s.passed, s.failed);
+    s.failed
+}
+
+/// The interactive console on the UART. Never returns (`halt` exits).
+pub fn interactive() -> ! {
+    println!("Type `help` for commands. `halt` powers off.");
+    let mut s = Session::new(false);
+    let mut n = 0usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(128);
+    loop {
+        heap::refill_reserve();
+        print!("pagelab> ");
+        buf.clear();
+        let mut overflow = false;
+        loop {
+            let Some(c) = crate::drivers::uart::getc() else {
+                core::hint::spin_loop();
+                continue;
+            };
+            match c {
+                b'\r' | b'\n' => {
+                    println!();
+                    break;
+                }
+                0x7f | 0x08 => {
+                    if buf.pop().is_some() {
+                        print!("\x08 \x08");
+                    }
+                }
+                0x15 => {
+                    // Ctrl-U: kill the line.
+                    while buf.pop().is_some() {
+                        print!("\x08 \x08");
+                    }
+                }
+                0x03 => {
+                    println!("^C");
+                    buf.clear();
+                    overflow = false;
+                    print!("pagelab> ");
+                }
+                _ => {
+                    if buf.len() <= parse::MAX_LINE {
+                        buf.push(c);
+                        if (0x20..0x7f).contains(&c) {
+                            print!("{}", c as char);
+                        }
+                    } else {
+                        overflow = true;
+                    }
+                }
+            }
+        }
+        n += 1;
+        if overflow {
+            println!("error: line {n}: line too long (at most {} bytes)", parse::MAX_LINE);
+            continue;
+        }
+        if !s.run_line(n, &buf) {
+            println!("halting: {} passed, {} failed", s.passed, s.failed);
+            exit(0);
+        }
+    }
+}
+

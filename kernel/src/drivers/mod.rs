@@ -1,0 +1,3 @@
+//! Device drivers: the console UART and the logger.
+pub mod logger;
+pub mod uart;

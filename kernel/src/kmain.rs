@@ -1,0 +1,217 @@
+//! The boot CPU's path from the assembly entry to the console, and the
+//! secondaries' path to their idle loop.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Once;
+
+use crate::arch::aarch64::boot::MAX_CPUS;
+use crate::arch::{cpu, percpu, psci, semihosting};
+use crate::board::dt::{self, BoardInfo};
+use crate::mm::addr::PhysRange;
+use crate::mm::granule::{align_down, align_up, PAGE_SIZE};
+use crate::mm::layout::{io_virt, FIXMAP_BASE};
+use crate::mm::{frame, heap, kmap};
+use crate::{println, sym_addr};
+
+pub struct BootInfo {
+    pub boot_el: u64,
+    pub phys_base: u64,
+    pub dtb_pa: u64,
+    pub board: BoardInfo,
+    pub reserved: Vec<(PhysRange, &'static str)>,
+}
+
+pub static BOOT: Once<BootInfo> = Once::new();
+
+pub fn boot() -> &'static BootInfo {
+    BOOT.get().expect("boot info not set")
+}
+
+/// Ends the run: QEMU exits with `code` when semihosting is enabled,
+/// otherwise PSCI SYSTEM_OFF (code 0) or SYSTEM_RESET; never returns.
+pub fn exit(code: u32) -> ! {
+    semihosting::exit(code);
+    if psci::available() {
+        let _ = if code == 0 { psci::system_off() } else { psci::system_reset() };
+    }
+    loop {
+        cpu::irq_save();
+        cpu::wfe();
+    }
+}
+
+/// Entered from `primary_switched` with the MMU on (early tables).
+///
+/// # Safety
+/// Called exactly once, by the boot assembly.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) -> ! {
+    percpu::init_this_cpu(0);
+    heap::init_static();
+
+    // The DTB is mapped at FIXMAP_BASE + its page offset by the boot code.
+    let dtb_va = FIXMAP_BASE + (dtb_pa & (PAGE_SIZE - 1));
+    // SAFETY: the boot code mapped the DTB's full size there.
+    let dtb = unsafe {
+        let size = u32::from_be(*((dtb_va + 4) as *const u32)) as usize;
+        core::slice::from_raw_parts(dtb_va as *const u8, size)
+    };
+    let board = match dt::parse(dtb) {
+        Ok(b) => b,
+        Err(_) => exit(102), // no console yet: nothing else we can say
+    };
+    if board.bootarg("pagelab.exit") == Some("semihosting") {
+        semihosting::enable();
+    }
+
+    // Physical memory: everything but the image, the DTB, the initrd and
+    // the firmware's reservations.
+    let kernel_size = sym_addr!(__kernel_end) - sym_addr!(__kernel_start);
+    let mut reserved: Vec<(PhysRange, &'static str)> = Vec::new();
+    reserved.push((PhysRange::new(phys_base, phys_base + kernel_size), "kernel image"));
+    reserved.push((
+        PhysRange::new(align_down(dtb_pa, PAGE_SIZE), align_up(dtb_pa + board.dtb_size as u64, PAGE_SIZE)),
+        "devicetree",
+    ));
+    if let Some(r) = board.initrd {
+        reserved.push((r, "initrd (script)"));
+    }
+    for (r, _) in &board.reserved {
+        reserved.push((*r, "firmware reserved"));
+    }
+    let cuts: Vec<PhysRange> = reserved.iter().map(|r| r.0).collect();
+    frame::init(&board.ram, &cuts);
+
+    let uart = board.uart.as_ref().and_then(|u| u.regs.first().copied());
+    // SAFETY: boot CPU, once, nothing else running.
+    unsafe { kmap::init(phys_base, &board.ram, uart) };
+    if let Some(u) = uart {
+        // SAFETY: kmap mapped the UART registers as Device memory there.
+        unsafe { crate::drivers::uart::init(io_virt(u.start).0) };
+    }
+    crate::drivers::logger::init(board.bootarg("loglevel"));
+    psci::init(board.psci);
+
+    // A heap of about 1/64 of RAM (at least 4 MiB), plus the rescue reserve.
+    let chunks = ((board.total_ram() / 64) >> 21).clamp(2, 32) as usize;
+    heap::grow(chunks);
+    heap::refill_reserve();
+
+    BOOT.call_once(|| BootInfo { boot_el, phys_base, dtb_pa, board, reserved });
+    banner();
+    start_secondaries();
+
+    let mode = boot().board.bootarg("pagelab.mode").unwrap_or("console");
+    match mode {
+        "test" => {
+            let failed = crate::test::run_all();
+            exit(if failed == 0 { 0 } else { 1 })
+        }
+        "script" => {
+            let failed = crate::console::run_script();
+            exit(if failed == 0 { 0 } else { 1 })
+        }
+        _ => crate::console::interactive(),
+    }
+}
+
+fn banner() {
+    let b = boot();
+    let midr = aarch64_cpu::registers::MIDR_EL1.get();
+    println!("pagelab {} on {} ({})", env!("CARGO_PKG_VERSION"), b.board.model, b.board.compatible);
+    println!(
+        "  entered at EL{}, running at EL1; MIDR {midr:#x}; {} CPU(s) in the devicetree; granule {}",
+        b.boot_el,
+        b.board.cpus.len(),
+        crate::mm::granule::GRANULE.name()
+    );
+    println!(
+        "  RAM {}; kernel image at PA {:#x} (VA {:#x}); DTB at {:#x}",
+        crate::util::Bytes(b.board.total_ram()),
+        b.phys_base,
+        sym_addr!(__kernel_start),
+        b.dtb_pa
+    );
+    if let Ok((maj, min)) = psci::version() {
+        println!("  PSCI {maj}.{min} via {:?}", b.board.psci.unwrap());
+    }
+}
+
+use aarch64_cpu::registers::Readable;
+
+/// Starts every CPU the devicetree lists through PSCI CPU_ON.
+fn start_secondaries() {
+    let b = boot();
+    if !psci::available() {
+        if b.board.cpus.len() > 1 {
+            log::warn!("no PSCI: secondary CPUs stay parked (spin-table comes with the Raspberry Pi boards)");
+        }
+        return;
+    }
+    let me = aarch64_cpu::registers::MPIDR_EL1.get() & 0xff_00ff_ffff;
+    let entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
+    let mut next = 1usize;
+    for c in &b.board.cpus {
+        if c.mpidr == me {
+            continue;
+        }
+        if next >= MAX_CPUS {
+            log::warn!("only {MAX_CPUS} CPUs supported; cpu with MPIDR {:#x} stays off", c.mpidr);
+            continue;
+        }
+        let want = percpu::ONLINE.load(Ordering::Acquire) + 1;
+        match psci::cpu_on(c.mpidr, entry, next as u64) {
+            Ok(()) => {
+                // Wait (bounded) for it to check in.
+                let mut spins = 0u64;
+                while percpu::ONLINE.load(Ordering::Acquire) < want && spins < 50_000_000 {
+                    core::hint::spin_loop();
+                    spins += 1;
+                }
+                if percpu::ONLINE.load(Ordering::Acquire) < want {
+                    log::error!("cpu{next} (MPIDR {:#x}) did not come online", c.mpidr);
+                }
+            }
+            Err(e) => log::error!("PSCI CPU_ON for MPIDR {:#x} failed: {e:?}", c.mpidr),
+        }
+        next += 1;
+    }
+    log::info!("{} CPU(s) online", percpu::ONLINE.load(Ordering::Acquire));
+}
+
+/// Work a secondary CPU has been asked to run (a test hook until the
+/// scheduler arrives): a function pointer, run once, then cleared.
+pub static SECONDARY_WORK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Entered from `secondary_switched` with the MMU on.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_main(id: u64) -> ! {
+    let id = id as usize;
+    let (_, empty) = kmap::roots();
+    // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
+    unsafe { cpu::set_ttbr0(empty.0) };
+    percpu::init_this_cpu(id);
+    loop {
+        let f = SECONDARY_WORK[id].swap(0, Ordering::AcqRel);
+        if f != 0 {
+            // SAFETY: only `run_on_cpu` stores here, and only `fn()` pointers.
+            let f: fn() = unsafe { core::mem::transmute(f as usize) };
+            f();
+            cpu::sev();
+        }
+        cpu::wfe();
+    }
+}
+
+/// Asks secondary CPU `id` to run `f` (returns false if it is not online).
+pub fn run_on_cpu(id: usize, f: fn()) -> bool {
+    if id == 0 || id >= MAX_CPUS || !percpu::cpu(id).online.load(Ordering::Acquire) {
+        return false;
+    }
+    SECONDARY_WORK[id].store(f as *const () as u64, Ordering::Release);
+    cpu::sev();
+    true
+}
+

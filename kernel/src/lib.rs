@@ -1,0 +1,34 @@
+//! pagelab: a bare-metal AArch64 MMU testbed kernel.
+//!
+//! Layout (see docs/ARCHITECTURE.md):
+//! - [`arch`]: boot assembly, exception vectors, system registers, TLB ops, `AT`.
+//!   All `asm!` lives there.
+//! - [`board`]: what the devicetree says about the machine.
+//! - [`mm`]: physical frames, the kernel heap, translation tables, ptdump.
+//! - [`console`]: the scenario-language console.
+//! - [`test`]: the in-kernel test runner.
+//!
+//! Modules that are pure logic (descriptor encoding, ESR decoding, parsing,
+//! formatting) build on the host too and are unit-tested with `cargo test`;
+//! everything that touches the hardware is gated on `target_os = "none"`.
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod board;
+pub mod console;
+pub mod mm;
+pub mod util;
+
+#[cfg(target_os = "none")]
+pub mod drivers;
+#[cfg(target_os = "none")]
+pub mod kmain;
+#[cfg(target_os = "none")]
+pub mod panic;
+#[cfg(target_os = "none")]
+pub mod test;
+
+#[cfg(target_os = "none")]
+pub use kmain::kernel_main;

@@ -1,0 +1,444 @@
+//! Stage-1 translation table descriptors as values.
+//!
+//! A descriptor is a `u64` read from or written to a live table atomically
+//! ([`crate::mm::pgtable`]); this module only encodes and decodes values, so
+//! nothing ever holds a `&mut` into a table the MMU (or hardware AF/DBM
+//! updates) may be using.
+//!
+//! Software bits are allocated up front (Linux arm64 uses the same 55-58 range):
+//! - 55 `SW_DIRTY`   software dirty (with DBM/`PTE_WRITE` semantics later)
+//! - 56 `SW_SPECIAL` special mapping: no struct-page semantics (PFNMAP, zero page)
+//! - 57 `SW_UFFD_WP` userfaultfd write-protect on a present entry
+//! - 58 `SW_ANON_EXCL_HINT` reserved (kept free for a later use)
+//!
+//! Non-present ("invalid" to the MMU, bit 0 = 0) entries that are not zero carry
+//! a software encoding in bits 3:1 so that swap, migration and markers fit:
+//! see [`NonPresent`].
+
+use tock_registers::LocalRegisterCopy;
+use tock_registers::register_bitfields;
+
+use super::addr::PhysAddr;
+use super::granule::Granule;
+
+register_bitfields! {u64,
+    pub STAGE1 [
+        VALID OFFSET(0) NUMBITS(1) [],
+        /// Table (levels 0-2) / page (level 3) when set; block when clear.
+        TYPE OFFSET(1) NUMBITS(1) [Block = 0, TableOrPage = 1],
+        ATTR_INDX OFFSET(2) NUMBITS(3) [],
+        NS OFFSET(5) NUMBITS(1) [],
+        /// AP[2:1]: bit 6 = EL0 access, bit 7 = read-only.
+        AP OFFSET(6) NUMBITS(2) [RwEl1 = 0, RwEl1El0 = 1, RoEl1 = 2, RoEl1El0 = 3],
+        SH OFFSET(8) NUMBITS(2) [Non = 0, Outer = 2, Inner = 3],
+        AF OFFSET(10) NUMBITS(1) [],
+        NG OFFSET(11) NUMBITS(1) [],
+        DBM OFFSET(51) NUMBITS(1) [],
+        CONT OFFSET(52) NUMBITS(1) [],
+        PXN OFFSET(53) NUMBITS(1) [],
+        UXN OFFSET(54) NUMBITS(1) [],
+        SW_DIRTY OFFSET(55) NUMBITS(1) [],
+        SW_SPECIAL OFFSET(56) NUMBITS(1) [],
+        SW_UFFD_WP OFFSET(57) NUMBITS(1) [],
+        SW_RESERVED OFFSET(58) NUMBITS(1) [],
+        /// Table descriptor attributes (hierarchical permissions).
+        PXN_TABLE OFFSET(59) NUMBITS(1) [],
+        UXN_TABLE OFFSET(60) NUMBITS(1) [],
+        AP_TABLE OFFSET(61) NUMBITS(2) [],
+        NS_TABLE OFFSET(63) NUMBITS(1) []
+    ]
+}
+
+/// Output-address bits of a descriptor (48-bit PA).
+const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+
+/// A raw descriptor value.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct Desc(pub u64);
+
+impl core::fmt::Debug for Desc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Desc({:#018x})", self.0)
+    }
+}
+
+/// What a descriptor is, at a given level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// All zero: nothing there (`pte_none`).
+    None,
+    /// Invalid to the MMU but carrying a software encoding.
+    NonPresent(NonPresent),
+    /// Points to the next-level table.
+    Table(PhysAddr),
+    /// A block (levels 1-2) or page (level 3) mapping of `PhysAddr`.
+    Leaf(PhysAddr),
+    /// Valid bit set but an encoding the MMU treats as a fault
+    /// (a "block" at level 3, or a block where the granule forbids one).
+    Reserved,
+}
+
+/// Software encodings of non-present entries (bit 0 clear, value non-zero).
+///
+/// Bits 3:1 hold the kind; the payload starts at bit 12.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonPresent {
+    /// A swapped-out page: swap slot, with the exclusive and uffd-wp bits preserved.
+    Swap { slot: u64, exclusive: bool, uffd_wp: bool },
+    /// A migration entry pointing at the frame being migrated.
+    Migration { pfn: u64, writable: bool },
+    /// A PTE marker (Linux `pte_marker`): bits of [`Marker`].
+    Marker(u64),
+    /// Present but inaccessible (PROT_NONE): the frame is still mapped for the kernel.
+    ProtNone { pfn: u64 },
+    /// An encoding this build does not know.
+    Unknown(u64),
+}
+
+/// PTE marker bits (Linux `PTE_MARKER_*`).
+pub mod marker {
+    pub const UFFD_WP: u64 = 1 << 0;
+    pub const POISONED: u64 = 1 << 1;
+    pub const GUARD: u64 = 1 << 2;
+}
+
+const NP_KIND_SHIFT: u32 = 1;
+const NP_SWAP: u64 = 1;
+const NP_MIGRATION: u64 = 2;
+const NP_MARKER: u64 = 3;
+const NP_PROT_NONE: u64 = 4;
+const NP_EXCLUSIVE: u64 = 1 << 4;
+const NP_UFFD_WP: u64 = 1 << 5;
+const NP_WRITABLE: u64 = 1 << 6;
+const NP_PAYLOAD_SHIFT: u32 = 12;
+
+impl NonPresent {
+    pub fn encode(self) -> Desc {
+        let v = match self {
+            NonPresent::Swap { slot, exclusive, uffd_wp } => {
+                (NP_SWAP << NP_KIND_SHIFT)
+                    | (slot << NP_PAYLOAD_SHIFT)
+                    | if exclusive { NP_EXCLUSIVE } else { 0 }
+                    | if uffd_wp { NP_UFFD_WP } else { 0 }
+            }
+            NonPresent::Migration { pfn, writable } => {
+                (NP_MIGRATION << NP_KIND_SHIFT)
+                    | (pfn << NP_PAYLOAD_SHIFT)
+                    | if writable { NP_WRITABLE } else { 0 }
+            }
+            NonPresent::Marker(bits) => (NP_MARKER << NP_KIND_SHIFT) | (bits << NP_PAYLOAD_SHIFT),
+            NonPresent::ProtNone { pfn } => (NP_PROT_NONE << NP_KIND_SHIFT) | (pfn << NP_PAYLOAD_SHIFT),
+            NonPresent::Unknown(v) => v & !1,
+        };
+        Desc(v)
+    }
+
+    fn decode(v: u64) -> Self {
+        let payload = v >> NP_PAYLOAD_SHIFT;
+        match (v >> NP_KIND_SHIFT) & 7 {
+            NP_SWAP => NonPresent::Swap {
+                slot: payload,
+                exclusive: v & NP_EXCLUSIVE != 0,
+                uffd_wp: v & NP_UFFD_WP != 0,
+            },
+            NP_MIGRATION => NonPresent::Migration { pfn: payload, writable: v & NP_WRITABLE != 0 },
+            NP_MARKER => NonPresent::Marker(payload),
+            NP_PROT_NONE => NonPresent::ProtNone { pfn: payload },
+            _ => NonPresent::Unknown(v),
+        }
+    }
+}
+
+/// Access permissions of a leaf, in the terms ptdump and the fault path use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Perms {
+    pub el0: bool,
+    pub read_only: bool,
+    pub pxn: bool,
+    pub uxn: bool,
+}
+
+impl Desc {
+    pub const INVALID: Desc = Desc(0);
+
+    fn reg(self) -> LocalRegisterCopy<u64, STAGE1::Register> {
+        LocalRegisterCopy::new(self.0)
+    }
+
+    pub fn is_valid(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Decodes the descriptor as found at `level` for `granule`.
+    pub fn kind(self, level: u32, granule: Granule) -> Kind {
+        if self.0 == 0 {
+            return Kind::None;
+        }
+        if !self.is_valid() {
+            return Kind::NonPresent(NonPresent::decode(self.0));
+        }
+        let table_or_page = self.reg().is_set(STAGE1::TYPE);
+        match (level, table_or_page) {
+            (3, true) => Kind::Leaf(self.output_address(granule.level_size(3))),
+            (3, false) => Kind::Reserved,
+            (_, true) => Kind::Table(self.output_address(granule.page_size())),
+            (l, false) if granule.block_allowed(l) => Kind::Leaf(self.output_address(granule.level_size(l))),
+            _ => Kind::Reserved,
+        }
+    }
+
+    /// The output address, aligned down to `size` (table, page or block size).
+    pub fn output_address(self, size: u64) -> PhysAddr {
+        PhysAddr(self.0 & OA_MASK & !(size - 1))
+    }
+
+    /// A table descriptor pointing at `table`.
+    pub fn table(table: PhysAddr) -> Desc {
+        Desc((table.0 & OA_MASK) | 0b11)
+    }
+
+    /// A leaf (page at level 3, block above) for `pa` with `attrs`.
+    pub fn leaf(pa: PhysAddr, level: u32, attrs: LeafAttrs) -> Desc {
+        let ty = if level == 3 { 0b11 } else { 0b01 };
+        Desc((pa.0 & OA_MASK) | ty | attrs.bits())
+    }
+
+    pub fn attr_index(self) -> u64 {
+        self.reg().read(STAGE1::ATTR_INDX)
+    }
+    pub fn perms(self) -> Perms {
+        let r = self.reg();
+        let ap = r.read(STAGE1::AP);
+        Perms {
+            el0: ap & 1 != 0,
+            read_only: ap & 2 != 0,
+            pxn: r.is_set(STAGE1::PXN),
+            uxn: r.is_set(STAGE1::UXN),
+        }
+    }
+    pub fn af(self) -> bool {
+        self.reg().is_set(STAGE1::AF)
+    }
+    pub fn ng(self) -> bool {
+        self.reg().is_set(STAGE1::NG)
+    }
+    pub fn contiguous(self) -> bool {
+        self.reg().is_set(STAGE1::CONT)
+    }
+    pub fn shareability(self) -> u64 {
+        self.reg().read(STAGE1::SH)
+    }
+    pub fn dbm(self) -> bool {
+        self.reg().is_set(STAGE1::DBM)
+    }
+    pub fn special(self) -> bool {
+        self.reg().is_set(STAGE1::SW_SPECIAL)
+    }
+    pub fn sw_dirty(self) -> bool {
+        self.reg().is_set(STAGE1::SW_DIRTY)
+    }
+    pub fn uffd_wp(self) -> bool {
+        self.reg().is_set(STAGE1::SW_UFFD_WP)
+    }
+    /// Attribute bits only (everything but type and output address).
+    pub fn attr_bits(self) -> u64 {
+        self.0 & !(OA_MASK | 0b11)
+    }
+}
+
+/// Memory type of a leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemType {
+    Normal,
+    NormalNonCacheable,
+    DeviceNGnRnE,
+    DeviceNGnRE,
+}
+
+/// Attributes for a new leaf, built by name rather than by bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafAttrs {
+    pub mem: MemType,
+    pub el0: bool,
+    pub writable: bool,
+    /// Executable at EL1.
+    pub kexec: bool,
+    /// Executable at EL0.
+    pub uexec: bool,
+    /// Not global (ASID-tagged): user mappings.
+    pub ng: bool,
+    pub af: bool,
+    pub contiguous: bool,
+    pub special: bool,
+}
+
+impl LeafAttrs {
+    /// Kernel read-write data, never executable.
+    pub const KERNEL_RW: LeafAttrs = LeafAttrs {
+        mem: MemType::Normal,
+        el0: false,
+        writable: true,
+        kexec: false,
+        uexec: false,
+        ng: false,
+        af: true,
+        contiguous: false,
+        special: false,
+    };
+    pub const KERNEL_RO: LeafAttrs = LeafAttrs { writable: false, ..Self::KERNEL_RW };
+    pub const KERNEL_RX: LeafAttrs = LeafAttrs { writable: false, kexec: true, ..Self::KERNEL_RW };
+    pub const KERNEL_DEVICE: LeafAttrs = LeafAttrs { mem: MemType::DeviceNGnRE, ..Self::KERNEL_RW };
+
+    pub fn bits(self) -> u64 {
+        use super::super::arch::aarch64::regs::mair;
+        let mut r: LocalRegisterCopy<u64, STAGE1::Register> = LocalRegisterCopy::new(0);
+        let idx = match self.mem {
+            MemType::Normal => mair::NORMAL,
+            MemType::NormalNonCacheable => mair::NORMAL_NC,
+            MemType::DeviceNGnRnE => mair::DEVICE_NGNRNE,
+            MemType::DeviceNGnRE => mair::DEVICE_NGNRE,
+        };
+        let ap = match (self.el0, self.writable) {
+            (false, true) => STAGE1::AP::RwEl1,
+            (true, true) => STAGE1::AP::RwEl1El0,
+            (false, false) => STAGE1::AP::RoEl1,
+            (true, false) => STAGE1::AP::RoEl1El0,
+        };
+        let sh = match self.mem {
+            MemType::Normal | MemType::NormalNonCacheable => STAGE1::SH::Inner,
+            _ => STAGE1::SH::Non,
+        };
+        r.modify(STAGE1::ATTR_INDX.val(idx) + ap + sh);
+        if self.af {
+            r.modify(STAGE1::AF::SET);
+        }
+        if self.ng {
+            r.modify(STAGE1::NG::SET);
+        }
+        if !self.kexec {
+            r.modify(STAGE1::PXN::SET);
+        }
+        if !self.uexec {
+            r.modify(STAGE1::UXN::SET);
+        }
+        if self.contiguous {
+            r.modify(STAGE1::CONT::SET);
+        }
+        if self.special {
+            r.modify(STAGE1::SW_SPECIAL::SET);
+        }
+        r.get()
+    }
+}
+
+/// What must change between two leaf values for the same VA to be legal
+/// without break-before-make (Arm ARM D8.16.1): output address, block size
+/// (a leaf replacing a table or the reverse), memory type, shareability and
+/// the contiguous bit need BBM; permissions and AF do not.
+pub fn needs_break_before_make(old: Desc, new: Desc, level: u32, granule: Granule) -> bool {
+    match (old.kind(level, granule), new.kind(level, granule)) {
+        (Kind::None | Kind::NonPresent(_), _) | (_, Kind::None | Kind::NonPresent(_)) => false,
+        (Kind::Leaf(a), Kind::Leaf(b)) => {
+            a != b
+                || old.attr_index() != new.attr_index()
+                || old.shareability() != new.shareability()
+                || old.contiguous() != new.contiguous()
+                || old.ng() != new.ng()
+        }
+        (Kind::Table(a), Kind::Table(b)) => a != b,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    const G: Granule = Granule::K4;
+
+    #[test]
+    fn leaf_round_trip_and_permissions() {
+        let d = Desc::leaf(PhysAddr(0x4020_0000), 2, LeafAttrs::KERNEL_RW);
+        assert_eq!(d.kind(2, G), Kind::Leaf(PhysAddr(0x4020_0000)));
+        assert_eq!(d.0 & 0b11, 0b01, "block");
+        let p = d.perms();
+        assert!(!p.el0 && !p.read_only && p.pxn && p.uxn);
+        assert!(d.af());
+        assert_eq!(d.shareability(), 3);
+
+        let t = Desc::leaf(PhysAddr(0x4008_0000), 3, LeafAttrs::KERNEL_RX);
+        assert_eq!(t.0 & 0b11, 0b11, "page");
+        let p = t.perms();
+        assert!(p.read_only && !p.pxn && p.uxn);
+    }
+
+    #[test]
+    fn device_attrs() {
+        let d = Desc::leaf(PhysAddr(0x0900_0000), 3, LeafAttrs::KERNEL_DEVICE);
+        assert_eq!(d.attr_index(), crate::arch::aarch64::regs::mair::DEVICE_NGNRE);
+        assert_eq!(d.shareability(), 0);
+        assert!(d.perms().pxn);
+    }
+
+    #[test]
+    fn table_and_reserved_encodings() {
+        let t = Desc::table(PhysAddr(0x4123_4000));
+        assert_eq!(t.kind(0, G), Kind::Table(PhysAddr(0x4123_4000)));
+        assert_eq!(Desc(0x4000_0001).kind(3, G), Kind::Reserved, "block at level 3");
+        assert_eq!(Desc(0x4000_0001).kind(0, G), Kind::Reserved, "no L0 blocks with 4K");
+        assert_eq!(Desc(0x4000_0001).kind(1, Granule::K16), Kind::Reserved, "no L1 blocks with 16K");
+        assert_eq!(Desc(0).kind(3, G), Kind::None);
+    }
+
+    #[test]
+    fn block_output_address_is_aligned_to_block_size() {
+        let d = Desc(0x4000_0000 | 0x20_0000 | 0x701);
+        assert_eq!(d.kind(1, G), Kind::Leaf(PhysAddr(0x4000_0000)));
+    }
+
+    #[test]
+    fn non_present_encodings_round_trip_and_stay_invalid() {
+        let cases = [
+            NonPresent::Swap { slot: 12345, exclusive: true, uffd_wp: false },
+            NonPresent::Swap { slot: 1, exclusive: false, uffd_wp: true },
+            NonPresent::Migration { pfn: 0x40080, writable: true },
+            NonPresent::Marker(marker::UFFD_WP),
+            NonPresent::Marker(marker::GUARD | marker::POISONED),
+            NonPresent::ProtNone { pfn: 0x41234 },
+        ];
+        for c in cases {
+            let d = c.encode();
+            assert!(!d.is_valid(), "{c:?} must fault in hardware");
+            assert_ne!(d.0, 0, "{c:?} must not look like pte_none");
+            for level in 0..4 {
+                assert_eq!(d.kind(level, G), Kind::NonPresent(c));
+            }
+        }
+    }
+
+    #[test]
+    fn software_bits() {
+        let a = LeafAttrs { special: true, ..LeafAttrs::KERNEL_RO };
+        let d = Desc::leaf(PhysAddr(0x1000), 3, a);
+        assert!(d.special() && !d.sw_dirty() && !d.uffd_wp());
+        assert_eq!(d.0 >> 56 & 1, 1);
+    }
+
+    #[test]
+    fn break_before_make_rules() {
+        let pa = PhysAddr(0x4020_0000);
+        let rw = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RW);
+        let ro = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RO);
+        assert!(!needs_break_before_make(rw, ro, 3, G), "permission change is live-safe");
+        let moved = Desc::leaf(PhysAddr(0x4030_0000), 3, LeafAttrs::KERNEL_RW);
+        assert!(needs_break_before_make(rw, moved, 3, G), "output address change");
+        let dev = Desc::leaf(pa, 3, LeafAttrs::KERNEL_DEVICE);
+        assert!(needs_break_before_make(rw, dev, 3, G), "memory type change");
+        let blk = Desc::leaf(pa, 2, LeafAttrs::KERNEL_RW);
+        let tbl = Desc::table(PhysAddr(0x5000_0000));
+        assert!(needs_break_before_make(blk, tbl, 2, G), "split needs BBM");
+        assert!(!needs_break_before_make(Desc::INVALID, rw, 3, G), "invalid to valid is fine");
+        let cont = Desc::leaf(pa, 3, LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW });
+        assert!(needs_break_before_make(rw, cont, 3, G), "contiguous bit change");
+    }
+}

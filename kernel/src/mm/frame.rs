@@ -1,0 +1,222 @@
+//! The physical frame allocator: a buddy allocator over all RAM
+//! (`buddy_system_allocator::FrameAllocator`), with order-N allocations for
+//! page tables and, later, large folios.
+//!
+//! A bitmap of allocated frames sits beside the buddy so that double frees
+//! and frees of frames that were never handed out are caught, and so that
+//! `invariants` can check the counters against it.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use buddy_system_allocator::FrameAllocator;
+use spin::Mutex;
+
+use super::addr::{PhysAddr, PhysRange};
+use super::granule::{align_down, align_up, PAGE_SHIFT, PAGE_SIZE};
+use super::layout::phys_to_virt;
+
+/// Who holds a frame, for `meminfo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Owner {
+    PageTable = 0,
+    Heap = 1,
+    Test = 2,
+    Other = 3,
+}
+pub const OWNERS: [&str; 4] = ["page tables", "kernel heap", "tests", "other"];
+
+struct State {
+    buddy: FrameAllocator<33>,
+    base_pfn: u64,
+    /// 1 = allocated or never handed to the buddy.
+    bitmap: Vec<u64>,
+    /// 1 = managed by the buddy (RAM that is not reserved).
+    managed_map: Vec<u64>,
+    /// Frames given to the buddy (RAM minus reservations).
+    managed: u64,
+    allocated: u64,
+    by_owner: [u64; 4],
+}
+
+static FRAMES: Mutex<Option<State>> = Mutex::new(None);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub managed: u64,
+    pub free: u64,
+    pub allocated: u64,
+    pub by_owner: [u64; 4],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FreeError {
+    NotRam,
+    NotAllocated(PhysAddr),
+}
+
+/// Hands every page of `ram` except `reserved` to the allocator. Returns the
+/// number of frames made available.
+pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
+    let lo = ram.iter().map(|r| r.start.0).min().unwrap_or(0);
+    let hi = ram.iter().map(|r| r.end.0).max().unwrap_or(0);
+    let base_pfn = lo >> PAGE_SHIFT;
+    let nframes = (align_up(hi, PAGE_SIZE) >> PAGE_SHIFT) - base_pfn;
+    let mut st = State {
+        buddy: FrameAllocator::new(),
+        base_pfn,
+        // All bits set: "not free"; cleared for every page handed to the buddy.
+        bitmap: vec![u64::MAX; (nframes as usize).div_ceil(64)],
+        managed_map: vec![0; (nframes as usize).div_ceil(64)],
+        managed: 0,
+        allocated: 0,
+        by_owner: [0; 4],
+    };
+    for r in ram {
+        let mut start = align_up(r.start.0, PAGE_SIZE);
+        let end = align_down(r.end.0, PAGE_SIZE);
+        // Cut the reservations out of [start, end).
+        let mut cuts: Vec<PhysRange> = reserved.iter().filter(|x| x.overlaps(r)).copied().collect();
+        cuts.sort_by_key(|c| c.start);
+        for c in cuts.iter().chain(core::iter::once(&PhysRange::new(end, end))) {
+            let cut_start = align_down(c.start.0, PAGE_SIZE).max(start);
+            let cut_end = align_up(c.end.0, PAGE_SIZE);
+            if cut_start > start {
+                let e = cut_start.min(end);
+                st.buddy.add_frame((start >> PAGE_SHIFT) as usize, (e >> PAGE_SHIFT) as usize);
+                for pfn in start >> PAGE_SHIFT..e >> PAGE_SHIFT {
+                    let i = (pfn - base_pfn) as usize;
+                    st.bitmap[i / 64] &= !(1 << (i % 64));
+                    st.managed_map[i / 64] |= 1 << (i % 64);
+                }
+                st.managed += (e - start) >> PAGE_SHIFT;
+            }
+            start = start.max(cut_end);
+            if start >= end {
+                break;
+            }
+        }
+    }
+    let n = st.managed;
+    *FRAMES.lock() = Some(st);
+    n
+}
+
+fn mark(st: &mut State, pfn: u64, count: u64, allocated: bool) -> Result<(), FreeError> {
+    for p in pfn..pfn + count {
+        let i = p.checked_sub(st.base_pfn).ok_or(FreeError::NotRam)? as usize;
+        let w = st.bitmap.get_mut(i / 64).ok_or(FreeError::NotRam)?;
+        let bit = 1u64 << (i % 64);
+        if !allocated && *w & bit == 0 {
+            return Err(FreeError::NotAllocated(PhysAddr::from_pfn(p)));
+        }
+        if allocated {
+            *w |= bit;
+        } else {
+            *w &= !bit;
+        }
+    }
+    Ok(())
+}
+
+/// Allocates `2^order` contiguous frames, aligned to their size. Not zeroed.
+pub fn alloc(order: u32, owner: Owner) -> Option<PhysAddr> {
+    let daif = crate::arch::cpu::irq_save();
+    let mut g = FRAMES.lock();
+    let st = g.as_mut()?;
+    let count = 1u64 << order;
+    let r = st.buddy.alloc(count as usize).map(|pfn| {
+        let pfn = pfn as u64;
+        mark(st, pfn, count, true).expect("buddy returned a frame outside RAM");
+        st.allocated += count;
+        st.by_owner[owner as usize] += count;
+        PhysAddr::from_pfn(pfn)
+    });
+    drop(g);
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+/// Allocates and zeroes `2^order` frames.
+pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
+    let pa = alloc(order, owner)?;
+    // SAFETY: the frames were just allocated and are reachable through the linear map.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa).0 as *mut u8, 0, (PAGE_SIZE << order) as usize) };
+    Some(pa)
+}
+
+/// Returns `2^order` frames at `pa`. Freeing something that is not
+/// allocated (never handed out, already free, reserved, not RAM) is refused
+/// and changes nothing.
+pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
+    let daif = crate::arch::cpu::irq_save();
+    let r = free_locked(&mut FRAMES.lock(), pa, order, owner);
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
+    let st = g.as_mut().ok_or(FreeError::NotRam)?;
+    let count = 1u64 << order;
+    if pa.0 % (crate::mm::granule::PAGE_SIZE << order) != 0 {
+        return Err(FreeError::NotAllocated(pa));
+    }
+    // Check the whole range first so a bad free changes nothing.
+    for p in pa.pfn()..pa.pfn() + count {
+        let i = p.checked_sub(st.base_pfn).ok_or(FreeError::NotRam)? as usize;
+        let w = *st.bitmap.get(i / 64).ok_or(FreeError::NotRam)?;
+        if w & st.managed_map[i / 64] & (1 << (i % 64)) == 0 {
+            return Err(FreeError::NotAllocated(PhysAddr::from_pfn(p)));
+        }
+    }
+    if st.by_owner[owner as usize] < count {
+        return Err(FreeError::NotAllocated(pa));
+    }
+    mark(st, pa.pfn(), count, false)?;
+    st.buddy.dealloc(pa.pfn() as usize, count as usize);
+    st.allocated -= count;
+    st.by_owner[owner as usize] -= count;
+    Ok(())
+}
+
+pub fn stats() -> Stats {
+    let g = FRAMES.lock();
+    match g.as_ref() {
+        Some(st) => Stats {
+            managed: st.managed,
+            free: st.managed - st.allocated,
+            allocated: st.allocated,
+            by_owner: st.by_owner,
+        },
+        None => Stats::default(),
+    }
+}
+
+/// Whether the frame at `pa` is currently allocated (or reserved).
+pub fn is_allocated(pa: PhysAddr) -> bool {
+    let g = FRAMES.lock();
+    let Some(st) = g.as_ref() else { return false };
+    let Some(i) = pa.pfn().checked_sub(st.base_pfn) else { return true };
+    st.bitmap.get(i as usize / 64).is_none_or(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Checks the counters against the bitmap. Returns a description of the
+/// first disagreement.
+pub fn check() -> Result<Stats, alloc::string::String> {
+    let g = FRAMES.lock();
+    let st = g.as_ref().ok_or("frame allocator not initialised")?;
+    let set: u64 = st.bitmap.iter().map(|w| w.count_ones() as u64).sum();
+    let total_bits = st.bitmap.len() as u64 * 64;
+    let unmanaged = total_bits - st.managed;
+    if set != unmanaged + st.allocated {
+        return Err(alloc::format!(
+            "bitmap marks {} frames in use but {} are reserved/outside RAM and {} allocated",
+            set, unmanaged, st.allocated
+        ));
+    }
+    let owned: u64 = st.by_owner.iter().sum();
+    if owned != st.allocated {
+        return Err(alloc::format!("owners account for {owned} frames but {} are allocated", st.allocated));
+    }
+    Ok(Stats { managed: st.managed, free: st.managed - st.allocated, allocated: st.allocated, by_owner: st.by_owner })
+}

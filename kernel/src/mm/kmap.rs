@@ -1,0 +1,222 @@
+//! The kernel's live translation tables (TTBR1).
+//!
+//! [`init`] builds them once, from a pool of pages inside the image (nothing
+//! else is mapped yet to reach frame-allocator pages through): the image with
+//! per-section permissions, every RAM region in the linear map with the
+//! largest blocks alignment allows, and the console UART. Then it switches
+//! TTBR1 over and points TTBR0 at an empty table. Later mappings (MMIO) take
+//! their tables from the frame allocator through the linear map.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use super::addr::{PhysAddr, PhysRange, VirtAddr};
+use super::desc::LeafAttrs;
+use super::frame::{self, Owner};
+use super::granule::{align_down, align_up, GRANULE, PAGE_SIZE, START_LEVEL};
+use super::layout::{io_virt, phys_to_virt, IO_BASE, IO_END, KIMAGE_VADDR};
+use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
+use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
+use crate::sym_addr;
+
+/// Pages reserved in the image for the initial kernel tables.
+const POOL_PAGES: usize = 32;
+
+#[repr(C, align(65536))]
+struct Pool([u8; POOL_PAGES * PAGE_SIZE as usize]);
+
+#[unsafe(link_section = ".bss.pgtables")]
+static mut KPT_POOL: Pool = Pool([0; POOL_PAGES * PAGE_SIZE as usize]);
+
+/// VA - PA for the kernel image, set once at boot.
+static KIMAGE_VOFFSET: AtomicU64 = AtomicU64::new(0);
+
+pub fn kimage_voffset() -> u64 {
+    KIMAGE_VOFFSET.load(Ordering::Relaxed)
+}
+
+/// Physical address of a kernel-image virtual address.
+pub fn kimage_to_phys(va: u64) -> PhysAddr {
+    PhysAddr(va - kimage_voffset())
+}
+
+/// Where the kernel's table pages come from.
+struct KernelTableMem {
+    /// True once the final tables are live and the linear map reaches all RAM.
+    live: bool,
+    pool_next: usize,
+    tables: usize,
+}
+
+impl TableMemory for KernelTableMem {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        if !self.live {
+            if self.pool_next == POOL_PAGES {
+                return None;
+            }
+            let va = core::ptr::addr_of!(KPT_POOL) as u64 + self.pool_next as u64 * PAGE_SIZE;
+            self.pool_next += 1;
+            self.tables += 1;
+            return Some(kimage_to_phys(va));
+        }
+        let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
+        self.tables += 1;
+        Some(pa)
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+        if self.live { phys_to_virt(pa).0 as *const AtomicU64 } else { (pa.0 + kimage_voffset()) as *const AtomicU64 }
+    }
+}
+
+struct Kpt {
+    root: PhysAddr,
+    empty_ttbr0: PhysAddr,
+    mem: KernelTableMem,
+    /// Next free VA in the MMIO window is IO_BASE + PA, so no allocator needed;
+    /// this only records what was mapped, for `ptdump` markers and tests.
+    io_mapped: heapless_list::List,
+}
+
+mod heapless_list {
+    /// A tiny fixed list of mapped MMIO ranges.
+    pub struct List {
+        pub items: [(u64, u64); 16],
+        pub len: usize,
+    }
+    impl List {
+        pub const fn new() -> Self {
+            Self { items: [(0, 0); 16], len: 0 }
+        }
+        pub fn push(&mut self, r: (u64, u64)) {
+            if self.len < self.items.len() {
+                self.items[self.len] = r;
+                self.len += 1;
+            }
+        }
+    }
+}
+
+static KPT: Mutex<Option<Kpt>> = Mutex::new(None);
+
+/// The kernel image sections and how they are mapped.
+pub fn image_sections() -> [(&'static str, u64, u64, LeafAttrs); 3] {
+    [
+        ("text", sym_addr!(__kernel_start), sym_addr!(__text_end), LeafAttrs::KERNEL_RX),
+        ("rodata", sym_addr!(__rodata_start), sym_addr!(__rodata_end), LeafAttrs::KERNEL_RO),
+        ("data", sym_addr!(__data_start), sym_addr!(__data_end), LeafAttrs::KERNEL_RW),
+    ]
+}
+
+/// The `[lo, hi)` VA of CPU `i`'s stack (the guard is the 64 KiB below `lo`).
+pub fn stack_range(i: usize) -> (u64, u64) {
+    let lo = sym_addr!(__stacks_start) + i as u64 * STACK_SLOT;
+    (lo, lo + STACK_SIZE)
+}
+
+fn map_or_panic<M: TableMemory>(t: &mut Tables<'_, M>, what: &str, va: u64, pa: u64, size: u64, a: LeafAttrs, s: LeafSizes) {
+    if let Err(e) = t.map(VirtAddr(va), PhysAddr(pa), size, a, s) {
+        panic!("cannot map {what} {va:#x}..{:#x}: {e:?}", va + size);
+    }
+}
+
+/// Builds the final kernel tables and switches to them.
+///
+/// # Safety
+/// Runs once, on the boot CPU, before any other CPU is started.
+pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
+    KIMAGE_VOFFSET.store(KIMAGE_VADDR - phys_base, Ordering::Relaxed);
+    let mut mem = KernelTableMem { live: false, pool_next: 0, tables: 0 };
+    let root = mem.alloc_table().expect("kernel table pool");
+    let empty_ttbr0 = mem.alloc_table().expect("kernel table pool");
+    {
+        let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
+        for (name, lo, hi, attrs) in image_sections() {
+            map_or_panic(&mut t, name, lo, kimage_to_phys(lo).0, hi - lo, attrs, LeafSizes::PagesOnly);
+        }
+        for i in 0..MAX_CPUS {
+            let (lo, hi) = stack_range(i);
+            map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo).0, hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        }
+        for r in ram {
+            let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
+            if e > s {
+                map_or_panic(&mut t, "RAM", phys_to_virt(PhysAddr(s)).0, s, e - s, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+            }
+        }
+        if let Some(u) = uart {
+            let (s, e) = (align_down(u.start.0, PAGE_SIZE), align_up(u.end.0, PAGE_SIZE));
+            map_or_panic(&mut t, "UART", io_virt(PhysAddr(s)).0, s, e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+        }
+    }
+    // SAFETY: image pages keep their size and PA; the DTB fixmap window
+    // disappears (no entry, so no conflict); nothing runs from TTBR0.
+    unsafe {
+        crate::arch::cpu::switch_ttbr1(root.0);
+        crate::arch::cpu::set_ttbr0(empty_ttbr0.0);
+    }
+    mem.live = true;
+    let mut io = heapless_list::List::new();
+    if let Some(u) = uart {
+        io.push((u.start.0, u.end.0));
+    }
+    *KPT.lock() = Some(Kpt { root, empty_ttbr0, mem, io_mapped: io });
+
+    // Secondaries read this with their MMU off.
+    // SAFETY: written once here, before any secondary starts.
+    unsafe {
+        let p = core::ptr::addr_of_mut!(crate::arch::aarch64::boot::SECONDARY_TTBR1);
+        p.write_volatile(root.0);
+        crate::arch::cpu::dcache_clean_poc(p as u64, 8);
+    }
+}
+
+/// The final TTBR1 root and the empty TTBR0 table.
+pub fn roots() -> (PhysAddr, PhysAddr) {
+    let g = KPT.lock();
+    let k = g.as_ref().expect("kmap not initialised");
+    (k.root, k.empty_ttbr0)
+}
+
+/// Maps device registers at `IO_BASE + PA` (Device-nGnRE) and returns the VA.
+pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
+    let (s, e) = (align_down(r.start.0, PAGE_SIZE), align_up(r.end.0, PAGE_SIZE));
+    if io_virt(PhysAddr(e)).0 > IO_END || e <= s {
+        return Err(MapError::Misaligned);
+    }
+    let mut g = KPT.lock();
+    let k = g.as_mut().expect("kmap not initialised");
+    let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
+    t.map(io_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
+    // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
+    // SAFETY: barriers only.
+    unsafe { core::arch::asm!("dsb ishst", "isb") };
+    k.io_mapped.push((r.start.0, r.end.0));
+    Ok(VirtAddr(IO_BASE + r.start.0))
+}
+
+/// Runs `f` over the live kernel tables, for walking and translating only
+/// (the table memory given to `f` cannot allocate).
+pub fn with_tables<R>(f: impl FnOnce(&Tables<'_, LiveRead>) -> R) -> R {
+    let g = KPT.lock();
+    let k = g.as_ref().expect("kmap not initialised");
+    let mut ro = LiveRead;
+    let t = Tables::new(k.root, GRANULE, START_LEVEL, &mut ro);
+    f(&t)
+}
+
+/// Number of kernel table pages (pool and frames).
+pub fn table_pages() -> usize {
+    KPT.lock().as_ref().map(|k| k.mem.tables).unwrap_or(0)
+}
+
+/// Read-only access to live tables through the linear map.
+pub struct LiveRead;
+impl TableMemory for LiveRead {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        None
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+        phys_to_virt(pa).0 as *const AtomicU64
+    }
+}

@@ -1,0 +1,59 @@
+//! The kernel's virtual address layout (TTBR1 half, 48-bit VA).
+//!
+//! ```text
+//! 0xffff_0000_0000_0000  linear map of all RAM (PA + PAGE_OFFSET)
+//! 0xffff_7000_0000_0000  MMIO mappings (PA + IO_BASE), Device-nGnRE
+//! 0xffff_7ff0_0000_0000  early fixmap (boot-time DTB window only)
+//! 0xffff_8000_0000_0000  kernel image (text RX, rodata R, data/bss RW), stacks
+//! ```
+//! TTBR0 (0x0000_...) is left for user address spaces; while no process
+//! runs it points at an empty table.
+
+use super::addr::{PhysAddr, VirtAddr};
+
+pub const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
+pub const LINEAR_END: u64 = 0xffff_7000_0000_0000;
+pub const IO_BASE: u64 = 0xffff_7000_0000_0000;
+pub const IO_END: u64 = 0xffff_7ff0_0000_0000;
+/// Early fixed mappings (the DTB before the final tables exist); the final
+/// kernel tables map nothing here.
+pub const FIXMAP_BASE: u64 = 0xffff_7ff0_0000_0000;
+pub const KIMAGE_VADDR: u64 = 0xffff_8000_0000_0000;
+
+/// Names of the regions, in ptdump's marker style.
+pub const MARKERS: &[(u64, &str)] = &[
+    (PAGE_OFFSET, "Linear Mapping start"),
+    (IO_BASE, "MMIO start"),
+    (KIMAGE_VADDR, "Kernel Image start"),
+];
+
+/// The linear-map address of physical address `pa`.
+pub const fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
+    VirtAddr(pa.0 + PAGE_OFFSET)
+}
+
+/// Inverse of [`phys_to_virt`], for linear-map addresses only.
+pub const fn linear_virt_to_phys(va: VirtAddr) -> Option<PhysAddr> {
+    if va.0 >= PAGE_OFFSET && va.0 < LINEAR_END {
+        Some(PhysAddr(va.0 - PAGE_OFFSET))
+    } else {
+        None
+    }
+}
+
+/// The MMIO-window address of device physical address `pa`.
+pub const fn io_virt(pa: PhysAddr) -> VirtAddr {
+    VirtAddr(pa.0 + IO_BASE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn linear_map_round_trips() {
+        let pa = PhysAddr(0x4008_0000);
+        assert_eq!(linear_virt_to_phys(phys_to_virt(pa)), Some(pa));
+        assert_eq!(linear_virt_to_phys(VirtAddr(KIMAGE_VADDR)), None);
+        assert_eq!(io_virt(PhysAddr(0x0900_0000)).0, 0xffff_7000_0900_0000);
+    }
+}

@@ -1,0 +1,20 @@
+//! Memory management.
+//!
+//! Pure parts (host-tested): [`granule`] arithmetic, [`addr`] types, the
+//! kernel virtual [`layout`], translation-table [`desc`]riptors, the table
+//! builder/walker in [`pgtable`] and the [`ptdump`] formatter.
+//! Hardware parts: the [`frame`] allocator, the kernel [`heap`] and the live
+//! kernel tables in [`kmap`].
+pub mod addr;
+pub mod desc;
+pub mod granule;
+pub mod layout;
+pub mod pgtable;
+pub mod ptdump;
+
+#[cfg(target_os = "none")]
+pub mod frame;
+#[cfg(target_os = "none")]
+pub mod heap;
+#[cfg(target_os = "none")]
+pub mod kmap;

@@ -1,0 +1,366 @@
+//! Building and walking translation tables, independent of where the table
+//! memory lives.
+//!
+//! The kernel runs this over real tables (reached through the linear map or
+//! the image); host unit tests run it over heap memory. Entries are read and
+//! written only as whole `u64`s through atomics. Any change that would need
+//! break-before-make on a live table is refused with [`MapError::NeedsBreakBeforeMake`]:
+//! this builder only fills holes. Splitting, collapsing and BBM sequences come
+//! with the tables issue on top of this.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::addr::{PhysAddr, VirtAddr};
+use super::desc::{needs_break_before_make, Desc, Kind, LeafAttrs};
+use super::granule::Granule;
+
+/// Where table pages come from and how to reach them.
+pub trait TableMemory {
+    /// A zeroed table page, or `None` when out of memory.
+    fn alloc_table(&mut self) -> Option<PhysAddr>;
+    /// A pointer through which the table at `pa` can be accessed now.
+    fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    OutOfMemory,
+    Misaligned,
+    /// The change would replace a live mapping in a way the architecture
+    /// requires break-before-make for (different output address, memory type,
+    /// or a block where a table is, or the reverse).
+    NeedsBreakBeforeMake { va: VirtAddr, level: u32, old: Desc, new: Desc },
+}
+
+/// Which leaf sizes [`map`] may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafSizes {
+    /// The largest block alignment and length allow.
+    Largest,
+    /// Pages only.
+    PagesOnly,
+}
+
+/// A set of translation tables rooted at `root`, for one granule.
+pub struct Tables<'m, M: TableMemory> {
+    pub root: PhysAddr,
+    pub granule: Granule,
+    pub start_level: u32,
+    pub mem: &'m mut M,
+}
+
+/// One entry seen by [`Tables::walk`].
+#[derive(Clone, Copy, Debug)]
+pub struct WalkEntry {
+    pub va: VirtAddr,
+    pub level: u32,
+    pub desc: Desc,
+    pub kind: Kind,
+    /// Bytes this entry covers.
+    pub size: u64,
+}
+
+/// Result of a software translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    Mapped { pa: PhysAddr, level: u32, desc: Desc },
+    /// The walk stopped at `level` on an invalid entry.
+    Fault { level: u32, desc: Desc },
+}
+
+/// Sign-extends a 48-bit address of the TTBR1 half back to 64 bits.
+fn canonical(va: u64, upper: bool) -> u64 {
+    if upper { va | 0xffff_0000_0000_0000 } else { va & 0x0000_ffff_ffff_ffff }
+}
+
+impl<'m, M: TableMemory> Tables<'m, M> {
+    pub fn new(root: PhysAddr, granule: Granule, start_level: u32, mem: &'m mut M) -> Self {
+        Self { root, granule, start_level, mem }
+    }
+
+    fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
+        assert!(idx < self.granule.entries_per_table());
+        // SAFETY: TableMemory guarantees table_ptr points at a live table of
+        // entries_per_table() atomics; idx is in range.
+        unsafe { &*self.mem.table_ptr(table).add(idx) }
+    }
+
+    pub fn read(&self, table: PhysAddr, idx: usize) -> Desc {
+        Desc(self.entry(table, idx).load(Ordering::Relaxed))
+    }
+
+    fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
+        self.entry(table, idx).store(d.0, Ordering::Release);
+    }
+
+    /// Maps `[va, va+size)` to `[pa, pa+size)`, creating tables as needed and
+    /// using the largest leaves `sizes` permits. Existing identical entries
+    /// are accepted; anything else already there is refused.
+    pub fn map(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: u64,
+        attrs: LeafAttrs,
+        sizes: LeafSizes,
+    ) -> Result<usize, MapError> {
+        let g = self.granule;
+        if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || size % g.page_size() != 0 {
+            return Err(MapError::Misaligned);
+        }
+        let (mut va, mut pa, mut left) = (va.0, pa.0, size);
+        let mut written = 0;
+        while left > 0 {
+            let level = (self.start_level..=3)
+                .find(|&l| {
+                    let sz = g.level_size(l);
+                    (l == 3 || (sizes == LeafSizes::Largest && g.block_allowed(l)))
+                        && va % sz == 0
+                        && pa % sz == 0
+                        && left >= sz
+                })
+                .unwrap_or(3);
+            self.set_leaf(VirtAddr(va), level, Desc::leaf(PhysAddr(pa), level, attrs))?;
+            written += 1;
+            let sz = g.level_size(level);
+            va = va.wrapping_add(sz);
+            pa += sz;
+            left -= sz;
+        }
+        Ok(written)
+    }
+
+    /// Installs `new` as the level-`level` entry for `va`.
+    fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+        let mut table = self.root;
+        for l in self.start_level..level {
+            let idx = self.granule.index(va.0, l);
+            let d = self.read(table, idx);
+            table = match d.kind(l, self.granule) {
+                Kind::Table(next) => next,
+                Kind::None => {
+                    let next = self.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+                    self.write(table, idx, Desc::table(next));
+                    next
+                }
+                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new }),
+            };
+        }
+        let idx = self.granule.index(va.0, level);
+        let old = self.read(table, idx);
+        if old == new {
+            return Ok(());
+        }
+        if old.0 != 0 && (needs_break_before_make(old, new, level, self.granule) || old.is_valid() != new.is_valid()) {
+            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+        }
+        // A hole, or a live-safe attribute change (permissions, AF).
+        self.write(table, idx, new);
+        Ok(())
+    }
+
+    /// Software translation of `va` (what the MMU would do, without TLBs).
+    pub fn translate(&self, va: VirtAddr) -> Translation {
+        let mut table = self.root;
+        for level in self.start_level..=3 {
+            let d = self.read(table, self.granule.index(va.0, level));
+            match d.kind(level, self.granule) {
+                Kind::Table(next) if level < 3 => table = next,
+                Kind::Leaf(base) => {
+                    let off = va.0 & (self.granule.level_size(level) - 1);
+                    return Translation::Mapped { pa: base.add(off), level, desc: d };
+                }
+                _ => return Translation::Fault { level, desc: d },
+            }
+        }
+        unreachable!("level 3 always returns")
+    }
+
+    /// Visits every non-zero entry in table order (tables before what they
+    /// point to). `upper` selects the TTBR1 half for the reported VAs.
+    pub fn walk(&self, upper: bool, f: &mut dyn FnMut(&WalkEntry)) {
+        self.walk_table(self.root, self.start_level, 0, upper, f);
+    }
+
+    fn walk_table(&self, table: PhysAddr, level: u32, base: u64, upper: bool, f: &mut dyn FnMut(&WalkEntry)) {
+        let g = self.granule;
+        let size = g.level_size(level);
+        for idx in 0..g.entries_per_table() {
+            let d = self.read(table, idx);
+            if d.0 == 0 {
+                continue;
+            }
+            let va = base + idx as u64 * size;
+            let kind = d.kind(level, g);
+            f(&WalkEntry { va: VirtAddr(canonical(va, upper)), level, desc: d, kind, size });
+            if let (Kind::Table(next), true) = (kind, level < 3) {
+                self.walk_table(next, level + 1, va, upper, f);
+            }
+        }
+    }
+
+    /// Number of table pages reachable from the root (including it).
+    pub fn count_tables(&self) -> usize {
+        let mut n = 1;
+        self.walk(false, &mut |e| {
+            if matches!(e.kind, Kind::Table(_)) && e.level < 3 {
+                n += 1;
+            }
+        });
+        n
+    }
+}
+
+/// Heap-backed table memory for host unit tests (a software model used only
+/// to test this module's logic; the kernel's own tables are real).
+#[cfg(test)]
+pub mod host {
+    extern crate std;
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    pub struct HostMem {
+        pub tables: Vec<Box<[AtomicU64]>>,
+        pub entries: usize,
+        pub limit: usize,
+    }
+
+    /// Fake physical addresses: table i lives at 0x1_0000_0000 + i * 64K.
+    const BASE: u64 = 0x1_0000_0000;
+
+    impl HostMem {
+        pub fn new(g: Granule) -> (Self, PhysAddr) {
+            let mut m = HostMem { tables: Vec::new(), entries: g.entries_per_table(), limit: usize::MAX };
+            let root = m.alloc_table().unwrap();
+            (m, root)
+        }
+    }
+
+    impl TableMemory for HostMem {
+        fn alloc_table(&mut self) -> Option<PhysAddr> {
+            if self.tables.len() >= self.limit {
+                return None;
+            }
+            let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
+            self.tables.push(t);
+            Some(PhysAddr(BASE + (self.tables.len() as u64 - 1) * 0x10000))
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+            self.tables[((pa.0 - BASE) / 0x10000) as usize].as_ptr()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::host::HostMem;
+    use super::*;
+    use std::vec::Vec;
+
+    const G: Granule = Granule::K4;
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn linear_map_uses_1g_and_2m_blocks_where_aligned() {
+        let (mut mem, root) = HostMem::new(G);
+        let mut t = Tables::new(root, G, 0, &mut mem);
+        // RAM at 1 GiB, 1.5 GiB + 4 KiB long: one 1G block, 256 2M blocks, one page.
+        let size = GIB + 512 * MIB + 4096;
+        let va = VirtAddr(0xffff_0000_4000_0000);
+        let n = t.map(va, PhysAddr(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        assert_eq!(n, 1 + 256 + 1);
+        match t.translate(VirtAddr(va.0 + 0x1234_5678)) {
+            Translation::Mapped { pa, level, .. } => {
+                assert_eq!(pa, PhysAddr(0x4000_0000 + 0x1234_5678));
+                assert_eq!(level, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        match t.translate(VirtAddr(va.0 + GIB + 3 * MIB)) {
+            Translation::Mapped { level, .. } => assert_eq!(level, 2),
+            other => panic!("{other:?}"),
+        }
+        match t.translate(VirtAddr(va.0 + GIB + 512 * MIB)) {
+            Translation::Mapped { level, .. } => assert_eq!(level, 3),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(t.translate(VirtAddr(va.0 + size)), Translation::Fault { level: 3, .. }));
+        assert!(matches!(t.translate(VirtAddr(0xffff_7000_0000_0000)), Translation::Fault { level: 0, .. }));
+    }
+
+    #[test]
+    fn pages_only_and_misalignment() {
+        let (mut mem, root) = HostMem::new(G);
+        let mut t = Tables::new(root, G, 0, &mut mem);
+        let n = t.map(VirtAddr(0x20_0000), PhysAddr(0x20_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly);
+        assert_eq!(n, Ok(512));
+        assert_eq!(
+            t.map(VirtAddr(0x1001), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
+            Err(MapError::Misaligned)
+        );
+    }
+
+    #[test]
+    fn refuses_changes_that_need_break_before_make() {
+        let (mut mem, root) = HostMem::new(G);
+        let mut t = Tables::new(root, G, 0, &mut mem);
+        let va = VirtAddr(0x4000_0000);
+        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        // Same mapping again: fine.
+        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        // Different output address: refused.
+        let e = t.map(va, PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        // A page inside the block (a split): refused.
+        let e = t.map(va, PhysAddr(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        // Permission-only change: allowed live.
+        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
+        match t.translate(va) {
+            Translation::Mapped { desc, .. } => assert!(desc.perms().read_only),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_an_error() {
+        let (mut mem, root) = HostMem::new(G);
+        mem.limit = 2;
+        let mut t = Tables::new(root, G, 0, &mut mem);
+        let e = t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        assert_eq!(e, Err(MapError::OutOfMemory));
+    }
+
+    #[test]
+    fn walk_visits_tables_then_leaves_with_canonical_upper_addresses() {
+        let (mut mem, root) = HostMem::new(G);
+        let mut t = Tables::new(root, G, 0, &mut mem);
+        t.map(VirtAddr(0xffff_8000_0000_0000), PhysAddr(0x4008_0000), 3 * 4096, LeafAttrs::KERNEL_RX, LeafSizes::Largest)
+            .unwrap();
+        let mut seen = Vec::new();
+        t.walk(true, &mut |e| seen.push((e.va.0, e.level, matches!(e.kind, Kind::Leaf(_)))));
+        assert_eq!(seen.len(), 3 + 3);
+        assert_eq!(seen[0], (0xffff_8000_0000_0000, 0, false));
+        assert_eq!(seen[3], (0xffff_8000_0000_0000, 3, true));
+        assert_eq!(seen[5], (0xffff_8000_0000_2000, 3, true));
+        assert_eq!(t.count_tables(), 4);
+    }
+
+    #[test]
+    fn sixteen_and_sixty_four_k_granules_map_and_translate() {
+        for (g, start, blk) in [(Granule::K16, 0, 32 * MIB), (Granule::K64, 1, 512 * MIB)] {
+            let (mut mem, root) = HostMem::new(g);
+            let mut t = Tables::new(root, g, start, &mut mem);
+            let n = t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), blk + g.page_size(), LeafAttrs::KERNEL_RW, LeafSizes::Largest)
+                .unwrap();
+            assert_eq!(n, 2, "{g:?}");
+            match t.translate(VirtAddr(0x4000_0000 + blk - 8)) {
+                Translation::Mapped { level, .. } => assert_eq!(level, 2, "{g:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Foundation tests: the MMU is really on, W^X really holds (checked by
+//! taking real aborts), unmapped addresses fault at the expected level,
+//! blocks are where they should be, CPUs came up.
+
+use alloc::string::String;
+use core::sync::atomic::Ordering;
+
+use aarch64_cpu::registers::{Readable, SCTLR_EL1, TCR_EL1, TTBR1_EL1, MAIR_EL1, CurrentEL};
+
+use super::Test;
+use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
+use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::exception::{probe_exec, probe_read_u8, probe_write_u8};
+use crate::arch::aarch64::regs::{mair, TCR_BASE};
+use crate::arch::percpu;
+use crate::ensure;
+use crate::kmain::boot;
+use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::desc::Kind;
+use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::mm::layout::{io_virt, phys_to_virt, FIXMAP_BASE};
+use crate::mm::pgtable::Translation;
+use crate::mm::kmap;
+use crate::sym_addr;
+
+pub static TESTS: &[Test] = &[
+    Test { name: "boot_running_at_el1", f: running_at_el1 },
+    Test { name: "boot_entry_el_matches_request", f: entry_el_matches_request },
+    Test { name: "mmu_on_with_final_tables", f: mmu_on },
+    Test { name: "mmu_registers_as_programmed", f: mmu_registers },
+    Test { name: "wx_kernel_text_not_writable", f: text_not_writable },
+    Test { name: "wx_rodata_not_writable", f: rodata_not_writable },
+    Test { name: "wx_data_not_executable", f: data_not_executable },
+    Test { name: "wx_linear_map_not_executable", f: linear_not_executable },
+    Test { name: "wx_no_leaf_writable_and_executable", f: no_wx_leaf },
+    Test { name: "fault_unmapped_level0", f: unmapped_level0 },
+    Test { name: "fault_unmapped_level3_stack_guard", f: stack_guard_level3 },
+    Test { name: "fault_dtb_fixmap_gone", f: fixmap_gone },
+    Test { name: "linear_map_uses_blocks", f: linear_map_blocks },
+    Test { name: "mmio_is_device_memory", f: mmio_device },
+    Test { name: "walker_agrees_with_at_on_kernel_addresses", f: walker_vs_at },
+    Test { name: "smp_all_cpus_online", f: all_cpus_online },
+    Test { name: "smp_secondary_runs_work", f: secondary_runs_work },
+    Test { name: "esr_decode_of_a_real_abort", f: esr_real_abort },
+];
+
+fn running_at_el1() -> Result<(), String> {
+    let el = CurrentEL.read(CurrentEL::EL);
+    ensure!(el == 1, "CurrentEL is {el}");
+    Ok(())
+}
+
+/// `pagelab.expect-el=N` (set by qemu-run.sh) must match how we were entered.
+fn entry_el_matches_request() -> Result<(), String> {
+    let b = boot();
+    ensure!(b.boot_el == 1 || b.boot_el == 2, "entered at EL{}", b.boot_el);
+    if let Some(want) = b.board.bootarg("pagelab.expect-el") {
+        ensure!(want == alloc::format!("{}", b.boot_el), "asked for EL{want} entry but entered at EL{}", b.boot_el);
+    }
+    Ok(())
+}
+
+fn mmu_on() -> Result<(), String> {
+    ensure!(SCTLR_EL1.is_set(SCTLR_EL1::M), "SCTLR_EL1.M is clear");
+    ensure!(SCTLR_EL1.is_set(SCTLR_EL1::C) && SCTLR_EL1.is_set(SCTLR_EL1::I), "caches off");
+    let (root, _) = kmap::roots();
+    let ttbr1 = TTBR1_EL1.get() & 0x0000_ffff_ffff_fffe;
+    ensure!(ttbr1 == root.0, "TTBR1_EL1 {ttbr1:#x} is not the final kernel root {:#x}", root.0);
+    Ok(())
+}
+
+fn mmu_registers() -> Result<(), String> {
+    ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
+    let tcr = TCR_EL1.get();
+    let fixed_mask = !((7u64 << 32) | (1 << 36));
+    ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
+    ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16 && TCR_EL1.read(TCR_EL1::T0SZ) == 16, "48-bit VA");
+    let ips = TCR_EL1.read(TCR_EL1::IPS);
+    let parange = aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange);
+    ensure!(ips == parange.min(5), "IPS {ips} but PARange {parange}");
+    Ok(())
+}
+
+fn expect_permission_fault(r: Result<(), (u64, u64)>, addr: u64, write: bool) -> Result<(), String> {
+    let (esr, far) = match r {
+        Ok(()) => return Err(alloc::format!("access to {addr:#x} did not fault")),
+        Err(x) => x,
+    };
+    let esr = Esr(esr);
+    ensure!(matches!(esr.fault_status(), Some(FaultStatus::Permission(_))), "expected a permission fault, got {esr}");
+    if write {
+        ensure!(esr.ec() == ExceptionClass::DataAbortSameEl && esr.wnr(), "expected an EL1 write data abort, got {esr}");
+    } else {
+        ensure!(esr.ec() == ExceptionClass::InstructionAbortSameEl, "expected an EL1 instruction abort, got {esr}");
+    }
+    ensure!(far == addr, "FAR {far:#x} != {addr:#x}");
+    Ok(())
+}
+
+fn text_not_writable() -> Result<(), String> {
+    let addr = text_not_writable as *const () as u64;
+    let before = probe_read_u8(addr).map_err(|_| "cannot read text")?;
+    // SAFETY: must fault; if it does not, the test fails (and writes back the same byte).
+    let r = unsafe { probe_write_u8(addr, before) };
+    expect_permission_fault(r, addr, true)?;
+    ensure!(probe_read_u8(addr) == Ok(before), "text changed");
+    Ok(())
+}
+
+static RODATA_PROBE: u64 = 0x5a5a_5a5a;
+
+fn rodata_not_writable() -> Result<(), String> {
+    let addr = core::ptr::addr_of!(RODATA_PROBE) as u64;
+    ensure!(addr >= sym_addr!(__rodata_start) && addr < sym_addr!(__rodata_end), "probe not in .rodata");
+    // SAFETY: must fault.
+    let r = unsafe { probe_write_u8(addr, 0x5a) };
+    expect_permission_fault(r, addr, true)
+}
+
+/// A `ret` instruction in writable data.
+static mut RET_IN_DATA: [u32; 4] = [0xd65f03c0; 4];
+
+fn data_not_executable() -> Result<(), String> {
+    let addr = core::ptr::addr_of!(RET_IN_DATA) as u64;
+    ensure!(addr >= sym_addr!(__data_start) && addr < sym_addr!(__data_end), "probe not in data");
+    // SAFETY: it is a `ret`; the call returns if executable, else aborts (recovered).
+    let r = unsafe { probe_exec(addr) };
+    expect_permission_fault(r, addr, false)
+}
+
+fn linear_not_executable() -> Result<(), String> {
+    let pa = crate::mm::frame::alloc_zeroed(0, crate::mm::frame::Owner::Test).ok_or("out of frames")?;
+    let va = phys_to_virt(pa).0;
+    // SAFETY: a fresh frame; write a `ret` into it through the linear map.
+    unsafe { (va as *mut u32).write_volatile(0xd65f03c0) };
+    // SAFETY: it is a `ret`.
+    let r = unsafe { probe_exec(va) };
+    crate::mm::frame::free(pa, 0, crate::mm::frame::Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    expect_permission_fault(r, va, false)
+}
+
+fn no_wx_leaf() -> Result<(), String> {
+    let mut leaves = 0;
+    let mut bad = None;
+    kmap::with_tables(|t| {
+        t.walk(true, &mut |e| {
+            if let Kind::Leaf(_) = e.kind {
+                leaves += 1;
+                let p = e.desc.perms();
+                if !p.read_only && !p.pxn {
+                    bad = Some(e.va.0);
+                }
+            }
+        })
+    });
+    ensure!(leaves > 0, "no leaves found");
+    ensure!(bad.is_none(), "writable+executable leaf at {:#x}", bad.unwrap());
+    Ok(())
+}
+
+fn expect_translation_fault(addr: u64, level: i8) -> Result<(), String> {
+    match probe_read_u8(addr) {
+        Ok(v) => Err(alloc::format!("read of {addr:#x} succeeded ({v:#x})")),
+        Err((esr, far)) => {
+            let esr = Esr(esr);
+            ensure!(esr.fault_status() == Some(FaultStatus::Translation(level)), "expected translation fault level {level}, got {esr}");
+            ensure!(!esr.wnr(), "read reported as write");
+            ensure!(far == addr, "FAR {far:#x} != {addr:#x}");
+            Ok(())
+        }
+    }
+}
+
+fn unmapped_level0() -> Result<(), String> {
+    // Nothing lives between the MMIO window and the fixmap's level-0 slot... pick a
+    // level-0 entry that the layout never uses.
+    let addr = 0xffff_6800_0000_0000u64;
+    let lvl = match kmap::with_tables(|t| t.translate(VirtAddr(addr))) {
+        Translation::Fault { level, .. } => level,
+        Translation::Mapped { .. } => return Err("test address is mapped".into()),
+    };
+    ensure!(lvl == crate::mm::granule::START_LEVEL, "software walk stops at level {lvl}");
+    expect_translation_fault(addr, lvl as i8)
+}
+
+fn stack_guard_level3() -> Result<(), String> {
+    // The guard below CPU 0's stack is unmapped inside a populated level-3 table.
+    let (lo, _) = kmap::stack_range(0);
+    let guard = lo - PAGE_SIZE;
+    expect_translation_fault(guard, 3)?;
+    let (lo1, _) = kmap::stack_range(1);
+    expect_translation_fault(lo1 - 8, 3)
+}
+
+fn fixmap_gone() -> Result<(), String> {
+    // The boot-time DTB window must not survive the switch to the final tables.
+    let addr = FIXMAP_BASE + (boot().dtb_pa & (PAGE_SIZE - 1));
+    match kmap::with_tables(|t| t.translate(VirtAddr(addr))) {
+        Translation::Fault { level, .. } => expect_translation_fault(addr, level as i8),
+        Translation::Mapped { .. } => Err("fixmap still mapped".into()),
+    }
+}
+
+fn linear_map_blocks() -> Result<(), String> {
+    let mut checked = 0;
+    for r in &boot().board.ram {
+        // Expected leaf level at each aligned point the mapper could use a block for.
+        for level in [1u32, 2] {
+            if !GRANULE.block_allowed(level) {
+                continue;
+            }
+            let sz = GRANULE.level_size(level);
+            let first = (r.start.0 + sz - 1) & !(sz - 1);
+            if first + sz > r.end.0 {
+                continue;
+            }
+            // The largest allowed block wins: a 2M probe inside a 1G-mappable GiB is level 1.
+            let probe = first;
+            let expected = if level == 2 && GRANULE.block_allowed(1) {
+                let g = GRANULE.level_size(1);
+                let gb = probe & !(g - 1);
+                if gb >= r.start.0 && gb + g <= r.end.0 { 1 } else { 2 }
+            } else {
+                level
+            };
+            let va = phys_to_virt(PhysAddr(probe)).0;
+            match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
+                Translation::Mapped { level: l, pa, .. } => {
+                    ensure!(pa.0 == probe, "linear map of {probe:#x} points at {:#x}", pa.0);
+                    ensure!(l == expected, "PA {probe:#x} mapped at level {l}, expected level {expected}");
+                    checked += 1;
+                }
+                t => return Err(alloc::format!("PA {probe:#x} not in the linear map: {t:?}")),
+            }
+            // The MMU agrees.
+            match cpu::at(AtOp::S1E1W, va + 0x123) {
+                AtResult::Ok { pa, .. } => ensure!(pa == probe + 0x123, "AT says {pa:#x}"),
+                AtResult::Fault { fst, .. } => return Err(alloc::format!("AT faults on {va:#x}: {}", FaultStatus::from_fsc(fst))),
+            }
+        }
+    }
+    ensure!(checked > 0, "RAM too small to hold any block");
+    Ok(())
+}
+
+fn mmio_device() -> Result<(), String> {
+    let u = boot().board.uart.as_ref().ok_or("no UART")?;
+    let va = io_virt(u.regs[0].start).0;
+    match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
+        Translation::Mapped { desc, .. } => {
+            ensure!(desc.attr_index() == mair::DEVICE_NGNRE, "UART mapped with attribute index {}", desc.attr_index());
+            ensure!(desc.perms().pxn && desc.perms().uxn, "device memory executable");
+        }
+        t => return Err(alloc::format!("UART not mapped: {t:?}")),
+    }
+    match cpu::at(AtOp::S1E1R, va) {
+        AtResult::Ok { attr, pa } => {
+            ensure!(attr == 0x04, "PAR_EL1 attributes {attr:#x}, expected Device-nGnRE (0x04)");
+            ensure!(pa == u.regs[0].start.0, "AT PA {pa:#x}");
+        }
+        AtResult::Fault { fst, .. } => return Err(alloc::format!("AT faults: {fst:#x}")),
+    }
+    Ok(())
+}
+
+/// The software walk and the MMU's own `AT` agree on a sample of kernel
+/// addresses (every page of the image, samples of the linear map, holes).
+fn walker_vs_at() -> Result<(), String> {
+    let mut addrs = alloc::vec::Vec::new();
+    let mut a = sym_addr!(__kernel_start);
+    while a < sym_addr!(__kernel_end) {
+        addrs.push(a + 0x18);
+        a += PAGE_SIZE;
+    }
+    for r in &boot().board.ram {
+        let step = (r.size() / 64).max(PAGE_SIZE) & !(PAGE_SIZE - 1);
+        let mut p = r.start.0;
+        while p < r.end.0 {
+            addrs.push(phys_to_virt(PhysAddr(p)).0 + 8);
+            p += step;
+        }
+        addrs.push(phys_to_virt(PhysAddr(r.end.0)).0);
+    }
+    addrs.extend([0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000]);
+    let mut mismatches = 0;
+    let mut first = String::new();
+    for &va in &addrs {
+        for (op, write) in [(AtOp::S1E1R, false), (AtOp::S1E1W, true)] {
+            let sw = kmap::with_tables(|t| t.translate(VirtAddr(va)));
+            let hw = cpu::at(op, va);
+            let agree = match (sw, hw) {
+                (Translation::Mapped { pa, desc, .. }, AtResult::Ok { pa: hpa, .. }) => pa.0 == hpa && !(write && desc.perms().read_only),
+                (Translation::Mapped { desc, level, .. }, AtResult::Fault { fst, .. }) => {
+                    write && desc.perms().read_only && FaultStatus::from_fsc(fst) == FaultStatus::Permission(level as i8)
+                }
+                (Translation::Fault { level, .. }, AtResult::Fault { fst, .. }) => FaultStatus::from_fsc(fst) == FaultStatus::Translation(level as i8),
+                _ => false,
+            };
+            if !agree {
+                mismatches += 1;
+                if first.is_empty() {
+                    first = alloc::format!("{va:#x} {op:?}: walker {sw:?}, AT {hw:?}");
+                }
+            }
+        }
+    }
+    ensure!(mismatches == 0, "{mismatches} of {} checks disagree; first: {first}", addrs.len() * 2);
+    Ok(())
+}
+
+fn all_cpus_online() -> Result<(), String> {
+    let want = boot().board.cpus.len().min(crate::arch::aarch64::boot::MAX_CPUS);
+    let online = percpu::ONLINE.load(Ordering::Acquire);
+    ensure!(online == want, "{online} CPUs online, devicetree lists {want}");
+    Ok(())
+}
+
+static WORK_DONE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+fn secondary_work() {
+    // Runs on the secondary with its own MMU state: read through the linear
+    // map and check the translation via AT on that CPU.
+    let id = percpu::this_cpu().id as u64;
+    let ok = SCTLR_EL1.is_set(SCTLR_EL1::M) && matches!(cpu::at(AtOp::S1E1R, sym_addr!(__kernel_start)), AtResult::Ok { .. });
+    WORK_DONE.fetch_or(if ok { 1 << id } else { 1 << (32 + id) }, Ordering::AcqRel);
+}
+
+fn secondary_runs_work() -> Result<(), String> {
+    let n = percpu::ONLINE.load(Ordering::Acquire);
+    WORK_DONE.store(0, Ordering::Release);
+    for id in 1..n {
+        ensure!(crate::kmain::run_on_cpu(id, secondary_work), "cpu{id} not online");
+    }
+    let want: u64 = (1..n).map(|i| 1u64 << i).sum();
+    let mut spins = 0u64;
+    while WORK_DONE.load(Ordering::Acquire) & 0xffff_ffff != want && spins < 100_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+    let got = WORK_DONE.load(Ordering::Acquire);
+    ensure!(got >> 32 == 0, "secondaries reported a broken MMU state: {got:#x}");
+    ensure!(got == want, "work done mask {got:#x}, expected {want:#x}");
+    Ok(())
+}
+
+fn esr_real_abort() -> Result<(), String> {
+    // A read of an unmapped address through a probe: the ESR the CPU gave us
+    // must decode as an EL1 read data abort with a translation fault.
+    let (esr, _) = match probe_read_u8(0xffff_6800_0000_1000) {
+        Ok(_) => return Err("no fault".into()),
+        Err(x) => x,
+    };
+    let e = Esr(esr);
+    ensure!(e.ec() == ExceptionClass::DataAbortSameEl, "{e}");
+    ensure!(matches!(e.fault_status(), Some(FaultStatus::Translation(_))), "{e}");
+    ensure!(!e.wnr() && !e.s1ptw() && !e.fnv(), "{e}");
+    Ok(())
+}

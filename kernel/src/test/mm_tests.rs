@@ -1,0 +1,126 @@
+//! Physical memory tests: the frame allocator hands out and takes back every
+//! frame; orders are aligned; bad frees are refused; the heap grows.
+
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::Test;
+use crate::ensure;
+use crate::mm::addr::PhysAddr;
+use crate::mm::frame::{self, FreeError, Owner};
+use crate::mm::granule::PAGE_SIZE;
+use crate::mm::layout::phys_to_virt;
+
+pub static TESTS: &[Test] = &[
+    Test { name: "frames_alloc_all_and_free_all", f: alloc_all },
+    Test { name: "frames_orders_are_aligned_and_disjoint", f: orders },
+    Test { name: "frames_bad_free_is_refused", f: bad_free },
+    Test { name: "frames_zeroed_and_usable", f: zeroed },
+    Test { name: "heap_large_allocation", f: heap_big },
+];
+
+/// Takes every free frame (largest orders first), checks they are distinct
+/// RAM frames and that the count matches `free`, then gives all back.
+fn alloc_all() -> Result<(), String> {
+    let before = frame::stats();
+    let base = crate::kmain::boot().board.ram.iter().map(|r| r.start.0).min().unwrap() / PAGE_SIZE;
+    let span = crate::kmain::boot().board.ram.iter().map(|r| r.end.0).max().unwrap() / PAGE_SIZE - base;
+    let mut seen = vec![0u64; (span as usize).div_ceil(64)];
+    let mut blocks: Vec<(PhysAddr, u32)> = Vec::with_capacity(1024);
+    let mut taken = 0u64;
+    let mut order = 10u32;
+    loop {
+        match frame::alloc(order, Owner::Test) {
+            Some(pa) => {
+                for pfn in pa.pfn()..pa.pfn() + (1 << order) {
+                    let i = (pfn - base) as usize;
+                    ensure!(seen[i / 64] & (1 << (i % 64)) == 0, "frame {pfn:#x} handed out twice");
+                    seen[i / 64] |= 1 << (i % 64);
+                }
+                blocks.push((pa, order));
+                taken += 1 << order;
+            }
+            None if order > 0 => order -= 1,
+            None => break,
+        }
+    }
+    let during = frame::stats();
+    let result = (|| {
+        ensure!(taken == before.free, "took {taken} frames, {} were free", before.free);
+        ensure!(during.free == 0, "{} frames still free", during.free);
+        Ok(())
+    })();
+    for (pa, o) in blocks {
+        frame::free(pa, o, Owner::Test).map_err(|e| alloc::format!("free failed: {e:?}"))?;
+    }
+    let after = frame::stats();
+    ensure!(after.free == before.free, "free {} after, {} before", after.free, before.free);
+    frame::check()?;
+    result
+}
+
+fn orders() -> Result<(), String> {
+    let mut got = Vec::new();
+    for order in [0u32, 1, 4, 9] {
+        let pa = frame::alloc(order, Owner::Test).ok_or("out of frames")?;
+        got.push((pa, order));
+        let size = PAGE_SIZE << order;
+        ensure!(pa.0 % size == 0, "order-{order} block {pa} not aligned to {size:#x}");
+    }
+    for (i, (a, oa)) in got.iter().enumerate() {
+        for (b, ob) in &got[i + 1..] {
+            let (ea, eb) = (a.0 + (PAGE_SIZE << oa), b.0 + (PAGE_SIZE << ob));
+            ensure!(ea <= b.0 || eb <= a.0, "{a} and {b} overlap");
+        }
+    }
+    for (pa, o) in got {
+        frame::free(pa, o, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    }
+    Ok(())
+}
+
+fn bad_free() -> Result<(), String> {
+    let before = frame::stats();
+    let pa = frame::alloc(0, Owner::Test).ok_or("out of frames")?;
+    frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    ensure!(frame::free(pa, 0, Owner::Test) == Err(FreeError::NotAllocated(pa)), "double free accepted");
+    let kernel = crate::mm::kmap::kimage_to_phys(crate::sym_addr!(__kernel_start));
+    ensure!(matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))), "freeing the kernel image accepted");
+    ensure!(frame::free(PhysAddr(0x10), 0, Owner::Test).is_err(), "freeing a non-RAM address accepted");
+    let after = frame::stats();
+    ensure!(after.free == before.free && after.allocated == before.allocated, "counters moved: {before:?} -> {after:?}");
+    Ok(())
+}
+
+fn zeroed() -> Result<(), String> {
+    let pa = frame::alloc(2, Owner::Test).ok_or("out of frames")?;
+    let va = phys_to_virt(pa).0 as *mut u64;
+    let n = (4 * PAGE_SIZE / 8) as usize;
+    // SAFETY: our 4 frames, through the linear map.
+    unsafe {
+        for i in 0..n {
+            va.add(i).write_volatile(0xdead_beef_0000_0000 | i as u64);
+        }
+        for i in 0..n {
+            ensure!(va.add(i).read_volatile() == 0xdead_beef_0000_0000 | i as u64, "readback mismatch at {i}");
+        }
+    }
+    frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
+    let va = phys_to_virt(pa).0 as *const u64;
+    // SAFETY: as above.
+    let nonzero = (0..n).filter(|&i| unsafe { va.add(i).read_volatile() } != 0).count();
+    frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    ensure!(nonzero == 0, "{nonzero} words not zeroed");
+    Ok(())
+}
+
+fn heap_big() -> Result<(), String> {
+    // Larger than the static heap: must come from frames.
+    let v: Vec<u8> = vec![0xa5; 3 << 20];
+    ensure!(v.iter().all(|&b| b == 0xa5), "heap memory corrupt");
+    drop(v);
+    crate::mm::heap::refill_reserve();
+    Ok(())
+}
