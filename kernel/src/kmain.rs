@@ -103,6 +103,10 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     banner();
     start_secondaries();
 
+    if let Some(what) = boot().board.bootarg("pagelab.crash") {
+        crash(what);
+    }
+
     let mode = boot().board.bootarg("pagelab.mode").unwrap_or("console");
     match mode {
         "test" => {
@@ -215,3 +219,30 @@ pub fn run_on_cpu(id: usize, f: fn()) -> bool {
     true
 }
 
+
+/// `pagelab.crash=KIND`: crash on purpose after boot, so tests can check that
+/// each kind of fatal error produces a readable report and a failing exit.
+fn crash(what: &str) {
+    println!("pagelab: crashing on purpose: {what}");
+    match what {
+        "stack-overflow" => {
+            #[inline(never)]
+            fn recurse(n: u64) -> u64 {
+                let buf = core::hint::black_box([n; 64]);
+                if n == u64::MAX { 0 } else { recurse(n + 1).wrapping_add(buf[7]) }
+            }
+            core::hint::black_box(recurse(0));
+        }
+        "unmapped-read" => {
+            // SAFETY: none; this is meant to take an unhandled translation fault.
+            let v = unsafe { core::ptr::read_volatile(0xffff_6800_dead_0000 as *const u64) };
+            core::hint::black_box(v);
+        }
+        "undefined-instruction" => {
+            // SAFETY: none; `udf` raises an unknown-reason exception on purpose.
+            unsafe { core::arch::asm!("udf #0x42") };
+        }
+        "panic" => panic!("panic requested with pagelab.crash=panic"),
+        other => println!("pagelab: unknown crash kind `{other}` (stack-overflow, unmapped-read, undefined-instruction, panic)"),
+    }
+}
