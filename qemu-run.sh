@@ -1,0 +1,428 @@
+#!/usr/bin/env bash
+# pagelab: build the kernel and run it under QEMU. See --help.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$ROOT"
+
+TARGET=aarch64-unknown-none-softfloat
+BOARD=virt
+CPU=cortex-a72
+SMP=1
+MEM=1G
+GRANULE=4K
+PROFILE=release
+EL2=0
+GDB=0
+SCRIPT=
+APPEND=
+TIMEOUT=
+VERBOSE=0
+COMMAND=console
+
+usage() {
+    cat <<'EOF'
+Usage: ./qemu-run.sh [OPTIONS] [COMMAND]
+
+Build pagelab and run it under qemu-system-aarch64.
+
+Commands:
+  (none)            build and boot to the interactive console (Ctrl-A x quits QEMU)
+  test              run every test: host unit tests, in-kernel tests under QEMU
+                    (EL1/EL2 entry, 1 and 4 CPUs, cortex-a53/a72/max), scenario
+                    scripts and the extra checks in tests/extra/. Ends with
+                    "N passed, M failed"; exit status is non-zero on any failure.
+  build             build the kernel ELF and flat image only
+  gdb               start gdb-multiarch on the kernel ELF, attached to a QEMU that
+                    was started with --gdb, with gdb/pagelab.py loaded
+
+Options:
+  --script FILE     run FILE (scenario language, see docs/SCENARIOS.md) instead of
+                    the interactive console; exit status 0 only if it passed
+  --el2             enter the kernel at EL2 (-M virt,virtualization=on)
+  --smp N           number of CPUs (default 1, at most 8)
+  --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
+  --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G)
+  --board NAME      virt (raspi3b and raspi4b come with the bring-up issue)
+  --granule SIZE    4K (16K and 64K come with the translation-tables issue)
+  --gdb             start QEMU halted, waiting for GDB on tcp::1234
+  --release         optimised build, with debug info (default)
+  --debug           unoptimised build
+  --append "ARGS"   extra kernel bootargs, e.g. "loglevel=debug"
+  --timeout SECS    kill QEMU after SECS (non-interactive runs; default 300)
+  -v, --verbose     print the commands being run
+  -h, --help        this text
+
+Kernel bootargs understood by pagelab:
+  pagelab.mode=console|test|script   what to run after boot
+  pagelab.exit=semihosting           tell QEMU the exit status (qemu-run.sh sets it)
+  loglevel=error|warn|info|debug|trace
+  pagelab.crash=stack-overflow|unmapped-read|undefined-instruction|panic
+                                     crash on purpose (tests of the crash reports)
+
+Missing tools are installed on Debian/Ubuntu: the Rust toolchain and targets from
+rust-toolchain.toml (rustup), qemu-system-arm >= 9 (from bookworm-backports on
+Debian 12) and gdb-multiarch (apt).
+EOF
+}
+
+die() { echo "qemu-run.sh: $*" >&2; exit 1; }
+say() { echo "pagelab: $*" >&2; }
+run() { [[ $VERBOSE == 1 ]] && echo "+ $*" >&2; "$@"; }
+
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        -h|--help) usage; exit 0 ;;
+        --script) [[ $# -ge 2 ]] || die "--script needs a FILE"; SCRIPT=$2; COMMAND=script; shift ;;
+        --el2) EL2=1 ;;
+        --smp) [[ $# -ge 2 && $2 =~ ^[1-8]$ ]] || die "--smp needs a number from 1 to 8"; SMP=$2; shift ;;
+        --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; shift
+               case $CPU in cortex-a53|cortex-a72|max) ;; *) die "unsupported --cpu '$CPU' (cortex-a53, cortex-a72, max)";; esac ;;
+        --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; shift ;;
+        --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
+                 case $BOARD in virt) ;; raspi3b|raspi4b) die "--board $BOARD is not supported yet (it comes with the Raspberry Pi bring-up issue)";;
+                                *) die "unknown board '$BOARD' (virt)";; esac ;;
+        --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
+                   case $GRANULE in 4K) ;; 16K|64K) die "--granule $GRANULE is not supported yet (it comes with the translation-tables issue)";;
+                                    *) die "unknown granule '$2' (4K)";; esac ;;
+        --gdb) GDB=1 ;;
+        --release) PROFILE=release ;;
+        --debug) PROFILE=debug ;;
+        --append) [[ $# -ge 2 ]] || die "--append needs ARGS"; APPEND=$2; shift ;;
+        --timeout) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--timeout needs SECS"; TIMEOUT=$2; shift ;;
+        -v|--verbose) VERBOSE=1 ;;
+        test|build|gdb) COMMAND=$1 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+    shift
+done
+
+# ---------------------------------------------------------------- dependencies
+
+as_root() {
+    if [[ $(id -u) == 0 ]]; then "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+    else return 1; fi
+}
+
+qemu_ok() {
+    command -v qemu-system-aarch64 >/dev/null || return 1
+    local v
+    v=$(qemu-system-aarch64 --version | sed -n 's/^QEMU emulator version \([0-9]*\)\..*/\1/p')
+    [[ -n $v && $v -ge 9 ]]
+}
+
+apt_install() { # packages...; uses bookworm-backports on Debian 12
+    command -v apt-get >/dev/null || return 1
+    local codename=
+    [[ -r /etc/os-release ]] && codename=$(. /etc/os-release; echo "${VERSION_CODENAME:-}")
+    local target=()
+    if [[ $codename == bookworm ]]; then
+        if ! grep -rqs '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            say "adding bookworm-backports to apt sources (QEMU >= 9 lives there on Debian 12)"
+            echo "deb http://deb.debian.org/debian bookworm-backports main" |
+                as_root tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null || return 1
+        fi
+        target=(-t bookworm-backports)
+    fi
+    say "apt-get update"
+    as_root apt-get update -qq >/dev/null || return 1
+    say "installing $* ${target[*]:+(${target[*]})}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${target[@]}" "$@" >/dev/null
+}
+
+ensure_deps() {
+    command -v cargo >/dev/null && command -v rustup >/dev/null ||
+        die "Rust is not installed. Install rustup (https://rustup.rs), then run this again; rust-toolchain.toml selects the toolchain."
+    local chan
+    chan=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+    if ! rustup toolchain list | grep -q "^$chan"; then
+        say "installing Rust toolchain $chan (from rust-toolchain.toml)"
+        rustup toolchain install "$chan" --profile minimal >/dev/null
+    fi
+    local installed
+    installed=$(rustup +"$chan" target list --installed)
+    for t in aarch64-unknown-none-softfloat aarch64-unknown-none; do
+        grep -qx "$t" <<<"$installed" || { say "adding Rust target $t"; rustup +"$chan" target add "$t" >/dev/null; }
+    done
+    if ! rustup +"$chan" component list --installed | grep -q '^llvm-tools'; then
+        say "adding Rust component llvm-tools"
+        rustup +"$chan" component add llvm-tools >/dev/null
+    fi
+    if ! qemu_ok; then
+        say "QEMU >= 9 (qemu-system-aarch64) is missing; installing qemu-system-arm"
+        apt_install qemu-system-arm || true
+        qemu_ok || die "could not install QEMU >= 9. Install qemu-system-aarch64 version 9 or newer
+  (Debian 12: apt-get install -t bookworm-backports qemu-system-arm; Ubuntu 24.10+: apt-get install qemu-system-arm)"
+        say "$(qemu-system-aarch64 --version | head -n1)"
+    fi
+    if ! command -v gdb-multiarch >/dev/null; then
+        say "installing gdb-multiarch"
+        apt_install gdb-multiarch || say "warning: could not install gdb-multiarch (needed for 'gdb' and the GDB test)"
+    fi
+}
+
+# ---------------------------------------------------------------- build
+
+OUT="$ROOT/target/$TARGET/$PROFILE"
+ELF="$OUT/pagelab-kernel"
+IMG="$OUT/pagelab.img"
+
+build() {
+    local flags=()
+    [[ $PROFILE == release ]] && flags+=(--release)
+    run cargo build -q -p pagelab-kernel --target "$TARGET" "${flags[@]}"
+    local host objcopy
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    objcopy="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-objcopy"
+    [[ -x $objcopy ]] || die "llvm-objcopy not found at $objcopy (rustup component add llvm-tools)"
+    run "$objcopy" -O binary "$ELF" "$IMG"
+}
+
+# ---------------------------------------------------------------- QEMU
+
+# qemu_cmd MODE [extra bootargs]: fills the array QEMU.
+qemu_cmd() {
+    local mode=$1; shift
+    local machine=$BOARD
+    [[ $EL2 == 1 ]] && machine+=",virtualization=on"
+    local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=$((EL2 + 1)) $*"
+    [[ -n $APPEND ]] && args+=" $APPEND"
+    # shellcheck disable=SC2054  # commas are inside QEMU option values
+    QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$MEM"
+          -nodefaults -no-user-config -display none -no-reboot
+          -semihosting-config enable=on,target=native
+          -kernel "$IMG" -append "$args")
+}
+
+# Turns "backtrace:" addresses in a failed run's log into function names.
+symbolize() { # log
+    local host a2l
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    a2l="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-addr2line"
+    [[ -x $a2l ]] || return 0
+    local addrs
+    addrs=$(sed -n '/^backtrace:/,/^[^ ]/s/^ *#[0-9]* *\(0x[0-9a-f]*\).*/\1/p' "$1" | head -n 32)
+    [[ -n $addrs ]] || return 0
+    echo "symbolized backtrace:"
+    # shellcheck disable=SC2086
+    "$a2l" -f -C -s -e "$ELF" $addrs | paste - - | sed 's/^/    /'
+}
+
+# Runs QEMU non-interactively. $1 = log file, rest = bootargs. Sets QSTATUS.
+run_qemu_logged() {
+    local log=$1; shift
+    local mode=$1; shift
+    qemu_cmd "$mode" "$@"
+    QSTATUS=0
+    [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
+    timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none "${EXTRA_QEMU[@]}" </dev/null >"$log" 2>&1 || QSTATUS=$?
+}
+
+# Prints N M from the last "N passed, M failed" line of a log, or nothing.
+summary_of() {
+    tr -d '\r' <"$1" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n1 | sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/'
+}
+
+EXTRA_QEMU=()
+
+cmd_console() {
+    ensure_deps
+    build
+    qemu_cmd console
+    if [[ $GDB == 1 ]]; then
+        say "QEMU is waiting for GDB on tcp::1234. Attach with:"
+        say "  ./qemu-run.sh gdb        (in another terminal), or"
+        say "  gdb-multiarch -ex 'target remote :1234' -ex 'source gdb/pagelab.py' $ELF"
+        QEMU+=(-s -S)
+    fi
+    say "Ctrl-A x quits QEMU"
+    [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]} -serial mon:stdio" >&2
+    exec "${QEMU[@]}" -serial mon:stdio
+}
+
+cmd_script() {
+    [[ -f $SCRIPT && -r $SCRIPT ]] || die "cannot read script '$SCRIPT'"
+    ensure_deps
+    build
+    qemu_cmd script
+    QEMU+=(-initrd "$SCRIPT")
+    if [[ $GDB == 1 ]]; then
+        say "QEMU is waiting for GDB on tcp::1234 (./qemu-run.sh gdb)"
+        QEMU+=(-s -S)
+    fi
+    local log status=0
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
+    timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 | tee "$log" || true
+    status=${PIPESTATUS[0]}
+    local s
+    s=$(summary_of "$log")
+    if [[ $status -eq 0 && -n $s && ${s#* } == 0 ]]; then
+        exit 0
+    fi
+    [[ $status -eq 124 ]] && say "timed out after ${TIMEOUT:-300} s"
+    symbolize "$log" || true
+    exit 1
+}
+
+cmd_gdb() {
+    command -v gdb-multiarch >/dev/null || ensure_deps
+    [[ -f $ELF ]] || { ensure_deps; build; }
+    local extra=()
+    [[ -f gdb/pagelab.py ]] && extra=(-ex 'source gdb/pagelab.py')
+    exec gdb-multiarch -q "$ELF" -ex 'set pagination off' -ex 'target remote :1234' "${extra[@]}"
+}
+
+# ---------------------------------------------------------------- test
+
+PASSED=0
+FAILED=0
+LOGDIR="$ROOT/target/test-logs"
+
+record() { # passed failed label detail
+    PASSED=$((PASSED + $1)); FAILED=$((FAILED + $2))
+    if [[ $2 -eq 0 ]]; then printf 'PASS %-44s %s\n' "$3" "$4"; else printf 'FAIL %-44s %s\n' "$3" "$4"; fi
+}
+
+show_log_tail() { tail -n 30 "$1" | sed 's/^/    | /'; symbolize "$1" | sed 's/^/    /' || true; }
+
+test_host() {
+    echo "== host unit tests (cargo test)"
+    local log="$LOGDIR/host.log" status=0
+    cargo test --workspace >"$log" 2>&1 || status=$?
+    local p f
+    p=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
+    f=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
+    if [[ $status -ne 0 && $f -eq 0 ]]; then f=1; fi
+    record "$p" "$f" "host: cargo test" "($p passed, $f failed)"
+    [[ $f -eq 0 ]] || show_log_tail "$log"
+}
+
+test_kernel() { # el2 smp cpu [mem]
+    local prev=("$EL2" "$SMP" "$CPU" "$MEM")
+    EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
+    local label="kernel[el$((EL2 + 1)),smp$SMP,$CPU,$MEM${5:+,$5}]"
+    local log="$LOGDIR/kernel-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${5:+-$5}.log"
+    TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
+    local s p f
+    s=$(summary_of "$log")
+    if [[ -z $s ]]; then
+        p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
+        record "$p" $((f + 1)) "$label" "no summary line (QEMU status $QSTATUS)"
+        show_log_tail "$log"
+    else
+        p=${s% *}; f=${s#* }
+        if [[ $QSTATUS -ne 0 && $f -eq 0 ]]; then f=1; fi
+        record "$p" "$f" "$label" "($p passed, $f failed, QEMU status $QSTATUS)"
+        [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
+    fi
+    EL2=${prev[0]} SMP=${prev[1]} CPU=${prev[2]} MEM=${prev[3]}
+}
+
+test_script() { # file smp should_fail
+    local file=$1 prev_smp=$SMP
+    SMP=$2
+    local name; name=$(basename "$file" .scn)
+    local label="script[$name,smp$SMP]"
+    local log="$LOGDIR/script-$name-smp$SMP.log"
+    EXTRA_QEMU=(-initrd "$file")
+    TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script
+    EXTRA_QEMU=()
+    local s; s=$(summary_of "$log")
+    if [[ $3 == 0 ]]; then
+        if [[ $QSTATUS -eq 0 && -n $s && ${s#* } == 0 ]]; then
+            record "${s% *}" 0 "$label" "(${s% *} passed)"
+        else
+            local p=0 f=1
+            [[ -n $s ]] && { p=${s% *}; f=${s#* }; [[ $f -eq 0 ]] && f=1; }
+            record "$p" "$f" "$label" "(${s:-no summary}, QEMU status $QSTATUS)"
+            grep -E '^(FAIL|error)' "$log" | head -n 20 | sed 's/^/    /'
+            show_log_tail "$log"
+        fi
+    else
+        # Must fail: non-zero exit and a summary line that counts failures
+        # (a crash or hang has no summary and does not count as the expected failure).
+        if [[ $QSTATUS -ne 0 && -n $s && ${s#* } -gt 0 ]]; then
+            record 1 0 "$label" "(failed as it must: ${s#* } failure(s) detected)"
+        else
+            record 0 1 "$label" "(expected a detected failure; got ${s:-no summary}, QEMU status $QSTATUS)"
+            show_log_tail "$log"
+        fi
+    fi
+    SMP=$prev_smp
+}
+
+test_extra() { # script
+    local name; name=$(basename "$1" .sh)
+    local log="$LOGDIR/extra-$name.log" status=0
+    PAGELAB_IMG=$IMG PAGELAB_ELF=$ELF PAGELAB_ROOT=$ROOT timeout -k 5 600 "$1" >"$log" 2>&1 || status=$?
+    if [[ $status -eq 0 ]]; then
+        record 1 0 "extra[$name]" "($(grep -cE '^ *(PASS|OK) ' "$log" || true) checks)"
+    else
+        record 0 1 "extra[$name]" "(exit status $status)"
+        grep -E '^ *(FAIL|MISMATCH)' "$log" | head -n 20 | sed 's/^/    /'
+        tail -n 20 "$log" | sed 's/^/    | /'
+    fi
+}
+
+cmd_test() {
+    ensure_deps
+    mkdir -p "$LOGDIR"
+    local start=$SECONDS
+    test_host
+    echo "== building the kernel ($PROFILE)"
+    build
+    echo "== in-kernel tests"
+    local el smp cpu
+    for el in 0 1; do
+        for smp in 1 4; do
+            test_kernel "$el" "$smp" cortex-a72
+        done
+    done
+    for cpu in cortex-a53 max; do
+        test_kernel 0 1 "$cpu"
+        test_kernel 1 4 "$cpu"
+    done
+    # RAM sizes: 1.5G needs 2M blocks next to a 1G block; 128M has no 1G block; 3G spans 3 GiB.
+    test_kernel 0 2 cortex-a72 1536M
+    test_kernel 1 1 cortex-a72 128M
+    test_kernel 0 4 cortex-a72 3G
+    # The unoptimised build must behave the same.
+    if [[ $PROFILE == release ]]; then
+        local rel=("$OUT" "$ELF" "$IMG")
+        PROFILE=debug OUT="$ROOT/target/$TARGET/debug"; ELF="$OUT/pagelab-kernel"; IMG="$OUT/pagelab.img"
+        build
+        test_kernel 1 4 cortex-a72 1G debug-build
+        PROFILE=release OUT=${rel[0]} ELF=${rel[1]} IMG=${rel[2]}
+    fi
+    echo "== scenario scripts"
+    local f
+    for f in tests/scripts/*.scn; do
+        [[ -e $f ]] || continue
+        test_script "$f" 1 0
+        test_script "$f" 4 0
+    done
+    for f in tests/scripts/should-fail/*.scn; do
+        [[ -e $f ]] || continue
+        test_script "$f" 1 1
+    done
+    if [[ -d tests/extra ]]; then
+        echo "== extra checks"
+        for f in tests/extra/*.sh; do
+            [[ -x $f ]] && test_extra "$f"
+        done
+    fi
+    echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
+    echo "$PASSED passed, $FAILED failed"
+    [[ $FAILED -eq 0 ]]
+}
+
+case $COMMAND in
+    console) cmd_console ;;
+    script) cmd_script ;;
+    build) ensure_deps; build; say "built $ELF and $IMG" ;;
+    gdb) cmd_gdb ;;
+    test) cmd_test ;;
+esac
