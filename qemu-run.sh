@@ -195,18 +195,18 @@ qemu_cmd() {
           -kernel "$IMG" -append "$args")
 }
 
-# Turns "backtrace:" addresses in a failed run's log into function names.
+# Turns "backtrace:" addresses in a failed run's log into function names and
+# source lines (with gdb-multiarch, which is installed anyway).
 symbolize() { # log
-    local host a2l
-    host=$(rustc -vV | sed -n 's/^host: //p')
-    a2l="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-addr2line"
-    [[ -x $a2l ]] || return 0
-    local addrs
-    addrs=$(sed -n '/^backtrace:/,/^[^ ]/s/^ *#[0-9]* *\(0x[0-9a-f]*\).*/\1/p' "$1" | head -n 32)
-    [[ -n $addrs ]] || return 0
+    command -v gdb-multiarch >/dev/null && [[ -f $ELF ]] || return 0
+    local addrs=() a
+    mapfile -t addrs < <(sed -n '/^backtrace:/,/^[^ ]/s/^ *#[0-9]* *\(0x[0-9a-f]*\).*/\1/p' "$1" | head -n 24)
+    [[ ${#addrs[@]} -gt 0 ]] || return 0
+    local cmds=()
+    for a in "${addrs[@]}"; do cmds+=(-ex "info symbol $a" -ex "info line *$a"); done
     echo "symbolized backtrace:"
-    # shellcheck disable=SC2086
-    "$a2l" -f -C -s -e "$ELF" $addrs | paste - - | sed 's/^/    /'
+    gdb-multiarch -q -batch -nx "$ELF" "${cmds[@]}" 2>/dev/null |
+        sed -n 's/^\(.*\) in section .*/  \1/p; s/^Line \([0-9]*\) of "\([^"]*\)".*/      at \2:\1/p'
 }
 
 # Runs QEMU non-interactively. $1 = log file, rest = bootargs. Sets QSTATUS.
