@@ -171,12 +171,12 @@ IMG="$OUT/pagelab.img"
 build() {
     local flags=()
     [[ $PROFILE == release ]] && flags+=(--release)
-    run cargo build -q -p pagelab-kernel --target "$TARGET" "${flags[@]}"
+    run cargo build -q -p pagelab-kernel --target "$TARGET" "${flags[@]}" || return 1
     local host objcopy
     host=$(rustc -vV | sed -n 's/^host: //p')
     objcopy="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-objcopy"
     [[ -x $objcopy ]] || die "llvm-objcopy not found at $objcopy (rustup component add llvm-tools)"
-    run "$objcopy" -O binary "$ELF" "$IMG"
+    run "$objcopy" -O binary "$ELF" "$IMG" || return 1
 }
 
 # ---------------------------------------------------------------- QEMU
@@ -373,7 +373,11 @@ cmd_test() {
     local start=$SECONDS
     test_host
     echo "== building the kernel ($PROFILE)"
-    build
+    if ! build; then
+        record 0 1 "build" "(the kernel does not build; nothing else can run)"
+        echo "$PASSED passed, $FAILED failed"
+        return 1
+    fi
     echo "== in-kernel tests"
     local el smp cpu
     for el in 0 1; do
@@ -393,8 +397,11 @@ cmd_test() {
     if [[ $PROFILE == release ]]; then
         local rel=("$OUT" "$ELF" "$IMG")
         PROFILE=debug OUT="$ROOT/target/$TARGET/debug"; ELF="$OUT/pagelab-kernel"; IMG="$OUT/pagelab.img"
-        build
-        test_kernel 1 4 cortex-a72 1G debug-build
+        if build; then
+            test_kernel 1 4 cortex-a72 1G debug-build
+        else
+            record 0 1 "build[debug]" "(the debug build fails)"
+        fi
         PROFILE=release OUT=${rel[0]} ELF=${rel[1]} IMG=${rel[2]}
     fi
     echo "== scenario scripts"

@@ -48,6 +48,7 @@ pub fn exit(code: u32) -> ! {
 /// Called exactly once, by the boot assembly.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) -> ! {
+    crate::arch::aarch64::mmu::program();
     percpu::init_this_cpu(0);
     heap::init_static();
 
@@ -193,6 +194,7 @@ pub static SECONDARY_WORK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) };
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(id: u64) -> ! {
     let id = id as usize;
+    crate::arch::aarch64::mmu::program();
     let (_, empty) = kmap::roots();
     // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
     unsafe { cpu::set_ttbr0(empty.0) };

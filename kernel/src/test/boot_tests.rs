@@ -70,6 +70,9 @@ fn mmu_on() -> Result<(), String> {
 }
 
 fn mmu_registers() -> Result<(), String> {
+    let (m, t, s) = crate::arch::aarch64::mmu::expected();
+    ensure!((MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s), "live registers differ from the aarch64-cpu definitions");
+    ensure!(m == mair::VALUE && s == crate::arch::aarch64::regs::sctlr::MMU_ON, "aarch64-cpu and regs.rs constants differ");
     ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
     let tcr = TCR_EL1.get();
     let fixed_mask = !((7u64 << 32) | (1 << 36));
