@@ -44,7 +44,8 @@ Options:
   --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
   --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G)
   --board NAME      virt (raspi3b and raspi4b come with the bring-up issue)
-  --granule SIZE    4K (16K and 64K come with the translation-tables issue)
+  --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and
+                    Cortex-A72 have no 16K granule: use --cpu max with 16K
   --gdb             start QEMU halted, waiting for GDB on tcp::1234
   --release         optimised build, with debug info (default)
   --debug           unoptimised build
@@ -83,8 +84,7 @@ while [[ $# -gt 0 ]]; do
                  case $BOARD in virt) ;; raspi3b|raspi4b) die "--board $BOARD is not supported yet (it comes with the Raspberry Pi bring-up issue)";;
                                 *) die "unknown board '$BOARD' (virt)";; esac ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
-                   case $GRANULE in 4K) ;; 16K|64K) die "--granule $GRANULE is not supported yet (it comes with the translation-tables issue)";;
-                                    *) die "unknown granule '$2' (4K)";; esac ;;
+                   case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
         --gdb) GDB=1 ;;
         --release) PROFILE=release ;;
         --debug) PROFILE=debug ;;
@@ -164,12 +164,24 @@ ensure_deps() {
 
 # ---------------------------------------------------------------- build
 
-OUT="$ROOT/target/$TARGET/$PROFILE"
-ELF="$OUT/pagelab-kernel"
-IMG="$OUT/pagelab.img"
+# Each granule is a separate build (cargo feature) in its own target dir.
+set_paths() {
+    if [[ $GRANULE == 4K ]]; then TDIR="$ROOT/target"; else TDIR="$ROOT/target/granule-${GRANULE,,}"; fi
+    OUT="$TDIR/$TARGET/$PROFILE"
+    ELF="$OUT/pagelab-kernel"
+    IMG="$OUT/pagelab.img"
+}
+set_paths
+
+check_granule_cpu() {
+    if [[ $GRANULE == 16K && $CPU != max ]]; then
+        die "$CPU has no 16K translation granule (ID_AA64MMFR0_EL1.TGran16 = 0); use --cpu max with --granule 16K"
+    fi
+}
+check_granule_cpu
 
 build() {
-    local flags=()
+    local flags=(--no-default-features --features "granule-${GRANULE,,}" --target-dir "$TDIR")
     [[ $PROFILE == release ]] && flags+=(--release)
     run cargo build -q -p pagelab-kernel --target "$TARGET" "${flags[@]}" || return 1
     local host objcopy
@@ -303,8 +315,8 @@ test_host() {
 test_kernel() { # el2 smp cpu [mem]
     local prev=("$EL2" "$SMP" "$CPU" "$MEM")
     EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
-    local label="kernel[el$((EL2 + 1)),smp$SMP,$CPU,$MEM${5:+,$5}]"
-    local log="$LOGDIR/kernel-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${5:+-$5}.log"
+    local label="kernel[$GRANULE,el$((EL2 + 1)),smp$SMP,$CPU,$MEM${5:+,$5}]"
+    local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${5:+-$5}.log"
     TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
     local s p f
     s=$(summary_of "$log")
@@ -325,8 +337,8 @@ test_script() { # file smp should_fail
     local file=$1 prev_smp=$SMP
     SMP=$2
     local name; name=$(basename "$file" .scn)
-    local label="script[$name,smp$SMP]"
-    local log="$LOGDIR/script-$name-smp$SMP.log"
+    local label="script[$GRANULE,$name,smp$SMP]"
+    local log="$LOGDIR/script-$GRANULE-$name-smp$SMP.log"
     EXTRA_QEMU=(-initrd "$file")
     TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script
     EXTRA_QEMU=()
@@ -356,56 +368,53 @@ test_script() { # file smp should_fail
 
 test_extra() { # script
     local name; name=$(basename "$1" .sh)
-    local log="$LOGDIR/extra-$name.log" status=0
-    PAGELAB_IMG=$IMG PAGELAB_ELF=$ELF PAGELAB_ROOT=$ROOT timeout -k 5 600 "$1" >"$log" 2>&1 || status=$?
+    local log="$LOGDIR/extra-$GRANULE-$name.log" status=0
+    PAGELAB_IMG=$IMG PAGELAB_ELF=$ELF PAGELAB_ROOT=$ROOT PAGELAB_GRANULE=$GRANULE PAGELAB_CPU=${cpus[0]:-cortex-a72} timeout -k 5 600 "$1" >"$log" 2>&1 || status=$?
     if [[ $status -eq 0 ]]; then
-        record 1 0 "extra[$name]" "($(grep -cE '^ *(PASS|OK) ' "$log" || true) checks)"
+        record 1 0 "extra[$GRANULE,$name]" "($(grep -cE '^ *(PASS|OK) ' "$log" || true) checks)"
     else
-        record 0 1 "extra[$name]" "(exit status $status)"
+        record 0 1 "extra[$GRANULE,$name]" "(exit status $status)"
         grep -E '^ *(FAIL|MISMATCH)' "$log" | head -n 20 | sed 's/^/    /'
         tail -n 20 "$log" | sed 's/^/    | /'
     fi
 }
 
-cmd_test() {
-    ensure_deps
-    mkdir -p "$LOGDIR"
-    local start=$SECONDS
-    test_host
-    echo "== building the kernel ($PROFILE)"
+# Everything that runs on a kernel image, for the current $GRANULE.
+test_granule() {
+    echo "== granule $GRANULE: building the kernel ($PROFILE)"
     if ! build; then
-        record 0 1 "build" "(the kernel does not build; nothing else can run)"
-        echo "$PASSED passed, $FAILED failed"
-        return 1
+        record 0 1 "build[$GRANULE]" "(the kernel does not build)"
+        return 0
     fi
-    echo "== in-kernel tests"
-    local el smp cpu
+    echo "== granule $GRANULE: in-kernel tests"
+    local el smp cpu cpus=(cortex-a72 cortex-a53 max)
+    [[ $GRANULE == 16K ]] && cpus=(max)
     for el in 0 1; do
         for smp in 1 4; do
-            test_kernel "$el" "$smp" cortex-a72
+            test_kernel "$el" "$smp" "${cpus[0]}"
         done
     done
-    for cpu in cortex-a53 max; do
+    for cpu in "${cpus[@]:1}"; do
         test_kernel 0 1 "$cpu"
         test_kernel 1 4 "$cpu"
     done
     # RAM sizes: 1.5G needs 2M blocks next to a 1G block; 128M has no 1G block; 3G spans 3 GiB.
-    test_kernel 0 2 cortex-a72 1536M
-    test_kernel 1 1 cortex-a72 128M
-    test_kernel 0 4 cortex-a72 3G
+    test_kernel 0 2 "${cpus[0]}" 1536M
+    test_kernel 1 1 "${cpus[0]}" 128M
+    test_kernel 0 4 "${cpus[0]}" 3G
     # The unoptimised build must behave the same.
     if [[ $PROFILE == release ]]; then
-        local rel=("$OUT" "$ELF" "$IMG")
-        PROFILE=debug OUT="$ROOT/target/$TARGET/debug"; ELF="$OUT/pagelab-kernel"; IMG="$OUT/pagelab.img"
+        PROFILE=debug; set_paths
         if build; then
-            test_kernel 1 4 cortex-a72 1G debug-build
+            test_kernel 1 4 "${cpus[0]}" 1G debug-build
         else
-            record 0 1 "build[debug]" "(the debug build fails)"
+            record 0 1 "build[$GRANULE,debug]" "(the debug build fails)"
         fi
-        PROFILE=release OUT=${rel[0]} ELF=${rel[1]} IMG=${rel[2]}
+        PROFILE=release; set_paths
     fi
-    echo "== scenario scripts"
-    local f
+    echo "== granule $GRANULE: scenario scripts"
+    local f prev_cpu=$CPU
+    CPU=${cpus[0]}
     for f in tests/scripts/*.scn; do
         [[ -e $f ]] || continue
         test_script "$f" 1 0
@@ -415,12 +424,25 @@ cmd_test() {
         [[ -e $f ]] || continue
         test_script "$f" 1 1
     done
+    CPU=$prev_cpu
     if [[ -d tests/extra ]]; then
-        echo "== extra checks"
+        echo "== granule $GRANULE: extra checks"
         for f in tests/extra/*.sh; do
             [[ -x $f ]] && test_extra "$f"
         done
     fi
+}
+
+cmd_test() {
+    ensure_deps
+    mkdir -p "$LOGDIR"
+    local start=$SECONDS
+    test_host
+    local g
+    for g in 4K 16K 64K; do
+        GRANULE=$g; set_paths
+        test_granule
+    done
     echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
     echo "$PASSED passed, $FAILED failed"
     [[ $FAILED -eq 0 ]]

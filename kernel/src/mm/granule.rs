@@ -13,8 +13,17 @@ pub enum Granule {
     K64,
 }
 
-/// The granule this kernel is built for.
+/// The granule this kernel is built for (cargo features `granule-4k`,
+/// `granule-16k`, `granule-64k`; `qemu-run.sh --granule` picks one).
+#[cfg(all(feature = "granule-16k", not(feature = "granule-64k")))]
+pub const GRANULE: Granule = Granule::K16;
+#[cfg(feature = "granule-64k")]
+pub const GRANULE: Granule = Granule::K64;
+#[cfg(not(any(feature = "granule-16k", feature = "granule-64k")))]
 pub const GRANULE: Granule = Granule::K4;
+
+#[cfg(all(feature = "granule-16k", feature = "granule-64k"))]
+compile_error!("choose one granule feature");
 
 impl Granule {
     pub const fn page_shift(self) -> u32 {

@@ -21,7 +21,11 @@ use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
 use crate::sym_addr;
 
 /// Pages reserved in the image for the initial kernel tables.
-const POOL_PAGES: usize = 32;
+const POOL_PAGES: usize = match GRANULE {
+    super::granule::Granule::K4 => 32,
+    super::granule::Granule::K16 => 20,
+    super::granule::Granule::K64 => 12,
+};
 
 #[repr(C, align(65536))]
 struct Pool([u8; POOL_PAGES * PAGE_SIZE as usize]);

@@ -20,8 +20,14 @@ use crate::arch::aarch64::regs::{mair, sctlr, tcr, TCR_BASE};
 use crate::mm::granule::{GRANULE, PAGE_SHIFT, PAGE_SIZE, START_LEVEL};
 use crate::mm::layout::FIXMAP_BASE;
 
-/// Pages in the early table pool (both TTBRs).
-pub const EARLY_POOL_PAGES: usize = 24;
+/// Pages in the early table pool (both TTBRs). With 4K pages an image of up
+/// to 8 MiB needs 3 + 5 tables for TTBR1, 3 + 5 for TTBR0 and 4 for the DTB
+/// window; larger granules need far fewer tables.
+pub const EARLY_POOL_PAGES: usize = match GRANULE {
+    crate::mm::granule::Granule::K4 => 24,
+    crate::mm::granule::Granule::K16 => 14,
+    crate::mm::granule::Granule::K64 => 10,
+};
 
 #[repr(C, align(65536))]
 pub struct EarlyPool(pub [u8; EARLY_POOL_PAGES * PAGE_SIZE as usize]);
@@ -43,6 +49,19 @@ const IMAGE_FLAGS: u64 = (match GRANULE {
     crate::mm::granule::Granule::K64 => 3,
 } << 1)
     | (1 << 3);
+
+/// ID_AA64MMFR0_EL1.TGranX field for the build's granule, and the two values
+/// that mean "not implemented" (TGran4/64: 0xf; TGran16: 0; the second value
+/// repeats the first where there is only one).
+const TGRAN_SHIFT: u32 = match GRANULE {
+    crate::mm::granule::Granule::K4 => 28,
+    crate::mm::granule::Granule::K16 => 20,
+    crate::mm::granule::Granule::K64 => 24,
+};
+const TGRAN_BAD: (u64, u64) = match GRANULE {
+    crate::mm::granule::Granule::K16 => (0, 0),
+    _ => (0xf, 0xf),
+};
 
 /// Early leaf attributes: normal memory, inner shareable, AF, EL1 RW, executable.
 const EARLY_PAGE_ATTRS: u64 = 0b11 | (mair::NORMAL << 2) | (3 << 8) | (1 << 10);
@@ -112,7 +131,8 @@ primary_entry:
 3:
     // Tables were written with the MMU and caches off: drop stale lines.
     mov     x0, x22
-    add     x1, x22, #({pool_pages} * {page_size})
+    ldr     x1, =({pool_pages} * {page_size})
+    add     x1, x22, x1
     bl      dcache_inval_range
 
     mov     x0, x22
@@ -124,7 +144,8 @@ primary_entry:
 // x0 = root table (PA), x1 = VA, x2 = PA, x3 = size (rounded up to pages).
 // Allocates tables from x24. Clobbers x0-x15. MMU off: PA == pointer.
 early_map_pages:
-    add     x3, x3, #({page_size} - 1)
+    mov     x9, #({page_size} - 1)
+    add     x3, x3, x9
     and     x3, x3, #{page_mask}
     and     x1, x1, #{page_mask}
     and     x2, x2, #{page_mask}
@@ -237,7 +258,15 @@ cpu_setup_el1:
 
 // x0 = TTBR0 root (PA), x1 = TTBR1 root (PA). Returns with the MMU on,
 // still executing at the physical address through the TTBR0 identity map.
+// A CPU that does not implement the granule parks in `granule_unsupported`
+// (nothing can be printed yet; qemu-run.sh refuses such combinations).
 enable_mmu:
+    mrs     x2, id_aa64mmfr0_el1
+    ubfx    x2, x2, #{tgran_shift}, #4
+    cmp     x2, #{tgran_bad}
+    b.eq    granule_unsupported
+    cmp     x2, #{tgran_bad2}
+    b.eq    granule_unsupported
     ldr     x2, ={mair}
     msr     mair_el1, x2
     ldr     x2, ={tcr}
@@ -265,6 +294,10 @@ enable_mmu:
     dsb     nsh
     isb
     ret
+
+granule_unsupported:
+    wfe
+    b       granule_unsupported
 
 // PSCI CPU_ON entry point (physical), x0 = context id = logical CPU number.
 .global secondary_entry
@@ -329,6 +362,9 @@ secondary_switched:
     ips_shift = const tcr::IPS_SHIFT,
     tcr_as = const tcr::AS,
     stack_size = const STACK_SIZE,
+    tgran_shift = const TGRAN_SHIFT,
+    tgran_bad = const TGRAN_BAD.0,
+    tgran_bad2 = const TGRAN_BAD.1,
     stack_slot = const STACK_SLOT,
 );
 
