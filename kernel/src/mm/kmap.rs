@@ -224,3 +224,52 @@ impl TableMemory for LiveRead {
         phys_to_virt(pa).0 as *const AtomicU64
     }
 }
+
+/// Runs `f` with a [`Live`] editor over the kernel tables (global entries,
+/// real TLBI broadcast), then frees the tables it detached.
+pub fn with_live<R>(f: impl FnOnce(&mut super::pgtable::live::Live<'_, '_, KernelTableMemHandle>) -> R) -> R {
+    let mut g = KPT.lock();
+    let k = g.as_mut().expect("kmap not initialised");
+    let mut mem = KernelTableMemHandle(&mut k.mem);
+    let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut mem);
+    let mut fl = super::tlb::KernelFlush;
+    let mut live = super::pgtable::live::Live::new(&mut t, None, &mut fl);
+    let r = f(&mut live);
+    let detached = live.finish();
+    for pa in detached.0 {
+        free_table(&mut k.mem, pa);
+    }
+    r
+}
+
+/// Maps `[va, va+size)` in the kernel tables (holes only; see `Tables::map`).
+pub fn map_kernel(va: VirtAddr, pa: PhysAddr, size: u64, attrs: LeafAttrs, sizes: LeafSizes) -> Result<usize, MapError> {
+    let mut g = KPT.lock();
+    let k = g.as_mut().expect("kmap not initialised");
+    let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
+    let n = t.map(va, pa, size, attrs, sizes)?;
+    // SAFETY: barriers only: new entries replaced invalid ones.
+    unsafe { core::arch::asm!("dsb ishst", "isb") };
+    Ok(n)
+}
+
+fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {
+    // Pool pages live in the image and are never reused; frames go back.
+    let pool = kimage_to_phys(core::ptr::addr_of!(KPT_POOL) as u64);
+    mem.tables -= 1;
+    if pa.0 >= pool.0 && pa.0 < pool.0 + (POOL_PAGES as u64) * PAGE_SIZE {
+        return;
+    }
+    frame::free(pa, 0, Owner::PageTable).expect("freeing a detached kernel table");
+}
+
+/// Borrowed kernel table memory for [`with_live`].
+pub struct KernelTableMemHandle<'a>(&'a mut KernelTableMem);
+impl TableMemory for KernelTableMemHandle<'_> {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        self.0.alloc_table()
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+        self.0.table_ptr(pa)
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! 0xffff_0000_0000_0000  linear map of all RAM (PA + PAGE_OFFSET)
+//! 0xffff_6000_0000_0000  test window (in-kernel tests map and unmap here)
 //! 0xffff_7000_0000_0000  MMIO mappings (PA + IO_BASE), Device-nGnRE
 //! 0xffff_7ff0_0000_0000  early fixmap (boot-time DTB window only)
 //! 0xffff_8000_0000_0000  kernel image (text RX, rodata R, data/bss RW), stacks
@@ -12,6 +13,10 @@
 use super::addr::{PhysAddr, VirtAddr};
 
 pub const PAGE_OFFSET: u64 = 0xffff_0000_0000_0000;
+/// A window the in-kernel tests map and unmap freely (inside the linear-map
+/// half but above any RAM this kernel supports).
+pub const TEST_WINDOW: u64 = 0xffff_6000_0000_0000;
+pub const TEST_WINDOW_END: u64 = 0xffff_6800_0000_0000;
 pub const LINEAR_END: u64 = 0xffff_7000_0000_0000;
 pub const IO_BASE: u64 = 0xffff_7000_0000_0000;
 pub const IO_END: u64 = 0xffff_7ff0_0000_0000;
@@ -23,6 +28,7 @@ pub const KIMAGE_VADDR: u64 = 0xffff_8000_0000_0000;
 /// Names of the regions, in ptdump's marker style.
 pub const MARKERS: &[(u64, &str)] = &[
     (PAGE_OFFSET, "Linear Mapping start"),
+    (TEST_WINDOW, "Test window start"),
     (IO_BASE, "MMIO start"),
     (KIMAGE_VADDR, "Kernel Image start"),
 ];

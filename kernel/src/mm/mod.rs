@@ -18,3 +18,5 @@ pub mod frame;
 pub mod heap;
 #[cfg(target_os = "none")]
 pub mod kmap;
+#[cfg(target_os = "none")]
+pub mod tlb;

@@ -10,6 +10,7 @@ use crate::println;
 
 mod boot_tests;
 mod mm_tests;
+mod table_tests;
 
 pub type TestFn = fn() -> Result<(), String>;
 
@@ -29,7 +30,7 @@ macro_rules! ensure {
 }
 
 fn all() -> impl Iterator<Item = &'static Test> {
-    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter())
+    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter())
 }
 
 /// Runs the tests whose name contains `filter` (all when None); returns failures.

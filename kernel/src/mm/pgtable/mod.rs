@@ -10,6 +10,9 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+pub mod live;
+pub use live::{Detached, TlbFlush};
+
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{needs_break_before_make, Desc, Kind, LeafAttrs};
 use super::granule::Granule;
@@ -30,6 +33,20 @@ pub enum MapError {
     /// requires break-before-make for (different output address, memory type,
     /// or a block where a table is, or the reverse).
     NeedsBreakBeforeMake { va: VirtAddr, level: u32, old: Desc, new: Desc },
+    /// A valid entry was about to be written over a range that was broken
+    /// (invalidated) but whose TLB entries were not flushed yet.
+    BbmViolation { va: VirtAddr, level: u32 },
+    /// No table or leaf where the operation needs one.
+    NotMapped { va: VirtAddr, level: u32 },
+    /// `split` on something that is not a block.
+    NotABlock { va: VirtAddr, level: u32 },
+    /// The entries cannot form a contiguous run (misaligned, mixed, or holes).
+    NotContiguous { va: VirtAddr, level: u32 },
+    /// The table does not map one aligned contiguous range with one set of
+    /// attributes, or a block is not allowed at that level.
+    NotCollapsible { va: VirtAddr, level: u32 },
+    /// `protect` was asked to change bits that need break-before-make.
+    NotPermissionBits(u64),
 }
 
 /// Which leaf sizes [`map`] may use.
@@ -78,7 +95,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         Self { root, granule, start_level, mem }
     }
 
-    fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
+    pub(crate) fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
         assert!(idx < self.granule.entries_per_table());
         // SAFETY: TableMemory guarantees table_ptr points at a live table of
         // entries_per_table() atomics; idx is in range.
@@ -89,7 +106,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         Desc(self.entry(table, idx).load(Ordering::Relaxed))
     }
 
-    fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
+    pub(crate) fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
         self.entry(table, idx).store(d.0, Ordering::Release);
     }
 
@@ -362,5 +379,59 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+}
+
+/// What an access should do, derived from the software walk (with hardware
+/// access-flag updates off, as pagelab runs by default): the PA, or the
+/// fault the MMU must raise. This is the oracle the AT checks compare with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    Ok(PhysAddr),
+    Translation(u32),
+    AccessFlag(u32),
+    Permission(u32),
+}
+
+/// The expected outcome of an EL0/EL1 read/write of a VA that translated as `t`.
+pub fn expected_access(t: &Translation, el0: bool, write: bool) -> Expected {
+    match *t {
+        Translation::Fault { level, .. } => Expected::Translation(level),
+        Translation::Mapped { pa, level, desc } => {
+            if !desc.af() {
+                return Expected::AccessFlag(level);
+            }
+            let p = desc.perms();
+            let allowed = match (el0, write) {
+                (false, false) => true,
+                (false, true) => !p.read_only,
+                (true, false) => p.el0,
+                (true, true) => p.el0 && !p.read_only,
+            };
+            if allowed { Expected::Ok(pa) } else { Expected::Permission(level) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod expected_tests {
+    use super::*;
+    use crate::mm::desc::LeafAttrs;
+
+    #[test]
+    fn expected_access_rules() {
+        let ro_user = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW });
+        let t = Translation::Mapped { pa: PhysAddr(0x5010), level: 3, desc: ro_user };
+        assert_eq!(expected_access(&t, true, false), Expected::Ok(PhysAddr(0x5010)));
+        assert_eq!(expected_access(&t, true, true), Expected::Permission(3));
+        assert_eq!(expected_access(&t, false, true), Expected::Permission(3));
+        let kern = Desc::leaf(PhysAddr(0x5000), 2, LeafAttrs::KERNEL_RW);
+        let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 2, desc: kern };
+        assert_eq!(expected_access(&t, true, false), Expected::Permission(2), "EL0 cannot read kernel memory");
+        assert_eq!(expected_access(&t, false, true), Expected::Ok(PhysAddr(0x5000)));
+        let old = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { af: false, ..LeafAttrs::KERNEL_RW });
+        let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 3, desc: old };
+        assert_eq!(expected_access(&t, false, false), Expected::AccessFlag(3));
+        assert_eq!(expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, false, false), Expected::Translation(1));
     }
 }

@@ -1,0 +1,205 @@
+//! Live translation-table changes on the kernel's own tables, checked
+//! against the MMU (`AT`) and with real aborts: split, collapse, contiguous
+//! runs, protect, unmap, refused BBM violations, and no table leaks.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::Test;
+use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
+use crate::arch::aarch64::esr::{Esr, FaultStatus};
+use crate::arch::aarch64::exception::{probe_read_u8, probe_write_u8};
+use crate::ensure;
+use crate::kmain::boot;
+use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::desc::LeafAttrs;
+use crate::mm::frame::{self, Owner};
+use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::mm::kmap;
+use crate::mm::layout::TEST_WINDOW;
+use crate::mm::pgtable::{expected_access, Expected, LeafSizes, MapError, Translation};
+
+pub static TESTS: &[Test] = &[
+    Test { name: "tables_split_collapse_block_live", f: split_collapse_block },
+    Test { name: "tables_contiguous_run_live", f: contiguous_run },
+    Test { name: "tables_protect_and_unmap_fault_for_real", f: protect_unmap },
+    Test { name: "tables_bbm_changes_refused", f: bbm_refused },
+];
+
+fn walk(va: u64) -> Translation {
+    kmap::with_tables(|t| t.translate(VirtAddr(va)))
+}
+
+/// The software walk and `AT` agree for EL1 read and write at `va`.
+pub fn agree(va: u64) -> Result<(), String> {
+    let t = walk(va);
+    for (op, write) in [(AtOp::S1E1R, false), (AtOp::S1E1W, true)] {
+        let want = expected_access(&t, false, write);
+        let got = at_outcome(op, va);
+        ensure!(want == got, "{va:#x} {op:?}: walker expects {want:?}, AT says {got:?}");
+    }
+    Ok(())
+}
+
+/// `AT` as an [`Expected`] value.
+pub fn at_outcome(op: AtOp, va: u64) -> Expected {
+    match cpu::at(op, va) {
+        AtResult::Ok { pa, .. } => Expected::Ok(PhysAddr(pa)),
+        AtResult::Fault { fst, .. } => match FaultStatus::from_fsc(fst) {
+            FaultStatus::Translation(l) => Expected::Translation(l.max(0) as u32),
+            FaultStatus::AccessFlag(l) => Expected::AccessFlag(l.max(0) as u32),
+            FaultStatus::Permission(l) => Expected::Permission(l.max(0) as u32),
+            // Anything else is never expected: make it a mismatch.
+            _ => Expected::Translation(99),
+        },
+    }
+}
+
+fn level_of(va: u64) -> Option<u32> {
+    match walk(va) {
+        Translation::Mapped { level, .. } => Some(level),
+        Translation::Fault { .. } => None,
+    }
+}
+
+fn pt_frames() -> u64 {
+    frame::stats().by_owner[Owner::PageTable as usize]
+}
+
+/// A block-sized, block-aligned range of RAM to map read-only, if RAM has one.
+fn ram_block() -> Option<PhysAddr> {
+    let blk = GRANULE.level_size(2);
+    boot().board.ram.iter().find_map(|r| {
+        let s = (r.start.0 + blk - 1) & !(blk - 1);
+        (s + blk <= r.end.0).then_some(PhysAddr(s))
+    })
+}
+
+fn split_collapse_block() -> Result<(), String> {
+    let Some(pa) = ram_block() else {
+        crate::println!("  (RAM holds no {}-byte block: block split/collapse not testable here)", GRANULE.level_size(2));
+        return Ok(());
+    };
+    let blk = GRANULE.level_size(2);
+    let va = TEST_WINDOW;
+    let frames_before = pt_frames();
+    kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest).map_err(|e| alloc::format!("{e:?}"))?;
+    let r = (|| {
+        ensure!(level_of(va) == Some(2), "not mapped as a level-2 block");
+        let probes: Vec<u64> = (0..8).map(|i| va + i * (blk / 8) + 0x18).collect();
+        for &p in &probes {
+            agree(p)?;
+        }
+        kmap::with_live(|l| l.split(va + 5 * PAGE_SIZE, 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
+        ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
+        for &p in &probes {
+            agree(p)?;
+        }
+        // Every page still maps the same physical memory.
+        for i in (0..blk / PAGE_SIZE).step_by(97) {
+            let v = va + i * PAGE_SIZE;
+            ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(PhysAddr(pa.0 + i * PAGE_SIZE)), "page {i} moved");
+        }
+        kmap::with_live(|l| l.collapse(va, 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
+        ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
+        for &p in &probes {
+            agree(p)?;
+        }
+        Ok(())
+    })();
+    kmap::with_live(|l| l.unmap(va, blk)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    r?;
+    ensure!(matches!(at_outcome(AtOp::S1E1R, va), Expected::Translation(_)), "still mapped after unmap");
+    ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
+    Ok(())
+}
+
+fn contiguous_run() -> Result<(), String> {
+    let n = GRANULE.contiguous_entries(3) as u64;
+    let order = n.trailing_zeros();
+    let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
+    let va = TEST_WINDOW + GRANULE.level_size(2) * 4;
+    let frames_before = pt_frames();
+    let r = (|| {
+        kmap::map_kernel(VirtAddr(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.make_contiguous(va, 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
+        for i in 0..n {
+            match walk(va + i * PAGE_SIZE) {
+                Translation::Mapped { desc, .. } => ensure!(desc.contiguous(), "page {i} lacks the contiguous bit"),
+                t => return Err(alloc::format!("page {i}: {t:?}")),
+            }
+            agree(va + i * PAGE_SIZE + 8)?;
+            // SAFETY: our own test frames.
+            unsafe { probe_write_u8(va + i * PAGE_SIZE, i as u8) }.map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
+        }
+        // Write-protect one page: the run is split first, and only that page faults.
+        kmap::with_live(|l| l.protect(va + 2 * PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        for i in 0..n {
+            let Translation::Mapped { desc, .. } = walk(va + i * PAGE_SIZE) else { return Err("unmapped".into()) };
+            ensure!(!desc.contiguous(), "run not split");
+            // SAFETY: our own test frames.
+            let w = unsafe { probe_write_u8(va + i * PAGE_SIZE, 0xee) };
+            if i == 2 {
+                let (esr, far) = w.err().ok_or("write to the protected page succeeded")?;
+                ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
+                ensure!(far == va + 2 * PAGE_SIZE, "FAR {far:#x}");
+            } else {
+                ensure!(w.is_ok(), "write to page {i} faulted");
+            }
+        }
+        Ok(())
+    })();
+    kmap::with_live(|l| l.unmap(va, n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    r?;
+    ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
+    Ok(())
+}
+
+fn protect_unmap() -> Result<(), String> {
+    let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
+    let va = TEST_WINDOW + GRANULE.level_size(2) * 8;
+    let r = (|| {
+        kmap::map_kernel(VirtAddr(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        // SAFETY: our own test frames.
+        unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
+        kmap::with_live(|l| l.protect(va + PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        agree(va + PAGE_SIZE)?;
+        // SAFETY: must fault.
+        let (esr, _) = unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
+        ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
+        ensure!(probe_read_u8(va + PAGE_SIZE) == Ok(0x5a), "read-only page lost its data");
+        kmap::with_live(|l| l.unmap(va + PAGE_SIZE, 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        let (esr, _) = probe_read_u8(va + 2 * PAGE_SIZE).err().ok_or("read after unmap succeeded: stale TLB?")?;
+        ensure!(Esr(esr).fault_status() == Some(FaultStatus::Translation(3)), "{}", Esr(esr));
+        ensure!(probe_read_u8(va + 3 * PAGE_SIZE).is_ok() && probe_read_u8(va).is_ok(), "neighbours were unmapped too");
+        Ok(())
+    })();
+    kmap::with_live(|l| l.unmap(va, 4 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    r
+}
+
+fn bbm_refused() -> Result<(), String> {
+    let pa = frame::alloc_zeroed(1, Owner::Test).ok_or("out of frames")?;
+    let va = TEST_WINDOW + GRANULE.level_size(2) * 12;
+    let r = (|| {
+        kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        let other = PhysAddr(pa.0 + PAGE_SIZE);
+        let e = kmap::map_kernel(VirtAddr(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");
+        let e = kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+        ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "memory type change: {e:?}");
+        ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(pa), "refused change altered the mapping");
+        let e = kmap::with_live(|l| l.protect(va, PAGE_SIZE, 0b100 << 2, 0));
+        ensure!(matches!(e, Err(MapError::NotPermissionBits(_))), "protect changing AttrIndx: {e:?}");
+        // The sanctioned path: replace() does break, TLBI, make.
+        let new = crate::mm::desc::Desc::leaf(other, 3, LeafAttrs::KERNEL_RW);
+        kmap::with_live(|l| l.replace(va, 3, new)).map_err(|e| alloc::format!("{e:?}"))?;
+        ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(other), "replace did not take effect in the MMU");
+        Ok(())
+    })();
+    kmap::with_live(|l| l.unmap(va, PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    frame::free(pa, 1, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    r
+}
