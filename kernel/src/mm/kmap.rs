@@ -273,3 +273,27 @@ impl TableMemory for KernelTableMemHandle<'_> {
         self.0.table_ptr(pa)
     }
 }
+
+/// Table memory straight from the frame allocator, reached through the
+/// linear map: for user (TTBR0) tables.
+pub struct FrameTableMem {
+    pub tables: usize,
+}
+
+impl TableMemory for FrameTableMem {
+    fn alloc_table(&mut self) -> Option<PhysAddr> {
+        let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
+        self.tables += 1;
+        Some(pa)
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+        phys_to_virt(pa).0 as *const AtomicU64
+    }
+}
+
+impl FrameTableMem {
+    pub fn free(&mut self, pa: PhysAddr) {
+        frame::free(pa, 0, Owner::PageTable).expect("freeing a user table");
+        self.tables -= 1;
+    }
+}

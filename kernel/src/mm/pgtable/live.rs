@@ -61,6 +61,13 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
         Self { t, asid, fl, pending: Vec::new(), pending_tables: false, detached: Vec::new() }
     }
 
+    /// Flushes pending TLB invalidations now, so the MMU (and `AT`) sees
+    /// every change made so far.
+    pub fn sync(&mut self) {
+        self.flush_pending();
+        self.fl.publish();
+    }
+
     /// Flushes what is pending and hands back the detached tables.
     pub fn finish(mut self) -> Detached {
         self.flush_pending();
