@@ -16,6 +16,7 @@ use crate::mm::granule::{GRANULE, START_LEVEL};
 use crate::mm::layout::{phys_to_virt, MARKERS};
 use crate::mm::pgtable::Translation;
 use crate::mm::ptdump::PtDump;
+use crate::mm::walk::{walk_kernel_page_table_range, PageWalkOps, Step};
 use crate::mm::{frame, heap, kmap};
 use crate::util::{parse_number, Bytes};
 use crate::{print, println};
@@ -236,13 +237,15 @@ fn cpus() -> Outcome {
 
 fn ptdump_kernel() -> Outcome {
     let mut o = Out(String::new());
-    let (leaves, lines) = kmap::with_tables(|t| {
-        let mut d = PtDump::new(&mut o, START_LEVEL, MARKERS);
-        t.walk(true, &mut |e| {
-            let _ = d.entry(e);
-        });
-        d.finish().unwrap_or((0, 0))
-    });
+    struct Dump<'a, 'w>(PtDump<'w>, core::marker::PhantomData<&'a ()>);
+    impl PageWalkOps for Dump<'_, '_> {
+        fn entry(&mut self, e: &crate::mm::walk::Entry) -> Step {
+            if self.0.entry(e).is_err() { Step::Stop(-1) } else { Step::Continue }
+        }
+    }
+    let mut d = Dump(PtDump::new(&mut o, START_LEVEL, MARKERS), core::marker::PhantomData);
+    walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, 0xffff_0000_0000_0000, 0, &mut d);
+    let (leaves, lines) = d.0.finish().unwrap_or((0, 0));
     let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---", kmap::table_pages());
     Outcome::Done
 }

@@ -16,6 +16,7 @@ use super::desc::LeafAttrs;
 use super::frame::{self, Owner};
 use super::granule::{align_down, align_up, GRANULE, PAGE_SIZE, START_LEVEL};
 use super::layout::{io_virt, phys_to_virt, IO_BASE, IO_END, KIMAGE_VADDR};
+use super::mm_struct::KernelPgtable;
 use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
 use crate::sym_addr;
@@ -103,6 +104,11 @@ mod heapless_list {
 
 static KPT: Mutex<Option<Kpt>> = Mutex::new(None);
 
+/// The kernel tables' lock (Linux: `init_mm`'s mmap lock). Readers (walks,
+/// ptdump, invariants) take it for read; every change takes it for write,
+/// before [`KPT`].
+pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr(0));
+
 /// The kernel image sections and how they are mapped.
 pub fn image_sections() -> [(&'static str, u64, u64, LeafAttrs); 3] {
     [
@@ -160,6 +166,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
         crate::arch::cpu::set_ttbr0(empty_ttbr0.0);
     }
     mem.live = true;
+    KERNEL_PGTABLE.write().set_root(root);
     let mut io = heapless_list::List::new();
     if let Some(u) = uart {
         io.push((u.start.0, u.end.0));
@@ -188,6 +195,7 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
     if io_virt(PhysAddr(e)).0 > IO_END || e <= s {
         return Err(MapError::Misaligned);
     }
+    let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
@@ -202,6 +210,7 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
 /// Runs `f` over the live kernel tables, for walking and translating only
 /// (the table memory given to `f` cannot allocate).
 pub fn with_tables<R>(f: impl FnOnce(&Tables<'_, LiveRead>) -> R) -> R {
+    let _r = KERNEL_PGTABLE.read();
     let g = KPT.lock();
     let k = g.as_ref().expect("kmap not initialised");
     let mut ro = LiveRead;
@@ -228,6 +237,7 @@ impl TableMemory for LiveRead {
 /// Runs `f` with a [`Live`] editor over the kernel tables (global entries,
 /// real TLBI broadcast), then frees the tables it detached.
 pub fn with_live<R>(f: impl FnOnce(&mut super::pgtable::live::Live<'_, '_, KernelTableMemHandle>) -> R) -> R {
+    let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut mem = KernelTableMemHandle(&mut k.mem);
@@ -244,6 +254,7 @@ pub fn with_live<R>(f: impl FnOnce(&mut super::pgtable::live::Live<'_, '_, Kerne
 
 /// Maps `[va, va+size)` in the kernel tables (holes only; see `Tables::map`).
 pub fn map_kernel(va: VirtAddr, pa: PhysAddr, size: u64, attrs: LeafAttrs, sizes: LeafSizes) -> Result<usize, MapError> {
+    let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);

@@ -9,8 +9,10 @@ pub mod addr;
 pub mod desc;
 pub mod granule;
 pub mod layout;
+pub mod mm_struct;
 pub mod pgtable;
 pub mod ptdump;
+pub mod walk;
 
 #[cfg(target_os = "none")]
 pub mod frame;

@@ -24,7 +24,54 @@ pub static TESTS: &[Test] = &[
     Test { name: "tables_contiguous_run_live", f: contiguous_run },
     Test { name: "tables_protect_and_unmap_fault_for_real", f: protect_unmap },
     Test { name: "tables_bbm_changes_refused", f: bbm_refused },
+    Test { name: "walker_kernel_tables_under_read_lock", f: walker_kernel },
 ];
+
+/// The pagewalk-style walker over the live kernel tables, holding only the
+/// read lock: every image page is a level-3 leaf, each stack guard is a
+/// level-3 hole, and an early stop returns the callback's value.
+fn walker_kernel() -> Result<(), String> {
+    use crate::mm::walk::{walk_kernel_page_table_range, Entry, PageWalkOps, Step};
+    use crate::mm::desc::Kind;
+    #[derive(Default)]
+    struct W {
+        leaves: Vec<(u64, u32)>,
+        holes: Vec<(u64, u64, i32)>,
+        stop_after: Option<usize>,
+    }
+    impl PageWalkOps for W {
+        fn entry(&mut self, e: &Entry) -> Step {
+            if let Kind::Leaf(_) = e.kind {
+                self.leaves.push((e.va.0, e.level));
+                if Some(self.leaves.len()) == self.stop_after {
+                    return Step::Stop(42);
+                }
+            }
+            Step::Continue
+        }
+        fn pte_hole(&mut self, s: u64, e: u64, d: i32) -> Step {
+            self.holes.push((s, e, d));
+            Step::Continue
+        }
+    }
+    let start = crate::sym_addr!(__kernel_start);
+    let text_end = crate::sym_addr!(__text_end);
+    let (stack0, _) = kmap::stack_range(0);
+    let mut w = W::default();
+    let r = walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, stack0 + PAGE_SIZE, &mut w);
+    ensure!(r == 0, "walk returned {r}");
+    let text_pages = (text_end - start) / PAGE_SIZE;
+    for i in 0..text_pages {
+        let va = start + i * PAGE_SIZE;
+        ensure!(w.leaves.contains(&(va, 3)), "text page {va:#x} not seen as a level-3 leaf");
+    }
+    let guard = stack0 - PAGE_SIZE;
+    ensure!(w.holes.iter().any(|&(s, e, d)| s <= guard && guard < e && d == 3), "stack guard {guard:#x} not reported as a level-3 hole: {:?}", &w.holes[..w.holes.len().min(4)]);
+    let mut w = W { stop_after: Some(3), ..Default::default() };
+    let r = walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, text_end, &mut w);
+    ensure!(r == 42 && w.leaves.len() == 3, "early stop: returned {r} after {} leaves", w.leaves.len());
+    Ok(())
+}
 
 fn walk(va: u64) -> Translation {
     kmap::with_tables(|t| t.translate(VirtAddr(va)))

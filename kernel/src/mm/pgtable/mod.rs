@@ -85,11 +85,6 @@ pub enum Translation {
     Fault { level: u32, desc: Desc },
 }
 
-/// Sign-extends a 48-bit address of the TTBR1 half back to 64 bits.
-fn canonical(va: u64, upper: bool) -> u64 {
-    if upper { va | 0xffff_0000_0000_0000 } else { va & 0x0000_ffff_ffff_ffff }
-}
-
 impl<'m, M: TableMemory> Tables<'m, M> {
     pub fn new(root: PhysAddr, granule: Granule, start_level: u32, mem: &'m mut M) -> Self {
         Self { root, granule, start_level, mem }
@@ -194,26 +189,18 @@ impl<'m, M: TableMemory> Tables<'m, M> {
     }
 
     /// Visits every non-zero entry in table order (tables before what they
-    /// point to). `upper` selects the TTBR1 half for the reported VAs.
+    /// point to), through the walker in [`crate::mm::walk`]. `upper` selects
+    /// the TTBR1 half.
     pub fn walk(&self, upper: bool, f: &mut dyn FnMut(&WalkEntry)) {
-        self.walk_table(self.root, self.start_level, 0, upper, f);
-    }
-
-    fn walk_table(&self, table: PhysAddr, level: u32, base: u64, upper: bool, f: &mut dyn FnMut(&WalkEntry)) {
-        let g = self.granule;
-        let size = g.level_size(level);
-        for idx in 0..g.entries_per_table() {
-            let d = self.read(table, idx);
-            if d.0 == 0 {
-                continue;
-            }
-            let va = base + idx as u64 * size;
-            let kind = d.kind(level, g);
-            f(&WalkEntry { va: VirtAddr(canonical(va, upper)), level, desc: d, kind, size });
-            if let (Kind::Table(next), true) = (kind, level < 3) {
-                self.walk_table(next, level + 1, va, upper, f);
+        struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
+        impl crate::mm::walk::PageWalkOps for Adapter<'_> {
+            fn entry(&mut self, e: &WalkEntry) -> crate::mm::walk::Step {
+                (self.0)(e);
+                crate::mm::walk::Step::Continue
             }
         }
+        let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, 1 << 48) };
+        crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
     }
 
     /// Number of table pages reachable from the root (including it).

@@ -1,0 +1,236 @@
+//! Address spaces and the locks that guard their tables.
+//!
+//! [`MmStruct`] is the `mm_struct` of a user address space: its TTBR0 root,
+//! its ASID and its VMAs behind the mmap lock. Holding the lock is proved by
+//! holding a guard: [`MmapReadGuard`] or [`MmapWriteGuard`]. Code that needs
+//! a particular lock takes the guard type as a parameter, so calling it with
+//! the wrong lock does not compile (see [`crate::mm::walk`]).
+//!
+//! [`KernelPgtable`] plays the same role for the kernel's TTBR1 tables
+//! (Linux uses `init_mm`'s mmap lock for this).
+
+use alloc::vec::Vec;
+use core::ops::{Deref, DerefMut};
+
+use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::addr::PhysAddr;
+
+bitflags_lite! {
+    /// VMA flags (Linux `VM_*`), the subset pagelab uses.
+    pub struct VmFlags: u32 {
+        const READ = 1 << 0;
+        const WRITE = 1 << 1;
+        const EXEC = 1 << 2;
+        const SHARED = 1 << 3;
+        const MAYWRITE = 1 << 5;
+        const IO = 1 << 14;
+        const PFNMAP = 1 << 10;
+        const MIXEDMAP = 1 << 28;
+        const HUGEPAGE = 1 << 29;
+        const NOHUGEPAGE = 1 << 30;
+    }
+}
+
+/// A minimal `bitflags`-style newtype (no extra dependency).
+macro_rules! bitflags_lite {
+    ($(#[$m:meta])* pub struct $name:ident: $t:ty { $(const $f:ident = $v:expr;)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+        pub struct $name(pub $t);
+        impl $name {
+            $(pub const $f: $name = $name($v);)*
+            pub const fn contains(self, o: $name) -> bool { self.0 & o.0 == o.0 }
+            pub const fn union(self, o: $name) -> $name { $name(self.0 | o.0) }
+        }
+        impl core::ops::BitOr for $name {
+            type Output = $name;
+            fn bitor(self, o: $name) -> $name { self.union(o) }
+        }
+    };
+}
+use bitflags_lite;
+
+/// A virtual memory area: `[start, end)` with flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub flags: VmFlags,
+}
+
+/// The VMAs of an mm, sorted and non-overlapping.
+#[derive(Default, Debug)]
+pub struct VmaList(Vec<Vma>);
+
+impl VmaList {
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.0.iter()
+    }
+    /// Inserts `v`; refuses (returns false) if it overlaps an existing VMA.
+    pub fn insert(&mut self, v: Vma) -> bool {
+        if v.start >= v.end || self.0.iter().any(|o| o.start < v.end && v.start < o.end) {
+            return false;
+        }
+        let pos = self.0.partition_point(|o| o.start < v.start);
+        self.0.insert(pos, v);
+        true
+    }
+    /// The VMA containing `addr` (Linux `vma_lookup`).
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        let i = self.0.partition_point(|o| o.end <= addr);
+        self.0.get(i).filter(|v| v.start <= addr)
+    }
+}
+
+/// A user address space.
+pub struct MmStruct {
+    /// TTBR0 root table.
+    pub pgd: PhysAddr,
+    pub asid: u16,
+    mmap_lock: RwLock<VmaList>,
+}
+
+impl MmStruct {
+    pub fn new(pgd: PhysAddr, asid: u16) -> Self {
+        Self { pgd, asid, mmap_lock: RwLock::new(VmaList::default()) }
+    }
+    pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
+        MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
+    }
+    pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
+        MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
+    }
+}
+
+/// Proof that the mmap lock of [`MmapLocked::mm`] is held (read or write).
+pub trait MmapLocked: sealed::Sealed {
+    fn mm(&self) -> &MmStruct;
+    fn vmas(&self) -> &VmaList;
+}
+
+/// The mmap lock held for read.
+pub struct MmapReadGuard<'a> {
+    mm: &'a MmStruct,
+    vmas: RwLockReadGuard<'a, VmaList>,
+}
+
+/// The mmap lock held for write.
+pub struct MmapWriteGuard<'a> {
+    mm: &'a MmStruct,
+    vmas: RwLockWriteGuard<'a, VmaList>,
+}
+
+impl MmapWriteGuard<'_> {
+    pub fn mm(&self) -> &MmStruct {
+        self.mm
+    }
+}
+
+impl MmapLocked for MmapReadGuard<'_> {
+    fn mm(&self) -> &MmStruct {
+        self.mm
+    }
+    fn vmas(&self) -> &VmaList {
+        &self.vmas
+    }
+}
+impl MmapLocked for MmapWriteGuard<'_> {
+    fn mm(&self) -> &MmStruct {
+        self.mm
+    }
+    fn vmas(&self) -> &VmaList {
+        &self.vmas
+    }
+}
+impl Deref for MmapWriteGuard<'_> {
+    type Target = VmaList;
+    fn deref(&self) -> &VmaList {
+        &self.vmas
+    }
+}
+impl DerefMut for MmapWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VmaList {
+        &mut self.vmas
+    }
+}
+
+/// The kernel's tables and their lock (Linux: `init_mm`'s mmap lock).
+pub struct KernelPgtable {
+    lock: RwLock<PhysAddr>,
+}
+
+impl KernelPgtable {
+    pub const fn new(root: PhysAddr) -> Self {
+        Self { lock: RwLock::new(root) }
+    }
+    pub fn read(&self) -> KernelPgtableRead<'_> {
+        KernelPgtableRead(self.lock.read())
+    }
+    pub fn write(&self) -> KernelPgtableWrite<'_> {
+        KernelPgtableWrite(self.lock.write())
+    }
+}
+
+/// Proof that the kernel tables' lock is held (read or write).
+pub trait KernelPgtableLocked: sealed::Sealed {
+    fn root(&self) -> PhysAddr;
+}
+pub struct KernelPgtableRead<'a>(RwLockReadGuard<'a, PhysAddr>);
+pub struct KernelPgtableWrite<'a>(RwLockWriteGuard<'a, PhysAddr>);
+impl KernelPgtableLocked for KernelPgtableRead<'_> {
+    fn root(&self) -> PhysAddr {
+        *self.0
+    }
+}
+impl KernelPgtableLocked for KernelPgtableWrite<'_> {
+    fn root(&self) -> PhysAddr {
+        *self.0
+    }
+}
+impl KernelPgtableWrite<'_> {
+    pub fn set_root(&mut self, root: PhysAddr) {
+        *self.0 = root;
+    }
+}
+
+/// Only the guards above can be lock proofs.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::MmapReadGuard<'_> {}
+    impl Sealed for super::MmapWriteGuard<'_> {}
+    impl Sealed for super::KernelPgtableRead<'_> {}
+    impl Sealed for super::KernelPgtableWrite<'_> {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vma_list_keeps_order_and_refuses_overlap() {
+        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mut w = mm.mmap_write_lock();
+        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ }));
+        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE }));
+        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ }), "overlap");
+        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ }), "empty");
+        assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
+        assert_eq!(w.find(0x2000), None);
+        assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
+        let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start).collect();
+        assert_eq!(starts, [0x1000, 0x3000]);
+        assert!(w.find(0x1000).unwrap().flags.contains(VmFlags::WRITE));
+    }
+
+    #[test]
+    fn readers_share_writers_exclude() {
+        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let r1 = mm.mmap_read_lock();
+        let r2 = mm.mmap_read_lock();
+        assert!(mm.mmap_lock.try_write().is_none());
+        drop((r1, r2));
+        let _w = mm.mmap_write_lock();
+        assert!(mm.mmap_lock.try_read().is_none());
+    }
+}
