@@ -89,11 +89,14 @@ pub struct MmStruct {
     pub pgd: PhysAddr,
     pub asid: u16,
     mmap_lock: RwLock<VmaList>,
+    /// Linux's `mm->page_table_lock` (one lock for all levels here): held
+    /// while an entry is examined or changed under the mmap read lock.
+    pub(crate) page_table_lock: spin::Mutex<()>,
 }
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
-        Self { pgd, asid, mmap_lock: RwLock::new(VmaList::default()) }
+        Self { pgd, asid, mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()) }
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod mm_struct;
 pub mod pgtable;
 pub mod ptdump;
+pub mod folio_walk;
 pub mod walk;
 
 #[cfg(target_os = "none")]
