@@ -33,6 +33,10 @@ Commands:
                     scripts and the extra checks in tests/extra/. Ends with
                     "N passed, M failed"; exit status is non-zero on any failure.
   build             build the kernel ELF and flat image only
+  bench             measure in guest instructions under QEMU icount, with the
+                    flags of ../shared/linux-anchor (-M virt -cpu max -smp 1 -m 1G
+                    -icount shift=0,sleep=off -seed 1); prints "bench: NAME UNIT VALUE"
+                    lines (see docs/PERFORMANCE.md)
   gdb               start gdb-multiarch on the kernel ELF, attached to a QEMU that
                     was started with --gdb, with gdb/pagelab.py loaded
 
@@ -91,7 +95,7 @@ while [[ $# -gt 0 ]]; do
         --append) [[ $# -ge 2 ]] || die "--append needs ARGS"; APPEND=$2; shift ;;
         --timeout) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--timeout needs SECS"; TIMEOUT=$2; shift ;;
         -v|--verbose) VERBOSE=1 ;;
-        test|build|gdb) COMMAND=$1 ;;
+        test|build|gdb|bench) COMMAND=$1 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
     shift
@@ -263,9 +267,9 @@ cmd_script() {
         say "QEMU is waiting for GDB on tcp::1234 (./qemu-run.sh gdb)"
         QEMU+=(-s -S)
     fi
-    local log status=0
-    log=$(mktemp)
-    trap 'rm -f "$log"' EXIT
+    local status=0 log
+    TMPLOG=$(mktemp); log=$TMPLOG
+    trap 'rm -f "$TMPLOG"' EXIT
     [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
     timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 | tee "$log" || true
     status=${PIPESTATUS[0]}
@@ -285,6 +289,42 @@ cmd_gdb() {
     local extra=()
     [[ -f gdb/pagelab.py ]] && extra=(-ex 'source gdb/pagelab.py')
     exec gdb-multiarch -q "$ELF" -ex 'set pagination off' -ex 'target remote :1234' "${extra[@]}"
+}
+
+# ---------------------------------------------------------------- bench
+
+BENCH_NAMES=(linear_map_build_blocks linear_map_build_blocks_table_bytes linear_map_build_pages
+             linear_map_build_pages_table_bytes walker_entries_per_million_instructions)
+
+# Runs the benchmarks once; $1 = log. Returns non-zero if anything is missing.
+run_bench() {
+    local log=$1 status=0
+    # shellcheck disable=SC2054  # commas are inside QEMU option values
+    local q=(qemu-system-aarch64 -M virt -cpu max -smp 1 -m 1G -icount shift=0,sleep=off -seed 1
+             -nodefaults -no-user-config -display none -no-reboot -semihosting-config enable=on,target=native
+             -kernel "$IMG" -append "pagelab.exit=semihosting pagelab.mode=bench $APPEND" -serial stdio -monitor none)
+    [[ $VERBOSE == 1 ]] && echo "+ ${q[*]}" >&2
+    timeout -k 5 "${TIMEOUT:-600}" "${q[@]}" </dev/null >"$log" 2>&1 || status=$?
+    local n missing=0
+    for n in "${BENCH_NAMES[@]}"; do
+        grep -qE "^bench: $n [^ ]+ [0-9]+" "$log" || { echo "missing measurement: $n" >&2; missing=1; }
+    done
+    [[ $status -eq 0 && $missing -eq 0 ]]
+}
+
+cmd_bench() {
+    [[ $CPU == cortex-a72 || $CPU == max ]] || die "bench always uses -cpu max (the anchor's CPU)"
+    CPU=max
+    ensure_deps
+    build
+    local log
+    TMPLOG=$(mktemp); log=$TMPLOG
+    trap 'rm -f "$TMPLOG"' EXIT
+    if run_bench "$log"; then
+        grep -vE '^\s*$' "$log" | sed -n '/^pagelab bench:/,$p'
+    else
+        cat "$log"; die "bench failed"
+    fi
 }
 
 # ---------------------------------------------------------------- test
@@ -425,6 +465,12 @@ test_granule() {
         test_script "$f" 1 1
     done
     CPU=$prev_cpu
+    local blog="$LOGDIR/bench-$GRANULE.log"
+    if run_bench "$blog"; then
+        record 1 0 "bench[$GRANULE]" "(every measurement present; not a performance check)"
+    else
+        record 0 1 "bench[$GRANULE]" "(measurements missing)"; tail -n 20 "$blog" | sed 's/^/    | /'
+    fi
     if [[ -d tests/extra ]]; then
         echo "== granule $GRANULE: extra checks"
         for f in tests/extra/*.sh; do
@@ -453,5 +499,6 @@ case $COMMAND in
     script) cmd_script ;;
     build) ensure_deps; build; say "built $ELF and $IMG" ;;
     gdb) cmd_gdb ;;
+    bench) cmd_bench ;;
     test) cmd_test ;;
 esac

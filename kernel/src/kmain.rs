@@ -114,6 +114,11 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
             let failed = crate::test::run_all();
             exit(if failed == 0 { 0 } else { 1 })
         }
+        "bench" => {
+            let problems = crate::bench::run_all();
+            println!("bench done: {problems} problem(s)");
+            exit(if problems == 0 { 0 } else { 1 })
+        }
         "script" => {
             let failed = crate::console::run_script();
             exit(if failed == 0 { 0 } else { 1 })

@@ -22,6 +22,8 @@ pub mod mm;
 pub mod util;
 
 #[cfg(target_os = "none")]
+pub mod bench;
+#[cfg(target_os = "none")]
 pub mod drivers;
 #[cfg(target_os = "none")]
 pub mod kmain;
