@@ -13,6 +13,7 @@ pub mod mm_struct;
 pub mod pgtable;
 pub mod ptdump;
 pub mod folio_walk;
+pub mod tlb_plan;
 pub mod walk;
 
 #[cfg(target_os = "none")]

@@ -25,7 +25,52 @@ pub static TESTS: &[Test] = &[
     Test { name: "tables_protect_and_unmap_fault_for_real", f: protect_unmap },
     Test { name: "tables_bbm_changes_refused", f: bbm_refused },
     Test { name: "walker_kernel_tables_under_read_lock", f: walker_kernel },
+    Test { name: "tlb_large_unmap_leaves_nothing_stale", f: large_unmap_flush },
 ];
+
+/// Touch 300 pages so the TLB holds them, unmap them (one leaf-only flush:
+/// range TLBI where the CPU has FEAT_TLBIRANGE, per-page otherwise; a 301st
+/// page stays mapped so no table is freed and no full flush is needed), then
+/// every page must fault and the 301st must still work. QEMU's TLB really caches translations, so a flush that
+/// missed pages would let these reads succeed.
+fn large_unmap_flush() -> Result<(), String> {
+    use crate::mm::tlb::{has_tlbi_range, RANGE_OPS};
+    use core::sync::atomic::Ordering;
+    const PAGES: u64 = 300;
+    let order = (PAGES + 1).next_power_of_two().trailing_zeros();
+    let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
+    let va = TEST_WINDOW + GRANULE.level_size(2) * 16;
+    let r = (|| {
+        kmap::map_kernel(VirtAddr(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        for i in 0..=PAGES {
+            ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
+        }
+        // The edges (where an off-by-one flush would leave a stale entry) are
+        // touched last, so they are surely in the TLB when the unmap comes.
+        let edges = [0, 1, PAGES - 2, PAGES - 1];
+        for &i in &edges {
+            ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
+        }
+        let range_before = RANGE_OPS.load(Ordering::Relaxed);
+        kmap::with_live(|l| l.unmap(va, PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        for &i in &edges {
+            ensure!(probe_read_u8(va + i * PAGE_SIZE).is_err(), "edge page {i} still readable after unmap: stale TLB entry");
+        }
+        let used_range = RANGE_OPS.load(Ordering::Relaxed) > range_before;
+        ensure!(used_range == has_tlbi_range(), "range TLBI used: {used_range}, CPU has FEAT_TLBIRANGE: {}", has_tlbi_range());
+        for i in 0..PAGES {
+            match probe_read_u8(va + i * PAGE_SIZE) {
+                Ok(_) => return Err(alloc::format!("page {i} still readable after unmap: stale TLB entry")),
+                Err((esr, _)) => ensure!(matches!(Esr(esr).fault_status(), Some(FaultStatus::Translation(_))), "page {i}: {}", Esr(esr)),
+            }
+        }
+        ensure!(probe_read_u8(va + PAGES * PAGE_SIZE).is_ok(), "the page after the range was unmapped too");
+        Ok(())
+    })();
+    let _ = kmap::with_live(|l| l.unmap(va, (PAGES + 1) * PAGE_SIZE));
+    frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
+    r
+}
 
 /// The pagewalk-style walker over the live kernel tables, holding only the
 /// read lock: every image page is a level-3 leaf, each stack guard is a
