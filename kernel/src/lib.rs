@@ -30,6 +30,8 @@ pub mod kmain;
 #[cfg(target_os = "none")]
 pub mod panic;
 #[cfg(target_os = "none")]
+pub mod proc;
+#[cfg(target_os = "none")]
 pub mod test;
 
 #[cfg(target_os = "none")]

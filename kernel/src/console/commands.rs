@@ -22,7 +22,7 @@ use crate::util::{parse_number, Bytes};
 use crate::{print, println};
 
 /// What a command did.
-enum Outcome {
+pub(super) enum Outcome {
     /// Ran; nothing to assert.
     Done,
     /// An assertion: passed or failed (with a reason).
@@ -31,7 +31,7 @@ enum Outcome {
     Halt,
 }
 
-type CmdResult = Result<Outcome, String>;
+pub(super) type CmdResult = Result<Outcome, String>;
 
 pub struct Session {
     pub passed: usize,
@@ -141,7 +141,7 @@ impl Session {
             "ptdump" => match args {
                 ["kernel"] => Ok(ptdump_kernel()),
                 [] => Err("ptdump needs `kernel` or a process name".into()),
-                [p] if parse::is_name(p) => Err(alloc::format!("no process named `{p}` (processes arrive with the processes issue)")),
+                [p] if parse::is_name(p) => ptdump_process(p),
                 _ => Err("usage: ptdump [P | kernel]".into()),
             },
             "kwalk" => match args {
@@ -156,13 +156,16 @@ impl Session {
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
             "spawn" => match args {
-                [p] if parse::is_name(p) => Err("spawn: EL0 processes are not available yet (processes issue)".into()),
-                [p] => Err(alloc::format!("`{p}` is not a valid process name")),
+                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done),
+                [p] => Err(alloc::format!("`{}` is not a valid process name", truncate(p, 40))),
                 _ => Err("usage: spawn P".into()),
             },
-            "checkpin" | "unpin" => Err(alloc::format!("{}: pins are not available yet", w[0])),
+            "checkpin" | "unpin" => Err(alloc::format!("{}: pins are not available yet (anonymous-memory issue)", w[0])),
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
-                Err(alloc::format!("no process named `{p}`"))
+                if !crate::proc::exists(p) {
+                    return Err(alloc::format!("no process named `{p}`"));
+                }
+                super::proc_cmds::run(p, w[1], &w[2..])
             }
             other => Err(alloc::format!("unknown command `{}` (try `help`)", truncate(other, 40))),
         }
@@ -412,3 +415,21 @@ pub fn interactive() -> ! {
     }
 }
 
+
+fn ptdump_process(p: &str) -> CmdResult {
+    if !crate::proc::exists(p) {
+        return Err(alloc::format!("no process named `{p}`"));
+    }
+    let mut o = Out(String::new());
+    let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
+        static MARKERS: &[(u64, &str)] = &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::proc::MMAP_BASE, "mmap area")];
+        let mut d = PtDump::new(&mut o, START_LEVEL, MARKERS);
+        t.walk(false, &mut |e| {
+            let _ = d.entry(e);
+        });
+        let (l, n) = d.finish().unwrap_or((0, 0));
+        (l, n, t.count_tables())
+    })?;
+    let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {tables} table pages ]---");
+    Ok(Outcome::Done)
+}

@@ -11,4 +11,6 @@ pub mod parse;
 #[cfg(target_os = "none")]
 mod commands;
 #[cfg(target_os = "none")]
+mod proc_cmds;
+#[cfg(target_os = "none")]
 pub use commands::{interactive, invariants as invariants_for_tests, run_script};

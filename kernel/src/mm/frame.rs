@@ -23,8 +23,10 @@ pub enum Owner {
     Heap = 1,
     Test = 2,
     Other = 3,
+    /// Anonymous pages of user processes.
+    UserAnon = 4,
 }
-pub const OWNERS: [&str; 4] = ["page tables", "kernel heap", "tests", "other"];
+pub const OWNERS: [&str; 5] = ["page tables", "kernel heap", "tests", "other", "user anon"];
 
 struct State {
     buddy: FrameAllocator<33>,
@@ -36,7 +38,7 @@ struct State {
     /// Frames given to the buddy (RAM minus reservations).
     managed: u64,
     allocated: u64,
-    by_owner: [u64; 4],
+    by_owner: [u64; 5],
 }
 
 static FRAMES: Mutex<Option<State>> = Mutex::new(None);
@@ -46,7 +48,7 @@ pub struct Stats {
     pub managed: u64,
     pub free: u64,
     pub allocated: u64,
-    pub by_owner: [u64; 4],
+    pub by_owner: [u64; 5],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +72,7 @@ pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
         managed_map: vec![0; (nframes as usize).div_ceil(64)],
         managed: 0,
         allocated: 0,
-        by_owner: [0; 4],
+        by_owner: [0; 5],
     };
     for r in ram {
         let mut start = align_up(r.start.0, PAGE_SIZE);

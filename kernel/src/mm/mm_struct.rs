@@ -76,6 +76,11 @@ impl VmaList {
         self.0.insert(pos, v);
         true
     }
+    /// Removes and returns the VMA that starts at `start`.
+    pub fn remove(&mut self, start: u64) -> Option<Vma> {
+        let i = self.0.iter().position(|v| v.start == start)?;
+        Some(self.0.remove(i))
+    }
     /// The VMA containing `addr` (Linux `vma_lookup`).
     pub fn find(&self, addr: u64) -> Option<&Vma> {
         let i = self.0.partition_point(|o| o.end <= addr);
@@ -103,6 +108,10 @@ impl MmStruct {
     }
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
         MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
+    }
+    /// Takes the page-table lock (held while installing an entry).
+    pub fn page_table_lock_guard(&self) -> spin::MutexGuard<'_, ()> {
+        self.page_table_lock.lock()
     }
 }
 

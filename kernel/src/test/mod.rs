@@ -12,6 +12,7 @@ mod boot_tests;
 mod at_random;
 mod mm_tests;
 mod table_tests;
+pub use table_tests::at_outcome;
 
 pub type TestFn = fn() -> Result<(), String>;
 

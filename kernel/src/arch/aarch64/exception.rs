@@ -239,6 +239,11 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
             return;
         }
     }
+    if kind == 8 {
+        // Synchronous, from EL0 (AArch64).
+        crate::proc::handle_el0_sync(frame);
+        return;
+    }
     report_and_panic(frame, vk);
 }
 

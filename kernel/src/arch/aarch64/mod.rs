@@ -19,3 +19,5 @@ pub mod percpu;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod semihosting;
+#[cfg(target_os = "none")]
+pub mod user;

@@ -1,0 +1,194 @@
+//! Entering EL0 and coming back.
+//!
+//! The console runs one agent command at a time in a process, synchronously:
+//! [`run_user`] saves the kernel's callee-saved state, loads the user
+//! registers and `eret`s to EL0. The process runs until it makes a system
+//! call the kernel answers by ending the run (the agent's "done") or takes
+//! an exception the kernel cannot resolve; then [`return_to_kernel`]
+//! restores the saved state, so `run_user` returns with the final user
+//! registers. Faults the kernel resolves (demand paging) return to EL0
+//! through the normal exception exit and the process carries on.
+//!
+//! The agent itself (`pagelab_agent`) is a few instructions of EL0 code in
+//! its own page-aligned section of the kernel image; every process maps that
+//! page read-only and executable at EL0.
+
+use core::arch::global_asm;
+
+use super::exception::TrapFrame;
+
+/// Agent commands (x0 on entry).
+pub mod op {
+    pub const WRITE: u64 = 1;
+    pub const CHECK: u64 = 2;
+    pub const TOUCH_READ: u64 = 3;
+    pub const TOUCH_WRITE: u64 = 4;
+}
+
+/// Kernel state saved across a trip to EL0 (callee-saved registers, sp, lr).
+#[repr(C)]
+#[derive(Default)]
+pub struct KernelContext {
+    regs: [u64; 13], // x19-x30, sp
+}
+
+/// What `run_user` hands to the assembly: where to save the kernel state
+/// and the user register file to load (and, on return, the final one).
+#[repr(C)]
+pub struct UserRun {
+    pub kctx: KernelContext,
+    pub regs: TrapFrame,
+}
+
+global_asm!(
+    r#"
+.section .text.user, "ax"
+.balign 65536
+.global pagelab_agent
+pagelab_agent:
+    // x0 = op, x1 = address, x2 = length or count, x3 = byte, x4 = stride.
+    cmp     x0, #{write}
+    b.eq    1f
+    cmp     x0, #{check}
+    b.eq    3f
+    cmp     x0, #{touch_read}
+    b.eq    5f
+    cmp     x0, #{touch_write}
+    b.eq    7f
+    mov     x0, #-1
+    svc     #0
+1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
+    strb    w3, [x1], #1
+    sub     x2, x2, #1
+    b       1b
+2:  mov     x0, #0
+    svc     #0
+3:  cbz     x2, 2b                  // check: every byte == w3, else x0=1, x1=addr, x5=value
+    ldrb    w5, [x1]
+    cmp     w5, w3
+    b.ne    4f
+    add     x1, x1, #1
+    sub     x2, x2, #1
+    b       3b
+4:  mov     x0, #1
+    svc     #0
+5:  cbz     x2, 2b                  // touch read: one load every x4 bytes, x2 times
+    ldrb    w5, [x1]
+    add     x1, x1, x4
+    sub     x2, x2, #1
+    b       5b
+7:  cbz     x2, 2b                  // touch write: store back the byte that is there
+    ldrb    w5, [x1]
+    strb    w5, [x1]
+    add     x1, x1, x4
+    sub     x2, x2, #1
+    b       7b
+.balign 65536
+.global pagelab_agent_end
+pagelab_agent_end:
+
+.section .text, "ax"
+// x0 = &UserRun. Saves the kernel context, loads the user frame, erets.
+.global __run_user
+__run_user:
+    stp     x19, x20, [x0, #0]
+    stp     x21, x22, [x0, #16]
+    stp     x23, x24, [x0, #32]
+    stp     x25, x26, [x0, #48]
+    stp     x27, x28, [x0, #64]
+    stp     x29, x30, [x0, #80]
+    mov     x1, sp
+    str     x1, [x0, #96]
+    msr     tpidrro_el0, xzr
+    // Remember where UserRun is, for return_to_kernel.
+    adrp    x1, __current_run
+    add     x1, x1, :lo12:__current_run
+    mrs     x2, tpidr_el1
+    str     x0, [x1]                // single-CPU console for now
+    add     x0, x0, #104            // the TrapFrame
+    ldp     x22, x23, [x0, #16 * 16]
+    ldr     x21, [x0, #16 * 15 + 8]
+    msr     elr_el1, x22
+    msr     spsr_el1, x23
+    msr     sp_el0, x21
+    ldp     x2, x3, [x0, #16 * 1]
+    ldp     x4, x5, [x0, #16 * 2]
+    ldp     x6, x7, [x0, #16 * 3]
+    ldp     x8, x9, [x0, #16 * 4]
+    ldp     x10, x11, [x0, #16 * 5]
+    ldp     x12, x13, [x0, #16 * 6]
+    ldp     x14, x15, [x0, #16 * 7]
+    ldp     x16, x17, [x0, #16 * 8]
+    ldp     x18, x19, [x0, #16 * 9]
+    ldp     x20, x21, [x0, #16 * 10]
+    ldp     x22, x23, [x0, #16 * 11]
+    ldp     x24, x25, [x0, #16 * 12]
+    ldp     x26, x27, [x0, #16 * 13]
+    ldp     x28, x29, [x0, #16 * 14]
+    ldr     x30, [x0, #16 * 15]
+    ldp     x0, x1, [x0, #16 * 0]
+    eret
+
+// x0 = &UserRun (its kctx). Restores the kernel context saved by
+// __run_user and returns from it.
+.global __return_to_kernel
+__return_to_kernel:
+    ldp     x19, x20, [x0, #0]
+    ldp     x21, x22, [x0, #16]
+    ldp     x23, x24, [x0, #32]
+    ldp     x25, x26, [x0, #48]
+    ldp     x27, x28, [x0, #64]
+    ldp     x29, x30, [x0, #80]
+    ldr     x1, [x0, #96]
+    mov     sp, x1
+    ret
+
+.section .bss
+.balign 8
+.global __current_run
+__current_run:
+    .quad 0
+"#,
+    write = const op::WRITE,
+    check = const op::CHECK,
+    touch_read = const op::TOUCH_READ,
+    touch_write = const op::TOUCH_WRITE,
+);
+
+unsafe extern "C" {
+    fn __run_user(run: *mut UserRun);
+    fn __return_to_kernel(run: *mut UserRun) -> !;
+    static __current_run: u64;
+    pub static pagelab_agent: u8;
+    pub static pagelab_agent_end: u8;
+}
+
+/// Runs EL0 code with `run.regs` until it ends the run; returns with the
+/// final user registers in `run.regs`.
+///
+/// # Safety
+/// TTBR0 must hold the address space `run.regs` refers to; `run.regs.spsr`
+/// must name EL0.
+pub unsafe fn run_user(run: &mut UserRun) {
+    // SAFETY: guaranteed by the caller; __run_user returns through
+    // __return_to_kernel with every callee-saved register restored.
+    unsafe { __run_user(run as *mut UserRun) };
+}
+
+/// Ends the current EL0 run: copies `frame` into the run's user registers
+/// and resumes the kernel after `run_user`. Called from the EL0 trap path
+/// only, with nothing on the stack that needs dropping.
+pub fn return_to_kernel(frame: &TrapFrame) -> ! {
+    // SAFETY: __current_run was set by __run_user for the run in progress.
+    unsafe {
+        let run = core::ptr::read_volatile(core::ptr::addr_of!(__current_run)) as *mut UserRun;
+        assert!(!run.is_null(), "EL0 exception without a run in progress");
+        (*run).regs = *frame;
+        __return_to_kernel(run)
+    }
+}
+
+/// The agent code's kernel VA range.
+pub fn agent_range() -> (u64, u64) {
+    (core::ptr::addr_of!(pagelab_agent) as u64, core::ptr::addr_of!(pagelab_agent_end) as u64)
+}

@@ -1,0 +1,179 @@
+//! Console commands on processes: `P mmap`, `P write`, `P check`, `P walk`,
+//! `P atcheck`... (the first slice of the processes issue; the rest of
+//! SCENARIOS.md's process commands are refused with a clear error).
+
+use alloc::string::String;
+use core::fmt::Write;
+
+use super::commands::{CmdResult, Outcome};
+use crate::arch::aarch64::cpu::AtOp;
+use crate::arch::aarch64::esr::Esr;
+use crate::arch::aarch64::user::op;
+use crate::mm::addr::VirtAddr;
+use crate::mm::granule::PAGE_SIZE;
+use crate::mm::pgtable::{expected_access, Expected, Translation};
+use crate::proc::{self, MmapArgs, RunEnd};
+use crate::util::parse_number;
+use crate::{print, println};
+
+fn byte(s: &str) -> Result<u8, String> {
+    match parse_number(s) {
+        Some(v) if v <= 0xff => Ok(v as u8),
+        _ => Err(alloc::format!("`{}` is not a byte (0x00..0xff)", &s[..s.len().min(20)])),
+    }
+}
+
+fn fault_report(p: &str, addr: u64, esr: u64) -> String {
+    alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {} ({p} survives)", Esr(esr))
+}
+
+pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
+    match cmd {
+        "exit" => match a {
+            [] => proc::exit(p).map(|_| Outcome::Done),
+            _ => Err("usage: P exit".into()),
+        },
+        "mmap" => mmap(p, a),
+        "munmap" => match a {
+            [r] => {
+                let (va, len) = proc::range(p, r)?;
+                let region = r.split('+').next().unwrap_or(r);
+                proc::munmap(p, region, va, len).map(|_| Outcome::Done)
+            }
+            _ => Err("usage: P munmap RANGE".into()),
+        },
+        "write" | "check" => match a {
+            [r, b] => {
+                let (va, len) = proc::range(p, r)?;
+                let b = byte(b)?;
+                let opc = if cmd == "write" { op::WRITE } else { op::CHECK };
+                match proc::access(p, opc, va, len, b)? {
+                    RunEnd::Done if cmd == "write" => Ok(Outcome::Done),
+                    RunEnd::Done => Ok(Outcome::Assert(Ok(()))),
+                    RunEnd::Mismatch { addr, value } => {
+                        Ok(Outcome::Assert(Err(alloc::format!("byte at {addr:#x} is {value:#04x}, expected {b:#04x}"))))
+                    }
+                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    RunEnd::Other { esr } => Err(alloc::format!("{p}: agent stopped: {}", Esr(esr))),
+                }
+            }
+            _ => Err(alloc::format!("usage: P {cmd} RANGE BYTE")),
+        },
+        "touch" => match a {
+            [r, kind @ ("read" | "write")] => {
+                let (va, len) = proc::range(p, r)?;
+                let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
+                match proc::access(p, opc, va, len, 0)? {
+                    RunEnd::Done => Ok(Outcome::Done),
+                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
+                }
+            }
+            _ => Err("usage: P touch RANGE read|write".into()),
+        },
+        "expect-fault" => match a {
+            [kind @ ("read" | "write"), r] => {
+                let (va, _) = proc::range(p, r)?;
+                let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
+                match proc::access(p, opc, va, 1, 0)? {
+                    RunEnd::Fault { addr, esr } if addr == va => {
+                        println!("  {p}: {kind} at {addr:#x} refused: {}", Esr(esr));
+                        Ok(Outcome::Assert(Ok(())))
+                    }
+                    RunEnd::Fault { addr, .. } => Ok(Outcome::Assert(Err(alloc::format!("fault at {addr:#x}, not at {va:#x}")))),
+                    RunEnd::Done => Ok(Outcome::Assert(Err(alloc::format!("the {kind} at {va:#x} succeeded")))),
+                    other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
+                }
+            }
+            _ => Err("usage: P expect-fault write|read RANGE".into()),
+        },
+        "walk" => match a {
+            [r] => walk(p, r),
+            _ => Err("usage: P walk RANGE".into()),
+        },
+        "atcheck" => match a {
+            [r] => atcheck(p, r),
+            _ => Err("usage: P atcheck RANGE".into()),
+        },
+        other => Err(alloc::format!("`{other}` is not available yet (processes and anonymous-memory issues)")),
+    }
+}
+
+fn mmap(p: &str, a: &[&str]) -> CmdResult {
+    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never]".into()) };
+    if !super::parse::is_name(r) {
+        return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
+    }
+    let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
+    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE };
+    for o in opts {
+        match *o {
+            "anon" | "private" | "thp=never" => {}
+            "prot=rw" => (args.readable, args.writable) = (true, true),
+            "prot=r" => (args.readable, args.writable) = (true, false),
+            "prot=none" => (args.readable, args.writable) = (false, false),
+            o if o.starts_with("align=") => {
+                let v = parse_number(&o[6..]).filter(|v| v.is_power_of_two()).ok_or_else(|| alloc::format!("bad alignment `{o}`"))?;
+                args.align = v;
+            }
+            o if o == "shared" || o.starts_with("memfd=") || o.starts_with("pfn=") || o.starts_with("thp=") => {
+                return Err(alloc::format!("mmap option `{o}` is not supported yet (anonymous-memory issue)"));
+            }
+            o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),
+        }
+    }
+    proc::mmap(p, r, args).map(|_| Outcome::Done)
+}
+
+fn walk(p: &str, r: &str) -> CmdResult {
+    let (va, len) = proc::range(p, r)?;
+    let mut out = String::new();
+    proc::with_tables(p, |_, t| {
+        let mut v = va & !(PAGE_SIZE - 1);
+        while v < va + len {
+            match t.translate(VirtAddr(v)) {
+                Translation::Mapped { pa, level, desc } => {
+                    let _ = write!(out, "{v:#014x}: level {level} {desc:?} -> PA {pa:#x} ");
+                    let _ = crate::mm::ptdump::write_attrs(&mut out, desc, level);
+                    let _ = writeln!(out);
+                }
+                Translation::Fault { level, desc } => {
+                    let _ = writeln!(out, "{v:#014x}: not mapped (level {level} entry {desc:?})");
+                }
+            }
+            v += PAGE_SIZE;
+        }
+    })?;
+    print!("{out}");
+    Ok(Outcome::Done)
+}
+
+fn atcheck(p: &str, r: &str) -> CmdResult {
+    let (va, len) = proc::range(p, r)?;
+    let pages: alloc::vec::Vec<(u64, Translation)> = proc::with_tables(p, |_, t| {
+        let mut v = va & !(PAGE_SIZE - 1);
+        let mut out = alloc::vec::Vec::new();
+        while v < va + len {
+            out.push((v, t.translate(VirtAddr(v))));
+            v += PAGE_SIZE;
+        }
+        out
+    })?;
+    let mismatch = proc::with_ttbr0(p, || {
+        for (v, tr) in &pages {
+            for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
+                let want = expected_access(tr, true, write);
+                let got = crate::test::at_outcome(op, *v);
+                if want != got {
+                    return Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
+                }
+            }
+        }
+        None
+    })?;
+    let _ = Expected::Ok;
+    Ok(Outcome::Assert(match mismatch {
+        None => Ok(()),
+        Some(m) => Err(m),
+    }))
+}

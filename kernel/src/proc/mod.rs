@@ -1,0 +1,425 @@
+//! EL0 processes (first slice of the processes issue).
+//!
+//! A process is an address space ([`MmStruct`]: TTBR0 tables, ASID, VMAs)
+//! plus the EL0 agent mapped read-only/executable at [`AGENT_VA`]. The
+//! console drives it one agent command at a time, synchronously on the boot
+//! CPU ([`run_agent`]): every load and store is real EL0 code, every fault a
+//! real data abort. Anonymous private memory is filled on demand
+//! ([`handle_user_fault`], Linux `do_anonymous_page` without the zero page,
+//! which comes with the anonymous-memory issue); a fault that cannot be
+//! resolved ends the command like a SIGSEGV and the process survives.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use crate::arch::aarch64::cpu;
+use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::user::{self, op, UserRun};
+use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::desc::{Kind, LeafAttrs};
+use crate::mm::frame::{self, Owner};
+use crate::mm::granule::{align_up, GRANULE, PAGE_SIZE, START_LEVEL};
+use crate::mm::kmap::{self, FrameTableMem};
+use crate::mm::mm_struct::{MmStruct, MmapLocked, Vma, VmFlags};
+use crate::mm::pgtable::live::Live;
+use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
+use crate::mm::tlb::KernelFlush;
+
+/// Where every process sees the agent.
+pub const AGENT_VA: u64 = 0x40_0000;
+/// First address handed out by `mmap`.
+pub const MMAP_BASE: u64 = 0x10_0000_0000;
+pub const USER_TOP: u64 = 1 << 47;
+
+pub struct Region {
+    pub va: u64,
+    pub size: u64,
+}
+
+pub struct Process {
+    pub name: String,
+    pub pid: u32,
+    pub mm: MmStruct,
+    tables: Mutex<FrameTableMem>,
+    pub regions: Mutex<BTreeMap<String, Region>>,
+    next_va: AtomicU64,
+}
+
+static PROCS: Mutex<BTreeMap<String, Box<Process>>> = Mutex::new(BTreeMap::new());
+static NEXT_PID: AtomicU64 = AtomicU64::new(1);
+/// The process running at EL0 (the fault handler's `current`).
+static CURRENT: AtomicPtr<Process> = AtomicPtr::new(core::ptr::null_mut());
+
+/// ASIDs in use (bit per ASID; 0 is the kernel's/empty table's).
+static ASIDS: Mutex<[u64; 4]> = Mutex::new([1, 0, 0, 0]);
+
+fn alloc_asid() -> Option<u16> {
+    let mut a = ASIDS.lock();
+    for (w, word) in a.iter_mut().enumerate() {
+        if *word != u64::MAX {
+            let b = (!*word).trailing_zeros();
+            *word |= 1 << b;
+            return Some((w * 64 + b as usize) as u16);
+        }
+    }
+    None
+}
+
+fn free_asid(asid: u16) {
+    ASIDS.lock()[asid as usize / 64] &= !(1 << (asid % 64));
+}
+
+fn user_attrs(vma: &Vma) -> LeafAttrs {
+    LeafAttrs {
+        el0: true,
+        writable: vma.flags.contains(VmFlags::WRITE),
+        kexec: false,
+        uexec: vma.flags.contains(VmFlags::EXEC),
+        ng: true,
+        ..LeafAttrs::KERNEL_RW
+    }
+}
+
+pub fn exists(name: &str) -> bool {
+    PROCS.lock().contains_key(name)
+}
+
+pub fn names() -> Vec<String> {
+    PROCS.lock().keys().cloned().collect()
+}
+
+/// `spawn P`: a new process with an empty address space and the agent.
+pub fn spawn(name: &str) -> Result<(), String> {
+    if exists(name) {
+        return Err(alloc::format!("process `{name}` already exists"));
+    }
+    let asid = alloc_asid().ok_or("out of ASIDs")?;
+    let mut mem = FrameTableMem { tables: 0 };
+    let Some(root) = mem.alloc_table() else {
+        free_asid(asid);
+        return Err("out of memory for page tables".into());
+    };
+    let p = Box::new(Process {
+        name: name.to_string(),
+        pid: NEXT_PID.fetch_add(1, Ordering::Relaxed) as u32,
+        mm: MmStruct::new(root, asid),
+        tables: Mutex::new(mem),
+        regions: Mutex::new(BTreeMap::new()),
+        next_va: AtomicU64::new(MMAP_BASE),
+    });
+    // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
+    let (lo, hi) = user::agent_range();
+    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP };
+    p.mm.mmap_write_lock().insert(agent);
+    let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
+    let r = {
+        let mut mem = p.tables.lock();
+        let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut *mem);
+        t.map(VirtAddr(AGENT_VA), kmap::kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly)
+    };
+    if let Err(e) = r {
+        teardown(&p);
+        return Err(alloc::format!("mapping the agent: {e:?}"));
+    }
+    PROCS.lock().insert(name.to_string(), p);
+    Ok(())
+}
+
+/// Tears down every mapping and table of `p`, frees its anon frames and ASID.
+fn teardown(p: &Process) {
+    let mut vmas = p.mm.mmap_write_lock();
+    let all: Vec<Vma> = vmas.iter().copied().collect();
+    let mut mem = p.tables.lock();
+    // Anon frames first (special entries - the agent - are not ours to free).
+    let mut frames = Vec::new();
+    {
+        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        t.walk(false, &mut |e| {
+            if let Kind::Leaf(pa) = e.kind {
+                if !e.desc.special() {
+                    frames.push((pa, e.size));
+                }
+            }
+        });
+    }
+    let detached = {
+        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut fl = KernelFlush;
+        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        for v in &all {
+            let _ = l.unmap(v.start, v.end - v.start);
+        }
+        l.finish()
+    };
+    for pa in detached.0 {
+        mem.free(pa);
+    }
+    for (pa, size) in frames {
+        let order = (size / PAGE_SIZE).trailing_zeros();
+        let _ = frame::free(pa, order, Owner::UserAnon);
+    }
+    for v in all {
+        vmas.remove(v.start);
+    }
+    mem.free(p.mm.pgd);
+    // SAFETY: TLB maintenance only; drops anything left for this ASID.
+    unsafe { core::arch::asm!("dsb ishst", "tlbi aside1is, {}", "dsb ish", "isb", in(reg) (p.mm.asid as u64) << 48) };
+    free_asid(p.mm.asid);
+}
+
+/// `P exit`.
+pub fn exit(name: &str) -> Result<(), String> {
+    let p = PROCS.lock().remove(name).ok_or_else(|| alloc::format!("no process named `{name}`"))?;
+    teardown(&p);
+    Ok(())
+}
+
+fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, String>) -> Result<R, String> {
+    // The process stays in the table (boxed, so its address is stable); the
+    // table lock is not held while it runs, so the fault path can find it.
+    let ptr: *const Process = {
+        let g = PROCS.lock();
+        &**g.get(name).ok_or_else(|| alloc::format!("no process named `{name}`"))? as *const Process
+    };
+    // SAFETY: processes are only removed by `exit`, which the single console
+    // thread never runs concurrently with another command.
+    f(unsafe { &*ptr })
+}
+
+pub struct MmapArgs {
+    pub size: u64,
+    pub writable: bool,
+    pub readable: bool,
+    pub align: u64,
+}
+
+/// `P mmap R SIZE ...` (anonymous private memory in this slice).
+pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
+    with_proc(name, |p| {
+        if p.regions.lock().contains_key(region) {
+            return Err(alloc::format!("region `{region}` already exists in `{name}`"));
+        }
+        if a.size == 0 {
+            return Err("size must be > 0".into());
+        }
+        let size = align_up(a.size, PAGE_SIZE);
+        let align = a.align.max(PAGE_SIZE);
+        let va = align_up(p.next_va.load(Ordering::Relaxed), align);
+        let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or("out of address space")?;
+        let mut flags = VmFlags(0);
+        if a.readable {
+            flags = flags | VmFlags::READ;
+        }
+        if a.writable {
+            flags = flags | VmFlags::WRITE | VmFlags::READ;
+        }
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags }) {
+            return Err("overlapping mapping".into());
+        }
+        // Leave a guard gap between regions.
+        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+        p.regions.lock().insert(region.to_string(), Region { va, size });
+        Ok(va)
+    })
+}
+
+/// `P munmap RANGE` (whole regions in this slice).
+pub fn munmap(name: &str, region: &str, va: u64, len: u64) -> Result<(), String> {
+    with_proc(name, |p| {
+        let (rva, rsize) = {
+            let r = p.regions.lock();
+            let reg = r.get(region).ok_or_else(|| alloc::format!("no region `{region}` in `{name}`"))?;
+            (reg.va, reg.size)
+        };
+        if va != rva || len != rsize {
+            return Err("partial munmap is not supported yet (whole regions only)".into());
+        }
+        let mut vmas = p.mm.mmap_write_lock();
+        let mut mem = p.tables.lock();
+        let mut frames = Vec::new();
+        {
+            let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+            for off in (0..len).step_by(PAGE_SIZE as usize) {
+                if let crate::mm::pgtable::Translation::Mapped { pa, desc, .. } = t.translate(VirtAddr(va + off)) {
+                    if !desc.special() {
+                        frames.push(PhysAddr(pa.0 & !(PAGE_SIZE - 1)));
+                    }
+                }
+            }
+        }
+        let detached = {
+            let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+            let mut fl = KernelFlush;
+            let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+            l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"))?;
+            l.finish()
+        };
+        for pa in detached.0 {
+            mem.free(pa);
+        }
+        for pa in frames {
+            let _ = frame::free(pa, 0, Owner::UserAnon);
+        }
+        vmas.remove(va);
+        p.regions.lock().remove(region);
+        Ok(())
+    })
+}
+
+/// How an agent command ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    Done,
+    Mismatch { addr: u64, value: u8 },
+    /// An exception the kernel could not resolve (a SIGSEGV in Linux terms).
+    Fault { addr: u64, esr: u64 },
+    Other { esr: u64 },
+}
+
+/// Runs one agent command in `p` at EL0 (x0..x4 as the agent expects).
+fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
+    let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+    run.regs.x[..5].copy_from_slice(&x);
+    run.regs.elr = AGENT_VA;
+    run.regs.spsr = 0; // EL0t
+    CURRENT.store(p as *const Process as *mut Process, Ordering::Release);
+    let daif = cpu::irq_save();
+    let (_, empty) = kmap::roots();
+    // SAFETY: the process's tables are complete; nothing of the kernel runs from TTBR0.
+    unsafe {
+        cpu::set_ttbr0(p.mm.pgd.0 | ((p.mm.asid as u64) << 48));
+        user::run_user(&mut run);
+        cpu::set_ttbr0(empty.0);
+    }
+    cpu::irq_restore(daif);
+    CURRENT.store(core::ptr::null_mut(), Ordering::Release);
+    let esr = Esr(run.regs.esr);
+    match esr.ec() {
+        ExceptionClass::Svc64 => match run.regs.x[0] {
+            0 => RunEnd::Done,
+            1 => RunEnd::Mismatch { addr: run.regs.x[1], value: run.regs.x[5] as u8 },
+            _ => RunEnd::Other { esr: run.regs.esr },
+        },
+        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
+            RunEnd::Fault { addr: run.regs.far, esr: run.regs.esr }
+        }
+        _ => RunEnd::Other { esr: run.regs.esr },
+    }
+}
+
+/// Agent access over `[va, va+len)`.
+pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, String> {
+    with_proc(name, |p| {
+        let x = match opcode {
+            op::WRITE | op::CHECK => [opcode, va, len, byte as u64, 0],
+            _ => [opcode, va, len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
+        };
+        Ok(run_agent(p, x))
+    })
+}
+
+/// The EL0 synchronous-exception path (from the vectors): demand-fill
+/// anonymous memory, or end the run.
+pub fn handle_el0_sync(frame: &mut TrapFrame) {
+    let esr = Esr(frame.esr);
+    if esr.ec() == ExceptionClass::DataAbortLowerEl && handle_user_fault(frame.far, esr) {
+        return; // resolved: back to EL0, the access is retried
+    }
+    user::return_to_kernel(frame)
+}
+
+/// Linux `handle_mm_fault` for this slice: a translation fault in a private
+/// anonymous VMA that allows the access gets a zeroed page.
+fn handle_user_fault(far: u64, esr: Esr) -> bool {
+    let p = CURRENT.load(Ordering::Acquire);
+    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_))) {
+        return false;
+    }
+    // SAFETY: CURRENT points at the process run_agent is running.
+    let p = unsafe { &*p };
+    let g = p.mm.mmap_read_lock();
+    let Some(vma) = g.vmas().find(far).copied() else { return false };
+    let write = esr.wnr();
+    if vma.flags.contains(VmFlags::PFNMAP) || (write && !vma.flags.contains(VmFlags::WRITE)) || !vma.flags.contains(VmFlags::READ) {
+        return false;
+    }
+    let Some(pa) = frame::alloc_zeroed(0, Owner::UserAnon) else { return false };
+    let page = far & !(PAGE_SIZE - 1);
+    let _ptl = p.mm.page_table_lock_guard();
+    let mut mem = p.tables.lock();
+    let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+    match t.map(VirtAddr(page), pa, PAGE_SIZE, user_attrs(&vma), LeafSizes::PagesOnly) {
+        Ok(_) => {
+            // Invalid to valid: no TLBI, only visibility to the walker.
+            // SAFETY: barriers only.
+            unsafe { core::arch::asm!("dsb ishst", "isb") };
+            true
+        }
+        Err(_) => {
+            let _ = frame::free(pa, 0, Owner::UserAnon);
+            false
+        }
+    }
+}
+
+/// Resolves `REGION`, `REGION+OFF`, `REGION+OFF:LEN` in process `name`.
+pub fn range(name: &str, spec: &str) -> Result<(u64, u64), String> {
+    with_proc(name, |p| {
+        let (reg, rest) = match spec.split_once('+') {
+            Some((r, rest)) => (r, Some(rest)),
+            None => (spec, None),
+        };
+        let regions = p.regions.lock();
+        let r = regions.get(reg).ok_or_else(|| alloc::format!("no region `{reg}` in `{name}`"))?;
+        let (off, len) = match rest {
+            None => (0, r.size),
+            Some(rest) => {
+                let (o, l) = match rest.split_once(':') {
+                    Some((o, l)) => (o, Some(l)),
+                    None => (rest, None),
+                };
+                let off = crate::util::parse_number(o).ok_or_else(|| alloc::format!("bad offset `{o}`"))?;
+                let len = match l {
+                    Some(l) => crate::util::parse_number(l).ok_or_else(|| alloc::format!("bad length `{l}`"))?,
+                    None => PAGE_SIZE,
+                };
+                (off, len)
+            }
+        };
+        if len == 0 || off.checked_add(len).is_none_or(|e| e > r.size) {
+            return Err(alloc::format!("range {off:#x}+{len:#x} is outside region `{reg}` ({:#x} bytes)", r.size));
+        }
+        Ok((r.va + off, len))
+    })
+}
+
+/// Runs `f` with read access to `name`'s tables and its mmap lock.
+pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTableMem>) -> R) -> Result<R, String> {
+    with_proc(name, |p| {
+        let _g = p.mm.mmap_read_lock();
+        let mut mem = p.tables.lock();
+        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        Ok(f(p, &t))
+    })
+}
+
+/// Runs `f` with `name`'s address space live in TTBR0 (for `AT`).
+pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+    with_proc(name, |p| {
+        let daif = cpu::irq_save();
+        let (_, empty) = kmap::roots();
+        // SAFETY: only AT runs meanwhile; nothing executes from TTBR0.
+        unsafe { cpu::set_ttbr0(p.mm.pgd.0 | ((p.mm.asid as u64) << 48)) };
+        let r = f();
+        // SAFETY: as above.
+        unsafe { cpu::set_ttbr0(empty.0) };
+        cpu::irq_restore(daif);
+        Ok(r)
+    })
+}
