@@ -139,6 +139,20 @@ pub fn alloc(order: u32, owner: Owner) -> Option<PhysAddr> {
     r
 }
 
+/// Frames kept back from user allocations (16 MiB worth), so that user
+/// memory can never starve the kernel (heap growth, page tables, teardown).
+pub const USER_RESERVE_BYTES: u64 = 16 << 20;
+
+/// Like [`alloc_zeroed`] for user memory: fails while free memory is at or
+/// below the reserve (Linux's min watermark, in spirit).
+pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
+    let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
+    if stats().free < reserve + (1 << order) {
+        return None;
+    }
+    alloc_zeroed(order, Owner::UserAnon)
+}
+
 /// Allocates and zeroes `2^order` frames.
 pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
     let pa = alloc(order, owner)?;

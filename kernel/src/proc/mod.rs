@@ -136,14 +136,18 @@ fn teardown(p: &Process) {
     let mut vmas = p.mm.mmap_write_lock();
     let all: Vec<Vma> = vmas.iter().copied().collect();
     let mut mem = p.tables.lock();
-    // Anon frames first (special entries - the agent - are not ours to free).
-    let mut frames = Vec::new();
+    // Anon frames first (special entries - the agent - are not ours to
+    // free). Freed during the walk: collecting them would need memory, and a
+    // process being torn down may have taken nearly all of it. Freeing before
+    // the TLB flush is safe here because nothing runs with this ASID again
+    // until `tlbi aside1is` below has completed and the ASID is released.
     {
         let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         t.walk(false, &mut |e| {
             if let Kind::Leaf(pa) = e.kind {
                 if !e.desc.special() {
-                    frames.push((pa, e.size));
+                    let order = (e.size / PAGE_SIZE).trailing_zeros();
+                    let _ = frame::free(pa, order, Owner::UserAnon);
                 }
             }
         });
@@ -159,10 +163,6 @@ fn teardown(p: &Process) {
     };
     for pa in detached.0 {
         mem.free(pa);
-    }
-    for (pa, size) in frames {
-        let order = (size / PAGE_SIZE).trailing_zeros();
-        let _ = frame::free(pa, order, Owner::UserAnon);
     }
     for v in all {
         vmas.remove(v.start);
@@ -242,15 +242,23 @@ pub fn munmap(name: &str, region: &str, va: u64, len: u64) -> Result<(), String>
         }
         let mut vmas = p.mm.mmap_write_lock();
         let mut mem = p.tables.lock();
-        let mut frames = Vec::new();
+        // The frames may go back only after the unmap's TLB flush (the
+        // process could still reach them through stale entries), so they are
+        // listed first; a list that cannot grow is an error, not a panic.
+        let mut frames: Vec<PhysAddr> = Vec::new();
         {
             let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-            for off in (0..len).step_by(PAGE_SIZE as usize) {
+            let mut off = 0;
+            while off < len {
                 if let crate::mm::pgtable::Translation::Mapped { pa, desc, .. } = t.translate(VirtAddr(va + off)) {
                     if !desc.special() {
+                        if frames.try_reserve(1).is_err() {
+                            return Err("out of memory while unmapping".into());
+                        }
                         frames.push(PhysAddr(pa.0 & !(PAGE_SIZE - 1)));
                     }
                 }
+                off += PAGE_SIZE;
             }
         }
         let detached = {
@@ -349,7 +357,7 @@ fn handle_user_fault(far: u64, esr: Esr) -> bool {
     if vma.flags.contains(VmFlags::PFNMAP) || (write && !vma.flags.contains(VmFlags::WRITE)) || !vma.flags.contains(VmFlags::READ) {
         return false;
     }
-    let Some(pa) = frame::alloc_zeroed(0, Owner::UserAnon) else { return false };
+    let Some(pa) = frame::alloc_user_zeroed(0) else { return false };
     let page = far & !(PAGE_SIZE - 1);
     let _ptl = p.mm.page_table_lock_guard();
     let mut mem = p.tables.lock();

@@ -104,8 +104,20 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
         let old = self.t.read(table, idx);
         self.t.write(table, idx, Desc::INVALID);
         if old.is_valid() {
-            self.pending.push((va, va.wrapping_add(size)));
+            self.push_pending(va, va.wrapping_add(size));
         }
+    }
+
+    /// Records a range to flush, merged with the previous one when they
+    /// touch (an unmap of N pages stays one entry, not N).
+    fn push_pending(&mut self, lo: u64, hi: u64) {
+        if let Some(last) = self.pending.last_mut() {
+            if lo <= last.1 && last.0 <= hi {
+                *last = (last.0.min(lo), last.1.max(hi));
+                return;
+            }
+        }
+        self.pending.push((lo, hi));
     }
 
     /// Step 3: write a valid entry; refused while its range is broken but
@@ -146,7 +158,7 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
         self.make_entry(table, idx, va, level, new)?;
         if old.is_valid() && !bbm {
             // A live-safe change (permissions): old TLB entries must still go.
-            self.pending.push((va, va.wrapping_add(size)));
+            self.push_pending(va, va.wrapping_add(size));
         }
         Ok(())
     }
@@ -350,7 +362,7 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
                                 let new = Desc((d.0 & !clear) | set);
                                 if new != d {
                                     self.t.write(table, idx, new);
-                                    self.pending.push((entry_va, entry_end));
+                                    self.push_pending(entry_va, entry_end);
                                 }
                             }
                         }
@@ -387,7 +399,7 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
                     if child_empty {
                         self.t.write(table, idx, Desc::INVALID);
                         // Walk caches may hold the table entry: non-leaf TLBI.
-                        self.pending.push((entry_va, entry_end));
+                        self.push_pending(entry_va, entry_end);
                         self.pending_tables = true;
                         self.detached.push(child);
                         continue;
