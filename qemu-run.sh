@@ -455,7 +455,7 @@ test_granule() {
     echo "== granule $GRANULE: scenario scripts"
     local f prev_cpu=$CPU
     CPU=${cpus[0]}
-    for f in tests/scripts/*.scn; do
+    for f in tests/scripts/*.scn "tests/scripts/only-$GRANULE"/*.scn; do
         [[ -e $f ]] || continue
         test_script "$f" 1 0
         test_script "$f" 4 0

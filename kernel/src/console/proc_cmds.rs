@@ -10,6 +10,7 @@ use crate::arch::aarch64::cpu::AtOp;
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
+use crate::mm::mm_struct::MmapLocked;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::pgtable::{expected_access, Expected, Translation};
 use crate::proc::{self, MmapArgs, RunEnd};
@@ -95,6 +96,8 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             [r] => atcheck(p, r),
             _ => Err("usage: P atcheck RANGE".into()),
         },
+        "query" => query(p, a),
+        "stats" => stats(p, a),
         other => Err(alloc::format!("`{other}` is not available yet (processes and anonymous-memory issues)")),
     }
 }
@@ -176,4 +179,129 @@ fn atcheck(p: &str, r: &str) -> CmdResult {
         None => Ok(()),
         Some(m) => Err(m),
     }))
+}
+
+/// `P query RANGE expect FLAG...`: every page of RANGE must show each FLAG
+/// (a leading `!` negates). Flags whose state the kernel does not track yet
+/// (`exclusive`) are refused, never guessed.
+fn query(p: &str, a: &[&str]) -> CmdResult {
+    let [r, "expect", flags @ ..] = a else { return Err("usage: P query RANGE expect FLAG...".into()) };
+    if flags.is_empty() {
+        return Err("query needs at least one flag".into());
+    }
+    let (va, len) = proc::range(p, r)?;
+    // Validate every flag before looking at anything.
+    let mut wanted = alloc::vec::Vec::new();
+    for f in flags {
+        let (neg, name) = match f.strip_prefix('!') {
+            Some(n) => (true, n),
+            None => (false, *f),
+        };
+        let folio = match name.strip_prefix("folio=") {
+            Some(sz) => Some(parse_number(sz).ok_or_else(|| alloc::format!("bad folio size `{sz}`"))?),
+            None => None,
+        };
+        match name {
+            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap" | "marker" | "uffd-wp" => {}
+            _ if folio.is_some() => {}
+            "exclusive" => return Err("flag `exclusive` needs page metadata (PageAnonExclusive), which arrives with the anonymous-memory issue".into()),
+            other => return Err(alloc::format!("unknown query flag `{}`", &other[..other.len().min(30)])),
+        }
+        wanted.push((neg, name, folio));
+    }
+    let res = proc::with_tables(p, |proc_, t| -> Result<(), String> {
+        let lock = proc_.mm.mmap_read_lock();
+        let mut v = va & !(PAGE_SIZE - 1);
+        while v < va + len {
+            let tr = t.translate(VirtAddr(v));
+            let fw = crate::mm::folio_walk::folio_walk_start(
+                &lock,
+                &*t.mem,
+                VirtAddr(v),
+                crate::mm::folio_walk::FwFlags { zeropage: true },
+                &|_| false,
+            );
+            let (present, desc, level) = match tr {
+                Translation::Mapped { desc, level, .. } => (true, desc, level),
+                Translation::Fault { desc, level } => (false, desc, level),
+            };
+            let np = match desc.kind(level, crate::mm::granule::GRANULE) {
+                crate::mm::desc::Kind::NonPresent(n) => Some(n),
+                _ => None,
+            };
+            for &(neg, name, folio) in &wanted {
+                let have = match name {
+                    "present" => present,
+                    "writable" => present && !desc.perms().read_only,
+                    "anon" => fw.as_ref().is_some_and(|f| f.page.is_some()),
+                    "zero" => fw.as_ref().is_some_and(|f| f.zero),
+                    "special" => present && desc.special(),
+                    "cont" => present && desc.contiguous(),
+                    "block" => present && level < 3,
+                    "dirty" => present && (desc.sw_dirty() || (desc.dbm() && !desc.perms().read_only)),
+                    "young" => present && desc.af(),
+                    "swap" => matches!(np, Some(crate::mm::desc::NonPresent::Swap { .. })),
+                    "marker" => matches!(np, Some(crate::mm::desc::NonPresent::Marker(_))),
+                    "uffd-wp" => (present && desc.uffd_wp()) || matches!(np, Some(crate::mm::desc::NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0),
+                    _ => fw.as_ref().map(|f| f.size) == folio,
+                };
+                if have == neg {
+                    return Err(alloc::format!("page {v:#x}: {}{name} does not hold", if neg { "!" } else { "" }));
+                }
+            }
+            drop(fw);
+            v += PAGE_SIZE;
+        }
+        Ok(())
+    })?;
+    Ok(Outcome::Assert(res))
+}
+
+/// `P stats expect KEY=N...`: counters of P in pages, counted from its
+/// tables: rss (present pages, special mappings excluded), anon (normal pages in private anonymous
+/// VMAs), file, zero, swap (none exist yet, so they are 0).
+fn stats(p: &str, a: &[&str]) -> CmdResult {
+    let ["expect", kvs @ ..] = a else { return Err("usage: P stats expect KEY=N...".into()) };
+    if kvs.is_empty() {
+        return Err("stats needs at least one KEY=N".into());
+    }
+    let mut want = alloc::vec::Vec::new();
+    for kv in kvs {
+        let (k, v) = kv.split_once('=').ok_or_else(|| alloc::format!("`{kv}` is not KEY=N"))?;
+        let n = parse_number(v).ok_or_else(|| alloc::format!("`{v}` is not a number"))?;
+        match k {
+            "rss" | "anon" | "file" | "zero" | "swap" => want.push((k, n)),
+            other => return Err(alloc::format!("unknown counter `{}` (rss, anon, file, zero, swap)", &other[..other.len().min(20)])),
+        }
+    }
+    let (rss, anon) = proc::with_tables(p, |proc_, t| {
+        let lock = proc_.mm.mmap_read_lock();
+        let (mut rss, mut anon) = (0u64, 0u64);
+        for vma in lock.vmas().iter() {
+            let mut v = vma.start;
+            while v < vma.end {
+                // Special entries (the agent page, PFN maps) are not counted,
+                // as Linux leaves special mappings out of RSS.
+                if let Translation::Mapped { desc, .. } = t.translate(VirtAddr(v)) {
+                    if !desc.special() {
+                        rss += 1;
+                        anon += 1;
+                    }
+                }
+                v += PAGE_SIZE;
+            }
+        }
+        (rss, anon)
+    })?;
+    for (k, n) in want {
+        let have = match k {
+            "rss" => rss,
+            "anon" => anon,
+            _ => 0,
+        };
+        if have != n {
+            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon})"))));
+        }
+    }
+    Ok(Outcome::Assert(Ok(())))
 }

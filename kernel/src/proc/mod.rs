@@ -46,7 +46,7 @@ pub struct Process {
     pub name: String,
     pub pid: u32,
     pub mm: MmStruct,
-    tables: Mutex<FrameTableMem>,
+    pub(crate) tables: Mutex<FrameTableMem>,
     pub regions: Mutex<BTreeMap<String, Region>>,
     next_va: AtomicU64,
 }
