@@ -17,6 +17,8 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use spin::Mutex;
 
+pub mod syscall;
+
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
@@ -205,8 +207,20 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
         if p.regions.lock().contains_key(region) {
             return Err(alloc::format!("region `{region}` already exists in `{name}`"));
         }
+        let (va, size) = mmap_anon(p, &a)?;
+        p.regions.lock().insert(region.to_string(), Region { va, size });
+        Ok(va)
+    })
+}
+
+/// Creates an anonymous private VMA of `a.size` bytes; returns (va, size).
+pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String> {
+    {
         if a.size == 0 {
             return Err("size must be > 0".into());
+        }
+        if a.size > USER_TOP {
+            return Err("size larger than the address space".into());
         }
         let size = align_up(a.size, PAGE_SIZE);
         let align = a.align.max(PAGE_SIZE);
@@ -224,9 +238,8 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
         }
         // Leave a guard gap between regions.
         p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
-        p.regions.lock().insert(region.to_string(), Region { va, size });
-        Ok(va)
-    })
+        Ok((va, size))
+    }
 }
 
 /// `P munmap RANGE` (whole regions in this slice).
@@ -295,6 +308,21 @@ fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
     let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
     run.regs.x[..5].copy_from_slice(&x);
     run.regs.elr = AGENT_VA;
+    let regs = run_regs(p, run);
+    let esr = Esr(regs.esr);
+    match esr.ec() {
+        ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE => match regs.x[0] {
+            0 => RunEnd::Done,
+            1 => RunEnd::Mismatch { addr: regs.x[1], value: regs.x[5] as u8 },
+            _ => RunEnd::Other { esr: regs.esr },
+        },
+        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => RunEnd::Fault { addr: regs.far, esr: regs.esr },
+        _ => RunEnd::Other { esr: regs.esr },
+    }
+}
+
+/// Runs `run` at EL0 in `p` until the agent ends it; returns the final registers.
+fn run_regs(p: &Process, mut run: UserRun) -> TrapFrame {
     run.regs.spsr = 0; // EL0t
     CURRENT.store(p as *const Process as *mut Process, Ordering::Release);
     let daif = cpu::irq_save();
@@ -307,18 +335,7 @@ fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
     }
     cpu::irq_restore(daif);
     CURRENT.store(core::ptr::null_mut(), Ordering::Release);
-    let esr = Esr(run.regs.esr);
-    match esr.ec() {
-        ExceptionClass::Svc64 => match run.regs.x[0] {
-            0 => RunEnd::Done,
-            1 => RunEnd::Mismatch { addr: run.regs.x[1], value: run.regs.x[5] as u8 },
-            _ => RunEnd::Other { esr: run.regs.esr },
-        },
-        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
-            RunEnd::Fault { addr: run.regs.far, esr: run.regs.esr }
-        }
-        _ => RunEnd::Other { esr: run.regs.esr },
-    }
+    run.regs
 }
 
 /// Agent access over `[va, va+len)`.
@@ -339,7 +356,42 @@ pub fn handle_el0_sync(frame: &mut TrapFrame) {
     if esr.ec() == ExceptionClass::DataAbortLowerEl && handle_user_fault(frame.far, esr) {
         return; // resolved: back to EL0, the access is retried
     }
+    if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == 0 {
+        let p = CURRENT.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: CURRENT is the process run_agent is running.
+            let p = unsafe { &*p };
+            let args = [frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4], frame.x[5]];
+            frame.x[0] = syscall::dispatch(p, frame.x[8], args) as u64;
+            return; // back to EL0 after the svc
+        }
+    }
     user::return_to_kernel(frame)
+}
+
+/// An EL1 uaccess (copy_from/to_user) faulted on a user address: fill it
+/// like an EL0 fault would be. False means the fixup returns -EFAULT.
+pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
+    handle_user_fault(far, esr)
+}
+
+/// Makes system call `nr` in process `name` through the agent (`svc #0` at
+/// EL0) and returns its result.
+pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
+    with_proc(name, |p| {
+        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+        run.regs.x[0] = op::SYSCALL;
+        run.regs.x[1..7].copy_from_slice(&args);
+        run.regs.x[8] = nr;
+        run.regs.elr = AGENT_VA;
+        let regs = run_regs(p, run);
+        let esr = Esr(regs.esr);
+        if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == user::SVC_DONE && regs.x[0] == 2 {
+            Ok(regs.x[1] as i64)
+        } else {
+            Err(alloc::format!("the agent did not come back from the system call: {esr}"))
+        }
+    })
 }
 
 /// Linux `handle_mm_fault` for this slice: a translation fault in a private

@@ -226,6 +226,11 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
     if kind == 4 {
         // Synchronous, from EL1.
         if esr.ec() == ExceptionClass::DataAbortSameEl {
+            // A uaccess touching a user page that is not populated yet: fill
+            // it like an EL0 fault and retry the instruction.
+            if find_fixup(frame.elr).is_some() && frame.far < crate::proc::USER_TOP && crate::proc::handle_uaccess_fault(frame.far, esr) {
+                return;
+            }
             if let Some(fixup) = find_fixup(frame.elr) {
                 percpu::record_fixup_fault(frame.esr, frame.far);
                 frame.elr = fixup;
@@ -339,4 +344,72 @@ pub unsafe fn probe_exec(addr: u64) -> Result<(), (u64, u64)> {
     let v = unsafe { __probe_exec(addr) };
     percpu::take_exec_probe();
     if v == u64::MAX { Err(percpu::last_fixup_fault()) } else { Ok(()) }
+}
+
+// copy_from_user / copy_to_user: byte loops whose every access is in the
+// exception table; they return the number of bytes NOT copied.
+global_asm!(
+    r#"
+.section .text, "ax"
+.global __copy_from_user
+__copy_from_user:                   // x0 = dst (kernel), x1 = src (user), x2 = len
+    cbz     x2, 2f
+1:  ldrb    w3, [x1]
+    strb    w3, [x0], #1
+    add     x1, x1, #1
+    sub     x2, x2, #1
+    cbnz    x2, 1b
+2:  mov     x0, x2
+    ret
+3:  mov     x0, x2
+    ret
+.pushsection .ex_table, "a"
+    .quad 1b, 3b
+.popsection
+
+.global __copy_to_user
+__copy_to_user:                     // x0 = dst (user), x1 = src (kernel), x2 = len
+    cbz     x2, 2f
+1:  ldrb    w3, [x1], #1
+4:  strb    w3, [x0]
+    add     x0, x0, #1
+    sub     x2, x2, #1
+    cbnz    x2, 1b
+2:  mov     x0, x2
+    ret
+3:  mov     x0, x2
+    ret
+.pushsection .ex_table, "a"
+    .quad 4b, 3b
+.popsection
+"#
+);
+
+unsafe extern "C" {
+    fn __copy_from_user(dst: *mut u8, src: u64, len: u64) -> u64;
+    fn __copy_to_user(dst: u64, src: *const u8, len: u64) -> u64;
+}
+
+/// Copies `dst.len()` bytes from user address `src`. Refuses (`Err`) any
+/// range that is not wholly below the user top, and any fault the fault path
+/// cannot resolve - never a kernel crash.
+pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
+    let len = dst.len() as u64;
+    if src.checked_add(len).is_none_or(|e| e > crate::proc::USER_TOP) {
+        return Err(());
+    }
+    // SAFETY: the range is a user range; faults come back through the fixup.
+    let left = unsafe { __copy_from_user(dst.as_mut_ptr(), src, len) };
+    if left == 0 { Ok(()) } else { Err(()) }
+}
+
+/// Copies `src` to user address `dst`, with the same checks.
+pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
+    let len = src.len() as u64;
+    if dst.checked_add(len).is_none_or(|e| e > crate::proc::USER_TOP) {
+        return Err(());
+    }
+    // SAFETY: as above.
+    let left = unsafe { __copy_to_user(dst, src.as_ptr(), len) };
+    if left == 0 { Ok(()) } else { Err(()) }
 }

@@ -23,7 +23,13 @@ pub mod op {
     pub const CHECK: u64 = 2;
     pub const TOUCH_READ: u64 = 3;
     pub const TOUCH_WRITE: u64 = 4;
+    /// Make a system call: x8 = number, x1..x6 = arguments; result in x0.
+    pub const SYSCALL: u64 = 5;
 }
+
+/// `svc` immediate the agent uses to say a command is finished (`svc #0`
+/// is a system call, as in Linux).
+pub const SVC_DONE: u16 = 0xff;
 
 /// Kernel state saved across a trip to EL0 (callee-saved registers, sp, lr).
 #[repr(C)]
@@ -55,14 +61,16 @@ pagelab_agent:
     b.eq    5f
     cmp     x0, #{touch_write}
     b.eq    7f
+    cmp     x0, #{syscall}
+    b.eq    9f
     mov     x0, #-1
-    svc     #0
+    svc     #0xff
 1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
     strb    w3, [x1], #1
     sub     x2, x2, #1
     b       1b
 2:  mov     x0, #0
-    svc     #0
+    svc     #0xff
 3:  cbz     x2, 2b                  // check: every byte == w3, else x0=1, x1=addr, x5=value
     ldrb    w5, [x1]
     cmp     w5, w3
@@ -71,7 +79,7 @@ pagelab_agent:
     sub     x2, x2, #1
     b       3b
 4:  mov     x0, #1
-    svc     #0
+    svc     #0xff
 5:  cbz     x2, 2b                  // touch read: one load every x4 bytes, x2 times
     ldrb    w5, [x1]
     add     x1, x1, x4
@@ -83,6 +91,16 @@ pagelab_agent:
     add     x1, x1, x4
     sub     x2, x2, #1
     b       7b
+9:  mov     x0, x1                  // syscall: arguments shift down one register
+    mov     x1, x2
+    mov     x2, x3
+    mov     x3, x4
+    mov     x4, x5
+    mov     x5, x6
+    svc     #0
+    mov     x1, x0                  // the result, reported as x1 of "done"
+    mov     x0, #2
+    svc     #0xff
 .balign 65536
 .global pagelab_agent_end
 pagelab_agent_end:
@@ -153,6 +171,7 @@ __current_run:
     check = const op::CHECK,
     touch_read = const op::TOUCH_READ,
     touch_write = const op::TOUCH_WRITE,
+    syscall = const op::SYSCALL,
 );
 
 unsafe extern "C" {

@@ -1,0 +1,78 @@
+//! System calls from EL0 (`svc #0`, number in x8, arguments in x0-x5,
+//! result in x0; Linux arm64 numbers and errno values).
+//!
+//! Every argument is checked; user memory is touched only through
+//! `copy_from_user`/`copy_to_user`, whose faults come back as `-EFAULT`
+//! through the exception table. A bad call gets an error, never a crash.
+
+use alloc::vec;
+
+use super::{mmap_anon, MmapArgs, Process};
+use crate::arch::aarch64::exception::copy_from_user;
+
+pub mod nr {
+    pub const WRITE: u64 = 64;
+    pub const GETPID: u64 = 172;
+    pub const MUNMAP: u64 = 215;
+    pub const MMAP: u64 = 222;
+}
+
+pub const EBADF: i64 = 9;
+pub const ENOMEM: i64 = 12;
+pub const EFAULT: i64 = 14;
+pub const EINVAL: i64 = 22;
+pub const ENOSYS: i64 = 38;
+
+const PROT_READ: u64 = 1;
+const PROT_WRITE: u64 = 2;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_ANONYMOUS: u64 = 0x20;
+
+/// Most bytes one `write` call copies (the rest is left to the caller, as a
+/// short write).
+const WRITE_MAX: u64 = 4096;
+
+pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
+    match nr {
+        nr::GETPID => p.pid as i64,
+        nr::WRITE => write(p, a[0], a[1], a[2]),
+        nr::MMAP => mmap(p, a),
+        nr::MUNMAP => -EINVAL, // checked below once partial unmaps exist
+        _ => -ENOSYS,
+    }
+}
+
+fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
+    if fd != 1 && fd != 2 {
+        return -EBADF;
+    }
+    let n = len.min(WRITE_MAX);
+    let mut kbuf = vec![0u8; n as usize];
+    if copy_from_user(&mut kbuf, buf).is_err() {
+        return -EFAULT;
+    }
+    // Printable ASCII only on the console.
+    for b in kbuf.iter_mut() {
+        if !(b.is_ascii_graphic() || *b == b' ' || *b == b'\n') {
+            *b = b'.';
+        }
+    }
+    crate::print!("[{}] {}", p.name, core::str::from_utf8(&kbuf).unwrap_or(""));
+    n as i64
+}
+
+fn mmap(p: &Process, a: [u64; 6]) -> i64 {
+    let [addr, len, prot, flags, fd, off] = a;
+    if flags != MAP_PRIVATE | MAP_ANONYMOUS || fd as i64 != -1 || off != 0 || addr != 0 {
+        return -EINVAL; // anonymous private memory at a kernel-chosen address only, for now
+    }
+    if prot & !(PROT_READ | PROT_WRITE) != 0 {
+        return -EINVAL;
+    }
+    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0 };
+    match mmap_anon(p, &args) {
+        Ok((va, _)) => va as i64,
+        Err(e) if e.contains("size must be") => -EINVAL,
+        Err(_) => -ENOMEM,
+    }
+}

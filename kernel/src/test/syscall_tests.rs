@@ -1,0 +1,61 @@
+//! System calls from a real EL0 process with bad arguments: every one gets
+//! an errno, the kernel never faults, and the process's memory accounting
+//! comes back exactly.
+
+use alloc::string::String;
+
+use super::Test;
+use crate::arch::aarch64::user::op;
+use crate::ensure;
+use crate::mm::frame;
+use crate::mm::granule::PAGE_SIZE;
+use crate::proc::syscall::{nr, EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
+use crate::proc::{self, MmapArgs, RunEnd};
+
+pub static TESTS: &[Test] = &[Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments }];
+
+fn bad_arguments() -> Result<(), String> {
+    let free_before = frame::stats().free;
+    let name = "syscall_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let sc = |n: u64, a: [u64; 6]| proc::syscall(name, n, a);
+        let pid = sc(nr::GETPID, [0; 6])?;
+        ensure!(pid > 0, "getpid returned {pid}");
+
+        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0 })?;
+        ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
+        ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
+        // A page the process never touched: the uaccess fault is demand-filled.
+        let fresh = va + 8 * PAGE_SIZE;
+        ensure!(sc(nr::WRITE, [1, fresh, 4, 0, 0, 0])? == 4, "write from an unpopulated page");
+
+        let cases: [(&str, u64, [u64; 6], i64); 10] = [
+            ("kernel pointer", nr::WRITE, [1, 0xffff_8000_0000_0000, 8, 0, 0, 0], -EFAULT),
+            ("unmapped user pointer", nr::WRITE, [1, 0x7000_0000, 8, 0, 0, 0], -EFAULT),
+            ("pointer + length overflows", nr::WRITE, [1, u64::MAX - 3, 8, 0, 0, 0], -EFAULT),
+            ("buffer runs into the guard gap", nr::WRITE, [1, va + 16 * PAGE_SIZE - 10, 100, 0, 0, 0], -EFAULT),
+            ("bad fd", nr::WRITE, [5, va, 1, 0, 0, 0], -EBADF),
+            ("mmap of 0 bytes", nr::MMAP, [0, 0, 3, 0x22, u64::MAX, 0], -EINVAL),
+            ("mmap larger than the address space", nr::MMAP, [0, 1 << 62, 3, 0x22, u64::MAX, 0], -ENOMEM),
+            ("mmap PROT_EXEC", nr::MMAP, [0, 8192, 4, 0x22, u64::MAX, 0], -EINVAL),
+            ("mmap MAP_SHARED", nr::MMAP, [0, 8192, 3, 0x21, u64::MAX, 0], -EINVAL),
+            ("unknown syscall", 9999, [0; 6], -ENOSYS),
+        ];
+        for (what, n, a, want) in cases {
+            let got = sc(n, a)?;
+            ensure!(got == want, "{what}: got {got}, expected {want}");
+        }
+        // A good mmap gives memory the process can use at EL0.
+        let m = sc(nr::MMAP, [0, 2 * PAGE_SIZE, 3, 0x22, u64::MAX, 0])?;
+        ensure!(m > 0, "mmap failed: {m}");
+        ensure!(matches!(proc::access(name, op::WRITE, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 write to mmap'd memory");
+        ensure!(matches!(proc::access(name, op::CHECK, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 check of mmap'd memory");
+        Ok(())
+    })();
+    proc::exit(name)?;
+    r?;
+    let free_after = frame::stats().free;
+    ensure!(free_after == free_before, "free frames {free_before} -> {free_after} after exit");
+    Ok(())
+}
