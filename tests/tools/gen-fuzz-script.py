@@ -12,7 +12,7 @@ regions = ["r", "buf", "x1"]
 numbers = ["0", "1", "4K", "64K", "2M", "1G", "0x1000", "0xfff", "0x", "-1", "99999999999999999999",
            "0xffffffffffffffff", "12q", "3.5", "0x10K", "18446744073709551615", "4096", "7"]
 bytes_ = ["0x00", "0xff", "0x5a", "0x100", "256", "-1", "zz", "0x"]
-cmds = ["spawn", "exit", "mmap", "munmap", "write", "check", "touch", "expect-fault", "walk", "atcheck",
+cmds = ["spawn", "exit", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "walk", "atcheck",
         "ptdump", "meminfo", "invariants", "help", "info", "cpus", "kwalk", "query", "stats", "pin", "uffd", "fork"]
 
 
@@ -42,7 +42,12 @@ def line():
     if k < 0.47:
         return f"{p} expect-fault {r.choice(['read', 'write'])} {rng()}"
     if k < 0.52:
-        return f"{p} {r.choice(['walk', 'atcheck', 'munmap'])} {rng()}"
+        c = r.choice(['walk', 'atcheck', 'munmap', 'mprotect', 'madvise', 'query', 'stats'])
+        tail = {"mprotect": r.choice(["prot=r", "prot=rw", "prot=none", "prot=q"]),
+                "madvise": r.choice(["dontneed", "pageout", "hugepage", "x"]),
+                "query": "expect " + " ".join(r.sample(["present", "!writable", "anon", "block", "exclusive", "folio=4K", "zz"], 2)),
+                "stats": "expect " + r.choice(["rss=0", "anon=1", "bogus=2", "rss"])}.get(c, "")
+        return f"{p} {c} {rng()} {tail}"
     if k < 0.55:
         return f"{p} exit"
     if k < 0.60:

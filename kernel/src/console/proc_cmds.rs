@@ -38,10 +38,32 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         "munmap" => match a {
             [r] => {
                 let (va, len) = proc::range(p, r)?;
-                let region = r.split('+').next().unwrap_or(r);
-                proc::munmap(p, region, va, len).map(|_| Outcome::Done)
+                proc::munmap(p, va, len).map(|_| Outcome::Done)
             }
             _ => Err("usage: P munmap RANGE".into()),
+        },
+        "mprotect" => match a {
+            [r, prot] => {
+                let (va, len) = proc::range(p, r)?;
+                let (rd, wr) = match *prot {
+                    "prot=r" => (true, false),
+                    "prot=rw" => (true, true),
+                    "prot=none" => (false, false),
+                    other => return Err(alloc::format!("bad protection `{}` (prot=r|rw|none)", &other[..other.len().min(20)])),
+                };
+                proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done)
+            }
+            _ => Err("usage: P mprotect RANGE prot=r|rw|none".into()),
+        },
+        "madvise" => match a {
+            [r, "dontneed"] => {
+                let (va, len) = proc::range(p, r)?;
+                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done)
+            }
+            [_, adv @ ("pageout" | "hugepage" | "nohugepage")] => {
+                Err(alloc::format!("madvise {adv} is not available yet (anonymous-memory and swap issues)"))
+            }
+            _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
         },
         "write" | "check" => match a {
             [r, b] => {

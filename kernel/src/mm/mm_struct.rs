@@ -76,6 +76,23 @@ impl VmaList {
         self.0.insert(pos, v);
         true
     }
+    /// Splits the VMA that strictly contains `addr` into two at `addr`
+    /// (Linux `split_vma`). Nothing happens if `addr` is a boundary or in a hole.
+    pub fn split_at(&mut self, addr: u64) {
+        if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
+            let hi = Vma { start: addr, ..self.0[i] };
+            self.0[i].end = addr;
+            self.0.insert(i + 1, hi);
+        }
+    }
+    /// The VMAs wholly inside `[start, end)` (after splitting at both ends).
+    pub fn inside(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        self.0.iter().filter(move |v| v.start >= start && v.end <= end)
+    }
+    /// Mutable access to the VMAs wholly inside `[start, end)`.
+    pub fn inside_mut(&mut self, start: u64, end: u64) -> impl Iterator<Item = &mut Vma> {
+        self.0.iter_mut().filter(move |v| v.start >= start && v.end <= end)
+    }
     /// Removes and returns the VMA that starts at `start`.
     pub fn remove(&mut self, start: u64) -> Option<Vma> {
         let i = self.0.iter().position(|v| v.start == start)?;
@@ -233,6 +250,25 @@ mod tests {
         let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start).collect();
         assert_eq!(starts, [0x1000, 0x3000]);
         assert!(w.find(0x1000).unwrap().flags.contains(VmFlags::WRITE));
+    }
+
+    #[test]
+    fn split_vmas() {
+        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mut w = mm.mmap_write_lock();
+        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ });
+        w.split_at(0x3000);
+        w.split_at(0x3000); // already a boundary
+        w.split_at(0x20000); // a hole
+        w.split_at(0x7000);
+        let v: alloc::vec::Vec<(u64, u64)> = w.iter().map(|v| (v.start, v.end)).collect();
+        assert_eq!(v, [(0x1000, 0x3000), (0x3000, 0x7000), (0x7000, 0x9000)]);
+        assert_eq!(w.inside(0x3000, 0x9000).count(), 2);
+        for v in w.inside_mut(0x3000, 0x7000) {
+            v.flags = VmFlags::READ | VmFlags::WRITE;
+        }
+        assert!(w.find(0x3000).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(!w.find(0x7000).unwrap().flags.contains(VmFlags::WRITE));
     }
 
     #[test]

@@ -242,54 +242,134 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
     }
 }
 
-/// `P munmap RANGE` (whole regions in this slice).
-pub fn munmap(name: &str, region: &str, va: u64, len: u64) -> Result<(), String> {
-    with_proc(name, |p| {
-        let (rva, rsize) = {
-            let r = p.regions.lock();
-            let reg = r.get(region).ok_or_else(|| alloc::format!("no region `{region}` in `{name}`"))?;
-            (reg.va, reg.size)
-        };
-        if va != rva || len != rsize {
-            return Err("partial munmap is not supported yet (whole regions only)".into());
-        }
-        let mut vmas = p.mm.mmap_write_lock();
-        let mut mem = p.tables.lock();
-        // The frames may go back only after the unmap's TLB flush (the
-        // process could still reach them through stale entries), so they are
-        // listed first; a list that cannot grow is an error, not a panic.
-        let mut frames: Vec<PhysAddr> = Vec::new();
-        {
-            let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-            let mut off = 0;
-            while off < len {
-                if let crate::mm::pgtable::Translation::Mapped { pa, desc, .. } = t.translate(VirtAddr(va + off)) {
-                    if !desc.special() {
-                        if frames.try_reserve(1).is_err() {
-                            return Err("out of memory while unmapping".into());
-                        }
-                        frames.push(PhysAddr(pa.0 & !(PAGE_SIZE - 1)));
-                    }
+/// Zaps `[va, va+len)` in `p`'s tables: unmaps with BBM and the ASID's TLB
+/// flush, frees the tables left empty and, after the flush, the anon frames.
+/// VMAs are not touched (Linux `zap_page_range`).
+fn zap(p: &Process, va: u64, len: u64) -> Result<(), String> {
+    let mut mem = p.tables.lock();
+    // Frames go back only after the flush (stale TLB entries could still
+    // reach them), so they are listed first; a list that cannot grow is an
+    // error, not a panic.
+    let mut frames: Vec<PhysAddr> = Vec::new();
+    {
+        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut off = 0;
+        while off < len {
+            if let crate::mm::pgtable::Translation::Mapped { pa, desc, .. } = t.translate(VirtAddr(va + off)) {
+                if !desc.special() {
+                    frames.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
+                    frames.push(PhysAddr(pa.0 & !(PAGE_SIZE - 1)));
                 }
-                off += PAGE_SIZE;
+            }
+            off += PAGE_SIZE;
+        }
+    }
+    let detached = {
+        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut fl = KernelFlush;
+        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        let r = l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"));
+        let d = l.finish();
+        r.map(|_| d)
+    }?;
+    for pa in detached.0 {
+        mem.free(pa);
+    }
+    for pa in frames {
+        let _ = frame::free(pa, 0, Owner::UserAnon);
+    }
+    Ok(())
+}
+
+fn check_user_range(va: u64, len: u64) -> Result<(), String> {
+    if va % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+        return Err(alloc::format!("range {va:#x}+{len:#x} is not page aligned"));
+    }
+    if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
+        return Err("range outside the user address space".into());
+    }
+    Ok(())
+}
+
+/// `P munmap RANGE`: removes the VMAs (splitting those cut by the range) and
+/// zaps what was mapped. A region unmapped completely is forgotten.
+pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), String> {
+    check_user_range(va, len)?;
+    with_proc(name, |p| {
+        {
+            let mut vmas = p.mm.mmap_write_lock();
+            vmas.split_at(va);
+            vmas.split_at(va + len);
+            let gone: Vec<u64> = vmas.inside(va, va + len).filter(|v| !v.flags.contains(VmFlags::PFNMAP)).map(|v| v.start).collect();
+            zap(p, va, len)?;
+            for s in gone {
+                vmas.remove(s);
             }
         }
-        let detached = {
-            let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-            let mut fl = KernelFlush;
-            let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
-            l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"))?;
-            l.finish()
+        p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
+        Ok(())
+    })
+}
+
+/// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
+/// touch faults in fresh zero-filled memory.
+pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), String> {
+    check_user_range(va, len)?;
+    with_proc(name, |p| {
+        let _g = p.mm.mmap_read_lock();
+        zap(p, va, len)
+    })
+}
+
+/// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
+/// permissions changed in place (AP bits only, no BBM needed). `none` keeps
+/// pages present for the kernel but EL1-only, so EL0 gets permission faults
+/// (Linux keeps PROT_NONE pages `pte_present` too). Every anon page is
+/// exclusive until fork exists, so making it writable is always right here.
+pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
+    check_user_range(va, len)?;
+    with_proc(name, |p| {
+        let mut vmas = p.mm.mmap_write_lock();
+        // Every page of the range must be in some VMA (Linux: -ENOMEM otherwise).
+        let mut a = va;
+        while a < va + len {
+            let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
+            if v.flags.contains(VmFlags::PFNMAP) {
+                return Err("cannot mprotect the agent".into());
+            }
+            a = v.end;
+        }
+        vmas.split_at(va);
+        vmas.split_at(va + len);
+        for v in vmas.inside_mut(va, va + len) {
+            let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
+            let mut f = keep;
+            if readable || writable {
+                f = f | VmFlags::READ;
+            }
+            if writable {
+                f = f | VmFlags::WRITE;
+            }
+            v.flags = f;
+        }
+        const RDONLY: u64 = 1 << 7;
+        const EL0: u64 = 1 << 6;
+        let (set, clear) = match (readable, writable) {
+            (_, true) => (EL0, RDONLY),
+            (true, false) => (EL0 | RDONLY, 0),
+            (false, false) => (RDONLY, EL0),
         };
-        for pa in detached.0 {
+        let mut mem = p.tables.lock();
+        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut fl = KernelFlush;
+        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        let r = l.protect(va, len, set, clear).map_err(|e| alloc::format!("{e:?}"));
+        let d = l.finish();
+        drop(t);
+        for pa in d.0 {
             mem.free(pa);
         }
-        for pa in frames {
-            let _ = frame::free(pa, 0, Owner::UserAnon);
-        }
-        vmas.remove(va);
-        p.regions.lock().remove(region);
-        Ok(())
+        r
     })
 }
 
