@@ -261,7 +261,8 @@ cmd_script() {
     [[ -f $SCRIPT && -r $SCRIPT ]] || die "cannot read script '$SCRIPT'"
     ensure_deps
     build
-    qemu_cmd script
+    # shellcheck disable=SC2046  # bootargs are words
+    qemu_cmd script $(sed -n 's/^# bootargs: //p' "$SCRIPT" | head -n 1)
     QEMU+=(-initrd "$SCRIPT")
     if [[ $GDB == 1 ]]; then
         say "QEMU is waiting for GDB on tcp::1234 (./qemu-run.sh gdb)"
@@ -380,7 +381,11 @@ test_script() { # file smp should_fail
     local label="script[$GRANULE,$name,smp$SMP]"
     local log="$LOGDIR/script-$GRANULE-$name-smp$SMP.log"
     EXTRA_QEMU=(-initrd "$file")
-    TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script
+    # A script may ask for kernel bootargs on a line "# bootargs: ...".
+    local extra_args
+    extra_args=$(sed -n 's/^# bootargs: //p' "$file" | head -n 1)
+    # shellcheck disable=SC2086  # bootargs are words
+    TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script $extra_args
     EXTRA_QEMU=()
     local s; s=$(summary_of "$log")
     if [[ $3 == 0 ]]; then

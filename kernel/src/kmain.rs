@@ -100,6 +100,8 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     heap::grow(chunks);
     heap::refill_reserve();
 
+    let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits) == 0b0010 { 16 } else { 8 };
+    crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()));
     BOOT.call_once(|| BootInfo { boot_el, phys_base, dtb_pa, board, reserved });
     banner();
     start_secondaries();

@@ -202,6 +202,7 @@ fn info() -> Outcome {
         let _ = writeln!(o, "timer    {} interrupts {:?}", t.compatible, t.interrupts);
     }
     let _ = writeln!(o, "psci     {:?}", b.board.psci);
+    let _ = writeln!(o, "asids    {} bits, {} rollover(s)", crate::proc::asid::bits(), crate::proc::asid::ROLLOVERS.load(Ordering::Relaxed));
     let _ = writeln!(o, "cpus     {} in the devicetree, {} online", b.board.cpus.len(), percpu::ONLINE.load(Ordering::Relaxed));
     let _ = writeln!(o, "bootargs {}", b.board.bootargs);
     Outcome::Done

@@ -109,7 +109,9 @@ impl VmaList {
 pub struct MmStruct {
     /// TTBR0 root table.
     pub pgd: PhysAddr,
-    pub asid: u16,
+    /// `generation << 16 | asid`, managed by the kernel's ASID allocator
+    /// (0: none yet).
+    pub asid_slot: core::sync::atomic::AtomicU64,
     mmap_lock: RwLock<VmaList>,
     /// Linux's `mm->page_table_lock` (one lock for all levels here): held
     /// while an entry is examined or changed under the mmap read lock.
@@ -118,13 +120,18 @@ pub struct MmStruct {
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
-        Self { pgd, asid, mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()) }
+        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()) }
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
     }
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
         MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
+    }
+    /// The ASID value last handed to this mm (it may belong to an older
+    /// generation: good enough for TLBI, which then over-invalidates at worst).
+    pub fn asid(&self) -> u16 {
+        self.asid_slot.load(core::sync::atomic::Ordering::Relaxed) as u16
     }
     /// Takes the page-table lock (held while installing an entry).
     pub fn page_table_lock_guard(&self) -> spin::MutexGuard<'_, ()> {

@@ -17,6 +17,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use spin::Mutex;
 
+pub mod asid;
 pub mod syscall;
 
 use crate::arch::aarch64::cpu;
@@ -58,25 +59,6 @@ static NEXT_PID: AtomicU64 = AtomicU64::new(1);
 /// The process running at EL0 (the fault handler's `current`).
 static CURRENT: AtomicPtr<Process> = AtomicPtr::new(core::ptr::null_mut());
 
-/// ASIDs in use (bit per ASID; 0 is the kernel's/empty table's).
-static ASIDS: Mutex<[u64; 4]> = Mutex::new([1, 0, 0, 0]);
-
-fn alloc_asid() -> Option<u16> {
-    let mut a = ASIDS.lock();
-    for (w, word) in a.iter_mut().enumerate() {
-        if *word != u64::MAX {
-            let b = (!*word).trailing_zeros();
-            *word |= 1 << b;
-            return Some((w * 64 + b as usize) as u16);
-        }
-    }
-    None
-}
-
-fn free_asid(asid: u16) {
-    ASIDS.lock()[asid as usize / 64] &= !(1 << (asid % 64));
-}
-
 fn user_attrs(vma: &Vma) -> LeafAttrs {
     LeafAttrs {
         el0: true,
@@ -101,16 +83,14 @@ pub fn spawn(name: &str) -> Result<(), String> {
     if exists(name) {
         return Err(alloc::format!("process `{name}` already exists"));
     }
-    let asid = alloc_asid().ok_or("out of ASIDs")?;
     let mut mem = FrameTableMem { tables: 0 };
     let Some(root) = mem.alloc_table() else {
-        free_asid(asid);
         return Err("out of memory for page tables".into());
     };
     let p = Box::new(Process {
         name: name.to_string(),
         pid: NEXT_PID.fetch_add(1, Ordering::Relaxed) as u32,
-        mm: MmStruct::new(root, asid),
+        mm: MmStruct::new(root, 0), // an ASID is handed out when it first runs
         tables: Mutex::new(mem),
         regions: Mutex::new(BTreeMap::new()),
         next_va: AtomicU64::new(MMAP_BASE),
@@ -135,6 +115,7 @@ pub fn spawn(name: &str) -> Result<(), String> {
 
 /// Tears down every mapping and table of `p`, frees its anon frames and ASID.
 fn teardown(p: &Process) {
+    deactivate(p);
     let mut vmas = p.mm.mmap_write_lock();
     let all: Vec<Vma> = vmas.iter().copied().collect();
     let mut mem = p.tables.lock();
@@ -157,7 +138,7 @@ fn teardown(p: &Process) {
     let detached = {
         let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
         for v in &all {
             let _ = l.unmap(v.start, v.end - v.start);
         }
@@ -170,9 +151,8 @@ fn teardown(p: &Process) {
         vmas.remove(v.start);
     }
     mem.free(p.mm.pgd);
-    // SAFETY: TLB maintenance only; drops anything left for this ASID.
-    unsafe { core::arch::asm!("dsb ishst", "tlbi aside1is, {}", "dsb ish", "isb", in(reg) (p.mm.asid as u64) << 48) };
-    free_asid(p.mm.asid);
+    // Drops anything left for this ASID, then frees it.
+    asid::release(&p.mm.asid_slot);
 }
 
 /// `P exit`.
@@ -267,7 +247,7 @@ fn zap(p: &Process, va: u64, len: u64) -> Result<(), String> {
     let detached = {
         let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
         let r = l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"));
         let d = l.finish();
         r.map(|_| d)
@@ -362,7 +342,7 @@ pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -
         let mut mem = p.tables.lock();
         let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid), &mut fl);
+        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
         let r = l.protect(va, len, set, clear).map_err(|e| alloc::format!("{e:?}"));
         let d = l.finish();
         drop(t);
@@ -406,12 +386,13 @@ fn run_regs(p: &Process, mut run: UserRun) -> TrapFrame {
     run.regs.spsr = 0; // EL0t
     CURRENT.store(p as *const Process as *mut Process, Ordering::Release);
     let daif = cpu::irq_save();
-    let (_, empty) = kmap::roots();
-    // SAFETY: the process's tables are complete; nothing of the kernel runs from TTBR0.
+    // SAFETY: the process's tables are complete; nothing of the kernel runs
+    // from TTBR0. TTBR0 then stays on this process until another one runs
+    // or its tables go away (Linux's lazy active_mm): no switch back, no
+    // flush - the ASID keeps translations apart.
     unsafe {
-        cpu::set_ttbr0(p.mm.pgd.0 | ((p.mm.asid as u64) << 48));
+        activate(p);
         user::run_user(&mut run);
-        cpu::set_ttbr0(empty.0);
     }
     cpu::irq_restore(daif);
     CURRENT.store(core::ptr::null_mut(), Ordering::Release);
@@ -553,13 +534,38 @@ pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTabl
 pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, String> {
     with_proc(name, |p| {
         let daif = cpu::irq_save();
-        let (_, empty) = kmap::roots();
         // SAFETY: only AT runs meanwhile; nothing executes from TTBR0.
-        unsafe { cpu::set_ttbr0(p.mm.pgd.0 | ((p.mm.asid as u64) << 48)) };
+        unsafe { activate(p) };
         let r = f();
-        // SAFETY: as above.
-        unsafe { cpu::set_ttbr0(empty.0) };
         cpu::irq_restore(daif);
         Ok(r)
     })
+}
+
+/// Makes `p` the address space in TTBR0 (with a current-generation ASID),
+/// if it is not already.
+///
+/// # Safety
+/// Nothing may run from TTBR0 addresses while it changes.
+unsafe fn activate(p: &Process) {
+    let want = p.mm.pgd.0 | ((asid::asid_for(&p.mm.asid_slot) as u64) << 48);
+    if ttbr0() != want {
+        // SAFETY: guaranteed by the caller.
+        unsafe { cpu::switch_ttbr0(want) };
+    }
+}
+
+fn ttbr0() -> u64 {
+    use aarch64_cpu::registers::{Readable, TTBR0_EL1};
+    TTBR0_EL1.get()
+}
+
+/// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
+/// (the walker may still fetch from TTBR0 speculatively).
+fn deactivate(p: &Process) {
+    if ttbr0() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
+        let (_, empty) = kmap::roots();
+        // SAFETY: the kernel never runs from TTBR0.
+        unsafe { cpu::switch_ttbr0(empty.0) };
+    }
 }

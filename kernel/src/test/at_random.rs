@@ -226,10 +226,10 @@ fn user_layouts() -> Result<(), String> {
             // Run the comparisons with this table set live in TTBR0.
             let daif = cpu::irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
-            unsafe { cpu::set_ttbr0(root.0 | ((asid as u64) << 48)) };
+            unsafe { cpu::switch_ttbr0(root.0 | ((asid as u64) << 48)) };
             let c = compare(l.t, &mut r, &lay, SAMPLES);
             // SAFETY: back to the empty table.
-            unsafe { cpu::set_ttbr0(empty.0) };
+            unsafe { cpu::switch_ttbr0(empty.0) };
             cpu::irq_restore(daif);
             teardown(&mut l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x} asid {asid:#x}: {e}"))

@@ -174,7 +174,20 @@ pub unsafe fn switch_ttbr1(root: u64) {
     };
 }
 
-/// Points TTBR0_EL1 at `root` (an empty table while no process runs).
+/// Switches TTBR0_EL1 to `value` (root | ASID << 48) without any TLB
+/// maintenance: entries are tagged with their ASID, so another address
+/// space's translations cannot match. This is the context-switch path.
+///
+/// # Safety
+/// Nothing may be running from TTBR0 addresses; `value`'s ASID must not
+/// have stale entries for a different table (the ASID allocator's job).
+pub unsafe fn switch_ttbr0(value: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("msr ttbr0_el1, {v}", "isb", v = in(reg) value, options(nostack, preserves_flags)) };
+}
+
+/// Points TTBR0_EL1 at `root` and invalidates this CPU's TLB: only for
+/// leaving the boot identity map, whose global entries an ASID cannot hide.
 ///
 /// # Safety
 /// Nothing may be running from TTBR0 addresses.
