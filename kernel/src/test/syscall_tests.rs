@@ -12,7 +12,54 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::proc::syscall::{nr, EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::proc::{self, MmapArgs, RunEnd};
 
-pub static TESTS: &[Test] = &[Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments }];
+pub static TESTS: &[Test] = &[
+    Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments },
+    Test { name: "el0_cannot_reach_kernel_memory", f: el0_isolation },
+];
+
+/// The EL0 agent itself tries to read and write kernel text, data, the
+/// linear map and MMIO: every access must be a real permission fault from a
+/// lower EL (TTBR1 leaves have no EL0 access), the process survives, and the
+/// kernel's bytes are unchanged.
+fn el0_isolation() -> Result<(), String> {
+    use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+    use crate::mm::layout::{io_virt, phys_to_virt};
+    let name = "isolation_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        static SECRET: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0x5ec2_e75e_c2e7);
+        let ram = crate::kmain::boot().board.ram[0].start;
+        let uart = crate::kmain::boot().board.uart.as_ref().ok_or("no uart")?.regs[0].start;
+        let targets = [
+            ("kernel text", crate::sym_addr!(__kernel_start)),
+            ("kernel data", core::ptr::addr_of!(SECRET) as u64),
+            ("linear map", phys_to_virt(ram).0 + 0x2000),
+            ("MMIO", io_virt(uart).0),
+        ];
+        for (what, va) in targets {
+            // TOUCH_READ is a lone load; WRITE a lone store.
+            for (opc, write) in [(op::TOUCH_READ, false), (op::WRITE, true)] {
+                match proc::access(name, opc, va, 1, 0xee)? {
+                    RunEnd::Fault { addr, esr } => {
+                        let e = Esr(esr);
+                        ensure!(addr == va, "{what}: fault at {addr:#x}, not {va:#x}");
+                        ensure!(e.ec() == ExceptionClass::DataAbortLowerEl, "{what}: {e}");
+                        ensure!(matches!(e.fault_status(), Some(FaultStatus::Permission(_))), "{what}: expected a permission fault, got {e}");
+                        ensure!(e.wnr() == write, "{what}: WnR wrong: {e}");
+                    }
+                    other => return Err(alloc::format!("EL0 {} of {what} at {va:#x} was not refused: {other:?}", if write { "write" } else { "read" })),
+                }
+            }
+        }
+        ensure!(SECRET.load(core::sync::atomic::Ordering::Relaxed) == 0x5ec2_e75e_c2e7, "kernel data changed");
+        // And the process is still usable afterwards.
+        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0 })?;
+        ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
+        Ok(())
+    })();
+    proc::exit(name)?;
+    r
+}
 
 fn bad_arguments() -> Result<(), String> {
     let free_before = frame::stats().free;
