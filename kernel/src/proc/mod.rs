@@ -274,8 +274,12 @@ fn check_user_range(va: u64, len: u64) -> Result<(), String> {
 /// `P munmap RANGE`: removes the VMAs (splitting those cut by the range) and
 /// zaps what was mapped. A region unmapped completely is forgotten.
 pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), String> {
+    with_proc(name, |p| munmap_p(p, va, len))
+}
+
+pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
     check_user_range(va, len)?;
-    with_proc(name, |p| {
+    {
         {
             let mut vmas = p.mm.mmap_write_lock();
             vmas.split_at(va);
@@ -288,7 +292,7 @@ pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), String> {
         }
         p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
         Ok(())
-    })
+    }
 }
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
@@ -307,8 +311,12 @@ pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), String> {
 /// (Linux keeps PROT_NONE pages `pte_present` too). Every anon page is
 /// exclusive until fork exists, so making it writable is always right here.
 pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
+    with_proc(name, |p| mprotect_p(p, va, len, readable, writable))
+}
+
+pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
     check_user_range(va, len)?;
-    with_proc(name, |p| {
+    {
         let mut vmas = p.mm.mmap_write_lock();
         // Every page of the range must be in some VMA (Linux: -ENOMEM otherwise).
         let mut a = va;
@@ -350,7 +358,7 @@ pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -
             mem.free(pa);
         }
         r
-    })
+    }
 }
 
 /// How an agent command ended.

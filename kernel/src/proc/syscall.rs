@@ -15,6 +15,7 @@ pub mod nr {
     pub const GETPID: u64 = 172;
     pub const MUNMAP: u64 = 215;
     pub const MMAP: u64 = 222;
+    pub const MPROTECT: u64 = 226;
 }
 
 pub const EBADF: i64 = 9;
@@ -37,7 +38,8 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
         nr::GETPID => p.pid as i64,
         nr::WRITE => write(p, a[0], a[1], a[2]),
         nr::MMAP => mmap(p, a),
-        nr::MUNMAP => -EINVAL, // checked below once partial unmaps exist
+        nr::MUNMAP => munmap(p, a[0], a[1]),
+        nr::MPROTECT => mprotect(p, a[0], a[1], a[2]),
         _ => -ENOSYS,
     }
 }
@@ -73,6 +75,44 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
         Err(e) if e.contains("size must be") => -EINVAL,
+        Err(_) => -ENOMEM,
+    }
+}
+
+fn page_range(addr: u64, len: u64) -> Result<u64, i64> {
+    let ps = crate::mm::granule::PAGE_SIZE;
+    if addr % ps != 0 || len == 0 {
+        return Err(-EINVAL);
+    }
+    let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
+    if addr.checked_add(len).is_none_or(|e| e > super::USER_TOP) {
+        return Err(-EINVAL);
+    }
+    Ok(len)
+}
+
+fn munmap(p: &Process, addr: u64, len: u64) -> i64 {
+    let len = match page_range(addr, len) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    match super::munmap_p(p, addr, len) {
+        Ok(()) => 0,
+        Err(_) => -ENOMEM,
+    }
+}
+
+fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
+    let len = match page_range(addr, len) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    if prot & !(PROT_READ | PROT_WRITE) != 0 {
+        return -EINVAL;
+    }
+    match super::mprotect_p(p, addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
+        Ok(()) => 0,
+        Err(e) if e.contains("cannot mprotect the agent") => -EINVAL,
         Err(_) => -ENOMEM,
     }
 }

@@ -98,6 +98,25 @@ fn bad_arguments() -> Result<(), String> {
         ensure!(m > 0, "mmap failed: {m}");
         ensure!(matches!(proc::access(name, op::WRITE, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 write to mmap'd memory");
         ensure!(matches!(proc::access(name, op::CHECK, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 check of mmap'd memory");
+        let m = m as u64;
+        // mprotect and munmap through system calls, and their bad arguments.
+        ensure!(sc(nr::MPROTECT, [m, PAGE_SIZE, 1, 0, 0, 0])? == 0, "mprotect read-only");
+        ensure!(matches!(proc::access(name, op::WRITE, m, 1, 1)?, RunEnd::Fault { .. }), "write after mprotect(PROT_READ) succeeded");
+        ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, 1, 1)?, RunEnd::Done), "the other page was protected too");
+        let bad: [(&str, u64, [u64; 6], i64); 6] = [
+            ("mprotect misaligned", nr::MPROTECT, [m + 1, PAGE_SIZE, 1, 0, 0, 0], -EINVAL),
+            ("mprotect PROT_EXEC", nr::MPROTECT, [m, PAGE_SIZE, 4, 0, 0, 0], -EINVAL),
+            ("mprotect of unmapped memory", nr::MPROTECT, [0x7000_0000, PAGE_SIZE, 1, 0, 0, 0], -ENOMEM),
+            ("mprotect of the agent", nr::MPROTECT, [proc::AGENT_VA, PAGE_SIZE, 3, 0, 0, 0], -EINVAL),
+            ("munmap of length 0", nr::MUNMAP, [m, 0, 0, 0, 0, 0], -EINVAL),
+            ("munmap past the user top", nr::MUNMAP, [u64::MAX & !(PAGE_SIZE - 1), PAGE_SIZE, 0, 0, 0, 0], -EINVAL),
+        ];
+        for (what, n, a, want) in bad {
+            let got = sc(n, a)?;
+            ensure!(got == want, "{what}: got {got}, expected {want}");
+        }
+        ensure!(sc(nr::MUNMAP, [m, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap");
+        ensure!(matches!(proc::access(name, op::TOUCH_READ, m, 1, 0)?, RunEnd::Fault { .. }), "read after munmap succeeded");
         Ok(())
     })();
     proc::exit(name)?;
