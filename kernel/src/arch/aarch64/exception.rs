@@ -393,9 +393,14 @@ unsafe extern "C" {
 /// Copies `dst.len()` bytes from user address `src`. Refuses (`Err`) any
 /// range that is not wholly below the user top, and any fault the fault path
 /// cannot resolve - never a kernel crash.
+/// Whether `[addr, addr+len)` lies wholly in the user half (no overflow).
+fn user_range_ok(addr: u64, len: u64) -> bool {
+    addr.checked_add(len).is_some_and(|e| e <= crate::proc::USER_TOP)
+}
+
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
     let len = dst.len() as u64;
-    if src.checked_add(len).is_none_or(|e| e > crate::proc::USER_TOP) {
+    if !user_range_ok(src, len) {
         return Err(());
     }
     // SAFETY: the range is a user range; faults come back through the fixup.
@@ -406,7 +411,7 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
 /// Copies `src` to user address `dst`, with the same checks.
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
     let len = src.len() as u64;
-    if dst.checked_add(len).is_none_or(|e| e > crate::proc::USER_TOP) {
+    if !user_range_ok(dst, len) {
         return Err(());
     }
     // SAFETY: as above.
