@@ -59,19 +59,22 @@ impl Drop for Out {
 
 const HELP: &str = "\
 pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
-expects its command to be refused; `#` starts a comment).
-Available now:
-  help                 this text
-  info                 what the devicetree describes and how we booted
-  meminfo              physical frames: total, free, used, by owner
-  ptdump kernel        the kernel's translation tables, Linux arm64 ptdump style
-  kwalk ADDR           walk a kernel VA in software and with the AT instruction
-  invariants           assertion: frame accounting and kernel-table rules hold
-  cpus                 CPUs online
-  selftest [NAME]      run the in-kernel tests (all, or those whose name contains NAME)
-  halt                 power off (QEMU exits)
-Process, mapping, access, pin and uffd commands (spawn, P mmap, P write, ...)
-arrive with the processes issue; until then they are refused with an error.";
+expects its command to be refused; `#` starts a comment). Available now:
+  spawn P                          new EL0 process
+  P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE]
+  P munmap RANGE | P mprotect RANGE prot=r|rw|none | P madvise RANGE dontneed
+  P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
+  P expect-fault read|write RANGE  (every access is a real EL0 load/store)
+  P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
+  P exit
+  ptdump kernel|P                  translation tables, Linux arm64 ptdump style
+  invariants                       assertion: frame accounting and table rules hold
+  meminfo | info | cpus            memory, machine, CPUs
+  kwalk ADDR                       walk a kernel VA in software and with AT
+  selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
+  halt                             power off (QEMU exits)
+RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: fork, pins,
+uffd, memfd/pfn/shared/THP mappings, madvise pageout/hugepage, query exclusive.";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork", "exit", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
