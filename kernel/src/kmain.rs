@@ -99,6 +99,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     let chunks = ((board.total_ram() / 64) >> 21).clamp(2, 32) as usize;
     heap::grow(chunks);
     heap::refill_reserve();
+    crate::mm::page::init();
 
     let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits) == 0b0010 { 16 } else { 8 };
     crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()));

@@ -66,18 +66,20 @@ expects its command to be refused; `#` starts a comment). Available now:
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
-  P exit
+  P fork C | P exit | P wait       (clone, exit_group and wait4 made from EL0)
+  P pin N RANGE ro|rw [longterm] [fast] | P ref N RANGE | checkpin N BYTE | unpin N
   ptdump kernel|P                  translation tables, Linux arm64 ptdump style
-  invariants                       assertion: frame accounting and table rules hold
+  invariants                       assertion: refcounts, mapcounts, exclusive flags,
+                                   frame accounting and table rules hold
   meminfo | info | cpus            memory, machine, CPUs
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
-RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: fork, pins,
-uffd, memfd/pfn/shared/THP mappings, madvise pageout/hugepage, query exclusive.";
+RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
+memfd/pfn/shared/THP mappings, madvise pageout/hugepage.";
 
 const PROCESS_COMMANDS: &[&str] = &[
-    "fork", "exit", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
+    "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
     "uffd-events", "query", "stats", "walk", "atcheck",
 ];
 
@@ -163,7 +165,17 @@ impl Session {
                 [p] => Err(alloc::format!("`{}` is not a valid process name", truncate(p, 40))),
                 _ => Err("usage: spawn P".into()),
             },
-            "checkpin" | "unpin" => Err(alloc::format!("{}: pins are not available yet (anonymous-memory issue)", w[0])),
+            "checkpin" => match args {
+                [n, b] => {
+                    let b = crate::util::parse_number(b).filter(|&v| v <= 0xff).ok_or_else(|| alloc::format!("`{}` is not a byte (0x00..0xff)", truncate(b, 20)))?;
+                    crate::mm::gup::check_handle(n, b as u8).map(Outcome::Assert)
+                }
+                _ => Err("usage: checkpin N BYTE".into()),
+            },
+            "unpin" => match args {
+                [n] => crate::mm::gup::drop_handle(n).map(|_| Outcome::Done),
+                _ => Err("usage: unpin N".into()),
+            },
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
                 if !crate::proc::exists(p) {
                     return Err(alloc::format!("no process named `{p}`"));
@@ -285,6 +297,7 @@ fn kwalk(a: &str) -> CmdResult {
 /// allocator's bitmap, W^X and table-page accounting in the kernel tables.
 pub fn invariants() -> Result<(), String> {
     frame::check()?;
+    crate::proc::check_invariants()?;
     let mut err: Option<String> = None;
     let mut tables = 1usize;
     kmap::with_tables(|t| {

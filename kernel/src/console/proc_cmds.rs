@@ -34,6 +34,32 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             [] => proc::exit(p).map(|_| Outcome::Done),
             _ => Err("usage: P exit".into()),
         },
+        "fork" => match a {
+            [c] if super::parse::is_name(c) => match proc::fork(p, c) {
+                Ok(_) => Ok(Outcome::Done),
+                Err(e) => {
+                    let why = crate::proc::syscall::LAST_CLONE_ERROR.lock().take();
+                    Err(match why {
+                        Some(w) => alloc::format!("{e}: {w}"),
+                        None => e,
+                    })
+                }
+            },
+            [c] => Err(alloc::format!("`{}` is not a valid process name", &c[..c.len().min(40)])),
+            _ => Err("usage: P fork C".into()),
+        },
+        "wait" => match a {
+            [] => {
+                let r = proc::wait(p)?;
+                match r {
+                    0 => println!("  {p}: no child has exited"),
+                    r if r > 0 => println!("  {p}: reaped child pid {r}"),
+                    r => return Err(alloc::format!("wait4: {}", crate::proc::syscall::errno_name(r))),
+                }
+                Ok(Outcome::Done)
+            }
+            _ => Err("usage: P wait".into()),
+        },
         "mmap" => mmap(p, a),
         "munmap" => match a {
             [r] => {
@@ -118,10 +144,45 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             [r] => atcheck(p, r),
             _ => Err("usage: P atcheck RANGE".into()),
         },
+        "pin" | "ref" => gup(p, cmd, a),
         "query" => query(p, a),
         "stats" => stats(p, a),
         other => Err(alloc::format!("`{other}` is not available yet (processes and anonymous-memory issues)")),
     }
+}
+
+/// `P pin N RANGE ro|rw [longterm] [fast]`, `P ref N RANGE`.
+fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
+    let usage = || -> String {
+        if cmd == "pin" { "usage: P pin N RANGE ro|rw [longterm] [fast]".into() } else { "usage: P ref N RANGE".into() }
+    };
+    let [n, r, rest @ ..] = a else { return Err(usage()) };
+    if !super::parse::is_name(n) && parse_number(n).is_none() {
+        return Err(alloc::format!("`{}` is not a valid handle name", &n[..n.len().min(40)]));
+    }
+    let mut flags = crate::mm::gup::Foll { pin: cmd == "pin", ..Default::default() };
+    let mut fast = cmd == "ref"; // vmsplice-style references use GUP-fast first
+    if cmd == "pin" {
+        let [mode, opts @ ..] = rest else { return Err(usage()) };
+        flags.write = match *mode {
+            "ro" => false,
+            "rw" => true,
+            _ => return Err(usage()),
+        };
+        for o in opts {
+            match *o {
+                "longterm" => flags.longterm = true,
+                "fast" => fast = true,
+                _ => return Err(alloc::format!("unknown pin option `{}` (longterm, fast)", &o[..o.len().min(20)])),
+            }
+        }
+    } else if !rest.is_empty() {
+        return Err(usage());
+    }
+    let (va, len) = proc::range(p, r)?;
+    let (got, by_fast) = proc::gup(p, n, va, len, flags, fast)?;
+    println!("  {p}: {cmd} {n}: {got} page(s), {by_fast} by the fast path");
+    Ok(Outcome::Done)
 }
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
@@ -224,9 +285,9 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
             None => None,
         };
         match name {
-            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap" | "marker" | "uffd-wp" => {}
+            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap" | "marker" | "uffd-wp"
+            | "exclusive" => {}
             _ if folio.is_some() => {}
-            "exclusive" => return Err("flag `exclusive` needs page metadata (PageAnonExclusive), which arrives with the anonymous-memory issue".into()),
             other => return Err(alloc::format!("unknown query flag `{}`", &other[..other.len().min(30)])),
         }
         wanted.push((neg, name, folio));
@@ -241,7 +302,7 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
                 &*t.mem,
                 VirtAddr(v),
                 crate::mm::folio_walk::FwFlags { zeropage: true },
-                &|_| false,
+                &crate::mm::page::is_zero_pfn,
             );
             let (present, desc, level) = match tr {
                 Translation::Mapped { desc, level, .. } => (true, desc, level),
@@ -255,7 +316,8 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
                 let have = match name {
                     "present" => present,
                     "writable" => present && !desc.perms().read_only,
-                    "anon" => fw.as_ref().is_some_and(|f| f.page.is_some()),
+                    "anon" => page_of(&fw).is_some_and(|(f, _)| f.is_anon()),
+                    "exclusive" => page_of(&fw).is_some_and(|(_, pg)| pg.anon_exclusive()),
                     "zero" => fw.as_ref().is_some_and(|f| f.zero),
                     "special" => present && desc.special(),
                     "cont" => present && desc.contiguous(),
@@ -265,7 +327,7 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
                     "swap" => matches!(np, Some(crate::mm::desc::NonPresent::Swap { .. })),
                     "marker" => matches!(np, Some(crate::mm::desc::NonPresent::Marker(_))),
                     "uffd-wp" => (present && desc.uffd_wp()) || matches!(np, Some(crate::mm::desc::NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0),
-                    _ => fw.as_ref().map(|f| f.size) == folio,
+                    _ => folio_size(&fw) == folio,
                 };
                 if have == neg {
                     return Err(alloc::format!("page {v:#x}: {}{name} does not hold", if neg { "!" } else { "" }));
@@ -277,6 +339,20 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
         Ok(())
     })?;
     Ok(Outcome::Assert(res))
+}
+
+/// The folio and page a folio walk found (none for the zero page).
+fn page_of(fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>) -> Option<(crate::mm::page::Folio, &'static crate::mm::page::Page)> {
+    let pg = crate::mm::page::pfn_to_page(fw.as_ref()?.page?)?;
+    Some((pg.folio()?, pg))
+}
+
+/// The size of the folio mapped there (the zero page counts as one page).
+fn folio_size(fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>) -> Option<u64> {
+    match fw {
+        Some(f) if f.zero => Some(f.size),
+        _ => page_of(fw).map(|(f, _)| f.size()),
+    }
 }
 
 /// `P stats expect KEY=N...`: counters of P in pages, counted from its
@@ -296,33 +372,37 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
             other => return Err(alloc::format!("unknown counter `{}` (rss, anon, file, zero, swap)", &other[..other.len().min(20)])),
         }
     }
-    let (rss, anon) = proc::with_tables(p, |proc_, t| {
+    let (rss, anon, zero) = proc::with_tables(p, |proc_, t| {
         let lock = proc_.mm.mmap_read_lock();
-        let (mut rss, mut anon) = (0u64, 0u64);
+        let (mut rss, mut anon, mut zero) = (0u64, 0u64, 0u64);
         for vma in lock.vmas().iter() {
-            let mut v = vma.start;
-            while v < vma.end {
-                // Special entries (the agent page, PFN maps) are not counted,
-                // as Linux leaves special mappings out of RSS.
-                if let Translation::Mapped { desc, .. } = t.translate(VirtAddr(v)) {
-                    if !desc.special() {
-                        rss += 1;
-                        anon += 1;
+            t.walk_range(vma.start, vma.end, &mut |e| {
+                if let crate::mm::desc::Kind::Leaf(pa) = e.kind {
+                    let pages = e.size / PAGE_SIZE;
+                    // Special entries (the agent, PFN maps, the zero page)
+                    // are left out of RSS, as in Linux.
+                    if crate::mm::page::is_zero_pfn(pa) && e.desc.special() {
+                        zero += pages;
+                    } else if !e.desc.special() {
+                        rss += pages;
+                        if crate::mm::page::pfn_to_page(pa).and_then(|pg| pg.folio()).is_some_and(|f| f.is_anon()) {
+                            anon += pages;
+                        }
                     }
                 }
-                v += PAGE_SIZE;
-            }
+            });
         }
-        (rss, anon)
+        (rss, anon, zero)
     })?;
     for (k, n) in want {
         let have = match k {
             "rss" => rss,
             "anon" => anon,
+            "zero" => zero,
             _ => 0,
         };
         if have != n {
-            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon})"))));
+            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon}, zero {zero})"))));
         }
     }
     Ok(Outcome::Assert(Ok(())))

@@ -245,7 +245,30 @@ impl Desc {
     pub fn attr_bits(self) -> u64 {
         self.0 & !(OA_MASK | 0b11)
     }
+    /// Linux `pte_wrprotect`: read-only for every EL (AP[2] set).
+    pub fn wrprotect(self) -> Desc {
+        Desc(self.0 | AP_RDONLY)
+    }
+    /// Linux `pte_mkwrite` (without DBM: AP[2] clear).
+    pub fn mkwrite(self) -> Desc {
+        Desc(self.0 & !AP_RDONLY)
+    }
+    /// Linux `pte_mkdirty` (the software dirty bit).
+    pub fn mkdirty(self) -> Desc {
+        Desc(self.0 | SW_DIRTY_BIT)
+    }
+    /// Whether EL0 may write through this leaf.
+    pub fn user_writable(self) -> bool {
+        let p = self.perms();
+        p.el0 && !p.read_only
+    }
 }
+
+/// AP[2]: read-only at every EL.
+pub const AP_RDONLY: u64 = 1 << 7;
+/// AP[1]: EL0 access.
+pub const AP_EL0: u64 = 1 << 6;
+const SW_DIRTY_BIT: u64 = 1 << 55;
 
 /// Memory type of a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -146,11 +146,25 @@ pub const USER_RESERVE_BYTES: u64 = 16 << 20;
 /// Like [`alloc_zeroed`] for user memory: fails while free memory is at or
 /// below the reserve (Linux's min watermark, in spirit).
 pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
+    let pa = alloc_user(order)?;
+    crate::arch::aarch64::cpu::zero_pages(phys_to_virt(pa).0, PAGE_SIZE << order);
+    Some(pa)
+}
+
+/// User memory, not zeroed (copies overwrite it), with the reserve rule.
+pub fn alloc_user(order: u32) -> Option<PhysAddr> {
     let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
     if stats().free < reserve + (1 << order) {
         return None;
     }
-    alloc_zeroed(order, Owner::UserAnon)
+    alloc(order, Owner::UserAnon)
+}
+
+/// First page frame number and number of frames the allocator spans
+/// (holes and reservations included).
+pub fn pfn_span() -> (u64, u64) {
+    let g = FRAMES.lock();
+    g.as_ref().map_or((0, 0), |st| (st.base_pfn, st.bitmap.len() as u64 * 64))
 }
 
 /// Allocates and zeroes `2^order` frames.

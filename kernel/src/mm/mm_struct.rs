@@ -116,11 +116,14 @@ pub struct MmStruct {
     /// Linux's `mm->page_table_lock` (one lock for all levels here): held
     /// while an entry is examined or changed under the mmap read lock.
     pub(crate) page_table_lock: spin::Mutex<()>,
+    /// Linux's `mm->write_protect_seq`: odd while fork write-protects this
+    /// mm's pages, so lockless GUP-fast can tell it raced with a fork.
+    pub write_protect_seq: core::sync::atomic::AtomicU64,
 }
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
-        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()) }
+        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()), write_protect_seq: core::sync::atomic::AtomicU64::new(0) }
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }

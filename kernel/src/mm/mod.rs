@@ -8,6 +8,12 @@
 pub mod addr;
 pub mod desc;
 pub mod granule;
+#[cfg(target_os = "none")]
+pub mod page;
+#[cfg(target_os = "none")]
+pub mod memory;
+#[cfg(target_os = "none")]
+pub mod gup;
 pub mod layout;
 pub mod mm_struct;
 pub mod pgtable;

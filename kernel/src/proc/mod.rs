@@ -24,11 +24,11 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::{self, op, UserRun};
-use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
-use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{align_up, GRANULE, PAGE_SIZE, START_LEVEL};
 use crate::mm::kmap::{self, FrameTableMem};
+use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, Vma, VmFlags};
 use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
@@ -48,10 +48,31 @@ pub struct Region {
 pub struct Process {
     pub name: String,
     pub pid: u32,
+    /// The parent's pid (0: spawned from the console).
+    pub ppid: u32,
     pub mm: MmStruct,
     pub(crate) tables: Mutex<FrameTableMem>,
     pub regions: Mutex<BTreeMap<String, Region>>,
     next_va: AtomicU64,
+    pub stats: ProcStats,
+    /// Children that exited and were not waited for: (pid, status).
+    pub(crate) zombies: Mutex<Vec<(u32, i32)>>,
+    /// Set by the exit system call.
+    pub(crate) exit_code: Mutex<Option<i32>>,
+}
+
+/// Per-process event counters.
+#[derive(Default)]
+pub struct ProcStats {
+    /// Faults handed to `handle_mm_fault`.
+    pub faults: AtomicU64,
+}
+
+impl Process {
+    /// The address space as the mm code needs it.
+    pub fn mt(&self) -> MmTables<'_> {
+        MmTables { mm: &self.mm, mem: &self.tables }
+    }
 }
 
 static PROCS: Mutex<BTreeMap<String, Box<Process>>> = Mutex::new(BTreeMap::new());
@@ -60,14 +81,7 @@ static NEXT_PID: AtomicU64 = AtomicU64::new(1);
 static CURRENT: AtomicPtr<Process> = AtomicPtr::new(core::ptr::null_mut());
 
 fn user_attrs(vma: &Vma) -> LeafAttrs {
-    LeafAttrs {
-        el0: true,
-        writable: vma.flags.contains(VmFlags::WRITE),
-        kexec: false,
-        uexec: vma.flags.contains(VmFlags::EXEC),
-        ng: true,
-        ..LeafAttrs::KERNEL_RW
-    }
+    LeafAttrs { writable: vma.flags.contains(VmFlags::WRITE), ..memory::vm_page_prot(vma) }
 }
 
 pub fn exists(name: &str) -> bool {
@@ -83,6 +97,13 @@ pub fn spawn(name: &str) -> Result<(), String> {
     if exists(name) {
         return Err(alloc::format!("process `{name}` already exists"));
     }
+    let p = new_process(name, 0)?;
+    PROCS.lock().insert(name.to_string(), p);
+    Ok(())
+}
+
+/// A process with only the agent mapped (not yet in the process table).
+fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     let mut mem = FrameTableMem { tables: 0 };
     let Some(root) = mem.alloc_table() else {
         return Err("out of memory for page tables".into());
@@ -90,10 +111,14 @@ pub fn spawn(name: &str) -> Result<(), String> {
     let p = Box::new(Process {
         name: name.to_string(),
         pid: NEXT_PID.fetch_add(1, Ordering::Relaxed) as u32,
+        ppid,
         mm: MmStruct::new(root, 0), // an ASID is handed out when it first runs
         tables: Mutex::new(mem),
         regions: Mutex::new(BTreeMap::new()),
         next_va: AtomicU64::new(MMAP_BASE),
+        stats: ProcStats::default(),
+        zombies: Mutex::new(Vec::new()),
+        exit_code: Mutex::new(None),
     });
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
@@ -109,28 +134,83 @@ pub fn spawn(name: &str) -> Result<(), String> {
         teardown(&p);
         return Err(alloc::format!("mapping the agent: {e:?}"));
     }
-    PROCS.lock().insert(name.to_string(), p);
-    Ok(())
+    Ok(p)
 }
 
-/// Tears down every mapping and table of `p`, frees its anon frames and ASID.
+/// Linux `dup_mmap` + `copy_process` for `P fork C`: C gets P's VMAs,
+/// regions and (COW-shared) pages. Called from P's `clone` system call.
+pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> {
+    if exists(child_name) {
+        return Err(alloc::format!("process `{child_name}` already exists"));
+    }
+    let child = new_process(child_name, parent.pid)?;
+    {
+        // Linux holds the parent's mmap lock for write across dup_mmap.
+        let pv = parent.mm.mmap_write_lock();
+        let mut cv = child.mm.mmap_write_lock();
+        let vmas: Vec<Vma> = pv.iter().filter(|v| v.start != AGENT_VA).copied().collect();
+        for vma in &vmas {
+            cv.insert(*vma);
+            if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma) {
+                drop(cv);
+                drop(pv);
+                teardown(&child);
+                return Err(alloc::format!("fork: {e}"));
+            }
+        }
+    }
+    for (k, r) in parent.regions.lock().iter() {
+        child.regions.lock().insert(k.clone(), Region { va: r.va, size: r.size });
+    }
+    child.next_va.store(parent.next_va.load(Ordering::Relaxed), Ordering::Relaxed);
+    let pid = child.pid;
+    PROCS.lock().insert(child_name.to_string(), child);
+    Ok(pid)
+}
+
+/// The name the next `clone` system call gives its child (set by the
+/// console's `P fork C`; otherwise `<parent>_<pid>`).
+static NEXT_CHILD_NAME: Mutex<Option<String>> = Mutex::new(None);
+
+pub(crate) fn take_child_name(parent: &Process) -> String {
+    NEXT_CHILD_NAME.lock().take().unwrap_or_else(|| alloc::format!("{}_{}", parent.name, NEXT_PID.load(Ordering::Relaxed)))
+}
+
+/// `P fork C`: P makes the `clone` system call (SIGCHLD, Linux fork) from
+/// EL0; the kernel creates C. Returns C's pid.
+pub fn fork(parent: &str, child: &str) -> Result<u32, String> {
+    if exists(child) {
+        return Err(alloc::format!("process `{child}` already exists"));
+    }
+    *NEXT_CHILD_NAME.lock() = Some(child.to_string());
+    let r = syscall(parent, syscall::nr::CLONE, [syscall::SIGCHLD, 0, 0, 0, 0, 0]);
+    *NEXT_CHILD_NAME.lock() = None;
+    let r = r?;
+    if r < 0 {
+        return Err(alloc::format!("fork failed: {}", syscall::errno_name(r)));
+    }
+    Ok(r as u32)
+}
+
+/// Tears down every mapping and table of `p`, drops its pages' mappings
+/// and references (freeing what nobody else holds) and its ASID.
 fn teardown(p: &Process) {
     deactivate(p);
     let mut vmas = p.mm.mmap_write_lock();
     let all: Vec<Vma> = vmas.iter().copied().collect();
     let mut mem = p.tables.lock();
-    // Anon frames first (special entries - the agent - are not ours to
-    // free). Freed during the walk: collecting them would need memory, and a
-    // process being torn down may have taken nearly all of it. Freeing before
-    // the TLB flush is safe here because nothing runs with this ASID again
-    // until `tlbi aside1is` below has completed and the ASID is released.
+    // Pages first (special entries - the agent, the zero page - hold no
+    // references). Dropped during the walk: collecting them would need
+    // memory, and a process being torn down may have taken nearly all of
+    // it. Before the TLB flush is safe here because nothing runs with this
+    // ASID again until `tlbi aside1is` below has completed and the ASID is
+    // released; a page another process still maps keeps its references.
     {
         let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         t.walk(false, &mut |e| {
             if let Kind::Leaf(pa) = e.kind {
                 if !e.desc.special() {
-                    let order = (e.size / PAGE_SIZE).trailing_zeros();
-                    let _ = frame::free(pa, order, Owner::UserAnon);
+                    memory::put_mapped_page(pa);
                 }
             }
         });
@@ -155,11 +235,54 @@ fn teardown(p: &Process) {
     asid::release(&p.mm.asid_slot);
 }
 
-/// `P exit`.
+/// `P exit`: P makes the `exit_group(0)` system call from EL0; the kernel
+/// tears its address space down and leaves its status for the parent's
+/// `wait4`.
 pub fn exit(name: &str) -> Result<(), String> {
-    let p = PROCS.lock().remove(name).ok_or_else(|| alloc::format!("no process named `{name}`"))?;
-    teardown(&p);
+    let code = with_proc(name, |p| {
+        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+        run.regs.x[0] = op::SYSCALL;
+        run.regs.x[8] = syscall::nr::EXIT_GROUP;
+        run.regs.elr = AGENT_VA;
+        let regs = run_regs(p, run);
+        let esr = Esr(regs.esr);
+        match *p.exit_code.lock() {
+            Some(c) => Ok(c),
+            None => Err(alloc::format!("the agent did not exit: {esr}")),
+        }
+    })?;
+    exit_process(name, code);
     Ok(())
+}
+
+/// Removes `name` from the process table, tears it down and leaves
+/// `(pid, code)` for its parent.
+fn exit_process(name: &str, code: i32) {
+    let Some(p) = PROCS.lock().remove(name) else { return };
+    teardown(&p);
+    if p.ppid != 0 {
+        if let Some(parent) = PROCS.lock().values().find(|q| q.pid == p.ppid) {
+            parent.zombies.lock().push((p.pid, code));
+        }
+    }
+}
+
+/// Whether `ppid` has a live child (`pid` -1: any).
+pub(crate) fn has_child(ppid: u32, pid: i64) -> bool {
+    PROCS.lock().values().any(|q| q.ppid == ppid && (pid == -1 || q.pid as i64 == pid))
+}
+
+/// Calls `f` for every process (for `invariants`), with the table lock held.
+pub fn for_each_process(mut f: impl FnMut(&Process)) {
+    for p in PROCS.lock().values() {
+        f(p);
+    }
+}
+
+/// `P wait`: P makes `wait4(-1, &status, WNOHANG)` from EL0 (status on its
+/// stack); returns the reaped child's pid, 0 if none exited yet.
+pub fn wait(name: &str) -> Result<i64, String> {
+    syscall(name, syscall::nr::WAIT4, [u64::MAX, 0, 1, 0, 0, 0])
 }
 
 fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, String>) -> Result<R, String> {
@@ -222,43 +345,10 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
     }
 }
 
-/// Zaps `[va, va+len)` in `p`'s tables: unmaps with BBM and the ASID's TLB
-/// flush, frees the tables left empty and, after the flush, the anon frames.
-/// VMAs are not touched (Linux `zap_page_range`).
+/// Zaps `[va, va+len)` in `p`'s tables (Linux `zap_page_range`; VMAs
+/// are not touched).
 fn zap(p: &Process, va: u64, len: u64) -> Result<(), String> {
-    let mut mem = p.tables.lock();
-    // Frames go back only after the flush (stale TLB entries could still
-    // reach them), so they are listed first; a list that cannot grow is an
-    // error, not a panic.
-    let mut frames: Vec<PhysAddr> = Vec::new();
-    {
-        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-        let mut off = 0;
-        while off < len {
-            if let crate::mm::pgtable::Translation::Mapped { pa, desc, .. } = t.translate(VirtAddr(va + off)) {
-                if !desc.special() {
-                    frames.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
-                    frames.push(PhysAddr(pa.0 & !(PAGE_SIZE - 1)));
-                }
-            }
-            off += PAGE_SIZE;
-        }
-    }
-    let detached = {
-        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-        let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
-        let r = l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"));
-        let d = l.finish();
-        r.map(|_| d)
-    }?;
-    for pa in detached.0 {
-        mem.free(pa);
-    }
-    for pa in frames {
-        let _ = frame::free(pa, 0, Owner::UserAnon);
-    }
-    Ok(())
+    memory::zap_page_range(p.mt(), va, len)
 }
 
 fn check_user_range(va: u64, len: u64) -> Result<(), String> {
@@ -308,8 +398,8 @@ pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), String> {
 /// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
 /// permissions changed in place (AP bits only, no BBM needed). `none` keeps
 /// pages present for the kernel but EL1-only, so EL0 gets permission faults
-/// (Linux keeps PROT_NONE pages `pte_present` too). Every anon page is
-/// exclusive until fork exists, so making it writable is always right here.
+/// (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
+/// exclusive anon pages writable ([`memory::change_protection`]).
 pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
     with_proc(name, |p| mprotect_p(p, va, len, readable, writable))
 }
@@ -340,24 +430,7 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
             v.flags = f;
         }
-        const RDONLY: u64 = 1 << 7;
-        const EL0: u64 = 1 << 6;
-        let (set, clear) = match (readable, writable) {
-            (_, true) => (EL0, RDONLY),
-            (true, false) => (EL0 | RDONLY, 0),
-            (false, false) => (RDONLY, EL0),
-        };
-        let mut mem = p.tables.lock();
-        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-        let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
-        let r = l.protect(va, len, set, clear).map_err(|e| alloc::format!("{e:?}"));
-        let d = l.finish();
-        drop(t);
-        for pa in d.0 {
-            mem.free(pa);
-        }
-        r
+        memory::change_protection(p.mt(), va, len, readable, writable)
     }
 }
 
@@ -430,6 +503,12 @@ pub fn handle_el0_sync(frame: &mut TrapFrame) {
         if !p.is_null() {
             // SAFETY: CURRENT is the process run_agent is running.
             let p = unsafe { &*p };
+            if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {
+                // Never returns to EL0: the run ends and the caller tears
+                // the process down.
+                *p.exit_code.lock() = Some(frame.x[0] as i32);
+                user::return_to_kernel(frame);
+            }
             let args = [frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4], frame.x[5]];
             frame.x[0] = syscall::dispatch(p, frame.x[8], args) as u64;
             return; // back to EL0 after the svc
@@ -463,38 +542,26 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
     })
 }
 
-/// Linux `handle_mm_fault` for this slice: a translation fault in a private
-/// anonymous VMA that allows the access gets a zeroed page.
+/// The fault entry (Linux `do_page_fault` for a user address): finds the
+/// VMA, checks the access against it and hands the fault to
+/// [`memory::handle_mm_fault`]. Translation faults (a hole) and permission
+/// faults (a read-only entry: COW, zero page) are handled at every level.
 fn handle_user_fault(far: u64, esr: Esr) -> bool {
     let p = CURRENT.load(Ordering::Acquire);
-    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_))) {
+    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_))) {
         return false;
     }
     // SAFETY: CURRENT points at the process run_agent is running.
     let p = unsafe { &*p };
     let g = p.mm.mmap_read_lock();
     let Some(vma) = g.vmas().find(far).copied() else { return false };
-    let write = esr.wnr();
-    if vma.flags.contains(VmFlags::PFNMAP) || (write && !vma.flags.contains(VmFlags::WRITE)) || !vma.flags.contains(VmFlags::READ) {
+    let write = esr.wnr() && !esr.cm();
+    if !memory::access_ok(&vma, write) {
         return false;
     }
-    let Some(pa) = frame::alloc_user_zeroed(0) else { return false };
-    let page = far & !(PAGE_SIZE - 1);
-    let _ptl = p.mm.page_table_lock_guard();
-    let mut mem = p.tables.lock();
-    let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-    match t.map(VirtAddr(page), pa, PAGE_SIZE, user_attrs(&vma), LeafSizes::PagesOnly) {
-        Ok(_) => {
-            // Invalid to valid: no TLBI, only visibility to the walker.
-            // SAFETY: barriers only.
-            unsafe { core::arch::asm!("dsb ishst", "isb") };
-            true
-        }
-        Err(_) => {
-            let _ = frame::free(pa, 0, Owner::UserAnon);
-            false
-        }
-    }
+    let flags = memory::FaultFlags { write, unshare: false };
+    p.stats.faults.fetch_add(1, Ordering::Relaxed);
+    memory::handle_mm_fault(p.mt(), &vma, far, flags) == memory::VmFault::Done
 }
 
 /// Resolves `REGION`, `REGION+OFF`, `REGION+OFF:LEN` in process `name`.
@@ -576,4 +643,153 @@ fn deactivate(p: &Process) {
         // SAFETY: the kernel never runs from TTBR0.
         unsafe { cpu::switch_ttbr0(empty.0) };
     }
+}
+
+/// The user-memory half of `invariants` (Linux's page_table_check in
+/// spirit): what every process's tables map agrees with the page metadata.
+/// - every non-special user leaf maps a page of a live anon folio;
+/// - each page's mapcount equals the entries that map it;
+/// - a writable private entry maps a `PageAnonExclusive` page, and an
+///   exclusive page is mapped exactly once;
+/// - the zero page is only ever mapped read-only and special;
+/// - a folio's refcount is its mappings plus its pins plus GUP references;
+/// - the frames the allocator counts as user memory are exactly the
+///   folios' frames, and each process's table pages are accounted.
+pub fn check_invariants() -> Result<(), String> {
+    use crate::mm::page;
+    let mut maps: BTreeMap<u64, i32> = BTreeMap::new();
+    let mut err: Option<String> = None;
+    for_each_process(|p| {
+        if err.is_some() {
+            return;
+        }
+        let mut mem = p.tables.lock();
+        let accounted = mem.tables;
+        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut reachable = 1usize;
+        t.walk(false, &mut |e| {
+            if err.is_some() {
+                return;
+            }
+            let fail = |m: String| Some(alloc::format!("{}: {:#x}: {m}", p.name, e.va.0));
+            match e.kind {
+                Kind::Table(_) if e.level < 3 => reachable += 1,
+                Kind::Leaf(pa) if e.desc.special() => {
+                    if page::is_zero_pfn(pa) && !e.desc.perms().read_only {
+                        err = fail("the zero page is mapped writable".into());
+                    }
+                }
+                Kind::Leaf(pa) => {
+                    if e.size != PAGE_SIZE {
+                        err = fail(alloc::format!("a {:#x}-byte block of normal memory", e.size));
+                        return;
+                    }
+                    let Some(pg) = page::pfn_to_page(pa) else {
+                        err = fail(alloc::format!("maps {pa:#x}, outside RAM, without the special bit"));
+                        return;
+                    };
+                    if pg.folio().is_none_or(|f| !f.is_anon()) {
+                        err = fail(alloc::format!("maps {pa:#x}, which is not an anon folio's page"));
+                        return;
+                    }
+                    if !e.desc.perms().read_only && !pg.anon_exclusive() {
+                        err = fail(alloc::format!("writable entry for {pa:#x}, which is not PageAnonExclusive"));
+                        return;
+                    }
+                    *maps.entry(pa.0).or_insert(0) += 1;
+                }
+                _ => {}
+            }
+        });
+        if err.is_none() && reachable != accounted {
+            err = Some(alloc::format!("{}: {reachable} table pages reachable but {accounted} accounted", p.name));
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut folio_frames = 0u64;
+    page::for_each_folio(|f| {
+        if err.is_some() {
+            return;
+        }
+        folio_frames += f.nr_pages();
+        let mut mapped = 0i32;
+        for i in 0..f.nr_pages() {
+            let pg = f.page(i);
+            let want = maps.remove(&pg.pa().0).unwrap_or(0);
+            mapped += want;
+            if pg.mapcount() != want {
+                err = Some(alloc::format!("page {:#x}: mapcount {} but {want} entries map it", pg.pa().0, pg.mapcount()));
+                return;
+            }
+            if pg.anon_exclusive() && want != 1 {
+                err = Some(alloc::format!("page {:#x} is PageAnonExclusive but mapped {want} times", pg.pa().0));
+                return;
+            }
+        }
+        let refs = crate::mm::gup::held_references(f);
+        let pins = crate::mm::gup::held_pins(f);
+        if f.pincount() != pins {
+            err = Some(alloc::format!("folio {:#x}: pincount {} but handles hold {pins} pins", f.pa().0, f.pincount()));
+            return;
+        }
+        let want = mapped as u32 + f.pincount() + refs;
+        if f.refcount() != want {
+            err = Some(alloc::format!(
+                "folio {:#x}: refcount {} but {mapped} mappings + {} pins + {refs} references",
+                f.pa().0,
+                f.refcount(),
+                f.pincount()
+            ));
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some((pa, _)) = maps.iter().next() {
+        return Err(alloc::format!("page {pa:#x} is mapped but belongs to no folio"));
+    }
+    page::check_frames(crate::mm::frame::is_allocated)?;
+    let user = crate::mm::frame::stats().by_owner[crate::mm::frame::Owner::UserAnon as usize];
+    if user != folio_frames {
+        return Err(alloc::format!("{user} frames allocated as user memory but folios hold {folio_frames}"));
+    }
+    Ok(())
+}
+
+/// `P pin N RANGE ...` / `P ref N RANGE`: GUP on P's pages, kept as
+/// handle `handle`. Returns (pages taken, of which by the fast path).
+pub fn gup(name: &str, handle: &str, va: u64, len: u64, flags: crate::mm::gup::Foll, fast: bool) -> Result<(usize, usize), String> {
+    use crate::mm::gup;
+    if gup::handle_exists(handle) {
+        return Err(alloc::format!("handle `{handle}` already exists"));
+    }
+    with_proc(name, |p| {
+        let nr = len.div_ceil(PAGE_SIZE);
+        let va = va & !(PAGE_SIZE - 1);
+        let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
+        let nfast = pages.len();
+        if (pages.len() as u64) < nr {
+            let g = p.mm.mmap_read_lock();
+            let start = va + pages.len() as u64 * PAGE_SIZE;
+            match gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags) {
+                Ok(more) => pages.extend(more),
+                Err(e) => {
+                    for t in pages {
+                        gup::release(t, flags.pin);
+                    }
+                    return Err(alloc::format!("get_user_pages: {}", syscall::errno_name(e)));
+                }
+            }
+        }
+        let n = pages.len();
+        if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
+            for t in h.pages {
+                gup::release(t, h.pin);
+            }
+            return Err(alloc::format!("handle `{handle}` already exists"));
+        }
+        Ok((n, nfast))
+    })
 }

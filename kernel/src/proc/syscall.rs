@@ -16,9 +16,19 @@ pub mod nr {
     pub const MUNMAP: u64 = 215;
     pub const MMAP: u64 = 222;
     pub const MPROTECT: u64 = 226;
+    pub const EXIT: u64 = 93;
+    pub const EXIT_GROUP: u64 = 94;
+    pub const CLONE: u64 = 220;
+    pub const WAIT4: u64 = 260;
 }
 
+/// The only `clone` flags accepted: plain fork (`SIGCHLD` as exit signal).
+pub const SIGCHLD: u64 = 17;
+const WNOHANG: u64 = 1;
+
 pub const EBADF: i64 = 9;
+pub const ECHILD: i64 = 10;
+pub const EAGAIN: i64 = 11;
 pub const ENOMEM: i64 = 12;
 pub const EFAULT: i64 = 14;
 pub const EINVAL: i64 = 22;
@@ -40,8 +50,77 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
         nr::MMAP => mmap(p, a),
         nr::MUNMAP => munmap(p, a[0], a[1]),
         nr::MPROTECT => mprotect(p, a[0], a[1], a[2]),
+        nr::CLONE => clone(p, a),
+        nr::WAIT4 => wait4(p, a[0] as i64, a[1], a[2], a[3]),
         _ => -ENOSYS,
     }
+}
+
+/// The errno's name, for messages.
+pub fn errno_name(r: i64) -> &'static str {
+    match -r {
+        EBADF => "EBADF",
+        ECHILD => "ECHILD",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EFAULT => "EFAULT",
+        EINVAL => "EINVAL",
+        ENOSYS => "ENOSYS",
+        _ => "error",
+    }
+}
+
+/// Why the last `clone` failed, for the console's message.
+pub static LAST_CLONE_ERROR: spin::Mutex<Option<alloc::string::String>> = spin::Mutex::new(None);
+
+/// `clone(SIGCHLD, 0, 0, 0, 0)`: Linux fork. The child does not run until
+/// the console drives it (each agent command starts afresh), so it needs
+/// no copy of the parent's registers.
+fn clone(p: &Process, a: [u64; 6]) -> i64 {
+    if a[0] != SIGCHLD || a[1..5].iter().any(|&x| x != 0) {
+        return -EINVAL; // fork only: no threads, no new stack, no TLS
+    }
+    let name = super::take_child_name(p);
+    match super::fork_p(p, &name) {
+        Ok(pid) => pid as i64,
+        Err(e) => {
+            let oom = e.contains("out of memory");
+            *LAST_CLONE_ERROR.lock() = Some(e);
+            if oom { -ENOMEM } else { -EINVAL }
+        }
+    }
+}
+
+/// `wait4(pid, status, options, rusage)`: reaps an exited child (any for
+/// pid -1). Nothing else runs while the console waits (no scheduler yet),
+/// so a wait that would block returns `-EAGAIN` (0 with WNOHANG).
+fn wait4(p: &Process, pid: i64, status: u64, options: u64, rusage: u64) -> i64 {
+    if options & !WNOHANG != 0 || rusage != 0 || !(pid == -1 || pid > 0) {
+        return -EINVAL;
+    }
+    let found = {
+        let z = p.zombies.lock();
+        z.iter().position(|&(c, _)| pid == -1 || c as i64 == pid)
+    };
+    let Some(i) = found else {
+        let alive = super::has_child(p.pid, pid);
+        return if !alive && !p.zombies.lock().iter().any(|&(c, _)| pid == -1 || c as i64 == pid) {
+            -ECHILD
+        } else if options & WNOHANG != 0 {
+            0
+        } else {
+            -EAGAIN
+        };
+    };
+    let (cpid, code) = p.zombies.lock()[i];
+    if status != 0 {
+        let wstatus = ((code & 0xff) << 8).to_le_bytes();
+        if crate::arch::aarch64::exception::copy_to_user(status, &wstatus).is_err() {
+            return -EFAULT; // the child stays reapable
+        }
+    }
+    p.zombies.lock().remove(i);
+    cpid as i64
 }
 
 fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {

@@ -195,3 +195,41 @@ pub unsafe fn set_ttbr0(root: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe { asm!("msr ttbr0_el1, {r}", "isb", "tlbi vmalle1", "dsb nsh", "isb", r = in(reg) root, options(nostack, preserves_flags)) };
 }
+
+/// Zeroes `len` bytes at kernel VA `va` (both multiples of the page size)
+/// with `dc zva`, which writes a whole cache-line-sized block per
+/// instruction; falls back to plain stores when DCZID_EL0 prohibits it.
+pub fn zero_pages(va: u64, len: u64) {
+    let dczid: u64;
+    // SAFETY: reads an ID register.
+    unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags)) };
+    if dczid & (1 << 4) != 0 {
+        // SAFETY: the caller hands us memory it owns.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, len as usize) };
+        return;
+    }
+    let block = 4u64 << (dczid & 0xf);
+    let mut p = va;
+    while p < va + len {
+        // SAFETY: p is inside [va, va+len), which the caller owns and which
+        // is block aligned (pages are).
+        unsafe { core::arch::asm!("dc zva, {}", in(reg) p, options(nostack, preserves_flags)) };
+        p += block;
+    }
+}
+
+/// Drops this CPU's cached translation of one user page (`tlbi vale1`,
+/// last level, by VA and ASID), e.g. a read-only entry left behind by a
+/// spurious permission fault.
+pub fn tlbi_page_local(va: u64, asid: u16) {
+    let arg = ((va >> 12) & ((1 << 44) - 1)) | ((asid as u64) << 48);
+    // SAFETY: TLB maintenance only.
+    unsafe { core::arch::asm!("dsb nshst", "tlbi vale1, {}", "dsb nsh", "isb", in(reg) arg, options(nostack, preserves_flags)) };
+}
+
+/// Makes table writes that turned invalid entries valid visible to the
+/// table walker before the faulting access is retried (no TLBI needed).
+pub fn publish_tables() {
+    // SAFETY: barriers only.
+    unsafe { core::arch::asm!("dsb ishst", "isb", options(nostack, preserves_flags)) };
+}

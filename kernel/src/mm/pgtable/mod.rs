@@ -142,8 +142,10 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         Ok(written)
     }
 
-    /// Installs `new` as the level-`level` entry for `va`.
-    fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+    /// Installs `new` as the level-`level` entry for `va`, creating tables
+    /// on the way. Only into a hole or as a live-safe change; anything that
+    /// needs break-before-make is refused (use `Live` for those).
+    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let mut table = self.root;
         for l in self.start_level..level {
             let idx = self.granule.index(va.0, l);
@@ -200,6 +202,18 @@ impl<'m, M: TableMemory> Tables<'m, M> {
             }
         }
         let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, 1 << 48) };
+        crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
+    }
+
+    /// Like [`Self::walk`] over `[start, end)` of the lower (TTBR0) half.
+    pub fn walk_range(&self, start: u64, end: u64, f: &mut dyn FnMut(&WalkEntry)) {
+        struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
+        impl crate::mm::walk::PageWalkOps for Adapter<'_> {
+            fn entry(&mut self, e: &WalkEntry) -> crate::mm::walk::Step {
+                (self.0)(e);
+                crate::mm::walk::Step::Continue
+            }
+        }
         crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
     }
 

@@ -1,0 +1,289 @@
+//! get_user_pages (Linux `mm/gup.c`): references (FOLL_GET) and pins
+//! (FOLL_PIN) on the pages behind a user range, by the slow path under the
+//! mmap lock (which faults pages in, breaks COW for FOLL_WRITE and unshares
+//! for R/O pins) or the lockless fast path (IRQs off, atomic entry reads,
+//! `folio_try_get`, entry re-check, and `mm->write_protect_seq` against a
+//! concurrent fork), which falls back to the slow path for whatever it
+//! cannot take.
+//!
+//! The console keeps what was taken as named handles (`P pin N ...`,
+//! `P ref N ...`, `checkpin N`, `unpin N`); handles outlive munmap and exit.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use spin::Mutex;
+
+use super::addr::{PhysAddr, VirtAddr};
+use super::desc::{Desc, Kind};
+use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
+use super::layout::phys_to_virt;
+use super::memory::{self, FaultFlags, MmTables, VmFault};
+use super::mm_struct::{MmapLocked, VmFlags};
+use super::page::{self, Folio, Page};
+use super::pgtable::{TableMemory, Tables, Translation};
+
+/// Linux `FOLL_*` flags that matter here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Foll {
+    pub write: bool,
+    /// FOLL_PIN (else FOLL_GET).
+    pub pin: bool,
+    pub longterm: bool,
+}
+
+/// One page taken by GUP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A page of a folio, with a reference or a pin on the folio.
+    Page(PhysAddr),
+    /// The shared zero page: never refcounted, nothing to drop.
+    Zero,
+}
+
+/// Linux `gup_must_unshare`: a R/O pin must not pin a page that COW could
+/// later replace under the process's feet - a shared anon page (always),
+/// or for long-term pins the zero page in a private mapping.
+fn must_unshare(flags: Foll, pg: Option<&'static Page>) -> bool {
+    if !flags.pin || flags.write {
+        return false;
+    }
+    match pg.and_then(|p| p.folio().map(|f| (p, f))) {
+        Some((p, f)) if f.is_anon() => !p.anon_exclusive(),
+        _ => flags.longterm, // zero page (private anon VMAs only here)
+    }
+}
+
+fn grab(f: Folio, flags: Foll) {
+    if flags.pin { f.pin() } else { f.get() }
+}
+
+/// Drops what GUP took.
+pub fn release(t: Taken, pin: bool) {
+    if let Taken::Page(pa) = t {
+        let f = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("GUP page lost its folio");
+        if pin { f.unpin() } else { f.put() }
+    }
+}
+
+/// Linux `__get_user_pages` (the slow path): for each page, look it up
+/// under the page-table lock; fault it in (write fault for FOLL_WRITE,
+/// unshare fault for R/O pins of shared pages) and retry until it can be
+/// taken. Errors are errno values; what was taken before one is released.
+pub fn get_user_pages(mt: MmTables<'_>, lock: &impl MmapLocked, start: u64, nr: u64, flags: Foll) -> Result<Vec<Taken>, i64> {
+    let mut out: Vec<Taken> = Vec::new();
+    for i in 0..nr {
+        let va = start + i * PAGE_SIZE;
+        match gup_one(mt, lock, va, flags) {
+            Ok(t) => {
+                if out.try_reserve(1).is_err() {
+                    release(t, flags.pin);
+                    undo(out, flags.pin);
+                    return Err(-crate::proc::syscall::ENOMEM);
+                }
+                out.push(t)
+            }
+            Err(e) => {
+                undo(out, flags.pin);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn undo(v: Vec<Taken>, pin: bool) {
+    for t in v {
+        release(t, pin);
+    }
+}
+
+fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Result<Taken, i64> {
+    use crate::proc::syscall::{EFAULT, ENOMEM};
+    let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
+    // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
+    if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {
+        return Err(-EFAULT);
+    }
+    for _ in 0..4 {
+        let need = {
+            let _ptl = mt.mm.page_table_lock_guard();
+            let mut mem = mt.mem.lock();
+            let t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+            match t.translate(VirtAddr(va)) {
+                Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
+                Translation::Mapped { level, .. } if level != 3 => return Err(-EFAULT),
+                Translation::Mapped { desc, pa, .. } => {
+                    if flags.write && !desc.user_writable() {
+                        Some(FaultFlags { write: true, unshare: false })
+                    } else if desc.special() {
+                        if !page::is_zero_pfn(pa) {
+                            return Err(-EFAULT);
+                        }
+                        if must_unshare(flags, None) { Some(FaultFlags { write: false, unshare: true }) } else { return Ok(Taken::Zero) }
+                    } else {
+                        let pg = page::pfn_to_page(pa).ok_or(-EFAULT)?;
+                        if must_unshare(flags, Some(pg)) {
+                            Some(FaultFlags { write: false, unshare: true })
+                        } else {
+                            grab(pg.folio().ok_or(-EFAULT)?, flags);
+                            return Ok(Taken::Page(PhysAddr(pa.0 & !(PAGE_SIZE - 1))));
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(ff) = need {
+            match memory::handle_mm_fault(mt, &vma, va, ff) {
+                VmFault::Done => {}
+                VmFault::Oom => return Err(-ENOMEM),
+                VmFault::Sigsegv => return Err(-EFAULT),
+            }
+        }
+    }
+    Err(-EFAULT)
+}
+
+/// Linux `gup_fast`: takes pages from the start of the range without the
+/// mmap or page-table locks, with IRQs off, stopping at the first page it
+/// cannot take safely (not present, special, not writable for FOLL_WRITE,
+/// must be unshared). Returns what it took; the caller continues with the
+/// slow path. Everything is given back if a fork write-protected the mm
+/// meanwhile (`write_protect_seq` changed), as Linux does for FOLL_PIN.
+pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken> {
+    let mut out = Vec::new();
+    if out.try_reserve(nr as usize).is_err() {
+        return out;
+    }
+    let seq = mt.mm.write_protect_seq.load(Ordering::Acquire);
+    if seq & 1 != 0 {
+        return out;
+    }
+    let daif = crate::arch::aarch64::cpu::irq_save();
+    {
+        // No lock: only atomic reads of entries through the linear map.
+        let mem = crate::mm::kmap::FrameTableMem { tables: 0 };
+        for i in 0..nr {
+            let va = start + i * PAGE_SIZE;
+            let Some((slot, d)) = lockless_leaf(&mem, mt.mm.pgd, va) else { break };
+            let pa = d.output_address(PAGE_SIZE);
+            let ok = d.perms().el0 && (!flags.write || d.user_writable()) && !d.special();
+            if !ok {
+                break;
+            }
+            let Some(pg) = page::pfn_to_page(pa) else { break };
+            let Some(folio) = pg.folio() else { break };
+            if must_unshare(flags, Some(pg)) || !folio.try_get() {
+                break;
+            }
+            // Linux: the entry must not have changed while we took the ref.
+            if slot.load(Ordering::Acquire) != d.0 {
+                folio.put();
+                break;
+            }
+            if flags.pin {
+                // folio_try_grab(FOLL_PIN): the reference taken is the pin's.
+                page::add_pin_ref_taken(folio);
+            }
+            out.push(Taken::Page(pa));
+        }
+    }
+    crate::arch::aarch64::cpu::irq_restore(daif);
+    if flags.pin && mt.mm.write_protect_seq.load(Ordering::Acquire) != seq {
+        undo(core::mem::take(&mut out), true);
+    }
+    out
+}
+
+/// The level-3 entry for `va` and its slot, read without locks.
+fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<(&'static AtomicU64, Desc)> {
+    let g = GRANULE;
+    let mut table = pgd;
+    for level in START_LEVEL..=3 {
+        // SAFETY: table pages are reachable through the linear map; with
+        // IRQs off no table of this mm is freed under us on this CPU.
+        let slot: &'static AtomicU64 = unsafe { &*mem.table_ptr(table).add(g.index(va, level)) };
+        let d = Desc(slot.load(Ordering::Acquire));
+        match d.kind(level, g) {
+            Kind::Table(next) if level < 3 => table = next,
+            Kind::Leaf(_) if level == 3 => return Some((slot, d)),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A handle: what one `P pin` / `P ref` took.
+pub struct Handle {
+    pub pin: bool,
+    pub pages: Vec<Taken>,
+}
+
+static HANDLES: Mutex<BTreeMap<String, Handle>> = Mutex::new(BTreeMap::new());
+
+pub fn add_handle(name: &str, h: Handle) -> Result<(), Handle> {
+    let mut g = HANDLES.lock();
+    if g.contains_key(name) {
+        return Err(h);
+    }
+    g.insert(name.into(), h);
+    Ok(())
+}
+
+pub fn handle_exists(name: &str) -> bool {
+    HANDLES.lock().contains_key(name)
+}
+
+/// `unpin N`: releases everything handle `name` holds.
+pub fn drop_handle(name: &str) -> Result<usize, String> {
+    let h = HANDLES.lock().remove(name).ok_or_else(|| alloc::format!("no pin or reference named `{name}`"))?;
+    let n = h.pages.len();
+    undo(h.pages, h.pin);
+    Ok(n)
+}
+
+/// `checkpin N BYTE`: the kernel reads every byte of every page through the
+/// handle (the linear map), as a device doing DMA would see it.
+pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), String>, String> {
+    let g = HANDLES.lock();
+    let h = g.get(name).ok_or_else(|| alloc::format!("no pin or reference named `{name}`"))?;
+    for (i, t) in h.pages.iter().enumerate() {
+        let pa = match t {
+            Taken::Page(pa) => *pa,
+            Taken::Zero => page::zero_page(),
+        };
+        // SAFETY: the handle holds the page; it is RAM in the linear map.
+        let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
+        if let Some(off) = s.iter().position(|&b| b != byte) {
+            return Ok(Err(alloc::format!("page {i} ({:#x}) byte {off:#x} is {:#04x}, expected {byte:#04x}", pa.0, s[off])));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// FOLL_GET references the handles hold on `f` (for `invariants`: pins are
+/// counted by the folio's pincount).
+pub fn held_references(f: Folio) -> u32 {
+    let (lo, hi) = (f.pa().0, f.pa().0 + f.size());
+    HANDLES
+        .lock()
+        .values()
+        .filter(|h| !h.pin)
+        .flat_map(|h| h.pages.iter())
+        .filter(|t| matches!(t, Taken::Page(pa) if pa.0 >= lo && pa.0 < hi))
+        .count() as u32
+}
+
+/// Pins held through handles on `f` (for `invariants`).
+pub fn held_pins(f: Folio) -> u32 {
+    let (lo, hi) = (f.pa().0, f.pa().0 + f.size());
+    HANDLES
+        .lock()
+        .values()
+        .filter(|h| h.pin)
+        .flat_map(|h| h.pages.iter())
+        .filter(|t| matches!(t, Taken::Page(pa) if pa.0 >= lo && pa.0 < hi))
+        .count() as u32
+}

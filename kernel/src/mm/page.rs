@@ -1,0 +1,381 @@
+//! Per-frame metadata: Linux's `struct page` and `struct folio`, kept in
+//! one array over all RAM (Linux's `vmemmap`/`mem_map`).
+//!
+//! Only what the anonymous-memory paths need, with Linux's meaning:
+//! - the folio's **refcount** lives in its head page: one reference per
+//!   mapping of any of its pages, one per GUP reference or pin, one per
+//!   kernel user (a fault in progress, a copy source). At zero the folio's
+//!   frames go back to the allocator ([`folio_put`]).
+//! - **mapcount** is per page (how many page-table entries map it; Linux's
+//!   `_mapcount + 1`). A block mapping of a whole folio counts in the head's
+//!   `entire_mapcount` instead (Linux's `_entire_mapcount + 1`).
+//! - **pincount** on the head (Linux's `_pincount`, exact for every folio
+//!   size here, where Linux uses the refcount bias for small ones), so
+//!   `folio_maybe_dma_pinned` never has false positives.
+//! - `PageAnonExclusive` per page; `anon`, `zero`, `head`/`tail` and the
+//!   order as flags.
+//!
+//! Every field is an atomic: the fast GUP path reads them without locks.
+
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+
+use super::addr::PhysAddr;
+use super::frame::{self, Owner};
+use super::granule::{PAGE_SHIFT, PAGE_SIZE};
+use super::layout::phys_to_virt;
+
+/// One frame's metadata (Linux `struct page`).
+#[repr(C)]
+pub struct Page {
+    flags: AtomicU32,
+    /// Head only: the folio's references.
+    refcount: AtomicU32,
+    /// Page-table entries mapping this page at page level.
+    mapcount: AtomicI32,
+    /// Head only: FOLL_PIN pins of the folio.
+    pincount: AtomicU32,
+    /// Head only: block mappings of the whole folio.
+    entire_mapcount: AtomicI32,
+    /// Tails: distance to the head in pages.
+    head_off: AtomicU32,
+}
+
+pub mod pg {
+    pub const ANON: u32 = 1 << 0;
+    pub const ANON_EXCLUSIVE: u32 = 1 << 1;
+    pub const HEAD: u32 = 1 << 2;
+    pub const TAIL: u32 = 1 << 3;
+    /// The shared zero page or a huge zero page.
+    pub const ZERO: u32 = 1 << 4;
+    /// Allocated as a folio (head or small): the refcount is meaningful.
+    pub const FOLIO: u32 = 1 << 5;
+    pub const ORDER_SHIFT: u32 = 24;
+}
+
+static MEMMAP: AtomicUsize = AtomicUsize::new(0);
+static BASE_PFN: AtomicUsize = AtomicUsize::new(0);
+static NR_PAGES: AtomicUsize = AtomicUsize::new(0);
+static ZERO_PAGE: AtomicUsize = AtomicUsize::new(0);
+
+/// Allocates the metadata array for every frame the allocator manages and
+/// the shared zero page. Returns the frames the array took.
+pub fn init() -> u64 {
+    let (base, n) = frame::pfn_span();
+    let bytes = n as usize * core::mem::size_of::<Page>();
+    let order = (bytes.div_ceil(PAGE_SIZE as usize)).next_power_of_two().trailing_zeros();
+    let pa = frame::alloc_zeroed(order, Owner::Other).expect("no memory for the page metadata array");
+    MEMMAP.store(phys_to_virt(pa).0 as usize, Ordering::Release);
+    BASE_PFN.store(base as usize, Ordering::Release);
+    NR_PAGES.store(n as usize, Ordering::Release);
+    let zero = frame::alloc_zeroed(0, Owner::Other).expect("no memory for the zero page");
+    let p = pfn_to_page(zero).expect("zero page outside RAM");
+    p.flags.store(pg::ZERO, Ordering::Release);
+    ZERO_PAGE.store(zero.0 as usize, Ordering::Release);
+    1 << order
+}
+
+/// Linux `pfn_to_page` (by physical address): `None` outside RAM.
+pub fn pfn_to_page(pa: PhysAddr) -> Option<&'static Page> {
+    let base = MEMMAP.load(Ordering::Acquire);
+    if base == 0 {
+        return None;
+    }
+    let i = (pa.0 >> PAGE_SHIFT).checked_sub(BASE_PFN.load(Ordering::Relaxed) as u64)? as usize;
+    if i >= NR_PAGES.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: the array has NR_PAGES entries, lives forever and is only
+    // accessed through atomics.
+    Some(unsafe { &*(base as *const Page).add(i) })
+}
+
+pub fn page_to_pfn(p: &Page) -> PhysAddr {
+    let base = MEMMAP.load(Ordering::Relaxed);
+    let i = (p as *const Page as usize - base) / core::mem::size_of::<Page>();
+    PhysAddr(((BASE_PFN.load(Ordering::Relaxed) + i) as u64) << PAGE_SHIFT)
+}
+
+/// The shared zero page (Linux `ZERO_PAGE(0)`).
+pub fn zero_page() -> PhysAddr {
+    PhysAddr(ZERO_PAGE.load(Ordering::Relaxed) as u64)
+}
+
+/// Linux `is_zero_pfn`.
+pub fn is_zero_pfn(pa: PhysAddr) -> bool {
+    pa.0 & !(PAGE_SIZE - 1) == zero_page().0
+}
+
+/// A folio: a naturally aligned run of `2^order` frames, named by its head.
+#[derive(Clone, Copy)]
+pub struct Folio(&'static Page);
+
+impl core::fmt::Debug for Folio {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Folio({:#x}, order {}, ref {}, map {}, pin {})", self.pa().0, self.order(), self.refcount(), self.mapcount(), self.pincount())
+    }
+}
+
+impl Page {
+    fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
+    pub fn mapcount(&self) -> i32 {
+        self.mapcount.load(Ordering::Acquire)
+    }
+    /// Linux `PageAnonExclusive`.
+    pub fn anon_exclusive(&self) -> bool {
+        self.flags() & pg::ANON_EXCLUSIVE != 0
+    }
+    pub fn set_anon_exclusive(&self) {
+        self.flags.fetch_or(pg::ANON_EXCLUSIVE, Ordering::AcqRel);
+    }
+    pub fn clear_anon_exclusive(&self) {
+        self.flags.fetch_and(!pg::ANON_EXCLUSIVE, Ordering::AcqRel);
+    }
+    pub fn pa(&self) -> PhysAddr {
+        page_to_pfn(self)
+    }
+    /// Linux `page_folio`: `None` for frames that are not part of a folio.
+    pub fn folio(&'static self) -> Option<Folio> {
+        let f = self.flags();
+        if f & pg::TAIL != 0 {
+            let off = self.head_off.load(Ordering::Acquire) as u64;
+            let head = pfn_to_page(PhysAddr(self.pa().0 - (off << PAGE_SHIFT)))?;
+            return Some(Folio(head));
+        }
+        if f & pg::FOLIO != 0 { Some(Folio(self)) } else { None }
+    }
+}
+
+impl Folio {
+    pub fn head(&self) -> &'static Page {
+        self.0
+    }
+    pub fn pa(&self) -> PhysAddr {
+        self.0.pa()
+    }
+    pub fn order(&self) -> u32 {
+        self.0.flags() >> pg::ORDER_SHIFT
+    }
+    pub fn nr_pages(&self) -> u64 {
+        1 << self.order()
+    }
+    pub fn size(&self) -> u64 {
+        PAGE_SIZE << self.order()
+    }
+    pub fn is_large(&self) -> bool {
+        self.order() > 0
+    }
+    pub fn is_anon(&self) -> bool {
+        self.0.flags() & pg::ANON != 0
+    }
+    pub fn refcount(&self) -> u32 {
+        self.0.refcount.load(Ordering::Acquire)
+    }
+    pub fn pincount(&self) -> u32 {
+        self.0.pincount.load(Ordering::Acquire)
+    }
+    pub fn entire_mapcount(&self) -> i32 {
+        self.0.entire_mapcount.load(Ordering::Acquire)
+    }
+    /// Page `i` of the folio.
+    pub fn page(&self, i: u64) -> &'static Page {
+        pfn_to_page(PhysAddr(self.pa().0 + (i << PAGE_SHIFT))).expect("folio page outside RAM")
+    }
+    /// Linux `folio_mapcount`: every page-level mapping plus every block
+    /// mapping of the whole folio.
+    pub fn mapcount(&self) -> i32 {
+        (0..self.nr_pages()).map(|i| self.page(i).mapcount()).sum::<i32>() + self.entire_mapcount()
+    }
+    /// Linux `folio_maybe_dma_pinned` (exact here).
+    pub fn maybe_dma_pinned(&self) -> bool {
+        self.pincount() > 0
+    }
+    /// Linux `folio_get`.
+    pub fn get(&self) {
+        let old = self.0.refcount.fetch_add(1, Ordering::AcqRel);
+        assert!(old > 0, "folio_get on a free folio {:#x}", self.pa().0);
+    }
+    /// Linux `folio_try_get` (for lockless GUP): fails on a folio being freed.
+    pub fn try_get(&self) -> bool {
+        let mut cur = self.0.refcount.load(Ordering::Acquire);
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match self.0.refcount.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(c) => cur = c,
+            }
+        }
+    }
+    /// Linux `folio_put`: drops a reference and frees the folio with the last.
+    pub fn put(self) {
+        let old = self.0.refcount.fetch_sub(1, Ordering::AcqRel);
+        assert!(old > 0, "folio_put on a free folio {:#x}", self.pa().0);
+        if old == 1 {
+            free_folio(self);
+        }
+    }
+    pub fn pin(&self) {
+        self.get();
+        self.0.pincount.fetch_add(1, Ordering::AcqRel);
+    }
+    /// Linux `unpin_user_page`.
+    pub fn unpin(self) {
+        let old = self.0.pincount.fetch_sub(1, Ordering::AcqRel);
+        assert!(old > 0, "unpin of an unpinned folio {:#x}", self.pa().0);
+        self.put();
+    }
+}
+
+/// Turns a reference GUP-fast already took (`folio_try_get`) into a pin.
+pub fn add_pin_ref_taken(f: Folio) {
+    f.0.pincount.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Allocates a zeroed anonymous folio of `2^order` pages with one reference
+/// and no mappings (Linux `vma_alloc_zeroed_movable_folio`). Honours the
+/// user reserve.
+pub fn folio_alloc_anon(order: u32) -> Option<Folio> {
+    let pa = frame::alloc_user_zeroed(order)?;
+    Some(prep_folio(pa, order))
+}
+
+/// Like [`folio_alloc_anon`] but not zeroed: for copies.
+pub fn folio_alloc_anon_nozero(order: u32) -> Option<Folio> {
+    let pa = frame::alloc_user(order)?;
+    Some(prep_folio(pa, order))
+}
+
+fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
+    let head = pfn_to_page(pa).expect("allocated frame outside RAM");
+    for i in 1..(1u64 << order) {
+        let t = pfn_to_page(PhysAddr(pa.0 + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+        t.mapcount.store(0, Ordering::Relaxed);
+        t.head_off.store(i as u32, Ordering::Relaxed);
+        t.flags.store(pg::TAIL | pg::ANON, Ordering::Release);
+    }
+    head.mapcount.store(0, Ordering::Relaxed);
+    head.pincount.store(0, Ordering::Relaxed);
+    head.entire_mapcount.store(0, Ordering::Relaxed);
+    head.refcount.store(1, Ordering::Relaxed);
+    let h = if order > 0 { pg::HEAD } else { 0 };
+    head.flags.store(pg::FOLIO | pg::ANON | h | (order << pg::ORDER_SHIFT), Ordering::Release);
+    Folio(head)
+}
+
+fn free_folio(f: Folio) {
+    let order = f.order();
+    let pa = f.pa();
+    for i in 0..f.nr_pages() {
+        let p = f.page(i);
+        assert!(p.mapcount() == 0, "freeing folio {:#x} whose page {i} is still mapped", pa.0);
+        p.flags.store(0, Ordering::Release);
+        p.head_off.store(0, Ordering::Relaxed);
+    }
+    assert!(f.pincount() == 0 && f.entire_mapcount() == 0, "freeing a pinned or block-mapped folio {:#x}", pa.0);
+    frame::free(pa, order, Owner::UserAnon).expect("freeing a folio the allocator does not know");
+}
+
+// --- rmap (Linux mm/rmap.c, anon side) ---
+
+/// Linux `folio_add_new_anon_rmap` for one page-level mapping of a new
+/// folio's page (exclusive: the faulting process is its only user).
+pub fn folio_add_new_anon_rmap_pte(page: &Page) {
+    page.mapcount.fetch_add(1, Ordering::AcqRel);
+    page.set_anon_exclusive();
+}
+
+/// Linux `folio_add_anon_rmap_pte` (an existing anon page gains a mapping).
+pub fn folio_add_anon_rmap_pte(page: &Page) {
+    page.mapcount.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Linux `folio_remove_rmap_pte`.
+pub fn folio_remove_rmap_pte(page: &Page) {
+    let old = page.mapcount.fetch_sub(1, Ordering::AcqRel);
+    assert!(old > 0, "mapcount underflow on page {:#x}", page.pa().0);
+    if old == 1 {
+        // Linux clears it when the page is freed; an unmapped page can be
+        // exclusive to no one.
+        page.clear_anon_exclusive();
+    }
+}
+
+/// Linux `folio_try_dup_anon_rmap_pte` (fork): the child will map `page`
+/// too. Refused for an exclusive page of a maybe-pinned folio, which the
+/// caller must copy for the child instead (Linux `copy_present_page`).
+pub fn folio_try_dup_anon_rmap_pte(folio: Folio, page: &Page) -> bool {
+    if page.anon_exclusive() && folio.maybe_dma_pinned() {
+        return false;
+    }
+    page.clear_anon_exclusive();
+    folio.get();
+    page.mapcount.fetch_add(1, Ordering::AcqRel);
+    true
+}
+
+/// Copies one page's contents (the COW copy; both are linear-mapped RAM).
+pub fn copy_page(dst: PhysAddr, src: PhysAddr) {
+    // SAFETY: both are whole RAM pages reachable through the linear map;
+    // dst is a fresh frame nobody else can see yet.
+    unsafe {
+        core::ptr::copy_nonoverlapping(phys_to_virt(src).0 as *const u8, phys_to_virt(dst).0 as *mut u8, PAGE_SIZE as usize);
+    }
+}
+
+/// For `invariants`: every page the allocator says is user memory belongs
+/// to a live folio and vice versa; returns (user frames seen, folios).
+pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64, u64), alloc::string::String> {
+    let n = NR_PAGES.load(Ordering::Relaxed) as u64;
+    let base = BASE_PFN.load(Ordering::Relaxed) as u64;
+    let (mut frames, mut folios) = (0, 0);
+    let mut i = 0;
+    while i < n {
+        let pa = PhysAddr((base + i) << PAGE_SHIFT);
+        let p = pfn_to_page(pa).unwrap();
+        let f = p.flags();
+        if f & pg::FOLIO != 0 {
+            let folio = Folio(p);
+            if folio.refcount() == 0 {
+                return Err(alloc::format!("folio {:#x} has refcount 0 but is not free", pa.0));
+            }
+            for j in 0..folio.nr_pages() {
+                let q = PhysAddr(pa.0 + (j << PAGE_SHIFT));
+                if !user_frame(q) {
+                    return Err(alloc::format!("folio page {:#x} is not allocated as user memory", q.0));
+                }
+            }
+            frames += folio.nr_pages();
+            folios += 1;
+            i += folio.nr_pages();
+            continue;
+        }
+        if f & pg::TAIL != 0 {
+            return Err(alloc::format!("tail page {:#x} without its head", pa.0));
+        }
+        if p.mapcount() != 0 || f & pg::ANON_EXCLUSIVE != 0 {
+            return Err(alloc::format!("page {:#x} is not in a folio but has mapcount {} / flags {f:#x}", pa.0, p.mapcount()));
+        }
+        i += 1;
+    }
+    Ok((frames, folios))
+}
+
+/// Calls `f` for every live folio.
+pub fn for_each_folio(mut f: impl FnMut(Folio)) {
+    let n = NR_PAGES.load(Ordering::Relaxed) as u64;
+    let base = BASE_PFN.load(Ordering::Relaxed) as u64;
+    let mut i = 0;
+    while i < n {
+        let p = pfn_to_page(PhysAddr((base + i) << PAGE_SHIFT)).unwrap();
+        if p.flags() & pg::FOLIO != 0 {
+            let folio = Folio(p);
+            i += folio.nr_pages();
+            f(folio);
+        } else {
+            i += 1;
+        }
+    }
+}
