@@ -17,6 +17,8 @@ use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::walk::{walk_tables_with, Entry, PageWalkOps, Step};
 use crate::println;
 
+mod faults;
+
 pub const REPS: usize = 5;
 
 /// Guest instructions since boot (ns of the icount clock).
@@ -123,5 +125,5 @@ pub fn run_all() -> usize {
     if visited == 0 {
         problems += 1;
     }
-    problems
+    problems + faults::run()
 }

@@ -9,7 +9,7 @@
 pub mod parse;
 
 #[cfg(target_os = "none")]
-mod commands;
+pub mod commands;
 #[cfg(target_os = "none")]
 mod proc_cmds;
 #[cfg(target_os = "none")]

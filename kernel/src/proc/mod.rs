@@ -272,6 +272,11 @@ pub(crate) fn has_child(ppid: u32, pid: i64) -> bool {
     PROCS.lock().values().any(|q| q.ppid == ppid && (pid == -1 || q.pid as i64 == pid))
 }
 
+/// Faults `name` has handed to `handle_mm_fault` (for the benchmarks).
+pub fn fault_count(name: &str) -> u64 {
+    with_proc(name, |p| Ok(p.stats.faults.load(Ordering::Relaxed))).unwrap_or(0)
+}
+
 /// Calls `f` for every process (for `invariants`), with the table lock held.
 pub fn for_each_process(mut f: impl FnMut(&Process)) {
     for p in PROCS.lock().values() {

@@ -25,6 +25,9 @@ pub mod op {
     pub const TOUCH_WRITE: u64 = 4;
     /// Make a system call: x8 = number, x1..x6 = arguments; result in x0.
     pub const SYSCALL: u64 = 5;
+    /// One store of byte x3 every x4 bytes, x2 times (no load first: the
+    /// benchmarks' write loop, like the anchor's `strb` loop).
+    pub const STORE: u64 = 6;
 }
 
 /// `svc` immediate the agent uses to say a command is finished (`svc #0`
@@ -63,6 +66,8 @@ pagelab_agent:
     b.eq    7f
     cmp     x0, #{syscall}
     b.eq    9f
+    cmp     x0, #{store}
+    b.eq    11f
     mov     x0, #-1
     svc     #0xff
 1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
@@ -101,6 +106,11 @@ pagelab_agent:
     mov     x1, x0                  // the result, reported as x1 of "done"
     mov     x0, #2
     svc     #0xff
+11: cbz     x2, 2b                  // store: one strb of w3 every x4 bytes, x2 times
+    strb    w3, [x1]
+    add     x1, x1, x4
+    sub     x2, x2, #1
+    b       11b
 .balign 65536
 .global pagelab_agent_end
 pagelab_agent_end:
@@ -172,6 +182,7 @@ __current_run:
     touch_read = const op::TOUCH_READ,
     touch_write = const op::TOUCH_WRITE,
     syscall = const op::SYSCALL,
+    store = const op::STORE,
 );
 
 unsafe extern "C" {

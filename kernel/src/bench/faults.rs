@@ -1,0 +1,138 @@
+//! Fault-path benchmarks from EL0, the way `../shared/linux-anchor` measures
+//! Linux: fresh 2 MiB-aligned regions of 16 MiB (4096 pages at 4K), one
+//! byte per page touched by the EL0 agent, [`super::REPS`] repetitions,
+//! median, and the same loop over already-populated pages subtracted. Each
+//! measurement checks it measured what it claims: the number of faults the
+//! kernel handled per page (1 for fault tests, 0 for the baselines).
+
+use alloc::vec::Vec;
+
+use super::{instructions, median};
+use crate::arch::aarch64::user::op;
+use crate::mm::granule::PAGE_SIZE;
+use crate::proc::{self, syscall::nr, MmapArgs, RunEnd};
+use crate::println;
+
+const REGION: u64 = 16 << 20;
+const PROC: &str = "bench";
+const CHILD: &str = "bench_child";
+
+/// What one measurement collects over the repetitions.
+struct Series {
+    name: &'static str,
+    unit: &'static str,
+    note: &'static str,
+    /// Tenths of an instruction per unit.
+    values: Vec<u64>,
+}
+
+fn touch(p: &str, va: u64, pages: u64, write: bool) -> (u64, u64) {
+    let f0 = proc::fault_count(p);
+    let t0 = instructions();
+    let r = proc::access(p, if write { op::STORE } else { op::TOUCH_READ }, va, pages * PAGE_SIZE, 0);
+    let dt = instructions() - t0;
+    assert!(matches!(r, Ok(RunEnd::Done)), "bench touch failed: {r:?}");
+    (dt, proc::fault_count(p) - f0)
+}
+
+fn timed_syscall(p: &str, n: u64, args: [u64; 6]) -> u64 {
+    let t0 = instructions();
+    let r = proc::syscall(p, n, args);
+    let dt = instructions() - t0;
+    assert!(matches!(r, Ok(v) if v >= 0), "bench syscall {n} failed: {r:?}");
+    dt
+}
+
+fn region(rep: usize, tag: &str) -> u64 {
+    let name = alloc::format!("{tag}{rep}");
+    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20 }).expect("bench mmap")
+}
+
+/// Runs the fault benchmarks; returns the number of problems.
+pub fn run() -> usize {
+    let n = REGION / PAGE_SIZE;
+    let mut problems = 0;
+    let mut check = |what: &str, faults: u64, want: u64| {
+        if faults != want {
+            println!("bench: PROBLEM: {what}: {faults} faults, expected {want}");
+            problems += 1;
+        }
+    };
+    let mut s: Vec<Series> = [
+        ("null_syscall", "call", "getpid from EL0 (svc round trip), minus an agent run without it"),
+        ("anon_write_fault", "page", "first write to private anon memory: zeroed page"),
+        ("anon_read_fault_zero", "page", "first read: maps the shared zero page"),
+        ("write_after_zero_page", "page", "write to a zero-page mapping: private copy"),
+        ("fork_populated", "page", "clone() of a process with 16 MiB populated, per page"),
+        ("cow_write_child_copy", "page", "child's write after fork: copy"),
+        ("cow_write_parent_reuse", "page", "parent's write after the child exited: reuse"),
+        ("mprotect_ro_populated", "page", "mprotect RW->R of 16 MiB populated, per page"),
+        ("mprotect_rw_populated", "page", "mprotect R->RW (exclusive pages become writable), per page"),
+        ("munmap_populated", "page", "munmap of 16 MiB populated, per page"),
+    ]
+    .into_iter()
+    .map(|(name, unit, note)| Series { name, unit, note, values: Vec::new() })
+    .collect();
+    let per = |dt: u64, base: u64| dt.saturating_sub(base) * 10 / n;
+    proc::spawn(PROC).expect("bench spawn");
+    for rep in 0..super::REPS {
+        // null syscall: the same agent run with and without the svc.
+        let t_sys = timed_syscall(PROC, nr::GETPID, [0; 6]);
+        let (t_empty, _) = touch(PROC, 0x40_0000, 0, false);
+        s[0].values.push(t_sys.saturating_sub(t_empty) * 10);
+
+        // a: write faults, then the populated baseline on the same pages.
+        let a = region(rep, "a");
+        let (t, f) = touch(PROC, a, n, true);
+        check("anon_write_fault", f, n);
+        let (wbase, f) = touch(PROC, a, n, true);
+        check("write baseline", f, 0);
+        s[1].values.push(per(t, wbase));
+
+        // b, c: read faults map the zero page; writes then copy it.
+        let b = region(rep, "b");
+        let (t, f) = touch(PROC, b, n, false);
+        check("anon_read_fault_zero", f, n);
+        let (rbase, f) = touch(PROC, b, n, false);
+        check("read baseline", f, 0);
+        s[2].values.push(per(t, rbase));
+        let (t, f) = touch(PROC, b, n, true);
+        check("write_after_zero_page", f, n);
+        s[3].values.push(per(t, wbase));
+
+        // fork with `a` and `b` populated (two regions: per page of both).
+        let t0 = instructions();
+        proc::fork(PROC, CHILD).expect("bench fork");
+        s[4].values.push(per(instructions() - t0, 0) / 2);
+        let (t, f) = touch(CHILD, a, n, true);
+        check("cow_write_child_copy", f, n);
+        s[5].values.push(per(t, wbase));
+        proc::exit(CHILD).expect("bench child exit");
+        let (t, f) = touch(PROC, a, n, true);
+        check("cow_write_parent_reuse", f, n);
+        s[6].values.push(per(t, wbase));
+        proc::wait(PROC).expect("bench wait");
+
+        // mprotect and munmap of a populated region, from EL0.
+        let t = timed_syscall(PROC, nr::MPROTECT, [a, REGION, 1, 0, 0, 0]);
+        s[7].values.push(per(t, 0));
+        let t = timed_syscall(PROC, nr::MPROTECT, [a, REGION, 3, 0, 0, 0]);
+        s[8].values.push(per(t, 0));
+        let (_, f) = touch(PROC, a, n, true);
+        check("write after mprotect RW (exclusive pages stay writable)", f, 0);
+        let t = timed_syscall(PROC, nr::MUNMAP, [a, REGION, 0, 0, 0, 0]);
+        s[9].values.push(per(t, 0));
+        timed_syscall(PROC, nr::MUNMAP, [b, REGION, 0, 0, 0, 0]);
+    }
+    proc::exit(PROC).expect("bench exit");
+    if let Err(e) = crate::console::commands::invariants() {
+        println!("bench: PROBLEM: invariants after the fault benchmarks: {e}");
+        problems += 1;
+    }
+    for x in s {
+        let v = median(x.values);
+        println!("bench: {} {} {}.{}", x.name, x.unit, v / 10, v % 10);
+        println!("       {}", x.note);
+    }
+    problems
+}
