@@ -123,16 +123,24 @@ fn mark(st: &mut State, pfn: u64, count: u64, allocated: bool) -> Result<(), Fre
 
 /// Allocates `2^order` contiguous frames, aligned to their size. Not zeroed.
 pub fn alloc(order: u32, owner: Owner) -> Option<PhysAddr> {
+    alloc_min_free(order, owner, 0)
+}
+
+/// Like [`alloc`], but fails unless more than `min_free + 2^order` frames
+/// are free (the check and the allocation under one lock).
+fn alloc_min_free(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
     let daif = crate::arch::cpu::irq_save();
     let mut g = FRAMES.lock();
-    let st = g.as_mut()?;
-    let count = 1u64 << order;
-    let r = st.buddy.alloc(count as usize).map(|pfn| {
-        let pfn = pfn as u64;
+    let r = g.as_mut().and_then(|st| {
+        let count = 1u64 << order;
+        if st.managed - st.allocated < min_free + count {
+            return None;
+        }
+        let pfn = st.buddy.alloc(count as usize)? as u64;
         mark(st, pfn, count, true).expect("buddy returned a frame outside RAM");
         st.allocated += count;
         st.by_owner[owner as usize] += count;
-        PhysAddr::from_pfn(pfn)
+        Some(PhysAddr::from_pfn(pfn))
     });
     drop(g);
     crate::arch::cpu::irq_restore(daif);
@@ -153,11 +161,7 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
 
 /// User memory, not zeroed (copies overwrite it), with the reserve rule.
 pub fn alloc_user(order: u32) -> Option<PhysAddr> {
-    let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
-    if stats().free < reserve + (1 << order) {
-        return None;
-    }
-    alloc(order, Owner::UserAnon)
+    alloc_min_free(order, Owner::UserAnon, USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE)
 }
 
 /// First page frame number and number of frames the allocator spans

@@ -16,17 +16,18 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-use super::addr::{PhysAddr, VirtAddr};
+use super::addr::PhysAddr;
 use super::desc::{Desc, Kind, LeafAttrs, AP_EL0, AP_RDONLY};
 use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, Vma, VmFlags};
-use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte, Folio};
-use super::pgtable::live::Live;
-use super::pgtable::{Tables, Translation};
+use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
+use super::pgtable::live::{Live, TlbFlush};
+use super::pgtable::{TableMemory, Tables};
 use super::tlb::KernelFlush;
 
 /// One address space's tables as the fault path needs them.
@@ -82,31 +83,125 @@ pub fn access_ok(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
+/// Where a walk to the level-3 entry for an address ended.
+enum PteLookup {
+    Slot(&'static AtomicU64),
+    /// No table at some level (and none was to be allocated).
+    Hole,
+    /// A block (or reserved/non-present entry) above level 3.
+    Block,
+    Oom,
+}
+
+/// The entry `idx` of `table`.
+fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
+    // SAFETY: table pages are RAM in the linear map; the caller holds the
+    // locks that keep this table linked (mmap lock + page-table lock), so
+    // the reference is not used after the table is freed.
+    unsafe { &*mem.table_ptr(table).add(idx) }
+}
+
+/// Linux `pte_offset_map` (with `__pte_alloc` when `alloc`): the slot of
+/// the level-3 entry for `va`.
+fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> PteLookup {
+    let g = GRANULE;
+    let mut table = pgd;
+    for level in START_LEVEL..3 {
+        let e = entry(mem, table, g.index(va, level));
+        match Desc(e.load(Ordering::Acquire)).kind(level, g) {
+            Kind::Table(next) => table = next,
+            Kind::None if alloc => {
+                let Some(next) = mem.alloc_table() else { return PteLookup::Oom };
+                // Invalid to valid: published with the leaf below.
+                e.store(Desc::table(next).0, Ordering::Release);
+                table = next;
+            }
+            Kind::None => return PteLookup::Hole,
+            _ => return PteLookup::Block,
+        }
+    }
+    PteLookup::Slot(entry(mem, table, g.index(va, 3)))
+}
+
+/// Calls `f(va, slot)` for every level-3 slot in `[start, end)` whose
+/// table exists (Linux's pgd/p4d/pud/pmd/pte range loops). Blocks are an
+/// error until THP arrives.
+fn for_each_pte<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
+    fn rec<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
+        let g = GRANULE;
+        let size = g.level_size(level);
+        let mut va = start;
+        while va < end {
+            let chunk_end = ((va & !(size - 1)) + size).min(end);
+            let e = entry(mem, table, g.index(va, level));
+            if level == 3 {
+                f(va, e)?;
+            } else {
+                match Desc(e.load(Ordering::Acquire)).kind(level, g) {
+                    Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
+                    Kind::None => {}
+                    _ => return Err(alloc::format!("block or odd entry at {va:#x} level {level}: large folios are not supported yet")),
+                }
+            }
+            va = chunk_end;
+        }
+        Ok(())
+    }
+    rec(mem, START_LEVEL, pgd, start, end, f)
+}
+
+/// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
+/// only visibility to the table walker (the exception return that retries
+/// the access is context-synchronising).
+fn set_pte_new(slot: &AtomicU64, d: Desc) {
+    slot.store(d.0, Ordering::Release);
+    crate::arch::aarch64::cpu::publish_tables();
+}
+
+/// A live-safe change (permissions only): the new value, then the old
+/// translation out of the TLBs.
+fn set_pte_perm(mm: &MmStruct, slot: &AtomicU64, va: u64, d: Desc) {
+    slot.store(d.0, Ordering::Release);
+    KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+}
+
+/// Break-before-make for a new output address (Linux `ptep_clear_flush`
+/// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
+/// the new entry.
+fn set_pte_bbm(mm: &MmStruct, slot: &AtomicU64, va: u64, d: Desc) {
+    slot.store(0, Ordering::Release);
+    KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+    set_pte_new(slot, d);
+}
+
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`access_ok`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags) -> VmFault {
     let va = addr & !(PAGE_SIZE - 1);
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let mut t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-    match t.translate(VirtAddr(va)) {
-        Translation::Fault { .. } => do_anonymous_page(&mut t, vma, va, flags),
-        Translation::Mapped { level, desc, pa } => {
-            if level != 3 {
-                // Block-mapped user memory arrives with THP.
-                return VmFault::Sigsegv;
-            }
-            if flags.write || flags.unshare {
-                if flags.write && desc.user_writable() {
-                    return spurious(mt.mm, va);
-                }
-                do_wp_page(mt.mm, &mut t, vma, va, desc, pa, flags)
-            } else if desc.perms().el0 {
-                spurious(mt.mm, va)
-            } else {
-                VmFault::Sigsegv
-            }
+    let slot = match pte_lookup(&mut mem, mt.mm.pgd, va, true) {
+        PteLookup::Slot(s) => s,
+        PteLookup::Oom => return VmFault::Oom,
+        // Block-mapped user memory arrives with THP.
+        PteLookup::Hole | PteLookup::Block => return VmFault::Sigsegv,
+    };
+    let desc = Desc(slot.load(Ordering::Acquire));
+    if desc.0 == 0 {
+        return do_anonymous_page(slot, vma, va, flags);
+    }
+    if !desc.is_valid() {
+        return VmFault::Sigsegv; // swap and markers come later
+    }
+    if flags.write || flags.unshare {
+        if flags.write && desc.user_writable() {
+            return spurious(mt.mm, va);
         }
+        do_wp_page(mt.mm, slot, vma, va, desc, flags)
+    } else if desc.perms().el0 {
+        spurious(mt.mm, va)
+    } else {
+        VmFault::Sigsegv
     }
 }
 
@@ -120,43 +215,25 @@ fn spurious(mm: &MmStruct, va: u64) -> VmFault {
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
 /// exclusive to this mm.
-fn do_anonymous_page(t: &mut Tables<'_, FrameTableMem>, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn do_anonymous_page(slot: &AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+    let _ = va;
     if !flags.write {
-        let d = Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) });
-        return install_new(t, va, d);
+        set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
+        return VmFault::Done;
     }
     let Some(folio) = page::folio_alloc_anon(0) else { return VmFault::Oom };
     folio_add_new_anon_rmap_pte(folio.head());
-    let d = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
-    match install_new(t, va, d) {
-        VmFault::Done => VmFault::Done,
-        other => {
-            folio_remove_rmap_pte(folio.head());
-            folio.put();
-            other
-        }
-    }
-}
-
-/// Writes an entry into a hole. Invalid to valid needs no TLBI, only
-/// visibility to the table walker.
-fn install_new(t: &mut Tables<'_, FrameTableMem>, va: u64, d: Desc) -> VmFault {
-    match t.set_leaf(VirtAddr(va), 3, d) {
-        Ok(()) => {
-            crate::arch::aarch64::cpu::publish_tables();
-            VmFault::Done
-        }
-        Err(super::pgtable::MapError::OutOfMemory) => VmFault::Oom,
-        Err(_) => VmFault::Sigsegv,
-    }
+    set_pte_new(slot, maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
+    VmFault::Done
 }
 
 /// Linux `do_wp_page`: a write (or unshare) fault on a present read-only
 /// entry of a VMA that allows it.
-fn do_wp_page(mm: &MmStruct, t: &mut Tables<'_, FrameTableMem>, vma: &Vma, va: u64, desc: Desc, pa: PhysAddr, flags: FaultFlags) -> VmFault {
+fn do_wp_page(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+    let pa = desc.output_address(PAGE_SIZE);
     if desc.special() {
         if page::is_zero_pfn(pa) {
-            return wp_page_copy(mm, t, vma, va, desc, None, flags);
+            return wp_page_copy(mm, slot, vma, va, desc, None, flags);
         }
         return VmFault::Sigsegv; // PFN mappings: no struct page to copy from
     }
@@ -164,46 +241,34 @@ fn do_wp_page(mm: &MmStruct, t: &mut Tables<'_, FrameTableMem>, vma: &Vma, va: u
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
     if folio.is_anon() {
         if pg.anon_exclusive() {
-            return wp_page_reuse(mm, t, vma, va, desc, flags);
+            return wp_page_reuse(mm, slot, vma, va, desc, flags);
         }
         // Linux `wp_can_reuse_anon_folio`: a small folio nobody else holds
         // a reference to (no other mapping, no GUP reference) is ours.
         if !folio.is_large() && folio.refcount() == 1 && folio.mapcount() == 1 {
             pg.set_anon_exclusive();
-            return wp_page_reuse(mm, t, vma, va, desc, flags);
+            return wp_page_reuse(mm, slot, vma, va, desc, flags);
         }
     }
-    wp_page_copy(mm, t, vma, va, desc, Some(folio_page(folio, pa)), flags)
-}
-
-fn folio_page(folio: Folio, pa: PhysAddr) -> &'static page::Page {
-    folio.page((pa.0 - folio.pa().0) / PAGE_SIZE)
+    wp_page_copy(mm, slot, vma, va, desc, Some(pg), flags)
 }
 
 /// Linux `wp_page_reuse`: the page stays; the entry becomes writable
 /// (a permission-only change: no break-before-make, but the old read-only
 /// translation must leave the TLB).
-fn wp_page_reuse(mm: &MmStruct, t: &mut Tables<'_, FrameTableMem>, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
-    let new = maybe_mkwrite(desc, vma).mkdirty();
-    replace(mm, t, va, new)
+    set_pte_perm(mm, slot, va, maybe_mkwrite(desc, vma).mkdirty());
+    VmFault::Done
 }
 
 /// Linux `wp_page_copy`: a new exclusive page with the old contents (or
 /// zeroes for the zero page) replaces the entry - a change of output
 /// address, so break-before-make - and the old page loses a mapping and a
 /// reference.
-fn wp_page_copy(
-    mm: &MmStruct,
-    t: &mut Tables<'_, FrameTableMem>,
-    vma: &Vma,
-    va: u64,
-    desc: Desc,
-    old: Option<&'static page::Page>,
-    flags: FaultFlags,
-) -> VmFault {
+fn wp_page_copy(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, old: Option<&'static page::Page>, flags: FaultFlags) -> VmFault {
     let new = match old {
         None => page::folio_alloc_anon(0),
         Some(o) => page::folio_alloc_anon_nozero(0).inspect(|n| copy_page(n.pa(), o.pa())),
@@ -211,125 +276,99 @@ fn wp_page_copy(
     let Some(new) = new else { return VmFault::Oom };
     folio_add_new_anon_rmap_pte(new.head());
     let mut d = Desc::leaf(new.pa(), 3, vm_page_prot(vma));
-    // Keep the attributes the entry had (EL0 access, uffd-wp...).
+    // Keep the access bits the entry had (EL0 access) and uffd-wp.
     d = Desc((d.0 & !(AP_EL0 | AP_RDONLY)) | (desc.0 & (AP_EL0 | AP_RDONLY)) | (desc.0 & (1 << 57)));
     d = d.wrprotect();
     if !flags.unshare {
         d = maybe_mkwrite(d, vma).mkdirty();
     }
-    match replace(mm, t, va, d) {
-        VmFault::Done => {
-            if let Some(o) = old {
-                folio_remove_rmap_pte(o);
-                o.folio().expect("old page lost its folio").put();
-            }
-            VmFault::Done
-        }
-        other => {
-            folio_remove_rmap_pte(new.head());
-            new.put();
-            other
-        }
+    set_pte_bbm(mm, slot, va, d);
+    if let Some(o) = old {
+        folio_remove_rmap_pte(o);
+        o.folio().expect("old page lost its folio").put();
     }
-}
-
-/// Replaces a live level-3 entry with BBM where needed and the ASID's TLBI.
-fn replace(mm: &MmStruct, t: &mut Tables<'_, FrameTableMem>, va: u64, d: Desc) -> VmFault {
-    let mut fl = KernelFlush;
-    let mut l = Live::new(t, Some(mm.asid()), &mut fl);
-    let r = l.replace(va, 3, d);
-    let det = l.finish();
-    debug_assert!(det.0.is_empty());
-    match r {
-        Ok(()) => VmFault::Done,
-        Err(super::pgtable::MapError::OutOfMemory) => VmFault::Oom,
-        Err(_) => VmFault::Sigsegv,
-    }
+    VmFault::Done
 }
 
 /// Linux `copy_page_range` for one private anonymous (or special) VMA at
 /// fork. The parent's writable anon entries become read-only (COW) and
 /// lose `PageAnonExclusive`; exclusive pages of maybe-pinned folios are
 /// copied for the child at once (Linux `copy_present_page`); special
-/// entries (zero page, PFN) are copied as they are.
+/// entries (zero page, PFN) are copied as they are. One TLB flush of the
+/// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
 pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), String> {
     let _sp = src.mm.page_table_lock_guard();
-    let mut smem = src.mem.lock();
+    let smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
-    let mut st = Tables::new(src.mm.pgd, GRANULE, START_LEVEL, &mut *smem);
-    let mut dt = Tables::new(dst.mm.pgd, GRANULE, START_LEVEL, &mut *dmem);
-    let mut fl = KernelFlush;
-    let mut sl = Live::new(&mut st, Some(src.mm.asid()), &mut fl);
     // Linux raw_write_seqcount_begin(&src_mm->write_protect_seq): GUP-fast
     // pins taken meanwhile are undone and retried on the slow path.
-    src.mm.write_protect_seq.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
-    let mut result = Ok(());
-    let mut va = vma.start;
-    while va < vma.end {
-        let (level, desc, pa) = match sl.t.translate(VirtAddr(va)) {
-            Translation::Mapped { level, desc, pa } => (level, desc, pa),
-            Translation::Fault { level, desc } => {
-                // Skip the whole hole at that level.
-                let sz = GRANULE.level_size(level);
-                if desc.0 != 0 {
-                    result = Err(alloc::format!("non-present entry {desc:?} at {va:#x}: not supported by fork yet"));
-                    break;
-                }
-                va = (va & !(sz - 1)) + sz;
-                continue;
-            }
-        };
-        if level != 3 {
-            result = Err(alloc::format!("block mapping at {va:#x}: fork of THP arrives with large folios"));
-            break;
+    src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
+    let mut wrprotected = false;
+    // The child's level-3 table for the current 2M-ish span, found once.
+    let mut dcache: (u64, Option<&'static AtomicU64>) = (u64::MAX, None);
+    let span = GRANULE.level_size(2);
+    let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, sslot| {
+        let desc = Desc(sslot.load(Ordering::Acquire));
+        if desc.0 == 0 {
+            return Ok(());
+        }
+        if !desc.is_valid() {
+            return Err(alloc::format!("non-present entry {desc:?} at {va:#x}: not supported by fork yet"));
         }
         let child = if desc.special() {
             desc
         } else {
-            let Some(pg) = page::pfn_to_page(pa) else {
-                result = Err(alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"));
-                break;
-            };
+            let pa = desc.output_address(PAGE_SIZE);
+            let pg = page::pfn_to_page(pa).ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
             let folio = pg.folio().expect("mapped anon page without a folio");
             if page::folio_try_dup_anon_rmap_pte(folio, pg) {
                 if !desc.perms().read_only {
-                    if let Err(e) = sl.replace(va, 3, desc.wrprotect()) {
-                        result = Err(alloc::format!("write-protecting {va:#x}: {e:?}"));
-                        break;
-                    }
+                    sslot.store(desc.wrprotect().0, Ordering::Release);
+                    wrprotected = true;
                 }
                 desc.wrprotect()
             } else {
                 // Maybe pinned and exclusive: the child gets its own copy now.
-                let Some(new) = page::folio_alloc_anon_nozero(0) else {
-                    result = Err("out of memory copying a pinned page for the child".into());
-                    break;
-                };
+                let new = page::folio_alloc_anon_nozero(0).ok_or("out of memory copying a pinned page for the child")?;
                 copy_page(new.pa(), pa);
                 folio_add_new_anon_rmap_pte(new.head());
                 Desc((desc.0 & !0x0000_ffff_ffff_f000) | new.pa().0)
             }
         };
-        if let Err(e) = dt.set_leaf(VirtAddr(va), 3, child) {
-            // Undo what the child would have held.
-            if !child.special() {
-                if let Some(pg) = page::pfn_to_page(PhysAddr(child.0 & 0x0000_ffff_ffff_f000)) {
-                    folio_remove_rmap_pte(pg);
-                    pg.folio().unwrap().put();
-                }
-            }
-            result = Err(alloc::format!("child tables at {va:#x}: {e:?}"));
-            break;
+        let base = va & !(span - 1);
+        if dcache.0 != base {
+            dcache = (base, None);
         }
-        va += PAGE_SIZE;
-    }
+        let dslot = match dcache.1 {
+            Some(first) => {
+                // SAFETY: same level-3 table as `first` (same span), index in range.
+                unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(base, 3)) }
+            }
+            None => match pte_lookup(&mut dmem, dst.mm.pgd, va, true) {
+                PteLookup::Slot(s) => {
+                    // SAFETY: s is entry index(va) of its table; back to index(base).
+                    dcache.1 = Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
+                    s
+                }
+                _ => {
+                    if !child.special() {
+                        put_mapped_page(child.output_address(PAGE_SIZE));
+                    }
+                    return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
+                }
+            },
+        };
+        dslot.store(child.0, Ordering::Relaxed);
+        Ok(())
+    });
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
-    let det = sl.finish();
-    debug_assert!(det.0.is_empty());
-    src.mm.write_protect_seq.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    if wrprotected {
+        KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
+    }
+    src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
     crate::arch::aarch64::cpu::publish_tables();
-    result
+    r
 }
 
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
@@ -339,26 +378,14 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let mut pages: Vec<PhysAddr> = Vec::new();
-    {
-        let t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-        let mut err = None;
-        t.walk_range(va, va + len, &mut |e| {
-            if let Kind::Leaf(pa) = e.kind {
-                if !e.desc.special() {
-                    if e.size != PAGE_SIZE {
-                        err = Some(alloc::format!("block mapping at {:#x}: zap of THP arrives with large folios", e.va.0));
-                    } else if pages.try_reserve(1).is_err() {
-                        err = Some(String::from("out of memory while unmapping"));
-                    } else {
-                        pages.push(pa);
-                    }
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
+    for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
+        let d = Desc(slot.load(Ordering::Acquire));
+        if d.is_valid() && !d.special() {
+            pages.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
+            pages.push(d.output_address(PAGE_SIZE));
         }
-    }
+        Ok(())
+    })?;
     let detached = {
         let mut t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
@@ -387,38 +414,30 @@ pub fn put_mapped_page(pa: PhysAddr) {
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
-/// read-only and are COWed (or reused) by the next write fault.
+/// read-only and are COWed (or reused) by the next write fault. All
+/// changes are permission-only (no BBM); one TLB flush at the end.
 pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
-    let mut mem = mt.mem.lock();
-    let mut t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-    let mut fl = KernelFlush;
-    let mut l = Live::new(&mut t, Some(mt.mm.asid()), &mut fl);
-    // First every entry: read-only, EL0 access as the protection says.
-    let (set, clear) = if readable || writable { (AP_EL0 | AP_RDONLY, 0) } else { (AP_RDONLY, AP_EL0) };
-    let mut r = l.protect(va, len, set, clear).map_err(|e| alloc::format!("{e:?}"));
-    if r.is_ok() && writable {
-        // The read-only step's invalidations first: Live refuses to write
-        // entries over ranges still waiting for their TLBI.
-        l.sync();
-        let mut a = va;
-        while a < va + len {
-            if let Translation::Mapped { level: 3, desc, pa } = l.t.translate(VirtAddr(a)) {
-                let exclusive = !desc.special() && page::pfn_to_page(pa).is_some_and(|p| p.anon_exclusive());
-                if exclusive {
-                    if let Err(e) = l.replace(a, 3, desc.mkwrite()) {
-                        r = Err(alloc::format!("{e:?}"));
-                        break;
-                    }
-                }
-            }
-            a += PAGE_SIZE;
+    let mem = mt.mem.lock();
+    let mut changed = false;
+    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
+        let d = Desc(slot.load(Ordering::Acquire));
+        if !d.is_valid() {
+            return Ok(());
         }
-    }
-    let d = l.finish();
-    drop(t);
-    for pa in d.0 {
-        mem.free(pa);
+        let mut n = Desc(d.0 | AP_RDONLY);
+        n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+        if writable && !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) {
+            n = n.mkwrite();
+        }
+        if n != d {
+            slot.store(n.0, Ordering::Release);
+            changed = true;
+        }
+        Ok(())
+    });
+    if changed {
+        KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
     }
     r
 }

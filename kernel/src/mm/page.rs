@@ -320,9 +320,7 @@ pub fn folio_try_dup_anon_rmap_pte(folio: Folio, page: &Page) -> bool {
 pub fn copy_page(dst: PhysAddr, src: PhysAddr) {
     // SAFETY: both are whole RAM pages reachable through the linear map;
     // dst is a fresh frame nobody else can see yet.
-    unsafe {
-        core::ptr::copy_nonoverlapping(phys_to_virt(src).0 as *const u8, phys_to_virt(dst).0 as *mut u8, PAGE_SIZE as usize);
-    }
+    unsafe { crate::arch::aarch64::cpu::copy_pages(phys_to_virt(dst).0, phys_to_virt(src).0, PAGE_SIZE) };
 }
 
 /// For `invariants`: every page the allocator says is user memory belongs

@@ -233,3 +233,35 @@ pub fn publish_tables() {
     // SAFETY: barriers only.
     unsafe { core::arch::asm!("dsb ishst", "isb", options(nostack, preserves_flags)) };
 }
+
+/// Copies `len` bytes (a multiple of 64) from kernel VA `src` to `dst`
+/// with 16-byte load/store pairs, 64 bytes per iteration (the COW copy).
+///
+/// # Safety
+/// Both ranges must be mapped, `len` bytes long, not overlapping, and
+/// `dst` must be memory nobody else accesses meanwhile.
+pub unsafe fn copy_pages(dst: u64, src: u64, len: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!(
+            "2:",
+            "ldp {a}, {b}, [{s}]",
+            "ldp {c}, {d}, [{s}, #16]",
+            "stp {a}, {b}, [{t}]",
+            "stp {c}, {d}, [{t}, #16]",
+            "ldp {a}, {b}, [{s}, #32]",
+            "ldp {c}, {d}, [{s}, #48]",
+            "stp {a}, {b}, [{t}, #32]",
+            "stp {c}, {d}, [{t}, #48]",
+            "add {s}, {s}, #64",
+            "add {t}, {t}, #64",
+            "subs {n}, {n}, #64",
+            "b.ne 2b",
+            s = inout(reg) src => _,
+            t = inout(reg) dst => _,
+            n = inout(reg) len => _,
+            a = out(reg) _, b = out(reg) _, c = out(reg) _, d = out(reg) _,
+            options(nostack),
+        );
+    }
+}
