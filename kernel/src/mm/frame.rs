@@ -213,6 +213,47 @@ fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) ->
     Ok(())
 }
 
+/// Frees many single frames at once (Linux's `free_unref_page_list`):
+/// runs of physically contiguous frames go back to the buddy as the
+/// largest aligned blocks they contain, under one lock. Frames that are
+/// not allocated are skipped and counted in the result.
+pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
+    let daif = crate::arch::cpu::irq_save();
+    let mut g = FRAMES.lock();
+    let mut bad = 0;
+    let mut i = 0;
+    while i < pas.len() {
+        // The run of consecutive frames starting at i.
+        let start = pas[i].pfn();
+        let mut n = 1;
+        while i + (n as usize) < pas.len() && pas[i + n as usize].pfn() == start + n {
+            n += 1;
+        }
+        let mut pfn = start;
+        let end = start + n;
+        while pfn < end {
+            // The largest aligned block at pfn that fits in the run.
+            let mut order = pfn.trailing_zeros().min(32);
+            while pfn + (1 << order) > end {
+                order -= 1;
+            }
+            if free_locked(&mut g, PhysAddr::from_pfn(pfn), order, owner).is_err() {
+                // Retry page by page so one bad frame does not lose the rest.
+                for p in pfn..pfn + (1 << order) {
+                    if free_locked(&mut g, PhysAddr::from_pfn(p), 0, owner).is_err() {
+                        bad += 1;
+                    }
+                }
+            }
+            pfn += 1 << order;
+        }
+        i += n as usize;
+    }
+    drop(g);
+    crate::arch::cpu::irq_restore(daif);
+    bad
+}
+
 pub fn stats() -> Stats {
     let g = FRAMES.lock();
     match g.as_ref() {

@@ -26,8 +26,8 @@ use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, Vma, VmFlags};
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::live::{Live, TlbFlush};
-use super::pgtable::{TableMemory, Tables};
+use super::pgtable::live::TlbFlush;
+use super::pgtable::TableMemory;
 use super::tlb::KernelFlush;
 
 /// One address space's tables as the fault path needs them.
@@ -378,6 +378,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let mut pages: Vec<PhysAddr> = Vec::new();
+    let _ = pages.try_reserve((len / PAGE_SIZE).min(4096) as usize);
     for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
         let d = Desc(slot.load(Ordering::Acquire));
         if d.is_valid() && !d.special() {
@@ -386,21 +387,51 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
         }
         Ok(())
     })?;
-    let detached = {
-        let mut t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
-        let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(mt.mm.asid()), &mut fl);
-        let r = l.unmap(va, len).map_err(|e| alloc::format!("{e:?}"));
-        let d = l.finish();
-        r.map(|_| d)
-    }?;
-    for pa in detached.0 {
+    // Break every entry, unlinking the tables the range covers whole (they
+    // are empty then), then one flush - non-leaf if a table went - and
+    // only after it the tables and pages are freed.
+    let mut detached: Vec<PhysAddr> = Vec::new();
+    detached.try_reserve(16).map_err(|_| String::from("out of memory while unmapping"))?;
+    let mut cleared = false;
+    clear_range(&mem, START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
+    if cleared || !detached.is_empty() {
+        KernelFlush.flush(va, len, Some(mt.mm.asid()), detached.is_empty());
+    }
+    for pa in detached {
         mem.free(pa);
     }
-    for pa in pages {
-        put_mapped_page(pa);
-    }
+    page::release_mapped_pages(&mut pages);
     Ok(())
+}
+
+/// Clears every entry of `[start, end)` below `table` and unlinks the
+/// child tables the range covers completely. The caller checked there are
+/// no blocks. A table that cannot be listed for freeing (no memory) stays
+/// linked, empty, and is freed with the process.
+fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, cleared: &mut bool, detached: &mut Vec<PhysAddr>) {
+    let g = GRANULE;
+    let size = g.level_size(level);
+    let mut va = start;
+    while va < end {
+        let entry_va = va & !(size - 1);
+        let chunk_end = (entry_va + size).min(end);
+        let e = entry(mem, table, g.index(va, level));
+        let d = Desc(e.load(Ordering::Acquire));
+        if level == 3 {
+            if d.0 != 0 {
+                *cleared |= d.is_valid();
+                e.store(0, Ordering::Release);
+            }
+        } else if let Kind::Table(next) = d.kind(level, g) {
+            clear_range(mem, level + 1, next, va, chunk_end, cleared, detached);
+            let whole = va == entry_va && chunk_end == entry_va + size;
+            if whole && detached.try_reserve(1).is_ok() {
+                e.store(0, Ordering::Release);
+                detached.push(next);
+            }
+        }
+        va = chunk_end;
+    }
 }
 
 /// Drops one mapping of the page at `pa` and the reference it held.

@@ -265,8 +265,33 @@ fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
     Folio(head)
 }
 
-fn free_folio(f: Folio) {
-    let order = f.order();
+/// Linux `release_pages` after a zap: drops one mapping and one reference
+/// of each page in `pas`; the frames of folios that reach refcount 0 are
+/// freed together ([`frame::free_bulk`]). `pas` is reused as scratch.
+pub fn release_mapped_pages(pas: &mut alloc::vec::Vec<PhysAddr>) {
+    let mut n = 0;
+    for i in 0..pas.len() {
+        let pg = pfn_to_page(pas[i]).expect("mapped page outside RAM");
+        let f = pg.folio().expect("mapped page without a folio");
+        folio_remove_rmap_pte(pg);
+        let old = f.0.refcount.fetch_sub(1, Ordering::AcqRel);
+        assert!(old > 0, "folio_put on a free folio {:#x}", f.pa().0);
+        if old == 1 {
+            if f.is_large() {
+                free_folio(f);
+            } else {
+                clear_folio(f);
+                pas[n] = f.pa();
+                n += 1;
+            }
+        }
+    }
+    pas.truncate(n);
+    let bad = frame::free_bulk(pas, Owner::UserAnon);
+    assert!(bad == 0, "freeing {bad} folio frame(s) the allocator does not know");
+}
+
+fn clear_folio(f: Folio) {
     let pa = f.pa();
     for i in 0..f.nr_pages() {
         let p = f.page(i);
@@ -275,6 +300,11 @@ fn free_folio(f: Folio) {
         p.head_off.store(0, Ordering::Relaxed);
     }
     assert!(f.pincount() == 0 && f.entire_mapcount() == 0, "freeing a pinned or block-mapped folio {:#x}", pa.0);
+}
+
+fn free_folio(f: Folio) {
+    let (pa, order) = (f.pa(), f.order());
+    clear_folio(f);
     frame::free(pa, order, Owner::UserAnon).expect("freeing a folio the allocator does not know");
 }
 
