@@ -236,7 +236,12 @@ fn cpus() -> Outcome {
     for i in 0..crate::arch::aarch64::boot::MAX_CPUS {
         let c = percpu::cpu(i);
         if c.online.load(Ordering::Acquire) {
-            println!("cpu{i}: online, MPIDR {:#x}", c.mpidr.load(Ordering::Relaxed));
+            let (el0, el1) = crate::irq::entries(i);
+            println!(
+                "cpu{i}: online, MPIDR {:#x}, {} ticks, IRQ entries {el1} from EL1 / {el0} from EL0",
+                c.mpidr.load(Ordering::Relaxed),
+                crate::irq::ticks(i)
+            );
         }
     }
     Outcome::Done
@@ -370,7 +375,9 @@ pub fn interactive() -> ! {
         let mut overflow = false;
         loop {
             let Some(c) = crate::drivers::uart::getc() else {
-                core::hint::spin_loop();
+                // Sleeps until the next tick (the UART is polled) and takes
+                // pending interrupts; spins where there are none.
+                crate::irq::idle();
                 continue;
             };
             match c {

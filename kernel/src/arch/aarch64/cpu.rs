@@ -195,3 +195,38 @@ pub unsafe fn set_ttbr0(root: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe { asm!("msr ttbr0_el1, {r}", "isb", "tlbi vmalle1", "dsb nsh", "isb", r = in(reg) root, options(nostack, preserves_flags)) };
 }
+
+/// Unmasks IRQs for an instant and masks them again: any IRQ that is pending
+/// is taken in between. The kernel runs with IRQs masked everywhere else
+/// (see docs/ARCHITECTURE.md, "Interrupts"); this is its one way of letting
+/// them in at EL1.
+#[inline(always)]
+pub fn irq_window() {
+    // SAFETY: only changes PSTATE.I; the handler saves and restores everything.
+    unsafe { asm!("msr daifclr, #2", "isb", "msr daifset, #2", options(nostack, preserves_flags)) };
+}
+
+/// Waits for an interrupt. With IRQs masked it still wakes up when one is
+/// pending (it is then taken at the next [`irq_window`]), so nothing sent
+/// between a check and the `wfi` is lost.
+#[inline(always)]
+pub fn wfi() {
+    // SAFETY: WFI only waits.
+    unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
+}
+
+/// Makes earlier stores visible to other CPUs before a following system
+/// register write (a GICv3 SGI) that they may react to.
+#[inline(always)]
+pub fn dsb_ishst() {
+    // SAFETY: barrier only.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Whether PSTATE.I (IRQ mask) is set.
+pub fn irqs_masked() -> bool {
+    let daif: u64;
+    // SAFETY: reads a register.
+    unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
+    daif & (1 << 7) != 0
+}

@@ -6,6 +6,9 @@
 //! does (stacks never cross bit 16, guards always have it set) and switch to
 //! an emergency stack to report it.
 //!
+//! IRQs (from EL1 or EL0) go to `crate::irq::handle` and return to where
+//! they struck.
+//!
 //! Faults the kernel expects are recovered here:
 //! - an instruction listed in the exception table (`.ex_table`: faulting
 //!   instruction, fixup) resumes at its fixup: probes and, later, uaccess;
@@ -222,6 +225,12 @@ fn find_fixup(pc: u64) -> Option<u64> {
 #[unsafe(no_mangle)]
 extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
     let vk = VectorKind(kind);
+    if matches!(kind, 1 | 5 | 9) {
+        // IRQ from EL1 (either stack) or from EL0: handle and return to
+        // where it struck, through the normal exception exit.
+        crate::irq::handle(kind == 9);
+        return;
+    }
     let esr = Esr(frame.esr);
     if kind == 4 {
         // Synchronous, from EL1.
