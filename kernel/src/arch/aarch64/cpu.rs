@@ -230,3 +230,33 @@ pub fn irqs_masked() -> bool {
     unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
     daif & (1 << 7) != 0
 }
+
+/// Sets or clears PSTATE.PAN (FEAT_PAN; only call on a CPU that has it).
+pub fn set_pan(on: bool) {
+    // SAFETY: PAN only restricts EL1 data accesses to EL0-accessible pages.
+    unsafe {
+        if on {
+            asm!(".arch_extension pan", "msr pan, #1", "isb", options(nostack, preserves_flags));
+        } else {
+            asm!(".arch_extension pan", "msr pan, #0", "isb", options(nostack, preserves_flags));
+        }
+    }
+}
+
+/// PSTATE.PAN (reads as 0 on a CPU without FEAT_PAN: the register is then
+/// not read at all).
+pub fn pan() -> bool {
+    if !has_pan() {
+        return false;
+    }
+    let v: u64;
+    // SAFETY: reads PSTATE.PAN, which exists (checked above).
+    unsafe { asm!(".arch_extension pan", "mrs {}, pan", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v & (1 << 22) != 0
+}
+
+/// Whether the CPU implements FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0).
+pub fn has_pan() -> bool {
+    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
+}
