@@ -133,11 +133,13 @@ pub fn init_this_cpu(ppis: &[(u32, bool)]) -> Result<(), &'static str> {
                 g.set_trigger(i, if level { Trigger::Level } else { Trigger::Edge });
                 g.enable_interrupt(i, true).map_err(|_| "cannot enable a PPI")?;
             }
-            // GICD_ITARGETSR0..7 read back this CPU's own interface mask.
-            let mask = v2_own_mask(g);
-            if mask == 0 {
-                return Err("GICD_ITARGETSR reads 0: cannot address this CPU");
-            }
+            // GICD_ITARGETSR0..7 read back this CPU's own interface mask;
+            // they are RAZ on a GIC with a single CPU interface.
+            let mask = match v2_own_mask(g) {
+                0 if g.typer().cpu_count() == 1 => 1,
+                0 => return Err("GICD_ITARGETSR reads 0: cannot address this CPU"),
+                m => m,
+            };
             V2_TARGET[id].store(mask, Ordering::Release);
             Ok(())
         }
