@@ -418,6 +418,21 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
     })
 }
 
+/// Runs the agent's `SPIN` command in `name`: x3..x30 = `seed` + n, then
+/// `iterations` turns of a loop at EL0. Returns the registers at its end, for
+/// the caller to check that nothing (an IRQ taken at EL0) disturbed them.
+pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, String> {
+    if iterations == 0 {
+        return Err("at least one iteration".into());
+    }
+    with_proc(name, |p| {
+        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+        run.regs.x[..3].copy_from_slice(&[op::SPIN, seed, iterations]);
+        run.regs.elr = AGENT_VA;
+        Ok(run_regs(p, run))
+    })
+}
+
 /// The EL0 synchronous-exception path (from the vectors): demand-fill
 /// anonymous memory, or end the run.
 pub fn handle_el0_sync(frame: &mut TrapFrame) {
