@@ -219,10 +219,10 @@ extern "C" fn secondary_main(id: u64) -> ! {
     // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
     unsafe { cpu::set_ttbr0(empty.0) };
     percpu::init_this_cpu(id);
-    if crate::irq::ready(0) {
-        if let Err(e) = crate::irq::init_this_cpu() {
-            log::error!("cpu{id}: interrupts: {e}");
-        }
+    if crate::irq::ready(0)
+        && let Err(e) = crate::irq::init_this_cpu()
+    {
+        log::error!("cpu{id}: interrupts: {e}");
     }
     // Work runs with IRQs masked, like everything at EL1; they are taken in
     // the idle window only.

@@ -103,8 +103,8 @@ fn sgi_reaches_each_cpu() -> Result<(), String> {
             let ok = irq::wait_until(1000, || irq::sgi_count(target, sgi::PING) > before[target]);
             ensure!(ok, "cpu{target} did not receive the SGI within 1 s");
             irq::wait_until(20, || false); // a stray delivery elsewhere would show up by now
-            for i in 0..n {
-                let d = irq::sgi_count(i, sgi::PING) - before[i];
+            for (i, b) in before.iter().enumerate() {
+                let d = irq::sgi_count(i, sgi::PING) - b;
                 let want = if i == target { 1 } else { 0 };
                 ensure!(d == want, "SGI to cpu{target}: cpu{i} received it {d} time(s)");
             }
