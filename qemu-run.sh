@@ -11,6 +11,7 @@ CPU=cortex-a72
 SMP=1
 MEM=1G
 GRANULE=4K
+GIC=3
 PROFILE=release
 EL2=0
 GDB=0
@@ -50,6 +51,9 @@ Options:
   --board NAME      virt (raspi3b and raspi4b come with the bring-up issue)
   --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and
                     Cortex-A72 have no 16K granule: use --cpu max with 16K
+  --gic 2|3         interrupt controller: GICv3 (default, -M virt,gic-version=3)
+                    or GICv2 (QEMU's own default for virt); the kernel uses
+                    whichever the devicetree names
   --gdb             start QEMU halted, waiting for GDB on tcp::1234
   --release         optimised build, with debug info (default)
   --debug           unoptimised build
@@ -89,6 +93,7 @@ while [[ $# -gt 0 ]]; do
                                 *) die "unknown board '$BOARD' (virt)";; esac ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
                    case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
+        --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; shift ;;
         --gdb) GDB=1 ;;
         --release) PROFILE=release ;;
         --debug) PROFILE=debug ;;
@@ -202,6 +207,7 @@ qemu_cmd() {
     local mode=$1; shift
     local machine=$BOARD
     [[ $EL2 == 1 ]] && machine+=",virtualization=on"
+    machine+=",gic-version=$GIC"
     local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=$((EL2 + 1)) $*"
     [[ -n $APPEND ]] && args+=" $APPEND"
     # shellcheck disable=SC2054  # commas are inside QEMU option values
@@ -359,8 +365,9 @@ test_host() {
 test_kernel() { # el2 smp cpu [mem]
     local prev=("$EL2" "$SMP" "$CPU" "$MEM")
     EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
-    local label="kernel[$GRANULE,el$((EL2 + 1)),smp$SMP,$CPU,$MEM${5:+,$5}]"
-    local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${5:+-$5}.log"
+    local g=; [[ $GIC != 3 ]] && g=gicv$GIC
+    local label="kernel[$GRANULE,el$((EL2 + 1)),smp$SMP,$CPU,$MEM${g:+,$g}${5:+,$5}]"
+    local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${g:+-$g}${5:+-$5}.log"
     TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
     local s p f
     s=$(summary_of "$log")
@@ -450,6 +457,13 @@ test_granule() {
     test_kernel 0 2 "${cpus[0]}" 1536M
     test_kernel 1 1 "${cpus[0]}" 128M
     test_kernel 0 4 "${cpus[0]}" 3G
+    # GICv2 (QEMU's default for virt; the Raspberry Pi 4 has one too), on one
+    # CPU (GICD_ITARGETSR reads as zero there) and on four.
+    local prev_gic=$GIC
+    GIC=2
+    test_kernel 0 4 "${cpus[0]}"
+    test_kernel 1 1 "${cpus[0]}"
+    GIC=$prev_gic
     # The unoptimised build must behave the same.
     if [[ $PROFILE == release ]]; then
         PROFILE=debug; set_paths

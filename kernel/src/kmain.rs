@@ -105,6 +105,19 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()));
     BOOT.call_once(|| BootInfo { boot_el, phys_base, dtb_pa, board, reserved });
     banner();
+    // The GIC and this CPU's tick, before the secondaries bring up theirs.
+    // IRQs stay masked at EL1 (see `irq`).
+    match crate::irq::init(&boot().board) {
+        Ok(()) => log::info!(
+            "interrupts: GIC{}, timer PPI {} at {} Hz, {} Hz tick{}",
+            if crate::drivers::gic::version() == Some(dt::GicVersion::V3) { "v3" } else { "v2" },
+            boot().board.timer_intid(dt::TimerIrq::Virt).unwrap_or(27),
+            crate::drivers::timer::frequency(),
+            crate::drivers::timer::HZ,
+            if cpu::has_pan() { "; PAN on" } else { "" }
+        ),
+        Err(e) => log::warn!("interrupts: {e}"),
+    }
     start_secondaries();
 
     if let Some(what) = boot().board.bootarg("pagelab.crash") {
@@ -207,6 +220,13 @@ extern "C" fn secondary_main(id: u64) -> ! {
     // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
     unsafe { cpu::set_ttbr0(empty.0) };
     percpu::init_this_cpu(id);
+    if crate::irq::ready(0)
+        && let Err(e) = crate::irq::init_this_cpu()
+    {
+        log::error!("cpu{id}: interrupts: {e}");
+    }
+    // Work runs with IRQs masked, like everything at EL1; they are taken in
+    // the idle window only.
     loop {
         let f = SECONDARY_WORK[id].swap(0, Ordering::AcqRel);
         if f != 0 {
@@ -215,7 +235,7 @@ extern "C" fn secondary_main(id: u64) -> ! {
             f();
             cpu::sev();
         }
-        cpu::wfe();
+        crate::irq::idle();
     }
 }
 
@@ -226,6 +246,8 @@ pub fn run_on_cpu(id: usize, f: fn()) -> bool {
     }
     SECONDARY_WORK[id].store(f as *const () as u64, Ordering::Release);
     cpu::sev();
+    // An idle CPU that takes interrupts sleeps in `wfi`: wake it.
+    let _ = crate::irq::send_ipi(id, crate::irq::sgi::WAKE);
     true
 }
 

@@ -6,6 +6,8 @@
 //! - [`board`]: what the devicetree says about the machine.
 //! - [`mm`]: physical frames, the kernel heap, translation tables, ptdump.
 //! - [`console`]: the scenario-language console.
+//! - [`irq`]: GIC, timer tick and SGIs (IRQs are taken at EL0 and in
+//!   explicit windows at EL1 only).
 //! - [`test`]: the in-kernel test runner.
 //!
 //! Modules that are pure logic (descriptor encoding, ESR decoding, parsing,
@@ -25,6 +27,8 @@ pub mod util;
 pub mod bench;
 #[cfg(target_os = "none")]
 pub mod drivers;
+#[cfg(target_os = "none")]
+pub mod irq;
 #[cfg(target_os = "none")]
 pub mod kmain;
 #[cfg(target_os = "none")]

@@ -45,7 +45,7 @@ fn timed_syscall(p: &str, n: u64, args: [u64; 6]) -> u64 {
 
 fn region(rep: usize, tag: &str) -> u64 {
     let name = alloc::format!("{tag}{rep}");
-    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20 }).expect("bench mmap")
+    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20, folio_order: 0 }).expect("bench mmap")
 }
 
 /// Runs the fault benchmarks; returns the number of problems.

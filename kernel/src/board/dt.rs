@@ -38,6 +38,45 @@ pub struct Gic {
     pub dev: Device,
 }
 
+impl Gic {
+    /// The distributor's registers (first `reg` entry, both versions).
+    pub fn distributor(&self) -> Option<PhysRange> {
+        self.dev.regs.first().copied()
+    }
+    /// The second `reg` entry: the CPU interface (GICv2) or the first
+    /// redistributor region (GICv3).
+    pub fn cpu_or_redistributors(&self) -> Option<PhysRange> {
+        self.dev.regs.get(1).copied()
+    }
+}
+
+/// The four interrupts of an `arm,armv8-timer` node, in binding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerIrq {
+    SecurePhys = 0,
+    Phys = 1,
+    Virt = 2,
+    HypPhys = 3,
+}
+
+impl Device {
+    /// The GIC INTID of the `index`-th interrupt of a node whose
+    /// `#interrupt-cells` is 3 (type, number, flags): SPI n is INTID n + 32,
+    /// PPI n is INTID n + 16. None for a missing entry or an unknown type.
+    pub fn gic_intid(&self, index: usize) -> Option<u32> {
+        let c = self.interrupts.get(index * 3..index * 3 + 3)?;
+        match c[0] {
+            0 => Some(c[1] + 32),
+            1 => Some(c[1] + 16),
+            _ => None,
+        }
+    }
+    /// Whether the `index`-th interrupt is level-sensitive (flags bits 3:2).
+    pub fn gic_level(&self, index: usize) -> bool {
+        self.interrupts.get(index * 3 + 2).is_some_and(|f| f & 0xc != 0)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CpuNode {
     pub mpidr: u64,
@@ -72,6 +111,10 @@ impl BoardInfo {
     }
     pub fn total_ram(&self) -> u64 {
         self.ram.iter().map(|r| r.size()).sum()
+    }
+    /// INTID of one of the generic timer's interrupts (PPIs).
+    pub fn timer_intid(&self, which: TimerIrq) -> Option<u32> {
+        self.timer.as_ref()?.gic_intid(which as usize)
     }
 }
 
@@ -262,6 +305,7 @@ mod tests {
 
     static VIRT_A72: &[u8] = include_bytes!("../../tests/data/virt-a72-smp4-1g.dtb");
     static VIRT_EL2: &[u8] = include_bytes!("../../tests/data/virt-el2-smp2-1536m.dtb");
+    static VIRT_GICV3: &[u8] = include_bytes!("../../tests/data/virt-gicv3-a72-smp4-1g.dtb");
 
     #[test]
     fn qemu_virt_el1() {
@@ -272,13 +316,19 @@ mod tests {
         assert_eq!(b.cpus.len(), 4);
         assert_eq!(b.cpus[3].mpidr, 3);
         assert_eq!(b.cpus[0].enable_method, "psci");
-        let uart = b.uart.unwrap();
+        let uart = b.uart.clone().unwrap();
         assert_eq!(uart.regs, [PhysRange::new(0x0900_0000, 0x0900_1000)]);
         assert_eq!(uart.path, "/pl011@9000000");
-        let gic = b.gic.unwrap();
+        let gic = b.gic.clone().unwrap();
         assert_eq!(gic.version, GicVersion::V2);
         assert_eq!(gic.dev.regs[0].start.0, 0x0800_0000);
         assert_eq!(gic.dev.regs[1].start.0, 0x0801_0000);
+        assert_eq!(gic.distributor().unwrap(), PhysRange::new(0x0800_0000, 0x0801_0000));
+        assert_eq!(gic.cpu_or_redistributors().unwrap(), PhysRange::new(0x0801_0000, 0x0802_0000));
+        assert_eq!(b.timer_intid(TimerIrq::Virt), Some(27));
+        assert_eq!(b.timer_intid(TimerIrq::Phys), Some(30));
+        assert_eq!(b.timer_intid(TimerIrq::HypPhys), Some(26));
+        assert!(b.timer.as_ref().unwrap().gic_level(TimerIrq::Virt as usize), "flags 0xf04: level high, CPU mask in bits 15:8");
         assert_eq!(b.timer.unwrap().interrupts.len(), 12);
         assert!(b.initrd.is_none());
         assert!(b.reserved.is_empty());
@@ -295,6 +345,28 @@ mod tests {
         assert_eq!(b.bootarg("pagelab.mode"), Some("script"));
         assert_eq!(b.bootarg("pagelab.exit"), Some("semihosting"));
         assert_eq!(b.bootarg("nosuch"), None);
+    }
+
+    #[test]
+    fn qemu_virt_gicv3() {
+        let b = parse(VIRT_GICV3).unwrap();
+        let gic = b.gic.as_ref().unwrap();
+        assert_eq!(gic.version, GicVersion::V3, "the ITS child (arm,gic-v3-its) must not be taken for the GIC");
+        assert_eq!(gic.dev.path, "/intc@8000000");
+        assert_eq!(gic.distributor().unwrap(), PhysRange::new(0x0800_0000, 0x0801_0000));
+        assert_eq!(gic.cpu_or_redistributors().unwrap(), PhysRange::new(0x080a_0000, 0x0900_0000));
+        assert_eq!(b.timer_intid(TimerIrq::Virt), Some(27));
+        assert_eq!(b.cpus.len(), 4);
+    }
+
+    #[test]
+    fn interrupt_specifiers() {
+        let d = Device { path: "/x".into(), compatible: "x".into(), regs: Vec::new(), interrupts: std::vec![0, 1, 4, 1, 11, 1, 7, 0, 0] };
+        assert_eq!(d.gic_intid(0), Some(33), "SPI 1");
+        assert_eq!(d.gic_intid(1), Some(27), "PPI 11");
+        assert!(d.gic_level(0) && !d.gic_level(1), "4 = level high, 1 = edge rising");
+        assert_eq!(d.gic_intid(2), None, "unknown type");
+        assert_eq!(d.gic_intid(3), None, "past the end");
     }
 
     #[test]

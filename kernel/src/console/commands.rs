@@ -61,8 +61,9 @@ const HELP: &str = "\
 pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
 expects its command to be refused; `#` starts a comment). Available now:
   spawn P                          new EL0 process
-  P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE]
-  P munmap RANGE | P mprotect RANGE prot=r|rw|none | P madvise RANGE dontneed
+  P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]
+  P munmap RANGE | P mprotect RANGE prot=r|rw|none
+  P madvise RANGE dontneed|hugepage|nohugepage
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
@@ -76,7 +77,7 @@ expects its command to be refused; `#` starts a comment). Available now:
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
 RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
-memfd/pfn/shared/THP mappings, madvise pageout/hugepage.";
+memfd/pfn/shared mappings, block-mapped THP, madvise pageout.";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
@@ -248,7 +249,12 @@ fn cpus() -> Outcome {
     for i in 0..crate::arch::aarch64::boot::MAX_CPUS {
         let c = percpu::cpu(i);
         if c.online.load(Ordering::Acquire) {
-            println!("cpu{i}: online, MPIDR {:#x}", c.mpidr.load(Ordering::Relaxed));
+            let (el0, el1) = crate::irq::entries(i);
+            println!(
+                "cpu{i}: online, MPIDR {:#x}, {} ticks, IRQ entries {el1} from EL1 / {el0} from EL0",
+                c.mpidr.load(Ordering::Relaxed),
+                crate::irq::ticks(i)
+            );
         }
     }
     Outcome::Done
@@ -383,7 +389,9 @@ pub fn interactive() -> ! {
         let mut overflow = false;
         loop {
             let Some(c) = crate::drivers::uart::getc() else {
-                core::hint::spin_loop();
+                // Sleeps until the next tick (the UART is polled) and takes
+                // pending interrupts; spins where there are none.
+                crate::irq::idle();
                 continue;
             };
             match c {

@@ -86,9 +86,11 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let (va, len) = proc::range(p, r)?;
                 proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done)
             }
-            [_, adv @ ("pageout" | "hugepage" | "nohugepage")] => {
-                Err(alloc::format!("madvise {adv} is not available yet (anonymous-memory and swap issues)"))
+            [r, adv @ ("hugepage" | "nohugepage")] => {
+                let (va, len) = proc::range(p, r)?;
+                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done)
             }
+            [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
         },
         "write" | "check" => match a {
@@ -186,12 +188,12 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
 }
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
-    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never]".into()) };
+    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into()) };
     if !super::parse::is_name(r) {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
     }
     let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
-    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE };
+    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0 };
     for o in opts {
         match *o {
             "anon" | "private" | "thp=never" => {}
@@ -202,7 +204,19 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
                 let v = parse_number(&o[6..]).filter(|v| v.is_power_of_two()).ok_or_else(|| alloc::format!("bad alignment `{o}`"))?;
                 args.align = v;
             }
-            o if o == "shared" || o.starts_with("memfd=") || o.starts_with("pfn=") || o.starts_with("thp=") => {
+            "thp=always" => args.folio_order = crate::mm::memory::max_folio_order(),
+            o if o.starts_with("thp=") => {
+                let v = parse_number(&o[4..]).filter(|v| v.is_power_of_two() && *v >= PAGE_SIZE).ok_or_else(|| alloc::format!("bad folio size `{}`", &o[..o.len().min(30)]))?;
+                let order = (v / PAGE_SIZE).trailing_zeros() as u8;
+                if order > crate::mm::memory::max_folio_order() {
+                    return Err(alloc::format!(
+                        "folio size {v:#x} is larger than this granule's largest ({:#x})",
+                        PAGE_SIZE << crate::mm::memory::max_folio_order()
+                    ));
+                }
+                args.folio_order = order;
+            }
+            o if o == "shared" || o.starts_with("memfd=") || o.starts_with("pfn=") => {
                 return Err(alloc::format!("mmap option `{o}` is not supported yet (anonymous-memory issue)"));
             }
             o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),

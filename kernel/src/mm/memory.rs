@@ -215,21 +215,111 @@ fn spurious(mm: &MmStruct, va: u64) -> VmFault {
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
 /// exclusive to this mm.
-fn do_anonymous_page(slot: &AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
-    let _ = va;
+fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     if !flags.write {
         set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
         return VmFault::Done;
     }
-    let Some(folio) = page::folio_alloc_anon(0) else { return VmFault::Oom };
-    folio_add_new_anon_rmap_pte(folio.head());
-    set_pte_new(slot, maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
+    let Some((folio, base)) = alloc_anon_folio(slot, vma, va) else { return VmFault::Oom };
+    // Linux `folio_ref_add(folio, nr - 1)`: one reference per mapping.
+    let nr = folio.nr_pages();
+    page::folio_ref_add(folio, nr as u32 - 1);
+    let cont = folio.size() >= cont_size();
+    let first = slot_at(slot, va, base);
+    let proto = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
+    for i in 0..nr {
+        folio_add_new_anon_rmap_pte(folio.page(i));
+        let mut d = Desc(proto.0 + i * PAGE_SIZE);
+        if cont {
+            d = Desc(d.0 | CONT_BIT);
+        }
+        // SAFETY: i < nr and the folio's range lies in this level-3 table.
+        unsafe { &*(first as *const AtomicU64).add(i as usize) }.store(d.0, Ordering::Release);
+    }
+    crate::arch::aarch64::cpu::publish_tables();
     VmFault::Done
+}
+
+/// The contiguous bit (Arm "contpte" when on level-3 entries).
+pub const CONT_BIT: u64 = 1 << 52;
+
+/// Bytes one contiguous run of level-3 entries maps (64K with 4K pages,
+/// 2M with 16K and 64K pages).
+pub fn cont_size() -> u64 {
+    GRANULE.contiguous_entries(3) as u64 * PAGE_SIZE
+}
+
+/// The largest folio order a mapping may ask for: one level-2 block's
+/// worth (2M with 4K pages, 32M with 16K, 512M with 64K).
+pub fn max_folio_order() -> u8 {
+    (GRANULE.level_size(2) / PAGE_SIZE).trailing_zeros() as u8
+}
+
+/// The slot of `to` in the same level-3 table as `slot` (the slot of `va`).
+fn slot_at(slot: &'static AtomicU64, va: u64, to: u64) -> &'static AtomicU64 {
+    let (a, b) = (GRANULE.index(va, 3) as isize, GRANULE.index(to, 3) as isize);
+    debug_assert!(va & !(GRANULE.level_size(2) - 1) == to & !(GRANULE.level_size(2) - 1));
+    // SAFETY: both addresses are in the range one level-3 table maps.
+    unsafe { &*(slot as *const AtomicU64).offset(b - a) }
+}
+
+/// Linux `alloc_anon_folio` (mTHP): the largest order up to the VMA's
+/// whose naturally aligned range lies inside the VMA and maps nothing
+/// yet, falling back to smaller orders when memory is fragmented.
+/// Returns the folio and the VA its first page goes to.
+fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(page::Folio, u64)> {
+    let max = if vma.flags.contains(VmFlags::NOHUGEPAGE) { 0 } else { vma.folio_order as u64 };
+    for order in (1..=max).rev() {
+        let size = PAGE_SIZE << order;
+        let base = va & !(size - 1);
+        if base < vma.start || base + size > vma.end {
+            continue;
+        }
+        let first = slot_at(slot, va, base);
+        // SAFETY: the range is inside one level-3 table (size <= level-2 size).
+        let none = (0..(1usize << order)).all(|i| unsafe { &*(first as *const AtomicU64).add(i) }.load(Ordering::Acquire) == 0);
+        if !none {
+            continue;
+        }
+        if let Some(f) = page::folio_alloc_anon(order as u32) {
+            return Some((f, base));
+        }
+    }
+    page::folio_alloc_anon(0).map(|f| (f, va))
+}
+
+/// Clears the contiguous bit on the whole run holding `va` with
+/// break-before-make (Linux `contpte_convert` when unfolding): every entry
+/// invalid, TLBI of the run, then the same entries without the bit. Needed
+/// before any change that would leave the run's entries inconsistent.
+fn unfold_run(mm: &MmStruct, slot: &'static AtomicU64, va: u64) {
+    if Desc(slot.load(Ordering::Acquire)).0 & CONT_BIT == 0 {
+        return;
+    }
+    let n = GRANULE.contiguous_entries(3);
+    let run_va = va & !(cont_size() - 1);
+    let first = slot_at(slot, va, run_va) as *const AtomicU64;
+    let mut old = [0u64; 128];
+    for (i, o) in old.iter_mut().enumerate().take(n) {
+        // SAFETY: the run lies in this level-3 table.
+        *o = unsafe { &*first.add(i) }.swap(0, Ordering::AcqRel);
+    }
+    KernelFlush.flush(run_va, cont_size(), Some(mm.asid()), true);
+    for (i, o) in old.iter().enumerate().take(n) {
+        // SAFETY: as above.
+        unsafe { &*first.add(i) }.store(o & !CONT_BIT, Ordering::Release);
+    }
+    crate::arch::aarch64::cpu::publish_tables();
 }
 
 /// Linux `do_wp_page`: a write (or unshare) fault on a present read-only
 /// entry of a VMA that allows it.
-fn do_wp_page(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+    // One entry of a contiguous run is about to change on its own.
+    if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) {
+        unfold_run(mm, slot, va);
+    }
+    let desc = Desc(desc.0 & !CONT_BIT);
     let pa = desc.output_address(PAGE_SIZE);
     if desc.special() {
         if page::is_zero_pfn(pa) {
@@ -304,6 +394,8 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // pins taken meanwhile are undone and retried on the slow path.
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
     let mut wrprotected = false;
+    // Child runs that got an early copy: no longer one contiguous range.
+    let mut broken_runs: Vec<u64> = Vec::new();
     // The child's level-3 table for the current 2M-ish span, found once.
     let mut dcache: (u64, Option<&'static AtomicU64>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
@@ -332,7 +424,11 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 let new = page::folio_alloc_anon_nozero(0).ok_or("out of memory copying a pinned page for the child")?;
                 copy_page(new.pa(), pa);
                 folio_add_new_anon_rmap_pte(new.head());
-                Desc((desc.0 & !0x0000_ffff_ffff_f000) | new.pa().0)
+                if desc.0 & CONT_BIT != 0 {
+                    broken_runs.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
+                    broken_runs.push(va & !(cont_size() - 1));
+                }
+                Desc((desc.0 & !0x0000_ffff_ffff_f000 & !CONT_BIT) | new.pa().0)
             }
         };
         let base = va & !(span - 1);
@@ -367,6 +463,14 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
+    // The child has never run (no TLB entries): plain writes suffice.
+    for run in broken_runs {
+        for i in 0..GRANULE.contiguous_entries(3) as u64 {
+            if let PteLookup::Slot(sl) = pte_lookup(&mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+                sl.fetch_and(!CONT_BIT, Ordering::AcqRel);
+            }
+        }
+    }
     crate::arch::aarch64::cpu::publish_tables();
     r
 }
@@ -377,6 +481,15 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
+    // A contiguous run cut by either end of the range loses its bit first.
+    for edge in [va, va + len] {
+        if edge % cont_size() != 0 {
+            let a = if edge == va { va } else { edge - PAGE_SIZE };
+            if let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, a, false) {
+                unfold_run(mt.mm, slot, a);
+            }
+        }
+    }
     let mut pages: Vec<PhysAddr> = Vec::new();
     let _ = pages.try_reserve((len / PAGE_SIZE).min(4096) as usize);
     for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
@@ -442,6 +555,28 @@ pub fn put_mapped_page(pa: PhysAddr) {
     folio.put();
 }
 
+/// Whether the contiguous run holding `a` can keep its contiguous bit
+/// through an mprotect of `[start, end)`: the range covers it whole and
+/// every entry gets the same new permissions (for R/W: all its pages are
+/// exclusive, or none is).
+fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, writable: bool) -> bool {
+    let run_va = a & !(cont_size() - 1);
+    if run_va < start || run_va + cont_size() > end {
+        return false;
+    }
+    if !writable {
+        return true;
+    }
+    let first = slot_at(slot, a, run_va) as *const AtomicU64;
+    let excl = |i: usize| {
+        // SAFETY: the run lies in this level-3 table.
+        let d = Desc(unsafe { &*first.add(i) }.load(Ordering::Acquire));
+        !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
+    };
+    let e0 = excl(0);
+    (1..GRANULE.contiguous_entries(3)).all(|i| excl(i) == e0)
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -451,11 +586,17 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
     let _ptl = mt.mm.page_table_lock_guard();
     let mem = mt.mem.lock();
     let mut changed = false;
-    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
+    let mm = mt.mm;
+    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |a, slot| {
         let d = Desc(slot.load(Ordering::Acquire));
         if !d.is_valid() {
             return Ok(());
         }
+        let run_va = a & !(cont_size() - 1);
+        if d.0 & CONT_BIT != 0 && (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
+            unfold_run(mm, slot, a);
+        }
+        let d = Desc(slot.load(Ordering::Acquire));
         let mut n = Desc(d.0 | AP_RDONLY);
         n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
         if writable && !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) {

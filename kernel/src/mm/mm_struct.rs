@@ -57,6 +57,9 @@ pub struct Vma {
     pub start: u64,
     pub end: u64,
     pub flags: VmFlags,
+    /// Largest folio order anonymous faults may allocate here (the
+    /// mapping's `thp=SIZE`; 0 = base pages only).
+    pub folio_order: u8,
 }
 
 /// The VMAs of an mm, sorted and non-overlapping.
@@ -250,10 +253,10 @@ mod tests {
     fn vma_list_keeps_order_and_refuses_overlap() {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ }));
-        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE }));
-        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ }), "overlap");
-        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ }), "empty");
+        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0 }));
+        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0 }));
+        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0 }), "overlap");
+        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0 }), "empty");
         assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
         assert_eq!(w.find(0x2000), None);
         assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
@@ -266,7 +269,7 @@ mod tests {
     fn split_vmas() {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ });
+        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0 });
         w.split_at(0x3000);
         w.split_at(0x3000); // already a boundary
         w.split_at(0x20000); // a hole

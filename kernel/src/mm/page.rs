@@ -229,6 +229,11 @@ impl Folio {
     }
 }
 
+/// Linux `folio_ref_add`.
+pub fn folio_ref_add(f: Folio, n: u32) {
+    f.0.refcount.fetch_add(n, Ordering::AcqRel);
+}
+
 /// Turns a reference GUP-fast already took (`folio_try_get`) into a pin.
 pub fn add_pin_ref_taken(f: Folio) {
     f.0.pincount.fetch_add(1, Ordering::AcqRel);

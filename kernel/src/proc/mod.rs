@@ -122,7 +122,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     });
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
-    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP };
+    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP, folio_order: 0 };
     p.mm.mmap_write_lock().insert(agent);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
@@ -307,6 +307,8 @@ pub struct MmapArgs {
     pub writable: bool,
     pub readable: bool,
     pub align: u64,
+    /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
+    pub folio_order: u8,
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
@@ -331,7 +333,9 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             return Err("size larger than the address space".into());
         }
         let size = align_up(a.size, PAGE_SIZE);
-        let align = a.align.max(PAGE_SIZE);
+        // Large folios need naturally aligned ranges (Linux aligns THP-able
+        // anonymous mappings the same way).
+        let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
         let va = align_up(p.next_va.load(Ordering::Relaxed), align);
         let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or("out of address space")?;
         let mut flags = VmFlags(0);
@@ -341,7 +345,7 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         if a.writable {
             flags = flags | VmFlags::WRITE | VmFlags::READ;
         }
-        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags }) {
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: a.folio_order }) {
             return Err("overlapping mapping".into());
         }
         // Leave a guard gap between regions.
@@ -388,6 +392,38 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
         p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
         Ok(())
     }
+}
+
+/// `P madvise RANGE hugepage|nohugepage`: the folio policy of later faults
+/// in the range (VMAs split at its ends). `hugepage` allows the largest
+/// folios where the mapping had none (`thp=never`); `nohugepage` limits
+/// faults to base pages (Linux VM_NOHUGEPAGE).
+pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), String> {
+    check_user_range(va, len)?;
+    with_proc(name, |p| {
+        let mut vmas = p.mm.mmap_write_lock();
+        let mut a = va;
+        while a < va + len {
+            let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
+            a = v.end;
+        }
+        vmas.split_at(va);
+        vmas.split_at(va + len);
+        for v in vmas.inside_mut(va, va + len) {
+            if v.flags.contains(VmFlags::PFNMAP) {
+                continue;
+            }
+            if huge {
+                v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
+                if v.folio_order == 0 {
+                    v.folio_order = memory::max_folio_order();
+                }
+            } else {
+                v.flags = VmFlags((v.flags.0 | VmFlags::NOHUGEPAGE.0) & !VmFlags::HUGEPAGE.0);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
@@ -493,6 +529,21 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
             _ => [opcode, va, len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
         };
         Ok(run_agent(p, x))
+    })
+}
+
+/// Runs the agent's `SPIN` command in `name`: x3..x30 = `seed` + n, then
+/// `iterations` turns of a loop at EL0. Returns the registers at its end, for
+/// the caller to check that nothing (an IRQ taken at EL0) disturbed them.
+pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, String> {
+    if iterations == 0 {
+        return Err("at least one iteration".into());
+    }
+    with_proc(name, |p| {
+        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+        run.regs.x[..3].copy_from_slice(&[op::SPIN, seed, iterations]);
+        run.regs.elr = AGENT_VA;
+        Ok(run_regs(p, run))
     })
 }
 
@@ -672,11 +723,41 @@ pub fn check_invariants() -> Result<(), String> {
         let accounted = mem.tables;
         let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
+        // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
+        let mut run: Option<(u64, u64, u64, usize)> = None;
+        let (cont_n, cont_sz) = (GRANULE.contiguous_entries(3), memory::cont_size());
         t.walk(false, &mut |e| {
             if err.is_some() {
                 return;
             }
             let fail = |m: String| Some(alloc::format!("{}: {:#x}: {m}", p.name, e.va.0));
+            // A run of level-3 entries with the contiguous bit: complete,
+            // aligned, one physically contiguous range, one set of attributes.
+            if e.level == 3 {
+                let cont = e.desc.is_valid() && e.desc.contiguous();
+                let oa = e.desc.output_address(PAGE_SIZE).0;
+                match run {
+                    Some((rva, _, _, n)) if n < cont_n && e.va.0 != rva + n as u64 * PAGE_SIZE => {
+                        err = fail(alloc::format!("contiguous run at {rva:#x} has only {n} entries"));
+                        return;
+                    }
+                    Some((rva, oa0, attrs, n)) if n < cont_n => {
+                        if !cont || oa != oa0 + n as u64 * PAGE_SIZE || e.desc.attr_bits() != attrs {
+                            err = fail(alloc::format!("entry {n} of the contiguous run at {rva:#x} does not match the run"));
+                            return;
+                        }
+                        run = Some((rva, oa0, attrs, n + 1));
+                    }
+                    _ if cont => {
+                        if e.va.0 % cont_sz != 0 || oa % cont_sz != 0 {
+                            err = fail("contiguous run not aligned (VA or PA)".into());
+                            return;
+                        }
+                        run = Some((e.va.0, oa, e.desc.attr_bits(), 1));
+                    }
+                    _ => run = None,
+                }
+            }
             match e.kind {
                 Kind::Table(_) if e.level < 3 => reachable += 1,
                 Kind::Leaf(pa) if e.desc.special() => {
@@ -706,6 +787,11 @@ pub fn check_invariants() -> Result<(), String> {
                 _ => {}
             }
         });
+        if let Some((rva, _, _, n)) = run {
+            if err.is_none() && n < cont_n {
+                err = Some(alloc::format!("{}: contiguous run at {rva:#x} has only {n} entries", p.name));
+            }
+        }
         if err.is_none() && reachable != accounted {
             err = Some(alloc::format!("{}: {reachable} table pages reachable but {accounted} accounted", p.name));
         }

@@ -72,7 +72,10 @@ fn mmu_on() -> Result<(), String> {
 fn mmu_registers() -> Result<(), String> {
     let (m, t, s) = crate::arch::aarch64::mmu::expected();
     ensure!((MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s), "live registers differ from the aarch64-cpu definitions");
-    ensure!(m == mair::VALUE && s == crate::arch::aarch64::regs::sctlr::MMU_ON, "aarch64-cpu and regs.rs constants differ");
+    // SPAN is RES1 in the boot value and cleared once PAN is enabled.
+    let span = crate::arch::aarch64::regs::sctlr::SPAN;
+    ensure!(m == mair::VALUE && s | span == crate::arch::aarch64::regs::sctlr::MMU_ON, "aarch64-cpu and regs.rs constants differ");
+    ensure!((s & span == 0) == crate::arch::cpu::has_pan(), "SCTLR_EL1.SPAN must be clear exactly when the CPU has PAN");
     ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
     let tcr = TCR_EL1.get();
     let fixed_mask = !((7u64 << 32) | (1 << 36));

@@ -265,3 +265,68 @@ pub unsafe fn copy_pages(dst: u64, src: u64, len: u64) {
         );
     }
 }
+
+/// Unmasks IRQs for an instant and masks them again: any IRQ that is pending
+/// is taken in between. The kernel runs with IRQs masked everywhere else
+/// (see docs/ARCHITECTURE.md, "Interrupts"); this is its one way of letting
+/// them in at EL1.
+#[inline(always)]
+pub fn irq_window() {
+    // SAFETY: only changes PSTATE.I; the handler saves and restores everything.
+    unsafe { asm!("msr daifclr, #2", "isb", "msr daifset, #2", options(nostack, preserves_flags)) };
+}
+
+/// Waits for an interrupt. With IRQs masked it still wakes up when one is
+/// pending (it is then taken at the next [`irq_window`]), so nothing sent
+/// between a check and the `wfi` is lost.
+#[inline(always)]
+pub fn wfi() {
+    // SAFETY: WFI only waits.
+    unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
+}
+
+/// Makes earlier stores visible to other CPUs before a following system
+/// register write (a GICv3 SGI) that they may react to.
+#[inline(always)]
+pub fn dsb_ishst() {
+    // SAFETY: barrier only.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Whether PSTATE.I (IRQ mask) is set.
+pub fn irqs_masked() -> bool {
+    let daif: u64;
+    // SAFETY: reads a register.
+    unsafe { asm!("mrs {}, daif", out(reg) daif, options(nomem, nostack, preserves_flags)) };
+    daif & (1 << 7) != 0
+}
+
+/// Sets or clears PSTATE.PAN (FEAT_PAN; only call on a CPU that has it).
+pub fn set_pan(on: bool) {
+    // SAFETY: PAN only restricts EL1 data accesses to EL0-accessible pages.
+    unsafe {
+        if on {
+            asm!(".arch_extension pan", "msr pan, #1", "isb", options(nostack, preserves_flags));
+        } else {
+            asm!(".arch_extension pan", "msr pan, #0", "isb", options(nostack, preserves_flags));
+        }
+    }
+}
+
+/// PSTATE.PAN (reads as 0 on a CPU without FEAT_PAN: the register is then
+/// not read at all).
+pub fn pan() -> bool {
+    if !has_pan() {
+        return false;
+    }
+    let v: u64;
+    // SAFETY: reads PSTATE.PAN, which exists (checked above).
+    unsafe { asm!(".arch_extension pan", "mrs {}, pan", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v & (1 << 22) != 0
+}
+
+/// Whether the CPU implements FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0).
+pub fn has_pan() -> bool {
+    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
+}

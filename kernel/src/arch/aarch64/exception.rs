@@ -6,6 +6,9 @@
 //! does (stacks never cross bit 16, guards always have it set) and switch to
 //! an emergency stack to report it.
 //!
+//! IRQs (from EL1 or EL0) go to `crate::irq::handle` and return to where
+//! they struck.
+//!
 //! Faults the kernel expects are recovered here:
 //! - an instruction listed in the exception table (`.ex_table`: faulting
 //!   instruction, fixup) resumes at its fixup: probes and, later, uaccess;
@@ -222,6 +225,12 @@ fn find_fixup(pc: u64) -> Option<u64> {
 #[unsafe(no_mangle)]
 extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
     let vk = VectorKind(kind);
+    if matches!(kind, 1 | 5 | 9) {
+        // IRQ from EL1 (either stack) or from EL0: handle and return to
+        // where it struck, through the normal exception exit.
+        crate::irq::handle(kind == 9);
+        return;
+    }
     let esr = Esr(frame.esr);
     if kind == 4 {
         // Synchronous, from EL1.
@@ -346,15 +355,19 @@ pub unsafe fn probe_exec(addr: u64) -> Result<(), (u64, u64)> {
     if v == u64::MAX { Err(percpu::last_fixup_fault()) } else { Ok(()) }
 }
 
-// copy_from_user / copy_to_user: byte loops whose every access is in the
-// exception table; they return the number of bytes NOT copied.
+// copy_from_user / copy_to_user: byte loops whose every user access is in
+// the exception table; they return the number of bytes NOT copied. The user
+// side is accessed with LDTRB/STTRB, the unprivileged forms: they are
+// checked with EL0's permissions, so PSTATE.PAN (which blocks plain EL1
+// accesses to EL0-accessible pages) does not apply to them and stays set,
+// and a page EL0 cannot read or write cannot be copied either.
 global_asm!(
     r#"
 .section .text, "ax"
 .global __copy_from_user
 __copy_from_user:                   // x0 = dst (kernel), x1 = src (user), x2 = len
     cbz     x2, 2f
-1:  ldrb    w3, [x1]
+1:  ldtrb   w3, [x1]
     strb    w3, [x0], #1
     add     x1, x1, #1
     sub     x2, x2, #1
@@ -371,7 +384,7 @@ __copy_from_user:                   // x0 = dst (kernel), x1 = src (user), x2 = 
 __copy_to_user:                     // x0 = dst (user), x1 = src (kernel), x2 = len
     cbz     x2, 2f
 1:  ldrb    w3, [x1], #1
-4:  strb    w3, [x0]
+4:  sttrb   w3, [x0]
     add     x0, x0, #1
     sub     x2, x2, #1
     cbnz    x2, 1b

@@ -7,6 +7,12 @@
 //! MAIR_EL1, TCR_EL1 and SCTLR_EL1 from the named fields below, and refuses to
 //! continue if they differ from what the assembly set (so the two can never
 //! drift apart silently). Rewriting identical values on a live MMU is harmless.
+//!
+//! On a CPU with FEAT_PAN, [`program`] then clears SCTLR_EL1.SPAN, so that
+//! every exception taken to EL1 sets PSTATE.PAN, and sets PSTATE.PAN itself:
+//! from then on a plain EL1 load or store to an EL0-accessible page is a
+//! permission fault. Only the uaccess helpers reach user memory, with the
+//! unprivileged LDTRB/STTRB, which PAN does not restrict.
 
 use aarch64_cpu::registers::*;
 
@@ -58,6 +64,12 @@ fn sctlr() -> u64 {
         | super::regs::sctlr::RES1
 }
 
+/// SCTLR_EL1 once PAN is set up: SPAN (RES1 in ARMv8.0) cleared when the CPU
+/// has FEAT_PAN, so that taking an exception to EL1 sets PSTATE.PAN.
+fn sctlr_final() -> u64 {
+    if super::cpu::has_pan() { sctlr() & !super::regs::sctlr::SPAN } else { sctlr() }
+}
+
 /// Reprograms MAIR_EL1, TCR_EL1 and SCTLR_EL1 from the typed definitions.
 /// Panics if the boot assembly had set anything else.
 pub fn program() {
@@ -72,11 +84,14 @@ pub fn program() {
     );
     MAIR_EL1.set(m);
     TCR_EL1.set(t);
-    SCTLR_EL1.set(s);
+    SCTLR_EL1.set(sctlr_final());
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    if super::cpu::has_pan() {
+        super::cpu::set_pan(true);
+    }
 }
 
 /// The values [`program`] writes, for tests.
 pub fn expected() -> (u64, u64, u64) {
-    (mair(), tcr(), sctlr())
+    (mair(), tcr(), sctlr_final())
 }

@@ -28,6 +28,12 @@ pub mod op {
     /// One store of byte x3 every x4 bytes, x2 times (no load first: the
     /// benchmarks' write loop, like the anchor's `strb` loop).
     pub const STORE: u64 = 6;
+    /// Fill x3..x30 with x1 + n, SP_EL0 with x1 rounded down to 16, NZCV with
+    /// [`SPIN_NZCV`], count x2 (>= 1) down to 0, put NZCV in x2 and end: the
+    /// final registers show whether anything (an interrupt) disturbed them.
+    pub const SPIN: u64 = 7;
+    /// The flags `SPIN` sets before its loop and reports in x2 after it.
+    pub const SPIN_NZCV: u64 = 0xa000_0000;
 }
 
 /// `svc` immediate the agent uses to say a command is finished (`svc #0`
@@ -68,6 +74,8 @@ pagelab_agent:
     b.eq    9f
     cmp     x0, #{store}
     b.eq    11f
+    cmp     x0, #{spin}
+    b.eq    13f
     mov     x0, #-1
     svc     #0xff
 1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
@@ -111,6 +119,45 @@ pagelab_agent:
     add     x1, x1, x4
     sub     x2, x2, #1
     b       11b
+13: // spin: sp = x1 & ~15, x3..x30 = x1 + n, NZCV = N|C, then x2 turns of a
+    // loop that leaves the flags alone; x2 = NZCV at the end.
+    and     x0, x1, #~0xf
+    mov     sp, x0
+    mov     x0, #{spin_nzcv}
+    msr     nzcv, x0
+    add     x3, x1, #3
+    add     x4, x1, #4
+    add     x5, x1, #5
+    add     x6, x1, #6
+    add     x7, x1, #7
+    add     x8, x1, #8
+    add     x9, x1, #9
+    add     x10, x1, #10
+    add     x11, x1, #11
+    add     x12, x1, #12
+    add     x13, x1, #13
+    add     x14, x1, #14
+    add     x15, x1, #15
+    add     x16, x1, #16
+    add     x17, x1, #17
+    add     x18, x1, #18
+    add     x19, x1, #19
+    add     x20, x1, #20
+    add     x21, x1, #21
+    add     x22, x1, #22
+    add     x23, x1, #23
+    add     x24, x1, #24
+    add     x25, x1, #25
+    add     x26, x1, #26
+    add     x27, x1, #27
+    add     x28, x1, #28
+    add     x29, x1, #29
+    add     x30, x1, #30
+14: sub     x2, x2, #1
+    cbnz    x2, 14b
+    mrs     x2, nzcv
+    mov     x0, #0
+    svc     #0xff
 .balign 65536
 .global pagelab_agent_end
 pagelab_agent_end:
@@ -183,6 +230,8 @@ __current_run:
     touch_write = const op::TOUCH_WRITE,
     syscall = const op::SYSCALL,
     store = const op::STORE,
+    spin = const op::SPIN,
+    spin_nzcv = const op::SPIN_NZCV,
 );
 
 unsafe extern "C" {

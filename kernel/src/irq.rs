@@ -1,0 +1,208 @@
+//! Interrupts: the GIC, the per-CPU timer tick and inter-processor
+//! interrupts (SGIs), on top of `drivers::gic` and `drivers::timer`.
+//!
+//! **Where IRQs are taken.** The kernel runs with PSTATE.I set (IRQs masked)
+//! everywhere, as it always has: locks, page-table edits, `AT` and the
+//! fault paths never see an interrupt. IRQs are taken only
+//! - at EL0: processes run with SPSR.I clear, so an interrupt during an
+//!   agent command enters the EL0 IRQ vector and returns to EL0;
+//! - in explicit windows at EL1 ([`cpu::irq_window`]): the idle loops
+//!   ([`idle`]: secondaries waiting for work, the console waiting for a key)
+//!   and code that waits for interrupts on purpose (tests, [`wait_until`]).
+//!
+//! The handler ([`handle`]) takes no lock except, on a GICv2, the GIC
+//! driver's, which every other user holds with IRQs masked. It counts, re-arms
+//! the tick, ends the interrupt and then calls the hooks.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::arch::aarch64::boot::MAX_CPUS;
+use crate::arch::{cpu, percpu};
+use crate::board::dt::{BoardInfo, TimerIrq};
+use crate::drivers::{gic, timer};
+
+/// SGI numbers in use.
+pub mod sgi {
+    /// Wakes an idle CPU (`kmain::run_on_cpu`); no handler.
+    pub const WAKE: u32 = 0;
+    /// Does nothing but get counted: for tests.
+    pub const PING: u32 = 1;
+    /// Reserved for cross-CPU calls (TLB shootdown tests).
+    pub const CALL: u32 = 2;
+}
+
+/// Called on every tick, on the CPU that took it, after the interrupt has
+/// ended and with IRQs still masked. `from_el0`: the tick interrupted EL0.
+/// The hook for preemptive scheduling; none is set by default.
+pub type TickHook = fn(cpu: usize, from_el0: bool);
+/// Called when an SGI arrives, on the receiving CPU, after the EOI.
+pub type SgiHandler = fn(cpu: usize);
+
+struct Stats {
+    ticks: AtomicU64,
+    from_el0: AtomicU64,
+    from_el1: AtomicU64,
+    sgis: [AtomicU64; 16],
+    unexpected: AtomicU64,
+}
+
+static STATS: [Stats; MAX_CPUS] = [const {
+    Stats {
+        ticks: AtomicU64::new(0),
+        from_el0: AtomicU64::new(0),
+        from_el1: AtomicU64::new(0),
+        sgis: [const { AtomicU64::new(0) }; 16],
+        unexpected: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+
+/// The tick's INTID (the EL1 virtual timer's PPI); 0 before `init`.
+static TIMER_INTID: AtomicU32 = AtomicU32::new(0);
+/// Each CPU: its GIC side and tick are up.
+static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
+static SGI_HANDLERS: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
+
+/// Most interrupts handled per exception entry (then the handler returns and
+/// anything still pending is taken again straight away).
+const MAX_PER_ENTRY: usize = 16;
+
+/// Boot CPU, once, before the secondaries start: the GIC the devicetree
+/// names, then this CPU's interface and tick. Without a GIC the kernel runs
+/// without interrupts, as before.
+pub fn init(board: &BoardInfo) -> Result<(), &'static str> {
+    let Some(node) = board.gic.as_ref() else {
+        return Err("the devicetree names no GIC: running without interrupts");
+    };
+    let intid = board.timer_intid(TimerIrq::Virt).unwrap_or(27);
+    gic::init(node, board.cpus.len())?;
+    TIMER_INTID.store(intid, Ordering::Release);
+    init_this_cpu()
+}
+
+/// Every CPU, on itself, IRQs masked: its GIC interface, SGIs, the timer
+/// PPI and the tick.
+pub fn init_this_cpu() -> Result<(), &'static str> {
+    let intid = TIMER_INTID.load(Ordering::Acquire);
+    if intid == 0 {
+        return Err("no interrupt controller");
+    }
+    let level = crate::kmain::BOOT.get().and_then(|b| b.board.timer.as_ref().map(|t| t.gic_level(TimerIrq::Virt as usize))).unwrap_or(true);
+    gic::init_this_cpu(&[(intid, level)])?;
+    timer::start_this_cpu();
+    READY[percpu::this_cpu().id].store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Whether CPU `cpu` takes interrupts (its GIC side and tick are up).
+pub fn ready(cpu: usize) -> bool {
+    cpu < MAX_CPUS && READY[cpu].load(Ordering::Acquire)
+}
+
+/// The IRQ exception handler (from the vectors, IRQs masked).
+pub fn handle(from_el0: bool) {
+    let me = percpu::this_cpu().id;
+    let st = &STATS[me];
+    if from_el0 {
+        st.from_el0.fetch_add(1, Ordering::Relaxed);
+    } else {
+        st.from_el1.fetch_add(1, Ordering::Relaxed);
+    }
+    let timer_id = TIMER_INTID.load(Ordering::Relaxed);
+    for _ in 0..MAX_PER_ENTRY {
+        let Some(a) = gic::ack() else { break };
+        match a.intid {
+            s @ 0..=15 => {
+                st.sgis[s as usize].fetch_add(1, Ordering::Release);
+                gic::eoi(a);
+                let h = SGI_HANDLERS[s as usize].load(Ordering::Acquire);
+                if h != 0 {
+                    // SAFETY: only set_sgi_handler stores here, and only SgiHandler pointers.
+                    let f: SgiHandler = unsafe { core::mem::transmute(h) };
+                    f(me);
+                }
+            }
+            t if t == timer_id => {
+                // Re-arm first: the PPI is level-sensitive and would fire again after the EOI.
+                timer::rearm();
+                st.ticks.fetch_add(1, Ordering::Release);
+                gic::eoi(a);
+                let h = TICK_HOOK.load(Ordering::Acquire);
+                if h != 0 {
+                    // SAFETY: only set_tick_hook stores here, and only TickHook pointers.
+                    let f: TickHook = unsafe { core::mem::transmute(h) };
+                    f(me, from_el0);
+                }
+            }
+            _ => {
+                st.unexpected.fetch_add(1, Ordering::Relaxed);
+                gic::eoi(a);
+            }
+        }
+    }
+}
+
+/// Sets (or clears) the tick hook for all CPUs.
+pub fn set_tick_hook(h: Option<TickHook>) {
+    TICK_HOOK.store(h.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Sets (or clears) what runs when SGI `sgi` arrives.
+pub fn set_sgi_handler(sgi: u32, h: Option<SgiHandler>) {
+    SGI_HANDLERS[sgi as usize & 15].store(h.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Sends SGI `sgi` to CPU `target` (which may be this CPU). Stores made
+/// before the call are visible to the target's handler.
+pub fn send_ipi(target: usize, sgi: u32) -> Result<(), &'static str> {
+    if !ready(target) {
+        return Err("that CPU does not take interrupts");
+    }
+    gic::send_sgi(target, sgi)
+}
+
+/// Timer interrupts CPU `cpu` has taken.
+pub fn ticks(cpu: usize) -> u64 {
+    STATS[cpu].ticks.load(Ordering::Acquire)
+}
+/// SGI `sgi` received by CPU `cpu`.
+pub fn sgi_count(cpu: usize, sgi: u32) -> u64 {
+    STATS[cpu].sgis[sgi as usize & 15].load(Ordering::Acquire)
+}
+/// IRQ exceptions CPU `cpu` took from EL0 and from EL1.
+pub fn entries(cpu: usize) -> (u64, u64) {
+    (STATS[cpu].from_el0.load(Ordering::Relaxed), STATS[cpu].from_el1.load(Ordering::Relaxed))
+}
+/// Interrupts with an INTID nobody enabled (should stay 0).
+pub fn unexpected(cpu: usize) -> u64 {
+    STATS[cpu].unexpected.load(Ordering::Relaxed)
+}
+
+/// Waits for something to happen, IRQs masked on entry and exit: `wfi`
+/// (which wakes for a pending interrupt even while masked) and then an IRQ
+/// window, on a CPU that takes interrupts; `wfe` otherwise. An SGI or tick
+/// that arrives between the caller's check and the `wfi` is not lost.
+pub fn idle() {
+    if ready(percpu::this_cpu().id) {
+        cpu::wfi();
+        cpu::irq_window();
+    } else {
+        cpu::wfe();
+    }
+}
+
+/// Spins with IRQ windows until `cond()` holds or `ms` milliseconds of the
+/// virtual counter have passed; returns whether `cond()` held.
+pub fn wait_until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = timer::now() + timer::ms_to_counts(ms);
+    loop {
+        if cond() {
+            return true;
+        }
+        if timer::now() > end {
+            return cond();
+        }
+        cpu::irq_window();
+        core::hint::spin_loop();
+    }
+}
