@@ -77,7 +77,7 @@ expects its command to be refused; `#` starts a comment). Available now:
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
 RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
-memfd/pfn/shared mappings, block-mapped THP, madvise pageout.";
+memfd/pfn/shared mappings, madvise pageout.";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",

@@ -316,7 +316,7 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
                 &*t.mem,
                 VirtAddr(v),
                 crate::mm::folio_walk::FwFlags { zeropage: true },
-                &crate::mm::page::is_zero_pfn,
+                &crate::mm::page::is_zero_any,
             );
             let (present, desc, level) = match tr {
                 Translation::Mapped { desc, level, .. } => (true, desc, level),
@@ -395,7 +395,7 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
                     let pages = e.size / PAGE_SIZE;
                     // Special entries (the agent, PFN maps, the zero page)
                     // are left out of RSS, as in Linux.
-                    if crate::mm::page::is_zero_pfn(pa) && e.desc.special() {
+                    if crate::mm::page::is_zero_any(pa) && e.desc.special() {
                         zero += pages;
                     } else if !e.desc.special() {
                         rss += pages;

@@ -114,12 +114,14 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
             let t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
             match t.translate(VirtAddr(va)) {
                 Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
-                Translation::Mapped { level, .. } if level != 3 => return Err(-EFAULT),
+                Translation::Mapped { level, .. } if level != 3 && level != 2 => return Err(-EFAULT),
                 Translation::Mapped { desc, pa, .. } => {
+                    // A page inside a block is taken like a page entry's.
+                    let pa = PhysAddr(pa.0 & !(PAGE_SIZE - 1));
                     if flags.write && !desc.user_writable() {
                         Some(FaultFlags { write: true, unshare: false })
                     } else if desc.special() {
-                        if !page::is_zero_pfn(pa) {
+                        if !page::is_zero_any(pa) {
                             return Err(-EFAULT);
                         }
                         if must_unshare(flags, None) { Some(FaultFlags { write: false, unshare: true }) } else { return Ok(Taken::Zero) }

@@ -71,7 +71,7 @@ pub fn vm_page_prot(vma: &Vma) -> LeafAttrs {
 }
 
 /// Linux `maybe_mkwrite`.
-fn maybe_mkwrite(d: Desc, vma: &Vma) -> Desc {
+pub(crate) fn maybe_mkwrite(d: Desc, vma: &Vma) -> Desc {
     if vma.flags.contains(VmFlags::WRITE) { d.mkwrite() } else { d }
 }
 
@@ -101,6 +101,51 @@ fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64
     unsafe { &*mem.table_ptr(table).add(idx) }
 }
 
+/// Entry `idx` of table `table` (for `huge_memory`).
+pub(crate) fn table_entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
+    entry(mem, table, idx)
+}
+
+/// Linux `pmd_offset` (with `__pmd_alloc` when `alloc`): the slot of the
+/// level-2 entry for `va`; `None` for a hole (or no memory when allocating).
+pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
+    let g = GRANULE;
+    let mut table = pgd;
+    for level in START_LEVEL..2 {
+        let e = entry(mem, table, g.index(va, level));
+        match Desc(e.load(Ordering::Acquire)).kind(level, g) {
+            Kind::Table(next) => table = next,
+            Kind::None if alloc => {
+                let next = mem.alloc_table()?;
+                e.store(Desc::table(next).0, Ordering::Release);
+                table = next;
+            }
+            _ => return None,
+        }
+    }
+    Some(entry(mem, table, g.index(va, 2)))
+}
+
+/// Splits the blocks that `[start, end)` cuts (an end inside a block), so
+/// a range operation sees only whole blocks (Linux splits the PMD at the
+/// edges of mprotect/munmap/madvise ranges).
+#[inline(never)]
+pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), String> {
+    let bs = GRANULE.level_size(2);
+    for edge in [start, end] {
+        if edge % bs == 0 {
+            continue;
+        }
+        if let Some(pmd) = pmd_lookup(mem, mm.pgd, edge, false) {
+            let d = Desc(pmd.load(Ordering::Acquire));
+            if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
+                super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Linux `pte_offset_map` (with `__pte_alloc` when `alloc`): the slot of
 /// the level-3 entry for `va`.
 fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> PteLookup {
@@ -123,11 +168,12 @@ fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> P
     PteLookup::Slot(entry(mem, table, g.index(va, 3)))
 }
 
-/// Calls `f(va, slot)` for every level-3 slot in `[start, end)` whose
-/// table exists (Linux's pgd/p4d/pud/pmd/pte range loops). Blocks are an
-/// error until THP arrives.
-fn for_each_pte<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
-    fn rec<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
+/// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
+/// whose table exists and for every level-2 block the range covers whole
+/// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
+/// an error: callers split the edges first ([`split_blocks_at_edges`]).
+fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
+    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
         let g = GRANULE;
         let size = g.level_size(level);
         let mut va = start;
@@ -135,12 +181,14 @@ fn for_each_pte<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &F
             let chunk_end = ((va & !(size - 1)) + size).min(end);
             let e = entry(mem, table, g.index(va, level));
             if level == 3 {
-                f(va, e)?;
+                f(va, 3, e)?;
             } else {
                 match Desc(e.load(Ordering::Acquire)).kind(level, g) {
                     Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
                     Kind::None => {}
-                    _ => return Err(alloc::format!("block or odd entry at {va:#x} level {level}: large folios are not supported yet")),
+                    // A whole block (callers split the edges first).
+                    Kind::Leaf(_) if level == 2 && va % size == 0 && chunk_end == va + size => f(va, 2, e)?,
+                    _ => return Err(alloc::format!("unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)")),
                 }
             }
             va = chunk_end;
@@ -153,7 +201,7 @@ fn for_each_pte<F: FnMut(u64, &'static AtomicU64) -> Result<(), String>>(mem: &F
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
 /// only visibility to the table walker (the exception return that retries
 /// the access is context-synchronising).
-fn set_pte_new(slot: &AtomicU64, d: Desc) {
+pub(crate) fn set_pte_new(slot: &AtomicU64, d: Desc) {
     slot.store(d.0, Ordering::Release);
     crate::arch::aarch64::cpu::publish_tables();
 }
@@ -180,12 +228,35 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let va = addr & !(PAGE_SIZE - 1);
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let slot = match pte_lookup(&mut mem, mt.mm.pgd, va, true) {
-        PteLookup::Slot(s) => s,
-        PteLookup::Oom => return VmFault::Oom,
-        // Block-mapped user memory arrives with THP.
-        PteLookup::Hole | PteLookup::Block => return VmFault::Sigsegv,
+    // Level 2 first: an empty entry in a THP range gets a block, a block
+    // is handled as a whole (Linux `__handle_mm_fault`).
+    let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
+    let pd = Desc(pmd.load(Ordering::Acquire));
+    if pd.0 == 0 && super::huge_memory::pmd_suitable(vma, va) {
+        if let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, va, flags) {
+            return r;
+        }
+    }
+    if pd.is_valid() && matches!(pd.kind(2, GRANULE), Kind::Leaf(_)) {
+        if flags.write || flags.unshare {
+            if flags.write && pd.user_writable() {
+                return spurious(mt.mm, va);
+            }
+            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
+        }
+        return if pd.perms().el0 { spurious(mt.mm, va) } else { VmFault::Sigsegv };
+    }
+    // The level-3 table under it (Linux `__pte_alloc` when there is none).
+    let table = match pd.kind(2, GRANULE) {
+        Kind::Table(t) => t,
+        Kind::None => {
+            let Some(t) = mem.alloc_table() else { return VmFault::Oom };
+            pmd.store(Desc::table(t).0, Ordering::Release);
+            t
+        }
+        _ => return VmFault::Sigsegv,
     };
+    let slot = entry(&mem, table, GRANULE.index(va, 3));
     let desc = Desc(slot.load(Ordering::Acquire));
     if desc.0 == 0 {
         return do_anonymous_page(slot, vma, va, flags);
@@ -292,6 +363,8 @@ fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(pag
 /// break-before-make (Linux `contpte_convert` when unfolding): every entry
 /// invalid, TLBI of the run, then the same entries without the bit. Needed
 /// before any change that would leave the run's entries inconsistent.
+#[inline(never)]
+#[cold]
 fn unfold_run(mm: &MmStruct, slot: &'static AtomicU64, va: u64) {
     if Desc(slot.load(Ordering::Acquire)).0 & CONT_BIT == 0 {
         return;
@@ -388,8 +461,32 @@ fn wp_page_copy(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc,
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
 pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), String> {
     let _sp = src.mm.page_table_lock_guard();
-    let smem = src.mem.lock();
+    let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
+    // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
+    // split them in the parent first, then copy page by page (Linux:
+    // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
+    let mut pinned_blocks: Vec<u64> = Vec::new();
+    let bs = GRANULE.level_size(2);
+    let mut a = vma.start & !(bs - 1);
+    while a < vma.end {
+        let va = a;
+        a += bs;
+        let Some(slot) = pmd_lookup(&mut smem, src.mm.pgd, va, false) else { continue };
+        let d = Desc(slot.load(Ordering::Acquire));
+        if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) && !d.special() {
+            let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
+            if f.is_some_and(|f| f.maybe_dma_pinned() && (0..f.nr_pages()).any(|i| f.page(i).anon_exclusive())) {
+                pinned_blocks.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
+                pinned_blocks.push(va);
+            }
+        }
+    }
+    for va in pinned_blocks {
+        if let Some(pmd) = pmd_lookup(&mut smem, src.mm.pgd, va, false) {
+            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
+        }
+    }
     // Linux raw_write_seqcount_begin(&src_mm->write_protect_seq): GUP-fast
     // pins taken meanwhile are undone and retried on the slow path.
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
@@ -399,9 +496,13 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child's level-3 table for the current 2M-ish span, found once.
     let mut dcache: (u64, Option<&'static AtomicU64>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
-    let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, sslot| {
+    let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
         let desc = Desc(sslot.load(Ordering::Acquire));
         if desc.0 == 0 {
+            return Ok(());
+        }
+        if level == 2 {
+            wrprotected |= copy_block(&mut dmem, dst.mm, va, sslot, desc)?;
             return Ok(());
         }
         if !desc.is_valid() {
@@ -475,12 +576,36 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     r
 }
 
+/// fork of one block entry: the child gets the same (write-protected)
+/// block. Returns whether the parent's entry was write-protected.
+#[inline(never)]
+fn copy_block(dmem: &mut FrameTableMem, dst: &MmStruct, va: u64, sslot: &AtomicU64, desc: Desc) -> Result<bool, String> {
+    let child = super::huge_memory::copy_huge_pmd(sslot, desc).ok_or_else(|| alloc::format!("block at {va:#x} is pinned but was not split"))?;
+    let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
+        if !child.special() {
+            super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
+        }
+        return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
+    };
+    dpmd.store(child.0, Ordering::Relaxed);
+    Ok(child != desc)
+}
+
+/// Whether every page of the folio a block maps is `PageAnonExclusive`.
+#[inline(never)]
+fn block_all_exclusive(d: Desc) -> bool {
+    page::pfn_to_page(d.output_address(GRANULE.level_size(2)))
+        .and_then(|p| p.folio())
+        .is_some_and(|f| (0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()))
+}
+
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
 pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
+    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
@@ -492,11 +617,13 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     }
     let mut pages: Vec<PhysAddr> = Vec::new();
     let _ = pages.try_reserve((len / PAGE_SIZE).min(4096) as usize);
-    for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, slot| {
+    let mut blocks: Vec<PhysAddr> = Vec::new();
+    for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
         let d = Desc(slot.load(Ordering::Acquire));
         if d.is_valid() && !d.special() {
-            pages.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
-            pages.push(d.output_address(PAGE_SIZE));
+            let list = if level == 2 { &mut blocks } else { &mut pages };
+            list.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
+            list.push(d.output_address(GRANULE.level_size(level)));
         }
         Ok(())
     })?;
@@ -514,12 +641,15 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
         mem.free(pa);
     }
     page::release_mapped_pages(&mut pages);
+    for pa in blocks {
+        super::huge_memory::put_mapped_block(pa);
+    }
     Ok(())
 }
 
 /// Clears every entry of `[start, end)` below `table` and unlinks the
-/// child tables the range covers completely. The caller checked there are
-/// no blocks. A table that cannot be listed for freeing (no memory) stays
+/// child tables the range covers completely, and clears the blocks it
+/// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
 /// linked, empty, and is freed with the process.
 fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, cleared: &mut bool, detached: &mut Vec<PhysAddr>) {
     let g = GRANULE;
@@ -535,6 +665,10 @@ fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end
                 *cleared |= d.is_valid();
                 e.store(0, Ordering::Release);
             }
+        } else if matches!(d.kind(level, g), Kind::Leaf(_)) {
+            // A block the range covers whole (the edges were split).
+            *cleared = true;
+            e.store(0, Ordering::Release);
         } else if let Kind::Table(next) = d.kind(level, g) {
             clear_range(mem, level + 1, next, va, chunk_end, cleared, detached);
             let whole = va == entry_va && chunk_end == entry_va + size;
@@ -559,6 +693,7 @@ pub fn put_mapped_page(pa: PhysAddr) {
 /// through an mprotect of `[start, end)`: the range covers it whole and
 /// every entry gets the same new permissions (for R/W: all its pages are
 /// exclusive, or none is).
+#[inline(never)]
 fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, writable: bool) -> bool {
     let run_va = a & !(cont_size() - 1);
     if run_va < start || run_va + cont_size() > end {
@@ -584,22 +719,28 @@ fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, wri
 /// changes are permission-only (no BBM); one TLB flush at the end.
 pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
-    let mem = mt.mem.lock();
+    let mut mem = mt.mem.lock();
+    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
     let mut changed = false;
     let mm = mt.mm;
-    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |a, slot| {
+    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
         let d = Desc(slot.load(Ordering::Acquire));
         if !d.is_valid() {
             return Ok(());
         }
         let run_va = a & !(cont_size() - 1);
-        if d.0 & CONT_BIT != 0 && (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
+        if level == 3 && d.0 & CONT_BIT != 0 && (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
             unfold_run(mm, slot, a);
         }
         let d = Desc(slot.load(Ordering::Acquire));
         let mut n = Desc(d.0 | AP_RDONLY);
         n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
-        if writable && !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) {
+        // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
+        // every page of the folio exclusive).
+        let exclusive = writable
+            && !d.special()
+            && if level == 2 { block_all_exclusive(d) } else { page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) };
+        if writable && exclusive {
             n = n.mkwrite();
         }
         if n != d {

@@ -13,6 +13,8 @@ pub mod page;
 #[cfg(target_os = "none")]
 pub mod memory;
 #[cfg(target_os = "none")]
+pub mod huge_memory;
+#[cfg(target_os = "none")]
 pub mod gup;
 pub mod layout;
 pub mod mm_struct;

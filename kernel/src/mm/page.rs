@@ -338,6 +338,54 @@ pub fn folio_remove_rmap_pte(page: &Page) {
     }
 }
 
+/// Linux `folio_add_new_anon_rmap` for a block (PMD) mapping of a new
+/// folio: one entire mapping, every page exclusive.
+pub fn folio_add_new_anon_rmap_pmd(f: Folio) {
+    f.0.entire_mapcount.fetch_add(1, Ordering::AcqRel);
+    (0..f.nr_pages()).for_each(|i| f.page(i).set_anon_exclusive());
+}
+
+/// Linux `folio_dup_file_rmap_pmd`/`folio_try_dup_anon_rmap_pmd` (fork,
+/// after the pin check): one more block mapping and its reference.
+pub fn folio_dup_rmap_pmd(f: Folio) {
+    f.get();
+    f.0.entire_mapcount.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Linux `folio_remove_rmap_pmd`.
+pub fn folio_remove_rmap_pmd(f: Folio) {
+    let old = f.0.entire_mapcount.fetch_sub(1, Ordering::AcqRel);
+    assert!(old > 0, "entire_mapcount underflow on folio {:#x}", f.pa().0);
+    if f.mapcount() == 0 {
+        (0..f.nr_pages()).for_each(|i| f.page(i).clear_anon_exclusive());
+    }
+}
+
+/// The rmap side of splitting a block mapping into page entries: the
+/// entire mapping becomes one mapping per page, each with its reference.
+pub fn folio_split_pmd_rmap(f: Folio) {
+    let nr = f.nr_pages() as u32;
+    f.0.refcount.fetch_add(nr - 1, Ordering::AcqRel);
+    for i in 0..f.nr_pages() {
+        f.page(i).mapcount.fetch_add(1, Ordering::AcqRel);
+    }
+    f.0.entire_mapcount.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Flags `n` frames from `pa` as zero pages (the huge zero folio).
+pub fn mark_zero(pa: PhysAddr, n: u64) {
+    for i in 0..n {
+        if let Some(p) = pfn_to_page(PhysAddr(pa.0 + (i << PAGE_SHIFT))) {
+            p.flags.store(pg::ZERO, Ordering::Release);
+        }
+    }
+}
+
+/// The shared zero page or a page of the huge zero folio.
+pub fn is_zero_any(pa: PhysAddr) -> bool {
+    is_zero_pfn(pa) || pfn_to_page(pa).is_some_and(|p| p.flags() & pg::ZERO != 0)
+}
+
 /// Linux `folio_try_dup_anon_rmap_pte` (fork): the child will map `page`
 /// too. Refused for an exclusive page of a maybe-pinned folio, which the
 /// caller must copy for the child instead (Linux `copy_present_page`).

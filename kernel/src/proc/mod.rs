@@ -209,8 +209,11 @@ fn teardown(p: &Process) {
         let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
         t.walk(false, &mut |e| {
             if let Kind::Leaf(pa) = e.kind {
-                if !e.desc.special() {
+                if e.desc.special() {
+                } else if e.size == PAGE_SIZE {
                     memory::put_mapped_page(pa);
+                } else {
+                    crate::mm::huge_memory::put_mapped_block(pa);
                 }
             }
         });
@@ -532,6 +535,39 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
     })
 }
 
+/// One access (`TOUCH_READ`/`TOUCH_WRITE`/`STORE`) every `stride` bytes,
+/// `count` times, from `va` (the benchmarks' THP loop: one per block).
+pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) -> Result<RunEnd, String> {
+    with_proc(name, |p| Ok(run_agent(p, [opcode, va, count, 0, stride])))
+}
+
+/// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
+pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, String> {
+    with_proc(name, |p| {
+        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
+        run.regs.x[0] = op::SYSCALL_LOOP;
+        run.regs.x[1] = count;
+        run.regs.x[8] = nr;
+        run.regs.elr = AGENT_VA;
+        let regs = run_regs(p, run);
+        let esr = Esr(regs.esr);
+        match esr.ec() {
+            ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE && regs.x[0] == 0 => Ok(RunEnd::Done),
+            _ => Ok(RunEnd::Other { esr: regs.esr }),
+        }
+    })
+}
+
+/// The table level that maps `va` in `name` (None: not mapped).
+pub fn mapped_level(name: &str, va: u64) -> Option<u32> {
+    with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+        crate::mm::pgtable::Translation::Mapped { level, .. } => Some(level),
+        _ => None,
+    })
+    .ok()
+    .flatten()
+}
+
 /// Runs the agent's `SPIN` command in `name`: x3..x30 = `seed` + n, then
 /// `iterations` turns of a loop at EL0. Returns the registers at its end, for
 /// the caller to check that nothing (an IRQ taken at EL0) disturbed them.
@@ -714,6 +750,8 @@ fn deactivate(p: &Process) {
 pub fn check_invariants() -> Result<(), String> {
     use crate::mm::page;
     let mut maps: BTreeMap<u64, i32> = BTreeMap::new();
+    // Block (entire) mappings per folio.
+    let mut blocks: BTreeMap<u64, i32> = BTreeMap::new();
     let mut err: Option<String> = None;
     for_each_process(|p| {
         if err.is_some() {
@@ -761,15 +799,28 @@ pub fn check_invariants() -> Result<(), String> {
             match e.kind {
                 Kind::Table(_) if e.level < 3 => reachable += 1,
                 Kind::Leaf(pa) if e.desc.special() => {
-                    if page::is_zero_pfn(pa) && !e.desc.perms().read_only {
+                    if page::is_zero_any(pa) && !e.desc.perms().read_only {
                         err = fail("the zero page is mapped writable".into());
+                    }
+                    if e.size != PAGE_SIZE && !crate::mm::huge_memory::is_huge_zero(pa) {
+                        err = fail(alloc::format!("a special {:#x}-byte block that is not the huge zero folio", e.size));
+                    }
+                }
+                Kind::Leaf(pa) if e.size != PAGE_SIZE => {
+                    // A block: one entire mapping of a folio of exactly its size.
+                    let f = page::pfn_to_page(pa).and_then(|p| p.folio());
+                    match f {
+                        Some(f) if f.is_anon() && f.pa() == pa && f.size() == e.size => {
+                            if !e.desc.perms().read_only && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
+                                err = fail("writable block whose pages are not all PageAnonExclusive".into());
+                                return;
+                            }
+                            *blocks.entry(pa.0).or_insert(0) += 1;
+                        }
+                        _ => err = fail(alloc::format!("block at {pa:#x} does not map one whole anon folio of its size")),
                     }
                 }
                 Kind::Leaf(pa) => {
-                    if e.size != PAGE_SIZE {
-                        err = fail(alloc::format!("a {:#x}-byte block of normal memory", e.size));
-                        return;
-                    }
                     let Some(pg) = page::pfn_to_page(pa) else {
                         err = fail(alloc::format!("maps {pa:#x}, outside RAM, without the special bit"));
                         return;
@@ -805,7 +856,12 @@ pub fn check_invariants() -> Result<(), String> {
             return;
         }
         folio_frames += f.nr_pages();
-        let mut mapped = 0i32;
+        let entire = blocks.remove(&f.pa().0).unwrap_or(0);
+        if f.entire_mapcount() != entire {
+            err = Some(alloc::format!("folio {:#x}: entire_mapcount {} but {entire} block entries map it", f.pa().0, f.entire_mapcount()));
+            return;
+        }
+        let mut mapped = entire;
         for i in 0..f.nr_pages() {
             let pg = f.page(i);
             let want = maps.remove(&pg.pa().0).unwrap_or(0);
@@ -814,8 +870,8 @@ pub fn check_invariants() -> Result<(), String> {
                 err = Some(alloc::format!("page {:#x}: mapcount {} but {want} entries map it", pg.pa().0, pg.mapcount()));
                 return;
             }
-            if pg.anon_exclusive() && want != 1 {
-                err = Some(alloc::format!("page {:#x} is PageAnonExclusive but mapped {want} times", pg.pa().0));
+            if pg.anon_exclusive() && want + entire != 1 {
+                err = Some(alloc::format!("page {:#x} is PageAnonExclusive but mapped {} times", pg.pa().0, want + entire));
                 return;
             }
         }

@@ -32,6 +32,9 @@ pub mod op {
     /// [`SPIN_NZCV`], count x2 (>= 1) down to 0, put NZCV in x2 and end: the
     /// final registers show whether anything (an interrupt) disturbed them.
     pub const SPIN: u64 = 7;
+    /// x1 system calls in a row, number in x8, no arguments (the null
+    /// syscall benchmark's loop).
+    pub const SYSCALL_LOOP: u64 = 8;
     /// The flags `SPIN` sets before its loop and reports in x2 after it.
     pub const SPIN_NZCV: u64 = 0xa000_0000;
 }
@@ -76,6 +79,8 @@ pagelab_agent:
     b.eq    11f
     cmp     x0, #{spin}
     b.eq    13f
+    cmp     x0, #{syscall_loop}
+    b.eq    15f
     mov     x0, #-1
     svc     #0xff
 1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
@@ -158,6 +163,11 @@ pagelab_agent:
     mrs     x2, nzcv
     mov     x0, #0
     svc     #0xff
+15: mov     x9, x1                  // syscall loop: x1 times svc #0 with x8
+16: cbz     x9, 2b
+    svc     #0
+    sub     x9, x9, #1
+    b       16b
 .balign 65536
 .global pagelab_agent_end
 pagelab_agent_end:
@@ -231,6 +241,7 @@ __current_run:
     syscall = const op::SYSCALL,
     store = const op::STORE,
     spin = const op::SPIN,
+    syscall_loop = const op::SYSCALL_LOOP,
     spin_nzcv = const op::SPIN_NZCV,
 );
 

@@ -1,0 +1,180 @@
+//! Linux `mm/huge_memory.c`: anonymous folios of one level-2 block's size
+//! (2M with 4K pages, 32M with 16K, 512M with 64K) mapped by a single
+//! level-2 block descriptor ("PMD-mapped THP"), and the huge zero folio.
+//!
+//! Accounting as in Linux: a block mapping counts once in the folio's
+//! `entire_mapcount` and holds one reference; `PageAnonExclusive` is kept
+//! on every page (Linux keeps it on the head for PMD mappings and copies it
+//! to the pages on split). Anything that would change part of a block
+//! first splits it into a table of page entries (`split_huge_pmd`, with
+//! break-before-make of the level-2 entry); COW of a shared block splits
+//! and then copies one page, as Linux's `do_huge_pmd_wp_page` falls back.
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::addr::PhysAddr;
+use super::desc::{Desc, LeafAttrs};
+use super::frame::{self, Owner};
+use super::granule::{GRANULE, PAGE_SIZE};
+use super::kmap::FrameTableMem;
+use super::memory::{self, FaultFlags, VmFault, CONT_BIT};
+use super::mm_struct::{MmStruct, Vma, VmFlags};
+use super::page::{self, Folio};
+use super::pgtable::live::TlbFlush;
+use super::pgtable::TableMemory;
+use super::tlb::KernelFlush;
+
+/// Bytes one level-2 block maps.
+pub fn pmd_size() -> u64 {
+    GRANULE.level_size(2)
+}
+
+static HUGE_ZERO: AtomicUsize = AtomicUsize::new(0);
+
+/// Linux `mm_get_huge_zero_folio`: a zeroed block-sized run of frames,
+/// allocated on first use and kept for good (never refcounted per
+/// mapping). `None` when there is no memory for it: the caller falls back
+/// to the small zero page.
+pub fn huge_zero_folio() -> Option<PhysAddr> {
+    let cur = HUGE_ZERO.load(Ordering::Acquire);
+    if cur != 0 {
+        return Some(PhysAddr(cur as u64));
+    }
+    let order = memory::max_folio_order() as u32;
+    let pa = frame::alloc_zeroed(order, Owner::Other)?;
+    page::mark_zero(pa, 1 << order);
+    match HUGE_ZERO.compare_exchange(0, pa.0 as usize, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(pa),
+        Err(other) => {
+            let _ = frame::free(pa, order, Owner::Other);
+            Some(PhysAddr(other as u64))
+        }
+    }
+}
+
+/// Linux `is_huge_zero_pmd` (by output address).
+pub fn is_huge_zero(pa: PhysAddr) -> bool {
+    let z = HUGE_ZERO.load(Ordering::Acquire) as u64;
+    z != 0 && pa.0 & !(pmd_size() - 1) == z
+}
+
+/// Linux `thp_vma_suitable_order` for the block size: the VMA wants
+/// block-sized folios and holds the whole aligned block around `va`.
+pub fn pmd_suitable(vma: &Vma, va: u64) -> bool {
+    let base = va & !(pmd_size() - 1);
+    !vma.flags.contains(VmFlags::NOHUGEPAGE) && vma.folio_order >= memory::max_folio_order() && base >= vma.start && base + pmd_size() <= vma.end
+}
+
+fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
+    Desc::leaf(pa, 2, memory::vm_page_prot(vma))
+}
+
+/// Linux `do_huge_pmd_anonymous_page` on an empty level-2 entry. A read
+/// maps the huge zero folio read-only (special); a write maps a new zeroed
+/// block-sized folio. `None`: no memory for it, fall back to page tables.
+pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
+    let base = va & !(pmd_size() - 1);
+    let _ = base;
+    if !flags.write {
+        let z = huge_zero_folio()?;
+        memory::set_pte_new(pmd, Desc::leaf(z, 2, LeafAttrs { special: true, ..memory::vm_page_prot(vma) }));
+        return Some(VmFault::Done);
+    }
+    let folio = page::folio_alloc_anon(memory::max_folio_order() as u32)?;
+    page::folio_add_new_anon_rmap_pmd(folio);
+    memory::set_pte_new(pmd, memory::maybe_mkwrite(block_desc(folio.pa(), vma), vma).mkdirty());
+    Some(VmFault::Done)
+}
+
+/// Linux `do_huge_pmd_wp_page`: a write or unshare fault on a read-only
+/// block. An exclusive folio (or one nobody else holds) is reused in
+/// place; the huge zero folio and shared folios are split, and the retried
+/// access faults on the page entry, where `do_wp_page` copies one page.
+pub fn do_huge_pmd_wp_page(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+    let pa = desc.output_address(pmd_size());
+    if desc.special() {
+        return match split_huge_pmd(mm, mem, pmd, va) {
+            Ok(()) => VmFault::Done,
+            Err(_) => VmFault::Oom,
+        };
+    }
+    let Some(folio) = page::pfn_to_page(pa).and_then(|p| p.folio()) else { return VmFault::Sigsegv };
+    let all_excl = (0..folio.nr_pages()).all(|i| folio.page(i).anon_exclusive());
+    let sole = folio.refcount() == 1 && folio.entire_mapcount() == 1 && folio.mapcount() == 1;
+    if all_excl || sole {
+        if !all_excl {
+            (0..folio.nr_pages()).for_each(|i| folio.page(i).set_anon_exclusive());
+        }
+        if !flags.unshare {
+            pmd.store(memory::maybe_mkwrite(desc, vma).mkdirty().0, Ordering::Release);
+            KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
+        }
+        return VmFault::Done;
+    }
+    match split_huge_pmd(mm, mem, pmd, va) {
+        Ok(()) => VmFault::Done,
+        Err(_) => VmFault::Oom,
+    }
+}
+
+/// Linux `__split_huge_pmd`: replaces the block at `pmd` with a table of
+/// page entries mapping the same memory with the same attributes (the
+/// small zero page for the huge zero folio), by break-before-make of the
+/// level-2 entry. The folio's single block mapping becomes one mapping
+/// (and one reference) per page; exclusivity stays per page.
+pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, va: u64) -> Result<(), String> {
+    let desc = Desc(pmd.load(Ordering::Acquire));
+    let base = va & !(pmd_size() - 1);
+    let pa = desc.output_address(pmd_size());
+    let table = mem.alloc_table().ok_or("out of memory splitting a block")?;
+    let n = GRANULE.entries_per_table();
+    let zero = desc.special() && is_huge_zero(pa);
+    let attrs = desc.attr_bits() & !CONT_BIT;
+    let cont = if zero { 0 } else { CONT_BIT };
+    for i in 0..n {
+        let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
+        // Not reachable by the walker yet: plain stores.
+        memory::table_entry(mem, table, i).store(oa | attrs | cont | 0b11, Ordering::Relaxed);
+    }
+    if desc.special() && !zero {
+        return Err("split of a special block".into());
+    }
+    if !desc.special() {
+        let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or("block without a folio")?;
+        page::folio_split_pmd_rmap(folio);
+    }
+    pmd.store(0, Ordering::Release);
+    KernelFlush.flush(base, pmd_size(), Some(mm.asid()), true);
+    memory::set_pte_new(pmd, Desc::table(table));
+    Ok(())
+}
+
+/// Drops a block mapping of an anon folio (zap): one entire mapping and
+/// its reference.
+pub fn put_mapped_block(pa: PhysAddr) {
+    let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("block without a folio");
+    page::folio_remove_rmap_pmd(folio);
+    folio.put();
+}
+
+/// Linux `copy_huge_pmd` for fork: the block stays shared, read-only on
+/// both sides, every page loses `PageAnonExclusive`. Returns the child's
+/// entry, or `None` when the folio may be pinned and has exclusive pages:
+/// the caller splits the parent's block and copies page by page instead.
+pub fn copy_huge_pmd(src_pmd: &AtomicU64, desc: Desc) -> Option<Desc> {
+    if desc.special() {
+        return Some(desc);
+    }
+    let folio: Folio = page::pfn_to_page(desc.output_address(pmd_size())).and_then(|p| p.folio())?;
+    if folio.maybe_dma_pinned() && (0..folio.nr_pages()).any(|i| folio.page(i).anon_exclusive()) {
+        return None;
+    }
+    (0..folio.nr_pages()).for_each(|i| folio.page(i).clear_anon_exclusive());
+    page::folio_dup_rmap_pmd(folio);
+    let ro = desc.wrprotect();
+    if ro != desc {
+        src_pmd.store(ro.0, Ordering::Release);
+    }
+    Some(ro)
+}
