@@ -82,6 +82,15 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     for (r, _) in &board.reserved {
         reserved.push((*r, "firmware reserved"));
     }
+    // The PFN pool: the last 4 MiB of the highest RAM bank, kept from the
+    // allocator for `mmap pfn=PHYS` (remap_pfn_range-style) mappings.
+    if let Some(top) = board.ram.iter().max_by_key(|r| r.end) {
+        let pool = PhysRange::new(align_down(top.end.0, 2 << 20) - crate::mm::memory::PFN_POOL_SIZE, align_down(top.end.0, 2 << 20));
+        if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
+            reserved.push((pool, "PFN pool (mmap pfn=)"));
+            crate::mm::memory::set_pfn_pool(pool.start.0, pool.end.0);
+        }
+    }
     let cuts: Vec<PhysRange> = reserved.iter().map(|r| r.0).collect();
     frame::init(&board.ram, &cuts);
 
@@ -100,6 +109,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     heap::grow(chunks);
     heap::refill_reserve();
     crate::mm::page::init();
+    crate::mm::memory::zero_pfn_pool();
 
     let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits) == 0b0010 { 16 } else { 8 };
     crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()));

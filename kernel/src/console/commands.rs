@@ -240,6 +240,14 @@ fn meminfo() -> Outcome {
     for (i, name) in frame::OWNERS.iter().enumerate() {
         let _ = writeln!(o, "    {name:<12}{:>9}", s.by_owner[i]);
     }
+    match crate::mm::memory::pfn_pool() {
+        Some((ps, pe)) => {
+            let _ = writeln!(o, "PFN pool for `mmap ... pfn=PHYS`: [{ps:#x}, {pe:#x})");
+        }
+        None => {
+            let _ = writeln!(o, "PFN pool: none (RAM too small)");
+        }
+    }
     let _ = writeln!(o, "kernel page-table pages: {}", kmap::table_pages());
     let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
     Outcome::Done

@@ -193,7 +193,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
     }
     let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
-    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0 };
+    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false };
     for o in opts {
         match *o {
             "anon" | "private" | "thp=never" => {}
@@ -216,11 +216,18 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
                 }
                 args.folio_order = order;
             }
-            o if o == "shared" || o.starts_with("memfd=") || o.starts_with("pfn=") => {
-                return Err(alloc::format!("mmap option `{o}` is not supported yet (anonymous-memory issue)"));
+            "shared" => args.shared = true,
+            o if o.starts_with("pfn=") => {
+                args.pfn = Some(parse_number(&o[4..]).ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?);
+            }
+            o if o.starts_with("memfd=") => {
+                return Err(alloc::format!("mmap option `{}` is not supported yet (memfd comes later in the anonymous-memory issue)", &o[..o.len().min(40)]));
             }
             o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),
         }
+    }
+    if args.shared && args.pfn.is_none() {
+        return Err("shared anonymous mappings need memfd/shmem, which is not supported yet".into());
     }
     proc::mmap(p, r, args).map(|_| Outcome::Done)
 }

@@ -30,6 +30,43 @@ use super::pgtable::live::TlbFlush;
 use super::pgtable::TableMemory;
 use super::tlb::KernelFlush;
 
+/// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.
+pub const PFN_POOL_SIZE: u64 = 4 << 20;
+static PFN_POOL: [core::sync::atomic::AtomicU64; 2] = [core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)];
+
+pub fn set_pfn_pool(start: u64, end: u64) {
+    PFN_POOL[0].store(start, Ordering::Release);
+    PFN_POOL[1].store(end, Ordering::Release);
+}
+
+/// The PFN pool `[start, end)` (physical), if there is one.
+pub fn pfn_pool() -> Option<(u64, u64)> {
+    let (s, e) = (PFN_POOL[0].load(Ordering::Acquire), PFN_POOL[1].load(Ordering::Acquire));
+    (e > s).then_some((s, e))
+}
+
+/// Clears the pool once the linear map exists (it is ordinary RAM).
+pub fn zero_pfn_pool() {
+    if let Some((s, e)) = pfn_pool() {
+        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(PhysAddr(s)).0, e - s);
+    }
+}
+
+/// Linux `remap_pfn_range` into an empty range of a new VMA: special
+/// entries (no struct-page semantics), read-only unless the mapping is
+/// shared and writable, so a private mapping's writes COW into anon pages.
+pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(), String> {
+    let _ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+    let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
+    let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
+    t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)
+        .map_err(|e| alloc::format!("remap_pfn_range: {e:?}"))?;
+    crate::arch::aarch64::cpu::publish_tables();
+    Ok(())
+}
+
 /// One address space's tables as the fault path needs them.
 #[derive(Clone, Copy)]
 pub struct MmTables<'a> {
@@ -77,9 +114,6 @@ pub(crate) fn maybe_mkwrite(d: Desc, vma: &Vma) -> Desc {
 
 /// Whether the VMA allows the access at all (Linux `access_error`).
 pub fn access_ok(vma: &Vma, write: bool) -> bool {
-    if vma.flags.contains(VmFlags::PFNMAP) {
-        return false;
-    }
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
@@ -259,6 +293,9 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let slot = entry(&mem, table, GRANULE.index(va, 3));
     let desc = Desc(slot.load(Ordering::Acquire));
     if desc.0 == 0 {
+        if vma.flags.contains(VmFlags::PFNMAP) {
+            return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
+        }
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
@@ -398,7 +435,12 @@ fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc:
         if page::is_zero_pfn(pa) {
             return wp_page_copy(mm, slot, vma, va, desc, None, flags);
         }
-        return VmFault::Sigsegv; // PFN mappings: no struct page to copy from
+        // A private PFN mapping: the write gets an anon copy of the PFN's
+        // memory (Linux wp_page_copy with no struct page as source).
+        if vma.flags.contains(VmFlags::PFNMAP) && !vma.flags.contains(VmFlags::SHARED) && pfn_in_pool(pa) {
+            return wp_page_copy_from(mm, slot, vma, va, desc, Some(pa), None, flags);
+        }
+        return VmFault::Sigsegv;
     }
     let Some(pg) = page::pfn_to_page(pa) else { return VmFault::Sigsegv };
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
@@ -432,9 +474,20 @@ fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc
 /// address, so break-before-make - and the old page loses a mapping and a
 /// reference.
 fn wp_page_copy(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, old: Option<&'static page::Page>, flags: FaultFlags) -> VmFault {
-    let new = match old {
+    wp_page_copy_from(mm, slot, vma, va, desc, old.map(|o| o.pa()), old, flags)
+}
+
+fn pfn_in_pool(pa: PhysAddr) -> bool {
+    pfn_pool().is_some_and(|(s, e)| pa.0 >= s && pa.0 < e)
+}
+
+/// `wp_page_copy` with the copy's source: `src` (None: zeroes) and the old
+/// page's metadata when it has some (not for PFN mappings).
+#[allow(clippy::too_many_arguments)]
+fn wp_page_copy_from(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, src: Option<PhysAddr>, old: Option<&'static page::Page>, flags: FaultFlags) -> VmFault {
+    let new = match src {
         None => page::folio_alloc_anon(0),
-        Some(o) => page::folio_alloc_anon_nozero(0).inspect(|n| copy_page(n.pa(), o.pa())),
+        Some(s) => page::folio_alloc_anon_nozero(0).inspect(|n| copy_page(n.pa(), s)),
     };
     let Some(new) = new else { return VmFault::Oom };
     folio_add_new_anon_rmap_pte(new.head());
@@ -717,7 +770,7 @@ fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, wri
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
 /// read-only and are COWed (or reused) by the next write fault. All
 /// changes are permission-only (no BBM); one TLB flush at the end.
-pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
+pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool, shared: bool) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
@@ -738,9 +791,11 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
         // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
         // every page of the folio exclusive).
         let exclusive = writable
+            && !shared
             && !d.special()
             && if level == 2 { block_all_exclusive(d) } else { page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) };
-        if writable && exclusive {
+        // A shared mapping has no COW: writable means writable.
+        if writable && (exclusive || shared) {
             n = n.mkwrite();
         }
         if n != d {

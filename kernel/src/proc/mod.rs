@@ -312,6 +312,10 @@ pub struct MmapArgs {
     pub align: u64,
     /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
     pub folio_order: u8,
+    /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
+    pub pfn: Option<u64>,
+    /// MAP_SHARED (PFN mappings only for now).
+    pub shared: bool,
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
@@ -348,8 +352,24 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         if a.writable {
             flags = flags | VmFlags::WRITE | VmFlags::READ;
         }
-        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: a.folio_order }) {
+        if let Some(pfn) = a.pfn {
+            let (ps, pe) = memory::pfn_pool().ok_or("this machine has no PFN pool (RAM too small)")?;
+            if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
+                return Err(alloc::format!("pfn={pfn:#x}+{size:#x} is not page aligned inside the PFN pool [{ps:#x}, {pe:#x})"));
+            }
+            flags = flags | VmFlags::PFNMAP | VmFlags::IO;
+        }
+        flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
+        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() { 0 } else { a.folio_order } };
+        if !p.mm.mmap_write_lock().insert(vma) {
             return Err("overlapping mapping".into());
+        }
+        if let Some(pfn) = a.pfn {
+            if let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn)) {
+                let _ = memory::zap_page_range(p.mt(), va, size);
+                p.mm.mmap_write_lock().remove(va);
+                return Err(e);
+            }
         }
         // Leave a guard gap between regions.
         p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
@@ -386,7 +406,10 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
             let mut vmas = p.mm.mmap_write_lock();
             vmas.split_at(va);
             vmas.split_at(va + len);
-            let gone: Vec<u64> = vmas.inside(va, va + len).filter(|v| !v.flags.contains(VmFlags::PFNMAP)).map(|v| v.start).collect();
+            if vmas.inside(va, va + len).any(|v| v.start == AGENT_VA) {
+                return Err("cannot unmap the agent".into());
+            }
+            let gone: Vec<u64> = vmas.inside(va, va + len).map(|v| v.start).collect();
             zap(p, va, len)?;
             for s in gone {
                 vmas.remove(s);
@@ -456,7 +479,7 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
         let mut a = va;
         while a < va + len {
             let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
-            if v.flags.contains(VmFlags::PFNMAP) {
+            if v.start == AGENT_VA {
                 return Err("cannot mprotect the agent".into());
             }
             a = v.end;
@@ -474,7 +497,11 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
             v.flags = f;
         }
-        memory::change_protection(p.mt(), va, len, readable, writable)
+        let parts: Vec<(u64, u64, bool)> = vmas.inside(va, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).collect();
+        for (s, e, shared) in parts {
+            memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
+        }
+        Ok(())
     }
 }
 

@@ -150,7 +150,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0 };
+    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared: false };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
         Err(e) if e.contains("size must be") => -EINVAL,
