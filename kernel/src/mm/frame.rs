@@ -23,10 +23,10 @@ pub enum Owner {
     Heap = 1,
     Test = 2,
     Other = 3,
-    /// Anonymous pages of user processes.
+    /// Folios: anonymous pages of user processes and pages drivers insert.
     UserAnon = 4,
 }
-pub const OWNERS: [&str; 5] = ["page tables", "kernel heap", "tests", "other", "user anon"];
+pub const OWNERS: [&str; 5] = ["page tables", "kernel heap", "tests", "other", "user folios"];
 
 struct State {
     buddy: FrameAllocator<33>,

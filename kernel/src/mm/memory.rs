@@ -432,6 +432,13 @@ fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc:
     let desc = Desc(desc.0 & !CONT_BIT);
     let pa = desc.output_address(PAGE_SIZE);
     if desc.special() {
+        if vma.flags.contains(VmFlags::SHARED) {
+            // Linux `wp_pfn_shared`: only the driver's pfn_mkwrite may make
+            // it writable. pagelab has no driver behind these mappings, so
+            // the write is refused - never a private copy in a shared
+            // mapping, never a writable zero page.
+            return VmFault::Sigsegv;
+        }
         if page::is_zero_pfn(pa) {
             return wp_page_copy(mm, slot, vma, va, desc, None, flags);
         }
@@ -808,4 +815,135 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
         KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
     }
     r
+}
+
+// --- Inserting driver pages (Linux vm_insert_page*, vmf_insert_mixed) ---
+
+fn is_cow_mapping(f: VmFlags) -> bool {
+    f.0 & (VmFlags::SHARED.0 | VmFlags::MAYWRITE.0) == VmFlags::MAYWRITE.0
+}
+
+/// Linux `vm_mixed_zeropage_allowed` (seed 001), with the reviewer's
+/// correction: a mapping that can never get writable entries (neither
+/// VM_WRITE nor VM_MAYWRITE) may map the shared zero page.
+pub fn vm_mixed_zeropage_allowed(mm: &MmStruct, vma: &Vma) -> bool {
+    debug_assert!(!vma.flags.contains(VmFlags::PFNMAP));
+    // Whoever forbids the zero page must scan for it; none may be added.
+    if mm.forbid_zeropage.load(Ordering::Acquire) {
+        return false;
+    }
+    // Zero pages in COW mappings are common: a write fault replaces them.
+    if is_cow_mapping(vma.flags) {
+        return true;
+    }
+    // Mappings that do not allow for writable entries are unproblematic.
+    if vma.flags.0 & (VmFlags::WRITE.0 | VmFlags::MAYWRITE.0) == 0 {
+        return true;
+    }
+    // A shared writable mapping only where pfn_mkwrite replaces the zero
+    // page and GUP cannot have long-term pinned it (fsdax, VM_IO).
+    vma.flags.contains(VmFlags::PFN_MKWRITE) && (vma.flags.contains(VmFlags::FSDAX) || vma.flags.contains(VmFlags::IO))
+}
+
+/// Linux `validate_page_before_insert`: the zero page where allowed, or an
+/// individual non-anon kernel page.
+fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
+    use crate::proc::syscall::EINVAL;
+    if page::is_zero_pfn(pa) {
+        return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(-EINVAL) };
+    }
+    let f = page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or(-EINVAL)?;
+    if f.is_anon() || f.is_large() {
+        return Err(-EINVAL);
+    }
+    Ok(())
+}
+
+/// The entry `insert_page` writes: the zero page special and read-only,
+/// another page with a mapping and a reference, writable only in a shared
+/// writable mapping.
+fn insert_page_into_pte_locked(slot: &AtomicU64, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
+    if slot.load(Ordering::Acquire) != 0 {
+        return Err(-crate::proc::syscall::EBUSY);
+    }
+    let d = if page::is_zero_pfn(pa) {
+        Desc::leaf(pa, 3, LeafAttrs { special: true, ..vm_page_prot(vma) })
+    } else {
+        let pg = page::pfn_to_page(pa).ok_or(-crate::proc::syscall::EINVAL)?;
+        pg.folio().ok_or(-crate::proc::syscall::EINVAL)?.get();
+        page::folio_add_file_rmap_pte(pg);
+        let d = Desc::leaf(pa, 3, vm_page_prot(vma));
+        if vma.flags.contains(VmFlags::SHARED) { maybe_mkwrite(d, vma) } else { d }
+    };
+    set_pte_new(slot, d);
+    Ok(())
+}
+
+/// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
+/// first use; PFN mappings are refused (Linux: BUG_ON).
+fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Result<Vma, i64> {
+    use crate::proc::syscall::{EFAULT, EINVAL};
+    let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
+    if v.flags.contains(VmFlags::PFNMAP) {
+        return Err(-EINVAL);
+    }
+    v.flags = v.flags | VmFlags::MIXEDMAP;
+    Ok(*v)
+}
+
+/// Linux `vm_insert_page`: maps a driver's page (or the zero page) at
+/// `addr` of the VMA there. Errors: -EFAULT (no VMA), -EINVAL (a page or
+/// VMA that must not be used), -EBUSY (something is mapped), -ENOMEM.
+pub fn vm_insert_page(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64, pa: PhysAddr) -> Result<(), i64> {
+    let vma = insert_vma(vmas, addr)?;
+    validate_page_before_insert(mt.mm, &vma, pa)?;
+    let _ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
+        return Err(-crate::proc::syscall::ENOMEM);
+    };
+    insert_page_into_pte_locked(slot, &vma, pa)
+}
+
+/// Linux `vm_insert_pages`: a batch from `addr`. The batch check is the
+/// fixed one from seed 001: a page with no references is refused, but the
+/// zero page (never refcounted) is not. Returns how many were inserted
+/// before the first error (Linux reports the rest back the same way).
+pub fn vm_insert_pages(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64, pages: &[PhysAddr]) -> (usize, Result<(), i64>) {
+    for (i, &pa) in pages.iter().enumerate() {
+        let va = addr + i as u64 * PAGE_SIZE;
+        if !page::is_zero_pfn(pa) && page::pfn_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
+            return (i, Err(-crate::proc::syscall::EINVAL));
+        }
+        if let Err(e) = vm_insert_page(mt, vmas, va, pa) {
+            return (i, Err(e));
+        }
+    }
+    (pages.len(), Ok(()))
+}
+
+/// Linux `vmf_insert_mixed` (from a fault handler): a PFN where the VMA
+/// allows it - anything in VM_PFNMAP/VM_IO mappings, the zero page only
+/// where `vm_mixed_zeropage_allowed` says so - mapped special when it has
+/// no struct page (or is the zero page), as a page otherwise.
+pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -> VmFault {
+    let io = vma.flags.0 & (VmFlags::PFNMAP.0 | VmFlags::IO.0) != 0;
+    if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
+        return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS
+    }
+    let _ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let has_page = !page::is_zero_pfn(pfn) && page::pfn_to_page(pfn).and_then(|p| p.folio()).is_some();
+    if has_page && !io {
+        return match insert_page_into_pte_locked(slot, vma, pfn) {
+            Ok(()) => VmFault::Done,
+            Err(_) => VmFault::Sigsegv,
+        };
+    }
+    if slot.load(Ordering::Acquire) != 0 {
+        return VmFault::Done; // someone else mapped it: Linux returns NOPAGE
+    }
+    set_pte_new(slot, Desc::leaf(pfn, 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
+    VmFault::Done
 }

@@ -17,7 +17,9 @@ use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::addr::PhysAddr;
 
 bitflags_lite! {
-    /// VMA flags (Linux `VM_*`), the subset pagelab uses.
+    /// VMA flags (Linux `VM_*`), the subset pagelab uses. `PFN_MKWRITE`
+    /// and `FSDAX` stand in for `vma->vm_ops->pfn_mkwrite` being set and
+    /// for `vma_is_fsdax()`, which `vm_mixed_zeropage_allowed` asks about.
     pub struct VmFlags: u32 {
         const READ = 1 << 0;
         const WRITE = 1 << 1;
@@ -29,6 +31,8 @@ bitflags_lite! {
         const MIXEDMAP = 1 << 28;
         const HUGEPAGE = 1 << 29;
         const NOHUGEPAGE = 1 << 30;
+        const PFN_MKWRITE = 1 << 20;
+        const FSDAX = 1 << 21;
     }
 }
 
@@ -96,6 +100,11 @@ impl VmaList {
     pub fn inside_mut(&mut self, start: u64, end: u64) -> impl Iterator<Item = &mut Vma> {
         self.0.iter_mut().filter(move |v| v.start >= start && v.end <= end)
     }
+    /// The VMA containing `addr`, mutable (flags changes under the write lock).
+    pub fn find_mut(&mut self, addr: u64) -> Option<&mut Vma> {
+        let i = self.0.partition_point(|o| o.end <= addr);
+        self.0.get_mut(i).filter(|v| v.start <= addr)
+    }
     /// Removes and returns the VMA that starts at `start`.
     pub fn remove(&mut self, start: u64) -> Option<Vma> {
         let i = self.0.iter().position(|v| v.start == start)?;
@@ -122,11 +131,13 @@ pub struct MmStruct {
     /// Linux's `mm->write_protect_seq`: odd while fork write-protects this
     /// mm's pages, so lockless GUP-fast can tell it raced with a fork.
     pub write_protect_seq: core::sync::atomic::AtomicU64,
+    /// Linux `mm_forbids_zeropage` (s390's per-mm switch; tests set it).
+    pub forbid_zeropage: core::sync::atomic::AtomicBool,
 }
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
-        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()), write_protect_seq: core::sync::atomic::AtomicU64::new(0) }
+        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()), write_protect_seq: core::sync::atomic::AtomicU64::new(0), forbid_zeropage: core::sync::atomic::AtomicBool::new(false) }
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }

@@ -100,6 +100,13 @@ pub fn zero_page() -> PhysAddr {
     PhysAddr(ZERO_PAGE.load(Ordering::Relaxed) as u64)
 }
 
+/// Whether the shared zero page still reads as zeroes (tests).
+pub fn zero_page_is_zero() -> bool {
+    // SAFETY: the zero page is RAM in the linear map.
+    let s = unsafe { core::slice::from_raw_parts(phys_to_virt(zero_page()).0 as *const u64, (PAGE_SIZE / 8) as usize) };
+    s.iter().all(|&w| w == 0)
+}
+
 /// Linux `is_zero_pfn`.
 pub fn is_zero_pfn(pa: PhysAddr) -> bool {
     pa.0 & !(PAGE_SIZE - 1) == zero_page().0
@@ -245,6 +252,19 @@ pub fn add_pin_ref_taken(f: Folio) {
 pub fn folio_alloc_anon(order: u32) -> Option<Folio> {
     let pa = frame::alloc_user_zeroed(order)?;
     Some(prep_folio(pa, order))
+}
+
+/// A zeroed order-0 kernel page as a driver would allocate it for
+/// `vm_insert_page` (a folio, not anon), with the caller's reference.
+pub fn folio_alloc_kernel() -> Option<Folio> {
+    let f = folio_alloc_anon(0)?;
+    f.0.flags.fetch_and(!pg::ANON, Ordering::AcqRel);
+    Some(f)
+}
+
+/// Linux `folio_add_file_rmap_pte` (a non-anon page gains a mapping).
+pub fn folio_add_file_rmap_pte(page: &Page) {
+    page.mapcount.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Like [`folio_alloc_anon`] but not zeroed: for copies.

@@ -852,11 +852,13 @@ pub fn check_invariants() -> Result<(), String> {
                         err = fail(alloc::format!("maps {pa:#x}, outside RAM, without the special bit"));
                         return;
                     };
-                    if pg.folio().is_none_or(|f| !f.is_anon()) {
-                        err = fail(alloc::format!("maps {pa:#x}, which is not an anon folio's page"));
+                    let Some(f) = pg.folio() else {
+                        err = fail(alloc::format!("maps {pa:#x}, which is not a folio's page"));
                         return;
-                    }
-                    if !e.desc.perms().read_only && !pg.anon_exclusive() {
+                    };
+                    // Anon pages follow the exclusivity rule; inserted driver
+                    // pages (vm_insert_page) are shared by nature.
+                    if f.is_anon() && !e.desc.perms().read_only && !pg.anon_exclusive() {
                         err = fail(alloc::format!("writable entry for {pa:#x}, which is not PageAnonExclusive"));
                         return;
                     }
@@ -965,5 +967,26 @@ pub fn gup(name: &str, handle: &str, va: u64, len: u64, flags: crate::mm::gup::F
             return Err(alloc::format!("handle `{handle}` already exists"));
         }
         Ok((n, nfast))
+    })
+}
+
+/// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
+pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, String> {
+    with_proc(name, |p| {
+        let va = align_up(p.next_va.load(Ordering::Relaxed), PAGE_SIZE);
+        let end = va + align_up(size, PAGE_SIZE);
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0 }) {
+            return Err("overlapping mapping".into());
+        }
+        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+        Ok(va)
+    })
+}
+
+/// Runs `f` with `name`'s address space and its mmap lock held for write.
+pub(crate) fn with_mm_write<R>(name: &str, f: impl FnOnce(&Process, &mut crate::mm::mm_struct::MmapWriteGuard<'_>) -> R) -> Result<R, String> {
+    with_proc(name, |p| {
+        let mut g = p.mm.mmap_write_lock();
+        Ok(f(p, &mut g))
     })
 }

@@ -30,6 +30,7 @@ pub const EBADF: i64 = 9;
 pub const ECHILD: i64 = 10;
 pub const EAGAIN: i64 = 11;
 pub const ENOMEM: i64 = 12;
+pub const EBUSY: i64 = 16;
 pub const EFAULT: i64 = 14;
 pub const EINVAL: i64 = 22;
 pub const ENOSYS: i64 = 38;
@@ -63,6 +64,7 @@ pub fn errno_name(r: i64) -> &'static str {
         ECHILD => "ECHILD",
         EAGAIN => "EAGAIN",
         ENOMEM => "ENOMEM",
+        EBUSY => "EBUSY",
         EFAULT => "EFAULT",
         EINVAL => "EINVAL",
         ENOSYS => "ENOSYS",
