@@ -11,6 +11,7 @@ CPU=cortex-a72
 SMP=1
 MEM=1G
 GRANULE=4K
+VA_BITS=48
 GIC=3
 PROFILE=release
 EL2=0
@@ -49,6 +50,8 @@ Options:
   --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
   --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G)
   --board NAME      virt (raspi3b and raspi4b come with the bring-up issue)
+  --va-bits 39|48   user (TTBR0) address bits: 48 (default) or 39 (one level
+                    fewer of user tables; the kernel half stays 48-bit)
   --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and
                     Cortex-A72 have no 16K granule: use --cpu max with 16K
   --gic 2|3         interrupt controller: GICv3 (default, -M virt,gic-version=3)
@@ -91,6 +94,7 @@ while [[ $# -gt 0 ]]; do
         --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
                  case $BOARD in virt) ;; raspi3b|raspi4b) die "--board $BOARD is not supported yet (it comes with the Raspberry Pi bring-up issue)";;
                                 *) die "unknown board '$BOARD' (virt)";; esac ;;
+        --va-bits) [[ $# -ge 2 && ( $2 == 39 || $2 == 48 ) ]] || die "--va-bits needs 39 or 48"; VA_BITS=$2; shift ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
                    case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
         --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; shift ;;
@@ -176,6 +180,7 @@ ensure_deps() {
 # Each granule is a separate build (cargo feature) in its own target dir.
 set_paths() {
     if [[ $GRANULE == 4K ]]; then TDIR="$ROOT/target"; else TDIR="$ROOT/target/granule-${GRANULE,,}"; fi
+    [[ $VA_BITS == 39 ]] && TDIR="$TDIR/va39"
     OUT="$TDIR/$TARGET/$PROFILE"
     ELF="$OUT/pagelab-kernel"
     IMG="$OUT/pagelab.img"
@@ -190,7 +195,9 @@ check_granule_cpu() {
 check_granule_cpu
 
 build() {
-    local flags=(--no-default-features --features "granule-${GRANULE,,}" --target-dir "$TDIR")
+    local features="granule-${GRANULE,,}"
+    [[ $VA_BITS == 39 ]] && features+=",va39"
+    local flags=(--no-default-features --features "$features" --target-dir "$TDIR")
     [[ $PROFILE == release ]] && flags+=(--release)
     run cargo build -q -p pagelab-kernel --target "$TARGET" "${flags[@]}" || return 1
     local host objcopy
@@ -391,8 +398,9 @@ test_script() { # file smp should_fail
     local file=$1 prev_smp=$SMP
     SMP=$2
     local name; name=$(basename "$file" .scn)
-    local label="script[$GRANULE,$name,smp$SMP]"
-    local log="$LOGDIR/script-$GRANULE-$name-smp$SMP.log"
+    local va=; [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
+    local label="script[$GRANULE$va,$name,smp$SMP]"
+    local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP.log"
     EXTRA_QEMU=(-initrd "$file")
     # A script may ask for kernel bootargs on a line "# bootargs: ...".
     local extra_args
@@ -515,6 +523,23 @@ cmd_test() {
         GRANULE=$g; set_paths
         test_granule
     done
+    # 39-bit user address space (3-level user tables with 4K pages): the
+    # in-kernel tests (AT cross-check included) and every 4K scenario script.
+    if [[ " ${PAGELAB_TEST_GRANULES:-4K} " == *" 4K "* ]]; then
+        GRANULE=4K VA_BITS=39; set_paths
+        echo "== 4K granule, 39-bit user VA"
+        if build; then
+            test_kernel 0 1 cortex-a72 1G va39
+            test_kernel 1 4 cortex-a72 1G va39
+            local f
+            for f in tests/scripts/*.scn tests/scripts/only-4K/*.scn; do
+                [[ -e $f ]] && test_script "$f" 4 0
+            done
+        else
+            record 0 1 "build[4K,va39]" "(the va39 kernel does not build)"
+        fi
+        VA_BITS=48; set_paths
+    fi
     echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
     echo "$PASSED passed, $FAILED failed"
     [[ $FAILED -eq 0 ]]

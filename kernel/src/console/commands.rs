@@ -201,6 +201,13 @@ fn info() -> Outcome {
     let mut o = Out(String::new());
     let _ = writeln!(o, "model: {} ({})", b.board.model, b.board.compatible);
     let _ = writeln!(o, "entered at EL{}, running at EL1; granule {}", b.boot_el, GRANULE.name());
+    let _ = writeln!(
+        o,
+        "VA bits: kernel (TTBR1) {}, user (TTBR0) {}; user tables start at level {}",
+        VA_BITS,
+        crate::arch::aarch64::regs::USER_VA_BITS,
+        crate::mm::granule::USER_START_LEVEL
+    );
     for r in &b.board.ram {
         let _ = writeln!(o, "RAM      {:#014x}-{:#014x} {}", r.start.0, r.end.0, Bytes(r.size()));
     }
@@ -456,7 +463,7 @@ fn ptdump_process(p: &str) -> CmdResult {
     let mut o = Out(String::new());
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
         static MARKERS: &[(u64, &str)] = &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::proc::MMAP_BASE, "mmap area")];
-        let mut d = PtDump::new(&mut o, START_LEVEL, MARKERS);
+        let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
         t.walk(false, &mut |e| {
             let _ = d.entry(e);
         });

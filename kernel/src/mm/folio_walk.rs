@@ -17,7 +17,7 @@ use spin::MutexGuard;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{Granule, GRANULE, START_LEVEL};
+use super::granule::{Granule, GRANULE, USER_START_LEVEL};
 use super::mm_struct::{MmapLocked, Vma};
 use super::pgtable::TableMemory;
 
@@ -69,7 +69,7 @@ pub fn folio_walk_start<'a, M: TableMemory + ?Sized>(
     flags: FwFlags,
     is_zero_page: &dyn Fn(PhysAddr) -> bool,
 ) -> Option<FolioWalk<'a>> {
-    folio_walk_start_with(lock, mem, GRANULE, START_LEVEL, addr, flags, is_zero_page)
+    folio_walk_start_with(lock, mem, GRANULE, USER_START_LEVEL, addr, flags, is_zero_page)
 }
 
 /// [`folio_walk_start`] for an explicit granule (host tests).

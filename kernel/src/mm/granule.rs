@@ -92,6 +92,9 @@ impl Granule {
 pub const PAGE_SHIFT: u32 = GRANULE.page_shift();
 pub const PAGE_SIZE: u64 = GRANULE.page_size();
 pub const START_LEVEL: u32 = GRANULE.start_level(VA_BITS);
+/// The first level of user (TTBR0) tables: the same as the kernel's with
+/// 48-bit user VAs, one lower with `va39`.
+pub const USER_START_LEVEL: u32 = GRANULE.start_level(crate::arch::aarch64::regs::USER_VA_BITS);
 
 /// Rounds `x` up to a multiple of the power of two `align`.
 pub const fn align_up(x: u64, align: u64) -> u64 {

@@ -18,7 +18,7 @@ use spin::Mutex;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
+use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::layout::phys_to_virt;
 use super::memory::{self, FaultFlags, MmTables, VmFault};
 use super::mm_struct::{MmapLocked, VmFlags};
@@ -111,7 +111,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
         let need = {
             let _ptl = mt.mm.page_table_lock_guard();
             let mut mem = mt.mem.lock();
-            let t = Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+            let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
             match t.translate(VirtAddr(va)) {
                 Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
                 Translation::Mapped { level, .. } if level != 3 && level != 2 => return Err(-EFAULT),
@@ -203,7 +203,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
 fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<(&'static AtomicU64, Desc)> {
     let g = GRANULE;
     let mut table = pgd;
-    for level in START_LEVEL..=3 {
+    for level in USER_START_LEVEL..=3 {
         // SAFETY: table pages are reachable through the linear map; with
         // IRQs off no table of this mm is freed under us on this CPU.
         let slot: &'static AtomicU64 = unsafe { &*mem.table_ptr(table).add(g.index(va, level)) };

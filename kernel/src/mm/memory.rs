@@ -22,7 +22,7 @@ use spin::Mutex;
 
 use super::addr::PhysAddr;
 use super::desc::{Desc, Kind, LeafAttrs, AP_EL0, AP_RDONLY};
-use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
+use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, Vma, VmFlags};
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
@@ -58,7 +58,7 @@ pub fn zero_pfn_pool() {
 pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+    let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
     t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)
@@ -145,7 +145,7 @@ pub(crate) fn table_entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &
 pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
     let g = GRANULE;
     let mut table = pgd;
-    for level in START_LEVEL..2 {
+    for level in USER_START_LEVEL..2 {
         let e = entry(mem, table, g.index(va, level));
         match Desc(e.load(Ordering::Acquire)).kind(level, g) {
             Kind::Table(next) => table = next,
@@ -185,7 +185,7 @@ pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, star
 fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> PteLookup {
     let g = GRANULE;
     let mut table = pgd;
-    for level in START_LEVEL..3 {
+    for level in USER_START_LEVEL..3 {
         let e = entry(mem, table, g.index(va, level));
         match Desc(e.load(Ordering::Acquire)).kind(level, g) {
             Kind::Table(next) => table = next,
@@ -229,7 +229,7 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(me
         }
         Ok(())
     }
-    rec(mem, START_LEVEL, pgd, start, end, f)
+    rec(mem, USER_START_LEVEL, pgd, start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
@@ -693,7 +693,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     let mut detached: Vec<PhysAddr> = Vec::new();
     detached.try_reserve(16).map_err(|_| String::from("out of memory while unmapping"))?;
     let mut cleared = false;
-    clear_range(&mem, START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
+    clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
     if cleared || !detached.is_empty() {
         KernelFlush.flush(va, len, Some(mt.mm.asid()), detached.is_empty());
     }

@@ -61,7 +61,7 @@
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{Granule, GRANULE, START_LEVEL};
+use super::granule::{Granule, GRANULE, START_LEVEL, USER_START_LEVEL};
 use super::mm_struct::Vma;
 pub use super::mm_struct::{KernelPgtableLocked, MmapLocked, MmapWriteGuard};
 use super::pgtable::TableMemory;
@@ -177,7 +177,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(lock: &impl MmapLocked, mem: &M,
                 if let Some(n) = stop_value(ops.pre_vma(vma)) {
                     return n;
                 }
-                let r = walk_tables(mem, GRANULE, mm.pgd, START_LEVEL, lo, hi, ops);
+                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo, hi, ops);
                 ops.post_vma(vma);
                 if r != 0 {
                     return r;
@@ -198,7 +198,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(lock: &impl MmapLocked, mem: &M,
 /// Nothing stops a concurrent unmap from freeing tables under the walk but
 /// the mmap lock held for write, so that is what it takes.
 pub fn walk_page_range_novma<M: TableMemory + ?Sized>(lock: &MmapWriteGuard<'_>, mem: &M, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
-    walk_tables(mem, GRANULE, lock.mm().pgd, START_LEVEL, start, end, ops)
+    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start, end, ops)
 }
 
 /// Walks the kernel's tables (Linux `walk_kernel_page_table_range`). The

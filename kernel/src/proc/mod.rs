@@ -26,7 +26,7 @@ use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::{self, op, UserRun};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
-use crate::mm::granule::{align_up, GRANULE, PAGE_SIZE, START_LEVEL};
+use crate::mm::granule::{align_up, GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, Vma, VmFlags};
@@ -38,7 +38,7 @@ use crate::mm::tlb::KernelFlush;
 pub const AGENT_VA: u64 = 0x40_0000;
 /// First address handed out by `mmap`.
 pub const MMAP_BASE: u64 = 0x10_0000_0000;
-pub const USER_TOP: u64 = 1 << 47;
+pub const USER_TOP: u64 = 1 << (crate::arch::aarch64::regs::USER_VA_BITS - 1);
 
 pub struct Region {
     pub va: u64,
@@ -127,7 +127,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
         let mut mem = p.tables.lock();
-        let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut *mem);
+        let mut t = Tables::new(root, GRANULE, USER_START_LEVEL, &mut *mem);
         t.map(VirtAddr(AGENT_VA), kmap::kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly)
     };
     if let Err(e) = r {
@@ -206,7 +206,7 @@ fn teardown(p: &Process) {
     // ASID again until `tlbi aside1is` below has completed and the ASID is
     // released; a page another process still maps keeps its references.
     {
-        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         t.walk(false, &mut |e| {
             if let Kind::Leaf(pa) = e.kind {
                 if e.desc.special() {
@@ -219,7 +219,7 @@ fn teardown(p: &Process) {
         });
     }
     let detached = {
-        let mut t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let mut t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
         let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
         for v in &all {
@@ -719,7 +719,7 @@ pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTabl
     with_proc(name, |p| {
         let _g = p.mm.mmap_read_lock();
         let mut mem = p.tables.lock();
-        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         Ok(f(p, &t))
     })
 }
@@ -786,7 +786,7 @@ pub fn check_invariants() -> Result<(), String> {
         }
         let mut mem = p.tables.lock();
         let accounted = mem.tables;
-        let t = Tables::new(p.mm.pgd, GRANULE, START_LEVEL, &mut *mem);
+        let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
         // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
         let mut run: Option<(u64, u64, u64, usize)> = None;

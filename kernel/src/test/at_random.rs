@@ -18,7 +18,7 @@ use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, MemType};
 use crate::mm::frame::{self, Owner};
-use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL};
+use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::TEST_WINDOW;
 use crate::mm::pgtable::live::Live;
@@ -217,8 +217,8 @@ fn user_layouts() -> Result<(), String> {
         let mut r = Rng(seed);
         let mut mem = FrameTableMem { tables: 0 };
         let root = mem.alloc_table().ok_or("out of frames")?;
-        let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
-        let base = 0x0000_1000_0000_0000u64;
+        let mut t = Tables::new(root, GRANULE, crate::mm::granule::USER_START_LEVEL, &mut mem);
+        let base = if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
         let mut fl = KernelFlush;
         let mut l = Live::new(&mut t, Some(asid), &mut fl);
         let res = (|| -> Result<(usize, [usize; 4]), String> {

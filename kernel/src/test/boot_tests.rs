@@ -80,7 +80,9 @@ fn mmu_registers() -> Result<(), String> {
     let tcr = TCR_EL1.get();
     let fixed_mask = !((7u64 << 32) | (1 << 36));
     ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
-    ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16 && TCR_EL1.read(TCR_EL1::T0SZ) == 16, "48-bit VA");
+    let t0sz = 64 - crate::arch::aarch64::regs::USER_VA_BITS as u64;
+    ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16, "48-bit kernel VA (T1SZ {})", TCR_EL1.read(TCR_EL1::T1SZ));
+    ensure!(TCR_EL1.read(TCR_EL1::T0SZ) == t0sz, "T0SZ {} for a {}-bit user VA, expected {t0sz}", TCR_EL1.read(TCR_EL1::T0SZ), 64 - t0sz);
     let ips = TCR_EL1.read(TCR_EL1::IPS);
     let parange = aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange);
     ensure!(ips == parange.min(5), "IPS {ips} but PARange {parange}");

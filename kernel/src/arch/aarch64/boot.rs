@@ -110,12 +110,14 @@ primary_entry:
     ldr     x1, =__kernel_start
     mov     x2, x20
     ldr     x3, =__kernel_size
+    mov     x6, #{start_level}
     bl      early_map_pages
     // TTBR0: the image at its physical address.
     mov     x0, x22
     mov     x1, x20
     mov     x2, x20
     ldr     x3, =__kernel_size
+    mov     x6, #{user_start_level}
     bl      early_map_pages
     // TTBR1: the DTB at FIXMAP_BASE + its page offset (size from the header, big-endian).
     cbz     x19, 3f
@@ -127,6 +129,7 @@ primary_entry:
     mov     x0, x23
     ldr     x1, ={fixmap}
     mov     x2, x4
+    mov     x6, #{start_level}
     bl      early_map_pages
 3:
     // Tables were written with the MMU and caches off: drop stale lines.
@@ -141,7 +144,8 @@ primary_entry:
     ldr     x8, =primary_switched
     br      x8
 
-// x0 = root table (PA), x1 = VA, x2 = PA, x3 = size (rounded up to pages).
+// x0 = root table (PA), x1 = VA, x2 = PA, x3 = size (rounded up to pages),
+// x6 = the tables' start level (TTBR0 and TTBR1 may differ: va39).
 // Allocates tables from x24. Clobbers x0-x15. MMU off: PA == pointer.
 early_map_pages:
     mov     x9, #({page_size} - 1)
@@ -152,7 +156,7 @@ early_map_pages:
     mov     x15, x0
 4:  cbz     x3, 9f
     mov     x9, x15                 // current table
-    mov     x10, #{start_level}
+    mov     x10, x6
 5:  // shift = PAGE_SHIFT + (3 - level) * (PAGE_SHIFT - 3)
     mov     x11, #3
     sub     x11, x11, x10
@@ -353,6 +357,7 @@ secondary_switched:
     page_mask = const !(PAGE_SIZE - 1),
     fixmap = const FIXMAP_BASE,
     start_level = const START_LEVEL,
+    user_start_level = const crate::mm::granule::USER_START_LEVEL,
     pool_pages = const EARLY_POOL_PAGES,
     early_attrs = const EARLY_PAGE_ATTRS,
     sctlr_init = const sctlr::INIT,

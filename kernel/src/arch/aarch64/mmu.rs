@@ -41,7 +41,7 @@ fn tcr() -> u64 {
     };
     let va = 64 - super::regs::VA_BITS as u64;
     let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(5);
-    let mut v = T0SZ.val(va)
+    let mut v = T0SZ.val(64 - super::regs::USER_VA_BITS as u64)
         + IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
         + ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable
         + SH0::Inner

@@ -34,8 +34,16 @@ pub mod mair {
     }
 }
 
-/// Virtual address bits in each half (TTBR0 and TTBR1).
+/// Virtual address bits of the kernel half (TTBR1).
 pub const VA_BITS: u32 = 48;
+
+/// Virtual address bits of the user half (TTBR0): 48, or 39 with the
+/// `va39` feature (`./qemu-run.sh --va-bits 39`: one level fewer of user
+/// tables, like Linux's `CONFIG_ARM64_VA_BITS_39`).
+#[cfg(feature = "va39")]
+pub const USER_VA_BITS: u32 = 39;
+#[cfg(not(feature = "va39"))]
+pub const USER_VA_BITS: u32 = 48;
 
 pub mod tcr {
     pub const T0SZ_SHIFT: u32 = 0;
@@ -77,7 +85,7 @@ pub const fn tg1(g: Granule) -> u64 {
 
 /// TCR_EL1 without the CPU-dependent fields (IPS and AS are filled in at boot
 /// from ID_AA64MMFR0_EL1).
-pub const TCR_BASE: u64 = ((64 - VA_BITS as u64) << tcr::T0SZ_SHIFT)
+pub const TCR_BASE: u64 = ((64 - USER_VA_BITS as u64) << tcr::T0SZ_SHIFT)
     | tcr::IRGN0_WBWA
     | tcr::ORGN0_WBWA
     | tcr::SH0_INNER

@@ -201,7 +201,10 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                 crate::mm::walk::Step::Continue
             }
         }
-        let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, 1 << 48) };
+        // The lower half ends where the root table's reach does (2^39 for a
+        // 4K level-1 root): beyond it indices would wrap around.
+        let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128).min(1 << 48) as u64;
+        let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, reach) };
         crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
     }
 
