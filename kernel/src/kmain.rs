@@ -130,6 +130,16 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     }
     start_secondaries();
 
+    // Hardware access-flag updates for user memory (processes run on this CPU).
+    if boot().board.bootarg("pagelab.hw-af") == Some("1") {
+        if cpu::has_hw_af() {
+            cpu::set_hw_af(true);
+            log::info!("hardware access flag (TCR_EL1.HA) on");
+        } else {
+            log::warn!("pagelab.hw-af=1: this CPU has no FEAT_HAFDBS; access flags stay in software");
+        }
+    }
+
     if let Some(what) = boot().board.bootarg("pagelab.crash") {
         crash(what);
     }

@@ -257,6 +257,13 @@ impl Desc {
     pub fn mkdirty(self) -> Desc {
         Desc(self.0 | SW_DIRTY_BIT)
     }
+    /// Linux `pte_mkyoung` / `pte_mkold` (the access flag).
+    pub fn mkyoung(self) -> Desc {
+        Desc(self.0 | AF_BIT)
+    }
+    pub fn mkold(self) -> Desc {
+        Desc(self.0 & !AF_BIT)
+    }
     /// Whether EL0 may write through this leaf.
     pub fn user_writable(self) -> bool {
         let p = self.perms();
@@ -269,6 +276,7 @@ pub const AP_RDONLY: u64 = 1 << 7;
 /// AP[1]: EL0 access.
 pub const AP_EL0: u64 = 1 << 6;
 const SW_DIRTY_BIT: u64 = 1 << 55;
+const AF_BIT: u64 = 1 << 10;
 
 /// Memory type of a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -107,7 +107,7 @@ pub fn do_huge_pmd_wp_page(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU
             (0..folio.nr_pages()).for_each(|i| folio.page(i).set_anon_exclusive());
         }
         if !flags.unshare {
-            pmd.store(memory::maybe_mkwrite(desc, vma).mkdirty().0, Ordering::Release);
+            pmd.store(memory::maybe_mkwrite(desc, vma).mkdirty().mkyoung().0, Ordering::Release);
             KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;

@@ -274,11 +274,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     if pd.is_valid() && matches!(pd.kind(2, GRANULE), Kind::Leaf(_)) {
         if flags.write || flags.unshare {
             if flags.write && pd.user_writable() {
-                return spurious(mt.mm, va);
+                return spurious(mt.mm, pmd, va, 2);
             }
             return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
         }
-        return if pd.perms().el0 { spurious(mt.mm, va) } else { VmFault::Sigsegv };
+        return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2) } else { VmFault::Sigsegv };
     }
     // The level-3 table under it (Linux `__pte_alloc` when there is none).
     let table = match pd.kind(2, GRANULE) {
@@ -303,19 +303,37 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
-            return spurious(mt.mm, va);
+            return spurious(mt.mm, slot, va, 3);
         }
         do_wp_page(mt.mm, slot, vma, va, desc, flags)
     } else if desc.perms().el0 {
-        spurious(mt.mm, va)
+        spurious(mt.mm, slot, va, 3)
     } else {
         VmFault::Sigsegv
     }
 }
 
-/// The entry already allows the access (another path fixed it, or a stale
-/// TLB entry): drop the stale translation and retry.
-fn spurious(mm: &MmStruct, va: u64) -> VmFault {
+/// The entry already allows the access. If its access flag is clear this
+/// was an access-flag fault: set it (Linux `pte_mkyoung` through
+/// `ptep_set_access_flags`; an entry with AF clear is never cached, so no
+/// TLBI), on the whole contiguous run so its entries stay alike.
+/// Otherwise another path fixed it or a stale TLB entry remains: drop it.
+fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32) -> VmFault {
+    let d = Desc(slot.load(Ordering::Acquire));
+    if !d.af() {
+        if level == 3 && d.0 & CONT_BIT != 0 {
+            let run_va = va & !(cont_size() - 1);
+            let first = slot_at(slot, va, run_va) as *const AtomicU64;
+            for i in 0..GRANULE.contiguous_entries(3) {
+                // SAFETY: the run lies in this level-3 table.
+                unsafe { &*first.add(i) }.fetch_or(1 << 10, Ordering::AcqRel);
+            }
+        } else {
+            slot.fetch_or(1 << 10, Ordering::AcqRel);
+        }
+        crate::arch::aarch64::cpu::publish_tables();
+        return VmFault::Done;
+    }
     crate::arch::aarch64::cpu::tlbi_page_local(va, mm.asid());
     VmFault::Done
 }
@@ -472,7 +490,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
-    set_pte_perm(mm, slot, va, maybe_mkwrite(desc, vma).mkdirty());
+    set_pte_perm(mm, slot, va, maybe_mkwrite(desc, vma).mkdirty().mkyoung());
     VmFault::Done
 }
 
@@ -615,7 +633,8 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 }
             },
         };
-        dslot.store(child.0, Ordering::Relaxed);
+        // Linux `pte_mkold` for the child: its first access sets the flag.
+        dslot.store(child.mkold().0, Ordering::Relaxed);
         Ok(())
     });
     // The parent's write-protections must reach the TLBs before the child
@@ -647,7 +666,7 @@ fn copy_block(dmem: &mut FrameTableMem, dst: &MmStruct, va: u64, sslot: &AtomicU
         }
         return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
     };
-    dpmd.store(child.0, Ordering::Relaxed);
+    dpmd.store(child.mkold().0, Ordering::Relaxed);
     Ok(child != desc)
 }
 

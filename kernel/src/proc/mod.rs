@@ -667,7 +667,7 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
 /// faults (a read-only entry: COW, zero page) are handled at every level.
 fn handle_user_fault(far: u64, esr: Esr) -> bool {
     let p = CURRENT.load(Ordering::Acquire);
-    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_))) {
+    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))) {
         return false;
     }
     // SAFETY: CURRENT points at the process run_agent is running.

@@ -78,7 +78,8 @@ fn mmu_registers() -> Result<(), String> {
     ensure!((s & span == 0) == crate::arch::cpu::has_pan(), "SCTLR_EL1.SPAN must be clear exactly when the CPU has PAN");
     ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
     let tcr = TCR_EL1.get();
-    let fixed_mask = !((7u64 << 32) | (1 << 36));
+    // IPS, AS and HA (hardware access flag, pagelab.hw-af=1) vary at run time.
+    let fixed_mask = !((7u64 << 32) | (1 << 36) | (1 << 39));
     ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
     let t0sz = 64 - crate::arch::aarch64::regs::USER_VA_BITS as u64;
     ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16, "48-bit kernel VA (T1SZ {})", TCR_EL1.read(TCR_EL1::T1SZ));

@@ -330,3 +330,25 @@ pub fn has_pan() -> bool {
     use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
     ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
 }
+
+/// Whether the CPU can set access flags in hardware (FEAT_HAFDBS:
+/// ID_AA64MMFR1_EL1.HAFDBS != 0).
+pub fn has_hw_af() -> bool {
+    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    ID_AA64MMFR1_EL1.get() & 0xf != 0
+}
+
+/// Turns hardware access-flag updates (TCR_EL1.HA) on or off on this CPU,
+/// then drops this CPU's TLB so no translation cached under the old
+/// setting survives. Only call with `has_hw_af()`.
+pub fn set_hw_af(on: bool) {
+    const HA: u64 = 1 << 39;
+    // SAFETY: only the HA bit of TCR_EL1 changes; the barriers and the
+    // local TLB invalidation make the change take effect.
+    unsafe {
+        let mut tcr: u64;
+        asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags));
+        tcr = if on { tcr | HA } else { tcr & !HA };
+        asm!("msr tcr_el1, {}", "isb", "tlbi vmalle1", "dsb nsh", "isb", in(reg) tcr, options(nostack, preserves_flags));
+    }
+}

@@ -1,0 +1,73 @@
+//! The access flag, in software and in hardware (FEAT_HAFDBS, TCR_EL1.HA).
+//! fork gives the child old entries (Linux `pte_mkold`); the child's first
+//! access either takes a real access-flag fault that the kernel resolves by
+//! setting the flag, or, with HA on, is served by the MMU setting it itself
+//! with no fault at all.
+
+use alloc::string::String;
+
+use super::Test;
+use crate::arch::aarch64::cpu;
+use crate::arch::aarch64::user::op;
+use crate::ensure;
+use crate::mm::addr::VirtAddr;
+use crate::mm::granule::PAGE_SIZE;
+use crate::mm::pgtable::Translation;
+use crate::proc::{self, MmapArgs, RunEnd};
+
+pub static TESTS: &[Test] = &[Test { name: "access_flag_software_and_hardware", f: access_flag }];
+
+fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
+    proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
+        Translation::Mapped { desc, .. } => Some(desc),
+        _ => None,
+    })
+    .ok()
+    .flatten()
+}
+
+fn access_flag() -> Result<(), String> {
+    let (pa, ch) = ("af_parent", "af_child");
+    proc::spawn(pa)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(pa, "m", MmapArgs { size: 4 * PAGE_SIZE, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false })?;
+        ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
+        ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
+        proc::fork(pa, ch)?;
+        for i in 0..4 {
+            ensure!(desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()), "the child's page {i} must be old after fork");
+        }
+        // Software: a real access-flag fault, resolved by setting the flag.
+        let f0 = proc::fault_count(ch);
+        ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
+        ensure!(proc::fault_count(ch) == f0 + 1, "software AF: {} faults for the first read, expected 1", proc::fault_count(ch) - f0);
+        ensure!(desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only), "the read must leave the entry young and still read-only");
+        // A write to an old read-only entry: one fault does both (AF and COW).
+        let f0 = proc::fault_count(ch);
+        ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
+        ensure!(proc::fault_count(ch) == f0 + 1, "a write to an old COW entry took {} faults, expected 1", proc::fault_count(ch) - f0);
+        ensure!(desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()), "the COW copy must be young and writable");
+        if !cpu::has_hw_af() {
+            crate::println!("      (no FEAT_HAFDBS on this CPU: the hardware half is not run; it runs under -cpu max)");
+            return Ok(());
+        }
+        // Hardware: the MMU sets the flag, no fault is taken.
+        cpu::set_hw_af(true);
+        let f0 = proc::fault_count(ch);
+        let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
+        let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
+        let faults = proc::fault_count(ch) - f0;
+        if crate::kmain::boot().board.bootarg("pagelab.hw-af") != Some("1") {
+            cpu::set_hw_af(false);
+        }
+        ensure!(matches!(r?, RunEnd::Done), "child read with HA");
+        ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
+        ensure!(young, "hardware AF: the MMU did not set the access flag");
+        ensure!(desc(ch, m + 3 * PAGE_SIZE).is_some_and(|d| !d.af()), "an untouched page must stay old");
+        Ok(())
+    })();
+    let _ = proc::exit(ch);
+    let _ = proc::exit(pa);
+    r?;
+    crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+}
