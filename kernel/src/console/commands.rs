@@ -168,8 +168,7 @@ impl Session {
             },
             "checkpin" => match args {
                 [n, b] => {
-                    let b = crate::util::parse_number(b).filter(|&v| v <= 0xff).ok_or_else(|| alloc::format!("`{}` is not a byte (0x00..0xff)", truncate(b, 20)))?;
-                    crate::mm::gup::check_handle(n, b as u8).map(Outcome::Assert)
+                    crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?).map(Outcome::Assert)
                 }
                 _ => Err("usage: checkpin N BYTE".into()),
             },

@@ -17,7 +17,7 @@ use crate::proc::{self, MmapArgs, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
 
-fn byte(s: &str) -> Result<u8, String> {
+pub(super) fn byte(s: &str) -> Result<u8, String> {
     match parse_number(s) {
         Some(v) if v <= 0xff => Ok(v as u8),
         _ => Err(alloc::format!("`{}` is not a byte (0x00..0xff)", &s[..s.len().min(20)])),

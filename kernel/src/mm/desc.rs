@@ -50,7 +50,7 @@ register_bitfields! {u64,
 }
 
 /// Output-address bits of a descriptor (48-bit PA).
-const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+pub const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
 
 /// A raw descriptor value.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
@@ -276,7 +276,12 @@ pub const AP_RDONLY: u64 = 1 << 7;
 /// AP[1]: EL0 access.
 pub const AP_EL0: u64 = 1 << 6;
 const SW_DIRTY_BIT: u64 = 1 << 55;
-const AF_BIT: u64 = 1 << 10;
+/// The access flag.
+pub const AF_BIT: u64 = 1 << 10;
+/// The contiguous bit (Arm "contpte" on level-3 entries).
+pub const CONT_BIT: u64 = 1 << 52;
+/// Software bit: userfaultfd write-protect on a present entry.
+pub const UFFD_WP_BIT: u64 = 1 << 57;
 
 /// Memory type of a leaf.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

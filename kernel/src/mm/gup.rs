@@ -265,26 +265,14 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), String>, String> 
     Ok(Ok(()))
 }
 
-/// FOLL_GET references the handles hold on `f` (for `invariants`: pins are
-/// counted by the folio's pincount).
-pub fn held_references(f: Folio) -> u32 {
+/// FOLL_GET references (`pin` false) or FOLL_PIN pins (`pin` true) that
+/// the handles hold on pages of `f` (for `invariants`).
+pub fn held(f: Folio, pin: bool) -> u32 {
     let (lo, hi) = (f.pa().0, f.pa().0 + f.size());
     HANDLES
         .lock()
         .values()
-        .filter(|h| !h.pin)
-        .flat_map(|h| h.pages.iter())
-        .filter(|t| matches!(t, Taken::Page(pa) if pa.0 >= lo && pa.0 < hi))
-        .count() as u32
-}
-
-/// Pins held through handles on `f` (for `invariants`).
-pub fn held_pins(f: Folio) -> u32 {
-    let (lo, hi) = (f.pa().0, f.pa().0 + f.size());
-    HANDLES
-        .lock()
-        .values()
-        .filter(|h| h.pin)
+        .filter(|h| h.pin == pin)
         .flat_map(|h| h.pages.iter())
         .filter(|t| matches!(t, Taken::Page(pa) if pa.0 >= lo && pa.0 < hi))
         .count() as u32

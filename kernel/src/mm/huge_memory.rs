@@ -73,9 +73,7 @@ fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
 /// Linux `do_huge_pmd_anonymous_page` on an empty level-2 entry. A read
 /// maps the huge zero folio read-only (special); a write maps a new zeroed
 /// block-sized folio. `None`: no memory for it, fall back to page tables.
-pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
-    let base = va & !(pmd_size() - 1);
-    let _ = base;
+pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
     if !flags.write {
         let z = huge_zero_folio()?;
         memory::set_pte_new(pmd, Desc::leaf(z, 2, LeafAttrs { special: true, ..memory::vm_page_prot(vma) }));
@@ -127,18 +125,19 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, v
     let desc = Desc(pmd.load(Ordering::Acquire));
     let base = va & !(pmd_size() - 1);
     let pa = desc.output_address(pmd_size());
+    let zero = desc.special() && is_huge_zero(pa);
+    // Checked before the table is allocated, so a refusal leaks nothing.
+    if desc.special() && !zero {
+        return Err("split of a special block".into());
+    }
     let table = mem.alloc_table().ok_or("out of memory splitting a block")?;
     let n = GRANULE.entries_per_table();
-    let zero = desc.special() && is_huge_zero(pa);
     let attrs = desc.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
     for i in 0..n {
         let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
         // Not reachable by the walker yet: plain stores.
-        memory::table_entry(mem, table, i).store(oa | attrs | cont | 0b11, Ordering::Relaxed);
-    }
-    if desc.special() && !zero {
-        return Err("split of a special block".into());
+        memory::entry(mem, table, i).store(oa | attrs | cont | 0b11, Ordering::Relaxed);
     }
     if !desc.special() {
         let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or("block without a folio")?;

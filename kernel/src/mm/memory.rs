@@ -21,7 +21,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use super::addr::PhysAddr;
-use super::desc::{Desc, Kind, LeafAttrs, AP_EL0, AP_RDONLY};
+pub use super::desc::CONT_BIT;
+use super::desc::{Desc, Kind, LeafAttrs, AF_BIT, AP_EL0, AP_RDONLY, OA_MASK, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, Vma, VmFlags};
@@ -117,47 +118,45 @@ pub fn access_ok(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
-/// Where a walk to the level-3 entry for an address ended.
-enum PteLookup {
-    Slot(&'static AtomicU64),
-    /// No table at some level (and none was to be allocated).
-    Hole,
-    /// A block (or reserved/non-present entry) above level 3.
-    Block,
-    Oom,
-}
-
 /// The entry `idx` of `table`.
-fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
+pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
     // SAFETY: table pages are RAM in the linear map; the caller holds the
     // locks that keep this table linked (mmap lock + page-table lock), so
     // the reference is not used after the table is freed.
     unsafe { &*mem.table_ptr(table).add(idx) }
 }
 
-/// Entry `idx` of table `table` (for `huge_memory`).
-pub(crate) fn table_entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
-    entry(mem, table, idx)
-}
-
-/// Linux `pmd_offset` (with `__pmd_alloc` when `alloc`): the slot of the
-/// level-2 entry for `va`; `None` for a hole (or no memory when allocating).
-pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
+/// The slot of the level-`level` entry for `va` (2: Linux `pmd_offset`,
+/// 3: `pte_offset_map`), allocating missing tables on the way when `alloc`
+/// (`__pmd_alloc`/`__pte_alloc`). `None`: a hole (not allocating), a block
+/// or odd entry above `level`, or no memory for a table.
+fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, alloc: bool) -> Option<&'static AtomicU64> {
     let g = GRANULE;
     let mut table = pgd;
-    for level in USER_START_LEVEL..2 {
-        let e = entry(mem, table, g.index(va, level));
-        match Desc(e.load(Ordering::Acquire)).kind(level, g) {
+    for l in USER_START_LEVEL..level {
+        let e = entry(mem, table, g.index(va, l));
+        match Desc(e.load(Ordering::Acquire)).kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
                 let next = mem.alloc_table()?;
+                // Invalid to valid: published with the leaf written below it.
                 e.store(Desc::table(next).0, Ordering::Release);
                 table = next;
             }
             _ => return None,
         }
     }
-    Some(entry(mem, table, g.index(va, 2)))
+    Some(entry(mem, table, g.index(va, level)))
+}
+
+/// The level-2 slot for `va` ([`slot_lookup`]).
+pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
+    slot_lookup(mem, pgd, va, 2, alloc)
+}
+
+/// The level-3 slot for `va` ([`slot_lookup`]).
+fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
+    slot_lookup(mem, pgd, va, 3, alloc)
 }
 
 /// Splits the blocks that `[start, end)` cuts (an end inside a block), so
@@ -178,28 +177,6 @@ pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, star
         }
     }
     Ok(())
-}
-
-/// Linux `pte_offset_map` (with `__pte_alloc` when `alloc`): the slot of
-/// the level-3 entry for `va`.
-fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> PteLookup {
-    let g = GRANULE;
-    let mut table = pgd;
-    for level in USER_START_LEVEL..3 {
-        let e = entry(mem, table, g.index(va, level));
-        match Desc(e.load(Ordering::Acquire)).kind(level, g) {
-            Kind::Table(next) => table = next,
-            Kind::None if alloc => {
-                let Some(next) = mem.alloc_table() else { return PteLookup::Oom };
-                // Invalid to valid: published with the leaf below.
-                e.store(Desc::table(next).0, Ordering::Release);
-                table = next;
-            }
-            Kind::None => return PteLookup::Hole,
-            _ => return PteLookup::Block,
-        }
-    }
-    PteLookup::Slot(entry(mem, table, g.index(va, 3)))
 }
 
 /// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
@@ -267,7 +244,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = Desc(pmd.load(Ordering::Acquire));
     if pd.0 == 0 && super::huge_memory::pmd_suitable(vma, va) {
-        if let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, va, flags) {
+        if let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags) {
             return r;
         }
     }
@@ -326,10 +303,10 @@ fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32) -> VmF
             let first = slot_at(slot, va, run_va) as *const AtomicU64;
             for i in 0..GRANULE.contiguous_entries(3) {
                 // SAFETY: the run lies in this level-3 table.
-                unsafe { &*first.add(i) }.fetch_or(1 << 10, Ordering::AcqRel);
+                unsafe { &*first.add(i) }.fetch_or(AF_BIT, Ordering::AcqRel);
             }
         } else {
-            slot.fetch_or(1 << 10, Ordering::AcqRel);
+            slot.fetch_or(AF_BIT, Ordering::AcqRel);
         }
         crate::arch::aarch64::cpu::publish_tables();
         return VmFault::Done;
@@ -365,9 +342,6 @@ fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultF
     crate::arch::aarch64::cpu::publish_tables();
     VmFault::Done
 }
-
-/// The contiguous bit (Arm "contpte" when on level-3 entries).
-pub const CONT_BIT: u64 = 1 << 52;
 
 /// Bytes one contiguous run of level-3 entries maps (64K with 4K pages,
 /// 2M with 16K and 64K pages).
@@ -518,7 +492,7 @@ fn wp_page_copy_from(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: 
     folio_add_new_anon_rmap_pte(new.head());
     let mut d = Desc::leaf(new.pa(), 3, vm_page_prot(vma));
     // Keep the access bits the entry had (EL0 access) and uffd-wp.
-    d = Desc((d.0 & !(AP_EL0 | AP_RDONLY)) | (desc.0 & (AP_EL0 | AP_RDONLY)) | (desc.0 & (1 << 57)));
+    d = Desc((d.0 & !(AP_EL0 | AP_RDONLY)) | (desc.0 & (AP_EL0 | AP_RDONLY)) | (desc.0 & UFFD_WP_BIT));
     d = d.wrprotect();
     if !flags.unshare {
         d = maybe_mkwrite(d, vma).mkdirty();
@@ -607,7 +581,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                     broken_runs.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
                     broken_runs.push(va & !(cont_size() - 1));
                 }
-                Desc((desc.0 & !0x0000_ffff_ffff_f000 & !CONT_BIT) | new.pa().0)
+                Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
             }
         };
         let base = va & !(span - 1);
@@ -620,12 +594,12 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(base, 3)) }
             }
             None => match pte_lookup(&mut dmem, dst.mm.pgd, va, true) {
-                PteLookup::Slot(s) => {
+                Some(s) => {
                     // SAFETY: s is entry index(va) of its table; back to index(base).
                     dcache.1 = Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
                     s
                 }
-                _ => {
+                None => {
                     if !child.special() {
                         put_mapped_page(child.output_address(PAGE_SIZE));
                     }
@@ -646,7 +620,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child has never run (no TLB entries): plain writes suffice.
     for run in broken_runs {
         for i in 0..GRANULE.contiguous_entries(3) as u64 {
-            if let PteLookup::Slot(sl) = pte_lookup(&mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+            if let Some(sl) = pte_lookup(&mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
                 sl.fetch_and(!CONT_BIT, Ordering::AcqRel);
             }
         }
@@ -689,7 +663,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
-            if let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, a, false) {
+            if let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, a, false) {
                 unfold_run(mt.mm, slot, a);
             }
         }
@@ -918,7 +892,7 @@ pub fn vm_insert_page(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGu
     validate_page_before_insert(mt.mm, &vma, pa)?;
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
+    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
         return Err(-crate::proc::syscall::ENOMEM);
     };
     insert_page_into_pte_locked(slot, &vma, pa)
@@ -952,7 +926,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -
     }
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let PteLookup::Slot(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
     let has_page = !page::is_zero_pfn(pfn) && page::pfn_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, pfn) {

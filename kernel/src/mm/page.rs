@@ -218,11 +218,16 @@ impl Folio {
     }
     /// Linux `folio_put`: drops a reference and frees the folio with the last.
     pub fn put(self) {
-        let old = self.0.refcount.fetch_sub(1, Ordering::AcqRel);
-        assert!(old > 0, "folio_put on a free folio {:#x}", self.pa().0);
-        if old == 1 {
+        if self.put_testzero() {
             free_folio(self);
         }
+    }
+    /// Linux `folio_put_testzero`: drops a reference; true for the last,
+    /// after which the caller frees the folio.
+    fn put_testzero(&self) -> bool {
+        let old = self.0.refcount.fetch_sub(1, Ordering::AcqRel);
+        assert!(old > 0, "folio_put on a free folio {:#x}", self.pa().0);
+        old == 1
     }
     pub fn pin(&self) {
         self.get();
@@ -299,9 +304,7 @@ pub fn release_mapped_pages(pas: &mut alloc::vec::Vec<PhysAddr>) {
         let pg = pfn_to_page(pas[i]).expect("mapped page outside RAM");
         let f = pg.folio().expect("mapped page without a folio");
         folio_remove_rmap_pte(pg);
-        let old = f.0.refcount.fetch_sub(1, Ordering::AcqRel);
-        assert!(old > 0, "folio_put on a free folio {:#x}", f.pa().0);
-        if old == 1 {
+        if f.put_testzero() {
             if f.is_large() {
                 free_folio(f);
             } else {

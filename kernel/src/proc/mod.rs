@@ -243,11 +243,7 @@ fn teardown(p: &Process) {
 /// `wait4`.
 pub fn exit(name: &str) -> Result<(), String> {
     let code = with_proc(name, |p| {
-        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-        run.regs.x[0] = op::SYSCALL;
-        run.regs.x[8] = syscall::nr::EXIT_GROUP;
-        run.regs.elr = AGENT_VA;
-        let regs = run_regs(p, run);
+        let regs = agent_regs(p, &[op::SYSCALL], syscall::nr::EXIT_GROUP);
         let esr = Esr(regs.esr);
         match *p.exit_code.lock() {
             Some(c) => Ok(c),
@@ -420,6 +416,19 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
     }
 }
 
+/// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
+/// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
+fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), String> {
+    let mut a = va;
+    while a < va + len {
+        let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
+        a = v.end;
+    }
+    vmas.split_at(va);
+    vmas.split_at(va + len);
+    Ok(())
+}
+
 /// `P madvise RANGE hugepage|nohugepage`: the folio policy of later faults
 /// in the range (VMAs split at its ends). `hugepage` allows the largest
 /// folios where the mapping had none (`thp=never`); `nohugepage` limits
@@ -428,13 +437,7 @@ pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(),
     check_user_range(va, len)?;
     with_proc(name, |p| {
         let mut vmas = p.mm.mmap_write_lock();
-        let mut a = va;
-        while a < va + len {
-            let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
-            a = v.end;
-        }
-        vmas.split_at(va);
-        vmas.split_at(va + len);
+        split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
             if v.flags.contains(VmFlags::PFNMAP) {
                 continue;
@@ -475,17 +478,10 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
     check_user_range(va, len)?;
     {
         let mut vmas = p.mm.mmap_write_lock();
-        // Every page of the range must be in some VMA (Linux: -ENOMEM otherwise).
-        let mut a = va;
-        while a < va + len {
-            let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
-            if v.start == AGENT_VA {
-                return Err("cannot mprotect the agent".into());
-            }
-            a = v.end;
+        if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
+            return Err("cannot mprotect the agent".into());
         }
-        vmas.split_at(va);
-        vmas.split_at(va + len);
+        split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
             let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
             let mut f = keep;
@@ -517,10 +513,21 @@ pub enum RunEnd {
 
 /// Runs one agent command in `p` at EL0 (x0..x4 as the agent expects).
 fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
+    run_end(&agent_regs(p, &x, 0))
+}
+
+/// Starts the agent in `p` with `x` in x0.. and `x8` in x8, runs it until
+/// it ends the command, and returns its final registers.
+fn agent_regs(p: &Process, x: &[u64], x8: u64) -> TrapFrame {
     let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-    run.regs.x[..5].copy_from_slice(&x);
+    run.regs.x[..x.len()].copy_from_slice(x);
+    run.regs.x[8] = x8;
     run.regs.elr = AGENT_VA;
-    let regs = run_regs(p, run);
+    run_regs(p, run)
+}
+
+/// How an agent command ended, from its final registers.
+fn run_end(regs: &TrapFrame) -> RunEnd {
     let esr = Esr(regs.esr);
     match esr.ec() {
         ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE => match regs.x[0] {
@@ -571,17 +578,7 @@ pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) 
 /// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
 pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, String> {
     with_proc(name, |p| {
-        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-        run.regs.x[0] = op::SYSCALL_LOOP;
-        run.regs.x[1] = count;
-        run.regs.x[8] = nr;
-        run.regs.elr = AGENT_VA;
-        let regs = run_regs(p, run);
-        let esr = Esr(regs.esr);
-        match esr.ec() {
-            ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE && regs.x[0] == 0 => Ok(RunEnd::Done),
-            _ => Ok(RunEnd::Other { esr: regs.esr }),
-        }
+        Ok(run_end(&agent_regs(p, &[op::SYSCALL_LOOP, count], nr)))
     })
 }
 
@@ -603,10 +600,7 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, String>
         return Err("at least one iteration".into());
     }
     with_proc(name, |p| {
-        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-        run.regs.x[..3].copy_from_slice(&[op::SPIN, seed, iterations]);
-        run.regs.elr = AGENT_VA;
-        Ok(run_regs(p, run))
+        Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0))
     })
 }
 
@@ -646,12 +640,8 @@ pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
 /// EL0) and returns its result.
 pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
     with_proc(name, |p| {
-        let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-        run.regs.x[0] = op::SYSCALL;
-        run.regs.x[1..7].copy_from_slice(&args);
-        run.regs.x[8] = nr;
-        run.regs.elr = AGENT_VA;
-        let regs = run_regs(p, run);
+        let x = [op::SYSCALL, args[0], args[1], args[2], args[3], args[4], args[5]];
+        let regs = agent_regs(p, &x, nr);
         let esr = Esr(regs.esr);
         if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == user::SVC_DONE && regs.x[0] == 2 {
             Ok(regs.x[1] as i64)
@@ -904,8 +894,8 @@ pub fn check_invariants() -> Result<(), String> {
                 return;
             }
         }
-        let refs = crate::mm::gup::held_references(f);
-        let pins = crate::mm::gup::held_pins(f);
+        let refs = crate::mm::gup::held(f, false);
+        let pins = crate::mm::gup::held(f, true);
         if f.pincount() != pins {
             err = Some(alloc::format!("folio {:#x}: pincount {} but handles hold {pins} pins", f.pa().0, f.pincount()));
             return;
