@@ -112,7 +112,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     crate::mm::memory::zero_pfn_pool();
 
     let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits) == 0b0010 { 16 } else { 8 };
-    crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()));
+    crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()), board.cpus.len().clamp(1, MAX_CPUS));
     BOOT.call_once(|| BootInfo { boot_el, phys_base, dtb_pa, board, reserved });
     banner();
     // The GIC and this CPU's tick, before the secondaries bring up theirs.
@@ -130,10 +130,12 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     }
     start_secondaries();
 
-    // Hardware access-flag updates for user memory (processes run on this CPU).
+    crate::proc::sched::init(boot().board.bootarg("pagelab.sched") == Some("local"));
+    // Hardware access-flag updates for user memory.
     if boot().board.bootarg("pagelab.hw-af") == Some("1") {
         if cpu::has_hw_af() {
-            cpu::set_hw_af(true);
+            // Processes run on every CPU: each one's TCR_EL1.
+            on_every_cpu(|| cpu::set_hw_af(true));
             log::info!("hardware access flag (TCR_EL1.HA) on");
         } else {
             log::warn!("pagelab.hw-af=1: this CPU has no FEAT_HAFDBS; access flags stay in software");
@@ -253,9 +255,29 @@ extern "C" fn secondary_main(id: u64) -> ! {
             // SAFETY: only `run_on_cpu` stores here, and only `fn()` pointers.
             let f: fn() = unsafe { core::mem::transmute(f as usize) };
             f();
+            WORK_DONE[id].fetch_add(1, Ordering::AcqRel);
             cpu::sev();
         }
+        if crate::proc::sched::run_one() {
+            continue;
+        }
         crate::irq::idle();
+    }
+}
+
+/// Work items each secondary CPU has finished.
+static WORK_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Runs `f` on this CPU and then on every other online CPU, each in turn,
+/// and returns once all of them have run it (per-CPU register settings).
+pub fn on_every_cpu(f: fn()) {
+    f();
+    let me = percpu::this_cpu().id;
+    for c in (0..MAX_CPUS).filter(|&c| c != me) {
+        let before = WORK_DONE[c].load(Ordering::Acquire);
+        if run_on_cpu(c, f) && !crate::irq::wait_until(1000, || WORK_DONE[c].load(Ordering::Acquire) != before) {
+            log::error!("cpu{c} did not run the work it was given");
+        }
     }
 }
 

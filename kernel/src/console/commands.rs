@@ -265,9 +265,11 @@ fn cpus() -> Outcome {
         if c.online.load(Ordering::Acquire) {
             let (el0, el1) = crate::irq::entries(i);
             println!(
-                "cpu{i}: online, MPIDR {:#x}, {} ticks, IRQ entries {el1} from EL1 / {el0} from EL0",
+                "cpu{i}: online, MPIDR {:#x}, {} ticks, IRQ entries {el1} from EL1 / {el0} from EL0, {} task runs, ASID {:#x}",
                 c.mpidr.load(Ordering::Relaxed),
-                crate::irq::ticks(i)
+                crate::irq::ticks(i),
+                crate::proc::sched::runs(i),
+                crate::proc::asid::active_on(i) & 0xffff
             );
         }
     }

@@ -13,11 +13,13 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
 pub mod asid;
+pub mod sched;
 pub mod syscall;
 
 use crate::arch::aarch64::cpu;
@@ -59,6 +61,9 @@ pub struct Process {
     pub(crate) zombies: Mutex<Vec<(u32, i32)>>,
     /// Set by the exit system call.
     pub(crate) exit_code: Mutex<Option<i32>>,
+    /// Its tasks that are not done (threads; the console's commands are
+    /// one task each).
+    pub(crate) tasks: Mutex<Vec<Arc<sched::Task>>>,
 }
 
 /// Per-process event counters.
@@ -77,8 +82,6 @@ impl Process {
 
 static PROCS: Mutex<BTreeMap<String, Box<Process>>> = Mutex::new(BTreeMap::new());
 static NEXT_PID: AtomicU64 = AtomicU64::new(1);
-/// The process running at EL0 (the fault handler's `current`).
-static CURRENT: AtomicPtr<Process> = AtomicPtr::new(core::ptr::null_mut());
 
 fn user_attrs(vma: &Vma) -> LeafAttrs {
     LeafAttrs { writable: vma.flags.contains(VmFlags::WRITE), ..memory::vm_page_prot(vma) }
@@ -119,6 +122,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
         stats: ProcStats::default(),
         zombies: Mutex::new(Vec::new()),
         exit_code: Mutex::new(None),
+        tasks: Mutex::new(Vec::new()),
     });
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
@@ -257,6 +261,11 @@ pub fn exit(name: &str) -> Result<(), String> {
 /// Removes `name` from the process table, tears it down and leaves
 /// `(pid, code)` for its parent.
 fn exit_process(name: &str, code: i32) {
+    // Its other threads end first (Linux exit_group's zap_other_threads).
+    let _ = with_proc(name, |p| {
+        sched::kill_all(p);
+        Ok(())
+    });
     let Some(p) = PROCS.lock().remove(name) else { return };
     teardown(&p);
     if p.ppid != 0 {
@@ -289,15 +298,16 @@ pub fn wait(name: &str) -> Result<i64, String> {
     syscall(name, syscall::nr::WAIT4, [u64::MAX, 0, 1, 0, 0, 0])
 }
 
-fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, String>) -> Result<R, String> {
+pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, String>) -> Result<R, String> {
     // The process stays in the table (boxed, so its address is stable); the
     // table lock is not held while it runs, so the fault path can find it.
     let ptr: *const Process = {
         let g = PROCS.lock();
         &**g.get(name).ok_or_else(|| alloc::format!("no process named `{name}`"))? as *const Process
     };
-    // SAFETY: processes are only removed by `exit`, which the single console
-    // thread never runs concurrently with another command.
+    // SAFETY: processes are only removed by `exit_process`, which the
+    // console (or a test) runs on its own CPU, never concurrently with
+    // another command, and only after every task of the process is done.
     f(unsafe { &*ptr })
 }
 
@@ -540,22 +550,12 @@ fn run_end(regs: &TrapFrame) -> RunEnd {
     }
 }
 
-/// Runs `run` at EL0 in `p` until the agent ends it; returns the final registers.
-fn run_regs(p: &Process, mut run: UserRun) -> TrapFrame {
-    run.regs.spsr = 0; // EL0t
-    CURRENT.store(p as *const Process as *mut Process, Ordering::Release);
-    let daif = cpu::irq_save();
-    // SAFETY: the process's tables are complete; nothing of the kernel runs
-    // from TTBR0. TTBR0 then stays on this process until another one runs
-    // or its tables go away (Linux's lazy active_mm): no switch back, no
-    // flush - the ASID keeps translations apart.
-    unsafe {
-        activate(p);
-        user::run_user(&mut run);
-    }
-    cpu::irq_restore(daif);
-    CURRENT.store(core::ptr::null_mut(), Ordering::Release);
-    run.regs
+/// Runs `run` at EL0 in `p` as a task of its own (on the CPU
+/// [`sched::console_affinity`] picks) until the agent ends it; returns the
+/// final registers.
+fn run_regs(p: &Process, run: UserRun) -> TrapFrame {
+    let t = sched::spawn(p, run.regs, sched::console_affinity());
+    sched::wait(&t)
 }
 
 /// Agent access over `[va, va+len)`.
@@ -612,10 +612,7 @@ pub fn handle_el0_sync(frame: &mut TrapFrame) {
         return; // resolved: back to EL0, the access is retried
     }
     if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == 0 {
-        let p = CURRENT.load(Ordering::Acquire);
-        if !p.is_null() {
-            // SAFETY: CURRENT is the process run_agent is running.
-            let p = unsafe { &*p };
+        if let Some(p) = sched::current_process() {
             if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {
                 // Never returns to EL0: the run ends and the caller tears
                 // the process down.
@@ -656,12 +653,10 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
 /// [`memory::handle_mm_fault`]. Translation faults (a hole) and permission
 /// faults (a read-only entry: COW, zero page) are handled at every level.
 fn handle_user_fault(far: u64, esr: Esr) -> bool {
-    let p = CURRENT.load(Ordering::Acquire);
-    if p.is_null() || !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))) {
+    let Some(p) = sched::current_process() else { return false };
+    if !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))) {
         return false;
     }
-    // SAFETY: CURRENT points at the process run_agent is running.
-    let p = unsafe { &*p };
     let g = p.mm.mmap_read_lock();
     let Some(vma) = g.vmas().find(far).copied() else { return false };
     let write = esr.wnr() && !esr.cm();
@@ -731,7 +726,7 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, String> {
 ///
 /// # Safety
 /// Nothing may run from TTBR0 addresses while it changes.
-unsafe fn activate(p: &Process) {
+pub(crate) unsafe fn activate(p: &Process) {
     let want = p.mm.pgd.0 | ((asid::asid_for(&p.mm.asid_slot) as u64) << 48);
     if ttbr0() != want {
         // SAFETY: guaranteed by the caller.
@@ -745,13 +740,24 @@ fn ttbr0() -> u64 {
 }
 
 /// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
-/// (the walker may still fetch from TTBR0 speculatively).
+/// on any CPU (the walker may still fetch from TTBR0 speculatively). Only
+/// the console's CPU keeps an address space after a run ([`sched`]); the
+/// others have left it before they report their task done.
 fn deactivate(p: &Process) {
     if ttbr0() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
-        let (_, empty) = kmap::roots();
-        // SAFETY: the kernel never runs from TTBR0.
-        unsafe { cpu::switch_ttbr0(empty.0) };
+        deactivate_this_cpu();
     }
+    if !crate::irq::wait_until(1000, || !asid::active_elsewhere(&p.mm.asid_slot)) {
+        log::error!("{}: its address space is still live on another CPU", p.name);
+    }
+}
+
+/// Points this CPU's TTBR0 at the empty table.
+pub(crate) fn deactivate_this_cpu() {
+    let (_, empty) = kmap::roots();
+    asid::clear_active();
+    // SAFETY: the kernel never runs from TTBR0.
+    unsafe { cpu::switch_ttbr0(empty.0) };
 }
 
 /// The user-memory half of `invariants` (Linux's page_table_check in

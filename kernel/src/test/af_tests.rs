@@ -52,13 +52,13 @@ fn access_flag() -> Result<(), String> {
             return Ok(());
         }
         // Hardware: the MMU sets the flag, no fault is taken.
-        cpu::set_hw_af(true);
+        crate::kmain::on_every_cpu(|| cpu::set_hw_af(true));
         let f0 = proc::fault_count(ch);
         let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
         let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
         let faults = proc::fault_count(ch) - f0;
         if crate::kmain::boot().board.bootarg("pagelab.hw-af") != Some("1") {
-            cpu::set_hw_af(false);
+            crate::kmain::on_every_cpu(|| cpu::set_hw_af(false));
         }
         ensure!(matches!(r?, RunEnd::Done), "child read with HA");
         ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");

@@ -229,6 +229,10 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
         // IRQ from EL1 (either stack) or from EL0: handle and return to
         // where it struck, through the normal exception exit.
         crate::irq::handle(kind == 9);
+        if kind == 9 {
+            // The scheduler's preemption point (may not return).
+            crate::proc::sched::irq_from_el0(frame);
+        }
         return;
     }
     let esr = Esr(frame.esr);

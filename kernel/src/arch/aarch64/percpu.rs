@@ -11,6 +11,9 @@ pub struct PerCpu {
     fixup_esr: AtomicU64,
     fixup_far: AtomicU64,
     exec_probe: AtomicBool,
+    /// The `UserRun` this CPU is running at EL0 (0: none), for
+    /// `user::return_to_kernel`.
+    pub current_run: AtomicU64,
 }
 
 impl PerCpu {
@@ -22,6 +25,7 @@ impl PerCpu {
             fixup_esr: AtomicU64::new(0),
             fixup_far: AtomicU64::new(0),
             exec_probe: AtomicBool::new(false),
+            current_run: AtomicU64::new(0),
         }
     }
 }

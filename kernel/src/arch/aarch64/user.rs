@@ -1,7 +1,7 @@
 //! Entering EL0 and coming back.
 //!
-//! The console runs one agent command at a time in a process, synchronously:
-//! [`run_user`] saves the kernel's callee-saved state, loads the user
+//! A CPU's scheduler loop (`proc::sched`) runs a task at EL0 with
+//! [`run_user`], which saves the kernel's callee-saved state, loads the user
 //! registers and `eret`s to EL0. The process runs until it makes a system
 //! call the kernel answers by ending the run (the agent's "done") or takes
 //! an exception the kernel cannot resolve; then [`return_to_kernel`]
@@ -14,6 +14,7 @@
 //! page read-only and executable at EL0.
 
 use core::arch::global_asm;
+use core::sync::atomic::Ordering;
 
 use super::exception::TrapFrame;
 
@@ -35,6 +36,13 @@ pub mod op {
     /// x1 system calls in a row, number in x8, no arguments (the null
     /// syscall benchmark's loop).
     pub const SYSCALL_LOOP: u64 = 8;
+    /// Loads byte [x1] and stores the number of loads so far to the u64 at
+    /// x2, forever: only a fault (or the scheduler) ends it. The TLB
+    /// shootdown test's reader thread.
+    pub const READ_LOOP: u64 = 9;
+    /// Loads byte [x1] until it is non-zero, then ends (another thread or
+    /// process sets it: the preemption test).
+    pub const WAIT_FLAG: u64 = 10;
     /// The flags `SPIN` sets before its loop and reports in x2 after it.
     pub const SPIN_NZCV: u64 = 0xa000_0000;
 }
@@ -81,6 +89,10 @@ pagelab_agent:
     b.eq    13f
     cmp     x0, #{syscall_loop}
     b.eq    15f
+    cmp     x0, #{read_loop}
+    b.eq    17f
+    cmp     x0, #{wait_flag}
+    b.eq    19f
     mov     x0, #-1
     svc     #0xff
 1:  cbz     x2, 2f                  // write: every byte of [x1, x1+x2) = w3
@@ -168,6 +180,14 @@ pagelab_agent:
     svc     #0
     sub     x9, x9, #1
     b       16b
+17: mov     x9, #0                  // read loop: load [x1], count to [x2], forever
+18: ldrb    w5, [x1]
+    add     x9, x9, #1
+    str     x9, [x2]
+    b       18b
+19: ldrb    w5, [x1]                // wait flag: until byte [x1] != 0
+    cbz     w5, 19b
+    b       2b
 .balign 65536
 .global pagelab_agent_end
 pagelab_agent_end:
@@ -185,11 +205,6 @@ __run_user:
     mov     x1, sp
     str     x1, [x0, #96]
     msr     tpidrro_el0, xzr
-    // Remember where UserRun is, for return_to_kernel.
-    adrp    x1, __current_run
-    add     x1, x1, :lo12:__current_run
-    mrs     x2, tpidr_el1
-    str     x0, [x1]                // single-CPU console for now
     add     x0, x0, #104            // the TrapFrame
     ldp     x22, x23, [x0, #16 * 16]
     ldr     x21, [x0, #16 * 15 + 8]
@@ -227,12 +242,6 @@ __return_to_kernel:
     ldr     x1, [x0, #96]
     mov     sp, x1
     ret
-
-.section .bss
-.balign 8
-.global __current_run
-__current_run:
-    .quad 0
 "#,
     write = const op::WRITE,
     check = const op::CHECK,
@@ -242,13 +251,14 @@ __current_run:
     store = const op::STORE,
     spin = const op::SPIN,
     syscall_loop = const op::SYSCALL_LOOP,
+    read_loop = const op::READ_LOOP,
+    wait_flag = const op::WAIT_FLAG,
     spin_nzcv = const op::SPIN_NZCV,
 );
 
 unsafe extern "C" {
     fn __run_user(run: *mut UserRun);
     fn __return_to_kernel(run: *mut UserRun) -> !;
-    static __current_run: u64;
     pub static pagelab_agent: u8;
     pub static pagelab_agent_end: u8;
 }
@@ -260,18 +270,24 @@ unsafe extern "C" {
 /// TTBR0 must hold the address space `run.regs` refers to; `run.regs.spsr`
 /// must name EL0.
 pub unsafe fn run_user(run: &mut UserRun) {
+    // Where return_to_kernel finds this run: per CPU, so every CPU can run
+    // a process of its own.
+    let me = super::percpu::this_cpu();
+    me.current_run.store(run as *mut UserRun as u64, Ordering::Release);
     // SAFETY: guaranteed by the caller; __run_user returns through
     // __return_to_kernel with every callee-saved register restored.
     unsafe { __run_user(run as *mut UserRun) };
+    me.current_run.store(0, Ordering::Release);
 }
 
 /// Ends the current EL0 run: copies `frame` into the run's user registers
 /// and resumes the kernel after `run_user`. Called from the EL0 trap path
 /// only, with nothing on the stack that needs dropping.
 pub fn return_to_kernel(frame: &TrapFrame) -> ! {
-    // SAFETY: __current_run was set by __run_user for the run in progress.
+    // SAFETY: current_run was set by run_user for the run in progress on
+    // this CPU (an EL0 exception is taken on the CPU that ran EL0).
     unsafe {
-        let run = core::ptr::read_volatile(core::ptr::addr_of!(__current_run)) as *mut UserRun;
+        let run = super::percpu::this_cpu().current_run.load(Ordering::Acquire) as *mut UserRun;
         assert!(!run.is_null(), "EL0 exception without a run in progress");
         (*run).regs = *frame;
         __return_to_kernel(run)
