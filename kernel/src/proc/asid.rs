@@ -107,6 +107,11 @@ impl State {
         for r in self.reserved.iter_mut().filter(|r| **r == old) {
             *r = new;
         }
+        // The CPUs still running it hold the same ASID number, now of this
+        // generation (so the next rollover keeps it for the same mm again).
+        for a in ACTIVE.iter().filter(|a| a.load(Ordering::Relaxed) == old) {
+            a.store(new, Ordering::Relaxed);
+        }
         Some(new)
     }
 }

@@ -529,15 +529,20 @@ fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
 /// Starts the agent in `p` with `x` in x0.. and `x8` in x8, runs it until
 /// it ends the command, and returns its final registers.
 fn agent_regs(p: &Process, x: &[u64], x8: u64) -> TrapFrame {
-    let mut run = UserRun { kctx: Default::default(), regs: TrapFrame::default() };
-    run.regs.x[..x.len()].copy_from_slice(x);
-    run.regs.x[8] = x8;
-    run.regs.elr = AGENT_VA;
-    run_regs(p, run)
+    run_regs(p, UserRun { kctx: Default::default(), regs: agent_frame(x, x8) })
+}
+
+/// The EL0 registers that start an agent command (`x` in x0.., x8).
+pub(crate) fn agent_frame(x: &[u64], x8: u64) -> TrapFrame {
+    let mut regs = TrapFrame::default();
+    regs.x[..x.len()].copy_from_slice(x);
+    regs.x[8] = x8;
+    regs.elr = AGENT_VA;
+    regs
 }
 
 /// How an agent command ended, from its final registers.
-fn run_end(regs: &TrapFrame) -> RunEnd {
+pub(crate) fn run_end(regs: &TrapFrame) -> RunEnd {
     let esr = Esr(regs.esr);
     match esr.ec() {
         ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE => match regs.x[0] {

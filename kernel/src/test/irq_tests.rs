@@ -122,6 +122,11 @@ fn sgi_reaches_each_cpu() -> Result<(), String> {
 /// and the flags as they were. (QEMU takes interrupts between translation
 /// blocks, so the loop keeps its flags and registers live across them.)
 fn irq_from_el0() -> Result<(), String> {
+    // The loop runs here, where the entries are counted.
+    proc::sched::pin_to_caller(irq_from_el0_here)
+}
+
+fn irq_from_el0_here() -> Result<(), String> {
     all_ready()?;
     let name = "irq_el0_test";
     proc::spawn(name)?;
@@ -160,6 +165,11 @@ fn irq_from_el0() -> Result<(), String> {
 }
 
 fn pan_blocks_plain_access() -> Result<(), String> {
+    // The EL0 run must come back on this CPU, whose PSTATE.PAN is checked.
+    proc::sched::pin_to_caller(pan_blocks_plain_access_here)
+}
+
+fn pan_blocks_plain_access_here() -> Result<(), String> {
     let name = "pan_test";
     proc::spawn(name)?;
     let r = (|| -> Result<(), String> {

@@ -14,6 +14,7 @@ mod insert_tests;
 mod af_tests;
 mod at_random;
 mod mm_tests;
+mod sched_tests;
 mod syscall_tests;
 mod table_tests;
 pub use table_tests::at_outcome;
@@ -36,7 +37,7 @@ macro_rules! ensure {
 }
 
 fn all() -> impl Iterator<Item = &'static Test> {
-    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter()).chain(at_random::TESTS.iter()).chain(syscall_tests::TESTS.iter()).chain(irq_tests::TESTS.iter()).chain(insert_tests::TESTS.iter()).chain(af_tests::TESTS.iter())
+    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter()).chain(at_random::TESTS.iter()).chain(syscall_tests::TESTS.iter()).chain(irq_tests::TESTS.iter()).chain(insert_tests::TESTS.iter()).chain(af_tests::TESTS.iter()).chain(sched_tests::TESTS.iter())
 }
 
 /// Runs the tests whose name contains `filter` (all when None); returns failures.

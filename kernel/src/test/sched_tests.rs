@@ -1,0 +1,281 @@
+//! The scheduler and SMP address spaces on the real (emulated) hardware:
+//! preemption of EL0 on one CPU, registers intact across task switches,
+//! tasks on every CPU, TLB shootdown between two threads of one address
+//! space running on different CPUs, and ASIDs kept across a rollover for
+//! the CPUs still running them.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+
+use super::Test;
+use crate::arch::aarch64::esr::{Esr, FaultStatus};
+use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::user::op;
+use crate::arch::percpu;
+use crate::ensure;
+use crate::mm::addr::VirtAddr;
+use crate::mm::granule::PAGE_SIZE;
+use crate::mm::layout::phys_to_virt;
+use crate::mm::pgtable::Translation;
+use crate::println;
+use crate::proc::sched::{self, Task};
+use crate::proc::{self, asid, syscall, MmapArgs, RunEnd};
+
+pub static TESTS: &[Test] = &[
+    Test { name: "sched_preempts_el0_on_one_cpu", f: preempts_el0 },
+    Test { name: "sched_registers_survive_task_switches", f: registers_survive },
+    Test { name: "sched_tasks_run_on_every_cpu", f: tasks_on_every_cpu },
+    Test { name: "sched_tlb_shootdown_between_threads", f: tlb_shootdown },
+    Test { name: "sched_asid_kept_across_rollover_while_running", f: asid_kept_across_rollover },
+];
+
+fn anon(size: u64) -> MmapArgs {
+    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false }
+}
+
+fn me() -> usize {
+    percpu::this_cpu().id
+}
+
+/// CPUs that run tasks: online and taking interrupts (bounded wait).
+fn cpus() -> usize {
+    let n = percpu::ONLINE.load(Ordering::Acquire);
+    let _ = crate::irq::wait_until(1000, || (0..n).all(crate::irq::ready));
+    (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1)
+}
+
+/// Runs `f` in a fresh process `name`, which exits afterwards whatever `f` did.
+fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    proc::spawn(name)?;
+    let r = f();
+    proc::exit(name)?;
+    r?;
+    crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+}
+
+fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
+    proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(x, x8), Some(cpu))))
+}
+
+fn done_ok(regs: &TrapFrame, what: &str) -> Result<(), String> {
+    ensure!(matches!(proc::run_end(regs), RunEnd::Done), "{what} did not finish its command: {}", Esr(regs.esr));
+    Ok(())
+}
+
+/// Two threads on one CPU: A spins at EL0 until B sets a flag. Only a tick
+/// that preempts A lets B run at all (without preemption this test hangs,
+/// and the run's timeout fails it).
+fn preempts_el0() -> Result<(), String> {
+    let name = "sched_pre";
+    in_process(name, || {
+        let va = proc::mmap(name, "flag", anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(name, op::WRITE, va, 1, 0)?, RunEnd::Done), "clearing the flag");
+        let cpu = me();
+        let a = start(name, &[op::WAIT_FLAG, va], 0, cpu)?;
+        let b = start(name, &[op::WRITE, va, 1, 1], 0, cpu)?;
+        let rb = sched::wait(&b);
+        done_ok(&rb, "the writer")?;
+        let ra = sched::wait(&a);
+        done_ok(&ra, "the waiter")?;
+        ensure!(a.preemptions.load(Ordering::Relaxed) >= 1, "the waiter finished without ever being preempted");
+        ensure!(a.ran_on.load(Ordering::Relaxed) == 1 << cpu && b.ran_on.load(Ordering::Relaxed) == 1 << cpu, "a thread left cpu{cpu}");
+        println!("  waiter preempted {} time(s) on cpu{cpu} before the writer ran", a.preemptions.load(Ordering::Relaxed));
+        Ok(())
+    })
+}
+
+/// Two long SPIN loops in two processes share one CPU: each is preempted
+/// and resumed several times, and each ends with exactly its own registers.
+fn registers_survive() -> Result<(), String> {
+    let (n1, n2) = ("sched_reg1", "sched_reg2");
+    proc::spawn(n2)?;
+    let r = in_process(n1, || {
+        let cpu = me();
+        let mut iterations = 1u64 << 22;
+        let deadline = crate::drivers::timer::now() + crate::drivers::timer::ms_to_counts(20_000);
+        loop {
+            let seeds = [0x1111_0000_0000_0000u64, 0x2222_0000_0000_0000u64];
+            let ts = [start(n1, &[op::SPIN, seeds[0], iterations], 0, cpu)?, start(n2, &[op::SPIN, seeds[1], iterations], 0, cpu)?];
+            for (t, seed) in ts.iter().zip(seeds) {
+                let regs = sched::wait(t);
+                done_ok(&regs, "a spin loop")?;
+                ensure!(regs.x[2] == op::SPIN_NZCV, "NZCV {:#x} after the loop: flags disturbed", regs.x[2]);
+                ensure!(regs.sp_el0 == seed & !0xf && regs.x[1] == seed, "SP_EL0/x1 of another task");
+                for k in 3..=30 {
+                    ensure!(regs.x[k] == seed + k as u64, "x{k} = {:#x} after {} preemption(s), expected {:#x}", regs.x[k], t.preemptions.load(Ordering::Relaxed), seed + k as u64);
+                }
+            }
+            let pre: Vec<u64> = ts.iter().map(|t| t.preemptions.load(Ordering::Relaxed)).collect();
+            if pre.iter().all(|&p| p >= 2) {
+                println!("  {iterations} iterations each: preempted {pre:?} times, registers intact");
+                return Ok(());
+            }
+            ensure!(crate::drivers::timer::now() < deadline, "loops of {iterations} iterations were preempted only {pre:?} times in 20 s");
+            iterations *= 2;
+        }
+    });
+    proc::exit(n2)?;
+    r
+}
+
+/// One task pinned to each CPU writes its own page; each ran there only.
+fn tasks_on_every_cpu() -> Result<(), String> {
+    let name = "sched_every";
+    let n = cpus();
+    in_process(name, || {
+        let va = proc::mmap(name, "m", anon(n as u64 * PAGE_SIZE))?;
+        let before: Vec<u64> = (0..n).map(sched::runs).collect();
+        let ts: Vec<Arc<Task>> = (0..n).map(|c| start(name, &[op::WRITE, va + c as u64 * PAGE_SIZE, PAGE_SIZE, 0x40 + c as u64], 0, c)).collect::<Result<_, _>>()?;
+        for (c, t) in ts.iter().enumerate() {
+            done_ok(&sched::wait(t), "a writer")?;
+            ensure!(t.ran_on.load(Ordering::Relaxed) == 1 << c, "the task pinned to cpu{c} ran on {:#b}", t.ran_on.load(Ordering::Relaxed));
+            ensure!(sched::runs(c) > before[c], "cpu{c} counted no run");
+        }
+        for c in 0..n {
+            let at = va + c as u64 * PAGE_SIZE;
+            ensure!(matches!(proc::access(name, op::CHECK, at, PAGE_SIZE, 0x40 + c as u8)?, RunEnd::Done), "page {c} lacks cpu{c}'s bytes");
+        }
+        println!("  {n} CPU(s) each ran their task");
+        Ok(())
+    })
+}
+
+/// The u64 at user address `va` of `name`, read through the linear map.
+fn user_u64(name: &str, va: u64) -> Result<u64, String> {
+    let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+        Translation::Mapped { pa, .. } => Some(pa),
+        _ => None,
+    })?
+    .ok_or("the counter page is not mapped")?;
+    // SAFETY: a mapped, page-aligned user page; the reader thread stores to
+    // it at EL0, which an aligned u64 load observes whole.
+    Ok(unsafe { core::ptr::read_volatile(phys_to_virt(pa).0 as *const u64) })
+}
+
+/// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns
+/// it once the count shows it running (its TLB holds `x`).
+fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, String> {
+    let a = start(name, &[op::READ_LOOP, x, y], 0, cpu)?;
+    if !crate::irq::wait_until(5000, || user_u64(name, y).is_ok_and(|c| c > 10_000)) {
+        sched::kill(&a);
+        return Err(alloc::format!("the reader on cpu{cpu} did not get going"));
+    }
+    Ok(a)
+}
+
+/// After a change of `x`'s mapping returned with the counter at `c0`, the
+/// reader must stop at its next load of `x` with a fault of `want`'s kind.
+fn reader_stopped(name: &str, a: &Task, x: u64, y: u64, c0: u64, what: &str, want: fn(FaultStatus) -> bool) -> Result<(), String> {
+    let Some(regs) = sched::wait_until(a, Some(3000)) else {
+        let c1 = user_u64(name, y).unwrap_or(0);
+        sched::kill(a);
+        return Err(alloc::format!("{what}: the reader kept loading through a stale TLB entry ({c0} -> {c1} loads after the call returned)"));
+    };
+    let c = user_u64(name, y)?;
+    match proc::run_end(&regs) {
+        RunEnd::Fault { addr, esr } if addr == x && Esr(esr).fault_status().is_some_and(want) => {}
+        e => return Err(alloc::format!("{what}: the reader ended with {e:?}, expected a fault at {x:#x}")),
+    }
+    ensure!(c <= c0 + 1, "{what}: {} loads of the old mapping after the call returned", c - c0);
+    Ok(())
+}
+
+/// Two threads of one address space on two CPUs: A (cpu1) keeps loading a
+/// page while B (this CPU) mprotects it to none, then unmaps another. When
+/// B's system call returns, the broadcast TLBI has completed: A's very next
+/// load must fault. A non-broadcast TLBI leaves A's TLB entry alive (QEMU
+/// models per-CPU TLBs), and A goes on loading.
+fn tlb_shootdown() -> Result<(), String> {
+    if cpus() < 2 {
+        println!("  (one CPU: nothing to shoot down; this runs with --smp 2 or more)");
+        return Ok(());
+    }
+    let name = "shootdown";
+    let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
+    in_process(name, || {
+        for (what, nr, want) in [
+            ("mprotect(PROT_NONE)", syscall::nr::MPROTECT, (|f| matches!(f, FaultStatus::Permission(_))) as fn(FaultStatus) -> bool),
+            ("munmap", syscall::nr::MUNMAP, |f| matches!(f, FaultStatus::Translation(_))),
+        ] {
+            let x = proc::mmap(name, "x", anon(PAGE_SIZE))?;
+            let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
+            ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x77)?, RunEnd::Done), "filling x");
+            ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
+            let a = start_reader(name, x, y, there)?;
+            // B: the system call from EL0, on this CPU (prot 0 = PROT_NONE).
+            let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], nr, here)?;
+            let rb = sched::wait(&b);
+            let c0 = user_u64(name, y)?;
+            ensure!(matches!(proc::run_end(&rb), RunEnd::Other { .. }) && rb.x[0] == 2 && rb.x[1] == 0, "{what} from EL0 failed: x0 {:#x} x1 {:#x}", rb.x[0], rb.x[1]);
+            reader_stopped(name, &a, x, y, c0, what, want)?;
+            ensure!(a.ran_on.load(Ordering::Relaxed) == 1 << there, "the reader left cpu{there}");
+            println!("  {what} on cpu{here}: the reader on cpu{there} faulted at its next load ({c0} loads before)");
+            if nr == syscall::nr::MPROTECT {
+                proc::munmap(name, x, PAGE_SIZE)?;
+            }
+            proc::munmap(name, y, PAGE_SIZE)?;
+        }
+        Ok(())
+    })
+}
+
+/// A rollover while a thread of R runs on another CPU: R must keep its
+/// ASID (the CPU goes on using it from TTBR0), nobody else may be given
+/// it, and a TLBI for R, made from this CPU afterwards, must reach the
+/// entries the other CPU cached under it.
+fn asid_kept_across_rollover() -> Result<(), String> {
+    if cpus() < 2 {
+        println!("  (one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more)");
+        return Ok(());
+    }
+    let name = "asid_keep";
+    let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
+    let others: Vec<String> = (0..12).map(|i| alloc::format!("asid_other{i}")).collect();
+    for o in &others {
+        proc::spawn(o)?;
+    }
+    let r = in_process(name, || {
+        let x = proc::mmap(name, "x", anon(PAGE_SIZE))?;
+        let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x66)?, RunEnd::Done), "filling x");
+        let a = start_reader(name, x, y, there)?;
+        let kept = asid::active_on(there);
+        let before = asid::ROLLOVERS.load(Ordering::Relaxed);
+        // A tiny ASID space: the other processes use it up several times.
+        asid::force_rollover(Some(1));
+        let r = sched::pin_to_caller(|| -> Result<(), String> {
+            for o in &others {
+                ensure!(matches!(proc::access(o, op::TOUCH_READ, proc::AGENT_VA, 1, 0)?, RunEnd::Done), "{o} did not run");
+                let theirs = proc::with_proc(o, |p| Ok(p.mm.asid()))?;
+                ensure!(theirs as u64 != kept & 0xffff, "{o} was given ASID {theirs}, which cpu{there} is still running for {name}");
+            }
+            Ok(())
+        });
+        let rolled = asid::ROLLOVERS.load(Ordering::Relaxed) - before;
+        if let Err(e) = r {
+            sched::kill(&a);
+            asid::force_rollover(None);
+            return Err(e);
+        }
+        ensure!(asid::active_on(there) & 0xffff == kept & 0xffff, "cpu{there}'s active ASID changed under the running thread");
+        // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
+        let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
+        let rb = sched::wait(&b);
+        let c0 = user_u64(name, y)?;
+        let mine = proc::with_proc(name, |p| Ok(p.mm.asid()))?;
+        let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| matches!(f, FaultStatus::Permission(_)));
+        asid::force_rollover(None);
+        ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed");
+        ensure!(mine as u64 == kept & 0xffff, "{name} came back with ASID {mine}, but cpu{there} ran it with {}", kept & 0xffff);
+        r?;
+        ensure!(rolled >= 2, "only {rolled} rollover(s): the test did not exercise them");
+        println!("  {rolled} rollovers while cpu{there} ran ASID {}: kept, and the TLBI reached it", kept & 0xffff);
+        Ok(())
+    });
+    for o in &others {
+        proc::exit(o)?;
+    }
+    r
+}
