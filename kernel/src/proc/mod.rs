@@ -444,8 +444,12 @@ fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, l
 /// folios where the mapping had none (`thp=never`); `nohugepage` limits
 /// faults to base pages (Linux VM_NOHUGEPAGE).
 pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), String> {
+    with_proc(name, |p| madvise_hugepage_p(p, va, len, huge))
+}
+
+pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), String> {
     check_user_range(va, len)?;
-    with_proc(name, |p| {
+    {
         let mut vmas = p.mm.mmap_write_lock();
         split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
@@ -462,17 +466,32 @@ pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(),
             }
         }
         Ok(())
-    })
+    }
 }
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
 /// touch faults in fresh zero-filled memory.
 pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), String> {
     check_user_range(va, len)?;
-    with_proc(name, |p| {
-        let _g = p.mm.mmap_read_lock();
-        zap(p, va, len)
-    })
+    with_proc(name, |p| madvise_dontneed_p(p, va, len))
+}
+
+pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
+    let _g = p.mm.mmap_read_lock();
+    zap(p, va, len)
+}
+
+/// Whether every page of `[va, va+len)` lies in some VMA.
+pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
+    let g = p.mm.mmap_read_lock();
+    let mut a = va;
+    while a < va + len {
+        match g.vmas().find(a) {
+            Some(v) => a = v.end,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'

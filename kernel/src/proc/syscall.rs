@@ -16,6 +16,7 @@ pub mod nr {
     pub const MUNMAP: u64 = 215;
     pub const MMAP: u64 = 222;
     pub const MPROTECT: u64 = 226;
+    pub const MADVISE: u64 = 233;
     pub const EXIT: u64 = 93;
     pub const EXIT_GROUP: u64 = 94;
     pub const CLONE: u64 = 220;
@@ -39,6 +40,9 @@ const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
 const MAP_PRIVATE: u64 = 0x02;
 const MAP_ANONYMOUS: u64 = 0x20;
+pub const MADV_DONTNEED: u64 = 4;
+pub const MADV_HUGEPAGE: u64 = 14;
+pub const MADV_NOHUGEPAGE: u64 = 15;
 
 /// Most bytes one `write` call copies (the rest is left to the caller, as a
 /// short write).
@@ -51,6 +55,7 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
         nr::MMAP => mmap(p, a),
         nr::MUNMAP => munmap(p, a[0], a[1]),
         nr::MPROTECT => mprotect(p, a[0], a[1], a[2]),
+        nr::MADVISE => madvise(p, a[0], a[1], a[2]),
         nr::CLONE => clone(p, a),
         nr::WAIT4 => wait4(p, a[0] as i64, a[1], a[2], a[3]),
         _ => -ENOSYS,
@@ -195,5 +200,32 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
         Ok(()) => 0,
         Err(e) if e.contains("cannot mprotect the agent") => -EINVAL,
         Err(_) => -ENOMEM,
+    }
+}
+
+/// `madvise(addr, len, advice)`: MADV_DONTNEED, MADV_HUGEPAGE and
+/// MADV_NOHUGEPAGE. As Linux: a misaligned start or an unknown advice is
+/// `-EINVAL`, length 0 does nothing, and a range with holes is `-ENOMEM`
+/// (DONTNEED still zaps what is mapped in it).
+fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
+    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) {
+        return -EINVAL;
+    }
+    if len == 0 && addr % crate::mm::granule::PAGE_SIZE == 0 {
+        return 0;
+    }
+    let len = match page_range(addr, len) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let covered = super::range_covered(p, addr, len);
+    let r = match advice {
+        MADV_DONTNEED => super::madvise_dontneed_p(p, addr, len),
+        _ if !covered => return -ENOMEM,
+        a => super::madvise_hugepage_p(p, addr, len, a == MADV_HUGEPAGE),
+    };
+    match r {
+        Ok(()) if covered => 0,
+        _ => -ENOMEM,
     }
 }

@@ -9,7 +9,7 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::frame;
 use crate::mm::granule::PAGE_SIZE;
-use crate::proc::syscall::{nr, EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
+use crate::proc::syscall::{nr, EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE};
 use crate::proc::{self, MmapArgs, RunEnd};
 
 pub static TESTS: &[Test] = &[
@@ -113,6 +113,25 @@ fn bad_arguments() -> Result<(), String> {
         ];
         for (what, n, a, want) in bad {
             let got = sc(n, a)?;
+            ensure!(got == want, "{what}: got {got}, expected {want}");
+        }
+        // madvise: DONTNEED zaps (the next read sees zeroes), the THP hints
+        // are accepted on mapped memory, and bad arguments get errors.
+        ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done), "EL0 write before madvise");
+        ensure!(sc(nr::MADVISE, [m + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0])? == 0, "madvise(MADV_DONTNEED)");
+        ensure!(matches!(proc::access(name, op::CHECK, m + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done), "after MADV_DONTNEED the page must read as zeroes");
+        ensure!(sc(nr::MADVISE, [m, 2 * PAGE_SIZE, MADV_HUGEPAGE, 0, 0, 0])? == 0, "madvise(MADV_HUGEPAGE)");
+        ensure!(sc(nr::MADVISE, [m, 2 * PAGE_SIZE, MADV_NOHUGEPAGE, 0, 0, 0])? == 0, "madvise(MADV_NOHUGEPAGE)");
+        ensure!(sc(nr::MADVISE, [m, 0, MADV_DONTNEED, 0, 0, 0])? == 0, "madvise of length 0");
+        let bad: [(&str, [u64; 6], i64); 5] = [
+            ("madvise misaligned", [m + 1, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -EINVAL),
+            ("madvise with an unknown advice", [m, PAGE_SIZE, 999, 0, 0, 0], -EINVAL),
+            ("madvise of unmapped memory", [0x7000_0000, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -ENOMEM),
+            ("madvise hugepage over a hole", [m, 4 * PAGE_SIZE, MADV_HUGEPAGE, 0, 0, 0], -ENOMEM),
+            ("madvise past the user top", [u64::MAX & !(PAGE_SIZE - 1), PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -EINVAL),
+        ];
+        for (what, a, want) in bad {
+            let got = sc(nr::MADVISE, a)?;
             ensure!(got == want, "{what}: got {got}, expected {want}");
         }
         ensure!(sc(nr::MUNMAP, [m, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap");
