@@ -185,6 +185,12 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
                 folio.put();
                 break;
             }
+            // Test hook: widens the window between the entry re-check and
+            // the pin, the one that `write_protect_seq` closes against fork
+            // (like Linux's fault-injection knobs; 0 outside that test).
+            for _ in 0..RACE_WINDOW_SPINS.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
             if flags.pin {
                 // folio_try_grab(FOLL_PIN): the reference taken is the pin's.
                 page::add_pin_ref_taken(folio);
@@ -198,6 +204,9 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
     }
     out
 }
+
+/// Spins GUP-fast makes between an entry's re-check and its pin (tests).
+pub static RACE_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 
 /// The level-3 entry for `va` and its slot, read without locks.
 fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<(&'static AtomicU64, Desc)> {

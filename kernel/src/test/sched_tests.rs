@@ -7,7 +7,7 @@
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::Test;
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
@@ -29,6 +29,8 @@ pub static TESTS: &[Test] = &[
     Test { name: "sched_tasks_run_on_every_cpu", f: tasks_on_every_cpu },
     Test { name: "sched_tlb_shootdown_between_threads", f: tlb_shootdown },
     Test { name: "sched_asid_kept_across_rollover_while_running", f: asid_kept_across_rollover },
+    Test { name: "smp_gup_fast_races_fork", f: gup_fast_races_fork },
+    Test { name: "smp_cow_fault_races_exit", f: cow_fault_races_exit },
 ];
 
 fn anon(size: u64) -> MmapArgs {
@@ -278,4 +280,132 @@ fn asid_kept_across_rollover() -> Result<(), String> {
         proc::exit(o)?;
     }
     r
+}
+
+// The GUP-fast racer's inputs and results (it runs on another CPU through
+// `kmain::run_on_cpu`, which takes a plain `fn()`).
+static RACE_PROC: AtomicPtr<proc::Process> = AtomicPtr::new(core::ptr::null_mut());
+static RACE_VA: AtomicU64 = AtomicU64::new(0);
+static RACE_NR: AtomicU64 = AtomicU64::new(0);
+static RACE_STOP: AtomicBool = AtomicBool::new(false);
+static RACE_DONE: AtomicBool = AtomicBool::new(false);
+/// Pages GUP-fast handed back pinned R/W that were not PageAnonExclusive.
+static RACE_BAD: AtomicU64 = AtomicU64::new(0);
+/// Pages GUP-fast pinned in all.
+static RACE_PINNED: AtomicU64 = AtomicU64::new(0);
+
+/// On the other CPU: R/W FOLL_PIN through GUP-fast over the range, again
+/// and again. Every page it returns must be exclusive to the parent: a
+/// writable entry implies an exclusive page, and a fork that write-protects
+/// the range meanwhile must make GUP-fast give its pins back
+/// (`write_protect_seq`), or the pin would be on a page the child shares.
+fn gup_racer() {
+    use crate::mm::gup::{self, Foll, Taken};
+    // SAFETY: the test keeps the process alive until RACE_DONE.
+    let p = unsafe { &*RACE_PROC.load(Ordering::Acquire) };
+    let (va, nr) = (RACE_VA.load(Ordering::Acquire), RACE_NR.load(Ordering::Acquire));
+    let flags = Foll { write: true, pin: true, longterm: false };
+    while !RACE_STOP.load(Ordering::Acquire) {
+        let got = gup::gup_fast(p.mt(), va, nr, flags);
+        for t in &got {
+            if let Taken::Page(pa) = t
+                && !crate::mm::page::pfn_to_page(*pa).is_some_and(|pg| pg.anon_exclusive())
+            {
+                RACE_BAD.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        RACE_PINNED.fetch_add(got.len() as u64, Ordering::Relaxed);
+        for t in got {
+            gup::release(t, true);
+        }
+    }
+    RACE_DONE.store(true, Ordering::Release);
+}
+
+/// GUP-fast on cpu1 against fork on this CPU (Linux's `write_protect_seq`):
+/// the parent makes its pages writable again, forks, the child exits, many
+/// times, while cpu1 pins the same range locklessly without pause.
+fn gup_fast_races_fork() -> Result<(), String> {
+    if cpus() < 2 {
+        println!("  (one CPU: no race; this runs with --smp 2 or more)");
+        return Ok(());
+    }
+    let (name, child) = ("gupfast_parent", "gupfast_child");
+    let there = if me() == 1 { 0 } else { 1 };
+    let pages = 512u64;
+    in_process(name, || {
+        let va = proc::mmap(name, "m", anon(pages * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(name, op::WRITE, va, pages * PAGE_SIZE, 1)?, RunEnd::Done), "filling");
+        proc::with_proc(name, |p| {
+            RACE_PROC.store(p as *const proc::Process as *mut proc::Process, Ordering::Release);
+            Ok(())
+        })?;
+        RACE_VA.store(va, Ordering::Release);
+        RACE_NR.store(pages, Ordering::Release);
+        RACE_STOP.store(false, Ordering::Release);
+        RACE_DONE.store(false, Ordering::Release);
+        RACE_BAD.store(0, Ordering::Release);
+        RACE_PINNED.store(0, Ordering::Release);
+        // A wide window between GUP-fast's entry re-check and its pin, so
+        // that forks land in it: only write_protect_seq catches those.
+        crate::mm::gup::RACE_WINDOW_SPINS.store(2000, Ordering::Release);
+        ensure!(crate::kmain::run_on_cpu(there, gup_racer), "cpu{there} is not online");
+        // Everything this CPU runs meanwhile stays here: cpu1 is busy.
+        let r = sched::pin_to_caller(|| -> Result<u64, String> {
+            let mut rounds = 0;
+            let end = crate::drivers::timer::now() + crate::drivers::timer::ms_to_counts(3000);
+            while rounds < 40 || crate::drivers::timer::now() < end && rounds < 400 {
+                // COW-reuse faults make every entry writable (exclusive) again.
+                ensure!(matches!(proc::access(name, op::TOUCH_WRITE, va, pages * PAGE_SIZE, 0)?, RunEnd::Done), "parent write");
+                proc::fork(name, child)?;
+                proc::exit(child)?;
+                rounds += 1;
+            }
+            Ok(rounds)
+        });
+        RACE_STOP.store(true, Ordering::Release);
+        let stopped = crate::irq::wait_until(2000, || RACE_DONE.load(Ordering::Acquire));
+        crate::mm::gup::RACE_WINDOW_SPINS.store(0, Ordering::Release);
+        ensure!(stopped, "the GUP-fast racer did not stop");
+        let rounds = r?;
+        let (bad, pinned) = (RACE_BAD.load(Ordering::Acquire), RACE_PINNED.load(Ordering::Acquire));
+        ensure!(bad == 0, "GUP-fast returned {bad} R/W pin(s) on pages that were not PageAnonExclusive (a fork shared them) in {rounds} forks");
+        ensure!(pinned > 0, "GUP-fast pinned nothing in {rounds} rounds: the race did not run");
+        println!("  {rounds} forks on cpu{} against {pinned} lockless pins on cpu{there}: every pin exclusive", me());
+        Ok(())
+    })
+}
+
+/// Seed 003's scenario on real CPUs: a page COW-shared by parent A and
+/// child B; two threads of A, on two CPUs, write it at once while B exits
+/// on this CPU. Whatever the interleaving, A ends with one private copy,
+/// holding the last value written, with nothing leaked or double-mapped
+/// (`invariants` after every round).
+fn cow_fault_races_exit() -> Result<(), String> {
+    let n = cpus();
+    if n < 3 {
+        println!("  (fewer than 3 CPUs: runs with --smp 4)");
+        return Ok(());
+    }
+    let (a, b) = ("race_a", "race_b");
+    let here = me();
+    let others: Vec<usize> = (0..n).filter(|&c| c != here).take(2).collect();
+    in_process(a, || {
+        let va = proc::mmap(a, "m", anon(PAGE_SIZE))?;
+        for round in 0..50u64 {
+            let v = 0x10 + (round % 0x60);
+            ensure!(matches!(proc::access(a, op::WRITE, va, PAGE_SIZE, v as u8)?, RunEnd::Done), "round {round}: parent write");
+            sched::pin_to_caller(|| proc::fork(a, b))?;
+            // Both threads store v + 1 to every byte; either may COW.
+            let ts = [start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[0])?, start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[1])?];
+            sched::pin_to_caller(|| proc::exit(b))?;
+            for t in &ts {
+                done_ok(&sched::wait(t), "a writer thread")?;
+            }
+            ensure!(matches!(proc::access(a, op::CHECK, va, PAGE_SIZE, v as u8 + 1)?, RunEnd::Done), "round {round}: A's page lost a write");
+            crate::console::commands::invariants().map_err(|e| alloc::format!("round {round}: invariants: {e}"))?;
+        }
+        println!("  50 rounds: two writers on cpu{} and cpu{} while the child exited on cpu{here}", others[0], others[1]);
+        Ok(())
+    })
 }
