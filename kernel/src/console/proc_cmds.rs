@@ -188,12 +188,12 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
 }
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
-    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into()) };
+    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into()) };
     if !super::parse::is_name(r) {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
     }
     let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
-    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false };
+    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false, memfd: None };
     for o in opts {
         match *o {
             "anon" | "private" | "thp=never" => {}
@@ -221,13 +221,14 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
                 args.pfn = Some(parse_number(&o[4..]).ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?);
             }
             o if o.starts_with("memfd=") => {
-                return Err(alloc::format!("mmap option `{}` is not supported yet (memfd comes later in the anonymous-memory issue)", &o[..o.len().min(40)]));
+                let f = &o[6..];
+                if !super::parse::is_name(f) {
+                    return Err(alloc::format!("`{}` is not a valid memfd name", &f[..f.len().min(40)]));
+                }
+                args.memfd = Some(alloc::string::String::from(f));
             }
             o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),
         }
-    }
-    if args.shared && args.pfn.is_none() {
-        return Err("shared anonymous mappings need memfd/shmem, which is not supported yet".into());
     }
     proc::mmap(p, r, args).map(|_| Outcome::Done)
 }
@@ -393,9 +394,9 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
             other => return Err(alloc::format!("unknown counter `{}` (rss, anon, file, zero, swap)", &other[..other.len().min(20)])),
         }
     }
-    let (rss, anon, zero) = proc::with_tables(p, |proc_, t| {
+    let (rss, anon, file, zero) = proc::with_tables(p, |proc_, t| {
         let lock = proc_.mm.mmap_read_lock();
-        let (mut rss, mut anon, mut zero) = (0u64, 0u64, 0u64);
+        let (mut rss, mut anon, mut file, mut zero) = (0u64, 0u64, 0u64, 0u64);
         for vma in lock.vmas().iter() {
             t.walk_range(vma.start, vma.end, &mut |e| {
                 if let crate::mm::desc::Kind::Leaf(pa) = e.kind {
@@ -406,24 +407,27 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
                         zero += pages;
                     } else if !e.desc.special() {
                         rss += pages;
-                        if crate::mm::page::pfn_to_page(pa).and_then(|pg| pg.folio()).is_some_and(|f| f.is_anon()) {
-                            anon += pages;
+                        match crate::mm::page::pfn_to_page(pa).and_then(|pg| pg.folio()) {
+                            Some(f) if f.is_anon() => anon += pages,
+                            Some(f) if f.in_page_cache() => file += pages,
+                            _ => {}
                         }
                     }
                 }
             });
         }
-        (rss, anon, zero)
+        (rss, anon, file, zero)
     })?;
     for (k, n) in want {
         let have = match k {
             "rss" => rss,
             "anon" => anon,
+            "file" => file,
             "zero" => zero,
             _ => 0,
         };
         if have != n {
-            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon}, zero {zero})"))));
+            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon}, file {file}, zero {zero})"))));
         }
     }
     Ok(Outcome::Assert(Ok(())))

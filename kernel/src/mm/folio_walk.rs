@@ -149,8 +149,8 @@ mod tests {
         let mm = MmStruct::new(root, 9);
         {
             let mut w = mm.mmap_write_lock();
-            assert!(w.insert(Vma { start: 0x10_0000, end: 0x10_3000, flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ, folio_order: 0 }));
-            assert!(w.insert(Vma { start: 0x40_0000, end: 0x70_0000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0 }));
+            assert!(w.insert(Vma { start: 0x10_0000, end: 0x10_3000, flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
+            assert!(w.insert(Vma { start: 0x40_0000, end: 0x70_0000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0, file: 0, pgoff: 0 }));
         }
         let g = mm.mmap_read_lock();
         let none = FwFlags::default();
@@ -193,7 +193,7 @@ mod tests {
         let run = LeafAttrs { contiguous: true, ..USER };
         t.map(VirtAddr(0x20_0000), PhysAddr(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 1);
-        mm.mmap_write_lock().insert(Vma { start: 0x20_0000, end: 0x21_0000, flags: VmFlags::READ, folio_order: 0 });
+        mm.mmap_write_lock().insert(Vma { start: 0x20_0000, end: 0x21_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
         let g = mm.mmap_read_lock();
         let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x20_5123), FwFlags::default(), &is_zero).unwrap();
         assert_eq!((fw.folio, fw.size, fw.page), (PhysAddr(0x5000_0000), 0x1_0000, Some(PhysAddr(0x5000_5000))));

@@ -45,14 +45,18 @@ pub enum Taken {
 
 /// Linux `gup_must_unshare`: a R/O pin must not pin a page that COW could
 /// later replace under the process's feet - a shared anon page (always),
-/// or for long-term pins the zero page in a private mapping.
-fn must_unshare(flags: Foll, pg: Option<&'static Page>) -> bool {
+/// or for long-term pins the zero page or a page-cache page in a private
+/// (COW) mapping. `cow`: whether the VMA is a COW mapping; None from
+/// GUP-fast, which has no VMA and leaves a long-term pin of a non-anon page
+/// to the slow path.
+fn must_unshare(flags: Foll, pg: Option<&'static Page>, cow: Option<bool>) -> bool {
     if !flags.pin || flags.write {
         return false;
     }
     match pg.and_then(|p| p.folio().map(|f| (p, f))) {
         Some((p, f)) if f.is_anon() => !p.anon_exclusive(),
-        _ => flags.longterm, // zero page (private anon VMAs only here)
+        // The zero page, or a file page.
+        _ => flags.longterm && cow.unwrap_or(true),
     }
 }
 
@@ -107,6 +111,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
     if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {
         return Err(-EFAULT);
     }
+    let cow = !vma.flags.contains(VmFlags::SHARED);
     for _ in 0..4 {
         let need = {
             let _ptl = mt.mm.page_table_lock_guard();
@@ -124,10 +129,10 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
                         if !page::is_zero_any(pa) {
                             return Err(-EFAULT);
                         }
-                        if must_unshare(flags, None) { Some(FaultFlags { write: false, unshare: true }) } else { return Ok(Taken::Zero) }
+                        if must_unshare(flags, None, Some(cow)) { Some(FaultFlags { write: false, unshare: true }) } else { return Ok(Taken::Zero) }
                     } else {
                         let pg = page::pfn_to_page(pa).ok_or(-EFAULT)?;
-                        if must_unshare(flags, Some(pg)) {
+                        if must_unshare(flags, Some(pg), Some(cow)) {
                             Some(FaultFlags { write: false, unshare: true })
                         } else {
                             grab(pg.folio().ok_or(-EFAULT)?, flags);
@@ -177,7 +182,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
             }
             let Some(pg) = page::pfn_to_page(pa) else { break };
             let Some(folio) = pg.folio() else { break };
-            if must_unshare(flags, Some(pg)) || !folio.try_get() {
+            if must_unshare(flags, Some(pg), None) || !folio.try_get() {
                 break;
             }
             // Linux: the entry must not have changed while we took the ref.

@@ -270,6 +270,9 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let slot = entry(&mem, table, GRANULE.index(va, 3));
     let desc = Desc(slot.load(Ordering::Acquire));
     if desc.0 == 0 {
+        if vma.file != 0 {
+            return do_fault(slot, vma, va, flags);
+        }
         if vma.flags.contains(VmFlags::PFNMAP) {
             return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
         }
@@ -340,6 +343,40 @@ fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultF
         unsafe { &*(first as *const AtomicU64).add(i as usize) }.store(d.0, Ordering::Release);
     }
     crate::arch::aarch64::cpu::publish_tables();
+    VmFault::Done
+}
+
+/// Linux `do_fault` for a shmem file VMA, with the page from the page
+/// cache (`shmem_fault`): a read, or any access to a shared mapping, maps
+/// the cached page itself (`do_read_fault` / `do_shared_fault`; writable
+/// at once in a shared writable mapping); a write to a private mapping
+/// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
+fn do_fault(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+    let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
+    let pgoff = vma.pgoff_of(va);
+    if pgoff >= file.size() / PAGE_SIZE {
+        return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
+    }
+    let Some(pa) = file.get_page(pgoff) else { return VmFault::Oom };
+    let shared = vma.flags.contains(VmFlags::SHARED);
+    if flags.write && !shared {
+        let Some(new) = page::folio_alloc_anon_nozero(0) else { return VmFault::Oom };
+        copy_page(new.pa(), pa);
+        folio_add_new_anon_rmap_pte(new.head());
+        set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
+        return VmFault::Done;
+    }
+    let pg = page::pfn_to_page(pa).expect("page-cache page outside RAM");
+    pg.folio().expect("page-cache page without a folio").get();
+    page::folio_add_file_rmap_pte(pg);
+    let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
+    if shared {
+        d = maybe_mkwrite(d, vma);
+        if flags.write {
+            d = d.mkdirty();
+        }
+    }
+    set_pte_new(slot, d);
     VmFault::Done
 }
 
@@ -443,6 +480,10 @@ fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc:
     }
     let Some(pg) = page::pfn_to_page(pa) else { return VmFault::Sigsegv };
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
+    if !folio.is_anon() && vma.flags.contains(VmFlags::SHARED) {
+        // Linux `wp_page_shared`: a shared file page is written in place.
+        return wp_page_reuse(mm, slot, vma, va, desc, flags);
+    }
     if folio.is_anon() {
         if pg.anon_exclusive() {
             return wp_page_reuse(mm, slot, vma, va, desc, flags);

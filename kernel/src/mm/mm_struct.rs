@@ -64,6 +64,34 @@ pub struct Vma {
     /// Largest folio order anonymous faults may allocate here (the
     /// mapping's `thp=SIZE`; 0 = base pages only).
     pub folio_order: u8,
+    /// The shmem file it maps (`mm::shmem` id; 0: none, anonymous or PFN
+    /// memory), Linux `vm_file`.
+    pub file: u32,
+    /// The file page mapped at `start` (Linux `vm_pgoff`).
+    pub pgoff: u64,
+}
+
+impl Vma {
+    /// The file page offset of `va` in this VMA.
+    pub fn pgoff_of(&self, va: u64) -> u64 {
+        self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
+    }
+}
+
+/// A VMA that maps a file gained or lost one more VMA.
+fn file_vma_get(v: &Vma) {
+    #[cfg(target_os = "none")]
+    if v.file != 0 {
+        crate::mm::shmem::vma_get(v.file);
+    }
+    let _ = v;
+}
+fn file_vma_put(v: &Vma) {
+    #[cfg(target_os = "none")]
+    if v.file != 0 {
+        crate::mm::shmem::vma_put(v.file);
+    }
+    let _ = v;
 }
 
 /// The VMAs of an mm, sorted and non-overlapping.
@@ -80,6 +108,7 @@ impl VmaList {
             return false;
         }
         let pos = self.0.partition_point(|o| o.start < v.start);
+        file_vma_get(&v);
         self.0.insert(pos, v);
         true
     }
@@ -87,7 +116,9 @@ impl VmaList {
     /// (Linux `split_vma`). Nothing happens if `addr` is a boundary or in a hole.
     pub fn split_at(&mut self, addr: u64) {
         if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
-            let hi = Vma { start: addr, ..self.0[i] };
+            let lo = self.0[i];
+            let hi = Vma { start: addr, pgoff: lo.pgoff_of(addr), ..lo };
+            file_vma_get(&hi);
             self.0[i].end = addr;
             self.0.insert(i + 1, hi);
         }
@@ -108,7 +139,9 @@ impl VmaList {
     /// Removes and returns the VMA that starts at `start`.
     pub fn remove(&mut self, start: u64) -> Option<Vma> {
         let i = self.0.iter().position(|v| v.start == start)?;
-        Some(self.0.remove(i))
+        let v = self.0.remove(i);
+        file_vma_put(&v);
+        Some(v)
     }
     /// The VMA containing `addr` (Linux `vma_lookup`).
     pub fn find(&self, addr: u64) -> Option<&Vma> {
@@ -264,10 +297,10 @@ mod tests {
     fn vma_list_keeps_order_and_refuses_overlap() {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0 }));
-        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0 }));
-        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0 }), "overlap");
-        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0 }), "empty");
+        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
+        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0, file: 0, pgoff: 0 }));
+        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }), "overlap");
+        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }), "empty");
         assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
         assert_eq!(w.find(0x2000), None);
         assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
@@ -280,7 +313,7 @@ mod tests {
     fn split_vmas() {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0 });
+        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
         w.split_at(0x3000);
         w.split_at(0x3000); // already a boundary
         w.split_at(0x20000); // a hole

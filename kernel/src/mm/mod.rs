@@ -16,6 +16,8 @@ pub mod memory;
 pub mod huge_memory;
 #[cfg(target_os = "none")]
 pub mod gup;
+#[cfg(target_os = "none")]
+pub mod shmem;
 pub mod layout;
 pub mod mm_struct;
 pub mod pgtable;

@@ -49,6 +49,8 @@ pub mod pg {
     pub const ZERO: u32 = 1 << 4;
     /// Allocated as a folio (head or small): the refcount is meaningful.
     pub const FOLIO: u32 = 1 << 5;
+    /// In a memfd/shmem page cache, which holds one reference for it.
+    pub const FILE: u32 = 1 << 6;
     pub const ORDER_SHIFT: u32 = 24;
 }
 
@@ -176,6 +178,10 @@ impl Folio {
     pub fn is_anon(&self) -> bool {
         self.0.flags() & pg::ANON != 0
     }
+    /// In a shmem page cache (Linux: `folio->mapping` is a shmem file's).
+    pub fn in_page_cache(&self) -> bool {
+        self.0.flags() & pg::FILE != 0
+    }
     pub fn refcount(&self) -> u32 {
         self.0.refcount.load(Ordering::Acquire)
     }
@@ -265,6 +271,23 @@ pub fn folio_alloc_kernel() -> Option<Folio> {
     let f = folio_alloc_anon(0)?;
     f.0.flags.fetch_and(!pg::ANON, Ordering::AcqRel);
     Some(f)
+}
+
+/// A zeroed order-0 page for a shmem page cache (Linux
+/// `shmem_alloc_folio`): not anon, `pg::FILE`; its one reference is the
+/// page cache's.
+pub fn folio_alloc_file() -> Option<Folio> {
+    let f = folio_alloc_anon(0)?;
+    f.0.flags.fetch_and(!pg::ANON, Ordering::AcqRel);
+    f.0.flags.fetch_or(pg::FILE, Ordering::AcqRel);
+    Some(f)
+}
+
+/// Linux `filemap_remove_folio` + the cache's `folio_put`: the folio leaves
+/// the page cache; mappings and pins keep it alive until they go.
+pub fn folio_remove_from_cache(f: Folio) {
+    f.0.flags.fetch_and(!pg::FILE, Ordering::AcqRel);
+    f.put();
 }
 
 /// Linux `folio_add_file_rmap_pte` (a non-anon page gains a mapping).

@@ -299,8 +299,8 @@ mod tests {
         let mm = MmStruct::new(root, 5);
         {
             let mut w = mm.mmap_write_lock();
-            w.insert(Vma { start: 0x40_0000, end: 0x60_0000, flags: VmFlags::READ, folio_order: 0 });
-            w.insert(Vma { start: 0x60_0000, end: 0x60_2000, flags: VmFlags::PFNMAP, folio_order: 0 });
+            w.insert(Vma { start: 0x40_0000, end: 0x60_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
+            w.insert(Vma { start: 0x60_0000, end: 0x60_2000, flags: VmFlags::PFNMAP, folio_order: 0, file: 0, pgoff: 0 });
         }
         let g = mm.mmap_read_lock();
         let mut r = Rec::default();

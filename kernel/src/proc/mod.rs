@@ -126,7 +126,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     });
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
-    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP, folio_order: 0 };
+    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP, folio_order: 0, file: 0, pgoff: 0 };
     p.mm.mmap_write_lock().insert(agent);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
@@ -155,6 +155,11 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> 
         let vmas: Vec<Vma> = pv.iter().filter(|v| v.start != AGENT_VA).copied().collect();
         for vma in &vmas {
             cv.insert(*vma);
+            // Linux `vma_needs_copy`: a shared file mapping's entries are
+            // not copied; the child faults them in from the page cache.
+            if vma.file != 0 && vma.flags.contains(VmFlags::SHARED) {
+                continue;
+            }
             if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma) {
                 drop(cv);
                 drop(pv);
@@ -320,8 +325,11 @@ pub struct MmapArgs {
     pub folio_order: u8,
     /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
     pub pfn: Option<u64>,
-    /// MAP_SHARED (PFN mappings only for now).
+    /// MAP_SHARED: with `memfd`, or for PFN mappings; alone, anonymous
+    /// shared memory (an unnamed shmem file).
     pub shared: bool,
+    /// `memfd=F`: maps the named in-memory file F from offset 0.
+    pub memfd: Option<String>,
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
@@ -336,7 +344,8 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
     })
 }
 
-/// Creates an anonymous private VMA of `a.size` bytes; returns (va, size).
+/// Creates a VMA of `a.size` bytes (anonymous, memfd, shared or PFN
+/// memory, as `a` says); returns (va, size).
 pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String> {
     {
         if a.size == 0 {
@@ -366,8 +375,27 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             flags = flags | VmFlags::PFNMAP | VmFlags::IO;
         }
         flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
-        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() { 0 } else { a.folio_order } };
+        // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
+        // shmem file. Its pages come from the page cache, base pages only.
+        let file = match (&a.memfd, a.shared && a.pfn.is_none()) {
+            (Some(name), _) => Some(crate::mm::shmem::open(name)),
+            (None, true) => Some(crate::mm::shmem::create_anon()),
+            (None, false) => None,
+        };
+        if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
+            return Err("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)".into());
+        }
+        if let Some(f) = &file {
+            f.grow(size);
+        }
+        let file = file.map_or(0, |f| f.id);
+        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order }, file, pgoff: 0 };
         if !p.mm.mmap_write_lock().insert(vma) {
+            if file != 0 {
+                // Frees a new unnamed file again (nothing maps it).
+                crate::mm::shmem::vma_get(file);
+                crate::mm::shmem::vma_put(file);
+            }
             return Err("overlapping mapping".into());
         }
         if let Some(pfn) = a.pfn {
@@ -453,8 +481,8 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
         let mut vmas = p.mm.mmap_write_lock();
         split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
-            if v.flags.contains(VmFlags::PFNMAP) {
-                continue;
+            if v.flags.contains(VmFlags::PFNMAP) || v.file != 0 {
+                continue; // no anonymous folios to size there
             }
             if huge {
                 v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
@@ -808,6 +836,8 @@ pub fn check_invariants() -> Result<(), String> {
         let accounted = mem.tables;
         let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
+        let shared_vmas: Vec<(u64, u64)> = p.mm.mmap_read_lock().vmas().iter().filter(|v| v.flags.contains(VmFlags::SHARED)).map(|v| (v.start, v.end)).collect();
+        let shared_at = |va: u64| shared_vmas.iter().any(|&(s, e)| s <= va && va < e);
         // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
         let mut run: Option<(u64, u64, u64, usize)> = None;
         let (cont_n, cont_sz) = (GRANULE.contiguous_entries(3), memory::cont_size());
@@ -882,6 +912,12 @@ pub fn check_invariants() -> Result<(), String> {
                         err = fail(alloc::format!("writable entry for {pa:#x}, which is not PageAnonExclusive"));
                         return;
                     }
+                    // A page-cache page is writable only where writes reach the
+                    // file: never in a private (COW) mapping.
+                    if f.in_page_cache() && !e.desc.perms().read_only && !shared_at(e.va.0) {
+                        err = fail(alloc::format!("page-cache page {pa:#x} is writable in a private mapping"));
+                        return;
+                    }
                     *maps.entry(pa.0).or_insert(0) += 1;
                 }
                 _ => {}
@@ -930,10 +966,11 @@ pub fn check_invariants() -> Result<(), String> {
             err = Some(alloc::format!("folio {:#x}: pincount {} but handles hold {pins} pins", f.pa().0, f.pincount()));
             return;
         }
-        let want = mapped as u32 + f.pincount() + refs;
+        let cache = f.in_page_cache() as u32;
+        let want = mapped as u32 + f.pincount() + refs + cache;
         if f.refcount() != want {
             err = Some(alloc::format!(
-                "folio {:#x}: refcount {} but {mapped} mappings + {} pins + {refs} references",
+                "folio {:#x}: refcount {} but {mapped} mappings + {} pins + {refs} references + {cache} page cache",
                 f.pa().0,
                 f.refcount(),
                 f.pincount()
@@ -945,6 +982,24 @@ pub fn check_invariants() -> Result<(), String> {
     }
     if let Some((pa, _)) = maps.iter().next() {
         return Err(alloc::format!("page {pa:#x} is mapped but belongs to no folio"));
+    }
+    // Every page-cache page is a file folio that its file holds, and only one.
+    let mut cached = 0u64;
+    crate::mm::shmem::for_each(|file| {
+        for (off, pa) in file.cached() {
+            cached += 1;
+            if err.is_none() && !page::pfn_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon()) {
+                err = Some(alloc::format!("memfd {}: page {off} at {pa:#x} is not a page-cache folio", file.id));
+            }
+        }
+    });
+    let mut flagged = 0u64;
+    page::for_each_folio(|f| flagged += f.in_page_cache() as u64);
+    if err.is_none() && flagged != cached {
+        err = Some(alloc::format!("{flagged} folios are flagged as page cache but the files hold {cached}"));
+    }
+    if let Some(e) = err {
+        return Err(e);
     }
     page::check_frames(crate::mm::frame::is_allocated)?;
     let user = crate::mm::frame::stats().by_owner[crate::mm::frame::Owner::UserAnon as usize];
@@ -995,7 +1050,7 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64,
     with_proc(name, |p| {
         let va = align_up(p.next_va.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
-        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0 }) {
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
             return Err("overlapping mapping".into());
         }
         p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);

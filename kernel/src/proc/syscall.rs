@@ -38,6 +38,7 @@ pub const ENOSYS: i64 = 38;
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
+const MAP_SHARED: u64 = 0x01;
 const MAP_PRIVATE: u64 = 0x02;
 const MAP_ANONYMOUS: u64 = 0x20;
 pub const MADV_DONTNEED: u64 = 4;
@@ -151,13 +152,18 @@ fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
 
 fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     let [addr, len, prot, flags, fd, off] = a;
-    if flags != MAP_PRIVATE | MAP_ANONYMOUS || fd as i64 != -1 || off != 0 || addr != 0 {
-        return -EINVAL; // anonymous private memory at a kernel-chosen address only, for now
+    let shared = match flags {
+        f if f == MAP_PRIVATE | MAP_ANONYMOUS => false,
+        f if f == MAP_SHARED | MAP_ANONYMOUS => true,
+        _ => return -EINVAL, // anonymous memory at a kernel-chosen address only, for now
+    };
+    if fd as i64 != -1 || off != 0 || addr != 0 {
+        return -EINVAL;
     }
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared: false };
+    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared, memfd: None };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
         Err(e) if e.contains("size must be") => -EINVAL,

@@ -34,7 +34,7 @@ pub static TESTS: &[Test] = &[
 ];
 
 fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false }
+    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None }
 }
 
 fn me() -> usize {

@@ -53,7 +53,7 @@ fn el0_isolation() -> Result<(), String> {
         }
         ensure!(SECRET.load(core::sync::atomic::Ordering::Relaxed) == 0x5ec2_e75e_c2e7, "kernel data changed");
         // And the process is still usable afterwards.
-        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false })?;
+        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None })?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
         Ok(())
     })();
@@ -70,7 +70,7 @@ fn bad_arguments() -> Result<(), String> {
         let pid = sc(nr::GETPID, [0; 6])?;
         ensure!(pid > 0, "getpid returned {pid}");
 
-        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false })?;
+        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None })?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
         ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
         // A page the process never touched: the uaccess fault is demand-filled.
@@ -86,7 +86,7 @@ fn bad_arguments() -> Result<(), String> {
             ("mmap of 0 bytes", nr::MMAP, [0, 0, 3, 0x22, u64::MAX, 0], -EINVAL),
             ("mmap larger than the address space", nr::MMAP, [0, 1 << 62, 3, 0x22, u64::MAX, 0], -ENOMEM),
             ("mmap PROT_EXEC", nr::MMAP, [0, 8192, 4, 0x22, u64::MAX, 0], -EINVAL),
-            ("mmap MAP_SHARED", nr::MMAP, [0, 8192, 3, 0x21, u64::MAX, 0], -EINVAL),
+            ("mmap MAP_SHARED of a file descriptor", nr::MMAP, [0, 8192, 3, 0x01, 3, 0], -EINVAL),
             ("unknown syscall", 9999, [0; 6], -ENOSYS),
         ];
         for (what, n, a, want) in cases {
@@ -115,6 +115,22 @@ fn bad_arguments() -> Result<(), String> {
             let got = sc(n, a)?;
             ensure!(got == want, "{what}: got {got}, expected {want}");
         }
+        // MAP_SHARED | MAP_ANONYMOUS: shmem that a forked child shares.
+        let sh = sc(nr::MMAP, [0, PAGE_SIZE, 3, 0x21, u64::MAX, 0])?;
+        ensure!(sh > 0, "shared anonymous mmap failed: {sh}");
+        let sh = sh as u64;
+        ensure!(matches!(proc::access(name, op::WRITE, sh, PAGE_SIZE, 0x31)?, RunEnd::Done), "EL0 write to shared memory");
+        let child = "syscall_test_child";
+        proc::fork(name, child)?;
+        let shared_ok = (|| -> Result<(), String> {
+            ensure!(matches!(proc::access(child, op::CHECK, sh, PAGE_SIZE, 0x31)?, RunEnd::Done), "the child does not see the parent's shared bytes");
+            ensure!(matches!(proc::access(child, op::WRITE, sh, 16, 0x32)?, RunEnd::Done), "child write to shared memory");
+            ensure!(matches!(proc::access(name, op::CHECK, sh, 16, 0x32)?, RunEnd::Done), "the parent does not see the child's write to shared memory");
+            Ok(())
+        })();
+        proc::exit(child)?;
+        shared_ok?;
+        ensure!(sc(nr::MUNMAP, [sh, PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap of shared memory");
         // madvise: DONTNEED zaps (the next read sees zeroes), the THP hints
         // are accepted on mapped memory, and bad arguments get errors.
         ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done), "EL0 write before madvise");

@@ -1,0 +1,147 @@
+//! memfd / shmem: in-memory files (Linux `mm/shmem.c`, `memfd_create`).
+//!
+//! A [`Memfd`] is a page cache: file page offset -> an order-0 folio. A
+//! cached folio carries `pg::FILE` and one reference that belongs to the
+//! cache (Linux's page-cache reference); each mapping adds a mapcount and a
+//! reference as for any page, and GUP pins it like any page.
+//!
+//! - **Named files** (`mmap ... memfd=F`) are created on first use,
+//!   zero-filled, and grow to fit every mapping. They live as long as the
+//!   kernel, like a tmpfs file the console keeps open, so their pages stay
+//!   in the page cache when every mapping is gone.
+//! - **Anonymous shared memory** (`mmap ... shared`, `MAP_SHARED |
+//!   MAP_ANONYMOUS`) is an unnamed file, as Linux's `shmem_zero_setup`
+//!   makes. It is freed when the last VMA that maps it goes away: VMAs
+//!   count their file ([`vma_get`], [`vma_put`], from `VmaList`).
+//!
+//! Locking: a file's page-cache lock nests inside the page-table lock of
+//! whichever mm faults (the fault path looks pages up with the PTL held).
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use spin::Mutex;
+
+use super::addr::PhysAddr;
+use super::granule::PAGE_SIZE;
+use super::page;
+
+pub struct Memfd {
+    pub id: u32,
+    /// `None`: anonymous shared memory.
+    pub name: Option<String>,
+    size: AtomicU64,
+    /// VMAs that map it.
+    vmas: AtomicUsize,
+    cache: Mutex<BTreeMap<u64, PhysAddr>>,
+}
+
+static FILES: Mutex<BTreeMap<u32, Arc<Memfd>>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+fn new_file(name: Option<&str>) -> Arc<Memfd> {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let f = Arc::new(Memfd { id, name: name.map(String::from), size: AtomicU64::new(0), vmas: AtomicUsize::new(0), cache: Mutex::new(BTreeMap::new()) });
+    FILES.lock().insert(id, f.clone());
+    f
+}
+
+/// The named file `name`, created (empty) on first use.
+pub fn open(name: &str) -> Arc<Memfd> {
+    let existing = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned();
+    existing.unwrap_or_else(|| new_file(Some(name)))
+}
+
+/// A new unnamed file for anonymous shared memory.
+pub fn create_anon() -> Arc<Memfd> {
+    new_file(None)
+}
+
+pub fn get(id: u32) -> Option<Arc<Memfd>> {
+    FILES.lock().get(&id).cloned()
+}
+
+/// Calls `f` for every file (for `invariants` and `meminfo`).
+pub fn for_each(mut f: impl FnMut(&Memfd)) {
+    let files: alloc::vec::Vec<Arc<Memfd>> = FILES.lock().values().cloned().collect();
+    for file in files {
+        f(&file);
+    }
+}
+
+impl Memfd {
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+    /// Grows the file to at least `size` bytes (never shrinks).
+    pub fn grow(&self, size: u64) {
+        self.size.fetch_max(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::AcqRel);
+    }
+    /// Pages in the page cache.
+    pub fn nr_cached(&self) -> usize {
+        self.cache.lock().len()
+    }
+    /// Whether `pa` is the cached page at `pgoff`.
+    pub fn caches(&self, pgoff: u64, pa: PhysAddr) -> bool {
+        self.cache.lock().get(&pgoff) == Some(&pa)
+    }
+    /// Every cached page (for `invariants`).
+    pub fn cached(&self) -> alloc::vec::Vec<(u64, PhysAddr)> {
+        self.cache.lock().iter().map(|(&o, &p)| (o, p)).collect()
+    }
+    /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff`, a new
+    /// zeroed one if the cache has none. None past the end of the file or
+    /// without memory.
+    pub fn get_page(&self, pgoff: u64) -> Option<PhysAddr> {
+        if pgoff >= self.size() / PAGE_SIZE {
+            return None;
+        }
+        let mut c = self.cache.lock();
+        if let Some(&pa) = c.get(&pgoff) {
+            return Some(pa);
+        }
+        let f = page::folio_alloc_file()?;
+        c.insert(pgoff, f.pa());
+        Some(f.pa())
+    }
+    /// Drops every cached page (Linux `shmem_truncate_range` of the whole
+    /// file, for pages nothing maps; the caller made sure of that).
+    fn truncate(&self) {
+        let pages = core::mem::take(&mut *self.cache.lock());
+        for pa in pages.into_values() {
+            let f = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
+            page::folio_remove_from_cache(f);
+        }
+    }
+}
+
+/// A VMA now maps file `id` (mmap, fork, VMA split).
+pub fn vma_get(id: u32) {
+    if let Some(f) = get(id) {
+        f.vmas.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A VMA that mapped file `id` is gone; the last one of an unnamed file
+/// frees it (its pages are no longer mapped anywhere: the VMA's range was
+/// zapped first; pins keep their pages until unpinned).
+pub fn vma_put(id: u32) {
+    let Some(f) = get(id) else { return };
+    if f.vmas.fetch_sub(1, Ordering::AcqRel) == 1 && f.name.is_none() {
+        FILES.lock().remove(&id);
+        f.truncate();
+    }
+}
+
+/// For tests: removes the named file `name` and its pages, if no VMA maps it.
+pub fn remove_unmapped(name: &str) -> Result<(), String> {
+    let f = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned().ok_or("no such memfd")?;
+    if f.vmas.load(Ordering::Acquire) != 0 {
+        return Err(alloc::format!("memfd `{name}` is still mapped"));
+    }
+    FILES.lock().remove(&f.id);
+    f.truncate();
+    Ok(())
+}
