@@ -399,8 +399,9 @@ test_script() { # file smp should_fail
     SMP=$2
     local name; name=$(basename "$file" .scn)
     local va=; [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
-    local label="script[$GRANULE$va,$name,smp$SMP]"
-    local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP.log"
+    local tag=; [[ -n $APPEND ]] && tag=",${APPEND_TAG:-$APPEND}"
+    local label="script[$GRANULE$va,$name,smp$SMP$tag]"
+    local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
     # A script may ask for kernel bootargs on a line "# bootargs: ...".
     local extra_args
@@ -493,6 +494,16 @@ test_granule() {
         test_script "$f" 1 0
         test_script "$f" 4 0
     done
+    # Hardware dirty state (TCR_EL1.HD, DBM; needs -cpu max): writable-clean
+    # entries that the MMU dirties itself, and no write-protected entry may
+    # keep DBM. Every script again in that mode.
+    local prev_append=$APPEND
+    CPU=max APPEND="pagelab.hw-dbm=1${APPEND:+ $APPEND}" APPEND_TAG=hw-dbm
+    for f in tests/scripts/*.scn "tests/scripts/only-$GRANULE"/*.scn; do
+        [[ -e $f ]] || continue
+        test_script "$f" 4 0
+    done
+    CPU=${cpus[0]} APPEND=$prev_append APPEND_TAG=
     for f in tests/scripts/should-fail/*.scn; do
         [[ -e $f ]] || continue
         test_script "$f" 1 1

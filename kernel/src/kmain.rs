@@ -142,6 +142,17 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
         }
     }
 
+    // Hardware dirty state for user memory (DBM; writable-clean entries).
+    if boot().board.bootarg("pagelab.hw-dbm") == Some("1") {
+        if cpu::has_hw_dbm() {
+            crate::mm::desc::set_hw_dbm(true);
+            on_every_cpu(|| cpu::set_hw_dbm(true));
+            log::info!("hardware dirty state (TCR_EL1.HD, DBM) on");
+        } else {
+            log::warn!("pagelab.hw-dbm=1: this CPU cannot manage dirty state (FEAT_HAFDBS with DBM); dirty bits stay in software");
+        }
+    }
+
     if let Some(what) = boot().board.bootarg("pagelab.crash") {
         crash(what);
     }

@@ -12,7 +12,7 @@ use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
 use crate::mm::mm_struct::MmapLocked;
 use crate::mm::granule::PAGE_SIZE;
-use crate::mm::pgtable::{expected_access, Expected, Translation};
+use crate::mm::pgtable::{expected_access_hw, Expected, Translation};
 use crate::proc::{self, MmapArgs, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
@@ -268,9 +268,10 @@ fn atcheck(p: &str, r: &str) -> CmdResult {
         out
     })?;
     let mismatch = proc::with_ttbr0(p, || {
+        let hw = crate::arch::aarch64::cpu::hw_updates();
         for (v, tr) in &pages {
             for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
-                let want = expected_access(tr, true, write);
+                let want = expected_access_hw(tr, true, write, hw);
                 let got = crate::test::at_outcome(op, *v);
                 if want != got {
                     return Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
@@ -337,7 +338,7 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
             for &(neg, name, folio) in &wanted {
                 let have = match name {
                     "present" => present,
-                    "writable" => present && !desc.perms().read_only,
+                    "writable" => present && desc.may_write(),
                     "anon" => page_of(&fw).is_some_and(|(f, _)| f.is_anon()),
                     "exclusive" => page_of(&fw).is_some_and(|(_, pg)| pg.anon_exclusive()),
                     "zero" => fw.as_ref().is_some_and(|f| f.zero),

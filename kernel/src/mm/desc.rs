@@ -245,17 +245,40 @@ impl Desc {
     pub fn attr_bits(self) -> u64 {
         self.0 & !(OA_MASK | 0b11)
     }
-    /// Linux `pte_wrprotect`: read-only for every EL (AP[2] set).
+    /// [`Desc::attr_bits`] without what the MMU may update in one entry of
+    /// a contiguous run on its own (Linux `contpte_ptep_get` gathers these
+    /// over the run): the access flag, and with DBM the dirty state (AP[2]).
+    pub fn run_attr_bits(self) -> u64 {
+        let hw = AF_BIT | if self.dbm() { AP_RDONLY | SW_DIRTY_BIT } else { 0 };
+        self.attr_bits() & !hw
+    }
+    /// Linux `pte_wrprotect`: read-only, and DBM cleared so that the MMU
+    /// can never make it writable again; dirtiness the hardware recorded
+    /// (DBM with AP[2] clear) moves to the software dirty bit.
     pub fn wrprotect(self) -> Desc {
-        Desc(self.0 | AP_RDONLY)
+        let d = if self.hw_dirty() { Desc(self.0 | SW_DIRTY_BIT) } else { self };
+        Desc((d.0 | AP_RDONLY) & !DBM_BIT)
     }
-    /// Linux `pte_mkwrite` (without DBM: AP[2] clear).
+    /// Linux `pte_mkwrite`. Without hardware dirty management: AP[2] clear.
+    /// With it ([`hw_dbm`]): DBM (Linux `PTE_WRITE`) set, and AP[2] clear
+    /// only if the entry is dirty already; a clean one stays AP[2] = 1 and
+    /// the MMU clears it on the first write (no fault).
     pub fn mkwrite(self) -> Desc {
-        Desc(self.0 & !AP_RDONLY)
+        if !hw_dbm() {
+            return Desc(self.0 & !AP_RDONLY);
+        }
+        let d = Desc(self.0 | DBM_BIT);
+        if d.sw_dirty() { Desc(d.0 & !AP_RDONLY) } else { d }
     }
-    /// Linux `pte_mkdirty` (the software dirty bit).
+    /// Linux `pte_mkdirty`: the software dirty bit, and for an entry with
+    /// DBM (writable) AP[2] clear.
     pub fn mkdirty(self) -> Desc {
-        Desc(self.0 | SW_DIRTY_BIT)
+        let d = Desc(self.0 | SW_DIRTY_BIT);
+        if d.dbm() { Desc(d.0 & !AP_RDONLY) } else { d }
+    }
+    /// Dirty by hardware: DBM set and AP[2] clear (Linux `pte_hw_dirty`).
+    pub fn hw_dirty(self) -> bool {
+        self.dbm() && !self.perms().read_only
     }
     /// Linux `pte_mkyoung` / `pte_mkold` (the access flag).
     pub fn mkyoung(self) -> Desc {
@@ -264,10 +287,18 @@ impl Desc {
     pub fn mkold(self) -> Desc {
         Desc(self.0 & !AF_BIT)
     }
-    /// Whether EL0 may write through this leaf.
+    /// Whether EL0 may write through this leaf (Linux `pte_write` for a
+    /// user entry): AP[2] clear, or DBM set, which the MMU turns into AP[2]
+    /// clear on the first write when it manages dirty state.
     pub fn user_writable(self) -> bool {
         let p = self.perms();
-        p.el0 && !p.read_only
+        p.el0 && (!p.read_only || self.dbm())
+    }
+    /// Whether anything may write through this leaf, now or after a
+    /// hardware dirty update (for the invariants: such an entry obeys the
+    /// rules of writable ones).
+    pub fn may_write(self) -> bool {
+        !self.perms().read_only || self.dbm()
     }
 }
 
@@ -275,7 +306,23 @@ impl Desc {
 pub const AP_RDONLY: u64 = 1 << 7;
 /// AP[1]: EL0 access.
 pub const AP_EL0: u64 = 1 << 6;
-const SW_DIRTY_BIT: u64 = 1 << 55;
+pub const SW_DIRTY_BIT: u64 = 1 << 55;
+/// Dirty bit modifier (hardware dirty state, TCR_EL1.HD).
+pub const DBM_BIT: u64 = 1 << 51;
+
+/// Hardware dirty-state management is in use (`pagelab.hw-dbm=1`: TCR_EL1.HA
+/// and HD on every CPU): [`Desc::mkwrite`] then makes writable-clean entries.
+static HW_DBM: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn hw_dbm() -> bool {
+    HW_DBM.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Switches the DBM encoding of writable entries (the caller sets TCR_EL1.HD
+/// on every CPU to match).
+pub fn set_hw_dbm(on: bool) {
+    HW_DBM.store(on, core::sync::atomic::Ordering::Relaxed);
+}
 /// The access flag.
 pub const AF_BIT: u64 = 1 << 10;
 /// The contiguous bit (Arm "contpte" on level-3 entries).

@@ -22,7 +22,7 @@ use spin::Mutex;
 
 use super::addr::PhysAddr;
 pub use super::desc::CONT_BIT;
-use super::desc::{Desc, Kind, LeafAttrs, AF_BIT, AP_EL0, AP_RDONLY, OA_MASK, UFFD_WP_BIT};
+use super::desc::{Desc, Kind, LeafAttrs, AF_BIT, AP_EL0, AP_RDONLY, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, Vma, VmFlags};
@@ -251,11 +251,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     if pd.is_valid() && matches!(pd.kind(2, GRANULE), Kind::Leaf(_)) {
         if flags.write || flags.unshare {
             if flags.write && pd.user_writable() {
-                return spurious(mt.mm, pmd, va, 2);
+                return spurious(mt.mm, pmd, va, 2, true);
             }
             return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
         }
-        return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2) } else { VmFault::Sigsegv };
+        return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2, false) } else { VmFault::Sigsegv };
     }
     // The level-3 table under it (Linux `__pte_alloc` when there is none).
     let table = match pd.kind(2, GRANULE) {
@@ -283,11 +283,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
-            return spurious(mt.mm, slot, va, 3);
+            return spurious(mt.mm, slot, va, 3, true);
         }
         do_wp_page(mt.mm, slot, vma, va, desc, flags)
     } else if desc.perms().el0 {
-        spurious(mt.mm, slot, va, 3)
+        spurious(mt.mm, slot, va, 3, false)
     } else {
         VmFault::Sigsegv
     }
@@ -298,20 +298,32 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
 /// `ptep_set_access_flags`; an entry with AF clear is never cached, so no
 /// TLBI), on the whole contiguous run so its entries stay alike.
 /// Otherwise another path fixed it or a stale TLB entry remains: drop it.
-fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32) -> VmFault {
+fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32, write: bool) -> VmFault {
     let d = Desc(slot.load(Ordering::Acquire));
-    if !d.af() {
+    // A write to a writable-clean entry (DBM, AP[2] set) that the MMU did
+    // not dirty itself: software does it (Linux `pte_mkdirty` through
+    // `ptep_set_access_flags`), or the access would fault forever.
+    let dirty = write && d.dbm() && d.perms().read_only;
+    if !d.af() || dirty {
+        let (set, clear) = (AF_BIT | if dirty { SW_DIRTY_BIT } else { 0 }, if dirty { AP_RDONLY } else { 0 });
+        let update = |s: &AtomicU64| {
+            let _ = s.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some((v | set) & !clear));
+        };
         if level == 3 && d.0 & CONT_BIT != 0 {
             let run_va = va & !(cont_size() - 1);
             let first = slot_at(slot, va, run_va) as *const AtomicU64;
             for i in 0..GRANULE.contiguous_entries(3) {
                 // SAFETY: the run lies in this level-3 table.
-                unsafe { &*first.add(i) }.fetch_or(AF_BIT, Ordering::AcqRel);
+                update(unsafe { &*first.add(i) });
             }
         } else {
-            slot.fetch_or(AF_BIT, Ordering::AcqRel);
+            update(slot);
         }
         crate::arch::aarch64::cpu::publish_tables();
+        if dirty {
+            // The read-only translation may be cached: drop it here.
+            crate::arch::aarch64::cpu::tlbi_page_local(va, mm.asid());
+        }
         return VmFault::Done;
     }
     crate::arch::aarch64::cpu::tlbi_page_local(va, mm.asid());
@@ -827,7 +839,8 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
             unfold_run(mm, slot, a);
         }
         let d = Desc(slot.load(Ordering::Acquire));
-        let mut n = Desc(d.0 | AP_RDONLY);
+        // Read-only first (DBM cleared too: never writable by accident).
+        let mut n = d.wrprotect();
         n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
         // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
         // every page of the folio exclusive).

@@ -857,7 +857,7 @@ pub fn check_invariants() -> Result<(), String> {
                         return;
                     }
                     Some((rva, oa0, attrs, n)) if n < cont_n => {
-                        if !cont || oa != oa0 + n as u64 * PAGE_SIZE || e.desc.attr_bits() != attrs {
+                        if !cont || oa != oa0 + n as u64 * PAGE_SIZE || e.desc.run_attr_bits() != attrs {
                             err = fail(alloc::format!("entry {n} of the contiguous run at {rva:#x} does not match the run"));
                             return;
                         }
@@ -868,7 +868,7 @@ pub fn check_invariants() -> Result<(), String> {
                             err = fail("contiguous run not aligned (VA or PA)".into());
                             return;
                         }
-                        run = Some((e.va.0, oa, e.desc.attr_bits(), 1));
+                        run = Some((e.va.0, oa, e.desc.run_attr_bits(), 1));
                     }
                     _ => run = None,
                 }
@@ -876,7 +876,7 @@ pub fn check_invariants() -> Result<(), String> {
             match e.kind {
                 Kind::Table(_) if e.level < 3 => reachable += 1,
                 Kind::Leaf(pa) if e.desc.special() => {
-                    if page::is_zero_any(pa) && !e.desc.perms().read_only {
+                    if page::is_zero_any(pa) && e.desc.may_write() {
                         err = fail("the zero page is mapped writable".into());
                     }
                     if e.size != PAGE_SIZE && !crate::mm::huge_memory::is_huge_zero(pa) {
@@ -888,7 +888,7 @@ pub fn check_invariants() -> Result<(), String> {
                     let f = page::pfn_to_page(pa).and_then(|p| p.folio());
                     match f {
                         Some(f) if f.is_anon() && f.pa() == pa && f.size() == e.size => {
-                            if !e.desc.perms().read_only && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
+                            if e.desc.may_write() && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
                                 err = fail("writable block whose pages are not all PageAnonExclusive".into());
                                 return;
                             }
@@ -908,13 +908,13 @@ pub fn check_invariants() -> Result<(), String> {
                     };
                     // Anon pages follow the exclusivity rule; inserted driver
                     // pages (vm_insert_page) are shared by nature.
-                    if f.is_anon() && !e.desc.perms().read_only && !pg.anon_exclusive() {
+                    if f.is_anon() && e.desc.may_write() && !pg.anon_exclusive() {
                         err = fail(alloc::format!("writable entry for {pa:#x}, which is not PageAnonExclusive"));
                         return;
                     }
                     // A page-cache page is writable only where writes reach the
                     // file: never in a private (COW) mapping.
-                    if f.in_page_cache() && !e.desc.perms().read_only && !shared_at(e.va.0) {
+                    if f.in_page_cache() && e.desc.may_write() && !shared_at(e.va.0) {
                         err = fail(alloc::format!("page-cache page {pa:#x} is writable in a private mapping"));
                         return;
                     }

@@ -15,7 +15,10 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, MmapArgs, RunEnd};
 
-pub static TESTS: &[Test] = &[Test { name: "access_flag_software_and_hardware", f: access_flag }];
+pub static TESTS: &[Test] = &[
+    Test { name: "access_flag_software_and_hardware", f: access_flag },
+    Test { name: "dirty_state_in_hardware_dbm", f: hw_dirty },
+];
 
 fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
     proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
@@ -68,6 +71,66 @@ fn access_flag() -> Result<(), String> {
     })();
     let _ = proc::exit(ch);
     let _ = proc::exit(pa);
+    r?;
+    crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+}
+
+fn anon(size: u64) -> MmapArgs {
+    MmapArgs { size, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None }
+}
+
+/// Hardware dirty state (TCR_EL1.HD, DBM): a writable-clean entry (DBM set,
+/// AP[2] set) is written with no fault and the MMU makes it dirty; and no
+/// write-protected entry keeps DBM, so COW after fork and mprotect(R) still
+/// fault (Linux `pte_wrprotect` clears PTE_WRITE).
+fn hw_dirty() -> Result<(), String> {
+    use crate::mm::desc;
+    if !cpu::has_hw_dbm() {
+        crate::println!("      (no FEAT_HAFDBS dirty state on this CPU: runs under -cpu max)");
+        return Ok(());
+    }
+    let was = desc::hw_dbm();
+    desc::set_hw_dbm(true);
+    crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(true));
+    let (pa, ch) = ("dbm_parent", "dbm_child");
+    proc::spawn(pa)?;
+    let r = (|| -> Result<(), String> {
+        // A shared file page read-faulted in: writable but clean.
+        let s = proc::mmap(pa, "s", MmapArgs { shared: true, memfd: Some("dbm_test".into()), ..anon(PAGE_SIZE) })?;
+        ensure!(matches!(proc::access(pa, op::CHECK, s, 1, 0)?, RunEnd::Done), "read of the shared page");
+        let d = desc(pa, s).ok_or("the shared page is not mapped")?;
+        ensure!(d.dbm() && d.perms().read_only && d.user_writable(), "a read-faulted shared writable page must be writable-clean (DBM, AP[2] set): {d:?}");
+        let f0 = proc::fault_count(pa);
+        ensure!(matches!(proc::access(pa, op::WRITE, s, 1, 0x5d)?, RunEnd::Done), "write to the writable-clean page");
+        ensure!(proc::fault_count(pa) == f0, "the write to a writable-clean entry took {} fault(s); the MMU should have dirtied it", proc::fault_count(pa) - f0);
+        let d = desc(pa, s).ok_or("the shared page is gone")?;
+        ensure!(d.hw_dirty(), "the MMU did not clear AP[2] (make the entry dirty): {d:?}");
+        // mprotect(R): DBM goes with write permission; a write faults.
+        proc::mprotect(pa, s, PAGE_SIZE, true, false)?;
+        let d = desc(pa, s).ok_or("the shared page is gone")?;
+        ensure!(!d.dbm() && d.perms().read_only && d.sw_dirty(), "after mprotect(R) the entry must be read-only, without DBM, still dirty: {d:?}");
+        ensure!(matches!(proc::access(pa, op::WRITE, s, 1, 0x5e)?, RunEnd::Fault { .. }), "a write after mprotect(R) succeeded: DBM left on a read-only entry");
+        // fork: the parent's private pages become COW, DBM off on both sides.
+        let m = proc::mmap(pa, "m", anon(2 * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(pa, op::WRITE, m, 2 * PAGE_SIZE, 0x41)?, RunEnd::Done), "parent write");
+        proc::fork(pa, ch)?;
+        for who in [pa, ch] {
+            let d = desc(who, m).ok_or("COW page not mapped")?;
+            ensure!(!d.dbm() && d.perms().read_only, "{who}: a COW entry after fork must be read-only without DBM: {d:?}");
+        }
+        let f0 = proc::fault_count(pa);
+        ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x42)?, RunEnd::Done), "parent write after fork");
+        ensure!(proc::fault_count(pa) == f0 + 1, "the parent's write after fork took {} faults, expected 1 (COW)", proc::fault_count(pa) - f0);
+        ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x41)?, RunEnd::Done), "the child sees the parent's write after fork: COW broken");
+        Ok(())
+    })();
+    let _ = proc::exit(ch);
+    let _ = proc::exit(pa);
+    let _ = crate::mm::shmem::remove_unmapped("dbm_test");
+    if !was {
+        crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(false));
+        desc::set_hw_dbm(false);
+    }
     r?;
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }

@@ -338,6 +338,37 @@ pub fn has_hw_af() -> bool {
     ID_AA64MMFR1_EL1.get() & 0xf != 0
 }
 
+/// The descriptor updates this CPU's MMU makes itself (TCR_EL1.HA/HD).
+pub fn hw_updates() -> crate::mm::pgtable::HwUpdates {
+    let tcr: u64;
+    // SAFETY: reads a system register.
+    unsafe { asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags)) };
+    crate::mm::pgtable::HwUpdates { af: tcr & (1 << 39) != 0, dirty: tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0 }
+}
+
+/// Whether the CPU manages dirty state in hardware too (FEAT_HAFDBS with
+/// DBM: ID_AA64MMFR1_EL1.HAFDBS >= 2).
+pub fn has_hw_dbm() -> bool {
+    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    ID_AA64MMFR1_EL1.get() & 0xf >= 2
+}
+
+/// Turns hardware dirty-state management (TCR_EL1.HD, with HA) on or off
+/// on this CPU, then drops this CPU's TLB. Only call with `has_hw_dbm()`.
+/// Turning it off leaves HA as it was.
+pub fn set_hw_dbm(on: bool) {
+    const HA: u64 = 1 << 39;
+    const HD: u64 = 1 << 40;
+    // SAFETY: only the HA/HD bits of TCR_EL1 change; the barriers and the
+    // local TLB invalidation make the change take effect.
+    unsafe {
+        let mut tcr: u64;
+        asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags));
+        tcr = if on { tcr | HA | HD } else { tcr & !HD };
+        asm!("msr tcr_el1, {}", "isb", "tlbi vmalle1", "dsb nsh", "isb", in(reg) tcr, options(nostack, preserves_flags));
+    }
+}
+
 /// Turns hardware access-flag updates (TCR_EL1.HA) on or off on this CPU,
 /// then drops this CPU's TLB so no translation cached under the old
 /// setting survives. Only call with `has_hw_af()`.

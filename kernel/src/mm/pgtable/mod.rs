@@ -399,18 +399,34 @@ pub enum Expected {
 
 /// The expected outcome of an EL0/EL1 read/write of a VA that translated as `t`.
 pub fn expected_access(t: &Translation, el0: bool, write: bool) -> Expected {
+    expected_access_hw(t, el0, write, HwUpdates::default())
+}
+
+/// Which descriptor updates the MMU makes itself (TCR_EL1.HA / HD).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HwUpdates {
+    /// HA: an access with AF clear sets it instead of faulting.
+    pub af: bool,
+    /// HD: a write to a DBM entry with AP[2] set clears AP[2] instead of
+    /// faulting.
+    pub dirty: bool,
+}
+
+/// [`expected_access`] on a CPU that makes the updates `hw` says.
+pub fn expected_access_hw(t: &Translation, el0: bool, write: bool, hw: HwUpdates) -> Expected {
     match *t {
         Translation::Fault { level, .. } => Expected::Translation(level),
         Translation::Mapped { pa, level, desc } => {
-            if !desc.af() {
+            if !desc.af() && !hw.af {
                 return Expected::AccessFlag(level);
             }
             let p = desc.perms();
+            let writable = !p.read_only || (hw.dirty && desc.dbm());
             let allowed = match (el0, write) {
                 (false, false) => true,
-                (false, true) => !p.read_only,
+                (false, true) => writable,
                 (true, false) => p.el0,
-                (true, true) => p.el0 && !p.read_only,
+                (true, true) => p.el0 && writable,
             };
             if allowed { Expected::Ok(pa) } else { Expected::Permission(level) }
         }
