@@ -404,11 +404,15 @@ test_script() { # file smp should_fail
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
     # A script may ask for kernel bootargs on a line "# bootargs: ...".
-    local extra_args
+    local extra_args prev_mem=$MEM script_mem
     extra_args=$(sed -n 's/^# bootargs: //p' "$file" | head -n 1)
+    # ... and for more RAM on a line "# mem: SIZE" (a 1G THP needs 3G).
+    script_mem=$(sed -n 's/^# mem: //p' "$file" | head -n 1)
+    MEM=${script_mem:-$MEM}
     # shellcheck disable=SC2086  # bootargs are words
     TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script $extra_args
     EXTRA_QEMU=()
+    MEM=$prev_mem
     local s; s=$(summary_of "$log")
     if [[ $3 == 0 ]]; then
         if [[ $QSTATUS -eq 0 && -n $s && ${s#* } == 0 ]]; then

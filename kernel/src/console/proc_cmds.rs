@@ -208,10 +208,11 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             o if o.starts_with("thp=") => {
                 let v = parse_number(&o[4..]).filter(|v| v.is_power_of_two() && *v >= PAGE_SIZE).ok_or_else(|| alloc::format!("bad folio size `{}`", &o[..o.len().min(30)]))?;
                 let order = (v / PAGE_SIZE).trailing_zeros() as u8;
-                if order > crate::mm::memory::max_folio_order() {
+                if order > crate::mm::memory::max_folio_order() && crate::mm::huge_memory::pud_order() != Some(order) {
                     return Err(alloc::format!(
-                        "folio size {v:#x} is larger than this granule's largest ({:#x})",
-                        PAGE_SIZE << crate::mm::memory::max_folio_order()
+                        "folio size {v:#x} is larger than this granule's largest ({:#x}{})",
+                        PAGE_SIZE << crate::mm::memory::max_folio_order(),
+                        if crate::mm::huge_memory::pud_order().is_some() { ", or 1G" } else { "" }
                     ));
                 }
                 args.folio_order = order;

@@ -119,7 +119,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
             let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
             match t.translate(VirtAddr(va)) {
                 Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
-                Translation::Mapped { level, .. } if level != 3 && level != 2 => return Err(-EFAULT),
+                Translation::Mapped { level, .. } if !(1..=3).contains(&level) => return Err(-EFAULT),
                 Translation::Mapped { desc, pa, .. } => {
                     // A page inside a block is taken like a page entry's.
                     let pa = PhysAddr(pa.0 & !(PAGE_SIZE - 1));

@@ -30,6 +30,65 @@ pub fn pmd_size() -> u64 {
     GRANULE.level_size(2)
 }
 
+/// Bytes one level-1 block maps (1G with 4K pages).
+pub fn pud_size() -> u64 {
+    GRANULE.level_size(1)
+}
+
+/// The order of a folio one level-1 block maps, where `thp=` may ask for
+/// it: with 4K pages (1G; level-1 blocks of 16K and 64K pages are not
+/// allowed without LPA2).
+pub fn pud_order() -> Option<u8> {
+    GRANULE.block_allowed(1).then(|| (pud_size() / PAGE_SIZE).trailing_zeros() as u8)
+}
+
+/// The VMA wants 1G folios (`thp=1G`) and holds the whole aligned block.
+pub fn pud_suitable(vma: &Vma, va: u64) -> bool {
+    let base = va & !(pud_size() - 1);
+    pud_order().is_some_and(|o| vma.folio_order >= o) && !vma.flags.contains(VmFlags::NOHUGEPAGE) && base >= vma.start && base + pud_size() <= vma.end
+}
+
+/// A write fault on an empty level-1 entry of a `thp=1G` VMA: a zeroed 1G
+/// folio mapped by one level-1 block, exclusive. `None` (no 1G of free,
+/// aligned memory; reads never get one): the caller falls back to 2M.
+///
+/// A 1G THP is only ever mapped by that one entry, in one mm: fork, and
+/// anything that changes part of it, first split it into 2M THPs
+/// ([`split_huge_pud`]), which follow the PMD rules. So it is never
+/// COW-shared and a write fault on it only ever reuses it.
+pub fn do_huge_pud_anonymous_page(pud: &AtomicU64, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
+    if !flags.write {
+        return None;
+    }
+    let folio = page::folio_alloc_anon(pud_order()? as u32)?;
+    page::folio_add_new_anon_rmap_pmd(folio);
+    memory::set_pte_new(pud, memory::maybe_mkwrite(Desc::leaf(folio.pa(), 1, memory::vm_page_prot(vma)), vma).mkdirty());
+    Some(VmFault::Done)
+}
+
+/// Splits the 1G block at `pud` (Linux `__split_huge_pud`, plus a folio
+/// split, since a 1G folio is mapped by this entry alone): the folio
+/// becomes 2M folios, each mapped by one level-2 block with the same
+/// attributes, by break-before-make of the level-1 entry. Pins and GUP
+/// references move to the 2M folio their page is in.
+pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, va: u64) -> Result<(), String> {
+    let desc = Desc(pud.load(Ordering::Acquire));
+    let base = va & !(pud_size() - 1);
+    let pa = desc.output_address(pud_size());
+    let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).filter(|f| f.size() == pud_size() && !desc.special()).ok_or("split of a level-1 block that is not a 1G THP")?;
+    let table = mem.alloc_table().ok_or("out of memory splitting a 1G block")?;
+    let attrs = desc.attr_bits();
+    for i in 0..GRANULE.entries_per_table() {
+        // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
+        memory::entry(mem, table, i).store((pa.0 + i as u64 * pmd_size()) | attrs | 0b01, Ordering::Relaxed);
+    }
+    page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| (super::gup::held(f, true), super::gup::held(f, false)))?;
+    pud.store(0, Ordering::Release);
+    KernelFlush.flush(base, pud_size(), Some(mm.asid()), true);
+    memory::set_pte_new(pud, Desc::table(table));
+    Ok(())
+}
+
 static HUGE_ZERO: AtomicUsize = AtomicUsize::new(0);
 
 /// Linux `mm_get_huge_zero_folio`: a zeroed block-sized run of frames,

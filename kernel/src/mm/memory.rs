@@ -164,6 +164,14 @@ fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> O
 /// edges of mprotect/munmap/madvise ranges).
 #[inline(never)]
 pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), String> {
+    if super::huge_memory::pud_order().is_some() {
+        let ps = super::huge_memory::pud_size();
+        for edge in [start, end] {
+            if edge % ps != 0 {
+                split_pud_at(mm, mem, edge)?;
+            }
+        }
+    }
     let bs = GRANULE.level_size(2);
     for edge in [start, end] {
         if edge % bs == 0 {
@@ -175,6 +183,30 @@ pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, star
                 super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Splits the 1G block around `va`, if there is one.
+fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), String> {
+    if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false) {
+        if matches!(Desc(pud.load(Ordering::Acquire)).kind(1, GRANULE), Kind::Leaf(_)) {
+            super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits every 1G block in `[start, end)` (fork: a 1G THP is never shared).
+fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), String> {
+    if super::huge_memory::pud_order().is_none() {
+        return Ok(());
+    }
+    let ps = super::huge_memory::pud_size();
+    let mut a = start & !(ps - 1);
+    while a < end {
+        split_pud_at(mm, mem, a.max(start))?;
+        a += ps;
     }
     Ok(())
 }
@@ -198,7 +230,7 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(me
                     Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
                     Kind::None => {}
                     // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if level == 2 && va % size == 0 && chunk_end == va + size => f(va, 2, e)?,
+                    Kind::Leaf(_) if (level == 1 || level == 2) && va % size == 0 && chunk_end == va + size => f(va, level, e)?,
                     _ => return Err(alloc::format!("unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)")),
                 }
             }
@@ -239,8 +271,30 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let va = addr & !(PAGE_SIZE - 1);
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    // Level 2 first: an empty entry in a THP range gets a block, a block
-    // is handled as a whole (Linux `__handle_mm_fault`).
+    // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
+    // range gets a block, a block is handled as a whole (Linux
+    // `__handle_mm_fault`).
+    if super::huge_memory::pud_order().is_some() {
+        let Some(pud) = slot_lookup(&mut mem, mt.mm.pgd, va, 1, true) else { return VmFault::Oom };
+        let d = Desc(pud.load(Ordering::Acquire));
+        if d.0 == 0 && super::huge_memory::pud_suitable(vma, va) {
+            if let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags) {
+                return r;
+            }
+        }
+        if d.is_valid() && matches!(d.kind(1, GRANULE), Kind::Leaf(_)) {
+            // Always exclusive (see `do_huge_pud_anonymous_page`): a write
+            // reuses it, anything else is spurious or not allowed.
+            if flags.write && !d.user_writable() {
+                if super::huge_memory::split_huge_pud(mt.mm, &mut mem, pud, va).is_err() {
+                    return VmFault::Oom;
+                }
+                // The retried access finds the 2M block.
+                return VmFault::Done;
+            }
+            return if d.perms().el0 { spurious(mt.mm, pud, va, 1, flags.write) } else { VmFault::Sigsegv };
+        }
+    }
     let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = Desc(pmd.load(Ordering::Acquire));
     if pd.0 == 0 && super::huge_memory::pmd_suitable(vma, va) {
@@ -417,7 +471,8 @@ fn slot_at(slot: &'static AtomicU64, va: u64, to: u64) -> &'static AtomicU64 {
 /// yet, falling back to smaller orders when memory is fragmented.
 /// Returns the folio and the VA its first page goes to.
 fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(page::Folio, u64)> {
-    let max = if vma.flags.contains(VmFlags::NOHUGEPAGE) { 0 } else { vma.folio_order as u64 };
+    // Page entries of one level-3 table: at most a level-2 block's worth.
+    let max = if vma.flags.contains(VmFlags::NOHUGEPAGE) { 0 } else { vma.folio_order.min(max_folio_order()) as u64 };
     for order in (1..=max).rev() {
         let size = PAGE_SIZE << order;
         let base = va & !(size - 1);
@@ -568,6 +623,8 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let _sp = src.mm.page_table_lock_guard();
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
+    // A 1G THP is never shared: 2M THPs from here on.
+    split_puds_in(src.mm, &mut smem, vma.start, vma.end)?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
@@ -727,7 +784,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
         let d = Desc(slot.load(Ordering::Acquire));
         if d.is_valid() && !d.special() {
-            let list = if level == 2 { &mut blocks } else { &mut pages };
+            let list = if level < 3 { &mut blocks } else { &mut pages };
             list.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
             list.push(d.output_address(GRANULE.level_size(level)));
         }
@@ -847,7 +904,7 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
         let exclusive = writable
             && !shared
             && !d.special()
-            && if level == 2 { block_all_exclusive(d) } else { page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) };
+            && if level < 3 { block_all_exclusive(d) } else { page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) };
         // A shared mapping has no COW: writable means writable.
         if writable && (exclusive || shared) {
             n = n.mkwrite();

@@ -418,6 +418,37 @@ pub fn folio_split_pmd_rmap(f: Folio) {
     f.0.entire_mapcount.fetch_sub(1, Ordering::AcqRel);
 }
 
+/// Linux `split_folio_to_order` for a folio that exactly one block entry
+/// maps (a 1G THP about to be mapped by 2M blocks): it becomes folios of
+/// `new_order`, each mapped once as a whole (`entire_mapcount` 1, one
+/// reference) plus the pins and GUP references `held(new folio)` counts
+/// into it. `PageAnonExclusive` stays per page.
+pub fn split_entire_folio(f: Folio, new_order: u32, held: impl Fn(Folio) -> (u32, u32)) -> Result<(), &'static str> {
+    let (pa, order) = (f.pa(), f.order());
+    if new_order >= order || f.entire_mapcount() != 1 || f.mapcount() != 1 {
+        return Err("only a folio mapped by exactly one block entry can be split");
+    }
+    let sub = 1u64 << new_order;
+    for k in 0..(1u64 << (order - new_order)) {
+        let hpa = PhysAddr(pa.0 + ((k * sub) << PAGE_SHIFT));
+        let head = pfn_to_page(hpa).expect("folio page outside RAM");
+        for i in 1..sub {
+            let t = pfn_to_page(PhysAddr(hpa.0 + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+            t.head_off.store(i as u32, Ordering::Relaxed);
+        }
+        let excl = head.flags() & pg::ANON_EXCLUSIVE;
+        head.head_off.store(0, Ordering::Relaxed);
+        head.mapcount.store(0, Ordering::Relaxed);
+        head.entire_mapcount.store(1, Ordering::Relaxed);
+        head.flags.store(pg::FOLIO | pg::ANON | pg::HEAD | excl | (new_order << pg::ORDER_SHIFT), Ordering::Release);
+        let nf = Folio(head);
+        let (pins, refs) = held(nf);
+        head.pincount.store(pins, Ordering::Relaxed);
+        head.refcount.store(1 + pins + refs, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Flags `n` frames from `pa` as zero pages (the huge zero folio).
 pub fn mark_zero(pa: PhysAddr, n: u64) {
     for i in 0..n {
