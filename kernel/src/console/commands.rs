@@ -241,9 +241,10 @@ fn meminfo() -> Outcome {
     let _ = writeln!(o, "  total     {total:>9}  ({})", Bytes(total * ps));
     let _ = writeln!(o, "  reserved  {:>9}  (kernel image, devicetree, initrd, firmware)", total - s.managed);
     let _ = writeln!(o, "  managed   {:>9}", s.managed);
-    let _ = writeln!(o, "  free      {:>9}", s.free);
+    let pcp = s.by_owner[frame::Owner::Pcp as usize];
+    let _ = writeln!(o, "  free      {:>9}  ({pcp} of them in per-CPU page lists)", s.free);
     let _ = writeln!(o, "  used      {:>9}", s.allocated);
-    for (i, name) in frame::OWNERS.iter().enumerate() {
+    for (i, name) in frame::OWNERS.iter().enumerate().filter(|&(i, _)| i != frame::Owner::Pcp as usize) {
         let _ = writeln!(o, "    {name:<12}{:>9}", s.by_owner[i]);
     }
     match crate::mm::memory::pfn_pool() {

@@ -256,8 +256,10 @@ impl Desc {
     /// can never make it writable again; dirtiness the hardware recorded
     /// (DBM with AP[2] clear) moves to the software dirty bit.
     pub fn wrprotect(self) -> Desc {
-        let d = if self.hw_dirty() { Desc(self.0 | SW_DIRTY_BIT) } else { self };
-        Desc((d.0 | AP_RDONLY) & !DBM_BIT)
+        // Branch-free on the fork and mprotect loops: hardware-dirty is
+        // DBM (bit 51) with AP[2] (bit 7) clear; it becomes bit 55.
+        let hw_dirty = (self.0 >> 51) & !(self.0 >> 7) & 1;
+        Desc((self.0 | AP_RDONLY | (hw_dirty << 55)) & !DBM_BIT)
     }
     /// Linux `pte_mkwrite`. Without hardware dirty management: AP[2] clear.
     /// With it ([`hw_dbm`]): DBM (Linux `PTE_WRITE`) set, and AP[2] clear
@@ -267,14 +269,14 @@ impl Desc {
         if !hw_dbm() {
             return Desc(self.0 & !AP_RDONLY);
         }
-        let d = Desc(self.0 | DBM_BIT);
-        if d.sw_dirty() { Desc(d.0 & !AP_RDONLY) } else { d }
+        let d = self.0 | DBM_BIT;
+        Desc(if d & SW_DIRTY_BIT != 0 { d & !AP_RDONLY } else { d })
     }
     /// Linux `pte_mkdirty`: the software dirty bit, and for an entry with
     /// DBM (writable) AP[2] clear.
     pub fn mkdirty(self) -> Desc {
-        let d = Desc(self.0 | SW_DIRTY_BIT);
-        if d.dbm() { Desc(d.0 & !AP_RDONLY) } else { d }
+        let d = self.0 | SW_DIRTY_BIT;
+        Desc(if d & DBM_BIT != 0 { d & !AP_RDONLY } else { d })
     }
     /// Dirty by hardware: DBM set and AP[2] clear (Linux `pte_hw_dirty`).
     pub fn hw_dirty(self) -> bool {

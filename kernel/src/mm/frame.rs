@@ -25,8 +25,10 @@ pub enum Owner {
     Other = 3,
     /// Folios: anonymous pages of user processes and pages drivers insert.
     UserAnon = 4,
+    /// Free frames held in the per-CPU page lists (counted as free).
+    Pcp = 5,
 }
-pub const OWNERS: [&str; 5] = ["page tables", "kernel heap", "tests", "other", "user folios"];
+pub const OWNERS: [&str; 6] = ["page tables", "kernel heap", "tests", "other", "user folios", "per-CPU free lists"];
 
 struct State {
     buddy: FrameAllocator<33>,
@@ -38,7 +40,7 @@ struct State {
     /// Frames given to the buddy (RAM minus reservations).
     managed: u64,
     allocated: u64,
-    by_owner: [u64; 5],
+    by_owner: [u64; 6],
 }
 
 static FRAMES: Mutex<Option<State>> = Mutex::new(None);
@@ -46,9 +48,11 @@ static FRAMES: Mutex<Option<State>> = Mutex::new(None);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
     pub managed: u64,
+    /// Frames that can be allocated: the buddy's and the per-CPU lists'.
     pub free: u64,
+    /// Frames handed out (the per-CPU lists' are not).
     pub allocated: u64,
-    pub by_owner: [u64; 5],
+    pub by_owner: [u64; 6],
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,7 +76,7 @@ pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
         managed_map: vec![0; (nframes as usize).div_ceil(64)],
         managed: 0,
         allocated: 0,
-        by_owner: [0; 5],
+        by_owner: [0; 6],
     };
     for r in ram {
         let mut start = align_up(r.start.0, PAGE_SIZE);
@@ -130,10 +134,22 @@ pub fn alloc(order: u32, owner: Owner) -> Option<PhysAddr> {
 /// are free (the check and the allocation under one lock).
 fn alloc_min_free(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
     let daif = crate::arch::cpu::irq_save();
+    let mut r = alloc_buddy(order, owner, min_free);
+    if r.is_none() && pcp::drain_all() > 0 {
+        // The per-CPU lists held what was missing.
+        r = alloc_buddy(order, owner, min_free);
+    }
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+/// One buddy allocation under the allocator lock (IRQs masked by the caller).
+fn alloc_buddy(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
     let mut g = FRAMES.lock();
-    let r = g.as_mut().and_then(|st| {
+    g.as_mut().and_then(|st| {
         let count = 1u64 << order;
-        if st.managed - st.allocated < min_free + count {
+        // The per-CPU lists' frames are free too (they come back on demand).
+        if st.managed - st.allocated + st.by_owner[Owner::Pcp as usize] < min_free + count {
             return None;
         }
         let pfn = st.buddy.alloc(count as usize)? as u64;
@@ -141,10 +157,7 @@ fn alloc_min_free(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
         st.allocated += count;
         st.by_owner[owner as usize] += count;
         Some(PhysAddr::from_pfn(pfn))
-    });
-    drop(g);
-    crate::arch::cpu::irq_restore(daif);
-    r
+    })
 }
 
 /// Frames kept back from user allocations (16 MiB worth), so that user
@@ -160,8 +173,172 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
 }
 
 /// User memory, not zeroed (copies overwrite it), with the reserve rule.
+/// Single frames come from this CPU's page list (Linux's per-CPU pages).
 pub fn alloc_user(order: u32) -> Option<PhysAddr> {
-    alloc_min_free(order, Owner::UserAnon, USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE)
+    let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
+    if order == 0 {
+        if let Some(pa) = pcp::alloc(reserve) {
+            return Some(pa);
+        }
+    }
+    alloc_min_free(order, Owner::UserAnon, reserve)
+}
+
+/// Per-CPU lists of free single frames for user memory (Linux's per-CPU
+/// pages, `pcp`): a fault takes a frame from its CPU's list under that
+/// list's own, uncontended lock, and freed user frames go back there.
+/// The buddy is only touched to refill a list with one aligned block of
+/// [`BATCH_ORDER`] frames, or to take half of a full list back.
+///
+/// Accounting stays exact: a listed frame is allocated from the buddy's
+/// point of view, marked in the bitmap and counted under `Owner::Pcp`;
+/// taking one for user memory moves it to `Owner::UserAnon` through the
+/// list's `to_user` counter, which [`stats`] and [`check`] add in. Listed
+/// frames are free for everyone else: [`Stats::free`] counts them, and a
+/// buddy allocation that fails drains every list and tries again.
+mod pcp {
+    use super::*;
+    use crate::arch::aarch64::boot::MAX_CPUS;
+
+    /// Most frames a list holds; a full list gives half back.
+    const HIGH: usize = 64;
+    /// Refills take one aligned block of 2^BATCH_ORDER frames.
+    const BATCH_ORDER: u32 = 4;
+
+    pub(super) struct List {
+        pfns: [u64; HIGH],
+        pub(super) n: usize,
+        /// Frames taken for user memory minus user frames given back.
+        pub(super) to_user: i64,
+    }
+
+    pub(super) static LISTS: [Mutex<List>; MAX_CPUS] = [const { Mutex::new(List { pfns: [0; HIGH], n: 0, to_user: 0 }) }; MAX_CPUS];
+
+    fn mine() -> &'static Mutex<List> {
+        &LISTS[crate::arch::percpu::this_cpu().id]
+    }
+
+    /// A frame for user memory, or None (the caller asks the buddy).
+    pub(super) fn alloc(reserve: u64) -> Option<PhysAddr> {
+        let daif = crate::arch::cpu::irq_save();
+        let mut l = mine().lock();
+        if l.n == 0 {
+            refill(&mut l, reserve);
+        }
+        let r = (l.n > 0).then(|| {
+            l.n -= 1;
+            l.to_user += 1;
+            PhysAddr::from_pfn(l.pfns[l.n])
+        });
+        drop(l);
+        crate::arch::cpu::irq_restore(daif);
+        r
+    }
+
+    fn refill(l: &mut List, reserve: u64) {
+        let mut g = FRAMES.lock();
+        let Some(st) = g.as_mut() else { return };
+        for order in (0..=BATCH_ORDER).rev() {
+            let count = 1u64 << order;
+            if st.managed - st.allocated < reserve + count {
+                continue;
+            }
+            if let Some(pfn) = st.buddy.alloc(count as usize) {
+                let pfn = pfn as u64;
+                mark(st, pfn, count, true).expect("buddy returned a frame outside RAM");
+                st.allocated += count;
+                st.by_owner[Owner::Pcp as usize] += count;
+                // Handed out from the top, so the lowest frame goes first.
+                for i in (0..count).rev() {
+                    let n = l.n;
+                    l.pfns[n] = pfn + i;
+                    l.n = n + 1;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Takes a freed user frame onto this CPU's list; false when the frame
+    /// should go to the buddy instead (not a single user frame).
+    pub(super) fn free(pa: PhysAddr) -> bool {
+        let daif = crate::arch::cpu::irq_save();
+        let mut l = mine().lock();
+        if l.n == HIGH {
+            drain(&mut l, HIGH / 2);
+        }
+        let n = l.n;
+        l.pfns[n] = pa.pfn();
+        l.n = n + 1;
+        l.to_user -= 1;
+        drop(l);
+        crate::arch::cpu::irq_restore(daif);
+        true
+    }
+
+    /// Moves the list's `to_user` into the allocator's owner counters. The
+    /// counters may pass through "negative" values (wrapping) while other
+    /// lists still hold moves of their own; only the sums are meaningful.
+    fn settle(st: &mut State, l: &mut List) {
+        let ua = &mut st.by_owner[Owner::UserAnon as usize];
+        *ua = ua.wrapping_add(l.to_user as u64);
+        let p = &mut st.by_owner[Owner::Pcp as usize];
+        *p = p.wrapping_sub(l.to_user as u64);
+        l.to_user = 0;
+    }
+
+    /// Gives `k` listed frames back to the buddy.
+    fn drain(l: &mut List, k: usize) -> usize {
+        let k = k.min(l.n);
+        let mut g = FRAMES.lock();
+        let Some(st) = g.as_mut() else { return 0 };
+        settle(st, l);
+        for _ in 0..k {
+            l.n -= 1;
+            let pfn = l.pfns[l.n];
+            mark(st, pfn, 1, false).expect("a listed frame the allocator does not know");
+            st.buddy.dealloc(pfn as usize, 1);
+            st.allocated -= 1;
+            let p = &mut st.by_owner[Owner::Pcp as usize];
+            *p = p.wrapping_sub(1);
+        }
+        k
+    }
+
+    /// Room left in this CPU's list.
+    pub(super) fn room() -> usize {
+        let daif = crate::arch::cpu::irq_save();
+        let n = HIGH - mine().lock().n;
+        crate::arch::cpu::irq_restore(daif);
+        n
+    }
+
+    /// Settles every list into the owner counters, so that the allocator's
+    /// own `UserAnon` count is exact (before freeing user frames to the
+    /// buddy). The lists' locks come first, then the allocator's.
+    pub(super) fn settle_all() {
+        let mut lists: [spin::MutexGuard<'static, List>; MAX_CPUS] = core::array::from_fn(|i| LISTS[i].lock());
+        let mut g = FRAMES.lock();
+        if let Some(st) = g.as_mut() {
+            for l in lists.iter_mut() {
+                settle(st, l);
+            }
+        }
+    }
+
+    /// Gives every list's frames back to the buddy; returns how many.
+    pub(super) fn drain_all() -> usize {
+        LISTS.iter().map(|l| {
+            let mut l = l.lock();
+            let n = l.n;
+            drain(&mut l, n)
+        }).sum()
+    }
+
+    /// Σ to_user over the lists.
+    pub(super) fn to_user() -> i64 {
+        LISTS.iter().map(|l| l.lock().to_user).sum()
+    }
 }
 
 /// First page frame number and number of frames the allocator spans
@@ -183,6 +360,9 @@ pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
 /// allocated (never handed out, already free, reserved, not RAM) is refused
 /// and changes nothing.
 pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
+    if order == 0 && owner == Owner::UserAnon && pcp::free(pa) {
+        return Ok(());
+    }
     let daif = crate::arch::cpu::irq_save();
     let r = free_locked(&mut FRAMES.lock(), pa, order, owner);
     crate::arch::cpu::irq_restore(daif);
@@ -218,6 +398,20 @@ fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) ->
 /// largest aligned blocks they contain, under one lock. Frames that are
 /// not allocated are skipped and counted in the result.
 pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
+    // User frames go to this CPU's list first, the rest to the buddy.
+    let mut pas = pas;
+    if owner == Owner::UserAnon {
+        let room = pcp::room();
+        let k = room.min(pas.len());
+        for &pa in &pas[..k] {
+            pcp::free(pa);
+        }
+        pas = &pas[k..];
+        if pas.is_empty() {
+            return 0;
+        }
+        pcp::settle_all();
+    }
     let daif = crate::arch::cpu::irq_save();
     let mut g = FRAMES.lock();
     let mut bad = 0;
@@ -255,16 +449,26 @@ pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
 }
 
 pub fn stats() -> Stats {
+    let daif = crate::arch::cpu::irq_save();
+    // The lists' locks first (their order against the allocator lock).
+    let to_user = pcp::to_user();
     let g = FRAMES.lock();
-    match g.as_ref() {
-        Some(st) => Stats {
-            managed: st.managed,
-            free: st.managed - st.allocated,
-            allocated: st.allocated,
-            by_owner: st.by_owner,
-        },
+    let r = match g.as_ref() {
+        Some(st) => stats_of(st, to_user),
         None => Stats::default(),
-    }
+    };
+    drop(g);
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+/// The counters with the per-CPU lists' moves to user memory added in.
+fn stats_of(st: &State, to_user: i64) -> Stats {
+    let mut by_owner = st.by_owner;
+    by_owner[Owner::UserAnon as usize] = by_owner[Owner::UserAnon as usize].wrapping_add(to_user as u64);
+    by_owner[Owner::Pcp as usize] = by_owner[Owner::Pcp as usize].wrapping_sub(to_user as u64);
+    let listed = by_owner[Owner::Pcp as usize];
+    Stats { managed: st.managed, free: st.managed - st.allocated + listed, allocated: st.allocated - listed, by_owner }
 }
 
 /// Whether the frame at `pa` is currently allocated (or reserved).
@@ -278,6 +482,8 @@ pub fn is_allocated(pa: PhysAddr) -> bool {
 /// Checks the counters against the bitmap. Returns a description of the
 /// first disagreement.
 pub fn check() -> Result<Stats, alloc::string::String> {
+    let to_user = pcp::to_user();
+    let listed: u64 = pcp::LISTS.iter().map(|l| l.lock().n as u64).sum();
     let g = FRAMES.lock();
     let st = g.as_ref().ok_or("frame allocator not initialised")?;
     let set: u64 = st.bitmap.iter().map(|w| w.count_ones() as u64).sum();
@@ -289,9 +495,13 @@ pub fn check() -> Result<Stats, alloc::string::String> {
             set, unmanaged, st.allocated
         ));
     }
-    let owned: u64 = st.by_owner.iter().sum();
+    let owned: u64 = st.by_owner.iter().fold(0u64, |a, &b| a.wrapping_add(b));
     if owned != st.allocated {
         return Err(alloc::format!("owners account for {owned} frames but {} are allocated", st.allocated));
     }
-    Ok(Stats { managed: st.managed, free: st.managed - st.allocated, allocated: st.allocated, by_owner: st.by_owner })
+    let s = stats_of(st, to_user);
+    if s.by_owner[Owner::Pcp as usize] != listed {
+        return Err(alloc::format!("the per-CPU lists hold {listed} frames but {} are counted there", s.by_owner[Owner::Pcp as usize]));
+    }
+    Ok(s)
 }

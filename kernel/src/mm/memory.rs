@@ -230,7 +230,8 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(me
                     Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
                     Kind::None => {}
                     // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if (level == 1 || level == 2) && va % size == 0 && chunk_end == va + size => f(va, level, e)?,
+                    Kind::Leaf(_) if level == 2 && va % size == 0 && chunk_end == va + size => f(va, 2, e)?,
+                    Kind::Leaf(_) if level == 1 && va % size == 0 && chunk_end == va + size => f(va, 1, e)?,
                     _ => return Err(alloc::format!("unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)")),
                 }
             }
@@ -274,25 +275,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
     // range gets a block, a block is handled as a whole (Linux
     // `__handle_mm_fault`).
-    if super::huge_memory::pud_order().is_some() {
-        let Some(pud) = slot_lookup(&mut mem, mt.mm.pgd, va, 1, true) else { return VmFault::Oom };
-        let d = Desc(pud.load(Ordering::Acquire));
-        if d.0 == 0 && super::huge_memory::pud_suitable(vma, va) {
-            if let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags) {
-                return r;
-            }
-        }
-        if d.is_valid() && matches!(d.kind(1, GRANULE), Kind::Leaf(_)) {
-            // Always exclusive (see `do_huge_pud_anonymous_page`): a write
-            // reuses it, anything else is spurious or not allowed.
-            if flags.write && !d.user_writable() {
-                if super::huge_memory::split_huge_pud(mt.mm, &mut mem, pud, va).is_err() {
-                    return VmFault::Oom;
-                }
-                // The retried access finds the 2M block.
-                return VmFault::Done;
-            }
-            return if d.perms().el0 { spurious(mt.mm, pud, va, 1, flags.write) } else { VmFault::Sigsegv };
+    // Only a `thp=1G` VMA can hold a 1G block (a VMA keeps its folio
+    // order through splits), so other faults skip the extra level.
+    if super::huge_memory::pud_order().is_some_and(|o| vma.folio_order >= o) {
+        if let Some(r) = handle_pud_fault(mt.mm, &mut mem, vma, va, flags) {
+            return r;
         }
     }
     let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
@@ -345,6 +332,34 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     } else {
         VmFault::Sigsegv
     }
+}
+
+/// The level-1 part of [`handle_mm_fault`] in a `thp=1G` VMA: a 1G block
+/// for a write to an empty 1G range, or the fault on an existing one.
+/// None: go on at level 2.
+#[cold]
+#[inline(never)]
+fn handle_pud_fault(mm: &MmStruct, mem: &mut FrameTableMem, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
+    let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
+    let d = Desc(pud.load(Ordering::Acquire));
+    if d.0 == 0 && super::huge_memory::pud_suitable(vma, va) {
+        if let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags) {
+            return Some(r);
+        }
+    }
+    if d.is_valid() && matches!(d.kind(1, GRANULE), Kind::Leaf(_)) {
+        // Always exclusive (see `do_huge_pud_anonymous_page`): a write
+        // reuses it, anything else is spurious or not allowed.
+        if flags.write && !d.user_writable() {
+            if super::huge_memory::split_huge_pud(mm, mem, pud, va).is_err() {
+                return Some(VmFault::Oom);
+            }
+            // The retried access finds the 2M block.
+            return Some(VmFault::Done);
+        }
+        return Some(if d.perms().el0 { spurious(mm, pud, va, 1, flags.write) } else { VmFault::Sigsegv });
+    }
+    None
 }
 
 /// The entry already allows the access. If its access flag is clear this
