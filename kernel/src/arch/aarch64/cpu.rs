@@ -209,6 +209,32 @@ pub fn zero_pages(va: u64, len: u64) {
         return;
     }
     let block = 4u64 << (dczid & 0xf);
+    if len != 0 && len % (8 * block) == 0 {
+        // Eight blocks per turn: 2.25 instructions per block instead of 4
+        // (the loop test is paid once per eight).
+        // SAFETY: [va, va+len) is owned by the caller and block aligned
+        // (pages are); len is a non-zero multiple of 8 blocks.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "dc zva, {p}", "add {p}, {p}, {b}",
+                "cmp {p}, {e}",
+                "b.lo 2b",
+                p = inout(reg) va => _,
+                b = in(reg) block,
+                e = in(reg) va + len,
+                options(nostack),
+            )
+        };
+        return;
+    }
     let mut p = va;
     while p < va + len {
         // SAFETY: p is inside [va, va+len), which the caller owns and which
