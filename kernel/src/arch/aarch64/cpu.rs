@@ -270,23 +270,23 @@ pub unsafe fn copy_pages(dst: u64, src: u64, len: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         asm!(
+            // Post-indexed pairs: 10 instructions per 64 bytes, no adds.
             "2:",
-            "ldp {a}, {b}, [{s}]",
-            "ldp {c}, {d}, [{s}, #16]",
-            "stp {a}, {b}, [{t}]",
-            "stp {c}, {d}, [{t}, #16]",
-            "ldp {a}, {b}, [{s}, #32]",
-            "ldp {c}, {d}, [{s}, #48]",
-            "stp {a}, {b}, [{t}, #32]",
-            "stp {c}, {d}, [{t}, #48]",
-            "add {s}, {s}, #64",
-            "add {t}, {t}, #64",
+            "ldp {a}, {b}, [{s}], #16",
+            "ldp {c}, {d}, [{s}], #16",
+            "ldp {e}, {f}, [{s}], #16",
+            "ldp {g}, {h}, [{s}], #16",
+            "stp {a}, {b}, [{t}], #16",
+            "stp {c}, {d}, [{t}], #16",
+            "stp {e}, {f}, [{t}], #16",
+            "stp {g}, {h}, [{t}], #16",
             "subs {n}, {n}, #64",
             "b.ne 2b",
             s = inout(reg) src => _,
             t = inout(reg) dst => _,
             n = inout(reg) len => _,
             a = out(reg) _, b = out(reg) _, c = out(reg) _, d = out(reg) _,
+            e = out(reg) _, f = out(reg) _, g = out(reg) _, h = out(reg) _,
             options(nostack),
         );
     }
