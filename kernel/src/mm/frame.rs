@@ -360,8 +360,14 @@ pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
 /// allocated (never handed out, already free, reserved, not RAM) is refused
 /// and changes nothing.
 pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
-    if order == 0 && owner == Owner::UserAnon && pcp::free(pa) {
-        return Ok(());
+    if owner == Owner::UserAnon {
+        if order == 0 && pcp::free(pa) {
+            return Ok(());
+        }
+        // The allocator's own UserAnon count is exact only once the lists'
+        // moves are in (a list may have given user frames of other lists
+        // back to the buddy).
+        pcp::settle_all();
     }
     let daif = crate::arch::cpu::irq_save();
     let r = free_locked(&mut FRAMES.lock(), pa, order, owner);

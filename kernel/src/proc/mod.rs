@@ -231,9 +231,10 @@ fn teardown(p: &Process) {
         let mut t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
         let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
-        for v in &all {
-            let _ = l.unmap(v.start, v.end - v.start);
-        }
+        // The whole user half, not just the VMAs: munmap leaves empty
+        // tables behind where a range did not cover a whole table, and
+        // those lie outside every VMA by now.
+        let _ = l.unmap(0, USER_TOP);
         l.finish()
     };
     for pa in detached.0 {

@@ -31,6 +31,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "sched_asid_kept_across_rollover_while_running", f: asid_kept_across_rollover },
     Test { name: "smp_gup_fast_races_fork", f: gup_fast_races_fork },
     Test { name: "smp_cow_fault_races_exit", f: cow_fault_races_exit },
+    Test { name: "smp_page_lists_alloc_here_free_there", f: page_lists_cross_cpu },
 ];
 
 fn anon(size: u64) -> MmapArgs {
@@ -408,4 +409,38 @@ fn cow_fault_races_exit() -> Result<(), String> {
         println!("  50 rounds: two writers on cpu{} and cpu{} while the child exited on cpu{here}", others[0], others[1]);
         Ok(())
     })
+}
+
+/// The per-CPU page lists across CPUs: user frames faulted in on cpu1 come
+/// from its list and are freed into this CPU's (which fills and gives
+/// frames back to the buddy), then large folios faulted on cpu1 are freed
+/// here through the buddy. The allocator's counters must stay exact
+/// (`frame::check`), and every frame must come back.
+fn page_lists_cross_cpu() -> Result<(), String> {
+    use crate::mm::frame;
+    if cpus() < 2 {
+        println!("  (one CPU: runs with --smp 2 or more)");
+        return Ok(());
+    }
+    let name = "pcp_cross";
+    let there = if me() == 1 { 0 } else { 1 };
+    let free_before = frame::stats();
+    in_process(name, || {
+        for round in 0..3u64 {
+            let small = proc::mmap(name, "s", anon(300 * PAGE_SIZE))?;
+            let big = proc::mmap(name, "b", MmapArgs { folio_order: 4, ..anon(16 * 16 * PAGE_SIZE) })?;
+            for (va, len) in [(small, 300 * PAGE_SIZE), (big, 16 * 16 * PAGE_SIZE)] {
+                let t = start(name, &[op::WRITE, va, len, 0x60 + round], 0, there)?;
+                done_ok(&sched::wait(&t), "a writer on the other CPU")?;
+            }
+            frame::check().map_err(|e| alloc::format!("round {round}, after the faults: {e}"))?;
+            proc::munmap(name, small, 300 * PAGE_SIZE)?;
+            proc::munmap(name, big, 16 * 16 * PAGE_SIZE)?;
+            frame::check().map_err(|e| alloc::format!("round {round}, after the frees: {e}"))?;
+        }
+        Ok(())
+    })?;
+    let after = frame::stats();
+    ensure!(after.free == free_before.free, "free frames {} -> {} (owners {:?} -> {:?})", free_before.free, after.free, free_before.by_owner, after.by_owner);
+    Ok(())
 }
