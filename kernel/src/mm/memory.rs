@@ -628,6 +628,83 @@ fn wp_page_copy_from(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: 
     VmFault::Done
 }
 
+/// Everything of [`copy_page_range`]'s per-entry work but its common case:
+/// blocks, special entries, early copies of maybe-pinned pages, and the
+/// first entry of each child table (found or allocated here).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn copy_pte_slow(
+    dmem: &mut FrameTableMem,
+    dst: &MmStruct,
+    va: u64,
+    level: u32,
+    sslot: &'static AtomicU64,
+    desc: Desc,
+    span: u64,
+    dcache: &mut (u64, Option<&'static AtomicU64>),
+    wrprotected: &mut bool,
+    broken_runs: &mut Vec<u64>,
+) -> Result<(), String> {
+    if level == 2 {
+        *wrprotected |= copy_block(dmem, dst, va, sslot, desc)?;
+        return Ok(());
+    }
+    if !desc.is_valid() {
+        return Err(alloc::format!("non-present entry {desc:?} at {va:#x}: not supported by fork yet"));
+    }
+    let child = if desc.special() {
+        desc
+    } else {
+        let pa = desc.output_address(PAGE_SIZE);
+        let pg = page::pfn_to_page(pa).ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
+        let folio = pg.folio().expect("mapped anon page without a folio");
+        if page::folio_try_dup_anon_rmap_pte(folio, pg) {
+            let ro = desc.wrprotect();
+            if ro != desc {
+                sslot.store(ro.0, Ordering::Release);
+                *wrprotected = true;
+            }
+            ro
+        } else {
+            // Maybe pinned and exclusive: the child gets its own copy now.
+            let new = page::folio_alloc_anon_nozero(0).ok_or("out of memory copying a pinned page for the child")?;
+            copy_page(new.pa(), pa);
+            folio_add_new_anon_rmap_pte(new.head());
+            if desc.0 & CONT_BIT != 0 {
+                broken_runs.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
+                broken_runs.push(va & !(cont_size() - 1));
+            }
+            Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
+        }
+    };
+    let base = va & !(span - 1);
+    if dcache.0 != base {
+        *dcache = (base, None);
+    }
+    let dslot = match dcache.1 {
+        Some(first) => {
+            // SAFETY: same level-3 table as `first` (same span), index in range.
+            unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(base, 3)) }
+        }
+        None => match pte_lookup(dmem, dst.pgd, va, true) {
+            Some(s) => {
+                // SAFETY: s is entry index(va) of its table; back to index(base).
+                dcache.1 = Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
+                s
+            }
+            None => {
+                if !child.special() {
+                    put_mapped_page(child.output_address(PAGE_SIZE));
+                }
+                return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
+            }
+        },
+    };
+    // Linux `pte_mkold` for the child: its first access sets the flag.
+    dslot.store(child.mkold().0, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Linux `copy_page_range` for one private anonymous (or special) VMA at
 /// fork. The parent's writable anon entries become read-only (COW) and
 /// lose `PageAnonExclusive`; exclusive pages of maybe-pinned folios are
@@ -678,63 +755,30 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         if desc.0 == 0 {
             return Ok(());
         }
-        if level == 2 {
-            wrprotected |= copy_block(&mut dmem, dst.mm, va, sslot, desc)?;
-            return Ok(());
-        }
-        if !desc.is_valid() {
-            return Err(alloc::format!("non-present entry {desc:?} at {va:#x}: not supported by fork yet"));
-        }
-        let child = if desc.special() {
-            desc
-        } else {
-            let pa = desc.output_address(PAGE_SIZE);
-            let pg = page::pfn_to_page(pa).ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
-            let folio = pg.folio().expect("mapped anon page without a folio");
-            if page::folio_try_dup_anon_rmap_pte(folio, pg) {
-                if !desc.perms().read_only {
-                    sslot.store(desc.wrprotect().0, Ordering::Release);
-                    wrprotected = true;
-                }
-                desc.wrprotect()
-            } else {
-                // Maybe pinned and exclusive: the child gets its own copy now.
-                let new = page::folio_alloc_anon_nozero(0).ok_or("out of memory copying a pinned page for the child")?;
-                copy_page(new.pa(), pa);
-                folio_add_new_anon_rmap_pte(new.head());
-                if desc.0 & CONT_BIT != 0 {
-                    broken_runs.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
-                    broken_runs.push(va & !(cont_size() - 1));
-                }
-                Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
-            }
-        };
-        let base = va & !(span - 1);
-        if dcache.0 != base {
-            dcache = (base, None);
-        }
-        let dslot = match dcache.1 {
-            Some(first) => {
-                // SAFETY: same level-3 table as `first` (same span), index in range.
-                unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(base, 3)) }
-            }
-            None => match pte_lookup(&mut dmem, dst.mm.pgd, va, true) {
-                Some(s) => {
-                    // SAFETY: s is entry index(va) of its table; back to index(base).
-                    dcache.1 = Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
-                    s
-                }
-                None => {
-                    if !child.special() {
-                        put_mapped_page(child.output_address(PAGE_SIZE));
+        // The common case, kept small so it stays in the walk's loop: a
+        // present page shared COW (no early copy) into the child's level-3
+        // table already found for this span.
+        if level == 3 && desc.is_valid() && !desc.special() && dcache.0 == va & !(span - 1) {
+            if let (Some(first), Some(pg)) = (dcache.1, page::pfn_to_page(desc.output_address(PAGE_SIZE))) {
+                if let Some(folio) = pg.folio() {
+                    if page::folio_try_dup_anon_rmap_pte(folio, pg) {
+                        // Compared whole: a writable-clean entry (DBM) must
+                        // lose DBM too, not only a writable one.
+                        let ro = desc.wrprotect();
+                        if ro != desc {
+                            sslot.store(ro.0, Ordering::Release);
+                            wrprotected = true;
+                        }
+                        // SAFETY: same level-3 table as `first` (same span), index in range.
+                        let dslot = unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3)) };
+                        // Linux `pte_mkold` for the child: its first access sets the flag.
+                        dslot.store(ro.mkold().0, Ordering::Relaxed);
+                        return Ok(());
                     }
-                    return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
                 }
-            },
-        };
-        // Linux `pte_mkold` for the child: its first access sets the flag.
-        dslot.store(child.mkold().0, Ordering::Relaxed);
-        Ok(())
+            }
+        }
+        copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
     });
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.

@@ -122,6 +122,27 @@ fn hw_dirty() -> Result<(), String> {
         ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x42)?, RunEnd::Done), "parent write after fork");
         ensure!(proc::fault_count(pa) == f0 + 1, "the parent's write after fork took {} faults, expected 1 (COW)", proc::fault_count(pa) - f0);
         ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x41)?, RunEnd::Done), "the child sees the parent's write after fork: COW broken");
+        // A writable-clean anon entry (DBM, AP[2] set) at fork: made from a
+        // clean exclusive page - the unshared copy a R/O long-term pin
+        // makes of a COW-shared page - by mprotect(R) then (RW). fork must
+        // take DBM off it, or the parent writes into the shared page with
+        // no fault and the child sees it.
+        let c = m + PAGE_SIZE;
+        let foll = crate::mm::gup::Foll { write: false, pin: true, longterm: true };
+        proc::gup(pa, "dbm_pin", c, PAGE_SIZE, foll, false)?;
+        crate::mm::gup::drop_handle("dbm_pin")?;
+        let _ = proc::exit(ch);
+        proc::mprotect(pa, c, PAGE_SIZE, true, false)?;
+        proc::mprotect(pa, c, PAGE_SIZE, true, true)?;
+        let d = desc(pa, c).ok_or("the unshared page is not mapped")?;
+        ensure!(d.dbm() && d.perms().read_only, "expected a writable-clean entry after unshare and mprotect(R), (RW): {d:?}");
+        proc::fork(pa, ch)?;
+        let d = desc(pa, c).ok_or("the page is gone after fork")?;
+        ensure!(!d.dbm() && d.perms().read_only, "fork left DBM on a writable-clean entry: {d:?}");
+        let f0 = proc::fault_count(pa);
+        ensure!(matches!(proc::access(pa, op::WRITE, c, 1, 0x47)?, RunEnd::Done), "parent write after the second fork");
+        ensure!(proc::fault_count(pa) == f0 + 1, "the parent's write took {} faults, expected 1 (COW)", proc::fault_count(pa) - f0);
+        ensure!(matches!(proc::access(ch, op::CHECK, c, 1, 0x41)?, RunEnd::Done), "the child sees the parent's write to a formerly writable-clean page: COW broken");
         Ok(())
     })();
     let _ = proc::exit(ch);
