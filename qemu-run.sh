@@ -249,8 +249,10 @@ run_qemu_logged() {
 }
 
 # Prints N M from the last "N passed, M failed" line of a log, or nothing.
+# (Never fails: a run that crashed has no summary, and `set -e` must not
+# end the whole test run there without saying which run it was.)
 summary_of() {
-    tr -d '\r' <"$1" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n1 | sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/'
+    { tr -d '\r' <"$1" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n1 | sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/'; } || true
 }
 
 EXTRA_QEMU=()
