@@ -54,7 +54,7 @@ fn region(rep: usize, tag: &str) -> u64 {
 
 fn region_thp(rep: usize, tag: &str, folio_order: u8) -> u64 {
     let name = alloc::format!("{tag}{rep}");
-    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20, folio_order, pfn: None, shared: false, memfd: None }).expect("bench mmap")
+    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20, folio_order, pfn: None, shared: false, memfd: None, file: None }).expect("bench mmap")
 }
 
 /// Runs the fault benchmarks; returns the number of problems.

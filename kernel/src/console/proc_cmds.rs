@@ -193,7 +193,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
     }
     let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
-    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false, memfd: None };
+    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false, memfd: None, file: None };
     for o in opts {
         match *o {
             "anon" | "private" | "thp=never" => {}

@@ -64,6 +64,9 @@ pub struct Process {
     /// Its tasks that are not done (threads; the console's commands are
     /// one task each).
     pub(crate) tasks: Mutex<Vec<Arc<sched::Task>>>,
+    /// Open file descriptors from 3 on (0-2 are the console): the shmem
+    /// file each refers to. An open fd keeps its file alive like a VMA.
+    pub(crate) fds: Mutex<Vec<Option<u32>>>,
 }
 
 /// Per-process event counters.
@@ -123,6 +126,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
         zombies: Mutex::new(Vec::new()),
         exit_code: Mutex::new(None),
         tasks: Mutex::new(Vec::new()),
+        fds: Mutex::new(Vec::new()),
     });
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
@@ -172,6 +176,14 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> 
         child.regions.lock().insert(k.clone(), Region { va: r.va, size: r.size });
     }
     child.next_va.store(parent.next_va.load(Ordering::Relaxed), Ordering::Relaxed);
+    // The child inherits every open file descriptor (Linux dup of the fd table).
+    {
+        let fds = parent.fds.lock().clone();
+        for id in fds.iter().flatten() {
+            crate::mm::shmem::vma_get(*id);
+        }
+        *child.fds.lock() = fds;
+    }
     let pid = child.pid;
     PROCS.lock().insert(child_name.to_string(), child);
     Ok(pid)
@@ -244,6 +256,14 @@ fn teardown(p: &Process) {
         vmas.remove(v.start);
     }
     mem.free(p.mm.pgd);
+    drop(mem);
+    drop(vmas);
+    // Every file descriptor closes (after the VMAs: the last one frees a
+    // file nothing maps any more).
+    let fds = core::mem::take(&mut *p.fds.lock());
+    for id in fds.into_iter().flatten() {
+        crate::mm::shmem::vma_put(id);
+    }
     // Drops anything left for this ASID, then frees it.
     asid::release(&p.mm.asid_slot);
 }
@@ -331,6 +351,10 @@ pub struct MmapArgs {
     pub shared: bool,
     /// `memfd=F`: maps the named in-memory file F from offset 0.
     pub memfd: Option<String>,
+    /// An open memfd (the `mmap` system call with a file descriptor): the
+    /// shmem file's id and the file page the mapping starts at. The file
+    /// does not grow; pages past its end are a SIGSEGV (Linux: SIGBUS).
+    pub file: Option<(u32, u64)>,
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
@@ -378,19 +402,22 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
         // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
         // shmem file. Its pages come from the page cache, base pages only.
-        let file = match (&a.memfd, a.shared && a.pfn.is_none()) {
-            (Some(name), _) => Some(crate::mm::shmem::open(name)),
-            (None, true) => Some(crate::mm::shmem::create_anon()),
-            (None, false) => None,
+        let (file, pgoff) = match (&a.memfd, a.file, a.shared && a.pfn.is_none()) {
+            (_, Some((id, pgoff)), _) => (Some(crate::mm::shmem::get(id).ok_or("that memfd is gone")?), pgoff),
+            (Some(name), None, _) => (Some(crate::mm::shmem::open(name)), 0),
+            (None, None, true) => (Some(crate::mm::shmem::create_anon()), 0),
+            (None, None, false) => (None, 0),
         };
         if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
             return Err("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)".into());
         }
         if let Some(f) = &file {
-            f.grow(size);
+            if a.file.is_none() {
+                f.grow(size);
+            }
         }
         let file = file.map_or(0, |f| f.id);
-        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order }, file, pgoff: 0 };
+        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order }, file, pgoff };
         if !p.mm.mmap_write_lock().insert(vma) {
             if file != 0 {
                 // Frees a new unnamed file again (nothing maps it).

@@ -21,6 +21,9 @@ pub mod nr {
     pub const EXIT_GROUP: u64 = 94;
     pub const CLONE: u64 = 220;
     pub const WAIT4: u64 = 260;
+    pub const CLOSE: u64 = 57;
+    pub const FTRUNCATE: u64 = 46;
+    pub const MEMFD_CREATE: u64 = 279;
 }
 
 /// The only `clone` flags accepted: plain fork (`SIGCHLD` as exit signal).
@@ -57,6 +60,9 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
         nr::MUNMAP => munmap(p, a[0], a[1]),
         nr::MPROTECT => mprotect(p, a[0], a[1], a[2]),
         nr::MADVISE => madvise(p, a[0], a[1], a[2]),
+        nr::MEMFD_CREATE => memfd_create(p, a[0], a[1]),
+        nr::CLOSE => close(p, a[0]),
+        nr::FTRUNCATE => ftruncate(p, a[0], a[1]),
         nr::CLONE => clone(p, a),
         nr::WAIT4 => wait4(p, a[0] as i64, a[1], a[2], a[3]),
         _ => -ENOSYS,
@@ -152,18 +158,27 @@ fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
 
 fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     let [addr, len, prot, flags, fd, off] = a;
-    let shared = match flags {
-        f if f == MAP_PRIVATE | MAP_ANONYMOUS => false,
-        f if f == MAP_SHARED | MAP_ANONYMOUS => true,
-        _ => return -EINVAL, // anonymous memory at a kernel-chosen address only, for now
+    let ps = crate::mm::granule::PAGE_SIZE;
+    // Anonymous memory, or an open memfd; always at a kernel-chosen address.
+    let (shared, file) = match flags {
+        f if f == MAP_PRIVATE | MAP_ANONYMOUS => (false, None),
+        f if f == MAP_SHARED | MAP_ANONYMOUS => (true, None),
+        f if f == MAP_PRIVATE || f == MAP_SHARED => {
+            let Some(id) = fd_file(p, fd) else { return -EBADF };
+            if off % ps != 0 {
+                return -EINVAL;
+            }
+            (f == MAP_SHARED, Some((id, off / ps)))
+        }
+        _ => return -EINVAL,
     };
-    if fd as i64 != -1 || off != 0 || addr != 0 {
+    if addr != 0 || (file.is_none() && (fd as i64 != -1 || off != 0)) {
         return -EINVAL;
     }
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared, memfd: None };
+    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared, memfd: None, file };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
         Err(e) if e.contains("size must be") => -EINVAL,
@@ -234,4 +249,84 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
         Ok(()) if covered => 0,
         _ => -ENOMEM,
     }
+}
+
+/// The shmem file behind `fd`, if it is an open memfd of `p`.
+fn fd_file(p: &Process, fd: u64) -> Option<u32> {
+    let i = fd.checked_sub(3)? as usize;
+    p.fds.lock().get(i).copied().flatten()
+}
+
+/// Longest memfd name Linux accepts (249 bytes, without the NUL).
+const MFD_NAME_MAX: usize = 249;
+const MFD_CLOEXEC: u64 = 1;
+
+/// `memfd_create(name, flags)`: a new in-memory file (an unnamed shmem
+/// file here: the name is only for the caller), size 0, open as the lowest
+/// free descriptor from 3. `MFD_CLOEXEC` is accepted (there is no exec).
+fn memfd_create(p: &Process, name: u64, flags: u64) -> i64 {
+    if flags & !MFD_CLOEXEC != 0 {
+        return -EINVAL;
+    }
+    // The name: up to 249 bytes and a NUL, read a byte at a time.
+    let mut len = 0;
+    loop {
+        let mut b = [0u8; 1];
+        if copy_from_user(&mut b, name.wrapping_add(len as u64)).is_err() {
+            return -EFAULT;
+        }
+        if b[0] == 0 {
+            break;
+        }
+        len += 1;
+        if len > MFD_NAME_MAX {
+            return -EINVAL;
+        }
+    }
+    let f = crate::mm::shmem::create_anon();
+    // The descriptor holds the file like a mapping does.
+    crate::mm::shmem::vma_get(f.id);
+    let mut fds = p.fds.lock();
+    let i = match fds.iter().position(|x| x.is_none()) {
+        Some(i) => {
+            fds[i] = Some(f.id);
+            i
+        }
+        None => {
+            if fds.try_reserve(1).is_err() {
+                drop(fds);
+                crate::mm::shmem::vma_put(f.id);
+                return -ENOMEM;
+            }
+            fds.push(Some(f.id));
+            fds.len() - 1
+        }
+    };
+    (i + 3) as i64
+}
+
+/// `close(fd)`; the file goes when nothing maps it and no fd is open.
+fn close(p: &Process, fd: u64) -> i64 {
+    let id = {
+        let mut fds = p.fds.lock();
+        let Some(slot) = fd.checked_sub(3).and_then(|i| fds.get_mut(i as usize)) else { return -EBADF };
+        let Some(id) = slot.take() else { return -EBADF };
+        id
+    };
+    crate::mm::shmem::vma_put(id);
+    0
+}
+
+/// `ftruncate(fd, length)`: grows a memfd (zero-filled). Shrinking, which
+/// would have to zap every mapping past the new end, is not supported.
+fn ftruncate(p: &Process, fd: u64, length: u64) -> i64 {
+    let Some(f) = fd_file(p, fd).and_then(crate::mm::shmem::get) else { return -EBADF };
+    if (length as i64) < 0 {
+        return -EINVAL;
+    }
+    if length < f.size() {
+        return -EINVAL;
+    }
+    f.grow(length);
+    0
 }

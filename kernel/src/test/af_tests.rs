@@ -33,7 +33,7 @@ fn access_flag() -> Result<(), String> {
     let (pa, ch) = ("af_parent", "af_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
-        let m = proc::mmap(pa, "m", MmapArgs { size: 4 * PAGE_SIZE, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None })?;
+        let m = proc::mmap(pa, "m", MmapArgs { size: 4 * PAGE_SIZE, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
         ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
         ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
         proc::fork(pa, ch)?;
@@ -76,7 +76,7 @@ fn access_flag() -> Result<(), String> {
 }
 
 fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None }
+    MmapArgs { size, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
 }
 
 /// Hardware dirty state (TCR_EL1.HD, DBM): a writable-clean entry (DBM set,

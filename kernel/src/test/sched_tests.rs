@@ -35,7 +35,7 @@ pub static TESTS: &[Test] = &[
 ];
 
 fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None }
+    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
 }
 
 fn me() -> usize {

@@ -53,7 +53,7 @@ fn el0_isolation() -> Result<(), String> {
         }
         ensure!(SECRET.load(core::sync::atomic::Ordering::Relaxed) == 0x5ec2_e75e_c2e7, "kernel data changed");
         // And the process is still usable afterwards.
-        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None })?;
+        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
         Ok(())
     })();
@@ -70,7 +70,7 @@ fn bad_arguments() -> Result<(), String> {
         let pid = sc(nr::GETPID, [0; 6])?;
         ensure!(pid > 0, "getpid returned {pid}");
 
-        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None })?;
+        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
         ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
         // A page the process never touched: the uaccess fault is demand-filled.
@@ -86,7 +86,7 @@ fn bad_arguments() -> Result<(), String> {
             ("mmap of 0 bytes", nr::MMAP, [0, 0, 3, 0x22, u64::MAX, 0], -EINVAL),
             ("mmap larger than the address space", nr::MMAP, [0, 1 << 62, 3, 0x22, u64::MAX, 0], -ENOMEM),
             ("mmap PROT_EXEC", nr::MMAP, [0, 8192, 4, 0x22, u64::MAX, 0], -EINVAL),
-            ("mmap MAP_SHARED of a file descriptor", nr::MMAP, [0, 8192, 3, 0x01, 3, 0], -EINVAL),
+            ("mmap of a descriptor that is not open", nr::MMAP, [0, 8192, 3, 0x01, 3, 0], -EBADF),
             ("unknown syscall", 9999, [0; 6], -ENOSYS),
         ];
         for (what, n, a, want) in cases {
@@ -131,6 +131,57 @@ fn bad_arguments() -> Result<(), String> {
         proc::exit(child)?;
         shared_ok?;
         ensure!(sc(nr::MUNMAP, [sh, PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap of shared memory");
+        // memfd_create + ftruncate + mmap(fd): two shared views see each
+        // other's stores, a private view COWs, an offset maps the file's
+        // second page; the mappings outlive close(); bad calls get errors.
+        let name_va = va + 4 * PAGE_SIZE;
+        ensure!(matches!(proc::access(name, op::WRITE, name_va, 3, b'm')?, RunEnd::Done), "writing the memfd name");
+        ensure!(matches!(proc::access(name, op::WRITE, name_va + 3, 1, 0)?, RunEnd::Done), "writing the name's NUL");
+        let fd = sc(nr::MEMFD_CREATE, [name_va, 0, 0, 0, 0, 0])?;
+        ensure!(fd >= 3, "memfd_create returned {fd}");
+        let fd = fd as u64;
+        ensure!(sc(nr::FTRUNCATE, [fd, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "ftruncate to two pages");
+        let map = |flags: u64, off: u64, len: u64| sc(nr::MMAP, [0, len, 3, flags, fd, off]);
+        let v1 = map(0x01, 0, 2 * PAGE_SIZE)?;
+        let v2 = map(0x01, 0, 2 * PAGE_SIZE)?;
+        let vp = map(0x02, 0, 2 * PAGE_SIZE)?;
+        let vo = map(0x01, PAGE_SIZE, PAGE_SIZE)?;
+        ensure!(v1 > 0 && v2 > 0 && vp > 0 && vo > 0, "mmap of the memfd failed: {v1} {v2} {vp} {vo}");
+        let (v1, v2, vp, vo) = (v1 as u64, v2 as u64, vp as u64, vo as u64);
+        ensure!(matches!(proc::access(name, op::WRITE, v1, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done), "EL0 write to the memfd");
+        ensure!(matches!(proc::access(name, op::CHECK, v2, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done), "the second shared view misses the first's stores");
+        ensure!(matches!(proc::access(name, op::WRITE, vo, 16, 0x72)?, RunEnd::Done), "EL0 write at file offset one page");
+        ensure!(matches!(proc::access(name, op::CHECK, v1 + PAGE_SIZE, 16, 0x72)?, RunEnd::Done), "the offset mapping is not the file's second page");
+        ensure!(matches!(proc::access(name, op::WRITE, vp, 16, 0x73)?, RunEnd::Done), "EL0 write to the private view");
+        ensure!(matches!(proc::access(name, op::CHECK, v1, 16, 0x71)?, RunEnd::Done), "a private view's write reached the file");
+        ensure!(sc(nr::CLOSE, [fd, 0, 0, 0, 0, 0])? == 0, "close");
+        ensure!(matches!(proc::access(name, op::CHECK, v2, 16, 0x71)?, RunEnd::Done), "the mapping did not outlive close()");
+        let bad: [(&str, u64, [u64; 6], i64); 7] = [
+            ("close of a closed fd", nr::CLOSE, [fd, 0, 0, 0, 0, 0], -EBADF),
+            ("mmap of a closed fd", nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd, 0], -EBADF),
+            ("ftruncate of a closed fd", nr::FTRUNCATE, [fd, PAGE_SIZE, 0, 0, 0, 0], -EBADF),
+            ("memfd_create with a kernel pointer", nr::MEMFD_CREATE, [0xffff_8000_0000_0000, 0, 0, 0, 0, 0], -EFAULT),
+            ("memfd_create with unknown flags", nr::MEMFD_CREATE, [name_va, 0x100, 0, 0, 0, 0], -EINVAL),
+            ("mmap of stdout", nr::MMAP, [0, PAGE_SIZE, 3, 0x01, 1, 0], -EBADF),
+            ("close of stdin", nr::CLOSE, [0, 0, 0, 0, 0, 0], -EBADF),
+        ];
+        for (what, n, a, want) in bad {
+            let got = sc(n, a)?;
+            ensure!(got == want, "{what}: got {got}, expected {want}");
+        }
+        // A name longer than 249 bytes is refused.
+        ensure!(matches!(proc::access(name, op::WRITE, name_va, 300, b'n')?, RunEnd::Done), "writing a long name");
+        ensure!(matches!(proc::access(name, op::WRITE, name_va + 300, 1, 0)?, RunEnd::Done), "its NUL");
+        ensure!(sc(nr::MEMFD_CREATE, [name_va, 0, 0, 0, 0, 0])? == -EINVAL, "a 300-byte memfd name was accepted");
+        // A descriptor still open at exit is closed by the exit (the frame
+        // count below checks that its file goes).
+        ensure!(matches!(proc::access(name, op::WRITE, name_va, 1, 0)?, RunEnd::Done), "an empty name");
+        let fd2 = sc(nr::MEMFD_CREATE, [name_va, 1, 0, 0, 0, 0])?;
+        ensure!(fd2 == fd as i64, "the lowest free descriptor is reused: got {fd2}, expected {fd}");
+        ensure!(sc(nr::FTRUNCATE, [fd2 as u64, PAGE_SIZE, 0, 0, 0, 0])? == 0, "ftruncate of the second memfd");
+        ensure!(sc(nr::FTRUNCATE, [fd2 as u64, 0, 0, 0, 0, 0])? == -EINVAL, "shrinking is refused");
+        let v3 = sc(nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd2 as u64, 0])?;
+        ensure!(v3 > 0 && matches!(proc::access(name, op::WRITE, v3 as u64, PAGE_SIZE, 0x74)?, RunEnd::Done), "the second memfd is not usable");
         // madvise: DONTNEED zaps (the next read sees zeroes), the THP hints
         // are accepted on mapped memory, and bad arguments get errors.
         ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done), "EL0 write before madvise");
