@@ -6,14 +6,21 @@
 #   (gdb) pl-ptdump [ttbr1|ttbr0]        Linux-style dump of the live tables
 #   (gdb) pl-esr [VALUE]                 decode ESR_EL1 (default: the live one)
 #   (gdb) pl-agree VA...                 pl-walk vs. QEMU's `monitor gva2gpa`
-#   (gdb) pl-procs / pl-vmas             process table (not in the kernel yet)
+#   (gdb) pl-procs                       processes (pid, names, TTBR0 root, ASID, CPU)
+#   (gdb) pl-vmas [PID|NAME|current]     a process's VMAs (flags, THP size, memfd)
 #   (gdb) p/x $pl_pa(VA)                 PA of VA, or -1 if it does not translate
 #
-# Everything is computed from system registers (TTBRn_EL1, TCR_EL1, SCTLR_EL1,
-# MAIR_EL1, ESR_EL1, FAR_EL1) and physical memory, read through QEMU's
-# gdbstub extension `Qqemu.PhyMemMode:1`. No kernel symbol or data structure
-# is used, so the commands also work when the kernel is wedged, in the middle
-# of a table update, or when its own page-table code is what is broken.
+# The table commands are computed from system registers (TTBRn_EL1, TCR_EL1,
+# SCTLR_EL1, MAIR_EL1, ESR_EL1, FAR_EL1) and physical memory, read through
+# QEMU's gdbstub extension `Qqemu.PhyMemMode:1`. No kernel symbol or data
+# structure is used, so they also work when the kernel is wedged, in the
+# middle of a table update, or when its own page-table code is what is broken.
+#
+# pl-procs/pl-vmas need kernel data: the fixed-layout mirror
+# PAGELAB_DEBUG_PROCS (kernel/src/proc/debug_table.rs; layout described
+# below), found by symbol and read through the MMU, or through a software walk
+# of the live tables if QEMU refuses the read. They check its magic and
+# layout version, and report slots caught mid-update and overflowed tables.
 #
 # The decoding logic (granule arithmetic, descriptors, walks, ptdump lines,
 # ESR) is plain Python with no gdb dependency, so the file can be imported by
@@ -883,6 +890,287 @@ def format_walk(r, mair=None):
 
 
 # ---------------------------------------------------------------------------
+# The kernel's process-table mirror, PAGELAB_DEBUG_PROCS
+# (kernel/src/proc/debug_table.rs, whose module doc is the reference).
+#
+# Layout version 1, little-endian, offsets in bytes:
+#   header  0 u64 magic "PLPROCS\0"     8 u32 version (1)
+#          12 u32 header_size (= 64 + 8*max_cpus)   16 u32 proc_size   20 u32 vma_size (40)
+#          24 u32 max_procs  28 u32 max_vmas  32 u32 max_cpus  36 u32 name_len
+#          40 u32 page_shift 44 u32 nr_procs  48 u32 unslotted (live, without a slot)
+#          56 u64 updates    64 u32 running_pid[max_cpus], then u32 running_tid[max_cpus]
+#   process record i at header_size + i*proc_size (proc_size = align8(48+name_len) + max_vmas*40):
+#           0 u32 seq (odd: being written)  4 u32 state (0 free, 1 setting up, 2 live)
+#           8 u32 pid  12 u32 ppid  16 u64 pgd (TTBR0 root PA)
+#          24 u64 asid_slot (VA of the u64 generation<<16|asid)  32 u64 mm (VA of MmStruct)
+#          40 u32 nr_vmas (> max_vmas: only max_vmas recorded)  44 u32 name_len (> name_len: truncated)
+#          48 u8 name[name_len]   then vma[max_vmas]
+#   VMA record: 0 u64 start  8 u64 end  16 u64 pgoff  24 u32 flags (VmFlags)  28 u32 file
+#               32 u8 folio_order (largest folio = page size << order)
+# pl-procs/pl-vmas read it with plain memory reads (symbol address from the ELF).
+# ---------------------------------------------------------------------------
+
+PROCS_SYMBOL = "PAGELAB_DEBUG_PROCS"
+DT_MAGIC = int.from_bytes(b"PLPROCS\0", "little")
+DT_VERSION = 1
+DT_HEADER_FIXED = 64
+DT_PROC_FIXED = 48
+DT_VMA_SIZE = 40
+DT_FREE, DT_SETUP, DT_LIVE = 0, 1, 2
+# Field offsets, by the kernel's struct and field names (the GDB test checks
+# them against the kernel's DWARF). Offsets past `name` depend on name_len.
+DT_OFFSETS = {
+    "DebugTable": dict(magic=0, version=8, header_size=12, proc_size=16, vma_size=20, max_procs=24,
+                       max_vmas=28, max_cpus=32, name_len=36, page_shift=40, nr_procs=44, unslotted=48,
+                       updates=56, running_pid=64),
+    "DebugProc": dict(seq=0, state=4, pid=8, ppid=12, pgd=16, asid_slot=24, mm=32, nr_vmas=40,
+                      name_len=44, name=48),
+    "DebugVma": dict(start=0, end=8, pgoff=16, flags=24, file=28, folio_order=32),
+}
+_OT, _OP, _OV = DT_OFFSETS["DebugTable"], DT_OFFSETS["DebugProc"], DT_OFFSETS["DebugVma"]
+
+# VmFlags (kernel/src/mm/mm_struct.rs), bit -> name.
+VM_FLAG_NAMES = {0: "READ", 1: "WRITE", 2: "EXEC", 3: "SHARED", 5: "MAYWRITE", 10: "PFNMAP",
+                 14: "IO", 20: "PFN_MKWRITE", 21: "FSDAX", 28: "MIXEDMAP", 29: "HUGEPAGE",
+                 30: "NOHUGEPAGE"}
+
+
+class DebugTableError(Exception):
+    """The table cannot be decoded (missing, unreadable, other layout)."""
+
+
+def _u32(b, off):
+    return int.from_bytes(b[off:off + 4], "little")
+
+
+def _u64(b, off):
+    return int.from_bytes(b[off:off + 8], "little")
+
+
+def vm_flags_str(flags):
+    """As the kernel's `Display for VmFlags`: names lowest bit first,
+    unknown bits as one hex number, `none` for 0."""
+    names = []
+    rest = flags
+    for b in range(32):
+        if flags & (1 << b) and b in VM_FLAG_NAMES:
+            names.append(VM_FLAG_NAMES[b])
+            rest &= ~(1 << b)
+    if rest:
+        names.append("%#x" % rest)
+    return "|".join(names) if names else "none"
+
+
+def human_size(size):
+    n, u = size_str(size)
+    return "%d%s" % (n, u.strip())
+
+
+def format_vma_line(v, page_size):
+    """One VMA exactly as the kernel's `Vma::maps_line` (the console's `P maps`)."""
+    f = v.flags
+    perm = "".join(ch if f & (1 << b) else "-" for b, ch in ((0, "r"), (1, "w"), (2, "x")))
+    perm += "s" if f & (1 << 3) else "p"
+    line = "%#018x-%#018x %s %6s folio %4s %s" % (
+        v.start, v.end, perm, human_size(v.end - v.start), human_size(page_size << v.folio_order),
+        vm_flags_str(f))
+    if v.file:
+        line += " file %d pgoff %#x" % (v.file, v.pgoff)
+    return line
+
+
+class DtVma(object):
+    def __init__(self, b, off=0):
+        self.start = _u64(b, off + _OV["start"])
+        self.end = _u64(b, off + _OV["end"])
+        self.pgoff = _u64(b, off + _OV["pgoff"])
+        self.flags = _u32(b, off + _OV["flags"])
+        self.file = _u32(b, off + _OV["file"])
+        self.folio_order = b[off + _OV["folio_order"]]
+
+
+class DtProc(object):
+    def __init__(self, slot, addr, b, name_len_max):
+        self.slot = slot
+        self.addr = addr
+        self.seq = _u32(b, _OP["seq"])
+        self.state = _u32(b, _OP["state"])
+        self.pid = _u32(b, _OP["pid"])
+        self.ppid = _u32(b, _OP["ppid"])
+        self.pgd = _u64(b, _OP["pgd"])
+        self.asid_slot = _u64(b, _OP["asid_slot"])
+        self.mm = _u64(b, _OP["mm"])
+        self.nr_vmas = _u32(b, _OP["nr_vmas"])
+        self.name_len = _u32(b, _OP["name_len"])
+        o = _OP["name"]
+        raw = bytes(b[o:o + min(self.name_len, name_len_max)])
+        self.name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        self.truncated = self.name_len > name_len_max
+        self.vmas = []
+        self.asid_value = None     # the u64 at asid_slot, if readable
+        self.cpus = []             # (cpu, tid) running one of its tasks
+
+    def shown_name(self):
+        return self.name + ("..." if self.truncated else "")
+
+    def matches(self, name):
+        if self.truncated:
+            return name.startswith(self.name)
+        return name == self.name
+
+
+class DtTable(object):
+    pass
+
+
+def read_debug_table(read, base):
+    """Decodes the table at `base`. `read(addr, n)` returns n bytes of kernel
+    memory (virtual addresses) or raises. Raises DebugTableError when the
+    header is not a layout this file knows."""
+    try:
+        h = read(base, DT_HEADER_FIXED)
+    except Exception as ex:
+        raise DebugTableError("cannot read %s at %#x: %s" % (PROCS_SYMBOL, base, ex))
+    t = DtTable()
+    t.base = base
+    t.magic = _u64(h, _OT["magic"])
+    if t.magic != DT_MAGIC:
+        raise DebugTableError("%s at %#x: magic %#018x is not %#018x (\"PLPROCS\\0\"): not pagelab's "
+                              "process table, or its memory is not what the ELF says (wrong ELF for this "
+                              "kernel?)" % (PROCS_SYMBOL, base, t.magic, DT_MAGIC))
+    for f in ("version", "header_size", "proc_size", "vma_size", "max_procs", "max_vmas", "max_cpus",
+              "name_len", "page_shift", "nr_procs", "unslotted"):
+        setattr(t, f, _u32(h, _OT[f]))
+    t.updates = _u64(h, _OT["updates"])
+    if t.version != DT_VERSION:
+        raise DebugTableError("%s layout version %d, but pagelab.py decodes version %d: use the "
+                              "gdb/pagelab.py of this kernel's source tree" % (PROCS_SYMBOL, t.version, DT_VERSION))
+    t.vma_off = _OP["name"] + ((t.name_len + 7) & ~7)
+    problems = []
+    if t.vma_size != DT_VMA_SIZE:
+        problems.append("vma_size %d (want %d)" % (t.vma_size, DT_VMA_SIZE))
+    if not (1 <= t.max_cpus <= 1024 and 1 <= t.max_procs <= 4096 and 1 <= t.max_vmas <= 65536
+            and 1 <= t.name_len <= 4096):
+        problems.append("implausible counts: %d CPUs, %d slots, %d VMAs, name %d bytes" % (
+            t.max_cpus, t.max_procs, t.max_vmas, t.name_len))
+    elif t.header_size != DT_HEADER_FIXED + 8 * t.max_cpus:
+        problems.append("header_size %d (want %d for %d CPUs)" % (
+            t.header_size, DT_HEADER_FIXED + 8 * t.max_cpus, t.max_cpus))
+    elif t.proc_size != t.vma_off + t.max_vmas * DT_VMA_SIZE:
+        problems.append("proc_size %d (want %d for %d VMAs and %d-byte names)" % (
+            t.proc_size, t.vma_off + t.max_vmas * DT_VMA_SIZE, t.max_vmas, t.name_len))
+    if t.page_shift not in GRANULE_NAMES:
+        problems.append("page_shift %d" % t.page_shift)
+    if problems:
+        raise DebugTableError("%s layout does not match version %d as pagelab.py knows it: %s" % (
+            PROCS_SYMBOL, DT_VERSION, "; ".join(problems)))
+    t.page_size = 1 << t.page_shift
+    r = read(base + _OT["running_pid"], 8 * t.max_cpus)
+    t.running = [(_u32(r, 4 * c), _u32(r, 4 * (t.max_cpus + c))) for c in range(t.max_cpus)]
+    t.procs = []
+    t.notes = []
+    t.setting_up = 0
+    fixed = t.vma_off
+    for i in range(t.max_procs):
+        addr = base + t.header_size + i * t.proc_size
+        b = read(addr, fixed)
+        st = _u32(b, _OP["state"])
+        if st == DT_FREE:
+            continue
+        p = DtProc(i, addr, b, t.name_len)
+        if st == DT_SETUP:
+            t.notes.append("slot %d (pid %d) is being set up: not listed" % (i, p.pid))
+            t.setting_up += 1
+            continue
+        if st != DT_LIVE:
+            t.notes.append("slot %d has unknown state %d: not listed" % (i, st))
+            continue
+        if p.seq & 1:
+            t.notes.append("slot %d (pid %d %s) was being written when the kernel stopped (seq %d): "
+                           "its record may be inconsistent" % (i, p.pid, p.shown_name(), p.seq))
+        n = min(p.nr_vmas, t.max_vmas)
+        if n:
+            vb = read(addr + fixed, n * DT_VMA_SIZE)
+            p.vmas = [DtVma(vb, k * DT_VMA_SIZE) for k in range(n)]
+        if p.nr_vmas > t.max_vmas:
+            t.notes.append("pid %d %s: %d VMAs, only the first %d are recorded (the slot holds %d)" % (
+                p.pid, p.shown_name(), p.nr_vmas, t.max_vmas, t.max_vmas))
+        if p.truncated:
+            t.notes.append("pid %d: name is %d bytes, shown truncated to %d" % (p.pid, p.name_len, t.name_len))
+        if p.asid_slot:
+            try:
+                p.asid_value = _u64(read(p.asid_slot, 8), 0)
+            except Exception:
+                t.notes.append("pid %d: cannot read its ASID slot at %#x" % (p.pid, p.asid_slot))
+        t.procs.append(p)
+    t.procs.sort(key=lambda p: p.pid)
+    by_pid = dict((p.pid, p) for p in t.procs)
+    for c, (pid, tid) in enumerate(t.running):
+        if pid == 0:
+            continue
+        if pid in by_pid:
+            by_pid[pid].cpus.append((c, tid))
+        else:
+            t.notes.append("cpu%d runs pid %d (tid %d), which has no record here" % (c, pid, tid))
+    if t.unslotted:
+        t.notes.insert(0, "OVERFLOW: %d live process%s got no slot (all %d slots were in use): not listed" % (
+            t.unslotted, "" if t.unslotted == 1 else "es", t.max_procs))
+    if t.nr_procs != len(t.procs) + t.setting_up + t.unslotted:
+        t.notes.append("the header counts %d live processes, but %d are listed, %d being set up and %d "
+                       "unslotted (stopped in the middle of a change?)" % (
+                           t.nr_procs, len(t.procs), t.setting_up, t.unslotted))
+    return t
+
+
+PROCS_HEADER = "  PID  PPID NAME             PGD                ASID    GEN  VMAS CPU"
+
+
+def format_procs(t):
+    """pl-procs: the console's `ps` columns, plus the CPUs running its tasks."""
+    lines = ["pagelab process table @ %#x (layout v%d): %d process%s, %d slots x %d VMAs, %s pages, "
+             "%d updates" % (t.base, t.version, len(t.procs), "" if len(t.procs) == 1 else "es",
+                             t.max_procs, t.max_vmas, GRANULE_NAMES[t.page_shift], t.updates)]
+    lines.append(PROCS_HEADER)
+    for p in t.procs:
+        if p.asid_value is None:
+            asid, gen = "?", "?"
+        else:
+            asid, gen = "%#06x" % (p.asid_value & 0xffff), "%d" % (p.asid_value >> 16)
+        cpus = ",".join("cpu%d" % c for c, _ in p.cpus) or "-"
+        lines.append("%5d %5d %-16s %#018x %-6s %4s %5d %s" % (
+            p.pid, p.ppid, p.shown_name(), p.pgd, asid, gen, p.nr_vmas, cpus))
+    running = ["cpu%d: pid %d tid %d" % (c, pid, tid) for c, (pid, tid) in enumerate(t.running) if pid]
+    lines.append("running: " + (", ".join(running) if running else "no CPU runs a process's task"))
+    lines += ["note: " + n for n in t.notes]
+    return lines
+
+
+def find_proc(t, spec):
+    """A process by pid (a number) or name."""
+    spec = spec.strip()
+    if re.match(r"^\d+$", spec):
+        for p in t.procs:
+            if p.pid == int(spec):
+                return p
+    for p in t.procs:
+        if p.matches(spec):
+            return p
+    known = ", ".join("%d %s" % (p.pid, p.shown_name()) for p in t.procs) or "none"
+    raise DebugTableError("no process %r (processes: %s)" % (spec, known))
+
+
+def format_vmas(t, p):
+    lines = ["%s (pid %d, ppid %d, slot %d): %d VMAs" % (p.shown_name(), p.pid, p.ppid, p.slot, p.nr_vmas)]
+    lines += [format_vma_line(v, t.page_size) for v in p.vmas]
+    if p.nr_vmas > len(p.vmas):
+        lines.append("OVERFLOW: %d more VMAs not recorded (the slot holds %d)" % (
+            p.nr_vmas - len(p.vmas), t.max_vmas))
+    if p.seq & 1:
+        lines.append("note: the record was being written when the kernel stopped; it may be inconsistent")
+    return lines
+
+
+# ---------------------------------------------------------------------------
 # Self-test (python3 gdb/pagelab.py --selftest): no gdb, no QEMU.
 # ---------------------------------------------------------------------------
 
@@ -1131,6 +1419,119 @@ def selftest(verbose=False):
         check("gva2gpa garbage", False)
     except ValueError:
         check("gva2gpa garbage", True)
+
+    # The process-table mirror, against a table packed by hand from the
+    # layout in kernel/src/proc/debug_table.rs (offsets written out here).
+    import struct
+
+    def pack_table(procs, max_procs=4, max_vmas=3, max_cpus=2, name_len=8, running=(), unslotted=0,
+                   magic=DT_MAGIC, version=1, vma_size=40, header_size=None):
+        hs = 64 + 8 * max_cpus if header_size is None else header_size
+        psz = 48 + name_len + max_vmas * 40
+        mem = bytearray(hs + max_procs * psz)
+        struct.pack_into("<QIIIIIIIIIIIIQ", mem, 0, magic, version, hs, psz, vma_size, max_procs, max_vmas,
+                         max_cpus, name_len, 12, len(procs) + unslotted, unslotted, 0, 77)
+        for c, (pid, tid) in enumerate(running):
+            struct.pack_into("<I", mem, 64 + 4 * c, pid)
+            struct.pack_into("<I", mem, 64 + 4 * max_cpus + 4 * c, tid)
+        for slot, pr in procs.items():
+            o = hs + slot * psz
+            name = pr["name"].encode()
+            struct.pack_into("<IIIIQQQII", mem, o, pr.get("seq", 2), pr.get("state", 2), pr["pid"], pr["ppid"],
+                             pr["pgd"], pr.get("asid_at", 0), 0xffff000040001000, len(pr["vmas"]) + pr.get("extra", 0),
+                             len(name))
+            mem[o + 48:o + 48 + min(len(name), name_len)] = name[:name_len]
+            for k, (s, e, fl, fo, fi, pg) in enumerate(pr["vmas"][:max_vmas]):
+                struct.pack_into("<QQQIIB", mem, o + 48 + name_len + 40 * k, s, e, pg, fl, fi, fo)
+        return mem
+
+    BASE = 0xffff800000100000
+
+    def reader(mem, extra=None):
+        def read(addr, n):
+            if extra and addr in extra:
+                return extra[addr][:n]
+            off = addr - BASE
+            if off < 0 or off + n > len(mem):
+                raise ValueError("unreadable %#x" % addr)
+            return bytes(mem[off:off + n])
+        return read
+
+    RW = 0x1 | 0x2 | 0x20
+    agent = (0x400000, 0x404000, 0x1 | 0x4 | 0x400, 0, 0, 0)
+    procs = {1: dict(pid=1, ppid=0, name="A", pgd=0x41234000, asid_at=0xffff000050000010,
+                     vmas=[agent, (0x1000000000, 0x1000010000, RW, 9, 0, 0),
+                           (0x1000011000, 0x1000012000, 0x1 | 0x8, 0, 3, 2)]),
+             3: dict(pid=2, ppid=1, name="child_with_a_long_name", pgd=0x45000000, extra=5,
+                     vmas=[agent, (0x1000000000, 0x1000010000, RW | 0x40000000, 0, 0, 0),
+                           (0x1000020000, 0x1000030000, 0x1 | 0x80000000, 0, 0, 0)]),
+             2: dict(pid=9, ppid=0, name="half", pgd=0x46000000, state=1, vmas=[])}
+    mem = pack_table(procs, running=[(0, 0), (2, 17)], unslotted=1)
+    t = read_debug_table(reader(mem, {0xffff000050000010: (3 << 16 | 0x2a).to_bytes(8, "little")}), BASE)
+    check("debug table: live slots listed by pid", [(p.pid, p.slot) for p in t.procs] == [(1, 1), (2, 3)],
+          [(p.pid, p.slot) for p in t.procs])
+    a, c = t.procs
+    check("debug table: pid/ppid/pgd/name", (a.ppid, a.pgd, a.name, c.ppid, c.pgd) == (0, 0x41234000, "A", 1, 0x45000000))
+    check("debug table: ASID read through its slot", a.asid_value == (3 << 16 | 0x2a) and c.asid_value is None)
+    check("debug table: running CPU", a.cpus == [] and c.cpus == [(1, 17)], (a.cpus, c.cpus))
+    check("debug table: truncated name", c.truncated and c.shown_name() == "child_wi..." and c.matches("child_with_a_long_name"))
+    check("debug table: VMA overflow kept the count", c.nr_vmas == 8 and len(c.vmas) == 3)
+    lines = format_procs(t)
+    text = "\n".join(lines)
+    check("pl-procs: A row", "    1     0 A                0x0000000041234000 0x002a    3     3 -" in lines, text)
+    check("pl-procs: child row (no ASID yet, on cpu1)",
+          "    2     1 child_wi...      0x0000000045000000 ?         ?     8 cpu1" in lines, text)
+    check("pl-procs: header matches the console's ps", lines[1].startswith(
+        "  PID  PPID NAME             PGD                ASID    GEN  VMAS"), lines[1])
+    check("pl-procs: overflow and set-up slot reported",
+          "OVERFLOW: 1 live process got no slot" in text and "slot 2 (pid 9) is being set up" in text
+          and "8 VMAs, only the first 3 are recorded" in text, text)
+    check("pl-procs: running line", "running: cpu1: pid 2 tid 17" in text, text)
+    check("pl-procs: counts consistent", "the header counts" not in text, text)
+    v = format_vmas(t, a)
+    check("pl-vmas: lines as the kernel's Vma::maps_line", v[1:] == [
+        "0x0000000000400000-0x0000000000404000 r-xp    16K folio   4K READ|EXEC|PFNMAP",
+        "0x0000001000000000-0x0000001000010000 rw-p    64K folio   2M READ|WRITE|MAYWRITE",
+        "0x0000001000011000-0x0000001000012000 r--s     4K folio   4K READ|SHARED file 3 pgoff 0x2"], "\n".join(v))
+    v = format_vmas(t, c)
+    check("pl-vmas: flags decode, unknown bits, overflow line",
+          v[2].endswith("READ|WRITE|MAYWRITE|NOHUGEPAGE") and v[3].endswith("READ|0x80000000")
+          and v[-1] == "OVERFLOW: 5 more VMAs not recorded (the slot holds 3)", "\n".join(v))
+    # The same literals as the kernel's own unit test (mm_struct.rs flag_names_and_maps_lines).
+    class V(object):
+        pass
+    x = V()
+    x.start, x.end, x.flags, x.folio_order, x.file, x.pgoff = 0x1000000000, 0x1000010000, RW, 9, 0, 0
+    check("maps line == kernel test literal (4K)", format_vma_line(x, 4096) ==
+          "0x0000001000000000-0x0000001000010000 rw-p    64K folio   2M READ|WRITE|MAYWRITE")
+    x.flags, x.folio_order, x.file, x.pgoff = 0x1 | 0x8, 0, 3, 2
+    check("maps line == kernel test literal (16K, file)", format_vma_line(x, 16384) ==
+          "0x0000001000000000-0x0000001000010000 r--s    64K folio  16K READ|SHARED file 3 pgoff 0x2")
+    check("vm flags: none / unknown", vm_flags_str(0) == "none" and vm_flags_str(0x80000014) == "EXEC|0x80000010")
+    check("find_proc by pid and name", find_proc(t, "2") is c and find_proc(t, "A") is a)
+    try:
+        find_proc(t, "nosuch")
+        check("find_proc unknown", False)
+    except DebugTableError as ex:
+        check("find_proc unknown", "1 A" in str(ex), str(ex))
+    # Seq odd: the record is flagged, not silently trusted.
+    mem2 = pack_table({0: dict(pid=4, ppid=0, name="W", pgd=0x1000, seq=5, vmas=[agent])})
+    t2 = read_debug_table(reader(mem2), BASE)
+    check("debug table: odd seq reported", any("being written" in n for n in t2.notes), t2.notes)
+    # Header problems give clear errors.
+    for what, kw, want in [("magic", dict(magic=0x1234), "is not"), ("version", dict(version=2), "version 2"),
+                           ("vma size", dict(vma_size=48), "vma_size 48"),
+                           ("header size", dict(header_size=100), "header_size 100")]:
+        try:
+            read_debug_table(reader(pack_table({}, **kw)), BASE)
+            check("debug table: bad %s refused" % what, False)
+        except DebugTableError as ex:
+            check("debug table: bad %s refused" % what, want in str(ex), str(ex))
+    try:
+        read_debug_table(reader(bytearray(8)), BASE)
+        check("debug table: unreadable refused", False)
+    except DebugTableError as ex:
+        check("debug table: unreadable refused", "cannot read" in str(ex), str(ex))
 
     for f in failures:
         print("FAIL " + f)
@@ -1407,86 +1808,121 @@ Also prints the live FAR_EL1 and ELR_EL1."""
             if elr is not None:
                 print("ELR_EL1 %#018x" % elr)
 
-    def _find_symbol(name):
-        """Full name of a kernel variable called `name` (plain, or a Rust path
-        ending in ::name, e.g. pagelab::proc::PROCESSES), or None."""
-        for look in (getattr(gdb, "lookup_global_symbol", None), getattr(gdb, "lookup_static_symbol", None)):
-            try:
-                s = look(name) if look else None
-                if s is not None:
-                    return s.name
-            except Exception:
-                pass
-        # `info variables` finds Rust statics by path but (gdb 13) prints them
-        # without their name, so go through the file:line it reports.
-        out = ""
-        for rx in ("::%s$", "^%s$"):
-            try:
-                out += _execute("info variables -q -n " + rx % name)
-            except gdb.error:
-                pass
-        cur = None
-        for line in out.splitlines():
-            m = re.match(r"^File (.*):$", line)
-            if m:
-                cur = m.group(1)
-                continue
-            m = re.match(r"^(\d+):\s", line)
-            if not (m and cur):
-                continue
-            try:
-                sals = gdb.decode_line("%s:%s" % (cur, m.group(1)))[1] or ()
-            except Exception:
-                continue
-            for sal in sals:
-                if sal.symtab is None:
-                    continue
-                for block in (sal.symtab.global_block(), sal.symtab.static_block()):
-                    for sym in block:
-                        if sym.is_variable and (sym.name == name or sym.name.endswith("::" + name)):
-                            return sym.name
-        # A linker or #[no_mangle] symbol without debug info.
-        try:
-            out = _execute("info address %s" % name)
-            if "No symbol" not in out:
-                return name
-        except gdb.error:
-            pass
-        return None
+    def _read_kernel_phys(va, n):
+        """`n` bytes at kernel VA `va`, by walking the live tables in software
+        and reading physical memory (works whatever the CPU's EL and whatever
+        QEMU's debug access allows)."""
+        regs = live_regs()
+        out = b""
+        inf = gdb.selected_inferior()
+        with PhysMem() as pm:
+            while len(out) < n:
+                a = (va + len(out)) & MASK64
+                chunk = min(n - len(out), 0x1000 - (a & 0xfff))
+                pa = walk(a, regs, pm.read).translated()
+                if pa is None:
+                    raise gdb.GdbError("%#x does not translate in the live tables" % a)
+                out += bytes(inf.read_memory(pa, chunk))
+        return out
 
-    PROC_SYMBOL = "PROCESSES"
+    def read_kernel(va, n):
+        """`n` bytes of kernel memory at `va`: gdb's normal (MMU) read, or, if
+        QEMU refuses it (a CPU stopped at EL0, say), a software walk."""
+        try:
+            return bytes(gdb.selected_inferior().read_memory(va, n))
+        except gdb.MemoryError as first:
+            try:
+                return _read_kernel_phys(va, n)
+            except (gdb.GdbError, gdb.error, gdb.MemoryError) as ex:
+                raise gdb.GdbError("cannot read %#x+%#x (%s; through the live tables: %s)" % (va, n, first, ex))
+
+    def live_debug_table():
+        """The kernel's process-table mirror, decoded (raises gdb.GdbError)."""
+        if gdb.selected_thread() is None:
+            # Without a target gdb reads the ELF's sections: the initial table.
+            raise gdb.GdbError("no running kernel to read (connect first: target remote :1234); "
+                               "the ELF file alone only holds the table's initial, empty state")
+        try:
+            base = _info_address(PROCS_SYMBOL)
+        except gdb.GdbError as ex:
+            raise gdb.GdbError("symbol %s not found (%s): load the kernel ELF with its symbols "
+                               "(target/aarch64-unknown-none-softfloat/release/pagelab-kernel), or this "
+                               "kernel predates the process-table mirror" % (PROCS_SYMBOL, ex))
+        try:
+            return read_debug_table(read_kernel, base)
+        except DebugTableError as ex:
+            raise gdb.GdbError(str(ex))
+
+    def selected_cpu():
+        """The kernel CPU id of gdb's selected thread: QEMU numbers its threads
+        by CPU index (thread N+1 = CPU#N), and the kernel numbers CPUs in
+        devicetree order from the boot CPU, which on -M virt is the same."""
+        th = gdb.selected_thread()
+        if th is None:
+            return None
+        lwp = th.ptid[1] if th.ptid and len(th.ptid) > 1 else 0
+        return (lwp if lwp > 0 else th.num) - 1
 
     class PlProcs(gdb.Command):
-        """List processes (needs the kernel's process table, symbol PROCESSES)."""
+        """List the kernel's processes, from its debug mirror PAGELAB_DEBUG_PROCS.
+Usage: pl-procs
+Columns: pid, ppid, name, PGD (TTBR0 root PA), ASID and its generation (the
+current value of the mm's ASID slot; ? before it first runs), number of VMAs,
+and the CPUs running one of its tasks. Slots being written when the kernel
+stopped, and processes or VMAs that did not fit, are reported as notes."""
 
         def __init__(self):
             super(PlProcs, self).__init__("pl-procs", gdb.COMMAND_DATA)
 
         def invoke(self, arg, from_tty):
-            sym = _find_symbol(PROC_SYMBOL)
-            if sym is None:
-                print("pl-procs: no process table in this kernel yet (symbol %s not found)" % PROC_SYMBOL)
-                return
-            print("pl-procs: process table %s (no structured decoder yet; raw value follows)" % sym)
-            try:
-                gdb.execute("print '%s'" % sym)
-            except gdb.error as ex:
-                print("pl-procs: cannot print %s: %s" % (sym, ex))
+            if arg.strip():
+                raise gdb.GdbError("usage: pl-procs (no arguments)")
+            for line in format_procs(live_debug_table()):
+                print(line)
 
     class PlVmas(gdb.Command):
-        """List a process's VMAs. Usage: pl-vmas [PID] (needs symbol PROCESSES)."""
+        """List VMAs from the kernel's debug mirror PAGELAB_DEBUG_PROCS.
+Usage: pl-vmas [PID|NAME|current]   (default: every process)
+`current`: the process whose task runs on gdb's selected CPU (thread).
+One line per VMA, as the console's `P maps`:
+  START-END PERM SIZE folio FOLIO FLAGS [file ID pgoff N]
+PERM as /proc/PID/maps; FOLIO the largest anonymous folio (THP size);
+FLAGS the VmFlags names (READ|WRITE|EXEC|SHARED|MAYWRITE|PFNMAP|IO|...);
+file/pgoff for memfd and shared-memory mappings."""
 
         def __init__(self):
             super(PlVmas, self).__init__("pl-vmas", gdb.COMMAND_DATA)
 
         def invoke(self, arg, from_tty):
-            sym = _find_symbol(PROC_SYMBOL)
-            if sym is None:
-                print("pl-vmas: no process table in this kernel yet (symbol %s not found), so no VMAs"
-                      % PROC_SYMBOL)
+            t = live_debug_table()
+            spec = arg.strip()
+            if not spec:
+                if not t.procs:
+                    print("pl-vmas: no processes")
+                for i, p in enumerate(t.procs):
+                    if i:
+                        print("")
+                    for line in format_vmas(t, p):
+                        print(line)
+                for n in t.notes:
+                    if n.startswith("OVERFLOW"):
+                        print("note: " + n)
                 return
-            print("pl-vmas: process table %s found, but VMA decoding is not implemented yet; "
-                  "use `pl-ptdump ttbr0` for the live user mappings" % sym)
+            if spec == "current":
+                cpu = selected_cpu()
+                if cpu is None or not 0 <= cpu < t.max_cpus:
+                    raise gdb.GdbError("pl-vmas current: no selected CPU the table knows (%s)" % cpu)
+                pid = t.running[cpu][0]
+                if pid == 0:
+                    raise gdb.GdbError("pl-vmas current: cpu%d runs no process's task now" % cpu)
+                spec = str(pid)
+            try:
+                p = find_proc(t, spec)
+            except DebugTableError as ex:
+                more = " (%d more have no slot and cannot be shown)" % t.unslotted if t.unslotted else ""
+                raise gdb.GdbError("pl-vmas: %s%s" % (ex, more))
+            for line in format_vmas(t, p):
+                print(line)
 
     class PlAgree(gdb.Command):
         """Compare pl-walk with QEMU's own translation (monitor gva2gpa).

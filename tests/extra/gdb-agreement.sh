@@ -9,6 +9,10 @@
 #     output and that QEMU is back in virtual-memory mode afterwards. Then it
 #     asks the kernel itself (`ptdump kernel` on the console) and requires the
 #     same ranges as gdb's pl-ptdump;
+#  2a. processes (-smp 2, console commands): pl-procs/pl-vmas == the console's
+#     `ps`/`P maps` and the mmap layout, pagelab.py's offsets == the DWARF of
+#     the kernel's mirror structs; stopped inside B's task at EL0 and in its
+#     page fault, pl-procs names the stopped CPU and its TTBR0 is B's pgd+ASID;
 #  2b. a crashed kernel (pagelab.crash=unmapped-read, QEMU paused instead of
 #     reset): pl-esr/pl-walk decode the live ESR_EL1/FAR_EL1 like its report;
 #  3. granule conformance: a bare `-cpu max` QEMU (no kernel) gets synthetic
@@ -258,11 +262,12 @@ try:
         ok("pl-esr (live): %s" % e.splitlines()[1].strip())
     else:
         bad("pl-esr (live) output:\n" + e)
-    p = run("pl-procs") + run("pl-vmas")
-    if p.count("no process table in this kernel yet (symbol PROCESSES not found)") == 2:
-        ok("pl-procs/pl-vmas: no process table yet")
+    p = run("pl-procs")
+    v = run("pl-vmas")
+    if "(layout v1): 0 processes" in p and "running: no CPU runs" in p and v.strip() == "pl-vmas: no processes":
+        ok("pl-procs/pl-vmas: the process table mirror decodes, no processes yet")
     else:
-        bad("pl-procs/pl-vmas output:\n" + p)
+        bad("pl-procs/pl-vmas output:\n" + p + v)
 
     d = run("pl-ptdump ttbr1")
     with open(os.environ["PL_PTDUMP_OUT"], "w") as f:
@@ -383,6 +388,339 @@ wait_for_after() { # file, line count to skip, fixed string, seconds
 for machine in virt virt,virtualization=on; do
     in_budget "gdb agreement ($machine)" && kernel_run "$machine"
 done
+
+# ---------------------------------------------------------------------------
+# 2a. Processes: pl-procs/pl-vmas read the kernel's mirror PAGELAB_DEBUG_PROCS
+#     and must agree with the console's `ps` / `P maps` (the real process
+#     table and VMA lists), with the mmap layout (MMAP_BASE, one guard page
+#     between regions) and with the DWARF layout of the mirror's structs. Then
+#     the kernel is stopped twice inside B's task, at its first EL0
+#     instruction and in its page fault: the CPU pl-procs names must be the
+#     one that stopped, and its TTBR0_EL1 must hold B's pgd and ASID.
+# ---------------------------------------------------------------------------
+cat >"$tmp/procs-checks.py" <<'PYEOF'
+# Runs inside gdb after `source gdb/pagelab.py`; prints OK/MISMATCH lines and
+# a final "PROCS-CHECKS: PASS|FAIL" line.
+import os
+import re
+import sys
+
+import gdb
+
+pl = sys.modules["__main__"]
+fails = []
+cdir = os.environ["PL_CONSOLE"]
+page = {"4K": 0x1000, "16K": 0x4000, "64K": 0x10000}[os.environ.get("PL_GRANULE", "4K")]
+# thp=always: the largest anonymous folio is a PMD block.
+folio = {0x1000: 2 << 20, 0x4000: 32 << 20, 0x10000: 512 << 20}[page]
+MMAP_BASE = 0x1000000000
+AGENT_VA = 0x400000
+K = 1024
+ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+|\?)\s+(\d+|\?)\s+(\d+)(?:\s+(\S+))?\s*$")
+
+
+def ok(msg):
+    print("OK " + msg)
+
+
+def bad(msg):
+    print("MISMATCH " + msg)
+    fails.append(msg)
+
+
+def run(cmd):
+    try:
+        return gdb.execute(cmd, to_string=True)
+    except gdb.error as ex:
+        bad("%s: gdb error: %s" % (cmd, ex))
+        return ""
+
+
+def console(name):
+    with open(os.path.join(cdir, name)) as f:
+        return f.read()
+
+
+def rows(text):
+    """{pid: (pid, ppid, name, pgd, asid, gen, vmas, cpu)} from ps / pl-procs."""
+    out = {}
+    for line in text.splitlines():
+        m = ROW.match(line)
+        if m:
+            g = m.groups()
+            out[int(g[0])] = (int(g[0]), int(g[1]), g[2], int(g[3], 16), g[4], g[5], int(g[6]), g[7])
+    return out
+
+
+def maps_lines(text):
+    return [l.rstrip() for l in text.splitlines() if l.startswith("0x")]
+
+
+def align_up(v, a):
+    return (v + a - 1) // a * a
+
+
+def check_layout():
+    """pagelab.py's offsets == the kernel's DWARF for the mirror's structs."""
+    t = pl.live_debug_table()
+    for sname, fields in sorted(pl.DT_OFFSETS.items()):
+        try:
+            ty = gdb.lookup_type("pagelab::proc::debug_table::" + sname)
+        except gdb.error as ex:
+            bad("DWARF: no type %s: %s" % (sname, ex))
+            continue
+        have = dict((f.name, f.bitpos // 8) for f in ty.fields())
+        diff = ["%s: pagelab.py %d, kernel %s" % (f, o, have.get(f)) for f, o in sorted(fields.items()) if have.get(f) != o]
+        if sname == "DebugVma" and ty.sizeof != pl.DT_VMA_SIZE:
+            diff.append("size %d, pagelab.py %d" % (ty.sizeof, pl.DT_VMA_SIZE))
+        if sname == "DebugProc" and (have.get("vmas") != t.vma_off or ty.sizeof != t.proc_size):
+            diff.append("vmas at %s size %d; header says %d, %d" % (have.get("vmas"), ty.sizeof, t.vma_off, t.proc_size))
+        if sname == "DebugTable" and have.get("procs") != t.header_size:
+            diff.append("procs at %s, header_size %d" % (have.get("procs"), t.header_size))
+        if diff:
+            bad("DWARF layout of %s differs: %s" % (sname, "; ".join(diff)))
+        else:
+            ok("DWARF layout of %s == pagelab.py's (%d fields)" % (sname, len(fields)))
+    return t
+
+
+def expected_vmas():
+    """What the console's commands must have made, from the mmap rules alone."""
+    b = MMAP_BASE
+    big = align_up(b + 256 * K + page, folio)
+    shm = big + 128 * K + page
+    a = [(b, b + 64 * K, "rw-p", ""), (b + 64 * K, b + 128 * K, "r--p", ""),
+         (b + 128 * K, b + 256 * K, "rw-p", "NOHUGEPAGE"), (big, big + 128 * K, "rw-p", ""),
+         (shm, shm + 64 * K, "rw-s", "SHARED")]
+    y = b + 64 * K + page
+    return {"A": a, "B": [(b, b + 64 * K, "rw-p", ""), (y, y + 64 * K, "rw-p", "")], "C": a}
+
+
+def check_idle():
+    t = check_layout()
+    ps = rows(console("ps"))
+    out = run("pl-procs")
+    got = rows(out)
+    names = dict((r[2], r) for r in got.values())
+    if sorted(names) == ["A", "B", "C"] and len(got) == 3:
+        ok("pl-procs lists A, B, C (pids %s)" % ", ".join("%s=%d" % (n, names[n][0]) for n in sorted(names)))
+    else:
+        bad("pl-procs does not list exactly A, B, C:\n" + out)
+        return None
+    if dict((k, v[:7]) for k, v in got.items()) == dict((k, v[:7]) for k, v in ps.items()):
+        ok("pl-procs == console ps: pid, ppid, name, pgd, ASID, generation, VMA count of all 3")
+    else:
+        bad("pl-procs differs from the console's ps:\n%s\nconsole:\n%s" % (out, console("ps")))
+    a, b, c = names["A"], names["B"], names["C"]
+    if a[1] == 0 and b[1] == 0 and c[1] == a[0] and len(set([a[0], b[0], c[0]])) == 3 and b[0] > a[0]:
+        ok("ppids: A and B spawned from the console (0), C forked from A (ppid %d)" % a[0])
+    else:
+        bad("pids/ppids wrong: %s" % [a, b, c])
+    if all(r[7] == "-" for r in got.values()) and "running: no CPU runs a process's task" in out:
+        ok("pl-procs: no CPU runs a task while the console waits")
+    else:
+        bad("pl-procs claims a running task at the prompt:\n" + out)
+    want = expected_vmas()
+    for n in ("A", "B", "C"):
+        gl = maps_lines(run("pl-vmas %s" % n))
+        cl = maps_lines(console("maps-" + n))
+        if gl and gl == cl:
+            ok("pl-vmas %s == console '%s maps' (%d VMAs)" % (n, n, len(gl)))
+        else:
+            bad("pl-vmas %s differs from the console:\n  gdb:     %s\n  console: %s" % (n, "\n           ".join(gl), "\n           ".join(cl)))
+        if len(gl) != names[n][6]:
+            bad("pl-vmas %s prints %d VMAs, pl-procs counts %d" % (n, len(gl), names[n][6]))
+        got_v = []
+        for l in gl:
+            # START-END PERM SIZE folio FOLIO FLAGS [file ID pgoff N]
+            w = l.split()
+            s, e = w[0].split("-")
+            got_v.append((int(s, 16), int(e, 16), w[1], w[5]))
+        layout_ok = len(got_v) == len(want[n]) + 1 and got_v[0][0] == AGENT_VA and got_v[0][2] == "r-xp"
+        for g, w in zip(got_v[1:], want[n]):
+            layout_ok = layout_ok and g[:3] == w[:3] and w[3] in g[3]
+        if layout_ok:
+            ok("pl-vmas %s: agent at %#x, then %s" % (n, AGENT_VA, ", ".join("%#x-%#x %s" % g[:3] for g in got_v[1:])))
+        else:
+            bad("pl-vmas %s: not the expected layout (MMAP_BASE %#x, guard page %#x, folio %#x):\n  got  %s\n  want %s" % (
+                n, MMAP_BASE, page, folio, ["%#x-%#x %s %s" % g for g in got_v],
+                ["agent"] + ["%#x-%#x %s %s" % w for w in want[n]]))
+    if maps_lines(run("pl-vmas %d" % b[0])) == maps_lines(run("pl-vmas B")):
+        ok("pl-vmas %d (by pid) == pl-vmas B" % b[0])
+    else:
+        bad("pl-vmas by pid differs from by name")
+    try:
+        gdb.execute("pl-vmas nosuch", to_string=True)
+        bad("pl-vmas nosuch did not fail")
+    except gdb.error as ex:
+        if "no process 'nosuch'" in str(ex):
+            ok("pl-vmas nosuch: %s" % ex)
+        else:
+            bad("pl-vmas nosuch: unexpected error %s" % ex)
+    return names
+
+
+def check_stop(where, names, want_el):
+    """The kernel stopped inside B's task: the selected CPU must be the one
+    pl-procs says runs B, and its TTBR0 must be B's pgd and ASID."""
+    cpu = pl.selected_cpu()
+    el = pl.current_el()
+    if el != want_el:
+        bad("%s: CPU at EL%s, expected EL%d" % (where, el, want_el))
+    out = run("pl-procs")
+    got = rows(out)
+    bpid = names["B"][0]
+    br = got.get(bpid)
+    others = [r for p, r in got.items() if p != bpid and r[7] != "-"]
+    if br and br[7] == "cpu%d" % cpu and not others and ("running: cpu%d: pid %d tid" % (cpu, bpid)) in out:
+        ok("%s (EL%s, cpu%d): pl-procs says B (pid %d) runs on cpu%d, nothing else runs" % (where, el, cpu, bpid, cpu))
+    else:
+        bad("%s: stopped on cpu%s, pl-procs says:\n%s" % (where, cpu, out))
+        return
+    ttbr0 = pl.need_reg("TTBR0_EL1")
+    asid = int(br[4], 16) if br[4] != "?" else None
+    if ttbr0 & 0x0000fffffffffffe == br[3] and asid is not None and ttbr0 >> 48 == asid and br[5] != "0":
+        ok("%s: TTBR0_EL1 %#x = B's pgd %#x, ASID %#x (generation %s)" % (where, ttbr0, br[3], asid, br[5]))
+    else:
+        bad("%s: TTBR0_EL1 %#x, but pl-procs has B at pgd %#x ASID %s gen %s" % (where, ttbr0, br[3], br[4], br[5]))
+    # The software-walk fallback decodes the same table as gdb's own reads.
+    base = pl.live_debug_table().base
+    try:
+        gdb.selected_inferior().read_memory(base, 8)
+        how = "gdb's MMU reads work here"
+    except gdb.MemoryError:
+        how = "gdb's MMU read refused here, so pl-procs used the walk"
+    try:
+        same = pl.format_procs(pl.read_debug_table(pl._read_kernel_phys, base)) == pl.format_procs(pl.live_debug_table())
+    except Exception as ex:
+        same = False
+        how = "walk failed: %s" % ex
+    if same:
+        ok("%s: table read through a software walk of the live tables == normal read (%s)" % (where, how))
+    else:
+        bad("%s: the software-walk read of the table differs (%s)" % (where, how))
+
+
+def stop_at(spec, where):
+    gdb.execute("delete", to_string=True)
+    gdb.execute("break %s" % spec, to_string=True)
+    print("PL-CONTINUING %s" % where)
+    sys.stdout.flush()
+    gdb.execute("continue", to_string=True)
+
+
+try:
+    names = check_idle()
+    if names:
+        # The console sends `B write y 0x33` once it sees PL-CONTINUING.
+        stop_at("*%#x" % AGENT_VA, "agent entry")
+        check_stop("at B's first EL0 instruction", names, 0)
+        stop_at("pagelab::proc::handle_user_fault", "B's fault")
+        check_stop("in B's page fault", names, 1)
+        far = int(gdb.parse_and_eval("$x0")) & pl.MASK64
+        cur = maps_lines(run("pl-vmas current"))
+        y = maps_lines(console("maps-B"))[-1]
+        ys, ye = [int(x, 16) for x in y.split()[0].split("-")]
+        if cur == maps_lines(console("maps-B")) and ys <= far < ye:
+            ok("in B's page fault: pl-vmas current == B's maps, the fault address %#x is in y (%#x-%#x)" % (far, ys, ye))
+        else:
+            bad("in B's page fault: far %#x, y %#x-%#x, pl-vmas current:\n%s" % (far, ys, ye, "\n".join(cur)))
+        gdb.execute("delete", to_string=True)
+except Exception as ex:
+    bad("exception in the checks: %r" % ex)
+
+print("PROCS-CHECKS: %s (%d problems)" % ("FAIL" if fails else "PASS", len(fails)))
+PYEOF
+
+prompts() { grep -o 'pagelab> ' "$1" 2>/dev/null | wc -l; }
+
+console_cmd() { # log, command, seconds: runs a console command, prints its output
+    local log=$1 n off i
+    n=$(prompts "$log")
+    off=$(stat -c %s "$log")
+    printf '%s\r' "$2" >&3
+    for ((i = 0; i < $3 * 10; i++)); do
+        if (($(prompts "$log") > n)); then
+            tail -c +"$((off + 1))" "$log" | tr -d '\r' | sed '1d;$d'
+            return 0
+        fi
+        kill -0 "$qpid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+procs_run() {
+    local name=procs log=$tmp/procs.log cdir=$tmp/procs-console
+    mkdir -p "$cdir"
+    if ! start_qemu "$name" -M virt -cpu "$cpu" -smp 2 -m 1G -nodefaults -no-user-config \
+        -display none -serial stdio -monitor none -no-reboot -kernel "$img" -append "pagelab.mode=console"; then
+        fail "processes: QEMU did not start"
+        return
+    fi
+    if ! wait_for "$log" "pagelab> " 30; then
+        fail "processes: no console prompt within 30 s"
+        tail -n 20 "$log" "$tmp/$name.err" 2>/dev/null | indent
+        stop_qemu
+        return
+    fi
+    # Two processes with split, THP, memfd and plain mappings, and a fork.
+    local c out errs=()
+    for c in "spawn A" "A mmap buf 256K" "A write buf+0x10000 0x5a" "A mprotect buf+0x10000:0x10000 prot=r" \
+        "A madvise buf+0x20000:0x20000 nohugepage" "A mmap big 128K thp=always" "A mmap shm 64K memfd=f1 shared" \
+        "spawn B" "B mmap x 64K" "B mmap y 64K" "B write x 0x11" "A fork C"; do
+        if ! out=$(console_cmd "$log" "$c" 10) || grep -qE '^(error|FAIL)' <<<"$out"; then
+            errs+=("'$c': ${out:-no prompt}")
+        fi
+    done
+    console_cmd "$log" "ps" 10 >"$cdir/ps" || errs+=("'ps': no prompt")
+    for c in A B C; do
+        console_cmd "$log" "$c maps" 10 >"$cdir/maps-$c" || errs+=("'$c maps': no prompt")
+    done
+    if [[ ${#errs[@]} -gt 0 ]]; then
+        fail "processes: console commands failed: ${errs[*]}"
+        stop_qemu
+        return
+    fi
+    cat >"$tmp/$name.gdb" <<EOF
+set pagination off
+set confirm off
+target remote 127.0.0.1:$port
+source $root/gdb/pagelab.py
+source $tmp/procs-checks.py
+EOF
+    local gout=$tmp/$name.gdb.out status=0 gpid
+    : >"$gout"
+    (cd "$root" && PL_GRANULE=$granule PL_CONSOLE=$cdir \
+        timeout -k 2 "$(tmo 40)" gdb-multiarch -q -nx -batch "$elf" -x "$tmp/$name.gdb" >"$gout" 2>&1) &
+    gpid=$!
+    # gdb checks the idle kernel, then continues it to a breakpoint at the
+    # agent's entry: start a command in B that runs it (and faults).
+    if wait_for "$gout" "PL-CONTINUING agent entry" 30; then
+        printf 'B write y 0x33\r' >&3
+    fi
+    wait "$gpid" || status=$?
+    echo "  [processes] gdb on a kernel with processes A, B and C (-smp 2):"
+    grep -E '^(OK|MISMATCH|PROCS-CHECKS)' "$gout" | sed 's/^/    /' || true
+    if [[ $status -eq 0 ]] && grep -q '^PROCS-CHECKS: PASS' "$gout" && ! grep -q '^MISMATCH' "$gout"; then
+        pass "processes: pl-procs/pl-vmas == console ps/maps and the mmap layout; B's CPU and TTBR0 at two stops"
+    else
+        fail "processes: gdb status $status"
+        grep -vE '^(OK|MISMATCH|PROCS-CHECKS|PL-CONTINUING)' "$gout" | tail -n 30 | indent
+    fi
+    # The kernel goes on after gdb detaches: B's write completes.
+    if out=$(console_cmd "$log" "B check y 0x33" 15) && grep -q '^PASS' <<<"$out"; then
+        pass "processes: the kernel resumed after gdb; B's write at the breakpoints completed"
+    else
+        fail "processes: after gdb detached, 'B check y 0x33' gave: ${out:-no prompt}"
+        tail -n 10 "$log" | indent
+    fi
+    printf 'halt\r' >&3
+    local i
+    for ((i = 0; i < 50; i++)); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+    stop_qemu
+}
+in_budget "processes" && procs_run
 
 # ---------------------------------------------------------------------------
 # 2b. A dead kernel: pagelab.crash=unmapped-read panics on a read of an

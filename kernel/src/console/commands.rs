@@ -68,6 +68,7 @@ expects its command to be refused; `#` starts a comment). Available now:
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
   P fork C | P exit | P wait       (clone, exit_group and wait4 made from EL0)
+  ps | P maps                      processes; P's VMAs (as gdb's pl-procs/pl-vmas)
   P pin N RANGE ro|rw [longterm] [fast] | P ref N RANGE | checkpin N BYTE | unpin N
   ptdump kernel|P                  translation tables, Linux arm64 ptdump style
   invariants                       assertion: refcounts, mapcounts, exclusive flags,
@@ -81,7 +82,7 @@ memfd/pfn/shared mappings, madvise pageout.";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
-    "uffd-events", "query", "stats", "walk", "atcheck",
+    "uffd-events", "query", "stats", "walk", "atcheck", "maps",
 ];
 
 impl Session {
@@ -144,6 +145,10 @@ impl Session {
             "info" => no_args(args).map(|_| info()),
             "meminfo" => no_args(args).map(|_| meminfo()),
             "cpus" => no_args(args).map(|_| cpus()),
+            "ps" => no_args(args).map(|_| {
+                print!("{}", crate::proc::ps());
+                Outcome::Done
+            }),
             "ptdump" => match args {
                 ["kernel"] => Ok(ptdump_kernel()),
                 [] => Err("ptdump needs `kernel` or a process name".into()),

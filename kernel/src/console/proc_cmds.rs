@@ -138,6 +138,13 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             }
             _ => Err("usage: P expect-fault write|read RANGE".into()),
         },
+        "maps" => match a {
+            [] => {
+                print!("{}", proc::maps(p)?);
+                Ok(Outcome::Done)
+            }
+            _ => Err("usage: P maps".into()),
+        },
         "walk" => match a {
             [r] => walk(p, r),
             _ => Err("usage: P walk RANGE".into()),

@@ -44,6 +44,8 @@ macro_rules! bitflags_lite {
         pub struct $name(pub $t);
         impl $name {
             $(pub const $f: $name = $name($v);)*
+            /// Every flag with its name, in declaration order.
+            pub const NAMES: &[(&str, $name)] = &[$((stringify!($f), $name($v)),)*];
             pub const fn contains(self, o: $name) -> bool { self.0 & o.0 == o.0 }
             pub const fn union(self, o: $name) -> $name { $name(self.0 | o.0) }
         }
@@ -54,6 +56,49 @@ macro_rules! bitflags_lite {
     };
 }
 use bitflags_lite;
+
+/// `READ|WRITE|MAYWRITE`: the set flags by name, lowest bit first, unknown
+/// bits as one hex number, `none` if empty (gdb/pagelab.py prints the same).
+impl core::fmt::Display for VmFlags {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut rest = self.0;
+        let mut sep = "";
+        for bit in 0..32 {
+            let b = 1u32 << bit;
+            if self.0 & b == 0 {
+                continue;
+            }
+            if let Some((name, _)) = Self::NAMES.iter().find(|(_, v)| v.0 == b) {
+                write!(f, "{sep}{name}")?;
+                sep = "|";
+                rest &= !b;
+            }
+        }
+        if rest != 0 {
+            write!(f, "{sep}{rest:#x}")?;
+        } else if self.0 == 0 {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+/// A size the way ptdump prints one: `4K`, `2M`, `68K`, `100`.
+pub fn size_str(size: u64) -> impl core::fmt::Display {
+    const UNITS: [&str; 5] = ["", "K", "M", "G", "T"];
+    let (mut s, mut u) = (size, 0);
+    while s >= 1024 && s % 1024 == 0 && u < UNITS.len() - 1 {
+        s /= 1024;
+        u += 1;
+    }
+    struct S(u64, &'static str);
+    impl core::fmt::Display for S {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.pad(&alloc::format!("{}{}", self.0, self.1))
+        }
+    }
+    S(s, UNITS[u])
+}
 
 /// A virtual memory area: `[start, end)` with flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +117,37 @@ pub struct Vma {
 }
 
 impl Vma {
+    /// One line of `P maps` (and of gdb's `pl-vmas`, which must print the
+    /// same): `START-END PERM SIZE folio FOLIO FLAGS [file ID pgoff N]`,
+    /// PERM as /proc/PID/maps (`rw-p`, `r--s`).
+    pub fn maps_line(&self, page_size: u64) -> impl core::fmt::Display + '_ {
+        struct L<'a>(&'a Vma, u64);
+        impl core::fmt::Display for L<'_> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let (v, fl) = (self.0, self.0.flags);
+                let c = |flag: VmFlags, ch: char| if fl.contains(flag) { ch } else { '-' };
+                write!(
+                    f,
+                    "{:#018x}-{:#018x} {}{}{}{} {:>6} folio {:>4} {}",
+                    v.start,
+                    v.end,
+                    c(VmFlags::READ, 'r'),
+                    c(VmFlags::WRITE, 'w'),
+                    c(VmFlags::EXEC, 'x'),
+                    if fl.contains(VmFlags::SHARED) { 's' } else { 'p' },
+                    size_str(v.end - v.start),
+                    size_str(self.1 << v.folio_order),
+                    fl
+                )?;
+                if v.file != 0 {
+                    write!(f, " file {} pgoff {:#x}", v.file, v.pgoff)?;
+                }
+                Ok(())
+            }
+        }
+        L(self, page_size)
+    }
+
     /// The file page offset of `va` in this VMA.
     pub fn pgoff_of(&self, va: u64) -> u64 {
         self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
@@ -92,6 +168,14 @@ fn file_vma_put(v: &Vma) {
         crate::mm::shmem::vma_put(v.file);
     }
     let _ = v;
+}
+
+/// The VMA list of `mm` changed (its write lock is still held): the
+/// debugger's mirror of it follows ([`crate::proc::debug_table`]).
+fn vmas_changed(mm: &MmStruct, vmas: &VmaList) {
+    #[cfg(target_os = "none")]
+    crate::proc::debug_table::vmas_changed(mm, vmas);
+    let _ = (mm, vmas);
 }
 
 /// The VMAs of an mm, sorted and non-overlapping.
@@ -176,7 +260,7 @@ impl MmStruct {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
     }
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
-        MmapWriteGuard { mm: self, vmas: self.mmap_lock.write() }
+        MmapWriteGuard { mm: self, vmas: self.mmap_lock.write(), changed: false }
     }
     /// The ASID value last handed to this mm (it may belong to an older
     /// generation: good enough for TLBI, which then over-invalidates at worst).
@@ -201,10 +285,24 @@ pub struct MmapReadGuard<'a> {
     vmas: RwLockReadGuard<'a, VmaList>,
 }
 
-/// The mmap lock held for write.
+/// The mmap lock held for write. VMAs only ever change through it
+/// (`DerefMut`), so releasing it after a mutable borrow is where the
+/// debugger's mirror is updated ([`Drop`]); the fault path, which only reads,
+/// never pays for that.
 pub struct MmapWriteGuard<'a> {
     mm: &'a MmStruct,
     vmas: RwLockWriteGuard<'a, VmaList>,
+    /// The list was borrowed mutably (it may have changed).
+    changed: bool,
+}
+
+impl Drop for MmapWriteGuard<'_> {
+    fn drop(&mut self) {
+        // Runs before the fields drop: the write lock is still held.
+        if self.changed {
+            vmas_changed(self.mm, &self.vmas);
+        }
+    }
 }
 
 impl MmapWriteGuard<'_> {
@@ -237,6 +335,7 @@ impl Deref for MmapWriteGuard<'_> {
 }
 impl DerefMut for MmapWriteGuard<'_> {
     fn deref_mut(&mut self) -> &mut VmaList {
+        self.changed = true;
         &mut self.vmas
     }
 }
@@ -326,6 +425,22 @@ mod tests {
         }
         assert!(w.find(0x3000).unwrap().flags.contains(VmFlags::WRITE));
         assert!(!w.find(0x7000).unwrap().flags.contains(VmFlags::WRITE));
+    }
+
+    #[test]
+    fn flag_names_and_maps_lines() {
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(VmFlags(0).to_string(), "none");
+        assert_eq!((VmFlags::WRITE | VmFlags::READ | VmFlags::MAYWRITE).to_string(), "READ|WRITE|MAYWRITE");
+        assert_eq!((VmFlags::NOHUGEPAGE | VmFlags::PFNMAP | VmFlags::IO).to_string(), "PFNMAP|IO|NOHUGEPAGE");
+        assert_eq!(VmFlags(VmFlags::EXEC.0 | 1 << 31 | 1 << 4).to_string(), "EXEC|0x80000010");
+        assert_eq!(size_str(0x11000).to_string(), "68K");
+        assert_eq!(alloc::format!("{:>6}|", size_str(1 << 30)), "    1G|");
+        let v = Vma { start: 0x10_0000_0000, end: 0x10_0001_0000, flags: VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE, folio_order: 9, file: 0, pgoff: 0 };
+        assert_eq!(v.maps_line(4096).to_string(), "0x0000001000000000-0x0000001000010000 rw-p    64K folio   2M READ|WRITE|MAYWRITE");
+        let s = Vma { flags: VmFlags::READ | VmFlags::SHARED, folio_order: 0, file: 3, pgoff: 2, ..v };
+        assert_eq!(s.maps_line(16384).to_string(), "0x0000001000000000-0x0000001000010000 r--s    64K folio  16K READ|SHARED file 3 pgoff 0x2");
     }
 
     #[test]

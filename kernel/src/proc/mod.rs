@@ -19,6 +19,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 pub mod asid;
+pub mod debug_table;
 pub mod sched;
 pub mod syscall;
 
@@ -128,6 +129,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
         tasks: Mutex::new(Vec::new()),
         fds: Mutex::new(Vec::new()),
     });
+    // The debugger's mirror, before the first VMA (its snapshot needs the slot).
+    debug_table::register(p.pid, ppid, name, &p.mm);
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
     let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP, folio_order: 0, file: 0, pgoff: 0 };
@@ -266,6 +269,8 @@ fn teardown(p: &Process) {
     }
     // Drops anything left for this ASID, then frees it.
     asid::release(&p.mm.asid_slot);
+    // Still under the mmap write lock: no snapshot of this mm can race it.
+    debug_table::unregister(&p.mm);
 }
 
 /// `P exit`: P makes the `exit_group(0)` system call from EL0; the kernel
@@ -316,6 +321,40 @@ pub fn for_each_process(mut f: impl FnMut(&Process)) {
     for p in PROCS.lock().values() {
         f(p);
     }
+}
+
+/// `ps`: a header and one line per process, from the process table itself
+/// (gdb's `pl-procs` prints the same columns from [`debug_table`], plus CPU).
+pub fn ps() -> String {
+    use core::fmt::Write;
+    let mut o = String::from("  PID  PPID NAME             PGD                ASID    GEN  VMAS\n");
+    let mut all: Vec<(u32, String)> = Vec::new();
+    for_each_process(|p| {
+        let slot = p.mm.asid_slot.load(Ordering::Relaxed);
+        let nvmas = p.mm.mmap_read_lock().vmas().iter().count();
+        let line = alloc::format!("{:>5} {:>5} {:<16} {:#018x} {:#06x} {:>4} {:>5}", p.pid, p.ppid, p.name, p.mm.pgd.0, slot & 0xffff, slot >> 16, nvmas);
+        all.push((p.pid, line));
+    });
+    all.sort();
+    for (_, l) in all {
+        let _ = writeln!(o, "{l}");
+    }
+    o
+}
+
+/// `P maps`: `name`'s VMAs, one [`Vma::maps_line`] each (gdb's `pl-vmas`
+/// prints the same lines from [`debug_table`]).
+pub fn maps(name: &str) -> Result<String, String> {
+    use core::fmt::Write;
+    with_proc(name, |p| {
+        let g = p.mm.mmap_read_lock();
+        let mut o = String::new();
+        for v in g.vmas().iter() {
+            let _ = writeln!(o, "{}", v.maps_line(PAGE_SIZE));
+        }
+        let _ = writeln!(o, "{} VMAs", g.vmas().iter().count());
+        Ok(o)
+    })
 }
 
 /// `P wait`: P makes `wait4(-1, &status, WNOHANG)` from EL0 (status on its

@@ -188,6 +188,7 @@ fn run_task(t: &Arc<Task>, me: usize) {
     CURRENT[me].store(Arc::as_ptr(t) as *mut Task, Ordering::Release);
     SLICE_START[me].store(crate::irq::ticks(me), Ordering::Relaxed);
     PREEMPTED[me].store(false, Ordering::Relaxed);
+    super::debug_table::set_running(me, t.process().pid, t.tid);
     // SAFETY: the process's tables are complete; nothing of the kernel
     // runs from TTBR0.
     unsafe {
@@ -195,6 +196,7 @@ fn run_task(t: &Arc<Task>, me: usize) {
         user::run_user(&mut run);
     }
     CURRENT[me].store(core::ptr::null_mut(), Ordering::Release);
+    super::debug_table::set_running(me, 0, 0);
     *t.regs.lock() = run.regs;
     if PREEMPTED[me].load(Ordering::Relaxed) && !t.kill.load(Ordering::Acquire) {
         t.preemptions.fetch_add(1, Ordering::Relaxed);

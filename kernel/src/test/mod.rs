@@ -9,6 +9,7 @@ use alloc::string::String;
 use crate::println;
 
 mod boot_tests;
+mod debug_table_tests;
 mod irq_tests;
 mod insert_tests;
 mod af_tests;
@@ -37,7 +38,7 @@ macro_rules! ensure {
 }
 
 fn all() -> impl Iterator<Item = &'static Test> {
-    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter()).chain(at_random::TESTS.iter()).chain(syscall_tests::TESTS.iter()).chain(irq_tests::TESTS.iter()).chain(insert_tests::TESTS.iter()).chain(af_tests::TESTS.iter()).chain(sched_tests::TESTS.iter())
+    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter()).chain(at_random::TESTS.iter()).chain(syscall_tests::TESTS.iter()).chain(irq_tests::TESTS.iter()).chain(insert_tests::TESTS.iter()).chain(af_tests::TESTS.iter()).chain(sched_tests::TESTS.iter()).chain(debug_table_tests::TESTS.iter())
 }
 
 /// Runs the tests whose name contains `filter` (all when None); returns failures.
