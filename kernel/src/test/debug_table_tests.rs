@@ -26,7 +26,7 @@ pub static TESTS: &[Test] = &[
 ];
 
 fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None }
+    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
 }
 
 /// `name`'s slot says exactly what its process and VMA list say.
