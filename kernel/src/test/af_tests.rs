@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-use super::Test;
+use super::{anon, Test};
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
@@ -75,9 +75,6 @@ fn access_flag() -> Result<(), String> {
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }
 
-fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
-}
 
 /// Hardware dirty state (TCR_EL1.HD, DBM): a writable-clean entry (DBM set,
 /// AP[2] set) is written with no fault and the MMU makes it dirty; and no

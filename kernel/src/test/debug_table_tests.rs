@@ -9,14 +9,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::Test;
+use super::{anon, Test};
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
 use crate::mm::granule::PAGE_SIZE;
 use crate::proc::debug_table::{self as dt, DebugVma, MAX_PROCS, MAX_VMAS};
 use crate::proc::sched;
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::proc::{self, RunEnd};
 
 pub static TESTS: &[Test] = &[
     Test { name: "debug_table_follows_processes_and_vmas", f: follows },
@@ -25,9 +25,6 @@ pub static TESTS: &[Test] = &[
     Test { name: "debug_table_records_the_running_task", f: running_task },
 ];
 
-fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
-}
 
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {

@@ -22,6 +22,12 @@ pub use table_tests::at_outcome;
 
 pub type TestFn = fn() -> Result<(), String>;
 
+/// `size` bytes of anonymous private read/write memory, base pages (the
+/// tests' usual `mmap`; struct update syntax changes the rest).
+pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
+    crate::proc::MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
+}
+
 pub struct Test {
     pub name: &'static str,
     pub f: TestFn,

@@ -9,7 +9,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::Test;
+use super::{anon, Test};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::op;
@@ -34,9 +34,6 @@ pub static TESTS: &[Test] = &[
     Test { name: "smp_page_lists_alloc_here_free_there", f: page_lists_cross_cpu },
 ];
 
-fn anon(size: u64) -> MmapArgs {
-    MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
-}
 
 fn me() -> usize {
     percpu::this_cpu().id
