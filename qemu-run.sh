@@ -21,6 +21,7 @@ APPEND=
 TIMEOUT=
 VERBOSE=0
 COMMAND=console
+FIXED_OPTS=    # options a Raspberry Pi machine fixes itself (--smp, --mem, --el2, ...)
 
 usage() {
     cat <<'EOF'
@@ -32,7 +33,8 @@ Commands:
   (none)            build and boot to the interactive console (Ctrl-A x quits QEMU)
   test              run every test: host unit tests, in-kernel tests under QEMU
                     (EL1/EL2 entry, 1 and 4 CPUs, cortex-a53/a72/max), scenario
-                    scripts and the extra checks in tests/extra/. Ends with
+                    scripts, the extra checks in tests/extra/, and the in-kernel
+                    tests and four scripts on raspi4b and raspi3b. Ends with
                     "N passed, M failed"; exit status is non-zero on any failure.
   build             build the kernel ELF and flat image only
   bench             measure in guest instructions under QEMU icount, with the
@@ -92,18 +94,18 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         -h|--help) usage; exit 0 ;;
         --script) [[ $# -ge 2 ]] || die "--script needs a FILE"; SCRIPT=$2; COMMAND=script; shift ;;
-        --el2) EL2=1 ;;
-        --smp) [[ $# -ge 2 && $2 =~ ^[1-8]$ ]] || die "--smp needs a number from 1 to 8"; SMP=$2; shift ;;
-        --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; shift
+        --el2) EL2=1; FIXED_OPTS+=" --el2" ;;
+        --smp) [[ $# -ge 2 && $2 =~ ^[1-8]$ ]] || die "--smp needs a number from 1 to 8"; SMP=$2; FIXED_OPTS+=" --smp"; shift ;;
+        --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; FIXED_OPTS+=" --cpu"; shift
                case $CPU in cortex-a53|cortex-a72|max) ;; *) die "unsupported --cpu '$CPU' (cortex-a53, cortex-a72, max)";; esac ;;
-        --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; shift ;;
+        --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; FIXED_OPTS+=" --mem"; shift ;;
         --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
                  case $BOARD in virt|raspi3b|raspi4b) ;;
                                 *) die "unknown board '$BOARD' (virt, raspi4b, raspi3b)";; esac ;;
         --va-bits) [[ $# -ge 2 && ( $2 == 39 || $2 == 48 ) ]] || die "--va-bits needs 39 or 48"; VA_BITS=$2; shift ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
                    case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
-        --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; shift ;;
+        --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; FIXED_OPTS+=" --gic"; shift ;;
         --gdb) GDB=1 ;;
         --release) PROFILE=release ;;
         --debug) PROFILE=debug ;;
@@ -115,6 +117,13 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+
+if [[ $BOARD != virt && $COMMAND == test ]]; then
+    die "'test' runs the boards itself (virt, then raspi4b and raspi3b); leave out --board"
+fi
+if [[ $BOARD != virt && -n $FIXED_OPTS ]]; then
+    die "--board $BOARD fixes its CPUs, RAM, entry EL and interrupt controller;$FIXED_OPTS do(es) not apply"
+fi
 
 # ---------------------------------------------------------------- dependencies
 
