@@ -21,6 +21,7 @@ APPEND=
 TIMEOUT=
 VERBOSE=0
 COMMAND=console
+FIXED_OPTS=    # options a Raspberry Pi machine fixes itself (--smp, --mem, --el2, ...)
 
 usage() {
     cat <<'EOF'
@@ -32,7 +33,8 @@ Commands:
   (none)            build and boot to the interactive console (Ctrl-A x quits QEMU)
   test              run every test: host unit tests, in-kernel tests under QEMU
                     (EL1/EL2 entry, 1 and 4 CPUs, cortex-a53/a72/max), scenario
-                    scripts and the extra checks in tests/extra/. Ends with
+                    scripts, the extra checks in tests/extra/, and the in-kernel
+                    tests and four scripts on raspi4b and raspi3b. Ends with
                     "N passed, M failed"; exit status is non-zero on any failure.
   build             build the kernel ELF and flat image only
   bench             measure in guest instructions under QEMU icount, with the
@@ -49,7 +51,13 @@ Options:
   --smp N           number of CPUs (default 1, at most 8)
   --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
   --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G)
-  --board NAME      virt (raspi3b and raspi4b come with the bring-up issue)
+  --board NAME      virt (default) | raspi4b | raspi3b: QEMU's Raspberry Pi 4 B /
+                    3 B machines, with the devicetree boards/NAME.dts (compiled
+                    with dtc). They have 4 CPUs and a fixed RAM size (2G / 1G;
+                    QEMU gives the kernel the part below the VideoCore's share),
+                    enter the kernel at EL2 and start the secondaries through
+                    spin tables; --smp, --mem, --cpu, --gic and --el2 do not
+                    apply. raspi3b has no GIC: it runs without interrupts
   --va-bits 39|48   user (TTBR0) address bits: 48 (default) or 39 (one level
                     fewer of user tables; the kernel half stays 48-bit)
   --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and
@@ -86,18 +94,18 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         -h|--help) usage; exit 0 ;;
         --script) [[ $# -ge 2 ]] || die "--script needs a FILE"; SCRIPT=$2; COMMAND=script; shift ;;
-        --el2) EL2=1 ;;
-        --smp) [[ $# -ge 2 && $2 =~ ^[1-8]$ ]] || die "--smp needs a number from 1 to 8"; SMP=$2; shift ;;
-        --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; shift
+        --el2) EL2=1; FIXED_OPTS+=" --el2" ;;
+        --smp) [[ $# -ge 2 && $2 =~ ^[1-8]$ ]] || die "--smp needs a number from 1 to 8"; SMP=$2; FIXED_OPTS+=" --smp"; shift ;;
+        --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; FIXED_OPTS+=" --cpu"; shift
                case $CPU in cortex-a53|cortex-a72|max) ;; *) die "unsupported --cpu '$CPU' (cortex-a53, cortex-a72, max)";; esac ;;
-        --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; shift ;;
+        --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; FIXED_OPTS+=" --mem"; shift ;;
         --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
-                 case $BOARD in virt) ;; raspi3b|raspi4b) die "--board $BOARD is not supported yet (it comes with the Raspberry Pi bring-up issue)";;
-                                *) die "unknown board '$BOARD' (virt)";; esac ;;
+                 case $BOARD in virt|raspi3b|raspi4b) ;;
+                                *) die "unknown board '$BOARD' (virt, raspi4b, raspi3b)";; esac ;;
         --va-bits) [[ $# -ge 2 && ( $2 == 39 || $2 == 48 ) ]] || die "--va-bits needs 39 or 48"; VA_BITS=$2; shift ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
                    case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
-        --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; shift ;;
+        --gic) [[ $# -ge 2 && $2 =~ ^[23]$ ]] || die "--gic needs 2 or 3"; GIC=$2; FIXED_OPTS+=" --gic"; shift ;;
         --gdb) GDB=1 ;;
         --release) PROFILE=release ;;
         --debug) PROFILE=debug ;;
@@ -109,6 +117,13 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
+
+if [[ $BOARD != virt && $COMMAND == test ]]; then
+    die "'test' runs the boards itself (virt, then raspi4b and raspi3b); leave out --board"
+fi
+if [[ $BOARD != virt && -n $FIXED_OPTS ]]; then
+    die "--board $BOARD fixes its CPUs, RAM, entry EL and interrupt controller;$FIXED_OPTS do(es) not apply"
+fi
 
 # ---------------------------------------------------------------- dependencies
 
@@ -169,6 +184,10 @@ ensure_deps() {
   (Debian 12: apt-get install -t bookworm-backports qemu-system-arm; Ubuntu 24.10+: apt-get install qemu-system-arm)"
         say "$(qemu-system-aarch64 --version | head -n1)"
     fi
+    if ! command -v dtc >/dev/null; then
+        say "installing device-tree-compiler (dtc, for the Raspberry Pi devicetrees in boards/)"
+        apt_install device-tree-compiler || say "warning: could not install device-tree-compiler (needed for --board raspi3b/raspi4b)"
+    fi
     if ! command -v gdb-multiarch >/dev/null; then
         say "installing gdb-multiarch"
         apt_install gdb-multiarch || say "warning: could not install gdb-multiarch (needed for 'gdb' and the GDB test)"
@@ -209,9 +228,31 @@ build() {
 
 # ---------------------------------------------------------------- QEMU
 
+# The Raspberry Pi machines: fixed CPUs and RAM, a devicetree from boards/.
+board_dtb() { # prints the compiled DTB's path
+    local dtb="$TDIR/$BOARD.dtb"
+    command -v dtc >/dev/null || die "dtc is missing (apt-get install device-tree-compiler)"
+    mkdir -p "$TDIR"
+    dtc -q -I dts -O dtb -o "$dtb" "boards/$BOARD.dts" || die "dtc failed on boards/$BOARD.dts"
+    echo "$dtb"
+}
+
 # qemu_cmd MODE [extra bootargs]: fills the array QEMU.
 qemu_cmd() {
     local mode=$1; shift
+    if [[ $BOARD != virt ]]; then
+        local dtb mem=1G cpu=cortex-a53
+        [[ $BOARD == raspi4b ]] && { mem=2G; cpu=cortex-a72; }
+        dtb=$(board_dtb)
+        # QEMU boots an arm64 Image on raspi at EL2; every core is there (-smp 4).
+        local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=2 $*"
+        [[ -n $APPEND ]] && args+=" $APPEND"
+        QEMU=(qemu-system-aarch64 -M "$BOARD" -cpu "$cpu" -smp 4 -m "$mem" -dtb "$dtb"
+              -nodefaults -no-user-config -display none -no-reboot
+              -semihosting-config enable=on,target=native
+              -kernel "$IMG" -append "$args")
+        return 0
+    fi
     local machine=$BOARD
     [[ $EL2 == 1 ]] && machine+=",virtualization=on"
     machine+=",gic-version=$GIC"
@@ -402,6 +443,7 @@ test_script() { # file smp should_fail
     local name; name=$(basename "$file" .scn)
     local va=; [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
     local tag=; [[ -n $APPEND ]] && tag=",${APPEND_TAG:-$APPEND}"
+    [[ $BOARD != virt ]] && tag+=",$BOARD"
     local label="script[$GRANULE$va,$name,smp$SMP$tag]"
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
@@ -450,6 +492,31 @@ test_extra() { # script
         grep -E '^ *(FAIL|MISMATCH)' "$log" | head -n 20 | sed 's/^/    /'
         tail -n 20 "$log" | sed 's/^/    | /'
     fi
+}
+
+# In-kernel tests and a few scenario scripts on a Raspberry Pi machine.
+test_board() { # board
+    local prev=$BOARD
+    BOARD=$1
+    echo "== board $BOARD (4K granule)"
+    local log="$LOGDIR/board-$BOARD.log" s p f
+    TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
+    s=$(summary_of "$log")
+    if [[ -z $s ]]; then
+        p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
+        record "$p" $((f + 1)) "kernel[$BOARD]" "no summary line (QEMU status $QSTATUS)"
+        show_log_tail "$log"
+    else
+        p=${s% *}; f=${s#* }
+        if [[ $QSTATUS -ne 0 && $f -eq 0 ]]; then f=1; fi
+        record "$p" "$f" "kernel[$BOARD]" "($p passed, $f failed, QEMU status $QSTATUS)"
+        [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
+    fi
+    local scn
+    for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
+        [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD test_script "tests/scripts/$scn.scn" 4 0
+    done
+    BOARD=$prev
 }
 
 # Everything that runs on a kernel image, for the current $GRANULE.
@@ -556,6 +623,19 @@ cmd_test() {
             record 0 1 "build[4K,va39]" "(the va39 kernel does not build)"
         fi
         VA_BITS=48; set_paths
+    fi
+    # The Raspberry Pi machines (4K granule): in-kernel tests and a few
+    # scenario scripts. PAGELAB_TEST_BOARDS="" leaves them out.
+    if [[ " ${PAGELAB_TEST_GRANULES:-4K} " == *" 4K "* ]]; then
+        GRANULE=4K; set_paths
+        if build; then
+            local b
+            for b in ${PAGELAB_TEST_BOARDS-raspi4b raspi3b}; do
+                test_board "$b"
+            done
+        else
+            record 0 1 "build[4K,boards]" "(the kernel does not build)"
+        fi
     fi
     echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
     echo "$PASSED passed, $FAILED failed"

@@ -94,6 +94,15 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Why interrupt-driven tests cannot apply on this machine, if they cannot:
+/// the devicetree names no GIC (the Raspberry Pi 3's BCM2836 ARM-local
+/// controller is not driven), so the kernel runs without interrupts. None
+/// when there is a GIC: then a CPU without interrupts is a failure.
+pub fn no_interrupts_reason() -> Option<&'static str> {
+    let b = crate::kmain::BOOT.get()?;
+    b.board.gic.is_none().then_some("the devicetree names no GIC, so the kernel runs without interrupts")
+}
+
 /// Whether CPU `cpu` takes interrupts (its GIC side and tick are up).
 pub fn ready(cpu: usize) -> bool {
     cpu < MAX_CPUS && READY[cpu].load(Ordering::Acquire)

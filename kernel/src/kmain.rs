@@ -82,6 +82,16 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     for (r, _) in &board.reserved {
         reserved.push((*r, "firmware reserved"));
     }
+    // Spin tables: the parked CPUs poll these words (the firmware's
+    // devicetree normally reserves them too).
+    for c in &board.cpus {
+        if let (Some(a), "spin-table") = (c.release_addr, c.enable_method.as_str()) {
+            let page = PhysRange::new(align_down(a, PAGE_SIZE), align_up(a + 8, PAGE_SIZE));
+            if !reserved.iter().any(|r| r.0.start == page.start && r.0.end == page.end) {
+                reserved.push((page, "spin table"));
+            }
+        }
+    }
     // The PFN pool: the last 4 MiB of the highest RAM bank, kept from the
     // allocator for `mmap pfn=PHYS` (remap_pfn_range-style) mappings.
     if let Some(top) = board.ram.iter().max_by_key(|r| r.end) {
@@ -200,17 +210,16 @@ fn banner() {
 
 use aarch64_cpu::registers::Readable;
 
-/// Starts every CPU the devicetree lists through PSCI CPU_ON.
+/// Starts every CPU the devicetree lists: through PSCI CPU_ON when there is
+/// PSCI, else through the CPU's spin table (`enable-method = "spin-table"`,
+/// the Raspberry Pi's firmware and QEMU's raspi boot stub). One CPU at a
+/// time: each is waited for (bounded) before the next is started.
 fn start_secondaries() {
     let b = boot();
-    if !psci::available() {
-        if b.board.cpus.len() > 1 {
-            log::warn!("no PSCI: secondary CPUs stay parked (spin-table comes with the Raspberry Pi boards)");
-        }
-        return;
-    }
+    let psci = psci::available();
     let me = aarch64_cpu::registers::MPIDR_EL1.get() & 0xff_00ff_ffff;
-    let entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
+    let psci_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
+    let spin_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::spin_table_entry as *const () as u64).0;
     let mut next = 1usize;
     for c in &b.board.cpus {
         if c.mpidr == me {
@@ -221,23 +230,67 @@ fn start_secondaries() {
             continue;
         }
         let want = percpu::ONLINE.load(Ordering::Acquire) + 1;
-        match psci::cpu_on(c.mpidr, entry, next as u64) {
-            Ok(()) => {
-                // Wait (bounded) for it to check in.
-                let mut spins = 0u64;
-                while percpu::ONLINE.load(Ordering::Acquire) < want && spins < 50_000_000 {
-                    core::hint::spin_loop();
-                    spins += 1;
-                }
-                if percpu::ONLINE.load(Ordering::Acquire) < want {
-                    log::error!("cpu{next} (MPIDR {:#x}) did not come online", c.mpidr);
-                }
+        let started = if psci {
+            psci::cpu_on(c.mpidr, psci_entry, next as u64).map_err(|e| log::error!("PSCI CPU_ON for MPIDR {:#x} failed: {e:?}", c.mpidr))
+        } else if c.enable_method == "spin-table" {
+            spin_table_release(c, next, spin_entry)
+        } else {
+            log::warn!(
+                "cpu with MPIDR {:#x} stays parked: no PSCI, and its enable-method is {:?} (not \"spin-table\")",
+                c.mpidr,
+                c.enable_method
+            );
+            Err(())
+        };
+        if started.is_ok() {
+            // Wait (bounded) for it to check in.
+            let mut spins = 0u64;
+            while percpu::ONLINE.load(Ordering::Acquire) < want && spins < 50_000_000 {
+                core::hint::spin_loop();
+                spins += 1;
             }
-            Err(e) => log::error!("PSCI CPU_ON for MPIDR {:#x} failed: {e:?}", c.mpidr),
+            if percpu::ONLINE.load(Ordering::Acquire) < want {
+                log::error!("cpu{next} (MPIDR {:#x}) did not come online", c.mpidr);
+            }
         }
         next += 1;
     }
-    log::info!("{} CPU(s) online", percpu::ONLINE.load(Ordering::Acquire));
+    log::info!(
+        "{} CPU(s) online{}",
+        percpu::ONLINE.load(Ordering::Acquire),
+        if psci { "" } else if b.board.cpus.len() > 1 { " (spin-table)" } else { "" }
+    );
+}
+
+/// Releases one CPU from its spin table: records its MPIDR for logical CPU
+/// `id` (`spin_table_entry` looks itself up there, as a spin table passes no
+/// context id), writes `entry` (physical) to its `cpu-release-addr` through
+/// the linear map, cleans both to the point of coherency (the spinning CPU
+/// reads with its MMU and caches off) and wakes it with `sev`.
+fn spin_table_release(c: &dt::CpuNode, id: usize, entry: u64) -> Result<(), ()> {
+    let Some(rel) = c.release_addr else {
+        log::error!("cpu with MPIDR {:#x}: spin-table without cpu-release-addr; it stays parked", c.mpidr);
+        return Err(());
+    };
+    if rel & 7 != 0 || !boot().board.ram.iter().any(|r| rel >= r.start.0 && rel + 8 <= r.end.0) {
+        log::error!("cpu with MPIDR {:#x}: cpu-release-addr {rel:#x} is not an aligned RAM address; it stays parked", c.mpidr);
+        return Err(());
+    }
+    // SAFETY: SPIN_TABLE_MPIDR is written only here, by the boot CPU, before
+    // CPU `id` is released; CPUs already running never read it again.
+    unsafe {
+        let slot = core::ptr::addr_of_mut!(crate::arch::aarch64::boot::SPIN_TABLE_MPIDR[id]);
+        slot.write_volatile(c.mpidr);
+        cpu::dcache_clean_poc(slot as u64, 8);
+    }
+    let va = crate::mm::layout::phys_to_virt(crate::mm::addr::PhysAddr(rel)).0 as *mut u64;
+    // SAFETY: `rel` is an aligned RAM address (checked above), so it is in
+    // the linear map; the devicetree hands the word to us for this release
+    // (and reserves it: /memreserve/), nothing else writes it.
+    unsafe { va.write_volatile(entry) };
+    cpu::dcache_clean_poc(va as u64, 8); // ends with dsb sy
+    cpu::sev();
+    Ok(())
 }
 
 /// Work a secondary CPU has been asked to run (a test hook until the

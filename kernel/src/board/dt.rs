@@ -284,16 +284,19 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
         _ => None,
     });
 
-    if let Some(cpus) = fdt.find_node("/cpus") {
-        for c in cpus.children() {
-            if c.property("device_type").and_then(|p| p.as_str()) != Some("cpu") {
-                continue;
-            }
-            let mpidr = c.property("reg").map(|p| be(p.value)).unwrap_or(0);
-            let enable_method = c.property("enable-method").and_then(|p| p.as_str()).unwrap_or("").to_string();
-            let release_addr = c.property("cpu-release-addr").map(|p| be(p.value));
-            info.cpus.push(CpuNode { mpidr, enable_method, release_addr });
+    // CPUs: every node with device_type "cpu" (they live under /cpus).
+    // Found through `all_nodes` rather than `find_node("/cpus")`: the fdt
+    // crate's path lookup stops at the FDT_NOP tags QEMU leaves where it
+    // deleted nodes from a devicetree it was given with -dtb (its raspi
+    // machines replace the memory nodes), and then finds no /cpus at all.
+    for c in fdt.all_nodes() {
+        if c.property("device_type").and_then(|p| p.as_str()) != Some("cpu") {
+            continue;
         }
+        let mpidr = c.property("reg").map(|p| be(p.value)).unwrap_or(0);
+        let enable_method = c.property("enable-method").and_then(|p| p.as_str()).unwrap_or("").to_string();
+        let release_addr = c.property("cpu-release-addr").map(|p| be(p.value));
+        info.cpus.push(CpuNode { mpidr, enable_method, release_addr });
     }
     Ok(info)
 }

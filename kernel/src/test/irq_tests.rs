@@ -40,6 +40,10 @@ fn all_ready() -> Result<usize, String> {
 }
 
 fn ticks_on_every_cpu() -> Result<(), String> {
+    if let Some(why) = irq::no_interrupts_reason() {
+        println!("  (cannot apply: {why})");
+        return Ok(());
+    }
     let n = all_ready()?;
     let before: Vec<u64> = (0..n).map(irq::ticks).collect();
     // CPU 0 takes its ticks in the waiting loop's IRQ windows, the others in
@@ -66,6 +70,10 @@ fn counting_hook(cpu: usize, _from_el0: bool) {
 }
 
 fn tick_hook_runs() -> Result<(), String> {
+    if let Some(why) = irq::no_interrupts_reason() {
+        println!("  (cannot apply: {why})");
+        return Ok(());
+    }
     let n = all_ready()?;
     for c in &HOOK_CALLS {
         c.store(0, Ordering::Relaxed);
@@ -91,6 +99,10 @@ fn record_sgi(cpu: usize) {
 }
 
 fn sgi_reaches_each_cpu() -> Result<(), String> {
+    if let Some(why) = irq::no_interrupts_reason() {
+        println!("  (cannot apply: {why})");
+        return Ok(());
+    }
     let n = all_ready()?;
     irq::set_sgi_handler(sgi::PING, Some(record_sgi));
     let r = (|| -> Result<(), String> {
@@ -122,6 +134,10 @@ fn sgi_reaches_each_cpu() -> Result<(), String> {
 /// and the flags as they were. (QEMU takes interrupts between translation
 /// blocks, so the loop keeps its flags and registers live across them.)
 fn irq_from_el0() -> Result<(), String> {
+    if let Some(why) = irq::no_interrupts_reason() {
+        println!("  (cannot apply: {why})");
+        return Ok(());
+    }
     // The loop runs here, where the entries are counted.
     proc::sched::pin_to_caller(irq_from_el0_here)
 }

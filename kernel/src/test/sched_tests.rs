@@ -43,7 +43,14 @@ fn me() -> usize {
 fn cpus() -> usize {
     let n = percpu::ONLINE.load(Ordering::Acquire);
     let _ = crate::irq::wait_until(1000, || (0..n).all(crate::irq::ready));
-    (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1)
+    let usable = (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1);
+    if usable < n {
+        if let Some(why) = crate::irq::no_interrupts_reason() {
+            // Say so: the "one CPU" notes below are not about --smp here.
+            println!("  (tasks run on {usable} of {n} online CPUs: {why}; a CPU is woken for a task by an IPI)");
+        }
+    }
+    usable
 }
 
 /// Runs `f` in a fresh process `name`, which exits afterwards whatever `f` did.
@@ -68,6 +75,10 @@ fn done_ok(regs: &TrapFrame, what: &str) -> Result<(), String> {
 /// that preempts A lets B run at all (without preemption this test hangs,
 /// and the run's timeout fails it).
 fn preempts_el0() -> Result<(), String> {
+    if let Some(why) = crate::irq::no_interrupts_reason() {
+        println!("  (cannot apply: preemption needs the tick; {why})");
+        return Ok(());
+    }
     let name = "sched_pre";
     in_process(name, || {
         let va = proc::mmap(name, "flag", anon(PAGE_SIZE))?;
@@ -89,6 +100,10 @@ fn preempts_el0() -> Result<(), String> {
 /// Two long SPIN loops in two processes share one CPU: each is preempted
 /// and resumed several times, and each ends with exactly its own registers.
 fn registers_survive() -> Result<(), String> {
+    if let Some(why) = crate::irq::no_interrupts_reason() {
+        println!("  (cannot apply: preemption needs the tick; {why})");
+        return Ok(());
+    }
     let (n1, n2) = ("sched_reg1", "sched_reg2");
     proc::spawn(n2)?;
     let r = in_process(n1, || {

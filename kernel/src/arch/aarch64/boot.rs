@@ -42,6 +42,13 @@ pub static mut EARLY_PGTABLES: EarlyPool = EarlyPool([0; EARLY_POOL_PAGES * PAGE
 #[unsafe(no_mangle)]
 pub static mut SECONDARY_TTBR1: u64 = 0;
 
+/// MPIDR (affinity bits) of each logical CPU started through a spin table,
+/// indexed by logical CPU number; `u64::MAX` = none. `spin_table_entry`
+/// reads it with the MMU and caches off: the boot CPU cleans it to the point
+/// of coherency after each write, before the release.
+#[unsafe(no_mangle)]
+pub static mut SPIN_TABLE_MPIDR: [u64; MAX_CPUS] = [u64::MAX; MAX_CPUS];
+
 /// Image header flags: little-endian, page size, placement anywhere.
 const IMAGE_FLAGS: u64 = (match GRANULE {
     crate::mm::granule::Granule::K4 => 1,
@@ -318,6 +325,31 @@ secondary_entry:
     ldr     x8, =secondary_switched
     br      x8
 
+// Spin-table entry point (physical; Raspberry Pi). The firmware's (or QEMU's)
+// spin loop jumps here with x0 = 0 and no context id, so the CPU finds its
+// logical number by looking its MPIDR up in SPIN_TABLE_MPIDR, which the boot
+// CPU filled and cleaned to the point of coherency before the release. A CPU
+// that is not in the table parks (it was not released by us).
+.global spin_table_entry
+spin_table_entry:
+    mrs     x0, mpidr_el1
+    and     x1, x0, #0xffffff       // Aff2..Aff0
+    ubfx    x2, x0, #32, #8         // Aff3
+    orr     x0, x1, x2, lsl #32
+    adrp    x1, SPIN_TABLE_MPIDR
+    add     x1, x1, :lo12:SPIN_TABLE_MPIDR
+    mov     x2, #0
+1:  ldr     x3, [x1, x2, lsl #3]
+    cmp     x3, x0
+    b.eq    2f
+    add     x2, x2, #1
+    cmp     x2, #{max_cpus}
+    b.lo    1b
+3:  wfe
+    b       3b
+2:  mov     x0, x2
+    b       secondary_entry
+
 .section .text, "ax"
 primary_switched:
     ldr     x0, =__stacks_start
@@ -371,6 +403,7 @@ secondary_switched:
     tgran_bad = const TGRAN_BAD.0,
     tgran_bad2 = const TGRAN_BAD.1,
     stack_slot = const STACK_SLOT,
+    max_cpus = const MAX_CPUS,
 );
 
 /// Each CPU's kernel stack (see linker.ld: 64 KiB in a 128 KiB slot).
@@ -399,6 +432,7 @@ unsafe extern "C" {
     pub static __ex_table_start: u8;
     pub static __ex_table_end: u8;
     pub fn secondary_entry();
+    pub fn spin_table_entry();
 }
 
 /// Link-time address of a linker symbol.
