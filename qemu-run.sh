@@ -442,7 +442,7 @@ test_script() { # file smp should_fail
     SMP=$2
     local name; name=$(basename "$file" .scn)
     local va=; [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
-    local tag=; [[ -n $APPEND ]] && tag=",${APPEND_TAG:-$APPEND}"
+    local tag=; [[ -n $APPEND || -n ${APPEND_TAG:-} ]] && tag=",${APPEND_TAG:-$APPEND}"
     [[ $BOARD != virt ]] && tag+=",$BOARD"
     local label="script[$GRANULE$va,$name,smp$SMP$tag]"
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
