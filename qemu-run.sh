@@ -37,6 +37,9 @@ Commands:
                     tests and four scripts on raspi4b and raspi3b. Ends with
                     "N passed, M failed"; exit status is non-zero on any failure.
   build             build the kernel ELF and flat image only
+  sdcard DIR        with --board raspi4b|raspi3b: write kernel8.img, config.txt and
+                    cmdline.txt for a real board's boot partition into DIR
+                    (untested on hardware; see docs/BRINGUP.md)
   bench             measure in guest instructions under QEMU icount, with the
                     flags of ../shared/linux-anchor (-M virt -cpu max -smp 1 -m 1G
                     -icount shift=0,sleep=off -seed 1); prints "bench: NAME UNIT VALUE"
@@ -113,6 +116,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--timeout needs SECS"; TIMEOUT=$2; shift ;;
         -v|--verbose) VERBOSE=1 ;;
         test|build|gdb|bench) COMMAND=$1 ;;
+        sdcard) [[ $# -ge 2 ]] || die "sdcard needs a DIR"; COMMAND=sdcard; SDDIR=$2; shift ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
     shift
@@ -642,7 +646,36 @@ cmd_test() {
     [[ $FAILED -eq 0 ]]
 }
 
+# sdcard DIR: the files pagelab adds to a Raspberry Pi boot partition. The
+# firmware itself (and the board's own DTB, which the firmware hands over)
+# comes from the Raspberry Pi firmware repository; see docs/BRINGUP.md.
+cmd_sdcard() {
+    [[ $BOARD == raspi4b || $BOARD == raspi3b ]] || die "sdcard needs --board raspi4b or --board raspi3b"
+    ensure_deps
+    build
+    mkdir -p "$SDDIR"
+    # The flat image is an arm64 Linux Image (header included), which the
+    # firmware loads like a Linux kernel8.img.
+    cp "$IMG" "$SDDIR/kernel8.img"
+    local pl011_note
+    pl011_note="# The PL011 (UART0) drives GPIO14/15 only with Bluetooth moved off it."
+    cat > "$SDDIR/config.txt" <<CFG
+# pagelab on a Raspberry Pi ${BOARD#raspi} (written by ./qemu-run.sh sdcard).
+arm_64bit=1
+kernel=kernel8.img
+enable_uart=1
+$pl011_note
+dtoverlay=disable-bt
+# Firmware messages on the UART too (Pi 4 bootloader): uart_2ndstage=1
+CFG
+    cat > "$SDDIR/cmdline.txt" <<CMD
+pagelab.mode=console loglevel=info
+CMD
+    say "wrote $SDDIR/kernel8.img, config.txt and cmdline.txt (add the firmware files: docs/BRINGUP.md)"
+}
+
 case $COMMAND in
+    sdcard) cmd_sdcard ;;
     console) cmd_console ;;
     script) cmd_script ;;
     build) ensure_deps; build; say "built $ELF and $IMG" ;;
