@@ -60,7 +60,8 @@ Options:
                     QEMU gives the kernel the part below the VideoCore's share),
                     enter the kernel at EL2 and start the secondaries through
                     spin tables; --smp, --mem, --cpu, --gic and --el2 do not
-                    apply. raspi3b has no GIC: it runs without interrupts
+                    apply. raspi3b has no GIC: its interrupts go through the BCM2836
+                    ARM-local controller (timer, mailbox IPIs)
   --va-bits 39|48   user (TTBR0) address bits: 48 (default) or 39 (one level
                     fewer of user tables; the kernel half stays 48-bit)
   --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and

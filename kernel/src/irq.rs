@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering
 use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::{cpu, percpu};
 use crate::board::dt::{BoardInfo, TimerIrq};
-use crate::drivers::{gic, timer};
+use crate::drivers::{bcm2836_local, gic, timer};
 
 /// SGI numbers in use.
 pub mod sgi {
@@ -71,13 +71,68 @@ const MAX_PER_ENTRY: usize = 16;
 /// names, then this CPU's interface and tick. Without a GIC the kernel runs
 /// without interrupts, as before.
 pub fn init(board: &BoardInfo) -> Result<(), &'static str> {
-    let Some(node) = board.gic.as_ref() else {
-        return Err("the devicetree names no GIC: running without interrupts");
-    };
-    let intid = board.timer_intid(TimerIrq::Virt).unwrap_or(27);
-    gic::init(node, board.cpus.len())?;
-    TIMER_INTID.store(intid, Ordering::Release);
-    init_this_cpu()
+    if let Some(node) = board.gic.as_ref() {
+        let intid = board.timer_intid(TimerIrq::Virt).unwrap_or(27);
+        gic::init(node, board.cpus.len())?;
+        TIMER_INTID.store(intid, Ordering::Release);
+        return init_this_cpu();
+    }
+    // The Raspberry Pi 3's ARM-local controller: the timer has no INTID
+    // there; 27 (the virtual timer's PPI on a GIC) stands for it.
+    if let Some(r) = board.local_intc.as_ref().and_then(|d| d.regs.first().copied()) {
+        bcm2836_local::init(r)?;
+        LOCAL_INTC.store(true, Ordering::Release);
+        TIMER_INTID.store(27, Ordering::Release);
+        return init_this_cpu();
+    }
+    Err("the devicetree names no interrupt controller (GIC or BCM2836 ARM-local): running without interrupts")
+}
+
+/// The interrupt controller's name, for the boot log.
+pub fn controller_name() -> &'static str {
+    if LOCAL_INTC.load(Ordering::Acquire) {
+        "BCM2836 ARM-local controller (mailbox IPIs)"
+    } else if gic::version() == Some(crate::board::dt::GicVersion::V3) {
+        "GICv3"
+    } else {
+        "GICv2"
+    }
+}
+
+/// The interrupt controller is the BCM2836 ARM-local one (no GIC).
+static LOCAL_INTC: AtomicBool = AtomicBool::new(false);
+
+/// The controller in use, as one interface for the handler.
+enum Acked {
+    Gic(gic::Acked),
+    Local(u32),
+}
+
+impl Acked {
+    fn intid(&self) -> u32 {
+        match self {
+            Acked::Gic(a) => a.intid,
+            Acked::Local(i) => *i,
+        }
+    }
+}
+
+fn ack() -> Option<Acked> {
+    if LOCAL_INTC.load(Ordering::Relaxed) {
+        return bcm2836_local::ack().map(|p| match p {
+            bcm2836_local::Pending::Sgi(n) => Acked::Local(n),
+            bcm2836_local::Pending::Timer => Acked::Local(TIMER_INTID.load(Ordering::Relaxed)),
+        });
+    }
+    gic::ack().map(Acked::Gic)
+}
+
+fn eoi(a: Acked) {
+    // The ARM-local controller has no EOI: mailboxes were cleared at ack,
+    // and the timer is level (re-armed before this).
+    if let Acked::Gic(a) = a {
+        gic::eoi(a);
+    }
 }
 
 /// Every CPU, on itself, IRQs masked: its GIC interface, SGIs, the timer
@@ -87,8 +142,12 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
     if intid == 0 {
         return Err("no interrupt controller");
     }
-    let level = crate::kmain::BOOT.get().and_then(|b| b.board.timer.as_ref().map(|t| t.gic_level(TimerIrq::Virt as usize))).unwrap_or(true);
-    gic::init_this_cpu(&[(intid, level)])?;
+    if LOCAL_INTC.load(Ordering::Acquire) {
+        bcm2836_local::init_this_cpu();
+    } else {
+        let level = crate::kmain::BOOT.get().and_then(|b| b.board.timer.as_ref().map(|t| t.gic_level(TimerIrq::Virt as usize))).unwrap_or(true);
+        gic::init_this_cpu(&[(intid, level)])?;
+    }
     timer::start_this_cpu();
     READY[percpu::this_cpu().id].store(true, Ordering::Release);
     Ok(())
@@ -100,7 +159,7 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
 /// when there is a GIC: then a CPU without interrupts is a failure.
 pub fn no_interrupts_reason() -> Option<&'static str> {
     let b = crate::kmain::BOOT.get()?;
-    b.board.gic.is_none().then_some("the devicetree names no GIC, so the kernel runs without interrupts")
+    (b.board.gic.is_none() && b.board.local_intc.is_none()).then_some("the devicetree names no interrupt controller, so the kernel runs without interrupts")
 }
 
 /// Whether CPU `cpu` takes interrupts (its GIC side and tick are up).
@@ -119,11 +178,11 @@ pub fn handle(from_el0: bool) {
     }
     let timer_id = TIMER_INTID.load(Ordering::Relaxed);
     for _ in 0..MAX_PER_ENTRY {
-        let Some(a) = gic::ack() else { break };
-        match a.intid {
+        let Some(a) = ack() else { break };
+        match a.intid() {
             s @ 0..=15 => {
                 st.sgis[s as usize].fetch_add(1, Ordering::Release);
-                gic::eoi(a);
+                eoi(a);
                 let h = SGI_HANDLERS[s as usize].load(Ordering::Acquire);
                 if h != 0 {
                     // SAFETY: only set_sgi_handler stores here, and only SgiHandler pointers.
@@ -135,7 +194,7 @@ pub fn handle(from_el0: bool) {
                 // Re-arm first: the PPI is level-sensitive and would fire again after the EOI.
                 timer::rearm();
                 st.ticks.fetch_add(1, Ordering::Release);
-                gic::eoi(a);
+                eoi(a);
                 let h = TICK_HOOK.load(Ordering::Acquire);
                 if h != 0 {
                     // SAFETY: only set_tick_hook stores here, and only TickHook pointers.
@@ -145,7 +204,7 @@ pub fn handle(from_el0: bool) {
             }
             _ => {
                 st.unexpected.fetch_add(1, Ordering::Relaxed);
-                gic::eoi(a);
+                eoi(a);
             }
         }
     }
@@ -166,6 +225,9 @@ pub fn set_sgi_handler(sgi: u32, h: Option<SgiHandler>) {
 pub fn send_ipi(target: usize, sgi: u32) -> Result<(), &'static str> {
     if !ready(target) {
         return Err("that CPU does not take interrupts");
+    }
+    if LOCAL_INTC.load(Ordering::Acquire) {
+        return bcm2836_local::send_sgi(target, sgi);
     }
     gic::send_sgi(target, sgi)
 }

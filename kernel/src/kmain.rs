@@ -129,8 +129,8 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     // IRQs stay masked at EL1 (see `irq`).
     match crate::irq::init(&boot().board) {
         Ok(()) => log::info!(
-            "interrupts: GIC{}, timer PPI {} at {} Hz, {} Hz tick{}",
-            if crate::drivers::gic::version() == Some(dt::GicVersion::V3) { "v3" } else { "v2" },
+            "interrupts: {}, timer PPI {} at {} Hz, {} Hz tick{}",
+            crate::irq::controller_name(),
             boot().board.timer_intid(dt::TimerIrq::Virt).unwrap_or(27),
             crate::drivers::timer::frequency(),
             crate::drivers::timer::HZ,

@@ -93,6 +93,8 @@ pub struct BoardInfo {
     pub reserved: Vec<(PhysRange, String)>,
     pub uart: Option<Device>,
     pub gic: Option<Gic>,
+    /// The BCM2836 ARM-local interrupt controller (Raspberry Pi 2/3: no GIC).
+    pub local_intc: Option<Device>,
     pub timer: Option<Device>,
     pub psci: Option<PsciConduit>,
     pub cpus: Vec<CpuNode>,
@@ -276,6 +278,7 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
     info.gic = find(&["arm,gic-v3"]).map(|dev| Gic { version: GicVersion::V3, dev }).or_else(|| {
         find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"]).map(|dev| Gic { version: GicVersion::V2, dev })
     });
+    info.local_intc = find(&["brcm,bcm2836-l1-intc"]);
     info.timer = find(&["arm,armv8-timer"]);
 
     info.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
