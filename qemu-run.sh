@@ -500,24 +500,25 @@ test_extra() { # script
 }
 
 # In-kernel tests and a few scenario scripts on a Raspberry Pi machine.
-test_board() { # board
+test_board() { # board [kernel-only]
     local prev=$BOARD
     BOARD=$1
-    echo "== board $BOARD (4K granule)"
-    local log="$LOGDIR/board-$BOARD.log" s p f
+    echo "== board $BOARD ($GRANULE granule)"
+    local log="$LOGDIR/board-$BOARD-$GRANULE.log" s p f
     TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
     s=$(summary_of "$log")
     if [[ -z $s ]]; then
         p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
-        record "$p" $((f + 1)) "kernel[$BOARD]" "no summary line (QEMU status $QSTATUS)"
+        record "$p" $((f + 1)) "kernel[$BOARD,$GRANULE]" "no summary line (QEMU status $QSTATUS)"
         show_log_tail "$log"
     else
         p=${s% *}; f=${s#* }
         if [[ $QSTATUS -ne 0 && $f -eq 0 ]]; then f=1; fi
-        record "$p" "$f" "kernel[$BOARD]" "($p passed, $f failed, QEMU status $QSTATUS)"
+        record "$p" "$f" "kernel[$BOARD,$GRANULE]" "($p passed, $f failed, QEMU status $QSTATUS)"
         [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
     fi
     local scn
+    [[ ${2:-} == kernel-only ]] && { BOARD=$prev; return 0; }
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
         [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD test_script "tests/scripts/$scn.scn" 4 0
     done
@@ -641,6 +642,19 @@ cmd_test() {
         else
             record 0 1 "build[4K,boards]" "(the kernel does not build)"
         fi
+    fi
+    # The boards' Cortex-A53/A72 have the 64K granule too: the in-kernel tests.
+    if [[ " ${PAGELAB_TEST_GRANULES:-4K 16K 64K} " == *" 64K "* ]]; then
+        GRANULE=64K; set_paths
+        if build; then
+            local b
+            for b in ${PAGELAB_TEST_BOARDS-raspi4b raspi3b}; do
+                test_board "$b" kernel-only
+            done
+        else
+            record 0 1 "build[64K,boards]" "(the kernel does not build)"
+        fi
+        GRANULE=4K; set_paths
     fi
     echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
     echo "$PASSED passed, $FAILED failed"
