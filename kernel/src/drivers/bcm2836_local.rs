@@ -83,6 +83,9 @@ pub fn ack() -> Option<Pending> {
         if m != 0 {
             let n = m.trailing_zeros();
             write(MBOX0_CLR + 16 * c, 1 << n);
+            // The clear must be done before the handler reads what the
+            // sender stored (Linux's irq-bcm2836 does `dsb sy` here too).
+            crate::arch::cpu::dsb_sy();
             return Some(Pending::Sgi(n));
         }
     }

@@ -9,6 +9,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use buddy_system_allocator::FrameAllocator;
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use spin::Mutex;
 
 use super::addr::{PhysAddr, PhysRange};
@@ -104,6 +106,7 @@ pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
         }
     }
     let n = st.managed;
+    pcp::init(base_pfn, nframes);
     *FRAMES.lock() = Some(st);
     n
 }
@@ -149,7 +152,7 @@ fn alloc_buddy(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
     g.as_mut().and_then(|st| {
         let count = 1u64 << order;
         // The per-CPU lists' frames are free too (they come back on demand).
-        if st.managed - st.allocated + st.by_owner[Owner::Pcp as usize] < min_free + count {
+        if st.managed - st.allocated + pcp::LISTED.load(Ordering::Acquire) < min_free + count {
             return None;
         }
         let pfn = st.buddy.alloc(count as usize)? as u64;
@@ -213,6 +216,26 @@ mod pcp {
     }
 
     pub(super) static LISTS: [Mutex<List>; MAX_CPUS] = [const { Mutex::new(List { pfns: [0; HIGH], n: 0, to_user: 0 }) }; MAX_CPUS];
+    /// Frames on all lists together (exact: changed under a list's lock).
+    pub(super) static LISTED: AtomicU64 = AtomicU64::new(0);
+    /// One bit per frame: it is on some list. Catches a double free of a
+    /// single user frame, which the buddy's bitmap cannot see here (a
+    /// listed frame stays allocated there).
+    static ON_LIST: spin::Once<(u64, Vec<AtomicU64>)> = spin::Once::new();
+
+    pub(super) fn init(base_pfn: u64, nframes: u64) {
+        ON_LIST.call_once(|| (base_pfn, (0..nframes.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()));
+    }
+
+    /// Marks `pfn` listed (true) or not; returns whether it was listed before.
+    fn mark_listed(pfn: u64, on: bool) -> bool {
+        let Some((base, map)) = ON_LIST.get() else { return false };
+        let Some(i) = pfn.checked_sub(*base) else { return false };
+        let Some(w) = map.get(i as usize / 64) else { return false };
+        let bit = 1u64 << (i % 64);
+        let old = if on { w.fetch_or(bit, Ordering::AcqRel) } else { w.fetch_and(!bit, Ordering::AcqRel) };
+        old & bit != 0
+    }
 
     fn mine() -> &'static Mutex<List> {
         &LISTS[crate::arch::percpu::this_cpu().id]
@@ -228,6 +251,8 @@ mod pcp {
         let r = (l.n > 0).then(|| {
             l.n -= 1;
             l.to_user += 1;
+            LISTED.fetch_sub(1, Ordering::AcqRel);
+            mark_listed(l.pfns[l.n], false);
             PhysAddr::from_pfn(l.pfns[l.n])
         });
         drop(l);
@@ -253,27 +278,35 @@ mod pcp {
                     let n = l.n;
                     l.pfns[n] = pfn + i;
                     l.n = n + 1;
+                    mark_listed(pfn + i, true);
                 }
+                LISTED.fetch_add(count, Ordering::AcqRel);
                 return;
             }
         }
     }
 
-    /// Takes a freed user frame onto this CPU's list; false when the frame
-    /// should go to the buddy instead (not a single user frame).
-    pub(super) fn free(pa: PhysAddr) -> bool {
+    /// Takes a freed single user frame onto this CPU's list. A frame that
+    /// is on a list already (a double free) is refused and changes nothing.
+    pub(super) fn free(pa: PhysAddr) -> Result<(), FreeError> {
         let daif = crate::arch::cpu::irq_save();
         let mut l = mine().lock();
-        if l.n == HIGH {
-            drain(&mut l, HIGH / 2);
-        }
-        let n = l.n;
-        l.pfns[n] = pa.pfn();
-        l.n = n + 1;
-        l.to_user -= 1;
+        let r = if mark_listed(pa.pfn(), true) {
+            Err(FreeError::NotAllocated(pa))
+        } else {
+            if l.n == HIGH {
+                drain(&mut l, HIGH / 2);
+            }
+            let n = l.n;
+            l.pfns[n] = pa.pfn();
+            l.n = n + 1;
+            l.to_user -= 1;
+            LISTED.fetch_add(1, Ordering::AcqRel);
+            Ok(())
+        };
         drop(l);
         crate::arch::cpu::irq_restore(daif);
-        true
+        r
     }
 
     /// Moves the list's `to_user` into the allocator's owner counters. The
@@ -293,9 +326,11 @@ mod pcp {
         let mut g = FRAMES.lock();
         let Some(st) = g.as_mut() else { return 0 };
         settle(st, l);
+        LISTED.fetch_sub(k as u64, Ordering::AcqRel);
         for _ in 0..k {
             l.n -= 1;
             let pfn = l.pfns[l.n];
+            mark_listed(pfn, false);
             mark(st, pfn, 1, false).expect("a listed frame the allocator does not know");
             st.buddy.dealloc(pfn as usize, 1);
             st.allocated -= 1;
@@ -313,11 +348,16 @@ mod pcp {
         n
     }
 
+    /// Every list locked, in index order (before the allocator lock).
+    pub(super) fn lock_all() -> [spin::MutexGuard<'static, List>; MAX_CPUS] {
+        core::array::from_fn(|i| LISTS[i].lock())
+    }
+
     /// Settles every list into the owner counters, so that the allocator's
     /// own `UserAnon` count is exact (before freeing user frames to the
     /// buddy). The lists' locks come first, then the allocator's.
     pub(super) fn settle_all() {
-        let mut lists: [spin::MutexGuard<'static, List>; MAX_CPUS] = core::array::from_fn(|i| LISTS[i].lock());
+        let mut lists = lock_all();
         let mut g = FRAMES.lock();
         if let Some(st) = g.as_mut() {
             for l in lists.iter_mut() {
@@ -335,10 +375,6 @@ mod pcp {
         }).sum()
     }
 
-    /// Σ to_user over the lists.
-    pub(super) fn to_user() -> i64 {
-        LISTS.iter().map(|l| l.lock().to_user).sum()
-    }
 }
 
 /// First page frame number and number of frames the allocator spans
@@ -361,8 +397,8 @@ pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
 /// and changes nothing.
 pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
     if owner == Owner::UserAnon {
-        if order == 0 && pcp::free(pa) {
-            return Ok(());
+        if order == 0 {
+            return pcp::free(pa);
         }
         // The allocator's own UserAnon count is exact only once the lists'
         // moves are in (a list may have given user frames of other lists
@@ -406,21 +442,22 @@ fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) ->
 pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
     // User frames go to this CPU's list first, the rest to the buddy.
     let mut pas = pas;
+    let mut listed_bad = 0;
     if owner == Owner::UserAnon {
         let room = pcp::room();
         let k = room.min(pas.len());
         for &pa in &pas[..k] {
-            pcp::free(pa);
+            listed_bad += pcp::free(pa).is_err() as usize;
         }
         pas = &pas[k..];
         if pas.is_empty() {
-            return 0;
+            return listed_bad;
         }
         pcp::settle_all();
     }
     let daif = crate::arch::cpu::irq_save();
     let mut g = FRAMES.lock();
-    let mut bad = 0;
+    let mut bad = listed_bad;
     let mut i = 0;
     while i < pas.len() {
         // The run of consecutive frames starting at i.
@@ -456,8 +493,10 @@ pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
 
 pub fn stats() -> Stats {
     let daif = crate::arch::cpu::irq_save();
-    // The lists' locks first (their order against the allocator lock).
-    let to_user = pcp::to_user();
+    // Every list's lock, then the allocator's (their order), held together
+    // so that no move between a list and the counters is seen half-done.
+    let lists = pcp::lock_all();
+    let to_user: i64 = lists.iter().map(|l| l.to_user).sum();
     let g = FRAMES.lock();
     let r = match g.as_ref() {
         Some(st) => stats_of(st, to_user),
@@ -488,8 +527,19 @@ pub fn is_allocated(pa: PhysAddr) -> bool {
 /// Checks the counters against the bitmap. Returns a description of the
 /// first disagreement.
 pub fn check() -> Result<Stats, alloc::string::String> {
-    let to_user = pcp::to_user();
-    let listed: u64 = pcp::LISTS.iter().map(|l| l.lock().n as u64).sum();
+    let daif = crate::arch::cpu::irq_save();
+    let r = check_locked();
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+fn check_locked() -> Result<Stats, alloc::string::String> {
+    let lists = pcp::lock_all();
+    let to_user: i64 = lists.iter().map(|l| l.to_user).sum();
+    let listed: u64 = lists.iter().map(|l| l.n as u64).sum();
+    if listed != pcp::LISTED.load(Ordering::Acquire) {
+        return Err(alloc::format!("the per-CPU lists hold {listed} frames but LISTED says {}", pcp::LISTED.load(Ordering::Acquire)));
+    }
     let g = FRAMES.lock();
     let st = g.as_ref().ok_or("frame allocator not initialised")?;
     let set: u64 = st.bitmap.iter().map(|w| w.count_ones() as u64).sum();

@@ -428,6 +428,14 @@ pub fn split_entire_folio(f: Folio, new_order: u32, held: impl Fn(Folio) -> (u32
     if new_order >= order || f.entire_mapcount() != 1 || f.mapcount() != 1 {
         return Err("only a folio mapped by exactly one block entry can be split");
     }
+    // Linux `folio_ref_freeze`: the counts are shared out from what the
+    // handles hold, so every reference must be one of those (plus the
+    // mapping's). A reference in flight (GUP that has not registered its
+    // handle yet) makes the split wait for another time.
+    let (pins, refs) = held(f);
+    if f.refcount() != 1 + pins + refs || f.pincount() != pins {
+        return Err("the 1G folio has references in flight; try again");
+    }
     let sub = 1u64 << new_order;
     for k in 0..(1u64 << (order - new_order)) {
         let hpa = PhysAddr(pa.0 + ((k * sub) << PAGE_SHIFT));

@@ -128,11 +128,31 @@ pub fn vma_get(id: u32) {
 /// frees it (its pages are no longer mapped anywhere: the VMA's range was
 /// zapped first; pins keep their pages until unpinned).
 pub fn vma_put(id: u32) {
-    let Some(f) = get(id) else { return };
-    if f.vmas.fetch_sub(1, Ordering::AcqRel) == 1 && f.name.is_none() {
-        FILES.lock().remove(&id);
+    // The last reference's removal and `get_hold` are ordered by the table
+    // lock: a file found by `get_hold` is never freed under its caller.
+    let gone = {
+        let mut files = FILES.lock();
+        let Some(f) = files.get(&id).cloned() else { return };
+        if f.vmas.fetch_sub(1, Ordering::AcqRel) == 1 && f.name.is_none() {
+            files.remove(&id);
+            Some(f)
+        } else {
+            None
+        }
+    };
+    if let Some(f) = gone {
         f.truncate();
     }
+}
+
+/// The file `id` with one more reference taken (released with
+/// [`vma_put`]), or None if it is gone: what `mmap` of a descriptor holds
+/// while it sets up the VMA, so a concurrent `close` cannot free the file.
+pub fn get_hold(id: u32) -> Option<Arc<Memfd>> {
+    let files = FILES.lock();
+    let f = files.get(&id)?.clone();
+    f.vmas.fetch_add(1, Ordering::AcqRel);
+    Some(f)
 }
 
 /// For tests: removes the named file `name` and its pages, if no VMA maps it.

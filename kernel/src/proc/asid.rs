@@ -120,7 +120,10 @@ impl State {
 /// allocating (and rolling over) if it is from an older generation. Records
 /// it as this CPU's active ASID: call it right before writing TTBR0.
 pub fn asid_for(slot: &AtomicU64) -> u16 {
-    let mut g = STATE.lock();
+    asid_for_locked(&mut STATE.lock(), slot)
+}
+
+fn asid_for_locked(g: &mut spin::MutexGuard<'_, Option<State>>, slot: &AtomicU64) -> u16 {
     let st = g.as_mut().expect("ASIDs not initialised");
     let mut cur = slot.load(Ordering::Relaxed);
     if cur >> 16 != st.generation {
@@ -152,10 +155,33 @@ pub fn asid_for(slot: &AtomicU64) -> u16 {
     cur as u16
 }
 
-/// This CPU's TTBR0 now holds the empty table (ASID 0).
-pub fn clear_active() {
+/// Points this CPU's TTBR0 at `empty` (ASID 0) and records it: TTBR0 is
+/// written first and the record cleared after, under the allocator lock,
+/// so a rollover on another CPU never misses an ASID TTBR0 still holds.
+///
+/// # Safety
+/// Nothing may run from TTBR0 addresses while it changes.
+pub unsafe fn switch_to_empty(empty: u64) {
     let _g = STATE.lock();
+    // SAFETY: guaranteed by the caller.
+    unsafe { crate::arch::aarch64::cpu::switch_ttbr0(empty) };
     ACTIVE[percpu::this_cpu().id].store(0, Ordering::Relaxed);
+}
+
+/// [`asid_for`] and the TTBR0 write in one critical section: the ASID is
+/// recorded as active before TTBR0 holds it, and no rollover can come in
+/// between (Linux does the equivalent with its per-CPU flush-pending bit).
+///
+/// # Safety
+/// `pgd` is a complete table set; nothing may run from TTBR0 addresses
+/// while it changes.
+pub unsafe fn switch_to(slot: &AtomicU64, pgd: u64, current_ttbr0: u64) {
+    let asid = asid_for_locked(&mut STATE.lock(), slot);
+    let want = pgd | ((asid as u64) << 48);
+    if current_ttbr0 != want {
+        // SAFETY: guaranteed by the caller.
+        unsafe { crate::arch::aarch64::cpu::switch_ttbr0(want) };
+    }
 }
 
 /// Whether a CPU other than this one has `slot`'s current value active.

@@ -441,8 +441,20 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
         // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
         // shmem file. Its pages come from the page cache, base pages only.
+        // An fd's file is held until the VMA (or the error) is in place.
+        struct Hold(u32);
+        impl Drop for Hold {
+            fn drop(&mut self) {
+                crate::mm::shmem::vma_put(self.0);
+            }
+        }
+        let mut _hold = None;
         let (file, pgoff) = match (&a.memfd, a.file, a.shared && a.pfn.is_none()) {
-            (_, Some((id, pgoff)), _) => (Some(crate::mm::shmem::get(id).ok_or("that memfd is gone")?), pgoff),
+            (_, Some((id, pgoff)), _) => {
+                let f = crate::mm::shmem::get_hold(id).ok_or("that memfd is gone")?;
+                _hold = Some(Hold(id));
+                (Some(f), pgoff)
+            }
             (Some(name), None, _) => (Some(crate::mm::shmem::open(name)), 0),
             (None, None, true) => (Some(crate::mm::shmem::create_anon()), 0),
             (None, None, false) => (None, 0),
@@ -846,11 +858,8 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, String> {
 /// # Safety
 /// Nothing may run from TTBR0 addresses while it changes.
 pub(crate) unsafe fn activate(p: &Process) {
-    let want = p.mm.pgd.0 | ((asid::asid_for(&p.mm.asid_slot) as u64) << 48);
-    if ttbr0() != want {
-        // SAFETY: guaranteed by the caller.
-        unsafe { cpu::switch_ttbr0(want) };
-    }
+    // SAFETY: guaranteed by the caller; the tables are complete.
+    unsafe { asid::switch_to(&p.mm.asid_slot, p.mm.pgd.0, ttbr0()) };
 }
 
 fn ttbr0() -> u64 {
@@ -874,9 +883,8 @@ fn deactivate(p: &Process) {
 /// Points this CPU's TTBR0 at the empty table.
 pub(crate) fn deactivate_this_cpu() {
     let (_, empty) = kmap::roots();
-    asid::clear_active();
     // SAFETY: the kernel never runs from TTBR0.
-    unsafe { cpu::switch_ttbr0(empty.0) };
+    unsafe { asid::switch_to_empty(empty.0) };
 }
 
 /// The user-memory half of `invariants` (Linux's page_table_check in

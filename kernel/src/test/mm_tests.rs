@@ -18,7 +18,21 @@ pub static TESTS: &[Test] = &[
     Test { name: "frames_bad_free_is_refused", f: bad_free },
     Test { name: "frames_zeroed_and_usable", f: zeroed },
     Test { name: "heap_large_allocation", f: heap_big },
+    Test { name: "mm_user_frame_double_free_refused", f: user_double_free },
 ];
+
+/// A single user frame goes back to this CPU's page list on free; freeing
+/// it again (it is on the list) is refused and changes nothing, and the
+/// counters stay exact.
+fn user_double_free() -> Result<(), String> {
+    let before = frame::stats().free;
+    let pa = frame::alloc_user(0).ok_or("out of frames")?;
+    frame::free(pa, 0, Owner::UserAnon).map_err(|e| alloc::format!("first free: {e:?}"))?;
+    ensure!(frame::free(pa, 0, Owner::UserAnon) == Err(FreeError::NotAllocated(pa)), "a double free of a user frame was accepted");
+    frame::check()?;
+    ensure!(frame::stats().free == before, "free frames {before} -> {}", frame::stats().free);
+    Ok(())
+}
 
 /// Takes every free frame (largest orders first), checks they are distinct
 /// RAM frames and that the count matches `free`, then gives all back.

@@ -314,6 +314,12 @@ pub fn wfi() {
 /// Makes earlier stores visible to other CPUs before a following system
 /// register write (a GICv3 SGI) that they may react to.
 #[inline(always)]
+/// `dsb sy`: completes every earlier memory access, Device ones included.
+pub fn dsb_sy() {
+    // SAFETY: a barrier only.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 pub fn dsb_ishst() {
     // SAFETY: barrier only.
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
