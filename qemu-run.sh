@@ -448,7 +448,7 @@ test_script() { # file smp should_fail
     local name; name=$(basename "$file" .scn)
     local va=; [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
     local tag=; [[ -n $APPEND || -n ${APPEND_TAG:-} ]] && tag=",${APPEND_TAG:-$APPEND}"
-    [[ $BOARD != virt ]] && tag+=",$BOARD"
+    [[ $BOARD != virt && $tag != *",$BOARD"* ]] && tag+=",$BOARD"
     local label="script[$GRANULE$va,$name,smp$SMP$tag]"
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
