@@ -420,14 +420,11 @@ test_host() {
     [[ $f -eq 0 ]] || show_log_tail "$log"
 }
 
-test_kernel() { # el2 smp cpu [mem]
-    local prev=("$EL2" "$SMP" "$CPU" "$MEM")
-    EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
-    local g=; [[ $GIC != 3 ]] && g=gicv$GIC
-    local label="kernel[$GRANULE,el$((EL2 + 1)),smp$SMP,$CPU,$MEM${g:+,$g}${5:+,$5}]"
-    local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${g:+-$g}${5:+-$5}.log"
+# Boots the in-kernel tests (pagelab.mode=test) with the current settings,
+# logging to LOG, and records the result as LABEL.
+run_kernel_tests() { # label log
+    local label=$1 log=$2 s p f
     TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
-    local s p f
     s=$(summary_of "$log")
     if [[ -z $s ]]; then
         p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
@@ -439,6 +436,15 @@ test_kernel() { # el2 smp cpu [mem]
         record "$p" "$f" "$label" "($p passed, $f failed, QEMU status $QSTATUS)"
         [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
     fi
+}
+
+test_kernel() { # el2 smp cpu [mem]
+    local prev=("$EL2" "$SMP" "$CPU" "$MEM")
+    EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
+    local g=; [[ $GIC != 3 ]] && g=gicv$GIC
+    local label="kernel[$GRANULE,el$((EL2 + 1)),smp$SMP,$CPU,$MEM${g:+,$g}${5:+,$5}]"
+    local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${g:+-$g}${5:+-$5}.log"
+    run_kernel_tests "$label" "$log"
     EL2=${prev[0]} SMP=${prev[1]} CPU=${prev[2]} MEM=${prev[3]}
 }
 
@@ -504,19 +510,7 @@ test_board() { # board [kernel-only]
     local prev=$BOARD
     BOARD=$1
     echo "== board $BOARD ($GRANULE granule)"
-    local log="$LOGDIR/board-$BOARD-$GRANULE.log" s p f
-    TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
-    s=$(summary_of "$log")
-    if [[ -z $s ]]; then
-        p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
-        record "$p" $((f + 1)) "kernel[$BOARD,$GRANULE]" "no summary line (QEMU status $QSTATUS)"
-        show_log_tail "$log"
-    else
-        p=${s% *}; f=${s#* }
-        if [[ $QSTATUS -ne 0 && $f -eq 0 ]]; then f=1; fi
-        record "$p" "$f" "kernel[$BOARD,$GRANULE]" "($p passed, $f failed, QEMU status $QSTATUS)"
-        [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
-    fi
+    run_kernel_tests "kernel[$BOARD,$GRANULE]" "$LOGDIR/board-$BOARD-$GRANULE.log"
     local scn
     [[ ${2:-} == kernel-only ]] && { BOARD=$prev; return 0; }
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
