@@ -107,11 +107,36 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     let uart = board.uart.as_ref().and_then(|u| u.regs.first().copied());
     // SAFETY: boot CPU, once, nothing else running.
     unsafe { kmap::init(phys_base, &board.ram, uart) };
-    if let Some(u) = uart {
-        // SAFETY: kmap mapped the UART registers as Device memory there.
-        unsafe { crate::drivers::uart::init(io_virt(u.start).0) };
+    if let (Some(u), Some(dev)) = (uart, board.uart.as_ref()) {
+        if dev.compatible.split(' ').any(|c| c == "brcm,bcm2835-aux-uart") {
+            // AUX_ENABLES shares the mini UART's page (AUX + 0x04 and
+            // + 0x40), so kmap mapped it too; it is used only if the
+            // devicetree says where it is.
+            let page = |a: u64| align_down(a, PAGE_SIZE);
+            let enables = board
+                .aux
+                .as_ref()
+                .and_then(|a| a.regs.first())
+                .filter(|a| page(a.start.0) == page(u.start.0))
+                .map(|a| io_virt(crate::mm::addr::PhysAddr(a.start.0 + 4)).0);
+            // The VPU clock the firmware fixes with enable_uart=1; used only
+            // if the firmware left the UART off (so it set no baud rate).
+            let clock = if board.compatible_any(&["brcm,bcm2711", "brcm,bcm2712"]) { 500_000_000 } else { 250_000_000 };
+            // SAFETY: kmap mapped the UART's page (AUX_ENABLES included) as Device memory.
+            unsafe { crate::drivers::uart::init_mini(io_virt(u.start).0, enables, clock) };
+        } else {
+            // SAFETY: kmap mapped the UART registers as Device memory there.
+            unsafe { crate::drivers::uart::init(io_virt(u.start).0) };
+        }
     }
     crate::drivers::logger::init(board.bootarg("loglevel"));
+    if let Some(want) = board.bootarg("pagelab.uart").filter(|_| board.uart_chosen_by != "pagelab.uart") {
+        log::warn!(
+            "pagelab.uart={want} names no PL011 or mini UART (an alias or a node path); the console is on {} ({})",
+            board.uart.as_ref().map_or("nothing", |u| u.path.as_str()),
+            board.uart_chosen_by
+        );
+    }
     psci::init(board.psci);
 
     // A heap of about 1/64 of RAM (at least 4 MiB), plus the rescue reserve.

@@ -20,13 +20,12 @@ extern crate alloc;
 pub mod arch;
 pub mod board;
 pub mod console;
+pub mod drivers;
 pub mod mm;
 pub mod util;
 
 #[cfg(target_os = "none")]
 pub mod bench;
-#[cfg(target_os = "none")]
-pub mod drivers;
 #[cfg(target_os = "none")]
 pub mod irq;
 #[cfg(target_os = "none")]

@@ -24,6 +24,9 @@ pub struct Device {
     pub compatible: String,
     pub regs: Vec<PhysRange>,
     pub interrupts: Vec<u32>,
+    /// `status` is absent, "okay" or "ok" (firmware disables what a board
+    /// does not wire up, e.g. the Pi 3's UART that drives Bluetooth).
+    pub enabled: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +90,22 @@ pub struct CpuNode {
 #[derive(Clone, Debug, Default)]
 pub struct BoardInfo {
     pub model: String,
+    /// The root's first `compatible`.
     pub compatible: String,
+    /// All of the root's `compatible` strings, space-separated.
+    pub compatible_all: String,
     pub ram: Vec<PhysRange>,
     /// `/memreserve/` entries and `/reserved-memory` children.
     pub reserved: Vec<(PhysRange, String)>,
+    /// The console UART: a PL011 (`arm,pl011`) or the BCM2835 mini UART
+    /// (`brcm,bcm2835-aux-uart`); see [`parse`] for how it is chosen.
     pub uart: Option<Device>,
+    /// What picked `uart`: "pagelab.uart", "stdout-path", "alias serial0",
+    /// "first PL011" or "first mini UART".
+    pub uart_chosen_by: &'static str,
+    /// The BCM2835 AUX block (`brcm,bcm2835-aux`) whose enable register
+    /// gates the mini UART.
+    pub aux: Option<Device>,
     pub gic: Option<Gic>,
     /// The BCM2836 ARM-local interrupt controller (Raspberry Pi 2/3: no GIC).
     pub local_intc: Option<Device>,
@@ -110,6 +124,10 @@ impl BoardInfo {
             let (k, v) = w.split_once('=')?;
             (k == key).then_some(v)
         })
+    }
+    /// Whether the root is compatible with one of `names` (the SoC, say).
+    pub fn compatible_any(&self, names: &[&str]) -> bool {
+        self.compatible_all.split(' ').any(|c| names.contains(&c))
     }
     pub fn total_ram(&self) -> u64 {
         self.ram.iter().map(|r| r.size()).sum()
@@ -180,8 +198,9 @@ impl Walker {
                 .property("interrupts")
                 .map(|p| p.value.chunks_exact(4).map(|c| be(c) as u32).collect())
                 .unwrap_or_default();
+            let enabled = matches!(node.property("status").and_then(|p| p.as_str()), None | Some("okay") | Some("ok"));
             self.devices.push((
-                Device { path: path.to_string(), compatible: compat.all().collect::<Vec<_>>().join(" "), regs, interrupts },
+                Device { path: path.to_string(), compatible: compat.all().collect::<Vec<_>>().join(" "), regs, interrupts, enabled },
                 raw,
             ));
         }
@@ -195,6 +214,9 @@ impl Walker {
     }
 }
 
+/// The console UARTs pagelab drives, in the order a fallback tries them.
+pub const UART_COMPATIBLES: [&str; 2] = ["arm,pl011", "brcm,bcm2835-aux-uart"];
+
 /// Parses a flattened devicetree.
 pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
     let fdt = Fdt::new(bytes).map_err(|_| "not a valid flattened devicetree")?;
@@ -202,6 +224,7 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
     let root = fdt.find_node("/").ok_or("devicetree has no root node")?;
     info.model = root.property("model").and_then(|p| p.as_str()).unwrap_or("unknown").to_string();
     info.compatible = root.compatible().map(|c| c.first().to_string()).unwrap_or_default();
+    info.compatible_all = root.compatible().map(|c| c.all().collect::<Vec<_>>().join(" ")).unwrap_or_default();
 
     // Every node with a compatible, with translated regs. The tree root has
     // an identity "bus".
@@ -263,17 +286,36 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
         }
     }
 
-    // UART: the one /chosen/stdout-path names, else the first PL011.
-    let stdout = chosen
-        .and_then(|c| c.property("stdout-path"))
-        .and_then(|p| p.as_str())
-        .map(|s| s.split(':').next().unwrap_or(s).to_string());
-    let stdout = stdout.map(|s| {
-        if s.starts_with('/') { s } else { fdt.aliases().and_then(|a| a.resolve(&s)).unwrap_or("").to_string() }
-    });
-    info.uart = stdout
-        .and_then(|p| w.devices.iter().map(|(d, _)| d).find(|d| d.path == p && d.compatible.contains("pl011")).cloned())
-        .or_else(|| find(&["arm,pl011"]));
+    // UART, as Linux picks its console: `pagelab.uart=ALIAS|PATH` in
+    // bootargs, else the one /chosen/stdout-path names, else alias serial0
+    // (the Raspberry Pi firmware's devicetrees have no stdout-path; their
+    // serial0 is whichever UART drives GPIO 14/15), else the first enabled
+    // PL011, else the first enabled mini UART.
+    let aliases: Vec<(String, String)> = fdt
+        .all_nodes()
+        .find(|n| n.name == "aliases")
+        .map(|n| n.properties().filter_map(|p| Some((p.name.to_string(), p.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    let resolve = |s: &str| -> Option<String> {
+        let s = s.split(':').next().unwrap_or(s);
+        if s.starts_with('/') { Some(s.to_string()) } else { aliases.iter().find(|(k, _)| k == s).map(|(_, v)| v.clone()) }
+    };
+    let is_uart = |d: &Device| d.compatible.split(' ').any(|c| UART_COMPATIBLES.contains(&c));
+    let by_path = |p: String| w.devices.iter().map(|(d, _)| d).find(|d| d.path == p && is_uart(d)).cloned();
+    let stdout = chosen.and_then(|c| c.property("stdout-path")).and_then(|p| p.as_str());
+    let named = [("pagelab.uart", info.bootarg("pagelab.uart")), ("stdout-path", stdout), ("alias serial0", Some("serial0"))];
+    let chosen_uart = named.iter().find_map(|&(how, s)| Some((how, resolve(s?).and_then(by_path)?)));
+    let first = || {
+        UART_COMPATIBLES.iter().find_map(|c| {
+            let d = w.devices.iter().map(|(d, _)| d).find(|d| d.enabled && d.compatible.split(' ').any(|x| x == *c))?;
+            Some((if *c == "arm,pl011" { "first PL011" } else { "first mini UART" }, d.clone()))
+        })
+    };
+    if let Some((how, d)) = chosen_uart.or_else(first) {
+        info.uart_chosen_by = how;
+        info.uart = Some(d);
+    }
+    info.aux = find(&["brcm,bcm2835-aux"]);
 
     info.gic = find(&["arm,gic-v3"]).map(|dev| Gic { version: GicVersion::V3, dev }).or_else(|| {
         find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"]).map(|dev| Gic { version: GicVersion::V2, dev })
@@ -367,7 +409,7 @@ mod tests {
 
     #[test]
     fn interrupt_specifiers() {
-        let d = Device { path: "/x".into(), compatible: "x".into(), regs: Vec::new(), interrupts: std::vec![0, 1, 4, 1, 11, 1, 7, 0, 0] };
+        let d = Device { path: "/x".into(), compatible: "x".into(), regs: Vec::new(), interrupts: std::vec![0, 1, 4, 1, 11, 1, 7, 0, 0], enabled: true };
         assert_eq!(d.gic_intid(0), Some(33), "SPI 1");
         assert_eq!(d.gic_intid(1), Some(27), "PPI 11");
         assert!(d.gic_level(0) && !d.gic_level(1), "4 = level high, 1 = edge rising");
@@ -382,6 +424,42 @@ mod tests {
         assert_eq!(translate(0x1000, &stack), None, "outside every range");
         assert_eq!(translate(0x1000, &[Some(Vec::new())]), Some(0x1000));
         assert_eq!(translate(0x1000, &[None]), None, "no ranges property: not translatable");
+    }
+
+    // Trees shaped like the Raspberry Pi firmware's (tests/data/pi3-*.dts).
+    static PI3_FW: &[u8] = include_bytes!("../../tests/data/pi3-firmware.dtb");
+    static PI3_FW_SERIAL1: &[u8] = include_bytes!("../../tests/data/pi3-firmware-uart-serial1.dtb");
+    static PI3_FW_NOSUCH: &[u8] = include_bytes!("../../tests/data/pi3-firmware-uart-nosuch.dtb");
+    static PI3_NO_ALIASES: &[u8] = include_bytes!("../../tests/data/pi3-no-aliases-pl011-disabled.dtb");
+
+    #[test]
+    fn uart_choice_follows_the_firmware_alias_then_bootargs() {
+        let b = parse(PI3_FW).unwrap();
+        let u = b.uart.as_ref().unwrap();
+        assert_eq!((u.path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "alias serial0"), "no stdout-path: serial0, the mini UART");
+        assert_eq!(u.regs, [PhysRange::new(0x3f21_5040, 0x3f21_5080)]);
+        assert_eq!(b.aux.as_ref().unwrap().regs, [PhysRange::new(0x3f21_5000, 0x3f21_5008)]);
+        assert!(b.compatible_any(&["brcm,bcm2837"]) && !b.compatible_any(&["brcm,bcm2711"]));
+
+        let b = parse(PI3_FW_SERIAL1).unwrap();
+        assert_eq!((b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by), ("/soc/serial@7e201000", "pagelab.uart"));
+
+        let b = parse(PI3_FW_NOSUCH).unwrap();
+        assert_eq!((b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "alias serial0"), "a bad pagelab.uart falls back");
+    }
+
+    #[test]
+    fn a_disabled_uart_is_not_chosen() {
+        let b = parse(PI3_NO_ALIASES).unwrap();
+        let u = b.uart.as_ref().unwrap();
+        assert_eq!((u.path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "first mini UART"), "the PL011 is disabled");
+    }
+
+    #[test]
+    fn virt_uart_by_stdout_path() {
+        let b = parse(VIRT_A72).unwrap();
+        assert_eq!(b.uart_chosen_by, "stdout-path");
+        assert!(b.aux.is_none());
     }
 
     #[test]
