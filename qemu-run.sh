@@ -7,6 +7,7 @@ cd "$ROOT"
 
 TARGET=aarch64-unknown-none-softfloat
 BOARD=virt
+UART=pl011
 CPU=cortex-a72
 SMP=1
 MEM=1G
@@ -62,6 +63,10 @@ Options:
                     spin tables; --smp, --mem, --cpu, --gic and --el2 do not
                     apply. raspi3b has no GIC: its interrupts go through the BCM2836
                     ARM-local controller (timer, mailbox IPIs)
+  --uart pl011|mini with --board: the console on the PL011 (default) or on the
+                    BCM2835 mini UART (QEMU's second serial port; the kernel
+                    gets pagelab.uart=serial1). With sdcard: which UART the
+                    board's GPIO 14/15 carry (mini keeps Bluetooth on the PL011)
   --va-bits 39|48   user (TTBR0) address bits: 48 (default) or 39 (one level
                     fewer of user tables; the kernel half stays 48-bit)
   --granule SIZE    translation granule: 4K (default), 16K or 64K. Cortex-A53 and
@@ -106,6 +111,8 @@ while [[ $# -gt 0 ]]; do
         --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
                  case $BOARD in virt|raspi3b|raspi4b) ;;
                                 *) die "unknown board '$BOARD' (virt, raspi4b, raspi3b)";; esac ;;
+        --uart) [[ $# -ge 2 ]] || die "--uart needs pl011 or mini"; UART=$2; shift
+                case $UART in pl011|mini) ;; *) die "unknown --uart '$UART' (pl011, mini)";; esac ;;
         --va-bits) [[ $# -ge 2 && ( $2 == 39 || $2 == 48 ) ]] || die "--va-bits needs 39 or 48"; VA_BITS=$2; shift ;;
         --granule) [[ $# -ge 2 ]] || die "--granule needs a SIZE"; GRANULE=${2^^}; shift
                    case $GRANULE in 4K|16K|64K) ;; *) die "unknown granule '$2' (4K, 16K or 64K)";; esac ;;
@@ -125,6 +132,9 @@ done
 
 if [[ $BOARD != virt && $COMMAND == test ]]; then
     die "'test' runs the boards itself (virt, then raspi4b and raspi3b); leave out --board"
+fi
+if [[ $UART == mini && $BOARD == virt ]]; then
+    die "--uart mini needs --board raspi4b or raspi3b (virt has only a PL011)"
 fi
 if [[ $BOARD != virt && -n $FIXED_OPTS ]]; then
     die "--board $BOARD fixes its CPUs, RAM, entry EL and interrupt controller;$FIXED_OPTS do(es) not apply"
@@ -234,11 +244,19 @@ build() {
 # ---------------------------------------------------------------- QEMU
 
 # The Raspberry Pi machines: fixed CPUs and RAM, a devicetree from boards/.
+# FW_DT=1 (tests only) makes it look like the Raspberry Pi firmware's tree
+# in the one way that matters for the console: no stdout-path, and alias
+# serial0 is the mini UART.
 board_dtb() { # prints the compiled DTB's path
-    local dtb="$TDIR/$BOARD.dtb"
+    local dtb="$TDIR/$BOARD${FW_DT:+-fw}.dtb" src="boards/$BOARD.dts"
     command -v dtc >/dev/null || die "dtc is missing (apt-get install device-tree-compiler)"
     mkdir -p "$TDIR"
-    dtc -q -I dts -O dtb -o "$dtb" "boards/$BOARD.dts" || die "dtc failed on boards/$BOARD.dts"
+    if [[ -n ${FW_DT:-} ]]; then
+        sed -e '/stdout-path/d' -e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/' \
+            "$src" >"$TDIR/$BOARD-fw.dts"
+        src=$TDIR/$BOARD-fw.dts
+    fi
+    dtc -q -I dts -O dtb -o "$dtb" "$src" || die "dtc failed on $src"
     echo "$dtb"
 }
 
@@ -251,11 +269,15 @@ qemu_cmd() {
         dtb=$(board_dtb)
         # QEMU boots an arm64 Image on raspi at EL2; every core is there (-smp 4).
         local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=2 $*"
+        [[ $UART == mini && -z ${FW_DT:-} ]] && args+=" pagelab.uart=serial1"
         [[ -n $APPEND ]] && args+=" $APPEND"
         QEMU=(qemu-system-aarch64 -M "$BOARD" -cpu "$cpu" -smp 4 -m "$mem" -dtb "$dtb"
               -nodefaults -no-user-config -display none -no-reboot
               -semihosting-config enable=on,target=native
               -kernel "$IMG" -append "$args")
+        # The mini UART is QEMU's second serial port: the first (the PL011)
+        # goes nowhere, and the caller's -serial becomes the second.
+        [[ $UART == mini ]] && QEMU+=(-serial null)
         return 0
     fi
     local machine=$BOARD
@@ -505,7 +527,30 @@ test_extra() { # script
     fi
 }
 
-# In-kernel tests and a few scenario scripts on a Raspberry Pi machine.
+# The interactive console, typed at: lines go in through the UART's
+# receiver (scripts come from the initrd, so this is the only test of it),
+# replies and verdicts come back. LABEL names the run; the `info` reply must
+# say the UART was chosen by WHY.
+test_console_input() { # label why
+    local log="$LOGDIR/console-$1.log" status=0
+    qemu_cmd console
+    [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
+    printf '%s\n' info 'spawn A' 'A mmap r 64K' 'A write r 0x5a' 'A check r 0x5a' 'A check r+0x1000 0x5a' \
+        'nosuchcommand' halt | timeout -k 5 120 "${QEMU[@]}" -serial stdio -monitor none >"$log" 2>&1 || status=$?
+    local verdict
+    verdict=$(tr -d '\r' <"$log" | grep -E '^halting: [0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
+    if [[ $status -eq 0 && $verdict == "halting: 2 passed, 1 failed" ]] &&
+        grep -q "^uart .*; by $2)" "$log" && grep -q "^PASS line 6: A check r+0x1000 0x5a" "$log" &&
+        grep -q "unknown command \`nosuchcommand\`" "$log"; then
+        record 1 0 "console[$1]" "(typed lines answered; the bad one refused)"
+    else
+        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}')"
+        show_log_tail "$log"
+    fi
+}
+
+# In-kernel tests and a few scenario scripts on a Raspberry Pi machine; then
+# the console on its mini UART.
 test_board() { # board [kernel-only]
     local prev=$BOARD
     BOARD=$1
@@ -516,6 +561,13 @@ test_board() { # board [kernel-only]
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
         [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD test_script "tests/scripts/$scn.scn" 4 0
     done
+    test_console_input "$BOARD,pl011" stdout-path
+    UART=mini
+    test_console_input "$BOARD,mini-uart" pagelab.uart
+    # As on a real board with the firmware's devicetree: no bootarg, serial0.
+    FW_DT=1 test_console_input "$BOARD,mini-uart,firmware-aliases" "alias serial0"
+    APPEND_TAG="$BOARD,mini-uart" test_script tests/scripts/processes-basic.scn 4 0
+    UART=pl011
     BOARD=$prev
 }
 
@@ -559,6 +611,7 @@ test_granule() {
         fi
         PROFILE=release; set_paths
     fi
+    [[ $GRANULE == 4K ]] && test_console_input "virt,$GRANULE,pl011" stdout-path
     echo "== granule $GRANULE: scenario scripts"
     local f prev_cpu=$CPU
     CPU=${cpus[0]}
@@ -666,15 +719,25 @@ cmd_sdcard() {
     # The flat image is an arm64 Linux Image (header included), which the
     # firmware loads like a Linux kernel8.img.
     cp "$IMG" "$SDDIR/kernel8.img"
-    local pl011_note
-    pl011_note="# The PL011 (UART0) drives GPIO14/15 only with Bluetooth moved off it."
+    # The firmware's devicetree calls the UART on GPIO 14/15 serial0, and
+    # the kernel takes serial0 when there is no stdout-path: no bootarg is
+    # needed for either choice.
+    local uart_cfg
+    if [[ $UART == mini ]]; then
+        uart_cfg="# The mini UART (UART1) drives GPIO14/15, the firmware's default; the PL011
+# stays on Bluetooth. enable_uart=1 also fixes the core clock its baud rate
+# comes from."
+    else
+        uart_cfg="# The PL011 (UART0) drives GPIO14/15 only with Bluetooth moved off it
+# (./qemu-run.sh --uart mini sdcard DIR keeps Bluetooth and uses the mini UART).
+dtoverlay=disable-bt"
+    fi
     cat > "$SDDIR/config.txt" <<CFG
 # pagelab on a Raspberry Pi ${BOARD#raspi} (written by ./qemu-run.sh sdcard).
 arm_64bit=1
 kernel=kernel8.img
 enable_uart=1
-$pl011_note
-dtoverlay=disable-bt
+$uart_cfg
 # Firmware messages on the UART too (Pi 4 bootloader): uart_2ndstage=1
 CFG
     cat > "$SDDIR/cmdline.txt" <<CMD
