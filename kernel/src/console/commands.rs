@@ -61,7 +61,8 @@ const HELP: &str = "\
 pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
 expects its command to be refused; `#` starts a comment). Available now:
   spawn P                          new EL0 process
-  P mmap R SIZE [anon] [private] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]
+  P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
+       [align=SIZE] [thp=never|always|SIZE]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|hugepage|nohugepage
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
@@ -78,7 +79,7 @@ expects its command to be refused; `#` starts a comment). Available now:
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
 RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
-memfd/pfn/shared mappings, madvise pageout.";
+swap (madvise pageout, the swap flags of query).";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
@@ -219,7 +220,7 @@ fn info() -> Outcome {
         let _ = writeln!(o, "reserved {:#014x}-{:#014x} {what}", r.start.0, r.end.0);
     }
     if let Some(u) = &b.board.uart {
-        let _ = writeln!(o, "uart     {} at {:#x} ({})", u.path, u.regs[0].start.0, u.compatible);
+        let _ = writeln!(o, "uart     {} at {:#x} ({}; by {})", u.path, u.regs[0].start.0, u.compatible, b.board.uart_chosen_by);
     }
     if let Some(g) = &b.board.gic {
         let regs: Vec<String> = g.dev.regs.iter().map(|r| alloc::format!("{:#x}", r.start.0)).collect();
