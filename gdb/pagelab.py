@@ -16,6 +16,14 @@
 # structure is used, so they also work when the kernel is wedged, in the
 # middle of a table update, or when its own page-table code is what is broken.
 #
+# Other debug servers (pl-phys, pl-sysreg):
+#   (gdb) pl-phys [auto|qemu|xp|openocd]  how physical memory is read: QEMU's
+#         packet, QEMU's monitor `xp`, or OpenOCD's `mdd phys` (JTAG on a
+#         real board); auto tries them in that order
+#   (gdb) pl-sysreg [NAME [VALUE|-]]      give a system register the server
+#         does not expose (OpenOCD shows no TTBR/TCR/SCTLR/MAIR), e.g. from
+#         OpenOCD's `aarch64 mrs` or the kernel's boot log; `-` forgets it
+#
 # pl-procs/pl-vmas need kernel data: the fixed-layout mirror
 # PAGELAB_DEBUG_PROCS (kernel/src/proc/debug_table.rs; layout described
 # below), found by symbol and read through the MMU, or through a software walk
@@ -1223,6 +1231,48 @@ def tcr_for(page_shift, tsz, upper=True, ips=5):
     return tcr
 
 
+# Physical reads through a debug server's monitor command: QEMU's HMP `xp`
+# and OpenOCD's `mdd phys` both print `ADDRESS: WORD WORD ...` lines (QEMU's
+# words with 0x, OpenOCD's without).
+PHYS_BACKENDS = ("auto", "qemu", "xp", "openocd")
+
+
+def phys_monitor_command(backend, pa, n):
+    if backend == "xp":
+        return "monitor xp /%dgx %#x" % (n, pa)
+    if backend == "openocd":
+        return "monitor mdd phys %#x %d" % (pa, n)
+    raise ValueError("no monitor command for backend %r" % backend)
+
+
+def parse_memory_dump(out, pa, n):
+    """The n 64-bit words at pa from an `ADDRESS: WORD...` dump, or None if
+    the dump does not hold them all (an error message, another address)."""
+    vals = {}
+    for line in out.splitlines():
+        head, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        try:
+            a = int(head.strip(), 16)
+        except ValueError:
+            continue
+        for w in rest.split():
+            try:
+                vals[a] = int(w, 16) & MASK64
+            except ValueError:
+                break
+            a += 8
+    try:
+        return [vals[pa + 8 * i] for i in range(n)]
+    except KeyError:
+        return None
+
+
+SYSREG_NAMES = ("TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "SCTLR_EL1", "MAIR_EL1", "ESR_EL1", "FAR_EL1",
+                "ID_AA64MMFR0_EL1", "ID_AA64MMFR2_EL1")
+
+
 def selftest(verbose=False):
     failures = []
     count = [0]
@@ -1533,6 +1583,21 @@ def selftest(verbose=False):
     except DebugTableError as ex:
         check("debug table: unreadable refused", "cannot read" in str(ex), str(ex))
 
+    # Monitor dumps: QEMU's `xp /3gx` and OpenOCD's `mdd phys` (its
+    # target_handle_md_output: "0x%8.8x: " then "%16.16x " words).
+    qemu_xp = ("0000000040001000: 0x0000000040002003 0x0000000000000000\n"
+               "0000000040001010: 0x00e8000041200401\n")
+    check("xp dump", parse_memory_dump(qemu_xp, 0x40001000, 3) == [0x40002003, 0, 0x00e8000041200401])
+    check("xp dump, offset start", parse_memory_dump(qemu_xp, 0x40001008, 2) == [0, 0x00e8000041200401])
+    check("xp dump too short", parse_memory_dump(qemu_xp, 0x40001000, 4) is None)
+    ocd = "0x40001000: 0000000040002003 0000000000000000 00e8000041200401 \n"
+    check("openocd mdd dump", parse_memory_dump(ocd, 0x40001000, 3) == [0x40002003, 0, 0x00e8000041200401])
+    check("error text is no dump", parse_memory_dump("Cannot access memory\n", 0x1000, 1) is None and
+          parse_memory_dump("unknown command: 'mdd'\n", 0x1000, 1) is None)
+    check("another address is no dump", parse_memory_dump(ocd, 0x50000000, 1) is None)
+    check("monitor commands", phys_monitor_command("xp", 0x1000, 2) == "monitor xp /2gx 0x1000" and
+          phys_monitor_command("openocd", 0x1000, 2) == "monitor mdd phys 0x1000 2")
+
     for f in failures:
         print("FAIL " + f)
     print("pagelab.py selftest: %d checks, %d failed" % (count[0], len(failures)))
@@ -1548,8 +1613,14 @@ if gdb is not None:
     def _execute(cmd):
         return gdb.execute(cmd, to_string=True)
 
+    # pl-sysreg values: they win over what the server says.
+    SYSREG_OVERRIDES = {}
+
     def read_reg(*names):
         """First readable register among `names` (int), or None."""
+        for n in names:
+            if n.upper() in SYSREG_OVERRIDES:
+                return SYSREG_OVERRIDES[n.upper()]
         for n in names:
             try:
                 v = gdb.selected_frame().read_register(n)
@@ -1568,8 +1639,9 @@ if gdb is not None:
     def need_reg(*names):
         v = read_reg(*names)
         if v is None:
-            raise gdb.GdbError("cannot read %s from the target (is this QEMU's gdbstub, and is the "
-                               "target connected and stopped?)" % " / ".join(names))
+            raise gdb.GdbError("cannot read %s from the target (is the target connected and stopped? "
+                               "A server that does not expose it, like OpenOCD: give it with "
+                               "pl-sysreg %s VALUE)" % (" / ".join(names), next((n for n in names if "_EL" in n), names[0])))
         return v
 
     def current_el():
@@ -1594,32 +1666,57 @@ if gdb is not None:
                 regs[names[0]] = v
         return regs
 
+    # pl-phys: which route physical reads take ("auto" picks the first that
+    # works and remembers it until the next connection or pl-phys).
+    PHYS = {"mode": "auto", "found": None}
+
     class PhysMem(object):
-        """Context manager: QEMU physical-memory mode, always switched back.
-        Reads are cached for the duration of one command."""
+        """Context manager for physical reads. With QEMU's packet: physical
+        memory mode, always switched back. With a monitor route (QEMU's `xp`,
+        OpenOCD's `mdd phys`) nothing is switched. Reads are cached for the
+        duration of one command."""
         depth = 0
+        packet = False
+        route = None    # "qemu", "xp", "openocd", or None (auto, still looking)
 
         def __init__(self):
             self.cache = {}
             self.use_x = False
 
+        @staticmethod
+        def _try_packet():
+            try:
+                out = _execute("maint packet Qqemu.PhyMemMode:1")
+            except gdb.error as ex:
+                return "cannot switch QEMU to physical memory mode: %s" % ex
+            if '"OK"' not in out:
+                try:
+                    _execute("maint packet Qqemu.PhyMemMode:0")
+                except gdb.error:
+                    pass
+                return "the server refused Qqemu.PhyMemMode:1 (reply %s)" % out.strip().splitlines()[-1:]
+            return None
+
         def __enter__(self):
             if PhysMem.depth == 0:
-                try:
-                    out = _execute("maint packet Qqemu.PhyMemMode:1")
-                except gdb.error as ex:
-                    raise gdb.GdbError("cannot switch QEMU to physical memory mode: %s" % ex)
-                if '"OK"' not in out:
-                    _execute("maint packet Qqemu.PhyMemMode:0")
-                    raise gdb.GdbError("QEMU refused Qqemu.PhyMemMode:1 (reply %s); "
-                                       "is the remote QEMU's gdbstub?" % out.strip().splitlines()[-1:])
-                self._flush()
+                mode = PHYS["mode"] if PHYS["mode"] != "auto" else (PHYS["found"] or "auto")
+                PhysMem.packet = False
+                if mode in ("qemu", "auto"):
+                    err = self._try_packet()
+                    if err is None:
+                        PhysMem.packet = True
+                        PHYS["found"] = "qemu"
+                        self._flush()
+                    elif mode == "qemu":
+                        raise gdb.GdbError(err + "; is the remote QEMU's gdbstub? (pl-phys lists the other routes)")
+                PhysMem.route = "qemu" if PhysMem.packet else (mode if mode != "auto" else None)
             PhysMem.depth += 1
             return self
 
         def __exit__(self, *exc):
             PhysMem.depth -= 1
-            if PhysMem.depth == 0:
+            if PhysMem.depth == 0 and PhysMem.packet:
+                PhysMem.packet = False
                 try:
                     _execute("maint packet Qqemu.PhyMemMode:0")
                 finally:
@@ -1635,7 +1732,32 @@ if gdb is not None:
                 except gdb.error:
                     pass
 
+        def _read_monitor(self, route, pa, n):
+            try:
+                out = _execute(phys_monitor_command(route, pa, n))
+            except gdb.error as ex:
+                out = str(ex)
+            vals = parse_memory_dump(out, pa, n)
+            if vals is None:
+                raise gdb.MemoryError("%s: %s" % (phys_monitor_command(route, pa, n),
+                                                  (out.strip().splitlines() or ["no reply"])[-1]))
+            return vals
+
         def _read_raw(self, pa, n):
+            if PhysMem.route is None:
+                # auto without the packet: the first monitor route that reads.
+                errs = []
+                for route in ("xp", "openocd"):
+                    try:
+                        vals = self._read_monitor(route, pa, n)
+                    except gdb.MemoryError as ex:
+                        errs.append(str(ex))
+                        continue
+                    PhysMem.route = PHYS["found"] = route
+                    return vals
+                raise gdb.MemoryError("no physical-memory route works (QEMU packet refused; %s)" % "; ".join(errs))
+            if PhysMem.route != "qemu":
+                return self._read_monitor(PhysMem.route, pa, n)
             if not self.use_x:
                 try:
                     data = bytes(gdb.selected_inferior().read_memory(pa, 8 * n))
@@ -1650,6 +1772,15 @@ if gdb is not None:
                 vals += [int(w, 16) for w in line.split(":", 1)[1].split()]
             return vals[:n]
 
+        def read_bytes(self, pa, n):
+            """n bytes at pa (any alignment)."""
+            if PhysMem.route == "qemu":
+                return bytes(gdb.selected_inferior().read_memory(pa, n))
+            lo = pa & ~7
+            words = self.read(lo, (pa + n - lo + 7) // 8)
+            data = b"".join(w.to_bytes(8, "little") for w in words)
+            return data[pa - lo:pa - lo + n]
+
         def read(self, pa, n):
             key = (pa, n)
             if key not in self.cache:
@@ -1658,6 +1789,59 @@ if gdb is not None:
                 except gdb.MemoryError as ex:
                     raise gdb.GdbError("cannot read physical memory at %#x: %s" % (pa, ex))
             return self.cache[key]
+
+    class PlPhys(gdb.Command):
+        """How the pl-* commands read physical memory.
+Usage: pl-phys [auto|qemu|xp|openocd]
+  qemu     QEMU's gdbstub packet Qqemu.PhyMemMode:1 (fastest; the default's first try)
+  xp       QEMU's monitor command `xp` (a QEMU whose gdbstub lacks the packet)
+  openocd  OpenOCD's `monitor mdd phys` (JTAG on a real board)
+  auto     the first of these that works, remembered (the default)
+Without an argument: the setting and the route auto found."""
+
+        def __init__(self):
+            super(PlPhys, self).__init__("pl-phys", gdb.COMMAND_DATA)
+
+        def invoke(self, arg, from_tty):
+            a = arg.strip().lower()
+            if a:
+                if a not in PHYS_BACKENDS:
+                    raise gdb.GdbError("pl-phys: unknown route %r (%s)" % (a, "|".join(PHYS_BACKENDS)))
+                PHYS["mode"], PHYS["found"] = a, None
+            found = PHYS["found"] or "not yet chosen"
+            print("pl-phys: %s%s" % (PHYS["mode"], " (found: %s)" % found if PHYS["mode"] == "auto" else ""))
+
+    class PlSysreg(gdb.Command):
+        """Give a system register that the debug server does not expose.
+Usage: pl-sysreg                 list the values given
+       pl-sysreg NAME VALUE      use VALUE for NAME (e.g. TTBR1_EL1, TCR_EL1)
+       pl-sysreg NAME -          forget it (read it from the server again)
+       pl-sysreg -               forget them all
+OpenOCD's gdb server has no TTBRn/TCR/SCTLR/MAIR; read them with its
+`aarch64 mrs` command (or take them from the kernel's boot log) and give
+them here. The pl-* commands then use these values instead of the live ones."""
+
+        def __init__(self):
+            super(PlSysreg, self).__init__("pl-sysreg", gdb.COMMAND_DATA)
+
+        def invoke(self, arg, from_tty):
+            words = arg.split(None, 1)
+            if words == ["-"]:
+                SYSREG_OVERRIDES.clear()
+            elif words:
+                name = words[0].upper()
+                if name not in SYSREG_NAMES:
+                    raise gdb.GdbError("pl-sysreg: unknown register %r (%s)" % (words[0], ", ".join(SYSREG_NAMES)))
+                if len(words) < 2:
+                    raise gdb.GdbError("usage: pl-sysreg NAME VALUE|-")
+                if words[1].strip() == "-":
+                    SYSREG_OVERRIDES.pop(name, None)
+                else:
+                    SYSREG_OVERRIDES[name] = eval_addr(words[1])
+            if not SYSREG_OVERRIDES:
+                print("pl-sysreg: none given; every register is read from the server")
+            for k in sorted(SYSREG_OVERRIDES):
+                print("pl-sysreg: %s = %#x (given)" % (k, SYSREG_OVERRIDES[k]))
 
     def _info_address(name):
         try:
@@ -1722,10 +1906,13 @@ if gdb is not None:
         return parse_gva2gpa(out)
 
     def _el_warning():
+        notes = []
         el = current_el()
         if el is not None and el != 1:
-            return "note: the CPU is at EL%d; these commands walk the EL1&0 regime (TTBRn_EL1/TCR_EL1)" % el
-        return None
+            notes.append("note: the CPU is at EL%d; these commands walk the EL1&0 regime (TTBRn_EL1/TCR_EL1)" % el)
+        if SYSREG_OVERRIDES:
+            notes.append("note: given with pl-sysreg, not read live: %s" % ", ".join(sorted(SYSREG_OVERRIDES)))
+        return "\n".join(notes) or None
 
     class PlWalk(gdb.Command):
         """Walk the live stage-1 EL1&0 tables for a virtual address.
@@ -1814,7 +2001,6 @@ Also prints the live FAR_EL1 and ELR_EL1."""
         QEMU's debug access allows)."""
         regs = live_regs()
         out = b""
-        inf = gdb.selected_inferior()
         with PhysMem() as pm:
             while len(out) < n:
                 a = (va + len(out)) & MASK64
@@ -1822,7 +2008,7 @@ Also prints the live FAR_EL1 and ELR_EL1."""
                 pa = walk(a, regs, pm.read).translated()
                 if pa is None:
                     raise gdb.GdbError("%#x does not translate in the live tables" % a)
-                out += bytes(inf.read_memory(pa, chunk))
+                out += pm.read_bytes(pa, chunk)
         return out
 
     def read_kernel(va, n):
@@ -1986,6 +2172,8 @@ Prints `OK va -> pa|unmapped` or `MISMATCH ...` per address and a final
     PlProcs()
     PlVmas()
     PlAgree()
+    PlPhys()
+    PlSysreg()
     PlPa()
 
 

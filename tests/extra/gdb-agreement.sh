@@ -8,7 +8,10 @@
 #     stack guard and a level-0 hole unmapped; also pl-walk/pl-esr/pl-procs
 #     output and that QEMU is back in virtual-memory mode afterwards. Then it
 #     asks the kernel itself (`ptdump kernel` on the console) and requires the
-#     same ranges as gdb's pl-ptdump;
+#     same ranges as gdb's pl-ptdump. The other physical-read routes: with
+#     `pl-phys xp` (QEMU's monitor, no packet) the walks must be the same;
+#     `pl-phys openocd` must fail clearly against QEMU; a TCR_EL1 given with
+#     pl-sysreg (EPD1=1) must be the one used;
 #  2a. processes (-smp 2, console commands): pl-procs/pl-vmas == the console's
 #     `ps`/`P maps` and the mmap layout, pagelab.py's offsets == the DWARF of
 #     the kernel's mirror structs; stopped inside B's task at EL0 and in its
@@ -269,6 +272,11 @@ try:
     else:
         bad("pl-procs/pl-vmas output:\n" + p + v)
 
+    # What the console's `info` must print for pl-sysreg (checked after detach).
+    with open(os.environ["PL_SYSREGS_OUT"], "w") as f:
+        f.write("sysregs: TTBR1_EL1 %#x TCR_EL1 %#x MAIR_EL1 %#x SCTLR_EL1 %#x\n" % tuple(
+            pl.read_reg(*n) for n in (("TTBR1_EL1", "TTBR1"), ("TCR_EL1", "TCR"), ("MAIR_EL1", "MAIR"), ("SCTLR", "SCTLR_EL1"))))
+
     d = run("pl-ptdump ttbr1")
     with open(os.environ["PL_PTDUMP_OUT"], "w") as f:
         f.write(d)
@@ -281,6 +289,47 @@ try:
         ok("pl-ptdump ttbr0: empty, as expected with no processes")
     else:
         bad("pl-ptdump ttbr0 output:\n" + d0)
+
+    # The other physical-read routes. QEMU's monitor `xp` (what a gdbstub
+    # without the packet leaves) must give the same translations and walk;
+    # OpenOCD's `mdd phys` is unknown to QEMU, so it must fail, and clearly.
+    w_packet = run("pl-walk 0xffff000041234567")
+    run("pl-phys xp")
+    sent = []
+    real_execute = pl._execute
+    pl._execute = lambda cmd: (sent.append(cmd), real_execute(cmd))[1]
+    try:
+        out_xp = run("pl-agree " + args)
+        w_xp = run("pl-walk 0xffff000041234567")
+    finally:
+        pl._execute = real_execute
+    routes_ok = any(c.startswith("monitor xp ") for c in sent) and not any("PhyMemMode:1" in c for c in sent)
+    if "pl-agree: PASS" in out_xp and w_xp == w_packet and "=> PA 0x41234567" in w_xp and routes_ok:
+        ok("pl-phys xp: pl-agree passes and pl-walk prints the same walk as with the packet (%d monitor xp reads, no packet)"
+           % sum(c.startswith("monitor xp ") for c in sent))
+    else:
+        bad("pl-phys xp (commands sent: %s):\n%s%s" % (sent[:6], out_xp, w_xp))
+    run("pl-phys openocd")
+    try:
+        gdb.execute("pl-walk 0xffff000041234567", to_string=True)
+        bad("pl-phys openocd: pl-walk worked against QEMU, which has no mdd command")
+    except gdb.error as ex:
+        if "mdd phys" in str(ex) and "cannot read physical memory" in str(ex):
+            ok("pl-phys openocd: refused by QEMU with a clear error (%s)" % str(ex).splitlines()[0])
+        else:
+            bad("pl-phys openocd error: %s" % ex)
+    run("pl-phys auto")
+    # pl-sysreg: a given TCR_EL1 with EPD1=1 must stop the TTBR1 walk (so the
+    # given value, not the live one, is used); forgetting it restores it.
+    tcr = pl.read_reg("TCR_EL1", "TCR")
+    run("pl-sysreg TCR_EL1 %#x" % (tcr | (1 << 23)))
+    w_epd = run("pl-walk 0xffff000041234567")
+    run("pl-sysreg -")
+    w_back = run("pl-walk 0xffff000041234567")
+    if "EPD1=1: walks through TTBR1_EL1 are disabled" in w_epd and "given with pl-sysreg" in w_epd and w_back == w_packet:
+        ok("pl-sysreg: a given TCR_EL1 (EPD1=1) is used, and forgotten with `pl-sysreg -`")
+    else:
+        bad("pl-sysreg:\n" + w_epd + w_back)
 
     # Back in virtual mode: QEMU answers 0 and a kernel VA reads through the MMU.
     mode = run("maint packet qqemu.PhyMemMode")
@@ -329,7 +378,7 @@ source $root/gdb/pagelab.py
 source $tmp/kernel-checks.py
 EOF
     local out status=0
-    out=$(cd "$root" && PL_GRANULE=$granule PL_KERNEL_PA=$kpa PL_PTDUMP_OUT=$tmp/$name.ptdump PL_IMG=$img \
+    out=$(cd "$root" && PL_GRANULE=$granule PL_KERNEL_PA=$kpa PL_PTDUMP_OUT=$tmp/$name.ptdump PL_SYSREGS_OUT=$tmp/$name.sysregs PL_IMG=$img \
         timeout -k 2 "$(tmo 30)" gdb-multiarch -q -nx -batch "$elf" -x "$tmp/$name.gdb" 2>&1) || status=$?
     echo "  [$machine] gdb, kernel loaded at PA $kpa:"
     grep -E '^(OK|MISMATCH|GDB-CHECKS)' <<<"$out" | sed 's/^/    /' || true
@@ -368,6 +417,22 @@ EOF
     else
         fail "ptdump agreement ($machine): the console did not answer 'ptdump kernel' after gdb detached"
         tail -n 10 "$log" | indent
+    fi
+    # The registers the console's `info` prints (for pl-sysreg under OpenOCD)
+    # must be the live ones gdb read.
+    mark=$(wc -l <"$log")
+    printf 'info\r' >&3
+    if wait_for_after "$log" "$mark" "sysregs: " 10; then
+        local got want
+        got=$(tail -n +"$((mark + 1))" "$log" | tr -d '\r' | grep -m1 '^sysregs: ' || true)
+        want=$(cat "$tmp/$name.sysregs" 2>/dev/null || true)
+        if [[ -n $want && $got == "$want" ]]; then
+            pass "sysregs agreement ($machine): console 'info' prints the live TTBR1/TCR/MAIR/SCTLR gdb read"
+        else
+            fail "sysregs agreement ($machine): console '$got', gdb '$want'"
+        fi
+    else
+        fail "sysregs agreement ($machine): the console's 'info' printed no sysregs line"
     fi
     printf 'halt\r' >&3
     local i

@@ -206,6 +206,10 @@ fn info() -> Outcome {
     let mut o = Out(String::new());
     let _ = writeln!(o, "model: {} ({})", b.board.model, b.board.compatible);
     let _ = writeln!(o, "entered at EL{}, running at EL1; granule {}", b.boot_el, GRANULE.name());
+    // The same on every CPU (TTBR0 aside): what gdb's pl-sysreg needs under
+    // a debug server that shows no system registers (OpenOCD).
+    let r = crate::arch::aarch64::mmu::live_regs();
+    let _ = writeln!(o, "sysregs: TTBR1_EL1 {:#x} TCR_EL1 {:#x} MAIR_EL1 {:#x} SCTLR_EL1 {:#x}", r.ttbr1, r.tcr, r.mair, r.sctlr);
     let _ = writeln!(
         o,
         "VA bits: kernel (TTBR1) {}, user (TTBR0) {}; user tables start at level {}",
