@@ -530,21 +530,27 @@ test_extra() { # script
 # The interactive console, typed at: lines go in through the UART's
 # receiver (scripts come from the initrd, so this is the only test of it),
 # replies and verdicts come back. LABEL names the run; the `info` reply must
-# say the UART was chosen by WHY.
-test_console_input() { # label why
+# say the UART was chosen by WHY, and the last one that its receiver is RX:
+# "interrupt" (and at least one was taken) or "polled".
+test_console_input() { # label why rx
     local log="$LOGDIR/console-$1.log" status=0
     qemu_cmd console
     [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
     printf '%s\n' info 'spawn A' 'A mmap r 64K' 'A write r 0x5a' 'A check r 0x5a' 'A check r+0x1000 0x5a' \
-        'nosuchcommand' halt | timeout -k 5 120 "${QEMU[@]}" -serial stdio -monitor none >"$log" 2>&1 || status=$?
-    local verdict
+        'nosuchcommand' info halt | timeout -k 5 120 "${QEMU[@]}" -serial stdio -monitor none >"$log" 2>&1 || status=$?
+    local verdict rx rx_ok=0
     verdict=$(tr -d '\r' <"$log" | grep -E '^halting: [0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
-    if [[ $status -eq 0 && $verdict == "halting: 2 passed, 1 failed" ]] &&
+    rx=$(tr -d '\r' <"$log" | grep '^uart rx ' | tail -n1 || true)
+    case $3 in
+        interrupt) [[ $rx =~ ^uart\ rx\ +interrupt.*:\ ([0-9]+)\ taken && ${BASH_REMATCH[1]} -gt 0 ]] && rx_ok=1 ;;
+        polled) [[ $rx =~ ^uart\ rx\ +polled ]] && rx_ok=1 ;;
+    esac
+    if [[ $status -eq 0 && $verdict == "halting: 2 passed, 1 failed" && $rx_ok == 1 ]] &&
         grep -q "^uart .*; by $2)" "$log" && grep -q "^PASS line 6: A check r+0x1000 0x5a" "$log" &&
         grep -q "unknown command \`nosuchcommand\`" "$log"; then
-        record 1 0 "console[$1]" "(typed lines answered; the bad one refused)"
+        record 1 0 "console[$1]" "(typed lines answered, the bad one refused; ${rx#uart rx  })"
     else
-        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}')"
+        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}', '${rx:-no uart rx line}')"
         show_log_tail "$log"
     fi
 }
@@ -561,11 +567,11 @@ test_board() { # board [kernel-only]
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
         [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD test_script "tests/scripts/$scn.scn" 4 0
     done
-    test_console_input "$BOARD,pl011" stdout-path
+    test_console_input "$BOARD,pl011" stdout-path interrupt
     UART=mini
-    test_console_input "$BOARD,mini-uart" pagelab.uart
+    test_console_input "$BOARD,mini-uart" pagelab.uart polled
     # As on a real board with the firmware's devicetree: no bootarg, serial0.
-    FW_DT=1 test_console_input "$BOARD,mini-uart,firmware-aliases" "alias serial0"
+    FW_DT=1 test_console_input "$BOARD,mini-uart,firmware-aliases" "alias serial0" polled
     APPEND_TAG="$BOARD,mini-uart" test_script tests/scripts/processes-basic.scn 4 0
     UART=pl011
     BOARD=$prev
@@ -611,7 +617,10 @@ test_granule() {
         fi
         PROFILE=release; set_paths
     fi
-    [[ $GRANULE == 4K ]] && test_console_input "virt,$GRANULE,pl011" stdout-path
+    if [[ $GRANULE == 4K ]]; then
+        test_console_input "virt,$GRANULE,pl011" stdout-path interrupt
+        GIC=2 test_console_input "virt,$GRANULE,pl011,gicv2" stdout-path interrupt
+    fi
     echo "== granule $GRANULE: scenario scripts"
     local f prev_cpu=$CPU
     CPU=${cpus[0]}

@@ -11,15 +11,16 @@
 //!   and code that waits for interrupts on purpose (tests, [`wait_until`]).
 //!
 //! The handler ([`handle`]) takes no lock except, on a GICv2, the GIC
-//! driver's, which every other user holds with IRQs masked. It counts, re-arms
-//! the tick, ends the interrupt and then calls the hooks.
+//! driver's, and for the console UART's receive interrupt the console's;
+//! every other user holds those with IRQs masked. It counts, re-arms the
+//! tick, drains the UART, ends the interrupt and then calls the hooks.
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::{cpu, percpu};
 use crate::board::dt::{BoardInfo, TimerIrq};
-use crate::drivers::{bcm2836_local, gic, timer};
+use crate::drivers::{bcm2835_armctrl, bcm2836_local, gic, timer, uart};
 
 /// SGI numbers in use.
 pub mod sgi {
@@ -63,6 +64,13 @@ static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CP
 static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
 static SGI_HANDLERS: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
 
+/// The console UART's receive interrupt: its GIC INTID, or on the BCM2835
+/// armctrl `ARMCTRL_BASE + Source::number()`; 0 when the UART is polled.
+static UART_INTID: AtomicU32 = AtomicU32::new(0);
+/// Numbers above every GIC INTID the handler sees (0..1019) stand for armctrl
+/// sources.
+const ARMCTRL_BASE: u32 = 2048;
+
 /// Most interrupts handled per exception entry (then the handler returns and
 /// anything still pending is taken again straight away).
 const MAX_PER_ENTRY: usize = 16;
@@ -86,6 +94,48 @@ pub fn init(board: &BoardInfo) -> Result<(), &'static str> {
         return init_this_cpu();
     }
     Err("the devicetree names no interrupt controller (GIC or BCM2836 ARM-local): running without interrupts")
+}
+
+/// The console UART's receive interrupt, delivered to the boot CPU (whose
+/// idle loop is the console's). Boot CPU, after [`init`] and the UART. On a
+/// GIC the UART node's first interrupt is an SPI; without one (Pi 3), the
+/// devicetree's BCM2835 armctrl takes `<bank bit>` specifiers, and the
+/// ARM-local controller routes its output here. Errors leave it polled.
+pub fn init_console_irq(board: &BoardInfo) -> Result<(), &'static str> {
+    let dev = board.uart.as_ref().ok_or("no console UART")?;
+    let me = percpu::this_cpu().id;
+    if board.gic.is_some() {
+        let intid = dev.gic_intid(0).filter(|&i| i >= 32).ok_or("the UART's node has no SPI")?;
+        uart::enable_rx_interrupt()?;
+        gic::enable_spi(intid, dev.gic_level(0), me)?;
+        UART_INTID.store(intid, Ordering::Release);
+        *CONSOLE_IRQ.lock() = alloc::format!("GIC INTID {intid}");
+        uart::set_rx_by_irq();
+        return Ok(());
+    }
+    if LOCAL_INTC.load(Ordering::Acquire) {
+        let ctl = board.armctrl.as_ref().and_then(|d| d.regs.first().copied()).ok_or("no BCM2835 interrupt controller in the devicetree")?;
+        let src = match dev.interrupts[..] {
+            [bank, bit, ..] => bcm2835_armctrl::Source::from_cells(bank, bit).ok_or("bad armctrl specifier")?,
+            _ => return Err("the UART's node has no interrupt"),
+        };
+        uart::enable_rx_interrupt()?;
+        bcm2835_armctrl::init(ctl)?;
+        UART_INTID.store(ARMCTRL_BASE + src.number(), Ordering::Release);
+        bcm2835_armctrl::enable(src);
+        bcm2836_local::route_gpu_to(me);
+        uart::set_rx_by_irq();
+        *CONSOLE_IRQ.lock() = alloc::format!("BCM2835 armctrl <{} {}> via the ARM-local controller", src.bank, src.bit);
+        return Ok(());
+    }
+    Err("no interrupt controller")
+}
+
+static CONSOLE_IRQ: spin::Mutex<alloc::string::String> = spin::Mutex::new(alloc::string::String::new());
+
+/// The console UART's receive interrupt, described, or None if it is polled.
+pub fn console_irq() -> Option<alloc::string::String> {
+    (UART_INTID.load(Ordering::Acquire) != 0).then(|| CONSOLE_IRQ.lock().clone())
 }
 
 /// The interrupt controller's name, for the boot log.
@@ -122,6 +172,9 @@ fn ack() -> Option<Acked> {
         return bcm2836_local::ack().map(|p| match p {
             bcm2836_local::Pending::Sgi(n) => Acked::Local(n),
             bcm2836_local::Pending::Timer => Acked::Local(TIMER_INTID.load(Ordering::Relaxed)),
+            // Level-sensitive and nothing to acknowledge: the handler serves
+            // the device, which drops the line. Only enabled sources show.
+            bcm2836_local::Pending::Gpu => Acked::Local(bcm2835_armctrl::pending().map_or(u32::MAX, |s| ARMCTRL_BASE + s.number())),
         });
     }
     gic::ack().map(Acked::Gic)
@@ -177,6 +230,7 @@ pub fn handle(from_el0: bool) {
         st.from_el1.fetch_add(1, Ordering::Relaxed);
     }
     let timer_id = TIMER_INTID.load(Ordering::Relaxed);
+    let uart_id = UART_INTID.load(Ordering::Relaxed);
     for _ in 0..MAX_PER_ENTRY {
         let Some(a) = ack() else { break };
         match a.intid() {
@@ -201,6 +255,11 @@ pub fn handle(from_el0: bool) {
                     let f: TickHook = unsafe { core::mem::transmute(h) };
                     f(me, from_el0);
                 }
+            }
+            u if u == uart_id && u != 0 => {
+                // Drained before the EOI: the line is level-sensitive.
+                uart::rx_irq();
+                eoi(a);
             }
             _ => {
                 st.unexpected.fetch_add(1, Ordering::Relaxed);

@@ -163,6 +163,10 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
         ),
         Err(e) => log::warn!("interrupts: {e}"),
     }
+    match crate::irq::init_console_irq(&boot().board) {
+        Ok(()) => log::info!("console: receive interrupt: {}", crate::irq::console_irq().unwrap_or_default()),
+        Err(e) => log::info!("console: receive polled ({e})"),
+    }
     start_secondaries();
 
     crate::proc::sched::init(boot().board.bootarg("pagelab.sched") == Some("local"));

@@ -109,6 +109,9 @@ pub struct BoardInfo {
     pub gic: Option<Gic>,
     /// The BCM2836 ARM-local interrupt controller (Raspberry Pi 2/3: no GIC).
     pub local_intc: Option<Device>,
+    /// The BCM2835 ARM interrupt controller ("armctrl": the peripherals'
+    /// interrupts on the Pi 2/3, which feed `local_intc`).
+    pub armctrl: Option<Device>,
     pub timer: Option<Device>,
     pub psci: Option<PsciConduit>,
     pub cpus: Vec<CpuNode>,
@@ -321,6 +324,7 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
         find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"]).map(|dev| Gic { version: GicVersion::V2, dev })
     });
     info.local_intc = find(&["brcm,bcm2836-l1-intc"]);
+    info.armctrl = find(&["brcm,bcm2836-armctrl-ic", "brcm,bcm2835-armctrl-ic"]);
     info.timer = find(&["arm,armv8-timer"]);
 
     info.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {

@@ -225,6 +225,12 @@ fn info() -> Outcome {
     }
     if let Some(u) = &b.board.uart {
         let _ = writeln!(o, "uart     {} at {:#x} ({}; by {})", u.path, u.regs[0].start.0, u.compatible, b.board.uart_chosen_by);
+        let (irqs, dropped) = crate::drivers::uart::rx_stats();
+        match crate::irq::console_irq() {
+            Some(how) => writeln!(o, "uart rx  interrupt ({how}): {irqs} taken, {dropped} bytes dropped"),
+            None => writeln!(o, "uart rx  polled"),
+        }
+        .ok();
     }
     if let Some(g) = &b.board.gic {
         let regs: Vec<String> = g.dev.regs.iter().map(|r| alloc::format!("{:#x}", r.start.0)).collect();
@@ -416,8 +422,9 @@ pub fn interactive() -> ! {
         let mut overflow = false;
         loop {
             let Some(c) = crate::drivers::uart::getc() else {
-                // Sleeps until the next tick (the UART is polled) and takes
-                // pending interrupts; spins where there are none.
+                // Sleeps until an interrupt (the UART's receive interrupt,
+                // or the next tick for a polled UART) and takes it; spins
+                // where there are none.
                 crate::irq::idle();
                 continue;
             };

@@ -8,7 +8,10 @@
 //! - `0x40 + 4c` core timer interrupt control: bit 3 routes nCNTVIRQ (the
 //!   EL1 virtual timer) to IRQ;
 //! - `0x50 + 4c` mailbox interrupt control: bit 0 routes mailbox 0 to IRQ;
-//! - `0x60 + 4c` IRQ source: bit 3 nCNTVIRQ, bits 4..7 mailboxes 0..3;
+//! - `0x0c` GPU interrupt routing: bits 1:0 the core that gets the
+//!   peripherals' interrupt (the BCM2835 armctrl's output);
+//! - `0x60 + 4c` IRQ source: bit 3 nCNTVIRQ, bits 4..7 mailboxes 0..3,
+//!   bit 8 the GPU interrupt;
 //! - `0x80 + 16c` mailbox 0 write-set; `0xc0 + 16c` mailbox 0 read /
 //!   write-1-to-clear.
 //!
@@ -23,6 +26,7 @@ use crate::mm::kmap;
 /// The block's virtual address (0 before `init`).
 static BASE: AtomicU64 = AtomicU64::new(0);
 
+const GPU_ROUTING: u64 = 0x0c;
 const TIMER_CTL: u64 = 0x40;
 const MBOX_CTL: u64 = 0x50;
 const IRQ_SRC: u64 = 0x60;
@@ -30,6 +34,7 @@ const MBOX0_SET: u64 = 0x80;
 const MBOX0_CLR: u64 = 0xc0;
 const CNTV_BIT: u32 = 1 << 3;
 const MBOX0_BIT: u32 = 1 << 4;
+const GPU_BIT: u32 = 1 << 8;
 
 /// What [`ack`] found pending.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +43,8 @@ pub enum Pending {
     Timer,
     /// Mailbox bit `n` (an SGI), already cleared.
     Sgi(u32),
+    /// The peripherals' interrupt (ask `bcm2835_armctrl` which one).
+    Gpu,
 }
 
 fn reg(off: u64) -> *mut u32 {
@@ -89,7 +96,15 @@ pub fn ack() -> Option<Pending> {
             return Some(Pending::Sgi(n));
         }
     }
-    (src & CNTV_BIT != 0).then_some(Pending::Timer)
+    if src & CNTV_BIT != 0 {
+        return Some(Pending::Timer);
+    }
+    (src & GPU_BIT != 0).then_some(Pending::Gpu)
+}
+
+/// Sends the peripherals' interrupt to CPU `cpu`.
+pub fn route_gpu_to(cpu: usize) {
+    write(GPU_ROUTING, (core_of(cpu) & 3) as u32);
 }
 
 /// Raises SGI `sgi` on CPU `target` (stores before it are visible to the

@@ -263,3 +263,46 @@ pub fn send_sgi(target: usize, sgi: u32) -> Result<(), &'static str> {
         _ => Err("no GIC"),
     }
 }
+
+/// Enables SPI `intid` (32..) with the given trigger and routes it to CPU
+/// `target`, whose GIC interface must be up.
+pub fn enable_spi(intid: u32, level: bool, target: usize) -> Result<(), &'static str> {
+    if !(32..1020).contains(&intid) || target >= MAX_CPUS {
+        return Err("not an SPI, or no such CPU");
+    }
+    let i = IntId::spi(intid - 32);
+    let trigger = if level { Trigger::Level } else { Trigger::Edge };
+    match VERSION.load(Ordering::Acquire) {
+        2 => {
+            let mask = V2_TARGET[target].load(Ordering::Acquire);
+            let base = GICD_VA.load(Ordering::Acquire);
+            if mask == 0 || base == 0 {
+                return Err("that CPU's GIC interface is not up");
+            }
+            with_gic(|d| {
+                let Driver::V2(g) = d else { return Err("no GICv2") };
+                g.set_trigger(i, trigger);
+                // arm-gic has no GICD_ITARGETSR accessor (see v2_own_mask):
+                // one byte per interrupt, written through the mapping.
+                let off = core::mem::offset_of!(arm_gic::gicv2::registers::Gicd, itargetsr) as u64;
+                // SAFETY: the distributor is mapped at `base`; byte `intid`
+                // of GICD_ITARGETSR is this SPI's target mask (byte-accessible
+                // by the GICv2 architecture); the driver lock is held.
+                unsafe { core::ptr::write_volatile((base + off + intid as u64) as *mut u8, mask) };
+                g.enable_interrupt(i, true).map_err(|_| "cannot enable the SPI")
+            })
+            .ok_or("no GIC")?
+        }
+        3 => {
+            let mpidr = percpu::cpu(target).mpidr.load(Ordering::Relaxed) & 0xff_00ff_ffff;
+            with_gic(|d| {
+                let Driver::V3(g) = d else { return Err("no GICv3") };
+                g.set_trigger(i, None, trigger).map_err(|_| "cannot set the SPI's trigger")?;
+                g.distributor().set_routing(i, Some(mpidr)).map_err(|_| "cannot route the SPI")?;
+                g.enable_interrupt(i, None, true).map_err(|_| "cannot enable the SPI")
+            })
+            .ok_or("no GIC")?
+        }
+        _ => Err("no GIC"),
+    }
+}

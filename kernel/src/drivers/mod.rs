@@ -3,6 +3,8 @@
 //! generic timer. The mini UART's register logic builds on the host too.
 pub mod bcm2835_aux_uart;
 #[cfg(target_os = "none")]
+pub mod bcm2835_armctrl;
+#[cfg(target_os = "none")]
 pub mod bcm2836_local;
 #[cfg(target_os = "none")]
 pub mod gic;

@@ -6,7 +6,9 @@
 use core::fmt::{self, Write};
 use core::ptr::NonNull;
 
-use arm_pl011_uart::{PL011Registers, Uart, UniqueMmioPointer};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use arm_pl011_uart::{Interrupts, PL011Registers, Uart, UniqueMmioPointer};
 use spin::Mutex;
 
 use super::bcm2835_aux_uart::MiniUart;
@@ -16,8 +18,15 @@ enum Port {
     Mini(MiniUart),
 }
 
+/// What the receive interrupt took from the UART and the console has not
+/// read yet (oldest first).
+const RX_RING: usize = 512;
+
 pub struct Console {
     uart: Option<Port>,
+    ring: [u8; RX_RING],
+    head: usize,
+    len: usize,
 }
 
 impl Console {
@@ -34,7 +43,22 @@ impl Console {
         }
     }
 
+    /// The oldest byte received: first what the interrupt handler buffered,
+    /// then the FIFO itself.
     fn get(&mut self) -> Option<u8> {
+        self.pop().or_else(|| self.get_hw())
+    }
+
+    fn pop(&mut self) -> Option<u8> {
+        (self.len > 0).then(|| {
+            let b = self.ring[self.head];
+            self.head = (self.head + 1) % RX_RING;
+            self.len -= 1;
+            b
+        })
+    }
+
+    fn get_hw(&mut self) -> Option<u8> {
         match self.uart.as_mut()? {
             Port::Pl011(u) => {
                 if u.is_rx_fifo_empty() {
@@ -59,7 +83,62 @@ impl Write for Console {
     }
 }
 
-pub static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None });
+pub static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, ring: [0; RX_RING], head: 0, len: 0 });
+
+static RX_IRQS: AtomicU64 = AtomicU64::new(0);
+static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Turns on the PL011's receive interrupts (RX FIFO level and receive
+/// timeout); the caller has enabled its line at the interrupt controller.
+/// The mini UART stays polled: QEMU and the hardware disagree about which
+/// AUX_MU_IER bit is the receive one (QEMU follows the datasheet, bit 1;
+/// Linux's 8250 driver and the datasheet's errata use bit 0), and the wrong
+/// one enables the always-pending transmit interrupt.
+pub fn enable_rx_interrupt() -> Result<(), &'static str> {
+    let daif = crate::arch::cpu::irq_save();
+    let r = match CONSOLE.lock().uart.as_mut() {
+        Some(Port::Pl011(u)) => {
+            u.set_interrupt_masks(Interrupts::RXI | Interrupts::RTI);
+            Ok(())
+        }
+        Some(Port::Mini(_)) => Err("the mini UART is polled"),
+        None => Err("no console UART"),
+    };
+    crate::arch::cpu::irq_restore(daif);
+    r
+}
+
+/// The console UART's receive interrupt (from the IRQ handler, IRQs
+/// masked): moves everything in the RX FIFO to the buffer, which silences
+/// the level-sensitive line. Every other holder of the console lock has
+/// IRQs masked, so this CPU cannot be holding it here.
+pub fn rx_irq() {
+    RX_IRQS.fetch_add(1, Ordering::Relaxed);
+    let mut c = CONSOLE.lock();
+    if let Some(Port::Pl011(u)) = c.uart.as_mut() {
+        // Clear first, then drain: a byte that arrives after the last read
+        // raises the interrupt again. (Clearing after the drain can wipe the
+        // interrupt of a byte that arrived in between, and it would sit in
+        // the FIFO with no interrupt: QEMU's PL011 raises RX only when its
+        // FIFO goes from empty to non-empty.) The receive timeout is not
+        // cleared by an empty FIFO on every PL011 revision.
+        u.clear_interrupts(Interrupts::RXI | Interrupts::RTI);
+    }
+    while let Some(b) = c.get_hw() {
+        if c.len == RX_RING {
+            RX_DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let tail = (c.head + c.len) % RX_RING;
+        c.ring[tail] = b;
+        c.len += 1;
+    }
+}
+
+/// Receive interrupts taken, and bytes dropped because the buffer was full.
+pub fn rx_stats() -> (u64, u64) {
+    (RX_IRQS.load(Ordering::Relaxed), RX_DROPPED.load(Ordering::Relaxed))
+}
 
 /// Starts using the PL011 whose registers are mapped at `va`.
 ///
@@ -86,9 +165,20 @@ pub unsafe fn init_mini(va: u64, enables_va: Option<u64>, core_clock_hz: u32) {
     CONSOLE.lock().uart = Some(Port::Mini(u));
 }
 
-/// Reads one received byte, if any.
+/// Reads one received byte, if any. With the receive interrupt on, only
+/// what its handler buffered: a receive path that does not work shows as a
+/// console that gets nothing, not as a silent fallback to polling.
 pub fn getc() -> Option<u8> {
-    CONSOLE.lock().get()
+    let mut c = CONSOLE.lock();
+    if RX_BY_IRQ.load(Ordering::Acquire) { c.pop() } else { c.get() }
+}
+
+static RX_BY_IRQ: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// From now on the receive interrupt feeds the console (its line is enabled
+/// at the interrupt controller and routed to the console's CPU).
+pub fn set_rx_by_irq() {
+    RX_BY_IRQ.store(true, Ordering::Release);
 }
 
 pub fn _print(args: fmt::Arguments) {
