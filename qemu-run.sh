@@ -244,17 +244,19 @@ build() {
 # ---------------------------------------------------------------- QEMU
 
 # The Raspberry Pi machines: fixed CPUs and RAM, a devicetree from boards/.
-# FW_DT=1 (tests only) makes it look like the Raspberry Pi firmware's tree
-# in the one way that matters for the console: no stdout-path, and alias
-# serial0 is the mini UART.
+# FW_DT=mini|pl011 (tests only) makes it look like the Raspberry Pi
+# firmware's tree in the one way that matters for the console: no
+# stdout-path, and alias serial0 is the UART on GPIO 14/15 (the mini UART by
+# default, the PL011 with dtoverlay=disable-bt).
 board_dtb() { # prints the compiled DTB's path
-    local dtb="$TDIR/$BOARD${FW_DT:+-fw}.dtb" src="boards/$BOARD.dts"
+    local dtb="$TDIR/$BOARD${FW_DT:+-fw-$FW_DT}.dtb" src="boards/$BOARD.dts"
     command -v dtc >/dev/null || die "dtc is missing (apt-get install device-tree-compiler)"
     mkdir -p "$TDIR"
     if [[ -n ${FW_DT:-} ]]; then
-        sed -e '/stdout-path/d' -e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/' \
-            "$src" >"$TDIR/$BOARD-fw.dts"
-        src=$TDIR/$BOARD-fw.dts
+        local swap=()
+        [[ $FW_DT == mini ]] && swap=(-e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/')
+        sed -e '/stdout-path/d' "${swap[@]}" "$src" >"$TDIR/$BOARD-fw-$FW_DT.dts"
+        src=$TDIR/$BOARD-fw-$FW_DT.dts
     fi
     dtc -q -I dts -O dtb -o "$dtb" "$src" || die "dtc failed on $src"
     echo "$dtb"
@@ -555,8 +557,39 @@ test_console_input() { # label why rx
     fi
 }
 
+# `sdcard DIR` for UART (pl011|mini): the files must be there and say what
+# they should, and the kernel8.img must boot on the board's QEMU machine as
+# the firmware would start it: with cmdline.txt's bootargs and a devicetree
+# shaped like the firmware's (serial0 on GPIO 14/15, no stdout-path).
+test_sdcard() { # uart
+    local dir="$LOGDIR/sdcard-$BOARD-$1" why=
+    rm -rf "$dir"
+    if ! (SDDIR=$dir UART=$1 cmd_sdcard) >"$LOGDIR/sdcard-$BOARD-$1.log" 2>&1; then
+        why="sdcard failed"
+    elif ! cmp -s "$dir/kernel8.img" "$IMG"; then
+        why="kernel8.img is not the flat image"
+    elif ! { grep -qx 'arm_64bit=1' "$dir/config.txt" && grep -qx 'enable_uart=1' "$dir/config.txt" &&
+             grep -qx 'kernel=kernel8.img' "$dir/config.txt"; }; then
+        why="config.txt lacks arm_64bit=1, enable_uart=1 or kernel=kernel8.img"
+    elif grep -qx 'dtoverlay=disable-bt' "$dir/config.txt" && [[ $1 == mini ]]; then
+        why="config.txt moves Bluetooth off the PL011 although the mini UART is wanted"
+    elif ! grep -qx 'dtoverlay=disable-bt' "$dir/config.txt" && [[ $1 == pl011 ]]; then
+        why="config.txt leaves the PL011 on Bluetooth"
+    elif ! grep -q 'pagelab.mode=console' "$dir/cmdline.txt"; then
+        why="cmdline.txt has no pagelab.mode=console"
+    fi
+    if [[ -n $why ]]; then
+        record 0 1 "sdcard[$BOARD,$1]" "($why)"
+        return 0
+    fi
+    record 1 0 "sdcard[$BOARD,$1]" "(kernel8.img, config.txt, cmdline.txt)"
+    local rx=interrupt; [[ $1 == mini ]] && rx=polled
+    IMG=$dir/kernel8.img APPEND=$(cat "$dir/cmdline.txt") UART=$1 FW_DT=$1 \
+        test_console_input "$BOARD,sdcard-$1" "alias serial0" $rx
+}
+
 # In-kernel tests and a few scenario scripts on a Raspberry Pi machine; then
-# the console on its mini UART.
+# the console on its mini UART, and the sdcard files.
 test_board() { # board [kernel-only]
     local prev=$BOARD
     BOARD=$1
@@ -570,10 +603,12 @@ test_board() { # board [kernel-only]
     test_console_input "$BOARD,pl011" stdout-path interrupt
     UART=mini
     test_console_input "$BOARD,mini-uart" pagelab.uart polled
-    # As on a real board with the firmware's devicetree: no bootarg, serial0.
-    FW_DT=1 test_console_input "$BOARD,mini-uart,firmware-aliases" "alias serial0" polled
     APPEND_TAG="$BOARD,mini-uart" test_script tests/scripts/processes-basic.scn 4 0
     UART=pl011
+    # As on a real board: the sdcard files, the firmware-shaped devicetree,
+    # no pagelab.uart.
+    test_sdcard pl011
+    test_sdcard mini
     BOARD=$prev
 }
 
