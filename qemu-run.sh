@@ -253,10 +253,13 @@ board_dtb() { # prints the compiled DTB's path
     command -v dtc >/dev/null || die "dtc is missing (apt-get install device-tree-compiler)"
     mkdir -p "$TDIR"
     if [[ -n ${FW_DT:-} ]]; then
+        [[ $FW_DT == mini || $FW_DT == pl011 ]] || die "FW_DT must be mini or pl011"
         local swap=()
         [[ $FW_DT == mini ]] && swap=(-e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/')
         sed -e '/stdout-path/d' "${swap[@]}" "$src" >"$TDIR/$BOARD-fw-$FW_DT.dts"
         src=$TDIR/$BOARD-fw-$FW_DT.dts
+        local want=uart0; [[ $FW_DT == mini ]] && want=uart1
+        grep -q "serial0 = &$want;" "$src" || die "boards/$BOARD.dts: cannot make serial0 the $FW_DT UART (its aliases changed?)"
     fi
     dtc -q -I dts -O dtb -o "$dtb" "$src" || die "dtc failed on $src"
     echo "$dtb"
@@ -271,6 +274,7 @@ qemu_cmd() {
         dtb=$(board_dtb)
         # QEMU boots an arm64 Image on raspi at EL2; every core is there (-smp 4).
         local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=2 $*"
+        [[ -n ${MODE_FROM_APPEND:-} ]] && args="pagelab.exit=semihosting pagelab.expect-el=2 $*"
         [[ $UART == mini && -z ${FW_DT:-} ]] && args+=" pagelab.uart=serial1"
         [[ -n $APPEND ]] && args+=" $APPEND"
         QEMU=(qemu-system-aarch64 -M "$BOARD" -cpu "$cpu" -smp 4 -m "$mem" -dtb "$dtb"
@@ -535,24 +539,51 @@ test_extra() { # script
 # say the UART was chosen by WHY, and the last one that its receiver is RX:
 # "interrupt" (and at least one was taken) or "polled".
 test_console_input() { # label why rx
-    local log="$LOGDIR/console-$1.log" status=0
+    local log="$LOGDIR/console-$1.log" status=0 fifo="$LOGDIR/console-$1.in" fd qpid
+    # The 7th "line" is a paste: 30 checks, a bad command and `info` at once
+    # (a paste fills the FIFO while the handler drains it).
+    local paste i
+    paste=$(for ((i = 0; i < 30; i++)); do echo 'A check r+0x2000 0x5a'; done; echo nosuchcommand; printf info)
+    local lines=(info 'spawn A' 'A mmap r 64K' 'A write r 0x5a' 'A check r 0x5a' 'A check r+0x1000 0x5a'
+                 "$paste" halt)
     qemu_cmd console
     [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
-    printf '%s\n' info 'spawn A' 'A mmap r 64K' 'A write r 0x5a' 'A check r 0x5a' 'A check r+0x1000 0x5a' \
-        'nosuchcommand' info halt | timeout -k 5 120 "${QEMU[@]}" -serial stdio -monitor none >"$log" 2>&1 || status=$?
-    local verdict rx rx_ok=0
+    rm -f "$fifo"; mkfifo "$fifo"
+    exec {fd}<>"$fifo"
+    : >"$log"
+    timeout -k 5 120 "${QEMU[@]}" -serial stdio -monitor none <&"$fd" >"$log" 2>&1 &
+    qpid=$!
+    # One line per prompt, as a person types: the receive FIFO is empty
+    # before each, so each needs a receive interrupt of its own.
+    local n=0 line t c
+    for line in "${lines[@]}"; do
+        n=$((n + 1))
+        for ((t = 0; t < 300; t++)); do
+            c=$(grep -c 'pagelab> ' "$log" || true)
+            ((c >= n)) && break
+            kill -0 "$qpid" 2>/dev/null || break
+            sleep 0.1
+        done
+        printf '%s\n' "$line" >&"$fd"
+    done
+    wait "$qpid" || status=$?
+    exec {fd}>&-
+    rm -f "$fifo"
+    local verdict rx rx_ok=0 typed=$((${#lines[@]} - 1))
+    # Every line but halt arrived before the last `info` printed.
     verdict=$(tr -d '\r' <"$log" | grep -E '^halting: [0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
     rx=$(tr -d '\r' <"$log" | grep '^uart rx ' | tail -n1 || true)
     case $3 in
-        interrupt) [[ $rx =~ ^uart\ rx\ +interrupt.*:\ ([0-9]+)\ taken && ${BASH_REMATCH[1]} -gt 0 ]] && rx_ok=1 ;;
+        interrupt) [[ $rx =~ ^uart\ rx\ +interrupt.*:\ ([0-9]+)\ taken && ${BASH_REMATCH[1]} -ge $typed ]] && rx_ok=1 ;;
         polled) [[ $rx =~ ^uart\ rx\ +polled ]] && rx_ok=1 ;;
     esac
-    if [[ $status -eq 0 && $verdict == "halting: 2 passed, 1 failed" && $rx_ok == 1 ]] &&
+    if [[ $status -eq 0 && $verdict == "halting: 32 passed, 1 failed" && $rx_ok == 1 ]] &&
         grep -q "^uart .*; by $2)" "$log" && grep -q "^PASS line 6: A check r+0x1000 0x5a" "$log" &&
         grep -q "unknown command \`nosuchcommand\`" "$log"; then
         record 1 0 "console[$1]" "(typed lines answered, the bad one refused; ${rx#uart rx  })"
     else
-        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}', '${rx:-no uart rx line}')"
+        local want="receive polled"; [[ $3 == interrupt ]] && want="at least $typed receive interrupts"
+        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}', '${rx:-no uart rx line}'; wanted $want)"
         show_log_tail "$log"
     fi
 }
@@ -564,8 +595,9 @@ test_console_input() { # label why rx
 test_sdcard() { # uart
     local dir="$LOGDIR/sdcard-$BOARD-$1" why=
     rm -rf "$dir"
-    if ! (SDDIR=$dir UART=$1 cmd_sdcard) >"$LOGDIR/sdcard-$BOARD-$1.log" 2>&1; then
-        why="sdcard failed"
+    # The command itself, as a user runs it (its own `set -e`).
+    if ! "$ROOT/qemu-run.sh" --board "$BOARD" --uart "$1" sdcard "$dir" >"$LOGDIR/sdcard-$BOARD-$1.log" 2>&1; then
+        why="./qemu-run.sh --board $BOARD --uart $1 sdcard failed"
     elif ! cmp -s "$dir/kernel8.img" "$IMG"; then
         why="kernel8.img is not the flat image"
     elif ! { grep -qx 'arm_64bit=1' "$dir/config.txt" && grep -qx 'enable_uart=1' "$dir/config.txt" &&
@@ -584,7 +616,8 @@ test_sdcard() { # uart
     fi
     record 1 0 "sdcard[$BOARD,$1]" "(kernel8.img, config.txt, cmdline.txt)"
     local rx=interrupt; [[ $1 == mini ]] && rx=polled
-    IMG=$dir/kernel8.img APPEND=$(cat "$dir/cmdline.txt") UART=$1 FW_DT=$1 \
+    # pagelab.mode comes from cmdline.txt alone.
+    IMG=$dir/kernel8.img APPEND=$(cat "$dir/cmdline.txt") UART=$1 FW_DT=$1 MODE_FROM_APPEND=1 \
         test_console_input "$BOARD,sdcard-$1" "alias serial0" $rx
 }
 

@@ -1667,8 +1667,16 @@ if gdb is not None:
         return regs
 
     # pl-phys: which route physical reads take ("auto" picks the first that
-    # works and remembers it until the next connection or pl-phys).
+    # works and remembers it until the connection ends, pl-phys is given, or
+    # the remembered route stops working).
     PHYS = {"mode": "auto", "found": None}
+
+    def _forget_route(*_):
+        PHYS["found"] = None
+
+    for _ev in ("connection_removed", "exited"):
+        if hasattr(gdb.events, _ev):
+            getattr(gdb.events, _ev).connect(_forget_route)
 
     class PhysMem(object):
         """Context manager for physical reads. With QEMU's packet: physical
@@ -1707,8 +1715,13 @@ if gdb is not None:
                         PhysMem.packet = True
                         PHYS["found"] = "qemu"
                         self._flush()
-                    elif mode == "qemu":
+                    elif PHYS["mode"] == "qemu":
                         raise gdb.GdbError(err + "; is the remote QEMU's gdbstub? (pl-phys lists the other routes)")
+                    else:
+                        # auto: the remembered packet no longer works (another
+                        # server now): look again.
+                        PHYS["found"] = None
+                        mode = "auto"
                 PhysMem.route = "qemu" if PhysMem.packet else (mode if mode != "auto" else None)
             PhysMem.depth += 1
             return self
@@ -1757,7 +1770,14 @@ if gdb is not None:
                     return vals
                 raise gdb.MemoryError("no physical-memory route works (QEMU packet refused; %s)" % "; ".join(errs))
             if PhysMem.route != "qemu":
-                return self._read_monitor(PhysMem.route, pa, n)
+                try:
+                    return self._read_monitor(PhysMem.route, pa, n)
+                except gdb.MemoryError:
+                    if PHYS["mode"] != "auto":
+                        raise
+                    # The remembered monitor route failed: look again once.
+                    PhysMem.route = PHYS["found"] = None
+                    return self._read_raw(pa, n)
             if not self.use_x:
                 try:
                     data = bytes(gdb.selected_inferior().read_memory(pa, 8 * n))

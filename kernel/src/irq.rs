@@ -104,6 +104,9 @@ pub fn init(board: &BoardInfo) -> Result<(), &'static str> {
 pub fn init_console_irq(board: &BoardInfo) -> Result<(), &'static str> {
     let dev = board.uart.as_ref().ok_or("no console UART")?;
     let me = percpu::this_cpu().id;
+    if !ready(me) {
+        return Err("this CPU takes no interrupts");
+    }
     if board.gic.is_some() {
         let intid = dev.gic_intid(0).filter(|&i| i >= 32).ok_or("the UART's node has no SPI")?;
         uart::enable_rx_interrupt()?;

@@ -319,6 +319,15 @@ try:
         else:
             bad("pl-phys openocd error: %s" % ex)
     run("pl-phys auto")
+    # auto remembering a route from another server (OpenOCD, say) must look
+    # again when that route fails here, not stay stuck on it.
+    pl.PHYS["found"] = "openocd"
+    w_re = run("pl-walk 0xffff000041234567")
+    if w_re == w_packet and pl.PHYS["found"] in ("qemu", "xp"):
+        ok("pl-phys auto: a stale remembered route (openocd) is dropped; found %s" % pl.PHYS["found"])
+    else:
+        bad("pl-phys auto with a stale route: found %s\n%s" % (pl.PHYS["found"], w_re))
+    run("pl-phys auto")
     # pl-sysreg: a given TCR_EL1 with EPD1=1 must stop the TTBR1 walk (so the
     # given value, not the live one, is used); forgetting it restores it.
     tcr = pl.read_reg("TCR_EL1", "TCR")

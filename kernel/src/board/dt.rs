@@ -69,8 +69,8 @@ impl Device {
     pub fn gic_intid(&self, index: usize) -> Option<u32> {
         let c = self.interrupts.get(index * 3..index * 3 + 3)?;
         match c[0] {
-            0 => Some(c[1] + 32),
-            1 => Some(c[1] + 16),
+            0 => c[1].checked_add(32),
+            1 => c[1].checked_add(16),
             _ => None,
         }
     }

@@ -147,57 +147,81 @@ mod tests {
     }
 
     // A register block in RAM: only what `new` writes can be checked here;
-    // the UART itself is exercised under QEMU's raspi machines.
+    // the UART itself is exercised under QEMU's raspi machines. Every access,
+    // the driver's and the test's, goes through one raw pointer.
     #[repr(C, align(4))]
     struct Fake {
         enables: u32,
         regs: [u32; 11],
     }
 
-    fn fake(enabled: bool) -> std::boxed::Box<Fake> {
-        let mut f = std::boxed::Box::new(Fake { enables: enabled as u32, regs: [0xdead; 11] });
-        f.regs[5] = 0x60; // LSR: TX empty and idle
-        f
+    struct Block(*mut Fake);
+
+    impl Block {
+        fn new(enabled: bool) -> Self {
+            let mut regs = [0xdead; 11];
+            regs[5] = 0x60; // LSR: TX empty and idle
+            Block(std::boxed::Box::into_raw(std::boxed::Box::new(Fake { enables: enabled as u32, regs })))
+        }
+        fn reg(&self, i: usize) -> u32 {
+            // SAFETY: a live allocation; volatile, as the driver's accesses are.
+            unsafe { core::ptr::addr_of!((*self.0).regs[i]).read_volatile() }
+        }
+        fn set_reg(&self, i: usize, v: u32) {
+            // SAFETY: as in `reg`.
+            unsafe { core::ptr::addr_of_mut!((*self.0).regs[i]).write_volatile(v) }
+        }
+        fn enables(&self) -> u32 {
+            // SAFETY: as in `reg`.
+            unsafe { core::ptr::addr_of!((*self.0).enables).read_volatile() }
+        }
+        fn take(&self, with_enables: bool) -> MiniUart {
+            // SAFETY: pointers into the live allocation, without references.
+            let regs = NonNull::new(unsafe { core::ptr::addr_of_mut!((*self.0).regs) } as *mut Registers).unwrap();
+            let en = with_enables.then(|| NonNull::new(unsafe { core::ptr::addr_of_mut!((*self.0).enables) }).unwrap());
+            // SAFETY: the block outlives the test's uses of the UART.
+            unsafe { MiniUart::new(regs, en, 250_000_000) }
+        }
     }
 
-    fn take(f: &mut Fake, with_enables: bool) -> MiniUart {
-        let regs = NonNull::new(f.regs.as_mut_ptr() as *mut Registers).unwrap();
-        let en = with_enables.then(|| NonNull::new(&mut f.enables as *mut u32).unwrap());
-        // SAFETY: the fake outlives the test's uses of the UART.
-        unsafe { MiniUart::new(regs, en, 250_000_000) }
+    impl Drop for Block {
+        fn drop(&mut self) {
+            // SAFETY: from Box::into_raw in `new`, freed once.
+            drop(unsafe { std::boxed::Box::from_raw(self.0) });
+        }
     }
 
     #[test]
     fn a_disabled_uart_is_enabled_and_programmed_8n1() {
-        let mut f = fake(false);
-        let mut u = take(&mut f, true);
+        let f = Block::new(false);
+        let mut u = f.take(true);
         u.put(b'x');
-        assert_eq!(f.enables, 1);
-        assert_eq!(f.regs[0], b'x' as u32, "IO");
-        assert_eq!(f.regs[1], 0, "IER: polled");
-        assert_eq!(f.regs[3], 0b11, "LCR: 8 bits");
-        assert_eq!(f.regs[8], 0b11, "CNTL: RX and TX on");
-        assert_eq!(f.regs[10], 270, "BAUD at 250 MHz");
+        assert_eq!(f.enables(), 1);
+        assert_eq!(f.reg(0), b'x' as u32, "IO");
+        assert_eq!(f.reg(1), 0, "IER: polled");
+        assert_eq!(f.reg(3), 0b11, "LCR: 8 bits");
+        assert_eq!(f.reg(8), 0b11, "CNTL: RX and TX on");
+        assert_eq!(f.reg(10), 270, "BAUD at 250 MHz");
     }
 
     #[test]
     fn the_firmwares_settings_are_kept() {
         for with_enables in [true, false] {
-            let mut f = fake(true);
-            let _u = take(&mut f, with_enables);
-            assert_eq!(f.regs[10], 0xdead, "BAUD untouched (only the firmware knows the core clock)");
-            assert_eq!(f.regs[3], 0xdead, "LCR untouched");
-            assert_eq!(f.regs[1], 0, "IER: polled");
+            let f = Block::new(true);
+            let _u = f.take(with_enables);
+            assert_eq!(f.reg(10), 0xdead, "BAUD untouched (only the firmware knows the core clock)");
+            assert_eq!(f.reg(3), 0xdead, "LCR untouched");
+            assert_eq!(f.reg(1), 0, "IER: polled");
         }
     }
 
     #[test]
     fn get_reads_only_when_data_is_ready() {
-        let mut f = fake(true);
-        f.regs[0] = b'q' as u32;
-        let mut u = take(&mut f, false);
+        let f = Block::new(true);
+        f.set_reg(0, b'q' as u32);
+        let mut u = f.take(false);
         assert_eq!(u.get(), None);
-        f.regs[5] |= 1;
+        f.set_reg(5, f.reg(5) | 1);
         assert_eq!(u.get(), Some(b'q'));
     }
 }

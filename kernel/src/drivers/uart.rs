@@ -124,7 +124,22 @@ pub fn rx_irq() {
         // cleared by an empty FIFO on every PL011 revision.
         u.clear_interrupts(Interrupts::RXI | Interrupts::RTI);
     }
-    while let Some(b) = c.get_hw() {
+    // Until the FIFO is empty: a byte with an error (break, framing, parity,
+    // overrun) is dropped, not taken for the end of the FIFO. Bounded, as a
+    // sender can refill the FIFO as fast as it is read.
+    for _ in 0..RX_RING {
+        let b = match c.uart.as_mut() {
+            Some(Port::Pl011(u)) if !u.is_rx_fifo_empty() => u.read_word().ok().flatten(),
+            Some(Port::Pl011(_)) | None => break,
+            Some(Port::Mini(u)) => match u.get() {
+                Some(b) => Some(b),
+                None => break,
+            },
+        };
+        let Some(b) = b else {
+            RX_DROPPED.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         if c.len == RX_RING {
             RX_DROPPED.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -135,7 +150,8 @@ pub fn rx_irq() {
     }
 }
 
-/// Receive interrupts taken, and bytes dropped because the buffer was full.
+/// Receive interrupts taken, and bytes dropped (the buffer was full, or the
+/// byte came with a receive error).
 pub fn rx_stats() -> (u64, u64) {
     (RX_IRQS.load(Ordering::Relaxed), RX_DROPPED.load(Ordering::Relaxed))
 }
@@ -169,8 +185,13 @@ pub unsafe fn init_mini(va: u64, enables_va: Option<u64>, core_clock_hz: u32) {
 /// what its handler buffered: a receive path that does not work shows as a
 /// console that gets nothing, not as a silent fallback to polling.
 pub fn getc() -> Option<u8> {
+    // Masked like every other holder: the receive interrupt takes this lock.
+    let daif = crate::arch::cpu::irq_save();
     let mut c = CONSOLE.lock();
-    if RX_BY_IRQ.load(Ordering::Acquire) { c.pop() } else { c.get() }
+    let b = if RX_BY_IRQ.load(Ordering::Acquire) { c.pop() } else { c.get() };
+    drop(c);
+    crate::arch::cpu::irq_restore(daif);
+    b
 }
 
 static RX_BY_IRQ: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);

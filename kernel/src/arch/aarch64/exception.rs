@@ -265,13 +265,19 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
     report_and_panic(frame, vk);
 }
 
+/// Prints on the fatal paths even if this CPU faulted while holding the
+/// console lock (say, in the UART driver itself).
+macro_rules! fatal_println {
+    ($($arg:tt)*) => { crate::drivers::uart::emergency_print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 fn report_and_panic(frame: &TrapFrame, vk: VectorKind) -> ! {
     let esr = Esr(frame.esr);
-    crate::println!("\n*** unexpected exception: {} from {} ***", vk.kind(), vk.source());
-    crate::println!("  {esr}");
+    fatal_println!("\n*** unexpected exception: {} from {} ***", vk.kind(), vk.source());
+    fatal_println!("  {esr}");
     let far_valid = esr.ec().is_abort() && !esr.fnv();
-    crate::println!("  FAR {:#018x}{}", frame.far, if far_valid { "" } else { " (not valid for this exception)" });
-    crate::println!("{frame}");
+    fatal_println!("  FAR {:#018x}{}", frame.far, if far_valid { "" } else { " (not valid for this exception)" });
+    fatal_println!("{frame}");
     crate::panic::print_backtrace_from(frame.x[29], frame.elr);
     panic!("unexpected {} exception from {}: {}", vk.kind(), vk.source(), esr);
 }
@@ -280,8 +286,8 @@ fn report_and_panic(frame: &TrapFrame, vk: VectorKind) -> ! {
 /// stack guard.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_stack_overflow(esr: u64, far: u64, elr: u64) -> ! {
-    crate::println!("\n*** kernel stack overflow ***");
-    crate::println!("  {}  FAR {far:#018x}  ELR {elr:#018x}", Esr(esr));
+    fatal_println!("\n*** kernel stack overflow ***");
+    fatal_println!("  {}  FAR {far:#018x}  ELR {elr:#018x}", Esr(esr));
     panic!("kernel stack overflow at {elr:#x} (FAR {far:#x})");
 }
 
