@@ -112,7 +112,6 @@ pub fn init_console_irq(board: &BoardInfo) -> Result<(), &'static str> {
         uart::enable_rx_interrupt()?;
         gic::enable_spi(intid, dev.gic_level(0), me)?;
         UART_INTID.store(intid, Ordering::Release);
-        *CONSOLE_IRQ.lock() = alloc::format!("GIC INTID {intid}");
         uart::set_rx_by_irq();
         return Ok(());
     }
@@ -128,17 +127,21 @@ pub fn init_console_irq(board: &BoardInfo) -> Result<(), &'static str> {
         bcm2835_armctrl::enable(src);
         bcm2836_local::route_gpu_to(me);
         uart::set_rx_by_irq();
-        *CONSOLE_IRQ.lock() = alloc::format!("BCM2835 armctrl <{} {}> via the ARM-local controller", src.bank, src.bit);
         return Ok(());
     }
     Err("no interrupt controller")
 }
 
-static CONSOLE_IRQ: spin::Mutex<alloc::string::String> = spin::Mutex::new(alloc::string::String::new());
-
 /// The console UART's receive interrupt, described, or None if it is polled.
 pub fn console_irq() -> Option<alloc::string::String> {
-    (UART_INTID.load(Ordering::Acquire) != 0).then(|| CONSOLE_IRQ.lock().clone())
+    match UART_INTID.load(Ordering::Acquire) {
+        0 => None,
+        n if n >= ARMCTRL_BASE => {
+            let s = bcm2835_armctrl::Source::from_number(n - ARMCTRL_BASE)?;
+            Some(alloc::format!("BCM2835 armctrl <{} {}> via the ARM-local controller", s.bank, s.bit))
+        }
+        n => Some(alloc::format!("GIC INTID {n}")),
+    }
 }
 
 /// The interrupt controller's name, for the boot log.

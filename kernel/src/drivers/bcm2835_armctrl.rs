@@ -39,6 +39,10 @@ impl Source {
     pub fn number(self) -> u32 {
         if self.bank == 0 { self.bit } else { 32 * self.bank + self.bit }
     }
+    /// The inverse of [`Source::number`].
+    pub fn from_number(n: u32) -> Option<Self> {
+        Self::from_cells(n / 32, n % 32)
+    }
 }
 
 fn read(off: u64) -> u32 {
@@ -67,10 +71,6 @@ pub fn present() -> bool {
 
 pub fn enable(s: Source) {
     write(ENABLE[s.bank as usize], 1 << s.bit);
-}
-
-pub fn disable(s: Source) {
-    write(DISABLE[s.bank as usize], 1 << s.bit);
 }
 
 /// The lowest-numbered pending (enabled) source, if any.

@@ -170,19 +170,22 @@ pub fn init_this_cpu(ppis: &[(u32, bool)]) -> Result<(), &'static str> {
 /// `gic_get_cpumask` relies on. arm-gic has no accessor for these registers
 /// (a plain array in its `Gicd`), so this one read goes through the mapping.
 fn v2_own_mask(_g: &mut GicV2<'static>) -> u8 {
-    let base = GICD_VA.load(Ordering::Acquire);
-    if base == 0 {
-        return 0;
-    }
-    let off = core::mem::offset_of!(arm_gic::gicv2::registers::Gicd, itargetsr) as u64;
-    // SAFETY: the distributor is mapped at `base` (Device memory; the caller
+    let Some(itargetsr) = v2_itargetsr() else { return 0 };
+    // SAFETY: the distributor is mapped there (Device memory; the caller
     // holds the driver lock); reading GICD_ITARGETSR0 has no side effects.
-    let v = unsafe { core::ptr::read_volatile((base + off) as *const u32) };
+    let v = unsafe { core::ptr::read_volatile(itargetsr as *const u32) };
     (v & 0xff) as u8
 }
 
-/// The GICv2 distributor's VA (for [`v2_own_mask`]).
+/// The GICv2 distributor's VA (for [`v2_itargetsr`]).
 static GICD_VA: AtomicU64 = AtomicU64::new(0);
+
+/// The VA of GICD_ITARGETSR (one target byte per INTID), which arm-gic has
+/// no accessor for; None before the distributor is mapped.
+fn v2_itargetsr() -> Option<u64> {
+    let base = GICD_VA.load(Ordering::Acquire);
+    (base != 0).then(|| base + core::mem::offset_of!(arm_gic::gicv2::registers::Gicd, itargetsr) as u64)
+}
 
 /// An acknowledged interrupt.
 #[derive(Clone, Copy, Debug)]
@@ -275,20 +278,14 @@ pub fn enable_spi(intid: u32, level: bool, target: usize) -> Result<(), &'static
     match VERSION.load(Ordering::Acquire) {
         2 => {
             let mask = V2_TARGET[target].load(Ordering::Acquire);
-            let base = GICD_VA.load(Ordering::Acquire);
-            if mask == 0 || base == 0 {
-                return Err("that CPU's GIC interface is not up");
-            }
+            let itargetsr = v2_itargetsr().filter(|_| mask != 0).ok_or("that CPU's GIC interface is not up")?;
             with_gic(|d| {
                 let Driver::V2(g) = d else { return Err("no GICv2") };
                 g.set_trigger(i, trigger);
-                // arm-gic has no GICD_ITARGETSR accessor (see v2_own_mask):
-                // one byte per interrupt, written through the mapping.
-                let off = core::mem::offset_of!(arm_gic::gicv2::registers::Gicd, itargetsr) as u64;
-                // SAFETY: the distributor is mapped at `base`; byte `intid`
-                // of GICD_ITARGETSR is this SPI's target mask (byte-accessible
+                // SAFETY: the distributor is mapped; byte `intid` of
+                // GICD_ITARGETSR is this SPI's target mask (byte-accessible
                 // by the GICv2 architecture); the driver lock is held.
-                unsafe { core::ptr::write_volatile((base + off + intid as u64) as *mut u8, mask) };
+                unsafe { core::ptr::write_volatile((itargetsr + intid as u64) as *mut u8, mask) };
                 g.enable_interrupt(i, true).map_err(|_| "cannot enable the SPI")
             })
             .ok_or("no GIC")?

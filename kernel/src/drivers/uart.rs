@@ -43,12 +43,7 @@ impl Console {
         }
     }
 
-    /// The oldest byte received: first what the interrupt handler buffered,
-    /// then the FIFO itself.
-    fn get(&mut self) -> Option<u8> {
-        self.pop().or_else(|| self.get_hw())
-    }
-
+    /// The oldest byte the interrupt handler buffered.
     fn pop(&mut self) -> Option<u8> {
         (self.len > 0).then(|| {
             let b = self.ring[self.head];
@@ -58,17 +53,41 @@ impl Console {
         })
     }
 
-    fn get_hw(&mut self) -> Option<u8> {
-        match self.uart.as_mut()? {
-            Port::Pl011(u) => {
-                if u.is_rx_fifo_empty() {
-                    return None;
-                }
-                u.read_word().ok().flatten()
-            }
-            Port::Mini(u) => u.get(),
+    fn push(&mut self, b: u8) -> bool {
+        if self.len == RX_RING {
+            return false;
+        }
+        self.ring[(self.head + self.len) % RX_RING] = b;
+        self.len += 1;
+        true
+    }
+
+    /// One word from the receive FIFO.
+    fn read_hw(&mut self) -> Rx {
+        match self.uart.as_mut() {
+            Some(Port::Pl011(u)) if !u.is_rx_fifo_empty() => u.read_word().ok().flatten().map_or(Rx::Error, Rx::Byte),
+            Some(Port::Mini(u)) => u.get().map_or(Rx::Empty, Rx::Byte),
+            Some(Port::Pl011(_)) | None => Rx::Empty,
         }
     }
+}
+
+/// What the receive FIFO gave.
+enum Rx {
+    Empty,
+    Byte(u8),
+    /// A word with a receive error (break, framing, parity, overrun),
+    /// consumed from the FIFO.
+    Error,
+}
+
+/// Runs `f` on the console with IRQs masked, as every holder of its lock
+/// must: the receive interrupt's handler takes it too.
+fn locked<R>(f: impl FnOnce(&mut Console) -> R) -> R {
+    let daif = crate::arch::cpu::irq_save();
+    let r = f(&mut CONSOLE.lock());
+    crate::arch::cpu::irq_restore(daif);
+    r
 }
 
 impl Write for Console {
@@ -95,17 +114,14 @@ static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
 /// Linux's 8250 driver and the datasheet's errata use bit 0), and the wrong
 /// one enables the always-pending transmit interrupt.
 pub fn enable_rx_interrupt() -> Result<(), &'static str> {
-    let daif = crate::arch::cpu::irq_save();
-    let r = match CONSOLE.lock().uart.as_mut() {
+    locked(|c| match c.uart.as_mut() {
         Some(Port::Pl011(u)) => {
             u.set_interrupt_masks(Interrupts::RXI | Interrupts::RTI);
             Ok(())
         }
         Some(Port::Mini(_)) => Err("the mini UART is polled"),
         None => Err("no console UART"),
-    };
-    crate::arch::cpu::irq_restore(daif);
-    r
+    })
 }
 
 /// The console UART's receive interrupt (from the IRQ handler, IRQs
@@ -128,25 +144,14 @@ pub fn rx_irq() {
     // overrun) is dropped, not taken for the end of the FIFO. Bounded, as a
     // sender can refill the FIFO as fast as it is read.
     for _ in 0..RX_RING {
-        let b = match c.uart.as_mut() {
-            Some(Port::Pl011(u)) if !u.is_rx_fifo_empty() => u.read_word().ok().flatten(),
-            Some(Port::Pl011(_)) | None => break,
-            Some(Port::Mini(u)) => match u.get() {
-                Some(b) => Some(b),
-                None => break,
-            },
+        let kept = match c.read_hw() {
+            Rx::Empty => break,
+            Rx::Byte(b) => c.push(b),
+            Rx::Error => false,
         };
-        let Some(b) = b else {
+        if !kept {
             RX_DROPPED.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        if c.len == RX_RING {
-            RX_DROPPED.fetch_add(1, Ordering::Relaxed);
-            continue;
         }
-        let tail = (c.head + c.len) % RX_RING;
-        c.ring[tail] = b;
-        c.len += 1;
     }
 }
 
@@ -185,13 +190,17 @@ pub unsafe fn init_mini(va: u64, enables_va: Option<u64>, core_clock_hz: u32) {
 /// what its handler buffered: a receive path that does not work shows as a
 /// console that gets nothing, not as a silent fallback to polling.
 pub fn getc() -> Option<u8> {
-    // Masked like every other holder: the receive interrupt takes this lock.
-    let daif = crate::arch::cpu::irq_save();
-    let mut c = CONSOLE.lock();
-    let b = if RX_BY_IRQ.load(Ordering::Acquire) { c.pop() } else { c.get() };
-    drop(c);
-    crate::arch::cpu::irq_restore(daif);
-    b
+    locked(|c| {
+        if RX_BY_IRQ.load(Ordering::Acquire) {
+            c.pop()
+        } else {
+            // Polled: an errored word is consumed and skipped.
+            match c.read_hw() {
+                Rx::Byte(b) => Some(b),
+                Rx::Empty | Rx::Error => None,
+            }
+        }
+    })
 }
 
 static RX_BY_IRQ: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -203,9 +212,7 @@ pub fn set_rx_by_irq() {
 }
 
 pub fn _print(args: fmt::Arguments) {
-    let daif = crate::arch::cpu::irq_save();
-    let _ = CONSOLE.lock().write_fmt(args);
-    crate::arch::cpu::irq_restore(daif);
+    let _ = locked(|c| c.write_fmt(args));
 }
 
 /// Prints even if the console lock is held (by a CPU that panicked or is

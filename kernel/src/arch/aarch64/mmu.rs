@@ -96,11 +96,11 @@ pub fn expected() -> (u64, u64, u64) {
     (mair(), tcr(), sctlr_final())
 }
 
-/// This CPU's live translation registers, as a debugger that cannot read
-/// system registers needs them (gdb's `pl-sysreg`; OpenOCD shows none).
+/// This CPU's live translation registers that are the same on every CPU
+/// (TTBR0 is per process), as a debugger that cannot read system registers
+/// needs them (gdb's `pl-sysreg`; OpenOCD shows none).
 #[derive(Clone, Copy, Debug)]
 pub struct LiveRegs {
-    pub ttbr0: u64,
     pub ttbr1: u64,
     pub tcr: u64,
     pub mair: u64,
@@ -108,5 +108,5 @@ pub struct LiveRegs {
 }
 
 pub fn live_regs() -> LiveRegs {
-    LiveRegs { ttbr0: TTBR0_EL1.get(), ttbr1: TTBR1_EL1.get(), tcr: TCR_EL1.get(), mair: MAIR_EL1.get(), sctlr: SCTLR_EL1.get() }
+    LiveRegs { ttbr1: TTBR1_EL1.get(), tcr: TCR_EL1.get(), mair: MAIR_EL1.get(), sctlr: SCTLR_EL1.get() }
 }
