@@ -151,9 +151,10 @@ wait_for() { # file, fixed string, seconds; true once the string is in the file
 # ---------------------------------------------------------------------------
 # 2. The kernel, entered at EL1 and at EL2.
 # ---------------------------------------------------------------------------
-cat >"$tmp/kernel-checks.py" <<'PYEOF'
-# Runs inside gdb after `source gdb/pagelab.py`; prints OK/MISMATCH lines and
-# a final "GDB-CHECKS: PASS|FAIL" line.
+# What both gdb check scripts below start with (sourced before each):
+# OK/MISMATCH lines, the list of problems, and `run`, which counts a gdb
+# error as one.
+cat >"$tmp/checks-lib.py" <<'PYEOF'
 import os
 import sys
 
@@ -178,7 +179,11 @@ def run(cmd):
     except gdb.error as ex:
         bad("%s: gdb error: %s" % (cmd, ex))
         return ""
+PYEOF
 
+cat >"$tmp/kernel-checks.py" <<'PYEOF'
+# Runs inside gdb after `source gdb/pagelab.py` and checks-lib.py; prints
+# OK/MISMATCH lines and a final "GDB-CHECKS: PASS|FAIL" line.
 
 try:
     sctlr = pl.read_reg("SCTLR", "SCTLR_EL1")
@@ -384,6 +389,7 @@ set pagination off
 set confirm off
 target remote 127.0.0.1:$port
 source $root/gdb/pagelab.py
+source $tmp/checks-lib.py
 source $tmp/kernel-checks.py
 EOF
     local out status=0
@@ -473,16 +479,10 @@ done
 #     one that stopped, and its TTBR0_EL1 must hold B's pgd and ASID.
 # ---------------------------------------------------------------------------
 cat >"$tmp/procs-checks.py" <<'PYEOF'
-# Runs inside gdb after `source gdb/pagelab.py`; prints OK/MISMATCH lines and
-# a final "PROCS-CHECKS: PASS|FAIL" line.
-import os
+# Runs inside gdb after `source gdb/pagelab.py` and checks-lib.py; prints
+# OK/MISMATCH lines and a final "PROCS-CHECKS: PASS|FAIL" line.
 import re
-import sys
 
-import gdb
-
-pl = sys.modules["__main__"]
-fails = []
 cdir = os.environ["PL_CONSOLE"]
 page = {"4K": 0x1000, "16K": 0x4000, "64K": 0x10000}[os.environ.get("PL_GRANULE", "4K")]
 # thp=always: the largest anonymous folio is a PMD block.
@@ -491,23 +491,6 @@ MMAP_BASE = 0x1000000000
 AGENT_VA = 0x400000
 K = 1024
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\S+)\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+|\?)\s+(\d+|\?)\s+(\d+)(?:\s+(\S+))?\s*$")
-
-
-def ok(msg):
-    print("OK " + msg)
-
-
-def bad(msg):
-    print("MISMATCH " + msg)
-    fails.append(msg)
-
-
-def run(cmd):
-    try:
-        return gdb.execute(cmd, to_string=True)
-    except gdb.error as ex:
-        bad("%s: gdb error: %s" % (cmd, ex))
-        return ""
 
 
 def console(name):
@@ -761,6 +744,7 @@ set pagination off
 set confirm off
 target remote 127.0.0.1:$port
 source $root/gdb/pagelab.py
+source $tmp/checks-lib.py
 source $tmp/procs-checks.py
 EOF
     local gout=$tmp/$name.gdb.out status=0 gpid
