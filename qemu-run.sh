@@ -254,11 +254,13 @@ board_dtb() { # prints the compiled DTB's path
     mkdir -p "$TDIR"
     if [[ -n ${FW_DT:-} ]]; then
         [[ $FW_DT == mini || $FW_DT == pl011 ]] || die "FW_DT must be mini or pl011"
-        local swap=()
-        [[ $FW_DT == mini ]] && swap=(-e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/')
+        local swap=() want=uart0
+        if [[ $FW_DT == mini ]]; then
+            swap=(-e 's/serial0 = &uart0;/serial0 = \&uart1;/' -e 's/serial1 = &uart1;/serial1 = \&uart0;/')
+            want=uart1
+        fi
         sed -e '/stdout-path/d' "${swap[@]}" "$src" >"$TDIR/$BOARD-fw-$FW_DT.dts"
         src=$TDIR/$BOARD-fw-$FW_DT.dts
-        local want=uart0; [[ $FW_DT == mini ]] && want=uart1
         grep -q "serial0 = &$want;" "$src" || die "boards/$BOARD.dts: cannot make serial0 the $FW_DT UART (its aliases changed?)"
     fi
     dtc -q -I dts -O dtb -o "$dtb" "$src" || die "dtc failed on $src"
@@ -273,8 +275,10 @@ qemu_cmd() {
         [[ $BOARD == raspi4b ]] && { mem=2G; cpu=cortex-a72; }
         dtb=$(board_dtb)
         # QEMU boots an arm64 Image on raspi at EL2; every core is there (-smp 4).
-        local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=2 $*"
-        [[ -n ${MODE_FROM_APPEND:-} ]] && args="pagelab.exit=semihosting pagelab.expect-el=2 $*"
+        # MODE_FROM_APPEND (tests only): pagelab.mode comes from $APPEND alone.
+        local args="pagelab.exit=semihosting"
+        [[ -z ${MODE_FROM_APPEND:-} ]] && args+=" pagelab.mode=$mode"
+        args+=" pagelab.expect-el=2 $*"
         [[ $UART == mini && -z ${FW_DT:-} ]] && args+=" pagelab.uart=serial1"
         [[ -n $APPEND ]] && args+=" $APPEND"
         QEMU=(qemu-system-aarch64 -M "$BOARD" -cpu "$cpu" -smp 4 -m "$mem" -dtb "$dtb"
@@ -537,7 +541,7 @@ test_extra() { # script
 # receiver (scripts come from the initrd, so this is the only test of it),
 # replies and verdicts come back. LABEL names the run; the `info` reply must
 # say the UART was chosen by WHY, and the last one that its receiver is RX:
-# "interrupt" (and at least one was taken) or "polled".
+# "interrupt" (with at least one interrupt per typed line) or "polled".
 test_console_input() { # label why rx
     local log="$LOGDIR/console-$1.log" status=0 fifo="$LOGDIR/console-$1.in" fd qpid
     # The 7th "line" is a paste: 30 checks, a bad command and `info` at once
@@ -569,8 +573,8 @@ test_console_input() { # label why rx
     wait "$qpid" || status=$?
     exec {fd}>&-
     rm -f "$fifo"
-    local verdict rx rx_ok=0 typed=$((${#lines[@]} - 1))
     # Every line but halt arrived before the last `info` printed.
+    local verdict rx rx_ok=0 typed=$((${#lines[@]} - 1))
     verdict=$(tr -d '\r' <"$log" | grep -E '^halting: [0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
     rx=$(tr -d '\r' <"$log" | grep '^uart rx ' | tail -n1 || true)
     case $3 in
