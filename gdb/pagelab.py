@@ -21,8 +21,8 @@
 #         packet, QEMU's monitor `xp`, or OpenOCD's `mdd phys` (JTAG on a
 #         real board); auto tries them in that order
 #   (gdb) pl-sysreg [NAME [VALUE|-]]      give a system register the server
-#         does not expose (OpenOCD shows no TTBR/TCR/SCTLR/MAIR), e.g. from
-#         OpenOCD's `aarch64 mrs` or the kernel's boot log; `-` forgets it
+#         does not expose (OpenOCD shows no TTBR/TCR/SCTLR/MAIR), e.g. the
+#         values the console's `info` prints; `-` forgets it
 #
 # pl-procs/pl-vmas need kernel data: the fixed-layout mirror
 # PAGELAB_DEBUG_PROCS (kernel/src/proc/debug_table.rs; layout described
@@ -1837,9 +1837,10 @@ Usage: pl-sysreg                 list the values given
        pl-sysreg NAME VALUE      use VALUE for NAME (e.g. TTBR1_EL1, TCR_EL1)
        pl-sysreg NAME -          forget it (read it from the server again)
        pl-sysreg -               forget them all
-OpenOCD's gdb server has no TTBRn/TCR/SCTLR/MAIR; read them with its
-`aarch64 mrs` command (or take them from the kernel's boot log) and give
-them here. The pl-* commands then use these values instead of the live ones."""
+OpenOCD's gdb server has no TTBRn/TCR/SCTLR/MAIR; the console's `info`
+prints TTBR1/TCR/MAIR/SCTLR (the same on every CPU) and `ps` each process's
+PGD and ASID for TTBR0. The pl-* commands then use these values instead of
+the live ones, and say so."""
 
         def __init__(self):
             super(PlSysreg, self).__init__("pl-sysreg", gdb.COMMAND_DATA)
