@@ -116,7 +116,11 @@ pub fn init_console_irq(board: &BoardInfo) -> Result<(), &'static str> {
         return Ok(());
     }
     if LOCAL_INTC.load(Ordering::Acquire) {
-        let ctl = board.armctrl.as_ref().and_then(|d| d.regs.first().copied()).ok_or("no BCM2835 interrupt controller in the devicetree")?;
+        let ctl = board
+            .armctrl
+            .as_ref()
+            .and_then(|d| d.regs.first().copied())
+            .ok_or("no BCM2835 interrupt controller in the devicetree")?;
         let src = match dev.interrupts[..] {
             [bank, bit, ..] => bcm2835_armctrl::Source::from_cells(bank, bit).ok_or("bad armctrl specifier")?,
             _ => return Err("the UART's node has no interrupt"),
@@ -180,7 +184,9 @@ fn ack() -> Option<Acked> {
             bcm2836_local::Pending::Timer => Acked::Local(TIMER_INTID.load(Ordering::Relaxed)),
             // Level-sensitive and nothing to acknowledge: the handler serves
             // the device, which drops the line. Only enabled sources show.
-            bcm2836_local::Pending::Gpu => Acked::Local(bcm2835_armctrl::pending().map_or(u32::MAX, |s| ARMCTRL_BASE + s.number())),
+            bcm2836_local::Pending::Gpu => {
+                Acked::Local(bcm2835_armctrl::pending().map_or(u32::MAX, |s| ARMCTRL_BASE + s.number()))
+            }
         });
     }
     gic::ack().map(Acked::Gic)
@@ -204,7 +210,10 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
     if LOCAL_INTC.load(Ordering::Acquire) {
         bcm2836_local::init_this_cpu();
     } else {
-        let level = crate::kmain::BOOT.get().and_then(|b| b.board.timer.as_ref().map(|t| t.gic_level(TimerIrq::Virt as usize))).unwrap_or(true);
+        let level = crate::kmain::BOOT
+            .get()
+            .and_then(|b| b.board.timer.as_ref().map(|t| t.gic_level(TimerIrq::Virt as usize)))
+            .unwrap_or(true);
         gic::init_this_cpu(&[(intid, level)])?;
     }
     timer::start_this_cpu();
@@ -218,7 +227,8 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
 /// when there is a GIC: then a CPU without interrupts is a failure.
 pub fn no_interrupts_reason() -> Option<&'static str> {
     let b = crate::kmain::BOOT.get()?;
-    (b.board.gic.is_none() && b.board.local_intc.is_none()).then_some("the devicetree names no interrupt controller, so the kernel runs without interrupts")
+    (b.board.gic.is_none() && b.board.local_intc.is_none())
+        .then_some("the devicetree names no interrupt controller, so the kernel runs without interrupts")
 }
 
 /// Whether CPU `cpu` takes interrupts (its GIC side and tick are up).

@@ -10,8 +10,8 @@ use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::{cpu, percpu, psci, semihosting};
 use crate::board::dt::{self, BoardInfo};
 use crate::mm::addr::PhysRange;
-use crate::mm::granule::{align_down, align_up, PAGE_SIZE};
-use crate::mm::layout::{io_virt, FIXMAP_BASE};
+use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
+use crate::mm::layout::{FIXMAP_BASE, io_virt};
 use crate::mm::{frame, heap, kmap};
 use crate::{println, sym_addr};
 
@@ -95,7 +95,10 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     // The PFN pool: the last 4 MiB of the highest RAM bank, kept from the
     // allocator for `mmap pfn=PHYS` (remap_pfn_range-style) mappings.
     if let Some(top) = board.ram.iter().max_by_key(|r| r.end) {
-        let pool = PhysRange::new(align_down(top.end.0, 2 << 20) - crate::mm::memory::PFN_POOL_SIZE, align_down(top.end.0, 2 << 20));
+        let pool = PhysRange::new(
+            align_down(top.end.0, 2 << 20) - crate::mm::memory::PFN_POOL_SIZE,
+            align_down(top.end.0, 2 << 20),
+        );
         if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
             reserved.push((pool, "PFN pool (mmap pfn=)"));
             crate::mm::memory::set_pfn_pool(pool.start.0, pool.end.0);
@@ -146,8 +149,19 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     crate::mm::page::init();
     crate::mm::memory::zero_pfn_pool();
 
-    let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits) == 0b0010 { 16 } else { 8 };
-    crate::proc::asid::init(cpu_asid_bits, board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()), board.cpus.len().clamp(1, MAX_CPUS));
+    let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1
+        .read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits)
+        == 0b0010
+    {
+        16
+    } else {
+        8
+    };
+    crate::proc::asid::init(
+        cpu_asid_bits,
+        board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()),
+        board.cpus.len().clamp(1, MAX_CPUS),
+    );
     BOOT.call_once(|| BootInfo { boot_el, phys_base, dtb_pa, board, reserved });
     banner();
     // The GIC and this CPU's tick, before the secondaries bring up theirs.
@@ -188,7 +202,9 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
             on_every_cpu(|| cpu::set_hw_dbm(true));
             log::info!("hardware dirty state (TCR_EL1.HD, DBM) on");
         } else {
-            log::warn!("pagelab.hw-dbm=1: this CPU cannot manage dirty state (FEAT_HAFDBS with DBM); dirty bits stay in software");
+            log::warn!(
+                "pagelab.hw-dbm=1: this CPU cannot manage dirty state (FEAT_HAFDBS with DBM); dirty bits stay in software"
+            );
         }
     }
 
@@ -260,7 +276,8 @@ fn start_secondaries() {
         }
         let want = percpu::ONLINE.load(Ordering::Acquire) + 1;
         let started = if psci {
-            psci::cpu_on(c.mpidr, psci_entry, next as u64).map_err(|e| log::error!("PSCI CPU_ON for MPIDR {:#x} failed: {e:?}", c.mpidr))
+            psci::cpu_on(c.mpidr, psci_entry, next as u64)
+                .map_err(|e| log::error!("PSCI CPU_ON for MPIDR {:#x} failed: {e:?}", c.mpidr))
         } else if c.enable_method == "spin-table" {
             spin_table_release(c, next, spin_entry)
         } else {
@@ -287,7 +304,13 @@ fn start_secondaries() {
     log::info!(
         "{} CPU(s) online{}",
         percpu::ONLINE.load(Ordering::Acquire),
-        if psci { "" } else if b.board.cpus.len() > 1 { " (spin-table)" } else { "" }
+        if psci {
+            ""
+        } else if b.board.cpus.len() > 1 {
+            " (spin-table)"
+        } else {
+            ""
+        }
     );
 }
 
@@ -302,7 +325,10 @@ fn spin_table_release(c: &dt::CpuNode, id: usize, entry: u64) -> Result<(), ()> 
         return Err(());
     };
     if rel & 7 != 0 || !boot().board.ram.iter().any(|r| rel >= r.start.0 && rel + 8 <= r.end.0) {
-        log::error!("cpu with MPIDR {:#x}: cpu-release-addr {rel:#x} is not an aligned RAM address; it stays parked", c.mpidr);
+        log::error!(
+            "cpu with MPIDR {:#x}: cpu-release-addr {rel:#x} is not an aligned RAM address; it stays parked",
+            c.mpidr
+        );
         return Err(());
     }
     // SAFETY: SPIN_TABLE_MPIDR is written only here, by the boot CPU, before
@@ -386,7 +412,6 @@ pub fn run_on_cpu(id: usize, f: fn()) -> bool {
     true
 }
 
-
 /// `pagelab.crash=KIND`: crash on purpose after boot, so tests can check that
 /// each kind of fatal error produces a readable report and a failing exit.
 fn crash(what: &str) {
@@ -410,6 +435,8 @@ fn crash(what: &str) {
             unsafe { core::arch::asm!("udf #0x42") };
         }
         "panic" => panic!("panic requested with pagelab.crash=panic"),
-        other => println!("pagelab: unknown crash kind `{other}` (stack-overflow, unmapped-read, undefined-instruction, panic)"),
+        other => println!(
+            "pagelab: unknown crash kind `{other}` (stack-overflow, unmapped-read, undefined-instruction, panic)"
+        ),
     }
 }

@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 use super::{instructions, median};
 use crate::arch::aarch64::user::op;
 use crate::mm::granule::PAGE_SIZE;
-use crate::proc::{self, syscall::nr, MmapArgs, RunEnd};
 use crate::println;
+use crate::proc::{self, MmapArgs, RunEnd, syscall::nr};
 
 const REGION: u64 = 16 << 20;
 const PROC: &str = "bench";
@@ -54,7 +54,22 @@ fn region(rep: usize, tag: &str) -> u64 {
 
 fn region_thp(rep: usize, tag: &str, folio_order: u8) -> u64 {
     let name = alloc::format!("{tag}{rep}");
-    proc::mmap(PROC, &name, MmapArgs { size: REGION, readable: true, writable: true, align: 2 << 20, folio_order, pfn: None, shared: false, memfd: None, file: None }).expect("bench mmap")
+    proc::mmap(
+        PROC,
+        &name,
+        MmapArgs {
+            size: REGION,
+            readable: true,
+            writable: true,
+            align: 2 << 20,
+            folio_order,
+            pfn: None,
+            shared: false,
+            memfd: None,
+            file: None,
+        },
+    )
+    .expect("bench mmap")
 }
 
 /// Runs the fault benchmarks; returns the number of problems.

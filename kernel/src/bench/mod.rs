@@ -10,11 +10,11 @@ use alloc::vec::Vec;
 
 use crate::mm::addr::PhysAddr;
 use crate::mm::desc::LeafAttrs;
-use crate::mm::granule::{align_down, align_up, GRANULE, PAGE_SIZE, START_LEVEL};
+use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::mm::kmap::FrameTableMem;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
-use crate::mm::walk::{walk_tables_with, Entry, PageWalkOps, Step};
+use crate::mm::walk::{Entry, PageWalkOps, Step, walk_tables_with};
 use crate::println;
 
 mod faults;
@@ -23,7 +23,7 @@ pub const REPS: usize = 5;
 
 /// Guest instructions since boot (ns of the icount clock).
 pub fn instructions() -> u64 {
-    use aarch64_cpu::registers::{Readable, CNTFRQ_EL0, CNTVCT_EL0};
+    use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, Readable};
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
     let t = CNTVCT_EL0.get() as u128;
     let f = CNTFRQ_EL0.get().max(1) as u128;
@@ -88,11 +88,20 @@ fn free_all(root: PhysAddr, mut mem: FrameTableMem) {
 /// Runs every benchmark; returns the number of problems (0 = all measured).
 pub fn run_all() -> usize {
     let ram = crate::kmain::boot().board.total_ram();
-    let freq = { use aarch64_cpu::registers::{Readable, CNTFRQ_EL0}; CNTFRQ_EL0.get() };
-    println!("pagelab bench: granule {}, RAM {}, {REPS} repetitions, median; unit = guest instructions (icount)", GRANULE.name(), crate::util::Bytes(ram));
+    let freq = {
+        use aarch64_cpu::registers::{CNTFRQ_EL0, Readable};
+        CNTFRQ_EL0.get()
+    };
+    println!(
+        "pagelab bench: granule {}, RAM {}, {REPS} repetitions, median; unit = guest instructions (icount)",
+        GRANULE.name(),
+        crate::util::Bytes(ram)
+    );
     println!("  counter CNTFRQ {freq} Hz: resolution {} instruction(s)", 1_000_000_000u64.div_ceil(freq.max(1)));
     let mut problems = 0;
-    for (name, sizes) in [("linear_map_build_blocks", LeafSizes::Largest), ("linear_map_build_pages", LeafSizes::PagesOnly)] {
+    for (name, sizes) in
+        [("linear_map_build_blocks", LeafSizes::Largest), ("linear_map_build_pages", LeafSizes::PagesOnly)]
+    {
         let mut times = Vec::new();
         let mut pages = 0;
         for _ in 0..REPS {
@@ -120,7 +129,12 @@ pub fn run_all() -> usize {
         visited = c.0;
         rates.push(c.0 * 1_000_000 / dt);
     }
-    report("walker_entries_per_million_instructions", "entries/Minstr", median(rates), &alloc::format!("{visited} entries per walk"));
+    report(
+        "walker_entries_per_million_instructions",
+        "entries/Minstr",
+        median(rates),
+        &alloc::format!("{visited} entries per walk"),
+    );
     free_all(root, mem);
     if visited == 0 {
         problems += 1;

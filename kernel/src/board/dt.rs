@@ -7,8 +7,8 @@
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use fdt::node::FdtNode;
 use fdt::Fdt;
+use fdt::node::FdtNode;
 
 use crate::mm::addr::PhysRange;
 
@@ -160,7 +160,9 @@ fn parse_ranges(node: FdtNode<'_, '_>, parent_addr_cells: usize) -> Ranges {
     Some(
         prop.value
             .chunks_exact(entry)
-            .map(|c| (be(&c[..ca * 4]), be(&c[ca * 4..(ca + parent_addr_cells) * 4]), be(&c[(ca + parent_addr_cells) * 4..])))
+            .map(|c| {
+                (be(&c[..ca * 4]), be(&c[ca * 4..(ca + parent_addr_cells) * 4]), be(&c[(ca + parent_addr_cells) * 4..]))
+            })
             .collect(),
     )
 }
@@ -203,14 +205,21 @@ impl Walker {
                 .unwrap_or_default();
             let enabled = matches!(node.property("status").and_then(|p| p.as_str()), None | Some("okay") | Some("ok"));
             self.devices.push((
-                Device { path: path.to_string(), compatible: compat.all().collect::<Vec<_>>().join(" "), regs, interrupts, enabled },
+                Device {
+                    path: path.to_string(),
+                    compatible: compat.all().collect::<Vec<_>>().join(" "),
+                    regs,
+                    interrupts,
+                    enabled,
+                },
                 raw,
             ));
         }
         let my_cells = node.cell_sizes().address_cells;
         stack.push(parse_ranges(node, addr_cells));
         for child in node.children() {
-            let cpath = if path == "/" { alloc::format!("/{}", child.name) } else { alloc::format!("{path}/{}", child.name) };
+            let cpath =
+                if path == "/" { alloc::format!("/{}", child.name) } else { alloc::format!("{path}/{}", child.name) };
             self.visit(child, &cpath, stack, my_cells);
         }
         stack.pop();
@@ -271,7 +280,8 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
                 for r in regs {
                     let start = r.starting_address as u64;
                     let size = r.size.unwrap_or(0) as u64;
-                    info.reserved.push((PhysRange::new(start, start + size), alloc::format!("/reserved-memory/{}", child.name)));
+                    info.reserved
+                        .push((PhysRange::new(start, start + size), alloc::format!("/reserved-memory/{}", child.name)));
                 }
             }
         }
@@ -301,12 +311,17 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
         .unwrap_or_default();
     let resolve = |s: &str| -> Option<String> {
         let s = s.split(':').next().unwrap_or(s);
-        if s.starts_with('/') { Some(s.to_string()) } else { aliases.iter().find(|(k, _)| k == s).map(|(_, v)| v.clone()) }
+        if s.starts_with('/') {
+            Some(s.to_string())
+        } else {
+            aliases.iter().find(|(k, _)| k == s).map(|(_, v)| v.clone())
+        }
     };
     let is_uart = |d: &Device| d.compatible.split(' ').any(|c| UART_COMPATIBLES.contains(&c));
     let by_path = |p: String| w.devices.iter().map(|(d, _)| d).find(|d| d.path == p && is_uart(d)).cloned();
     let stdout = chosen.and_then(|c| c.property("stdout-path")).and_then(|p| p.as_str());
-    let named = [("pagelab.uart", info.bootarg("pagelab.uart")), ("stdout-path", stdout), ("alias serial0", Some("serial0"))];
+    let named =
+        [("pagelab.uart", info.bootarg("pagelab.uart")), ("stdout-path", stdout), ("alias serial0", Some("serial0"))];
     let chosen_uart = named.iter().find_map(|&(how, s)| Some((how, resolve(s?).and_then(by_path)?)));
     let first = || {
         UART_COMPATIBLES.iter().find_map(|c| {
@@ -321,17 +336,19 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
     info.aux = find(&["brcm,bcm2835-aux"]);
 
     info.gic = find(&["arm,gic-v3"]).map(|dev| Gic { version: GicVersion::V3, dev }).or_else(|| {
-        find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"]).map(|dev| Gic { version: GicVersion::V2, dev })
+        find(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a7-gic", "arm,gic-v2"])
+            .map(|dev| Gic { version: GicVersion::V2, dev })
     });
     info.local_intc = find(&["brcm,bcm2836-l1-intc"]);
     info.armctrl = find(&["brcm,bcm2836-armctrl-ic", "brcm,bcm2835-armctrl-ic"]);
     info.timer = find(&["arm,armv8-timer"]);
 
-    info.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
-        "hvc" => Some(PsciConduit::Hvc),
-        "smc" => Some(PsciConduit::Smc),
-        _ => None,
-    });
+    info.psci =
+        fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
+            "hvc" => Some(PsciConduit::Hvc),
+            "smc" => Some(PsciConduit::Smc),
+            _ => None,
+        });
 
     // CPUs: every node with device_type "cpu" (they live under /cpus).
     // Found through `all_nodes` rather than `find_node("/cpus")`: the fdt
@@ -380,7 +397,10 @@ mod tests {
         assert_eq!(b.timer_intid(TimerIrq::Virt), Some(27));
         assert_eq!(b.timer_intid(TimerIrq::Phys), Some(30));
         assert_eq!(b.timer_intid(TimerIrq::HypPhys), Some(26));
-        assert!(b.timer.as_ref().unwrap().gic_level(TimerIrq::Virt as usize), "flags 0xf04: level high, CPU mask in bits 15:8");
+        assert!(
+            b.timer.as_ref().unwrap().gic_level(TimerIrq::Virt as usize),
+            "flags 0xf04: level high, CPU mask in bits 15:8"
+        );
         assert_eq!(b.timer.unwrap().interrupts.len(), 12);
         assert!(b.initrd.is_none());
         assert!(b.reserved.is_empty());
@@ -413,7 +433,13 @@ mod tests {
 
     #[test]
     fn interrupt_specifiers() {
-        let d = Device { path: "/x".into(), compatible: "x".into(), regs: Vec::new(), interrupts: std::vec![0, 1, 4, 1, 11, 1, 7, 0, 0], enabled: true };
+        let d = Device {
+            path: "/x".into(),
+            compatible: "x".into(),
+            regs: Vec::new(),
+            interrupts: std::vec![0, 1, 4, 1, 11, 1, 7, 0, 0],
+            enabled: true,
+        };
         assert_eq!(d.gic_intid(0), Some(33), "SPI 1");
         assert_eq!(d.gic_intid(1), Some(27), "PPI 11");
         assert!(d.gic_level(0) && !d.gic_level(1), "4 = level high, 1 = edge rising");
@@ -440,23 +466,38 @@ mod tests {
     fn uart_choice_follows_the_firmware_alias_then_bootargs() {
         let b = parse(PI3_FW).unwrap();
         let u = b.uart.as_ref().unwrap();
-        assert_eq!((u.path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "alias serial0"), "no stdout-path: serial0, the mini UART");
+        assert_eq!(
+            (u.path.as_str(), b.uart_chosen_by),
+            ("/soc/serial@7e215040", "alias serial0"),
+            "no stdout-path: serial0, the mini UART"
+        );
         assert_eq!(u.regs, [PhysRange::new(0x3f21_5040, 0x3f21_5080)]);
         assert_eq!(b.aux.as_ref().unwrap().regs, [PhysRange::new(0x3f21_5000, 0x3f21_5008)]);
         assert!(b.compatible_any(&["brcm,bcm2837"]) && !b.compatible_any(&["brcm,bcm2711"]));
 
         let b = parse(PI3_FW_SERIAL1).unwrap();
-        assert_eq!((b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by), ("/soc/serial@7e201000", "pagelab.uart"));
+        assert_eq!(
+            (b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by),
+            ("/soc/serial@7e201000", "pagelab.uart")
+        );
 
         let b = parse(PI3_FW_NOSUCH).unwrap();
-        assert_eq!((b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "alias serial0"), "a bad pagelab.uart falls back");
+        assert_eq!(
+            (b.uart.as_ref().unwrap().path.as_str(), b.uart_chosen_by),
+            ("/soc/serial@7e215040", "alias serial0"),
+            "a bad pagelab.uart falls back"
+        );
     }
 
     #[test]
     fn a_disabled_uart_is_not_chosen() {
         let b = parse(PI3_NO_ALIASES).unwrap();
         let u = b.uart.as_ref().unwrap();
-        assert_eq!((u.path.as_str(), b.uart_chosen_by), ("/soc/serial@7e215040", "first mini UART"), "the PL011 is disabled");
+        assert_eq!(
+            (u.path.as_str(), b.uart_chosen_by),
+            ("/soc/serial@7e215040", "first mini UART"),
+            "the PL011 is disabled"
+        );
     }
 
     #[test]

@@ -13,12 +13,12 @@ use crate::kmain::{boot, exit};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::Kind;
 use crate::mm::granule::{GRANULE, START_LEVEL};
-use crate::mm::layout::{phys_to_virt, MARKERS};
+use crate::mm::layout::{MARKERS, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::mm::ptdump::PtDump;
-use crate::mm::walk::{walk_kernel_page_table_range, PageWalkOps, Step};
+use crate::mm::walk::{PageWalkOps, Step, walk_kernel_page_table_range};
 use crate::mm::{frame, heap, kmap};
-use crate::util::{parse_number, Bytes};
+use crate::util::{Bytes, parse_number};
 use crate::{print, println};
 
 /// What a command did.
@@ -82,8 +82,26 @@ RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
 swap (madvise pageout, the swap flags of query).";
 
 const PROCESS_COMMANDS: &[&str] = &[
-    "fork", "exit", "wait", "mmap", "munmap", "mprotect", "madvise", "write", "check", "touch", "expect-fault", "pin", "ref", "uffd",
-    "uffd-events", "query", "stats", "walk", "atcheck", "maps",
+    "fork",
+    "exit",
+    "wait",
+    "mmap",
+    "munmap",
+    "mprotect",
+    "madvise",
+    "write",
+    "check",
+    "touch",
+    "expect-fault",
+    "pin",
+    "ref",
+    "uffd",
+    "uffd-events",
+    "query",
+    "stats",
+    "walk",
+    "atcheck",
+    "maps",
 ];
 
 impl Session {
@@ -173,9 +191,7 @@ impl Session {
                 _ => Err("usage: spawn P".into()),
             },
             "checkpin" => match args {
-                [n, b] => {
-                    crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?).map(Outcome::Assert)
-                }
+                [n, b] => crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?).map(Outcome::Assert),
                 _ => Err("usage: checkpin N BYTE".into()),
             },
             "unpin" => match args {
@@ -209,7 +225,11 @@ fn info() -> Outcome {
     // The same on every CPU (TTBR0 aside): what gdb's pl-sysreg needs under
     // a debug server that shows no system registers (OpenOCD).
     let r = crate::arch::aarch64::mmu::live_regs();
-    let _ = writeln!(o, "sysregs: TTBR1_EL1 {:#x} TCR_EL1 {:#x} MAIR_EL1 {:#x} SCTLR_EL1 {:#x}", r.ttbr1, r.tcr, r.mair, r.sctlr);
+    let _ = writeln!(
+        o,
+        "sysregs: TTBR1_EL1 {:#x} TCR_EL1 {:#x} MAIR_EL1 {:#x} SCTLR_EL1 {:#x}",
+        r.ttbr1, r.tcr, r.mair, r.sctlr
+    );
     let _ = writeln!(
         o,
         "VA bits: kernel (TTBR1) {}, user (TTBR0) {}; user tables start at level {}",
@@ -224,7 +244,11 @@ fn info() -> Outcome {
         let _ = writeln!(o, "reserved {:#014x}-{:#014x} {what}", r.start.0, r.end.0);
     }
     if let Some(u) = &b.board.uart {
-        let _ = writeln!(o, "uart     {} at {:#x} ({}; by {})", u.path, u.regs[0].start.0, u.compatible, b.board.uart_chosen_by);
+        let _ = writeln!(
+            o,
+            "uart     {} at {:#x} ({}; by {})",
+            u.path, u.regs[0].start.0, u.compatible, b.board.uart_chosen_by
+        );
         let (irqs, dropped) = crate::drivers::uart::rx_stats();
         match crate::irq::console_irq() {
             Some(how) => writeln!(o, "uart rx  interrupt ({how}): {irqs} taken, {dropped} bytes dropped"),
@@ -240,8 +264,18 @@ fn info() -> Outcome {
         let _ = writeln!(o, "timer    {} interrupts {:?}", t.compatible, t.interrupts);
     }
     let _ = writeln!(o, "psci     {:?}", b.board.psci);
-    let _ = writeln!(o, "asids    {} bits, {} rollover(s)", crate::proc::asid::bits(), crate::proc::asid::ROLLOVERS.load(Ordering::Relaxed));
-    let _ = writeln!(o, "cpus     {} in the devicetree, {} online", b.board.cpus.len(), percpu::ONLINE.load(Ordering::Relaxed));
+    let _ = writeln!(
+        o,
+        "asids    {} bits, {} rollover(s)",
+        crate::proc::asid::bits(),
+        crate::proc::asid::ROLLOVERS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "cpus     {} in the devicetree, {} online",
+        b.board.cpus.len(),
+        percpu::ONLINE.load(Ordering::Relaxed)
+    );
     let _ = writeln!(o, "bootargs {}", b.board.bootargs);
     Outcome::Done
 }
@@ -354,7 +388,9 @@ pub fn invariants() -> Result<(), String> {
                     err = Some(alloc::format!("kernel VA {:#x} is accessible from EL0", e.va.0));
                 }
             }
-            Kind::Reserved if err.is_none() => err = Some(alloc::format!("reserved encoding at {:#x} level {}", e.va.0, e.level)),
+            Kind::Reserved if err.is_none() => {
+                err = Some(alloc::format!("reserved encoding at {:#x} level {}", e.va.0, e.level))
+            }
             _ => {}
         })
     });
@@ -473,7 +509,6 @@ pub fn interactive() -> ! {
         }
     }
 }
-
 
 fn ptdump_process(p: &str) -> CmdResult {
     if !crate::proc::exists(p) {

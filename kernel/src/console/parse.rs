@@ -48,7 +48,8 @@ pub fn lex(raw: &[u8]) -> Result<Option<Line<'_>>, String> {
 /// `[A-Za-z_][A-Za-z0-9_]*`
 pub fn is_name(s: &str) -> bool {
     let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_') && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use crate::arch::aarch64::cpu::AtOp;
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
-use crate::mm::mm_struct::MmapLocked;
 use crate::mm::granule::PAGE_SIZE;
-use crate::mm::pgtable::{expected_access_hw, Expected, Translation};
+use crate::mm::mm_struct::MmapLocked;
+use crate::mm::pgtable::{Expected, Translation, expected_access_hw};
 use crate::proc::{self, MmapArgs, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
@@ -75,7 +75,12 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                     "prot=r" => (true, false),
                     "prot=rw" => (true, true),
                     "prot=none" => (false, false),
-                    other => return Err(alloc::format!("bad protection `{}` (prot=r|rw|none)", &other[..other.len().min(20)])),
+                    other => {
+                        return Err(alloc::format!(
+                            "bad protection `{}` (prot=r|rw|none)",
+                            &other[..other.len().min(20)]
+                        ));
+                    }
                 };
                 proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done)
             }
@@ -131,7 +136,9 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                         println!("  {p}: {kind} at {addr:#x} refused: {}", Esr(esr));
                         Ok(Outcome::Assert(Ok(())))
                     }
-                    RunEnd::Fault { addr, .. } => Ok(Outcome::Assert(Err(alloc::format!("fault at {addr:#x}, not at {va:#x}")))),
+                    RunEnd::Fault { addr, .. } => {
+                        Ok(Outcome::Assert(Err(alloc::format!("fault at {addr:#x}, not at {va:#x}"))))
+                    }
                     RunEnd::Done => Ok(Outcome::Assert(Err(alloc::format!("the {kind} at {va:#x} succeeded")))),
                     other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
                 }
@@ -195,12 +202,24 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
 }
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
-    let [r, size, opts @ ..] = a else { return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into()) };
+    let [r, size, opts @ ..] = a else {
+        return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into());
+    };
     if !super::parse::is_name(r) {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
     }
     let size = parse_number(size).ok_or_else(|| alloc::format!("`{size}` is not a size"))?;
-    let mut args = MmapArgs { size, writable: true, readable: true, align: PAGE_SIZE, folio_order: 0, pfn: None, shared: false, memfd: None, file: None };
+    let mut args = MmapArgs {
+        size,
+        writable: true,
+        readable: true,
+        align: PAGE_SIZE,
+        folio_order: 0,
+        pfn: None,
+        shared: false,
+        memfd: None,
+        file: None,
+    };
     for o in opts {
         match *o {
             "anon" | "private" | "thp=never" => {}
@@ -208,12 +227,16 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             "prot=r" => (args.readable, args.writable) = (true, false),
             "prot=none" => (args.readable, args.writable) = (false, false),
             o if o.starts_with("align=") => {
-                let v = parse_number(&o[6..]).filter(|v| v.is_power_of_two()).ok_or_else(|| alloc::format!("bad alignment `{o}`"))?;
+                let v = parse_number(&o[6..])
+                    .filter(|v| v.is_power_of_two())
+                    .ok_or_else(|| alloc::format!("bad alignment `{o}`"))?;
                 args.align = v;
             }
             "thp=always" => args.folio_order = crate::mm::memory::max_folio_order(),
             o if o.starts_with("thp=") => {
-                let v = parse_number(&o[4..]).filter(|v| v.is_power_of_two() && *v >= PAGE_SIZE).ok_or_else(|| alloc::format!("bad folio size `{}`", &o[..o.len().min(30)]))?;
+                let v = parse_number(&o[4..])
+                    .filter(|v| v.is_power_of_two() && *v >= PAGE_SIZE)
+                    .ok_or_else(|| alloc::format!("bad folio size `{}`", &o[..o.len().min(30)]))?;
                 let order = (v / PAGE_SIZE).trailing_zeros() as u8;
                 if order > crate::mm::memory::max_folio_order() && crate::mm::huge_memory::pud_order() != Some(order) {
                     return Err(alloc::format!(
@@ -226,7 +249,10 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             }
             "shared" => args.shared = true,
             o if o.starts_with("pfn=") => {
-                args.pfn = Some(parse_number(&o[4..]).ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?);
+                args.pfn = Some(
+                    parse_number(&o[4..])
+                        .ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?,
+                );
             }
             o if o.starts_with("memfd=") => {
                 let f = &o[6..];
@@ -316,8 +342,8 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
             None => None,
         };
         match name {
-            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap" | "marker" | "uffd-wp"
-            | "exclusive" => {}
+            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap"
+            | "marker" | "uffd-wp" | "exclusive" => {}
             _ if folio.is_some() => {}
             other => return Err(alloc::format!("unknown query flag `{}`", &other[..other.len().min(30)])),
         }
@@ -357,7 +383,10 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
                     "young" => present && desc.af(),
                     "swap" => matches!(np, Some(crate::mm::desc::NonPresent::Swap { .. })),
                     "marker" => matches!(np, Some(crate::mm::desc::NonPresent::Marker(_))),
-                    "uffd-wp" => (present && desc.uffd_wp()) || matches!(np, Some(crate::mm::desc::NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0),
+                    "uffd-wp" => {
+                        (present && desc.uffd_wp())
+                            || matches!(np, Some(crate::mm::desc::NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0)
+                    }
                     _ => folio_size(&fw) == folio,
                 };
                 if have == neg {
@@ -373,7 +402,9 @@ fn query(p: &str, a: &[&str]) -> CmdResult {
 }
 
 /// The folio and page a folio walk found (none for the zero page).
-fn page_of(fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>) -> Option<(crate::mm::page::Folio, &'static crate::mm::page::Page)> {
+fn page_of(
+    fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>,
+) -> Option<(crate::mm::page::Folio, &'static crate::mm::page::Page)> {
     let pg = crate::mm::page::pfn_to_page(fw.as_ref()?.page?)?;
     Some((pg.folio()?, pg))
 }
@@ -400,7 +431,12 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
         let n = parse_number(v).ok_or_else(|| alloc::format!("`{v}` is not a number"))?;
         match k {
             "rss" | "anon" | "file" | "zero" | "swap" => want.push((k, n)),
-            other => return Err(alloc::format!("unknown counter `{}` (rss, anon, file, zero, swap)", &other[..other.len().min(20)])),
+            other => {
+                return Err(alloc::format!(
+                    "unknown counter `{}` (rss, anon, file, zero, swap)",
+                    &other[..other.len().min(20)]
+                ));
+            }
         }
     }
     let (rss, anon, file, zero) = proc::with_tables(p, |proc_, t| {
@@ -436,7 +472,9 @@ fn stats(p: &str, a: &[&str]) -> CmdResult {
             _ => 0,
         };
         if have != n {
-            return Ok(Outcome::Assert(Err(alloc::format!("{k} is {have}, expected {n} (rss {rss}, anon {anon}, file {file}, zero {zero})"))));
+            return Ok(Outcome::Assert(Err(alloc::format!(
+                "{k} is {have}, expected {n} (rss {rss}, anon {anon}, file {file}, zero {zero})"
+            ))));
         }
     }
     Ok(Outcome::Assert(Ok(())))

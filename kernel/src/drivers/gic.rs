@@ -14,7 +14,7 @@
 //! handlers run with PSTATE.I set.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use arm_gic::gicv2::GicV2;
 use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
@@ -90,7 +90,11 @@ pub fn init(node: &GicNode, ncpus: usize) -> Result<(), &'static str> {
             let r = map(PhysRange::new(second.start.0, second.start.0 + n * GICR_STRIDE))?;
             // SAFETY: as above, for the distributor and `n` redistributors.
             let mut g = unsafe {
-                GicV3::new(UniqueMmioPointer::new(NonNull::new(d as *mut _).unwrap()), NonNull::new(r as *mut _).unwrap(), n as usize)
+                GicV3::new(
+                    UniqueMmioPointer::new(NonNull::new(d as *mut _).unwrap()),
+                    NonNull::new(r as *mut _).unwrap(),
+                    n as usize,
+                )
             }
             .map_err(|_| "unsupported GICv3 redistributor layout")?;
             let me = redist_index(&mut g, n as usize).ok_or("no redistributor for the boot CPU")?;
@@ -106,7 +110,7 @@ pub fn init(node: &GicNode, ncpus: usize) -> Result<(), &'static str> {
 }
 
 fn my_mpidr() -> u64 {
-    use aarch64_cpu::registers::{Readable, MPIDR_EL1};
+    use aarch64_cpu::registers::{MPIDR_EL1, Readable};
     MPIDR_EL1.get() & 0xff_00ff_ffff
 }
 
@@ -155,7 +159,8 @@ pub fn init_this_cpu(ppis: &[(u32, bool)]) -> Result<(), &'static str> {
             }
             for &(intid, level) in ppis {
                 let i = IntId::ppi(intid - 16);
-                g.set_trigger(i, Some(rd), if level { Trigger::Level } else { Trigger::Edge }).map_err(|_| "cannot set a PPI trigger")?;
+                g.set_trigger(i, Some(rd), if level { Trigger::Level } else { Trigger::Edge })
+                    .map_err(|_| "cannot set a PPI trigger")?;
                 g.enable_interrupt(i, Some(rd), true).map_err(|_| "cannot enable a PPI")?;
             }
             V3_REDIST[id].store(rd, Ordering::Release);
@@ -242,7 +247,12 @@ pub fn send_sgi(target: usize, sgi: u32) -> Result<(), &'static str> {
             if aff0 >= 16 {
                 return Err("Aff0 >= 16 needs range selectors");
             }
-            let t = SgiTarget::List { affinity3: (m >> 32) as u8, affinity2: (m >> 16) as u8, affinity1: (m >> 8) as u8, target_list: 1 << aff0 };
+            let t = SgiTarget::List {
+                affinity3: (m >> 32) as u8,
+                affinity2: (m >> 16) as u8,
+                affinity1: (m >> 8) as u8,
+                target_list: 1 << aff0,
+            };
             GicCpuInterface::send_sgi(IntId::sgi(sgi), t, SgiTargetGroup::CurrentGroup1).map_err(|_| "bad SGI")
         }
         2 => {

@@ -6,7 +6,7 @@
 //! a CPU that keeps IRQs masked for a long time gets one late tick, not a
 //! burst. Ticks are counted per CPU by `crate::irq`.
 
-use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, CNTVCT_EL0, Readable, Writeable};
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Ticks per second.

@@ -123,9 +123,7 @@ impl NonPresent {
                     | if uffd_wp { NP_UFFD_WP } else { 0 }
             }
             NonPresent::Migration { pfn, writable } => {
-                (NP_MIGRATION << NP_KIND_SHIFT)
-                    | (pfn << NP_PAYLOAD_SHIFT)
-                    | if writable { NP_WRITABLE } else { 0 }
+                (NP_MIGRATION << NP_KIND_SHIFT) | (pfn << NP_PAYLOAD_SHIFT) | if writable { NP_WRITABLE } else { 0 }
             }
             NonPresent::Marker(bits) => (NP_MARKER << NP_KIND_SHIFT) | (bits << NP_PAYLOAD_SHIFT),
             NonPresent::ProtNone { pfn } => (NP_PROT_NONE << NP_KIND_SHIFT) | (pfn << NP_PAYLOAD_SHIFT),
@@ -137,11 +135,9 @@ impl NonPresent {
     fn decode(v: u64) -> Self {
         let payload = v >> NP_PAYLOAD_SHIFT;
         match (v >> NP_KIND_SHIFT) & 7 {
-            NP_SWAP => NonPresent::Swap {
-                slot: payload,
-                exclusive: v & NP_EXCLUSIVE != 0,
-                uffd_wp: v & NP_UFFD_WP != 0,
-            },
+            NP_SWAP => {
+                NonPresent::Swap { slot: payload, exclusive: v & NP_EXCLUSIVE != 0, uffd_wp: v & NP_UFFD_WP != 0 }
+            }
             NP_MIGRATION => NonPresent::Migration { pfn: payload, writable: v & NP_WRITABLE != 0 },
             NP_MARKER => NonPresent::Marker(payload),
             NP_PROT_NONE => NonPresent::ProtNone { pfn: payload },
@@ -210,12 +206,7 @@ impl Desc {
     pub fn perms(self) -> Perms {
         let r = self.reg();
         let ap = r.read(STAGE1::AP);
-        Perms {
-            el0: ap & 1 != 0,
-            read_only: ap & 2 != 0,
-            pxn: r.is_set(STAGE1::PXN),
-            uxn: r.is_set(STAGE1::UXN),
-        }
+        Perms { el0: ap & 1 != 0, read_only: ap & 2 != 0, pxn: r.is_set(STAGE1::PXN), uxn: r.is_set(STAGE1::UXN) }
     }
     pub fn af(self) -> bool {
         self.reg().is_set(STAGE1::AF)

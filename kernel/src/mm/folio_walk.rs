@@ -17,7 +17,7 @@ use spin::MutexGuard;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{Granule, GRANULE, USER_START_LEVEL};
+use super::granule::{GRANULE, Granule, USER_START_LEVEL};
 use super::mm_struct::{MmapLocked, Vma};
 use super::pgtable::TableMemory;
 
@@ -88,7 +88,9 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
     let mut table = mm.pgd;
     for level in start_level..=3 {
         // SAFETY: TableMemory guarantees the pointer reaches a live table.
-        let d = Desc(unsafe { (*mem.table_ptr(table).add(g.index(addr.0, level))).load(core::sync::atomic::Ordering::Acquire) });
+        let d = Desc(unsafe {
+            (*mem.table_ptr(table).add(g.index(addr.0, level))).load(core::sync::atomic::Ordering::Acquire)
+        });
         match d.kind(level, g) {
             Kind::Table(next) if level < 3 => table = next,
             Kind::Leaf(base) => {
@@ -105,10 +107,26 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
                     _ => FwLevel::Pud,
                 };
                 return match vm_normal_page(&vma, d, level, g) {
-                    Some(_) => Some(FolioWalk { folio, size, page: Some(exact), level: fw_level, table_level: level, entry: d, zero: false, _ptl: ptl }),
-                    None if flags.zeropage && is_zero_page(base) => {
-                        Some(FolioWalk { folio, size, page: None, level: fw_level, table_level: level, entry: d, zero: true, _ptl: ptl })
-                    }
+                    Some(_) => Some(FolioWalk {
+                        folio,
+                        size,
+                        page: Some(exact),
+                        level: fw_level,
+                        table_level: level,
+                        entry: d,
+                        zero: false,
+                        _ptl: ptl,
+                    }),
+                    None if flags.zeropage && is_zero_page(base) => Some(FolioWalk {
+                        folio,
+                        size,
+                        page: None,
+                        level: fw_level,
+                        table_level: level,
+                        entry: d,
+                        zero: true,
+                        _ptl: ptl,
+                    }),
                     None => None,
                 };
             }
@@ -149,8 +167,22 @@ mod tests {
         let mm = MmStruct::new(root, 9);
         {
             let mut w = mm.mmap_write_lock();
-            assert!(w.insert(Vma { start: 0x10_0000, end: 0x10_3000, flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
-            assert!(w.insert(Vma { start: 0x40_0000, end: 0x70_0000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0, file: 0, pgoff: 0 }));
+            assert!(w.insert(Vma {
+                start: 0x10_0000,
+                end: 0x10_3000,
+                flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }));
+            assert!(w.insert(Vma {
+                start: 0x40_0000,
+                end: 0x70_0000,
+                flags: VmFlags::READ | VmFlags::WRITE,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }));
         }
         let g = mm.mmap_read_lock();
         let none = FwFlags::default();
@@ -175,11 +207,14 @@ mod tests {
 
         // The zero page only when asked, and then without an exposed page.
         assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x60_0010), none, &is_zero).is_none());
-        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x60_0010), FwFlags { zeropage: true }, &is_zero).unwrap();
+        let fw =
+            folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x60_0010), FwFlags { zeropage: true }, &is_zero).unwrap();
         assert!(fw.zero && fw.page.is_none() && fw.folio == ZERO);
         drop(fw);
         // A special entry that is not the zero page stays hidden even with FW_ZEROPAGE.
-        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x10_0000), FwFlags { zeropage: true }, &is_zero).is_none());
+        assert!(
+            folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x10_0000), FwFlags { zeropage: true }, &is_zero).is_none()
+        );
 
         // No VMA, or nothing mapped: nothing.
         assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x80_0000), none, &is_zero).is_none());
@@ -193,7 +228,14 @@ mod tests {
         let run = LeafAttrs { contiguous: true, ..USER };
         t.map(VirtAddr(0x20_0000), PhysAddr(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 1);
-        mm.mmap_write_lock().insert(Vma { start: 0x20_0000, end: 0x21_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
+        mm.mmap_write_lock().insert(Vma {
+            start: 0x20_0000,
+            end: 0x21_0000,
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0,
+        });
         let g = mm.mmap_read_lock();
         let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x20_5123), FwFlags::default(), &is_zero).unwrap();
         assert_eq!((fw.folio, fw.size, fw.page), (PhysAddr(0x5000_0000), 0x1_0000, Some(PhysAddr(0x5000_5000))));

@@ -14,7 +14,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use super::addr::{PhysAddr, PhysRange};
-use super::granule::{align_down, align_up, PAGE_SHIFT, PAGE_SIZE};
+use super::granule::{PAGE_SHIFT, PAGE_SIZE, align_down, align_up};
 use super::layout::phys_to_virt;
 
 /// Who holds a frame, for `meminfo`.
@@ -215,7 +215,8 @@ mod pcp {
         pub(super) to_user: i64,
     }
 
-    pub(super) static LISTS: [Mutex<List>; MAX_CPUS] = [const { Mutex::new(List { pfns: [0; HIGH], n: 0, to_user: 0 }) }; MAX_CPUS];
+    pub(super) static LISTS: [Mutex<List>; MAX_CPUS] =
+        [const { Mutex::new(List { pfns: [0; HIGH], n: 0, to_user: 0 }) }; MAX_CPUS];
     /// Frames on all lists together (exact: changed under a list's lock).
     pub(super) static LISTED: AtomicU64 = AtomicU64::new(0);
     /// One bit per frame: it is on some list. Catches a double free of a
@@ -368,13 +369,15 @@ mod pcp {
 
     /// Gives every list's frames back to the buddy; returns how many.
     pub(super) fn drain_all() -> usize {
-        LISTS.iter().map(|l| {
-            let mut l = l.lock();
-            let n = l.n;
-            drain(&mut l, n)
-        }).sum()
+        LISTS
+            .iter()
+            .map(|l| {
+                let mut l = l.lock();
+                let n = l.n;
+                drain(&mut l, n)
+            })
+            .sum()
     }
-
 }
 
 /// First page frame number and number of frames the allocator spans
@@ -538,7 +541,10 @@ fn check_locked() -> Result<Stats, alloc::string::String> {
     let to_user: i64 = lists.iter().map(|l| l.to_user).sum();
     let listed: u64 = lists.iter().map(|l| l.n as u64).sum();
     if listed != pcp::LISTED.load(Ordering::Acquire) {
-        return Err(alloc::format!("the per-CPU lists hold {listed} frames but LISTED says {}", pcp::LISTED.load(Ordering::Acquire)));
+        return Err(alloc::format!(
+            "the per-CPU lists hold {listed} frames but LISTED says {}",
+            pcp::LISTED.load(Ordering::Acquire)
+        ));
     }
     let g = FRAMES.lock();
     let st = g.as_ref().ok_or("frame allocator not initialised")?;
@@ -548,7 +554,9 @@ fn check_locked() -> Result<Stats, alloc::string::String> {
     if set != unmanaged + st.allocated {
         return Err(alloc::format!(
             "bitmap marks {} frames in use but {} are reserved/outside RAM and {} allocated",
-            set, unmanaged, st.allocated
+            set,
+            unmanaged,
+            st.allocated
         ));
     }
     let owned: u64 = st.by_owner.iter().fold(0u64, |a, &b| a.wrapping_add(b));
@@ -557,7 +565,10 @@ fn check_locked() -> Result<Stats, alloc::string::String> {
     }
     let s = stats_of(st, to_user);
     if s.by_owner[Owner::Pcp as usize] != listed {
-        return Err(alloc::format!("the per-CPU lists hold {listed} frames but {} are counted there", s.by_owner[Owner::Pcp as usize]));
+        return Err(alloc::format!(
+            "the per-CPU lists hold {listed} frames but {} are counted there",
+            s.by_owner[Owner::Pcp as usize]
+        ));
     }
     Ok(s)
 }

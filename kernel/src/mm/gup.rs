@@ -76,7 +76,13 @@ pub fn release(t: Taken, pin: bool) {
 /// under the page-table lock; fault it in (write fault for FOLL_WRITE,
 /// unshare fault for R/O pins of shared pages) and retry until it can be
 /// taken. Errors are errno values; what was taken before one is released.
-pub fn get_user_pages(mt: MmTables<'_>, lock: &impl MmapLocked, start: u64, nr: u64, flags: Foll) -> Result<Vec<Taken>, i64> {
+pub fn get_user_pages(
+    mt: MmTables<'_>,
+    lock: &impl MmapLocked,
+    start: u64,
+    nr: u64,
+    flags: Foll,
+) -> Result<Vec<Taken>, i64> {
     let mut out: Vec<Taken> = Vec::new();
     for i in 0..nr {
         let va = start + i * PAGE_SIZE;
@@ -129,7 +135,11 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
                         if !page::is_zero_any(pa) {
                             return Err(-EFAULT);
                         }
-                        if must_unshare(flags, None, Some(cow)) { Some(FaultFlags { write: false, unshare: true }) } else { return Ok(Taken::Zero) }
+                        if must_unshare(flags, None, Some(cow)) {
+                            Some(FaultFlags { write: false, unshare: true })
+                        } else {
+                            return Ok(Taken::Zero);
+                        }
                     } else {
                         let pg = page::pfn_to_page(pa).ok_or(-EFAULT)?;
                         if must_unshare(flags, Some(pg), Some(cow)) {
@@ -273,7 +283,11 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), String>, String> 
         // SAFETY: the handle holds the page; it is RAM in the linear map.
         let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
         if let Some(off) = s.iter().position(|&b| b != byte) {
-            return Ok(Err(alloc::format!("page {i} ({:#x}) byte {off:#x} is {:#04x}, expected {byte:#04x}", pa.0, s[off])));
+            return Ok(Err(alloc::format!(
+                "page {i} ({:#x}) byte {off:#x} is {:#04x}, expected {byte:#04x}",
+                pa.0,
+                s[off]
+            )));
         }
     }
     Ok(Ok(()))

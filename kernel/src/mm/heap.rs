@@ -61,7 +61,8 @@ unsafe impl GlobalAlloc for KernelAlloc {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if layout.size() >= BIG {
-            let pa = super::layout::linear_virt_to_phys(super::addr::VirtAddr(ptr as u64)).expect("big allocation outside the linear map");
+            let pa = super::layout::linear_virt_to_phys(super::addr::VirtAddr(ptr as u64))
+                .expect("big allocation outside the linear map");
             frame::free(pa, big_order(&layout), Owner::Heap).expect("freeing a big allocation");
         } else {
             // SAFETY: forwarded contract.

@@ -18,11 +18,11 @@ use super::desc::{Desc, LeafAttrs};
 use super::frame::{self, Owner};
 use super::granule::{GRANULE, PAGE_SIZE};
 use super::kmap::FrameTableMem;
-use super::memory::{self, FaultFlags, VmFault, CONT_BIT};
-use super::mm_struct::{MmStruct, Vma, VmFlags};
+use super::memory::{self, CONT_BIT, FaultFlags, VmFault};
+use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, Folio};
-use super::pgtable::live::TlbFlush;
 use super::pgtable::TableMemory;
+use super::pgtable::live::TlbFlush;
 use super::tlb::KernelFlush;
 
 /// Bytes one level-2 block maps.
@@ -45,7 +45,10 @@ pub fn pud_order() -> Option<u8> {
 /// The VMA wants 1G folios (`thp=1G`) and holds the whole aligned block.
 pub fn pud_suitable(vma: &Vma, va: u64) -> bool {
     let base = va & !(pud_size() - 1);
-    pud_order().is_some_and(|o| vma.folio_order >= o) && !vma.flags.contains(VmFlags::NOHUGEPAGE) && base >= vma.start && base + pud_size() <= vma.end
+    pud_order().is_some_and(|o| vma.folio_order >= o)
+        && !vma.flags.contains(VmFlags::NOHUGEPAGE)
+        && base >= vma.start
+        && base + pud_size() <= vma.end
 }
 
 /// A write fault on an empty level-1 entry of a `thp=1G` VMA: a zeroed 1G
@@ -62,7 +65,10 @@ pub fn do_huge_pud_anonymous_page(pud: &AtomicU64, vma: &Vma, flags: FaultFlags)
     }
     let folio = page::folio_alloc_anon(pud_order()? as u32)?;
     page::folio_add_new_anon_rmap_pmd(folio);
-    memory::set_pte_new(pud, memory::maybe_mkwrite(Desc::leaf(folio.pa(), 1, memory::vm_page_prot(vma)), vma).mkdirty());
+    memory::set_pte_new(
+        pud,
+        memory::maybe_mkwrite(Desc::leaf(folio.pa(), 1, memory::vm_page_prot(vma)), vma).mkdirty(),
+    );
     Some(VmFault::Done)
 }
 
@@ -75,14 +81,19 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, v
     let desc = Desc(pud.load(Ordering::Acquire));
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
-    let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).filter(|f| f.size() == pud_size() && !desc.special()).ok_or("split of a level-1 block that is not a 1G THP")?;
+    let folio = page::pfn_to_page(pa)
+        .and_then(|p| p.folio())
+        .filter(|f| f.size() == pud_size() && !desc.special())
+        .ok_or("split of a level-1 block that is not a 1G THP")?;
     let table = mem.alloc_table().ok_or("out of memory splitting a 1G block")?;
     let attrs = desc.attr_bits();
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
         memory::entry(mem, table, i).store((pa.0 + i as u64 * pmd_size()) | attrs | 0b01, Ordering::Relaxed);
     }
-    page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| (super::gup::held(f, true), super::gup::held(f, false)))?;
+    page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
+        (super::gup::held(f, true), super::gup::held(f, false))
+    })?;
     pud.store(0, Ordering::Release);
     KernelFlush.flush(base, pud_size(), Some(mm.asid()), true);
     memory::set_pte_new(pud, Desc::table(table));
@@ -122,7 +133,10 @@ pub fn is_huge_zero(pa: PhysAddr) -> bool {
 /// block-sized folios and holds the whole aligned block around `va`.
 pub fn pmd_suitable(vma: &Vma, va: u64) -> bool {
     let base = va & !(pmd_size() - 1);
-    !vma.flags.contains(VmFlags::NOHUGEPAGE) && vma.folio_order >= memory::max_folio_order() && base >= vma.start && base + pmd_size() <= vma.end
+    !vma.flags.contains(VmFlags::NOHUGEPAGE)
+        && vma.folio_order >= memory::max_folio_order()
+        && base >= vma.start
+        && base + pmd_size() <= vma.end
 }
 
 fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
@@ -148,7 +162,15 @@ pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, flags: FaultFlags)
 /// block. An exclusive folio (or one nobody else holds) is reused in
 /// place; the huge zero folio and shared folios are split, and the retried
 /// access faults on the page entry, where `do_wp_page` copies one page.
-pub fn do_huge_pmd_wp_page(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+pub fn do_huge_pmd_wp_page(
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    pmd: &AtomicU64,
+    vma: &Vma,
+    va: u64,
+    desc: Desc,
+    flags: FaultFlags,
+) -> VmFault {
     let pa = desc.output_address(pmd_size());
     if desc.special() {
         return match split_huge_pmd(mm, mem, pmd, va) {

@@ -14,8 +14,8 @@ use spin::Mutex;
 use super::addr::{PhysAddr, PhysRange, VirtAddr};
 use super::desc::LeafAttrs;
 use super::frame::{self, Owner};
-use super::granule::{align_down, align_up, GRANULE, PAGE_SIZE, START_LEVEL};
-use super::layout::{io_virt, phys_to_virt, IO_BASE, IO_END, KIMAGE_VADDR};
+use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
+use super::layout::{IO_BASE, IO_END, KIMAGE_VADDR, io_virt, phys_to_virt};
 use super::mm_struct::KernelPgtable;
 use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
@@ -124,7 +124,15 @@ pub fn stack_range(i: usize) -> (u64, u64) {
     (lo, lo + STACK_SIZE)
 }
 
-fn map_or_panic<M: TableMemory>(t: &mut Tables<'_, M>, what: &str, va: u64, pa: u64, size: u64, a: LeafAttrs, s: LeafSizes) {
+fn map_or_panic<M: TableMemory>(
+    t: &mut Tables<'_, M>,
+    what: &str,
+    va: u64,
+    pa: u64,
+    size: u64,
+    a: LeafAttrs,
+    s: LeafSizes,
+) {
     if let Err(e) = t.map(VirtAddr(va), PhysAddr(pa), size, a, s) {
         panic!("cannot map {what} {va:#x}..{:#x}: {e:?}", va + size);
     }
@@ -146,17 +154,41 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
         }
         for i in 0..MAX_CPUS {
             let (lo, hi) = stack_range(i);
-            map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo).0, hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+            map_or_panic(
+                &mut t,
+                "stack",
+                lo,
+                kimage_to_phys(lo).0,
+                hi - lo,
+                LeafAttrs::KERNEL_RW,
+                LeafSizes::PagesOnly,
+            );
         }
         for r in ram {
             let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
             if e > s {
-                map_or_panic(&mut t, "RAM", phys_to_virt(PhysAddr(s)).0, s, e - s, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+                map_or_panic(
+                    &mut t,
+                    "RAM",
+                    phys_to_virt(PhysAddr(s)).0,
+                    s,
+                    e - s,
+                    LeafAttrs::KERNEL_RW,
+                    LeafSizes::Largest,
+                );
             }
         }
         if let Some(u) = uart {
             let (s, e) = (align_down(u.start.0, PAGE_SIZE), align_up(u.end.0, PAGE_SIZE));
-            map_or_panic(&mut t, "UART", io_virt(PhysAddr(s)).0, s, e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+            map_or_panic(
+                &mut t,
+                "UART",
+                io_virt(PhysAddr(s)).0,
+                s,
+                e - s,
+                LeafAttrs::KERNEL_DEVICE,
+                LeafSizes::PagesOnly,
+            );
         }
     }
     // SAFETY: image pages keep their size and PA; the DTB fixmap window
@@ -253,7 +285,13 @@ pub fn with_live<R>(f: impl FnOnce(&mut super::pgtable::live::Live<'_, '_, Kerne
 }
 
 /// Maps `[va, va+size)` in the kernel tables (holes only; see `Tables::map`).
-pub fn map_kernel(va: VirtAddr, pa: PhysAddr, size: u64, attrs: LeafAttrs, sizes: LeafSizes) -> Result<usize, MapError> {
+pub fn map_kernel(
+    va: VirtAddr,
+    pa: PhysAddr,
+    size: u64,
+    attrs: LeafAttrs,
+    sizes: LeafSizes,
+) -> Result<usize, MapError> {
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");

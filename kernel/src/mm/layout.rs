@@ -40,11 +40,7 @@ pub const fn phys_to_virt(pa: PhysAddr) -> VirtAddr {
 
 /// Inverse of [`phys_to_virt`], for linear-map addresses only.
 pub const fn linear_virt_to_phys(va: VirtAddr) -> Option<PhysAddr> {
-    if va.0 >= PAGE_OFFSET && va.0 < LINEAR_END {
-        Some(PhysAddr(va.0 - PAGE_OFFSET))
-    } else {
-        None
-    }
+    if va.0 >= PAGE_OFFSET && va.0 < LINEAR_END { Some(PhysAddr(va.0 - PAGE_OFFSET)) } else { None }
 }
 
 /// The MMIO-window address of device physical address `pa`.

@@ -22,18 +22,19 @@ use spin::Mutex;
 
 use super::addr::PhysAddr;
 pub use super::desc::CONT_BIT;
-use super::desc::{Desc, Kind, LeafAttrs, AF_BIT, AP_EL0, AP_RDONLY, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
+use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
-use super::mm_struct::{MmStruct, Vma, VmFlags};
+use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::live::TlbFlush;
 use super::pgtable::TableMemory;
+use super::pgtable::live::TlbFlush;
 use super::tlb::KernelFlush;
 
 /// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.
 pub const PFN_POOL_SIZE: u64 = 4 << 20;
-static PFN_POOL: [core::sync::atomic::AtomicU64; 2] = [core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)];
+static PFN_POOL: [core::sync::atomic::AtomicU64; 2] =
+    [core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)];
 
 pub fn set_pfn_pool(start: u64, end: u64) {
     PFN_POOL[0].store(start, Ordering::Release);
@@ -163,7 +164,12 @@ fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> O
 /// a range operation sees only whole blocks (Linux splits the PMD at the
 /// edges of mprotect/munmap/madvise ranges).
 #[inline(never)]
-pub(crate) fn split_blocks_at_edges(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), String> {
+pub(crate) fn split_blocks_at_edges(
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    start: u64,
+    end: u64,
+) -> Result<(), String> {
     if super::huge_memory::pud_order().is_some() {
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
@@ -215,8 +221,21 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
 /// whose table exists and for every level-2 block the range covers whole
 /// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
 /// an error: callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
-    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, f: &mut F) -> Result<(), String> {
+fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
+    mem: &FrameTableMem,
+    pgd: PhysAddr,
+    start: u64,
+    end: u64,
+    f: &mut F,
+) -> Result<(), String> {
+    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
+        mem: &FrameTableMem,
+        level: u32,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        f: &mut F,
+    ) -> Result<(), String> {
         let g = GRANULE;
         let size = g.level_size(level);
         let mut va = start;
@@ -232,7 +251,11 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(me
                     // A whole block (callers split the edges first).
                     Kind::Leaf(_) if level == 2 && va % size == 0 && chunk_end == va + size => f(va, 2, e)?,
                     Kind::Leaf(_) if level == 1 && va % size == 0 && chunk_end == va + size => f(va, 1, e)?,
-                    _ => return Err(alloc::format!("unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)")),
+                    _ => {
+                        return Err(alloc::format!(
+                            "unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)"
+                        ));
+                    }
                 }
             }
             va = chunk_end;
@@ -496,7 +519,8 @@ fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(pag
         }
         let first = slot_at(slot, va, base);
         // SAFETY: the range is inside one level-3 table (size <= level-2 size).
-        let none = (0..(1usize << order)).all(|i| unsafe { &*(first as *const AtomicU64).add(i) }.load(Ordering::Acquire) == 0);
+        let none = (0..(1usize << order))
+            .all(|i| unsafe { &*(first as *const AtomicU64).add(i) }.load(Ordering::Acquire) == 0);
         if !none {
             continue;
         }
@@ -595,7 +619,15 @@ fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc
 /// zeroes for the zero page) replaces the entry - a change of output
 /// address, so break-before-make - and the old page loses a mapping and a
 /// reference.
-fn wp_page_copy(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, old: Option<&'static page::Page>, flags: FaultFlags) -> VmFault {
+fn wp_page_copy(
+    mm: &MmStruct,
+    slot: &AtomicU64,
+    vma: &Vma,
+    va: u64,
+    desc: Desc,
+    old: Option<&'static page::Page>,
+    flags: FaultFlags,
+) -> VmFault {
     wp_page_copy_from(mm, slot, vma, va, desc, old.map(|o| o.pa()), old, flags)
 }
 
@@ -606,7 +638,16 @@ fn pfn_in_pool(pa: PhysAddr) -> bool {
 /// `wp_page_copy` with the copy's source: `src` (None: zeroes) and the old
 /// page's metadata when it has some (not for PFN mappings).
 #[allow(clippy::too_many_arguments)]
-fn wp_page_copy_from(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, src: Option<PhysAddr>, old: Option<&'static page::Page>, flags: FaultFlags) -> VmFault {
+fn wp_page_copy_from(
+    mm: &MmStruct,
+    slot: &AtomicU64,
+    vma: &Vma,
+    va: u64,
+    desc: Desc,
+    src: Option<PhysAddr>,
+    old: Option<&'static page::Page>,
+    flags: FaultFlags,
+) -> VmFault {
     let new = match src {
         None => page::folio_alloc_anon(0),
         Some(s) => page::folio_alloc_anon_nozero(0).inspect(|n| copy_page(n.pa(), s)),
@@ -656,7 +697,8 @@ fn copy_pte_slow(
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
-        let pg = page::pfn_to_page(pa).ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
+        let pg = page::pfn_to_page(pa)
+            .ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             let ro = desc.wrprotect();
@@ -689,7 +731,8 @@ fn copy_pte_slow(
         None => match pte_lookup(dmem, dst.pgd, va, true) {
             Some(s) => {
                 // SAFETY: s is entry index(va) of its table; back to index(base).
-                dcache.1 = Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
+                dcache.1 =
+                    Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
                 s
             }
             None => {
@@ -770,7 +813,9 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                             wrprotected = true;
                         }
                         // SAFETY: same level-3 table as `first` (same span), index in range.
-                        let dslot = unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3)) };
+                        let dslot = unsafe {
+                            &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3))
+                        };
                         // Linux `pte_mkold` for the child: its first access sets the flag.
                         dslot.store(ro.mkold().0, Ordering::Relaxed);
                         return Ok(());
@@ -801,8 +846,15 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 /// fork of one block entry: the child gets the same (write-protected)
 /// block. Returns whether the parent's entry was write-protected.
 #[inline(never)]
-fn copy_block(dmem: &mut FrameTableMem, dst: &MmStruct, va: u64, sslot: &AtomicU64, desc: Desc) -> Result<bool, String> {
-    let child = super::huge_memory::copy_huge_pmd(sslot, desc).ok_or_else(|| alloc::format!("block at {va:#x} is pinned but was not split"))?;
+fn copy_block(
+    dmem: &mut FrameTableMem,
+    dst: &MmStruct,
+    va: u64,
+    sslot: &AtomicU64,
+    desc: Desc,
+) -> Result<bool, String> {
+    let child = super::huge_memory::copy_huge_pmd(sslot, desc)
+        .ok_or_else(|| alloc::format!("block at {va:#x} is pinned but was not split"))?;
     let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
@@ -873,7 +925,15 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
 /// child tables the range covers completely, and clears the blocks it
 /// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
 /// linked, empty, and is freed with the process.
-fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, cleared: &mut bool, detached: &mut Vec<PhysAddr>) {
+fn clear_range(
+    mem: &FrameTableMem,
+    level: u32,
+    table: PhysAddr,
+    start: u64,
+    end: u64,
+    cleared: &mut bool,
+    detached: &mut Vec<PhysAddr>,
+) {
     let g = GRANULE;
     let size = g.level_size(level);
     let mut va = start;
@@ -939,7 +999,14 @@ fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, wri
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
 /// read-only and are COWed (or reused) by the next write fault. All
 /// changes are permission-only (no BBM); one TLB flush at the end.
-pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool, shared: bool) -> Result<(), String> {
+pub fn change_protection(
+    mt: MmTables<'_>,
+    va: u64,
+    len: u64,
+    readable: bool,
+    writable: bool,
+    shared: bool,
+) -> Result<(), String> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
@@ -951,7 +1018,11 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
             return Ok(());
         }
         let run_va = a & !(cont_size() - 1);
-        if level == 3 && d.0 & CONT_BIT != 0 && (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
+        if level == 3
+            && d.0 & CONT_BIT != 0
+            && (a == run_va || a == va)
+            && !run_stays_uniform(slot, a, va, va + len, writable)
+        {
             unfold_run(mm, slot, a);
         }
         let d = Desc(slot.load(Ordering::Acquire));
@@ -963,7 +1034,11 @@ pub fn change_protection(mt: MmTables<'_>, va: u64, len: u64, readable: bool, wr
         let exclusive = writable
             && !shared
             && !d.special()
-            && if level < 3 { block_all_exclusive(d) } else { page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()) };
+            && if level < 3 {
+                block_all_exclusive(d)
+            } else {
+                page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
+            };
         // A shared mapping has no COW: writable means writable.
         if writable && (exclusive || shared) {
             n = n.mkwrite();
@@ -1057,7 +1132,12 @@ fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Res
 /// Linux `vm_insert_page`: maps a driver's page (or the zero page) at
 /// `addr` of the VMA there. Errors: -EFAULT (no VMA), -EINVAL (a page or
 /// VMA that must not be used), -EBUSY (something is mapped), -ENOMEM.
-pub fn vm_insert_page(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64, pa: PhysAddr) -> Result<(), i64> {
+pub fn vm_insert_page(
+    mt: MmTables<'_>,
+    vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
+    addr: u64,
+    pa: PhysAddr,
+) -> Result<(), i64> {
     let vma = insert_vma(vmas, addr)?;
     validate_page_before_insert(mt.mm, &vma, pa)?;
     let _ptl = mt.mm.page_table_lock_guard();
@@ -1072,7 +1152,12 @@ pub fn vm_insert_page(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGu
 /// fixed one from seed 001: a page with no references is refused, but the
 /// zero page (never refcounted) is not. Returns how many were inserted
 /// before the first error (Linux reports the rest back the same way).
-pub fn vm_insert_pages(mt: MmTables<'_>, vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64, pages: &[PhysAddr]) -> (usize, Result<(), i64>) {
+pub fn vm_insert_pages(
+    mt: MmTables<'_>,
+    vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
+    addr: u64,
+    pages: &[PhysAddr],
+) -> (usize, Result<(), i64>) {
     for (i, &pa) in pages.iter().enumerate() {
         let va = addr + i as u64 * PAGE_SIZE;
         if !page::is_zero_pfn(pa) && page::pfn_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {

@@ -254,7 +254,14 @@ pub struct MmStruct {
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
-        Self { pgd, asid_slot: core::sync::atomic::AtomicU64::new(asid as u64), mmap_lock: RwLock::new(VmaList::default()), page_table_lock: spin::Mutex::new(()), write_protect_seq: core::sync::atomic::AtomicU64::new(0), forbid_zeropage: core::sync::atomic::AtomicBool::new(false) }
+        Self {
+            pgd,
+            asid_slot: core::sync::atomic::AtomicU64::new(asid as u64),
+            mmap_lock: RwLock::new(VmaList::default()),
+            page_table_lock: spin::Mutex::new(()),
+            write_protect_seq: core::sync::atomic::AtomicU64::new(0),
+            forbid_zeropage: core::sync::atomic::AtomicBool::new(false),
+        }
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
@@ -397,9 +404,22 @@ mod tests {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
         assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
-        assert!(w.insert(Vma { start: 0x1000, end: 0x2000, flags: VmFlags::READ | VmFlags::WRITE, folio_order: 0, file: 0, pgoff: 0 }));
-        assert!(!w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }), "overlap");
-        assert!(!w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }), "empty");
+        assert!(w.insert(Vma {
+            start: 0x1000,
+            end: 0x2000,
+            flags: VmFlags::READ | VmFlags::WRITE,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0
+        }));
+        assert!(
+            !w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            "overlap"
+        );
+        assert!(
+            !w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            "empty"
+        );
         assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
         assert_eq!(w.find(0x2000), None);
         assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
@@ -437,10 +457,23 @@ mod tests {
         assert_eq!(VmFlags(VmFlags::EXEC.0 | 1 << 31 | 1 << 4).to_string(), "EXEC|0x80000010");
         assert_eq!(size_str(0x11000).to_string(), "68K");
         assert_eq!(alloc::format!("{:>6}|", size_str(1 << 30)), "    1G|");
-        let v = Vma { start: 0x10_0000_0000, end: 0x10_0001_0000, flags: VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE, folio_order: 9, file: 0, pgoff: 0 };
-        assert_eq!(v.maps_line(4096).to_string(), "0x0000001000000000-0x0000001000010000 rw-p    64K folio   2M READ|WRITE|MAYWRITE");
+        let v = Vma {
+            start: 0x10_0000_0000,
+            end: 0x10_0001_0000,
+            flags: VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE,
+            folio_order: 9,
+            file: 0,
+            pgoff: 0,
+        };
+        assert_eq!(
+            v.maps_line(4096).to_string(),
+            "0x0000001000000000-0x0000001000010000 rw-p    64K folio   2M READ|WRITE|MAYWRITE"
+        );
         let s = Vma { flags: VmFlags::READ | VmFlags::SHARED, folio_order: 0, file: 3, pgoff: 2, ..v };
-        assert_eq!(s.maps_line(16384).to_string(), "0x0000001000000000-0x0000001000010000 r--s    64K folio  16K READ|SHARED file 3 pgoff 0x2");
+        assert_eq!(
+            s.maps_line(16384).to_string(),
+            "0x0000001000000000-0x0000001000010000 r--s    64K folio  16K READ|SHARED file 3 pgoff 0x2"
+        );
     }
 
     #[test]

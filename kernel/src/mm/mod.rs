@@ -7,22 +7,22 @@
 //! kernel tables in [`kmap`].
 pub mod addr;
 pub mod desc;
+pub mod folio_walk;
 pub mod granule;
-#[cfg(target_os = "none")]
-pub mod page;
-#[cfg(target_os = "none")]
-pub mod memory;
-#[cfg(target_os = "none")]
-pub mod huge_memory;
 #[cfg(target_os = "none")]
 pub mod gup;
 #[cfg(target_os = "none")]
-pub mod shmem;
+pub mod huge_memory;
 pub mod layout;
+#[cfg(target_os = "none")]
+pub mod memory;
 pub mod mm_struct;
+#[cfg(target_os = "none")]
+pub mod page;
 pub mod pgtable;
 pub mod ptdump;
-pub mod folio_walk;
+#[cfg(target_os = "none")]
+pub mod shmem;
 pub mod tlb_plan;
 pub mod walk;
 

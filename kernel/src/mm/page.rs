@@ -120,7 +120,15 @@ pub struct Folio(&'static Page);
 
 impl core::fmt::Debug for Folio {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Folio({:#x}, order {}, ref {}, map {}, pin {})", self.pa().0, self.order(), self.refcount(), self.mapcount(), self.pincount())
+        write!(
+            f,
+            "Folio({:#x}, order {}, ref {}, map {}, pin {})",
+            self.pa().0,
+            self.order(),
+            self.refcount(),
+            self.mapcount(),
+            self.pincount()
+        )
     }
 }
 
@@ -522,7 +530,11 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
             return Err(alloc::format!("tail page {:#x} without its head", pa.0));
         }
         if p.mapcount() != 0 || f & pg::ANON_EXCLUSIVE != 0 {
-            return Err(alloc::format!("page {:#x} is not in a folio but has mapcount {} / flags {f:#x}", pa.0, p.mapcount()));
+            return Err(alloc::format!(
+                "page {:#x} is not in a folio but has mapcount {} / flags {f:#x}",
+                pa.0,
+                p.mapcount()
+            ));
         }
         i += 1;
     }

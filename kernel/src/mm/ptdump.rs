@@ -130,19 +130,41 @@ mod tests {
     use crate::mm::addr::{PhysAddr, VirtAddr};
     use crate::mm::desc::LeafAttrs;
     use crate::mm::granule::Granule;
-    use crate::mm::pgtable::{host::HostMem, LeafSizes, Tables};
+    use crate::mm::pgtable::{LeafSizes, Tables, host::HostMem};
     use std::string::String;
 
-    static MARKERS: &[(u64, &str)] = &[(0xffff_0000_0000_0000, "Linear Mapping start"), (0xffff_8000_0000_0000, "Kernel Image start")];
+    static MARKERS: &[(u64, &str)] =
+        &[(0xffff_0000_0000_0000, "Linear Mapping start"), (0xffff_8000_0000_0000, "Kernel Image start")];
 
     #[test]
     fn merges_runs_and_prints_linux_columns() {
         let g = Granule::K4;
         let (mut mem, root) = HostMem::new(g);
         let mut t = Tables::new(root, g, 0, &mut mem);
-        t.map(VirtAddr(0xffff_0000_4000_0000), PhysAddr(0x4000_0000), 1 << 30, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr(0xffff_8000_0000_0000), PhysAddr(0x4008_0000), 0x10000, LeafAttrs::KERNEL_RX, LeafSizes::PagesOnly).unwrap();
-        t.map(VirtAddr(0xffff_8000_0001_0000), PhysAddr(0x4009_0000), 0x20000, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly).unwrap();
+        t.map(
+            VirtAddr(0xffff_0000_4000_0000),
+            PhysAddr(0x4000_0000),
+            1 << 30,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
+        t.map(
+            VirtAddr(0xffff_8000_0000_0000),
+            PhysAddr(0x4008_0000),
+            0x10000,
+            LeafAttrs::KERNEL_RX,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
+        t.map(
+            VirtAddr(0xffff_8000_0001_0000),
+            PhysAddr(0x4009_0000),
+            0x20000,
+            LeafAttrs::KERNEL_RO,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut s = String::new();
         let mut d = PtDump::new(&mut s, 0, MARKERS);
         t.walk(true, &mut |e| d.entry(e).unwrap());

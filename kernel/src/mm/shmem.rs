@@ -43,7 +43,13 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
 fn new_file(name: Option<&str>) -> Arc<Memfd> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let f = Arc::new(Memfd { id, name: name.map(String::from), size: AtomicU64::new(0), vmas: AtomicUsize::new(0), cache: Mutex::new(BTreeMap::new()) });
+    let f = Arc::new(Memfd {
+        id,
+        name: name.map(String::from),
+        size: AtomicU64::new(0),
+        vmas: AtomicUsize::new(0),
+        cache: Mutex::new(BTreeMap::new()),
+    });
     FILES.lock().insert(id, f.clone());
     f
 }

@@ -32,7 +32,7 @@ pub static RANGE_OPS: AtomicU64 = AtomicU64::new(0);
 
 /// Whether this CPU implements FEAT_TLBIRANGE.
 pub fn has_tlbi_range() -> bool {
-    use aarch64_cpu::registers::{Readable, ID_AA64ISAR0_EL1};
+    use aarch64_cpu::registers::{ID_AA64ISAR0_EL1, Readable};
     (ID_AA64ISAR0_EL1.get() >> 56) & 0xf >= 0b0010
 }
 
@@ -86,9 +86,13 @@ impl TlbFlush for KernelFlush {
                 }
             }
         } else if range && pages > 1 {
-            plan_range(va & !(PAGE_SIZE - 1), pages, PAGE_SIZE, &mut |v, scale, num| range_op(v, scale, num, asid, leaf_only), &mut |v| {
-                tlbi_page(v, asid, leaf_only)
-            });
+            plan_range(
+                va & !(PAGE_SIZE - 1),
+                pages,
+                PAGE_SIZE,
+                &mut |v, scale, num| range_op(v, scale, num, asid, leaf_only),
+                &mut |v| tlbi_page(v, asid, leaf_only),
+            );
         } else {
             let mut v = va & !(PAGE_SIZE - 1);
             for _ in 0..pages {

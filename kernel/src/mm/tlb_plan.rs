@@ -7,7 +7,13 @@
 
 /// Calls `out(va, scale, num)` for each range op and `single(va)` for each
 /// page left over, covering exactly `pages` pages from `va`.
-pub fn plan_range(mut va: u64, mut pages: u64, page_size: u64, out: &mut dyn FnMut(u64, u64, u64), single: &mut dyn FnMut(u64)) {
+pub fn plan_range(
+    mut va: u64,
+    mut pages: u64,
+    page_size: u64,
+    out: &mut dyn FnMut(u64, u64, u64),
+    single: &mut dyn FnMut(u64),
+) {
     let mut scale: i64 = 3;
     while pages > 0 {
         if pages == 1 || scale < 0 {
@@ -35,9 +41,13 @@ mod tests {
 
     fn cover(pages: u64) -> (Vec<(u64, u64)>, usize) {
         let spans = std::cell::RefCell::new(Vec::new());
-        plan_range(0x10_0000, pages, 4096, &mut |va, s, n| spans.borrow_mut().push((va, ((n + 1) << (5 * s + 1)) * 4096)), &mut |va| {
-            spans.borrow_mut().push((va, 4096))
-        });
+        plan_range(
+            0x10_0000,
+            pages,
+            4096,
+            &mut |va, s, n| spans.borrow_mut().push((va, ((n + 1) << (5 * s + 1)) * 4096)),
+            &mut |va| spans.borrow_mut().push((va, 4096)),
+        );
         let v = spans.into_inner();
         let n = v.len();
         (v, n)

@@ -61,7 +61,7 @@
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{Granule, GRANULE, START_LEVEL, USER_START_LEVEL};
+use super::granule::{GRANULE, Granule, START_LEVEL, USER_START_LEVEL};
 use super::mm_struct::Vma;
 pub use super::mm_struct::{KernelPgtableLocked, MmapLocked, MmapWriteGuard};
 use super::pgtable::TableMemory;
@@ -111,13 +111,30 @@ fn stop_value(s: Step) -> Option<i32> {
 
 /// The walk over tables rooted at `root`, `[start, end)` (end exclusive,
 /// `end == 0` meaning the top of the address space).
-fn walk_tables<M: TableMemory + ?Sized>(mem: &M, g: Granule, root: PhysAddr, start_level: u32, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+fn walk_tables<M: TableMemory + ?Sized>(
+    mem: &M,
+    g: Granule,
+    root: PhysAddr,
+    start_level: u32,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     let base = if start >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 };
     walk_table(mem, g, root, start_level, base, start, end, ops)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn walk_table<M: TableMemory + ?Sized>(mem: &M, g: Granule, table: PhysAddr, level: u32, base: u64, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+fn walk_table<M: TableMemory + ?Sized>(
+    mem: &M,
+    g: Granule,
+    table: PhysAddr,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     let size = g.level_size(level);
     let last = end.wrapping_sub(1);
     let first_idx = if start > base { ((start - base) / size) as usize } else { 0 };
@@ -156,7 +173,13 @@ fn walk_table<M: TableMemory + ?Sized>(mem: &M, g: Granule, table: PhysAddr, lev
 /// Walks a user mm's tables VMA by VMA (Linux `walk_page_range`): holes
 /// between VMAs go to `pte_hole(.., -1)`; per VMA `test_walk`, `pre_vma`,
 /// the tables, `post_vma`. Needs the mmap lock, read or write.
-pub fn walk_page_range<M: TableMemory + ?Sized>(lock: &impl MmapLocked, mem: &M, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+pub fn walk_page_range<M: TableMemory + ?Sized>(
+    lock: &impl MmapLocked,
+    mem: &M,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     let mm = lock.mm();
     let mut cur = start;
     for vma in lock.vmas().iter().filter(|v| v.end > start && v.start < end) {
@@ -197,7 +220,13 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(lock: &impl MmapLocked, mem: &M,
 /// Walks a user mm's tables ignoring VMAs (Linux `walk_page_range_novma`).
 /// Nothing stops a concurrent unmap from freeing tables under the walk but
 /// the mmap lock held for write, so that is what it takes.
-pub fn walk_page_range_novma<M: TableMemory + ?Sized>(lock: &MmapWriteGuard<'_>, mem: &M, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
+    lock: &MmapWriteGuard<'_>,
+    mem: &M,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start, end, ops)
 }
 
@@ -205,12 +234,26 @@ pub fn walk_page_range_novma<M: TableMemory + ?Sized>(lock: &MmapWriteGuard<'_>,
 /// kernel tables' lock held for read is enough: kernel mappings are not torn
 /// down under a reader (seed thread: "it is ridiculous to hold a particular
 /// user mmap write lock against the changes of the kernel page tables").
-pub fn walk_kernel_page_table_range<M: TableMemory + ?Sized>(lock: &impl KernelPgtableLocked, mem: &M, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+pub fn walk_kernel_page_table_range<M: TableMemory + ?Sized>(
+    lock: &impl KernelPgtableLocked,
+    mem: &M,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start, end, ops)
 }
 
 /// The same walk for an explicit granule and root (host tests, tools).
-pub fn walk_tables_with<M: TableMemory + ?Sized>(mem: &M, g: Granule, root: PhysAddr, start_level: u32, start: u64, end: u64, ops: &mut dyn PageWalkOps) -> i32 {
+pub fn walk_tables_with<M: TableMemory + ?Sized>(
+    mem: &M,
+    g: Granule,
+    root: PhysAddr,
+    start_level: u32,
+    start: u64,
+    end: u64,
+    ops: &mut dyn PageWalkOps,
+) -> i32 {
     walk_tables(mem, g, root, start_level, start, end, ops)
 }
 
@@ -263,7 +306,8 @@ mod tests {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
         t.map(VirtAddr(0x40_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr(0x60_0000), PhysAddr(0x9000_0000), 3 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr(0x60_0000), PhysAddr(0x9000_0000), 3 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         (mem, root)
     }
 
@@ -300,7 +344,14 @@ mod tests {
         {
             let mut w = mm.mmap_write_lock();
             w.insert(Vma { start: 0x40_0000, end: 0x60_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
-            w.insert(Vma { start: 0x60_0000, end: 0x60_2000, flags: VmFlags::PFNMAP, folio_order: 0, file: 0, pgoff: 0 });
+            w.insert(Vma {
+                start: 0x60_0000,
+                end: 0x60_2000,
+                flags: VmFlags::PFNMAP,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0,
+            });
         }
         let g = mm.mmap_read_lock();
         let mut r = Rec::default();
@@ -322,7 +373,14 @@ mod tests {
     fn kernel_walk_with_read_lock() {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
-        t.map(VirtAddr(0xffff_8000_0000_0000), PhysAddr(0x4000_0000), 2 * 4096, LeafAttrs::KERNEL_RX, LeafSizes::PagesOnly).unwrap();
+        t.map(
+            VirtAddr(0xffff_8000_0000_0000),
+            PhysAddr(0x4000_0000),
+            2 * 4096,
+            LeafAttrs::KERNEL_RX,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let k = KernelPgtable::new(root);
         let g = k.read();
         let mut r = Rec::default();

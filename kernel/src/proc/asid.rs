@@ -204,7 +204,10 @@ pub fn force_rollover(bits: Option<u32>) {
     let mut g = STATE.lock();
     let st = g.as_mut().expect("ASIDs not initialised");
     let cpu_bits = CPU_BITS.load(Ordering::Relaxed) as u32;
-    BITS.store(bits.unwrap_or(cpu_bits).clamp(MIN_BITS.load(Ordering::Relaxed) as u32, cpu_bits) as u64, Ordering::Relaxed);
+    BITS.store(
+        bits.unwrap_or(cpu_bits).clamp(MIN_BITS.load(Ordering::Relaxed) as u32, cpu_bits) as u64,
+        Ordering::Relaxed,
+    );
     st.rollover();
 }
 

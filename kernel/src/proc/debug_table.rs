@@ -68,7 +68,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::mm::granule::PAGE_SHIFT;
@@ -101,7 +101,15 @@ impl DebugVma {
 
     /// The record of `v`.
     pub fn of(v: &crate::mm::mm_struct::Vma) -> Self {
-        DebugVma { start: v.start, end: v.end, pgoff: v.pgoff, flags: v.flags.0, file: v.file, folio_order: v.folio_order, _pad: [0; 7] }
+        DebugVma {
+            start: v.start,
+            end: v.end,
+            pgoff: v.pgoff,
+            flags: v.flags.0,
+            file: v.file,
+            folio_order: v.folio_order,
+            _pad: [0; 7],
+        }
     }
 }
 
@@ -255,14 +263,19 @@ fn write_end(p: *mut DebugProc) {
 /// The live slot that mirrors `mm`.
 fn find(mm: &MmStruct) -> Option<*mut DebugProc> {
     let key = mm as *const MmStruct as u64;
-    (0..MAX_PROCS).map(slot).find(|&p| state(p).load(Ordering::Acquire) == LIVE && mm_of(p).load(Ordering::Relaxed) == key)
+    (0..MAX_PROCS)
+        .map(slot)
+        .find(|&p| state(p).load(Ordering::Acquire) == LIVE && mm_of(p).load(Ordering::Relaxed) == key)
 }
 
 /// A new process (before its first VMA exists). Without a free slot it is
 /// only counted in `unslotted`, which the debugger reports.
 pub fn register(pid: u32, ppid: u32, name: &str, mm: &MmStruct) {
     header().0.fetch_add(1, Ordering::Relaxed);
-    let Some(p) = (0..MAX_PROCS).map(slot).find(|&p| state(p).compare_exchange(FREE, SETUP, Ordering::Acquire, Ordering::Relaxed).is_ok()) else {
+    let Some(p) = (0..MAX_PROCS)
+        .map(slot)
+        .find(|&p| state(p).compare_exchange(FREE, SETUP, Ordering::Acquire, Ordering::Relaxed).is_ok())
+    else {
         header().1.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -361,7 +374,8 @@ pub fn snapshot(pid: u32) -> Option<Snapshot> {
             let name_len = (&raw const (*p).name_len).read_volatile();
             let name = (&raw const (*p).name).read_volatile();
             let nr_vmas = (&raw const (*p).nr_vmas).read_volatile();
-            let vmas = (0..(nr_vmas as usize).min(MAX_VMAS)).map(|k| (&raw const (*p).vmas[k]).read_volatile()).collect();
+            let vmas =
+                (0..(nr_vmas as usize).min(MAX_VMAS)).map(|k| (&raw const (*p).vmas[k]).read_volatile()).collect();
             Some(Snapshot {
                 slot: i,
                 seq: seq(p).load(Ordering::Acquire),

@@ -12,8 +12,8 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
@@ -26,13 +26,13 @@ pub mod syscall;
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
-use crate::arch::aarch64::user::{self, op, UserRun};
+use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
-use crate::mm::granule::{align_up, GRANULE, PAGE_SIZE, USER_START_LEVEL};
+use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
-use crate::mm::mm_struct::{MmStruct, MmapLocked, Vma, VmFlags};
+use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::tlb::KernelFlush;
@@ -133,7 +133,14 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     debug_table::register(p.pid, ppid, name, &p.mm);
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
-    let agent = Vma { start: AGENT_VA, end: AGENT_VA + (hi - lo), flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP, folio_order: 0, file: 0, pgoff: 0 };
+    let agent = Vma {
+        start: AGENT_VA,
+        end: AGENT_VA + (hi - lo),
+        flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP,
+        folio_order: 0,
+        file: 0,
+        pgoff: 0,
+    };
     p.mm.mmap_write_lock().insert(agent);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
@@ -197,7 +204,10 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> 
 static NEXT_CHILD_NAME: Mutex<Option<String>> = Mutex::new(None);
 
 pub(crate) fn take_child_name(parent: &Process) -> String {
-    NEXT_CHILD_NAME.lock().take().unwrap_or_else(|| alloc::format!("{}_{}", parent.name, NEXT_PID.load(Ordering::Relaxed)))
+    NEXT_CHILD_NAME
+        .lock()
+        .take()
+        .unwrap_or_else(|| alloc::format!("{}_{}", parent.name, NEXT_PID.load(Ordering::Relaxed)))
 }
 
 /// `P fork C`: P makes the `clone` system call (SIGCHLD, Linux fork) from
@@ -332,7 +342,16 @@ pub fn ps() -> String {
     for_each_process(|p| {
         let slot = p.mm.asid_slot.load(Ordering::Relaxed);
         let nvmas = p.mm.mmap_read_lock().vmas().iter().count();
-        let line = alloc::format!("{:>5} {:>5} {:<16} {:#018x} {:#06x} {:>4} {:>5}", p.pid, p.ppid, p.name, p.mm.pgd.0, slot & 0xffff, slot >> 16, nvmas);
+        let line = alloc::format!(
+            "{:>5} {:>5} {:<16} {:#018x} {:#06x} {:>4} {:>5}",
+            p.pid,
+            p.ppid,
+            p.name,
+            p.mm.pgd.0,
+            slot & 0xffff,
+            slot >> 16,
+            nvmas
+        );
         all.push((p.pid, line));
     });
     all.sort();
@@ -434,7 +453,9 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         if let Some(pfn) = a.pfn {
             let (ps, pe) = memory::pfn_pool().ok_or("this machine has no PFN pool (RAM too small)")?;
             if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
-                return Err(alloc::format!("pfn={pfn:#x}+{size:#x} is not page aligned inside the PFN pool [{ps:#x}, {pe:#x})"));
+                return Err(alloc::format!(
+                    "pfn={pfn:#x}+{size:#x} is not page aligned inside the PFN pool [{ps:#x}, {pe:#x})"
+                ));
             }
             flags = flags | VmFlags::PFNMAP | VmFlags::IO;
         }
@@ -468,7 +489,14 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             }
         }
         let file = file.map_or(0, |f| f.id);
-        let vma = Vma { start: va, end, flags, folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order }, file, pgoff };
+        let vma = Vma {
+            start: va,
+            end,
+            flags,
+            folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order },
+            file,
+            pgoff,
+        };
         if !p.mm.mmap_write_lock().insert(vma) {
             if file != 0 {
                 // Frees a new unnamed file again (nothing maps it).
@@ -629,7 +657,8 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
             v.flags = f;
         }
-        let parts: Vec<(u64, u64, bool)> = vmas.inside(va, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).collect();
+        let parts: Vec<(u64, u64, bool)> =
+            vmas.inside(va, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).collect();
         for (s, e, shared) in parts {
             memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
         }
@@ -641,10 +670,18 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
 #[derive(Debug)]
 pub enum RunEnd {
     Done,
-    Mismatch { addr: u64, value: u8 },
+    Mismatch {
+        addr: u64,
+        value: u8,
+    },
     /// An exception the kernel could not resolve (a SIGSEGV in Linux terms).
-    Fault { addr: u64, esr: u64 },
-    Other { esr: u64 },
+    Fault {
+        addr: u64,
+        esr: u64,
+    },
+    Other {
+        esr: u64,
+    },
 }
 
 /// Runs one agent command in `p` at EL0 (x0..x4 as the agent expects).
@@ -676,7 +713,9 @@ pub(crate) fn run_end(regs: &TrapFrame) -> RunEnd {
             1 => RunEnd::Mismatch { addr: regs.x[1], value: regs.x[5] as u8 },
             _ => RunEnd::Other { esr: regs.esr },
         },
-        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => RunEnd::Fault { addr: regs.far, esr: regs.esr },
+        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
+            RunEnd::Fault { addr: regs.far, esr: regs.esr }
+        }
         _ => RunEnd::Other { esr: regs.esr },
     }
 }
@@ -708,9 +747,7 @@ pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) 
 
 /// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
 pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, String> {
-    with_proc(name, |p| {
-        Ok(run_end(&agent_regs(p, &[op::SYSCALL_LOOP, count], nr)))
-    })
+    with_proc(name, |p| Ok(run_end(&agent_regs(p, &[op::SYSCALL_LOOP, count], nr))))
 }
 
 /// The table level that maps `va` in `name` (None: not mapped).
@@ -730,9 +767,7 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, String>
     if iterations == 0 {
         return Err("at least one iteration".into());
     }
-    with_proc(name, |p| {
-        Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0))
-    })
+    with_proc(name, |p| Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0)))
 }
 
 /// The EL0 synchronous-exception path (from the vectors): demand-fill
@@ -785,7 +820,10 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
 /// faults (a read-only entry: COW, zero page) are handled at every level.
 fn handle_user_fault(far: u64, esr: Esr) -> bool {
     let Some(p) = sched::current_process() else { return false };
-    if !matches!(esr.fault_status(), Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))) {
+    if !matches!(
+        esr.fault_status(),
+        Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))
+    ) {
         return false;
     }
     let g = p.mm.mmap_read_lock();
@@ -911,7 +949,13 @@ pub fn check_invariants() -> Result<(), String> {
         let accounted = mem.tables;
         let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
-        let shared_vmas: Vec<(u64, u64)> = p.mm.mmap_read_lock().vmas().iter().filter(|v| v.flags.contains(VmFlags::SHARED)).map(|v| (v.start, v.end)).collect();
+        let shared_vmas: Vec<(u64, u64)> =
+            p.mm.mmap_read_lock()
+                .vmas()
+                .iter()
+                .filter(|v| v.flags.contains(VmFlags::SHARED))
+                .map(|v| (v.start, v.end))
+                .collect();
         let shared_at = |va: u64| shared_vmas.iter().any(|&(s, e)| s <= va && va < e);
         // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
         let mut run: Option<(u64, u64, u64, usize)> = None;
@@ -933,7 +977,9 @@ pub fn check_invariants() -> Result<(), String> {
                     }
                     Some((rva, oa0, attrs, n)) if n < cont_n => {
                         if !cont || oa != oa0 + n as u64 * PAGE_SIZE || e.desc.run_attr_bits() != attrs {
-                            err = fail(alloc::format!("entry {n} of the contiguous run at {rva:#x} does not match the run"));
+                            err = fail(alloc::format!(
+                                "entry {n} of the contiguous run at {rva:#x} does not match the run"
+                            ));
                             return;
                         }
                         run = Some((rva, oa0, attrs, n + 1));
@@ -955,7 +1001,8 @@ pub fn check_invariants() -> Result<(), String> {
                         err = fail("the zero page is mapped writable".into());
                     }
                     if e.size != PAGE_SIZE && !crate::mm::huge_memory::is_huge_zero(pa) {
-                        err = fail(alloc::format!("a special {:#x}-byte block that is not the huge zero folio", e.size));
+                        err =
+                            fail(alloc::format!("a special {:#x}-byte block that is not the huge zero folio", e.size));
                     }
                 }
                 Kind::Leaf(pa) if e.size != PAGE_SIZE => {
@@ -969,7 +1016,9 @@ pub fn check_invariants() -> Result<(), String> {
                             }
                             *blocks.entry(pa.0).or_insert(0) += 1;
                         }
-                        _ => err = fail(alloc::format!("block at {pa:#x} does not map one whole anon folio of its size")),
+                        _ => {
+                            err = fail(alloc::format!("block at {pa:#x} does not map one whole anon folio of its size"))
+                        }
                     }
                 }
                 Kind::Leaf(pa) => {
@@ -1018,7 +1067,11 @@ pub fn check_invariants() -> Result<(), String> {
         folio_frames += f.nr_pages();
         let entire = blocks.remove(&f.pa().0).unwrap_or(0);
         if f.entire_mapcount() != entire {
-            err = Some(alloc::format!("folio {:#x}: entire_mapcount {} but {entire} block entries map it", f.pa().0, f.entire_mapcount()));
+            err = Some(alloc::format!(
+                "folio {:#x}: entire_mapcount {} but {entire} block entries map it",
+                f.pa().0,
+                f.entire_mapcount()
+            ));
             return;
         }
         let mut mapped = entire;
@@ -1027,11 +1080,16 @@ pub fn check_invariants() -> Result<(), String> {
             let want = maps.remove(&pg.pa().0).unwrap_or(0);
             mapped += want;
             if pg.mapcount() != want {
-                err = Some(alloc::format!("page {:#x}: mapcount {} but {want} entries map it", pg.pa().0, pg.mapcount()));
+                err =
+                    Some(alloc::format!("page {:#x}: mapcount {} but {want} entries map it", pg.pa().0, pg.mapcount()));
                 return;
             }
             if pg.anon_exclusive() && want + entire != 1 {
-                err = Some(alloc::format!("page {:#x} is PageAnonExclusive but mapped {} times", pg.pa().0, want + entire));
+                err = Some(alloc::format!(
+                    "page {:#x} is PageAnonExclusive but mapped {} times",
+                    pg.pa().0,
+                    want + entire
+                ));
                 return;
             }
         }
@@ -1063,7 +1121,11 @@ pub fn check_invariants() -> Result<(), String> {
     crate::mm::shmem::for_each(|file| {
         for (off, pa) in file.cached() {
             cached += 1;
-            if err.is_none() && !page::pfn_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon()) {
+            if err.is_none()
+                && !page::pfn_to_page(pa)
+                    .and_then(|p| p.folio())
+                    .is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon())
+            {
                 err = Some(alloc::format!("memfd {}: page {off} at {pa:#x} is not a page-cache folio", file.id));
             }
         }
@@ -1086,7 +1148,14 @@ pub fn check_invariants() -> Result<(), String> {
 
 /// `P pin N RANGE ...` / `P ref N RANGE`: GUP on P's pages, kept as
 /// handle `handle`. Returns (pages taken, of which by the fast path).
-pub fn gup(name: &str, handle: &str, va: u64, len: u64, flags: crate::mm::gup::Foll, fast: bool) -> Result<(usize, usize), String> {
+pub fn gup(
+    name: &str,
+    handle: &str,
+    va: u64,
+    len: u64,
+    flags: crate::mm::gup::Foll,
+    fast: bool,
+) -> Result<(usize, usize), String> {
     use crate::mm::gup;
     if gup::handle_exists(handle) {
         return Err(alloc::format!("handle `{handle}` already exists"));
@@ -1134,7 +1203,10 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64,
 }
 
 /// Runs `f` with `name`'s address space and its mmap lock held for write.
-pub(crate) fn with_mm_write<R>(name: &str, f: impl FnOnce(&Process, &mut crate::mm::mm_struct::MmapWriteGuard<'_>) -> R) -> Result<R, String> {
+pub(crate) fn with_mm_write<R>(
+    name: &str,
+    f: impl FnOnce(&Process, &mut crate::mm::mm_struct::MmapWriteGuard<'_>) -> R,
+) -> Result<R, String> {
     with_proc(name, |p| {
         let mut g = p.mm.mmap_write_lock();
         Ok(f(p, &mut g))

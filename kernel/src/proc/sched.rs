@@ -31,7 +31,7 @@
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 
@@ -235,7 +235,10 @@ pub fn irq_from_el0(frame: &TrapFrame) {
     // queue or the waiter holds it).
     let t = unsafe { &*t };
     let killed = t.kill.load(Ordering::Acquire);
-    if killed || (crate::irq::ticks(me).wrapping_sub(SLICE_START[me].load(Ordering::Relaxed)) >= SLICE_TICKS && queued_for(me)) {
+    if killed
+        || (crate::irq::ticks(me).wrapping_sub(SLICE_START[me].load(Ordering::Relaxed)) >= SLICE_TICKS
+            && queued_for(me))
+    {
         PREEMPTED[me].store(true, Ordering::Relaxed);
         user::return_to_kernel(frame);
     }

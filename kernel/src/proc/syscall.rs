@@ -7,7 +7,7 @@
 
 use alloc::vec;
 
-use super::{mmap_anon, MmapArgs, Process};
+use super::{MmapArgs, Process, mmap_anon};
 use crate::arch::aarch64::exception::copy_from_user;
 
 pub mod nr {
@@ -178,7 +178,17 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    let args = MmapArgs { size: len, readable: prot & PROT_READ != 0, writable: prot & PROT_WRITE != 0, align: 0, folio_order: 0, pfn: None, shared, memfd: None, file };
+    let args = MmapArgs {
+        size: len,
+        readable: prot & PROT_READ != 0,
+        writable: prot & PROT_WRITE != 0,
+        align: 0,
+        folio_order: 0,
+        pfn: None,
+        shared,
+        memfd: None,
+        file,
+    };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
         Err(e) if e.contains("size must be") => -EINVAL,

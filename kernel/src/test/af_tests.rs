@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-use super::{anon, Test};
+use super::{Test, anon};
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
@@ -33,23 +33,54 @@ fn access_flag() -> Result<(), String> {
     let (pa, ch) = ("af_parent", "af_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
-        let m = proc::mmap(pa, "m", MmapArgs { size: 4 * PAGE_SIZE, readable: true, writable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
+        let m = proc::mmap(
+            pa,
+            "m",
+            MmapArgs {
+                size: 4 * PAGE_SIZE,
+                readable: true,
+                writable: true,
+                align: 0,
+                folio_order: 0,
+                pfn: None,
+                shared: false,
+                memfd: None,
+                file: None,
+            },
+        )?;
         ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
         ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
         proc::fork(pa, ch)?;
         for i in 0..4 {
-            ensure!(desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()), "the child's page {i} must be old after fork");
+            ensure!(
+                desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()),
+                "the child's page {i} must be old after fork"
+            );
         }
         // Software: a real access-flag fault, resolved by setting the flag.
         let f0 = proc::fault_count(ch);
         ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
-        ensure!(proc::fault_count(ch) == f0 + 1, "software AF: {} faults for the first read, expected 1", proc::fault_count(ch) - f0);
-        ensure!(desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only), "the read must leave the entry young and still read-only");
+        ensure!(
+            proc::fault_count(ch) == f0 + 1,
+            "software AF: {} faults for the first read, expected 1",
+            proc::fault_count(ch) - f0
+        );
+        ensure!(
+            desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only),
+            "the read must leave the entry young and still read-only"
+        );
         // A write to an old read-only entry: one fault does both (AF and COW).
         let f0 = proc::fault_count(ch);
         ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
-        ensure!(proc::fault_count(ch) == f0 + 1, "a write to an old COW entry took {} faults, expected 1", proc::fault_count(ch) - f0);
-        ensure!(desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()), "the COW copy must be young and writable");
+        ensure!(
+            proc::fault_count(ch) == f0 + 1,
+            "a write to an old COW entry took {} faults, expected 1",
+            proc::fault_count(ch) - f0
+        );
+        ensure!(
+            desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()),
+            "the COW copy must be young and writable"
+        );
         if !cpu::has_hw_af() {
             crate::println!("      (no FEAT_HAFDBS on this CPU: the hardware half is not run; it runs under -cpu max)");
             return Ok(());
@@ -75,7 +106,6 @@ fn access_flag() -> Result<(), String> {
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }
 
-
 /// Hardware dirty state (TCR_EL1.HD, DBM): a writable-clean entry (DBM set,
 /// AP[2] set) is written with no fault and the MMU makes it dirty; and no
 /// write-protected entry keeps DBM, so COW after fork and mprotect(R) still
@@ -96,29 +126,52 @@ fn hw_dirty() -> Result<(), String> {
         let s = proc::mmap(pa, "s", MmapArgs { shared: true, memfd: Some("dbm_test".into()), ..anon(PAGE_SIZE) })?;
         ensure!(matches!(proc::access(pa, op::CHECK, s, 1, 0)?, RunEnd::Done), "read of the shared page");
         let d = desc(pa, s).ok_or("the shared page is not mapped")?;
-        ensure!(d.dbm() && d.perms().read_only && d.user_writable(), "a read-faulted shared writable page must be writable-clean (DBM, AP[2] set): {d:?}");
+        ensure!(
+            d.dbm() && d.perms().read_only && d.user_writable(),
+            "a read-faulted shared writable page must be writable-clean (DBM, AP[2] set): {d:?}"
+        );
         let f0 = proc::fault_count(pa);
         ensure!(matches!(proc::access(pa, op::WRITE, s, 1, 0x5d)?, RunEnd::Done), "write to the writable-clean page");
-        ensure!(proc::fault_count(pa) == f0, "the write to a writable-clean entry took {} fault(s); the MMU should have dirtied it", proc::fault_count(pa) - f0);
+        ensure!(
+            proc::fault_count(pa) == f0,
+            "the write to a writable-clean entry took {} fault(s); the MMU should have dirtied it",
+            proc::fault_count(pa) - f0
+        );
         let d = desc(pa, s).ok_or("the shared page is gone")?;
         ensure!(d.hw_dirty(), "the MMU did not clear AP[2] (make the entry dirty): {d:?}");
         // mprotect(R): DBM goes with write permission; a write faults.
         proc::mprotect(pa, s, PAGE_SIZE, true, false)?;
         let d = desc(pa, s).ok_or("the shared page is gone")?;
-        ensure!(!d.dbm() && d.perms().read_only && d.sw_dirty(), "after mprotect(R) the entry must be read-only, without DBM, still dirty: {d:?}");
-        ensure!(matches!(proc::access(pa, op::WRITE, s, 1, 0x5e)?, RunEnd::Fault { .. }), "a write after mprotect(R) succeeded: DBM left on a read-only entry");
+        ensure!(
+            !d.dbm() && d.perms().read_only && d.sw_dirty(),
+            "after mprotect(R) the entry must be read-only, without DBM, still dirty: {d:?}"
+        );
+        ensure!(
+            matches!(proc::access(pa, op::WRITE, s, 1, 0x5e)?, RunEnd::Fault { .. }),
+            "a write after mprotect(R) succeeded: DBM left on a read-only entry"
+        );
         // fork: the parent's private pages become COW, DBM off on both sides.
         let m = proc::mmap(pa, "m", anon(2 * PAGE_SIZE))?;
         ensure!(matches!(proc::access(pa, op::WRITE, m, 2 * PAGE_SIZE, 0x41)?, RunEnd::Done), "parent write");
         proc::fork(pa, ch)?;
         for who in [pa, ch] {
             let d = desc(who, m).ok_or("COW page not mapped")?;
-            ensure!(!d.dbm() && d.perms().read_only, "{who}: a COW entry after fork must be read-only without DBM: {d:?}");
+            ensure!(
+                !d.dbm() && d.perms().read_only,
+                "{who}: a COW entry after fork must be read-only without DBM: {d:?}"
+            );
         }
         let f0 = proc::fault_count(pa);
         ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x42)?, RunEnd::Done), "parent write after fork");
-        ensure!(proc::fault_count(pa) == f0 + 1, "the parent's write after fork took {} faults, expected 1 (COW)", proc::fault_count(pa) - f0);
-        ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x41)?, RunEnd::Done), "the child sees the parent's write after fork: COW broken");
+        ensure!(
+            proc::fault_count(pa) == f0 + 1,
+            "the parent's write after fork took {} faults, expected 1 (COW)",
+            proc::fault_count(pa) - f0
+        );
+        ensure!(
+            matches!(proc::access(ch, op::CHECK, m, 1, 0x41)?, RunEnd::Done),
+            "the child sees the parent's write after fork: COW broken"
+        );
         // A writable-clean anon entry (DBM, AP[2] set) at fork: made from a
         // clean exclusive page - the unshared copy a R/O long-term pin
         // makes of a COW-shared page - by mprotect(R) then (RW). fork must
@@ -132,14 +185,24 @@ fn hw_dirty() -> Result<(), String> {
         proc::mprotect(pa, c, PAGE_SIZE, true, false)?;
         proc::mprotect(pa, c, PAGE_SIZE, true, true)?;
         let d = desc(pa, c).ok_or("the unshared page is not mapped")?;
-        ensure!(d.dbm() && d.perms().read_only, "expected a writable-clean entry after unshare and mprotect(R), (RW): {d:?}");
+        ensure!(
+            d.dbm() && d.perms().read_only,
+            "expected a writable-clean entry after unshare and mprotect(R), (RW): {d:?}"
+        );
         proc::fork(pa, ch)?;
         let d = desc(pa, c).ok_or("the page is gone after fork")?;
         ensure!(!d.dbm() && d.perms().read_only, "fork left DBM on a writable-clean entry: {d:?}");
         let f0 = proc::fault_count(pa);
         ensure!(matches!(proc::access(pa, op::WRITE, c, 1, 0x47)?, RunEnd::Done), "parent write after the second fork");
-        ensure!(proc::fault_count(pa) == f0 + 1, "the parent's write took {} faults, expected 1 (COW)", proc::fault_count(pa) - f0);
-        ensure!(matches!(proc::access(ch, op::CHECK, c, 1, 0x41)?, RunEnd::Done), "the child sees the parent's write to a formerly writable-clean page: COW broken");
+        ensure!(
+            proc::fault_count(pa) == f0 + 1,
+            "the parent's write took {} faults, expected 1 (COW)",
+            proc::fault_count(pa) - f0
+        );
+        ensure!(
+            matches!(proc::access(ch, op::CHECK, c, 1, 0x41)?, RunEnd::Done),
+            "the child sees the parent's write to a formerly writable-clean page: COW broken"
+        );
         Ok(())
     })();
     let _ = proc::exit(ch);

@@ -11,8 +11,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::table_tests::at_outcome;
 use super::Test;
+use super::table_tests::at_outcome;
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
@@ -22,7 +22,7 @@ use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::TEST_WINDOW;
 use crate::mm::pgtable::live::Live;
-use crate::mm::pgtable::{expected_access, Expected, LeafSizes, TableMemory, Tables, Translation};
+use crate::mm::pgtable::{Expected, LeafSizes, TableMemory, Tables, Translation, expected_access};
 use crate::mm::tlb::KernelFlush;
 
 pub static TESTS: &[Test] = &[
@@ -73,7 +73,13 @@ struct Layout {
 }
 
 /// Builds a random layout in `[base, base + nslots * slot)`.
-fn build<M: TableMemory>(l: &mut Live<'_, '_, M>, r: &mut Rng, base: u64, nslots: u64, user: bool) -> Result<Layout, String> {
+fn build<M: TableMemory>(
+    l: &mut Live<'_, '_, M>,
+    r: &mut Rng,
+    base: u64,
+    nslots: u64,
+    user: bool,
+) -> Result<Layout, String> {
     let slot = GRANULE.level_size(2);
     let mut lay = Layout { frames: Vec::new(), slots: Vec::new(), mapped: Vec::new(), slot };
     let n_cont = GRANULE.contiguous_entries(3) as u64;
@@ -106,7 +112,8 @@ fn build<M: TableMemory>(l: &mut Live<'_, '_, M>, r: &mut Rng, base: u64, nslots
                 lay.frames.push((pa, order));
                 let a = random_attrs(r, user);
                 let off = if run { 0 } else { r.below(slot / PAGE_SIZE - count) * PAGE_SIZE };
-                l.t.map(VirtAddr(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+                l.t.map(VirtAddr(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
+                    .map_err(|e| alloc::format!("{e:?}"))?;
                 lay.mapped.push((va + off, count * PAGE_SIZE));
                 if run {
                     l.make_contiguous(va, 3).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
@@ -130,7 +137,12 @@ fn ram_block() -> Option<PhysAddr> {
 /// Compares walker and `AT` on `samples` random addresses of the layout.
 /// Returns the number of checks and how many of each outcome kind were seen
 /// (OK, translation, access flag, permission).
-fn compare<M: TableMemory>(t: &Tables<'_, M>, r: &mut Rng, lay: &Layout, samples: usize) -> Result<(usize, [usize; 4]), String> {
+fn compare<M: TableMemory>(
+    t: &Tables<'_, M>,
+    r: &mut Rng,
+    lay: &Layout,
+    samples: usize,
+) -> Result<(usize, [usize; 4]), String> {
     let mut checks = 0;
     let mut kinds = [0usize; 4];
     for _ in 0..samples {
@@ -142,7 +154,12 @@ fn compare<M: TableMemory>(t: &Tables<'_, M>, r: &mut Rng, lay: &Layout, samples
             lay.slots[r.below(lay.slots.len() as u64) as usize] + r.below(lay.slot)
         };
         let tr = t.translate(VirtAddr(va));
-        for (op, el0, write) in [(AtOp::S1E1R, false, false), (AtOp::S1E1W, false, true), (AtOp::S1E0R, true, false), (AtOp::S1E0W, true, true)] {
+        for (op, el0, write) in [
+            (AtOp::S1E1R, false, false),
+            (AtOp::S1E1W, false, true),
+            (AtOp::S1E0R, true, false),
+            (AtOp::S1E0W, true, true),
+        ] {
             let want = expected_access(&tr, el0, write);
             let got = at_outcome(op, va);
             checks += 1;
@@ -175,15 +192,24 @@ fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(),
 
 /// Every kind of outcome must have been exercised, or the comparison proves little.
 fn check_coverage(kinds: [usize; 4], what: &str) -> Result<(), String> {
-    ensure!(kinds.iter().all(|&k| k > 0), "{what}: outcomes not all exercised (ok, translation, AF, permission) = {kinds:?}");
-    crate::println!("  {what}: {} comparisons (ok {}, translation {}, access flag {}, permission {}), 0 mismatches", kinds.iter().sum::<usize>(), kinds[0], kinds[1], kinds[2], kinds[3]);
+    ensure!(
+        kinds.iter().all(|&k| k > 0),
+        "{what}: outcomes not all exercised (ok, translation, AF, permission) = {kinds:?}"
+    );
+    crate::println!(
+        "  {what}: {} comparisons (ok {}, translation {}, access flag {}, permission {}), 0 mismatches",
+        kinds.iter().sum::<usize>(),
+        kinds[0],
+        kinds[1],
+        kinds[2],
+        kinds[3]
+    );
     Ok(())
 }
 
 const ROUNDS: u64 = 4;
 const SLOTS: u64 = 24;
 const SAMPLES: usize = 1000;
-
 
 fn kernel_layouts() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
@@ -218,7 +244,8 @@ fn user_layouts() -> Result<(), String> {
         let mut mem = FrameTableMem { tables: 0 };
         let root = mem.alloc_table().ok_or("out of frames")?;
         let mut t = Tables::new(root, GRANULE, crate::mm::granule::USER_START_LEVEL, &mut mem);
-        let base = if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
+        let base =
+            if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
         let mut fl = KernelFlush;
         let mut l = Live::new(&mut t, Some(asid), &mut fl);
         let res = (|| -> Result<(usize, [usize; 4]), String> {

@@ -5,22 +5,22 @@
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
-use aarch64_cpu::registers::{Readable, SCTLR_EL1, TCR_EL1, TTBR1_EL1, MAIR_EL1, CurrentEL};
+use aarch64_cpu::registers::{CurrentEL, MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TTBR1_EL1};
 
 use super::Test;
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::{probe_exec, probe_read_u8, probe_write_u8};
-use crate::arch::aarch64::regs::{mair, TCR_BASE};
+use crate::arch::aarch64::regs::{TCR_BASE, mair};
 use crate::arch::percpu;
 use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::Kind;
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::layout::{io_virt, phys_to_virt, FIXMAP_BASE};
-use crate::mm::pgtable::Translation;
 use crate::mm::kmap;
+use crate::mm::layout::{FIXMAP_BASE, io_virt, phys_to_virt};
+use crate::mm::pgtable::Translation;
 use crate::sym_addr;
 
 pub static TESTS: &[Test] = &[
@@ -71,11 +71,20 @@ fn mmu_on() -> Result<(), String> {
 
 fn mmu_registers() -> Result<(), String> {
     let (m, t, s) = crate::arch::aarch64::mmu::expected();
-    ensure!((MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s), "live registers differ from the aarch64-cpu definitions");
+    ensure!(
+        (MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s),
+        "live registers differ from the aarch64-cpu definitions"
+    );
     // SPAN is RES1 in the boot value and cleared once PAN is enabled.
     let span = crate::arch::aarch64::regs::sctlr::SPAN;
-    ensure!(m == mair::VALUE && s | span == crate::arch::aarch64::regs::sctlr::MMU_ON, "aarch64-cpu and regs.rs constants differ");
-    ensure!((s & span == 0) == crate::arch::cpu::has_pan(), "SCTLR_EL1.SPAN must be clear exactly when the CPU has PAN");
+    ensure!(
+        m == mair::VALUE && s | span == crate::arch::aarch64::regs::sctlr::MMU_ON,
+        "aarch64-cpu and regs.rs constants differ"
+    );
+    ensure!(
+        (s & span == 0) == crate::arch::cpu::has_pan(),
+        "SCTLR_EL1.SPAN must be clear exactly when the CPU has PAN"
+    );
     ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
     let tcr = TCR_EL1.get();
     // IPS, AS and HA (hardware access flag, pagelab.hw-af=1) vary at run time.
@@ -83,7 +92,12 @@ fn mmu_registers() -> Result<(), String> {
     ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
     let t0sz = 64 - crate::arch::aarch64::regs::USER_VA_BITS as u64;
     ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16, "48-bit kernel VA (T1SZ {})", TCR_EL1.read(TCR_EL1::T1SZ));
-    ensure!(TCR_EL1.read(TCR_EL1::T0SZ) == t0sz, "T0SZ {} for a {}-bit user VA, expected {t0sz}", TCR_EL1.read(TCR_EL1::T0SZ), 64 - t0sz);
+    ensure!(
+        TCR_EL1.read(TCR_EL1::T0SZ) == t0sz,
+        "T0SZ {} for a {}-bit user VA, expected {t0sz}",
+        TCR_EL1.read(TCR_EL1::T0SZ),
+        64 - t0sz
+    );
     let ips = TCR_EL1.read(TCR_EL1::IPS);
     let parange = aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange);
     ensure!(ips == parange.min(5), "IPS {ips} but PARange {parange}");
@@ -98,7 +112,10 @@ fn expect_permission_fault(r: Result<(), (u64, u64)>, addr: u64, write: bool) ->
     let esr = Esr(esr);
     ensure!(matches!(esr.fault_status(), Some(FaultStatus::Permission(_))), "expected a permission fault, got {esr}");
     if write {
-        ensure!(esr.ec() == ExceptionClass::DataAbortSameEl && esr.wnr(), "expected an EL1 write data abort, got {esr}");
+        ensure!(
+            esr.ec() == ExceptionClass::DataAbortSameEl && esr.wnr(),
+            "expected an EL1 write data abort, got {esr}"
+        );
     } else {
         ensure!(esr.ec() == ExceptionClass::InstructionAbortSameEl, "expected an EL1 instruction abort, got {esr}");
     }
@@ -172,7 +189,10 @@ fn expect_translation_fault(addr: u64, level: i8) -> Result<(), String> {
         Ok(v) => Err(alloc::format!("read of {addr:#x} succeeded ({v:#x})")),
         Err((esr, far)) => {
             let esr = Esr(esr);
-            ensure!(esr.fault_status() == Some(FaultStatus::Translation(level)), "expected translation fault level {level}, got {esr}");
+            ensure!(
+                esr.fault_status() == Some(FaultStatus::Translation(level)),
+                "expected translation fault level {level}, got {esr}"
+            );
             ensure!(!esr.wnr(), "read reported as write");
             ensure!(far == addr, "FAR {far:#x} != {addr:#x}");
             Ok(())
@@ -250,7 +270,9 @@ fn linear_map_blocks() -> Result<(), String> {
             // The MMU agrees.
             match cpu::at(AtOp::S1E1W, va + 0x123) {
                 AtResult::Ok { pa, .. } => ensure!(pa == probe + 0x123, "AT says {pa:#x}"),
-                AtResult::Fault { fst, .. } => return Err(alloc::format!("AT faults on {va:#x}: {}", FaultStatus::from_fsc(fst))),
+                AtResult::Fault { fst, .. } => {
+                    return Err(alloc::format!("AT faults on {va:#x}: {}", FaultStatus::from_fsc(fst)));
+                }
             }
         }
     }
@@ -261,7 +283,11 @@ fn linear_map_blocks() -> Result<(), String> {
             let va = phys_to_virt(r.start).0;
             match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
                 Translation::Mapped { level, pa, .. } => {
-                    ensure!(pa == r.start && level == 3, "RAM at {} mapped at level {level} (PA {pa}), expected pages", r.start)
+                    ensure!(
+                        pa == r.start && level == 3,
+                        "RAM at {} mapped at level {level} (PA {pa}), expected pages",
+                        r.start
+                    )
                 }
                 t => return Err(alloc::format!("RAM at {} not in the linear map: {t:?}", r.start)),
             }
@@ -316,11 +342,17 @@ fn walker_vs_at() -> Result<(), String> {
             let sw = kmap::with_tables(|t| t.translate(VirtAddr(va)));
             let hw = cpu::at(op, va);
             let agree = match (sw, hw) {
-                (Translation::Mapped { pa, desc, .. }, AtResult::Ok { pa: hpa, .. }) => pa.0 == hpa && !(write && desc.perms().read_only),
-                (Translation::Mapped { desc, level, .. }, AtResult::Fault { fst, .. }) => {
-                    write && desc.perms().read_only && FaultStatus::from_fsc(fst) == FaultStatus::Permission(level as i8)
+                (Translation::Mapped { pa, desc, .. }, AtResult::Ok { pa: hpa, .. }) => {
+                    pa.0 == hpa && !(write && desc.perms().read_only)
                 }
-                (Translation::Fault { level, .. }, AtResult::Fault { fst, .. }) => FaultStatus::from_fsc(fst) == FaultStatus::Translation(level as i8),
+                (Translation::Mapped { desc, level, .. }, AtResult::Fault { fst, .. }) => {
+                    write
+                        && desc.perms().read_only
+                        && FaultStatus::from_fsc(fst) == FaultStatus::Permission(level as i8)
+                }
+                (Translation::Fault { level, .. }, AtResult::Fault { fst, .. }) => {
+                    FaultStatus::from_fsc(fst) == FaultStatus::Translation(level as i8)
+                }
                 _ => false,
             };
             if !agree {
@@ -348,7 +380,8 @@ fn secondary_work() {
     // Runs on the secondary with its own MMU state: read through the linear
     // map and check the translation via AT on that CPU.
     let id = percpu::this_cpu().id as u64;
-    let ok = SCTLR_EL1.is_set(SCTLR_EL1::M) && matches!(cpu::at(AtOp::S1E1R, sym_addr!(__kernel_start)), AtResult::Ok { .. });
+    let ok = SCTLR_EL1.is_set(SCTLR_EL1::M)
+        && matches!(cpu::at(AtOp::S1E1R, sym_addr!(__kernel_start)), AtResult::Ok { .. });
     WORK_DONE.fetch_or(if ok { 1 << id } else { 1 << (32 + id) }, Ordering::AcqRel);
 }
 

@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::{anon, Test};
+use super::{Test, anon};
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
@@ -25,7 +25,6 @@ pub static TESTS: &[Test] = &[
     Test { name: "debug_table_records_the_running_task", f: running_task },
 ];
 
-
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {
     proc::with_proc(name, |p| {
@@ -33,9 +32,17 @@ fn matches_real(name: &str) -> Result<u32, String> {
         let real: Vec<DebugVma> = crate::mm::mm_struct::MmapLocked::vmas(&g).iter().map(DebugVma::of).collect();
         let s = dt::snapshot(p.pid).ok_or_else(|| alloc::format!("{name} (pid {}) has no live slot", p.pid))?;
         ensure!(s.seq % 2 == 0, "{name}: slot {} left mid-update (seq {})", s.slot, s.seq);
-        ensure!(s.ppid == p.ppid && s.name == p.name && s.name_len as usize == p.name.len(), "{name}: ppid/name {}/{:?} in the mirror", s.ppid, s.name);
+        ensure!(
+            s.ppid == p.ppid && s.name == p.name && s.name_len as usize == p.name.len(),
+            "{name}: ppid/name {}/{:?} in the mirror",
+            s.ppid,
+            s.name
+        );
         ensure!(s.pgd == p.mm.pgd.0, "{name}: pgd {:#x} in the mirror, {:#x} really", s.pgd, p.mm.pgd.0);
-        ensure!(s.asid_slot == &p.mm.asid_slot as *const _ as u64 && s.mm == &p.mm as *const _ as u64, "{name}: ASID slot / mm pointers do not point at its mm");
+        ensure!(
+            s.asid_slot == &p.mm.asid_slot as *const _ as u64 && s.mm == &p.mm as *const _ as u64,
+            "{name}: ASID slot / mm pointers do not point at its mm"
+        );
         ensure!(s.nr_vmas as usize == real.len(), "{name}: {} VMAs in the mirror, {} really", s.nr_vmas, real.len());
         let n = real.len().min(MAX_VMAS);
         ensure!(s.vmas[..] == real[..n], "{name}: mirror VMAs {:x?}, real {:x?}", s.vmas, &real[..n]);
@@ -59,7 +66,12 @@ fn follows() -> Result<(), String> {
         proc::munmap(a, va + 6 * PAGE_SIZE, PAGE_SIZE)?;
         let s = dt::snapshot(pa).ok_or("no slot after munmap")?;
         // agent, [0,2) rw, [2,4) r, [4,6) nohugepage, [7,8) nohugepage
-        ensure!(s.nr_vmas == 5 && s.vmas[4].start == va + 7 * PAGE_SIZE, "after munmap: {} VMAs {:x?}", s.nr_vmas, s.vmas);
+        ensure!(
+            s.nr_vmas == 5 && s.vmas[4].start == va + 7 * PAGE_SIZE,
+            "after munmap: {} VMAs {:x?}",
+            s.nr_vmas,
+            s.vmas
+        );
         matches_real(a)?;
         let pc = proc::fork(a, c)?;
         let r = (|| {
@@ -92,13 +104,23 @@ fn vma_overflow() -> Result<(), String> {
         }
         let pid = matches_real(name)?;
         let s = dt::snapshot(pid).ok_or("no slot")?;
-        ensure!(s.nr_vmas as usize == MAX_VMAS + 4 && s.vmas.len() == MAX_VMAS, "{} VMAs counted, {} recorded", s.nr_vmas, s.vmas.len());
+        ensure!(
+            s.nr_vmas as usize == MAX_VMAS + 4 && s.vmas.len() == MAX_VMAS,
+            "{} VMAs counted, {} recorded",
+            s.nr_vmas,
+            s.vmas.len()
+        );
         for va in &vas[..8] {
             proc::munmap(name, *va, PAGE_SIZE)?;
         }
         matches_real(name)?;
         let s = dt::snapshot(pid).ok_or("no slot")?;
-        ensure!(s.nr_vmas as usize == MAX_VMAS - 4 && s.vmas.len() == MAX_VMAS - 4, "after munmap: {} VMAs, {} recorded", s.nr_vmas, s.vmas.len());
+        ensure!(
+            s.nr_vmas as usize == MAX_VMAS - 4 && s.vmas.len() == MAX_VMAS - 4,
+            "after munmap: {} VMAs, {} recorded",
+            s.nr_vmas,
+            s.vmas.len()
+        );
         Ok(())
     })();
     proc::exit(name)?;
@@ -123,9 +145,21 @@ fn proc_overflow() -> Result<(), String> {
     }
     if r.is_ok() {
         r = (|| {
-            ensure!(dt::counts() == (n0 + k, u0 + 2), "{k} spawned: counts {:?}, expected ({}, {})", dt::counts(), n0 + k, u0 + 2);
-            let have: Vec<bool> = names.iter().map(|n| proc::with_proc(n, |p| Ok(dt::snapshot(p.pid).is_some()))).collect::<Result<_, _>>()?;
-            ensure!(have.iter().filter(|&&h| h).count() as u32 == k - 2 && !have[k as usize - 1], "slots held: {have:?}");
+            ensure!(
+                dt::counts() == (n0 + k, u0 + 2),
+                "{k} spawned: counts {:?}, expected ({}, {})",
+                dt::counts(),
+                n0 + k,
+                u0 + 2
+            );
+            let have: Vec<bool> = names
+                .iter()
+                .map(|n| proc::with_proc(n, |p| Ok(dt::snapshot(p.pid).is_some())))
+                .collect::<Result<_, _>>()?;
+            ensure!(
+                have.iter().filter(|&&h| h).count() as u32 == k - 2 && !have[k as usize - 1],
+                "slots held: {have:?}"
+            );
             Ok(())
         })();
     }

@@ -13,7 +13,10 @@ use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;
 use crate::mm::pgtable::Translation;
-use crate::proc::{self, syscall::{EBUSY, EINVAL}, RunEnd};
+use crate::proc::{
+    self, RunEnd,
+    syscall::{EBUSY, EINVAL},
+};
 
 pub static TESTS: &[Test] = &[
     Test { name: "insert_zeropage_decision_table", f: decision_table },
@@ -59,10 +62,30 @@ fn decision_table() -> Result<(), String> {
         ("shared, neither VM_WRITE nor VM_MAYWRITE (the reviewer's row)", flags(&[F::READ, F::SHARED]), false, true),
         ("shared, VM_MAYWRITE, no pfn_mkwrite", flags(&[F::READ, F::SHARED, F::MAYWRITE]), false, false),
         ("shared writable, no pfn_mkwrite", flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE]), false, false),
-        ("shared writable, pfn_mkwrite, neither fsdax nor VM_IO", flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE]), false, false),
-        ("shared writable, pfn_mkwrite, fsdax", flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE, F::FSDAX]), false, true),
-        ("shared writable, pfn_mkwrite, VM_IO", flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE, F::IO]), false, true),
-        ("shared writable, VM_IO without pfn_mkwrite", flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::IO]), false, false),
+        (
+            "shared writable, pfn_mkwrite, neither fsdax nor VM_IO",
+            flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE]),
+            false,
+            false,
+        ),
+        (
+            "shared writable, pfn_mkwrite, fsdax",
+            flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE, F::FSDAX]),
+            false,
+            true,
+        ),
+        (
+            "shared writable, pfn_mkwrite, VM_IO",
+            flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::PFN_MKWRITE, F::IO]),
+            false,
+            true,
+        ),
+        (
+            "shared writable, VM_IO without pfn_mkwrite",
+            flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE, F::IO]),
+            false,
+            false,
+        ),
     ];
     run(|| {
         for &(what, f, forbid, allowed) in rows {
@@ -87,7 +110,10 @@ fn decision_table() -> Result<(), String> {
             if f.contains(F::WRITE) && !f.contains(F::SHARED) {
                 ensure!(matches!(r, RunEnd::Done), "{what}: write after insert: {r:?}");
                 let d = entry(va).unwrap();
-                ensure!(!d.special() && !page::is_zero_pfn(d.output_address(PAGE_SIZE)), "{what}: the write did not COW the zero page");
+                ensure!(
+                    !d.special() && !page::is_zero_pfn(d.output_address(PAGE_SIZE)),
+                    "{what}: the write did not COW the zero page"
+                );
             } else {
                 ensure!(matches!(r, RunEnd::Fault { .. }), "{what}: a write to the inserted zero page got {r:?}");
             }
@@ -110,27 +136,45 @@ fn pages_and_mixed() -> Result<(), String> {
         let kp = page::folio_alloc_kernel().ok_or("no memory")?;
         crate::arch::aarch64::cpu::zero_pages(crate::mm::layout::phys_to_virt(kp.pa()).0, PAGE_SIZE);
         // SAFETY: our page, in the linear map.
-        unsafe { core::ptr::write_bytes(crate::mm::layout::phys_to_virt(kp.pa()).0 as *mut u8, 0x3c, PAGE_SIZE as usize) };
+        unsafe {
+            core::ptr::write_bytes(crate::mm::layout::phys_to_virt(kp.pa()).0 as *mut u8, 0x3c, PAGE_SIZE as usize)
+        };
         let shared_ro = flags(&[F::READ, F::SHARED]);
         let va = proc::vma_for_test(P, 4 * PAGE_SIZE, shared_ro)?;
         // A batch with the zero page in it: the fixed batch check lets it in.
-        let (n, r) = proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va, &[kp.pa(), page::zero_page()]))?;
+        let (n, r) =
+            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va, &[kp.pa(), page::zero_page()]))?;
         ensure!(n == 2 && r.is_ok(), "vm_insert_pages([page, zero page]) inserted {n}: {r:?}");
-        ensure!(kp.refcount() == 2 && kp.head().mapcount() == 1, "driver page: refcount {} mapcount {}", kp.refcount(), kp.head().mapcount());
-        ensure!(matches!(proc::access(P, op::CHECK, va, PAGE_SIZE, 0x3c)?, RunEnd::Done), "EL0 does not read the driver page's bytes");
-        ensure!(matches!(proc::access(P, op::CHECK, va + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done), "EL0 does not read zeroes from the batch's zero page");
+        ensure!(
+            kp.refcount() == 2 && kp.head().mapcount() == 1,
+            "driver page: refcount {} mapcount {}",
+            kp.refcount(),
+            kp.head().mapcount()
+        );
+        ensure!(
+            matches!(proc::access(P, op::CHECK, va, PAGE_SIZE, 0x3c)?, RunEnd::Done),
+            "EL0 does not read the driver page's bytes"
+        );
+        ensure!(
+            matches!(proc::access(P, op::CHECK, va + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done),
+            "EL0 does not read zeroes from the batch's zero page"
+        );
         // Anon pages and pages nobody holds are refused.
         let anon = page::folio_alloc_anon(0).ok_or("no memory")?;
         ensure!(insert(va + 2 * PAGE_SIZE, anon.pa()) == Err(-EINVAL), "an anon page must not be inserted");
         anon.put();
-        let (n, r) = proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va + 2 * PAGE_SIZE, &[anon.pa()]))?;
+        let (n, r) =
+            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va + 2 * PAGE_SIZE, &[anon.pa()]))?;
         ensure!(n == 0 && r == Err(-EINVAL), "a freed page (refcount 0) must be refused by the batch, got {n} {r:?}");
         // vmf_insert_mixed: zero pfn by the same table; PFN mappings take anything.
         let shared_w = flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE]);
         let w = proc::vma_for_test(P, PAGE_SIZE, shared_w)?;
         let vma = proc::with_mm_write(P, |_, g| *g.find_mut(w).unwrap())?;
         let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, w, page::zero_page()))?;
-        ensure!(r == VmFault::Sigsegv, "vmf_insert_mixed(zero pfn) into a shared writable mapping must fail, got {r:?}");
+        ensure!(
+            r == VmFault::Sigsegv,
+            "vmf_insert_mixed(zero pfn) into a shared writable mapping must fail, got {r:?}"
+        );
         let io = proc::vma_for_test(P, PAGE_SIZE, flags(&[F::READ, F::SHARED, F::PFNMAP, F::IO]))?;
         let vma = proc::with_mm_write(P, |_, g| *g.find_mut(io).unwrap())?;
         let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, io, page::zero_page()))?;
@@ -138,12 +182,23 @@ fn pages_and_mixed() -> Result<(), String> {
         let cow = proc::vma_for_test(P, PAGE_SIZE, flags(&[F::READ, F::WRITE, F::MAYWRITE]))?;
         let vma = proc::with_mm_write(P, |_, g| *g.find_mut(cow).unwrap())?;
         let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, cow, page::zero_page()))?;
-        ensure!(r == VmFault::Done && entry(cow).is_some_and(|d| d.special() && d.perms().read_only), "vmf_insert_mixed(zero pfn) into a COW mapping: {r:?}");
-        ensure!(matches!(proc::access(P, op::CHECK, cow, PAGE_SIZE, 0)?, RunEnd::Done), "EL0 read of the mixed zero page");
+        ensure!(
+            r == VmFault::Done && entry(cow).is_some_and(|d| d.special() && d.perms().read_only),
+            "vmf_insert_mixed(zero pfn) into a COW mapping: {r:?}"
+        );
+        ensure!(
+            matches!(proc::access(P, op::CHECK, cow, PAGE_SIZE, 0)?, RunEnd::Done),
+            "EL0 read of the mixed zero page"
+        );
         // Unmapping drops the mapping's reference; the driver's stays.
         let g = proc::with_mm_write(P, |p, _| memory::zap_page_range(p.mt(), va, 4 * PAGE_SIZE))?;
         g?;
-        ensure!(kp.refcount() == 1 && kp.head().mapcount() == 0, "after zap: refcount {} mapcount {}", kp.refcount(), kp.head().mapcount());
+        ensure!(
+            kp.refcount() == 1 && kp.head().mapcount() == 0,
+            "after zap: refcount {} mapcount {}",
+            kp.refcount(),
+            kp.head().mapcount()
+        );
         kp.put();
         Ok(())
     })

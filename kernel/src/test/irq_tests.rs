@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::Test;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
-use crate::arch::aarch64::user::{op, SVC_DONE};
+use crate::arch::aarch64::user::{SVC_DONE, op};
 use crate::arch::{cpu, percpu};
 use crate::drivers::timer;
 use crate::ensure;
@@ -35,7 +35,11 @@ fn online() -> usize {
 /// their GIC side just after they come online).
 fn all_ready() -> Result<usize, String> {
     let n = online();
-    ensure!(irq::wait_until(1000, || (0..n).all(irq::ready)), "CPUs not taking interrupts: {:?}", (0..n).filter(|&i| !irq::ready(i)).collect::<Vec<_>>());
+    ensure!(
+        irq::wait_until(1000, || (0..n).all(irq::ready)),
+        "CPUs not taking interrupts: {:?}",
+        (0..n).filter(|&i| !irq::ready(i)).collect::<Vec<_>>()
+    );
     Ok(n)
 }
 
@@ -56,14 +60,20 @@ fn ticks_on_every_cpu() -> Result<(), String> {
     irq::wait_until(300, || false);
     let (dt, dk) = (timer::now() - t0, irq::ticks(0) - k0);
     let max = dt * timer::HZ / timer::frequency() + 2;
-    ensure!(dk >= 2 && dk <= max, "cpu0 took {dk} ticks in {} ms (HZ {}, at most {max})", dt * 1000 / timer::frequency(), timer::HZ);
+    ensure!(
+        dk >= 2 && dk <= max,
+        "cpu0 took {dk} ticks in {} ms (HZ {}, at most {max})",
+        dt * 1000 / timer::frequency(),
+        timer::HZ
+    );
     for i in 0..n {
         ensure!(irq::unexpected(i) == 0, "cpu{i} acknowledged {} interrupt(s) nobody enabled", irq::unexpected(i));
     }
     Ok(())
 }
 
-static HOOK_CALLS: [AtomicU64; crate::arch::aarch64::boot::MAX_CPUS] = [const { AtomicU64::new(0) }; crate::arch::aarch64::boot::MAX_CPUS];
+static HOOK_CALLS: [AtomicU64; crate::arch::aarch64::boot::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::arch::aarch64::boot::MAX_CPUS];
 
 fn counting_hook(cpu: usize, _from_el0: bool) {
     HOOK_CALLS[cpu].fetch_add(1, Ordering::Relaxed);
@@ -156,23 +166,58 @@ fn irq_from_el0_here() -> Result<(), String> {
             let regs = proc::spin(name, seed, iterations)?;
             let taken = irq::entries(0).0 - el0_before;
             let e = Esr(regs.esr);
-            ensure!(e.ec() == ExceptionClass::Svc64 && e.imm16() == SVC_DONE && regs.x[0] == 0, "the agent did not finish: {e}, x0 {:#x}", regs.x[0]);
-            ensure!(regs.x[2] == op::SPIN_NZCV, "NZCV {:#x} after the loop, expected {:#x}: flags disturbed", regs.x[2], op::SPIN_NZCV);
+            ensure!(
+                e.ec() == ExceptionClass::Svc64 && e.imm16() == SVC_DONE && regs.x[0] == 0,
+                "the agent did not finish: {e}, x0 {:#x}",
+                regs.x[0]
+            );
+            ensure!(
+                regs.x[2] == op::SPIN_NZCV,
+                "NZCV {:#x} after the loop, expected {:#x}: flags disturbed",
+                regs.x[2],
+                op::SPIN_NZCV
+            );
             ensure!(regs.sp_el0 == seed & !0xf, "SP_EL0 {:#x}, expected {:#x}", regs.sp_el0, seed & !0xf);
             ensure!(regs.x[1] == seed, "x1 {:#x}, expected {seed:#x}", regs.x[1]);
             for k in 3..=30 {
-                ensure!(regs.x[k] == seed + k as u64, "x{k} = {:#x} after {taken} IRQ(s) at EL0, expected {:#x}", regs.x[k], seed + k as u64);
+                ensure!(
+                    regs.x[k] == seed + k as u64,
+                    "x{k} = {:#x} after {taken} IRQ(s) at EL0, expected {:#x}",
+                    regs.x[k],
+                    seed + k as u64
+                );
             }
             if taken >= 3 {
-                ensure!(irq::ticks(0) - ticks_before >= 3, "{taken} IRQs at EL0 but only {} ticks", irq::ticks(0) - ticks_before);
+                ensure!(
+                    irq::ticks(0) - ticks_before >= 3,
+                    "{taken} IRQs at EL0 but only {} ticks",
+                    irq::ticks(0) - ticks_before
+                );
                 println!("  {iterations} iterations at EL0 took {taken} IRQs, registers intact");
                 break;
             }
-            ensure!(timer::now() < deadline && iterations < 1 << 36, "no 3 IRQs taken at EL0 in one run of up to {iterations} iterations (10 s)");
+            ensure!(
+                timer::now() < deadline && iterations < 1 << 36,
+                "no 3 IRQs taken at EL0 in one run of up to {iterations} iterations (10 s)"
+            );
             iterations *= 2;
         }
         // The process is still fine afterwards.
-        let va = proc::mmap(name, "buf", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
+        let va = proc::mmap(
+            name,
+            "buf",
+            MmapArgs {
+                size: PAGE_SIZE,
+                writable: true,
+                readable: true,
+                align: 0,
+                folio_order: 0,
+                pfn: None,
+                shared: false,
+                memfd: None,
+                file: None,
+            },
+        )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 64, 3)?, RunEnd::Done), "process unusable after the IRQs");
         Ok(())
     })();
@@ -189,16 +234,35 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
     let name = "pan_test";
     proc::spawn(name)?;
     let r = (|| -> Result<(), String> {
-        let va = proc::mmap(name, "buf", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
+        let va = proc::mmap(
+            name,
+            "buf",
+            MmapArgs {
+                size: PAGE_SIZE,
+                writable: true,
+                readable: true,
+                align: 0,
+                folio_order: 0,
+                pfn: None,
+                shared: false,
+                memfd: None,
+                file: None,
+            },
+        )?;
         // An EL0 run first: the kernel comes back through an exception from
         // EL0, which must set PAN again (SCTLR_EL1.SPAN = 0).
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 0xa7)?, RunEnd::Done), "agent write failed");
         // Read the ID register here rather than trust cpu::has_pan().
         let has = {
-            use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+            use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
             ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
         };
-        ensure!(cpu::pan() == has, "PSTATE.PAN is {} after an EL0 run on a CPU {} PAN", cpu::pan(), if has { "with" } else { "without" });
+        ensure!(
+            cpu::pan() == has,
+            "PSTATE.PAN is {} after an EL0 run on a CPU {} PAN",
+            cpu::pan(),
+            if has { "with" } else { "without" }
+        );
         let (plain_read, plain_write, copied, wrote) = proc::with_ttbr0(name, || {
             let r = probe_read_u8(va);
             // SAFETY: a byte of the test's own user page.
@@ -214,17 +278,27 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
         let mut want = [0xa7u8; 16];
         want[1] = expect_second;
         ensure!(copied == Ok(want), "copy_from_user gave {copied:?}, expected {want:?}");
-        ensure!(matches!(proc::access(name, op::CHECK, va + 8, 8, 0x3c)?, RunEnd::Done), "copy_to_user's bytes not seen by EL0");
+        ensure!(
+            matches!(proc::access(name, op::CHECK, va + 8, 8, 0x3c)?, RunEnd::Done),
+            "copy_to_user's bytes not seen by EL0"
+        );
         if !has {
-            ensure!(plain_read == Ok(0xa7) && plain_write.is_ok(), "without PAN a plain EL1 access to a user page works");
+            ensure!(
+                plain_read == Ok(0xa7) && plain_write.is_ok(),
+                "without PAN a plain EL1 access to a user page works"
+            );
             println!("  no FEAT_PAN on this CPU: only checked that uaccess works");
             return Ok(());
         }
         for (what, r, write) in [("read", plain_read.map(|_| ()), false), ("write", plain_write, true)] {
-            let (esr, far) = r.err().ok_or_else(|| alloc::format!("a plain EL1 {what} of a user page succeeded with PAN on"))?;
+            let (esr, far) =
+                r.err().ok_or_else(|| alloc::format!("a plain EL1 {what} of a user page succeeded with PAN on"))?;
             let e = Esr(esr);
             ensure!(e.ec() == ExceptionClass::DataAbortSameEl, "{what}: {e}");
-            ensure!(matches!(e.fault_status(), Some(FaultStatus::Permission(_))), "{what}: expected a permission fault, got {e}");
+            ensure!(
+                matches!(e.fault_status(), Some(FaultStatus::Permission(_))),
+                "{what}: expected a permission fault, got {e}"
+            );
             ensure!(e.wnr() == write, "{what}: WnR wrong: {e}");
             let at = if write { va + 1 } else { va };
             ensure!(far == at, "{what}: FAR {far:#x}, expected {at:#x}");

@@ -28,7 +28,10 @@ fn user_double_free() -> Result<(), String> {
     let before = frame::stats().free;
     let pa = frame::alloc_user(0).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::UserAnon).map_err(|e| alloc::format!("first free: {e:?}"))?;
-    ensure!(frame::free(pa, 0, Owner::UserAnon) == Err(FreeError::NotAllocated(pa)), "a double free of a user frame was accepted");
+    ensure!(
+        frame::free(pa, 0, Owner::UserAnon) == Err(FreeError::NotAllocated(pa)),
+        "a double free of a user frame was accepted"
+    );
     frame::check()?;
     ensure!(frame::stats().free == before, "free frames {before} -> {}", frame::stats().free);
     Ok(())
@@ -100,10 +103,16 @@ fn bad_free() -> Result<(), String> {
     frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     ensure!(frame::free(pa, 0, Owner::Test) == Err(FreeError::NotAllocated(pa)), "double free accepted");
     let kernel = crate::mm::kmap::kimage_to_phys(crate::sym_addr!(__kernel_start));
-    ensure!(matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))), "freeing the kernel image accepted");
+    ensure!(
+        matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))),
+        "freeing the kernel image accepted"
+    );
     ensure!(frame::free(PhysAddr(0x10), 0, Owner::Test).is_err(), "freeing a non-RAM address accepted");
     let after = frame::stats();
-    ensure!(after.free == before.free && after.allocated == before.allocated, "counters moved: {before:?} -> {after:?}");
+    ensure!(
+        after.free == before.free && after.allocated == before.allocated,
+        "counters moved: {before:?} -> {after:?}"
+    );
     Ok(())
 }
 

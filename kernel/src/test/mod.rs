@@ -8,12 +8,12 @@ use alloc::string::String;
 
 use crate::println;
 
-mod boot_tests;
-mod debug_table_tests;
-mod irq_tests;
-mod insert_tests;
 mod af_tests;
 mod at_random;
+mod boot_tests;
+mod debug_table_tests;
+mod insert_tests;
+mod irq_tests;
 mod mm_tests;
 mod sched_tests;
 mod syscall_tests;
@@ -25,7 +25,17 @@ pub type TestFn = fn() -> Result<(), String>;
 /// `size` bytes of anonymous private read/write memory, base pages (the
 /// tests' usual `mmap`; struct update syntax changes the rest).
 pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
-    crate::proc::MmapArgs { size, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None }
+    crate::proc::MmapArgs {
+        size,
+        writable: true,
+        readable: true,
+        align: 0,
+        folio_order: 0,
+        pfn: None,
+        shared: false,
+        memfd: None,
+        file: None,
+    }
 }
 
 pub struct Test {
@@ -44,7 +54,17 @@ macro_rules! ensure {
 }
 
 fn all() -> impl Iterator<Item = &'static Test> {
-    boot_tests::TESTS.iter().chain(mm_tests::TESTS.iter()).chain(table_tests::TESTS.iter()).chain(at_random::TESTS.iter()).chain(syscall_tests::TESTS.iter()).chain(irq_tests::TESTS.iter()).chain(insert_tests::TESTS.iter()).chain(af_tests::TESTS.iter()).chain(sched_tests::TESTS.iter()).chain(debug_table_tests::TESTS.iter())
+    boot_tests::TESTS
+        .iter()
+        .chain(mm_tests::TESTS.iter())
+        .chain(table_tests::TESTS.iter())
+        .chain(at_random::TESTS.iter())
+        .chain(syscall_tests::TESTS.iter())
+        .chain(irq_tests::TESTS.iter())
+        .chain(insert_tests::TESTS.iter())
+        .chain(af_tests::TESTS.iter())
+        .chain(sched_tests::TESTS.iter())
+        .chain(debug_table_tests::TESTS.iter())
 }
 
 /// Runs the tests whose name contains `filter` (all when None); returns failures.

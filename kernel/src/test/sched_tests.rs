@@ -9,7 +9,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::{anon, Test};
+use super::{Test, anon};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::op;
@@ -21,7 +21,7 @@ use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::Translation;
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::proc::{self, asid, syscall, MmapArgs, RunEnd};
+use crate::proc::{self, MmapArgs, RunEnd, asid, syscall};
 
 pub static TESTS: &[Test] = &[
     Test { name: "sched_preempts_el0_on_one_cpu", f: preempts_el0 },
@@ -33,7 +33,6 @@ pub static TESTS: &[Test] = &[
     Test { name: "smp_cow_fault_races_exit", f: cow_fault_races_exit },
     Test { name: "smp_page_lists_alloc_here_free_there", f: page_lists_cross_cpu },
 ];
-
 
 fn me() -> usize {
     percpu::this_cpu().id
@@ -91,8 +90,14 @@ fn preempts_el0() -> Result<(), String> {
         let ra = sched::wait(&a);
         done_ok(&ra, "the waiter")?;
         ensure!(a.preemptions.load(Ordering::Relaxed) >= 1, "the waiter finished without ever being preempted");
-        ensure!(a.ran_on.load(Ordering::Relaxed) == 1 << cpu && b.ran_on.load(Ordering::Relaxed) == 1 << cpu, "a thread left cpu{cpu}");
-        println!("  waiter preempted {} time(s) on cpu{cpu} before the writer ran", a.preemptions.load(Ordering::Relaxed));
+        ensure!(
+            a.ran_on.load(Ordering::Relaxed) == 1 << cpu && b.ran_on.load(Ordering::Relaxed) == 1 << cpu,
+            "a thread left cpu{cpu}"
+        );
+        println!(
+            "  waiter preempted {} time(s) on cpu{cpu} before the writer ran",
+            a.preemptions.load(Ordering::Relaxed)
+        );
         Ok(())
     })
 }
@@ -112,14 +117,23 @@ fn registers_survive() -> Result<(), String> {
         let deadline = crate::drivers::timer::now() + crate::drivers::timer::ms_to_counts(20_000);
         loop {
             let seeds = [0x1111_0000_0000_0000u64, 0x2222_0000_0000_0000u64];
-            let ts = [start(n1, &[op::SPIN, seeds[0], iterations], 0, cpu)?, start(n2, &[op::SPIN, seeds[1], iterations], 0, cpu)?];
+            let ts = [
+                start(n1, &[op::SPIN, seeds[0], iterations], 0, cpu)?,
+                start(n2, &[op::SPIN, seeds[1], iterations], 0, cpu)?,
+            ];
             for (t, seed) in ts.iter().zip(seeds) {
                 let regs = sched::wait(t);
                 done_ok(&regs, "a spin loop")?;
                 ensure!(regs.x[2] == op::SPIN_NZCV, "NZCV {:#x} after the loop: flags disturbed", regs.x[2]);
                 ensure!(regs.sp_el0 == seed & !0xf && regs.x[1] == seed, "SP_EL0/x1 of another task");
                 for k in 3..=30 {
-                    ensure!(regs.x[k] == seed + k as u64, "x{k} = {:#x} after {} preemption(s), expected {:#x}", regs.x[k], t.preemptions.load(Ordering::Relaxed), seed + k as u64);
+                    ensure!(
+                        regs.x[k] == seed + k as u64,
+                        "x{k} = {:#x} after {} preemption(s), expected {:#x}",
+                        regs.x[k],
+                        t.preemptions.load(Ordering::Relaxed),
+                        seed + k as u64
+                    );
                 }
             }
             let pre: Vec<u64> = ts.iter().map(|t| t.preemptions.load(Ordering::Relaxed)).collect();
@@ -127,7 +141,10 @@ fn registers_survive() -> Result<(), String> {
                 println!("  {iterations} iterations each: preempted {pre:?} times, registers intact");
                 return Ok(());
             }
-            ensure!(crate::drivers::timer::now() < deadline, "loops of {iterations} iterations were preempted only {pre:?} times in 20 s");
+            ensure!(
+                crate::drivers::timer::now() < deadline,
+                "loops of {iterations} iterations were preempted only {pre:?} times in 20 s"
+            );
             iterations *= 2;
         }
     });
@@ -142,15 +159,24 @@ fn tasks_on_every_cpu() -> Result<(), String> {
     in_process(name, || {
         let va = proc::mmap(name, "m", anon(n as u64 * PAGE_SIZE))?;
         let before: Vec<u64> = (0..n).map(sched::runs).collect();
-        let ts: Vec<Arc<Task>> = (0..n).map(|c| start(name, &[op::WRITE, va + c as u64 * PAGE_SIZE, PAGE_SIZE, 0x40 + c as u64], 0, c)).collect::<Result<_, _>>()?;
+        let ts: Vec<Arc<Task>> = (0..n)
+            .map(|c| start(name, &[op::WRITE, va + c as u64 * PAGE_SIZE, PAGE_SIZE, 0x40 + c as u64], 0, c))
+            .collect::<Result<_, _>>()?;
         for (c, t) in ts.iter().enumerate() {
             done_ok(&sched::wait(t), "a writer")?;
-            ensure!(t.ran_on.load(Ordering::Relaxed) == 1 << c, "the task pinned to cpu{c} ran on {:#b}", t.ran_on.load(Ordering::Relaxed));
+            ensure!(
+                t.ran_on.load(Ordering::Relaxed) == 1 << c,
+                "the task pinned to cpu{c} ran on {:#b}",
+                t.ran_on.load(Ordering::Relaxed)
+            );
             ensure!(sched::runs(c) > before[c], "cpu{c} counted no run");
         }
         for c in 0..n {
             let at = va + c as u64 * PAGE_SIZE;
-            ensure!(matches!(proc::access(name, op::CHECK, at, PAGE_SIZE, 0x40 + c as u8)?, RunEnd::Done), "page {c} lacks cpu{c}'s bytes");
+            ensure!(
+                matches!(proc::access(name, op::CHECK, at, PAGE_SIZE, 0x40 + c as u8)?, RunEnd::Done),
+                "page {c} lacks cpu{c}'s bytes"
+            );
         }
         println!("  {n} CPU(s) each ran their task");
         Ok(())
@@ -182,11 +208,21 @@ fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, Str
 
 /// After a change of `x`'s mapping returned with the counter at `c0`, the
 /// reader must stop at its next load of `x` with a fault of `want`'s kind.
-fn reader_stopped(name: &str, a: &Task, x: u64, y: u64, c0: u64, what: &str, want: fn(FaultStatus) -> bool) -> Result<(), String> {
+fn reader_stopped(
+    name: &str,
+    a: &Task,
+    x: u64,
+    y: u64,
+    c0: u64,
+    what: &str,
+    want: fn(FaultStatus) -> bool,
+) -> Result<(), String> {
     let Some(regs) = sched::wait_until(a, Some(3000)) else {
         let c1 = user_u64(name, y).unwrap_or(0);
         sched::kill(a);
-        return Err(alloc::format!("{what}: the reader kept loading through a stale TLB entry ({c0} -> {c1} loads after the call returned)"));
+        return Err(alloc::format!(
+            "{what}: the reader kept loading through a stale TLB entry ({c0} -> {c1} loads after the call returned)"
+        ));
     };
     let c = user_u64(name, y)?;
     match proc::run_end(&regs) {
@@ -211,7 +247,11 @@ fn tlb_shootdown() -> Result<(), String> {
     let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
     in_process(name, || {
         for (what, nr, want) in [
-            ("mprotect(PROT_NONE)", syscall::nr::MPROTECT, (|f| matches!(f, FaultStatus::Permission(_))) as fn(FaultStatus) -> bool),
+            (
+                "mprotect(PROT_NONE)",
+                syscall::nr::MPROTECT,
+                (|f| matches!(f, FaultStatus::Permission(_))) as fn(FaultStatus) -> bool,
+            ),
             ("munmap", syscall::nr::MUNMAP, |f| matches!(f, FaultStatus::Translation(_))),
         ] {
             let x = proc::mmap(name, "x", anon(PAGE_SIZE))?;
@@ -223,7 +263,12 @@ fn tlb_shootdown() -> Result<(), String> {
             let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], nr, here)?;
             let rb = sched::wait(&b);
             let c0 = user_u64(name, y)?;
-            ensure!(matches!(proc::run_end(&rb), RunEnd::Other { .. }) && rb.x[0] == 2 && rb.x[1] == 0, "{what} from EL0 failed: x0 {:#x} x1 {:#x}", rb.x[0], rb.x[1]);
+            ensure!(
+                matches!(proc::run_end(&rb), RunEnd::Other { .. }) && rb.x[0] == 2 && rb.x[1] == 0,
+                "{what} from EL0 failed: x0 {:#x} x1 {:#x}",
+                rb.x[0],
+                rb.x[1]
+            );
             reader_stopped(name, &a, x, y, c0, what, want)?;
             ensure!(a.ran_on.load(Ordering::Relaxed) == 1 << there, "the reader left cpu{there}");
             println!("  {what} on cpu{here}: the reader on cpu{there} faulted at its next load ({c0} loads before)");
@@ -262,9 +307,15 @@ fn asid_kept_across_rollover() -> Result<(), String> {
         asid::force_rollover(Some(1));
         let r = sched::pin_to_caller(|| -> Result<(), String> {
             for o in &others {
-                ensure!(matches!(proc::access(o, op::TOUCH_READ, proc::AGENT_VA, 1, 0)?, RunEnd::Done), "{o} did not run");
+                ensure!(
+                    matches!(proc::access(o, op::TOUCH_READ, proc::AGENT_VA, 1, 0)?, RunEnd::Done),
+                    "{o} did not run"
+                );
                 let theirs = proc::with_proc(o, |p| Ok(p.mm.asid()))?;
-                ensure!(theirs as u64 != kept & 0xffff, "{o} was given ASID {theirs}, which cpu{there} is still running for {name}");
+                ensure!(
+                    theirs as u64 != kept & 0xffff,
+                    "{o} was given ASID {theirs}, which cpu{there} is still running for {name}"
+                );
             }
             Ok(())
         });
@@ -274,16 +325,25 @@ fn asid_kept_across_rollover() -> Result<(), String> {
             asid::force_rollover(None);
             return Err(e);
         }
-        ensure!(asid::active_on(there) & 0xffff == kept & 0xffff, "cpu{there}'s active ASID changed under the running thread");
+        ensure!(
+            asid::active_on(there) & 0xffff == kept & 0xffff,
+            "cpu{there}'s active ASID changed under the running thread"
+        );
         // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
         let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
         let rb = sched::wait(&b);
         let c0 = user_u64(name, y)?;
         let mine = proc::with_proc(name, |p| Ok(p.mm.asid()))?;
-        let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| matches!(f, FaultStatus::Permission(_)));
+        let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| {
+            matches!(f, FaultStatus::Permission(_))
+        });
         asid::force_rollover(None);
         ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed");
-        ensure!(mine as u64 == kept & 0xffff, "{name} came back with ASID {mine}, but cpu{there} ran it with {}", kept & 0xffff);
+        ensure!(
+            mine as u64 == kept & 0xffff,
+            "{name} came back with ASID {mine}, but cpu{there} ran it with {}",
+            kept & 0xffff
+        );
         r?;
         ensure!(rolled >= 2, "only {rolled} rollover(s): the test did not exercise them");
         println!("  {rolled} rollovers while cpu{there} ran ASID {}: kept, and the TLBI reached it", kept & 0xffff);
@@ -369,7 +429,10 @@ fn gup_fast_races_fork() -> Result<(), String> {
             let end = crate::drivers::timer::now() + crate::drivers::timer::ms_to_counts(3000);
             while rounds < 40 || crate::drivers::timer::now() < end && rounds < 400 {
                 // COW-reuse faults make every entry writable (exclusive) again.
-                ensure!(matches!(proc::access(name, op::TOUCH_WRITE, va, pages * PAGE_SIZE, 0)?, RunEnd::Done), "parent write");
+                ensure!(
+                    matches!(proc::access(name, op::TOUCH_WRITE, va, pages * PAGE_SIZE, 0)?, RunEnd::Done),
+                    "parent write"
+                );
                 proc::fork(name, child)?;
                 proc::exit(child)?;
                 rounds += 1;
@@ -382,7 +445,10 @@ fn gup_fast_races_fork() -> Result<(), String> {
         ensure!(stopped, "the GUP-fast racer did not stop");
         let rounds = r?;
         let (bad, pinned) = (RACE_BAD.load(Ordering::Acquire), RACE_PINNED.load(Ordering::Acquire));
-        ensure!(bad == 0, "GUP-fast returned {bad} R/W pin(s) on pages that were not PageAnonExclusive (a fork shared them) in {rounds} forks");
+        ensure!(
+            bad == 0,
+            "GUP-fast returned {bad} R/W pin(s) on pages that were not PageAnonExclusive (a fork shared them) in {rounds} forks"
+        );
         ensure!(pinned > 0, "GUP-fast pinned nothing in {rounds} rounds: the race did not run");
         println!("  {rounds} forks on cpu{} against {pinned} lockless pins on cpu{there}: every pin exclusive", me());
         Ok(())
@@ -407,18 +473,30 @@ fn cow_fault_races_exit() -> Result<(), String> {
         let va = proc::mmap(a, "m", anon(PAGE_SIZE))?;
         for round in 0..50u64 {
             let v = 0x10 + (round % 0x60);
-            ensure!(matches!(proc::access(a, op::WRITE, va, PAGE_SIZE, v as u8)?, RunEnd::Done), "round {round}: parent write");
+            ensure!(
+                matches!(proc::access(a, op::WRITE, va, PAGE_SIZE, v as u8)?, RunEnd::Done),
+                "round {round}: parent write"
+            );
             sched::pin_to_caller(|| proc::fork(a, b))?;
             // Both threads store v + 1 to every byte; either may COW.
-            let ts = [start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[0])?, start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[1])?];
+            let ts = [
+                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[0])?,
+                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[1])?,
+            ];
             sched::pin_to_caller(|| proc::exit(b))?;
             for t in &ts {
                 done_ok(&sched::wait(t), "a writer thread")?;
             }
-            ensure!(matches!(proc::access(a, op::CHECK, va, PAGE_SIZE, v as u8 + 1)?, RunEnd::Done), "round {round}: A's page lost a write");
+            ensure!(
+                matches!(proc::access(a, op::CHECK, va, PAGE_SIZE, v as u8 + 1)?, RunEnd::Done),
+                "round {round}: A's page lost a write"
+            );
             crate::console::commands::invariants().map_err(|e| alloc::format!("round {round}: invariants: {e}"))?;
         }
-        println!("  50 rounds: two writers on cpu{} and cpu{} while the child exited on cpu{here}", others[0], others[1]);
+        println!(
+            "  50 rounds: two writers on cpu{} and cpu{} while the child exited on cpu{here}",
+            others[0], others[1]
+        );
         Ok(())
     })
 }
@@ -453,6 +531,13 @@ fn page_lists_cross_cpu() -> Result<(), String> {
         Ok(())
     })?;
     let after = frame::stats();
-    ensure!(after.free == free_before.free, "free frames {} -> {} (owners {:?} -> {:?})", free_before.free, after.free, free_before.by_owner, after.by_owner);
+    ensure!(
+        after.free == free_before.free,
+        "free frames {} -> {} (owners {:?} -> {:?})",
+        free_before.free,
+        after.free,
+        free_before.by_owner,
+        after.by_owner
+    );
     Ok(())
 }

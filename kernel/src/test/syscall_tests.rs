@@ -9,7 +9,7 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::frame;
 use crate::mm::granule::PAGE_SIZE;
-use crate::proc::syscall::{nr, EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE};
+use crate::proc::syscall::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, MmapArgs, RunEnd};
 
 pub static TESTS: &[Test] = &[
@@ -44,16 +44,38 @@ fn el0_isolation() -> Result<(), String> {
                         let e = Esr(esr);
                         ensure!(addr == va, "{what}: fault at {addr:#x}, not {va:#x}");
                         ensure!(e.ec() == ExceptionClass::DataAbortLowerEl, "{what}: {e}");
-                        ensure!(matches!(e.fault_status(), Some(FaultStatus::Permission(_))), "{what}: expected a permission fault, got {e}");
+                        ensure!(
+                            matches!(e.fault_status(), Some(FaultStatus::Permission(_))),
+                            "{what}: expected a permission fault, got {e}"
+                        );
                         ensure!(e.wnr() == write, "{what}: WnR wrong: {e}");
                     }
-                    other => return Err(alloc::format!("EL0 {} of {what} at {va:#x} was not refused: {other:?}", if write { "write" } else { "read" })),
+                    other => {
+                        return Err(alloc::format!(
+                            "EL0 {} of {what} at {va:#x} was not refused: {other:?}",
+                            if write { "write" } else { "read" }
+                        ));
+                    }
                 }
             }
         }
         ensure!(SECRET.load(core::sync::atomic::Ordering::Relaxed) == 0x5ec2_e75e_c2e7, "kernel data changed");
         // And the process is still usable afterwards.
-        let va = proc::mmap(name, "after", MmapArgs { size: PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
+        let va = proc::mmap(
+            name,
+            "after",
+            MmapArgs {
+                size: PAGE_SIZE,
+                writable: true,
+                readable: true,
+                align: 0,
+                folio_order: 0,
+                pfn: None,
+                shared: false,
+                memfd: None,
+                file: None,
+            },
+        )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
         Ok(())
     })();
@@ -70,7 +92,21 @@ fn bad_arguments() -> Result<(), String> {
         let pid = sc(nr::GETPID, [0; 6])?;
         ensure!(pid > 0, "getpid returned {pid}");
 
-        let va = proc::mmap(name, "buf", MmapArgs { size: 16 * PAGE_SIZE, writable: true, readable: true, align: 0, folio_order: 0, pfn: None, shared: false, memfd: None, file: None })?;
+        let va = proc::mmap(
+            name,
+            "buf",
+            MmapArgs {
+                size: 16 * PAGE_SIZE,
+                writable: true,
+                readable: true,
+                align: 0,
+                folio_order: 0,
+                pfn: None,
+                shared: false,
+                memfd: None,
+                file: None,
+            },
+        )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
         ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
         // A page the process never touched: the uaccess fault is demand-filled.
@@ -96,13 +132,25 @@ fn bad_arguments() -> Result<(), String> {
         // A good mmap gives memory the process can use at EL0.
         let m = sc(nr::MMAP, [0, 2 * PAGE_SIZE, 3, 0x22, u64::MAX, 0])?;
         ensure!(m > 0, "mmap failed: {m}");
-        ensure!(matches!(proc::access(name, op::WRITE, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 write to mmap'd memory");
-        ensure!(matches!(proc::access(name, op::CHECK, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done), "EL0 check of mmap'd memory");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
+            "EL0 write to mmap'd memory"
+        );
+        ensure!(
+            matches!(proc::access(name, op::CHECK, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
+            "EL0 check of mmap'd memory"
+        );
         let m = m as u64;
         // mprotect and munmap through system calls, and their bad arguments.
         ensure!(sc(nr::MPROTECT, [m, PAGE_SIZE, 1, 0, 0, 0])? == 0, "mprotect read-only");
-        ensure!(matches!(proc::access(name, op::WRITE, m, 1, 1)?, RunEnd::Fault { .. }), "write after mprotect(PROT_READ) succeeded");
-        ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, 1, 1)?, RunEnd::Done), "the other page was protected too");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, m, 1, 1)?, RunEnd::Fault { .. }),
+            "write after mprotect(PROT_READ) succeeded"
+        );
+        ensure!(
+            matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, 1, 1)?, RunEnd::Done),
+            "the other page was protected too"
+        );
         let bad: [(&str, u64, [u64; 6], i64); 6] = [
             ("mprotect misaligned", nr::MPROTECT, [m + 1, PAGE_SIZE, 1, 0, 0, 0], -EINVAL),
             ("mprotect PROT_EXEC", nr::MPROTECT, [m, PAGE_SIZE, 4, 0, 0, 0], -EINVAL),
@@ -119,13 +167,25 @@ fn bad_arguments() -> Result<(), String> {
         let sh = sc(nr::MMAP, [0, PAGE_SIZE, 3, 0x21, u64::MAX, 0])?;
         ensure!(sh > 0, "shared anonymous mmap failed: {sh}");
         let sh = sh as u64;
-        ensure!(matches!(proc::access(name, op::WRITE, sh, PAGE_SIZE, 0x31)?, RunEnd::Done), "EL0 write to shared memory");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, sh, PAGE_SIZE, 0x31)?, RunEnd::Done),
+            "EL0 write to shared memory"
+        );
         let child = "syscall_test_child";
         proc::fork(name, child)?;
         let shared_ok = (|| -> Result<(), String> {
-            ensure!(matches!(proc::access(child, op::CHECK, sh, PAGE_SIZE, 0x31)?, RunEnd::Done), "the child does not see the parent's shared bytes");
-            ensure!(matches!(proc::access(child, op::WRITE, sh, 16, 0x32)?, RunEnd::Done), "child write to shared memory");
-            ensure!(matches!(proc::access(name, op::CHECK, sh, 16, 0x32)?, RunEnd::Done), "the parent does not see the child's write to shared memory");
+            ensure!(
+                matches!(proc::access(child, op::CHECK, sh, PAGE_SIZE, 0x31)?, RunEnd::Done),
+                "the child does not see the parent's shared bytes"
+            );
+            ensure!(
+                matches!(proc::access(child, op::WRITE, sh, 16, 0x32)?, RunEnd::Done),
+                "child write to shared memory"
+            );
+            ensure!(
+                matches!(proc::access(name, op::CHECK, sh, 16, 0x32)?, RunEnd::Done),
+                "the parent does not see the child's write to shared memory"
+            );
             Ok(())
         })();
         proc::exit(child)?;
@@ -148,14 +208,32 @@ fn bad_arguments() -> Result<(), String> {
         let vo = map(0x01, PAGE_SIZE, PAGE_SIZE)?;
         ensure!(v1 > 0 && v2 > 0 && vp > 0 && vo > 0, "mmap of the memfd failed: {v1} {v2} {vp} {vo}");
         let (v1, v2, vp, vo) = (v1 as u64, v2 as u64, vp as u64, vo as u64);
-        ensure!(matches!(proc::access(name, op::WRITE, v1, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done), "EL0 write to the memfd");
-        ensure!(matches!(proc::access(name, op::CHECK, v2, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done), "the second shared view misses the first's stores");
-        ensure!(matches!(proc::access(name, op::WRITE, vo, 16, 0x72)?, RunEnd::Done), "EL0 write at file offset one page");
-        ensure!(matches!(proc::access(name, op::CHECK, v1 + PAGE_SIZE, 16, 0x72)?, RunEnd::Done), "the offset mapping is not the file's second page");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, v1, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
+            "EL0 write to the memfd"
+        );
+        ensure!(
+            matches!(proc::access(name, op::CHECK, v2, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
+            "the second shared view misses the first's stores"
+        );
+        ensure!(
+            matches!(proc::access(name, op::WRITE, vo, 16, 0x72)?, RunEnd::Done),
+            "EL0 write at file offset one page"
+        );
+        ensure!(
+            matches!(proc::access(name, op::CHECK, v1 + PAGE_SIZE, 16, 0x72)?, RunEnd::Done),
+            "the offset mapping is not the file's second page"
+        );
         ensure!(matches!(proc::access(name, op::WRITE, vp, 16, 0x73)?, RunEnd::Done), "EL0 write to the private view");
-        ensure!(matches!(proc::access(name, op::CHECK, v1, 16, 0x71)?, RunEnd::Done), "a private view's write reached the file");
+        ensure!(
+            matches!(proc::access(name, op::CHECK, v1, 16, 0x71)?, RunEnd::Done),
+            "a private view's write reached the file"
+        );
         ensure!(sc(nr::CLOSE, [fd, 0, 0, 0, 0, 0])? == 0, "close");
-        ensure!(matches!(proc::access(name, op::CHECK, v2, 16, 0x71)?, RunEnd::Done), "the mapping did not outlive close()");
+        ensure!(
+            matches!(proc::access(name, op::CHECK, v2, 16, 0x71)?, RunEnd::Done),
+            "the mapping did not outlive close()"
+        );
         let bad: [(&str, u64, [u64; 6], i64); 7] = [
             ("close of a closed fd", nr::CLOSE, [fd, 0, 0, 0, 0, 0], -EBADF),
             ("mmap of a closed fd", nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd, 0], -EBADF),
@@ -181,12 +259,21 @@ fn bad_arguments() -> Result<(), String> {
         ensure!(sc(nr::FTRUNCATE, [fd2 as u64, PAGE_SIZE, 0, 0, 0, 0])? == 0, "ftruncate of the second memfd");
         ensure!(sc(nr::FTRUNCATE, [fd2 as u64, 0, 0, 0, 0, 0])? == -EINVAL, "shrinking is refused");
         let v3 = sc(nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd2 as u64, 0])?;
-        ensure!(v3 > 0 && matches!(proc::access(name, op::WRITE, v3 as u64, PAGE_SIZE, 0x74)?, RunEnd::Done), "the second memfd is not usable");
+        ensure!(
+            v3 > 0 && matches!(proc::access(name, op::WRITE, v3 as u64, PAGE_SIZE, 0x74)?, RunEnd::Done),
+            "the second memfd is not usable"
+        );
         // madvise: DONTNEED zaps (the next read sees zeroes), the THP hints
         // are accepted on mapped memory, and bad arguments get errors.
-        ensure!(matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done), "EL0 write before madvise");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done),
+            "EL0 write before madvise"
+        );
         ensure!(sc(nr::MADVISE, [m + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0])? == 0, "madvise(MADV_DONTNEED)");
-        ensure!(matches!(proc::access(name, op::CHECK, m + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done), "after MADV_DONTNEED the page must read as zeroes");
+        ensure!(
+            matches!(proc::access(name, op::CHECK, m + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done),
+            "after MADV_DONTNEED the page must read as zeroes"
+        );
         ensure!(sc(nr::MADVISE, [m, 2 * PAGE_SIZE, MADV_HUGEPAGE, 0, 0, 0])? == 0, "madvise(MADV_HUGEPAGE)");
         ensure!(sc(nr::MADVISE, [m, 2 * PAGE_SIZE, MADV_NOHUGEPAGE, 0, 0, 0])? == 0, "madvise(MADV_NOHUGEPAGE)");
         ensure!(sc(nr::MADVISE, [m, 0, MADV_DONTNEED, 0, 0, 0])? == 0, "madvise of length 0");
@@ -202,7 +289,10 @@ fn bad_arguments() -> Result<(), String> {
             ensure!(got == want, "{what}: got {got}, expected {want}");
         }
         ensure!(sc(nr::MUNMAP, [m, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap");
-        ensure!(matches!(proc::access(name, op::TOUCH_READ, m, 1, 0)?, RunEnd::Fault { .. }), "read after munmap succeeded");
+        ensure!(
+            matches!(proc::access(name, op::TOUCH_READ, m, 1, 0)?, RunEnd::Fault { .. }),
+            "read after munmap succeeded"
+        );
         Ok(())
     })();
     proc::exit(name)?;

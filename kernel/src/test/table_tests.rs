@@ -17,7 +17,7 @@ use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
 use crate::mm::layout::TEST_WINDOW;
-use crate::mm::pgtable::{expected_access, Expected, LeafSizes, MapError, Translation};
+use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation, expected_access};
 
 pub static TESTS: &[Test] = &[
     Test { name: "tables_split_collapse_block_live", f: split_collapse_block },
@@ -34,14 +34,15 @@ pub static TESTS: &[Test] = &[
 /// every page must fault and the 301st must still work. QEMU's TLB really caches translations, so a flush that
 /// missed pages would let these reads succeed.
 fn large_unmap_flush() -> Result<(), String> {
-    use crate::mm::tlb::{has_tlbi_range, RANGE_OPS};
+    use crate::mm::tlb::{RANGE_OPS, has_tlbi_range};
     use core::sync::atomic::Ordering;
     const PAGES: u64 = 300;
     let order = (PAGES + 1).next_power_of_two().trailing_zeros();
     let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 16;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::map_kernel(VirtAddr(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..=PAGES {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
         }
@@ -54,14 +55,25 @@ fn large_unmap_flush() -> Result<(), String> {
         let range_before = RANGE_OPS.load(Ordering::Relaxed);
         kmap::with_live(|l| l.unmap(va, PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
         for &i in &edges {
-            ensure!(probe_read_u8(va + i * PAGE_SIZE).is_err(), "edge page {i} still readable after unmap: stale TLB entry");
+            ensure!(
+                probe_read_u8(va + i * PAGE_SIZE).is_err(),
+                "edge page {i} still readable after unmap: stale TLB entry"
+            );
         }
         let used_range = RANGE_OPS.load(Ordering::Relaxed) > range_before;
-        ensure!(used_range == has_tlbi_range(), "range TLBI used: {used_range}, CPU has FEAT_TLBIRANGE: {}", has_tlbi_range());
+        ensure!(
+            used_range == has_tlbi_range(),
+            "range TLBI used: {used_range}, CPU has FEAT_TLBIRANGE: {}",
+            has_tlbi_range()
+        );
         for i in 0..PAGES {
             match probe_read_u8(va + i * PAGE_SIZE) {
                 Ok(_) => return Err(alloc::format!("page {i} still readable after unmap: stale TLB entry")),
-                Err((esr, _)) => ensure!(matches!(Esr(esr).fault_status(), Some(FaultStatus::Translation(_))), "page {i}: {}", Esr(esr)),
+                Err((esr, _)) => ensure!(
+                    matches!(Esr(esr).fault_status(), Some(FaultStatus::Translation(_))),
+                    "page {i}: {}",
+                    Esr(esr)
+                ),
             }
         }
         ensure!(probe_read_u8(va + PAGES * PAGE_SIZE).is_ok(), "the page after the range was unmapped too");
@@ -76,8 +88,8 @@ fn large_unmap_flush() -> Result<(), String> {
 /// read lock: every image page is a level-3 leaf, each stack guard is a
 /// level-3 hole, and an early stop returns the callback's value.
 fn walker_kernel() -> Result<(), String> {
-    use crate::mm::walk::{walk_kernel_page_table_range, Entry, PageWalkOps, Step};
     use crate::mm::desc::Kind;
+    use crate::mm::walk::{Entry, PageWalkOps, Step, walk_kernel_page_table_range};
     #[derive(Default)]
     struct W {
         leaves: Vec<(u64, u32)>,
@@ -103,7 +115,8 @@ fn walker_kernel() -> Result<(), String> {
     let text_end = crate::sym_addr!(__text_end);
     let (stack0, _) = kmap::stack_range(0);
     let mut w = W::default();
-    let r = walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, stack0 + PAGE_SIZE, &mut w);
+    let r =
+        walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, stack0 + PAGE_SIZE, &mut w);
     ensure!(r == 0, "walk returned {r}");
     let text_pages = (text_end - start) / PAGE_SIZE;
     for i in 0..text_pages {
@@ -111,7 +124,11 @@ fn walker_kernel() -> Result<(), String> {
         ensure!(w.leaves.contains(&(va, 3)), "text page {va:#x} not seen as a level-3 leaf");
     }
     let guard = stack0 - PAGE_SIZE;
-    ensure!(w.holes.iter().any(|&(s, e, d)| s <= guard && guard < e && d == 3), "stack guard {guard:#x} not reported as a level-3 hole: {:?}", &w.holes[..w.holes.len().min(4)]);
+    ensure!(
+        w.holes.iter().any(|&(s, e, d)| s <= guard && guard < e && d == 3),
+        "stack guard {guard:#x} not reported as a level-3 hole: {:?}",
+        &w.holes[..w.holes.len().min(4)]
+    );
     let mut w = W { stop_after: Some(3), ..Default::default() };
     let r = walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, text_end, &mut w);
     ensure!(r == 42 && w.leaves.len() == 3, "early stop: returned {r} after {} leaves", w.leaves.len());
@@ -169,13 +186,17 @@ fn ram_block() -> Option<PhysAddr> {
 
 fn split_collapse_block() -> Result<(), String> {
     let Some(pa) = ram_block() else {
-        crate::println!("  (RAM holds no {}-byte block: block split/collapse not testable here)", GRANULE.level_size(2));
+        crate::println!(
+            "  (RAM holds no {}-byte block: block split/collapse not testable here)",
+            GRANULE.level_size(2)
+        );
         return Ok(());
     };
     let blk = GRANULE.level_size(2);
     let va = TEST_WINDOW;
     let frames_before = pt_frames();
-    kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest).map_err(|e| alloc::format!("{e:?}"))?;
+    kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest)
+        .map_err(|e| alloc::format!("{e:?}"))?;
     let r = (|| {
         ensure!(level_of(va) == Some(2), "not mapped as a level-2 block");
         let probes: Vec<u64> = (0..8).map(|i| va + i * (blk / 8) + 0x18).collect();
@@ -213,7 +234,8 @@ fn contiguous_run() -> Result<(), String> {
     let va = TEST_WINDOW + GRANULE.level_size(2) * 4;
     let frames_before = pt_frames();
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::map_kernel(VirtAddr(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .map_err(|e| alloc::format!("{e:?}"))?;
         kmap::with_live(|l| l.make_contiguous(va, 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
         for i in 0..n {
             match walk(va + i * PAGE_SIZE) {
@@ -222,10 +244,12 @@ fn contiguous_run() -> Result<(), String> {
             }
             agree(va + i * PAGE_SIZE + 8)?;
             // SAFETY: our own test frames.
-            unsafe { probe_write_u8(va + i * PAGE_SIZE, i as u8) }.map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
+            unsafe { probe_write_u8(va + i * PAGE_SIZE, i as u8) }
+                .map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
         }
         // Write-protect one page: the run is split first, and only that page faults.
-        kmap::with_live(|l| l.protect(va + 2 * PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.protect(va + 2 * PAGE_SIZE, PAGE_SIZE, 1 << 7, 0))
+            .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..n {
             let Translation::Mapped { desc, .. } = walk(va + i * PAGE_SIZE) else { return Err("unmapped".into()) };
             ensure!(!desc.contiguous(), "run not split");
@@ -252,13 +276,15 @@ fn protect_unmap() -> Result<(), String> {
     let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 8;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::map_kernel(VirtAddr(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .map_err(|e| alloc::format!("{e:?}"))?;
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
         kmap::with_live(|l| l.protect(va + PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
         agree(va + PAGE_SIZE)?;
         // SAFETY: must fault.
-        let (esr, _) = unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
+        let (esr, _) =
+            unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + PAGE_SIZE) == Ok(0x5a), "read-only page lost its data");
         kmap::with_live(|l| l.unmap(va + PAGE_SIZE, 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
@@ -276,7 +302,8 @@ fn bbm_refused() -> Result<(), String> {
     let pa = frame::alloc_zeroed(1, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 12;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .map_err(|e| alloc::format!("{e:?}"))?;
         let other = PhysAddr(pa.0 + PAGE_SIZE);
         let e = kmap::map_kernel(VirtAddr(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");

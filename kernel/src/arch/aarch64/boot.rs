@@ -16,7 +16,7 @@
 
 use core::arch::global_asm;
 
-use crate::arch::aarch64::regs::{mair, sctlr, tcr, TCR_BASE};
+use crate::arch::aarch64::regs::{TCR_BASE, mair, sctlr, tcr};
 use crate::mm::granule::{GRANULE, PAGE_SHIFT, PAGE_SIZE, START_LEVEL};
 use crate::mm::layout::FIXMAP_BASE;
 

@@ -193,7 +193,9 @@ pub unsafe fn switch_ttbr0(value: u64) {
 /// Nothing may be running from TTBR0 addresses.
 pub unsafe fn set_ttbr0(root: u64) {
     // SAFETY: guaranteed by the caller.
-    unsafe { asm!("msr ttbr0_el1, {r}", "isb", "tlbi vmalle1", "dsb nsh", "isb", r = in(reg) root, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("msr ttbr0_el1, {r}", "isb", "tlbi vmalle1", "dsb nsh", "isb", r = in(reg) root, options(nostack, preserves_flags))
+    };
 }
 
 /// Zeroes `len` bytes at kernel VA `va` (both multiples of the page size)
@@ -250,7 +252,9 @@ pub fn zero_pages(va: u64, len: u64) {
 pub fn tlbi_page_local(va: u64, asid: u16) {
     let arg = ((va >> 12) & ((1 << 44) - 1)) | ((asid as u64) << 48);
     // SAFETY: TLB maintenance only.
-    unsafe { core::arch::asm!("dsb nshst", "tlbi vale1, {}", "dsb nsh", "isb", in(reg) arg, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("dsb nshst", "tlbi vale1, {}", "dsb nsh", "isb", in(reg) arg, options(nostack, preserves_flags))
+    };
 }
 
 /// Makes table writes that turned invalid entries valid visible to the
@@ -359,14 +363,14 @@ pub fn pan() -> bool {
 
 /// Whether the CPU implements FEAT_PAN (ID_AA64MMFR1_EL1.PAN != 0).
 pub fn has_pan() -> bool {
-    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
     ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
 }
 
 /// Whether the CPU can set access flags in hardware (FEAT_HAFDBS:
 /// ID_AA64MMFR1_EL1.HAFDBS != 0).
 pub fn has_hw_af() -> bool {
-    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
     ID_AA64MMFR1_EL1.get() & 0xf != 0
 }
 
@@ -381,7 +385,7 @@ pub fn hw_updates() -> crate::mm::pgtable::HwUpdates {
 /// Whether the CPU manages dirty state in hardware too (FEAT_HAFDBS with
 /// DBM: ID_AA64MMFR1_EL1.HAFDBS >= 2).
 pub fn has_hw_dbm() -> bool {
-    use aarch64_cpu::registers::{Readable, ID_AA64MMFR1_EL1};
+    use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
     ID_AA64MMFR1_EL1.get() & 0xf >= 2
 }
 

@@ -127,9 +127,7 @@ impl FaultStatus {
     pub fn level(self) -> Option<i8> {
         use FaultStatus::*;
         match self {
-            AddressSize(l) | Translation(l) | AccessFlag(l) | Permission(l) | SyncExternalOnWalk(l) => {
-                Some(l)
-            }
+            AddressSize(l) | Translation(l) | AccessFlag(l) | Permission(l) | SyncExternalOnWalk(l) => Some(l),
             _ => None,
         }
     }
@@ -237,7 +235,10 @@ impl fmt::Display for Esr {
             if self.fnv() {
                 write!(f, ", FnV (FAR not valid)")?;
             }
-        } else if matches!(self.ec(), ExceptionClass::Svc64 | ExceptionClass::Hvc64 | ExceptionClass::Smc64 | ExceptionClass::Brk64) {
+        } else if matches!(
+            self.ec(),
+            ExceptionClass::Svc64 | ExceptionClass::Hvc64 | ExceptionClass::Smc64 | ExceptionClass::Brk64
+        ) {
             write!(f, ", imm {:#x}", self.imm16())?;
         } else {
             write!(f, ", ISS {:#x}", self.iss())?;

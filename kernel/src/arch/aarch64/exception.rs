@@ -241,7 +241,10 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
         if esr.ec() == ExceptionClass::DataAbortSameEl {
             // A uaccess touching a user page that is not populated yet: fill
             // it like an EL0 fault and retry the instruction.
-            if find_fixup(frame.elr).is_some() && frame.far < crate::proc::USER_TOP && crate::proc::handle_uaccess_fault(frame.far, esr) {
+            if find_fixup(frame.elr).is_some()
+                && frame.far < crate::proc::USER_TOP
+                && crate::proc::handle_uaccess_fault(frame.far, esr)
+            {
                 return;
             }
             if let Some(fixup) = find_fixup(frame.elr) {

@@ -16,7 +16,7 @@
 
 use aarch64_cpu::registers::*;
 
-use crate::mm::granule::{Granule, GRANULE};
+use crate::mm::granule::{GRANULE, Granule};
 
 fn mair() -> u64 {
     use MAIR_EL1::*;
@@ -60,7 +60,17 @@ fn tcr() -> u64 {
 
 fn sctlr() -> u64 {
     use SCTLR_EL1::*;
-    (M::Enable + C::Cacheable + I::Cacheable + SA::Enable + SA0::Enable + DZE::DontTrap + UCT::DontTrap + NTWI::DontTrap + NTWE::DontTrap + UCI::DontTrap).value
+    (M::Enable
+        + C::Cacheable
+        + I::Cacheable
+        + SA::Enable
+        + SA0::Enable
+        + DZE::DontTrap
+        + UCT::DontTrap
+        + NTWI::DontTrap
+        + NTWE::DontTrap
+        + UCI::DontTrap)
+        .value
         | super::regs::sctlr::RES1
 }
 

@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 
 use super::{MapError, TableMemory, Tables};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::{needs_break_before_make, Desc, Kind};
+use crate::mm::desc::{Desc, Kind, needs_break_before_make};
 
 /// TLB maintenance, done for real by the kernel and recorded by host tests.
 pub trait TlbFlush {
@@ -494,7 +494,8 @@ mod tests {
     fn collapse_refuses_mixed_attributes_or_discontiguous_memory() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut l = Live::new(&mut t, None, &mut rec);
         l.protect(0x4000_3000, 4096, 1 << 7, 0).unwrap();
@@ -507,7 +508,8 @@ mod tests {
         // Not aligned in PA: pages at 0x4000_0000 mapping PA 0x4000_1000...
         let (mut mem2, root2) = HostMem::new(K4);
         let mut t2 = Tables::new(root2, K4, 0, &mut mem2);
-        t2.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_1000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t2.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_1000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut l2 = Live::new(&mut t2, None, &mut rec);
         assert!(matches!(l2.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
         let _ = l2.finish();
@@ -517,7 +519,8 @@ mod tests {
     fn contiguous_runs_make_and_split() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x10_0000), PhysAddr(0x8010_0000), 64 * 1024, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr(0x10_0000), PhysAddr(0x8010_0000), 64 * 1024, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut l = Live::new(&mut t, Some(3), &mut rec);
         l.make_contiguous(0x10_5000, 3).unwrap();
@@ -582,7 +585,10 @@ mod tests {
         t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut l = Live::new(&mut t, None, &mut rec);
-        assert!(matches!(l.protect(0x1000, 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))), "AttrIndx needs BBM");
+        assert!(
+            matches!(l.protect(0x1000, 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
+            "AttrIndx needs BBM"
+        );
         assert!(matches!(l.protect(0x1000, 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))), "CONT needs BBM");
         let _ = l.finish();
     }

@@ -14,7 +14,7 @@ pub mod live;
 pub use live::{Detached, TlbFlush};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{needs_break_before_make, Desc, Kind, LeafAttrs};
+use super::desc::{Desc, Kind, LeafAttrs, needs_break_before_make};
 use super::granule::Granule;
 
 /// Where table pages come from and how to reach them.
@@ -32,19 +32,39 @@ pub enum MapError {
     /// The change would replace a live mapping in a way the architecture
     /// requires break-before-make for (different output address, memory type,
     /// or a block where a table is, or the reverse).
-    NeedsBreakBeforeMake { va: VirtAddr, level: u32, old: Desc, new: Desc },
+    NeedsBreakBeforeMake {
+        va: VirtAddr,
+        level: u32,
+        old: Desc,
+        new: Desc,
+    },
     /// A valid entry was about to be written over a range that was broken
     /// (invalidated) but whose TLB entries were not flushed yet.
-    BbmViolation { va: VirtAddr, level: u32 },
+    BbmViolation {
+        va: VirtAddr,
+        level: u32,
+    },
     /// No table or leaf where the operation needs one.
-    NotMapped { va: VirtAddr, level: u32 },
+    NotMapped {
+        va: VirtAddr,
+        level: u32,
+    },
     /// `split` on something that is not a block.
-    NotABlock { va: VirtAddr, level: u32 },
+    NotABlock {
+        va: VirtAddr,
+        level: u32,
+    },
     /// The entries cannot form a contiguous run (misaligned, mixed, or holes).
-    NotContiguous { va: VirtAddr, level: u32 },
+    NotContiguous {
+        va: VirtAddr,
+        level: u32,
+    },
     /// The table does not map one aligned contiguous range with one set of
     /// attributes, or a block is not allowed at that level.
-    NotCollapsible { va: VirtAddr, level: u32 },
+    NotCollapsible {
+        va: VirtAddr,
+        level: u32,
+    },
     /// `protect` was asked to change bits that need break-before-make.
     NotPermissionBits(u64),
 }
@@ -80,9 +100,16 @@ pub struct WalkEntry {
 /// Result of a software translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Translation {
-    Mapped { pa: PhysAddr, level: u32, desc: Desc },
+    Mapped {
+        pa: PhysAddr,
+        level: u32,
+        desc: Desc,
+    },
     /// The walk stopped at `level` on an invalid entry.
-    Fault { level: u32, desc: Desc },
+    Fault {
+        level: u32,
+        desc: Desc,
+    },
 }
 
 impl<'m, M: TableMemory> Tables<'m, M> {
@@ -203,9 +230,18 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         }
         // The lower half ends where the root table's reach does (2^39 for a
         // 4K level-1 root): beyond it indices would wrap around.
-        let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128).min(1 << 48) as u64;
+        let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128)
+            .min(1 << 48) as u64;
         let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, reach) };
-        crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
+        crate::mm::walk::walk_tables_with(
+            &*self.mem,
+            self.granule,
+            self.root,
+            self.start_level,
+            start,
+            end,
+            &mut Adapter(f),
+        );
     }
 
     /// Like [`Self::walk`] over `[start, end)` of the lower (TTBR0) half.
@@ -217,7 +253,15 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                 crate::mm::walk::Step::Continue
             }
         }
-        crate::mm::walk::walk_tables_with(&*self.mem, self.granule, self.root, self.start_level, start, end, &mut Adapter(f));
+        crate::mm::walk::walk_tables_with(
+            &*self.mem,
+            self.granule,
+            self.root,
+            self.start_level,
+            start,
+            end,
+            &mut Adapter(f),
+        );
     }
 
     /// Number of table pages reachable from the root (including it).
@@ -359,8 +403,14 @@ mod tests {
     fn walk_visits_tables_then_leaves_with_canonical_upper_addresses() {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
-        t.map(VirtAddr(0xffff_8000_0000_0000), PhysAddr(0x4008_0000), 3 * 4096, LeafAttrs::KERNEL_RX, LeafSizes::Largest)
-            .unwrap();
+        t.map(
+            VirtAddr(0xffff_8000_0000_0000),
+            PhysAddr(0x4008_0000),
+            3 * 4096,
+            LeafAttrs::KERNEL_RX,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         let mut seen = Vec::new();
         t.walk(true, &mut |e| seen.push((e.va.0, e.level, matches!(e.kind, Kind::Leaf(_)))));
         assert_eq!(seen.len(), 3 + 3);
@@ -375,7 +425,14 @@ mod tests {
         for (g, start, blk) in [(Granule::K16, 0, 32 * MIB), (Granule::K64, 1, 512 * MIB)] {
             let (mut mem, root) = HostMem::new(g);
             let mut t = Tables::new(root, g, start, &mut mem);
-            let n = t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), blk + g.page_size(), LeafAttrs::KERNEL_RW, LeafSizes::Largest)
+            let n = t
+                .map(
+                    VirtAddr(0x4000_0000),
+                    PhysAddr(0x4000_0000),
+                    blk + g.page_size(),
+                    LeafAttrs::KERNEL_RW,
+                    LeafSizes::Largest,
+                )
                 .unwrap();
             assert_eq!(n, 2, "{g:?}");
             match t.translate(VirtAddr(0x4000_0000 + blk - 8)) {
@@ -452,6 +509,9 @@ mod expected_tests {
         let old = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { af: false, ..LeafAttrs::KERNEL_RW });
         let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 3, desc: old };
         assert_eq!(expected_access(&t, false, false), Expected::AccessFlag(3));
-        assert_eq!(expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, false, false), Expected::Translation(1));
+        assert_eq!(
+            expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, false, false),
+            Expected::Translation(1)
+        );
     }
 }
