@@ -28,7 +28,7 @@ pub fn print_backtrace_from(mut fp: u64, pc: u64) {
         emergency_print(format_args!("  #0  {pc:#018x}\n"));
     }
     let mut n = 1;
-    while fp != 0 && fp % 16 == 0 && is_kernel_stack(fp) && n < 32 {
+    while fp != 0 && fp.is_multiple_of(16) && is_kernel_stack(fp) && n < 32 {
         // SAFETY: fp points into a kernel stack (checked above); AAPCS64 frame
         // records are [previous fp, return address].
         let (next, lr) = unsafe { (*(fp as *const u64), *((fp + 8) as *const u64)) };

@@ -72,10 +72,10 @@ fn free_all(root: PhysAddr, mut mem: FrameTableMem) {
     {
         let t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         t.walk(true, &mut |e| {
-            if let crate::mm::desc::Kind::Table(pa) = e.kind {
-                if e.level < 3 {
-                    tables.push(pa);
-                }
+            if let crate::mm::desc::Kind::Table(pa) = e.kind
+                && e.level < 3
+            {
+                tables.push(pa);
             }
         });
     }

@@ -292,10 +292,10 @@ pub fn parse(bytes: &[u8]) -> Result<BoardInfo, &'static str> {
         info.bootargs = ch.property("bootargs").and_then(|p| p.as_str()).unwrap_or("").trim().to_string();
         let s = ch.property("linux,initrd-start").map(|p| be(p.value));
         let e = ch.property("linux,initrd-end").map(|p| be(p.value));
-        if let (Some(s), Some(e)) = (s, e) {
-            if e > s {
-                info.initrd = Some(PhysRange::new(s, e));
-            }
+        if let (Some(s), Some(e)) = (s, e)
+            && e > s
+        {
+            info.initrd = Some(PhysRange::new(s, e));
         }
     }
 

@@ -100,7 +100,7 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
                     size *= g.contiguous_entries(level) as u64;
                     folio = PhysAddr(base.0 & !(size - 1));
                 }
-                let exact = PhysAddr(folio.0 + (addr.0 & (size - 1)) & !(g.page_size() - 1));
+                let exact = PhysAddr((folio.0 + (addr.0 & (size - 1))) & !(g.page_size() - 1));
                 let fw_level = match level {
                     3 => FwLevel::Pte,
                     2 => FwLevel::Pmd,

@@ -179,10 +179,10 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
 /// Single frames come from this CPU's page list (Linux's per-CPU pages).
 pub fn alloc_user(order: u32) -> Option<PhysAddr> {
     let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
-    if order == 0 {
-        if let Some(pa) = pcp::alloc(reserve) {
-            return Some(pa);
-        }
+    if order == 0
+        && let Some(pa) = pcp::alloc(reserve)
+    {
+        return Some(pa);
     }
     alloc_min_free(order, Owner::UserAnon, reserve)
 }
@@ -417,7 +417,7 @@ pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
 fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
     let st = g.as_mut().ok_or(FreeError::NotRam)?;
     let count = 1u64 << order;
-    if pa.0 % (crate::mm::granule::PAGE_SIZE << order) != 0 {
+    if !pa.0.is_multiple_of(crate::mm::granule::PAGE_SIZE << order) {
         return Err(FreeError::NotAllocated(pa));
     }
     // Check the whole range first so a bad free changes nothing.

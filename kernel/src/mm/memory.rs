@@ -195,10 +195,10 @@ pub(crate) fn split_blocks_at_edges(
 
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), String> {
-    if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false) {
-        if matches!(Desc(pud.load(Ordering::Acquire)).kind(1, GRANULE), Kind::Leaf(_)) {
-            super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
-        }
+    if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)
+        && matches!(Desc(pud.load(Ordering::Acquire)).kind(1, GRANULE), Kind::Leaf(_))
+    {
+        super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
     }
     Ok(())
 }
@@ -249,8 +249,8 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
                     Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
                     Kind::None => {}
                     // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if level == 2 && va % size == 0 && chunk_end == va + size => f(va, 2, e)?,
-                    Kind::Leaf(_) if level == 1 && va % size == 0 && chunk_end == va + size => f(va, 1, e)?,
+                    Kind::Leaf(_) if level == 2 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 2, e)?,
+                    Kind::Leaf(_) if level == 1 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 1, e)?,
                     _ => {
                         return Err(alloc::format!(
                             "unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)"
@@ -300,17 +300,18 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     // `__handle_mm_fault`).
     // Only a `thp=1G` VMA can hold a 1G block (a VMA keeps its folio
     // order through splits), so other faults skip the extra level.
-    if super::huge_memory::pud_order().is_some_and(|o| vma.folio_order >= o) {
-        if let Some(r) = handle_pud_fault(mt.mm, &mut mem, vma, va, flags) {
-            return r;
-        }
+    if super::huge_memory::pud_order().is_some_and(|o| vma.folio_order >= o)
+        && let Some(r) = handle_pud_fault(mt.mm, &mut mem, vma, va, flags)
+    {
+        return r;
     }
     let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = Desc(pmd.load(Ordering::Acquire));
-    if pd.0 == 0 && super::huge_memory::pmd_suitable(vma, va) {
-        if let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags) {
-            return r;
-        }
+    if pd.0 == 0
+        && super::huge_memory::pmd_suitable(vma, va)
+        && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
+    {
+        return r;
     }
     if pd.is_valid() && matches!(pd.kind(2, GRANULE), Kind::Leaf(_)) {
         if flags.write || flags.unshare {
@@ -365,10 +366,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
 fn handle_pud_fault(mm: &MmStruct, mem: &mut FrameTableMem, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
     let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
     let d = Desc(pud.load(Ordering::Acquire));
-    if d.0 == 0 && super::huge_memory::pud_suitable(vma, va) {
-        if let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags) {
-            return Some(r);
-        }
+    if d.0 == 0
+        && super::huge_memory::pud_suitable(vma, va)
+        && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
+    {
+        return Some(r);
     }
     if d.is_valid() && matches!(d.kind(1, GRANULE), Kind::Leaf(_)) {
         // Always exclusive (see `do_huge_pud_anonymous_page`): a write
@@ -801,27 +803,27 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         // The common case, kept small so it stays in the walk's loop: a
         // present page shared COW (no early copy) into the child's level-3
         // table already found for this span.
-        if level == 3 && desc.is_valid() && !desc.special() && dcache.0 == va & !(span - 1) {
-            if let (Some(first), Some(pg)) = (dcache.1, page::pfn_to_page(desc.output_address(PAGE_SIZE))) {
-                if let Some(folio) = pg.folio() {
-                    if page::folio_try_dup_anon_rmap_pte(folio, pg) {
-                        // Compared whole: a writable-clean entry (DBM) must
-                        // lose DBM too, not only a writable one.
-                        let ro = desc.wrprotect();
-                        if ro != desc {
-                            sslot.store(ro.0, Ordering::Release);
-                            wrprotected = true;
-                        }
-                        // SAFETY: same level-3 table as `first` (same span), index in range.
-                        let dslot = unsafe {
-                            &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3))
-                        };
-                        // Linux `pte_mkold` for the child: its first access sets the flag.
-                        dslot.store(ro.mkold().0, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                }
+        if level == 3
+            && desc.is_valid()
+            && !desc.special()
+            && dcache.0 == va & !(span - 1)
+            && let (Some(first), Some(pg)) = (dcache.1, page::pfn_to_page(desc.output_address(PAGE_SIZE)))
+            && let Some(folio) = pg.folio()
+            && page::folio_try_dup_anon_rmap_pte(folio, pg)
+        {
+            // Compared whole: a writable-clean entry (DBM) must
+            // lose DBM too, not only a writable one.
+            let ro = desc.wrprotect();
+            if ro != desc {
+                sslot.store(ro.0, Ordering::Release);
+                wrprotected = true;
             }
+            // SAFETY: same level-3 table as `first` (same span), index in range.
+            let dslot =
+                unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3)) };
+            // Linux `pte_mkold` for the child: its first access sets the flag.
+            dslot.store(ro.mkold().0, Ordering::Relaxed);
+            return Ok(());
         }
         copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
     });

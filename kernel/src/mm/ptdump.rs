@@ -29,7 +29,7 @@ fn size_str(size: u64) -> (u64, char) {
     const UNITS: [char; 5] = [' ', 'K', 'M', 'G', 'T'];
     let mut s = size;
     let mut u = 0;
-    while s >= 1024 && s % 1024 == 0 && u < UNITS.len() - 1 {
+    while s >= 1024 && s.is_multiple_of(1024) && u < UNITS.len() - 1 {
         s /= 1024;
         u += 1;
     }
@@ -106,11 +106,13 @@ impl<'w> PtDump<'w> {
         self.leaves += 1;
         let va = e.va.0;
         let attrs = e.desc.attr_bits();
-        if let Some((_, end, level, a, _)) = self.cur.as_mut() {
-            if *end == va && *level == e.level && *a == attrs {
-                *end = va.wrapping_add(e.size);
-                return Ok(());
-            }
+        if let Some((_, end, level, a, _)) = self.cur.as_mut()
+            && *end == va
+            && *level == e.level
+            && *a == attrs
+        {
+            *end = va.wrapping_add(e.size);
+            return Ok(());
         }
         self.flush()?;
         self.cur = Some((va, va.wrapping_add(e.size), e.level, attrs, e.desc));

@@ -183,10 +183,10 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
     let mm = lock.mm();
     let mut cur = start;
     for vma in lock.vmas().iter().filter(|v| v.end > start && v.start < end) {
-        if vma.start > cur {
-            if let Some(n) = stop_value(ops.pte_hole(cur, vma.start, -1)) {
-                return n;
-            }
+        if vma.start > cur
+            && let Some(n) = stop_value(ops.pte_hole(cur, vma.start, -1))
+        {
+            return n;
         }
         let (lo, hi) = (vma.start.max(start), vma.end.min(end));
         match ops.test_walk(vma) {
@@ -209,10 +209,10 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
         }
         cur = hi;
     }
-    if cur < end {
-        if let Some(n) = stop_value(ops.pte_hole(cur, end, -1)) {
-            return n;
-        }
+    if cur < end
+        && let Some(n) = stop_value(ops.pte_hole(cur, end, -1))
+    {
+        return n;
     }
     0
 }

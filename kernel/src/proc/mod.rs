@@ -309,10 +309,10 @@ fn exit_process(name: &str, code: i32) {
     });
     let Some(p) = PROCS.lock().remove(name) else { return };
     teardown(&p);
-    if p.ppid != 0 {
-        if let Some(parent) = PROCS.lock().values().find(|q| q.pid == p.ppid) {
-            parent.zombies.lock().push((p.pid, code));
-        }
+    if p.ppid != 0
+        && let Some(parent) = PROCS.lock().values().find(|q| q.pid == p.ppid)
+    {
+        parent.zombies.lock().push((p.pid, code));
     }
 }
 
@@ -483,10 +483,10 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
             return Err("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)".into());
         }
-        if let Some(f) = &file {
-            if a.file.is_none() {
-                f.grow(size);
-            }
+        if let Some(f) = &file
+            && a.file.is_none()
+        {
+            f.grow(size);
         }
         let file = file.map_or(0, |f| f.id);
         let vma = Vma {
@@ -505,12 +505,12 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             }
             return Err("overlapping mapping".into());
         }
-        if let Some(pfn) = a.pfn {
-            if let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn)) {
-                let _ = memory::zap_page_range(p.mt(), va, size);
-                p.mm.mmap_write_lock().remove(va);
-                return Err(e);
-            }
+        if let Some(pfn) = a.pfn
+            && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
+        {
+            let _ = memory::zap_page_range(p.mt(), va, size);
+            p.mm.mmap_write_lock().remove(va);
+            return Err(e);
         }
         // Leave a guard gap between regions.
         p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
@@ -525,7 +525,7 @@ fn zap(p: &Process, va: u64, len: u64) -> Result<(), String> {
 }
 
 fn check_user_range(va: u64, len: u64) -> Result<(), String> {
-    if va % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
         return Err(alloc::format!("range {va:#x}+{len:#x} is not page aligned"));
     }
     if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
@@ -777,18 +777,19 @@ pub fn handle_el0_sync(frame: &mut TrapFrame) {
     if esr.ec() == ExceptionClass::DataAbortLowerEl && handle_user_fault(frame.far, esr) {
         return; // resolved: back to EL0, the access is retried
     }
-    if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == 0 {
-        if let Some(p) = sched::current_process() {
-            if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {
-                // Never returns to EL0: the run ends and the caller tears
-                // the process down.
-                *p.exit_code.lock() = Some(frame.x[0] as i32);
-                user::return_to_kernel(frame);
-            }
-            let args = [frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4], frame.x[5]];
-            frame.x[0] = syscall::dispatch(p, frame.x[8], args) as u64;
-            return; // back to EL0 after the svc
+    if esr.ec() == ExceptionClass::Svc64
+        && esr.imm16() == 0
+        && let Some(p) = sched::current_process()
+    {
+        if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {
+            // Never returns to EL0: the run ends and the caller tears
+            // the process down.
+            *p.exit_code.lock() = Some(frame.x[0] as i32);
+            user::return_to_kernel(frame);
         }
+        let args = [frame.x[0], frame.x[1], frame.x[2], frame.x[3], frame.x[4], frame.x[5]];
+        frame.x[0] = syscall::dispatch(p, frame.x[8], args) as u64;
+        return; // back to EL0 after the svc
     }
     user::return_to_kernel(frame)
 }
@@ -1047,10 +1048,11 @@ pub fn check_invariants() -> Result<(), String> {
                 _ => {}
             }
         });
-        if let Some((rva, _, _, n)) = run {
-            if err.is_none() && n < cont_n {
-                err = Some(alloc::format!("{}: contiguous run at {rva:#x} has only {n} entries", p.name));
-            }
+        if let Some((rva, _, _, n)) = run
+            && err.is_none()
+            && n < cont_n
+        {
+            err = Some(alloc::format!("{}: contiguous run at {rva:#x} has only {n} entries", p.name));
         }
         if err.is_none() && reachable != accounted {
             err = Some(alloc::format!("{}: {reachable} table pages reachable but {accounted} accounted", p.name));

@@ -287,8 +287,8 @@ pub fn kill(t: &Task) {
         return;
     }
     // Running somewhere: an SGI brings it into the kernel.
-    for c in 0..MAX_CPUS {
-        if core::ptr::eq(CURRENT[c].load(Ordering::Acquire), t) {
+    for (c, cur) in CURRENT.iter().enumerate() {
+        if core::ptr::eq(cur.load(Ordering::Acquire), t) {
             let _ = crate::irq::send_ipi(c, crate::irq::sgi::PING);
         }
     }

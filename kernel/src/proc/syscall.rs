@@ -198,7 +198,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
 
 fn page_range(addr: u64, len: u64) -> Result<u64, i64> {
     let ps = crate::mm::granule::PAGE_SIZE;
-    if addr % ps != 0 || len == 0 {
+    if !addr.is_multiple_of(ps) || len == 0 {
         return Err(-EINVAL);
     }
     let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
@@ -242,7 +242,7 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
     if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) {
         return -EINVAL;
     }
-    if len == 0 && addr % crate::mm::granule::PAGE_SIZE == 0 {
+    if len == 0 && addr.is_multiple_of(crate::mm::granule::PAGE_SIZE) {
         return 0;
     }
     let len = match page_range(addr, len) {

@@ -43,11 +43,11 @@ fn cpus() -> usize {
     let n = percpu::ONLINE.load(Ordering::Acquire);
     let _ = crate::irq::wait_until(1000, || (0..n).all(crate::irq::ready));
     let usable = (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1);
-    if usable < n {
-        if let Some(why) = crate::irq::no_interrupts_reason() {
-            // Say so: the "one CPU" notes below are not about --smp here.
-            println!("  (tasks run on {usable} of {n} online CPUs: {why}; a CPU is woken for a task by an IPI)");
-        }
+    if usable < n
+        && let Some(why) = crate::irq::no_interrupts_reason()
+    {
+        // Say so: the "one CPU" notes below are not about --smp here.
+        println!("  (tasks run on {usable} of {n} online CPUs: {why}; a CPU is woken for a task by an IPI)");
     }
     usable
 }

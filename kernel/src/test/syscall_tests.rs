@@ -157,7 +157,7 @@ fn bad_arguments() -> Result<(), String> {
             ("mprotect of unmapped memory", nr::MPROTECT, [0x7000_0000, PAGE_SIZE, 1, 0, 0, 0], -ENOMEM),
             ("mprotect of the agent", nr::MPROTECT, [proc::AGENT_VA, PAGE_SIZE, 3, 0, 0, 0], -EINVAL),
             ("munmap of length 0", nr::MUNMAP, [m, 0, 0, 0, 0, 0], -EINVAL),
-            ("munmap past the user top", nr::MUNMAP, [u64::MAX & !(PAGE_SIZE - 1), PAGE_SIZE, 0, 0, 0, 0], -EINVAL),
+            ("munmap past the user top", nr::MUNMAP, [!(PAGE_SIZE - 1), PAGE_SIZE, 0, 0, 0, 0], -EINVAL),
         ];
         for (what, n, a, want) in bad {
             let got = sc(n, a)?;
@@ -282,7 +282,7 @@ fn bad_arguments() -> Result<(), String> {
             ("madvise with an unknown advice", [m, PAGE_SIZE, 999, 0, 0, 0], -EINVAL),
             ("madvise of unmapped memory", [0x7000_0000, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -ENOMEM),
             ("madvise hugepage over a hole", [m, 4 * PAGE_SIZE, MADV_HUGEPAGE, 0, 0, 0], -ENOMEM),
-            ("madvise past the user top", [u64::MAX & !(PAGE_SIZE - 1), PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -EINVAL),
+            ("madvise past the user top", [!(PAGE_SIZE - 1), PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], -EINVAL),
         ];
         for (what, a, want) in bad {
             let got = sc(nr::MADVISE, a)?;

@@ -211,7 +211,7 @@ pub fn zero_pages(va: u64, len: u64) {
         return;
     }
     let block = 4u64 << (dczid & 0xf);
-    if len != 0 && len % (8 * block) == 0 {
+    if len != 0 && len.is_multiple_of(8 * block) {
         // Eight blocks per turn: 2.25 instructions per block instead of 4
         // (the loop test is paid once per eight).
         // SAFETY: [va, va+len) is owned by the caller and block aligned

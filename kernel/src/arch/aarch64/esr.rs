@@ -204,7 +204,7 @@ impl Esr {
     }
     /// Syndrome register transfer (SRT), when ISV is set.
     pub fn srt(self) -> Option<u32> {
-        self.isv().then(|| ((self.0 >> 16) & 0x1f) as u32)
+        self.isv().then_some(((self.0 >> 16) & 0x1f) as u32)
     }
     /// SVC/HVC/SMC immediate.
     pub fn imm16(self) -> u16 {

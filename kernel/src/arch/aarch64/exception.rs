@@ -14,6 +14,7 @@
 //!   instruction, fixup) resumes at its fixup: probes and, later, uaccess;
 //! - an instruction abort while an exec probe is armed returns to the
 //!   probe's caller with `x0 = u64::MAX`.
+//!
 //! Everything else prints a readable report and panics.
 
 use core::arch::global_asm;
@@ -416,31 +417,35 @@ unsafe extern "C" {
     fn __copy_to_user(dst: u64, src: *const u8, len: u64) -> u64;
 }
 
-/// Copies `dst.len()` bytes from user address `src`. Refuses (`Err`) any
-/// range that is not wholly below the user top, and any fault the fault path
-/// cannot resolve - never a kernel crash.
 /// Whether `[addr, addr+len)` lies wholly in the user half (no overflow).
 fn user_range_ok(addr: u64, len: u64) -> bool {
     addr.checked_add(len).is_some_and(|e| e <= crate::proc::USER_TOP)
 }
 
-pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), ()> {
+/// A user copy touched an address it may not (Linux's `-EFAULT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserCopyFault;
+
+/// Copies `dst.len()` bytes from user address `src`. Refuses (`Err`) any
+/// range that is not wholly below the user top, and any fault the fault path
+/// cannot resolve - never a kernel crash.
+pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), UserCopyFault> {
     let len = dst.len() as u64;
     if !user_range_ok(src, len) {
-        return Err(());
+        return Err(UserCopyFault);
     }
     // SAFETY: the range is a user range; faults come back through the fixup.
     let left = unsafe { __copy_from_user(dst.as_mut_ptr(), src, len) };
-    if left == 0 { Ok(()) } else { Err(()) }
+    if left == 0 { Ok(()) } else { Err(UserCopyFault) }
 }
 
 /// Copies `src` to user address `dst`, with the same checks.
-pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), ()> {
+pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), UserCopyFault> {
     let len = src.len() as u64;
     if !user_range_ok(dst, len) {
-        return Err(());
+        return Err(UserCopyFault);
     }
     // SAFETY: as above.
     let left = unsafe { __copy_to_user(dst, src.as_ptr(), len) };
-    if left == 0 { Ok(()) } else { Err(()) }
+    if left == 0 { Ok(()) } else { Err(UserCopyFault) }
 }

@@ -111,11 +111,12 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
     /// Records a range to flush, merged with the previous one when they
     /// touch (an unmap of N pages stays one entry, not N).
     fn push_pending(&mut self, lo: u64, hi: u64) {
-        if let Some(last) = self.pending.last_mut() {
-            if lo <= last.1 && last.0 <= hi {
-                *last = (last.0.min(lo), last.1.max(hi));
-                return;
-            }
+        if let Some(last) = self.pending.last_mut()
+            && lo <= last.1
+            && last.0 <= hi
+        {
+            *last = (last.0.min(lo), last.1.max(hi));
+            return;
         }
         self.pending.push((lo, hi));
     }
@@ -305,7 +306,7 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
 
     fn edit(&mut self, va: u64, size: u64, prot: Option<(u64, u64)>) -> Result<(), MapError> {
         let g = self.t.granule;
-        if va % g.page_size() != 0 || size % g.page_size() != 0 {
+        if !va.is_multiple_of(g.page_size()) || !size.is_multiple_of(g.page_size()) {
             return Err(MapError::Misaligned);
         }
         let end = va.wrapping_add(size);
@@ -393,17 +394,17 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
             }
             let entry_va = base.wrapping_add(idx as u64 * lsize);
             let entry_end = entry_va.wrapping_add(lsize);
-            if let (Kind::Table(child), true) = (d.kind(level, g), level < 3) {
-                if overlaps((va, end.wrapping_sub(1)), (entry_va, entry_end.wrapping_sub(1))) {
-                    let child_empty = self.free_empty(child, level + 1, entry_va, va, end)?;
-                    if child_empty {
-                        self.t.write(table, idx, Desc::INVALID);
-                        // Walk caches may hold the table entry: non-leaf TLBI.
-                        self.push_pending(entry_va, entry_end);
-                        self.pending_tables = true;
-                        self.detached.push(child);
-                        continue;
-                    }
+            if let (Kind::Table(child), true) = (d.kind(level, g), level < 3)
+                && overlaps((va, end.wrapping_sub(1)), (entry_va, entry_end.wrapping_sub(1)))
+            {
+                let child_empty = self.free_empty(child, level + 1, entry_va, va, end)?;
+                if child_empty {
+                    self.t.write(table, idx, Desc::INVALID);
+                    // Walk caches may hold the table entry: non-leaf TLBI.
+                    self.push_pending(entry_va, entry_end);
+                    self.pending_tables = true;
+                    self.detached.push(child);
+                    continue;
                 }
             }
             empty = false;

@@ -144,7 +144,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         sizes: LeafSizes,
     ) -> Result<usize, MapError> {
         let g = self.granule;
-        if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || size % g.page_size() != 0 {
+        if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
             return Err(MapError::Misaligned);
         }
         let (mut va, mut pa, mut left) = (va.0, pa.0, size);
