@@ -827,6 +827,9 @@ CMD
     say "wrote $SDDIR/kernel8.img, config.txt and cmdline.txt (add the firmware files: docs/BRINGUP.md)"
 }
 
+# Sourced (tests/harness/self-test.sh): the functions only.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case $COMMAND in
     sdcard) cmd_sdcard ;;
     console) cmd_console ;;
