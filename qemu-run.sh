@@ -188,10 +188,12 @@ ensure_deps() {
     for t in aarch64-unknown-none-softfloat aarch64-unknown-none; do
         grep -qx "$t" <<<"$installed" || { say "adding Rust target $t"; rustup +"$chan" target add "$t" >/dev/null; }
     done
-    if ! rustup +"$chan" component list --installed | grep -q '^llvm-tools'; then
-        say "adding Rust component llvm-tools"
-        rustup +"$chan" component add llvm-tools >/dev/null
-    fi
+    # llvm-tools for objcopy; rustfmt and clippy for the style gates of `test`.
+    local c components
+    components=$(rustup +"$chan" component list --installed)
+    for c in llvm-tools rustfmt clippy; do
+        grep -q "^$c" <<<"$components" || { say "adding Rust component $c"; rustup +"$chan" component add "$c" >/dev/null; }
+    done
     if ! qemu_ok; then
         say "QEMU >= 9 (qemu-system-aarch64) is missing; installing qemu-system-arm"
         apt_install qemu-system-arm || true
@@ -326,11 +328,44 @@ run_qemu_logged() {
     timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none "${EXTRA_QEMU[@]}" </dev/null >"$log" 2>&1 || QSTATUS=$?
 }
 
-# Prints N M from the last "N passed, M failed" line of a log, or nothing.
-# (Never fails: a run that crashed has no summary, and `set -e` must not
-# end the whole test run there without saying which run it was.)
-summary_of() {
-    { tr -d '\r' <"$1" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n1 | sed -E 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/'; } || true
+# The pass rule. A run passes only when QEMU exits 0 and the last non-empty
+# line of its output is the final "N passed, 0 failed": a summary followed by
+# a panic, a backtrace or anything else is a failure, and so is a run that
+# printed only an intermediate summary (`selftest NAME` prints one) before it
+# crashed or hung.
+
+# Sets SUM_P and SUM_F from LOG's last non-empty line when that line is
+# "N passed, M failed"; empties both otherwise. Never fails (under set -e a
+# log without a summary must not end the caller).
+final_summary() { # log
+    local last
+    last=$(last_line "$1")
+    if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        SUM_P=${BASH_REMATCH[1]} SUM_F=${BASH_REMATCH[2]}
+    else
+        SUM_P= SUM_F=
+    fi
+}
+
+# The last non-empty line of a log, without the UART's carriage returns.
+last_line() { { tr -d '\r' <"$1" | grep -v '^[[:space:]]*$' | tail -n 1; } 2>/dev/null || true; }
+
+# Why a run did not pass, from QEMU's status (timeout's 124 and, after -k,
+# 137 mean it was killed) and the final summary; empty when it passed.
+# Call final_summary first.
+why_failed() { # status timeout log
+    if [[ $1 -eq 124 || $1 -eq 137 ]]; then
+        echo "timed out after $2 s"
+    elif [[ -z $SUM_P ]]; then
+        local last; last=$(last_line "$3")
+        if [[ -z $last ]]; then
+            echo "no output (QEMU exited $1)"
+        else
+            echo "no final summary (QEMU exited $1; last line: '${last:0:60}')"
+        fi
+    elif [[ $1 -ne 0 || $SUM_F -ne 0 ]]; then
+        echo "$SUM_P passed, $SUM_F failed, QEMU exited $1"
+    fi
 }
 
 EXTRA_QEMU=()
@@ -361,18 +396,20 @@ cmd_script() {
         say "QEMU is waiting for GDB on tcp::1234 (./qemu-run.sh gdb)"
         QEMU+=(-s -S)
     fi
-    local status=0 log
+    local log why
     TMPLOG=$(mktemp); log=$TMPLOG
     trap 'rm -f "$TMPLOG"' EXIT
     [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
-    timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 | tee "$log" || true
-    status=${PIPESTATUS[0]}
-    local s
-    s=$(summary_of "$log")
-    if [[ $status -eq 0 && -n $s && ${s#* } == 0 ]]; then
-        exit 0
-    fi
-    [[ $status -eq 124 ]] && say "timed out after ${TIMEOUT:-300} s"
+    # The output streams to the terminal and to the log; QEMU's own status
+    # is the pipeline's first (set +e: a failing QEMU must not end us here).
+    set +e
+    timeout -k 5 "${TIMEOUT:-300}" "${QEMU[@]}" -serial stdio -monitor none </dev/null 2>&1 | tee "$log"
+    QSTATUS=${PIPESTATUS[0]}
+    set -e
+    final_summary "$log"
+    why=$(why_failed "$QSTATUS" "${TIMEOUT:-300}" "$log")
+    [[ -z $why ]] && exit 0
+    say "failed: $why"
     symbolize "$log" || true
     exit 1
 }
@@ -409,6 +446,10 @@ run_bench() {
     for n in "${names[@]}"; do
         grep -qE "^bench: $n [^ ]+ [0-9]+" "$log" || { echo "missing measurement: $n" >&2; missing=1; }
     done
+    # As for tests: QEMU exits 0 and the final line is the clean end.
+    local last; last=$(last_line "$log")
+    [[ $status -eq 124 || $status -eq 137 ]] && echo "timed out after ${TIMEOUT:-600} s" >&2
+    [[ $last == "bench done: 0 problem(s)" ]] || { echo "the last line is '$last', not 'bench done: 0 problem(s)'" >&2; missing=1; }
     [[ $status -eq 0 && $missing -eq 0 ]]
 }
 
@@ -433,12 +474,92 @@ PASSED=0
 FAILED=0
 LOGDIR="$ROOT/target/test-logs"
 
+# Counts a result and prints its line. Inside a job the counts go to the
+# job's results file, and the parent adds them up (see the job pool).
 record() { # passed failed label detail
-    PASSED=$((PASSED + $1)); FAILED=$((FAILED + $2))
+    if [[ -n ${JOB_RESULTS:-} ]]; then
+        echo "$1 $2" >>"$JOB_RESULTS"
+    else
+        PASSED=$((PASSED + $1)); FAILED=$((FAILED + $2))
+    fi
     if [[ $2 -eq 0 ]]; then printf 'PASS %-44s %s\n' "$3" "$4"; else printf 'FAIL %-44s %s\n' "$3" "$4"; fi
 }
 
-show_log_tail() { tail -n 30 "$1" | sed 's/^/    | /'; symbolize "$1" | sed 's/^/    /' || true; }
+show_log_tail() { { tail -n 30 "$1" | sed 's/^/    | /'; symbolize "$1" | sed 's/^/    /'; } || true; }
+
+# The failing lines of a run, indented (none is fine).
+show_failures() { # log pattern
+    { tr -d '\r' <"$1" | grep -E "$2" | head -n 20 | sed 's/^/    /'; } || true
+}
+
+# ---------------------------------------------------------------- job pool
+# `test` runs its QEMU runs PAGELAB_TEST_JOBS (default 2) at a time. A job is
+# a subshell with its own output file, results file (record's counts) and
+# status file; the parent prints the jobs' output and adds up their counts
+# in the order the jobs were started, so the output does not depend on
+# timing. A job that ends with a non-zero status (a harness error under
+# set -e) or with no status at all (killed) is a FAIL of its own. The parent
+# prints and records directly only when no job is outstanding (after
+# `jobs_show all`); in between, `note` puts a line in the order.
+
+JOB_RESULTS=
+
+jobs_init() { # dir
+    JOBDIR=$1
+    rm -rf "$JOBDIR"; mkdir -p "$JOBDIR"
+    JOB_NEXT=0 JOB_SHOWN=0 JOB_PIDS=() JOB_NAMES=()
+}
+
+job() { # function args...
+    while (($(jobs -rp | wc -l) >= ${PAGELAB_TEST_JOBS:-2})); do
+        wait -n 2>/dev/null || true
+        jobs_show
+    done
+    local n=$JOB_NEXT
+    JOB_NEXT=$((n + 1))
+    JOB_NAMES[n]="$*"
+    (
+        JOB_RESULTS=$JOBDIR/$n.res
+        : >"$JOB_RESULTS"
+        # The status is written last, and renamed into place whole.
+        trap 'echo $? >"$JOBDIR/$n.st" && mv "$JOBDIR/$n.st" "$JOBDIR/$n.rc"' EXIT
+        "$@" >"$JOBDIR/$n.out" 2>&1
+    ) &
+    JOB_PIDS[n]=$!
+    jobs_show
+}
+
+note() { # line: printed in job order
+    local n=$JOB_NEXT
+    JOB_NEXT=$((n + 1))
+    JOB_NAMES[n]=note
+    printf '%s\n' "$*" >"$JOBDIR/$n.out"
+    : >"$JOBDIR/$n.res"
+    echo 0 >"$JOBDIR/$n.rc"
+    jobs_show
+}
+
+# Prints and counts the finished jobs in order, stopping at the first one
+# still running; with "all", waits for every job.
+jobs_show() { # [all]
+    local n rc p f
+    while ((JOB_SHOWN < JOB_NEXT)); do
+        n=$JOB_SHOWN
+        if [[ ! -e $JOBDIR/$n.rc ]]; then
+            [[ ${1:-} == all ]] || return 0
+            if [[ -n ${JOB_PIDS[n]:-} ]]; then wait "${JOB_PIDS[n]}" 2>/dev/null || true; fi
+        fi
+        cat "$JOBDIR/$n.out" 2>/dev/null || true
+        if [[ -f $JOBDIR/$n.res ]]; then
+            while read -r p f; do PASSED=$((PASSED + p)); FAILED=$((FAILED + f)); done <"$JOBDIR/$n.res"
+        fi
+        rc=$(cat "$JOBDIR/$n.rc" 2>/dev/null || echo "none (killed)")
+        JOB_SHOWN=$((n + 1))
+        [[ $rc == 0 ]] || record 0 1 "job[$n]" "(${JOB_NAMES[n]}: ended with status $rc, a harness error)"
+    done
+}
+
+# ---------------------------------------------------------------- test steps
 
 test_host() {
     echo "== host unit tests (cargo test)"
@@ -452,25 +573,74 @@ test_host() {
     [[ $f -eq 0 ]] || show_log_tail "$log"
 }
 
-# Boots the in-kernel tests (pagelab.mode=test) with the current settings,
-# logging to LOG, and records the result as LABEL.
-run_kernel_tests() { # label log
-    local label=$1 log=$2 s p f
-    TIMEOUT=${TIMEOUT_KERNEL:-180} run_qemu_logged "$log" test
-    s=$(summary_of "$log")
-    if [[ -z $s ]]; then
-        p=$(grep -c '^PASS ' "$log" || true); f=$(grep -c '^FAIL ' "$log" || true)
-        record "$p" $((f + 1)) "$label" "no summary line (QEMU status $QSTATUS)"
-        show_log_tail "$log"
+# The harness's own test (tests/harness/self-test.sh): broken runs of a fake
+# QEMU must be reported as failures by every path above.
+test_harness() {
+    echo "== harness self-test (a fake qemu-system-aarch64)"
+    local log="$LOGDIR/harness-self-test.log" status=0 s
+    # (Its `--script` runs build the 4K kernel: in a fresh clone, the first build.)
+    timeout -k 5 1800 tests/harness/self-test.sh >"$log" 2>&1 || status=$?
+    s=$(last_line "$log")
+    if [[ $status -eq 0 ]]; then
+        record 1 0 "harness: self-test" "(${s#harness self-test: })"
     else
-        p=${s% *}; f=${s#* }
-        if [[ $QSTATUS -ne 0 && $f -eq 0 ]]; then f=1; fi
-        record "$p" "$f" "$label" "($p passed, $f failed, QEMU status $QSTATUS)"
-        [[ $f -eq 0 ]] || { grep -E '^FAIL' "$log" | sed 's/^/    /'; show_log_tail "$log"; }
+        record 0 1 "harness: self-test" "(exit status $status: ${s#harness self-test: })"
+        show_failures "$log" '^FAIL '
     fi
 }
 
-test_kernel() { # el2 smp cpu [mem]
+# Style gates: rustfmt, and clippy with -D warnings on the host and for the
+# kernel target in every build configuration.
+test_gates() {
+    echo "== style gates (cargo fmt, cargo clippy -D warnings)"
+    gate "fmt" cargo fmt --all --check
+    gate "clippy[host]" cargo clippy --workspace --all-targets -- -D warnings
+    local f dir
+    # Each configuration in its build's target directory (set_paths), so the
+    # dependencies are checked once per configuration.
+    for f in granule-4k:target granule-16k:target/granule-16k granule-64k:target/granule-64k \
+        granule-4k,va39:target/va39; do
+        dir=$ROOT/${f#*:} f=${f%%:*}
+        gate "clippy[kernel,$f]" cargo clippy -q -p pagelab-kernel --target "$TARGET" --release \
+            --no-default-features --features "$f" --target-dir "$dir" -- -D warnings
+    done
+}
+
+gate() { # label command...
+    local label=$1; shift
+    local log="$LOGDIR/gate-${label//[^a-z0-9-]/_}.log" status=0
+    "$@" >"$log" 2>&1 || status=$?
+    if [[ $status -eq 0 ]]; then
+        record 1 0 "gate: $label" ""
+    else
+        record 0 1 "gate: $label" "(exit status $status: $*)"
+        { head -n 30 "$log" | sed 's/^/    | /'; } || true
+    fi
+}
+
+# Boots the in-kernel tests (pagelab.mode=test) with the current settings,
+# logging to LOG, and records the result as LABEL. The log joins the list
+# the SKIP coverage check reads.
+run_kernel_tests() { # label log
+    local label=$1 log=$2 p f why t=${TIMEOUT_KERNEL:-180}
+    TIMEOUT=$t run_qemu_logged "$log" test
+    echo "$log" >>"$LOGDIR/in-kernel-logs"
+    final_summary "$log"
+    why=$(why_failed "$QSTATUS" "$t" "$log")
+    local skipped; skipped=$(tr -d '\r' <"$log" | grep -c '^SKIP ' || true)
+    if [[ -z $why ]]; then
+        record "$SUM_P" 0 "$label" "($SUM_P passed, $skipped skipped)"
+    else
+        p=${SUM_P:-$(tr -d '\r' <"$log" | grep -c '^PASS ' || true)}
+        f=${SUM_F:-0}
+        ((f > 0)) || f=1
+        record "$p" "$f" "$label" "($why)"
+        show_failures "$log" '^FAIL'
+        show_log_tail "$log"
+    fi
+}
+
+test_kernel() { # el2 smp cpu [mem [tag]]
     local prev=("$EL2" "$SMP" "$CPU" "$MEM")
     EL2=$1 SMP=$2 CPU=$3 MEM=${4:-$MEM}
     local g=; [[ $GIC != 3 ]] && g=gicv$GIC
@@ -478,6 +648,27 @@ test_kernel() { # el2 smp cpu [mem]
     local log="$LOGDIR/kernel-$GRANULE-el$((EL2 + 1))-smp$SMP-$CPU-$MEM${g:+-$g}${5:+-$5}.log"
     run_kernel_tests "$label" "$log"
     EL2=${prev[0]} SMP=${prev[1]} CPU=${prev[2]} MEM=${prev[3]}
+}
+
+# The line numbers of a script run's failures ("FAIL line N", "error: line
+# N", and "end" for the closing invariants), sorted, one line.
+failing_lines() { # log
+    { tr -d '\r' <"$1" | sed -nE 's/^(FAIL|error:) line ([0-9]+):.*/\2/p; s/^FAIL end:.*/end/p' |
+        sort -uV | paste -sd' '; } || true
+}
+
+# A should-fail script's declared failures: its first line is
+# "# expect-fail: N N ...", line numbers (and "end" for the closing
+# invariants). Prints them sorted, or nothing when the line is missing or bad.
+expected_failures() { # file
+    local decl w out=()
+    decl=$(head -n 1 "$1" | sed -n 's/^# expect-fail://p')
+    for w in $decl; do
+        [[ $w =~ ^([1-9][0-9]*|end)$ ]] || return 0
+        out+=("$w")
+    done
+    [[ ${#out[@]} -gt 0 ]] || return 0
+    printf '%s\n' "${out[@]}" | sort -uV | paste -sd' '
 }
 
 test_script() { # file smp should_fail
@@ -491,33 +682,42 @@ test_script() { # file smp should_fail
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
     # A script may ask for kernel bootargs on a line "# bootargs: ...".
-    local extra_args prev_mem=$MEM script_mem
-    extra_args=$(sed -n 's/^# bootargs: //p' "$file" | head -n 1)
+    local extra_args prev_mem=$MEM script_mem t=${TIMEOUT_SCRIPT:-180}
+    extra_args=$(sed -n 's/^# bootargs: //p' "$file" | head -n 1 || true)
     # ... and for more RAM on a line "# mem: SIZE" (a 1G THP needs 3G).
-    script_mem=$(sed -n 's/^# mem: //p' "$file" | head -n 1)
+    script_mem=$(sed -n 's/^# mem: //p' "$file" | head -n 1 || true)
     MEM=${script_mem:-$MEM}
     # shellcheck disable=SC2086  # bootargs are words
-    TIMEOUT=${TIMEOUT_SCRIPT:-180} run_qemu_logged "$log" script $extra_args
+    TIMEOUT=$t run_qemu_logged "$log" script $extra_args
     EXTRA_QEMU=()
     MEM=$prev_mem
-    local s; s=$(summary_of "$log")
+    final_summary "$log"
+    local why; why=$(why_failed "$QSTATUS" "$t" "$log")
     if [[ $3 == 0 ]]; then
-        if [[ $QSTATUS -eq 0 && -n $s && ${s#* } == 0 ]]; then
-            record "${s% *}" 0 "$label" "(${s% *} passed)"
+        if [[ -z $why ]]; then
+            record "$SUM_P" 0 "$label" "($SUM_P passed)"
         else
-            local p=0 f=1
-            [[ -n $s ]] && { p=${s% *}; f=${s#* }; [[ $f -eq 0 ]] && f=1; }
-            record "$p" "$f" "$label" "(${s:-no summary}, QEMU status $QSTATUS)"
-            grep -E '^(FAIL|error)' "$log" | head -n 20 | sed 's/^/    /'
+            local p=${SUM_P:-0} f=${SUM_F:-0}
+            ((f > 0)) || f=1
+            record "$p" "$f" "$label" "($why)"
+            show_failures "$log" '^(FAIL|error)'
             show_log_tail "$log"
         fi
     else
-        # Must fail: non-zero exit and a summary line that counts failures
-        # (a crash or hang has no summary and does not count as the expected failure).
-        if [[ $QSTATUS -ne 0 && -n $s && ${s#* } -gt 0 ]]; then
-            record 1 0 "$label" "(failed as it must: ${s#* } failure(s) detected)"
+        # Must fail exactly at the declared lines, and otherwise end as a
+        # sound run does: QEMU exits 1 (failures counted; a panic is 101, a
+        # timeout 124) and the final summary is the last line.
+        local want got
+        want=$(expected_failures "$file")
+        got=$(failing_lines "$log")
+        if [[ -z $want ]]; then
+            record 0 1 "$label" "(no '# expect-fail: N ...' first line)"
+        elif [[ $QSTATUS -eq 1 && -n $SUM_P && $SUM_F -gt 0 && $got == "$want" ]]; then
+            record 1 0 "$label" "(failed as declared: lines $want)"
         else
-            record 0 1 "$label" "(expected a detected failure; got ${s:-no summary}, QEMU status $QSTATUS)"
+            # (why is empty only for a run that passed outright.)
+            record 0 1 "$label" "(declared failing lines '$want', got '$got'; ${why:-$SUM_P passed, 0 failed, QEMU exited 0})"
+            show_failures "$log" '^(FAIL|error)'
             show_log_tail "$log"
         fi
     fi
@@ -532,8 +732,39 @@ test_extra() { # script
         record 1 0 "extra[$GRANULE,$name]" "($(grep -cE '^ *(PASS|OK) ' "$log" || true) checks)"
     else
         record 0 1 "extra[$GRANULE,$name]" "(exit status $status)"
-        grep -E '^ *(FAIL|MISMATCH)' "$log" | head -n 20 | sed 's/^/    /'
-        tail -n 20 "$log" | sed 's/^/    | /'
+        show_failures "$log" '^ *(FAIL|MISMATCH)'
+        { tail -n 20 "$log" | sed 's/^/    | /'; } || true
+    fi
+}
+
+test_bench() { # log
+    if run_bench "$1" 2>"$1.why"; then
+        record 1 0 "bench[$GRANULE]" "(every measurement present; not a performance check)"
+    else
+        record 0 1 "bench[$GRANULE]" "($(head -n 1 "$1.why" || true))"
+        { sed 's/^/    /' "$1.why"; tail -n 20 "$1" | sed 's/^/    | /'; } || true
+    fi
+}
+
+# No test passes by not running: every in-kernel test that said "SKIP name:
+# why" (it cannot apply in that configuration) in some run of this `test`
+# must PASS in another.
+check_skip_coverage() {
+    local list=$LOGDIR/in-kernel-logs
+    if [[ ! -s $list ]]; then
+        record 0 1 "coverage: skipped in-kernel tests" "(no in-kernel test run to read)"
+        return 0
+    fi
+    local logs=() skipped passed only
+    mapfile -t logs <"$list"
+    skipped=$({ cat "${logs[@]}" 2>/dev/null | tr -d '\r' | sed -n 's/^SKIP \([A-Za-z0-9_]*\): .*/\1/p' | sort -u; } || true)
+    passed=$({ cat "${logs[@]}" 2>/dev/null | tr -d '\r' | sed -n 's/^PASS \([A-Za-z0-9_]*\)$/\1/p' | sort -u; } || true)
+    only=$(comm -23 <(printf '%s\n' "$skipped" | grep -v '^$' || true) <(printf '%s\n' "$passed") | paste -sd' ' || true)
+    local n; n=$(printf '%s\n' "$skipped" | grep -c . || true)
+    if [[ -z $only ]]; then
+        record 1 0 "coverage: skipped in-kernel tests" "($n test(s) skipped somewhere, each passed elsewhere; ${#logs[@]} runs)"
+    else
+        record 0 1 "coverage: skipped in-kernel tests" "(only ever skipped: $only)"
     fi
 }
 
@@ -573,9 +804,10 @@ test_console_input() { # label why rx
     wait "$qpid" || status=$?
     exec {fd}>&-
     rm -f "$fifo"
-    # Every line but halt arrived before the last `info` printed.
+    # Every line but halt arrived before the last `info` printed. The
+    # halting line is the last line (nothing, a panic included, after it).
     local verdict rx rx_ok=0 typed=$((${#lines[@]} - 1))
-    verdict=$(tr -d '\r' <"$log" | grep -E '^halting: [0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
+    verdict=$(last_line "$log")
     rx=$(tr -d '\r' <"$log" | grep '^uart rx ' | tail -n1 || true)
     case $3 in
         interrupt) [[ $rx =~ ^uart\ rx\ +interrupt.*:\ ([0-9]+)\ taken && ${BASH_REMATCH[1]} -ge $typed ]] && rx_ok=1 ;;
@@ -587,7 +819,8 @@ test_console_input() { # label why rx
         record 1 0 "console[$1]" "(typed lines answered, the bad one refused; ${rx#uart rx  })"
     else
         local want="receive polled"; [[ $3 == interrupt ]] && want="at least $typed receive interrupts"
-        record 0 1 "console[$1]" "(QEMU status $status, '${verdict:-no halting line}', '${rx:-no uart rx line}'; wanted $want)"
+        local st="QEMU exited $status"; [[ $status -eq 124 || $status -eq 137 ]] && st="timed out after 120 s"
+        record 0 1 "console[$1]" "($st, last line '${verdict:-none}', '${rx:-no uart rx line}'; wanted $want)"
         show_log_tail "$log"
     fi
 }
@@ -598,6 +831,8 @@ test_console_input() { # label why rx
 # shaped like the firmware's (serial0 on GPIO 14/15, no stdout-path).
 test_sdcard() { # uart
     local dir="$LOGDIR/sdcard-$BOARD-$1" why=
+    # The command rebuilds (and rewrites) the image: no job may be using it.
+    jobs_show all
     rm -rf "$dir"
     # The command itself, as a user runs it (its own `set -e`).
     if ! "$ROOT/qemu-run.sh" --board "$BOARD" --uart "$1" sdcard "$dir" >"$LOGDIR/sdcard-$BOARD-$1.log" 2>&1; then
@@ -622,7 +857,7 @@ test_sdcard() { # uart
     local rx=interrupt; [[ $1 == mini ]] && rx=polled
     # pagelab.mode comes from cmdline.txt alone.
     IMG=$dir/kernel8.img APPEND=$(cat "$dir/cmdline.txt") UART=$1 FW_DT=$1 MODE_FROM_APPEND=1 \
-        test_console_input "$BOARD,sdcard-$1" "alias serial0" $rx
+        job test_console_input "$BOARD,sdcard-$1" "alias serial0" $rx
 }
 
 # In-kernel tests and a few scenario scripts on a Raspberry Pi machine; then
@@ -630,18 +865,16 @@ test_sdcard() { # uart
 test_board() { # board [kernel-only]
     local prev=$BOARD
     BOARD=$1
-    echo "== board $BOARD ($GRANULE granule)"
-    run_kernel_tests "kernel[$BOARD,$GRANULE]" "$LOGDIR/board-$BOARD-$GRANULE.log"
+    note "== board $BOARD ($GRANULE granule)"
+    job run_kernel_tests "kernel[$BOARD,$GRANULE]" "$LOGDIR/board-$BOARD-$GRANULE.log"
     local scn
     [[ ${2:-} == kernel-only ]] && { BOARD=$prev; return 0; }
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
-        [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD test_script "tests/scripts/$scn.scn" 4 0
+        [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD job test_script "tests/scripts/$scn.scn" 4 0
     done
-    test_console_input "$BOARD,pl011" stdout-path interrupt
-    UART=mini
-    test_console_input "$BOARD,mini-uart" pagelab.uart polled
-    APPEND_TAG="$BOARD,mini-uart" test_script tests/scripts/processes-basic.scn 4 0
-    UART=pl011
+    job test_console_input "$BOARD,pl011" stdout-path interrupt
+    UART=mini job test_console_input "$BOARD,mini-uart" pagelab.uart polled
+    UART=mini APPEND_TAG="$BOARD,mini-uart" job test_script tests/scripts/processes-basic.scn 4 0
     # As on a real board: the sdcard files, the firmware-shaped devicetree,
     # no pagelab.uart.
     test_sdcard pl011
@@ -649,57 +882,62 @@ test_board() { # board [kernel-only]
     BOARD=$prev
 }
 
+# Builds the kernel for the current settings, once no job is running (a
+# build rewrites the image a running job may be loading). Records a failure.
+build_for_test() { # label
+    jobs_show all
+    echo "== building the kernel: $1 ($PROFILE)"
+    build && return 0
+    record 0 1 "build[$1]" "(the kernel does not build)"
+    return 1
+}
+
 # Everything that runs on a kernel image, for the current $GRANULE.
 test_granule() {
-    echo "== granule $GRANULE: building the kernel ($PROFILE)"
-    if ! build; then
-        record 0 1 "build[$GRANULE]" "(the kernel does not build)"
-        return 0
+    build_for_test "$GRANULE" || return 0
+    # The unoptimised build must behave the same: built now, run below.
+    local debug_ok=0
+    if [[ $PROFILE == release ]]; then
+        PROFILE=debug; set_paths
+        build_for_test "$GRANULE,debug" && debug_ok=1
+        PROFILE=release; set_paths
     fi
-    echo "== granule $GRANULE: in-kernel tests"
+    note "== granule $GRANULE: in-kernel tests"
     local el smp cpu cpus=(cortex-a72 cortex-a53 max)
     [[ $GRANULE == 16K ]] && cpus=(max)
     for el in 0 1; do
         for smp in 1 4; do
-            test_kernel "$el" "$smp" "${cpus[0]}"
+            job test_kernel "$el" "$smp" "${cpus[0]}"
         done
     done
     for cpu in "${cpus[@]:1}"; do
-        test_kernel 0 1 "$cpu"
-        test_kernel 1 4 "$cpu"
+        job test_kernel 0 1 "$cpu"
+        job test_kernel 1 4 "$cpu"
     done
     # RAM sizes: 1.5G needs 2M blocks next to a 1G block; 128M has no 1G block; 3G spans 3 GiB.
-    test_kernel 0 2 "${cpus[0]}" 1536M
-    test_kernel 1 1 "${cpus[0]}" 128M
-    test_kernel 0 4 "${cpus[0]}" 3G
+    job test_kernel 0 2 "${cpus[0]}" 1536M
+    job test_kernel 1 1 "${cpus[0]}" 128M
+    job test_kernel 0 4 "${cpus[0]}" 3G
     # GICv2 (QEMU's default for virt; the Raspberry Pi 4 has one too), on one
     # CPU (GICD_ITARGETSR reads as zero there) and on four.
-    local prev_gic=$GIC
-    GIC=2
-    test_kernel 0 4 "${cpus[0]}"
-    test_kernel 1 1 "${cpus[0]}"
-    GIC=$prev_gic
-    # The unoptimised build must behave the same.
-    if [[ $PROFILE == release ]]; then
+    GIC=2 job test_kernel 0 4 "${cpus[0]}"
+    GIC=2 job test_kernel 1 1 "${cpus[0]}"
+    if [[ $debug_ok == 1 ]]; then
         PROFILE=debug; set_paths
-        if build; then
-            test_kernel 1 4 "${cpus[0]}" 1G debug-build
-        else
-            record 0 1 "build[$GRANULE,debug]" "(the debug build fails)"
-        fi
+        job test_kernel 1 4 "${cpus[0]}" 1G debug-build
         PROFILE=release; set_paths
     fi
     if [[ $GRANULE == 4K ]]; then
-        test_console_input "virt,$GRANULE,pl011" stdout-path interrupt
-        GIC=2 test_console_input "virt,$GRANULE,pl011,gicv2" stdout-path interrupt
+        job test_console_input "virt,$GRANULE,pl011" stdout-path interrupt
+        GIC=2 job test_console_input "virt,$GRANULE,pl011,gicv2" stdout-path interrupt
     fi
-    echo "== granule $GRANULE: scenario scripts"
+    note "== granule $GRANULE: scenario scripts"
     local f prev_cpu=$CPU
     CPU=${cpus[0]}
     for f in tests/scripts/*.scn "tests/scripts/only-$GRANULE"/*.scn; do
         [[ -e $f ]] || continue
-        test_script "$f" 1 0
-        test_script "$f" 4 0
+        job test_script "$f" 1 0
+        job test_script "$f" 4 0
     done
     # Hardware dirty state (TCR_EL1.HD, DBM; needs -cpu max): writable-clean
     # entries that the MMU dirties itself, and no write-protected entry may
@@ -708,33 +946,36 @@ test_granule() {
     CPU=max APPEND="pagelab.hw-dbm=1${APPEND:+ $APPEND}" APPEND_TAG=hw-dbm
     for f in tests/scripts/*.scn "tests/scripts/only-$GRANULE"/*.scn; do
         [[ -e $f ]] || continue
-        test_script "$f" 4 0
+        job test_script "$f" 4 0
     done
     CPU=${cpus[0]} APPEND=$prev_append APPEND_TAG=
     for f in tests/scripts/should-fail/*.scn; do
         [[ -e $f ]] || continue
-        test_script "$f" 1 1
+        job test_script "$f" 1 1
     done
     CPU=$prev_cpu
-    local blog="$LOGDIR/bench-$GRANULE.log"
-    if run_bench "$blog"; then
-        record 1 0 "bench[$GRANULE]" "(every measurement present; not a performance check)"
-    else
-        record 0 1 "bench[$GRANULE]" "(measurements missing)"; tail -n 20 "$blog" | sed 's/^/    | /'
-    fi
+    job test_bench "$LOGDIR/bench-$GRANULE.log"
     if [[ -d tests/extra ]]; then
-        echo "== granule $GRANULE: extra checks"
+        note "== granule $GRANULE: extra checks"
         for f in tests/extra/*.sh; do
-            [[ -x $f ]] && test_extra "$f"
+            [[ -x $f ]] && job test_extra "$f"
         done
     fi
+    return 0
 }
 
 cmd_test() {
     ensure_deps
-    mkdir -p "$LOGDIR"
+    # A fresh log directory: the coverage check reads this run's logs only.
+    rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
+    jobs_init "$LOGDIR/jobs"
     local start=$SECONDS
+    # Whatever stops this function early (a harness bug under set -e, ^C)
+    # still ends with a failing total.
+    trap 'test_stopped $?' EXIT
     test_host
+    test_harness
+    test_gates
     local g
     # PAGELAB_TEST_GRANULES="4K" narrows a local run; CI runs all three.
     for g in ${PAGELAB_TEST_GRANULES:-4K 16K 64K}; do
@@ -745,48 +986,56 @@ cmd_test() {
     # in-kernel tests (AT cross-check included) and every 4K scenario script.
     if [[ " ${PAGELAB_TEST_GRANULES:-4K} " == *" 4K "* ]]; then
         GRANULE=4K VA_BITS=39; set_paths
-        echo "== 4K granule, 39-bit user VA"
-        if build; then
-            test_kernel 0 1 cortex-a72 1G va39
-            test_kernel 1 4 cortex-a72 1G va39
+        if build_for_test "4K,va39"; then
+            note "== 4K granule, 39-bit user VA"
+            job test_kernel 0 1 cortex-a72 1G va39
+            job test_kernel 1 4 cortex-a72 1G va39
             local f
             for f in tests/scripts/*.scn tests/scripts/only-4K/*.scn; do
-                [[ -e $f ]] && test_script "$f" 4 0
+                [[ -e $f ]] && job test_script "$f" 4 0
             done
-        else
-            record 0 1 "build[4K,va39]" "(the va39 kernel does not build)"
         fi
         VA_BITS=48; set_paths
     fi
     # The Raspberry Pi machines (4K granule): in-kernel tests and a few
     # scenario scripts. PAGELAB_TEST_BOARDS="" leaves them out.
-    if [[ " ${PAGELAB_TEST_GRANULES:-4K} " == *" 4K "* ]]; then
+    if [[ " ${PAGELAB_TEST_GRANULES:-4K} " == *" 4K "* && -n ${PAGELAB_TEST_BOARDS-x} ]]; then
         GRANULE=4K; set_paths
-        if build; then
+        if build_for_test "4K,boards"; then
             local b
             for b in ${PAGELAB_TEST_BOARDS-raspi4b raspi3b}; do
                 test_board "$b"
             done
-        else
-            record 0 1 "build[4K,boards]" "(the kernel does not build)"
         fi
     fi
     # The boards' Cortex-A53/A72 have the 64K granule too: the in-kernel tests.
-    if [[ " ${PAGELAB_TEST_GRANULES:-4K 16K 64K} " == *" 64K "* ]]; then
+    if [[ " ${PAGELAB_TEST_GRANULES:-4K 16K 64K} " == *" 64K "* && -n ${PAGELAB_TEST_BOARDS-x} ]]; then
         GRANULE=64K; set_paths
-        if build; then
+        if build_for_test "64K,boards"; then
             local b
             for b in ${PAGELAB_TEST_BOARDS-raspi4b raspi3b}; do
                 test_board "$b" kernel-only
             done
-        else
-            record 0 1 "build[64K,boards]" "(the kernel does not build)"
         fi
         GRANULE=4K; set_paths
     fi
+    # More QEMU work (the torture runs) goes here, as jobs: `job FUNCTION
+    # ARGS...`, where FUNCTION runs QEMU, logs under $LOGDIR and calls
+    # `record` (see test_script for the pattern).
+    jobs_show all
+    check_skip_coverage
+    trap - EXIT
     echo "== done in $((SECONDS - start)) s; logs in ${LOGDIR#"$ROOT"/}"
     echo "$PASSED passed, $FAILED failed"
     [[ $FAILED -eq 0 ]]
+}
+
+# cmd_test's EXIT trap: it stopped before its end.
+test_stopped() { # status
+    echo "FAIL qemu-run.sh test stopped early (status $1; a harness error or an interrupt)"
+    local pid
+    for pid in "${JOB_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    echo "$PASSED passed, $((FAILED + 1)) failed"
 }
 
 # sdcard DIR: the files pagelab adds to a Raspberry Pi boot partition. The

@@ -19,7 +19,8 @@ for seed in 1 2 3; do
         -kernel "$img" -initrd "$tmp/fuzz.scn" -append "pagelab.exit=semihosting pagelab.mode=script" \
         </dev/null >"$tmp/out.log" 2>&1 || status=$?
     lines=$(wc -l < "$tmp/fuzz.scn")
-    summary=$(tr -d '\r' < "$tmp/out.log" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n1 || true)
+    # The summary must be the last line (nothing, a panic included, after it).
+    summary=$(tr -d '\r' < "$tmp/out.log" | grep -v '^[[:space:]]*$' | tail -n1 | grep -E '^[0-9]+ passed, [0-9]+ failed$' || true)
     final_ok=$(grep -c "^PASS line $((lines - 2)): Final check m 0x42" "$tmp/out.log" || true)
     if [[ $status -eq 1 && -n $summary ]] && grep -q "^PASS end: invariants" "$tmp/out.log" && [[ $final_ok -eq 1 ]]; then
         echo "PASS fuzz seed $seed: $lines lines, kernel alive, invariants hold ($summary)"
