@@ -406,7 +406,7 @@ pub fn invariants() -> Result<(), String> {
 }
 
 fn selftest(filter: Option<&str>) -> Result<(), String> {
-    let failed = crate::test::run_filtered(filter);
+    let failed = crate::test::run_filtered(filter).failed;
     if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
 }
 

@@ -82,8 +82,9 @@ fn access_flag() -> Result<(), String> {
             "the COW copy must be young and writable"
         );
         if !cpu::has_hw_af() {
-            crate::println!("      (no FEAT_HAFDBS on this CPU: the hardware half is not run; it runs under -cpu max)");
-            return Ok(());
+            return super::cannot_apply(
+                "no FEAT_HAFDBS on this CPU: only the software half ran; all of it runs under -cpu max",
+            );
         }
         // Hardware: the MMU sets the flag, no fault is taken.
         crate::kmain::on_every_cpu(|| cpu::set_hw_af(true));
@@ -113,8 +114,7 @@ fn access_flag() -> Result<(), String> {
 fn hw_dirty() -> Result<(), String> {
     use crate::mm::desc;
     if !cpu::has_hw_dbm() {
-        crate::println!("      (no FEAT_HAFDBS dirty state on this CPU: runs under -cpu max)");
-        return Ok(());
+        return super::cannot_apply("no FEAT_HAFDBS dirty state on this CPU: runs under -cpu max");
     }
     let was = desc::hw_dbm();
     desc::set_hw_dbm(true);

@@ -187,7 +187,9 @@ fn running_task() -> Result<(), String> {
         ensure!(matches!(proc::access(name, op::WRITE, va, 1, 0)?, RunEnd::Done), "clearing the flag");
         ensure!(dt::running(me) == (0, 0), "cpu{me} still shows {:?} after the run", dt::running(me));
         let other = (0..percpu::ONLINE.load(Ordering::Acquire)).find(|&c| c != me && crate::irq::ready(c));
-        let Some(cpu) = other else { return Ok(()) };
+        let Some(cpu) = other else {
+            return super::cannot_apply("one CPU: only checked that the mirror is empty after a run");
+        };
         let t = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WAIT_FLAG, va], 0), Some(cpu))))?;
         let seen = crate::irq::wait_until(2000, || dt::running(cpu) == (pid, t.tid));
         let during = dt::running(cpu);

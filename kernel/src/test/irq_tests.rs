@@ -45,8 +45,7 @@ fn all_ready() -> Result<usize, String> {
 
 fn ticks_on_every_cpu() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
-        println!("  (cannot apply: {why})");
-        return Ok(());
+        return super::cannot_apply(why);
     }
     let n = all_ready()?;
     let before: Vec<u64> = (0..n).map(irq::ticks).collect();
@@ -81,8 +80,7 @@ fn counting_hook(cpu: usize, _from_el0: bool) {
 
 fn tick_hook_runs() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
-        println!("  (cannot apply: {why})");
-        return Ok(());
+        return super::cannot_apply(why);
     }
     let n = all_ready()?;
     for c in &HOOK_CALLS {
@@ -110,8 +108,7 @@ fn record_sgi(cpu: usize) {
 
 fn sgi_reaches_each_cpu() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
-        println!("  (cannot apply: {why})");
-        return Ok(());
+        return super::cannot_apply(why);
     }
     let n = all_ready()?;
     irq::set_sgi_handler(sgi::PING, Some(record_sgi));
@@ -145,8 +142,7 @@ fn sgi_reaches_each_cpu() -> Result<(), String> {
 /// blocks, so the loop keeps its flags and registers live across them.)
 fn irq_from_el0() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
-        println!("  (cannot apply: {why})");
-        return Ok(());
+        return super::cannot_apply(why);
     }
     // The loop runs here, where the entries are counted.
     proc::sched::pin_to_caller(irq_from_el0_here)
@@ -287,8 +283,9 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
                 plain_read == Ok(0xa7) && plain_write.is_ok(),
                 "without PAN a plain EL1 access to a user page works"
             );
-            println!("  no FEAT_PAN on this CPU: only checked that uaccess works");
-            return Ok(());
+            return super::cannot_apply(
+                "no FEAT_PAN on this CPU: only checked that uaccess works (PAN runs under -cpu max)",
+            );
         }
         for (what, r, write) in [("read", plain_read.map(|_| ()), false), ("write", plain_write, true)] {
             let (esr, far) =

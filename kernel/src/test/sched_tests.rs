@@ -75,8 +75,7 @@ fn done_ok(regs: &TrapFrame, what: &str) -> Result<(), String> {
 /// and the run's timeout fails it).
 fn preempts_el0() -> Result<(), String> {
     if let Some(why) = crate::irq::no_interrupts_reason() {
-        println!("  (cannot apply: preemption needs the tick; {why})");
-        return Ok(());
+        return super::cannot_apply(&alloc::format!("preemption needs the tick; {why}"));
     }
     let name = "sched_pre";
     in_process(name, || {
@@ -106,8 +105,7 @@ fn preempts_el0() -> Result<(), String> {
 /// and resumed several times, and each ends with exactly its own registers.
 fn registers_survive() -> Result<(), String> {
     if let Some(why) = crate::irq::no_interrupts_reason() {
-        println!("  (cannot apply: preemption needs the tick; {why})");
-        return Ok(());
+        return super::cannot_apply(&alloc::format!("preemption needs the tick; {why}"));
     }
     let (n1, n2) = ("sched_reg1", "sched_reg2");
     proc::spawn(n2)?;
@@ -240,8 +238,7 @@ fn reader_stopped(
 /// models per-CPU TLBs), and A goes on loading.
 fn tlb_shootdown() -> Result<(), String> {
     if cpus() < 2 {
-        println!("  (one CPU: nothing to shoot down; this runs with --smp 2 or more)");
-        return Ok(());
+        return super::cannot_apply("one CPU: nothing to shoot down; this runs with --smp 2 or more");
     }
     let name = "shootdown";
     let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
@@ -287,8 +284,7 @@ fn tlb_shootdown() -> Result<(), String> {
 /// entries the other CPU cached under it.
 fn asid_kept_across_rollover() -> Result<(), String> {
     if cpus() < 2 {
-        println!("  (one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more)");
-        return Ok(());
+        return super::cannot_apply("one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more");
     }
     let name = "asid_keep";
     let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
@@ -400,8 +396,7 @@ fn gup_racer() {
 /// times, while cpu1 pins the same range locklessly without pause.
 fn gup_fast_races_fork() -> Result<(), String> {
     if cpus() < 2 {
-        println!("  (one CPU: no race; this runs with --smp 2 or more)");
-        return Ok(());
+        return super::cannot_apply("one CPU: no race; this runs with --smp 2 or more");
     }
     let (name, child) = ("gupfast_parent", "gupfast_child");
     let there = if me() == 1 { 0 } else { 1 };
@@ -463,8 +458,7 @@ fn gup_fast_races_fork() -> Result<(), String> {
 fn cow_fault_races_exit() -> Result<(), String> {
     let n = cpus();
     if n < 3 {
-        println!("  (fewer than 3 CPUs: runs with --smp 4)");
-        return Ok(());
+        return super::cannot_apply("fewer than 3 CPUs: runs with --smp 4");
     }
     let (a, b) = ("race_a", "race_b");
     let here = me();
@@ -509,8 +503,7 @@ fn cow_fault_races_exit() -> Result<(), String> {
 fn page_lists_cross_cpu() -> Result<(), String> {
     use crate::mm::frame;
     if cpus() < 2 {
-        println!("  (one CPU: runs with --smp 2 or more)");
-        return Ok(());
+        return super::cannot_apply("one CPU: runs with --smp 2 or more");
     }
     let name = "pcp_cross";
     let there = if me() == 1 { 0 } else { 1 };

@@ -186,11 +186,10 @@ fn ram_block() -> Option<PhysAddr> {
 
 fn split_collapse_block() -> Result<(), String> {
     let Some(pa) = ram_block() else {
-        crate::println!(
-            "  (RAM holds no {}-byte block: block split/collapse not testable here)",
+        return super::cannot_apply(&alloc::format!(
+            "RAM holds no {}-byte block: block split/collapse not testable here",
             GRANULE.level_size(2)
-        );
-        return Ok(());
+        ));
     };
     let blk = GRANULE.level_size(2);
     let va = TEST_WINDOW;
