@@ -201,9 +201,38 @@ if harness eval 'declare -F job jobs_init jobs_show note' >/dev/null 2>&1; then
     harness eval "$POOL" >"$T/pool.out" 2>&1
     order=$(grep -oE '^(PASS|FAIL) +[a-z-]+|^== a note|^total .*' "$T/pool.out" | tr -s ' ' | paste -sd'|')
     want='PASS slow|== a note|PASS before-crash|FAIL job|FAIL job|FAIL quick|total 2 passed, 3 failed'
-    if [[ $order == "$want" ]]; then pass "job-pool"; else fail "job-pool" "wanted '$want', got '$order'"; fi
+    if [[ $order == "$want" ]]; then
+        pass "job-pool"
+    else
+        fail "job-pool" "wanted '$want', got '$order'"
+        sed 's/^/    | /' "$T/pool.out"
+    fi
 else
     fail "job-pool" "qemu-run.sh has no job pool (job, jobs_init, jobs_show, note)"
+fi
+
+# 8. No test passes by not running: a test that only ever printed SKIP
+#    fails the coverage check; once it PASSes in another run, it passes.
+# shellcheck disable=SC2016  # expanded in the harness subshell
+COVER='
+printf "SKIP t_one: cannot apply\nPASS t_two\nPASS invariants\n2 passed, 0 failed\n" >"$LOGDIR/skip.out"
+printf "PASS t_one\nPASS t_two\nPASS invariants\n3 passed, 0 failed\n" >"$LOGDIR/full.out"
+FAKE_QEMU_OUT=$LOGDIR/skip.out FAKE_QEMU_STATUS=0 run_kernel_tests "kernel[skips]" "$LOGDIR/kernel-skips.log"
+check_skip_coverage
+FAKE_QEMU_OUT=$LOGDIR/full.out FAKE_QEMU_STATUS=0 run_kernel_tests "kernel[full]" "$LOGDIR/kernel-full.log"
+check_skip_coverage
+'
+if harness eval 'declare -F check_skip_coverage' >/dev/null 2>&1; then
+    rm -rf "$T/logs"
+    harness eval "$COVER" >"$T/cover.out" 2>&1
+    got=$(verdicts "$T/cover.out")
+    if [[ $got == "PASS FAIL PASS PASS" ]] && grep -q 'only ever skipped: t_one' "$T/cover.out"; then
+        pass "skip-coverage"
+    else
+        fail "skip-coverage" "wanted 'PASS FAIL PASS PASS' (t_one only ever skipped, then passed), got '$got'"
+    fi
+else
+    fail "skip-coverage" "qemu-run.sh has no check_skip_coverage"
 fi
 
 echo "harness self-test: $ok passed, $bad failed"
