@@ -47,6 +47,8 @@ harness() {
     )
 }
 
+last_line_of() { grep -v '^[[:space:]]*$' "$1" | tail -n 1; }
+
 # Runs CODE with the remaining words as its "$1", "$2", ... (in harness).
 with_args() {
     local code=$1
@@ -233,6 +235,32 @@ if harness eval 'declare -F check_skip_coverage' >/dev/null 2>&1; then
     fi
 else
     fail "skip-coverage" "qemu-run.sh has no check_skip_coverage"
+fi
+
+# 9. If `test` itself stops early (a harness error under set -e), its last
+#    line is still a failing total.
+# shellcheck disable=SC2016  # expanded in the harness subshell
+# (The output is redirected inside: bash runs a subshell's EXIT trap after
+# a redirection on the function call that made it is undone.)
+STOP='
+exec >"$LOGDIR/stop.out" 2>&1
+jobs_init "$LOGDIR/jobs-stop"
+trap "test_stopped \$?" EXIT
+record 1 0 "before" ""
+false
+record 1 0 "after" ""
+'
+if harness eval 'declare -F test_stopped' >/dev/null 2>&1; then
+    harness eval "$STOP"
+    st=$?
+    got=$(last_line_of "$T/logs/stop.out")
+    if [[ $st -ne 0 && $got == "1 passed, 1 failed" ]] && ! grep -q after "$T/logs/stop.out"; then
+        pass "stopped-early"
+    else
+        fail "stopped-early" "wanted a non-zero exit and '1 passed, 1 failed' last, got status $st and '$got'"
+    fi
+else
+    fail "stopped-early" "qemu-run.sh has no test_stopped"
 fi
 
 echo "harness self-test: $ok passed, $bad failed"
