@@ -57,7 +57,9 @@ Commands:
 Options:
   --script FILE     run FILE (scenario language, see docs/SCENARIOS.md) instead of
                     the interactive console; exit status 0 only if QEMU exits 0
-                    and the last line is the final "N passed, 0 failed"
+                    and the last line is the final "N passed, 0 failed". Lines
+                    "# bootargs: ARGS" and "# mem: SIZE" in FILE add bootargs and
+                    set --mem (unless given), as in `test`
   --el2             enter the kernel at EL2 (-M virt,virtualization=on)
   --smp N           number of CPUs (default 1, at most 8)
   --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
@@ -396,6 +398,10 @@ cmd_script() {
     [[ -f $SCRIPT && -r $SCRIPT ]] || die "cannot read script '$SCRIPT'"
     ensure_deps
     build
+    # As in `test`: a line "# mem: SIZE" sets the RAM size unless --mem did.
+    local script_mem
+    script_mem=$(sed -n 's/^# mem: //p' "$SCRIPT" | head -n 1 || true)
+    [[ -n $script_mem && $FIXED_OPTS != *--mem* ]] && MEM=$script_mem
     # shellcheck disable=SC2046  # bootargs are words
     qemu_cmd script $(sed -n 's/^# bootargs: //p' "$SCRIPT" | head -n 1)
     QEMU+=(-initrd "$SCRIPT")
