@@ -975,6 +975,7 @@ test_granule() {
 }
 
 cmd_test() {
+    [[ ${PAGELAB_TEST_JOBS:-2} =~ ^[1-9][0-9]?$ ]] || die "PAGELAB_TEST_JOBS must be a number from 1 to 99"
     ensure_deps
     # A fresh log directory: the coverage check reads this run's logs only.
     rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
