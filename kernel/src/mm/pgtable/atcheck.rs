@@ -107,9 +107,9 @@ pub enum Mismatch {
 impl core::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            Mismatch::Walker { access, walker, at } => write!(f, "AT {access}: walker {walker:?}, AT {at:?}"),
+            Mismatch::Walker { access, walker, at } => write!(f, "AT {access}: walker expects {walker}, AT says {at}"),
             Mismatch::Request { access, requested, at } => {
-                write!(f, "AT {access}: requested {requested:?}, AT {at:?}")
+                write!(f, "AT {access}: the mapping asks for {requested}, AT says {at}")
             }
             Mismatch::MemoryType { access, requested, at } => {
                 write!(f, "AT {access}: requested memory attributes {requested:#04x}, PAR_EL1.ATTR {at:#04x}")
@@ -137,6 +137,19 @@ pub enum Verdict {
     MayFault,
     /// The access must not succeed (any fault).
     Refused,
+}
+
+impl core::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Verdict::Ok(pa) => write!(f, "PA {:#x}", pa.0),
+            Verdict::Translation => write!(f, "a translation fault"),
+            Verdict::AccessFlag => write!(f, "an access flag fault"),
+            Verdict::Permission => write!(f, "a permission fault"),
+            Verdict::MayFault => write!(f, "anything"),
+            Verdict::Refused => write!(f, "a fault"),
+        }
+    }
 }
 
 impl Request {

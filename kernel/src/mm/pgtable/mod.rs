@@ -467,6 +467,18 @@ pub enum Expected {
     Other(u8),
 }
 
+impl core::fmt::Display for Expected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Expected::Ok(pa) => write!(f, "PA {:#x}", pa.0),
+            Expected::Translation(l) => write!(f, "translation fault, level {l}"),
+            Expected::AccessFlag(l) => write!(f, "access flag fault, level {l}"),
+            Expected::Permission(l) => write!(f, "permission fault, level {l}"),
+            Expected::Other(fsc) => write!(f, "fault status {fsc:#04x}"),
+        }
+    }
+}
+
 /// Which descriptor updates the MMU makes itself (TCR_EL1.HA / HD).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HwUpdates {
