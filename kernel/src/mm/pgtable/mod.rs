@@ -96,6 +96,9 @@ pub struct WalkEntry {
     pub kind: Kind,
     /// Bytes this entry covers.
     pub size: u64,
+    /// The hierarchical limits of the table entries above this one (for a
+    /// table entry, not including its own): what they take away from a leaf.
+    pub limits: TableAttrs,
 }
 
 /// Result of a software translation.
