@@ -23,6 +23,8 @@ use alloc::vec::Vec;
 
 use super::Test;
 use crate::arch::aarch64::cpu;
+use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::exception::probe_exec;
 use crate::arch::aarch64::regs::mair;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
@@ -33,7 +35,9 @@ use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
 use crate::mm::pgtable::live::Live;
-use crate::mm::pgtable::{Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access};
+use crate::mm::pgtable::{
+    Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
+};
 use crate::mm::tlb::KernelFlush;
 
 pub static TESTS: &[Test] = &[
@@ -61,15 +65,17 @@ impl Rng {
 const MEM_TYPES: [MemType; 4] =
     [MemType::Normal, MemType::NormalNonCacheable, MemType::DeviceNGnRnE, MemType::DeviceNGnRE];
 
-/// Random permissions that keep W^X (writable => not executable anywhere),
+/// Random permissions that keep W^X (writable => not executable anywhere:
+/// EL1-executable and EL0-writable is allowed, the MMU treats it as PXN),
 /// and a random memory type (mostly Normal).
 fn random_attrs(r: &mut Rng, user: bool) -> LeafAttrs {
     let writable = r.chance(50);
+    let el0 = if user { r.chance(80) } else { r.chance(30) };
     LeafAttrs {
         mem: if r.chance(60) { MemType::Normal } else { MEM_TYPES[1 + r.below(3) as usize] },
-        el0: if user { r.chance(80) } else { r.chance(30) },
+        el0,
         writable,
-        kexec: !writable && !user && r.chance(30),
+        kexec: !user && if writable { el0 && r.chance(80) } else { r.chance(50) },
         uexec: !writable && r.chance(30),
         ng: user,
         af: r.chance(85),
@@ -93,6 +99,8 @@ struct Region {
     /// The slot's level-2 entry is a table (pages, or a split block), so
     /// the slot's limits apply.
     under_table: bool,
+    /// Every page starts with a `ret`: EL1 may try to execute it.
+    rets: bool,
 }
 
 /// A deliberately wrong encoder, applied to one region per round.
@@ -121,9 +129,14 @@ struct Layout {
 }
 
 impl Layout {
+    /// The region mapped at `va`, if any.
+    fn region(&self, va: u64) -> Option<&Region> {
+        self.regions.iter().rev().find(|g| g.va <= va && va < g.va + g.len)
+    }
+
     /// What was requested at `va`.
     fn request(&self, va: u64) -> Request {
-        let Some(reg) = self.regions.iter().rev().find(|g| g.va <= va && va < g.va + g.len) else {
+        let Some(reg) = self.region(va) else {
             return Request::Unmapped;
         };
         let slot = ((va - self.base) / self.slot) as usize;
@@ -160,6 +173,8 @@ fn build<M: TableMemory>(
         base,
     };
     let n_cont = GRANULE.contiguous_entries(3) as u64;
+    // The slot whose frames get the implicit-PXN attributes (kernel only).
+    let first_pages = r.below(nslots);
     let err = |what: &str, e: crate::mm::pgtable::MapError| alloc::format!("{what}: {e:?}");
     for i in 0..nslots {
         let va = base + i * slot;
@@ -174,7 +189,7 @@ fn build<M: TableMemory>(
                 a.writable = false;
                 l.t.map(VirtAddr(va), pa, slot, a, LeafSizes::Largest).map_err(|e| err("map", e))?;
                 let split = r.chance(50);
-                lay.regions.push(Region { va, len: slot, pa, attrs: a, under_table: split });
+                lay.regions.push(Region { va, len: slot, pa, attrs: a, under_table: split, rets: false });
                 if split {
                     l.split(va, 2).map_err(|e| err("split", e))?;
                     if r.chance(50) {
@@ -187,6 +202,7 @@ fn build<M: TableMemory>(
                             pa: PhysAddr(pa.0 + off),
                             attrs: old,
                             under_table: true,
+                            rets: false,
                         });
                     }
                 }
@@ -198,11 +214,26 @@ fn build<M: TableMemory>(
                 let order = count.next_power_of_two().trailing_zeros();
                 let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
                 lay.frames.push((pa, order));
-                let a = random_attrs(r, user);
+                if !user {
+                    put_rets(pa, count);
+                }
+                let mut a = random_attrs(r, user);
+                if !user && i == first_pages {
+                    // One region per round EL1 may fetch from only if the
+                    // MMU forgets that EL0 can write it (implicit PXN).
+                    a = LeafAttrs { mem: MemType::Normal, el0: true, writable: true, kexec: true, af: true, ..a };
+                }
                 let off = if run { 0 } else { r.below(slot / PAGE_SIZE - count) * PAGE_SIZE };
                 l.t.map(VirtAddr(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
                     .map_err(|e| err("map", e))?;
-                lay.regions.push(Region { va: va + off, len: count * PAGE_SIZE, pa, attrs: a, under_table: true });
+                lay.regions.push(Region {
+                    va: va + off,
+                    len: count * PAGE_SIZE,
+                    pa,
+                    attrs: a,
+                    under_table: true,
+                    rets: !user,
+                });
                 if run {
                     l.make_contiguous(va, 3).map_err(|e| err("make_contiguous", e))?;
                 }
@@ -261,6 +292,18 @@ fn build<M: TableMemory>(
     Ok(lay)
 }
 
+/// Writes a `ret` at the start of each of the `count` pages at `pa`, for
+/// EL1 to execute through the layout's mapping.
+fn put_rets(pa: PhysAddr, count: u64) {
+    const RET: u32 = 0xd65f_03c0;
+    let va = crate::mm::layout::phys_to_virt(pa).0;
+    for i in 0..count {
+        // SAFETY: our own freshly allocated frames, through the linear map.
+        unsafe { ((va + i * PAGE_SIZE) as *mut u32).write_volatile(RET) };
+    }
+    cpu::sync_icache_local(va, count * PAGE_SIZE);
+}
+
 fn ram_block() -> Option<PhysAddr> {
     let blk = GRANULE.level_size(2);
     crate::kmain::boot().board.ram.iter().find_map(|r| {
@@ -286,6 +329,14 @@ struct Tally {
     flip_el0_caught: usize,
     attr_index_caught: usize,
     sabotage_walker_agreed: usize,
+    /// Real EL1 instruction fetches: executed, and refused (PXN, PXNTable,
+    /// implicit PXN, access flag) as the walker said; and how often a walker
+    /// ignoring the table limits would have been wrong about them.
+    exec_ran: usize,
+    exec_refused: usize,
+    /// Refused only because the page is writable at EL0 (implicit PXN).
+    exec_implicit_pxn: usize,
+    exec_limits_caught: usize,
 }
 
 impl Tally {
@@ -299,12 +350,60 @@ impl Tally {
         self.flip_el0_caught += o.flip_el0_caught;
         self.attr_index_caught += o.attr_index_caught;
         self.sabotage_walker_agreed += o.sabotage_walker_agreed;
+        self.exec_ran += o.exec_ran;
+        self.exec_refused += o.exec_refused;
+        self.exec_implicit_pxn += o.exec_implicit_pxn;
+        self.exec_limits_caught += o.exec_limits_caught;
+    }
+}
+
+/// What an EL1 instruction fetch from a VA that translated as `t` under
+/// `limits` must do, in the walker's model.
+fn expected_fetch(t: &Translation, limits: TableAttrs, hw: HwUpdates) -> Expected {
+    match *t {
+        Translation::Fault { level, .. } => Expected::Translation(level),
+        Translation::Mapped { pa, level, desc } => {
+            if !desc.af() && !hw.af {
+                Expected::AccessFlag(level)
+            } else if expected_exec(t, limits).0 {
+                Expected::Ok(pa)
+            } else {
+                Expected::Permission(level)
+            }
+        }
+    }
+}
+
+/// Branches to the `ret` at `page` at EL1: what happened, as an [`Expected`]
+/// (the PA is not observable: `Ok` carries `want`'s).
+fn fetch(page: u64, want: Expected) -> Result<Expected, String> {
+    // SAFETY: the page holds a `ret` (Region::rets) if it is executable at all.
+    match unsafe { probe_exec(page) } {
+        Ok(()) => Ok(if let Expected::Ok(_) = want { want } else { Expected::Ok(PhysAddr(0)) }),
+        Err((esr, far)) => {
+            let esr = Esr(esr);
+            ensure!(esr.ec() == ExceptionClass::InstructionAbortSameEl, "{page:#x}: fetch: {esr}");
+            ensure!(far == page, "{page:#x}: fetch: FAR {far:#x}");
+            Ok(match esr.fault_status() {
+                Some(FaultStatus::Translation(l)) if l >= 0 => Expected::Translation(l as u32),
+                Some(FaultStatus::AccessFlag(l)) if l >= 0 => Expected::AccessFlag(l as u32),
+                Some(FaultStatus::Permission(l)) if l >= 0 => Expected::Permission(l as u32),
+                _ => Expected::Other(esr.0 as u8 & 0x3f),
+            })
+        }
     }
 }
 
 /// Checks `samples` random addresses of the layout against the walker and
-/// the request, running the negative controls alongside.
-fn compare<M: TableMemory>(t: &Tables<'_, M>, r: &mut Rng, lay: &Layout, samples: usize) -> Result<Tally, String> {
+/// the request, running the negative controls alongside. With `exec`, pages
+/// holding a `ret` are also executed at EL1, which `AT` cannot check.
+fn compare<M: TableMemory>(
+    t: &Tables<'_, M>,
+    r: &mut Rng,
+    lay: &Layout,
+    samples: usize,
+    exec: bool,
+) -> Result<Tally, String> {
     let hw = cpu::hw_updates();
     let mut tally = Tally::default();
     for _ in 0..samples {
@@ -326,6 +425,28 @@ fn compare<M: TableMemory>(t: &Tables<'_, M>, r: &mut Rng, lay: &Layout, samples
             (Ok(()), _) => {}
             (Err(Mismatch::Exec { .. }), Some(Sabotage::FlipEl0)) => tally.flip_el0_caught += 1,
             (Err(m), _) => return Err(fail(m)),
+        }
+        if exec && lay.region(va).is_some_and(|g| g.rets && g.attrs.mem == MemType::Normal) {
+            let page = va & !(PAGE_SIZE - 1);
+            let want = expected_fetch(&walked.0, walked.1, hw);
+            let got = fetch(page, want)?;
+            ensure!(
+                got == want,
+                "{page:#x}: EL1 fetch: walker expects {want}, the CPU did {got} (leaf {desc:?}, table limits {:?})",
+                walked.1
+            );
+            if let Expected::Ok(_) = got {
+                tally.exec_ran += 1;
+            } else {
+                tally.exec_refused += 1;
+                let p = desc.perms();
+                if desc.af() && !p.pxn && !walked.1.pxn && matches!(got, Expected::Permission(_)) {
+                    tally.exec_implicit_pxn += 1;
+                }
+            }
+            if expected_fetch(&walked.0, TableAttrs::NONE, hw) != got {
+                tally.exec_limits_caught += 1;
+            }
         }
         for access in Access::ALL {
             let par = atcheck::observe(access, va);
@@ -382,7 +503,7 @@ fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(),
 
 /// Every outcome kind and memory type must have been exercised, and every
 /// negative control must have been caught, or the comparison proves little.
-fn check_coverage(t: &Tally, what: &str) -> Result<(), String> {
+fn check_coverage(t: &Tally, what: &str, exec: bool) -> Result<(), String> {
     let k = t.kinds;
     // With TCR_EL1.HA the MMU sets access flags itself: no such fault.
     let af_faults = !cpu::hw_updates().af;
@@ -399,6 +520,25 @@ fn check_coverage(t: &Tally, what: &str) -> Result<(), String> {
     ensure!(t.flipped_ap_caught > 0, "{what}: negative control: a walker with AP[2] flipped was never caught");
     ensure!(t.flip_el0_caught > 0, "{what}: negative control: a region written with AP[1] flipped was never caught");
     ensure!(t.attr_index_caught > 0, "{what}: negative control: a wrong memory attribute index was never caught");
+    if exec {
+        ensure!(
+            t.exec_ran > 0 && t.exec_refused > 0 && t.exec_implicit_pxn > 0 && t.exec_limits_caught > 0,
+            "{what}: EL1 instruction fetches not all exercised: ran {}, refused {} ({} for implicit PXN), \
+             a walker ignoring table limits caught {} times",
+            t.exec_ran,
+            t.exec_refused,
+            t.exec_implicit_pxn,
+            t.exec_limits_caught
+        );
+        crate::println!(
+            "  {what}: EL1 instruction fetches as the walker said: ran {}, refused {} ({} for implicit PXN; a \
+             walker ignoring table limits would have been wrong {} times)",
+            t.exec_ran,
+            t.exec_refused,
+            t.exec_implicit_pxn,
+            t.exec_limits_caught
+        );
+    }
     crate::println!(
         "  {what}: {} comparisons (ok {}, translation {}, access flag {}, permission {}), 0 mismatches",
         k.iter().sum::<usize>(),
@@ -448,7 +588,7 @@ fn kernel_layouts() -> Result<(), String> {
         // with_live frees the tables the teardown detaches, after the flush.
         let tally = kmap::with_live(|l| -> Result<Tally, String> {
             let lay = build(l, &mut r, TEST_WINDOW, SLOTS, false, levels.clone(), round)?;
-            let c = compare(l.t, &mut r, &lay, SAMPLES);
+            let c = compare(l.t, &mut r, &lay, SAMPLES, true);
             teardown(l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x}: {e}"))
         })?;
@@ -456,7 +596,7 @@ fn kernel_layouts() -> Result<(), String> {
     }
     let pt_after = frame::stats().by_owner[Owner::PageTable as usize];
     ensure!(pt_after == pt_before, "kernel page-table frames {pt_before} -> {pt_after}");
-    check_coverage(&total, "TTBR1")
+    check_coverage(&total, "TTBR1", true)
 }
 
 fn user_layouts() -> Result<(), String> {
@@ -482,7 +622,7 @@ fn user_layouts() -> Result<(), String> {
             let daif = cpu::irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
             unsafe { cpu::switch_ttbr0(root.0 | ((asid as u64) << 48)) };
-            let c = compare(l.t, &mut r, &lay, SAMPLES);
+            let c = compare(l.t, &mut r, &lay, SAMPLES, false);
             // SAFETY: back to the empty table.
             unsafe { cpu::switch_ttbr0(empty.0) };
             cpu::irq_restore(daif);
@@ -500,5 +640,5 @@ fn user_layouts() -> Result<(), String> {
     }
     let pt_after = frame::stats().by_owner[Owner::PageTable as usize];
     ensure!(pt_after == pt_before, "page-table frames {pt_before} -> {pt_after}");
-    check_coverage(&total, "TTBR0 with ASIDs")
+    check_coverage(&total, "TTBR0 with ASIDs", false)
 }

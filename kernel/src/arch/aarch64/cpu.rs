@@ -117,6 +117,21 @@ pub fn dcache_clean_poc(addr: u64, len: u64) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Makes instructions written through the data side at `[addr, addr+len)`
+/// visible to this CPU's instruction fetches, at any VA that maps them:
+/// clean to the point of unification, then invalidate the whole local
+/// instruction cache (an aliasing one may hold other VAs of the same PA).
+pub fn sync_icache_local(addr: u64, len: u64) {
+    let mut a = addr & !63;
+    while a < addr + len {
+        // SAFETY: cleaning a cache line does not change memory contents.
+        unsafe { asm!("dc cvau, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += 64;
+    }
+    // SAFETY: barriers and instruction cache invalidation only.
+    unsafe { asm!("dsb ish", "ic iallu", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+}
+
 /// Waits for an event.
 #[inline(always)]
 pub fn wfe() {
