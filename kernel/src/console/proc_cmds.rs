@@ -6,13 +6,12 @@ use alloc::string::String;
 use core::fmt::Write;
 
 use super::commands::{CmdResult, Outcome};
-use crate::arch::aarch64::cpu::AtOp;
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mm_struct::MmapLocked;
-use crate::mm::pgtable::{Expected, Translation, expected_access_hw};
+use crate::mm::pgtable::Translation;
 use crate::proc::{self, MmapArgs, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
@@ -291,30 +290,34 @@ fn walk(p: &str, r: &str) -> CmdResult {
 }
 
 fn atcheck(p: &str, r: &str) -> CmdResult {
+    use crate::mm::pgtable::atcheck::{self, Access, Request};
     let (va, len) = proc::range(p, r)?;
-    let pages: alloc::vec::Vec<(u64, Translation)> = proc::with_tables(p, |_, t| {
-        let mut v = va & !(PAGE_SIZE - 1);
-        let mut out = alloc::vec::Vec::new();
-        while v < va + len {
-            out.push((v, t.translate(VirtAddr(v))));
-            v += PAGE_SIZE;
-        }
-        out
-    })?;
+    // The walker's view and what the VMA asks for, page by page.
+    let pages: alloc::vec::Vec<(u64, (Translation, crate::mm::desc::TableAttrs), Request)> =
+        proc::with_tables(p, |proc_, t| {
+            let lock = proc_.mm.mmap_read_lock();
+            let mut v = va & !(PAGE_SIZE - 1);
+            let mut out = alloc::vec::Vec::new();
+            while v < va + len {
+                out.push((v, t.translate_with_limits(VirtAddr(v)), Request::for_vma(lock.vmas().find(v))));
+                v += PAGE_SIZE;
+            }
+            out
+        })?;
     let mismatch = proc::with_ttbr0(p, || {
         let hw = crate::arch::aarch64::cpu::hw_updates();
-        for (v, tr) in &pages {
-            for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
-                let want = expected_access_hw(tr, true, write, hw);
-                let got = crate::test::at_outcome(op, *v);
-                if want != got {
-                    return Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
+        for (v, walked, req) in &pages {
+            if let Err(m) = atcheck::check_exec(walked, req) {
+                return Some(alloc::format!("{v:#x}: {m}"));
+            }
+            for access in Access::EL0 {
+                if let Err(m) = atcheck::check(walked, req, access, hw, atcheck::observe(access, *v)) {
+                    return Some(alloc::format!("{v:#x}: {m}"));
                 }
             }
         }
         None
     })?;
-    let _ = Expected::Ok;
     Ok(Outcome::Assert(match mismatch {
         None => Ok(()),
         Some(m) => Err(m),

@@ -194,6 +194,24 @@ impl Desc {
         Desc((table.0 & OA_MASK) | 0b11)
     }
 
+    /// A table descriptor pointing at `table` that limits everything below
+    /// it by `limits` (hierarchical permissions).
+    pub fn table_with(table: PhysAddr, limits: TableAttrs) -> Desc {
+        Desc(Self::table(table).0 | limits.bits())
+    }
+
+    /// The hierarchical limits a table descriptor puts on what it points to.
+    pub fn table_attrs(self) -> TableAttrs {
+        let r = self.reg();
+        let ap = r.read(STAGE1::AP_TABLE);
+        TableAttrs {
+            no_el0: ap & 1 != 0,
+            read_only: ap & 2 != 0,
+            uxn: r.is_set(STAGE1::UXN_TABLE),
+            pxn: r.is_set(STAGE1::PXN_TABLE),
+        }
+    }
+
     /// A leaf (page at level 3, block above) for `pa` with `attrs`.
     pub fn leaf(pa: PhysAddr, level: u32, attrs: LeafAttrs) -> Desc {
         let ty = if level == 3 { 0b11 } else { 0b01 };
@@ -295,6 +313,48 @@ impl Desc {
     }
 }
 
+/// What a table descriptor forbids for every entry below it (Arm ARM
+/// "Hierarchical control of data access permissions": APTable, UXNTable,
+/// PXNTable). Limits only ever add up on the way down a walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableAttrs {
+    /// APTable[0]: no access from EL0.
+    pub no_el0: bool,
+    /// APTable[1]: no write access at any EL.
+    pub read_only: bool,
+    /// UXNTable: never executable at EL0.
+    pub uxn: bool,
+    /// PXNTable: never executable at EL1.
+    pub pxn: bool,
+}
+
+impl TableAttrs {
+    /// No limits (what the kernel's own tables use).
+    pub const NONE: TableAttrs = TableAttrs { no_el0: false, read_only: false, uxn: false, pxn: false };
+
+    /// The limits of a walk that went through `self` and then `next`.
+    pub fn and_then(self, next: TableAttrs) -> TableAttrs {
+        TableAttrs {
+            no_el0: self.no_el0 || next.no_el0,
+            read_only: self.read_only || next.read_only,
+            uxn: self.uxn || next.uxn,
+            pxn: self.pxn || next.pxn,
+        }
+    }
+
+    pub fn bits(self) -> u64 {
+        let mut r: LocalRegisterCopy<u64, STAGE1::Register> = LocalRegisterCopy::new(0);
+        r.modify(STAGE1::AP_TABLE.val(self.no_el0 as u64 | (self.read_only as u64) << 1));
+        if self.uxn {
+            r.modify(STAGE1::UXN_TABLE::SET);
+        }
+        if self.pxn {
+            r.modify(STAGE1::PXN_TABLE::SET);
+        }
+        r.get()
+    }
+}
+
 /// AP[2]: read-only at every EL.
 pub const AP_RDONLY: u64 = 1 << 7;
 /// AP[1]: EL0 access.
@@ -330,6 +390,31 @@ pub enum MemType {
     NormalNonCacheable,
     DeviceNGnRnE,
     DeviceNGnRE,
+}
+
+impl MemType {
+    /// The MAIR attribute byte this type stands for, which `AT` reports in
+    /// PAR_EL1.ATTR (Linux's `MT_*` encodings), independent of the index a
+    /// descriptor uses to name it.
+    pub const fn mair_attr(self) -> u8 {
+        match self {
+            MemType::Normal => 0xff,
+            MemType::NormalNonCacheable => 0x44,
+            MemType::DeviceNGnRnE => 0x00,
+            MemType::DeviceNGnRE => 0x04,
+        }
+    }
+
+    /// The shareability `AT` reports (PAR_EL1.SH) for this type when the
+    /// kernel asks for Inner Shareable Normal memory: Device and
+    /// Non-cacheable memory always reads as Outer Shareable (0b10), cacheable
+    /// Normal memory as Inner Shareable (0b11).
+    pub const fn par_shareability(self) -> u8 {
+        match self {
+            MemType::Normal => 0b11,
+            _ => 0b10,
+        }
+    }
 }
 
 /// Attributes for a new leaf, built by name rather than by bit.
@@ -446,6 +531,28 @@ mod tests {
         assert_eq!(t.0 & 0b11, 0b11, "page");
         let p = t.perms();
         assert!(p.read_only && !p.pxn && p.uxn);
+    }
+
+    #[test]
+    fn table_attrs_round_trip_at_their_architected_bits() {
+        let pa = PhysAddr(0x4123_4000);
+        assert_eq!(Desc::table_with(pa, TableAttrs::NONE), Desc::table(pa));
+        for bits in 0..16u8 {
+            let a =
+                TableAttrs { no_el0: bits & 1 != 0, read_only: bits & 2 != 0, uxn: bits & 4 != 0, pxn: bits & 8 != 0 };
+            let d = Desc::table_with(pa, a);
+            assert_eq!(d.kind(1, G), Kind::Table(pa), "{a:?} must not disturb the address");
+            assert_eq!(d.table_attrs(), a);
+            // APTable = bits 62:61, UXNTable = 60, PXNTable = 59 (Arm ARM D8.3.1).
+            assert_eq!(d.0 >> 61 & 1 == 1, a.no_el0);
+            assert_eq!(d.0 >> 62 & 1 == 1, a.read_only);
+            assert_eq!(d.0 >> 60 & 1 == 1, a.uxn);
+            assert_eq!(d.0 >> 59 & 1 == 1, a.pxn);
+        }
+        let up = TableAttrs { no_el0: true, ..TableAttrs::NONE };
+        let down = TableAttrs { read_only: true, pxn: true, ..TableAttrs::NONE };
+        assert_eq!(up.and_then(down), TableAttrs { no_el0: true, read_only: true, uxn: false, pxn: true });
+        assert_eq!(down.and_then(TableAttrs::NONE), down, "a lower table cannot lift a limit");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A walk visits, in address order, every entry of the tables under
 //! `[start, end)`: table entries before what they point to, block and page
-//! leaves, and non-present entries, through [`PageWalkOps::entry`]; empty
+//! leaves, and non-present entries, through [`PageWalkOps::entry`] (each
+//! with the hierarchical limits of the table entries above it); empty
 //! entries go to [`PageWalkOps::pte_hole`] (depth = level; -1 for a hole
 //! between VMAs, as in Linux). A callback returns a [`Step`]: go on
 //! (descending into tables), skip a table's subtree, or stop - `Stop(n)` with
@@ -60,7 +61,7 @@
 //! ```
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{Desc, Kind};
+use super::desc::{Desc, Kind, TableAttrs};
 use super::granule::{GRANULE, Granule, START_LEVEL, USER_START_LEVEL};
 use super::mm_struct::Vma;
 pub use super::mm_struct::{KernelPgtableLocked, MmapLocked, MmapWriteGuard};
@@ -121,7 +122,7 @@ fn walk_tables<M: TableMemory + ?Sized>(
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
     let base = if start >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 };
-    walk_table(mem, g, root, start_level, base, start, end, ops)
+    walk_table(mem, g, root, start_level, base, start, end, TableAttrs::NONE, ops)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -133,6 +134,7 @@ fn walk_table<M: TableMemory + ?Sized>(
     base: u64,
     start: u64,
     end: u64,
+    limits: TableAttrs,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
     let size = g.level_size(level);
@@ -154,14 +156,14 @@ fn walk_table<M: TableMemory + ?Sized>(
             }
             continue;
         }
-        let step = ops.entry(&Entry { va: VirtAddr(va), level, desc: d, kind, size });
+        let step = ops.entry(&Entry { va: VirtAddr(va), level, desc: d, kind, size, limits });
         match step {
             Step::Stop(n) => return n,
             Step::SkipSubtree => continue,
             Step::Continue => {}
         }
         if let (Kind::Table(next), true) = (kind, level < 3) {
-            let r = walk_table(mem, g, next, level + 1, va, lo, hi, ops);
+            let r = walk_table(mem, g, next, level + 1, va, lo, hi, limits.and_then(d.table_attrs()), ops);
             if r != 0 {
                 return r;
             }
@@ -324,6 +326,45 @@ mod tests {
         // Tables come before their contents.
         let pos = |va, lvl| r.entries.iter().position(|e| e.0 == va && e.1 == lvl).unwrap();
         assert!(pos(0x60_0000, 2) < pos(0x60_0000, 3));
+    }
+
+    #[test]
+    fn entries_carry_the_limits_of_the_tables_above() {
+        let (mut mem, root) = setup();
+        let up = TableAttrs { no_el0: true, ..TableAttrs::NONE };
+        let down = TableAttrs { read_only: true, uxn: true, ..TableAttrs::NONE };
+        {
+            let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
+            struct NoFlush;
+            impl crate::mm::pgtable::TlbFlush for NoFlush {
+                fn publish(&mut self) {}
+                fn flush(&mut self, _: u64, _: u64, _: Option<u16>, _: bool) {}
+            }
+            let mut fl = NoFlush;
+            let mut l = crate::mm::pgtable::live::Live::new(&mut t, None, &mut fl);
+            l.limit_table(0, 0, up).unwrap();
+            l.limit_table(0x60_0000, 2, down).unwrap();
+            let _ = l.finish();
+        }
+        #[derive(Default)]
+        struct Lim(Vec<(u64, u32, TableAttrs)>);
+        impl PageWalkOps for Lim {
+            fn entry(&mut self, e: &Entry) -> Step {
+                self.0.push((e.va.0, e.level, e.limits));
+                Step::Continue
+            }
+        }
+        let mut w = Lim::default();
+        walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut w);
+        let at = |va, lvl| w.0.iter().find(|e| e.0 == va && e.1 == lvl).unwrap().2;
+        assert_eq!(at(0, 0), TableAttrs::NONE, "a table entry's own limits are not above it");
+        assert_eq!(at(0, 1), up);
+        assert_eq!(at(0x40_0000, 2), up, "the 2M block under the level-0 limits only");
+        assert_eq!(at(0x60_0000, 2), up, "the level-2 table entry itself");
+        assert_eq!(at(0x60_1000, 3), up.and_then(down));
+        // The walk and the translation agree on the limits.
+        let t = Tables::new(root, Granule::K4, 0, &mut mem);
+        assert_eq!(t.translate_with_limits(VirtAddr(0x60_1000)).1, at(0x60_1000, 3));
     }
 
     #[test]

@@ -316,54 +316,57 @@ fn mmio_device() -> Result<(), String> {
     Ok(())
 }
 
-/// The software walk and the MMU's own `AT` agree on a sample of kernel
-/// addresses (every page of the image, samples of the linear map, holes).
+/// The MMU's own `AT` agrees with the software walk and with what the
+/// kernel asked its tables to map ([`kmap::image_sections`], the linear map
+/// of RAM read-write, the UART as Device-nGnRE, nothing elsewhere) on a
+/// sample of kernel addresses: every page of the image, samples of the
+/// linear map, the UART, holes. Memory type and shareability come from
+/// PAR_EL1.
 fn walker_vs_at() -> Result<(), String> {
-    let mut addrs = alloc::vec::Vec::new();
-    let mut a = sym_addr!(__kernel_start);
-    while a < sym_addr!(__kernel_end) {
-        addrs.push(a + 0x18);
-        a += PAGE_SIZE;
+    use crate::mm::desc::{LeafAttrs, TableAttrs};
+    use crate::mm::pgtable::atcheck::{self, Access, Request};
+    let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE };
+    let mut addrs: alloc::vec::Vec<(u64, Request)> = alloc::vec::Vec::new();
+    for (_, lo, hi, attrs) in kmap::image_sections() {
+        let mut a = lo & !(PAGE_SIZE - 1);
+        while a < hi {
+            addrs.push((a + 0x18, exact(kmap::kimage_to_phys(a + 0x18).0, attrs)));
+            a += PAGE_SIZE;
+        }
     }
     for r in &boot().board.ram {
         let step = (r.size() / 64).max(PAGE_SIZE) & !(PAGE_SIZE - 1);
         let mut p = r.start.0;
         while p < r.end.0 {
-            addrs.push(phys_to_virt(PhysAddr(p)).0 + 8);
+            addrs.push((phys_to_virt(PhysAddr(p)).0 + 8, exact(p + 8, LeafAttrs::KERNEL_RW)));
             p += step;
         }
-        addrs.push(phys_to_virt(PhysAddr(r.end.0)).0);
+        addrs.push((phys_to_virt(PhysAddr(r.end.0)).0, Request::Unmapped));
     }
-    addrs.extend([0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000]);
+    if let Some(u) = boot().board.uart.as_ref() {
+        let pa = u.regs[0].start.0;
+        addrs.push((io_virt(PhysAddr(pa)).0, exact(pa, LeafAttrs::KERNEL_DEVICE)));
+    }
+    for hole in [0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000] {
+        addrs.push((hole, Request::Unmapped));
+    }
+    let hw = cpu::hw_updates();
     let mut mismatches = 0;
     let mut first = String::new();
-    for &va in &addrs {
-        for (op, write) in [(AtOp::S1E1R, false), (AtOp::S1E1W, true)] {
-            let sw = kmap::with_tables(|t| t.translate(VirtAddr(va)));
-            let hw = cpu::at(op, va);
-            let agree = match (sw, hw) {
-                (Translation::Mapped { pa, desc, .. }, AtResult::Ok { pa: hpa, .. }) => {
-                    pa.0 == hpa && !(write && desc.perms().read_only)
-                }
-                (Translation::Mapped { desc, level, .. }, AtResult::Fault { fst, .. }) => {
-                    write
-                        && desc.perms().read_only
-                        && FaultStatus::from_fsc(fst) == FaultStatus::Permission(level as i8)
-                }
-                (Translation::Fault { level, .. }, AtResult::Fault { fst, .. }) => {
-                    FaultStatus::from_fsc(fst) == FaultStatus::Translation(level as i8)
-                }
-                _ => false,
-            };
-            if !agree {
-                mismatches += 1;
-                if first.is_empty() {
-                    first = alloc::format!("{va:#x} {op:?}: walker {sw:?}, AT {hw:?}");
-                }
+    for (va, req) in &addrs {
+        let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr(*va)));
+        let mut r = atcheck::check_exec(&walked, req);
+        for access in [Access { el0: false, write: false }, Access { el0: false, write: true }] {
+            r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, *va)));
+        }
+        if let Err(m) = r {
+            mismatches += 1;
+            if first.is_empty() {
+                first = alloc::format!("{va:#x}: {m}");
             }
         }
     }
-    ensure!(mismatches == 0, "{mismatches} of {} checks disagree; first: {first}", addrs.len() * 2);
+    ensure!(mismatches == 0, "{mismatches} of {} addresses disagree; first: {first}", addrs.len());
     Ok(())
 }
 

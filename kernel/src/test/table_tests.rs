@@ -6,18 +6,19 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::Test;
-use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
+use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::{probe_read_u8, probe_write_u8};
 use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::LeafAttrs;
+use crate::mm::desc::{LeafAttrs, TableAttrs};
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
 use crate::mm::layout::TEST_WINDOW;
-use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation, expected_access};
+use crate::mm::pgtable::atcheck::{self, Access, Request};
+use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
 
 pub static TESTS: &[Test] = &[
     Test { name: "tables_split_collapse_block_live", f: split_collapse_block },
@@ -139,29 +140,32 @@ fn walk(va: u64) -> Translation {
     kmap::with_tables(|t| t.translate(VirtAddr(va)))
 }
 
-/// The software walk and `AT` agree for EL1 read and write at `va`.
-pub fn agree(va: u64) -> Result<(), String> {
-    let t = walk(va);
-    for (op, write) in [(AtOp::S1E1R, false), (AtOp::S1E1W, true)] {
-        let want = expected_access(&t, false, write);
-        let got = at_outcome(op, va);
-        ensure!(want == got, "{va:#x} {op:?}: walker expects {want:?}, AT says {got:?}");
+/// `AT` at `va` agrees with the software walk and with `want`, what the
+/// test asked the tables to map there, for EL1 and EL0 reads and writes.
+pub fn agree(va: u64, want: Request) -> Result<(), String> {
+    let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr(va)));
+    atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
+    for access in Access::ALL {
+        let par = atcheck::observe(access, va);
+        atcheck::check(&walked, &want, access, cpu::hw_updates(), par).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     }
     Ok(())
 }
 
+/// Kernel memory at `pa` as `attrs` asked, with no table limits.
+fn asked(pa: u64, attrs: LeafAttrs) -> Request {
+    Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE }
+}
+
 /// `AT` as an [`Expected`] value.
 pub fn at_outcome(op: AtOp, va: u64) -> Expected {
-    match cpu::at(op, va) {
-        AtResult::Ok { pa, .. } => Expected::Ok(PhysAddr(pa)),
-        AtResult::Fault { fst, .. } => match FaultStatus::from_fsc(fst) {
-            FaultStatus::Translation(l) => Expected::Translation(l.max(0) as u32),
-            FaultStatus::AccessFlag(l) => Expected::AccessFlag(l.max(0) as u32),
-            FaultStatus::Permission(l) => Expected::Permission(l.max(0) as u32),
-            // Anything else is never expected: make it a mismatch.
-            _ => Expected::Translation(99),
-        },
-    }
+    let access = match op {
+        AtOp::S1E1R => Access { el0: false, write: false },
+        AtOp::S1E1W => Access { el0: false, write: true },
+        AtOp::S1E0R => Access { el0: true, write: false },
+        AtOp::S1E0W => Access { el0: true, write: true },
+    };
+    atcheck::observe(access, va).outcome
 }
 
 fn level_of(va: u64) -> Option<u32> {
@@ -200,12 +204,12 @@ fn split_collapse_block() -> Result<(), String> {
         ensure!(level_of(va) == Some(2), "not mapped as a level-2 block");
         let probes: Vec<u64> = (0..8).map(|i| va + i * (blk / 8) + 0x18).collect();
         for &p in &probes {
-            agree(p)?;
+            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         kmap::with_live(|l| l.split(va + 5 * PAGE_SIZE, 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
         ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
         for &p in &probes {
-            agree(p)?;
+            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         // Every page still maps the same physical memory.
         for i in (0..blk / PAGE_SIZE).step_by(97) {
@@ -215,7 +219,7 @@ fn split_collapse_block() -> Result<(), String> {
         kmap::with_live(|l| l.collapse(va, 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
         for &p in &probes {
-            agree(p)?;
+            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         Ok(())
     })();
@@ -241,7 +245,8 @@ fn contiguous_run() -> Result<(), String> {
                 Translation::Mapped { desc, .. } => ensure!(desc.contiguous(), "page {i} lacks the contiguous bit"),
                 t => return Err(alloc::format!("page {i}: {t:?}")),
             }
-            agree(va + i * PAGE_SIZE + 8)?;
+            let run = LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW };
+            agree(va + i * PAGE_SIZE + 8, asked(pa.0 + i * PAGE_SIZE + 8, run))?;
             // SAFETY: our own test frames.
             unsafe { probe_write_u8(va + i * PAGE_SIZE, i as u8) }
                 .map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
@@ -280,7 +285,7 @@ fn protect_unmap() -> Result<(), String> {
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
         kmap::with_live(|l| l.protect(va + PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
-        agree(va + PAGE_SIZE)?;
+        agree(va + PAGE_SIZE, asked(pa.0 + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
         // SAFETY: must fault.
         let (esr, _) =
             unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;

@@ -64,9 +64,19 @@ pub enum AtOp {
     S1E0W,
 }
 
-/// Asks the MMU to translate `va`, with interrupts masked so that PAR_EL1
-/// cannot be clobbered between the `AT` and its read.
+/// Asks the MMU to translate `va`; see [`at_par`].
 pub fn at(op: AtOp, va: u64) -> AtResult {
+    let par = at_par(op, va);
+    if par & 1 == 0 {
+        AtResult::Ok { pa: (par & 0x0000_ffff_ffff_f000) | (va & 0xfff), attr: (par >> 56) as u8 }
+    } else {
+        AtResult::Fault { fst: ((par >> 1) & 0x3f) as u8, s2: par & (1 << 9) != 0 }
+    }
+}
+
+/// PAR_EL1 after `AT op` on `va`, with interrupts masked so that PAR_EL1
+/// cannot be clobbered between the `AT` and its read.
+pub fn at_par(op: AtOp, va: u64) -> u64 {
     let par: u64;
     // SAFETY: AT only writes PAR_EL1, which is read back before DAIF is restored.
     unsafe {
@@ -91,11 +101,7 @@ pub fn at(op: AtOp, va: u64) -> AtResult {
             AtOp::S1E0W => at_asm!("s1e0w"),
         }
     }
-    if par & 1 == 0 {
-        AtResult::Ok { pa: (par & 0x0000_ffff_ffff_f000) | (va & 0xfff), attr: (par >> 56) as u8 }
-    } else {
-        AtResult::Fault { fst: ((par >> 1) & 0x3f) as u8, s2: par & (1 << 9) != 0 }
-    }
+    par
 }
 
 /// Cleans the cache line(s) holding `[addr, addr+len)` to the point of
@@ -109,6 +115,21 @@ pub fn dcache_clean_poc(addr: u64, len: u64) {
     }
     // SAFETY: barrier only.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Makes instructions written through the data side at `[addr, addr+len)`
+/// visible to this CPU's instruction fetches, at any VA that maps them:
+/// clean to the point of unification, then invalidate the whole local
+/// instruction cache (an aliasing one may hold other VAs of the same PA).
+pub fn sync_icache_local(addr: u64, len: u64) {
+    let mut a = addr & !63;
+    while a < addr + len {
+        // SAFETY: cleaning a cache line does not change memory contents.
+        unsafe { asm!("dc cvau, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += 64;
+    }
+    // SAFETY: barriers and instruction cache invalidation only.
+    unsafe { asm!("dsb ish", "ic iallu", "dsb nsh", "isb", options(nostack, preserves_flags)) };
 }
 
 /// Waits for an event.

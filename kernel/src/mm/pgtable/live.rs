@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 
 use super::{MapError, TableMemory, Tables};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::{Desc, Kind, needs_break_before_make};
+use crate::mm::desc::{Desc, Kind, TableAttrs, needs_break_before_make};
 
 /// TLB maintenance, done for real by the kernel and recorded by host tests.
 pub trait TlbFlush {
@@ -160,6 +160,27 @@ impl<'a, 'm, M: TableMemory> Live<'a, 'm, M> {
         if old.is_valid() && !bbm {
             // A live-safe change (permissions): old TLB entries must still go.
             self.push_pending(va, va.wrapping_add(size));
+        }
+        Ok(())
+    }
+
+    /// Sets the hierarchical limits (APTable, UXNTable, PXNTable) of the
+    /// level-`level` table entry covering `va`. Like a permission change this
+    /// needs no break-before-make, but walk caches hold table entries, so the
+    /// range is flushed with a non-leaf TLBI.
+    pub fn limit_table(&mut self, va: u64, level: u32, limits: TableAttrs) -> Result<(), MapError> {
+        let size = self.t.granule.level_size(level);
+        let va = va & !(size - 1);
+        let (table, idx) = self.slot(va, level)?;
+        let old = self.t.read(table, idx);
+        let Kind::Table(child) = old.kind(level, self.t.granule) else {
+            return Err(MapError::NotMapped { va: VirtAddr(va), level });
+        };
+        let new = Desc::table_with(child, limits);
+        if new != old {
+            self.t.write(table, idx, new);
+            self.push_pending(va, va.wrapping_add(size));
+            self.pending_tables = true;
         }
         Ok(())
     }
@@ -424,7 +445,7 @@ mod tests {
     use super::super::host::HostMem;
     use super::super::{LeafSizes, Translation};
     use super::*;
-    use crate::mm::desc::LeafAttrs;
+    use crate::mm::desc::{LeafAttrs, TableAttrs};
     use crate::mm::granule::Granule;
     use std::vec;
     use std::vec::Vec;
@@ -470,6 +491,34 @@ mod tests {
         }
         // BBM: exactly one flush for the block's range, with the ASID, before the table went in.
         assert_eq!(rec.flushes[0], (0x4000_0000, 2 * MIB, Some(7), true));
+    }
+
+    #[test]
+    fn table_limits_accumulate_down_the_walk_and_flush_walk_caches() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr(0x4020_0000), PhysAddr(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut l = Live::new(&mut t, Some(3), &mut rec);
+        let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
+        let down = TableAttrs { read_only: true, ..TableAttrs::NONE };
+        l.limit_table(0x4000_0000, 1, up).unwrap();
+        l.limit_table(0x4000_1000, 2, down).unwrap();
+        assert_eq!(
+            l.limit_table(0x4000_0000, 3, down),
+            Err(MapError::NotMapped { va: VirtAddr(0x4000_0000), level: 3 }),
+            "a leaf is not a table"
+        );
+        let _ = l.finish();
+        let (tr, lim) = t.translate_with_limits(VirtAddr(0x4000_1008));
+        assert!(matches!(tr, Translation::Mapped { level: 3, .. }));
+        assert_eq!(lim, up.and_then(down));
+        // The level-1 limits cover the neighbouring 2M; the level-2 ones do not.
+        assert_eq!(t.translate_with_limits(VirtAddr(0x4020_0000)).1, up);
+        assert_eq!(t.translate_with_limits(VirtAddr(0x8000_0000)).1, TableAttrs::NONE);
+        // One flush over both changed ranges, walk caches included.
+        assert_eq!(rec.flushes, [(0x4000_0000, 1 << 30, Some(3), false)]);
     }
 
     #[test]

@@ -10,11 +10,12 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+pub mod atcheck;
 pub mod live;
 pub use live::{Detached, TlbFlush};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{Desc, Kind, LeafAttrs, needs_break_before_make};
+use super::desc::{Desc, Kind, LeafAttrs, TableAttrs, needs_break_before_make};
 use super::granule::Granule;
 
 /// Where table pages come from and how to reach them.
@@ -95,6 +96,9 @@ pub struct WalkEntry {
     pub kind: Kind,
     /// Bytes this entry covers.
     pub size: u64,
+    /// The hierarchical limits of the table entries above this one (for a
+    /// table entry, not including its own): what they take away from a leaf.
+    pub limits: TableAttrs,
 }
 
 /// Result of a software translation.
@@ -202,16 +206,26 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 
     /// Software translation of `va` (what the MMU would do, without TLBs).
     pub fn translate(&self, va: VirtAddr) -> Translation {
+        self.translate_with_limits(va).0
+    }
+
+    /// [`Self::translate`], with the hierarchical limits (APTable, UXNTable,
+    /// PXNTable) of every table descriptor the walk went through.
+    pub fn translate_with_limits(&self, va: VirtAddr) -> (Translation, TableAttrs) {
         let mut table = self.root;
+        let mut limits = TableAttrs::NONE;
         for level in self.start_level..=3 {
             let d = self.read(table, self.granule.index(va.0, level));
             match d.kind(level, self.granule) {
-                Kind::Table(next) if level < 3 => table = next,
+                Kind::Table(next) if level < 3 => {
+                    table = next;
+                    limits = limits.and_then(d.table_attrs());
+                }
                 Kind::Leaf(base) => {
                     let off = va.0 & (self.granule.level_size(level) - 1);
-                    return Translation::Mapped { pa: base.add(off), level, desc: d };
+                    return (Translation::Mapped { pa: base.add(off), level, desc: d }, limits);
                 }
-                _ => return Translation::Fault { level, desc: d },
+                _ => return (Translation::Fault { level, desc: d }, limits),
             }
         }
         unreachable!("level 3 always returns")
@@ -443,20 +457,29 @@ mod tests {
     }
 }
 
-/// What an access should do, derived from the software walk (with hardware
-/// access-flag updates off, as pagelab runs by default): the PA, or the
-/// fault the MMU must raise. This is the oracle the AT checks compare with.
+/// What an access should do, derived from the software walk: the PA, or
+/// the fault the MMU must raise. This is the oracle the AT checks compare with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expected {
     Ok(PhysAddr),
     Translation(u32),
     AccessFlag(u32),
     Permission(u32),
+    /// A fault the model never predicts (its fault status code), as `AT`
+    /// may report one.
+    Other(u8),
 }
 
-/// The expected outcome of an EL0/EL1 read/write of a VA that translated as `t`.
-pub fn expected_access(t: &Translation, el0: bool, write: bool) -> Expected {
-    expected_access_hw(t, el0, write, HwUpdates::default())
+impl core::fmt::Display for Expected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Expected::Ok(pa) => write!(f, "PA {:#x}", pa.0),
+            Expected::Translation(l) => write!(f, "translation fault, level {l}"),
+            Expected::AccessFlag(l) => write!(f, "access flag fault, level {l}"),
+            Expected::Permission(l) => write!(f, "permission fault, level {l}"),
+            Expected::Other(fsc) => write!(f, "fault status {fsc:#04x}"),
+        }
+    }
 }
 
 /// Which descriptor updates the MMU makes itself (TCR_EL1.HA / HD).
@@ -469,8 +492,12 @@ pub struct HwUpdates {
     pub dirty: bool,
 }
 
-/// [`expected_access`] on a CPU that makes the updates `hw` says.
-pub fn expected_access_hw(t: &Translation, el0: bool, write: bool, hw: HwUpdates) -> Expected {
+/// The outcome of an EL0/EL1 read/write of a VA that translated as `t`
+/// under the table limits `limits`, on a CPU that makes the updates `hw`.
+/// An access-flag fault comes before a permission fault (Arm ARM fault
+/// priority); the limits only take permissions away: APTable[0] EL0 access,
+/// APTable[1] write access at every EL, and a leaf's DBM cannot lift that.
+pub fn expected_access(t: &Translation, limits: TableAttrs, el0: bool, write: bool, hw: HwUpdates) -> Expected {
     match *t {
         Translation::Fault { level, .. } => Expected::Translation(level),
         Translation::Mapped { pa, level, desc } => {
@@ -478,14 +505,30 @@ pub fn expected_access_hw(t: &Translation, el0: bool, write: bool, hw: HwUpdates
                 return Expected::AccessFlag(level);
             }
             let p = desc.perms();
-            let writable = !p.read_only || (hw.dirty && desc.dbm());
+            let writable = (!p.read_only || (hw.dirty && desc.dbm())) && !limits.read_only;
+            let el0_ok = p.el0 && !limits.no_el0;
             let allowed = match (el0, write) {
                 (false, false) => true,
                 (false, true) => writable,
-                (true, false) => p.el0,
-                (true, true) => p.el0 && writable,
+                (true, false) => el0_ok,
+                (true, true) => el0_ok && writable,
             };
             if allowed { Expected::Ok(pa) } else { Expected::Permission(level) }
+        }
+    }
+}
+
+/// Who may execute from a VA that translated as `t` under `limits`
+/// (`(el1, el0)`). `AT` cannot tell, so this is checked against the request
+/// only. Memory writable at EL0 is never executable at EL1 (Arm ARM:
+/// implicit PXN).
+pub fn expected_exec(t: &Translation, limits: TableAttrs) -> (bool, bool) {
+    match *t {
+        Translation::Fault { .. } => (false, false),
+        Translation::Mapped { desc, .. } => {
+            let p = desc.perms();
+            let el0_writable = p.el0 && !p.read_only && !limits.no_el0 && !limits.read_only;
+            (!p.pxn && !limits.pxn && !el0_writable, !p.uxn && !limits.uxn)
         }
     }
 }
@@ -495,23 +538,89 @@ mod expected_tests {
     use super::*;
     use crate::mm::desc::LeafAttrs;
 
+    const HW_OFF: HwUpdates = HwUpdates { af: false, dirty: false };
+    const NO: TableAttrs = TableAttrs::NONE;
+
     #[test]
     fn expected_access_rules() {
         let ro_user = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW });
         let t = Translation::Mapped { pa: PhysAddr(0x5010), level: 3, desc: ro_user };
-        assert_eq!(expected_access(&t, true, false), Expected::Ok(PhysAddr(0x5010)));
-        assert_eq!(expected_access(&t, true, true), Expected::Permission(3));
-        assert_eq!(expected_access(&t, false, true), Expected::Permission(3));
+        assert_eq!(expected_access(&t, NO, true, false, HW_OFF), Expected::Ok(PhysAddr(0x5010)));
+        assert_eq!(expected_access(&t, NO, true, true, HW_OFF), Expected::Permission(3));
+        assert_eq!(expected_access(&t, NO, false, true, HW_OFF), Expected::Permission(3));
         let kern = Desc::leaf(PhysAddr(0x5000), 2, LeafAttrs::KERNEL_RW);
         let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 2, desc: kern };
-        assert_eq!(expected_access(&t, true, false), Expected::Permission(2), "EL0 cannot read kernel memory");
-        assert_eq!(expected_access(&t, false, true), Expected::Ok(PhysAddr(0x5000)));
+        assert_eq!(
+            expected_access(&t, NO, true, false, HW_OFF),
+            Expected::Permission(2),
+            "EL0 cannot read kernel memory"
+        );
+        assert_eq!(expected_access(&t, NO, false, true, HW_OFF), Expected::Ok(PhysAddr(0x5000)));
         let old = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { af: false, ..LeafAttrs::KERNEL_RW });
         let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 3, desc: old };
-        assert_eq!(expected_access(&t, false, false), Expected::AccessFlag(3));
+        assert_eq!(expected_access(&t, NO, false, false, HW_OFF), Expected::AccessFlag(3));
+        let hw_af = HwUpdates { af: true, dirty: false };
+        assert_eq!(expected_access(&t, NO, false, false, hw_af), Expected::Ok(PhysAddr(0x5000)));
         assert_eq!(
-            expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, false, false),
+            expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, NO, false, false, HW_OFF),
             Expected::Translation(1)
         );
+    }
+
+    /// Every leaf permission under every combination of table limits: a
+    /// limit only ever takes an access away, exactly the one it names.
+    #[test]
+    fn table_limits_take_away_exactly_what_they_name() {
+        let pa = PhysAddr(0x7000);
+        for leaf_bits in 0..4u8 {
+            let attrs = LeafAttrs { el0: leaf_bits & 1 != 0, writable: leaf_bits & 2 != 0, ..LeafAttrs::KERNEL_RW };
+            let t = Translation::Mapped { pa, level: 3, desc: Desc::leaf(pa, 3, attrs) };
+            for lim_bits in 0..16u8 {
+                let lim = TableAttrs {
+                    no_el0: lim_bits & 1 != 0,
+                    read_only: lim_bits & 2 != 0,
+                    uxn: lim_bits & 4 != 0,
+                    pxn: lim_bits & 8 != 0,
+                };
+                for (el0, write) in [(false, false), (false, true), (true, false), (true, true)] {
+                    let leaf_ok = (!el0 || attrs.el0) && (!write || attrs.writable);
+                    let lim_ok = (!el0 || !lim.no_el0) && (!write || !lim.read_only);
+                    let want = if leaf_ok && lim_ok { Expected::Ok(pa) } else { Expected::Permission(3) };
+                    assert_eq!(
+                        expected_access(&t, lim, el0, write, HW_OFF),
+                        want,
+                        "{attrs:?} {lim:?} el0 {el0} w {write}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dbm_cannot_lift_a_read_only_table() {
+        let pa = PhysAddr(0x7000);
+        let clean = Desc::leaf(pa, 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW }).0
+            | crate::mm::desc::DBM_BIT;
+        let t = Translation::Mapped { pa, level: 3, desc: Desc(clean) };
+        let hd = HwUpdates { af: true, dirty: true };
+        assert_eq!(expected_access(&t, NO, true, true, hd), Expected::Ok(pa));
+        let ro = TableAttrs { read_only: true, ..NO };
+        assert_eq!(expected_access(&t, ro, true, true, hd), Expected::Permission(3));
+    }
+
+    #[test]
+    fn exec_rules() {
+        let pa = PhysAddr(0x7000);
+        let m = |a: LeafAttrs| Translation::Mapped { pa, level: 3, desc: Desc::leaf(pa, 3, a) };
+        assert_eq!(expected_exec(&m(LeafAttrs::KERNEL_RX), NO), (true, false));
+        let ux = LeafAttrs { el0: true, writable: false, uexec: true, ..LeafAttrs::KERNEL_RW };
+        assert_eq!(expected_exec(&m(ux), NO), (false, true));
+        assert_eq!(expected_exec(&m(ux), TableAttrs { uxn: true, ..NO }), (false, false));
+        assert_eq!(expected_exec(&m(LeafAttrs::KERNEL_RX), TableAttrs { pxn: true, ..NO }), (false, false));
+        // Writable at EL0: never executable at EL1, unless a table takes EL0's write away.
+        let uw_kx = LeafAttrs { el0: true, writable: true, kexec: true, ..LeafAttrs::KERNEL_RW };
+        assert_eq!(expected_exec(&m(uw_kx), NO), (false, false));
+        assert_eq!(expected_exec(&m(uw_kx), TableAttrs { read_only: true, ..NO }), (true, false));
+        assert_eq!(expected_exec(&Translation::Fault { level: 2, desc: Desc(0) }, NO), (false, false));
     }
 }
