@@ -634,11 +634,19 @@ gate() { # label command...
 run_kernel_tests() { # label log
     local label=$1 log=$2 p f why t=${TIMEOUT_KERNEL:-180}
     TIMEOUT=$t run_qemu_logged "$log" test
-    echo "$log" >>"$LOGDIR/in-kernel-logs"
     final_summary "$log"
     why=$(why_failed "$QSTATUS" "$t" "$log")
     local skipped; skipped=$(tr -d '\r' <"$log" | grep -c '^SKIP ' || true)
+    # Every test the kernel announced has its verdict line, and invariants one more.
+    local announced verdicts
+    announced=$({ tr -d '\r' <"$log" | sed -n 's/^running \([0-9]*\) in-kernel tests$/\1/p' | head -n 1; } || true)
+    verdicts=$(tr -d '\r' <"$log" | grep -cE '^(PASS [A-Za-z0-9_]+|SKIP [A-Za-z0-9_]+: .*|FAIL [A-Za-z0-9_]+: .*)$' || true)
+    if [[ -z $why && ( -z $announced || $verdicts -ne $((announced + 1)) ) ]]; then
+        why="$verdicts verdict lines for ${announced:-an unannounced number of} tests and invariants"
+    fi
     if [[ -z $why ]]; then
+        # Only a sound run's PASS lines count for the SKIP coverage check.
+        echo "$log" >>"$LOGDIR/in-kernel-logs"
         record "$SUM_P" 0 "$label" "($SUM_P passed, $skipped skipped)"
     else
         p=${SUM_P:-$(tr -d '\r' <"$log" | grep -c '^PASS ' || true)}
@@ -722,7 +730,7 @@ test_script() { # file smp should_fail
         got=$(failing_lines "$log")
         if [[ -z $want ]]; then
             record 0 1 "$label" "(no '# expect-fail: N ...' first line)"
-        elif [[ $QSTATUS -eq 1 && -n $SUM_P && $SUM_F -gt 0 && $got == "$want" ]]; then
+        elif [[ $QSTATUS -eq 1 && -n $SUM_P && $SUM_F -eq $(wc -w <<<"$want") && $got == "$want" ]]; then
             record 1 0 "$label" "(failed as declared: lines $want)"
         else
             # (why is empty only for a run that passed outright.)
@@ -880,7 +888,11 @@ test_board() { # board [kernel-only]
     local scn
     [[ ${2:-} == kernel-only ]] && { BOARD=$prev; return 0; }
     for scn in processes-basic cow-basic cow-selftests only-4K/memfd-shmem; do
-        [[ -e tests/scripts/$scn.scn ]] && APPEND_TAG=$BOARD job test_script "tests/scripts/$scn.scn" 4 0
+        if [[ -e tests/scripts/$scn.scn ]]; then
+            APPEND_TAG=$BOARD job test_script "tests/scripts/$scn.scn" 4 0
+        else
+            job record 0 1 "script[$BOARD,$scn]" "(tests/scripts/$scn.scn is missing)"
+        fi
     done
     job test_console_input "$BOARD,pl011" stdout-path interrupt
     UART=mini job test_console_input "$BOARD,mini-uart" pagelab.uart polled
@@ -968,7 +980,11 @@ test_granule() {
     if [[ -d tests/extra ]]; then
         note "== granule $GRANULE: extra checks"
         for f in tests/extra/*.sh; do
-            [[ -x $f ]] && job test_extra "$f"
+            if [[ -x $f ]]; then
+                job test_extra "$f"
+            else
+                job record 0 1 "extra[$GRANULE,$(basename "$f" .sh)]" "(not executable: chmod +x $f)"
+            fi
         done
     fi
     return 0
@@ -976,6 +992,11 @@ test_granule() {
 
 cmd_test() {
     [[ ${PAGELAB_TEST_JOBS:-2} =~ ^[1-9][0-9]?$ ]] || die "PAGELAB_TEST_JOBS must be a number from 1 to 99"
+    local g
+    PAGELAB_TEST_GRANULES=${PAGELAB_TEST_GRANULES^^}
+    for g in ${PAGELAB_TEST_GRANULES:-}; do
+        [[ $g == 4K || $g == 16K || $g == 64K ]] || die "PAGELAB_TEST_GRANULES: unknown granule '$g' (4K, 16K, 64K)"
+    done
     ensure_deps
     # A fresh log directory: the coverage check reads this run's logs only.
     rm -rf "$LOGDIR"; mkdir -p "$LOGDIR"
@@ -987,7 +1008,6 @@ cmd_test() {
     test_host
     test_harness
     test_gates
-    local g
     # PAGELAB_TEST_GRANULES="4K" narrows a local run; CI runs all three.
     for g in ${PAGELAB_TEST_GRANULES:-4K 16K 64K}; do
         GRANULE=$g; set_paths
@@ -1041,11 +1061,19 @@ cmd_test() {
     [[ $FAILED -eq 0 ]]
 }
 
+kill_tree() { # pid: the process and every descendant
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null || true); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
+
 # cmd_test's EXIT trap: it stopped before its end.
 test_stopped() { # status
     echo "FAIL qemu-run.sh test stopped early (status $1; a harness error or an interrupt)"
+    # Each job's QEMU runs under timeout in a process group of its own: end
+    # the whole tree, not only the job's subshell.
     local pid
-    for pid in "${JOB_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${JOB_PIDS[@]}"; do kill_tree "$pid"; done
     echo "$PASSED passed, $((FAILED + 1)) failed"
 }
 
