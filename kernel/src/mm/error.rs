@@ -51,6 +51,8 @@ pub enum MmError {
     FileOptions,
     /// The file behind a descriptor is gone.
     NoSuchFile,
+    /// The mm has `vm.max_map_count` VMAs already.
+    TooManyMappings,
     /// A folio has references in flight (GUP between its steps): try again.
     Again,
     /// fork met a non-present entry it cannot copy yet.
@@ -83,6 +85,7 @@ impl MmError {
             MmError::NoMemory(_)
             | MmError::Overcommit { .. }
             | MmError::NoAddressSpace { .. }
+            | MmError::TooManyMappings
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::Again => EAGAIN,
@@ -141,6 +144,11 @@ impl fmt::Display for MmError {
                 f.write_str("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)")
             }
             MmError::NoSuchFile => f.write_str("that memfd is gone"),
+            MmError::TooManyMappings => write!(
+                f,
+                "out of memory: {} mappings already (Linux vm.max_map_count)",
+                super::mm_struct::MAX_MAP_COUNT
+            ),
             MmError::Again => f.write_str("the folio has references in flight; try again"),
             MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
             MmError::Table(e) => write!(f, "the table code refused the change: {e:?}"),

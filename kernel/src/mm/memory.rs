@@ -794,6 +794,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child's level-3 table for the current 2M-ish span, found once.
     let mut dcache: (u64, Option<&'static AtomicU64>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
+    let mut failed_at = None;
     let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
         let desc = Desc(sslot.load(Ordering::Acquire));
         if desc.0 == 0 {
@@ -825,7 +826,15 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
             return Ok(());
         }
         copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
+            .inspect_err(|_| failed_at = Some(va))
     });
+    // A failure inside a contiguous run leaves the parent's run half
+    // write-protected: entries that must agree do not. Unfold it.
+    if let Some(va) = failed_at
+        && let Some(slot) = pte_lookup(&mut smem, src.mm.pgd, va, false)
+    {
+        unfold_run(src.mm, slot, va);
+    }
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
     if wrprotected {

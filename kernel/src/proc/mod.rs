@@ -169,7 +169,15 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
         // Linux holds the parent's mmap lock for write across dup_mmap.
         let pv = parent.mm.mmap_write_lock();
         let mut cv = child.mm.mmap_write_lock();
-        let vmas: Vec<Vma> = pv.iter().filter(|v| v.start != AGENT_VA).copied().collect();
+        let n = pv.iter().count();
+        let mut vmas: Vec<Vma> = Vec::new();
+        if let Err(e) = cv.try_reserve(n).and_then(|()| crate::mm::error::try_reserve(&mut vmas, n)) {
+            drop(cv);
+            drop(pv);
+            teardown(&child);
+            return Err(e.into());
+        }
+        vmas.extend(pv.iter().filter(|v| v.start != AGENT_VA));
         for vma in &vmas {
             cv.insert(*vma);
             // Linux `vma_needs_copy`: a shared file mapping's entries are
@@ -236,7 +244,6 @@ pub fn fork(parent: &str, child: &str) -> Result<u32, ProcError> {
 fn teardown(p: &Process) {
     deactivate(p);
     let mut vmas = p.mm.mmap_write_lock();
-    let all: Vec<Vma> = vmas.iter().copied().collect();
     let mut mem = p.tables.lock();
     // Pages first (special entries - the agent, the zero page - hold no
     // references). Dropped during the walk: collecting them would need
@@ -270,8 +277,10 @@ fn teardown(p: &Process) {
     for pa in detached.0 {
         mem.free(pa);
     }
-    for v in all {
-        vmas.remove(v.start);
+    // One at a time: exit allocates nothing.
+    loop {
+        let Some(s) = vmas.iter().map(|v| v.start).next() else { break };
+        vmas.remove(s);
     }
     mem.free(p.mm.pgd);
     drop(mem);
@@ -522,13 +531,17 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
             file,
             pgoff,
         };
-        if !p.mm.mmap_write_lock().insert(vma) {
+        let inserted = {
+            let mut g = p.mm.mmap_write_lock();
+            g.try_reserve(1).map(|()| g.insert(vma))
+        };
+        if inserted != Ok(true) {
             if file != 0 {
                 // Frees a new unnamed file again (nothing maps it).
                 crate::mm::shmem::vma_get(file);
                 crate::mm::shmem::vma_put(file);
             }
-            return Err(MmError::Overlap { addr: va });
+            return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
         }
         if let Some(pfn) = a.pfn
             && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
@@ -573,14 +586,16 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
     {
         {
             let mut vmas = p.mm.mmap_write_lock();
-            vmas.split_at(va);
-            vmas.split_at(va + len);
-            if vmas.inside(va, va + len).any(|v| v.start == AGENT_VA) {
+            if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
                 return Err(MmError::Agent);
             }
-            let gone: Vec<u64> = vmas.inside(va, va + len).map(|v| v.start).collect();
+            vmas.try_reserve(2)?;
+            vmas.split_at(va);
+            vmas.split_at(va + len);
             zap(p, va, len)?;
-            for s in gone {
+            // One at a time: no list to allocate.
+            loop {
+                let Some(s) = vmas.inside(va, va + len).map(|v| v.start).next() else { break };
                 vmas.remove(s);
             }
         }
@@ -597,6 +612,7 @@ fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, l
         let v = vmas.find(a).ok_or(MmError::NotMapped { addr: a })?;
         a = v.end;
     }
+    vmas.try_reserve(2)?;
     vmas.split_at(va);
     vmas.split_at(va + len);
     Ok(())
@@ -694,10 +710,13 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
             v.flags = f;
         }
-        let parts: Vec<(u64, u64, bool)> =
-            vmas.inside(va, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).collect();
-        for (s, e, shared) in parts {
+        // VMA by VMA, without a list to allocate.
+        let mut a = va;
+        while let Some((s, e, shared)) =
+            vmas.inside(a, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
+        {
             memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
+            a = e;
         }
         Ok(())
     }
@@ -1284,7 +1303,18 @@ fn gup_in(
         if (pages.len() as u64) < nr {
             let g = p.mm.mmap_read_lock();
             let start = va + pages.len() as u64 * PAGE_SIZE;
-            match gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags) {
+            let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
+                match crate::mm::error::try_reserve(&mut pages, more.len()) {
+                    Ok(()) => Ok(more),
+                    Err(e) => {
+                        for t in more {
+                            gup::release(t, flags.pin);
+                        }
+                        Err(-e.errno())
+                    }
+                }
+            });
+            match more {
                 Ok(more) => pages.extend(more),
                 Err(e) => {
                     for t in pages {

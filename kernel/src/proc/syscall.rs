@@ -289,7 +289,7 @@ fn memfd_create(p: &Process, name: u64, flags: u64) -> i64 {
             i
         }
         None => {
-            if fds.try_reserve(1).is_err() {
+            if crate::mm::error::try_reserve(&mut fds, 1).is_err() {
                 drop(fds);
                 crate::mm::shmem::vma_put(f.id);
                 return -ENOMEM;

@@ -12,6 +12,7 @@ mod af_tests;
 mod at_random;
 mod boot_tests;
 mod debug_table_tests;
+mod fail_alloc_tests;
 mod insert_tests;
 mod irq_tests;
 mod mm_tests;
@@ -66,6 +67,7 @@ fn all() -> impl Iterator<Item = &'static Test> {
         .chain(af_tests::TESTS.iter())
         .chain(sched_tests::TESTS.iter())
         .chain(debug_table_tests::TESTS.iter())
+        .chain(fail_alloc_tests::TESTS.iter())
 }
 
 /// Runs the tests whose name contains `filter` (all when None); returns failures.
