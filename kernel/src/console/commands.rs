@@ -123,6 +123,9 @@ impl Session {
         if self.script {
             println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
         }
+        // The heap's rescue reserve, topped up outside any allocator lock
+        // (user memory never takes the frames it needs: the user reserve).
+        heap::refill_reserve();
         // Allocation failures are injected (pagelab.fail-alloc) only while
         // a command runs, never in the session's own bookkeeping.
         let was = crate::mm::fail_alloc::arm(true);
