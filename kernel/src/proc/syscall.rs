@@ -243,7 +243,8 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
     };
     match r {
         Ok(()) if covered => 0,
-        _ => -ENOMEM,
+        Ok(()) => -ENOMEM, // a hole in the range (Linux: DONTNEED still zapped the rest)
+        Err(e) => -e.errno(),
     }
 }
 
