@@ -967,7 +967,7 @@ fn range_in(p: &Process, name: &str, spec: &str) -> Result<(u64, u64), String> {
             None => (spec, None),
         };
         let regions = p.regions.lock();
-        let r = regions.get(reg).ok_or_else(|| alloc::format!("no region `{reg}` in `{name}`"))?;
+        let r = regions.get(reg).ok_or_else(|| alloc::format!("no such region `{reg}` in `{name}`"))?;
         let (off, len) = match rest {
             None => (0, r.size),
             Some(rest) => {
@@ -984,7 +984,10 @@ fn range_in(p: &Process, name: &str, spec: &str) -> Result<(u64, u64), String> {
             }
         };
         if len == 0 || off.checked_add(len).is_none_or(|e| e > r.size) {
-            return Err(alloc::format!("range {off:#x}+{len:#x} is outside region `{reg}` ({:#x} bytes)", r.size));
+            return Err(alloc::format!(
+                "range {off:#x}+{len:#x} is out of range of region `{reg}` ({:#x} bytes)",
+                r.size
+            ));
         }
         Ok((r.va + off, len))
     }
