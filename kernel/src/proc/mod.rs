@@ -1323,7 +1323,13 @@ fn gup_in(
                     for t in pages {
                         gup::release(t, flags.pin);
                     }
-                    return Err(alloc::format!("get_user_pages: {}", syscall::errno_name(e)));
+                    // In the contract's words, with the errno GUP returned.
+                    let why = match -e {
+                        crate::errno::ENOMEM => "out of memory",
+                        crate::errno::EFAULT => "not mapped, or the mapping does not allow it",
+                        _ => "refused",
+                    };
+                    return Err(alloc::format!("get_user_pages: {why} ({})", syscall::errno_name(e)));
                 }
             }
         }
