@@ -62,7 +62,7 @@ pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
 expects its command to be refused; `#` starts a comment). Available now:
   spawn P                          new EL0 process
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
-       [align=SIZE] [thp=never|always|SIZE]
+       [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|hugepage|nohugepage
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
@@ -123,7 +123,14 @@ impl Session {
         if self.script {
             println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
         }
+        // The heap's rescue reserve, topped up outside any allocator lock
+        // (user memory never takes the frames it needs: the user reserve).
+        heap::refill_reserve();
+        // Allocation failures are injected (pagelab.fail-alloc) only while
+        // a command runs, never in the session's own bookkeeping.
+        let was = crate::mm::fail_alloc::arm(true);
         let r = self.dispatch(&line);
+        crate::mm::fail_alloc::arm(was);
         match (line.expect_error, r) {
             (false, Ok(Outcome::Done)) => {}
             (false, Ok(Outcome::Halt)) => return false,
@@ -186,7 +193,7 @@ impl Session {
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
             "spawn" => match args {
-                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done),
+                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done).map_err(Into::into),
                 [p] => Err(alloc::format!("`{}` is not a valid process name", truncate(p, 40))),
                 _ => Err("usage: spawn P".into()),
             },
@@ -369,6 +376,11 @@ fn kwalk(a: &str) -> CmdResult {
 /// Invariants that exist at this stage: frame accounting against the
 /// allocator's bitmap, W^X and table-page accounting in the kernel tables.
 pub fn invariants() -> Result<(), String> {
+    // An oracle: never under injected allocation failures.
+    crate::mm::fail_alloc::unarmed(invariants_unarmed)
+}
+
+fn invariants_unarmed() -> Result<(), String> {
     frame::check()?;
     crate::proc::check_invariants()?;
     let mut err: Option<String> = None;
@@ -406,7 +418,7 @@ pub fn invariants() -> Result<(), String> {
 }
 
 fn selftest(filter: Option<&str>) -> Result<(), String> {
-    let failed = crate::test::run_filtered(filter).failed;
+    let failed = crate::mm::fail_alloc::unarmed(|| crate::test::run_filtered(filter)).failed;
     if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
 }
 

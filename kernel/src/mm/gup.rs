@@ -88,7 +88,7 @@ pub fn get_user_pages(
         let va = start + i * PAGE_SIZE;
         match gup_one(mt, lock, va, flags) {
             Ok(t) => {
-                if out.try_reserve(1).is_err() {
+                if crate::mm::error::try_reserve(&mut out, 1).is_err() {
                     release(t, flags.pin);
                     undo(out, flags.pin);
                     return Err(-crate::proc::syscall::ENOMEM);
@@ -205,6 +205,11 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
             // (like Linux's fault-injection knobs; 0 outside that test).
             for _ in 0..RACE_WINDOW_SPINS.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
+            }
+            // No room to list it: drop it, the slow path takes it or fails.
+            if crate::mm::error::try_reserve(&mut out, 1).is_err() {
+                folio.put();
+                break;
             }
             if flags.pin {
                 // folio_try_grab(FOLL_PIN): the reference taken is the pin's.

@@ -20,6 +20,8 @@ bitflags_lite! {
     /// VMA flags (Linux `VM_*`), the subset pagelab uses. `PFN_MKWRITE`
     /// and `FSDAX` stand in for `vma->vm_ops->pfn_mkwrite` being set and
     /// for `vma_is_fsdax()`, which `vm_mixed_zeropage_allowed` asks about.
+    /// `NORESERVE` is Linux `VM_NORESERVE` (`MAP_NORESERVE`: no overcommit
+    /// check) at bit 22, as FSDAX has its bit 21.
     pub struct VmFlags: u32 {
         const READ = 1 << 0;
         const WRITE = 1 << 1;
@@ -33,6 +35,7 @@ bitflags_lite! {
         const NOHUGEPAGE = 1 << 30;
         const PFN_MKWRITE = 1 << 20;
         const FSDAX = 1 << 21;
+        const NORESERVE = 1 << 22;
     }
 }
 
@@ -182,9 +185,22 @@ fn vmas_changed(mm: &MmStruct, vmas: &VmaList) {
 #[derive(Default, Debug)]
 pub struct VmaList(Vec<Vma>);
 
+/// Most VMAs an mm may have (Linux `vm.max_map_count`'s default): bounds
+/// the kernel memory a process's mappings take.
+pub const MAX_MAP_COUNT: usize = 65530;
+
 impl VmaList {
     pub fn iter(&self) -> impl Iterator<Item = &Vma> {
         self.0.iter()
+    }
+    /// Makes room for `n` more VMAs (an insert, or the splits of a range
+    /// operation's ends): `out of memory` past [`MAX_MAP_COUNT`] (Linux:
+    /// -ENOMEM) or when the heap has no room.
+    pub fn try_reserve(&mut self, n: usize) -> Result<(), super::error::MmError> {
+        if self.0.len() + n > MAX_MAP_COUNT {
+            return Err(super::error::MmError::TooManyMappings);
+        }
+        super::error::try_reserve(&mut self.0, n)
     }
     /// Inserts `v`; refuses (returns false) if it overlaps an existing VMA.
     pub fn insert(&mut self, v: Vma) -> bool {

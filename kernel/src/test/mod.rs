@@ -14,6 +14,7 @@ mod af_tests;
 mod at_random;
 mod boot_tests;
 mod debug_table_tests;
+mod fail_alloc_tests;
 mod insert_tests;
 mod irq_tests;
 mod mm_tests;
@@ -37,6 +38,7 @@ pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
         shared: false,
         memfd: None,
         file: None,
+        noreserve: false,
     }
 }
 
@@ -67,6 +69,7 @@ fn all() -> impl Iterator<Item = &'static Test> {
         .chain(af_tests::TESTS.iter())
         .chain(sched_tests::TESTS.iter())
         .chain(debug_table_tests::TESTS.iter())
+        .chain(fail_alloc_tests::TESTS.iter())
 }
 
 /// Why the running test cannot apply, once it said so.
