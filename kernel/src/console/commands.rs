@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
-use super::parse::{self, Line};
+use super::parse::{self, Expect, truncate};
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::regs::VA_BITS;
 use crate::arch::percpu;
@@ -40,7 +40,7 @@ pub struct Session {
 }
 
 /// Prints into a String then to the console in one go (keeps lines whole).
-struct Out(String);
+pub(super) struct Out(pub(super) String);
 impl Write for Out {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         self.0.push_str(s);
@@ -120,41 +120,49 @@ impl Session {
                 return true;
             }
         };
-        if self.script {
-            println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
-        }
-        let r = self.dispatch(&line);
-        match (line.expect_error, r) {
-            (false, Ok(Outcome::Done)) => {}
-            (false, Ok(Outcome::Halt)) => return false,
-            (_, Ok(Outcome::Assert(Ok(())))) if !line.expect_error => {
-                println!("PASS line {n}: {}", line.text);
+        // A line too long or binary is refused like a command that cannot
+        // be carried out, so `!` covers it too.
+        let (text, r) = match &line.body {
+            Ok(c) => {
+                if self.script {
+                    println!("pagelab:{n}> {}{}", line.expect, c.text);
+                }
+                (c.text, self.dispatch(&c.words))
+            }
+            Err(e) => ("", Err(alloc::format!("{e}"))),
+        };
+        match (line.expect, r) {
+            (_, Ok(Outcome::Halt)) => return false,
+            (Expect::Success, Ok(Outcome::Done)) => {}
+            (Expect::Success, Ok(Outcome::Assert(Ok(())))) => {
+                println!("PASS line {n}: {text}");
                 self.passed += 1;
             }
-            (_, Ok(Outcome::Assert(Err(why)))) if !line.expect_error => {
-                println!("FAIL line {n}: {}: {why}", line.text);
+            (Expect::Success, Ok(Outcome::Assert(Err(why)))) => {
+                println!("FAIL line {n}: {text}: {why}");
                 self.failed += 1;
             }
-            (false, Err(e)) => {
+            (Expect::Success, Err(e)) => {
                 println!("error: line {n}: {e}");
                 self.failed += 1;
             }
-            (true, Err(e)) => {
+            (exp, Err(e)) if exp.accepts(&e) => {
                 println!("PASS line {n}: refused as expected: {e}");
                 self.passed += 1;
             }
-            (true, Ok(Outcome::Halt)) => return false,
-            (true, Ok(_)) => {
-                println!("FAIL line {n}: ! {}: expected an error, but the command succeeded", line.text);
+            (exp, Err(e)) => {
+                println!("FAIL line {n}: {exp}{text}: refused, but the error does not say so: {e}");
                 self.failed += 1;
             }
-            (false, Ok(Outcome::Assert(_))) => unreachable!(),
+            (exp, Ok(_)) => {
+                println!("FAIL line {n}: {exp}{text}: expected an error, but the command succeeded");
+                self.failed += 1;
+            }
         }
         true
     }
 
-    fn dispatch(&mut self, l: &Line<'_>) -> CmdResult {
-        let w = &l.words;
+    fn dispatch(&mut self, w: &[&str]) -> CmdResult {
         let args = &w[1..];
         match w[0] {
             "help" => no_args(args).map(|_| {
@@ -180,8 +188,8 @@ impl Session {
             },
             "invariants" => no_args(args).map(|_| Outcome::Assert(invariants())),
             "selftest" => match args {
-                [] => Ok(Outcome::Assert(selftest(None))),
-                [name] => Ok(Outcome::Assert(selftest(Some(name)))),
+                [] => selftest(None),
+                [name] => selftest(Some(name)),
                 _ => Err("usage: selftest [NAME]".into()),
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
@@ -200,7 +208,7 @@ impl Session {
             },
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
                 if !crate::proc::exists(p) {
-                    return Err(alloc::format!("no process named `{p}`"));
+                    return Err(no_such_process(p));
                 }
                 super::proc_cmds::run(p, w[1], &w[2..])
             }
@@ -209,8 +217,18 @@ impl Session {
     }
 }
 
-fn truncate(s: &str, n: usize) -> &str {
-    &s[..s.len().min(n)]
+/// The contract's words for a process name that names none.
+pub(super) fn no_such_process(p: &str) -> String {
+    alloc::format!("no such process `{}`", truncate(p, 40))
+}
+
+/// What a long command that Ctrl-C stopped ends with.
+pub(super) const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
+/// Whether Ctrl-C was typed on the console (long loops poll this, every
+/// bounded amount of work, and end with [`INTERRUPTED`]).
+pub(super) fn interrupted() -> bool {
+    crate::drivers::uart::take_interrupt()
 }
 
 fn no_args(args: &[&str]) -> Result<(), String> {
@@ -405,9 +423,14 @@ pub fn invariants() -> Result<(), String> {
     Ok(())
 }
 
-fn selftest(filter: Option<&str>) -> Result<(), String> {
+fn selftest(filter: Option<&str>) -> CmdResult {
+    if let Some(f) = filter
+        && crate::test::matching(f) == 0
+    {
+        return Err(alloc::format!("no in-kernel test name contains `{}`", truncate(f, 40)));
+    }
     let failed = crate::test::run_filtered(filter);
-    if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
+    Ok(Outcome::Assert(if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }))
 }
 
 /// Runs the script in the initrd; returns the number of failures.
@@ -445,17 +468,157 @@ fn finish(s: &mut Session) -> usize {
     s.failed
 }
 
+/// Lines the interactive console remembers for the up and down keys.
+const HISTORY: usize = 32;
+
+/// Where the line editor is in an escape sequence (arrow keys and the like
+/// arrive as `ESC [ ... final` or `ESC O final`; none of it is line text).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Esc {
+    None,
+    /// After ESC.
+    Start,
+    /// After `ESC [`: parameter and intermediate bytes until a final byte.
+    Csi,
+    /// After `ESC O`: one final byte.
+    Ss3,
+}
+
+/// The interactive line editor: the line being typed, and the history.
+struct Editor {
+    buf: Vec<u8>,
+    /// More than [`parse::MAX_LINE`] bytes were typed: the line is refused.
+    overflow: bool,
+    esc: Esc,
+    history: Vec<Vec<u8>>,
+    /// Which history line is shown (`history.len()`: the new line).
+    shown: usize,
+}
+
+/// What a key did to the line.
+enum Key {
+    Editing,
+    /// Enter: the line is complete.
+    Line,
+    /// Ctrl-C at the prompt: the line is dropped.
+    Cancel,
+}
+
+impl Editor {
+    fn erase_shown(&self) {
+        for _ in 0..self.buf.iter().filter(|&&c| (0x20..0x7f).contains(&c)).count() {
+            print!("\x08 \x08");
+        }
+    }
+
+    /// Replaces the line with history entry `i` (or an empty new line).
+    fn recall(&mut self, i: usize) {
+        self.erase_shown();
+        self.shown = i;
+        self.buf.clear();
+        if let Some(h) = self.history.get(i) {
+            self.buf.extend_from_slice(h);
+        }
+        self.overflow = false;
+        if let Ok(t) = core::str::from_utf8(&self.buf) {
+            print!("{t}");
+        }
+    }
+
+    /// The up/down keys (any other key that ends an escape sequence is ignored).
+    fn escape_final(&mut self, c: u8) {
+        match c {
+            b'A' if self.shown > 0 => self.recall(self.shown - 1),
+            b'B' if self.shown < self.history.len() => self.recall(self.shown + 1),
+            _ => {}
+        }
+    }
+
+    fn key(&mut self, c: u8) -> Key {
+        match self.esc {
+            Esc::Start => {
+                self.esc = match c {
+                    b'[' => Esc::Csi,
+                    b'O' => Esc::Ss3,
+                    _ => Esc::None,
+                };
+                return Key::Editing;
+            }
+            Esc::Csi if (0x20..0x40).contains(&c) => return Key::Editing,
+            Esc::Csi | Esc::Ss3 => {
+                self.esc = Esc::None;
+                self.escape_final(c);
+                return Key::Editing;
+            }
+            Esc::None => {}
+        }
+        match c {
+            b'\r' | b'\n' => {
+                println!();
+                return Key::Line;
+            }
+            0x1b => self.esc = Esc::Start,
+            0x7f | 0x08 => {
+                if let Some(c) = self.buf.pop()
+                    && (0x20..0x7f).contains(&c)
+                {
+                    print!("\x08 \x08");
+                }
+            }
+            0x15 => {
+                // Ctrl-U: kill the line.
+                self.erase_shown();
+                self.buf.clear();
+                self.overflow = false;
+            }
+            crate::drivers::uart::INTERRUPT => {
+                println!("^C");
+                return Key::Cancel;
+            }
+            _ => {
+                if self.buf.len() <= parse::MAX_LINE {
+                    self.buf.push(c);
+                    if (0x20..0x7f).contains(&c) {
+                        print!("{}", c as char);
+                    }
+                } else {
+                    self.overflow = true;
+                }
+            }
+        }
+        Key::Editing
+    }
+
+    fn start_line(&mut self) {
+        self.buf.clear();
+        self.overflow = false;
+        self.esc = Esc::None;
+        self.shown = self.history.len();
+    }
+
+    /// Remembers a typed line (not blank ones, nor one equal to the last).
+    fn remember(&mut self) {
+        if self.overflow || self.buf.iter().all(|c| c.is_ascii_whitespace()) || self.history.last() == Some(&self.buf) {
+            return;
+        }
+        if self.history.len() == HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(self.buf.clone());
+    }
+}
+
 /// The interactive console on the UART. Never returns (`halt` exits).
 pub fn interactive() -> ! {
-    println!("Type `help` for commands. `halt` powers off.");
+    println!("Type `help` for commands. `halt` powers off. Up/down recall lines; Ctrl-C stops a long command.");
     let mut s = Session::new(false);
     let mut n = 0usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(128);
+    let mut ed =
+        Editor { buf: Vec::with_capacity(128), overflow: false, esc: Esc::None, history: Vec::new(), shown: 0 };
     loop {
         heap::refill_reserve();
         print!("pagelab> ");
-        buf.clear();
-        let mut overflow = false;
+        ed.start_line();
         loop {
             let Some(c) = crate::drivers::uart::getc() else {
                 // Sleeps until an interrupt (the UART's receive interrupt,
@@ -464,46 +627,20 @@ pub fn interactive() -> ! {
                 crate::irq::idle();
                 continue;
             };
-            match c {
-                b'\r' | b'\n' => {
-                    println!();
-                    break;
-                }
-                0x7f | 0x08 => {
-                    if buf.pop().is_some() {
-                        print!("\x08 \x08");
-                    }
-                }
-                0x15 => {
-                    // Ctrl-U: kill the line.
-                    while buf.pop().is_some() {
-                        print!("\x08 \x08");
-                    }
-                }
-                0x03 => {
-                    println!("^C");
-                    buf.clear();
-                    overflow = false;
+            match ed.key(c) {
+                Key::Editing => {}
+                Key::Line => break,
+                Key::Cancel => {
+                    ed.start_line();
                     print!("pagelab> ");
-                }
-                _ => {
-                    if buf.len() <= parse::MAX_LINE {
-                        buf.push(c);
-                        if (0x20..0x7f).contains(&c) {
-                            print!("{}", c as char);
-                        }
-                    } else {
-                        overflow = true;
-                    }
                 }
             }
         }
         n += 1;
-        if overflow {
-            println!("error: line {n}: line too long (at most {} bytes)", parse::MAX_LINE);
-            continue;
-        }
-        if !s.run_line(n, &buf) {
+        ed.remember();
+        // A line that overflowed keeps MAX_LINE + 1 bytes: lexing refuses it
+        // as too long (under `!` too, like a script's).
+        if !s.run_line(n, &ed.buf) {
             println!("halting: {} passed, {} failed", s.passed, s.failed);
             exit(0);
         }
@@ -512,7 +649,7 @@ pub fn interactive() -> ! {
 
 fn ptdump_process(p: &str) -> CmdResult {
     if !crate::proc::exists(p) {
-        return Err(alloc::format!("no process named `{p}`"));
+        return Err(no_such_process(p));
     }
     let mut o = Out(String::new());
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {

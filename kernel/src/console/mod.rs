@@ -11,6 +11,8 @@ pub mod parse;
 #[cfg(target_os = "none")]
 pub mod commands;
 #[cfg(target_os = "none")]
+mod inspect;
+#[cfg(target_os = "none")]
 mod proc_cmds;
 #[cfg(target_os = "none")]
 pub use commands::{interactive, invariants as invariants_for_tests, run_script};
