@@ -234,15 +234,14 @@ pub const INTERRUPT: u8 = 0x03;
 /// Whether Ctrl-C was typed since the last call: takes the oldest one out of
 /// what was received and keeps every other byte for [`getc`], so a line
 /// typed ahead during a long command still runs. Long console loops poll
-/// this. A polled UART's receive FIFO is emptied into the buffer first; with
-/// the receive interrupt, only what its handler buffered counts, as for
-/// [`getc`].
+/// this. The kernel runs with IRQs masked outside its IRQ windows, so the
+/// receive FIFO is emptied into the buffer here first, with or without the
+/// receive interrupt (at the prompt, [`getc`] still takes only what the
+/// handler buffered).
 pub fn take_interrupt() -> bool {
     locked(|c| {
-        if !RX_BY_IRQ.load(Ordering::Acquire) {
-            let dropped = c.drain_hw();
-            RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
-        }
+        let dropped = c.drain_hw();
+        RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
         c.take(INTERRUPT)
     })
 }
