@@ -58,8 +58,9 @@ impl Drop for Out {
 }
 
 const HELP: &str = "\
-pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
-expects its command to be refused; `#` starts a comment). Available now:
+pagelab console: the scenario language of SCENARIOS.md (`#` starts a comment; a line
+starting with `!` expects its command to be refused, `!\"TEXT\"` with an error that
+contains TEXT). Available now:
   spawn P                          new EL0 process
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
        [align=SIZE] [thp=never|always|SIZE]
@@ -78,8 +79,10 @@ expects its command to be refused; `#` starts a comment). Available now:
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
-RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
-swap (madvise pageout, the swap flags of query).";
+RANGE is REGION, REGION+OFF (a page's worth of bytes) or REGION+OFF:LEN; write and
+check take its bytes, the other commands every page they touch. Ctrl-C stops a long
+command; up/down recall lines. Not yet: uffd, madvise pageout (no swap device: the
+swap, marker and migration flags of query read the entries, and none exist yet).";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork",
