@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
+use super::editor::{Editor, Key};
 use super::parse::{self, Expect, truncate};
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::regs::VA_BITS;
@@ -231,7 +232,7 @@ pub(super) const INTERRUPTED: &str = "interrupted (Ctrl-C)";
 /// Whether Ctrl-C was typed on the console (long loops poll this, every
 /// bounded amount of work, and end with [`INTERRUPTED`]).
 pub(super) fn interrupted() -> bool {
-    crate::drivers::uart::take_interrupt()
+    crate::drivers::uart::take_received(super::editor::CTRL_C)
 }
 
 fn no_args(args: &[&str]) -> Result<(), String> {
@@ -471,153 +472,13 @@ fn finish(s: &mut Session) -> usize {
     s.failed
 }
 
-/// Lines the interactive console remembers for the up and down keys.
-const HISTORY: usize = 32;
-
-/// Where the line editor is in an escape sequence (arrow keys and the like
-/// arrive as `ESC [ ... final` or `ESC O final`; none of it is line text).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Esc {
-    None,
-    /// After ESC.
-    Start,
-    /// After `ESC [`: parameter and intermediate bytes until a final byte.
-    Csi,
-    /// After `ESC O`: one final byte.
-    Ss3,
-}
-
-/// The interactive line editor: the line being typed, and the history.
-struct Editor {
-    buf: Vec<u8>,
-    /// More than [`parse::MAX_LINE`] bytes were typed: the line is refused.
-    overflow: bool,
-    esc: Esc,
-    history: Vec<Vec<u8>>,
-    /// Which history line is shown (`history.len()`: the new line).
-    shown: usize,
-}
-
-/// What a key did to the line.
-enum Key {
-    Editing,
-    /// Enter: the line is complete.
-    Line,
-    /// Ctrl-C at the prompt: the line is dropped.
-    Cancel,
-}
-
-impl Editor {
-    fn erase_shown(&self) {
-        for _ in 0..self.buf.iter().filter(|&&c| (0x20..0x7f).contains(&c)).count() {
-            print!("\x08 \x08");
-        }
-    }
-
-    /// Replaces the line with history entry `i` (or an empty new line).
-    fn recall(&mut self, i: usize) {
-        self.erase_shown();
-        self.shown = i;
-        self.buf.clear();
-        if let Some(h) = self.history.get(i) {
-            self.buf.extend_from_slice(h);
-        }
-        self.overflow = false;
-        if let Ok(t) = core::str::from_utf8(&self.buf) {
-            print!("{t}");
-        }
-    }
-
-    /// The up/down keys (any other key that ends an escape sequence is ignored).
-    fn escape_final(&mut self, c: u8) {
-        match c {
-            b'A' if self.shown > 0 => self.recall(self.shown - 1),
-            b'B' if self.shown < self.history.len() => self.recall(self.shown + 1),
-            _ => {}
-        }
-    }
-
-    fn key(&mut self, c: u8) -> Key {
-        match self.esc {
-            Esc::Start => {
-                self.esc = match c {
-                    b'[' => Esc::Csi,
-                    b'O' => Esc::Ss3,
-                    _ => Esc::None,
-                };
-                return Key::Editing;
-            }
-            Esc::Csi if (0x20..0x40).contains(&c) => return Key::Editing,
-            Esc::Csi | Esc::Ss3 => {
-                self.esc = Esc::None;
-                self.escape_final(c);
-                return Key::Editing;
-            }
-            Esc::None => {}
-        }
-        match c {
-            b'\r' | b'\n' => {
-                println!();
-                return Key::Line;
-            }
-            0x1b => self.esc = Esc::Start,
-            0x7f | 0x08 => {
-                if let Some(c) = self.buf.pop()
-                    && (0x20..0x7f).contains(&c)
-                {
-                    print!("\x08 \x08");
-                }
-            }
-            0x15 => {
-                // Ctrl-U: kill the line.
-                self.erase_shown();
-                self.buf.clear();
-                self.overflow = false;
-            }
-            crate::drivers::uart::INTERRUPT => {
-                println!("^C");
-                return Key::Cancel;
-            }
-            _ => {
-                if self.buf.len() <= parse::MAX_LINE {
-                    self.buf.push(c);
-                    if (0x20..0x7f).contains(&c) {
-                        print!("{}", c as char);
-                    }
-                } else {
-                    self.overflow = true;
-                }
-            }
-        }
-        Key::Editing
-    }
-
-    fn start_line(&mut self) {
-        self.buf.clear();
-        self.overflow = false;
-        self.esc = Esc::None;
-        self.shown = self.history.len();
-    }
-
-    /// Remembers a typed line (not blank ones, nor one equal to the last).
-    fn remember(&mut self) {
-        if self.overflow || self.buf.iter().all(|c| c.is_ascii_whitespace()) || self.history.last() == Some(&self.buf) {
-            return;
-        }
-        if self.history.len() == HISTORY {
-            self.history.remove(0);
-        }
-        self.history.push(self.buf.clone());
-    }
-}
-
 /// The interactive console on the UART. Never returns (`halt` exits).
 pub fn interactive() -> ! {
     println!("Type `help` for commands. `halt` powers off. Up/down recall lines; Ctrl-C stops a long command.");
     let mut s = Session::new(false);
     let mut n = 0usize;
-    let mut ed =
-        Editor { buf: Vec::with_capacity(128), overflow: false, esc: Esc::None, history: Vec::new(), shown: 0 };
+    let mut ed = Editor::new();
+    let mut echo = Echo;
     loop {
         heap::refill_reserve();
         print!("pagelab> ");
@@ -630,7 +491,7 @@ pub fn interactive() -> ! {
                 crate::irq::idle();
                 continue;
             };
-            match ed.key(c) {
+            match ed.key(c, &mut echo) {
                 Key::Editing => {}
                 Key::Line => break,
                 Key::Cancel => {
@@ -643,10 +504,19 @@ pub fn interactive() -> ! {
         ed.remember();
         // A line that overflowed keeps MAX_LINE + 1 bytes: lexing refuses it
         // as too long (under `!` too, like a script's).
-        if !s.run_line(n, &ed.buf) {
+        if !s.run_line(n, ed.line()) {
             println!("halting: {} passed, {} failed", s.passed, s.failed);
             exit(0);
         }
+    }
+}
+
+/// The editor's echo goes straight to the console.
+struct Echo;
+impl Write for Echo {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        print!("{s}");
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 //! command that cannot be carried out prints `error: line N: ...` and counts
 //! as a failure, unless the line starts with `!`, which expects exactly that.
 //! At the end of a script: `invariants`, then `N passed, M failed`.
+pub mod editor;
 pub mod parse;
 
 #[cfg(target_os = "none")]

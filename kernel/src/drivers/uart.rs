@@ -228,21 +228,18 @@ pub fn getc() -> Option<u8> {
     })
 }
 
-/// Ctrl-C, the byte that stops a long console command.
-pub const INTERRUPT: u8 = 0x03;
-
-/// Whether Ctrl-C was typed since the last call: takes the oldest one out of
-/// what was received and keeps every other byte for [`getc`], so a line
-/// typed ahead during a long command still runs. Long console loops poll
-/// this. The kernel runs with IRQs masked outside its IRQ windows, so the
-/// receive FIFO is emptied into the buffer here first, with or without the
-/// receive interrupt (at the prompt, [`getc`] still takes only what the
-/// handler buffered).
-pub fn take_interrupt() -> bool {
+/// Whether `wanted` (the console's Ctrl-C) was received since the last
+/// look: takes the oldest one out of what was received and keeps every other
+/// byte for [`getc`], so a line typed ahead during a long command still
+/// runs. Long console loops poll this. The kernel runs with IRQs masked
+/// outside its IRQ windows, so the receive FIFO is emptied into the buffer
+/// here first, with or without the receive interrupt (at the prompt,
+/// [`getc`] still takes only what the handler buffered).
+pub fn take_received(wanted: u8) -> bool {
     locked(|c| {
         let dropped = c.drain_hw();
         RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
-        c.take(INTERRUPT)
+        c.take(wanted)
     })
 }
 
