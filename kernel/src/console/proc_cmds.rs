@@ -18,13 +18,8 @@ use crate::{print, println};
 /// page they touch ([`Range::pages`], for the other commands).
 fn range(p: &str, r: &str) -> Result<Range, String> {
     let spec = RangeSpec::parse(r).map_err(|e| alloc::format!("`{}`: {e}", truncate(r, 40)))?;
-    let (va, size) = proc::with_proc(p, |pr| {
-        pr.regions
-            .lock()
-            .get(spec.region)
-            .map(|g| (g.va, g.size))
-            .ok_or_else(|| alloc::format!("no such region `{}` in `{p}`", spec.region))
-    })?;
+    let region = proc::with_proc(p, |pr| Ok(pr.regions.lock().get(spec.region).map(|g| (g.va, g.size))))?;
+    let (va, size) = region.ok_or_else(|| alloc::format!("no such region `{}` in `{p}`", spec.region))?;
     spec.resolve(va, size, PAGE_SIZE).map_err(|e| alloc::format!("{e}"))
 }
 
