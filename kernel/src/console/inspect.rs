@@ -169,19 +169,16 @@ pub(super) fn walk(p: &str, r: Range) -> CmdResult {
 /// block: one AT per hole covers the hole, whatever its size.
 pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
     let hw = cpu::hw_updates();
-    let checked = visit(p, r, &mut |pr, _, piece| {
+    let checked = visit(p, r, &mut |pr, t, piece| {
         let last = piece.hi - PAGE_SIZE;
         let pages: &[u64] = match piece.tr {
             Translation::Mapped { .. } if last > piece.lo => &[piece.lo, last],
             _ => &[piece.lo],
         };
         for &v in pages {
-            let tr = match piece.tr {
-                Translation::Mapped { pa, level, desc } => {
-                    Translation::Mapped { pa: pa.add(v - piece.lo), level, desc }
-                }
-                fault => fault,
-            };
+            // The software walk of that page (the piece only says which
+            // pages stand for its entry).
+            let tr = t.translate(VirtAddr(v));
             let daif = cpu::irq_save();
             // SAFETY: only AT runs while P's tables are in TTBR0; nothing
             // executes from TTBR0 addresses here.
