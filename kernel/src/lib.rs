@@ -21,6 +21,7 @@ pub mod arch;
 pub mod board;
 pub mod console;
 pub mod drivers;
+pub mod errno;
 pub mod mm;
 pub mod util;
 

@@ -64,7 +64,7 @@ starting with `!` expects its command to be refused, `!\"TEXT\"` with an error t
 contains TEXT). Available now:
   spawn P                          new EL0 process
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
-       [align=SIZE] [thp=never|always|SIZE]
+       [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|hugepage|nohugepage
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
@@ -131,7 +131,12 @@ impl Session {
                 if self.script {
                     println!("pagelab:{n}> {}{}", line.expect, c.text);
                 }
-                (c.text, self.dispatch(&c.words))
+                // Allocation failures are injected (pagelab.fail-alloc) only
+                // while a command runs, never in the session's own bookkeeping.
+                let was = crate::mm::fail_alloc::arm(true);
+                let r = self.dispatch(&c.words);
+                crate::mm::fail_alloc::arm(was);
+                (c.text, r)
             }
             Err(e) => ("", Err(alloc::format!("{e}"))),
         };
@@ -198,7 +203,7 @@ impl Session {
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
             "spawn" => match args {
-                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done),
+                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done).map_err(Into::into),
                 [p] => Err(alloc::format!("`{}` is not a valid process name", truncate(p, 40))),
                 _ => Err("usage: spawn P".into()),
             },
@@ -391,6 +396,11 @@ fn kwalk(a: &str) -> CmdResult {
 /// Invariants that exist at this stage: frame accounting against the
 /// allocator's bitmap, W^X and table-page accounting in the kernel tables.
 pub fn invariants() -> Result<(), String> {
+    // An oracle: never under injected allocation failures.
+    crate::mm::fail_alloc::unarmed(invariants_unarmed)
+}
+
+fn invariants_unarmed() -> Result<(), String> {
     frame::check()?;
     crate::proc::check_invariants()?;
     let mut err: Option<String> = None;
@@ -433,7 +443,7 @@ fn selftest(filter: Option<&str>) -> CmdResult {
     {
         return Err(alloc::format!("no in-kernel test name contains `{}`", truncate(f, 40)));
     }
-    let failed = crate::test::run_filtered(filter);
+    let failed = crate::mm::fail_alloc::unarmed(|| crate::test::run_filtered(filter));
     Ok(Outcome::Assert(if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }))
 }
 

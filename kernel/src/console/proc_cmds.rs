@@ -52,26 +52,22 @@ pub(super) fn byte(s: &str) -> Result<u8, String> {
     }
 }
 
-fn fault_report(p: &str, addr: u64, esr: u64) -> String {
-    alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {} ({p} survives)", Esr(esr))
+/// The report of an EL0 access the kernel could not resolve: process,
+/// address, ESR decoded, and why (no mapping, permission, out of memory...).
+fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
+    alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {why}: {} ({p} survives)", Esr(esr))
 }
 
 pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
     match cmd {
         "exit" => match a {
-            [] => proc::exit(p).map(|_| Outcome::Done),
+            [] => proc::exit(p).map(|_| Outcome::Done).map_err(Into::into),
             _ => Err("usage: P exit".into()),
         },
         "fork" => match a {
             [c] if super::parse::is_name(c) => match proc::fork(p, c) {
                 Ok(_) => Ok(Outcome::Done),
-                Err(e) => {
-                    let why = crate::proc::syscall::LAST_CLONE_ERROR.lock().take();
-                    Err(match why {
-                        Some(w) => alloc::format!("{e}: {w}"),
-                        None => e,
-                    })
-                }
+                Err(e) => Err(alloc::format!("fork failed: {e}")),
             },
             [c] => Err(alloc::format!("`{}` is not a valid process name", &c[..c.len().min(40)])),
             _ => Err("usage: P fork C".into()),
@@ -92,7 +88,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         "munmap" => match a {
             [r] => {
                 let (va, len) = range(p, r)?.pages();
-                proc::munmap(p, va, len).map(|_| Outcome::Done)
+                proc::munmap(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             _ => Err("usage: P munmap RANGE".into()),
         },
@@ -110,18 +106,18 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                         ));
                     }
                 };
-                proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done)
+                proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done).map_err(Into::into)
             }
             _ => Err("usage: P mprotect RANGE prot=r|rw|none".into()),
         },
         "madvise" => match a {
             [r, "dontneed"] => {
                 let (va, len) = range(p, r)?.pages();
-                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done)
+                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             [r, adv @ ("hugepage" | "nohugepage")] => {
                 let (va, len) = range(p, r)?.pages();
-                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done)
+                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done).map_err(Into::into)
             }
             [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
@@ -137,7 +133,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                     RunEnd::Mismatch { addr, value } => {
                         Ok(Outcome::Assert(Err(alloc::format!("byte at {addr:#x} is {value:#04x}, expected {b:#04x}"))))
                     }
-                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
                     RunEnd::Other { esr } => Err(alloc::format!("{p}: agent stopped: {}", Esr(esr))),
                 }
             }
@@ -149,7 +145,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
                 match access(p, opc, va, len, 0)? {
                     RunEnd::Done => Ok(Outcome::Done),
-                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
                     other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
                 }
             }
@@ -160,8 +156,13 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let va = range(p, r)?.va;
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
                 match proc::access(p, opc, va, 1, 0)? {
-                    RunEnd::Fault { addr, esr } if addr == va => {
-                        println!("  {p}: {kind} at {addr:#x} refused: {}", Esr(esr));
+                    // Running out of memory is not a refusal (Linux would
+                    // not SIGSEGV): an error that says so.
+                    RunEnd::Fault { addr, esr, why: why @ proc::Unresolved::OutOfMemory } => {
+                        Err(fault_report(p, addr, esr, why))
+                    }
+                    RunEnd::Fault { addr, esr, why } if addr == va => {
+                        println!("  {p}: {kind} at {addr:#x} refused: {why}: {}", Esr(esr));
                         Ok(Outcome::Assert(Ok(())))
                     }
                     RunEnd::Fault { addr, .. } => {
@@ -234,7 +235,7 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
     let [r, size, opts @ ..] = a else {
-        return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into());
+        return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE] [noreserve]".into());
     };
     if !super::parse::is_name(r) {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
@@ -250,6 +251,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
         shared: false,
         memfd: None,
         file: None,
+        noreserve: false,
     };
     for o in opts {
         match *o {
@@ -279,6 +281,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
                 args.folio_order = order;
             }
             "shared" => args.shared = true,
+            "noreserve" => args.noreserve = true,
             o if o.starts_with("pfn=") => {
                 args.pfn = Some(
                     parse_number(&o[4..])
@@ -295,5 +298,5 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),
         }
     }
-    proc::mmap(p, r, args).map(|_| Outcome::Done)
+    proc::mmap(p, r, args).map(|_| Outcome::Done).map_err(Into::into)
 }

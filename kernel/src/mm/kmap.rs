@@ -331,7 +331,10 @@ pub struct FrameTableMem {
 
 impl TableMemory for FrameTableMem {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
-        let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
+        if crate::mm::fail_alloc::should_fail(crate::mm::fail_alloc::AllocKind::Table) {
+            return None;
+        }
+        let pa = frame::alloc_user_table()?;
         self.tables += 1;
         Some(pa)
     }

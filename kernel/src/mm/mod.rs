@@ -7,6 +7,8 @@
 //! kernel tables in [`kmap`].
 pub mod addr;
 pub mod desc;
+pub mod error;
+pub mod fail_alloc;
 pub mod folio_walk;
 pub mod granule;
 #[cfg(target_os = "none")]
