@@ -2,8 +2,8 @@
 # Types at the interactive console (through the UART's receiver, as a person
 # would) and checks:
 # - Ctrl-C stops a long command with an error line (`check` of 64 GiB, `walk`
-#   of a densely mapped range), and a line typed right behind the Ctrl-C is
-#   not lost: it runs next;
+#   and `query` of a densely mapped range), and a line typed right behind the
+#   Ctrl-C is not lost: it runs next;
 # - escape sequences (arrow keys) are no errors, and the up key recalls the
 #   last line;
 # - walk, atcheck and query over 1 TiB and 100 TiB sparse regions finish
@@ -85,6 +85,16 @@ type_line 'A touch huge+0x100000000000 read'
 type_line 'A atcheck huge'
 type_line 'A query huge+0:0x100000000000 expect !present'
 type_line 'A walk huge'
+interrupt '!"interrupted" A query d expect present zero' '' 'A check d+0x4000:16 0x00'
+# Inside one block entry, query looks at the pages one by one for the flags
+# of the page: Ctrl-C must stop that too (the 64K granule's blocks are 512M).
+case ${PAGELAB_GRANULE:-4K} in 4K) blk=2M ;; 16K) blk=32M ;; *) blk= ;; esac
+if [[ -n $blk ]]; then
+    type_line "A mmap h 64M thp=$blk"
+    type_line 'A write h 0x01'
+    type_line 'A query h+0:4K expect block anon'
+    interrupt '!"interrupted" A query h expect present anon exclusive' '' 'A check h+0x1000:16 0x01'
+fi
 type_line 'A exit'
 type_line 'invariants'
 type_line 'halt'
@@ -104,6 +114,18 @@ grep -q '^  free ' "$tmp/out" && ! grep -q 'error: line 9' "$tmp/out" &&
     ok "arrow keys ignored: meminfo ran" || bad "arrow keys were not ignored"
 grep -q 'PASS line 11: A query d+0x3000:1 expect present zero' "$tmp/out" &&
     ok "up arrow recalled the last line" || bad "up arrow did not recall the last line"
+grep -q 'PASS line 23: refused as expected: interrupted (Ctrl-C)' "$tmp/out" &&
+    ok "Ctrl-C stopped a query" || bad "the query was not interrupted"
+grep -q 'PASS line 24: A check d+0x4000:16 0x00' "$tmp/out" &&
+    ok "the line typed behind Ctrl-C ran next" || bad "the line typed behind Ctrl-C was lost"
+if [[ -n $blk ]]; then
+    grep -q 'PASS line 27: A query h+0:4K expect block anon' "$tmp/out" &&
+        ok "a $blk block" || bad "no $blk block to query"
+    grep -q 'PASS line 28: refused as expected: interrupted (Ctrl-C)' "$tmp/out" &&
+        ok "Ctrl-C stopped a query inside a block" || bad "the query inside a block was not interrupted"
+    grep -q 'PASS line 29: A check h+0x1000:16 0x01' "$tmp/out" &&
+        ok "the line typed behind Ctrl-C ran next" || bad "the line typed behind Ctrl-C was lost"
+fi
 for n in 16 17 21; do
     grep -q "PASS line $n: " "$tmp/out" && ok "huge range line $n" || bad "huge range line $n did not pass"
 done

@@ -163,6 +163,12 @@ impl Session {
                 println!("FAIL line {n}: {exp}{text}: refused, but the error does not say so: {e}");
                 self.failed += 1;
             }
+            (exp, Ok(Outcome::Assert(Err(why)))) => {
+                println!(
+                    "FAIL line {n}: {exp}{text}: expected an error, but the command ran (its assertion failed: {why})"
+                );
+                self.failed += 1;
+            }
             (exp, Ok(_)) => {
                 println!("FAIL line {n}: {exp}{text}: expected an error, but the command succeeded");
                 self.failed += 1;

@@ -26,8 +26,8 @@ use crate::util::{Bytes, parse_number};
 /// Entries visited between two looks for Ctrl-C.
 const POLL_EVERY: u32 = 64;
 
-/// One piece of a range, as the tables map it: `[lo, hi)` inside one entry
-/// at `level`, translating as `tr` at `lo` (a leaf's PA is `lo`'s).
+/// One piece of a range, as the tables map it: `[lo, hi)` inside one entry,
+/// translating as `tr` at `lo` (a leaf's PA is `lo`'s).
 struct Piece {
     lo: u64,
     hi: u64,
@@ -36,8 +36,9 @@ struct Piece {
 
 /// Why a visit of the pieces ended early.
 enum Stopped {
+    /// Ctrl-C: the command ends with an error.
     Interrupted,
-    /// The visitor's own reason (a failed assertion, an output error).
+    /// The visitor's verdict: an assertion that does not hold, and why.
     By(String),
 }
 
@@ -48,12 +49,12 @@ fn for_each_piece(
     t: &Tables<'_, FrameTableMem>,
     start: u64,
     end: u64,
-    f: &mut dyn FnMut(&Piece) -> Result<(), String>,
+    f: &mut dyn FnMut(&Piece) -> Result<(), Stopped>,
 ) -> Result<(), Stopped> {
     struct Visit<'f> {
         start: u64,
         end: u64,
-        f: &'f mut dyn FnMut(&Piece) -> Result<(), String>,
+        f: &'f mut dyn FnMut(&Piece) -> Result<(), Stopped>,
         seen: u32,
         stopped: Option<Stopped>,
     }
@@ -66,8 +67,8 @@ fn for_each_piece(
             }
             match (self.f)(&p) {
                 Ok(()) => Step::Continue,
-                Err(e) => {
-                    self.stopped = Some(Stopped::By(e));
+                Err(s) => {
+                    self.stopped = Some(s);
                     Step::Stop(-1)
                 }
             }
@@ -96,8 +97,8 @@ fn for_each_piece(
     }
 }
 
-/// What [`visit`] calls for each piece: `Err` stops the visit with that reason.
-type PieceFn<'f> = dyn FnMut(&Process, &Tables<'_, FrameTableMem>, &Piece) -> Result<(), String> + 'f;
+/// What [`visit`] calls for each piece: `Err` stops the visit.
+type PieceFn<'f> = dyn FnMut(&Process, &Tables<'_, FrameTableMem>, &Piece) -> Result<(), Stopped> + 'f;
 
 /// Runs `f` over the pieces of `r`'s pages in P's tables, under P's mmap
 /// lock. An interrupted visit is an error (the outer `Err`); the inner
@@ -193,7 +194,7 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
             }
             cpu::irq_restore(daif);
             if let Some(m) = mismatch {
-                return Err(m);
+                return Err(Stopped::By(m));
             }
         }
         Ok(())
@@ -284,7 +285,7 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
         let mut v = piece.lo;
         while v < piece.hi {
             if v != piece.lo && (v - piece.lo).is_multiple_of(POLL_EVERY as u64 * PAGE_SIZE) && interrupted() {
-                return Err(String::from(INTERRUPTED));
+                return Err(Stopped::Interrupted);
             }
             let fw = crate::mm::folio_walk::folio_walk_start(
                 &lock,
@@ -324,7 +325,10 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
                     Flag::Folio(sz) => folio_size(&fw) == Some(sz),
                 };
                 if have == neg {
-                    return Err(alloc::format!("page {v:#x}: {}{name} does not hold", if neg { "!" } else { "" }));
+                    return Err(Stopped::By(alloc::format!(
+                        "page {v:#x}: {}{name} does not hold",
+                        if neg { "!" } else { "" }
+                    )));
                 }
             }
             drop(fw);
