@@ -18,7 +18,7 @@ use crate::mm::desc::{Desc, Kind, NonPresent};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::FrameTableMem;
 use crate::mm::mm_struct::MmapLocked;
-use crate::mm::pgtable::{Tables, Translation, expected_access_hw};
+use crate::mm::pgtable::{HwUpdates, Tables, Translation, expected_access_hw};
 use crate::mm::walk::{Entry, PageWalkOps, Step};
 use crate::proc::{self, Process};
 use crate::util::{Bytes, parse_number};
@@ -177,21 +177,11 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
             _ => &[piece.lo],
         };
         for &v in pages {
-            // The software walk of that page (the piece only says which
-            // pages stand for its entry).
-            let tr = t.translate(VirtAddr(v));
             let daif = cpu::irq_save();
             // SAFETY: only AT runs while P's tables are in TTBR0; nothing
             // executes from TTBR0 addresses here.
             unsafe { proc::activate(pr) };
-            let mut mismatch = None;
-            for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
-                let want = expected_access_hw(&tr, true, write, hw);
-                let got = crate::test::at_outcome(op, v);
-                if want != got && mismatch.is_none() {
-                    mismatch = Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
-                }
-            }
+            let mismatch = at_mismatch(t, v, hw);
             cpu::irq_restore(daif);
             if let Some(m) = mismatch {
                 return Err(Stopped::By(m));
@@ -200,6 +190,21 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
         Ok(())
     })?;
     Ok(Outcome::Assert(checked))
+}
+
+/// The software walk of page `v` (the piece only says which pages stand for
+/// its entry) against AT S1E0R/S1E0W on it, P's tables being live in TTBR0:
+/// what differs, if anything.
+fn at_mismatch(t: &Tables<'_, FrameTableMem>, v: u64, hw: HwUpdates) -> Option<String> {
+    let tr = t.translate(VirtAddr(v));
+    for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
+        let want = expected_access_hw(&tr, true, write, hw);
+        let got = crate::test::at_outcome(op, v);
+        if want != got {
+            return Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
+        }
+    }
+    None
 }
 
 /// A `query` flag, validated before anything is looked at.
