@@ -6,8 +6,9 @@
 #   Ctrl-C is not lost: it runs next;
 # - escape sequences (arrow keys) are no errors, and the up key recalls the
 #   last line;
-# - walk, atcheck and query over 1 TiB and 100 TiB sparse regions finish
-#   quickly (time in proportion to the entries they visit).
+# - walk, atcheck and query over 1 TiB, 100 TiB and nearly all of the user
+#   address space finish quickly (time in proportion to the entries they
+#   visit).
 # Every line that must be refused carries `!"TEXT"`, so the run must end
 # with "halting: N passed, 0 failed".
 set -euo pipefail
@@ -95,6 +96,15 @@ if [[ -n $blk ]]; then
     type_line 'A query h+0:4K expect block anon'
     interrupt '!"interrupted" A query h expect present anon exclusive' '' 'A check h+0x1000:16 0x01'
 fi
+# Nearly the whole user address space in one region (from the mmap base to
+# the top, 48-bit VA: 131000 GiB of 131072).
+type_line 'spawn W'
+type_line 'W mmap all 131000G prot=r'
+type_line 'W touch all+0x100000000000 read'
+type_line 'W atcheck all'
+type_line 'W query all expect !writable !swap'
+type_line 'W walk all'
+type_line 'W exit'
 type_line 'A exit'
 type_line 'invariants'
 type_line 'halt'
@@ -126,6 +136,9 @@ if [[ -n $blk ]]; then
     grep -q 'PASS line 29: A check h+0x1000:16 0x01' "$tmp/out" &&
         ok "the line typed behind Ctrl-C ran next" || bad "the line typed behind Ctrl-C was lost"
 fi
+for what in 'W atcheck all' 'W query all expect !writable !swap'; do
+    grep -qE "^PASS line [0-9]+: $what\$" "$tmp/out" && ok "whole user space: $what" || bad "whole user space: '$what' did not pass"
+done
 for n in 16 17 21; do
     grep -q "PASS line $n: " "$tmp/out" && ok "huge range line $n" || bad "huge range line $n did not pass"
 done
