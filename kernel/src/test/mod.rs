@@ -140,3 +140,8 @@ pub fn run_all() -> usize {
     println!("{} passed, {} failed", t.passed + p, t.failed + f);
     t.failed + f
 }
+
+/// How many tests have a name containing `filter`.
+pub fn matching(filter: &str) -> usize {
+    all().filter(|t| t.name.contains(filter)).count()
+}
