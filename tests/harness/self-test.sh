@@ -71,7 +71,7 @@ GOOD='5_passed,_0_failed\n'
 PANIC='\n!!!_KERNEL_PANIC_on_cpu0:_boom\n____at_kernel/src/x.rs:1:1\nbacktrace:\n__#1__0xffff000040001234\n'
 # name status hang output want
 CASES=(
-    "control 0 0 pagelab:1>_meminfo\n$GOOD PASS"
+    "control 0 0 running_4_in-kernel_tests\nPASS_t1\nSKIP_t2:_cannot_apply\nPASS_t3\nPASS_t4\nPASS_invariants\n$GOOD PASS"
     "exit-nonzero 1 0 $GOOD FAIL"
     "hang 0 1 $GOOD FAIL"
     "panic-exit0 0 0 $GOOD$PANIC FAIL"
@@ -181,6 +181,14 @@ harness with_args 'run_kernel_tests "kernel[a]" "$LOGDIR/a.log"; FAKE_QEMU_OUT=$
 got=$(verdicts "$T/c.out")
 if [[ $got == "FAIL PASS" ]]; then pass "goes-on/kernel-tests"; else fail "goes-on/kernel-tests" "wanted 'FAIL PASS', got '$got'"; fi
 
+# 6b. An in-kernel run must show a verdict for every test it announced:
+#     tests that vanished (a table cut short, a runner that stopped early)
+#     are a failure even with a clean summary last.
+fake missing-verdicts 0 0 "running 3 in-kernel tests\nPASS t1\nPASS invariants\n2 passed, 0 failed\n"
+harness run_kernel_tests "kernel[fake,missing-verdicts]" "$T/logs/kernel-missing.log" >"$T/k.out" 2>&1
+got=$(verdicts "$T/k.out")
+if [[ $got == FAIL ]]; then pass "kernel-tests/missing-verdicts"; else fail "kernel-tests/missing-verdicts" "wanted FAIL, got '$got'"; fi
+
 # 7. The job pool: outputs in start order whatever the finishing order, a
 #    job that stops on a harness error or is killed counts as a failure, and
 #    the total counts everything.
@@ -217,8 +225,8 @@ fi
 #    fails the coverage check; once it PASSes in another run, it passes.
 # shellcheck disable=SC2016  # expanded in the harness subshell
 COVER='
-printf "SKIP t_one: cannot apply\nPASS t_two\nPASS invariants\n2 passed, 0 failed\n" >"$LOGDIR/skip.out"
-printf "PASS t_one\nPASS t_two\nPASS invariants\n3 passed, 0 failed\n" >"$LOGDIR/full.out"
+printf "running 2 in-kernel tests\nSKIP t_one: cannot apply\nPASS t_two\nPASS invariants\n2 passed, 0 failed\n" >"$LOGDIR/skip.out"
+printf "running 2 in-kernel tests\nPASS t_one\nPASS t_two\nPASS invariants\n3 passed, 0 failed\n" >"$LOGDIR/full.out"
 FAKE_QEMU_OUT=$LOGDIR/skip.out FAKE_QEMU_STATUS=0 run_kernel_tests "kernel[skips]" "$LOGDIR/kernel-skips.log"
 check_skip_coverage
 FAKE_QEMU_OUT=$LOGDIR/full.out FAKE_QEMU_STATUS=0 run_kernel_tests "kernel[full]" "$LOGDIR/kernel-full.log"
