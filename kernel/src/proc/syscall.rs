@@ -136,7 +136,11 @@ fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
             *b = b'.';
         }
     }
-    crate::print!("[{}] {}", p.name, core::str::from_utf8(&kbuf).unwrap_or(""));
+    // Each write is a line of its own, so the kernel's verdict lines that
+    // follow always start a line.
+    let text = core::str::from_utf8(&kbuf).unwrap_or("");
+    let end = if text.ends_with('\n') { "" } else { "\n" };
+    crate::print!("[{}] {text}{end}", p.name);
     n as i64
 }
 
