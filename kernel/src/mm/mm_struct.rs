@@ -193,6 +193,10 @@ impl VmaList {
     pub fn iter(&self) -> impl Iterator<Item = &Vma> {
         self.0.iter()
     }
+    /// How many VMAs splitting at `start` and `end` would add (0 to 2).
+    pub fn splits_needed(&self, start: u64, end: u64) -> usize {
+        [start, end].iter().filter(|&&a| self.0.iter().any(|v| v.start < a && a < v.end)).count()
+    }
     /// Makes room for `n` more VMAs (an insert, or the splits of a range
     /// operation's ends): `out of memory` past [`MAX_MAP_COUNT`] (Linux:
     /// -ENOMEM) or when the heap has no room.
@@ -414,6 +418,25 @@ mod sealed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_map_count_and_splits_needed() {
+        let mut l = VmaList::default();
+        let v = |s: u64| Vma { start: s, end: s + 0x1000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 };
+        assert!(l.insert(Vma { end: 0x4000, ..v(0x1000) }));
+        assert_eq!(l.splits_needed(0x1000, 0x4000), 0, "whole VMA: no split");
+        assert_eq!(l.splits_needed(0x2000, 0x4000), 1);
+        assert_eq!(l.splits_needed(0x2000, 0x3000), 2);
+        assert_eq!(l.splits_needed(0x8000, 0x9000), 0, "a hole");
+        for i in 1..MAX_MAP_COUNT as u64 {
+            l.try_reserve(1).unwrap();
+            assert!(l.insert(v(0x10_0000 + i * 0x2000)));
+        }
+        assert_eq!(l.iter().count(), MAX_MAP_COUNT);
+        assert_eq!(l.try_reserve(1), Err(crate::mm::error::MmError::TooManyMappings));
+        assert_eq!(l.try_reserve(0), Ok(()));
+        assert_eq!(crate::mm::error::MmError::TooManyMappings.errno(), crate::errno::ENOMEM);
+    }
 
     #[test]
     fn vma_list_keeps_order_and_refuses_overlap() {

@@ -589,7 +589,8 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
             if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
                 return Err(MmError::Agent);
             }
-            vmas.try_reserve(2)?;
+            let n = vmas.splits_needed(va, va + len);
+            vmas.try_reserve(n)?;
             vmas.split_at(va);
             vmas.split_at(va + len);
             zap(p, va, len)?;
@@ -612,7 +613,8 @@ fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, l
         let v = vmas.find(a).ok_or(MmError::NotMapped { addr: a })?;
         a = v.end;
     }
-    vmas.try_reserve(2)?;
+    let n = vmas.splits_needed(va, va + len);
+    vmas.try_reserve(n)?;
     vmas.split_at(va);
     vmas.split_at(va + len);
     Ok(())
