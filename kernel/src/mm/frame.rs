@@ -158,7 +158,10 @@ fn alloc_buddy(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
         let pfn = st.buddy.alloc(count as usize)? as u64;
         mark(st, pfn, count, true).expect("buddy returned a frame outside RAM");
         st.allocated += count;
-        st.by_owner[owner as usize] += count;
+        // Wrapping: UserAnon's counter may stand "negative" while the per-CPU
+        // lists hold moves not yet settled (see pcp::settle).
+        let o = &mut st.by_owner[owner as usize];
+        *o = o.wrapping_add(count);
         Some(PhysAddr::from_pfn(pfn))
     })
 }
@@ -442,13 +445,16 @@ fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) ->
             return Err(FreeError::NotAllocated(PhysAddr::from_pfn(p)));
         }
     }
-    if st.by_owner[owner as usize] < count {
+    // UserAnon's own counter is meaningful only with the lists' unsettled
+    // moves added in (pcp::settle): the bitmap check above guards its frees.
+    if owner != Owner::UserAnon && st.by_owner[owner as usize] < count {
         return Err(FreeError::NotAllocated(pa));
     }
     mark(st, pa.pfn(), count, false)?;
     st.buddy.dealloc(pa.pfn() as usize, count as usize);
     st.allocated -= count;
-    st.by_owner[owner as usize] -= count;
+    let o = &mut st.by_owner[owner as usize];
+    *o = o.wrapping_sub(count);
     Ok(())
 }
 
