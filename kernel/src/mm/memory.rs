@@ -192,6 +192,14 @@ pub(crate) fn split_blocks_at_edges(
     Ok(())
 }
 
+/// Splits the blocks that `[va, va+len)` cuts (the fallible part of
+/// [`change_protection`], which callers run before they change a VMA).
+pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+    let _ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)
+}
+
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
     if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)

@@ -701,6 +701,14 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
         }
         split_covered(&mut vmas, va, len)?;
+        // The blocks each VMA's edges cut are split first: the only step of
+        // `change_protection` that can fail (a table page). Done before any
+        // VMA changes, a failure leaves the VMAs and the entries agreeing.
+        let mut a = va;
+        while let Some((s, e)) = vmas.inside(a, va + len).map(|v| (v.start, v.end)).next() {
+            memory::split_range_edges(p.mt(), s, e - s)?;
+            a = e;
+        }
         for v in vmas.inside_mut(va, va + len) {
             let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
             let mut f = keep;
@@ -717,6 +725,7 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
         while let Some((s, e, shared)) =
             vmas.inside(a, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
         {
+            // Cannot fail now that the edges are split.
             memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
             a = e;
         }
@@ -1021,6 +1030,8 @@ pub(crate) fn deactivate_this_cpu() {
 /// - a writable private entry maps a `PageAnonExclusive` page, and an
 ///   exclusive page is mapped exactly once;
 /// - the zero page is only ever mapped read-only and special;
+/// - every leaf lies in VMAs, and is EL0-writable only where they allow
+///   writes;
 /// - a folio's refcount is its mappings plus its pins plus GUP references;
 /// - the frames the allocator counts as user memory are exactly the
 ///   folios' frames, and each process's table pages are accounted.
@@ -1038,14 +1049,13 @@ pub fn check_invariants() -> Result<(), String> {
         let accounted = mem.tables;
         let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
-        let shared_vmas: Vec<(u64, u64)> =
-            p.mm.mmap_read_lock()
-                .vmas()
-                .iter()
-                .filter(|v| v.flags.contains(VmFlags::SHARED))
-                .map(|v| (v.start, v.end))
-                .collect();
-        let shared_at = |va: u64| shared_vmas.iter().any(|&(s, e)| s <= va && va < e);
+        // Sorted and non-overlapping, as the VMA list.
+        let vmas: Vec<(u64, u64, VmFlags)> =
+            p.mm.mmap_read_lock().vmas().iter().map(|v| (v.start, v.end, v.flags)).collect();
+        let shared_at = |va: u64| {
+            let i = vmas.partition_point(|&(_, e, _)| e <= va);
+            vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))
+        };
         // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
         let mut run: Option<(u64, u64, u64, usize)> = None;
         let (cont_n, cont_sz) = (GRANULE.contiguous_entries(3), memory::cont_size());
@@ -1081,6 +1091,28 @@ pub fn check_invariants() -> Result<(), String> {
                         run = Some((e.va.0, oa, e.desc.run_attr_bits(), 1));
                     }
                     _ => run = None,
+                }
+            }
+            // Every leaf lies in a VMA, and EL0 can write only where its
+            // VMA allows writes (a failed mprotect must not leave more).
+            if let Kind::Leaf(_) = e.kind {
+                let (mut a, end) = (e.va.0, e.va.0 + e.size);
+                let mut i = vmas.partition_point(|&(_, ve, _)| ve <= a);
+                while a < end {
+                    match vmas.get(i) {
+                        Some(&(vs, ve, f)) if vs <= a => {
+                            if e.desc.user_writable() && !f.contains(VmFlags::WRITE) {
+                                err = fail(alloc::format!("EL0-writable entry in a VMA without WRITE ({f})"));
+                                return;
+                            }
+                            a = ve;
+                            i += 1;
+                        }
+                        _ => {
+                            err = fail(alloc::format!("a valid entry over {a:#x}, which is in no VMA"));
+                            return;
+                        }
+                    }
                 }
             }
             match e.kind {
