@@ -546,8 +546,19 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
         if let Some(pfn) = a.pfn
             && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
         {
-            let _ = memory::zap_page_range(p.mt(), va, size);
-            p.mm.mmap_write_lock().remove(va);
+            // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
+            // allocation to inject failures into, and a zap of special
+            // entries only (no pages, no blocks) needs none that can fail.
+            // Should it fail all the same, the VMA stays over its entries.
+            match crate::mm::fail_alloc::unarmed(|| memory::zap_page_range(p.mt(), va, size)) {
+                Ok(()) => {
+                    p.mm.mmap_write_lock().remove(va);
+                }
+                Err(z) => {
+                    log::error!("{}: mmap pfn= failed ({e}) and so did its cleanup ({z})", p.name);
+                    p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+                }
+            }
             return Err(e);
         }
         // Leave a guard gap between regions.

@@ -18,7 +18,57 @@ use crate::proc::{self, MmapArgs, ProcError, RunEnd, Unresolved};
 pub static TESTS: &[Test] = &[
     Test { name: "fail_alloc_random_ops_leak_nothing", f: random_ops },
     Test { name: "fail_alloc_mprotect_of_a_block_keeps_vma_and_entries", f: mprotect_block },
+    Test { name: "fail_alloc_mmap_pfn_leaves_no_entries", f: mmap_pfn },
 ];
+
+/// `mmap pfn=` of the whole PFN pool with the k-th allocation failing, for
+/// k = 0, 1, ... until it gets through: a failure leaves no entry behind
+/// (`invariants`: none outside a VMA) and the next mapping at that address
+/// works. (The cleanup's zap ran under injection and could fail, leaving
+/// the special entries `remap_pfn_range` wrote with no VMA.)
+fn mmap_pfn() -> Result<(), String> {
+    let name = "fa_mmap_pfn";
+    let Some((ps, pe)) = crate::mm::memory::pfn_pool() else {
+        return super::cannot_apply("this machine has no PFN pool");
+    };
+    let free0 = frame::stats().free;
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        // Aligned to 2M: with 4K pages the pool spans two level-3 tables,
+        // so a failure can come after some entries are written.
+        let args = || MmapArgs { pfn: Some(ps), shared: true, align: 2 << 20, ..super::anon(pe - ps) };
+        let mut k = 0u64;
+        let va = loop {
+            fail_alloc::fail_after(k);
+            let got = armed(|| proc::mmap(name, &alloc::format!("io{k}"), args()));
+            fail_alloc::configure(0, 0);
+            crate::console::commands::invariants().map_err(|e| alloc::format!("allocation {k} failing: {e}"))?;
+            match got {
+                Ok(va) => break va,
+                Err(e) if e.is_oom() => {
+                    // The address space is as before: a plain mapping works.
+                    let a = proc::mmap(name, "plain", super::anon(PAGE_SIZE))?;
+                    let end = proc::access(name, op::WRITE, a, PAGE_SIZE, 0x44)?;
+                    ensure!(matches!(end, RunEnd::Done), "allocation {k} failing: the next mapping: {end:?}");
+                    ensure!(matches!(proc::access(name, op::CHECK, a, PAGE_SIZE, 0x44)?, RunEnd::Done), "its bytes");
+                    proc::munmap(name, a, PAGE_SIZE)?;
+                }
+                Err(e) => return Err(alloc::format!("allocation {k} failing: {e} (not out of memory)")),
+            }
+            k += 1;
+            ensure!(k < 1000, "mmap pfn= never got through");
+        };
+        ensure!(k >= 2, "mmap pfn= got through with allocation {k} failing: its tables were not reached");
+        ensure!(proc::mapped_level(name, va + (pe - ps) - PAGE_SIZE) == Some(3), "the last page is not mapped");
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r?;
+    let free = frame::stats().free;
+    ensure!(free == free0, "free frames {free0} -> {free} after exit");
+    Ok(())
+}
 
 /// `mprotect` read-only of one page inside a block, with the k-th
 /// allocation failing for k = 0, 1, ...: a failure leaves the VMA and the
