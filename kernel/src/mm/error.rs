@@ -55,6 +55,8 @@ pub enum MmError {
     TooManyMappings,
     /// A folio has references in flight (GUP between its steps): try again.
     Again,
+    /// `madvise dontneed` of a PFN mapping (Linux: -EINVAL).
+    PfnMap { addr: u64 },
     /// fork met a non-present entry it cannot copy yet.
     NotPresent { addr: u64 },
     /// The table code refused a change (not for lack of memory).
@@ -98,6 +100,7 @@ impl MmError {
             | MmError::PfnOutsidePool { .. }
             | MmError::FileOptions
             | MmError::NotPresent { .. }
+            | MmError::PfnMap { .. }
             | MmError::Table(_)
             | MmError::Inconsistent { .. } => EINVAL,
         }
@@ -150,6 +153,9 @@ impl fmt::Display for MmError {
                 super::mm_struct::MAX_MAP_COUNT
             ),
             MmError::Again => f.write_str("the folio has references in flight; try again"),
+            MmError::PfnMap { addr } => {
+                write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
+            }
             MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
             MmError::Table(e) => write!(f, "the table code refused the change: {e:?}"),
             MmError::Inconsistent { addr, what } => {

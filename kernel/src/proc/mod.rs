@@ -639,15 +639,32 @@ pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(),
     with_proc(name, |p| Ok(madvise_hugepage_p(p, va, len, huge)?))
 }
 
+/// As Linux's `madvise_walk_vmas`: every VMA part in the range gets the
+/// advice; a hole is `not mapped` (-ENOMEM) once the rest is done.
 pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
-    {
-        let mut vmas = p.mm.mmap_write_lock();
-        split_covered(&mut vmas, va, len)?;
-        for v in vmas.inside_mut(va, va + len) {
-            if v.flags.contains(VmFlags::PFNMAP) || v.file != 0 {
-                continue; // no anonymous folios to size there
-            }
+    let end = va + len;
+    let mut vmas = p.mm.mmap_write_lock();
+    let mut hole = None;
+    let mut a = va;
+    while a < end {
+        let Some((s, e)) = vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end)))
+        else {
+            hole.get_or_insert(a);
+            break;
+        };
+        if s > a {
+            hole.get_or_insert(a);
+        }
+        let n = vmas.splits_needed(s, e);
+        vmas.try_reserve(n)?;
+        vmas.split_at(s);
+        vmas.split_at(e);
+        if let Some(v) = vmas.find_mut(s)
+            && !v.flags.contains(VmFlags::PFNMAP)
+            && v.file == 0
+        {
+            // Only anonymous memory has folios to size.
             if huge {
                 v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
                 if v.folio_order == 0 {
@@ -657,8 +674,9 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
                 v.flags = VmFlags((v.flags.0 | VmFlags::NOHUGEPAGE.0) & !VmFlags::HUGEPAGE.0);
             }
         }
-        Ok(())
+        a = e;
     }
+    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
 }
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
@@ -668,9 +686,25 @@ pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), ProcError> 
     with_proc(name, |p| Ok(madvise_dontneed_p(p, va, len)?))
 }
 
+/// VMA by VMA, as Linux's `madvise_walk_vmas`: a PFN mapping ends the walk
+/// (`madvise_dontneed_free_valid_vma`: -EINVAL); holes are skipped.
 pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    let _g = p.mm.mmap_read_lock();
-    zap(p, va, len)
+    let g = p.mm.mmap_read_lock();
+    let end = va + len;
+    let mut a = va;
+    while let Some((s, e, pfn)) = g
+        .vmas()
+        .iter()
+        .find(|v| v.end > a && v.start < end)
+        .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
+    {
+        if pfn {
+            return Err(MmError::PfnMap { addr: s });
+        }
+        zap(p, s, e - s)?;
+        a = e;
+    }
+    Ok(())
 }
 
 /// Whether every page of `[va, va+len)` lies in some VMA.
