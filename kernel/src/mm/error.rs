@@ -27,7 +27,8 @@ pub enum MmError {
     /// An allocation failed.
     NoMemory(Need),
     /// Linux's overcommit heuristic (OVERCOMMIT_GUESS): a private writable
-    /// mapping of `size` bytes is more than RAM plus swap (`limit`).
+    /// or anonymous shared mapping of `size` bytes is more than RAM plus
+    /// swap (`limit`).
     Overcommit { size: u64, limit: u64 },
     /// No room for `size` bytes in the user address space.
     NoAddressSpace { size: u64 },
@@ -121,7 +122,7 @@ impl fmt::Display for MmError {
             MmError::NoMemory(Need::Heap) => f.write_str("out of memory (kernel heap)"),
             MmError::Overcommit { size, limit } => write!(
                 f,
-                "out of memory: a private writable mapping of {} is more than RAM plus swap ({}); `noreserve` maps it anyway",
+                "out of memory: a mapping of {} is more than RAM plus swap ({}); `noreserve` maps it anyway",
                 Bytes(size),
                 Bytes(limit)
             ),

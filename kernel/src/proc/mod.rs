@@ -431,9 +431,9 @@ pub struct MmapArgs {
 }
 
 /// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
-/// `__vm_enough_memory`): a private writable mapping may not be larger than
-/// total RAM plus swap (there is no swap device). Each mapping on its own,
-/// as Linux: the sum may be more.
+/// `__vm_enough_memory`): a charged mapping may not be larger than total RAM
+/// plus swap (there is no swap device). Each mapping on its own, as Linux:
+/// the sum may be more.
 fn vm_enough_memory(size: u64) -> Result<(), MmError> {
     let limit = crate::mm::frame::stats().managed * PAGE_SIZE;
     if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
@@ -491,7 +491,12 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
         if a.noreserve {
             flags = flags | VmFlags::NORESERVE;
         }
-        if accountable(flags) && a.writable {
+        // A private writable mapping is charged (`VM_ACCOUNT`); so is
+        // anonymous shared memory, whatever its protection: its shmem file
+        // is (`shmem_zero_setup` -> `shmem_acct_size`) unless `noreserve`.
+        // A memfd (Linux: VM_NORESERVE) and a PFN mapping are not.
+        let shared_anon = a.shared && a.pfn.is_none() && a.memfd.is_none() && a.file.is_none();
+        if (accountable(flags) && a.writable) || (shared_anon && !a.noreserve) {
             vm_enough_memory(size)?;
         }
         // File-backed memory: a named memfd, or (shared, not PFN) an unnamed

@@ -169,6 +169,21 @@ fn typed_errnos() -> Result<(), String> {
         let got = sc(nr::MPROTECT, [ro as u64, big, 3, 0, 0, 0])?;
         ensure!(got == -ENOMEM, "mprotect of it to read-write: got {got}, expected {}", -ENOMEM);
         ensure!(sc(nr::MUNMAP, [ro as u64, big, 0, 0, 0, 0])? == 0, "munmap of the read-only one");
+        // Anonymous shared memory is charged whatever its protection (its
+        // shmem file is, `shmem_acct_size`), unless MAP_NORESERVE; a memfd
+        // is not (VM_NORESERVE).
+        for prot in [3, 1] {
+            let got = sc(nr::MMAP, [0, big, prot, 0x21, u64::MAX, 0])?;
+            ensure!(got == -ENOMEM, "shared anonymous mmap of {big:#x}, prot {prot}: got {got}, expected {}", -ENOMEM);
+        }
+        let sh = sc(nr::MMAP, [0, big, 3, 0x21 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
+        ensure!(sh > 0, "shared anonymous mmap with MAP_NORESERVE: got {sh}");
+        ensure!(matches!(proc::access(name, op::WRITE, sh as u64 + big - 8, 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(sc(nr::MUNMAP, [sh as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
+        let mf = proc::mmap(name, "mf", MmapArgs { memfd: Some("errno_big".into()), shared: true, ..super::anon(big) });
+        ensure!(mf.is_ok(), "a memfd mapping of {big:#x} is not charged: {mf:?}");
+        proc::munmap(name, mf?, big)?;
+        let _ = crate::mm::shmem::remove_unmapped("errno_big");
         // The child's root table comes, its agent's tables do not.
         fail_alloc::fail_after(1);
         fail_alloc::arm(true);
