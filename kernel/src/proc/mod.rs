@@ -700,7 +700,7 @@ pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), M
     while let Some((s, e, pfn)) = g
         .vmas()
         .iter()
-        .find(|v| v.end > a && v.start < end)
+        .find(|v| a < end && v.end > a && v.start < end)
         .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
     {
         if pfn {

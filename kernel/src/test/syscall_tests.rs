@@ -46,7 +46,7 @@ fn linux_errnos() -> Result<(), String> {
         let (m, m2) = (m as u64, m2 as u64);
         ensure!(m2 >= m + 5 * PAGE_SIZE, "no hole between the mappings");
         let top = proc::USER_TOP;
-        let cases: [(&str, u64, [u64; 6], i64); 9] = [
+        let cases: [(&str, u64, [u64; 6], i64); 10] = [
             ("mprotect of length 0", nr::MPROTECT, [m, 0, 1, 0, 0, 0], 0),
             ("mprotect of length 0 with bad prot", nr::MPROTECT, [m, 0, 0x100, 0, 0, 0], 0),
             ("mprotect misaligned of length 0", nr::MPROTECT, [m + 1, 0, 1, 0, 0, 0], -EINVAL),
@@ -61,6 +61,7 @@ fn linux_errnos() -> Result<(), String> {
             ),
             ("madvise with a length that wraps", nr::MADVISE, [m, u64::MAX - 10, MADV_DONTNEED, 0, 0, 0], -EINVAL),
             ("madvise of length 0", nr::MADVISE, [m, 0, MADV_HUGEPAGE, 0, 0, 0], 0),
+            ("madvise of part of a mapping", nr::MADVISE, [m + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], 0),
         ];
         for (what, n, a, want) in cases {
             let got = sc(n, a)?;
