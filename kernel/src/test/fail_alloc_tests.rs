@@ -58,7 +58,9 @@ fn mmap_pfn() -> Result<(), String> {
             k += 1;
             ensure!(k < 1000, "mmap pfn= never got through");
         };
-        ensure!(k >= 2, "mmap pfn= got through with allocation {k} failing: its tables were not reached");
+        // With 4K pages k reaches 2 or more (a failure after entries were
+        // written); with 16K and 64K one level-3 table holds the pool.
+        ensure!(k >= 1, "mmap pfn= got through with allocation {k} failing: its tables were not reached");
         ensure!(proc::mapped_level(name, va + (pe - ps) - PAGE_SIZE) == Some(3), "the last page is not mapped");
         Ok(())
     })();
