@@ -27,7 +27,8 @@ pub enum MmError {
     /// An allocation failed.
     NoMemory(Need),
     /// Linux's overcommit heuristic (OVERCOMMIT_GUESS): a private writable
-    /// mapping of `size` bytes is more than RAM plus swap (`limit`).
+    /// or anonymous shared mapping of `size` bytes is more than RAM plus
+    /// swap (`limit`).
     Overcommit { size: u64, limit: u64 },
     /// No room for `size` bytes in the user address space.
     NoAddressSpace { size: u64 },
@@ -55,6 +56,8 @@ pub enum MmError {
     TooManyMappings,
     /// A folio has references in flight (GUP between its steps): try again.
     Again,
+    /// `madvise dontneed` of a PFN mapping (Linux: -EINVAL).
+    PfnMap { addr: u64 },
     /// fork met a non-present entry it cannot copy yet.
     NotPresent { addr: u64 },
     /// The table code refused a change (not for lack of memory).
@@ -98,6 +101,7 @@ impl MmError {
             | MmError::PfnOutsidePool { .. }
             | MmError::FileOptions
             | MmError::NotPresent { .. }
+            | MmError::PfnMap { .. }
             | MmError::Table(_)
             | MmError::Inconsistent { .. } => EINVAL,
         }
@@ -118,7 +122,7 @@ impl fmt::Display for MmError {
             MmError::NoMemory(Need::Heap) => f.write_str("out of memory (kernel heap)"),
             MmError::Overcommit { size, limit } => write!(
                 f,
-                "out of memory: a private writable mapping of {} is more than RAM plus swap ({}); `noreserve` maps it anyway",
+                "out of memory: a mapping of {} is more than RAM plus swap ({}); `noreserve` maps it anyway",
                 Bytes(size),
                 Bytes(limit)
             ),
@@ -150,6 +154,9 @@ impl fmt::Display for MmError {
                 super::mm_struct::MAX_MAP_COUNT
             ),
             MmError::Again => f.write_str("the folio has references in flight; try again"),
+            MmError::PfnMap { addr } => {
+                write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
+            }
             MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
             MmError::Table(e) => write!(f, "the table code refused the change: {e:?}"),
             MmError::Inconsistent { addr, what } => {

@@ -192,6 +192,14 @@ pub(crate) fn split_blocks_at_edges(
     Ok(())
 }
 
+/// Splits the blocks that `[va, va+len)` cuts (the fallible part of
+/// [`change_protection`], which callers run before they change a VMA).
+pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+    let _ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)
+}
+
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
     if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)
@@ -914,8 +922,9 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
     // Break every entry, unlinking the tables the range covers whole (they
     // are empty then), then one flush - non-leaf if a table went - and
     // only after it the tables and pages are freed.
+    // Best effort: a table that cannot be listed stays linked ([`clear_range`]).
     let mut detached: Vec<PhysAddr> = Vec::new();
-    try_reserve(&mut detached, 16)?;
+    let _ = detached.try_reserve(16);
     let mut cleared = false;
     clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
     if cleared || !detached.is_empty() {

@@ -431,9 +431,9 @@ pub struct MmapArgs {
 }
 
 /// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
-/// `__vm_enough_memory`): a private writable mapping may not be larger than
-/// total RAM plus swap (there is no swap device). Each mapping on its own,
-/// as Linux: the sum may be more.
+/// `__vm_enough_memory`): a charged mapping may not be larger than total RAM
+/// plus swap (there is no swap device). Each mapping on its own, as Linux:
+/// the sum may be more.
 fn vm_enough_memory(size: u64) -> Result<(), MmError> {
     let limit = crate::mm::frame::stats().managed * PAGE_SIZE;
     if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
@@ -491,7 +491,12 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
         if a.noreserve {
             flags = flags | VmFlags::NORESERVE;
         }
-        if accountable(flags) && a.writable {
+        // A private writable mapping is charged (`VM_ACCOUNT`); so is
+        // anonymous shared memory, whatever its protection: its shmem file
+        // is (`shmem_zero_setup` -> `shmem_acct_size`) unless `noreserve`.
+        // A memfd (Linux: VM_NORESERVE) and a PFN mapping are not.
+        let shared_anon = a.shared && a.pfn.is_none() && a.memfd.is_none() && a.file.is_none();
+        if (accountable(flags) && a.writable) || (shared_anon && !a.noreserve) {
             vm_enough_memory(size)?;
         }
         // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
@@ -546,8 +551,19 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
         if let Some(pfn) = a.pfn
             && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
         {
-            let _ = memory::zap_page_range(p.mt(), va, size);
-            p.mm.mmap_write_lock().remove(va);
+            // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
+            // allocation to inject failures into, and a zap of special
+            // entries only (no pages, no blocks) needs none that can fail.
+            // Should it fail all the same, the VMA stays over its entries.
+            match crate::mm::fail_alloc::unarmed(|| memory::zap_page_range(p.mt(), va, size)) {
+                Ok(()) => {
+                    p.mm.mmap_write_lock().remove(va);
+                }
+                Err(z) => {
+                    log::error!("{}: mmap pfn= failed ({e}) and so did its cleanup ({z})", p.name);
+                    p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+                }
+            }
             return Err(e);
         }
         // Leave a guard gap between regions.
@@ -628,15 +644,32 @@ pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(),
     with_proc(name, |p| Ok(madvise_hugepage_p(p, va, len, huge)?))
 }
 
+/// As Linux's `madvise_walk_vmas`: every VMA part in the range gets the
+/// advice; a hole is `not mapped` (-ENOMEM) once the rest is done.
 pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
-    {
-        let mut vmas = p.mm.mmap_write_lock();
-        split_covered(&mut vmas, va, len)?;
-        for v in vmas.inside_mut(va, va + len) {
-            if v.flags.contains(VmFlags::PFNMAP) || v.file != 0 {
-                continue; // no anonymous folios to size there
-            }
+    let end = va + len;
+    let mut vmas = p.mm.mmap_write_lock();
+    let mut hole = None;
+    let mut a = va;
+    while a < end {
+        let Some((s, e)) = vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end)))
+        else {
+            hole.get_or_insert(a);
+            break;
+        };
+        if s > a {
+            hole.get_or_insert(a);
+        }
+        let n = vmas.splits_needed(s, e);
+        vmas.try_reserve(n)?;
+        vmas.split_at(s);
+        vmas.split_at(e);
+        if let Some(v) = vmas.find_mut(s)
+            && !v.flags.contains(VmFlags::PFNMAP)
+            && v.file == 0
+        {
+            // Only anonymous memory has folios to size.
             if huge {
                 v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
                 if v.folio_order == 0 {
@@ -646,8 +679,9 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
                 v.flags = VmFlags((v.flags.0 | VmFlags::NOHUGEPAGE.0) & !VmFlags::HUGEPAGE.0);
             }
         }
-        Ok(())
+        a = e;
     }
+    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
 }
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
@@ -657,9 +691,25 @@ pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), ProcError> 
     with_proc(name, |p| Ok(madvise_dontneed_p(p, va, len)?))
 }
 
+/// VMA by VMA, as Linux's `madvise_walk_vmas`: a PFN mapping ends the walk
+/// (`madvise_dontneed_free_valid_vma`: -EINVAL); holes are skipped.
 pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    let _g = p.mm.mmap_read_lock();
-    zap(p, va, len)
+    let g = p.mm.mmap_read_lock();
+    let end = va + len;
+    let mut a = va;
+    while let Some((s, e, pfn)) = g
+        .vmas()
+        .iter()
+        .find(|v| a < end && v.end > a && v.start < end)
+        .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
+    {
+        if pfn {
+            return Err(MmError::PfnMap { addr: s });
+        }
+        zap(p, s, e - s)?;
+        a = e;
+    }
+    Ok(())
 }
 
 /// Whether every page of `[va, va+len)` lies in some VMA.
@@ -701,6 +751,14 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
             }
         }
         split_covered(&mut vmas, va, len)?;
+        // The blocks each VMA's edges cut are split first: the only step of
+        // `change_protection` that can fail (a table page). Done before any
+        // VMA changes, a failure leaves the VMAs and the entries agreeing.
+        let mut a = va;
+        while let Some((s, e)) = vmas.inside(a, va + len).map(|v| (v.start, v.end)).next() {
+            memory::split_range_edges(p.mt(), s, e - s)?;
+            a = e;
+        }
         for v in vmas.inside_mut(va, va + len) {
             let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
             let mut f = keep;
@@ -717,6 +775,7 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
         while let Some((s, e, shared)) =
             vmas.inside(a, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
         {
+            // Cannot fail now that the edges are split.
             memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
             a = e;
         }
@@ -1021,6 +1080,8 @@ pub(crate) fn deactivate_this_cpu() {
 /// - a writable private entry maps a `PageAnonExclusive` page, and an
 ///   exclusive page is mapped exactly once;
 /// - the zero page is only ever mapped read-only and special;
+/// - every leaf lies in VMAs, and is EL0-writable only where they allow
+///   writes;
 /// - a folio's refcount is its mappings plus its pins plus GUP references;
 /// - the frames the allocator counts as user memory are exactly the
 ///   folios' frames, and each process's table pages are accounted.
@@ -1038,14 +1099,13 @@ pub fn check_invariants() -> Result<(), String> {
         let accounted = mem.tables;
         let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut reachable = 1usize;
-        let shared_vmas: Vec<(u64, u64)> =
-            p.mm.mmap_read_lock()
-                .vmas()
-                .iter()
-                .filter(|v| v.flags.contains(VmFlags::SHARED))
-                .map(|v| (v.start, v.end))
-                .collect();
-        let shared_at = |va: u64| shared_vmas.iter().any(|&(s, e)| s <= va && va < e);
+        // Sorted and non-overlapping, as the VMA list.
+        let vmas: Vec<(u64, u64, VmFlags)> =
+            p.mm.mmap_read_lock().vmas().iter().map(|v| (v.start, v.end, v.flags)).collect();
+        let shared_at = |va: u64| {
+            let i = vmas.partition_point(|&(_, e, _)| e <= va);
+            vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))
+        };
         // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
         let mut run: Option<(u64, u64, u64, usize)> = None;
         let (cont_n, cont_sz) = (GRANULE.contiguous_entries(3), memory::cont_size());
@@ -1081,6 +1141,28 @@ pub fn check_invariants() -> Result<(), String> {
                         run = Some((e.va.0, oa, e.desc.run_attr_bits(), 1));
                     }
                     _ => run = None,
+                }
+            }
+            // Every leaf lies in a VMA, and EL0 can write only where its
+            // VMA allows writes (a failed mprotect must not leave more).
+            if let Kind::Leaf(_) = e.kind {
+                let (mut a, end) = (e.va.0, e.va.0 + e.size);
+                let mut i = vmas.partition_point(|&(_, ve, _)| ve <= a);
+                while a < end {
+                    match vmas.get(i) {
+                        Some(&(vs, ve, f)) if vs <= a => {
+                            if e.desc.user_writable() && !f.contains(VmFlags::WRITE) {
+                                err = fail(alloc::format!("EL0-writable entry in a VMA without WRITE ({f})"));
+                                return;
+                            }
+                            a = ve;
+                            i += 1;
+                        }
+                        _ => {
+                            err = fail(alloc::format!("a valid entry over {a:#x}, which is in no VMA"));
+                            return;
+                        }
+                    }
                 }
             }
             match e.kind {

@@ -210,13 +210,26 @@ fn munmap(p: &Process, addr: u64, len: u64) -> i64 {
     }
 }
 
+/// `mprotect(addr, len, prot)`, with Linux's checks in Linux's order
+/// (`do_mprotect_pkey`): a misaligned start is `-EINVAL`, a length of 0
+/// does nothing, a length that wraps is `-ENOMEM`, unknown bits in prot
+/// are `-EINVAL`, and a range past the user top has no VMA there: `-ENOMEM`.
 fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
-    let len = match page_range(addr, len) {
-        Ok(l) => l,
-        Err(e) => return e,
+    let ps = crate::mm::granule::PAGE_SIZE;
+    if !addr.is_multiple_of(ps) {
+        return -EINVAL;
+    }
+    if len == 0 {
+        return 0;
+    }
+    let Some(len) = len.checked_add(ps - 1).map(|l| l & !(ps - 1)).filter(|&l| addr.checked_add(l).is_some()) else {
+        return -ENOMEM;
     };
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
+    }
+    if addr + len > super::USER_TOP {
+        return -ENOMEM;
     }
     match super::mprotect_p(p, addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
         Ok(()) => 0,
@@ -225,29 +238,34 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
 }
 
 /// `madvise(addr, len, advice)`: MADV_DONTNEED, MADV_HUGEPAGE and
-/// MADV_NOHUGEPAGE. As Linux: a misaligned start or an unknown advice is
-/// `-EINVAL`, length 0 does nothing, and a range with holes is `-ENOMEM`
-/// (DONTNEED still zaps what is mapped in it).
+/// MADV_NOHUGEPAGE. As Linux: an unknown advice, a misaligned start or a
+/// length that wraps is `-EINVAL`, length 0 does nothing, and a range with
+/// holes (past the user top included) is `-ENOMEM` after the advice is
+/// applied to the mapped parts. DONTNEED of a PFN mapping is `-EINVAL`.
 fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
-    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) {
+    let ps = crate::mm::granule::PAGE_SIZE;
+    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) || !addr.is_multiple_of(ps) {
         return -EINVAL;
     }
-    if len == 0 && addr.is_multiple_of(crate::mm::granule::PAGE_SIZE) {
+    let Some(len) = len.checked_add(ps - 1).map(|l| l & !(ps - 1)).filter(|&l| addr.checked_add(l).is_some()) else {
+        return -EINVAL;
+    };
+    if len == 0 {
         return 0;
     }
-    let len = match page_range(addr, len) {
-        Ok(l) => l,
-        Err(e) => return e,
-    };
-    let covered = super::range_covered(p, addr, len);
+    // What lies past the user top is a hole.
+    let top = super::USER_TOP;
+    let in_reach = top.saturating_sub(addr).min(len);
+    if in_reach == 0 {
+        return -ENOMEM;
+    }
     let r = match advice {
-        MADV_DONTNEED => super::madvise_dontneed_p(p, addr, len),
-        _ if !covered => return -ENOMEM,
-        a => super::madvise_hugepage_p(p, addr, len, a == MADV_HUGEPAGE),
+        MADV_DONTNEED => super::madvise_dontneed_p(p, addr, in_reach),
+        a => super::madvise_hugepage_p(p, addr, in_reach, a == MADV_HUGEPAGE),
     };
     match r {
-        Ok(()) if covered => 0,
-        Ok(()) => -ENOMEM, // a hole in the range (Linux: DONTNEED still zapped the rest)
+        Ok(()) if in_reach == len && super::range_covered(p, addr, len) => 0,
+        Ok(()) => -ENOMEM, // a hole in the range (Linux: the advice still applied to the rest)
         Err(e) => -e.errno(),
     }
 }

@@ -15,7 +15,118 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::mm::{fail_alloc, frame};
 use crate::proc::{self, MmapArgs, ProcError, RunEnd, Unresolved};
 
-pub static TESTS: &[Test] = &[Test { name: "fail_alloc_random_ops_leak_nothing", f: random_ops }];
+pub static TESTS: &[Test] = &[
+    Test { name: "fail_alloc_random_ops_leak_nothing", f: random_ops },
+    Test { name: "fail_alloc_mprotect_of_a_block_keeps_vma_and_entries", f: mprotect_block },
+    Test { name: "fail_alloc_mmap_pfn_leaves_no_entries", f: mmap_pfn },
+];
+
+/// `mmap pfn=` of the whole PFN pool with the k-th allocation failing, for
+/// k = 0, 1, ... until it gets through: a failure leaves no entry behind
+/// (`invariants`: none outside a VMA) and the next mapping at that address
+/// works. (The cleanup's zap ran under injection and could fail, leaving
+/// the special entries `remap_pfn_range` wrote with no VMA.)
+fn mmap_pfn() -> Result<(), String> {
+    let name = "fa_mmap_pfn";
+    let Some((ps, pe)) = crate::mm::memory::pfn_pool() else {
+        return super::cannot_apply("this machine has no PFN pool");
+    };
+    let free0 = frame::stats().free;
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        // Aligned to 2M: with 4K pages the pool spans two level-3 tables,
+        // so a failure can come after some entries are written.
+        let args = || MmapArgs { pfn: Some(ps), shared: true, align: 2 << 20, ..super::anon(pe - ps) };
+        let mut k = 0u64;
+        let va = loop {
+            fail_alloc::fail_after(k);
+            let got = armed(|| proc::mmap(name, &alloc::format!("io{k}"), args()));
+            fail_alloc::configure(0, 0);
+            crate::console::commands::invariants().map_err(|e| alloc::format!("allocation {k} failing: {e}"))?;
+            match got {
+                Ok(va) => break va,
+                Err(e) if e.is_oom() => {
+                    // The address space is as before: a plain mapping works.
+                    let a = proc::mmap(name, "plain", super::anon(PAGE_SIZE))?;
+                    let end = proc::access(name, op::WRITE, a, PAGE_SIZE, 0x44)?;
+                    ensure!(matches!(end, RunEnd::Done), "allocation {k} failing: the next mapping: {end:?}");
+                    ensure!(matches!(proc::access(name, op::CHECK, a, PAGE_SIZE, 0x44)?, RunEnd::Done), "its bytes");
+                    proc::munmap(name, a, PAGE_SIZE)?;
+                }
+                Err(e) => return Err(alloc::format!("allocation {k} failing: {e} (not out of memory)")),
+            }
+            k += 1;
+            ensure!(k < 1000, "mmap pfn= never got through");
+        };
+        // With 4K pages k reaches 2 or more (a failure after entries were
+        // written); with 16K and 64K one level-3 table holds the pool.
+        ensure!(k >= 1, "mmap pfn= got through with allocation {k} failing: its tables were not reached");
+        ensure!(proc::mapped_level(name, va + (pe - ps) - PAGE_SIZE) == Some(3), "the last page is not mapped");
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r?;
+    let free = frame::stats().free;
+    ensure!(free == free0, "free frames {free0} -> {free} after exit");
+    Ok(())
+}
+
+/// `mprotect` read-only of one page inside a block, with the k-th
+/// allocation failing for k = 0, 1, ...: a failure leaves the VMA and the
+/// entries agreeing (the page stays writable from EL0, `invariants` holds),
+/// and the call that gets through makes the page read-only and nothing
+/// else. (The block's split needs a table page; it used to fail after the
+/// VMA was already read-only, leaving a writable entry behind.)
+fn mprotect_block() -> Result<(), String> {
+    let name = "fa_mprotect_blk";
+    let blk = crate::mm::granule::GRANULE.level_size(2);
+    let free0 = frame::stats().free;
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let args = MmapArgs { folio_order: crate::mm::memory::max_folio_order(), ..super::anon(blk) };
+        let h = proc::mmap(name, "h", args)?;
+        let end = proc::access(name, op::WRITE, h, blk, 0x5a)?;
+        if !matches!(end, RunEnd::Done) || proc::mapped_level(name, h) != Some(2) {
+            return super::cannot_apply("no block-sized folio for the region here");
+        }
+        let page = h + PAGE_SIZE;
+        let mut k = 0u64;
+        loop {
+            fail_alloc::fail_after(k);
+            let got = armed(|| proc::mprotect(name, page, PAGE_SIZE, true, false));
+            fail_alloc::configure(0, 0);
+            crate::console::commands::invariants().map_err(|e| alloc::format!("allocation {k} failing: {e}"))?;
+            match got {
+                Ok(()) => break,
+                Err(e) if e.is_oom() => {
+                    // The VMA is still writable: so is the page.
+                    let end = proc::access(name, op::WRITE, page, 8, 0x11)?;
+                    ensure!(matches!(end, RunEnd::Done), "allocation {k} failing: write after the failure: {end:?}");
+                }
+                Err(e) => return Err(alloc::format!("allocation {k} failing: {e} (not out of memory)")),
+            }
+            k += 1;
+            ensure!(k < 1000, "mprotect never got through");
+        }
+        ensure!(k >= 2, "mprotect got through with allocation {k} failing: the split was not reached");
+        match proc::access(name, op::WRITE, page, 8, 0x22)? {
+            RunEnd::Fault { why: Unresolved::Permission, addr, .. } if addr == page => {}
+            other => return Err(alloc::format!("write to the read-only page: {other:?}, expected a permission fault")),
+        }
+        for a in [h, page + PAGE_SIZE, h + blk - 8] {
+            let end = proc::access(name, op::WRITE, a, 8, 0x33)?;
+            ensure!(matches!(end, RunEnd::Done), "write at {a:#x} next to the read-only page: {end:?}");
+        }
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r?;
+    let free = frame::stats().free;
+    ensure!(free == free0, "free frames {free0} -> {free} after exit");
+    Ok(())
+}
 
 const OPS: usize = 4000;
 /// 5% of allocations fail.
@@ -169,7 +280,12 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             5 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let (va, len) = (va & !(PAGE_SIZE - 1), len.next_multiple_of(PAGE_SIZE));
-                oom_ok("mprotect r", armed(|| proc::mprotect(&name, va, len, true, false)))?;
+                if !oom_ok("mprotect r", armed(|| proc::mprotect(&name, va, len, true, false)))? {
+                    // Before the retry below could hide it: a failure leaves
+                    // the VMAs and the entries agreeing.
+                    crate::console::commands::invariants()
+                        .map_err(|e| alloc::format!("op {i}: failed mprotect: {e}"))?;
+                }
                 // Back to read-write; unarmed if armed fails, so later writes work.
                 if !oom_ok("mprotect rw", armed(|| proc::mprotect(&name, va, len, true, true)))? {
                     proc::mprotect(&name, va, len, true, true)?;

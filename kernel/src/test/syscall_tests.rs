@@ -18,7 +18,82 @@ pub static TESTS: &[Test] = &[
     Test { name: "syscall_errnos_from_typed_errors", f: typed_errnos },
     Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
     Test { name: "el0_fault_out_of_memory_is_reported", f: el0_fault_oom },
+    Test { name: "mprotect_madvise_errnos_as_linux", f: linux_errnos },
 ];
+
+/// The flags of the VMA at `va` in `name`.
+fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {
+    use crate::mm::mm_struct::MmapLocked;
+    Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(va).map(|v| v.flags)))?)
+}
+
+/// Where mprotect and madvise used to differ from Linux: mprotect of
+/// length 0 is 0; past the user top or with a length that wraps it is
+/// -ENOMEM (`do_mprotect_pkey`), and so is madvise past the user top (a
+/// hole); MADV_(NO)HUGEPAGE over a hole applies to the mapped parts, then
+/// is -ENOMEM (`madvise_walk_vmas`); DONTNEED of a PFN mapping is -EINVAL
+/// and leaves its entries (`madvise_dontneed_free_valid_vma`).
+fn linux_errnos() -> Result<(), String> {
+    use crate::mm::mm_struct::VmFlags;
+    let name = "linux_errno_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let sc = |n: u64, a: [u64; 6]| proc::syscall(name, n, a);
+        // Two mappings with the guard page between them: a hole.
+        let m = sc(nr::MMAP, [0, 4 * PAGE_SIZE, 3, 0x22, u64::MAX, 0])?;
+        let m2 = sc(nr::MMAP, [0, 4 * PAGE_SIZE, 3, 0x22, u64::MAX, 0])?;
+        ensure!(m > 0 && m2 > 0, "mmap: {m} {m2}");
+        let (m, m2) = (m as u64, m2 as u64);
+        ensure!(m2 >= m + 5 * PAGE_SIZE, "no hole between the mappings");
+        let top = proc::USER_TOP;
+        let cases: [(&str, u64, [u64; 6], i64); 10] = [
+            ("mprotect of length 0", nr::MPROTECT, [m, 0, 1, 0, 0, 0], 0),
+            ("mprotect of length 0 with bad prot", nr::MPROTECT, [m, 0, 0x100, 0, 0, 0], 0),
+            ("mprotect misaligned of length 0", nr::MPROTECT, [m + 1, 0, 1, 0, 0, 0], -EINVAL),
+            ("mprotect past the user top", nr::MPROTECT, [top - PAGE_SIZE, 2 * PAGE_SIZE, 1, 0, 0, 0], -ENOMEM),
+            ("mprotect above the user top", nr::MPROTECT, [top, PAGE_SIZE, 1, 0, 0, 0], -ENOMEM),
+            ("mprotect with a length that wraps", nr::MPROTECT, [m, u64::MAX - 10, 1, 0, 0, 0], -ENOMEM),
+            (
+                "madvise past the user top",
+                nr::MADVISE,
+                [top - PAGE_SIZE, 2 * PAGE_SIZE, MADV_DONTNEED, 0, 0, 0],
+                -ENOMEM,
+            ),
+            ("madvise with a length that wraps", nr::MADVISE, [m, u64::MAX - 10, MADV_DONTNEED, 0, 0, 0], -EINVAL),
+            ("madvise of length 0", nr::MADVISE, [m, 0, MADV_HUGEPAGE, 0, 0, 0], 0),
+            ("madvise of part of a mapping", nr::MADVISE, [m + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0], 0),
+        ];
+        for (what, n, a, want) in cases {
+            let got = sc(n, a)?;
+            ensure!(got == want, "{what}: got {got}, expected {want}");
+        }
+        // Over the hole: -ENOMEM, and both mapped parts got the advice.
+        let len = m2 + PAGE_SIZE - m;
+        for (advice, flag) in [(MADV_NOHUGEPAGE, VmFlags::NOHUGEPAGE), (MADV_HUGEPAGE, VmFlags::HUGEPAGE)] {
+            let got = sc(nr::MADVISE, [m, len, advice, 0, 0, 0])?;
+            ensure!(got == -ENOMEM, "madvise {advice} over a hole: got {got}, expected {}", -ENOMEM);
+            for a in [m, m + 3 * PAGE_SIZE, m2] {
+                let f = vma_flags(name, a)?;
+                ensure!(f.is_some_and(|f| f.contains(flag)), "madvise {advice} over a hole: {a:#x} has {f:?}");
+            }
+            let f = vma_flags(name, m2 + PAGE_SIZE)?;
+            ensure!(f.is_some_and(|f| !f.contains(flag)), "past the range: {f:?}");
+        }
+        // DONTNEED of a PFN mapping: refused, its entries stay.
+        if let Some((ps, _)) = crate::mm::memory::pfn_pool() {
+            let io = proc::mmap(name, "io", MmapArgs { pfn: Some(ps), shared: true, ..super::anon(PAGE_SIZE) })?;
+            ensure!(proc::mapped_level(name, io) == Some(3), "the PFN mapping is not mapped");
+            match proc::madvise_dontneed(name, io, PAGE_SIZE) {
+                Err(e) if e.errno() == EINVAL => {}
+                other => return Err(alloc::format!("madvise dontneed of a PFN mapping: {other:?}, expected EINVAL")),
+            }
+            ensure!(proc::mapped_level(name, io) == Some(3), "madvise dontneed zapped a PFN mapping");
+        }
+        Ok(())
+    })();
+    proc::exit(name)?;
+    r
+}
 
 /// An EL0 access whose fault runs out of memory (the frame, or the table
 /// for it) ends as `out of memory`, not as a permission or translation
@@ -95,6 +170,21 @@ fn typed_errnos() -> Result<(), String> {
         let got = sc(nr::MPROTECT, [ro as u64, big, 3, 0, 0, 0])?;
         ensure!(got == -ENOMEM, "mprotect of it to read-write: got {got}, expected {}", -ENOMEM);
         ensure!(sc(nr::MUNMAP, [ro as u64, big, 0, 0, 0, 0])? == 0, "munmap of the read-only one");
+        // Anonymous shared memory is charged whatever its protection (its
+        // shmem file is, `shmem_acct_size`), unless MAP_NORESERVE; a memfd
+        // is not (VM_NORESERVE).
+        for prot in [3, 1] {
+            let got = sc(nr::MMAP, [0, big, prot, 0x21, u64::MAX, 0])?;
+            ensure!(got == -ENOMEM, "shared anonymous mmap of {big:#x}, prot {prot}: got {got}, expected {}", -ENOMEM);
+        }
+        let sh = sc(nr::MMAP, [0, big, 3, 0x21 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
+        ensure!(sh > 0, "shared anonymous mmap with MAP_NORESERVE: got {sh}");
+        ensure!(matches!(proc::access(name, op::WRITE, sh as u64 + big - 8, 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(sc(nr::MUNMAP, [sh as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
+        let mf = proc::mmap(name, "mf", MmapArgs { memfd: Some("errno_big".into()), shared: true, ..super::anon(big) });
+        ensure!(mf.is_ok(), "a memfd mapping of {big:#x} is not charged: {mf:?}");
+        proc::munmap(name, mf?, big)?;
+        let _ = crate::mm::shmem::remove_unmapped("errno_big");
         // The child's root table comes, its agent's tables do not.
         fail_alloc::fail_after(1);
         fail_alloc::arm(true);
