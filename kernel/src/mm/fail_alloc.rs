@@ -97,8 +97,19 @@ pub fn fail_after(n: u64) {
     SKIP.store(n, Ordering::Relaxed);
 }
 
+// Host unit tests run in parallel threads: injection armed by one test
+// must not fail another test's allocations.
+#[cfg(test)]
+extern crate std;
+#[cfg(test)]
+std::thread_local! {
+    static ARMED_HERE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// Turns injection on or off; returns whether it was on.
 pub fn arm(on: bool) -> bool {
+    #[cfg(test)]
+    ARMED_HERE.with(|c| c.set(on));
     let was = ARMED.swap(on, Ordering::AcqRel);
     ACTIVE_PPM.store(if on { CONFIGURED_PPM.load(Ordering::Relaxed) } else { 0 }, Ordering::Release);
     was
@@ -123,6 +134,10 @@ pub fn injected_of(kind: AllocKind) -> u64 {
 /// allocator whose callers handle failure.
 #[inline]
 pub fn should_fail(kind: AllocKind) -> bool {
+    #[cfg(test)]
+    if !ARMED_HERE.with(|c| c.get()) {
+        return false;
+    }
     let ppm = ACTIVE_PPM.load(Ordering::Relaxed);
     ppm != 0 && decide(kind, ppm)
 }
