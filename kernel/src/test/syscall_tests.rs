@@ -18,6 +18,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "syscall_errnos_from_typed_errors", f: typed_errnos },
     Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
     Test { name: "el0_fault_out_of_memory_is_reported", f: el0_fault_oom },
+    Test { name: "expect_fault_passes_only_sigsegv", f: expect_fault_only_sigsegv },
 ];
 
 /// An EL0 access whose fault runs out of memory (the frame, or the table
@@ -66,6 +67,37 @@ fn el0_fault_oom() -> Result<(), String> {
     let now = frame::stats().free;
     ensure!(now == free, "free frames {free} -> {now} after exit");
     Ok(())
+}
+
+/// `expect-fault` passes only for the refusals Linux would SIGSEGV: a real
+/// hole and a real read-only page pass; out of memory and a fault the kernel
+/// does not resolve (alignment, external abort, TLB conflict: nothing a
+/// script can cause, so the run's end is given) are errors that say why.
+fn expect_fault_only_sigsegv() -> Result<(), String> {
+    use crate::console::expect_fault_verdict_for_tests as verdict;
+    use proc::Unresolved;
+    let name = "expect_fault_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let ro = proc::mmap(name, "ro", MmapArgs { writable: false, ..super::anon(PAGE_SIZE) })?;
+        let end = proc::access(name, op::TOUCH_WRITE, ro, 1, 0)?;
+        ensure!(verdict(name, ro, end) == Ok(Ok(())), "a write to a read-only page");
+        let hole = ro + 64 * PAGE_SIZE;
+        let end = proc::access(name, op::TOUCH_WRITE, hole, 1, 0)?;
+        ensure!(verdict(name, hole, end) == Ok(Ok(())), "a write to a hole");
+        let end = proc::access(name, op::TOUCH_WRITE, hole, 1, 0)?;
+        ensure!(matches!(verdict(name, hole + 8, end), Ok(Err(_))), "a fault elsewhere is a failed assertion");
+        for why in [Unresolved::OutOfMemory, Unresolved::NotHandled] {
+            let end = RunEnd::Fault { addr: ro, esr: 0x9200_0021, why };
+            match verdict(name, ro, end) {
+                Err(e) if e.contains(&why.to_string()) => {}
+                other => return Err(alloc::format!("{why:?}: {other:?}, expected an error that says why")),
+            }
+        }
+        Ok(())
+    })();
+    proc::exit(name)?;
+    r
 }
 
 /// Errnos that string matching got wrong: munmap of the agent is -EINVAL
