@@ -105,6 +105,10 @@ type_line 'W atcheck all'
 type_line 'W query all expect !writable !swap'
 type_line 'W walk all'
 type_line 'W exit'
+# pin and ref take their pages in pieces and stop at Ctrl-C, releasing them.
+type_line 'A mmap e 512M prot=r'
+interrupt '!"interrupted" A ref 1 e' '' 'A check e+0x1000:16 0x00'
+interrupt '!"interrupted" A pin 2 e ro' '' 'A check e+0x2000:16 0x00'
 type_line 'A exit'
 type_line 'invariants'
 type_line 'halt'
@@ -136,6 +140,14 @@ if [[ -n $blk ]]; then
     grep -q 'PASS line 29: A check h+0x1000:16 0x01' "$tmp/out" &&
         ok "the line typed behind Ctrl-C ran next" || bad "the line typed behind Ctrl-C was lost"
 fi
+grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A ref 1 e' "$tmp/out") &&
+    ok "Ctrl-C stopped a ref" || bad "the ref was not interrupted"
+grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A pin 2 e ro' "$tmp/out") &&
+    ok "Ctrl-C stopped a pin" || bad "the pin was not interrupted"
+for what in 'A check e+0x1000:16 0x00' 'A check e+0x2000:16 0x00'; do
+    sed -n 's/^PASS line [0-9]*: //p' "$tmp/out" | grep -qxF -- "$what" &&
+        ok "the line typed behind Ctrl-C ran next" || bad "'$what' was lost"
+done
 for what in 'W atcheck all' 'W query all expect !writable !swap'; do
     grep -qE "^PASS line [0-9]+: $what\$" "$tmp/out" && ok "whole user space: $what" || bad "whole user space: '$what' did not pass"
 done

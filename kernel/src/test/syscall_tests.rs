@@ -160,7 +160,7 @@ fn fork_every_failure() -> Result<(), String> {
         let s = proc::mmap(parent, "s", MmapArgs { shared: true, ..super::anon(PAGE_SIZE) })?;
         ensure!(matches!(proc::access(parent, op::WRITE, s, PAGE_SIZE, 0x3d)?, RunEnd::Done), "write s");
         let foll = crate::mm::gup::Foll { write: true, pin: true, longterm: false };
-        proc::gup(parent, "failfork_pin", a + 3 * PAGE_SIZE, PAGE_SIZE, foll, false)?;
+        proc::gup(parent, "failfork_pin", a + 3 * PAGE_SIZE, PAGE_SIZE, foll, false, &|| Ok(()))?;
         let mut k = 0u64;
         loop {
             let free = frame::stats().free;
