@@ -537,6 +537,8 @@ pub fn interactive() -> ! {
             println!("halting: {} passed, {} failed", s.passed, s.failed);
             exit(0);
         }
+        // A Ctrl-C typed while the line ran was for it (taken or not).
+        crate::drivers::uart::discard_received(super::editor::CTRL_C);
     }
 }
 
