@@ -104,7 +104,30 @@ type_line 'W touch all+0x100000000000 read'
 type_line 'W atcheck all'
 type_line 'W query all expect !writable !swap'
 type_line 'W walk all'
+# fork visits the entries of the VMA, not every 2M or 1G of its span (it
+# was ~67M lookups, seconds, with no Ctrl-C).
+# Types LINE and waits for its prompt; sets ms to how long it ran (to 0.1 s).
+timed() { # line
+    local t0
+    type_line "$1"
+    t0=$(date +%s%N)
+    wait_for 'pagelab> ' $((prompts + 1)) || bad "'$1' never ended"
+    ms=$((($(date +%s%N) - t0) / 1000000))
+}
+type_line 'spawn S'
+timed 'S fork T'
+small_ms=$ms
+timed 'W fork X'
+fork_ms=$ms
+type_line 'X check all+0x100000000000:16 0x00'
+type_line 'X exit'
+type_line 'T exit'
+type_line 'S exit'
 type_line 'W exit'
+# pin and ref take their pages in pieces and stop at Ctrl-C, releasing them.
+type_line 'A mmap e 512M prot=r'
+interrupt '!"interrupted" A ref 1 e' '' 'A check e+0x1000:16 0x00'
+interrupt '!"interrupted" A pin 2 e ro' '' 'A check e+0x2000:16 0x00'
 type_line 'A exit'
 type_line 'invariants'
 type_line 'halt'
@@ -136,6 +159,18 @@ if [[ -n $blk ]]; then
     grep -q 'PASS line 29: A check h+0x1000:16 0x01' "$tmp/out" &&
         ok "the line typed behind Ctrl-C ran next" || bad "the line typed behind Ctrl-C was lost"
 fi
+grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A ref 1 e' "$tmp/out") &&
+    ok "Ctrl-C stopped a ref" || bad "the ref was not interrupted"
+grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A pin 2 e ro' "$tmp/out") &&
+    ok "Ctrl-C stopped a pin" || bad "the pin was not interrupted"
+((fork_ms - small_ms < 500)) && ok "fork of a 131000 GiB VMA: $fork_ms ms ($small_ms for an empty process)" ||
+    bad "fork of a 131000 GiB VMA took $fork_ms ms ($small_ms for an empty process)"
+sed -n 's/^PASS line [0-9]*: //p' "$tmp/out" | grep -qxF -- 'X check all+0x100000000000:16 0x00' &&
+    ok "the child of the fork reads its page" || bad "the child of the fork did not read its page"
+for what in 'A check e+0x1000:16 0x00' 'A check e+0x2000:16 0x00'; do
+    sed -n 's/^PASS line [0-9]*: //p' "$tmp/out" | grep -qxF -- "$what" &&
+        ok "the line typed behind Ctrl-C ran next" || bad "'$what' was lost"
+done
 for what in 'W atcheck all' 'W query all expect !writable !swap'; do
     grep -qE "^PASS line [0-9]+: $what\$" "$tmp/out" && ok "whole user space: $what" || bad "whole user space: '$what' did not pass"
 done

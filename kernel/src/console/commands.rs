@@ -80,7 +80,7 @@ contains TEXT). Available now:
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
-RANGE is REGION, REGION+OFF (a page's worth of bytes) or REGION+OFF:LEN; write and
+RANGE is REGION, REGION+OFF (the page that contains OFF) or REGION+OFF:LEN; write and
 check take its bytes, the other commands every page they touch. Ctrl-C stops a long
 command; up/down recall lines. Not yet: uffd, madvise pageout (no swap device: the
 swap, marker and migration flags of query read the entries, and none exist yet).";
@@ -537,6 +537,8 @@ pub fn interactive() -> ! {
             println!("halting: {} passed, {} failed", s.passed, s.failed);
             exit(0);
         }
+        // A Ctrl-C typed while the line ran was for it (taken or not).
+        crate::drivers::uart::discard_received(super::editor::CTRL_C);
     }
 }
 

@@ -81,7 +81,12 @@ impl Editor {
     /// Takes one received byte, echoing to `out`.
     pub fn key(&mut self, c: u8, out: &mut dyn Write) -> Key {
         match self.esc {
+            // A control byte (Enter, Ctrl-C, backspace, another ESC) ends
+            // an escape sequence and does what it always does, as a
+            // terminal executes C0 controls inside one.
+            Esc::Start | Esc::Csi | Esc::Ss3 if c < 0x20 || c == 0x7f => self.esc = Esc::None,
             Esc::Start => {
+                // `ESC [`, `ESC O`, or Alt with a key (dropped).
                 self.esc = match c {
                     b'[' => Esc::Csi,
                     b'O' => Esc::Ss3,
@@ -218,6 +223,29 @@ mod tests {
         // Nothing in history yet to recall: up and down are ignored too.
         let mut ed = Editor::new();
         assert_eq!(enter(&mut ed, b"\x1b[A\x1b[Bhelp\n"), b"help");
+    }
+
+    #[test]
+    fn control_bytes_end_an_escape_sequence() {
+        let mut ed = Editor::new();
+        // ESC then Enter: the Enter is a line end, not swallowed.
+        ed.start_line();
+        assert_eq!(typed(&mut ed, b"help\x1b\r").0, Key::Line);
+        assert_eq!(ed.line(), b"help");
+        // A control byte inside CSI or SS3 is not its final byte.
+        for keys in [&b"help\x1b[1;\n"[..], b"help\x1bO\n", b"help\x1b[\r"] {
+            ed.start_line();
+            assert_eq!(typed(&mut ed, keys).0, Key::Line, "{keys:?}");
+            assert_eq!(ed.line(), b"help", "{keys:?}");
+        }
+        ed.start_line();
+        assert_eq!(typed(&mut ed, b"ab\x1b[\x03").0, Key::Cancel, "Ctrl-C inside CSI");
+        ed.start_line();
+        typed(&mut ed, b"ab\x1b[2\x7fc\n");
+        assert_eq!(ed.line(), b"ac", "backspace inside CSI, and the sequence is over");
+        ed.start_line();
+        typed(&mut ed, b"\x1b\x1b[Dx\n");
+        assert_eq!(ed.line(), b"x", "ESC ESC [ D: the second ESC starts a sequence");
     }
 
     #[test]

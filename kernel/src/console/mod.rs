@@ -20,3 +20,17 @@ mod inspect;
 mod proc_cmds;
 #[cfg(target_os = "none")]
 pub use commands::{interactive, invariants as invariants_for_tests, run_script};
+
+/// `expect-fault`'s verdict for an access that ended as `end` (for the
+/// in-kernel tests): `Ok(assertion)` or the command's error.
+#[cfg(target_os = "none")]
+pub fn expect_fault_verdict_for_tests(
+    p: &str,
+    va: u64,
+    end: crate::proc::RunEnd,
+) -> Result<Result<(), alloc::string::String>, alloc::string::String> {
+    match proc_cmds::expect_fault_verdict(p, "write", va, end)? {
+        commands::Outcome::Assert(r) => Ok(r),
+        _ => Err("not an assertion".into()),
+    }
+}

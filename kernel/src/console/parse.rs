@@ -162,7 +162,7 @@ pub struct RangeSpec<'a> {
     pub region: &'a str,
     /// None: the whole region.
     pub off: Option<u64>,
-    /// None: one page (with an offset).
+    /// None: the one page that contains the offset.
     pub len: Option<u64>,
 }
 
@@ -224,7 +224,7 @@ impl<'a> RangeSpec<'a> {
     pub fn resolve(&self, va: u64, size: u64, page: u64) -> Result<Range, RangeError> {
         let (off, len) = match (self.off, self.len) {
             (None, _) => (0, size),
-            (Some(o), None) => (o, page),
+            (Some(o), None) => (o & !(page - 1), page),
             (Some(o), Some(l)) => (o, l),
         };
         if len == 0 {
@@ -354,7 +354,10 @@ mod tests {
         assert_eq!((r.va, r.len), (va + 0x800, 0x1000), "the bytes are exactly the range");
         assert_eq!(r.pages(), (va, 0x2000), "both pages it touches");
         let r = RangeSpec::parse("r+0x800").unwrap().resolve(va, 0x10000, page).unwrap();
-        assert_eq!(r.pages(), (va, 0x2000), "one page's worth of bytes from 0x800");
+        assert_eq!(r, Range { va, len: 0x1000, page }, "the one page that contains 0x800");
+        assert_eq!(r.pages(), (va, 0x1000));
+        let r = RangeSpec::parse("r+0xffff").unwrap().resolve(va, 0x10000, page).unwrap();
+        assert_eq!(r, Range { va: va + 0xf000, len: 0x1000, page }, "the last page");
         let r = RangeSpec::parse("r+0x1fff:1").unwrap().resolve(va, 0x10000, page).unwrap();
         assert_eq!(r.pages(), (va + 0x1000, 0x1000));
         let r = RangeSpec::parse("r+0x1000:0x1000").unwrap().resolve(va, 0x10000, page).unwrap();

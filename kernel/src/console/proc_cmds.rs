@@ -58,6 +58,27 @@ fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
     alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {why}: {} ({p} survives)", Esr(esr))
 }
 
+/// The verdict of `P expect-fault KIND` at `va` from how the access ended:
+/// a PASS only for a refusal Linux would SIGSEGV (no mapping, permission, no
+/// page). Out of memory and faults the kernel does not resolve (alignment,
+/// external abort, TLB conflict) are errors with the fault report, so a
+/// kernel bug cannot pass as a refusal.
+pub(super) fn expect_fault_verdict(p: &str, kind: &str, va: u64, end: RunEnd) -> CmdResult {
+    use proc::Unresolved::{NoMapping, NoPage, Permission};
+    match end {
+        RunEnd::Fault { addr, esr, why: why @ (NoMapping | Permission | NoPage) } if addr == va => {
+            println!("  {p}: {kind} at {addr:#x} refused: {why}: {}", Esr(esr));
+            Ok(Outcome::Assert(Ok(())))
+        }
+        RunEnd::Fault { addr, why: NoMapping | Permission | NoPage, .. } => {
+            Ok(Outcome::Assert(Err(alloc::format!("fault at {addr:#x}, not at {va:#x}"))))
+        }
+        RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
+        RunEnd::Done => Ok(Outcome::Assert(Err(alloc::format!("the {kind} at {va:#x} succeeded")))),
+        other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
+    }
+}
+
 pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
     match cmd {
         "exit" => match a {
@@ -155,22 +176,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             [kind @ ("read" | "write"), r] => {
                 let va = range(p, r)?.va;
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
-                match proc::access(p, opc, va, 1, 0)? {
-                    // Running out of memory is not a refusal (Linux would
-                    // not SIGSEGV): an error that says so.
-                    RunEnd::Fault { addr, esr, why: why @ proc::Unresolved::OutOfMemory } => {
-                        Err(fault_report(p, addr, esr, why))
-                    }
-                    RunEnd::Fault { addr, esr, why } if addr == va => {
-                        println!("  {p}: {kind} at {addr:#x} refused: {why}: {}", Esr(esr));
-                        Ok(Outcome::Assert(Ok(())))
-                    }
-                    RunEnd::Fault { addr, .. } => {
-                        Ok(Outcome::Assert(Err(alloc::format!("fault at {addr:#x}, not at {va:#x}"))))
-                    }
-                    RunEnd::Done => Ok(Outcome::Assert(Err(alloc::format!("the {kind} at {va:#x} succeeded")))),
-                    other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
-                }
+                expect_fault_verdict(p, kind, va, proc::access(p, opc, va, 1, 0)?)
             }
             _ => Err("usage: P expect-fault write|read RANGE".into()),
         },
@@ -228,7 +234,8 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         return Err(usage());
     }
     let (va, len) = range(p, r)?.pages();
-    let (got, by_fast) = proc::gup(p, n, va, len, flags, fast)?;
+    let stop = || if interrupted() { Err(INTERRUPTED.into()) } else { Ok(()) };
+    let (got, by_fast) = proc::gup(p, n, va, len, flags, fast, &stop)?;
     println!("  {p}: {cmd} {n}: {got} page(s), {by_fast} by the fast path");
     Ok(Outcome::Done)
 }

@@ -10,6 +10,7 @@ pub mod bcm2836_local;
 pub mod gic;
 #[cfg(target_os = "none")]
 pub mod logger;
+pub mod rx_ring;
 #[cfg(target_os = "none")]
 pub mod timer;
 #[cfg(target_os = "none")]

@@ -12,21 +12,18 @@ use arm_pl011_uart::{Interrupts, PL011Registers, Uart, UniqueMmioPointer};
 use spin::Mutex;
 
 use super::bcm2835_aux_uart::MiniUart;
+use super::rx_ring::{RX_RING, RxRing};
 
 enum Port {
     Pl011(Uart<'static>),
     Mini(MiniUart),
 }
 
-/// What the receive interrupt took from the UART and the console has not
-/// read yet (oldest first).
-const RX_RING: usize = 512;
-
 pub struct Console {
     uart: Option<Port>,
-    ring: [u8; RX_RING],
-    head: usize,
-    len: usize,
+    /// What the receive interrupt took from the UART and the console has
+    /// not read yet.
+    rx: RxRing,
 }
 
 impl Console {
@@ -43,38 +40,6 @@ impl Console {
         }
     }
 
-    /// The oldest byte the interrupt handler buffered.
-    fn pop(&mut self) -> Option<u8> {
-        (self.len > 0).then(|| {
-            let b = self.ring[self.head];
-            self.head = (self.head + 1) % RX_RING;
-            self.len -= 1;
-            b
-        })
-    }
-
-    fn push(&mut self, b: u8) -> bool {
-        if self.len == RX_RING {
-            return false;
-        }
-        self.ring[(self.head + self.len) % RX_RING] = b;
-        self.len += 1;
-        true
-    }
-
-    /// Removes the oldest `wanted` byte from the buffer, keeping every
-    /// other byte in order; whether there was one.
-    fn take(&mut self, wanted: u8) -> bool {
-        let Some(i) = (0..self.len).find(|&i| self.ring[(self.head + i) % RX_RING] == wanted) else {
-            return false;
-        };
-        for j in i..self.len - 1 {
-            self.ring[(self.head + j) % RX_RING] = self.ring[(self.head + j + 1) % RX_RING];
-        }
-        self.len -= 1;
-        true
-    }
-
     /// Moves what the receive FIFO holds into the buffer (the polled
     /// receive path; bounded, as a sender can refill the FIFO as fast as it
     /// is read). Returns the number of bytes dropped.
@@ -83,7 +48,7 @@ impl Console {
         for _ in 0..RX_RING {
             let kept = match self.read_hw() {
                 Rx::Empty => break,
-                Rx::Byte(b) => self.push(b),
+                Rx::Byte(b) => self.rx.push(b),
                 Rx::Error => false,
             };
             if !kept {
@@ -133,7 +98,7 @@ impl Write for Console {
     }
 }
 
-pub static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, ring: [0; RX_RING], head: 0, len: 0 });
+pub static CONSOLE: Mutex<Console> = Mutex::new(Console { uart: None, rx: RxRing::new() });
 
 static RX_IRQS: AtomicU64 = AtomicU64::new(0);
 static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -213,7 +178,7 @@ pub unsafe fn init_mini(va: u64, enables_va: Option<u64>, core_clock_hz: u32) {
 /// console that gets nothing, not as a silent fallback to polling.
 pub fn getc() -> Option<u8> {
     locked(|c| {
-        if let Some(b) = c.pop() {
+        if let Some(b) = c.rx.pop() {
             return Some(b);
         }
         if RX_BY_IRQ.load(Ordering::Acquire) {
@@ -229,9 +194,10 @@ pub fn getc() -> Option<u8> {
 }
 
 /// Whether `wanted` (the console's Ctrl-C) was received since the last
-/// look: takes the oldest one out of what was received and keeps every other
-/// byte for [`getc`], so a line typed ahead during a long command still
-/// runs. Long console loops poll this. The kernel runs with IRQs masked
+/// look: takes the oldest one typed before the next Enter out of what was
+/// received (one typed after a line typed ahead is not for the command
+/// running now) and keeps every other byte for [`getc`], so a line typed
+/// ahead during a long command still runs. Long console loops poll this. The kernel runs with IRQs masked
 /// outside its IRQ windows, so the receive FIFO is emptied into the buffer
 /// here first, with or without the receive interrupt (at the prompt,
 /// [`getc`] still takes only what the handler buffered).
@@ -239,7 +205,18 @@ pub fn take_received(wanted: u8) -> bool {
     locked(|c| {
         let dropped = c.drain_hw();
         RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
-        c.take(wanted)
+        c.rx.take_before_line_end(wanted)
+    })
+}
+
+/// Drops every `wanted` byte received so far (the console's Ctrl-C, when a
+/// command ends: one typed while it ran was for it, and must not stop the
+/// next command).
+pub fn discard_received(wanted: u8) {
+    locked(|c| {
+        let dropped = c.drain_hw();
+        RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
+        c.rx.discard(wanted)
     })
 }
 

@@ -215,13 +215,53 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
     if super::huge_memory::pud_order().is_none() {
         return Ok(());
     }
-    let ps = super::huge_memory::pud_size();
-    let mut a = start & !(ps - 1);
-    while a < end {
-        split_pud_at(mm, mem, a.max(start))?;
-        a += ps;
+    let mut a = start;
+    while let Some((va, _)) = next_block(mem, mm.pgd, a, end, 1) {
+        split_pud_at(mm, mem, va.max(start))?;
+        a = va + GRANULE.level_size(1);
     }
     Ok(())
+}
+
+/// The first block at `level` (1 or 2) in `[start, end)`: its address and
+/// slot. Visits only the entries on the way (empty upper-level entries are
+/// skipped whole), so a huge sparse range costs what it maps, not what it
+/// spans.
+fn next_block(
+    mem: &FrameTableMem,
+    pgd: PhysAddr,
+    start: u64,
+    end: u64,
+    level: u32,
+) -> Option<(u64, &'static AtomicU64)> {
+    fn rec(
+        mem: &FrameTableMem,
+        at: u32,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        level: u32,
+    ) -> Option<(u64, &'static AtomicU64)> {
+        let g = GRANULE;
+        let size = g.level_size(at);
+        let mut va = start;
+        while va < end {
+            let chunk_end = ((va & !(size - 1)) + size).min(end);
+            let e = entry(mem, table, g.index(va, at));
+            match Desc(e.load(Ordering::Acquire)).kind(at, g) {
+                Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
+                Kind::Table(next) if at < level => {
+                    if let Some(b) = rec(mem, at + 1, next, va, chunk_end, level) {
+                        return Some(b);
+                    }
+                }
+                _ => {}
+            }
+            va = chunk_end;
+        }
+        None
+    }
+    rec(mem, USER_START_LEVEL, pgd, start, end, level)
 }
 
 /// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
@@ -773,14 +813,11 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
-    let bs = GRANULE.level_size(2);
-    let mut a = vma.start & !(bs - 1);
-    while a < vma.end {
-        let va = a;
-        a += bs;
-        let Some(slot) = pmd_lookup(&mut smem, src.mm.pgd, va, false) else { continue };
+    let mut a = vma.start;
+    while let Some((va, slot)) = next_block(&smem, src.mm.pgd, a, vma.end, 2) {
+        a = va + GRANULE.level_size(2);
         let d = Desc(slot.load(Ordering::Acquire));
-        if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) && !d.special() {
+        if !d.special() {
             let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
             if f.is_some_and(|f| f.maybe_dma_pinned() && (0..f.nr_pages()).any(|i| f.page(i).anon_exclusive())) {
                 try_reserve(&mut pinned_blocks, 1)?;

@@ -1318,8 +1318,13 @@ pub fn check_invariants() -> Result<(), String> {
     Ok(())
 }
 
+/// Pages GUP takes between two calls of its `stop` check.
+const GUP_CHUNK: u64 = 1024;
+
 /// `P pin N RANGE ...` / `P ref N RANGE`: GUP on P's pages, kept as
-/// handle `handle`. Returns (pages taken, of which by the fast path).
+/// handle `handle`. `stop` runs between pieces of [`GUP_CHUNK`] pages (the
+/// console's Ctrl-C); its error ends the command with nothing taken.
+/// Returns (pages taken, of which by the fast path).
 pub fn gup(
     name: &str,
     handle: &str,
@@ -1327,12 +1332,13 @@ pub fn gup(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
+    stop: &dyn Fn() -> Result<(), String>,
 ) -> Result<(usize, usize), String> {
     use crate::mm::gup;
     if gup::handle_exists(handle) {
         return Err(alloc::format!("handle `{handle}` already exists"));
     }
-    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast)))?
+    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast, stop)))?
 }
 
 fn gup_in(
@@ -1342,52 +1348,103 @@ fn gup_in(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
+    stop: &dyn Fn() -> Result<(), String>,
 ) -> Result<(usize, usize), String> {
     use crate::mm::gup;
-    {
-        let nr = len.div_ceil(PAGE_SIZE);
-        let va = va & !(PAGE_SIZE - 1);
-        let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
-        let nfast = pages.len();
-        if (pages.len() as u64) < nr {
-            let g = p.mm.mmap_read_lock();
-            let start = va + pages.len() as u64 * PAGE_SIZE;
-            let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
-                match crate::mm::error::try_reserve(&mut pages, more.len()) {
-                    Ok(()) => Ok(more),
-                    Err(e) => {
-                        for t in more {
-                            gup::release(t, flags.pin);
-                        }
-                        Err(-e.errno())
-                    }
-                }
-            });
-            match more {
-                Ok(more) => pages.extend(more),
+    let nr = len.div_ceil(PAGE_SIZE);
+    let va = va & !(PAGE_SIZE - 1);
+    // A handle keeps one entry per page: more pages than the machine has
+    // cannot be held (and would take time per page to find out).
+    let managed = crate::mm::frame::stats().managed;
+    if nr > managed {
+        return Err(alloc::format!(
+            "get_user_pages: out of memory (ENOMEM): {nr} pages, more than the machine's {managed}"
+        ));
+    }
+    let release_all = |v: Vec<gup::Taken>| {
+        for t in v {
+            gup::release(t, flags.pin);
+        }
+    };
+    let mut pages: Vec<gup::Taken> = Vec::new();
+    let mut nfast = 0;
+    let mut done = 0;
+    while done < nr {
+        if done > 0
+            && let Err(e) = stop()
+        {
+            release_all(pages);
+            return Err(e);
+        }
+        let n = (nr - done).min(GUP_CHUNK);
+        let (chunk, f) = match gup_chunk(p, va + done * PAGE_SIZE, n, flags, fast) {
+            Ok(c) => c,
+            Err(e) => {
+                release_all(pages);
+                return Err(e);
+            }
+        };
+        if crate::mm::error::try_reserve(&mut pages, chunk.len()).is_err() {
+            release_all(chunk);
+            release_all(pages);
+            return Err("get_user_pages: out of memory (ENOMEM)".into());
+        }
+        pages.extend(chunk);
+        nfast += f;
+        done += n;
+    }
+    let n = pages.len();
+    if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
+        release_all(h.pages);
+        return Err(alloc::format!("handle `{handle}` already exists"));
+    }
+    Ok((n, nfast))
+}
+
+/// GUP of `nr` pages from `va`: the fast path first if `fast`, the slow
+/// path for the rest. Returns (pages, of which by the fast path); on an
+/// error nothing is left taken.
+fn gup_chunk(
+    p: &Process,
+    va: u64,
+    nr: u64,
+    flags: crate::mm::gup::Foll,
+    fast: bool,
+) -> Result<(Vec<crate::mm::gup::Taken>, usize), String> {
+    use crate::mm::gup;
+    let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
+    let nfast = pages.len();
+    if (pages.len() as u64) < nr {
+        let g = p.mm.mmap_read_lock();
+        let start = va + pages.len() as u64 * PAGE_SIZE;
+        let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
+            match crate::mm::error::try_reserve(&mut pages, more.len()) {
+                Ok(()) => Ok(more),
                 Err(e) => {
-                    for t in pages {
+                    for t in more {
                         gup::release(t, flags.pin);
                     }
-                    // In the contract's words, with the errno GUP returned.
-                    let why = match -e {
-                        crate::errno::ENOMEM => "out of memory",
-                        crate::errno::EFAULT => "not mapped, or the mapping does not allow it",
-                        _ => "refused",
-                    };
-                    return Err(alloc::format!("get_user_pages: {why} ({})", syscall::errno_name(e)));
+                    Err(-e.errno())
                 }
             }
-        }
-        let n = pages.len();
-        if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
-            for t in h.pages {
-                gup::release(t, h.pin);
+        });
+        match more {
+            Ok(more) => pages.extend(more),
+            Err(e) => {
+                for t in pages {
+                    gup::release(t, flags.pin);
+                }
+                // In the contract's words, with the errno GUP returned.
+                let why = match -e {
+                    crate::errno::ENOMEM => "out of memory",
+                    crate::errno::EFAULT => "not mapped, or the mapping does not allow it",
+                    _ => "refused",
+                };
+                return Err(alloc::format!("get_user_pages: {why} ({})", syscall::errno_name(e)));
             }
-            return Err(alloc::format!("handle `{handle}` already exists"));
         }
-        Ok((n, nfast))
     }
+    Ok((pages, nfast))
 }
 
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.

@@ -180,7 +180,7 @@ fn hw_dirty() -> Result<(), String> {
         // no fault and the child sees it.
         let c = m + PAGE_SIZE;
         let foll = crate::mm::gup::Foll { write: false, pin: true, longterm: true };
-        proc::gup(pa, "dbm_pin", c, PAGE_SIZE, foll, false)?;
+        proc::gup(pa, "dbm_pin", c, PAGE_SIZE, foll, false, &|| Ok(()))?;
         crate::mm::gup::drop_handle("dbm_pin")?;
         let _ = proc::exit(ch);
         proc::mprotect(pa, c, PAGE_SIZE, true, false)?;

@@ -301,7 +301,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let h = alloc::format!("fap{i}");
                 let foll = crate::mm::gup::Foll { write: rng.below(2) == 0, pin: true, longterm: rng.below(2) == 0 };
                 let fast = rng.below(2) == 0;
-                match armed(|| proc::gup(&name, &h, va, len, foll, fast)) {
+                match armed(|| proc::gup(&name, &h, va, len, foll, fast, &|| Ok(()))) {
                     Ok(_) => pins.push(h),
                     Err(e) if e.contains("ENOMEM") => {}
                     Err(e) => return Err(alloc::format!("op {i}: pin: {e}")),

@@ -19,6 +19,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
     Test { name: "el0_fault_out_of_memory_is_reported", f: el0_fault_oom },
     Test { name: "mprotect_madvise_errnos_as_linux", f: linux_errnos },
+    Test { name: "expect_fault_passes_only_sigsegv", f: expect_fault_only_sigsegv },
 ];
 
 /// The flags of the VMA at `va` in `name`.
@@ -143,6 +144,37 @@ fn el0_fault_oom() -> Result<(), String> {
     Ok(())
 }
 
+/// `expect-fault` passes only for the refusals Linux would SIGSEGV: a real
+/// hole and a real read-only page pass; out of memory and a fault the kernel
+/// does not resolve (alignment, external abort, TLB conflict: nothing a
+/// script can cause, so the run's end is given) are errors that say why.
+fn expect_fault_only_sigsegv() -> Result<(), String> {
+    use crate::console::expect_fault_verdict_for_tests as verdict;
+    use proc::Unresolved;
+    let name = "expect_fault_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let ro = proc::mmap(name, "ro", MmapArgs { writable: false, ..super::anon(PAGE_SIZE) })?;
+        let end = proc::access(name, op::TOUCH_WRITE, ro, 1, 0)?;
+        ensure!(verdict(name, ro, end) == Ok(Ok(())), "a write to a read-only page");
+        let hole = ro + 64 * PAGE_SIZE;
+        let end = proc::access(name, op::TOUCH_WRITE, hole, 1, 0)?;
+        ensure!(verdict(name, hole, end) == Ok(Ok(())), "a write to a hole");
+        let end = proc::access(name, op::TOUCH_WRITE, hole, 1, 0)?;
+        ensure!(matches!(verdict(name, hole + 8, end), Ok(Err(_))), "a fault elsewhere is a failed assertion");
+        for why in [Unresolved::OutOfMemory, Unresolved::NotHandled] {
+            let end = RunEnd::Fault { addr: ro, esr: 0x9200_0021, why };
+            match verdict(name, ro, end) {
+                Err(e) if e.contains(&why.to_string()) => {}
+                other => return Err(alloc::format!("{why:?}: {other:?}, expected an error that says why")),
+            }
+        }
+        Ok(())
+    })();
+    proc::exit(name)?;
+    r
+}
+
 /// Errnos that string matching got wrong: munmap of the agent is -EINVAL
 /// (a bad argument, not a lack of memory), and a clone whose new agent
 /// mapping runs out of table memory is -ENOMEM (was -EINVAL: the text
@@ -218,7 +250,7 @@ fn fork_every_failure() -> Result<(), String> {
         let s = proc::mmap(parent, "s", MmapArgs { shared: true, ..super::anon(PAGE_SIZE) })?;
         ensure!(matches!(proc::access(parent, op::WRITE, s, PAGE_SIZE, 0x3d)?, RunEnd::Done), "write s");
         let foll = crate::mm::gup::Foll { write: true, pin: true, longterm: false };
-        proc::gup(parent, "failfork_pin", a + 3 * PAGE_SIZE, PAGE_SIZE, foll, false)?;
+        proc::gup(parent, "failfork_pin", a + 3 * PAGE_SIZE, PAGE_SIZE, foll, false, &|| Ok(()))?;
         let mut k = 0u64;
         loop {
             let free = frame::stats().free;
