@@ -208,6 +208,18 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
         }
     }
 
+    // Allocation-failure injection: configured now, armed only around
+    // console commands (see mm::fail_alloc).
+    if let Some(arg) = boot().board.bootarg("pagelab.fail-alloc") {
+        match crate::mm::fail_alloc::parse_arg(arg) {
+            Ok((ppm, seed)) => {
+                crate::mm::fail_alloc::configure(ppm, seed);
+                log::info!("pagelab.fail-alloc: {ppm} ppm of frame, table and heap allocations fail (seed {seed})");
+            }
+            Err(e) => log::warn!("pagelab.fail-alloc={arg} ignored: {e} (expected PPM[,SEED])"),
+        }
+    }
+
     if let Some(what) = boot().board.bootarg("pagelab.crash") {
         crash(what);
     }

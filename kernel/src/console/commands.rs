@@ -123,7 +123,11 @@ impl Session {
         if self.script {
             println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
         }
+        // Allocation failures are injected (pagelab.fail-alloc) only while
+        // a command runs, never in the session's own bookkeeping.
+        let was = crate::mm::fail_alloc::arm(true);
         let r = self.dispatch(&line);
+        crate::mm::fail_alloc::arm(was);
         match (line.expect_error, r) {
             (false, Ok(Outcome::Done)) => {}
             (false, Ok(Outcome::Halt)) => return false,
@@ -369,6 +373,11 @@ fn kwalk(a: &str) -> CmdResult {
 /// Invariants that exist at this stage: frame accounting against the
 /// allocator's bitmap, W^X and table-page accounting in the kernel tables.
 pub fn invariants() -> Result<(), String> {
+    // An oracle: never under injected allocation failures.
+    crate::mm::fail_alloc::unarmed(invariants_unarmed)
+}
+
+fn invariants_unarmed() -> Result<(), String> {
     frame::check()?;
     crate::proc::check_invariants()?;
     let mut err: Option<String> = None;
@@ -406,7 +415,7 @@ pub fn invariants() -> Result<(), String> {
 }
 
 fn selftest(filter: Option<&str>) -> Result<(), String> {
-    let failed = crate::test::run_filtered(filter);
+    let failed = crate::mm::fail_alloc::unarmed(|| crate::test::run_filtered(filter));
     if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
 }
 

@@ -178,6 +178,9 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
 /// User memory, not zeroed (copies overwrite it), with the reserve rule.
 /// Single frames come from this CPU's page list (Linux's per-CPU pages).
 pub fn alloc_user(order: u32) -> Option<PhysAddr> {
+    if super::fail_alloc::should_fail(super::fail_alloc::AllocKind::Frame) {
+        return None;
+    }
     let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
     if order == 0
         && let Some(pa) = pcp::alloc(reserve)

@@ -331,6 +331,9 @@ pub struct FrameTableMem {
 
 impl TableMemory for FrameTableMem {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
+        if crate::mm::fail_alloc::should_fail(crate::mm::fail_alloc::AllocKind::Table) {
+            return None;
+        }
         let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
         self.tables += 1;
         Some(pa)
