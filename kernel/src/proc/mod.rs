@@ -586,6 +586,16 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
     check_user_range(va, len)?;
     {
         let mut vmas = p.mm.mmap_write_lock();
+        if !range_covered_locked(&vmas, va, len) {
+            return Err(alloc::format!("{va:#x}+{len:#x} is not mapped"));
+        }
+        // A block the new VMA edges cut is split first (Linux
+        // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
+        // the other per-VMA walks need whole blocks inside each VMA.
+        {
+            let _ptl = p.mm.page_table_lock_guard();
+            memory::split_blocks_at_edges(&p.mm, &mut p.tables.lock(), va, va + len)?;
+        }
         split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
             if v.flags.contains(VmFlags::PFNMAP) || v.file != 0 {
@@ -618,7 +628,10 @@ pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), S
 
 /// Whether every page of `[va, va+len)` lies in some VMA.
 pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
-    let g = p.mm.mmap_read_lock();
+    range_covered_locked(&p.mm.mmap_read_lock(), va, len)
+}
+
+fn range_covered_locked(g: &impl MmapLocked, va: u64, len: u64) -> bool {
     let mut a = va;
     while a < va + len {
         match g.vmas().find(a) {
