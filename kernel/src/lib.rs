@@ -22,6 +22,7 @@ pub mod arch;
 pub mod board;
 pub mod console;
 pub mod drivers;
+pub mod errno;
 pub mod mm;
 pub mod torture;
 pub mod util;

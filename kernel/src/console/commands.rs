@@ -190,7 +190,7 @@ impl Session {
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
             "spawn" => match args {
-                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done),
+                [p] if parse::is_name(p) => crate::proc::spawn(p).map(|_| Outcome::Done).map_err(Into::into),
                 [p] => Err(alloc::format!("`{}` is not a valid process name", truncate(p, 40))),
                 _ => Err("usage: spawn P".into()),
             },

@@ -31,19 +31,13 @@ fn fault_report(p: &str, addr: u64, esr: u64) -> String {
 pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
     match cmd {
         "exit" => match a {
-            [] => proc::exit(p).map(|_| Outcome::Done),
+            [] => proc::exit(p).map(|_| Outcome::Done).map_err(Into::into),
             _ => Err("usage: P exit".into()),
         },
         "fork" => match a {
             [c] if super::parse::is_name(c) => match proc::fork(p, c) {
                 Ok(_) => Ok(Outcome::Done),
-                Err(e) => {
-                    let why = crate::proc::syscall::LAST_CLONE_ERROR.lock().take();
-                    Err(match why {
-                        Some(w) => alloc::format!("{e}: {w}"),
-                        None => e,
-                    })
-                }
+                Err(e) => Err(alloc::format!("fork failed: {e}")),
             },
             [c] => Err(alloc::format!("`{}` is not a valid process name", &c[..c.len().min(40)])),
             _ => Err("usage: P fork C".into()),
@@ -64,7 +58,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         "munmap" => match a {
             [r] => {
                 let (va, len) = proc::range(p, r)?;
-                proc::munmap(p, va, len).map(|_| Outcome::Done)
+                proc::munmap(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             _ => Err("usage: P munmap RANGE".into()),
         },
@@ -82,18 +76,18 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                         ));
                     }
                 };
-                proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done)
+                proc::mprotect(p, va, len, rd, wr).map(|_| Outcome::Done).map_err(Into::into)
             }
             _ => Err("usage: P mprotect RANGE prot=r|rw|none".into()),
         },
         "madvise" => match a {
             [r, "dontneed"] => {
                 let (va, len) = proc::range(p, r)?;
-                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done)
+                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             [r, adv @ ("hugepage" | "nohugepage")] => {
                 let (va, len) = proc::range(p, r)?;
-                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done)
+                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done).map_err(Into::into)
             }
             [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
@@ -264,7 +258,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             o => return Err(alloc::format!("unknown mmap option `{}`", &o[..o.len().min(40)])),
         }
     }
-    proc::mmap(p, r, args).map(|_| Outcome::Done)
+    proc::mmap(p, r, args).map(|_| Outcome::Done).map_err(Into::into)
 }
 
 fn walk(p: &str, r: &str) -> CmdResult {

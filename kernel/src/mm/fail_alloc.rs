@@ -35,6 +35,8 @@ static ARMED: AtomicBool = AtomicBool::new(false);
 /// SplitMix64 state: each decision advances it by one step.
 static STATE: AtomicU64 = AtomicU64::new(0);
 static INJECTED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// [`fail_after`]: decisions left that pass before every one fails.
+static SKIP: AtomicU64 = AtomicU64::new(0);
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -80,10 +82,19 @@ pub fn parse_arg(s: &str) -> Result<(u32, u64), ArgError> {
 /// random stream from `seed`. Keeps the armed state.
 pub fn configure(ppm: u32, seed: u64) {
     let ppm = ppm.min(MILLION);
+    SKIP.store(0, Ordering::Relaxed);
     STATE.store(seed, Ordering::Relaxed);
     CONFIGURED_PPM.store(ppm, Ordering::Relaxed);
     let armed = ARMED.load(Ordering::Relaxed);
     ACTIVE_PPM.store(if armed { ppm } else { 0 }, Ordering::Release);
+}
+
+/// Lets the next `n` allocations (while armed) succeed and fails every one
+/// after them, until [`configure`] is called again: a test can fail each
+/// allocation of an operation in turn (n = 0, 1, 2, ...).
+pub fn fail_after(n: u64) {
+    configure(MILLION, 0);
+    SKIP.store(n, Ordering::Relaxed);
 }
 
 /// Turns injection on or off; returns whether it was on.
@@ -118,6 +129,9 @@ pub fn should_fail(kind: AllocKind) -> bool {
 
 #[cold]
 fn decide(kind: AllocKind, ppm: u32) -> bool {
+    if SKIP.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+        return false;
+    }
     let x = splitmix64(STATE.fetch_add(GOLDEN, Ordering::Relaxed).wrapping_add(GOLDEN));
     // The top 32 bits scaled to [0, 1e6): no modulo bias worth speaking of.
     let fail = ((x >> 32) * MILLION as u64) >> 32 < ppm as u64;
@@ -201,5 +215,13 @@ mod tests {
         // Every call fails at 1,000,000 ppm; none at 1 ppm over a few thousand (almost surely).
         assert!(run(MILLION, 9, 1000).iter().all(|&f| f));
         assert!(run(1, 9, 1000).iter().filter(|&&f| f).count() <= 1);
+        // fail_after(3): three pass, then all fail; configure ends it.
+        fail_after(3);
+        arm(true);
+        let v: Vec<bool> = (0..6).map(|_| should_fail(AllocKind::Frame)).collect();
+        assert_eq!(v, [false, false, false, true, true, true]);
+        configure(0, 0);
+        assert!(!should_fail(AllocKind::Frame));
+        arm(false);
     }
 }

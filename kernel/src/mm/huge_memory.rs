@@ -10,7 +10,7 @@
 //! break-before-make of the level-2 entry); COW of a shared block splits
 //! and then copies one page, as Linux's `do_huge_pmd_wp_page` falls back.
 
-use alloc::string::String;
+use super::error::{Inconsistency, MmError, Need};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::addr::PhysAddr;
@@ -77,23 +77,26 @@ pub fn do_huge_pud_anonymous_page(pud: &AtomicU64, vma: &Vma, flags: FaultFlags)
 /// becomes 2M folios, each mapped by one level-2 block with the same
 /// attributes, by break-before-make of the level-1 entry. Pins and GUP
 /// references move to the 2M folio their page is in.
-pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, va: u64) -> Result<(), String> {
+pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, va: u64) -> Result<(), MmError> {
     let desc = Desc(pud.load(Ordering::Acquire));
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
     let folio = page::pfn_to_page(pa)
         .and_then(|p| p.folio())
         .filter(|f| f.size() == pud_size() && !desc.special())
-        .ok_or("split of a level-1 block that is not a 1G THP")?;
-    let table = mem.alloc_table().ok_or("out of memory splitting a 1G block")?;
+        .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::Unsplittable })?;
+    let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
     let attrs = desc.attr_bits();
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
         memory::entry(mem, table, i).store((pa.0 + i as u64 * pmd_size()) | attrs | 0b01, Ordering::Relaxed);
     }
-    page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
+    if let Err(e) = page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
         (super::gup::held(f, true), super::gup::held(f, false))
-    })?;
+    }) {
+        mem.free(table);
+        return Err(e);
+    }
     pud.store(0, Ordering::Release);
     KernelFlush.flush(base, pud_size(), Some(mm.asid()), true);
     memory::set_pte_new(pud, Desc::table(table));
@@ -202,16 +205,24 @@ pub fn do_huge_pmd_wp_page(
 /// small zero page for the huge zero folio), by break-before-make of the
 /// level-2 entry. The folio's single block mapping becomes one mapping
 /// (and one reference) per page; exclusivity stays per page.
-pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, va: u64) -> Result<(), String> {
+pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, va: u64) -> Result<(), MmError> {
     let desc = Desc(pmd.load(Ordering::Acquire));
     let base = va & !(pmd_size() - 1);
     let pa = desc.output_address(pmd_size());
     let zero = desc.special() && is_huge_zero(pa);
     // Checked before the table is allocated, so a refusal leaks nothing.
     if desc.special() && !zero {
-        return Err("split of a special block".into());
+        return Err(MmError::Inconsistent { addr: va, what: Inconsistency::Unsplittable });
     }
-    let table = mem.alloc_table().ok_or("out of memory splitting a block")?;
+    let folio = match desc.special() {
+        true => None,
+        false => Some(
+            page::pfn_to_page(pa)
+                .and_then(|p| p.folio())
+                .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::NoFolio })?,
+        ),
+    };
+    let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
     let n = GRANULE.entries_per_table();
     let attrs = desc.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
@@ -220,8 +231,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, v
         // Not reachable by the walker yet: plain stores.
         memory::entry(mem, table, i).store(oa | attrs | cont | 0b11, Ordering::Relaxed);
     }
-    if !desc.special() {
-        let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or("block without a folio")?;
+    if let Some(folio) = folio {
         page::folio_split_pmd_rmap(folio);
     }
     pmd.store(0, Ordering::Release);

@@ -14,7 +14,7 @@
 //! Locking: the caller holds the mmap lock (read is enough for faults);
 //! the page-table lock (`mm.page_table_lock`) is held while entries change.
 
-use alloc::string::String;
+use super::error::{Inconsistency, MmError, Need, try_reserve};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,14 +57,13 @@ pub fn zero_pfn_pool() {
 /// Linux `remap_pfn_range` into an empty range of a new VMA: special
 /// entries (no struct-page semantics), read-only unless the mapping is
 /// shared and writable, so a private mapping's writes COW into anon pages.
-pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(), String> {
+pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(), MmError> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
-    t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)
-        .map_err(|e| alloc::format!("remap_pfn_range: {e:?}"))?;
+    t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -169,7 +168,7 @@ pub(crate) fn split_blocks_at_edges(
     mem: &mut FrameTableMem,
     start: u64,
     end: u64,
-) -> Result<(), String> {
+) -> Result<(), MmError> {
     if super::huge_memory::pud_order().is_some() {
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
@@ -194,7 +193,7 @@ pub(crate) fn split_blocks_at_edges(
 }
 
 /// Splits the 1G block around `va`, if there is one.
-fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), String> {
+fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
     if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)
         && matches!(Desc(pud.load(Ordering::Acquire)).kind(1, GRANULE), Kind::Leaf(_))
     {
@@ -204,7 +203,7 @@ fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), S
 }
 
 /// Splits every 1G block in `[start, end)` (fork: a 1G THP is never shared).
-fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), String> {
+fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), MmError> {
     if super::huge_memory::pud_order().is_none() {
         return Ok(());
     }
@@ -221,21 +220,21 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
 /// whose table exists and for every level-2 block the range covers whole
 /// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
 /// an error: callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
+fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), MmError>>(
     mem: &FrameTableMem,
     pgd: PhysAddr,
     start: u64,
     end: u64,
     f: &mut F,
-) -> Result<(), String> {
-    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
+) -> Result<(), MmError> {
+    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), MmError>>(
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
         start: u64,
         end: u64,
         f: &mut F,
-    ) -> Result<(), String> {
+    ) -> Result<(), MmError> {
         let g = GRANULE;
         let size = g.level_size(level);
         let mut va = start;
@@ -252,9 +251,7 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), String>>(
                     Kind::Leaf(_) if level == 2 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 2, e)?,
                     Kind::Leaf(_) if level == 1 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 1, e)?,
                     _ => {
-                        return Err(alloc::format!(
-                            "unexpected entry at {va:#x} level {level} (a block cut by the range, or a non-present upper entry)"
-                        ));
+                        return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
                     }
                 }
             }
@@ -687,20 +684,19 @@ fn copy_pte_slow(
     dcache: &mut (u64, Option<&'static AtomicU64>),
     wrprotected: &mut bool,
     broken_runs: &mut Vec<u64>,
-) -> Result<(), String> {
+) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dmem, dst, va, sslot, desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
-        return Err(alloc::format!("non-present entry {desc:?} at {va:#x}: not supported by fork yet"));
+        return Err(MmError::NotPresent { addr: va });
     }
     let child = if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
-        let pg = page::pfn_to_page(pa)
-            .ok_or_else(|| alloc::format!("{va:#x} maps {pa:#x}, outside RAM, without the special bit"))?;
+        let pg = page::pfn_to_page(pa).ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::OutsideRam })?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             let ro = desc.wrprotect();
@@ -711,11 +707,14 @@ fn copy_pte_slow(
             ro
         } else {
             // Maybe pinned and exclusive: the child gets its own copy now.
-            let new = page::folio_alloc_anon_nozero(0).ok_or("out of memory copying a pinned page for the child")?;
+            // Room in the list first: nothing to undo if it fails.
+            if desc.0 & CONT_BIT != 0 {
+                try_reserve(broken_runs, 1)?;
+            }
+            let new = page::folio_alloc_anon_nozero(0).ok_or(MmError::NoMemory(Need::Frame))?;
             copy_page(new.pa(), pa);
             folio_add_new_anon_rmap_pte(new.head());
             if desc.0 & CONT_BIT != 0 {
-                broken_runs.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
                 broken_runs.push(va & !(cont_size() - 1));
             }
             Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
@@ -741,7 +740,7 @@ fn copy_pte_slow(
                 if !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
-                return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
+                return Err(MmError::NoMemory(Need::Table));
             }
         },
     };
@@ -756,7 +755,7 @@ fn copy_pte_slow(
 /// copied for the child at once (Linux `copy_present_page`); special
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
-pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), String> {
+pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
     let _sp = src.mm.page_table_lock_guard();
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
@@ -776,7 +775,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) && !d.special() {
             let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
             if f.is_some_and(|f| f.maybe_dma_pinned() && (0..f.nr_pages()).any(|i| f.page(i).anon_exclusive())) {
-                pinned_blocks.try_reserve(1).map_err(|_| String::from("out of memory during fork"))?;
+                try_reserve(&mut pinned_blocks, 1)?;
                 pinned_blocks.push(va);
             }
         }
@@ -854,14 +853,14 @@ fn copy_block(
     va: u64,
     sslot: &AtomicU64,
     desc: Desc,
-) -> Result<bool, String> {
+) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
-        .ok_or_else(|| alloc::format!("block at {va:#x} is pinned but was not split"))?;
+        .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
     let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
         }
-        return Err(alloc::format!("out of memory for the child's tables at {va:#x}"));
+        return Err(MmError::NoMemory(Need::Table));
     };
     dpmd.store(child.mkold().0, Ordering::Relaxed);
     Ok(child != desc)
@@ -878,7 +877,7 @@ fn block_all_exclusive(d: Desc) -> bool {
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
-pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String> {
+pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
@@ -898,7 +897,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
         let d = Desc(slot.load(Ordering::Acquire));
         if d.is_valid() && !d.special() {
             let list = if level < 3 { &mut blocks } else { &mut pages };
-            list.try_reserve(1).map_err(|_| String::from("out of memory while unmapping"))?;
+            try_reserve(list, 1)?;
             list.push(d.output_address(GRANULE.level_size(level)));
         }
         Ok(())
@@ -907,7 +906,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), String>
     // are empty then), then one flush - non-leaf if a table went - and
     // only after it the tables and pages are freed.
     let mut detached: Vec<PhysAddr> = Vec::new();
-    detached.try_reserve(16).map_err(|_| String::from("out of memory while unmapping"))?;
+    try_reserve(&mut detached, 16)?;
     let mut cleared = false;
     clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
     if cleared || !detached.is_empty() {
@@ -1008,7 +1007,7 @@ pub fn change_protection(
     readable: bool,
     writable: bool,
     shared: bool,
-) -> Result<(), String> {
+) -> Result<(), MmError> {
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;

@@ -7,6 +7,7 @@
 //! kernel tables in [`kmap`].
 pub mod addr;
 pub mod desc;
+pub mod error;
 pub mod fail_alloc;
 pub mod folio_walk;
 pub mod granule;

@@ -431,10 +431,15 @@ pub fn folio_split_pmd_rmap(f: Folio) {
 /// `new_order`, each mapped once as a whole (`entire_mapcount` 1, one
 /// reference) plus the pins and GUP references `held(new folio)` counts
 /// into it. `PageAnonExclusive` stays per page.
-pub fn split_entire_folio(f: Folio, new_order: u32, held: impl Fn(Folio) -> (u32, u32)) -> Result<(), &'static str> {
+pub fn split_entire_folio(
+    f: Folio,
+    new_order: u32,
+    held: impl Fn(Folio) -> (u32, u32),
+) -> Result<(), super::error::MmError> {
+    use super::error::{Inconsistency, MmError};
     let (pa, order) = (f.pa(), f.order());
     if new_order >= order || f.entire_mapcount() != 1 || f.mapcount() != 1 {
-        return Err("only a folio mapped by exactly one block entry can be split");
+        return Err(MmError::Inconsistent { addr: pa.0, what: Inconsistency::Unsplittable });
     }
     // Linux `folio_ref_freeze`: the counts are shared out from what the
     // handles hold, so every reference must be one of those (plus the
@@ -442,7 +447,7 @@ pub fn split_entire_folio(f: Folio, new_order: u32, held: impl Fn(Folio) -> (u32
     // handle yet) makes the split wait for another time.
     let (pins, refs) = held(f);
     if f.refcount() != 1 + pins + refs || f.pincount() != pins {
-        return Err("the 1G folio has references in flight; try again");
+        return Err(MmError::Again);
     }
     let sub = 1u64 << new_order;
     for k in 0..(1u64 << (order - new_order)) {

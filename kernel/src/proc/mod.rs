@@ -20,6 +20,7 @@ use spin::Mutex;
 
 pub mod asid;
 pub mod debug_table;
+pub mod error;
 pub mod sched;
 pub mod syscall;
 
@@ -29,6 +30,7 @@ use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
+use crate::mm::error::{MmError, Need};
 use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
@@ -36,6 +38,7 @@ use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::tlb::KernelFlush;
+pub use error::ProcError;
 
 /// Where every process sees the agent.
 pub const AGENT_VA: u64 = 0x40_0000;
@@ -100,9 +103,9 @@ pub fn names() -> Vec<String> {
 }
 
 /// `spawn P`: a new process with an empty address space and the agent.
-pub fn spawn(name: &str) -> Result<(), String> {
+pub fn spawn(name: &str) -> Result<(), ProcError> {
     if exists(name) {
-        return Err(alloc::format!("process `{name}` already exists"));
+        return Err(ProcError::ProcessExists);
     }
     let p = new_process(name, 0)?;
     PROCS.lock().insert(name.to_string(), p);
@@ -110,10 +113,10 @@ pub fn spawn(name: &str) -> Result<(), String> {
 }
 
 /// A process with only the agent mapped (not yet in the process table).
-fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
+fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     let mut mem = FrameTableMem { tables: 0 };
     let Some(root) = mem.alloc_table() else {
-        return Err("out of memory for page tables".into());
+        return Err(Need::Table.into());
     };
     let p = Box::new(Process {
         name: name.to_string(),
@@ -150,16 +153,16 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, String> {
     };
     if let Err(e) = r {
         teardown(&p);
-        return Err(alloc::format!("mapping the agent: {e:?}"));
+        return Err(MmError::from(e).into());
     }
     Ok(p)
 }
 
 /// Linux `dup_mmap` + `copy_process` for `P fork C`: C gets P's VMAs,
 /// regions and (COW-shared) pages. Called from P's `clone` system call.
-pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> {
+pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcError> {
     if exists(child_name) {
-        return Err(alloc::format!("process `{child_name}` already exists"));
+        return Err(ProcError::ProcessExists);
     }
     let child = new_process(child_name, parent.pid)?;
     {
@@ -178,7 +181,7 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, String> 
                 drop(cv);
                 drop(pv);
                 teardown(&child);
-                return Err(alloc::format!("fork: {e}"));
+                return Err(e.into());
             }
         }
     }
@@ -212,16 +215,18 @@ pub(crate) fn take_child_name(parent: &Process) -> String {
 
 /// `P fork C`: P makes the `clone` system call (SIGCHLD, Linux fork) from
 /// EL0; the kernel creates C. Returns C's pid.
-pub fn fork(parent: &str, child: &str) -> Result<u32, String> {
+pub fn fork(parent: &str, child: &str) -> Result<u32, ProcError> {
     if exists(child) {
-        return Err(alloc::format!("process `{child}` already exists"));
+        return Err(ProcError::ProcessExists);
     }
     *NEXT_CHILD_NAME.lock() = Some(child.to_string());
+    *syscall::LAST_CLONE_ERROR.lock() = None;
     let r = syscall(parent, syscall::nr::CLONE, [syscall::SIGCHLD, 0, 0, 0, 0, 0]);
     *NEXT_CHILD_NAME.lock() = None;
     let r = r?;
     if r < 0 {
-        return Err(alloc::format!("fork failed: {}", syscall::errno_name(r)));
+        // The reason the kernel kept, or at least the errno.
+        return Err(syscall::LAST_CLONE_ERROR.lock().take().unwrap_or(ProcError::Errno(-r)));
     }
     Ok(r as u32)
 }
@@ -286,13 +291,12 @@ fn teardown(p: &Process) {
 /// `P exit`: P makes the `exit_group(0)` system call from EL0; the kernel
 /// tears its address space down and leaves its status for the parent's
 /// `wait4`.
-pub fn exit(name: &str) -> Result<(), String> {
+pub fn exit(name: &str) -> Result<(), ProcError> {
     let code = with_proc(name, |p| {
         let regs = agent_regs(p, &[op::SYSCALL], syscall::nr::EXIT_GROUP);
-        let esr = Esr(regs.esr);
         match *p.exit_code.lock() {
             Some(c) => Ok(c),
-            None => Err(alloc::format!("the agent did not exit: {esr}")),
+            None => Err(ProcError::AgentLost { esr: regs.esr }),
         }
     })?;
     exit_process(name, code);
@@ -363,7 +367,7 @@ pub fn ps() -> String {
 
 /// `P maps`: `name`'s VMAs, one [`Vma::maps_line`] each (gdb's `pl-vmas`
 /// prints the same lines from [`debug_table`]).
-pub fn maps(name: &str) -> Result<String, String> {
+pub fn maps(name: &str) -> Result<String, ProcError> {
     use core::fmt::Write;
     with_proc(name, |p| {
         let g = p.mm.mmap_read_lock();
@@ -378,16 +382,16 @@ pub fn maps(name: &str) -> Result<String, String> {
 
 /// `P wait`: P makes `wait4(-1, &status, WNOHANG)` from EL0 (status on its
 /// stack); returns the reaped child's pid, 0 if none exited yet.
-pub fn wait(name: &str) -> Result<i64, String> {
+pub fn wait(name: &str) -> Result<i64, ProcError> {
     syscall(name, syscall::nr::WAIT4, [u64::MAX, 0, 1, 0, 0, 0])
 }
 
-pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, String>) -> Result<R, String> {
+pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, ProcError>) -> Result<R, ProcError> {
     // The process stays in the table (boxed, so its address is stable); the
     // table lock is not held while it runs, so the fault path can find it.
     let ptr: *const Process = {
         let g = PROCS.lock();
-        &**g.get(name).ok_or_else(|| alloc::format!("no process named `{name}`"))? as *const Process
+        &**g.get(name).ok_or(ProcError::NoSuchProcess)? as *const Process
     };
     // SAFETY: processes are only removed by `exit_process`, which the
     // console (or a test) runs on its own CPU, never concurrently with
@@ -416,10 +420,10 @@ pub struct MmapArgs {
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
-pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
+pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
     with_proc(name, |p| {
         if p.regions.lock().contains_key(region) {
-            return Err(alloc::format!("region `{region}` already exists in `{name}`"));
+            return Err(ProcError::RegionExists);
         }
         let (va, size) = mmap_anon(p, &a)?;
         p.regions.lock().insert(region.to_string(), Region { va, size });
@@ -429,20 +433,20 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, String> {
 
 /// Creates a VMA of `a.size` bytes (anonymous, memfd, shared or PFN
 /// memory, as `a` says); returns (va, size).
-pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String> {
+pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError> {
     {
         if a.size == 0 {
-            return Err("size must be > 0".into());
+            return Err(MmError::Empty);
         }
         if a.size > USER_TOP {
-            return Err("size larger than the address space".into());
+            return Err(MmError::NoAddressSpace { size: a.size });
         }
         let size = align_up(a.size, PAGE_SIZE);
         // Large folios need naturally aligned ranges (Linux aligns THP-able
         // anonymous mappings the same way).
         let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
         let va = align_up(p.next_va.load(Ordering::Relaxed), align);
-        let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or("out of address space")?;
+        let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
         let mut flags = VmFlags(0);
         if a.readable {
             flags = flags | VmFlags::READ;
@@ -451,11 +455,9 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             flags = flags | VmFlags::WRITE | VmFlags::READ;
         }
         if let Some(pfn) = a.pfn {
-            let (ps, pe) = memory::pfn_pool().ok_or("this machine has no PFN pool (RAM too small)")?;
+            let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
             if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
-                return Err(alloc::format!(
-                    "pfn={pfn:#x}+{size:#x} is not page aligned inside the PFN pool [{ps:#x}, {pe:#x})"
-                ));
+                return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
             }
             flags = flags | VmFlags::PFNMAP | VmFlags::IO;
         }
@@ -472,7 +474,7 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
         let mut _hold = None;
         let (file, pgoff) = match (&a.memfd, a.file, a.shared && a.pfn.is_none()) {
             (_, Some((id, pgoff)), _) => {
-                let f = crate::mm::shmem::get_hold(id).ok_or("that memfd is gone")?;
+                let f = crate::mm::shmem::get_hold(id).ok_or(MmError::NoSuchFile)?;
                 _hold = Some(Hold(id));
                 (Some(f), pgoff)
             }
@@ -481,7 +483,7 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
             (None, None, false) => (None, 0),
         };
         if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
-            return Err("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)".into());
+            return Err(MmError::FileOptions);
         }
         if let Some(f) = &file
             && a.file.is_none()
@@ -503,7 +505,7 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
                 crate::mm::shmem::vma_get(file);
                 crate::mm::shmem::vma_put(file);
             }
-            return Err("overlapping mapping".into());
+            return Err(MmError::Overlap { addr: va });
         }
         if let Some(pfn) = a.pfn
             && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
@@ -520,27 +522,30 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), String>
 
 /// Zaps `[va, va+len)` in `p`'s tables (Linux `zap_page_range`; VMAs
 /// are not touched).
-fn zap(p: &Process, va: u64, len: u64) -> Result<(), String> {
+fn zap(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
     memory::zap_page_range(p.mt(), va, len)
 }
 
-fn check_user_range(va: u64, len: u64) -> Result<(), String> {
-    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) || len == 0 {
-        return Err(alloc::format!("range {va:#x}+{len:#x} is not page aligned"));
+fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
+    if len == 0 {
+        return Err(MmError::Empty);
+    }
+    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(MmError::NotAligned { addr: va, len });
     }
     if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
-        return Err("range outside the user address space".into());
+        return Err(MmError::OutOfRange { addr: va, len });
     }
     Ok(())
 }
 
 /// `P munmap RANGE`: removes the VMAs (splitting those cut by the range) and
 /// zaps what was mapped. A region unmapped completely is forgotten.
-pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), String> {
-    with_proc(name, |p| munmap_p(p, va, len))
+pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
+    with_proc(name, |p| Ok(munmap_p(p, va, len)?))
 }
 
-pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
+pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
     check_user_range(va, len)?;
     {
         {
@@ -548,7 +553,7 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
             vmas.split_at(va);
             vmas.split_at(va + len);
             if vmas.inside(va, va + len).any(|v| v.start == AGENT_VA) {
-                return Err("cannot unmap the agent".into());
+                return Err(MmError::Agent);
             }
             let gone: Vec<u64> = vmas.inside(va, va + len).map(|v| v.start).collect();
             zap(p, va, len)?;
@@ -563,10 +568,10 @@ pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
 
 /// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
 /// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
-fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), String> {
+fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), MmError> {
     let mut a = va;
     while a < va + len {
-        let v = vmas.find(a).ok_or_else(|| alloc::format!("{a:#x} is not mapped"))?;
+        let v = vmas.find(a).ok_or(MmError::NotMapped { addr: a })?;
         a = v.end;
     }
     vmas.split_at(va);
@@ -578,16 +583,16 @@ fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, l
 /// in the range (VMAs split at its ends). `hugepage` allows the largest
 /// folios where the mapping had none (`thp=never`); `nohugepage` limits
 /// faults to base pages (Linux VM_NOHUGEPAGE).
-pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), String> {
-    with_proc(name, |p| madvise_hugepage_p(p, va, len, huge))
+pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), ProcError> {
+    with_proc(name, |p| Ok(madvise_hugepage_p(p, va, len, huge)?))
 }
 
-pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), String> {
+pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
     {
         let mut vmas = p.mm.mmap_write_lock();
-        if !range_covered_locked(&vmas, va, len) {
-            return Err(alloc::format!("{va:#x}+{len:#x} is not mapped"));
+        if let Some(addr) = first_hole(&vmas, va, len) {
+            return Err(MmError::NotMapped { addr });
         }
         // A block the new VMA edges cut is split first (Linux
         // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
@@ -616,30 +621,31 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
 
 /// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
 /// touch faults in fresh zero-filled memory.
-pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), String> {
+pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
     check_user_range(va, len)?;
-    with_proc(name, |p| madvise_dontneed_p(p, va, len))
+    with_proc(name, |p| Ok(madvise_dontneed_p(p, va, len)?))
 }
 
-pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), String> {
+pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
     let _g = p.mm.mmap_read_lock();
     zap(p, va, len)
 }
 
 /// Whether every page of `[va, va+len)` lies in some VMA.
 pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
-    range_covered_locked(&p.mm.mmap_read_lock(), va, len)
+    first_hole(&p.mm.mmap_read_lock(), va, len).is_none()
 }
 
-fn range_covered_locked(g: &impl MmapLocked, va: u64, len: u64) -> bool {
+/// The first address of `[va, va+len)` that lies in no VMA.
+fn first_hole(g: &impl MmapLocked, va: u64, len: u64) -> Option<u64> {
     let mut a = va;
     while a < va + len {
         match g.vmas().find(a) {
             Some(v) => a = v.end,
-            None => return false,
+            None => return Some(a),
         }
     }
-    true
+    None
 }
 
 /// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
@@ -647,16 +653,16 @@ fn range_covered_locked(g: &impl MmapLocked, va: u64, len: u64) -> bool {
 /// pages present for the kernel but EL1-only, so EL0 gets permission faults
 /// (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
 /// exclusive anon pages writable ([`memory::change_protection`]).
-pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
-    with_proc(name, |p| mprotect_p(p, va, len, readable, writable))
+pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
+    with_proc(name, |p| Ok(mprotect_p(p, va, len, readable, writable)?))
 }
 
-pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), String> {
+pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
     {
         let mut vmas = p.mm.mmap_write_lock();
         if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
-            return Err("cannot mprotect the agent".into());
+            return Err(MmError::Agent);
         }
         split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
@@ -742,7 +748,7 @@ fn run_regs(p: &Process, run: UserRun) -> TrapFrame {
 }
 
 /// Agent access over `[va, va+len)`.
-pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, String> {
+pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, ProcError> {
     with_proc(name, |p| {
         let x = match opcode {
             op::WRITE | op::CHECK => [opcode, va, len, byte as u64, 0],
@@ -754,12 +760,12 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
 
 /// One access (`TOUCH_READ`/`TOUCH_WRITE`/`STORE`) every `stride` bytes,
 /// `count` times, from `va` (the benchmarks' THP loop: one per block).
-pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) -> Result<RunEnd, String> {
+pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) -> Result<RunEnd, ProcError> {
     with_proc(name, |p| Ok(run_agent(p, [opcode, va, count, 0, stride])))
 }
 
 /// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
-pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, String> {
+pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, ProcError> {
     with_proc(name, |p| Ok(run_end(&agent_regs(p, &[op::SYSCALL_LOOP, count], nr))))
 }
 
@@ -776,9 +782,9 @@ pub fn mapped_level(name: &str, va: u64) -> Option<u32> {
 /// Runs the agent's `SPIN` command in `name`: x3..x30 = `seed` + n, then
 /// `iterations` turns of a loop at EL0. Returns the registers at its end, for
 /// the caller to check that nothing (an IRQ taken at EL0) disturbed them.
-pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, String> {
+pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcError> {
     if iterations == 0 {
-        return Err("at least one iteration".into());
+        return Err(ProcError::Invalid);
     }
     with_proc(name, |p| Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0)))
 }
@@ -815,7 +821,7 @@ pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
 
 /// Makes system call `nr` in process `name` through the agent (`svc #0` at
 /// EL0) and returns its result.
-pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
+pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, ProcError> {
     with_proc(name, |p| {
         let x = [op::SYSCALL, args[0], args[1], args[2], args[3], args[4], args[5]];
         let regs = agent_regs(p, &x, nr);
@@ -823,7 +829,7 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, String> {
         if esr.ec() == ExceptionClass::Svc64 && esr.imm16() == user::SVC_DONE && regs.x[0] == 2 {
             Ok(regs.x[1] as i64)
         } else {
-            Err(alloc::format!("the agent did not come back from the system call: {esr}"))
+            Err(ProcError::AgentLost { esr: regs.esr })
         }
     })
 }
@@ -853,7 +859,11 @@ fn handle_user_fault(far: u64, esr: Esr) -> bool {
 
 /// Resolves `REGION`, `REGION+OFF`, `REGION+OFF:LEN` in process `name`.
 pub fn range(name: &str, spec: &str) -> Result<(u64, u64), String> {
-    with_proc(name, |p| {
+    with_proc(name, |p| Ok(range_in(p, name, spec)))?
+}
+
+fn range_in(p: &Process, name: &str, spec: &str) -> Result<(u64, u64), String> {
+    {
         let (reg, rest) = match spec.split_once('+') {
             Some((r, rest)) => (r, Some(rest)),
             None => (spec, None),
@@ -879,11 +889,11 @@ pub fn range(name: &str, spec: &str) -> Result<(u64, u64), String> {
             return Err(alloc::format!("range {off:#x}+{len:#x} is outside region `{reg}` ({:#x} bytes)", r.size));
         }
         Ok((r.va + off, len))
-    })
+    }
 }
 
 /// Runs `f` with read access to `name`'s tables and its mmap lock.
-pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTableMem>) -> R) -> Result<R, String> {
+pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTableMem>) -> R) -> Result<R, ProcError> {
     with_proc(name, |p| {
         let _g = p.mm.mmap_read_lock();
         let mut mem = p.tables.lock();
@@ -893,7 +903,7 @@ pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTabl
 }
 
 /// Runs `f` with `name`'s address space live in TTBR0 (for `AT`).
-pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, String> {
+pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> {
     with_proc(name, |p| {
         let daif = cpu::irq_save();
         // SAFETY: only AT runs meanwhile; nothing executes from TTBR0.
@@ -1175,7 +1185,19 @@ pub fn gup(
     if gup::handle_exists(handle) {
         return Err(alloc::format!("handle `{handle}` already exists"));
     }
-    with_proc(name, |p| {
+    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast)))?
+}
+
+fn gup_in(
+    p: &Process,
+    handle: &str,
+    va: u64,
+    len: u64,
+    flags: crate::mm::gup::Foll,
+    fast: bool,
+) -> Result<(usize, usize), String> {
+    use crate::mm::gup;
+    {
         let nr = len.div_ceil(PAGE_SIZE);
         let va = va & !(PAGE_SIZE - 1);
         let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
@@ -1201,16 +1223,16 @@ pub fn gup(
             return Err(alloc::format!("handle `{handle}` already exists"));
         }
         Ok((n, nfast))
-    })
+    }
 }
 
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
-pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, String> {
+pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, ProcError> {
     with_proc(name, |p| {
         let va = align_up(p.next_va.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
         if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
-            return Err("overlapping mapping".into());
+            return Err(MmError::Overlap { addr: va }.into());
         }
         p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
         Ok(va)
@@ -1221,7 +1243,7 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64,
 pub(crate) fn with_mm_write<R>(
     name: &str,
     f: impl FnOnce(&Process, &mut crate::mm::mm_struct::MmapWriteGuard<'_>) -> R,
-) -> Result<R, String> {
+) -> Result<R, ProcError> {
     with_proc(name, |p| {
         let mut g = p.mm.mmap_write_lock();
         Ok(f(p, &mut g))

@@ -7,7 +7,7 @@
 
 use alloc::vec;
 
-use super::{MmapArgs, Process, mmap_anon};
+use super::{MmapArgs, ProcError, Process, mmap_anon};
 use crate::arch::aarch64::exception::copy_from_user;
 
 pub mod nr {
@@ -30,14 +30,7 @@ pub mod nr {
 pub const SIGCHLD: u64 = 17;
 const WNOHANG: u64 = 1;
 
-pub const EBADF: i64 = 9;
-pub const ECHILD: i64 = 10;
-pub const EAGAIN: i64 = 11;
-pub const ENOMEM: i64 = 12;
-pub const EBUSY: i64 = 16;
-pub const EFAULT: i64 = 14;
-pub const EINVAL: i64 = 22;
-pub const ENOSYS: i64 = 38;
+pub use crate::errno::{EAGAIN, EBADF, EBUSY, ECHILD, EFAULT, EINVAL, ENOMEM, ENOSYS};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
@@ -69,23 +62,14 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
     }
 }
 
-/// The errno's name, for messages.
+/// The name of a system call's error result `r` (negative), for messages.
 pub fn errno_name(r: i64) -> &'static str {
-    match -r {
-        EBADF => "EBADF",
-        ECHILD => "ECHILD",
-        EAGAIN => "EAGAIN",
-        ENOMEM => "ENOMEM",
-        EBUSY => "EBUSY",
-        EFAULT => "EFAULT",
-        EINVAL => "EINVAL",
-        ENOSYS => "ENOSYS",
-        _ => "error",
-    }
+    crate::errno::name(-r)
 }
 
-/// Why the last `clone` failed, for the console's message.
-pub static LAST_CLONE_ERROR: spin::Mutex<Option<alloc::string::String>> = spin::Mutex::new(None);
+/// Why the last `clone` failed (the errno alone loses it), for the
+/// console's `P fork C`.
+pub static LAST_CLONE_ERROR: spin::Mutex<Option<ProcError>> = spin::Mutex::new(None);
 
 /// `clone(SIGCHLD, 0, 0, 0, 0)`: Linux fork. The child does not run until
 /// the console drives it (each agent command starts afresh), so it needs
@@ -98,9 +82,8 @@ fn clone(p: &Process, a: [u64; 6]) -> i64 {
     match super::fork_p(p, &name) {
         Ok(pid) => pid as i64,
         Err(e) => {
-            let oom = e.contains("out of memory");
             *LAST_CLONE_ERROR.lock() = Some(e);
-            if oom { -ENOMEM } else { -EINVAL }
+            -e.errno()
         }
     }
 }
@@ -191,8 +174,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,
-        Err(e) if e.contains("size must be") => -EINVAL,
-        Err(_) => -ENOMEM,
+        Err(e) => -e.errno(),
     }
 }
 
@@ -215,7 +197,7 @@ fn munmap(p: &Process, addr: u64, len: u64) -> i64 {
     };
     match super::munmap_p(p, addr, len) {
         Ok(()) => 0,
-        Err(_) => -ENOMEM,
+        Err(e) => -e.errno(),
     }
 }
 
@@ -229,8 +211,7 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
     }
     match super::mprotect_p(p, addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
         Ok(()) => 0,
-        Err(e) if e.contains("cannot mprotect the agent") => -EINVAL,
-        Err(_) => -ENOMEM,
+        Err(e) => -e.errno(),
     }
 }
 

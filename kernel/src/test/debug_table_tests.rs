@@ -27,7 +27,11 @@ pub static TESTS: &[Test] = &[
 
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {
-    proc::with_proc(name, |p| {
+    proc::with_proc(name, |p| Ok(slot_matches(name, p)))?
+}
+
+fn slot_matches(name: &str, p: &proc::Process) -> Result<u32, String> {
+    {
         let g = p.mm.mmap_read_lock();
         let real: Vec<DebugVma> = crate::mm::mm_struct::MmapLocked::vmas(&g).iter().map(DebugVma::of).collect();
         let s = dt::snapshot(p.pid).ok_or_else(|| alloc::format!("{name} (pid {}) has no live slot", p.pid))?;
@@ -47,7 +51,7 @@ fn matches_real(name: &str) -> Result<u32, String> {
         let n = real.len().min(MAX_VMAS);
         ensure!(s.vmas[..] == real[..n], "{name}: mirror VMAs {:x?}, real {:x?}", s.vmas, &real[..n]);
         Ok(p.pid)
-    })
+    }
 }
 
 fn follows() -> Result<(), String> {
@@ -135,10 +139,10 @@ fn proc_overflow() -> Result<(), String> {
     let k = MAX_PROCS as u32 - slotted + 2;
     let names: Vec<String> = (0..k).map(|i| alloc::format!("dt_p{i}")).collect();
     let mut spawned = Vec::new();
-    let mut r = Ok(());
+    let mut r: Result<(), String> = Ok(());
     for n in &names {
         if let Err(e) = proc::spawn(n) {
-            r = Err(e);
+            r = Err(e.into());
             break;
         }
         spawned.push(n);

@@ -62,7 +62,7 @@ fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), 
 }
 
 fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
-    proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(x, x8), Some(cpu))))
+    Ok(proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(x, x8), Some(cpu))))?)
 }
 
 fn done_ok(regs: &TrapFrame, what: &str) -> Result<(), String> {

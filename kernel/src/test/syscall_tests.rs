@@ -2,7 +2,7 @@
 //! an errno, the kernel never faults, and the process's memory accounting
 //! comes back exactly.
 
-use alloc::string::String;
+use alloc::string::{String, ToString};
 
 use super::Test;
 use crate::arch::aarch64::user::op;
@@ -15,7 +15,93 @@ use crate::proc::{self, MmapArgs, RunEnd};
 pub static TESTS: &[Test] = &[
     Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments },
     Test { name: "el0_cannot_reach_kernel_memory", f: el0_isolation },
+    Test { name: "syscall_errnos_from_typed_errors", f: typed_errnos },
+    Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
 ];
+
+/// Errnos that string matching got wrong: munmap of the agent is -EINVAL
+/// (a bad argument, not a lack of memory), and a clone whose new agent
+/// mapping runs out of table memory is -ENOMEM (was -EINVAL: the text
+/// "mapping the agent: OutOfMemory" did not contain "out of memory").
+fn typed_errnos() -> Result<(), String> {
+    use crate::mm::fail_alloc;
+    let name = "errno_test";
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let sc = |n: u64, a: [u64; 6]| proc::syscall(name, n, a);
+        let got = sc(nr::MUNMAP, [proc::AGENT_VA, PAGE_SIZE, 0, 0, 0, 0])?;
+        ensure!(got == -EINVAL, "munmap of the agent: got {got}, expected {}", -EINVAL);
+        // The child's root table comes, its agent's tables do not.
+        fail_alloc::fail_after(1);
+        fail_alloc::arm(true);
+        let got = sc(nr::CLONE, [proc::syscall::SIGCHLD, 0, 0, 0, 0, 0]);
+        fail_alloc::arm(false);
+        fail_alloc::configure(0, 0);
+        let got = got?;
+        let why = proc::syscall::LAST_CLONE_ERROR.lock().take();
+        ensure!(got == -ENOMEM, "clone out of table memory: got {got} ({why:?}), expected {}", -ENOMEM);
+        ensure!(why.is_some_and(|w| w.is_oom()), "clone's reason: {why:?}");
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r
+}
+
+/// `P fork C` with the k-th allocation failing, for k = 0, 1, 2, ... until
+/// the fork gets through: each failure is `out of memory` (ENOMEM from
+/// clone), no child is left, and every frame and table comes back
+/// (Linux's fault-injection style of testing an error path).
+fn fork_every_failure() -> Result<(), String> {
+    use crate::mm::fail_alloc;
+    let (parent, child) = ("failfork_p", "failfork_c");
+    proc::spawn(parent)?;
+    let r = (|| -> Result<(), String> {
+        // Memory in several tables: anon pages, a shared page, a THP if the
+        // granule has one in reach, and a pinned page (fork copies it early).
+        let a = proc::mmap(parent, "a", super::anon(64 * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(parent, op::WRITE, a, 64 * PAGE_SIZE, 0x3c)?, RunEnd::Done), "write a");
+        let s = proc::mmap(parent, "s", MmapArgs { shared: true, ..super::anon(PAGE_SIZE) })?;
+        ensure!(matches!(proc::access(parent, op::WRITE, s, PAGE_SIZE, 0x3d)?, RunEnd::Done), "write s");
+        let foll = crate::mm::gup::Foll { write: true, pin: true, longterm: false };
+        proc::gup(parent, "failfork_pin", a + 3 * PAGE_SIZE, PAGE_SIZE, foll, false)?;
+        let mut k = 0u64;
+        loop {
+            let free = frame::stats().free;
+            fail_alloc::fail_after(k);
+            fail_alloc::arm(true);
+            let r = proc::fork(parent, child);
+            fail_alloc::arm(false);
+            fail_alloc::configure(0, 0);
+            match r {
+                Ok(_) => break,
+                Err(e) => {
+                    ensure!(e.is_oom(), "fork with allocation {k} failing: {e}, not out of memory");
+                    ensure!(e.to_string().contains("out of memory"), "message: {e}");
+                    ensure!(!proc::exists(child), "a failed fork left `{child}` behind");
+                    crate::console::commands::invariants().map_err(|e| alloc::format!("after failure {k}: {e}"))?;
+                    let now = frame::stats().free;
+                    ensure!(now == free, "fork failing at allocation {k}: free frames {free} -> {now}");
+                }
+            }
+            k += 1;
+            ensure!(k < 10_000, "fork never got through");
+        }
+        ensure!(k > 1, "the fork made only {k} allocations: the test covers nothing");
+        // The child that got through is whole.
+        ensure!(matches!(proc::access(child, op::CHECK, a, 64 * PAGE_SIZE, 0x3c)?, RunEnd::Done), "child's a");
+        ensure!(matches!(proc::access(child, op::CHECK, s, PAGE_SIZE, 0x3d)?, RunEnd::Done), "child's s");
+        proc::exit(child)?;
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    let _ = crate::mm::gup::drop_handle("failfork_pin");
+    if proc::exists(child) {
+        proc::exit(child)?;
+    }
+    proc::exit(parent)?;
+    r
+}
 
 /// The EL0 agent itself tries to read and write kernel text, data, the
 /// linear map and MMIO: every access must be a real permission fault from a

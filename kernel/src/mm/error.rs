@@ -1,0 +1,218 @@
+//! Why a memory-management operation failed (mmap, munmap, mprotect,
+//! madvise, fork's copy, splits), with the errno Linux returns for it.
+//!
+//! The texts use the scenario language's words where they apply (`out of
+//! memory`, `not aligned`, `not mapped`, `out of range`), so scripts can
+//! expect them with `!"TEXT"`; system calls take [`MmError::errno`].
+
+use core::fmt;
+
+use super::pgtable::MapError;
+use crate::errno::{EAGAIN, EBADF, EINVAL, ENOMEM};
+use crate::util::Bytes;
+
+/// What could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A frame of user memory (a folio).
+    Frame,
+    /// A translation-table page.
+    Table,
+    /// Kernel heap (bookkeeping lists, VMAs).
+    Heap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmError {
+    /// An allocation failed.
+    NoMemory(Need),
+    /// Linux's overcommit heuristic (OVERCOMMIT_GUESS): a private writable
+    /// mapping of `size` bytes is more than RAM plus swap (`limit`).
+    Overcommit { size: u64, limit: u64 },
+    /// No room for `size` bytes in the user address space.
+    NoAddressSpace { size: u64 },
+    /// A range whose start or length is not a multiple of the page size.
+    NotAligned { addr: u64, len: u64 },
+    /// A zero-length range or mapping.
+    Empty,
+    /// A range that ends beyond the user address space.
+    OutOfRange { addr: u64, len: u64 },
+    /// A page of the range lies in no VMA.
+    NotMapped { addr: u64 },
+    /// The range touches the agent's mapping, which stays as it is.
+    Agent,
+    /// A new mapping would overlap one that exists.
+    Overlap { addr: u64 },
+    /// `pfn=` on a machine without a PFN pool.
+    NoPfnPool,
+    /// `pfn=` outside the PFN pool or not page aligned.
+    PfnOutsidePool { pfn: u64, size: u64, start: u64, end: u64 },
+    /// File mappings take neither `pfn=` nor `thp=`.
+    FileOptions,
+    /// The file behind a descriptor is gone.
+    NoSuchFile,
+    /// A folio has references in flight (GUP between its steps): try again.
+    Again,
+    /// fork met a non-present entry it cannot copy yet.
+    NotPresent { addr: u64 },
+    /// The table code refused a change (not for lack of memory).
+    Table(MapError),
+    /// The tables disagree with the page metadata (a kernel bug, reported
+    /// instead of a crash).
+    Inconsistent { addr: u64, what: Inconsistency },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inconsistency {
+    /// A block cut by a range that should have been split first.
+    BlockCut,
+    /// A mapped page outside RAM without the special bit.
+    OutsideRam,
+    /// A mapped page or block without a folio.
+    NoFolio,
+    /// A pinned block that was not split before fork.
+    PinnedBlock,
+    /// A block that cannot be split (special, or not a THP).
+    Unsplittable,
+}
+
+impl MmError {
+    /// The errno Linux returns for this (positive).
+    pub fn errno(self) -> i64 {
+        match self {
+            MmError::NoMemory(_)
+            | MmError::Overcommit { .. }
+            | MmError::NoAddressSpace { .. }
+            | MmError::NotMapped { .. } => ENOMEM,
+            MmError::NoSuchFile => EBADF,
+            MmError::Again => EAGAIN,
+            MmError::NotAligned { .. }
+            | MmError::Empty
+            | MmError::OutOfRange { .. }
+            | MmError::Agent
+            | MmError::Overlap { .. }
+            | MmError::NoPfnPool
+            | MmError::PfnOutsidePool { .. }
+            | MmError::FileOptions
+            | MmError::NotPresent { .. }
+            | MmError::Table(_)
+            | MmError::Inconsistent { .. } => EINVAL,
+        }
+    }
+
+    /// Whether this is a failed allocation (Linux `VM_FAULT_OOM`, `-ENOMEM`
+    /// from the allocator), not a refusal.
+    pub fn is_oom(self) -> bool {
+        matches!(self, MmError::NoMemory(_) | MmError::Overcommit { .. })
+    }
+}
+
+impl fmt::Display for MmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MmError::NoMemory(Need::Frame) => f.write_str("out of memory (user frames)"),
+            MmError::NoMemory(Need::Table) => f.write_str("out of memory (page tables)"),
+            MmError::NoMemory(Need::Heap) => f.write_str("out of memory (kernel heap)"),
+            MmError::Overcommit { size, limit } => write!(
+                f,
+                "out of memory: a private writable mapping of {} is more than RAM plus swap ({}); `noreserve` maps it anyway",
+                Bytes(size),
+                Bytes(limit)
+            ),
+            MmError::NoAddressSpace { size } => {
+                write!(f, "out of memory: no room for {} in the user address space", Bytes(size))
+            }
+            MmError::NotAligned { addr, len } => {
+                write!(f, "range {addr:#x}+{len:#x} is not aligned to the page size")
+            }
+            MmError::Empty => f.write_str("empty range (size 0)"),
+            MmError::OutOfRange { addr, len } => {
+                write!(f, "range {addr:#x}+{len:#x} is out of range of the user address space")
+            }
+            MmError::NotMapped { addr } => write!(f, "{addr:#x} is not mapped"),
+            MmError::Agent => f.write_str("the agent's mapping cannot be unmapped or changed"),
+            MmError::Overlap { addr } => write!(f, "overlapping mapping at {addr:#x}"),
+            MmError::NoPfnPool => f.write_str("this machine has no PFN pool (RAM too small)"),
+            MmError::PfnOutsidePool { pfn, size, start, end } => write!(
+                f,
+                "pfn={pfn:#x}+{size:#x} is out of range: not page aligned inside the PFN pool [{start:#x}, {end:#x})"
+            ),
+            MmError::FileOptions => {
+                f.write_str("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)")
+            }
+            MmError::NoSuchFile => f.write_str("that memfd is gone"),
+            MmError::Again => f.write_str("the folio has references in flight; try again"),
+            MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
+            MmError::Table(e) => write!(f, "the table code refused the change: {e:?}"),
+            MmError::Inconsistent { addr, what } => {
+                let w = match what {
+                    Inconsistency::BlockCut => "a block cut by the range or a non-present upper entry",
+                    Inconsistency::OutsideRam => "a page outside RAM mapped without the special bit",
+                    Inconsistency::NoFolio => "a mapped page without a folio",
+                    Inconsistency::PinnedBlock => "a pinned block that was not split",
+                    Inconsistency::Unsplittable => "a block that cannot be split",
+                };
+                write!(f, "inconsistent tables at {addr:#x}: {w}")
+            }
+        }
+    }
+}
+
+impl From<MapError> for MmError {
+    fn from(e: MapError) -> Self {
+        match e {
+            MapError::OutOfMemory => MmError::NoMemory(Need::Table),
+            e => MmError::Table(e),
+        }
+    }
+}
+
+/// The console and the tests speak `Result<_, String>`: `?` converts.
+impl From<MmError> for alloc::string::String {
+    fn from(e: MmError) -> Self {
+        alloc::string::ToString::to_string(&e)
+    }
+}
+
+/// Makes room for `n` more elements of `v`, or fails with `out of memory`
+/// (and under `pagelab.fail-alloc`, sometimes fails on purpose): the one way
+/// kernel paths grow a list whose size depends on input.
+pub fn try_reserve<T>(v: &mut alloc::vec::Vec<T>, n: usize) -> Result<(), MmError> {
+    if super::fail_alloc::should_fail(super::fail_alloc::AllocKind::Heap) {
+        return Err(MmError::NoMemory(Need::Heap));
+    }
+    v.try_reserve(n).map_err(|_| MmError::NoMemory(Need::Heap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::string::ToString;
+
+    #[test]
+    fn words_and_errnos() {
+        let oom = [MmError::NoMemory(Need::Frame), MmError::NoMemory(Need::Table), MmError::NoMemory(Need::Heap)];
+        for e in oom {
+            assert!(e.to_string().contains("out of memory"), "{e}");
+            assert_eq!(e.errno(), ENOMEM);
+            assert!(e.is_oom());
+        }
+        let o = MmError::Overcommit { size: 64 << 30, limit: 1 << 30 };
+        assert!(o.to_string().starts_with("out of memory"), "{o}");
+        assert!(o.to_string().contains("64 GiB") && o.to_string().contains("noreserve"), "{o}");
+        assert_eq!(o.errno(), ENOMEM);
+        let na = MmError::NotAligned { addr: 0x1800, len: 0x1000 };
+        assert!(na.to_string().contains("not aligned"), "{na}");
+        assert_eq!(na.errno(), EINVAL);
+        let nm = MmError::NotMapped { addr: 0x5000 };
+        assert!(nm.to_string().contains("not mapped"));
+        assert_eq!(nm.errno(), ENOMEM, "Linux: mprotect of a hole is -ENOMEM");
+        assert!(!nm.is_oom());
+        let r = MmError::OutOfRange { addr: 1 << 47, len: 0x1000 };
+        assert!(r.to_string().contains("out of range"));
+        assert_eq!(r.errno(), EINVAL);
+        assert_eq!(MmError::NoSuchFile.errno(), EBADF);
+        assert_eq!(MmError::NoAddressSpace { size: 1 << 40 }.errno(), ENOMEM);
+    }
+}
