@@ -119,6 +119,9 @@ mod driver {
             fail_alloc::arm(was);
             let injected = fail_alloc::injected() - before;
             self.injected += injected;
+            if injected > 0 {
+                println!("torture: op {i}: {injected} injected allocation failure(s): `{line}`: {}", show(&got));
+            }
             let mut want = want;
             if !agrees(want, &got)
                 && injected > 0
