@@ -748,6 +748,8 @@ test_granule() {
         test_script "$f" 1 1
     done
     CPU=$prev_cpu
+    echo "== granule $GRANULE: torture"
+    test_torture
     local blog="$LOGDIR/bench-$GRANULE.log"
     if run_bench "$blog"; then
         record 1 0 "bench[$GRANULE]" "(every measurement present; not a performance check)"
@@ -937,6 +939,31 @@ torture_shrink() { # opsfile
         say "torture: shrinking: ${#ops[@]} ops left"
     done
     printf '%s\n' "${ops[@]}" >"$1"
+}
+
+# The torture test for the current $GRANULE, as ./qemu-run.sh test runs it:
+# 20,000 ops at --smp 1, and at --smp 4 with 2,000 ppm of allocations failing.
+test_torture() {
+    local smp label log m prev=("$SMP" "$CPU" "$T_OPS" "$T_SEED" "$T_FAIL")
+    [[ $GRANULE == 16K ]] && CPU=max
+    T_OPS=20000
+    for smp in 1 4; do
+        SMP=$smp T_SEED=$((smp * 1000 + ${GRANULE%K})) T_FAIL=
+        [[ $smp == 4 ]] && T_FAIL=2000
+        label="torture[$GRANULE,smp$smp${T_FAIL:+,fail-alloc=$T_FAIL}]"
+        log="$LOGDIR/torture-$GRANULE-smp$smp.log"
+        # shellcheck disable=SC2046  # bootargs are words
+        torture_qemu "$log" 0 "pagelab.torture=$T_SEED,$T_OPS" $(torture_fail_args)
+        m=$(torture_divergences "$log")
+        if [[ $QSTATUS -eq 0 && $m == 0 ]]; then
+            record 1 0 "$label" "($(tr -d '\r' <"$log" | tail -n 1))"
+        else
+            record 0 1 "$label" "(${m:-no summary:} divergence(s), QEMU status $QSTATUS; again by hand:" \
+                "./qemu-run.sh torture --seed $T_SEED --smp $smp --granule $GRANULE${T_FAIL:+ --fail-alloc $T_FAIL})"
+            grep -v '^torture-op: ' "$log" | tail -n 12 | sed 's/^/    | /'
+        fi
+    done
+    SMP=${prev[0]} CPU=${prev[1]} T_OPS=${prev[2]} T_SEED=${prev[3]} T_FAIL=${prev[4]}
 }
 
 cmd_torture() {
