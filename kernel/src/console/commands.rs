@@ -559,13 +559,14 @@ impl Session {
         let line = match parse::lex(raw.as_bytes()) {
             Ok(Some(l)) => l,
             Ok(None) => return LineResult::Done,
-            Err(e) => return LineResult::Refused(alloc::format!("{e}")),
+            Err(e) => return LineResult::Refused(alloc::string::ToString::to_string(&e)),
         };
         match self.dispatch(&line) {
             Ok(Outcome::Done | Outcome::Halt) => LineResult::Done,
             Ok(Outcome::Assert(Ok(()))) => LineResult::Passed,
-            Ok(Outcome::Assert(Err(why))) => LineResult::Failed(alloc::format!("{why}")),
-            Err(e) => LineResult::Refused(alloc::format!("{e}")),
+            // Displayed, whatever type the engine's errors have.
+            Ok(Outcome::Assert(Err(why))) => LineResult::Failed(alloc::string::ToString::to_string(&why)),
+            Err(e) => LineResult::Refused(alloc::string::ToString::to_string(&e)),
         }
     }
 }

@@ -277,7 +277,8 @@ impl Op {
     pub fn parse(line: &str, m: &Machine) -> Option<Op> {
         let w: Vec<&str> = line.split_ascii_whitespace().collect();
         let num = |s: &str, prefix: &str| -> Option<u8> { s.strip_prefix(prefix)?.parse().ok() };
-        let pages = |v: u64| -> Option<u16> { (v % m.page == 0).then(|| u16::try_from(v / m.page).ok()).flatten() };
+        let pages =
+            |v: u64| -> Option<u16> { v.is_multiple_of(m.page).then(|| u16::try_from(v / m.page).ok()).flatten() };
         // `rN+OFF:LEN` (or `rN+OFF`, one page).
         let span = |s: &str| -> Option<(u8, Span)> {
             let (r, rest) = s.split_once('+')?;
@@ -411,7 +412,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x5eed_7047_0e57_u64)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -420,7 +421,7 @@ impl Rng {
     }
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -543,24 +544,24 @@ impl Generator {
         let regions = m.regions(p);
         let roll = self.rng.below(100);
         // Process lifecycle.
-        if roll < 4 || regions.is_empty() && roll < 10 {
-            if let Some(c) = self.rng.pick(&free) {
-                return Op::Spawn { p: c };
-            }
+        if (roll < 4 || regions.is_empty() && roll < 10)
+            && let Some(c) = self.rng.pick(&free)
+        {
+            return Op::Spawn { p: c };
         }
-        if roll < 9 {
-            if let Some(c) = self.rng.pick(&free) {
-                return Op::Fork { p, c };
-            }
+        if roll < 9
+            && let Some(c) = self.rng.pick(&free)
+        {
+            return Op::Fork { p, c };
         }
         if roll < 12 && live.len() > 2 {
             return Op::Exit { p };
         }
         let free_r: Vec<u8> = (0..model::MAX_REGIONS as u8).filter(|r| !regions.contains(r)).collect();
-        if roll < 25 || regions.is_empty() {
-            if let Some(r) = self.rng.pick(&free_r) {
-                return Op::Mmap { p, r, m: self.map_spec() };
-            }
+        if (roll < 25 || regions.is_empty())
+            && let Some(r) = self.rng.pick(&free_r)
+        {
+            return Op::Mmap { p, r, m: self.map_spec() };
         }
         // Handles.
         let handles = m.live_handles();
