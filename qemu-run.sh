@@ -903,7 +903,7 @@ torture_fail_args() {
 # Whether replaying the op lines of $1 still goes wrong (a divergence, a
 # crash or a hang: anything but a clean pass).
 torture_still_fails() { # opsfile
-    local log="$TDIR/torture-replay.log" m n
+    local log="$1.log" m n
     n=$(wc -l <"$1")
     EXTRA_QEMU=(-initrd "$1")
     # shellcheck disable=SC2046  # bootargs are words
@@ -916,7 +916,7 @@ torture_still_fails() { # opsfile
 # Delta debugging (ddmin, complements only) of the op list in $1, in place:
 # drops chunks of ops as long as the replay still goes wrong.
 torture_shrink() { # opsfile
-    local ops try n=2 len chunk i reduced tmp="$TDIR/torture-try.ops"
+    local ops try n=2 len chunk i reduced tmp="$1.try"
     mapfile -t ops <"$1"
     while ((${#ops[@]} >= 2)); do
         len=${#ops[@]}
@@ -970,7 +970,8 @@ cmd_torture() {
     ensure_deps
     build
     [[ -n $T_SEED ]] || T_SEED=$(( $(date +%s) % 1000000 ))
-    local log="$TDIR/torture.log" ops="$TDIR/torture.ops" m
+    local run="$TDIR/torture-seed$T_SEED-smp$SMP${T_FAIL:+-fail$T_FAIL}"
+    local log="$run.log" ops="$run.ops" m
     local fail_args; fail_args=$(torture_fail_args)
     if [[ -n $T_REPLAY ]]; then
         [[ -f $T_REPLAY && -r $T_REPLAY ]] || die "cannot read op list '$T_REPLAY'"
@@ -995,7 +996,7 @@ cmd_torture() {
     if [[ $T_SHRINK == 1 && -s $ops ]]; then
         say "torture: shrinking $(wc -l <"$ops") ops by delta debugging (replay runs; --no-shrink skips this)"
         torture_shrink "$ops"
-        local script="$TDIR/torture-repro.scn" rlog="$TDIR/torture-repro.log"
+        local script="$run-repro.scn" rlog="$run-repro.log"
         EXTRA_QEMU=(-initrd "$ops")
         # shellcheck disable=SC2086  # bootargs are words
         torture_qemu "$rlog" 0 pagelab.torture=replay pagelab.torture-script=1 $fail_args
