@@ -67,6 +67,7 @@ fn region_thp(rep: usize, tag: &str, folio_order: u8) -> u64 {
             shared: false,
             memfd: None,
             file: None,
+            noreserve: false,
         },
     )
     .expect("bench mmap")

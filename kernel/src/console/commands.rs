@@ -62,7 +62,7 @@ pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
 expects its command to be refused; `#` starts a comment). Available now:
   spawn P                          new EL0 process
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
-       [align=SIZE] [thp=never|always|SIZE]
+       [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|hugepage|nohugepage
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write

@@ -24,8 +24,10 @@ pub(super) fn byte(s: &str) -> Result<u8, String> {
     }
 }
 
-fn fault_report(p: &str, addr: u64, esr: u64) -> String {
-    alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {} ({p} survives)", Esr(esr))
+/// The report of an EL0 access the kernel could not resolve: process,
+/// address, ESR decoded, and why (no mapping, permission, out of memory...).
+fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
+    alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {why}: {} ({p} survives)", Esr(esr))
 }
 
 pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
@@ -103,7 +105,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                     RunEnd::Mismatch { addr, value } => {
                         Ok(Outcome::Assert(Err(alloc::format!("byte at {addr:#x} is {value:#04x}, expected {b:#04x}"))))
                     }
-                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
                     RunEnd::Other { esr } => Err(alloc::format!("{p}: agent stopped: {}", Esr(esr))),
                 }
             }
@@ -115,7 +117,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
                 match proc::access(p, opc, va, len, 0)? {
                     RunEnd::Done => Ok(Outcome::Done),
-                    RunEnd::Fault { addr, esr } => Err(fault_report(p, addr, esr)),
+                    RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
                     other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
                 }
             }
@@ -126,8 +128,13 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let (va, _) = proc::range(p, r)?;
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
                 match proc::access(p, opc, va, 1, 0)? {
-                    RunEnd::Fault { addr, esr } if addr == va => {
-                        println!("  {p}: {kind} at {addr:#x} refused: {}", Esr(esr));
+                    // Running out of memory is not a refusal (Linux would
+                    // not SIGSEGV): an error that says so.
+                    RunEnd::Fault { addr, esr, why: why @ proc::Unresolved::OutOfMemory } => {
+                        Err(fault_report(p, addr, esr, why))
+                    }
+                    RunEnd::Fault { addr, esr, why } if addr == va => {
+                        println!("  {p}: {kind} at {addr:#x} refused: {why}: {}", Esr(esr));
                         Ok(Outcome::Assert(Ok(())))
                     }
                     RunEnd::Fault { addr, .. } => {
@@ -197,7 +204,7 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
 
 fn mmap(p: &str, a: &[&str]) -> CmdResult {
     let [r, size, opts @ ..] = a else {
-        return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE]".into());
+        return Err("usage: P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none] [align=SIZE] [thp=never|always|SIZE] [noreserve]".into());
     };
     if !super::parse::is_name(r) {
         return Err(alloc::format!("`{}` is not a valid region name", &r[..r.len().min(40)]));
@@ -213,6 +220,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
         shared: false,
         memfd: None,
         file: None,
+        noreserve: false,
     };
     for o in opts {
         match *o {
@@ -242,6 +250,7 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
                 args.folio_order = order;
             }
             "shared" => args.shared = true,
+            "noreserve" => args.noreserve = true,
             o if o.starts_with("pfn=") => {
                 args.pfn = Some(
                     parse_number(&o[4..])

@@ -175,6 +175,17 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
     Some(pa)
 }
 
+/// A zeroed table page for a user address space, with the reserve rule
+/// (Linux `GFP_PGTABLE_USER` cannot dip below the min watermark either):
+/// a process that maps sparse memory cannot eat the kernel's reserve with
+/// tables.
+pub fn alloc_user_table() -> Option<PhysAddr> {
+    let pa = alloc_min_free(0, Owner::PageTable, USER_RESERVE_BYTES / PAGE_SIZE)?;
+    // SAFETY: the frame was just allocated and is reachable through the linear map.
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa).0 as *mut u8, 0, PAGE_SIZE as usize) };
+    Some(pa)
+}
+
 /// User memory, not zeroed (copies overwrite it), with the reserve rule.
 /// Single frames come from this CPU's page list (Linux's per-CPU pages).
 pub fn alloc_user(order: u32) -> Option<PhysAddr> {

@@ -334,7 +334,7 @@ impl TableMemory for FrameTableMem {
         if crate::mm::fail_alloc::should_fail(crate::mm::fail_alloc::AllocKind::Table) {
             return None;
         }
-        let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
+        let pa = frame::alloc_user_table()?;
         self.tables += 1;
         Some(pa)
     }

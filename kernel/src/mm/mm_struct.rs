@@ -20,6 +20,8 @@ bitflags_lite! {
     /// VMA flags (Linux `VM_*`), the subset pagelab uses. `PFN_MKWRITE`
     /// and `FSDAX` stand in for `vma->vm_ops->pfn_mkwrite` being set and
     /// for `vma_is_fsdax()`, which `vm_mixed_zeropage_allowed` asks about.
+    /// `NORESERVE` is Linux `VM_NORESERVE` (`MAP_NORESERVE`: no overcommit
+    /// check) at bit 22, as FSDAX has its bit 21.
     pub struct VmFlags: u32 {
         const READ = 1 << 0;
         const WRITE = 1 << 1;
@@ -33,6 +35,7 @@ bitflags_lite! {
         const NOHUGEPAGE = 1 << 30;
         const PFN_MKWRITE = 1 << 20;
         const FSDAX = 1 << 21;
+        const NORESERVE = 1 << 22;
     }
 }
 

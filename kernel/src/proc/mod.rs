@@ -417,6 +417,23 @@ pub struct MmapArgs {
     /// shmem file's id and the file page the mapping starts at. The file
     /// does not grow; pages past its end are a SIGSEGV (Linux: SIGBUS).
     pub file: Option<(u32, u64)>,
+    /// `noreserve` (MAP_NORESERVE): no overcommit check.
+    pub noreserve: bool,
+}
+
+/// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
+/// `__vm_enough_memory`): a private writable mapping may not be larger than
+/// total RAM plus swap (there is no swap device). Each mapping on its own,
+/// as Linux: the sum may be more.
+fn vm_enough_memory(size: u64) -> Result<(), MmError> {
+    let limit = crate::mm::frame::stats().managed * PAGE_SIZE;
+    if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
+}
+
+/// Whether a private mapping with `flags` is charged against the
+/// overcommit limit once it is writable (Linux `VM_ACCOUNT`).
+fn accountable(flags: VmFlags) -> bool {
+    !flags.contains(VmFlags::SHARED) && !flags.contains(VmFlags::NORESERVE) && !flags.contains(VmFlags::PFNMAP)
 }
 
 /// `P mmap R SIZE ...` (anonymous private memory in this slice).
@@ -462,6 +479,12 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
             flags = flags | VmFlags::PFNMAP | VmFlags::IO;
         }
         flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
+        if a.noreserve {
+            flags = flags | VmFlags::NORESERVE;
+        }
+        if accountable(flags) && a.writable {
+            vm_enough_memory(size)?;
+        }
         // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
         // shmem file. Its pages come from the page cache, base pages only.
         // An fd's file is held until the VMA (or the error) is in place.
@@ -664,6 +687,15 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
         if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
             return Err(MmError::Agent);
         }
+        // Linux `mprotect_fixup`: a private mapping that becomes writable is
+        // charged then (each VMA's part on its own), before anything changes.
+        if writable {
+            for v in vmas.iter().filter(|v| v.start < va + len && va < v.end) {
+                if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
+                    vm_enough_memory(v.end.min(va + len) - v.start.max(va))?;
+                }
+            }
+        }
         split_covered(&mut vmas, va, len)?;
         for v in vmas.inside_mut(va, va + len) {
             let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
@@ -685,6 +717,48 @@ pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writabl
     }
 }
 
+/// Why an EL0 fault could not be resolved (what Linux would signal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Unresolved {
+    /// No VMA covers the address (SIGSEGV, SEGV_MAPERR).
+    NoMapping = 1,
+    /// The VMA does not allow the access (SIGSEGV, SEGV_ACCERR).
+    Permission = 2,
+    /// The fault path ran out of memory (VM_FAULT_OOM).
+    OutOfMemory = 3,
+    /// The VMA has no page for the address (a PFN mapping's hole, past
+    /// the end of a file: SIGSEGV/SIGBUS).
+    NoPage = 4,
+    /// Not a fault the kernel resolves (alignment, external abort,
+    /// instruction abort, ...).
+    NotHandled = 5,
+}
+
+impl Unresolved {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Unresolved::NoMapping,
+            2 => Unresolved::Permission,
+            3 => Unresolved::OutOfMemory,
+            4 => Unresolved::NoPage,
+            _ => Unresolved::NotHandled,
+        }
+    }
+}
+
+impl core::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Unresolved::NoMapping => "no mapping",
+            Unresolved::Permission => "permission",
+            Unresolved::OutOfMemory => "out of memory",
+            Unresolved::NoPage => "no page to map there",
+            Unresolved::NotHandled => "not a fault the kernel resolves",
+        })
+    }
+}
+
 /// How an agent command ended.
 #[derive(Debug)]
 pub enum RunEnd {
@@ -693,10 +767,12 @@ pub enum RunEnd {
         addr: u64,
         value: u8,
     },
-    /// An exception the kernel could not resolve (a SIGSEGV in Linux terms).
+    /// An exception the kernel could not resolve (a SIGSEGV in Linux terms),
+    /// and why.
     Fault {
         addr: u64,
         esr: u64,
+        why: Unresolved,
     },
     Other {
         esr: u64,
@@ -705,7 +781,14 @@ pub enum RunEnd {
 
 /// Runs one agent command in `p` at EL0 (x0..x4 as the agent expects).
 fn run_agent(p: &Process, x: [u64; 5]) -> RunEnd {
-    run_end(&agent_regs(p, &x, 0))
+    let t = sched::spawn(p, agent_frame(&x, 0), sched::console_affinity());
+    let regs = sched::wait(&t);
+    match run_end(&regs) {
+        RunEnd::Fault { addr, esr, .. } => {
+            RunEnd::Fault { addr, esr, why: Unresolved::from_u8(t.unresolved.load(Ordering::Acquire)) }
+        }
+        end => end,
+    }
 }
 
 /// Starts the agent in `p` with `x` in x0.. and `x8` in x8, runs it until
@@ -732,8 +815,9 @@ pub(crate) fn run_end(regs: &TrapFrame) -> RunEnd {
             1 => RunEnd::Mismatch { addr: regs.x[1], value: regs.x[5] as u8 },
             _ => RunEnd::Other { esr: regs.esr },
         },
+        // The reason is the task's ([`run_agent`] fills it in).
         ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
-            RunEnd::Fault { addr: regs.far, esr: regs.esr }
+            RunEnd::Fault { addr: regs.far, esr: regs.esr, why: Unresolved::NotHandled }
         }
         _ => RunEnd::Other { esr: regs.esr },
     }
@@ -793,8 +877,13 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcErr
 /// anonymous memory, or end the run.
 pub fn handle_el0_sync(frame: &mut TrapFrame) {
     let esr = Esr(frame.esr);
-    if esr.ec() == ExceptionClass::DataAbortLowerEl && handle_user_fault(frame.far, esr) {
-        return; // resolved: back to EL0, the access is retried
+    if esr.ec() == ExceptionClass::DataAbortLowerEl {
+        match handle_user_fault(frame.far, esr) {
+            Ok(()) => return, // resolved: back to EL0, the access is retried
+            Err(why) => sched::set_unresolved(why),
+        }
+    } else if esr.ec() == ExceptionClass::InstructionAbortLowerEl {
+        sched::set_unresolved(Unresolved::NotHandled);
     }
     if esr.ec() == ExceptionClass::Svc64
         && esr.imm16() == 0
@@ -816,7 +905,7 @@ pub fn handle_el0_sync(frame: &mut TrapFrame) {
 /// An EL1 uaccess (copy_from/to_user) faulted on a user address: fill it
 /// like an EL0 fault would be. False means the fixup returns -EFAULT.
 pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
-    handle_user_fault(far, esr)
+    handle_user_fault(far, esr).is_ok()
 }
 
 /// Makes system call `nr` in process `name` through the agent (`svc #0` at
@@ -838,23 +927,27 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, ProcError> {
 /// VMA, checks the access against it and hands the fault to
 /// [`memory::handle_mm_fault`]. Translation faults (a hole) and permission
 /// faults (a read-only entry: COW, zero page) are handled at every level.
-fn handle_user_fault(far: u64, esr: Esr) -> bool {
-    let Some(p) = sched::current_process() else { return false };
+fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
+    let Some(p) = sched::current_process() else { return Err(Unresolved::NotHandled) };
     if !matches!(
         esr.fault_status(),
         Some(FaultStatus::Translation(_) | FaultStatus::Permission(_) | FaultStatus::AccessFlag(_))
     ) {
-        return false;
+        return Err(Unresolved::NotHandled);
     }
     let g = p.mm.mmap_read_lock();
-    let Some(vma) = g.vmas().find(far).copied() else { return false };
+    let Some(vma) = g.vmas().find(far).copied() else { return Err(Unresolved::NoMapping) };
     let write = esr.wnr() && !esr.cm();
     if !memory::access_ok(&vma, write) {
-        return false;
+        return Err(Unresolved::Permission);
     }
     let flags = memory::FaultFlags { write, unshare: false };
     p.stats.faults.fetch_add(1, Ordering::Relaxed);
-    memory::handle_mm_fault(p.mt(), &vma, far, flags) == memory::VmFault::Done
+    match memory::handle_mm_fault(p.mt(), &vma, far, flags) {
+        memory::VmFault::Done => Ok(()),
+        memory::VmFault::Oom => Err(Unresolved::OutOfMemory),
+        memory::VmFault::Sigsegv => Err(Unresolved::NoPage),
+    }
 }
 
 /// Resolves `REGION`, `REGION+OFF`, `REGION+OFF:LEN` in process `name`.

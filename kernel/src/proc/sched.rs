@@ -65,6 +65,9 @@ pub struct Task {
     pub ran_on: AtomicU64,
     /// Times the scheduler took the CPU away from it.
     pub preemptions: AtomicU64,
+    /// Why its last EL0 fault could not be resolved (`Unresolved as u8`,
+    /// 0: none), for the report when the run ends on it.
+    pub(crate) unresolved: AtomicU8,
 }
 
 // SAFETY: `proc` points at a boxed process that outlives its tasks
@@ -118,6 +121,15 @@ pub fn current_process() -> Option<&'static Process> {
     (!t.is_null()).then(|| unsafe { &*(*t).proc })
 }
 
+/// Records why the current task's EL0 fault could not be resolved.
+pub(crate) fn set_unresolved(why: super::Unresolved) {
+    let t = CURRENT[percpu::this_cpu().id].load(Ordering::Acquire);
+    if !t.is_null() {
+        // SAFETY: CURRENT holds the task this CPU is running.
+        unsafe { &*t }.unresolved.store(why as u8, Ordering::Release);
+    }
+}
+
 /// Runs `f` with every task the console starts pinned to this CPU.
 pub fn pin_to_caller<R>(f: impl FnOnce() -> R) -> R {
     let prev = PIN_TO_CALLER.swap(true, Ordering::AcqRel);
@@ -140,6 +152,7 @@ pub fn spawn(p: &Process, mut regs: TrapFrame, affinity: Option<usize>) -> Arc<T
         waiter: AtomicUsize::new(percpu::this_cpu().id),
         ran_on: AtomicU64::new(0),
         preemptions: AtomicU64::new(0),
+        unresolved: AtomicU8::new(0),
     });
     p.tasks.lock().push(t.clone());
     enqueue(t.clone());

@@ -37,6 +37,7 @@ const PROT_WRITE: u64 = 2;
 const MAP_SHARED: u64 = 0x01;
 const MAP_PRIVATE: u64 = 0x02;
 const MAP_ANONYMOUS: u64 = 0x20;
+pub const MAP_NORESERVE: u64 = 0x4000;
 pub const MADV_DONTNEED: u64 = 4;
 pub const MADV_HUGEPAGE: u64 = 14;
 pub const MADV_NOHUGEPAGE: u64 = 15;
@@ -142,6 +143,9 @@ fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
 fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     let [addr, len, prot, flags, fd, off] = a;
     let ps = crate::mm::granule::PAGE_SIZE;
+    // MAP_NORESERVE: no overcommit check (a huge sparse mapping).
+    let noreserve = flags & MAP_NORESERVE != 0;
+    let flags = flags & !MAP_NORESERVE;
     // Anonymous memory, or an open memfd; always at a kernel-chosen address.
     let (shared, file) = match flags {
         f if f == MAP_PRIVATE | MAP_ANONYMOUS => (false, None),
@@ -171,6 +175,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
         shared,
         memfd: None,
         file,
+        noreserve,
     };
     match mmap_anon(p, &args) {
         Ok((va, _)) => va as i64,

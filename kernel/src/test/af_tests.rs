@@ -46,6 +46,7 @@ fn access_flag() -> Result<(), String> {
                 shared: false,
                 memfd: None,
                 file: None,
+                noreserve: false,
             },
         )?;
         ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");

@@ -216,6 +216,7 @@ fn irq_from_el0_here() -> Result<(), String> {
                 shared: false,
                 memfd: None,
                 file: None,
+                noreserve: false,
             },
         )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 64, 3)?, RunEnd::Done), "process unusable after the IRQs");
@@ -247,6 +248,7 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
                 shared: false,
                 memfd: None,
                 file: None,
+                noreserve: false,
             },
         )?;
         // An EL0 run first: the kernel comes back through an exception from

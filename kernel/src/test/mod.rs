@@ -35,6 +35,7 @@ pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
         shared: false,
         memfd: None,
         file: None,
+        noreserve: false,
     }
 }
 

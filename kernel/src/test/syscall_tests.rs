@@ -17,7 +17,56 @@ pub static TESTS: &[Test] = &[
     Test { name: "el0_cannot_reach_kernel_memory", f: el0_isolation },
     Test { name: "syscall_errnos_from_typed_errors", f: typed_errnos },
     Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
+    Test { name: "el0_fault_out_of_memory_is_reported", f: el0_fault_oom },
 ];
+
+/// An EL0 access whose fault runs out of memory (the frame, or the table
+/// for it) ends as `out of memory`, not as a permission or translation
+/// fault; once memory is back the same access works and nothing leaked.
+/// The reasons no mapping and permission are told apart too.
+fn el0_fault_oom() -> Result<(), String> {
+    use crate::mm::fail_alloc;
+    use proc::Unresolved;
+    let name = "oomfault_test";
+    let free = frame::stats().free;
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let a = proc::mmap(name, "a", super::anon(4 * PAGE_SIZE))?;
+        let ro = proc::mmap(name, "ro", MmapArgs { writable: false, ..super::anon(PAGE_SIZE) })?;
+        // k = 0: the table for the page fails; k = 1: the frame fails.
+        for k in 0..2 {
+            fail_alloc::fail_after(k);
+            fail_alloc::arm(true);
+            let end = proc::access(name, op::WRITE, a, 8, 0x42);
+            fail_alloc::arm(false);
+            fail_alloc::configure(0, 0);
+            match end? {
+                RunEnd::Fault { addr, why: Unresolved::OutOfMemory, .. } if addr == a => {}
+                other => {
+                    return Err(alloc::format!("allocation {k} failing: {other:?}, expected out of memory at {a:#x}"));
+                }
+            }
+            ensure!(Unresolved::OutOfMemory.to_string() == "out of memory", "the reason's text");
+        }
+        ensure!(matches!(proc::access(name, op::WRITE, a, 8, 0x42)?, RunEnd::Done), "the write once memory is back");
+        ensure!(matches!(proc::access(name, op::CHECK, a, 8, 0x42)?, RunEnd::Done), "its bytes");
+        match proc::access(name, op::WRITE, ro, 1, 1)? {
+            RunEnd::Fault { why: Unresolved::Permission, .. } => {}
+            other => return Err(alloc::format!("write to a read-only mapping: {other:?}, expected permission")),
+        }
+        match proc::access(name, op::TOUCH_READ, a + 64 * PAGE_SIZE, 1, 0)? {
+            RunEnd::Fault { why: Unresolved::NoMapping, .. } => {}
+            other => return Err(alloc::format!("read of a hole: {other:?}, expected no mapping")),
+        }
+        Ok(())
+    })();
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r?;
+    let now = frame::stats().free;
+    ensure!(now == free, "free frames {free} -> {now} after exit");
+    Ok(())
+}
 
 /// Errnos that string matching got wrong: munmap of the agent is -EINVAL
 /// (a bad argument, not a lack of memory), and a clone whose new agent
@@ -31,6 +80,21 @@ fn typed_errnos() -> Result<(), String> {
         let sc = |n: u64, a: [u64; 6]| proc::syscall(name, n, a);
         let got = sc(nr::MUNMAP, [proc::AGENT_VA, PAGE_SIZE, 0, 0, 0, 0])?;
         ensure!(got == -EINVAL, "munmap of the agent: got {got}, expected {}", -EINVAL);
+        // Overcommit (OVERCOMMIT_GUESS): more than RAM, private and
+        // writable, is -ENOMEM; MAP_NORESERVE maps it, and so does PROT_READ.
+        let ram = frame::stats().managed * PAGE_SIZE;
+        let big = (ram + (1 << 30)).next_multiple_of(PAGE_SIZE);
+        let got = sc(nr::MMAP, [0, big, 3, 0x22, u64::MAX, 0])?;
+        ensure!(got == -ENOMEM, "mmap of {big:#x} bytes on {ram:#x} of RAM: got {got}, expected {}", -ENOMEM);
+        let got = sc(nr::MMAP, [0, big, 3, 0x22 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
+        ensure!(got > 0, "mmap with MAP_NORESERVE: got {got}");
+        ensure!(matches!(proc::access(name, op::WRITE, got as u64 + big - 8, 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(sc(nr::MUNMAP, [got as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
+        let ro = sc(nr::MMAP, [0, big, 1, 0x22, u64::MAX, 0])?;
+        ensure!(ro > 0, "a read-only mapping is not charged: got {ro}");
+        let got = sc(nr::MPROTECT, [ro as u64, big, 3, 0, 0, 0])?;
+        ensure!(got == -ENOMEM, "mprotect of it to read-write: got {got}, expected {}", -ENOMEM);
+        ensure!(sc(nr::MUNMAP, [ro as u64, big, 0, 0, 0, 0])? == 0, "munmap of the read-only one");
         // The child's root table comes, its agent's tables do not.
         fail_alloc::fail_after(1);
         fail_alloc::arm(true);
@@ -126,8 +190,9 @@ fn el0_isolation() -> Result<(), String> {
             // TOUCH_READ is a lone load; WRITE a lone store.
             for (opc, write) in [(op::TOUCH_READ, false), (op::WRITE, true)] {
                 match proc::access(name, opc, va, 1, 0xee)? {
-                    RunEnd::Fault { addr, esr } => {
+                    RunEnd::Fault { addr, esr, why } => {
                         let e = Esr(esr);
+                        ensure!(why == proc::Unresolved::NoMapping, "{what}: reason {why}, not `no mapping`");
                         ensure!(addr == va, "{what}: fault at {addr:#x}, not {va:#x}");
                         ensure!(e.ec() == ExceptionClass::DataAbortLowerEl, "{what}: {e}");
                         ensure!(
@@ -160,6 +225,7 @@ fn el0_isolation() -> Result<(), String> {
                 shared: false,
                 memfd: None,
                 file: None,
+                noreserve: false,
             },
         )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
@@ -191,6 +257,7 @@ fn bad_arguments() -> Result<(), String> {
                 shared: false,
                 memfd: None,
                 file: None,
+                noreserve: false,
             },
         )?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
