@@ -1304,7 +1304,9 @@ fn gup_in(
                     for t in pages {
                         gup::release(t, flags.pin);
                     }
-                    return Err(alloc::format!("get_user_pages: {}", syscall::errno_name(e)));
+                    // The contract's words for ENOMEM, so that `!"out of memory"` can expect it.
+                    let why = if e == -crate::errno::ENOMEM { " (out of memory)" } else { "" };
+                    return Err(alloc::format!("get_user_pages: {}{why}", syscall::errno_name(e)));
                 }
             }
         }
