@@ -501,11 +501,13 @@ impl Generator {
                 MapSpec { pages: n, backing: Backing::Pfn(first), shared: self.rng.chance(50), prot, thp: Thp::Never }
             }
             4 | 5 => {
-                // Large folios: 4 or 16 pages, or a whole block where that is 2M at most.
-                let orders: &[u8] =
-                    if self.mach.page << self.mach.max_order <= 2 << 20 { &[2, 4, 0xff] } else { &[2, 4] };
-                let o = self.rng.pick(orders).unwrap_or(2);
-                let (thp, order) = if o == 0xff { (Thp::Always, self.mach.max_order) } else { (Thp::Order(o), o) };
+                // Large folios of every size up to 2M (`thp=SIZE`), and a
+                // whole block (`thp=always`) where that is 2M at most.
+                // (From order 2: Linux has no order-1 anonymous folios.)
+                let top = (0..=self.mach.max_order).rev().find(|&o| self.mach.page << o <= 2 << 20).unwrap_or(0).max(2);
+                let always = self.mach.page << self.mach.max_order <= 2 << 20;
+                let o = 2 + self.rng.below(top as u64 - 1 + u64::from(always)) as u8;
+                let (thp, order) = if o > top { (Thp::Always, self.mach.max_order) } else { (Thp::Order(o), o) };
                 let pages = (1u16 << order) * (1 + self.rng.below(2) as u16);
                 MapSpec { pages, backing: Backing::Anon, shared: false, prot: Prot::Rw, thp }
             }
