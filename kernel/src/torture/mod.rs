@@ -92,11 +92,11 @@ mod driver {
             match (e, op) {
                 (Expect::Refused, _) => Some(alloc::format!("!{line}")),
                 (Expect::Fail, Op::ExpectFault { p, r, page, write }) => Some(
-                    Op::Touch { p: *p, r: *r, at: super::ops::Span { first: *page, n: 1 }, write: *write }
+                    Op::Touch { p: *p, r: *r, at: super::ops::Span { first: *page, n: 1 }, write: *write, skew: false }
                         .render(&self.mach),
                 ),
                 (Expect::Fail, Op::Check { p, r, at, .. }) => {
-                    Some(Op::Touch { p: *p, r: *r, at: *at, write: false }.render(&self.mach))
+                    Some(Op::Touch { p: *p, r: *r, at: *at, write: false, skew: false }.render(&self.mach))
                 }
                 (Expect::Fail, _) => None,
                 _ => Some(line),

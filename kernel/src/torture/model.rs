@@ -340,7 +340,7 @@ impl Model {
                 Expect::Ok
             }
             Op::Write { p, r, at, byte } => self.access(p, r, at, Access::Write(Some(byte))),
-            Op::Touch { p, r, at, write } => {
+            Op::Touch { p, r, at, write, .. } => {
                 self.access(p, r, at, if write { Access::Write(None) } else { Access::Read(None) })
             }
             Op::Check { p, r, at, byte } => self.access(p, r, at, Access::Read(Some(byte))),

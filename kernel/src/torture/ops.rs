@@ -103,11 +103,14 @@ pub enum Op {
         at: Span,
         byte: u8,
     },
+    /// `skew`: the range starts in the middle of its first page and ends in
+    /// the middle of its last (a range covers every page it touches).
     Touch {
         p: u8,
         r: u8,
         at: Span,
         write: bool,
+        skew: bool,
     },
     ExpectFault {
         p: u8,
@@ -238,8 +241,16 @@ impl Op {
             }
             Op::Write { p, r, at, byte } => format!("p{p} write {} {byte:#04x}", sp(r, at)),
             Op::Check { p, r, at, byte } => format!("p{p} check {} {byte:#04x}", sp(r, at)),
-            Op::Touch { p, r, at, write } => {
-                format!("p{p} touch {} {}", sp(r, at), if write { "write" } else { "read" })
+            Op::Touch { p, r, at, write, skew } => {
+                let kind = if write { "write" } else { "read" };
+                if skew {
+                    // Pages first..first+n: from the middle of the first to
+                    // the middle of the last.
+                    let off = at.first as u64 * m.page + m.page / 2;
+                    format!("p{p} touch r{r}+{off:#x}:{:#x} {kind}", (at.n as u64 - 1).max(1) * m.page)
+                } else {
+                    format!("p{p} touch {} {kind}", sp(r, at))
+                }
             }
             Op::ExpectFault { p, r, page, write } => {
                 format!("p{p} expect-fault {} r{r}+{:#x}", if write { "write" } else { "read" }, page as u64 * m.page)
@@ -357,8 +368,18 @@ impl Op {
                         Op::Check { p, r, at, byte: byte(b)? }
                     }
                     ("touch", [s, k]) => {
-                        let (r, at) = span(s)?;
-                        Op::Touch { p, r, at, write: *k == "write" }
+                        let write = *k == "write";
+                        match span(s) {
+                            Some((r, at)) => Op::Touch { p, r, at, write, skew: false },
+                            None => {
+                                let (r, rest) = s.split_once('+')?;
+                                let (o, l) = rest.split_once(':')?;
+                                let (off, len) = (parse_number(o)?, parse_number(l)?);
+                                let first = u16::try_from(off / m.page).ok()?;
+                                let n = u16::try_from(len / m.page).ok()? + 1;
+                                Op::Touch { p, r: num(r, "r")?, at: Span { first, n }, write, skew: true }
+                            }
+                        }
                     }
                     ("expect-fault", [k, s]) => {
                         let (r, at) = span(s)?;
@@ -637,7 +658,7 @@ impl Generator {
             }
             56..=62 => {
                 let at = self.mapped_span(&pages);
-                Op::Touch { p, r, at, write: self.rng.chance(50) }
+                Op::Touch { p, r, at, write: self.rng.chance(50), skew: at.n >= 2 && self.rng.chance(40) }
             }
             63..=66 => {
                 let page = self.rng.below(len as u64) as u16;
