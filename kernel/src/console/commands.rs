@@ -5,7 +5,8 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 use core::sync::atomic::Ordering;
 
-use super::parse::{self, Line};
+use super::editor::{Editor, Key};
+use super::parse::{self, Expect, truncate};
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::regs::VA_BITS;
 use crate::arch::percpu;
@@ -40,7 +41,7 @@ pub struct Session {
 }
 
 /// Prints into a String then to the console in one go (keeps lines whole).
-struct Out(String);
+pub(super) struct Out(pub(super) String);
 impl Write for Out {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         self.0.push_str(s);
@@ -58,8 +59,9 @@ impl Drop for Out {
 }
 
 const HELP: &str = "\
-pagelab console: the scenario language of SCENARIOS.md (a line starting with `!`
-expects its command to be refused; `#` starts a comment). Available now:
+pagelab console: the scenario language of SCENARIOS.md (`#` starts a comment; a line
+starting with `!` expects its command to be refused, `!\"TEXT\"` with an error that
+contains TEXT). Available now:
   spawn P                          new EL0 process
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
        [align=SIZE] [thp=never|always|SIZE] [noreserve]
@@ -78,8 +80,10 @@ expects its command to be refused; `#` starts a comment). Available now:
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
-RANGE is REGION, REGION+OFF (one page) or REGION+OFF:LEN. Not yet: uffd,
-swap (madvise pageout, the swap flags of query).";
+RANGE is REGION, REGION+OFF (a page's worth of bytes) or REGION+OFF:LEN; write and
+check take its bytes, the other commands every page they touch. Ctrl-C stops a long
+command; up/down recall lines. Not yet: uffd, madvise pageout (no swap device: the
+swap, marker and migration flags of query read the entries, and none exist yet).";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork",
@@ -120,45 +124,60 @@ impl Session {
                 return true;
             }
         };
-        if self.script {
-            println!("pagelab:{n}> {}{}", if line.expect_error { "! " } else { "" }, line.text);
-        }
-        // Allocation failures are injected (pagelab.fail-alloc) only while
-        // a command runs, never in the session's own bookkeeping.
-        let was = crate::mm::fail_alloc::arm(true);
-        let r = self.dispatch(&line);
-        crate::mm::fail_alloc::arm(was);
-        match (line.expect_error, r) {
-            (false, Ok(Outcome::Done)) => {}
-            (false, Ok(Outcome::Halt)) => return false,
-            (_, Ok(Outcome::Assert(Ok(())))) if !line.expect_error => {
-                println!("PASS line {n}: {}", line.text);
+        // A line too long or binary is refused like a command that cannot
+        // be carried out, so `!` covers it too.
+        let (text, r) = match &line.body {
+            Ok(c) => {
+                if self.script {
+                    println!("pagelab:{n}> {}{}", line.expect, c.text);
+                }
+                // Allocation failures are injected (pagelab.fail-alloc) only
+                // while a command runs, never in the session's own bookkeeping.
+                let was = crate::mm::fail_alloc::arm(true);
+                let r = self.dispatch(&c.words);
+                crate::mm::fail_alloc::arm(was);
+                (c.text, r)
+            }
+            Err(e) => ("", Err(alloc::format!("{e}"))),
+        };
+        match (line.expect, r) {
+            (_, Ok(Outcome::Halt)) => return false,
+            (Expect::Success, Ok(Outcome::Done)) => {}
+            (Expect::Success, Ok(Outcome::Assert(Ok(())))) => {
+                println!("PASS line {n}: {text}");
                 self.passed += 1;
             }
-            (_, Ok(Outcome::Assert(Err(why)))) if !line.expect_error => {
-                println!("FAIL line {n}: {}: {why}", line.text);
+            (Expect::Success, Ok(Outcome::Assert(Err(why)))) => {
+                println!("FAIL line {n}: {text}: {why}");
                 self.failed += 1;
             }
-            (false, Err(e)) => {
+            (Expect::Success, Err(e)) => {
                 println!("error: line {n}: {e}");
                 self.failed += 1;
             }
-            (true, Err(e)) => {
+            (exp, Err(e)) if exp.accepts(&e) => {
                 println!("PASS line {n}: refused as expected: {e}");
                 self.passed += 1;
             }
-            (true, Ok(Outcome::Halt)) => return false,
-            (true, Ok(_)) => {
-                println!("FAIL line {n}: ! {}: expected an error, but the command succeeded", line.text);
+            (exp, Err(e)) => {
+                println!("FAIL line {n}: {exp}{text}: refused, but the error does not say so: {e}");
                 self.failed += 1;
             }
-            (false, Ok(Outcome::Assert(_))) => unreachable!(),
+            (exp, Ok(Outcome::Assert(Err(why)))) => {
+                println!(
+                    "FAIL line {n}: {exp}{text}: expected an error, but the command ran (its assertion failed: {why})"
+                );
+                self.failed += 1;
+            }
+            (exp, Ok(_)) => {
+                println!("FAIL line {n}: {exp}{text}: expected an error, but the command succeeded");
+                self.failed += 1;
+            }
         }
         true
     }
 
-    fn dispatch(&mut self, l: &Line<'_>) -> CmdResult {
-        let w = &l.words;
+    fn dispatch(&mut self, w: &[&str]) -> CmdResult {
         let args = &w[1..];
         match w[0] {
             "help" => no_args(args).map(|_| {
@@ -184,8 +203,8 @@ impl Session {
             },
             "invariants" => no_args(args).map(|_| Outcome::Assert(invariants())),
             "selftest" => match args {
-                [] => Ok(Outcome::Assert(selftest(None))),
-                [name] => Ok(Outcome::Assert(selftest(Some(name)))),
+                [] => selftest(None),
+                [name] => selftest(Some(name)),
                 _ => Err("usage: selftest [NAME]".into()),
             },
             "halt" => no_args(args).map(|_| Outcome::Halt),
@@ -204,7 +223,7 @@ impl Session {
             },
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
                 if !crate::proc::exists(p) {
-                    return Err(alloc::format!("no process named `{p}`"));
+                    return Err(no_such_process(p));
                 }
                 super::proc_cmds::run(p, w[1], &w[2..])
             }
@@ -213,8 +232,18 @@ impl Session {
     }
 }
 
-fn truncate(s: &str, n: usize) -> &str {
-    &s[..s.len().min(n)]
+/// The contract's words for a process name that names none.
+pub(super) fn no_such_process(p: &str) -> String {
+    alloc::format!("no such process `{}`", truncate(p, 40))
+}
+
+/// What a long command that Ctrl-C stopped ends with.
+pub(super) const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
+/// Whether Ctrl-C was typed on the console (long loops poll this, every
+/// bounded amount of work, and end with [`INTERRUPTED`]).
+pub(super) fn interrupted() -> bool {
+    crate::drivers::uart::take_received(super::editor::CTRL_C)
 }
 
 fn no_args(args: &[&str]) -> Result<(), String> {
@@ -414,9 +443,14 @@ fn invariants_unarmed() -> Result<(), String> {
     Ok(())
 }
 
-fn selftest(filter: Option<&str>) -> Result<(), String> {
+fn selftest(filter: Option<&str>) -> CmdResult {
+    if let Some(f) = filter
+        && crate::test::matching(f) == 0
+    {
+        return Err(alloc::format!("no in-kernel test name contains `{}`", truncate(f, 40)));
+    }
     let failed = crate::mm::fail_alloc::unarmed(|| crate::test::run_filtered(filter));
-    if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }
+    Ok(Outcome::Assert(if failed == 0 { Ok(()) } else { Err(alloc::format!("{failed} test(s) failed")) }))
 }
 
 /// Runs the script in the initrd; returns the number of failures.
@@ -456,15 +490,15 @@ fn finish(s: &mut Session) -> usize {
 
 /// The interactive console on the UART. Never returns (`halt` exits).
 pub fn interactive() -> ! {
-    println!("Type `help` for commands. `halt` powers off.");
+    println!("Type `help` for commands. `halt` powers off. Up/down recall lines; Ctrl-C stops a long command.");
     let mut s = Session::new(false);
     let mut n = 0usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(128);
+    let mut ed = Editor::new();
+    let mut echo = Echo;
     loop {
         heap::refill_reserve();
         print!("pagelab> ");
-        buf.clear();
-        let mut overflow = false;
+        ed.start_line();
         loop {
             let Some(c) = crate::drivers::uart::getc() else {
                 // Sleeps until an interrupt (the UART's receive interrupt,
@@ -473,55 +507,38 @@ pub fn interactive() -> ! {
                 crate::irq::idle();
                 continue;
             };
-            match c {
-                b'\r' | b'\n' => {
-                    println!();
-                    break;
-                }
-                0x7f | 0x08 => {
-                    if buf.pop().is_some() {
-                        print!("\x08 \x08");
-                    }
-                }
-                0x15 => {
-                    // Ctrl-U: kill the line.
-                    while buf.pop().is_some() {
-                        print!("\x08 \x08");
-                    }
-                }
-                0x03 => {
-                    println!("^C");
-                    buf.clear();
-                    overflow = false;
+            match ed.key(c, &mut echo) {
+                Key::Editing => {}
+                Key::Line => break,
+                Key::Cancel => {
+                    ed.start_line();
                     print!("pagelab> ");
-                }
-                _ => {
-                    if buf.len() <= parse::MAX_LINE {
-                        buf.push(c);
-                        if (0x20..0x7f).contains(&c) {
-                            print!("{}", c as char);
-                        }
-                    } else {
-                        overflow = true;
-                    }
                 }
             }
         }
         n += 1;
-        if overflow {
-            println!("error: line {n}: line too long (at most {} bytes)", parse::MAX_LINE);
-            continue;
-        }
-        if !s.run_line(n, &buf) {
+        ed.remember();
+        // A line that overflowed keeps MAX_LINE + 1 bytes: lexing refuses it
+        // as too long (under `!` too, like a script's).
+        if !s.run_line(n, ed.line()) {
             println!("halting: {} passed, {} failed", s.passed, s.failed);
             exit(0);
         }
     }
 }
 
+/// The editor's echo goes straight to the console.
+struct Echo;
+impl Write for Echo {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        print!("{s}");
+        Ok(())
+    }
+}
+
 fn ptdump_process(p: &str) -> CmdResult {
     if !crate::proc::exists(p) {
-        return Err(alloc::format!("no process named `{p}`"));
+        return Err(no_such_process(p));
     }
     let mut o = Out(String::new());
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {

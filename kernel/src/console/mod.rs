@@ -1,15 +1,21 @@
 //! The scenario-language console (see ../shared/SCENARIOS.md, the contract).
 //!
 //! One engine, [`Session`], runs lines from the serial port (interactive,
-//! with line editing) and from a script (the initrd `qemu-run.sh --script`
-//! passes). Assertions print `PASS line N: ...` / `FAIL line N: ...`; a
-//! command that cannot be carried out prints `error: line N: ...` and counts
-//! as a failure, unless the line starts with `!`, which expects exactly that.
-//! At the end of a script: `invariants`, then `N passed, M failed`.
+//! with the line editor of [`editor`]) and from a script (the initrd
+//! `qemu-run.sh --script` passes). Assertions print `PASS line N: ...` /
+//! `FAIL line N: ...`; a command that cannot be carried out prints
+//! `error: line N: ...` and counts as a failure, unless the line starts with
+//! `!` (or `!"TEXT"`: with an error that contains TEXT), which expects
+//! exactly that. Ranges are resolved by [`parse`]; walk, atcheck and query
+//! over ranges of any size are in `inspect`. At the end of a script:
+//! `invariants`, then `N passed, M failed`.
+pub mod editor;
 pub mod parse;
 
 #[cfg(target_os = "none")]
 pub mod commands;
+#[cfg(target_os = "none")]
+mod inspect;
 #[cfg(target_os = "none")]
 mod proc_cmds;
 #[cfg(target_os = "none")]

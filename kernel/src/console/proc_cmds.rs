@@ -3,19 +3,47 @@
 //! SCENARIOS.md's process commands are refused with a clear error).
 
 use alloc::string::String;
-use core::fmt::Write;
 
-use super::commands::{CmdResult, Outcome};
-use crate::arch::aarch64::cpu::AtOp;
+use super::commands::{CmdResult, INTERRUPTED, Outcome, interrupted};
+use super::inspect;
+use super::parse::{Range, RangeSpec, truncate};
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
-use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
-use crate::mm::mm_struct::MmapLocked;
-use crate::mm::pgtable::{Expected, Translation, expected_access_hw};
 use crate::proc::{self, MmapArgs, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
+
+/// RANGE in P's regions: the bytes as written (`write`, `check`), and every
+/// page they touch ([`Range::pages`], for the other commands).
+fn range(p: &str, r: &str) -> Result<Range, String> {
+    let spec = RangeSpec::parse(r).map_err(|e| alloc::format!("`{}`: {e}", truncate(r, 40)))?;
+    let region = proc::with_proc(p, |pr| Ok(pr.regions.lock().get(spec.region).map(|g| (g.va, g.size))))?;
+    let (va, size) = region.ok_or_else(|| alloc::format!("no such region `{}` in `{p}`", spec.region))?;
+    spec.resolve(va, size, PAGE_SIZE).map_err(|e| alloc::format!("{e}"))
+}
+
+/// Bytes one agent run covers in `write`/`check`, and pages in `touch`
+/// (a multiple of every page size): Ctrl-C is looked for between runs.
+const ACCESS_CHUNK: u64 = 64 << 20;
+
+/// An EL0 access over `[va, va+len)` in runs of [`ACCESS_CHUNK`], stopped
+/// by Ctrl-C between them; ends at the first run that does not complete.
+fn access(p: &str, opc: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, String> {
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(ACCESS_CHUNK);
+        match proc::access(p, opc, va + off, n, byte)? {
+            RunEnd::Done => {}
+            other => return Ok(other),
+        }
+        off += n;
+        if off < len && interrupted() {
+            return Err(INTERRUPTED.into());
+        }
+    }
+    Ok(RunEnd::Done)
+}
 
 pub(super) fn byte(s: &str) -> Result<u8, String> {
     match parse_number(s) {
@@ -59,14 +87,14 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         "mmap" => mmap(p, a),
         "munmap" => match a {
             [r] => {
-                let (va, len) = proc::range(p, r)?;
+                let (va, len) = range(p, r)?.pages();
                 proc::munmap(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             _ => Err("usage: P munmap RANGE".into()),
         },
         "mprotect" => match a {
             [r, prot] => {
-                let (va, len) = proc::range(p, r)?;
+                let (va, len) = range(p, r)?.pages();
                 let (rd, wr) = match *prot {
                     "prot=r" => (true, false),
                     "prot=rw" => (true, true),
@@ -84,11 +112,11 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         },
         "madvise" => match a {
             [r, "dontneed"] => {
-                let (va, len) = proc::range(p, r)?;
+                let (va, len) = range(p, r)?.pages();
                 proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
             }
             [r, adv @ ("hugepage" | "nohugepage")] => {
-                let (va, len) = proc::range(p, r)?;
+                let (va, len) = range(p, r)?.pages();
                 proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done).map_err(Into::into)
             }
             [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
@@ -96,10 +124,10 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         },
         "write" | "check" => match a {
             [r, b] => {
-                let (va, len) = proc::range(p, r)?;
+                let Range { va, len, .. } = range(p, r)?;
                 let b = byte(b)?;
                 let opc = if cmd == "write" { op::WRITE } else { op::CHECK };
-                match proc::access(p, opc, va, len, b)? {
+                match access(p, opc, va, len, b)? {
                     RunEnd::Done if cmd == "write" => Ok(Outcome::Done),
                     RunEnd::Done => Ok(Outcome::Assert(Ok(()))),
                     RunEnd::Mismatch { addr, value } => {
@@ -113,9 +141,9 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         },
         "touch" => match a {
             [r, kind @ ("read" | "write")] => {
-                let (va, len) = proc::range(p, r)?;
+                let (va, len) = range(p, r)?.pages();
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
-                match proc::access(p, opc, va, len, 0)? {
+                match access(p, opc, va, len, 0)? {
                     RunEnd::Done => Ok(Outcome::Done),
                     RunEnd::Fault { addr, esr, why } => Err(fault_report(p, addr, esr, why)),
                     other => Err(alloc::format!("{p}: agent stopped: {other:?}")),
@@ -125,7 +153,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         },
         "expect-fault" => match a {
             [kind @ ("read" | "write"), r] => {
-                let (va, _) = proc::range(p, r)?;
+                let va = range(p, r)?.va;
                 let opc = if *kind == "read" { op::TOUCH_READ } else { op::TOUCH_WRITE };
                 match proc::access(p, opc, va, 1, 0)? {
                     // Running out of memory is not a refusal (Linux would
@@ -154,16 +182,19 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             _ => Err("usage: P maps".into()),
         },
         "walk" => match a {
-            [r] => walk(p, r),
+            [r] => inspect::walk(p, range(p, r)?),
             _ => Err("usage: P walk RANGE".into()),
         },
         "atcheck" => match a {
-            [r] => atcheck(p, r),
+            [r] => inspect::atcheck(p, range(p, r)?),
             _ => Err("usage: P atcheck RANGE".into()),
         },
         "pin" | "ref" => gup(p, cmd, a),
-        "query" => query(p, a),
-        "stats" => stats(p, a),
+        "query" => match a {
+            [r, "expect", flags @ ..] => inspect::query(p, range(p, r)?, flags),
+            _ => Err("usage: P query RANGE expect FLAG...".into()),
+        },
+        "stats" => inspect::stats(p, a),
         other => Err(alloc::format!("`{other}` is not available yet (processes and anonymous-memory issues)")),
     }
 }
@@ -196,7 +227,7 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
     } else if !rest.is_empty() {
         return Err(usage());
     }
-    let (va, len) = proc::range(p, r)?;
+    let (va, len) = range(p, r)?.pages();
     let (got, by_fast) = proc::gup(p, n, va, len, flags, fast)?;
     println!("  {p}: {cmd} {n}: {got} page(s), {by_fast} by the fast path");
     Ok(Outcome::Done)
@@ -268,217 +299,4 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
         }
     }
     proc::mmap(p, r, args).map(|_| Outcome::Done).map_err(Into::into)
-}
-
-fn walk(p: &str, r: &str) -> CmdResult {
-    let (va, len) = proc::range(p, r)?;
-    let mut out = String::new();
-    proc::with_tables(p, |_, t| {
-        let mut v = va & !(PAGE_SIZE - 1);
-        while v < va + len {
-            match t.translate(VirtAddr(v)) {
-                Translation::Mapped { pa, level, desc } => {
-                    let _ = write!(out, "{v:#014x}: level {level} {desc:?} -> PA {pa:#x} ");
-                    let _ = crate::mm::ptdump::write_attrs(&mut out, desc, level);
-                    let _ = writeln!(out);
-                }
-                Translation::Fault { level, desc } => {
-                    let _ = writeln!(out, "{v:#014x}: not mapped (level {level} entry {desc:?})");
-                }
-            }
-            v += PAGE_SIZE;
-        }
-    })?;
-    print!("{out}");
-    Ok(Outcome::Done)
-}
-
-fn atcheck(p: &str, r: &str) -> CmdResult {
-    let (va, len) = proc::range(p, r)?;
-    let pages: alloc::vec::Vec<(u64, Translation)> = proc::with_tables(p, |_, t| {
-        let mut v = va & !(PAGE_SIZE - 1);
-        let mut out = alloc::vec::Vec::new();
-        while v < va + len {
-            out.push((v, t.translate(VirtAddr(v))));
-            v += PAGE_SIZE;
-        }
-        out
-    })?;
-    let mismatch = proc::with_ttbr0(p, || {
-        let hw = crate::arch::aarch64::cpu::hw_updates();
-        for (v, tr) in &pages {
-            for (op, write) in [(AtOp::S1E0R, false), (AtOp::S1E0W, true)] {
-                let want = expected_access_hw(tr, true, write, hw);
-                let got = crate::test::at_outcome(op, *v);
-                if want != got {
-                    return Some(alloc::format!("{v:#x} {op:?}: walker {want:?}, AT {got:?}"));
-                }
-            }
-        }
-        None
-    })?;
-    let _ = Expected::Ok;
-    Ok(Outcome::Assert(match mismatch {
-        None => Ok(()),
-        Some(m) => Err(m),
-    }))
-}
-
-/// `P query RANGE expect FLAG...`: every page of RANGE must show each FLAG
-/// (a leading `!` negates). Flags whose state the kernel does not track yet
-/// (`exclusive`) are refused, never guessed.
-fn query(p: &str, a: &[&str]) -> CmdResult {
-    let [r, "expect", flags @ ..] = a else { return Err("usage: P query RANGE expect FLAG...".into()) };
-    if flags.is_empty() {
-        return Err("query needs at least one flag".into());
-    }
-    let (va, len) = proc::range(p, r)?;
-    // Validate every flag before looking at anything.
-    let mut wanted = alloc::vec::Vec::new();
-    for f in flags {
-        let (neg, name) = match f.strip_prefix('!') {
-            Some(n) => (true, n),
-            None => (false, *f),
-        };
-        let folio = match name.strip_prefix("folio=") {
-            Some(sz) => Some(parse_number(sz).ok_or_else(|| alloc::format!("bad folio size `{sz}`"))?),
-            None => None,
-        };
-        match name {
-            "present" | "writable" | "anon" | "zero" | "special" | "cont" | "block" | "dirty" | "young" | "swap"
-            | "marker" | "uffd-wp" | "exclusive" => {}
-            _ if folio.is_some() => {}
-            other => return Err(alloc::format!("unknown query flag `{}`", &other[..other.len().min(30)])),
-        }
-        wanted.push((neg, name, folio));
-    }
-    let res = proc::with_tables(p, |proc_, t| -> Result<(), String> {
-        let lock = proc_.mm.mmap_read_lock();
-        let mut v = va & !(PAGE_SIZE - 1);
-        while v < va + len {
-            let tr = t.translate(VirtAddr(v));
-            let fw = crate::mm::folio_walk::folio_walk_start(
-                &lock,
-                &*t.mem,
-                VirtAddr(v),
-                crate::mm::folio_walk::FwFlags { zeropage: true },
-                &crate::mm::page::is_zero_any,
-            );
-            let (present, desc, level) = match tr {
-                Translation::Mapped { desc, level, .. } => (true, desc, level),
-                Translation::Fault { desc, level } => (false, desc, level),
-            };
-            let np = match desc.kind(level, crate::mm::granule::GRANULE) {
-                crate::mm::desc::Kind::NonPresent(n) => Some(n),
-                _ => None,
-            };
-            for &(neg, name, folio) in &wanted {
-                let have = match name {
-                    "present" => present,
-                    "writable" => present && desc.may_write(),
-                    "anon" => page_of(&fw).is_some_and(|(f, _)| f.is_anon()),
-                    "exclusive" => page_of(&fw).is_some_and(|(_, pg)| pg.anon_exclusive()),
-                    "zero" => fw.as_ref().is_some_and(|f| f.zero),
-                    "special" => present && desc.special(),
-                    "cont" => present && desc.contiguous(),
-                    "block" => present && level < 3,
-                    "dirty" => present && (desc.sw_dirty() || (desc.dbm() && !desc.perms().read_only)),
-                    "young" => present && desc.af(),
-                    "swap" => matches!(np, Some(crate::mm::desc::NonPresent::Swap { .. })),
-                    "marker" => matches!(np, Some(crate::mm::desc::NonPresent::Marker(_))),
-                    "uffd-wp" => {
-                        (present && desc.uffd_wp())
-                            || matches!(np, Some(crate::mm::desc::NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0)
-                    }
-                    _ => folio_size(&fw) == folio,
-                };
-                if have == neg {
-                    return Err(alloc::format!("page {v:#x}: {}{name} does not hold", if neg { "!" } else { "" }));
-                }
-            }
-            drop(fw);
-            v += PAGE_SIZE;
-        }
-        Ok(())
-    })?;
-    Ok(Outcome::Assert(res))
-}
-
-/// The folio and page a folio walk found (none for the zero page).
-fn page_of(
-    fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>,
-) -> Option<(crate::mm::page::Folio, &'static crate::mm::page::Page)> {
-    let pg = crate::mm::page::pfn_to_page(fw.as_ref()?.page?)?;
-    Some((pg.folio()?, pg))
-}
-
-/// The size of the folio mapped there (the zero page counts as one page).
-fn folio_size(fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>) -> Option<u64> {
-    match fw {
-        Some(f) if f.zero => Some(f.size),
-        _ => page_of(fw).map(|(f, _)| f.size()),
-    }
-}
-
-/// `P stats expect KEY=N...`: counters of P in pages, counted from its
-/// tables: rss (present pages, special mappings excluded), anon (normal pages in private anonymous
-/// VMAs), file, zero, swap (none exist yet, so they are 0).
-fn stats(p: &str, a: &[&str]) -> CmdResult {
-    let ["expect", kvs @ ..] = a else { return Err("usage: P stats expect KEY=N...".into()) };
-    if kvs.is_empty() {
-        return Err("stats needs at least one KEY=N".into());
-    }
-    let mut want = alloc::vec::Vec::new();
-    for kv in kvs {
-        let (k, v) = kv.split_once('=').ok_or_else(|| alloc::format!("`{kv}` is not KEY=N"))?;
-        let n = parse_number(v).ok_or_else(|| alloc::format!("`{v}` is not a number"))?;
-        match k {
-            "rss" | "anon" | "file" | "zero" | "swap" => want.push((k, n)),
-            other => {
-                return Err(alloc::format!(
-                    "unknown counter `{}` (rss, anon, file, zero, swap)",
-                    &other[..other.len().min(20)]
-                ));
-            }
-        }
-    }
-    let (rss, anon, file, zero) = proc::with_tables(p, |proc_, t| {
-        let lock = proc_.mm.mmap_read_lock();
-        let (mut rss, mut anon, mut file, mut zero) = (0u64, 0u64, 0u64, 0u64);
-        for vma in lock.vmas().iter() {
-            t.walk_range(vma.start, vma.end, &mut |e| {
-                if let crate::mm::desc::Kind::Leaf(pa) = e.kind {
-                    let pages = e.size / PAGE_SIZE;
-                    // Special entries (the agent, PFN maps, the zero page)
-                    // are left out of RSS, as in Linux.
-                    if crate::mm::page::is_zero_any(pa) && e.desc.special() {
-                        zero += pages;
-                    } else if !e.desc.special() {
-                        rss += pages;
-                        match crate::mm::page::pfn_to_page(pa).and_then(|pg| pg.folio()) {
-                            Some(f) if f.is_anon() => anon += pages,
-                            Some(f) if f.in_page_cache() => file += pages,
-                            _ => {}
-                        }
-                    }
-                }
-            });
-        }
-        (rss, anon, file, zero)
-    })?;
-    for (k, n) in want {
-        let have = match k {
-            "rss" => rss,
-            "anon" => anon,
-            "file" => file,
-            "zero" => zero,
-            _ => 0,
-        };
-        if have != n {
-            return Ok(Outcome::Assert(Err(alloc::format!(
-                "{k} is {have}, expected {n} (rss {rss}, anon {anon}, file {file}, zero {zero})"
-            ))));
-        }
-    }
-    Ok(Outcome::Assert(Ok(())))
 }

@@ -62,6 +62,37 @@ impl Console {
         true
     }
 
+    /// Removes the oldest `wanted` byte from the buffer, keeping every
+    /// other byte in order; whether there was one.
+    fn take(&mut self, wanted: u8) -> bool {
+        let Some(i) = (0..self.len).find(|&i| self.ring[(self.head + i) % RX_RING] == wanted) else {
+            return false;
+        };
+        for j in i..self.len - 1 {
+            self.ring[(self.head + j) % RX_RING] = self.ring[(self.head + j + 1) % RX_RING];
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Moves what the receive FIFO holds into the buffer (the polled
+    /// receive path; bounded, as a sender can refill the FIFO as fast as it
+    /// is read). Returns the number of bytes dropped.
+    fn drain_hw(&mut self) -> u64 {
+        let mut dropped = 0;
+        for _ in 0..RX_RING {
+            let kept = match self.read_hw() {
+                Rx::Empty => break,
+                Rx::Byte(b) => self.push(b),
+                Rx::Error => false,
+            };
+            if !kept {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// One word from the receive FIFO.
     fn read_hw(&mut self) -> Rx {
         match self.uart.as_mut() {
@@ -141,18 +172,9 @@ pub fn rx_irq() {
         u.clear_interrupts(Interrupts::RXI | Interrupts::RTI);
     }
     // Until the FIFO is empty: a byte with an error (break, framing, parity,
-    // overrun) is dropped, not taken for the end of the FIFO. Bounded, as a
-    // sender can refill the FIFO as fast as it is read.
-    for _ in 0..RX_RING {
-        let kept = match c.read_hw() {
-            Rx::Empty => break,
-            Rx::Byte(b) => c.push(b),
-            Rx::Error => false,
-        };
-        if !kept {
-            RX_DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    // overrun) is dropped, not taken for the end of the FIFO.
+    let dropped = c.drain_hw();
+    RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
 }
 
 /// Receive interrupts taken, and bytes dropped (the buffer was full, or the
@@ -191,8 +213,11 @@ pub unsafe fn init_mini(va: u64, enables_va: Option<u64>, core_clock_hz: u32) {
 /// console that gets nothing, not as a silent fallback to polling.
 pub fn getc() -> Option<u8> {
     locked(|c| {
+        if let Some(b) = c.pop() {
+            return Some(b);
+        }
         if RX_BY_IRQ.load(Ordering::Acquire) {
-            c.pop()
+            None
         } else {
             // Polled: an errored word is consumed and skipped.
             match c.read_hw() {
@@ -200,6 +225,21 @@ pub fn getc() -> Option<u8> {
                 Rx::Empty | Rx::Error => None,
             }
         }
+    })
+}
+
+/// Whether `wanted` (the console's Ctrl-C) was received since the last
+/// look: takes the oldest one out of what was received and keeps every other
+/// byte for [`getc`], so a line typed ahead during a long command still
+/// runs. Long console loops poll this. The kernel runs with IRQs masked
+/// outside its IRQ windows, so the receive FIFO is emptied into the buffer
+/// here first, with or without the receive interrupt (at the prompt,
+/// [`getc`] still takes only what the handler buffered).
+pub fn take_received(wanted: u8) -> bool {
+    locked(|c| {
+        let dropped = c.drain_hw();
+        RX_DROPPED.fetch_add(dropped, Ordering::Relaxed);
+        c.take(wanted)
     })
 }
 

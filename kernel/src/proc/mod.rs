@@ -950,41 +950,6 @@ fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
     }
 }
 
-/// Resolves `REGION`, `REGION+OFF`, `REGION+OFF:LEN` in process `name`.
-pub fn range(name: &str, spec: &str) -> Result<(u64, u64), String> {
-    with_proc(name, |p| Ok(range_in(p, name, spec)))?
-}
-
-fn range_in(p: &Process, name: &str, spec: &str) -> Result<(u64, u64), String> {
-    {
-        let (reg, rest) = match spec.split_once('+') {
-            Some((r, rest)) => (r, Some(rest)),
-            None => (spec, None),
-        };
-        let regions = p.regions.lock();
-        let r = regions.get(reg).ok_or_else(|| alloc::format!("no region `{reg}` in `{name}`"))?;
-        let (off, len) = match rest {
-            None => (0, r.size),
-            Some(rest) => {
-                let (o, l) = match rest.split_once(':') {
-                    Some((o, l)) => (o, Some(l)),
-                    None => (rest, None),
-                };
-                let off = crate::util::parse_number(o).ok_or_else(|| alloc::format!("bad offset `{o}`"))?;
-                let len = match l {
-                    Some(l) => crate::util::parse_number(l).ok_or_else(|| alloc::format!("bad length `{l}`"))?,
-                    None => PAGE_SIZE,
-                };
-                (off, len)
-            }
-        };
-        if len == 0 || off.checked_add(len).is_none_or(|e| e > r.size) {
-            return Err(alloc::format!("range {off:#x}+{len:#x} is outside region `{reg}` ({:#x} bytes)", r.size));
-        }
-        Ok((r.va + off, len))
-    }
-}
-
 /// Runs `f` with read access to `name`'s tables and its mmap lock.
 pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTableMem>) -> R) -> Result<R, ProcError> {
     with_proc(name, |p| {

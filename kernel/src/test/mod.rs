@@ -108,3 +108,8 @@ pub fn run_all() -> usize {
     println!("{} passed, {} failed", passed_before + p, failed + f);
     failed + f
 }
+
+/// How many tests have a name containing `filter`.
+pub fn matching(filter: &str) -> usize {
+    all().filter(|t| t.name.contains(filter)).count()
+}
