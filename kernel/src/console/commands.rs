@@ -578,7 +578,12 @@ impl Session {
             Ok(None) => return LineResult::Done,
             Err(e) => return LineResult::Refused(alloc::string::ToString::to_string(&e)),
         };
-        match self.dispatch(&line) {
+        // A line refused as too long or binary is a refusal like any other.
+        let words = match &line.body {
+            Ok(c) => &c.words,
+            Err(e) => return LineResult::Refused(alloc::string::ToString::to_string(e)),
+        };
+        match self.dispatch(words) {
             Ok(Outcome::Done | Outcome::Halt) => LineResult::Done,
             Ok(Outcome::Assert(Ok(()))) => LineResult::Passed,
             // Displayed, whatever type the engine's errors have.
