@@ -194,12 +194,30 @@ mod driver {
         (s.by_owner[Owner::UserAnon as usize], s.by_owner[Owner::PageTable as usize])
     }
 
+    /// Why an op list cannot be replayed.
+    enum ReplayError {
+        NoInitrd,
+        NotText,
+        /// Line `0` (from 1) is not an op this driver writes.
+        BadLine(usize, String),
+    }
+
+    impl core::fmt::Display for ReplayError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                ReplayError::NoInitrd => write!(f, "replay mode but no op list was passed as the initrd"),
+                ReplayError::NotText => write!(f, "the op list is not text"),
+                ReplayError::BadLine(n, l) => write!(f, "line {n}: not a torture op: {l}"),
+            }
+        }
+    }
+
     /// The op lines of the initrd (`torture-op: LINE` or plain lines).
-    fn replay_ops(mach: &Machine) -> Result<Vec<Op>, String> {
-        let r = boot().board.initrd.ok_or("replay mode but no op list was passed as the initrd")?;
+    fn replay_ops(mach: &Machine) -> Result<Vec<Op>, ReplayError> {
+        let r = boot().board.initrd.ok_or(ReplayError::NoInitrd)?;
         // SAFETY: the initrd is reserved RAM, mapped by the linear map.
         let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).0 as *const u8, r.size() as usize) };
-        let text = core::str::from_utf8(text).map_err(|_| String::from("the op list is not text"))?;
+        let text = core::str::from_utf8(text).map_err(|_| ReplayError::NotText)?;
         let mut out = Vec::new();
         for (n, l) in text.lines().enumerate() {
             let l = l.trim();
@@ -207,7 +225,7 @@ mod driver {
             if l.is_empty() || l.starts_with('#') {
                 continue;
             }
-            let op = Op::parse(l, mach).ok_or_else(|| alloc::format!("line {}: not a torture op: {l}", n + 1))?;
+            let op = Op::parse(l, mach).ok_or_else(|| ReplayError::BadLine(n + 1, String::from(l)))?;
             out.push(op);
         }
         Ok(out)
