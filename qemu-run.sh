@@ -103,6 +103,8 @@ Options:
 Kernel bootargs understood by pagelab:
   pagelab.mode=console|test|script|torture   what to run after boot
   pagelab.torture=SEED,OPS|replay    the torture run (replay: the initrd's op lines)
+  pagelab.torture-verbose=1          print every line the torture run executes
+  pagelab.torture-script=1           print them as a scenario script (script: ...)
   pagelab.exit=semihosting           tell QEMU the exit status (qemu-run.sh sets it)
   loglevel=error|warn|info|debug|trace
   pagelab.crash=stack-overflow|unmapped-read|undefined-instruction|panic
