@@ -22,6 +22,12 @@ APPEND=
 TIMEOUT=
 VERBOSE=0
 COMMAND=console
+# torture: seed (empty: from the clock), ops, failure rate, op list to replay
+T_SEED=
+T_OPS=20000
+T_FAIL=
+T_REPLAY=
+T_SHRINK=1
 FIXED_OPTS=    # options a Raspberry Pi machine fixes itself (--smp, --mem, --el2, ...)
 
 usage() {
@@ -53,6 +59,18 @@ Commands:
                     lines (see docs/PERFORMANCE.md)
   gdb               start gdb-multiarch on the kernel ELF, attached to a QEMU that
                     was started with --gdb, with gdb/pagelab.py loaded
+  torture [--seed N] [--ops N] [--fail-alloc PPM] [--replay FILE]
+                    a seeded random run of scenario lines (every kind of mmap,
+                    fork, exit, munmap/mprotect/madvise, EL0 writes and checks,
+                    pins) checked after every op against a reference model
+                    (kernel/src/torture). --ops defaults to 20000, --seed to the
+                    clock (printed); --fail-alloc makes PPM per million frame,
+                    table and heap allocations fail while op lines run. The last
+                    line is "torture: N ops, M divergences, K injected failures";
+                    exit status 0 only when M is 0. On a divergence the op list
+                    is shrunk by delta debugging (replay runs; --no-shrink skips
+                    it) and printed as a scenario script that reproduces it with
+                    --script. --replay FILE runs the op lines of FILE instead
 
 Options:
   --script FILE     run FILE (scenario language, see docs/SCENARIOS.md) instead of
@@ -92,7 +110,10 @@ Options:
   -h, --help        this text
 
 Kernel bootargs understood by pagelab:
-  pagelab.mode=console|test|script   what to run after boot
+  pagelab.mode=console|test|script|torture   what to run after boot
+  pagelab.torture=SEED,OPS|replay    the torture run (replay: the initrd's op lines)
+  pagelab.torture-verbose=1          print every line the torture run executes
+  pagelab.torture-script=1           print them as a scenario script (script: ...)
   pagelab.exit=semihosting           tell QEMU the exit status (qemu-run.sh sets it)
   loglevel=error|warn|info|debug|trace
   pagelab.crash=stack-overflow|unmapped-read|undefined-instruction|panic
@@ -132,13 +153,26 @@ while [[ $# -gt 0 ]]; do
         --append) [[ $# -ge 2 ]] || die "--append needs ARGS"; APPEND=$2; shift ;;
         --timeout) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--timeout needs SECS"; TIMEOUT=$2; shift ;;
         -v|--verbose) VERBOSE=1 ;;
-        test|build|gdb|bench) COMMAND=$1 ;;
+        test|build|gdb|bench|torture) COMMAND=$1 ;;
+        --seed) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "--seed needs a number"; T_SEED=$2; shift ;;
+        --ops) [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -gt 0 ]] || die "--ops needs a number > 0"; T_OPS=$2; shift ;;
+        --fail-alloc) [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -le 1000000 ]] || die "--fail-alloc needs PPM (0..1000000)"
+                      T_FAIL=$2; shift ;;
+        --replay) [[ $# -ge 2 ]] || die "--replay needs a FILE"; T_REPLAY=$2; shift ;;
+        --no-shrink) T_SHRINK=0 ;;
         sdcard) [[ $# -ge 2 ]] || die "sdcard needs a DIR"; COMMAND=sdcard; SDDIR=$2; shift ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
     shift
 done
 
+if [[ $COMMAND != torture && ( -n $T_SEED$T_FAIL$T_REPLAY || $T_OPS != 20000 || $T_SHRINK == 0 ) ]]; then
+    die "--seed, --ops, --fail-alloc, --replay and --no-shrink belong to the torture command"
+fi
+# The torture command picks the CPU that has the granule (16K: -cpu max).
+if [[ $COMMAND == torture && $GRANULE == 16K && $FIXED_OPTS != *--cpu* ]]; then
+    CPU=max
+fi
 if [[ $BOARD != virt && $COMMAND == test ]]; then
     die "'test' runs the boards itself (virt, then raspi4b and raspi3b); leave out --board"
 fi
@@ -976,6 +1010,8 @@ test_granule() {
         job test_script "$f" 1 1
     done
     CPU=$prev_cpu
+    job test_torture 1
+    job test_torture 4
     job test_bench "$LOGDIR/bench-$GRANULE.log"
     if [[ -d tests/extra ]]; then
         note "== granule $GRANULE: extra checks"
@@ -1115,10 +1151,156 @@ CMD
     say "wrote $SDDIR/kernel8.img, config.txt and cmdline.txt (add the firmware files: docs/BRINGUP.md)"
 }
 
+# ---------------------------------------------------------------- torture
+
+# One torture boot. $1 log, $2 1 = stream the log (without the op list) to
+# the terminal, rest: bootargs. The initrd, if any, is in EXTRA_QEMU. Sets
+# QSTATUS to QEMU's own exit status (124: timed out).
+torture_qemu() {
+    local log=$1 show=$2; shift 2
+    qemu_cmd torture "$@"
+    [[ $VERBOSE == 1 ]] && echo "+ ${QEMU[*]}" >&2
+    local t=${TIMEOUT:-$((120 + T_OPS / 50))}
+    QSTATUS=0
+    if [[ $show == 1 ]]; then
+        set +e
+        timeout -k 5 "$t" "${QEMU[@]}" -serial stdio -monitor none "${EXTRA_QEMU[@]}" </dev/null 2>&1 |
+            tee "$log" | grep --line-buffered -v '^torture-op: '
+        QSTATUS=${PIPESTATUS[0]}
+        set -e
+    else
+        timeout -k 5 "$t" "${QEMU[@]}" -serial stdio -monitor none "${EXTRA_QEMU[@]}" </dev/null >"$log" 2>&1 ||
+            QSTATUS=$?
+    fi
+    if [[ $QSTATUS -eq 124 ]]; then say "torture: timed out after $t s"; fi
+}
+
+# M of the log's last line when that is the torture summary; nothing when the
+# run ended any other way (a panic, a hang).
+torture_divergences() { # log
+    local last
+    last=$(tr -d '\r' <"$1" | grep -v '^$' | tail -n 1 || true)
+    if [[ $last =~ ^torture:\ [0-9]+\ ops,\ ([0-9]+)\ divergences,\ [0-9]+\ injected\ failures$ ]]; then
+        echo "${BASH_REMATCH[1]}"
+    fi
+}
+
+torture_fail_args() {
+    [[ -n $T_FAIL ]] && echo "pagelab.fail-alloc=$T_FAIL,$T_SEED"
+    true
+}
+
+# Whether replaying the op lines of $1 still goes wrong (a divergence, a
+# crash or a hang: anything but a clean pass).
+torture_still_fails() { # opsfile
+    local log="$1.log" m n
+    n=$(wc -l <"$1")
+    EXTRA_QEMU=(-initrd "$1")
+    # shellcheck disable=SC2046  # bootargs are words
+    TIMEOUT=${TIMEOUT:-$((60 + n / 50))} torture_qemu "$log" 0 pagelab.torture=replay $(torture_fail_args)
+    EXTRA_QEMU=()
+    m=$(torture_divergences "$log")
+    [[ $QSTATUS -ne 0 || $m != 0 ]]
+}
+
+# Delta debugging (ddmin, complements only) of the op list in $1, in place:
+# drops chunks of ops as long as the replay still goes wrong.
+torture_shrink() { # opsfile
+    local ops try n=2 len chunk i reduced tmp="$1.try"
+    mapfile -t ops <"$1"
+    while ((${#ops[@]} >= 2)); do
+        len=${#ops[@]}
+        chunk=$(((len + n - 1) / n))
+        reduced=0
+        for ((i = 0; i < len; i += chunk)); do
+            try=("${ops[@]:0:i}" "${ops[@]:i+chunk}")
+            printf '%s\n' "${try[@]}" >"$tmp"
+            if torture_still_fails "$tmp"; then
+                ops=("${try[@]}")
+                n=$((n > 2 ? n - 1 : 2))
+                reduced=1
+                break
+            fi
+        done
+        if ((reduced == 0)); then
+            ((n >= len)) && break
+            n=$((n * 2 > len ? len : n * 2))
+        fi
+        say "torture: shrinking: ${#ops[@]} ops left"
+    done
+    printf '%s\n' "${ops[@]}" >"$1"
+}
+
+# The torture test for the current $GRANULE, as ./qemu-run.sh test runs it:
+# 20,000 ops at --smp 1, and at --smp 4 with 2,000 ppm of allocations failing.
+test_torture() { # smp: 20,000 ops; at 4 CPUs with 2000 ppm of allocations failing
+    local smp=$1 label log m
+    [[ $GRANULE == 16K ]] && CPU=max
+    T_OPS=20000 SMP=$smp T_SEED=$((smp * 1000 + ${GRANULE%K})) T_FAIL=
+    [[ $smp == 4 ]] && T_FAIL=2000
+    label="torture[$GRANULE,smp$smp${T_FAIL:+,fail-alloc=$T_FAIL}]"
+    log="$LOGDIR/torture-$GRANULE-smp$smp.log"
+    # shellcheck disable=SC2046  # bootargs are words
+    torture_qemu "$log" 0 "pagelab.torture=$T_SEED,$T_OPS" $(torture_fail_args)
+    m=$(torture_divergences "$log")
+    if [[ $QSTATUS -eq 0 && $m == 0 ]]; then
+        record 1 0 "$label" "($(tr -d '\r' <"$log" | tail -n 1))"
+    else
+        record 0 1 "$label" "(${m:-no summary:} divergence(s), QEMU status $QSTATUS; again by hand:" \
+            "./qemu-run.sh torture --seed $T_SEED --smp $smp --granule $GRANULE${T_FAIL:+ --fail-alloc $T_FAIL})"
+        { grep -v '^torture-op: ' "$log" | tail -n 12 | sed 's/^/    | /'; } || true
+    fi
+}
+
+cmd_torture() {
+    ensure_deps
+    build
+    [[ -n $T_SEED ]] || T_SEED=$(( $(date +%s) % 1000000 ))
+    local run="$TDIR/torture-seed$T_SEED-smp$SMP${T_FAIL:+-fail$T_FAIL}"
+    local log="$run.log" ops="$run.ops" m
+    local fail_args; fail_args=$(torture_fail_args)
+    if [[ -n $T_REPLAY ]]; then
+        [[ -f $T_REPLAY && -r $T_REPLAY ]] || die "cannot read op list '$T_REPLAY'"
+        cp "$T_REPLAY" "$ops"
+        T_OPS=$(wc -l <"$ops")
+        EXTRA_QEMU=(-initrd "$ops")
+        # shellcheck disable=SC2086  # bootargs are words
+        torture_qemu "$log" 1 pagelab.torture=replay $fail_args
+        EXTRA_QEMU=()
+    else
+        say "torture: seed $T_SEED, $T_OPS ops, $SMP CPU(s), granule $GRANULE${T_FAIL:+, $T_FAIL ppm of allocations fail}"
+        # shellcheck disable=SC2086  # bootargs are words
+        torture_qemu "$log" 1 "pagelab.torture=$T_SEED,$T_OPS" $fail_args
+    fi
+    m=$(torture_divergences "$log")
+    if [[ $QSTATUS -eq 0 && $m == 0 ]]; then
+        exit 0
+    fi
+    [[ -n $m ]] || say "torture: the run did not end with its summary line (QEMU status $QSTATUS)"
+    symbolize "$log" || true
+    sed -n 's/^torture-op: //p' "$log" >"$ops"
+    if [[ $T_SHRINK == 1 && -s $ops ]]; then
+        say "torture: shrinking $(wc -l <"$ops") ops by delta debugging (replay runs; --no-shrink skips this)"
+        torture_shrink "$ops"
+        local script="$run-repro.scn" rlog="$run-repro.log"
+        EXTRA_QEMU=(-initrd "$ops")
+        # shellcheck disable=SC2086  # bootargs are words
+        torture_qemu "$rlog" 0 pagelab.torture=replay pagelab.torture-script=1 $fail_args
+        EXTRA_QEMU=()
+        sed -n 's/^script: //p' "$rlog" >"$script"
+        say "torture: $(wc -l <"$ops") ops still diverge: $ops (./qemu-run.sh torture --replay FILE)"
+        say "torture: as a scenario script ($script), for ./qemu-run.sh --script FILE --smp $SMP --granule $GRANULE:"
+        cat "$script"
+        grep -E '^torture: DIVERGENCE' "$rlog" || true
+    fi
+    exit 1
+}
+
 # Sourced (tests/harness/self-test.sh): the functions only.
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case $COMMAND in
+    torture) cmd_torture ;;
     sdcard) cmd_sdcard ;;
     console) cmd_console ;;
     script) cmd_script ;;

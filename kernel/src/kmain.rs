@@ -235,6 +235,10 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
             println!("bench done: {problems} problem(s)");
             exit(if problems == 0 { 0 } else { 1 })
         }
+        "torture" => {
+            let divergences = crate::torture::run();
+            exit(if divergences == 0 { 0 } else { 1 })
+        }
         "script" => {
             let failed = crate::console::run_script();
             exit(if failed == 0 { 0 } else { 1 })

@@ -9,6 +9,7 @@
 //! - [`irq`]: GIC, timer tick and SGIs (IRQs are taken at EL0 and in
 //!   explicit windows at EL1 only).
 //! - [`test`]: the in-kernel test runner.
+//! - [`torture`]: the seeded random run against a reference model.
 //!
 //! Modules that are pure logic (descriptor encoding, ESR decoding, parsing,
 //! formatting) build on the host too and are unit-tested with `cargo test`;
@@ -23,6 +24,7 @@ pub mod console;
 pub mod drivers;
 pub mod errno;
 pub mod mm;
+pub mod torture;
 pub mod util;
 
 #[cfg(target_os = "none")]

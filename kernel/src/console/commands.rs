@@ -568,3 +568,42 @@ fn ptdump_process(p: &str) -> CmdResult {
     let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {tables} table pages ]---");
     Ok(Outcome::Done)
 }
+
+/// How one line ended, for a caller that drives the engine itself (the
+/// torture test, `crate::torture`).
+#[derive(Debug)]
+pub enum LineResult {
+    /// A command carried out (or a blank line).
+    Done,
+    /// An assertion that held.
+    Passed,
+    /// An assertion that did not hold, and why.
+    Failed(String),
+    /// The line was refused with this error.
+    Refused(String),
+}
+
+impl Session {
+    /// Runs one line through the same lexer and dispatch as a script line,
+    /// without printing its verdict or counting it (the caller does both).
+    /// A leading `!` is the caller's business: it sees every refusal.
+    pub fn exec(&mut self, raw: &str) -> LineResult {
+        let line = match parse::lex(raw.as_bytes()) {
+            Ok(Some(l)) => l,
+            Ok(None) => return LineResult::Done,
+            Err(e) => return LineResult::Refused(alloc::string::ToString::to_string(&e)),
+        };
+        // A line refused as too long or binary is a refusal like any other.
+        let words = match &line.body {
+            Ok(c) => &c.words,
+            Err(e) => return LineResult::Refused(alloc::string::ToString::to_string(e)),
+        };
+        match self.dispatch(words) {
+            Ok(Outcome::Done | Outcome::Halt) => LineResult::Done,
+            Ok(Outcome::Assert(Ok(()))) => LineResult::Passed,
+            // Displayed, whatever type the engine's errors have.
+            Ok(Outcome::Assert(Err(why))) => LineResult::Failed(alloc::string::ToString::to_string(&why)),
+            Err(e) => LineResult::Refused(alloc::string::ToString::to_string(&e)),
+        }
+    }
+}

@@ -663,6 +663,13 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
         }
         let n = vmas.splits_needed(s, e);
         vmas.try_reserve(n)?;
+        // A block the new VMA edges cut is split first (Linux
+        // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
+        // the other per-VMA walks need whole blocks inside each VMA.
+        {
+            let _ptl = p.mm.page_table_lock_guard();
+            memory::split_blocks_at_edges(&p.mm, &mut p.tables.lock(), s, e)?;
+        }
         vmas.split_at(s);
         vmas.split_at(e);
         if let Some(v) = vmas.find_mut(s)
@@ -714,15 +721,19 @@ pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), M
 
 /// Whether every page of `[va, va+len)` lies in some VMA.
 pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
-    let g = p.mm.mmap_read_lock();
+    first_hole(&p.mm.mmap_read_lock(), va, len).is_none()
+}
+
+/// The first address of `[va, va+len)` that lies in no VMA.
+fn first_hole(g: &impl MmapLocked, va: u64, len: u64) -> Option<u64> {
     let mut a = va;
     while a < va + len {
         match g.vmas().find(a) {
             Some(v) => a = v.end,
-            None => return false,
+            None => return Some(a),
         }
     }
-    true
+    None
 }
 
 /// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
