@@ -1029,6 +1029,7 @@ test_granule() {
 cmd_test() {
     [[ ${PAGELAB_TEST_JOBS:-2} =~ ^[1-9][0-9]?$ ]] || die "PAGELAB_TEST_JOBS must be a number from 1 to 99"
     local g
+    PAGELAB_TEST_GRANULES=${PAGELAB_TEST_GRANULES:-}
     PAGELAB_TEST_GRANULES=${PAGELAB_TEST_GRANULES^^}
     for g in ${PAGELAB_TEST_GRANULES:-}; do
         [[ $g == 4K || $g == 16K || $g == 64K ]] || die "PAGELAB_TEST_GRANULES: unknown granule '$g' (4K, 16K, 64K)"
