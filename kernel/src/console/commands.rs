@@ -556,15 +556,27 @@ fn ptdump_process(p: &str) -> CmdResult {
         return Err(no_such_process(p));
     }
     let mut o = Out(String::new());
+    let mut stopped = false;
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
         static MARKERS: &[(u64, &str)] = &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::proc::MMAP_BASE, "mmap area")];
         let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
+        let mut seen = 0u32;
         t.walk(false, &mut |e| {
-            let _ = d.entry(e);
+            // Ctrl-C ends the output; the rest of the walk only counts.
+            seen = seen.wrapping_add(1);
+            if !stopped && seen.is_multiple_of(256) && interrupted() {
+                stopped = true;
+            }
+            if !stopped {
+                let _ = d.entry(e);
+            }
         });
         let (l, n) = d.finish().unwrap_or((0, 0));
         (l, n, t.count_tables())
     })?;
+    if stopped {
+        return Err(INTERRUPTED.into());
+    }
     let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {tables} table pages ]---");
     Ok(Outcome::Done)
 }

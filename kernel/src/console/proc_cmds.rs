@@ -182,7 +182,7 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         },
         "maps" => match a {
             [] => {
-                print!("{}", proc::maps(p)?);
+                proc::maps(p, &mut |line| print!("{line}"))?;
                 Ok(Outcome::Done)
             }
             _ => Err("usage: P maps".into()),

@@ -199,6 +199,15 @@ pub fn try_reserve<T>(v: &mut alloc::vec::Vec<T>, n: usize) -> Result<(), MmErro
     v.try_reserve(n).map_err(|_| MmError::NoMemory(Need::Heap))
 }
 
+/// Room for an insert that cannot fail softly (a `BTreeMap` node): the heap
+/// must give `bytes` (and a page more, for node splits) now, so that running
+/// out is `out of memory` here rather than the heap's panic inside the
+/// insert. A heap site like any other: injection can fail it.
+pub fn heap_headroom(bytes: usize) -> Result<(), MmError> {
+    let mut probe: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
+    try_reserve(&mut probe, bytes.saturating_add(4096))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

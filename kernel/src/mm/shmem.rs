@@ -41,7 +41,9 @@ pub struct Memfd {
 static FILES: Mutex<BTreeMap<u32, Arc<Memfd>>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
-fn new_file(name: Option<&str>) -> Arc<Memfd> {
+fn new_file(name: Option<&str>) -> Result<Arc<Memfd>, super::error::MmError> {
+    // The file, its name and the table's insert cannot fail softly: room first.
+    super::error::heap_headroom(name.map_or(0, str::len) + core::mem::size_of::<Memfd>())?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let f = Arc::new(Memfd {
         id,
@@ -51,17 +53,17 @@ fn new_file(name: Option<&str>) -> Arc<Memfd> {
         cache: Mutex::new(BTreeMap::new()),
     });
     FILES.lock().insert(id, f.clone());
-    f
+    Ok(f)
 }
 
 /// The named file `name`, created (empty) on first use.
-pub fn open(name: &str) -> Arc<Memfd> {
+pub fn open(name: &str) -> Result<Arc<Memfd>, super::error::MmError> {
     let existing = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned();
-    existing.unwrap_or_else(|| new_file(Some(name)))
+    existing.map_or_else(|| new_file(Some(name)), Ok)
 }
 
 /// A new unnamed file for anonymous shared memory.
-pub fn create_anon() -> Arc<Memfd> {
+pub fn create_anon() -> Result<Arc<Memfd>, super::error::MmError> {
     new_file(None)
 }
 
@@ -108,6 +110,8 @@ impl Memfd {
         if let Some(&pa) = c.get(&pgoff) {
             return Some(pa);
         }
+        // The cache's insert cannot fail softly: room for it first.
+        super::error::heap_headroom(0).ok()?;
         let f = page::folio_alloc_file()?;
         c.insert(pgoff, f.pa());
         Some(f.pa())

@@ -108,6 +108,10 @@ pub fn spawn(name: &str) -> Result<(), ProcError> {
         return Err(ProcError::ProcessExists);
     }
     let p = new_process(name, 0)?;
+    if let Err(e) = crate::mm::error::heap_headroom(0) {
+        teardown(&p);
+        return Err(e.into());
+    }
     PROCS.lock().insert(name.to_string(), p);
     Ok(())
 }
@@ -192,6 +196,13 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
                 return Err(e.into());
             }
         }
+    }
+    // The region table and the process table grow by inserts that cannot
+    // fail softly: room for them first.
+    let nregions = parent.regions.lock().len();
+    if let Err(e) = crate::mm::error::heap_headroom(nregions.saturating_mul(128)) {
+        teardown(&child);
+        return Err(e.into());
     }
     for (k, r) in parent.regions.lock().iter() {
         child.regions.lock().insert(k.clone(), Region { va: r.va, size: r.size });
@@ -376,16 +387,16 @@ pub fn ps() -> String {
 
 /// `P maps`: `name`'s VMAs, one [`Vma::maps_line`] each (gdb's `pl-vmas`
 /// prints the same lines from [`debug_table`]).
-pub fn maps(name: &str) -> Result<String, ProcError> {
-    use core::fmt::Write;
+/// `P maps`: one line per VMA and a count, handed to `out` line by line
+/// (up to 65,530 VMAs: nothing is gathered on the heap).
+pub fn maps(name: &str, out: &mut dyn FnMut(core::fmt::Arguments<'_>)) -> Result<(), ProcError> {
     with_proc(name, |p| {
         let g = p.mm.mmap_read_lock();
-        let mut o = String::new();
         for v in g.vmas().iter() {
-            let _ = writeln!(o, "{}", v.maps_line(PAGE_SIZE));
+            out(format_args!("{}\n", v.maps_line(PAGE_SIZE)));
         }
-        let _ = writeln!(o, "{} VMAs", g.vmas().iter().count());
-        Ok(o)
+        out(format_args!("{} VMAs\n", g.vmas().iter().count()));
+        Ok(())
     })
 }
 
@@ -451,6 +462,8 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
         if p.regions.lock().contains_key(region) {
             return Err(ProcError::RegionExists);
         }
+        // The region's insert cannot fail softly: room for it before mapping.
+        crate::mm::error::heap_headroom(0)?;
         let (va, size) = mmap_anon(p, &a)?;
         p.regions.lock().insert(region.to_string(), Region { va, size });
         Ok(va)
@@ -515,8 +528,8 @@ pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError
                 _hold = Some(Hold(id));
                 (Some(f), pgoff)
             }
-            (Some(name), None, _) => (Some(crate::mm::shmem::open(name)), 0),
-            (None, None, true) => (Some(crate::mm::shmem::create_anon()), 0),
+            (Some(name), None, _) => (Some(crate::mm::shmem::open(name)?), 0),
+            (None, None, true) => (Some(crate::mm::shmem::create_anon()?), 0),
             (None, None, false) => (None, 0),
         };
         if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
@@ -1405,6 +1418,11 @@ fn gup_in(
         done += n;
     }
     let n = pages.len();
+    // The handle table's insert cannot fail softly: room for it first.
+    if crate::mm::error::heap_headroom(0).is_err() {
+        release_all(pages);
+        return Err("get_user_pages: out of memory (ENOMEM) for the handle".into());
+    }
     if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
         release_all(h.pages);
         return Err(alloc::format!("handle `{handle}` already exists"));

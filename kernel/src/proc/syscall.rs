@@ -302,7 +302,10 @@ fn memfd_create(p: &Process, name: u64, flags: u64) -> i64 {
             return -EINVAL;
         }
     }
-    let f = crate::mm::shmem::create_anon();
+    let f = match crate::mm::shmem::create_anon() {
+        Ok(f) => f,
+        Err(e) => return -e.errno(),
+    };
     // The descriptor holds the file like a mapping does.
     crate::mm::shmem::vma_get(f.id);
     let mut fds = p.fds.lock();
