@@ -165,6 +165,13 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
 /// Linux `dup_mmap` + `copy_process` for `P fork C`: C gets P's VMAs,
 /// regions and (COW-shared) pages. Called from P's `clone` system call.
 pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcError> {
+    // The child's exit leaves a zombie entry with the parent: its room is
+    // taken now, so that exit allocates nothing (capacity stays at least
+    // the zombies plus the live children).
+    {
+        let live = PROCS.lock().values().filter(|q| q.ppid == parent.pid).count();
+        crate::mm::error::try_reserve(&mut parent.zombies.lock(), live + 1)?;
+    }
     if exists(child_name) {
         return Err(ProcError::ProcessExists);
     }
