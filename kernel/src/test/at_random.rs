@@ -18,6 +18,7 @@
 //! wrong memory attribute index). Each must be caught, or the test fails:
 //! a check that cannot fail proves nothing.
 
+use super::Rng;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -44,23 +45,6 @@ pub static TESTS: &[Test] = &[
     Test { name: "at_random_layouts_kernel_ttbr1", f: kernel_layouts },
     Test { name: "at_random_layouts_user_ttbr0_asid", f: user_layouts },
 ];
-
-/// Deterministic xorshift64*, so a failure names a seed that reproduces it.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
 
 const MEM_TYPES: [MemType; 4] =
     [MemType::Normal, MemType::NormalNonCacheable, MemType::DeviceNGnRnE, MemType::DeviceNGnRE];

@@ -5,6 +5,7 @@
 //! (The torture test checks contents against a model; this checks the
 //! error paths.)
 
+use super::Rng;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -140,20 +141,6 @@ struct Region {
 struct P {
     name: String,
     regions: Vec<Region>,
-}
-
-/// xorshift64*: the run's own choices (the injection has its own stream).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// Runs `f` with injection armed.

@@ -42,6 +42,23 @@ pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
     }
 }
 
+/// Deterministic xorshift64*, so a failure names a seed that reproduces it.
+pub(crate) struct Rng(pub(crate) u64);
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub(crate) fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+}
+
 pub struct Test {
     pub name: &'static str,
     pub f: TestFn,
