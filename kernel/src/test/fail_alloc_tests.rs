@@ -82,6 +82,10 @@ fn mmap_pfn() -> Result<(), String> {
 fn mprotect_block() -> Result<(), String> {
     let name = "fa_mprotect_blk";
     let blk = crate::mm::granule::GRANULE.level_size(2);
+    // A block-sized folio needs the block in RAM, twice over to be found.
+    if blk > frame::stats().managed * PAGE_SIZE / 2 {
+        return super::cannot_apply("a block is more than half of RAM here");
+    }
     let free0 = frame::stats().free;
     proc::spawn(name)?;
     let r = (|| -> Result<(), String> {
