@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Types at the interactive console (through the UART's receiver, as a person
 # would) and checks:
-# - Ctrl-C stops a long command with an error line (`check` of 64 GiB, `walk`
-#   and `query` of a densely mapped range), and a line typed right behind the
-#   Ctrl-C is not lost: it runs next;
+# - Ctrl-C stops a long command with an error line (`check` of 64 GiB,
+#   `walk`, `query` and `ptdump` of a densely mapped range, `pin` and
+#   `ref`), and a line typed right behind the Ctrl-C is not lost: it runs
+#   next;
 # - escape sequences (arrow keys) are no errors, and the up key recalls the
 #   last line;
 # - walk, atcheck and query over 1 TiB, 100 TiB and nearly all of the user
@@ -128,6 +129,8 @@ type_line 'W exit'
 type_line 'A mmap e 512M prot=r'
 interrupt '!"interrupted" A ref 1 e' '' 'A check e+0x1000:16 0x00'
 interrupt '!"interrupted" A pin 2 e ro' '' 'A check e+0x2000:16 0x00'
+# ptdump prints as it walks and stops at Ctrl-C (d has 65536 entries).
+interrupt '!"interrupted" ptdump A' '' 'A check d+0x5000:16 0x00'
 type_line 'A exit'
 type_line 'invariants'
 type_line 'halt'
@@ -163,11 +166,13 @@ grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A ref 1
     ok "Ctrl-C stopped a ref" || bad "the ref was not interrupted"
 grep -q 'refused as expected: interrupted' <(grep -A3 -- '!"interrupted" A pin 2 e ro' "$tmp/out") &&
     ok "Ctrl-C stopped a pin" || bad "the pin was not interrupted"
+grep -q 'refused as expected: interrupted' <(grep -A12 -- '!"interrupted" ptdump A' "$tmp/out") &&
+    ok "Ctrl-C stopped a ptdump" || bad "the ptdump was not interrupted"
 ((fork_ms - small_ms < 500)) && ok "fork of a 131000 GiB VMA: $fork_ms ms ($small_ms for an empty process)" ||
     bad "fork of a 131000 GiB VMA took $fork_ms ms ($small_ms for an empty process)"
 sed -n 's/^PASS line [0-9]*: //p' "$tmp/out" | grep -qxF -- 'X check all+0x100000000000:16 0x00' &&
     ok "the child of the fork reads its page" || bad "the child of the fork did not read its page"
-for what in 'A check e+0x1000:16 0x00' 'A check e+0x2000:16 0x00'; do
+for what in 'A check e+0x1000:16 0x00' 'A check e+0x2000:16 0x00' 'A check d+0x5000:16 0x00'; do
     sed -n 's/^PASS line [0-9]*: //p' "$tmp/out" | grep -qxF -- "$what" &&
         ok "the line typed behind Ctrl-C ran next" || bad "'$what' was lost"
 done
