@@ -33,22 +33,7 @@ fn access_flag() -> Result<(), String> {
     let (pa, ch) = ("af_parent", "af_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
-        let m = proc::mmap(
-            pa,
-            "m",
-            MmapArgs {
-                size: 4 * PAGE_SIZE,
-                readable: true,
-                writable: true,
-                align: 0,
-                folio_order: 0,
-                pfn: None,
-                shared: false,
-                memfd: None,
-                file: None,
-                noreserve: false,
-            },
-        )?;
+        let m = proc::mmap(pa, "m", super::anon(4 * PAGE_SIZE))?;
         ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
         ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
         proc::fork(pa, ch)?;

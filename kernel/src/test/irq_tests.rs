@@ -17,7 +17,7 @@ use crate::ensure;
 use crate::irq::{self, sgi};
 use crate::mm::granule::PAGE_SIZE;
 use crate::println;
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::proc::{self, RunEnd};
 
 pub static TESTS: &[Test] = &[
     Test { name: "irq_ticks_on_every_cpu", f: ticks_on_every_cpu },
@@ -199,22 +199,7 @@ fn irq_from_el0_here() -> Result<(), String> {
             iterations *= 2;
         }
         // The process is still fine afterwards.
-        let va = proc::mmap(
-            name,
-            "buf",
-            MmapArgs {
-                size: PAGE_SIZE,
-                writable: true,
-                readable: true,
-                align: 0,
-                folio_order: 0,
-                pfn: None,
-                shared: false,
-                memfd: None,
-                file: None,
-                noreserve: false,
-            },
-        )?;
+        let va = proc::mmap(name, "buf", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 64, 3)?, RunEnd::Done), "process unusable after the IRQs");
         Ok(())
     })();
@@ -231,22 +216,7 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
     let name = "pan_test";
     proc::spawn(name)?;
     let r = (|| -> Result<(), String> {
-        let va = proc::mmap(
-            name,
-            "buf",
-            MmapArgs {
-                size: PAGE_SIZE,
-                writable: true,
-                readable: true,
-                align: 0,
-                folio_order: 0,
-                pfn: None,
-                shared: false,
-                memfd: None,
-                file: None,
-                noreserve: false,
-            },
-        )?;
+        let va = proc::mmap(name, "buf", super::anon(PAGE_SIZE))?;
         // An EL0 run first: the kernel comes back through an exception from
         // EL0, which must set PAN again (SCTLR_EL1.SPAN = 0).
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 0xa7)?, RunEnd::Done), "agent write failed");

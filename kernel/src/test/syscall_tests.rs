@@ -334,22 +334,7 @@ fn el0_isolation() -> Result<(), String> {
         }
         ensure!(SECRET.load(core::sync::atomic::Ordering::Relaxed) == 0x5ec2_e75e_c2e7, "kernel data changed");
         // And the process is still usable afterwards.
-        let va = proc::mmap(
-            name,
-            "after",
-            MmapArgs {
-                size: PAGE_SIZE,
-                writable: true,
-                readable: true,
-                align: 0,
-                folio_order: 0,
-                pfn: None,
-                shared: false,
-                memfd: None,
-                file: None,
-                noreserve: false,
-            },
-        )?;
+        let va = proc::mmap(name, "after", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 7)?, RunEnd::Done), "process unusable after the faults");
         Ok(())
     })();
@@ -366,22 +351,7 @@ fn bad_arguments() -> Result<(), String> {
         let pid = sc(nr::GETPID, [0; 6])?;
         ensure!(pid > 0, "getpid returned {pid}");
 
-        let va = proc::mmap(
-            name,
-            "buf",
-            MmapArgs {
-                size: 16 * PAGE_SIZE,
-                writable: true,
-                readable: true,
-                align: 0,
-                folio_order: 0,
-                pfn: None,
-                shared: false,
-                memfd: None,
-                file: None,
-                noreserve: false,
-            },
-        )?;
+        let va = proc::mmap(name, "buf", super::anon(16 * PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
         ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
         // A page the process never touched: the uaccess fault is demand-filled.
