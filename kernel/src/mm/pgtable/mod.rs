@@ -235,30 +235,16 @@ impl<'m, M: TableMemory> Tables<'m, M> {
     /// point to), through the walker in [`crate::mm::walk`]. `upper` selects
     /// the TTBR1 half.
     pub fn walk(&self, upper: bool, f: &mut dyn FnMut(&WalkEntry)) {
-        struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
-        impl crate::mm::walk::PageWalkOps for Adapter<'_> {
-            fn entry(&mut self, e: &WalkEntry) -> crate::mm::walk::Step {
-                (self.0)(e);
-                crate::mm::walk::Step::Continue
-            }
-        }
         // The lower half ends where the root table's reach does (2^39 for a
         // 4K level-1 root): beyond it indices would wrap around.
         let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128)
             .min(1 << 48) as u64;
         let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, reach) };
-        crate::mm::walk::walk_tables_with(
-            &*self.mem,
-            self.granule,
-            self.root,
-            self.start_level,
-            start,
-            end,
-            &mut Adapter(f),
-        );
+        self.walk_range(start, end, f);
     }
 
-    /// Like [`Self::walk`] over `[start, end)` of the lower (TTBR0) half.
+    /// Like [`Self::walk`] over `[start, end)` (an `end` of 0 is the top of the
+    /// address space).
     pub fn walk_range(&self, start: u64, end: u64, f: &mut dyn FnMut(&WalkEntry)) {
         struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
         impl crate::mm::walk::PageWalkOps for Adapter<'_> {
