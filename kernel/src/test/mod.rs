@@ -12,8 +12,8 @@
 //! in this configuration (see [`cannot_apply`]); the run ends with
 //! `invariants` and `N passed, M failed`, where a SKIP counts as neither.
 //! The build script counts the `kernel_test!` lines in the sources (and
-//! refuses a name declared twice); a run whose linked tests are fewer than
-//! that, because a file is not a module here, fails.
+//! refuses a name declared twice); a run that linked a different number of
+//! tests (a file with tests that is not a module here, say) fails.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -98,11 +98,11 @@ impl Rng {
 /// One in-kernel test, as `kernel_test!` places it in `.kernel_tests`.
 pub struct Test {
     /// The function's name.
-    pub name: &'static str,
-    pub f: TestFn,
+    name: &'static str,
+    f: TestFn,
     /// Where it is declared, which orders the run.
-    pub module: &'static str,
-    pub line: u32,
+    module: &'static str,
+    line: u32,
 }
 
 /// Fails the current test with a formatted message.
