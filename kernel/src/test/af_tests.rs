@@ -6,7 +6,7 @@
 
 use alloc::string::String;
 
-use super::{Test, anon};
+use super::anon;
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
@@ -15,10 +15,6 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, MmapArgs, RunEnd};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "access_flag_software_and_hardware", f: access_flag },
-    Test { name: "dirty_state_in_hardware_dbm", f: hw_dirty },
-];
 
 fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
     proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
@@ -29,7 +25,8 @@ fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
     .flatten()
 }
 
-fn access_flag() -> Result<(), String> {
+kernel_test!(access_flag_software_and_hardware);
+fn access_flag_software_and_hardware() -> Result<(), String> {
     let (pa, ch) = ("af_parent", "af_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
@@ -93,11 +90,12 @@ fn access_flag() -> Result<(), String> {
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }
 
+kernel_test!(dirty_state_in_hardware_dbm);
 /// Hardware dirty state (TCR_EL1.HD, DBM): a writable-clean entry (DBM set,
 /// AP[2] set) is written with no fault and the MMU makes it dirty; and no
 /// write-protected entry keeps DBM, so COW after fork and mprotect(R) still
 /// fault (Linux `pte_wrprotect` clears PTE_WRITE).
-fn hw_dirty() -> Result<(), String> {
+fn dirty_state_in_hardware_dbm() -> Result<(), String> {
     use crate::mm::desc;
     if !cpu::has_hw_dbm() {
         return super::cannot_apply("no FEAT_HAFDBS dirty state on this CPU: runs under -cpu max");

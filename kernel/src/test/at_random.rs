@@ -22,7 +22,7 @@ use super::Rng;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::Test;
+
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::probe_exec;
@@ -41,10 +41,6 @@ use crate::mm::pgtable::{
 };
 use crate::mm::tlb::KernelFlush;
 
-pub static TESTS: &[Test] = &[
-    Test { name: "at_random_layouts_kernel_ttbr1", f: kernel_layouts },
-    Test { name: "at_random_layouts_user_ttbr0_asid", f: user_layouts },
-];
 
 const MEM_TYPES: [MemType; 4] =
     [MemType::Normal, MemType::NormalNonCacheable, MemType::DeviceNGnRnE, MemType::DeviceNGnRE];
@@ -562,7 +558,8 @@ fn private_levels(start_level: u32, lo: u64, hi: u64) -> core::ops::Range<u32> {
     first.unwrap_or(2)..2
 }
 
-fn kernel_layouts() -> Result<(), String> {
+kernel_test!(at_random_layouts_kernel_ttbr1);
+fn at_random_layouts_kernel_ttbr1() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
     let mut total = Tally::default();
     let levels = private_levels(crate::mm::granule::START_LEVEL, TEST_WINDOW, TEST_WINDOW_END);
@@ -583,7 +580,8 @@ fn kernel_layouts() -> Result<(), String> {
     check_coverage(&total, "TTBR1", true)
 }
 
-fn user_layouts() -> Result<(), String> {
+kernel_test!(at_random_layouts_user_ttbr0_asid);
+fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
     let (_, empty) = kmap::roots();
     let mut total = Tally::default();

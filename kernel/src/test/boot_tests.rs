@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use aarch64_cpu::registers::{CurrentEL, MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TTBR1_EL1};
 
-use super::Test;
+
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::{probe_exec, probe_read_u8, probe_write_u8};
@@ -23,35 +23,17 @@ use crate::mm::layout::{FIXMAP_BASE, io_virt, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::sym_addr;
 
-pub static TESTS: &[Test] = &[
-    Test { name: "boot_running_at_el1", f: running_at_el1 },
-    Test { name: "boot_entry_el_matches_request", f: entry_el_matches_request },
-    Test { name: "mmu_on_with_final_tables", f: mmu_on },
-    Test { name: "mmu_registers_as_programmed", f: mmu_registers },
-    Test { name: "wx_kernel_text_not_writable", f: text_not_writable },
-    Test { name: "wx_rodata_not_writable", f: rodata_not_writable },
-    Test { name: "wx_data_not_executable", f: data_not_executable },
-    Test { name: "wx_linear_map_not_executable", f: linear_not_executable },
-    Test { name: "wx_no_leaf_writable_and_executable", f: no_wx_leaf },
-    Test { name: "fault_unmapped_top_level_hole", f: unmapped_top_level },
-    Test { name: "fault_unmapped_level3_stack_guard", f: stack_guard_level3 },
-    Test { name: "fault_dtb_fixmap_gone", f: fixmap_gone },
-    Test { name: "linear_map_uses_blocks", f: linear_map_blocks },
-    Test { name: "mmio_is_device_memory", f: mmio_device },
-    Test { name: "walker_agrees_with_at_on_kernel_addresses", f: walker_vs_at },
-    Test { name: "smp_all_cpus_online", f: all_cpus_online },
-    Test { name: "smp_secondary_runs_work", f: secondary_runs_work },
-    Test { name: "esr_decode_of_a_real_abort", f: esr_real_abort },
-];
 
-fn running_at_el1() -> Result<(), String> {
+kernel_test!(boot_running_at_el1);
+fn boot_running_at_el1() -> Result<(), String> {
     let el = CurrentEL.read(CurrentEL::EL);
     ensure!(el == 1, "CurrentEL is {el}");
     Ok(())
 }
 
+kernel_test!(boot_entry_el_matches_request);
 /// `pagelab.expect-el=N` (set by qemu-run.sh) must match how we were entered.
-fn entry_el_matches_request() -> Result<(), String> {
+fn boot_entry_el_matches_request() -> Result<(), String> {
     let b = boot();
     ensure!(b.boot_el == 1 || b.boot_el == 2, "entered at EL{}", b.boot_el);
     if let Some(want) = b.board.bootarg("pagelab.expect-el") {
@@ -60,7 +42,8 @@ fn entry_el_matches_request() -> Result<(), String> {
     Ok(())
 }
 
-fn mmu_on() -> Result<(), String> {
+kernel_test!(mmu_on_with_final_tables);
+fn mmu_on_with_final_tables() -> Result<(), String> {
     ensure!(SCTLR_EL1.is_set(SCTLR_EL1::M), "SCTLR_EL1.M is clear");
     ensure!(SCTLR_EL1.is_set(SCTLR_EL1::C) && SCTLR_EL1.is_set(SCTLR_EL1::I), "caches off");
     let (root, _) = kmap::roots();
@@ -69,7 +52,8 @@ fn mmu_on() -> Result<(), String> {
     Ok(())
 }
 
-fn mmu_registers() -> Result<(), String> {
+kernel_test!(mmu_registers_as_programmed);
+fn mmu_registers_as_programmed() -> Result<(), String> {
     let (m, t, s) = crate::arch::aarch64::mmu::expected();
     ensure!(
         (MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s),
@@ -123,8 +107,9 @@ fn expect_permission_fault(r: Result<(), (u64, u64)>, addr: u64, write: bool) ->
     Ok(())
 }
 
-fn text_not_writable() -> Result<(), String> {
-    let addr = text_not_writable as *const () as u64;
+kernel_test!(wx_kernel_text_not_writable);
+fn wx_kernel_text_not_writable() -> Result<(), String> {
+    let addr = wx_kernel_text_not_writable as *const () as u64;
     let before = probe_read_u8(addr).map_err(|_| "cannot read text")?;
     // SAFETY: must fault; if it does not, the test fails (and writes back the same byte).
     let r = unsafe { probe_write_u8(addr, before) };
@@ -135,7 +120,8 @@ fn text_not_writable() -> Result<(), String> {
 
 static RODATA_PROBE: u64 = 0x5a5a_5a5a;
 
-fn rodata_not_writable() -> Result<(), String> {
+kernel_test!(wx_rodata_not_writable);
+fn wx_rodata_not_writable() -> Result<(), String> {
     let addr = core::ptr::addr_of!(RODATA_PROBE) as u64;
     ensure!(addr >= sym_addr!(__rodata_start) && addr < sym_addr!(__rodata_end), "probe not in .rodata");
     // SAFETY: must fault.
@@ -146,7 +132,8 @@ fn rodata_not_writable() -> Result<(), String> {
 /// A `ret` instruction in writable data.
 static mut RET_IN_DATA: [u32; 4] = [0xd65f03c0; 4];
 
-fn data_not_executable() -> Result<(), String> {
+kernel_test!(wx_data_not_executable);
+fn wx_data_not_executable() -> Result<(), String> {
     let addr = core::ptr::addr_of!(RET_IN_DATA) as u64;
     ensure!(addr >= sym_addr!(__data_start) && addr < sym_addr!(__data_end), "probe not in data");
     // SAFETY: it is a `ret`; the call returns if executable, else aborts (recovered).
@@ -154,7 +141,8 @@ fn data_not_executable() -> Result<(), String> {
     expect_permission_fault(r, addr, false)
 }
 
-fn linear_not_executable() -> Result<(), String> {
+kernel_test!(wx_linear_map_not_executable);
+fn wx_linear_map_not_executable() -> Result<(), String> {
     let pa = crate::mm::frame::alloc_zeroed(0, crate::mm::frame::Owner::Test).ok_or("out of frames")?;
     let va = phys_to_virt(pa).0;
     // SAFETY: a fresh frame; write a `ret` into it through the linear map.
@@ -165,7 +153,8 @@ fn linear_not_executable() -> Result<(), String> {
     expect_permission_fault(r, va, false)
 }
 
-fn no_wx_leaf() -> Result<(), String> {
+kernel_test!(wx_no_leaf_writable_and_executable);
+fn wx_no_leaf_writable_and_executable() -> Result<(), String> {
     let mut leaves = 0;
     let mut bad = None;
     kmap::with_tables(|t| {
@@ -200,11 +189,12 @@ fn expect_translation_fault(addr: u64, level: i8) -> Result<(), String> {
     }
 }
 
+kernel_test!(fault_unmapped_top_level_hole);
 /// A hole at the top of the TTBR1 half faults at the first level that has an
 /// empty entry: the start level for 4K (L0) and 64K (L1). With 16K, level 0
 /// has only two entries and both are in use (linear map/MMIO and the image),
 /// so the first empty entry is at level 1.
-fn unmapped_top_level() -> Result<(), String> {
+fn fault_unmapped_top_level_hole() -> Result<(), String> {
     let addr = 0xffff_6800_0000_0000u64;
     let want = match GRANULE {
         crate::mm::granule::Granule::K16 => crate::mm::granule::START_LEVEL + 1,
@@ -218,7 +208,8 @@ fn unmapped_top_level() -> Result<(), String> {
     expect_translation_fault(addr, lvl as i8)
 }
 
-fn stack_guard_level3() -> Result<(), String> {
+kernel_test!(fault_unmapped_level3_stack_guard);
+fn fault_unmapped_level3_stack_guard() -> Result<(), String> {
     // The guard below CPU 0's stack is unmapped inside a populated level-3 table.
     let (lo, _) = kmap::stack_range(0);
     let guard = lo - PAGE_SIZE;
@@ -227,7 +218,8 @@ fn stack_guard_level3() -> Result<(), String> {
     expect_translation_fault(lo1 - 8, 3)
 }
 
-fn fixmap_gone() -> Result<(), String> {
+kernel_test!(fault_dtb_fixmap_gone);
+fn fault_dtb_fixmap_gone() -> Result<(), String> {
     // The boot-time DTB window must not survive the switch to the final tables.
     let addr = FIXMAP_BASE + (boot().dtb_pa & (PAGE_SIZE - 1));
     match kmap::with_tables(|t| t.translate(VirtAddr(addr))) {
@@ -236,7 +228,8 @@ fn fixmap_gone() -> Result<(), String> {
     }
 }
 
-fn linear_map_blocks() -> Result<(), String> {
+kernel_test!(linear_map_uses_blocks);
+fn linear_map_uses_blocks() -> Result<(), String> {
     let mut checked = 0;
     for r in &boot().board.ram {
         // Expected leaf level at each aligned point the mapper could use a block for.
@@ -296,7 +289,8 @@ fn linear_map_blocks() -> Result<(), String> {
     Ok(())
 }
 
-fn mmio_device() -> Result<(), String> {
+kernel_test!(mmio_is_device_memory);
+fn mmio_is_device_memory() -> Result<(), String> {
     let u = boot().board.uart.as_ref().ok_or("no UART")?;
     let va = io_virt(u.regs[0].start).0;
     match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
@@ -316,13 +310,14 @@ fn mmio_device() -> Result<(), String> {
     Ok(())
 }
 
+kernel_test!(walker_agrees_with_at_on_kernel_addresses);
 /// The MMU's own `AT` agrees with the software walk and with what the
 /// kernel asked its tables to map ([`kmap::image_sections`], the linear map
 /// of RAM read-write, the UART as Device-nGnRE, nothing elsewhere) on a
 /// sample of kernel addresses: every page of the image, samples of the
 /// linear map, the UART, holes. Memory type and shareability come from
 /// PAR_EL1.
-fn walker_vs_at() -> Result<(), String> {
+fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     use crate::mm::desc::{LeafAttrs, TableAttrs};
     use crate::mm::pgtable::atcheck::{self, Access, Request};
     let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE };
@@ -370,7 +365,8 @@ fn walker_vs_at() -> Result<(), String> {
     Ok(())
 }
 
-fn all_cpus_online() -> Result<(), String> {
+kernel_test!(smp_all_cpus_online);
+fn smp_all_cpus_online() -> Result<(), String> {
     let want = boot().board.cpus.len().min(crate::arch::aarch64::boot::MAX_CPUS);
     let online = percpu::ONLINE.load(Ordering::Acquire);
     ensure!(online == want, "{online} CPUs online, devicetree lists {want}");
@@ -388,7 +384,8 @@ fn secondary_work() {
     WORK_DONE.fetch_or(if ok { 1 << id } else { 1 << (32 + id) }, Ordering::AcqRel);
 }
 
-fn secondary_runs_work() -> Result<(), String> {
+kernel_test!(smp_secondary_runs_work);
+fn smp_secondary_runs_work() -> Result<(), String> {
     let n = percpu::ONLINE.load(Ordering::Acquire);
     WORK_DONE.store(0, Ordering::Release);
     for id in 1..n {
@@ -406,7 +403,8 @@ fn secondary_runs_work() -> Result<(), String> {
     Ok(())
 }
 
-fn esr_real_abort() -> Result<(), String> {
+kernel_test!(esr_decode_of_a_real_abort);
+fn esr_decode_of_a_real_abort() -> Result<(), String> {
     // A read of an unmapped address through a probe: the ESR the CPU gave us
     // must decode as an EL1 read data abort with a translation fault.
     let (esr, _) = match probe_read_u8(0xffff_6800_0000_1000) {

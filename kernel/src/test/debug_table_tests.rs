@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use super::{Test, anon};
+use super::anon;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
@@ -18,12 +18,6 @@ use crate::proc::debug_table::{self as dt, DebugVma, MAX_PROCS, MAX_VMAS};
 use crate::proc::sched;
 use crate::proc::{self, RunEnd};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "debug_table_follows_processes_and_vmas", f: follows },
-    Test { name: "debug_table_reports_vma_overflow", f: vma_overflow },
-    Test { name: "debug_table_reports_process_overflow", f: proc_overflow },
-    Test { name: "debug_table_records_the_running_task", f: running_task },
-];
 
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {
@@ -54,7 +48,8 @@ fn slot_matches(name: &str, p: &proc::Process) -> Result<u32, String> {
     }
 }
 
-fn follows() -> Result<(), String> {
+kernel_test!(debug_table_follows_processes_and_vmas);
+fn debug_table_follows_processes_and_vmas() -> Result<(), String> {
     let (a, c) = ("dt_a", "dt_c");
     let (n0, u0) = dt::counts();
     proc::spawn(a)?;
@@ -96,9 +91,10 @@ fn follows() -> Result<(), String> {
     r
 }
 
+kernel_test!(debug_table_reports_vma_overflow);
 /// More VMAs than a slot holds: the count stays right, the first
 /// MAX_VMAS are recorded, and all of them again once it fits.
-fn vma_overflow() -> Result<(), String> {
+fn debug_table_reports_vma_overflow() -> Result<(), String> {
     let name = "dt_vmas";
     proc::spawn(name)?;
     let r = (|| {
@@ -131,9 +127,10 @@ fn vma_overflow() -> Result<(), String> {
     r
 }
 
+kernel_test!(debug_table_reports_process_overflow);
 /// More processes than slots: the extra ones are counted as unslotted
 /// (what gdb reports), and the counts return when they exit.
-fn proc_overflow() -> Result<(), String> {
+fn debug_table_reports_process_overflow() -> Result<(), String> {
     let (n0, u0) = dt::counts();
     let slotted = n0 - u0;
     let k = MAX_PROCS as u32 - slotted + 2;
@@ -179,9 +176,10 @@ fn proc_overflow() -> Result<(), String> {
     again.map(|_| ())
 }
 
+kernel_test!(debug_table_records_the_running_task);
 /// While a task runs at EL0 on another CPU, the mirror names its pid and
 /// tid for that CPU; afterwards nothing. (With one CPU only the latter.)
-fn running_task() -> Result<(), String> {
+fn debug_table_records_the_running_task() -> Result<(), String> {
     let name = "dt_run";
     proc::spawn(name)?;
     let r = (|| {

@@ -9,25 +9,21 @@ use super::Rng;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use super::Test;
+
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::{fail_alloc, frame};
 use crate::proc::{self, MmapArgs, ProcError, RunEnd, Unresolved};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "fail_alloc_random_ops_leak_nothing", f: random_ops },
-    Test { name: "fail_alloc_mprotect_of_a_block_keeps_vma_and_entries", f: mprotect_block },
-    Test { name: "fail_alloc_mmap_pfn_leaves_no_entries", f: mmap_pfn },
-];
 
+kernel_test!(fail_alloc_mmap_pfn_leaves_no_entries);
 /// `mmap pfn=` of the whole PFN pool with the k-th allocation failing, for
 /// k = 0, 1, ... until it gets through: a failure leaves no entry behind
 /// (`invariants`: none outside a VMA) and the next mapping at that address
 /// works. (The cleanup's zap ran under injection and could fail, leaving
 /// the special entries `remap_pfn_range` wrote with no VMA.)
-fn mmap_pfn() -> Result<(), String> {
+fn fail_alloc_mmap_pfn_leaves_no_entries() -> Result<(), String> {
     let name = "fa_mmap_pfn";
     let Some((ps, pe)) = crate::mm::memory::pfn_pool() else {
         return super::cannot_apply("this machine has no PFN pool");
@@ -73,13 +69,14 @@ fn mmap_pfn() -> Result<(), String> {
     Ok(())
 }
 
+kernel_test!(fail_alloc_mprotect_of_a_block_keeps_vma_and_entries);
 /// `mprotect` read-only of one page inside a block, with the k-th
 /// allocation failing for k = 0, 1, ...: a failure leaves the VMA and the
 /// entries agreeing (the page stays writable from EL0, `invariants` holds),
 /// and the call that gets through makes the page read-only and nothing
 /// else. (The block's split needs a table page; it used to fail after the
 /// VMA was already read-only, leaving a writable entry behind.)
-fn mprotect_block() -> Result<(), String> {
+fn fail_alloc_mprotect_of_a_block_keeps_vma_and_entries() -> Result<(), String> {
     let name = "fa_mprotect_blk";
     let blk = crate::mm::granule::GRANULE.level_size(2);
     // A block-sized folio needs the block in RAM, twice over to be found.
@@ -173,7 +170,8 @@ fn access_ok(what: &str, end: RunEnd) -> Result<bool, String> {
     }
 }
 
-fn random_ops() -> Result<(), String> {
+kernel_test!(fail_alloc_random_ops_leak_nothing);
+fn fail_alloc_random_ops_leak_nothing() -> Result<(), String> {
     let free0 = frame::stats().free;
     let mut procs: Vec<P> = Vec::new();
     let mut pins: Vec<String> = Vec::new();

@@ -4,7 +4,7 @@
 
 use alloc::string::String;
 
-use super::Test;
+
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::PhysAddr;
@@ -18,10 +18,6 @@ use crate::proc::{
     syscall::{EBUSY, EINVAL},
 };
 
-pub static TESTS: &[Test] = &[
-    Test { name: "insert_zeropage_decision_table", f: decision_table },
-    Test { name: "insert_pages_and_mixed", f: pages_and_mixed },
-];
 
 const P: &str = "insert_test";
 
@@ -52,8 +48,9 @@ fn run(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants after exit: {e}"))
 }
 
+kernel_test!(insert_zeropage_decision_table);
 /// The rows: (what, VMA flags, forbid zeropage, allowed).
-fn decision_table() -> Result<(), String> {
+fn insert_zeropage_decision_table() -> Result<(), String> {
     use VmFlags as F;
     let rows: &[(&str, VmFlags, bool, bool)] = &[
         ("mm forbids the zeropage (COW mapping)", flags(&[F::READ, F::WRITE, F::MAYWRITE]), true, false),
@@ -129,7 +126,8 @@ fn decision_table() -> Result<(), String> {
     })
 }
 
-fn pages_and_mixed() -> Result<(), String> {
+kernel_test!(insert_pages_and_mixed);
+fn insert_pages_and_mixed() -> Result<(), String> {
     use VmFlags as F;
     run(|| {
         // A driver page: mapped with a reference and a mapping; EL0 reads it.

@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::Test;
+
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::user::{SVC_DONE, op};
@@ -19,13 +19,6 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::println;
 use crate::proc::{self, RunEnd};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "irq_ticks_on_every_cpu", f: ticks_on_every_cpu },
-    Test { name: "irq_tick_hook_runs", f: tick_hook_runs },
-    Test { name: "irq_sgi_reaches_each_cpu", f: sgi_reaches_each_cpu },
-    Test { name: "irq_from_el0_returns_to_el0", f: irq_from_el0 },
-    Test { name: "pan_blocks_plain_el1_access_to_user_pages", f: pan_blocks_plain_access },
-];
 
 fn online() -> usize {
     percpu::ONLINE.load(Ordering::Acquire)
@@ -43,7 +36,8 @@ fn all_ready() -> Result<usize, String> {
     Ok(n)
 }
 
-fn ticks_on_every_cpu() -> Result<(), String> {
+kernel_test!(irq_ticks_on_every_cpu);
+fn irq_ticks_on_every_cpu() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
         return super::cannot_apply(why);
     }
@@ -78,7 +72,8 @@ fn counting_hook(cpu: usize, _from_el0: bool) {
     HOOK_CALLS[cpu].fetch_add(1, Ordering::Relaxed);
 }
 
-fn tick_hook_runs() -> Result<(), String> {
+kernel_test!(irq_tick_hook_runs);
+fn irq_tick_hook_runs() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
         return super::cannot_apply(why);
     }
@@ -106,7 +101,8 @@ fn record_sgi(cpu: usize) {
     SGI_SEEN_BY.fetch_or(1 << cpu, Ordering::AcqRel);
 }
 
-fn sgi_reaches_each_cpu() -> Result<(), String> {
+kernel_test!(irq_sgi_reaches_each_cpu);
+fn irq_sgi_reaches_each_cpu() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
         return super::cannot_apply(why);
     }
@@ -136,11 +132,12 @@ fn sgi_reaches_each_cpu() -> Result<(), String> {
     r
 }
 
+kernel_test!(irq_from_el0_returns_to_el0);
 /// An agent loop long enough to span several ticks at EL0: each tick enters
 /// the EL0 IRQ vector and must come back to EL0 with every register, SP_EL0
 /// and the flags as they were. (QEMU takes interrupts between translation
 /// blocks, so the loop keeps its flags and registers live across them.)
-fn irq_from_el0() -> Result<(), String> {
+fn irq_from_el0_returns_to_el0() -> Result<(), String> {
     if let Some(why) = irq::no_interrupts_reason() {
         return super::cannot_apply(why);
     }
@@ -207,7 +204,8 @@ fn irq_from_el0_here() -> Result<(), String> {
     r
 }
 
-fn pan_blocks_plain_access() -> Result<(), String> {
+kernel_test!(pan_blocks_plain_el1_access_to_user_pages);
+fn pan_blocks_plain_el1_access_to_user_pages() -> Result<(), String> {
     // The EL0 run must come back on this CPU, whose PSTATE.PAN is checked.
     proc::sched::pin_to_caller(pan_blocks_plain_access_here)
 }

@@ -5,26 +5,19 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::Test;
+
 use crate::ensure;
 use crate::mm::addr::PhysAddr;
 use crate::mm::frame::{self, FreeError, Owner};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
 
-pub static TESTS: &[Test] = &[
-    Test { name: "frames_alloc_all_and_free_all", f: alloc_all },
-    Test { name: "frames_orders_are_aligned_and_disjoint", f: orders },
-    Test { name: "frames_bad_free_is_refused", f: bad_free },
-    Test { name: "frames_zeroed_and_usable", f: zeroed },
-    Test { name: "heap_large_allocation", f: heap_big },
-    Test { name: "mm_user_frame_double_free_refused", f: user_double_free },
-];
 
+kernel_test!(mm_user_frame_double_free_refused);
 /// A single user frame goes back to this CPU's page list on free; freeing
 /// it again (it is on the list) is refused and changes nothing, and the
 /// counters stay exact.
-fn user_double_free() -> Result<(), String> {
+fn mm_user_frame_double_free_refused() -> Result<(), String> {
     let before = frame::stats().free;
     let pa = frame::alloc_user(0).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::UserAnon).map_err(|e| alloc::format!("first free: {e:?}"))?;
@@ -37,9 +30,10 @@ fn user_double_free() -> Result<(), String> {
     Ok(())
 }
 
+kernel_test!(frames_alloc_all_and_free_all);
 /// Takes every free frame (largest orders first), checks they are distinct
 /// RAM frames and that the count matches `free`, then gives all back.
-fn alloc_all() -> Result<(), String> {
+fn frames_alloc_all_and_free_all() -> Result<(), String> {
     let before = frame::stats();
     let base = crate::kmain::boot().board.ram.iter().map(|r| r.start.0).min().unwrap() / PAGE_SIZE;
     let span = crate::kmain::boot().board.ram.iter().map(|r| r.end.0).max().unwrap() / PAGE_SIZE - base;
@@ -77,7 +71,8 @@ fn alloc_all() -> Result<(), String> {
     result
 }
 
-fn orders() -> Result<(), String> {
+kernel_test!(frames_orders_are_aligned_and_disjoint);
+fn frames_orders_are_aligned_and_disjoint() -> Result<(), String> {
     let mut got = Vec::new();
     for order in [0u32, 1, 4, 9] {
         let pa = frame::alloc(order, Owner::Test).ok_or("out of frames")?;
@@ -97,7 +92,8 @@ fn orders() -> Result<(), String> {
     Ok(())
 }
 
-fn bad_free() -> Result<(), String> {
+kernel_test!(frames_bad_free_is_refused);
+fn frames_bad_free_is_refused() -> Result<(), String> {
     let before = frame::stats();
     let pa = frame::alloc(0, Owner::Test).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
@@ -116,7 +112,8 @@ fn bad_free() -> Result<(), String> {
     Ok(())
 }
 
-fn zeroed() -> Result<(), String> {
+kernel_test!(frames_zeroed_and_usable);
+fn frames_zeroed_and_usable() -> Result<(), String> {
     let pa = frame::alloc(2, Owner::Test).ok_or("out of frames")?;
     let va = phys_to_virt(pa).0 as *mut u64;
     let n = (4 * PAGE_SIZE / 8) as usize;
@@ -139,7 +136,8 @@ fn zeroed() -> Result<(), String> {
     Ok(())
 }
 
-fn heap_big() -> Result<(), String> {
+kernel_test!(heap_large_allocation);
+fn heap_large_allocation() -> Result<(), String> {
     // Larger than the static heap: must come from frames.
     let v: Vec<u8> = vec![0xa5; 3 << 20];
     ensure!(v.iter().all(|&b| b == 0xa5), "heap memory corrupt");

@@ -1,26 +1,62 @@
-//! The in-kernel test runner (stable Rust: a plain table of functions).
+//! The in-kernel test runner.
+//!
+//! A test is a function `fn name() -> Result<(), String>` with
+//! `kernel_test!(name);` on the line above it. The macro places a [`Test`]
+//! named `name` in the linker section `.kernel_tests`, which the runner reads
+//! between `__kernel_tests_start` and `__kernel_tests_end` (as the exception
+//! table is read), so no list of tests exists to forget. Tests run module by
+//! module in [`test_modules!`] order and top to bottom within a file.
 //!
 //! Each test runs on the emulated CPU against the real MMU and prints
 //! `PASS name`, `FAIL name: why`, or `SKIP name: why` when it cannot apply
 //! in this configuration (see [`cannot_apply`]); the run ends with
 //! `invariants` and `N passed, M failed`, where a SKIP counts as neither.
+//! The build script counts the `kernel_test!` lines in the sources (and
+//! refuses a name declared twice); a run that linked a different number of
+//! tests (a file with tests that is not a module here, say) fails.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 use spin::Mutex;
 
 use crate::println;
 
-mod af_tests;
-mod at_random;
-mod boot_tests;
-mod debug_table_tests;
-mod fail_alloc_tests;
-mod insert_tests;
-mod irq_tests;
-mod mm_tests;
-mod sched_tests;
-mod syscall_tests;
-mod table_tests;
+/// Registers `fn name() -> Result<(), String>` as the in-kernel test `name`:
+/// a [`Test`] in the `.kernel_tests` section. Written `kernel_test!(name);`
+/// on a line of its own above the function (the build script counts those
+/// lines).
+macro_rules! kernel_test {
+    ($name:ident) => {
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = ".kernel_tests")]
+            static TEST: $crate::test::Test =
+                $crate::test::Test { name: stringify!($name), f: $name, module: module_path!(), line: line!() };
+        };
+    };
+}
+
+/// Declares the test modules; their tests run in this order.
+macro_rules! test_modules {
+    ($($m:ident),* $(,)?) => {
+        $(mod $m;)*
+        const MODULE_ORDER: &[&str] = &[$(concat!(module_path!(), "::", stringify!($m))),*];
+    };
+}
+
+test_modules!(
+    boot_tests,
+    mm_tests,
+    table_tests,
+    at_random,
+    syscall_tests,
+    irq_tests,
+    insert_tests,
+    af_tests,
+    sched_tests,
+    debug_table_tests,
+    fail_alloc_tests,
+);
 pub use table_tests::at_outcome;
 
 pub type TestFn = fn() -> Result<(), String>;
@@ -59,9 +95,14 @@ impl Rng {
     }
 }
 
+/// One in-kernel test, as `kernel_test!` places it in `.kernel_tests`.
 pub struct Test {
-    pub name: &'static str,
-    pub f: TestFn,
+    /// The function's name.
+    name: &'static str,
+    f: TestFn,
+    /// Where it is declared, which orders the run.
+    module: &'static str,
+    line: u32,
 }
 
 /// Fails the current test with a formatted message.
@@ -74,19 +115,41 @@ macro_rules! ensure {
     };
 }
 
-fn all() -> impl Iterator<Item = &'static Test> {
-    boot_tests::TESTS
-        .iter()
-        .chain(mm_tests::TESTS.iter())
-        .chain(table_tests::TESTS.iter())
-        .chain(at_random::TESTS.iter())
-        .chain(syscall_tests::TESTS.iter())
-        .chain(irq_tests::TESTS.iter())
-        .chain(insert_tests::TESTS.iter())
-        .chain(af_tests::TESTS.iter())
-        .chain(sched_tests::TESTS.iter())
-        .chain(debug_table_tests::TESTS.iter())
-        .chain(fail_alloc_tests::TESTS.iter())
+unsafe extern "C" {
+    static __kernel_tests_start: u8;
+    static __kernel_tests_end: u8;
+}
+
+/// Every test linked into the kernel, in section order.
+fn linked() -> &'static [Test] {
+    let start = (&raw const __kernel_tests_start).cast::<Test>();
+    let end = (&raw const __kernel_tests_end).cast::<Test>();
+    // SAFETY: the linker script places only `kernel_test!` statics (each a
+    // `Test`, whose size is a multiple of its alignment) between the two
+    // symbols, and the section is never written.
+    unsafe { core::slice::from_raw_parts(start, end.offset_from(start) as usize) }
+}
+
+/// Every test in run order: by module in `test_modules!` order (others
+/// after, by path), then by line.
+fn all() -> Vec<&'static Test> {
+    let rank = |m: &str| MODULE_ORDER.iter().position(|&o| o == m).unwrap_or(MODULE_ORDER.len());
+    let mut v: Vec<&'static Test> = linked().iter().collect();
+    v.sort_by(|a, b| (rank(a.module), a.module, a.line).cmp(&(rank(b.module), b.module, b.line)));
+    v
+}
+
+/// How many `kernel_test!` lines the build script counted in the sources.
+const DECLARED: &str = env!("PAGELAB_KERNEL_TESTS");
+
+/// The linked tests are exactly the declared ones: a file whose tests are
+/// declared but that is not a module of the kernel would otherwise vanish.
+fn check_registry() -> Result<(), String> {
+    let linked = linked().len();
+    if DECLARED.parse() != Ok(linked) {
+        return Err(alloc::format!("{linked} tests linked but {DECLARED} declared with kernel_test!"));
+    }
+    Ok(())
 }
 
 /// Why the running test cannot apply, once it said so.
@@ -114,7 +177,7 @@ pub struct Tally {
 /// Runs the tests whose name contains `filter` (all when None).
 pub fn run_filtered(filter: Option<&str>) -> Tally {
     let mut t = Tally::default();
-    for test in all().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
+    for test in all().into_iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
         *CANNOT_APPLY.lock() = None;
         let r = (test.f)();
         let skipped = CANNOT_APPLY.lock().take();
@@ -142,7 +205,11 @@ pub fn run_filtered(filter: Option<&str>) -> Tally {
 /// `pagelab.mode=test`: every test, then invariants and the summary line.
 /// Returns the number of failures.
 pub fn run_all() -> usize {
-    println!("running {} in-kernel tests", all().count());
+    println!("running {} in-kernel tests", linked().len());
+    let registry = check_registry();
+    if let Err(e) = &registry {
+        println!("error: {e}");
+    }
     let t = run_filtered(None);
     let (p, f) = match crate::console::invariants_for_tests() {
         Ok(()) => {
@@ -154,11 +221,12 @@ pub fn run_all() -> usize {
             (0, 1)
         }
     };
-    println!("{} passed, {} failed", t.passed + p, t.failed + f);
-    t.failed + f
+    let r = usize::from(registry.is_err());
+    println!("{} passed, {} failed", t.passed + p, t.failed + f + r);
+    t.failed + f + r
 }
 
 /// How many tests have a name containing `filter`.
 pub fn matching(filter: &str) -> usize {
-    all().filter(|t| t.name.contains(filter)).count()
+    linked().iter().filter(|t| t.name.contains(filter)).count()
 }

@@ -9,7 +9,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::{Test, anon};
+use super::anon;
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::op;
@@ -23,16 +23,6 @@ use crate::println;
 use crate::proc::sched::{self, Task};
 use crate::proc::{self, MmapArgs, RunEnd, asid, syscall};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "sched_preempts_el0_on_one_cpu", f: preempts_el0 },
-    Test { name: "sched_registers_survive_task_switches", f: registers_survive },
-    Test { name: "sched_tasks_run_on_every_cpu", f: tasks_on_every_cpu },
-    Test { name: "sched_tlb_shootdown_between_threads", f: tlb_shootdown },
-    Test { name: "sched_asid_kept_across_rollover_while_running", f: asid_kept_across_rollover },
-    Test { name: "smp_gup_fast_races_fork", f: gup_fast_races_fork },
-    Test { name: "smp_cow_fault_races_exit", f: cow_fault_races_exit },
-    Test { name: "smp_page_lists_alloc_here_free_there", f: page_lists_cross_cpu },
-];
 
 fn me() -> usize {
     percpu::this_cpu().id
@@ -70,10 +60,11 @@ fn done_ok(regs: &TrapFrame, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+kernel_test!(sched_preempts_el0_on_one_cpu);
 /// Two threads on one CPU: A spins at EL0 until B sets a flag. Only a tick
 /// that preempts A lets B run at all (without preemption this test hangs,
 /// and the run's timeout fails it).
-fn preempts_el0() -> Result<(), String> {
+fn sched_preempts_el0_on_one_cpu() -> Result<(), String> {
     if let Some(why) = crate::irq::no_interrupts_reason() {
         return super::cannot_apply(&alloc::format!("preemption needs the tick; {why}"));
     }
@@ -101,9 +92,10 @@ fn preempts_el0() -> Result<(), String> {
     })
 }
 
+kernel_test!(sched_registers_survive_task_switches);
 /// Two long SPIN loops in two processes share one CPU: each is preempted
 /// and resumed several times, and each ends with exactly its own registers.
-fn registers_survive() -> Result<(), String> {
+fn sched_registers_survive_task_switches() -> Result<(), String> {
     if let Some(why) = crate::irq::no_interrupts_reason() {
         return super::cannot_apply(&alloc::format!("preemption needs the tick; {why}"));
     }
@@ -150,8 +142,9 @@ fn registers_survive() -> Result<(), String> {
     r
 }
 
+kernel_test!(sched_tasks_run_on_every_cpu);
 /// One task pinned to each CPU writes its own page; each ran there only.
-fn tasks_on_every_cpu() -> Result<(), String> {
+fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
     let name = "sched_every";
     let n = cpus();
     in_process(name, || {
@@ -231,12 +224,13 @@ fn reader_stopped(
     Ok(())
 }
 
+kernel_test!(sched_tlb_shootdown_between_threads);
 /// Two threads of one address space on two CPUs: A (cpu1) keeps loading a
 /// page while B (this CPU) mprotects it to none, then unmaps another. When
 /// B's system call returns, the broadcast TLBI has completed: A's very next
 /// load must fault. A non-broadcast TLBI leaves A's TLB entry alive (QEMU
 /// models per-CPU TLBs), and A goes on loading.
-fn tlb_shootdown() -> Result<(), String> {
+fn sched_tlb_shootdown_between_threads() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: nothing to shoot down; this runs with --smp 2 or more");
     }
@@ -278,11 +272,12 @@ fn tlb_shootdown() -> Result<(), String> {
     })
 }
 
+kernel_test!(sched_asid_kept_across_rollover_while_running);
 /// A rollover while a thread of R runs on another CPU: R must keep its
 /// ASID (the CPU goes on using it from TTBR0), nobody else may be given
 /// it, and a TLBI for R, made from this CPU afterwards, must reach the
 /// entries the other CPU cached under it.
-fn asid_kept_across_rollover() -> Result<(), String> {
+fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more");
     }
@@ -391,10 +386,11 @@ fn gup_racer() {
     RACE_DONE.store(true, Ordering::Release);
 }
 
+kernel_test!(smp_gup_fast_races_fork);
 /// GUP-fast on cpu1 against fork on this CPU (Linux's `write_protect_seq`):
 /// the parent makes its pages writable again, forks, the child exits, many
 /// times, while cpu1 pins the same range locklessly without pause.
-fn gup_fast_races_fork() -> Result<(), String> {
+fn smp_gup_fast_races_fork() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: no race; this runs with --smp 2 or more");
     }
@@ -450,12 +446,13 @@ fn gup_fast_races_fork() -> Result<(), String> {
     })
 }
 
+kernel_test!(smp_cow_fault_races_exit);
 /// Seed 003's scenario on real CPUs: a page COW-shared by parent A and
 /// child B; two threads of A, on two CPUs, write it at once while B exits
 /// on this CPU. Whatever the interleaving, A ends with one private copy,
 /// holding the last value written, with nothing leaked or double-mapped
 /// (`invariants` after every round).
-fn cow_fault_races_exit() -> Result<(), String> {
+fn smp_cow_fault_races_exit() -> Result<(), String> {
     let n = cpus();
     if n < 3 {
         return super::cannot_apply("fewer than 3 CPUs: runs with --smp 4");
@@ -495,12 +492,13 @@ fn cow_fault_races_exit() -> Result<(), String> {
     })
 }
 
+kernel_test!(smp_page_lists_alloc_here_free_there);
 /// The per-CPU page lists across CPUs: user frames faulted in on cpu1 come
 /// from its list and are freed into this CPU's (which fills and gives
 /// frames back to the buddy), then large folios faulted on cpu1 are freed
 /// here through the buddy. The allocator's counters must stay exact
 /// (`frame::check`), and every frame must come back.
-fn page_lists_cross_cpu() -> Result<(), String> {
+fn smp_page_lists_alloc_here_free_there() -> Result<(), String> {
     use crate::mm::frame;
     if cpus() < 2 {
         return super::cannot_apply("one CPU: runs with --smp 2 or more");

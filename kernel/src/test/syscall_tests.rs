@@ -4,7 +4,7 @@
 
 use alloc::string::{String, ToString};
 
-use super::Test;
+
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::frame;
@@ -12,15 +12,6 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::proc::syscall::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, MmapArgs, RunEnd};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments },
-    Test { name: "el0_cannot_reach_kernel_memory", f: el0_isolation },
-    Test { name: "syscall_errnos_from_typed_errors", f: typed_errnos },
-    Test { name: "fork_fails_cleanly_at_every_allocation", f: fork_every_failure },
-    Test { name: "el0_fault_out_of_memory_is_reported", f: el0_fault_oom },
-    Test { name: "mprotect_madvise_errnos_as_linux", f: linux_errnos },
-    Test { name: "expect_fault_passes_only_sigsegv", f: expect_fault_only_sigsegv },
-];
 
 /// The flags of the VMA at `va` in `name`.
 fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {
@@ -28,13 +19,14 @@ fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags
     Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(va).map(|v| v.flags)))?)
 }
 
+kernel_test!(mprotect_madvise_errnos_as_linux);
 /// Where mprotect and madvise used to differ from Linux: mprotect of
 /// length 0 is 0; past the user top or with a length that wraps it is
 /// -ENOMEM (`do_mprotect_pkey`), and so is madvise past the user top (a
 /// hole); MADV_(NO)HUGEPAGE over a hole applies to the mapped parts, then
 /// is -ENOMEM (`madvise_walk_vmas`); DONTNEED of a PFN mapping is -EINVAL
 /// and leaves its entries (`madvise_dontneed_free_valid_vma`).
-fn linux_errnos() -> Result<(), String> {
+fn mprotect_madvise_errnos_as_linux() -> Result<(), String> {
     use crate::mm::mm_struct::VmFlags;
     let name = "linux_errno_test";
     proc::spawn(name)?;
@@ -96,11 +88,12 @@ fn linux_errnos() -> Result<(), String> {
     r
 }
 
+kernel_test!(el0_fault_out_of_memory_is_reported);
 /// An EL0 access whose fault runs out of memory (the frame, or the table
 /// for it) ends as `out of memory`, not as a permission or translation
 /// fault; once memory is back the same access works and nothing leaked.
 /// The reasons no mapping and permission are told apart too.
-fn el0_fault_oom() -> Result<(), String> {
+fn el0_fault_out_of_memory_is_reported() -> Result<(), String> {
     use crate::mm::fail_alloc;
     use proc::Unresolved;
     let name = "oomfault_test";
@@ -144,11 +137,12 @@ fn el0_fault_oom() -> Result<(), String> {
     Ok(())
 }
 
+kernel_test!(expect_fault_passes_only_sigsegv);
 /// `expect-fault` passes only for the refusals Linux would SIGSEGV: a real
 /// hole and a real read-only page pass; out of memory and a fault the kernel
 /// does not resolve (alignment, external abort, TLB conflict: nothing a
 /// script can cause, so the run's end is given) are errors that say why.
-fn expect_fault_only_sigsegv() -> Result<(), String> {
+fn expect_fault_passes_only_sigsegv() -> Result<(), String> {
     use crate::console::expect_fault_verdict_for_tests as verdict;
     use proc::Unresolved;
     let name = "expect_fault_test";
@@ -175,11 +169,12 @@ fn expect_fault_only_sigsegv() -> Result<(), String> {
     r
 }
 
+kernel_test!(syscall_errnos_from_typed_errors);
 /// Errnos that string matching got wrong: munmap of the agent is -EINVAL
 /// (a bad argument, not a lack of memory), and a clone whose new agent
 /// mapping runs out of table memory is -ENOMEM (was -EINVAL: the text
 /// "mapping the agent: OutOfMemory" did not contain "out of memory").
-fn typed_errnos() -> Result<(), String> {
+fn syscall_errnos_from_typed_errors() -> Result<(), String> {
     use crate::mm::fail_alloc;
     let name = "errno_test";
     proc::spawn(name)?;
@@ -234,11 +229,12 @@ fn typed_errnos() -> Result<(), String> {
     r
 }
 
+kernel_test!(fork_fails_cleanly_at_every_allocation);
 /// `P fork C` with the k-th allocation failing, for k = 0, 1, 2, ... until
 /// the fork gets through: each failure is `out of memory` (ENOMEM from
 /// clone), no child is left, and every frame and table comes back
 /// (Linux's fault-injection style of testing an error path).
-fn fork_every_failure() -> Result<(), String> {
+fn fork_fails_cleanly_at_every_allocation() -> Result<(), String> {
     use crate::mm::fail_alloc;
     let (parent, child) = ("failfork_p", "failfork_c");
     proc::spawn(parent)?;
@@ -289,11 +285,12 @@ fn fork_every_failure() -> Result<(), String> {
     r
 }
 
+kernel_test!(el0_cannot_reach_kernel_memory);
 /// The EL0 agent itself tries to read and write kernel text, data, the
 /// linear map and MMIO: every access must be a real permission fault from a
 /// lower EL (TTBR1 leaves have no EL0 access), the process survives, and the
 /// kernel's bytes are unchanged.
-fn el0_isolation() -> Result<(), String> {
+fn el0_cannot_reach_kernel_memory() -> Result<(), String> {
     use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
     use crate::mm::layout::{io_virt, phys_to_virt};
     let name = "isolation_test";
@@ -342,7 +339,8 @@ fn el0_isolation() -> Result<(), String> {
     r
 }
 
-fn bad_arguments() -> Result<(), String> {
+kernel_test!(syscalls_bad_arguments_get_errors);
+fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
     let free_before = frame::stats().free;
     let name = "syscall_test";
     proc::spawn(name)?;

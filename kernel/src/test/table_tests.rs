@@ -5,7 +5,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::Test;
+
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::{probe_read_u8, probe_write_u8};
@@ -20,21 +20,14 @@ use crate::mm::layout::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
 
-pub static TESTS: &[Test] = &[
-    Test { name: "tables_split_collapse_block_live", f: split_collapse_block },
-    Test { name: "tables_contiguous_run_live", f: contiguous_run },
-    Test { name: "tables_protect_and_unmap_fault_for_real", f: protect_unmap },
-    Test { name: "tables_bbm_changes_refused", f: bbm_refused },
-    Test { name: "walker_kernel_tables_under_read_lock", f: walker_kernel },
-    Test { name: "tlb_large_unmap_leaves_nothing_stale", f: large_unmap_flush },
-];
 
+kernel_test!(tlb_large_unmap_leaves_nothing_stale);
 /// Touch 300 pages so the TLB holds them, unmap them (one leaf-only flush:
 /// range TLBI where the CPU has FEAT_TLBIRANGE, per-page otherwise; a 301st
 /// page stays mapped so no table is freed and no full flush is needed), then
 /// every page must fault and the 301st must still work. QEMU's TLB really caches translations, so a flush that
 /// missed pages would let these reads succeed.
-fn large_unmap_flush() -> Result<(), String> {
+fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
     use crate::mm::tlb::{RANGE_OPS, has_tlbi_range};
     use core::sync::atomic::Ordering;
     const PAGES: u64 = 300;
@@ -85,10 +78,11 @@ fn large_unmap_flush() -> Result<(), String> {
     r
 }
 
+kernel_test!(walker_kernel_tables_under_read_lock);
 /// The pagewalk-style walker over the live kernel tables, holding only the
 /// read lock: every image page is a level-3 leaf, each stack guard is a
 /// level-3 hole, and an early stop returns the callback's value.
-fn walker_kernel() -> Result<(), String> {
+fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     use crate::mm::desc::Kind;
     use crate::mm::walk::{Entry, PageWalkOps, Step, walk_kernel_page_table_range};
     #[derive(Default)]
@@ -188,7 +182,8 @@ fn ram_block() -> Option<PhysAddr> {
     })
 }
 
-fn split_collapse_block() -> Result<(), String> {
+kernel_test!(tables_split_collapse_block_live);
+fn tables_split_collapse_block_live() -> Result<(), String> {
     let Some(pa) = ram_block() else {
         return super::cannot_apply(&alloc::format!(
             "RAM holds no {}-byte block: block split/collapse not testable here",
@@ -230,7 +225,8 @@ fn split_collapse_block() -> Result<(), String> {
     Ok(())
 }
 
-fn contiguous_run() -> Result<(), String> {
+kernel_test!(tables_contiguous_run_live);
+fn tables_contiguous_run_live() -> Result<(), String> {
     let n = GRANULE.contiguous_entries(3) as u64;
     let order = n.trailing_zeros();
     let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
@@ -276,7 +272,8 @@ fn contiguous_run() -> Result<(), String> {
     Ok(())
 }
 
-fn protect_unmap() -> Result<(), String> {
+kernel_test!(tables_protect_and_unmap_fault_for_real);
+fn tables_protect_and_unmap_fault_for_real() -> Result<(), String> {
     let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 8;
     let r = (|| {
@@ -302,7 +299,8 @@ fn protect_unmap() -> Result<(), String> {
     r
 }
 
-fn bbm_refused() -> Result<(), String> {
+kernel_test!(tables_bbm_changes_refused);
+fn tables_bbm_changes_refused() -> Result<(), String> {
     let pa = frame::alloc_zeroed(1, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 12;
     let r = (|| {
