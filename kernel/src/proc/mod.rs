@@ -18,7 +18,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-pub mod asid;
 pub mod debug_table;
 pub mod error;
 pub mod sched;
@@ -27,6 +26,7 @@ pub mod syscall;
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::mm::context;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
@@ -310,7 +310,7 @@ fn teardown(p: &Process) {
         crate::mm::shmem::vma_put(id);
     }
     // Drops anything left for this ASID, then frees it.
-    asid::release(&p.mm.asid_slot);
+    context::release(&p.mm.asid_slot);
     // Still under the mmap write lock: no snapshot of this mm can race it.
     debug_table::unregister(&p.mm);
 }
@@ -1060,11 +1060,10 @@ pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTabl
 /// Runs `f` with `name`'s address space live in TTBR0 (for `AT`).
 pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> {
     with_proc(name, |p| {
-        let daif = cpu::irq_save();
+        let _irq = cpu::local_irq_save();
         // SAFETY: only AT runs meanwhile; nothing executes from TTBR0.
         unsafe { activate(p) };
         let r = f();
-        cpu::irq_restore(daif);
         Ok(r)
     })
 }
@@ -1076,12 +1075,7 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> 
 /// Nothing may run from TTBR0 addresses while it changes.
 pub(crate) unsafe fn activate(p: &Process) {
     // SAFETY: guaranteed by the caller; the tables are complete.
-    unsafe { asid::switch_to(&p.mm.asid_slot, p.mm.pgd.0, ttbr0()) };
-}
-
-fn ttbr0() -> u64 {
-    use aarch64_cpu::registers::{Readable, TTBR0_EL1};
-    TTBR0_EL1.get()
+    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.0, crate::arch::aarch64::sysreg::ttbr0_el1()) };
 }
 
 /// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
@@ -1089,10 +1083,10 @@ fn ttbr0() -> u64 {
 /// the console's CPU keeps an address space after a run ([`sched`]); the
 /// others have left it before they report their task done.
 fn deactivate(p: &Process) {
-    if ttbr0() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
+    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
         deactivate_this_cpu();
     }
-    if !crate::irq::wait_until(1000, || !asid::active_elsewhere(&p.mm.asid_slot)) {
+    if !crate::irq::wait_until(1000, || !context::active_elsewhere(&p.mm.asid_slot)) {
         log::error!("{}: its address space is still live on another CPU", p.name);
     }
 }
@@ -1101,7 +1095,7 @@ fn deactivate(p: &Process) {
 pub(crate) fn deactivate_this_cpu() {
     let (_, empty) = kmap::roots();
     // SAFETY: the kernel never runs from TTBR0.
-    unsafe { asid::switch_to_empty(empty.0) };
+    unsafe { context::switch_to_empty(empty.0) };
 }
 
 /// The user-memory half of `invariants` (Linux's page_table_check in

@@ -603,13 +603,13 @@ fn user_layouts() -> Result<(), String> {
             // The whole table set is the test's: every level may carry limits.
             let lay = build(&mut l, &mut r, base, SLOTS, true, start_level..2, round)?;
             // Run the comparisons with this table set live in TTBR0.
-            let daif = cpu::irq_save();
+            let irq = cpu::local_irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
             unsafe { cpu::switch_ttbr0(root.0 | ((asid as u64) << 48)) };
             let c = compare(l.t, &mut r, &lay, SAMPLES, false);
             // SAFETY: back to the empty table.
             unsafe { cpu::switch_ttbr0(empty.0) };
-            cpu::irq_restore(daif);
+            drop(irq);
             teardown(&mut l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x} asid {asid:#x}: {e}"))
         })();

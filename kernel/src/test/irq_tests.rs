@@ -221,10 +221,7 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
         // EL0, which must set PAN again (SCTLR_EL1.SPAN = 0).
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 0xa7)?, RunEnd::Done), "agent write failed");
         // Read the ID register here rather than trust cpu::has_pan().
-        let has = {
-            use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
-            ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
-        };
+        let has = crate::arch::aarch64::sysreg::id_has_pan();
         ensure!(
             cpu::pan() == has,
             "PSTATE.PAN is {} after an EL0 run on a CPU {} PAN",

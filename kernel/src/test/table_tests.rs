@@ -35,7 +35,8 @@ pub static TESTS: &[Test] = &[
 /// every page must fault and the 301st must still work. QEMU's TLB really caches translations, so a flush that
 /// missed pages would let these reads succeed.
 fn large_unmap_flush() -> Result<(), String> {
-    use crate::mm::tlb::{RANGE_OPS, has_tlbi_range};
+    use crate::arch::aarch64::mm::tlbflush::has_tlbi_range;
+    use crate::mm::tlb::RANGE_OPS;
     use core::sync::atomic::Ordering;
     const PAGES: u64 = 300;
     let order = (PAGES + 1).next_power_of_two().trailing_zeros();

@@ -146,17 +146,51 @@ pub fn sev() {
     unsafe { asm!("dsb ish", "sev", options(nostack, preserves_flags)) };
 }
 
-/// Masks IRQ, FIQ, SError and debug exceptions; returns the previous DAIF.
-pub fn irq_save() -> u64 {
+/// Exceptions masked until it drops, then DAIF as it was before (Linux
+/// `local_irq_save`/`local_irq_restore` as one RAII value). Not `Send`: the
+/// saved mask belongs to the CPU that took it.
+#[must_use = "IRQs are unmasked again when the guard drops"]
+pub struct IrqGuard {
+    daif: u64,
+    _this_cpu: core::marker::PhantomData<*const ()>,
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions until the guard drops.
+#[inline(always)]
+pub fn local_irq_save() -> IrqGuard {
     let daif: u64;
     // SAFETY: only changes the exception mask.
     unsafe { asm!("mrs {}, daif", "msr daifset, #0xf", out(reg) daif, options(nomem, nostack, preserves_flags)) };
-    daif
+    IrqGuard { daif, _this_cpu: core::marker::PhantomData }
 }
 
-pub fn irq_restore(daif: u64) {
-    // SAFETY: restores a value obtained from irq_save.
-    unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack, preserves_flags)) };
+impl Drop for IrqGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: restores the mask this CPU had when the guard was taken.
+        unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions for good (panic, exit).
+#[inline(always)]
+pub fn local_irq_disable() {
+    // SAFETY: only changes the exception mask.
+    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack, preserves_flags)) };
+}
+
+/// `isb`: later instructions see the effect of earlier system-register writes.
+#[inline(always)]
+pub fn isb() {
+    // SAFETY: a barrier only.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Executes a permanently undefined instruction (`udf`), raising an
+/// unknown-reason exception on purpose (`pagelab.crash=undefined-instruction`).
+pub fn undefined_instruction() {
+    // SAFETY: the exception it raises is reported and ends in a panic.
+    unsafe { asm!("udf #0x42", options(nostack)) };
 }
 
 /// The current frame pointer (x29).
@@ -336,15 +370,17 @@ pub fn wfi() {
     unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
 }
 
-/// Makes earlier stores visible to other CPUs before a following system
-/// register write (a GICv3 SGI) that they may react to.
-#[inline(always)]
 /// `dsb sy`: completes every earlier memory access, Device ones included.
+#[inline(always)]
 pub fn dsb_sy() {
     // SAFETY: a barrier only.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Makes earlier stores visible to other CPUs (and their table walkers)
+/// before what follows: a TLBI, or a system-register write (a GICv3 SGI)
+/// they may react to.
+#[inline(always)]
 pub fn dsb_ishst() {
     // SAFETY: barrier only.
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };

@@ -6,11 +6,15 @@ pub mod esr;
 pub mod regs;
 
 #[cfg(target_os = "none")]
+pub mod arch_timer;
+#[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod cpu;
 #[cfg(target_os = "none")]
 pub mod exception;
+#[cfg(target_os = "none")]
+pub mod mm;
 #[cfg(target_os = "none")]
 pub mod mmu;
 #[cfg(target_os = "none")]
@@ -19,5 +23,7 @@ pub mod percpu;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod semihosting;
+#[cfg(target_os = "none")]
+pub mod sysreg;
 #[cfg(target_os = "none")]
 pub mod user;
