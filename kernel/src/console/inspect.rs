@@ -170,7 +170,7 @@ pub(super) fn walk(p: &str, r: Range) -> CmdResult {
 /// S1E0W) at the first page of every entry, and at the last page of a
 /// block: one AT per hole covers the hole, whatever its size.
 pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let checked = visit(p, r, &mut |pr, t, piece| {
         let last = piece.hi - PAGE_SIZE;
         let pages: &[u64] = match piece.tr {

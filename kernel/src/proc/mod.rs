@@ -27,6 +27,7 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::mm::context;
+use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
@@ -44,7 +45,6 @@ pub use error::ProcError;
 pub const AGENT_VA: u64 = 0x40_0000;
 /// First address handed out by `mmap`.
 pub const MMAP_BASE: u64 = 0x10_0000_0000;
-pub const USER_TOP: u64 = 1 << (crate::arch::aarch64::regs::USER_VA_BITS - 1);
 
 pub struct Region {
     pub va: u64,
@@ -970,20 +970,26 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcErr
     with_proc(name, |p| Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0)))
 }
 
-/// The EL0 synchronous-exception path (from the vectors): demand-fill
-/// anonymous memory, or end the run.
-pub fn handle_el0_sync(frame: &mut TrapFrame) {
-    let esr = Esr(frame.esr);
-    if esr.ec() == ExceptionClass::DataAbortLowerEl {
+/// An abort from EL0 (from `el0t_64_sync_handler`): a data abort is
+/// demand-filled and retried; what cannot be resolved, and every
+/// instruction abort, ends the run with the reason.
+pub fn do_el0_abort(frame: &mut TrapFrame, esr: Esr) {
+    let why = if esr.ec() == ExceptionClass::DataAbortLowerEl {
         match handle_user_fault(frame.far, esr) {
             Ok(()) => return, // resolved: back to EL0, the access is retried
-            Err(why) => sched::set_unresolved(why),
+            Err(why) => why,
         }
-    } else if esr.ec() == ExceptionClass::InstructionAbortLowerEl {
-        sched::set_unresolved(Unresolved::NotHandled);
-    }
-    if esr.ec() == ExceptionClass::Svc64
-        && esr.imm16() == 0
+    } else {
+        Unresolved::NotHandled
+    };
+    sched::set_unresolved(why);
+    user::return_to_kernel(frame)
+}
+
+/// `svc` from EL0 (from `el0t_64_sync_handler`): `svc #0` is a system call;
+/// any other immediate, or no current process, ends the run.
+pub fn do_el0_svc(frame: &mut TrapFrame, esr: Esr) {
+    if esr.imm16() == 0
         && let Some(p) = sched::current_process()
     {
         if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {

@@ -25,8 +25,8 @@ use alloc::vec::Vec;
 use super::Test;
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::probe_exec;
 use crate::arch::aarch64::regs::mair;
+use crate::arch::aarch64::uaccess::probe_exec;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
@@ -388,7 +388,7 @@ fn compare<M: TableMemory>(
     samples: usize,
     exec: bool,
 ) -> Result<Tally, String> {
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let mut tally = Tally::default();
     for _ in 0..samples {
         // Mostly inside (or just around) what was mapped, sometimes anywhere.
@@ -490,7 +490,7 @@ fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(),
 fn check_coverage(t: &Tally, what: &str, exec: bool) -> Result<(), String> {
     let k = t.kinds;
     // With TCR_EL1.HA the MMU sets access flags itself: no such fault.
-    let af_faults = !cpu::hw_updates().af;
+    let af_faults = !cpu::hw_af_enabled();
     ensure!(
         k[0] > 0 && k[1] > 0 && (k[2] > 0 || !af_faults) && k[3] > 0,
         "{what}: outcomes not all exercised (ok, translation, AF, permission) = {k:?}"

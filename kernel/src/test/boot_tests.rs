@@ -10,8 +10,8 @@ use crate::arch::aarch64::sysreg;
 use super::Test;
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::regs::{TCR_BASE, mair};
+use crate::arch::aarch64::uaccess::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::percpu;
 use crate::ensure;
 use crate::kmain::boot;
@@ -349,7 +349,7 @@ fn walker_vs_at() -> Result<(), String> {
     for hole in [0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000] {
         addrs.push((hole, Request::Unmapped));
     }
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let mut mismatches = 0;
     let mut first = String::new();
     for (va, req) in &addrs {

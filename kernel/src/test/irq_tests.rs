@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::Test;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
+use crate::arch::aarch64::uaccess::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::user::{SVC_DONE, op};
 use crate::arch::{cpu, percpu};
 use crate::drivers::timer;

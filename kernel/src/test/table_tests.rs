@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use super::Test;
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
-use crate::arch::aarch64::exception::{probe_read_u8, probe_write_u8};
+use crate::arch::aarch64::uaccess::{probe_read_u8, probe_write_u8};
 use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
@@ -148,7 +148,14 @@ pub fn agree(va: u64, want: Request) -> Result<(), String> {
     atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     for access in Access::ALL {
         let par = atcheck::observe(access, va);
-        atcheck::check(&walked, &want, access, cpu::hw_updates(), par).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
+        atcheck::check(
+            &walked,
+            &want,
+            access,
+            crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() },
+            par,
+        )
+        .map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     }
     Ok(())
 }

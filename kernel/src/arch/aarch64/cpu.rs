@@ -431,12 +431,23 @@ pub fn has_hw_af() -> bool {
     ID_AA64MMFR1_EL1.get() & 0xf != 0
 }
 
-/// The descriptor updates this CPU's MMU makes itself (TCR_EL1.HA/HD).
-pub fn hw_updates() -> crate::mm::pgtable::HwUpdates {
+fn tcr_el1() -> u64 {
     let tcr: u64;
     // SAFETY: reads a system register.
     unsafe { asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags)) };
-    crate::mm::pgtable::HwUpdates { af: tcr & (1 << 39) != 0, dirty: tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0 }
+    tcr
+}
+
+/// Whether this CPU's MMU sets access flags itself now (TCR_EL1.HA).
+pub fn hw_af_enabled() -> bool {
+    tcr_el1() & (1 << 39) != 0
+}
+
+/// Whether this CPU's MMU manages dirty state itself now (TCR_EL1.HD,
+/// which takes effect only with HA).
+pub fn hw_dirty_enabled() -> bool {
+    let tcr = tcr_el1();
+    tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0
 }
 
 /// Whether the CPU manages dirty state in hardware too (FEAT_HAFDBS with

@@ -26,4 +26,6 @@ pub mod semihosting;
 #[cfg(target_os = "none")]
 pub mod sysreg;
 #[cfg(target_os = "none")]
+pub mod uaccess;
+#[cfg(target_os = "none")]
 pub mod user;
