@@ -1,4 +1,5 @@
-//! AArch64: boot, exceptions, system registers, TLB and cache maintenance, `AT`.
+//! AArch64: boot, exceptions, uaccess, system registers, TLB and cache
+//! maintenance, ASIDs, `AT`.
 //!
 //! Everything that needs `asm!` is in this module and gated on the bare-metal
 //! target; [`esr`] and [`regs`] are pure and unit-tested on the host.
