@@ -49,8 +49,7 @@ const GICR_STRIDE: u64 = 0x20000;
 
 fn with_gic<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
     let _irq = cpu::local_irq_save();
-    let r = GIC.lock().as_mut().map(f);
-    r
+    GIC.lock().as_mut().map(f)
 }
 
 /// The GIC version in use, if one is up.

@@ -81,8 +81,7 @@ enum Rx {
 /// must: the receive interrupt's handler takes it too.
 fn locked<R>(f: impl FnOnce(&mut Console) -> R) -> R {
     let _irq = crate::arch::cpu::local_irq_save();
-    let r = f(&mut CONSOLE.lock());
-    r
+    f(&mut CONSOLE.lock())
 }
 
 impl Write for Console {

@@ -358,8 +358,7 @@ mod pcp {
     /// Room left in this CPU's list.
     pub(super) fn room() -> usize {
         let _irq = crate::arch::cpu::local_irq_save();
-        let n = HIGH - mine().lock().n;
-        n
+        HIGH - mine().lock().n
     }
 
     /// Every list locked, in index order (before the allocator lock).
@@ -422,8 +421,7 @@ pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
         pcp::settle_all();
     }
     let _irq = crate::arch::cpu::local_irq_save();
-    let r = free_locked(&mut FRAMES.lock(), pa, order, owner);
-    r
+    free_locked(&mut FRAMES.lock(), pa, order, owner)
 }
 
 fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
@@ -544,8 +542,7 @@ pub fn is_allocated(pa: PhysAddr) -> bool {
 /// first disagreement.
 pub fn check() -> Result<Stats, alloc::string::String> {
     let _irq = crate::arch::cpu::local_irq_save();
-    let r = check_locked();
-    r
+    check_locked()
 }
 
 fn check_locked() -> Result<Stats, alloc::string::String> {
