@@ -1,5 +1,6 @@
-//! Small wrappers over single instructions: TLB maintenance, `AT`, barriers,
-//! counters. System registers with a field layout are used through
+//! Small wrappers over single instructions: local TLB maintenance, `AT`,
+//! barriers, cache maintenance, the IRQ mask. The broadcast TLBIs mm's
+//! flushes use are in [`super::mm::tlbflush`]. System registers with a field layout are used through
 //! `aarch64-cpu`; these are the ones that are plain instructions.
 
 use core::arch::asm;
@@ -16,28 +17,6 @@ pub fn tpidr_el1() -> u64 {
 pub fn set_tpidr_el1(v: u64) {
     // SAFETY: TPIDR_EL1 is the kernel's own per-CPU pointer register.
     unsafe { asm!("msr tpidr_el1, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
-}
-
-/// Invalidates all stage-1 EL1&0 TLB entries on this CPU (Inner Shareable
-/// broadcast when `broadcast`), with the barriers that make it complete.
-pub fn tlbi_vmalle1(broadcast: bool) {
-    // SAFETY: TLB invalidation only drops cached translations.
-    unsafe {
-        if broadcast {
-            asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags));
-        } else {
-            asm!("dsb nshst", "tlbi vmalle1", "dsb nsh", "isb", options(nostack, preserves_flags));
-        }
-    }
-}
-
-/// Invalidates the translation of one VA in all ASIDs (for global kernel
-/// mappings), broadcast to the Inner Shareable domain.
-pub fn tlbi_vaae1is(va: u64) {
-    // The operand is VA[55:12] whatever the granule.
-    let op = (va >> 12) & ((1 << 44) - 1);
-    // SAFETY: TLB invalidation only drops cached translations.
-    unsafe { asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) op, options(nostack, preserves_flags)) };
 }
 
 /// The result of an `AT` instruction: PAR_EL1 decoded.
