@@ -39,7 +39,8 @@ Build pagelab and run it under qemu-system-aarch64.
 Commands:
   (none)            build and boot to the interactive console (Ctrl-A x quits QEMU)
   test              run every test: host unit tests, the harness self-test,
-                    style gates (cargo fmt --check, clippy -D warnings), in-kernel
+                    style gates (cargo fmt --check, clippy -D warnings, asm! and
+                    aarch64_cpu only under kernel/src/arch/), in-kernel
                     tests under QEMU (EL1/EL2 entry, 1 and 4 CPUs,
                     cortex-a53/a72/max), scenario and should-fail scripts, the
                     extra checks in tests/extra/, and the in-kernel tests and four
@@ -641,6 +642,7 @@ test_harness() {
 test_gates() {
     echo "== style gates (cargo fmt, cargo clippy -D warnings)"
     gate "fmt" cargo fmt --all --check
+    check_asm_in_arch
     gate "clippy[host]" cargo clippy --workspace --all-targets -- -D warnings
     local f
     # One target directory for the four: the dependencies are checked once.
@@ -648,6 +650,22 @@ test_gates() {
         gate "clippy[kernel,$f]" cargo clippy -q -p pagelab-kernel --target "$TARGET" --release \
             --no-default-features --features "$f" --target-dir "$ROOT/target/clippy" -- -D warnings
     done
+}
+
+# arch/ is the bottom layer: inline and global assembly, and the system
+# registers (the aarch64-cpu crate), live only under kernel/src/arch/
+# (docs/ARCHITECTURE.md). Comment lines do not count.
+check_asm_in_arch() { # [src dir, default kernel/src]
+    local src=${1:-$ROOT/kernel/src} hits files
+    hits=$({ grep -rnE --include='*.rs' '(^|[^A-Za-z0-9_])(asm!\(|global_asm!|naked_asm!|aarch64_cpu::)' "$src" \
+        | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' | grep -v "^$src/arch/"; } || true)
+    if [[ -z $hits ]]; then
+        record 1 0 "gate: asm and sysregs only in arch/" ""
+    else
+        files=$(printf '%s\n' "$hits" | cut -d: -f1 | sed "s|^$src/||" | sort -u | paste -sd' ')
+        record 0 1 "gate: asm and sysregs only in arch/" "(asm!/global_asm!/naked_asm!/aarch64_cpu:: outside kernel/src/arch/: $files)"
+        printf '%s\n' "$hits" | sed "s|^$src/||; s/^/    | /"
+    fi
 }
 
 gate() { # label command...

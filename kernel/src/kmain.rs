@@ -37,7 +37,7 @@ pub fn exit(code: u32) -> ! {
         let _ = if code == 0 { psci::system_off() } else { psci::system_reset() };
     }
     loop {
-        cpu::irq_save();
+        cpu::local_irq_disable();
         cpu::wfe();
     }
 }
@@ -149,16 +149,8 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     crate::mm::page::init();
     crate::mm::memory::zero_pfn_pool();
 
-    let cpu_asid_bits = if aarch64_cpu::registers::ID_AA64MMFR0_EL1
-        .read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::ASIDBits)
-        == 0b0010
-    {
-        16
-    } else {
-        8
-    };
-    crate::proc::asid::init(
-        cpu_asid_bits,
+    crate::arch::aarch64::mm::context::init(
+        crate::arch::aarch64::sysreg::cpu_asid_bits(),
         board.bootarg("pagelab.asid-bits").and_then(|v| v.parse().ok()),
         board.cpus.len().clamp(1, MAX_CPUS),
     );
@@ -249,7 +241,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
 
 fn banner() {
     let b = boot();
-    let midr = aarch64_cpu::registers::MIDR_EL1.get();
+    let midr = crate::arch::aarch64::sysreg::midr_el1();
     println!("pagelab {} on {} ({})", env!("CARGO_PKG_VERSION"), b.board.model, b.board.compatible);
     println!(
         "  entered at EL{}, running at EL1; MIDR {midr:#x}; {} CPU(s) in the devicetree; granule {}",
@@ -269,8 +261,6 @@ fn banner() {
     }
 }
 
-use aarch64_cpu::registers::Readable;
-
 /// Starts every CPU the devicetree lists: through PSCI CPU_ON when there is
 /// PSCI, else through the CPU's spin table (`enable-method = "spin-table"`,
 /// the Raspberry Pi's firmware and QEMU's raspi boot stub). One CPU at a
@@ -278,7 +268,7 @@ use aarch64_cpu::registers::Readable;
 fn start_secondaries() {
     let b = boot();
     let psci = psci::available();
-    let me = aarch64_cpu::registers::MPIDR_EL1.get() & 0xff_00ff_ffff;
+    let me = crate::arch::aarch64::sysreg::mpidr_affinity();
     let psci_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
     let spin_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::spin_table_entry as *const () as u64).0;
     let mut next = 1usize;
@@ -447,8 +437,7 @@ fn crash(what: &str) {
             core::hint::black_box(v);
         }
         "undefined-instruction" => {
-            // SAFETY: none; `udf` raises an unknown-reason exception on purpose.
-            unsafe { core::arch::asm!("udf #0x42") };
+            crate::arch::aarch64::cpu::undefined_instruction();
         }
         "panic" => panic!("panic requested with pagelab.crash=panic"),
         other => println!(

@@ -1,8 +1,10 @@
 //! pagelab: a bare-metal AArch64 MMU testbed kernel.
 //!
 //! Layout (see docs/ARCHITECTURE.md):
-//! - [`arch`]: boot assembly, exception vectors, system registers, TLB ops, `AT`.
-//!   All `asm!` lives there.
+//! - [`arch`]: boot assembly, exception vectors and their handlers, uaccess,
+//!   system registers, TLB maintenance and ASIDs, `AT`. All `asm!` and every
+//!   system-register access live there (`./qemu-run.sh test` checks), and it
+//!   takes no types from `mm` or `proc`.
 //! - [`board`]: what the devicetree says about the machine.
 //! - [`mm`]: physical frames, the kernel heap, translation tables, ptdump.
 //! - [`console`]: the scenario-language console.

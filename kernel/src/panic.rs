@@ -46,7 +46,7 @@ pub fn print_backtrace_from(mut fp: u64, pc: u64) {
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    crate::arch::cpu::irq_save();
+    crate::arch::cpu::local_irq_disable();
     if PANICKING.swap(true, Ordering::SeqCst) {
         // A panic while panicking: just stop.
         crate::kmain::exit(PANIC_EXIT_CODE);

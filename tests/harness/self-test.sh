@@ -8,6 +8,8 @@
 # reported as a failure by each path that runs QEMU: `./qemu-run.sh --script`,
 # the in-kernel test run, scenario scripts, should-fail scripts (whose failing
 # lines must be exactly the declared `# expect-fail:` set) and the benchmark.
+# The asm gate must fail on assembly or system registers outside
+# kernel/src/arch/ and name the files.
 # A failing case must not stop the next one, and the test job pool must count
 # a job that crashed or was killed as a failure, in a fixed output order.
 # Control cases must pass, so a harness that fails everything fails here too.
@@ -269,6 +271,27 @@ if harness eval 'declare -F test_stopped' >/dev/null 2>&1; then
     fi
 else
     fail "stopped-early" "qemu-run.sh has no test_stopped"
+fi
+
+# 10. The asm gate: assembly under arch/ (and in a comment) passes; an
+#     asm! or an aarch64_cpu register elsewhere fails, naming the files.
+mkdir -p "$T/src/arch/aarch64" "$T/src/mm"
+printf 'fn f() { unsafe { core::arch::asm!("isb") } }\n' >"$T/src/arch/aarch64/cpu.rs"
+printf '// asm!("isb") in a comment is fine\nfn g() {}\n' >"$T/src/mm/tlb.rs"
+if harness eval 'declare -F check_asm_in_arch' >/dev/null 2>&1; then
+    harness check_asm_in_arch "$T/src" >"$T/asm-ok.out" 2>&1
+    printf 'core::arch::global_asm!("nop");\n' >"$T/src/mm/kmap.rs"
+    printf 'use aarch64_cpu::registers::MIDR_EL1;\n' >"$T/src/kmain.rs"
+    harness check_asm_in_arch "$T/src" >"$T/asm-bad.out" 2>&1
+    got="$(verdicts "$T/asm-ok.out") $(verdicts "$T/asm-bad.out")"
+    if [[ $got == "PASS FAIL" ]] && grep -q 'outside kernel/src/arch/: kmain.rs mm/kmap.rs)' "$T/asm-bad.out"; then
+        pass "asm-gate"
+    else
+        fail "asm-gate" "wanted 'PASS FAIL' naming kmain.rs and mm/kmap.rs only, got '$got'"
+        sed 's/^/    | /' "$T/asm-ok.out" "$T/asm-bad.out"
+    fi
+else
+    fail "asm-gate" "qemu-run.sh has no check_asm_in_arch"
 fi
 
 echo "harness self-test: $ok passed, $bad failed"

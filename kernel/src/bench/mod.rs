@@ -23,10 +23,9 @@ pub const REPS: usize = 5;
 
 /// Guest instructions since boot (ns of the icount clock).
 pub fn instructions() -> u64 {
-    use aarch64_cpu::registers::{CNTFRQ_EL0, CNTVCT_EL0, Readable};
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-    let t = CNTVCT_EL0.get() as u128;
-    let f = CNTFRQ_EL0.get().max(1) as u128;
+    use crate::arch::aarch64::arch_timer::{cntfrq, cntvct};
+    let t = cntvct() as u128;
+    let f = cntfrq().max(1) as u128;
     (t * 1_000_000_000 / f) as u64
 }
 
@@ -88,10 +87,7 @@ fn free_all(root: PhysAddr, mut mem: FrameTableMem) {
 /// Runs every benchmark; returns the number of problems (0 = all measured).
 pub fn run_all() -> usize {
     let ram = crate::kmain::boot().board.total_ram();
-    let freq = {
-        use aarch64_cpu::registers::{CNTFRQ_EL0, Readable};
-        CNTFRQ_EL0.get()
-    };
+    let freq = crate::arch::aarch64::arch_timer::cntfrq();
     println!(
         "pagelab bench: granule {}, RAM {}, {REPS} repetitions, median; unit = guest instructions (icount)",
         GRANULE.name(),

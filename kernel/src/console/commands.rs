@@ -306,8 +306,8 @@ fn info() -> Outcome {
     let _ = writeln!(
         o,
         "asids    {} bits, {} rollover(s)",
-        crate::proc::asid::bits(),
-        crate::proc::asid::ROLLOVERS.load(Ordering::Relaxed)
+        crate::arch::aarch64::mm::context::bits(),
+        crate::arch::aarch64::mm::context::ROLLOVERS.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         o,
@@ -359,7 +359,7 @@ fn cpus() -> Outcome {
                 c.mpidr.load(Ordering::Relaxed),
                 crate::irq::ticks(i),
                 crate::proc::sched::runs(i),
-                crate::proc::asid::active_on(i) & 0xffff
+                crate::arch::aarch64::mm::context::active_on(i) & 0xffff
             );
         }
     }

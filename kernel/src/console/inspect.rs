@@ -170,7 +170,7 @@ pub(super) fn walk(p: &str, r: Range) -> CmdResult {
 /// S1E0W) at the first page of every entry, and at the last page of a
 /// block: one AT per hole covers the hole, whatever its size.
 pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let checked = visit(p, r, &mut |pr, t, piece| {
         let last = piece.hi - PAGE_SIZE;
         let pages: &[u64] = match piece.tr {
@@ -180,12 +180,12 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
         for &v in pages {
             // What the VMA asks for: the oracle the walk and AT answer to.
             let req = Request::for_vma(pr.mm.mmap_read_lock().vmas().find(v));
-            let daif = cpu::irq_save();
+            let irq = cpu::local_irq_save();
             // SAFETY: only AT runs while P's tables are in TTBR0; nothing
             // executes from TTBR0 addresses here.
             unsafe { proc::activate(pr) };
             let mismatch = at_mismatch(t, v, &req, hw);
-            cpu::irq_restore(daif);
+            drop(irq);
             if let Some(m) = mismatch {
                 return Err(Stopped::By(m));
             }

@@ -48,10 +48,8 @@ static V3_REDIST: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(usize::MAX
 const GICR_STRIDE: u64 = 0x20000;
 
 fn with_gic<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
-    let daif = cpu::irq_save();
-    let r = GIC.lock().as_mut().map(f);
-    cpu::irq_restore(daif);
-    r
+    let _irq = cpu::local_irq_save();
+    GIC.lock().as_mut().map(f)
 }
 
 /// The GIC version in use, if one is up.
@@ -109,13 +107,8 @@ pub fn init(node: &GicNode, ncpus: usize) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn my_mpidr() -> u64 {
-    use aarch64_cpu::registers::{MPIDR_EL1, Readable};
-    MPIDR_EL1.get() & 0xff_00ff_ffff
-}
-
 fn redist_index(g: &mut GicV3<'static>, n: usize) -> Option<usize> {
-    let me = my_mpidr();
+    let me = crate::arch::aarch64::sysreg::mpidr_affinity();
     (0..n).find(|&i| g.gicr_typer(i).is_ok_and(|t| t.core_mpidr() == me))
 }
 
@@ -151,7 +144,7 @@ pub fn init_this_cpu(ppis: &[(u32, bool)]) -> Result<(), &'static str> {
             let n = MAX_CPUS;
             let rd = redist_index(g, n).ok_or("no redistributor for this CPU")?;
             g.init_cpu(rd);
-            aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+            crate::arch::aarch64::cpu::isb();
             GicCpuInterface::set_priority_mask(0xff);
             GicCpuInterface::enable_group1(true);
             for s in 0..16 {

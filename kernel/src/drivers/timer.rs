@@ -6,7 +6,7 @@
 //! a CPU that keeps IRQs masked for a long time gets one late tick, not a
 //! burst. Ticks are counted per CPU by `crate::irq`.
 
-use aarch64_cpu::registers::{CNTFRQ_EL0, CNTV_CTL_EL0, CNTV_TVAL_EL0, CNTVCT_EL0, Readable, Writeable};
+use crate::arch::aarch64::arch_timer;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Ticks per second.
@@ -16,13 +16,12 @@ static PERIOD: AtomicU64 = AtomicU64::new(0);
 
 /// The counter frequency (CNTFRQ_EL0, set by firmware or QEMU).
 pub fn frequency() -> u64 {
-    CNTFRQ_EL0.get()
+    arch_timer::cntfrq()
 }
 
 /// The virtual counter (CNTVCT_EL0).
 pub fn now() -> u64 {
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
-    CNTVCT_EL0.get()
+    arch_timer::cntvct()
 }
 
 /// Counter ticks in `ms` milliseconds.
@@ -41,25 +40,21 @@ pub fn start_this_cpu() {
     let f = frequency();
     let p = (f / HZ).max(1);
     PERIOD.store(p, Ordering::Relaxed);
-    CNTV_TVAL_EL0.set(p);
-    CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::SET + CNTV_CTL_EL0::IMASK::CLEAR);
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    arch_timer::cntv_start(p);
 }
 
 /// Stops this CPU's tick.
 pub fn stop_this_cpu() {
-    CNTV_CTL_EL0.write(CNTV_CTL_EL0::ENABLE::CLEAR + CNTV_CTL_EL0::IMASK::SET);
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    arch_timer::cntv_stop();
 }
 
 /// Whether this CPU's timer condition is met (CNTV_CTL_EL0.ISTATUS).
 pub fn pending() -> bool {
-    CNTV_CTL_EL0.is_set(CNTV_CTL_EL0::ISTATUS)
+    arch_timer::cntv_pending()
 }
 
 /// Re-arms the tick from the interrupt handler, before the EOI: this
 /// de-asserts the level-sensitive PPI.
 pub fn rearm() {
-    CNTV_TVAL_EL0.set(period());
-    aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    arch_timer::cntv_rearm(period());
 }

@@ -80,10 +80,8 @@ enum Rx {
 /// Runs `f` on the console with IRQs masked, as every holder of its lock
 /// must: the receive interrupt's handler takes it too.
 fn locked<R>(f: impl FnOnce(&mut Console) -> R) -> R {
-    let daif = crate::arch::cpu::irq_save();
-    let r = f(&mut CONSOLE.lock());
-    crate::arch::cpu::irq_restore(daif);
-    r
+    let _irq = crate::arch::cpu::local_irq_save();
+    f(&mut CONSOLE.lock())
 }
 
 impl Write for Console {

@@ -136,13 +136,12 @@ pub fn alloc(order: u32, owner: Owner) -> Option<PhysAddr> {
 /// Like [`alloc`], but fails unless more than `min_free + 2^order` frames
 /// are free (the check and the allocation under one lock).
 fn alloc_min_free(order: u32, owner: Owner, min_free: u64) -> Option<PhysAddr> {
-    let daif = crate::arch::cpu::irq_save();
+    let _irq = crate::arch::cpu::local_irq_save();
     let mut r = alloc_buddy(order, owner, min_free);
     if r.is_none() && pcp::drain_all() > 0 {
         // The per-CPU lists held what was missing.
         r = alloc_buddy(order, owner, min_free);
     }
-    crate::arch::cpu::irq_restore(daif);
     r
 }
 
@@ -261,7 +260,7 @@ mod pcp {
 
     /// A frame for user memory, or None (the caller asks the buddy).
     pub(super) fn alloc(reserve: u64) -> Option<PhysAddr> {
-        let daif = crate::arch::cpu::irq_save();
+        let _irq = crate::arch::cpu::local_irq_save();
         let mut l = mine().lock();
         if l.n == 0 {
             refill(&mut l, reserve);
@@ -274,7 +273,6 @@ mod pcp {
             PhysAddr::from_pfn(l.pfns[l.n])
         });
         drop(l);
-        crate::arch::cpu::irq_restore(daif);
         r
     }
 
@@ -307,7 +305,7 @@ mod pcp {
     /// Takes a freed single user frame onto this CPU's list. A frame that
     /// is on a list already (a double free) is refused and changes nothing.
     pub(super) fn free(pa: PhysAddr) -> Result<(), FreeError> {
-        let daif = crate::arch::cpu::irq_save();
+        let _irq = crate::arch::cpu::local_irq_save();
         let mut l = mine().lock();
         let r = if mark_listed(pa.pfn(), true) {
             Err(FreeError::NotAllocated(pa))
@@ -323,7 +321,6 @@ mod pcp {
             Ok(())
         };
         drop(l);
-        crate::arch::cpu::irq_restore(daif);
         r
     }
 
@@ -360,10 +357,8 @@ mod pcp {
 
     /// Room left in this CPU's list.
     pub(super) fn room() -> usize {
-        let daif = crate::arch::cpu::irq_save();
-        let n = HIGH - mine().lock().n;
-        crate::arch::cpu::irq_restore(daif);
-        n
+        let _irq = crate::arch::cpu::local_irq_save();
+        HIGH - mine().lock().n
     }
 
     /// Every list locked, in index order (before the allocator lock).
@@ -425,10 +420,8 @@ pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
         // back to the buddy).
         pcp::settle_all();
     }
-    let daif = crate::arch::cpu::irq_save();
-    let r = free_locked(&mut FRAMES.lock(), pa, order, owner);
-    crate::arch::cpu::irq_restore(daif);
-    r
+    let _irq = crate::arch::cpu::local_irq_save();
+    free_locked(&mut FRAMES.lock(), pa, order, owner)
 }
 
 fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
@@ -478,7 +471,7 @@ pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
         }
         pcp::settle_all();
     }
-    let daif = crate::arch::cpu::irq_save();
+    let _irq = crate::arch::cpu::local_irq_save();
     let mut g = FRAMES.lock();
     let mut bad = listed_bad;
     let mut i = 0;
@@ -510,12 +503,11 @@ pub fn free_bulk(pas: &[PhysAddr], owner: Owner) -> usize {
         i += n as usize;
     }
     drop(g);
-    crate::arch::cpu::irq_restore(daif);
     bad
 }
 
 pub fn stats() -> Stats {
-    let daif = crate::arch::cpu::irq_save();
+    let _irq = crate::arch::cpu::local_irq_save();
     // Every list's lock, then the allocator's (their order), held together
     // so that no move between a list and the counters is seen half-done.
     let lists = pcp::lock_all();
@@ -526,7 +518,6 @@ pub fn stats() -> Stats {
         None => Stats::default(),
     };
     drop(g);
-    crate::arch::cpu::irq_restore(daif);
     r
 }
 
@@ -550,10 +541,8 @@ pub fn is_allocated(pa: PhysAddr) -> bool {
 /// Checks the counters against the bitmap. Returns a description of the
 /// first disagreement.
 pub fn check() -> Result<Stats, alloc::string::String> {
-    let daif = crate::arch::cpu::irq_save();
-    let r = check_locked();
-    crate::arch::cpu::irq_restore(daif);
-    r
+    let _irq = crate::arch::cpu::local_irq_save();
+    check_locked()
 }
 
 fn check_locked() -> Result<Stats, alloc::string::String> {

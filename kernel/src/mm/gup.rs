@@ -178,7 +178,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
     if seq & 1 != 0 {
         return out;
     }
-    let daif = crate::arch::aarch64::cpu::irq_save();
+    let irq = crate::arch::aarch64::cpu::local_irq_save();
     {
         // No lock: only atomic reads of entries through the linear map.
         let mem = crate::mm::kmap::FrameTableMem { tables: 0 };
@@ -218,7 +218,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
             out.push(Taken::Page(pa));
         }
     }
-    crate::arch::aarch64::cpu::irq_restore(daif);
+    drop(irq);
     if flags.pin && mt.mm.write_protect_seq.load(Ordering::Acquire) != seq {
         undo(core::mem::take(&mut out), true);
     }

@@ -233,8 +233,7 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
     t.map(io_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
     // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
-    // SAFETY: barriers only.
-    unsafe { core::arch::asm!("dsb ishst", "isb") };
+    crate::arch::aarch64::cpu::publish_tables();
     k.io_mapped.push((r.start.0, r.end.0));
     Ok(VirtAddr(IO_BASE + r.start.0))
 }
@@ -297,8 +296,8 @@ pub fn map_kernel(
     let k = g.as_mut().expect("kmap not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
     let n = t.map(va, pa, size, attrs, sizes)?;
-    // SAFETY: barriers only: new entries replaced invalid ones.
-    unsafe { core::arch::asm!("dsb ishst", "isb") };
+    // New entries replaced invalid ones: visibility to the walker is enough.
+    crate::arch::aarch64::cpu::publish_tables();
     Ok(n)
 }
 

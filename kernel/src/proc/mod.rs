@@ -18,7 +18,6 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-pub mod asid;
 pub mod debug_table;
 pub mod error;
 pub mod sched;
@@ -27,6 +26,8 @@ pub mod syscall;
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::mm::context;
+use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
@@ -44,7 +45,6 @@ pub use error::ProcError;
 pub const AGENT_VA: u64 = 0x40_0000;
 /// First address handed out by `mmap`.
 pub const MMAP_BASE: u64 = 0x10_0000_0000;
-pub const USER_TOP: u64 = 1 << (crate::arch::aarch64::regs::USER_VA_BITS - 1);
 
 pub struct Region {
     pub va: u64,
@@ -310,7 +310,7 @@ fn teardown(p: &Process) {
         crate::mm::shmem::vma_put(id);
     }
     // Drops anything left for this ASID, then frees it.
-    asid::release(&p.mm.asid_slot);
+    context::release(&p.mm.asid_slot);
     // Still under the mmap write lock: no snapshot of this mm can race it.
     debug_table::unregister(&p.mm);
 }
@@ -970,20 +970,26 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcErr
     with_proc(name, |p| Ok(agent_regs(p, &[op::SPIN, seed, iterations], 0)))
 }
 
-/// The EL0 synchronous-exception path (from the vectors): demand-fill
-/// anonymous memory, or end the run.
-pub fn handle_el0_sync(frame: &mut TrapFrame) {
-    let esr = Esr(frame.esr);
-    if esr.ec() == ExceptionClass::DataAbortLowerEl {
+/// An abort from EL0 (from `el0t_64_sync_handler`): a data abort is
+/// demand-filled and retried; what cannot be resolved, and every
+/// instruction abort, ends the run with the reason.
+pub fn do_el0_abort(frame: &mut TrapFrame, esr: Esr) {
+    let why = if esr.ec() == ExceptionClass::DataAbortLowerEl {
         match handle_user_fault(frame.far, esr) {
             Ok(()) => return, // resolved: back to EL0, the access is retried
-            Err(why) => sched::set_unresolved(why),
+            Err(why) => why,
         }
-    } else if esr.ec() == ExceptionClass::InstructionAbortLowerEl {
-        sched::set_unresolved(Unresolved::NotHandled);
-    }
-    if esr.ec() == ExceptionClass::Svc64
-        && esr.imm16() == 0
+    } else {
+        Unresolved::NotHandled
+    };
+    sched::set_unresolved(why);
+    user::return_to_kernel(frame)
+}
+
+/// `svc` from EL0 (from `el0t_64_sync_handler`): `svc #0` is a system call;
+/// any other immediate, or no current process, ends the run.
+pub fn do_el0_svc(frame: &mut TrapFrame, esr: Esr) {
+    if esr.imm16() == 0
         && let Some(p) = sched::current_process()
     {
         if matches!(frame.x[8], syscall::nr::EXIT | syscall::nr::EXIT_GROUP) {
@@ -1060,11 +1066,10 @@ pub fn with_tables<R>(name: &str, f: impl FnOnce(&Process, &Tables<'_, FrameTabl
 /// Runs `f` with `name`'s address space live in TTBR0 (for `AT`).
 pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> {
     with_proc(name, |p| {
-        let daif = cpu::irq_save();
+        let _irq = cpu::local_irq_save();
         // SAFETY: only AT runs meanwhile; nothing executes from TTBR0.
         unsafe { activate(p) };
         let r = f();
-        cpu::irq_restore(daif);
         Ok(r)
     })
 }
@@ -1076,12 +1081,7 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> 
 /// Nothing may run from TTBR0 addresses while it changes.
 pub(crate) unsafe fn activate(p: &Process) {
     // SAFETY: guaranteed by the caller; the tables are complete.
-    unsafe { asid::switch_to(&p.mm.asid_slot, p.mm.pgd.0, ttbr0()) };
-}
-
-fn ttbr0() -> u64 {
-    use aarch64_cpu::registers::{Readable, TTBR0_EL1};
-    TTBR0_EL1.get()
+    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.0, crate::arch::aarch64::sysreg::ttbr0_el1()) };
 }
 
 /// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
@@ -1089,10 +1089,10 @@ fn ttbr0() -> u64 {
 /// the console's CPU keeps an address space after a run ([`sched`]); the
 /// others have left it before they report their task done.
 fn deactivate(p: &Process) {
-    if ttbr0() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
+    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
         deactivate_this_cpu();
     }
-    if !crate::irq::wait_until(1000, || !asid::active_elsewhere(&p.mm.asid_slot)) {
+    if !crate::irq::wait_until(1000, || !context::active_elsewhere(&p.mm.asid_slot)) {
         log::error!("{}: its address space is still live on another CPU", p.name);
     }
 }
@@ -1101,7 +1101,7 @@ fn deactivate(p: &Process) {
 pub(crate) fn deactivate_this_cpu() {
     let (_, empty) = kmap::roots();
     // SAFETY: the kernel never runs from TTBR0.
-    unsafe { asid::switch_to_empty(empty.0) };
+    unsafe { context::switch_to_empty(empty.0) };
 }
 
 /// The user-memory half of `invariants` (Linux's page_table_check in

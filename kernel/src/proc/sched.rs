@@ -183,9 +183,8 @@ pub fn run_one() -> bool {
         let Some(i) = q.iter().position(|t| t.may_run_on(me)) else { return false };
         q.remove(i).expect("index from position")
     };
-    let daif = cpu::irq_save();
+    let _irq = cpu::local_irq_save();
     run_task(&t, me);
-    cpu::irq_restore(daif);
     true
 }
 
@@ -277,11 +276,10 @@ pub fn wait_until(t: &Task, ms: Option<u64>) -> Option<TrapFrame> {
             return None;
         }
         if !run_one() {
-            let daif = cpu::irq_save();
+            let _irq = cpu::local_irq_save();
             if !t.is_done() {
                 crate::irq::idle();
             }
-            cpu::irq_restore(daif);
         }
     }
 }

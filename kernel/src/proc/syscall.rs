@@ -8,7 +8,7 @@
 use alloc::vec;
 
 use super::{MmapArgs, ProcError, Process, mmap_anon};
-use crate::arch::aarch64::exception::copy_from_user;
+use crate::arch::aarch64::uaccess::copy_from_user;
 
 pub mod nr {
     pub const WRITE: u64 = 64;
@@ -113,7 +113,7 @@ fn wait4(p: &Process, pid: i64, status: u64, options: u64, rusage: u64) -> i64 {
     let (cpid, code) = p.zombies.lock()[i];
     if status != 0 {
         let wstatus = ((code & 0xff) << 8).to_le_bytes();
-        if crate::arch::aarch64::exception::copy_to_user(status, &wstatus).is_err() {
+        if crate::arch::aarch64::uaccess::copy_to_user(status, &wstatus).is_err() {
             return -EFAULT; // the child stays reapable
         }
     }
@@ -193,7 +193,7 @@ fn page_range(addr: u64, len: u64) -> Result<u64, i64> {
         return Err(-EINVAL);
     }
     let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
-    if addr.checked_add(len).is_none_or(|e| e > super::USER_TOP) {
+    if addr.checked_add(len).is_none_or(|e| e > crate::arch::aarch64::regs::USER_TOP) {
         return Err(-EINVAL);
     }
     Ok(len)
@@ -228,7 +228,7 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    if addr + len > super::USER_TOP {
+    if addr + len > crate::arch::aarch64::regs::USER_TOP {
         return -ENOMEM;
     }
     match super::mprotect_p(p, addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
@@ -254,7 +254,7 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
         return 0;
     }
     // What lies past the user top is a hole.
-    let top = super::USER_TOP;
+    let top = crate::arch::aarch64::regs::USER_TOP;
     let in_reach = top.saturating_sub(addr).min(len);
     if in_reach == 0 {
         return -ENOMEM;

@@ -25,8 +25,8 @@ use alloc::vec::Vec;
 
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::probe_exec;
 use crate::arch::aarch64::regs::mair;
+use crate::arch::aarch64::uaccess::probe_exec;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
@@ -384,7 +384,7 @@ fn compare<M: TableMemory>(
     samples: usize,
     exec: bool,
 ) -> Result<Tally, String> {
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let mut tally = Tally::default();
     for _ in 0..samples {
         // Mostly inside (or just around) what was mapped, sometimes anywhere.
@@ -486,7 +486,7 @@ fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(),
 fn check_coverage(t: &Tally, what: &str, exec: bool) -> Result<(), String> {
     let k = t.kinds;
     // With TCR_EL1.HA the MMU sets access flags itself: no such fault.
-    let af_faults = !cpu::hw_updates().af;
+    let af_faults = !cpu::hw_af_enabled();
     ensure!(
         k[0] > 0 && k[1] > 0 && (k[2] > 0 || !af_faults) && k[3] > 0,
         "{what}: outcomes not all exercised (ok, translation, AF, permission) = {k:?}"
@@ -601,13 +601,13 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
             // The whole table set is the test's: every level may carry limits.
             let lay = build(&mut l, &mut r, base, SLOTS, true, start_level..2, round)?;
             // Run the comparisons with this table set live in TTBR0.
-            let daif = cpu::irq_save();
+            let irq = cpu::local_irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
             unsafe { cpu::switch_ttbr0(root.0 | ((asid as u64) << 48)) };
             let c = compare(l.t, &mut r, &lay, SAMPLES, false);
             // SAFETY: back to the empty table.
             unsafe { cpu::switch_ttbr0(empty.0) };
-            cpu::irq_restore(daif);
+            drop(irq);
             teardown(&mut l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x} asid {asid:#x}: {e}"))
         })();

@@ -5,13 +5,13 @@
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
-use aarch64_cpu::registers::{CurrentEL, MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TTBR1_EL1};
+use crate::arch::aarch64::sysreg;
 
 
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::regs::{TCR_BASE, mair};
+use crate::arch::aarch64::uaccess::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::percpu;
 use crate::ensure;
 use crate::kmain::boot;
@@ -26,7 +26,7 @@ use crate::sym_addr;
 
 kernel_test!(boot_running_at_el1);
 fn boot_running_at_el1() -> Result<(), String> {
-    let el = CurrentEL.read(CurrentEL::EL);
+    let el = sysreg::current_el();
     ensure!(el == 1, "CurrentEL is {el}");
     Ok(())
 }
@@ -44,10 +44,12 @@ fn boot_entry_el_matches_request() -> Result<(), String> {
 
 kernel_test!(mmu_on_with_final_tables);
 fn mmu_on_with_final_tables() -> Result<(), String> {
-    ensure!(SCTLR_EL1.is_set(SCTLR_EL1::M), "SCTLR_EL1.M is clear");
-    ensure!(SCTLR_EL1.is_set(SCTLR_EL1::C) && SCTLR_EL1.is_set(SCTLR_EL1::I), "caches off");
+    use crate::arch::aarch64::regs::sctlr;
+    let s = sysreg::sctlr_el1();
+    ensure!(s & sctlr::M != 0, "SCTLR_EL1.M is clear");
+    ensure!(s & sctlr::C != 0 && s & sctlr::I != 0, "caches off");
     let (root, _) = kmap::roots();
-    let ttbr1 = TTBR1_EL1.get() & 0x0000_ffff_ffff_fffe;
+    let ttbr1 = sysreg::ttbr1_el1() & 0x0000_ffff_ffff_fffe;
     ensure!(ttbr1 == root.0, "TTBR1_EL1 {ttbr1:#x} is not the final kernel root {:#x}", root.0);
     Ok(())
 }
@@ -56,7 +58,7 @@ kernel_test!(mmu_registers_as_programmed);
 fn mmu_registers_as_programmed() -> Result<(), String> {
     let (m, t, s) = crate::arch::aarch64::mmu::expected();
     ensure!(
-        (MAIR_EL1.get(), TCR_EL1.get(), SCTLR_EL1.get()) == (m, t, s),
+        (sysreg::mair_el1(), sysreg::tcr_el1(), sysreg::sctlr_el1()) == (m, t, s),
         "live registers differ from the aarch64-cpu definitions"
     );
     // SPAN is RES1 in the boot value and cleared once PAN is enabled.
@@ -69,21 +71,18 @@ fn mmu_registers_as_programmed() -> Result<(), String> {
         (s & span == 0) == crate::arch::cpu::has_pan(),
         "SCTLR_EL1.SPAN must be clear exactly when the CPU has PAN"
     );
-    ensure!(MAIR_EL1.get() == mair::VALUE, "MAIR_EL1 {:#x} != {:#x}", MAIR_EL1.get(), mair::VALUE);
-    let tcr = TCR_EL1.get();
+    let mair_el1 = sysreg::mair_el1();
+    ensure!(mair_el1 == mair::VALUE, "MAIR_EL1 {mair_el1:#x} != {:#x}", mair::VALUE);
+    let tcr = sysreg::tcr_el1();
     // IPS, AS and HA (hardware access flag, pagelab.hw-af=1) vary at run time.
     let fixed_mask = !((7u64 << 32) | (1 << 36) | (1 << 39));
     ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
     let t0sz = 64 - crate::arch::aarch64::regs::USER_VA_BITS as u64;
-    ensure!(TCR_EL1.read(TCR_EL1::T1SZ) == 16, "48-bit kernel VA (T1SZ {})", TCR_EL1.read(TCR_EL1::T1SZ));
-    ensure!(
-        TCR_EL1.read(TCR_EL1::T0SZ) == t0sz,
-        "T0SZ {} for a {}-bit user VA, expected {t0sz}",
-        TCR_EL1.read(TCR_EL1::T0SZ),
-        64 - t0sz
-    );
-    let ips = TCR_EL1.read(TCR_EL1::IPS);
-    let parange = aarch64_cpu::registers::ID_AA64MMFR0_EL1.read(aarch64_cpu::registers::ID_AA64MMFR0_EL1::PARange);
+    // TCR_EL1.T0SZ [5:0], T1SZ [21:16], IPS [34:32].
+    let (t0, t1, ips) = (tcr & 0x3f, (tcr >> 16) & 0x3f, (tcr >> 32) & 7);
+    ensure!(t1 == 16, "48-bit kernel VA (T1SZ {t1})");
+    ensure!(t0 == t0sz, "T0SZ {t0} for a {}-bit user VA, expected {t0sz}", 64 - t0sz);
+    let parange = sysreg::pa_range();
     ensure!(ips == parange.min(5), "IPS {ips} but PARange {parange}");
     Ok(())
 }
@@ -345,7 +344,7 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     for hole in [0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000] {
         addrs.push((hole, Request::Unmapped));
     }
-    let hw = cpu::hw_updates();
+    let hw = crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() };
     let mut mismatches = 0;
     let mut first = String::new();
     for (va, req) in &addrs {
@@ -379,7 +378,7 @@ fn secondary_work() {
     // Runs on the secondary with its own MMU state: read through the linear
     // map and check the translation via AT on that CPU.
     let id = percpu::this_cpu().id as u64;
-    let ok = SCTLR_EL1.is_set(SCTLR_EL1::M)
+    let ok = sysreg::sctlr_el1() & crate::arch::aarch64::regs::sctlr::M != 0
         && matches!(cpu::at(AtOp::S1E1R, sym_addr!(__kernel_start)), AtResult::Ok { .. });
     WORK_DONE.fetch_or(if ok { 1 << id } else { 1 << (32 + id) }, Ordering::AcqRel);
 }

@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::exception::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
+use crate::arch::aarch64::uaccess::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::user::{SVC_DONE, op};
 use crate::arch::{cpu, percpu};
 use crate::drivers::timer;
@@ -219,10 +219,7 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
         // EL0, which must set PAN again (SCTLR_EL1.SPAN = 0).
         ensure!(matches!(proc::access(name, op::WRITE, va, 16, 0xa7)?, RunEnd::Done), "agent write failed");
         // Read the ID register here rather than trust cpu::has_pan().
-        let has = {
-            use aarch64_cpu::registers::{ID_AA64MMFR1_EL1, Readable};
-            ID_AA64MMFR1_EL1.read(ID_AA64MMFR1_EL1::PAN) != 0
-        };
+        let has = crate::arch::aarch64::sysreg::id_has_pan();
         ensure!(
             cpu::pan() == has,
             "PSTATE.PAN is {} after an EL0 run on a CPU {} PAN",

@@ -12,6 +12,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use super::anon;
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::mm::context;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
@@ -21,7 +22,7 @@ use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::Translation;
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::proc::{self, MmapArgs, RunEnd, asid, syscall};
+use crate::proc::{self, MmapArgs, RunEnd, syscall};
 
 
 fn me() -> usize {
@@ -292,10 +293,10 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x66)?, RunEnd::Done), "filling x");
         let a = start_reader(name, x, y, there)?;
-        let kept = asid::active_on(there);
-        let before = asid::ROLLOVERS.load(Ordering::Relaxed);
+        let kept = context::active_on(there);
+        let before = context::ROLLOVERS.load(Ordering::Relaxed);
         // A tiny ASID space: the other processes use it up several times.
-        asid::force_rollover(Some(1));
+        context::force_rollover(Some(1));
         let r = sched::pin_to_caller(|| -> Result<(), String> {
             for o in &others {
                 ensure!(
@@ -310,14 +311,14 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
             }
             Ok(())
         });
-        let rolled = asid::ROLLOVERS.load(Ordering::Relaxed) - before;
+        let rolled = context::ROLLOVERS.load(Ordering::Relaxed) - before;
         if let Err(e) = r {
             sched::kill(&a);
-            asid::force_rollover(None);
+            context::force_rollover(None);
             return Err(e);
         }
         ensure!(
-            asid::active_on(there) & 0xffff == kept & 0xffff,
+            context::active_on(there) & 0xffff == kept & 0xffff,
             "cpu{there}'s active ASID changed under the running thread"
         );
         // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
@@ -328,7 +329,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| {
             matches!(f, FaultStatus::Permission(_))
         });
-        asid::force_rollover(None);
+        context::force_rollover(None);
         ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed");
         ensure!(
             mine as u64 == kept & 0xffff,

@@ -38,7 +38,7 @@ fn mprotect_madvise_errnos_as_linux() -> Result<(), String> {
         ensure!(m > 0 && m2 > 0, "mmap: {m} {m2}");
         let (m, m2) = (m as u64, m2 as u64);
         ensure!(m2 >= m + 5 * PAGE_SIZE, "no hole between the mappings");
-        let top = proc::USER_TOP;
+        let top = crate::arch::aarch64::regs::USER_TOP;
         let cases: [(&str, u64, [u64; 6], i64); 10] = [
             ("mprotect of length 0", nr::MPROTECT, [m, 0, 1, 0, 0, 0], 0),
             ("mprotect of length 0 with bad prot", nr::MPROTECT, [m, 0, 0x100, 0, 0, 0], 0),

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
-use crate::arch::aarch64::exception::{probe_read_u8, probe_write_u8};
+use crate::arch::aarch64::uaccess::{probe_read_u8, probe_write_u8};
 use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
@@ -28,7 +28,8 @@ kernel_test!(tlb_large_unmap_leaves_nothing_stale);
 /// every page must fault and the 301st must still work. QEMU's TLB really caches translations, so a flush that
 /// missed pages would let these reads succeed.
 fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
-    use crate::mm::tlb::{RANGE_OPS, has_tlbi_range};
+    use crate::arch::aarch64::mm::tlbflush::has_tlbi_range;
+    use crate::mm::tlb::RANGE_OPS;
     use core::sync::atomic::Ordering;
     const PAGES: u64 = 300;
     let order = (PAGES + 1).next_power_of_two().trailing_zeros();
@@ -141,7 +142,14 @@ pub fn agree(va: u64, want: Request) -> Result<(), String> {
     atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     for access in Access::ALL {
         let par = atcheck::observe(access, va);
-        atcheck::check(&walked, &want, access, cpu::hw_updates(), par).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
+        atcheck::check(
+            &walked,
+            &want,
+            access,
+            crate::mm::pgtable::HwUpdates { af: cpu::hw_af_enabled(), dirty: cpu::hw_dirty_enabled() },
+            par,
+        )
+        .map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     }
     Ok(())
 }

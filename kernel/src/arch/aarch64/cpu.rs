@@ -1,5 +1,6 @@
-//! Small wrappers over single instructions: TLB maintenance, `AT`, barriers,
-//! counters. System registers with a field layout are used through
+//! Small wrappers over single instructions: local TLB maintenance, `AT`,
+//! barriers, cache maintenance, the IRQ mask. The broadcast TLBIs mm's
+//! flushes use are in [`super::mm::tlbflush`]. System registers with a field layout are used through
 //! `aarch64-cpu`; these are the ones that are plain instructions.
 
 use core::arch::asm;
@@ -16,28 +17,6 @@ pub fn tpidr_el1() -> u64 {
 pub fn set_tpidr_el1(v: u64) {
     // SAFETY: TPIDR_EL1 is the kernel's own per-CPU pointer register.
     unsafe { asm!("msr tpidr_el1, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
-}
-
-/// Invalidates all stage-1 EL1&0 TLB entries on this CPU (Inner Shareable
-/// broadcast when `broadcast`), with the barriers that make it complete.
-pub fn tlbi_vmalle1(broadcast: bool) {
-    // SAFETY: TLB invalidation only drops cached translations.
-    unsafe {
-        if broadcast {
-            asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags));
-        } else {
-            asm!("dsb nshst", "tlbi vmalle1", "dsb nsh", "isb", options(nostack, preserves_flags));
-        }
-    }
-}
-
-/// Invalidates the translation of one VA in all ASIDs (for global kernel
-/// mappings), broadcast to the Inner Shareable domain.
-pub fn tlbi_vaae1is(va: u64) {
-    // The operand is VA[55:12] whatever the granule.
-    let op = (va >> 12) & ((1 << 44) - 1);
-    // SAFETY: TLB invalidation only drops cached translations.
-    unsafe { asm!("dsb ishst", "tlbi vaae1is, {}", "dsb ish", "isb", in(reg) op, options(nostack, preserves_flags)) };
 }
 
 /// The result of an `AT` instruction: PAR_EL1 decoded.
@@ -146,17 +125,51 @@ pub fn sev() {
     unsafe { asm!("dsb ish", "sev", options(nostack, preserves_flags)) };
 }
 
-/// Masks IRQ, FIQ, SError and debug exceptions; returns the previous DAIF.
-pub fn irq_save() -> u64 {
+/// Exceptions masked until it drops, then DAIF as it was before (Linux
+/// `local_irq_save`/`local_irq_restore` as one RAII value). Not `Send`: the
+/// saved mask belongs to the CPU that took it.
+#[must_use = "IRQs are unmasked again when the guard drops"]
+pub struct IrqGuard {
+    daif: u64,
+    _this_cpu: core::marker::PhantomData<*const ()>,
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions until the guard drops.
+#[inline(always)]
+pub fn local_irq_save() -> IrqGuard {
     let daif: u64;
     // SAFETY: only changes the exception mask.
     unsafe { asm!("mrs {}, daif", "msr daifset, #0xf", out(reg) daif, options(nomem, nostack, preserves_flags)) };
-    daif
+    IrqGuard { daif, _this_cpu: core::marker::PhantomData }
 }
 
-pub fn irq_restore(daif: u64) {
-    // SAFETY: restores a value obtained from irq_save.
-    unsafe { asm!("msr daif, {}", in(reg) daif, options(nomem, nostack, preserves_flags)) };
+impl Drop for IrqGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: restores the mask this CPU had when the guard was taken.
+        unsafe { asm!("msr daif, {}", in(reg) self.daif, options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// Masks IRQ, FIQ, SError and debug exceptions for good (panic, exit).
+#[inline(always)]
+pub fn local_irq_disable() {
+    // SAFETY: only changes the exception mask.
+    unsafe { asm!("msr daifset, #0xf", options(nomem, nostack, preserves_flags)) };
+}
+
+/// `isb`: later instructions see the effect of earlier system-register writes.
+#[inline(always)]
+pub fn isb() {
+    // SAFETY: a barrier only.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Executes a permanently undefined instruction (`udf`), raising an
+/// unknown-reason exception on purpose (`pagelab.crash=undefined-instruction`).
+pub fn undefined_instruction() {
+    // SAFETY: the exception it raises is reported and ends in a panic.
+    unsafe { asm!("udf #0x42", options(nostack)) };
 }
 
 /// The current frame pointer (x29).
@@ -336,15 +349,17 @@ pub fn wfi() {
     unsafe { asm!("dsb sy", "wfi", options(nostack, preserves_flags)) };
 }
 
-/// Makes earlier stores visible to other CPUs before a following system
-/// register write (a GICv3 SGI) that they may react to.
-#[inline(always)]
 /// `dsb sy`: completes every earlier memory access, Device ones included.
+#[inline(always)]
 pub fn dsb_sy() {
     // SAFETY: a barrier only.
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Makes earlier stores visible to other CPUs (and their table walkers)
+/// before what follows: a TLBI, or a system-register write (a GICv3 SGI)
+/// they may react to.
+#[inline(always)]
 pub fn dsb_ishst() {
     // SAFETY: barrier only.
     unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
@@ -395,12 +410,23 @@ pub fn has_hw_af() -> bool {
     ID_AA64MMFR1_EL1.get() & 0xf != 0
 }
 
-/// The descriptor updates this CPU's MMU makes itself (TCR_EL1.HA/HD).
-pub fn hw_updates() -> crate::mm::pgtable::HwUpdates {
+fn tcr_el1() -> u64 {
     let tcr: u64;
     // SAFETY: reads a system register.
     unsafe { asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags)) };
-    crate::mm::pgtable::HwUpdates { af: tcr & (1 << 39) != 0, dirty: tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0 }
+    tcr
+}
+
+/// Whether this CPU's MMU sets access flags itself now (TCR_EL1.HA).
+pub fn hw_af_enabled() -> bool {
+    tcr_el1() & (1 << 39) != 0
+}
+
+/// Whether this CPU's MMU manages dirty state itself now (TCR_EL1.HD,
+/// which takes effect only with HA).
+pub fn hw_dirty_enabled() -> bool {
+    let tcr = tcr_el1();
+    tcr & (1 << 40) != 0 && tcr & (1 << 39) != 0
 }
 
 /// Whether the CPU manages dirty state in hardware too (FEAT_HAFDBS with

@@ -1,27 +1,36 @@
-//! Exception vectors, the saved register frame and the Rust trap handler.
+//! Exception vectors, the saved register frame and one named handler per
+//! vector entry (Linux `arch/arm64/kernel/entry.S` and `entry-common.c`).
 //!
-//! All 16 vector entries save the full general-purpose state into a
-//! [`TrapFrame`] on the kernel stack and call [`trap_handler`]. Entries taken
-//! from EL1 with SP_EL1 first check for a kernel stack overflow the way Linux
-//! does (stacks never cross bit 16, guards always have it set) and switch to
-//! an emergency stack to report it.
+//! Every vector entry saves the full general-purpose state into a
+//! [`TrapFrame`] on the kernel stack and calls its own handler,
+//! `<source>_64_<kind>_handler` with the source as Linux names it: `el1t`
+//! (EL1 on SP_EL0), `el1h` (EL1 on SP_EL1), `el0t_64`, `el0t_32`. Entries
+//! taken from EL1 with SP_EL1 first check for a kernel stack overflow the
+//! way Linux does (stacks never cross bit 16, guards always have it set)
+//! and switch to an emergency stack to report it.
 //!
-//! IRQs (from EL1 or EL0) go to `crate::irq::handle` and return to where
-//! they struck.
+//! These handlers are where arch calls up, and the only place:
+//! - IRQs (from EL1 on either stack, or from EL0) go to `crate::irq::handle`
+//!   and return to where they struck; one from EL0 then passes the
+//!   scheduler's preemption point `crate::proc::sched::irq_from_el0`.
+//! - A synchronous exception from EL0 is an abort
+//!   (`crate::proc::do_el0_abort`, the fault path into mm), an `svc`
+//!   (`crate::proc::do_el0_svc`, the system-call layer), or anything else,
+//!   which ends the EL0 run.
+//! - A synchronous exception from EL1 that [`super::uaccess`] expects is
+//!   recovered: a uaccess touching a user page that is not populated yet is
+//!   filled like an EL0 fault (`crate::proc::handle_uaccess_fault`) and
+//!   retried; otherwise the exception table's fixup runs.
 //!
-//! Faults the kernel expects are recovered here:
-//! - an instruction listed in the exception table (`.ex_table`: faulting
-//!   instruction, fixup) resumes at its fixup: probes and, later, uaccess;
-//! - an instruction abort while an exec probe is armed returns to the
-//!   probe's caller with `x0 = u64::MAX`.
-//!
-//! Everything else prints a readable report and panics.
+//! Everything else (the `unexpected` vectors: FIQ, SError, AArch32, EL1 on
+//! SP_EL0 synchronous) prints a readable report and panics.
 
 use core::arch::global_asm;
 use core::fmt;
 
 use super::esr::{Esr, ExceptionClass};
-use super::percpu;
+use super::regs::USER_TOP;
+use super::uaccess;
 
 /// Registers saved on every exception (288 bytes, 16-byte aligned).
 #[repr(C)]
@@ -37,19 +46,6 @@ pub struct TrapFrame {
 
 pub const FRAME_SIZE: usize = core::mem::size_of::<TrapFrame>();
 const _: () = assert!(FRAME_SIZE == 288);
-
-/// Which vector entry was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VectorKind(pub u64);
-
-impl VectorKind {
-    pub fn source(self) -> &'static str {
-        ["EL1 with SP_EL0", "EL1 with SP_EL1", "EL0 AArch64", "EL0 AArch32"][(self.0 >> 2) as usize & 3]
-    }
-    pub fn kind(self) -> &'static str {
-        ["Synchronous", "IRQ", "FIQ", "SError"][(self.0 & 3) as usize]
-    }
-}
 
 global_asm!(
     r#"
@@ -105,14 +101,14 @@ global_asm!(
 .endm
 
 // A vector entry on the current stack.
-.macro VENTRY kind
+.macro VENTRY name
 .balign 0x80
     sub     sp, sp, #{frame}
-    b       entry_\kind
+    b       \name
 .endm
 
 // A vector entry from EL1 on SP_EL1: check for a stack overflow first.
-.macro VENTRY_EL1H kind
+.macro VENTRY_EL1H name
 .balign 0x80
     sub     sp, sp, #{frame}
     add     sp, sp, x0              // sp' = sp + x0
@@ -120,7 +116,7 @@ global_asm!(
     tbnz    x0, #{guard_bit}, 9f    // the frame would sit in a guard
     sub     x0, sp, x0              // x0 = x0
     sub     sp, sp, x0              // sp = sp
-    b       entry_\kind
+    b       \name
 9:  ldr     x0, =__overflow_stack_top
     mov     sp, x0
     mrs     x0, esr_el1
@@ -129,59 +125,56 @@ global_asm!(
     b       kernel_stack_overflow
 .endm
 
-.macro ENTRY_BODY kind
-entry_\kind:
+// The entry code of vector NAME: save the frame, call NAME_handler with
+// it, restore and return.
+.macro ENTRY_BODY name
+\name:
     SAVE_FRAME
     mov     x0, sp
-    mov     x1, #\kind
-    b       exception_common
+    bl      \name\()_handler
+    RESTORE_FRAME_AND_ERET
 .endm
 
 .section .text.vectors, "ax"
 .balign 2048
 .global exception_vectors
 exception_vectors:
-    VENTRY 0
-    VENTRY 1
-    VENTRY 2
-    VENTRY 3
-    VENTRY_EL1H 4
-    VENTRY_EL1H 5
-    VENTRY_EL1H 6
-    VENTRY_EL1H 7
-    VENTRY 8
-    VENTRY 9
-    VENTRY 10
-    VENTRY 11
-    VENTRY 12
-    VENTRY 13
-    VENTRY 14
-    VENTRY 15
+    VENTRY el1t_64_sync
+    VENTRY el1t_64_irq
+    VENTRY el1t_64_fiq
+    VENTRY el1t_64_error
+    VENTRY_EL1H el1h_64_sync
+    VENTRY_EL1H el1h_64_irq
+    VENTRY_EL1H el1h_64_fiq
+    VENTRY_EL1H el1h_64_error
+    VENTRY el0t_64_sync
+    VENTRY el0t_64_irq
+    VENTRY el0t_64_fiq
+    VENTRY el0t_64_error
+    VENTRY el0t_32_sync
+    VENTRY el0t_32_irq
+    VENTRY el0t_32_fiq
+    VENTRY el0t_32_error
 .balign 0x80
 .ltorg
 
 .section .text, "ax"
-    ENTRY_BODY 0
-    ENTRY_BODY 1
-    ENTRY_BODY 2
-    ENTRY_BODY 3
-    ENTRY_BODY 4
-    ENTRY_BODY 5
-    ENTRY_BODY 6
-    ENTRY_BODY 7
-    ENTRY_BODY 8
-    ENTRY_BODY 9
-    ENTRY_BODY 10
-    ENTRY_BODY 11
-    ENTRY_BODY 12
-    ENTRY_BODY 13
-    ENTRY_BODY 14
-    ENTRY_BODY 15
-
-.section .text, "ax"
-exception_common:
-    bl      trap_handler
-    RESTORE_FRAME_AND_ERET
+    ENTRY_BODY el1t_64_sync
+    ENTRY_BODY el1t_64_irq
+    ENTRY_BODY el1t_64_fiq
+    ENTRY_BODY el1t_64_error
+    ENTRY_BODY el1h_64_sync
+    ENTRY_BODY el1h_64_irq
+    ENTRY_BODY el1h_64_fiq
+    ENTRY_BODY el1h_64_error
+    ENTRY_BODY el0t_64_sync
+    ENTRY_BODY el0t_64_irq
+    ENTRY_BODY el0t_64_fiq
+    ENTRY_BODY el0t_64_error
+    ENTRY_BODY el0t_32_sync
+    ENTRY_BODY el0t_32_irq
+    ENTRY_BODY el0t_32_fiq
+    ENTRY_BODY el0t_32_error
 
 .section .bss
 .balign 16
@@ -206,67 +199,88 @@ impl fmt::Display for TrapFrame {
     }
 }
 
-/// An entry of the exception table: a faulting instruction and where to resume.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct ExEntry {
-    insn: u64,
-    fixup: u64,
-}
-
-fn find_fixup(pc: u64) -> Option<u64> {
-    let start = crate::sym_addr!(__ex_table_start) as *const ExEntry;
-    let end = crate::sym_addr!(__ex_table_end) as *const ExEntry;
-    // SAFETY: the linker places only ExEntry records between these symbols.
-    let table = unsafe { core::slice::from_raw_parts(start, end.offset_from(start) as usize) };
-    table.iter().find(|e| e.insn == pc).map(|e| e.fixup)
-}
-
-/// Called from the vectors with the saved frame.
+/// IRQ from EL1: handled, then back to where it struck.
 #[unsafe(no_mangle)]
-extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
-    let vk = VectorKind(kind);
-    if matches!(kind, 1 | 5 | 9) {
-        // IRQ from EL1 (either stack) or from EL0: handle and return to
-        // where it struck, through the normal exception exit.
-        crate::irq::handle(kind == 9);
-        if kind == 9 {
-            // The scheduler's preemption point (may not return).
-            crate::proc::sched::irq_from_el0(frame);
-        }
-        return;
-    }
+extern "C" fn el1h_64_irq_handler(_frame: &mut TrapFrame) {
+    crate::irq::handle(false);
+}
+
+/// IRQ from EL1 on SP_EL0: as from SP_EL1.
+#[unsafe(no_mangle)]
+extern "C" fn el1t_64_irq_handler(_frame: &mut TrapFrame) {
+    crate::irq::handle(false);
+}
+
+/// IRQ from EL0: handled, then the scheduler's preemption point (which
+/// may not return).
+#[unsafe(no_mangle)]
+extern "C" fn el0t_64_irq_handler(frame: &mut TrapFrame) {
+    crate::irq::handle(true);
+    crate::proc::sched::irq_from_el0(frame);
+}
+
+/// Synchronous exception from EL1: only what uaccess and the probes
+/// expect is recovered.
+#[unsafe(no_mangle)]
+extern "C" fn el1h_64_sync_handler(frame: &mut TrapFrame) {
     let esr = Esr(frame.esr);
-    if kind == 4 {
-        // Synchronous, from EL1.
-        if esr.ec() == ExceptionClass::DataAbortSameEl {
+    match esr.ec() {
+        ExceptionClass::DataAbortSameEl => {
             // A uaccess touching a user page that is not populated yet: fill
             // it like an EL0 fault and retry the instruction.
-            if find_fixup(frame.elr).is_some()
-                && frame.far < crate::proc::USER_TOP
+            if uaccess::in_ex_table(frame.elr)
+                && frame.far < USER_TOP
                 && crate::proc::handle_uaccess_fault(frame.far, esr)
             {
                 return;
             }
-            if let Some(fixup) = find_fixup(frame.elr) {
-                percpu::record_fixup_fault(frame.esr, frame.far);
-                frame.elr = fixup;
+            if uaccess::fixup_exception(frame) {
                 return;
             }
         }
-        if esr.ec() == ExceptionClass::InstructionAbortSameEl && percpu::take_exec_probe() {
-            percpu::record_fixup_fault(frame.esr, frame.far);
-            frame.elr = frame.x[30];
-            frame.x[0] = u64::MAX;
-            return;
+        ExceptionClass::InstructionAbortSameEl if uaccess::fixup_exec_probe(frame) => return,
+        _ => {}
+    }
+    unexpected(frame, "EL1 with SP_EL1", "Synchronous");
+}
+
+/// Synchronous exception from EL0 (AArch64): an abort goes to the fault
+/// path, `svc` to the system-call layer; anything else ends the EL0 run.
+#[unsafe(no_mangle)]
+extern "C" fn el0t_64_sync_handler(frame: &mut TrapFrame) {
+    let esr = Esr(frame.esr);
+    match esr.ec() {
+        ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
+            crate::proc::do_el0_abort(frame, esr)
         }
+        ExceptionClass::Svc64 => crate::proc::do_el0_svc(frame, esr),
+        _ => super::user::return_to_kernel(frame),
     }
-    if kind == 8 {
-        // Synchronous, from EL0 (AArch64).
-        crate::proc::handle_el0_sync(frame);
-        return;
-    }
-    report_and_panic(frame, vk);
+}
+
+/// The vectors pagelab never expects (Linux's `UNHANDLED`): a report and a
+/// panic.
+macro_rules! unhandled {
+    ($($name:ident: $source:literal, $kind:literal;)*) => {$(
+        #[unsafe(no_mangle)]
+        extern "C" fn $name(frame: &mut TrapFrame) {
+            unexpected(frame, $source, $kind);
+        }
+    )*};
+}
+
+unhandled! {
+    el1t_64_sync_handler: "EL1 with SP_EL0", "Synchronous";
+    el1t_64_fiq_handler: "EL1 with SP_EL0", "FIQ";
+    el1t_64_error_handler: "EL1 with SP_EL0", "SError";
+    el1h_64_fiq_handler: "EL1 with SP_EL1", "FIQ";
+    el1h_64_error_handler: "EL1 with SP_EL1", "SError";
+    el0t_64_fiq_handler: "EL0 AArch64", "FIQ";
+    el0t_64_error_handler: "EL0 AArch64", "SError";
+    el0t_32_sync_handler: "EL0 AArch32", "Synchronous";
+    el0t_32_irq_handler: "EL0 AArch32", "IRQ";
+    el0t_32_fiq_handler: "EL0 AArch32", "FIQ";
+    el0t_32_error_handler: "EL0 AArch32", "SError";
 }
 
 /// Prints on the fatal paths even if this CPU faulted while holding the
@@ -275,15 +289,15 @@ macro_rules! fatal_println {
     ($($arg:tt)*) => { crate::drivers::uart::emergency_print(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-fn report_and_panic(frame: &TrapFrame, vk: VectorKind) -> ! {
+fn unexpected(frame: &TrapFrame, source: &str, kind: &str) -> ! {
     let esr = Esr(frame.esr);
-    fatal_println!("\n*** unexpected exception: {} from {} ***", vk.kind(), vk.source());
+    fatal_println!("\n*** unexpected exception: {kind} from {source} ***");
     fatal_println!("  {esr}");
     let far_valid = esr.ec().is_abort() && !esr.fnv();
     fatal_println!("  FAR {:#018x}{}", frame.far, if far_valid { "" } else { " (not valid for this exception)" });
     fatal_println!("{frame}");
     crate::panic::print_backtrace_from(frame.x[29], frame.elr);
-    panic!("unexpected {} exception from {}: {}", vk.kind(), vk.source(), esr);
+    panic!("unexpected {kind} exception from {source}: {esr}");
 }
 
 /// Reached on the emergency stack when an exception frame would land in a
@@ -293,159 +307,4 @@ extern "C" fn kernel_stack_overflow(esr: u64, far: u64, elr: u64) -> ! {
     fatal_println!("\n*** kernel stack overflow ***");
     fatal_println!("  {}  FAR {far:#018x}  ELR {elr:#018x}", Esr(esr));
     panic!("kernel stack overflow at {elr:#x} (FAR {far:#x})");
-}
-
-// Probes in the exception table. They return the loaded byte or `u64::MAX`
-// for a read, 0 or `u64::MAX` for a write.
-unsafe extern "C" {
-    fn __probe_read_u8(addr: u64) -> u64;
-    fn __probe_write_u8(addr: u64, val: u8) -> u64;
-    fn __probe_exec(addr: u64) -> u64;
-}
-
-global_asm!(
-    r#"
-.section .text, "ax"
-.global __probe_read_u8
-__probe_read_u8:
-1:  ldrb    w0, [x0]
-    ret
-2:  mov     x0, #-1
-    ret
-.pushsection .ex_table, "a"
-    .quad 1b, 2b
-.popsection
-
-.global __probe_write_u8
-__probe_write_u8:
-1:  strb    w1, [x0]
-    mov     x0, #0
-    ret
-2:  mov     x0, #-1
-    ret
-.pushsection .ex_table, "a"
-    .quad 1b, 2b
-.popsection
-
-// Branches to x0 with x0 = x0; an instruction abort there comes back to our
-// caller with x0 = -1 (see trap_handler).
-.global __probe_exec
-__probe_exec:
-    br      x0
-"#
-);
-
-/// Reads one byte at `addr`, turning a data abort into `Err((esr, far))`.
-pub fn probe_read_u8(addr: u64) -> Result<u8, (u64, u64)> {
-    percpu::clear_fixup_fault();
-    // SAFETY: the load is covered by the exception table; a fault returns MAX.
-    let v = unsafe { __probe_read_u8(addr) };
-    if v == u64::MAX { Err(percpu::last_fixup_fault()) } else { Ok(v as u8) }
-}
-
-/// Writes one byte at `addr`, turning a data abort into `Err((esr, far))`.
-///
-/// # Safety
-/// If the write succeeds it really happens: `addr` must be memory whose
-/// change is harmless.
-pub unsafe fn probe_write_u8(addr: u64, val: u8) -> Result<(), (u64, u64)> {
-    percpu::clear_fixup_fault();
-    // SAFETY: the store is covered by the exception table.
-    let v = unsafe { __probe_write_u8(addr, val) };
-    if v == u64::MAX { Err(percpu::last_fixup_fault()) } else { Ok(()) }
-}
-
-/// Branches to `addr`, which must hold a `ret` if it is executable at all.
-/// Returns `Ok(())` if it ran, `Err((esr, far))` on an instruction abort.
-///
-/// # Safety
-/// `addr` must contain code that returns immediately if it executes.
-pub unsafe fn probe_exec(addr: u64) -> Result<(), (u64, u64)> {
-    percpu::clear_fixup_fault();
-    percpu::arm_exec_probe();
-    // SAFETY: per the contract, either `ret` runs or the abort is recovered.
-    let v = unsafe { __probe_exec(addr) };
-    percpu::take_exec_probe();
-    if v == u64::MAX { Err(percpu::last_fixup_fault()) } else { Ok(()) }
-}
-
-// copy_from_user / copy_to_user: byte loops whose every user access is in
-// the exception table; they return the number of bytes NOT copied. The user
-// side is accessed with LDTRB/STTRB, the unprivileged forms: they are
-// checked with EL0's permissions, so PSTATE.PAN (which blocks plain EL1
-// accesses to EL0-accessible pages) does not apply to them and stays set,
-// and a page EL0 cannot read or write cannot be copied either.
-global_asm!(
-    r#"
-.section .text, "ax"
-.global __copy_from_user
-__copy_from_user:                   // x0 = dst (kernel), x1 = src (user), x2 = len
-    cbz     x2, 2f
-1:  ldtrb   w3, [x1]
-    strb    w3, [x0], #1
-    add     x1, x1, #1
-    sub     x2, x2, #1
-    cbnz    x2, 1b
-2:  mov     x0, x2
-    ret
-3:  mov     x0, x2
-    ret
-.pushsection .ex_table, "a"
-    .quad 1b, 3b
-.popsection
-
-.global __copy_to_user
-__copy_to_user:                     // x0 = dst (user), x1 = src (kernel), x2 = len
-    cbz     x2, 2f
-1:  ldrb    w3, [x1], #1
-4:  sttrb   w3, [x0]
-    add     x0, x0, #1
-    sub     x2, x2, #1
-    cbnz    x2, 1b
-2:  mov     x0, x2
-    ret
-3:  mov     x0, x2
-    ret
-.pushsection .ex_table, "a"
-    .quad 4b, 3b
-.popsection
-"#
-);
-
-unsafe extern "C" {
-    fn __copy_from_user(dst: *mut u8, src: u64, len: u64) -> u64;
-    fn __copy_to_user(dst: u64, src: *const u8, len: u64) -> u64;
-}
-
-/// Whether `[addr, addr+len)` lies wholly in the user half (no overflow).
-fn user_range_ok(addr: u64, len: u64) -> bool {
-    addr.checked_add(len).is_some_and(|e| e <= crate::proc::USER_TOP)
-}
-
-/// A user copy touched an address it may not (Linux's `-EFAULT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserCopyFault;
-
-/// Copies `dst.len()` bytes from user address `src`. Refuses (`Err`) any
-/// range that is not wholly below the user top, and any fault the fault path
-/// cannot resolve - never a kernel crash.
-pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), UserCopyFault> {
-    let len = dst.len() as u64;
-    if !user_range_ok(src, len) {
-        return Err(UserCopyFault);
-    }
-    // SAFETY: the range is a user range; faults come back through the fixup.
-    let left = unsafe { __copy_from_user(dst.as_mut_ptr(), src, len) };
-    if left == 0 { Ok(()) } else { Err(UserCopyFault) }
-}
-
-/// Copies `src` to user address `dst`, with the same checks.
-pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), UserCopyFault> {
-    let len = src.len() as u64;
-    if !user_range_ok(dst, len) {
-        return Err(UserCopyFault);
-    }
-    // SAFETY: as above.
-    let left = unsafe { __copy_to_user(dst, src.as_ptr(), len) };
-    if left == 0 { Ok(()) } else { Err(UserCopyFault) }
 }

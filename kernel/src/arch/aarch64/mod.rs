@@ -1,4 +1,5 @@
-//! AArch64: boot, exceptions, system registers, TLB and cache maintenance, `AT`.
+//! AArch64: boot, exceptions, uaccess, system registers, TLB and cache
+//! maintenance, ASIDs, `AT`.
 //!
 //! Everything that needs `asm!` is in this module and gated on the bare-metal
 //! target; [`esr`] and [`regs`] are pure and unit-tested on the host.
@@ -6,11 +7,15 @@ pub mod esr;
 pub mod regs;
 
 #[cfg(target_os = "none")]
+pub mod arch_timer;
+#[cfg(target_os = "none")]
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod cpu;
 #[cfg(target_os = "none")]
 pub mod exception;
+#[cfg(target_os = "none")]
+pub mod mm;
 #[cfg(target_os = "none")]
 pub mod mmu;
 #[cfg(target_os = "none")]
@@ -19,5 +24,9 @@ pub mod percpu;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod semihosting;
+#[cfg(target_os = "none")]
+pub mod sysreg;
+#[cfg(target_os = "none")]
+pub mod uaccess;
 #[cfg(target_os = "none")]
 pub mod user;

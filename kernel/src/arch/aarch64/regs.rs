@@ -45,6 +45,10 @@ pub const USER_VA_BITS: u32 = 39;
 #[cfg(not(feature = "va39"))]
 pub const USER_VA_BITS: u32 = 48;
 
+/// The end of the addresses processes use and uaccess accepts (Linux
+/// `TASK_SIZE`): the lower half of TTBR0's range.
+pub const USER_TOP: u64 = 1 << (USER_VA_BITS - 1);
+
 pub mod tcr {
     pub const T0SZ_SHIFT: u32 = 0;
     pub const EPD0: u64 = 1 << 7;

@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use crate::arch::aarch64::boot::MAX_CPUS;
-use crate::arch::percpu;
+use crate::arch::aarch64::percpu;
 
 /// ASID bits the kernel uses: 16 or 8 from the CPU, or fewer when
 /// `pagelab.asid-bits=N` asks (tests use this to force rollovers).
@@ -88,8 +88,7 @@ impl State {
             }
         }
         ROLLOVERS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: TLB maintenance only.
-        unsafe { core::arch::asm!("dsb ishst", "tlbi vmalle1is", "dsb ish", "isb") };
+        super::tlbflush::flush_tlb_all();
     }
 
     fn free_asid(&self) -> Option<usize> {
@@ -218,8 +217,7 @@ pub fn release(slot: &AtomicU64) {
     let cur = slot.load(Ordering::Relaxed);
     if cur >> 16 == st.generation {
         let a = (cur & 0xffff) as usize;
-        // SAFETY: TLB maintenance only.
-        unsafe { core::arch::asm!("dsb ishst", "tlbi aside1is, {}", "dsb ish", "isb", in(reg) (a as u64) << 48) };
+        super::tlbflush::flush_tlb_asid(a as u16);
         st.used[a / 64] &= !(1 << (a % 64));
     }
     slot.store(0, Ordering::Relaxed);
