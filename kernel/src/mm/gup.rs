@@ -91,7 +91,7 @@ pub fn get_user_pages(
                 if crate::mm::error::try_reserve(&mut out, 1).is_err() {
                     release(t, flags.pin);
                     undo(out, flags.pin);
-                    return Err(-crate::proc::syscall::ENOMEM);
+                    return Err(-crate::errno::ENOMEM);
                 }
                 out.push(t)
             }
@@ -111,7 +111,7 @@ fn undo(v: Vec<Taken>, pin: bool) {
 }
 
 fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Result<Taken, i64> {
-    use crate::proc::syscall::{EFAULT, ENOMEM};
+    use crate::errno::{EFAULT, ENOMEM};
     let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
     if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {

@@ -173,12 +173,27 @@ fn file_vma_put(v: &Vma) {
     let _ = v;
 }
 
+/// Called when the VMA list of an mm changed, with its write lock still
+/// held (Linux's notifier idea: mm/ calls out, the listener registers).
+pub type VmasChangedHook = fn(&MmStruct, &VmaList);
+
+/// The registered [`VmasChangedHook`]. The process layer sets it before
+/// its first process has a VMA, so the debugger's mirror of the VMAs
+/// follows every change.
+static VMAS_CHANGED_HOOK: spin::Once<VmasChangedHook> = spin::Once::new();
+
+/// Registers the one listener for VMA list changes (the first call wins:
+/// there is one debugger mirror).
+pub fn set_vmas_changed_hook(hook: VmasChangedHook) {
+    VMAS_CHANGED_HOOK.call_once(|| hook);
+}
+
 /// The VMA list of `mm` changed (its write lock is still held): the
-/// debugger's mirror of it follows ([`crate::proc::debug_table`]).
+/// registered listener, if any, follows.
 fn vmas_changed(mm: &MmStruct, vmas: &VmaList) {
-    #[cfg(target_os = "none")]
-    crate::proc::debug_table::vmas_changed(mm, vmas);
-    let _ = (mm, vmas);
+    if let Some(hook) = VMAS_CHANGED_HOOK.get() {
+        hook(mm, vmas);
+    }
 }
 
 /// The VMAs of an mm, sorted and non-overlapping.
