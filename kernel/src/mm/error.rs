@@ -40,8 +40,10 @@ pub enum MmError {
     OutOfRange { addr: u64, len: u64 },
     /// A page of the range lies in no VMA.
     NotMapped { addr: u64 },
-    /// The range touches the agent's mapping, which stays as it is.
-    Agent,
+    /// The range touches the mm's sealed range (the process layer seals
+    /// the agent's mapping), which stays as it is (Linux mseal: -EPERM;
+    /// here -EINVAL, as before sealing existed).
+    Sealed,
     /// A new mapping would overlap one that exists.
     Overlap { addr: u64 },
     /// `pfn=` on a machine without a PFN pool.
@@ -95,7 +97,7 @@ impl MmError {
             MmError::NotAligned { .. }
             | MmError::Empty
             | MmError::OutOfRange { .. }
-            | MmError::Agent
+            | MmError::Sealed
             | MmError::Overlap { .. }
             | MmError::NoPfnPool
             | MmError::PfnOutsidePool { .. }
@@ -137,7 +139,7 @@ impl fmt::Display for MmError {
                 write!(f, "range {addr:#x}+{len:#x} is out of range of the user address space")
             }
             MmError::NotMapped { addr } => write!(f, "{addr:#x} is not mapped"),
-            MmError::Agent => f.write_str("the agent's mapping cannot be unmapped or changed"),
+            MmError::Sealed => f.write_str("the agent's mapping is sealed: it cannot be unmapped or changed"),
             MmError::Overlap { addr } => write!(f, "overlapping mapping at {addr:#x}"),
             MmError::NoPfnPool => f.write_str("this machine has no PFN pool (RAM too small)"),
             MmError::PfnOutsidePool { pfn, size, start, end } => write!(

@@ -285,7 +285,16 @@ pub struct MmStruct {
     pub write_protect_seq: core::sync::atomic::AtomicU64,
     /// Linux `mm_forbids_zeropage` (s390's per-mm switch; tests set it).
     pub forbid_zeropage: core::sync::atomic::AtomicBool,
+    /// Where `do_mmap` looks for room next (Linux's former
+    /// `free_area_cache`): mappings go upwards from [`MMAP_BASE`].
+    pub free_area: core::sync::atomic::AtomicU64,
+    /// The range [`MmStruct::mseal`] sealed: munmap and mprotect refuse to
+    /// touch it (Linux `VM_SEALED`).
+    sealed: spin::Once<(u64, u64)>,
 }
+
+/// First address `do_mmap` hands out.
+pub const MMAP_BASE: u64 = 0x10_0000_0000;
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
@@ -296,7 +305,19 @@ impl MmStruct {
             page_table_lock: spin::Mutex::new(()),
             write_protect_seq: core::sync::atomic::AtomicU64::new(0),
             forbid_zeropage: core::sync::atomic::AtomicBool::new(false),
+            free_area: core::sync::atomic::AtomicU64::new(MMAP_BASE),
+            sealed: spin::Once::new(),
         }
+    }
+    /// Seals `[start, end)` (Linux `mseal`): its VMAs can no longer be
+    /// unmapped or have their protection changed. One range per mm (the
+    /// process layer's agent); a second call is ignored.
+    pub fn mseal(&self, start: u64, end: u64) {
+        self.sealed.call_once(|| (start, end));
+    }
+    /// Whether `[start, end)` overlaps the sealed range.
+    pub fn is_sealed(&self, start: u64, end: u64) -> bool {
+        self.sealed.get().is_some_and(|&(s, e)| s < end && start < e)
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }

@@ -17,8 +17,14 @@ pub mod gup;
 pub mod huge_memory;
 pub mod layout;
 #[cfg(target_os = "none")]
+pub mod madvise;
+#[cfg(target_os = "none")]
 pub mod memory;
 pub mod mm_struct;
+#[cfg(target_os = "none")]
+pub mod mmap;
+#[cfg(target_os = "none")]
+pub mod mprotect;
 #[cfg(target_os = "none")]
 pub mod page;
 pub mod pgtable;

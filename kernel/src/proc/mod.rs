@@ -35,16 +35,15 @@ use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
+use crate::mm::mmap::{self, MmapArgs, USER_TOP};
 use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::tlb::KernelFlush;
+use crate::mm::{madvise, mprotect};
 pub use error::ProcError;
 
 /// Where every process sees the agent.
 pub const AGENT_VA: u64 = 0x40_0000;
-/// First address handed out by `mmap`.
-pub const MMAP_BASE: u64 = 0x10_0000_0000;
-pub const USER_TOP: u64 = 1 << (crate::arch::aarch64::regs::USER_VA_BITS - 1);
 
 pub struct Region {
     pub va: u64,
@@ -59,7 +58,6 @@ pub struct Process {
     pub mm: MmStruct,
     pub(crate) tables: Mutex<FrameTableMem>,
     pub regions: Mutex<BTreeMap<String, Region>>,
-    next_va: AtomicU64,
     pub stats: ProcStats,
     /// Children that exited and were not waited for: (pid, status).
     pub(crate) zombies: Mutex<Vec<(u32, i32)>>,
@@ -129,7 +127,6 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
         mm: MmStruct::new(root, 0), // an ASID is handed out when it first runs
         tables: Mutex::new(mem),
         regions: Mutex::new(BTreeMap::new()),
-        next_va: AtomicU64::new(MMAP_BASE),
         stats: ProcStats::default(),
         zombies: Mutex::new(Vec::new()),
         exit_code: Mutex::new(None),
@@ -149,6 +146,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
         pgoff: 0,
     };
     p.mm.mmap_write_lock().insert(agent);
+    // Neither munmap nor mprotect may touch the agent.
+    p.mm.mseal(agent.start, agent.end);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
         let mut mem = p.tables.lock();
@@ -214,7 +213,7 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
     for (k, r) in parent.regions.lock().iter() {
         child.regions.lock().insert(k.clone(), Region { va: r.va, size: r.size });
     }
-    child.next_va.store(parent.next_va.load(Ordering::Relaxed), Ordering::Relaxed);
+    child.mm.free_area.store(parent.mm.free_area.load(Ordering::Relaxed), Ordering::Relaxed);
     // The child inherits every open file descriptor (Linux dup of the fd table).
     {
         let fds = parent.fds.lock().clone();
@@ -426,44 +425,7 @@ pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, Pro
     f(unsafe { &*ptr })
 }
 
-pub struct MmapArgs {
-    pub size: u64,
-    pub writable: bool,
-    pub readable: bool,
-    pub align: u64,
-    /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
-    pub folio_order: u8,
-    /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
-    pub pfn: Option<u64>,
-    /// MAP_SHARED: with `memfd`, or for PFN mappings; alone, anonymous
-    /// shared memory (an unnamed shmem file).
-    pub shared: bool,
-    /// `memfd=F`: maps the named in-memory file F from offset 0.
-    pub memfd: Option<String>,
-    /// An open memfd (the `mmap` system call with a file descriptor): the
-    /// shmem file's id and the file page the mapping starts at. The file
-    /// does not grow; pages past its end are a SIGSEGV (Linux: SIGBUS).
-    pub file: Option<(u32, u64)>,
-    /// `noreserve` (MAP_NORESERVE): no overcommit check.
-    pub noreserve: bool,
-}
-
-/// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
-/// `__vm_enough_memory`): a charged mapping may not be larger than total RAM
-/// plus swap (there is no swap device). Each mapping on its own, as Linux:
-/// the sum may be more.
-fn vm_enough_memory(size: u64) -> Result<(), MmError> {
-    let limit = crate::mm::frame::stats().managed * PAGE_SIZE;
-    if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
-}
-
-/// Whether a private mapping with `flags` is charged against the
-/// overcommit limit once it is writable (Linux `VM_ACCOUNT`).
-fn accountable(flags: VmFlags) -> bool {
-    !flags.contains(VmFlags::SHARED) && !flags.contains(VmFlags::NORESERVE) && !flags.contains(VmFlags::PFNMAP)
-}
-
-/// `P mmap R SIZE ...` (anonymous private memory in this slice).
+/// `P mmap R SIZE ...`: maps memory as `a` says and names it `region`.
 pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
     with_proc(name, |p| {
         if p.regions.lock().contains_key(region) {
@@ -471,347 +433,32 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
         }
         // The region's insert cannot fail softly: room for it before mapping.
         crate::mm::error::heap_headroom(0)?;
-        let (va, size) = mmap_anon(p, &a)?;
+        let (va, size) = mmap::do_mmap(p.mt(), &a)?;
         p.regions.lock().insert(region.to_string(), Region { va, size });
         Ok(va)
     })
 }
 
-/// Creates a VMA of `a.size` bytes (anonymous, memfd, shared or PFN
-/// memory, as `a` says); returns (va, size).
-pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError> {
-    {
-        if a.size == 0 {
-            return Err(MmError::Empty);
-        }
-        if a.size > USER_TOP {
-            return Err(MmError::NoAddressSpace { size: a.size });
-        }
-        let size = align_up(a.size, PAGE_SIZE);
-        // Large folios need naturally aligned ranges (Linux aligns THP-able
-        // anonymous mappings the same way).
-        let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
-        let va = align_up(p.next_va.load(Ordering::Relaxed), align);
-        let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
-        let mut flags = VmFlags(0);
-        if a.readable {
-            flags = flags | VmFlags::READ;
-        }
-        if a.writable {
-            flags = flags | VmFlags::WRITE | VmFlags::READ;
-        }
-        if let Some(pfn) = a.pfn {
-            let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
-            if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
-                return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
-            }
-            flags = flags | VmFlags::PFNMAP | VmFlags::IO;
-        }
-        flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
-        if a.noreserve {
-            flags = flags | VmFlags::NORESERVE;
-        }
-        // A private writable mapping is charged (`VM_ACCOUNT`); so is
-        // anonymous shared memory, whatever its protection: its shmem file
-        // is (`shmem_zero_setup` -> `shmem_acct_size`) unless `noreserve`.
-        // A memfd (Linux: VM_NORESERVE) and a PFN mapping are not.
-        let shared_anon = a.shared && a.pfn.is_none() && a.memfd.is_none() && a.file.is_none();
-        if (accountable(flags) && a.writable) || (shared_anon && !a.noreserve) {
-            vm_enough_memory(size)?;
-        }
-        // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
-        // shmem file. Its pages come from the page cache, base pages only.
-        // An fd's file is held until the VMA (or the error) is in place.
-        struct Hold(u32);
-        impl Drop for Hold {
-            fn drop(&mut self) {
-                crate::mm::shmem::vma_put(self.0);
-            }
-        }
-        let mut _hold = None;
-        let (file, pgoff) = match (&a.memfd, a.file, a.shared && a.pfn.is_none()) {
-            (_, Some((id, pgoff)), _) => {
-                let f = crate::mm::shmem::get_hold(id).ok_or(MmError::NoSuchFile)?;
-                _hold = Some(Hold(id));
-                (Some(f), pgoff)
-            }
-            (Some(name), None, _) => (Some(crate::mm::shmem::open(name)?), 0),
-            (None, None, true) => (Some(crate::mm::shmem::create_anon()?), 0),
-            (None, None, false) => (None, 0),
-        };
-        if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
-            return Err(MmError::FileOptions);
-        }
-        if let Some(f) = &file
-            && a.file.is_none()
-        {
-            f.grow(size);
-        }
-        let file = file.map_or(0, |f| f.id);
-        let vma = Vma {
-            start: va,
-            end,
-            flags,
-            folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order },
-            file,
-            pgoff,
-        };
-        let inserted = {
-            let mut g = p.mm.mmap_write_lock();
-            g.try_reserve(1).map(|()| g.insert(vma))
-        };
-        if inserted != Ok(true) {
-            if file != 0 {
-                // Frees a new unnamed file again (nothing maps it).
-                crate::mm::shmem::vma_get(file);
-                crate::mm::shmem::vma_put(file);
-            }
-            return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
-        }
-        if let Some(pfn) = a.pfn
-            && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
-        {
-            // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
-            // allocation to inject failures into, and a zap of special
-            // entries only (no pages, no blocks) needs none that can fail.
-            // Should it fail all the same, the VMA stays over its entries.
-            match crate::mm::fail_alloc::unarmed(|| memory::zap_page_range(p.mt(), va, size)) {
-                Ok(()) => {
-                    p.mm.mmap_write_lock().remove(va);
-                }
-                Err(z) => {
-                    log::error!("{}: mmap pfn= failed ({e}) and so did its cleanup ({z})", p.name);
-                    p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
-                }
-            }
-            return Err(e);
-        }
-        // Leave a guard gap between regions.
-        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
-        Ok((va, size))
-    }
-}
-
-/// Zaps `[va, va+len)` in `p`'s tables (Linux `zap_page_range`; VMAs
-/// are not touched).
-fn zap(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    memory::zap_page_range(p.mt(), va, len)
-}
-
-fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
-    if len == 0 {
-        return Err(MmError::Empty);
-    }
-    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MmError::NotAligned { addr: va, len });
-    }
-    if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
-        return Err(MmError::OutOfRange { addr: va, len });
-    }
-    Ok(())
-}
-
-/// `P munmap RANGE`: removes the VMAs (splitting those cut by the range) and
-/// zaps what was mapped. A region unmapped completely is forgotten.
+/// `P munmap RANGE`: [`mmap::do_munmap`]; a region unmapped completely is
+/// forgotten.
 pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(munmap_p(p, va, len)?))
 }
 
 pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    {
-        {
-            let mut vmas = p.mm.mmap_write_lock();
-            if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
-                return Err(MmError::Agent);
-            }
-            let n = vmas.splits_needed(va, va + len);
-            vmas.try_reserve(n)?;
-            vmas.split_at(va);
-            vmas.split_at(va + len);
-            zap(p, va, len)?;
-            // One at a time: no list to allocate.
-            loop {
-                let Some(s) = vmas.inside(va, va + len).map(|v| v.start).next() else { break };
-                vmas.remove(s);
-            }
-        }
-        p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
-        Ok(())
-    }
-}
-
-/// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
-/// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
-fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let mut a = va;
-    while a < va + len {
-        let v = vmas.find(a).ok_or(MmError::NotMapped { addr: a })?;
-        a = v.end;
-    }
-    let n = vmas.splits_needed(va, va + len);
-    vmas.try_reserve(n)?;
-    vmas.split_at(va);
-    vmas.split_at(va + len);
+    mmap::do_munmap(p.mt(), va, len)?;
+    p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
     Ok(())
 }
 
-/// `P madvise RANGE hugepage|nohugepage`: the folio policy of later faults
-/// in the range (VMAs split at its ends). `hugepage` allows the largest
-/// folios where the mapping had none (`thp=never`); `nohugepage` limits
-/// faults to base pages (Linux VM_NOHUGEPAGE).
-pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), ProcError> {
-    with_proc(name, |p| Ok(madvise_hugepage_p(p, va, len, huge)?))
+/// `P madvise RANGE dontneed|hugepage|nohugepage` ([`madvise::do_madvise`]).
+pub fn madvise(name: &str, va: u64, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
+    with_proc(name, |p| Ok(madvise::do_madvise(p.mt(), va, len, advice)?))
 }
 
-/// As Linux's `madvise_walk_vmas`: every VMA part in the range gets the
-/// advice; a hole is `not mapped` (-ENOMEM) once the rest is done.
-pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    let end = va + len;
-    let mut vmas = p.mm.mmap_write_lock();
-    let mut hole = None;
-    let mut a = va;
-    while a < end {
-        let Some((s, e)) = vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end)))
-        else {
-            hole.get_or_insert(a);
-            break;
-        };
-        if s > a {
-            hole.get_or_insert(a);
-        }
-        let n = vmas.splits_needed(s, e);
-        vmas.try_reserve(n)?;
-        // A block the new VMA edges cut is split first (Linux
-        // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
-        // the other per-VMA walks need whole blocks inside each VMA.
-        {
-            let _ptl = p.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(&p.mm, &mut p.tables.lock(), s, e)?;
-        }
-        vmas.split_at(s);
-        vmas.split_at(e);
-        if let Some(v) = vmas.find_mut(s)
-            && !v.flags.contains(VmFlags::PFNMAP)
-            && v.file == 0
-        {
-            // Only anonymous memory has folios to size.
-            if huge {
-                v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
-                if v.folio_order == 0 {
-                    v.folio_order = memory::max_folio_order();
-                }
-            } else {
-                v.flags = VmFlags((v.flags.0 | VmFlags::NOHUGEPAGE.0) & !VmFlags::HUGEPAGE.0);
-            }
-        }
-        a = e;
-    }
-    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
-}
-
-/// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
-/// touch faults in fresh zero-filled memory.
-pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
-    check_user_range(va, len)?;
-    with_proc(name, |p| Ok(madvise_dontneed_p(p, va, len)?))
-}
-
-/// VMA by VMA, as Linux's `madvise_walk_vmas`: a PFN mapping ends the walk
-/// (`madvise_dontneed_free_valid_vma`: -EINVAL); holes are skipped.
-pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    let g = p.mm.mmap_read_lock();
-    let end = va + len;
-    let mut a = va;
-    while let Some((s, e, pfn)) = g
-        .vmas()
-        .iter()
-        .find(|v| a < end && v.end > a && v.start < end)
-        .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
-    {
-        if pfn {
-            return Err(MmError::PfnMap { addr: s });
-        }
-        zap(p, s, e - s)?;
-        a = e;
-    }
-    Ok(())
-}
-
-/// Whether every page of `[va, va+len)` lies in some VMA.
-pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
-    first_hole(&p.mm.mmap_read_lock(), va, len).is_none()
-}
-
-/// The first address of `[va, va+len)` that lies in no VMA.
-fn first_hole(g: &impl MmapLocked, va: u64, len: u64) -> Option<u64> {
-    let mut a = va;
-    while a < va + len {
-        match g.vmas().find(a) {
-            Some(v) => a = v.end,
-            None => return Some(a),
-        }
-    }
-    None
-}
-
-/// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
-/// permissions changed in place (AP bits only, no BBM needed). `none` keeps
-/// pages present for the kernel but EL1-only, so EL0 gets permission faults
-/// (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
-/// exclusive anon pages writable ([`memory::change_protection`]).
+/// `P mprotect RANGE prot=...` ([`mprotect::do_mprotect`]).
 pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
-    with_proc(name, |p| Ok(mprotect_p(p, va, len, readable, writable)?))
-}
-
-pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    {
-        let mut vmas = p.mm.mmap_write_lock();
-        if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
-            return Err(MmError::Agent);
-        }
-        // Linux `mprotect_fixup`: a private mapping that becomes writable is
-        // charged then (each VMA's part on its own), before anything changes.
-        if writable {
-            for v in vmas.iter().filter(|v| v.start < va + len && va < v.end) {
-                if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
-                    vm_enough_memory(v.end.min(va + len) - v.start.max(va))?;
-                }
-            }
-        }
-        split_covered(&mut vmas, va, len)?;
-        // The blocks each VMA's edges cut are split first: the only step of
-        // `change_protection` that can fail (a table page). Done before any
-        // VMA changes, a failure leaves the VMAs and the entries agreeing.
-        let mut a = va;
-        while let Some((s, e)) = vmas.inside(a, va + len).map(|v| (v.start, v.end)).next() {
-            memory::split_range_edges(p.mt(), s, e - s)?;
-            a = e;
-        }
-        for v in vmas.inside_mut(va, va + len) {
-            let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
-            let mut f = keep;
-            if readable || writable {
-                f = f | VmFlags::READ;
-            }
-            if writable {
-                f = f | VmFlags::WRITE;
-            }
-            v.flags = f;
-        }
-        // VMA by VMA, without a list to allocate.
-        let mut a = va;
-        while let Some((s, e, shared)) =
-            vmas.inside(a, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
-        {
-            // Cannot fail now that the edges are split.
-            memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
-            a = e;
-        }
-        Ok(())
-    }
+    with_proc(name, |p| Ok(mprotect::do_mprotect(p.mt(), va, len, readable, writable)?))
 }
 
 /// Why an EL0 fault could not be resolved (what Linux would signal).
@@ -1486,12 +1133,12 @@ fn gup_chunk(
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
 pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, ProcError> {
     with_proc(name, |p| {
-        let va = align_up(p.next_va.load(Ordering::Relaxed), PAGE_SIZE);
+        let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
         if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
             return Err(MmError::Overlap { addr: va }.into());
         }
-        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+        p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
         Ok(va)
     })
 }

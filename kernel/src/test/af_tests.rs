@@ -12,8 +12,9 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::proc::{self, RunEnd};
 
 pub static TESTS: &[Test] = &[
     Test { name: "access_flag_software_and_hardware", f: access_flag },

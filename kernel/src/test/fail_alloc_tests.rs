@@ -13,8 +13,9 @@ use super::Test;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
-use crate::proc::{self, MmapArgs, ProcError, RunEnd, Unresolved};
+use crate::proc::{self, ProcError, RunEnd, Unresolved};
 
 pub static TESTS: &[Test] = &[
     Test { name: "fail_alloc_random_ops_leak_nothing", f: random_ops },
@@ -285,7 +286,10 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             6 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let (va, len) = (va & !(PAGE_SIZE - 1), len.next_multiple_of(PAGE_SIZE));
-                oom_ok("madvise dontneed", armed(|| proc::madvise_dontneed(&name, va, len)))?;
+                oom_ok(
+                    "madvise dontneed",
+                    armed(|| proc::madvise(&name, va, len, crate::mm::madvise::Advice::DontNeed)),
+                )?;
             }
             7 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);

@@ -18,10 +18,11 @@ use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::proc::{self, MmapArgs, RunEnd, asid, syscall};
+use crate::proc::{self, RunEnd, asid, syscall};
 
 pub static TESTS: &[Test] = &[
     Test { name: "sched_preempts_el0_on_one_cpu", f: preempts_el0 },

@@ -9,8 +9,9 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::frame;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::proc::{self, RunEnd};
 
 pub static TESTS: &[Test] = &[
     Test { name: "syscalls_bad_arguments_get_errors", f: bad_arguments },
@@ -46,7 +47,7 @@ fn linux_errnos() -> Result<(), String> {
         ensure!(m > 0 && m2 > 0, "mmap: {m} {m2}");
         let (m, m2) = (m as u64, m2 as u64);
         ensure!(m2 >= m + 5 * PAGE_SIZE, "no hole between the mappings");
-        let top = proc::USER_TOP;
+        let top = crate::mm::mmap::USER_TOP;
         let cases: [(&str, u64, [u64; 6], i64); 10] = [
             ("mprotect of length 0", nr::MPROTECT, [m, 0, 1, 0, 0, 0], 0),
             ("mprotect of length 0 with bad prot", nr::MPROTECT, [m, 0, 0x100, 0, 0, 0], 0),
@@ -84,7 +85,7 @@ fn linux_errnos() -> Result<(), String> {
         if let Some((ps, _)) = crate::mm::memory::pfn_pool() {
             let io = proc::mmap(name, "io", MmapArgs { pfn: Some(ps), shared: true, ..super::anon(PAGE_SIZE) })?;
             ensure!(proc::mapped_level(name, io) == Some(3), "the PFN mapping is not mapped");
-            match proc::madvise_dontneed(name, io, PAGE_SIZE) {
+            match proc::madvise(name, io, PAGE_SIZE, crate::mm::madvise::Advice::DontNeed) {
                 Err(e) if e.errno() == EINVAL => {}
                 other => return Err(alloc::format!("madvise dontneed of a PFN mapping: {other:?}, expected EINVAL")),
             }

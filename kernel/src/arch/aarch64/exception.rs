@@ -243,7 +243,7 @@ extern "C" fn trap_handler(frame: &mut TrapFrame, kind: u64) {
             // A uaccess touching a user page that is not populated yet: fill
             // it like an EL0 fault and retry the instruction.
             if find_fixup(frame.elr).is_some()
-                && frame.far < crate::proc::USER_TOP
+                && frame.far < crate::mm::mmap::USER_TOP
                 && crate::proc::handle_uaccess_fault(frame.far, esr)
             {
                 return;
@@ -419,7 +419,7 @@ unsafe extern "C" {
 
 /// Whether `[addr, addr+len)` lies wholly in the user half (no overflow).
 fn user_range_ok(addr: u64, len: u64) -> bool {
-    addr.checked_add(len).is_some_and(|e| e <= crate::proc::USER_TOP)
+    addr.checked_add(len).is_some_and(|e| e <= crate::mm::mmap::USER_TOP)
 }
 
 /// A user copy touched an address it may not (Linux's `-EFAULT`).
