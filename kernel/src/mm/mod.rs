@@ -27,6 +27,8 @@ pub mod mmap;
 pub mod mprotect;
 #[cfg(target_os = "none")]
 pub mod page;
+#[cfg(target_os = "none")]
+pub mod page_table_check;
 pub mod pgtable;
 pub mod ptdump;
 #[cfg(target_os = "none")]
