@@ -219,11 +219,13 @@ impl Session {
                 _ => Err("usage: spawn P".into()),
             },
             "checkpin" => match args {
-                [n, b] => crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?).map(Outcome::Assert),
+                [n, b] => Ok(Outcome::Assert(
+                    crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?)?.map_err(String::from),
+                )),
                 _ => Err("usage: checkpin N BYTE".into()),
             },
             "unpin" => match args {
-                [n] => crate::mm::gup::drop_handle(n).map(|_| Outcome::Done),
+                [n] => Ok(crate::mm::gup::drop_handle(n).map(|_| Outcome::Done)?),
                 _ => Err("usage: unpin N".into()),
             },
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {

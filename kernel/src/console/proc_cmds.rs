@@ -237,7 +237,7 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         return Err(usage());
     }
     let (va, len) = range(p, r)?.pages();
-    let stop = || if interrupted() { Err(INTERRUPTED.into()) } else { Ok(()) };
+    let stop = || if interrupted() { Err(crate::mm::error::GupError::Interrupted) } else { Ok(()) };
     let (got, by_fast) = proc::gup(p, n, va, len, flags, fast, &stop)?;
     println!("  {p}: {cmd} {n}: {got} page(s), {by_fast} by the fast path");
     Ok(Outcome::Done)

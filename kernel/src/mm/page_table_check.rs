@@ -227,7 +227,7 @@ impl fmt::Display for CheckError {
     }
 }
 
-/// The console and the tests speak `Result<_, String>`: `?` converts.
+/// For the console's and the tests' messages: `?` converts through Display.
 impl From<CheckError> for String {
     fn from(e: CheckError) -> Self {
         alloc::string::ToString::to_string(&e)

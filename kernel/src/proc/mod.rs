@@ -30,7 +30,7 @@ use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
-use crate::mm::error::{MmError, Need};
+use crate::mm::error::{GupError, MmError, Need};
 use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
@@ -765,13 +765,13 @@ pub fn gup(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-    stop: &dyn Fn() -> Result<(), String>,
-) -> Result<(usize, usize), String> {
+    stop: &dyn Fn() -> Result<(), GupError>,
+) -> Result<(usize, usize), ProcError> {
     use crate::mm::gup;
     if gup::handle_exists(handle) {
-        return Err(alloc::format!("handle `{handle}` already exists"));
+        return Err(GupError::HandleExists.into());
     }
-    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast, stop)))?
+    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast, stop)?))
 }
 
 fn gup_in(
@@ -781,8 +781,8 @@ fn gup_in(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-    stop: &dyn Fn() -> Result<(), String>,
-) -> Result<(usize, usize), String> {
+    stop: &dyn Fn() -> Result<(), GupError>,
+) -> Result<(usize, usize), GupError> {
     use crate::mm::gup;
     let nr = len.div_ceil(PAGE_SIZE);
     let va = va & !(PAGE_SIZE - 1);
@@ -790,9 +790,7 @@ fn gup_in(
     // cannot be held (and would take time per page to find out).
     let managed = crate::mm::frame::stats().managed;
     if nr > managed {
-        return Err(alloc::format!(
-            "get_user_pages: out of memory (ENOMEM): {nr} pages, more than the machine's {managed}"
-        ));
+        return Err(GupError::TooManyPages { nr, managed });
     }
     let release_all = |v: Vec<gup::Taken>| {
         for t in v {
@@ -820,7 +818,7 @@ fn gup_in(
         if crate::mm::error::try_reserve(&mut pages, chunk.len()).is_err() {
             release_all(chunk);
             release_all(pages);
-            return Err("get_user_pages: out of memory (ENOMEM)".into());
+            return Err(GupError::NoMemory);
         }
         pages.extend(chunk);
         nfast += f;
@@ -830,11 +828,11 @@ fn gup_in(
     // The handle table's insert cannot fail softly: room for it first.
     if crate::mm::error::heap_headroom(0).is_err() {
         release_all(pages);
-        return Err("get_user_pages: out of memory (ENOMEM) for the handle".into());
+        return Err(GupError::NoMemory);
     }
     if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
         release_all(h.pages);
-        return Err(alloc::format!("handle `{handle}` already exists"));
+        return Err(GupError::HandleExists);
     }
     Ok((n, nfast))
 }
@@ -848,7 +846,7 @@ fn gup_chunk(
     nr: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-) -> Result<(Vec<crate::mm::gup::Taken>, usize), String> {
+) -> Result<(Vec<crate::mm::gup::Taken>, usize), GupError> {
     use crate::mm::gup;
     let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
     let nfast = pages.len();
@@ -872,13 +870,7 @@ fn gup_chunk(
                 for t in pages {
                     gup::release(t, flags.pin);
                 }
-                // In the contract's words, with the errno GUP returned.
-                let why = match -e {
-                    crate::errno::ENOMEM => "out of memory",
-                    crate::errno::EFAULT => "not mapped, or the mapping does not allow it",
-                    _ => "refused",
-                };
-                return Err(alloc::format!("get_user_pages: {why} ({})", syscall::errno_name(e)));
+                return Err(GupError::Failed(-e));
             }
         }
     }

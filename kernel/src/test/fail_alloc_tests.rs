@@ -298,7 +298,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let fast = rng.below(2) == 0;
                 match armed(|| proc::gup(&name, &h, va, len, foll, fast, &|| Ok(()))) {
                     Ok(_) => pins.push(h),
-                    Err(e) if e.contains("ENOMEM") => {}
+                    Err(e) if e.is_oom() => {}
                     Err(e) => return Err(alloc::format!("op {i}: pin: {e}")),
                 }
             }
