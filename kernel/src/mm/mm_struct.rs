@@ -475,6 +475,18 @@ mod tests {
     }
 
     #[test]
+    fn mseal_covers_its_range_only_and_once() {
+        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        assert!(!mm.is_sealed(0, u64::MAX), "nothing is sealed at first");
+        mm.mseal(0x4000, 0x8000);
+        assert!(mm.is_sealed(0x7000, 0x9000) && mm.is_sealed(0x3000, 0x5000) && mm.is_sealed(0, u64::MAX));
+        assert!(!mm.is_sealed(0x8000, 0x9000) && !mm.is_sealed(0x3000, 0x4000), "the ends are exclusive");
+        mm.mseal(0x10000, 0x20000);
+        assert!(!mm.is_sealed(0x10000, 0x20000), "a second seal is ignored");
+        assert_eq!(mm.free_area.load(core::sync::atomic::Ordering::Relaxed), MMAP_BASE);
+    }
+
+    #[test]
     fn vma_list_keeps_order_and_refuses_overlap() {
         let mm = MmStruct::new(PhysAddr(0x1000), 1);
         let mut w = mm.mmap_write_lock();
