@@ -32,7 +32,7 @@ pub mod nr {
 pub const SIGCHLD: u64 = 17;
 const WNOHANG: u64 = 1;
 
-pub use crate::errno::{EAGAIN, EBADF, EBUSY, ECHILD, EFAULT, EINVAL, ENOMEM, ENOSYS};
+use crate::errno::{EAGAIN, EBADF, ECHILD, EFAULT, EINVAL, ENOMEM, ENOSYS};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;

@@ -7,10 +7,11 @@ use alloc::string::{String, ToString};
 use super::Test;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
+use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::mm::frame;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
-use crate::proc::syscall::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
+use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, RunEnd};
 
 pub static TESTS: &[Test] = &[
