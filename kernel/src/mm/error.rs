@@ -314,5 +314,24 @@ mod tests {
         assert_eq!(r.errno(), EINVAL);
         assert_eq!(MmError::NoSuchFile.errno(), EBADF);
         assert_eq!(MmError::NoAddressSpace { size: 1 << 40 }.errno(), ENOMEM);
+        assert_eq!(MmError::FileMapped.errno(), EBUSY);
+    }
+
+    #[test]
+    fn gup_words_and_errnos() {
+        for e in
+            [GupError::NoMemory, GupError::TooManyPages { nr: 1 << 30, managed: 1 << 18 }, GupError::Failed(ENOMEM)]
+        {
+            assert!(e.to_string().contains("out of memory"), "{e}");
+            assert!(e.is_oom(), "{e}");
+        }
+        let f = GupError::Failed(EFAULT);
+        assert!(f.to_string().contains("not mapped") && f.to_string().contains("EFAULT"), "{f}");
+        assert_eq!(f.errno(), EFAULT);
+        assert!(!f.is_oom());
+        assert_eq!(GupError::HandleExists.errno(), EEXIST);
+        assert_eq!(GupError::Interrupted.to_string(), "interrupted (Ctrl-C)");
+        let m = GupError::Mismatch { page: 2, pa: 0x4000_2000, off: 0x10, got: 0, want: 0x5a };
+        assert_eq!(m.to_string(), "page 2 (0x40002000) byte 0x10 is 0x00, expected 0x5a");
     }
 }
