@@ -1,5 +1,6 @@
 //! Linux errno values (arm64 uses the generic ones) and their names.
 
+pub const EINTR: i64 = 4;
 pub const EBADF: i64 = 9;
 pub const ECHILD: i64 = 10;
 pub const EAGAIN: i64 = 11;
@@ -13,6 +14,7 @@ pub const ENOSYS: i64 = 38;
 /// The name of errno `e` (positive), for messages.
 pub fn name(e: i64) -> &'static str {
     match e {
+        EINTR => "EINTR",
         EBADF => "EBADF",
         ECHILD => "ECHILD",
         EAGAIN => "EAGAIN",

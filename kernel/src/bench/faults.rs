@@ -10,8 +10,9 @@ use alloc::vec::Vec;
 use super::{instructions, median};
 use crate::arch::aarch64::user::op;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::println;
-use crate::proc::{self, MmapArgs, RunEnd, syscall::nr};
+use crate::proc::{self, RunEnd, syscall::nr};
 
 const REGION: u64 = 16 << 20;
 const PROC: &str = "bench";

@@ -12,13 +12,12 @@ use crate::arch::aarch64::regs::VA_BITS;
 use crate::arch::percpu;
 use crate::kmain::{boot, exit};
 use crate::mm::addr::VirtAddr;
-use crate::mm::desc::Kind;
 use crate::mm::granule::{GRANULE, START_LEVEL};
 use crate::mm::layout::{MARKERS, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::mm::ptdump::PtDump;
 use crate::mm::walk::{PageWalkOps, Step, walk_kernel_page_table_range};
-use crate::mm::{frame, heap, kmap};
+use crate::mm::{frame, heap, kmap, page_table_check};
 use crate::util::{Bytes, parse_number};
 use crate::{print, println};
 
@@ -204,7 +203,7 @@ impl Session {
                 [a] => kwalk(a),
                 _ => Err("usage: kwalk ADDR".into()),
             },
-            "invariants" => no_args(args).map(|_| Outcome::Assert(invariants())),
+            "invariants" => no_args(args).map(|_| Outcome::Assert(invariants().map_err(String::from))),
             "selftest" => match args {
                 [] => selftest(None),
                 [name] => selftest(Some(name)),
@@ -220,11 +219,13 @@ impl Session {
                 _ => Err("usage: spawn P".into()),
             },
             "checkpin" => match args {
-                [n, b] => crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?).map(Outcome::Assert),
+                [n, b] => Ok(Outcome::Assert(
+                    crate::mm::gup::check_handle(n, super::proc_cmds::byte(b)?)?.map_err(String::from),
+                )),
                 _ => Err("usage: checkpin N BYTE".into()),
             },
             "unpin" => match args {
-                [n] => crate::mm::gup::drop_handle(n).map(|_| Outcome::Done),
+                [n] => Ok(crate::mm::gup::drop_handle(n).map(|_| Outcome::Done)?),
                 _ => Err("usage: unpin N".into()),
             },
             p if parse::is_name(p) && w.len() >= 2 && PROCESS_COMMANDS.contains(&w[1]) => {
@@ -405,48 +406,9 @@ fn kwalk(a: &str) -> CmdResult {
     Ok(Outcome::Done)
 }
 
-/// Invariants that exist at this stage: frame accounting against the
-/// allocator's bitmap, W^X and table-page accounting in the kernel tables.
-pub fn invariants() -> Result<(), String> {
-    // An oracle: never under injected allocation failures.
-    crate::mm::fail_alloc::unarmed(invariants_unarmed)
-}
-
-fn invariants_unarmed() -> Result<(), String> {
-    frame::check()?;
-    crate::proc::check_invariants()?;
-    let mut err: Option<String> = None;
-    let mut tables = 1usize;
-    kmap::with_tables(|t| {
-        t.walk(true, &mut |e| match e.kind {
-            Kind::Table(pa) if e.level < 3 => {
-                tables += 1;
-                let _ = pa;
-            }
-            Kind::Leaf(_) => {
-                let p = e.desc.perms();
-                if !p.read_only && !p.pxn && err.is_none() {
-                    err = Some(alloc::format!("kernel VA {:#x} is both writable and executable", e.va.0));
-                }
-                if p.el0 && err.is_none() {
-                    err = Some(alloc::format!("kernel VA {:#x} is accessible from EL0", e.va.0));
-                }
-            }
-            Kind::Reserved if err.is_none() => {
-                err = Some(alloc::format!("reserved encoding at {:#x} level {}", e.va.0, e.level))
-            }
-            _ => {}
-        })
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    // The root's empty TTBR0 partner is a table page too.
-    let accounted = kmap::table_pages();
-    if tables + 1 != accounted {
-        return Err(alloc::format!("{tables} kernel table pages reachable (+1 empty TTBR0) but {accounted} accounted"));
-    }
-    Ok(())
+/// `invariants`: [`page_table_check::check`] over every process.
+pub fn invariants() -> Result<(), page_table_check::CheckError> {
+    page_table_check::check(&|f| crate::proc::for_each_process(|p| f(&p.name, p.mt())))
 }
 
 fn selftest(filter: Option<&str>) -> CmdResult {
@@ -558,7 +520,8 @@ fn ptdump_process(p: &str) -> CmdResult {
     let mut o = Out(String::new());
     let mut stopped = false;
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
-        static MARKERS: &[(u64, &str)] = &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::proc::MMAP_BASE, "mmap area")];
+        static MARKERS: &[(u64, &str)] =
+            &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::mm::mm_struct::MMAP_BASE, "mmap area")];
         let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
         let mut seen = 0u32;
         t.walk(false, &mut |e| {

@@ -10,7 +10,9 @@ use super::parse::{Range, RangeSpec, truncate};
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
 use crate::mm::granule::PAGE_SIZE;
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::mm::madvise::Advice;
+use crate::mm::mmap::MmapArgs;
+use crate::proc::{self, RunEnd};
 use crate::util::parse_number;
 use crate::{print, println};
 
@@ -134,11 +136,12 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         "madvise" => match a {
             [r, "dontneed"] => {
                 let (va, len) = range(p, r)?.pages();
-                proc::madvise_dontneed(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
+                proc::madvise(p, va, len, Advice::DontNeed).map(|_| Outcome::Done).map_err(Into::into)
             }
             [r, adv @ ("hugepage" | "nohugepage")] => {
                 let (va, len) = range(p, r)?.pages();
-                proc::madvise_hugepage(p, va, len, *adv == "hugepage").map(|_| Outcome::Done).map_err(Into::into)
+                let advice = if *adv == "hugepage" { Advice::HugePage } else { Advice::NoHugePage };
+                proc::madvise(p, va, len, advice).map(|_| Outcome::Done).map_err(Into::into)
             }
             [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
@@ -234,7 +237,7 @@ fn gup(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
         return Err(usage());
     }
     let (va, len) = range(p, r)?.pages();
-    let stop = || if interrupted() { Err(INTERRUPTED.into()) } else { Ok(()) };
+    let stop = || if interrupted() { Err(crate::mm::error::GupError::Interrupted) } else { Ok(()) };
     let (got, by_fast) = proc::gup(p, n, va, len, flags, fast, &stop)?;
     println!("  {p}: {cmd} {n}: {got} page(s), {by_fast} by the fast path");
     Ok(Outcome::Done)

@@ -8,7 +8,7 @@
 use core::fmt;
 
 use super::pgtable::MapError;
-use crate::errno::{EAGAIN, EBADF, EINVAL, ENOMEM};
+use crate::errno::{EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EINTR, EINVAL, ENOMEM};
 use crate::util::Bytes;
 
 /// What could not be allocated.
@@ -40,8 +40,10 @@ pub enum MmError {
     OutOfRange { addr: u64, len: u64 },
     /// A page of the range lies in no VMA.
     NotMapped { addr: u64 },
-    /// The range touches the agent's mapping, which stays as it is.
-    Agent,
+    /// The range touches the mm's sealed range (the process layer seals
+    /// the agent's mapping), which stays as it is (Linux mseal: -EPERM;
+    /// here -EINVAL, as before sealing existed).
+    Sealed,
     /// A new mapping would overlap one that exists.
     Overlap { addr: u64 },
     /// `pfn=` on a machine without a PFN pool.
@@ -50,8 +52,10 @@ pub enum MmError {
     PfnOutsidePool { pfn: u64, size: u64, start: u64, end: u64 },
     /// File mappings take neither `pfn=` nor `thp=`.
     FileOptions,
-    /// The file behind a descriptor is gone.
+    /// The file behind a descriptor (or of that name) is gone.
     NoSuchFile,
+    /// The file is still mapped by some VMA.
+    FileMapped,
     /// The mm has `vm.max_map_count` VMAs already.
     TooManyMappings,
     /// A folio has references in flight (GUP between its steps): try again.
@@ -91,11 +95,12 @@ impl MmError {
             | MmError::TooManyMappings
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
+            MmError::FileMapped => EBUSY,
             MmError::Again => EAGAIN,
             MmError::NotAligned { .. }
             | MmError::Empty
             | MmError::OutOfRange { .. }
-            | MmError::Agent
+            | MmError::Sealed
             | MmError::Overlap { .. }
             | MmError::NoPfnPool
             | MmError::PfnOutsidePool { .. }
@@ -137,7 +142,7 @@ impl fmt::Display for MmError {
                 write!(f, "range {addr:#x}+{len:#x} is out of range of the user address space")
             }
             MmError::NotMapped { addr } => write!(f, "{addr:#x} is not mapped"),
-            MmError::Agent => f.write_str("the agent's mapping cannot be unmapped or changed"),
+            MmError::Sealed => f.write_str("the agent's mapping is sealed: it cannot be unmapped or changed"),
             MmError::Overlap { addr } => write!(f, "overlapping mapping at {addr:#x}"),
             MmError::NoPfnPool => f.write_str("this machine has no PFN pool (RAM too small)"),
             MmError::PfnOutsidePool { pfn, size, start, end } => write!(
@@ -148,6 +153,7 @@ impl fmt::Display for MmError {
                 f.write_str("memfd and shared memory take neither pfn= nor thp= (base pages from the page cache)")
             }
             MmError::NoSuchFile => f.write_str("that memfd is gone"),
+            MmError::FileMapped => f.write_str("that memfd is still mapped"),
             MmError::TooManyMappings => write!(
                 f,
                 "out of memory: {} mappings already (Linux vm.max_map_count)",
@@ -182,7 +188,77 @@ impl From<MapError> for MmError {
     }
 }
 
-/// The console and the tests speak `Result<_, String>`: `?` converts.
+/// Why a GUP handle operation (`P pin`/`P ref`, `checkpin`, `unpin`)
+/// failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GupError {
+    /// A handle of that name exists already.
+    HandleExists,
+    /// No handle of that name.
+    NoSuchHandle,
+    /// More pages than the machine has (a handle keeps one entry per page).
+    TooManyPages { nr: u64, managed: u64 },
+    /// No kernel heap for the list of pages or the handle.
+    NoMemory,
+    /// `get_user_pages` failed with this errno (positive).
+    Failed(i64),
+    /// The caller's stop check ended it (the console's Ctrl-C).
+    Interrupted,
+    /// `checkpin`: page `page` (at `pa`) has `got` at offset `off`, not `want`.
+    Mismatch { page: usize, pa: u64, off: usize, got: u8, want: u8 },
+}
+
+impl GupError {
+    /// The errno Linux returns for this (positive).
+    pub fn errno(self) -> i64 {
+        match self {
+            GupError::HandleExists => EEXIST,
+            GupError::TooManyPages { .. } | GupError::NoMemory => ENOMEM,
+            GupError::Failed(e) => e,
+            GupError::Interrupted => EINTR,
+            GupError::NoSuchHandle | GupError::Mismatch { .. } => EINVAL,
+        }
+    }
+
+    pub fn is_oom(self) -> bool {
+        self.errno() == ENOMEM
+    }
+}
+
+impl fmt::Display for GupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            GupError::HandleExists => f.write_str("a pin or reference of that name already exists"),
+            GupError::NoSuchHandle => f.write_str("no pin or reference of that name"),
+            GupError::TooManyPages { nr, managed } => {
+                write!(f, "get_user_pages: out of memory (ENOMEM): {nr} pages, more than the machine's {managed}")
+            }
+            GupError::NoMemory => f.write_str("get_user_pages: out of memory (ENOMEM)"),
+            GupError::Failed(e) => {
+                // In the contract's words, with the errno GUP returned.
+                let why = match e {
+                    ENOMEM => "out of memory",
+                    EFAULT => "not mapped, or the mapping does not allow it",
+                    _ => "refused",
+                };
+                write!(f, "get_user_pages: {why} ({})", crate::errno::name(e))
+            }
+            GupError::Interrupted => f.write_str("interrupted (Ctrl-C)"),
+            GupError::Mismatch { page, pa, off, got, want } => {
+                write!(f, "page {page} ({pa:#x}) byte {off:#x} is {got:#04x}, expected {want:#04x}")
+            }
+        }
+    }
+}
+
+/// For the console's and the tests' messages: `?` converts through Display.
+impl From<GupError> for alloc::string::String {
+    fn from(e: GupError) -> Self {
+        alloc::string::ToString::to_string(&e)
+    }
+}
+
+/// For the console's and the tests' messages: `?` converts through Display.
 impl From<MmError> for alloc::string::String {
     fn from(e: MmError) -> Self {
         alloc::string::ToString::to_string(&e)
@@ -238,5 +314,24 @@ mod tests {
         assert_eq!(r.errno(), EINVAL);
         assert_eq!(MmError::NoSuchFile.errno(), EBADF);
         assert_eq!(MmError::NoAddressSpace { size: 1 << 40 }.errno(), ENOMEM);
+        assert_eq!(MmError::FileMapped.errno(), EBUSY);
+    }
+
+    #[test]
+    fn gup_words_and_errnos() {
+        for e in
+            [GupError::NoMemory, GupError::TooManyPages { nr: 1 << 30, managed: 1 << 18 }, GupError::Failed(ENOMEM)]
+        {
+            assert!(e.to_string().contains("out of memory"), "{e}");
+            assert!(e.is_oom(), "{e}");
+        }
+        let f = GupError::Failed(EFAULT);
+        assert!(f.to_string().contains("not mapped") && f.to_string().contains("EFAULT"), "{f}");
+        assert_eq!(f.errno(), EFAULT);
+        assert!(!f.is_oom());
+        assert_eq!(GupError::HandleExists.errno(), EEXIST);
+        assert_eq!(GupError::Interrupted.to_string(), "interrupted (Ctrl-C)");
+        let m = GupError::Mismatch { page: 2, pa: 0x4000_2000, off: 0x10, got: 0, want: 0x5a };
+        assert_eq!(m.to_string(), "page 2 (0x40002000) byte 0x10 is 0x00, expected 0x5a");
     }
 }

@@ -6,6 +6,7 @@
 //! and frees of frames that were never handed out are caught, and so that
 //! `invariants` can check the counters against it.
 
+use super::page_table_check::Violation;
 use alloc::vec;
 use alloc::vec::Vec;
 use buddy_system_allocator::FrameAllocator;
@@ -538,46 +539,37 @@ pub fn is_allocated(pa: PhysAddr) -> bool {
     st.bitmap.get(i as usize / 64).is_none_or(|w| w & (1 << (i % 64)) != 0)
 }
 
-/// Checks the counters against the bitmap. Returns a description of the
-/// first disagreement.
-pub fn check() -> Result<Stats, alloc::string::String> {
+/// Checks the counters against the bitmap (part of
+/// [`super::page_table_check`]). Returns the first disagreement.
+pub fn check() -> Result<Stats, Violation> {
     let _irq = crate::arch::cpu::local_irq_save();
     check_locked()
 }
 
-fn check_locked() -> Result<Stats, alloc::string::String> {
+fn check_locked() -> Result<Stats, Violation> {
     let lists = pcp::lock_all();
     let to_user: i64 = lists.iter().map(|l| l.to_user).sum();
     let listed: u64 = lists.iter().map(|l| l.n as u64).sum();
-    if listed != pcp::LISTED.load(Ordering::Acquire) {
-        return Err(alloc::format!(
-            "the per-CPU lists hold {listed} frames but LISTED says {}",
-            pcp::LISTED.load(Ordering::Acquire)
-        ));
+    let counter = pcp::LISTED.load(Ordering::Acquire);
+    if listed != counter {
+        return Err(Violation::PcpListed { listed, counter });
     }
     let g = FRAMES.lock();
-    let st = g.as_ref().ok_or("frame allocator not initialised")?;
+    let st = g.as_ref().ok_or(Violation::FramesUninitialised)?;
     let set: u64 = st.bitmap.iter().map(|w| w.count_ones() as u64).sum();
     let total_bits = st.bitmap.len() as u64 * 64;
     let unmanaged = total_bits - st.managed;
     if set != unmanaged + st.allocated {
-        return Err(alloc::format!(
-            "bitmap marks {} frames in use but {} are reserved/outside RAM and {} allocated",
-            set,
-            unmanaged,
-            st.allocated
-        ));
+        return Err(Violation::Bitmap { set, unmanaged, allocated: st.allocated });
     }
     let owned: u64 = st.by_owner.iter().fold(0u64, |a, &b| a.wrapping_add(b));
     if owned != st.allocated {
-        return Err(alloc::format!("owners account for {owned} frames but {} are allocated", st.allocated));
+        return Err(Violation::Owners { owned, allocated: st.allocated });
     }
     let s = stats_of(st, to_user);
-    if s.by_owner[Owner::Pcp as usize] != listed {
-        return Err(alloc::format!(
-            "the per-CPU lists hold {listed} frames but {} are counted there",
-            s.by_owner[Owner::Pcp as usize]
-        ));
+    let counted = s.by_owner[Owner::Pcp as usize];
+    if counted != listed {
+        return Err(Violation::PcpCounted { listed, counted });
     }
     Ok(s)
 }

@@ -18,6 +18,7 @@ use spin::Mutex;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
+use super::error::GupError;
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::layout::phys_to_virt;
 use super::memory::{self, FaultFlags, MmTables, VmFault};
@@ -91,7 +92,7 @@ pub fn get_user_pages(
                 if crate::mm::error::try_reserve(&mut out, 1).is_err() {
                     release(t, flags.pin);
                     undo(out, flags.pin);
-                    return Err(-crate::proc::syscall::ENOMEM);
+                    return Err(-crate::errno::ENOMEM);
                 }
                 out.push(t)
             }
@@ -111,7 +112,7 @@ fn undo(v: Vec<Taken>, pin: bool) {
 }
 
 fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Result<Taken, i64> {
-    use crate::proc::syscall::{EFAULT, ENOMEM};
+    use crate::errno::{EFAULT, ENOMEM};
     let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
     if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {
@@ -268,8 +269,8 @@ pub fn handle_exists(name: &str) -> bool {
 }
 
 /// `unpin N`: releases everything handle `name` holds.
-pub fn drop_handle(name: &str) -> Result<usize, String> {
-    let h = HANDLES.lock().remove(name).ok_or_else(|| alloc::format!("no pin or reference named `{name}`"))?;
+pub fn drop_handle(name: &str) -> Result<usize, GupError> {
+    let h = HANDLES.lock().remove(name).ok_or(GupError::NoSuchHandle)?;
     let n = h.pages.len();
     undo(h.pages, h.pin);
     Ok(n)
@@ -277,9 +278,9 @@ pub fn drop_handle(name: &str) -> Result<usize, String> {
 
 /// `checkpin N BYTE`: the kernel reads every byte of every page through the
 /// handle (the linear map), as a device doing DMA would see it.
-pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), String>, String> {
+pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), GupError>, GupError> {
     let g = HANDLES.lock();
-    let h = g.get(name).ok_or_else(|| alloc::format!("no pin or reference named `{name}`"))?;
+    let h = g.get(name).ok_or(GupError::NoSuchHandle)?;
     for (i, t) in h.pages.iter().enumerate() {
         let pa = match t {
             Taken::Page(pa) => *pa,
@@ -288,11 +289,7 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), String>, String> 
         // SAFETY: the handle holds the page; it is RAM in the linear map.
         let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
         if let Some(off) = s.iter().position(|&b| b != byte) {
-            return Ok(Err(alloc::format!(
-                "page {i} ({:#x}) byte {off:#x} is {:#04x}, expected {byte:#04x}",
-                pa.0,
-                s[off]
-            )));
+            return Ok(Err(GupError::Mismatch { page: i, pa: pa.0, off, got: s[off], want: byte }));
         }
     }
     Ok(Ok(()))

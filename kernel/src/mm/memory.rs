@@ -1142,7 +1142,7 @@ pub fn vm_mixed_zeropage_allowed(mm: &MmStruct, vma: &Vma) -> bool {
 /// Linux `validate_page_before_insert`: the zero page where allowed, or an
 /// individual non-anon kernel page.
 fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
-    use crate::proc::syscall::EINVAL;
+    use crate::errno::EINVAL;
     if page::is_zero_pfn(pa) {
         return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(-EINVAL) };
     }
@@ -1158,13 +1158,13 @@ fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result
 /// writable mapping.
 fn insert_page_into_pte_locked(slot: &AtomicU64, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
     if slot.load(Ordering::Acquire) != 0 {
-        return Err(-crate::proc::syscall::EBUSY);
+        return Err(-crate::errno::EBUSY);
     }
     let d = if page::is_zero_pfn(pa) {
         Desc::leaf(pa, 3, LeafAttrs { special: true, ..vm_page_prot(vma) })
     } else {
-        let pg = page::pfn_to_page(pa).ok_or(-crate::proc::syscall::EINVAL)?;
-        pg.folio().ok_or(-crate::proc::syscall::EINVAL)?.get();
+        let pg = page::pfn_to_page(pa).ok_or(-crate::errno::EINVAL)?;
+        pg.folio().ok_or(-crate::errno::EINVAL)?.get();
         page::folio_add_file_rmap_pte(pg);
         let d = Desc::leaf(pa, 3, vm_page_prot(vma));
         if vma.flags.contains(VmFlags::SHARED) { maybe_mkwrite(d, vma) } else { d }
@@ -1176,7 +1176,7 @@ fn insert_page_into_pte_locked(slot: &AtomicU64, vma: &Vma, pa: PhysAddr) -> Res
 /// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
 /// first use; PFN mappings are refused (Linux: BUG_ON).
 fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Result<Vma, i64> {
-    use crate::proc::syscall::{EFAULT, EINVAL};
+    use crate::errno::{EFAULT, EINVAL};
     let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
     if v.flags.contains(VmFlags::PFNMAP) {
         return Err(-EINVAL);
@@ -1199,7 +1199,7 @@ pub fn vm_insert_page(
     let _ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
-        return Err(-crate::proc::syscall::ENOMEM);
+        return Err(-crate::errno::ENOMEM);
     };
     insert_page_into_pte_locked(slot, &vma, pa)
 }
@@ -1217,7 +1217,7 @@ pub fn vm_insert_pages(
     for (i, &pa) in pages.iter().enumerate() {
         let va = addr + i as u64 * PAGE_SIZE;
         if !page::is_zero_pfn(pa) && page::pfn_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
-            return (i, Err(-crate::proc::syscall::EINVAL));
+            return (i, Err(-crate::errno::EINVAL));
         }
         if let Err(e) = vm_insert_page(mt, vmas, va, pa) {
             return (i, Err(e));

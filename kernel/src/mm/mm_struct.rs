@@ -173,12 +173,27 @@ fn file_vma_put(v: &Vma) {
     let _ = v;
 }
 
+/// Called when the VMA list of an mm changed, with its write lock still
+/// held (Linux's notifier idea: mm/ calls out, the listener registers).
+pub type VmasChangedHook = fn(&MmStruct, &VmaList);
+
+/// The registered [`VmasChangedHook`]. The process layer sets it before
+/// its first process has a VMA, so the debugger's mirror of the VMAs
+/// follows every change.
+static VMAS_CHANGED_HOOK: spin::Once<VmasChangedHook> = spin::Once::new();
+
+/// Registers the one listener for VMA list changes (the first call wins:
+/// there is one debugger mirror).
+pub fn set_vmas_changed_hook(hook: VmasChangedHook) {
+    VMAS_CHANGED_HOOK.call_once(|| hook);
+}
+
 /// The VMA list of `mm` changed (its write lock is still held): the
-/// debugger's mirror of it follows ([`crate::proc::debug_table`]).
+/// registered listener, if any, follows.
 fn vmas_changed(mm: &MmStruct, vmas: &VmaList) {
-    #[cfg(target_os = "none")]
-    crate::proc::debug_table::vmas_changed(mm, vmas);
-    let _ = (mm, vmas);
+    if let Some(hook) = VMAS_CHANGED_HOOK.get() {
+        hook(mm, vmas);
+    }
 }
 
 /// The VMAs of an mm, sorted and non-overlapping.
@@ -270,7 +285,16 @@ pub struct MmStruct {
     pub write_protect_seq: core::sync::atomic::AtomicU64,
     /// Linux `mm_forbids_zeropage` (s390's per-mm switch; tests set it).
     pub forbid_zeropage: core::sync::atomic::AtomicBool,
+    /// Where `do_mmap` looks for room next (Linux's former
+    /// `free_area_cache`): mappings go upwards from [`MMAP_BASE`].
+    pub free_area: core::sync::atomic::AtomicU64,
+    /// The range [`MmStruct::mseal`] sealed: munmap and mprotect refuse to
+    /// touch it (Linux `VM_SEALED`).
+    sealed: spin::Once<(u64, u64)>,
 }
+
+/// First address `do_mmap` hands out.
+pub const MMAP_BASE: u64 = 0x10_0000_0000;
 
 impl MmStruct {
     pub fn new(pgd: PhysAddr, asid: u16) -> Self {
@@ -281,7 +305,19 @@ impl MmStruct {
             page_table_lock: spin::Mutex::new(()),
             write_protect_seq: core::sync::atomic::AtomicU64::new(0),
             forbid_zeropage: core::sync::atomic::AtomicBool::new(false),
+            free_area: core::sync::atomic::AtomicU64::new(MMAP_BASE),
+            sealed: spin::Once::new(),
         }
+    }
+    /// Seals `[start, end)` (Linux `mseal`): its VMAs can no longer be
+    /// unmapped or have their protection changed. One range per mm (the
+    /// process layer's agent); a second call is ignored.
+    pub fn mseal(&self, start: u64, end: u64) {
+        self.sealed.call_once(|| (start, end));
+    }
+    /// Whether `[start, end)` overlaps the sealed range.
+    pub fn is_sealed(&self, start: u64, end: u64) -> bool {
+        self.sealed.get().is_some_and(|&(s, e)| s < end && start < e)
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
@@ -436,6 +472,18 @@ mod tests {
         assert_eq!(l.try_reserve(1), Err(crate::mm::error::MmError::TooManyMappings));
         assert_eq!(l.try_reserve(0), Ok(()));
         assert_eq!(crate::mm::error::MmError::TooManyMappings.errno(), crate::errno::ENOMEM);
+    }
+
+    #[test]
+    fn mseal_covers_its_range_only_and_once() {
+        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        assert!(!mm.is_sealed(0, u64::MAX), "nothing is sealed at first");
+        mm.mseal(0x4000, 0x8000);
+        assert!(mm.is_sealed(0x7000, 0x9000) && mm.is_sealed(0x3000, 0x5000) && mm.is_sealed(0, u64::MAX));
+        assert!(!mm.is_sealed(0x8000, 0x9000) && !mm.is_sealed(0x3000, 0x4000), "the ends are exclusive");
+        mm.mseal(0x10000, 0x20000);
+        assert!(!mm.is_sealed(0x10000, 0x20000), "a second seal is ignored");
+        assert_eq!(mm.free_area.load(core::sync::atomic::Ordering::Relaxed), MMAP_BASE);
     }
 
     #[test]

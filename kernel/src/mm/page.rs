@@ -17,6 +17,7 @@
 //!
 //! Every field is an atomic: the fast GUP path reads them without locks.
 
+use super::page_table_check::Violation;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use super::addr::PhysAddr;
@@ -504,9 +505,10 @@ pub fn copy_page(dst: PhysAddr, src: PhysAddr) {
     unsafe { crate::arch::aarch64::cpu::copy_pages(phys_to_virt(dst).0, phys_to_virt(src).0, PAGE_SIZE) };
 }
 
-/// For `invariants`: every page the allocator says is user memory belongs
-/// to a live folio and vice versa; returns (user frames seen, folios).
-pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64, u64), alloc::string::String> {
+/// For [`super::page_table_check`]: every page the allocator says is user
+/// memory belongs to a live folio and vice versa; returns (user frames
+/// seen, folios).
+pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64, u64), Violation> {
     let n = NR_PAGES.load(Ordering::Relaxed) as u64;
     let base = BASE_PFN.load(Ordering::Relaxed) as u64;
     let (mut frames, mut folios) = (0, 0);
@@ -518,12 +520,12 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
         if f & pg::FOLIO != 0 {
             let folio = Folio(p);
             if folio.refcount() == 0 {
-                return Err(alloc::format!("folio {:#x} has refcount 0 but is not free", pa.0));
+                return Err(Violation::FolioRefcountZero { pa: pa.0 });
             }
             for j in 0..folio.nr_pages() {
                 let q = PhysAddr(pa.0 + (j << PAGE_SHIFT));
                 if !user_frame(q) {
-                    return Err(alloc::format!("folio page {:#x} is not allocated as user memory", q.0));
+                    return Err(Violation::FolioPageNotUser { pa: q.0 });
                 }
             }
             frames += folio.nr_pages();
@@ -532,14 +534,10 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
             continue;
         }
         if f & pg::TAIL != 0 {
-            return Err(alloc::format!("tail page {:#x} without its head", pa.0));
+            return Err(Violation::TailWithoutHead { pa: pa.0 });
         }
         if p.mapcount() != 0 || f & pg::ANON_EXCLUSIVE != 0 {
-            return Err(alloc::format!(
-                "page {:#x} is not in a folio but has mapcount {} / flags {f:#x}",
-                pa.0,
-                p.mapcount()
-            ));
+            return Err(Violation::StrayPage { pa: pa.0, mapcount: p.mapcount(), flags: f as u64 });
         }
         i += 1;
     }

@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
 use super::addr::PhysAddr;
+use super::error::MmError;
 use super::granule::PAGE_SIZE;
 use super::page;
 
@@ -41,7 +42,7 @@ pub struct Memfd {
 static FILES: Mutex<BTreeMap<u32, Arc<Memfd>>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 
-fn new_file(name: Option<&str>) -> Result<Arc<Memfd>, super::error::MmError> {
+fn new_file(name: Option<&str>) -> Result<Arc<Memfd>, MmError> {
     // The file, its name and the table's insert cannot fail softly: room first.
     super::error::heap_headroom(name.map_or(0, str::len) + core::mem::size_of::<Memfd>())?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -57,13 +58,13 @@ fn new_file(name: Option<&str>) -> Result<Arc<Memfd>, super::error::MmError> {
 }
 
 /// The named file `name`, created (empty) on first use.
-pub fn open(name: &str) -> Result<Arc<Memfd>, super::error::MmError> {
+pub fn open(name: &str) -> Result<Arc<Memfd>, MmError> {
     let existing = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned();
     existing.map_or_else(|| new_file(Some(name)), Ok)
 }
 
 /// A new unnamed file for anonymous shared memory.
-pub fn create_anon() -> Result<Arc<Memfd>, super::error::MmError> {
+pub fn create_anon() -> Result<Arc<Memfd>, MmError> {
     new_file(None)
 }
 
@@ -166,10 +167,10 @@ pub fn get_hold(id: u32) -> Option<Arc<Memfd>> {
 }
 
 /// For tests: removes the named file `name` and its pages, if no VMA maps it.
-pub fn remove_unmapped(name: &str) -> Result<(), String> {
-    let f = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned().ok_or("no such memfd")?;
+pub fn remove_unmapped(name: &str) -> Result<(), MmError> {
+    let f = FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned().ok_or(MmError::NoSuchFile)?;
     if f.vmas.load(Ordering::Acquire) != 0 {
-        return Err(alloc::format!("memfd `{name}` is still mapped"));
+        return Err(MmError::FileMapped);
     }
     FILES.lock().remove(&f.id);
     f.truncate();

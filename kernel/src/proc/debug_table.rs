@@ -7,8 +7,10 @@
 //! this mirror up to date at the few points where processes and VMAs change:
 //! - [`register`] in `new_process` (spawn and fork), [`unregister`] at the end
 //!   of `teardown` (exit, and the error paths of spawn and fork);
-//! - [`vmas_changed`] when an mmap write lock is released after its VMA list
-//!   was borrowed mutably (`MmapWriteGuard`'s `Drop`, so mmap, munmap,
+//! - [`vmas_changed`], which [`register`] installs as mm's VMA-change hook
+//!   (`mm_struct::set_vmas_changed_hook`), when an mmap write lock is
+//!   released after its VMA list was borrowed mutably (`MmapWriteGuard`'s
+//!   `Drop`, so mmap, munmap,
 //!   mprotect, madvise, fork, exit and vm_insert_page all update it, under
 //!   the lock). The page-fault path takes the mmap lock for read only and
 //!   never touches the mirror;
@@ -271,6 +273,9 @@ fn find(mm: &MmStruct) -> Option<*mut DebugProc> {
 /// A new process (before its first VMA exists). Without a free slot it is
 /// only counted in `unslotted`, which the debugger reports.
 pub fn register(pid: u32, ppid: u32, name: &str, mm: &MmStruct) {
+    // mm/ reports VMA changes through its hook; the mirror listens from
+    // the first process on.
+    crate::mm::mm_struct::set_vmas_changed_hook(vmas_changed);
     header().0.fetch_add(1, Ordering::Relaxed);
     let Some(p) = (0..MAX_PROCS)
         .map(slot)

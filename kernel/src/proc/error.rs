@@ -5,7 +5,7 @@ use core::fmt;
 
 use crate::arch::aarch64::esr::Esr;
 use crate::errno::{EEXIST, EINVAL};
-use crate::mm::error::{MmError, Need};
+use crate::mm::error::{GupError, MmError, Need};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcError {
@@ -15,6 +15,8 @@ pub enum ProcError {
     RegionExists,
     /// The memory-management side refused or ran out.
     Mm(MmError),
+    /// A GUP handle operation failed.
+    Gup(GupError),
     /// The agent did not end the run the way the operation needs (it
     /// faulted or trapped): the final ESR.
     AgentLost {
@@ -32,6 +34,7 @@ impl ProcError {
     pub fn errno(self) -> i64 {
         match self {
             ProcError::Mm(e) => e.errno(),
+            ProcError::Gup(e) => e.errno(),
             ProcError::ProcessExists | ProcError::RegionExists => EEXIST,
             ProcError::Errno(e) => e,
             ProcError::NoSuchProcess | ProcError::NoSuchRegion | ProcError::AgentLost { .. } | ProcError::Invalid => {
@@ -41,13 +44,23 @@ impl ProcError {
     }
 
     pub fn is_oom(self) -> bool {
-        matches!(self, ProcError::Mm(e) if e.is_oom())
+        match self {
+            ProcError::Mm(e) => e.is_oom(),
+            ProcError::Gup(e) => e.is_oom(),
+            _ => false,
+        }
     }
 }
 
 impl From<MmError> for ProcError {
     fn from(e: MmError) -> Self {
         ProcError::Mm(e)
+    }
+}
+
+impl From<GupError> for ProcError {
+    fn from(e: GupError) -> Self {
+        ProcError::Gup(e)
     }
 }
 
@@ -65,6 +78,7 @@ impl fmt::Display for ProcError {
             ProcError::NoSuchRegion => f.write_str("no such region"),
             ProcError::RegionExists => f.write_str("a region of that name already exists"),
             ProcError::Mm(e) => e.fmt(f),
+            ProcError::Gup(e) => e.fmt(f),
             ProcError::AgentLost { esr } => write!(f, "the agent did not come back: {}", Esr(esr)),
             ProcError::Errno(e) => write!(f, "failed with {}", crate::errno::name(e)),
             ProcError::Invalid => f.write_str("invalid argument"),
@@ -72,7 +86,7 @@ impl fmt::Display for ProcError {
     }
 }
 
-/// The console and the tests speak `Result<_, String>`: `?` converts.
+/// For the console's and the tests' messages: `?` converts through Display.
 impl From<ProcError> for alloc::string::String {
     fn from(e: ProcError) -> Self {
         alloc::string::ToString::to_string(&e)

@@ -31,20 +31,20 @@ use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Kind, LeafAttrs};
-use crate::mm::error::{MmError, Need};
+use crate::mm::error::{GupError, MmError, Need};
 use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
+use crate::mm::mmap::{self, MmapArgs};
 use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::tlb::KernelFlush;
+use crate::mm::{madvise, mprotect};
 pub use error::ProcError;
 
 /// Where every process sees the agent.
 pub const AGENT_VA: u64 = 0x40_0000;
-/// First address handed out by `mmap`.
-pub const MMAP_BASE: u64 = 0x10_0000_0000;
 
 pub struct Region {
     pub va: u64,
@@ -59,7 +59,6 @@ pub struct Process {
     pub mm: MmStruct,
     pub(crate) tables: Mutex<FrameTableMem>,
     pub regions: Mutex<BTreeMap<String, Region>>,
-    next_va: AtomicU64,
     pub stats: ProcStats,
     /// Children that exited and were not waited for: (pid, status).
     pub(crate) zombies: Mutex<Vec<(u32, i32)>>,
@@ -129,7 +128,6 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
         mm: MmStruct::new(root, 0), // an ASID is handed out when it first runs
         tables: Mutex::new(mem),
         regions: Mutex::new(BTreeMap::new()),
-        next_va: AtomicU64::new(MMAP_BASE),
         stats: ProcStats::default(),
         zombies: Mutex::new(Vec::new()),
         exit_code: Mutex::new(None),
@@ -149,6 +147,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
         pgoff: 0,
     };
     p.mm.mmap_write_lock().insert(agent);
+    // Neither munmap nor mprotect may touch the agent.
+    p.mm.mseal(agent.start, agent.end);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
         let mut mem = p.tables.lock();
@@ -214,7 +214,7 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
     for (k, r) in parent.regions.lock().iter() {
         child.regions.lock().insert(k.clone(), Region { va: r.va, size: r.size });
     }
-    child.next_va.store(parent.next_va.load(Ordering::Relaxed), Ordering::Relaxed);
+    child.mm.free_area.store(parent.mm.free_area.load(Ordering::Relaxed), Ordering::Relaxed);
     // The child inherits every open file descriptor (Linux dup of the fd table).
     {
         let fds = parent.fds.lock().clone();
@@ -426,44 +426,7 @@ pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, Pro
     f(unsafe { &*ptr })
 }
 
-pub struct MmapArgs {
-    pub size: u64,
-    pub writable: bool,
-    pub readable: bool,
-    pub align: u64,
-    /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
-    pub folio_order: u8,
-    /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
-    pub pfn: Option<u64>,
-    /// MAP_SHARED: with `memfd`, or for PFN mappings; alone, anonymous
-    /// shared memory (an unnamed shmem file).
-    pub shared: bool,
-    /// `memfd=F`: maps the named in-memory file F from offset 0.
-    pub memfd: Option<String>,
-    /// An open memfd (the `mmap` system call with a file descriptor): the
-    /// shmem file's id and the file page the mapping starts at. The file
-    /// does not grow; pages past its end are a SIGSEGV (Linux: SIGBUS).
-    pub file: Option<(u32, u64)>,
-    /// `noreserve` (MAP_NORESERVE): no overcommit check.
-    pub noreserve: bool,
-}
-
-/// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
-/// `__vm_enough_memory`): a charged mapping may not be larger than total RAM
-/// plus swap (there is no swap device). Each mapping on its own, as Linux:
-/// the sum may be more.
-fn vm_enough_memory(size: u64) -> Result<(), MmError> {
-    let limit = crate::mm::frame::stats().managed * PAGE_SIZE;
-    if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
-}
-
-/// Whether a private mapping with `flags` is charged against the
-/// overcommit limit once it is writable (Linux `VM_ACCOUNT`).
-fn accountable(flags: VmFlags) -> bool {
-    !flags.contains(VmFlags::SHARED) && !flags.contains(VmFlags::NORESERVE) && !flags.contains(VmFlags::PFNMAP)
-}
-
-/// `P mmap R SIZE ...` (anonymous private memory in this slice).
+/// `P mmap R SIZE ...`: maps memory as `a` says and names it `region`.
 pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
     with_proc(name, |p| {
         if p.regions.lock().contains_key(region) {
@@ -471,347 +434,32 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
         }
         // The region's insert cannot fail softly: room for it before mapping.
         crate::mm::error::heap_headroom(0)?;
-        let (va, size) = mmap_anon(p, &a)?;
+        let (va, size) = mmap::do_mmap(p.mt(), &a)?;
         p.regions.lock().insert(region.to_string(), Region { va, size });
         Ok(va)
     })
 }
 
-/// Creates a VMA of `a.size` bytes (anonymous, memfd, shared or PFN
-/// memory, as `a` says); returns (va, size).
-pub(crate) fn mmap_anon(p: &Process, a: &MmapArgs) -> Result<(u64, u64), MmError> {
-    {
-        if a.size == 0 {
-            return Err(MmError::Empty);
-        }
-        if a.size > USER_TOP {
-            return Err(MmError::NoAddressSpace { size: a.size });
-        }
-        let size = align_up(a.size, PAGE_SIZE);
-        // Large folios need naturally aligned ranges (Linux aligns THP-able
-        // anonymous mappings the same way).
-        let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
-        let va = align_up(p.next_va.load(Ordering::Relaxed), align);
-        let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
-        let mut flags = VmFlags(0);
-        if a.readable {
-            flags = flags | VmFlags::READ;
-        }
-        if a.writable {
-            flags = flags | VmFlags::WRITE | VmFlags::READ;
-        }
-        if let Some(pfn) = a.pfn {
-            let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
-            if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
-                return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
-            }
-            flags = flags | VmFlags::PFNMAP | VmFlags::IO;
-        }
-        flags = flags | if a.shared { VmFlags::SHARED } else { VmFlags::MAYWRITE };
-        if a.noreserve {
-            flags = flags | VmFlags::NORESERVE;
-        }
-        // A private writable mapping is charged (`VM_ACCOUNT`); so is
-        // anonymous shared memory, whatever its protection: its shmem file
-        // is (`shmem_zero_setup` -> `shmem_acct_size`) unless `noreserve`.
-        // A memfd (Linux: VM_NORESERVE) and a PFN mapping are not.
-        let shared_anon = a.shared && a.pfn.is_none() && a.memfd.is_none() && a.file.is_none();
-        if (accountable(flags) && a.writable) || (shared_anon && !a.noreserve) {
-            vm_enough_memory(size)?;
-        }
-        // File-backed memory: a named memfd, or (shared, not PFN) an unnamed
-        // shmem file. Its pages come from the page cache, base pages only.
-        // An fd's file is held until the VMA (or the error) is in place.
-        struct Hold(u32);
-        impl Drop for Hold {
-            fn drop(&mut self) {
-                crate::mm::shmem::vma_put(self.0);
-            }
-        }
-        let mut _hold = None;
-        let (file, pgoff) = match (&a.memfd, a.file, a.shared && a.pfn.is_none()) {
-            (_, Some((id, pgoff)), _) => {
-                let f = crate::mm::shmem::get_hold(id).ok_or(MmError::NoSuchFile)?;
-                _hold = Some(Hold(id));
-                (Some(f), pgoff)
-            }
-            (Some(name), None, _) => (Some(crate::mm::shmem::open(name)?), 0),
-            (None, None, true) => (Some(crate::mm::shmem::create_anon()?), 0),
-            (None, None, false) => (None, 0),
-        };
-        if file.is_some() && (a.pfn.is_some() || a.folio_order != 0) {
-            return Err(MmError::FileOptions);
-        }
-        if let Some(f) = &file
-            && a.file.is_none()
-        {
-            f.grow(size);
-        }
-        let file = file.map_or(0, |f| f.id);
-        let vma = Vma {
-            start: va,
-            end,
-            flags,
-            folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order },
-            file,
-            pgoff,
-        };
-        let inserted = {
-            let mut g = p.mm.mmap_write_lock();
-            g.try_reserve(1).map(|()| g.insert(vma))
-        };
-        if inserted != Ok(true) {
-            if file != 0 {
-                // Frees a new unnamed file again (nothing maps it).
-                crate::mm::shmem::vma_get(file);
-                crate::mm::shmem::vma_put(file);
-            }
-            return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
-        }
-        if let Some(pfn) = a.pfn
-            && let Err(e) = memory::remap_pfn_range(p.mt(), &vma, crate::mm::addr::PhysAddr(pfn))
-        {
-            // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
-            // allocation to inject failures into, and a zap of special
-            // entries only (no pages, no blocks) needs none that can fail.
-            // Should it fail all the same, the VMA stays over its entries.
-            match crate::mm::fail_alloc::unarmed(|| memory::zap_page_range(p.mt(), va, size)) {
-                Ok(()) => {
-                    p.mm.mmap_write_lock().remove(va);
-                }
-                Err(z) => {
-                    log::error!("{}: mmap pfn= failed ({e}) and so did its cleanup ({z})", p.name);
-                    p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
-                }
-            }
-            return Err(e);
-        }
-        // Leave a guard gap between regions.
-        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
-        Ok((va, size))
-    }
-}
-
-/// Zaps `[va, va+len)` in `p`'s tables (Linux `zap_page_range`; VMAs
-/// are not touched).
-fn zap(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    memory::zap_page_range(p.mt(), va, len)
-}
-
-fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
-    if len == 0 {
-        return Err(MmError::Empty);
-    }
-    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MmError::NotAligned { addr: va, len });
-    }
-    if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
-        return Err(MmError::OutOfRange { addr: va, len });
-    }
-    Ok(())
-}
-
-/// `P munmap RANGE`: removes the VMAs (splitting those cut by the range) and
-/// zaps what was mapped. A region unmapped completely is forgotten.
+/// `P munmap RANGE`: [`mmap::do_munmap`]; a region unmapped completely is
+/// forgotten.
 pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(munmap_p(p, va, len)?))
 }
 
 pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    {
-        {
-            let mut vmas = p.mm.mmap_write_lock();
-            if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
-                return Err(MmError::Agent);
-            }
-            let n = vmas.splits_needed(va, va + len);
-            vmas.try_reserve(n)?;
-            vmas.split_at(va);
-            vmas.split_at(va + len);
-            zap(p, va, len)?;
-            // One at a time: no list to allocate.
-            loop {
-                let Some(s) = vmas.inside(va, va + len).map(|v| v.start).next() else { break };
-                vmas.remove(s);
-            }
-        }
-        p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
-        Ok(())
-    }
-}
-
-/// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
-/// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
-fn split_covered(vmas: &mut crate::mm::mm_struct::MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let mut a = va;
-    while a < va + len {
-        let v = vmas.find(a).ok_or(MmError::NotMapped { addr: a })?;
-        a = v.end;
-    }
-    let n = vmas.splits_needed(va, va + len);
-    vmas.try_reserve(n)?;
-    vmas.split_at(va);
-    vmas.split_at(va + len);
+    mmap::do_munmap(p.mt(), va, len)?;
+    p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
     Ok(())
 }
 
-/// `P madvise RANGE hugepage|nohugepage`: the folio policy of later faults
-/// in the range (VMAs split at its ends). `hugepage` allows the largest
-/// folios where the mapping had none (`thp=never`); `nohugepage` limits
-/// faults to base pages (Linux VM_NOHUGEPAGE).
-pub fn madvise_hugepage(name: &str, va: u64, len: u64, huge: bool) -> Result<(), ProcError> {
-    with_proc(name, |p| Ok(madvise_hugepage_p(p, va, len, huge)?))
+/// `P madvise RANGE dontneed|hugepage|nohugepage` ([`madvise::do_madvise`]).
+pub fn madvise(name: &str, va: u64, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
+    with_proc(name, |p| Ok(madvise::do_madvise(p.mt(), va, len, advice)?))
 }
 
-/// As Linux's `madvise_walk_vmas`: every VMA part in the range gets the
-/// advice; a hole is `not mapped` (-ENOMEM) once the rest is done.
-pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    let end = va + len;
-    let mut vmas = p.mm.mmap_write_lock();
-    let mut hole = None;
-    let mut a = va;
-    while a < end {
-        let Some((s, e)) = vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end)))
-        else {
-            hole.get_or_insert(a);
-            break;
-        };
-        if s > a {
-            hole.get_or_insert(a);
-        }
-        let n = vmas.splits_needed(s, e);
-        vmas.try_reserve(n)?;
-        // A block the new VMA edges cut is split first (Linux
-        // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
-        // the other per-VMA walks need whole blocks inside each VMA.
-        {
-            let _ptl = p.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(&p.mm, &mut p.tables.lock(), s, e)?;
-        }
-        vmas.split_at(s);
-        vmas.split_at(e);
-        if let Some(v) = vmas.find_mut(s)
-            && !v.flags.contains(VmFlags::PFNMAP)
-            && v.file == 0
-        {
-            // Only anonymous memory has folios to size.
-            if huge {
-                v.flags = VmFlags((v.flags.0 | VmFlags::HUGEPAGE.0) & !VmFlags::NOHUGEPAGE.0);
-                if v.folio_order == 0 {
-                    v.folio_order = memory::max_folio_order();
-                }
-            } else {
-                v.flags = VmFlags((v.flags.0 | VmFlags::NOHUGEPAGE.0) & !VmFlags::HUGEPAGE.0);
-            }
-        }
-        a = e;
-    }
-    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
-}
-
-/// `P madvise RANGE dontneed`: zaps the range; the VMAs stay, so the next
-/// touch faults in fresh zero-filled memory.
-pub fn madvise_dontneed(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
-    check_user_range(va, len)?;
-    with_proc(name, |p| Ok(madvise_dontneed_p(p, va, len)?))
-}
-
-/// VMA by VMA, as Linux's `madvise_walk_vmas`: a PFN mapping ends the walk
-/// (`madvise_dontneed_free_valid_vma`: -EINVAL); holes are skipped.
-pub(crate) fn madvise_dontneed_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
-    let g = p.mm.mmap_read_lock();
-    let end = va + len;
-    let mut a = va;
-    while let Some((s, e, pfn)) = g
-        .vmas()
-        .iter()
-        .find(|v| a < end && v.end > a && v.start < end)
-        .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
-    {
-        if pfn {
-            return Err(MmError::PfnMap { addr: s });
-        }
-        zap(p, s, e - s)?;
-        a = e;
-    }
-    Ok(())
-}
-
-/// Whether every page of `[va, va+len)` lies in some VMA.
-pub(crate) fn range_covered(p: &Process, va: u64, len: u64) -> bool {
-    first_hole(&p.mm.mmap_read_lock(), va, len).is_none()
-}
-
-/// The first address of `[va, va+len)` that lies in no VMA.
-fn first_hole(g: &impl MmapLocked, va: u64, len: u64) -> Option<u64> {
-    let mut a = va;
-    while a < va + len {
-        match g.vmas().find(a) {
-            Some(v) => a = v.end,
-            None => return Some(a),
-        }
-    }
-    None
-}
-
-/// `P mprotect RANGE prot=...`: new VMA flags, and the present entries'
-/// permissions changed in place (AP bits only, no BBM needed). `none` keeps
-/// pages present for the kernel but EL1-only, so EL0 gets permission faults
-/// (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
-/// exclusive anon pages writable ([`memory::change_protection`]).
+/// `P mprotect RANGE prot=...` ([`mprotect::do_mprotect`]).
 pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
-    with_proc(name, |p| Ok(mprotect_p(p, va, len, readable, writable)?))
-}
-
-pub(crate) fn mprotect_p(p: &Process, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
-    check_user_range(va, len)?;
-    {
-        let mut vmas = p.mm.mmap_write_lock();
-        if vmas.iter().any(|v| v.start == AGENT_VA && v.start < va + len && va < v.end) {
-            return Err(MmError::Agent);
-        }
-        // Linux `mprotect_fixup`: a private mapping that becomes writable is
-        // charged then (each VMA's part on its own), before anything changes.
-        if writable {
-            for v in vmas.iter().filter(|v| v.start < va + len && va < v.end) {
-                if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
-                    vm_enough_memory(v.end.min(va + len) - v.start.max(va))?;
-                }
-            }
-        }
-        split_covered(&mut vmas, va, len)?;
-        // The blocks each VMA's edges cut are split first: the only step of
-        // `change_protection` that can fail (a table page). Done before any
-        // VMA changes, a failure leaves the VMAs and the entries agreeing.
-        let mut a = va;
-        while let Some((s, e)) = vmas.inside(a, va + len).map(|v| (v.start, v.end)).next() {
-            memory::split_range_edges(p.mt(), s, e - s)?;
-            a = e;
-        }
-        for v in vmas.inside_mut(va, va + len) {
-            let keep = VmFlags(v.flags.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
-            let mut f = keep;
-            if readable || writable {
-                f = f | VmFlags::READ;
-            }
-            if writable {
-                f = f | VmFlags::WRITE;
-            }
-            v.flags = f;
-        }
-        // VMA by VMA, without a list to allocate.
-        let mut a = va;
-        while let Some((s, e, shared)) =
-            vmas.inside(a, va + len).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
-        {
-            // Cannot fail now that the edges are split.
-            memory::change_protection(p.mt(), s, e - s, readable, writable, shared)?;
-            a = e;
-        }
-        Ok(())
-    }
+    with_proc(name, |p| Ok(mprotect::do_mprotect(p.mt(), va, len, readable, writable)?))
 }
 
 /// Why an EL0 fault could not be resolved (what Linux would signal).
@@ -1104,251 +752,6 @@ pub(crate) fn deactivate_this_cpu() {
     unsafe { context::switch_to_empty(empty.0) };
 }
 
-/// The user-memory half of `invariants` (Linux's page_table_check in
-/// spirit): what every process's tables map agrees with the page metadata.
-/// - every non-special user leaf maps a page of a live anon folio;
-/// - each page's mapcount equals the entries that map it;
-/// - a writable private entry maps a `PageAnonExclusive` page, and an
-///   exclusive page is mapped exactly once;
-/// - the zero page is only ever mapped read-only and special;
-/// - every leaf lies in VMAs, and is EL0-writable only where they allow
-///   writes;
-/// - a folio's refcount is its mappings plus its pins plus GUP references;
-/// - the frames the allocator counts as user memory are exactly the
-///   folios' frames, and each process's table pages are accounted.
-pub fn check_invariants() -> Result<(), String> {
-    use crate::mm::page;
-    let mut maps: BTreeMap<u64, i32> = BTreeMap::new();
-    // Block (entire) mappings per folio.
-    let mut blocks: BTreeMap<u64, i32> = BTreeMap::new();
-    let mut err: Option<String> = None;
-    for_each_process(|p| {
-        if err.is_some() {
-            return;
-        }
-        let mut mem = p.tables.lock();
-        let accounted = mem.tables;
-        let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
-        let mut reachable = 1usize;
-        // Sorted and non-overlapping, as the VMA list.
-        let vmas: Vec<(u64, u64, VmFlags)> =
-            p.mm.mmap_read_lock().vmas().iter().map(|v| (v.start, v.end, v.flags)).collect();
-        let shared_at = |va: u64| {
-            let i = vmas.partition_point(|&(_, e, _)| e <= va);
-            vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))
-        };
-        // The contiguous run being checked: (run VA, first OA, attributes, entries seen).
-        let mut run: Option<(u64, u64, u64, usize)> = None;
-        let (cont_n, cont_sz) = (GRANULE.contiguous_entries(3), memory::cont_size());
-        t.walk(false, &mut |e| {
-            if err.is_some() {
-                return;
-            }
-            let fail = |m: String| Some(alloc::format!("{}: {:#x}: {m}", p.name, e.va.0));
-            // A run of level-3 entries with the contiguous bit: complete,
-            // aligned, one physically contiguous range, one set of attributes.
-            if e.level == 3 {
-                let cont = e.desc.is_valid() && e.desc.contiguous();
-                let oa = e.desc.output_address(PAGE_SIZE).0;
-                match run {
-                    Some((rva, _, _, n)) if n < cont_n && e.va.0 != rva + n as u64 * PAGE_SIZE => {
-                        err = fail(alloc::format!("contiguous run at {rva:#x} has only {n} entries"));
-                        return;
-                    }
-                    Some((rva, oa0, attrs, n)) if n < cont_n => {
-                        if !cont || oa != oa0 + n as u64 * PAGE_SIZE || e.desc.run_attr_bits() != attrs {
-                            err = fail(alloc::format!(
-                                "entry {n} of the contiguous run at {rva:#x} does not match the run"
-                            ));
-                            return;
-                        }
-                        run = Some((rva, oa0, attrs, n + 1));
-                    }
-                    _ if cont => {
-                        if e.va.0 % cont_sz != 0 || oa % cont_sz != 0 {
-                            err = fail("contiguous run not aligned (VA or PA)".into());
-                            return;
-                        }
-                        run = Some((e.va.0, oa, e.desc.run_attr_bits(), 1));
-                    }
-                    _ => run = None,
-                }
-            }
-            // Every leaf lies in a VMA, and EL0 can write only where its
-            // VMA allows writes (a failed mprotect must not leave more).
-            if let Kind::Leaf(_) = e.kind {
-                let (mut a, end) = (e.va.0, e.va.0 + e.size);
-                let mut i = vmas.partition_point(|&(_, ve, _)| ve <= a);
-                while a < end {
-                    match vmas.get(i) {
-                        Some(&(vs, ve, f)) if vs <= a => {
-                            if e.desc.user_writable() && !f.contains(VmFlags::WRITE) {
-                                err = fail(alloc::format!("EL0-writable entry in a VMA without WRITE ({f})"));
-                                return;
-                            }
-                            a = ve;
-                            i += 1;
-                        }
-                        _ => {
-                            err = fail(alloc::format!("a valid entry over {a:#x}, which is in no VMA"));
-                            return;
-                        }
-                    }
-                }
-            }
-            match e.kind {
-                Kind::Table(_) if e.level < 3 => reachable += 1,
-                Kind::Leaf(pa) if e.desc.special() => {
-                    if page::is_zero_any(pa) && e.desc.may_write() {
-                        err = fail("the zero page is mapped writable".into());
-                    }
-                    if e.size != PAGE_SIZE && !crate::mm::huge_memory::is_huge_zero(pa) {
-                        err =
-                            fail(alloc::format!("a special {:#x}-byte block that is not the huge zero folio", e.size));
-                    }
-                }
-                Kind::Leaf(pa) if e.size != PAGE_SIZE => {
-                    // A block: one entire mapping of a folio of exactly its size.
-                    let f = page::pfn_to_page(pa).and_then(|p| p.folio());
-                    match f {
-                        Some(f) if f.is_anon() && f.pa() == pa && f.size() == e.size => {
-                            if e.desc.may_write() && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
-                                err = fail("writable block whose pages are not all PageAnonExclusive".into());
-                                return;
-                            }
-                            *blocks.entry(pa.0).or_insert(0) += 1;
-                        }
-                        _ => {
-                            err = fail(alloc::format!("block at {pa:#x} does not map one whole anon folio of its size"))
-                        }
-                    }
-                }
-                Kind::Leaf(pa) => {
-                    let Some(pg) = page::pfn_to_page(pa) else {
-                        err = fail(alloc::format!("maps {pa:#x}, outside RAM, without the special bit"));
-                        return;
-                    };
-                    let Some(f) = pg.folio() else {
-                        err = fail(alloc::format!("maps {pa:#x}, which is not a folio's page"));
-                        return;
-                    };
-                    // Anon pages follow the exclusivity rule; inserted driver
-                    // pages (vm_insert_page) are shared by nature.
-                    if f.is_anon() && e.desc.may_write() && !pg.anon_exclusive() {
-                        err = fail(alloc::format!("writable entry for {pa:#x}, which is not PageAnonExclusive"));
-                        return;
-                    }
-                    // A page-cache page is writable only where writes reach the
-                    // file: never in a private (COW) mapping.
-                    if f.in_page_cache() && e.desc.may_write() && !shared_at(e.va.0) {
-                        err = fail(alloc::format!("page-cache page {pa:#x} is writable in a private mapping"));
-                        return;
-                    }
-                    *maps.entry(pa.0).or_insert(0) += 1;
-                }
-                _ => {}
-            }
-        });
-        if let Some((rva, _, _, n)) = run
-            && err.is_none()
-            && n < cont_n
-        {
-            err = Some(alloc::format!("{}: contiguous run at {rva:#x} has only {n} entries", p.name));
-        }
-        if err.is_none() && reachable != accounted {
-            err = Some(alloc::format!("{}: {reachable} table pages reachable but {accounted} accounted", p.name));
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    let mut folio_frames = 0u64;
-    page::for_each_folio(|f| {
-        if err.is_some() {
-            return;
-        }
-        folio_frames += f.nr_pages();
-        let entire = blocks.remove(&f.pa().0).unwrap_or(0);
-        if f.entire_mapcount() != entire {
-            err = Some(alloc::format!(
-                "folio {:#x}: entire_mapcount {} but {entire} block entries map it",
-                f.pa().0,
-                f.entire_mapcount()
-            ));
-            return;
-        }
-        let mut mapped = entire;
-        for i in 0..f.nr_pages() {
-            let pg = f.page(i);
-            let want = maps.remove(&pg.pa().0).unwrap_or(0);
-            mapped += want;
-            if pg.mapcount() != want {
-                err =
-                    Some(alloc::format!("page {:#x}: mapcount {} but {want} entries map it", pg.pa().0, pg.mapcount()));
-                return;
-            }
-            if pg.anon_exclusive() && want + entire != 1 {
-                err = Some(alloc::format!(
-                    "page {:#x} is PageAnonExclusive but mapped {} times",
-                    pg.pa().0,
-                    want + entire
-                ));
-                return;
-            }
-        }
-        let refs = crate::mm::gup::held(f, false);
-        let pins = crate::mm::gup::held(f, true);
-        if f.pincount() != pins {
-            err = Some(alloc::format!("folio {:#x}: pincount {} but handles hold {pins} pins", f.pa().0, f.pincount()));
-            return;
-        }
-        let cache = f.in_page_cache() as u32;
-        let want = mapped as u32 + f.pincount() + refs + cache;
-        if f.refcount() != want {
-            err = Some(alloc::format!(
-                "folio {:#x}: refcount {} but {mapped} mappings + {} pins + {refs} references + {cache} page cache",
-                f.pa().0,
-                f.refcount(),
-                f.pincount()
-            ));
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some((pa, _)) = maps.iter().next() {
-        return Err(alloc::format!("page {pa:#x} is mapped but belongs to no folio"));
-    }
-    // Every page-cache page is a file folio that its file holds, and only one.
-    let mut cached = 0u64;
-    crate::mm::shmem::for_each(|file| {
-        for (off, pa) in file.cached() {
-            cached += 1;
-            if err.is_none()
-                && !page::pfn_to_page(pa)
-                    .and_then(|p| p.folio())
-                    .is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon())
-            {
-                err = Some(alloc::format!("memfd {}: page {off} at {pa:#x} is not a page-cache folio", file.id));
-            }
-        }
-    });
-    let mut flagged = 0u64;
-    page::for_each_folio(|f| flagged += f.in_page_cache() as u64);
-    if err.is_none() && flagged != cached {
-        err = Some(alloc::format!("{flagged} folios are flagged as page cache but the files hold {cached}"));
-    }
-    if let Some(e) = err {
-        return Err(e);
-    }
-    page::check_frames(crate::mm::frame::is_allocated)?;
-    let user = crate::mm::frame::stats().by_owner[crate::mm::frame::Owner::UserAnon as usize];
-    if user != folio_frames {
-        return Err(alloc::format!("{user} frames allocated as user memory but folios hold {folio_frames}"));
-    }
-    Ok(())
-}
-
 /// Pages GUP takes between two calls of its `stop` check.
 const GUP_CHUNK: u64 = 1024;
 
@@ -1363,13 +766,13 @@ pub fn gup(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-    stop: &dyn Fn() -> Result<(), String>,
-) -> Result<(usize, usize), String> {
+    stop: &dyn Fn() -> Result<(), GupError>,
+) -> Result<(usize, usize), ProcError> {
     use crate::mm::gup;
     if gup::handle_exists(handle) {
-        return Err(alloc::format!("handle `{handle}` already exists"));
+        return Err(GupError::HandleExists.into());
     }
-    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast, stop)))?
+    with_proc(name, |p| Ok(gup_in(p, handle, va, len, flags, fast, stop)?))
 }
 
 fn gup_in(
@@ -1379,8 +782,8 @@ fn gup_in(
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-    stop: &dyn Fn() -> Result<(), String>,
-) -> Result<(usize, usize), String> {
+    stop: &dyn Fn() -> Result<(), GupError>,
+) -> Result<(usize, usize), GupError> {
     use crate::mm::gup;
     let nr = len.div_ceil(PAGE_SIZE);
     let va = va & !(PAGE_SIZE - 1);
@@ -1388,9 +791,7 @@ fn gup_in(
     // cannot be held (and would take time per page to find out).
     let managed = crate::mm::frame::stats().managed;
     if nr > managed {
-        return Err(alloc::format!(
-            "get_user_pages: out of memory (ENOMEM): {nr} pages, more than the machine's {managed}"
-        ));
+        return Err(GupError::TooManyPages { nr, managed });
     }
     let release_all = |v: Vec<gup::Taken>| {
         for t in v {
@@ -1418,7 +819,7 @@ fn gup_in(
         if crate::mm::error::try_reserve(&mut pages, chunk.len()).is_err() {
             release_all(chunk);
             release_all(pages);
-            return Err("get_user_pages: out of memory (ENOMEM)".into());
+            return Err(GupError::NoMemory);
         }
         pages.extend(chunk);
         nfast += f;
@@ -1428,11 +829,11 @@ fn gup_in(
     // The handle table's insert cannot fail softly: room for it first.
     if crate::mm::error::heap_headroom(0).is_err() {
         release_all(pages);
-        return Err("get_user_pages: out of memory (ENOMEM) for the handle".into());
+        return Err(GupError::NoMemory);
     }
     if let Err(h) = gup::add_handle(handle, gup::Handle { pin: flags.pin, pages }) {
         release_all(h.pages);
-        return Err(alloc::format!("handle `{handle}` already exists"));
+        return Err(GupError::HandleExists);
     }
     Ok((n, nfast))
 }
@@ -1446,7 +847,7 @@ fn gup_chunk(
     nr: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
-) -> Result<(Vec<crate::mm::gup::Taken>, usize), String> {
+) -> Result<(Vec<crate::mm::gup::Taken>, usize), GupError> {
     use crate::mm::gup;
     let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
     let nfast = pages.len();
@@ -1470,13 +871,7 @@ fn gup_chunk(
                 for t in pages {
                     gup::release(t, flags.pin);
                 }
-                // In the contract's words, with the errno GUP returned.
-                let why = match -e {
-                    crate::errno::ENOMEM => "out of memory",
-                    crate::errno::EFAULT => "not mapped, or the mapping does not allow it",
-                    _ => "refused",
-                };
-                return Err(alloc::format!("get_user_pages: {why} ({})", syscall::errno_name(e)));
+                return Err(GupError::Failed(-e));
             }
         }
     }
@@ -1486,12 +881,12 @@ fn gup_chunk(
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
 pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, ProcError> {
     with_proc(name, |p| {
-        let va = align_up(p.next_va.load(Ordering::Relaxed), PAGE_SIZE);
+        let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
         if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
             return Err(MmError::Overlap { addr: va }.into());
         }
-        p.next_va.store(end + PAGE_SIZE, Ordering::Relaxed);
+        p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
         Ok(va)
     })
 }

@@ -7,8 +7,11 @@
 
 use alloc::vec;
 
-use super::{MmapArgs, ProcError, Process, mmap_anon};
+use super::{ProcError, Process};
+use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::uaccess::copy_from_user;
+use crate::mm::madvise::{self, Advice};
+use crate::mm::mmap::{self, MmapArgs};
 
 pub mod nr {
     pub const WRITE: u64 = 64;
@@ -30,7 +33,7 @@ pub mod nr {
 pub const SIGCHLD: u64 = 17;
 const WNOHANG: u64 = 1;
 
-pub use crate::errno::{EAGAIN, EBADF, EBUSY, ECHILD, EFAULT, EINVAL, ENOMEM, ENOSYS};
+use crate::errno::{EAGAIN, EBADF, ECHILD, EFAULT, EINVAL, ENOMEM, ENOSYS};
 
 const PROT_READ: u64 = 1;
 const PROT_WRITE: u64 = 2;
@@ -181,7 +184,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
         file,
         noreserve,
     };
-    match mmap_anon(p, &args) {
+    match mmap::do_mmap(p.mt(), &args) {
         Ok((va, _)) => va as i64,
         Err(e) => -e.errno(),
     }
@@ -193,7 +196,7 @@ fn page_range(addr: u64, len: u64) -> Result<u64, i64> {
         return Err(-EINVAL);
     }
     let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
-    if addr.checked_add(len).is_none_or(|e| e > crate::arch::aarch64::regs::USER_TOP) {
+    if addr.checked_add(len).is_none_or(|e| e > USER_TOP) {
         return Err(-EINVAL);
     }
     Ok(len)
@@ -228,10 +231,10 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    if addr + len > crate::arch::aarch64::regs::USER_TOP {
+    if addr + len > USER_TOP {
         return -ENOMEM;
     }
-    match super::mprotect_p(p, addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
+    match crate::mm::mprotect::do_mprotect(p.mt(), addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
         Ok(()) => 0,
         Err(e) => -e.errno(),
     }
@@ -254,17 +257,18 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
         return 0;
     }
     // What lies past the user top is a hole.
-    let top = crate::arch::aarch64::regs::USER_TOP;
+    let top = USER_TOP;
     let in_reach = top.saturating_sub(addr).min(len);
     if in_reach == 0 {
         return -ENOMEM;
     }
-    let r = match advice {
-        MADV_DONTNEED => super::madvise_dontneed_p(p, addr, in_reach),
-        a => super::madvise_hugepage_p(p, addr, in_reach, a == MADV_HUGEPAGE),
+    let advice = match advice {
+        MADV_DONTNEED => Advice::DontNeed,
+        MADV_HUGEPAGE => Advice::HugePage,
+        _ => Advice::NoHugePage,
     };
-    match r {
-        Ok(()) if in_reach == len && super::range_covered(p, addr, len) => 0,
+    match madvise::do_madvise(p.mt(), addr, in_reach, advice) {
+        Ok(()) if in_reach == len && mmap::range_covered(&p.mm, addr, len) => 0,
         Ok(()) => -ENOMEM, // a hole in the range (Linux: the advice still applied to the rest)
         Err(e) => -e.errno(),
     }

@@ -12,8 +12,9 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::proc::{self, RunEnd};
 
 
 fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {

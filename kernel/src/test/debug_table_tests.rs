@@ -60,7 +60,7 @@ fn debug_table_follows_processes_and_vmas() -> Result<(), String> {
         matches_real(a)?;
         proc::mprotect(a, va + 2 * PAGE_SIZE, 2 * PAGE_SIZE, true, false)?;
         matches_real(a)?;
-        proc::madvise_hugepage(a, va + 4 * PAGE_SIZE, 4 * PAGE_SIZE, false)?;
+        proc::madvise(a, va + 4 * PAGE_SIZE, 4 * PAGE_SIZE, crate::mm::madvise::Advice::NoHugePage)?;
         matches_real(a)?;
         proc::munmap(a, va + 6 * PAGE_SIZE, PAGE_SIZE)?;
         let s = dt::snapshot(pa).ok_or("no slot after munmap")?;

@@ -13,8 +13,9 @@ use alloc::vec::Vec;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::granule::PAGE_SIZE;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
-use crate::proc::{self, MmapArgs, ProcError, RunEnd, Unresolved};
+use crate::proc::{self, ProcError, RunEnd, Unresolved};
 
 
 kernel_test!(fail_alloc_mmap_pfn_leaves_no_entries);
@@ -283,7 +284,10 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             6 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let (va, len) = (va & !(PAGE_SIZE - 1), len.next_multiple_of(PAGE_SIZE));
-                oom_ok("madvise dontneed", armed(|| proc::madvise_dontneed(&name, va, len)))?;
+                oom_ok(
+                    "madvise dontneed",
+                    armed(|| proc::madvise(&name, va, len, crate::mm::madvise::Advice::DontNeed)),
+                )?;
             }
             7 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
@@ -292,7 +296,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let fast = rng.below(2) == 0;
                 match armed(|| proc::gup(&name, &h, va, len, foll, fast, &|| Ok(()))) {
                     Ok(_) => pins.push(h),
-                    Err(e) if e.contains("ENOMEM") => {}
+                    Err(e) if e.is_oom() => {}
                     Err(e) => return Err(alloc::format!("op {i}: pin: {e}")),
                 }
             }

@@ -7,16 +7,14 @@ use alloc::string::String;
 
 use crate::arch::aarch64::user::op;
 use crate::ensure;
+use crate::errno::{EBUSY, EINVAL};
 use crate::mm::addr::PhysAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;
 use crate::mm::pgtable::Translation;
-use crate::proc::{
-    self, RunEnd,
-    syscall::{EBUSY, EINVAL},
-};
+use crate::proc::{self, RunEnd};
 
 
 const P: &str = "insert_test";

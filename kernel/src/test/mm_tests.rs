@@ -145,3 +145,39 @@ fn heap_large_allocation() -> Result<(), String> {
     crate::mm::heap::refill_reserve();
     Ok(())
 }
+
+kernel_test!(page_table_check_catches_a_stray_reference);
+/// `invariants` is an oracle only if it fails: one folio reference taken
+/// behind the tables' back (no mapping, pin or GUP handle accounts for it)
+/// must come back as `Violation::Refcount` for exactly that folio, naming
+/// the address space it was found through; dropped again, all is well.
+fn page_table_check_catches_a_stray_reference() -> Result<(), String> {
+    use crate::arch::aarch64::user::op;
+    use crate::mm::page_table_check::Violation;
+    use crate::mm::pgtable::Translation;
+    use crate::proc::{self, RunEnd};
+    const P: &str = "ptc_stray";
+    proc::spawn(P)?;
+    let r = (|| -> Result<(), String> {
+        let va = proc::mmap(P, "a", super::anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(P, op::WRITE, va, PAGE_SIZE, 0x5a)?, RunEnd::Done), "the write did not complete");
+        let pa = proc::with_tables(P, |_, t| match t.translate(crate::mm::addr::VirtAddr(va)) {
+            Translation::Mapped { pa, .. } => Some(pa),
+            _ => None,
+        })?
+        .ok_or("the written page is not mapped")?;
+        let folio = crate::mm::page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or("the page has no folio")?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("before: {e}"))?;
+        folio.get();
+        let caught = crate::console::commands::invariants();
+        folio.put();
+        match caught {
+            Err(e) if matches!(e.what, Violation::Refcount { folio: f, .. } if f == pa.0) && e.mm.is_none() => {}
+            other => return Err(alloc::format!("a stray reference on {:#x} gave {other:?}", pa.0)),
+        }
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after: {e}"))?;
+        Ok(())
+    })();
+    proc::exit(P)?;
+    r
+}

@@ -63,8 +63,8 @@ pub type TestFn = fn() -> Result<(), String>;
 
 /// `size` bytes of anonymous private read/write memory, base pages (the
 /// tests' usual `mmap`; struct update syntax changes the rest).
-pub(crate) fn anon(size: u64) -> crate::proc::MmapArgs {
-    crate::proc::MmapArgs {
+pub(crate) fn anon(size: u64) -> crate::mm::mmap::MmapArgs {
+    crate::mm::mmap::MmapArgs {
         size,
         writable: true,
         readable: true,

@@ -19,10 +19,11 @@ use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::proc::{self, MmapArgs, RunEnd, syscall};
+use crate::proc::{self, RunEnd, syscall};
 
 
 fn me() -> usize {

@@ -7,10 +7,12 @@ use alloc::string::{String, ToString};
 
 use crate::arch::aarch64::user::op;
 use crate::ensure;
+use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::mm::frame;
 use crate::mm::granule::PAGE_SIZE;
-use crate::proc::syscall::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
-use crate::proc::{self, MmapArgs, RunEnd};
+use crate::mm::mmap::MmapArgs;
+use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
+use crate::proc::{self, RunEnd};
 
 
 /// The flags of the VMA at `va` in `name`.
@@ -76,7 +78,7 @@ fn mprotect_madvise_errnos_as_linux() -> Result<(), String> {
         if let Some((ps, _)) = crate::mm::memory::pfn_pool() {
             let io = proc::mmap(name, "io", MmapArgs { pfn: Some(ps), shared: true, ..super::anon(PAGE_SIZE) })?;
             ensure!(proc::mapped_level(name, io) == Some(3), "the PFN mapping is not mapped");
-            match proc::madvise_dontneed(name, io, PAGE_SIZE) {
+            match proc::madvise(name, io, PAGE_SIZE, crate::mm::madvise::Advice::DontNeed) {
                 Err(e) if e.errno() == EINVAL => {}
                 other => return Err(alloc::format!("madvise dontneed of a PFN mapping: {other:?}, expected EINVAL")),
             }

@@ -329,7 +329,7 @@ mod driver {
                         end.1
                     ),
                 ));
-            } else if let Err(e) = crate::console::commands::invariants() {
+            } else if let Err(e) = crate::console::commands::invariants().map_err(String::from) {
                 run.divergence = Some((done, String::from("invariants"), e));
             }
         }

@@ -1,0 +1,66 @@
+//! Changing the protection of user memory (Linux mm/mprotect.c): new VMA
+//! flags, and the present entries' permissions changed in place
+//! ([`memory::change_protection`]).
+
+use super::error::MmError;
+use super::memory::{self, MmTables};
+use super::mm_struct::VmFlags;
+use super::mmap::{accountable, check_user_range, split_covered, vm_enough_memory};
+
+/// Linux `do_mprotect_pkey` over `[va, va+len)`: every page must be in a
+/// VMA (`not mapped` otherwise) and outside the sealed range. `none` keeps
+/// pages present for the kernel but EL1-only, so EL0 gets permission
+/// faults (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
+/// exclusive anon pages writable.
+pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
+    check_user_range(va, len)?;
+    let end = va + len;
+    let mut vmas = mt.mm.mmap_write_lock();
+    if mt.mm.is_sealed(va, end) {
+        return Err(MmError::Sealed);
+    }
+    // Linux `mprotect_fixup`: a private mapping that becomes writable is
+    // charged then (each VMA's part on its own), before anything changes.
+    if writable {
+        for v in vmas.iter().filter(|v| v.start < end && va < v.end) {
+            if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
+                vm_enough_memory(v.end.min(end) - v.start.max(va))?;
+            }
+        }
+    }
+    split_covered(&mut vmas, va, len)?;
+    // The blocks each VMA's edges cut are split first: the only step of
+    // `change_protection` that can fail (a table page). Done before any
+    // VMA changes, a failure leaves the VMAs and the entries agreeing.
+    let mut a = va;
+    while let Some((s, e)) = vmas.inside(a, end).map(|v| (v.start, v.end)).next() {
+        memory::split_range_edges(mt, s, e - s)?;
+        a = e;
+    }
+    for v in vmas.inside_mut(va, end) {
+        v.flags = mprotect_flags(v.flags, readable, writable);
+    }
+    // VMA by VMA, without a list to allocate.
+    let mut a = va;
+    while let Some((s, e, shared)) =
+        vmas.inside(a, end).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
+    {
+        // Cannot fail now that the edges are split.
+        memory::change_protection(mt, s, e - s, readable, writable, shared)?;
+        a = e;
+    }
+    Ok(())
+}
+
+/// A VMA's flags after mprotect: READ/WRITE as asked (write implies read),
+/// the rest kept.
+fn mprotect_flags(old: VmFlags, readable: bool, writable: bool) -> VmFlags {
+    let mut f = VmFlags(old.0 & !(VmFlags::READ.0 | VmFlags::WRITE.0));
+    if readable || writable {
+        f = f | VmFlags::READ;
+    }
+    if writable {
+        f = f | VmFlags::WRITE;
+    }
+    f
+}
