@@ -13,6 +13,7 @@ use crate::println;
 mod af_tests;
 mod at_random;
 mod boot_tests;
+pub mod dbm_smp_tests;
 mod debug_table_tests;
 mod fail_alloc_tests;
 mod insert_tests;
@@ -87,6 +88,7 @@ fn all() -> impl Iterator<Item = &'static Test> {
         .chain(sched_tests::TESTS.iter())
         .chain(debug_table_tests::TESTS.iter())
         .chain(fail_alloc_tests::TESTS.iter())
+        .chain(dbm_smp_tests::TESTS.iter())
 }
 
 /// Why the running test cannot apply, once it said so.
