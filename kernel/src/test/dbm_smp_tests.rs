@@ -25,15 +25,20 @@
 //! either before or after the round's write.
 //!
 //! [`RMW_WINDOW_SPINS`] widens the read-modify-write window on purpose
-//! (as `mm::gup::RACE_WINDOW_SPINS` does GUP-fast's). The table edit calls
+//! (as `mm::gup::RACE_WINDOW_SPINS` does GUP-fast's): the table edit calls
 //! [`rmw_window`] between its load of a valid entry and its store (or
-//! compare-and-swap) of the new value. Evidence, under QEMU TCG with
-//! `--cpu max --smp 4`, `pagelab.hw-dbm=1 pagelab.hw-af=1`:
-//! - with the window open and a plain load/store in `change_protection`
-//!   (the code before the page-table cursor), this test fails: see
-//!   the report of the `dbmtest` branch for the run;
-//! - with the window closed the race is not hit under TCG in the runs made.
-//!   A compare-and-swap loop must pass with the window open.
+//! compare-and-swap) of the new value, and mprotect(R) covers a few pages
+//! just ahead of each writer, so that the writer's first store to a clean
+//! page falls inside the window. A compare-and-swap loop then fails its
+//! swap and retries with the dirty entry; a plain store loses the update.
+//!
+//! Broken on purpose: `change_protection` with its plain load and store
+//! (mm/memory.rs before the page-table cursor) and `rmw_window()` called
+//! after the load, under QEMU TCG (`--smp 4 --cpu max`, `pagelab.hw-dbm=1
+//! pagelab.hw-af=1`), failed 4 runs out of 4, in rounds 36, 24, 15 and 6:
+//! `page 0x10003f6000 was written since its clean point but its entry is
+//! clean: Desc(0x0060000049266fc3)` (read-only, no DBM, no software dirty
+//! bit). With the window closed the race was not hit under TCG in 5 runs.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -70,13 +75,26 @@ pub fn rmw_window() {
     }
 }
 
-/// Bytes each writer writes per round, one at a time (128 pages of 4K,
-/// 8 of 64K): long enough that this CPU acts while they write.
-const SLICE: u64 = 512 * 1024;
+/// Bytes each writer writes per round, one at a time (512 pages of 4K,
+/// 32 of 64K): long enough that this CPU acts while they write.
+const SLICE: u64 = 2 << 20;
 /// Rounds of each kind.
-const ROUNDS: u64 = 8;
-/// The spins [`rmw_window`] makes during the test.
-const WINDOW_SPINS: u64 = 20_000;
+const ROUNDS: u64 = 16;
+/// Pages mprotect(R) covers ahead of each writer, starting [`GAP`] pages
+/// after the writer's: far enough that the writer is not there yet when the
+/// edit loads the first entry, near enough that it gets there within the
+/// widened window.
+const AHEAD: u64 = 4;
+const GAP: u64 = 2;
+/// Rounds of mprotect(R) ahead of the writers in one round.
+const PASSES: u64 = 3;
+
+/// The spins [`rmw_window`] makes in round `round`: from 20,000 to
+/// 160,000 (under TCG about 0.1 to 1 ms), longer than a writer takes for
+/// [`GAP`] pages.
+fn window_spins(round: u64) -> u64 {
+    20_000 << (round / 3 % 4)
+}
 
 /// What this CPU does while the writers write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +157,6 @@ fn dbm_smp_writers_vs_mprotect_fork() -> Result<(), String> {
     let cpus: Vec<usize> = (0..n).filter(|&c| c != here).take(3).collect();
     let (name, child) = ("dbm_smp", "dbm_smp_child");
     proc::spawn(name)?;
-    RMW_WINDOW_SPINS.store(WINDOW_SPINS, Ordering::Release);
     let r = rounds(name, child, &cpus);
     RMW_WINDOW_SPINS.store(0, Ordering::Release);
     let _ = proc::exit(child);
@@ -204,6 +221,7 @@ fn one_round(
     let slice = SLICE;
     let len = cpus.len() as u64 * slice;
     let v = value(round);
+    RMW_WINDOW_SPINS.store(window_spins(round), Ordering::Release);
     if region.shared {
         // The clean point: no entries, then every page read back in
         // writable-clean (this CPU; the writers' CPUs never cached them).
@@ -223,13 +241,22 @@ fn one_round(
             proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&x, 0), Some(c))))
         })
         .collect::<Result<_, _>>()?;
-    // Act once every writer is under way (its first byte is written).
+    // Act once a writer is under way (its first byte is written).
     let started = crate::irq::wait_until(2000, || {
-        (0..cpus.len() as u64).all(|i| page(name, region.base + i * slice).is_ok_and(|(_, b)| b[0] == v))
+        (0..cpus.len() as u64).any(|i| page(name, region.base + i * slice).is_ok_and(|(_, b)| b[0] == v))
     });
     let acted = if started {
         match action {
-            Action::Mprotect => sched::pin_to_caller(|| proc::mprotect(name, region.base, len, true, false)),
+            Action::Mprotect => sched::pin_to_caller(|| {
+                // Again while any writer writes (a few times at most).
+                for _ in 0..PASSES {
+                    if writers.iter().all(|t| t.is_done()) {
+                        break;
+                    }
+                    mprotect_ahead(name, region.base, slice, &writers, v)?;
+                }
+                Ok(())
+            }),
             Action::Fork => sched::pin_to_caller(|| proc::fork(name, child).map(|_| ())),
         }
     } else {
@@ -281,6 +308,36 @@ fn one_round(
     check(name, region, round, stats)?;
     if action == Action::Mprotect {
         sched::pin_to_caller(|| proc::mprotect(name, region.base, len, true, true))?;
+    }
+    Ok(())
+}
+
+/// mprotect(R) of [`AHEAD`] pages ahead of each writer still writing, in
+/// turn, so that the table edit meets the
+/// writer at a clean page: the writer, faster than the widened edit, walks
+/// into the entry the edit has loaded and not yet stored.
+fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u8) -> Result<(), proc::ProcError> {
+    let pages = slice / PAGE_SIZE;
+    for (i, t) in writers.iter().enumerate() {
+        if t.is_done() {
+            continue;
+        }
+        let start = base + i as u64 * slice;
+        // The writer's page: the last one whose first byte it wrote.
+        let (mut lo, mut hi) = (0, pages);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if page(name, start + mid * PAGE_SIZE).is_ok_and(|(_, b)| b[0] == v) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let from = lo + GAP;
+        if from < pages {
+            let to = (from + AHEAD).min(pages);
+            proc::mprotect(name, start + from * PAGE_SIZE, (to - from) * PAGE_SIZE, true, false)?;
+        }
     }
     Ok(())
 }
