@@ -35,7 +35,8 @@
 //! Broken on purpose: `change_protection` with its plain load and store
 //! (mm/memory.rs before the page-table cursor) and `rmw_window()` called
 //! after the load, under QEMU TCG (`--smp 4 --cpu max`, `pagelab.hw-dbm=1
-//! pagelab.hw-af=1`), failed 4 runs out of 4, in rounds 36, 24, 15 and 6:
+//! pagelab.hw-af=1`), failed 8 runs out of 8 with 4K pages (first in
+//! rounds 36, 24, 15, 6, 3, 6, 6 and 0), 2 of 2 with 16K and 2 of 2 with 64K:
 //! `page 0x10003f6000 was written since its clean point but its entry is
 //! clean: Desc(0x0060000049266fc3)` (read-only, no DBM, no software dirty
 //! bit). The same with a compare-and-swap loop in `change_protection`
