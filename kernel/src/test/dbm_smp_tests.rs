@@ -45,7 +45,8 @@
 //! the MMU's updates: `0x68000049228fc3` found as `0x68000049228f43`
 //! (AP[2] cleared, the page dirtied) and then write-protected as dirty.
 //! With the window closed (nothing calls `rmw_window`) the race was not
-//! hit under TCG in 5 runs: the test passes on the plain store then.
+//! hit under TCG in 13 runs on the three granules: the test passes on the
+//! plain store then.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -112,7 +113,8 @@ fn window_spins(round: u64) -> u64 {
 /// What this CPU does while the writers write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
-    /// mprotect(R) of the whole region, then (RW) once the writers stopped.
+    /// mprotect(R) of a few pages ahead of each writer ([`mprotect_ahead`]),
+    /// then (RW) of the whole region once the writers stopped.
     Mprotect,
     /// fork, then the child exits (the parent's entries are write-protected).
     Fork,
@@ -328,9 +330,9 @@ fn one_round(
 }
 
 /// mprotect(R) of [`AHEAD`] pages ahead of each writer still writing, in
-/// turn, so that the table edit meets the
-/// writer at a clean page: the writer, faster than the widened edit, walks
-/// into the entry the edit has loaded and not yet stored.
+/// turn, so that the table edit meets the writer at a clean page: the
+/// writer, faster than the widened edit, walks into the entry the edit has
+/// loaded and not yet stored.
 fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u8) -> Result<(), proc::ProcError> {
     let pages = slice / PAGE_SIZE;
     for (i, t) in writers.iter().enumerate() {
