@@ -794,6 +794,21 @@ test_script() { # file smp should_fail
     SMP=$prev_smp
 }
 
+# The hardware-DBM SMP test (dbm_smp_writers_vs_mprotect_fork) in the one
+# configuration it applies to: --smp 4 --cpu max with pagelab.hw-dbm=1
+# pagelab.hw-af=1 (the script's bootargs line). The in-kernel runs skip it
+# (no hw-dbm), so a sound run's PASS line joins the SKIP coverage check.
+test_dbm_smp() {
+    local prev_cpu=$CPU va=
+    [[ $VA_BITS != 48 ]] && va=-va$VA_BITS
+    CPU=max
+    test_script tests/scripts/smp4-hw-dbm/dbm-smp-writers.scn 4 0
+    CPU=$prev_cpu
+    if [[ ${SUM_F:-1} == 0 && -n ${SUM_P:-} ]]; then
+        echo "$LOGDIR/script-$GRANULE$va-dbm-smp-writers-smp4.log" >>"$LOGDIR/in-kernel-logs"
+    fi
+}
+
 test_extra() { # script
     local name; name=$(basename "$1" .sh)
     local log="$LOGDIR/extra-$GRANULE-$name.log" status=0
@@ -1028,6 +1043,7 @@ test_granule() {
         job test_script "$f" 1 1
     done
     CPU=$prev_cpu
+    job test_dbm_smp
     job test_torture 1
     job test_torture 4
     job test_bench "$LOGDIR/bench-$GRANULE.log"

@@ -56,6 +56,7 @@ test_modules!(
     sched_tests,
     debug_table_tests,
     fail_alloc_tests,
+    dbm_smp_tests,
 );
 pub use table_tests::at_outcome;
 
