@@ -9,7 +9,7 @@ use spin::Once;
 use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::{cpu, percpu, psci, semihosting};
 use crate::board::dt::{self, BoardInfo};
-use crate::mm::addr::PhysRange;
+use crate::mm::addr::{PhysRange, VirtAddr};
 use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
 use crate::mm::layout::{FIXMAP_BASE, io_virt};
 use crate::mm::{frame, heap, kmap};
@@ -269,8 +269,10 @@ fn start_secondaries() {
     let b = boot();
     let psci = psci::available();
     let me = crate::arch::aarch64::sysreg::mpidr_affinity();
-    let psci_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
-    let spin_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::spin_table_entry as *const () as u64).0;
+    let psci_entry =
+        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::secondary_entry as *const () as u64)).0;
+    let spin_entry =
+        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::spin_table_entry as *const () as u64)).0;
     let mut next = 1usize;
     for c in &b.board.cpus {
         if c.mpidr == me {

@@ -376,7 +376,13 @@ fn ptdump_kernel() -> Outcome {
         }
     }
     let mut d = Dump(PtDump::new(&mut o, START_LEVEL, MARKERS), core::marker::PhantomData);
-    walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, 0xffff_0000_0000_0000, 0, &mut d);
+    walk_kernel_page_table_range(
+        &kmap::KERNEL_PGTABLE.read(),
+        &kmap::LiveRead,
+        VirtAddr::new(crate::mm::layout::PAGE_OFFSET),
+        VirtAddr::new(0),
+        &mut d,
+    );
     let (leaves, lines) = d.0.finish().unwrap_or((0, 0));
     let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---", kmap::table_pages());
     Outcome::Done

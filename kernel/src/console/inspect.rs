@@ -86,7 +86,8 @@ fn for_each_piece(
             };
             self.piece(Piece { lo, hi, tr })
         }
-        fn pte_hole(&mut self, lo: u64, hi: u64, depth: i32) -> Step {
+        fn pte_hole(&mut self, lo: VirtAddr, hi: VirtAddr, depth: i32) -> Step {
+            let (lo, hi) = (lo.as_u64(), hi.as_u64());
             self.piece(Piece { lo, hi, tr: Translation::Fault { level: depth.max(0) as u32, desc: Desc(0) } })
         }
     }
@@ -107,13 +108,14 @@ type PieceFn<'f> = dyn FnMut(&Process, &Tables<'_, FrameTableMem>, &Piece) -> Re
 fn visit(p: &str, r: Range, f: &mut PieceFn<'_>) -> Result<Result<(), String>, String> {
     let (start, len) = r.pages();
     let end = start + len;
-    proc::with_tables(p, |pr, t| for_each_piece(t, start, end, &mut |piece| f(pr, t, piece)))?.map_or_else(
-        |s| match s {
-            Stopped::Interrupted => Err(String::from(INTERRUPTED)),
-            Stopped::By(why) => Ok(Err(why)),
-        },
-        |()| Ok(Ok(())),
-    )
+    proc::with_tables(p, |pr, t| for_each_piece(t, start.as_u64(), end.as_u64(), &mut |piece| f(pr, t, piece)))?
+        .map_or_else(
+            |s| match s {
+                Stopped::Interrupted => Err(String::from(INTERRUPTED)),
+                Stopped::By(why) => Ok(Err(why)),
+            },
+            |()| Ok(Ok(())),
+        )
 }
 
 /// `P walk RANGE`: one line per leaf (a page or a block) and per run of

@@ -42,8 +42,8 @@ pub fn kimage_voffset() -> u64 {
 }
 
 /// Physical address of a kernel-image virtual address.
-pub fn kimage_to_phys(va: u64) -> PhysAddr {
-    PhysAddr(va - kimage_voffset())
+pub fn kimage_to_phys(va: VirtAddr) -> PhysAddr {
+    PhysAddr::new(va.as_u64() - kimage_voffset())
 }
 
 /// Where the kernel's table pages come from.
@@ -63,7 +63,7 @@ impl TableMemory for KernelTableMem {
             let va = core::ptr::addr_of!(KPT_POOL) as u64 + self.pool_next as u64 * PAGE_SIZE;
             self.pool_next += 1;
             self.tables += 1;
-            return Some(kimage_to_phys(va));
+            return Some(kimage_to_phys(VirtAddr::new(va)));
         }
         let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
         self.tables += 1;
@@ -127,13 +127,13 @@ pub fn stack_range(i: usize) -> (u64, u64) {
 fn map_or_panic<M: TableMemory>(
     t: &mut Tables<'_, M>,
     what: &str,
-    va: u64,
-    pa: u64,
+    va: VirtAddr,
+    pa: PhysAddr,
     size: u64,
     a: LeafAttrs,
     s: LeafSizes,
 ) {
-    if let Err(e) = t.map(VirtAddr(va), PhysAddr(pa), size, a, s) {
+    if let Err(e) = t.map(va, pa, size, a, s) {
         panic!("cannot map {what} {va:#x}..{:#x}: {e:?}", va + size);
     }
 }
@@ -150,15 +150,17 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         for (name, lo, hi, attrs) in image_sections() {
-            map_or_panic(&mut t, name, lo, kimage_to_phys(lo).0, hi - lo, attrs, LeafSizes::PagesOnly);
+            let lo_va = VirtAddr::new(lo);
+            map_or_panic(&mut t, name, lo_va, kimage_to_phys(lo_va), hi - lo, attrs, LeafSizes::PagesOnly);
         }
         for i in 0..MAX_CPUS {
             let (lo, hi) = stack_range(i);
+            let lo_va = VirtAddr::new(lo);
             map_or_panic(
                 &mut t,
                 "stack",
-                lo,
-                kimage_to_phys(lo).0,
+                lo_va,
+                kimage_to_phys(lo_va),
                 hi - lo,
                 LeafAttrs::KERNEL_RW,
                 LeafSizes::PagesOnly,
@@ -170,8 +172,8 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
                 map_or_panic(
                     &mut t,
                     "RAM",
-                    phys_to_virt(PhysAddr(s)).0,
-                    s,
+                    phys_to_virt(PhysAddr::new(s)),
+                    PhysAddr::new(s),
                     e - s,
                     LeafAttrs::KERNEL_RW,
                     LeafSizes::Largest,
@@ -183,8 +185,8 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
             map_or_panic(
                 &mut t,
                 "UART",
-                io_virt(PhysAddr(s)).0,
-                s,
+                io_virt(PhysAddr::new(s)),
+                PhysAddr::new(s),
                 e - s,
                 LeafAttrs::KERNEL_DEVICE,
                 LeafSizes::PagesOnly,
@@ -303,7 +305,7 @@ pub fn map_kernel(
 
 fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {
     // Pool pages live in the image and are never reused; frames go back.
-    let pool = kimage_to_phys(core::ptr::addr_of!(KPT_POOL) as u64);
+    let pool = kimage_to_phys(VirtAddr::new(core::ptr::addr_of!(KPT_POOL) as u64));
     mem.tables -= 1;
     if pa.0 >= pool.0 && pa.0 < pool.0 + (POOL_PAGES as u64) * PAGE_SIZE {
         return;

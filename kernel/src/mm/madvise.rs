@@ -2,6 +2,7 @@
 //! range and keeps its VMAs; `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE` set the folio
 //! policy of later faults.
 
+use super::addr::VirtAddr;
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags};
@@ -23,7 +24,7 @@ pub enum Advice {
 /// (`madvise_dontneed_free_valid_vma`: -EINVAL) and holes are skipped; for
 /// the hugepage advice every VMA part gets it and a hole is `not mapped`
 /// (-ENOMEM) once the rest is done.
-pub fn do_madvise(mt: MmTables<'_>, va: u64, len: u64, advice: Advice) -> Result<(), MmError> {
+pub fn do_madvise(mt: MmTables<'_>, va: VirtAddr, len: u64, advice: Advice) -> Result<(), MmError> {
     check_user_range(va, len)?;
     match advice {
         Advice::DontNeed => madvise_dontneed(mt, va, len),
@@ -32,10 +33,10 @@ pub fn do_madvise(mt: MmTables<'_>, va: u64, len: u64, advice: Advice) -> Result
     }
 }
 
-fn madvise_dontneed(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let g = mt.mm.mmap_read_lock();
-    let end = va + len;
-    let mut a = va;
+    let end = (va + len).as_u64();
+    let mut a = va.as_u64();
     while let Some((s, e, pfn)) = g
         .vmas()
         .iter()
@@ -45,19 +46,19 @@ fn madvise_dontneed(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> 
         if pfn {
             return Err(MmError::PfnMap { addr: s });
         }
-        madvise_dontneed_single_vma(mt, s, e)?;
+        madvise_dontneed_single_vma(mt, VirtAddr::new(s), VirtAddr::new(e))?;
         a = e;
     }
     Ok(())
 }
 
 /// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA.
-fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: u64, end: u64) -> Result<(), MmError> {
-    memory::zap_page_range(mt, start, end - start)
+fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
+    memory::zap_page_range(mt, start.as_u64(), end - start)
 }
 
-fn madvise_hugepage(mt: MmTables<'_>, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
-    let end = va + len;
+fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {
+    let (va, end) = (va.as_u64(), (va + len).as_u64());
     let mut vmas = mt.mm.mmap_write_lock();
     let mut hole = None;
     let mut a = va;
@@ -70,7 +71,8 @@ fn madvise_hugepage(mt: MmTables<'_>, va: u64, len: u64, huge: bool) -> Result<(
         if s > a {
             hole.get_or_insert(a);
         }
-        let n = vmas.splits_needed(s, e);
+        let (sv, ev) = (VirtAddr::new(s), VirtAddr::new(e));
+        let n = vmas.splits_needed(sv, ev);
         vmas.try_reserve(n)?;
         // A block the new VMA edges cut is split first (Linux
         // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
@@ -79,8 +81,8 @@ fn madvise_hugepage(mt: MmTables<'_>, va: u64, len: u64, huge: bool) -> Result<(
             let _ptl = mt.mm.page_table_lock_guard();
             memory::split_blocks_at_edges(mt.mm, &mut mt.mem.lock(), s, e)?;
         }
-        vmas.split_at(s);
-        vmas.split_at(e);
+        vmas.split_at(sv);
+        vmas.split_at(ev);
         if let Some(v) = vmas.find_mut(s)
             && !v.flags.contains(VmFlags::PFNMAP)
             && v.file == 0

@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 
 use alloc::string::String;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::error::MmError;
 use super::granule::{PAGE_SIZE, align_up};
 use super::memory::{self, MmTables};
@@ -58,15 +58,15 @@ pub(super) fn accountable(flags: VmFlags) -> bool {
 
 /// The checks every range operation makes first: not empty, page aligned,
 /// inside the user address space.
-pub fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
+pub fn check_user_range(va: VirtAddr, len: u64) -> Result<(), MmError> {
     if len == 0 {
         return Err(MmError::Empty);
     }
-    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MmError::NotAligned { addr: va, len });
+    if !va.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(MmError::NotAligned { addr: va.as_u64(), len });
     }
-    if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
-        return Err(MmError::OutOfRange { addr: va, len });
+    if va.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
+        return Err(MmError::OutOfRange { addr: va.as_u64(), len });
     }
     Ok(())
 }
@@ -74,7 +74,7 @@ pub fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
 /// Linux `do_mmap` + `mmap_region`: a VMA of `a.size` bytes (anonymous,
 /// memfd, shared or PFN memory, as `a` says) at the next free address of
 /// `mt`. Returns (va, size).
-pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
+pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmError> {
     let mm = mt.mm;
     if a.size == 0 {
         return Err(MmError::Empty);
@@ -172,7 +172,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
         // Should it fail all the same, the VMA stays over its entries.
         match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, va, size)) {
             Ok(()) => {
-                mm.mmap_write_lock().remove(va);
+                mm.mmap_write_lock().remove(VirtAddr::new(va));
             }
             Err(z) => {
                 log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.0);
@@ -183,26 +183,27 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
     }
     // Leave a guard gap between regions.
     mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
-    Ok((va, size))
+    Ok((VirtAddr::new(va), size))
 }
 
 /// Linux `do_munmap` (`do_vmi_munmap`): removes the VMAs in `[va, va+len)`
 /// (splitting those cut by the range) and zaps what was mapped. The sealed
 /// range is refused.
-pub fn do_munmap(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     check_user_range(va, len)?;
+    let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();
-    if mt.mm.is_sealed(va, va + len) {
+    if mt.mm.is_sealed(va, end) {
         return Err(MmError::Sealed);
     }
-    let n = vmas.splits_needed(va, va + len);
+    let n = vmas.splits_needed(va, end);
     vmas.try_reserve(n)?;
     vmas.split_at(va);
-    vmas.split_at(va + len);
-    memory::zap_page_range(mt, va, len)?;
+    vmas.split_at(end);
+    memory::zap_page_range(mt, va.as_u64(), len)?;
     // One at a time: no list to allocate.
     loop {
-        let Some(s) = vmas.inside(va, va + len).map(|v| v.start).next() else { break };
+        let Some(s) = vmas.inside(va, end).map(|v| VirtAddr::new(v.start)).next() else { break };
         vmas.remove(s);
     }
     Ok(())
@@ -210,9 +211,9 @@ pub fn do_munmap(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
 
 /// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
 /// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
-pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     if let Some(addr) = first_hole(vmas, va, len) {
-        return Err(MmError::NotMapped { addr });
+        return Err(MmError::NotMapped { addr: addr.as_u64() });
     }
     let n = vmas.splits_needed(va, va + len);
     vmas.try_reserve(n)?;
@@ -222,16 +223,16 @@ pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: u64, len: u64) ->
 }
 
 /// Whether every page of `[va, va+len)` lies in some VMA of `mm`.
-pub fn range_covered(mm: &super::mm_struct::MmStruct, va: u64, len: u64) -> bool {
+pub fn range_covered(mm: &super::mm_struct::MmStruct, va: VirtAddr, len: u64) -> bool {
     first_hole(mm.mmap_read_lock().vmas(), va, len).is_none()
 }
 
 /// The first address of `[va, va+len)` that lies in no VMA.
-fn first_hole(vmas: &super::mm_struct::VmaList, va: u64, len: u64) -> Option<u64> {
+fn first_hole(vmas: &super::mm_struct::VmaList, va: VirtAddr, len: u64) -> Option<VirtAddr> {
     let mut a = va;
     while a < va + len {
-        match vmas.find(a) {
-            Some(v) => a = v.end,
+        match vmas.find(a.as_u64()) {
+            Some(v) => a = VirtAddr::new(v.end),
             None => return Some(a),
         }
     }

@@ -2,6 +2,7 @@
 //! flags, and the present entries' permissions changed in place
 //! ([`memory::change_protection`]).
 
+use super::addr::VirtAddr;
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::VmFlags;
@@ -12,7 +13,7 @@ use super::mmap::{accountable, check_user_range, split_covered, vm_enough_memory
 /// pages present for the kernel but EL1-only, so EL0 gets permission
 /// faults (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
 /// exclusive anon pages writable.
-pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
+pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
     let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();
@@ -22,6 +23,7 @@ pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable
     // Linux `mprotect_fixup`: a private mapping that becomes writable is
     // charged then (each VMA's part on its own), before anything changes.
     if writable {
+        let (va, end) = (va.as_u64(), end.as_u64());
         for v in vmas.iter().filter(|v| v.start < end && va < v.end) {
             if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
                 vm_enough_memory(v.end.min(end) - v.start.max(va))?;
@@ -35,7 +37,7 @@ pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable
     let mut a = va;
     while let Some((s, e)) = vmas.inside(a, end).map(|v| (v.start, v.end)).next() {
         memory::split_range_edges(mt, s, e - s)?;
-        a = e;
+        a = VirtAddr::new(e);
     }
     for v in vmas.inside_mut(va, end) {
         v.flags = mprotect_flags(v.flags, readable, writable);
@@ -47,7 +49,7 @@ pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable
     {
         // Cannot fail now that the edges are split.
         memory::change_protection(mt, s, e - s, readable, writable, shared)?;
-        a = e;
+        a = VirtAddr::new(e);
     }
     Ok(())
 }

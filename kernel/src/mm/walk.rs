@@ -25,38 +25,39 @@
 //! ```
 //! # use pagelab::mm::mm_struct::{MmStruct, KernelPgtable};
 //! # use pagelab::mm::walk::*;
-//! # use pagelab::mm::addr::PhysAddr;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, k: &KernelPgtable, mem: &M) {
 //! let g = mm.mmap_write_lock();
-//! walk_page_range_novma(&g, mem, 0, 0x1000, &mut Nop);
+//! walk_page_range_novma(&g, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
 //! drop(g);
 //! let r = mm.mmap_read_lock();
-//! walk_page_range(&r, mem, 0, 0x1000, &mut Nop);
-//! walk_kernel_page_table_range(&k.read(), mem, 0xffff_8000_0000_0000, 0xffff_8000_0001_0000, &mut Nop);
+//! walk_page_range(&r, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
+//! walk_kernel_page_table_range(&k.read(), mem, VirtAddr::new(0xffff_8000_0000_0000), VirtAddr::new(0xffff_8000_0001_0000), &mut Nop);
 //! # }
 //! ```
 //!
 //! ```compile_fail
 //! # use pagelab::mm::mm_struct::MmStruct;
 //! # use pagelab::mm::walk::*;
-//! # use pagelab::mm::addr::PhysAddr;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, mem: &M) {
 //! // A read lock is not enough for walking a user mm without VMAs:
 //! let g = mm.mmap_read_lock();
-//! walk_page_range_novma(&g, mem, 0, 0x1000, &mut Nop);
+//! walk_page_range_novma(&g, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
 //! # }
 //! ```
 //!
 //! ```compile_fail
 //! # use pagelab::mm::mm_struct::{MmStruct, KernelPgtable};
 //! # use pagelab::mm::walk::*;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, mem: &M) {
 //! // A user mm's lock is no proof for walking the kernel's tables:
 //! let g = mm.mmap_write_lock();
-//! walk_kernel_page_table_range(&g, mem, 0xffff_8000_0000_0000, 0xffff_8000_0001_0000, &mut Nop);
+//! walk_kernel_page_table_range(&g, mem, VirtAddr::new(0xffff_8000_0000_0000), VirtAddr::new(0xffff_8000_0001_0000), &mut Nop);
 //! # }
 //! ```
 
@@ -89,7 +90,7 @@ pub trait PageWalkOps {
         Step::Continue
     }
     /// `[start, end)` has no entry at `depth` (a level), or no VMA (-1).
-    fn pte_hole(&mut self, _start: u64, _end: u64, _depth: i32) -> Step {
+    fn pte_hole(&mut self, _start: VirtAddr, _end: VirtAddr, _depth: i32) -> Step {
         Step::Continue
     }
     /// Per VMA, before walking it: `Continue` walks it, `SkipSubtree` skips
@@ -151,7 +152,7 @@ fn walk_table<M: TableMemory + ?Sized>(
         let hi = va.wrapping_add(size).wrapping_sub(1).min(last).wrapping_add(1);
         let kind = d.kind(level, g);
         if kind == Kind::None {
-            if let Some(n) = stop_value(ops.pte_hole(lo, hi, level as i32)) {
+            if let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(lo), VirtAddr::new(hi), level as i32)) {
                 return n;
             }
             continue;
@@ -178,15 +179,16 @@ fn walk_table<M: TableMemory + ?Sized>(
 pub fn walk_page_range<M: TableMemory + ?Sized>(
     lock: &impl MmapLocked,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
+    let (start, end) = (start.as_u64(), end.as_u64());
     let mm = lock.mm();
     let mut cur = start;
     for vma in lock.vmas().iter().filter(|v| v.end > start && v.start < end) {
         if vma.start > cur
-            && let Some(n) = stop_value(ops.pte_hole(cur, vma.start, -1))
+            && let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(cur), VirtAddr::new(vma.start), -1))
         {
             return n;
         }
@@ -194,7 +196,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
         match ops.test_walk(vma) {
             Step::Stop(n) => return n,
             Step::SkipSubtree => {
-                if let Some(n) = stop_value(ops.pte_hole(lo, hi, -1)) {
+                if let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(lo), VirtAddr::new(hi), -1)) {
                     return n;
                 }
             }
@@ -212,7 +214,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
         cur = hi;
     }
     if cur < end
-        && let Some(n) = stop_value(ops.pte_hole(cur, end, -1))
+        && let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(cur), VirtAddr::new(end), -1))
     {
         return n;
     }
@@ -225,11 +227,11 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
 pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
     lock: &MmapWriteGuard<'_>,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start, end, ops)
+    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start.as_u64(), end.as_u64(), ops)
 }
 
 /// Walks the kernel's tables (Linux `walk_kernel_page_table_range`). The
@@ -239,11 +241,11 @@ pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
 pub fn walk_kernel_page_table_range<M: TableMemory + ?Sized>(
     lock: &impl KernelPgtableLocked,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start, end, ops)
+    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start.as_u64(), end.as_u64(), ops)
 }
 
 /// The same walk for an explicit granule and root (host tests, tools).
@@ -291,8 +293,8 @@ mod tests {
             }
             Step::Continue
         }
-        fn pte_hole(&mut self, s: u64, e: u64, d: i32) -> Step {
-            self.holes.push((s, e, d));
+        fn pte_hole(&mut self, s: VirtAddr, e: VirtAddr, d: i32) -> Step {
+            self.holes.push((s.as_u64(), e.as_u64(), d));
             Step::Continue
         }
         fn pre_vma(&mut self, v: &Vma) -> Step {
@@ -396,7 +398,7 @@ mod tests {
         }
         let g = mm.mmap_read_lock();
         let mut r = Rec::default();
-        assert_eq!(walk_page_range(&g, &mem, 0x30_0000, 0x70_0000, &mut r), 0);
+        assert_eq!(walk_page_range(&g, &mem, VirtAddr::new(0x30_0000), VirtAddr::new(0x70_0000), &mut r), 0);
         assert_eq!(r.vmas, [(0x40_0000, 0x60_0000)], "the PFNMAP VMA is skipped by test_walk");
         assert!(r.holes.contains(&(0x30_0000, 0x40_0000, -1)), "gap before the first VMA");
         assert!(r.holes.contains(&(0x60_0000, 0x60_2000, -1)), "skipped VMA reported as a hole");
@@ -406,7 +408,7 @@ mod tests {
         // novma needs the write lock, and sees everything.
         let w = mm.mmap_write_lock();
         let mut r = Rec::default();
-        assert_eq!(walk_page_range_novma(&w, &mem, 0, 0x100_0000, &mut r), 0);
+        assert_eq!(walk_page_range_novma(&w, &mem, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r), 0);
         assert_eq!(r.entries.iter().filter(|e| e.2).count(), 4);
     }
 
@@ -425,7 +427,16 @@ mod tests {
         let k = KernelPgtable::new(root);
         let g = k.read();
         let mut r = Rec::default();
-        assert_eq!(walk_kernel_page_table_range(&g, &mem, 0xffff_8000_0000_0000, 0xffff_8000_0000_3000, &mut r), 0);
+        assert_eq!(
+            walk_kernel_page_table_range(
+                &g,
+                &mem,
+                VirtAddr::new(0xffff_8000_0000_0000),
+                VirtAddr::new(0xffff_8000_0000_3000),
+                &mut r
+            ),
+            0
+        );
         let leaves: Vec<_> = r.entries.iter().filter(|e| e.2).map(|e| e.0).collect();
         assert_eq!(leaves, [0xffff_8000_0000_0000, 0xffff_8000_0000_1000]);
         assert!(r.holes.contains(&(0xffff_8000_0000_2000, 0xffff_8000_0000_3000, 3)));

@@ -47,7 +47,7 @@ pub use error::ProcError;
 pub const AGENT_VA: u64 = 0x40_0000;
 
 pub struct Region {
-    pub va: u64,
+    pub va: VirtAddr,
     pub size: u64,
 }
 
@@ -148,12 +148,12 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     };
     p.mm.mmap_write_lock().insert(agent);
     // Neither munmap nor mprotect may touch the agent.
-    p.mm.mseal(agent.start, agent.end);
+    p.mm.mseal(VirtAddr::new(agent.start), VirtAddr::new(agent.end));
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
         let mut mem = p.tables.lock();
         let mut t = Tables::new(root, GRANULE, USER_START_LEVEL, &mut *mem);
-        t.map(VirtAddr(AGENT_VA), kmap::kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly)
+        t.map(VirtAddr::new(AGENT_VA), kmap::kimage_to_phys(VirtAddr::new(lo)), hi - lo, attrs, LeafSizes::PagesOnly)
     };
     if let Err(e) = r {
         teardown(&p);
@@ -297,7 +297,7 @@ fn teardown(p: &Process) {
     }
     // One at a time: exit allocates nothing.
     loop {
-        let Some(s) = vmas.iter().map(|v| v.start).next() else { break };
+        let Some(s) = vmas.iter().map(|v| VirtAddr::new(v.start)).next() else { break };
         vmas.remove(s);
     }
     mem.free(p.mm.pgd);
@@ -427,7 +427,7 @@ pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, Pro
 }
 
 /// `P mmap R SIZE ...`: maps memory as `a` says and names it `region`.
-pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
+pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<VirtAddr, ProcError> {
     with_proc(name, |p| {
         if p.regions.lock().contains_key(region) {
             return Err(ProcError::RegionExists);
@@ -442,23 +442,23 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
 
 /// `P munmap RANGE`: [`mmap::do_munmap`]; a region unmapped completely is
 /// forgotten.
-pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
+pub fn munmap(name: &str, va: VirtAddr, len: u64) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(munmap_p(p, va, len)?))
 }
 
-pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
+pub(crate) fn munmap_p(p: &Process, va: VirtAddr, len: u64) -> Result<(), MmError> {
     mmap::do_munmap(p.mt(), va, len)?;
     p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
     Ok(())
 }
 
 /// `P madvise RANGE dontneed|hugepage|nohugepage` ([`madvise::do_madvise`]).
-pub fn madvise(name: &str, va: u64, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
+pub fn madvise(name: &str, va: VirtAddr, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(madvise::do_madvise(p.mt(), va, len, advice)?))
 }
 
 /// `P mprotect RANGE prot=...` ([`mprotect::do_mprotect`]).
-pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
+pub fn mprotect(name: &str, va: VirtAddr, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(mprotect::do_mprotect(p.mt(), va, len, readable, writable)?))
 }
 
@@ -577,11 +577,11 @@ fn run_regs(p: &Process, run: UserRun) -> TrapFrame {
 }
 
 /// Agent access over `[va, va+len)`.
-pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, ProcError> {
+pub fn access(name: &str, opcode: u64, va: VirtAddr, len: u64, byte: u8) -> Result<RunEnd, ProcError> {
     with_proc(name, |p| {
         let x = match opcode {
-            op::WRITE | op::CHECK => [opcode, va, len, byte as u64, 0],
-            _ => [opcode, va, len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
+            op::WRITE | op::CHECK => [opcode, va.as_u64(), len, byte as u64, 0],
+            _ => [opcode, va.as_u64(), len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
         };
         Ok(run_agent(p, x))
     })
@@ -589,8 +589,8 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
 
 /// One access (`TOUCH_READ`/`TOUCH_WRITE`/`STORE`) every `stride` bytes,
 /// `count` times, from `va` (the benchmarks' THP loop: one per block).
-pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) -> Result<RunEnd, ProcError> {
-    with_proc(name, |p| Ok(run_agent(p, [opcode, va, count, 0, stride])))
+pub fn access_stride(name: &str, opcode: u64, va: VirtAddr, count: u64, stride: u64) -> Result<RunEnd, ProcError> {
+    with_proc(name, |p| Ok(run_agent(p, [opcode, va.as_u64(), count, 0, stride])))
 }
 
 /// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
@@ -599,8 +599,8 @@ pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, ProcError
 }
 
 /// The table level that maps `va` in `name` (None: not mapped).
-pub fn mapped_level(name: &str, va: u64) -> Option<u32> {
-    with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+pub fn mapped_level(name: &str, va: VirtAddr) -> Option<u32> {
+    with_tables(name, |_, t| match t.translate(va) {
         crate::mm::pgtable::Translation::Mapped { level, .. } => Some(level),
         _ => None,
     })
@@ -762,7 +762,7 @@ const GUP_CHUNK: u64 = 1024;
 pub fn gup(
     name: &str,
     handle: &str,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
@@ -778,7 +778,7 @@ pub fn gup(
 fn gup_in(
     p: &Process,
     handle: &str,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
@@ -786,7 +786,7 @@ fn gup_in(
 ) -> Result<(usize, usize), GupError> {
     use crate::mm::gup;
     let nr = len.div_ceil(PAGE_SIZE);
-    let va = va & !(PAGE_SIZE - 1);
+    let va = va.align_down(PAGE_SIZE).as_u64();
     // A handle keeps one entry per page: more pages than the machine has
     // cannot be held (and would take time per page to find out).
     let managed = crate::mm::frame::stats().managed;

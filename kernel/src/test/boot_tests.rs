@@ -324,7 +324,7 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     for (_, lo, hi, attrs) in kmap::image_sections() {
         let mut a = lo & !(PAGE_SIZE - 1);
         while a < hi {
-            addrs.push((a + 0x18, exact(kmap::kimage_to_phys(a + 0x18).0, attrs)));
+            addrs.push((a + 0x18, exact(kmap::kimage_to_phys(VirtAddr::new(a + 0x18)).0, attrs)));
             a += PAGE_SIZE;
         }
     }

@@ -185,13 +185,13 @@ fn dbm_smp_writers_vs_mprotect_fork() -> Result<(), String> {
 fn rounds(name: &str, child: &str, cpus: &[usize]) -> Result<(), String> {
     let len = cpus.len() as u64 * SLICE;
     let mut shared = Region {
-        base: proc::mmap(name, "s", MmapArgs { shared: true, ..anon(len) })?,
+        base: proc::mmap(name, "s", MmapArgs { shared: true, ..anon(len) })?.as_u64(),
         shared: true,
         bytes: vec![0; len as usize],
     };
-    let mut private = Region { base: proc::mmap(name, "p", anon(len))?, shared: false, bytes: vec![0; len as usize] };
+    let mut private = Region { base: proc::mmap(name, "p", anon(len))?.as_u64(), shared: false, bytes: vec![0; len as usize] };
     // Every private page is written once: dirty from here on.
-    ensure!(matches!(proc::access(name, op::WRITE, private.base, len, 0)?, RunEnd::Done), "filling the private region");
+    ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(private.base), len, 0)?, RunEnd::Done), "filling the private region");
     let mut stats = Stats::default();
     let calls_before = RMW_WINDOW_CALLS.load(Ordering::Relaxed);
     for round in 0..3 * ROUNDS {
@@ -244,8 +244,8 @@ fn one_round(
     if region.shared {
         // The clean point: no entries, then every page read back in
         // writable-clean (this CPU; the writers' CPUs never cached them).
-        proc::madvise(name, region.base, len, crate::mm::madvise::Advice::DontNeed)?;
-        let r = sched::pin_to_caller(|| proc::access(name, op::TOUCH_READ, region.base, len, 0))?;
+        proc::madvise(name, VirtAddr::new(region.base), len, crate::mm::madvise::Advice::DontNeed)?;
+        let r = sched::pin_to_caller(|| proc::access(name, op::TOUCH_READ, VirtAddr::new(region.base), len, 0))?;
         ensure!(matches!(r, RunEnd::Done), "reading the shared pages back in: {r:?}");
         for p in 0..len / PAGE_SIZE {
             let (d, _) = page(name, region.base + p * PAGE_SIZE)?;
@@ -326,7 +326,7 @@ fn one_round(
     }
     check(name, region, round, stats)?;
     if action == Action::Mprotect {
-        sched::pin_to_caller(|| proc::mprotect(name, region.base, len, true, true))?;
+        sched::pin_to_caller(|| proc::mprotect(name, VirtAddr::new(region.base), len, true, true))?;
     }
     Ok(())
 }
@@ -355,7 +355,7 @@ fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u
         let from = lo + GAP;
         if from < pages {
             let to = (from + AHEAD).min(pages);
-            proc::mprotect(name, start + from * PAGE_SIZE, (to - from) * PAGE_SIZE, true, false)?;
+            proc::mprotect(name, VirtAddr::new(start + from * PAGE_SIZE), (to - from) * PAGE_SIZE, true, false)?;
         }
     }
     Ok(())

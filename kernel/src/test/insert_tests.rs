@@ -8,7 +8,7 @@ use alloc::string::String;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBUSY, EINVAL};
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
@@ -97,11 +97,11 @@ fn insert_zeropage_decision_table() -> Result<(), String> {
             let d = entry(va).ok_or_else(|| alloc::format!("{what}: nothing mapped"))?;
             ensure!(d.special() && d.perms().read_only, "{what}: the zero page must be special and read-only: {d:?}");
             // A real EL0 load reads zeroes from it.
-            let r = proc::access(P, op::CHECK, va, PAGE_SIZE, 0)?;
+            let r = proc::access(P, op::CHECK, VirtAddr::new(va), PAGE_SIZE, 0)?;
             ensure!(matches!(r, RunEnd::Done), "{what}: EL0 read of the zero page: {r:?}");
             // In a COW mapping a write replaces it with an anon page; anywhere
             // else the write must not reach the zero page.
-            let r = proc::access(P, op::WRITE, va, 1, 0x5a)?;
+            let r = proc::access(P, op::WRITE, VirtAddr::new(va), 1, 0x5a)?;
             if f.contains(F::WRITE) && !f.contains(F::SHARED) {
                 ensure!(matches!(r, RunEnd::Done), "{what}: write after insert: {r:?}");
                 let d = entry(va).unwrap();
@@ -148,11 +148,11 @@ fn insert_pages_and_mixed() -> Result<(), String> {
             kp.head().mapcount()
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, va, PAGE_SIZE, 0x3c)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, VirtAddr::new(va), PAGE_SIZE, 0x3c)?, RunEnd::Done),
             "EL0 does not read the driver page's bytes"
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, va + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 0)?, RunEnd::Done),
             "EL0 does not read zeroes from the batch's zero page"
         );
         // Anon pages and pages nobody holds are refused.
@@ -183,7 +183,7 @@ fn insert_pages_and_mixed() -> Result<(), String> {
             "vmf_insert_mixed(zero pfn) into a COW mapping: {r:?}"
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, cow, PAGE_SIZE, 0)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, VirtAddr::new(cow), PAGE_SIZE, 0)?, RunEnd::Done),
             "EL0 read of the mixed zero page"
         );
         // Unmapping drops the mapping's reference; the driver's stays.

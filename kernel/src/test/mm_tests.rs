@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 
 use crate::ensure;
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::frame::{self, FreeError, Owner};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
@@ -98,7 +98,7 @@ fn frames_bad_free_is_refused() -> Result<(), String> {
     let pa = frame::alloc(0, Owner::Test).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     ensure!(frame::free(pa, 0, Owner::Test) == Err(FreeError::NotAllocated(pa)), "double free accepted");
-    let kernel = crate::mm::kmap::kimage_to_phys(crate::sym_addr!(__kernel_start));
+    let kernel = crate::mm::kmap::kimage_to_phys(VirtAddr::new(crate::sym_addr!(__kernel_start)));
     ensure!(
         matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))),
         "freeing the kernel image accepted"
@@ -161,7 +161,7 @@ fn page_table_check_catches_a_stray_reference() -> Result<(), String> {
     let r = (|| -> Result<(), String> {
         let va = proc::mmap(P, "a", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(P, op::WRITE, va, PAGE_SIZE, 0x5a)?, RunEnd::Done), "the write did not complete");
-        let pa = proc::with_tables(P, |_, t| match t.translate(crate::mm::addr::VirtAddr(va)) {
+        let pa = proc::with_tables(P, |_, t| match t.translate(va) {
             Translation::Mapped { pa, .. } => Some(pa),
             _ => None,
         })?

@@ -75,8 +75,8 @@ fn sched_preempts_el0_on_one_cpu() -> Result<(), String> {
         let va = proc::mmap(name, "flag", anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 1, 0)?, RunEnd::Done), "clearing the flag");
         let cpu = me();
-        let a = start(name, &[op::WAIT_FLAG, va], 0, cpu)?;
-        let b = start(name, &[op::WRITE, va, 1, 1], 0, cpu)?;
+        let a = start(name, &[op::WAIT_FLAG, va.as_u64()], 0, cpu)?;
+        let b = start(name, &[op::WRITE, va.as_u64(), 1, 1], 0, cpu)?;
         let rb = sched::wait(&b);
         done_ok(&rb, "the writer")?;
         let ra = sched::wait(&a);
@@ -153,7 +153,7 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
         let va = proc::mmap(name, "m", anon(n as u64 * PAGE_SIZE))?;
         let before: Vec<u64> = (0..n).map(sched::runs).collect();
         let ts: Vec<Arc<Task>> = (0..n)
-            .map(|c| start(name, &[op::WRITE, va + c as u64 * PAGE_SIZE, PAGE_SIZE, 0x40 + c as u64], 0, c))
+            .map(|c| start(name, &[op::WRITE, (va + c as u64 * PAGE_SIZE).as_u64(), PAGE_SIZE, 0x40 + c as u64], 0, c))
             .collect::<Result<_, _>>()?;
         for (c, t) in ts.iter().enumerate() {
             done_ok(&sched::wait(t), "a writer")?;
@@ -177,8 +177,8 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
 }
 
 /// The u64 at user address `va` of `name`, read through the linear map.
-fn user_u64(name: &str, va: u64) -> Result<u64, String> {
-    let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+fn user_u64(name: &str, va: VirtAddr) -> Result<u64, String> {
+    let pa = proc::with_tables(name, |_, t| match t.translate(va) {
         Translation::Mapped { pa, .. } => Some(pa),
         _ => None,
     })?
@@ -190,8 +190,8 @@ fn user_u64(name: &str, va: u64) -> Result<u64, String> {
 
 /// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns
 /// it once the count shows it running (its TLB holds `x`).
-fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, String> {
-    let a = start(name, &[op::READ_LOOP, x, y], 0, cpu)?;
+fn start_reader(name: &str, x: VirtAddr, y: VirtAddr, cpu: usize) -> Result<Arc<Task>, String> {
+    let a = start(name, &[op::READ_LOOP, x.as_u64(), y.as_u64()], 0, cpu)?;
     if !crate::irq::wait_until(5000, || user_u64(name, y).is_ok_and(|c| c > 10_000)) {
         sched::kill(&a);
         return Err(alloc::format!("the reader on cpu{cpu} did not get going"));
@@ -204,8 +204,8 @@ fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, Str
 fn reader_stopped(
     name: &str,
     a: &Task,
-    x: u64,
-    y: u64,
+    x: VirtAddr,
+    y: VirtAddr,
     c0: u64,
     what: &str,
     want: fn(FaultStatus) -> bool,
@@ -219,7 +219,7 @@ fn reader_stopped(
     };
     let c = user_u64(name, y)?;
     match proc::run_end(&regs) {
-        RunEnd::Fault { addr, esr, .. } if addr == x && Esr(esr).fault_status().is_some_and(want) => {}
+        RunEnd::Fault { addr, esr, .. } if addr == x.as_u64() && Esr(esr).fault_status().is_some_and(want) => {}
         e => return Err(alloc::format!("{what}: the reader ended with {e:?}, expected a fault at {x:#x}")),
     }
     ensure!(c <= c0 + 1, "{what}: {} loads of the old mapping after the call returned", c - c0);
@@ -253,7 +253,7 @@ fn sched_tlb_shootdown_between_threads() -> Result<(), String> {
             ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
             let a = start_reader(name, x, y, there)?;
             // B: the system call from EL0, on this CPU (prot 0 = PROT_NONE).
-            let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], nr, here)?;
+            let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], nr, here)?;
             let rb = sched::wait(&b);
             let c0 = user_u64(name, y)?;
             ensure!(
@@ -301,7 +301,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let r = sched::pin_to_caller(|| -> Result<(), String> {
             for o in &others {
                 ensure!(
-                    matches!(proc::access(o, op::TOUCH_READ, proc::AGENT_VA, 1, 0)?, RunEnd::Done),
+                    matches!(proc::access(o, op::TOUCH_READ, VirtAddr::new(proc::AGENT_VA), 1, 0)?, RunEnd::Done),
                     "{o} did not run"
                 );
                 let theirs = proc::with_proc(o, |p| Ok(p.mm.asid()))?;
@@ -323,7 +323,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
             "cpu{there}'s active ASID changed under the running thread"
         );
         // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
-        let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
+        let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
         let rb = sched::wait(&b);
         let c0 = user_u64(name, y)?;
         let mine = proc::with_proc(name, |p| Ok(p.mm.asid()))?;
@@ -406,7 +406,7 @@ fn smp_gup_fast_races_fork() -> Result<(), String> {
             RACE_PROC.store(p as *const proc::Process as *mut proc::Process, Ordering::Release);
             Ok(())
         })?;
-        RACE_VA.store(va, Ordering::Release);
+        RACE_VA.store(va.as_u64(), Ordering::Release);
         RACE_NR.store(pages, Ordering::Release);
         RACE_STOP.store(false, Ordering::Release);
         RACE_DONE.store(false, Ordering::Release);
@@ -473,8 +473,8 @@ fn smp_cow_fault_races_exit() -> Result<(), String> {
             sched::pin_to_caller(|| proc::fork(a, b))?;
             // Both threads store v + 1 to every byte; either may COW.
             let ts = [
-                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[0])?,
-                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[1])?,
+                start(a, &[op::WRITE, va.as_u64(), PAGE_SIZE, v + 1], 0, others[0])?,
+                start(a, &[op::WRITE, va.as_u64(), PAGE_SIZE, v + 1], 0, others[1])?,
             ];
             sched::pin_to_caller(|| proc::exit(b))?;
             for t in &ts {
@@ -513,7 +513,7 @@ fn smp_page_lists_alloc_here_free_there() -> Result<(), String> {
             let small = proc::mmap(name, "s", anon(300 * PAGE_SIZE))?;
             let big = proc::mmap(name, "b", MmapArgs { folio_order: 4, ..anon(16 * 16 * PAGE_SIZE) })?;
             for (va, len) in [(small, 300 * PAGE_SIZE), (big, 16 * 16 * PAGE_SIZE)] {
-                let t = start(name, &[op::WRITE, va, len, 0x60 + round], 0, there)?;
+                let t = start(name, &[op::WRITE, va.as_u64(), len, 0x60 + round], 0, there)?;
                 done_ok(&sched::wait(&t), "a writer on the other CPU")?;
             }
             frame::check().map_err(|e| alloc::format!("round {round}, after the faults: {e}"))?;

@@ -102,8 +102,8 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
             }
             Step::Continue
         }
-        fn pte_hole(&mut self, s: u64, e: u64, d: i32) -> Step {
-            self.holes.push((s, e, d));
+        fn pte_hole(&mut self, s: VirtAddr, e: VirtAddr, d: i32) -> Step {
+            self.holes.push((s.as_u64(), e.as_u64(), d));
             Step::Continue
         }
     }
@@ -112,7 +112,7 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     let (stack0, _) = kmap::stack_range(0);
     let mut w = W::default();
     let r =
-        walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, stack0 + PAGE_SIZE, &mut w);
+        walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, VirtAddr::new(start), VirtAddr::new(stack0 + PAGE_SIZE), &mut w);
     ensure!(r == 0, "walk returned {r}");
     let text_pages = (text_end - start) / PAGE_SIZE;
     for i in 0..text_pages {
@@ -126,7 +126,13 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
         &w.holes[..w.holes.len().min(4)]
     );
     let mut w = W { stop_after: Some(3), ..Default::default() };
-    let r = walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, start, text_end, &mut w);
+    let r = walk_kernel_page_table_range(
+        &kmap::KERNEL_PGTABLE.read(),
+        &kmap::LiveRead,
+        VirtAddr::new(start),
+        VirtAddr::new(text_end),
+        &mut w,
+    );
     ensure!(r == 42 && w.leaves.len() == 3, "early stop: returned {r} after {} leaves", w.leaves.len());
     Ok(())
 }
