@@ -526,8 +526,10 @@ fn ptdump_process(p: &str) -> CmdResult {
     let mut o = Out(String::new());
     let mut stopped = false;
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
-        static MARKERS: &[(u64, &str)] =
-            &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::mm::mm_struct::MMAP_BASE, "mmap area")];
+        static MARKERS: &[(VirtAddr, &str)] = &[
+            (VirtAddr::new(crate::proc::AGENT_VA), "EL0 agent"),
+            (VirtAddr::new(crate::mm::mm_struct::MMAP_BASE), "mmap area"),
+        ];
         let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
         let mut seen = 0u32;
         t.walk(false, &mut |e| {

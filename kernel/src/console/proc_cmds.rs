@@ -9,7 +9,7 @@ use super::inspect;
 use super::parse::{Range, RangeSpec, truncate};
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
-use crate::mm::addr::VirtAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::madvise::Advice;
 use crate::mm::mmap::MmapArgs;
@@ -294,10 +294,10 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             "shared" => args.shared = true,
             "noreserve" => args.noreserve = true,
             o if o.starts_with("pfn=") => {
-                args.pfn = Some(
+                args.pfn = Some(PhysAddr::new(
                     parse_number(&o[4..])
                         .ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?,
-                );
+                ));
             }
             o if o.starts_with("memfd=") => {
                 let f = &o[6..];

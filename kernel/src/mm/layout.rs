@@ -26,11 +26,11 @@ pub const FIXMAP_BASE: u64 = 0xffff_7ff0_0000_0000;
 pub const KIMAGE_VADDR: u64 = 0xffff_8000_0000_0000;
 
 /// Names of the regions, in ptdump's marker style.
-pub const MARKERS: &[(u64, &str)] = &[
-    (PAGE_OFFSET, "Linear Mapping start"),
-    (TEST_WINDOW, "Test window start"),
-    (IO_BASE, "MMIO start"),
-    (KIMAGE_VADDR, "Kernel Image start"),
+pub const MARKERS: &[(VirtAddr, &str)] = &[
+    (VirtAddr::new(PAGE_OFFSET), "Linear Mapping start"),
+    (VirtAddr::new(TEST_WINDOW), "Test window start"),
+    (VirtAddr::new(IO_BASE), "MMIO start"),
+    (VirtAddr::new(KIMAGE_VADDR), "Kernel Image start"),
 ];
 
 /// The linear-map address of physical address `pa`.

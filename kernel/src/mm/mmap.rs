@@ -27,7 +27,7 @@ pub struct MmapArgs {
     /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
     pub folio_order: u8,
     /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
-    pub pfn: Option<u64>,
+    pub pfn: Option<PhysAddr>,
     /// MAP_SHARED: with `memfd`, or for PFN mappings; alone, anonymous
     /// shared memory (an unnamed shmem file).
     pub shared: bool,
@@ -97,8 +97,8 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
     }
     if let Some(pfn) = a.pfn {
         let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
-        if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
-            return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
+        if !pfn.is_aligned(PAGE_SIZE) || pfn.as_u64() < ps || pfn.checked_add(size).is_none_or(|e| e.as_u64() > pe) {
+            return Err(MmError::PfnOutsidePool { pfn: pfn.as_u64(), size, start: ps, end: pe });
         }
         flags = flags | VmFlags::PFNMAP | VmFlags::IO;
     }
@@ -164,7 +164,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
     }
     if let Some(pfn) = a.pfn
-        && let Err(e) = memory::remap_pfn_range(mt, &vma, PhysAddr(pfn))
+        && let Err(e) = memory::remap_pfn_range(mt, &vma, pfn)
     {
         // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
         // allocation to inject failures into, and a zap of special

@@ -786,7 +786,7 @@ fn gup_in(
 ) -> Result<(usize, usize), GupError> {
     use crate::mm::gup;
     let nr = len.div_ceil(PAGE_SIZE);
-    let va = va.align_down(PAGE_SIZE).as_u64();
+    let va = va.align_down(PAGE_SIZE);
     // A handle keeps one entry per page: more pages than the machine has
     // cannot be held (and would take time per page to find out).
     let managed = crate::mm::frame::stats().managed;
@@ -843,18 +843,18 @@ fn gup_in(
 /// error nothing is left taken.
 fn gup_chunk(
     p: &Process,
-    va: u64,
+    va: VirtAddr,
     nr: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
 ) -> Result<(Vec<crate::mm::gup::Taken>, usize), GupError> {
     use crate::mm::gup;
-    let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
+    let mut pages = if fast { gup::gup_fast(p.mt(), va.as_u64(), nr, flags) } else { Vec::new() };
     let nfast = pages.len();
     if (pages.len() as u64) < nr {
         let g = p.mm.mmap_read_lock();
         let start = va + pages.len() as u64 * PAGE_SIZE;
-        let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
+        let more = gup::get_user_pages(p.mt(), &g, start.as_u64(), nr - pages.len() as u64, flags).and_then(|more| {
             match crate::mm::error::try_reserve(&mut pages, more.len()) {
                 Ok(()) => Ok(more),
                 Err(e) => {
