@@ -110,17 +110,18 @@ static KPT: Mutex<Option<Kpt>> = Mutex::new(None);
 pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr(0));
 
 /// The kernel image sections and how they are mapped.
-pub fn image_sections() -> [(&'static str, u64, u64, LeafAttrs); 3] {
+pub fn image_sections() -> [(&'static str, VirtAddr, VirtAddr, LeafAttrs); 3] {
+    let va = VirtAddr::new;
     [
-        ("text", sym_addr!(__kernel_start), sym_addr!(__text_end), LeafAttrs::KERNEL_RX),
-        ("rodata", sym_addr!(__rodata_start), sym_addr!(__rodata_end), LeafAttrs::KERNEL_RO),
-        ("data", sym_addr!(__data_start), sym_addr!(__data_end), LeafAttrs::KERNEL_RW),
+        ("text", va(sym_addr!(__kernel_start)), va(sym_addr!(__text_end)), LeafAttrs::KERNEL_RX),
+        ("rodata", va(sym_addr!(__rodata_start)), va(sym_addr!(__rodata_end)), LeafAttrs::KERNEL_RO),
+        ("data", va(sym_addr!(__data_start)), va(sym_addr!(__data_end)), LeafAttrs::KERNEL_RW),
     ]
 }
 
 /// The `[lo, hi)` VA of CPU `i`'s stack (the guard is the 64 KiB below `lo`).
-pub fn stack_range(i: usize) -> (u64, u64) {
-    let lo = sym_addr!(__stacks_start) + i as u64 * STACK_SLOT;
+pub fn stack_range(i: usize) -> (VirtAddr, VirtAddr) {
+    let lo = VirtAddr::new(sym_addr!(__stacks_start) + i as u64 * STACK_SLOT);
     (lo, lo + STACK_SIZE)
 }
 
@@ -150,21 +151,11 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         for (name, lo, hi, attrs) in image_sections() {
-            let lo_va = VirtAddr::new(lo);
-            map_or_panic(&mut t, name, lo_va, kimage_to_phys(lo_va), hi - lo, attrs, LeafSizes::PagesOnly);
+            map_or_panic(&mut t, name, lo, kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly);
         }
         for i in 0..MAX_CPUS {
             let (lo, hi) = stack_range(i);
-            let lo_va = VirtAddr::new(lo);
-            map_or_panic(
-                &mut t,
-                "stack",
-                lo_va,
-                kimage_to_phys(lo_va),
-                hi - lo,
-                LeafAttrs::KERNEL_RW,
-                LeafSizes::PagesOnly,
-            );
+            map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo), hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         }
         for r in ram {
             let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));

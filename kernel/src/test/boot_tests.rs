@@ -212,9 +212,9 @@ fn fault_unmapped_level3_stack_guard() -> Result<(), String> {
     // The guard below CPU 0's stack is unmapped inside a populated level-3 table.
     let (lo, _) = kmap::stack_range(0);
     let guard = lo - PAGE_SIZE;
-    expect_translation_fault(guard, 3)?;
+    expect_translation_fault(guard.as_u64(), 3)?;
     let (lo1, _) = kmap::stack_range(1);
-    expect_translation_fault(lo1 - 8, 3)
+    expect_translation_fault((lo1 - 8).as_u64(), 3)
 }
 
 kernel_test!(fault_dtb_fixmap_gone);
@@ -322,9 +322,9 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE };
     let mut addrs: alloc::vec::Vec<(u64, Request)> = alloc::vec::Vec::new();
     for (_, lo, hi, attrs) in kmap::image_sections() {
-        let mut a = lo & !(PAGE_SIZE - 1);
+        let mut a = lo.align_down(PAGE_SIZE);
         while a < hi {
-            addrs.push((a + 0x18, exact(kmap::kimage_to_phys(VirtAddr::new(a + 0x18)).0, attrs)));
+            addrs.push(((a + 0x18).as_u64(), exact(kmap::kimage_to_phys(a + 0x18).0, attrs)));
             a += PAGE_SIZE;
         }
     }

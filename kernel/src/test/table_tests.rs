@@ -111,15 +111,20 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     let text_end = crate::sym_addr!(__text_end);
     let (stack0, _) = kmap::stack_range(0);
     let mut w = W::default();
-    let r =
-        walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, VirtAddr::new(start), VirtAddr::new(stack0 + PAGE_SIZE), &mut w);
+    let r = walk_kernel_page_table_range(
+        &kmap::KERNEL_PGTABLE.read(),
+        &kmap::LiveRead,
+        VirtAddr::new(start),
+        stack0 + PAGE_SIZE,
+        &mut w,
+    );
     ensure!(r == 0, "walk returned {r}");
     let text_pages = (text_end - start) / PAGE_SIZE;
     for i in 0..text_pages {
         let va = start + i * PAGE_SIZE;
         ensure!(w.leaves.contains(&(va, 3)), "text page {va:#x} not seen as a level-3 leaf");
     }
-    let guard = stack0 - PAGE_SIZE;
+    let guard = (stack0 - PAGE_SIZE).as_u64();
     ensure!(
         w.holes.iter().any(|&(s, e, d)| s <= guard && guard < e && d == 3),
         "stack guard {guard:#x} not reported as a level-3 hole: {:?}",
