@@ -104,7 +104,8 @@ Options:
   --gdb             start QEMU halted, waiting for GDB on tcp::1234
   --release         optimised build, with debug info (default)
   --debug           unoptimised build
-  --append "ARGS"   extra kernel bootargs, e.g. "loglevel=debug"
+  --append "ARGS"   extra kernel bootargs, e.g. "loglevel=debug"; with no command,
+                    a pagelab.mode=M there replaces the console mode
   --timeout SECS    kill QEMU after SECS (non-interactive runs; default 300)
   -v, --verbose     print the commands being run
   -h, --help        this text
@@ -320,7 +321,7 @@ qemu_cmd() {
         [[ $BOARD == raspi4b ]] && { mem=2G; cpu=cortex-a72; }
         dtb=$(board_dtb)
         # QEMU boots an arm64 Image on raspi at EL2; every core is there (-smp 4).
-        # MODE_FROM_APPEND (tests only): pagelab.mode comes from $APPEND alone.
+        # MODE_FROM_APPEND: pagelab.mode comes from $APPEND alone.
         local args="pagelab.exit=semihosting"
         [[ -z ${MODE_FROM_APPEND:-} ]] && args+=" pagelab.mode=$mode"
         args+=" pagelab.expect-el=2 $*"
@@ -338,7 +339,9 @@ qemu_cmd() {
     local machine=$BOARD
     [[ $EL2 == 1 ]] && machine+=",virtualization=on"
     machine+=",gic-version=$GIC"
-    local args="pagelab.exit=semihosting pagelab.mode=$mode pagelab.expect-el=$((EL2 + 1)) $*"
+    local args="pagelab.exit=semihosting"
+    [[ -z ${MODE_FROM_APPEND:-} ]] && args+=" pagelab.mode=$mode"
+    args+=" pagelab.expect-el=$((EL2 + 1)) $*"
     [[ -n $APPEND ]] && args+=" $APPEND"
     # shellcheck disable=SC2054  # commas are inside QEMU option values
     QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$MEM"
@@ -416,7 +419,10 @@ EXTRA_QEMU=()
 cmd_console() {
     ensure_deps
     build
-    qemu_cmd console
+    # The kernel takes the first pagelab.mode: --append's must replace ours.
+    local from_append=
+    [[ " $APPEND" == *" pagelab.mode="* ]] && from_append=1
+    MODE_FROM_APPEND=$from_append qemu_cmd console
     if [[ $GDB == 1 ]]; then
         say "QEMU is waiting for GDB on tcp::1234. Attach with:"
         say "  ./qemu-run.sh gdb        (in another terminal), or"
