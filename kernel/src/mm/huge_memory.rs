@@ -22,7 +22,7 @@ use super::memory::{self, CONT_BIT, FaultFlags, VmFault};
 use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, Folio};
 use super::pgtable::TableMemory;
-use super::pgtable::live::TlbFlush;
+use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
 
 /// Bytes one level-2 block maps.

@@ -28,7 +28,7 @@ use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
 use super::pgtable::TableMemory;
-use super::pgtable::live::TlbFlush;
+use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
 
 /// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.

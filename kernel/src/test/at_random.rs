@@ -35,7 +35,7 @@ use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
-use crate::mm::pgtable::live::Live;
+use crate::mm::pgtable::{CursorMut, Stage1User};
 use crate::mm::pgtable::{
     Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
 };
@@ -137,7 +137,7 @@ impl Layout {
 /// are the levels whose table entries covering the layout belong to the
 /// test alone, so they may carry limits.
 fn build<M: TableMemory>(
-    l: &mut Live<'_, '_, M>,
+    l: &mut CursorMut<'_, '_, Stage1User, M>,
     r: &mut Rng,
     base: u64,
     nslots: u64,
@@ -475,7 +475,7 @@ fn wrong_walker(t: &Translation, limits: TableAttrs, a: Access, hw: HwUpdates) -
     expected_access(t, limits, a.el0, a.write, hw)
 }
 
-fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(), String> {
+fn teardown<M: TableMemory>(l: &mut CursorMut<'_, '_, Stage1User, M>, lay: &Layout) -> Result<(), String> {
     for &s in &lay.slots {
         l.unmap(s, lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     }
@@ -598,7 +598,7 @@ fn user_layouts() -> Result<(), String> {
         let base =
             if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(asid), &mut fl);
+        let mut l = CursorMut::new(&mut t, Stage1User { asid }, &mut fl);
         let res = (|| -> Result<Tally, String> {
             // The whole table set is the test's: every level may carry limits.
             let lay = build(&mut l, &mut r, base, SLOTS, true, start_level..2, round)?;

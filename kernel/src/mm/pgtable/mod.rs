@@ -11,15 +11,23 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub mod atcheck;
-pub mod live;
-pub use live::{Detached, TlbFlush};
+pub mod cursor;
+pub use cursor::{CursorMut, Detached, Pte, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush};
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind, LeafAttrs, TableAttrs, needs_break_before_make};
 use super::granule::Granule;
 
 /// Where table pages come from and how to reach them.
-pub trait TableMemory {
+///
+/// # Safety
+/// Implementers promise that for every `pa` that `alloc_table` returned
+/// (or that is otherwise a table of these tables, such as the root),
+/// `table_ptr(pa)` points at `entries_per_table()` properly aligned
+/// `AtomicU64`s that stay valid and are accessed only as atomics for as
+/// long as the table is in use; and that `alloc_table` returns a zeroed
+/// page no one else uses.
+pub unsafe trait TableMemory {
     /// A zeroed table page, or `None` when out of memory.
     fn alloc_table(&mut self) -> Option<PhysAddr>;
     /// A pointer through which the table at `pa` can be accessed now.
@@ -121,7 +129,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         Self { root, granule, start_level, mem }
     }
 
-    pub(crate) fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
+    fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
         assert!(idx < self.granule.entries_per_table());
         // SAFETY: TableMemory guarantees table_ptr points at a live table of
         // entries_per_table() atomics; idx is in range.
@@ -130,10 +138,6 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 
     pub fn read(&self, table: PhysAddr, idx: usize) -> Desc {
         Desc(self.entry(table, idx).load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
-        self.entry(table, idx).store(d.0, Ordering::Release);
     }
 
     /// Maps `[va, va+size)` to `[pa, pa+size)`, creating tables as needed and
@@ -175,7 +179,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 
     /// Installs `new` as the level-`level` entry for `va`, creating tables
     /// on the way. Only into a hole or as a live-safe change; anything that
-    /// needs break-before-make is refused (use `Live` for those).
+    /// needs break-before-make is refused (use [`CursorMut`] for those).
     pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let mut table = self.root;
         for l in self.start_level..level {
@@ -302,7 +306,8 @@ pub mod host {
         }
     }
 
-    impl TableMemory for HostMem {
+    // SAFETY: tables are boxed slices of atomics kept alive in `tables`.
+    unsafe impl TableMemory for HostMem {
         fn alloc_table(&mut self) -> Option<PhysAddr> {
             if self.tables.len() >= self.limit {
                 return None;
