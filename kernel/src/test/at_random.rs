@@ -35,7 +35,7 @@ use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
-use crate::mm::pgtable::{CursorMut, Stage1User};
+use crate::mm::pgtable::{CursorMut, Regime, Stage1User};
 use crate::mm::pgtable::{
     Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
 };
@@ -136,8 +136,8 @@ impl Layout {
 /// Builds a random layout in `[base, base + nslots * slot)`. `upper_levels`
 /// are the levels whose table entries covering the layout belong to the
 /// test alone, so they may carry limits.
-fn build<M: TableMemory>(
-    l: &mut CursorMut<'_, '_, Stage1User, M>,
+fn build<R: Regime, M: TableMemory>(
+    l: &mut CursorMut<'_, '_, R, M>,
     r: &mut Rng,
     base: u64,
     nslots: u64,
@@ -475,7 +475,7 @@ fn wrong_walker(t: &Translation, limits: TableAttrs, a: Access, hw: HwUpdates) -
     expected_access(t, limits, a.el0, a.write, hw)
 }
 
-fn teardown<M: TableMemory>(l: &mut CursorMut<'_, '_, Stage1User, M>, lay: &Layout) -> Result<(), String> {
+fn teardown<R: Regime, M: TableMemory>(l: &mut CursorMut<'_, '_, R, M>, lay: &Layout) -> Result<(), String> {
     for &s in &lay.slots {
         l.unmap(s, lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     }

@@ -730,14 +730,25 @@ fn violation(va: u64, level: u32) -> MapError {
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
 #[inline(always)]
 fn cas_update(slot: &AtomicU64, set: u64, clear: u64) -> u64 {
+    match cas_modify::<core::convert::Infallible>(slot, |v| Ok((v & !clear) | set)) {
+        Ok((old, _)) => old,
+        Err(e) => match e {},
+    }
+}
+
+/// Compare-and-swap loop applying `f` to the current value until no one
+/// (CPU or MMU) changed the entry between the load and the store.
+/// Returns `(old, new)`, or the value `f` refused.
+#[inline(always)]
+fn cas_modify<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
     let mut cur = slot.load(Ordering::Acquire);
     loop {
-        let new = (cur & !clear) | set;
+        let new = f(cur)?;
         if new == cur {
-            return cur;
+            return Ok((cur, cur));
         }
         match slot.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(v) => return v,
+            Ok(v) => return Ok((v, new)),
             Err(v) => cur = v,
         }
     }
@@ -837,6 +848,36 @@ impl Pte {
         Ok(Desc(cas_update(self.slot(), set, clear)))
     }
 
+    /// Replaces the entry by `f(current)` with a compare-and-swap loop
+    /// (Linux `ptep_set_wrprotect`, `__ptep_set_access_flags`, and the
+    /// mprotect and fork loops): `f` sees the value the MMU last left, so
+    /// an AF or dirty update it makes meanwhile is kept (`f` reruns). `f`
+    /// may change only permission bits. Returns `(old, new)`; the caller
+    /// flushes the old translation if it was valid.
+    #[inline(always)]
+    pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
+        cas_modify(self.slot(), |v| {
+            let n = f(Desc(v)).0;
+            if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
+        })
+        .map(|(o, n)| (Desc(o), Desc(n)))
+    }
+
+    /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
+    /// moved to the software dirty bit ([`Desc::wrprotect`]) on the value
+    /// the CAS saw. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn set_wrprotect(self) -> (Desc, Desc) {
+        let (o, n) = cas_modify(self.slot(), |v| Ok::<u64, ()>(Desc(v).wrprotect().0)).unwrap_or((0, 0));
+        (Desc(o), Desc(n))
+    }
+
+    /// Clears the contiguous bit of an entry in tables no CPU has run on
+    /// yet (a fork child's): nothing can cache it, so no BBM is needed.
+    pub fn clear_cont_unused(self) {
+        self.slot().fetch_and(!CONT, Ordering::AcqRel);
+    }
+
     /// Clears the entry with an atomic swap (Linux `ptep_get_and_clear`)
     /// and returns what it held, with every AF/dirty update the MMU made.
     /// The caller flushes the range before anything reuses what it mapped.
@@ -854,6 +895,9 @@ impl Pte {
         let old = self.get_and_clear();
         if old.is_valid() {
             if sabotaged() {
+                // The make is refused. The old translation goes back: the
+                // TLBs may still hold it, so it conflicts with nothing.
+                self.slot().store(old.0, Ordering::Release);
                 return Err(violation(va, 3));
             }
             fl.flush(va, size, Some(asid), true);
@@ -878,6 +922,10 @@ impl Pte {
             *o = self.sibling(self.idx + i).get_and_clear().0;
         }
         if sabotaged() {
+            // Refused: the run goes back as it was (what the TLBs may hold).
+            for (i, o) in olds.iter().enumerate().take(n) {
+                self.sibling(self.idx + i).slot().store(*o, Ordering::Release);
+            }
             return Err(violation(va, 3));
         }
         fl.flush(va, size, Some(asid), true);
