@@ -376,6 +376,22 @@ pub fn hw_dbm() -> bool {
 pub fn set_hw_dbm(on: bool) {
     HW_DBM.store(on, core::sync::atomic::Ordering::Relaxed);
 }
+/// The MMU may write descriptors (TCR_EL1.HA, with or without HD) on some
+/// CPU: read-modify-writes of live entries must then be compare-and-swap.
+static HW_AF: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Records that TCR_EL1.HA is (about to be) on somewhere. Set it before
+/// turning HA on and clear it after turning HA off on every CPU.
+pub fn set_hw_af(on: bool) {
+    HW_AF.store(on, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the MMU may update a live descriptor itself (AF or dirty).
+#[inline(always)]
+pub fn hw_updates() -> bool {
+    HW_AF.load(core::sync::atomic::Ordering::Relaxed) || hw_dbm()
+}
+
 /// The access flag.
 pub const AF_BIT: u64 = 1 << 10;
 /// The contiguous bit (Arm "contpte" on level-3 entries).

@@ -91,9 +91,9 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
     let attrs = desc.attr_bits();
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
-        memory::entry(mem, table, i)
-            .set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01))
-            .expect("a new table is empty");
+        if let Err(e) = memory::entry(mem, table, i).set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01)) {
+            memory::pte_bug(e);
+        }
     }
     if let Err(e) = page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
         (super::gup::held(f, true), super::gup::held(f, false))
@@ -197,9 +197,9 @@ pub fn do_huge_pmd_wp_page(
         }
         if !flags.unshare {
             // CAS: an AF/dirty update the MMU made since `desc` stays.
-            let _ = pmd
-                .modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung())
-                .expect("reuse changes permission bits only");
+            if let Err(e) = pmd.modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
+                memory::pte_bug(e);
+            }
             KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;
@@ -239,7 +239,9 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
     for i in 0..n {
         let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
         // Not reachable by the walker yet: plain stores.
-        memory::entry(mem, table, i).set_new(Desc(oa | attrs | cont | 0b11)).expect("a new table is empty");
+        if let Err(e) = memory::entry(mem, table, i).set_new(Desc(oa | attrs | cont | 0b11)) {
+            memory::pte_bug(e);
+        }
     }
     // Break-before-make of the level-2 entry: block to table.
     if let Err(e) = pmd.replace(Desc::table(table), base, pmd_size(), mm.asid(), &mut KernelFlush) {

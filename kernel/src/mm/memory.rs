@@ -315,8 +315,19 @@ fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
 pub(crate) fn set_pte_new(slot: Pte, d: Desc) {
     // The caller found the entry none under the page-table lock, and the
     // MMU never makes an invalid entry valid: a valid one here is a bug.
-    slot.set_new(d).expect("set_pte_new over a valid entry under the page-table lock");
+    if let Err(e) = slot.set_new(d) {
+        pte_bug(e);
+    }
     crate::arch::aarch64::cpu::publish_tables();
+}
+
+/// A cursor refusal where the page-table lock rules it out (a valid entry
+/// where the walk found none, a non-permission change in a permission
+/// update): a kernel bug, not bad input.
+#[cold]
+#[inline(never)]
+pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
+    panic!("page-table cursor refused an edit the page-table lock guarantees: {e:?}")
 }
 
 /// Break-before-make for a new output address (Linux `ptep_clear_flush`
@@ -484,7 +495,9 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFaul
             d = Desc(d.0 | CONT_BIT);
         }
         // The folio's range lies in this level-3 table and maps nothing yet.
-        first.sibling(first.index() + i as usize).set_new(d).expect("anon folio range not empty");
+        if let Err(e) = first.sibling(first.index() + i as usize).set_new(d) {
+            pte_bug(e);
+        }
     }
     crate::arch::aarch64::cpu::publish_tables();
     VmFault::Done
@@ -642,9 +655,10 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
     }
     // Compare-and-swap on the current value: a young or dirty bit the MMU
     // set since `desc` was read stays.
-    let (old, _) = slot
-        .modify(|d| maybe_mkwrite(d, vma).mkdirty().mkyoung())
-        .expect("wp_page_reuse changes permission bits only");
+    let old = match slot.modify(|d| maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
+        Ok((old, _)) => old,
+        Err(e) => pte_bug(e),
+    };
     if old.is_valid() {
         KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
     }

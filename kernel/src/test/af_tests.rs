@@ -73,6 +73,7 @@ fn access_flag() -> Result<(), String> {
             );
         }
         // Hardware: the MMU sets the flag, no fault is taken.
+        crate::mm::desc::set_hw_af(true);
         crate::kmain::on_every_cpu(|| cpu::set_hw_af(true));
         let f0 = proc::fault_count(ch);
         let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
@@ -80,6 +81,7 @@ fn access_flag() -> Result<(), String> {
         let faults = proc::fault_count(ch) - f0;
         if crate::kmain::boot().board.bootarg("pagelab.hw-af") != Some("1") {
             crate::kmain::on_every_cpu(|| cpu::set_hw_af(false));
+            crate::mm::desc::set_hw_af(false);
         }
         ensure!(matches!(r?, RunEnd::Done), "child read with HA");
         ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
@@ -104,6 +106,8 @@ fn hw_dirty() -> Result<(), String> {
     }
     let was = desc::hw_dbm();
     desc::set_hw_dbm(true);
+    // HD comes with HA, and turning HD off later leaves HA on.
+    desc::set_hw_af(true);
     crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(true));
     let (pa, ch) = ("dbm_parent", "dbm_child");
     proc::spawn(pa)?;

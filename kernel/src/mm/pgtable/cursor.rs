@@ -736,11 +736,28 @@ fn cas_update(slot: &AtomicU64, set: u64, clear: u64) -> u64 {
     }
 }
 
-/// Compare-and-swap loop applying `f` to the current value until no one
-/// (CPU or MMU) changed the entry between the load and the store.
+/// Read-modify-write of a live entry: `f` applied to the current value.
 /// Returns `(old, new)`, or the value `f` refused.
 #[inline(always)]
 fn cas_modify<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
+    if crate::mm::desc::hw_updates() {
+        return cas_loop(slot, f);
+    }
+    // No MMU writes descriptors (TCR_EL1.HA/HD off) and the caller holds
+    // the page-table lock: nothing changes the entry between load and store.
+    let cur = slot.load(Ordering::Acquire);
+    let new = f(cur)?;
+    if new != cur {
+        slot.store(new, Ordering::Release);
+    }
+    Ok((cur, new))
+}
+
+/// The compare-and-swap loop (Linux `ptep_set_wrprotect`,
+/// `__ptep_set_access_flags`): `f` reruns on the value the MMU left until
+/// no one changed the entry between the load and the store.
+#[inline(never)]
+fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
     let mut cur = slot.load(Ordering::Acquire);
     loop {
         let new = f(cur)?;
@@ -762,6 +779,45 @@ impl<M: TableMemory> Tables<'_, M> {
         self.entry(table, idx).store(d.0, Ordering::Release);
     }
 
+    /// Writes `n` consecutive leaves from entry `idx` of `table` (level
+    /// `level`, the first for `va`), each mapping the next `level_size`
+    /// of memory after `first`'s: into holes, or as live-safe changes;
+    /// anything that needs break-before-make is refused. The building loop
+    /// of `Tables::map`: it stays in one table, a load and a store per
+    /// entry when the table is empty.
+    pub(super) fn fill(
+        &self,
+        table: PhysAddr,
+        idx: usize,
+        level: u32,
+        va: VirtAddr,
+        first: Desc,
+        n: usize,
+    ) -> Result<(), MapError> {
+        let g = self.granule;
+        assert!(idx + n <= g.entries_per_table());
+        let step = g.level_size(level);
+        // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
+        let slots = unsafe { core::slice::from_raw_parts(self.mem.table_ptr(table).add(idx), n) };
+        let mut d = first.0;
+        for (i, slot) in slots.iter().enumerate() {
+            let old = slot.load(Ordering::Relaxed);
+            if old == 0 {
+                slot.store(d, Ordering::Release);
+            } else if old != d {
+                let (old, new) = (Desc(old), Desc(d));
+                if crate::mm::desc::needs_break_before_make(old, new, level, g) || old.is_valid() != new.is_valid() {
+                    let va = VirtAddr(va.0.wrapping_add(i as u64 * step));
+                    return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+                }
+                // A live-safe attribute change (permissions, AF).
+                slot.store(d, Ordering::Release);
+            }
+            d += step;
+        }
+        Ok(())
+    }
+
     /// Atomic swap (Linux `ptep_get_and_clear`): the old value, with any
     /// AF/dirty the MMU set up to the swap.
     fn swap(&self, table: PhysAddr, idx: usize, d: Desc) -> Desc {
@@ -780,40 +836,48 @@ impl<M: TableMemory> Tables<'_, M> {
 /// BBM rules; the slot itself is never handed out.
 #[derive(Clone, Copy)]
 pub struct Pte {
-    table: *const AtomicU64,
-    idx: usize,
+    /// The entry itself; tables are aligned to their size, so the table
+    /// and the index are the pointer's high and low bits.
+    slot: *const AtomicU64,
 }
+
+/// Bytes of one table (one granule page).
+const TABLE_BYTES: usize = crate::mm::granule::GRANULE.page_size() as usize;
 
 impl Pte {
     /// Entry `idx` of the table at `table`.
     ///
     /// # Safety
-    /// `table` is a table page of `mem` that is linked into the tables of
-    /// an mm whose page-table lock the caller holds, and the `Pte` (and its
-    /// siblings) is used only while that lock is held.
+    /// `table` is a table page of `mem`, aligned to its size, that is
+    /// linked into the tables of an mm whose page-table lock the caller
+    /// holds, and the `Pte` (and its siblings) is used only while that
+    /// lock is held.
     #[inline(always)]
     pub unsafe fn locate<M: TableMemory + ?Sized>(mem: &M, table: PhysAddr, idx: usize) -> Pte {
         assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
-        Pte { table: mem.table_ptr(table), idx }
+        // SAFETY: idx is in the table (`table_ptr`'s contract).
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) } }
     }
 
     #[inline(always)]
     fn slot(&self) -> &AtomicU64 {
         // SAFETY: `locate`'s contract: the table is live and locked, and
-        // idx is in range (checked there and in `sibling`).
-        unsafe { &*self.table.add(self.idx) }
+        // the index is in range (checked there and in `sibling`).
+        unsafe { &*self.slot }
     }
 
     /// The entry's index in its table.
+    #[inline(always)]
     pub fn index(self) -> usize {
-        self.idx
+        (self.slot as usize & (TABLE_BYTES - 1)) / 8
     }
 
     /// Entry `idx` of the same table.
     #[inline(always)]
     pub fn sibling(self, idx: usize) -> Pte {
         assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
-        Pte { table: self.table, idx }
+        let base = self.slot as usize & !(TABLE_BYTES - 1);
+        Pte { slot: (base + idx * 8) as *const AtomicU64 }
     }
 
     /// The current value (Linux `ptep_get`).
@@ -919,18 +983,18 @@ impl Pte {
         olds: &mut [u64],
     ) -> Result<(), MapError> {
         for (i, o) in olds.iter_mut().enumerate().take(n) {
-            *o = self.sibling(self.idx + i).get_and_clear().0;
+            *o = self.sibling(self.index() + i).get_and_clear().0;
         }
         if sabotaged() {
             // Refused: the run goes back as it was (what the TLBs may hold).
             for (i, o) in olds.iter().enumerate().take(n) {
-                self.sibling(self.idx + i).slot().store(*o, Ordering::Release);
+                self.sibling(self.index() + i).slot().store(*o, Ordering::Release);
             }
             return Err(violation(va, 3));
         }
         fl.flush(va, size, Some(asid), true);
         for (i, o) in olds.iter().enumerate().take(n) {
-            self.sibling(self.idx + i).slot().store(o & !CONT, Ordering::Release);
+            self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
         }
         Ok(())
     }

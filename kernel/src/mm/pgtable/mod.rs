@@ -15,7 +15,7 @@ pub mod cursor;
 pub use cursor::{CursorMut, Detached, Pte, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{Desc, Kind, LeafAttrs, TableAttrs, needs_break_before_make};
+use super::desc::{Desc, Kind, LeafAttrs, TableAttrs};
 use super::granule::Granule;
 
 /// Where table pages come from and how to reach them.
@@ -167,20 +167,27 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                         && left >= sz
                 })
                 .unwrap_or(3);
-            self.set_leaf(VirtAddr(va), level, Desc::leaf(PhysAddr(pa), level, attrs))?;
-            written += 1;
             let sz = g.level_size(level);
-            va = va.wrapping_add(sz);
-            pa += sz;
-            left -= sz;
+            // Pages: every entry up to the end of this level-3 table in one
+            // go (a block can only start where the next table would).
+            let n = if level == 3 {
+                (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize)
+            } else {
+                1
+            };
+            let table = self.table_for(VirtAddr(va), level)?;
+            self.fill(table, g.index(va, level), level, VirtAddr(va), Desc::leaf(PhysAddr(pa), level, attrs), n)?;
+            written += n;
+            va = va.wrapping_add(sz * n as u64);
+            pa += sz * n as u64;
+            left -= sz * n as u64;
         }
         Ok(written)
     }
 
-    /// Installs `new` as the level-`level` entry for `va`, creating tables
-    /// on the way. Only into a hole or as a live-safe change; anything that
-    /// needs break-before-make is refused (use [`CursorMut`] for those).
-    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+    /// The table holding the level-`level` entry for `va`, creating the
+    /// tables above it that are missing (holes only).
+    fn table_for(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
         let mut table = self.root;
         for l in self.start_level..level {
             let idx = self.granule.index(va.0, l);
@@ -192,20 +199,21 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                     self.write(table, idx, Desc::table(next));
                     next
                 }
-                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new }),
+                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new: Desc::INVALID }),
             };
         }
-        let idx = self.granule.index(va.0, level);
-        let old = self.read(table, idx);
-        if old == new {
-            return Ok(());
-        }
-        if old.0 != 0 && (needs_break_before_make(old, new, level, self.granule) || old.is_valid() != new.is_valid()) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
-        }
-        // A hole, or a live-safe attribute change (permissions, AF).
-        self.write(table, idx, new);
-        Ok(())
+        Ok(table)
+    }
+
+    /// Installs `new` as the level-`level` entry for `va`, creating tables
+    /// on the way. Only into a hole or as a live-safe change; anything that
+    /// needs break-before-make is refused (use [`CursorMut`] for those).
+    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+        let table = self.table_for(va, level).map_err(|e| match e {
+            MapError::NeedsBreakBeforeMake { va, level, old, .. } => MapError::NeedsBreakBeforeMake { va, level, old, new },
+            e => e,
+        })?;
+        self.fill(table, self.granule.index(va.0, level), level, va, new, 1)
     }
 
     /// Software translation of `va` (what the MMU would do, without TLBs).
