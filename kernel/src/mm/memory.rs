@@ -118,6 +118,7 @@ pub fn access_ok(vma: &Vma, write: bool) -> bool {
 }
 
 /// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
+#[inline(always)]
 pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte {
     // SAFETY: table pages are RAM in the linear map; every caller holds the
     // locks that keep this table linked (mmap lock + page-table lock) and
@@ -129,6 +130,7 @@ pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte {
 /// 3: `pte_offset_map`), allocating missing tables on the way when `alloc`
 /// (`__pmd_alloc`/`__pte_alloc`). `None`: a hole (not allocating), a block
 /// or odd entry above `level`, or no memory for a table.
+#[inline(always)]
 fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, alloc: bool) -> Option<Pte> {
     let g = GRANULE;
     let mut table = pgd;
@@ -149,6 +151,7 @@ fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, allo
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
+#[inline(always)]
 pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<Pte> {
     slot_lookup(mem, pgd, va, 2, alloc)
 }
@@ -226,21 +229,8 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
 /// slot. Visits only the entries on the way (empty upper-level entries are
 /// skipped whole), so a huge sparse range costs what it maps, not what it
 /// spans.
-fn next_block(
-    mem: &FrameTableMem,
-    pgd: PhysAddr,
-    start: u64,
-    end: u64,
-    level: u32,
-) -> Option<(u64, Pte)> {
-    fn rec(
-        mem: &FrameTableMem,
-        at: u32,
-        table: PhysAddr,
-        start: u64,
-        end: u64,
-        level: u32,
-    ) -> Option<(u64, Pte)> {
+fn next_block(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, level: u32) -> Option<(u64, Pte)> {
+    fn rec(mem: &FrameTableMem, at: u32, table: PhysAddr, start: u64, end: u64, level: u32) -> Option<(u64, Pte)> {
         let g = GRANULE;
         let size = g.level_size(at);
         let mut va = start;
@@ -288,19 +278,22 @@ fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
             let e = entry(mem, table, g.index(va, level));
-            if level == 3 {
-                f(va, 3, e)?;
-            } else {
-                match e.get().kind(level, g) {
-                    Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
-                    Kind::None => {}
+            // One call site for `f`, so the compiler inlines it here.
+            let visit = level == 3
+                || match e.get().kind(level, g) {
+                    Kind::Table(next) => {
+                        rec(mem, level + 1, next, va, chunk_end, f)?;
+                        false
+                    }
+                    Kind::None => false,
                     // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if level == 2 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 2, e)?,
-                    Kind::Leaf(_) if level == 1 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 1, e)?,
+                    Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => true,
                     _ => {
                         return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
                     }
-                }
+                };
+            if visit {
+                f(va, level, e)?;
             }
             va = chunk_end;
         }
@@ -312,6 +305,7 @@ fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
 /// only visibility to the table walker (the exception return that retries
 /// the access is context-synchronising).
+#[inline(always)]
 pub(crate) fn set_pte_new(slot: Pte, d: Desc) {
     // The caller found the entry none under the page-table lock, and the
     // MMU never makes an invalid entry valid: a valid one here is a bug.
@@ -864,7 +858,9 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
             wrprotected |= ro != old;
             // Same level-3 table as `first` (same span). Linux `pte_mkold`
             // for the child: its first access sets the flag.
-            first.sibling(GRANULE.index(va, 3)).set_new(ro.mkold())?;
+            if let Err(e) = first.sibling(GRANULE.index(va, 3)).set_new(ro.mkold()) {
+                pte_bug(e);
+            }
             return Ok(());
         }
         copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
@@ -900,13 +896,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 /// fork of one block entry: the child gets the same (write-protected)
 /// block. Returns whether the parent's entry was write-protected.
 #[inline(never)]
-fn copy_block(
-    dmem: &mut FrameTableMem,
-    dst: &MmStruct,
-    va: u64,
-    sslot: Pte,
-    desc: Desc,
-) -> Result<bool, MmError> {
+fn copy_block(dmem: &mut FrameTableMem, dst: &MmStruct, va: u64, sslot: Pte, desc: Desc) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
     let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
@@ -1047,6 +1037,18 @@ fn run_stays_uniform(slot: Pte, a: u64, start: u64, end: u64, writable: bool) ->
     (1..GRANULE.contiguous_entries(3)).all(|i| excl(i) == e0)
 }
 
+/// The contiguous-run part of [`change_protection`] at entry `a`: unfolds
+/// the run unless it stays uniform. Returns the entry to work on.
+#[cold]
+#[inline(never)]
+fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writable: bool) -> Result<Desc, MmError> {
+    let run_va = a & !(cont_size() - 1);
+    if (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
+        unfold_run(mm, slot, a)?;
+    }
+    Ok(slot.get())
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -1070,15 +1072,8 @@ pub fn change_protection(
         if !d.is_valid() {
             return Ok(());
         }
-        let run_va = a & !(cont_size() - 1);
-        if level == 3
-            && d.0 & CONT_BIT != 0
-            && (a == run_va || a == va)
-            && !run_stays_uniform(slot, a, va, va + len, writable)
-        {
-            unfold_run(mm, slot, a)?;
-        }
-        let d = slot.get();
+        let d =
+            if level == 3 && d.0 & CONT_BIT != 0 { cont_before_protect(mm, slot, a, va, len, writable)? } else { d };
         // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
         // every page of the folio exclusive).
         let exclusive = writable
@@ -1093,12 +1088,14 @@ pub fn change_protection(
         // read-only first (DBM cleared too, hardware dirtiness kept in the
         // software bit), then EL0 access, then writable where allowed (a
         // shared mapping has no COW: writable means writable).
-        let (old, new) = slot.modify(|cur| {
-            let mut n = cur.wrprotect();
-            n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+        match slot.modify(|cur| {
+            let n = cur.wrprotect();
+            let n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
             if writable && (exclusive || shared) { n.mkwrite() } else { n }
-        })?;
-        changed |= new != old;
+        }) {
+            Ok((old, new)) => changed |= new != old,
+            Err(e) => pte_bug(e),
+        }
         Ok(())
     });
     if changed {

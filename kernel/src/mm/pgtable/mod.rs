@@ -170,11 +170,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
             let sz = g.level_size(level);
             // Pages: every entry up to the end of this level-3 table in one
             // go (a block can only start where the next table would).
-            let n = if level == 3 {
-                (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize)
-            } else {
-                1
-            };
+            let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
             let table = self.table_for(VirtAddr(va), level)?;
             self.fill(table, g.index(va, level), level, VirtAddr(va), Desc::leaf(PhysAddr(pa), level, attrs), n)?;
             written += n;
@@ -210,7 +206,9 @@ impl<'m, M: TableMemory> Tables<'m, M> {
     /// needs break-before-make is refused (use [`CursorMut`] for those).
     pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let table = self.table_for(va, level).map_err(|e| match e {
-            MapError::NeedsBreakBeforeMake { va, level, old, .. } => MapError::NeedsBreakBeforeMake { va, level, old, new },
+            MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
+                MapError::NeedsBreakBeforeMake { va, level, old, new }
+            }
             e => e,
         })?;
         self.fill(table, self.granule.index(va.0, level), level, va, new, 1)
