@@ -13,6 +13,7 @@ use crate::println;
 mod af_tests;
 mod at_random;
 mod boot_tests;
+mod cursor_tests;
 mod debug_table_tests;
 mod fail_alloc_tests;
 mod insert_tests;
@@ -79,6 +80,7 @@ fn all() -> impl Iterator<Item = &'static Test> {
         .iter()
         .chain(mm_tests::TESTS.iter())
         .chain(table_tests::TESTS.iter())
+        .chain(cursor_tests::TESTS.iter())
         .chain(at_random::TESTS.iter())
         .chain(syscall_tests::TESTS.iter())
         .chain(irq_tests::TESTS.iter())

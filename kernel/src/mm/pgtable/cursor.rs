@@ -479,7 +479,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             // Not yet reachable by the walker: plain writes.
             self.t.write(child, i, Desc(((base.0 + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty));
         }
-        self.replace(va, level, Desc::table(child))
+        // A refused make leaves the new table unlinked: freed with the batch.
+        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
