@@ -88,25 +88,31 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
         .filter(|f| f.size() == pud_size() && !desc.special())
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::Unsplittable })?;
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
-    let attrs = desc.attr_bits();
+    // Break and flush first, then build the level-2 blocks from the value
+    // the swap took (AF and dirty included).
+    let old = match pud.clear_flush(base, pud_size(), mm.asid(), &mut KernelFlush) {
+        Ok(old) => old,
+        Err(e) => {
+            mem.free(table);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
+        (super::gup::held(f, true), super::gup::held(f, false))
+    }) {
+        // The same translation back: invalid to valid, after the flush.
+        memory::set_pte_new(pud, old);
+        mem.free(table);
+        return Err(e);
+    }
+    let attrs = old.attr_bits();
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
         if let Err(e) = memory::entry(mem, table, i).set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01)) {
             memory::pte_bug(e);
         }
     }
-    if let Err(e) = page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
-        (super::gup::held(f, true), super::gup::held(f, false))
-    }) {
-        mem.free(table);
-        return Err(e);
-    }
-    // Break-before-make of the level-1 entry: block to table.
-    if let Err(e) = pud.replace(Desc::table(table), base, pud_size(), mm.asid(), &mut KernelFlush) {
-        mem.free(table);
-        return Err(e.into());
-    }
-    crate::arch::aarch64::cpu::publish_tables();
+    memory::set_pte_new(pud, Desc::table(table));
     Ok(())
 }
 
@@ -233,22 +239,27 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
         ),
     };
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
+    // Break and flush first (Linux `pmdp_invalidate`), then build the page
+    // entries from the value the swap took: an AF or dirty update the MMU
+    // made to the block up to then is in it.
+    let old = match pmd.clear_flush(base, pmd_size(), mm.asid(), &mut KernelFlush) {
+        Ok(old) => old,
+        Err(e) => {
+            mem.free(table);
+            return Err(e.into());
+        }
+    };
     let n = GRANULE.entries_per_table();
-    let attrs = desc.attr_bits() & !CONT_BIT;
+    let attrs = old.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
     for i in 0..n {
         let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
-        // Not reachable by the walker yet: plain stores.
+        // Not reachable by the walker yet.
         if let Err(e) = memory::entry(mem, table, i).set_new(Desc(oa | attrs | cont | 0b11)) {
             memory::pte_bug(e);
         }
     }
-    // Break-before-make of the level-2 entry: block to table.
-    if let Err(e) = pmd.replace(Desc::table(table), base, pmd_size(), mm.asid(), &mut KernelFlush) {
-        mem.free(table);
-        return Err(e.into());
-    }
-    crate::arch::aarch64::cpu::publish_tables();
+    memory::set_pte_new(pmd, Desc::table(table));
     if let Some(folio) = folio {
         page::folio_split_pmd_rmap(folio);
     }

@@ -951,22 +951,32 @@ impl Pte {
         Desc(self.slot().swap(0, Ordering::AcqRel))
     }
 
+    /// Break and flush (Linux `ptep_clear_flush`, `pmdp_invalidate`): swaps
+    /// in an invalid entry and, if the old one was valid, TLBIs `[va,
+    /// va+size)` in `asid` and waits. Returns the old value as the swap
+    /// took it (AF/dirty included), to build the new entry from; write that
+    /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
+    /// back (what the TLBs may hold anyway) and the caller is told
+    /// ([`MapError::BbmViolation`]): it must not make.
+    pub fn clear_flush(self, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+        let old = self.get_and_clear();
+        if old.is_valid() {
+            if sabotaged() {
+                self.slot().store(old.0, Ordering::Release);
+                return Err(violation(va, 3));
+            }
+            fl.flush(va, size, Some(asid), true);
+        }
+        Ok(old)
+    }
+
     /// Break-before-make to `new` (Linux `ptep_clear_flush` then
     /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in
     /// `asid` and wait, then write `new`. Returns the old value. If the
     /// flush did not happen the make is refused ([`MapError::BbmViolation`])
     /// and the entry stays invalid.
     pub fn replace(self, new: Desc, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
-        let old = self.get_and_clear();
-        if old.is_valid() {
-            if sabotaged() {
-                // The make is refused. The old translation goes back: the
-                // TLBs may still hold it, so it conflicts with nothing.
-                self.slot().store(old.0, Ordering::Release);
-                return Err(violation(va, 3));
-            }
-            fl.flush(va, size, Some(asid), true);
-        }
+        let old = self.clear_flush(va, size, asid, fl)?;
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
     }
