@@ -26,6 +26,7 @@ use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, VmFlags, Vma};
+use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
 use super::pgtable::{Pte, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
@@ -933,36 +934,25 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
             }
         }
     }
-    let mut pages: Vec<PhysAddr> = Vec::new();
-    let _ = pages.try_reserve((len / PAGE_SIZE).min(4096) as usize);
-    let mut blocks: Vec<PhysAddr> = Vec::new();
+    // Linux `tlb_gather_mmu`: the pages first (the only step that can
+    // fail, before anything changed), then every entry broken and the
+    // tables the range covers whole unlinked, then `tlb_finish_mmu`: one
+    // flush - non-leaf if a table went - and only after it the tables and
+    // pages go back.
+    let mut tlb = MmuGather::new(mt.mm.asid());
+    let _ = tlb.reserve_pages((len / PAGE_SIZE).min(4096) as usize);
     for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
         let d = slot.get();
         if d.is_valid() && !d.special() {
-            let list = if level < 3 { &mut blocks } else { &mut pages };
-            try_reserve(list, 1)?;
-            list.push(d.output_address(GRANULE.level_size(level)));
+            let pa = d.output_address(GRANULE.level_size(level));
+            if level < 3 { tlb.remove_block(pa)? } else { tlb.remove_page(pa)? }
         }
         Ok(())
     })?;
-    // Break every entry, unlinking the tables the range covers whole (they
-    // are empty then), then one flush - non-leaf if a table went - and
-    // only after it the tables and pages are freed.
     // Best effort: a table that cannot be listed stays linked ([`clear_range`]).
-    let mut detached: Vec<PhysAddr> = Vec::new();
-    let _ = detached.try_reserve(16);
-    let mut cleared = false;
-    clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
-    if cleared || !detached.is_empty() {
-        KernelFlush.flush(va, len, Some(mt.mm.asid()), detached.is_empty());
-    }
-    for pa in detached {
-        mem.free(pa);
-    }
-    page::release_mapped_pages(&mut pages);
-    for pa in blocks {
-        super::huge_memory::put_mapped_block(pa);
-    }
+    let _ = tlb.reserve_tables(16);
+    clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    tlb.finish(&mut mem);
     Ok(())
 }
 
@@ -970,15 +960,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
 /// child tables the range covers completely, and clears the blocks it
 /// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
 /// linked, empty, and is freed with the process.
-fn clear_range(
-    mem: &FrameTableMem,
-    level: u32,
-    table: PhysAddr,
-    start: u64,
-    end: u64,
-    cleared: &mut bool,
-    detached: &mut Vec<PhysAddr>,
-) {
+fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, tlb: &mut MmuGather) {
     let g = GRANULE;
     let size = g.level_size(level);
     let mut va = start;
@@ -988,19 +970,18 @@ fn clear_range(
         let e = entry(mem, table, g.index(va, level));
         let d = e.get();
         if level == 3 {
-            if d.0 != 0 {
-                *cleared |= e.get_and_clear().is_valid();
+            if d.0 != 0 && e.get_and_clear().is_valid() {
+                tlb.flush_range(entry_va, entry_va + size);
             }
         } else if matches!(d.kind(level, g), Kind::Leaf(_)) {
             // A block the range covers whole (the edges were split).
-            *cleared = true;
             e.get_and_clear();
+            tlb.flush_range(entry_va, entry_va + size);
         } else if let Kind::Table(next) = d.kind(level, g) {
-            clear_range(mem, level + 1, next, va, chunk_end, cleared, detached);
+            clear_range(mem, level + 1, next, va, chunk_end, tlb);
             let whole = va == entry_va && chunk_end == entry_va + size;
-            if whole && detached.try_reserve(1).is_ok() {
+            if whole && tlb.remove_table(next, entry_va, entry_va + size).is_ok() {
                 e.get_and_clear();
-                detached.push(next);
             }
         }
         va = chunk_end;

@@ -20,6 +20,8 @@ pub mod layout;
 pub mod memory;
 pub mod mm_struct;
 #[cfg(target_os = "none")]
+pub mod mmu_gather;
+#[cfg(target_os = "none")]
 pub mod page;
 pub mod pgtable;
 pub mod ptdump;
