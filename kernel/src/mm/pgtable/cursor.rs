@@ -1339,4 +1339,50 @@ mod tests {
         c.set(o).unwrap();
         let _ = c.finish();
     }
+
+    /// A second thread plays the MMU (FEAT_HAFDBS): it sets bits in the
+    /// live entry with atomic ORs while the cursor toggles AP[2] on it. With
+    /// hardware updates on, the cursor's compare-and-swap must never store
+    /// over a bit the other writer set; with a plain load-then-store (the
+    /// CAS branch disabled) this test fails within a few runs' worth of
+    /// iterations.
+    #[test]
+    fn cas_update_never_loses_a_bit_the_mmu_set() {
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        assert_eq!(c.jump(0x1000, 3), 3);
+        let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
+        let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
+        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
+        let done = core::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for b in MMU_BITS {
+                    for _ in 0..20_000 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(b, Ordering::AcqRel);
+                }
+                done.store(true, Ordering::Release);
+            });
+            let mut n = 0u64;
+            while !done.load(Ordering::Acquire) || n < 1000 {
+                let (set, clear) = if n % 2 == 0 { (1 << 7, 0) } else { (0, 1 << 7) };
+                c.update(set, clear).unwrap();
+                n += 1;
+            }
+        });
+        let d = c.query();
+        for b in MMU_BITS {
+            assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
+        }
+        let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
 }
