@@ -108,7 +108,10 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
     let attrs = old.attr_bits();
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
-        if let Err(e) = memory::entry(mem, table, i).set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01)) {
+        // SAFETY: the new table belongs to this mm, under the same lock.
+        if let Err(e) =
+            unsafe { pud.locate_in(&*mem, table, i) }.set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01))
+        {
             memory::pte_bug(e);
         }
     }
@@ -255,7 +258,8 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
     for i in 0..n {
         let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
         // Not reachable by the walker yet.
-        if let Err(e) = memory::entry(mem, table, i).set_new(Desc(oa | attrs | cont | 0b11)) {
+        // SAFETY: the new table belongs to this mm, under the same lock.
+        if let Err(e) = unsafe { pmd.locate_in(&*mem, table, i) }.set_new(Desc(oa | attrs | cont | 0b11)) {
             memory::pte_bug(e);
         }
     }

@@ -25,7 +25,7 @@ pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
-use super::mm_struct::{MmStruct, VmFlags, Vma};
+use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
 use super::pgtable::{Pte, TableMemory, TlbFlush};
@@ -120,11 +120,11 @@ pub fn access_ok(vma: &Vma, write: bool) -> bool {
 
 /// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
 #[inline(always)]
-pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte {
-    // SAFETY: table pages are RAM in the linear map; every caller holds the
-    // locks that keep this table linked (mmap lock + page-table lock) and
-    // drops the `Pte` before it releases them.
-    unsafe { Pte::locate(mem, table, idx) }
+pub(crate) fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
+    // SAFETY: table pages are RAM in the linear map; every caller reached
+    // `table` from the pgd of the mm whose page-table lock `ptl` is (with
+    // the mmap lock held too), and the `Pte` cannot outlive `ptl`.
+    unsafe { Pte::locate(ptl, mem, table, idx) }
 }
 
 /// The slot of the level-`level` entry for `va` (2: Linux `pmd_offset`,
@@ -132,11 +132,18 @@ pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte {
 /// (`__pmd_alloc`/`__pte_alloc`). `None`: a hole (not allocating), a block
 /// or odd entry above `level`, or no memory for a table.
 #[inline(always)]
-fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, alloc: bool) -> Option<Pte> {
+fn slot_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    level: u32,
+    alloc: bool,
+) -> Option<Pte<'l>> {
     let g = GRANULE;
     let mut table = pgd;
     for l in USER_START_LEVEL..level {
-        let e = entry(mem, table, g.index(va, l));
+        let e = entry(ptl, mem, table, g.index(va, l));
         match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
@@ -148,18 +155,30 @@ fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, allo
             _ => return None,
         }
     }
-    Some(entry(mem, table, g.index(va, level)))
+    Some(entry(ptl, mem, table, g.index(va, level)))
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
 #[inline(always)]
-pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<Pte> {
-    slot_lookup(mem, pgd, va, 2, alloc)
+pub(crate) fn pmd_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    alloc: bool,
+) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, pgd, va, 2, alloc)
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<Pte> {
-    slot_lookup(mem, pgd, va, 3, alloc)
+fn pte_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    alloc: bool,
+) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, pgd, va, 3, alloc)
 }
 
 /// Splits the blocks that `[start, end)` cuts (an end inside a block), so
@@ -167,6 +186,7 @@ fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> O
 /// edges of mprotect/munmap/madvise ranges).
 #[inline(never)]
 pub(crate) fn split_blocks_at_edges(
+    ptl: &PtlGuard<'_>,
     mm: &MmStruct,
     mem: &mut FrameTableMem,
     start: u64,
@@ -176,7 +196,7 @@ pub(crate) fn split_blocks_at_edges(
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
             if edge % ps != 0 {
-                split_pud_at(mm, mem, edge)?;
+                split_pud_at(ptl, mm, mem, edge)?;
             }
         }
     }
@@ -185,7 +205,7 @@ pub(crate) fn split_blocks_at_edges(
         if edge % bs == 0 {
             continue;
         }
-        if let Some(pmd) = pmd_lookup(mem, mm.pgd, edge, false) {
+        if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
                 super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
@@ -198,14 +218,14 @@ pub(crate) fn split_blocks_at_edges(
 /// Splits the blocks that `[va, va+len)` cuts (the fallible part of
 /// [`change_protection`], which callers run before they change a VMA).
 pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)
 }
 
 /// Splits the 1G block around `va`, if there is one.
-fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
-    if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)
+fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
+    if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
         super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
@@ -214,13 +234,19 @@ fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), M
 }
 
 /// Splits every 1G block in `[start, end)` (fork: a 1G THP is never shared).
-fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), MmError> {
+fn split_puds_in(
+    ptl: &PtlGuard<'_>,
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    start: u64,
+    end: u64,
+) -> Result<(), MmError> {
     if super::huge_memory::pud_order().is_none() {
         return Ok(());
     }
     let mut a = start;
-    while let Some((va, _)) = next_block(mem, mm.pgd, a, end, 1) {
-        split_pud_at(mm, mem, va.max(start))?;
+    while let Some((va, _)) = next_block(ptl, mem, mm.pgd, a, end, 1) {
+        split_pud_at(ptl, mm, mem, va.max(start))?;
         a = va + GRANULE.level_size(1);
     }
     Ok(())
@@ -230,18 +256,33 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
 /// slot. Visits only the entries on the way (empty upper-level entries are
 /// skipped whole), so a huge sparse range costs what it maps, not what it
 /// spans.
-fn next_block(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, level: u32) -> Option<(u64, Pte)> {
-    fn rec(mem: &FrameTableMem, at: u32, table: PhysAddr, start: u64, end: u64, level: u32) -> Option<(u64, Pte)> {
+fn next_block<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &FrameTableMem,
+    pgd: PhysAddr,
+    start: u64,
+    end: u64,
+    level: u32,
+) -> Option<(u64, Pte<'l>)> {
+    fn rec<'l>(
+        ptl: &'l PtlGuard<'_>,
+        mem: &FrameTableMem,
+        at: u32,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        level: u32,
+    ) -> Option<(u64, Pte<'l>)> {
         let g = GRANULE;
         let size = g.level_size(at);
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(mem, table, g.index(va, at));
+            let e = entry(ptl, mem, table, g.index(va, at));
             match e.get().kind(at, g) {
                 Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
                 Kind::Table(next) if at < level => {
-                    if let Some(b) = rec(mem, at + 1, next, va, chunk_end, level) {
+                    if let Some(b) = rec(ptl, mem, at + 1, next, va, chunk_end, level) {
                         return Some(b);
                     }
                 }
@@ -251,21 +292,23 @@ fn next_block(mem: &FrameTableMem, pgd: PhysAddr, start: u64, end: u64, level: u
         }
         None
     }
-    rec(mem, USER_START_LEVEL, pgd, start, end, level)
+    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, level)
 }
 
 /// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
 /// whose table exists and for every level-2 block the range covers whole
 /// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
 /// an error: callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
+fn for_each_pte<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+    ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
     start: u64,
     end: u64,
     f: &mut F,
 ) -> Result<(), MmError> {
-    fn rec<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
+    fn rec<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+        ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
@@ -278,12 +321,12 @@ fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(mem, table, g.index(va, level));
+            let e = entry(ptl, mem, table, g.index(va, level));
             // One call site for `f`, so the compiler inlines it here.
             let visit = level == 3
                 || match e.get().kind(level, g) {
                     Kind::Table(next) => {
-                        rec(mem, level + 1, next, va, chunk_end, f)?;
+                        rec(ptl, mem, level + 1, next, va, chunk_end, f)?;
                         false
                     }
                     Kind::None => false,
@@ -300,7 +343,7 @@ fn for_each_pte<F: FnMut(u64, u32, Pte) -> Result<(), MmError>>(
         }
         Ok(())
     }
-    rec(mem, USER_START_LEVEL, pgd, start, end, f)
+    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
@@ -338,7 +381,7 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super
 /// caller has checked the VMA allows the access ([`access_ok`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags) -> VmFault {
     let va = addr & !(PAGE_SIZE - 1);
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
     // range gets a block, a block is handled as a whole (Linux
@@ -346,11 +389,11 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     // Only a `thp=1G` VMA can hold a 1G block (a VMA keeps its folio
     // order through splits), so other faults skip the extra level.
     if super::huge_memory::pud_order().is_some_and(|o| vma.folio_order >= o)
-        && let Some(r) = handle_pud_fault(mt.mm, &mut mem, vma, va, flags)
+        && let Some(r) = handle_pud_fault(&ptl, mt.mm, &mut mem, vma, va, flags)
     {
         return r;
     }
-    let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
+    let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, va)
@@ -377,7 +420,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
         }
         _ => return VmFault::Sigsegv,
     };
-    let slot = entry(&mem, table, GRANULE.index(va, 3));
+    let slot = entry(&ptl, &mem, table, GRANULE.index(va, 3));
     let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
@@ -408,8 +451,15 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
 /// None: go on at level 2.
 #[cold]
 #[inline(never)]
-fn handle_pud_fault(mm: &MmStruct, mem: &mut FrameTableMem, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
-    let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
+fn handle_pud_fault(
+    ptl: &PtlGuard<'_>,
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    vma: &Vma,
+    va: u64,
+    flags: FaultFlags,
+) -> Option<VmFault> {
+    let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, va)
@@ -723,7 +773,8 @@ fn wp_page_copy_from(
 /// first entry of each child table (found or allocated here).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn copy_pte_slow(
+fn copy_pte_slow<'d>(
+    dptl: &'d PtlGuard<'_>,
     dmem: &mut FrameTableMem,
     dst: &MmStruct,
     va: u64,
@@ -731,12 +782,12 @@ fn copy_pte_slow(
     sslot: Pte,
     desc: Desc,
     span: u64,
-    dcache: &mut (u64, Option<Pte>),
+    dcache: &mut (u64, Option<Pte<'d>>),
     wrprotected: &mut bool,
     broken_runs: &mut Vec<u64>,
 ) -> Result<(), MmError> {
     if level == 2 {
-        *wrprotected |= copy_block(dmem, dst, va, sslot, desc)?;
+        *wrprotected |= copy_block(dptl, dmem, dst, va, sslot, desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
@@ -776,7 +827,7 @@ fn copy_pte_slow(
     let dslot = match dcache.1 {
         // Same level-3 table as `first` (same span).
         Some(first) => first.sibling(GRANULE.index(va, 3)),
-        None => match pte_lookup(dmem, dst.pgd, va, true) {
+        None => match pte_lookup(dptl, dmem, dst.pgd, va, true) {
             Some(s) => {
                 dcache.1 = Some(s.sibling(GRANULE.index(base, 3)));
                 s
@@ -801,17 +852,20 @@ fn copy_pte_slow(
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
 pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
-    let _sp = src.mm.page_table_lock_guard();
+    let sptl = src.mm.page_table_lock_guard();
+    // The child has never run, so nothing else takes its lock; the child's
+    // entries borrow it as the parent's borrow the parent's.
+    let dptl = dst.mm.page_table_lock_guard();
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
     // A 1G THP is never shared: 2M THPs from here on.
-    split_puds_in(src.mm, &mut smem, vma.start, vma.end)?;
+    split_puds_in(&sptl, src.mm, &mut smem, vma.start, vma.end)?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&smem, src.mm.pgd, a, vma.end, 2) {
+    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
         a = va + GRANULE.level_size(2);
         let d = slot.get();
         if !d.special() {
@@ -823,7 +877,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         }
     }
     for va in pinned_blocks {
-        if let Some(pmd) = pmd_lookup(&mut smem, src.mm.pgd, va, false) {
+        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
             super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
         }
     }
@@ -837,7 +891,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut dcache: (u64, Option<Pte>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
     let mut failed_at = None;
-    let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
         let desc = sslot.get();
         if desc.0 == 0 {
             return Ok(());
@@ -864,13 +918,25 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
             }
             return Ok(());
         }
-        copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
-            .inspect_err(|_| failed_at = Some(va))
+        copy_pte_slow(
+            &dptl,
+            &mut dmem,
+            dst.mm,
+            va,
+            level,
+            sslot,
+            desc,
+            span,
+            &mut dcache,
+            &mut wrprotected,
+            &mut broken_runs,
+        )
+        .inspect_err(|_| failed_at = Some(va))
     });
     // A failure inside a contiguous run leaves the parent's run half
     // write-protected: entries that must agree do not. Unfold it.
     if let Some(va) = failed_at
-        && let Some(slot) = pte_lookup(&mut smem, src.mm.pgd, va, false)
+        && let Some(slot) = pte_lookup(&sptl, &mut smem, src.mm.pgd, va, false)
     {
         // Best effort on the error path: only the BBM tests make it fail.
         let _ = unfold_run(src.mm, slot, va);
@@ -884,7 +950,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child has never run (no TLB entries): plain writes suffice.
     for run in broken_runs {
         for i in 0..GRANULE.contiguous_entries(3) as u64 {
-            if let Some(sl) = pte_lookup(&mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+            if let Some(sl) = pte_lookup(&dptl, &mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
                 // Never run, so never cached: CONT may go without BBM.
                 sl.clear_cont_unused();
             }
@@ -897,10 +963,17 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 /// fork of one block entry: the child gets the same (write-protected)
 /// block. Returns whether the parent's entry was write-protected.
 #[inline(never)]
-fn copy_block(dmem: &mut FrameTableMem, dst: &MmStruct, va: u64, sslot: Pte, desc: Desc) -> Result<bool, MmError> {
+fn copy_block(
+    dptl: &PtlGuard<'_>,
+    dmem: &mut FrameTableMem,
+    dst: &MmStruct,
+    va: u64,
+    sslot: Pte,
+    desc: Desc,
+) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
-    let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
+    let Some(dpmd) = pmd_lookup(dptl, dmem, dst.pgd, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
         }
@@ -922,14 +995,14 @@ fn block_all_exclusive(d: Desc) -> bool {
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
 pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
-            if let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, a, false) {
+            if let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
                 unfold_run(mt.mm, slot, a)?;
             }
         }
@@ -941,7 +1014,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
     // pages go back.
     let mut tlb = MmuGather::new(mt.mm.asid());
     let _ = tlb.reserve_pages((len / PAGE_SIZE).min(4096) as usize);
-    for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
+    for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
         let d = slot.get();
         if d.is_valid() && !d.special() {
             let pa = d.output_address(GRANULE.level_size(level));
@@ -951,7 +1024,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
     })?;
     // Best effort: a table that cannot be listed stays linked ([`clear_range`]).
     let _ = tlb.reserve_tables(16);
-    clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    clear_range(&ptl, &mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -960,14 +1033,22 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
 /// child tables the range covers completely, and clears the blocks it
 /// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
 /// linked, empty, and is freed with the process.
-fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end: u64, tlb: &mut MmuGather) {
+fn clear_range(
+    ptl: &PtlGuard<'_>,
+    mem: &FrameTableMem,
+    level: u32,
+    table: PhysAddr,
+    start: u64,
+    end: u64,
+    tlb: &mut MmuGather,
+) {
     let g = GRANULE;
     let size = g.level_size(level);
     let mut va = start;
     while va < end {
         let entry_va = va & !(size - 1);
         let chunk_end = (entry_va + size).min(end);
-        let e = entry(mem, table, g.index(va, level));
+        let e = entry(ptl, mem, table, g.index(va, level));
         let d = e.get();
         if level == 3 {
             if d.0 != 0 && e.get_and_clear().is_valid() {
@@ -978,7 +1059,7 @@ fn clear_range(mem: &FrameTableMem, level: u32, table: PhysAddr, start: u64, end
             e.get_and_clear();
             tlb.flush_range(entry_va, entry_va + size);
         } else if let Kind::Table(next) = d.kind(level, g) {
-            clear_range(mem, level + 1, next, va, chunk_end, tlb);
+            clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
             let whole = va == entry_va && chunk_end == entry_va + size;
             if whole && tlb.remove_table(next, entry_va, entry_va + size).is_ok() {
                 e.get_and_clear();
@@ -1043,12 +1124,12 @@ pub fn change_protection(
     writable: bool,
     shared: bool,
 ) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
     let mut changed = false;
     let mm = mt.mm;
-    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
+    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
         let d = slot.get();
         if !d.is_valid() {
             return Ok(());
@@ -1170,9 +1251,9 @@ pub fn vm_insert_page(
 ) -> Result<(), i64> {
     let vma = insert_vma(vmas, addr)?;
     validate_page_before_insert(mt.mm, &vma, pa)?;
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
         return Err(-crate::proc::syscall::ENOMEM);
     };
     insert_page_into_pte_locked(slot, &vma, pa)
@@ -1209,9 +1290,9 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -
     if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
         return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS
     }
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
     let has_page = !page::is_zero_pfn(pfn) && page::pfn_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, pfn) {

@@ -687,8 +687,8 @@ pub(crate) fn madvise_hugepage_p(p: &Process, va: u64, len: u64, huge: bool) -> 
         // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
         // the other per-VMA walks need whole blocks inside each VMA.
         {
-            let _ptl = p.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(&p.mm, &mut p.tables.lock(), s, e)?;
+            let ptl = p.mm.page_table_lock_guard();
+            memory::split_blocks_at_edges(&ptl, &p.mm, &mut p.tables.lock(), s, e)?;
         }
         vmas.split_at(s);
         vmas.split_at(e);

@@ -836,28 +836,46 @@ impl<M: TableMemory> Tables<'_, M> {
 /// and `pmd_offset`. Every store goes through its methods, which keep the
 /// BBM rules; the slot itself is never handed out.
 #[derive(Clone, Copy)]
-pub struct Pte {
+pub struct Pte<'l> {
     /// The entry itself; tables are aligned to their size, so the table
     /// and the index are the pointer's high and low bits.
     slot: *const AtomicU64,
+    /// Borrowed from the page-table lock's guard: no entry outlives it.
+    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
 }
 
 /// Bytes of one table (one granule page).
 const TABLE_BYTES: usize = crate::mm::granule::GRANULE.page_size() as usize;
 
-impl Pte {
-    /// Entry `idx` of the table at `table`.
+impl<'l> Pte<'l> {
+    /// Entry `idx` of the table at `table`, under the page-table lock
+    /// `ptl` (the `Pte` borrows it).
     ///
     /// # Safety
-    /// `table` is a table page of `mem`, aligned to its size, that is
-    /// linked into the tables of an mm whose page-table lock the caller
-    /// holds, and the `Pte` (and its siblings) is used only while that
-    /// lock is held.
+    /// `table` is a table page of `mem`, aligned to its size, that belongs
+    /// to the mm whose page-table lock `ptl` holds (linked into its tables,
+    /// or new and about to be), and stays a table while `ptl` is held.
     #[inline(always)]
-    pub unsafe fn locate<M: TableMemory + ?Sized>(mem: &M, table: PhysAddr, idx: usize) -> Pte {
+    pub unsafe fn locate<M: TableMemory + ?Sized>(
+        _ptl: &'l crate::mm::mm_struct::PtlGuard<'_>,
+        mem: &M,
+        table: PhysAddr,
+        idx: usize,
+    ) -> Pte<'l> {
         assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
-        Pte { slot: unsafe { mem.table_ptr(table).add(idx) } }
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+    }
+
+    /// Entry `idx` of another table of the same mm, under the same lock.
+    ///
+    /// # Safety
+    /// As for [`Pte::locate`], with this entry's lock.
+    #[inline(always)]
+    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l> {
+        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        // SAFETY: idx is in the table (`table_ptr`'s contract).
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
     }
 
     #[inline(always)]
@@ -875,10 +893,10 @@ impl Pte {
 
     /// Entry `idx` of the same table.
     #[inline(always)]
-    pub fn sibling(self, idx: usize) -> Pte {
+    pub fn sibling(self, idx: usize) -> Pte<'l> {
         assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
         let base = self.slot as usize & !(TABLE_BYTES - 1);
-        Pte { slot: (base + idx * 8) as *const AtomicU64 }
+        Pte { slot: (base + idx * 8) as *const AtomicU64, _ptl: core::marker::PhantomData }
     }
 
     /// The current value (Linux `ptep_get`).
