@@ -1391,7 +1391,7 @@ mod tests {
             });
             let mut n = 0u64;
             while !done.load(Ordering::Acquire) || n < 1000 {
-                let (set, clear) = if n % 2 == 0 { (1 << 7, 0) } else { (0, 1 << 7) };
+                let (set, clear) = if n.is_multiple_of(2) { (1 << 7, 0) } else { (0, 1 << 7) };
                 c.update(set, clear).unwrap();
                 n += 1;
             }
