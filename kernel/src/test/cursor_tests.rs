@@ -27,6 +27,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "cursor_bbm_thp_split", f: thp_split },
     Test { name: "cursor_bbm_contpte_unfold", f: contpte_unfold },
     Test { name: "cursor_bbm_kernel_split_collapse_fold", f: kernel_split_collapse_fold },
+    Test { name: "cursor_zap_frees_after_the_flush", f: zap_after_flush },
 ];
 
 fn violations() -> u64 {
@@ -181,6 +182,32 @@ fn kernel_split_collapse_fold() -> Result<(), String> {
     r?;
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
     Ok(())
+}
+
+/// Zap needs no make, so no BBM: what can break there is freeing before
+/// the flush (mmu_gather's rule). The EL0 agent reads every page, so its
+/// translations are in the TLB; after munmap every read must take a real
+/// fault (a stale TLB entry would let it read freed memory), and the
+/// pages must be back in the allocator.
+fn zap_after_flush() -> Result<(), String> {
+    const PAGES: u64 = 32;
+    let p = "zap_flush";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", super::anon(PAGES * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(p, op::WRITE, m, PAGES * PAGE_SIZE, 0x55)?, RunEnd::Done), "write");
+        ensure!(matches!(proc::access(p, op::CHECK, m, PAGES * PAGE_SIZE, 0x55)?, RunEnd::Done), "read back");
+        let free0 = frame::stats().free;
+        proc::munmap(p, m, PAGES * PAGE_SIZE)?;
+        ensure!(frame::stats().free >= free0 + PAGES, "munmap gave back {} frames", frame::stats().free - free0);
+        for i in [0, 1, PAGES / 2, PAGES - 1] {
+            let r = proc::access(p, op::CHECK, m + i * PAGE_SIZE, 1, 0x55)?;
+            ensure!(matches!(r, RunEnd::Fault { .. }), "page {i} still readable after munmap: {r:?}");
+        }
+        Ok(())
+    })();
+    let _ = proc::exit(p);
+    r
 }
 
 fn desc_of(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
