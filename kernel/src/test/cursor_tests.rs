@@ -27,7 +27,7 @@ pub static TESTS: &[Test] = &[
     Test { name: "cursor_bbm_thp_split", f: thp_split },
     Test { name: "cursor_bbm_contpte_unfold", f: contpte_unfold },
     Test { name: "cursor_bbm_kernel_split_collapse_fold", f: kernel_split_collapse_fold },
-    Test { name: "cursor_zap_frees_after_the_flush", f: zap_after_flush },
+    Test { name: "cursor_zap_clears_and_frees", f: zap_after_flush },
 ];
 
 fn violations() -> u64 {
@@ -184,11 +184,14 @@ fn kernel_split_collapse_fold() -> Result<(), String> {
     Ok(())
 }
 
-/// Zap needs no make, so no BBM: what can break there is freeing before
-/// the flush (mmu_gather's rule). The EL0 agent reads every page, so its
-/// translations are in the TLB; after munmap every read must take a real
-/// fault (a stale TLB entry would let it read freed memory), and the
-/// pages must be back in the allocator.
+/// Zap needs no make, so no BBM: what it must get right is clearing every
+/// entry (by swap) and giving the pages back only through the mmu_gather
+/// after its flush. After munmap every read must take a real fault and the
+/// frames must be back in the allocator. This cannot see a missing flush:
+/// each agent run here starts with its own TLB maintenance (checked by
+/// dropping `MmuGather::finish`'s flush: the test still passed); the
+/// stale-TLB check on unmap is `tlb_large_unmap_leaves_nothing_stale`, on
+/// kernel tables the test's CPU keeps using.
 fn zap_after_flush() -> Result<(), String> {
     const PAGES: u64 = 32;
     let p = "zap_flush";
