@@ -180,6 +180,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     if boot().board.bootarg("pagelab.hw-af") == Some("1") {
         if cpu::has_hw_af() {
             // Processes run on every CPU: each one's TCR_EL1.
+            crate::mm::desc::set_hw_af(true);
             on_every_cpu(|| cpu::set_hw_af(true));
             log::info!("hardware access flag (TCR_EL1.HA) on");
         } else {

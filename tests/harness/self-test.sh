@@ -191,6 +191,13 @@ harness run_kernel_tests "kernel[fake,missing-verdicts]" "$T/logs/kernel-missing
 got=$(verdicts "$T/k.out")
 if [[ $got == FAIL ]]; then pass "kernel-tests/missing-verdicts"; else fail "kernel-tests/missing-verdicts" "wanted FAIL, got '$got'"; fi
 
+# 6c. qemu_cmd passes pagelab.expect-el on every boot, so a run where the
+#     entry-EL test skipped (the argument went missing) is a failure.
+fake entry-el-skipped 0 0 "running 2 in-kernel tests\nSKIP boot_entry_el_matches_request: no pagelab.expect-el=N\nPASS t2\nPASS invariants\n2 passed, 0 failed\n"
+harness run_kernel_tests "kernel[fake,entry-el-skipped]" "$T/logs/kernel-entry-el.log" >"$T/k.out" 2>&1
+got=$(verdicts "$T/k.out")
+if [[ $got == FAIL ]]; then pass "kernel-tests/entry-el-skipped"; else fail "kernel-tests/entry-el-skipped" "wanted FAIL, got '$got'"; fi
+
 # 7. The job pool: outputs in start order whatever the finishing order, a
 #    job that stops on a harness error or is killed counts as a failure, and
 #    the total counts everything.

@@ -363,19 +363,46 @@ pub const SW_DIRTY_BIT: u64 = 1 << 55;
 /// Dirty bit modifier (hardware dirty state, TCR_EL1.HD).
 pub const DBM_BIT: u64 = 1 << 51;
 
+/// What the MMU may write into live descriptors: [`HW_AF`] (TCR_EL1.HA) and
+/// [`HW_DIRTY`] (HD, with DBM entries). One byte, so the fault paths test
+/// it with one load.
+static HW_UPDATES: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+const HW_AF: u8 = 1;
+const HW_DIRTY: u8 = 2;
+
+fn set_hw_bit(bit: u8, on: bool) {
+    if on {
+        HW_UPDATES.fetch_or(bit, core::sync::atomic::Ordering::Relaxed);
+    } else {
+        HW_UPDATES.fetch_and(!bit, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Hardware dirty-state management is in use (`pagelab.hw-dbm=1`: TCR_EL1.HA
 /// and HD on every CPU): [`Desc::mkwrite`] then makes writable-clean entries.
-static HW_DBM: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
 pub fn hw_dbm() -> bool {
-    HW_DBM.load(core::sync::atomic::Ordering::Relaxed)
+    HW_UPDATES.load(core::sync::atomic::Ordering::Relaxed) & HW_DIRTY != 0
 }
 
 /// Switches the DBM encoding of writable entries (the caller sets TCR_EL1.HD
 /// on every CPU to match).
 pub fn set_hw_dbm(on: bool) {
-    HW_DBM.store(on, core::sync::atomic::Ordering::Relaxed);
+    set_hw_bit(HW_DIRTY, on);
 }
+
+/// Records that TCR_EL1.HA is (about to be) on somewhere. Set it before
+/// turning HA on and clear it after turning HA off on every CPU.
+pub fn set_hw_af(on: bool) {
+    set_hw_bit(HW_AF, on);
+}
+
+/// Whether the MMU may update a live descriptor itself (AF or dirty): then
+/// read-modify-writes of live entries must be compare-and-swap.
+#[inline(always)]
+pub fn hw_updates() -> bool {
+    HW_UPDATES.load(core::sync::atomic::Ordering::Relaxed) != 0
+}
+
 /// The access flag.
 pub const AF_BIT: u64 = 1 << 10;
 /// The contiguous bit (Arm "contpte" on level-3 entries).

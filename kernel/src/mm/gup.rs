@@ -185,7 +185,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
         let mem = crate::mm::kmap::FrameTableMem { tables: 0 };
         for i in 0..nr {
             let va = start + i * PAGE_SIZE;
-            let Some((slot, d)) = lockless_leaf(&mem, mt.mm.pgd, va) else { break };
+            let Some(d) = lockless_leaf(&mem, mt.mm.pgd, va) else { break };
             let pa = d.output_address(PAGE_SIZE);
             let ok = d.perms().el0 && (!flags.write || d.user_writable()) && !d.special();
             if !ok {
@@ -197,7 +197,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
                 break;
             }
             // Linux: the entry must not have changed while we took the ref.
-            if slot.load(Ordering::Acquire) != d.0 {
+            if lockless_leaf(&mem, mt.mm.pgd, va) != Some(d) {
                 folio.put();
                 break;
             }
@@ -229,18 +229,19 @@ pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken
 /// Spins GUP-fast makes between an entry's re-check and its pin (tests).
 pub static RACE_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 
-/// The level-3 entry for `va` and its slot, read without locks.
-fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<(&'static AtomicU64, Desc)> {
+/// The level-3 entry for `va`, read without locks (Linux `gup_fast`:
+/// atomic loads only; the caller re-reads it to check it did not change).
+fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<Desc> {
     let g = GRANULE;
     let mut table = pgd;
     for level in USER_START_LEVEL..=3 {
         // SAFETY: table pages are reachable through the linear map; with
-        // IRQs off no table of this mm is freed under us on this CPU.
-        let slot: &'static AtomicU64 = unsafe { &*mem.table_ptr(table).add(g.index(va, level)) };
-        let d = Desc(slot.load(Ordering::Acquire));
+        // IRQs off no table of this mm is freed under us on this CPU. A
+        // load, never a store, and no reference outlives it.
+        let d = Desc(unsafe { &*mem.table_ptr(table).add(g.index(va, level)) }.load(Ordering::Acquire));
         match d.kind(level, g) {
             Kind::Table(next) if level < 3 => table = next,
-            Kind::Leaf(_) if level == 3 => return Some((slot, d)),
+            Kind::Leaf(_) if level == 3 => return Some(d),
             _ => return None,
         }
     }

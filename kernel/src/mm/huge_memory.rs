@@ -11,7 +11,9 @@
 //! and then copies one page, as Linux's `do_huge_pmd_wp_page` falls back.
 
 use super::error::{Inconsistency, MmError, Need};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::pgtable::Pte;
 
 use super::addr::PhysAddr;
 use super::desc::{Desc, LeafAttrs};
@@ -22,7 +24,7 @@ use super::memory::{self, CONT_BIT, FaultFlags, VmFault};
 use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, Folio};
 use super::pgtable::TableMemory;
-use super::pgtable::live::TlbFlush;
+use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
 
 /// Bytes one level-2 block maps.
@@ -59,7 +61,7 @@ pub fn pud_suitable(vma: &Vma, va: u64) -> bool {
 /// anything that changes part of it, first split it into 2M THPs
 /// ([`split_huge_pud`]), which follow the PMD rules. So it is never
 /// COW-shared and a write fault on it only ever reuses it.
-pub fn do_huge_pud_anonymous_page(pud: &AtomicU64, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
+pub fn do_huge_pud_anonymous_page(pud: Pte, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
     if !flags.write {
         return None;
     }
@@ -77,8 +79,8 @@ pub fn do_huge_pud_anonymous_page(pud: &AtomicU64, vma: &Vma, flags: FaultFlags)
 /// becomes 2M folios, each mapped by one level-2 block with the same
 /// attributes, by break-before-make of the level-1 entry. Pins and GUP
 /// references move to the 2M folio their page is in.
-pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, va: u64) -> Result<(), MmError> {
-    let desc = Desc(pud.load(Ordering::Acquire));
+pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64) -> Result<(), MmError> {
+    let desc = pud.get();
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
     let folio = page::pfn_to_page(pa)
@@ -86,19 +88,33 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: &AtomicU64, v
         .filter(|f| f.size() == pud_size() && !desc.special())
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::Unsplittable })?;
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
-    let attrs = desc.attr_bits();
-    for i in 0..GRANULE.entries_per_table() {
-        // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
-        memory::entry(mem, table, i).store((pa.0 + i as u64 * pmd_size()) | attrs | 0b01, Ordering::Relaxed);
-    }
+    // Break and flush first, then build the level-2 blocks from the value
+    // the swap took (AF and dirty included).
+    let old = match pud.clear_flush(base, pud_size(), mm.asid(), &mut KernelFlush) {
+        Ok(old) => old,
+        Err(e) => {
+            mem.free(table);
+            return Err(e.into());
+        }
+    };
     if let Err(e) = page::split_entire_folio(folio, memory::max_folio_order() as u32, |f| {
         (super::gup::held(f, true), super::gup::held(f, false))
     }) {
+        // The same translation back: invalid to valid, after the flush.
+        memory::set_pte_new(pud, old);
         mem.free(table);
         return Err(e);
     }
-    pud.store(0, Ordering::Release);
-    KernelFlush.flush(base, pud_size(), Some(mm.asid()), true);
+    let attrs = old.attr_bits();
+    for i in 0..GRANULE.entries_per_table() {
+        // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
+        // SAFETY: the new table belongs to this mm, under the same lock.
+        if let Err(e) =
+            unsafe { pud.locate_in(&*mem, table, i) }.set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01))
+        {
+            memory::pte_bug(e);
+        }
+    }
     memory::set_pte_new(pud, Desc::table(table));
     Ok(())
 }
@@ -149,7 +165,7 @@ fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
 /// Linux `do_huge_pmd_anonymous_page` on an empty level-2 entry. A read
 /// maps the huge zero folio read-only (special); a write maps a new zeroed
 /// block-sized folio. `None`: no memory for it, fall back to page tables.
-pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
+pub fn do_huge_pmd_anonymous_page(pmd: Pte, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
     if !flags.write {
         let z = huge_zero_folio()?;
         memory::set_pte_new(pmd, Desc::leaf(z, 2, LeafAttrs { special: true, ..memory::vm_page_prot(vma) }));
@@ -168,7 +184,7 @@ pub fn do_huge_pmd_anonymous_page(pmd: &AtomicU64, vma: &Vma, flags: FaultFlags)
 pub fn do_huge_pmd_wp_page(
     mm: &MmStruct,
     mem: &mut FrameTableMem,
-    pmd: &AtomicU64,
+    pmd: Pte,
     vma: &Vma,
     va: u64,
     desc: Desc,
@@ -189,7 +205,10 @@ pub fn do_huge_pmd_wp_page(
             (0..folio.nr_pages()).for_each(|i| folio.page(i).set_anon_exclusive());
         }
         if !flags.unshare {
-            pmd.store(memory::maybe_mkwrite(desc, vma).mkdirty().mkyoung().0, Ordering::Release);
+            // CAS: an AF/dirty update the MMU made since `desc` stays.
+            if let Err(e) = pmd.modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
+                memory::pte_bug(e);
+            }
             KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;
@@ -205,8 +224,8 @@ pub fn do_huge_pmd_wp_page(
 /// small zero page for the huge zero folio), by break-before-make of the
 /// level-2 entry. The folio's single block mapping becomes one mapping
 /// (and one reference) per page; exclusivity stays per page.
-pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, va: u64) -> Result<(), MmError> {
-    let desc = Desc(pmd.load(Ordering::Acquire));
+pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64) -> Result<(), MmError> {
+    let desc = pmd.get();
     let base = va & !(pmd_size() - 1);
     let pa = desc.output_address(pmd_size());
     let zero = desc.special() && is_huge_zero(pa);
@@ -223,20 +242,31 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: &AtomicU64, v
         ),
     };
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
+    // Break and flush first (Linux `pmdp_invalidate`), then build the page
+    // entries from the value the swap took: an AF or dirty update the MMU
+    // made to the block up to then is in it.
+    let old = match pmd.clear_flush(base, pmd_size(), mm.asid(), &mut KernelFlush) {
+        Ok(old) => old,
+        Err(e) => {
+            mem.free(table);
+            return Err(e.into());
+        }
+    };
     let n = GRANULE.entries_per_table();
-    let attrs = desc.attr_bits() & !CONT_BIT;
+    let attrs = old.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
     for i in 0..n {
         let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
-        // Not reachable by the walker yet: plain stores.
-        memory::entry(mem, table, i).store(oa | attrs | cont | 0b11, Ordering::Relaxed);
+        // Not reachable by the walker yet.
+        // SAFETY: the new table belongs to this mm, under the same lock.
+        if let Err(e) = unsafe { pmd.locate_in(&*mem, table, i) }.set_new(Desc(oa | attrs | cont | 0b11)) {
+            memory::pte_bug(e);
+        }
     }
+    memory::set_pte_new(pmd, Desc::table(table));
     if let Some(folio) = folio {
         page::folio_split_pmd_rmap(folio);
     }
-    pmd.store(0, Ordering::Release);
-    KernelFlush.flush(base, pmd_size(), Some(mm.asid()), true);
-    memory::set_pte_new(pmd, Desc::table(table));
     Ok(())
 }
 
@@ -252,7 +282,7 @@ pub fn put_mapped_block(pa: PhysAddr) {
 /// both sides, every page loses `PageAnonExclusive`. Returns the child's
 /// entry, or `None` when the folio may be pinned and has exclusive pages:
 /// the caller splits the parent's block and copies page by page instead.
-pub fn copy_huge_pmd(src_pmd: &AtomicU64, desc: Desc) -> Option<Desc> {
+pub fn copy_huge_pmd(src_pmd: Pte, desc: Desc) -> Option<Desc> {
     if desc.special() {
         return Some(desc);
     }
@@ -262,9 +292,6 @@ pub fn copy_huge_pmd(src_pmd: &AtomicU64, desc: Desc) -> Option<Desc> {
     }
     (0..folio.nr_pages()).for_each(|i| folio.page(i).clear_anon_exclusive());
     page::folio_dup_rmap_pmd(folio);
-    let ro = desc.wrprotect();
-    if ro != desc {
-        src_pmd.store(ro.0, Ordering::Release);
-    }
-    Some(ro)
+    // CAS (Linux `pmdp_set_wrprotect`): hardware dirtiness reaches the child.
+    Some(src_pmd.set_wrprotect().1)
 }

@@ -54,7 +54,9 @@ struct KernelTableMem {
     tables: usize,
 }
 
-impl TableMemory for KernelTableMem {
+// SAFETY: table pages come from the boot pool or the frame allocator and
+// are reached through the image or the linear map while they are tables.
+unsafe impl TableMemory for KernelTableMem {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
         if !self.live {
             if self.pool_next == POOL_PAGES {
@@ -249,7 +251,8 @@ pub fn table_pages() -> usize {
 
 /// Read-only access to live tables through the linear map.
 pub struct LiveRead;
-impl TableMemory for LiveRead {
+// SAFETY: allocates nothing; live tables are RAM in the linear map.
+unsafe impl TableMemory for LiveRead {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
         None
     }
@@ -258,16 +261,18 @@ impl TableMemory for LiveRead {
     }
 }
 
-/// Runs `f` with a [`Live`] editor over the kernel tables (global entries,
+/// Runs `f` with a [`CursorMut`](super::pgtable::CursorMut) over the kernel tables (global entries,
 /// real TLBI broadcast), then frees the tables it detached.
-pub fn with_live<R>(f: impl FnOnce(&mut super::pgtable::live::Live<'_, '_, KernelTableMemHandle>) -> R) -> R {
+pub fn with_live<R>(
+    f: impl FnOnce(&mut super::pgtable::CursorMut<'_, '_, super::pgtable::Stage1Kernel, KernelTableMemHandle>) -> R,
+) -> R {
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut mem = KernelTableMemHandle(&mut k.mem);
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut mem);
     let mut fl = super::tlb::KernelFlush;
-    let mut live = super::pgtable::live::Live::new(&mut t, None, &mut fl);
+    let mut live = super::pgtable::CursorMut::new(&mut t, super::pgtable::Stage1Kernel, &mut fl);
     let r = f(&mut live);
     let detached = live.finish();
     for pa in detached.0 {
@@ -306,7 +311,8 @@ fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {
 
 /// Borrowed kernel table memory for [`with_live`].
 pub struct KernelTableMemHandle<'a>(&'a mut KernelTableMem);
-impl TableMemory for KernelTableMemHandle<'_> {
+// SAFETY: forwards to `KernelTableMem`.
+unsafe impl TableMemory for KernelTableMemHandle<'_> {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
         self.0.alloc_table()
     }
@@ -321,7 +327,9 @@ pub struct FrameTableMem {
     pub tables: usize,
 }
 
-impl TableMemory for FrameTableMem {
+// SAFETY: zeroed frames from the frame allocator, reached through the
+// linear map while they are tables.
+unsafe impl TableMemory for FrameTableMem {
     fn alloc_table(&mut self) -> Option<PhysAddr> {
         if crate::mm::fail_alloc::should_fail(crate::mm::fail_alloc::AllocKind::Table) {
             return None;

@@ -78,8 +78,8 @@ fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Res
         // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
         // the other per-VMA walks need whole blocks inside each VMA.
         {
-            let _ptl = mt.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(mt.mm, &mut mt.mem.lock(), s, e)?;
+            let ptl = mt.mm.page_table_lock_guard();
+            memory::split_blocks_at_edges(&ptl, mt.mm, &mut mt.mem.lock(), s, e)?;
         }
         vmas.split_at(sv);
         vmas.split_at(ev);

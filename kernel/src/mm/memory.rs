@@ -16,7 +16,7 @@
 
 use super::error::{Inconsistency, MmError, Need, try_reserve};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use spin::Mutex;
 
@@ -25,10 +25,10 @@ pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kmap::FrameTableMem;
-use super::mm_struct::{MmStruct, VmFlags, Vma};
+use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
+use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::TableMemory;
-use super::pgtable::live::TlbFlush;
+use super::pgtable::{Pte, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
 
 /// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.
@@ -118,45 +118,67 @@ pub fn access_ok(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
-/// The entry `idx` of `table`.
-pub(crate) fn entry(mem: &FrameTableMem, table: PhysAddr, idx: usize) -> &'static AtomicU64 {
-    // SAFETY: table pages are RAM in the linear map; the caller holds the
-    // locks that keep this table linked (mmap lock + page-table lock), so
-    // the reference is not used after the table is freed.
-    unsafe { &*mem.table_ptr(table).add(idx) }
+/// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
+#[inline(always)]
+pub(crate) fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
+    // SAFETY: table pages are RAM in the linear map; every caller reached
+    // `table` from the pgd of the mm whose page-table lock `ptl` is (with
+    // the mmap lock held too), and the `Pte` cannot outlive `ptl`.
+    unsafe { Pte::locate(ptl, mem, table, idx) }
 }
 
 /// The slot of the level-`level` entry for `va` (2: Linux `pmd_offset`,
 /// 3: `pte_offset_map`), allocating missing tables on the way when `alloc`
 /// (`__pmd_alloc`/`__pte_alloc`). `None`: a hole (not allocating), a block
 /// or odd entry above `level`, or no memory for a table.
-fn slot_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, level: u32, alloc: bool) -> Option<&'static AtomicU64> {
+#[inline(always)]
+fn slot_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    level: u32,
+    alloc: bool,
+) -> Option<Pte<'l>> {
     let g = GRANULE;
     let mut table = pgd;
     for l in USER_START_LEVEL..level {
-        let e = entry(mem, table, g.index(va, l));
-        match Desc(e.load(Ordering::Acquire)).kind(l, g) {
+        let e = entry(ptl, mem, table, g.index(va, l));
+        match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
                 let next = mem.alloc_table()?;
                 // Invalid to valid: published with the leaf written below it.
-                e.store(Desc::table(next).0, Ordering::Release);
+                e.set_new(Desc::table(next)).ok()?;
                 table = next;
             }
             _ => return None,
         }
     }
-    Some(entry(mem, table, g.index(va, level)))
+    Some(entry(ptl, mem, table, g.index(va, level)))
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
-pub(crate) fn pmd_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
-    slot_lookup(mem, pgd, va, 2, alloc)
+#[inline(always)]
+pub(crate) fn pmd_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    alloc: bool,
+) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, pgd, va, 2, alloc)
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> Option<&'static AtomicU64> {
-    slot_lookup(mem, pgd, va, 3, alloc)
+fn pte_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    pgd: PhysAddr,
+    va: u64,
+    alloc: bool,
+) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, pgd, va, 3, alloc)
 }
 
 /// Splits the blocks that `[start, end)` cuts (an end inside a block), so
@@ -164,6 +186,7 @@ fn pte_lookup(mem: &mut FrameTableMem, pgd: PhysAddr, va: u64, alloc: bool) -> O
 /// edges of mprotect/munmap/madvise ranges).
 #[inline(never)]
 pub(crate) fn split_blocks_at_edges(
+    ptl: &PtlGuard<'_>,
     mm: &MmStruct,
     mem: &mut FrameTableMem,
     start: u64,
@@ -173,7 +196,7 @@ pub(crate) fn split_blocks_at_edges(
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
             if edge % ps != 0 {
-                split_pud_at(mm, mem, edge)?;
+                split_pud_at(ptl, mm, mem, edge)?;
             }
         }
     }
@@ -182,8 +205,8 @@ pub(crate) fn split_blocks_at_edges(
         if edge % bs == 0 {
             continue;
         }
-        if let Some(pmd) = pmd_lookup(mem, mm.pgd, edge, false) {
-            let d = Desc(pmd.load(Ordering::Acquire));
+        if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
+            let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
                 super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
             }
@@ -195,15 +218,15 @@ pub(crate) fn split_blocks_at_edges(
 /// Splits the blocks that `[va, va+len)` cuts (the fallible part of
 /// [`change_protection`], which callers run before they change a VMA).
 pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)
 }
 
 /// Splits the 1G block around `va`, if there is one.
-fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
-    if let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, false)
-        && matches!(Desc(pud.load(Ordering::Acquire)).kind(1, GRANULE), Kind::Leaf(_))
+fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
+    if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
+        && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
         super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
     }
@@ -211,13 +234,19 @@ fn split_pud_at(mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), M
 }
 
 /// Splits every 1G block in `[start, end)` (fork: a 1G THP is never shared).
-fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -> Result<(), MmError> {
+fn split_puds_in(
+    ptl: &PtlGuard<'_>,
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    start: u64,
+    end: u64,
+) -> Result<(), MmError> {
     if super::huge_memory::pud_order().is_none() {
         return Ok(());
     }
     let mut a = start;
-    while let Some((va, _)) = next_block(mem, mm.pgd, a, end, 1) {
-        split_pud_at(mm, mem, va.max(start))?;
+    while let Some((va, _)) = next_block(ptl, mem, mm.pgd, a, end, 1) {
+        split_pud_at(ptl, mm, mem, va.max(start))?;
         a = va + GRANULE.level_size(1);
     }
     Ok(())
@@ -227,31 +256,33 @@ fn split_puds_in(mm: &MmStruct, mem: &mut FrameTableMem, start: u64, end: u64) -
 /// slot. Visits only the entries on the way (empty upper-level entries are
 /// skipped whole), so a huge sparse range costs what it maps, not what it
 /// spans.
-fn next_block(
+fn next_block<'l>(
+    ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
     start: u64,
     end: u64,
     level: u32,
-) -> Option<(u64, &'static AtomicU64)> {
-    fn rec(
+) -> Option<(u64, Pte<'l>)> {
+    fn rec<'l>(
+        ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         at: u32,
         table: PhysAddr,
         start: u64,
         end: u64,
         level: u32,
-    ) -> Option<(u64, &'static AtomicU64)> {
+    ) -> Option<(u64, Pte<'l>)> {
         let g = GRANULE;
         let size = g.level_size(at);
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(mem, table, g.index(va, at));
-            match Desc(e.load(Ordering::Acquire)).kind(at, g) {
+            let e = entry(ptl, mem, table, g.index(va, at));
+            match e.get().kind(at, g) {
                 Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
                 Kind::Table(next) if at < level => {
-                    if let Some(b) = rec(mem, at + 1, next, va, chunk_end, level) {
+                    if let Some(b) = rec(ptl, mem, at + 1, next, va, chunk_end, level) {
                         return Some(b);
                     }
                 }
@@ -261,21 +292,23 @@ fn next_block(
         }
         None
     }
-    rec(mem, USER_START_LEVEL, pgd, start, end, level)
+    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, level)
 }
 
 /// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
 /// whose table exists and for every level-2 block the range covers whole
 /// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
 /// an error: callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), MmError>>(
+fn for_each_pte<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+    ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
     start: u64,
     end: u64,
     f: &mut F,
 ) -> Result<(), MmError> {
-    fn rec<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), MmError>>(
+    fn rec<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+        ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
@@ -288,57 +321,67 @@ fn for_each_pte<F: FnMut(u64, u32, &'static AtomicU64) -> Result<(), MmError>>(
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(mem, table, g.index(va, level));
-            if level == 3 {
-                f(va, 3, e)?;
-            } else {
-                match Desc(e.load(Ordering::Acquire)).kind(level, g) {
-                    Kind::Table(next) => rec(mem, level + 1, next, va, chunk_end, f)?,
-                    Kind::None => {}
+            let e = entry(ptl, mem, table, g.index(va, level));
+            // One call site for `f`, so the compiler inlines it here.
+            let visit = level == 3
+                || match e.get().kind(level, g) {
+                    Kind::Table(next) => {
+                        rec(ptl, mem, level + 1, next, va, chunk_end, f)?;
+                        false
+                    }
+                    Kind::None => false,
                     // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if level == 2 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 2, e)?,
-                    Kind::Leaf(_) if level == 1 && va.is_multiple_of(size) && chunk_end == va + size => f(va, 1, e)?,
+                    Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => true,
                     _ => {
                         return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
                     }
-                }
+                };
+            if visit {
+                f(va, level, e)?;
             }
             va = chunk_end;
         }
         Ok(())
     }
-    rec(mem, USER_START_LEVEL, pgd, start, end, f)
+    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
 /// only visibility to the table walker (the exception return that retries
 /// the access is context-synchronising).
-pub(crate) fn set_pte_new(slot: &AtomicU64, d: Desc) {
-    slot.store(d.0, Ordering::Release);
+#[inline(always)]
+pub(crate) fn set_pte_new(slot: Pte, d: Desc) {
+    // The caller found the entry none under the page-table lock, and the
+    // MMU never makes an invalid entry valid: a valid one here is a bug.
+    if let Err(e) = slot.set_new(d) {
+        pte_bug(e);
+    }
     crate::arch::aarch64::cpu::publish_tables();
 }
 
-/// A live-safe change (permissions only): the new value, then the old
-/// translation out of the TLBs.
-fn set_pte_perm(mm: &MmStruct, slot: &AtomicU64, va: u64, d: Desc) {
-    slot.store(d.0, Ordering::Release);
-    KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+/// A cursor refusal where the page-table lock rules it out (a valid entry
+/// where the walk found none, a non-permission change in a permission
+/// update): a kernel bug, not bad input.
+#[cold]
+#[inline(never)]
+pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
+    panic!("page-table cursor refused an edit the page-table lock guarantees: {e:?}")
 }
 
 /// Break-before-make for a new output address (Linux `ptep_clear_flush`
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
-/// the new entry.
-fn set_pte_bbm(mm: &MmStruct, slot: &AtomicU64, va: u64, d: Desc) {
-    slot.store(0, Ordering::Release);
-    KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
-    set_pte_new(slot, d);
+/// the new entry. Refused (the old entry stays) if the flush was skipped.
+fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super::pgtable::MapError> {
+    let old = slot.replace(d, va, PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+    crate::arch::aarch64::cpu::publish_tables();
+    Ok(old)
 }
 
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`access_ok`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags) -> VmFault {
     let va = addr & !(PAGE_SIZE - 1);
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
     // range gets a block, a block is handled as a whole (Linux
@@ -346,12 +389,12 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     // Only a `thp=1G` VMA can hold a 1G block (a VMA keeps its folio
     // order through splits), so other faults skip the extra level.
     if super::huge_memory::pud_order().is_some_and(|o| vma.folio_order >= o)
-        && let Some(r) = handle_pud_fault(mt.mm, &mut mem, vma, va, flags)
+        && let Some(r) = handle_pud_fault(&ptl, mt.mm, &mut mem, vma, va, flags)
     {
         return r;
     }
-    let Some(pmd) = pmd_lookup(&mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
-    let pd = Desc(pmd.load(Ordering::Acquire));
+    let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
+    let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, va)
         && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
@@ -372,13 +415,13 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
         Kind::Table(t) => t,
         Kind::None => {
             let Some(t) = mem.alloc_table() else { return VmFault::Oom };
-            pmd.store(Desc::table(t).0, Ordering::Release);
+            set_pte_new(pmd, Desc::table(t));
             t
         }
         _ => return VmFault::Sigsegv,
     };
-    let slot = entry(&mem, table, GRANULE.index(va, 3));
-    let desc = Desc(slot.load(Ordering::Acquire));
+    let slot = entry(&ptl, &mem, table, GRANULE.index(va, 3));
+    let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
             return do_fault(slot, vma, va, flags);
@@ -408,9 +451,16 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
 /// None: go on at level 2.
 #[cold]
 #[inline(never)]
-fn handle_pud_fault(mm: &MmStruct, mem: &mut FrameTableMem, vma: &Vma, va: u64, flags: FaultFlags) -> Option<VmFault> {
-    let Some(pud) = slot_lookup(mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
-    let d = Desc(pud.load(Ordering::Acquire));
+fn handle_pud_fault(
+    ptl: &PtlGuard<'_>,
+    mm: &MmStruct,
+    mem: &mut FrameTableMem,
+    vma: &Vma,
+    va: u64,
+    flags: FaultFlags,
+) -> Option<VmFault> {
+    let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
+    let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, va)
         && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
@@ -437,23 +487,22 @@ fn handle_pud_fault(mm: &MmStruct, mem: &mut FrameTableMem, vma: &Vma, va: u64, 
 /// `ptep_set_access_flags`; an entry with AF clear is never cached, so no
 /// TLBI), on the whole contiguous run so its entries stay alike.
 /// Otherwise another path fixed it or a stale TLB entry remains: drop it.
-fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32, write: bool) -> VmFault {
-    let d = Desc(slot.load(Ordering::Acquire));
+fn spurious(mm: &MmStruct, slot: Pte, va: u64, level: u32, write: bool) -> VmFault {
+    let d = slot.get();
     // A write to a writable-clean entry (DBM, AP[2] set) that the MMU did
     // not dirty itself: software does it (Linux `pte_mkdirty` through
     // `ptep_set_access_flags`), or the access would fault forever.
     let dirty = write && d.dbm() && d.perms().read_only;
     if !d.af() || dirty {
         let (set, clear) = (AF_BIT | if dirty { SW_DIRTY_BIT } else { 0 }, if dirty { AP_RDONLY } else { 0 });
-        let update = |s: &AtomicU64| {
-            let _ = s.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some((v | set) & !clear));
+        // AF, SW dirty and AP[2] are permission bits: never refused.
+        let update = |s: Pte| {
+            let _ = s.update(set, clear);
         };
         if level == 3 && d.0 & CONT_BIT != 0 {
-            let run_va = va & !(cont_size() - 1);
-            let first = slot_at(slot, va, run_va) as *const AtomicU64;
+            let first = slot_at(slot, va, va & !(cont_size() - 1));
             for i in 0..GRANULE.contiguous_entries(3) {
-                // SAFETY: the run lies in this level-3 table.
-                update(unsafe { &*first.add(i) });
+                update(first.sibling(first.index() + i));
             }
         } else {
             update(slot);
@@ -472,7 +521,7 @@ fn spurious(mm: &MmStruct, slot: &'static AtomicU64, va: u64, level: u32, write:
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
 /// exclusive to this mm.
-fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     if !flags.write {
         set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
         return VmFault::Done;
@@ -490,8 +539,10 @@ fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultF
         if cont {
             d = Desc(d.0 | CONT_BIT);
         }
-        // SAFETY: i < nr and the folio's range lies in this level-3 table.
-        unsafe { &*(first as *const AtomicU64).add(i as usize) }.store(d.0, Ordering::Release);
+        // The folio's range lies in this level-3 table and maps nothing yet.
+        if let Err(e) = first.sibling(first.index() + i as usize).set_new(d) {
+            pte_bug(e);
+        }
     }
     crate::arch::aarch64::cpu::publish_tables();
     VmFault::Done
@@ -502,7 +553,7 @@ fn do_anonymous_page(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultF
 /// the cached page itself (`do_read_fault` / `do_shared_fault`; writable
 /// at once in a shared writable mapping); a write to a private mapping
 /// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
-fn do_fault(slot: &'static AtomicU64, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn do_fault(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
     let pgoff = vma.pgoff_of(va);
     if pgoff >= file.size() / PAGE_SIZE {
@@ -543,19 +594,17 @@ pub fn max_folio_order() -> u8 {
     (GRANULE.level_size(2) / PAGE_SIZE).trailing_zeros() as u8
 }
 
-/// The slot of `to` in the same level-3 table as `slot` (the slot of `va`).
-fn slot_at(slot: &'static AtomicU64, va: u64, to: u64) -> &'static AtomicU64 {
-    let (a, b) = (GRANULE.index(va, 3) as isize, GRANULE.index(to, 3) as isize);
+/// The entry of `to` in the same level-3 table as `slot` (the entry of `va`).
+fn slot_at(slot: Pte, va: u64, to: u64) -> Pte {
     debug_assert!(va & !(GRANULE.level_size(2) - 1) == to & !(GRANULE.level_size(2) - 1));
-    // SAFETY: both addresses are in the range one level-3 table maps.
-    unsafe { &*(slot as *const AtomicU64).offset(b - a) }
+    slot.sibling(GRANULE.index(to, 3))
 }
 
 /// Linux `alloc_anon_folio` (mTHP): the largest order up to the VMA's
 /// whose naturally aligned range lies inside the VMA and maps nothing
 /// yet, falling back to smaller orders when memory is fragmented.
 /// Returns the folio and the VA its first page goes to.
-fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(page::Folio, u64)> {
+fn alloc_anon_folio(slot: Pte, vma: &Vma, va: u64) -> Option<(page::Folio, u64)> {
     // Page entries of one level-3 table: at most a level-2 block's worth.
     let max = if vma.flags.contains(VmFlags::NOHUGEPAGE) { 0 } else { vma.folio_order.min(max_folio_order()) as u64 };
     for order in (1..=max).rev() {
@@ -565,9 +614,8 @@ fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(pag
             continue;
         }
         let first = slot_at(slot, va, base);
-        // SAFETY: the range is inside one level-3 table (size <= level-2 size).
-        let none = (0..(1usize << order))
-            .all(|i| unsafe { &*(first as *const AtomicU64).add(i) }.load(Ordering::Acquire) == 0);
+        // The range is inside one level-3 table (size <= level-2 size).
+        let none = (0..(1usize << order)).all(|i| first.sibling(first.index() + i).get().0 == 0);
         if !none {
             continue;
         }
@@ -584,32 +632,24 @@ fn alloc_anon_folio(slot: &'static AtomicU64, vma: &Vma, va: u64) -> Option<(pag
 /// before any change that would leave the run's entries inconsistent.
 #[inline(never)]
 #[cold]
-fn unfold_run(mm: &MmStruct, slot: &'static AtomicU64, va: u64) {
-    if Desc(slot.load(Ordering::Acquire)).0 & CONT_BIT == 0 {
-        return;
+fn unfold_run(mm: &MmStruct, slot: Pte, va: u64) -> Result<(), super::pgtable::MapError> {
+    if slot.get().0 & CONT_BIT == 0 {
+        return Ok(());
     }
     let n = GRANULE.contiguous_entries(3);
     let run_va = va & !(cont_size() - 1);
-    let first = slot_at(slot, va, run_va) as *const AtomicU64;
     let mut old = [0u64; 128];
-    for (i, o) in old.iter_mut().enumerate().take(n) {
-        // SAFETY: the run lies in this level-3 table.
-        *o = unsafe { &*first.add(i) }.swap(0, Ordering::AcqRel);
-    }
-    KernelFlush.flush(run_va, cont_size(), Some(mm.asid()), true);
-    for (i, o) in old.iter().enumerate().take(n) {
-        // SAFETY: as above.
-        unsafe { &*first.add(i) }.store(o & !CONT_BIT, Ordering::Release);
-    }
+    slot_at(slot, va, run_va).unfold(n, run_va, cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
+    Ok(())
 }
 
 /// Linux `do_wp_page`: a write (or unshare) fault on a present read-only
 /// entry of a VMA that allows it.
-fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
     // One entry of a contiguous run is about to change on its own.
-    if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) {
-        unfold_run(mm, slot, va);
+    if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) && unfold_run(mm, slot, va).is_err() {
+        return VmFault::Done; // refused (the BBM tests): the run is unchanged, retry
     }
     let desc = Desc(desc.0 & !CONT_BIT);
     let pa = desc.output_address(PAGE_SIZE);
@@ -635,17 +675,17 @@ fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc:
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
     if !folio.is_anon() && vma.flags.contains(VmFlags::SHARED) {
         // Linux `wp_page_shared`: a shared file page is written in place.
-        return wp_page_reuse(mm, slot, vma, va, desc, flags);
+        return wp_page_reuse(mm, slot, vma, va, flags);
     }
     if folio.is_anon() {
         if pg.anon_exclusive() {
-            return wp_page_reuse(mm, slot, vma, va, desc, flags);
+            return wp_page_reuse(mm, slot, vma, va, flags);
         }
         // Linux `wp_can_reuse_anon_folio`: a small folio nobody else holds
         // a reference to (no other mapping, no GUP reference) is ours.
         if !folio.is_large() && folio.refcount() == 1 && folio.mapcount() == 1 {
             pg.set_anon_exclusive();
-            return wp_page_reuse(mm, slot, vma, va, desc, flags);
+            return wp_page_reuse(mm, slot, vma, va, flags);
         }
     }
     wp_page_copy(mm, slot, vma, va, desc, Some(pg), flags)
@@ -654,11 +694,19 @@ fn do_wp_page(mm: &MmStruct, slot: &'static AtomicU64, vma: &Vma, va: u64, desc:
 /// Linux `wp_page_reuse`: the page stays; the entry becomes writable
 /// (a permission-only change: no break-before-make, but the old read-only
 /// translation must leave the TLB).
-fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
-    set_pte_perm(mm, slot, va, maybe_mkwrite(desc, vma).mkdirty().mkyoung());
+    // Compare-and-swap on the current value: a young or dirty bit the MMU
+    // set since `desc` was read stays.
+    let old = match slot.modify(|d| maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
+        Ok((old, _)) => old,
+        Err(e) => pte_bug(e),
+    };
+    if old.is_valid() {
+        KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+    }
     VmFault::Done
 }
 
@@ -668,7 +716,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: &AtomicU64, vma: &Vma, va: u64, desc: Desc
 /// reference.
 fn wp_page_copy(
     mm: &MmStruct,
-    slot: &AtomicU64,
+    slot: Pte,
     vma: &Vma,
     va: u64,
     desc: Desc,
@@ -687,7 +735,7 @@ fn pfn_in_pool(pa: PhysAddr) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn wp_page_copy_from(
     mm: &MmStruct,
-    slot: &AtomicU64,
+    slot: Pte,
     vma: &Vma,
     va: u64,
     desc: Desc,
@@ -708,7 +756,11 @@ fn wp_page_copy_from(
     if !flags.unshare {
         d = maybe_mkwrite(d, vma).mkdirty();
     }
-    set_pte_bbm(mm, slot, va, d);
+    if set_pte_bbm(mm, slot, va, d).is_err() {
+        // Refused (the BBM tests): the old entry stays; the access retries.
+        put_mapped_page(new.pa());
+        return VmFault::Done;
+    }
     if let Some(o) = old {
         folio_remove_rmap_pte(o);
         o.folio().expect("old page lost its folio").put();
@@ -721,20 +773,21 @@ fn wp_page_copy_from(
 /// first entry of each child table (found or allocated here).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-fn copy_pte_slow(
+fn copy_pte_slow<'d>(
+    dptl: &'d PtlGuard<'_>,
     dmem: &mut FrameTableMem,
     dst: &MmStruct,
     va: u64,
     level: u32,
-    sslot: &'static AtomicU64,
+    sslot: Pte,
     desc: Desc,
     span: u64,
-    dcache: &mut (u64, Option<&'static AtomicU64>),
+    dcache: &mut (u64, Option<Pte<'d>>),
     wrprotected: &mut bool,
     broken_runs: &mut Vec<u64>,
 ) -> Result<(), MmError> {
     if level == 2 {
-        *wrprotected |= copy_block(dmem, dst, va, sslot, desc)?;
+        *wrprotected |= copy_block(dptl, dmem, dst, va, sslot, desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
@@ -747,11 +800,10 @@ fn copy_pte_slow(
         let pg = page::pfn_to_page(pa).ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::OutsideRam })?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
-            let ro = desc.wrprotect();
-            if ro != desc {
-                sslot.store(ro.0, Ordering::Release);
-                *wrprotected = true;
-            }
+            // CAS: the child gets the parent's entry as the swap saw it,
+            // hardware dirtiness included (Linux `ptep_set_wrprotect`).
+            let (old, ro) = sslot.set_wrprotect();
+            *wrprotected |= ro != old;
             ro
         } else {
             // Maybe pinned and exclusive: the child gets its own copy now.
@@ -773,15 +825,11 @@ fn copy_pte_slow(
         *dcache = (base, None);
     }
     let dslot = match dcache.1 {
-        Some(first) => {
-            // SAFETY: same level-3 table as `first` (same span), index in range.
-            unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(base, 3)) }
-        }
-        None => match pte_lookup(dmem, dst.pgd, va, true) {
+        // Same level-3 table as `first` (same span).
+        Some(first) => first.sibling(GRANULE.index(va, 3)),
+        None => match pte_lookup(dptl, dmem, dst.pgd, va, true) {
             Some(s) => {
-                // SAFETY: s is entry index(va) of its table; back to index(base).
-                dcache.1 =
-                    Some(unsafe { &*(s as *const AtomicU64).sub(GRANULE.index(va, 3) - GRANULE.index(base, 3)) });
+                dcache.1 = Some(s.sibling(GRANULE.index(base, 3)));
                 s
             }
             None => {
@@ -793,7 +841,7 @@ fn copy_pte_slow(
         },
     };
     // Linux `pte_mkold` for the child: its first access sets the flag.
-    dslot.store(child.mkold().0, Ordering::Relaxed);
+    dslot.set_new(child.mkold())?;
     Ok(())
 }
 
@@ -804,19 +852,22 @@ fn copy_pte_slow(
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
 pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
-    let _sp = src.mm.page_table_lock_guard();
+    let sptl = src.mm.page_table_lock_guard();
+    // The child has never run, so nothing else takes its lock; the child's
+    // entries borrow it as the parent's borrow the parent's.
+    let dptl = dst.mm.page_table_lock_guard();
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
     // A 1G THP is never shared: 2M THPs from here on.
-    split_puds_in(src.mm, &mut smem, vma.start, vma.end)?;
+    split_puds_in(&sptl, src.mm, &mut smem, vma.start, vma.end)?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&smem, src.mm.pgd, a, vma.end, 2) {
+    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
         a = va + GRANULE.level_size(2);
-        let d = Desc(slot.load(Ordering::Acquire));
+        let d = slot.get();
         if !d.special() {
             let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
             if f.is_some_and(|f| f.maybe_dma_pinned() && (0..f.nr_pages()).any(|i| f.page(i).anon_exclusive())) {
@@ -826,7 +877,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         }
     }
     for va in pinned_blocks {
-        if let Some(pmd) = pmd_lookup(&mut smem, src.mm.pgd, va, false) {
+        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
             super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
         }
     }
@@ -837,11 +888,11 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // Child runs that got an early copy: no longer one contiguous range.
     let mut broken_runs: Vec<u64> = Vec::new();
     // The child's level-3 table for the current 2M-ish span, found once.
-    let mut dcache: (u64, Option<&'static AtomicU64>) = (u64::MAX, None);
+    let mut dcache: (u64, Option<Pte>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
     let mut failed_at = None;
-    let r = for_each_pte(&smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
-        let desc = Desc(sslot.load(Ordering::Acquire));
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
+        let desc = sslot.get();
         if desc.0 == 0 {
             return Ok(());
         }
@@ -856,29 +907,39 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
             && let Some(folio) = pg.folio()
             && page::folio_try_dup_anon_rmap_pte(folio, pg)
         {
-            // Compared whole: a writable-clean entry (DBM) must
-            // lose DBM too, not only a writable one.
-            let ro = desc.wrprotect();
-            if ro != desc {
-                sslot.store(ro.0, Ordering::Release);
-                wrprotected = true;
+            // CAS, compared whole: a writable-clean entry (DBM) loses DBM
+            // too, and a dirty bit the MMU set meanwhile reaches the child.
+            let (old, ro) = sslot.set_wrprotect();
+            wrprotected |= ro != old;
+            // Same level-3 table as `first` (same span). Linux `pte_mkold`
+            // for the child: its first access sets the flag.
+            if let Err(e) = first.sibling(GRANULE.index(va, 3)).set_new(ro.mkold()) {
+                pte_bug(e);
             }
-            // SAFETY: same level-3 table as `first` (same span), index in range.
-            let dslot =
-                unsafe { &*(first as *const AtomicU64).add(GRANULE.index(va, 3) - GRANULE.index(va & !(span - 1), 3)) };
-            // Linux `pte_mkold` for the child: its first access sets the flag.
-            dslot.store(ro.mkold().0, Ordering::Relaxed);
             return Ok(());
         }
-        copy_pte_slow(&mut dmem, dst.mm, va, level, sslot, desc, span, &mut dcache, &mut wrprotected, &mut broken_runs)
-            .inspect_err(|_| failed_at = Some(va))
+        copy_pte_slow(
+            &dptl,
+            &mut dmem,
+            dst.mm,
+            va,
+            level,
+            sslot,
+            desc,
+            span,
+            &mut dcache,
+            &mut wrprotected,
+            &mut broken_runs,
+        )
+        .inspect_err(|_| failed_at = Some(va))
     });
     // A failure inside a contiguous run leaves the parent's run half
     // write-protected: entries that must agree do not. Unfold it.
     if let Some(va) = failed_at
-        && let Some(slot) = pte_lookup(&mut smem, src.mm.pgd, va, false)
+        && let Some(slot) = pte_lookup(&sptl, &mut smem, src.mm.pgd, va, false)
     {
-        unfold_run(src.mm, slot, va);
+        // Best effort on the error path: only the BBM tests make it fail.
+        let _ = unfold_run(src.mm, slot, va);
     }
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
@@ -889,8 +950,9 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child has never run (no TLB entries): plain writes suffice.
     for run in broken_runs {
         for i in 0..GRANULE.contiguous_entries(3) as u64 {
-            if let Some(sl) = pte_lookup(&mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
-                sl.fetch_and(!CONT_BIT, Ordering::AcqRel);
+            if let Some(sl) = pte_lookup(&dptl, &mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+                // Never run, so never cached: CONT may go without BBM.
+                sl.clear_cont_unused();
             }
         }
     }
@@ -902,21 +964,22 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 /// block. Returns whether the parent's entry was write-protected.
 #[inline(never)]
 fn copy_block(
+    dptl: &PtlGuard<'_>,
     dmem: &mut FrameTableMem,
     dst: &MmStruct,
     va: u64,
-    sslot: &AtomicU64,
+    sslot: Pte,
     desc: Desc,
 ) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
-    let Some(dpmd) = pmd_lookup(dmem, dst.pgd, va, true) else {
+    let Some(dpmd) = pmd_lookup(dptl, dmem, dst.pgd, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
         }
         return Err(MmError::NoMemory(Need::Table));
     };
-    dpmd.store(child.mkold().0, Ordering::Relaxed);
+    dpmd.set_new(child.mkold())?;
     Ok(child != desc)
 }
 
@@ -932,48 +995,37 @@ fn block_all_exclusive(d: Desc) -> bool {
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
 pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
-            if let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, a, false) {
-                unfold_run(mt.mm, slot, a);
+            if let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
+                unfold_run(mt.mm, slot, a)?;
             }
         }
     }
-    let mut pages: Vec<PhysAddr> = Vec::new();
-    let _ = pages.try_reserve((len / PAGE_SIZE).min(4096) as usize);
-    let mut blocks: Vec<PhysAddr> = Vec::new();
-    for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
-        let d = Desc(slot.load(Ordering::Acquire));
+    // Linux `tlb_gather_mmu`: the pages first (the only step that can
+    // fail, before anything changed), then every entry broken and the
+    // tables the range covers whole unlinked, then `tlb_finish_mmu`: one
+    // flush - non-leaf if a table went - and only after it the tables and
+    // pages go back.
+    let mut tlb = MmuGather::new(mt.mm.asid());
+    let _ = tlb.reserve_pages((len / PAGE_SIZE).min(4096) as usize);
+    for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
+        let d = slot.get();
         if d.is_valid() && !d.special() {
-            let list = if level < 3 { &mut blocks } else { &mut pages };
-            try_reserve(list, 1)?;
-            list.push(d.output_address(GRANULE.level_size(level)));
+            let pa = d.output_address(GRANULE.level_size(level));
+            if level < 3 { tlb.remove_block(pa)? } else { tlb.remove_page(pa)? }
         }
         Ok(())
     })?;
-    // Break every entry, unlinking the tables the range covers whole (they
-    // are empty then), then one flush - non-leaf if a table went - and
-    // only after it the tables and pages are freed.
     // Best effort: a table that cannot be listed stays linked ([`clear_range`]).
-    let mut detached: Vec<PhysAddr> = Vec::new();
-    let _ = detached.try_reserve(16);
-    let mut cleared = false;
-    clear_range(&mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut cleared, &mut detached);
-    if cleared || !detached.is_empty() {
-        KernelFlush.flush(va, len, Some(mt.mm.asid()), detached.is_empty());
-    }
-    for pa in detached {
-        mem.free(pa);
-    }
-    page::release_mapped_pages(&mut pages);
-    for pa in blocks {
-        super::huge_memory::put_mapped_block(pa);
-    }
+    let _ = tlb.reserve_tables(16);
+    clear_range(&ptl, &mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    tlb.finish(&mut mem);
     Ok(())
 }
 
@@ -982,13 +1034,13 @@ pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError
 /// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
 /// linked, empty, and is freed with the process.
 fn clear_range(
+    ptl: &PtlGuard<'_>,
     mem: &FrameTableMem,
     level: u32,
     table: PhysAddr,
     start: u64,
     end: u64,
-    cleared: &mut bool,
-    detached: &mut Vec<PhysAddr>,
+    tlb: &mut MmuGather,
 ) {
     let g = GRANULE;
     let size = g.level_size(level);
@@ -996,23 +1048,21 @@ fn clear_range(
     while va < end {
         let entry_va = va & !(size - 1);
         let chunk_end = (entry_va + size).min(end);
-        let e = entry(mem, table, g.index(va, level));
-        let d = Desc(e.load(Ordering::Acquire));
+        let e = entry(ptl, mem, table, g.index(va, level));
+        let d = e.get();
         if level == 3 {
-            if d.0 != 0 {
-                *cleared |= d.is_valid();
-                e.store(0, Ordering::Release);
+            if d.0 != 0 && e.get_and_clear().is_valid() {
+                tlb.flush_range(entry_va, entry_va + size);
             }
         } else if matches!(d.kind(level, g), Kind::Leaf(_)) {
             // A block the range covers whole (the edges were split).
-            *cleared = true;
-            e.store(0, Ordering::Release);
+            e.get_and_clear();
+            tlb.flush_range(entry_va, entry_va + size);
         } else if let Kind::Table(next) = d.kind(level, g) {
-            clear_range(mem, level + 1, next, va, chunk_end, cleared, detached);
+            clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
             let whole = va == entry_va && chunk_end == entry_va + size;
-            if whole && detached.try_reserve(1).is_ok() {
-                e.store(0, Ordering::Release);
-                detached.push(next);
+            if whole && tlb.remove_table(next, entry_va, entry_va + size).is_ok() {
+                e.get_and_clear();
             }
         }
         va = chunk_end;
@@ -1032,7 +1082,7 @@ pub fn put_mapped_page(pa: PhysAddr) {
 /// every entry gets the same new permissions (for R/W: all its pages are
 /// exclusive, or none is).
 #[inline(never)]
-fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, writable: bool) -> bool {
+fn run_stays_uniform(slot: Pte, a: u64, start: u64, end: u64, writable: bool) -> bool {
     let run_va = a & !(cont_size() - 1);
     if run_va < start || run_va + cont_size() > end {
         return false;
@@ -1040,14 +1090,25 @@ fn run_stays_uniform(slot: &'static AtomicU64, a: u64, start: u64, end: u64, wri
     if !writable {
         return true;
     }
-    let first = slot_at(slot, a, run_va) as *const AtomicU64;
+    let first = slot_at(slot, a, run_va);
     let excl = |i: usize| {
-        // SAFETY: the run lies in this level-3 table.
-        let d = Desc(unsafe { &*first.add(i) }.load(Ordering::Acquire));
+        let d = first.sibling(first.index() + i).get();
         !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
     };
     let e0 = excl(0);
     (1..GRANULE.contiguous_entries(3)).all(|i| excl(i) == e0)
+}
+
+/// The contiguous-run part of [`change_protection`] at entry `a`: unfolds
+/// the run unless it stays uniform. Returns the entry to work on.
+#[cold]
+#[inline(never)]
+fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writable: bool) -> Result<Desc, MmError> {
+    let run_va = a & !(cont_size() - 1);
+    if (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
+        unfold_run(mm, slot, a)?;
+    }
+    Ok(slot.get())
 }
 
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
@@ -1063,28 +1124,18 @@ pub fn change_protection(
     writable: bool,
     shared: bool,
 ) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    split_blocks_at_edges(mt.mm, &mut mem, va, va + len)?;
+    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
     let mut changed = false;
     let mm = mt.mm;
-    let r = for_each_pte(&mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
-        let d = Desc(slot.load(Ordering::Acquire));
+    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
+        let d = slot.get();
         if !d.is_valid() {
             return Ok(());
         }
-        let run_va = a & !(cont_size() - 1);
-        if level == 3
-            && d.0 & CONT_BIT != 0
-            && (a == run_va || a == va)
-            && !run_stays_uniform(slot, a, va, va + len, writable)
-        {
-            unfold_run(mm, slot, a);
-        }
-        let d = Desc(slot.load(Ordering::Acquire));
-        // Read-only first (DBM cleared too: never writable by accident).
-        let mut n = d.wrprotect();
-        n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+        let d =
+            if level == 3 && d.0 & CONT_BIT != 0 { cont_before_protect(mm, slot, a, va, len, writable)? } else { d };
         // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
         // every page of the folio exclusive).
         let exclusive = writable
@@ -1095,13 +1146,17 @@ pub fn change_protection(
             } else {
                 page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
             };
-        // A shared mapping has no COW: writable means writable.
-        if writable && (exclusive || shared) {
-            n = n.mkwrite();
-        }
-        if n != d {
-            slot.store(n.0, Ordering::Release);
-            changed = true;
+        // CAS on the current value (Linux `ptep_modify_prot_start/commit`):
+        // read-only first (DBM cleared too, hardware dirtiness kept in the
+        // software bit), then EL0 access, then writable where allowed (a
+        // shared mapping has no COW: writable means writable).
+        match slot.modify(|cur| {
+            let n = cur.wrprotect();
+            let n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+            if writable && (exclusive || shared) { n.mkwrite() } else { n }
+        }) {
+            Ok((old, new)) => changed |= new != old,
+            Err(e) => pte_bug(e),
         }
         Ok(())
     });
@@ -1156,8 +1211,8 @@ fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result
 /// The entry `insert_page` writes: the zero page special and read-only,
 /// another page with a mapping and a reference, writable only in a shared
 /// writable mapping.
-fn insert_page_into_pte_locked(slot: &AtomicU64, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
-    if slot.load(Ordering::Acquire) != 0 {
+fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
+    if slot.get().0 != 0 {
         return Err(-crate::errno::EBUSY);
     }
     let d = if page::is_zero_pfn(pa) {
@@ -1196,9 +1251,9 @@ pub fn vm_insert_page(
 ) -> Result<(), i64> {
     let vma = insert_vma(vmas, addr)?;
     validate_page_before_insert(mt.mm, &vma, pa)?;
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
         return Err(-crate::errno::ENOMEM);
     };
     insert_page_into_pte_locked(slot, &vma, pa)
@@ -1235,9 +1290,9 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -
     if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
         return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS
     }
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
     let has_page = !page::is_zero_pfn(pfn) && page::pfn_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, pfn) {
@@ -1245,7 +1300,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -
             Err(_) => VmFault::Sigsegv,
         };
     }
-    if slot.load(Ordering::Acquire) != 0 {
+    if slot.get().0 != 0 {
         return VmFault::Done; // someone else mapped it: Linux returns NOPAGE
     }
     set_pte_new(slot, Desc::leaf(pfn, 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));

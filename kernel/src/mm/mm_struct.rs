@@ -334,10 +334,15 @@ impl MmStruct {
         self.asid_slot.load(core::sync::atomic::Ordering::Relaxed) as u16
     }
     /// Takes the page-table lock (held while installing an entry).
-    pub fn page_table_lock_guard(&self) -> spin::MutexGuard<'_, ()> {
-        self.page_table_lock.lock()
+    pub fn page_table_lock_guard(&self) -> PtlGuard<'_> {
+        PtlGuard(self.page_table_lock.lock())
     }
 }
+
+/// The page-table lock held (Linux `pte_offset_map_lock`'s `ptl`): the
+/// cursor's entries ([`crate::mm::pgtable::Pte`]) borrow it, so none
+/// outlives the lock.
+pub struct PtlGuard<'a>(#[allow(dead_code)] spin::MutexGuard<'a, ()>);
 
 /// Proof that the mmap lock of [`MmapLocked::mm`] is held (read or write).
 pub trait MmapLocked: sealed::Sealed {

@@ -24,6 +24,8 @@ pub mod mm_struct;
 #[cfg(target_os = "none")]
 pub mod mmap;
 #[cfg(target_os = "none")]
+pub mod mmu_gather;
+#[cfg(target_os = "none")]
 pub mod mprotect;
 #[cfg(target_os = "none")]
 pub mod page;

@@ -37,7 +37,6 @@ use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::mmap::{self, MmapArgs};
-use crate::mm::pgtable::live::Live;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::tlb::KernelFlush;
 use crate::mm::{madvise, mprotect};
@@ -285,7 +284,8 @@ fn teardown(p: &Process) {
     let detached = {
         let mut t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(p.mm.asid()), &mut fl);
+        let mut l =
+            crate::mm::pgtable::CursorMut::new(&mut t, crate::mm::pgtable::Stage1User { asid: p.mm.asid() }, &mut fl);
         // The whole user half, not just the VMAs: munmap leaves empty
         // tables behind where a range did not cover a whole table, and
         // those lie outside every VMA by now.

@@ -71,6 +71,7 @@ fn access_flag_software_and_hardware() -> Result<(), String> {
             );
         }
         // Hardware: the MMU sets the flag, no fault is taken.
+        crate::mm::desc::set_hw_af(true);
         crate::kmain::on_every_cpu(|| cpu::set_hw_af(true));
         let f0 = proc::fault_count(ch);
         let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
@@ -78,6 +79,7 @@ fn access_flag_software_and_hardware() -> Result<(), String> {
         let faults = proc::fault_count(ch) - f0;
         if crate::kmain::boot().board.bootarg("pagelab.hw-af") != Some("1") {
             crate::kmain::on_every_cpu(|| cpu::set_hw_af(false));
+            crate::mm::desc::set_hw_af(false);
         }
         ensure!(matches!(r?, RunEnd::Done), "child read with HA");
         ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
@@ -103,6 +105,8 @@ fn dirty_state_in_hardware_dbm() -> Result<(), String> {
     }
     let was = desc::hw_dbm();
     desc::set_hw_dbm(true);
+    // HD comes with HA, and turning HD off later leaves HA on.
+    desc::set_hw_af(true);
     crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(true));
     let (pa, ch) = ("dbm_parent", "dbm_child");
     proc::spawn(pa)?;

@@ -35,7 +35,7 @@ use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
 use crate::mm::layout::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
-use crate::mm::pgtable::live::Live;
+use crate::mm::pgtable::{CursorMut, Regime, Stage1User};
 use crate::mm::pgtable::{
     Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
 };
@@ -132,8 +132,8 @@ impl Layout {
 /// Builds a random layout in `[base, base + nslots * slot)`. `upper_levels`
 /// are the levels whose table entries covering the layout belong to the
 /// test alone, so they may carry limits.
-fn build<M: TableMemory>(
-    l: &mut Live<'_, '_, M>,
+fn build<R: Regime, M: TableMemory>(
+    l: &mut CursorMut<'_, '_, R, M>,
     r: &mut Rng,
     base: u64,
     nslots: u64,
@@ -471,7 +471,7 @@ fn wrong_walker(t: &Translation, limits: TableAttrs, a: Access, hw: HwUpdates) -
     expected_access(t, limits, a.el0, a.write, hw)
 }
 
-fn teardown<M: TableMemory>(l: &mut Live<'_, '_, M>, lay: &Layout) -> Result<(), String> {
+fn teardown<R: Regime, M: TableMemory>(l: &mut CursorMut<'_, '_, R, M>, lay: &Layout) -> Result<(), String> {
     for &s in &lay.slots {
         l.unmap(s, lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     }
@@ -596,7 +596,7 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
         let base =
             if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
         let mut fl = KernelFlush;
-        let mut l = Live::new(&mut t, Some(asid), &mut fl);
+        let mut l = CursorMut::new(&mut t, Stage1User { asid }, &mut fl);
         let res = (|| -> Result<Tally, String> {
             // The whole table set is the test's: every level may carry limits.
             let lay = build(&mut l, &mut r, base, SLOTS, true, start_level..2, round)?;

@@ -137,11 +137,36 @@ fn frames_zeroed_and_usable() -> Result<(), String> {
 }
 
 kernel_test!(heap_large_allocation);
+/// A 3 MiB heap allocation is fallible (running out fails the test instead
+/// of the heap's panic) and, being above the heap's direct-to-frames size,
+/// comes straight from the frame allocator: the kernel-heap frame count
+/// grows by the next power of two of 3 MiB (4 MiB), the buffer is allocated
+/// frames in the linear map outside the static heap, the heap's own arena is
+/// untouched, and freeing the buffer gives all of it back.
 fn heap_large_allocation() -> Result<(), String> {
-    // Larger than the static heap: must come from frames.
-    let v: Vec<u8> = vec![0xa5; 3 << 20];
+    const LEN: usize = 3 << 20;
+    const FRAMES_BYTES: u64 = 4 << 20;
+    let heap_frames = || frame::stats().by_owner[Owner::Heap as usize];
+    let frames_before = heap_frames();
+    let arena_before = crate::mm::heap::stats().total;
+    let mut v: Vec<u8> = Vec::new();
+    crate::mm::error::try_reserve(&mut v, LEN)?;
+    v.resize(LEN, 0xa5);
+    let grew = heap_frames().wrapping_sub(frames_before);
+    ensure!(grew * PAGE_SIZE == FRAMES_BYTES, "{LEN} bytes took {grew} heap frames, expected {FRAMES_BYTES} bytes");
+    let arena = crate::mm::heap::stats().total;
+    ensure!(arena == arena_before, "the heap's arena changed from {arena_before} to {arena} bytes");
+    let va = v.as_ptr() as u64;
+    let (lo, hi) = (crate::sym_addr!(__heap_start), crate::sym_addr!(__heap_end));
+    ensure!(!(lo..hi).contains(&va), "{va:#x} is in the static heap");
+    let pa = crate::mm::layout::linear_virt_to_phys(crate::mm::addr::VirtAddr(va))
+        .ok_or_else(|| alloc::format!("{va:#x} is not in the linear map"))?;
+    let last = PhysAddr(pa.0 + LEN as u64 - PAGE_SIZE);
+    ensure!(frame::is_allocated(pa) && frame::is_allocated(last), "frames {pa}..{last} are not allocated");
     ensure!(v.iter().all(|&b| b == 0xa5), "heap memory corrupt");
     drop(v);
+    ensure!(heap_frames() == frames_before, "{} heap frames after the free, {frames_before} before", heap_frames());
+    ensure!(!frame::is_allocated(pa), "frame {pa} still allocated after the free");
     crate::mm::heap::refill_reserve();
     Ok(())
 }

@@ -48,6 +48,7 @@ test_modules!(
     boot_tests,
     mm_tests,
     table_tests,
+    cursor_tests,
     at_random,
     syscall_tests,
     irq_tests,

@@ -11,15 +11,23 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 pub mod atcheck;
-pub mod live;
-pub use live::{Detached, TlbFlush};
+pub mod cursor;
+pub use cursor::{CursorMut, Detached, Pte, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{Desc, Kind, LeafAttrs, TableAttrs, needs_break_before_make};
+use super::desc::{Desc, Kind, LeafAttrs, TableAttrs};
 use super::granule::Granule;
 
 /// Where table pages come from and how to reach them.
-pub trait TableMemory {
+///
+/// # Safety
+/// Implementers promise that for every `pa` that `alloc_table` returned
+/// (or that is otherwise a table of these tables, such as the root),
+/// `table_ptr(pa)` points at `entries_per_table()` properly aligned
+/// `AtomicU64`s that stay valid and are accessed only as atomics for as
+/// long as the table is in use; and that `alloc_table` returns a zeroed
+/// page no one else uses.
+pub unsafe trait TableMemory {
     /// A zeroed table page, or `None` when out of memory.
     fn alloc_table(&mut self) -> Option<PhysAddr>;
     /// A pointer through which the table at `pa` can be accessed now.
@@ -121,7 +129,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         Self { root, granule, start_level, mem }
     }
 
-    pub(crate) fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
+    fn entry(&self, table: PhysAddr, idx: usize) -> &AtomicU64 {
         assert!(idx < self.granule.entries_per_table());
         // SAFETY: TableMemory guarantees table_ptr points at a live table of
         // entries_per_table() atomics; idx is in range.
@@ -130,10 +138,6 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 
     pub fn read(&self, table: PhysAddr, idx: usize) -> Desc {
         Desc(self.entry(table, idx).load(Ordering::Relaxed))
-    }
-
-    pub(crate) fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
-        self.entry(table, idx).store(d.0, Ordering::Release);
     }
 
     /// Maps `[va, va+size)` to `[pa, pa+size)`, creating tables as needed and
@@ -163,20 +167,23 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                         && left >= sz
                 })
                 .unwrap_or(3);
-            self.set_leaf(VirtAddr(va), level, Desc::leaf(PhysAddr(pa), level, attrs))?;
-            written += 1;
             let sz = g.level_size(level);
-            va = va.wrapping_add(sz);
-            pa += sz;
-            left -= sz;
+            // Pages: every entry up to the end of this level-3 table in one
+            // go (a block can only start where the next table would).
+            let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
+            let table = self.table_for(VirtAddr(va), level)?;
+            self.fill(table, g.index(va, level), level, VirtAddr(va), Desc::leaf(PhysAddr(pa), level, attrs), n)?;
+            written += n;
+            va = va.wrapping_add(sz * n as u64);
+            pa += sz * n as u64;
+            left -= sz * n as u64;
         }
         Ok(written)
     }
 
-    /// Installs `new` as the level-`level` entry for `va`, creating tables
-    /// on the way. Only into a hole or as a live-safe change; anything that
-    /// needs break-before-make is refused (use `Live` for those).
-    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+    /// The table holding the level-`level` entry for `va`, creating the
+    /// tables above it that are missing (holes only).
+    fn table_for(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
         let mut table = self.root;
         for l in self.start_level..level {
             let idx = self.granule.index(va.0, l);
@@ -188,20 +195,23 @@ impl<'m, M: TableMemory> Tables<'m, M> {
                     self.write(table, idx, Desc::table(next));
                     next
                 }
-                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new }),
+                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new: Desc::INVALID }),
             };
         }
-        let idx = self.granule.index(va.0, level);
-        let old = self.read(table, idx);
-        if old == new {
-            return Ok(());
-        }
-        if old.0 != 0 && (needs_break_before_make(old, new, level, self.granule) || old.is_valid() != new.is_valid()) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
-        }
-        // A hole, or a live-safe attribute change (permissions, AF).
-        self.write(table, idx, new);
-        Ok(())
+        Ok(table)
+    }
+
+    /// Installs `new` as the level-`level` entry for `va`, creating tables
+    /// on the way. Only into a hole or as a live-safe change; anything that
+    /// needs break-before-make is refused (use [`CursorMut`] for those).
+    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
+        let table = self.table_for(va, level).map_err(|e| match e {
+            MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
+                MapError::NeedsBreakBeforeMake { va, level, old, new }
+            }
+            e => e,
+        })?;
+        self.fill(table, self.granule.index(va.0, level), level, va, new, 1)
     }
 
     /// Software translation of `va` (what the MMU would do, without TLBs).
@@ -302,7 +312,8 @@ pub mod host {
         }
     }
 
-    impl TableMemory for HostMem {
+    // SAFETY: tables are boxed slices of atomics kept alive in `tables`.
+    unsafe impl TableMemory for HostMem {
         fn alloc_table(&mut self) -> Option<PhysAddr> {
             if self.tables.len() >= self.limit {
                 return None;

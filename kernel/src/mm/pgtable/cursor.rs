@@ -1,0 +1,1425 @@
+//! The page-table cursor: the only code that stores to a live translation
+//! table (Asterinas OSTD `CursorMut`; Linux `pte_offset_map_lock` with
+//! `set_pte_at`, `ptep_get_and_clear`, `ptep_set_wrprotect`,
+//! `ptep_set_access_flags` and `ptep_clear_flush`).
+//!
+//! Two shapes share the rules below:
+//! - [`CursorMut`] edits a range of a [`Tables`] (kernel tables, teardown,
+//!   host tests), generic over the translation [`Regime`]. It keeps the path
+//!   of tables from the root to its position, so stepping to the next entry
+//!   does not walk from the root again.
+//! - [`Pte`] is one located entry of a live user table, for the fault path
+//!   and the range loops of `mm/memory.rs` (Linux's `pte_t *` under the
+//!   page-table lock). Its fields are private; it never hands out the slot.
+//!
+//! Break-before-make (BBM, Arm ARM D8.16.1) where a change requires it:
+//!
+//! 1. write an invalid entry (break),
+//! 2. TLB invalidate the VA range it mapped,
+//! 3. write the new entry (make).
+//!
+//! Ranges broken but not yet flushed are tracked in every build: writing a
+//! valid entry over one is refused with [`MapError::BbmViolation`], and a
+//! change that needs BBM written directly with
+//! [`MapError::NeedsBreakBeforeMake`]. Read-modify-write of a valid entry
+//! is a compare-and-swap loop and a clear is an atomic swap, so an access
+//! or dirty bit the MMU sets (FEAT_HAFDBS) between the load and the store
+//! is never lost: callers test dirty/young on the value the swap returned.
+//! Tables unlinked by an operation are returned in [`Detached`] only after
+//! the flush that removed them from every TLB and walk cache.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::{MapError, TableMemory, Tables};
+use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::desc::{Desc, Kind, TableAttrs};
+use crate::mm::granule::Granule;
+
+/// TLB maintenance, done for real by the kernel and recorded by host tests.
+pub trait TlbFlush {
+    /// Makes earlier table writes visible to the table walker (`dsb ishst`),
+    /// for invalid-to-valid changes that need no TLBI.
+    fn publish(&mut self);
+    /// Invalidates cached translations of `[va, va+size)` in `asid` (`None`:
+    /// global kernel entries), including walk caches unless `leaf_only`,
+    /// and waits for completion (`dsb ish; isb`).
+    fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool);
+}
+
+/// Table pages unlinked by an operation. Every TLB and walk-cache entry that
+/// could reference them has been invalidated; free them when convenient.
+#[derive(Debug, Default)]
+#[must_use = "detached tables must be freed"]
+pub struct Detached(pub Vec<PhysAddr>);
+
+/// Stage-2 TLB maintenance (EL2: `tlbi ipas2e1is` by IPA and VMID).
+pub trait Stage2Flush {
+    /// Makes earlier table writes visible to the table walker.
+    fn publish(&mut self);
+    /// Invalidates cached stage-2 translations of `[ipa, ipa+size)` in `vmid`.
+    fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool);
+}
+
+/// A translation regime: what its entries mean and how its TLB entries
+/// are invalidated.
+pub trait Regime {
+    /// The TLB maintenance this regime needs.
+    type Flush: ?Sized;
+    /// The attribute bits a live leaf may change without BBM (the
+    /// "live-safe change" rule): permissions, AF, DBM, software bits.
+    const PERM_BITS: u64;
+    /// The leaf attribute bits whose change needs BBM (memory type,
+    /// shareability, contiguous, and nG where the regime has it).
+    const BBM_BITS: u64;
+    fn publish(fl: &mut Self::Flush);
+    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool);
+}
+
+/// Bits shared by both stages' permission rule: AP/S2AP[7:6], AF, DBM,
+/// PXN+UXN / XN[54:53], software bits [58:55].
+const S_PERM_BITS: u64 = (0b11 << 6) | (1 << 10) | (1 << 51) | (3 << 53) | (0xf << 55);
+const CONT: u64 = 1 << 52;
+const SH: u64 = 0b11 << 8;
+
+/// Stage 1, TTBR0: user entries, not global (nG), TLBI by VA and ASID.
+#[derive(Clone, Copy, Debug)]
+pub struct Stage1User {
+    pub asid: u16,
+}
+
+/// Stage 1, TTBR1: kernel entries, global, TLBI by VA for all ASIDs.
+#[derive(Clone, Copy, Debug)]
+pub struct Stage1Kernel;
+
+/// Stage 2, VTTBR: IPA to PA, TLBI by IPA and VMID. Leaves carry S2AP,
+/// MemAttr[5:2] and XN instead of AP, AttrIndx, UXN/PXN, and no nG.
+#[derive(Clone, Copy, Debug)]
+pub struct Stage2 {
+    pub vmid: u16,
+}
+
+impl Regime for Stage1User {
+    type Flush = dyn TlbFlush;
+    const PERM_BITS: u64 = S_PERM_BITS;
+    const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    fn publish(fl: &mut Self::Flush) {
+        fl.publish();
+    }
+    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+        fl.flush(va, size, Some(self.asid), leaf_only);
+    }
+}
+
+impl Regime for Stage1Kernel {
+    type Flush = dyn TlbFlush;
+    const PERM_BITS: u64 = S_PERM_BITS;
+    const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    fn publish(fl: &mut Self::Flush) {
+        fl.publish();
+    }
+    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+        fl.flush(va, size, None, leaf_only);
+    }
+}
+
+impl Regime for Stage2 {
+    type Flush = dyn Stage2Flush;
+    const PERM_BITS: u64 = S_PERM_BITS;
+    const BBM_BITS: u64 = (0b1111 << 2) | SH | CONT;
+    fn publish(fl: &mut Self::Flush) {
+        fl.publish();
+    }
+    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+        fl.flush_ipa(va, size, self.vmid, leaf_only);
+    }
+}
+
+/// Stage-2 leaf attributes (Arm ARM D8.5.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct S2Attrs {
+    pub read: bool,
+    pub write: bool,
+    /// Execute-never at EL1 and EL0 (XN[1:0] = 0b10).
+    pub xn: bool,
+    /// Normal write-back memory; device nGnRE otherwise.
+    pub normal: bool,
+}
+
+impl S2Attrs {
+    /// S2AP[7:6]: bit 6 read, bit 7 write.
+    pub const S2AP_W: u64 = 1 << 7;
+    pub const S2AP_R: u64 = 1 << 6;
+
+    /// The stage-2 leaf for `pa` at `level` (AF set).
+    pub fn leaf(self, pa: PhysAddr, level: u32) -> Desc {
+        let ty = if level == 3 { 0b11 } else { 0b01 };
+        let memattr = if self.normal { 0b1111 } else { 0b0001 };
+        let sh = if self.normal { SH } else { 0 };
+        let s2ap = if self.read { Self::S2AP_R } else { 0 } | if self.write { Self::S2AP_W } else { 0 };
+        let xn = if self.xn { 0b10 << 53 } else { 0 };
+        Desc((pa.0 & crate::mm::desc::OA_MASK) | (memattr << 2) | s2ap | sh | (1 << 10) | xn | ty)
+    }
+}
+
+/// Whether replacing `old` by `new` at `level` needs break-before-make in
+/// regime `R`: a different output address or entry kind, or a change in
+/// one of `R::BBM_BITS`.
+pub fn needs_bbm<R: Regime>(old: Desc, new: Desc, level: u32, g: Granule) -> bool {
+    match (old.kind(level, g), new.kind(level, g)) {
+        (Kind::None | Kind::NonPresent(_), _) | (_, Kind::None | Kind::NonPresent(_)) => false,
+        (Kind::Leaf(a), Kind::Leaf(b)) => a != b || (old.0 ^ new.0) & R::BBM_BITS != 0,
+        (Kind::Table(a), Kind::Table(b)) => a != b,
+        _ => true,
+    }
+}
+
+/// How many entries the cursor keeps on its path (levels 0..=3).
+const MAX_LEVELS: usize = 4;
+
+/// A cursor over one set of live tables: a range editor that tracks BBM,
+/// flushes, and detached tables for one batch of changes.
+pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
+    pub t: &'a mut Tables<'m, M>,
+    regime: R,
+    fl: &'a mut R::Flush,
+    /// Broken (invalidated) ranges whose TLB entries are not flushed yet.
+    pending: Vec<(u64, u64)>,
+    /// Ranges changed in a live-safe way (permissions) whose old TLB
+    /// entries are not flushed yet: no BBM hazard, but flushed with the batch.
+    stale: Option<(u64, u64)>,
+    /// Whether a pending range includes an unlinked table (needs a non-leaf TLBI).
+    pending_tables: bool,
+    detached: Vec<PhysAddr>,
+    /// The current position: `va`, the level of the entry it is at, and the
+    /// table at each level from the root down to it.
+    va: u64,
+    level: u32,
+    path: [PhysAddr; MAX_LEVELS],
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
+    pub fn new(t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
+        let (root, start) = (t.root, t.start_level);
+        let mut path = [PhysAddr(0); MAX_LEVELS];
+        path[start as usize] = root;
+        Self {
+            t,
+            regime,
+            fl,
+            pending: Vec::new(),
+            stale: None,
+            pending_tables: false,
+            detached: Vec::new(),
+            va: 0,
+            level: start,
+            path,
+        }
+    }
+
+    /// Flushes pending TLB invalidations now, so the MMU (and `AT`) sees
+    /// every change made so far.
+    pub fn sync(&mut self) {
+        self.flush_pending();
+        R::publish(self.fl);
+    }
+
+    /// Flushes what is pending and hands back the detached tables.
+    pub fn finish(mut self) -> Detached {
+        self.flush_pending();
+        R::publish(self.fl);
+        Detached(core::mem::take(&mut self.detached))
+    }
+
+    fn flush_pending(&mut self) {
+        let Some((lo, hi)) = self.pending.iter().copied().chain(self.stale).reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+        else {
+            return;
+        };
+        if !self.pending.is_empty() && sabotaged() {
+            // The broken ranges stay pending: a make over them is refused.
+            return;
+        }
+        self.regime.flush(self.fl, lo, hi.wrapping_sub(lo), !self.pending_tables);
+        self.pending.clear();
+        self.stale = None;
+        self.pending_tables = false;
+    }
+
+    /// Moves to the deepest entry for `va` down to `level` the tables
+    /// allow, reusing the path above while `va` stays under it. Returns the
+    /// level reached.
+    pub fn jump(&mut self, va: u64, level: u32) -> u32 {
+        let g = self.t.granule;
+        // Keep the tables above that still cover `va`.
+        let mut l = self.t.start_level;
+        while l < self.level.min(level) && g.index(va, l) == g.index(self.va, l) && l < 3 {
+            l += 1;
+        }
+        // `path[l]` is right for `va` if every level above matched.
+        while l < level {
+            let d = self.t.read(self.path[l as usize], g.index(va, l));
+            match d.kind(l, g) {
+                Kind::Table(next) => {
+                    self.path[l as usize + 1] = next;
+                    l += 1;
+                }
+                _ => break,
+            }
+        }
+        self.va = va;
+        self.level = l;
+        l
+    }
+
+    /// Moves to the next entry at the current level (to the next table's
+    /// first entry when this one ends, through the path above).
+    pub fn move_forward(&mut self) {
+        let size = self.t.granule.level_size(self.level);
+        let next = (self.va & !(size - 1)).wrapping_add(size);
+        let level = self.level;
+        self.jump(next, level);
+    }
+
+    /// The level of the entry the cursor is at.
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// The VA the cursor is at.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
+    /// The entry the cursor is at.
+    pub fn query(&self) -> Desc {
+        self.t.read(self.path[self.level as usize], self.t.granule.index(self.va, self.level))
+    }
+
+    /// Sets bits `set` and clears `clear` in the live entry at the cursor
+    /// with a compare-and-swap loop (Linux `ptep_set_wrprotect`,
+    /// `__ptep_set_access_flags`): an AF or dirty update the MMU makes
+    /// meanwhile is kept. Only permission bits; the old TLB entries are
+    /// flushed with the batch. Returns the value replaced.
+    pub fn update(&mut self, set: u64, clear: u64) -> Result<Desc, MapError> {
+        if (set | clear) & !R::PERM_BITS != 0 {
+            return Err(MapError::NotPermissionBits(set | clear));
+        }
+        let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
+        let old = self.t.rmw(table, idx, set, clear);
+        if old.is_valid() && Desc((old.0 & !clear) | set) != old {
+            let size = self.t.granule.level_size(self.level);
+            let va = self.va & !(size - 1);
+            self.push_stale(va, va.wrapping_add(size));
+        }
+        Ok(old)
+    }
+
+    /// Clears the entry at the cursor with an atomic swap (Linux
+    /// `ptep_get_and_clear`); its range is flushed with the batch. Returns
+    /// the value the swap took out, with any AF/dirty the MMU set.
+    pub fn get_and_clear(&mut self) -> Desc {
+        let size = self.t.granule.level_size(self.level);
+        let va = self.va & !(size - 1);
+        let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
+        let old = self.t.swap(table, idx, Desc::INVALID);
+        if old.is_valid() {
+            self.push_pending(va, va.wrapping_add(size));
+            if let Kind::Table(child) = old.kind(self.level, self.t.granule) {
+                self.pending_tables = true;
+                self.detached.push(child);
+            }
+        }
+        old
+    }
+
+    /// Writes `new` at the cursor: into a hole, or over a live entry as a
+    /// change that needs no BBM (Linux `set_pte_at`); refused over a range
+    /// broken but not flushed, or where BBM is needed.
+    pub fn set(&mut self, new: Desc) -> Result<(), MapError> {
+        let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
+        let (va, level) = (self.va & !(self.t.granule.level_size(self.level) - 1), self.level);
+        let old = self.t.read(table, idx);
+        self.make_entry(table, idx, va, level, new)?;
+        if old.is_valid() && old != new {
+            self.push_stale(va, va.wrapping_add(self.t.granule.level_size(level)));
+        }
+        Ok(())
+    }
+
+    /// The table and index holding the level-`level` entry for `va`.
+    fn slot(&self, va: u64, level: u32) -> Result<(PhysAddr, usize), MapError> {
+        let mut table = self.t.root;
+        for l in self.t.start_level..level {
+            let d = self.t.read(table, self.t.granule.index(va, l));
+            match d.kind(l, self.t.granule) {
+                Kind::Table(next) => table = next,
+                _ => return Err(MapError::NotMapped { va: VirtAddr(va), level: l }),
+            }
+        }
+        Ok((table, self.t.granule.index(va, level)))
+    }
+
+    /// Step 1: invalidate a live entry covering `[va, va+size)`.
+    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: u64, size: u64) {
+        let old = self.t.swap(table, idx, Desc::INVALID);
+        if old.is_valid() {
+            self.push_pending(va, va.wrapping_add(size));
+        }
+    }
+
+    /// Records a live-safe change's range to flush with the batch.
+    fn push_stale(&mut self, lo: u64, hi: u64) {
+        self.stale = Some(self.stale.map_or((lo, hi), |s| (s.0.min(lo), s.1.max(hi))));
+    }
+
+    /// Records a broken range to flush, merged with the previous one when they
+    /// touch (an unmap of N pages stays one entry, not N).
+    fn push_pending(&mut self, lo: u64, hi: u64) {
+        if let Some(last) = self.pending.last_mut()
+            && lo <= last.1
+            && last.0 <= hi
+        {
+            *last = (last.0.min(lo), last.1.max(hi));
+            return;
+        }
+        self.pending.push((lo, hi));
+    }
+
+    /// Step 3: write a valid entry; refused while its range is broken but
+    /// not flushed, or when it would replace a live entry in a way that
+    /// needs BBM.
+    fn make_entry(&mut self, table: PhysAddr, idx: usize, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
+        let size = self.t.granule.level_size(level);
+        if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, (va, va.wrapping_add(size)))) {
+            return Err(violation(va, level));
+        }
+        let old = self.t.read(table, idx);
+        if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(va), level, old, new });
+        }
+        self.t.write(table, idx, new);
+        Ok(())
+    }
+
+    /// Replaces the level-`level` entry for `va` (aligned down), with BBM when
+    /// the change needs it. A replaced table is detached.
+    pub fn replace(&mut self, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
+        let size = self.t.granule.level_size(level);
+        let va = va & !(size - 1);
+        let (table, idx) = self.slot(va, level)?;
+        let old = self.t.read(table, idx);
+        if old == new {
+            return Ok(());
+        }
+        let bbm = old.is_valid() && (!new.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule));
+        if bbm {
+            self.break_entry(table, idx, va, size);
+            if let Kind::Table(child) = old.kind(level, self.t.granule) {
+                self.pending_tables = true;
+                self.detached.push(child);
+            }
+            self.flush_pending();
+        }
+        self.make_entry(table, idx, va, level, new)?;
+        if old.is_valid() && !bbm {
+            // A live-safe change (permissions): old TLB entries must still go.
+            self.push_stale(va, va.wrapping_add(size));
+        }
+        Ok(())
+    }
+
+    /// Sets the hierarchical limits (APTable, UXNTable, PXNTable) of the
+    /// level-`level` table entry covering `va`. Like a permission change this
+    /// needs no break-before-make, but walk caches hold table entries, so the
+    /// range is flushed with a non-leaf TLBI.
+    pub fn limit_table(&mut self, va: u64, level: u32, limits: TableAttrs) -> Result<(), MapError> {
+        let size = self.t.granule.level_size(level);
+        let va = va & !(size - 1);
+        let (table, idx) = self.slot(va, level)?;
+        let old = self.t.read(table, idx);
+        let Kind::Table(child) = old.kind(level, self.t.granule) else {
+            return Err(MapError::NotMapped { va: VirtAddr(va), level });
+        };
+        let new = Desc::table_with(child, limits);
+        if new != old {
+            self.t.write(table, idx, new);
+            self.push_stale(va, va.wrapping_add(size));
+            self.pending_tables = true;
+        }
+        Ok(())
+    }
+
+    /// Splits the block at `level` covering `va` into a table of next-level
+    /// leaves mapping the same memory with the same attributes.
+    pub fn split(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+        let g = self.t.granule;
+        let size = g.level_size(level);
+        let va = va & !(size - 1);
+        let (table, idx) = self.slot(va, level)?;
+        let old = self.t.read(table, idx);
+        let base = match old.kind(level, g) {
+            Kind::Leaf(pa) if level < 3 => pa,
+            _ => return Err(MapError::NotABlock { va: VirtAddr(va), level }),
+        };
+        if old.contiguous() {
+            self.split_contiguous(va, level)?;
+        }
+        let old = self.t.read(table, idx);
+        let child_level = level + 1;
+        let child_size = g.level_size(child_level);
+        let child = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        let ty = if child_level == 3 { 0b11 } else { 0b01 };
+        let attrs = old.attr_bits() & !(1 << 52);
+        for i in 0..g.entries_per_table() {
+            // Not yet reachable by the walker: plain writes.
+            self.t.write(child, i, Desc(((base.0 + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty));
+        }
+        // A refused make leaves the new table unlinked: freed with the batch.
+        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+    }
+
+    /// The first index and entry count of the contiguous group holding `idx`.
+    fn group(&self, idx: usize, level: u32) -> (usize, usize) {
+        let n = self.t.granule.contiguous_entries(level);
+        (idx & !(n - 1), n)
+    }
+
+    /// Clears the contiguous bit on the whole run containing `va` (BBM on the run).
+    pub fn split_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+        let (table, idx) = self.slot(va, level)?;
+        if !self.t.read(table, idx).contiguous() {
+            return Ok(());
+        }
+        let (first, n) = self.group(idx, level);
+        let size = self.t.granule.level_size(level);
+        let run_va = (va & !(size * n as u64 - 1)) & !(size - 1);
+        let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
+        for i in 0..n {
+            self.break_entry(table, first + i, run_va + i as u64 * size, size);
+        }
+        self.flush_pending();
+        for (i, d) in olds.into_iter().enumerate() {
+            self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 & !(1 << 52)))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the contiguous bit on the aligned run containing `va`, whose
+    /// entries must be leaves mapping consecutive memory with identical
+    /// attributes (BBM on the run).
+    pub fn make_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+        let g = self.t.granule;
+        let (table, idx) = self.slot(va, level)?;
+        let (first, n) = self.group(idx, level);
+        if n < 2 {
+            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+        }
+        let size = g.level_size(level);
+        let run_va = va & !(size * n as u64 - 1);
+        let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
+        let Kind::Leaf(pa0) = olds[0].kind(level, g) else {
+            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+        };
+        let attrs = olds[0].attr_bits() & !(1 << 52);
+        let ok = pa0.0 % (size * n as u64) == 0
+            && olds.iter().enumerate().all(|(i, d)| {
+                d.kind(level, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
+            });
+        if !ok {
+            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+        }
+        if olds.iter().all(|d| d.contiguous()) {
+            return Ok(());
+        }
+        for i in 0..n {
+            self.break_entry(table, first + i, run_va + i as u64 * size, size);
+        }
+        self.flush_pending();
+        for (i, d) in olds.into_iter().enumerate() {
+            self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 | (1 << 52)))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the table at `level` covering `va` by one block, if it maps
+    /// one aligned, physically contiguous range with identical attributes
+    /// using leaves only.
+    pub fn collapse(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+        let g = self.t.granule;
+        if !g.block_allowed(level) {
+            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+        }
+        let size = g.level_size(level);
+        let va = va & !(size - 1);
+        let (table, idx) = self.slot(va, level)?;
+        let Kind::Table(child) = self.t.read(table, idx).kind(level, g) else {
+            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+        };
+        let cl = level + 1;
+        let first = self.t.read(child, 0);
+        let Kind::Leaf(pa0) = first.kind(cl, g) else {
+            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+        };
+        let attrs = first.attr_bits() & !(1 << 52);
+        let cs = g.level_size(cl);
+        let ok = pa0.0 % size == 0
+            && (0..g.entries_per_table()).all(|i| {
+                let d = self.t.read(child, i);
+                d.kind(cl, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
+            });
+        if !ok {
+            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+        }
+        self.replace(va, level, Desc((pa0.0 & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+    }
+
+    /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
+    /// the edges, invalidates every leaf inside, and unlinks (detaches) every
+    /// table under the range that becomes empty.
+    pub fn unmap(&mut self, va: u64, size: u64) -> Result<(), MapError> {
+        self.edit(va, size, None)
+    }
+
+    /// Changes the permission bits ([`Regime::PERM_BITS`]) of every leaf in
+    /// `[va, va+size)`: `new = (old & !clear) | set`. Blocks and contiguous
+    /// runs that straddle the edges are split first.
+    pub fn protect(&mut self, va: u64, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
+        if (set | clear) & !R::PERM_BITS != 0 {
+            return Err(MapError::NotPermissionBits(set | clear));
+        }
+        self.edit(va, size, Some((set, clear)))
+    }
+
+    fn edit(&mut self, va: u64, size: u64, prot: Option<(u64, u64)>) -> Result<(), MapError> {
+        let g = self.t.granule;
+        if !va.is_multiple_of(g.page_size()) || !size.is_multiple_of(g.page_size()) {
+            return Err(MapError::Misaligned);
+        }
+        let end = va.wrapping_add(size);
+        let mut cur = va;
+        while cur != end {
+            // Find the entry covering cur.
+            let mut table = self.t.root;
+            let mut level = self.t.start_level;
+            let mut step;
+            loop {
+                let lsize = g.level_size(level);
+                let idx = g.index(cur, level);
+                let entry_va = cur & !(lsize - 1);
+                let entry_end = entry_va.wrapping_add(lsize);
+                step = entry_end.wrapping_sub(cur).min(end.wrapping_sub(cur));
+                let d = self.t.read(table, idx);
+                let whole = entry_va >= va && entry_end.wrapping_sub(1) <= end.wrapping_sub(1) && cur == entry_va;
+                match d.kind(level, g) {
+                    Kind::None => break,
+                    Kind::NonPresent(_) => {
+                        if prot.is_none() && whole {
+                            self.t.write(table, idx, Desc::INVALID);
+                        }
+                        break;
+                    }
+                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr(cur), level }),
+                    Kind::Table(next) if level < 3 => {
+                        table = next;
+                        level += 1;
+                        continue;
+                    }
+                    Kind::Table(_) => unreachable!(),
+                    Kind::Leaf(_) => {
+                        if d.contiguous() {
+                            let n = g.contiguous_entries(level) as u64;
+                            let run = entry_va & !(lsize * n - 1);
+                            if run < va || run.wrapping_add(lsize * n).wrapping_sub(1) > end.wrapping_sub(1) {
+                                self.split_contiguous(cur, level)?;
+                                continue;
+                            }
+                        }
+                        if !whole {
+                            self.split(cur, level)?;
+                            // Re-walk: the entry is now a table.
+                            table = self.t.root;
+                            level = self.t.start_level;
+                            continue;
+                        }
+                        match prot {
+                            None => {
+                                self.break_entry(table, idx, entry_va, lsize);
+                            }
+                            Some((set, clear)) => {
+                                let old = self.t.rmw(table, idx, set, clear);
+                                if Desc((old.0 & !clear) | set) != old {
+                                    self.push_stale(entry_va, entry_end);
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            cur = cur.wrapping_add(step);
+        }
+        if prot.is_none() {
+            self.free_empty(self.t.root, self.t.start_level, Self::root_base(va), va, end)?;
+        }
+        Ok(())
+    }
+
+    /// Unlinks the tables under `[va, end)` that no longer map anything (an
+    /// empty table maps nothing, so this is safe even where its span reaches
+    /// outside the range). `base` is the VA of `table`'s first entry.
+    /// Returns whether `table` itself is now empty.
+    fn free_empty(&mut self, table: PhysAddr, level: u32, base: u64, va: u64, end: u64) -> Result<bool, MapError> {
+        let g = self.t.granule;
+        let lsize = g.level_size(level);
+        let mut empty = true;
+        for idx in 0..g.entries_per_table() {
+            let d = self.t.read(table, idx);
+            if d.0 == 0 {
+                continue;
+            }
+            let entry_va = base.wrapping_add(idx as u64 * lsize);
+            let entry_end = entry_va.wrapping_add(lsize);
+            if let (Kind::Table(child), true) = (d.kind(level, g), level < 3)
+                && overlaps((va, end.wrapping_sub(1)), (entry_va, entry_end.wrapping_sub(1)))
+            {
+                let child_empty = self.free_empty(child, level + 1, entry_va, va, end)?;
+                if child_empty {
+                    self.t.write(table, idx, Desc::INVALID);
+                    // Walk caches may hold the table entry: non-leaf TLBI.
+                    self.push_pending(entry_va, entry_end);
+                    self.pending_tables = true;
+                    self.detached.push(child);
+                    continue;
+                }
+            }
+            empty = false;
+        }
+        Ok(empty)
+    }
+
+    /// VA of the root table's first entry for the half `va` is in.
+    fn root_base(va: u64) -> u64 {
+        if va >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 }
+    }
+}
+
+/// Test-only sabotage: when armed, the next flush a BBM sequence needs is
+/// skipped, so the tests in `test/cursor_tests.rs` can check that the
+/// tracker catches the broken sequence on every path. Nothing but those
+/// tests arms it.
+pub static SKIP_NEXT_FLUSH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Test-only widening of the window between [`cas_loop`]'s load of a live
+/// entry and its compare-and-swap, so the MMU's dirty updates land inside
+/// it (`test/dbm_smp_tests.rs` sets it; 0 otherwise).
+pub static RMW_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times [`cas_loop`] went through [`rmw_window`]: the DBM test
+/// checks its edits really took the widened path.
+pub static RMW_WINDOW_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Spins [`RMW_WINDOW_SPINS`] times (one relaxed load when it is 0).
+#[inline(always)]
+pub fn rmw_window() {
+    RMW_WINDOW_CALLS.fetch_add(1, Ordering::Relaxed);
+    for _ in 0..RMW_WINDOW_SPINS.load(Ordering::Relaxed) {
+        core::hint::spin_loop();
+    }
+}
+
+/// BBM violations the tracker refused since boot (for the tests).
+pub static BBM_VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Takes the sabotage knob if armed (one relaxed load when it is not).
+#[inline(always)]
+fn sabotaged() -> bool {
+    SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
+}
+
+fn violation(va: u64, level: u32) -> MapError {
+    BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+    MapError::BbmViolation { va: VirtAddr(va), level }
+}
+
+/// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
+#[inline(always)]
+fn cas_update(slot: &AtomicU64, set: u64, clear: u64) -> u64 {
+    match cas_modify::<core::convert::Infallible>(slot, |v| Ok((v & !clear) | set)) {
+        Ok((old, _)) => old,
+        Err(e) => match e {},
+    }
+}
+
+/// Read-modify-write of a live entry: `f` applied to the current value.
+/// Returns `(old, new)`, or the value `f` refused.
+#[inline(always)]
+fn cas_modify<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
+    if crate::mm::desc::hw_updates() {
+        return cas_loop(slot, f);
+    }
+    // No MMU writes descriptors (TCR_EL1.HA/HD off) and the caller holds
+    // the page-table lock: nothing changes the entry between load and store.
+    let cur = slot.load(Ordering::Acquire);
+    let new = f(cur)?;
+    if new != cur {
+        slot.store(new, Ordering::Release);
+    }
+    Ok((cur, new))
+}
+
+/// The compare-and-swap loop (Linux `ptep_set_wrprotect`,
+/// `__ptep_set_access_flags`): `f` reruns on the value the MMU left until
+/// no one changed the entry between the load and the store.
+#[inline(never)]
+fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
+    let mut cur = slot.load(Ordering::Acquire);
+    loop {
+        rmw_window();
+        let new = f(cur)?;
+        if new == cur {
+            return Ok((cur, cur));
+        }
+        match slot.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(v) => return Ok((v, new)),
+            Err(v) => cur = v,
+        }
+    }
+}
+
+/// Entry access for the cursor: the only stores to table memory.
+impl<M: TableMemory> Tables<'_, M> {
+    /// A plain store: into a hole, into a table not yet linked, or a
+    /// change the caller has checked is live-safe.
+    pub(super) fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
+        self.entry(table, idx).store(d.0, Ordering::Release);
+    }
+
+    /// Writes `n` consecutive leaves from entry `idx` of `table` (level
+    /// `level`, the first for `va`), each mapping the next `level_size`
+    /// of memory after `first`'s: into holes, or as live-safe changes;
+    /// anything that needs break-before-make is refused. The building loop
+    /// of `Tables::map`: it stays in one table, a load and a store per
+    /// entry when the table is empty.
+    pub(super) fn fill(
+        &self,
+        table: PhysAddr,
+        idx: usize,
+        level: u32,
+        va: VirtAddr,
+        first: Desc,
+        n: usize,
+    ) -> Result<(), MapError> {
+        let g = self.granule;
+        assert!(idx + n <= g.entries_per_table());
+        let step = g.level_size(level);
+        // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
+        let slots = unsafe { core::slice::from_raw_parts(self.mem.table_ptr(table).add(idx), n) };
+        let mut d = first.0;
+        for (i, slot) in slots.iter().enumerate() {
+            let old = slot.load(Ordering::Relaxed);
+            if old == 0 {
+                slot.store(d, Ordering::Release);
+            } else if old != d {
+                let (old, new) = (Desc(old), Desc(d));
+                if crate::mm::desc::needs_break_before_make(old, new, level, g) || old.is_valid() != new.is_valid() {
+                    let va = VirtAddr(va.0.wrapping_add(i as u64 * step));
+                    return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+                }
+                // A live-safe attribute change (permissions, AF).
+                slot.store(d, Ordering::Release);
+            }
+            d += step;
+        }
+        Ok(())
+    }
+
+    /// Atomic swap (Linux `ptep_get_and_clear`): the old value, with any
+    /// AF/dirty the MMU set up to the swap.
+    fn swap(&self, table: PhysAddr, idx: usize, d: Desc) -> Desc {
+        Desc(self.entry(table, idx).swap(d.0, Ordering::AcqRel))
+    }
+
+    /// Compare-and-swap read-modify-write; returns the value replaced.
+    fn rmw(&self, table: PhysAddr, idx: usize, set: u64, clear: u64) -> Desc {
+        Desc(cas_update(self.entry(table, idx), set, clear))
+    }
+}
+
+/// One entry of a live user table (level 1, 2 or 3), located under the
+/// page-table lock: Linux's `pte_t *`/`pmd_t *` from `pte_offset_map_lock`
+/// and `pmd_offset`. Every store goes through its methods, which keep the
+/// BBM rules; the slot itself is never handed out.
+#[derive(Clone, Copy)]
+pub struct Pte<'l> {
+    /// The entry itself; tables are aligned to their size, so the table
+    /// and the index are the pointer's high and low bits.
+    slot: *const AtomicU64,
+    /// Borrowed from the page-table lock's guard: no entry outlives it.
+    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
+}
+
+/// Bytes of one table (one granule page).
+const TABLE_BYTES: usize = crate::mm::granule::GRANULE.page_size() as usize;
+
+impl<'l> Pte<'l> {
+    /// Entry `idx` of the table at `table`, under the page-table lock
+    /// `ptl` (the `Pte` borrows it).
+    ///
+    /// # Safety
+    /// `table` is a table page of `mem`, aligned to its size, that belongs
+    /// to the mm whose page-table lock `ptl` holds (linked into its tables,
+    /// or new and about to be), and stays a table while `ptl` is held.
+    #[inline(always)]
+    pub unsafe fn locate<M: TableMemory + ?Sized>(
+        _ptl: &'l crate::mm::mm_struct::PtlGuard<'_>,
+        mem: &M,
+        table: PhysAddr,
+        idx: usize,
+    ) -> Pte<'l> {
+        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        // SAFETY: idx is in the table (`table_ptr`'s contract).
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+    }
+
+    /// Entry `idx` of another table of the same mm, under the same lock.
+    ///
+    /// # Safety
+    /// As for [`Pte::locate`], with this entry's lock.
+    #[inline(always)]
+    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l> {
+        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        // SAFETY: idx is in the table (`table_ptr`'s contract).
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+    }
+
+    #[inline(always)]
+    fn slot(&self) -> &AtomicU64 {
+        // SAFETY: `locate`'s contract: the table is live and locked, and
+        // the index is in range (checked there and in `sibling`).
+        unsafe { &*self.slot }
+    }
+
+    /// The entry's index in its table.
+    #[inline(always)]
+    pub fn index(self) -> usize {
+        (self.slot as usize & (TABLE_BYTES - 1)) / 8
+    }
+
+    /// Entry `idx` of the same table.
+    #[inline(always)]
+    pub fn sibling(self, idx: usize) -> Pte<'l> {
+        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        let base = self.slot as usize & !(TABLE_BYTES - 1);
+        Pte { slot: (base + idx * 8) as *const AtomicU64, _ptl: core::marker::PhantomData }
+    }
+
+    /// The current value (Linux `ptep_get`).
+    #[inline(always)]
+    pub fn get(self) -> Desc {
+        Desc(self.slot().load(Ordering::Acquire))
+    }
+
+    /// Writes `d` into an entry that holds no valid translation (Linux
+    /// `set_pte_at` on a none entry), or into a table not yet linked.
+    /// Invalid to valid needs no TLBI; the caller publishes (`dsb ishst`).
+    #[inline(always)]
+    pub fn set_new(self, d: Desc) -> Result<(), MapError> {
+        let old = self.get();
+        if old.is_valid() {
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(0), level: 3, old, new: d });
+        }
+        self.slot().store(d.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Sets `set` and clears `clear` with a compare-and-swap loop (Linux
+    /// `ptep_set_wrprotect`, `__ptep_set_access_flags`): an AF or dirty
+    /// bit the MMU sets meanwhile is kept. Only permission bits
+    /// ([`Stage1User`]'s rule). Returns the value replaced; the caller
+    /// flushes the old translation if it was valid.
+    #[inline(always)]
+    pub fn update(self, set: u64, clear: u64) -> Result<Desc, MapError> {
+        if (set | clear) & !Stage1User::PERM_BITS != 0 {
+            return Err(MapError::NotPermissionBits(set | clear));
+        }
+        Ok(Desc(cas_update(self.slot(), set, clear)))
+    }
+
+    /// Replaces the entry by `f(current)` with a compare-and-swap loop
+    /// (Linux `ptep_set_wrprotect`, `__ptep_set_access_flags`, and the
+    /// mprotect and fork loops): `f` sees the value the MMU last left, so
+    /// an AF or dirty update it makes meanwhile is kept (`f` reruns). `f`
+    /// may change only permission bits. Returns `(old, new)`; the caller
+    /// flushes the old translation if it was valid.
+    #[inline(always)]
+    pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
+        cas_modify(self.slot(), |v| {
+            let n = f(Desc(v)).0;
+            if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
+        })
+        .map(|(o, n)| (Desc(o), Desc(n)))
+    }
+
+    /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
+    /// moved to the software dirty bit ([`Desc::wrprotect`]) on the value
+    /// the CAS saw. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn set_wrprotect(self) -> (Desc, Desc) {
+        let (o, n) = cas_modify(self.slot(), |v| Ok::<u64, ()>(Desc(v).wrprotect().0)).unwrap_or((0, 0));
+        (Desc(o), Desc(n))
+    }
+
+    /// Clears the contiguous bit of an entry in tables no CPU has run on
+    /// yet (a fork child's): nothing can cache it, so no BBM is needed.
+    pub fn clear_cont_unused(self) {
+        self.slot().fetch_and(!CONT, Ordering::AcqRel);
+    }
+
+    /// Clears the entry with an atomic swap (Linux `ptep_get_and_clear`)
+    /// and returns what it held, with every AF/dirty update the MMU made.
+    /// The caller flushes the range before anything reuses what it mapped.
+    #[inline(always)]
+    pub fn get_and_clear(self) -> Desc {
+        Desc(self.slot().swap(0, Ordering::AcqRel))
+    }
+
+    /// Break and flush (Linux `ptep_clear_flush`, `pmdp_invalidate`): swaps
+    /// in an invalid entry and, if the old one was valid, TLBIs `[va,
+    /// va+size)` in `asid` and waits. Returns the old value as the swap
+    /// took it (AF/dirty included), to build the new entry from; write that
+    /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
+    /// back (what the TLBs may hold anyway) and the caller is told
+    /// ([`MapError::BbmViolation`]): it must not make.
+    pub fn clear_flush(self, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+        let old = self.get_and_clear();
+        if old.is_valid() {
+            if sabotaged() {
+                self.slot().store(old.0, Ordering::Release);
+                return Err(violation(va, 3));
+            }
+            fl.flush(va, size, Some(asid), true);
+        }
+        Ok(old)
+    }
+
+    /// Break-before-make to `new` (Linux `ptep_clear_flush` then
+    /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in
+    /// `asid` and wait, then write `new`. Returns the old value. If the
+    /// flush did not happen the make is refused ([`MapError::BbmViolation`])
+    /// and the entry stays invalid.
+    pub fn replace(self, new: Desc, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+        let old = self.clear_flush(va, size, asid, fl)?;
+        self.slot().store(new.0, Ordering::Release);
+        Ok(old)
+    }
+
+    /// Unfolds a contiguous run starting at this entry (`n` entries): BBM
+    /// on the whole run, then each entry without the contiguous bit.
+    /// Returns the old values (with their AF/dirty) through `olds`.
+    pub fn unfold(
+        self,
+        n: usize,
+        va: u64,
+        size: u64,
+        asid: u16,
+        fl: &mut dyn TlbFlush,
+        olds: &mut [u64],
+    ) -> Result<(), MapError> {
+        for (i, o) in olds.iter_mut().enumerate().take(n) {
+            *o = self.sibling(self.index() + i).get_and_clear().0;
+        }
+        if sabotaged() {
+            // Refused: the run goes back as it was (what the TLBs may hold).
+            for (i, o) in olds.iter().enumerate().take(n) {
+                self.sibling(self.index() + i).slot().store(*o, Ordering::Release);
+            }
+            return Err(violation(va, 3));
+        }
+        fl.flush(va, size, Some(asid), true);
+        for (i, o) in olds.iter().enumerate().take(n) {
+            self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::super::host::HostMem;
+    use super::super::{LeafSizes, Translation};
+    use super::*;
+    use crate::mm::desc::{LeafAttrs, TableAttrs};
+    use crate::mm::granule::Granule;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Records flushes; the BBM tracking in the cursor does the checking.
+    #[derive(Default)]
+    struct Rec {
+        flushes: Vec<(u64, u64, Option<u16>, bool)>,
+        publishes: usize,
+    }
+    impl TlbFlush for Rec {
+        fn publish(&mut self) {
+            self.publishes += 1;
+        }
+        fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool) {
+            self.flushes.push((va, size, asid, leaf_only));
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+    const K4: Granule = Granule::K4;
+
+    fn level_at<M: TableMemory>(t: &Tables<'_, M>, va: u64) -> Option<(u32, u64)> {
+        match t.translate(VirtAddr(va)) {
+            Translation::Mapped { level, pa, .. } => Some((level, pa.0)),
+            Translation::Fault { .. } => None,
+        }
+    }
+
+    #[test]
+    fn split_block_into_pages_keeps_every_translation() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        assert_eq!(level_at(&t, 0x4000_0000), Some((2, 0x8000_0000)));
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 7 }, &mut rec);
+        l.split(0x4000_1234, 2).unwrap();
+        let d = l.finish();
+        assert!(d.0.is_empty());
+        for off in (0..2 * MIB).step_by(4096) {
+            assert_eq!(level_at(&t, 0x4000_0000 + off), Some((3, 0x8000_0000 + off)));
+        }
+        // BBM: exactly one flush for the block's range, with the ASID, before the table went in.
+        assert_eq!(rec.flushes[0], (0x4000_0000, 2 * MIB, Some(7), true));
+    }
+
+    #[test]
+    fn table_limits_accumulate_down_the_walk_and_flush_walk_caches() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr(0x4020_0000), PhysAddr(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
+        let down = TableAttrs { read_only: true, ..TableAttrs::NONE };
+        l.limit_table(0x4000_0000, 1, up).unwrap();
+        l.limit_table(0x4000_1000, 2, down).unwrap();
+        assert_eq!(
+            l.limit_table(0x4000_0000, 3, down),
+            Err(MapError::NotMapped { va: VirtAddr(0x4000_0000), level: 3 }),
+            "a leaf is not a table"
+        );
+        let _ = l.finish();
+        let (tr, lim) = t.translate_with_limits(VirtAddr(0x4000_1008));
+        assert!(matches!(tr, Translation::Mapped { level: 3, .. }));
+        assert_eq!(lim, up.and_then(down));
+        // The level-1 limits cover the neighbouring 2M; the level-2 ones do not.
+        assert_eq!(t.translate_with_limits(VirtAddr(0x4020_0000)).1, up);
+        assert_eq!(t.translate_with_limits(VirtAddr(0x8000_0000)).1, TableAttrs::NONE);
+        // One flush over both changed ranges, walk caches included.
+        assert_eq!(rec.flushes, [(0x4000_0000, 1 << 30, Some(3), false)]);
+    }
+
+    #[test]
+    fn split_1g_block_into_2m_blocks_then_collapse_back() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 1 << 30, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        l.split(0x4000_0000, 1).unwrap();
+        let _ = l.finish();
+        assert_eq!(level_at(&t, 0x4020_0000), Some((2, 0x4020_0000)));
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        l.collapse(0x4000_0000, 1).unwrap();
+        let d = l.finish();
+        assert_eq!(d.0.len(), 1, "the 2M-block table is detached");
+        assert_eq!(level_at(&t, 0x7fff_f000), Some((1, 0x7fff_f000)));
+        let last = rec.flushes.last().unwrap();
+        assert!(!last.3, "removing a table needs a non-leaf TLBI: {last:?}");
+    }
+
+    #[test]
+    fn collapse_refuses_mixed_attributes_or_discontiguous_memory() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        l.protect(0x4000_3000, 4096, 1 << 7, 0).unwrap();
+        assert!(matches!(l.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
+        l.protect(0x4000_3000, 4096, 0, 1 << 7).unwrap();
+        l.collapse(0x4000_0000, 2).unwrap();
+        let d = l.finish();
+        assert_eq!(d.0.len(), 1);
+        assert_eq!(level_at(&t, 0x4000_3000), Some((2, 0x4000_3000)));
+        // Not aligned in PA: pages at 0x4000_0000 mapping PA 0x4000_1000...
+        let (mut mem2, root2) = HostMem::new(K4);
+        let mut t2 = Tables::new(root2, K4, 0, &mut mem2);
+        t2.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_1000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        let mut l2 = CursorMut::new(&mut t2, Stage1Kernel, &mut rec);
+        assert!(matches!(l2.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
+        let _ = l2.finish();
+    }
+
+    #[test]
+    fn contiguous_runs_make_and_split() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x10_0000), PhysAddr(0x8010_0000), 64 * 1024, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        l.make_contiguous(0x10_5000, 3).unwrap();
+        let _ = l.finish();
+        for i in 0..16 {
+            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+                Translation::Mapped { desc, .. } => assert!(desc.contiguous()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(rec.flushes[0], (0x10_0000, 64 * 1024, Some(3), true), "BBM over the whole run");
+        // Protecting one page of the run must split the run first.
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        l.protect(0x10_2000, 4096, 1 << 7, 0).unwrap();
+        let _ = l.finish();
+        for i in 0..16 {
+            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+                Translation::Mapped { desc, .. } => {
+                    assert!(!desc.contiguous());
+                    assert_eq!(desc.perms().read_only, i == 2);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A misaligned or mixed run is refused.
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        assert!(matches!(l.make_contiguous(0x10_0000, 3), Err(MapError::NotContiguous { .. })));
+        let _ = l.finish();
+    }
+
+    #[test]
+    fn unmap_splits_edges_and_frees_empty_tables() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        // Two 2M blocks.
+        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 4 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
+        // Unmap from the middle of the first block to the middle of the second.
+        l.unmap(0x4010_0000, 2 * MIB).unwrap();
+        let d = l.finish();
+        assert!(d.0.is_empty());
+        assert_eq!(level_at(&t, 0x400f_f000), Some((3, 0x400f_f000)));
+        assert_eq!(level_at(&t, 0x4010_0000), None);
+        assert_eq!(level_at(&t, 0x402f_f000), None);
+        assert_eq!(level_at(&t, 0x4030_0000), Some((3, 0x4030_0000)));
+        // Unmap everything: the level-3 and lower tables become empty and are detached.
+        let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
+        l.unmap(0x4000_0000, 4 * MIB).unwrap();
+        let d = l.finish();
+        // Everything under the range is now empty: both level-3 tables, then
+        // the level-2 and level-1 tables above them; only the root stays.
+        assert_eq!(d.0.len(), 4);
+        assert_eq!(t.count_tables(), 1);
+        assert_eq!(level_at(&t, 0x4000_0000), None);
+    }
+
+    #[test]
+    fn protect_refuses_non_permission_bits() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        assert!(
+            matches!(l.protect(0x1000, 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
+            "AttrIndx needs BBM"
+        );
+        assert!(matches!(l.protect(0x1000, 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))), "CONT needs BBM");
+        let _ = l.finish();
+    }
+
+    #[test]
+    fn make_without_flush_is_a_bbm_violation() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let (table, idx) = l.slot(0x1000, 3).unwrap();
+        l.break_entry(table, idx, 0x1000, 4096);
+        let new = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs::KERNEL_RW);
+        assert!(matches!(l.make_entry(table, idx, 0x1000, 3, new), Err(MapError::BbmViolation { .. })));
+        l.flush_pending();
+        l.make_entry(table, idx, 0x1000, 3, new).unwrap();
+        let _ = l.finish();
+        // And a direct replacement that needs BBM is refused too.
+        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let other = Desc::leaf(PhysAddr(0x9000), 3, LeafAttrs::KERNEL_RW);
+        let (table, idx) = l.slot(0x1000, 3).unwrap();
+        assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
+        // replace() does the sequence itself.
+        l.replace(0x1000, 3, other).unwrap();
+        let _ = l.finish();
+        assert_eq!(level_at(&t, 0x1000), Some((3, 0x9000)));
+    }
+
+    #[test]
+    fn all_granules_split_and_collapse() {
+        for (g, start) in [(Granule::K16, 0), (Granule::K64, 1)] {
+            let blk = g.level_size(2);
+            let (mut mem, root) = HostMem::new(g);
+            let mut t = Tables::new(root, g, start, &mut mem);
+            t.map(VirtAddr(blk), PhysAddr(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+            let mut rec = Rec::default();
+            let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+            l.split(blk, 2).unwrap();
+            l.make_contiguous(blk, 3).unwrap();
+            l.collapse(blk, 2).unwrap();
+            let d = l.finish();
+            assert_eq!(d.0.len(), 1, "{g:?}");
+            assert_eq!(level_at(&t, blk + g.page_size() * 3), Some((2, blk * 2 + g.page_size() * 3)), "{g:?}");
+            let _ = vec![0u8; 1];
+        }
+    }
+
+    /// Records stage-2 flushes by IPA and VMID.
+    #[derive(Default)]
+    struct S2Rec {
+        flushes: Vec<(u64, u64, u16, bool)>,
+    }
+    impl Stage2Flush for S2Rec {
+        fn publish(&mut self) {}
+        fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool) {
+            self.flushes.push((ipa, size, vmid, leaf_only));
+        }
+    }
+
+    #[test]
+    fn stage2_maps_write_protects_and_unmaps_through_the_same_cursor() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
+        let mut rec = S2Rec::default();
+        let mut c = CursorMut::new(&mut t, Stage2 { vmid: 9 }, &mut rec);
+        // Map 4 pages into holes, creating tables on the way.
+        for i in 0..4u64 {
+            let ipa = 0x8000_0000 + i * 4096;
+            let d = rw.leaf(PhysAddr(0x4000_0000 + i * 4096), 3);
+            assert_eq!(d.0 & (0b1111 << 2), 0b1111 << 2, "MemAttr normal WB");
+            assert_eq!(d.0 & (1 << 11), 0, "no nG in stage 2");
+            c.t.set_leaf(VirtAddr(ipa), 3, d).unwrap();
+        }
+        assert_eq!(c.jump(0x8000_2000, 3), 3);
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_2000)));
+        // Write-protect (S2AP W) with the CAS update: a permission change, no BBM.
+        let old = c.update(0, S2Attrs::S2AP_W).unwrap();
+        assert_ne!(old.0 & S2Attrs::S2AP_W, 0);
+        assert_eq!(c.query().0 & S2Attrs::S2AP_W, 0);
+        // MemAttr is not a permission bit in stage 2 (bit 5 is not AttrIndx's).
+        assert!(matches!(c.update(1 << 5, 0), Err(MapError::NotPermissionBits(_))));
+        // Changing the memory type of a live stage-2 leaf needs BBM.
+        let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr(0x4000_2000), 3);
+        assert!(matches!(c.set(dev), Err(MapError::NeedsBreakBeforeMake { .. })));
+        c.move_forward();
+        assert_eq!(c.va(), 0x8000_3000);
+        assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_3000)));
+        c.unmap(0x8000_0000, 0x2000).unwrap();
+        let d = c.finish();
+        assert_eq!(d.0.len(), 0, "the level-3 table still maps 0x8000_2000");
+        assert!(rec.flushes.iter().all(|f| f.2 == 9), "every flush is by VMID: {:?}", rec.flushes);
+        assert!(rec.flushes.iter().any(|f| f.0 <= 0x8000_2000 && 0x8000_2000 < f.0 + f.1));
+        assert_eq!(level_at(&t, 0x8000_2000), Some((3, 0x4000_2000)));
+        assert_eq!(level_at(&t, 0x8000_3000), None);
+        assert_eq!(level_at(&t, 0x8000_0000), None);
+    }
+
+    #[test]
+    fn cursor_moves_across_tables_without_rewalking_and_cas_keeps_hw_bits() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        // Two level-3 tables: the last page of one, the first of the next.
+        t.map(VirtAddr(0x1f_f000), PhysAddr(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(&mut t, Stage1User { asid: 5 }, &mut rec);
+        assert_eq!(c.jump(0x1f_f000, 3), 3);
+        c.move_forward();
+        assert_eq!((c.va(), c.level()), (0x20_0000, 3));
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x5000_1000)));
+        // A write-protect that races with a hardware dirty update: the CAS
+        // loop keeps the bit (simulated by setting it between load and CAS
+        // is not possible single-threaded; check the CAS keeps what is there).
+        c.update(crate::mm::desc::SW_DIRTY_BIT, 0).unwrap();
+        let old = c.update(1 << 7, 0).unwrap();
+        assert_ne!(old.0 & crate::mm::desc::SW_DIRTY_BIT, 0);
+        assert_ne!(c.query().0 & crate::mm::desc::SW_DIRTY_BIT, 0);
+        // Sabotage: a skipped flush leaves the range pending, so a make over it is refused.
+        c.jump(0x1f_f000, 3);
+        let o = c.get_and_clear();
+        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        c.sync();
+        assert!(matches!(c.set(o), Err(MapError::BbmViolation { .. })));
+        c.sync();
+        c.set(o).unwrap();
+        let _ = c.finish();
+    }
+
+    /// A second thread plays the MMU (FEAT_HAFDBS): it sets bits in the
+    /// live entry with atomic ORs while the cursor toggles AP[2] on it. With
+    /// hardware updates on, the cursor's compare-and-swap must never store
+    /// over a bit the other writer set; with a plain load-then-store (the
+    /// CAS branch disabled) this test fails within a few runs' worth of
+    /// iterations.
+    #[test]
+    fn cas_update_never_loses_a_bit_the_mmu_set() {
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        assert_eq!(c.jump(0x1000, 3), 3);
+        let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
+        let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
+        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
+        let done = core::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for b in MMU_BITS {
+                    for _ in 0..20_000 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(b, Ordering::AcqRel);
+                }
+                done.store(true, Ordering::Release);
+            });
+            let mut n = 0u64;
+            while !done.load(Ordering::Acquire) || n < 1000 {
+                let (set, clear) = if n.is_multiple_of(2) { (1 << 7, 0) } else { (0, 1 << 7) };
+                c.update(set, clear).unwrap();
+                n += 1;
+            }
+        });
+        let d = c.query();
+        for b in MMU_BITS {
+            assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
+        }
+        let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
+}
