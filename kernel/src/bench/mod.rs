@@ -57,8 +57,9 @@ fn build_linear(sizes: LeafSizes) -> (u64, usize, PhysAddr, FrameTableMem) {
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         for r in &ram {
-            let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
-            t.map(phys_to_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_RW, sizes).expect("bench map");
+            let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
+            t.map(phys_to_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_RW, sizes)
+                .expect("bench map");
         }
     }
     let dt = instructions() - t0;

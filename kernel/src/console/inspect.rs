@@ -77,11 +77,13 @@ fn for_each_piece(
     }
     impl PageWalkOps for Visit<'_> {
         fn entry(&mut self, e: &Entry) -> Step {
-            let lo = e.va.0.max(self.start);
-            let hi = e.va.0.wrapping_add(e.size).wrapping_sub(1).min(self.end - 1) + 1;
+            let lo = e.va.as_u64().max(self.start);
+            let hi = e.va.as_u64().wrapping_add(e.size).wrapping_sub(1).min(self.end - 1) + 1;
             let tr = match e.kind {
                 Kind::Table(_) if e.level < 3 => return Step::Continue,
-                Kind::Leaf(base) => Translation::Mapped { pa: base.add(lo - e.va.0), level: e.level, desc: e.desc },
+                Kind::Leaf(base) => {
+                    Translation::Mapped { pa: base + (lo - e.va.as_u64()), level: e.level, desc: e.desc }
+                }
                 _ => Translation::Fault { level: e.level, desc: e.desc },
             };
             self.piece(Piece { lo, hi, tr })
@@ -201,7 +203,7 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
 /// its entry) against AT S1E0R/S1E0W on it, P's tables being live in TTBR0,
 /// and both against what the VMA requested: what differs, if anything.
 fn at_mismatch(t: &Tables<'_, FrameTableMem>, v: u64, req: &Request, hw: HwUpdates) -> Option<String> {
-    let walked = t.translate_with_limits(VirtAddr(v));
+    let walked = t.translate_with_limits(VirtAddr::new(v));
     if let Err(m) = atcheck::check_exec(&walked, req) {
         return Some(alloc::format!("{v:#x}: {m}"));
     }
@@ -301,7 +303,7 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
             let fw = crate::mm::folio_walk::folio_walk_start(
                 &lock,
                 &*t.mem,
-                VirtAddr(v),
+                VirtAddr::new(v),
                 crate::mm::folio_walk::FwFlags { zeropage: true },
                 &crate::mm::page::is_zero_any,
             );

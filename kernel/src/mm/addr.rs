@@ -10,12 +10,12 @@ use core::ops::{Add, AddAssign, Sub};
 /// A physical (output) address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct PhysAddr(pub u64);
+pub struct PhysAddr(u64);
 
 /// A virtual (input) address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct VirtAddr(pub u64);
+pub struct VirtAddr(u64);
 
 macro_rules! addr_common {
     ($t:ident) => {
@@ -25,9 +25,6 @@ macro_rules! addr_common {
             }
             pub const fn as_u64(self) -> u64 {
                 self.0
-            }
-            pub const fn add(self, off: u64) -> Self {
-                Self(self.0 + off)
             }
             pub const fn is_aligned(self, align: u64) -> bool {
                 self.0 & (align - 1) == 0

@@ -109,8 +109,8 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
         // SAFETY: the new table belongs to this mm, under the same lock.
-        if let Err(e) =
-            unsafe { pud.locate_in(&*mem, table, i) }.set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01))
+        if let Err(e) = unsafe { pud.locate_in(&*mem, table, i) }
+            .set_new(Desc((pa.as_u64() + i as u64 * pmd_size()) | attrs | 0b01))
         {
             memory::pte_bug(e);
         }
@@ -128,16 +128,16 @@ static HUGE_ZERO: AtomicUsize = AtomicUsize::new(0);
 pub fn huge_zero_folio() -> Option<PhysAddr> {
     let cur = HUGE_ZERO.load(Ordering::Acquire);
     if cur != 0 {
-        return Some(PhysAddr(cur as u64));
+        return Some(PhysAddr::new(cur as u64));
     }
     let order = memory::max_folio_order() as u32;
     let pa = frame::alloc_zeroed(order, Owner::Other)?;
     page::mark_zero(pa, 1 << order);
-    match HUGE_ZERO.compare_exchange(0, pa.0 as usize, Ordering::AcqRel, Ordering::Acquire) {
+    match HUGE_ZERO.compare_exchange(0, pa.as_u64() as usize, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Some(pa),
         Err(other) => {
             let _ = frame::free(pa, order, Owner::Other);
-            Some(PhysAddr(other as u64))
+            Some(PhysAddr::new(other as u64))
         }
     }
 }
@@ -145,7 +145,7 @@ pub fn huge_zero_folio() -> Option<PhysAddr> {
 /// Linux `is_huge_zero_pmd` (by output address).
 pub fn is_huge_zero(pa: PhysAddr) -> bool {
     let z = HUGE_ZERO.load(Ordering::Acquire) as u64;
-    z != 0 && pa.0 & !(pmd_size() - 1) == z
+    z != 0 && pa.as_u64() & !(pmd_size() - 1) == z
 }
 
 /// Linux `thp_vma_suitable_order` for the block size: the VMA wants
@@ -256,7 +256,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
     let attrs = old.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
     for i in 0..n {
-        let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
+        let oa = if zero { page::zero_page().as_u64() } else { pa.as_u64() + i as u64 * PAGE_SIZE };
         // Not reachable by the walker yet.
         // SAFETY: the new table belongs to this mm, under the same lock.
         if let Err(e) = unsafe { pmd.locate_in(&*mem, table, i) }.set_new(Desc(oa | attrs | cont | 0b11)) {

@@ -72,7 +72,11 @@ unsafe impl TableMemory for KernelTableMem {
         Some(pa)
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        if self.live { phys_to_virt(pa).0 as *const AtomicU64 } else { (pa.0 + kimage_voffset()) as *const AtomicU64 }
+        if self.live {
+            phys_to_virt(pa).as_u64() as *const AtomicU64
+        } else {
+            (pa.as_u64() + kimage_voffset()) as *const AtomicU64
+        }
     }
 }
 
@@ -109,7 +113,7 @@ static KPT: Mutex<Option<Kpt>> = Mutex::new(None);
 /// The kernel tables' lock (Linux: `init_mm`'s mmap lock). Readers (walks,
 /// ptdump, invariants) take it for read; every change takes it for write,
 /// before [`KPT`].
-pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr(0));
+pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr::new(0));
 
 /// The kernel image sections and how they are mapped.
 pub fn image_sections() -> [(&'static str, VirtAddr, VirtAddr, LeafAttrs); 3] {
@@ -160,7 +164,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
             map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo), hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         }
         for r in ram {
-            let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
+            let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
             if e > s {
                 map_or_panic(
                     &mut t,
@@ -174,7 +178,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
             }
         }
         if let Some(u) = uart {
-            let (s, e) = (align_down(u.start.0, PAGE_SIZE), align_up(u.end.0, PAGE_SIZE));
+            let (s, e) = (align_down(u.start.as_u64(), PAGE_SIZE), align_up(u.end.as_u64(), PAGE_SIZE));
             map_or_panic(
                 &mut t,
                 "UART",
@@ -189,14 +193,14 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     // SAFETY: image pages keep their size and PA; the DTB fixmap window
     // disappears (no entry, so no conflict); nothing runs from TTBR0.
     unsafe {
-        crate::arch::cpu::switch_ttbr1(root.0);
-        crate::arch::cpu::set_ttbr0(empty_ttbr0.0);
+        crate::arch::cpu::switch_ttbr1(root.as_u64());
+        crate::arch::cpu::set_ttbr0(empty_ttbr0.as_u64());
     }
     mem.live = true;
     KERNEL_PGTABLE.write().set_root(root);
     let mut io = heapless_list::List::new();
     if let Some(u) = uart {
-        io.push((u.start.0, u.end.0));
+        io.push((u.start.as_u64(), u.end.as_u64()));
     }
     *KPT.lock() = Some(Kpt { root, empty_ttbr0, mem, io_mapped: io });
 
@@ -204,7 +208,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     // SAFETY: written once here, before any secondary starts.
     unsafe {
         let p = core::ptr::addr_of_mut!(crate::arch::aarch64::boot::SECONDARY_TTBR1);
-        p.write_volatile(root.0);
+        p.write_volatile(root.as_u64());
         crate::arch::cpu::dcache_clean_poc(p as u64, 8);
     }
 }
@@ -218,19 +222,19 @@ pub fn roots() -> (PhysAddr, PhysAddr) {
 
 /// Maps device registers at `IO_BASE + PA` (Device-nGnRE) and returns the VA.
 pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
-    let (s, e) = (align_down(r.start.0, PAGE_SIZE), align_up(r.end.0, PAGE_SIZE));
-    if io_virt(PhysAddr(e)).0 > IO_END || e <= s {
+    let (s, e) = (align_down(r.start.as_u64(), PAGE_SIZE), align_up(r.end.as_u64(), PAGE_SIZE));
+    if io_virt(PhysAddr::new(e)).as_u64() > IO_END || e <= s {
         return Err(MapError::Misaligned);
     }
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
-    t.map(io_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
+    t.map(io_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
     // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
     crate::arch::aarch64::cpu::publish_tables();
-    k.io_mapped.push((r.start.0, r.end.0));
-    Ok(VirtAddr(IO_BASE + r.start.0))
+    k.io_mapped.push((r.start.as_u64(), r.end.as_u64()));
+    Ok(VirtAddr::new(IO_BASE + r.start.as_u64()))
 }
 
 /// Runs `f` over the live kernel tables, for walking and translating only
@@ -257,7 +261,7 @@ unsafe impl TableMemory for LiveRead {
         None
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        phys_to_virt(pa).0 as *const AtomicU64
+        phys_to_virt(pa).as_u64() as *const AtomicU64
     }
 }
 
@@ -303,7 +307,7 @@ fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {
     // Pool pages live in the image and are never reused; frames go back.
     let pool = kimage_to_phys(VirtAddr::new(core::ptr::addr_of!(KPT_POOL) as u64));
     mem.tables -= 1;
-    if pa.0 >= pool.0 && pa.0 < pool.0 + (POOL_PAGES as u64) * PAGE_SIZE {
+    if pa.as_u64() >= pool.as_u64() && pa.as_u64() < pool.as_u64() + (POOL_PAGES as u64) * PAGE_SIZE {
         return;
     }
     frame::free(pa, 0, Owner::PageTable).expect("freeing a detached kernel table");
@@ -339,7 +343,7 @@ unsafe impl TableMemory for FrameTableMem {
         Some(pa)
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        phys_to_virt(pa).0 as *const AtomicU64
+        phys_to_virt(pa).as_u64() as *const AtomicU64
     }
 }
 

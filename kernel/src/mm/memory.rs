@@ -50,7 +50,7 @@ pub fn pfn_pool() -> Option<(u64, u64)> {
 /// Clears the pool once the linear map exists (it is ordinary RAM).
 pub fn zero_pfn_pool() {
     if let Some((s, e)) = pfn_pool() {
-        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(PhysAddr(s)).0, e - s);
+        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(PhysAddr::new(s)).as_u64(), e - s);
     }
 }
 
@@ -63,7 +63,13 @@ pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(),
     let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
-    t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
+    t.map(
+        super::addr::VirtAddr::new(vma.start),
+        pfn,
+        vma.end - vma.start,
+        attrs,
+        super::pgtable::LeafSizes::PagesOnly,
+    )?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -727,7 +733,7 @@ fn wp_page_copy(
 }
 
 fn pfn_in_pool(pa: PhysAddr) -> bool {
-    pfn_pool().is_some_and(|(s, e)| pa.0 >= s && pa.0 < e)
+    pfn_pool().is_some_and(|(s, e)| pa.as_u64() >= s && pa.as_u64() < e)
 }
 
 /// `wp_page_copy` with the copy's source: `src` (None: zeroes) and the old
@@ -817,7 +823,7 @@ fn copy_pte_slow<'d>(
             if desc.0 & CONT_BIT != 0 {
                 broken_runs.push(va & !(cont_size() - 1));
             }
-            Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
+            Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
     };
     let base = va & !(span - 1);

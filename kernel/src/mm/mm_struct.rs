@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn mseal_covers_its_range_only_and_once() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         assert!(!mm.is_sealed(va(0), va(u64::MAX)), "nothing is sealed at first");
         mm.mseal(va(0x4000), va(0x8000));
         assert!(
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn vma_list_keeps_order_and_refuses_overlap() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
         assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
         assert!(w.insert(Vma {
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn split_vmas() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
         w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
         w.split_at(va(0x3000));
@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn readers_share_writers_exclude() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let r1 = mm.mmap_read_lock();
         let r2 = mm.mmap_read_lock();
         assert!(mm.mmap_lock.try_write().is_none());

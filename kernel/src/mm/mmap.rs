@@ -175,7 +175,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
                 mm.mmap_write_lock().remove(VirtAddr::new(va));
             }
             Err(z) => {
-                log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.0);
+                log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.as_u64());
                 mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
             }
         }

@@ -105,7 +105,7 @@ impl<'w> PtDump<'w> {
         }
         self.markers_up_to(e.va)?;
         self.leaves += 1;
-        let va = e.va.0;
+        let va = e.va.as_u64();
         let attrs = e.desc.attr_bits();
         if let Some((_, end, level, a, _)) = self.cur.as_mut()
             && *end == va
@@ -147,24 +147,24 @@ mod tests {
         let (mut mem, root) = HostMem::new(g);
         let mut t = Tables::new(root, g, 0, &mut mem);
         t.map(
-            VirtAddr(0xffff_0000_4000_0000),
-            PhysAddr(0x4000_0000),
+            VirtAddr::new(0xffff_0000_4000_0000),
+            PhysAddr::new(0x4000_0000),
             1 << 30,
             LeafAttrs::KERNEL_RW,
             LeafSizes::Largest,
         )
         .unwrap();
         t.map(
-            VirtAddr(0xffff_8000_0000_0000),
-            PhysAddr(0x4008_0000),
+            VirtAddr::new(0xffff_8000_0000_0000),
+            PhysAddr::new(0x4008_0000),
             0x10000,
             LeafAttrs::KERNEL_RX,
             LeafSizes::PagesOnly,
         )
         .unwrap();
         t.map(
-            VirtAddr(0xffff_8000_0001_0000),
-            PhysAddr(0x4009_0000),
+            VirtAddr::new(0xffff_8000_0001_0000),
+            PhysAddr::new(0x4009_0000),
             0x20000,
             LeafAttrs::KERNEL_RO,
             LeafSizes::PagesOnly,

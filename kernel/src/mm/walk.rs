@@ -157,7 +157,7 @@ fn walk_table<M: TableMemory + ?Sized>(
             }
             continue;
         }
-        let step = ops.entry(&Entry { va: VirtAddr(va), level, desc: d, kind, size, limits });
+        let step = ops.entry(&Entry { va: VirtAddr::new(va), level, desc: d, kind, size, limits });
         match step {
             Step::Stop(n) => return n,
             Step::SkipSubtree => continue,
@@ -284,8 +284,8 @@ mod tests {
     }
     impl PageWalkOps for Rec {
         fn entry(&mut self, e: &Entry) -> Step {
-            self.entries.push((e.va.0, e.level, matches!(e.kind, Kind::Leaf(_))));
-            if Some(e.va.0) == self.stop_at && matches!(e.kind, Kind::Leaf(_)) {
+            self.entries.push((e.va.as_u64(), e.level, matches!(e.kind, Kind::Leaf(_))));
+            if Some(e.va.as_u64()) == self.stop_at && matches!(e.kind, Kind::Leaf(_)) {
                 return Step::Stop(7);
             }
             if Some(e.level) == self.skip_tables_at && matches!(e.kind, Kind::Table(_)) {
@@ -309,9 +309,16 @@ mod tests {
     fn setup() -> (HostMem, PhysAddr) {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
-        t.map(VirtAddr(0x40_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr(0x60_0000), PhysAddr(0x9000_0000), 3 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        t.map(VirtAddr::new(0x40_0000), PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest)
             .unwrap();
+        t.map(
+            VirtAddr::new(0x60_0000),
+            PhysAddr::new(0x9000_0000),
+            3 * 4096,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         (mem, root)
     }
 
@@ -352,7 +359,7 @@ mod tests {
         struct Lim(Vec<(u64, u32, TableAttrs)>);
         impl PageWalkOps for Lim {
             fn entry(&mut self, e: &Entry) -> Step {
-                self.0.push((e.va.0, e.level, e.limits));
+                self.0.push((e.va.as_u64(), e.level, e.limits));
                 Step::Continue
             }
         }
@@ -366,7 +373,7 @@ mod tests {
         assert_eq!(at(0x60_1000, 3), up.and_then(down));
         // The walk and the translation agree on the limits.
         let t = Tables::new(root, Granule::K4, 0, &mut mem);
-        assert_eq!(t.translate_with_limits(VirtAddr(0x60_1000)).1, at(0x60_1000, 3));
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x60_1000)).1, at(0x60_1000, 3));
     }
 
     #[test]
@@ -417,8 +424,8 @@ mod tests {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
         t.map(
-            VirtAddr(0xffff_8000_0000_0000),
-            PhysAddr(0x4000_0000),
+            VirtAddr::new(0xffff_8000_0000_0000),
+            PhysAddr::new(0x4000_0000),
             2 * 4096,
             LeafAttrs::KERNEL_RX,
             LeafSizes::PagesOnly,

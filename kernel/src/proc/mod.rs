@@ -378,7 +378,7 @@ pub fn ps() -> String {
             p.pid,
             p.ppid,
             p.name,
-            p.mm.pgd.0,
+            p.mm.pgd.as_u64(),
             slot & 0xffff,
             slot >> 16,
             nvmas
@@ -729,7 +729,7 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> 
 /// Nothing may run from TTBR0 addresses while it changes.
 pub(crate) unsafe fn activate(p: &Process) {
     // SAFETY: guaranteed by the caller; the tables are complete.
-    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.0, crate::arch::aarch64::sysreg::ttbr0_el1()) };
+    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.as_u64(), crate::arch::aarch64::sysreg::ttbr0_el1()) };
 }
 
 /// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
@@ -737,7 +737,7 @@ pub(crate) unsafe fn activate(p: &Process) {
 /// the console's CPU keeps an address space after a run ([`sched`]); the
 /// others have left it before they report their task done.
 fn deactivate(p: &Process) {
-    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
+    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.as_u64() {
         deactivate_this_cpu();
     }
     if !crate::irq::wait_until(1000, || !context::active_elsewhere(&p.mm.asid_slot)) {
@@ -749,7 +749,7 @@ fn deactivate(p: &Process) {
 pub(crate) fn deactivate_this_cpu() {
     let (_, empty) = kmap::roots();
     // SAFETY: the kernel never runs from TTBR0.
-    unsafe { context::switch_to_empty(empty.0) };
+    unsafe { context::switch_to_empty(empty.as_u64()) };
 }
 
 /// Pages GUP takes between two calls of its `stop` check.

@@ -133,8 +133,8 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let blk = GRANULE.level_size(2);
     // A block-aligned range of RAM, mapped read-only (as table_tests does).
     let Some(pa) = crate::kmain::boot().board.ram.iter().find_map(|r| {
-        let s = (r.start.0 + blk - 1) & !(blk - 1);
-        (s + blk <= r.end.0).then_some(PhysAddr(s))
+        let s = (r.start.as_u64() + blk - 1) & !(blk - 1);
+        (s + blk <= r.end.as_u64()).then_some(PhysAddr::new(s))
     }) else {
         return super::cannot_apply("RAM holds no block-aligned block");
     };
@@ -142,13 +142,13 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let pt_frames = || frame::stats().by_owner[Owner::PageTable as usize];
     let frames_before = pt_frames();
     let map = |sizes| {
-        kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
+        kmap::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
     };
     let unmap = || kmap::with_live(|l| l.unmap(va, blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
     let refused = |what: &str, r: Result<(), MapError>| -> Result<(), String> {
         ensure!(matches!(r, Err(MapError::BbmViolation { .. })), "{what} without its flush: {r:?}");
         ensure!(
-            matches!(kmap::with_tables(|t| t.translate(VirtAddr(va))), Translation::Fault { .. }),
+            matches!(kmap::with_tables(|t| t.translate(VirtAddr::new(va))), Translation::Fault { .. }),
             "{what}: the broken entry must stay invalid"
         );
         Ok(())

@@ -117,14 +117,14 @@ fn me() -> usize {
 /// The leaf entry and the bytes of the page at `va` of `name` (read through
 /// the linear map).
 fn page(name: &str, va: u64) -> Result<(Desc, &'static [u8]), String> {
-    let (pa, d) = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+    let (pa, d) = proc::with_tables(name, |_, t| match t.translate(VirtAddr::new(va)) {
         Translation::Mapped { pa, desc, .. } => Some((pa, desc)),
         _ => None,
     })?
     .ok_or_else(|| alloc::format!("{va:#x} of {name} is not mapped"))?;
     // SAFETY: a mapped user page; the writers have stopped or write
     // single bytes, which a byte load observes whole.
-    let bytes = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
+    let bytes = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).as_u64() as *const u8, PAGE_SIZE as usize) };
     Ok((d, bytes))
 }
 

@@ -36,7 +36,7 @@ fn slot_matches(name: &str, p: &proc::Process) -> Result<u32, String> {
             s.ppid,
             s.name
         );
-        ensure!(s.pgd == p.mm.pgd.0, "{name}: pgd {:#x} in the mirror, {:#x} really", s.pgd, p.mm.pgd.0);
+        ensure!(s.pgd == p.mm.pgd.as_u64(), "{name}: pgd {:#x} in the mirror, {:#x} really", s.pgd, p.mm.pgd.as_u64());
         ensure!(
             s.asid_slot == &p.mm.asid_slot as *const _ as u64 && s.mm == &p.mm as *const _ as u64,
             "{name}: ASID slot / mm pointers do not point at its mm"

@@ -185,7 +185,7 @@ fn user_u64(name: &str, va: VirtAddr) -> Result<u64, String> {
     .ok_or("the counter page is not mapped")?;
     // SAFETY: a mapped, page-aligned user page; the reader thread stores to
     // it at EL0, which an aligned u64 load observes whole.
-    Ok(unsafe { core::ptr::read_volatile(phys_to_virt(pa).0 as *const u64) })
+    Ok(unsafe { core::ptr::read_volatile(phys_to_virt(pa).as_u64() as *const u64) })
 }
 
 /// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns

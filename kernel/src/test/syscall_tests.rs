@@ -305,8 +305,8 @@ fn el0_cannot_reach_kernel_memory() -> Result<(), String> {
         let targets = [
             ("kernel text", crate::sym_addr!(__kernel_start)),
             ("kernel data", core::ptr::addr_of!(SECRET) as u64),
-            ("linear map", phys_to_virt(ram).0 + 0x2000),
-            ("MMIO", io_virt(uart).0),
+            ("linear map", phys_to_virt(ram).as_u64() + 0x2000),
+            ("MMIO", io_virt(uart).as_u64()),
         ];
         for (what, va) in targets {
             // TOUCH_READ is a lone load; WRITE a lone store.

@@ -36,7 +36,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
     let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 16;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kmap::map_kernel(VirtAddr::new(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..=PAGES {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
@@ -95,7 +95,7 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     impl PageWalkOps for W {
         fn entry(&mut self, e: &Entry) -> Step {
             if let Kind::Leaf(_) = e.kind {
-                self.leaves.push((e.va.0, e.level));
+                self.leaves.push((e.va.as_u64(), e.level));
                 if Some(self.leaves.len()) == self.stop_after {
                     return Step::Stop(42);
                 }
@@ -143,13 +143,13 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
 }
 
 fn walk(va: u64) -> Translation {
-    kmap::with_tables(|t| t.translate(VirtAddr(va)))
+    kmap::with_tables(|t| t.translate(VirtAddr::new(va)))
 }
 
 /// `AT` at `va` agrees with the software walk and with `want`, what the
 /// test asked the tables to map there, for EL1 and EL0 reads and writes.
 pub fn agree(va: u64, want: Request) -> Result<(), String> {
-    let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr(va)));
+    let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(va)));
     atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     for access in Access::ALL {
         let par = atcheck::observe(access, va);
@@ -167,7 +167,7 @@ pub fn agree(va: u64, want: Request) -> Result<(), String> {
 
 /// Kernel memory at `pa` as `attrs` asked, with no table limits.
 fn asked(pa: u64, attrs: LeafAttrs) -> Request {
-    Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE }
+    Request::Exact { pa: PhysAddr::new(pa), attrs, limits: TableAttrs::NONE }
 }
 
 /// `AT` as an [`Expected`] value.
@@ -196,8 +196,8 @@ fn pt_frames() -> u64 {
 fn ram_block() -> Option<PhysAddr> {
     let blk = GRANULE.level_size(2);
     boot().board.ram.iter().find_map(|r| {
-        let s = (r.start.0 + blk - 1) & !(blk - 1);
-        (s + blk <= r.end.0).then_some(PhysAddr(s))
+        let s = (r.start.as_u64() + blk - 1) & !(blk - 1);
+        (s + blk <= r.end.as_u64()).then_some(PhysAddr::new(s))
     })
 }
 
@@ -212,28 +212,28 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
     let blk = GRANULE.level_size(2);
     let va = TEST_WINDOW;
     let frames_before = pt_frames();
-    kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest)
+    kmap::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest)
         .map_err(|e| alloc::format!("{e:?}"))?;
     let r = (|| {
         ensure!(level_of(va) == Some(2), "not mapped as a level-2 block");
         let probes: Vec<u64> = (0..8).map(|i| va + i * (blk / 8) + 0x18).collect();
         for &p in &probes {
-            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
+            agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         kmap::with_live(|l| l.split(va + 5 * PAGE_SIZE, 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
         ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
         for &p in &probes {
-            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
+            agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         // Every page still maps the same physical memory.
         for i in (0..blk / PAGE_SIZE).step_by(97) {
             let v = va + i * PAGE_SIZE;
-            ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(PhysAddr(pa.0 + i * PAGE_SIZE)), "page {i} moved");
+            ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(PhysAddr::new(pa.as_u64() + i * PAGE_SIZE)), "page {i} moved");
         }
         kmap::with_live(|l| l.collapse(va, 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
         for &p in &probes {
-            agree(p, asked(pa.0 + (p - va), LeafAttrs::KERNEL_RO))?;
+            agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         Ok(())
     })();
@@ -252,7 +252,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
     let va = TEST_WINDOW + GRANULE.level_size(2) * 4;
     let frames_before = pt_frames();
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kmap::map_kernel(VirtAddr::new(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         kmap::with_live(|l| l.make_contiguous(va, 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
         for i in 0..n {
@@ -261,7 +261,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
                 t => return Err(alloc::format!("page {i}: {t:?}")),
             }
             let run = LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW };
-            agree(va + i * PAGE_SIZE + 8, asked(pa.0 + i * PAGE_SIZE + 8, run))?;
+            agree(va + i * PAGE_SIZE + 8, asked(pa.as_u64() + i * PAGE_SIZE + 8, run))?;
             // SAFETY: our own test frames.
             unsafe { probe_write_u8(va + i * PAGE_SIZE, i as u8) }
                 .map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
@@ -296,12 +296,12 @@ fn tables_protect_and_unmap_fault_for_real() -> Result<(), String> {
     let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 8;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kmap::map_kernel(VirtAddr::new(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
         kmap::with_live(|l| l.protect(va + PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
-        agree(va + PAGE_SIZE, asked(pa.0 + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
+        agree(va + PAGE_SIZE, asked(pa.as_u64() + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
         // SAFETY: must fault.
         let (esr, _) =
             unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
@@ -323,12 +323,12 @@ fn tables_bbm_changes_refused() -> Result<(), String> {
     let pa = frame::alloc_zeroed(1, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 12;
     let r = (|| {
-        kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
-        let other = PhysAddr(pa.0 + PAGE_SIZE);
-        let e = kmap::map_kernel(VirtAddr(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        let other = PhysAddr::new(pa.as_u64() + PAGE_SIZE);
+        let e = kmap::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");
-        let e = kmap::map_kernel(VirtAddr(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+        let e = kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "memory type change: {e:?}");
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(pa), "refused change altered the mapping");
         let e = kmap::with_live(|l| l.protect(va, PAGE_SIZE, 0b100 << 2, 0));

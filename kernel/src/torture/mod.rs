@@ -216,7 +216,8 @@ mod driver {
     fn replay_ops(mach: &Machine) -> Result<Vec<Op>, ReplayError> {
         let r = boot().board.initrd.ok_or(ReplayError::NoInitrd)?;
         // SAFETY: the initrd is reserved RAM, mapped by the linear map.
-        let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).0 as *const u8, r.size() as usize) };
+        let text =
+            unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).as_u64() as *const u8, r.size() as usize) };
         let text = core::str::from_utf8(text).map_err(|_| ReplayError::NotText)?;
         let mut out = Vec::new();
         for (n, l) in text.lines().enumerate() {

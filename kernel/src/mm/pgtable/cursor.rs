@@ -158,7 +158,7 @@ impl S2Attrs {
         let sh = if self.normal { SH } else { 0 };
         let s2ap = if self.read { Self::S2AP_R } else { 0 } | if self.write { Self::S2AP_W } else { 0 };
         let xn = if self.xn { 0b10 << 53 } else { 0 };
-        Desc((pa.0 & crate::mm::desc::OA_MASK) | (memattr << 2) | s2ap | sh | (1 << 10) | xn | ty)
+        Desc((pa.as_u64() & crate::mm::desc::OA_MASK) | (memattr << 2) | s2ap | sh | (1 << 10) | xn | ty)
     }
 }
 
@@ -205,7 +205,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     pub fn new(t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
         let (root, start) = (t.root, t.start_level);
-        let mut path = [PhysAddr(0); MAX_LEVELS];
+        let mut path = [PhysAddr::new(0); MAX_LEVELS];
         path[start as usize] = root;
         Self {
             t,
@@ -358,7 +358,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             let d = self.t.read(table, self.t.granule.index(va, l));
             match d.kind(l, self.t.granule) {
                 Kind::Table(next) => table = next,
-                _ => return Err(MapError::NotMapped { va: VirtAddr(va), level: l }),
+                _ => return Err(MapError::NotMapped { va: VirtAddr::new(va), level: l }),
             }
         }
         Ok((table, self.t.granule.index(va, level)))
@@ -400,7 +400,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(va), level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(va), level, old, new });
         }
         self.t.write(table, idx, new);
         Ok(())
@@ -443,7 +443,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let Kind::Table(child) = old.kind(level, self.t.granule) else {
-            return Err(MapError::NotMapped { va: VirtAddr(va), level });
+            return Err(MapError::NotMapped { va: VirtAddr::new(va), level });
         };
         let new = Desc::table_with(child, limits);
         if new != old {
@@ -464,7 +464,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let old = self.t.read(table, idx);
         let base = match old.kind(level, g) {
             Kind::Leaf(pa) if level < 3 => pa,
-            _ => return Err(MapError::NotABlock { va: VirtAddr(va), level }),
+            _ => return Err(MapError::NotABlock { va: VirtAddr::new(va), level }),
         };
         if old.contiguous() {
             self.split_contiguous(va, level)?;
@@ -477,7 +477,11 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let attrs = old.attr_bits() & !(1 << 52);
         for i in 0..g.entries_per_table() {
             // Not yet reachable by the walker: plain writes.
-            self.t.write(child, i, Desc(((base.0 + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty));
+            self.t.write(
+                child,
+                i,
+                Desc(((base.as_u64() + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty),
+            );
         }
         // A refused make leaves the new table unlinked: freed with the batch.
         self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
@@ -517,21 +521,22 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let (table, idx) = self.slot(va, level)?;
         let (first, n) = self.group(idx, level);
         if n < 2 {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         }
         let size = g.level_size(level);
         let run_va = va & !(size * n as u64 - 1);
         let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
         let Kind::Leaf(pa0) = olds[0].kind(level, g) else {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         };
         let attrs = olds[0].attr_bits() & !(1 << 52);
-        let ok = pa0.0 % (size * n as u64) == 0
+        let ok = pa0.as_u64() % (size * n as u64) == 0
             && olds.iter().enumerate().all(|(i, d)| {
-                d.kind(level, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(level, g) == Kind::Leaf(PhysAddr::new(pa0.as_u64() + i as u64 * size))
+                    && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         }
         if olds.iter().all(|d| d.contiguous()) {
             return Ok(());
@@ -552,30 +557,31 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     pub fn collapse(&mut self, va: u64, level: u32) -> Result<(), MapError> {
         let g = self.t.granule;
         if !g.block_allowed(level) {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         }
         let size = g.level_size(level);
         let va = va & !(size - 1);
         let (table, idx) = self.slot(va, level)?;
         let Kind::Table(child) = self.t.read(table, idx).kind(level, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         };
         let cl = level + 1;
         let first = self.t.read(child, 0);
         let Kind::Leaf(pa0) = first.kind(cl, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         };
         let attrs = first.attr_bits() & !(1 << 52);
         let cs = g.level_size(cl);
-        let ok = pa0.0 % size == 0
+        let ok = pa0.as_u64() % size == 0
             && (0..g.entries_per_table()).all(|i| {
                 let d = self.t.read(child, i);
-                d.kind(cl, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(cl, g) == Kind::Leaf(PhysAddr::new(pa0.as_u64() + i as u64 * cs))
+                    && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         }
-        self.replace(va, level, Desc((pa0.0 & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        self.replace(va, level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
@@ -623,7 +629,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                         }
                         break;
                     }
-                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr(cur), level }),
+                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr::new(cur), level }),
                     Kind::Table(next) if level < 3 => {
                         table = next;
                         level += 1;
@@ -743,7 +749,7 @@ fn sabotaged() -> bool {
 
 fn violation(va: u64, level: u32) -> MapError {
     BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
-    MapError::BbmViolation { va: VirtAddr(va), level }
+    MapError::BbmViolation { va: VirtAddr::new(va), level }
 }
 
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
@@ -827,7 +833,7 @@ impl<M: TableMemory> Tables<'_, M> {
             } else if old != d {
                 let (old, new) = (Desc(old), Desc(d));
                 if crate::mm::desc::needs_break_before_make(old, new, level, g) || old.is_valid() != new.is_valid() {
-                    let va = VirtAddr(va.0.wrapping_add(i as u64 * step));
+                    let va = VirtAddr::new(va.as_u64().wrapping_add(i as u64 * step));
                     return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
                 }
                 // A live-safe attribute change (permissions, AF).
@@ -931,7 +937,7 @@ impl<'l> Pte<'l> {
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1078,8 +1084,8 @@ mod tests {
     const K4: Granule = Granule::K4;
 
     fn level_at<M: TableMemory>(t: &Tables<'_, M>, va: u64) -> Option<(u32, u64)> {
-        match t.translate(VirtAddr(va)) {
-            Translation::Mapped { level, pa, .. } => Some((level, pa.0)),
+        match t.translate(VirtAddr::new(va)) {
+            Translation::Mapped { level, pa, .. } => Some((level, pa.as_u64())),
             Translation::Fault { .. } => None,
         }
     }
@@ -1088,7 +1094,14 @@ mod tests {
     fn split_block_into_pages_keeps_every_translation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x8000_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         assert_eq!(level_at(&t, 0x4000_0000), Some((2, 0x8000_0000)));
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 7 }, &mut rec);
@@ -1106,8 +1119,10 @@ mod tests {
     fn table_limits_accumulate_down_the_walk_and_flush_walk_caches() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
-        t.map(VirtAddr(0x4020_0000), PhysAddr(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        t.map(VirtAddr::new(0x4020_0000), PhysAddr::new(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
         let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
@@ -1116,16 +1131,16 @@ mod tests {
         l.limit_table(0x4000_1000, 2, down).unwrap();
         assert_eq!(
             l.limit_table(0x4000_0000, 3, down),
-            Err(MapError::NotMapped { va: VirtAddr(0x4000_0000), level: 3 }),
+            Err(MapError::NotMapped { va: VirtAddr::new(0x4000_0000), level: 3 }),
             "a leaf is not a table"
         );
         let _ = l.finish();
-        let (tr, lim) = t.translate_with_limits(VirtAddr(0x4000_1008));
+        let (tr, lim) = t.translate_with_limits(VirtAddr::new(0x4000_1008));
         assert!(matches!(tr, Translation::Mapped { level: 3, .. }));
         assert_eq!(lim, up.and_then(down));
         // The level-1 limits cover the neighbouring 2M; the level-2 ones do not.
-        assert_eq!(t.translate_with_limits(VirtAddr(0x4020_0000)).1, up);
-        assert_eq!(t.translate_with_limits(VirtAddr(0x8000_0000)).1, TableAttrs::NONE);
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x4020_0000)).1, up);
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x8000_0000)).1, TableAttrs::NONE);
         // One flush over both changed ranges, walk caches included.
         assert_eq!(rec.flushes, [(0x4000_0000, 1 << 30, Some(3), false)]);
     }
@@ -1134,7 +1149,14 @@ mod tests {
     fn split_1g_block_into_2m_blocks_then_collapse_back() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 1 << 30, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            1 << 30,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         l.split(0x4000_0000, 1).unwrap();
@@ -1153,8 +1175,14 @@ mod tests {
     fn collapse_refuses_mixed_attributes_or_discontiguous_memory() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         l.protect(0x4000_3000, 4096, 1 << 7, 0).unwrap();
@@ -1167,8 +1195,14 @@ mod tests {
         // Not aligned in PA: pages at 0x4000_0000 mapping PA 0x4000_1000...
         let (mut mem2, root2) = HostMem::new(K4);
         let mut t2 = Tables::new(root2, K4, 0, &mut mem2);
-        t2.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_1000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t2.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_1000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut l2 = CursorMut::new(&mut t2, Stage1Kernel, &mut rec);
         assert!(matches!(l2.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
         let _ = l2.finish();
@@ -1178,14 +1212,20 @@ mod tests {
     fn contiguous_runs_make_and_split() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x10_0000), PhysAddr(0x8010_0000), 64 * 1024, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t.map(
+            VirtAddr::new(0x10_0000),
+            PhysAddr::new(0x8010_0000),
+            64 * 1024,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
         l.make_contiguous(0x10_5000, 3).unwrap();
         let _ = l.finish();
         for i in 0..16 {
-            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+            match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
                 Translation::Mapped { desc, .. } => assert!(desc.contiguous()),
                 other => panic!("{other:?}"),
             }
@@ -1196,7 +1236,7 @@ mod tests {
         l.protect(0x10_2000, 4096, 1 << 7, 0).unwrap();
         let _ = l.finish();
         for i in 0..16 {
-            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+            match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
                 Translation::Mapped { desc, .. } => {
                     assert!(!desc.contiguous());
                     assert_eq!(desc.perms().read_only, i == 2);
@@ -1215,7 +1255,14 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two 2M blocks.
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 4 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            4 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
         // Unmap from the middle of the first block to the middle of the second.
@@ -1241,7 +1288,7 @@ mod tests {
     fn protect_refuses_non_permission_bits() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         assert!(
@@ -1256,19 +1303,19 @@ mod tests {
     fn make_without_flush_is_a_bbm_violation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         l.break_entry(table, idx, 0x1000, 4096);
-        let new = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs::KERNEL_RW);
+        let new = Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs::KERNEL_RW);
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, new), Err(MapError::BbmViolation { .. })));
         l.flush_pending();
         l.make_entry(table, idx, 0x1000, 3, new).unwrap();
         let _ = l.finish();
         // And a direct replacement that needs BBM is refused too.
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-        let other = Desc::leaf(PhysAddr(0x9000), 3, LeafAttrs::KERNEL_RW);
+        let other = Desc::leaf(PhysAddr::new(0x9000), 3, LeafAttrs::KERNEL_RW);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
         // replace() does the sequence itself.
@@ -1283,7 +1330,7 @@ mod tests {
             let blk = g.level_size(2);
             let (mut mem, root) = HostMem::new(g);
             let mut t = Tables::new(root, g, start, &mut mem);
-            t.map(VirtAddr(blk), PhysAddr(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+            t.map(VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
             let mut rec = Rec::default();
             let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
             l.split(blk, 2).unwrap();
@@ -1318,13 +1365,13 @@ mod tests {
         // Map 4 pages into holes, creating tables on the way.
         for i in 0..4u64 {
             let ipa = 0x8000_0000 + i * 4096;
-            let d = rw.leaf(PhysAddr(0x4000_0000 + i * 4096), 3);
+            let d = rw.leaf(PhysAddr::new(0x4000_0000 + i * 4096), 3);
             assert_eq!(d.0 & (0b1111 << 2), 0b1111 << 2, "MemAttr normal WB");
             assert_eq!(d.0 & (1 << 11), 0, "no nG in stage 2");
-            c.t.set_leaf(VirtAddr(ipa), 3, d).unwrap();
+            c.t.set_leaf(VirtAddr::new(ipa), 3, d).unwrap();
         }
         assert_eq!(c.jump(0x8000_2000, 3), 3);
-        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_2000)));
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_2000)));
         // Write-protect (S2AP W) with the CAS update: a permission change, no BBM.
         let old = c.update(0, S2Attrs::S2AP_W).unwrap();
         assert_ne!(old.0 & S2Attrs::S2AP_W, 0);
@@ -1332,11 +1379,11 @@ mod tests {
         // MemAttr is not a permission bit in stage 2 (bit 5 is not AttrIndx's).
         assert!(matches!(c.update(1 << 5, 0), Err(MapError::NotPermissionBits(_))));
         // Changing the memory type of a live stage-2 leaf needs BBM.
-        let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr(0x4000_2000), 3);
+        let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr::new(0x4000_2000), 3);
         assert!(matches!(c.set(dev), Err(MapError::NeedsBreakBeforeMake { .. })));
         c.move_forward();
         assert_eq!(c.va(), 0x8000_3000);
-        assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_3000)));
+        assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_3000)));
         c.unmap(0x8000_0000, 0x2000).unwrap();
         let d = c.finish();
         assert_eq!(d.0.len(), 0, "the level-3 table still maps 0x8000_2000");
@@ -1352,13 +1399,14 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two level-3 tables: the last page of one, the first of the next.
-        t.map(VirtAddr(0x1f_f000), PhysAddr(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1f_f000), PhysAddr::new(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(&mut t, Stage1User { asid: 5 }, &mut rec);
         assert_eq!(c.jump(0x1f_f000, 3), 3);
         c.move_forward();
         assert_eq!((c.va(), c.level()), (0x20_0000, 3));
-        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x5000_1000)));
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x5000_1000)));
         // A write-protect that races with a hardware dirty update: the CAS
         // loop keeps the bit (simulated by setting it between load and CAS
         // is not possible single-threaded; check the CAS keeps what is there).
@@ -1388,7 +1436,7 @@ mod tests {
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         assert_eq!(c.jump(0x1000, 3), 3);
