@@ -101,7 +101,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
         );
         if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
             reserved.push((pool, "PFN pool (mmap pfn=)"));
-            crate::mm::memory::set_pfn_pool(pool.start.as_u64(), pool.end.as_u64());
+            crate::mm::memory::set_pfn_pool(pool.start, pool.end);
         }
     }
     let cuts: Vec<PhysRange> = reserved.iter().map(|r| r.0).collect();

@@ -183,7 +183,7 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
         };
         for &v in pages {
             // What the VMA asks for: the oracle the walk and AT answer to.
-            let req = Request::for_vma(pr.mm.mmap_read_lock().vmas().find(v));
+            let req = Request::for_vma(pr.mm.mmap_read_lock().vmas().find(VirtAddr::new(v)));
             let irq = cpu::local_irq_save();
             // SAFETY: only AT runs while P's tables are in TTBR0; nothing
             // executes from TTBR0 addresses here.

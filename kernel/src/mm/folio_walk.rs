@@ -83,7 +83,7 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
     is_zero_page: &dyn Fn(PhysAddr) -> bool,
 ) -> Option<FolioWalk<'a>> {
     let mm = lock.mm();
-    let vma = *lock.vmas().find(addr.as_u64())?;
+    let vma = *lock.vmas().find(addr)?;
     let ptl = mm.page_table_lock.lock();
     let mut table = mm.pgd;
     for level in start_level..=3 {

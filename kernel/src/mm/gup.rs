@@ -113,7 +113,7 @@ fn undo(v: Vec<Taken>, pin: bool) {
 
 fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Result<Taken, i64> {
     use crate::errno::{EFAULT, ENOMEM};
-    let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
+    let vma = *lock.vmas().find(VirtAddr::new(va)).ok_or(-EFAULT)?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
     if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {
         return Err(-EFAULT);
@@ -154,7 +154,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
             }
         };
         if let Some(ff) = need {
-            match memory::handle_mm_fault(mt, &vma, va, ff) {
+            match memory::handle_mm_fault(mt, &vma, VirtAddr::new(va), ff) {
                 VmFault::Done => {}
                 VmFault::Oom => return Err(-ENOMEM),
                 VmFault::Sigsegv => return Err(-EFAULT),

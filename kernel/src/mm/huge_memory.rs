@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pgtable::Pte;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, LeafAttrs};
 use super::frame::{self, Owner};
 use super::granule::{GRANULE, PAGE_SIZE};

@@ -44,7 +44,7 @@ fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
         .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
     {
         if pfn {
-            return Err(MmError::PfnMap { addr: s });
+            return Err(MmError::PfnMap { addr: VirtAddr::new(s) });
         }
         madvise_dontneed_single_vma(mt, VirtAddr::new(s), VirtAddr::new(e))?;
         a = e;
@@ -54,7 +54,7 @@ fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
 
 /// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA.
 fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
-    memory::zap_page_range(mt, start.as_u64(), end - start)
+    memory::zap_page_range(mt, VirtAddr::new(start.as_u64()), end - start)
 }
 
 fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {
@@ -79,11 +79,11 @@ fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Res
         // the other per-VMA walks need whole blocks inside each VMA.
         {
             let ptl = mt.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(&ptl, mt.mm, &mut mt.mem.lock(), s, e)?;
+            memory::split_blocks_at_edges(&ptl, mt.mm, &mut mt.mem.lock(), VirtAddr::new(s), VirtAddr::new(e))?;
         }
         vmas.split_at(sv);
         vmas.split_at(ev);
-        if let Some(v) = vmas.find_mut(s)
+        if let Some(v) = vmas.find_mut(VirtAddr::new(s))
             && !v.flags.contains(VmFlags::PFNMAP)
             && v.file == 0
         {
@@ -99,5 +99,5 @@ fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Res
         }
         a = e;
     }
-    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
+    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr: VirtAddr::new(addr) }))
 }

@@ -20,7 +20,7 @@ use core::sync::atomic::Ordering;
 
 use spin::Mutex;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
@@ -36,21 +36,21 @@ pub const PFN_POOL_SIZE: u64 = 4 << 20;
 static PFN_POOL: [core::sync::atomic::AtomicU64; 2] =
     [core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)];
 
-pub fn set_pfn_pool(start: u64, end: u64) {
-    PFN_POOL[0].store(start, Ordering::Release);
-    PFN_POOL[1].store(end, Ordering::Release);
+pub fn set_pfn_pool(start: PhysAddr, end: PhysAddr) {
+    PFN_POOL[0].store(start.as_u64(), Ordering::Release);
+    PFN_POOL[1].store(end.as_u64(), Ordering::Release);
 }
 
 /// The PFN pool `[start, end)` (physical), if there is one.
-pub fn pfn_pool() -> Option<(u64, u64)> {
+pub fn pfn_pool() -> Option<(PhysAddr, PhysAddr)> {
     let (s, e) = (PFN_POOL[0].load(Ordering::Acquire), PFN_POOL[1].load(Ordering::Acquire));
-    (e > s).then_some((s, e))
+    (e > s).then_some((PhysAddr::new(s), PhysAddr::new(e)))
 }
 
 /// Clears the pool once the linear map exists (it is ordinary RAM).
 pub fn zero_pfn_pool() {
     if let Some((s, e)) = pfn_pool() {
-        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(PhysAddr::new(s)).as_u64(), e - s);
+        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(s).as_u64(), e - s);
     }
 }
 
@@ -195,9 +195,10 @@ pub(crate) fn split_blocks_at_edges(
     ptl: &PtlGuard<'_>,
     mm: &MmStruct,
     mem: &mut FrameTableMem,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
 ) -> Result<(), MmError> {
+    let (start, end) = (start.as_u64(), end.as_u64());
     if super::huge_memory::pud_order().is_some() {
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
@@ -223,7 +224,7 @@ pub(crate) fn split_blocks_at_edges(
 
 /// Splits the blocks that `[va, va+len)` cuts (the fallible part of
 /// [`change_protection`], which callers run before they change a VMA).
-pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)
@@ -385,8 +386,8 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super
 
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`access_ok`]).
-pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags) -> VmFault {
-    let va = addr & !(PAGE_SIZE - 1);
+pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
+    let va = addr.align_down(PAGE_SIZE).as_u64();
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
@@ -561,7 +562,7 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFaul
 /// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
 fn do_fault(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
-    let pgoff = vma.pgoff_of(va);
+    let pgoff = vma.pgoff_of(VirtAddr::new(va));
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
@@ -733,7 +734,7 @@ fn wp_page_copy(
 }
 
 fn pfn_in_pool(pa: PhysAddr) -> bool {
-    pfn_pool().is_some_and(|(s, e)| pa.as_u64() >= s && pa.as_u64() < e)
+    pfn_pool().is_some_and(|(s, e)| pa >= s && pa < e)
 }
 
 /// `wp_page_copy` with the copy's source: `src` (None: zeroes) and the old
@@ -797,7 +798,7 @@ fn copy_pte_slow<'d>(
         return Ok(());
     }
     if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
+        return Err(MmError::NotPresent { addr: VirtAddr::new(va) });
     }
     let child = if desc.special() {
         desc
@@ -1000,10 +1001,11 @@ fn block_all_exclusive(d: Desc) -> bool {
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
-pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
+    let va = va.as_u64();
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
@@ -1124,7 +1126,7 @@ fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writ
 /// changes are permission-only (no BBM); one TLB flush at the end.
 pub fn change_protection(
     mt: MmTables<'_>,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     readable: bool,
     writable: bool,
@@ -1133,6 +1135,7 @@ pub fn change_protection(
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
+    let va = va.as_u64();
     let mut changed = false;
     let mm = mt.mm;
     let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
@@ -1236,7 +1239,7 @@ fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(),
 
 /// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
 /// first use; PFN mappings are refused (Linux: BUG_ON).
-fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Result<Vma, i64> {
+fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, i64> {
     use crate::errno::{EFAULT, EINVAL};
     let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
     if v.flags.contains(VmFlags::PFNMAP) {
@@ -1252,10 +1255,11 @@ fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Res
 pub fn vm_insert_page(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
-    addr: u64,
+    addr: VirtAddr,
     pa: PhysAddr,
 ) -> Result<(), i64> {
     let vma = insert_vma(vmas, addr)?;
+    let addr = addr.as_u64();
     validate_page_before_insert(mt.mm, &vma, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
@@ -1272,7 +1276,7 @@ pub fn vm_insert_page(
 pub fn vm_insert_pages(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
-    addr: u64,
+    addr: VirtAddr,
     pages: &[PhysAddr],
 ) -> (usize, Result<(), i64>) {
     for (i, &pa) in pages.iter().enumerate() {
@@ -1291,7 +1295,8 @@ pub fn vm_insert_pages(
 /// allows it - anything in VM_PFNMAP/VM_IO mappings, the zero page only
 /// where `vm_mixed_zeropage_allowed` says so - mapped special when it has
 /// no struct page (or is the zero page), as a page otherwise.
-pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -> VmFault {
+pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAddr) -> VmFault {
+    let addr = addr.as_u64();
     let io = vma.flags.0 & (VmFlags::PFNMAP.0 | VmFlags::IO.0) != 0;
     if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
         return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS

@@ -152,8 +152,8 @@ impl Vma {
     }
 
     /// The file page offset of `va` in this VMA.
-    pub fn pgoff_of(&self, va: u64) -> u64 {
-        self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
+    pub fn pgoff_of(&self, va: VirtAddr) -> u64 {
+        self.pgoff + (va.as_u64() - self.start) / crate::mm::granule::PAGE_SIZE
     }
 }
 
@@ -237,7 +237,7 @@ impl VmaList {
         let addr = addr.as_u64();
         if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
             let lo = self.0[i];
-            let hi = Vma { start: addr, pgoff: lo.pgoff_of(addr), ..lo };
+            let hi = Vma { start: addr, pgoff: lo.pgoff_of(VirtAddr::new(addr)), ..lo };
             file_vma_get(&hi);
             self.0[i].end = addr;
             self.0.insert(i + 1, hi);
@@ -254,7 +254,8 @@ impl VmaList {
         self.0.iter_mut().filter(move |v| v.start >= start && v.end <= end)
     }
     /// The VMA containing `addr`, mutable (flags changes under the write lock).
-    pub fn find_mut(&mut self, addr: u64) -> Option<&mut Vma> {
+    pub fn find_mut(&mut self, addr: VirtAddr) -> Option<&mut Vma> {
+        let addr = addr.as_u64();
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get_mut(i).filter(|v| v.start <= addr)
     }
@@ -266,7 +267,8 @@ impl VmaList {
         Some(v)
     }
     /// The VMA containing `addr` (Linux `vma_lookup`).
-    pub fn find(&self, addr: u64) -> Option<&Vma> {
+    pub fn find(&self, addr: VirtAddr) -> Option<&Vma> {
+        let addr = addr.as_u64();
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get(i).filter(|v| v.start <= addr)
     }
@@ -527,12 +529,12 @@ mod tests {
             !w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
             "empty"
         );
-        assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
-        assert_eq!(w.find(0x2000), None);
-        assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
+        assert_eq!(w.find(va(0x1fff)).map(|v| v.start), Some(0x1000));
+        assert_eq!(w.find(va(0x2000)), None);
+        assert_eq!(w.find(va(0x4000)).map(|v| v.start), Some(0x3000));
         let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start).collect();
         assert_eq!(starts, [0x1000, 0x3000]);
-        assert!(w.find(0x1000).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(w.find(va(0x1000)).unwrap().flags.contains(VmFlags::WRITE));
     }
 
     #[test]
@@ -550,8 +552,8 @@ mod tests {
         for v in w.inside_mut(va(0x3000), va(0x7000)) {
             v.flags = VmFlags::READ | VmFlags::WRITE;
         }
-        assert!(w.find(0x3000).unwrap().flags.contains(VmFlags::WRITE));
-        assert!(!w.find(0x7000).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(w.find(va(0x3000)).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(!w.find(va(0x7000)).unwrap().flags.contains(VmFlags::WRITE));
     }
 
     #[test]

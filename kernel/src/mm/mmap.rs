@@ -63,10 +63,10 @@ pub fn check_user_range(va: VirtAddr, len: u64) -> Result<(), MmError> {
         return Err(MmError::Empty);
     }
     if !va.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MmError::NotAligned { addr: va.as_u64(), len });
+        return Err(MmError::NotAligned { addr: VirtAddr::new(va.as_u64()), len });
     }
     if va.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
-        return Err(MmError::OutOfRange { addr: va.as_u64(), len });
+        return Err(MmError::OutOfRange { addr: VirtAddr::new(va.as_u64()), len });
     }
     Ok(())
 }
@@ -97,8 +97,8 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
     }
     if let Some(pfn) = a.pfn {
         let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
-        if !pfn.is_aligned(PAGE_SIZE) || pfn.as_u64() < ps || pfn.checked_add(size).is_none_or(|e| e.as_u64() > pe) {
-            return Err(MmError::PfnOutsidePool { pfn: pfn.as_u64(), size, start: ps, end: pe });
+        if !pfn.is_aligned(PAGE_SIZE) || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
+            return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
         }
         flags = flags | VmFlags::PFNMAP | VmFlags::IO;
     }
@@ -161,7 +161,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
             super::shmem::vma_get(file);
             super::shmem::vma_put(file);
         }
-        return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
+        return Err(inserted.err().unwrap_or(MmError::Overlap { addr: VirtAddr::new(va) }));
     }
     if let Some(pfn) = a.pfn
         && let Err(e) = memory::remap_pfn_range(mt, &vma, pfn)
@@ -170,7 +170,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         // allocation to inject failures into, and a zap of special
         // entries only (no pages, no blocks) needs none that can fail.
         // Should it fail all the same, the VMA stays over its entries.
-        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, va, size)) {
+        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, VirtAddr::new(va), size)) {
             Ok(()) => {
                 mm.mmap_write_lock().remove(VirtAddr::new(va));
             }
@@ -200,7 +200,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
     vmas.try_reserve(n)?;
     vmas.split_at(va);
     vmas.split_at(end);
-    memory::zap_page_range(mt, va.as_u64(), len)?;
+    memory::zap_page_range(mt, VirtAddr::new(va.as_u64()), len)?;
     // One at a time: no list to allocate.
     loop {
         let Some(s) = vmas.inside(va, end).map(|v| VirtAddr::new(v.start)).next() else { break };
@@ -213,7 +213,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
 /// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
 pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     if let Some(addr) = first_hole(vmas, va, len) {
-        return Err(MmError::NotMapped { addr: addr.as_u64() });
+        return Err(MmError::NotMapped { addr: VirtAddr::new(addr.as_u64()) });
     }
     let n = vmas.splits_needed(va, va + len);
     vmas.try_reserve(n)?;
@@ -231,7 +231,7 @@ pub fn range_covered(mm: &super::mm_struct::MmStruct, va: VirtAddr, len: u64) ->
 fn first_hole(vmas: &super::mm_struct::VmaList, va: VirtAddr, len: u64) -> Option<VirtAddr> {
     let mut a = va;
     while a < va + len {
-        match vmas.find(a.as_u64()) {
+        match vmas.find(a) {
             Some(v) => a = VirtAddr::new(v.end),
             None => return Some(a),
         }

@@ -36,7 +36,7 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
     // VMA changes, a failure leaves the VMAs and the entries agreeing.
     let mut a = va;
     while let Some((s, e)) = vmas.inside(a, end).map(|v| (v.start, v.end)).next() {
-        memory::split_range_edges(mt, s, e - s)?;
+        memory::split_range_edges(mt, VirtAddr::new(s), e - s)?;
         a = VirtAddr::new(e);
     }
     for v in vmas.inside_mut(va, end) {
@@ -48,7 +48,7 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
         vmas.inside(a, end).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
     {
         // Cannot fail now that the edges are split.
-        memory::change_protection(mt, s, e - s, readable, writable, shared)?;
+        memory::change_protection(mt, VirtAddr::new(s), e - s, readable, writable, shared)?;
         a = VirtAddr::new(e);
     }
     Ok(())

@@ -160,7 +160,7 @@ impl Page {
         let f = self.flags();
         if f & pg::TAIL != 0 {
             let off = self.head_off.load(Ordering::Acquire) as u64;
-            let head = pfn_to_page(PhysAddr::new(self.pa().as_u64() - (off << PAGE_SHIFT)))?;
+            let head = pfn_to_page(self.pa() - (off << PAGE_SHIFT))?;
             return Some(Folio(head));
         }
         if f & pg::FOLIO != 0 { Some(Folio(self)) } else { None }
@@ -204,7 +204,7 @@ impl Folio {
     }
     /// Page `i` of the folio.
     pub fn page(&self, i: u64) -> &'static Page {
-        pfn_to_page(PhysAddr::new(self.pa().as_u64() + (i << PAGE_SHIFT))).expect("folio page outside RAM")
+        pfn_to_page(self.pa() + (i << PAGE_SHIFT)).expect("folio page outside RAM")
     }
     /// Linux `folio_mapcount`: every page-level mapping plus every block
     /// mapping of the whole folio.
@@ -315,7 +315,7 @@ pub fn folio_alloc_anon_nozero(order: u32) -> Option<Folio> {
 fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
     let head = pfn_to_page(pa).expect("allocated frame outside RAM");
     for i in 1..(1u64 << order) {
-        let t = pfn_to_page(PhysAddr::new(pa.as_u64() + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+        let t = pfn_to_page(pa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
         t.mapcount.store(0, Ordering::Relaxed);
         t.head_off.store(i as u32, Ordering::Relaxed);
         t.flags.store(pg::TAIL | pg::ANON, Ordering::Release);
@@ -457,7 +457,7 @@ pub fn split_entire_folio(
         let hpa = PhysAddr::new(pa.as_u64() + ((k * sub) << PAGE_SHIFT));
         let head = pfn_to_page(hpa).expect("folio page outside RAM");
         for i in 1..sub {
-            let t = pfn_to_page(PhysAddr::new(hpa.as_u64() + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+            let t = pfn_to_page(hpa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
             t.head_off.store(i as u32, Ordering::Relaxed);
         }
         let excl = head.flags() & pg::ANON_EXCLUSIVE;
@@ -476,7 +476,7 @@ pub fn split_entire_folio(
 /// Flags `n` frames from `pa` as zero pages (the huge zero folio).
 pub fn mark_zero(pa: PhysAddr, n: u64) {
     for i in 0..n {
-        if let Some(p) = pfn_to_page(PhysAddr::new(pa.as_u64() + (i << PAGE_SHIFT))) {
+        if let Some(p) = pfn_to_page(pa + (i << PAGE_SHIFT)) {
             p.flags.store(pg::ZERO, Ordering::Release);
         }
     }
@@ -525,7 +525,7 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
                 return Err(Violation::FolioRefcountZero { pa: pa.as_u64() });
             }
             for j in 0..folio.nr_pages() {
-                let q = PhysAddr::new(pa.as_u64() + (j << PAGE_SHIFT));
+                let q = pa + (j << PAGE_SHIFT);
                 if !user_frame(q) {
                     return Err(Violation::FolioPageNotUser { pa: q.as_u64() });
                 }

@@ -687,14 +687,14 @@ fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
         return Err(Unresolved::NotHandled);
     }
     let g = p.mm.mmap_read_lock();
-    let Some(vma) = g.vmas().find(far).copied() else { return Err(Unresolved::NoMapping) };
+    let Some(vma) = g.vmas().find(VirtAddr::new(far)).copied() else { return Err(Unresolved::NoMapping) };
     let write = esr.wnr() && !esr.cm();
     if !memory::access_ok(&vma, write) {
         return Err(Unresolved::Permission);
     }
     let flags = memory::FaultFlags { write, unshare: false };
     p.stats.faults.fetch_add(1, Ordering::Relaxed);
-    match memory::handle_mm_fault(p.mt(), &vma, far, flags) {
+    match memory::handle_mm_fault(p.mt(), &vma, VirtAddr::new(far), flags) {
         memory::VmFault::Done => Ok(()),
         memory::VmFault::Oom => Err(Unresolved::OutOfMemory),
         memory::VmFault::Sigsegv => Err(Unresolved::NoPage),
@@ -884,7 +884,7 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64,
         let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
         if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
-            return Err(MmError::Overlap { addr: va }.into());
+            return Err(MmError::Overlap { addr: VirtAddr::new(va) }.into());
         }
         p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
         Ok(va)

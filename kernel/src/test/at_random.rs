@@ -179,7 +179,7 @@ fn build<R: Regime, M: TableMemory>(
                         lay.regions.push(Region {
                             va: va + off,
                             len: PAGE_SIZE,
-                            pa: PhysAddr::new(pa.as_u64() + off),
+                            pa: pa + off,
                             attrs: old,
                             under_table: true,
                             rets: false,

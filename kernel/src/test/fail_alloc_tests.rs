@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 
 use crate::arch::aarch64::user::op;
 use crate::ensure;
-use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
@@ -35,7 +35,7 @@ fn fail_alloc_mmap_pfn_leaves_no_entries() -> Result<(), String> {
     let r = (|| -> Result<(), String> {
         // Aligned to 2M: with 4K pages the pool spans two level-3 tables,
         // so a failure can come after some entries are written.
-        let args = || MmapArgs { pfn: Some(PhysAddr::new(ps)), shared: true, align: 2 << 20, ..super::anon(pe - ps) };
+        let args = || MmapArgs { pfn: Some(ps), shared: true, align: 2 << 20, ..super::anon(pe - ps) };
         let mut k = 0u64;
         let va = loop {
             fail_alloc::fail_after(k);

@@ -161,7 +161,7 @@ fn heap_large_allocation() -> Result<(), String> {
     ensure!(!(lo..hi).contains(&va), "{va:#x} is in the static heap");
     let pa = crate::mm::layout::linear_virt_to_phys(crate::mm::addr::VirtAddr::new(va))
         .ok_or_else(|| alloc::format!("{va:#x} is not in the linear map"))?;
-    let last = PhysAddr::new(pa.as_u64() + LEN as u64 - PAGE_SIZE);
+    let last = pa + (LEN as u64 - PAGE_SIZE);
     ensure!(frame::is_allocated(pa) && frame::is_allocated(last), "frames {pa}..{last} are not allocated");
     ensure!(v.iter().all(|&b| b == 0xa5), "heap memory corrupt");
     drop(v);

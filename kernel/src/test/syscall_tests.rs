@@ -9,7 +9,7 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::mm::frame;
-use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
@@ -19,7 +19,7 @@ use crate::proc::{self, RunEnd};
 /// The flags of the VMA at `va` in `name`.
 fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {
     use crate::mm::mm_struct::MmapLocked;
-    Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(va).map(|v| v.flags)))?)
+    Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(VirtAddr::new(va)).map(|v| v.flags)))?)
 }
 
 kernel_test!(mprotect_madvise_errnos_as_linux);
@@ -77,7 +77,7 @@ fn mprotect_madvise_errnos_as_linux() -> Result<(), String> {
         }
         // DONTNEED of a PFN mapping: refused, its entries stay.
         if let Some((ps, _)) = crate::mm::memory::pfn_pool() {
-            let io = proc::mmap(name, "io", MmapArgs { pfn: Some(PhysAddr::new(ps)), shared: true, ..super::anon(PAGE_SIZE) })?;
+            let io = proc::mmap(name, "io", MmapArgs { pfn: Some(ps), shared: true, ..super::anon(PAGE_SIZE) })?;
             ensure!(proc::mapped_level(name, io) == Some(3), "the PFN mapping is not mapped");
             match proc::madvise(name, io, PAGE_SIZE, crate::mm::madvise::Advice::DontNeed) {
                 Err(e) if e.errno() == EINVAL => {}

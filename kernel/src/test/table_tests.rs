@@ -228,7 +228,7 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
         // Every page still maps the same physical memory.
         for i in (0..blk / PAGE_SIZE).step_by(97) {
             let v = va + i * PAGE_SIZE;
-            ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(PhysAddr::new(pa.as_u64() + i * PAGE_SIZE)), "page {i} moved");
+            ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(pa + (i * PAGE_SIZE)), "page {i} moved");
         }
         kmap::with_live(|l| l.collapse(va, 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
@@ -325,7 +325,7 @@ fn tables_bbm_changes_refused() -> Result<(), String> {
     let r = (|| {
         kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
-        let other = PhysAddr::new(pa.as_u64() + PAGE_SIZE);
+        let other = pa + PAGE_SIZE;
         let e = kmap::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");
         let e = kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);

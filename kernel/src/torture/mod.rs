@@ -241,7 +241,8 @@ mod driver {
             println!("torture: 0 ops, 1 divergences, 0 injected failures");
             return 1;
         };
-        let mach = Machine { page: PAGE_SIZE, pfn_base, max_order: crate::mm::memory::max_folio_order() };
+        let mach =
+            Machine { page: PAGE_SIZE, pfn_base: pfn_base.as_u64(), max_order: crate::mm::memory::max_folio_order() };
         let arg = b.board.bootarg("pagelab.torture").unwrap_or("1,20000");
         let src = if arg == "replay" {
             match replay_ops(&mach) {

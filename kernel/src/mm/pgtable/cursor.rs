@@ -532,8 +532,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let attrs = olds[0].attr_bits() & !(1 << 52);
         let ok = pa0.as_u64() % (size * n as u64) == 0
             && olds.iter().enumerate().all(|(i, d)| {
-                d.kind(level, g) == Kind::Leaf(PhysAddr::new(pa0.as_u64() + i as u64 * size))
-                    && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(level, g) == Kind::Leaf(pa0 + (i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
             return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
@@ -575,8 +574,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let ok = pa0.as_u64() % size == 0
             && (0..g.entries_per_table()).all(|i| {
                 let d = self.t.read(child, i);
-                d.kind(cl, g) == Kind::Leaf(PhysAddr::new(pa0.as_u64() + i as u64 * cs))
-                    && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(cl, g) == Kind::Leaf(pa0 + (i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
             return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });

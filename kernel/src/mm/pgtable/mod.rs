@@ -355,22 +355,22 @@ mod tests {
         let va = VirtAddr::new(0xffff_0000_4000_0000);
         let n = t.map(va, PhysAddr::new(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         assert_eq!(n, 1 + 256 + 1);
-        match t.translate(VirtAddr::new(va.as_u64() + 0x1234_5678)) {
+        match t.translate(va + 0x1234_5678) {
             Translation::Mapped { pa, level, .. } => {
                 assert_eq!(pa, PhysAddr::new(0x4000_0000 + 0x1234_5678));
                 assert_eq!(level, 1);
             }
             other => panic!("{other:?}"),
         }
-        match t.translate(VirtAddr::new(va.as_u64() + GIB + 3 * MIB)) {
+        match t.translate(va + (GIB + 3 * MIB)) {
             Translation::Mapped { level, .. } => assert_eq!(level, 2),
             other => panic!("{other:?}"),
         }
-        match t.translate(VirtAddr::new(va.as_u64() + GIB + 512 * MIB)) {
+        match t.translate(va + (GIB + 512 * MIB)) {
             Translation::Mapped { level, .. } => assert_eq!(level, 3),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(t.translate(VirtAddr::new(va.as_u64() + size)), Translation::Fault { level: 3, .. }));
+        assert!(matches!(t.translate(va + size), Translation::Fault { level: 3, .. }));
         assert!(matches!(t.translate(VirtAddr::new(0xffff_7000_0000_0000)), Translation::Fault { level: 0, .. }));
     }
 
