@@ -45,8 +45,8 @@ pub fn pud_order() -> Option<u8> {
 }
 
 /// The VMA wants 1G folios (`thp=1G`) and holds the whole aligned block.
-pub fn pud_suitable(vma: &Vma, va: u64) -> bool {
-    let base = va & !(pud_size() - 1);
+pub fn pud_suitable(vma: &Vma, va: VirtAddr) -> bool {
+    let base = va.align_down(pud_size()).as_u64();
     pud_order().is_some_and(|o| vma.folio_order >= o)
         && !vma.flags.contains(VmFlags::NOHUGEPAGE)
         && base >= vma.start
@@ -79,7 +79,8 @@ pub fn do_huge_pud_anonymous_page(pud: Pte, vma: &Vma, flags: FaultFlags) -> Opt
 /// becomes 2M folios, each mapped by one level-2 block with the same
 /// attributes, by break-before-make of the level-1 entry. Pins and GUP
 /// references move to the 2M folio their page is in.
-pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64) -> Result<(), MmError> {
+pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: VirtAddr) -> Result<(), MmError> {
+    let va = va.as_u64();
     let desc = pud.get();
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
@@ -150,8 +151,8 @@ pub fn is_huge_zero(pa: PhysAddr) -> bool {
 
 /// Linux `thp_vma_suitable_order` for the block size: the VMA wants
 /// block-sized folios and holds the whole aligned block around `va`.
-pub fn pmd_suitable(vma: &Vma, va: u64) -> bool {
-    let base = va & !(pmd_size() - 1);
+pub fn pmd_suitable(vma: &Vma, va: VirtAddr) -> bool {
+    let base = va.align_down(pmd_size()).as_u64();
     !vma.flags.contains(VmFlags::NOHUGEPAGE)
         && vma.folio_order >= memory::max_folio_order()
         && base >= vma.start
@@ -186,7 +187,7 @@ pub fn do_huge_pmd_wp_page(
     mem: &mut FrameTableMem,
     pmd: Pte,
     vma: &Vma,
-    va: u64,
+    va: VirtAddr,
     desc: Desc,
     flags: FaultFlags,
 ) -> VmFault {
@@ -209,7 +210,7 @@ pub fn do_huge_pmd_wp_page(
             if let Err(e) = pmd.modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
                 memory::pte_bug(e);
             }
-            KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
+            KernelFlush.flush(va.align_down(pmd_size()).as_u64(), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;
     }
@@ -224,7 +225,8 @@ pub fn do_huge_pmd_wp_page(
 /// small zero page for the huge zero folio), by break-before-make of the
 /// level-2 entry. The folio's single block mapping becomes one mapping
 /// (and one reference) per page; exclusivity stays per page.
-pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64) -> Result<(), MmError> {
+pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: VirtAddr) -> Result<(), MmError> {
+    let va = va.as_u64();
     let desc = pmd.get();
     let base = va & !(pmd_size() - 1);
     let pa = desc.output_address(pmd_size());

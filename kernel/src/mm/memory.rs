@@ -215,7 +215,7 @@ pub(crate) fn split_blocks_at_edges(
         if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
-                super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
+                super::huge_memory::split_huge_pmd(mm, mem, pmd, VirtAddr::new(edge))?;
             }
         }
     }
@@ -235,7 +235,7 @@ fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: 
     if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
-        super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
+        super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va))?;
     }
     Ok(())
 }
@@ -403,7 +403,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
-        && super::huge_memory::pmd_suitable(vma, va)
+        && super::huge_memory::pmd_suitable(vma, VirtAddr::new(va))
         && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
     {
         return r;
@@ -413,7 +413,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
             if flags.write && pd.user_writable() {
                 return spurious(mt.mm, pmd, va, 2, true);
             }
-            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
+            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, VirtAddr::new(va), pd, flags);
         }
         return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2, false) } else { VmFault::Sigsegv };
     }
@@ -469,7 +469,7 @@ fn handle_pud_fault(
     let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
-        && super::huge_memory::pud_suitable(vma, va)
+        && super::huge_memory::pud_suitable(vma, VirtAddr::new(va))
         && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
     {
         return Some(r);
@@ -478,7 +478,7 @@ fn handle_pud_fault(
         // Always exclusive (see `do_huge_pud_anonymous_page`): a write
         // reuses it, anything else is spurious or not allowed.
         if flags.write && !d.user_writable() {
-            if super::huge_memory::split_huge_pud(mm, mem, pud, va).is_err() {
+            if super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va)).is_err() {
                 return Some(VmFault::Oom);
             }
             // The retried access finds the 2M block.
@@ -885,7 +885,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     for va in pinned_blocks {
         if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
-            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
+            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, VirtAddr::new(va))?;
         }
     }
     // Linux raw_write_seqcount_begin(&src_mm->write_protect_seq): GUP-fast
