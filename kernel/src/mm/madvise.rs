@@ -54,7 +54,7 @@ fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
 
 /// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA.
 fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
-    memory::zap_page_range(mt, VirtAddr::new(start.as_u64()), end - start)
+    memory::zap_page_range(mt, start, end - start)
 }
 
 fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {

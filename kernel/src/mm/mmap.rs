@@ -63,10 +63,10 @@ pub fn check_user_range(va: VirtAddr, len: u64) -> Result<(), MmError> {
         return Err(MmError::Empty);
     }
     if !va.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MmError::NotAligned { addr: VirtAddr::new(va.as_u64()), len });
+        return Err(MmError::NotAligned { addr: va, len });
     }
     if va.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
-        return Err(MmError::OutOfRange { addr: VirtAddr::new(va.as_u64()), len });
+        return Err(MmError::OutOfRange { addr: va, len });
     }
     Ok(())
 }
@@ -200,7 +200,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
     vmas.try_reserve(n)?;
     vmas.split_at(va);
     vmas.split_at(end);
-    memory::zap_page_range(mt, VirtAddr::new(va.as_u64()), len)?;
+    memory::zap_page_range(mt, va, len)?;
     // One at a time: no list to allocate.
     loop {
         let Some(s) = vmas.inside(va, end).map(|v| VirtAddr::new(v.start)).next() else { break };
@@ -213,7 +213,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
 /// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
 pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     if let Some(addr) = first_hole(vmas, va, len) {
-        return Err(MmError::NotMapped { addr: VirtAddr::new(addr.as_u64()) });
+        return Err(MmError::NotMapped { addr });
     }
     let n = vmas.splits_needed(va, va + len);
     vmas.try_reserve(n)?;

@@ -849,12 +849,12 @@ fn gup_chunk(
     fast: bool,
 ) -> Result<(Vec<crate::mm::gup::Taken>, usize), GupError> {
     use crate::mm::gup;
-    let mut pages = if fast { gup::gup_fast(p.mt(), va.as_u64(), nr, flags) } else { Vec::new() };
+    let mut pages = if fast { gup::gup_fast(p.mt(), va, nr, flags) } else { Vec::new() };
     let nfast = pages.len();
     if (pages.len() as u64) < nr {
         let g = p.mm.mmap_read_lock();
         let start = va + pages.len() as u64 * PAGE_SIZE;
-        let more = gup::get_user_pages(p.mt(), &g, start.as_u64(), nr - pages.len() as u64, flags).and_then(|more| {
+        let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
             match crate::mm::error::try_reserve(&mut pages, more.len()) {
                 Ok(()) => Ok(more),
                 Err(e) => {

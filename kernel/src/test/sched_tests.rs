@@ -372,7 +372,7 @@ fn gup_racer() {
     let (va, nr) = (RACE_VA.load(Ordering::Acquire), RACE_NR.load(Ordering::Acquire));
     let flags = Foll { write: true, pin: true, longterm: false };
     while !RACE_STOP.load(Ordering::Acquire) {
-        let got = gup::gup_fast(p.mt(), va, nr, flags);
+        let got = gup::gup_fast(p.mt(), VirtAddr::new(va), nr, flags);
         for t in &got {
             if let Taken::Page(pa) = t
                 && !crate::mm::page::pfn_to_page(*pa).is_some_and(|pg| pg.anon_exclusive())
