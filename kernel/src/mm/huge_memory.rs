@@ -91,7 +91,7 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: Virt
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
     // Break and flush first, then build the level-2 blocks from the value
     // the swap took (AF and dirty included).
-    let old = match pud.clear_flush(base, pud_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pud.clear_flush(VirtAddr::new(base), pud_size(), mm.asid(), &mut KernelFlush) {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);
@@ -210,7 +210,7 @@ pub fn do_huge_pmd_wp_page(
             if let Err(e) = pmd.modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
                 memory::pte_bug(e);
             }
-            KernelFlush.flush(va.align_down(pmd_size()).as_u64(), pmd_size(), Some(mm.asid()), true);
+            KernelFlush.flush(va.align_down(pmd_size()), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;
     }
@@ -247,7 +247,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: Virt
     // Break and flush first (Linux `pmdp_invalidate`), then build the page
     // entries from the value the swap took: an AF or dirty update the MMU
     // made to the block up to then is in it.
-    let old = match pmd.clear_flush(base, pmd_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pmd.clear_flush(VirtAddr::new(base), pmd_size(), mm.asid(), &mut KernelFlush) {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);

@@ -379,7 +379,7 @@ pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
 /// the new entry. Refused (the old entry stays) if the flush was skipped.
 fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super::pgtable::MapError> {
-    let old = slot.replace(d, va, PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+    let old = slot.replace(d, VirtAddr::new(va), PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(old)
 }
@@ -646,7 +646,7 @@ fn unfold_run(mm: &MmStruct, slot: Pte, va: u64) -> Result<(), super::pgtable::M
     let n = GRANULE.contiguous_entries(3);
     let run_va = va & !(cont_size() - 1);
     let mut old = [0u64; 128];
-    slot_at(slot, va, run_va).unfold(n, run_va, cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
+    slot_at(slot, va, run_va).unfold(n, VirtAddr::new(run_va), cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -712,7 +712,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
         Err(e) => pte_bug(e),
     };
     if old.is_valid() {
-        KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+        KernelFlush.flush(VirtAddr::new(va), PAGE_SIZE, Some(mm.asid()), true);
     }
     VmFault::Done
 }
@@ -951,7 +951,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
     if wrprotected {
-        KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
+        KernelFlush.flush(VirtAddr::new(vma.start), vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
     // The child has never run (no TLB entries): plain writes suffice.
@@ -1060,16 +1060,16 @@ fn clear_range(
         let d = e.get();
         if level == 3 {
             if d.0 != 0 && e.get_and_clear().is_valid() {
-                tlb.flush_range(entry_va, entry_va + size);
+                tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
             }
         } else if matches!(d.kind(level, g), Kind::Leaf(_)) {
             // A block the range covers whole (the edges were split).
             e.get_and_clear();
-            tlb.flush_range(entry_va, entry_va + size);
+            tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
         } else if let Kind::Table(next) = d.kind(level, g) {
             clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
             let whole = va == entry_va && chunk_end == entry_va + size;
-            if whole && tlb.remove_table(next, entry_va, entry_va + size).is_ok() {
+            if whole && tlb.remove_table(next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size)).is_ok() {
                 e.get_and_clear();
             }
         }
@@ -1170,7 +1170,7 @@ pub fn change_protection(
         Ok(())
     });
     if changed {
-        KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
+        KernelFlush.flush(VirtAddr::new(va), len, Some(mt.mm.asid()), true);
     }
     r
 }

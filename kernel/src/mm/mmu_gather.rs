@@ -16,7 +16,7 @@
 
 use alloc::vec::Vec;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::error::{MmError, try_reserve};
 use super::kmap::FrameTableMem;
 use super::pgtable::TlbFlush;
@@ -51,9 +51,9 @@ impl MmuGather {
     }
 
     /// Linux `tlb_flush_pte_range`: `[start, end)` changed and must be flushed.
-    pub fn flush_range(&mut self, start: u64, end: u64) {
-        self.start = self.start.min(start);
-        self.end = self.end.max(end);
+    pub fn flush_range(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.start = self.start.min(start.as_u64());
+        self.end = self.end.max(end.as_u64());
     }
 
     /// Room for `n` more pages, so a later [`Self::remove_page`] cannot fail.
@@ -67,7 +67,7 @@ impl MmuGather {
     }
 
     /// Linux `pte_free_tlb`: a table unlinked from `[start, end)`, freed after the flush.
-    pub fn remove_table(&mut self, pa: PhysAddr, start: u64, end: u64) -> Result<(), MmError> {
+    pub fn remove_table(&mut self, pa: PhysAddr, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
         try_reserve(&mut self.tables, 1)?;
         self.tables.push(pa);
         self.freed_tables = true;
@@ -94,7 +94,7 @@ impl MmuGather {
     /// tables, pages and blocks go back.
     pub fn finish(mut self, mem: &mut FrameTableMem) {
         if self.start < self.end {
-            KernelFlush.flush(self.start, self.end - self.start, Some(self.asid), !self.freed_tables);
+            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
         }
         for pa in self.tables.drain(..) {
             mem.free(pa);

@@ -347,12 +347,12 @@ mod tests {
             struct NoFlush;
             impl crate::mm::pgtable::TlbFlush for NoFlush {
                 fn publish(&mut self) {}
-                fn flush(&mut self, _: u64, _: u64, _: Option<u16>, _: bool) {}
+                fn flush(&mut self, _: VirtAddr, _: u64, _: Option<u16>, _: bool) {}
             }
             let mut fl = NoFlush;
             let mut l = crate::mm::pgtable::CursorMut::new(&mut t, crate::mm::pgtable::Stage1Kernel, &mut fl);
-            l.limit_table(0, 0, up).unwrap();
-            l.limit_table(0x60_0000, 2, down).unwrap();
+            l.limit_table(VirtAddr::new(0), 0, up).unwrap();
+            l.limit_table(VirtAddr::new(0x60_0000), 2, down).unwrap();
             let _ = l.finish();
         }
         #[derive(Default)]

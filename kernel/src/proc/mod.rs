@@ -289,7 +289,7 @@ fn teardown(p: &Process) {
         // The whole user half, not just the VMAs: munmap leaves empty
         // tables behind where a range did not cover a whole table, and
         // those lie outside every VMA by now.
-        let _ = l.unmap(0, USER_TOP);
+        let _ = l.unmap(VirtAddr::new(0), USER_TOP);
         l.finish()
     };
     for pa in detached.0 {

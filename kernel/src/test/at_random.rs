@@ -171,10 +171,10 @@ fn build<R: Regime, M: TableMemory>(
                 let split = r.chance(50);
                 lay.regions.push(Region { va, len: slot, pa, attrs: a, under_table: split, rets: false });
                 if split {
-                    l.split(va, 2).map_err(|e| err("split", e))?;
+                    l.split(VirtAddr::new(va), 2).map_err(|e| err("split", e))?;
                     if r.chance(50) {
                         let off = r.below(slot / PAGE_SIZE) * PAGE_SIZE;
-                        l.protect(va + off, PAGE_SIZE, 0, 1 << 10).map_err(|e| err("protect", e))?;
+                        l.protect(VirtAddr::new(va + off), PAGE_SIZE, 0, 1 << 10).map_err(|e| err("protect", e))?;
                         let old = LeafAttrs { af: false, ..a };
                         lay.regions.push(Region {
                             va: va + off,
@@ -215,14 +215,14 @@ fn build<R: Regime, M: TableMemory>(
                     rets: !user,
                 });
                 if run {
-                    l.make_contiguous(va, 3).map_err(|e| err("make_contiguous", e))?;
+                    l.make_contiguous(VirtAddr::new(va), 3).map_err(|e| err("make_contiguous", e))?;
                 }
             }
         }
         // Limits on the slot's own table, where it has one.
         if lay.regions.last().is_some_and(|g| g.va >= va && g.under_table) && r.chance(40) {
             let lim = random_limits(r, 35);
-            l.limit_table(va, 2, lim).map_err(|e| err("limit_table", e))?;
+            l.limit_table(VirtAddr::new(va), 2, lim).map_err(|e| err("limit_table", e))?;
             lay.slot_limits[i as usize] = lim;
         }
     }
@@ -233,7 +233,7 @@ fn build<R: Regime, M: TableMemory>(
             if lay.regions.is_empty() {
                 break;
             }
-            l.limit_table(base, level, lim).map_err(|e| err("limit_table", e))?;
+            l.limit_table(VirtAddr::new(base), level, lim).map_err(|e| err("limit_table", e))?;
             lay.upper = lay.upper.and_then(lim);
         }
     }
@@ -254,14 +254,14 @@ fn build<R: Regime, M: TableMemory>(
         match how {
             Sabotage::FlipEl0 => {
                 let (set, clear) = if g.attrs.el0 { (0, AP_EL0) } else { (AP_EL0, 0) };
-                l.protect(g.va, g.len, set, clear).map_err(|e| err("protect", e))?;
+                l.protect(VirtAddr::new(g.va), g.len, set, clear).map_err(|e| err("protect", e))?;
             }
             Sabotage::WrongAttrIndex => {
                 let idx = if g.attrs.mem == MemType::Normal { mair::NORMAL_NC } else { mair::NORMAL };
                 for p in (g.va..g.va + g.len).step_by(PAGE_SIZE as usize) {
                     let Translation::Mapped { desc, .. } = l.t.translate(VirtAddr::new(p)) else { continue };
                     let wrong = Desc((desc.0 & !(0b111 << 2)) | (idx << 2));
-                    l.replace(p, 3, wrong).map_err(|e| err("replace", e))?;
+                    l.replace(VirtAddr::new(p), 3, wrong).map_err(|e| err("replace", e))?;
                 }
             }
         }
@@ -473,7 +473,7 @@ fn wrong_walker(t: &Translation, limits: TableAttrs, a: Access, hw: HwUpdates) -
 
 fn teardown<R: Regime, M: TableMemory>(l: &mut CursorMut<'_, '_, R, M>, lay: &Layout) -> Result<(), String> {
     for &s in &lay.slots {
-        l.unmap(s, lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+        l.unmap(VirtAddr::new(s), lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     }
     for &(pa, o) in &lay.frames {
         frame::free(pa, o, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;

@@ -338,7 +338,7 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
             addrs.push((phys_to_virt(PhysAddr::new(p)).as_u64() + 8, exact(p + 8, LeafAttrs::KERNEL_RW)));
             p += step;
         }
-        addrs.push((phys_to_virt(PhysAddr::new(r.end.as_u64())).as_u64(), Request::Unmapped));
+        addrs.push((phys_to_virt(r.end).as_u64(), Request::Unmapped));
     }
     if let Some(u) = boot().board.uart.as_ref() {
         let pa = u.regs[0].start.as_u64();

@@ -48,7 +48,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
         }
         let range_before = RANGE_OPS.load(Ordering::Relaxed);
-        kmap::with_live(|l| l.unmap(va, PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.unmap(VirtAddr::new(va), PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
         for &i in &edges {
             ensure!(
                 probe_read_u8(va + i * PAGE_SIZE).is_err(),
@@ -74,7 +74,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
         ensure!(probe_read_u8(va + PAGES * PAGE_SIZE).is_ok(), "the page after the range was unmapped too");
         Ok(())
     })();
-    let _ = kmap::with_live(|l| l.unmap(va, (PAGES + 1) * PAGE_SIZE));
+    let _ = kmap::with_live(|l| l.unmap(VirtAddr::new(va), (PAGES + 1) * PAGE_SIZE));
     frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }
@@ -220,7 +220,7 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
-        kmap::with_live(|l| l.split(va + 5 * PAGE_SIZE, 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
+        kmap::with_live(|l| l.split(VirtAddr::new(va + 5 * PAGE_SIZE), 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
         ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
@@ -230,14 +230,14 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
             let v = va + i * PAGE_SIZE;
             ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(pa + (i * PAGE_SIZE)), "page {i} moved");
         }
-        kmap::with_live(|l| l.collapse(va, 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
+        kmap::with_live(|l| l.collapse(VirtAddr::new(va), 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(va, blk)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    kmap::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     r?;
     ensure!(matches!(at_outcome(AtOp::S1E1R, va), Expected::Translation(_)), "still mapped after unmap");
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
@@ -254,7 +254,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
     let r = (|| {
         kmap::map_kernel(VirtAddr::new(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
-        kmap::with_live(|l| l.make_contiguous(va, 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
+        kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
         for i in 0..n {
             match walk(va + i * PAGE_SIZE) {
                 Translation::Mapped { desc, .. } => ensure!(desc.contiguous(), "page {i} lacks the contiguous bit"),
@@ -267,7 +267,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
                 .map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
         }
         // Write-protect one page: the run is split first, and only that page faults.
-        kmap::with_live(|l| l.protect(va + 2 * PAGE_SIZE, PAGE_SIZE, 1 << 7, 0))
+        kmap::with_live(|l| l.protect(VirtAddr::new(va + 2 * PAGE_SIZE), PAGE_SIZE, 1 << 7, 0))
             .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..n {
             let Translation::Mapped { desc, .. } = walk(va + i * PAGE_SIZE) else { return Err("unmapped".into()) };
@@ -284,7 +284,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
         }
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(va, n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    kmap::with_live(|l| l.unmap(VirtAddr::new(va), n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r?;
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
@@ -300,20 +300,20 @@ fn tables_protect_and_unmap_fault_for_real() -> Result<(), String> {
             .map_err(|e| alloc::format!("{e:?}"))?;
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
-        kmap::with_live(|l| l.protect(va + PAGE_SIZE, PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.protect(VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
         agree(va + PAGE_SIZE, asked(pa.as_u64() + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
         // SAFETY: must fault.
         let (esr, _) =
             unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + PAGE_SIZE) == Ok(0x5a), "read-only page lost its data");
-        kmap::with_live(|l| l.unmap(va + PAGE_SIZE, 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.unmap(VirtAddr::new(va + PAGE_SIZE), 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
         let (esr, _) = probe_read_u8(va + 2 * PAGE_SIZE).err().ok_or("read after unmap succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Translation(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + 3 * PAGE_SIZE).is_ok() && probe_read_u8(va).is_ok(), "neighbours were unmapped too");
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(va, 4 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    kmap::with_live(|l| l.unmap(VirtAddr::new(va), 4 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
     frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }
@@ -331,15 +331,15 @@ fn tables_bbm_changes_refused() -> Result<(), String> {
         let e = kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "memory type change: {e:?}");
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(pa), "refused change altered the mapping");
-        let e = kmap::with_live(|l| l.protect(va, PAGE_SIZE, 0b100 << 2, 0));
+        let e = kmap::with_live(|l| l.protect(VirtAddr::new(va), PAGE_SIZE, 0b100 << 2, 0));
         ensure!(matches!(e, Err(MapError::NotPermissionBits(_))), "protect changing AttrIndx: {e:?}");
         // The sanctioned path: replace() does break, TLBI, make.
         let new = crate::mm::desc::Desc::leaf(other, 3, LeafAttrs::KERNEL_RW);
-        kmap::with_live(|l| l.replace(va, 3, new)).map_err(|e| alloc::format!("{e:?}"))?;
+        kmap::with_live(|l| l.replace(VirtAddr::new(va), 3, new)).map_err(|e| alloc::format!("{e:?}"))?;
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(other), "replace did not take effect in the MMU");
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(va, PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    kmap::with_live(|l| l.unmap(VirtAddr::new(va), PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
     frame::free(pa, 1, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }

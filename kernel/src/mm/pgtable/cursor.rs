@@ -44,7 +44,7 @@ pub trait TlbFlush {
     /// Invalidates cached translations of `[va, va+size)` in `asid` (`None`:
     /// global kernel entries), including walk caches unless `leaf_only`,
     /// and waits for completion (`dsb ish; isb`).
-    fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool);
+    fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool);
 }
 
 /// Table pages unlinked by an operation. Every TLB and walk-cache entry that
@@ -73,7 +73,7 @@ pub trait Regime {
     /// shareability, contiguous, and nG where the regime has it).
     const BBM_BITS: u64;
     fn publish(fl: &mut Self::Flush);
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool);
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
 }
 
 /// Bits shared by both stages' permission rule: AP/S2AP[7:6], AF, DBM,
@@ -106,7 +106,7 @@ impl Regime for Stage1User {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
         fl.flush(va, size, Some(self.asid), leaf_only);
     }
 }
@@ -118,7 +118,7 @@ impl Regime for Stage1Kernel {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
         fl.flush(va, size, None, leaf_only);
     }
 }
@@ -130,8 +130,8 @@ impl Regime for Stage2 {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
-        fl.flush_ipa(va, size, self.vmid, leaf_only);
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
+        fl.flush_ipa(va.as_u64(), size, self.vmid, leaf_only);
     }
 }
 
@@ -244,7 +244,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             // The broken ranges stay pending: a make over them is refused.
             return;
         }
-        self.regime.flush(self.fl, lo, hi.wrapping_sub(lo), !self.pending_tables);
+        self.regime.flush(self.fl, VirtAddr::new(lo), hi.wrapping_sub(lo), !self.pending_tables);
         self.pending.clear();
         self.stale = None;
         self.pending_tables = false;
@@ -253,7 +253,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Moves to the deepest entry for `va` down to `level` the tables
     /// allow, reusing the path above while `va` stays under it. Returns the
     /// level reached.
-    pub fn jump(&mut self, va: u64, level: u32) -> u32 {
+    pub fn jump(&mut self, va: VirtAddr, level: u32) -> u32 {
+        let va = va.as_u64();
         let g = self.t.granule;
         // Keep the tables above that still cover `va`.
         let mut l = self.t.start_level;
@@ -282,7 +283,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let size = self.t.granule.level_size(self.level);
         let next = (self.va & !(size - 1)).wrapping_add(size);
         let level = self.level;
-        self.jump(next, level);
+        self.jump(VirtAddr::new(next), level);
     }
 
     /// The level of the entry the cursor is at.
@@ -291,8 +292,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// The VA the cursor is at.
-    pub fn va(&self) -> u64 {
-        self.va
+    pub fn va(&self) -> VirtAddr {
+        VirtAddr::new(self.va)
     }
 
     /// The entry the cursor is at.
@@ -396,7 +397,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
         if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, (va, va.wrapping_add(size)))) {
-            return Err(violation(va, level));
+            return Err(violation(VirtAddr::new(va), level));
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
@@ -408,9 +409,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
 
     /// Replaces the level-`level` entry for `va` (aligned down), with BBM when
     /// the change needs it. A replaced table is detached.
-    pub fn replace(&mut self, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
+    pub fn replace(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         if old == new {
@@ -437,9 +438,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// level-`level` table entry covering `va`. Like a permission change this
     /// needs no break-before-make, but walk caches hold table entries, so the
     /// range is flushed with a non-leaf TLBI.
-    pub fn limit_table(&mut self, va: u64, level: u32, limits: TableAttrs) -> Result<(), MapError> {
+    pub fn limit_table(&mut self, va: VirtAddr, level: u32, limits: TableAttrs) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let Kind::Table(child) = old.kind(level, self.t.granule) else {
@@ -456,10 +457,10 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
 
     /// Splits the block at `level` covering `va` into a table of next-level
     /// leaves mapping the same memory with the same attributes.
-    pub fn split(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn split(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
         let g = self.t.granule;
         let size = g.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let base = match old.kind(level, g) {
@@ -467,7 +468,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             _ => return Err(MapError::NotABlock { va: VirtAddr::new(va), level }),
         };
         if old.contiguous() {
-            self.split_contiguous(va, level)?;
+            self.split_contiguous(VirtAddr::new(va), level)?;
         }
         let old = self.t.read(table, idx);
         let child_level = level + 1;
@@ -484,7 +485,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             );
         }
         // A refused make leaves the new table unlinked: freed with the batch.
-        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+        self.replace(VirtAddr::new(va), level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
@@ -494,7 +495,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// Clears the contiguous bit on the whole run containing `va` (BBM on the run).
-    pub fn split_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn split_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let (table, idx) = self.slot(va, level)?;
         if !self.t.read(table, idx).contiguous() {
             return Ok(());
@@ -516,7 +518,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Sets the contiguous bit on the aligned run containing `va`, whose
     /// entries must be leaves mapping consecutive memory with identical
     /// attributes (BBM on the run).
-    pub fn make_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn make_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let g = self.t.granule;
         let (table, idx) = self.slot(va, level)?;
         let (first, n) = self.group(idx, level);
@@ -553,7 +556,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Replaces the table at `level` covering `va` by one block, if it maps
     /// one aligned, physically contiguous range with identical attributes
     /// using leaves only.
-    pub fn collapse(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn collapse(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let g = self.t.granule;
         if !g.block_allowed(level) {
             return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
@@ -579,20 +583,22 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if !ok {
             return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         }
-        self.replace(va, level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        self.replace(VirtAddr::new(va), level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
     /// the edges, invalidates every leaf inside, and unlinks (detaches) every
     /// table under the range that becomes empty.
-    pub fn unmap(&mut self, va: u64, size: u64) -> Result<(), MapError> {
+    pub fn unmap(&mut self, va: VirtAddr, size: u64) -> Result<(), MapError> {
+        let va = va.as_u64();
         self.edit(va, size, None)
     }
 
     /// Changes the permission bits ([`Regime::PERM_BITS`]) of every leaf in
     /// `[va, va+size)`: `new = (old & !clear) | set`. Blocks and contiguous
     /// runs that straddle the edges are split first.
-    pub fn protect(&mut self, va: u64, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
+    pub fn protect(&mut self, va: VirtAddr, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
+        let va = va.as_u64();
         if (set | clear) & !R::PERM_BITS != 0 {
             return Err(MapError::NotPermissionBits(set | clear));
         }
@@ -639,12 +645,12 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                             let n = g.contiguous_entries(level) as u64;
                             let run = entry_va & !(lsize * n - 1);
                             if run < va || run.wrapping_add(lsize * n).wrapping_sub(1) > end.wrapping_sub(1) {
-                                self.split_contiguous(cur, level)?;
+                                self.split_contiguous(VirtAddr::new(cur), level)?;
                                 continue;
                             }
                         }
                         if !whole {
-                            self.split(cur, level)?;
+                            self.split(VirtAddr::new(cur), level)?;
                             // Re-walk: the entry is now a table.
                             table = self.t.root;
                             level = self.t.start_level;
@@ -745,9 +751,9 @@ fn sabotaged() -> bool {
     SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
 }
 
-fn violation(va: u64, level: u32) -> MapError {
+fn violation(va: VirtAddr, level: u32) -> MapError {
     BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
-    MapError::BbmViolation { va: VirtAddr::new(va), level }
+    MapError::BbmViolation { va, level }
 }
 
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
@@ -999,7 +1005,7 @@ impl<'l> Pte<'l> {
     /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
     /// back (what the TLBs may hold anyway) and the caller is told
     /// ([`MapError::BbmViolation`]): it must not make.
-    pub fn clear_flush(self, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+    pub fn clear_flush(self, va: VirtAddr, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
         let old = self.get_and_clear();
         if old.is_valid() {
             if sabotaged() {
@@ -1016,7 +1022,14 @@ impl<'l> Pte<'l> {
     /// `asid` and wait, then write `new`. Returns the old value. If the
     /// flush did not happen the make is refused ([`MapError::BbmViolation`])
     /// and the entry stays invalid.
-    pub fn replace(self, new: Desc, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+    pub fn replace(
+        self,
+        new: Desc,
+        va: VirtAddr,
+        size: u64,
+        asid: u16,
+        fl: &mut dyn TlbFlush,
+    ) -> Result<Desc, MapError> {
         let old = self.clear_flush(va, size, asid, fl)?;
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
@@ -1028,7 +1041,7 @@ impl<'l> Pte<'l> {
     pub fn unfold(
         self,
         n: usize,
-        va: u64,
+        va: VirtAddr,
         size: u64,
         asid: u16,
         fl: &mut dyn TlbFlush,
@@ -1073,8 +1086,8 @@ mod tests {
         fn publish(&mut self) {
             self.publishes += 1;
         }
-        fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool) {
-            self.flushes.push((va, size, asid, leaf_only));
+        fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool) {
+            self.flushes.push((va.as_u64(), size, asid, leaf_only));
         }
     }
 
@@ -1103,7 +1116,7 @@ mod tests {
         assert_eq!(level_at(&t, 0x4000_0000), Some((2, 0x8000_0000)));
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 7 }, &mut rec);
-        l.split(0x4000_1234, 2).unwrap();
+        l.split(VirtAddr::new(0x4000_1234), 2).unwrap();
         let d = l.finish();
         assert!(d.0.is_empty());
         for off in (0..2 * MIB).step_by(4096) {
@@ -1125,10 +1138,10 @@ mod tests {
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
         let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
         let down = TableAttrs { read_only: true, ..TableAttrs::NONE };
-        l.limit_table(0x4000_0000, 1, up).unwrap();
-        l.limit_table(0x4000_1000, 2, down).unwrap();
+        l.limit_table(VirtAddr::new(0x4000_0000), 1, up).unwrap();
+        l.limit_table(VirtAddr::new(0x4000_1000), 2, down).unwrap();
         assert_eq!(
-            l.limit_table(0x4000_0000, 3, down),
+            l.limit_table(VirtAddr::new(0x4000_0000), 3, down),
             Err(MapError::NotMapped { va: VirtAddr::new(0x4000_0000), level: 3 }),
             "a leaf is not a table"
         );
@@ -1157,11 +1170,11 @@ mod tests {
         .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-        l.split(0x4000_0000, 1).unwrap();
+        l.split(VirtAddr::new(0x4000_0000), 1).unwrap();
         let _ = l.finish();
         assert_eq!(level_at(&t, 0x4020_0000), Some((2, 0x4020_0000)));
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-        l.collapse(0x4000_0000, 1).unwrap();
+        l.collapse(VirtAddr::new(0x4000_0000), 1).unwrap();
         let d = l.finish();
         assert_eq!(d.0.len(), 1, "the 2M-block table is detached");
         assert_eq!(level_at(&t, 0x7fff_f000), Some((1, 0x7fff_f000)));
@@ -1183,10 +1196,10 @@ mod tests {
         .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-        l.protect(0x4000_3000, 4096, 1 << 7, 0).unwrap();
-        assert!(matches!(l.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
-        l.protect(0x4000_3000, 4096, 0, 1 << 7).unwrap();
-        l.collapse(0x4000_0000, 2).unwrap();
+        l.protect(VirtAddr::new(0x4000_3000), 4096, 1 << 7, 0).unwrap();
+        assert!(matches!(l.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
+        l.protect(VirtAddr::new(0x4000_3000), 4096, 0, 1 << 7).unwrap();
+        l.collapse(VirtAddr::new(0x4000_0000), 2).unwrap();
         let d = l.finish();
         assert_eq!(d.0.len(), 1);
         assert_eq!(level_at(&t, 0x4000_3000), Some((2, 0x4000_3000)));
@@ -1202,7 +1215,7 @@ mod tests {
         )
         .unwrap();
         let mut l2 = CursorMut::new(&mut t2, Stage1Kernel, &mut rec);
-        assert!(matches!(l2.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
+        assert!(matches!(l2.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
         let _ = l2.finish();
     }
 
@@ -1220,7 +1233,7 @@ mod tests {
         .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
-        l.make_contiguous(0x10_5000, 3).unwrap();
+        l.make_contiguous(VirtAddr::new(0x10_5000), 3).unwrap();
         let _ = l.finish();
         for i in 0..16 {
             match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
@@ -1231,7 +1244,7 @@ mod tests {
         assert_eq!(rec.flushes[0], (0x10_0000, 64 * 1024, Some(3), true), "BBM over the whole run");
         // Protecting one page of the run must split the run first.
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
-        l.protect(0x10_2000, 4096, 1 << 7, 0).unwrap();
+        l.protect(VirtAddr::new(0x10_2000), 4096, 1 << 7, 0).unwrap();
         let _ = l.finish();
         for i in 0..16 {
             match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
@@ -1244,7 +1257,7 @@ mod tests {
         }
         // A misaligned or mixed run is refused.
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
-        assert!(matches!(l.make_contiguous(0x10_0000, 3), Err(MapError::NotContiguous { .. })));
+        assert!(matches!(l.make_contiguous(VirtAddr::new(0x10_0000), 3), Err(MapError::NotContiguous { .. })));
         let _ = l.finish();
     }
 
@@ -1264,7 +1277,7 @@ mod tests {
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
         // Unmap from the middle of the first block to the middle of the second.
-        l.unmap(0x4010_0000, 2 * MIB).unwrap();
+        l.unmap(VirtAddr::new(0x4010_0000), 2 * MIB).unwrap();
         let d = l.finish();
         assert!(d.0.is_empty());
         assert_eq!(level_at(&t, 0x400f_f000), Some((3, 0x400f_f000)));
@@ -1273,7 +1286,7 @@ mod tests {
         assert_eq!(level_at(&t, 0x4030_0000), Some((3, 0x4030_0000)));
         // Unmap everything: the level-3 and lower tables become empty and are detached.
         let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
-        l.unmap(0x4000_0000, 4 * MIB).unwrap();
+        l.unmap(VirtAddr::new(0x4000_0000), 4 * MIB).unwrap();
         let d = l.finish();
         // Everything under the range is now empty: both level-3 tables, then
         // the level-2 and level-1 tables above them; only the root stays.
@@ -1290,10 +1303,13 @@ mod tests {
         let mut rec = Rec::default();
         let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
         assert!(
-            matches!(l.protect(0x1000, 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
+            matches!(l.protect(VirtAddr::new(0x1000), 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
             "AttrIndx needs BBM"
         );
-        assert!(matches!(l.protect(0x1000, 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))), "CONT needs BBM");
+        assert!(
+            matches!(l.protect(VirtAddr::new(0x1000), 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))),
+            "CONT needs BBM"
+        );
         let _ = l.finish();
     }
 
@@ -1317,7 +1333,7 @@ mod tests {
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
         // replace() does the sequence itself.
-        l.replace(0x1000, 3, other).unwrap();
+        l.replace(VirtAddr::new(0x1000), 3, other).unwrap();
         let _ = l.finish();
         assert_eq!(level_at(&t, 0x1000), Some((3, 0x9000)));
     }
@@ -1331,9 +1347,9 @@ mod tests {
             t.map(VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
             let mut rec = Rec::default();
             let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-            l.split(blk, 2).unwrap();
-            l.make_contiguous(blk, 3).unwrap();
-            l.collapse(blk, 2).unwrap();
+            l.split(VirtAddr::new(blk), 2).unwrap();
+            l.make_contiguous(VirtAddr::new(blk), 3).unwrap();
+            l.collapse(VirtAddr::new(blk), 2).unwrap();
             let d = l.finish();
             assert_eq!(d.0.len(), 1, "{g:?}");
             assert_eq!(level_at(&t, blk + g.page_size() * 3), Some((2, blk * 2 + g.page_size() * 3)), "{g:?}");
@@ -1368,7 +1384,7 @@ mod tests {
             assert_eq!(d.0 & (1 << 11), 0, "no nG in stage 2");
             c.t.set_leaf(VirtAddr::new(ipa), 3, d).unwrap();
         }
-        assert_eq!(c.jump(0x8000_2000, 3), 3);
+        assert_eq!(c.jump(VirtAddr::new(0x8000_2000), 3), 3);
         assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_2000)));
         // Write-protect (S2AP W) with the CAS update: a permission change, no BBM.
         let old = c.update(0, S2Attrs::S2AP_W).unwrap();
@@ -1380,9 +1396,9 @@ mod tests {
         let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr::new(0x4000_2000), 3);
         assert!(matches!(c.set(dev), Err(MapError::NeedsBreakBeforeMake { .. })));
         c.move_forward();
-        assert_eq!(c.va(), 0x8000_3000);
+        assert_eq!(c.va(), VirtAddr::new(0x8000_3000));
         assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_3000)));
-        c.unmap(0x8000_0000, 0x2000).unwrap();
+        c.unmap(VirtAddr::new(0x8000_0000), 0x2000).unwrap();
         let d = c.finish();
         assert_eq!(d.0.len(), 0, "the level-3 table still maps 0x8000_2000");
         assert!(rec.flushes.iter().all(|f| f.2 == 9), "every flush is by VMID: {:?}", rec.flushes);
@@ -1401,9 +1417,9 @@ mod tests {
             .unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(&mut t, Stage1User { asid: 5 }, &mut rec);
-        assert_eq!(c.jump(0x1f_f000, 3), 3);
+        assert_eq!(c.jump(VirtAddr::new(0x1f_f000), 3), 3);
         c.move_forward();
-        assert_eq!((c.va(), c.level()), (0x20_0000, 3));
+        assert_eq!((c.va(), c.level()), (VirtAddr::new(0x20_0000), 3));
         assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x5000_1000)));
         // A write-protect that races with a hardware dirty update: the CAS
         // loop keeps the bit (simulated by setting it between load and CAS
@@ -1413,7 +1429,7 @@ mod tests {
         assert_ne!(old.0 & crate::mm::desc::SW_DIRTY_BIT, 0);
         assert_ne!(c.query().0 & crate::mm::desc::SW_DIRTY_BIT, 0);
         // Sabotage: a skipped flush leaves the range pending, so a make over it is refused.
-        c.jump(0x1f_f000, 3);
+        c.jump(VirtAddr::new(0x1f_f000), 3);
         let o = c.get_and_clear();
         SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
         c.sync();
@@ -1437,7 +1453,7 @@ mod tests {
         t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
-        assert_eq!(c.jump(0x1000, 3), 3);
+        assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
         let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
         let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
         const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
