@@ -8,7 +8,7 @@
 
 use alloc::vec::Vec;
 
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::LeafAttrs;
 use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::mm::kmap::FrameTableMem;
@@ -118,7 +118,15 @@ pub fn run_all() -> usize {
     for _ in 0..REPS {
         let mut c = Counter(0);
         let t0 = instructions();
-        let r = walk_tables_with(&mem, GRANULE, root, START_LEVEL, 0xffff_0000_0000_0000, 0, &mut c);
+        let r = walk_tables_with(
+            &mem,
+            GRANULE,
+            root,
+            START_LEVEL,
+            VirtAddr::new(0xffff_0000_0000_0000),
+            VirtAddr::new(0),
+            &mut c,
+        );
         let dt = (instructions() - t0).max(1);
         if r != 0 {
             problems += 1;

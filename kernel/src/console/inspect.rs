@@ -94,7 +94,15 @@ fn for_each_piece(
         }
     }
     let mut v = Visit { start, end, f, seen: 0, stopped: None };
-    crate::mm::walk::walk_tables_with(&*t.mem, t.granule, t.root, t.start_level, start, end, &mut v);
+    crate::mm::walk::walk_tables_with(
+        &*t.mem,
+        t.granule,
+        t.root,
+        t.start_level,
+        VirtAddr::new(start),
+        VirtAddr::new(end),
+        &mut v,
+    );
     match v.stopped {
         None => Ok(()),
         Some(s) => Err(s),
@@ -208,7 +216,7 @@ fn at_mismatch(t: &Tables<'_, FrameTableMem>, v: u64, req: &Request, hw: HwUpdat
         return Some(alloc::format!("{v:#x}: {m}"));
     }
     for access in Access::EL0 {
-        if let Err(m) = atcheck::check(&walked, req, access, hw, atcheck::observe(access, v)) {
+        if let Err(m) = atcheck::check(&walked, req, access, hw, atcheck::observe(access, VirtAddr::new(v))) {
             return Some(alloc::format!("{v:#x}: {m}"));
         }
     }
@@ -394,7 +402,7 @@ pub(super) fn stats(p: &str, a: &[&str]) -> CmdResult {
         let lock = proc_.mm.mmap_read_lock();
         let mut c = Counters::default();
         for vma in lock.vmas().iter() {
-            t.walk_range(vma.start, vma.end, &mut |e| {
+            t.walk_range(VirtAddr::new(vma.start), VirtAddr::new(vma.end), &mut |e| {
                 let pages = e.size / PAGE_SIZE;
                 match e.kind {
                     Kind::Leaf(pa) => {

@@ -254,11 +254,11 @@ pub fn walk_tables_with<M: TableMemory + ?Sized>(
     g: Granule,
     root: PhysAddr,
     start_level: u32,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, g, root, start_level, start, end, ops)
+    walk_tables(mem, g, root, start_level, start.as_u64(), end.as_u64(), ops)
 }
 
 #[cfg(test)]
@@ -326,7 +326,8 @@ mod tests {
     fn visits_tables_then_leaves_and_reports_holes() {
         let (mem, root) = setup();
         let mut r = Rec::default();
-        let ret = walk_tables_with(&mem, Granule::K4, root, 0, 0x40_0000, 0x60_4000, &mut r);
+        let ret =
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0x40_0000), VirtAddr::new(0x60_4000), &mut r);
         assert_eq!(ret, 0);
         let leaves: Vec<_> = r.entries.iter().filter(|e| e.2).map(|e| (e.0, e.1)).collect();
         assert_eq!(leaves, [(0x40_0000, 2), (0x60_0000, 3), (0x60_1000, 3), (0x60_2000, 3)]);
@@ -364,7 +365,7 @@ mod tests {
             }
         }
         let mut w = Lim::default();
-        walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut w);
+        walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut w);
         let at = |va, lvl| w.0.iter().find(|e| e.0 == va && e.1 == lvl).unwrap().2;
         assert_eq!(at(0, 0), TableAttrs::NONE, "a table entry's own limits are not above it");
         assert_eq!(at(0, 1), up);
@@ -380,10 +381,16 @@ mod tests {
     fn early_stop_and_skip_subtree() {
         let (mem, root) = setup();
         let mut r = Rec { stop_at: Some(0x60_1000), ..Default::default() };
-        assert_eq!(walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut r), 7);
+        assert_eq!(
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r),
+            7
+        );
         assert!(!r.entries.iter().any(|e| e.0 == 0x60_2000), "walk went on after Stop");
         let mut r = Rec { skip_tables_at: Some(2), ..Default::default() };
-        assert_eq!(walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut r), 0);
+        assert_eq!(
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r),
+            0
+        );
         assert!(!r.entries.iter().any(|e| e.1 == 3), "descended into a skipped table");
     }
 

@@ -429,7 +429,7 @@ fn compare<M: TableMemory>(
             }
         }
         for access in Access::ALL {
-            let par = atcheck::observe(access, va);
+            let par = atcheck::observe(access, VirtAddr::new(va));
             match (atcheck::check(&walked, &req, access, hw, par), sabotage) {
                 (Ok(()), _) => {}
                 (Err(Mismatch::Request { .. }), Some(Sabotage::FlipEl0)) => tally.flip_el0_caught += 1,

@@ -354,7 +354,7 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
         let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(*va)));
         let mut r = atcheck::check_exec(&walked, req);
         for access in [Access { el0: false, write: false }, Access { el0: false, write: true }] {
-            r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, *va)));
+            r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, VirtAddr::new(*va))));
         }
         if let Err(m) = r {
             mismatches += 1;

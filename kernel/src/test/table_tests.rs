@@ -152,7 +152,7 @@ pub fn agree(va: u64, want: Request) -> Result<(), String> {
     let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(va)));
     atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     for access in Access::ALL {
-        let par = atcheck::observe(access, va);
+        let par = atcheck::observe(access, VirtAddr::new(va));
         atcheck::check(
             &walked,
             &want,
@@ -178,7 +178,7 @@ pub fn at_outcome(op: AtOp, va: u64) -> Expected {
         AtOp::S1E0R => Access { el0: true, write: false },
         AtOp::S1E0W => Access { el0: true, write: true },
     };
-    atcheck::observe(access, va).outcome
+    atcheck::observe(access, VirtAddr::new(va)).outcome
 }
 
 fn level_of(va: u64) -> Option<u32> {

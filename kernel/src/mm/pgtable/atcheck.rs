@@ -16,7 +16,7 @@
 
 use super::{Expected, HwUpdates, Translation, expected_access, expected_exec};
 use crate::arch::aarch64::esr::FaultStatus;
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, MemType, TableAttrs};
 
 /// One access `AT` can check.
@@ -57,9 +57,9 @@ pub struct Par {
 impl Par {
     /// Decodes PAR_EL1 after an `AT` of `va` (Arm ARM D19, PAR_EL1: bit 0
     /// F; on success PA[47:12], SH[8:7], ATTR[63:56]; on a fault FST[6:1]).
-    pub fn decode(par: u64, va: u64) -> Par {
+    pub fn decode(par: u64, va: VirtAddr) -> Par {
         if par & 1 == 0 {
-            let pa = (par & 0x0000_ffff_ffff_f000) | (va & 0xfff);
+            let pa = (par & 0x0000_ffff_ffff_f000) | va.offset_in(0x1000);
             return Par {
                 outcome: Expected::Ok(PhysAddr::new(pa)),
                 attr: (par >> 56) as u8,
@@ -280,7 +280,7 @@ pub fn check_exec(walked: &(Translation, TableAttrs), req: &Request) -> Result<(
 /// Runs `AT` for `access` on `va` on this CPU (the tables to check must be
 /// live in TTBR0 or TTBR1) and decodes PAR_EL1.
 #[cfg(target_os = "none")]
-pub fn observe(access: Access, va: u64) -> Par {
+pub fn observe(access: Access, va: VirtAddr) -> Par {
     use crate::arch::aarch64::cpu::{AtOp, at_par};
     let op = match (access.el0, access.write) {
         (false, false) => AtOp::S1E1R,
@@ -288,7 +288,7 @@ pub fn observe(access: Access, va: u64) -> Par {
         (true, false) => AtOp::S1E0R,
         (true, true) => AtOp::S1E0W,
     };
-    Par::decode(at_par(op, va), va)
+    Par::decode(at_par(op, va.as_u64()), va)
 }
 
 #[cfg(test)]
@@ -307,13 +307,13 @@ mod tests {
 
     #[test]
     fn par_decoding() {
-        let p = Par::decode(ok_par(0x4123_4000, 0xff, 3) | (1 << 11), 0xffff_0000_0000_0abc);
+        let p = Par::decode(ok_par(0x4123_4000, 0xff, 3) | (1 << 11), VirtAddr::new(0xffff_0000_0000_0abc));
         assert_eq!(p, Par { outcome: Expected::Ok(PhysAddr::new(0x4123_4abc)), attr: 0xff, sh: 3 });
         // F=1, FST = permission fault level 3 (0x0f).
-        assert_eq!(Par::decode((0x0f << 1) | 1, 0).outcome, Expected::Permission(3));
-        assert_eq!(Par::decode((0x09 << 1) | 1, 0).outcome, Expected::AccessFlag(1));
-        assert_eq!(Par::decode((0x04 << 1) | 1, 0).outcome, Expected::Translation(0));
-        assert_eq!(Par::decode((0x21 << 1) | 1, 0).outcome, Expected::Other(0x21), "never predicted");
+        assert_eq!(Par::decode((0x0f << 1) | 1, VirtAddr::new(0)).outcome, Expected::Permission(3));
+        assert_eq!(Par::decode((0x09 << 1) | 1, VirtAddr::new(0)).outcome, Expected::AccessFlag(1));
+        assert_eq!(Par::decode((0x04 << 1) | 1, VirtAddr::new(0)).outcome, Expected::Translation(0));
+        assert_eq!(Par::decode((0x21 << 1) | 1, VirtAddr::new(0)).outcome, Expected::Other(0x21), "never predicted");
     }
 
     fn mapped(pa: u64, attrs: LeafAttrs) -> Translation {

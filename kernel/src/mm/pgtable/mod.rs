@@ -257,12 +257,12 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128)
             .min(1 << 48) as u64;
         let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, reach) };
-        self.walk_range(start, end, f);
+        self.walk_range(VirtAddr::new(start), VirtAddr::new(end), f);
     }
 
     /// Like [`Self::walk`] over `[start, end)` (an `end` of 0 is the top of the
     /// address space).
-    pub fn walk_range(&self, start: u64, end: u64, f: &mut dyn FnMut(&WalkEntry)) {
+    pub fn walk_range(&self, start: VirtAddr, end: VirtAddr, f: &mut dyn FnMut(&WalkEntry)) {
         struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
         impl crate::mm::walk::PageWalkOps for Adapter<'_> {
             fn entry(&mut self, e: &WalkEntry) -> crate::mm::walk::Step {
