@@ -623,7 +623,7 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcErr
 /// instruction abort, ends the run with the reason.
 pub fn do_el0_abort(frame: &mut TrapFrame, esr: Esr) {
     let why = if esr.ec() == ExceptionClass::DataAbortLowerEl {
-        match handle_user_fault(frame.far, esr) {
+        match handle_user_fault(VirtAddr::new(frame.far), esr) {
             Ok(()) => return, // resolved: back to EL0, the access is retried
             Err(why) => why,
         }
@@ -656,7 +656,7 @@ pub fn do_el0_svc(frame: &mut TrapFrame, esr: Esr) {
 /// An EL1 uaccess (copy_from/to_user) faulted on a user address: fill it
 /// like an EL0 fault would be. False means the fixup returns -EFAULT.
 pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
-    handle_user_fault(far, esr).is_ok()
+    handle_user_fault(VirtAddr::new(far), esr).is_ok()
 }
 
 /// Makes system call `nr` in process `name` through the agent (`svc #0` at
@@ -678,7 +678,7 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, ProcError> {
 /// VMA, checks the access against it and hands the fault to
 /// [`memory::handle_mm_fault`]. Translation faults (a hole) and permission
 /// faults (a read-only entry: COW, zero page) are handled at every level.
-fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
+fn handle_user_fault(far: VirtAddr, esr: Esr) -> Result<(), Unresolved> {
     let Some(p) = sched::current_process() else { return Err(Unresolved::NotHandled) };
     if !matches!(
         esr.fault_status(),
@@ -687,14 +687,14 @@ fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
         return Err(Unresolved::NotHandled);
     }
     let g = p.mm.mmap_read_lock();
-    let Some(vma) = g.vmas().find(VirtAddr::new(far)).copied() else { return Err(Unresolved::NoMapping) };
+    let Some(vma) = g.vmas().find(far).copied() else { return Err(Unresolved::NoMapping) };
     let write = esr.wnr() && !esr.cm();
     if !memory::access_ok(&vma, write) {
         return Err(Unresolved::Permission);
     }
     let flags = memory::FaultFlags { write, unshare: false };
     p.stats.faults.fetch_add(1, Ordering::Relaxed);
-    match memory::handle_mm_fault(p.mt(), &vma, VirtAddr::new(far), flags) {
+    match memory::handle_mm_fault(p.mt(), &vma, far, flags) {
         memory::VmFault::Done => Ok(()),
         memory::VmFault::Oom => Err(Unresolved::OutOfMemory),
         memory::VmFault::Sigsegv => Err(Unresolved::NoPage),
