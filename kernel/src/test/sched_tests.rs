@@ -283,9 +283,9 @@ kernel_test!(sched_asid_kept_across_rollover_while_running);
 /// it, and a TLBI for R, made from this CPU afterwards, must reach the
 /// entries the other CPU cached under it.
 ///
-/// Checked by taking out the reservation of active ASIDs (Linux's
-/// `reserved_asids`) at rollover: R comes back with another ASID, the TLBI
-/// misses the other CPU's entries, and the test fails.
+/// Without the reservation of active ASIDs at rollover (Linux's
+/// `reserved_asids`), R comes back with another ASID and the TLBI misses
+/// the other CPU's entries: this test catches that.
 fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more");
