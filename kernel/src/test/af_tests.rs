@@ -98,6 +98,8 @@ kernel_test!(dirty_state_in_hardware_dbm);
 /// AP[2] set) is written with no fault and the MMU makes it dirty; and no
 /// write-protected entry keeps DBM, so COW after fork and mprotect(R) still
 /// fault (Linux `pte_wrprotect` clears PTE_WRITE).
+///
+/// Checked with a `wrprotect` that keeps DBM: the test failed.
 fn dirty_state_in_hardware_dbm() -> Result<(), String> {
     use crate::mm::desc;
     if !cpu::has_hw_dbm() {

@@ -173,6 +173,10 @@ fn access_ok(what: &str, end: RunEnd) -> Result<bool, String> {
 }
 
 kernel_test!(fail_alloc_random_ops_leak_nothing);
+///
+/// It found a fork that failed inside a contiguous run and left the parent's
+/// run half write-protected; `copy_page_range` unfolds that run since. It
+/// checks `invariants` at once after a failed `mprotect`.
 fn fail_alloc_random_ops_leak_nothing() -> Result<(), String> {
     let free0 = frame::stats().free;
     let mut procs: Vec<P> = Vec::new();

@@ -232,6 +232,9 @@ kernel_test!(sched_tlb_shootdown_between_threads);
 /// B's system call returns, the broadcast TLBI has completed: A's very next
 /// load must fault. A non-broadcast TLBI leaves A's TLB entry alive (QEMU
 /// models per-CPU TLBs), and A goes on loading.
+///
+/// Checked by replacing the broadcast `TLBI VALE1IS` with the local `VALE1`:
+/// the test fails, because A reads on through its stale entry.
 fn sched_tlb_shootdown_between_threads() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: nothing to shoot down; this runs with --smp 2 or more");
@@ -279,6 +282,10 @@ kernel_test!(sched_asid_kept_across_rollover_while_running);
 /// ASID (the CPU goes on using it from TTBR0), nobody else may be given
 /// it, and a TLBI for R, made from this CPU afterwards, must reach the
 /// entries the other CPU cached under it.
+///
+/// Without the reservation of active ASIDs at rollover (Linux's
+/// `reserved_asids`), R comes back with another ASID and the TLBI misses
+/// the other CPU's entries: this test catches that.
 fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: no other CPU to keep an ASID for; this runs with --smp 2 or more");
@@ -392,6 +399,11 @@ kernel_test!(smp_gup_fast_races_fork);
 /// GUP-fast on cpu1 against fork on this CPU (Linux's `write_protect_seq`):
 /// the parent makes its pages writable again, forks, the child exits, many
 /// times, while cpu1 pins the same range locklessly without pause.
+///
+/// `gup::RACE_WINDOW_SPINS` widens the window between GUP-fast's entry
+/// re-check and its pin. Checked by taking out the `write_protect_seq`
+/// check: the test then catches pins on pages a fork shared. Without the
+/// widened window the race is too narrow to hit.
 fn smp_gup_fast_races_fork() -> Result<(), String> {
     if cpus() < 2 {
         return super::cannot_apply("one CPU: no race; this runs with --smp 2 or more");
@@ -500,6 +512,11 @@ kernel_test!(smp_page_lists_alloc_here_free_there);
 /// frames back to the buddy), then large folios faulted on cpu1 are freed
 /// here through the buddy. The allocator's counters must stay exact
 /// (`frame::check`), and every frame must come back.
+///
+/// This test found a leak: exit freed only the tables under the remaining
+/// VMAs, while munmap leaves an empty level-3 table wherever its range does
+/// not cover the table's whole span. Teardown unmaps the whole user half
+/// since.
 fn smp_page_lists_alloc_here_free_there() -> Result<(), String> {
     use crate::mm::frame;
     if cpus() < 2 {
