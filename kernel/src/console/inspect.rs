@@ -402,7 +402,7 @@ pub(super) fn stats(p: &str, a: &[&str]) -> CmdResult {
         let lock = proc_.mm.mmap_read_lock();
         let mut c = Counters::default();
         for vma in lock.vmas().iter() {
-            t.walk_range(VirtAddr::new(vma.start), VirtAddr::new(vma.end), &mut |e| {
+            t.walk_range(vma.start, vma.end, &mut |e| {
                 let pages = e.size / PAGE_SIZE;
                 match e.kind {
                     Kind::Leaf(pa) => {

@@ -168,16 +168,16 @@ mod tests {
         {
             let mut w = mm.mmap_write_lock();
             assert!(w.insert(Vma {
-                start: 0x10_0000,
-                end: 0x10_3000,
+                start: VirtAddr::new(0x10_0000),
+                end: VirtAddr::new(0x10_3000),
                 flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ,
                 folio_order: 0,
                 file: 0,
                 pgoff: 0
             }));
             assert!(w.insert(Vma {
-                start: 0x40_0000,
-                end: 0x70_0000,
+                start: VirtAddr::new(0x40_0000),
+                end: VirtAddr::new(0x70_0000),
                 flags: VmFlags::READ | VmFlags::WRITE,
                 folio_order: 0,
                 file: 0,
@@ -230,8 +230,8 @@ mod tests {
         t.map(VirtAddr::new(0x20_0000), PhysAddr::new(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 1);
         mm.mmap_write_lock().insert(Vma {
-            start: 0x20_0000,
-            end: 0x21_0000,
+            start: VirtAddr::new(0x20_0000),
+            end: VirtAddr::new(0x21_0000),
             flags: VmFlags::READ,
             folio_order: 0,
             file: 0,

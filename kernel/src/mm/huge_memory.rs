@@ -49,8 +49,8 @@ pub fn pud_suitable(vma: &Vma, va: VirtAddr) -> bool {
     let base = va.align_down(pud_size()).as_u64();
     pud_order().is_some_and(|o| vma.folio_order >= o)
         && !vma.flags.contains(VmFlags::NOHUGEPAGE)
-        && base >= vma.start
-        && base + pud_size() <= vma.end
+        && base >= vma.start.as_u64()
+        && base + pud_size() <= vma.end.as_u64()
 }
 
 /// A write fault on an empty level-1 entry of a `thp=1G` VMA: a zeroed 1G
@@ -155,8 +155,8 @@ pub fn pmd_suitable(vma: &Vma, va: VirtAddr) -> bool {
     let base = va.align_down(pmd_size()).as_u64();
     !vma.flags.contains(VmFlags::NOHUGEPAGE)
         && vma.folio_order >= memory::max_folio_order()
-        && base >= vma.start
-        && base + pmd_size() <= vma.end
+        && base >= vma.start.as_u64()
+        && base + pmd_size() <= vma.end.as_u64()
 }
 
 fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {

@@ -35,8 +35,8 @@ pub fn do_madvise(mt: MmTables<'_>, va: VirtAddr, len: u64, advice: Advice) -> R
 
 fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let g = mt.mm.mmap_read_lock();
-    let end = (va + len).as_u64();
-    let mut a = va.as_u64();
+    let end = va + len;
+    let mut a = va;
     while let Some((s, e, pfn)) = g
         .vmas()
         .iter()
@@ -44,9 +44,9 @@ fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
         .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
     {
         if pfn {
-            return Err(MmError::PfnMap { addr: VirtAddr::new(s) });
+            return Err(MmError::PfnMap { addr: s });
         }
-        madvise_dontneed_single_vma(mt, VirtAddr::new(s), VirtAddr::new(e))?;
+        madvise_dontneed_single_vma(mt, s, e)?;
         a = e;
     }
     Ok(())
@@ -58,7 +58,7 @@ fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr)
 }
 
 fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {
-    let (va, end) = (va.as_u64(), (va + len).as_u64());
+    let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();
     let mut hole = None;
     let mut a = va;
@@ -71,19 +71,18 @@ fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Res
         if s > a {
             hole.get_or_insert(a);
         }
-        let (sv, ev) = (VirtAddr::new(s), VirtAddr::new(e));
-        let n = vmas.splits_needed(sv, ev);
+        let n = vmas.splits_needed(s, e);
         vmas.try_reserve(n)?;
         // A block the new VMA edges cut is split first (Linux
         // `vma_adjust_trans_huge` in `__split_vma`): copy_page_range and
         // the other per-VMA walks need whole blocks inside each VMA.
         {
             let ptl = mt.mm.page_table_lock_guard();
-            memory::split_blocks_at_edges(&ptl, mt.mm, &mut mt.mem.lock(), VirtAddr::new(s), VirtAddr::new(e))?;
+            memory::split_blocks_at_edges(&ptl, mt.mm, &mut mt.mem.lock(), s, e)?;
         }
-        vmas.split_at(sv);
-        vmas.split_at(ev);
-        if let Some(v) = vmas.find_mut(VirtAddr::new(s))
+        vmas.split_at(s);
+        vmas.split_at(e);
+        if let Some(v) = vmas.find_mut(s)
             && !v.flags.contains(VmFlags::PFNMAP)
             && v.file == 0
         {
@@ -99,5 +98,5 @@ fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Res
         }
         a = e;
     }
-    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr: VirtAddr::new(addr) }))
+    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
 }

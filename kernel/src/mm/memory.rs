@@ -63,13 +63,7 @@ pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(),
     let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
-    t.map(
-        super::addr::VirtAddr::new(vma.start),
-        pfn,
-        vma.end - vma.start,
-        attrs,
-        super::pgtable::LeafSizes::PagesOnly,
-    )?;
+    t.map(vma.start, pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -617,7 +611,7 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: u64) -> Option<(page::Folio, u64)>
     for order in (1..=max).rev() {
         let size = PAGE_SIZE << order;
         let base = va & !(size - 1);
-        if base < vma.start || base + size > vma.end {
+        if base < vma.start.as_u64() || base + size > vma.end.as_u64() {
             continue;
         }
         let first = slot_at(slot, va, base);
@@ -866,14 +860,14 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
     // A 1G THP is never shared: 2M THPs from here on.
-    split_puds_in(&sptl, src.mm, &mut smem, vma.start, vma.end)?;
+    split_puds_in(&sptl, src.mm, &mut smem, vma.start.as_u64(), vma.end.as_u64())?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
-        a = va + GRANULE.level_size(2);
+    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a.as_u64(), vma.end.as_u64(), 2) {
+        a = VirtAddr::new(va + GRANULE.level_size(2));
         let d = slot.get();
         if !d.special() {
             let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
@@ -898,7 +892,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut dcache: (u64, Option<Pte>) = (u64::MAX, None);
     let span = GRANULE.level_size(2);
     let mut failed_at = None;
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |va, level, sslot| {
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |va, level, sslot| {
         let desc = sslot.get();
         if desc.0 == 0 {
             return Ok(());
@@ -951,7 +945,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
     if wrprotected {
-        KernelFlush.flush(VirtAddr::new(vma.start), vma.end - vma.start, Some(src.mm.asid()), true);
+        KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
     // The child has never run (no TLB entries): plain writes suffice.

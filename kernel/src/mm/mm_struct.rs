@@ -106,8 +106,8 @@ pub fn size_str(size: u64) -> impl core::fmt::Display {
 /// A virtual memory area: `[start, end)` with flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Vma {
-    pub start: u64,
-    pub end: u64,
+    pub start: VirtAddr,
+    pub end: VirtAddr,
     pub flags: VmFlags,
     /// Largest folio order anonymous faults may allocate here (the
     /// mapping's `thp=SIZE`; 0 = base pages only).
@@ -153,7 +153,7 @@ impl Vma {
 
     /// The file page offset of `va` in this VMA.
     pub fn pgoff_of(&self, va: VirtAddr) -> u64 {
-        self.pgoff + (va.as_u64() - self.start) / crate::mm::granule::PAGE_SIZE
+        self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
     }
 }
 
@@ -210,7 +210,7 @@ impl VmaList {
     }
     /// How many VMAs splitting at `start` and `end` would add (0 to 2).
     pub fn splits_needed(&self, start: VirtAddr, end: VirtAddr) -> usize {
-        [start.as_u64(), end.as_u64()].iter().filter(|&&a| self.0.iter().any(|v| v.start < a && a < v.end)).count()
+        [start, end].iter().filter(|&&a| self.0.iter().any(|v| v.start < a && a < v.end)).count()
     }
     /// Makes room for `n` more VMAs (an insert, or the splits of a range
     /// operation's ends): `out of memory` past [`MAX_MAP_COUNT`] (Linux:
@@ -234,10 +234,9 @@ impl VmaList {
     /// Splits the VMA that strictly contains `addr` into two at `addr`
     /// (Linux `split_vma`). Nothing happens if `addr` is a boundary or in a hole.
     pub fn split_at(&mut self, addr: VirtAddr) {
-        let addr = addr.as_u64();
         if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
             let lo = self.0[i];
-            let hi = Vma { start: addr, pgoff: lo.pgoff_of(VirtAddr::new(addr)), ..lo };
+            let hi = Vma { start: addr, pgoff: lo.pgoff_of(addr), ..lo };
             file_vma_get(&hi);
             self.0[i].end = addr;
             self.0.insert(i + 1, hi);
@@ -245,30 +244,26 @@ impl VmaList {
     }
     /// The VMAs wholly inside `[start, end)` (after splitting at both ends).
     pub fn inside(&self, start: VirtAddr, end: VirtAddr) -> impl Iterator<Item = &Vma> {
-        let (start, end) = (start.as_u64(), end.as_u64());
         self.0.iter().filter(move |v| v.start >= start && v.end <= end)
     }
     /// Mutable access to the VMAs wholly inside `[start, end)`.
     pub fn inside_mut(&mut self, start: VirtAddr, end: VirtAddr) -> impl Iterator<Item = &mut Vma> {
-        let (start, end) = (start.as_u64(), end.as_u64());
         self.0.iter_mut().filter(move |v| v.start >= start && v.end <= end)
     }
     /// The VMA containing `addr`, mutable (flags changes under the write lock).
     pub fn find_mut(&mut self, addr: VirtAddr) -> Option<&mut Vma> {
-        let addr = addr.as_u64();
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get_mut(i).filter(|v| v.start <= addr)
     }
     /// Removes and returns the VMA that starts at `start`.
     pub fn remove(&mut self, start: VirtAddr) -> Option<Vma> {
-        let i = self.0.iter().position(|v| v.start == start.as_u64())?;
+        let i = self.0.iter().position(|v| v.start == start)?;
         let v = self.0.remove(i);
         file_vma_put(&v);
         Some(v)
     }
     /// The VMA containing `addr` (Linux `vma_lookup`).
     pub fn find(&self, addr: VirtAddr) -> Option<&Vma> {
-        let addr = addr.as_u64();
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get(i).filter(|v| v.start <= addr)
     }
@@ -473,8 +468,15 @@ mod tests {
     #[test]
     fn max_map_count_and_splits_needed() {
         let mut l = VmaList::default();
-        let v = |s: u64| Vma { start: s, end: s + 0x1000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 };
-        assert!(l.insert(Vma { end: 0x4000, ..v(0x1000) }));
+        let v = |s: u64| Vma {
+            start: VirtAddr::new(s),
+            end: VirtAddr::new(s + 0x1000),
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0,
+        };
+        assert!(l.insert(Vma { end: va(0x4000), ..v(0x1000) }));
         assert_eq!(l.splits_needed(va(0x1000), va(0x4000)), 0, "whole VMA: no split");
         assert_eq!(l.splits_needed(va(0x2000), va(0x4000)), 1);
         assert_eq!(l.splits_needed(va(0x2000), va(0x3000)), 2);
@@ -512,27 +514,48 @@ mod tests {
     fn vma_list_keeps_order_and_refuses_overlap() {
         let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
         assert!(w.insert(Vma {
-            start: 0x1000,
-            end: 0x2000,
+            start: va(0x3000),
+            end: va(0x5000),
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0
+        }));
+        assert!(w.insert(Vma {
+            start: va(0x1000),
+            end: va(0x2000),
             flags: VmFlags::READ | VmFlags::WRITE,
             folio_order: 0,
             file: 0,
             pgoff: 0
         }));
         assert!(
-            !w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            !w.insert(Vma {
+                start: va(0x4000),
+                end: va(0x6000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }),
             "overlap"
         );
         assert!(
-            !w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            !w.insert(Vma {
+                start: va(0x7000),
+                end: va(0x7000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }),
             "empty"
         );
-        assert_eq!(w.find(va(0x1fff)).map(|v| v.start), Some(0x1000));
+        assert_eq!(w.find(va(0x1fff)).map(|v| v.start), Some(va(0x1000)));
         assert_eq!(w.find(va(0x2000)), None);
-        assert_eq!(w.find(va(0x4000)).map(|v| v.start), Some(0x3000));
-        let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start).collect();
+        assert_eq!(w.find(va(0x4000)).map(|v| v.start), Some(va(0x3000)));
+        let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start.as_u64()).collect();
         assert_eq!(starts, [0x1000, 0x3000]);
         assert!(w.find(va(0x1000)).unwrap().flags.contains(VmFlags::WRITE));
     }
@@ -541,12 +564,12 @@ mod tests {
     fn split_vmas() {
         let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
+        w.insert(Vma { start: va(0x1000), end: va(0x9000), flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
         w.split_at(va(0x3000));
         w.split_at(va(0x3000)); // already a boundary
         w.split_at(va(0x20000)); // a hole
         w.split_at(va(0x7000));
-        let v: alloc::vec::Vec<(u64, u64)> = w.iter().map(|v| (v.start, v.end)).collect();
+        let v: alloc::vec::Vec<(u64, u64)> = w.iter().map(|v| (v.start.as_u64(), v.end.as_u64())).collect();
         assert_eq!(v, [(0x1000, 0x3000), (0x3000, 0x7000), (0x7000, 0x9000)]);
         assert_eq!(w.inside(va(0x3000), va(0x9000)).count(), 2);
         for v in w.inside_mut(va(0x3000), va(0x7000)) {
@@ -567,8 +590,8 @@ mod tests {
         assert_eq!(size_str(0x11000).to_string(), "68K");
         assert_eq!(alloc::format!("{:>6}|", size_str(1 << 30)), "    1G|");
         let v = Vma {
-            start: 0x10_0000_0000,
-            end: 0x10_0001_0000,
+            start: va(0x10_0000_0000),
+            end: va(0x10_0001_0000),
             flags: VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE,
             folio_order: 9,
             file: 0,

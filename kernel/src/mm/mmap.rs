@@ -86,8 +86,8 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
     // Large folios need naturally aligned ranges (Linux aligns THP-able
     // anonymous mappings the same way).
     let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
-    let va = align_up(mm.free_area.load(Ordering::Relaxed), align);
-    let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
+    let va = VirtAddr::new(mm.free_area.load(Ordering::Relaxed)).align_up(align);
+    let end = va.checked_add(size).filter(|e| e.as_u64() <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
     let mut flags = VmFlags(0);
     if a.readable {
         flags = flags | VmFlags::READ;
@@ -161,7 +161,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
             super::shmem::vma_get(file);
             super::shmem::vma_put(file);
         }
-        return Err(inserted.err().unwrap_or(MmError::Overlap { addr: VirtAddr::new(va) }));
+        return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
     }
     if let Some(pfn) = a.pfn
         && let Err(e) = memory::remap_pfn_range(mt, &vma, pfn)
@@ -170,20 +170,20 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         // allocation to inject failures into, and a zap of special
         // entries only (no pages, no blocks) needs none that can fail.
         // Should it fail all the same, the VMA stays over its entries.
-        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, VirtAddr::new(va), size)) {
+        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, va, size)) {
             Ok(()) => {
-                mm.mmap_write_lock().remove(VirtAddr::new(va));
+                mm.mmap_write_lock().remove(va);
             }
             Err(z) => {
                 log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.as_u64());
-                mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
+                mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
             }
         }
         return Err(e);
     }
     // Leave a guard gap between regions.
-    mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
-    Ok((VirtAddr::new(va), size))
+    mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
+    Ok((va, size))
 }
 
 /// Linux `do_munmap` (`do_vmi_munmap`): removes the VMAs in `[va, va+len)`
@@ -203,7 +203,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
     memory::zap_page_range(mt, va, len)?;
     // One at a time: no list to allocate.
     loop {
-        let Some(s) = vmas.inside(va, end).map(|v| VirtAddr::new(v.start)).next() else { break };
+        let Some(s) = vmas.inside(va, end).map(|v| v.start).next() else { break };
         vmas.remove(s);
     }
     Ok(())
@@ -232,7 +232,7 @@ fn first_hole(vmas: &super::mm_struct::VmaList, va: VirtAddr, len: u64) -> Optio
     let mut a = va;
     while a < va + len {
         match vmas.find(a) {
-            Some(v) => a = VirtAddr::new(v.end),
+            Some(v) => a = v.end,
             None => return Some(a),
         }
     }

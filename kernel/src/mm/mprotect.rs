@@ -23,7 +23,6 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
     // Linux `mprotect_fixup`: a private mapping that becomes writable is
     // charged then (each VMA's part on its own), before anything changes.
     if writable {
-        let (va, end) = (va.as_u64(), end.as_u64());
         for v in vmas.iter().filter(|v| v.start < end && va < v.end) {
             if accountable(v.flags) && !v.flags.contains(VmFlags::WRITE) {
                 vm_enough_memory(v.end.min(end) - v.start.max(va))?;
@@ -36,8 +35,8 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
     // VMA changes, a failure leaves the VMAs and the entries agreeing.
     let mut a = va;
     while let Some((s, e)) = vmas.inside(a, end).map(|v| (v.start, v.end)).next() {
-        memory::split_range_edges(mt, VirtAddr::new(s), e - s)?;
-        a = VirtAddr::new(e);
+        memory::split_range_edges(mt, s, e - s)?;
+        a = e;
     }
     for v in vmas.inside_mut(va, end) {
         v.flags = mprotect_flags(v.flags, readable, writable);
@@ -48,8 +47,8 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
         vmas.inside(a, end).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
     {
         // Cannot fail now that the edges are split.
-        memory::change_protection(mt, VirtAddr::new(s), e - s, readable, writable, shared)?;
-        a = VirtAddr::new(e);
+        memory::change_protection(mt, s, e - s, readable, writable, shared)?;
+        a = e;
     }
     Ok(())
 }

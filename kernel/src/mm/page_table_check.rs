@@ -291,7 +291,7 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
     let mut reachable = 1usize;
     // Sorted and non-overlapping, as the VMA list.
     let vmas: Vec<(u64, u64, VmFlags)> =
-        mt.mm.mmap_read_lock().vmas().iter().map(|v| (v.start, v.end, v.flags)).collect();
+        mt.mm.mmap_read_lock().vmas().iter().map(|v| (v.start.as_u64(), v.end.as_u64(), v.flags)).collect();
     let shared_at = |va: u64| {
         let i = vmas.partition_point(|&(_, e, _)| e <= va);
         vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))

@@ -183,12 +183,11 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
     end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    let (start, end) = (start.as_u64(), end.as_u64());
     let mm = lock.mm();
     let mut cur = start;
     for vma in lock.vmas().iter().filter(|v| v.end > start && v.start < end) {
         if vma.start > cur
-            && let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(cur), VirtAddr::new(vma.start), -1))
+            && let Some(n) = stop_value(ops.pte_hole(cur, vma.start, -1))
         {
             return n;
         }
@@ -196,7 +195,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
         match ops.test_walk(vma) {
             Step::Stop(n) => return n,
             Step::SkipSubtree => {
-                if let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(lo), VirtAddr::new(hi), -1)) {
+                if let Some(n) = stop_value(ops.pte_hole(lo, hi, -1)) {
                     return n;
                 }
             }
@@ -204,7 +203,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
                 if let Some(n) = stop_value(ops.pre_vma(vma)) {
                     return n;
                 }
-                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo, hi, ops);
+                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo.as_u64(), hi.as_u64(), ops);
                 ops.post_vma(vma);
                 if r != 0 {
                     return r;
@@ -214,7 +213,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
         cur = hi;
     }
     if cur < end
-        && let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(cur), VirtAddr::new(end), -1))
+        && let Some(n) = stop_value(ops.pte_hole(cur, end, -1))
     {
         return n;
     }
@@ -298,7 +297,7 @@ mod tests {
             Step::Continue
         }
         fn pre_vma(&mut self, v: &Vma) -> Step {
-            self.vmas.push((v.start, v.end));
+            self.vmas.push((v.start.as_u64(), v.end.as_u64()));
             Step::Continue
         }
         fn test_walk(&mut self, v: &Vma) -> Step {
@@ -400,10 +399,17 @@ mod tests {
         let mm = MmStruct::new(root, 5);
         {
             let mut w = mm.mmap_write_lock();
-            w.insert(Vma { start: 0x40_0000, end: 0x60_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
             w.insert(Vma {
-                start: 0x60_0000,
-                end: 0x60_2000,
+                start: VirtAddr::new(0x40_0000),
+                end: VirtAddr::new(0x60_0000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0,
+            });
+            w.insert(Vma {
+                start: VirtAddr::new(0x60_0000),
+                end: VirtAddr::new(0x60_2000),
                 flags: VmFlags::PFNMAP,
                 folio_order: 0,
                 file: 0,

@@ -104,8 +104,8 @@ impl DebugVma {
     /// The record of `v`.
     pub fn of(v: &crate::mm::mm_struct::Vma) -> Self {
         DebugVma {
-            start: v.start,
-            end: v.end,
+            start: v.start.as_u64(),
+            end: v.end.as_u64(),
             pgoff: v.pgoff,
             flags: v.flags.0,
             file: v.file,

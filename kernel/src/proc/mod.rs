@@ -138,8 +138,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
     let agent = Vma {
-        start: AGENT_VA,
-        end: AGENT_VA + (hi - lo),
+        start: VirtAddr::new(AGENT_VA),
+        end: VirtAddr::new(AGENT_VA + (hi - lo)),
         flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP,
         folio_order: 0,
         file: 0,
@@ -147,7 +147,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     };
     p.mm.mmap_write_lock().insert(agent);
     // Neither munmap nor mprotect may touch the agent.
-    p.mm.mseal(VirtAddr::new(agent.start), VirtAddr::new(agent.end));
+    p.mm.mseal(agent.start, agent.end);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
         let mut mem = p.tables.lock();
@@ -187,7 +187,7 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
             teardown(&child);
             return Err(e.into());
         }
-        vmas.extend(pv.iter().filter(|v| v.start != AGENT_VA));
+        vmas.extend(pv.iter().filter(|v| v.start != VirtAddr::new(AGENT_VA)));
         for vma in &vmas {
             cv.insert(*vma);
             // Linux `vma_needs_copy`: a shared file mapping's entries are
@@ -297,7 +297,7 @@ fn teardown(p: &Process) {
     }
     // One at a time: exit allocates nothing.
     loop {
-        let Some(s) = vmas.iter().map(|v| VirtAddr::new(v.start)).next() else { break };
+        let Some(s) = vmas.iter().map(|v| v.start).next() else { break };
         vmas.remove(s);
     }
     mem.free(p.mm.pgd);
@@ -883,7 +883,14 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64,
     with_proc(name, |p| {
         let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
-        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
+        if !p.mm.mmap_write_lock().insert(Vma {
+            start: VirtAddr::new(va),
+            end: VirtAddr::new(end),
+            flags,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0,
+        }) {
             return Err(MmError::Overlap { addr: VirtAddr::new(va) }.into());
         }
         p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
