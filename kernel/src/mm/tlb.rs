@@ -51,6 +51,9 @@ impl TlbFlush for KernelFlush {
         crate::arch::aarch64::cpu::publish_tables();
     }
 
+    // Inlinable in every codegen unit: where the size is known (one page on
+    // the fault path) the range logic folds away.
+    #[inline]
     fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool) {
         let va = va.align_down(PAGE_SIZE).as_u64();
         let pages = size.div_ceil(PAGE_SIZE).max(1);
