@@ -57,7 +57,7 @@ pub(super) fn byte(s: &str) -> Result<u8, String> {
 
 /// The report of an EL0 access the kernel could not resolve: process,
 /// address, ESR decoded, and why (no mapping, permission, out of memory...).
-fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
+fn fault_report(p: &str, addr: VirtAddr, esr: u64, why: proc::Unresolved) -> String {
     alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {why}: {} ({p} survives)", Esr(esr))
 }
 
@@ -69,7 +69,7 @@ fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
 pub(super) fn expect_fault_verdict(p: &str, kind: &str, va: VirtAddr, end: RunEnd) -> CmdResult {
     use proc::Unresolved::{NoMapping, NoPage, Permission};
     match end {
-        RunEnd::Fault { addr, esr, why: why @ (NoMapping | Permission | NoPage) } if addr == va.as_u64() => {
+        RunEnd::Fault { addr, esr, why: why @ (NoMapping | Permission | NoPage) } if addr == va => {
             println!("  {p}: {kind} at {addr:#x} refused: {why}: {}", Esr(esr));
             Ok(Outcome::Assert(Ok(())))
         }

@@ -509,13 +509,13 @@ impl core::fmt::Display for Unresolved {
 pub enum RunEnd {
     Done,
     Mismatch {
-        addr: u64,
+        addr: VirtAddr,
         value: u8,
     },
     /// An exception the kernel could not resolve (a SIGSEGV in Linux terms),
     /// and why.
     Fault {
-        addr: u64,
+        addr: VirtAddr,
         esr: u64,
         why: Unresolved,
     },
@@ -557,12 +557,12 @@ pub(crate) fn run_end(regs: &TrapFrame) -> RunEnd {
     match esr.ec() {
         ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE => match regs.x[0] {
             0 => RunEnd::Done,
-            1 => RunEnd::Mismatch { addr: regs.x[1], value: regs.x[5] as u8 },
+            1 => RunEnd::Mismatch { addr: VirtAddr::new(regs.x[1]), value: regs.x[5] as u8 },
             _ => RunEnd::Other { esr: regs.esr },
         },
         // The reason is the task's ([`run_agent`] fills it in).
         ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
-            RunEnd::Fault { addr: regs.far, esr: regs.esr, why: Unresolved::NotHandled }
+            RunEnd::Fault { addr: VirtAddr::new(regs.far), esr: regs.esr, why: Unresolved::NotHandled }
         }
         _ => RunEnd::Other { esr: regs.esr },
     }

@@ -274,11 +274,11 @@ fn one_round(
             RunEnd::Done => start + slice,
             RunEnd::Fault { addr, esr, .. }
                 if action == Action::Mprotect
-                    && regs.x[1] == addr
+                    && regs.x[1] == addr.as_u64()
                     && Esr(esr).fault_status().is_some_and(|f| matches!(f, FaultStatus::Permission(_))) =>
             {
                 stats.stopped += 1;
-                addr
+                addr.as_u64()
             }
             e => return Err(alloc::format!("the writer on cpu{} ended with {e:?}", cpus[i])),
         });

@@ -115,7 +115,7 @@ fn fail_alloc_mprotect_of_a_block_keeps_vma_and_entries() -> Result<(), String> 
         }
         ensure!(k >= 2, "mprotect got through with allocation {k} failing: the split was not reached");
         match proc::access(name, op::WRITE, page, 8, 0x22)? {
-            RunEnd::Fault { why: Unresolved::Permission, addr, .. } if addr == page.as_u64() => {}
+            RunEnd::Fault { why: Unresolved::Permission, addr, .. } if addr == page => {}
             other => return Err(alloc::format!("write to the read-only page: {other:?}, expected a permission fault")),
         }
         for a in [h, page + PAGE_SIZE, h + blk - 8] {

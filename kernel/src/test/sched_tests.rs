@@ -219,7 +219,7 @@ fn reader_stopped(
     };
     let c = user_u64(name, y)?;
     match proc::run_end(&regs) {
-        RunEnd::Fault { addr, esr, .. } if addr == x.as_u64() && Esr(esr).fault_status().is_some_and(want) => {}
+        RunEnd::Fault { addr, esr, .. } if addr == x && Esr(esr).fault_status().is_some_and(want) => {}
         e => return Err(alloc::format!("{what}: the reader ended with {e:?}, expected a fault at {x:#x}")),
     }
     ensure!(c <= c0 + 1, "{what}: {} loads of the old mapping after the call returned", c - c0);

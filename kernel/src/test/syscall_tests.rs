@@ -113,7 +113,7 @@ fn el0_fault_out_of_memory_is_reported() -> Result<(), String> {
             fail_alloc::arm(false);
             fail_alloc::configure(0, 0);
             match end? {
-                RunEnd::Fault { addr, why: Unresolved::OutOfMemory, .. } if addr == a.as_u64() => {}
+                RunEnd::Fault { addr, why: Unresolved::OutOfMemory, .. } if addr == a => {}
                 other => {
                     return Err(alloc::format!("allocation {k} failing: {other:?}, expected out of memory at {a:#x}"));
                 }
@@ -160,7 +160,7 @@ fn expect_fault_passes_only_sigsegv() -> Result<(), String> {
         let end = proc::access(name, op::TOUCH_WRITE, hole, 1, 0)?;
         ensure!(matches!(verdict(name, hole + 8, end), Ok(Err(_))), "a fault elsewhere is a failed assertion");
         for why in [Unresolved::OutOfMemory, Unresolved::NotHandled] {
-            let end = RunEnd::Fault { addr: ro.as_u64(), esr: 0x9200_0021, why };
+            let end = RunEnd::Fault { addr: ro, esr: 0x9200_0021, why };
             match verdict(name, ro, end) {
                 Err(e) if e.contains(&why.to_string()) => {}
                 other => return Err(alloc::format!("{why:?}: {other:?}, expected an error that says why")),
@@ -315,7 +315,7 @@ fn el0_cannot_reach_kernel_memory() -> Result<(), String> {
                     RunEnd::Fault { addr, esr, why } => {
                         let e = Esr(esr);
                         ensure!(why == proc::Unresolved::NoMapping, "{what}: reason {why}, not `no mapping`");
-                        ensure!(addr == va, "{what}: fault at {addr:#x}, not {va:#x}");
+                        ensure!(addr == VirtAddr::new(va), "{what}: fault at {addr:#x}, not {va:#x}");
                         ensure!(e.ec() == ExceptionClass::DataAbortLowerEl, "{what}: {e}");
                         ensure!(
                             matches!(e.fault_status(), Some(FaultStatus::Permission(_))),
