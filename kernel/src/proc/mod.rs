@@ -879,21 +879,14 @@ fn gup_chunk(
 }
 
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
-pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, ProcError> {
+pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<VirtAddr, ProcError> {
     with_proc(name, |p| {
-        let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
+        let va = VirtAddr::new(p.mm.free_area.load(Ordering::Relaxed)).align_up(PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
-        if !p.mm.mmap_write_lock().insert(Vma {
-            start: VirtAddr::new(va),
-            end: VirtAddr::new(end),
-            flags,
-            folio_order: 0,
-            file: 0,
-            pgoff: 0,
-        }) {
-            return Err(MmError::Overlap { addr: VirtAddr::new(va) }.into());
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
+            return Err(MmError::Overlap { addr: va }.into());
         }
-        p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
+        p.mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
         Ok(va)
     })
 }

@@ -23,12 +23,12 @@ fn flags(list: &[VmFlags]) -> VmFlags {
     list.iter().fold(VmFlags(0), |a, &f| a | f)
 }
 
-fn insert(va: u64, pa: PhysAddr) -> Result<(), i64> {
-    proc::with_mm_write(P, |p, g| memory::vm_insert_page(p.mt(), g, VirtAddr::new(va), pa)).expect("process exists")
+fn insert(va: VirtAddr, pa: PhysAddr) -> Result<(), i64> {
+    proc::with_mm_write(P, |p, g| memory::vm_insert_page(p.mt(), g, va, pa)).expect("process exists")
 }
 
-fn entry(va: u64) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(P, |_, t| match t.translate(crate::mm::addr::VirtAddr::new(va)) {
+fn entry(va: VirtAddr) -> Option<crate::mm::desc::Desc> {
+    proc::with_tables(P, |_, t| match t.translate(va) {
         Translation::Mapped { desc, .. } => Some(desc),
         _ => None,
     })
@@ -97,11 +97,11 @@ fn insert_zeropage_decision_table() -> Result<(), String> {
             let d = entry(va).ok_or_else(|| alloc::format!("{what}: nothing mapped"))?;
             ensure!(d.special() && d.perms().read_only, "{what}: the zero page must be special and read-only: {d:?}");
             // A real EL0 load reads zeroes from it.
-            let r = proc::access(P, op::CHECK, VirtAddr::new(va), PAGE_SIZE, 0)?;
+            let r = proc::access(P, op::CHECK, va, PAGE_SIZE, 0)?;
             ensure!(matches!(r, RunEnd::Done), "{what}: EL0 read of the zero page: {r:?}");
             // In a COW mapping a write replaces it with an anon page; anywhere
             // else the write must not reach the zero page.
-            let r = proc::access(P, op::WRITE, VirtAddr::new(va), 1, 0x5a)?;
+            let r = proc::access(P, op::WRITE, va, 1, 0x5a)?;
             if f.contains(F::WRITE) && !f.contains(F::SHARED) {
                 ensure!(matches!(r, RunEnd::Done), "{what}: write after insert: {r:?}");
                 let d = entry(va).unwrap();
@@ -139,7 +139,7 @@ fn insert_pages_and_mixed() -> Result<(), String> {
         let va = proc::vma_for_test(P, 4 * PAGE_SIZE, shared_ro)?;
         // A batch with the zero page in it: the fixed batch check lets it in.
         let (n, r) =
-            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, VirtAddr::new(va), &[kp.pa(), page::zero_page()]))?;
+            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va, &[kp.pa(), page::zero_page()]))?;
         ensure!(n == 2 && r.is_ok(), "vm_insert_pages([page, zero page]) inserted {n}: {r:?}");
         ensure!(
             kp.refcount() == 2 && kp.head().mapcount() == 1,
@@ -148,11 +148,11 @@ fn insert_pages_and_mixed() -> Result<(), String> {
             kp.head().mapcount()
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, VirtAddr::new(va), PAGE_SIZE, 0x3c)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, va, PAGE_SIZE, 0x3c)?, RunEnd::Done),
             "EL0 does not read the driver page's bytes"
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 0)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, va + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done),
             "EL0 does not read zeroes from the batch's zero page"
         );
         // Anon pages and pages nobody holds are refused.
@@ -160,34 +160,34 @@ fn insert_pages_and_mixed() -> Result<(), String> {
         ensure!(insert(va + 2 * PAGE_SIZE, anon.pa()) == Err(-EINVAL), "an anon page must not be inserted");
         anon.put();
         let (n, r) =
-            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, VirtAddr::new(va + 2 * PAGE_SIZE), &[anon.pa()]))?;
+            proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va + 2 * PAGE_SIZE, &[anon.pa()]))?;
         ensure!(n == 0 && r == Err(-EINVAL), "a freed page (refcount 0) must be refused by the batch, got {n} {r:?}");
         // vmf_insert_mixed: zero pfn by the same table; PFN mappings take anything.
         let shared_w = flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE]);
         let w = proc::vma_for_test(P, PAGE_SIZE, shared_w)?;
-        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(VirtAddr::new(w)).unwrap())?;
-        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, VirtAddr::new(w), page::zero_page()))?;
+        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(w).unwrap())?;
+        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, w, page::zero_page()))?;
         ensure!(
             r == VmFault::Sigsegv,
             "vmf_insert_mixed(zero pfn) into a shared writable mapping must fail, got {r:?}"
         );
         let io = proc::vma_for_test(P, PAGE_SIZE, flags(&[F::READ, F::SHARED, F::PFNMAP, F::IO]))?;
-        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(VirtAddr::new(io)).unwrap())?;
-        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, VirtAddr::new(io), page::zero_page()))?;
+        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(io).unwrap())?;
+        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, io, page::zero_page()))?;
         ensure!(r == VmFault::Done && entry(io).is_some_and(|d| d.special()), "vmf_insert_mixed into VM_IO: {r:?}");
         let cow = proc::vma_for_test(P, PAGE_SIZE, flags(&[F::READ, F::WRITE, F::MAYWRITE]))?;
-        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(VirtAddr::new(cow)).unwrap())?;
-        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, VirtAddr::new(cow), page::zero_page()))?;
+        let vma = proc::with_mm_write(P, |_, g| *g.find_mut(cow).unwrap())?;
+        let r = proc::with_mm_write(P, |p, _| memory::vmf_insert_mixed(p.mt(), &vma, cow, page::zero_page()))?;
         ensure!(
             r == VmFault::Done && entry(cow).is_some_and(|d| d.special() && d.perms().read_only),
             "vmf_insert_mixed(zero pfn) into a COW mapping: {r:?}"
         );
         ensure!(
-            matches!(proc::access(P, op::CHECK, VirtAddr::new(cow), PAGE_SIZE, 0)?, RunEnd::Done),
+            matches!(proc::access(P, op::CHECK, cow, PAGE_SIZE, 0)?, RunEnd::Done),
             "EL0 read of the mixed zero page"
         );
         // Unmapping drops the mapping's reference; the driver's stays.
-        let g = proc::with_mm_write(P, |p, _| memory::zap_page_range(p.mt(), VirtAddr::new(va), 4 * PAGE_SIZE))?;
+        let g = proc::with_mm_write(P, |p, _| memory::zap_page_range(p.mt(), va, 4 * PAGE_SIZE))?;
         g?;
         ensure!(
             kp.refcount() == 1 && kp.head().mapcount() == 0,
