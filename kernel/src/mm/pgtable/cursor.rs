@@ -759,25 +759,37 @@ fn cas_update(slot: &AtomicU64, set: u64, clear: u64) -> u64 {
 /// Returns `(old, new)`, or the value `f` refused.
 #[inline(always)]
 fn cas_modify<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
-    if crate::mm::desc::hw_updates() {
-        return cas_loop(slot, f);
+    cas_modify_from(slot, crate::mm::desc::hw_updates(), slot.load(Ordering::Acquire), f)
+}
+
+/// [`cas_modify`] from `seen`, a value of the entry the caller loaded
+/// under the page-table lock, with `hw` = [`crate::mm::desc::hw_updates`]
+/// read under that lock. Without hardware updates nothing else changes the
+/// entry, so `seen` is current and one store suffices; with them the
+/// compare-and-swap starts from `seen` and reruns `f` on what the MMU left.
+#[inline(always)]
+fn cas_modify_from<E>(
+    slot: &AtomicU64,
+    hw: bool,
+    seen: u64,
+    f: impl Fn(u64) -> Result<u64, E>,
+) -> Result<(u64, u64), E> {
+    if hw {
+        return cas_loop(slot, seen, f);
     }
-    // No MMU writes descriptors (TCR_EL1.HA/HD off) and the caller holds
-    // the page-table lock: nothing changes the entry between load and store.
-    let cur = slot.load(Ordering::Acquire);
-    let new = f(cur)?;
-    if new != cur {
+    let new = f(seen)?;
+    if new != seen {
         slot.store(new, Ordering::Release);
     }
-    Ok((cur, new))
+    Ok((seen, new))
 }
 
 /// The compare-and-swap loop (Linux `ptep_set_wrprotect`,
 /// `__ptep_set_access_flags`): `f` reruns on the value the MMU left until
-/// no one changed the entry between the load and the store.
+/// no one changed the entry between the load and the store. `cur` is the
+/// caller's load of the entry.
 #[inline(never)]
-fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
-    let mut cur = slot.load(Ordering::Acquire);
+fn cas_loop<E>(slot: &AtomicU64, mut cur: u64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
     loop {
         rmw_window();
         let new = f(cur)?;
@@ -788,6 +800,15 @@ fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u
             Ok(v) => return Ok((v, new)),
             Err(v) => cur = v,
         }
+    }
+}
+
+/// `f`, refused if it changes more than permission bits ([`Stage1User`]'s rule).
+#[inline(always)]
+fn perm_only(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
+    move |v| {
+        let n = f(Desc(v)).0;
+        if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
     }
 }
 
@@ -958,11 +979,7 @@ impl<'l> Pte<'l> {
     /// flushes the old translation if it was valid.
     #[inline(always)]
     pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify(self.slot(), |v| {
-            let n = f(Desc(v)).0;
-            if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
-        })
-        .map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify(self.slot(), perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
     /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
@@ -970,8 +987,18 @@ impl<'l> Pte<'l> {
     /// the CAS saw. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect(self) -> (Desc, Desc) {
-        let (o, n) = cas_modify(self.slot(), |v| Ok::<u64, ()>(Desc(v).wrprotect().0)).unwrap_or((0, 0));
-        (Desc(o), Desc(n))
+        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0)) {
+            Ok((o, n)) => (Desc(o), Desc(n)),
+            Err(e) => match e {},
+        }
+    }
+
+    /// This entry and the `n - 1` after it in the same table, for a range
+    /// loop ([`PteRun`]).
+    #[inline(always)]
+    pub fn run(self, n: usize) -> PteRun<'l> {
+        assert!(self.index() + n <= crate::mm::granule::GRANULE.entries_per_table());
+        PteRun { first: self.slot, n, hw: crate::mm::desc::hw_updates(), _ptl: core::marker::PhantomData }
     }
 
     /// Clears the contiguous bit of an entry in tables no CPU has run on
@@ -1045,6 +1072,72 @@ impl<'l> Pte<'l> {
             self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+/// Consecutive entries of one live user table under the page-table lock:
+/// Linux's `pte++` loops in `change_pte_range`, `copy_pte_range` and
+/// `zap_pte_range`. The range loops of `mm/memory.rs` visit a level-3
+/// table's entries through one run instead of locating each entry, and
+/// read once per run whether the MMU may write descriptors
+/// ([`crate::mm::desc::hw_updates`]; it changes only at boot and in the
+/// tests that switch TCR_EL1.HA/HD with no mm being edited). The same rules
+/// as [`Pte`]'s hold: read-modify-write is compare-and-swap whenever the
+/// MMU may write, and only permission bits change in place.
+#[derive(Clone, Copy)]
+pub struct PteRun<'l> {
+    first: *const AtomicU64,
+    n: usize,
+    /// [`crate::mm::desc::hw_updates`] when the run was located.
+    hw: bool,
+    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
+}
+
+impl<'l> PteRun<'l> {
+    /// How many entries the run has.
+    #[inline(always)]
+    pub fn len(self) -> usize {
+        self.n
+    }
+
+    /// Whether the run has no entries.
+    #[inline(always)]
+    pub fn is_empty(self) -> bool {
+        self.n == 0
+    }
+
+    /// Entry `i` of the run.
+    #[inline(always)]
+    pub fn pte(self, i: usize) -> Pte<'l> {
+        assert!(i < self.n);
+        // SAFETY: i < n, and the run lies in one table (`Pte::run`).
+        Pte { slot: unsafe { self.first.add(i) }, _ptl: core::marker::PhantomData }
+    }
+
+    /// The current value of entry `i` (Linux `ptep_get`).
+    #[inline(always)]
+    pub fn get(self, i: usize) -> Desc {
+        self.pte(i).get()
+    }
+
+    /// [`Pte::modify`] on entry `i`, starting from `seen`, the value the
+    /// caller loaded from it (no second load): `f` may change only
+    /// permission bits, and reruns on what the MMU left if it wrote the
+    /// entry since. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn modify_from(self, i: usize, seen: Desc, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
+        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+    }
+
+    /// [`Pte::set_wrprotect`] on entry `i`, starting from `seen`, the
+    /// value the caller loaded from it. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn set_wrprotect_from(self, i: usize, seen: Desc) -> (Desc, Desc) {
+        let f = |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0);
+        match cas_modify_from(self.pte(i).slot(), self.hw, seen.0, f) {
+            Ok((o, n)) => (Desc(o), Desc(n)),
+            Err(e) => match e {},
+        }
     }
 }
 
