@@ -1119,6 +1119,59 @@ fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writ
     Ok(slot.get())
 }
 
+/// The protection [`change_protection`] gives entry `i` of `run`, which
+/// holds `d` (just read): a CAS from `d` (Linux
+/// `ptep_modify_prot_start/commit`): read-only first (DBM cleared too,
+/// hardware dirtiness kept in the software bit), then EL0 access, then
+/// writable if `mkwrite`. Returns whether the entry changed.
+#[inline(always)]
+fn protect_entry(run: PteRun, i: usize, d: Desc, el0: bool, mkwrite: bool) -> bool {
+    match run.modify_from(i, d, |cur| {
+        let n = cur.wrprotect();
+        let n = if el0 { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+        if mkwrite { n.mkwrite() } else { n }
+    }) {
+        Ok((old, new)) => new != old,
+        Err(e) => pte_bug(e),
+    }
+}
+
+/// Linux `change_pte_range`: [`change_protection`] over the level-3 `run`
+/// from `start`, part of the mprotect of `[va, va+len)`. Returns whether
+/// an entry changed.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn protect_run(
+    mm: &MmStruct,
+    run: PteRun,
+    start: u64,
+    va: u64,
+    len: u64,
+    el0: bool,
+    writable: bool,
+    shared: bool,
+) -> Result<bool, MmError> {
+    let mut changed = false;
+    for i in 0..run.len() {
+        let d = run.get(i);
+        if !d.is_valid() {
+            continue;
+        }
+        let d = if d.0 & CONT_BIT != 0 {
+            cont_before_protect(mm, run.pte(i), start + i as u64 * PAGE_SIZE, va, len, writable)?
+        } else {
+            d
+        };
+        // Linux `can_change_pte_writable`. A shared mapping has no COW:
+        // writable means writable.
+        let mkwrite = writable
+            && (shared
+                || !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
+        changed |= protect_entry(run, i, d, el0, mkwrite);
+    }
+    Ok(changed)
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -1140,41 +1193,18 @@ pub fn change_protection(
     let el0 = readable || writable;
     // Linux `change_pte_range`: one pass over each level-3 table.
     let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |start, level, run| {
-        for i in 0..run.len() {
-            let d = run.get(i);
-            if !d.is_valid() {
-                continue;
+        // By value: the loop's stores could alias what the closure borrows.
+        let c = if level == 3 {
+            protect_run(mm, run, start, va, len, el0, writable, shared)?
+        } else {
+            // A whole block (Linux `change_huge_pmd`).
+            let d = run.get(0);
+            d.is_valid() && {
+                let mkwrite = writable && (shared || !d.special() && block_all_exclusive(d));
+                protect_entry(run, 0, d, el0, mkwrite)
             }
-            let a = start + i as u64 * PAGE_SIZE;
-            let d = if level == 3 && d.0 & CONT_BIT != 0 {
-                cont_before_protect(mm, run.pte(i), a, va, len, writable)?
-            } else {
-                d
-            };
-            // Linux `can_change_pte_writable` (`change_huge_pmd` for a
-            // block: every page of the folio exclusive). A shared mapping
-            // has no COW: writable means writable.
-            let mkwrite = writable
-                && (shared
-                    || !d.special()
-                        && if level < 3 {
-                            block_all_exclusive(d)
-                        } else {
-                            page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
-                        });
-            // CAS from the value just read (Linux
-            // `ptep_modify_prot_start/commit`): read-only first (DBM
-            // cleared too, hardware dirtiness kept in the software bit),
-            // then EL0 access, then writable where allowed.
-            match run.modify_from(i, d, |cur| {
-                let n = cur.wrprotect();
-                let n = if el0 { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
-                if mkwrite { n.mkwrite() } else { n }
-            }) {
-                Ok((old, new)) => changed |= new != old,
-                Err(e) => pte_bug(e),
-            }
-        }
+        };
+        changed |= c;
         Ok(())
     });
     if changed {
