@@ -1476,8 +1476,13 @@ mod tests {
     /// over a bit the other writer set; with a plain load-then-store (the
     /// CAS branch disabled) this test fails within a few runs' worth of
     /// iterations.
+    /// Held by the tests that switch the global hardware-update flags, so
+    /// one test's switch-off cannot land in another's run.
+    static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn cas_update_never_loses_a_bit_the_mmu_set() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
@@ -1513,6 +1518,80 @@ mod tests {
             assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
         }
         let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
+    /// [`PteRun::modify_from`] starts from the caller's earlier load. With
+    /// hardware updates on, a value that went stale because the "MMU" (a
+    /// second thread) set bits since must make the compare-and-swap fail and
+    /// `f` rerun on the current value, so no bit it set is lost; storing
+    /// `f(seen)` as the no-hardware path does loses them (this test then
+    /// fails). [`PteRun::set_wrprotect_from`] likewise keeps them, and moves
+    /// hardware dirtiness to the software dirty bit.
+    #[test]
+    fn pte_run_cas_from_a_stale_value_keeps_the_mmu_bits() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        let (table, idx) = CursorMut::new(&mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
+        let ptl = mm.page_table_lock_guard();
+        // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
+        let run = unsafe { Pte::locate(&ptl, &*t.mem, table, idx) }.run(2);
+        assert!(run.hw, "located with hardware updates on");
+        let slot = run.pte(0).slot as usize;
+        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
+        let done = core::sync::atomic::AtomicBool::new(false);
+        let mut seen = run.get(0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for b in MMU_BITS {
+                    for _ in 0..20_000 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(b, Ordering::AcqRel);
+                }
+                done.store(true, Ordering::Release);
+            });
+            let mut n = 0u64;
+            while !done.load(Ordering::Acquire) || n < 1000 {
+                let flip = |d: Desc| Desc(d.0 ^ (1 << 7));
+                // `seen` is what this side stored last: stale once the other side wrote.
+                seen = run.modify_from(0, seen, flip).unwrap().1;
+                n += 1;
+            }
+        });
+        let d = run.get(0);
+        for b in MMU_BITS {
+            assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
+        }
+        // The same, deterministic: the access flag set after the caller's load.
+        let p0 = run.pte(0);
+        p0.slot().store(d.0 & !(1 << 10), Ordering::Release);
+        let before = p0.get();
+        p0.slot().fetch_or(1 << 10, Ordering::AcqRel);
+        let (old, new) = run.modify_from(0, before, |d| Desc(d.0 ^ (1 << 7))).unwrap();
+        assert_eq!(old.0, before.0 | (1 << 10), "the CAS replaced the current value, not the stale one");
+        assert_eq!((new.0, p0.get().0), (old.0 ^ (1 << 7), old.0 ^ (1 << 7)), "the access flag the MMU set is kept");
+        let d = p0.get();
+        assert!(
+            matches!(run.modify_from(0, d, |d| Desc(d.0 ^ (1 << 12))), Err(MapError::NotPermissionBits(_))),
+            "an output-address change is refused"
+        );
+        // Entry 1: hardware-dirty (DBM, AP[2] clear), then wrprotected from
+        // a value read before the MMU set a bit.
+        let p1 = run.pte(1);
+        let stale = Desc((p1.get().0 | (1 << 51)) & !(1 << 7));
+        p1.slot().store(stale.0, Ordering::Release);
+        p1.slot().fetch_or(1 << 56, Ordering::AcqRel);
+        let (old, new) = run.set_wrprotect_from(1, stale);
+        assert_eq!(old.0, stale.0 | (1 << 56), "the CAS replaced the current value, not the stale one");
+        assert_eq!(new, run.get(1));
+        assert!(new.0 & (1 << 56) != 0 && new.0 & (1 << 55) != 0, "the MMU's bit kept, dirtiness moved: {:#x}", new.0);
+        assert!(new.0 & (1 << 7) != 0 && new.0 & (1 << 51) == 0, "read-only, no DBM: {:#x}", new.0);
         crate::mm::desc::set_hw_af(false);
     }
 }
