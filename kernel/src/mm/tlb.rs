@@ -50,6 +50,7 @@ impl TlbFlush for KernelFlush {
         crate::arch::aarch64::cpu::publish_tables();
     }
 
+    #[inline]
     fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool) {
         let pages = size.div_ceil(PAGE_SIZE).max(1);
         let range = has_tlbi_range();
