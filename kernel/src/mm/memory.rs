@@ -28,7 +28,7 @@ use super::kmap::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::{Pte, TableMemory, TlbFlush};
+use super::pgtable::{Pte, PteRun, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
 
 /// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.
@@ -296,11 +296,13 @@ fn next_block<'l>(
     rec(ptl, mem, USER_START_LEVEL, pgd, start, end, level)
 }
 
-/// Calls `f(va, level, slot)` for every level-3 slot in `[start, end)`
-/// whose table exists and for every level-2 block the range covers whole
-/// (Linux's pgd/p4d/pud/pmd/pte range loops). A block the range cuts is
-/// an error: callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+/// Calls `f(va, level, run)` for the level-3 entries of `[start, end)` in
+/// each level-3 table that exists, as one run per table starting at `va`,
+/// and for every level-2 block the range covers whole, as a run of one
+/// (Linux's pgd/p4d/pud/pmd range loops down to `*_pte_range`, which
+/// steps `pte++` through one table). A block the range cuts is an error:
+/// callers split the edges first ([`split_blocks_at_edges`]).
+fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
@@ -308,7 +310,7 @@ fn for_each_pte<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
     end: u64,
     f: &mut F,
 ) -> Result<(), MmError> {
-    fn rec<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
+    fn rec<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
         ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         level: u32,
@@ -318,27 +320,26 @@ fn for_each_pte<'l, F: FnMut(u64, u32, Pte<'l>) -> Result<(), MmError>>(
         f: &mut F,
     ) -> Result<(), MmError> {
         let g = GRANULE;
+        if level == 3 {
+            // `[start, end)` lies in this table (its level-2 entry's span).
+            let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
+            return f(start, 3, entry(ptl, mem, table, first).run(last - first + 1));
+        }
         let size = g.level_size(level);
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
             let e = entry(ptl, mem, table, g.index(va, level));
-            // One call site for `f`, so the compiler inlines it here.
-            let visit = level == 3
-                || match e.get().kind(level, g) {
-                    Kind::Table(next) => {
-                        rec(ptl, mem, level + 1, next, va, chunk_end, f)?;
-                        false
-                    }
-                    Kind::None => false,
-                    // A whole block (callers split the edges first).
-                    Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => true,
-                    _ => {
-                        return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
-                    }
-                };
-            if visit {
-                f(va, level, e)?;
+            match e.get().kind(level, g) {
+                Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
+                Kind::None => {}
+                // A whole block (callers split the edges first).
+                Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => {
+                    f(va, level, e.run(1))?
+                }
+                _ => {
+                    return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
+                }
             }
             va = chunk_end;
         }
@@ -771,7 +772,9 @@ fn wp_page_copy_from(
 
 /// Everything of [`copy_page_range`]'s per-entry work but its common case:
 /// blocks, special entries, early copies of maybe-pinned pages, and the
-/// first entry of each child table (found or allocated here).
+/// first entry of each child table (found or allocated here). Entry `i`
+/// of `srun` (holding `desc`, at `va`) goes to entry `i` of `drun`, the
+/// child's run over the same addresses.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 fn copy_pte_slow<'d>(
@@ -780,15 +783,15 @@ fn copy_pte_slow<'d>(
     dst: &MmStruct,
     va: u64,
     level: u32,
-    sslot: Pte,
+    srun: PteRun,
+    i: usize,
     desc: Desc,
-    span: u64,
-    dcache: &mut (u64, Option<Pte<'d>>),
+    drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
     broken_runs: &mut Vec<u64>,
 ) -> Result<(), MmError> {
     if level == 2 {
-        *wrprotected |= copy_block(dptl, dmem, dst, va, sslot, desc)?;
+        *wrprotected |= copy_block(dptl, dmem, dst, va, srun.pte(i), desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
@@ -803,7 +806,7 @@ fn copy_pte_slow<'d>(
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             // CAS: the child gets the parent's entry as the swap saw it,
             // hardware dirtiness included (Linux `ptep_set_wrprotect`).
-            let (old, ro) = sslot.set_wrprotect();
+            let (old, ro) = srun.set_wrprotect_from(i, desc);
             *wrprotected |= ro != old;
             ro
         } else {
@@ -821,16 +824,13 @@ fn copy_pte_slow<'d>(
             Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
     };
-    let base = va & !(span - 1);
-    if dcache.0 != base {
-        *dcache = (base, None);
-    }
-    let dslot = match dcache.1 {
-        // Same level-3 table as `first` (same span).
-        Some(first) => first.sibling(GRANULE.index(va, 3)),
+    let dslot = match *drun {
+        Some(d) => d.pte(i),
         None => match pte_lookup(dptl, dmem, dst.pgd, va, true) {
             Some(s) => {
-                dcache.1 = Some(s.sibling(GRANULE.index(base, 3)));
+                // The child's table covers the same addresses as the parent's.
+                let first = s.sibling(s.index() - i);
+                *drun = Some(first.run(srun.len()));
                 s
             }
             None => {
@@ -888,51 +888,57 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut wrprotected = false;
     // Child runs that got an early copy: no longer one contiguous range.
     let mut broken_runs: Vec<u64> = Vec::new();
-    // The child's level-3 table for the current 2M-ish span, found once.
-    let mut dcache: (u64, Option<Pte>) = (u64::MAX, None);
-    let span = GRANULE.level_size(2);
     let mut failed_at = None;
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |va, level, sslot| {
-        let desc = sslot.get();
-        if desc.0 == 0 {
-            return Ok(());
-        }
-        // The common case, kept small so it stays in the walk's loop: a
-        // present page shared COW (no early copy) into the child's level-3
-        // table already found for this span.
-        if level == 3
-            && desc.is_valid()
-            && !desc.special()
-            && dcache.0 == va & !(span - 1)
-            && let (Some(first), Some(pg)) = (dcache.1, page::pfn_to_page(desc.output_address(PAGE_SIZE)))
-            && let Some(folio) = pg.folio()
-            && page::folio_try_dup_anon_rmap_pte(folio, pg)
-        {
-            // CAS, compared whole: a writable-clean entry (DBM) loses DBM
-            // too, and a dirty bit the MMU set meanwhile reaches the child.
-            let (old, ro) = sslot.set_wrprotect();
-            wrprotected |= ro != old;
-            // Same level-3 table as `first` (same span). Linux `pte_mkold`
-            // for the child: its first access sets the flag.
-            if let Err(e) = first.sibling(GRANULE.index(va, 3)).set_new(ro.mkold()) {
-                pte_bug(e);
+    // Linux `copy_pte_range`: one pass over each of the parent's level-3
+    // tables, into the child's table for the same addresses.
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |start, level, srun| {
+        // Found at the first entry to copy (a table with nothing to copy
+        // gets no child table).
+        let mut drun: Option<PteRun> = None;
+        for i in 0..srun.len() {
+            let desc = srun.get(i);
+            if desc.0 == 0 {
+                continue;
             }
-            return Ok(());
+            // The common case, kept small so it stays in the loop: a
+            // present page shared COW (no early copy) into the child's
+            // table already found.
+            if level == 3
+                && desc.is_valid()
+                && !desc.special()
+                && let Some(d) = drun
+                && let Some(pg) = page::pfn_to_page(desc.output_address(PAGE_SIZE))
+                && let Some(folio) = pg.folio()
+                && page::folio_try_dup_anon_rmap_pte(folio, pg)
+            {
+                // CAS from the value just read, compared whole: a
+                // writable-clean entry (DBM) loses DBM too, and a dirty bit
+                // the MMU set meanwhile reaches the child.
+                let (old, ro) = srun.set_wrprotect_from(i, desc);
+                wrprotected |= ro != old;
+                // Linux `pte_mkold` for the child: its first access sets the flag.
+                if let Err(e) = d.pte(i).set_new(ro.mkold()) {
+                    pte_bug(e);
+                }
+                continue;
+            }
+            let va = start + i as u64 * PAGE_SIZE;
+            copy_pte_slow(
+                &dptl,
+                &mut dmem,
+                dst.mm,
+                va,
+                level,
+                srun,
+                i,
+                desc,
+                &mut drun,
+                &mut wrprotected,
+                &mut broken_runs,
+            )
+            .inspect_err(|_| failed_at = Some(va))?;
         }
-        copy_pte_slow(
-            &dptl,
-            &mut dmem,
-            dst.mm,
-            va,
-            level,
-            sslot,
-            desc,
-            span,
-            &mut dcache,
-            &mut wrprotected,
-            &mut broken_runs,
-        )
-        .inspect_err(|_| failed_at = Some(va))
+        Ok(())
     });
     // A failure inside a contiguous run leaves the parent's run half
     // write-protected: entries that must agree do not. Unfold it.
@@ -1016,11 +1022,13 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // pages go back.
     let mut tlb = MmuGather::new(mt.mm.asid());
     let _ = tlb.reserve_pages((len / PAGE_SIZE).min(4096) as usize);
-    for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |_, level, slot| {
-        let d = slot.get();
-        if d.is_valid() && !d.special() {
-            let pa = d.output_address(GRANULE.level_size(level));
-            if level < 3 { tlb.remove_block(pa)? } else { tlb.remove_page(pa)? }
+    for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |_, level, run| {
+        for i in 0..run.len() {
+            let d = run.get(i);
+            if d.is_valid() && !d.special() {
+                let pa = d.output_address(GRANULE.level_size(level));
+                if level < 3 { tlb.remove_block(pa)? } else { tlb.remove_page(pa)? }
+            }
         }
         Ok(())
     })?;
@@ -1113,6 +1121,59 @@ fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writ
     Ok(slot.get())
 }
 
+/// The protection [`change_protection`] gives entry `i` of `run`, which
+/// holds `d` (just read): a CAS from `d` (Linux
+/// `ptep_modify_prot_start/commit`): read-only first (DBM cleared too,
+/// hardware dirtiness kept in the software bit), then EL0 access, then
+/// writable if `mkwrite`. Returns whether the entry changed.
+#[inline(always)]
+fn protect_entry(run: PteRun, i: usize, d: Desc, el0: bool, mkwrite: bool) -> bool {
+    match run.modify_from(i, d, |cur| {
+        let n = cur.wrprotect();
+        let n = if el0 { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
+        if mkwrite { n.mkwrite() } else { n }
+    }) {
+        Ok((old, new)) => new != old,
+        Err(e) => pte_bug(e),
+    }
+}
+
+/// Linux `change_pte_range`: [`change_protection`] over the level-3 `run`
+/// from `start`, part of the mprotect of `[va, va+len)`. Returns whether
+/// an entry changed.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn protect_run(
+    mm: &MmStruct,
+    run: PteRun,
+    start: u64,
+    va: u64,
+    len: u64,
+    el0: bool,
+    writable: bool,
+    shared: bool,
+) -> Result<bool, MmError> {
+    let mut changed = false;
+    for i in 0..run.len() {
+        let d = run.get(i);
+        if !d.is_valid() {
+            continue;
+        }
+        let d = if d.0 & CONT_BIT != 0 {
+            cont_before_protect(mm, run.pte(i), start + i as u64 * PAGE_SIZE, va, len, writable)?
+        } else {
+            d
+        };
+        // Linux `can_change_pte_writable`. A shared mapping has no COW:
+        // writable means writable.
+        let mkwrite = writable
+            && (shared
+                || !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
+        changed |= protect_entry(run, i, d, el0, mkwrite);
+    }
+    Ok(changed)
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -1132,35 +1193,21 @@ pub fn change_protection(
     let va = va.as_u64();
     let mut changed = false;
     let mm = mt.mm;
-    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |a, level, slot| {
-        let d = slot.get();
-        if !d.is_valid() {
-            return Ok(());
-        }
-        let d =
-            if level == 3 && d.0 & CONT_BIT != 0 { cont_before_protect(mm, slot, a, va, len, writable)? } else { d };
-        // Linux `can_change_pte_writable` (`change_huge_pmd` for a block:
-        // every page of the folio exclusive).
-        let exclusive = writable
-            && !shared
-            && !d.special()
-            && if level < 3 {
-                block_all_exclusive(d)
-            } else {
-                page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
-            };
-        // CAS on the current value (Linux `ptep_modify_prot_start/commit`):
-        // read-only first (DBM cleared too, hardware dirtiness kept in the
-        // software bit), then EL0 access, then writable where allowed (a
-        // shared mapping has no COW: writable means writable).
-        match slot.modify(|cur| {
-            let n = cur.wrprotect();
-            let n = if readable || writable { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
-            if writable && (exclusive || shared) { n.mkwrite() } else { n }
-        }) {
-            Ok((old, new)) => changed |= new != old,
-            Err(e) => pte_bug(e),
-        }
+    let el0 = readable || writable;
+    // Linux `change_pte_range`: one pass over each level-3 table.
+    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |start, level, run| {
+        // By value: the loop's stores could alias what the closure borrows.
+        let c = if level == 3 {
+            protect_run(mm, run, start, va, len, el0, writable, shared)?
+        } else {
+            // A whole block (Linux `change_huge_pmd`).
+            let d = run.get(0);
+            d.is_valid() && {
+                let mkwrite = writable && (shared || !d.special() && block_all_exclusive(d));
+                protect_entry(run, 0, d, el0, mkwrite)
+            }
+        };
+        changed |= c;
         Ok(())
     });
     if changed {

@@ -769,25 +769,37 @@ fn cas_update(slot: &AtomicU64, set: u64, clear: u64) -> u64 {
 /// Returns `(old, new)`, or the value `f` refused.
 #[inline(always)]
 fn cas_modify<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
-    if crate::mm::desc::hw_updates() {
-        return cas_loop(slot, f);
+    cas_modify_from(slot, crate::mm::desc::hw_updates(), slot.load(Ordering::Acquire), f)
+}
+
+/// [`cas_modify`] from `seen`, a value of the entry the caller loaded
+/// under the page-table lock, with `hw` = [`crate::mm::desc::hw_updates`]
+/// read under that lock. Without hardware updates nothing else changes the
+/// entry, so `seen` is current and one store suffices; with them the
+/// compare-and-swap starts from `seen` and reruns `f` on what the MMU left.
+#[inline(always)]
+fn cas_modify_from<E>(
+    slot: &AtomicU64,
+    hw: bool,
+    seen: u64,
+    f: impl Fn(u64) -> Result<u64, E>,
+) -> Result<(u64, u64), E> {
+    if hw {
+        return cas_loop(slot, seen, f);
     }
-    // No MMU writes descriptors (TCR_EL1.HA/HD off) and the caller holds
-    // the page-table lock: nothing changes the entry between load and store.
-    let cur = slot.load(Ordering::Acquire);
-    let new = f(cur)?;
-    if new != cur {
+    let new = f(seen)?;
+    if new != seen {
         slot.store(new, Ordering::Release);
     }
-    Ok((cur, new))
+    Ok((seen, new))
 }
 
 /// The compare-and-swap loop (Linux `ptep_set_wrprotect`,
 /// `__ptep_set_access_flags`): `f` reruns on the value the MMU left until
-/// no one changed the entry between the load and the store.
+/// no one changed the entry between the load and the store. `cur` is the
+/// caller's load of the entry.
 #[inline(never)]
-fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
-    let mut cur = slot.load(Ordering::Acquire);
+fn cas_loop<E>(slot: &AtomicU64, mut cur: u64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u64, u64), E> {
     loop {
         rmw_window();
         let new = f(cur)?;
@@ -798,6 +810,15 @@ fn cas_loop<E>(slot: &AtomicU64, f: impl Fn(u64) -> Result<u64, E>) -> Result<(u
             Ok(v) => return Ok((v, new)),
             Err(v) => cur = v,
         }
+    }
+}
+
+/// `f`, refused if it changes more than permission bits ([`Stage1User`]'s rule).
+#[inline(always)]
+fn perm_only(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
+    move |v| {
+        let n = f(Desc(v)).0;
+        if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
     }
 }
 
@@ -968,11 +989,7 @@ impl<'l> Pte<'l> {
     /// flushes the old translation if it was valid.
     #[inline(always)]
     pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify(self.slot(), |v| {
-            let n = f(Desc(v)).0;
-            if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
-        })
-        .map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify(self.slot(), perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
     /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
@@ -980,8 +997,18 @@ impl<'l> Pte<'l> {
     /// the CAS saw. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect(self) -> (Desc, Desc) {
-        let (o, n) = cas_modify(self.slot(), |v| Ok::<u64, ()>(Desc(v).wrprotect().0)).unwrap_or((0, 0));
-        (Desc(o), Desc(n))
+        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0)) {
+            Ok((o, n)) => (Desc(o), Desc(n)),
+            Err(e) => match e {},
+        }
+    }
+
+    /// This entry and the `n - 1` after it in the same table, for a range
+    /// loop ([`PteRun`]).
+    #[inline(always)]
+    pub fn run(self, n: usize) -> PteRun<'l> {
+        assert!(self.index() + n <= crate::mm::granule::GRANULE.entries_per_table());
+        PteRun { first: self.slot, n, hw: crate::mm::desc::hw_updates(), _ptl: core::marker::PhantomData }
     }
 
     /// Clears the contiguous bit of an entry in tables no CPU has run on
@@ -1062,6 +1089,72 @@ impl<'l> Pte<'l> {
             self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+/// Consecutive entries of one live user table under the page-table lock:
+/// Linux's `pte++` loops in `change_pte_range`, `copy_pte_range` and
+/// `zap_pte_range`. The range loops of `mm/memory.rs` visit a level-3
+/// table's entries through one run instead of locating each entry, and
+/// read once per run whether the MMU may write descriptors
+/// ([`crate::mm::desc::hw_updates`]; it changes only at boot and in the
+/// tests that switch TCR_EL1.HA/HD with no mm being edited). The same rules
+/// as [`Pte`]'s hold: read-modify-write is compare-and-swap whenever the
+/// MMU may write, and only permission bits change in place.
+#[derive(Clone, Copy)]
+pub struct PteRun<'l> {
+    first: *const AtomicU64,
+    n: usize,
+    /// [`crate::mm::desc::hw_updates`] when the run was located.
+    hw: bool,
+    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
+}
+
+impl<'l> PteRun<'l> {
+    /// How many entries the run has.
+    #[inline(always)]
+    pub fn len(self) -> usize {
+        self.n
+    }
+
+    /// Whether the run has no entries.
+    #[inline(always)]
+    pub fn is_empty(self) -> bool {
+        self.n == 0
+    }
+
+    /// Entry `i` of the run.
+    #[inline(always)]
+    pub fn pte(self, i: usize) -> Pte<'l> {
+        assert!(i < self.n);
+        // SAFETY: i < n, and the run lies in one table (`Pte::run`).
+        Pte { slot: unsafe { self.first.add(i) }, _ptl: core::marker::PhantomData }
+    }
+
+    /// The current value of entry `i` (Linux `ptep_get`).
+    #[inline(always)]
+    pub fn get(self, i: usize) -> Desc {
+        self.pte(i).get()
+    }
+
+    /// [`Pte::modify`] on entry `i`, starting from `seen`, the value the
+    /// caller loaded from it (no second load): `f` may change only
+    /// permission bits, and reruns on what the MMU left if it wrote the
+    /// entry since. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn modify_from(self, i: usize, seen: Desc, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
+        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+    }
+
+    /// [`Pte::set_wrprotect`] on entry `i`, starting from `seen`, the
+    /// value the caller loaded from it. Returns `(old, new)`.
+    #[inline(always)]
+    pub fn set_wrprotect_from(self, i: usize, seen: Desc) -> (Desc, Desc) {
+        let f = |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0);
+        match cas_modify_from(self.pte(i).slot(), self.hw, seen.0, f) {
+            Ok((o, n)) => (Desc(o), Desc(n)),
+            Err(e) => match e {},
+        }
     }
 }
 
@@ -1445,8 +1538,13 @@ mod tests {
     /// over a bit the other writer set; with a plain load-then-store (the
     /// CAS branch disabled) this test fails within a few runs' worth of
     /// iterations.
+    /// Held by the tests that switch the global hardware-update flags, so
+    /// one test's switch-off cannot land in another's run.
+    static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn cas_update_never_loses_a_bit_the_mmu_set() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
@@ -1482,6 +1580,81 @@ mod tests {
             assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
         }
         let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
+    /// [`PteRun::modify_from`] starts from the caller's earlier load. With
+    /// hardware updates on, a value that went stale because the "MMU" (a
+    /// second thread) set bits since must make the compare-and-swap fail and
+    /// `f` rerun on the current value, so no bit it set is lost; storing
+    /// `f(seen)` as the no-hardware path does loses them (this test then
+    /// fails). [`PteRun::set_wrprotect_from`] likewise keeps them, and moves
+    /// hardware dirtiness to the software dirty bit.
+    #[test]
+    fn pte_run_cas_from_a_stale_value_keeps_the_mmu_bits() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        let (table, idx) = CursorMut::new(&mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
+        let ptl = mm.page_table_lock_guard();
+        // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
+        let run = unsafe { Pte::locate(&ptl, &*t.mem, table, idx) }.run(2);
+        assert!(run.hw, "located with hardware updates on");
+        let slot = run.pte(0).slot as usize;
+        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
+        let done = core::sync::atomic::AtomicBool::new(false);
+        let mut seen = run.get(0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for b in MMU_BITS {
+                    for _ in 0..20_000 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(b, Ordering::AcqRel);
+                }
+                done.store(true, Ordering::Release);
+            });
+            let mut n = 0u64;
+            while !done.load(Ordering::Acquire) || n < 1000 {
+                let flip = |d: Desc| Desc(d.0 ^ (1 << 7));
+                // `seen` is what this side stored last: stale once the other side wrote.
+                seen = run.modify_from(0, seen, flip).unwrap().1;
+                n += 1;
+            }
+        });
+        let d = run.get(0);
+        for b in MMU_BITS {
+            assert_ne!(d.0 & b, 0, "bit {} set by the other writer was lost: {:#x}", b.trailing_zeros(), d.0);
+        }
+        // The same, deterministic: the access flag set after the caller's load.
+        let p0 = run.pte(0);
+        p0.slot().store(d.0 & !(1 << 10), Ordering::Release);
+        let before = p0.get();
+        p0.slot().fetch_or(1 << 10, Ordering::AcqRel);
+        let (old, new) = run.modify_from(0, before, |d| Desc(d.0 ^ (1 << 7))).unwrap();
+        assert_eq!(old.0, before.0 | (1 << 10), "the CAS replaced the current value, not the stale one");
+        assert_eq!((new.0, p0.get().0), (old.0 ^ (1 << 7), old.0 ^ (1 << 7)), "the access flag the MMU set is kept");
+        let d = p0.get();
+        assert!(
+            matches!(run.modify_from(0, d, |d| Desc(d.0 ^ (1 << 12))), Err(MapError::NotPermissionBits(_))),
+            "an output-address change is refused"
+        );
+        // Entry 1: hardware-dirty (DBM, AP[2] clear), then wrprotected from
+        // a value read before the MMU set a bit.
+        let p1 = run.pte(1);
+        let stale = Desc((p1.get().0 | (1 << 51)) & !(1 << 7));
+        p1.slot().store(stale.0, Ordering::Release);
+        p1.slot().fetch_or(1 << 56, Ordering::AcqRel);
+        let (old, new) = run.set_wrprotect_from(1, stale);
+        assert_eq!(old.0, stale.0 | (1 << 56), "the CAS replaced the current value, not the stale one");
+        assert_eq!(new, run.get(1));
+        assert!(new.0 & (1 << 56) != 0 && new.0 & (1 << 55) != 0, "the MMU's bit kept, dirtiness moved: {:#x}", new.0);
+        assert!(new.0 & (1 << 7) != 0 && new.0 & (1 << 51) == 0, "read-only, no DBM: {:#x}", new.0);
         crate::mm::desc::set_hw_af(false);
     }
 }
