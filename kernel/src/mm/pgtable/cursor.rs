@@ -188,7 +188,7 @@ const MAX_LEVELS: usize = 4;
 /// ```compile_fail
 /// # use pagelab::mm::pgtable::*;
 /// # use pagelab::mm::mm_struct::MmStruct;
-/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut dyn TlbFlush) {
+/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
 /// // A user mm's page-table lock is no proof for the kernel's tables:
 /// let ptl = mm.page_table_lock_guard();
 /// let c = CursorMut::new(&ptl, t, Stage1Kernel, fl);
@@ -198,7 +198,7 @@ const MAX_LEVELS: usize = 4;
 /// ```compile_fail
 /// # use pagelab::mm::pgtable::*;
 /// # use pagelab::mm::mm_struct::KernelPgtable;
-/// # fn f<M: TableMemory>(k: &KernelPgtable, t: &mut Tables<'_, M>, fl: &mut dyn TlbFlush) {
+/// # fn f<M: TableMemory>(k: &KernelPgtable, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
 /// // Holding the kernel tables' lock for read is not enough to edit them:
 /// let r = k.read();
 /// let c = CursorMut::new(&r, t, Stage1Kernel, fl);
@@ -208,7 +208,7 @@ const MAX_LEVELS: usize = 4;
 /// ```compile_fail
 /// # use pagelab::mm::pgtable::*;
 /// # use pagelab::mm::mm_struct::MmStruct;
-/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut dyn TlbFlush) {
+/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
 /// // The cursor cannot outlive the lock it borrows:
 /// let c = {
 ///     let ptl = mm.page_table_lock_guard();
