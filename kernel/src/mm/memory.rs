@@ -943,7 +943,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
-    if wrprotected {
+    if wrprotected && !super::pgtable::cursor::sabotaged() {
         KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
@@ -1165,7 +1165,7 @@ pub fn change_protection(
         }
         Ok(())
     });
-    if changed {
+    if changed && !super::pgtable::cursor::sabotaged() {
         KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
     }
     r
