@@ -105,57 +105,53 @@ fn access_flag_software_and_hardware() -> Result<(), String> {
 }
 
 fn access_flag_in(pa: &str, ch: &str) -> Result<(), String> {
-    
-        let m = proc::mmap(pa, "m", super::anon(4 * PAGE_SIZE))?;
-        ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
-        ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
-        proc::fork(pa, ch)?;
-        for i in 0..4 {
-            ensure!(
-                desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()),
-                "the child's page {i} must be old after fork"
-            );
-        }
-        // Software: a real access-flag fault, resolved by setting the flag.
-        let f0 = proc::fault_count(ch);
-        ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
-        ensure!(
-            proc::fault_count(ch) == f0 + 1,
-            "software AF: {} faults for the first read, expected 1",
-            proc::fault_count(ch) - f0
+    let m = proc::mmap(pa, "m", super::anon(4 * PAGE_SIZE))?;
+    ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
+    ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
+    proc::fork(pa, ch)?;
+    for i in 0..4 {
+        ensure!(desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()), "the child's page {i} must be old after fork");
+    }
+    // Software: a real access-flag fault, resolved by setting the flag.
+    let f0 = proc::fault_count(ch);
+    ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
+    ensure!(
+        proc::fault_count(ch) == f0 + 1,
+        "software AF: {} faults for the first read, expected 1",
+        proc::fault_count(ch) - f0
+    );
+    ensure!(
+        desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only),
+        "the read must leave the entry young and still read-only"
+    );
+    // A write to an old read-only entry: one fault does both (AF and COW).
+    let f0 = proc::fault_count(ch);
+    ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
+    ensure!(
+        proc::fault_count(ch) == f0 + 1,
+        "a write to an old COW entry took {} faults, expected 1",
+        proc::fault_count(ch) - f0
+    );
+    ensure!(
+        desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()),
+        "the COW copy must be young and writable"
+    );
+    if !cpu::has_hw_af() {
+        return super::cannot_apply(
+            "no FEAT_HAFDBS on this CPU: only the software half ran; all of it runs under -cpu max",
         );
-        ensure!(
-            desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only),
-            "the read must leave the entry young and still read-only"
-        );
-        // A write to an old read-only entry: one fault does both (AF and COW).
-        let f0 = proc::fault_count(ch);
-        ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
-        ensure!(
-            proc::fault_count(ch) == f0 + 1,
-            "a write to an old COW entry took {} faults, expected 1",
-            proc::fault_count(ch) - f0
-        );
-        ensure!(
-            desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()),
-            "the COW copy must be young and writable"
-        );
-        if !cpu::has_hw_af() {
-            return super::cannot_apply(
-                "no FEAT_HAFDBS on this CPU: only the software half ran; all of it runs under -cpu max",
-            );
-        }
-        // Hardware: the MMU sets the flag, no fault is taken.
-        HwState { ha: true, hd: false, desc_af: true, desc_dbm: false }.set();
-        let f0 = proc::fault_count(ch);
-        let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
-        let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
-        let faults = proc::fault_count(ch) - f0;
-        ensure!(matches!(r?, RunEnd::Done), "child read with HA");
-        ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
-        ensure!(young, "hardware AF: the MMU did not set the access flag");
-        ensure!(desc(ch, m + 3 * PAGE_SIZE).is_some_and(|d| !d.af()), "an untouched page must stay old");
-        Ok(())
+    }
+    // Hardware: the MMU sets the flag, no fault is taken.
+    HwState { ha: true, hd: false, desc_af: true, desc_dbm: false }.set();
+    let f0 = proc::fault_count(ch);
+    let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
+    let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
+    let faults = proc::fault_count(ch) - f0;
+    ensure!(matches!(r?, RunEnd::Done), "child read with HA");
+    ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
+    ensure!(young, "hardware AF: the MMU did not set the access flag");
+    ensure!(desc(ch, m + 3 * PAGE_SIZE).is_some_and(|d| !d.af()), "an untouched page must stay old");
+    Ok(())
 }
 
 kernel_test!(dirty_state_in_hardware_dbm);

@@ -20,19 +20,18 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{Desc, Kind, LeafAttrs};
-use crate::mm::memory;
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
 use crate::mm::layout::TEST_WINDOW;
-use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
-use crate::mm::pgtable::{LeafSizes, MapError, Pte, Translation};
+use crate::mm::memory;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::mmu_gather::{self, GatherEvent};
+use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
+use crate::mm::pgtable::{LeafSizes, MapError, Pte, Translation};
 use crate::println;
 use crate::proc::{self, ProcError, RunEnd, sched};
-
 
 fn violations() -> u64 {
     BBM_VIOLATIONS.load(Ordering::Relaxed)
@@ -278,7 +277,10 @@ fn check_gather(what: &str, ev: &[GatherEvent], min_gathered: usize, min_flushes
     let flushes = ev.iter().filter(|e| **e == GatherEvent::Flushed).count();
     ensure!(gathered >= min_gathered, "{what}: {gathered} entries gathered, expected at least {min_gathered}");
     ensure!(freed == gathered, "{what}: {gathered} gathered but {freed} freed");
-    ensure!(flushes >= min_flushes, "{what}: {flushes} flushes, expected at least {min_flushes} (a full batch flushes)");
+    ensure!(
+        flushes >= min_flushes,
+        "{what}: {flushes} flushes, expected at least {min_flushes} (a full batch flushes)"
+    );
     for (i, e) in ev.iter().enumerate() {
         let GatherEvent::Freed(pa) = *e else { continue };
         let Some(g) = ev[..i].iter().rposition(|x| *x == GatherEvent::Gathered(pa)) else {
@@ -367,7 +369,11 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
         // Into the empty neighbour the same primitive works (the real fault).
         let f0 = proc::fault_count(p);
         ensure!(matches!(proc::access(p, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x62)?, RunEnd::Done), "2nd fault");
-        ensure!(proc::fault_count(p) == f0 + 1, "the fault into the empty entry took {} faults", proc::fault_count(p) - f0);
+        ensure!(
+            proc::fault_count(p) == f0 + 1,
+            "the fault into the empty entry took {} faults",
+            proc::fault_count(p) - f0
+        );
         ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "data after the refusal");
         Ok(())
     })();
