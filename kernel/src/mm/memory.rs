@@ -943,7 +943,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
-    if wrprotected && !super::pgtable::cursor::sabotaged() {
+    if wrprotected && !skip_perm_flush() {
         KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
@@ -1116,6 +1116,19 @@ fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writ
     Ok(slot.get())
 }
 
+/// Test-only sabotage: when armed, the next TLB flush of a permission-only
+/// change (mprotect's, fork's write-protect) is skipped, so
+/// `test/cursor_tests.rs` can show that an EL0 access then goes through
+/// the stale entry. Apart from the cursor's `SKIP_NEXT_FLUSH`, which any
+/// kernel-table edit made meanwhile could take.
+pub static SKIP_NEXT_PERM_FLUSH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`SKIP_NEXT_PERM_FLUSH`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn skip_perm_flush() -> bool {
+    SKIP_NEXT_PERM_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_PERM_FLUSH.swap(false, Ordering::Relaxed)
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -1165,7 +1178,7 @@ pub fn change_protection(
         }
         Ok(())
     });
-    if changed && !super::pgtable::cursor::sabotaged() {
+    if changed && !skip_perm_flush() {
         KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
     }
     r

@@ -426,7 +426,7 @@ kernel_test!(cursor_bbm_mprotect_flush);
 /// compare-and-swap, no BBM, one broadcast TLB flush at the end. Broken on
 /// purpose: a thread on another CPU keeps loading a page while this CPU's
 /// thread mprotects it to PROT_NONE from EL0 with that flush dropped
-/// ([`SKIP_NEXT_FLUSH`]). The entry says "no access", yet the reader goes
+/// (`memory::SKIP_NEXT_PERM_FLUSH`). The entry says "no access", yet the reader goes
 /// on loading through the translation its TLB cached (QEMU models per-CPU
 /// TLBs): a real EL0 access observes the stale entry. With the flush the
 /// reader faults at its next load (`sched_tlb_shootdown_between_threads`).
@@ -444,10 +444,10 @@ fn cursor_bbm_mprotect_flush() -> Result<(), String> {
         ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
         let a = start_reader(name, x, y, there)?;
         // mprotect(x, PROT_NONE) from EL0 on this CPU, its flush dropped.
-        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        memory::SKIP_NEXT_PERM_FLUSH.store(true, Ordering::Relaxed);
         let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], crate::proc::syscall::nr::MPROTECT, here);
         let rb = b.map(|b| sched::wait(&b));
-        SKIP_NEXT_FLUSH.store(false, Ordering::Relaxed);
+        memory::SKIP_NEXT_PERM_FLUSH.store(false, Ordering::Relaxed);
         let r = (|| -> Result<(), String> {
             let rb = rb?;
             ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed: x0 {:#x} x1 {:#x}", rb.x[0], rb.x[1]);
@@ -477,10 +477,10 @@ kernel_test!(cursor_bbm_fork_wrprotect_flush);
 /// only, no BBM. A thread of the parent on another CPU keeps storing to a
 /// private page while the parent forks. With the flush, its next store
 /// takes the COW fault. Broken on purpose: with the flush dropped
-/// ([`SKIP_NEXT_FLUSH`]) the writer goes on storing through its stale
+/// (`memory::SKIP_NEXT_PERM_FLUSH`) the writer goes on storing through its stale
 /// writable TLB entry into the page the child now shares, taking no fault
 /// although the entry is read-only. The test runs both, so each outcome is
-/// checked against the other.
+/// checked against the other; it failed when fork's flush was removed.
 fn cursor_bbm_fork_wrprotect_flush() -> Result<(), String> {
     use super::sched_tests::{cpus, in_process, me, start, user_u64};
     if cpus() < 2 {
@@ -500,8 +500,18 @@ fn cursor_bbm_fork_wrprotect_flush() -> Result<(), String> {
                     "the writer on cpu{there} did not get going"
                 );
                 let f0 = proc::fault_count(pa);
-                if sabotage { sabotaged(|| proc::fork(pa, ch)) } else { proc::fork(pa, ch) }?;
-                ensure!(desc_of(pa, m).is_some_and(|d| d.perms().read_only), "fork did not write-protect the parent");
+                memory::SKIP_NEXT_PERM_FLUSH.store(sabotage, Ordering::Relaxed);
+                // On this CPU: a command run on the writer's CPU would leave
+                // it through the empty TTBR0, which drops its TLB (QEMU).
+                let forked = sched::pin_to_caller(|| proc::fork(pa, ch));
+                memory::SKIP_NEXT_PERM_FLUSH.store(false, Ordering::Relaxed);
+                forked?;
+                // Read-only in the table, yet written through the TLB (unless
+                // the writer has COWed already).
+                ensure!(
+                    proc::fault_count(pa) > f0 || desc_of(pa, m).is_some_and(|d| d.perms().read_only),
+                    "fork did not write-protect the parent"
+                );
                 Ok(crate::irq::wait_until(ms, || proc::fault_count(pa) > f0))
             })();
             sched::kill(&w);

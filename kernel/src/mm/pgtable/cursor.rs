@@ -779,8 +779,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 }
 
-/// Test-only sabotage: when armed, the next flush a BBM sequence (or a
-/// live-safe change that takes [`sabotaged`]) needs is skipped, so the tests in `test/cursor_tests.rs` can check that the
+/// Test-only sabotage: when armed, the next flush a BBM sequence needs is
+/// skipped, so the tests in `test/cursor_tests.rs` can check that the
 /// tracker catches the broken sequence on every path. Nothing but those
 /// tests arms it.
 pub static SKIP_NEXT_FLUSH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -807,10 +807,8 @@ pub fn rmw_window() {
 pub static BBM_VIOLATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Takes the sabotage knob if armed (one relaxed load when it is not).
-/// The live-safe paths' flushes in `mm/memory.rs` (mprotect, fork's
-/// write-protect) take it too, so their tests can drop them.
 #[inline(always)]
-pub(crate) fn sabotaged() -> bool {
+fn sabotaged() -> bool {
     SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
 }
 
