@@ -26,12 +26,12 @@ use crate::proc::sched::{self, Task};
 use crate::proc::{self, RunEnd, syscall};
 
 
-fn me() -> usize {
+pub(super) fn me() -> usize {
     percpu::this_cpu().id
 }
 
 /// CPUs that run tasks: online and taking interrupts (bounded wait).
-fn cpus() -> usize {
+pub(super) fn cpus() -> usize {
     let n = percpu::ONLINE.load(Ordering::Acquire);
     let _ = crate::irq::wait_until(1000, || (0..n).all(crate::irq::ready));
     let usable = (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1);
@@ -45,7 +45,7 @@ fn cpus() -> usize {
 }
 
 /// Runs `f` in a fresh process `name`, which exits afterwards whatever `f` did.
-fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+pub(super) fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     proc::spawn(name)?;
     let r = f();
     proc::exit(name)?;
@@ -53,7 +53,7 @@ fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), 
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }
 
-fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
+pub(super) fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
     Ok(proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(x, x8), Some(cpu))))?)
 }
 
@@ -177,7 +177,7 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
 }
 
 /// The u64 at user address `va` of `name`, read through the linear map.
-fn user_u64(name: &str, va: u64) -> Result<u64, String> {
+pub(super) fn user_u64(name: &str, va: u64) -> Result<u64, String> {
     let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
         Translation::Mapped { pa, .. } => Some(pa),
         _ => None,
@@ -190,7 +190,7 @@ fn user_u64(name: &str, va: u64) -> Result<u64, String> {
 
 /// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns
 /// it once the count shows it running (its TLB holds `x`).
-fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, String> {
+pub(super) fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, String> {
     let a = start(name, &[op::READ_LOOP, x, y], 0, cpu)?;
     if !crate::irq::wait_until(5000, || user_u64(name, y).is_ok_and(|c| c > 10_000)) {
         sched::kill(&a);
