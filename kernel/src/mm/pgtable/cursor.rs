@@ -1611,7 +1611,7 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         t.map(VirtAddr(0x1000), PhysAddr(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
-        let (table, idx) = CursorMut::new(&mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
+        let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
         // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
