@@ -390,6 +390,11 @@ pub fn set_hw_dbm(on: bool) {
     set_hw_bit(HW_DIRTY, on);
 }
 
+/// Whether TCR_EL1.HA is recorded as on ([`set_hw_af`]).
+pub fn hw_af() -> bool {
+    HW_UPDATES.load(core::sync::atomic::Ordering::Relaxed) & HW_AF != 0
+}
+
 /// Records that TCR_EL1.HA is (about to be) on somewhere. Set it before
 /// turning HA on and clear it after turning HA off on every CPU.
 pub fn set_hw_af(on: bool) {

@@ -266,17 +266,18 @@ unsafe impl TableMemory for LiveRead {
 }
 
 /// Runs `f` with a [`CursorMut`](super::pgtable::CursorMut) over the kernel tables (global entries,
-/// real TLBI broadcast), then frees the tables it detached.
+/// real TLBI broadcast), under their write lock, which the cursor borrows;
+/// then frees the tables it detached.
 pub fn with_live<R>(
     f: impl FnOnce(&mut super::pgtable::CursorMut<'_, '_, super::pgtable::Stage1Kernel, KernelTableMemHandle>) -> R,
 ) -> R {
-    let _w = KERNEL_PGTABLE.write();
+    let w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut mem = KernelTableMemHandle(&mut k.mem);
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut mem);
     let mut fl = super::tlb::KernelFlush;
-    let mut live = super::pgtable::CursorMut::new(&mut t, super::pgtable::Stage1Kernel, &mut fl);
+    let mut live = super::pgtable::CursorMut::new(&w, &mut t, super::pgtable::Stage1Kernel, &mut fl);
     let r = f(&mut live);
     let detached = live.finish();
     for pa in detached.0 {

@@ -950,7 +950,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     // The parent's write-protections must reach the TLBs before the child
     // (or the parent) writes through a stale writable entry.
-    if wrprotected {
+    if wrprotected && !skip_perm_flush() {
         KernelFlush.flush(vma.start, vma.end - vma.start, Some(src.mm.asid()), true);
     }
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
@@ -1015,37 +1015,35 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
             }
         }
     }
-    // Linux `tlb_gather_mmu`: the pages first (the only step that can
-    // fail, before anything changed), then every entry broken and the
-    // tables the range covers whole unlinked, then `tlb_finish_mmu`: one
-    // flush - non-leaf if a table went - and only after it the tables and
-    // pages go back.
+    // Linux `tlb_gather_mmu`: every entry cleared and gathered, the tables
+    // the range covers whole unlinked, then `tlb_finish_mmu`: the flush -
+    // non-leaf if a table went - and only after it the tables and pages go
+    // back (also whenever the fixed batch fills up on the way).
     let mut tlb = MmuGather::new(mt.mm.asid());
-    let _ = tlb.reserve_pages((len / PAGE_SIZE).min(4096) as usize);
-    for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |_, level, run| {
-        for i in 0..run.len() {
-            let d = run.get(i);
-            if d.is_valid() && !d.special() {
-                let pa = d.output_address(GRANULE.level_size(level));
-                if level < 3 { tlb.remove_block(pa)? } else { tlb.remove_page(pa)? }
-            }
-        }
-        Ok(())
-    })?;
-    // Best effort: a table that cannot be listed stays linked ([`clear_range`]).
-    let _ = tlb.reserve_tables(16);
-    clear_range(&ptl, &mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    clear_range(&ptl, &mut mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
     tlb.finish(&mut mem);
     Ok(())
 }
 
-/// Clears every entry of `[start, end)` below `table` and unlinks the
-/// child tables the range covers completely, and clears the blocks it
-/// covers (the caller split those it cuts). A table that cannot be listed for freeing (no memory) stays
-/// linked, empty, and is freed with the process.
+/// Linux `exit_mmap`'s `unmap_vmas` and `free_pgtables` under
+/// `tlb_gather_mmu_fullmm`: clears the whole user half of `mm` (not just
+/// its VMAs: munmap leaves empty tables behind where a range did not cover
+/// a whole table) and frees every table below the root, each page and
+/// table only after a flush of the ASID. Allocates nothing. The caller has
+/// switched every CPU away from `mm` and frees the root.
+pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
+    let mut tlb = MmuGather::new_fullmm(mm.asid());
+    clear_range(ptl, mem, USER_START_LEVEL, mm.pgd, 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
+    tlb.finish(mem);
+}
+
+/// Clears every entry of `[start, end)` below `table`, gathering what the
+/// valid ones mapped (special entries - the agent, the zero page - hold no
+/// references), and unlinks the child tables the range covers completely
+/// and clears the blocks it covers (the caller split those it cuts).
 fn clear_range(
     ptl: &PtlGuard<'_>,
-    mem: &FrameTableMem,
+    mem: &mut FrameTableMem,
     level: u32,
     table: PhysAddr,
     start: u64,
@@ -1060,19 +1058,24 @@ fn clear_range(
         let chunk_end = (entry_va + size).min(end);
         let e = entry(ptl, mem, table, g.index(va, level));
         let d = e.get();
-        if level == 3 {
-            if d.0 != 0 && e.get_and_clear().is_valid() {
-                tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+        if level == 3 || matches!(d.kind(level, g), Kind::Leaf(_)) {
+            // A page, or a block the range covers whole (the edges were split).
+            if d.0 != 0 {
+                let old = e.get_and_clear();
+                if old.is_valid() {
+                    tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+                    if !old.special() {
+                        let pa = old.output_address(size);
+                        if level == 3 { tlb.remove_page(mem, pa) } else { tlb.remove_block(mem, pa) }
+                    }
+                }
             }
-        } else if matches!(d.kind(level, g), Kind::Leaf(_)) {
-            // A block the range covers whole (the edges were split).
-            e.get_and_clear();
-            tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
         } else if let Kind::Table(next) = d.kind(level, g) {
             clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
-            let whole = va == entry_va && chunk_end == entry_va + size;
-            if whole && tlb.remove_table(next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size)).is_ok() {
+            if va == entry_va && chunk_end == entry_va + size {
+                // Unlinked before it joins the batch, which may free it at once.
                 e.get_and_clear();
+                tlb.remove_table(mem, next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
             }
         }
         va = chunk_end;
@@ -1174,6 +1177,19 @@ fn protect_run(
     Ok(changed)
 }
 
+/// Test-only sabotage: when armed, the next TLB flush of a permission-only
+/// change (mprotect's, fork's write-protect) is skipped, so
+/// `test/cursor_tests.rs` can show that an EL0 access then goes through
+/// the stale entry. Apart from the cursor's `SKIP_NEXT_FLUSH`, which any
+/// kernel-table edit made meanwhile could take.
+pub static SKIP_NEXT_PERM_FLUSH: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`SKIP_NEXT_PERM_FLUSH`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn skip_perm_flush() -> bool {
+    SKIP_NEXT_PERM_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_PERM_FLUSH.swap(false, Ordering::Relaxed)
+}
+
 /// Linux `change_protection` for mprotect: EL0 access and read-only per the
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
@@ -1210,7 +1226,7 @@ pub fn change_protection(
         changed |= c;
         Ok(())
     });
-    if changed {
+    if changed && !skip_perm_flush() {
         KernelFlush.flush(VirtAddr::new(va), len, Some(mt.mm.asid()), true);
     }
     r

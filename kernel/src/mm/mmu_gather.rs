@@ -3,37 +3,49 @@
 //! flush that covers it, so no CPU can still reach freed memory through a
 //! stale translation or walk-cache entry.
 //!
-//! `tlb_gather_mmu` is [`MmuGather::new`], `tlb_flush_pte_range` is
-//! [`MmuGather::flush_range`], `pte_free_tlb` is [`MmuGather::remove_table`],
-//! `__tlb_remove_page` is [`MmuGather::remove_page`] /
-//! [`MmuGather::remove_block`], and `tlb_finish_mmu` is [`MmuGather::finish`].
+//! `tlb_gather_mmu` is [`MmuGather::new`], `tlb_gather_mmu_fullmm`
+//! [`MmuGather::new_fullmm`], `tlb_flush_pte_range` [`MmuGather::flush_range`],
+//! `pte_free_tlb` [`MmuGather::remove_table`], `__tlb_remove_page`
+//! [`MmuGather::remove_page`] / [`MmuGather::remove_block`], `tlb_flush_mmu`
+//! [`MmuGather::flush_mmu`] and `tlb_finish_mmu` [`MmuGather::finish`].
 //!
-//! `zap_page_range` (munmap, madvise DONTNEED) uses it. Process teardown
-//! is Linux's `fullmm` case: nothing runs with the ASID again until its
-//! `tlbi aside1is`, so it drops pages during its walk (it must not
-//! allocate) and frees the tables its [`CursorMut`](super::pgtable::CursorMut)
-//! batch detached, which come back only after that batch's flush.
+//! The batch has a fixed size and lives in the gather itself, as Linux's
+//! first batch does: gathering never allocates, so a process can be torn
+//! down when memory is exhausted. When the batch is full the gather
+//! flushes what changed so far and only then frees it (`tlb_flush_mmu`),
+//! and goes on. `zap_page_range` (munmap, madvise DONTNEED) and process
+//! teardown ([`super::memory::exit_mmap`], the `fullmm` case: one
+//! `TLBI ASIDE1IS` per batch) use it.
 
-use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::error::{MmError, try_reserve};
 use super::kmap::FrameTableMem;
 use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
+
+/// Pages one batch holds (Linux: a page of pointers, about 500).
+pub const BATCH_PAGES: usize = 256;
+/// Tables or blocks one batch holds.
+pub const BATCH_OTHERS: usize = 32;
 
 /// One gather: the range to flush and what to free after the flush.
 #[must_use = "an MmuGather frees nothing until finish"]
 pub struct MmuGather {
     asid: u16,
+    /// The whole address space goes (exit): flush by ASID.
+    fullmm: bool,
     /// The range whose translations changed, `[start, end)`; empty when none did.
     start: u64,
     end: u64,
     /// Whether a table went: the flush must include walk caches.
     freed_tables: bool,
-    tables: Vec<PhysAddr>,
-    pages: Vec<PhysAddr>,
-    blocks: Vec<PhysAddr>,
+    pages: [PhysAddr; BATCH_PAGES],
+    nr_pages: usize,
+    tables: [PhysAddr; BATCH_OTHERS],
+    nr_tables: usize,
+    blocks: [PhysAddr; BATCH_OTHERS],
+    nr_blocks: usize,
 }
 
 impl MmuGather {
@@ -41,13 +53,23 @@ impl MmuGather {
     pub fn new(asid: u16) -> Self {
         Self {
             asid,
+            fullmm: false,
             start: u64::MAX,
             end: 0,
             freed_tables: false,
-            tables: Vec::new(),
-            pages: Vec::new(),
-            blocks: Vec::new(),
+            pages: [PhysAddr::new(0); BATCH_PAGES],
+            nr_pages: 0,
+            tables: [PhysAddr::new(0); BATCH_OTHERS],
+            nr_tables: 0,
+            blocks: [PhysAddr::new(0); BATCH_OTHERS],
+            nr_blocks: 0,
         }
+    }
+
+    /// Linux `tlb_gather_mmu_fullmm`: the whole address space goes and
+    /// nothing runs with `asid` any more, so every flush is `TLBI ASIDE1IS`.
+    pub fn new_fullmm(asid: u16) -> Self {
+        Self { fullmm: true, ..Self::new(asid) }
     }
 
     /// Linux `tlb_flush_pte_range`: `[start, end)` changed and must be flushed.
@@ -56,52 +78,94 @@ impl MmuGather {
         self.end = self.end.max(end.as_u64());
     }
 
-    /// Room for `n` more pages, so a later [`Self::remove_page`] cannot fail.
-    pub fn reserve_pages(&mut self, n: usize) -> Result<(), MmError> {
-        try_reserve(&mut self.pages, n)
-    }
-
-    /// Room for `n` more tables.
-    pub fn reserve_tables(&mut self, n: usize) -> Result<(), MmError> {
-        try_reserve(&mut self.tables, n)
-    }
-
-    /// Linux `pte_free_tlb`: a table unlinked from `[start, end)`, freed after the flush.
-    pub fn remove_table(&mut self, pa: PhysAddr, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
-        try_reserve(&mut self.tables, 1)?;
-        self.tables.push(pa);
+    /// Linux `pte_free_tlb`: a table already unlinked from `[start, end)`,
+    /// freed after a flush that includes walk caches.
+    pub fn remove_table(&mut self, mem: &mut FrameTableMem, pa: PhysAddr, start: VirtAddr, end: VirtAddr) {
         self.freed_tables = true;
         self.flush_range(start, end);
-        Ok(())
+        trace(GatherEvent::Gathered(pa));
+        self.tables[self.nr_tables] = pa;
+        self.nr_tables += 1;
+        self.flush_if_full(mem);
     }
 
-    /// Linux `__tlb_remove_page`: a page whose mapping (and reference)
-    /// goes after the flush.
-    pub fn remove_page(&mut self, pa: PhysAddr) -> Result<(), MmError> {
-        try_reserve(&mut self.pages, 1)?;
-        self.pages.push(pa);
-        Ok(())
+    /// Linux `__tlb_remove_page`: a page whose entry is already cleared;
+    /// its mapping and reference go after the flush.
+    pub fn remove_page(&mut self, mem: &mut FrameTableMem, pa: PhysAddr) {
+        trace(GatherEvent::Gathered(pa));
+        self.pages[self.nr_pages] = pa;
+        self.nr_pages += 1;
+        self.flush_if_full(mem);
     }
 
-    /// A block's mapping, dropped after the flush.
-    pub fn remove_block(&mut self, pa: PhysAddr) -> Result<(), MmError> {
-        try_reserve(&mut self.blocks, 1)?;
-        self.blocks.push(pa);
-        Ok(())
+    /// A block whose entry is already cleared; its mapping goes after the flush.
+    pub fn remove_block(&mut self, mem: &mut FrameTableMem, pa: PhysAddr) {
+        trace(GatherEvent::Gathered(pa));
+        self.blocks[self.nr_blocks] = pa;
+        self.nr_blocks += 1;
+        self.flush_if_full(mem);
     }
 
-    /// Linux `tlb_finish_mmu`: the flush that covers every change, then the
-    /// tables, pages and blocks go back.
-    pub fn finish(mut self, mem: &mut FrameTableMem) {
-        if self.start < self.end {
-            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
+    fn flush_if_full(&mut self, mem: &mut FrameTableMem) {
+        if self.nr_pages == BATCH_PAGES || self.nr_tables == BATCH_OTHERS || self.nr_blocks == BATCH_OTHERS {
+            self.flush_mmu(mem);
         }
-        for pa in self.tables.drain(..) {
+    }
+
+    /// Linux `tlb_flush_mmu`: the flush that covers every change gathered
+    /// so far, then the tables, pages and blocks go back.
+    pub fn flush_mmu(&mut self, mem: &mut FrameTableMem) {
+        if self.fullmm {
+            crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
+            trace(GatherEvent::Flushed);
+        } else if self.start < self.end {
+            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
+            trace(GatherEvent::Flushed);
+        }
+        (self.start, self.end, self.freed_tables) = (u64::MAX, 0, false);
+        for &pa in &self.tables[..self.nr_tables] {
+            trace(GatherEvent::Freed(pa));
             mem.free(pa);
         }
-        super::page::release_mapped_pages(&mut self.pages);
-        for pa in self.blocks.drain(..) {
+        for &pa in &self.pages[..self.nr_pages] {
+            trace(GatherEvent::Freed(pa));
+        }
+        super::page::release_mapped_pages(&mut self.pages[..self.nr_pages]);
+        for &pa in &self.blocks[..self.nr_blocks] {
+            trace(GatherEvent::Freed(pa));
             super::huge_memory::put_mapped_block(pa);
         }
+        (self.nr_tables, self.nr_pages, self.nr_blocks) = (0, 0, 0);
+    }
+
+    /// Linux `tlb_finish_mmu`: [`Self::flush_mmu`] for what is left.
+    pub fn finish(mut self, mem: &mut FrameTableMem) {
+        self.flush_mmu(mem);
+    }
+}
+
+/// What a gather did, in order, for the test that checks nothing goes back
+/// before the flush that covers it (`test/cursor_tests.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatherEvent {
+    /// A cleared entry's page, block or table joined the batch.
+    Gathered(PhysAddr),
+    /// The TLB flush covering the batch completed.
+    Flushed,
+    /// A page's mapping and reference, a block's, or a table went back.
+    Freed(PhysAddr),
+}
+
+/// The test's listener; called only while [`TRACING`] is set.
+pub static TRACE_HOOK: spin::Mutex<Option<fn(GatherEvent)>> = spin::Mutex::new(None);
+/// Whether [`TRACE_HOOK`] is set (one relaxed load when it is not).
+pub static TRACING: AtomicBool = AtomicBool::new(false);
+
+#[inline(always)]
+fn trace(e: GatherEvent) {
+    if TRACING.load(Ordering::Relaxed)
+        && let Some(f) = *TRACE_HOOK.lock()
+    {
+        f(e);
     }
 }

@@ -332,7 +332,7 @@ fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
 /// Linux `release_pages` after a zap: drops one mapping and one reference
 /// of each page in `pas`; the frames of folios that reach refcount 0 are
 /// freed together ([`frame::free_bulk`]). `pas` is reused as scratch.
-pub fn release_mapped_pages(pas: &mut alloc::vec::Vec<PhysAddr>) {
+pub fn release_mapped_pages(pas: &mut [PhysAddr]) {
     let mut n = 0;
     for i in 0..pas.len() {
         let pg = pfn_to_page(pas[i]).expect("mapped page outside RAM");
@@ -348,8 +348,7 @@ pub fn release_mapped_pages(pas: &mut alloc::vec::Vec<PhysAddr>) {
             }
         }
     }
-    pas.truncate(n);
-    let bad = frame::free_bulk(pas, Owner::UserAnon);
+    let bad = frame::free_bulk(&pas[..n], Owner::UserAnon);
     assert!(bad == 0, "freeing {bad} folio frame(s) the allocator does not know");
 }
 

@@ -350,7 +350,9 @@ mod tests {
                 fn flush(&mut self, _: VirtAddr, _: u64, _: Option<u16>, _: bool) {}
             }
             let mut fl = NoFlush;
-            let mut l = crate::mm::pgtable::CursorMut::new(&mut t, crate::mm::pgtable::Stage1Kernel, &mut fl);
+            // SAFETY: the test's own tables in its own HostMem.
+            let excl = unsafe { crate::mm::pgtable::ExclusiveTables::new() };
+            let mut l = crate::mm::pgtable::CursorMut::new(&excl, &mut t, crate::mm::pgtable::Stage1Kernel, &mut fl);
             l.limit_table(VirtAddr::new(0), 0, up).unwrap();
             l.limit_table(VirtAddr::new(0x60_0000), 2, down).unwrap();
             let _ = l.finish();

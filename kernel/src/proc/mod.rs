@@ -27,10 +27,9 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
 use crate::arch::aarch64::mm::context;
-use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::user::{self, UserRun, op};
 use crate::mm::addr::VirtAddr;
-use crate::mm::desc::{Kind, LeafAttrs};
+use crate::mm::desc::LeafAttrs;
 use crate::mm::error::{GupError, MmError, Need};
 use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
 use crate::mm::kmap::{self, FrameTableMem};
@@ -38,7 +37,6 @@ use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::mmap::{self, MmapArgs};
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
-use crate::mm::tlb::KernelFlush;
 use crate::mm::{madvise, mprotect};
 pub use error::ProcError;
 
@@ -261,40 +259,11 @@ pub fn fork(parent: &str, child: &str) -> Result<u32, ProcError> {
 fn teardown(p: &Process) {
     deactivate(p);
     let mut vmas = p.mm.mmap_write_lock();
+    let ptl = p.mm.page_table_lock_guard();
     let mut mem = p.tables.lock();
-    // Pages first (special entries - the agent, the zero page - hold no
-    // references). Dropped during the walk: collecting them would need
-    // memory, and a process being torn down may have taken nearly all of
-    // it. Before the TLB flush is safe here because nothing runs with this
-    // ASID again until `tlbi aside1is` below has completed and the ASID is
-    // released; a page another process still maps keeps its references.
-    {
-        let t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
-        t.walk(false, &mut |e| {
-            if let Kind::Leaf(pa) = e.kind {
-                if e.desc.special() {
-                } else if e.size == PAGE_SIZE {
-                    memory::put_mapped_page(pa);
-                } else {
-                    crate::mm::huge_memory::put_mapped_block(pa);
-                }
-            }
-        });
-    }
-    let detached = {
-        let mut t = Tables::new(p.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
-        let mut fl = KernelFlush;
-        let mut l =
-            crate::mm::pgtable::CursorMut::new(&mut t, crate::mm::pgtable::Stage1User { asid: p.mm.asid() }, &mut fl);
-        // The whole user half, not just the VMAs: munmap leaves empty
-        // tables behind where a range did not cover a whole table, and
-        // those lie outside every VMA by now.
-        let _ = l.unmap(VirtAddr::new(0), USER_TOP);
-        l.finish()
-    };
-    for pa in detached.0 {
-        mem.free(pa);
-    }
+    // Every page, block and table below the root goes, each after the
+    // ASID flush that covers it (Linux `exit_mmap`, fullmm mmu_gather).
+    memory::exit_mmap(&ptl, &p.mm, &mut mem);
     // One at a time: exit allocates nothing.
     loop {
         let Some(s) = vmas.iter().map(|v| v.start).next() else { break };
@@ -302,6 +271,7 @@ fn teardown(p: &Process) {
     }
     mem.free(p.mm.pgd);
     drop(mem);
+    drop(ptl);
     drop(vmas);
     // Every file descriptor closes (after the VMAs: the last one frees a
     // file nothing maps any more).

@@ -16,6 +16,70 @@ use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, RunEnd};
 
+/// What the MMU writes into descriptors as a test found it: TCR_EL1.HA and
+/// HD (the same on every CPU) and what `mm::desc` records about them. Tests
+/// that switch them restore exactly this when they end, so neither test
+/// order nor `pagelab.hw-af=1`/`pagelab.hw-dbm=1` at boot changes what
+/// another test sees.
+#[derive(Clone, Copy)]
+struct HwState {
+    ha: bool,
+    hd: bool,
+    desc_af: bool,
+    desc_dbm: bool,
+}
+
+impl HwState {
+    fn save() -> Self {
+        Self {
+            ha: cpu::hw_af_enabled(),
+            hd: cpu::hw_dirty_enabled(),
+            desc_af: crate::mm::desc::hw_af(),
+            desc_dbm: crate::mm::desc::hw_dbm(),
+        }
+    }
+
+    /// Sets HA and HD on every CPU (HD only with HA) and records them: the
+    /// records go on before the MMU may write and off after it stops.
+    fn set(self) {
+        use crate::mm::desc;
+        if self.desc_af {
+            desc::set_hw_af(true);
+        }
+        if self.desc_dbm {
+            desc::set_hw_dbm(true);
+        }
+        // `on_every_cpu` takes a plain fn: one per combination.
+        fn off() {
+            if cpu::has_hw_dbm() {
+                cpu::set_hw_dbm(false);
+            }
+            if cpu::has_hw_af() {
+                cpu::set_hw_af(false);
+            }
+        }
+        fn ha_only() {
+            if cpu::has_hw_dbm() {
+                cpu::set_hw_dbm(false);
+            }
+            cpu::set_hw_af(true);
+        }
+        fn ha_hd() {
+            cpu::set_hw_dbm(true);
+        }
+        crate::kmain::on_every_cpu(match (self.ha, self.hd) {
+            (_, true) => ha_hd,
+            (true, false) => ha_only,
+            (false, false) => off,
+        });
+        if !self.desc_af {
+            desc::set_hw_af(false);
+        }
+        if !self.desc_dbm {
+            desc::set_hw_dbm(false);
+        }
+    }
+}
 
 fn desc(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
     proc::with_tables(p, |_, t| match t.translate(va) {
@@ -29,68 +93,65 @@ fn desc(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
 kernel_test!(access_flag_software_and_hardware);
 fn access_flag_software_and_hardware() -> Result<(), String> {
     let (pa, ch) = ("af_parent", "af_child");
-    proc::spawn(pa)?;
-    let r = (|| -> Result<(), String> {
-        let m = proc::mmap(pa, "m", super::anon(4 * PAGE_SIZE))?;
-        ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
-        ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
-        proc::fork(pa, ch)?;
-        for i in 0..4 {
-            ensure!(
-                desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()),
-                "the child's page {i} must be old after fork"
-            );
-        }
-        // Software: a real access-flag fault, resolved by setting the flag.
-        let f0 = proc::fault_count(ch);
-        ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
-        ensure!(
-            proc::fault_count(ch) == f0 + 1,
-            "software AF: {} faults for the first read, expected 1",
-            proc::fault_count(ch) - f0
-        );
-        ensure!(
-            desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only),
-            "the read must leave the entry young and still read-only"
-        );
-        // A write to an old read-only entry: one fault does both (AF and COW).
-        let f0 = proc::fault_count(ch);
-        ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
-        ensure!(
-            proc::fault_count(ch) == f0 + 1,
-            "a write to an old COW entry took {} faults, expected 1",
-            proc::fault_count(ch) - f0
-        );
-        ensure!(
-            desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()),
-            "the COW copy must be young and writable"
-        );
-        if !cpu::has_hw_af() {
-            return super::cannot_apply(
-                "no FEAT_HAFDBS on this CPU: only the software half ran; all of it runs under -cpu max",
-            );
-        }
-        // Hardware: the MMU sets the flag, no fault is taken.
-        crate::mm::desc::set_hw_af(true);
-        crate::kmain::on_every_cpu(|| cpu::set_hw_af(true));
-        let f0 = proc::fault_count(ch);
-        let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
-        let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
-        let faults = proc::fault_count(ch) - f0;
-        if crate::kmain::boot().board.bootarg("pagelab.hw-af") != Some("1") {
-            crate::kmain::on_every_cpu(|| cpu::set_hw_af(false));
-            crate::mm::desc::set_hw_af(false);
-        }
-        ensure!(matches!(r?, RunEnd::Done), "child read with HA");
-        ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
-        ensure!(young, "hardware AF: the MMU did not set the access flag");
-        ensure!(desc(ch, m + 3 * PAGE_SIZE).is_some_and(|d| !d.af()), "an untouched page must stay old");
-        Ok(())
-    })();
+    let found = HwState::save();
+    // The software half needs the MMU to leave the flag alone.
+    HwState { ha: false, hd: false, desc_af: false, desc_dbm: false }.set();
+    let r = proc::spawn(pa).map_err(String::from).and_then(|_| access_flag_in(pa, ch));
     let _ = proc::exit(ch);
     let _ = proc::exit(pa);
+    found.set();
     r?;
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+}
+
+fn access_flag_in(pa: &str, ch: &str) -> Result<(), String> {
+    let m = proc::mmap(pa, "m", super::anon(4 * PAGE_SIZE))?;
+    ensure!(matches!(proc::access(pa, op::WRITE, m, 4 * PAGE_SIZE, 0x21)?, RunEnd::Done), "parent write");
+    ensure!(desc(pa, m).is_some_and(|d| d.af()), "a faulted-in page must be young");
+    proc::fork(pa, ch)?;
+    for i in 0..4 {
+        ensure!(desc(ch, m + i * PAGE_SIZE).is_some_and(|d| !d.af()), "the child's page {i} must be old after fork");
+    }
+    // Software: a real access-flag fault, resolved by setting the flag.
+    let f0 = proc::fault_count(ch);
+    ensure!(matches!(proc::access(ch, op::CHECK, m, 1, 0x21)?, RunEnd::Done), "child read");
+    ensure!(
+        proc::fault_count(ch) == f0 + 1,
+        "software AF: {} faults for the first read, expected 1",
+        proc::fault_count(ch) - f0
+    );
+    ensure!(
+        desc(ch, m).is_some_and(|d| d.af() && d.perms().read_only),
+        "the read must leave the entry young and still read-only"
+    );
+    // A write to an old read-only entry: one fault does both (AF and COW).
+    let f0 = proc::fault_count(ch);
+    ensure!(matches!(proc::access(ch, op::WRITE, m + PAGE_SIZE, 1, 0x22)?, RunEnd::Done), "child write");
+    ensure!(
+        proc::fault_count(ch) == f0 + 1,
+        "a write to an old COW entry took {} faults, expected 1",
+        proc::fault_count(ch) - f0
+    );
+    ensure!(
+        desc(ch, m + PAGE_SIZE).is_some_and(|d| d.af() && d.user_writable()),
+        "the COW copy must be young and writable"
+    );
+    if !cpu::has_hw_af() {
+        return super::cannot_apply(
+            "no FEAT_HAFDBS on this CPU: only the software half ran; all of it runs under -cpu max",
+        );
+    }
+    // Hardware: the MMU sets the flag, no fault is taken.
+    HwState { ha: true, hd: false, desc_af: true, desc_dbm: false }.set();
+    let f0 = proc::fault_count(ch);
+    let r = proc::access(ch, op::CHECK, m + 2 * PAGE_SIZE, 1, 0x21);
+    let young = desc(ch, m + 2 * PAGE_SIZE).is_some_and(|d| d.af());
+    let faults = proc::fault_count(ch) - f0;
+    ensure!(matches!(r?, RunEnd::Done), "child read with HA");
+    ensure!(faults == 0, "hardware AF: the read took {faults} fault(s)");
+    ensure!(young, "hardware AF: the MMU did not set the access flag");
+    ensure!(desc(ch, m + 3 * PAGE_SIZE).is_some_and(|d| !d.af()), "an untouched page must stay old");
+    Ok(())
 }
 
 kernel_test!(dirty_state_in_hardware_dbm);
@@ -101,15 +162,11 @@ kernel_test!(dirty_state_in_hardware_dbm);
 ///
 /// Checked with a `wrprotect` that keeps DBM: the test failed.
 fn dirty_state_in_hardware_dbm() -> Result<(), String> {
-    use crate::mm::desc;
     if !cpu::has_hw_dbm() {
         return super::cannot_apply("no FEAT_HAFDBS dirty state on this CPU: runs under -cpu max");
     }
-    let was = desc::hw_dbm();
-    desc::set_hw_dbm(true);
-    // HD comes with HA, and turning HD off later leaves HA on.
-    desc::set_hw_af(true);
-    crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(true));
+    let found = HwState::save();
+    HwState { ha: true, hd: true, desc_af: true, desc_dbm: true }.set();
     let (pa, ch) = ("dbm_parent", "dbm_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
@@ -199,10 +256,7 @@ fn dirty_state_in_hardware_dbm() -> Result<(), String> {
     let _ = proc::exit(ch);
     let _ = proc::exit(pa);
     let _ = crate::mm::shmem::remove_unmapped("dbm_test");
-    if !was {
-        crate::kmain::on_every_cpu(|| cpu::set_hw_dbm(false));
-        desc::set_hw_dbm(false);
-    }
+    found.set();
     r?;
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }

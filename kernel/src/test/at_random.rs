@@ -596,7 +596,10 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
         let base =
             if crate::arch::aarch64::regs::USER_VA_BITS == 48 { 0x0000_1000_0000_0000u64 } else { 0x10_0000_0000 };
         let mut fl = KernelFlush;
-        let mut l = CursorMut::new(&mut t, Stage1User { asid }, &mut fl);
+        // SAFETY: the tables are this test's, in no mm; they are live only
+        // in this CPU's TTBR0, with interrupts masked, while `compare` runs.
+        let excl = unsafe { crate::mm::pgtable::ExclusiveTables::new() };
+        let mut l = CursorMut::new(&excl, &mut t, Stage1User { asid }, &mut fl);
         let res = (|| -> Result<Tally, String> {
             // The whole table set is the test's: every level may carry limits.
             let lay = build(&mut l, &mut r, base, SLOTS, true, start_level..2, round)?;

@@ -10,7 +10,7 @@ use crate::arch::aarch64::sysreg;
 
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
-use crate::arch::aarch64::regs::{TCR_BASE, mair};
+use crate::arch::aarch64::regs::{TCR_BASE, mair, tcr};
 use crate::arch::aarch64::uaccess::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::percpu;
 use crate::ensure;
@@ -60,9 +60,15 @@ fn mmu_on_with_final_tables() -> Result<(), String> {
 kernel_test!(mmu_registers_as_programmed);
 fn mmu_registers_as_programmed() -> Result<(), String> {
     let (m, t, s) = crate::arch::aarch64::mmu::expected();
+    // HA and HD are what the kernel turned on after `program` (pagelab.hw-af=1,
+    // pagelab.hw-dbm=1, or a test that switches them and restores them).
+    let (ha, hd) = (tcr::HA, tcr::HD);
+    let hw = if crate::mm::desc::hw_af() { ha } else { 0 } | if crate::mm::desc::hw_dbm() { ha | hd } else { 0 };
     ensure!(
-        (sysreg::mair_el1(), sysreg::tcr_el1(), sysreg::sctlr_el1()) == (m, t, s),
-        "live registers differ from the aarch64-cpu definitions"
+        (sysreg::mair_el1(), sysreg::tcr_el1(), sysreg::sctlr_el1()) == (m, t | hw, s),
+        "live registers differ from the aarch64-cpu definitions with HA/HD as mm::desc records them: TCR {:#x}, expected {:#x}",
+        sysreg::tcr_el1(),
+        t | hw
     );
     // SPAN is RES1 in the boot value and cleared once PAN is enabled.
     let span = crate::arch::aarch64::regs::sctlr::SPAN;
@@ -77,8 +83,8 @@ fn mmu_registers_as_programmed() -> Result<(), String> {
     let mair_el1 = sysreg::mair_el1();
     ensure!(mair_el1 == mair::VALUE, "MAIR_EL1 {mair_el1:#x} != {:#x}", mair::VALUE);
     let tcr = sysreg::tcr_el1();
-    // IPS, AS and HA (hardware access flag, pagelab.hw-af=1) vary at run time.
-    let fixed_mask = !((7u64 << 32) | (1 << 36) | (1 << 39));
+    // IPS, AS, HA and HD (hardware access flag and dirty state) vary at run time.
+    let fixed_mask = !((7u64 << 32) | (1 << 36) | ha | hd);
     ensure!(tcr & fixed_mask == TCR_BASE & fixed_mask, "TCR_EL1 {tcr:#x} vs {TCR_BASE:#x}");
     let t0sz = 64 - crate::arch::aarch64::regs::USER_VA_BITS as u64;
     // TCR_EL1.T0SZ [5:0], T1SZ [21:16], IPS [34:32].

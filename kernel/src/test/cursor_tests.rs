@@ -1,9 +1,17 @@
-//! Break-before-make on every path that needs it, caught by the cursor's
-//! tracker: each test arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM
-//! sequence needs is dropped), runs the path for real, and checks that the
-//! make over the broken-but-not-flushed range was refused
-//! ([`MapError::BbmViolation`], counted in [`BBM_VIOLATIONS`]) and that
-//! nothing was left half-changed: the path works when retried.
+//! Break-before-make on every path, caught by the cursor's tracker, one
+//! test per path. Where a path needs BBM (COW copy, THP split, contpte
+//! unfold, the kernel cursor's split, collapse, fold and unfold) the test
+//! arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM sequence needs is
+//! dropped), runs the path for real, and checks that the make over the
+//! broken-but-not-flushed range was refused ([`MapError::BbmViolation`],
+//! counted in [`BBM_VIOLATIONS`]) and that nothing was left half-changed.
+//! Where a path needs no BBM (a fault into an empty entry, COW reuse,
+//! mprotect, fork's write-protect, the user side of contpte) the test breaks
+//! what can go wrong there: a change of output address or of the
+//! contiguous bit over a live entry through the `Pte` API must be refused,
+//! and a dropped permission flush must leave a stale TLB entry that a real
+//! EL0 access on another CPU observes. Zap and teardown free through the
+//! mmu_gather only after the flush that covers what they free.
 
 use alloc::string::String;
 use core::sync::atomic::Ordering;
@@ -11,17 +19,19 @@ use core::sync::atomic::Ordering;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::LeafAttrs;
+use crate::mm::desc::{Desc, Kind, LeafAttrs};
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
 use crate::mm::layout::TEST_WINDOW;
-use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
-use crate::mm::pgtable::{LeafSizes, MapError, Translation};
+use crate::mm::memory;
 use crate::mm::mmap::MmapArgs;
-use crate::proc::{self, ProcError, RunEnd};
-
+use crate::mm::mmu_gather::{self, GatherEvent};
+use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
+use crate::mm::pgtable::{LeafSizes, MapError, Pte, Translation};
+use crate::println;
+use crate::proc::{self, ProcError, RunEnd, sched};
 
 fn violations() -> u64 {
     BBM_VIOLATIONS.load(Ordering::Relaxed)
@@ -227,4 +237,340 @@ fn level_of(p: &str, va: VirtAddr) -> Option<u32> {
     })
     .ok()
     .flatten()
+}
+
+/// The gather's events, in order, while [`gather_trace`] listens (fixed
+/// size: teardown's gather must not allocate, nor may what it calls).
+static GATHER_LOG: spin::Mutex<([GatherEvent; GATHER_LOG_LEN], usize)> =
+    spin::Mutex::new(([GatherEvent::Flushed; GATHER_LOG_LEN], 0));
+const GATHER_LOG_LEN: usize = 4096;
+
+fn gather_hook(e: GatherEvent) {
+    let mut l = GATHER_LOG.lock();
+    let n = l.1;
+    if n < GATHER_LOG_LEN {
+        l.0[n] = e;
+    }
+    l.1 = n + 1;
+}
+
+/// Runs `f` with the gather traced; returns the events (or why not).
+fn gather_trace(f: impl FnOnce() -> Result<(), String>) -> Result<alloc::vec::Vec<GatherEvent>, String> {
+    GATHER_LOG.lock().1 = 0;
+    *mmu_gather::TRACE_HOOK.lock() = Some(gather_hook);
+    mmu_gather::TRACING.store(true, Ordering::Release);
+    let r = f();
+    mmu_gather::TRACING.store(false, Ordering::Release);
+    *mmu_gather::TRACE_HOOK.lock() = None;
+    r?;
+    let l = GATHER_LOG.lock();
+    ensure!(l.1 <= GATHER_LOG_LEN, "{} gather events overflowed the log", l.1);
+    Ok(l.0[..l.1].to_vec())
+}
+
+/// Every freed page, block or table was gathered (its entry cleared) and
+/// a flush completed between that and its freeing; everything gathered
+/// was freed; and there were at least `min_flushes` flushes.
+fn check_gather(what: &str, ev: &[GatherEvent], min_gathered: usize, min_flushes: usize) -> Result<(), String> {
+    let gathered = ev.iter().filter(|e| matches!(e, GatherEvent::Gathered(_))).count();
+    let freed = ev.iter().filter(|e| matches!(e, GatherEvent::Freed(_))).count();
+    let flushes = ev.iter().filter(|e| **e == GatherEvent::Flushed).count();
+    ensure!(gathered >= min_gathered, "{what}: {gathered} entries gathered, expected at least {min_gathered}");
+    ensure!(freed == gathered, "{what}: {gathered} gathered but {freed} freed");
+    ensure!(
+        flushes >= min_flushes,
+        "{what}: {flushes} flushes, expected at least {min_flushes} (a full batch flushes)"
+    );
+    for (i, e) in ev.iter().enumerate() {
+        let GatherEvent::Freed(pa) = *e else { continue };
+        let Some(g) = ev[..i].iter().rposition(|x| *x == GatherEvent::Gathered(pa)) else {
+            return Err(alloc::format!("{what}: {:#x} freed but never gathered", pa.as_u64()));
+        };
+        ensure!(
+            ev[g..i].contains(&GatherEvent::Flushed),
+            "{what}: {:#x} freed (event {i}) with no flush since it was gathered (event {g})",
+            pa.as_u64()
+        );
+    }
+    Ok(())
+}
+
+kernel_test!(cursor_gather_frees_only_after_the_flush);
+/// mmu_gather on zap (munmap) and on teardown (exit, fullmm): with more
+/// pages than one batch holds, the batch fills and is flushed and freed
+/// on the way; every page and table must go back only after a flush that
+/// completed after its entry was cleared. Broken on purpose: with the
+/// frees in `MmuGather::flush_mmu` moved before its TLB flush this test
+/// failed at the munmap ("0x48010000 freed (event 256) with no flush since
+/// it was gathered (event 0)": the first full batch).
+fn cursor_gather_frees_only_after_the_flush() -> Result<(), String> {
+    const PAGES: u64 = 2 * mmu_gather::BATCH_PAGES as u64 + 40;
+    let p = "gather_order";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", super::anon(2 * PAGES * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(p, op::WRITE, m, 2 * PAGES * PAGE_SIZE, 0x5a)?, RunEnd::Done), "write");
+        let ev = gather_trace(|| proc::munmap(p, m, PAGES * PAGE_SIZE).map_err(String::from))?;
+        // Pages may be mapped by blocks: count entries, not pages.
+        let min = if level_of(p, m + PAGES * PAGE_SIZE) == Some(3) { PAGES as usize } else { 1 };
+        check_gather("munmap", &ev, min, if min > 1 { 3 } else { 1 })?;
+        let ev = gather_trace(|| proc::exit(p).map_err(String::from))?;
+        check_gather("exit", &ev, min, if min > 1 { 3 } else { 1 })
+    })();
+    let _ = proc::exit(p);
+    r
+}
+
+/// Runs `f` on the level-3 entry mapping `va` in process `p`, under its
+/// page-table lock (as the fault path holds it).
+fn with_pte<R>(p: &str, va: u64, f: impl FnOnce(Pte<'_>) -> R) -> Result<R, String> {
+    proc::with_proc(p, |pr| {
+        let ptl = pr.mm.page_table_lock_guard();
+        let mut mem = pr.tables.lock();
+        let pmd = memory::pmd_lookup(&ptl, &mut mem, pr.mm.pgd, va, false);
+        let Some(Kind::Table(table)) = pmd.map(|e| e.get().kind(2, GRANULE)) else {
+            return Ok(Err(alloc::format!("{va:#x} has no level-3 table")));
+        };
+        Ok(Ok(f(memory::entry(&ptl, &mem, table, GRANULE.index(va, 3)))))
+    })?
+}
+
+/// `d` with its output address moved one page on: a change that needs
+/// break-before-make.
+fn other_oa(d: Desc) -> Desc {
+    Desc(d.0 ^ PAGE_SIZE)
+}
+
+kernel_test!(cursor_bbm_fault_into_empty_entry);
+/// Fault into an empty entry (`do_anonymous_page`, `set_pte_at`): invalid
+/// to valid needs no BBM, so what can go wrong is the entry not being
+/// empty any more - a racing fault on another CPU installed a page. Broken
+/// on purpose: `Pte::set_new` of an entry with another output address over
+/// the live one must be refused as `NeedsBreakBeforeMake`, and the entry,
+/// the mapped data and the fault path (which then finds the entry present)
+/// stay as they were. A plain store here would silently replace a live
+/// translation without BBM.
+fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
+    let p = "bbm_fault";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", super::anon(2 * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "fault in");
+        let (old, refused, after) = with_pte(p, m.as_u64(), |e| {
+            let old = e.get();
+            (old, e.set_new(other_oa(old)), e.get())
+        })?;
+        ensure!(old.is_valid(), "the faulted-in entry is not valid: {old:?}");
+        ensure!(
+            matches!(refused, Err(MapError::NeedsBreakBeforeMake { .. })),
+            "set_new over a live entry with a new output address: {refused:?}"
+        );
+        ensure!(after == old, "the refused make changed the entry: {old:?} -> {after:?}");
+        // Into the empty neighbour the same primitive works (the real fault).
+        let f0 = proc::fault_count(p);
+        ensure!(matches!(proc::access(p, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x62)?, RunEnd::Done), "2nd fault");
+        ensure!(
+            proc::fault_count(p) == f0 + 1,
+            "the fault into the empty entry took {} faults",
+            proc::fault_count(p) - f0
+        );
+        ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "data after the refusal");
+        Ok(())
+    })();
+    let _ = proc::exit(p);
+    r
+}
+
+kernel_test!(cursor_bbm_cow_reuse);
+/// COW reuse (`wp_page_reuse`: the only mapper of a read-only anon page
+/// writes): a permission-only change by compare-and-swap, same output
+/// address, no BBM, one fault. Broken on purpose: the same primitive
+/// (`Pte::modify`) asked to change the output address as well must be
+/// refused (`NotPermissionBits`) with the entry untouched - a reuse that
+/// moved the page would need BBM.
+fn cursor_bbm_cow_reuse() -> Result<(), String> {
+    let (pa, ch) = ("bbm_reuse_parent", "bbm_reuse_child");
+    proc::spawn(pa)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(pa, "m", super::anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(pa, op::WRITE, m, PAGE_SIZE, 0x71)?, RunEnd::Done), "parent write");
+        proc::fork(pa, ch)?;
+        proc::exit(ch)?;
+        let before = desc_of(pa, m).ok_or("not mapped after fork")?;
+        ensure!(before.perms().read_only, "fork left the parent's entry writable: {before:?}");
+        let (v0, f0) = (violations(), proc::fault_count(pa));
+        ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x72)?, RunEnd::Done), "parent write after the child left");
+        let after = desc_of(pa, m).ok_or("not mapped after reuse")?;
+        ensure!(proc::fault_count(pa) == f0 + 1, "reuse took {} faults, expected 1", proc::fault_count(pa) - f0);
+        ensure!(violations() == v0, "reuse hit the BBM tracker");
+        ensure!(
+            after.output_address(PAGE_SIZE) == before.output_address(PAGE_SIZE) && after.user_writable(),
+            "reuse must keep the page and make it writable: {before:?} -> {after:?}"
+        );
+        let (refused, now) = with_pte(pa, m.as_u64(), |e| (e.modify(other_oa), e.get()))?;
+        ensure!(
+            matches!(refused, Err(MapError::NotPermissionBits(_))),
+            "modify with a new output address: {refused:?}"
+        );
+        ensure!(now == after, "the refused modify changed the entry: {after:?} -> {now:?}");
+        ensure!(matches!(proc::access(pa, op::CHECK, m, 1, 0x72)?, RunEnd::Done), "data after the refusal");
+        Ok(())
+    })();
+    let _ = proc::exit(ch);
+    let _ = proc::exit(pa);
+    r
+}
+
+kernel_test!(cursor_bbm_mprotect_flush);
+/// mprotect (`change_protection`): permission-only changes by
+/// compare-and-swap, no BBM, one broadcast TLB flush at the end. Broken on
+/// purpose: a thread on another CPU keeps loading a page while this CPU's
+/// thread mprotects it to PROT_NONE from EL0 with that flush dropped
+/// (`memory::SKIP_NEXT_PERM_FLUSH`). The entry says "no access", yet the reader goes
+/// on loading through the translation its TLB cached (QEMU models per-CPU
+/// TLBs): a real EL0 access observes the stale entry. With the flush the
+/// reader faults at its next load (`sched_tlb_shootdown_between_threads`).
+fn cursor_bbm_mprotect_flush() -> Result<(), String> {
+    use super::sched_tests::{cpus, in_process, me, start, start_reader, user_u64};
+    if cpus() < 2 {
+        return super::cannot_apply("one CPU: no other CPU's TLB to leave stale; this runs with --smp 2 or more");
+    }
+    let name = "bbm_mprotect";
+    let (here, there) = (me(), if me() == 1 { 0 } else { 1 });
+    in_process(name, || {
+        let x = proc::mmap(name, "x", super::anon(PAGE_SIZE))?;
+        let y = proc::mmap(name, "y", super::anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x77)?, RunEnd::Done), "filling x");
+        ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
+        let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
+        // mprotect(x, PROT_NONE) from EL0 on this CPU, its flush dropped.
+        memory::SKIP_NEXT_PERM_FLUSH.store(true, Ordering::Relaxed);
+        let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], crate::proc::syscall::nr::MPROTECT, here);
+        let rb = b.map(|b| sched::wait(&b));
+        memory::SKIP_NEXT_PERM_FLUSH.store(false, Ordering::Relaxed);
+        let r = (|| -> Result<(), String> {
+            let rb = rb?;
+            ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed: x0 {:#x} x1 {:#x}", rb.x[0], rb.x[1]);
+            ensure!(desc_of(name, x).is_some_and(|d| !d.perms().el0), "mprotect(PROT_NONE) left EL0 access");
+            let c0 = user_u64(name, y.as_u64())?;
+            if let Some(regs) = sched::wait_until(&a, Some(500)) {
+                return Err(alloc::format!(
+                    "the reader stopped ({:?}) although the flush was dropped: its TLB entry did not stay stale",
+                    proc::run_end(&regs)
+                ));
+            }
+            let c1 = user_u64(name, y.as_u64())?;
+            ensure!(c1 > c0 + 1000, "the reader made only {} loads in 500 ms", c1 - c0);
+            println!("  flush dropped: the reader on cpu{there} loaded {} more times through its stale entry", c1 - c0);
+            Ok(())
+        })();
+        sched::kill(&a);
+        // Every TLB drops the stale entry with the unmap's flush.
+        proc::munmap(name, x, PAGE_SIZE)?;
+        r
+    })
+}
+
+kernel_test!(cursor_bbm_fork_wrprotect_flush);
+/// fork's write-protect (`copy_present_pte`: `ptep_set_wrprotect` on the
+/// parent's entries, then one flush of the parent's range): permission
+/// only, no BBM. A thread of the parent on another CPU keeps storing to a
+/// private page while the parent forks. With the flush, its next store
+/// takes the COW fault. Broken on purpose: with the flush dropped
+/// (`memory::SKIP_NEXT_PERM_FLUSH`) the writer goes on storing through its stale
+/// writable TLB entry into the page the child now shares, taking no fault
+/// although the entry is read-only. The test runs both, so each outcome is
+/// checked against the other; it failed when fork's flush was removed.
+fn cursor_bbm_fork_wrprotect_flush() -> Result<(), String> {
+    use super::sched_tests::{cpus, in_process, me, start, user_u64};
+    if cpus() < 2 {
+        return super::cannot_apply("one CPU: no other CPU's TLB to leave stale; this runs with --smp 2 or more");
+    }
+    let (pa, ch) = ("bbm_fork_parent", "bbm_fork_child");
+    let there = if me() == 1 { 0 } else { 1 };
+    in_process(pa, || {
+        let m = proc::mmap(pa, "m", super::anon(PAGE_SIZE))?;
+        ensure!(matches!(proc::access(pa, op::WRITE, m, PAGE_SIZE, 0x91)?, RunEnd::Done), "parent write");
+        // Returns whether the writer took a fault within `ms` after the fork.
+        let fork_under_writer = |sabotage: bool, ms: u64| -> Result<bool, String> {
+            let w = start(pa, &[op::STORE, m.as_u64(), 1 << 40, 0x92, 0], 0, there)?;
+            let r = (|| -> Result<bool, String> {
+                ensure!(
+                    crate::irq::wait_until(5000, || user_u64(pa, m.as_u64()).is_ok_and(|v| v & 0xff == 0x92)),
+                    "the writer on cpu{there} did not get going"
+                );
+                let f0 = proc::fault_count(pa);
+                memory::SKIP_NEXT_PERM_FLUSH.store(sabotage, Ordering::Relaxed);
+                // On this CPU: a command run on the writer's CPU would leave
+                // it through the empty TTBR0, which drops its TLB (QEMU).
+                let forked = sched::pin_to_caller(|| proc::fork(pa, ch));
+                memory::SKIP_NEXT_PERM_FLUSH.store(false, Ordering::Relaxed);
+                forked?;
+                // Read-only in the table, yet written through the TLB (unless
+                // the writer has COWed already).
+                ensure!(
+                    proc::fault_count(pa) > f0 || desc_of(pa, m).is_some_and(|d| d.perms().read_only),
+                    "fork did not write-protect the parent"
+                );
+                Ok(crate::irq::wait_until(ms, || proc::fault_count(pa) > f0))
+            })();
+            sched::kill(&w);
+            let _ = proc::exit(ch);
+            r
+        };
+        let faulted = fork_under_writer(true, 500)?;
+        ensure!(!faulted, "the writer faulted although fork's flush was dropped: no stale entry to observe");
+        ensure!(fork_under_writer(false, 3000)?, "with fork's flush the writer took no COW fault");
+        Ok(())
+    })
+}
+
+kernel_test!(cursor_bbm_contpte_fold_user);
+/// contpte fold on the user side. No user path folds live entries into a
+/// run (nor collapses a table into a block: THP collapse exists only on
+/// the kernel cursor, whose fold and collapse
+/// `cursor_bbm_kernel_split_collapse_fold` breaks on purpose): the fault
+/// path makes a run only into empty entries (`do_anonymous_page` with a
+/// run-sized folio). What can break is making a run where an entry is
+/// already present. Broken on purpose: setting the contiguous bit on a
+/// live entry through the `Pte` API - by `set_new` or by the CAS `update` -
+/// is refused (`NeedsBreakBeforeMake`, `NotPermissionBits`) and the entry
+/// is unchanged; and a write fault next to a present entry maps one page,
+/// not a run over it.
+fn cursor_bbm_contpte_fold_user() -> Result<(), String> {
+    use crate::mm::desc::CONT_BIT;
+    let run = crate::mm::memory::cont_size();
+    let order = (run / PAGE_SIZE).trailing_zeros() as u8;
+    let p = "bbm_fold";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", MmapArgs { align: run, folio_order: order, ..super::anon(2 * run) })?;
+        // A run into empty entries is what the fault path does.
+        ensure!(matches!(proc::access(p, op::WRITE, m + run, PAGE_SIZE, 0x51)?, RunEnd::Done), "write fault");
+        if !desc_of(p, m + run).is_some_and(|d| d.contiguous()) {
+            return super::cannot_apply("no run-sized folio (memory fragmented)");
+        }
+        // One entry of the other run present (the zero page), then a write
+        // fault elsewhere in it: no run may be made over the present entry.
+        ensure!(matches!(proc::access(p, op::CHECK, m + 3 * PAGE_SIZE, 1, 0)?, RunEnd::Done), "read fault");
+        let zero = desc_of(p, m + 3 * PAGE_SIZE).ok_or("the read fault mapped nothing")?;
+        ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x52)?, RunEnd::Done), "write next to it");
+        ensure!(desc_of(p, m).is_some_and(|d| !d.contiguous()), "a run was made over a present entry");
+        ensure!(desc_of(p, m + 3 * PAGE_SIZE) == Some(zero), "the present entry changed under the fault");
+        let (by_set, by_update, after) = with_pte(p, (m + 3 * PAGE_SIZE).as_u64(), |e| {
+            let old = e.get();
+            (e.set_new(Desc(old.0 | CONT_BIT)), e.update(CONT_BIT, 0), e.get())
+        })?;
+        ensure!(
+            matches!(by_set, Err(MapError::NeedsBreakBeforeMake { .. })),
+            "set_new folding a live entry: {by_set:?}"
+        );
+        ensure!(matches!(by_update, Err(MapError::NotPermissionBits(_))), "update folding a live entry: {by_update:?}");
+        ensure!(after == zero, "a refused fold changed the entry: {zero:?} -> {after:?}");
+        ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x52)?, RunEnd::Done), "data");
+        ensure!(matches!(proc::access(p, op::CHECK, m + run, PAGE_SIZE, 0x51)?, RunEnd::Done), "the run's data");
+        Ok(())
+    })();
+    let _ = proc::exit(p);
+    r
 }

@@ -26,12 +26,12 @@ use crate::proc::sched::{self, Task};
 use crate::proc::{self, RunEnd, syscall};
 
 
-fn me() -> usize {
+pub(super) fn me() -> usize {
     percpu::this_cpu().id
 }
 
 /// CPUs that run tasks: online and taking interrupts (bounded wait).
-fn cpus() -> usize {
+pub(super) fn cpus() -> usize {
     let n = percpu::ONLINE.load(Ordering::Acquire);
     let _ = crate::irq::wait_until(1000, || (0..n).all(crate::irq::ready));
     let usable = (0..n).take_while(|&c| crate::irq::ready(c)).count().max(1);
@@ -45,7 +45,7 @@ fn cpus() -> usize {
 }
 
 /// Runs `f` in a fresh process `name`, which exits afterwards whatever `f` did.
-fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+pub(super) fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     proc::spawn(name)?;
     let r = f();
     proc::exit(name)?;
@@ -53,7 +53,7 @@ fn in_process(name: &str, f: impl FnOnce() -> Result<(), String>) -> Result<(), 
     crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
 }
 
-fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
+pub(super) fn start(name: &str, x: &[u64], x8: u64, cpu: usize) -> Result<Arc<Task>, String> {
     Ok(proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(x, x8), Some(cpu))))?)
 }
 
@@ -177,8 +177,8 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
 }
 
 /// The u64 at user address `va` of `name`, read through the linear map.
-fn user_u64(name: &str, va: VirtAddr) -> Result<u64, String> {
-    let pa = proc::with_tables(name, |_, t| match t.translate(va) {
+pub(super) fn user_u64(name: &str, va: u64) -> Result<u64, String> {
+    let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr::new(va)) {
         Translation::Mapped { pa, .. } => Some(pa),
         _ => None,
     })?
@@ -190,8 +190,8 @@ fn user_u64(name: &str, va: VirtAddr) -> Result<u64, String> {
 
 /// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns
 /// it once the count shows it running (its TLB holds `x`).
-fn start_reader(name: &str, x: VirtAddr, y: VirtAddr, cpu: usize) -> Result<Arc<Task>, String> {
-    let a = start(name, &[op::READ_LOOP, x.as_u64(), y.as_u64()], 0, cpu)?;
+pub(super) fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc<Task>, String> {
+    let a = start(name, &[op::READ_LOOP, x, y], 0, cpu)?;
     if !crate::irq::wait_until(5000, || user_u64(name, y).is_ok_and(|c| c > 10_000)) {
         sched::kill(&a);
         return Err(alloc::format!("the reader on cpu{cpu} did not get going"));
@@ -211,13 +211,13 @@ fn reader_stopped(
     want: fn(FaultStatus) -> bool,
 ) -> Result<(), String> {
     let Some(regs) = sched::wait_until(a, Some(3000)) else {
-        let c1 = user_u64(name, y).unwrap_or(0);
+        let c1 = user_u64(name, y.as_u64()).unwrap_or(0);
         sched::kill(a);
         return Err(alloc::format!(
             "{what}: the reader kept loading through a stale TLB entry ({c0} -> {c1} loads after the call returned)"
         ));
     };
-    let c = user_u64(name, y)?;
+    let c = user_u64(name, y.as_u64())?;
     match proc::run_end(&regs) {
         RunEnd::Fault { addr, esr, .. } if addr == x && Esr(esr).fault_status().is_some_and(want) => {}
         e => return Err(alloc::format!("{what}: the reader ended with {e:?}, expected a fault at {x:#x}")),
@@ -254,11 +254,11 @@ fn sched_tlb_shootdown_between_threads() -> Result<(), String> {
             let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
             ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x77)?, RunEnd::Done), "filling x");
             ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
-            let a = start_reader(name, x, y, there)?;
+            let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
             // B: the system call from EL0, on this CPU (prot 0 = PROT_NONE).
             let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], nr, here)?;
             let rb = sched::wait(&b);
-            let c0 = user_u64(name, y)?;
+            let c0 = user_u64(name, y.as_u64())?;
             ensure!(
                 matches!(proc::run_end(&rb), RunEnd::Other { .. }) && rb.x[0] == 2 && rb.x[1] == 0,
                 "{what} from EL0 failed: x0 {:#x} x1 {:#x}",
@@ -300,7 +300,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let x = proc::mmap(name, "x", anon(PAGE_SIZE))?;
         let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x66)?, RunEnd::Done), "filling x");
-        let a = start_reader(name, x, y, there)?;
+        let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
         let kept = context::active_on(there);
         let before = context::ROLLOVERS.load(Ordering::Relaxed);
         // A tiny ASID space: the other processes use it up several times.
@@ -332,7 +332,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
         let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
         let rb = sched::wait(&b);
-        let c0 = user_u64(name, y)?;
+        let c0 = user_u64(name, y.as_u64())?;
         let mine = proc::with_proc(name, |p| Ok(p.mm.asid()))?;
         let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| {
             matches!(f, FaultStatus::Permission(_))

@@ -177,6 +177,74 @@ pub fn needs_bbm<R: Regime>(old: Desc, new: Desc, level: u32, g: Granule) -> boo
 /// How many entries the cursor keeps on its path (levels 0..=3).
 const MAX_LEVELS: usize = 4;
 
+/// Proof that the lock guarding a set of tables in regime `R` is held for
+/// writing (Linux's `pte_offset_map_lock` before `set_pte_at`): the user
+/// mm's page-table lock ([`PtlGuard`]) for [`Stage1User`], the kernel
+/// tables' write lock ([`KernelPgtableWrite`]) for [`Stage1Kernel`], or
+/// [`ExclusiveTables`] for tables nothing else can reach. [`CursorMut::new`]
+/// borrows one for as long as the cursor lives, so no cursor (and no entry
+/// it reaches) outlives the lock, and the wrong lock does not compile:
+///
+/// ```compile_fail
+/// # use pagelab::mm::pgtable::*;
+/// # use pagelab::mm::mm_struct::MmStruct;
+/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
+/// // A user mm's page-table lock is no proof for the kernel's tables:
+/// let ptl = mm.page_table_lock_guard();
+/// let c = CursorMut::new(&ptl, t, Stage1Kernel, fl);
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use pagelab::mm::pgtable::*;
+/// # use pagelab::mm::mm_struct::KernelPgtable;
+/// # fn f<M: TableMemory>(k: &KernelPgtable, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
+/// // Holding the kernel tables' lock for read is not enough to edit them:
+/// let r = k.read();
+/// let c = CursorMut::new(&r, t, Stage1Kernel, fl);
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # use pagelab::mm::pgtable::*;
+/// # use pagelab::mm::mm_struct::MmStruct;
+/// # fn f<M: TableMemory>(mm: &MmStruct, t: &mut Tables<'_, M>, fl: &mut (dyn TlbFlush + 'static)) {
+/// // The cursor cannot outlive the lock it borrows:
+/// let c = {
+///     let ptl = mm.page_table_lock_guard();
+///     CursorMut::new(&ptl, t, Stage1User { asid: 1 }, fl)
+/// };
+/// c.finish();
+/// # }
+/// ```
+///
+/// # Safety
+/// Implemented only for guards whose existence proves that no other code
+/// stores to the tables a cursor built with them edits.
+pub unsafe trait PgtableLock<R: Regime> {}
+
+// SAFETY: every store to a user mm's tables is made under its page-table lock.
+unsafe impl PgtableLock<Stage1User> for crate::mm::mm_struct::PtlGuard<'_> {}
+// SAFETY: every change to the kernel tables takes their lock for write.
+unsafe impl PgtableLock<Stage1Kernel> for crate::mm::mm_struct::KernelPgtableWrite<'_> {}
+// SAFETY: `ExclusiveTables::new`'s contract.
+unsafe impl<R: Regime> PgtableLock<R> for ExclusiveTables {}
+
+/// Proof for tables no other code can reach, so no lock guards them: tables
+/// a test builds for itself (host tests, `AT` checks on private tables),
+/// and stage-2 tables until a VM has its own lock.
+pub struct ExclusiveTables(());
+
+impl ExclusiveTables {
+    /// # Safety
+    /// The tables of every cursor built with this proof are reachable only
+    /// through that cursor's [`Tables`]: not linked into tables another CPU
+    /// or another code path can edit.
+    pub unsafe fn new() -> Self {
+        Self(())
+    }
+}
+
 /// A cursor over one set of live tables: a range editor that tracks BBM,
 /// flushes, and detached tables for one batch of changes.
 pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
@@ -203,7 +271,10 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
-    pub fn new(t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
+    /// A cursor over `t`, whose lock `lock` proves is held (the cursor
+    /// borrows it for its whole life; see [`PgtableLock`]).
+    pub fn new<L: PgtableLock<R>>(lock: &'a L, t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
+        let _ = lock;
         let (root, start) = (t.root, t.start_level);
         let mut path = [PhysAddr::new(0); MAX_LEVELS];
         path[start as usize] = root;
@@ -1184,6 +1255,12 @@ mod tests {
         }
     }
 
+    /// Host tables are the test's own: each lives in its own HostMem.
+    fn excl() -> &'static ExclusiveTables {
+        static E: ExclusiveTables = ExclusiveTables(());
+        &E
+    }
+
     const MIB: u64 = 1 << 20;
     const K4: Granule = Granule::K4;
 
@@ -1208,7 +1285,7 @@ mod tests {
         .unwrap();
         assert_eq!(level_at(&t, 0x4000_0000), Some((2, 0x8000_0000)));
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 7 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 7 }, &mut rec);
         l.split(VirtAddr::new(0x4000_1234), 2).unwrap();
         let d = l.finish();
         assert!(d.0.is_empty());
@@ -1228,7 +1305,7 @@ mod tests {
         t.map(VirtAddr::new(0x4020_0000), PhysAddr::new(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
         let down = TableAttrs { read_only: true, ..TableAttrs::NONE };
         l.limit_table(VirtAddr::new(0x4000_0000), 1, up).unwrap();
@@ -1262,11 +1339,11 @@ mod tests {
         )
         .unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         l.split(VirtAddr::new(0x4000_0000), 1).unwrap();
         let _ = l.finish();
         assert_eq!(level_at(&t, 0x4020_0000), Some((2, 0x4020_0000)));
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         l.collapse(VirtAddr::new(0x4000_0000), 1).unwrap();
         let d = l.finish();
         assert_eq!(d.0.len(), 1, "the 2M-block table is detached");
@@ -1288,7 +1365,7 @@ mod tests {
         )
         .unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         l.protect(VirtAddr::new(0x4000_3000), 4096, 1 << 7, 0).unwrap();
         assert!(matches!(l.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
         l.protect(VirtAddr::new(0x4000_3000), 4096, 0, 1 << 7).unwrap();
@@ -1307,7 +1384,7 @@ mod tests {
             LeafSizes::PagesOnly,
         )
         .unwrap();
-        let mut l2 = CursorMut::new(&mut t2, Stage1Kernel, &mut rec);
+        let mut l2 = CursorMut::new(excl(), &mut t2, Stage1Kernel, &mut rec);
         assert!(matches!(l2.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
         let _ = l2.finish();
     }
@@ -1325,7 +1402,7 @@ mod tests {
         )
         .unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         l.make_contiguous(VirtAddr::new(0x10_5000), 3).unwrap();
         let _ = l.finish();
         for i in 0..16 {
@@ -1336,7 +1413,7 @@ mod tests {
         }
         assert_eq!(rec.flushes[0], (0x10_0000, 64 * 1024, Some(3), true), "BBM over the whole run");
         // Protecting one page of the run must split the run first.
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         l.protect(VirtAddr::new(0x10_2000), 4096, 1 << 7, 0).unwrap();
         let _ = l.finish();
         for i in 0..16 {
@@ -1349,7 +1426,7 @@ mod tests {
             }
         }
         // A misaligned or mixed run is refused.
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 3 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         assert!(matches!(l.make_contiguous(VirtAddr::new(0x10_0000), 3), Err(MapError::NotContiguous { .. })));
         let _ = l.finish();
     }
@@ -1368,7 +1445,7 @@ mod tests {
         )
         .unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 1 }, &mut rec);
         // Unmap from the middle of the first block to the middle of the second.
         l.unmap(VirtAddr::new(0x4010_0000), 2 * MIB).unwrap();
         let d = l.finish();
@@ -1378,7 +1455,7 @@ mod tests {
         assert_eq!(level_at(&t, 0x402f_f000), None);
         assert_eq!(level_at(&t, 0x4030_0000), Some((3, 0x4030_0000)));
         // Unmap everything: the level-3 and lower tables become empty and are detached.
-        let mut l = CursorMut::new(&mut t, Stage1User { asid: 1 }, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 1 }, &mut rec);
         l.unmap(VirtAddr::new(0x4000_0000), 4 * MIB).unwrap();
         let d = l.finish();
         // Everything under the range is now empty: both level-3 tables, then
@@ -1394,7 +1471,7 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         assert!(
             matches!(l.protect(VirtAddr::new(0x1000), 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
             "AttrIndx needs BBM"
@@ -1412,7 +1489,7 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         l.break_entry(table, idx, 0x1000, 4096);
         let new = Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs::KERNEL_RW);
@@ -1421,7 +1498,7 @@ mod tests {
         l.make_entry(table, idx, 0x1000, 3, new).unwrap();
         let _ = l.finish();
         // And a direct replacement that needs BBM is refused too.
-        let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         let other = Desc::leaf(PhysAddr::new(0x9000), 3, LeafAttrs::KERNEL_RW);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
@@ -1439,7 +1516,7 @@ mod tests {
             let mut t = Tables::new(root, g, start, &mut mem);
             t.map(VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
             let mut rec = Rec::default();
-            let mut l = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+            let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
             l.split(VirtAddr::new(blk), 2).unwrap();
             l.make_contiguous(VirtAddr::new(blk), 3).unwrap();
             l.collapse(VirtAddr::new(blk), 2).unwrap();
@@ -1468,7 +1545,7 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
         let mut rec = S2Rec::default();
-        let mut c = CursorMut::new(&mut t, Stage2 { vmid: 9 }, &mut rec);
+        let mut c = CursorMut::new(excl(), &mut t, Stage2 { vmid: 9 }, &mut rec);
         // Map 4 pages into holes, creating tables on the way.
         for i in 0..4u64 {
             let ipa = 0x8000_0000 + i * 4096;
@@ -1509,7 +1586,7 @@ mod tests {
         t.map(VirtAddr::new(0x1f_f000), PhysAddr::new(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .unwrap();
         let mut rec = Rec::default();
-        let mut c = CursorMut::new(&mut t, Stage1User { asid: 5 }, &mut rec);
+        let mut c = CursorMut::new(excl(), &mut t, Stage1User { asid: 5 }, &mut rec);
         assert_eq!(c.jump(VirtAddr::new(0x1f_f000), 3), 3);
         c.move_forward();
         assert_eq!((c.va(), c.level()), (VirtAddr::new(0x20_0000), 3));
@@ -1550,7 +1627,7 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
-        let mut c = CursorMut::new(&mut t, Stage1Kernel, &mut rec);
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
         let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
         let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
@@ -1597,7 +1674,7 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .unwrap();
-        let (table, idx) = CursorMut::new(&mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
+        let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
         // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.

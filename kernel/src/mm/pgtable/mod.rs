@@ -12,7 +12,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 pub mod atcheck;
 pub mod cursor;
-pub use cursor::{CursorMut, Detached, Pte, PteRun, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush};
+pub use cursor::{
+    CursorMut, Detached, ExclusiveTables, PgtableLock, Pte, PteRun, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush,
+};
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind, LeafAttrs, TableAttrs};
