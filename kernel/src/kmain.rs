@@ -121,7 +121,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
                 .as_ref()
                 .and_then(|a| a.regs.first())
                 .filter(|a| page(a.start.as_u64()) == page(u.start.as_u64()))
-                .map(|a| io_virt(crate::mm::addr::PhysAddr::new(a.start.as_u64() + 4)).as_u64());
+                .map(|a| io_virt(a.start + 4).as_u64());
             // The VPU clock the firmware fixes with enable_uart=1; used only
             // if the firmware left the UART off (so it set no baud rate).
             let clock = if board.compatible_any(&["brcm,bcm2711", "brcm,bcm2712"]) { 500_000_000 } else { 250_000_000 };

@@ -98,7 +98,7 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
                 let mut folio = base;
                 if d.contiguous() {
                     size *= g.contiguous_entries(level) as u64;
-                    folio = PhysAddr::new(base.as_u64() & !(size - 1));
+                    folio = base.align_down(size);
                 }
                 let exact = PhysAddr::new((folio.as_u64() + (addr.as_u64() & (size - 1))) & !(g.page_size() - 1));
                 let fw_level = match level {

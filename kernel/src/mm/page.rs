@@ -453,7 +453,7 @@ pub fn split_entire_folio(
     }
     let sub = 1u64 << new_order;
     for k in 0..(1u64 << (order - new_order)) {
-        let hpa = PhysAddr::new(pa.as_u64() + ((k * sub) << PAGE_SHIFT));
+        let hpa = pa + ((k * sub) << PAGE_SHIFT);
         let head = pfn_to_page(hpa).expect("folio page outside RAM");
         for i in 1..sub {
             let t = pfn_to_page(hpa + (i << PAGE_SHIFT)).expect("folio page outside RAM");

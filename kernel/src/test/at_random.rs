@@ -121,7 +121,7 @@ impl Layout {
         };
         let slot = ((va - self.base) / self.slot) as usize;
         let limits = if reg.under_table { self.upper.and_then(self.slot_limits[slot]) } else { self.upper };
-        Request::Exact { pa: PhysAddr::new(reg.pa.as_u64() + (va - reg.va)), attrs: reg.attrs, limits }
+        Request::Exact { pa: reg.pa + (va - reg.va), attrs: reg.attrs, limits }
     }
 
     fn sabotage_at(&self, va: u64) -> Option<Sabotage> {
