@@ -7,11 +7,12 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 use crate::arch::aarch64::boot::MAX_CPUS;
+use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::arch::{cpu, percpu, psci, semihosting};
 use crate::board::dt::{self, BoardInfo};
 use crate::mm::addr::{PhysRange, VirtAddr};
 use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
-use crate::mm::layout::{FIXMAP_BASE, io_virt};
+use crate::mm::layout::io_virt;
 use crate::mm::{frame, heap, kmap};
 use crate::{println, sym_addr};
 

@@ -382,7 +382,7 @@ fn ptdump_kernel() -> Outcome {
     walk_kernel_page_table_range(
         &kmap::KERNEL_PGTABLE.read(),
         &kmap::LiveRead,
-        VirtAddr::new(crate::mm::layout::PAGE_OFFSET),
+        VirtAddr::new(crate::arch::aarch64::memory::PAGE_OFFSET),
         VirtAddr::new(0),
         &mut d,
     );

@@ -15,10 +15,11 @@ use super::addr::{PhysAddr, PhysRange, VirtAddr};
 use super::desc::LeafAttrs;
 use super::frame::{self, Owner};
 use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
-use super::layout::{IO_BASE, IO_END, KIMAGE_VADDR, io_virt, phys_to_virt};
+use super::layout::{io_virt, phys_to_virt};
 use super::mm_struct::KernelPgtable;
 use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
+use crate::arch::aarch64::memory::{IO_BASE, IO_END, KIMAGE_VADDR};
 use crate::sym_addr;
 
 /// Pages reserved in the image for the initial kernel tables.

@@ -1051,34 +1051,67 @@ fn clear_range(
     tlb: &mut MmuGather,
 ) {
     let g = GRANULE;
+    if level == 3 {
+        // `[start, end)` lies in this table (its level-2 entry's span).
+        let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
+        zap_pte_range(entry(ptl, mem, table, first).run(last - first + 1), start, tlb, mem);
+        return;
+    }
     let size = g.level_size(level);
     let mut va = start;
     while va < end {
         let entry_va = va & !(size - 1);
         let chunk_end = (entry_va + size).min(end);
         let e = entry(ptl, mem, table, g.index(va, level));
-        let d = e.get();
-        if level == 3 || matches!(d.kind(level, g), Kind::Leaf(_)) {
-            // A page, or a block the range covers whole (the edges were split).
-            if d.0 != 0 {
+        match e.get().kind(level, g) {
+            // A block the range covers whole (the edges were split).
+            Kind::Leaf(_) => {
                 let old = e.get_and_clear();
                 if old.is_valid() {
                     tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
                     if !old.special() {
-                        let pa = old.output_address(size);
-                        if level == 3 { tlb.remove_page(mem, pa) } else { tlb.remove_block(mem, pa) }
+                        tlb.remove_block(mem, old.output_address(size));
                     }
                 }
             }
-        } else if let Kind::Table(next) = d.kind(level, g) {
-            clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
-            if va == entry_va && chunk_end == entry_va + size {
-                // Unlinked before it joins the batch, which may free it at once.
-                e.get_and_clear();
-                tlb.remove_table(mem, next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+            Kind::Table(next) => {
+                clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
+                if va == entry_va && chunk_end == entry_va + size {
+                    // Unlinked before it joins the batch, which may free it at once.
+                    e.get_and_clear();
+                    tlb.remove_table(mem, next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+                }
             }
+            _ => {}
         }
         va = chunk_end;
+    }
+}
+
+/// Linux `zap_pte_range`: clears the level-3 `run` starting at `va`,
+/// each entry with an atomic swap, and gathers the pages. The flush range
+/// is given once, from the first valid entry to the run's end, before that
+/// entry's page joins the batch, and again after a batch that fills up
+/// mid-run went (its flush emptied the range), so every flush covers the
+/// entries cleared before it.
+#[inline(always)]
+fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameTableMem) {
+    let mut in_range = false;
+    for i in 0..run.len() {
+        if run.get(i).0 == 0 {
+            continue;
+        }
+        let old = run.get_and_clear(i);
+        if !old.is_valid() {
+            continue;
+        }
+        if !in_range {
+            in_range = true;
+            tlb.flush_range(VirtAddr::new(va + i as u64 * PAGE_SIZE), VirtAddr::new(va + run.len() as u64 * PAGE_SIZE));
+        }
+        if !old.special() && tlb.remove_page(mem, old.output_address(PAGE_SIZE)) {
+            in_range = false;
+        }
     }
 }
 

@@ -89,13 +89,21 @@ impl MmuGather {
         self.flush_if_full(mem);
     }
 
-    /// Linux `__tlb_remove_page`: a page whose entry is already cleared;
-    /// its mapping and reference go after the flush.
-    pub fn remove_page(&mut self, mem: &mut FrameTableMem, pa: PhysAddr) {
+    /// Linux `__tlb_remove_page`: a page whose entry is already cleared
+    /// (and its range given to [`Self::flush_range`]); its mapping and
+    /// reference go after the flush. Returns whether that filled the batch
+    /// and it went ([`Self::flush_mmu`]): the flush range is empty again,
+    /// so the caller gives the range of the entries it clears next anew.
+    #[must_use]
+    pub fn remove_page(&mut self, mem: &mut FrameTableMem, pa: PhysAddr) -> bool {
         trace(GatherEvent::Gathered(pa));
         self.pages[self.nr_pages] = pa;
         self.nr_pages += 1;
-        self.flush_if_full(mem);
+        let full = self.nr_pages == BATCH_PAGES;
+        if full {
+            self.flush_mmu(mem);
+        }
+        full
     }
 
     /// A block whose entry is already cleared; its mapping goes after the flush.

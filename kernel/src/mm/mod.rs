@@ -1,7 +1,7 @@
 //! Memory management.
 //!
-//! Pure parts (host-tested): [`granule`] arithmetic, [`addr`] types, the
-//! kernel virtual [`layout`], translation-table [`desc`]riptors, the table
+//! Pure parts (host-tested): [`addr`] types, the typed kernel virtual
+//! [`layout`] helpers, translation-table [`desc`]riptors, the table
 //! builder/walker in [`pgtable`] and the [`ptdump`] formatter.
 //! Hardware parts: the [`frame`] allocator, the kernel [`heap`] and the live
 //! kernel tables in [`kmap`].
@@ -10,7 +10,8 @@ pub mod desc;
 pub mod error;
 pub mod fail_alloc;
 pub mod folio_walk;
-pub mod granule;
+// The granule is a hardware fact (arch's); mm's many users keep this path.
+pub use crate::arch::aarch64::granule;
 #[cfg(target_os = "none")]
 pub mod gup;
 #[cfg(target_os = "none")]

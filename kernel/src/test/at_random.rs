@@ -33,7 +33,7 @@ use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap::{self, FrameTableMem};
-use crate::mm::layout::{TEST_WINDOW, TEST_WINDOW_END};
+use crate::arch::aarch64::memory::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
 use crate::mm::pgtable::{CursorMut, Regime, Stage1User};
 use crate::mm::pgtable::{

@@ -19,7 +19,8 @@ use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::Kind;
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
-use crate::mm::layout::{FIXMAP_BASE, io_virt, phys_to_virt};
+use crate::arch::aarch64::memory::FIXMAP_BASE;
+use crate::mm::layout::{io_virt, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::sym_addr;
 

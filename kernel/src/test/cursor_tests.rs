@@ -24,7 +24,7 @@ use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
-use crate::mm::layout::TEST_WINDOW;
+use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::memory;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::mmu_gather::{self, GatherEvent};

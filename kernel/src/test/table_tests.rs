@@ -16,7 +16,7 @@ use crate::mm::desc::{LeafAttrs, TableAttrs};
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kmap;
-use crate::mm::layout::TEST_WINDOW;
+use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
 

@@ -16,17 +16,17 @@
 
 use core::arch::global_asm;
 
+use super::granule::{GRANULE, Granule, PAGE_SHIFT, PAGE_SIZE, START_LEVEL, USER_START_LEVEL};
+use super::memory::FIXMAP_BASE;
 use crate::arch::aarch64::regs::{TCR_BASE, mair, sctlr, tcr};
-use crate::mm::granule::{GRANULE, PAGE_SHIFT, PAGE_SIZE, START_LEVEL};
-use crate::mm::layout::FIXMAP_BASE;
 
 /// Pages in the early table pool (both TTBRs). With 4K pages an image of up
 /// to 8 MiB needs 3 + 5 tables for TTBR1, 3 + 5 for TTBR0 and 4 for the DTB
 /// window; larger granules need far fewer tables.
 pub const EARLY_POOL_PAGES: usize = match GRANULE {
-    crate::mm::granule::Granule::K4 => 24,
-    crate::mm::granule::Granule::K16 => 14,
-    crate::mm::granule::Granule::K64 => 10,
+    Granule::K4 => 24,
+    Granule::K16 => 14,
+    Granule::K64 => 10,
 };
 
 #[repr(C, align(65536))]
@@ -51,9 +51,9 @@ pub static mut SPIN_TABLE_MPIDR: [u64; MAX_CPUS] = [u64::MAX; MAX_CPUS];
 
 /// Image header flags: little-endian, page size, placement anywhere.
 const IMAGE_FLAGS: u64 = (match GRANULE {
-    crate::mm::granule::Granule::K4 => 1,
-    crate::mm::granule::Granule::K16 => 2,
-    crate::mm::granule::Granule::K64 => 3,
+    Granule::K4 => 1,
+    Granule::K16 => 2,
+    Granule::K64 => 3,
 } << 1)
     | (1 << 3);
 
@@ -61,12 +61,12 @@ const IMAGE_FLAGS: u64 = (match GRANULE {
 /// that mean "not implemented" (TGran4/64: 0xf; TGran16: 0; the second value
 /// repeats the first where there is only one).
 const TGRAN_SHIFT: u32 = match GRANULE {
-    crate::mm::granule::Granule::K4 => 28,
-    crate::mm::granule::Granule::K16 => 20,
-    crate::mm::granule::Granule::K64 => 24,
+    Granule::K4 => 28,
+    Granule::K16 => 20,
+    Granule::K64 => 24,
 };
 const TGRAN_BAD: (u64, u64) = match GRANULE {
-    crate::mm::granule::Granule::K16 => (0, 0),
+    Granule::K16 => (0, 0),
     _ => (0xf, 0xf),
 };
 
@@ -389,7 +389,7 @@ secondary_switched:
     page_mask = const !(PAGE_SIZE - 1),
     fixmap = const FIXMAP_BASE,
     start_level = const START_LEVEL,
-    user_start_level = const crate::mm::granule::USER_START_LEVEL,
+    user_start_level = const USER_START_LEVEL,
     pool_pages = const EARLY_POOL_PAGES,
     early_attrs = const EARLY_PAGE_ATTRS,
     sctlr_init = const sctlr::INIT,

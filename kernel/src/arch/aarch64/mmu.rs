@@ -16,7 +16,7 @@
 
 use aarch64_cpu::registers::*;
 
-use crate::mm::granule::{GRANULE, Granule};
+use super::granule::{GRANULE, Granule};
 
 fn mair() -> u64 {
     use MAIR_EL1::*;

@@ -2,8 +2,11 @@
 //! maintenance, ASIDs, `AT`.
 //!
 //! Everything that needs `asm!` is in this module and gated on the bare-metal
-//! target; [`esr`] and [`regs`] are pure and unit-tested on the host.
+//! target; [`esr`], [`granule`], [`memory`] (the kernel VA layout) and
+//! [`regs`] are pure and unit-tested on the host.
 pub mod esr;
+pub mod granule;
+pub mod memory;
 pub mod regs;
 
 #[cfg(target_os = "none")]

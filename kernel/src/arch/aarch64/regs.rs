@@ -4,7 +4,7 @@
 //! Rust side programs the same registers through `aarch64-cpu`; a test checks
 //! that both agree. Bit positions follow the Arm ARM (DDI 0487).
 
-use crate::mm::granule::{GRANULE, Granule};
+use super::granule::{GRANULE, Granule};
 
 /// MAIR_EL1 attribute indices, numbered like Linux's arm64 `MT_*`.
 pub mod mair {

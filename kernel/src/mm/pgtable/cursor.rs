@@ -1208,6 +1208,13 @@ impl<'l> PteRun<'l> {
         self.pte(i).get()
     }
 
+    /// [`Pte::get_and_clear`] on entry `i`: an atomic swap that keeps
+    /// every AF/dirty update the MMU made.
+    #[inline(always)]
+    pub fn get_and_clear(self, i: usize) -> Desc {
+        self.pte(i).get_and_clear()
+    }
+
     /// [`Pte::modify`] on entry `i`, starting from `seen`, the value the
     /// caller loaded from it (no second load): `f` may change only
     /// permission bits, and reruns on what the MMU left if it wrote the

@@ -12,7 +12,7 @@ use core::arch::asm;
 
 use super::super::cpu::dsb_ishst;
 
-use crate::mm::granule::{GRANULE, Granule, PAGE_SHIFT};
+use super::super::granule::{GRANULE, Granule, PAGE_SHIFT};
 
 /// Whether this CPU implements FEAT_TLBIRANGE (ID_AA64ISAR0_EL1.TLB >= 0b0010).
 pub fn has_tlbi_range() -> bool {

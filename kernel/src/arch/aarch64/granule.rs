@@ -1,10 +1,11 @@
-//! Translation granule arithmetic (4K, 16K, 64K) for a 48-bit VA.
+//! Translation granule arithmetic (4K, 16K, 64K) for a 48-bit VA (Linux
+//! `arch/arm64/include/asm/page-def.h` and `pgtable-hwdef.h`).
 //!
-//! The granule is chosen at build time (cargo feature `granule-4k`; 16K and
-//! 64K arrive with the tables issue) but every function here takes the
-//! granule as a value so all three are unit-tested on the host.
+//! The granule is chosen at build time (cargo features `granule-4k`,
+//! `granule-16k`, `granule-64k`) but every function here takes the granule as
+//! a value so all three are unit-tested on the host.
 
-use crate::arch::aarch64::regs::VA_BITS;
+use super::regs::{USER_VA_BITS, VA_BITS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Granule {
@@ -94,7 +95,7 @@ pub const PAGE_SIZE: u64 = GRANULE.page_size();
 pub const START_LEVEL: u32 = GRANULE.start_level(VA_BITS);
 /// The first level of user (TTBR0) tables: the same as the kernel's with
 /// 48-bit user VAs, one lower with `va39`.
-pub const USER_START_LEVEL: u32 = GRANULE.start_level(crate::arch::aarch64::regs::USER_VA_BITS);
+pub const USER_START_LEVEL: u32 = GRANULE.start_level(USER_VA_BITS);
 
 /// Rounds `x` up to a multiple of the power of two `align`.
 pub const fn align_up(x: u64, align: u64) -> u64 {
