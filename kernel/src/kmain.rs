@@ -10,7 +10,7 @@ use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::arch::{cpu, percpu, psci, semihosting};
 use crate::board::dt::{self, BoardInfo};
-use crate::mm::addr::PhysRange;
+use crate::mm::addr::{PhysRange, VirtAddr};
 use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
 use crate::mm::layout::io_virt;
 use crate::mm::{frame, heap, kmap};
@@ -97,12 +97,12 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     // allocator for `mmap pfn=PHYS` (remap_pfn_range-style) mappings.
     if let Some(top) = board.ram.iter().max_by_key(|r| r.end) {
         let pool = PhysRange::new(
-            align_down(top.end.0, 2 << 20) - crate::mm::memory::PFN_POOL_SIZE,
-            align_down(top.end.0, 2 << 20),
+            align_down(top.end.as_u64(), 2 << 20) - crate::mm::memory::PFN_POOL_SIZE,
+            align_down(top.end.as_u64(), 2 << 20),
         );
         if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
             reserved.push((pool, "PFN pool (mmap pfn=)"));
-            crate::mm::memory::set_pfn_pool(pool.start.0, pool.end.0);
+            crate::mm::memory::set_pfn_pool(pool.start, pool.end);
         }
     }
     let cuts: Vec<PhysRange> = reserved.iter().map(|r| r.0).collect();
@@ -121,16 +121,16 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
                 .aux
                 .as_ref()
                 .and_then(|a| a.regs.first())
-                .filter(|a| page(a.start.0) == page(u.start.0))
-                .map(|a| io_virt(crate::mm::addr::PhysAddr(a.start.0 + 4)).0);
+                .filter(|a| page(a.start.as_u64()) == page(u.start.as_u64()))
+                .map(|a| io_virt(a.start + 4).as_u64());
             // The VPU clock the firmware fixes with enable_uart=1; used only
             // if the firmware left the UART off (so it set no baud rate).
             let clock = if board.compatible_any(&["brcm,bcm2711", "brcm,bcm2712"]) { 500_000_000 } else { 250_000_000 };
             // SAFETY: kmap mapped the UART's page (AUX_ENABLES included) as Device memory.
-            unsafe { crate::drivers::uart::init_mini(io_virt(u.start).0, enables, clock) };
+            unsafe { crate::drivers::uart::init_mini(io_virt(u.start).as_u64(), enables, clock) };
         } else {
             // SAFETY: kmap mapped the UART registers as Device memory there.
-            unsafe { crate::drivers::uart::init(io_virt(u.start).0) };
+            unsafe { crate::drivers::uart::init(io_virt(u.start).as_u64()) };
         }
     }
     crate::drivers::logger::init(board.bootarg("loglevel"));
@@ -271,8 +271,10 @@ fn start_secondaries() {
     let b = boot();
     let psci = psci::available();
     let me = crate::arch::aarch64::sysreg::mpidr_affinity();
-    let psci_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::secondary_entry as *const () as u64).0;
-    let spin_entry = kmap::kimage_to_phys(crate::arch::aarch64::boot::spin_table_entry as *const () as u64).0;
+    let psci_entry =
+        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::secondary_entry as *const () as u64)).as_u64();
+    let spin_entry =
+        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::spin_table_entry as *const () as u64)).as_u64();
     let mut next = 1usize;
     for c in &b.board.cpus {
         if c.mpidr == me {
@@ -332,7 +334,7 @@ fn spin_table_release(c: &dt::CpuNode, id: usize, entry: u64) -> Result<(), ()> 
         log::error!("cpu with MPIDR {:#x}: spin-table without cpu-release-addr; it stays parked", c.mpidr);
         return Err(());
     };
-    if rel & 7 != 0 || !boot().board.ram.iter().any(|r| rel >= r.start.0 && rel + 8 <= r.end.0) {
+    if rel & 7 != 0 || !boot().board.ram.iter().any(|r| rel >= r.start.as_u64() && rel + 8 <= r.end.as_u64()) {
         log::error!(
             "cpu with MPIDR {:#x}: cpu-release-addr {rel:#x} is not an aligned RAM address; it stays parked",
             c.mpidr
@@ -346,7 +348,7 @@ fn spin_table_release(c: &dt::CpuNode, id: usize, entry: u64) -> Result<(), ()> 
         slot.write_volatile(c.mpidr);
         cpu::dcache_clean_poc(slot as u64, 8);
     }
-    let va = crate::mm::layout::phys_to_virt(crate::mm::addr::PhysAddr(rel)).0 as *mut u64;
+    let va = crate::mm::layout::phys_to_virt(crate::mm::addr::PhysAddr::new(rel)).as_u64() as *mut u64;
     // SAFETY: `rel` is an aligned RAM address (checked above), so it is in
     // the linear map; the devicetree hands the word to us for this release
     // (and reserves it: /memreserve/), nothing else writes it.
@@ -367,7 +369,7 @@ extern "C" fn secondary_main(id: u64) -> ! {
     crate::arch::aarch64::mmu::program();
     let (_, empty) = kmap::roots();
     // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
-    unsafe { cpu::set_ttbr0(empty.0) };
+    unsafe { cpu::set_ttbr0(empty.as_u64()) };
     percpu::init_this_cpu(id);
     if crate::irq::ready(0)
         && let Err(e) = crate::irq::init_this_cpu()

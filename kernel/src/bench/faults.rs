@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 
 use super::{instructions, median};
 use crate::arch::aarch64::user::op;
+use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::println;
@@ -35,7 +36,7 @@ fn touch(p: &str, va: u64, pages: u64, write: bool) -> (u64, u64) {
 fn touch_stride(p: &str, va: u64, count: u64, stride: u64, write: bool) -> (u64, u64) {
     let f0 = proc::fault_count(p);
     let t0 = instructions();
-    let r = proc::access_stride(p, if write { op::STORE } else { op::TOUCH_READ }, va, count, stride);
+    let r = proc::access_stride(p, if write { op::STORE } else { op::TOUCH_READ }, VirtAddr::new(va), count, stride);
     let dt = instructions() - t0;
     assert!(matches!(r, Ok(RunEnd::Done)), "bench touch failed: {r:?}");
     (dt, proc::fault_count(p) - f0)
@@ -72,6 +73,7 @@ fn region_thp(rep: usize, tag: &str, folio_order: u8) -> u64 {
         },
     )
     .expect("bench mmap")
+    .as_u64()
 }
 
 /// Runs the fault benchmarks; returns the number of problems.
@@ -171,7 +173,7 @@ pub fn run() -> usize {
                 check(what, f, blocks);
                 let (base, f) = touch_stride(PROC, r, blocks, 2 << 20, write);
                 check("thp baseline", f, 0);
-                if (0..blocks).any(|i| proc::mapped_level(PROC, r + i * (2 << 20)) != Some(2)) {
+                if (0..blocks).any(|i| proc::mapped_level(PROC, VirtAddr::new(r + i * (2 << 20))) != Some(2)) {
                     check("every 2M block-mapped", 0, 1);
                 }
                 (r, (t - base) * 10 / blocks)

@@ -8,7 +8,7 @@
 
 use alloc::vec::Vec;
 
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::LeafAttrs;
 use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::mm::kmap::FrameTableMem;
@@ -57,8 +57,9 @@ fn build_linear(sizes: LeafSizes) -> (u64, usize, PhysAddr, FrameTableMem) {
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         for r in &ram {
-            let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
-            t.map(phys_to_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_RW, sizes).expect("bench map");
+            let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
+            t.map(phys_to_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_RW, sizes)
+                .expect("bench map");
         }
     }
     let dt = instructions() - t0;
@@ -117,7 +118,15 @@ pub fn run_all() -> usize {
     for _ in 0..REPS {
         let mut c = Counter(0);
         let t0 = instructions();
-        let r = walk_tables_with(&mem, GRANULE, root, START_LEVEL, 0xffff_0000_0000_0000, 0, &mut c);
+        let r = walk_tables_with(
+            &mem,
+            GRANULE,
+            root,
+            START_LEVEL,
+            VirtAddr::new(0xffff_0000_0000_0000),
+            VirtAddr::new(0),
+            &mut c,
+        );
         let dt = (instructions() - t0).max(1);
         if r != 0 {
             problems += 1;

@@ -390,8 +390,8 @@ mod tests {
         assert_eq!(uart.path, "/pl011@9000000");
         let gic = b.gic.clone().unwrap();
         assert_eq!(gic.version, GicVersion::V2);
-        assert_eq!(gic.dev.regs[0].start.0, 0x0800_0000);
-        assert_eq!(gic.dev.regs[1].start.0, 0x0801_0000);
+        assert_eq!(gic.dev.regs[0].start.as_u64(), 0x0800_0000);
+        assert_eq!(gic.dev.regs[1].start.as_u64(), 0x0801_0000);
         assert_eq!(gic.distributor().unwrap(), PhysRange::new(0x0800_0000, 0x0801_0000));
         assert_eq!(gic.cpu_or_redistributors().unwrap(), PhysRange::new(0x0801_0000, 0x0802_0000));
         assert_eq!(b.timer_intid(TimerIrq::Virt), Some(27));

@@ -278,16 +278,19 @@ fn info() -> Outcome {
         crate::mm::granule::USER_START_LEVEL
     );
     for r in &b.board.ram {
-        let _ = writeln!(o, "RAM      {:#014x}-{:#014x} {}", r.start.0, r.end.0, Bytes(r.size()));
+        let _ = writeln!(o, "RAM      {:#014x}-{:#014x} {}", r.start.as_u64(), r.end.as_u64(), Bytes(r.size()));
     }
     for (r, what) in &b.reserved {
-        let _ = writeln!(o, "reserved {:#014x}-{:#014x} {what}", r.start.0, r.end.0);
+        let _ = writeln!(o, "reserved {:#014x}-{:#014x} {what}", r.start.as_u64(), r.end.as_u64());
     }
     if let Some(u) = &b.board.uart {
         let _ = writeln!(
             o,
             "uart     {} at {:#x} ({}; by {})",
-            u.path, u.regs[0].start.0, u.compatible, b.board.uart_chosen_by
+            u.path,
+            u.regs[0].start.as_u64(),
+            u.compatible,
+            b.board.uart_chosen_by
         );
         let (irqs, dropped) = crate::drivers::uart::rx_stats();
         match crate::irq::console_irq() {
@@ -297,7 +300,7 @@ fn info() -> Outcome {
         .ok();
     }
     if let Some(g) = &b.board.gic {
-        let regs: Vec<String> = g.dev.regs.iter().map(|r| alloc::format!("{:#x}", r.start.0)).collect();
+        let regs: Vec<String> = g.dev.regs.iter().map(|r| alloc::format!("{:#x}", r.start.as_u64())).collect();
         let _ = writeln!(o, "gic      {:?} at {}", g.version, regs.join(", "));
     }
     if let Some(t) = &b.board.timer {
@@ -376,7 +379,13 @@ fn ptdump_kernel() -> Outcome {
         }
     }
     let mut d = Dump(PtDump::new(&mut o, START_LEVEL, MARKERS), core::marker::PhantomData);
-    walk_kernel_page_table_range(&kmap::KERNEL_PGTABLE.read(), &kmap::LiveRead, 0xffff_0000_0000_0000, 0, &mut d);
+    walk_kernel_page_table_range(
+        &kmap::KERNEL_PGTABLE.read(),
+        &kmap::LiveRead,
+        VirtAddr::new(crate::arch::aarch64::memory::PAGE_OFFSET),
+        VirtAddr::new(0),
+        &mut d,
+    );
     let (leaves, lines) = d.0.finish().unwrap_or((0, 0));
     let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---", kmap::table_pages());
     Outcome::Done
@@ -388,7 +397,7 @@ fn kwalk(a: &str) -> CmdResult {
     if top != 0xffff {
         return Err(alloc::format!("{va:#x} is not a kernel (TTBR1) address"));
     }
-    let sw = kmap::with_tables(|t| t.translate(VirtAddr(va)));
+    let sw = kmap::with_tables(|t| t.translate(VirtAddr::new(va)));
     match sw {
         Translation::Mapped { pa, level, desc } => {
             print!("walker: level {level} {desc:?} -> PA {pa:#x}  ");
@@ -437,7 +446,7 @@ pub fn run_script() -> usize {
         return 1;
     };
     // SAFETY: the initrd is reserved RAM, mapped by the linear map.
-    let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).0 as *const u8, r.size() as usize) };
+    let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).as_u64() as *const u8, r.size() as usize) };
     let mut s = Session::new(true);
     for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -520,8 +529,10 @@ fn ptdump_process(p: &str) -> CmdResult {
     let mut o = Out(String::new());
     let mut stopped = false;
     let (leaves, lines, tables) = crate::proc::with_tables(p, |_, t| {
-        static MARKERS: &[(u64, &str)] =
-            &[(crate::proc::AGENT_VA, "EL0 agent"), (crate::mm::mm_struct::MMAP_BASE, "mmap area")];
+        static MARKERS: &[(VirtAddr, &str)] = &[
+            (VirtAddr::new(crate::proc::AGENT_VA), "EL0 agent"),
+            (VirtAddr::new(crate::mm::mm_struct::MMAP_BASE), "mmap area"),
+        ];
         let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
         let mut seen = 0u32;
         t.walk(false, &mut |e| {

@@ -77,21 +77,32 @@ fn for_each_piece(
     }
     impl PageWalkOps for Visit<'_> {
         fn entry(&mut self, e: &Entry) -> Step {
-            let lo = e.va.0.max(self.start);
-            let hi = e.va.0.wrapping_add(e.size).wrapping_sub(1).min(self.end - 1) + 1;
+            let lo = e.va.as_u64().max(self.start);
+            let hi = e.va.as_u64().wrapping_add(e.size).wrapping_sub(1).min(self.end - 1) + 1;
             let tr = match e.kind {
                 Kind::Table(_) if e.level < 3 => return Step::Continue,
-                Kind::Leaf(base) => Translation::Mapped { pa: base.add(lo - e.va.0), level: e.level, desc: e.desc },
+                Kind::Leaf(base) => {
+                    Translation::Mapped { pa: base + (lo - e.va.as_u64()), level: e.level, desc: e.desc }
+                }
                 _ => Translation::Fault { level: e.level, desc: e.desc },
             };
             self.piece(Piece { lo, hi, tr })
         }
-        fn pte_hole(&mut self, lo: u64, hi: u64, depth: i32) -> Step {
+        fn pte_hole(&mut self, lo: VirtAddr, hi: VirtAddr, depth: i32) -> Step {
+            let (lo, hi) = (lo.as_u64(), hi.as_u64());
             self.piece(Piece { lo, hi, tr: Translation::Fault { level: depth.max(0) as u32, desc: Desc(0) } })
         }
     }
     let mut v = Visit { start, end, f, seen: 0, stopped: None };
-    crate::mm::walk::walk_tables_with(&*t.mem, t.granule, t.root, t.start_level, start, end, &mut v);
+    crate::mm::walk::walk_tables_with(
+        &*t.mem,
+        t.granule,
+        t.root,
+        t.start_level,
+        VirtAddr::new(start),
+        VirtAddr::new(end),
+        &mut v,
+    );
     match v.stopped {
         None => Ok(()),
         Some(s) => Err(s),
@@ -107,13 +118,14 @@ type PieceFn<'f> = dyn FnMut(&Process, &Tables<'_, FrameTableMem>, &Piece) -> Re
 fn visit(p: &str, r: Range, f: &mut PieceFn<'_>) -> Result<Result<(), String>, String> {
     let (start, len) = r.pages();
     let end = start + len;
-    proc::with_tables(p, |pr, t| for_each_piece(t, start, end, &mut |piece| f(pr, t, piece)))?.map_or_else(
-        |s| match s {
-            Stopped::Interrupted => Err(String::from(INTERRUPTED)),
-            Stopped::By(why) => Ok(Err(why)),
-        },
-        |()| Ok(Ok(())),
-    )
+    proc::with_tables(p, |pr, t| for_each_piece(t, start.as_u64(), end.as_u64(), &mut |piece| f(pr, t, piece)))?
+        .map_or_else(
+            |s| match s {
+                Stopped::Interrupted => Err(String::from(INTERRUPTED)),
+                Stopped::By(why) => Ok(Err(why)),
+            },
+            |()| Ok(Ok(())),
+        )
 }
 
 /// `P walk RANGE`: one line per leaf (a page or a block) and per run of
@@ -179,7 +191,7 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
         };
         for &v in pages {
             // What the VMA asks for: the oracle the walk and AT answer to.
-            let req = Request::for_vma(pr.mm.mmap_read_lock().vmas().find(v));
+            let req = Request::for_vma(pr.mm.mmap_read_lock().vmas().find(VirtAddr::new(v)));
             let irq = cpu::local_irq_save();
             // SAFETY: only AT runs while P's tables are in TTBR0; nothing
             // executes from TTBR0 addresses here.
@@ -199,12 +211,12 @@ pub(super) fn atcheck(p: &str, r: Range) -> CmdResult {
 /// its entry) against AT S1E0R/S1E0W on it, P's tables being live in TTBR0,
 /// and both against what the VMA requested: what differs, if anything.
 fn at_mismatch(t: &Tables<'_, FrameTableMem>, v: u64, req: &Request, hw: HwUpdates) -> Option<String> {
-    let walked = t.translate_with_limits(VirtAddr(v));
+    let walked = t.translate_with_limits(VirtAddr::new(v));
     if let Err(m) = atcheck::check_exec(&walked, req) {
         return Some(alloc::format!("{v:#x}: {m}"));
     }
     for access in Access::EL0 {
-        if let Err(m) = atcheck::check(&walked, req, access, hw, atcheck::observe(access, v)) {
+        if let Err(m) = atcheck::check(&walked, req, access, hw, atcheck::observe(access, VirtAddr::new(v))) {
             return Some(alloc::format!("{v:#x}: {m}"));
         }
     }
@@ -299,7 +311,7 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
             let fw = crate::mm::folio_walk::folio_walk_start(
                 &lock,
                 &*t.mem,
-                VirtAddr(v),
+                VirtAddr::new(v),
                 crate::mm::folio_walk::FwFlags { zeropage: true },
                 &crate::mm::page::is_zero_any,
             );

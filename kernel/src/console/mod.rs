@@ -26,7 +26,7 @@ pub use commands::{interactive, invariants as invariants_for_tests, run_script};
 #[cfg(target_os = "none")]
 pub fn expect_fault_verdict_for_tests(
     p: &str,
-    va: u64,
+    va: crate::mm::addr::VirtAddr,
     end: crate::proc::RunEnd,
 ) -> Result<Result<(), alloc::string::String>, alloc::string::String> {
     match proc_cmds::expect_fault_verdict(p, "write", va, end)? {

@@ -3,6 +3,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::mm::addr::VirtAddr;
 use crate::util::parse_number;
 
 /// Longest accepted line, in bytes.
@@ -221,7 +222,7 @@ impl<'a> RangeSpec<'a> {
 
     /// The range in a region of `size` bytes at `va`, with pages of `page`
     /// bytes.
-    pub fn resolve(&self, va: u64, size: u64, page: u64) -> Result<Range, RangeError> {
+    pub fn resolve(&self, va: VirtAddr, size: u64, page: u64) -> Result<Range, RangeError> {
         let (off, len) = match (self.off, self.len) {
             (None, _) => (0, size),
             (Some(o), None) => (o & !(page - 1), page),
@@ -240,7 +241,7 @@ impl<'a> RangeSpec<'a> {
 /// A resolved range: the bytes `[va, va+len)`, in pages of `page` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
-    pub va: u64,
+    pub va: VirtAddr,
     pub len: u64,
     pub page: u64,
 }
@@ -248,10 +249,10 @@ pub struct Range {
 impl Range {
     /// Every page the bytes touch: a range that starts or ends inside a page
     /// covers that page (page-aligned start, length).
-    pub fn pages(&self) -> (u64, u64) {
-        let start = self.va & !(self.page - 1);
-        let end = (self.va + self.len).next_multiple_of(self.page);
-        (start, end - start)
+    pub fn pages(&self) -> (VirtAddr, u64) {
+        let start = self.va.align_down(self.page);
+        let end = (self.va + self.len).as_u64().next_multiple_of(self.page);
+        (start, end - start.as_u64())
     }
 }
 
@@ -349,7 +350,7 @@ mod tests {
     #[test]
     fn ranges_cover_every_page_they_touch() {
         let page = 0x1000;
-        let va = 0x40_0000;
+        let va = VirtAddr::new(0x40_0000);
         let r = RangeSpec::parse("r+0x800:0x1000").unwrap().resolve(va, 0x10000, page).unwrap();
         assert_eq!((r.va, r.len), (va + 0x800, 0x1000), "the bytes are exactly the range");
         assert_eq!(r.pages(), (va, 0x2000), "both pages it touches");
@@ -371,11 +372,11 @@ mod tests {
     #[test]
     fn ranges_outside_their_region_are_refused() {
         let spec = |s| RangeSpec::parse(s).unwrap();
-        let e = spec("r+0xf000:0x2000").resolve(0, 0x10000, 0x1000).unwrap_err();
+        let e = spec("r+0xf000:0x2000").resolve(VirtAddr::new(0), 0x10000, 0x1000).unwrap_err();
         assert!(std::format!("{e}").contains("out of range"));
-        assert!(spec("r+0x10000").resolve(0, 0x10000, 0x1000).is_err());
-        assert!(spec("r+0xffffffffffffffff:2").resolve(0, 0x10000, 0x1000).is_err());
-        assert_eq!(spec("r+0:0").resolve(0, 0x10000, 0x1000), Err(RangeError::EmptyLength));
-        assert!(spec("r+0xffff:1").resolve(0, 0x10000, 0x1000).is_ok());
+        assert!(spec("r+0x10000").resolve(VirtAddr::new(0), 0x10000, 0x1000).is_err());
+        assert!(spec("r+0xffffffffffffffff:2").resolve(VirtAddr::new(0), 0x10000, 0x1000).is_err());
+        assert_eq!(spec("r+0:0").resolve(VirtAddr::new(0), 0x10000, 0x1000), Err(RangeError::EmptyLength));
+        assert!(spec("r+0xffff:1").resolve(VirtAddr::new(0), 0x10000, 0x1000).is_ok());
     }
 }

@@ -9,6 +9,7 @@ use super::inspect;
 use super::parse::{Range, RangeSpec, truncate};
 use crate::arch::aarch64::esr::Esr;
 use crate::arch::aarch64::user::op;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::madvise::Advice;
 use crate::mm::mmap::MmapArgs;
@@ -31,7 +32,7 @@ const ACCESS_CHUNK: u64 = 64 << 20;
 
 /// An EL0 access over `[va, va+len)` in runs of [`ACCESS_CHUNK`], stopped
 /// by Ctrl-C between them; ends at the first run that does not complete.
-fn access(p: &str, opc: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, String> {
+fn access(p: &str, opc: u64, va: VirtAddr, len: u64, byte: u8) -> Result<RunEnd, String> {
     let mut off = 0;
     while off < len {
         let n = (len - off).min(ACCESS_CHUNK);
@@ -56,7 +57,7 @@ pub(super) fn byte(s: &str) -> Result<u8, String> {
 
 /// The report of an EL0 access the kernel could not resolve: process,
 /// address, ESR decoded, and why (no mapping, permission, out of memory...).
-fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
+fn fault_report(p: &str, addr: VirtAddr, esr: u64, why: proc::Unresolved) -> String {
     alloc::format!("{p}: unresolved EL0 fault at {addr:#x}: {why}: {} ({p} survives)", Esr(esr))
 }
 
@@ -65,7 +66,7 @@ fn fault_report(p: &str, addr: u64, esr: u64, why: proc::Unresolved) -> String {
 /// page). Out of memory and faults the kernel does not resolve (alignment,
 /// external abort, TLB conflict) are errors with the fault report, so a
 /// kernel bug cannot pass as a refusal.
-pub(super) fn expect_fault_verdict(p: &str, kind: &str, va: u64, end: RunEnd) -> CmdResult {
+pub(super) fn expect_fault_verdict(p: &str, kind: &str, va: VirtAddr, end: RunEnd) -> CmdResult {
     use proc::Unresolved::{NoMapping, NoPage, Permission};
     match end {
         RunEnd::Fault { addr, esr, why: why @ (NoMapping | Permission | NoPage) } if addr == va => {
@@ -293,10 +294,10 @@ fn mmap(p: &str, a: &[&str]) -> CmdResult {
             "shared" => args.shared = true,
             "noreserve" => args.noreserve = true,
             o if o.starts_with("pfn=") => {
-                args.pfn = Some(
+                args.pfn = Some(PhysAddr::new(
                     parse_number(&o[4..])
                         .ok_or_else(|| alloc::format!("bad physical address `{}`", &o[..o.len().min(30)]))?,
-                );
+                ));
             }
             o if o.starts_with("memfd=") => {
                 let f = &o[6..];

@@ -58,7 +58,7 @@ fn write(off: u64, v: u32) {
 /// Maps the block and disables every source (boot CPU, once).
 pub fn init(regs: PhysRange) -> Result<(), &'static str> {
     let va = kmap::ioremap(regs).map_err(|_| "cannot map the BCM2835 interrupt controller")?;
-    BASE.store(va.0, Ordering::Release);
+    BASE.store(va.as_u64(), Ordering::Release);
     for off in DISABLE {
         write(off, u32::MAX);
     }

@@ -68,7 +68,7 @@ fn core_of(cpu: usize) -> u64 {
 /// Maps the block (boot CPU, once).
 pub fn init(regs: PhysRange) -> Result<(), &'static str> {
     let va = kmap::ioremap(regs).map_err(|_| "cannot map the ARM-local interrupt controller")?;
-    BASE.store(va.0, Ordering::Release);
+    BASE.store(va.as_u64(), Ordering::Release);
     Ok(())
 }
 

@@ -62,7 +62,7 @@ pub fn version() -> Option<GicVersion> {
 }
 
 fn map(r: PhysRange) -> Result<u64, &'static str> {
-    kmap::ioremap(r).map(|v| v.0).map_err(|_| "cannot map the GIC registers")
+    kmap::ioremap(r).map(|v| v.as_u64()).map_err(|_| "cannot map the GIC registers")
 }
 
 /// Maps and configures the distributor (boot CPU, once, IRQs masked).
@@ -85,7 +85,7 @@ pub fn init(node: &GicNode, ncpus: usize) -> Result<(), &'static str> {
         GicVersion::V3 => {
             let n = (ncpus.min(MAX_CPUS) as u64).min(second.size() / GICR_STRIDE).max(1);
             let d = map(gicd)?;
-            let r = map(PhysRange::new(second.start.0, second.start.0 + n * GICR_STRIDE))?;
+            let r = map(PhysRange::new(second.start.as_u64(), second.start.as_u64() + n * GICR_STRIDE))?;
             // SAFETY: as above, for the distributor and `n` redistributors.
             let mut g = unsafe {
                 GicV3::new(

@@ -1,31 +1,76 @@
 //! Strongly typed addresses, so a physical address is never used as a pointer.
+//!
+//! Arithmetic stays in the type: `addr + len` is an address, `end - start`
+//! a length in bytes. Like `u64` arithmetic, it checks for overflow only in
+//! debug builds; [`VirtAddr::checked_add`] is for untrusted lengths.
 
 use core::fmt;
+use core::ops::{Add, AddAssign, Sub};
 
 /// A physical (output) address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct PhysAddr(pub u64);
+pub struct PhysAddr(u64);
 
 /// A virtual (input) address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
-pub struct VirtAddr(pub u64);
+pub struct VirtAddr(u64);
 
 macro_rules! addr_common {
     ($t:ident) => {
         impl $t {
+            pub const fn new(addr: u64) -> Self {
+                Self(addr)
+            }
             pub const fn as_u64(self) -> u64 {
                 self.0
-            }
-            pub const fn add(self, off: u64) -> Self {
-                Self(self.0 + off)
             }
             pub const fn is_aligned(self, align: u64) -> bool {
                 self.0 & (align - 1) == 0
             }
             pub const fn align_down(self, align: u64) -> Self {
                 Self(self.0 & !(align - 1))
+            }
+            /// Rounds up to `align` (a power of two); wraps past the top
+            /// as `u64` arithmetic would.
+            pub const fn align_up(self, align: u64) -> Self {
+                Self(self.0.wrapping_add(align - 1) & !(align - 1))
+            }
+            /// `self + off`, or None past the top of the address space.
+            pub const fn checked_add(self, off: u64) -> Option<Self> {
+                match self.0.checked_add(off) {
+                    Some(a) => Some(Self(a)),
+                    None => None,
+                }
+            }
+            /// The offset of `self` inside its `align`-sized block.
+            pub const fn offset_in(self, align: u64) -> u64 {
+                self.0 & (align - 1)
+            }
+        }
+        impl Add<u64> for $t {
+            type Output = Self;
+            fn add(self, off: u64) -> Self {
+                Self(self.0 + off)
+            }
+        }
+        impl AddAssign<u64> for $t {
+            fn add_assign(&mut self, off: u64) {
+                self.0 += off;
+            }
+        }
+        impl Sub<u64> for $t {
+            type Output = Self;
+            fn sub(self, off: u64) -> Self {
+                Self(self.0 - off)
+            }
+        }
+        /// The distance in bytes from `base` up to `self`.
+        impl Sub for $t {
+            type Output = u64;
+            fn sub(self, base: Self) -> u64 {
+                self.0 - base.0
             }
         }
         impl fmt::LowerHex for $t {

@@ -186,12 +186,12 @@ impl Desc {
 
     /// The output address, aligned down to `size` (table, page or block size).
     pub fn output_address(self, size: u64) -> PhysAddr {
-        PhysAddr(self.0 & OA_MASK & !(size - 1))
+        PhysAddr::new(self.0 & OA_MASK & !(size - 1))
     }
 
     /// A table descriptor pointing at `table`.
     pub fn table(table: PhysAddr) -> Desc {
-        Desc((table.0 & OA_MASK) | 0b11)
+        Desc((table.as_u64() & OA_MASK) | 0b11)
     }
 
     /// A table descriptor pointing at `table` that limits everything below
@@ -215,7 +215,7 @@ impl Desc {
     /// A leaf (page at level 3, block above) for `pa` with `attrs`.
     pub fn leaf(pa: PhysAddr, level: u32, attrs: LeafAttrs) -> Desc {
         let ty = if level == 3 { 0b11 } else { 0b01 };
-        Desc((pa.0 & OA_MASK) | ty | attrs.bits())
+        Desc((pa.as_u64() & OA_MASK) | ty | attrs.bits())
     }
 
     pub fn attr_index(self) -> u64 {
@@ -551,15 +551,15 @@ mod tests {
 
     #[test]
     fn leaf_round_trip_and_permissions() {
-        let d = Desc::leaf(PhysAddr(0x4020_0000), 2, LeafAttrs::KERNEL_RW);
-        assert_eq!(d.kind(2, G), Kind::Leaf(PhysAddr(0x4020_0000)));
+        let d = Desc::leaf(PhysAddr::new(0x4020_0000), 2, LeafAttrs::KERNEL_RW);
+        assert_eq!(d.kind(2, G), Kind::Leaf(PhysAddr::new(0x4020_0000)));
         assert_eq!(d.0 & 0b11, 0b01, "block");
         let p = d.perms();
         assert!(!p.el0 && !p.read_only && p.pxn && p.uxn);
         assert!(d.af());
         assert_eq!(d.shareability(), 3);
 
-        let t = Desc::leaf(PhysAddr(0x4008_0000), 3, LeafAttrs::KERNEL_RX);
+        let t = Desc::leaf(PhysAddr::new(0x4008_0000), 3, LeafAttrs::KERNEL_RX);
         assert_eq!(t.0 & 0b11, 0b11, "page");
         let p = t.perms();
         assert!(p.read_only && !p.pxn && p.uxn);
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn table_attrs_round_trip_at_their_architected_bits() {
-        let pa = PhysAddr(0x4123_4000);
+        let pa = PhysAddr::new(0x4123_4000);
         assert_eq!(Desc::table_with(pa, TableAttrs::NONE), Desc::table(pa));
         for bits in 0..16u8 {
             let a =
@@ -589,7 +589,7 @@ mod tests {
 
     #[test]
     fn device_attrs() {
-        let d = Desc::leaf(PhysAddr(0x0900_0000), 3, LeafAttrs::KERNEL_DEVICE);
+        let d = Desc::leaf(PhysAddr::new(0x0900_0000), 3, LeafAttrs::KERNEL_DEVICE);
         assert_eq!(d.attr_index(), crate::arch::aarch64::regs::mair::DEVICE_NGNRE);
         assert_eq!(d.shareability(), 0);
         assert!(d.perms().pxn);
@@ -597,8 +597,8 @@ mod tests {
 
     #[test]
     fn table_and_reserved_encodings() {
-        let t = Desc::table(PhysAddr(0x4123_4000));
-        assert_eq!(t.kind(0, G), Kind::Table(PhysAddr(0x4123_4000)));
+        let t = Desc::table(PhysAddr::new(0x4123_4000));
+        assert_eq!(t.kind(0, G), Kind::Table(PhysAddr::new(0x4123_4000)));
         assert_eq!(Desc(0x4000_0001).kind(3, G), Kind::Reserved, "block at level 3");
         assert_eq!(Desc(0x4000_0001).kind(0, G), Kind::Reserved, "no L0 blocks with 4K");
         assert_eq!(Desc(0x4000_0001).kind(1, Granule::K16), Kind::Reserved, "no L1 blocks with 16K");
@@ -608,7 +608,7 @@ mod tests {
     #[test]
     fn block_output_address_is_aligned_to_block_size() {
         let d = Desc(0x4000_0000 | 0x20_0000 | 0x701);
-        assert_eq!(d.kind(1, G), Kind::Leaf(PhysAddr(0x4000_0000)));
+        assert_eq!(d.kind(1, G), Kind::Leaf(PhysAddr::new(0x4000_0000)));
     }
 
     #[test]
@@ -634,23 +634,23 @@ mod tests {
     #[test]
     fn software_bits() {
         let a = LeafAttrs { special: true, ..LeafAttrs::KERNEL_RO };
-        let d = Desc::leaf(PhysAddr(0x1000), 3, a);
+        let d = Desc::leaf(PhysAddr::new(0x1000), 3, a);
         assert!(d.special() && !d.sw_dirty() && !d.uffd_wp());
         assert_eq!(d.0 >> 56 & 1, 1);
     }
 
     #[test]
     fn break_before_make_rules() {
-        let pa = PhysAddr(0x4020_0000);
+        let pa = PhysAddr::new(0x4020_0000);
         let rw = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RW);
         let ro = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RO);
         assert!(!needs_break_before_make(rw, ro, 3, G), "permission change is live-safe");
-        let moved = Desc::leaf(PhysAddr(0x4030_0000), 3, LeafAttrs::KERNEL_RW);
+        let moved = Desc::leaf(PhysAddr::new(0x4030_0000), 3, LeafAttrs::KERNEL_RW);
         assert!(needs_break_before_make(rw, moved, 3, G), "output address change");
         let dev = Desc::leaf(pa, 3, LeafAttrs::KERNEL_DEVICE);
         assert!(needs_break_before_make(rw, dev, 3, G), "memory type change");
         let blk = Desc::leaf(pa, 2, LeafAttrs::KERNEL_RW);
-        let tbl = Desc::table(PhysAddr(0x5000_0000));
+        let tbl = Desc::table(PhysAddr::new(0x5000_0000));
         assert!(needs_break_before_make(blk, tbl, 2, G), "split needs BBM");
         assert!(!needs_break_before_make(Desc::INVALID, rw, 3, G), "invalid to valid is fine");
         let cont = Desc::leaf(pa, 3, LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW });

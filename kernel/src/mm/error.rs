@@ -7,6 +7,7 @@
 
 use core::fmt;
 
+use super::addr::{PhysAddr, VirtAddr};
 use super::pgtable::MapError;
 use crate::errno::{EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EINTR, EINVAL, ENOMEM};
 use crate::util::Bytes;
@@ -33,23 +34,23 @@ pub enum MmError {
     /// No room for `size` bytes in the user address space.
     NoAddressSpace { size: u64 },
     /// A range whose start or length is not a multiple of the page size.
-    NotAligned { addr: u64, len: u64 },
+    NotAligned { addr: VirtAddr, len: u64 },
     /// A zero-length range or mapping.
     Empty,
     /// A range that ends beyond the user address space.
-    OutOfRange { addr: u64, len: u64 },
+    OutOfRange { addr: VirtAddr, len: u64 },
     /// A page of the range lies in no VMA.
-    NotMapped { addr: u64 },
+    NotMapped { addr: VirtAddr },
     /// The range touches the mm's sealed range (the process layer seals
     /// the agent's mapping), which stays as it is (Linux mseal: -EPERM;
     /// here -EINVAL, as before sealing existed).
     Sealed,
     /// A new mapping would overlap one that exists.
-    Overlap { addr: u64 },
+    Overlap { addr: VirtAddr },
     /// `pfn=` on a machine without a PFN pool.
     NoPfnPool,
     /// `pfn=` outside the PFN pool or not page aligned.
-    PfnOutsidePool { pfn: u64, size: u64, start: u64, end: u64 },
+    PfnOutsidePool { pfn: PhysAddr, size: u64, start: PhysAddr, end: PhysAddr },
     /// File mappings take neither `pfn=` nor `thp=`.
     FileOptions,
     /// The file behind a descriptor (or of that name) is gone.
@@ -61,9 +62,9 @@ pub enum MmError {
     /// A folio has references in flight (GUP between its steps): try again.
     Again,
     /// `madvise dontneed` of a PFN mapping (Linux: -EINVAL).
-    PfnMap { addr: u64 },
+    PfnMap { addr: VirtAddr },
     /// fork met a non-present entry it cannot copy yet.
-    NotPresent { addr: u64 },
+    NotPresent { addr: VirtAddr },
     /// The table code refused a change (not for lack of memory).
     Table(MapError),
     /// The tables disagree with the page metadata (a kernel bug, reported
@@ -302,14 +303,14 @@ mod tests {
         assert!(o.to_string().starts_with("out of memory"), "{o}");
         assert!(o.to_string().contains("64 GiB") && o.to_string().contains("noreserve"), "{o}");
         assert_eq!(o.errno(), ENOMEM);
-        let na = MmError::NotAligned { addr: 0x1800, len: 0x1000 };
+        let na = MmError::NotAligned { addr: VirtAddr::new(0x1800), len: 0x1000 };
         assert!(na.to_string().contains("not aligned"), "{na}");
         assert_eq!(na.errno(), EINVAL);
-        let nm = MmError::NotMapped { addr: 0x5000 };
+        let nm = MmError::NotMapped { addr: VirtAddr::new(0x5000) };
         assert!(nm.to_string().contains("not mapped"));
         assert_eq!(nm.errno(), ENOMEM, "Linux: mprotect of a hole is -ENOMEM");
         assert!(!nm.is_oom());
-        let r = MmError::OutOfRange { addr: 1 << 47, len: 0x1000 };
+        let r = MmError::OutOfRange { addr: VirtAddr::new(1 << 47), len: 0x1000 };
         assert!(r.to_string().contains("out of range"));
         assert_eq!(r.errno(), EINVAL);
         assert_eq!(MmError::NoSuchFile.errno(), EBADF);

@@ -83,13 +83,13 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
     is_zero_page: &dyn Fn(PhysAddr) -> bool,
 ) -> Option<FolioWalk<'a>> {
     let mm = lock.mm();
-    let vma = *lock.vmas().find(addr.0)?;
+    let vma = *lock.vmas().find(addr)?;
     let ptl = mm.page_table_lock.lock();
     let mut table = mm.pgd;
     for level in start_level..=3 {
         // SAFETY: TableMemory guarantees the pointer reaches a live table.
         let d = Desc(unsafe {
-            (*mem.table_ptr(table).add(g.index(addr.0, level))).load(core::sync::atomic::Ordering::Acquire)
+            (*mem.table_ptr(table).add(g.index(addr.as_u64(), level))).load(core::sync::atomic::Ordering::Acquire)
         });
         match d.kind(level, g) {
             Kind::Table(next) if level < 3 => table = next,
@@ -98,9 +98,9 @@ pub fn folio_walk_start_with<'a, M: TableMemory + ?Sized>(
                 let mut folio = base;
                 if d.contiguous() {
                     size *= g.contiguous_entries(level) as u64;
-                    folio = PhysAddr(base.0 & !(size - 1));
+                    folio = base.align_down(size);
                 }
-                let exact = PhysAddr((folio.0 + (addr.0 & (size - 1))) & !(g.page_size() - 1));
+                let exact = PhysAddr::new((folio.as_u64() + (addr.as_u64() & (size - 1))) & !(g.page_size() - 1));
                 let fw_level = match level {
                     3 => FwLevel::Pte,
                     2 => FwLevel::Pmd,
@@ -145,7 +145,7 @@ mod tests {
     use crate::mm::pgtable::{LeafSizes, Tables};
 
     const G: Granule = Granule::K4;
-    const ZERO: PhysAddr = PhysAddr(0x7000_0000);
+    const ZERO: PhysAddr = PhysAddr::new(0x7000_0000);
     const USER: LeafAttrs = LeafAttrs { el0: true, ng: true, ..LeafAttrs::KERNEL_RW };
     const SPECIAL: LeafAttrs = LeafAttrs { special: true, ..USER };
 
@@ -159,25 +159,25 @@ mod tests {
         let mut t = Tables::new(root, G, 0, &mut mem);
         // A private PFNMAP VMA at 0x10_0000: PFN entries (special) and one
         // page COW replaced with an anon page (normal).
-        t.map(VirtAddr(0x10_0000), PhysAddr(0x0900_0000), 0x2000, SPECIAL, LeafSizes::PagesOnly).unwrap();
-        t.map(VirtAddr(0x10_2000), PhysAddr(0x4123_4000), 0x1000, USER, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x10_0000), PhysAddr::new(0x0900_0000), 0x2000, SPECIAL, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x10_2000), PhysAddr::new(0x4123_4000), 0x1000, USER, LeafSizes::PagesOnly).unwrap();
         // An anon VMA at 0x40_0000: a 2M block (a THP) and the zero page.
-        t.map(VirtAddr(0x40_0000), PhysAddr(0x4020_0000), 0x20_0000, USER, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr(0x60_0000), ZERO, 0x1000, SPECIAL, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x40_0000), PhysAddr::new(0x4020_0000), 0x20_0000, USER, LeafSizes::Largest).unwrap();
+        t.map(VirtAddr::new(0x60_0000), ZERO, 0x1000, SPECIAL, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 9);
         {
             let mut w = mm.mmap_write_lock();
             assert!(w.insert(Vma {
-                start: 0x10_0000,
-                end: 0x10_3000,
+                start: VirtAddr::new(0x10_0000),
+                end: VirtAddr::new(0x10_3000),
                 flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ,
                 folio_order: 0,
                 file: 0,
                 pgoff: 0
             }));
             assert!(w.insert(Vma {
-                start: 0x40_0000,
-                end: 0x70_0000,
+                start: VirtAddr::new(0x40_0000),
+                end: VirtAddr::new(0x70_0000),
                 flags: VmFlags::READ | VmFlags::WRITE,
                 folio_order: 0,
                 file: 0,
@@ -188,17 +188,17 @@ mod tests {
         let none = FwFlags::default();
 
         // PFN entries are rejected by the special bit...
-        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x10_0000), none, &is_zero).is_none());
+        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x10_0000), none, &is_zero).is_none());
         // ...but the anon page COW placed in the same PFNMAP VMA is found.
-        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x10_2abc), none, &is_zero).unwrap();
-        assert_eq!((fw.page, fw.level, fw.size), (Some(PhysAddr(0x4123_4000)), FwLevel::Pte, 0x1000));
+        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x10_2abc), none, &is_zero).unwrap();
+        assert_eq!((fw.page, fw.level, fw.size), (Some(PhysAddr::new(0x4123_4000)), FwLevel::Pte, 0x1000));
         drop(fw);
 
         // A block: PMD level, folio base and the exact sub-page.
-        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x45_6789), none, &is_zero).unwrap();
+        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x45_6789), none, &is_zero).unwrap();
         assert_eq!(fw.level, FwLevel::Pmd);
-        assert_eq!(fw.folio, PhysAddr(0x4020_0000));
-        assert_eq!(fw.page, Some(PhysAddr(0x4025_6000)));
+        assert_eq!(fw.folio, PhysAddr::new(0x4020_0000));
+        assert_eq!(fw.page, Some(PhysAddr::new(0x4025_6000)));
         assert_eq!(fw.table_level, 2);
         // The page-table lock is held until the walk ends.
         assert!(mm.page_table_lock.try_lock().is_none());
@@ -206,19 +206,20 @@ mod tests {
         assert!(mm.page_table_lock.try_lock().is_some());
 
         // The zero page only when asked, and then without an exposed page.
-        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x60_0010), none, &is_zero).is_none());
-        let fw =
-            folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x60_0010), FwFlags { zeropage: true }, &is_zero).unwrap();
+        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x60_0010), none, &is_zero).is_none());
+        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x60_0010), FwFlags { zeropage: true }, &is_zero)
+            .unwrap();
         assert!(fw.zero && fw.page.is_none() && fw.folio == ZERO);
         drop(fw);
         // A special entry that is not the zero page stays hidden even with FW_ZEROPAGE.
         assert!(
-            folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x10_0000), FwFlags { zeropage: true }, &is_zero).is_none()
+            folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x10_0000), FwFlags { zeropage: true }, &is_zero)
+                .is_none()
         );
 
         // No VMA, or nothing mapped: nothing.
-        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x80_0000), none, &is_zero).is_none());
-        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x61_0000), none, &is_zero).is_none());
+        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x80_0000), none, &is_zero).is_none());
+        assert!(folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x61_0000), none, &is_zero).is_none());
     }
 
     #[test]
@@ -226,18 +227,21 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
         let run = LeafAttrs { contiguous: true, ..USER };
-        t.map(VirtAddr(0x20_0000), PhysAddr(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x20_0000), PhysAddr::new(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 1);
         mm.mmap_write_lock().insert(Vma {
-            start: 0x20_0000,
-            end: 0x21_0000,
+            start: VirtAddr::new(0x20_0000),
+            end: VirtAddr::new(0x21_0000),
             flags: VmFlags::READ,
             folio_order: 0,
             file: 0,
             pgoff: 0,
         });
         let g = mm.mmap_read_lock();
-        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr(0x20_5123), FwFlags::default(), &is_zero).unwrap();
-        assert_eq!((fw.folio, fw.size, fw.page), (PhysAddr(0x5000_0000), 0x1_0000, Some(PhysAddr(0x5000_5000))));
+        let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x20_5123), FwFlags::default(), &is_zero).unwrap();
+        assert_eq!(
+            (fw.folio, fw.size, fw.page),
+            (PhysAddr::new(0x5000_0000), 0x1_0000, Some(PhysAddr::new(0x5000_5000)))
+        );
     }
 }

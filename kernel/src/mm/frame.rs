@@ -67,8 +67,8 @@ pub enum FreeError {
 /// Hands every page of `ram` except `reserved` to the allocator. Returns the
 /// number of frames made available.
 pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
-    let lo = ram.iter().map(|r| r.start.0).min().unwrap_or(0);
-    let hi = ram.iter().map(|r| r.end.0).max().unwrap_or(0);
+    let lo = ram.iter().map(|r| r.start.as_u64()).min().unwrap_or(0);
+    let hi = ram.iter().map(|r| r.end.as_u64()).max().unwrap_or(0);
     let base_pfn = lo >> PAGE_SHIFT;
     let nframes = (align_up(hi, PAGE_SIZE) >> PAGE_SHIFT) - base_pfn;
     let mut st = State {
@@ -82,14 +82,14 @@ pub fn init(ram: &[PhysRange], reserved: &[PhysRange]) -> u64 {
         by_owner: [0; 6],
     };
     for r in ram {
-        let mut start = align_up(r.start.0, PAGE_SIZE);
-        let end = align_down(r.end.0, PAGE_SIZE);
+        let mut start = align_up(r.start.as_u64(), PAGE_SIZE);
+        let end = align_down(r.end.as_u64(), PAGE_SIZE);
         // Cut the reservations out of [start, end).
         let mut cuts: Vec<PhysRange> = reserved.iter().filter(|x| x.overlaps(r)).copied().collect();
         cuts.sort_by_key(|c| c.start);
         for c in cuts.iter().chain(core::iter::once(&PhysRange::new(end, end))) {
-            let cut_start = align_down(c.start.0, PAGE_SIZE).max(start);
-            let cut_end = align_up(c.end.0, PAGE_SIZE);
+            let cut_start = align_down(c.start.as_u64(), PAGE_SIZE).max(start);
+            let cut_end = align_up(c.end.as_u64(), PAGE_SIZE);
             if cut_start > start {
                 let e = cut_start.min(end);
                 st.buddy.add_frame((start >> PAGE_SHIFT) as usize, (e >> PAGE_SHIFT) as usize);
@@ -174,7 +174,7 @@ pub const USER_RESERVE_BYTES: u64 = 16 << 20;
 /// below the reserve (Linux's min watermark, in spirit).
 pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
     let pa = alloc_user(order)?;
-    crate::arch::aarch64::cpu::zero_pages(phys_to_virt(pa).0, PAGE_SIZE << order);
+    crate::arch::aarch64::cpu::zero_pages(phys_to_virt(pa).as_u64(), PAGE_SIZE << order);
     Some(pa)
 }
 
@@ -185,7 +185,7 @@ pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
 pub fn alloc_user_table() -> Option<PhysAddr> {
     let pa = alloc_min_free(0, Owner::PageTable, USER_RESERVE_BYTES / PAGE_SIZE)?;
     // SAFETY: the frame was just allocated and is reachable through the linear map.
-    unsafe { core::ptr::write_bytes(phys_to_virt(pa).0 as *mut u8, 0, PAGE_SIZE as usize) };
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa).as_u64() as *mut u8, 0, PAGE_SIZE as usize) };
     Some(pa)
 }
 
@@ -404,7 +404,7 @@ pub fn pfn_span() -> (u64, u64) {
 pub fn alloc_zeroed(order: u32, owner: Owner) -> Option<PhysAddr> {
     let pa = alloc(order, owner)?;
     // SAFETY: the frames were just allocated and are reachable through the linear map.
-    unsafe { core::ptr::write_bytes(phys_to_virt(pa).0 as *mut u8, 0, (PAGE_SIZE << order) as usize) };
+    unsafe { core::ptr::write_bytes(phys_to_virt(pa).as_u64() as *mut u8, 0, (PAGE_SIZE << order) as usize) };
     Some(pa)
 }
 
@@ -428,7 +428,7 @@ pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
 fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
     let st = g.as_mut().ok_or(FreeError::NotRam)?;
     let count = 1u64 << order;
-    if !pa.0.is_multiple_of(crate::mm::granule::PAGE_SIZE << order) {
+    if !pa.as_u64().is_multiple_of(crate::mm::granule::PAGE_SIZE << order) {
         return Err(FreeError::NotAllocated(pa));
     }
     // Check the whole range first so a bad free changes nothing.

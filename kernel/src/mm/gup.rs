@@ -80,7 +80,7 @@ pub fn release(t: Taken, pin: bool) {
 pub fn get_user_pages(
     mt: MmTables<'_>,
     lock: &impl MmapLocked,
-    start: u64,
+    start: VirtAddr,
     nr: u64,
     flags: Foll,
 ) -> Result<Vec<Taken>, i64> {
@@ -111,7 +111,7 @@ fn undo(v: Vec<Taken>, pin: bool) {
     }
 }
 
-fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Result<Taken, i64> {
+fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) -> Result<Taken, i64> {
     use crate::errno::{EFAULT, ENOMEM};
     let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
@@ -124,12 +124,12 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
             let _ptl = mt.mm.page_table_lock_guard();
             let mut mem = mt.mem.lock();
             let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
-            match t.translate(VirtAddr(va)) {
+            match t.translate(va) {
                 Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
                 Translation::Mapped { level, .. } if !(1..=3).contains(&level) => return Err(-EFAULT),
                 Translation::Mapped { desc, pa, .. } => {
                     // A page inside a block is taken like a page entry's.
-                    let pa = PhysAddr(pa.0 & !(PAGE_SIZE - 1));
+                    let pa = pa.align_down(PAGE_SIZE);
                     if flags.write && !desc.user_writable() {
                         Some(FaultFlags { write: true, unshare: false })
                     } else if desc.special() {
@@ -147,7 +147,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
                             Some(FaultFlags { write: false, unshare: true })
                         } else {
                             grab(pg.folio().ok_or(-EFAULT)?, flags);
-                            return Ok(Taken::Page(PhysAddr(pa.0 & !(PAGE_SIZE - 1))));
+                            return Ok(Taken::Page(pa));
                         }
                     }
                 }
@@ -170,7 +170,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: u64, flags: Foll) -> Re
 /// must be unshared). Returns what it took; the caller continues with the
 /// slow path. Everything is given back if a fork write-protected the mm
 /// meanwhile (`write_protect_seq` changed), as Linux does for FOLL_PIN.
-pub fn gup_fast(mt: MmTables<'_>, start: u64, nr: u64, flags: Foll) -> Vec<Taken> {
+pub fn gup_fast(mt: MmTables<'_>, start: VirtAddr, nr: u64, flags: Foll) -> Vec<Taken> {
     let mut out = Vec::new();
     if out.try_reserve(nr as usize).is_err() {
         return out;
@@ -231,7 +231,8 @@ pub static RACE_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 
 /// The level-3 entry for `va`, read without locks (Linux `gup_fast`:
 /// atomic loads only; the caller re-reads it to check it did not change).
-fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: u64) -> Option<Desc> {
+fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: VirtAddr) -> Option<Desc> {
+    let va = va.as_u64();
     let g = GRANULE;
     let mut table = pgd;
     for level in USER_START_LEVEL..=3 {
@@ -288,9 +289,9 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), GupError>, GupErr
             Taken::Zero => page::zero_page(),
         };
         // SAFETY: the handle holds the page; it is RAM in the linear map.
-        let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
+        let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).as_u64() as *const u8, PAGE_SIZE as usize) };
         if let Some(off) = s.iter().position(|&b| b != byte) {
-            return Ok(Err(GupError::Mismatch { page: i, pa: pa.0, off, got: s[off], want: byte }));
+            return Ok(Err(GupError::Mismatch { page: i, pa: pa.as_u64(), off, got: s[off], want: byte }));
         }
     }
     Ok(Ok(()))
@@ -299,12 +300,12 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), GupError>, GupErr
 /// FOLL_GET references (`pin` false) or FOLL_PIN pins (`pin` true) that
 /// the handles hold on pages of `f` (for `invariants`).
 pub fn held(f: Folio, pin: bool) -> u32 {
-    let (lo, hi) = (f.pa().0, f.pa().0 + f.size());
+    let (lo, hi) = (f.pa().as_u64(), f.pa().as_u64() + f.size());
     HANDLES
         .lock()
         .values()
         .filter(|h| h.pin == pin)
         .flat_map(|h| h.pages.iter())
-        .filter(|t| matches!(t, Taken::Page(pa) if pa.0 >= lo && pa.0 < hi))
+        .filter(|t| matches!(t, Taken::Page(pa) if pa.as_u64() >= lo && pa.as_u64() < hi))
         .count() as u32
 }

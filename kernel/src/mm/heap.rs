@@ -24,7 +24,7 @@ fn rescue(heap: &mut Heap<32>, _layout: &Layout) {
     for slot in &RESERVE {
         let pa = slot.swap(0, Ordering::AcqRel);
         if pa != 0 {
-            let va = phys_to_virt(super::addr::PhysAddr(pa)).0 as usize;
+            let va = phys_to_virt(super::addr::PhysAddr::new(pa)).as_u64() as usize;
             // SAFETY: the chunk was allocated for the heap and is mapped.
             unsafe { heap.add_to_heap(va, va + CHUNK) };
             return;
@@ -51,7 +51,7 @@ unsafe impl GlobalAlloc for KernelAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= BIG {
             match frame::alloc(big_order(&layout), Owner::Heap) {
-                Some(pa) => phys_to_virt(pa).0 as *mut u8,
+                Some(pa) => phys_to_virt(pa).as_u64() as *mut u8,
                 None => core::ptr::null_mut(),
             }
         } else {
@@ -61,7 +61,7 @@ unsafe impl GlobalAlloc for KernelAlloc {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if layout.size() >= BIG {
-            let pa = super::layout::linear_virt_to_phys(super::addr::VirtAddr(ptr as u64))
+            let pa = super::layout::linear_virt_to_phys(super::addr::VirtAddr::new(ptr as u64))
                 .expect("big allocation outside the linear map");
             frame::free(pa, big_order(&layout), Owner::Heap).expect("freeing a big allocation");
         } else {
@@ -87,7 +87,7 @@ pub fn grow(chunks: usize) -> usize {
     let mut added = 0;
     for _ in 0..chunks {
         let Some(pa) = frame::alloc(CHUNK_ORDER, Owner::Heap) else { break };
-        let va = phys_to_virt(pa).0 as usize;
+        let va = phys_to_virt(pa).as_u64() as usize;
         // SAFETY: freshly allocated frames, mapped by the linear map.
         unsafe { HEAP.lock().add_to_heap(va, va + CHUNK) };
         added += 1;
@@ -100,7 +100,7 @@ pub fn refill_reserve() {
     for slot in &RESERVE {
         if slot.load(Ordering::Acquire) == 0 {
             match frame::alloc(CHUNK_ORDER, Owner::Heap) {
-                Some(pa) => slot.store(pa.0, Ordering::Release),
+                Some(pa) => slot.store(pa.as_u64(), Ordering::Release),
                 None => return,
             }
         }

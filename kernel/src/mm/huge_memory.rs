@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::pgtable::Pte;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, LeafAttrs};
 use super::frame::{self, Owner};
 use super::granule::{GRANULE, PAGE_SIZE};
@@ -45,12 +45,12 @@ pub fn pud_order() -> Option<u8> {
 }
 
 /// The VMA wants 1G folios (`thp=1G`) and holds the whole aligned block.
-pub fn pud_suitable(vma: &Vma, va: u64) -> bool {
-    let base = va & !(pud_size() - 1);
+pub fn pud_suitable(vma: &Vma, va: VirtAddr) -> bool {
+    let base = va.align_down(pud_size()).as_u64();
     pud_order().is_some_and(|o| vma.folio_order >= o)
         && !vma.flags.contains(VmFlags::NOHUGEPAGE)
-        && base >= vma.start
-        && base + pud_size() <= vma.end
+        && base >= vma.start.as_u64()
+        && base + pud_size() <= vma.end.as_u64()
 }
 
 /// A write fault on an empty level-1 entry of a `thp=1G` VMA: a zeroed 1G
@@ -79,7 +79,8 @@ pub fn do_huge_pud_anonymous_page(pud: Pte, vma: &Vma, flags: FaultFlags) -> Opt
 /// becomes 2M folios, each mapped by one level-2 block with the same
 /// attributes, by break-before-make of the level-1 entry. Pins and GUP
 /// references move to the 2M folio their page is in.
-pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64) -> Result<(), MmError> {
+pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: VirtAddr) -> Result<(), MmError> {
+    let va = va.as_u64();
     let desc = pud.get();
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
@@ -90,7 +91,7 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
     // Break and flush first, then build the level-2 blocks from the value
     // the swap took (AF and dirty included).
-    let old = match pud.clear_flush(base, pud_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pud.clear_flush(VirtAddr::new(base), pud_size(), mm.asid(), &mut KernelFlush) {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);
@@ -109,8 +110,8 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: u64)
     for i in 0..GRANULE.entries_per_table() {
         // Level-2 block descriptors (bits 1:0 = 0b01), not reachable yet.
         // SAFETY: the new table belongs to this mm, under the same lock.
-        if let Err(e) =
-            unsafe { pud.locate_in(&*mem, table, i) }.set_new(Desc((pa.0 + i as u64 * pmd_size()) | attrs | 0b01))
+        if let Err(e) = unsafe { pud.locate_in(&*mem, table, i) }
+            .set_new(Desc((pa.as_u64() + i as u64 * pmd_size()) | attrs | 0b01))
         {
             memory::pte_bug(e);
         }
@@ -128,16 +129,16 @@ static HUGE_ZERO: AtomicUsize = AtomicUsize::new(0);
 pub fn huge_zero_folio() -> Option<PhysAddr> {
     let cur = HUGE_ZERO.load(Ordering::Acquire);
     if cur != 0 {
-        return Some(PhysAddr(cur as u64));
+        return Some(PhysAddr::new(cur as u64));
     }
     let order = memory::max_folio_order() as u32;
     let pa = frame::alloc_zeroed(order, Owner::Other)?;
     page::mark_zero(pa, 1 << order);
-    match HUGE_ZERO.compare_exchange(0, pa.0 as usize, Ordering::AcqRel, Ordering::Acquire) {
+    match HUGE_ZERO.compare_exchange(0, pa.as_u64() as usize, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => Some(pa),
         Err(other) => {
             let _ = frame::free(pa, order, Owner::Other);
-            Some(PhysAddr(other as u64))
+            Some(PhysAddr::new(other as u64))
         }
     }
 }
@@ -145,17 +146,17 @@ pub fn huge_zero_folio() -> Option<PhysAddr> {
 /// Linux `is_huge_zero_pmd` (by output address).
 pub fn is_huge_zero(pa: PhysAddr) -> bool {
     let z = HUGE_ZERO.load(Ordering::Acquire) as u64;
-    z != 0 && pa.0 & !(pmd_size() - 1) == z
+    z != 0 && pa.as_u64() & !(pmd_size() - 1) == z
 }
 
 /// Linux `thp_vma_suitable_order` for the block size: the VMA wants
 /// block-sized folios and holds the whole aligned block around `va`.
-pub fn pmd_suitable(vma: &Vma, va: u64) -> bool {
-    let base = va & !(pmd_size() - 1);
+pub fn pmd_suitable(vma: &Vma, va: VirtAddr) -> bool {
+    let base = va.align_down(pmd_size()).as_u64();
     !vma.flags.contains(VmFlags::NOHUGEPAGE)
         && vma.folio_order >= memory::max_folio_order()
-        && base >= vma.start
-        && base + pmd_size() <= vma.end
+        && base >= vma.start.as_u64()
+        && base + pmd_size() <= vma.end.as_u64()
 }
 
 fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
@@ -186,7 +187,7 @@ pub fn do_huge_pmd_wp_page(
     mem: &mut FrameTableMem,
     pmd: Pte,
     vma: &Vma,
-    va: u64,
+    va: VirtAddr,
     desc: Desc,
     flags: FaultFlags,
 ) -> VmFault {
@@ -209,7 +210,7 @@ pub fn do_huge_pmd_wp_page(
             if let Err(e) = pmd.modify(|d| memory::maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
                 memory::pte_bug(e);
             }
-            KernelFlush.flush(va & !(pmd_size() - 1), pmd_size(), Some(mm.asid()), true);
+            KernelFlush.flush(va.align_down(pmd_size()), pmd_size(), Some(mm.asid()), true);
         }
         return VmFault::Done;
     }
@@ -224,7 +225,8 @@ pub fn do_huge_pmd_wp_page(
 /// small zero page for the huge zero folio), by break-before-make of the
 /// level-2 entry. The folio's single block mapping becomes one mapping
 /// (and one reference) per page; exclusivity stays per page.
-pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64) -> Result<(), MmError> {
+pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: VirtAddr) -> Result<(), MmError> {
+    let va = va.as_u64();
     let desc = pmd.get();
     let base = va & !(pmd_size() - 1);
     let pa = desc.output_address(pmd_size());
@@ -245,7 +247,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
     // Break and flush first (Linux `pmdp_invalidate`), then build the page
     // entries from the value the swap took: an AF or dirty update the MMU
     // made to the block up to then is in it.
-    let old = match pmd.clear_flush(base, pmd_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pmd.clear_flush(VirtAddr::new(base), pmd_size(), mm.asid(), &mut KernelFlush) {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);
@@ -256,7 +258,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: u64)
     let attrs = old.attr_bits() & !CONT_BIT;
     let cont = if zero { 0 } else { CONT_BIT };
     for i in 0..n {
-        let oa = if zero { page::zero_page().0 } else { pa.0 + i as u64 * PAGE_SIZE };
+        let oa = if zero { page::zero_page().as_u64() } else { pa.as_u64() + i as u64 * PAGE_SIZE };
         // Not reachable by the walker yet.
         // SAFETY: the new table belongs to this mm, under the same lock.
         if let Err(e) = unsafe { pmd.locate_in(&*mem, table, i) }.set_new(Desc(oa | attrs | cont | 0b11)) {

@@ -43,8 +43,8 @@ pub fn kimage_voffset() -> u64 {
 }
 
 /// Physical address of a kernel-image virtual address.
-pub fn kimage_to_phys(va: u64) -> PhysAddr {
-    PhysAddr(va - kimage_voffset())
+pub fn kimage_to_phys(va: VirtAddr) -> PhysAddr {
+    PhysAddr::new(va.as_u64() - kimage_voffset())
 }
 
 /// Where the kernel's table pages come from.
@@ -66,14 +66,18 @@ unsafe impl TableMemory for KernelTableMem {
             let va = core::ptr::addr_of!(KPT_POOL) as u64 + self.pool_next as u64 * PAGE_SIZE;
             self.pool_next += 1;
             self.tables += 1;
-            return Some(kimage_to_phys(va));
+            return Some(kimage_to_phys(VirtAddr::new(va)));
         }
         let pa = frame::alloc_zeroed(0, Owner::PageTable)?;
         self.tables += 1;
         Some(pa)
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        if self.live { phys_to_virt(pa).0 as *const AtomicU64 } else { (pa.0 + kimage_voffset()) as *const AtomicU64 }
+        if self.live {
+            phys_to_virt(pa).as_u64() as *const AtomicU64
+        } else {
+            (pa.as_u64() + kimage_voffset()) as *const AtomicU64
+        }
     }
 }
 
@@ -110,33 +114,34 @@ static KPT: Mutex<Option<Kpt>> = Mutex::new(None);
 /// The kernel tables' lock (Linux: `init_mm`'s mmap lock). Readers (walks,
 /// ptdump, invariants) take it for read; every change takes it for write,
 /// before [`KPT`].
-pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr(0));
+pub static KERNEL_PGTABLE: KernelPgtable = KernelPgtable::new(PhysAddr::new(0));
 
 /// The kernel image sections and how they are mapped.
-pub fn image_sections() -> [(&'static str, u64, u64, LeafAttrs); 3] {
+pub fn image_sections() -> [(&'static str, VirtAddr, VirtAddr, LeafAttrs); 3] {
+    let va = VirtAddr::new;
     [
-        ("text", sym_addr!(__kernel_start), sym_addr!(__text_end), LeafAttrs::KERNEL_RX),
-        ("rodata", sym_addr!(__rodata_start), sym_addr!(__rodata_end), LeafAttrs::KERNEL_RO),
-        ("data", sym_addr!(__data_start), sym_addr!(__data_end), LeafAttrs::KERNEL_RW),
+        ("text", va(sym_addr!(__kernel_start)), va(sym_addr!(__text_end)), LeafAttrs::KERNEL_RX),
+        ("rodata", va(sym_addr!(__rodata_start)), va(sym_addr!(__rodata_end)), LeafAttrs::KERNEL_RO),
+        ("data", va(sym_addr!(__data_start)), va(sym_addr!(__data_end)), LeafAttrs::KERNEL_RW),
     ]
 }
 
 /// The `[lo, hi)` VA of CPU `i`'s stack (the guard is the 64 KiB below `lo`).
-pub fn stack_range(i: usize) -> (u64, u64) {
-    let lo = sym_addr!(__stacks_start) + i as u64 * STACK_SLOT;
+pub fn stack_range(i: usize) -> (VirtAddr, VirtAddr) {
+    let lo = VirtAddr::new(sym_addr!(__stacks_start) + i as u64 * STACK_SLOT);
     (lo, lo + STACK_SIZE)
 }
 
 fn map_or_panic<M: TableMemory>(
     t: &mut Tables<'_, M>,
     what: &str,
-    va: u64,
-    pa: u64,
+    va: VirtAddr,
+    pa: PhysAddr,
     size: u64,
     a: LeafAttrs,
     s: LeafSizes,
 ) {
-    if let Err(e) = t.map(VirtAddr(va), PhysAddr(pa), size, a, s) {
+    if let Err(e) = t.map(va, pa, size, a, s) {
         panic!("cannot map {what} {va:#x}..{:#x}: {e:?}", va + size);
     }
 }
@@ -153,28 +158,20 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
         for (name, lo, hi, attrs) in image_sections() {
-            map_or_panic(&mut t, name, lo, kimage_to_phys(lo).0, hi - lo, attrs, LeafSizes::PagesOnly);
+            map_or_panic(&mut t, name, lo, kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly);
         }
         for i in 0..MAX_CPUS {
             let (lo, hi) = stack_range(i);
-            map_or_panic(
-                &mut t,
-                "stack",
-                lo,
-                kimage_to_phys(lo).0,
-                hi - lo,
-                LeafAttrs::KERNEL_RW,
-                LeafSizes::PagesOnly,
-            );
+            map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo), hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         }
         for r in ram {
-            let (s, e) = (align_up(r.start.0, PAGE_SIZE), align_down(r.end.0, PAGE_SIZE));
+            let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
             if e > s {
                 map_or_panic(
                     &mut t,
                     "RAM",
-                    phys_to_virt(PhysAddr(s)).0,
-                    s,
+                    phys_to_virt(PhysAddr::new(s)),
+                    PhysAddr::new(s),
                     e - s,
                     LeafAttrs::KERNEL_RW,
                     LeafSizes::Largest,
@@ -182,12 +179,12 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
             }
         }
         if let Some(u) = uart {
-            let (s, e) = (align_down(u.start.0, PAGE_SIZE), align_up(u.end.0, PAGE_SIZE));
+            let (s, e) = (align_down(u.start.as_u64(), PAGE_SIZE), align_up(u.end.as_u64(), PAGE_SIZE));
             map_or_panic(
                 &mut t,
                 "UART",
-                io_virt(PhysAddr(s)).0,
-                s,
+                io_virt(PhysAddr::new(s)),
+                PhysAddr::new(s),
                 e - s,
                 LeafAttrs::KERNEL_DEVICE,
                 LeafSizes::PagesOnly,
@@ -197,14 +194,14 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     // SAFETY: image pages keep their size and PA; the DTB fixmap window
     // disappears (no entry, so no conflict); nothing runs from TTBR0.
     unsafe {
-        crate::arch::cpu::switch_ttbr1(root.0);
-        crate::arch::cpu::set_ttbr0(empty_ttbr0.0);
+        crate::arch::cpu::switch_ttbr1(root.as_u64());
+        crate::arch::cpu::set_ttbr0(empty_ttbr0.as_u64());
     }
     mem.live = true;
     KERNEL_PGTABLE.write().set_root(root);
     let mut io = heapless_list::List::new();
     if let Some(u) = uart {
-        io.push((u.start.0, u.end.0));
+        io.push((u.start.as_u64(), u.end.as_u64()));
     }
     *KPT.lock() = Some(Kpt { root, empty_ttbr0, mem, io_mapped: io });
 
@@ -212,7 +209,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     // SAFETY: written once here, before any secondary starts.
     unsafe {
         let p = core::ptr::addr_of_mut!(crate::arch::aarch64::boot::SECONDARY_TTBR1);
-        p.write_volatile(root.0);
+        p.write_volatile(root.as_u64());
         crate::arch::cpu::dcache_clean_poc(p as u64, 8);
     }
 }
@@ -226,19 +223,19 @@ pub fn roots() -> (PhysAddr, PhysAddr) {
 
 /// Maps device registers at `IO_BASE + PA` (Device-nGnRE) and returns the VA.
 pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
-    let (s, e) = (align_down(r.start.0, PAGE_SIZE), align_up(r.end.0, PAGE_SIZE));
-    if io_virt(PhysAddr(e)).0 > IO_END || e <= s {
+    let (s, e) = (align_down(r.start.as_u64(), PAGE_SIZE), align_up(r.end.as_u64(), PAGE_SIZE));
+    if io_virt(PhysAddr::new(e)).as_u64() > IO_END || e <= s {
         return Err(MapError::Misaligned);
     }
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kmap not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
-    t.map(io_virt(PhysAddr(s)), PhysAddr(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
+    t.map(io_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
     // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
     crate::arch::aarch64::cpu::publish_tables();
-    k.io_mapped.push((r.start.0, r.end.0));
-    Ok(VirtAddr(IO_BASE + r.start.0))
+    k.io_mapped.push((r.start.as_u64(), r.end.as_u64()));
+    Ok(VirtAddr::new(IO_BASE + r.start.as_u64()))
 }
 
 /// Runs `f` over the live kernel tables, for walking and translating only
@@ -265,7 +262,7 @@ unsafe impl TableMemory for LiveRead {
         None
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        phys_to_virt(pa).0 as *const AtomicU64
+        phys_to_virt(pa).as_u64() as *const AtomicU64
     }
 }
 
@@ -310,9 +307,9 @@ pub fn map_kernel(
 
 fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {
     // Pool pages live in the image and are never reused; frames go back.
-    let pool = kimage_to_phys(core::ptr::addr_of!(KPT_POOL) as u64);
+    let pool = kimage_to_phys(VirtAddr::new(core::ptr::addr_of!(KPT_POOL) as u64));
     mem.tables -= 1;
-    if pa.0 >= pool.0 && pa.0 < pool.0 + (POOL_PAGES as u64) * PAGE_SIZE {
+    if pa.as_u64() >= pool.as_u64() && pa.as_u64() < pool.as_u64() + (POOL_PAGES as u64) * PAGE_SIZE {
         return;
     }
     frame::free(pa, 0, Owner::PageTable).expect("freeing a detached kernel table");
@@ -348,7 +345,7 @@ unsafe impl TableMemory for FrameTableMem {
         Some(pa)
     }
     fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-        phys_to_virt(pa).0 as *const AtomicU64
+        phys_to_virt(pa).as_u64() as *const AtomicU64
     }
 }
 

@@ -2,6 +2,7 @@
 //! range and keeps its VMAs; `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE` set the folio
 //! policy of later faults.
 
+use super::addr::VirtAddr;
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags};
@@ -23,7 +24,7 @@ pub enum Advice {
 /// (`madvise_dontneed_free_valid_vma`: -EINVAL) and holes are skipped; for
 /// the hugepage advice every VMA part gets it and a hole is `not mapped`
 /// (-ENOMEM) once the rest is done.
-pub fn do_madvise(mt: MmTables<'_>, va: u64, len: u64, advice: Advice) -> Result<(), MmError> {
+pub fn do_madvise(mt: MmTables<'_>, va: VirtAddr, len: u64, advice: Advice) -> Result<(), MmError> {
     check_user_range(va, len)?;
     match advice {
         Advice::DontNeed => madvise_dontneed(mt, va, len),
@@ -32,7 +33,7 @@ pub fn do_madvise(mt: MmTables<'_>, va: u64, len: u64, advice: Advice) -> Result
     }
 }
 
-fn madvise_dontneed(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let g = mt.mm.mmap_read_lock();
     let end = va + len;
     let mut a = va;
@@ -52,11 +53,11 @@ fn madvise_dontneed(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> 
 }
 
 /// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA.
-fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: u64, end: u64) -> Result<(), MmError> {
+fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
     memory::zap_page_range(mt, start, end - start)
 }
 
-fn madvise_hugepage(mt: MmTables<'_>, va: u64, len: u64, huge: bool) -> Result<(), MmError> {
+fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {
     let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();
     let mut hole = None;

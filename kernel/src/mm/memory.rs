@@ -20,7 +20,7 @@ use core::sync::atomic::Ordering;
 
 use spin::Mutex;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
@@ -36,21 +36,21 @@ pub const PFN_POOL_SIZE: u64 = 4 << 20;
 static PFN_POOL: [core::sync::atomic::AtomicU64; 2] =
     [core::sync::atomic::AtomicU64::new(0), core::sync::atomic::AtomicU64::new(0)];
 
-pub fn set_pfn_pool(start: u64, end: u64) {
-    PFN_POOL[0].store(start, Ordering::Release);
-    PFN_POOL[1].store(end, Ordering::Release);
+pub fn set_pfn_pool(start: PhysAddr, end: PhysAddr) {
+    PFN_POOL[0].store(start.as_u64(), Ordering::Release);
+    PFN_POOL[1].store(end.as_u64(), Ordering::Release);
 }
 
 /// The PFN pool `[start, end)` (physical), if there is one.
-pub fn pfn_pool() -> Option<(u64, u64)> {
+pub fn pfn_pool() -> Option<(PhysAddr, PhysAddr)> {
     let (s, e) = (PFN_POOL[0].load(Ordering::Acquire), PFN_POOL[1].load(Ordering::Acquire));
-    (e > s).then_some((s, e))
+    (e > s).then_some((PhysAddr::new(s), PhysAddr::new(e)))
 }
 
 /// Clears the pool once the linear map exists (it is ordinary RAM).
 pub fn zero_pfn_pool() {
     if let Some((s, e)) = pfn_pool() {
-        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(PhysAddr(s)).0, e - s);
+        crate::arch::aarch64::cpu::zero_pages(super::layout::phys_to_virt(s).as_u64(), e - s);
     }
 }
 
@@ -63,7 +63,7 @@ pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(),
     let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
-    t.map(super::addr::VirtAddr(vma.start), pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
+    t.map(vma.start, pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -189,9 +189,10 @@ pub(crate) fn split_blocks_at_edges(
     ptl: &PtlGuard<'_>,
     mm: &MmStruct,
     mem: &mut FrameTableMem,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
 ) -> Result<(), MmError> {
+    let (start, end) = (start.as_u64(), end.as_u64());
     if super::huge_memory::pud_order().is_some() {
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
@@ -208,7 +209,7 @@ pub(crate) fn split_blocks_at_edges(
         if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
-                super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
+                super::huge_memory::split_huge_pmd(mm, mem, pmd, VirtAddr::new(edge))?;
             }
         }
     }
@@ -217,7 +218,7 @@ pub(crate) fn split_blocks_at_edges(
 
 /// Splits the blocks that `[va, va+len)` cuts (the fallible part of
 /// [`change_protection`], which callers run before they change a VMA).
-pub fn split_range_edges(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)
@@ -228,7 +229,7 @@ fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: 
     if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
-        super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
+        super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va))?;
     }
     Ok(())
 }
@@ -373,15 +374,15 @@ pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
 /// the new entry. Refused (the old entry stays) if the flush was skipped.
 fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super::pgtable::MapError> {
-    let old = slot.replace(d, va, PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+    let old = slot.replace(d, VirtAddr::new(va), PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(old)
 }
 
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`access_ok`]).
-pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags) -> VmFault {
-    let va = addr & !(PAGE_SIZE - 1);
+pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
+    let va = addr.align_down(PAGE_SIZE).as_u64();
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
@@ -397,7 +398,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
     let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
-        && super::huge_memory::pmd_suitable(vma, va)
+        && super::huge_memory::pmd_suitable(vma, VirtAddr::new(va))
         && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
     {
         return r;
@@ -407,7 +408,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: u64, flags: FaultFlags
             if flags.write && pd.user_writable() {
                 return spurious(mt.mm, pmd, va, 2, true);
             }
-            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
+            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, VirtAddr::new(va), pd, flags);
         }
         return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2, false) } else { VmFault::Sigsegv };
     }
@@ -463,7 +464,7 @@ fn handle_pud_fault(
     let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
-        && super::huge_memory::pud_suitable(vma, va)
+        && super::huge_memory::pud_suitable(vma, VirtAddr::new(va))
         && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
     {
         return Some(r);
@@ -472,7 +473,7 @@ fn handle_pud_fault(
         // Always exclusive (see `do_huge_pud_anonymous_page`): a write
         // reuses it, anything else is spurious or not allowed.
         if flags.write && !d.user_writable() {
-            if super::huge_memory::split_huge_pud(mm, mem, pud, va).is_err() {
+            if super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va)).is_err() {
                 return Some(VmFault::Oom);
             }
             // The retried access finds the 2M block.
@@ -556,7 +557,7 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFaul
 /// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
 fn do_fault(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
-    let pgoff = vma.pgoff_of(va);
+    let pgoff = vma.pgoff_of(VirtAddr::new(va));
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
@@ -611,7 +612,7 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: u64) -> Option<(page::Folio, u64)>
     for order in (1..=max).rev() {
         let size = PAGE_SIZE << order;
         let base = va & !(size - 1);
-        if base < vma.start || base + size > vma.end {
+        if base < vma.start.as_u64() || base + size > vma.end.as_u64() {
             continue;
         }
         let first = slot_at(slot, va, base);
@@ -640,7 +641,7 @@ fn unfold_run(mm: &MmStruct, slot: Pte, va: u64) -> Result<(), super::pgtable::M
     let n = GRANULE.contiguous_entries(3);
     let run_va = va & !(cont_size() - 1);
     let mut old = [0u64; 128];
-    slot_at(slot, va, run_va).unfold(n, run_va, cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
+    slot_at(slot, va, run_va).unfold(n, VirtAddr::new(run_va), cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -706,7 +707,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
         Err(e) => pte_bug(e),
     };
     if old.is_valid() {
-        KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
+        KernelFlush.flush(VirtAddr::new(va), PAGE_SIZE, Some(mm.asid()), true);
     }
     VmFault::Done
 }
@@ -728,7 +729,7 @@ fn wp_page_copy(
 }
 
 fn pfn_in_pool(pa: PhysAddr) -> bool {
-    pfn_pool().is_some_and(|(s, e)| pa.0 >= s && pa.0 < e)
+    pfn_pool().is_some_and(|(s, e)| pa >= s && pa < e)
 }
 
 /// `wp_page_copy` with the copy's source: `src` (None: zeroes) and the old
@@ -794,7 +795,7 @@ fn copy_pte_slow<'d>(
         return Ok(());
     }
     if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
+        return Err(MmError::NotPresent { addr: VirtAddr::new(va) });
     }
     let child = if desc.special() {
         desc
@@ -820,7 +821,7 @@ fn copy_pte_slow<'d>(
             if desc.0 & CONT_BIT != 0 {
                 broken_runs.push(va & !(cont_size() - 1));
             }
-            Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().0)
+            Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
     };
     let dslot = match *drun {
@@ -859,14 +860,14 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
     // A 1G THP is never shared: 2M THPs from here on.
-    split_puds_in(&sptl, src.mm, &mut smem, vma.start, vma.end)?;
+    split_puds_in(&sptl, src.mm, &mut smem, vma.start.as_u64(), vma.end.as_u64())?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
-        a = va + GRANULE.level_size(2);
+    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a.as_u64(), vma.end.as_u64(), 2) {
+        a = VirtAddr::new(va + GRANULE.level_size(2));
         let d = slot.get();
         if !d.special() {
             let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
@@ -878,7 +879,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     for va in pinned_blocks {
         if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
-            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
+            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, VirtAddr::new(va))?;
         }
     }
     // Linux raw_write_seqcount_begin(&src_mm->write_protect_seq): GUP-fast
@@ -890,7 +891,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut failed_at = None;
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |start, level, srun| {
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |start, level, srun| {
         // Found at the first entry to copy (a table with nothing to copy
         // gets no child table).
         let mut drun: Option<PteRun> = None;
@@ -1000,10 +1001,11 @@ fn block_all_exclusive(d: Desc) -> bool {
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
 /// and only then drops the pages' mappings and references.
-pub fn zap_page_range(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
+    let va = va.as_u64();
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
@@ -1066,7 +1068,7 @@ fn clear_range(
             Kind::Leaf(_) => {
                 let old = e.get_and_clear();
                 if old.is_valid() {
-                    tlb.flush_range(entry_va, entry_va + size);
+                    tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
                     if !old.special() {
                         tlb.remove_block(mem, old.output_address(size));
                     }
@@ -1077,7 +1079,7 @@ fn clear_range(
                 if va == entry_va && chunk_end == entry_va + size {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
-                    tlb.remove_table(mem, next, entry_va, entry_va + size);
+                    tlb.remove_table(mem, next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
                 }
             }
             _ => {}
@@ -1105,7 +1107,7 @@ fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameT
         }
         if !in_range {
             in_range = true;
-            tlb.flush_range(va + i as u64 * PAGE_SIZE, va + run.len() as u64 * PAGE_SIZE);
+            tlb.flush_range(VirtAddr::new(va + i as u64 * PAGE_SIZE), VirtAddr::new(va + run.len() as u64 * PAGE_SIZE));
         }
         if !old.special() && tlb.remove_page(mem, old.output_address(PAGE_SIZE)) {
             in_range = false;
@@ -1228,7 +1230,7 @@ fn skip_perm_flush() -> bool {
 /// changes are permission-only (no BBM); one TLB flush at the end.
 pub fn change_protection(
     mt: MmTables<'_>,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     readable: bool,
     writable: bool,
@@ -1237,6 +1239,7 @@ pub fn change_protection(
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
+    let va = va.as_u64();
     let mut changed = false;
     let mm = mt.mm;
     let el0 = readable || writable;
@@ -1257,7 +1260,7 @@ pub fn change_protection(
         Ok(())
     });
     if changed && !skip_perm_flush() {
-        KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
+        KernelFlush.flush(VirtAddr::new(va), len, Some(mt.mm.asid()), true);
     }
     r
 }
@@ -1326,7 +1329,7 @@ fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(),
 
 /// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
 /// first use; PFN mappings are refused (Linux: BUG_ON).
-fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Result<Vma, i64> {
+fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, i64> {
     use crate::errno::{EFAULT, EINVAL};
     let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
     if v.flags.contains(VmFlags::PFNMAP) {
@@ -1342,10 +1345,11 @@ fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: u64) -> Res
 pub fn vm_insert_page(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
-    addr: u64,
+    addr: VirtAddr,
     pa: PhysAddr,
 ) -> Result<(), i64> {
     let vma = insert_vma(vmas, addr)?;
+    let addr = addr.as_u64();
     validate_page_before_insert(mt.mm, &vma, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
@@ -1362,7 +1366,7 @@ pub fn vm_insert_page(
 pub fn vm_insert_pages(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
-    addr: u64,
+    addr: VirtAddr,
     pages: &[PhysAddr],
 ) -> (usize, Result<(), i64>) {
     for (i, &pa) in pages.iter().enumerate() {
@@ -1381,7 +1385,8 @@ pub fn vm_insert_pages(
 /// allows it - anything in VM_PFNMAP/VM_IO mappings, the zero page only
 /// where `vm_mixed_zeropage_allowed` says so - mapped special when it has
 /// no struct page (or is the zero page), as a page otherwise.
-pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: u64, pfn: PhysAddr) -> VmFault {
+pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAddr) -> VmFault {
+    let addr = addr.as_u64();
     let io = vma.flags.0 & (VmFlags::PFNMAP.0 | VmFlags::IO.0) != 0;
     if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
         return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS

@@ -14,7 +14,7 @@ use core::ops::{Deref, DerefMut};
 
 use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 
 bitflags_lite! {
     /// VMA flags (Linux `VM_*`), the subset pagelab uses. `PFN_MKWRITE`
@@ -106,8 +106,8 @@ pub fn size_str(size: u64) -> impl core::fmt::Display {
 /// A virtual memory area: `[start, end)` with flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Vma {
-    pub start: u64,
-    pub end: u64,
+    pub start: VirtAddr,
+    pub end: VirtAddr,
     pub flags: VmFlags,
     /// Largest folio order anonymous faults may allocate here (the
     /// mapping's `thp=SIZE`; 0 = base pages only).
@@ -152,7 +152,7 @@ impl Vma {
     }
 
     /// The file page offset of `va` in this VMA.
-    pub fn pgoff_of(&self, va: u64) -> u64 {
+    pub fn pgoff_of(&self, va: VirtAddr) -> u64 {
         self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
     }
 }
@@ -209,7 +209,7 @@ impl VmaList {
         self.0.iter()
     }
     /// How many VMAs splitting at `start` and `end` would add (0 to 2).
-    pub fn splits_needed(&self, start: u64, end: u64) -> usize {
+    pub fn splits_needed(&self, start: VirtAddr, end: VirtAddr) -> usize {
         [start, end].iter().filter(|&&a| self.0.iter().any(|v| v.start < a && a < v.end)).count()
     }
     /// Makes room for `n` more VMAs (an insert, or the splits of a range
@@ -233,7 +233,7 @@ impl VmaList {
     }
     /// Splits the VMA that strictly contains `addr` into two at `addr`
     /// (Linux `split_vma`). Nothing happens if `addr` is a boundary or in a hole.
-    pub fn split_at(&mut self, addr: u64) {
+    pub fn split_at(&mut self, addr: VirtAddr) {
         if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
             let lo = self.0[i];
             let hi = Vma { start: addr, pgoff: lo.pgoff_of(addr), ..lo };
@@ -243,27 +243,27 @@ impl VmaList {
         }
     }
     /// The VMAs wholly inside `[start, end)` (after splitting at both ends).
-    pub fn inside(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+    pub fn inside(&self, start: VirtAddr, end: VirtAddr) -> impl Iterator<Item = &Vma> {
         self.0.iter().filter(move |v| v.start >= start && v.end <= end)
     }
     /// Mutable access to the VMAs wholly inside `[start, end)`.
-    pub fn inside_mut(&mut self, start: u64, end: u64) -> impl Iterator<Item = &mut Vma> {
+    pub fn inside_mut(&mut self, start: VirtAddr, end: VirtAddr) -> impl Iterator<Item = &mut Vma> {
         self.0.iter_mut().filter(move |v| v.start >= start && v.end <= end)
     }
     /// The VMA containing `addr`, mutable (flags changes under the write lock).
-    pub fn find_mut(&mut self, addr: u64) -> Option<&mut Vma> {
+    pub fn find_mut(&mut self, addr: VirtAddr) -> Option<&mut Vma> {
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get_mut(i).filter(|v| v.start <= addr)
     }
     /// Removes and returns the VMA that starts at `start`.
-    pub fn remove(&mut self, start: u64) -> Option<Vma> {
+    pub fn remove(&mut self, start: VirtAddr) -> Option<Vma> {
         let i = self.0.iter().position(|v| v.start == start)?;
         let v = self.0.remove(i);
         file_vma_put(&v);
         Some(v)
     }
     /// The VMA containing `addr` (Linux `vma_lookup`).
-    pub fn find(&self, addr: u64) -> Option<&Vma> {
+    pub fn find(&self, addr: VirtAddr) -> Option<&Vma> {
         let i = self.0.partition_point(|o| o.end <= addr);
         self.0.get(i).filter(|v| v.start <= addr)
     }
@@ -290,7 +290,7 @@ pub struct MmStruct {
     pub free_area: core::sync::atomic::AtomicU64,
     /// The range [`MmStruct::mseal`] sealed: munmap and mprotect refuse to
     /// touch it (Linux `VM_SEALED`).
-    sealed: spin::Once<(u64, u64)>,
+    sealed: spin::Once<(VirtAddr, VirtAddr)>,
 }
 
 /// First address `do_mmap` hands out.
@@ -312,11 +312,11 @@ impl MmStruct {
     /// Seals `[start, end)` (Linux `mseal`): its VMAs can no longer be
     /// unmapped or have their protection changed. One range per mm (the
     /// process layer's agent); a second call is ignored.
-    pub fn mseal(&self, start: u64, end: u64) {
+    pub fn mseal(&self, start: VirtAddr, end: VirtAddr) {
         self.sealed.call_once(|| (start, end));
     }
     /// Whether `[start, end)` overlaps the sealed range.
-    pub fn is_sealed(&self, start: u64, end: u64) -> bool {
+    pub fn is_sealed(&self, start: VirtAddr, end: VirtAddr) -> bool {
         self.sealed.get().is_some_and(|&(s, e)| s < end && start < e)
     }
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
@@ -460,15 +460,27 @@ mod sealed {
 mod tests {
     use super::*;
 
+    /// Test addresses are written as plain numbers.
+    fn va(a: u64) -> VirtAddr {
+        VirtAddr::new(a)
+    }
+
     #[test]
     fn max_map_count_and_splits_needed() {
         let mut l = VmaList::default();
-        let v = |s: u64| Vma { start: s, end: s + 0x1000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 };
-        assert!(l.insert(Vma { end: 0x4000, ..v(0x1000) }));
-        assert_eq!(l.splits_needed(0x1000, 0x4000), 0, "whole VMA: no split");
-        assert_eq!(l.splits_needed(0x2000, 0x4000), 1);
-        assert_eq!(l.splits_needed(0x2000, 0x3000), 2);
-        assert_eq!(l.splits_needed(0x8000, 0x9000), 0, "a hole");
+        let v = |s: u64| Vma {
+            start: VirtAddr::new(s),
+            end: VirtAddr::new(s + 0x1000),
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0,
+        };
+        assert!(l.insert(Vma { end: va(0x4000), ..v(0x1000) }));
+        assert_eq!(l.splits_needed(va(0x1000), va(0x4000)), 0, "whole VMA: no split");
+        assert_eq!(l.splits_needed(va(0x2000), va(0x4000)), 1);
+        assert_eq!(l.splits_needed(va(0x2000), va(0x3000)), 2);
+        assert_eq!(l.splits_needed(va(0x8000), va(0x9000)), 0, "a hole");
         for i in 1..MAX_MAP_COUNT as u64 {
             l.try_reserve(1).unwrap();
             assert!(l.insert(v(0x10_0000 + i * 0x2000)));
@@ -481,62 +493,90 @@ mod tests {
 
     #[test]
     fn mseal_covers_its_range_only_and_once() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
-        assert!(!mm.is_sealed(0, u64::MAX), "nothing is sealed at first");
-        mm.mseal(0x4000, 0x8000);
-        assert!(mm.is_sealed(0x7000, 0x9000) && mm.is_sealed(0x3000, 0x5000) && mm.is_sealed(0, u64::MAX));
-        assert!(!mm.is_sealed(0x8000, 0x9000) && !mm.is_sealed(0x3000, 0x4000), "the ends are exclusive");
-        mm.mseal(0x10000, 0x20000);
-        assert!(!mm.is_sealed(0x10000, 0x20000), "a second seal is ignored");
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
+        assert!(!mm.is_sealed(va(0), va(u64::MAX)), "nothing is sealed at first");
+        mm.mseal(va(0x4000), va(0x8000));
+        assert!(
+            mm.is_sealed(va(0x7000), va(0x9000))
+                && mm.is_sealed(va(0x3000), va(0x5000))
+                && mm.is_sealed(va(0), va(u64::MAX))
+        );
+        assert!(
+            !mm.is_sealed(va(0x8000), va(0x9000)) && !mm.is_sealed(va(0x3000), va(0x4000)),
+            "the ends are exclusive"
+        );
+        mm.mseal(va(0x10000), va(0x20000));
+        assert!(!mm.is_sealed(va(0x10000), va(0x20000)), "a second seal is ignored");
         assert_eq!(mm.free_area.load(core::sync::atomic::Ordering::Relaxed), MMAP_BASE);
     }
 
     #[test]
     fn vma_list_keeps_order_and_refuses_overlap() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        assert!(w.insert(Vma { start: 0x3000, end: 0x5000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }));
         assert!(w.insert(Vma {
-            start: 0x1000,
-            end: 0x2000,
+            start: va(0x3000),
+            end: va(0x5000),
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0
+        }));
+        assert!(w.insert(Vma {
+            start: va(0x1000),
+            end: va(0x2000),
             flags: VmFlags::READ | VmFlags::WRITE,
             folio_order: 0,
             file: 0,
             pgoff: 0
         }));
         assert!(
-            !w.insert(Vma { start: 0x4000, end: 0x6000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            !w.insert(Vma {
+                start: va(0x4000),
+                end: va(0x6000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }),
             "overlap"
         );
         assert!(
-            !w.insert(Vma { start: 0x7000, end: 0x7000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 }),
+            !w.insert(Vma {
+                start: va(0x7000),
+                end: va(0x7000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0
+            }),
             "empty"
         );
-        assert_eq!(w.find(0x1fff).map(|v| v.start), Some(0x1000));
-        assert_eq!(w.find(0x2000), None);
-        assert_eq!(w.find(0x4000).map(|v| v.start), Some(0x3000));
-        let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start).collect();
+        assert_eq!(w.find(va(0x1fff)).map(|v| v.start), Some(va(0x1000)));
+        assert_eq!(w.find(va(0x2000)), None);
+        assert_eq!(w.find(va(0x4000)).map(|v| v.start), Some(va(0x3000)));
+        let starts: alloc::vec::Vec<u64> = w.iter().map(|v| v.start.as_u64()).collect();
         assert_eq!(starts, [0x1000, 0x3000]);
-        assert!(w.find(0x1000).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(w.find(va(0x1000)).unwrap().flags.contains(VmFlags::WRITE));
     }
 
     #[test]
     fn split_vmas() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        w.insert(Vma { start: 0x1000, end: 0x9000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
-        w.split_at(0x3000);
-        w.split_at(0x3000); // already a boundary
-        w.split_at(0x20000); // a hole
-        w.split_at(0x7000);
-        let v: alloc::vec::Vec<(u64, u64)> = w.iter().map(|v| (v.start, v.end)).collect();
+        w.insert(Vma { start: va(0x1000), end: va(0x9000), flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
+        w.split_at(va(0x3000));
+        w.split_at(va(0x3000)); // already a boundary
+        w.split_at(va(0x20000)); // a hole
+        w.split_at(va(0x7000));
+        let v: alloc::vec::Vec<(u64, u64)> = w.iter().map(|v| (v.start.as_u64(), v.end.as_u64())).collect();
         assert_eq!(v, [(0x1000, 0x3000), (0x3000, 0x7000), (0x7000, 0x9000)]);
-        assert_eq!(w.inside(0x3000, 0x9000).count(), 2);
-        for v in w.inside_mut(0x3000, 0x7000) {
+        assert_eq!(w.inside(va(0x3000), va(0x9000)).count(), 2);
+        for v in w.inside_mut(va(0x3000), va(0x7000)) {
             v.flags = VmFlags::READ | VmFlags::WRITE;
         }
-        assert!(w.find(0x3000).unwrap().flags.contains(VmFlags::WRITE));
-        assert!(!w.find(0x7000).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(w.find(va(0x3000)).unwrap().flags.contains(VmFlags::WRITE));
+        assert!(!w.find(va(0x7000)).unwrap().flags.contains(VmFlags::WRITE));
     }
 
     #[test]
@@ -550,8 +590,8 @@ mod tests {
         assert_eq!(size_str(0x11000).to_string(), "68K");
         assert_eq!(alloc::format!("{:>6}|", size_str(1 << 30)), "    1G|");
         let v = Vma {
-            start: 0x10_0000_0000,
-            end: 0x10_0001_0000,
+            start: va(0x10_0000_0000),
+            end: va(0x10_0001_0000),
             flags: VmFlags::READ | VmFlags::WRITE | VmFlags::MAYWRITE,
             folio_order: 9,
             file: 0,
@@ -570,7 +610,7 @@ mod tests {
 
     #[test]
     fn readers_share_writers_exclude() {
-        let mm = MmStruct::new(PhysAddr(0x1000), 1);
+        let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let r1 = mm.mmap_read_lock();
         let r2 = mm.mmap_read_lock();
         assert!(mm.mmap_lock.try_write().is_none());

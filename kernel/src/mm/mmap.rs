@@ -8,7 +8,7 @@ use core::sync::atomic::Ordering;
 
 use alloc::string::String;
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::error::MmError;
 use super::granule::{PAGE_SIZE, align_up};
 use super::memory::{self, MmTables};
@@ -27,7 +27,7 @@ pub struct MmapArgs {
     /// Largest anonymous folio order (`thp=SIZE`; 0 = never).
     pub folio_order: u8,
     /// `pfn=PHYS`: a PFNMAP of the PFN pool at PHYS.
-    pub pfn: Option<u64>,
+    pub pfn: Option<PhysAddr>,
     /// MAP_SHARED: with `memfd`, or for PFN mappings; alone, anonymous
     /// shared memory (an unnamed shmem file).
     pub shared: bool,
@@ -58,14 +58,14 @@ pub(super) fn accountable(flags: VmFlags) -> bool {
 
 /// The checks every range operation makes first: not empty, page aligned,
 /// inside the user address space.
-pub fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
+pub fn check_user_range(va: VirtAddr, len: u64) -> Result<(), MmError> {
     if len == 0 {
         return Err(MmError::Empty);
     }
-    if !va.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+    if !va.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
         return Err(MmError::NotAligned { addr: va, len });
     }
-    if va.checked_add(len).is_none_or(|e| e > USER_TOP) {
+    if va.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
         return Err(MmError::OutOfRange { addr: va, len });
     }
     Ok(())
@@ -74,7 +74,7 @@ pub fn check_user_range(va: u64, len: u64) -> Result<(), MmError> {
 /// Linux `do_mmap` + `mmap_region`: a VMA of `a.size` bytes (anonymous,
 /// memfd, shared or PFN memory, as `a` says) at the next free address of
 /// `mt`. Returns (va, size).
-pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
+pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmError> {
     let mm = mt.mm;
     if a.size == 0 {
         return Err(MmError::Empty);
@@ -86,8 +86,8 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
     // Large folios need naturally aligned ranges (Linux aligns THP-able
     // anonymous mappings the same way).
     let align = a.align.max(PAGE_SIZE).max(PAGE_SIZE << a.folio_order);
-    let va = align_up(mm.free_area.load(Ordering::Relaxed), align);
-    let end = va.checked_add(size).filter(|&e| e <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
+    let va = VirtAddr::new(mm.free_area.load(Ordering::Relaxed)).align_up(align);
+    let end = va.checked_add(size).filter(|e| e.as_u64() <= USER_TOP).ok_or(MmError::NoAddressSpace { size })?;
     let mut flags = VmFlags(0);
     if a.readable {
         flags = flags | VmFlags::READ;
@@ -97,7 +97,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
     }
     if let Some(pfn) = a.pfn {
         let (ps, pe) = memory::pfn_pool().ok_or(MmError::NoPfnPool)?;
-        if pfn % PAGE_SIZE != 0 || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
+        if !pfn.is_aligned(PAGE_SIZE) || pfn < ps || pfn.checked_add(size).is_none_or(|e| e > pe) {
             return Err(MmError::PfnOutsidePool { pfn, size, start: ps, end: pe });
         }
         flags = flags | VmFlags::PFNMAP | VmFlags::IO;
@@ -164,7 +164,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
         return Err(inserted.err().unwrap_or(MmError::Overlap { addr: va }));
     }
     if let Some(pfn) = a.pfn
-        && let Err(e) = memory::remap_pfn_range(mt, &vma, PhysAddr(pfn))
+        && let Err(e) = memory::remap_pfn_range(mt, &vma, pfn)
     {
         // Undo what remap_pfn_range wrote. Unarmed: cleanup is no
         // allocation to inject failures into, and a zap of special
@@ -175,34 +175,35 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(u64, u64), MmError> {
                 mm.mmap_write_lock().remove(va);
             }
             Err(z) => {
-                log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.0);
-                mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
+                log::error!("mm {:#x}: mmap pfn= failed ({e}) and so did its cleanup ({z})", mm.pgd.as_u64());
+                mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
             }
         }
         return Err(e);
     }
     // Leave a guard gap between regions.
-    mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
+    mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
     Ok((va, size))
 }
 
 /// Linux `do_munmap` (`do_vmi_munmap`): removes the VMAs in `[va, va+len)`
 /// (splitting those cut by the range) and zaps what was mapped. The sealed
 /// range is refused.
-pub fn do_munmap(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     check_user_range(va, len)?;
+    let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();
-    if mt.mm.is_sealed(va, va + len) {
+    if mt.mm.is_sealed(va, end) {
         return Err(MmError::Sealed);
     }
-    let n = vmas.splits_needed(va, va + len);
+    let n = vmas.splits_needed(va, end);
     vmas.try_reserve(n)?;
     vmas.split_at(va);
-    vmas.split_at(va + len);
+    vmas.split_at(end);
     memory::zap_page_range(mt, va, len)?;
     // One at a time: no list to allocate.
     loop {
-        let Some(s) = vmas.inside(va, va + len).map(|v| v.start).next() else { break };
+        let Some(s) = vmas.inside(va, end).map(|v| v.start).next() else { break };
         vmas.remove(s);
     }
     Ok(())
@@ -210,7 +211,7 @@ pub fn do_munmap(mt: MmTables<'_>, va: u64, len: u64) -> Result<(), MmError> {
 
 /// Checks that every page of `[va, va+len)` is in some VMA (Linux: -ENOMEM
 /// otherwise), then splits the VMAs at both ends (Linux `split_vma`).
-pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: u64, len: u64) -> Result<(), MmError> {
+pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
     if let Some(addr) = first_hole(vmas, va, len) {
         return Err(MmError::NotMapped { addr });
     }
@@ -222,12 +223,12 @@ pub(super) fn split_covered(vmas: &mut MmapWriteGuard<'_>, va: u64, len: u64) ->
 }
 
 /// Whether every page of `[va, va+len)` lies in some VMA of `mm`.
-pub fn range_covered(mm: &super::mm_struct::MmStruct, va: u64, len: u64) -> bool {
+pub fn range_covered(mm: &super::mm_struct::MmStruct, va: VirtAddr, len: u64) -> bool {
     first_hole(mm.mmap_read_lock().vmas(), va, len).is_none()
 }
 
 /// The first address of `[va, va+len)` that lies in no VMA.
-fn first_hole(vmas: &super::mm_struct::VmaList, va: u64, len: u64) -> Option<u64> {
+fn first_hole(vmas: &super::mm_struct::VmaList, va: VirtAddr, len: u64) -> Option<VirtAddr> {
     let mut a = va;
     while a < va + len {
         match vmas.find(a) {

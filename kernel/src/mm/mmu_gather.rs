@@ -19,7 +19,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::addr::PhysAddr;
+use super::addr::{PhysAddr, VirtAddr};
 use super::kmap::FrameTableMem;
 use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
@@ -57,11 +57,11 @@ impl MmuGather {
             start: u64::MAX,
             end: 0,
             freed_tables: false,
-            pages: [PhysAddr(0); BATCH_PAGES],
+            pages: [PhysAddr::new(0); BATCH_PAGES],
             nr_pages: 0,
-            tables: [PhysAddr(0); BATCH_OTHERS],
+            tables: [PhysAddr::new(0); BATCH_OTHERS],
             nr_tables: 0,
-            blocks: [PhysAddr(0); BATCH_OTHERS],
+            blocks: [PhysAddr::new(0); BATCH_OTHERS],
             nr_blocks: 0,
         }
     }
@@ -73,14 +73,14 @@ impl MmuGather {
     }
 
     /// Linux `tlb_flush_pte_range`: `[start, end)` changed and must be flushed.
-    pub fn flush_range(&mut self, start: u64, end: u64) {
-        self.start = self.start.min(start);
-        self.end = self.end.max(end);
+    pub fn flush_range(&mut self, start: VirtAddr, end: VirtAddr) {
+        self.start = self.start.min(start.as_u64());
+        self.end = self.end.max(end.as_u64());
     }
 
     /// Linux `pte_free_tlb`: a table already unlinked from `[start, end)`,
     /// freed after a flush that includes walk caches.
-    pub fn remove_table(&mut self, mem: &mut FrameTableMem, pa: PhysAddr, start: u64, end: u64) {
+    pub fn remove_table(&mut self, mem: &mut FrameTableMem, pa: PhysAddr, start: VirtAddr, end: VirtAddr) {
         self.freed_tables = true;
         self.flush_range(start, end);
         trace(GatherEvent::Gathered(pa));
@@ -127,7 +127,7 @@ impl MmuGather {
             crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
             trace(GatherEvent::Flushed);
         } else if self.start < self.end {
-            KernelFlush.flush(self.start, self.end - self.start, Some(self.asid), !self.freed_tables);
+            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
             trace(GatherEvent::Flushed);
         }
         (self.start, self.end, self.freed_tables) = (u64::MAX, 0, false);

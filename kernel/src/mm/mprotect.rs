@@ -2,6 +2,7 @@
 //! flags, and the present entries' permissions changed in place
 //! ([`memory::change_protection`]).
 
+use super::addr::VirtAddr;
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::VmFlags;
@@ -12,7 +13,7 @@ use super::mmap::{accountable, check_user_range, split_covered, vm_enough_memory
 /// pages present for the kernel but EL1-only, so EL0 gets permission
 /// faults (Linux keeps PROT_NONE pages `pte_present` too). `rw` makes only
 /// exclusive anon pages writable.
-pub fn do_mprotect(mt: MmTables<'_>, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
+pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, writable: bool) -> Result<(), MmError> {
     check_user_range(va, len)?;
     let end = va + len;
     let mut vmas = mt.mm.mmap_write_lock();

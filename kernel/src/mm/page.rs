@@ -67,13 +67,13 @@ pub fn init() -> u64 {
     let bytes = n as usize * core::mem::size_of::<Page>();
     let order = (bytes.div_ceil(PAGE_SIZE as usize)).next_power_of_two().trailing_zeros();
     let pa = frame::alloc_zeroed(order, Owner::Other).expect("no memory for the page metadata array");
-    MEMMAP.store(phys_to_virt(pa).0 as usize, Ordering::Release);
+    MEMMAP.store(phys_to_virt(pa).as_u64() as usize, Ordering::Release);
     BASE_PFN.store(base as usize, Ordering::Release);
     NR_PAGES.store(n as usize, Ordering::Release);
     let zero = frame::alloc_zeroed(0, Owner::Other).expect("no memory for the zero page");
     let p = pfn_to_page(zero).expect("zero page outside RAM");
     p.flags.store(pg::ZERO, Ordering::Release);
-    ZERO_PAGE.store(zero.0 as usize, Ordering::Release);
+    ZERO_PAGE.store(zero.as_u64() as usize, Ordering::Release);
     1 << order
 }
 
@@ -83,7 +83,7 @@ pub fn pfn_to_page(pa: PhysAddr) -> Option<&'static Page> {
     if base == 0 {
         return None;
     }
-    let i = (pa.0 >> PAGE_SHIFT).checked_sub(BASE_PFN.load(Ordering::Relaxed) as u64)? as usize;
+    let i = (pa.as_u64() >> PAGE_SHIFT).checked_sub(BASE_PFN.load(Ordering::Relaxed) as u64)? as usize;
     if i >= NR_PAGES.load(Ordering::Relaxed) {
         return None;
     }
@@ -95,24 +95,26 @@ pub fn pfn_to_page(pa: PhysAddr) -> Option<&'static Page> {
 pub fn page_to_pfn(p: &Page) -> PhysAddr {
     let base = MEMMAP.load(Ordering::Relaxed);
     let i = (p as *const Page as usize - base) / core::mem::size_of::<Page>();
-    PhysAddr(((BASE_PFN.load(Ordering::Relaxed) + i) as u64) << PAGE_SHIFT)
+    PhysAddr::new(((BASE_PFN.load(Ordering::Relaxed) + i) as u64) << PAGE_SHIFT)
 }
 
 /// The shared zero page (Linux `ZERO_PAGE(0)`).
 pub fn zero_page() -> PhysAddr {
-    PhysAddr(ZERO_PAGE.load(Ordering::Relaxed) as u64)
+    PhysAddr::new(ZERO_PAGE.load(Ordering::Relaxed) as u64)
 }
 
 /// Whether the shared zero page still reads as zeroes (tests).
 pub fn zero_page_is_zero() -> bool {
     // SAFETY: the zero page is RAM in the linear map.
-    let s = unsafe { core::slice::from_raw_parts(phys_to_virt(zero_page()).0 as *const u64, (PAGE_SIZE / 8) as usize) };
+    let s = unsafe {
+        core::slice::from_raw_parts(phys_to_virt(zero_page()).as_u64() as *const u64, (PAGE_SIZE / 8) as usize)
+    };
     s.iter().all(|&w| w == 0)
 }
 
 /// Linux `is_zero_pfn`.
 pub fn is_zero_pfn(pa: PhysAddr) -> bool {
-    pa.0 & !(PAGE_SIZE - 1) == zero_page().0
+    pa.as_u64() & !(PAGE_SIZE - 1) == zero_page().as_u64()
 }
 
 /// A folio: a naturally aligned run of `2^order` frames, named by its head.
@@ -124,7 +126,7 @@ impl core::fmt::Debug for Folio {
         write!(
             f,
             "Folio({:#x}, order {}, ref {}, map {}, pin {})",
-            self.pa().0,
+            self.pa().as_u64(),
             self.order(),
             self.refcount(),
             self.mapcount(),
@@ -158,7 +160,7 @@ impl Page {
         let f = self.flags();
         if f & pg::TAIL != 0 {
             let off = self.head_off.load(Ordering::Acquire) as u64;
-            let head = pfn_to_page(PhysAddr(self.pa().0 - (off << PAGE_SHIFT)))?;
+            let head = pfn_to_page(self.pa() - (off << PAGE_SHIFT))?;
             return Some(Folio(head));
         }
         if f & pg::FOLIO != 0 { Some(Folio(self)) } else { None }
@@ -202,7 +204,7 @@ impl Folio {
     }
     /// Page `i` of the folio.
     pub fn page(&self, i: u64) -> &'static Page {
-        pfn_to_page(PhysAddr(self.pa().0 + (i << PAGE_SHIFT))).expect("folio page outside RAM")
+        pfn_to_page(self.pa() + (i << PAGE_SHIFT)).expect("folio page outside RAM")
     }
     /// Linux `folio_mapcount`: every page-level mapping plus every block
     /// mapping of the whole folio.
@@ -216,7 +218,7 @@ impl Folio {
     /// Linux `folio_get`.
     pub fn get(&self) {
         let old = self.0.refcount.fetch_add(1, Ordering::AcqRel);
-        assert!(old > 0, "folio_get on a free folio {:#x}", self.pa().0);
+        assert!(old > 0, "folio_get on a free folio {:#x}", self.pa().as_u64());
     }
     /// Linux `folio_try_get` (for lockless GUP): fails on a folio being freed.
     pub fn try_get(&self) -> bool {
@@ -241,7 +243,7 @@ impl Folio {
     /// after which the caller frees the folio.
     fn put_testzero(&self) -> bool {
         let old = self.0.refcount.fetch_sub(1, Ordering::AcqRel);
-        assert!(old > 0, "folio_put on a free folio {:#x}", self.pa().0);
+        assert!(old > 0, "folio_put on a free folio {:#x}", self.pa().as_u64());
         old == 1
     }
     pub fn pin(&self) {
@@ -251,7 +253,7 @@ impl Folio {
     /// Linux `unpin_user_page`.
     pub fn unpin(self) {
         let old = self.0.pincount.fetch_sub(1, Ordering::AcqRel);
-        assert!(old > 0, "unpin of an unpinned folio {:#x}", self.pa().0);
+        assert!(old > 0, "unpin of an unpinned folio {:#x}", self.pa().as_u64());
         self.put();
     }
 }
@@ -313,7 +315,7 @@ pub fn folio_alloc_anon_nozero(order: u32) -> Option<Folio> {
 fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
     let head = pfn_to_page(pa).expect("allocated frame outside RAM");
     for i in 1..(1u64 << order) {
-        let t = pfn_to_page(PhysAddr(pa.0 + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+        let t = pfn_to_page(pa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
         t.mapcount.store(0, Ordering::Relaxed);
         t.head_off.store(i as u32, Ordering::Relaxed);
         t.flags.store(pg::TAIL | pg::ANON, Ordering::Release);
@@ -354,11 +356,11 @@ fn clear_folio(f: Folio) {
     let pa = f.pa();
     for i in 0..f.nr_pages() {
         let p = f.page(i);
-        assert!(p.mapcount() == 0, "freeing folio {:#x} whose page {i} is still mapped", pa.0);
+        assert!(p.mapcount() == 0, "freeing folio {:#x} whose page {i} is still mapped", pa.as_u64());
         p.flags.store(0, Ordering::Release);
         p.head_off.store(0, Ordering::Relaxed);
     }
-    assert!(f.pincount() == 0 && f.entire_mapcount() == 0, "freeing a pinned or block-mapped folio {:#x}", pa.0);
+    assert!(f.pincount() == 0 && f.entire_mapcount() == 0, "freeing a pinned or block-mapped folio {:#x}", pa.as_u64());
 }
 
 fn free_folio(f: Folio) {
@@ -384,7 +386,7 @@ pub fn folio_add_anon_rmap_pte(page: &Page) {
 /// Linux `folio_remove_rmap_pte`.
 pub fn folio_remove_rmap_pte(page: &Page) {
     let old = page.mapcount.fetch_sub(1, Ordering::AcqRel);
-    assert!(old > 0, "mapcount underflow on page {:#x}", page.pa().0);
+    assert!(old > 0, "mapcount underflow on page {:#x}", page.pa().as_u64());
     if old == 1 {
         // Linux clears it when the page is freed; an unmapped page can be
         // exclusive to no one.
@@ -409,7 +411,7 @@ pub fn folio_dup_rmap_pmd(f: Folio) {
 /// Linux `folio_remove_rmap_pmd`.
 pub fn folio_remove_rmap_pmd(f: Folio) {
     let old = f.0.entire_mapcount.fetch_sub(1, Ordering::AcqRel);
-    assert!(old > 0, "entire_mapcount underflow on folio {:#x}", f.pa().0);
+    assert!(old > 0, "entire_mapcount underflow on folio {:#x}", f.pa().as_u64());
     if f.mapcount() == 0 {
         (0..f.nr_pages()).for_each(|i| f.page(i).clear_anon_exclusive());
     }
@@ -439,7 +441,7 @@ pub fn split_entire_folio(
     use super::error::{Inconsistency, MmError};
     let (pa, order) = (f.pa(), f.order());
     if new_order >= order || f.entire_mapcount() != 1 || f.mapcount() != 1 {
-        return Err(MmError::Inconsistent { addr: pa.0, what: Inconsistency::Unsplittable });
+        return Err(MmError::Inconsistent { addr: pa.as_u64(), what: Inconsistency::Unsplittable });
     }
     // Linux `folio_ref_freeze`: the counts are shared out from what the
     // handles hold, so every reference must be one of those (plus the
@@ -451,10 +453,10 @@ pub fn split_entire_folio(
     }
     let sub = 1u64 << new_order;
     for k in 0..(1u64 << (order - new_order)) {
-        let hpa = PhysAddr(pa.0 + ((k * sub) << PAGE_SHIFT));
+        let hpa = pa + ((k * sub) << PAGE_SHIFT);
         let head = pfn_to_page(hpa).expect("folio page outside RAM");
         for i in 1..sub {
-            let t = pfn_to_page(PhysAddr(hpa.0 + (i << PAGE_SHIFT))).expect("folio page outside RAM");
+            let t = pfn_to_page(hpa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
             t.head_off.store(i as u32, Ordering::Relaxed);
         }
         let excl = head.flags() & pg::ANON_EXCLUSIVE;
@@ -473,7 +475,7 @@ pub fn split_entire_folio(
 /// Flags `n` frames from `pa` as zero pages (the huge zero folio).
 pub fn mark_zero(pa: PhysAddr, n: u64) {
     for i in 0..n {
-        if let Some(p) = pfn_to_page(PhysAddr(pa.0 + (i << PAGE_SHIFT))) {
+        if let Some(p) = pfn_to_page(pa + (i << PAGE_SHIFT)) {
             p.flags.store(pg::ZERO, Ordering::Release);
         }
     }
@@ -501,7 +503,7 @@ pub fn folio_try_dup_anon_rmap_pte(folio: Folio, page: &Page) -> bool {
 pub fn copy_page(dst: PhysAddr, src: PhysAddr) {
     // SAFETY: both are whole RAM pages reachable through the linear map;
     // dst is a fresh frame nobody else can see yet.
-    unsafe { crate::arch::aarch64::cpu::copy_pages(phys_to_virt(dst).0, phys_to_virt(src).0, PAGE_SIZE) };
+    unsafe { crate::arch::aarch64::cpu::copy_pages(phys_to_virt(dst).as_u64(), phys_to_virt(src).as_u64(), PAGE_SIZE) };
 }
 
 /// For [`super::page_table_check`]: every page the allocator says is user
@@ -513,18 +515,18 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
     let (mut frames, mut folios) = (0, 0);
     let mut i = 0;
     while i < n {
-        let pa = PhysAddr((base + i) << PAGE_SHIFT);
+        let pa = PhysAddr::new((base + i) << PAGE_SHIFT);
         let p = pfn_to_page(pa).unwrap();
         let f = p.flags();
         if f & pg::FOLIO != 0 {
             let folio = Folio(p);
             if folio.refcount() == 0 {
-                return Err(Violation::FolioRefcountZero { pa: pa.0 });
+                return Err(Violation::FolioRefcountZero { pa: pa.as_u64() });
             }
             for j in 0..folio.nr_pages() {
-                let q = PhysAddr(pa.0 + (j << PAGE_SHIFT));
+                let q = pa + (j << PAGE_SHIFT);
                 if !user_frame(q) {
-                    return Err(Violation::FolioPageNotUser { pa: q.0 });
+                    return Err(Violation::FolioPageNotUser { pa: q.as_u64() });
                 }
             }
             frames += folio.nr_pages();
@@ -533,10 +535,10 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
             continue;
         }
         if f & pg::TAIL != 0 {
-            return Err(Violation::TailWithoutHead { pa: pa.0 });
+            return Err(Violation::TailWithoutHead { pa: pa.as_u64() });
         }
         if p.mapcount() != 0 || f & pg::ANON_EXCLUSIVE != 0 {
-            return Err(Violation::StrayPage { pa: pa.0, mapcount: p.mapcount(), flags: f as u64 });
+            return Err(Violation::StrayPage { pa: pa.as_u64(), mapcount: p.mapcount(), flags: f as u64 });
         }
         i += 1;
     }
@@ -549,7 +551,7 @@ pub fn for_each_folio(mut f: impl FnMut(Folio)) {
     let base = BASE_PFN.load(Ordering::Relaxed) as u64;
     let mut i = 0;
     while i < n {
-        let p = pfn_to_page(PhysAddr((base + i) << PAGE_SHIFT)).unwrap();
+        let p = pfn_to_page(PhysAddr::new((base + i) << PAGE_SHIFT)).unwrap();
         if p.flags() & pg::FOLIO != 0 {
             let folio = Folio(p);
             i += folio.nr_pages();

@@ -291,7 +291,7 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
     let mut reachable = 1usize;
     // Sorted and non-overlapping, as the VMA list.
     let vmas: Vec<(u64, u64, VmFlags)> =
-        mt.mm.mmap_read_lock().vmas().iter().map(|v| (v.start, v.end, v.flags)).collect();
+        mt.mm.mmap_read_lock().vmas().iter().map(|v| (v.start.as_u64(), v.end.as_u64(), v.flags)).collect();
     let shared_at = |va: u64| {
         let i = vmas.partition_point(|&(_, e, _)| e <= va);
         vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))
@@ -304,13 +304,13 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
         if err.is_some() {
             return;
         }
-        let va = e.va.0;
+        let va = e.va.as_u64();
         let mut fail = |v: Violation| err = Some(v);
         // A run of level-3 entries with the contiguous bit: complete,
         // aligned, one physically contiguous range, one set of attributes.
         if e.level == 3 {
             let cont = e.desc.is_valid() && e.desc.contiguous();
-            let oa = e.desc.output_address(PAGE_SIZE).0;
+            let oa = e.desc.output_address(PAGE_SIZE).as_u64();
             match run {
                 Some((rva, _, _, n)) if n < cont_n && va != rva + n as u64 * PAGE_SIZE => {
                     return fail(ContRunShort { run: rva, entries: n });
@@ -365,29 +365,29 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                         if e.desc.may_write() && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
                             return fail(WritableBlockShared { va });
                         }
-                        *c.blocks.entry(pa.0).or_insert(0) += 1;
+                        *c.blocks.entry(pa.as_u64()).or_insert(0) += 1;
                     }
-                    _ => fail(BlockNotFolio { va, pa: pa.0 }),
+                    _ => fail(BlockNotFolio { va, pa: pa.as_u64() }),
                 }
             }
             Kind::Leaf(pa) => {
                 let Some(pg) = page::pfn_to_page(pa) else {
-                    return fail(OutsideRam { va, pa: pa.0 });
+                    return fail(OutsideRam { va, pa: pa.as_u64() });
                 };
                 let Some(f) = pg.folio() else {
-                    return fail(NotFolioPage { va, pa: pa.0 });
+                    return fail(NotFolioPage { va, pa: pa.as_u64() });
                 };
                 // Anon pages follow the exclusivity rule; inserted driver
                 // pages (vm_insert_page) are shared by nature.
                 if f.is_anon() && e.desc.may_write() && !pg.anon_exclusive() {
-                    return fail(WritableNotExclusive { va, pa: pa.0 });
+                    return fail(WritableNotExclusive { va, pa: pa.as_u64() });
                 }
                 // A page-cache page is writable only where writes reach the
                 // file: never in a private (COW) mapping.
                 if f.in_page_cache() && e.desc.may_write() && !shared_at(va) {
-                    return fail(PageCacheWritablePrivate { va, pa: pa.0 });
+                    return fail(PageCacheWritablePrivate { va, pa: pa.as_u64() });
                 }
-                *c.maps.entry(pa.0).or_insert(0) += 1;
+                *c.maps.entry(pa.as_u64()).or_insert(0) += 1;
             }
             _ => {}
         }
@@ -417,7 +417,7 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
             return;
         }
         folio_frames += f.nr_pages();
-        let folio = f.pa().0;
+        let folio = f.pa().as_u64();
         let entire = c.blocks.remove(&folio).unwrap_or(0);
         if f.entire_mapcount() != entire {
             err = Some(EntireMapcount { folio, mapcount: f.entire_mapcount(), blocks: entire });
@@ -426,14 +426,14 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
         let mut mapped = entire;
         for i in 0..f.nr_pages() {
             let pg = f.page(i);
-            let entries = c.maps.remove(&pg.pa().0).unwrap_or(0);
+            let entries = c.maps.remove(&pg.pa().as_u64()).unwrap_or(0);
             mapped += entries;
             if pg.mapcount() != entries {
-                err = Some(Mapcount { page: pg.pa().0, mapcount: pg.mapcount(), entries });
+                err = Some(Mapcount { page: pg.pa().as_u64(), mapcount: pg.mapcount(), entries });
                 return;
             }
             if pg.anon_exclusive() && entries + entire != 1 {
-                err = Some(ExclusiveMapped { page: pg.pa().0, maps: entries + entire });
+                err = Some(ExclusiveMapped { page: pg.pa().as_u64(), maps: entries + entire });
                 return;
             }
         }
@@ -464,7 +464,7 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
                     .and_then(|p| p.folio())
                     .is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon())
             {
-                err = Some(CacheNotFolio { file: file.id, off, pa: pa.0 });
+                err = Some(CacheNotFolio { file: file.id, off, pa: pa.as_u64() });
             }
         }
     });
@@ -496,13 +496,13 @@ fn check_kernel() -> Result<(), Violation> {
             Kind::Leaf(_) => {
                 let p = e.desc.perms();
                 if !p.read_only && !p.pxn && err.is_none() {
-                    err = Some(KernelWx { va: e.va.0 });
+                    err = Some(KernelWx { va: e.va.as_u64() });
                 }
                 if p.el0 && err.is_none() {
-                    err = Some(KernelEl0 { va: e.va.0 });
+                    err = Some(KernelEl0 { va: e.va.as_u64() });
                 }
             }
-            Kind::Reserved if err.is_none() => err = Some(KernelReserved { va: e.va.0, level: e.level }),
+            Kind::Reserved if err.is_none() => err = Some(KernelReserved { va: e.va.as_u64(), level: e.level }),
             _ => {}
         })
     });

@@ -9,6 +9,7 @@
 
 use core::fmt::{self, Write};
 
+use super::addr::VirtAddr;
 use super::desc::{Desc, Kind};
 use super::pgtable::WalkEntry;
 use crate::arch::aarch64::regs::mair;
@@ -65,7 +66,7 @@ pub fn write_attrs(w: &mut dyn Write, d: Desc, level: u32) -> fmt::Result {
 pub struct PtDump<'w> {
     out: &'w mut dyn Write,
     start_level: u32,
-    markers: &'static [(u64, &'static str)],
+    markers: &'static [(VirtAddr, &'static str)],
     next_marker: usize,
     cur: Option<(u64, u64, u32, u64, Desc)>, // start, end, level, attr bits, first desc
     pub leaves: usize,
@@ -73,7 +74,7 @@ pub struct PtDump<'w> {
 }
 
 impl<'w> PtDump<'w> {
-    pub fn new(out: &'w mut dyn Write, start_level: u32, markers: &'static [(u64, &'static str)]) -> Self {
+    pub fn new(out: &'w mut dyn Write, start_level: u32, markers: &'static [(VirtAddr, &'static str)]) -> Self {
         Self { out, start_level, markers, next_marker: 0, cur: None, leaves: 0, lines: 0 }
     }
 
@@ -88,7 +89,7 @@ impl<'w> PtDump<'w> {
         Ok(())
     }
 
-    fn markers_up_to(&mut self, va: u64) -> fmt::Result {
+    fn markers_up_to(&mut self, va: VirtAddr) -> fmt::Result {
         while self.next_marker < self.markers.len() && self.markers[self.next_marker].0 <= va {
             self.flush()?;
             writeln!(self.out, "---[ {} ]---", self.markers[self.next_marker].1)?;
@@ -102,9 +103,9 @@ impl<'w> PtDump<'w> {
         if matches!(e.kind, Kind::Table(_) | Kind::None) {
             return Ok(());
         }
-        self.markers_up_to(e.va.0)?;
+        self.markers_up_to(e.va)?;
         self.leaves += 1;
-        let va = e.va.0;
+        let va = e.va.as_u64();
         let attrs = e.desc.attr_bits();
         if let Some((_, end, level, a, _)) = self.cur.as_mut()
             && *end == va
@@ -129,14 +130,16 @@ impl<'w> PtDump<'w> {
 mod tests {
     extern crate std;
     use super::*;
-    use crate::mm::addr::{PhysAddr, VirtAddr};
+    use crate::mm::addr::PhysAddr;
     use crate::mm::desc::LeafAttrs;
     use crate::mm::granule::Granule;
     use crate::mm::pgtable::{LeafSizes, Tables, host::HostMem};
     use std::string::String;
 
-    static MARKERS: &[(u64, &str)] =
-        &[(0xffff_0000_0000_0000, "Linear Mapping start"), (0xffff_8000_0000_0000, "Kernel Image start")];
+    static MARKERS: &[(VirtAddr, &str)] = &[
+        (VirtAddr::new(0xffff_0000_0000_0000), "Linear Mapping start"),
+        (VirtAddr::new(0xffff_8000_0000_0000), "Kernel Image start"),
+    ];
 
     #[test]
     fn merges_runs_and_prints_linux_columns() {
@@ -144,24 +147,24 @@ mod tests {
         let (mut mem, root) = HostMem::new(g);
         let mut t = Tables::new(root, g, 0, &mut mem);
         t.map(
-            VirtAddr(0xffff_0000_4000_0000),
-            PhysAddr(0x4000_0000),
+            VirtAddr::new(0xffff_0000_4000_0000),
+            PhysAddr::new(0x4000_0000),
             1 << 30,
             LeafAttrs::KERNEL_RW,
             LeafSizes::Largest,
         )
         .unwrap();
         t.map(
-            VirtAddr(0xffff_8000_0000_0000),
-            PhysAddr(0x4008_0000),
+            VirtAddr::new(0xffff_8000_0000_0000),
+            PhysAddr::new(0x4008_0000),
             0x10000,
             LeafAttrs::KERNEL_RX,
             LeafSizes::PagesOnly,
         )
         .unwrap();
         t.map(
-            VirtAddr(0xffff_8000_0001_0000),
-            PhysAddr(0x4009_0000),
+            VirtAddr::new(0xffff_8000_0001_0000),
+            PhysAddr::new(0x4009_0000),
             0x20000,
             LeafAttrs::KERNEL_RO,
             LeafSizes::PagesOnly,

@@ -20,6 +20,7 @@ use crate::arch::aarch64::mm::tlbflush::{
     dsb_ish_isb, has_tlbi_range, tlbi_aside1is, tlbi_page_is, tlbi_range_is, tlbi_vmalle1is,
 };
 
+use super::addr::VirtAddr;
 use super::granule::PAGE_SIZE;
 use super::pgtable::TlbFlush;
 
@@ -50,8 +51,11 @@ impl TlbFlush for KernelFlush {
         crate::arch::aarch64::cpu::publish_tables();
     }
 
+    // Inlinable in every codegen unit: where the size is known (one page on
+    // the fault path) the range logic folds away.
     #[inline]
-    fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool) {
+    fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool) {
+        let va = va.align_down(PAGE_SIZE).as_u64();
         let pages = size.div_ceil(PAGE_SIZE).max(1);
         let range = has_tlbi_range();
         dsb_ishst();
@@ -62,15 +66,11 @@ impl TlbFlush for KernelFlush {
                 None => tlbi_vmalle1is(),
             }
         } else if range && pages > 1 {
-            plan_range(
-                va & !(PAGE_SIZE - 1),
-                pages,
-                PAGE_SIZE,
-                &mut |v, scale, num| range_op(v, scale, num, asid, leaf_only),
-                &mut |v| tlbi_page(v, asid, leaf_only),
-            );
+            plan_range(va, pages, PAGE_SIZE, &mut |v, scale, num| range_op(v, scale, num, asid, leaf_only), &mut |v| {
+                tlbi_page(v, asid, leaf_only)
+            });
         } else {
-            let mut v = va & !(PAGE_SIZE - 1);
+            let mut v = va;
             for _ in 0..pages {
                 tlbi_page(v, asid, leaf_only);
                 v = v.wrapping_add(PAGE_SIZE);

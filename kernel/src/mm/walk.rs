@@ -25,38 +25,39 @@
 //! ```
 //! # use pagelab::mm::mm_struct::{MmStruct, KernelPgtable};
 //! # use pagelab::mm::walk::*;
-//! # use pagelab::mm::addr::PhysAddr;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, k: &KernelPgtable, mem: &M) {
 //! let g = mm.mmap_write_lock();
-//! walk_page_range_novma(&g, mem, 0, 0x1000, &mut Nop);
+//! walk_page_range_novma(&g, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
 //! drop(g);
 //! let r = mm.mmap_read_lock();
-//! walk_page_range(&r, mem, 0, 0x1000, &mut Nop);
-//! walk_kernel_page_table_range(&k.read(), mem, 0xffff_8000_0000_0000, 0xffff_8000_0001_0000, &mut Nop);
+//! walk_page_range(&r, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
+//! walk_kernel_page_table_range(&k.read(), mem, VirtAddr::new(0xffff_8000_0000_0000), VirtAddr::new(0xffff_8000_0001_0000), &mut Nop);
 //! # }
 //! ```
 //!
 //! ```compile_fail
 //! # use pagelab::mm::mm_struct::MmStruct;
 //! # use pagelab::mm::walk::*;
-//! # use pagelab::mm::addr::PhysAddr;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, mem: &M) {
 //! // A read lock is not enough for walking a user mm without VMAs:
 //! let g = mm.mmap_read_lock();
-//! walk_page_range_novma(&g, mem, 0, 0x1000, &mut Nop);
+//! walk_page_range_novma(&g, mem, VirtAddr::new(0), VirtAddr::new(0x1000), &mut Nop);
 //! # }
 //! ```
 //!
 //! ```compile_fail
 //! # use pagelab::mm::mm_struct::{MmStruct, KernelPgtable};
 //! # use pagelab::mm::walk::*;
+//! # use pagelab::mm::addr::VirtAddr;
 //! # struct Nop; impl PageWalkOps for Nop {}
 //! # fn f<M: pagelab::mm::pgtable::TableMemory>(mm: &MmStruct, mem: &M) {
 //! // A user mm's lock is no proof for walking the kernel's tables:
 //! let g = mm.mmap_write_lock();
-//! walk_kernel_page_table_range(&g, mem, 0xffff_8000_0000_0000, 0xffff_8000_0001_0000, &mut Nop);
+//! walk_kernel_page_table_range(&g, mem, VirtAddr::new(0xffff_8000_0000_0000), VirtAddr::new(0xffff_8000_0001_0000), &mut Nop);
 //! # }
 //! ```
 
@@ -89,7 +90,7 @@ pub trait PageWalkOps {
         Step::Continue
     }
     /// `[start, end)` has no entry at `depth` (a level), or no VMA (-1).
-    fn pte_hole(&mut self, _start: u64, _end: u64, _depth: i32) -> Step {
+    fn pte_hole(&mut self, _start: VirtAddr, _end: VirtAddr, _depth: i32) -> Step {
         Step::Continue
     }
     /// Per VMA, before walking it: `Continue` walks it, `SkipSubtree` skips
@@ -151,12 +152,12 @@ fn walk_table<M: TableMemory + ?Sized>(
         let hi = va.wrapping_add(size).wrapping_sub(1).min(last).wrapping_add(1);
         let kind = d.kind(level, g);
         if kind == Kind::None {
-            if let Some(n) = stop_value(ops.pte_hole(lo, hi, level as i32)) {
+            if let Some(n) = stop_value(ops.pte_hole(VirtAddr::new(lo), VirtAddr::new(hi), level as i32)) {
                 return n;
             }
             continue;
         }
-        let step = ops.entry(&Entry { va: VirtAddr(va), level, desc: d, kind, size, limits });
+        let step = ops.entry(&Entry { va: VirtAddr::new(va), level, desc: d, kind, size, limits });
         match step {
             Step::Stop(n) => return n,
             Step::SkipSubtree => continue,
@@ -178,8 +179,8 @@ fn walk_table<M: TableMemory + ?Sized>(
 pub fn walk_page_range<M: TableMemory + ?Sized>(
     lock: &impl MmapLocked,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
     let mm = lock.mm();
@@ -202,7 +203,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
                 if let Some(n) = stop_value(ops.pre_vma(vma)) {
                     return n;
                 }
-                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo, hi, ops);
+                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo.as_u64(), hi.as_u64(), ops);
                 ops.post_vma(vma);
                 if r != 0 {
                     return r;
@@ -225,11 +226,11 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
 pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
     lock: &MmapWriteGuard<'_>,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start, end, ops)
+    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start.as_u64(), end.as_u64(), ops)
 }
 
 /// Walks the kernel's tables (Linux `walk_kernel_page_table_range`). The
@@ -239,11 +240,11 @@ pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
 pub fn walk_kernel_page_table_range<M: TableMemory + ?Sized>(
     lock: &impl KernelPgtableLocked,
     mem: &M,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start, end, ops)
+    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start.as_u64(), end.as_u64(), ops)
 }
 
 /// The same walk for an explicit granule and root (host tests, tools).
@@ -252,11 +253,11 @@ pub fn walk_tables_with<M: TableMemory + ?Sized>(
     g: Granule,
     root: PhysAddr,
     start_level: u32,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, g, root, start_level, start, end, ops)
+    walk_tables(mem, g, root, start_level, start.as_u64(), end.as_u64(), ops)
 }
 
 #[cfg(test)]
@@ -282,8 +283,8 @@ mod tests {
     }
     impl PageWalkOps for Rec {
         fn entry(&mut self, e: &Entry) -> Step {
-            self.entries.push((e.va.0, e.level, matches!(e.kind, Kind::Leaf(_))));
-            if Some(e.va.0) == self.stop_at && matches!(e.kind, Kind::Leaf(_)) {
+            self.entries.push((e.va.as_u64(), e.level, matches!(e.kind, Kind::Leaf(_))));
+            if Some(e.va.as_u64()) == self.stop_at && matches!(e.kind, Kind::Leaf(_)) {
                 return Step::Stop(7);
             }
             if Some(e.level) == self.skip_tables_at && matches!(e.kind, Kind::Table(_)) {
@@ -291,12 +292,12 @@ mod tests {
             }
             Step::Continue
         }
-        fn pte_hole(&mut self, s: u64, e: u64, d: i32) -> Step {
-            self.holes.push((s, e, d));
+        fn pte_hole(&mut self, s: VirtAddr, e: VirtAddr, d: i32) -> Step {
+            self.holes.push((s.as_u64(), e.as_u64(), d));
             Step::Continue
         }
         fn pre_vma(&mut self, v: &Vma) -> Step {
-            self.vmas.push((v.start, v.end));
+            self.vmas.push((v.start.as_u64(), v.end.as_u64()));
             Step::Continue
         }
         fn test_walk(&mut self, v: &Vma) -> Step {
@@ -307,9 +308,16 @@ mod tests {
     fn setup() -> (HostMem, PhysAddr) {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
-        t.map(VirtAddr(0x40_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr(0x60_0000), PhysAddr(0x9000_0000), 3 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        t.map(VirtAddr::new(0x40_0000), PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest)
             .unwrap();
+        t.map(
+            VirtAddr::new(0x60_0000),
+            PhysAddr::new(0x9000_0000),
+            3 * 4096,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         (mem, root)
     }
 
@@ -317,7 +325,8 @@ mod tests {
     fn visits_tables_then_leaves_and_reports_holes() {
         let (mem, root) = setup();
         let mut r = Rec::default();
-        let ret = walk_tables_with(&mem, Granule::K4, root, 0, 0x40_0000, 0x60_4000, &mut r);
+        let ret =
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0x40_0000), VirtAddr::new(0x60_4000), &mut r);
         assert_eq!(ret, 0);
         let leaves: Vec<_> = r.entries.iter().filter(|e| e.2).map(|e| (e.0, e.1)).collect();
         assert_eq!(leaves, [(0x40_0000, 2), (0x60_0000, 3), (0x60_1000, 3), (0x60_2000, 3)]);
@@ -338,26 +347,26 @@ mod tests {
             struct NoFlush;
             impl crate::mm::pgtable::TlbFlush for NoFlush {
                 fn publish(&mut self) {}
-                fn flush(&mut self, _: u64, _: u64, _: Option<u16>, _: bool) {}
+                fn flush(&mut self, _: VirtAddr, _: u64, _: Option<u16>, _: bool) {}
             }
             let mut fl = NoFlush;
             // SAFETY: the test's own tables in its own HostMem.
             let excl = unsafe { crate::mm::pgtable::ExclusiveTables::new() };
             let mut l = crate::mm::pgtable::CursorMut::new(&excl, &mut t, crate::mm::pgtable::Stage1Kernel, &mut fl);
-            l.limit_table(0, 0, up).unwrap();
-            l.limit_table(0x60_0000, 2, down).unwrap();
+            l.limit_table(VirtAddr::new(0), 0, up).unwrap();
+            l.limit_table(VirtAddr::new(0x60_0000), 2, down).unwrap();
             let _ = l.finish();
         }
         #[derive(Default)]
         struct Lim(Vec<(u64, u32, TableAttrs)>);
         impl PageWalkOps for Lim {
             fn entry(&mut self, e: &Entry) -> Step {
-                self.0.push((e.va.0, e.level, e.limits));
+                self.0.push((e.va.as_u64(), e.level, e.limits));
                 Step::Continue
             }
         }
         let mut w = Lim::default();
-        walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut w);
+        walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut w);
         let at = |va, lvl| w.0.iter().find(|e| e.0 == va && e.1 == lvl).unwrap().2;
         assert_eq!(at(0, 0), TableAttrs::NONE, "a table entry's own limits are not above it");
         assert_eq!(at(0, 1), up);
@@ -366,17 +375,23 @@ mod tests {
         assert_eq!(at(0x60_1000, 3), up.and_then(down));
         // The walk and the translation agree on the limits.
         let t = Tables::new(root, Granule::K4, 0, &mut mem);
-        assert_eq!(t.translate_with_limits(VirtAddr(0x60_1000)).1, at(0x60_1000, 3));
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x60_1000)).1, at(0x60_1000, 3));
     }
 
     #[test]
     fn early_stop_and_skip_subtree() {
         let (mem, root) = setup();
         let mut r = Rec { stop_at: Some(0x60_1000), ..Default::default() };
-        assert_eq!(walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut r), 7);
+        assert_eq!(
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r),
+            7
+        );
         assert!(!r.entries.iter().any(|e| e.0 == 0x60_2000), "walk went on after Stop");
         let mut r = Rec { skip_tables_at: Some(2), ..Default::default() };
-        assert_eq!(walk_tables_with(&mem, Granule::K4, root, 0, 0, 0x100_0000, &mut r), 0);
+        assert_eq!(
+            walk_tables_with(&mem, Granule::K4, root, 0, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r),
+            0
+        );
         assert!(!r.entries.iter().any(|e| e.1 == 3), "descended into a skipped table");
     }
 
@@ -386,10 +401,17 @@ mod tests {
         let mm = MmStruct::new(root, 5);
         {
             let mut w = mm.mmap_write_lock();
-            w.insert(Vma { start: 0x40_0000, end: 0x60_0000, flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
             w.insert(Vma {
-                start: 0x60_0000,
-                end: 0x60_2000,
+                start: VirtAddr::new(0x40_0000),
+                end: VirtAddr::new(0x60_0000),
+                flags: VmFlags::READ,
+                folio_order: 0,
+                file: 0,
+                pgoff: 0,
+            });
+            w.insert(Vma {
+                start: VirtAddr::new(0x60_0000),
+                end: VirtAddr::new(0x60_2000),
                 flags: VmFlags::PFNMAP,
                 folio_order: 0,
                 file: 0,
@@ -398,7 +420,7 @@ mod tests {
         }
         let g = mm.mmap_read_lock();
         let mut r = Rec::default();
-        assert_eq!(walk_page_range(&g, &mem, 0x30_0000, 0x70_0000, &mut r), 0);
+        assert_eq!(walk_page_range(&g, &mem, VirtAddr::new(0x30_0000), VirtAddr::new(0x70_0000), &mut r), 0);
         assert_eq!(r.vmas, [(0x40_0000, 0x60_0000)], "the PFNMAP VMA is skipped by test_walk");
         assert!(r.holes.contains(&(0x30_0000, 0x40_0000, -1)), "gap before the first VMA");
         assert!(r.holes.contains(&(0x60_0000, 0x60_2000, -1)), "skipped VMA reported as a hole");
@@ -408,7 +430,7 @@ mod tests {
         // novma needs the write lock, and sees everything.
         let w = mm.mmap_write_lock();
         let mut r = Rec::default();
-        assert_eq!(walk_page_range_novma(&w, &mem, 0, 0x100_0000, &mut r), 0);
+        assert_eq!(walk_page_range_novma(&w, &mem, VirtAddr::new(0), VirtAddr::new(0x100_0000), &mut r), 0);
         assert_eq!(r.entries.iter().filter(|e| e.2).count(), 4);
     }
 
@@ -417,8 +439,8 @@ mod tests {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
         t.map(
-            VirtAddr(0xffff_8000_0000_0000),
-            PhysAddr(0x4000_0000),
+            VirtAddr::new(0xffff_8000_0000_0000),
+            PhysAddr::new(0x4000_0000),
             2 * 4096,
             LeafAttrs::KERNEL_RX,
             LeafSizes::PagesOnly,
@@ -427,7 +449,16 @@ mod tests {
         let k = KernelPgtable::new(root);
         let g = k.read();
         let mut r = Rec::default();
-        assert_eq!(walk_kernel_page_table_range(&g, &mem, 0xffff_8000_0000_0000, 0xffff_8000_0000_3000, &mut r), 0);
+        assert_eq!(
+            walk_kernel_page_table_range(
+                &g,
+                &mem,
+                VirtAddr::new(0xffff_8000_0000_0000),
+                VirtAddr::new(0xffff_8000_0000_3000),
+                &mut r
+            ),
+            0
+        );
         let leaves: Vec<_> = r.entries.iter().filter(|e| e.2).map(|e| e.0).collect();
         assert_eq!(leaves, [0xffff_8000_0000_0000, 0xffff_8000_0000_1000]);
         assert!(r.holes.contains(&(0xffff_8000_0000_2000, 0xffff_8000_0000_3000, 3)));

@@ -104,8 +104,8 @@ impl DebugVma {
     /// The record of `v`.
     pub fn of(v: &crate::mm::mm_struct::Vma) -> Self {
         DebugVma {
-            start: v.start,
-            end: v.end,
+            start: v.start.as_u64(),
+            end: v.end.as_u64(),
             pgoff: v.pgoff,
             flags: v.flags.0,
             file: v.file,
@@ -292,7 +292,7 @@ pub fn register(pid: u32, ppid: u32, name: &str, mm: &MmStruct) {
     unsafe {
         (*p).pid = pid;
         (*p).ppid = ppid;
-        (*p).pgd = mm.pgd.0;
+        (*p).pgd = mm.pgd.as_u64();
         (*p).asid_slot = &mm.asid_slot as *const AtomicU64 as u64;
         (*p).nr_vmas = 0;
         (*p).name_len = name.len() as u32;

@@ -44,7 +44,7 @@ pub use error::ProcError;
 pub const AGENT_VA: u64 = 0x40_0000;
 
 pub struct Region {
-    pub va: u64,
+    pub va: VirtAddr,
     pub size: u64,
 }
 
@@ -136,8 +136,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
     let agent = Vma {
-        start: AGENT_VA,
-        end: AGENT_VA + (hi - lo),
+        start: VirtAddr::new(AGENT_VA),
+        end: VirtAddr::new(AGENT_VA + (hi - lo)),
         flags: VmFlags::READ | VmFlags::EXEC | VmFlags::PFNMAP,
         folio_order: 0,
         file: 0,
@@ -150,7 +150,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     let r = {
         let mut mem = p.tables.lock();
         let mut t = Tables::new(root, GRANULE, USER_START_LEVEL, &mut *mem);
-        t.map(VirtAddr(AGENT_VA), kmap::kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly)
+        t.map(VirtAddr::new(AGENT_VA), kmap::kimage_to_phys(VirtAddr::new(lo)), hi - lo, attrs, LeafSizes::PagesOnly)
     };
     if let Err(e) = r {
         teardown(&p);
@@ -185,7 +185,7 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
             teardown(&child);
             return Err(e.into());
         }
-        vmas.extend(pv.iter().filter(|v| v.start != AGENT_VA));
+        vmas.extend(pv.iter().filter(|v| v.start != VirtAddr::new(AGENT_VA)));
         for vma in &vmas {
             cv.insert(*vma);
             // Linux `vma_needs_copy`: a shared file mapping's entries are
@@ -348,7 +348,7 @@ pub fn ps() -> String {
             p.pid,
             p.ppid,
             p.name,
-            p.mm.pgd.0,
+            p.mm.pgd.as_u64(),
             slot & 0xffff,
             slot >> 16,
             nvmas
@@ -397,7 +397,7 @@ pub(crate) fn with_proc<R>(name: &str, f: impl FnOnce(&Process) -> Result<R, Pro
 }
 
 /// `P mmap R SIZE ...`: maps memory as `a` says and names it `region`.
-pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
+pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<VirtAddr, ProcError> {
     with_proc(name, |p| {
         if p.regions.lock().contains_key(region) {
             return Err(ProcError::RegionExists);
@@ -412,23 +412,23 @@ pub fn mmap(name: &str, region: &str, a: MmapArgs) -> Result<u64, ProcError> {
 
 /// `P munmap RANGE`: [`mmap::do_munmap`]; a region unmapped completely is
 /// forgotten.
-pub fn munmap(name: &str, va: u64, len: u64) -> Result<(), ProcError> {
+pub fn munmap(name: &str, va: VirtAddr, len: u64) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(munmap_p(p, va, len)?))
 }
 
-pub(crate) fn munmap_p(p: &Process, va: u64, len: u64) -> Result<(), MmError> {
+pub(crate) fn munmap_p(p: &Process, va: VirtAddr, len: u64) -> Result<(), MmError> {
     mmap::do_munmap(p.mt(), va, len)?;
     p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
     Ok(())
 }
 
 /// `P madvise RANGE dontneed|hugepage|nohugepage` ([`madvise::do_madvise`]).
-pub fn madvise(name: &str, va: u64, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
+pub fn madvise(name: &str, va: VirtAddr, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(madvise::do_madvise(p.mt(), va, len, advice)?))
 }
 
 /// `P mprotect RANGE prot=...` ([`mprotect::do_mprotect`]).
-pub fn mprotect(name: &str, va: u64, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
+pub fn mprotect(name: &str, va: VirtAddr, len: u64, readable: bool, writable: bool) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(mprotect::do_mprotect(p.mt(), va, len, readable, writable)?))
 }
 
@@ -479,13 +479,13 @@ impl core::fmt::Display for Unresolved {
 pub enum RunEnd {
     Done,
     Mismatch {
-        addr: u64,
+        addr: VirtAddr,
         value: u8,
     },
     /// An exception the kernel could not resolve (a SIGSEGV in Linux terms),
     /// and why.
     Fault {
-        addr: u64,
+        addr: VirtAddr,
         esr: u64,
         why: Unresolved,
     },
@@ -527,12 +527,12 @@ pub(crate) fn run_end(regs: &TrapFrame) -> RunEnd {
     match esr.ec() {
         ExceptionClass::Svc64 if esr.imm16() == user::SVC_DONE => match regs.x[0] {
             0 => RunEnd::Done,
-            1 => RunEnd::Mismatch { addr: regs.x[1], value: regs.x[5] as u8 },
+            1 => RunEnd::Mismatch { addr: VirtAddr::new(regs.x[1]), value: regs.x[5] as u8 },
             _ => RunEnd::Other { esr: regs.esr },
         },
         // The reason is the task's ([`run_agent`] fills it in).
         ExceptionClass::DataAbortLowerEl | ExceptionClass::InstructionAbortLowerEl => {
-            RunEnd::Fault { addr: regs.far, esr: regs.esr, why: Unresolved::NotHandled }
+            RunEnd::Fault { addr: VirtAddr::new(regs.far), esr: regs.esr, why: Unresolved::NotHandled }
         }
         _ => RunEnd::Other { esr: regs.esr },
     }
@@ -547,11 +547,11 @@ fn run_regs(p: &Process, run: UserRun) -> TrapFrame {
 }
 
 /// Agent access over `[va, va+len)`.
-pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<RunEnd, ProcError> {
+pub fn access(name: &str, opcode: u64, va: VirtAddr, len: u64, byte: u8) -> Result<RunEnd, ProcError> {
     with_proc(name, |p| {
         let x = match opcode {
-            op::WRITE | op::CHECK => [opcode, va, len, byte as u64, 0],
-            _ => [opcode, va, len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
+            op::WRITE | op::CHECK => [opcode, va.as_u64(), len, byte as u64, 0],
+            _ => [opcode, va.as_u64(), len.div_ceil(PAGE_SIZE), 0, PAGE_SIZE],
         };
         Ok(run_agent(p, x))
     })
@@ -559,8 +559,8 @@ pub fn access(name: &str, opcode: u64, va: u64, len: u64, byte: u8) -> Result<Ru
 
 /// One access (`TOUCH_READ`/`TOUCH_WRITE`/`STORE`) every `stride` bytes,
 /// `count` times, from `va` (the benchmarks' THP loop: one per block).
-pub fn access_stride(name: &str, opcode: u64, va: u64, count: u64, stride: u64) -> Result<RunEnd, ProcError> {
-    with_proc(name, |p| Ok(run_agent(p, [opcode, va, count, 0, stride])))
+pub fn access_stride(name: &str, opcode: u64, va: VirtAddr, count: u64, stride: u64) -> Result<RunEnd, ProcError> {
+    with_proc(name, |p| Ok(run_agent(p, [opcode, va.as_u64(), count, 0, stride])))
 }
 
 /// Runs the agent's `SYSCALL_LOOP`: `count` system calls `nr` in a row.
@@ -569,8 +569,8 @@ pub fn syscall_loop(name: &str, nr: u64, count: u64) -> Result<RunEnd, ProcError
 }
 
 /// The table level that maps `va` in `name` (None: not mapped).
-pub fn mapped_level(name: &str, va: u64) -> Option<u32> {
-    with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+pub fn mapped_level(name: &str, va: VirtAddr) -> Option<u32> {
+    with_tables(name, |_, t| match t.translate(va) {
         crate::mm::pgtable::Translation::Mapped { level, .. } => Some(level),
         _ => None,
     })
@@ -593,7 +593,7 @@ pub fn spin(name: &str, seed: u64, iterations: u64) -> Result<TrapFrame, ProcErr
 /// instruction abort, ends the run with the reason.
 pub fn do_el0_abort(frame: &mut TrapFrame, esr: Esr) {
     let why = if esr.ec() == ExceptionClass::DataAbortLowerEl {
-        match handle_user_fault(frame.far, esr) {
+        match handle_user_fault(VirtAddr::new(frame.far), esr) {
             Ok(()) => return, // resolved: back to EL0, the access is retried
             Err(why) => why,
         }
@@ -626,7 +626,7 @@ pub fn do_el0_svc(frame: &mut TrapFrame, esr: Esr) {
 /// An EL1 uaccess (copy_from/to_user) faulted on a user address: fill it
 /// like an EL0 fault would be. False means the fixup returns -EFAULT.
 pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
-    handle_user_fault(far, esr).is_ok()
+    handle_user_fault(VirtAddr::new(far), esr).is_ok()
 }
 
 /// Makes system call `nr` in process `name` through the agent (`svc #0` at
@@ -648,7 +648,7 @@ pub fn syscall(name: &str, nr: u64, args: [u64; 6]) -> Result<i64, ProcError> {
 /// VMA, checks the access against it and hands the fault to
 /// [`memory::handle_mm_fault`]. Translation faults (a hole) and permission
 /// faults (a read-only entry: COW, zero page) are handled at every level.
-fn handle_user_fault(far: u64, esr: Esr) -> Result<(), Unresolved> {
+fn handle_user_fault(far: VirtAddr, esr: Esr) -> Result<(), Unresolved> {
     let Some(p) = sched::current_process() else { return Err(Unresolved::NotHandled) };
     if !matches!(
         esr.fault_status(),
@@ -699,7 +699,7 @@ pub fn with_ttbr0<R>(name: &str, f: impl FnOnce() -> R) -> Result<R, ProcError> 
 /// Nothing may run from TTBR0 addresses while it changes.
 pub(crate) unsafe fn activate(p: &Process) {
     // SAFETY: guaranteed by the caller; the tables are complete.
-    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.0, crate::arch::aarch64::sysreg::ttbr0_el1()) };
+    unsafe { context::switch_to(&p.mm.asid_slot, p.mm.pgd.as_u64(), crate::arch::aarch64::sysreg::ttbr0_el1()) };
 }
 
 /// Before `p`'s tables are freed: TTBR0 must not keep pointing at them
@@ -707,7 +707,7 @@ pub(crate) unsafe fn activate(p: &Process) {
 /// the console's CPU keeps an address space after a run ([`sched`]); the
 /// others have left it before they report their task done.
 fn deactivate(p: &Process) {
-    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.0 {
+    if crate::arch::aarch64::sysreg::ttbr0_el1() & 0x0000_ffff_ffff_fffe == p.mm.pgd.as_u64() {
         deactivate_this_cpu();
     }
     if !crate::irq::wait_until(1000, || !context::active_elsewhere(&p.mm.asid_slot)) {
@@ -719,7 +719,7 @@ fn deactivate(p: &Process) {
 pub(crate) fn deactivate_this_cpu() {
     let (_, empty) = kmap::roots();
     // SAFETY: the kernel never runs from TTBR0.
-    unsafe { context::switch_to_empty(empty.0) };
+    unsafe { context::switch_to_empty(empty.as_u64()) };
 }
 
 /// Pages GUP takes between two calls of its `stop` check.
@@ -732,7 +732,7 @@ const GUP_CHUNK: u64 = 1024;
 pub fn gup(
     name: &str,
     handle: &str,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
@@ -748,7 +748,7 @@ pub fn gup(
 fn gup_in(
     p: &Process,
     handle: &str,
-    va: u64,
+    va: VirtAddr,
     len: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
@@ -756,7 +756,7 @@ fn gup_in(
 ) -> Result<(usize, usize), GupError> {
     use crate::mm::gup;
     let nr = len.div_ceil(PAGE_SIZE);
-    let va = va & !(PAGE_SIZE - 1);
+    let va = va.align_down(PAGE_SIZE);
     // A handle keeps one entry per page: more pages than the machine has
     // cannot be held (and would take time per page to find out).
     let managed = crate::mm::frame::stats().managed;
@@ -813,7 +813,7 @@ fn gup_in(
 /// error nothing is left taken.
 fn gup_chunk(
     p: &Process,
-    va: u64,
+    va: VirtAddr,
     nr: u64,
     flags: crate::mm::gup::Foll,
     fast: bool,
@@ -849,14 +849,14 @@ fn gup_chunk(
 }
 
 /// For tests: a VMA of `size` bytes with exactly `flags`, nothing mapped.
-pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<u64, ProcError> {
+pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<VirtAddr, ProcError> {
     with_proc(name, |p| {
-        let va = align_up(p.mm.free_area.load(Ordering::Relaxed), PAGE_SIZE);
+        let va = VirtAddr::new(p.mm.free_area.load(Ordering::Relaxed)).align_up(PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
         if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
             return Err(MmError::Overlap { addr: va }.into());
         }
-        p.mm.free_area.store(end + PAGE_SIZE, Ordering::Relaxed);
+        p.mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);
         Ok(va)
     })
 }

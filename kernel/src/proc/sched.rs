@@ -114,6 +114,8 @@ pub fn runs(cpu: usize) -> u64 {
 }
 
 /// The process whose task runs on this CPU (the fault path's `current`).
+/// Inlinable in every codegen unit: the syscall and fault entries use it.
+#[inline]
 pub fn current_process() -> Option<&'static Process> {
     let t = CURRENT[percpu::this_cpu().id].load(Ordering::Acquire);
     // SAFETY: CURRENT holds a task this CPU is running; its process

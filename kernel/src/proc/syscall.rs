@@ -10,6 +10,7 @@ use alloc::vec;
 use super::{ProcError, Process};
 use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::uaccess::copy_from_user;
+use crate::mm::addr::VirtAddr;
 use crate::mm::madvise::{self, Advice};
 use crate::mm::mmap::{self, MmapArgs};
 
@@ -54,9 +55,9 @@ pub fn dispatch(p: &Process, nr: u64, a: [u64; 6]) -> i64 {
         nr::GETPID => p.pid as i64,
         nr::WRITE => write(p, a[0], a[1], a[2]),
         nr::MMAP => mmap(p, a),
-        nr::MUNMAP => munmap(p, a[0], a[1]),
-        nr::MPROTECT => mprotect(p, a[0], a[1], a[2]),
-        nr::MADVISE => madvise(p, a[0], a[1], a[2]),
+        nr::MUNMAP => munmap(p, VirtAddr::new(a[0]), a[1]),
+        nr::MPROTECT => mprotect(p, VirtAddr::new(a[0]), a[1], a[2]),
+        nr::MADVISE => madvise(p, VirtAddr::new(a[0]), a[1], a[2]),
         nr::MEMFD_CREATE => memfd_create(p, a[0], a[1]),
         nr::CLOSE => close(p, a[0]),
         nr::FTRUNCATE => ftruncate(p, a[0], a[1]),
@@ -185,24 +186,24 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
         noreserve,
     };
     match mmap::do_mmap(p.mt(), &args) {
-        Ok((va, _)) => va as i64,
+        Ok((va, _)) => va.as_u64() as i64,
         Err(e) => -e.errno(),
     }
 }
 
-fn page_range(addr: u64, len: u64) -> Result<u64, i64> {
+fn page_range(addr: VirtAddr, len: u64) -> Result<u64, i64> {
     let ps = crate::mm::granule::PAGE_SIZE;
-    if !addr.is_multiple_of(ps) || len == 0 {
+    if !addr.is_aligned(ps) || len == 0 {
         return Err(-EINVAL);
     }
     let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
-    if addr.checked_add(len).is_none_or(|e| e > USER_TOP) {
+    if addr.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
         return Err(-EINVAL);
     }
     Ok(len)
 }
 
-fn munmap(p: &Process, addr: u64, len: u64) -> i64 {
+fn munmap(p: &Process, addr: VirtAddr, len: u64) -> i64 {
     let len = match page_range(addr, len) {
         Ok(l) => l,
         Err(e) => return e,
@@ -217,9 +218,9 @@ fn munmap(p: &Process, addr: u64, len: u64) -> i64 {
 /// (`do_mprotect_pkey`): a misaligned start is `-EINVAL`, a length of 0
 /// does nothing, a length that wraps is `-ENOMEM`, unknown bits in prot
 /// are `-EINVAL`, and a range past the user top has no VMA there: `-ENOMEM`.
-fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
+fn mprotect(p: &Process, addr: VirtAddr, len: u64, prot: u64) -> i64 {
     let ps = crate::mm::granule::PAGE_SIZE;
-    if !addr.is_multiple_of(ps) {
+    if !addr.is_aligned(ps) {
         return -EINVAL;
     }
     if len == 0 {
@@ -231,7 +232,7 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
     if prot & !(PROT_READ | PROT_WRITE) != 0 {
         return -EINVAL;
     }
-    if addr + len > USER_TOP {
+    if (addr + len).as_u64() > USER_TOP {
         return -ENOMEM;
     }
     match crate::mm::mprotect::do_mprotect(p.mt(), addr, len, prot & PROT_READ != 0, prot & PROT_WRITE != 0) {
@@ -245,9 +246,9 @@ fn mprotect(p: &Process, addr: u64, len: u64, prot: u64) -> i64 {
 /// length that wraps is `-EINVAL`, length 0 does nothing, and a range with
 /// holes (past the user top included) is `-ENOMEM` after the advice is
 /// applied to the mapped parts. DONTNEED of a PFN mapping is `-EINVAL`.
-fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
+fn madvise(p: &Process, addr: VirtAddr, len: u64, advice: u64) -> i64 {
     let ps = crate::mm::granule::PAGE_SIZE;
-    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) || !addr.is_multiple_of(ps) {
+    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) || !addr.is_aligned(ps) {
         return -EINVAL;
     }
     let Some(len) = len.checked_add(ps - 1).map(|l| l & !(ps - 1)).filter(|&l| addr.checked_add(l).is_some()) else {
@@ -258,7 +259,7 @@ fn madvise(p: &Process, addr: u64, len: u64, advice: u64) -> i64 {
     }
     // What lies past the user top is a hole.
     let top = USER_TOP;
-    let in_reach = top.saturating_sub(addr).min(len);
+    let in_reach = top.saturating_sub(addr.as_u64()).min(len);
     if in_reach == 0 {
         return -ENOMEM;
     }

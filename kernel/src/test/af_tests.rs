@@ -81,8 +81,8 @@ impl HwState {
     }
 }
 
-fn desc(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
+fn desc(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
+    proc::with_tables(p, |_, t| match t.translate(va) {
         Translation::Mapped { desc, .. } => Some(desc),
         _ => None,
     })

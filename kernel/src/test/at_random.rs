@@ -121,7 +121,7 @@ impl Layout {
         };
         let slot = ((va - self.base) / self.slot) as usize;
         let limits = if reg.under_table { self.upper.and_then(self.slot_limits[slot]) } else { self.upper };
-        Request::Exact { pa: PhysAddr(reg.pa.0 + (va - reg.va)), attrs: reg.attrs, limits }
+        Request::Exact { pa: reg.pa + (va - reg.va), attrs: reg.attrs, limits }
     }
 
     fn sabotage_at(&self, va: u64) -> Option<Sabotage> {
@@ -167,19 +167,19 @@ fn build<R: Regime, M: TableMemory>(
                 let Some(pa) = ram_block() else { continue };
                 let mut a = random_attrs(r, user);
                 a.writable = false;
-                l.t.map(VirtAddr(va), pa, slot, a, LeafSizes::Largest).map_err(|e| err("map", e))?;
+                l.t.map(VirtAddr::new(va), pa, slot, a, LeafSizes::Largest).map_err(|e| err("map", e))?;
                 let split = r.chance(50);
                 lay.regions.push(Region { va, len: slot, pa, attrs: a, under_table: split, rets: false });
                 if split {
-                    l.split(va, 2).map_err(|e| err("split", e))?;
+                    l.split(VirtAddr::new(va), 2).map_err(|e| err("split", e))?;
                     if r.chance(50) {
                         let off = r.below(slot / PAGE_SIZE) * PAGE_SIZE;
-                        l.protect(va + off, PAGE_SIZE, 0, 1 << 10).map_err(|e| err("protect", e))?;
+                        l.protect(VirtAddr::new(va + off), PAGE_SIZE, 0, 1 << 10).map_err(|e| err("protect", e))?;
                         let old = LeafAttrs { af: false, ..a };
                         lay.regions.push(Region {
                             va: va + off,
                             len: PAGE_SIZE,
-                            pa: PhysAddr(pa.0 + off),
+                            pa: pa + off,
                             attrs: old,
                             under_table: true,
                             rets: false,
@@ -204,7 +204,7 @@ fn build<R: Regime, M: TableMemory>(
                     a = LeafAttrs { mem: MemType::Normal, el0: true, writable: true, kexec: true, af: true, ..a };
                 }
                 let off = if run { 0 } else { r.below(slot / PAGE_SIZE - count) * PAGE_SIZE };
-                l.t.map(VirtAddr(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
+                l.t.map(VirtAddr::new(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
                     .map_err(|e| err("map", e))?;
                 lay.regions.push(Region {
                     va: va + off,
@@ -215,14 +215,14 @@ fn build<R: Regime, M: TableMemory>(
                     rets: !user,
                 });
                 if run {
-                    l.make_contiguous(va, 3).map_err(|e| err("make_contiguous", e))?;
+                    l.make_contiguous(VirtAddr::new(va), 3).map_err(|e| err("make_contiguous", e))?;
                 }
             }
         }
         // Limits on the slot's own table, where it has one.
         if lay.regions.last().is_some_and(|g| g.va >= va && g.under_table) && r.chance(40) {
             let lim = random_limits(r, 35);
-            l.limit_table(va, 2, lim).map_err(|e| err("limit_table", e))?;
+            l.limit_table(VirtAddr::new(va), 2, lim).map_err(|e| err("limit_table", e))?;
             lay.slot_limits[i as usize] = lim;
         }
     }
@@ -233,7 +233,7 @@ fn build<R: Regime, M: TableMemory>(
             if lay.regions.is_empty() {
                 break;
             }
-            l.limit_table(base, level, lim).map_err(|e| err("limit_table", e))?;
+            l.limit_table(VirtAddr::new(base), level, lim).map_err(|e| err("limit_table", e))?;
             lay.upper = lay.upper.and_then(lim);
         }
     }
@@ -254,14 +254,14 @@ fn build<R: Regime, M: TableMemory>(
         match how {
             Sabotage::FlipEl0 => {
                 let (set, clear) = if g.attrs.el0 { (0, AP_EL0) } else { (AP_EL0, 0) };
-                l.protect(g.va, g.len, set, clear).map_err(|e| err("protect", e))?;
+                l.protect(VirtAddr::new(g.va), g.len, set, clear).map_err(|e| err("protect", e))?;
             }
             Sabotage::WrongAttrIndex => {
                 let idx = if g.attrs.mem == MemType::Normal { mair::NORMAL_NC } else { mair::NORMAL };
                 for p in (g.va..g.va + g.len).step_by(PAGE_SIZE as usize) {
-                    let Translation::Mapped { desc, .. } = l.t.translate(VirtAddr(p)) else { continue };
+                    let Translation::Mapped { desc, .. } = l.t.translate(VirtAddr::new(p)) else { continue };
                     let wrong = Desc((desc.0 & !(0b111 << 2)) | (idx << 2));
-                    l.replace(p, 3, wrong).map_err(|e| err("replace", e))?;
+                    l.replace(VirtAddr::new(p), 3, wrong).map_err(|e| err("replace", e))?;
                 }
             }
         }
@@ -276,7 +276,7 @@ fn build<R: Regime, M: TableMemory>(
 /// EL1 to execute through the layout's mapping.
 fn put_rets(pa: PhysAddr, count: u64) {
     const RET: u32 = 0xd65f_03c0;
-    let va = crate::mm::layout::phys_to_virt(pa).0;
+    let va = crate::mm::layout::phys_to_virt(pa).as_u64();
     for i in 0..count {
         // SAFETY: our own freshly allocated frames, through the linear map.
         unsafe { ((va + i * PAGE_SIZE) as *mut u32).write_volatile(RET) };
@@ -287,8 +287,8 @@ fn put_rets(pa: PhysAddr, count: u64) {
 fn ram_block() -> Option<PhysAddr> {
     let blk = GRANULE.level_size(2);
     crate::kmain::boot().board.ram.iter().find_map(|r| {
-        let s = (r.start.0 + blk - 1) & !(blk - 1);
-        (s + blk <= r.end.0).then_some(PhysAddr(s))
+        let s = (r.start.as_u64() + blk - 1) & !(blk - 1);
+        (s + blk <= r.end.as_u64()).then_some(PhysAddr::new(s))
     })
 }
 
@@ -359,7 +359,7 @@ fn expected_fetch(t: &Translation, limits: TableAttrs, hw: HwUpdates) -> Expecte
 fn fetch(page: u64, want: Expected) -> Result<Expected, String> {
     // SAFETY: the page holds a `ret` (Region::rets) if it is executable at all.
     match unsafe { probe_exec(page) } {
-        Ok(()) => Ok(if let Expected::Ok(_) = want { want } else { Expected::Ok(PhysAddr(0)) }),
+        Ok(()) => Ok(if let Expected::Ok(_) = want { want } else { Expected::Ok(PhysAddr::new(0)) }),
         Err((esr, far)) => {
             let esr = Esr(esr);
             ensure!(esr.ec() == ExceptionClass::InstructionAbortSameEl, "{page:#x}: fetch: {esr}");
@@ -394,7 +394,7 @@ fn compare<M: TableMemory>(
         } else {
             lay.slots[r.below(lay.slots.len() as u64) as usize] + r.below(lay.slot)
         };
-        let walked = t.translate_with_limits(VirtAddr(va));
+        let walked = t.translate_with_limits(VirtAddr::new(va));
         let req = lay.request(va);
         let sabotage = lay.sabotage_at(va);
         let desc = match walked.0 {
@@ -429,7 +429,7 @@ fn compare<M: TableMemory>(
             }
         }
         for access in Access::ALL {
-            let par = atcheck::observe(access, va);
+            let par = atcheck::observe(access, VirtAddr::new(va));
             match (atcheck::check(&walked, &req, access, hw, par), sabotage) {
                 (Ok(()), _) => {}
                 (Err(Mismatch::Request { .. }), Some(Sabotage::FlipEl0)) => tally.flip_el0_caught += 1,
@@ -473,7 +473,7 @@ fn wrong_walker(t: &Translation, limits: TableAttrs, a: Access, hw: HwUpdates) -
 
 fn teardown<R: Regime, M: TableMemory>(l: &mut CursorMut<'_, '_, R, M>, lay: &Layout) -> Result<(), String> {
     for &s in &lay.slots {
-        l.unmap(s, lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+        l.unmap(VirtAddr::new(s), lay.slot).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     }
     for &(pa, o) in &lay.frames {
         frame::free(pa, o, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
@@ -606,10 +606,10 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
             // Run the comparisons with this table set live in TTBR0.
             let irq = cpu::local_irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
-            unsafe { cpu::switch_ttbr0(root.0 | ((asid as u64) << 48)) };
+            unsafe { cpu::switch_ttbr0(root.as_u64() | ((asid as u64) << 48)) };
             let c = compare(l.t, &mut r, &lay, SAMPLES, false);
             // SAFETY: back to the empty table.
-            unsafe { cpu::switch_ttbr0(empty.0) };
+            unsafe { cpu::switch_ttbr0(empty.as_u64()) };
             drop(irq);
             teardown(&mut l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x} asid {asid:#x}: {e}"))

@@ -54,7 +54,7 @@ fn mmu_on_with_final_tables() -> Result<(), String> {
     ensure!(s & sctlr::C != 0 && s & sctlr::I != 0, "caches off");
     let (root, _) = kmap::roots();
     let ttbr1 = sysreg::ttbr1_el1() & 0x0000_ffff_ffff_fffe;
-    ensure!(ttbr1 == root.0, "TTBR1_EL1 {ttbr1:#x} is not the final kernel root {:#x}", root.0);
+    ensure!(ttbr1 == root.as_u64(), "TTBR1_EL1 {ttbr1:#x} is not the final kernel root {:#x}", root.as_u64());
     Ok(())
 }
 
@@ -153,7 +153,7 @@ fn wx_data_not_executable() -> Result<(), String> {
 kernel_test!(wx_linear_map_not_executable);
 fn wx_linear_map_not_executable() -> Result<(), String> {
     let pa = crate::mm::frame::alloc_zeroed(0, crate::mm::frame::Owner::Test).ok_or("out of frames")?;
-    let va = phys_to_virt(pa).0;
+    let va = phys_to_virt(pa).as_u64();
     // SAFETY: a fresh frame; write a `ret` into it through the linear map.
     unsafe { (va as *mut u32).write_volatile(0xd65f03c0) };
     // SAFETY: it is a `ret`.
@@ -172,7 +172,7 @@ fn wx_no_leaf_writable_and_executable() -> Result<(), String> {
                 leaves += 1;
                 let p = e.desc.perms();
                 if !p.read_only && !p.pxn {
-                    bad = Some(e.va.0);
+                    bad = Some(e.va.as_u64());
                 }
             }
         })
@@ -209,7 +209,7 @@ fn fault_unmapped_top_level_hole() -> Result<(), String> {
         crate::mm::granule::Granule::K16 => crate::mm::granule::START_LEVEL + 1,
         _ => crate::mm::granule::START_LEVEL,
     };
-    let lvl = match kmap::with_tables(|t| t.translate(VirtAddr(addr))) {
+    let lvl = match kmap::with_tables(|t| t.translate(VirtAddr::new(addr))) {
         Translation::Fault { level, .. } => level,
         Translation::Mapped { .. } => return Err("test address is mapped".into()),
     };
@@ -222,16 +222,16 @@ fn fault_unmapped_level3_stack_guard() -> Result<(), String> {
     // The guard below CPU 0's stack is unmapped inside a populated level-3 table.
     let (lo, _) = kmap::stack_range(0);
     let guard = lo - PAGE_SIZE;
-    expect_translation_fault(guard, 3)?;
+    expect_translation_fault(guard.as_u64(), 3)?;
     let (lo1, _) = kmap::stack_range(1);
-    expect_translation_fault(lo1 - 8, 3)
+    expect_translation_fault((lo1 - 8).as_u64(), 3)
 }
 
 kernel_test!(fault_dtb_fixmap_gone);
 fn fault_dtb_fixmap_gone() -> Result<(), String> {
     // The boot-time DTB window must not survive the switch to the final tables.
     let addr = FIXMAP_BASE + (boot().dtb_pa & (PAGE_SIZE - 1));
-    match kmap::with_tables(|t| t.translate(VirtAddr(addr))) {
+    match kmap::with_tables(|t| t.translate(VirtAddr::new(addr))) {
         Translation::Fault { level, .. } => expect_translation_fault(addr, level as i8),
         Translation::Mapped { .. } => Err("fixmap still mapped".into()),
     }
@@ -247,8 +247,8 @@ fn linear_map_uses_blocks() -> Result<(), String> {
                 continue;
             }
             let sz = GRANULE.level_size(level);
-            let first = (r.start.0 + sz - 1) & !(sz - 1);
-            if first + sz > r.end.0 {
+            let first = (r.start.as_u64() + sz - 1) & !(sz - 1);
+            if first + sz > r.end.as_u64() {
                 continue;
             }
             // The largest allowed block wins: a 2M probe inside a 1G-mappable GiB is level 1.
@@ -256,14 +256,14 @@ fn linear_map_uses_blocks() -> Result<(), String> {
             let expected = if level == 2 && GRANULE.block_allowed(1) {
                 let g = GRANULE.level_size(1);
                 let gb = probe & !(g - 1);
-                if gb >= r.start.0 && gb + g <= r.end.0 { 1 } else { 2 }
+                if gb >= r.start.as_u64() && gb + g <= r.end.as_u64() { 1 } else { 2 }
             } else {
                 level
             };
-            let va = phys_to_virt(PhysAddr(probe)).0;
-            match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
+            let va = phys_to_virt(PhysAddr::new(probe)).as_u64();
+            match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
                 Translation::Mapped { level: l, pa, .. } => {
-                    ensure!(pa.0 == probe, "linear map of {probe:#x} points at {:#x}", pa.0);
+                    ensure!(pa.as_u64() == probe, "linear map of {probe:#x} points at {:#x}", pa.as_u64());
                     ensure!(l == expected, "PA {probe:#x} mapped at level {l}, expected level {expected}");
                     checked += 1;
                 }
@@ -282,8 +282,8 @@ fn linear_map_uses_blocks() -> Result<(), String> {
         // No RAM region can hold even one block (e.g. 128 MiB with 64K pages,
         // whose blocks are 512 MiB): then RAM must be mapped with pages.
         for r in &boot().board.ram {
-            let va = phys_to_virt(r.start).0;
-            match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
+            let va = phys_to_virt(r.start).as_u64();
+            match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
                 Translation::Mapped { level, pa, .. } => {
                     ensure!(
                         pa == r.start && level == 3,
@@ -301,8 +301,8 @@ fn linear_map_uses_blocks() -> Result<(), String> {
 kernel_test!(mmio_is_device_memory);
 fn mmio_is_device_memory() -> Result<(), String> {
     let u = boot().board.uart.as_ref().ok_or("no UART")?;
-    let va = io_virt(u.regs[0].start).0;
-    match kmap::with_tables(|t| t.translate(VirtAddr(va))) {
+    let va = io_virt(u.regs[0].start).as_u64();
+    match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
         Translation::Mapped { desc, .. } => {
             ensure!(desc.attr_index() == mair::DEVICE_NGNRE, "UART mapped with attribute index {}", desc.attr_index());
             ensure!(desc.perms().pxn && desc.perms().uxn, "device memory executable");
@@ -312,7 +312,7 @@ fn mmio_is_device_memory() -> Result<(), String> {
     match cpu::at(AtOp::S1E1R, va) {
         AtResult::Ok { attr, pa } => {
             ensure!(attr == 0x04, "PAR_EL1 attributes {attr:#x}, expected Device-nGnRE (0x04)");
-            ensure!(pa == u.regs[0].start.0, "AT PA {pa:#x}");
+            ensure!(pa == u.regs[0].start.as_u64(), "AT PA {pa:#x}");
         }
         AtResult::Fault { fst, .. } => return Err(alloc::format!("AT faults: {fst:#x}")),
     }
@@ -329,27 +329,27 @@ kernel_test!(walker_agrees_with_at_on_kernel_addresses);
 fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     use crate::mm::desc::{LeafAttrs, TableAttrs};
     use crate::mm::pgtable::atcheck::{self, Access, Request};
-    let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr(pa), attrs, limits: TableAttrs::NONE };
+    let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr::new(pa), attrs, limits: TableAttrs::NONE };
     let mut addrs: alloc::vec::Vec<(u64, Request)> = alloc::vec::Vec::new();
     for (_, lo, hi, attrs) in kmap::image_sections() {
-        let mut a = lo & !(PAGE_SIZE - 1);
+        let mut a = lo.align_down(PAGE_SIZE);
         while a < hi {
-            addrs.push((a + 0x18, exact(kmap::kimage_to_phys(a + 0x18).0, attrs)));
+            addrs.push(((a + 0x18).as_u64(), exact(kmap::kimage_to_phys(a + 0x18).as_u64(), attrs)));
             a += PAGE_SIZE;
         }
     }
     for r in &boot().board.ram {
         let step = (r.size() / 64).max(PAGE_SIZE) & !(PAGE_SIZE - 1);
-        let mut p = r.start.0;
-        while p < r.end.0 {
-            addrs.push((phys_to_virt(PhysAddr(p)).0 + 8, exact(p + 8, LeafAttrs::KERNEL_RW)));
+        let mut p = r.start.as_u64();
+        while p < r.end.as_u64() {
+            addrs.push((phys_to_virt(PhysAddr::new(p)).as_u64() + 8, exact(p + 8, LeafAttrs::KERNEL_RW)));
             p += step;
         }
-        addrs.push((phys_to_virt(PhysAddr(r.end.0)).0, Request::Unmapped));
+        addrs.push((phys_to_virt(r.end).as_u64(), Request::Unmapped));
     }
     if let Some(u) = boot().board.uart.as_ref() {
-        let pa = u.regs[0].start.0;
-        addrs.push((io_virt(PhysAddr(pa)).0, exact(pa, LeafAttrs::KERNEL_DEVICE)));
+        let pa = u.regs[0].start.as_u64();
+        addrs.push((io_virt(PhysAddr::new(pa)).as_u64(), exact(pa, LeafAttrs::KERNEL_DEVICE)));
     }
     for hole in [0xffff_6800_0000_0000, FIXMAP_BASE, 0xffff_ffff_ffff_f000] {
         addrs.push((hole, Request::Unmapped));
@@ -358,10 +358,10 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     let mut mismatches = 0;
     let mut first = String::new();
     for (va, req) in &addrs {
-        let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr(*va)));
+        let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(*va)));
         let mut r = atcheck::check_exec(&walked, req);
         for access in [Access { el0: false, write: false }, Access { el0: false, write: true }] {
-            r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, *va)));
+            r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, VirtAddr::new(*va))));
         }
         if let Err(m) = r {
             mismatches += 1;

@@ -143,8 +143,8 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let blk = GRANULE.level_size(2);
     // A block-aligned range of RAM, mapped read-only (as table_tests does).
     let Some(pa) = crate::kmain::boot().board.ram.iter().find_map(|r| {
-        let s = (r.start.0 + blk - 1) & !(blk - 1);
-        (s + blk <= r.end.0).then_some(PhysAddr(s))
+        let s = (r.start.as_u64() + blk - 1) & !(blk - 1);
+        (s + blk <= r.end.as_u64()).then_some(PhysAddr::new(s))
     }) else {
         return super::cannot_apply("RAM holds no block-aligned block");
     };
@@ -152,13 +152,13 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let pt_frames = || frame::stats().by_owner[Owner::PageTable as usize];
     let frames_before = pt_frames();
     let map = |sizes| {
-        kmap::map_kernel(VirtAddr(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
+        kmap::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
     };
-    let unmap = || kmap::with_live(|l| l.unmap(va, blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
+    let unmap = || kmap::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
     let refused = |what: &str, r: Result<(), MapError>| -> Result<(), String> {
         ensure!(matches!(r, Err(MapError::BbmViolation { .. })), "{what} without its flush: {r:?}");
         ensure!(
-            matches!(kmap::with_tables(|t| t.translate(VirtAddr(va))), Translation::Fault { .. }),
+            matches!(kmap::with_tables(|t| t.translate(VirtAddr::new(va))), Translation::Fault { .. }),
             "{what}: the broken entry must stay invalid"
         );
         Ok(())
@@ -167,20 +167,20 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
         let v0 = violations();
         // Split: a block into a table of pages.
         map(LeafSizes::Largest)?;
-        refused("split", sabotaged(|| kmap::with_live(|l| l.split(va, 2))))?;
+        refused("split", sabotaged(|| kmap::with_live(|l| l.split(VirtAddr::new(va), 2))))?;
         unmap()?;
         // Collapse: a table of pages into a block.
         map(LeafSizes::PagesOnly)?;
-        refused("collapse", sabotaged(|| kmap::with_live(|l| l.collapse(va, 2))))?;
+        refused("collapse", sabotaged(|| kmap::with_live(|l| l.collapse(VirtAddr::new(va), 2))))?;
         unmap()?;
         // Fold: a contiguous run from n pages.
         map(LeafSizes::PagesOnly)?;
-        refused("fold", sabotaged(|| kmap::with_live(|l| l.make_contiguous(va, 3))))?;
+        refused("fold", sabotaged(|| kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3))))?;
         unmap()?;
         // Unfold: the run back to n pages.
         map(LeafSizes::PagesOnly)?;
-        kmap::with_live(|l| l.make_contiguous(va, 3)).map_err(|e| alloc::format!("fold: {e:?}"))?;
-        refused("unfold", sabotaged(|| kmap::with_live(|l| l.split_contiguous(va, 3))))?;
+        kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("fold: {e:?}"))?;
+        refused("unfold", sabotaged(|| kmap::with_live(|l| l.split_contiguous(VirtAddr::new(va), 3))))?;
         unmap()?;
         ensure!(violations() == v0 + 4, "{} violations, expected 4", violations() - v0);
         Ok(())
@@ -221,8 +221,8 @@ fn cursor_zap_clears_and_frees() -> Result<(), String> {
     r
 }
 
-fn desc_of(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
+fn desc_of(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
+    proc::with_tables(p, |_, t| match t.translate(va) {
         Translation::Mapped { desc, .. } => Some(desc),
         _ => None,
     })
@@ -230,8 +230,8 @@ fn desc_of(p: &str, va: u64) -> Option<crate::mm::desc::Desc> {
     .flatten()
 }
 
-fn level_of(p: &str, va: u64) -> Option<u32> {
-    proc::with_tables(p, |_, t| match t.translate(VirtAddr(va)) {
+fn level_of(p: &str, va: VirtAddr) -> Option<u32> {
+    proc::with_tables(p, |_, t| match t.translate(va) {
         Translation::Mapped { level, .. } => Some(level),
         _ => None,
     })
@@ -284,12 +284,12 @@ fn check_gather(what: &str, ev: &[GatherEvent], min_gathered: usize, min_flushes
     for (i, e) in ev.iter().enumerate() {
         let GatherEvent::Freed(pa) = *e else { continue };
         let Some(g) = ev[..i].iter().rposition(|x| *x == GatherEvent::Gathered(pa)) else {
-            return Err(alloc::format!("{what}: {:#x} freed but never gathered", pa.0));
+            return Err(alloc::format!("{what}: {:#x} freed but never gathered", pa.as_u64()));
         };
         ensure!(
             ev[g..i].contains(&GatherEvent::Flushed),
             "{what}: {:#x} freed (event {i}) with no flush since it was gathered (event {g})",
-            pa.0
+            pa.as_u64()
         );
     }
     Ok(())
@@ -356,7 +356,7 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
     let r = (|| -> Result<(), String> {
         let m = proc::mmap(p, "m", super::anon(2 * PAGE_SIZE))?;
         ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "fault in");
-        let (old, refused, after) = with_pte(p, m, |e| {
+        let (old, refused, after) = with_pte(p, m.as_u64(), |e| {
             let old = e.get();
             (old, e.set_new(other_oa(old)), e.get())
         })?;
@@ -407,7 +407,7 @@ fn cursor_bbm_cow_reuse() -> Result<(), String> {
             after.output_address(PAGE_SIZE) == before.output_address(PAGE_SIZE) && after.user_writable(),
             "reuse must keep the page and make it writable: {before:?} -> {after:?}"
         );
-        let (refused, now) = with_pte(pa, m, |e| (e.modify(other_oa), e.get()))?;
+        let (refused, now) = with_pte(pa, m.as_u64(), |e| (e.modify(other_oa), e.get()))?;
         ensure!(
             matches!(refused, Err(MapError::NotPermissionBits(_))),
             "modify with a new output address: {refused:?}"
@@ -442,24 +442,24 @@ fn cursor_bbm_mprotect_flush() -> Result<(), String> {
         let y = proc::mmap(name, "y", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x77)?, RunEnd::Done), "filling x");
         ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
-        let a = start_reader(name, x, y, there)?;
+        let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
         // mprotect(x, PROT_NONE) from EL0 on this CPU, its flush dropped.
         memory::SKIP_NEXT_PERM_FLUSH.store(true, Ordering::Relaxed);
-        let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], crate::proc::syscall::nr::MPROTECT, here);
+        let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], crate::proc::syscall::nr::MPROTECT, here);
         let rb = b.map(|b| sched::wait(&b));
         memory::SKIP_NEXT_PERM_FLUSH.store(false, Ordering::Relaxed);
         let r = (|| -> Result<(), String> {
             let rb = rb?;
             ensure!(rb.x[0] == 2 && rb.x[1] == 0, "mprotect from EL0 failed: x0 {:#x} x1 {:#x}", rb.x[0], rb.x[1]);
             ensure!(desc_of(name, x).is_some_and(|d| !d.perms().el0), "mprotect(PROT_NONE) left EL0 access");
-            let c0 = user_u64(name, y)?;
+            let c0 = user_u64(name, y.as_u64())?;
             if let Some(regs) = sched::wait_until(&a, Some(500)) {
                 return Err(alloc::format!(
                     "the reader stopped ({:?}) although the flush was dropped: its TLB entry did not stay stale",
                     proc::run_end(&regs)
                 ));
             }
-            let c1 = user_u64(name, y)?;
+            let c1 = user_u64(name, y.as_u64())?;
             ensure!(c1 > c0 + 1000, "the reader made only {} loads in 500 ms", c1 - c0);
             println!("  flush dropped: the reader on cpu{there} loaded {} more times through its stale entry", c1 - c0);
             Ok(())
@@ -493,10 +493,10 @@ fn cursor_bbm_fork_wrprotect_flush() -> Result<(), String> {
         ensure!(matches!(proc::access(pa, op::WRITE, m, PAGE_SIZE, 0x91)?, RunEnd::Done), "parent write");
         // Returns whether the writer took a fault within `ms` after the fork.
         let fork_under_writer = |sabotage: bool, ms: u64| -> Result<bool, String> {
-            let w = start(pa, &[op::STORE, m, 1 << 40, 0x92, 0], 0, there)?;
+            let w = start(pa, &[op::STORE, m.as_u64(), 1 << 40, 0x92, 0], 0, there)?;
             let r = (|| -> Result<bool, String> {
                 ensure!(
-                    crate::irq::wait_until(5000, || user_u64(pa, m).is_ok_and(|v| v & 0xff == 0x92)),
+                    crate::irq::wait_until(5000, || user_u64(pa, m.as_u64()).is_ok_and(|v| v & 0xff == 0x92)),
                     "the writer on cpu{there} did not get going"
                 );
                 let f0 = proc::fault_count(pa);
@@ -557,7 +557,7 @@ fn cursor_bbm_contpte_fold_user() -> Result<(), String> {
         ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x52)?, RunEnd::Done), "write next to it");
         ensure!(desc_of(p, m).is_some_and(|d| !d.contiguous()), "a run was made over a present entry");
         ensure!(desc_of(p, m + 3 * PAGE_SIZE) == Some(zero), "the present entry changed under the fault");
-        let (by_set, by_update, after) = with_pte(p, m + 3 * PAGE_SIZE, |e| {
+        let (by_set, by_update, after) = with_pte(p, (m + 3 * PAGE_SIZE).as_u64(), |e| {
             let old = e.get();
             (e.set_new(Desc(old.0 | CONT_BIT)), e.update(CONT_BIT, 0), e.get())
         })?;

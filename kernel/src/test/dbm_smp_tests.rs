@@ -117,14 +117,14 @@ fn me() -> usize {
 /// The leaf entry and the bytes of the page at `va` of `name` (read through
 /// the linear map).
 fn page(name: &str, va: u64) -> Result<(Desc, &'static [u8]), String> {
-    let (pa, d) = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+    let (pa, d) = proc::with_tables(name, |_, t| match t.translate(VirtAddr::new(va)) {
         Translation::Mapped { pa, desc, .. } => Some((pa, desc)),
         _ => None,
     })?
     .ok_or_else(|| alloc::format!("{va:#x} of {name} is not mapped"))?;
     // SAFETY: a mapped user page; the writers have stopped or write
     // single bytes, which a byte load observes whole.
-    let bytes = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).0 as *const u8, PAGE_SIZE as usize) };
+    let bytes = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).as_u64() as *const u8, PAGE_SIZE as usize) };
     Ok((d, bytes))
 }
 
@@ -166,13 +166,13 @@ fn dbm_smp_writers_vs_mprotect_fork() -> Result<(), String> {
 fn rounds(name: &str, child: &str, cpus: &[usize]) -> Result<(), String> {
     let len = cpus.len() as u64 * SLICE;
     let mut shared = Region {
-        base: proc::mmap(name, "s", MmapArgs { shared: true, ..anon(len) })?,
+        base: proc::mmap(name, "s", MmapArgs { shared: true, ..anon(len) })?.as_u64(),
         shared: true,
         bytes: vec![0; len as usize],
     };
-    let mut private = Region { base: proc::mmap(name, "p", anon(len))?, shared: false, bytes: vec![0; len as usize] };
+    let mut private = Region { base: proc::mmap(name, "p", anon(len))?.as_u64(), shared: false, bytes: vec![0; len as usize] };
     // Every private page is written once: dirty from here on.
-    ensure!(matches!(proc::access(name, op::WRITE, private.base, len, 0)?, RunEnd::Done), "filling the private region");
+    ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(private.base), len, 0)?, RunEnd::Done), "filling the private region");
     let mut stats = Stats::default();
     let calls_before = RMW_WINDOW_CALLS.load(Ordering::Relaxed);
     for round in 0..3 * ROUNDS {
@@ -227,8 +227,8 @@ fn one_round(
     if region.shared {
         // The clean point: no entries, then every page read back in
         // writable-clean (this CPU; the writers' CPUs never cached them).
-        proc::madvise(name, region.base, len, crate::mm::madvise::Advice::DontNeed)?;
-        let r = sched::pin_to_caller(|| proc::access(name, op::TOUCH_READ, region.base, len, 0))?;
+        proc::madvise(name, VirtAddr::new(region.base), len, crate::mm::madvise::Advice::DontNeed)?;
+        let r = sched::pin_to_caller(|| proc::access(name, op::TOUCH_READ, VirtAddr::new(region.base), len, 0))?;
         ensure!(matches!(r, RunEnd::Done), "reading the shared pages back in: {r:?}");
         for p in 0..len / PAGE_SIZE {
             let (d, _) = page(name, region.base + p * PAGE_SIZE)?;
@@ -274,11 +274,11 @@ fn one_round(
             RunEnd::Done => start + slice,
             RunEnd::Fault { addr, esr, .. }
                 if action == Action::Mprotect
-                    && regs.x[1] == addr
+                    && regs.x[1] == addr.as_u64()
                     && Esr(esr).fault_status().is_some_and(|f| matches!(f, FaultStatus::Permission(_))) =>
             {
                 stats.stopped += 1;
-                addr
+                addr.as_u64()
             }
             e => return Err(alloc::format!("the writer on cpu{} ended with {e:?}", cpus[i])),
         });
@@ -309,7 +309,7 @@ fn one_round(
     }
     check(name, region, round, stats)?;
     if action == Action::Mprotect {
-        sched::pin_to_caller(|| proc::mprotect(name, region.base, len, true, true))?;
+        sched::pin_to_caller(|| proc::mprotect(name, VirtAddr::new(region.base), len, true, true))?;
     }
     Ok(())
 }
@@ -338,7 +338,7 @@ fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u
         let from = lo + GAP;
         if from < pages {
             let to = (from + AHEAD).min(pages);
-            proc::mprotect(name, start + from * PAGE_SIZE, (to - from) * PAGE_SIZE, true, false)?;
+            proc::mprotect(name, VirtAddr::new(start + from * PAGE_SIZE), (to - from) * PAGE_SIZE, true, false)?;
         }
     }
     Ok(())

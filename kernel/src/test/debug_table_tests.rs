@@ -36,7 +36,7 @@ fn slot_matches(name: &str, p: &proc::Process) -> Result<u32, String> {
             s.ppid,
             s.name
         );
-        ensure!(s.pgd == p.mm.pgd.0, "{name}: pgd {:#x} in the mirror, {:#x} really", s.pgd, p.mm.pgd.0);
+        ensure!(s.pgd == p.mm.pgd.as_u64(), "{name}: pgd {:#x} in the mirror, {:#x} really", s.pgd, p.mm.pgd.as_u64());
         ensure!(
             s.asid_slot == &p.mm.asid_slot as *const _ as u64 && s.mm == &p.mm as *const _ as u64,
             "{name}: ASID slot / mm pointers do not point at its mm"
@@ -66,7 +66,7 @@ fn debug_table_follows_processes_and_vmas() -> Result<(), String> {
         let s = dt::snapshot(pa).ok_or("no slot after munmap")?;
         // agent, [0,2) rw, [2,4) r, [4,6) nohugepage, [7,8) nohugepage
         ensure!(
-            s.nr_vmas == 5 && s.vmas[4].start == va + 7 * PAGE_SIZE,
+            s.nr_vmas == 5 && s.vmas[4].start == (va + 7 * PAGE_SIZE).as_u64(),
             "after munmap: {} VMAs {:x?}",
             s.nr_vmas,
             s.vmas
@@ -192,11 +192,11 @@ fn debug_table_records_the_running_task() -> Result<(), String> {
         let Some(cpu) = other else {
             return super::cannot_apply("one CPU: only checked that the mirror is empty after a run");
         };
-        let t = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WAIT_FLAG, va], 0), Some(cpu))))?;
+        let t = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WAIT_FLAG, va.as_u64()], 0), Some(cpu))))?;
         let seen = crate::irq::wait_until(2000, || dt::running(cpu) == (pid, t.tid));
         let during = dt::running(cpu);
         // Sets the flag from this CPU; the waiter then ends its command.
-        let w = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WRITE, va, 1, 1], 0), Some(me))))?;
+        let w = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WRITE, va.as_u64(), 1, 1], 0), Some(me))))?;
         sched::wait(&w);
         sched::wait(&t);
         ensure!(seen, "cpu{cpu} runs pid {pid} tid {}, the mirror says {during:?}", t.tid);

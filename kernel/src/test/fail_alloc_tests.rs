@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 
 use crate::arch::aarch64::user::op;
 use crate::ensure;
+use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
@@ -236,7 +237,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let region = alloc::format!("r{i}");
                 let size = args.size;
                 match armed(|| proc::mmap(&name, &region, args)) {
-                    Ok(va) => procs[pi].regions.push(Region { va, size }),
+                    Ok(va) => procs[pi].regions.push(Region { va: va.as_u64(), size }),
                     Err(e) => {
                         oom_ok("mmap", Err(e))?;
                     }
@@ -246,8 +247,8 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             1..=3 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let b = rng.next() as u8;
-                if access_ok("write", armed(|| proc::access(&name, op::WRITE, va, len, b))?)? {
-                    match armed(|| proc::access(&name, op::CHECK, va, len, b))? {
+                if access_ok("write", armed(|| proc::access(&name, op::WRITE, VirtAddr::new(va), len, b))?)? {
+                    match armed(|| proc::access(&name, op::CHECK, VirtAddr::new(va), len, b))? {
                         RunEnd::Done => {}
                         RunEnd::Mismatch { addr, value } => {
                             return Err(alloc::format!(
@@ -274,15 +275,15 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             5 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let (va, len) = (va & !(PAGE_SIZE - 1), len.next_multiple_of(PAGE_SIZE));
-                if !oom_ok("mprotect r", armed(|| proc::mprotect(&name, va, len, true, false)))? {
+                if !oom_ok("mprotect r", armed(|| proc::mprotect(&name, VirtAddr::new(va), len, true, false)))? {
                     // Before the retry below could hide it: a failure leaves
                     // the VMAs and the entries agreeing.
                     crate::console::commands::invariants()
                         .map_err(|e| alloc::format!("op {i}: failed mprotect: {e}"))?;
                 }
                 // Back to read-write; unarmed if armed fails, so later writes work.
-                if !oom_ok("mprotect rw", armed(|| proc::mprotect(&name, va, len, true, true)))? {
-                    proc::mprotect(&name, va, len, true, true)?;
+                if !oom_ok("mprotect rw", armed(|| proc::mprotect(&name, VirtAddr::new(va), len, true, true)))? {
+                    proc::mprotect(&name, VirtAddr::new(va), len, true, true)?;
                 }
             }
             6 => {
@@ -290,7 +291,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let (va, len) = (va & !(PAGE_SIZE - 1), len.next_multiple_of(PAGE_SIZE));
                 oom_ok(
                     "madvise dontneed",
-                    armed(|| proc::madvise(&name, va, len, crate::mm::madvise::Advice::DontNeed)),
+                    armed(|| proc::madvise(&name, VirtAddr::new(va), len, crate::mm::madvise::Advice::DontNeed)),
                 )?;
             }
             7 => {
@@ -298,7 +299,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                 let h = alloc::format!("fap{i}");
                 let foll = crate::mm::gup::Foll { write: rng.below(2) == 0, pin: true, longterm: rng.below(2) == 0 };
                 let fast = rng.below(2) == 0;
-                match armed(|| proc::gup(&name, &h, va, len, foll, fast, &|| Ok(()))) {
+                match armed(|| proc::gup(&name, &h, VirtAddr::new(va), len, foll, fast, &|| Ok(()))) {
                     Ok(_) => pins.push(h),
                     Err(e) if e.is_oom() => {}
                     Err(e) => return Err(alloc::format!("op {i}: pin: {e}")),
@@ -312,7 +313,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             8 | 9 => {
                 let ri = rng.below(nreg) as usize;
                 let Region { va, size } = procs[pi].regions[ri];
-                if oom_ok("munmap", armed(|| proc::munmap(&name, va, size)))? {
+                if oom_ok("munmap", armed(|| proc::munmap(&name, VirtAddr::new(va), size)))? {
                     procs[pi].regions.swap_remove(ri);
                 }
             }

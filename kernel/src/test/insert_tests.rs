@@ -8,7 +8,7 @@ use alloc::string::String;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBUSY, EINVAL};
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
@@ -23,12 +23,12 @@ fn flags(list: &[VmFlags]) -> VmFlags {
     list.iter().fold(VmFlags(0), |a, &f| a | f)
 }
 
-fn insert(va: u64, pa: PhysAddr) -> Result<(), i64> {
+fn insert(va: VirtAddr, pa: PhysAddr) -> Result<(), i64> {
     proc::with_mm_write(P, |p, g| memory::vm_insert_page(p.mt(), g, va, pa)).expect("process exists")
 }
 
-fn entry(va: u64) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(P, |_, t| match t.translate(crate::mm::addr::VirtAddr(va)) {
+fn entry(va: VirtAddr) -> Option<crate::mm::desc::Desc> {
+    proc::with_tables(P, |_, t| match t.translate(va) {
         Translation::Mapped { desc, .. } => Some(desc),
         _ => None,
     })
@@ -130,10 +130,10 @@ fn insert_pages_and_mixed() -> Result<(), String> {
     run(|| {
         // A driver page: mapped with a reference and a mapping; EL0 reads it.
         let kp = page::folio_alloc_kernel().ok_or("no memory")?;
-        crate::arch::aarch64::cpu::zero_pages(crate::mm::layout::phys_to_virt(kp.pa()).0, PAGE_SIZE);
+        crate::arch::aarch64::cpu::zero_pages(crate::mm::layout::phys_to_virt(kp.pa()).as_u64(), PAGE_SIZE);
         // SAFETY: our page, in the linear map.
         unsafe {
-            core::ptr::write_bytes(crate::mm::layout::phys_to_virt(kp.pa()).0 as *mut u8, 0x3c, PAGE_SIZE as usize)
+            core::ptr::write_bytes(crate::mm::layout::phys_to_virt(kp.pa()).as_u64() as *mut u8, 0x3c, PAGE_SIZE as usize)
         };
         let shared_ro = flags(&[F::READ, F::SHARED]);
         let va = proc::vma_for_test(P, 4 * PAGE_SIZE, shared_ro)?;

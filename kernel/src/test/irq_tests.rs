@@ -243,12 +243,12 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
             if has { "with" } else { "without" }
         );
         let (plain_read, plain_write, copied, wrote) = proc::with_ttbr0(name, || {
-            let r = probe_read_u8(va);
+            let r = probe_read_u8(va.as_u64());
             // SAFETY: a byte of the test's own user page.
-            let w = unsafe { probe_write_u8(va + 1, 0x11) };
+            let w = unsafe { probe_write_u8((va + 1).as_u64(), 0x11) };
             let mut b = [0u8; 16];
-            let c = copy_from_user(&mut b, va).map(|_| b);
-            let t = copy_to_user(va + 8, &[0x3c; 8]);
+            let c = copy_from_user(&mut b, va.as_u64()).map(|_| b);
+            let t = copy_to_user((va + 8).as_u64(), &[0x3c; 8]);
             (r, w, c, t)
         })?;
         // The uaccess helpers work either way.
@@ -281,7 +281,7 @@ fn pan_blocks_plain_access_here() -> Result<(), String> {
             );
             ensure!(e.wnr() == write, "{what}: WnR wrong: {e}");
             let at = if write { va + 1 } else { va };
-            ensure!(far == at, "{what}: FAR {far:#x}, expected {at:#x}");
+            ensure!(far == at.as_u64(), "{what}: FAR {far:#x}, expected {at:#x}");
         }
         Ok(())
     })();

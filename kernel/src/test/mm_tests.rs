@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 
 
 use crate::ensure;
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::frame::{self, FreeError, Owner};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
@@ -35,8 +35,8 @@ kernel_test!(frames_alloc_all_and_free_all);
 /// RAM frames and that the count matches `free`, then gives all back.
 fn frames_alloc_all_and_free_all() -> Result<(), String> {
     let before = frame::stats();
-    let base = crate::kmain::boot().board.ram.iter().map(|r| r.start.0).min().unwrap() / PAGE_SIZE;
-    let span = crate::kmain::boot().board.ram.iter().map(|r| r.end.0).max().unwrap() / PAGE_SIZE - base;
+    let base = crate::kmain::boot().board.ram.iter().map(|r| r.start.as_u64()).min().unwrap() / PAGE_SIZE;
+    let span = crate::kmain::boot().board.ram.iter().map(|r| r.end.as_u64()).max().unwrap() / PAGE_SIZE - base;
     let mut seen = vec![0u64; (span as usize).div_ceil(64)];
     let mut blocks: Vec<(PhysAddr, u32)> = Vec::with_capacity(1024);
     let mut taken = 0u64;
@@ -78,12 +78,12 @@ fn frames_orders_are_aligned_and_disjoint() -> Result<(), String> {
         let pa = frame::alloc(order, Owner::Test).ok_or("out of frames")?;
         got.push((pa, order));
         let size = PAGE_SIZE << order;
-        ensure!(pa.0 % size == 0, "order-{order} block {pa} not aligned to {size:#x}");
+        ensure!(pa.as_u64() % size == 0, "order-{order} block {pa} not aligned to {size:#x}");
     }
     for (i, (a, oa)) in got.iter().enumerate() {
         for (b, ob) in &got[i + 1..] {
-            let (ea, eb) = (a.0 + (PAGE_SIZE << oa), b.0 + (PAGE_SIZE << ob));
-            ensure!(ea <= b.0 || eb <= a.0, "{a} and {b} overlap");
+            let (ea, eb) = (a.as_u64() + (PAGE_SIZE << oa), b.as_u64() + (PAGE_SIZE << ob));
+            ensure!(ea <= b.as_u64() || eb <= a.as_u64(), "{a} and {b} overlap");
         }
     }
     for (pa, o) in got {
@@ -98,12 +98,12 @@ fn frames_bad_free_is_refused() -> Result<(), String> {
     let pa = frame::alloc(0, Owner::Test).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     ensure!(frame::free(pa, 0, Owner::Test) == Err(FreeError::NotAllocated(pa)), "double free accepted");
-    let kernel = crate::mm::kmap::kimage_to_phys(crate::sym_addr!(__kernel_start));
+    let kernel = crate::mm::kmap::kimage_to_phys(VirtAddr::new(crate::sym_addr!(__kernel_start)));
     ensure!(
         matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))),
         "freeing the kernel image accepted"
     );
-    ensure!(frame::free(PhysAddr(0x10), 0, Owner::Test).is_err(), "freeing a non-RAM address accepted");
+    ensure!(frame::free(PhysAddr::new(0x10), 0, Owner::Test).is_err(), "freeing a non-RAM address accepted");
     let after = frame::stats();
     ensure!(
         after.free == before.free && after.allocated == before.allocated,
@@ -115,7 +115,7 @@ fn frames_bad_free_is_refused() -> Result<(), String> {
 kernel_test!(frames_zeroed_and_usable);
 fn frames_zeroed_and_usable() -> Result<(), String> {
     let pa = frame::alloc(2, Owner::Test).ok_or("out of frames")?;
-    let va = phys_to_virt(pa).0 as *mut u64;
+    let va = phys_to_virt(pa).as_u64() as *mut u64;
     let n = (4 * PAGE_SIZE / 8) as usize;
     // SAFETY: our 4 frames, through the linear map.
     unsafe {
@@ -128,7 +128,7 @@ fn frames_zeroed_and_usable() -> Result<(), String> {
     }
     frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
-    let va = phys_to_virt(pa).0 as *const u64;
+    let va = phys_to_virt(pa).as_u64() as *const u64;
     // SAFETY: as above.
     let nonzero = (0..n).filter(|&i| unsafe { va.add(i).read_volatile() } != 0).count();
     frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
@@ -159,9 +159,9 @@ fn heap_large_allocation() -> Result<(), String> {
     let va = v.as_ptr() as u64;
     let (lo, hi) = (crate::sym_addr!(__heap_start), crate::sym_addr!(__heap_end));
     ensure!(!(lo..hi).contains(&va), "{va:#x} is in the static heap");
-    let pa = crate::mm::layout::linear_virt_to_phys(crate::mm::addr::VirtAddr(va))
+    let pa = crate::mm::layout::linear_virt_to_phys(crate::mm::addr::VirtAddr::new(va))
         .ok_or_else(|| alloc::format!("{va:#x} is not in the linear map"))?;
-    let last = PhysAddr(pa.0 + LEN as u64 - PAGE_SIZE);
+    let last = pa + (LEN as u64 - PAGE_SIZE);
     ensure!(frame::is_allocated(pa) && frame::is_allocated(last), "frames {pa}..{last} are not allocated");
     ensure!(v.iter().all(|&b| b == 0xa5), "heap memory corrupt");
     drop(v);
@@ -186,7 +186,7 @@ fn page_table_check_catches_a_stray_reference() -> Result<(), String> {
     let r = (|| -> Result<(), String> {
         let va = proc::mmap(P, "a", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(P, op::WRITE, va, PAGE_SIZE, 0x5a)?, RunEnd::Done), "the write did not complete");
-        let pa = proc::with_tables(P, |_, t| match t.translate(crate::mm::addr::VirtAddr(va)) {
+        let pa = proc::with_tables(P, |_, t| match t.translate(va) {
             Translation::Mapped { pa, .. } => Some(pa),
             _ => None,
         })?
@@ -197,8 +197,8 @@ fn page_table_check_catches_a_stray_reference() -> Result<(), String> {
         let caught = crate::console::commands::invariants();
         folio.put();
         match caught {
-            Err(e) if matches!(e.what, Violation::Refcount { folio: f, .. } if f == pa.0) && e.mm.is_none() => {}
-            other => return Err(alloc::format!("a stray reference on {:#x} gave {other:?}", pa.0)),
+            Err(e) if matches!(e.what, Violation::Refcount { folio: f, .. } if f == pa.as_u64()) && e.mm.is_none() => {}
+            other => return Err(alloc::format!("a stray reference on {:#x} gave {other:?}", pa.as_u64())),
         }
         crate::console::commands::invariants().map_err(|e| alloc::format!("after: {e}"))?;
         Ok(())

@@ -75,8 +75,8 @@ fn sched_preempts_el0_on_one_cpu() -> Result<(), String> {
         let va = proc::mmap(name, "flag", anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 1, 0)?, RunEnd::Done), "clearing the flag");
         let cpu = me();
-        let a = start(name, &[op::WAIT_FLAG, va], 0, cpu)?;
-        let b = start(name, &[op::WRITE, va, 1, 1], 0, cpu)?;
+        let a = start(name, &[op::WAIT_FLAG, va.as_u64()], 0, cpu)?;
+        let b = start(name, &[op::WRITE, va.as_u64(), 1, 1], 0, cpu)?;
         let rb = sched::wait(&b);
         done_ok(&rb, "the writer")?;
         let ra = sched::wait(&a);
@@ -153,7 +153,7 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
         let va = proc::mmap(name, "m", anon(n as u64 * PAGE_SIZE))?;
         let before: Vec<u64> = (0..n).map(sched::runs).collect();
         let ts: Vec<Arc<Task>> = (0..n)
-            .map(|c| start(name, &[op::WRITE, va + c as u64 * PAGE_SIZE, PAGE_SIZE, 0x40 + c as u64], 0, c))
+            .map(|c| start(name, &[op::WRITE, (va + c as u64 * PAGE_SIZE).as_u64(), PAGE_SIZE, 0x40 + c as u64], 0, c))
             .collect::<Result<_, _>>()?;
         for (c, t) in ts.iter().enumerate() {
             done_ok(&sched::wait(t), "a writer")?;
@@ -178,14 +178,14 @@ fn sched_tasks_run_on_every_cpu() -> Result<(), String> {
 
 /// The u64 at user address `va` of `name`, read through the linear map.
 pub(super) fn user_u64(name: &str, va: u64) -> Result<u64, String> {
-    let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr(va)) {
+    let pa = proc::with_tables(name, |_, t| match t.translate(VirtAddr::new(va)) {
         Translation::Mapped { pa, .. } => Some(pa),
         _ => None,
     })?
     .ok_or("the counter page is not mapped")?;
     // SAFETY: a mapped, page-aligned user page; the reader thread stores to
     // it at EL0, which an aligned u64 load observes whole.
-    Ok(unsafe { core::ptr::read_volatile(phys_to_virt(pa).0 as *const u64) })
+    Ok(unsafe { core::ptr::read_volatile(phys_to_virt(pa).as_u64() as *const u64) })
 }
 
 /// A reader thread on `cpu` loads `x` in a loop, counting into `y`; returns
@@ -204,20 +204,20 @@ pub(super) fn start_reader(name: &str, x: u64, y: u64, cpu: usize) -> Result<Arc
 fn reader_stopped(
     name: &str,
     a: &Task,
-    x: u64,
-    y: u64,
+    x: VirtAddr,
+    y: VirtAddr,
     c0: u64,
     what: &str,
     want: fn(FaultStatus) -> bool,
 ) -> Result<(), String> {
     let Some(regs) = sched::wait_until(a, Some(3000)) else {
-        let c1 = user_u64(name, y).unwrap_or(0);
+        let c1 = user_u64(name, y.as_u64()).unwrap_or(0);
         sched::kill(a);
         return Err(alloc::format!(
             "{what}: the reader kept loading through a stale TLB entry ({c0} -> {c1} loads after the call returned)"
         ));
     };
-    let c = user_u64(name, y)?;
+    let c = user_u64(name, y.as_u64())?;
     match proc::run_end(&regs) {
         RunEnd::Fault { addr, esr, .. } if addr == x && Esr(esr).fault_status().is_some_and(want) => {}
         e => return Err(alloc::format!("{what}: the reader ended with {e:?}, expected a fault at {x:#x}")),
@@ -254,11 +254,11 @@ fn sched_tlb_shootdown_between_threads() -> Result<(), String> {
             let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
             ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x77)?, RunEnd::Done), "filling x");
             ensure!(matches!(proc::access(name, op::WRITE, y, PAGE_SIZE, 0)?, RunEnd::Done), "clearing y");
-            let a = start_reader(name, x, y, there)?;
+            let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
             // B: the system call from EL0, on this CPU (prot 0 = PROT_NONE).
-            let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], nr, here)?;
+            let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], nr, here)?;
             let rb = sched::wait(&b);
-            let c0 = user_u64(name, y)?;
+            let c0 = user_u64(name, y.as_u64())?;
             ensure!(
                 matches!(proc::run_end(&rb), RunEnd::Other { .. }) && rb.x[0] == 2 && rb.x[1] == 0,
                 "{what} from EL0 failed: x0 {:#x} x1 {:#x}",
@@ -300,7 +300,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let x = proc::mmap(name, "x", anon(PAGE_SIZE))?;
         let y = proc::mmap(name, "y", anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, x, PAGE_SIZE, 0x66)?, RunEnd::Done), "filling x");
-        let a = start_reader(name, x, y, there)?;
+        let a = start_reader(name, x.as_u64(), y.as_u64(), there)?;
         let kept = context::active_on(there);
         let before = context::ROLLOVERS.load(Ordering::Relaxed);
         // A tiny ASID space: the other processes use it up several times.
@@ -308,7 +308,7 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
         let r = sched::pin_to_caller(|| -> Result<(), String> {
             for o in &others {
                 ensure!(
-                    matches!(proc::access(o, op::TOUCH_READ, proc::AGENT_VA, 1, 0)?, RunEnd::Done),
+                    matches!(proc::access(o, op::TOUCH_READ, VirtAddr::new(proc::AGENT_VA), 1, 0)?, RunEnd::Done),
                     "{o} did not run"
                 );
                 let theirs = proc::with_proc(o, |p| Ok(p.mm.asid()))?;
@@ -330,9 +330,9 @@ fn sched_asid_kept_across_rollover_while_running() -> Result<(), String> {
             "cpu{there}'s active ASID changed under the running thread"
         );
         // Now this CPU runs R too (the mprotect thread) and flushes by R's ASID.
-        let b = start(name, &[op::SYSCALL, x, PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
+        let b = start(name, &[op::SYSCALL, x.as_u64(), PAGE_SIZE, 0], syscall::nr::MPROTECT, here)?;
         let rb = sched::wait(&b);
-        let c0 = user_u64(name, y)?;
+        let c0 = user_u64(name, y.as_u64())?;
         let mine = proc::with_proc(name, |p| Ok(p.mm.asid()))?;
         let r = reader_stopped(name, &a, x, y, c0, "mprotect after the rollovers", |f| {
             matches!(f, FaultStatus::Permission(_))
@@ -379,7 +379,7 @@ fn gup_racer() {
     let (va, nr) = (RACE_VA.load(Ordering::Acquire), RACE_NR.load(Ordering::Acquire));
     let flags = Foll { write: true, pin: true, longterm: false };
     while !RACE_STOP.load(Ordering::Acquire) {
-        let got = gup::gup_fast(p.mt(), va, nr, flags);
+        let got = gup::gup_fast(p.mt(), VirtAddr::new(va), nr, flags);
         for t in &got {
             if let Taken::Page(pa) = t
                 && !crate::mm::page::pfn_to_page(*pa).is_some_and(|pg| pg.anon_exclusive())
@@ -418,7 +418,7 @@ fn smp_gup_fast_races_fork() -> Result<(), String> {
             RACE_PROC.store(p as *const proc::Process as *mut proc::Process, Ordering::Release);
             Ok(())
         })?;
-        RACE_VA.store(va, Ordering::Release);
+        RACE_VA.store(va.as_u64(), Ordering::Release);
         RACE_NR.store(pages, Ordering::Release);
         RACE_STOP.store(false, Ordering::Release);
         RACE_DONE.store(false, Ordering::Release);
@@ -485,8 +485,8 @@ fn smp_cow_fault_races_exit() -> Result<(), String> {
             sched::pin_to_caller(|| proc::fork(a, b))?;
             // Both threads store v + 1 to every byte; either may COW.
             let ts = [
-                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[0])?,
-                start(a, &[op::WRITE, va, PAGE_SIZE, v + 1], 0, others[1])?,
+                start(a, &[op::WRITE, va.as_u64(), PAGE_SIZE, v + 1], 0, others[0])?,
+                start(a, &[op::WRITE, va.as_u64(), PAGE_SIZE, v + 1], 0, others[1])?,
             ];
             sched::pin_to_caller(|| proc::exit(b))?;
             for t in &ts {
@@ -530,7 +530,7 @@ fn smp_page_lists_alloc_here_free_there() -> Result<(), String> {
             let small = proc::mmap(name, "s", anon(300 * PAGE_SIZE))?;
             let big = proc::mmap(name, "b", MmapArgs { folio_order: 4, ..anon(16 * 16 * PAGE_SIZE) })?;
             for (va, len) in [(small, 300 * PAGE_SIZE), (big, 16 * 16 * PAGE_SIZE)] {
-                let t = start(name, &[op::WRITE, va, len, 0x60 + round], 0, there)?;
+                let t = start(name, &[op::WRITE, va.as_u64(), len, 0x60 + round], 0, there)?;
                 done_ok(&sched::wait(&t), "a writer on the other CPU")?;
             }
             frame::check().map_err(|e| alloc::format!("round {round}, after the faults: {e}"))?;

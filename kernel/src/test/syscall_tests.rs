@@ -9,6 +9,7 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::mm::frame;
+use crate::mm::addr::VirtAddr;
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
@@ -18,7 +19,7 @@ use crate::proc::{self, RunEnd};
 /// The flags of the VMA at `va` in `name`.
 fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {
     use crate::mm::mm_struct::MmapLocked;
-    Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(va).map(|v| v.flags)))?)
+    Ok(proc::with_proc(name, |p| Ok(p.mm.mmap_read_lock().vmas().find(VirtAddr::new(va)).map(|v| v.flags)))?)
 }
 
 kernel_test!(mprotect_madvise_errnos_as_linux);
@@ -192,7 +193,7 @@ fn syscall_errnos_from_typed_errors() -> Result<(), String> {
         ensure!(got == -ENOMEM, "mmap of {big:#x} bytes on {ram:#x} of RAM: got {got}, expected {}", -ENOMEM);
         let got = sc(nr::MMAP, [0, big, 3, 0x22 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
         ensure!(got > 0, "mmap with MAP_NORESERVE: got {got}");
-        ensure!(matches!(proc::access(name, op::WRITE, got as u64 + big - 8, 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(got as u64 + big - 8), 8, 9)?, RunEnd::Done), "its last bytes");
         ensure!(sc(nr::MUNMAP, [got as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
         let ro = sc(nr::MMAP, [0, big, 1, 0x22, u64::MAX, 0])?;
         ensure!(ro > 0, "a read-only mapping is not charged: got {ro}");
@@ -208,7 +209,7 @@ fn syscall_errnos_from_typed_errors() -> Result<(), String> {
         }
         let sh = sc(nr::MMAP, [0, big, 3, 0x21 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
         ensure!(sh > 0, "shared anonymous mmap with MAP_NORESERVE: got {sh}");
-        ensure!(matches!(proc::access(name, op::WRITE, sh as u64 + big - 8, 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(sh as u64 + big - 8), 8, 9)?, RunEnd::Done), "its last bytes");
         ensure!(sc(nr::MUNMAP, [sh as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
         let mf = proc::mmap(name, "mf", MmapArgs { memfd: Some("errno_big".into()), shared: true, ..super::anon(big) });
         ensure!(mf.is_ok(), "a memfd mapping of {big:#x} is not charged: {mf:?}");
@@ -304,17 +305,17 @@ fn el0_cannot_reach_kernel_memory() -> Result<(), String> {
         let targets = [
             ("kernel text", crate::sym_addr!(__kernel_start)),
             ("kernel data", core::ptr::addr_of!(SECRET) as u64),
-            ("linear map", phys_to_virt(ram).0 + 0x2000),
-            ("MMIO", io_virt(uart).0),
+            ("linear map", phys_to_virt(ram).as_u64() + 0x2000),
+            ("MMIO", io_virt(uart).as_u64()),
         ];
         for (what, va) in targets {
             // TOUCH_READ is a lone load; WRITE a lone store.
             for (opc, write) in [(op::TOUCH_READ, false), (op::WRITE, true)] {
-                match proc::access(name, opc, va, 1, 0xee)? {
+                match proc::access(name, opc, VirtAddr::new(va), 1, 0xee)? {
                     RunEnd::Fault { addr, esr, why } => {
                         let e = Esr(esr);
                         ensure!(why == proc::Unresolved::NoMapping, "{what}: reason {why}, not `no mapping`");
-                        ensure!(addr == va, "{what}: fault at {addr:#x}, not {va:#x}");
+                        ensure!(addr == VirtAddr::new(va), "{what}: fault at {addr:#x}, not {va:#x}");
                         ensure!(e.ec() == ExceptionClass::DataAbortLowerEl, "{what}: {e}");
                         ensure!(
                             matches!(e.fault_status(), Some(FaultStatus::Permission(_))),
@@ -353,17 +354,17 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
 
         let va = proc::mmap(name, "buf", super::anon(16 * PAGE_SIZE))?;
         ensure!(matches!(proc::access(name, op::WRITE, va, 6, b'h')?, RunEnd::Done), "EL0 write failed");
-        ensure!(sc(nr::WRITE, [1, va, 6, 0, 0, 0])? == 6, "write of 6 good bytes");
+        ensure!(sc(nr::WRITE, [1, va.as_u64(), 6, 0, 0, 0])? == 6, "write of 6 good bytes");
         // A page the process never touched: the uaccess fault is demand-filled.
         let fresh = va + 8 * PAGE_SIZE;
-        ensure!(sc(nr::WRITE, [1, fresh, 4, 0, 0, 0])? == 4, "write from an unpopulated page");
+        ensure!(sc(nr::WRITE, [1, fresh.as_u64(), 4, 0, 0, 0])? == 4, "write from an unpopulated page");
 
         let cases: [(&str, u64, [u64; 6], i64); 10] = [
             ("kernel pointer", nr::WRITE, [1, 0xffff_8000_0000_0000, 8, 0, 0, 0], -EFAULT),
             ("unmapped user pointer", nr::WRITE, [1, 0x7000_0000, 8, 0, 0, 0], -EFAULT),
             ("pointer + length overflows", nr::WRITE, [1, u64::MAX - 3, 8, 0, 0, 0], -EFAULT),
-            ("buffer runs into the guard gap", nr::WRITE, [1, va + 16 * PAGE_SIZE - 10, 100, 0, 0, 0], -EFAULT),
-            ("bad fd", nr::WRITE, [5, va, 1, 0, 0, 0], -EBADF),
+            ("buffer runs into the guard gap", nr::WRITE, [1, (va + 16 * PAGE_SIZE - 10).as_u64(), 100, 0, 0, 0], -EFAULT),
+            ("bad fd", nr::WRITE, [5, va.as_u64(), 1, 0, 0, 0], -EBADF),
             ("mmap of 0 bytes", nr::MMAP, [0, 0, 3, 0x22, u64::MAX, 0], -EINVAL),
             ("mmap larger than the address space", nr::MMAP, [0, 1 << 62, 3, 0x22, u64::MAX, 0], -ENOMEM),
             ("mmap PROT_EXEC", nr::MMAP, [0, 8192, 4, 0x22, u64::MAX, 0], -EINVAL),
@@ -378,22 +379,22 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         let m = sc(nr::MMAP, [0, 2 * PAGE_SIZE, 3, 0x22, u64::MAX, 0])?;
         ensure!(m > 0, "mmap failed: {m}");
         ensure!(
-            matches!(proc::access(name, op::WRITE, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(m as u64), 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
             "EL0 write to mmap'd memory"
         );
         ensure!(
-            matches!(proc::access(name, op::CHECK, m as u64, 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(m as u64), 2 * PAGE_SIZE, 0x77)?, RunEnd::Done),
             "EL0 check of mmap'd memory"
         );
         let m = m as u64;
         // mprotect and munmap through system calls, and their bad arguments.
         ensure!(sc(nr::MPROTECT, [m, PAGE_SIZE, 1, 0, 0, 0])? == 0, "mprotect read-only");
         ensure!(
-            matches!(proc::access(name, op::WRITE, m, 1, 1)?, RunEnd::Fault { .. }),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(m), 1, 1)?, RunEnd::Fault { .. }),
             "write after mprotect(PROT_READ) succeeded"
         );
         ensure!(
-            matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, 1, 1)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(m + PAGE_SIZE), 1, 1)?, RunEnd::Done),
             "the other page was protected too"
         );
         let bad: [(&str, u64, [u64; 6], i64); 6] = [
@@ -413,22 +414,22 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         ensure!(sh > 0, "shared anonymous mmap failed: {sh}");
         let sh = sh as u64;
         ensure!(
-            matches!(proc::access(name, op::WRITE, sh, PAGE_SIZE, 0x31)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(sh), PAGE_SIZE, 0x31)?, RunEnd::Done),
             "EL0 write to shared memory"
         );
         let child = "syscall_test_child";
         proc::fork(name, child)?;
         let shared_ok = (|| -> Result<(), String> {
             ensure!(
-                matches!(proc::access(child, op::CHECK, sh, PAGE_SIZE, 0x31)?, RunEnd::Done),
+                matches!(proc::access(child, op::CHECK, VirtAddr::new(sh), PAGE_SIZE, 0x31)?, RunEnd::Done),
                 "the child does not see the parent's shared bytes"
             );
             ensure!(
-                matches!(proc::access(child, op::WRITE, sh, 16, 0x32)?, RunEnd::Done),
+                matches!(proc::access(child, op::WRITE, VirtAddr::new(sh), 16, 0x32)?, RunEnd::Done),
                 "child write to shared memory"
             );
             ensure!(
-                matches!(proc::access(name, op::CHECK, sh, 16, 0x32)?, RunEnd::Done),
+                matches!(proc::access(name, op::CHECK, VirtAddr::new(sh), 16, 0x32)?, RunEnd::Done),
                 "the parent does not see the child's write to shared memory"
             );
             Ok(())
@@ -442,7 +443,7 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         let name_va = va + 4 * PAGE_SIZE;
         ensure!(matches!(proc::access(name, op::WRITE, name_va, 3, b'm')?, RunEnd::Done), "writing the memfd name");
         ensure!(matches!(proc::access(name, op::WRITE, name_va + 3, 1, 0)?, RunEnd::Done), "writing the name's NUL");
-        let fd = sc(nr::MEMFD_CREATE, [name_va, 0, 0, 0, 0, 0])?;
+        let fd = sc(nr::MEMFD_CREATE, [name_va.as_u64(), 0, 0, 0, 0, 0])?;
         ensure!(fd >= 3, "memfd_create returned {fd}");
         let fd = fd as u64;
         ensure!(sc(nr::FTRUNCATE, [fd, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "ftruncate to two pages");
@@ -454,29 +455,29 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         ensure!(v1 > 0 && v2 > 0 && vp > 0 && vo > 0, "mmap of the memfd failed: {v1} {v2} {vp} {vo}");
         let (v1, v2, vp, vo) = (v1 as u64, v2 as u64, vp as u64, vo as u64);
         ensure!(
-            matches!(proc::access(name, op::WRITE, v1, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(v1), 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
             "EL0 write to the memfd"
         );
         ensure!(
-            matches!(proc::access(name, op::CHECK, v2, 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(v2), 2 * PAGE_SIZE, 0x71)?, RunEnd::Done),
             "the second shared view misses the first's stores"
         );
         ensure!(
-            matches!(proc::access(name, op::WRITE, vo, 16, 0x72)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(vo), 16, 0x72)?, RunEnd::Done),
             "EL0 write at file offset one page"
         );
         ensure!(
-            matches!(proc::access(name, op::CHECK, v1 + PAGE_SIZE, 16, 0x72)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(v1 + PAGE_SIZE), 16, 0x72)?, RunEnd::Done),
             "the offset mapping is not the file's second page"
         );
-        ensure!(matches!(proc::access(name, op::WRITE, vp, 16, 0x73)?, RunEnd::Done), "EL0 write to the private view");
+        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(vp), 16, 0x73)?, RunEnd::Done), "EL0 write to the private view");
         ensure!(
-            matches!(proc::access(name, op::CHECK, v1, 16, 0x71)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(v1), 16, 0x71)?, RunEnd::Done),
             "a private view's write reached the file"
         );
         ensure!(sc(nr::CLOSE, [fd, 0, 0, 0, 0, 0])? == 0, "close");
         ensure!(
-            matches!(proc::access(name, op::CHECK, v2, 16, 0x71)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(v2), 16, 0x71)?, RunEnd::Done),
             "the mapping did not outlive close()"
         );
         let bad: [(&str, u64, [u64; 6], i64); 7] = [
@@ -484,7 +485,7 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
             ("mmap of a closed fd", nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd, 0], -EBADF),
             ("ftruncate of a closed fd", nr::FTRUNCATE, [fd, PAGE_SIZE, 0, 0, 0, 0], -EBADF),
             ("memfd_create with a kernel pointer", nr::MEMFD_CREATE, [0xffff_8000_0000_0000, 0, 0, 0, 0, 0], -EFAULT),
-            ("memfd_create with unknown flags", nr::MEMFD_CREATE, [name_va, 0x100, 0, 0, 0, 0], -EINVAL),
+            ("memfd_create with unknown flags", nr::MEMFD_CREATE, [name_va.as_u64(), 0x100, 0, 0, 0, 0], -EINVAL),
             ("mmap of stdout", nr::MMAP, [0, PAGE_SIZE, 3, 0x01, 1, 0], -EBADF),
             ("close of stdin", nr::CLOSE, [0, 0, 0, 0, 0, 0], -EBADF),
         ];
@@ -495,28 +496,28 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         // A name longer than 249 bytes is refused.
         ensure!(matches!(proc::access(name, op::WRITE, name_va, 300, b'n')?, RunEnd::Done), "writing a long name");
         ensure!(matches!(proc::access(name, op::WRITE, name_va + 300, 1, 0)?, RunEnd::Done), "its NUL");
-        ensure!(sc(nr::MEMFD_CREATE, [name_va, 0, 0, 0, 0, 0])? == -EINVAL, "a 300-byte memfd name was accepted");
+        ensure!(sc(nr::MEMFD_CREATE, [name_va.as_u64(), 0, 0, 0, 0, 0])? == -EINVAL, "a 300-byte memfd name was accepted");
         // A descriptor still open at exit is closed by the exit (the frame
         // count below checks that its file goes).
         ensure!(matches!(proc::access(name, op::WRITE, name_va, 1, 0)?, RunEnd::Done), "an empty name");
-        let fd2 = sc(nr::MEMFD_CREATE, [name_va, 1, 0, 0, 0, 0])?;
+        let fd2 = sc(nr::MEMFD_CREATE, [name_va.as_u64(), 1, 0, 0, 0, 0])?;
         ensure!(fd2 == fd as i64, "the lowest free descriptor is reused: got {fd2}, expected {fd}");
         ensure!(sc(nr::FTRUNCATE, [fd2 as u64, PAGE_SIZE, 0, 0, 0, 0])? == 0, "ftruncate of the second memfd");
         ensure!(sc(nr::FTRUNCATE, [fd2 as u64, 0, 0, 0, 0, 0])? == -EINVAL, "shrinking is refused");
         let v3 = sc(nr::MMAP, [0, PAGE_SIZE, 3, 0x01, fd2 as u64, 0])?;
         ensure!(
-            v3 > 0 && matches!(proc::access(name, op::WRITE, v3 as u64, PAGE_SIZE, 0x74)?, RunEnd::Done),
+            v3 > 0 && matches!(proc::access(name, op::WRITE, VirtAddr::new(v3 as u64), PAGE_SIZE, 0x74)?, RunEnd::Done),
             "the second memfd is not usable"
         );
         // madvise: DONTNEED zaps (the next read sees zeroes), the THP hints
         // are accepted on mapped memory, and bad arguments get errors.
         ensure!(
-            matches!(proc::access(name, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x5c)?, RunEnd::Done),
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(m + PAGE_SIZE), PAGE_SIZE, 0x5c)?, RunEnd::Done),
             "EL0 write before madvise"
         );
         ensure!(sc(nr::MADVISE, [m + PAGE_SIZE, PAGE_SIZE, MADV_DONTNEED, 0, 0, 0])? == 0, "madvise(MADV_DONTNEED)");
         ensure!(
-            matches!(proc::access(name, op::CHECK, m + PAGE_SIZE, PAGE_SIZE, 0)?, RunEnd::Done),
+            matches!(proc::access(name, op::CHECK, VirtAddr::new(m + PAGE_SIZE), PAGE_SIZE, 0)?, RunEnd::Done),
             "after MADV_DONTNEED the page must read as zeroes"
         );
         ensure!(sc(nr::MADVISE, [m, 2 * PAGE_SIZE, MADV_HUGEPAGE, 0, 0, 0])? == 0, "madvise(MADV_HUGEPAGE)");
@@ -535,7 +536,7 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         }
         ensure!(sc(nr::MUNMAP, [m, 2 * PAGE_SIZE, 0, 0, 0, 0])? == 0, "munmap");
         ensure!(
-            matches!(proc::access(name, op::TOUCH_READ, m, 1, 0)?, RunEnd::Fault { .. }),
+            matches!(proc::access(name, op::TOUCH_READ, VirtAddr::new(m), 1, 0)?, RunEnd::Fault { .. }),
             "read after munmap succeeded"
         );
         Ok(())

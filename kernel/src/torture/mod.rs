@@ -216,7 +216,8 @@ mod driver {
     fn replay_ops(mach: &Machine) -> Result<Vec<Op>, ReplayError> {
         let r = boot().board.initrd.ok_or(ReplayError::NoInitrd)?;
         // SAFETY: the initrd is reserved RAM, mapped by the linear map.
-        let text = unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).0 as *const u8, r.size() as usize) };
+        let text =
+            unsafe { core::slice::from_raw_parts(phys_to_virt(r.start).as_u64() as *const u8, r.size() as usize) };
         let text = core::str::from_utf8(text).map_err(|_| ReplayError::NotText)?;
         let mut out = Vec::new();
         for (n, l) in text.lines().enumerate() {
@@ -240,7 +241,8 @@ mod driver {
             println!("torture: 0 ops, 1 divergences, 0 injected failures");
             return 1;
         };
-        let mach = Machine { page: PAGE_SIZE, pfn_base, max_order: crate::mm::memory::max_folio_order() };
+        let mach =
+            Machine { page: PAGE_SIZE, pfn_base: pfn_base.as_u64(), max_order: crate::mm::memory::max_folio_order() };
         let arg = b.board.bootarg("pagelab.torture").unwrap_or("1,20000");
         let src = if arg == "replay" {
             match replay_ops(&mach) {

@@ -16,7 +16,7 @@
 
 use super::{Expected, HwUpdates, Translation, expected_access, expected_exec};
 use crate::arch::aarch64::esr::FaultStatus;
-use crate::mm::addr::PhysAddr;
+use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, MemType, TableAttrs};
 
 /// One access `AT` can check.
@@ -57,10 +57,14 @@ pub struct Par {
 impl Par {
     /// Decodes PAR_EL1 after an `AT` of `va` (Arm ARM D19, PAR_EL1: bit 0
     /// F; on success PA[47:12], SH[8:7], ATTR[63:56]; on a fault FST[6:1]).
-    pub fn decode(par: u64, va: u64) -> Par {
+    pub fn decode(par: u64, va: VirtAddr) -> Par {
         if par & 1 == 0 {
-            let pa = (par & 0x0000_ffff_ffff_f000) | (va & 0xfff);
-            return Par { outcome: Expected::Ok(PhysAddr(pa)), attr: (par >> 56) as u8, sh: ((par >> 7) & 3) as u8 };
+            let pa = (par & 0x0000_ffff_ffff_f000) | va.offset_in(0x1000);
+            return Par {
+                outcome: Expected::Ok(PhysAddr::new(pa)),
+                attr: (par >> 56) as u8,
+                sh: ((par >> 7) & 3) as u8,
+            };
         }
         let fst = ((par >> 1) & 0x3f) as u8;
         let outcome = match FaultStatus::from_fsc(fst) {
@@ -142,7 +146,7 @@ pub enum Verdict {
 impl core::fmt::Display for Verdict {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            Verdict::Ok(pa) => write!(f, "PA {:#x}", pa.0),
+            Verdict::Ok(pa) => write!(f, "PA {:#x}", pa.as_u64()),
             Verdict::Translation => write!(f, "a translation fault"),
             Verdict::AccessFlag => write!(f, "an access flag fault"),
             Verdict::Permission => write!(f, "a permission fault"),
@@ -276,7 +280,7 @@ pub fn check_exec(walked: &(Translation, TableAttrs), req: &Request) -> Result<(
 /// Runs `AT` for `access` on `va` on this CPU (the tables to check must be
 /// live in TTBR0 or TTBR1) and decodes PAR_EL1.
 #[cfg(target_os = "none")]
-pub fn observe(access: Access, va: u64) -> Par {
+pub fn observe(access: Access, va: VirtAddr) -> Par {
     use crate::arch::aarch64::cpu::{AtOp, at_par};
     let op = match (access.el0, access.write) {
         (false, false) => AtOp::S1E1R,
@@ -284,7 +288,7 @@ pub fn observe(access: Access, va: u64) -> Par {
         (true, false) => AtOp::S1E0R,
         (true, true) => AtOp::S1E0W,
     };
-    Par::decode(at_par(op, va), va)
+    Par::decode(at_par(op, va.as_u64()), va)
 }
 
 #[cfg(test)]
@@ -303,17 +307,17 @@ mod tests {
 
     #[test]
     fn par_decoding() {
-        let p = Par::decode(ok_par(0x4123_4000, 0xff, 3) | (1 << 11), 0xffff_0000_0000_0abc);
-        assert_eq!(p, Par { outcome: Expected::Ok(PhysAddr(0x4123_4abc)), attr: 0xff, sh: 3 });
+        let p = Par::decode(ok_par(0x4123_4000, 0xff, 3) | (1 << 11), VirtAddr::new(0xffff_0000_0000_0abc));
+        assert_eq!(p, Par { outcome: Expected::Ok(PhysAddr::new(0x4123_4abc)), attr: 0xff, sh: 3 });
         // F=1, FST = permission fault level 3 (0x0f).
-        assert_eq!(Par::decode((0x0f << 1) | 1, 0).outcome, Expected::Permission(3));
-        assert_eq!(Par::decode((0x09 << 1) | 1, 0).outcome, Expected::AccessFlag(1));
-        assert_eq!(Par::decode((0x04 << 1) | 1, 0).outcome, Expected::Translation(0));
-        assert_eq!(Par::decode((0x21 << 1) | 1, 0).outcome, Expected::Other(0x21), "never predicted");
+        assert_eq!(Par::decode((0x0f << 1) | 1, VirtAddr::new(0)).outcome, Expected::Permission(3));
+        assert_eq!(Par::decode((0x09 << 1) | 1, VirtAddr::new(0)).outcome, Expected::AccessFlag(1));
+        assert_eq!(Par::decode((0x04 << 1) | 1, VirtAddr::new(0)).outcome, Expected::Translation(0));
+        assert_eq!(Par::decode((0x21 << 1) | 1, VirtAddr::new(0)).outcome, Expected::Other(0x21), "never predicted");
     }
 
     fn mapped(pa: u64, attrs: LeafAttrs) -> Translation {
-        Translation::Mapped { pa: PhysAddr(pa), level: 3, desc: Desc::leaf(PhysAddr(pa), 3, attrs) }
+        Translation::Mapped { pa: PhysAddr::new(pa), level: 3, desc: Desc::leaf(PhysAddr::new(pa), 3, attrs) }
     }
 
     const USER_RO: LeafAttrs = LeafAttrs { el0: true, writable: false, ng: true, ..LeafAttrs::KERNEL_RW };
@@ -325,10 +329,13 @@ mod tests {
         let tr = mapped(0x8000, USER_RO);
         let walked = (tr, TableAttrs::NONE);
         let at = Par { outcome: Expected::Permission(3), attr: 0, sh: 0 };
-        let req = Request::Exact { pa: PhysAddr(0x8000), attrs: asked, limits: TableAttrs::NONE };
+        let req = Request::Exact { pa: PhysAddr::new(0x8000), attrs: asked, limits: TableAttrs::NONE };
         let e = check(&walked, &req, W0, HW_OFF, at);
-        assert_eq!(e, Err(Mismatch::Request { access: W0, requested: Verdict::Ok(PhysAddr(0x8000)), at: at.outcome }));
-        let right = Request::Exact { pa: PhysAddr(0x8000), attrs: USER_RO, limits: TableAttrs::NONE };
+        assert_eq!(
+            e,
+            Err(Mismatch::Request { access: W0, requested: Verdict::Ok(PhysAddr::new(0x8000)), at: at.outcome })
+        );
+        let right = Request::Exact { pa: PhysAddr::new(0x8000), attrs: USER_RO, limits: TableAttrs::NONE };
         assert_eq!(check(&walked, &right, W0, HW_OFF, at), Ok(()));
     }
 
@@ -336,8 +343,8 @@ mod tests {
     fn memory_type_and_shareability_come_from_par() {
         let dev = LeafAttrs { mem: MemType::DeviceNGnRE, ..USER_RO };
         let tr = mapped(0x9000, dev);
-        let req = Request::Exact { pa: PhysAddr(0x9000), attrs: dev, limits: TableAttrs::NONE };
-        let ok = Par { outcome: Expected::Ok(PhysAddr(0x9000)), attr: 0x04, sh: 0b10 };
+        let req = Request::Exact { pa: PhysAddr::new(0x9000), attrs: dev, limits: TableAttrs::NONE };
+        let ok = Par { outcome: Expected::Ok(PhysAddr::new(0x9000)), attr: 0x04, sh: 0b10 };
         assert_eq!(check(&(tr, TableAttrs::NONE), &req, R0, HW_OFF, ok), Ok(()));
         let normal = Par { attr: 0xff, sh: 0b11, ..ok };
         assert_eq!(
@@ -356,7 +363,7 @@ mod tests {
         let rw = LeafAttrs { writable: true, ..USER_RO };
         let tr = mapped(0xa000, rw);
         let lim = TableAttrs { read_only: true, ..TableAttrs::NONE };
-        let req = Request::Exact { pa: PhysAddr(0xa000), attrs: rw, limits: lim };
+        let req = Request::Exact { pa: PhysAddr::new(0xa000), attrs: rw, limits: lim };
         let denied = Par { outcome: Expected::Permission(3), attr: 0, sh: 0 };
         assert_eq!(check(&(tr, lim), &req, W1, HW_OFF, denied), Ok(()));
         // A walker that forgot the table's limits disagrees with the MMU.
@@ -370,13 +377,13 @@ mod tests {
         let cow = mapped(0xb000, USER_RO);
         let walked = (cow, TableAttrs::NONE);
         let denied = Par { outcome: Expected::Permission(3), attr: 0, sh: 0 };
-        let read_ok = Par { outcome: Expected::Ok(PhysAddr(0xb000)), attr: 0xff, sh: 3 };
+        let read_ok = Par { outcome: Expected::Ok(PhysAddr::new(0xb000)), attr: 0xff, sh: 3 };
         // A copy-on-write page: read-only in a writable mapping is fine.
         assert_eq!(check(&walked, &vma_rw, W0, HW_OFF, denied), Ok(()));
         assert_eq!(check(&walked, &vma_rw, R0, HW_OFF, read_ok), Ok(()));
         // Writable in a read-only mapping is not, even when walker and MMU agree.
         let writable = mapped(0xb000, LeafAttrs { writable: true, ..USER_RO });
-        let w_ok = Par { outcome: Expected::Ok(PhysAddr(0xb000)), attr: 0xff, sh: 3 };
+        let w_ok = Par { outcome: Expected::Ok(PhysAddr::new(0xb000)), attr: 0xff, sh: 3 };
         assert!(matches!(
             check(&(writable, TableAttrs::NONE), &vma_ro, W0, HW_OFF, w_ok),
             Err(Mismatch::Request { requested: Verdict::Refused, .. })
@@ -404,7 +411,7 @@ mod tests {
             Err(Mismatch::Exec { requested: (false, true), walker: (false, false) })
         );
         let uxn_table = TableAttrs { uxn: true, ..TableAttrs::NONE };
-        let req = Request::Exact { pa: PhysAddr(0xc000), attrs: ux, limits: uxn_table };
+        let req = Request::Exact { pa: PhysAddr::new(0xc000), attrs: ux, limits: uxn_table };
         assert_eq!(check_exec(&(mapped(0xc000, ux), uxn_table), &req), Ok(()));
         assert!(check_exec(&(mapped(0xc000, ux), TableAttrs::NONE), &req).is_err(), "UXNTable not applied");
     }

@@ -44,7 +44,7 @@ pub trait TlbFlush {
     /// Invalidates cached translations of `[va, va+size)` in `asid` (`None`:
     /// global kernel entries), including walk caches unless `leaf_only`,
     /// and waits for completion (`dsb ish; isb`).
-    fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool);
+    fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool);
 }
 
 /// Table pages unlinked by an operation. Every TLB and walk-cache entry that
@@ -73,7 +73,7 @@ pub trait Regime {
     /// shareability, contiguous, and nG where the regime has it).
     const BBM_BITS: u64;
     fn publish(fl: &mut Self::Flush);
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool);
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
 }
 
 /// Bits shared by both stages' permission rule: AP/S2AP[7:6], AF, DBM,
@@ -106,7 +106,7 @@ impl Regime for Stage1User {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
         fl.flush(va, size, Some(self.asid), leaf_only);
     }
 }
@@ -118,7 +118,7 @@ impl Regime for Stage1Kernel {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
         fl.flush(va, size, None, leaf_only);
     }
 }
@@ -130,8 +130,8 @@ impl Regime for Stage2 {
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
-    fn flush(&self, fl: &mut Self::Flush, va: u64, size: u64, leaf_only: bool) {
-        fl.flush_ipa(va, size, self.vmid, leaf_only);
+    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
+        fl.flush_ipa(va.as_u64(), size, self.vmid, leaf_only);
     }
 }
 
@@ -158,7 +158,7 @@ impl S2Attrs {
         let sh = if self.normal { SH } else { 0 };
         let s2ap = if self.read { Self::S2AP_R } else { 0 } | if self.write { Self::S2AP_W } else { 0 };
         let xn = if self.xn { 0b10 << 53 } else { 0 };
-        Desc((pa.0 & crate::mm::desc::OA_MASK) | (memattr << 2) | s2ap | sh | (1 << 10) | xn | ty)
+        Desc((pa.as_u64() & crate::mm::desc::OA_MASK) | (memattr << 2) | s2ap | sh | (1 << 10) | xn | ty)
     }
 }
 
@@ -276,7 +276,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     pub fn new<L: PgtableLock<R>>(lock: &'a L, t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
         let _ = lock;
         let (root, start) = (t.root, t.start_level);
-        let mut path = [PhysAddr(0); MAX_LEVELS];
+        let mut path = [PhysAddr::new(0); MAX_LEVELS];
         path[start as usize] = root;
         Self {
             t,
@@ -315,7 +315,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             // The broken ranges stay pending: a make over them is refused.
             return;
         }
-        self.regime.flush(self.fl, lo, hi.wrapping_sub(lo), !self.pending_tables);
+        self.regime.flush(self.fl, VirtAddr::new(lo), hi.wrapping_sub(lo), !self.pending_tables);
         self.pending.clear();
         self.stale = None;
         self.pending_tables = false;
@@ -324,7 +324,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Moves to the deepest entry for `va` down to `level` the tables
     /// allow, reusing the path above while `va` stays under it. Returns the
     /// level reached.
-    pub fn jump(&mut self, va: u64, level: u32) -> u32 {
+    pub fn jump(&mut self, va: VirtAddr, level: u32) -> u32 {
+        let va = va.as_u64();
         let g = self.t.granule;
         // Keep the tables above that still cover `va`.
         let mut l = self.t.start_level;
@@ -353,7 +354,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let size = self.t.granule.level_size(self.level);
         let next = (self.va & !(size - 1)).wrapping_add(size);
         let level = self.level;
-        self.jump(next, level);
+        self.jump(VirtAddr::new(next), level);
     }
 
     /// The level of the entry the cursor is at.
@@ -362,8 +363,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// The VA the cursor is at.
-    pub fn va(&self) -> u64 {
-        self.va
+    pub fn va(&self) -> VirtAddr {
+        VirtAddr::new(self.va)
     }
 
     /// The entry the cursor is at.
@@ -429,7 +430,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             let d = self.t.read(table, self.t.granule.index(va, l));
             match d.kind(l, self.t.granule) {
                 Kind::Table(next) => table = next,
-                _ => return Err(MapError::NotMapped { va: VirtAddr(va), level: l }),
+                _ => return Err(MapError::NotMapped { va: VirtAddr::new(va), level: l }),
             }
         }
         Ok((table, self.t.granule.index(va, level)))
@@ -467,11 +468,11 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
         if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, (va, va.wrapping_add(size)))) {
-            return Err(violation(va, level));
+            return Err(violation(VirtAddr::new(va), level));
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(va), level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(va), level, old, new });
         }
         self.t.write(table, idx, new);
         Ok(())
@@ -479,9 +480,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
 
     /// Replaces the level-`level` entry for `va` (aligned down), with BBM when
     /// the change needs it. A replaced table is detached.
-    pub fn replace(&mut self, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
+    pub fn replace(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         if old == new {
@@ -508,13 +509,13 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// level-`level` table entry covering `va`. Like a permission change this
     /// needs no break-before-make, but walk caches hold table entries, so the
     /// range is flushed with a non-leaf TLBI.
-    pub fn limit_table(&mut self, va: u64, level: u32, limits: TableAttrs) -> Result<(), MapError> {
+    pub fn limit_table(&mut self, va: VirtAddr, level: u32, limits: TableAttrs) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let Kind::Table(child) = old.kind(level, self.t.granule) else {
-            return Err(MapError::NotMapped { va: VirtAddr(va), level });
+            return Err(MapError::NotMapped { va: VirtAddr::new(va), level });
         };
         let new = Desc::table_with(child, limits);
         if new != old {
@@ -527,18 +528,18 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
 
     /// Splits the block at `level` covering `va` into a table of next-level
     /// leaves mapping the same memory with the same attributes.
-    pub fn split(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn split(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
         let g = self.t.granule;
         let size = g.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size).as_u64();
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let base = match old.kind(level, g) {
             Kind::Leaf(pa) if level < 3 => pa,
-            _ => return Err(MapError::NotABlock { va: VirtAddr(va), level }),
+            _ => return Err(MapError::NotABlock { va: VirtAddr::new(va), level }),
         };
         if old.contiguous() {
-            self.split_contiguous(va, level)?;
+            self.split_contiguous(VirtAddr::new(va), level)?;
         }
         let old = self.t.read(table, idx);
         let child_level = level + 1;
@@ -548,10 +549,14 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let attrs = old.attr_bits() & !(1 << 52);
         for i in 0..g.entries_per_table() {
             // Not yet reachable by the walker: plain writes.
-            self.t.write(child, i, Desc(((base.0 + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty));
+            self.t.write(
+                child,
+                i,
+                Desc(((base.as_u64() + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty),
+            );
         }
         // A refused make leaves the new table unlinked: freed with the batch.
-        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+        self.replace(VirtAddr::new(va), level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
@@ -561,7 +566,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// Clears the contiguous bit on the whole run containing `va` (BBM on the run).
-    pub fn split_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn split_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let (table, idx) = self.slot(va, level)?;
         if !self.t.read(table, idx).contiguous() {
             return Ok(());
@@ -583,26 +589,27 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Sets the contiguous bit on the aligned run containing `va`, whose
     /// entries must be leaves mapping consecutive memory with identical
     /// attributes (BBM on the run).
-    pub fn make_contiguous(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn make_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let g = self.t.granule;
         let (table, idx) = self.slot(va, level)?;
         let (first, n) = self.group(idx, level);
         if n < 2 {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         }
         let size = g.level_size(level);
         let run_va = va & !(size * n as u64 - 1);
         let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
         let Kind::Leaf(pa0) = olds[0].kind(level, g) else {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         };
         let attrs = olds[0].attr_bits() & !(1 << 52);
-        let ok = pa0.0 % (size * n as u64) == 0
+        let ok = pa0.as_u64() % (size * n as u64) == 0
             && olds.iter().enumerate().all(|(i, d)| {
-                d.kind(level, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(level, g) == Kind::Leaf(pa0 + (i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotContiguous { va: VirtAddr(va), level });
+            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
         }
         if olds.iter().all(|d| d.contiguous()) {
             return Ok(());
@@ -620,46 +627,49 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Replaces the table at `level` covering `va` by one block, if it maps
     /// one aligned, physically contiguous range with identical attributes
     /// using leaves only.
-    pub fn collapse(&mut self, va: u64, level: u32) -> Result<(), MapError> {
+    pub fn collapse(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
+        let va = va.as_u64();
         let g = self.t.granule;
         if !g.block_allowed(level) {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         }
         let size = g.level_size(level);
         let va = va & !(size - 1);
         let (table, idx) = self.slot(va, level)?;
         let Kind::Table(child) = self.t.read(table, idx).kind(level, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         };
         let cl = level + 1;
         let first = self.t.read(child, 0);
         let Kind::Leaf(pa0) = first.kind(cl, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         };
         let attrs = first.attr_bits() & !(1 << 52);
         let cs = g.level_size(cl);
-        let ok = pa0.0 % size == 0
+        let ok = pa0.as_u64() % size == 0
             && (0..g.entries_per_table()).all(|i| {
                 let d = self.t.read(child, i);
-                d.kind(cl, g) == Kind::Leaf(PhysAddr(pa0.0 + i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
+                d.kind(cl, g) == Kind::Leaf(pa0 + (i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotCollapsible { va: VirtAddr(va), level });
+            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
         }
-        self.replace(va, level, Desc((pa0.0 & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        self.replace(VirtAddr::new(va), level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
     /// the edges, invalidates every leaf inside, and unlinks (detaches) every
     /// table under the range that becomes empty.
-    pub fn unmap(&mut self, va: u64, size: u64) -> Result<(), MapError> {
+    pub fn unmap(&mut self, va: VirtAddr, size: u64) -> Result<(), MapError> {
+        let va = va.as_u64();
         self.edit(va, size, None)
     }
 
     /// Changes the permission bits ([`Regime::PERM_BITS`]) of every leaf in
     /// `[va, va+size)`: `new = (old & !clear) | set`. Blocks and contiguous
     /// runs that straddle the edges are split first.
-    pub fn protect(&mut self, va: u64, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
+    pub fn protect(&mut self, va: VirtAddr, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
+        let va = va.as_u64();
         if (set | clear) & !R::PERM_BITS != 0 {
             return Err(MapError::NotPermissionBits(set | clear));
         }
@@ -694,7 +704,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                         }
                         break;
                     }
-                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr(cur), level }),
+                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr::new(cur), level }),
                     Kind::Table(next) if level < 3 => {
                         table = next;
                         level += 1;
@@ -706,12 +716,12 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                             let n = g.contiguous_entries(level) as u64;
                             let run = entry_va & !(lsize * n - 1);
                             if run < va || run.wrapping_add(lsize * n).wrapping_sub(1) > end.wrapping_sub(1) {
-                                self.split_contiguous(cur, level)?;
+                                self.split_contiguous(VirtAddr::new(cur), level)?;
                                 continue;
                             }
                         }
                         if !whole {
-                            self.split(cur, level)?;
+                            self.split(VirtAddr::new(cur), level)?;
                             // Re-walk: the entry is now a table.
                             table = self.t.root;
                             level = self.t.start_level;
@@ -812,9 +822,9 @@ fn sabotaged() -> bool {
     SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
 }
 
-fn violation(va: u64, level: u32) -> MapError {
+fn violation(va: VirtAddr, level: u32) -> MapError {
     BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
-    MapError::BbmViolation { va: VirtAddr(va), level }
+    MapError::BbmViolation { va, level }
 }
 
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
@@ -919,7 +929,7 @@ impl<M: TableMemory> Tables<'_, M> {
             } else if old != d {
                 let (old, new) = (Desc(old), Desc(d));
                 if crate::mm::desc::needs_break_before_make(old, new, level, g) || old.is_valid() != new.is_valid() {
-                    let va = VirtAddr(va.0.wrapping_add(i as u64 * step));
+                    let va = VirtAddr::new(va.as_u64().wrapping_add(i as u64 * step));
                     return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
                 }
                 // A live-safe attribute change (permissions, AF).
@@ -1023,7 +1033,7 @@ impl<'l> Pte<'l> {
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1093,7 +1103,7 @@ impl<'l> Pte<'l> {
     /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
     /// back (what the TLBs may hold anyway) and the caller is told
     /// ([`MapError::BbmViolation`]): it must not make.
-    pub fn clear_flush(self, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+    pub fn clear_flush(self, va: VirtAddr, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
         let old = self.get_and_clear();
         if old.is_valid() {
             if sabotaged() {
@@ -1110,7 +1120,14 @@ impl<'l> Pte<'l> {
     /// `asid` and wait, then write `new`. Returns the old value. If the
     /// flush did not happen the make is refused ([`MapError::BbmViolation`])
     /// and the entry stays invalid.
-    pub fn replace(self, new: Desc, va: u64, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
+    pub fn replace(
+        self,
+        new: Desc,
+        va: VirtAddr,
+        size: u64,
+        asid: u16,
+        fl: &mut dyn TlbFlush,
+    ) -> Result<Desc, MapError> {
         let old = self.clear_flush(va, size, asid, fl)?;
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
@@ -1122,7 +1139,7 @@ impl<'l> Pte<'l> {
     pub fn unfold(
         self,
         n: usize,
-        va: u64,
+        va: VirtAddr,
         size: u64,
         asid: u16,
         fl: &mut dyn TlbFlush,
@@ -1240,8 +1257,8 @@ mod tests {
         fn publish(&mut self) {
             self.publishes += 1;
         }
-        fn flush(&mut self, va: u64, size: u64, asid: Option<u16>, leaf_only: bool) {
-            self.flushes.push((va, size, asid, leaf_only));
+        fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool) {
+            self.flushes.push((va.as_u64(), size, asid, leaf_only));
         }
     }
 
@@ -1255,8 +1272,8 @@ mod tests {
     const K4: Granule = Granule::K4;
 
     fn level_at<M: TableMemory>(t: &Tables<'_, M>, va: u64) -> Option<(u32, u64)> {
-        match t.translate(VirtAddr(va)) {
-            Translation::Mapped { level, pa, .. } => Some((level, pa.0)),
+        match t.translate(VirtAddr::new(va)) {
+            Translation::Mapped { level, pa, .. } => Some((level, pa.as_u64())),
             Translation::Fault { .. } => None,
         }
     }
@@ -1265,11 +1282,18 @@ mod tests {
     fn split_block_into_pages_keeps_every_translation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x8000_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         assert_eq!(level_at(&t, 0x4000_0000), Some((2, 0x8000_0000)));
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 7 }, &mut rec);
-        l.split(0x4000_1234, 2).unwrap();
+        l.split(VirtAddr::new(0x4000_1234), 2).unwrap();
         let d = l.finish();
         assert!(d.0.is_empty());
         for off in (0..2 * MIB).step_by(4096) {
@@ -1283,26 +1307,28 @@ mod tests {
     fn table_limits_accumulate_down_the_walk_and_flush_walk_caches() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
-        t.map(VirtAddr(0x4020_0000), PhysAddr(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
+        t.map(VirtAddr::new(0x4020_0000), PhysAddr::new(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
         let down = TableAttrs { read_only: true, ..TableAttrs::NONE };
-        l.limit_table(0x4000_0000, 1, up).unwrap();
-        l.limit_table(0x4000_1000, 2, down).unwrap();
+        l.limit_table(VirtAddr::new(0x4000_0000), 1, up).unwrap();
+        l.limit_table(VirtAddr::new(0x4000_1000), 2, down).unwrap();
         assert_eq!(
-            l.limit_table(0x4000_0000, 3, down),
-            Err(MapError::NotMapped { va: VirtAddr(0x4000_0000), level: 3 }),
+            l.limit_table(VirtAddr::new(0x4000_0000), 3, down),
+            Err(MapError::NotMapped { va: VirtAddr::new(0x4000_0000), level: 3 }),
             "a leaf is not a table"
         );
         let _ = l.finish();
-        let (tr, lim) = t.translate_with_limits(VirtAddr(0x4000_1008));
+        let (tr, lim) = t.translate_with_limits(VirtAddr::new(0x4000_1008));
         assert!(matches!(tr, Translation::Mapped { level: 3, .. }));
         assert_eq!(lim, up.and_then(down));
         // The level-1 limits cover the neighbouring 2M; the level-2 ones do not.
-        assert_eq!(t.translate_with_limits(VirtAddr(0x4020_0000)).1, up);
-        assert_eq!(t.translate_with_limits(VirtAddr(0x8000_0000)).1, TableAttrs::NONE);
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x4020_0000)).1, up);
+        assert_eq!(t.translate_with_limits(VirtAddr::new(0x8000_0000)).1, TableAttrs::NONE);
         // One flush over both changed ranges, walk caches included.
         assert_eq!(rec.flushes, [(0x4000_0000, 1 << 30, Some(3), false)]);
     }
@@ -1311,14 +1337,21 @@ mod tests {
     fn split_1g_block_into_2m_blocks_then_collapse_back() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 1 << 30, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            1 << 30,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        l.split(0x4000_0000, 1).unwrap();
+        l.split(VirtAddr::new(0x4000_0000), 1).unwrap();
         let _ = l.finish();
         assert_eq!(level_at(&t, 0x4020_0000), Some((2, 0x4020_0000)));
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        l.collapse(0x4000_0000, 1).unwrap();
+        l.collapse(VirtAddr::new(0x4000_0000), 1).unwrap();
         let d = l.finish();
         assert_eq!(d.0.len(), 1, "the 2M-block table is detached");
         assert_eq!(level_at(&t, 0x7fff_f000), Some((1, 0x7fff_f000)));
@@ -1330,24 +1363,36 @@ mod tests {
     fn collapse_refuses_mixed_attributes_or_discontiguous_memory() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        l.protect(0x4000_3000, 4096, 1 << 7, 0).unwrap();
-        assert!(matches!(l.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
-        l.protect(0x4000_3000, 4096, 0, 1 << 7).unwrap();
-        l.collapse(0x4000_0000, 2).unwrap();
+        l.protect(VirtAddr::new(0x4000_3000), 4096, 1 << 7, 0).unwrap();
+        assert!(matches!(l.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
+        l.protect(VirtAddr::new(0x4000_3000), 4096, 0, 1 << 7).unwrap();
+        l.collapse(VirtAddr::new(0x4000_0000), 2).unwrap();
         let d = l.finish();
         assert_eq!(d.0.len(), 1);
         assert_eq!(level_at(&t, 0x4000_3000), Some((2, 0x4000_3000)));
         // Not aligned in PA: pages at 0x4000_0000 mapping PA 0x4000_1000...
         let (mut mem2, root2) = HostMem::new(K4);
         let mut t2 = Tables::new(root2, K4, 0, &mut mem2);
-        t2.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_1000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t2.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_1000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut l2 = CursorMut::new(excl(), &mut t2, Stage1Kernel, &mut rec);
-        assert!(matches!(l2.collapse(0x4000_0000, 2), Err(MapError::NotCollapsible { .. })));
+        assert!(matches!(l2.collapse(VirtAddr::new(0x4000_0000), 2), Err(MapError::NotCollapsible { .. })));
         let _ = l2.finish();
     }
 
@@ -1355,14 +1400,20 @@ mod tests {
     fn contiguous_runs_make_and_split() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x10_0000), PhysAddr(0x8010_0000), 64 * 1024, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        t.map(
+            VirtAddr::new(0x10_0000),
+            PhysAddr::new(0x8010_0000),
+            64 * 1024,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
-        l.make_contiguous(0x10_5000, 3).unwrap();
+        l.make_contiguous(VirtAddr::new(0x10_5000), 3).unwrap();
         let _ = l.finish();
         for i in 0..16 {
-            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+            match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
                 Translation::Mapped { desc, .. } => assert!(desc.contiguous()),
                 other => panic!("{other:?}"),
             }
@@ -1370,10 +1421,10 @@ mod tests {
         assert_eq!(rec.flushes[0], (0x10_0000, 64 * 1024, Some(3), true), "BBM over the whole run");
         // Protecting one page of the run must split the run first.
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
-        l.protect(0x10_2000, 4096, 1 << 7, 0).unwrap();
+        l.protect(VirtAddr::new(0x10_2000), 4096, 1 << 7, 0).unwrap();
         let _ = l.finish();
         for i in 0..16 {
-            match t.translate(VirtAddr(0x10_0000 + i * 4096)) {
+            match t.translate(VirtAddr::new(0x10_0000 + i * 4096)) {
                 Translation::Mapped { desc, .. } => {
                     assert!(!desc.contiguous());
                     assert_eq!(desc.perms().read_only, i == 2);
@@ -1383,7 +1434,7 @@ mod tests {
         }
         // A misaligned or mixed run is refused.
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
-        assert!(matches!(l.make_contiguous(0x10_0000, 3), Err(MapError::NotContiguous { .. })));
+        assert!(matches!(l.make_contiguous(VirtAddr::new(0x10_0000), 3), Err(MapError::NotContiguous { .. })));
         let _ = l.finish();
     }
 
@@ -1392,11 +1443,18 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two 2M blocks.
-        t.map(VirtAddr(0x4000_0000), PhysAddr(0x4000_0000), 4 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x4000_0000),
+            4 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 1 }, &mut rec);
         // Unmap from the middle of the first block to the middle of the second.
-        l.unmap(0x4010_0000, 2 * MIB).unwrap();
+        l.unmap(VirtAddr::new(0x4010_0000), 2 * MIB).unwrap();
         let d = l.finish();
         assert!(d.0.is_empty());
         assert_eq!(level_at(&t, 0x400f_f000), Some((3, 0x400f_f000)));
@@ -1405,7 +1463,7 @@ mod tests {
         assert_eq!(level_at(&t, 0x4030_0000), Some((3, 0x4030_0000)));
         // Unmap everything: the level-3 and lower tables become empty and are detached.
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 1 }, &mut rec);
-        l.unmap(0x4000_0000, 4 * MIB).unwrap();
+        l.unmap(VirtAddr::new(0x4000_0000), 4 * MIB).unwrap();
         let d = l.finish();
         // Everything under the range is now empty: both level-3 tables, then
         // the level-2 and level-1 tables above them; only the root stays.
@@ -1418,14 +1476,17 @@ mod tests {
     fn protect_refuses_non_permission_bits() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         assert!(
-            matches!(l.protect(0x1000, 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
+            matches!(l.protect(VirtAddr::new(0x1000), 4096, 0b111 << 2, 0), Err(MapError::NotPermissionBits(_))),
             "AttrIndx needs BBM"
         );
-        assert!(matches!(l.protect(0x1000, 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))), "CONT needs BBM");
+        assert!(
+            matches!(l.protect(VirtAddr::new(0x1000), 4096, 1 << 52, 0), Err(MapError::NotPermissionBits(_))),
+            "CONT needs BBM"
+        );
         let _ = l.finish();
     }
 
@@ -1433,23 +1494,23 @@ mod tests {
     fn make_without_flush_is_a_bbm_violation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         l.break_entry(table, idx, 0x1000, 4096);
-        let new = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs::KERNEL_RW);
+        let new = Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs::KERNEL_RW);
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, new), Err(MapError::BbmViolation { .. })));
         l.flush_pending();
         l.make_entry(table, idx, 0x1000, 3, new).unwrap();
         let _ = l.finish();
         // And a direct replacement that needs BBM is refused too.
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        let other = Desc::leaf(PhysAddr(0x9000), 3, LeafAttrs::KERNEL_RW);
+        let other = Desc::leaf(PhysAddr::new(0x9000), 3, LeafAttrs::KERNEL_RW);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
         assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
         // replace() does the sequence itself.
-        l.replace(0x1000, 3, other).unwrap();
+        l.replace(VirtAddr::new(0x1000), 3, other).unwrap();
         let _ = l.finish();
         assert_eq!(level_at(&t, 0x1000), Some((3, 0x9000)));
     }
@@ -1460,12 +1521,12 @@ mod tests {
             let blk = g.level_size(2);
             let (mut mem, root) = HostMem::new(g);
             let mut t = Tables::new(root, g, start, &mut mem);
-            t.map(VirtAddr(blk), PhysAddr(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+            t.map(VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
             let mut rec = Rec::default();
             let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-            l.split(blk, 2).unwrap();
-            l.make_contiguous(blk, 3).unwrap();
-            l.collapse(blk, 2).unwrap();
+            l.split(VirtAddr::new(blk), 2).unwrap();
+            l.make_contiguous(VirtAddr::new(blk), 3).unwrap();
+            l.collapse(VirtAddr::new(blk), 2).unwrap();
             let d = l.finish();
             assert_eq!(d.0.len(), 1, "{g:?}");
             assert_eq!(level_at(&t, blk + g.page_size() * 3), Some((2, blk * 2 + g.page_size() * 3)), "{g:?}");
@@ -1495,13 +1556,13 @@ mod tests {
         // Map 4 pages into holes, creating tables on the way.
         for i in 0..4u64 {
             let ipa = 0x8000_0000 + i * 4096;
-            let d = rw.leaf(PhysAddr(0x4000_0000 + i * 4096), 3);
+            let d = rw.leaf(PhysAddr::new(0x4000_0000 + i * 4096), 3);
             assert_eq!(d.0 & (0b1111 << 2), 0b1111 << 2, "MemAttr normal WB");
             assert_eq!(d.0 & (1 << 11), 0, "no nG in stage 2");
-            c.t.set_leaf(VirtAddr(ipa), 3, d).unwrap();
+            c.t.set_leaf(VirtAddr::new(ipa), 3, d).unwrap();
         }
-        assert_eq!(c.jump(0x8000_2000, 3), 3);
-        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_2000)));
+        assert_eq!(c.jump(VirtAddr::new(0x8000_2000), 3), 3);
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_2000)));
         // Write-protect (S2AP W) with the CAS update: a permission change, no BBM.
         let old = c.update(0, S2Attrs::S2AP_W).unwrap();
         assert_ne!(old.0 & S2Attrs::S2AP_W, 0);
@@ -1509,12 +1570,12 @@ mod tests {
         // MemAttr is not a permission bit in stage 2 (bit 5 is not AttrIndx's).
         assert!(matches!(c.update(1 << 5, 0), Err(MapError::NotPermissionBits(_))));
         // Changing the memory type of a live stage-2 leaf needs BBM.
-        let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr(0x4000_2000), 3);
+        let dev = S2Attrs { normal: false, ..rw }.leaf(PhysAddr::new(0x4000_2000), 3);
         assert!(matches!(c.set(dev), Err(MapError::NeedsBreakBeforeMake { .. })));
         c.move_forward();
-        assert_eq!(c.va(), 0x8000_3000);
-        assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr(0x4000_3000)));
-        c.unmap(0x8000_0000, 0x2000).unwrap();
+        assert_eq!(c.va(), VirtAddr::new(0x8000_3000));
+        assert_eq!(c.get_and_clear().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_3000)));
+        c.unmap(VirtAddr::new(0x8000_0000), 0x2000).unwrap();
         let d = c.finish();
         assert_eq!(d.0.len(), 0, "the level-3 table still maps 0x8000_2000");
         assert!(rec.flushes.iter().all(|f| f.2 == 9), "every flush is by VMID: {:?}", rec.flushes);
@@ -1529,13 +1590,14 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two level-3 tables: the last page of one, the first of the next.
-        t.map(VirtAddr(0x1f_f000), PhysAddr(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1f_f000), PhysAddr::new(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(excl(), &mut t, Stage1User { asid: 5 }, &mut rec);
-        assert_eq!(c.jump(0x1f_f000, 3), 3);
+        assert_eq!(c.jump(VirtAddr::new(0x1f_f000), 3), 3);
         c.move_forward();
-        assert_eq!((c.va(), c.level()), (0x20_0000, 3));
-        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr(0x5000_1000)));
+        assert_eq!((c.va(), c.level()), (VirtAddr::new(0x20_0000), 3));
+        assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x5000_1000)));
         // A write-protect that races with a hardware dirty update: the CAS
         // loop keeps the bit (simulated by setting it between load and CAS
         // is not possible single-threaded; check the CAS keeps what is there).
@@ -1544,7 +1606,7 @@ mod tests {
         assert_ne!(old.0 & crate::mm::desc::SW_DIRTY_BIT, 0);
         assert_ne!(c.query().0 & crate::mm::desc::SW_DIRTY_BIT, 0);
         // Sabotage: a skipped flush leaves the range pending, so a make over it is refused.
-        c.jump(0x1f_f000, 3);
+        c.jump(VirtAddr::new(0x1f_f000), 3);
         let o = c.get_and_clear();
         SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
         c.sync();
@@ -1570,10 +1632,10 @@ mod tests {
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        assert_eq!(c.jump(0x1000, 3), 3);
+        assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
         let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
         let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
         const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
@@ -1617,7 +1679,8 @@ mod tests {
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr(0x1000), PhysAddr(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+            .unwrap();
         let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();

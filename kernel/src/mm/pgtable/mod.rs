@@ -157,7 +157,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
             return Err(MapError::Misaligned);
         }
-        let (mut va, mut pa, mut left) = (va.0, pa.0, size);
+        let (mut va, mut pa, mut left) = (va.as_u64(), pa.as_u64(), size);
         let mut written = 0;
         while left > 0 {
             let level = (self.start_level..=3)
@@ -173,8 +173,15 @@ impl<'m, M: TableMemory> Tables<'m, M> {
             // Pages: every entry up to the end of this level-3 table in one
             // go (a block can only start where the next table would).
             let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
-            let table = self.table_for(VirtAddr(va), level)?;
-            self.fill(table, g.index(va, level), level, VirtAddr(va), Desc::leaf(PhysAddr(pa), level, attrs), n)?;
+            let table = self.table_for(VirtAddr::new(va), level)?;
+            self.fill(
+                table,
+                g.index(va, level),
+                level,
+                VirtAddr::new(va),
+                Desc::leaf(PhysAddr::new(pa), level, attrs),
+                n,
+            )?;
             written += n;
             va = va.wrapping_add(sz * n as u64);
             pa += sz * n as u64;
@@ -188,7 +195,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
     fn table_for(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
         let mut table = self.root;
         for l in self.start_level..level {
-            let idx = self.granule.index(va.0, l);
+            let idx = self.granule.index(va.as_u64(), l);
             let d = self.read(table, idx);
             table = match d.kind(l, self.granule) {
                 Kind::Table(next) => next,
@@ -213,7 +220,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
             }
             e => e,
         })?;
-        self.fill(table, self.granule.index(va.0, level), level, va, new, 1)
+        self.fill(table, self.granule.index(va.as_u64(), level), level, va, new, 1)
     }
 
     /// Software translation of `va` (what the MMU would do, without TLBs).
@@ -227,15 +234,15 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         let mut table = self.root;
         let mut limits = TableAttrs::NONE;
         for level in self.start_level..=3 {
-            let d = self.read(table, self.granule.index(va.0, level));
+            let d = self.read(table, self.granule.index(va.as_u64(), level));
             match d.kind(level, self.granule) {
                 Kind::Table(next) if level < 3 => {
                     table = next;
                     limits = limits.and_then(d.table_attrs());
                 }
                 Kind::Leaf(base) => {
-                    let off = va.0 & (self.granule.level_size(level) - 1);
-                    return (Translation::Mapped { pa: base.add(off), level, desc: d }, limits);
+                    let off = va.as_u64() & (self.granule.level_size(level) - 1);
+                    return (Translation::Mapped { pa: base + off, level, desc: d }, limits);
                 }
                 _ => return (Translation::Fault { level, desc: d }, limits),
             }
@@ -252,12 +259,12 @@ impl<'m, M: TableMemory> Tables<'m, M> {
         let reach = (self.granule.level_size(self.start_level) as u128 * self.granule.entries_per_table() as u128)
             .min(1 << 48) as u64;
         let (start, end) = if upper { (0xffff_0000_0000_0000, 0) } else { (0, reach) };
-        self.walk_range(start, end, f);
+        self.walk_range(VirtAddr::new(start), VirtAddr::new(end), f);
     }
 
     /// Like [`Self::walk`] over `[start, end)` (an `end` of 0 is the top of the
     /// address space).
-    pub fn walk_range(&self, start: u64, end: u64, f: &mut dyn FnMut(&WalkEntry)) {
+    pub fn walk_range(&self, start: VirtAddr, end: VirtAddr, f: &mut dyn FnMut(&WalkEntry)) {
         struct Adapter<'f>(&'f mut dyn FnMut(&WalkEntry));
         impl crate::mm::walk::PageWalkOps for Adapter<'_> {
             fn entry(&mut self, e: &WalkEntry) -> crate::mm::walk::Step {
@@ -322,10 +329,10 @@ pub mod host {
             }
             let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
             self.tables.push(t);
-            Some(PhysAddr(BASE + (self.tables.len() as u64 - 1) * 0x10000))
+            Some(PhysAddr::new(BASE + (self.tables.len() as u64 - 1) * 0x10000))
         }
         fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-            self.tables[((pa.0 - BASE) / 0x10000) as usize].as_ptr()
+            self.tables[((pa.as_u64() - BASE) / 0x10000) as usize].as_ptr()
         }
     }
 }
@@ -347,36 +354,42 @@ mod tests {
         let mut t = Tables::new(root, G, 0, &mut mem);
         // RAM at 1 GiB, 1.5 GiB + 4 KiB long: one 1G block, 256 2M blocks, one page.
         let size = GIB + 512 * MIB + 4096;
-        let va = VirtAddr(0xffff_0000_4000_0000);
-        let n = t.map(va, PhysAddr(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        let va = VirtAddr::new(0xffff_0000_4000_0000);
+        let n = t.map(va, PhysAddr::new(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         assert_eq!(n, 1 + 256 + 1);
-        match t.translate(VirtAddr(va.0 + 0x1234_5678)) {
+        match t.translate(va + 0x1234_5678) {
             Translation::Mapped { pa, level, .. } => {
-                assert_eq!(pa, PhysAddr(0x4000_0000 + 0x1234_5678));
+                assert_eq!(pa, PhysAddr::new(0x4000_0000 + 0x1234_5678));
                 assert_eq!(level, 1);
             }
             other => panic!("{other:?}"),
         }
-        match t.translate(VirtAddr(va.0 + GIB + 3 * MIB)) {
+        match t.translate(va + (GIB + 3 * MIB)) {
             Translation::Mapped { level, .. } => assert_eq!(level, 2),
             other => panic!("{other:?}"),
         }
-        match t.translate(VirtAddr(va.0 + GIB + 512 * MIB)) {
+        match t.translate(va + (GIB + 512 * MIB)) {
             Translation::Mapped { level, .. } => assert_eq!(level, 3),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(t.translate(VirtAddr(va.0 + size)), Translation::Fault { level: 3, .. }));
-        assert!(matches!(t.translate(VirtAddr(0xffff_7000_0000_0000)), Translation::Fault { level: 0, .. }));
+        assert!(matches!(t.translate(va + size), Translation::Fault { level: 3, .. }));
+        assert!(matches!(t.translate(VirtAddr::new(0xffff_7000_0000_0000)), Translation::Fault { level: 0, .. }));
     }
 
     #[test]
     fn pages_only_and_misalignment() {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
-        let n = t.map(VirtAddr(0x20_0000), PhysAddr(0x20_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly);
+        let n = t.map(
+            VirtAddr::new(0x20_0000),
+            PhysAddr::new(0x20_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RO,
+            LeafSizes::PagesOnly,
+        );
         assert_eq!(n, Ok(512));
         assert_eq!(
-            t.map(VirtAddr(0x1001), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
+            t.map(VirtAddr::new(0x1001), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
             Err(MapError::Misaligned)
         );
     }
@@ -385,18 +398,18 @@ mod tests {
     fn refuses_changes_that_need_break_before_make() {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
-        let va = VirtAddr(0x4000_0000);
-        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        let va = VirtAddr::new(0x4000_0000);
+        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Same mapping again: fine.
-        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Different output address: refused.
-        let e = t.map(va, PhysAddr(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        let e = t.map(va, PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
         assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
         // A page inside the block (a split): refused.
-        let e = t.map(va, PhysAddr(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        let e = t.map(va, PhysAddr::new(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
         // Permission-only change: allowed live.
-        t.map(va, PhysAddr(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
+        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
         match t.translate(va) {
             Translation::Mapped { desc, .. } => assert!(desc.perms().read_only),
             other => panic!("{other:?}"),
@@ -408,7 +421,7 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         mem.limit = 2;
         let mut t = Tables::new(root, G, 0, &mut mem);
-        let e = t.map(VirtAddr(0x1000), PhysAddr(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        let e = t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
         assert_eq!(e, Err(MapError::OutOfMemory));
     }
 
@@ -417,15 +430,15 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
         t.map(
-            VirtAddr(0xffff_8000_0000_0000),
-            PhysAddr(0x4008_0000),
+            VirtAddr::new(0xffff_8000_0000_0000),
+            PhysAddr::new(0x4008_0000),
             3 * 4096,
             LeafAttrs::KERNEL_RX,
             LeafSizes::Largest,
         )
         .unwrap();
         let mut seen = Vec::new();
-        t.walk(true, &mut |e| seen.push((e.va.0, e.level, matches!(e.kind, Kind::Leaf(_)))));
+        t.walk(true, &mut |e| seen.push((e.va.as_u64(), e.level, matches!(e.kind, Kind::Leaf(_)))));
         assert_eq!(seen.len(), 3 + 3);
         assert_eq!(seen[0], (0xffff_8000_0000_0000, 0, false));
         assert_eq!(seen[3], (0xffff_8000_0000_0000, 3, true));
@@ -440,15 +453,15 @@ mod tests {
             let mut t = Tables::new(root, g, start, &mut mem);
             let n = t
                 .map(
-                    VirtAddr(0x4000_0000),
-                    PhysAddr(0x4000_0000),
+                    VirtAddr::new(0x4000_0000),
+                    PhysAddr::new(0x4000_0000),
                     blk + g.page_size(),
                     LeafAttrs::KERNEL_RW,
                     LeafSizes::Largest,
                 )
                 .unwrap();
             assert_eq!(n, 2, "{g:?}");
-            match t.translate(VirtAddr(0x4000_0000 + blk - 8)) {
+            match t.translate(VirtAddr::new(0x4000_0000 + blk - 8)) {
                 Translation::Mapped { level, .. } => assert_eq!(level, 2, "{g:?}"),
                 other => panic!("{other:?}"),
             }
@@ -472,7 +485,7 @@ pub enum Expected {
 impl core::fmt::Display for Expected {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            Expected::Ok(pa) => write!(f, "PA {:#x}", pa.0),
+            Expected::Ok(pa) => write!(f, "PA {:#x}", pa.as_u64()),
             Expected::Translation(l) => write!(f, "translation fault, level {l}"),
             Expected::AccessFlag(l) => write!(f, "access flag fault, level {l}"),
             Expected::Permission(l) => write!(f, "permission fault, level {l}"),
@@ -542,24 +555,25 @@ mod expected_tests {
 
     #[test]
     fn expected_access_rules() {
-        let ro_user = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW });
-        let t = Translation::Mapped { pa: PhysAddr(0x5010), level: 3, desc: ro_user };
-        assert_eq!(expected_access(&t, NO, true, false, HW_OFF), Expected::Ok(PhysAddr(0x5010)));
+        let ro_user =
+            Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW });
+        let t = Translation::Mapped { pa: PhysAddr::new(0x5010), level: 3, desc: ro_user };
+        assert_eq!(expected_access(&t, NO, true, false, HW_OFF), Expected::Ok(PhysAddr::new(0x5010)));
         assert_eq!(expected_access(&t, NO, true, true, HW_OFF), Expected::Permission(3));
         assert_eq!(expected_access(&t, NO, false, true, HW_OFF), Expected::Permission(3));
-        let kern = Desc::leaf(PhysAddr(0x5000), 2, LeafAttrs::KERNEL_RW);
-        let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 2, desc: kern };
+        let kern = Desc::leaf(PhysAddr::new(0x5000), 2, LeafAttrs::KERNEL_RW);
+        let t = Translation::Mapped { pa: PhysAddr::new(0x5000), level: 2, desc: kern };
         assert_eq!(
             expected_access(&t, NO, true, false, HW_OFF),
             Expected::Permission(2),
             "EL0 cannot read kernel memory"
         );
-        assert_eq!(expected_access(&t, NO, false, true, HW_OFF), Expected::Ok(PhysAddr(0x5000)));
-        let old = Desc::leaf(PhysAddr(0x5000), 3, LeafAttrs { af: false, ..LeafAttrs::KERNEL_RW });
-        let t = Translation::Mapped { pa: PhysAddr(0x5000), level: 3, desc: old };
+        assert_eq!(expected_access(&t, NO, false, true, HW_OFF), Expected::Ok(PhysAddr::new(0x5000)));
+        let old = Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs { af: false, ..LeafAttrs::KERNEL_RW });
+        let t = Translation::Mapped { pa: PhysAddr::new(0x5000), level: 3, desc: old };
         assert_eq!(expected_access(&t, NO, false, false, HW_OFF), Expected::AccessFlag(3));
         let hw_af = HwUpdates { af: true, dirty: false };
-        assert_eq!(expected_access(&t, NO, false, false, hw_af), Expected::Ok(PhysAddr(0x5000)));
+        assert_eq!(expected_access(&t, NO, false, false, hw_af), Expected::Ok(PhysAddr::new(0x5000)));
         assert_eq!(
             expected_access(&Translation::Fault { level: 1, desc: Desc(0) }, NO, false, false, HW_OFF),
             Expected::Translation(1)
@@ -570,7 +584,7 @@ mod expected_tests {
     /// limit only ever takes an access away, exactly the one it names.
     #[test]
     fn table_limits_take_away_exactly_what_they_name() {
-        let pa = PhysAddr(0x7000);
+        let pa = PhysAddr::new(0x7000);
         for leaf_bits in 0..4u8 {
             let attrs = LeafAttrs { el0: leaf_bits & 1 != 0, writable: leaf_bits & 2 != 0, ..LeafAttrs::KERNEL_RW };
             let t = Translation::Mapped { pa, level: 3, desc: Desc::leaf(pa, 3, attrs) };
@@ -597,7 +611,7 @@ mod expected_tests {
 
     #[test]
     fn dbm_cannot_lift_a_read_only_table() {
-        let pa = PhysAddr(0x7000);
+        let pa = PhysAddr::new(0x7000);
         let clean = Desc::leaf(pa, 3, LeafAttrs { el0: true, writable: false, ..LeafAttrs::KERNEL_RW }).0
             | crate::mm::desc::DBM_BIT;
         let t = Translation::Mapped { pa, level: 3, desc: Desc(clean) };
@@ -609,7 +623,7 @@ mod expected_tests {
 
     #[test]
     fn exec_rules() {
-        let pa = PhysAddr(0x7000);
+        let pa = PhysAddr::new(0x7000);
         let m = |a: LeafAttrs| Translation::Mapped { pa, level: 3, desc: Desc::leaf(pa, 3, a) };
         assert_eq!(expected_exec(&m(LeafAttrs::KERNEL_RX), NO), (true, false));
         let ux = LeafAttrs { el0: true, writable: false, uexec: true, ..LeafAttrs::KERNEL_RW };
