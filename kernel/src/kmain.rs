@@ -13,7 +13,7 @@ use crate::board::dt::{self, BoardInfo};
 use crate::mm::addr::{PhysRange, VirtAddr};
 use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
 use crate::mm::layout::io_virt;
-use crate::mm::{frame, heap, kmap};
+use crate::mm::{frame, heap, kernel_pgtable};
 use crate::{println, sym_addr};
 
 pub struct BootInfo {
@@ -110,11 +110,11 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
 
     let uart = board.uart.as_ref().and_then(|u| u.regs.first().copied());
     // SAFETY: boot CPU, once, nothing else running.
-    unsafe { kmap::init(phys_base, &board.ram, uart) };
+    unsafe { kernel_pgtable::init(phys_base, &board.ram, uart) };
     if let (Some(u), Some(dev)) = (uart, board.uart.as_ref()) {
         if dev.compatible.split(' ').any(|c| c == "brcm,bcm2835-aux-uart") {
             // AUX_ENABLES shares the mini UART's page (AUX + 0x04 and
-            // + 0x40), so kmap mapped it too; it is used only if the
+            // + 0x40), so the kernel tables map it too; it is used only if the
             // devicetree says where it is.
             let page = |a: u64| align_down(a, PAGE_SIZE);
             let enables = board
@@ -126,10 +126,10 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
             // The VPU clock the firmware fixes with enable_uart=1; used only
             // if the firmware left the UART off (so it set no baud rate).
             let clock = if board.compatible_any(&["brcm,bcm2711", "brcm,bcm2712"]) { 500_000_000 } else { 250_000_000 };
-            // SAFETY: kmap mapped the UART's page (AUX_ENABLES included) as Device memory.
+            // SAFETY: kernel_pgtable mapped the UART's page (AUX_ENABLES included) as Device memory.
             unsafe { crate::drivers::uart::init_mini(io_virt(u.start).as_u64(), enables, clock) };
         } else {
-            // SAFETY: kmap mapped the UART registers as Device memory there.
+            // SAFETY: kernel_pgtable mapped the UART registers as Device memory there.
             unsafe { crate::drivers::uart::init(io_virt(u.start).as_u64()) };
         }
     }
@@ -272,9 +272,11 @@ fn start_secondaries() {
     let psci = psci::available();
     let me = crate::arch::aarch64::sysreg::mpidr_affinity();
     let psci_entry =
-        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::secondary_entry as *const () as u64)).as_u64();
+        kernel_pgtable::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::secondary_entry as *const () as u64))
+            .as_u64();
     let spin_entry =
-        kmap::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::spin_table_entry as *const () as u64)).as_u64();
+        kernel_pgtable::kimage_to_phys(VirtAddr::new(crate::arch::aarch64::boot::spin_table_entry as *const () as u64))
+            .as_u64();
     let mut next = 1usize;
     for c in &b.board.cpus {
         if c.mpidr == me {
@@ -367,7 +369,7 @@ pub static SECONDARY_WORK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) };
 extern "C" fn secondary_main(id: u64) -> ! {
     let id = id as usize;
     crate::arch::aarch64::mmu::program();
-    let (_, empty) = kmap::roots();
+    let (_, empty) = kernel_pgtable::roots();
     // SAFETY: TTBR0 still holds the boot identity map, which nothing uses now.
     unsafe { cpu::set_ttbr0(empty.as_u64()) };
     percpu::init_this_cpu(id);

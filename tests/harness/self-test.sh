@@ -287,14 +287,14 @@ printf 'fn f() { unsafe { core::arch::asm!("isb") } }\n' >"$T/src/arch/aarch64/c
 printf '// asm!("isb") in a comment is fine\nfn g() {}\n' >"$T/src/mm/tlb.rs"
 if harness eval 'declare -F check_asm_in_arch' >/dev/null 2>&1; then
     harness check_asm_in_arch "$T/src" >"$T/asm-ok.out" 2>&1
-    printf 'core::arch::global_asm!("nop");\n' >"$T/src/mm/kmap.rs"
+    printf 'core::arch::global_asm!("nop");\n' >"$T/src/mm/kernel_pgtable.rs"
     printf 'use aarch64_cpu::registers::MIDR_EL1;\n' >"$T/src/kmain.rs"
     harness check_asm_in_arch "$T/src" >"$T/asm-bad.out" 2>&1
     got="$(verdicts "$T/asm-ok.out") $(verdicts "$T/asm-bad.out")"
-    if [[ $got == "PASS FAIL" ]] && grep -q 'outside kernel/src/arch/: kmain.rs mm/kmap.rs)' "$T/asm-bad.out"; then
+    if [[ $got == "PASS FAIL" ]] && grep -q 'outside kernel/src/arch/: kmain.rs mm/kernel_pgtable.rs)' "$T/asm-bad.out"; then
         pass "asm-gate"
     else
-        fail "asm-gate" "wanted 'PASS FAIL' naming kmain.rs and mm/kmap.rs only, got '$got'"
+        fail "asm-gate" "wanted 'PASS FAIL' naming kmain.rs and mm/kernel_pgtable.rs only, got '$got'"
         sed 's/^/    | /' "$T/asm-ok.out" "$T/asm-bad.out"
     fi
 else

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::LeafAttrs;
 use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
-use crate::mm::kmap::FrameTableMem;
+use crate::mm::kernel_pgtable::FrameTableMem;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
 use crate::mm::walk::{Entry, PageWalkOps, Step, walk_tables_with};

@@ -17,7 +17,7 @@ use crate::mm::layout::{MARKERS, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::mm::ptdump::PtDump;
 use crate::mm::walk::{PageWalkOps, Step, walk_kernel_page_table_range};
-use crate::mm::{frame, heap, kmap, page_table_check};
+use crate::mm::{frame, heap, kernel_pgtable, page_table_check};
 use crate::util::{Bytes, parse_number};
 use crate::{print, println};
 
@@ -348,7 +348,7 @@ fn meminfo() -> Outcome {
             let _ = writeln!(o, "PFN pool: none (RAM too small)");
         }
     }
-    let _ = writeln!(o, "kernel page-table pages: {}", kmap::table_pages());
+    let _ = writeln!(o, "kernel page-table pages: {}", kernel_pgtable::table_pages());
     let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
     Outcome::Done
 }
@@ -380,14 +380,18 @@ fn ptdump_kernel() -> Outcome {
     }
     let mut d = Dump(PtDump::new(&mut o, START_LEVEL, MARKERS), core::marker::PhantomData);
     walk_kernel_page_table_range(
-        &kmap::KERNEL_PGTABLE.read(),
-        &kmap::LiveRead,
+        &kernel_pgtable::KERNEL_PGTABLE.read(),
+        &kernel_pgtable::LiveRead,
         VirtAddr::new(crate::arch::aarch64::memory::PAGE_OFFSET),
         VirtAddr::new(0),
         &mut d,
     );
     let (leaves, lines) = d.0.finish().unwrap_or((0, 0));
-    let _ = writeln!(o, "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---", kmap::table_pages());
+    let _ = writeln!(
+        o,
+        "---[ end: {leaves} leaf entries in {lines} ranges, {} table pages ]---",
+        kernel_pgtable::table_pages()
+    );
     Outcome::Done
 }
 
@@ -397,7 +401,7 @@ fn kwalk(a: &str) -> CmdResult {
     if top != 0xffff {
         return Err(alloc::format!("{va:#x} is not a kernel (TTBR1) address"));
     }
-    let sw = kmap::with_tables(|t| t.translate(VirtAddr::new(va)));
+    let sw = kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va)));
     match sw {
         Translation::Mapped { pa, level, desc } => {
             print!("walker: level {level} {desc:?} -> PA {pa:#x}  ");

@@ -16,7 +16,7 @@ use crate::arch::aarch64::cpu;
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{Desc, Kind, NonPresent};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::kmap::FrameTableMem;
+use crate::mm::kernel_pgtable::FrameTableMem;
 use crate::mm::mm_struct::MmapLocked;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{HwUpdates, Tables, Translation};
@@ -364,7 +364,7 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
 fn page_of(
     fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>,
 ) -> Option<(crate::mm::page::Folio, &'static crate::mm::page::Page)> {
-    let pg = crate::mm::page::pfn_to_page(fw.as_ref()?.page?)?;
+    let pg = crate::mm::page::phys_to_page(fw.as_ref()?.page?)?;
     Some((pg.folio()?, pg))
 }
 
@@ -412,7 +412,7 @@ pub(super) fn stats(p: &str, a: &[&str]) -> CmdResult {
                             c.zero += pages;
                         } else if !e.desc.special() {
                             c.rss += pages;
-                            match crate::mm::page::pfn_to_page(pa).and_then(|pg| pg.folio()) {
+                            match crate::mm::page::phys_to_page(pa).and_then(|pg| pg.folio()) {
                                 Some(f) if f.is_anon() => c.anon += pages,
                                 Some(f) if f.in_page_cache() => c.file += pages,
                                 _ => {}

@@ -14,7 +14,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::mm::addr::PhysRange;
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 
 static BASE: AtomicU64 = AtomicU64::new(0);
 
@@ -57,7 +57,7 @@ fn write(off: u64, v: u32) {
 
 /// Maps the block and disables every source (boot CPU, once).
 pub fn init(regs: PhysRange) -> Result<(), &'static str> {
-    let va = kmap::ioremap(regs).map_err(|_| "cannot map the BCM2835 interrupt controller")?;
+    let va = kernel_pgtable::ioremap(regs).map_err(|_| "cannot map the BCM2835 interrupt controller")?;
     BASE.store(va.as_u64(), Ordering::Release);
     for off in DISABLE {
         write(off, u32::MAX);

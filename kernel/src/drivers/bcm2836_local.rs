@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::percpu;
 use crate::mm::addr::PhysRange;
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 
 /// The block's virtual address (0 before `init`).
 static BASE: AtomicU64 = AtomicU64::new(0);
@@ -67,7 +67,7 @@ fn core_of(cpu: usize) -> u64 {
 
 /// Maps the block (boot CPU, once).
 pub fn init(regs: PhysRange) -> Result<(), &'static str> {
-    let va = kmap::ioremap(regs).map_err(|_| "cannot map the ARM-local interrupt controller")?;
+    let va = kernel_pgtable::ioremap(regs).map_err(|_| "cannot map the ARM-local interrupt controller")?;
     BASE.store(va.as_u64(), Ordering::Release);
     Ok(())
 }

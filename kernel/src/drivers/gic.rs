@@ -26,7 +26,7 @@ use crate::arch::aarch64::boot::MAX_CPUS;
 use crate::arch::{cpu, percpu};
 use crate::board::dt::{Gic as GicNode, GicVersion};
 use crate::mm::addr::PhysRange;
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 
 enum Driver {
     V2(GicV2<'static>),
@@ -62,7 +62,7 @@ pub fn version() -> Option<GicVersion> {
 }
 
 fn map(r: PhysRange) -> Result<u64, &'static str> {
-    kmap::ioremap(r).map(|v| v.as_u64()).map_err(|_| "cannot map the GIC registers")
+    kernel_pgtable::ioremap(r).map(|v| v.as_u64()).map_err(|_| "cannot map the GIC registers")
 }
 
 /// Maps and configures the distributor (boot CPU, once, IRQs masked).

@@ -68,7 +68,7 @@ fn grab(f: Folio, flags: Foll) {
 /// Drops what GUP took.
 pub fn release(t: Taken, pin: bool) {
     if let Taken::Page(pa) = t {
-        let f = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("GUP page lost its folio");
+        let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("GUP page lost its folio");
         if pin { f.unpin() } else { f.put() }
     }
 }
@@ -115,7 +115,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
     use crate::errno::{EFAULT, ENOMEM};
     let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
-    if vma.flags.contains(VmFlags::PFNMAP) || !memory::access_ok(&vma, flags.write) {
+    if vma.flags.contains(VmFlags::PFNMAP) || !memory::vma_access_permitted(&vma, flags.write) {
         return Err(-EFAULT);
     }
     let cow = !vma.flags.contains(VmFlags::SHARED);
@@ -142,7 +142,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
                             return Ok(Taken::Zero);
                         }
                     } else {
-                        let pg = page::pfn_to_page(pa).ok_or(-EFAULT)?;
+                        let pg = page::phys_to_page(pa).ok_or(-EFAULT)?;
                         if must_unshare(flags, Some(pg), Some(cow)) {
                             Some(FaultFlags { write: false, unshare: true })
                         } else {
@@ -182,7 +182,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: VirtAddr, nr: u64, flags: Foll) -> Vec<
     let irq = crate::arch::aarch64::cpu::local_irq_save();
     {
         // No lock: only atomic reads of entries through the linear map.
-        let mem = crate::mm::kmap::FrameTableMem { tables: 0 };
+        let mem = crate::mm::kernel_pgtable::FrameTableMem { tables: 0 };
         for i in 0..nr {
             let va = start + i * PAGE_SIZE;
             let Some(d) = lockless_leaf(&mem, mt.mm.pgd, va) else { break };
@@ -191,7 +191,7 @@ pub fn gup_fast(mt: MmTables<'_>, start: VirtAddr, nr: u64, flags: Foll) -> Vec<
             if !ok {
                 break;
             }
-            let Some(pg) = page::pfn_to_page(pa) else { break };
+            let Some(pg) = page::phys_to_page(pa) else { break };
             let Some(folio) = pg.folio() else { break };
             if must_unshare(flags, Some(pg), None) || !folio.try_get() {
                 break;
@@ -231,7 +231,7 @@ pub static RACE_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 
 /// The level-3 entry for `va`, read without locks (Linux `gup_fast`:
 /// atomic loads only; the caller re-reads it to check it did not change).
-fn lockless_leaf(mem: &crate::mm::kmap::FrameTableMem, pgd: PhysAddr, va: VirtAddr) -> Option<Desc> {
+fn lockless_leaf(mem: &crate::mm::kernel_pgtable::FrameTableMem, pgd: PhysAddr, va: VirtAddr) -> Option<Desc> {
     let va = va.as_u64();
     let g = GRANULE;
     let mut table = pgd;

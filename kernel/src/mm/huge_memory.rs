@@ -19,7 +19,7 @@ use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, LeafAttrs};
 use super::frame::{self, Owner};
 use super::granule::{GRANULE, PAGE_SIZE};
-use super::kmap::FrameTableMem;
+use super::kernel_pgtable::FrameTableMem;
 use super::memory::{self, CONT_BIT, FaultFlags, VmFault};
 use super::mm_struct::{MmStruct, VmFlags, Vma};
 use super::page::{self, Folio};
@@ -84,7 +84,7 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: Virt
     let desc = pud.get();
     let base = va & !(pud_size() - 1);
     let pa = desc.output_address(pud_size());
-    let folio = page::pfn_to_page(pa)
+    let folio = page::phys_to_page(pa)
         .and_then(|p| p.folio())
         .filter(|f| f.size() == pud_size() && !desc.special())
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::Unsplittable })?;
@@ -198,7 +198,7 @@ pub fn do_huge_pmd_wp_page(
             Err(_) => VmFault::Oom,
         };
     }
-    let Some(folio) = page::pfn_to_page(pa).and_then(|p| p.folio()) else { return VmFault::Sigsegv };
+    let Some(folio) = page::phys_to_page(pa).and_then(|p| p.folio()) else { return VmFault::Sigsegv };
     let all_excl = (0..folio.nr_pages()).all(|i| folio.page(i).anon_exclusive());
     let sole = folio.refcount() == 1 && folio.entire_mapcount() == 1 && folio.mapcount() == 1;
     if all_excl || sole {
@@ -238,7 +238,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: Virt
     let folio = match desc.special() {
         true => None,
         false => Some(
-            page::pfn_to_page(pa)
+            page::phys_to_page(pa)
                 .and_then(|p| p.folio())
                 .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::NoFolio })?,
         ),
@@ -275,7 +275,7 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: Virt
 /// Drops a block mapping of an anon folio (zap): one entire mapping and
 /// its reference.
 pub fn put_mapped_block(pa: PhysAddr) {
-    let folio = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("block without a folio");
+    let folio = page::phys_to_page(pa).and_then(|p| p.folio()).expect("block without a folio");
     page::folio_remove_rmap_pmd(folio);
     folio.put();
 }
@@ -288,7 +288,7 @@ pub fn copy_huge_pmd(src_pmd: Pte, desc: Desc) -> Option<Desc> {
     if desc.special() {
         return Some(desc);
     }
-    let folio: Folio = page::pfn_to_page(desc.output_address(pmd_size())).and_then(|p| p.folio())?;
+    let folio: Folio = page::phys_to_page(desc.output_address(pmd_size())).and_then(|p| p.folio())?;
     if folio.maybe_dma_pinned() && (0..folio.nr_pages()).any(|i| folio.page(i).anon_exclusive()) {
         return None;
     }

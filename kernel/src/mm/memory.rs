@@ -24,7 +24,7 @@ use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
-use super::kmap::FrameTableMem;
+use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
@@ -114,7 +114,7 @@ pub(crate) fn maybe_mkwrite(d: Desc, vma: &Vma) -> Desc {
 }
 
 /// Whether the VMA allows the access at all (Linux `access_error`).
-pub fn access_ok(vma: &Vma, write: bool) -> bool {
+pub fn vma_access_permitted(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
@@ -380,7 +380,7 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super
 }
 
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
-/// caller has checked the VMA allows the access ([`access_ok`]).
+/// caller has checked the VMA allows the access ([`vma_access_permitted`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
     let va = addr.align_down(PAGE_SIZE).as_u64();
     let ptl = mt.mm.page_table_lock_guard();
@@ -570,7 +570,7 @@ fn do_fault(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
         set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
         return VmFault::Done;
     }
-    let pg = page::pfn_to_page(pa).expect("page-cache page outside RAM");
+    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
     pg.folio().expect("page-cache page without a folio").get();
     page::folio_add_file_rmap_pte(pg);
     let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
@@ -673,7 +673,7 @@ fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, desc: Desc, flags: F
         }
         return VmFault::Sigsegv;
     }
-    let Some(pg) = page::pfn_to_page(pa) else { return VmFault::Sigsegv };
+    let Some(pg) = page::phys_to_page(pa) else { return VmFault::Sigsegv };
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
     if !folio.is_anon() && vma.flags.contains(VmFlags::SHARED) {
         // Linux `wp_page_shared`: a shared file page is written in place.
@@ -801,7 +801,7 @@ fn copy_pte_slow<'d>(
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
-        let pg = page::pfn_to_page(pa).ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::OutsideRam })?;
+        let pg = page::phys_to_page(pa).ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::OutsideRam })?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             // CAS: the child gets the parent's entry as the swap saw it,
@@ -870,7 +870,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         a = VirtAddr::new(va + GRANULE.level_size(2));
         let d = slot.get();
         if !d.special() {
-            let f = page::pfn_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
+            let f = page::phys_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
             if f.is_some_and(|f| f.maybe_dma_pinned() && (0..f.nr_pages()).any(|i| f.page(i).anon_exclusive())) {
                 try_reserve(&mut pinned_blocks, 1)?;
                 pinned_blocks.push(va);
@@ -907,7 +907,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 && desc.is_valid()
                 && !desc.special()
                 && let Some(d) = drun
-                && let Some(pg) = page::pfn_to_page(desc.output_address(PAGE_SIZE))
+                && let Some(pg) = page::phys_to_page(desc.output_address(PAGE_SIZE))
                 && let Some(folio) = pg.folio()
                 && page::folio_try_dup_anon_rmap_pte(folio, pg)
             {
@@ -993,7 +993,7 @@ fn copy_block(
 /// Whether every page of the folio a block maps is `PageAnonExclusive`.
 #[inline(never)]
 fn block_all_exclusive(d: Desc) -> bool {
-    page::pfn_to_page(d.output_address(GRANULE.level_size(2)))
+    page::phys_to_page(d.output_address(GRANULE.level_size(2)))
         .and_then(|p| p.folio())
         .is_some_and(|f| (0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()))
 }
@@ -1117,7 +1117,7 @@ fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameT
 
 /// Drops one mapping of the page at `pa` and the reference it held.
 pub fn put_mapped_page(pa: PhysAddr) {
-    let pg = page::pfn_to_page(pa).expect("mapped page outside RAM");
+    let pg = page::phys_to_page(pa).expect("mapped page outside RAM");
     let folio = pg.folio().expect("mapped page without a folio");
     folio_remove_rmap_pte(pg);
     folio.put();
@@ -1139,7 +1139,7 @@ fn run_stays_uniform(slot: Pte, a: u64, start: u64, end: u64, writable: bool) ->
     let first = slot_at(slot, a, run_va);
     let excl = |i: usize| {
         let d = first.sibling(first.index() + i).get();
-        !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
+        !d.special() && page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive())
     };
     let e0 = excl(0);
     (1..GRANULE.contiguous_entries(3)).all(|i| excl(i) == e0)
@@ -1204,7 +1204,7 @@ fn protect_run(
         // writable means writable.
         let mkwrite = writable
             && (shared
-                || !d.special() && page::pfn_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
+                || !d.special() && page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
         changed |= protect_entry(run, i, d, el0, mkwrite);
     }
     Ok(changed)
@@ -1300,7 +1300,7 @@ fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result
     if page::is_zero_pfn(pa) {
         return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(-EINVAL) };
     }
-    let f = page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or(-EINVAL)?;
+    let f = page::phys_to_page(pa).and_then(|p| p.folio()).ok_or(-EINVAL)?;
     if f.is_anon() || f.is_large() {
         return Err(-EINVAL);
     }
@@ -1317,7 +1317,7 @@ fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(),
     let d = if page::is_zero_pfn(pa) {
         Desc::leaf(pa, 3, LeafAttrs { special: true, ..vm_page_prot(vma) })
     } else {
-        let pg = page::pfn_to_page(pa).ok_or(-crate::errno::EINVAL)?;
+        let pg = page::phys_to_page(pa).ok_or(-crate::errno::EINVAL)?;
         pg.folio().ok_or(-crate::errno::EINVAL)?.get();
         page::folio_add_file_rmap_pte(pg);
         let d = Desc::leaf(pa, 3, vm_page_prot(vma));
@@ -1371,7 +1371,7 @@ pub fn vm_insert_pages(
 ) -> (usize, Result<(), i64>) {
     for (i, &pa) in pages.iter().enumerate() {
         let va = addr + i as u64 * PAGE_SIZE;
-        if !page::is_zero_pfn(pa) && page::pfn_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
+        if !page::is_zero_pfn(pa) && page::phys_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
             return (i, Err(-crate::errno::EINVAL));
         }
         if let Err(e) = vm_insert_page(mt, vmas, va, pa) {
@@ -1394,7 +1394,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAd
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
-    let has_page = !page::is_zero_pfn(pfn) && page::pfn_to_page(pfn).and_then(|p| p.folio()).is_some();
+    let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, pfn) {
             Ok(()) => VmFault::Done,

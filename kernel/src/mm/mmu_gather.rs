@@ -20,7 +20,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::kmap::FrameTableMem;
+use super::kernel_pgtable::FrameTableMem;
 use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
 

@@ -4,7 +4,7 @@
 //! [`layout`] helpers, translation-table [`desc`]riptors, the table
 //! builder/walker in [`pgtable`] and the [`ptdump`] formatter.
 //! Hardware parts: the [`frame`] allocator, the kernel [`heap`] and the live
-//! kernel tables in [`kmap`].
+//! kernel tables in [`kernel_pgtable`].
 pub mod addr;
 pub mod desc;
 pub mod error;
@@ -44,6 +44,6 @@ pub mod frame;
 #[cfg(target_os = "none")]
 pub mod heap;
 #[cfg(target_os = "none")]
-pub mod kmap;
+pub mod kernel_pgtable;
 #[cfg(target_os = "none")]
 pub mod tlb;

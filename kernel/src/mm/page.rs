@@ -71,14 +71,14 @@ pub fn init() -> u64 {
     BASE_PFN.store(base as usize, Ordering::Release);
     NR_PAGES.store(n as usize, Ordering::Release);
     let zero = frame::alloc_zeroed(0, Owner::Other).expect("no memory for the zero page");
-    let p = pfn_to_page(zero).expect("zero page outside RAM");
+    let p = phys_to_page(zero).expect("zero page outside RAM");
     p.flags.store(pg::ZERO, Ordering::Release);
     ZERO_PAGE.store(zero.as_u64() as usize, Ordering::Release);
     1 << order
 }
 
-/// Linux `pfn_to_page` (by physical address): `None` outside RAM.
-pub fn pfn_to_page(pa: PhysAddr) -> Option<&'static Page> {
+/// Linux `phys_to_page`: the page of a physical address, `None` outside RAM.
+pub fn phys_to_page(pa: PhysAddr) -> Option<&'static Page> {
     let base = MEMMAP.load(Ordering::Acquire);
     if base == 0 {
         return None;
@@ -160,7 +160,7 @@ impl Page {
         let f = self.flags();
         if f & pg::TAIL != 0 {
             let off = self.head_off.load(Ordering::Acquire) as u64;
-            let head = pfn_to_page(self.pa() - (off << PAGE_SHIFT))?;
+            let head = phys_to_page(self.pa() - (off << PAGE_SHIFT))?;
             return Some(Folio(head));
         }
         if f & pg::FOLIO != 0 { Some(Folio(self)) } else { None }
@@ -204,7 +204,7 @@ impl Folio {
     }
     /// Page `i` of the folio.
     pub fn page(&self, i: u64) -> &'static Page {
-        pfn_to_page(self.pa() + (i << PAGE_SHIFT)).expect("folio page outside RAM")
+        phys_to_page(self.pa() + (i << PAGE_SHIFT)).expect("folio page outside RAM")
     }
     /// Linux `folio_mapcount`: every page-level mapping plus every block
     /// mapping of the whole folio.
@@ -313,9 +313,9 @@ pub fn folio_alloc_anon_nozero(order: u32) -> Option<Folio> {
 }
 
 fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
-    let head = pfn_to_page(pa).expect("allocated frame outside RAM");
+    let head = phys_to_page(pa).expect("allocated frame outside RAM");
     for i in 1..(1u64 << order) {
-        let t = pfn_to_page(pa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
+        let t = phys_to_page(pa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
         t.mapcount.store(0, Ordering::Relaxed);
         t.head_off.store(i as u32, Ordering::Relaxed);
         t.flags.store(pg::TAIL | pg::ANON, Ordering::Release);
@@ -335,7 +335,7 @@ fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
 pub fn release_mapped_pages(pas: &mut [PhysAddr]) {
     let mut n = 0;
     for i in 0..pas.len() {
-        let pg = pfn_to_page(pas[i]).expect("mapped page outside RAM");
+        let pg = phys_to_page(pas[i]).expect("mapped page outside RAM");
         let f = pg.folio().expect("mapped page without a folio");
         folio_remove_rmap_pte(pg);
         if f.put_testzero() {
@@ -454,9 +454,9 @@ pub fn split_entire_folio(
     let sub = 1u64 << new_order;
     for k in 0..(1u64 << (order - new_order)) {
         let hpa = pa + ((k * sub) << PAGE_SHIFT);
-        let head = pfn_to_page(hpa).expect("folio page outside RAM");
+        let head = phys_to_page(hpa).expect("folio page outside RAM");
         for i in 1..sub {
-            let t = pfn_to_page(hpa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
+            let t = phys_to_page(hpa + (i << PAGE_SHIFT)).expect("folio page outside RAM");
             t.head_off.store(i as u32, Ordering::Relaxed);
         }
         let excl = head.flags() & pg::ANON_EXCLUSIVE;
@@ -475,7 +475,7 @@ pub fn split_entire_folio(
 /// Flags `n` frames from `pa` as zero pages (the huge zero folio).
 pub fn mark_zero(pa: PhysAddr, n: u64) {
     for i in 0..n {
-        if let Some(p) = pfn_to_page(pa + (i << PAGE_SHIFT)) {
+        if let Some(p) = phys_to_page(pa + (i << PAGE_SHIFT)) {
             p.flags.store(pg::ZERO, Ordering::Release);
         }
     }
@@ -483,7 +483,7 @@ pub fn mark_zero(pa: PhysAddr, n: u64) {
 
 /// The shared zero page or a page of the huge zero folio.
 pub fn is_zero_any(pa: PhysAddr) -> bool {
-    is_zero_pfn(pa) || pfn_to_page(pa).is_some_and(|p| p.flags() & pg::ZERO != 0)
+    is_zero_pfn(pa) || phys_to_page(pa).is_some_and(|p| p.flags() & pg::ZERO != 0)
 }
 
 /// Linux `folio_try_dup_anon_rmap_pte` (fork): the child will map `page`
@@ -516,7 +516,7 @@ pub fn check_frames(mut user_frame: impl FnMut(PhysAddr) -> bool) -> Result<(u64
     let mut i = 0;
     while i < n {
         let pa = PhysAddr::new((base + i) << PAGE_SHIFT);
-        let p = pfn_to_page(pa).unwrap();
+        let p = phys_to_page(pa).unwrap();
         let f = p.flags();
         if f & pg::FOLIO != 0 {
             let folio = Folio(p);
@@ -551,7 +551,7 @@ pub fn for_each_folio(mut f: impl FnMut(Folio)) {
     let base = BASE_PFN.load(Ordering::Relaxed) as u64;
     let mut i = 0;
     while i < n {
-        let p = pfn_to_page(PhysAddr::new((base + i) << PAGE_SHIFT)).unwrap();
+        let p = phys_to_page(PhysAddr::new((base + i) << PAGE_SHIFT)).unwrap();
         if p.flags() & pg::FOLIO != 0 {
             let folio = Folio(p);
             i += folio.nr_pages();

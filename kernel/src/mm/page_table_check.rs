@@ -360,7 +360,7 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
             }
             Kind::Leaf(pa) if e.size != PAGE_SIZE => {
                 // A block: one entire mapping of a folio of exactly its size.
-                match page::pfn_to_page(pa).and_then(|p| p.folio()) {
+                match page::phys_to_page(pa).and_then(|p| p.folio()) {
                     Some(f) if f.is_anon() && f.pa() == pa && f.size() == e.size => {
                         if e.desc.may_write() && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
                             return fail(WritableBlockShared { va });
@@ -371,7 +371,7 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                 }
             }
             Kind::Leaf(pa) => {
-                let Some(pg) = page::pfn_to_page(pa) else {
+                let Some(pg) = page::phys_to_page(pa) else {
                     return fail(OutsideRam { va, pa: pa.as_u64() });
                 };
                 let Some(f) = pg.folio() else {
@@ -460,7 +460,7 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
         for (off, pa) in file.cached() {
             cached += 1;
             if err.is_none()
-                && !page::pfn_to_page(pa)
+                && !page::phys_to_page(pa)
                     .and_then(|p| p.folio())
                     .is_some_and(|f| f.in_page_cache() && f.pa() == pa && !f.is_anon())
             {
@@ -490,7 +490,7 @@ fn check_kernel() -> Result<(), Violation> {
     use Violation::*;
     let mut err: Option<Violation> = None;
     let mut tables = 1usize;
-    super::kmap::with_tables(|t| {
+    super::kernel_pgtable::with_tables(|t| {
         t.walk(true, &mut |e| match e.kind {
             Kind::Table(_) if e.level < 3 => tables += 1,
             Kind::Leaf(_) => {
@@ -510,7 +510,7 @@ fn check_kernel() -> Result<(), Violation> {
         return Err(e);
     }
     // The root's empty TTBR0 partner is a table page too.
-    let accounted = super::kmap::table_pages();
+    let accounted = super::kernel_pgtable::table_pages();
     if tables + 1 != accounted {
         return Err(KernelTablePages { reachable: tables, accounted });
     }

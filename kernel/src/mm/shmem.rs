@@ -122,7 +122,7 @@ impl Memfd {
     fn truncate(&self) {
         let pages = core::mem::take(&mut *self.cache.lock());
         for pa in pages.into_values() {
-            let f = page::pfn_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
+            let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
             page::folio_remove_from_cache(f);
         }
     }

@@ -32,7 +32,7 @@ use crate::mm::addr::VirtAddr;
 use crate::mm::desc::LeafAttrs;
 use crate::mm::error::{GupError, MmError, Need};
 use crate::mm::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL, align_up};
-use crate::mm::kmap::{self, FrameTableMem};
+use crate::mm::kernel_pgtable::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::mmap::{self, MmapArgs};
@@ -150,7 +150,13 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     let r = {
         let mut mem = p.tables.lock();
         let mut t = Tables::new(root, GRANULE, USER_START_LEVEL, &mut *mem);
-        t.map(VirtAddr::new(AGENT_VA), kmap::kimage_to_phys(VirtAddr::new(lo)), hi - lo, attrs, LeafSizes::PagesOnly)
+        t.map(
+            VirtAddr::new(AGENT_VA),
+            kernel_pgtable::kimage_to_phys(VirtAddr::new(lo)),
+            hi - lo,
+            attrs,
+            LeafSizes::PagesOnly,
+        )
     };
     if let Err(e) = r {
         teardown(&p);
@@ -659,7 +665,7 @@ fn handle_user_fault(far: VirtAddr, esr: Esr) -> Result<(), Unresolved> {
     let g = p.mm.mmap_read_lock();
     let Some(vma) = g.vmas().find(far).copied() else { return Err(Unresolved::NoMapping) };
     let write = esr.wnr() && !esr.cm();
-    if !memory::access_ok(&vma, write) {
+    if !memory::vma_access_permitted(&vma, write) {
         return Err(Unresolved::Permission);
     }
     let flags = memory::FaultFlags { write, unshare: false };
@@ -717,7 +723,7 @@ fn deactivate(p: &Process) {
 
 /// Points this CPU's TTBR0 at the empty table.
 pub(crate) fn deactivate_this_cpu() {
-    let (_, empty) = kmap::roots();
+    let (_, empty) = kernel_pgtable::roots();
     // SAFETY: the kernel never runs from TTBR0.
     unsafe { context::switch_to_empty(empty.as_u64()) };
 }

@@ -32,7 +32,7 @@ use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::kmap::{self, FrameTableMem};
+use crate::mm::kernel_pgtable::{self, FrameTableMem};
 use crate::arch::aarch64::memory::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
 use crate::mm::pgtable::{CursorMut, Regime, Stage1User};
@@ -567,7 +567,7 @@ fn at_random_layouts_kernel_ttbr1() -> Result<(), String> {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ (round + 1);
         let mut r = Rng(seed);
         // with_live frees the tables the teardown detaches, after the flush.
-        let tally = kmap::with_live(|l| -> Result<Tally, String> {
+        let tally = kernel_pgtable::with_live(|l| -> Result<Tally, String> {
             let lay = build(l, &mut r, TEST_WINDOW, SLOTS, false, levels.clone(), round)?;
             let c = compare(l.t, &mut r, &lay, SAMPLES, true);
             teardown(l, &lay)?;
@@ -583,7 +583,7 @@ fn at_random_layouts_kernel_ttbr1() -> Result<(), String> {
 kernel_test!(at_random_layouts_user_ttbr0_asid);
 fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
-    let (_, empty) = kmap::roots();
+    let (_, empty) = kernel_pgtable::roots();
     let mut total = Tally::default();
     let start_level = crate::mm::granule::USER_START_LEVEL;
     for round in 0..ROUNDS {

@@ -18,7 +18,7 @@ use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::Kind;
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::mm::layout::{io_virt, phys_to_virt};
 use crate::mm::pgtable::Translation;
@@ -52,7 +52,7 @@ fn mmu_on_with_final_tables() -> Result<(), String> {
     let s = sysreg::sctlr_el1();
     ensure!(s & sctlr::M != 0, "SCTLR_EL1.M is clear");
     ensure!(s & sctlr::C != 0 && s & sctlr::I != 0, "caches off");
-    let (root, _) = kmap::roots();
+    let (root, _) = kernel_pgtable::roots();
     let ttbr1 = sysreg::ttbr1_el1() & 0x0000_ffff_ffff_fffe;
     ensure!(ttbr1 == root.as_u64(), "TTBR1_EL1 {ttbr1:#x} is not the final kernel root {:#x}", root.as_u64());
     Ok(())
@@ -166,7 +166,7 @@ kernel_test!(wx_no_leaf_writable_and_executable);
 fn wx_no_leaf_writable_and_executable() -> Result<(), String> {
     let mut leaves = 0;
     let mut bad = None;
-    kmap::with_tables(|t| {
+    kernel_pgtable::with_tables(|t| {
         t.walk(true, &mut |e| {
             if let Kind::Leaf(_) = e.kind {
                 leaves += 1;
@@ -209,7 +209,7 @@ fn fault_unmapped_top_level_hole() -> Result<(), String> {
         crate::mm::granule::Granule::K16 => crate::mm::granule::START_LEVEL + 1,
         _ => crate::mm::granule::START_LEVEL,
     };
-    let lvl = match kmap::with_tables(|t| t.translate(VirtAddr::new(addr))) {
+    let lvl = match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(addr))) {
         Translation::Fault { level, .. } => level,
         Translation::Mapped { .. } => return Err("test address is mapped".into()),
     };
@@ -220,10 +220,10 @@ fn fault_unmapped_top_level_hole() -> Result<(), String> {
 kernel_test!(fault_unmapped_level3_stack_guard);
 fn fault_unmapped_level3_stack_guard() -> Result<(), String> {
     // The guard below CPU 0's stack is unmapped inside a populated level-3 table.
-    let (lo, _) = kmap::stack_range(0);
+    let (lo, _) = kernel_pgtable::stack_range(0);
     let guard = lo - PAGE_SIZE;
     expect_translation_fault(guard.as_u64(), 3)?;
-    let (lo1, _) = kmap::stack_range(1);
+    let (lo1, _) = kernel_pgtable::stack_range(1);
     expect_translation_fault((lo1 - 8).as_u64(), 3)
 }
 
@@ -231,7 +231,7 @@ kernel_test!(fault_dtb_fixmap_gone);
 fn fault_dtb_fixmap_gone() -> Result<(), String> {
     // The boot-time DTB window must not survive the switch to the final tables.
     let addr = FIXMAP_BASE + (boot().dtb_pa & (PAGE_SIZE - 1));
-    match kmap::with_tables(|t| t.translate(VirtAddr::new(addr))) {
+    match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(addr))) {
         Translation::Fault { level, .. } => expect_translation_fault(addr, level as i8),
         Translation::Mapped { .. } => Err("fixmap still mapped".into()),
     }
@@ -261,7 +261,7 @@ fn linear_map_uses_blocks() -> Result<(), String> {
                 level
             };
             let va = phys_to_virt(PhysAddr::new(probe)).as_u64();
-            match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
+            match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va))) {
                 Translation::Mapped { level: l, pa, .. } => {
                     ensure!(pa.as_u64() == probe, "linear map of {probe:#x} points at {:#x}", pa.as_u64());
                     ensure!(l == expected, "PA {probe:#x} mapped at level {l}, expected level {expected}");
@@ -283,7 +283,7 @@ fn linear_map_uses_blocks() -> Result<(), String> {
         // whose blocks are 512 MiB): then RAM must be mapped with pages.
         for r in &boot().board.ram {
             let va = phys_to_virt(r.start).as_u64();
-            match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
+            match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va))) {
                 Translation::Mapped { level, pa, .. } => {
                     ensure!(
                         pa == r.start && level == 3,
@@ -302,7 +302,7 @@ kernel_test!(mmio_is_device_memory);
 fn mmio_is_device_memory() -> Result<(), String> {
     let u = boot().board.uart.as_ref().ok_or("no UART")?;
     let va = io_virt(u.regs[0].start).as_u64();
-    match kmap::with_tables(|t| t.translate(VirtAddr::new(va))) {
+    match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va))) {
         Translation::Mapped { desc, .. } => {
             ensure!(desc.attr_index() == mair::DEVICE_NGNRE, "UART mapped with attribute index {}", desc.attr_index());
             ensure!(desc.perms().pxn && desc.perms().uxn, "device memory executable");
@@ -321,7 +321,7 @@ fn mmio_is_device_memory() -> Result<(), String> {
 
 kernel_test!(walker_agrees_with_at_on_kernel_addresses);
 /// The MMU's own `AT` agrees with the software walk and with what the
-/// kernel asked its tables to map ([`kmap::image_sections`], the linear map
+/// kernel asked its tables to map ([`kernel_pgtable::image_sections`], the linear map
 /// of RAM read-write, the UART as Device-nGnRE, nothing elsewhere) on a
 /// sample of kernel addresses: every page of the image, samples of the
 /// linear map, the UART, holes. Memory type and shareability come from
@@ -331,10 +331,10 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     use crate::mm::pgtable::atcheck::{self, Access, Request};
     let exact = |pa: u64, attrs: LeafAttrs| Request::Exact { pa: PhysAddr::new(pa), attrs, limits: TableAttrs::NONE };
     let mut addrs: alloc::vec::Vec<(u64, Request)> = alloc::vec::Vec::new();
-    for (_, lo, hi, attrs) in kmap::image_sections() {
+    for (_, lo, hi, attrs) in kernel_pgtable::image_sections() {
         let mut a = lo.align_down(PAGE_SIZE);
         while a < hi {
-            addrs.push(((a + 0x18).as_u64(), exact(kmap::kimage_to_phys(a + 0x18).as_u64(), attrs)));
+            addrs.push(((a + 0x18).as_u64(), exact(kernel_pgtable::kimage_to_phys(a + 0x18).as_u64(), attrs)));
             a += PAGE_SIZE;
         }
     }
@@ -358,7 +358,7 @@ fn walker_agrees_with_at_on_kernel_addresses() -> Result<(), String> {
     let mut mismatches = 0;
     let mut first = String::new();
     for (va, req) in &addrs {
-        let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(*va)));
+        let walked = kernel_pgtable::with_tables(|t| t.translate_with_limits(VirtAddr::new(*va)));
         let mut r = atcheck::check_exec(&walked, req);
         for access in [Access { el0: false, write: false }, Access { el0: false, write: true }] {
             r = r.and_then(|()| atcheck::check(&walked, req, access, hw, atcheck::observe(access, VirtAddr::new(*va))));

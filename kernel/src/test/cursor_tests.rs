@@ -23,7 +23,7 @@ use crate::mm::desc::{Desc, Kind, LeafAttrs};
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::memory;
 use crate::mm::mmap::MmapArgs;
@@ -152,13 +152,13 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let pt_frames = || frame::stats().by_owner[Owner::PageTable as usize];
     let frames_before = pt_frames();
     let map = |sizes| {
-        kmap::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
     };
-    let unmap = || kmap::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
+    let unmap = || kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
     let refused = |what: &str, r: Result<(), MapError>| -> Result<(), String> {
         ensure!(matches!(r, Err(MapError::BbmViolation { .. })), "{what} without its flush: {r:?}");
         ensure!(
-            matches!(kmap::with_tables(|t| t.translate(VirtAddr::new(va))), Translation::Fault { .. }),
+            matches!(kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va))), Translation::Fault { .. }),
             "{what}: the broken entry must stay invalid"
         );
         Ok(())
@@ -167,20 +167,20 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
         let v0 = violations();
         // Split: a block into a table of pages.
         map(LeafSizes::Largest)?;
-        refused("split", sabotaged(|| kmap::with_live(|l| l.split(VirtAddr::new(va), 2))))?;
+        refused("split", sabotaged(|| kernel_pgtable::with_live(|l| l.split(VirtAddr::new(va), 2))))?;
         unmap()?;
         // Collapse: a table of pages into a block.
         map(LeafSizes::PagesOnly)?;
-        refused("collapse", sabotaged(|| kmap::with_live(|l| l.collapse(VirtAddr::new(va), 2))))?;
+        refused("collapse", sabotaged(|| kernel_pgtable::with_live(|l| l.collapse(VirtAddr::new(va), 2))))?;
         unmap()?;
         // Fold: a contiguous run from n pages.
         map(LeafSizes::PagesOnly)?;
-        refused("fold", sabotaged(|| kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3))))?;
+        refused("fold", sabotaged(|| kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3))))?;
         unmap()?;
         // Unfold: the run back to n pages.
         map(LeafSizes::PagesOnly)?;
-        kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("fold: {e:?}"))?;
-        refused("unfold", sabotaged(|| kmap::with_live(|l| l.split_contiguous(VirtAddr::new(va), 3))))?;
+        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("fold: {e:?}"))?;
+        refused("unfold", sabotaged(|| kernel_pgtable::with_live(|l| l.split_contiguous(VirtAddr::new(va), 3))))?;
         unmap()?;
         ensure!(violations() == v0 + 4, "{} violations, expected 4", violations() - v0);
         Ok(())

@@ -164,7 +164,7 @@ fn oom_ok(what: &str, r: Result<(), ProcError>) -> Result<bool, String> {
 }
 
 /// An EL0 access ended: done, or out of memory.
-fn access_ok(what: &str, end: RunEnd) -> Result<bool, String> {
+fn access_done(what: &str, end: RunEnd) -> Result<bool, String> {
     match end {
         RunEnd::Done => Ok(true),
         RunEnd::Fault { why: Unresolved::OutOfMemory, .. } => Ok(false),
@@ -247,7 +247,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
             1..=3 => {
                 let (va, len) = part(&mut rng, &procs[pi].regions);
                 let b = rng.next() as u8;
-                if access_ok("write", armed(|| proc::access(&name, op::WRITE, VirtAddr::new(va), len, b))?)? {
+                if access_done("write", armed(|| proc::access(&name, op::WRITE, VirtAddr::new(va), len, b))?)? {
                     match armed(|| proc::access(&name, op::CHECK, VirtAddr::new(va), len, b))? {
                         RunEnd::Done => {}
                         RunEnd::Mismatch { addr, value } => {
@@ -256,7 +256,7 @@ fn run(procs: &mut Vec<P>, pins: &mut Vec<String>) -> Result<(), String> {
                             ));
                         }
                         other => {
-                            access_ok("check", other)?;
+                            access_done("check", other)?;
                         }
                     }
                 }

@@ -98,7 +98,7 @@ fn frames_bad_free_is_refused() -> Result<(), String> {
     let pa = frame::alloc(0, Owner::Test).ok_or("out of frames")?;
     frame::free(pa, 0, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     ensure!(frame::free(pa, 0, Owner::Test) == Err(FreeError::NotAllocated(pa)), "double free accepted");
-    let kernel = crate::mm::kmap::kimage_to_phys(VirtAddr::new(crate::sym_addr!(__kernel_start)));
+    let kernel = crate::mm::kernel_pgtable::kimage_to_phys(VirtAddr::new(crate::sym_addr!(__kernel_start)));
     ensure!(
         matches!(frame::free(kernel, 0, Owner::Test), Err(FreeError::NotAllocated(_))),
         "freeing the kernel image accepted"
@@ -191,7 +191,7 @@ fn page_table_check_catches_a_stray_reference() -> Result<(), String> {
             _ => None,
         })?
         .ok_or("the written page is not mapped")?;
-        let folio = crate::mm::page::pfn_to_page(pa).and_then(|p| p.folio()).ok_or("the page has no folio")?;
+        let folio = crate::mm::page::phys_to_page(pa).and_then(|p| p.folio()).ok_or("the page has no folio")?;
         crate::console::commands::invariants().map_err(|e| alloc::format!("before: {e}"))?;
         folio.get();
         let caught = crate::console::commands::invariants();

@@ -382,7 +382,7 @@ fn gup_racer() {
         let got = gup::gup_fast(p.mt(), VirtAddr::new(va), nr, flags);
         for t in &got {
             if let Taken::Page(pa) = t
-                && !crate::mm::page::pfn_to_page(*pa).is_some_and(|pg| pg.anon_exclusive())
+                && !crate::mm::page::phys_to_page(*pa).is_some_and(|pg| pg.anon_exclusive())
             {
                 RACE_BAD.fetch_add(1, Ordering::Relaxed);
             }

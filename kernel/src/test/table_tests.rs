@@ -15,7 +15,7 @@ use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, TableAttrs};
 use crate::mm::frame::{self, Owner};
 use crate::mm::granule::{GRANULE, PAGE_SIZE};
-use crate::mm::kmap;
+use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
@@ -46,7 +46,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
     let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 16;
     let r = (|| {
-        kmap::map_kernel(VirtAddr::new(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..=PAGES {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
@@ -58,7 +58,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
         }
         let range_before = RANGE_OPS.load(Ordering::Relaxed);
-        kmap::with_live(|l| l.unmap(VirtAddr::new(va), PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
         for &i in &edges {
             ensure!(
                 probe_read_u8(va + i * PAGE_SIZE).is_err(),
@@ -84,7 +84,7 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
         ensure!(probe_read_u8(va + PAGES * PAGE_SIZE).is_ok(), "the page after the range was unmapped too");
         Ok(())
     })();
-    let _ = kmap::with_live(|l| l.unmap(VirtAddr::new(va), (PAGES + 1) * PAGE_SIZE));
+    let _ = kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), (PAGES + 1) * PAGE_SIZE));
     frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }
@@ -119,11 +119,11 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     }
     let start = crate::sym_addr!(__kernel_start);
     let text_end = crate::sym_addr!(__text_end);
-    let (stack0, _) = kmap::stack_range(0);
+    let (stack0, _) = kernel_pgtable::stack_range(0);
     let mut w = W::default();
     let r = walk_kernel_page_table_range(
-        &kmap::KERNEL_PGTABLE.read(),
-        &kmap::LiveRead,
+        &kernel_pgtable::KERNEL_PGTABLE.read(),
+        &kernel_pgtable::LiveRead,
         VirtAddr::new(start),
         stack0 + PAGE_SIZE,
         &mut w,
@@ -142,8 +142,8 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
     );
     let mut w = W { stop_after: Some(3), ..Default::default() };
     let r = walk_kernel_page_table_range(
-        &kmap::KERNEL_PGTABLE.read(),
-        &kmap::LiveRead,
+        &kernel_pgtable::KERNEL_PGTABLE.read(),
+        &kernel_pgtable::LiveRead,
         VirtAddr::new(start),
         VirtAddr::new(text_end),
         &mut w,
@@ -153,13 +153,13 @@ fn walker_kernel_tables_under_read_lock() -> Result<(), String> {
 }
 
 fn walk(va: u64) -> Translation {
-    kmap::with_tables(|t| t.translate(VirtAddr::new(va)))
+    kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(va)))
 }
 
 /// `AT` at `va` agrees with the software walk and with `want`, what the
 /// test asked the tables to map there, for EL1 and EL0 reads and writes.
 pub fn agree(va: u64, want: Request) -> Result<(), String> {
-    let walked = kmap::with_tables(|t| t.translate_with_limits(VirtAddr::new(va)));
+    let walked = kernel_pgtable::with_tables(|t| t.translate_with_limits(VirtAddr::new(va)));
     atcheck::check_exec(&walked, &want).map_err(|m| alloc::format!("{va:#x}: {m}"))?;
     for access in Access::ALL {
         let par = atcheck::observe(access, VirtAddr::new(va));
@@ -222,7 +222,7 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
     let blk = GRANULE.level_size(2);
     let va = TEST_WINDOW;
     let frames_before = pt_frames();
-    kmap::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest)
+    kernel_pgtable::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, LeafSizes::Largest)
         .map_err(|e| alloc::format!("{e:?}"))?;
     let r = (|| {
         ensure!(level_of(va) == Some(2), "not mapped as a level-2 block");
@@ -230,7 +230,7 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
-        kmap::with_live(|l| l.split(VirtAddr::new(va + 5 * PAGE_SIZE), 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.split(VirtAddr::new(va + 5 * PAGE_SIZE), 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
         ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
@@ -240,14 +240,14 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
             let v = va + i * PAGE_SIZE;
             ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(pa + (i * PAGE_SIZE)), "page {i} moved");
         }
-        kmap::with_live(|l| l.collapse(VirtAddr::new(va), 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.collapse(VirtAddr::new(va), 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     r?;
     ensure!(matches!(at_outcome(AtOp::S1E1R, va), Expected::Translation(_)), "still mapped after unmap");
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
@@ -262,9 +262,9 @@ fn tables_contiguous_run_live() -> Result<(), String> {
     let va = TEST_WINDOW + GRANULE.level_size(2) * 4;
     let frames_before = pt_frames();
     let r = (|| {
-        kmap::map_kernel(VirtAddr::new(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
-        kmap::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
         for i in 0..n {
             match walk(va + i * PAGE_SIZE) {
                 Translation::Mapped { desc, .. } => ensure!(desc.contiguous(), "page {i} lacks the contiguous bit"),
@@ -277,7 +277,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
                 .map_err(|(e, _)| alloc::format!("write: {}", Esr(e)))?;
         }
         // Write-protect one page: the run is split first, and only that page faults.
-        kmap::with_live(|l| l.protect(VirtAddr::new(va + 2 * PAGE_SIZE), PAGE_SIZE, 1 << 7, 0))
+        kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va + 2 * PAGE_SIZE), PAGE_SIZE, 1 << 7, 0))
             .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..n {
             let Translation::Mapped { desc, .. } = walk(va + i * PAGE_SIZE) else { return Err("unmapped".into()) };
@@ -294,7 +294,7 @@ fn tables_contiguous_run_live() -> Result<(), String> {
         }
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(VirtAddr::new(va), n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
     frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r?;
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
@@ -306,24 +306,24 @@ fn tables_protect_and_unmap_fault_for_real() -> Result<(), String> {
     let pa = frame::alloc_zeroed(2, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 8;
     let r = (|| {
-        kmap::map_kernel(VirtAddr::new(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, 4 * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
-        kmap::with_live(|l| l.protect(VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
         agree(va + PAGE_SIZE, asked(pa.as_u64() + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
         // SAFETY: must fault.
         let (esr, _) =
             unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + PAGE_SIZE) == Ok(0x5a), "read-only page lost its data");
-        kmap::with_live(|l| l.unmap(VirtAddr::new(va + PAGE_SIZE), 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va + PAGE_SIZE), 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
         let (esr, _) = probe_read_u8(va + 2 * PAGE_SIZE).err().ok_or("read after unmap succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Translation(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + 3 * PAGE_SIZE).is_ok() && probe_read_u8(va).is_ok(), "neighbours were unmapped too");
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(VirtAddr::new(va), 4 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), 4 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
     frame::free(pa, 2, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }
@@ -333,23 +333,23 @@ fn tables_bbm_changes_refused() -> Result<(), String> {
     let pa = frame::alloc_zeroed(1, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 12;
     let r = (|| {
-        kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         let other = pa + PAGE_SIZE;
-        let e = kmap::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        let e = kernel_pgtable::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");
-        let e = kmap::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+        let e = kernel_pgtable::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "memory type change: {e:?}");
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(pa), "refused change altered the mapping");
-        let e = kmap::with_live(|l| l.protect(VirtAddr::new(va), PAGE_SIZE, 0b100 << 2, 0));
+        let e = kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va), PAGE_SIZE, 0b100 << 2, 0));
         ensure!(matches!(e, Err(MapError::NotPermissionBits(_))), "protect changing AttrIndx: {e:?}");
         // The sanctioned path: replace() does break, TLBI, make.
         let new = crate::mm::desc::Desc::leaf(other, 3, LeafAttrs::KERNEL_RW);
-        kmap::with_live(|l| l.replace(VirtAddr::new(va), 3, new)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.replace(VirtAddr::new(va), 3, new)).map_err(|e| alloc::format!("{e:?}"))?;
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(other), "replace did not take effect in the MMU");
         Ok(())
     })();
-    kmap::with_live(|l| l.unmap(VirtAddr::new(va), PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
     frame::free(pa, 1, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r
 }

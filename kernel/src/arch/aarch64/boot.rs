@@ -7,7 +7,7 @@
 //!
 //! The early tables map:
 //! - TTBR1: the whole kernel image at its link address, page by page (RWX:
-//!   replaced by the permission-correct tables in `mm::kmap` straight away),
+//!   replaced by the permission-correct tables in `mm::kernel_pgtable` straight away),
 //!   and the DTB at `FIXMAP_BASE` (a window the final tables leave unmapped,
 //!   so switching tables never changes a page size under a live VA);
 //! - TTBR0: the kernel image at its physical address (identity), so that

@@ -185,7 +185,7 @@ pub fn frame_pointer() -> u64 {
 ///
 /// No break-before-make is done, so the old and new tables must agree on
 /// every VA the CPU may translate in between: same output address, page size
-/// and memory type (permissions may differ). `mm::kmap` guarantees this by
+/// and memory type (permissions may differ). `mm::kernel_pgtable` guarantees this by
 /// mapping the image with pages in both and keeping the early DTB window out
 /// of the final tables.
 ///

@@ -10,7 +10,7 @@
 //! ([`fixup_exec_probe`]).
 //!
 //! `copy_from_user`/`copy_to_user` refuse any range that is not wholly
-//! below [`USER_TOP`] before touching it ([`user_range_ok`], Linux
+//! below [`USER_TOP`] before touching it ([`access_ok`], as Linux's
 //! `access_ok`), and report a fault they could not resolve as
 //! [`UserCopyFault`], never a kernel crash.
 
@@ -186,7 +186,7 @@ unsafe extern "C" {
 }
 
 /// Whether `[addr, addr+len)` lies wholly below [`USER_TOP`] (no overflow).
-fn user_range_ok(addr: u64, len: u64) -> bool {
+fn access_ok(addr: u64, len: u64) -> bool {
     addr.checked_add(len).is_some_and(|e| e <= USER_TOP)
 }
 
@@ -199,7 +199,7 @@ pub struct UserCopyFault;
 /// cannot resolve - never a kernel crash.
 pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), UserCopyFault> {
     let len = dst.len() as u64;
-    if !user_range_ok(src, len) {
+    if !access_ok(src, len) {
         return Err(UserCopyFault);
     }
     // SAFETY: the range is a user range; faults come back through the fixup.
@@ -210,7 +210,7 @@ pub fn copy_from_user(dst: &mut [u8], src: u64) -> Result<(), UserCopyFault> {
 /// Copies `src` to user address `dst`, with the same checks.
 pub fn copy_to_user(dst: u64, src: &[u8]) -> Result<(), UserCopyFault> {
     let len = src.len() as u64;
-    if !user_range_ok(dst, len) {
+    if !access_ok(dst, len) {
         return Err(UserCopyFault);
     }
     // SAFETY: as above.

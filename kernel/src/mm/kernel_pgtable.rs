@@ -217,7 +217,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
 /// The final TTBR1 root and the empty TTBR0 table.
 pub fn roots() -> (PhysAddr, PhysAddr) {
     let g = KPT.lock();
-    let k = g.as_ref().expect("kmap not initialised");
+    let k = g.as_ref().expect("kernel tables not initialised");
     (k.root, k.empty_ttbr0)
 }
 
@@ -229,7 +229,7 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
     }
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
-    let k = g.as_mut().expect("kmap not initialised");
+    let k = g.as_mut().expect("kernel tables not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
     t.map(io_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
     // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
@@ -243,7 +243,7 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
 pub fn with_tables<R>(f: impl FnOnce(&Tables<'_, LiveRead>) -> R) -> R {
     let _r = KERNEL_PGTABLE.read();
     let g = KPT.lock();
-    let k = g.as_ref().expect("kmap not initialised");
+    let k = g.as_ref().expect("kernel tables not initialised");
     let mut ro = LiveRead;
     let t = Tables::new(k.root, GRANULE, START_LEVEL, &mut ro);
     f(&t)
@@ -274,7 +274,7 @@ pub fn with_live<R>(
 ) -> R {
     let w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
-    let k = g.as_mut().expect("kmap not initialised");
+    let k = g.as_mut().expect("kernel tables not initialised");
     let mut mem = KernelTableMemHandle(&mut k.mem);
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut mem);
     let mut fl = super::tlb::KernelFlush;
@@ -297,7 +297,7 @@ pub fn map_kernel(
 ) -> Result<usize, MapError> {
     let _w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
-    let k = g.as_mut().expect("kmap not initialised");
+    let k = g.as_mut().expect("kernel tables not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
     let n = t.map(va, pa, size, attrs, sizes)?;
     // New entries replaced invalid ones: visibility to the walker is enough.
