@@ -7,11 +7,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 
 use crate::arch::aarch64::boot::MAX_CPUS;
+use crate::arch::aarch64::granule::{PAGE_SIZE, align_down, align_up};
 use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::arch::{cpu, percpu, psci, semihosting};
 use crate::board::dt::{self, BoardInfo};
 use crate::mm::addr::{PhysRange, VirtAddr};
-use crate::mm::granule::{PAGE_SIZE, align_down, align_up};
 use crate::mm::layout::io_virt;
 use crate::mm::{frame, heap, kernel_pgtable};
 use crate::{println, sym_addr};
@@ -249,7 +249,7 @@ fn banner() {
         "  entered at EL{}, running at EL1; MIDR {midr:#x}; {} CPU(s) in the devicetree; granule {}",
         b.boot_el,
         b.board.cpus.len(),
-        crate::mm::granule::GRANULE.name()
+        crate::arch::aarch64::granule::GRANULE.name()
     );
     println!(
         "  RAM {}; kernel image at PA {:#x} (VA {:#x}); DTB at {:#x}",

@@ -8,9 +8,9 @@
 use alloc::vec::Vec;
 
 use super::{instructions, median};
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
-use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::println;
 use crate::proc::{self, RunEnd, syscall::nr};

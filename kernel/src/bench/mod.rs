@@ -8,9 +8,9 @@
 
 use alloc::vec::Vec;
 
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::LeafAttrs;
-use crate::mm::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::mm::kernel_pgtable::FrameTableMem;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};

@@ -8,11 +8,11 @@ use core::sync::atomic::Ordering;
 use super::editor::{Editor, Key};
 use super::parse::{self, Expect, truncate};
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
+use crate::arch::aarch64::granule::{GRANULE, START_LEVEL};
 use crate::arch::aarch64::regs::VA_BITS;
 use crate::arch::percpu;
 use crate::kmain::{boot, exit};
 use crate::mm::addr::VirtAddr;
-use crate::mm::granule::{GRANULE, START_LEVEL};
 use crate::mm::layout::{MARKERS, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::mm::ptdump::PtDump;
@@ -275,7 +275,7 @@ fn info() -> Outcome {
         "VA bits: kernel (TTBR1) {}, user (TTBR0) {}; user tables start at level {}",
         VA_BITS,
         crate::arch::aarch64::regs::USER_VA_BITS,
-        crate::mm::granule::USER_START_LEVEL
+        crate::arch::aarch64::granule::USER_START_LEVEL
     );
     for r in &b.board.ram {
         let _ = writeln!(o, "RAM      {:#014x}-{:#014x} {}", r.start.as_u64(), r.end.as_u64(), Bytes(r.size()));
@@ -326,7 +326,7 @@ fn info() -> Outcome {
 fn meminfo() -> Outcome {
     let s = frame::stats();
     let b = boot();
-    let ps = crate::mm::granule::PAGE_SIZE;
+    let ps = crate::arch::aarch64::granule::PAGE_SIZE;
     let total = b.board.total_ram() / ps;
     let h = heap::stats();
     let mut o = Out(String::new());
@@ -537,7 +537,7 @@ fn ptdump_process(p: &str) -> CmdResult {
             (VirtAddr::new(crate::proc::AGENT_VA), "EL0 agent"),
             (VirtAddr::new(crate::mm::mm_struct::MMAP_BASE), "mmap area"),
         ];
-        let mut d = PtDump::new(&mut o, crate::mm::granule::USER_START_LEVEL, MARKERS);
+        let mut d = PtDump::new(&mut o, crate::arch::aarch64::granule::USER_START_LEVEL, MARKERS);
         let mut seen = 0u32;
         t.walk(false, &mut |e| {
             // Ctrl-C ends the output; the rest of the walk only counts.

@@ -91,10 +91,10 @@ addr_common!(VirtAddr);
 impl PhysAddr {
     /// Page frame number for the build's granule.
     pub const fn pfn(self) -> u64 {
-        self.0 >> crate::mm::granule::PAGE_SHIFT
+        self.0 >> crate::arch::aarch64::granule::PAGE_SHIFT
     }
     pub const fn from_pfn(pfn: u64) -> Self {
-        Self(pfn << crate::mm::granule::PAGE_SHIFT)
+        Self(pfn << crate::arch::aarch64::granule::PAGE_SHIFT)
     }
 }
 

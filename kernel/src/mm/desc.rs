@@ -19,7 +19,7 @@ use tock_registers::LocalRegisterCopy;
 use tock_registers::register_bitfields;
 
 use super::addr::PhysAddr;
-use super::granule::Granule;
+use crate::arch::aarch64::granule::Granule;
 
 register_bitfields! {u64,
     pub STAGE1 [

@@ -17,9 +17,9 @@ use spin::MutexGuard;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
-use super::granule::{GRANULE, Granule, USER_START_LEVEL};
 use super::mm_struct::{MmapLocked, Vma};
 use super::pgtable::TableMemory;
+use crate::arch::aarch64::granule::{GRANULE, Granule, USER_START_LEVEL};
 
 /// Linux's names for the level a leaf was found at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 use super::addr::{PhysAddr, PhysRange};
-use super::granule::{PAGE_SHIFT, PAGE_SIZE, align_down, align_up};
 use super::layout::phys_to_virt;
+use crate::arch::aarch64::granule::{PAGE_SHIFT, PAGE_SIZE, align_down, align_up};
 
 /// Who holds a frame, for `meminfo`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +195,7 @@ pub fn alloc_user(order: u32) -> Option<PhysAddr> {
     if super::fail_alloc::should_fail(super::fail_alloc::AllocKind::Frame) {
         return None;
     }
-    let reserve = USER_RESERVE_BYTES / crate::mm::granule::PAGE_SIZE;
+    let reserve = USER_RESERVE_BYTES / crate::arch::aarch64::granule::PAGE_SIZE;
     if order == 0
         && let Some(pa) = pcp::alloc(reserve)
     {
@@ -428,7 +428,7 @@ pub fn free(pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
 fn free_locked(g: &mut Option<State>, pa: PhysAddr, order: u32, owner: Owner) -> Result<(), FreeError> {
     let st = g.as_mut().ok_or(FreeError::NotRam)?;
     let count = 1u64 << order;
-    if !pa.as_u64().is_multiple_of(crate::mm::granule::PAGE_SIZE << order) {
+    if !pa.as_u64().is_multiple_of(crate::arch::aarch64::granule::PAGE_SIZE << order) {
         return Err(FreeError::NotAllocated(pa));
     }
     // Check the whole range first so a bad free changes nothing.

@@ -19,12 +19,12 @@ use spin::Mutex;
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind};
 use super::error::GupError;
-use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::layout::phys_to_virt;
 use super::memory::{self, FaultFlags, MmTables, VmFault};
 use super::mm_struct::{MmapLocked, VmFlags};
 use super::page::{self, Folio, Page};
 use super::pgtable::{TableMemory, Tables, Translation};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 
 /// Linux `FOLL_*` flags that matter here.
 #[derive(Clone, Copy, Debug, Default)]

@@ -15,7 +15,7 @@ use super::frame::{self, Owner};
 use super::layout::phys_to_virt;
 
 /// Size of one heap growth chunk (order of 4K frames: 2 MiB).
-const CHUNK_ORDER: u32 = 21 - super::granule::PAGE_SHIFT;
+const CHUNK_ORDER: u32 = 21 - crate::arch::aarch64::granule::PAGE_SHIFT;
 const CHUNK: usize = 1 << 21;
 
 static RESERVE: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
@@ -41,7 +41,7 @@ const BIG: usize = 256 << 10;
 struct KernelAlloc;
 
 fn big_order(layout: &Layout) -> u32 {
-    let pages = layout.size().max(layout.align()).div_ceil(super::granule::PAGE_SIZE as usize);
+    let pages = layout.size().max(layout.align()).div_ceil(crate::arch::aarch64::granule::PAGE_SIZE as usize);
     pages.next_power_of_two().trailing_zeros()
 }
 

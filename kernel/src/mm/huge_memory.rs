@@ -18,7 +18,6 @@ use super::pgtable::Pte;
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, LeafAttrs};
 use super::frame::{self, Owner};
-use super::granule::{GRANULE, PAGE_SIZE};
 use super::kernel_pgtable::FrameTableMem;
 use super::memory::{self, CONT_BIT, FaultFlags, VmFault};
 use super::mm_struct::{MmStruct, VmFlags, Vma};
@@ -26,6 +25,7 @@ use super::page::{self, Folio};
 use super::pgtable::TableMemory;
 use super::pgtable::TlbFlush;
 use super::tlb::KernelFlush;
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 
 /// Bytes one level-2 block maps.
 pub fn pmd_size() -> u64 {

@@ -14,19 +14,19 @@ use spin::Mutex;
 use super::addr::{PhysAddr, PhysRange, VirtAddr};
 use super::desc::LeafAttrs;
 use super::frame::{self, Owner};
-use super::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use super::layout::{io_virt, phys_to_virt};
 use super::mm_struct::KernelPgtable;
 use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::arch::aarch64::memory::{IO_BASE, IO_END, KIMAGE_VADDR};
 use crate::sym_addr;
 
 /// Pages reserved in the image for the initial kernel tables.
 const POOL_PAGES: usize = match GRANULE {
-    super::granule::Granule::K4 => 32,
-    super::granule::Granule::K16 => 20,
-    super::granule::Granule::K64 => 12,
+    crate::arch::aarch64::granule::Granule::K4 => 32,
+    crate::arch::aarch64::granule::Granule::K16 => 20,
+    crate::arch::aarch64::granule::Granule::K64 => 12,
 };
 
 #[repr(C, align(65536))]

@@ -23,13 +23,13 @@ use spin::Mutex;
 use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
 use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
-use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
 use super::pgtable::{Pte, PteRun, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 
 /// Bytes of RAM kept aside at boot for `mmap pfn=PHYS` mappings.
 pub const PFN_POOL_SIZE: u64 = 4 << 20;

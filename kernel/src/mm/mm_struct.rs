@@ -153,7 +153,7 @@ impl Vma {
 
     /// The file page offset of `va` in this VMA.
     pub fn pgoff_of(&self, va: VirtAddr) -> u64 {
-        self.pgoff + (va - self.start) / crate::mm::granule::PAGE_SIZE
+        self.pgoff + (va - self.start) / crate::arch::aarch64::granule::PAGE_SIZE
     }
 }
 

@@ -10,9 +10,9 @@ use alloc::string::String;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::error::MmError;
-use super::granule::{PAGE_SIZE, align_up};
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, MmapWriteGuard, VmFlags, Vma};
+use crate::arch::aarch64::granule::{PAGE_SIZE, align_up};
 
 /// The end of the user address space (Linux `TASK_SIZE`).
 use crate::arch::aarch64::regs::USER_TOP;

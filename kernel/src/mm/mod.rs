@@ -10,8 +10,6 @@ pub mod desc;
 pub mod error;
 pub mod fail_alloc;
 pub mod folio_walk;
-// The granule is a hardware fact (arch's); mm's many users keep this path.
-pub use crate::arch::aarch64::granule;
 #[cfg(target_os = "none")]
 pub mod gup;
 #[cfg(target_os = "none")]

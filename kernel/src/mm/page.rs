@@ -22,8 +22,8 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 
 use super::addr::PhysAddr;
 use super::frame::{self, Owner};
-use super::granule::{PAGE_SHIFT, PAGE_SIZE};
 use super::layout::phys_to_virt;
+use crate::arch::aarch64::granule::{PAGE_SHIFT, PAGE_SIZE};
 
 /// One frame's metadata (Linux `struct page`).
 #[repr(C)]

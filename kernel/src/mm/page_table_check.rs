@@ -27,11 +27,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::desc::Kind;
-use super::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags};
 use super::page;
 use super::pgtable::Tables;
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 
 /// A broken invariant. `va` is the user or kernel address of the entry,
 /// `pa` a physical address; the other fields are the values that disagree.

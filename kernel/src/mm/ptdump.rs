@@ -130,9 +130,9 @@ impl<'w> PtDump<'w> {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::arch::aarch64::granule::Granule;
     use crate::mm::addr::PhysAddr;
     use crate::mm::desc::LeafAttrs;
-    use crate::mm::granule::Granule;
     use crate::mm::pgtable::{LeafSizes, Tables, host::HostMem};
     use std::string::String;
 

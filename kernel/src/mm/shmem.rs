@@ -26,8 +26,8 @@ use spin::Mutex;
 
 use super::addr::PhysAddr;
 use super::error::MmError;
-use super::granule::PAGE_SIZE;
 use super::page;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 
 pub struct Memfd {
     pub id: u32,

@@ -21,8 +21,8 @@ use crate::arch::aarch64::mm::tlbflush::{
 };
 
 use super::addr::VirtAddr;
-use super::granule::PAGE_SIZE;
 use super::pgtable::TlbFlush;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 
 /// Above this many pages a flush becomes a full (ASID) flush; with range
 /// TLBI each op covers many pages, so the limit is much higher.

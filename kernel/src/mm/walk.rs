@@ -63,10 +63,10 @@
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind, TableAttrs};
-use super::granule::{GRANULE, Granule, START_LEVEL, USER_START_LEVEL};
 use super::mm_struct::Vma;
 pub use super::mm_struct::{KernelPgtableLocked, MmapLocked, MmapWriteGuard};
 use super::pgtable::TableMemory;
+use crate::arch::aarch64::granule::{GRANULE, Granule, START_LEVEL, USER_START_LEVEL};
 
 /// What a callback wants next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,7 +73,7 @@ use core::mem::{offset_of, size_of};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crate::arch::aarch64::boot::MAX_CPUS;
-use crate::mm::granule::PAGE_SHIFT;
+use crate::arch::aarch64::granule::PAGE_SHIFT;
 use crate::mm::mm_struct::{MmStruct, VmaList};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PLPROCS\0");

@@ -150,7 +150,7 @@ fn write(p: &Process, fd: u64, buf: u64, len: u64) -> i64 {
 
 fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     let [addr, len, prot, flags, fd, off] = a;
-    let ps = crate::mm::granule::PAGE_SIZE;
+    let ps = crate::arch::aarch64::granule::PAGE_SIZE;
     // MAP_NORESERVE: no overcommit check (a huge sparse mapping).
     let noreserve = flags & MAP_NORESERVE != 0;
     let flags = flags & !MAP_NORESERVE;
@@ -192,7 +192,7 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
 }
 
 fn page_range(addr: VirtAddr, len: u64) -> Result<u64, i64> {
-    let ps = crate::mm::granule::PAGE_SIZE;
+    let ps = crate::arch::aarch64::granule::PAGE_SIZE;
     if !addr.is_aligned(ps) || len == 0 {
         return Err(-EINVAL);
     }
@@ -219,7 +219,7 @@ fn munmap(p: &Process, addr: VirtAddr, len: u64) -> i64 {
 /// does nothing, a length that wraps is `-ENOMEM`, unknown bits in prot
 /// are `-EINVAL`, and a range past the user top has no VMA there: `-ENOMEM`.
 fn mprotect(p: &Process, addr: VirtAddr, len: u64, prot: u64) -> i64 {
-    let ps = crate::mm::granule::PAGE_SIZE;
+    let ps = crate::arch::aarch64::granule::PAGE_SIZE;
     if !addr.is_aligned(ps) {
         return -EINVAL;
     }
@@ -247,7 +247,7 @@ fn mprotect(p: &Process, addr: VirtAddr, len: u64, prot: u64) -> i64 {
 /// holes (past the user top included) is `-ENOMEM` after the advice is
 /// applied to the mapped parts. DONTNEED of a PFN mapping is `-EINVAL`.
 fn madvise(p: &Process, addr: VirtAddr, len: u64, advice: u64) -> i64 {
-    let ps = crate::mm::granule::PAGE_SIZE;
+    let ps = crate::arch::aarch64::granule::PAGE_SIZE;
     if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) || !addr.is_aligned(ps) {
         return -EINVAL;
     }

@@ -11,7 +11,7 @@ use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, RunEnd};

@@ -31,7 +31,7 @@ use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
 use crate::mm::frame::{self, Owner};
-use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable::{self, FrameTableMem};
 use crate::arch::aarch64::memory::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
@@ -562,7 +562,7 @@ kernel_test!(at_random_layouts_kernel_ttbr1);
 fn at_random_layouts_kernel_ttbr1() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
     let mut total = Tally::default();
-    let levels = private_levels(crate::mm::granule::START_LEVEL, TEST_WINDOW, TEST_WINDOW_END);
+    let levels = private_levels(crate::arch::aarch64::granule::START_LEVEL, TEST_WINDOW, TEST_WINDOW_END);
     for round in 0..ROUNDS {
         let seed = 0x9e37_79b9_7f4a_7c15 ^ (round + 1);
         let mut r = Rng(seed);
@@ -585,7 +585,7 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
     let pt_before = frame::stats().by_owner[Owner::PageTable as usize];
     let (_, empty) = kernel_pgtable::roots();
     let mut total = Tally::default();
-    let start_level = crate::mm::granule::USER_START_LEVEL;
+    let start_level = crate::arch::aarch64::granule::USER_START_LEVEL;
     for round in 0..ROUNDS {
         let seed = 0x5851_f42d_4c95_7f2d ^ (round + 1);
         let asid: u16 = 0x42 + round as u16;

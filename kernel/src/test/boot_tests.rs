@@ -17,7 +17,7 @@ use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::Kind;
-use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::mm::layout::{io_virt, phys_to_virt};
@@ -206,8 +206,8 @@ kernel_test!(fault_unmapped_top_level_hole);
 fn fault_unmapped_top_level_hole() -> Result<(), String> {
     let addr = 0xffff_6800_0000_0000u64;
     let want = match GRANULE {
-        crate::mm::granule::Granule::K16 => crate::mm::granule::START_LEVEL + 1,
-        _ => crate::mm::granule::START_LEVEL,
+        crate::arch::aarch64::granule::Granule::K16 => crate::arch::aarch64::granule::START_LEVEL + 1,
+        _ => crate::arch::aarch64::granule::START_LEVEL,
     };
     let lvl = match kernel_pgtable::with_tables(|t| t.translate(VirtAddr::new(addr))) {
         Translation::Fault { level, .. } => level,

@@ -22,7 +22,7 @@ use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{Desc, Kind, LeafAttrs};
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
-use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::memory;

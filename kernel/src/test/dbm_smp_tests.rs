@@ -61,7 +61,7 @@ use crate::arch::percpu;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{self, Desc};
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::pgtable::Translation;
 use crate::println;

@@ -13,7 +13,7 @@ use super::anon;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::proc::debug_table::{self as dt, DebugVma, MAX_PROCS, MAX_VMAS};
 use crate::proc::sched;
 use crate::proc::{self, RunEnd};

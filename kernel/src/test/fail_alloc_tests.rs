@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
 use crate::proc::{self, ProcError, RunEnd, Unresolved};
@@ -80,7 +80,7 @@ kernel_test!(fail_alloc_mprotect_of_a_block_keeps_vma_and_entries);
 /// VMA was already read-only, leaving a writable entry behind.)
 fn fail_alloc_mprotect_of_a_block_keeps_vma_and_entries() -> Result<(), String> {
     let name = "fa_mprotect_blk";
-    let blk = crate::mm::granule::GRANULE.level_size(2);
+    let blk = crate::arch::aarch64::granule::GRANULE.level_size(2);
     // A block-sized folio needs the block in RAM, twice over to be found.
     if blk > frame::stats().managed * PAGE_SIZE / 2 {
         return super::cannot_apply("a block is more than half of RAM here");

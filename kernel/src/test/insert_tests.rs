@@ -9,7 +9,7 @@ use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBUSY, EINVAL};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;

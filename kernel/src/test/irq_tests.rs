@@ -15,7 +15,7 @@ use crate::arch::{cpu, percpu};
 use crate::drivers::timer;
 use crate::ensure;
 use crate::irq::{self, sgi};
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::println;
 use crate::proc::{self, RunEnd};
 

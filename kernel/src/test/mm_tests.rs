@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::frame::{self, FreeError, Owner};
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
 
 

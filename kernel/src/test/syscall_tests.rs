@@ -10,7 +10,7 @@ use crate::ensure;
 use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
 use crate::mm::frame;
 use crate::mm::addr::VirtAddr;
-use crate::mm::granule::PAGE_SIZE;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, RunEnd};

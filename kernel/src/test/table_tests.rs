@@ -14,7 +14,7 @@ use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, TableAttrs};
 use crate::mm::frame::{self, Owner};
-use crate::mm::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};

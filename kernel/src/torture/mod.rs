@@ -34,11 +34,11 @@ mod driver {
 
     use super::model::{Expect, Model};
     use super::ops::{Generator, Machine, Op};
+    use crate::arch::aarch64::granule::PAGE_SIZE;
     use crate::console::commands::{LineResult, Session};
     use crate::kmain::boot;
     use crate::mm::fail_alloc;
     use crate::mm::frame::{self, Owner};
-    use crate::mm::granule::PAGE_SIZE;
     use crate::mm::layout::phys_to_virt;
     use crate::println;
 

@@ -32,9 +32,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use super::{MapError, TableMemory, Tables};
+use crate::arch::aarch64::granule::Granule;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{Desc, Kind, TableAttrs};
-use crate::mm::granule::Granule;
 
 /// TLB maintenance, done for real by the kernel and recorded by host tests.
 pub trait TlbFlush {
@@ -966,7 +966,7 @@ pub struct Pte<'l> {
 }
 
 /// Bytes of one table (one granule page).
-const TABLE_BYTES: usize = crate::mm::granule::GRANULE.page_size() as usize;
+const TABLE_BYTES: usize = crate::arch::aarch64::granule::GRANULE.page_size() as usize;
 
 impl<'l> Pte<'l> {
     /// Entry `idx` of the table at `table`, under the page-table lock
@@ -983,7 +983,7 @@ impl<'l> Pte<'l> {
         table: PhysAddr,
         idx: usize,
     ) -> Pte<'l> {
-        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
         Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
     }
@@ -994,7 +994,7 @@ impl<'l> Pte<'l> {
     /// As for [`Pte::locate`], with this entry's lock.
     #[inline(always)]
     pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l> {
-        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
         Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
     }
@@ -1015,7 +1015,7 @@ impl<'l> Pte<'l> {
     /// Entry `idx` of the same table.
     #[inline(always)]
     pub fn sibling(self, idx: usize) -> Pte<'l> {
-        assert!(idx < crate::mm::granule::GRANULE.entries_per_table());
+        assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         let base = self.slot as usize & !(TABLE_BYTES - 1);
         Pte { slot: (base + idx * 8) as *const AtomicU64, _ptl: core::marker::PhantomData }
     }
@@ -1078,7 +1078,7 @@ impl<'l> Pte<'l> {
     /// loop ([`PteRun`]).
     #[inline(always)]
     pub fn run(self, n: usize) -> PteRun<'l> {
-        assert!(self.index() + n <= crate::mm::granule::GRANULE.entries_per_table());
+        assert!(self.index() + n <= crate::arch::aarch64::granule::GRANULE.entries_per_table());
         PteRun { first: self.slot, n, hw: crate::mm::desc::hw_updates(), _ptl: core::marker::PhantomData }
     }
 
@@ -1242,8 +1242,8 @@ mod tests {
     use super::super::host::HostMem;
     use super::super::{LeafSizes, Translation};
     use super::*;
+    use crate::arch::aarch64::granule::Granule;
     use crate::mm::desc::{LeafAttrs, TableAttrs};
-    use crate::mm::granule::Granule;
     use std::vec;
     use std::vec::Vec;
 

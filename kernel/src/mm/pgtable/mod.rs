@@ -18,7 +18,7 @@ pub use cursor::{
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, Kind, LeafAttrs, TableAttrs};
-use super::granule::Granule;
+use crate::arch::aarch64::granule::Granule;
 
 /// Where table pages come from and how to reach them.
 ///
