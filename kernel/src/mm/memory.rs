@@ -119,11 +119,16 @@ pub fn vma_access_permitted(vma: &Vma, write: bool) -> bool {
 }
 
 /// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
+///
+/// # Safety
+/// `table` is a table page of the mm whose page-table lock `ptl` is,
+/// reached from its pgd under that lock (with the mmap lock held too), so
+/// it stays a table of that mm while the returned `Pte` (which cannot
+/// outlive `ptl`) is used.
 #[inline(always)]
-pub(crate) fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
-    // SAFETY: table pages are RAM in the linear map; every caller reached
-    // `table` from the pgd of the mm whose page-table lock `ptl` is (with
-    // the mmap lock held too), and the `Pte` cannot outlive `ptl`.
+pub(crate) unsafe fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
+    // SAFETY: table pages are RAM in the linear map; the rest is the
+    // caller's promise.
     unsafe { Pte::locate(ptl, mem, table, idx) }
 }
 
@@ -143,7 +148,8 @@ fn slot_lookup<'l>(
     let g = GRANULE;
     let mut table = pgd;
     for l in USER_START_LEVEL..level {
-        let e = entry(ptl, mem, table, g.index(va, l));
+        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+        let e = unsafe { entry(ptl, mem, table, g.index(va, l)) };
         match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
@@ -155,7 +161,8 @@ fn slot_lookup<'l>(
             _ => return None,
         }
     }
-    Some(entry(ptl, mem, table, g.index(va, level)))
+    // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+    Some(unsafe { entry(ptl, mem, table, g.index(va, level)) })
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
@@ -279,7 +286,8 @@ fn next_block<'l>(
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(ptl, mem, table, g.index(va, at));
+            // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+            let e = unsafe { entry(ptl, mem, table, g.index(va, at)) };
             match e.get().kind(at, g) {
                 Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
                 Kind::Table(next) if at < level => {
@@ -323,13 +331,15 @@ fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
         if level == 3 {
             // `[start, end)` lies in this table (its level-2 entry's span).
             let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
-            return f(start, 3, entry(ptl, mem, table, first).run(last - first + 1));
+            // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+            return f(start, 3, unsafe { entry(ptl, mem, table, first) }.run(last - first + 1));
         }
         let size = g.level_size(level);
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
-            let e = entry(ptl, mem, table, g.index(va, level));
+            // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+            let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
             match e.get().kind(level, g) {
                 Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
                 Kind::None => {}
@@ -422,7 +432,8 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         }
         _ => return VmFault::Sigsegv,
     };
-    let slot = entry(&ptl, &mem, table, GRANULE.index(va, 3));
+    // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+    let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va, 3)) };
     let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
@@ -598,7 +609,7 @@ pub fn max_folio_order() -> u8 {
 
 /// The entry of `to` in the same level-3 table as `slot` (the entry of `va`).
 fn slot_at(slot: Pte, va: u64, to: u64) -> Pte {
-    debug_assert!(va & !(GRANULE.level_size(2) - 1) == to & !(GRANULE.level_size(2) - 1));
+    assert!(va & !(GRANULE.level_size(2) - 1) == to & !(GRANULE.level_size(2) - 1), "slot_at across tables");
     slot.sibling(GRANULE.index(to, 3))
 }
 
@@ -1054,7 +1065,8 @@ fn clear_range(
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
-        zap_pte_range(entry(ptl, mem, table, first).run(last - first + 1), start, tlb, mem);
+        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+        zap_pte_range(unsafe { entry(ptl, mem, table, first) }.run(last - first + 1), start, tlb, mem);
         return;
     }
     let size = g.level_size(level);
@@ -1062,7 +1074,8 @@ fn clear_range(
     while va < end {
         let entry_va = va & !(size - 1);
         let chunk_end = (entry_va + size).min(end);
-        let e = entry(ptl, mem, table, g.index(va, level));
+        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+        let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
         match e.get().kind(level, g) {
             // A block the range covers whole (the edges were split).
             Kind::Leaf(_) => {

@@ -331,7 +331,8 @@ fn with_pte<R>(p: &str, va: u64, f: impl FnOnce(Pte<'_>) -> R) -> Result<R, Stri
         let Some(Kind::Table(table)) = pmd.map(|e| e.get().kind(2, GRANULE)) else {
             return Ok(Err(alloc::format!("{va:#x} has no level-3 table")));
         };
-        Ok(Ok(f(memory::entry(&ptl, &mem, table, GRANULE.index(va, 3)))))
+        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
+        Ok(Ok(f(unsafe { memory::entry(&ptl, &mem, table, GRANULE.index(va, 3)) })))
     })?
 }
 
