@@ -22,7 +22,6 @@ use super::Rng;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::regs::mair;
@@ -40,7 +39,6 @@ use crate::mm::pgtable::{
     Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
 };
 use crate::mm::tlb::KernelFlush;
-
 
 const MEM_TYPES: [MemType; 4] =
     [MemType::Normal, MemType::NormalNonCacheable, MemType::DeviceNGnRnE, MemType::DeviceNGnRE];

@@ -7,7 +7,6 @@ use core::sync::atomic::Ordering;
 
 use crate::arch::aarch64::sysreg;
 
-
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::regs::{TCR_BASE, mair, tcr};
@@ -22,7 +21,6 @@ use crate::mm::kmap;
 use crate::mm::layout::{FIXMAP_BASE, io_virt, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::sym_addr;
-
 
 kernel_test!(boot_running_at_el1);
 fn boot_running_at_el1() -> Result<(), String> {

@@ -63,13 +63,12 @@ use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{self, Desc};
 use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
+use crate::mm::pgtable::cursor::{RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::mm::mmap::MmapArgs;
-use crate::mm::pgtable::cursor::{RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
 use crate::proc::{self, RunEnd};
-
 
 /// Bytes each writer writes per round, one at a time (512 pages of 4K,
 /// 32 of 64K): long enough that this CPU acts while they write.

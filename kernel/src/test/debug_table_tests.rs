@@ -18,7 +18,6 @@ use crate::proc::debug_table::{self as dt, DebugVma, MAX_PROCS, MAX_VMAS};
 use crate::proc::sched;
 use crate::proc::{self, RunEnd};
 
-
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {
     proc::with_proc(name, |p| Ok(slot_matches(name, p)))?

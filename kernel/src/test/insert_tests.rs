@@ -4,7 +4,6 @@
 
 use alloc::string::String;
 
-
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBUSY, EINVAL};
@@ -15,7 +14,6 @@ use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, RunEnd};
-
 
 const P: &str = "insert_test";
 

@@ -7,7 +7,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
 use crate::arch::aarch64::uaccess::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::user::{SVC_DONE, op};
@@ -18,7 +17,6 @@ use crate::irq::{self, sgi};
 use crate::mm::granule::PAGE_SIZE;
 use crate::println;
 use crate::proc::{self, RunEnd};
-
 
 fn online() -> usize {
     percpu::ONLINE.load(Ordering::Acquire)

@@ -25,7 +25,6 @@ use crate::println;
 use crate::proc::sched::{self, Task};
 use crate::proc::{self, RunEnd, syscall};
 
-
 pub(super) fn me() -> usize {
     percpu::this_cpu().id
 }

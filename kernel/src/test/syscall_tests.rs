@@ -4,7 +4,6 @@
 
 use alloc::string::{String, ToString};
 
-
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
@@ -13,7 +12,6 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, RunEnd};
-
 
 /// The flags of the VMA at `va` in `name`.
 fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {

@@ -5,7 +5,6 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::uaccess::{probe_read_u8, probe_write_u8};
@@ -19,7 +18,6 @@ use crate::mm::kmap;
 use crate::mm::layout::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
-
 
 kernel_test!(tlb_large_unmap_leaves_nothing_stale);
 /// Touch 300 pages so the TLB holds them, unmap them (one leaf-only flush:
