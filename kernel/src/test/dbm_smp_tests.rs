@@ -65,7 +65,7 @@ use crate::mm::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
-use crate::mm::pgtable::cursor::{RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
+use crate::mm::pgtable::cursor::{RMW_CAS_RETRIES, RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
 use crate::println;
 use crate::proc::sched::{self, Task};
 use crate::proc::{self, RunEnd};
@@ -77,24 +77,27 @@ const SLICE: u64 = 2 << 20;
 const ROUNDS: u64 = 16;
 /// Pages mprotect(R) covers ahead of each writer, starting [`GAP`] pages
 /// after the writer's: far enough that the writer is not there yet when the
-/// edit loads the first entry, near enough that it gets there within the
-/// widened window.
-const AHEAD: u64 = 4;
-const GAP: u64 = 2;
-/// Rounds of mprotect(R) ahead of the writers in one round.
-const PASSES: u64 = 3;
+/// edit loads the first entry. The writer, faster than the widened edit,
+/// catches up with it within the range and dirties the entry it has loaded.
+const AHEAD: u64 = 32;
+const GAP: u64 = 8;
+/// Passes of mprotect(R) then (RW) ahead of the writers in one round, while
+/// they write: each is one chance that a writer dirties a clean page inside
+/// an edit's window (one in a few passes under TCG).
+const PASSES: u64 = 12;
 
-/// The spins `rmw_window` makes in round `round`: from 20,000 to
-/// 160,000 (under TCG about 0.1 to 1 ms), longer than a writer takes for
-/// [`GAP`] pages.
+/// The spins `rmw_window` makes in round `round`: from 40,000 to
+/// 320,000 (under TCG about 0.2 to 2 ms), about as long as a writer takes
+/// for [`GAP`] pages.
 fn window_spins(round: u64) -> u64 {
-    20_000 << (round / 3 % 4)
+    40_000 << (round / 3 % 4)
 }
 
 /// What this CPU does while the writers write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
-    /// mprotect(R) of a few pages ahead of each writer ([`mprotect_ahead`]),
+    /// mprotect(R) of a few pages ahead of each writer ([`mprotect_ahead`])
+    /// and (RW) of the same pages while the writers write, a few times,
     /// then (RW) of the whole region once the writers stopped.
     Mprotect,
     /// fork, then the child exits (the parent's entries are write-protected).
@@ -184,26 +187,40 @@ fn rounds(name: &str, child: &str, cpus: &[usize]) -> Result<(), String> {
             .map_err(|e| alloc::format!("round {round} ({action:?}, shared {}): {e}", region.shared))?;
     }
     let windows = RMW_WINDOW_CALLS.load(Ordering::Relaxed) - calls_before;
-    ensure!(windows > 0, "no read-modify-write went through the widened window: the race was never set up");
-    ensure!(
-        stats.cleaned_then_written > 0,
-        "no shared page went from clean to dirty during an mprotect: the race was never set up"
-    );
     println!(
-        "  {} rounds: {} clean pages written during mprotect(R), {} writers stopped by it, {} forks, {} widened windows",
+        "  {} rounds: {} shared pages written after their clean point, {} writers stopped by mprotect(R), \
+         {} mprotect(RW) passes while writing, {} forks, {} widened windows, {} compare-and-swap retries in mprotect",
         3 * ROUNDS,
         stats.cleaned_then_written,
         stats.stopped,
+        stats.rw_passes,
         stats.forks,
-        windows
+        windows,
+        stats.cas_retries
+    );
+    ensure!(windows > 0, "no read-modify-write went through the widened window: the race was never set up");
+    ensure!(
+        stats.cleaned_then_written > 0,
+        "no shared page was written after its clean point: the race was never set up"
+    );
+    ensure!(stats.rw_passes > 0, "no mprotect(RW) ran while a writer wrote");
+    ensure!(
+        stats.cas_retries > 0,
+        "no compare-and-swap of an mprotect found the entry changed since its load: the race was never hit"
     );
     Ok(())
 }
 
 #[derive(Default)]
 struct Stats {
-    /// Shared pages that were clean at the round's clean point and written.
+    /// Shared pages written in a round (each is writable-clean at the
+    /// round's clean point).
     cleaned_then_written: u64,
+    /// mprotect(RW) passes made while a writer was still writing.
+    rw_passes: u64,
+    /// Failed compare-and-swaps ([`RMW_CAS_RETRIES`]) during the mprotect
+    /// actions: an entry changed between the edit's load and its swap.
+    cas_retries: u64,
     /// Writers that an mprotect(R) stopped with a permission fault.
     stopped: u64,
     /// forks made while the writers wrote.
@@ -249,14 +266,28 @@ fn one_round(
     let acted = if started {
         match action {
             Action::Mprotect => sched::pin_to_caller(|| {
-                // Again while any writer writes (a few times at most).
-                for _ in 0..PASSES {
-                    if writers.iter().all(|t| t.is_done()) {
-                        break;
+                let retries = RMW_CAS_RETRIES.load(Ordering::Relaxed);
+                // Again while any writer writes.
+                let r = (|| {
+                    for _ in 0..PASSES {
+                        if writers.iter().all(|t| t.is_done()) {
+                            break;
+                        }
+                        let ranges = mprotect_ahead(name, region.base, slice, &writers, v)?;
+                        // Back to RW while the writers write: a writer that
+                        // meets a read-only entry of a VMA already RW has its
+                        // fault resolved and goes on.
+                        if !writers.iter().all(|t| t.is_done()) {
+                            stats.rw_passes += 1;
+                        }
+                        for (va, len) in ranges {
+                            proc::mprotect(name, va, len, true, true)?;
+                        }
                     }
-                    mprotect_ahead(name, region.base, slice, &writers, v)?;
-                }
-                Ok(())
+                    Ok(())
+                })();
+                stats.cas_retries += RMW_CAS_RETRIES.load(Ordering::Relaxed) - retries;
+                r
             }),
             Action::Fork => sched::pin_to_caller(|| proc::fork(name, child).map(|_| ())),
         }
@@ -308,6 +339,8 @@ fn one_round(
     }
     check(name, region, round, stats)?;
     if action == Action::Mprotect {
+        // The writers have stopped: no window to widen.
+        RMW_WINDOW_SPINS.store(0, Ordering::Release);
         sched::pin_to_caller(|| proc::mprotect(name, region.base, len, true, true))?;
     }
     Ok(())
@@ -316,9 +349,16 @@ fn one_round(
 /// mprotect(R) of [`AHEAD`] pages ahead of each writer still writing, in
 /// turn, so that the table edit meets the writer at a clean page: the
 /// writer, faster than the widened edit, walks into the entry the edit has
-/// loaded and not yet stored.
-fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u8) -> Result<(), proc::ProcError> {
+/// loaded and not yet stored. Returns the ranges it made read-only.
+fn mprotect_ahead(
+    name: &str,
+    base: u64,
+    slice: u64,
+    writers: &[Arc<Task>],
+    v: u8,
+) -> Result<Vec<(u64, u64)>, proc::ProcError> {
     let pages = slice / PAGE_SIZE;
+    let mut ranges = Vec::new();
     for (i, t) in writers.iter().enumerate() {
         if t.is_done() {
             continue;
@@ -337,10 +377,12 @@ fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u
         let from = lo + GAP;
         if from < pages {
             let to = (from + AHEAD).min(pages);
-            proc::mprotect(name, start + from * PAGE_SIZE, (to - from) * PAGE_SIZE, true, false)?;
+            let range = (start + from * PAGE_SIZE, (to - from) * PAGE_SIZE);
+            proc::mprotect(name, range.0, range.1, true, false)?;
+            ranges.push(range);
         }
     }
-    Ok(())
+    Ok(ranges)
 }
 
 /// Every byte as the oracle says, and every page written since its clean
