@@ -1,7 +1,9 @@
 //! Hardware dirty state (TCR_EL1.HD, DBM) against read-modify-writes of
 //! live entries, on real CPUs: EL0 writers on three CPUs keep writing
-//! their pages while this CPU runs mprotect(R)/(RW) and fork (whose
-//! wrprotect of the parent is the other read-modify-write) over them.
+//! their pages while this CPU runs mprotect(R), mprotect(RW) and fork
+//! (whose wrprotect of the parent is the other read-modify-write) over
+//! them. A writer that meets an entry mprotect(R) made read-only after the
+//! VMA is RW again has its fault resolved and goes on.
 //!
 //! A writable-clean entry (DBM set, AP[2] set) is dirtied by the MMU of
 //! the writer's CPU, with no fault, by clearing AP[2] in the live entry. A
@@ -27,10 +29,13 @@
 //! [`RMW_WINDOW_SPINS`] widens the read-modify-write window on purpose
 //! (as `mm::gup::RACE_WINDOW_SPINS` does GUP-fast's): the cursor's
 //! compare-and-swap loop calls `rmw_window` between its load of a valid
-//! entry and its compare-and-swap of the new value, and mprotect(R) covers a few pages
-//! just ahead of each writer, so that the writer's first store to a clean
-//! page falls inside the window. A compare-and-swap loop then fails its
-//! swap and retries with the dirty entry; a plain store loses the update.
+//! entry and its compare-and-swap of the new value, and mprotect(R) covers
+//! [`AHEAD`] pages just ahead of each writer, so that the writer's first
+//! store to a clean page falls inside the window. A compare-and-swap loop
+//! then fails its swap and retries with the dirty entry; a plain store
+//! loses the update. The test requires at least one such failed swap
+//! (`RMW_CAS_RETRIES`) during the mprotects, so a run in which the race
+//! never happened fails instead of passing for nothing.
 //!
 //! Broken on purpose: `change_protection` with its plain load and store
 //! (mm/memory.rs before the page-table cursor) and `rmw_window()` called
@@ -47,6 +52,18 @@
 //! With the window closed (no spins) the race was not hit under TCG in 13
 //! runs on the three granules: the widening is what makes the test able to
 //! fail, so it checks the cursor really went through the window.
+//!
+//! Broken on purpose in the cursor: `cas_loop` with a plain store of the
+//! new value instead of its compare-and-swap (4K, `--smp 4 --cpu max`,
+//! with the mprotect(RW) passes and this file's [`AHEAD`], [`GAP`] and
+//! [`PASSES`]) failed in round 45: `page 0x100000f000 was written since
+//! its clean point but its entry is clean: Desc(0x0068000048e9ffc3) (a
+//! dirty update was lost)`. With the compare-and-swap and these
+//! constants, runs under TCG on a loaded host passed with 1 and 3 failed
+//! swaps in the mprotects over the 48 rounds (4K) and 1 (16K); with [`PASSES`] = 3,
+//! [`GAP`] = 2 and [`AHEAD`] = 4 one 4K run had 6 and another none. The
+//! race is rare under TCG, so the check on the count can fail on a slow
+//! host although nothing was lost.
 
 use alloc::string::String;
 use alloc::sync::Arc;
