@@ -59,8 +59,8 @@
 //! [`PASSES`]) failed in round 45: `page 0x100000f000 was written since
 //! its clean point but its entry is clean: Desc(0x0068000048e9ffc3) (a
 //! dirty update was lost)`. With the compare-and-swap and these
-//! constants, runs under TCG on a loaded host passed with 1 and 3 failed
-//! swaps in the mprotects over the 48 rounds (4K) and 1 (16K); with [`PASSES`] = 3,
+//! constants, runs under TCG on a loaded host passed with 1, 3 and 9
+//! failed swaps in the mprotects over the 48 rounds (4K) and 1 (16K); with [`PASSES`] = 3,
 //! [`GAP`] = 2 and [`AHEAD`] = 4 one 4K run had 6 and another none. The
 //! race is rare under TCG, so the check on the count can fail on a slow
 //! host although nothing was lost.
