@@ -287,7 +287,7 @@ pub fn with_live<R>(
     r
 }
 
-/// Maps `[va, va+size)` in the kernel tables (holes only; see `Tables::map`).
+/// Maps `[va, va+size)` in the kernel tables: holes, identical entries or live-safe changes, unflushed (`Tables::map`).
 pub fn map_kernel(
     va: VirtAddr,
     pa: PhysAddr,
@@ -300,7 +300,7 @@ pub fn map_kernel(
     let k = g.as_mut().expect("kernel tables not initialised");
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
     let n = t.map(va, pa, size, attrs, sizes)?;
-    // New entries replaced invalid ones: visibility to the walker is enough.
+    // No TLBI: callers map holes, where visibility to the walker is enough.
     crate::arch::aarch64::cpu::publish_tables();
     Ok(n)
 }

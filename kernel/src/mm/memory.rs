@@ -1284,9 +1284,9 @@ fn is_cow_mapping(f: VmFlags) -> bool {
     f.0 & (VmFlags::SHARED.0 | VmFlags::MAYWRITE.0) == VmFlags::MAYWRITE.0
 }
 
-/// Linux `vm_mixed_zeropage_allowed` (seed 001), with the reviewer's
-/// correction: a mapping that can never get writable entries (neither
-/// VM_WRITE nor VM_MAYWRITE) may map the shared zero page.
+/// Linux `vm_mixed_zeropage_allowed`: a COW mapping, or one that can
+/// never get writable entries (neither VM_WRITE nor VM_MAYWRITE), may map
+/// the shared zero page.
 pub fn vm_mixed_zeropage_allowed(mm: &MmStruct, vma: &Vma) -> bool {
     debug_assert!(!vma.flags.contains(VmFlags::PFNMAP));
     // Whoever forbids the zero page must scan for it; none may be added.
@@ -1372,9 +1372,8 @@ pub fn vm_insert_page(
     insert_page_into_pte_locked(slot, &vma, pa)
 }
 
-/// Linux `vm_insert_pages`: a batch from `addr`. The batch check is the
-/// fixed one from seed 001: a page with no references is refused, but the
-/// zero page (never refcounted) is not. Returns how many were inserted
+/// Linux `vm_insert_pages`: a batch from `addr`. A page with no
+/// references is refused, but the zero page (never refcounted) is not. Returns how many were inserted
 /// before the first error (Linux reports the rest back the same way).
 pub fn vm_insert_pages(
     mt: MmTables<'_>,

@@ -8,10 +8,10 @@ use alloc::string::String;
 
 use super::anon;
 use crate::arch::aarch64::cpu;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, RunEnd};

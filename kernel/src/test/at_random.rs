@@ -22,25 +22,23 @@ use super::Rng;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-
 use crate::arch::aarch64::cpu;
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::memory::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::arch::aarch64::regs::mair;
 use crate::arch::aarch64::uaccess::probe_exec;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{AP_EL0, AP_RDONLY, Desc, LeafAttrs, MemType, TableAttrs};
 use crate::mm::frame::{self, Owner};
-use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable::{self, FrameTableMem};
-use crate::arch::aarch64::memory::{TEST_WINDOW, TEST_WINDOW_END};
 use crate::mm::pgtable::atcheck::{self, Access, Mismatch, Request};
 use crate::mm::pgtable::{CursorMut, Regime, Stage1User};
 use crate::mm::pgtable::{
     Expected, HwUpdates, LeafSizes, TableMemory, Tables, Translation, expected_access, expected_exec,
 };
 use crate::mm::tlb::KernelFlush;
-
 
 const MEM_TYPES: [MemType; 4] =
     [MemType::Normal, MemType::NormalNonCacheable, MemType::DeviceNGnRnE, MemType::DeviceNGnRE];

@@ -7,9 +7,10 @@ use core::sync::atomic::Ordering;
 
 use crate::arch::aarch64::sysreg;
 
-
 use crate::arch::aarch64::cpu::{self, AtOp, AtResult};
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::arch::aarch64::regs::{TCR_BASE, mair, tcr};
 use crate::arch::aarch64::uaccess::{probe_exec, probe_read_u8, probe_write_u8};
 use crate::arch::percpu;
@@ -17,13 +18,10 @@ use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::Kind;
-use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
-use crate::arch::aarch64::memory::FIXMAP_BASE;
 use crate::mm::layout::{io_virt, phys_to_virt};
 use crate::mm::pgtable::Translation;
 use crate::sym_addr;
-
 
 kernel_test!(boot_running_at_el1);
 fn boot_running_at_el1() -> Result<(), String> {

@@ -16,15 +16,15 @@
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{Desc, Kind, LeafAttrs};
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
-use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
-use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::memory;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::mmu_gather::{self, GatherEvent};
@@ -152,9 +152,11 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
     let pt_frames = || frame::stats().by_owner[Owner::PageTable as usize];
     let frames_before = pt_frames();
     let map = |sizes| {
-        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes).map_err(|e| alloc::format!("{e:?}"))
+        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, blk, LeafAttrs::KERNEL_RO, sizes)
+            .map_err(|e| alloc::format!("{e:?}"))
     };
-    let unmap = || kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
+    let unmap =
+        || kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), blk)).map_err(|e| alloc::format!("unmap: {e:?}"));
     let refused = |what: &str, r: Result<(), MapError>| -> Result<(), String> {
         ensure!(matches!(r, Err(MapError::BbmViolation { .. })), "{what} without its flush: {r:?}");
         ensure!(
@@ -179,7 +181,8 @@ fn cursor_bbm_kernel_split_collapse_fold() -> Result<(), String> {
         unmap()?;
         // Unfold: the run back to n pages.
         map(LeafSizes::PagesOnly)?;
-        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("fold: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3))
+            .map_err(|e| alloc::format!("fold: {e:?}"))?;
         refused("unfold", sabotaged(|| kernel_pgtable::with_live(|l| l.split_contiguous(VirtAddr::new(va), 3))))?;
         unmap()?;
         ensure!(violations() == v0 + 4, "{} violations, expected 4", violations() - v0);

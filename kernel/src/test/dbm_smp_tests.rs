@@ -1,7 +1,9 @@
 //! Hardware dirty state (TCR_EL1.HD, DBM) against read-modify-writes of
 //! live entries, on real CPUs: EL0 writers on three CPUs keep writing
-//! their pages while this CPU runs mprotect(R)/(RW) and fork (whose
-//! wrprotect of the parent is the other read-modify-write) over them.
+//! their pages while this CPU runs mprotect(R), mprotect(RW) and fork
+//! (whose wrprotect of the parent is the other read-modify-write) over
+//! them. A writer that meets an entry mprotect(R) made read-only after the
+//! VMA is RW again has its fault resolved and goes on.
 //!
 //! A writable-clean entry (DBM set, AP[2] set) is dirtied by the MMU of
 //! the writer's CPU, with no fault, by clearing AP[2] in the live entry. A
@@ -27,10 +29,13 @@
 //! [`RMW_WINDOW_SPINS`] widens the read-modify-write window on purpose
 //! (as `mm::gup::RACE_WINDOW_SPINS` does GUP-fast's): the cursor's
 //! compare-and-swap loop calls `rmw_window` between its load of a valid
-//! entry and its compare-and-swap of the new value, and mprotect(R) covers a few pages
-//! just ahead of each writer, so that the writer's first store to a clean
-//! page falls inside the window. A compare-and-swap loop then fails its
-//! swap and retries with the dirty entry; a plain store loses the update.
+//! entry and its compare-and-swap of the new value, and mprotect(R) covers
+//! [`AHEAD`] pages just ahead of each writer, so that the writer's first
+//! store to a clean page falls inside the window. A compare-and-swap loop
+//! then fails its swap and retries with the dirty entry; a plain store
+//! loses the update. The test requires at least one such failed swap
+//! (`RMW_CAS_RETRIES`) during the mprotects, so a run in which the race
+//! never happened fails instead of passing for nothing.
 //!
 //! Broken on purpose: `change_protection` with its plain load and store
 //! (mm/memory.rs before the page-table cursor) and `rmw_window()` called
@@ -47,6 +52,18 @@
 //! With the window closed (no spins) the race was not hit under TCG in 13
 //! runs on the three granules: the widening is what makes the test able to
 //! fail, so it checks the cursor really went through the window.
+//!
+//! Broken on purpose in the cursor: `cas_loop` with a plain store of the
+//! new value instead of its compare-and-swap (4K, `--smp 4 --cpu max`,
+//! with the mprotect(RW) passes and this file's [`AHEAD`], [`GAP`] and
+//! [`PASSES`]) failed in round 45: `page 0x100000f000 was written since
+//! its clean point but its entry is clean: Desc(0x0068000048e9ffc3) (a
+//! dirty update was lost)`. With the compare-and-swap and these
+//! constants, runs under TCG on a loaded host passed with 1, 3 and 9
+//! failed swaps in the mprotects over the 48 rounds (4K) and 1 (16K); with [`PASSES`] = 3,
+//! [`GAP`] = 2 and [`AHEAD`] = 4 one 4K run had 6 and another none. The
+//! race is rare under TCG, so the check on the count can fail on a slow
+//! host although nothing was lost.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -56,20 +73,19 @@ use core::sync::atomic::Ordering;
 
 use super::anon;
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{self, Desc};
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
+use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
+use crate::mm::pgtable::cursor::{RMW_CAS_RETRIES, RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
 use crate::println;
 use crate::proc::sched::{self, Task};
-use crate::mm::mmap::MmapArgs;
-use crate::mm::pgtable::cursor::{RMW_WINDOW_CALLS, RMW_WINDOW_SPINS};
 use crate::proc::{self, RunEnd};
-
 
 /// Bytes each writer writes per round, one at a time (512 pages of 4K,
 /// 32 of 64K): long enough that this CPU acts while they write.
@@ -78,24 +94,27 @@ const SLICE: u64 = 2 << 20;
 const ROUNDS: u64 = 16;
 /// Pages mprotect(R) covers ahead of each writer, starting [`GAP`] pages
 /// after the writer's: far enough that the writer is not there yet when the
-/// edit loads the first entry, near enough that it gets there within the
-/// widened window.
-const AHEAD: u64 = 4;
-const GAP: u64 = 2;
-/// Rounds of mprotect(R) ahead of the writers in one round.
-const PASSES: u64 = 3;
+/// edit loads the first entry. The writer, faster than the widened edit,
+/// catches up with it within the range and dirties the entry it has loaded.
+const AHEAD: u64 = 32;
+const GAP: u64 = 8;
+/// Passes of mprotect(R) then (RW) ahead of the writers in one round, while
+/// they write: each is one chance that a writer dirties a clean page inside
+/// an edit's window (one in a few passes under TCG).
+const PASSES: u64 = 12;
 
-/// The spins `rmw_window` makes in round `round`: from 20,000 to
-/// 160,000 (under TCG about 0.1 to 1 ms), longer than a writer takes for
-/// [`GAP`] pages.
+/// The spins `rmw_window` makes in round `round`: from 40,000 to
+/// 320,000 (under TCG about 0.2 to 2 ms), about as long as a writer takes
+/// for [`GAP`] pages.
 fn window_spins(round: u64) -> u64 {
-    20_000 << (round / 3 % 4)
+    40_000 << (round / 3 % 4)
 }
 
 /// What this CPU does while the writers write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
-    /// mprotect(R) of a few pages ahead of each writer ([`mprotect_ahead`]),
+    /// mprotect(R) of a few pages ahead of each writer ([`mprotect_ahead`])
+    /// and (RW) of the same pages while the writers write, a few times,
     /// then (RW) of the whole region once the writers stopped.
     Mprotect,
     /// fork, then the child exits (the parent's entries are write-protected).
@@ -170,9 +189,13 @@ fn rounds(name: &str, child: &str, cpus: &[usize]) -> Result<(), String> {
         shared: true,
         bytes: vec![0; len as usize],
     };
-    let mut private = Region { base: proc::mmap(name, "p", anon(len))?.as_u64(), shared: false, bytes: vec![0; len as usize] };
+    let mut private =
+        Region { base: proc::mmap(name, "p", anon(len))?.as_u64(), shared: false, bytes: vec![0; len as usize] };
     // Every private page is written once: dirty from here on.
-    ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(private.base), len, 0)?, RunEnd::Done), "filling the private region");
+    ensure!(
+        matches!(proc::access(name, op::WRITE, VirtAddr::new(private.base), len, 0)?, RunEnd::Done),
+        "filling the private region"
+    );
     let mut stats = Stats::default();
     let calls_before = RMW_WINDOW_CALLS.load(Ordering::Relaxed);
     for round in 0..3 * ROUNDS {
@@ -185,26 +208,40 @@ fn rounds(name: &str, child: &str, cpus: &[usize]) -> Result<(), String> {
             .map_err(|e| alloc::format!("round {round} ({action:?}, shared {}): {e}", region.shared))?;
     }
     let windows = RMW_WINDOW_CALLS.load(Ordering::Relaxed) - calls_before;
-    ensure!(windows > 0, "no read-modify-write went through the widened window: the race was never set up");
-    ensure!(
-        stats.cleaned_then_written > 0,
-        "no shared page went from clean to dirty during an mprotect: the race was never set up"
-    );
     println!(
-        "  {} rounds: {} clean pages written during mprotect(R), {} writers stopped by it, {} forks, {} widened windows",
+        "  {} rounds: {} shared pages written after their clean point, {} writers stopped by mprotect(R), \
+         {} mprotect(RW) passes while writing, {} forks, {} widened windows, {} compare-and-swap retries in mprotect",
         3 * ROUNDS,
         stats.cleaned_then_written,
         stats.stopped,
+        stats.rw_passes,
         stats.forks,
-        windows
+        windows,
+        stats.cas_retries
+    );
+    ensure!(windows > 0, "no read-modify-write went through the widened window: the race was never set up");
+    ensure!(
+        stats.cleaned_then_written > 0,
+        "no shared page was written after its clean point: the race was never set up"
+    );
+    ensure!(stats.rw_passes > 0, "no mprotect(RW) ran while a writer wrote");
+    ensure!(
+        stats.cas_retries > 0,
+        "no compare-and-swap of an mprotect found the entry changed since its load: the race was never hit"
     );
     Ok(())
 }
 
 #[derive(Default)]
 struct Stats {
-    /// Shared pages that were clean at the round's clean point and written.
+    /// Shared pages written in a round (each is writable-clean at the
+    /// round's clean point).
     cleaned_then_written: u64,
+    /// mprotect(RW) passes made while a writer was still writing.
+    rw_passes: u64,
+    /// Failed compare-and-swaps ([`RMW_CAS_RETRIES`]) during the mprotect
+    /// actions: an entry changed between the edit's load and its swap.
+    cas_retries: u64,
     /// Writers that an mprotect(R) stopped with a permission fault.
     stopped: u64,
     /// forks made while the writers wrote.
@@ -250,14 +287,28 @@ fn one_round(
     let acted = if started {
         match action {
             Action::Mprotect => sched::pin_to_caller(|| {
-                // Again while any writer writes (a few times at most).
-                for _ in 0..PASSES {
-                    if writers.iter().all(|t| t.is_done()) {
-                        break;
+                let retries = RMW_CAS_RETRIES.load(Ordering::Relaxed);
+                // Again while any writer writes.
+                let r = (|| {
+                    for _ in 0..PASSES {
+                        if writers.iter().all(|t| t.is_done()) {
+                            break;
+                        }
+                        let ranges = mprotect_ahead(name, region.base, slice, &writers, v)?;
+                        // Back to RW while the writers write: a writer that
+                        // meets a read-only entry of a VMA already RW has its
+                        // fault resolved and goes on.
+                        if !writers.iter().all(|t| t.is_done()) {
+                            stats.rw_passes += 1;
+                        }
+                        for (va, len) in ranges {
+                            proc::mprotect(name, VirtAddr::new(va), len, true, true)?;
+                        }
                     }
-                    mprotect_ahead(name, region.base, slice, &writers, v)?;
-                }
-                Ok(())
+                    Ok(())
+                })();
+                stats.cas_retries += RMW_CAS_RETRIES.load(Ordering::Relaxed) - retries;
+                r
             }),
             Action::Fork => sched::pin_to_caller(|| proc::fork(name, child).map(|_| ())),
         }
@@ -309,6 +360,8 @@ fn one_round(
     }
     check(name, region, round, stats)?;
     if action == Action::Mprotect {
+        // The writers have stopped: no window to widen.
+        RMW_WINDOW_SPINS.store(0, Ordering::Release);
         sched::pin_to_caller(|| proc::mprotect(name, VirtAddr::new(region.base), len, true, true))?;
     }
     Ok(())
@@ -317,9 +370,16 @@ fn one_round(
 /// mprotect(R) of [`AHEAD`] pages ahead of each writer still writing, in
 /// turn, so that the table edit meets the writer at a clean page: the
 /// writer, faster than the widened edit, walks into the entry the edit has
-/// loaded and not yet stored.
-fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u8) -> Result<(), proc::ProcError> {
+/// loaded and not yet stored. Returns the ranges it made read-only.
+fn mprotect_ahead(
+    name: &str,
+    base: u64,
+    slice: u64,
+    writers: &[Arc<Task>],
+    v: u8,
+) -> Result<Vec<(u64, u64)>, proc::ProcError> {
     let pages = slice / PAGE_SIZE;
+    let mut ranges = Vec::new();
     for (i, t) in writers.iter().enumerate() {
         if t.is_done() {
             continue;
@@ -338,10 +398,12 @@ fn mprotect_ahead(name: &str, base: u64, slice: u64, writers: &[Arc<Task>], v: u
         let from = lo + GAP;
         if from < pages {
             let to = (from + AHEAD).min(pages);
-            proc::mprotect(name, VirtAddr::new(start + from * PAGE_SIZE), (to - from) * PAGE_SIZE, true, false)?;
+            let range = (start + from * PAGE_SIZE, (to - from) * PAGE_SIZE);
+            proc::mprotect(name, VirtAddr::new(range.0), range.1, true, false)?;
+            ranges.push(range);
         }
     }
-    Ok(())
+    Ok(ranges)
 }
 
 /// Every byte as the oracle says, and every page written since its clean

@@ -10,14 +10,13 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use super::anon;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::proc::debug_table::{self as dt, DebugVma, MAX_PROCS, MAX_VMAS};
 use crate::proc::sched;
 use crate::proc::{self, RunEnd};
-
 
 /// `name`'s slot says exactly what its process and VMA list say.
 fn matches_real(name: &str) -> Result<u32, String> {
@@ -192,11 +191,15 @@ fn debug_table_records_the_running_task() -> Result<(), String> {
         let Some(cpu) = other else {
             return super::cannot_apply("one CPU: only checked that the mirror is empty after a run");
         };
-        let t = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WAIT_FLAG, va.as_u64()], 0), Some(cpu))))?;
+        let t = proc::with_proc(name, |p| {
+            Ok(sched::spawn(p, proc::agent_frame(&[op::WAIT_FLAG, va.as_u64()], 0), Some(cpu)))
+        })?;
         let seen = crate::irq::wait_until(2000, || dt::running(cpu) == (pid, t.tid));
         let during = dt::running(cpu);
         // Sets the flag from this CPU; the waiter then ends its command.
-        let w = proc::with_proc(name, |p| Ok(sched::spawn(p, proc::agent_frame(&[op::WRITE, va.as_u64(), 1, 1], 0), Some(me))))?;
+        let w = proc::with_proc(name, |p| {
+            Ok(sched::spawn(p, proc::agent_frame(&[op::WRITE, va.as_u64(), 1, 1], 0), Some(me)))
+        })?;
         sched::wait(&w);
         sched::wait(&t);
         ensure!(seen, "cpu{cpu} runs pid {pid} tid {}, the mirror says {during:?}", t.tid);

@@ -9,15 +9,13 @@ use super::Rng;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::{fail_alloc, frame};
 use crate::proc::{self, ProcError, RunEnd, Unresolved};
-
 
 kernel_test!(fail_alloc_mmap_pfn_leaves_no_entries);
 /// `mmap pfn=` of the whole PFN pool with the k-th allocation failing, for

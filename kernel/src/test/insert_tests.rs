@@ -4,18 +4,16 @@
 
 use alloc::string::String;
 
-
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBUSY, EINVAL};
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;
 use crate::mm::pgtable::Translation;
 use crate::proc::{self, RunEnd};
-
 
 const P: &str = "insert_test";
 
@@ -133,7 +131,11 @@ fn insert_pages_and_mixed() -> Result<(), String> {
         crate::arch::aarch64::cpu::zero_pages(crate::mm::layout::phys_to_virt(kp.pa()).as_u64(), PAGE_SIZE);
         // SAFETY: our page, in the linear map.
         unsafe {
-            core::ptr::write_bytes(crate::mm::layout::phys_to_virt(kp.pa()).as_u64() as *mut u8, 0x3c, PAGE_SIZE as usize)
+            core::ptr::write_bytes(
+                crate::mm::layout::phys_to_virt(kp.pa()).as_u64() as *mut u8,
+                0x3c,
+                PAGE_SIZE as usize,
+            )
         };
         let shared_ro = flags(&[F::READ, F::SHARED]);
         let va = proc::vma_for_test(P, 4 * PAGE_SIZE, shared_ro)?;

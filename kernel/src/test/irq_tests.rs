@@ -7,18 +7,16 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-
 use crate::arch::aarch64::esr::{Esr, ExceptionClass, FaultStatus};
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::uaccess::{copy_from_user, copy_to_user, probe_read_u8, probe_write_u8};
 use crate::arch::aarch64::user::{SVC_DONE, op};
 use crate::arch::{cpu, percpu};
 use crate::drivers::timer;
 use crate::ensure;
 use crate::irq::{self, sgi};
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::println;
 use crate::proc::{self, RunEnd};
-
 
 fn online() -> usize {
     percpu::ONLINE.load(Ordering::Acquire)

@@ -5,13 +5,11 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::frame::{self, FreeError, Owner};
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
-
 
 kernel_test!(mm_user_frame_double_free_refused);
 /// A single user frame goes back to this CPU's page list on free; freeing

@@ -5,7 +5,7 @@
 //! named `name` in the linker section `.kernel_tests`, which the runner reads
 //! between `__kernel_tests_start` and `__kernel_tests_end` (as the exception
 //! table is read), so no list of tests exists to forget. Tests run module by
-//! module in [`test_modules!`] order and top to bottom within a file.
+//! module in [`MODULE_ORDER`] order and top to bottom within a file.
 //!
 //! Each test runs on the emulated CPU against the real MMU and prints
 //! `PASS name`, `FAIL name: why`, or `SKIP name: why` when it cannot apply
@@ -36,29 +36,36 @@ macro_rules! kernel_test {
     };
 }
 
-/// Declares the test modules; their tests run in this order.
-macro_rules! test_modules {
-    ($($m:ident),* $(,)?) => {
-        $(mod $m;)*
-        const MODULE_ORDER: &[&str] = &[$(concat!(module_path!(), "::", stringify!($m))),*];
-    };
-}
+mod af_tests;
+mod at_random;
+mod boot_tests;
+mod cursor_tests;
+mod dbm_smp_tests;
+mod debug_table_tests;
+mod fail_alloc_tests;
+mod insert_tests;
+mod irq_tests;
+mod mm_tests;
+mod sched_tests;
+mod syscall_tests;
+mod table_tests;
 
-test_modules!(
-    boot_tests,
-    mm_tests,
-    table_tests,
-    cursor_tests,
-    at_random,
-    syscall_tests,
-    irq_tests,
-    insert_tests,
-    af_tests,
-    sched_tests,
-    debug_table_tests,
-    fail_alloc_tests,
-    dbm_smp_tests,
-);
+/// The test modules in run order (a module missing here runs last).
+const MODULE_ORDER: &[&str] = &[
+    "boot_tests",
+    "mm_tests",
+    "table_tests",
+    "cursor_tests",
+    "at_random",
+    "syscall_tests",
+    "irq_tests",
+    "insert_tests",
+    "af_tests",
+    "sched_tests",
+    "debug_table_tests",
+    "fail_alloc_tests",
+    "dbm_smp_tests",
+];
 pub use table_tests::at_outcome;
 
 pub type TestFn = fn() -> Result<(), String>;
@@ -132,10 +139,13 @@ fn linked() -> &'static [Test] {
     unsafe { core::slice::from_raw_parts(start, end.offset_from(start) as usize) }
 }
 
-/// Every test in run order: by module in `test_modules!` order (others
-/// after, by path), then by line.
+/// Every test in run order: by module in [`MODULE_ORDER`] (others after,
+/// by path), then by line.
 fn all() -> Vec<&'static Test> {
-    let rank = |m: &str| MODULE_ORDER.iter().position(|&o| o == m).unwrap_or(MODULE_ORDER.len());
+    let rank = |m: &str| {
+        let name = m.strip_prefix(concat!(module_path!(), "::"));
+        MODULE_ORDER.iter().position(|&o| Some(o) == name).unwrap_or(MODULE_ORDER.len())
+    };
     let mut v: Vec<&'static Test> = linked().iter().collect();
     v.sort_by(|a, b| (rank(a.module), a.module, a.line).cmp(&(rank(b.module), b.module, b.line)));
     v

@@ -12,19 +12,18 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use super::anon;
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
 use crate::arch::aarch64::exception::TrapFrame;
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::mm::context;
 use crate::arch::aarch64::user::op;
 use crate::arch::percpu;
 use crate::ensure;
 use crate::mm::addr::VirtAddr;
-use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::mm::layout::phys_to_virt;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::Translation;
 use crate::println;
 use crate::proc::sched::{self, Task};
 use crate::proc::{self, RunEnd, syscall};
-
 
 pub(super) fn me() -> usize {
     percpu::this_cpu().id

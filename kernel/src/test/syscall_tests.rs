@@ -4,17 +4,15 @@
 
 use alloc::string::{String, ToString};
 
-
+use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::errno::{EBADF, EFAULT, EINVAL, ENOMEM, ENOSYS};
-use crate::mm::frame;
 use crate::mm::addr::VirtAddr;
-use crate::arch::aarch64::granule::PAGE_SIZE;
+use crate::mm::frame;
 use crate::mm::mmap::MmapArgs;
 use crate::proc::syscall::{MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, nr};
 use crate::proc::{self, RunEnd};
-
 
 /// The flags of the VMA at `va` in `name`.
 fn vma_flags(name: &str, va: u64) -> Result<Option<crate::mm::mm_struct::VmFlags>, String> {
@@ -193,7 +191,10 @@ fn syscall_errnos_from_typed_errors() -> Result<(), String> {
         ensure!(got == -ENOMEM, "mmap of {big:#x} bytes on {ram:#x} of RAM: got {got}, expected {}", -ENOMEM);
         let got = sc(nr::MMAP, [0, big, 3, 0x22 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
         ensure!(got > 0, "mmap with MAP_NORESERVE: got {got}");
-        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(got as u64 + big - 8), 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(got as u64 + big - 8), 8, 9)?, RunEnd::Done),
+            "its last bytes"
+        );
         ensure!(sc(nr::MUNMAP, [got as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
         let ro = sc(nr::MMAP, [0, big, 1, 0x22, u64::MAX, 0])?;
         ensure!(ro > 0, "a read-only mapping is not charged: got {ro}");
@@ -209,7 +210,10 @@ fn syscall_errnos_from_typed_errors() -> Result<(), String> {
         }
         let sh = sc(nr::MMAP, [0, big, 3, 0x21 | proc::syscall::MAP_NORESERVE, u64::MAX, 0])?;
         ensure!(sh > 0, "shared anonymous mmap with MAP_NORESERVE: got {sh}");
-        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(sh as u64 + big - 8), 8, 9)?, RunEnd::Done), "its last bytes");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(sh as u64 + big - 8), 8, 9)?, RunEnd::Done),
+            "its last bytes"
+        );
         ensure!(sc(nr::MUNMAP, [sh as u64, big, 0, 0, 0, 0])? == 0, "munmap of it");
         let mf = proc::mmap(name, "mf", MmapArgs { memfd: Some("errno_big".into()), shared: true, ..super::anon(big) });
         ensure!(mf.is_ok(), "a memfd mapping of {big:#x} is not charged: {mf:?}");
@@ -363,7 +367,12 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
             ("kernel pointer", nr::WRITE, [1, 0xffff_8000_0000_0000, 8, 0, 0, 0], -EFAULT),
             ("unmapped user pointer", nr::WRITE, [1, 0x7000_0000, 8, 0, 0, 0], -EFAULT),
             ("pointer + length overflows", nr::WRITE, [1, u64::MAX - 3, 8, 0, 0, 0], -EFAULT),
-            ("buffer runs into the guard gap", nr::WRITE, [1, (va + 16 * PAGE_SIZE - 10).as_u64(), 100, 0, 0, 0], -EFAULT),
+            (
+                "buffer runs into the guard gap",
+                nr::WRITE,
+                [1, (va + 16 * PAGE_SIZE - 10).as_u64(), 100, 0, 0, 0],
+                -EFAULT,
+            ),
             ("bad fd", nr::WRITE, [5, va.as_u64(), 1, 0, 0, 0], -EBADF),
             ("mmap of 0 bytes", nr::MMAP, [0, 0, 3, 0x22, u64::MAX, 0], -EINVAL),
             ("mmap larger than the address space", nr::MMAP, [0, 1 << 62, 3, 0x22, u64::MAX, 0], -ENOMEM),
@@ -470,7 +479,10 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
             matches!(proc::access(name, op::CHECK, VirtAddr::new(v1 + PAGE_SIZE), 16, 0x72)?, RunEnd::Done),
             "the offset mapping is not the file's second page"
         );
-        ensure!(matches!(proc::access(name, op::WRITE, VirtAddr::new(vp), 16, 0x73)?, RunEnd::Done), "EL0 write to the private view");
+        ensure!(
+            matches!(proc::access(name, op::WRITE, VirtAddr::new(vp), 16, 0x73)?, RunEnd::Done),
+            "EL0 write to the private view"
+        );
         ensure!(
             matches!(proc::access(name, op::CHECK, VirtAddr::new(v1), 16, 0x71)?, RunEnd::Done),
             "a private view's write reached the file"
@@ -496,7 +508,10 @@ fn syscalls_bad_arguments_get_errors() -> Result<(), String> {
         // A name longer than 249 bytes is refused.
         ensure!(matches!(proc::access(name, op::WRITE, name_va, 300, b'n')?, RunEnd::Done), "writing a long name");
         ensure!(matches!(proc::access(name, op::WRITE, name_va + 300, 1, 0)?, RunEnd::Done), "its NUL");
-        ensure!(sc(nr::MEMFD_CREATE, [name_va.as_u64(), 0, 0, 0, 0, 0])? == -EINVAL, "a 300-byte memfd name was accepted");
+        ensure!(
+            sc(nr::MEMFD_CREATE, [name_va.as_u64(), 0, 0, 0, 0, 0])? == -EINVAL,
+            "a 300-byte memfd name was accepted"
+        );
         // A descriptor still open at exit is closed by the exit (the frame
         // count below checks that its file goes).
         ensure!(matches!(proc::access(name, op::WRITE, name_va, 1, 0)?, RunEnd::Done), "an empty name");

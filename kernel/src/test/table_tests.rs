@@ -5,21 +5,19 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-
 use crate::arch::aarch64::cpu::{self, AtOp};
 use crate::arch::aarch64::esr::{Esr, FaultStatus};
+use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
+use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::arch::aarch64::uaccess::{probe_read_u8, probe_write_u8};
 use crate::ensure;
 use crate::kmain::boot;
 use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::{LeafAttrs, TableAttrs};
 use crate::mm::frame::{self, Owner};
-use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::kernel_pgtable;
-use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::mm::pgtable::atcheck::{self, Access, Request};
 use crate::mm::pgtable::{Expected, LeafSizes, MapError, Translation};
-
 
 kernel_test!(tlb_large_unmap_leaves_nothing_stale);
 /// Touch 300 pages so the TLB holds them, unmap them (one leaf-only flush:
@@ -46,8 +44,14 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
     let pa = frame::alloc_zeroed(order, Owner::Test).ok_or("out of frames")?;
     let va = TEST_WINDOW + GRANULE.level_size(2) * 16;
     let r = (|| {
-        kernel_pgtable::map_kernel(VirtAddr::new(va), pa, (PAGES + 1) * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::map_kernel(
+            VirtAddr::new(va),
+            pa,
+            (PAGES + 1) * PAGE_SIZE,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .map_err(|e| alloc::format!("{e:?}"))?;
         for i in 0..=PAGES {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
         }
@@ -58,7 +62,8 @@ fn tlb_large_unmap_leaves_nothing_stale() -> Result<(), String> {
             ensure!(probe_read_u8(va + i * PAGE_SIZE).is_ok(), "page {i} not readable");
         }
         let range_before = RANGE_OPS.load(Ordering::Relaxed);
-        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), PAGES * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), PAGES * PAGE_SIZE))
+            .map_err(|e| alloc::format!("{e:?}"))?;
         for &i in &edges {
             ensure!(
                 probe_read_u8(va + i * PAGE_SIZE).is_err(),
@@ -230,7 +235,8 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
         }
-        kernel_pgtable::with_live(|l| l.split(VirtAddr::new(va + 5 * PAGE_SIZE), 2)).map_err(|e| alloc::format!("split: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.split(VirtAddr::new(va + 5 * PAGE_SIZE), 2))
+            .map_err(|e| alloc::format!("split: {e:?}"))?;
         ensure!(level_of(va) == Some(3) && level_of(va + blk - 1) == Some(3), "split did not give pages");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
@@ -240,7 +246,8 @@ fn tables_split_collapse_block_live() -> Result<(), String> {
             let v = va + i * PAGE_SIZE;
             ensure!(at_outcome(AtOp::S1E1R, v) == Expected::Ok(pa + (i * PAGE_SIZE)), "page {i} moved");
         }
-        kernel_pgtable::with_live(|l| l.collapse(VirtAddr::new(va), 2)).map_err(|e| alloc::format!("collapse: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.collapse(VirtAddr::new(va), 2))
+            .map_err(|e| alloc::format!("collapse: {e:?}"))?;
         ensure!(level_of(va + blk / 2) == Some(2), "collapse did not give a block");
         for &p in &probes {
             agree(p, asked(pa.as_u64() + (p - va), LeafAttrs::KERNEL_RO))?;
@@ -264,7 +271,8 @@ fn tables_contiguous_run_live() -> Result<(), String> {
     let r = (|| {
         kernel_pgtable::map_kernel(VirtAddr::new(va), pa, n * PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
-        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3)).map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
+        kernel_pgtable::with_live(|l| l.make_contiguous(VirtAddr::new(va), 3))
+            .map_err(|e| alloc::format!("make_contiguous: {e:?}"))?;
         for i in 0..n {
             match walk(va + i * PAGE_SIZE) {
                 Translation::Mapped { desc, .. } => ensure!(desc.contiguous(), "page {i} lacks the contiguous bit"),
@@ -294,7 +302,8 @@ fn tables_contiguous_run_live() -> Result<(), String> {
         }
         Ok(())
     })();
-    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), n * PAGE_SIZE)).map_err(|e| alloc::format!("unmap: {e:?}"))?;
+    kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va), n * PAGE_SIZE))
+        .map_err(|e| alloc::format!("unmap: {e:?}"))?;
     frame::free(pa, order, Owner::Test).map_err(|e| alloc::format!("{e:?}"))?;
     r?;
     ensure!(pt_frames() == frames_before, "page-table frames {} -> {}: leaked", frames_before, pt_frames());
@@ -310,14 +319,16 @@ fn tables_protect_and_unmap_fault_for_real() -> Result<(), String> {
             .map_err(|e| alloc::format!("{e:?}"))?;
         // SAFETY: our own test frames.
         unsafe { probe_write_u8(va + PAGE_SIZE, 0x5a) }.map_err(|_| "first write faulted")?;
-        kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 1 << 7, 0)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va + PAGE_SIZE), PAGE_SIZE, 1 << 7, 0))
+            .map_err(|e| alloc::format!("{e:?}"))?;
         agree(va + PAGE_SIZE, asked(pa.as_u64() + PAGE_SIZE, LeafAttrs::KERNEL_RO))?;
         // SAFETY: must fault.
         let (esr, _) =
             unsafe { probe_write_u8(va + PAGE_SIZE, 0xa5) }.err().ok_or("write after protect succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Permission(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + PAGE_SIZE) == Ok(0x5a), "read-only page lost its data");
-        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va + PAGE_SIZE), 2 * PAGE_SIZE)).map_err(|e| alloc::format!("{e:?}"))?;
+        kernel_pgtable::with_live(|l| l.unmap(VirtAddr::new(va + PAGE_SIZE), 2 * PAGE_SIZE))
+            .map_err(|e| alloc::format!("{e:?}"))?;
         let (esr, _) = probe_read_u8(va + 2 * PAGE_SIZE).err().ok_or("read after unmap succeeded: stale TLB?")?;
         ensure!(Esr(esr).fault_status() == Some(FaultStatus::Translation(3)), "{}", Esr(esr));
         ensure!(probe_read_u8(va + 3 * PAGE_SIZE).is_ok() && probe_read_u8(va).is_ok(), "neighbours were unmapped too");
@@ -336,9 +347,16 @@ fn tables_bbm_changes_refused() -> Result<(), String> {
         kernel_pgtable::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
             .map_err(|e| alloc::format!("{e:?}"))?;
         let other = pa + PAGE_SIZE;
-        let e = kernel_pgtable::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        let e =
+            kernel_pgtable::map_kernel(VirtAddr::new(va), other, PAGE_SIZE, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "remap to another PA: {e:?}");
-        let e = kernel_pgtable::map_kernel(VirtAddr::new(va), pa, PAGE_SIZE, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly);
+        let e = kernel_pgtable::map_kernel(
+            VirtAddr::new(va),
+            pa,
+            PAGE_SIZE,
+            LeafAttrs::KERNEL_DEVICE,
+            LeafSizes::PagesOnly,
+        );
         ensure!(matches!(e, Err(MapError::NeedsBreakBeforeMake { .. })), "memory type change: {e:?}");
         ensure!(at_outcome(AtOp::S1E1R, va) == Expected::Ok(pa), "refused change altered the mapping");
         let e = kernel_pgtable::with_live(|l| l.protect(VirtAddr::new(va), PAGE_SIZE, 0b100 << 2, 0));

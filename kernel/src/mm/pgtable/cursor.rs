@@ -804,6 +804,11 @@ pub static RMW_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 /// checks its edits really took the widened path.
 pub static RMW_WINDOW_CALLS: AtomicU64 = AtomicU64::new(0);
 
+/// How many of [`cas_loop`]'s compare-and-swaps found the entry changed
+/// since its load (by the MMU or another CPU) and ran again: the DBM test
+/// checks that its race really happened.
+pub static RMW_CAS_RETRIES: AtomicU64 = AtomicU64::new(0);
+
 /// Spins [`RMW_WINDOW_SPINS`] times (one relaxed load when it is 0).
 #[inline(always)]
 pub fn rmw_window() {
@@ -879,7 +884,13 @@ fn cas_loop<E>(slot: &AtomicU64, mut cur: u64, f: impl Fn(u64) -> Result<u64, E>
         }
         match slot.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
             Ok(v) => return Ok((v, new)),
-            Err(v) => cur = v,
+            Err(v) => {
+                // A weak compare-and-swap may fail with the entry unchanged.
+                if v != cur {
+                    RMW_CAS_RETRIES.fetch_add(1, Ordering::Relaxed);
+                }
+                cur = v;
+            }
         }
     }
 }
@@ -1616,16 +1627,16 @@ mod tests {
         let _ = c.finish();
     }
 
+    /// Held by the tests that switch the global hardware-update flags, so
+    /// one test's switch-off cannot land in another's run.
+    static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A second thread plays the MMU (FEAT_HAFDBS): it sets bits in the
     /// live entry with atomic ORs while the cursor toggles AP[2] on it. With
     /// hardware updates on, the cursor's compare-and-swap must never store
     /// over a bit the other writer set; with a plain load-then-store (the
     /// CAS branch disabled) this test fails within a few runs' worth of
     /// iterations.
-    /// Held by the tests that switch the global hardware-update flags, so
-    /// one test's switch-off cannot land in another's run.
-    static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     #[test]
     fn cas_update_never_loses_a_bit_the_mmu_set() {
         let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,10 +3,11 @@
 //!
 //! The kernel runs this over real tables (reached through the linear map or
 //! the image); host unit tests run it over heap memory. Entries are read and
-//! written only as whole `u64`s through atomics. Any change that would need
-//! break-before-make on a live table is refused with [`MapError::NeedsBreakBeforeMake`]:
-//! this builder only fills holes. Splitting, collapsing and BBM sequences come
-//! with the tables issue on top of this.
+//! written only as whole `u64`s through atomics. [`Tables::map`] and
+//! [`Tables::set_leaf`] fill holes, keep identical entries and make live-safe
+//! changes; anything that needs break-before-make is refused with
+//! [`MapError::NeedsBreakBeforeMake`]. Break-before-make sequences, splits and
+//! collapses go through the cursor ([`cursor`]).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
