@@ -1627,6 +1627,26 @@ mod tests {
         let _ = c.finish();
     }
 
+    /// Bits a fake MMU sets, one at a time, in the tests below.
+    const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
+
+    /// Plays the MMU: sets each of [`MMU_BITS`] in the entry at `slot`,
+    /// with a pause before each, then sets `done`.
+    ///
+    /// # Safety
+    /// `slot` is the address of a live table entry that outlives the call.
+    unsafe fn fake_mmu(slot: usize, done: &core::sync::atomic::AtomicBool) {
+        // SAFETY: the caller's promise.
+        let e = unsafe { &*(slot as *const AtomicU64) };
+        for b in MMU_BITS {
+            for _ in 0..20_000 {
+                core::hint::spin_loop();
+            }
+            e.fetch_or(b, Ordering::AcqRel);
+        }
+        done.store(true, Ordering::Release);
+    }
+
     /// Held by the tests that switch the global hardware-update flags, so
     /// one test's switch-off cannot land in another's run.
     static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -1649,20 +1669,10 @@ mod tests {
         assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
         let (table, idx) = (c.path[3], c.t.granule.index(0x1000, 3));
         let slot = c.t.mem.table_ptr(table) as usize + idx * 8;
-        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
         let done = core::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|sc| {
-            sc.spawn(|| {
-                // SAFETY: the entry lives in `mem`, which outlives the scope.
-                let e = unsafe { &*(slot as *const AtomicU64) };
-                for b in MMU_BITS {
-                    for _ in 0..20_000 {
-                        core::hint::spin_loop();
-                    }
-                    e.fetch_or(b, Ordering::AcqRel);
-                }
-                done.store(true, Ordering::Release);
-            });
+            // SAFETY: the entry lives in `mem`, which outlives the scope.
+            sc.spawn(|| unsafe { fake_mmu(slot, &done) });
             let mut n = 0u64;
             while !done.load(Ordering::Acquire) || n < 1000 {
                 let (set, clear) = if n.is_multiple_of(2) { (1 << 7, 0) } else { (0, 1 << 7) };
@@ -1699,21 +1709,11 @@ mod tests {
         let run = unsafe { Pte::locate(&ptl, &*t.mem, table, idx) }.run(2);
         assert!(run.hw, "located with hardware updates on");
         let slot = run.pte(0).slot as usize;
-        const MMU_BITS: [u64; 4] = [1 << 55, 1 << 56, 1 << 57, 1 << 58];
         let done = core::sync::atomic::AtomicBool::new(false);
         let mut seen = run.get(0);
         std::thread::scope(|sc| {
-            sc.spawn(|| {
-                // SAFETY: the entry lives in `mem`, which outlives the scope.
-                let e = unsafe { &*(slot as *const AtomicU64) };
-                for b in MMU_BITS {
-                    for _ in 0..20_000 {
-                        core::hint::spin_loop();
-                    }
-                    e.fetch_or(b, Ordering::AcqRel);
-                }
-                done.store(true, Ordering::Release);
-            });
+            // SAFETY: the entry lives in `mem`, which outlives the scope.
+            sc.spawn(|| unsafe { fake_mmu(slot, &done) });
             let mut n = 0u64;
             while !done.load(Ordering::Acquire) || n < 1000 {
                 let flip = |d: Desc| Desc(d.0 ^ (1 << 7));
