@@ -90,9 +90,10 @@ type_line 'A walk huge'
 interrupt '!"interrupted" A query d expect present zero' '' 'A check d+0x4000:16 0x00'
 # Inside one block entry, query looks at the pages one by one for the flags
 # of the page: Ctrl-C must stop that too (the 64K granule's blocks are 512M).
-case ${PAGELAB_GRANULE:-4K} in 4K) blk=2M ;; 16K) blk=32M ;; *) blk= ;; esac
+# 16,384 pages either way, so the query outlasts the Ctrl-C typed behind it.
+case ${PAGELAB_GRANULE:-4K} in 4K) blk=2M size=64M ;; 16K) blk=32M size=256M ;; *) blk= ;; esac
 if [[ -n $blk ]]; then
-    type_line "A mmap h 64M thp=$blk"
+    type_line "A mmap h $size thp=$blk"
     type_line 'A write h 0x01'
     type_line 'A query h+0:4K expect block anon'
     interrupt '!"interrupted" A query h expect present anon exclusive' '' 'A check h+0x1000:16 0x01'
