@@ -1289,6 +1289,11 @@ mod tests {
         }
     }
 
+    /// Maps `[va, va+size)` to the same physical addresses, kernel RW.
+    fn map_ident(t: &mut Tables<'_, HostMem>, va: u64, size: u64, sizes: LeafSizes) {
+        t.map(VirtAddr::new(va), PhysAddr::new(va), size, LeafAttrs::KERNEL_RW, sizes).unwrap();
+    }
+
     #[test]
     fn split_block_into_pages_keeps_every_translation() {
         let (mut mem, root) = HostMem::new(K4);
@@ -1348,14 +1353,7 @@ mod tests {
     fn split_1g_block_into_2m_blocks_then_collapse_back() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(
-            VirtAddr::new(0x4000_0000),
-            PhysAddr::new(0x4000_0000),
-            1 << 30,
-            LeafAttrs::KERNEL_RW,
-            LeafSizes::Largest,
-        )
-        .unwrap();
+        map_ident(&mut t, 0x4000_0000, 1 << 30, LeafSizes::Largest);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         l.split(VirtAddr::new(0x4000_0000), 1).unwrap();
@@ -1374,14 +1372,7 @@ mod tests {
     fn collapse_refuses_mixed_attributes_or_discontiguous_memory() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(
-            VirtAddr::new(0x4000_0000),
-            PhysAddr::new(0x4000_0000),
-            2 * MIB,
-            LeafAttrs::KERNEL_RW,
-            LeafSizes::PagesOnly,
-        )
-        .unwrap();
+        map_ident(&mut t, 0x4000_0000, 2 * MIB, LeafSizes::PagesOnly);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         l.protect(VirtAddr::new(0x4000_3000), 4096, 1 << 7, 0).unwrap();
@@ -1454,14 +1445,7 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two 2M blocks.
-        t.map(
-            VirtAddr::new(0x4000_0000),
-            PhysAddr::new(0x4000_0000),
-            4 * MIB,
-            LeafAttrs::KERNEL_RW,
-            LeafSizes::Largest,
-        )
-        .unwrap();
+        map_ident(&mut t, 0x4000_0000, 4 * MIB, LeafSizes::Largest);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 1 }, &mut rec);
         // Unmap from the middle of the first block to the middle of the second.
@@ -1487,7 +1471,7 @@ mod tests {
     fn protect_refuses_non_permission_bits() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         assert!(
@@ -1505,7 +1489,7 @@ mod tests {
     fn make_without_flush_is_a_bbm_violation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         let (table, idx) = l.slot(0x1000, 3).unwrap();
@@ -1663,7 +1647,7 @@ mod tests {
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly).unwrap();
+        map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
         let mut rec = Rec::default();
         let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
@@ -1700,8 +1684,7 @@ mod tests {
         crate::mm::desc::set_hw_af(true);
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        map_ident(&mut t, 0x1000, 2 * 4096, LeafSizes::PagesOnly);
         let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
