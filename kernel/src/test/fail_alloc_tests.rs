@@ -61,12 +61,7 @@ fn fail_alloc_mmap_pfn_leaves_no_entries() -> Result<(), String> {
         ensure!(proc::mapped_level(name, va + (pe - ps) - PAGE_SIZE) == Some(3), "the last page is not mapped");
         Ok(())
     })();
-    fail_alloc::configure(0, 0);
-    proc::exit(name)?;
-    r?;
-    let free = frame::stats().free;
-    ensure!(free == free0, "free frames {free0} -> {free} after exit");
-    Ok(())
+    disarm_exit_and_count(name, free0, r)
 }
 
 kernel_test!(fail_alloc_mprotect_of_a_block_keeps_vma_and_entries);
@@ -122,12 +117,7 @@ fn fail_alloc_mprotect_of_a_block_keeps_vma_and_entries() -> Result<(), String> 
         }
         Ok(())
     })();
-    fail_alloc::configure(0, 0);
-    proc::exit(name)?;
-    r?;
-    let free = frame::stats().free;
-    ensure!(free == free0, "free frames {free0} -> {free} after exit");
-    Ok(())
+    disarm_exit_and_count(name, free0, r)
 }
 
 const OPS: usize = 4000;
@@ -338,4 +328,15 @@ fn part(rng: &mut Rng, regions: &[Region]) -> (u64, u64) {
     let off = rng.below(r.size);
     let len = 1 + rng.below((r.size - off).min(8 * PAGE_SIZE));
     (r.va + off, len)
+}
+
+/// Ends a test's process with injection off: exits `name`, then `r`, then
+/// checks every frame free at the start (`free0`) is free again.
+fn disarm_exit_and_count(name: &str, free0: u64, r: Result<(), String>) -> Result<(), String> {
+    fail_alloc::configure(0, 0);
+    proc::exit(name)?;
+    r?;
+    let free = frame::stats().free;
+    ensure!(free == free0, "free frames {free0} -> {free} after exit");
+    Ok(())
 }
