@@ -800,8 +800,8 @@ pub static SKIP_NEXT_FLUSH: core::sync::atomic::AtomicBool = core::sync::atomic:
 /// it (`test/dbm_smp_tests.rs` sets it; 0 otherwise).
 pub static RMW_WINDOW_SPINS: AtomicU64 = AtomicU64::new(0);
 
-/// How many times [`cas_loop`] went through [`rmw_window`]: the DBM test
-/// checks its edits really took the widened path.
+/// How many times [`cas_loop`] went through a widened [`rmw_window`]: the
+/// DBM test checks its edits really took that path.
 pub static RMW_WINDOW_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// How many of [`cas_loop`]'s compare-and-swaps found the entry changed
@@ -809,11 +809,17 @@ pub static RMW_WINDOW_CALLS: AtomicU64 = AtomicU64::new(0);
 /// checks that its race really happened.
 pub static RMW_CAS_RETRIES: AtomicU64 = AtomicU64::new(0);
 
-/// Spins [`RMW_WINDOW_SPINS`] times (one relaxed load when it is 0).
+/// Spins [`RMW_WINDOW_SPINS`] times and counts the call; one relaxed
+/// load when it is 0, so no CPU outside the test writes a shared counter
+/// on every compare-and-swap.
 #[inline(always)]
-pub fn rmw_window() {
+fn rmw_window() {
+    let spins = RMW_WINDOW_SPINS.load(Ordering::Relaxed);
+    if spins == 0 {
+        return;
+    }
     RMW_WINDOW_CALLS.fetch_add(1, Ordering::Relaxed);
-    for _ in 0..RMW_WINDOW_SPINS.load(Ordering::Relaxed) {
+    for _ in 0..spins {
         core::hint::spin_loop();
     }
 }
