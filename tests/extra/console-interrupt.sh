@@ -67,7 +67,10 @@ interrupt() { # line started-pattern next-line
 type_line 'spawn A'
 type_line 'A mmap z 64G prot=r'
 interrupt '!"interrupted" A check z 0x00' '^pagelab> !"interrupted" A check z' 'A check z+0x1000:16 0x00'
-type_line 'A mmap d 256M prot=r'
+# 65,536 pages on every granule, so each long command over d outlasts the
+# Ctrl-C typed behind it.
+case ${PAGELAB_GRANULE:-4K} in 4K) dsize=256M ;; 16K) dsize=1G ;; *) dsize=4G ;; esac
+type_line "A mmap d $dsize prot=r"
 type_line 'A touch d read'
 interrupt '!"interrupted" A walk d' '' 'A check d+0x2000:16 0x00'
 # Arrow and function keys are not line text; up recalls the last line (a check: it must
