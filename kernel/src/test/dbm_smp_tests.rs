@@ -60,9 +60,11 @@
 //! its clean point but its entry is clean: Desc(0x0068000048e9ffc3) (a
 //! dirty update was lost)`. With the compare-and-swap and these
 //! constants, runs under TCG on a loaded host passed with 1, 3 and 9
-//! failed swaps in the mprotects over the 48 rounds (4K) and 1 (16K); with [`PASSES`] = 3,
-//! [`GAP`] = 2 and [`AHEAD`] = 4 one 4K run had 6 and another none. The
-//! race is rare under TCG, so the check on the count can fail on a slow
+//! failed swaps in the mprotects over the 48 rounds (4K); with [`PASSES`] = 3,
+//! [`GAP`] = 2 and [`AHEAD`] = 4 one 4K run had 6 and another none. With
+//! the window and distances scaled to the page ([`SCALE`]), 16K runs had
+//! 10 and 64K runs 11 and 13 (unscaled: 1 to 3 on 16K, 0 or 1 on 64K). The
+//! race stays rare under TCG, so the check on the count can fail on a slow
 //! host although nothing was lost.
 
 use alloc::string::String;
@@ -92,22 +94,30 @@ use crate::proc::{self, RunEnd};
 const SLICE: u64 = 2 << 20;
 /// Rounds of each kind.
 const ROUNDS: u64 = 16;
+/// Pages of this granule per 4K page. A writer's time per page grows with
+/// the page (it writes byte by byte), so the edit's window and its
+/// distances are set in 4K units and scaled: on every granule the edit
+/// starts about as far ahead of the writer, in bytes, and is as slow
+/// against it. With the 4K constants unscaled, a 64K run's writers
+/// crossed a page boundary only once per several windows and one run
+/// found no retried swap in 96 rounds.
+const SCALE: u64 = PAGE_SIZE / 4096;
 /// Pages mprotect(R) covers ahead of each writer, starting [`GAP`] pages
 /// after the writer's: far enough that the writer is not there yet when the
 /// edit loads the first entry. The writer, faster than the widened edit,
 /// catches up with it within the range and dirties the entry it has loaded.
-const AHEAD: u64 = 32;
-const GAP: u64 = 8;
+const AHEAD: u64 = if 32 / SCALE > 2 { 32 / SCALE } else { 2 };
+const GAP: u64 = if 8 / SCALE > 1 { 8 / SCALE } else { 1 };
 /// Passes of mprotect(R) then (RW) ahead of the writers in one round, while
 /// they write: each is one chance that a writer dirties a clean page inside
 /// an edit's window (one in a few passes under TCG).
 const PASSES: u64 = 12;
 
 /// The spins `rmw_window` makes in round `round`: from 40,000 to
-/// 320,000 (under TCG about 0.2 to 2 ms), about as long as a writer takes
-/// for [`GAP`] pages.
+/// 320,000 per 4K of page (under TCG about 0.2 to 2 ms on 4K), about as
+/// long as a writer takes for [`GAP`] pages.
 fn window_spins(round: u64) -> u64 {
-    40_000 << (round / 3 % 4)
+    (40_000 << (round / 3 % 4)) * SCALE
 }
 
 /// What this CPU does while the writers write.
