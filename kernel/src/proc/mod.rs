@@ -833,11 +833,11 @@ fn gup_chunk(
         let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
             match crate::mm::error::try_reserve(&mut pages, more.len()) {
                 Ok(()) => Ok(more),
-                Err(e) => {
+                Err(_) => {
                     for t in more {
                         gup::release(t, flags.pin);
                     }
-                    Err(-e.errno())
+                    Err(GupError::NoMemory)
                 }
             }
         });
@@ -847,7 +847,7 @@ fn gup_chunk(
                 for t in pages {
                     gup::release(t, flags.pin);
                 }
-                return Err(GupError::Failed(-e));
+                return Err(e);
             }
         }
     }
