@@ -14,7 +14,7 @@
 //! Locking: the caller holds the mmap lock (read is enough for faults);
 //! the page-table lock (`mm.page_table_lock`) is held while entries change.
 
-use super::error::{Inconsistency, MmError, Need, try_reserve};
+use super::error::{Inconsistency, InsertError, MmError, Need, try_reserve};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -1308,14 +1308,13 @@ pub fn vm_mixed_zeropage_allowed(mm: &MmStruct, vma: &Vma) -> bool {
 
 /// Linux `validate_page_before_insert`: the zero page where allowed, or an
 /// individual non-anon kernel page.
-fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
-    use crate::errno::EINVAL;
+fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, addr: VirtAddr, pa: PhysAddr) -> Result<(), InsertError> {
     if page::is_zero_pfn(pa) {
-        return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(-EINVAL) };
+        return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(InsertError::ZeroPageForbidden { addr }) };
     }
-    let f = page::phys_to_page(pa).and_then(|p| p.folio()).ok_or(-EINVAL)?;
+    let f = page::phys_to_page(pa).and_then(|p| p.folio()).ok_or(InsertError::NoFolio { pa })?;
     if f.is_anon() || f.is_large() {
-        return Err(-EINVAL);
+        return Err(InsertError::NotInsertable { pa });
     }
     Ok(())
 }
@@ -1323,15 +1322,15 @@ fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result
 /// The entry `insert_page` writes: the zero page special and read-only,
 /// another page with a mapping and a reference, writable only in a shared
 /// writable mapping.
-fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
+fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, addr: VirtAddr, pa: PhysAddr) -> Result<(), InsertError> {
     if slot.get().0 != 0 {
-        return Err(-crate::errno::EBUSY);
+        return Err(InsertError::Busy { addr });
     }
     let d = if page::is_zero_pfn(pa) {
         Desc::leaf(pa, 3, LeafAttrs { special: true, ..vm_page_prot(vma) })
     } else {
-        let pg = page::phys_to_page(pa).ok_or(-crate::errno::EINVAL)?;
-        pg.folio().ok_or(-crate::errno::EINVAL)?.get();
+        let pg = page::phys_to_page(pa).ok_or(InsertError::NoFolio { pa })?;
+        pg.folio().ok_or(InsertError::NoFolio { pa })?.get();
         page::folio_add_file_rmap_pte(pg);
         let d = Desc::leaf(pa, 3, vm_page_prot(vma));
         if vma.flags.contains(VmFlags::SHARED) { maybe_mkwrite(d, vma) } else { d }
@@ -1342,34 +1341,32 @@ fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(),
 
 /// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
 /// first use; PFN mappings are refused (Linux: BUG_ON).
-fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, i64> {
-    use crate::errno::{EFAULT, EINVAL};
-    let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
+fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, InsertError> {
+    let v = vmas.find_mut(addr).ok_or(InsertError::NoVma { addr })?;
     if v.flags.contains(VmFlags::PFNMAP) {
-        return Err(-EINVAL);
+        return Err(InsertError::PfnMap { addr });
     }
     v.flags = v.flags | VmFlags::MIXEDMAP;
     Ok(*v)
 }
 
 /// Linux `vm_insert_page`: maps a driver's page (or the zero page) at
-/// `addr` of the VMA there. Errors: -EFAULT (no VMA), -EINVAL (a page or
-/// VMA that must not be used), -EBUSY (something is mapped), -ENOMEM.
+/// `addr` of the VMA there. Errors: no VMA, a page or VMA that must not be
+/// used, something mapped there already, no memory for a table.
 pub fn vm_insert_page(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
     addr: VirtAddr,
     pa: PhysAddr,
-) -> Result<(), i64> {
+) -> Result<(), InsertError> {
     let vma = insert_vma(vmas, addr)?;
-    let addr = addr.as_u64();
-    validate_page_before_insert(mt.mm, &vma, pa)?;
+    validate_page_before_insert(mt.mm, &vma, addr, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
-        return Err(-crate::errno::ENOMEM);
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.as_u64() & !(PAGE_SIZE - 1), true) else {
+        return Err(InsertError::NoMemory);
     };
-    insert_page_into_pte_locked(slot, &vma, pa)
+    insert_page_into_pte_locked(slot, &vma, addr, pa)
 }
 
 /// Linux `vm_insert_pages`: a batch from `addr`. A page with no
@@ -1380,11 +1377,11 @@ pub fn vm_insert_pages(
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
     addr: VirtAddr,
     pages: &[PhysAddr],
-) -> (usize, Result<(), i64>) {
+) -> (usize, Result<(), InsertError>) {
     for (i, &pa) in pages.iter().enumerate() {
         let va = addr + i as u64 * PAGE_SIZE;
         if !page::is_zero_pfn(pa) && page::phys_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
-            return (i, Err(-crate::errno::EINVAL));
+            return (i, Err(InsertError::Freed { pa }));
         }
         if let Err(e) = vm_insert_page(mt, vmas, va, pa) {
             return (i, Err(e));
@@ -1408,7 +1405,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAd
     let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
     let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
-        return match insert_page_into_pte_locked(slot, vma, pfn) {
+        return match insert_page_into_pte_locked(slot, vma, VirtAddr::new(addr), pfn) {
             Ok(()) => VmFault::Done,
             Err(_) => VmFault::Sigsegv,
         };
