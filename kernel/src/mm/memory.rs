@@ -343,9 +343,7 @@ fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
                 Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
                 Kind::None => {}
                 // A whole block (callers split the edges first).
-                Kind::Leaf(_) if level <= 2 && va.is_aligned(size) && chunk_end == va + size => {
-                    f(va, level, e.run(1))?
-                }
+                Kind::Leaf(_) if level <= 2 && va.is_aligned(size) && chunk_end == va + size => f(va, level, e.run(1))?,
                 _ => {
                     return Err(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::BlockCut });
                 }
@@ -812,7 +810,8 @@ fn copy_pte_slow<'d>(
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
-        let pg = page::phys_to_page(pa).ok_or(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::OutsideRam })?;
+        let pg = page::phys_to_page(pa)
+            .ok_or(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::OutsideRam })?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             // CAS: the child gets the parent's entry as the swap saw it,
@@ -1407,7 +1406,9 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAd
     }
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else {
+        return VmFault::Oom;
+    };
     let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, addr, pfn) {
