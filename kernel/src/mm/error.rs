@@ -217,7 +217,7 @@ pub enum GupError {
     /// The caller's stop check ended it (the console's Ctrl-C).
     Interrupted,
     /// `checkpin`: page `page` (at `pa`) has `got` at offset `off`, not `want`.
-    Mismatch { page: usize, pa: u64, off: usize, got: u8, want: u8 },
+    Mismatch { page: usize, pa: PhysAddr, off: usize, got: u8, want: u8 },
 }
 
 impl GupError {
@@ -408,7 +408,7 @@ mod tests {
         }
         assert_eq!(GupError::HandleExists.errno(), EEXIST);
         assert_eq!(GupError::Interrupted.to_string(), "interrupted (Ctrl-C)");
-        let m = GupError::Mismatch { page: 2, pa: 0x4000_2000, off: 0x10, got: 0, want: 0x5a };
+        let m = GupError::Mismatch { page: 2, pa: PhysAddr::new(0x4000_2000), off: 0x10, got: 0, want: 0x5a };
         assert_eq!(m.to_string(), "page 2 (0x40002000) byte 0x10 is 0x00, expected 0x5a");
     }
 

@@ -291,7 +291,7 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), GupError>, GupErr
         // SAFETY: the handle holds the page; it is RAM in the linear map.
         let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).as_u64() as *const u8, PAGE_SIZE as usize) };
         if let Some(off) = s.iter().position(|&b| b != byte) {
-            return Ok(Err(GupError::Mismatch { page: i, pa: pa.as_u64(), off, got: s[off], want: byte }));
+            return Ok(Err(GupError::Mismatch { page: i, pa, off, got: s[off], want: byte }));
         }
     }
     Ok(Ok(()))
