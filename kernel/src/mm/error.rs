@@ -412,6 +412,8 @@ mod tests {
         assert_eq!(m.to_string(), "page 2 (0x40002000) byte 0x10 is 0x00, expected 0x5a");
     }
 
+    /// Each insert refusal maps to Linux's errno (fails if a mapping
+    /// changes: tried with `Busy` mapped to EINVAL).
     #[test]
     fn insert_words_and_errnos() {
         let a = VirtAddr::new(0x40_0000);

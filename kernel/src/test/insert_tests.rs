@@ -45,7 +45,9 @@ fn run(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
 }
 
 kernel_test!(insert_zeropage_decision_table);
-/// The rows: (what, VMA flags, forbid zeropage, allowed).
+/// The rows: (what, VMA flags, forbid zeropage, allowed). Refusals are
+/// checked by their `InsertError` reason: with `validate_page_before_insert`
+/// giving `NotInsertable` (same errno) for a forbidden zero page, it fails.
 fn insert_zeropage_decision_table() -> Result<(), String> {
     use VmFlags as F;
     let rows: &[(&str, VmFlags, bool, bool)] = &[
