@@ -44,6 +44,11 @@ macro_rules! addr_common {
                     None => None,
                 }
             }
+            /// `self + off` modulo 2^64: the exclusive end of a range that
+            /// reaches the top of the address space is 0.
+            pub const fn wrapping_add(self, off: u64) -> Self {
+                Self(self.0.wrapping_add(off))
+            }
             /// The offset of `self` inside its `align`-sized block.
             pub const fn offset_in(self, align: u64) -> u64 {
                 self.0 & (align - 1)

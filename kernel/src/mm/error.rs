@@ -199,14 +199,25 @@ pub enum GupError {
     NoSuchHandle,
     /// More pages than the machine has (a handle keeps one entry per page).
     TooManyPages { nr: u64, managed: u64 },
-    /// No kernel heap for the list of pages or the handle.
+    /// No kernel heap for the list of pages or the handle, or the fault
+    /// that would bring a page in ran out of memory.
     NoMemory,
-    /// `get_user_pages` failed with this errno (positive).
-    Failed(i64),
+    /// No VMA at `addr` (Linux: `-EFAULT`).
+    NoVma { addr: VirtAddr },
+    /// The VMA at `addr` refuses GUP: VM_PFNMAP, or not the access asked
+    /// for (Linux `check_vma_flags`: `-EFAULT`).
+    VmaFlags { addr: VirtAddr },
+    /// The entry at `addr` maps no page GUP can take: a special entry
+    /// other than the zero page, a page without a folio, or a block at a
+    /// level that has none (Linux `follow_page_mask`: `-EFAULT`).
+    NoPage { addr: VirtAddr },
+    /// The fault that would make `addr` present failed, or the page never
+    /// settled after the retries (Linux `faultin_page`: `-EFAULT`).
+    Fault { addr: VirtAddr },
     /// The caller's stop check ended it (the console's Ctrl-C).
     Interrupted,
     /// `checkpin`: page `page` (at `pa`) has `got` at offset `off`, not `want`.
-    Mismatch { page: usize, pa: u64, off: usize, got: u8, want: u8 },
+    Mismatch { page: usize, pa: PhysAddr, off: usize, got: u8, want: u8 },
 }
 
 impl GupError {
@@ -215,14 +226,16 @@ impl GupError {
         match self {
             GupError::HandleExists => EEXIST,
             GupError::TooManyPages { .. } | GupError::NoMemory => ENOMEM,
-            GupError::Failed(e) => e,
+            GupError::NoVma { .. } | GupError::VmaFlags { .. } | GupError::NoPage { .. } | GupError::Fault { .. } => {
+                EFAULT
+            }
             GupError::Interrupted => EINTR,
             GupError::NoSuchHandle | GupError::Mismatch { .. } => EINVAL,
         }
     }
 
     pub fn is_oom(self) -> bool {
-        self.errno() == ENOMEM
+        matches!(self, GupError::TooManyPages { .. } | GupError::NoMemory)
     }
 }
 
@@ -235,19 +248,77 @@ impl fmt::Display for GupError {
                 write!(f, "get_user_pages: out of memory (ENOMEM): {nr} pages, more than the machine's {managed}")
             }
             GupError::NoMemory => f.write_str("get_user_pages: out of memory (ENOMEM)"),
-            GupError::Failed(e) => {
-                // In the contract's words, with the errno GUP returned.
-                let why = match e {
-                    ENOMEM => "out of memory",
-                    EFAULT => "not mapped, or the mapping does not allow it",
-                    _ => "refused",
-                };
-                write!(f, "get_user_pages: {why} ({})", crate::errno::name(e))
+            GupError::NoVma { addr } => write!(f, "get_user_pages: {addr:#x} is not mapped (EFAULT)"),
+            GupError::VmaFlags { addr } => write!(
+                f,
+                "get_user_pages: the mapping at {addr:#x} does not allow it (VM_PFNMAP, or not that access) (EFAULT)"
+            ),
+            GupError::NoPage { addr } => {
+                write!(f, "get_user_pages: {addr:#x} maps no page that can be taken (special or no folio) (EFAULT)")
             }
+            GupError::Fault { addr } => write!(f, "get_user_pages: the fault at {addr:#x} failed (EFAULT)"),
             GupError::Interrupted => f.write_str("interrupted (Ctrl-C)"),
             GupError::Mismatch { page, pa, off, got, want } => {
                 write!(f, "page {page} ({pa:#x}) byte {off:#x} is {got:#04x}, expected {want:#04x}")
             }
+        }
+    }
+}
+
+/// Why `vm_insert_page`/`vm_insert_pages` refused a page (Linux
+/// `mm/memory.c`'s reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// No VMA at `addr` (`-EFAULT`).
+    NoVma { addr: VirtAddr },
+    /// The VMA at `addr` is VM_PFNMAP (Linux: `BUG_ON`; here `-EINVAL`).
+    PfnMap { addr: VirtAddr },
+    /// The zero page where `vm_mixed_zeropage_allowed` forbids it (`-EINVAL`).
+    ZeroPageForbidden { addr: VirtAddr },
+    /// `pa` has no struct page or folio (`-EINVAL`).
+    NoFolio { pa: PhysAddr },
+    /// `pa` has no references: a freed page (`vm_insert_pages`, `-EINVAL`).
+    Freed { pa: PhysAddr },
+    /// `pa` is an anon page or part of a large folio; only individual
+    /// kernel pages may be inserted (`validate_page_before_insert`: `-EINVAL`).
+    NotInsertable { pa: PhysAddr },
+    /// Something is mapped at `addr` already (`-EBUSY`).
+    Busy { addr: VirtAddr },
+    /// No memory for a translation table (`-ENOMEM`).
+    NoMemory,
+}
+
+impl InsertError {
+    /// The errno Linux returns for this (positive).
+    pub fn errno(self) -> i64 {
+        match self {
+            InsertError::NoVma { .. } => EFAULT,
+            InsertError::Busy { .. } => EBUSY,
+            InsertError::NoMemory => ENOMEM,
+            InsertError::PfnMap { .. }
+            | InsertError::ZeroPageForbidden { .. }
+            | InsertError::NoFolio { .. }
+            | InsertError::Freed { .. }
+            | InsertError::NotInsertable { .. } => EINVAL,
+        }
+    }
+}
+
+impl fmt::Display for InsertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            InsertError::NoVma { addr } => write!(f, "vm_insert_page: {addr:#x} is not mapped (EFAULT)"),
+            InsertError::PfnMap { addr } => write!(f, "vm_insert_page: {addr:#x} is in a VM_PFNMAP mapping (EINVAL)"),
+            InsertError::ZeroPageForbidden { addr } => {
+                write!(f, "vm_insert_page: the zero page is not allowed in the mapping at {addr:#x} (EINVAL)")
+            }
+            InsertError::NoFolio { pa } => write!(f, "vm_insert_page: {pa:#x} has no folio (EINVAL)"),
+            InsertError::Freed { pa } => write!(f, "vm_insert_pages: {pa:#x} has no references (EINVAL)"),
+            InsertError::NotInsertable { pa } => {
+                write!(f, "vm_insert_page: {pa:#x} is an anon page or part of a large folio (EINVAL)")
+            }
+            InsertError::Busy { addr } => write!(f, "vm_insert_page: {addr:#x} is mapped already (EBUSY)"),
+            InsertError::NoMemory => f.write_str("vm_insert_page: out of memory (page tables) (ENOMEM)"),
         }
     }
 }
@@ -320,19 +391,47 @@ mod tests {
 
     #[test]
     fn gup_words_and_errnos() {
-        for e in
-            [GupError::NoMemory, GupError::TooManyPages { nr: 1 << 30, managed: 1 << 18 }, GupError::Failed(ENOMEM)]
-        {
+        for e in [GupError::NoMemory, GupError::TooManyPages { nr: 1 << 30, managed: 1 << 18 }] {
             assert!(e.to_string().contains("out of memory"), "{e}");
             assert!(e.is_oom(), "{e}");
+            assert_eq!(e.errno(), ENOMEM);
         }
-        let f = GupError::Failed(EFAULT);
-        assert!(f.to_string().contains("not mapped") && f.to_string().contains("EFAULT"), "{f}");
-        assert_eq!(f.errno(), EFAULT);
-        assert!(!f.is_oom());
+        let a = VirtAddr::new(0x7000_0000);
+        let f = GupError::NoVma { addr: a };
+        assert!(f.to_string().contains("0x70000000 is not mapped") && f.to_string().contains("EFAULT"), "{f}");
+        let v = GupError::VmaFlags { addr: a };
+        assert!(v.to_string().contains("does not allow it"), "{v}");
+        for e in [f, v, GupError::NoPage { addr: a }, GupError::Fault { addr: a }] {
+            assert_eq!(e.errno(), EFAULT, "{e}");
+            assert!(!e.is_oom(), "{e}");
+            assert!(e.to_string().contains("0x70000000"), "{e}");
+        }
         assert_eq!(GupError::HandleExists.errno(), EEXIST);
         assert_eq!(GupError::Interrupted.to_string(), "interrupted (Ctrl-C)");
-        let m = GupError::Mismatch { page: 2, pa: 0x4000_2000, off: 0x10, got: 0, want: 0x5a };
+        let m = GupError::Mismatch { page: 2, pa: PhysAddr::new(0x4000_2000), off: 0x10, got: 0, want: 0x5a };
         assert_eq!(m.to_string(), "page 2 (0x40002000) byte 0x10 is 0x00, expected 0x5a");
+    }
+
+    /// Each insert refusal maps to Linux's errno (fails if a mapping
+    /// changes: tried with `Busy` mapped to EINVAL).
+    #[test]
+    fn insert_words_and_errnos() {
+        let a = VirtAddr::new(0x40_0000);
+        let pa = PhysAddr::new(0x4000_2000);
+        assert_eq!(InsertError::NoVma { addr: a }.errno(), EFAULT);
+        assert_eq!(InsertError::Busy { addr: a }.errno(), EBUSY);
+        assert_eq!(InsertError::NoMemory.errno(), ENOMEM);
+        for e in [
+            InsertError::PfnMap { addr: a },
+            InsertError::ZeroPageForbidden { addr: a },
+            InsertError::NoFolio { pa },
+            InsertError::Freed { pa },
+            InsertError::NotInsertable { pa },
+        ] {
+            assert_eq!(e.errno(), EINVAL, "{e}");
+            assert!(e.to_string().contains("EINVAL"), "{e}");
+        }
+        assert!(InsertError::Busy { addr: a }.to_string().contains("0x400000 is mapped already"));
+        assert!(InsertError::NoMemory.to_string().contains("out of memory"));
     }
 }

@@ -76,14 +76,14 @@ pub fn release(t: Taken, pin: bool) {
 /// Linux `__get_user_pages` (the slow path): for each page, look it up
 /// under the page-table lock; fault it in (write fault for FOLL_WRITE,
 /// unshare fault for R/O pins of shared pages) and retry until it can be
-/// taken. Errors are errno values; what was taken before one is released.
+/// taken. On an error what was taken before it is released.
 pub fn get_user_pages(
     mt: MmTables<'_>,
     lock: &impl MmapLocked,
     start: VirtAddr,
     nr: u64,
     flags: Foll,
-) -> Result<Vec<Taken>, i64> {
+) -> Result<Vec<Taken>, GupError> {
     let mut out: Vec<Taken> = Vec::new();
     for i in 0..nr {
         let va = start + i * PAGE_SIZE;
@@ -92,7 +92,7 @@ pub fn get_user_pages(
                 if crate::mm::error::try_reserve(&mut out, 1).is_err() {
                     release(t, flags.pin);
                     undo(out, flags.pin);
-                    return Err(-crate::errno::ENOMEM);
+                    return Err(GupError::NoMemory);
                 }
                 out.push(t)
             }
@@ -111,13 +111,13 @@ fn undo(v: Vec<Taken>, pin: bool) {
     }
 }
 
-fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) -> Result<Taken, i64> {
-    use crate::errno::{EFAULT, ENOMEM};
-    let vma = *lock.vmas().find(va).ok_or(-EFAULT)?;
+fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) -> Result<Taken, GupError> {
+    let vma = *lock.vmas().find(va).ok_or(GupError::NoVma { addr: va })?;
     // Linux check_vma_flags: no GUP on VM_IO/VM_PFNMAP.
     if vma.flags.contains(VmFlags::PFNMAP) || !memory::vma_access_permitted(&vma, flags.write) {
-        return Err(-EFAULT);
+        return Err(GupError::VmaFlags { addr: va });
     }
+    let no_page = GupError::NoPage { addr: va };
     let cow = !vma.flags.contains(VmFlags::SHARED);
     for _ in 0..4 {
         let need = {
@@ -126,7 +126,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
             let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
             match t.translate(va) {
                 Translation::Fault { .. } => Some(FaultFlags { write: flags.write, unshare: false }),
-                Translation::Mapped { level, .. } if !(1..=3).contains(&level) => return Err(-EFAULT),
+                Translation::Mapped { level, .. } if !(1..=3).contains(&level) => return Err(no_page),
                 Translation::Mapped { desc, pa, .. } => {
                     // A page inside a block is taken like a page entry's.
                     let pa = pa.align_down(PAGE_SIZE);
@@ -134,7 +134,7 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
                         Some(FaultFlags { write: true, unshare: false })
                     } else if desc.special() {
                         if !page::is_zero_any(pa) {
-                            return Err(-EFAULT);
+                            return Err(no_page);
                         }
                         if must_unshare(flags, None, Some(cow)) {
                             Some(FaultFlags { write: false, unshare: true })
@@ -142,11 +142,11 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
                             return Ok(Taken::Zero);
                         }
                     } else {
-                        let pg = page::phys_to_page(pa).ok_or(-EFAULT)?;
+                        let pg = page::phys_to_page(pa).ok_or(no_page)?;
                         if must_unshare(flags, Some(pg), Some(cow)) {
                             Some(FaultFlags { write: false, unshare: true })
                         } else {
-                            grab(pg.folio().ok_or(-EFAULT)?, flags);
+                            grab(pg.folio().ok_or(no_page)?, flags);
                             return Ok(Taken::Page(pa));
                         }
                     }
@@ -156,12 +156,12 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
         if let Some(ff) = need {
             match memory::handle_mm_fault(mt, &vma, va, ff) {
                 VmFault::Done => {}
-                VmFault::Oom => return Err(-ENOMEM),
-                VmFault::Sigsegv => return Err(-EFAULT),
+                VmFault::Oom => return Err(GupError::NoMemory),
+                VmFault::Sigsegv => return Err(GupError::Fault { addr: va }),
             }
         }
     }
-    Err(-EFAULT)
+    Err(GupError::Fault { addr: va })
 }
 
 /// Linux `gup_fast`: takes pages from the start of the range without the
@@ -291,7 +291,7 @@ pub fn check_handle(name: &str, byte: u8) -> Result<Result<(), GupError>, GupErr
         // SAFETY: the handle holds the page; it is RAM in the linear map.
         let s = unsafe { core::slice::from_raw_parts(phys_to_virt(pa).as_u64() as *const u8, PAGE_SIZE as usize) };
         if let Some(off) = s.iter().position(|&b| b != byte) {
-            return Ok(Err(GupError::Mismatch { page: i, pa: pa.as_u64(), off, got: s[off], want: byte }));
+            return Ok(Err(GupError::Mismatch { page: i, pa, off, got: s[off], want: byte }));
         }
     }
     Ok(Ok(()))

@@ -14,7 +14,7 @@
 //! Locking: the caller holds the mmap lock (read is enough for faults);
 //! the page-table lock (`mm.page_table_lock`) is held while entries change.
 
-use super::error::{Inconsistency, MmError, Need, try_reserve};
+use super::error::{Inconsistency, InsertError, MmError, Need, try_reserve};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
@@ -141,7 +141,7 @@ fn slot_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
     pgd: PhysAddr,
-    va: u64,
+    va: VirtAddr,
     level: u32,
     alloc: bool,
 ) -> Option<Pte<'l>> {
@@ -149,7 +149,7 @@ fn slot_lookup<'l>(
     let mut table = pgd;
     for l in USER_START_LEVEL..level {
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va, l)) };
+        let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), l)) };
         match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
@@ -162,7 +162,7 @@ fn slot_lookup<'l>(
         }
     }
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    Some(unsafe { entry(ptl, mem, table, g.index(va, level)) })
+    Some(unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) })
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
@@ -171,7 +171,7 @@ pub(crate) fn pmd_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
     pgd: PhysAddr,
-    va: u64,
+    va: VirtAddr,
     alloc: bool,
 ) -> Option<Pte<'l>> {
     slot_lookup(ptl, mem, pgd, va, 2, alloc)
@@ -182,7 +182,7 @@ fn pte_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
     pgd: PhysAddr,
-    va: u64,
+    va: VirtAddr,
     alloc: bool,
 ) -> Option<Pte<'l>> {
     slot_lookup(ptl, mem, pgd, va, 3, alloc)
@@ -199,24 +199,23 @@ pub(crate) fn split_blocks_at_edges(
     start: VirtAddr,
     end: VirtAddr,
 ) -> Result<(), MmError> {
-    let (start, end) = (start.as_u64(), end.as_u64());
     if super::huge_memory::pud_order().is_some() {
         let ps = super::huge_memory::pud_size();
         for edge in [start, end] {
-            if edge % ps != 0 {
+            if !edge.is_aligned(ps) {
                 split_pud_at(ptl, mm, mem, edge)?;
             }
         }
     }
     let bs = GRANULE.level_size(2);
     for edge in [start, end] {
-        if edge % bs == 0 {
+        if edge.is_aligned(bs) {
             continue;
         }
         if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
-                super::huge_memory::split_huge_pmd(mm, mem, pmd, VirtAddr::new(edge))?;
+                super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
             }
         }
     }
@@ -232,11 +231,11 @@ pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(),
 }
 
 /// Splits the 1G block around `va`, if there is one.
-fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
+fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: VirtAddr) -> Result<(), MmError> {
     if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
-        super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va))?;
+        super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
     }
     Ok(())
 }
@@ -246,8 +245,8 @@ fn split_puds_in(
     ptl: &PtlGuard<'_>,
     mm: &MmStruct,
     mem: &mut FrameTableMem,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
 ) -> Result<(), MmError> {
     if super::huge_memory::pud_order().is_none() {
         return Ok(());
@@ -268,28 +267,28 @@ fn next_block<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     level: u32,
-) -> Option<(u64, Pte<'l>)> {
+) -> Option<(VirtAddr, Pte<'l>)> {
     fn rec<'l>(
         ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         at: u32,
         table: PhysAddr,
-        start: u64,
-        end: u64,
+        start: VirtAddr,
+        end: VirtAddr,
         level: u32,
-    ) -> Option<(u64, Pte<'l>)> {
+    ) -> Option<(VirtAddr, Pte<'l>)> {
         let g = GRANULE;
         let size = g.level_size(at);
         let mut va = start;
         while va < end {
-            let chunk_end = ((va & !(size - 1)) + size).min(end);
+            let chunk_end = (va.align_down(size) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va, at)) };
+            let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), at)) };
             match e.get().kind(at, g) {
-                Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
+                Kind::Leaf(_) if at == level => return Some((va.align_down(size), e)),
                 Kind::Table(next) if at < level => {
                     if let Some(b) = rec(ptl, mem, at + 1, next, va, chunk_end, level) {
                         return Some(b);
@@ -310,45 +309,43 @@ fn next_block<'l>(
 /// (Linux's pgd/p4d/pud/pmd range loops down to `*_pte_range`, which
 /// steps `pte++` through one table). A block the range cuts is an error:
 /// callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
+fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     pgd: PhysAddr,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     f: &mut F,
 ) -> Result<(), MmError> {
-    fn rec<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
+    fn rec<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
         ptl: &'l PtlGuard<'_>,
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
-        start: u64,
-        end: u64,
+        start: VirtAddr,
+        end: VirtAddr,
         f: &mut F,
     ) -> Result<(), MmError> {
         let g = GRANULE;
         if level == 3 {
             // `[start, end)` lies in this table (its level-2 entry's span).
-            let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
+            let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
             return f(start, 3, unsafe { entry(ptl, mem, table, first) }.run(last - first + 1));
         }
         let size = g.level_size(level);
         let mut va = start;
         while va < end {
-            let chunk_end = ((va & !(size - 1)) + size).min(end);
+            let chunk_end = (va.align_down(size) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
+            let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) };
             match e.get().kind(level, g) {
                 Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
                 Kind::None => {}
                 // A whole block (callers split the edges first).
-                Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => {
-                    f(va, level, e.run(1))?
-                }
+                Kind::Leaf(_) if level <= 2 && va.is_aligned(size) && chunk_end == va + size => f(va, level, e.run(1))?,
                 _ => {
-                    return Err(MmError::Inconsistent { addr: va, what: Inconsistency::BlockCut });
+                    return Err(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::BlockCut });
                 }
             }
             va = chunk_end;
@@ -383,8 +380,8 @@ pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
 /// Break-before-make for a new output address (Linux `ptep_clear_flush`
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
 /// the new entry. Refused (the old entry stays) if the flush was skipped.
-fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super::pgtable::MapError> {
-    let old = slot.replace(d, VirtAddr::new(va), PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: VirtAddr, d: Desc) -> Result<Desc, super::pgtable::MapError> {
+    let old = slot.replace(d, va, PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(old)
 }
@@ -392,7 +389,7 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`vma_access_permitted`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
-    let va = addr.align_down(PAGE_SIZE).as_u64();
+    let va = addr.align_down(PAGE_SIZE);
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     // Level 1 first (a `thp=1G` VMA), then level 2: an empty entry in a THP
@@ -408,7 +405,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
-        && super::huge_memory::pmd_suitable(vma, VirtAddr::new(va))
+        && super::huge_memory::pmd_suitable(vma, va)
         && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
     {
         return r;
@@ -418,7 +415,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
             if flags.write && pd.user_writable() {
                 return spurious(mt.mm, pmd, va, 2, true);
             }
-            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, VirtAddr::new(va), pd, flags);
+            return super::huge_memory::do_huge_pmd_wp_page(mt.mm, &mut mem, pmd, vma, va, pd, flags);
         }
         return if pd.perms().el0 { spurious(mt.mm, pmd, va, 2, false) } else { VmFault::Sigsegv };
     }
@@ -433,7 +430,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         _ => return VmFault::Sigsegv,
     };
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va, 3)) };
+    let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va.as_u64(), 3)) };
     let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
@@ -469,13 +466,13 @@ fn handle_pud_fault(
     mm: &MmStruct,
     mem: &mut FrameTableMem,
     vma: &Vma,
-    va: u64,
+    va: VirtAddr,
     flags: FaultFlags,
 ) -> Option<VmFault> {
     let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
-        && super::huge_memory::pud_suitable(vma, VirtAddr::new(va))
+        && super::huge_memory::pud_suitable(vma, va)
         && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
     {
         return Some(r);
@@ -484,7 +481,7 @@ fn handle_pud_fault(
         // Always exclusive (see `do_huge_pud_anonymous_page`): a write
         // reuses it, anything else is spurious or not allowed.
         if flags.write && !d.user_writable() {
-            if super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va)).is_err() {
+            if super::huge_memory::split_huge_pud(mm, mem, pud, va).is_err() {
                 return Some(VmFault::Oom);
             }
             // The retried access finds the 2M block.
@@ -500,7 +497,7 @@ fn handle_pud_fault(
 /// `ptep_set_access_flags`; an entry with AF clear is never cached, so no
 /// TLBI), on the whole contiguous run so its entries stay alike.
 /// Otherwise another path fixed it or a stale TLB entry remains: drop it.
-fn spurious(mm: &MmStruct, slot: Pte, va: u64, level: u32, write: bool) -> VmFault {
+fn spurious(mm: &MmStruct, slot: Pte, va: VirtAddr, level: u32, write: bool) -> VmFault {
     let d = slot.get();
     // A write to a writable-clean entry (DBM, AP[2] set) that the MMU did
     // not dirty itself: software does it (Linux `pte_mkdirty` through
@@ -513,7 +510,7 @@ fn spurious(mm: &MmStruct, slot: Pte, va: u64, level: u32, write: bool) -> VmFau
             let _ = s.update(set, clear);
         };
         if level == 3 && d.0 & CONT_BIT != 0 {
-            let first = slot_at(slot, va, va & !(cont_size() - 1));
+            let first = slot_at(slot, va, va.align_down(cont_size()));
             for i in 0..GRANULE.contiguous_entries(3) {
                 update(first.sibling(first.index() + i));
             }
@@ -523,18 +520,18 @@ fn spurious(mm: &MmStruct, slot: Pte, va: u64, level: u32, write: bool) -> VmFau
         crate::arch::aarch64::cpu::publish_tables();
         if dirty {
             // The read-only translation may be cached: drop it here.
-            crate::arch::aarch64::cpu::tlbi_page_local(va, mm.asid());
+            crate::arch::aarch64::cpu::tlbi_page_local(va.as_u64(), mm.asid());
         }
         return VmFault::Done;
     }
-    crate::arch::aarch64::cpu::tlbi_page_local(va, mm.asid());
+    crate::arch::aarch64::cpu::tlbi_page_local(va.as_u64(), mm.asid());
     VmFault::Done
 }
 
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
 /// exclusive to this mm.
-fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if !flags.write {
         set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
         return VmFault::Done;
@@ -566,9 +563,9 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFaul
 /// the cached page itself (`do_read_fault` / `do_shared_fault`; writable
 /// at once in a shared writable mapping); a write to a private mapping
 /// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
-fn do_fault(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
-    let pgoff = vma.pgoff_of(VirtAddr::new(va));
+    let pgoff = vma.pgoff_of(va);
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
@@ -608,22 +605,23 @@ pub fn max_folio_order() -> u8 {
 }
 
 /// The entry of `to` in the same level-3 table as `slot` (the entry of `va`).
-fn slot_at(slot: Pte, va: u64, to: u64) -> Pte {
-    assert!(va & !(GRANULE.level_size(2) - 1) == to & !(GRANULE.level_size(2) - 1), "slot_at across tables");
-    slot.sibling(GRANULE.index(to, 3))
+fn slot_at(slot: Pte, va: VirtAddr, to: VirtAddr) -> Pte {
+    let table_span = GRANULE.level_size(2);
+    assert!(va.align_down(table_span) == to.align_down(table_span), "slot_at across tables");
+    slot.sibling(GRANULE.index(to.as_u64(), 3))
 }
 
 /// Linux `alloc_anon_folio` (mTHP): the largest order up to the VMA's
 /// whose naturally aligned range lies inside the VMA and maps nothing
 /// yet, falling back to smaller orders when memory is fragmented.
 /// Returns the folio and the VA its first page goes to.
-fn alloc_anon_folio(slot: Pte, vma: &Vma, va: u64) -> Option<(page::Folio, u64)> {
+fn alloc_anon_folio(slot: Pte, vma: &Vma, va: VirtAddr) -> Option<(page::Folio, VirtAddr)> {
     // Page entries of one level-3 table: at most a level-2 block's worth.
     let max = if vma.flags.contains(VmFlags::NOHUGEPAGE) { 0 } else { vma.folio_order.min(max_folio_order()) as u64 };
     for order in (1..=max).rev() {
         let size = PAGE_SIZE << order;
-        let base = va & !(size - 1);
-        if base < vma.start.as_u64() || base + size > vma.end.as_u64() {
+        let base = va.align_down(size);
+        if base < vma.start || base + size > vma.end {
             continue;
         }
         let first = slot_at(slot, va, base);
@@ -645,21 +643,21 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: u64) -> Option<(page::Folio, u64)>
 /// before any change that would leave the run's entries inconsistent.
 #[inline(never)]
 #[cold]
-fn unfold_run(mm: &MmStruct, slot: Pte, va: u64) -> Result<(), super::pgtable::MapError> {
+fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
     if slot.get().0 & CONT_BIT == 0 {
         return Ok(());
     }
     let n = GRANULE.contiguous_entries(3);
-    let run_va = va & !(cont_size() - 1);
+    let run_va = va.align_down(cont_size());
     let mut old = [0u64; 128];
-    slot_at(slot, va, run_va).unfold(n, VirtAddr::new(run_va), cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
+    slot_at(slot, va, run_va).unfold(n, run_va, cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
 
 /// Linux `do_wp_page`: a write (or unshare) fault on a present read-only
 /// entry of a VMA that allows it.
-fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, desc: Desc, flags: FaultFlags) -> VmFault {
+fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, desc: Desc, flags: FaultFlags) -> VmFault {
     // One entry of a contiguous run is about to change on its own.
     if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) && unfold_run(mm, slot, va).is_err() {
         return VmFault::Done; // refused (the BBM tests): the run is unchanged, retry
@@ -707,7 +705,7 @@ fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, desc: Desc, flags: F
 /// Linux `wp_page_reuse`: the page stays; the entry becomes writable
 /// (a permission-only change: no break-before-make, but the old read-only
 /// translation must leave the TLB).
-fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
+fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
@@ -718,7 +716,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
         Err(e) => pte_bug(e),
     };
     if old.is_valid() {
-        KernelFlush.flush(VirtAddr::new(va), PAGE_SIZE, Some(mm.asid()), true);
+        KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
     }
     VmFault::Done
 }
@@ -731,7 +729,7 @@ fn wp_page_copy(
     mm: &MmStruct,
     slot: Pte,
     vma: &Vma,
-    va: u64,
+    va: VirtAddr,
     desc: Desc,
     old: Option<&'static page::Page>,
     flags: FaultFlags,
@@ -750,7 +748,7 @@ fn wp_page_copy_from(
     mm: &MmStruct,
     slot: Pte,
     vma: &Vma,
-    va: u64,
+    va: VirtAddr,
     desc: Desc,
     src: Option<PhysAddr>,
     old: Option<&'static page::Page>,
@@ -792,27 +790,28 @@ fn copy_pte_slow<'d>(
     dptl: &'d PtlGuard<'_>,
     dmem: &mut FrameTableMem,
     dst: &MmStruct,
-    va: u64,
+    va: VirtAddr,
     level: u32,
     srun: PteRun,
     i: usize,
     desc: Desc,
     drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
-    broken_runs: &mut Vec<u64>,
+    broken_runs: &mut Vec<VirtAddr>,
 ) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dptl, dmem, dst, va, srun.pte(i), desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: VirtAddr::new(va) });
+        return Err(MmError::NotPresent { addr: va });
     }
     let child = if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
-        let pg = page::phys_to_page(pa).ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::OutsideRam })?;
+        let pg = page::phys_to_page(pa)
+            .ok_or(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::OutsideRam })?;
         let folio = pg.folio().expect("mapped anon page without a folio");
         if page::folio_try_dup_anon_rmap_pte(folio, pg) {
             // CAS: the child gets the parent's entry as the swap saw it,
@@ -830,7 +829,7 @@ fn copy_pte_slow<'d>(
             copy_page(new.pa(), pa);
             folio_add_new_anon_rmap_pte(new.head());
             if desc.0 & CONT_BIT != 0 {
-                broken_runs.push(va & !(cont_size() - 1));
+                broken_runs.push(va.align_down(cont_size()));
             }
             Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
@@ -871,14 +870,14 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut smem = src.mem.lock();
     let mut dmem = dst.mem.lock();
     // A 1G THP is never shared: 2M THPs from here on.
-    split_puds_in(&sptl, src.mm, &mut smem, vma.start.as_u64(), vma.end.as_u64())?;
+    split_puds_in(&sptl, src.mm, &mut smem, vma.start, vma.end)?;
     // Blocks of maybe-pinned folios with exclusive pages cannot be shared:
     // split them in the parent first, then copy page by page (Linux:
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
-    let mut pinned_blocks: Vec<u64> = Vec::new();
+    let mut pinned_blocks: Vec<VirtAddr> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a.as_u64(), vma.end.as_u64(), 2) {
-        a = VirtAddr::new(va + GRANULE.level_size(2));
+    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
+        a = va + GRANULE.level_size(2);
         let d = slot.get();
         if !d.special() {
             let f = page::phys_to_page(d.output_address(GRANULE.level_size(2))).and_then(|p| p.folio());
@@ -890,7 +889,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     }
     for va in pinned_blocks {
         if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
-            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, VirtAddr::new(va))?;
+            super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
         }
     }
     // Linux raw_write_seqcount_begin(&src_mm->write_protect_seq): GUP-fast
@@ -898,11 +897,11 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     src.mm.write_protect_seq.fetch_add(1, Ordering::AcqRel);
     let mut wrprotected = false;
     // Child runs that got an early copy: no longer one contiguous range.
-    let mut broken_runs: Vec<u64> = Vec::new();
+    let mut broken_runs: Vec<VirtAddr> = Vec::new();
     let mut failed_at = None;
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |start, level, srun| {
+    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |start, level, srun| {
         // Found at the first entry to copy (a table with nothing to copy
         // gets no child table).
         let mut drun: Option<PteRun> = None;
@@ -985,12 +984,12 @@ fn copy_block(
     dptl: &PtlGuard<'_>,
     dmem: &mut FrameTableMem,
     dst: &MmStruct,
-    va: u64,
+    va: VirtAddr,
     sslot: Pte,
     desc: Desc,
 ) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
-        .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
+        .ok_or(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::PinnedBlock })?;
     let Some(dpmd) = pmd_lookup(dptl, dmem, dst.pgd, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
@@ -1016,10 +1015,9 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
-    let va = va.as_u64();
     // A contiguous run cut by either end of the range loses its bit first.
     for edge in [va, va + len] {
-        if edge % cont_size() != 0 {
+        if !edge.is_aligned(cont_size()) {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
             if let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
                 unfold_run(mt.mm, slot, a)?;
@@ -1044,7 +1042,8 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
 /// switched every CPU away from `mm` and frees the root.
 pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
     let mut tlb = MmuGather::new_fullmm(mm.asid());
-    clear_range(ptl, mem, USER_START_LEVEL, mm.pgd, 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
+    let top = VirtAddr::new(crate::arch::aarch64::regs::USER_TOP);
+    clear_range(ptl, mem, USER_START_LEVEL, mm.pgd, VirtAddr::new(0), top, &mut tlb);
     tlb.finish(mem);
 }
 
@@ -1057,14 +1056,14 @@ fn clear_range(
     mem: &mut FrameTableMem,
     level: u32,
     table: PhysAddr,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     tlb: &mut MmuGather,
 ) {
     let g = GRANULE;
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
-        let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
+        let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
         zap_pte_range(unsafe { entry(ptl, mem, table, first) }.run(last - first + 1), start, tlb, mem);
         return;
@@ -1072,16 +1071,16 @@ fn clear_range(
     let size = g.level_size(level);
     let mut va = start;
     while va < end {
-        let entry_va = va & !(size - 1);
+        let entry_va = va.align_down(size);
         let chunk_end = (entry_va + size).min(end);
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
+        let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) };
         match e.get().kind(level, g) {
             // A block the range covers whole (the edges were split).
             Kind::Leaf(_) => {
                 let old = e.get_and_clear();
                 if old.is_valid() {
-                    tlb.flush_range(VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+                    tlb.flush_range(entry_va, entry_va + size);
                     if !old.special() {
                         tlb.remove_block(mem, old.output_address(size));
                     }
@@ -1092,7 +1091,7 @@ fn clear_range(
                 if va == entry_va && chunk_end == entry_va + size {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
-                    tlb.remove_table(mem, next, VirtAddr::new(entry_va), VirtAddr::new(entry_va + size));
+                    tlb.remove_table(mem, next, entry_va, entry_va + size);
                 }
             }
             _ => {}
@@ -1108,7 +1107,7 @@ fn clear_range(
 /// mid-run went (its flush emptied the range), so every flush covers the
 /// entries cleared before it.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameTableMem) {
+fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather, mem: &mut FrameTableMem) {
     let mut in_range = false;
     for i in 0..run.len() {
         if run.get(i).0 == 0 {
@@ -1120,7 +1119,7 @@ fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameT
         }
         if !in_range {
             in_range = true;
-            tlb.flush_range(VirtAddr::new(va + i as u64 * PAGE_SIZE), VirtAddr::new(va + run.len() as u64 * PAGE_SIZE));
+            tlb.flush_range(va + i as u64 * PAGE_SIZE, va + run.len() as u64 * PAGE_SIZE);
         }
         if !old.special() && tlb.remove_page(mem, old.output_address(PAGE_SIZE)) {
             in_range = false;
@@ -1141,8 +1140,8 @@ pub fn put_mapped_page(pa: PhysAddr) {
 /// every entry gets the same new permissions (for R/W: all its pages are
 /// exclusive, or none is).
 #[inline(never)]
-fn run_stays_uniform(slot: Pte, a: u64, start: u64, end: u64, writable: bool) -> bool {
-    let run_va = a & !(cont_size() - 1);
+fn run_stays_uniform(slot: Pte, a: VirtAddr, start: VirtAddr, end: VirtAddr, writable: bool) -> bool {
+    let run_va = a.align_down(cont_size());
     if run_va < start || run_va + cont_size() > end {
         return false;
     }
@@ -1162,8 +1161,15 @@ fn run_stays_uniform(slot: Pte, a: u64, start: u64, end: u64, writable: bool) ->
 /// the run unless it stays uniform. Returns the entry to work on.
 #[cold]
 #[inline(never)]
-fn cont_before_protect(mm: &MmStruct, slot: Pte, a: u64, va: u64, len: u64, writable: bool) -> Result<Desc, MmError> {
-    let run_va = a & !(cont_size() - 1);
+fn cont_before_protect(
+    mm: &MmStruct,
+    slot: Pte,
+    a: VirtAddr,
+    va: VirtAddr,
+    len: u64,
+    writable: bool,
+) -> Result<Desc, MmError> {
+    let run_va = a.align_down(cont_size());
     if (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
         unfold_run(mm, slot, a)?;
     }
@@ -1195,8 +1201,8 @@ fn protect_entry(run: PteRun, i: usize, d: Desc, el0: bool, mkwrite: bool) -> bo
 fn protect_run(
     mm: &MmStruct,
     run: PteRun,
-    start: u64,
-    va: u64,
+    start: VirtAddr,
+    va: VirtAddr,
     len: u64,
     el0: bool,
     writable: bool,
@@ -1252,7 +1258,6 @@ pub fn change_protection(
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
-    let va = va.as_u64();
     let mut changed = false;
     let mm = mt.mm;
     let el0 = readable || writable;
@@ -1273,7 +1278,7 @@ pub fn change_protection(
         Ok(())
     });
     if changed && !skip_perm_flush() {
-        KernelFlush.flush(VirtAddr::new(va), len, Some(mt.mm.asid()), true);
+        KernelFlush.flush(va, len, Some(mt.mm.asid()), true);
     }
     r
 }
@@ -1308,14 +1313,13 @@ pub fn vm_mixed_zeropage_allowed(mm: &MmStruct, vma: &Vma) -> bool {
 
 /// Linux `validate_page_before_insert`: the zero page where allowed, or an
 /// individual non-anon kernel page.
-fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
-    use crate::errno::EINVAL;
+fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, addr: VirtAddr, pa: PhysAddr) -> Result<(), InsertError> {
     if page::is_zero_pfn(pa) {
-        return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(-EINVAL) };
+        return if vm_mixed_zeropage_allowed(mm, vma) { Ok(()) } else { Err(InsertError::ZeroPageForbidden { addr }) };
     }
-    let f = page::phys_to_page(pa).and_then(|p| p.folio()).ok_or(-EINVAL)?;
+    let f = page::phys_to_page(pa).and_then(|p| p.folio()).ok_or(InsertError::NoFolio { pa })?;
     if f.is_anon() || f.is_large() {
-        return Err(-EINVAL);
+        return Err(InsertError::NotInsertable { pa });
     }
     Ok(())
 }
@@ -1323,15 +1327,15 @@ fn validate_page_before_insert(mm: &MmStruct, vma: &Vma, pa: PhysAddr) -> Result
 /// The entry `insert_page` writes: the zero page special and read-only,
 /// another page with a mapping and a reference, writable only in a shared
 /// writable mapping.
-fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(), i64> {
+fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, addr: VirtAddr, pa: PhysAddr) -> Result<(), InsertError> {
     if slot.get().0 != 0 {
-        return Err(-crate::errno::EBUSY);
+        return Err(InsertError::Busy { addr });
     }
     let d = if page::is_zero_pfn(pa) {
         Desc::leaf(pa, 3, LeafAttrs { special: true, ..vm_page_prot(vma) })
     } else {
-        let pg = page::phys_to_page(pa).ok_or(-crate::errno::EINVAL)?;
-        pg.folio().ok_or(-crate::errno::EINVAL)?.get();
+        let pg = page::phys_to_page(pa).ok_or(InsertError::NoFolio { pa })?;
+        pg.folio().ok_or(InsertError::NoFolio { pa })?.get();
         page::folio_add_file_rmap_pte(pg);
         let d = Desc::leaf(pa, 3, vm_page_prot(vma));
         if vma.flags.contains(VmFlags::SHARED) { maybe_mkwrite(d, vma) } else { d }
@@ -1342,34 +1346,32 @@ fn insert_page_into_pte_locked(slot: Pte, vma: &Vma, pa: PhysAddr) -> Result<(),
 
 /// The VMA at `addr` for an insert, marked VM_MIXEDMAP as Linux does on
 /// first use; PFN mappings are refused (Linux: BUG_ON).
-fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, i64> {
-    use crate::errno::{EFAULT, EINVAL};
-    let v = vmas.find_mut(addr).ok_or(-EFAULT)?;
+fn insert_vma(vmas: &mut super::mm_struct::MmapWriteGuard<'_>, addr: VirtAddr) -> Result<Vma, InsertError> {
+    let v = vmas.find_mut(addr).ok_or(InsertError::NoVma { addr })?;
     if v.flags.contains(VmFlags::PFNMAP) {
-        return Err(-EINVAL);
+        return Err(InsertError::PfnMap { addr });
     }
     v.flags = v.flags | VmFlags::MIXEDMAP;
     Ok(*v)
 }
 
 /// Linux `vm_insert_page`: maps a driver's page (or the zero page) at
-/// `addr` of the VMA there. Errors: -EFAULT (no VMA), -EINVAL (a page or
-/// VMA that must not be used), -EBUSY (something is mapped), -ENOMEM.
+/// `addr` of the VMA there. Errors: no VMA, a page or VMA that must not be
+/// used, something mapped there already, no memory for a table.
 pub fn vm_insert_page(
     mt: MmTables<'_>,
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
     addr: VirtAddr,
     pa: PhysAddr,
-) -> Result<(), i64> {
+) -> Result<(), InsertError> {
     let vma = insert_vma(vmas, addr)?;
-    let addr = addr.as_u64();
-    validate_page_before_insert(mt.mm, &vma, pa)?;
+    validate_page_before_insert(mt.mm, &vma, addr, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
-        return Err(-crate::errno::ENOMEM);
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else {
+        return Err(InsertError::NoMemory);
     };
-    insert_page_into_pte_locked(slot, &vma, pa)
+    insert_page_into_pte_locked(slot, &vma, addr, pa)
 }
 
 /// Linux `vm_insert_pages`: a batch from `addr`. A page with no
@@ -1380,11 +1382,11 @@ pub fn vm_insert_pages(
     vmas: &mut super::mm_struct::MmapWriteGuard<'_>,
     addr: VirtAddr,
     pages: &[PhysAddr],
-) -> (usize, Result<(), i64>) {
+) -> (usize, Result<(), InsertError>) {
     for (i, &pa) in pages.iter().enumerate() {
         let va = addr + i as u64 * PAGE_SIZE;
         if !page::is_zero_pfn(pa) && page::phys_to_page(pa).and_then(|p| p.folio()).is_none_or(|f| f.refcount() == 0) {
-            return (i, Err(-crate::errno::EINVAL));
+            return (i, Err(InsertError::Freed { pa }));
         }
         if let Err(e) = vm_insert_page(mt, vmas, va, pa) {
             return (i, Err(e));
@@ -1398,17 +1400,18 @@ pub fn vm_insert_pages(
 /// where `vm_mixed_zeropage_allowed` says so - mapped special when it has
 /// no struct page (or is the zero page), as a page otherwise.
 pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAddr) -> VmFault {
-    let addr = addr.as_u64();
     let io = vma.flags.0 & (VmFlags::PFNMAP.0 | VmFlags::IO.0) != 0;
     if !io && page::is_zero_pfn(pfn) && !vm_mixed_zeropage_allowed(mt.mm, vma) {
         return VmFault::Sigsegv; // Linux VM_FAULT_SIGBUS
     }
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else {
+        return VmFault::Oom;
+    };
     let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
-        return match insert_page_into_pte_locked(slot, vma, pfn) {
+        return match insert_page_into_pte_locked(slot, vma, addr, pfn) {
             Ok(()) => VmFault::Done,
             Err(_) => VmFault::Sigsegv,
         };

@@ -37,8 +37,8 @@ pub static FULL_FLUSHES: AtomicU64 = AtomicU64::new(0);
 pub static RANGE_OPS: AtomicU64 = AtomicU64::new(0);
 
 /// One range op: `(NUM+1) << (5*SCALE+1)` pages from `va`.
-fn range_op(va: u64, scale: u64, num: u64, asid: Option<u16>, leaf_only: bool) {
-    tlbi_range_is(va, scale, num, asid, leaf_only);
+fn range_op(va: VirtAddr, scale: u64, num: u64, asid: Option<u16>, leaf_only: bool) {
+    tlbi_range_is(va.as_u64(), scale, num, asid, leaf_only);
     RANGE_OPS.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -55,7 +55,7 @@ impl TlbFlush for KernelFlush {
     // the fault path) the range logic folds away.
     #[inline]
     fn flush(&mut self, va: VirtAddr, size: u64, asid: Option<u16>, leaf_only: bool) {
-        let va = va.align_down(PAGE_SIZE).as_u64();
+        let va = va.align_down(PAGE_SIZE);
         let pages = size.div_ceil(PAGE_SIZE).max(1);
         let range = has_tlbi_range();
         dsb_ishst();
@@ -81,7 +81,7 @@ impl TlbFlush for KernelFlush {
 }
 
 /// One page's TLBI, counted.
-fn tlbi_page(v: u64, asid: Option<u16>, leaf_only: bool) {
-    tlbi_page_is(v, asid, leaf_only);
+fn tlbi_page(v: VirtAddr, asid: Option<u16>, leaf_only: bool) {
+    tlbi_page_is(v.as_u64(), asid, leaf_only);
     TLBI_OPS.fetch_add(1, Ordering::Relaxed);
 }

@@ -5,14 +5,16 @@
 //! 0..=3. As Linux's `__flush_tlb_range_op` does, go from the largest scale
 //! down, and send a final odd page through a per-page TLBI.
 
+use super::addr::VirtAddr;
+
 /// Calls `out(va, scale, num)` for each range op and `single(va)` for each
 /// page left over, covering exactly `pages` pages from `va`.
 pub fn plan_range(
-    mut va: u64,
+    mut va: VirtAddr,
     mut pages: u64,
     page_size: u64,
-    out: &mut dyn FnMut(u64, u64, u64),
-    single: &mut dyn FnMut(u64),
+    out: &mut dyn FnMut(VirtAddr, u64, u64),
+    single: &mut dyn FnMut(VirtAddr),
 ) {
     let mut scale: i64 = 3;
     while pages > 0 {
@@ -42,11 +44,11 @@ mod tests {
     fn cover(pages: u64) -> (Vec<(u64, u64)>, usize) {
         let spans = std::cell::RefCell::new(Vec::new());
         plan_range(
-            0x10_0000,
+            VirtAddr::new(0x10_0000),
             pages,
             4096,
-            &mut |va, s, n| spans.borrow_mut().push((va, ((n + 1) << (5 * s + 1)) * 4096)),
-            &mut |va| spans.borrow_mut().push((va, 4096)),
+            &mut |va, s, n| spans.borrow_mut().push((va.as_u64(), ((n + 1) << (5 * s + 1)) * 4096)),
+            &mut |va| spans.borrow_mut().push((va.as_u64(), 4096)),
         );
         let v = spans.into_inner();
         let n = v.len();

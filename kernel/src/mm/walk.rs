@@ -118,11 +118,11 @@ fn walk_tables<M: TableMemory + ?Sized>(
     g: Granule,
     root: PhysAddr,
     start_level: u32,
-    start: u64,
-    end: u64,
+    start: VirtAddr,
+    end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    let base = if start >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 };
+    let base = VirtAddr::new(if start.as_u64() >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 });
     walk_table(mem, g, root, start_level, base, start, end, TableAttrs::NONE, ops)
 }
 
@@ -132,12 +132,14 @@ fn walk_table<M: TableMemory + ?Sized>(
     g: Granule,
     table: PhysAddr,
     level: u32,
-    base: u64,
-    start: u64,
-    end: u64,
+    base: VirtAddr,
+    start: VirtAddr,
+    end: VirtAddr,
     limits: TableAttrs,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
+    // Wrapping u64 arithmetic: `end` is 0 for the top of the address space.
+    let (base, start, end) = (base.as_u64(), start.as_u64(), end.as_u64());
     let size = g.level_size(level);
     let last = end.wrapping_sub(1);
     let first_idx = if start > base { ((start - base) / size) as usize } else { 0 };
@@ -164,6 +166,7 @@ fn walk_table<M: TableMemory + ?Sized>(
             Step::Continue => {}
         }
         if let (Kind::Table(next), true) = (kind, level < 3) {
+            let (va, lo, hi) = (VirtAddr::new(va), VirtAddr::new(lo), VirtAddr::new(hi));
             let r = walk_table(mem, g, next, level + 1, va, lo, hi, limits.and_then(d.table_attrs()), ops);
             if r != 0 {
                 return r;
@@ -203,7 +206,7 @@ pub fn walk_page_range<M: TableMemory + ?Sized>(
                 if let Some(n) = stop_value(ops.pre_vma(vma)) {
                     return n;
                 }
-                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo.as_u64(), hi.as_u64(), ops);
+                let r = walk_tables(mem, GRANULE, mm.pgd, USER_START_LEVEL, lo, hi, ops);
                 ops.post_vma(vma);
                 if r != 0 {
                     return r;
@@ -230,7 +233,7 @@ pub fn walk_page_range_novma<M: TableMemory + ?Sized>(
     end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start.as_u64(), end.as_u64(), ops)
+    walk_tables(mem, GRANULE, lock.mm().pgd, USER_START_LEVEL, start, end, ops)
 }
 
 /// Walks the kernel's tables (Linux `walk_kernel_page_table_range`). The
@@ -244,7 +247,7 @@ pub fn walk_kernel_page_table_range<M: TableMemory + ?Sized>(
     end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start.as_u64(), end.as_u64(), ops)
+    walk_tables(mem, GRANULE, lock.root(), START_LEVEL, start, end, ops)
 }
 
 /// The same walk for an explicit granule and root (host tests, tools).
@@ -257,7 +260,7 @@ pub fn walk_tables_with<M: TableMemory + ?Sized>(
     end: VirtAddr,
     ops: &mut dyn PageWalkOps,
 ) -> i32 {
-    walk_tables(mem, g, root, start_level, start.as_u64(), end.as_u64(), ops)
+    walk_tables(mem, g, root, start_level, start, end, ops)
 }
 
 #[cfg(test)]

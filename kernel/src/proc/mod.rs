@@ -631,8 +631,8 @@ pub fn do_el0_svc(frame: &mut TrapFrame, esr: Esr) {
 
 /// An EL1 uaccess (copy_from/to_user) faulted on a user address: fill it
 /// like an EL0 fault would be. False means the fixup returns -EFAULT.
-pub fn handle_uaccess_fault(far: u64, esr: Esr) -> bool {
-    handle_user_fault(VirtAddr::new(far), esr).is_ok()
+pub fn handle_uaccess_fault(far: VirtAddr, esr: Esr) -> bool {
+    handle_user_fault(far, esr).is_ok()
 }
 
 /// Makes system call `nr` in process `name` through the agent (`svc #0` at
@@ -833,11 +833,11 @@ fn gup_chunk(
         let more = gup::get_user_pages(p.mt(), &g, start, nr - pages.len() as u64, flags).and_then(|more| {
             match crate::mm::error::try_reserve(&mut pages, more.len()) {
                 Ok(()) => Ok(more),
-                Err(e) => {
+                Err(_) => {
                     for t in more {
                         gup::release(t, flags.pin);
                     }
-                    Err(-e.errno())
+                    Err(GupError::NoMemory)
                 }
             }
         });
@@ -847,7 +847,7 @@ fn gup_chunk(
                 for t in pages {
                     gup::release(t, flags.pin);
                 }
-                return Err(GupError::Failed(-e));
+                return Err(e);
             }
         }
     }

@@ -11,6 +11,7 @@ use super::{ProcError, Process};
 use crate::arch::aarch64::regs::USER_TOP;
 use crate::arch::aarch64::uaccess::copy_from_user;
 use crate::mm::addr::VirtAddr;
+use crate::mm::error::MmError;
 use crate::mm::madvise::{self, Advice};
 use crate::mm::mmap::{self, MmapArgs};
 
@@ -191,14 +192,20 @@ fn mmap(p: &Process, a: [u64; 6]) -> i64 {
     }
 }
 
-fn page_range(addr: VirtAddr, len: u64) -> Result<u64, i64> {
+/// munmap's range check (Linux `do_vmi_munmap`): a page-aligned start, a
+/// non-zero length rounded up to pages, an end inside the user space.
+fn page_range(addr: VirtAddr, len: u64) -> Result<u64, MmError> {
     let ps = crate::arch::aarch64::granule::PAGE_SIZE;
-    if !addr.is_aligned(ps) || len == 0 {
-        return Err(-EINVAL);
+    if !addr.is_aligned(ps) {
+        return Err(MmError::NotAligned { addr, len });
     }
-    let len = len.checked_add(ps - 1).ok_or(-EINVAL)? & !(ps - 1);
+    if len == 0 {
+        return Err(MmError::Empty);
+    }
+    let out_of_range = MmError::OutOfRange { addr, len };
+    let len = len.checked_add(ps - 1).ok_or(out_of_range)? & !(ps - 1);
     if addr.checked_add(len).is_none_or(|e| e.as_u64() > USER_TOP) {
-        return Err(-EINVAL);
+        return Err(out_of_range);
     }
     Ok(len)
 }
@@ -206,7 +213,7 @@ fn page_range(addr: VirtAddr, len: u64) -> Result<u64, i64> {
 fn munmap(p: &Process, addr: VirtAddr, len: u64) -> i64 {
     let len = match page_range(addr, len) {
         Ok(l) => l,
-        Err(e) => return e,
+        Err(e) => return -e.errno(),
     };
     match super::munmap_p(p, addr, len) {
         Ok(()) => 0,

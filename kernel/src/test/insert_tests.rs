@@ -7,8 +7,8 @@ use alloc::string::String;
 use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
-use crate::errno::{EBUSY, EINVAL};
 use crate::mm::addr::{PhysAddr, VirtAddr};
+use crate::mm::error::InsertError;
 use crate::mm::memory::{self, VmFault};
 use crate::mm::mm_struct::VmFlags;
 use crate::mm::page;
@@ -21,7 +21,7 @@ fn flags(list: &[VmFlags]) -> VmFlags {
     list.iter().fold(VmFlags(0), |a, &f| a | f)
 }
 
-fn insert(va: VirtAddr, pa: PhysAddr) -> Result<(), i64> {
+fn insert(va: VirtAddr, pa: PhysAddr) -> Result<(), InsertError> {
     proc::with_mm_write(P, |p, g| memory::vm_insert_page(p.mt(), g, va, pa)).expect("process exists")
 }
 
@@ -45,7 +45,9 @@ fn run(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
 }
 
 kernel_test!(insert_zeropage_decision_table);
-/// The rows: (what, VMA flags, forbid zeropage, allowed).
+/// The rows: (what, VMA flags, forbid zeropage, allowed). Refusals are
+/// checked by their `InsertError` reason: with `validate_page_before_insert`
+/// giving `NotInsertable` (same errno) for a forbidden zero page, it fails.
 fn insert_zeropage_decision_table() -> Result<(), String> {
     use VmFlags as F;
     let rows: &[(&str, VmFlags, bool, bool)] = &[
@@ -87,7 +89,10 @@ fn insert_zeropage_decision_table() -> Result<(), String> {
             let r = insert(va, page::zero_page());
             proc::with_mm_write(P, |p, _| p.mm.forbid_zeropage.store(false, core::sync::atomic::Ordering::Release))?;
             if !allowed {
-                ensure!(r == Err(-EINVAL), "{what}: inserting the zero page gave {r:?}, expected -EINVAL");
+                ensure!(
+                    r == Err(InsertError::ZeroPageForbidden { addr: va }),
+                    "{what}: inserting the zero page gave {r:?}, expected ZeroPageForbidden"
+                );
                 ensure!(entry(va).is_none(), "{what}: refused, yet something is mapped");
                 continue;
             }
@@ -113,11 +118,14 @@ fn insert_zeropage_decision_table() -> Result<(), String> {
             ensure!(page::zero_page_is_zero(), "{what}: the shared zero page was written");
             // Inserting over a mapped entry is -EBUSY.
             let r2 = insert(va, page::zero_page());
-            ensure!(r2 == Err(-EBUSY), "{what}: a second insert gave {r2:?}, expected -EBUSY");
+            ensure!(r2 == Err(InsertError::Busy { addr: va }), "{what}: a second insert gave {r2:?}, expected Busy");
         }
         // PFN mappings are refused (Linux: BUG_ON).
         let va = proc::vma_for_test(P, PAGE_SIZE, flags(&[F::READ, F::PFNMAP, F::IO]))?;
-        ensure!(insert(va, page::zero_page()) == Err(-EINVAL), "vm_insert_page into a VM_PFNMAP VMA must be refused");
+        ensure!(
+            insert(va, page::zero_page()) == Err(InsertError::PfnMap { addr: va }),
+            "vm_insert_page into a VM_PFNMAP VMA must be refused"
+        );
         Ok(())
     })
 }
@@ -159,11 +167,17 @@ fn insert_pages_and_mixed() -> Result<(), String> {
         );
         // Anon pages and pages nobody holds are refused.
         let anon = page::folio_alloc_anon(0).ok_or("no memory")?;
-        ensure!(insert(va + 2 * PAGE_SIZE, anon.pa()) == Err(-EINVAL), "an anon page must not be inserted");
+        ensure!(
+            insert(va + 2 * PAGE_SIZE, anon.pa()) == Err(InsertError::NotInsertable { pa: anon.pa() }),
+            "an anon page must not be inserted"
+        );
         anon.put();
         let (n, r) =
             proc::with_mm_write(P, |p, g| memory::vm_insert_pages(p.mt(), g, va + 2 * PAGE_SIZE, &[anon.pa()]))?;
-        ensure!(n == 0 && r == Err(-EINVAL), "a freed page (refcount 0) must be refused by the batch, got {n} {r:?}");
+        ensure!(
+            n == 0 && r == Err(InsertError::Freed { pa: anon.pa() }),
+            "a freed page (refcount 0) must be refused by the batch, got {n} {r:?}"
+        );
         // vmf_insert_mixed: zero pfn by the same table; PFN mappings take anything.
         let shared_w = flags(&[F::READ, F::WRITE, F::SHARED, F::MAYWRITE]);
         let w = proc::vma_for_test(P, PAGE_SIZE, shared_w)?;

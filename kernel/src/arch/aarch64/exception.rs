@@ -230,7 +230,7 @@ extern "C" fn el1h_64_sync_handler(frame: &mut TrapFrame) {
             // it like an EL0 fault and retry the instruction.
             if uaccess::in_ex_table(frame.elr)
                 && frame.far < USER_TOP
-                && crate::proc::handle_uaccess_fault(frame.far, esr)
+                && crate::proc::handle_uaccess_fault(crate::mm::addr::VirtAddr::new(frame.far), esr)
             {
                 return;
             }

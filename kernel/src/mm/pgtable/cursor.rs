@@ -385,7 +385,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let old = self.t.rmw(table, idx, set, clear);
         if old.is_valid() && Desc((old.0 & !clear) | set) != old {
             let size = self.t.granule.level_size(self.level);
-            let va = self.va & !(size - 1);
+            let va = VirtAddr::new(self.va).align_down(size);
             self.push_stale(va, va.wrapping_add(size));
         }
         Ok(old)
@@ -396,7 +396,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// the value the swap took out, with any AF/dirty the MMU set.
     pub fn get_and_clear(&mut self) -> Desc {
         let size = self.t.granule.level_size(self.level);
-        let va = self.va & !(size - 1);
+        let va = VirtAddr::new(self.va).align_down(size);
         let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
         let old = self.t.swap(table, idx, Desc::INVALID);
         if old.is_valid() {
@@ -414,7 +414,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// broken but not flushed, or where BBM is needed.
     pub fn set(&mut self, new: Desc) -> Result<(), MapError> {
         let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
-        let (va, level) = (self.va & !(self.t.granule.level_size(self.level) - 1), self.level);
+        let (va, level) = (VirtAddr::new(self.va).align_down(self.t.granule.level_size(self.level)), self.level);
         let old = self.t.read(table, idx);
         self.make_entry(table, idx, va, level, new)?;
         if old.is_valid() && old != new {
@@ -424,20 +424,20 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// The table and index holding the level-`level` entry for `va`.
-    fn slot(&self, va: u64, level: u32) -> Result<(PhysAddr, usize), MapError> {
+    fn slot(&self, va: VirtAddr, level: u32) -> Result<(PhysAddr, usize), MapError> {
         let mut table = self.t.root;
         for l in self.t.start_level..level {
-            let d = self.t.read(table, self.t.granule.index(va, l));
+            let d = self.t.read(table, self.t.granule.index(va.as_u64(), l));
             match d.kind(l, self.t.granule) {
                 Kind::Table(next) => table = next,
-                _ => return Err(MapError::NotMapped { va: VirtAddr::new(va), level: l }),
+                _ => return Err(MapError::NotMapped { va, level: l }),
             }
         }
-        Ok((table, self.t.granule.index(va, level)))
+        Ok((table, self.t.granule.index(va.as_u64(), level)))
     }
 
     /// Step 1: invalidate a live entry covering `[va, va+size)`.
-    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: u64, size: u64) {
+    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, size: u64) {
         let old = self.t.swap(table, idx, Desc::INVALID);
         if old.is_valid() {
             self.push_pending(va, va.wrapping_add(size));
@@ -445,13 +445,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// Records a live-safe change's range to flush with the batch.
-    fn push_stale(&mut self, lo: u64, hi: u64) {
+    fn push_stale(&mut self, lo: VirtAddr, hi: VirtAddr) {
+        let (lo, hi) = (lo.as_u64(), hi.as_u64());
         self.stale = Some(self.stale.map_or((lo, hi), |s| (s.0.min(lo), s.1.max(hi))));
     }
 
     /// Records a broken range to flush, merged with the previous one when they
     /// touch (an unmap of N pages stays one entry, not N).
-    fn push_pending(&mut self, lo: u64, hi: u64) {
+    fn push_pending(&mut self, lo: VirtAddr, hi: VirtAddr) {
+        let (lo, hi) = (lo.as_u64(), hi.as_u64());
         if let Some(last) = self.pending.last_mut()
             && lo <= last.1
             && last.0 <= hi
@@ -465,14 +467,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Step 3: write a valid entry; refused while its range is broken but
     /// not flushed, or when it would replace a live entry in a way that
     /// needs BBM.
-    fn make_entry(&mut self, table: PhysAddr, idx: usize, va: u64, level: u32, new: Desc) -> Result<(), MapError> {
+    fn make_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, (va, va.wrapping_add(size)))) {
-            return Err(violation(VirtAddr::new(va), level));
+        let range = (va.as_u64(), va.wrapping_add(size).as_u64());
+        if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, range)) {
+            return Err(violation(va, level));
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(va), level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
         }
         self.t.write(table, idx, new);
         Ok(())
@@ -482,7 +485,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// the change needs it. A replaced table is detached.
     pub fn replace(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va.align_down(size).as_u64();
+        let va = va.align_down(size);
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         if old == new {
@@ -511,11 +514,11 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// range is flushed with a non-leaf TLBI.
     pub fn limit_table(&mut self, va: VirtAddr, level: u32, limits: TableAttrs) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let va = va.align_down(size).as_u64();
+        let va = va.align_down(size);
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let Kind::Table(child) = old.kind(level, self.t.granule) else {
-            return Err(MapError::NotMapped { va: VirtAddr::new(va), level });
+            return Err(MapError::NotMapped { va, level });
         };
         let new = Desc::table_with(child, limits);
         if new != old {
@@ -531,15 +534,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     pub fn split(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
         let g = self.t.granule;
         let size = g.level_size(level);
-        let va = va.align_down(size).as_u64();
+        let va = va.align_down(size);
         let (table, idx) = self.slot(va, level)?;
         let old = self.t.read(table, idx);
         let base = match old.kind(level, g) {
             Kind::Leaf(pa) if level < 3 => pa,
-            _ => return Err(MapError::NotABlock { va: VirtAddr::new(va), level }),
+            _ => return Err(MapError::NotABlock { va, level }),
         };
         if old.contiguous() {
-            self.split_contiguous(VirtAddr::new(va), level)?;
+            self.split_contiguous(va, level)?;
         }
         let old = self.t.read(table, idx);
         let child_level = level + 1;
@@ -556,7 +559,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             );
         }
         // A refused make leaves the new table unlinked: freed with the batch.
-        self.replace(VirtAddr::new(va), level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
@@ -567,14 +570,13 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
 
     /// Clears the contiguous bit on the whole run containing `va` (BBM on the run).
     pub fn split_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
-        let va = va.as_u64();
         let (table, idx) = self.slot(va, level)?;
         if !self.t.read(table, idx).contiguous() {
             return Ok(());
         }
         let (first, n) = self.group(idx, level);
         let size = self.t.granule.level_size(level);
-        let run_va = (va & !(size * n as u64 - 1)) & !(size - 1);
+        let run_va = va.align_down(size * n as u64).align_down(size);
         let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
         for i in 0..n {
             self.break_entry(table, first + i, run_va + i as u64 * size, size);
@@ -590,18 +592,17 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// entries must be leaves mapping consecutive memory with identical
     /// attributes (BBM on the run).
     pub fn make_contiguous(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
-        let va = va.as_u64();
         let g = self.t.granule;
         let (table, idx) = self.slot(va, level)?;
         let (first, n) = self.group(idx, level);
         if n < 2 {
-            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
+            return Err(MapError::NotContiguous { va, level });
         }
         let size = g.level_size(level);
-        let run_va = va & !(size * n as u64 - 1);
+        let run_va = va.align_down(size * n as u64);
         let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
         let Kind::Leaf(pa0) = olds[0].kind(level, g) else {
-            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
+            return Err(MapError::NotContiguous { va, level });
         };
         let attrs = olds[0].attr_bits() & !(1 << 52);
         let ok = pa0.as_u64() % (size * n as u64) == 0
@@ -609,7 +610,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                 d.kind(level, g) == Kind::Leaf(pa0 + (i as u64 * size)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotContiguous { va: VirtAddr::new(va), level });
+            return Err(MapError::NotContiguous { va, level });
         }
         if olds.iter().all(|d| d.contiguous()) {
             return Ok(());
@@ -628,21 +629,20 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// one aligned, physically contiguous range with identical attributes
     /// using leaves only.
     pub fn collapse(&mut self, va: VirtAddr, level: u32) -> Result<(), MapError> {
-        let va = va.as_u64();
         let g = self.t.granule;
         if !g.block_allowed(level) {
-            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
+            return Err(MapError::NotCollapsible { va, level });
         }
         let size = g.level_size(level);
-        let va = va & !(size - 1);
+        let va = va.align_down(size);
         let (table, idx) = self.slot(va, level)?;
         let Kind::Table(child) = self.t.read(table, idx).kind(level, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
+            return Err(MapError::NotCollapsible { va, level });
         };
         let cl = level + 1;
         let first = self.t.read(child, 0);
         let Kind::Leaf(pa0) = first.kind(cl, g) else {
-            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
+            return Err(MapError::NotCollapsible { va, level });
         };
         let attrs = first.attr_bits() & !(1 << 52);
         let cs = g.level_size(cl);
@@ -652,16 +652,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                 d.kind(cl, g) == Kind::Leaf(pa0 + (i as u64 * cs)) && d.attr_bits() & !(1 << 52) == attrs
             });
         if !ok {
-            return Err(MapError::NotCollapsible { va: VirtAddr::new(va), level });
+            return Err(MapError::NotCollapsible { va, level });
         }
-        self.replace(VirtAddr::new(va), level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        self.replace(va, level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
     /// the edges, invalidates every leaf inside, and unlinks (detaches) every
     /// table under the range that becomes empty.
     pub fn unmap(&mut self, va: VirtAddr, size: u64) -> Result<(), MapError> {
-        let va = va.as_u64();
         self.edit(va, size, None)
     }
 
@@ -669,19 +668,20 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// `[va, va+size)`: `new = (old & !clear) | set`. Blocks and contiguous
     /// runs that straddle the edges are split first.
     pub fn protect(&mut self, va: VirtAddr, size: u64, set: u64, clear: u64) -> Result<(), MapError> {
-        let va = va.as_u64();
         if (set | clear) & !R::PERM_BITS != 0 {
             return Err(MapError::NotPermissionBits(set | clear));
         }
         self.edit(va, size, Some((set, clear)))
     }
 
-    fn edit(&mut self, va: u64, size: u64, prot: Option<(u64, u64)>) -> Result<(), MapError> {
+    fn edit(&mut self, start: VirtAddr, size: u64, prot: Option<(u64, u64)>) -> Result<(), MapError> {
         let g = self.t.granule;
-        if !va.is_multiple_of(g.page_size()) || !size.is_multiple_of(g.page_size()) {
+        if !start.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
             return Err(MapError::Misaligned);
         }
-        let end = va.wrapping_add(size);
+        // The walk steps in wrapping u64 arithmetic: `end` is 0 for a range
+        // that reaches the top of the address space.
+        let (va, end) = (start.as_u64(), start.wrapping_add(size).as_u64());
         let mut cur = va;
         while cur != end {
             // Find the entry covering cur.
@@ -729,12 +729,12 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                         }
                         match prot {
                             None => {
-                                self.break_entry(table, idx, entry_va, lsize);
+                                self.break_entry(table, idx, VirtAddr::new(entry_va), lsize);
                             }
                             Some((set, clear)) => {
                                 let old = self.t.rmw(table, idx, set, clear);
                                 if Desc((old.0 & !clear) | set) != old {
-                                    self.push_stale(entry_va, entry_end);
+                                    self.push_stale(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
                                 }
                             }
                         }
@@ -745,7 +745,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             cur = cur.wrapping_add(step);
         }
         if prot.is_none() {
-            self.free_empty(self.t.root, self.t.start_level, Self::root_base(va), va, end)?;
+            self.free_empty(self.t.root, self.t.start_level, Self::root_base(start), start, VirtAddr::new(end))?;
         }
         Ok(())
     }
@@ -754,7 +754,14 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// empty table maps nothing, so this is safe even where its span reaches
     /// outside the range). `base` is the VA of `table`'s first entry.
     /// Returns whether `table` itself is now empty.
-    fn free_empty(&mut self, table: PhysAddr, level: u32, base: u64, va: u64, end: u64) -> Result<bool, MapError> {
+    fn free_empty(
+        &mut self,
+        table: PhysAddr,
+        level: u32,
+        base: VirtAddr,
+        va: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<bool, MapError> {
         let g = self.t.granule;
         let lsize = g.level_size(level);
         let mut empty = true;
@@ -766,7 +773,10 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             let entry_va = base.wrapping_add(idx as u64 * lsize);
             let entry_end = entry_va.wrapping_add(lsize);
             if let (Kind::Table(child), true) = (d.kind(level, g), level < 3)
-                && overlaps((va, end.wrapping_sub(1)), (entry_va, entry_end.wrapping_sub(1)))
+                && overlaps(
+                    (va.as_u64(), end.as_u64().wrapping_sub(1)),
+                    (entry_va.as_u64(), entry_end.as_u64().wrapping_sub(1)),
+                )
             {
                 let child_empty = self.free_empty(child, level + 1, entry_va, va, end)?;
                 if child_empty {
@@ -784,8 +794,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// VA of the root table's first entry for the half `va` is in.
-    fn root_base(va: u64) -> u64 {
-        if va >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 }
+    fn root_base(va: VirtAddr) -> VirtAddr {
+        VirtAddr::new(if va.as_u64() >> 63 == 1 { 0xffff_0000_0000_0000 } else { 0 })
     }
 }
 
@@ -1498,18 +1508,21 @@ mod tests {
         map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
-        let (table, idx) = l.slot(0x1000, 3).unwrap();
-        l.break_entry(table, idx, 0x1000, 4096);
+        let (table, idx) = l.slot(VirtAddr::new(0x1000), 3).unwrap();
+        l.break_entry(table, idx, VirtAddr::new(0x1000), 4096);
         let new = Desc::leaf(PhysAddr::new(0x5000), 3, LeafAttrs::KERNEL_RW);
-        assert!(matches!(l.make_entry(table, idx, 0x1000, 3, new), Err(MapError::BbmViolation { .. })));
+        assert!(matches!(l.make_entry(table, idx, VirtAddr::new(0x1000), 3, new), Err(MapError::BbmViolation { .. })));
         l.flush_pending();
-        l.make_entry(table, idx, 0x1000, 3, new).unwrap();
+        l.make_entry(table, idx, VirtAddr::new(0x1000), 3, new).unwrap();
         let _ = l.finish();
         // And a direct replacement that needs BBM is refused too.
         let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
         let other = Desc::leaf(PhysAddr::new(0x9000), 3, LeafAttrs::KERNEL_RW);
-        let (table, idx) = l.slot(0x1000, 3).unwrap();
-        assert!(matches!(l.make_entry(table, idx, 0x1000, 3, other), Err(MapError::NeedsBreakBeforeMake { .. })));
+        let (table, idx) = l.slot(VirtAddr::new(0x1000), 3).unwrap();
+        assert!(matches!(
+            l.make_entry(table, idx, VirtAddr::new(0x1000), 3, other),
+            Err(MapError::NeedsBreakBeforeMake { .. })
+        ));
         // replace() does the sequence itself.
         l.replace(VirtAddr::new(0x1000), 3, other).unwrap();
         let _ = l.finish();
@@ -1691,7 +1704,8 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         map_ident(&mut t, 0x1000, 2 * 4096, LeafSizes::PagesOnly);
-        let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
+        let (table, idx) =
+            CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(VirtAddr::new(0x1000), 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
         // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
