@@ -69,7 +69,10 @@ pub fn madvise_collapse(mt: MmTables<'_>, vma: &Vma, start: VirtAddr, end: VirtA
 /// policy of the THP fault path ([`pmd_suitable`]), for private anonymous
 /// memory only (Linux `thp_vma_allowable_order`).
 fn thp_vma_allowable(vma: &Vma, va: VirtAddr) -> bool {
-    vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) && !vma.flags.contains(VmFlags::SHARED) && pmd_suitable(vma, va)
+    vma.file == 0
+        && !vma.flags.contains(VmFlags::PFNMAP)
+        && !vma.flags.contains(VmFlags::SHARED)
+        && pmd_suitable(vma, va)
 }
 
 /// What the level-2 entry for a range holds.

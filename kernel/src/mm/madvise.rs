@@ -49,7 +49,8 @@ fn madvise_collapse(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
     let mut hole = None;
     let mut a = va;
     while a < end {
-        let Some((s, e, vma)) = vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), *v))
+        let Some((s, e, vma)) =
+            vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), *v))
         else {
             hole.get_or_insert(a);
             break;

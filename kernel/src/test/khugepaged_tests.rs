@@ -98,8 +98,8 @@ kernel_test!(thp_collapse_copies_into_a_block);
 /// without a single fault, and exactly the old pages and the old table
 /// returned (the frame count after is before + old pages + 1 table -
 /// block). A `nohugepage` VMA is refused first and left as it was.
-/// Skipping the copy of the old pages fails the data check; freeing one
-/// page fewer fails the frame count.
+/// Skipping the copy of the old pages fails the data check; releasing one
+/// old page fewer fails the frame count.
 fn thp_collapse_copies_into_a_block() -> Result<(), String> {
     if too_big() {
         return super::cannot_apply("a block is more than half of RAM here");
@@ -198,8 +198,9 @@ kernel_test!(cursor_bbm_thp_collapse);
 /// BBM on the level-2 entry): with the flush after the break dropped, the
 /// make of the block must be refused (the violation counted once), the old
 /// table back with every byte, and the new folio freed; the retried
-/// collapse makes the block. Making the block with the cursor's
-/// unchecked store instead of `set` fails the first check.
+/// collapse makes the block. A refusal that does not put the old table
+/// back fails the level check (and `invariants`: the old pages' mappings
+/// are lost).
 fn cursor_bbm_thp_collapse() -> Result<(), String> {
     if too_big() {
         return super::cannot_apply("a block is more than half of RAM here");
