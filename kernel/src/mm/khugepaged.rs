@@ -60,7 +60,7 @@ pub fn madvise_collapse(mt: MmTables<'_>, vma: &Vma, start: VirtAddr, end: VirtA
             Err(e @ MmError::Collapse { .. }) => last_fail = Some(e),
             Err(e) => return Err(e),
         }
-        a = a + size;
+        a += size;
     }
     last_fail.map_or(Ok(()), Err)
 }
