@@ -106,11 +106,11 @@ fn collapse_huge_page(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr) -> Result<(),
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let r = collapse_locked(&ptl, &mut mem, mt.mm, vma, addr, folio, &mut olds);
-    if r.is_err() {
+    if !matches!(r, Ok(true)) {
         // Never mapped: its one reference frees it.
         folio.put();
     }
-    r
+    r.map(|_| ())
 }
 
 /// Linux `hpage_collapse_scan_pmd`: the level-2 entry for `addr` and, for
@@ -178,8 +178,9 @@ fn refcounts_suitable(olds: &[Desc]) -> bool {
 /// entry and flush (Linux `pmdp_collapse_flush`), check the references
 /// (Linux `__collapse_huge_page_isolate`, after the flush, so a lockless
 /// GUP either shows up here or sees the entry gone), copy, make the block,
-/// and free the old table and pages only after the flush. On any refusal
-/// the old table goes back and `folio` is left to the caller.
+/// and free the old table and pages only after the flush. Returns whether
+/// `folio` was mapped; if not (a block there already, or a refusal, after
+/// which the old table is back), it is left to the caller.
 fn collapse_locked(
     ptl: &PtlGuard<'_>,
     mem: &mut FrameTableMem,
@@ -188,17 +189,15 @@ fn collapse_locked(
     addr: VirtAddr,
     folio: Folio,
     olds: &mut Vec<Desc>,
-) -> Result<(), MmError> {
+) -> Result<bool, MmError> {
     let detached = {
         let mut t = Tables::new(mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
         let mut fl = KernelFlush;
         let mut c = CursorMut::new(ptl, &mut t, Stage1User { asid: mm.asid() }, &mut fl);
-        let r = hpage_collapse_scan_pmd(&mut c, addr, olds);
-        if !matches!(r, Ok(Pmd::Table)) {
-            let _ = c.finish();
-            // A block meanwhile is not possible under the mmap write lock;
-            // report it as the refusal it would be.
-            return r.and(Err(MmError::Collapse { addr, why: ScanResult::PmdNull }));
+        // The scan only reads: nothing for the cursor to flush if it refuses.
+        match hpage_collapse_scan_pmd(&mut c, addr, olds)? {
+            Pmd::Mapped => return Ok(false),
+            Pmd::Table => {}
         }
         c.jump(addr, 2);
         // Break: the table leaves the walk; its range (walk caches
@@ -231,7 +230,7 @@ fn collapse_locked(
     for d in olds.iter().filter(|d| d.is_valid() && !d.special()) {
         memory::put_mapped_page(d.output_address(PAGE_SIZE));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Puts the old level-2 entry `pmd` back after a refusal, behind a flush
