@@ -13,7 +13,7 @@ use crate::ensure;
 use crate::errno::{EAGAIN, EINVAL};
 use crate::mm::addr::VirtAddr;
 use crate::mm::error::{MmError, ScanResult};
-use crate::mm::frame;
+use crate::mm::frame::{self, Owner};
 use crate::mm::madvise::Advice;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
@@ -87,6 +87,12 @@ fn check_chunks(p: &str, m: VirtAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// Frames of user folios and of page tables (the heap's may grow meanwhile).
+fn user_and_table_frames() -> (u64, u64) {
+    let o = frame::stats().by_owner;
+    (o[Owner::UserAnon as usize], o[Owner::PageTable as usize])
+}
+
 fn is_collapse(e: &ProcError, why: ScanResult) -> bool {
     matches!(e, ProcError::Mm(MmError::Collapse { why: w, .. }) if *w == why)
 }
@@ -96,8 +102,8 @@ kernel_test!(thp_collapse_copies_into_a_block);
 /// afterwards (writable, dirty), every chunk's bytes intact and the none
 /// and zero-page chunks zero, EL0 reads and writes of the whole block
 /// without a single fault, and exactly the old pages and the old table
-/// returned (the frame count after is before + old pages + 1 table -
-/// block). A `nohugepage` VMA is refused first and left as it was.
+/// returned (user folio frames grow by the block less the old pages,
+/// table frames drop by one). A `nohugepage` VMA is refused first and left as it was.
 /// Skipping the copy of the old pages fails the data check; releasing one
 /// old page fewer fails the frame count.
 fn thp_collapse_copies_into_a_block() -> Result<(), String> {
@@ -105,7 +111,7 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
         return super::cannot_apply("a block is more than half of RAM here");
     }
     let p = "collapse";
-    let free0 = frame::stats().free;
+    let frames0 = user_and_table_frames();
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
         let m = fill_base_pages(p)?;
@@ -119,13 +125,18 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
         proc::madvise(p, m, blk(), Advice::HugePage)?;
         let chunk = blk() / CHUNKS;
         let old_pages = (CHUNKS - 3) * (chunk / PAGE_SIZE);
-        let free1 = frame::stats().free;
+        let (user1, tables1) = user_and_table_frames();
         // Through the system call, as a program makes it.
         let got = proc::syscall(p, crate::proc::syscall::nr::MADVISE, [m.as_u64(), blk(), 25, 0, 0, 0])?;
         ensure!(got == 0, "MADV_COLLAPSE returned {got}");
-        let free2 = frame::stats().free;
-        let want = free1 + old_pages + 1 - blk() / PAGE_SIZE;
-        ensure!(free2 == want, "free frames {free1} -> {free2}, expected {want} ({old_pages} pages and a table back)");
+        let (user2, tables2) = user_and_table_frames();
+        let want = (user1 + blk() / PAGE_SIZE - old_pages, tables1 - 1);
+        ensure!(
+            (user2, tables2) == want,
+            "user and table frames {:?} -> {:?}, expected {want:?} ({old_pages} pages and a table back)",
+            (user1, tables1),
+            (user2, tables2)
+        );
         ensure!(proc::mapped_level(p, m) == Some(2), "one block after the collapse");
         let d = desc_of(p, m).ok_or("the block is not mapped")?;
         ensure!(d.user_writable() && d.sw_dirty(), "writable and dirty block expected: {:#x}", d.0);
@@ -137,12 +148,13 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
         ensure!(n == 0, "{n} faults on the collapsed block, expected none");
         // A second collapse finds the block and does nothing.
         proc::madvise(p, m, blk(), Advice::Collapse)?;
-        ensure!(frame::stats().free == free2, "a collapse of a block changed the frame count");
+        ensure!(user_and_table_frames() == (user2, tables2), "a collapse of a block changed the frame count");
         crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
     })();
     let _ = proc::exit(p);
     r?;
-    ensure!(frame::stats().free == free0, "free frames {free0} -> {} after exit", frame::stats().free);
+    let now = user_and_table_frames();
+    ensure!(now == frames0, "user and table frames {frames0:?} -> {now:?} after exit");
     Ok(())
 }
 
@@ -158,7 +170,7 @@ fn thp_collapse_refusals() -> Result<(), String> {
         return super::cannot_apply("a block is more than half of RAM here");
     }
     let (p, c) = ("collapse_ref", "collapse_ref_child");
-    let free0 = frame::stats().free;
+    let frames0 = user_and_table_frames();
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
         let m = fill_base_pages(p)?;
@@ -189,7 +201,8 @@ fn thp_collapse_refusals() -> Result<(), String> {
     let _ = proc::exit(c);
     let _ = proc::exit(p);
     r?;
-    ensure!(frame::stats().free == free0, "free frames {free0} -> {} after exit", frame::stats().free);
+    let now = user_and_table_frames();
+    ensure!(now == frames0, "user and table frames {frames0:?} -> {now:?} after exit");
     Ok(())
 }
 
@@ -210,7 +223,7 @@ fn cursor_bbm_thp_collapse() -> Result<(), String> {
     let r = (|| -> Result<(), String> {
         let m = fill_base_pages(p)?;
         proc::madvise(p, m, blk(), Advice::HugePage)?;
-        let free = frame::stats().free;
+        let frames = user_and_table_frames();
         let v0 = BBM_VIOLATIONS.load(Ordering::Relaxed);
         SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
         let e = proc::madvise(p, m, blk(), Advice::Collapse);
@@ -222,7 +235,8 @@ fn cursor_bbm_thp_collapse() -> Result<(), String> {
         let v = BBM_VIOLATIONS.load(Ordering::Relaxed) - v0;
         ensure!(v == 1, "{v} violations, expected 1");
         ensure!(proc::mapped_level(p, m) == Some(3), "the refused collapse must leave the table");
-        ensure!(frame::stats().free == free, "free frames {free} -> {} after the refusal", frame::stats().free);
+        let now = user_and_table_frames();
+        ensure!(now == frames, "user and table frames {frames:?} -> {now:?} after the refusal");
         check_chunks(p, m)?;
         proc::madvise(p, m, blk(), Advice::Collapse)?;
         ensure!(proc::mapped_level(p, m) == Some(2), "the retried collapse makes the block");
