@@ -18,6 +18,7 @@ use crate::mm::madvise::Advice;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
 use crate::mm::pgtable::{MapError, Translation};
+use crate::proc::syscall::{MADV_COLLAPSE, nr};
 use crate::proc::{self, ProcError, RunEnd};
 
 /// Chunks the block is written in, each with its own byte.
@@ -119,7 +120,7 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
         proc::madvise(p, m, blk(), Advice::NoHugePage)?;
         let e = proc::madvise(p, m, blk(), Advice::Collapse);
         ensure!(e.as_ref().is_err_and(|e| is_collapse(e, ScanResult::VmaCheck)), "collapse under nohugepage: {e:?}");
-        let errno = proc::syscall(p, crate::proc::syscall::nr::MADVISE, [m.as_u64(), blk(), 25, 0, 0, 0])?;
+        let errno = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
         ensure!(errno == -EINVAL, "MADV_COLLAPSE under nohugepage: {errno}, expected -EINVAL");
         ensure!(proc::mapped_level(p, m) == Some(3), "the refused collapse must leave the pages");
         proc::madvise(p, m, blk(), Advice::HugePage)?;
@@ -127,7 +128,7 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
         let old_pages = (CHUNKS - 3) * (chunk / PAGE_SIZE);
         let (user1, tables1) = user_and_table_frames();
         // Through the system call, as a program makes it.
-        let got = proc::syscall(p, crate::proc::syscall::nr::MADVISE, [m.as_u64(), blk(), 25, 0, 0, 0])?;
+        let got = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
         ensure!(got == 0, "MADV_COLLAPSE returned {got}");
         let (user2, tables2) = user_and_table_frames();
         let want = (user1 + blk() / PAGE_SIZE - old_pages, tables1 - 1);
@@ -179,7 +180,7 @@ fn thp_collapse_refusals() -> Result<(), String> {
         proc::fork(p, c)?;
         let e = proc::madvise(p, m, blk(), Advice::Collapse);
         ensure!(e.as_ref().is_err_and(|e| is_collapse(e, ScanResult::PageCount)), "collapse of shared pages: {e:?}");
-        let errno = proc::syscall(p, crate::proc::syscall::nr::MADVISE, [m.as_u64(), blk(), 25, 0, 0, 0])?;
+        let errno = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
         ensure!(errno == -EAGAIN, "MADV_COLLAPSE of shared pages: {errno}, expected -EAGAIN");
         ensure!(proc::mapped_level(p, m) == Some(3), "the refused collapse must leave the pages");
         check_chunks(p, m)?;
