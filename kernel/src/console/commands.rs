@@ -65,7 +65,7 @@ contains TEXT). Available now:
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
        [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
-  P madvise RANGE dontneed|hugepage|nohugepage
+  P madvise RANGE dontneed|hugepage|nohugepage|collapse
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...

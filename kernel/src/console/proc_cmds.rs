@@ -144,8 +144,12 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let advice = if *adv == "hugepage" { Advice::HugePage } else { Advice::NoHugePage };
                 proc::madvise(p, va, len, advice).map(|_| Outcome::Done).map_err(Into::into)
             }
+            [r, "collapse"] => {
+                let (va, len) = range(p, r)?.pages();
+                proc::madvise(p, va, len, Advice::Collapse).map(|_| Outcome::Done).map_err(Into::into)
+            }
             [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
-            _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage".into()),
+            _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse".into()),
         },
         "write" | "check" => match a {
             [r, b] => {

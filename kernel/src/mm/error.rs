@@ -65,6 +65,9 @@ pub enum MmError {
     PfnMap { addr: VirtAddr },
     /// fork met a non-present entry it cannot copy yet.
     NotPresent { addr: VirtAddr },
+    /// `madvise collapse` (MADV_COLLAPSE) could not make one block of the
+    /// level-2 range at `addr`.
+    Collapse { addr: VirtAddr, why: ScanResult },
     /// The table code refused a change (not for lack of memory).
     Table(MapError),
     /// The tables disagree with the page metadata (a kernel bug, reported
@@ -86,6 +89,24 @@ pub enum Inconsistency {
     Unsplittable,
 }
 
+/// Why a range could not be collapsed into one block (Linux
+/// `enum scan_result` in mm/khugepaged.c, the cases pagelab meets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanResult {
+    /// The VMA does not allow a block-sized folio (`nohugepage`, no THP
+    /// folio order, file, shared or PFN mapping): `SCAN_VMA_CHECK`.
+    VmaCheck,
+    /// No level-3 table there (nothing mapped): `SCAN_PMD_NULL`.
+    PmdNull,
+    /// A non-present entry (swap, marker): `SCAN_PTE_NON_PRESENT`.
+    PteNonPresent,
+    /// A page that is not anonymous memory (special, file): `SCAN_PAGE_ANON`.
+    PageAnon,
+    /// A page mapped by another process too (fork), or held by GUP (a
+    /// reference or pin): `SCAN_PAGE_COUNT`, try again.
+    PageCount,
+}
+
 impl MmError {
     /// The errno Linux returns for this (positive).
     pub fn errno(self) -> i64 {
@@ -97,7 +118,7 @@ impl MmError {
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::FileMapped => EBUSY,
-            MmError::Again => EAGAIN,
+            MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } => EAGAIN,
             MmError::NotAligned { .. }
             | MmError::Empty
             | MmError::OutOfRange { .. }
@@ -108,6 +129,7 @@ impl MmError {
             | MmError::FileOptions
             | MmError::NotPresent { .. }
             | MmError::PfnMap { .. }
+            | MmError::Collapse { .. }
             | MmError::Table(_)
             | MmError::Inconsistent { .. } => EINVAL,
         }
@@ -165,6 +187,16 @@ impl fmt::Display for MmError {
                 write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
             }
             MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
+            MmError::Collapse { addr, why } => {
+                let w = match why {
+                    ScanResult::VmaCheck => "the mapping allows no huge page there (nohugepage, no thp=, file or pfn=)",
+                    ScanResult::PmdNull => "nothing is mapped there",
+                    ScanResult::PteNonPresent => "a non-present entry",
+                    ScanResult::PageAnon => "a page that is not anonymous memory",
+                    ScanResult::PageCount => "a page is shared with another process or held by a pin or reference",
+                };
+                write!(f, "cannot collapse {addr:#x}: {w}")
+            }
             MmError::Table(e) => write!(f, "the table code refused the change: {e:?}"),
             MmError::Inconsistent { addr, what } => {
                 let w = match what {

@@ -1,9 +1,11 @@
 //! Advice about user memory (Linux mm/madvise.c): `MADV_DONTNEED` zaps a
 //! range and keeps its VMAs; `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE` set the folio
-//! policy of later faults.
+//! policy of later faults; `MADV_COLLAPSE` makes blocks of what base pages
+//! map now ([`super::khugepaged`]).
 
 use super::addr::VirtAddr;
 use super::error::MmError;
+use super::khugepaged;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags};
 use super::mmap::check_user_range;
@@ -17,20 +19,49 @@ pub enum Advice {
     HugePage,
     /// `MADV_NOHUGEPAGE`: base pages only (Linux VM_NOHUGEPAGE).
     NoHugePage,
+    /// `MADV_COLLAPSE`: every whole level-2 range mapped by page entries
+    /// becomes one block-sized folio, now.
+    Collapse,
 }
 
 /// Linux `do_madvise` over `[va, va+len)`, VMA by VMA as
 /// `madvise_walk_vmas`. For DONTNEED a PFN mapping ends the walk
 /// (`madvise_dontneed_free_valid_vma`: -EINVAL) and holes are skipped; for
 /// the hugepage advice every VMA part gets it and a hole is `not mapped`
-/// (-ENOMEM) once the rest is done.
+/// (-ENOMEM) once the rest is done. For COLLAPSE a VMA's refusal ends the
+/// walk and holes are skipped, then `not mapped`, as for the hugepage
+/// advice.
 pub fn do_madvise(mt: MmTables<'_>, va: VirtAddr, len: u64, advice: Advice) -> Result<(), MmError> {
     check_user_range(va, len)?;
     match advice {
         Advice::DontNeed => madvise_dontneed(mt, va, len),
         Advice::HugePage => madvise_hugepage(mt, va, len, true),
         Advice::NoHugePage => madvise_hugepage(mt, va, len, false),
+        Advice::Collapse => madvise_collapse(mt, va, len),
     }
+}
+
+/// Linux `madvise_collapse` VMA by VMA, under the mmap lock for writing
+/// (Linux takes it for writing around each collapse).
+fn madvise_collapse(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
+    let vmas = mt.mm.mmap_write_lock();
+    let end = va + len;
+    let mut hole = None;
+    let mut a = va;
+    while a < end {
+        let Some((s, e, vma)) =
+            vmas.iter().find(|v| v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), *v))
+        else {
+            hole.get_or_insert(a);
+            break;
+        };
+        if s > a {
+            hole.get_or_insert(a);
+        }
+        khugepaged::madvise_collapse(mt, &vma, s, e)?;
+        a = e;
+    }
+    hole.map_or(Ok(()), |addr| Err(MmError::NotMapped { addr }))
 }
 
 fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {

@@ -14,6 +14,8 @@ pub mod folio_walk;
 pub mod gup;
 #[cfg(target_os = "none")]
 pub mod huge_memory;
+#[cfg(target_os = "none")]
+pub mod khugepaged;
 pub mod layout;
 #[cfg(target_os = "none")]
 pub mod madvise;

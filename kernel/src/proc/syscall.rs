@@ -46,6 +46,7 @@ pub const MAP_NORESERVE: u64 = 0x4000;
 pub const MADV_DONTNEED: u64 = 4;
 pub const MADV_HUGEPAGE: u64 = 14;
 pub const MADV_NOHUGEPAGE: u64 = 15;
+pub const MADV_COLLAPSE: u64 = 25;
 
 /// Most bytes one `write` call copies (the rest is left to the caller, as a
 /// short write).
@@ -248,14 +249,14 @@ fn mprotect(p: &Process, addr: VirtAddr, len: u64, prot: u64) -> i64 {
     }
 }
 
-/// `madvise(addr, len, advice)`: MADV_DONTNEED, MADV_HUGEPAGE and
-/// MADV_NOHUGEPAGE. As Linux: an unknown advice, a misaligned start or a
+/// `madvise(addr, len, advice)`: MADV_DONTNEED, MADV_HUGEPAGE,
+/// MADV_NOHUGEPAGE and MADV_COLLAPSE. As Linux: an unknown advice, a misaligned start or a
 /// length that wraps is `-EINVAL`, length 0 does nothing, and a range with
 /// holes (past the user top included) is `-ENOMEM` after the advice is
 /// applied to the mapped parts. DONTNEED of a PFN mapping is `-EINVAL`.
 fn madvise(p: &Process, addr: VirtAddr, len: u64, advice: u64) -> i64 {
     let ps = crate::arch::aarch64::granule::PAGE_SIZE;
-    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE) || !addr.is_aligned(ps) {
+    if !matches!(advice, MADV_DONTNEED | MADV_HUGEPAGE | MADV_NOHUGEPAGE | MADV_COLLAPSE) || !addr.is_aligned(ps) {
         return -EINVAL;
     }
     let Some(len) = len.checked_add(ps - 1).map(|l| l & !(ps - 1)).filter(|&l| addr.checked_add(l).is_some()) else {
@@ -273,6 +274,7 @@ fn madvise(p: &Process, addr: VirtAddr, len: u64, advice: u64) -> i64 {
     let advice = match advice {
         MADV_DONTNEED => Advice::DontNeed,
         MADV_HUGEPAGE => Advice::HugePage,
+        MADV_COLLAPSE => Advice::Collapse,
         _ => Advice::NoHugePage,
     };
     match madvise::do_madvise(p.mt(), addr, in_reach, advice) {

@@ -45,6 +45,7 @@ mod debug_table_tests;
 mod fail_alloc_tests;
 mod insert_tests;
 mod irq_tests;
+mod khugepaged_tests;
 mod mm_tests;
 mod sched_tests;
 mod syscall_tests;
@@ -56,6 +57,7 @@ const MODULE_ORDER: &[&str] = &[
     "mm_tests",
     "table_tests",
     "cursor_tests",
+    "khugepaged_tests",
     "at_random",
     "syscall_tests",
     "irq_tests",
