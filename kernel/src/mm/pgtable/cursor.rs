@@ -78,11 +78,11 @@ pub trait Regime {
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
     /// The leaf mapping `pa` at `level` with `attrs`.
     fn leaf(attrs: Self::Attrs, pa: PhysAddr, level: u32) -> Desc;
-    /// `new`, keeping the updates the MMU made to a live entry since the
-    /// cursor read it as `seen` (it is now `cur`): the access flag it set,
-    /// and the write it let through a DBM entry. A compare-and-swap that
-    /// found `cur` retries with this.
-    fn carry_hw(seen: Desc, cur: Desc, new: Desc) -> Desc;
+    /// `new`, keeping what the MMU records in the live entry `cur`: its
+    /// access flag and its dirtiness (a write let through a DBM entry).
+    /// [`CursorMut::set`] and [`CursorMut::map`] store this, so replacing
+    /// an entry never loses either; clearing them is [`CursorMut::update`]'s.
+    fn keep_hw(cur: Desc, new: Desc) -> Desc;
 }
 
 /// Bits shared by both stages' permission rule: AP/S2AP[7:6], AF, DBM,
@@ -95,13 +95,13 @@ const DBM: u64 = 1 << 51;
 /// AP[2] in stage 1 (read-only), S2AP[1] in stage 2 (write allowed).
 const AP2: u64 = 1 << 7;
 
-/// Stage 1's [`Regime::carry_hw`]: the MMU sets AF, and on a write
+/// Stage 1's [`Regime::keep_hw`]: the MMU sets AF, and on a write
 /// through a DBM entry clears AP[2]. A new entry that is no longer
 /// hardware-writable records that write in the software dirty bit (as
 /// [`Desc::wrprotect`] does).
-fn s1_carry_hw(seen: Desc, cur: Desc, new: Desc) -> Desc {
-    let mut n = new.0 | (cur.0 & !seen.0 & AF);
-    let wrote = seen.0 & AP2 != 0 && cur.0 & (AP2 | DBM) == DBM;
+fn s1_keep_hw(cur: Desc, new: Desc) -> Desc {
+    let mut n = new.0 | (cur.0 & AF);
+    let wrote = new.0 & AP2 != 0 && cur.0 & (AP2 | DBM) == DBM;
     if wrote {
         n = if n & DBM != 0 { n & !AP2 } else { n | crate::mm::desc::SW_DIRTY_BIT };
     }
@@ -133,8 +133,8 @@ impl Regime for Stage1User {
     fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
         Desc::leaf(pa, level, attrs)
     }
-    fn carry_hw(seen: Desc, cur: Desc, new: Desc) -> Desc {
-        s1_carry_hw(seen, cur, new)
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        s1_keep_hw(cur, new)
     }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
@@ -152,8 +152,8 @@ impl Regime for Stage1Kernel {
     fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
         Desc::leaf(pa, level, attrs)
     }
-    fn carry_hw(seen: Desc, cur: Desc, new: Desc) -> Desc {
-        s1_carry_hw(seen, cur, new)
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        s1_keep_hw(cur, new)
     }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
@@ -173,9 +173,9 @@ impl Regime for Stage2 {
     }
     /// The MMU sets AF, and on a write through a DBM entry sets S2AP[1]; a
     /// new entry without DBM records that write in software bit 55.
-    fn carry_hw(seen: Desc, cur: Desc, new: Desc) -> Desc {
-        let mut n = new.0 | (cur.0 & !seen.0 & AF);
-        let wrote = seen.0 & AP2 == 0 && cur.0 & (AP2 | DBM) == AP2 | DBM;
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        let mut n = new.0 | (cur.0 & AF);
+        let wrote = new.0 & AP2 == 0 && cur.0 & (AP2 | DBM) == AP2 | DBM;
         if wrote {
             n |= if n & DBM != 0 { AP2 } else { crate::mm::desc::SW_DIRTY_BIT };
         }
@@ -549,16 +549,16 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// [`Self::fill`] over an entry that is not a hole: only a live-safe
-    /// change of a valid leaf, as a compare-and-swap that keeps what the
-    /// MMU sets meanwhile ([`Regime::carry_hw`]); its old TLB entries are
-    /// flushed with the batch.
+    /// change of a valid leaf, as a compare-and-swap that keeps the access
+    /// flag and dirtiness the MMU records ([`Regime::keep_hw`]); its old
+    /// TLB entries are flushed with the batch.
     #[cold]
     #[inline(never)]
     fn fill_over(&mut self, slot: &AtomicU64, va: u64, level: u32, old: Desc, new: Desc) -> Result<(), MapError> {
         if !old.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule) {
             return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(va), level, old, new });
         }
-        let f = |v| Ok::<u64, core::convert::Infallible>(R::carry_hw(old, Desc(v), new).0);
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         if let Err(e) = cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
             match e {}
         }
@@ -619,10 +619,11 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// `__ptep_set_access_flags`) and returns the value it replaced:
     /// - into a hole: a store; refused over a range broken but not flushed;
     /// - over a live entry, as a change that needs no BBM (refused where
-    ///   BBM is needed): a compare-and-swap loop, so an AF or dirty update
-    ///   the MMU makes between the load and the store is kept in what is
-    ///   stored ([`Regime::carry_hw`]) and in the value returned; the old
-    ///   TLB entries are flushed with the batch;
+    ///   BBM is needed): a compare-and-swap loop that stores `new` with the
+    ///   access flag and dirtiness the entry holds ([`Regime::keep_hw`]),
+    ///   so one the MMU records between the load and the store is kept,
+    ///   and is in the value returned; the old TLB entries are flushed
+    ///   with the batch;
     /// - an invalid `new` over a live entry is a break, as
     ///   [`Self::get_and_clear`].
     pub fn set(&mut self, new: Desc) -> Result<Desc, MapError> {
@@ -652,7 +653,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if needs_bbm::<R>(old, new, level, g) {
             return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(va), level, old, new });
         }
-        let f = |v| Ok::<u64, core::convert::Infallible>(R::carry_hw(old, Desc(v), new).0);
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         let (old, stored) = match cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
             Ok(r) => r,
             Err(e) => match e {},
@@ -1870,6 +1871,159 @@ mod tests {
     /// Held by the tests that switch the global hardware-update flags, so
     /// one test's switch-off cannot land in another's run.
     static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// `set` over a live entry: a clean, old, writable DBM entry is set
+    /// again and again to values built from that clean original (toggling
+    /// PXN, a permission bit), while a second thread plays the MMU and, once
+    /// per round, sets AF and lets a write through (clears AP[2]). `set` is
+    /// a compare-and-swap that keeps the access flag and dirtiness the entry
+    /// holds ([`Regime::keep_hw`]), so every round ends young and dirty.
+    /// Storing `new` as is loses both in the deterministic part; a plain
+    /// load-then-store (keeping what the load saw) loses them when the
+    /// thread lands between the two, which over the rounds it does (both
+    /// checked by breaking `set` on purpose: the test then fails).
+    #[test]
+    fn set_over_a_live_entry_keeps_what_the_mmu_set() {
+        use core::sync::atomic::AtomicUsize;
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        const AP2: u64 = crate::mm::desc::AP_RDONLY;
+        const DBM: u64 = crate::mm::desc::DBM_BIT;
+        const AF: u64 = crate::mm::desc::AF_BIT;
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
+        // Clean (AP[2] set, DBM) and old (no AF).
+        c.update(DBM | AP2, AF).unwrap();
+        let clean = c.query();
+        let young_dirty = |d: Desc| d.0 & AF != 0 && d.0 & (DBM | AP2) == DBM;
+        // Deterministic: the entry is young and dirty; setting the clean value keeps both.
+        c.update(AF, AP2).unwrap();
+        let old = c.set(Desc(clean.0 | (1 << 53))).unwrap();
+        assert!(young_dirty(old), "the value replaced: {old:?}");
+        assert!(young_dirty(c.query()), "young and dirty after set: {:?}", c.query());
+        assert_ne!(c.query().0 & (1 << 53), 0, "and the permission change made");
+        // Racing: the "MMU" updates the entry while `set` runs.
+        let slot = c.t.mem.table_ptr(c.path[3]) as usize + c.t.granule.index(0x1000, 3) * 8;
+        let (go, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        const ROUNDS: usize = 300;
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for round in 1..=ROUNDS {
+                    while go.load(Ordering::Acquire) != round {
+                        core::hint::spin_loop();
+                    }
+                    for _ in 0..(round * 37) % 500 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(AF, Ordering::AcqRel);
+                    e.fetch_and(!AP2, Ordering::AcqRel);
+                    done.store(round, Ordering::Release);
+                }
+            });
+            for round in 1..=ROUNDS {
+                c.update(AP2, AF).unwrap();
+                assert!(!young_dirty(c.query()));
+                go.store(round, Ordering::Release);
+                let mut n = 0u64;
+                while done.load(Ordering::Acquire) != round || n < 20 {
+                    c.set(Desc(clean.0 ^ ((n & 1) << 53))).unwrap();
+                    n += 1;
+                }
+                assert!(young_dirty(c.query()), "round {round}: the MMU's update was lost: {:?}", c.query());
+            }
+        });
+        let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
+
+    /// `protect` and `unmap` move along the cursor's path (Linux's
+    /// pagewalk loops): over 1024 pages in two level-3 tables they read the
+    /// root table a handful of times and each entry's table about twice per
+    /// entry. Walking from the root for every entry (checked by resetting
+    /// the cursor to the root before each step of `edit`) reads the root
+    /// over a thousand times and fails this test.
+    #[test]
+    fn range_edits_move_along_the_path_without_rewalking() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x20_0000, 4 * MIB, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        // (root visits, all table visits) so far; the root is table 0.
+        let visits = |c: &CursorMut<'_, '_, Stage1Kernel, HostMem>| {
+            let v = &c.tables().mem.visits;
+            (v[0].load(Ordering::Relaxed), v.iter().map(|x| x.load(Ordering::Relaxed)).sum::<usize>())
+        };
+        let (r0, a0) = visits(&c);
+        c.protect(VirtAddr::new(0x20_0000), 4 * MIB, 1 << 7, 0).unwrap();
+        let (r1, a1) = visits(&c);
+        assert!(r1 - r0 <= 4, "protect read the root {} times", r1 - r0);
+        assert!(a1 - a0 <= 2 * 1024 + 16, "protect visited tables {} times for 1024 entries", a1 - a0);
+        c.sync();
+        c.unmap(VirtAddr::new(0x20_0000), 4 * MIB).unwrap();
+        let (r2, _) = visits(&c);
+        assert!(r2 - r1 <= 4, "unmap read the root {} times", r2 - r1);
+        let d = c.finish();
+        assert_eq!(d.0.len(), 4, "both level-3 tables, then the level-2 and level-1 ones");
+        assert_eq!(t.count_tables(), 1);
+        assert!(rec.flushes.iter().any(|f| f.0 <= 0x20_0000 && 0x5f_f000 < f.0 + f.1), "{:?}", rec.flushes);
+    }
+
+    /// `map` is a make like any other: a leaf or a table over a range broken
+    /// but not flushed is refused, as is a change the regime's BBM rule
+    /// forbids (stage 2's MemAttr), and a permission change over a live
+    /// entry is flushed with the batch.
+    #[test]
+    fn map_keeps_the_bbm_rules_and_the_pending_check() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x1000, 2 * 4096, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        c.jump(VirtAddr::new(0x2000), 3);
+        let _ = c.get_and_clear();
+        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        c.sync();
+        let e =
+            c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        assert_eq!(e, Err(MapError::BbmViolation { va: VirtAddr::new(0x2000), level: 3 }));
+        c.sync();
+        assert_eq!(
+            c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
+            Ok(2)
+        );
+        let _ = c.finish();
+        assert!(rec.flushes.iter().any(|f| f.0 <= 0x1000 && 0x1000 < f.0 + f.1), "the RO change is flushed");
+        // A whole level-1 entry broken and not flushed: the table `map` would link there is refused too.
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        c.jump(VirtAddr::new(0x1000), 1);
+        let _ = c.get_and_clear();
+        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        c.sync();
+        let e = c.map(VirtAddr::new(0x5000), PhysAddr::new(0x5000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        assert!(matches!(e, Err(MapError::BbmViolation { level: 1, .. })), "{e:?}");
+        let _ = c.finish();
+        // Stage 2: a memory-type change is BBM there too.
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
+        let mut s2 = S2Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage2 { vmid: 3 }, &mut s2);
+        c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, rw, LeafSizes::PagesOnly).unwrap();
+        let dev = S2Attrs { normal: false, ..rw };
+        let e = c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, dev, LeafSizes::PagesOnly);
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 3, .. })), "{e:?}");
+        let ro = S2Attrs { write: false, ..rw };
+        c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, ro, LeafSizes::PagesOnly).unwrap();
+        let _ = c.finish();
+        assert!(s2.flushes.iter().any(|f| f.0 == 0x4000_0000 && f.2 == 3), "{:?}", s2.flushes);
+    }
 
     /// A second thread plays the MMU (FEAT_HAFDBS): it sets bits in the
     /// live entry with atomic ORs while the cursor toggles AP[2] on it. With

@@ -228,6 +228,9 @@ pub mod host {
         pub tables: Vec<Box<[AtomicU64]>>,
         pub entries: usize,
         pub limit: usize,
+        /// `table_ptr` calls on each table (index as in `tables`): each
+        /// entry read or written reaches its table through one.
+        pub visits: Vec<core::sync::atomic::AtomicUsize>,
     }
 
     /// Fake physical addresses: table i lives at 0x1_0000_0000 + i * 64K.
@@ -235,7 +238,8 @@ pub mod host {
 
     impl HostMem {
         pub fn new(g: Granule) -> (Self, PhysAddr) {
-            let mut m = HostMem { tables: Vec::new(), entries: g.entries_per_table(), limit: usize::MAX };
+            let mut m =
+                HostMem { tables: Vec::new(), entries: g.entries_per_table(), limit: usize::MAX, visits: Vec::new() };
             let root = m.alloc_table().unwrap();
             (m, root)
         }
@@ -275,10 +279,13 @@ pub mod host {
             }
             let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
             self.tables.push(t);
+            self.visits.push(core::sync::atomic::AtomicUsize::new(0));
             Some(PhysAddr::new(BASE + (self.tables.len() as u64 - 1) * 0x10000))
         }
         fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-            self.tables[((pa.as_u64() - BASE) / 0x10000) as usize].as_ptr()
+            let i = ((pa.as_u64() - BASE) / 0x10000) as usize;
+            self.visits[i].fetch_add(1, Ordering::Relaxed);
+            self.tables[i].as_ptr()
         }
     }
 }
