@@ -1980,6 +1980,32 @@ mod tests {
         assert!(rec.flushes.iter().any(|f| f.0 <= 0x20_0000 && 0x5f_f000 < f.0 + f.1), "{:?}", rec.flushes);
     }
 
+    /// The BBM rule of each regime (Arm ARM D8.16.1): output address, block
+    /// size (a leaf replacing a table or the reverse), memory type,
+    /// shareability, the contiguous bit (and nG in stage 1) need BBM;
+    /// permissions and AF do not. Stage 2's MemAttr is bits [5:2], so a
+    /// change in bit 5 needs BBM there and not in stage 1 (NS).
+    #[test]
+    fn break_before_make_rules_per_regime() {
+        let pa = PhysAddr::new(0x4020_0000);
+        let rw = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RW);
+        let bbm = needs_bbm::<Stage1Kernel>;
+        assert!(!bbm(rw, Desc::leaf(pa, 3, LeafAttrs::KERNEL_RO), 3, K4), "permission change is live-safe");
+        assert!(!bbm(rw, Desc(rw.0 & !(1 << 10)), 3, K4), "AF change is live-safe");
+        assert!(bbm(rw, Desc::leaf(PhysAddr::new(0x4030_0000), 3, LeafAttrs::KERNEL_RW), 3, K4), "output address");
+        assert!(bbm(rw, Desc::leaf(pa, 3, LeafAttrs::KERNEL_DEVICE), 3, K4), "memory type change");
+        let blk = Desc::leaf(pa, 2, LeafAttrs::KERNEL_RW);
+        assert!(bbm(blk, Desc::table(PhysAddr::new(0x5000_0000)), 2, K4), "split needs BBM");
+        assert!(!bbm(Desc::INVALID, rw, 3, K4), "invalid to valid is fine");
+        let cont = Desc::leaf(pa, 3, LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW });
+        assert!(bbm(rw, cont, 3, K4), "contiguous bit change");
+        assert!(needs_bbm::<Stage1User>(rw, Desc(rw.0 | (1 << 11)), 3, K4), "nG change");
+        assert!(!bbm(rw, Desc(rw.0 | (1 << 5)), 3, K4), "stage 1: bit 5 is NS, not the memory type");
+        let s2 = S2Attrs { read: true, write: true, xn: true, normal: true }.leaf(pa, 3);
+        assert!(needs_bbm::<Stage2>(s2, Desc(s2.0 ^ (1 << 5)), 3, K4), "stage 2: bit 5 is MemAttr");
+        assert!(!needs_bbm::<Stage2>(s2, Desc(s2.0 & !S2Attrs::S2AP_W), 3, K4), "stage 2 write-protect");
+    }
+
     /// `map` is a make like any other: a leaf or a table over a range broken
     /// but not flushed is refused, as is a change the regime's BBM rule
     /// forbids (stage 2's MemAttr), and a permission change over a live
