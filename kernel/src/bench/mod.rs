@@ -13,7 +13,8 @@ use crate::mm::addr::{PhysAddr, VirtAddr};
 use crate::mm::desc::LeafAttrs;
 use crate::mm::kernel_pgtable::FrameTableMem;
 use crate::mm::layout::phys_to_virt;
-use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
+use crate::mm::pgtable::{CursorMut, ExclusiveTables, LeafSizes, Stage1Kernel, TableMemory, Tables};
+use crate::mm::tlb::KernelFlush;
 use crate::mm::walk::{Entry, PageWalkOps, Step, walk_tables_with};
 use crate::println;
 
@@ -56,11 +57,16 @@ fn build_linear(sizes: LeafSizes) -> (u64, usize, PhysAddr, FrameTableMem) {
     let t0 = instructions();
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
+        // SAFETY: a fresh table set, never installed, reachable only here.
+        let excl = unsafe { ExclusiveTables::new() };
+        let mut fl = KernelFlush;
+        let mut c = CursorMut::new(&excl, &mut t, Stage1Kernel, &mut fl);
         for r in &ram {
             let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
-            t.map(phys_to_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_RW, sizes)
+            c.map(phys_to_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_RW, sizes)
                 .expect("bench map");
         }
+        assert!(c.finish().0.is_empty(), "building detaches nothing");
     }
     let dt = instructions() - t0;
     let n = mem.tables;

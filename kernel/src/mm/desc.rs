@@ -525,25 +525,6 @@ impl LeafAttrs {
     }
 }
 
-/// What must change between two leaf values for the same VA to be legal
-/// without break-before-make (Arm ARM D8.16.1): output address, block size
-/// (a leaf replacing a table or the reverse), memory type, shareability and
-/// the contiguous bit need BBM; permissions and AF do not.
-pub fn needs_break_before_make(old: Desc, new: Desc, level: u32, granule: Granule) -> bool {
-    match (old.kind(level, granule), new.kind(level, granule)) {
-        (Kind::None | Kind::NonPresent(_), _) | (_, Kind::None | Kind::NonPresent(_)) => false,
-        (Kind::Leaf(a), Kind::Leaf(b)) => {
-            a != b
-                || old.attr_index() != new.attr_index()
-                || old.shareability() != new.shareability()
-                || old.contiguous() != new.contiguous()
-                || old.ng() != new.ng()
-        }
-        (Kind::Table(a), Kind::Table(b)) => a != b,
-        _ => true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,23 +618,5 @@ mod tests {
         let d = Desc::leaf(PhysAddr::new(0x1000), 3, a);
         assert!(d.special() && !d.sw_dirty() && !d.uffd_wp());
         assert_eq!(d.0 >> 56 & 1, 1);
-    }
-
-    #[test]
-    fn break_before_make_rules() {
-        let pa = PhysAddr::new(0x4020_0000);
-        let rw = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RW);
-        let ro = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RO);
-        assert!(!needs_break_before_make(rw, ro, 3, G), "permission change is live-safe");
-        let moved = Desc::leaf(PhysAddr::new(0x4030_0000), 3, LeafAttrs::KERNEL_RW);
-        assert!(needs_break_before_make(rw, moved, 3, G), "output address change");
-        let dev = Desc::leaf(pa, 3, LeafAttrs::KERNEL_DEVICE);
-        assert!(needs_break_before_make(rw, dev, 3, G), "memory type change");
-        let blk = Desc::leaf(pa, 2, LeafAttrs::KERNEL_RW);
-        let tbl = Desc::table(PhysAddr::new(0x5000_0000));
-        assert!(needs_break_before_make(blk, tbl, 2, G), "split needs BBM");
-        assert!(!needs_break_before_make(Desc::INVALID, rw, 3, G), "invalid to valid is fine");
-        let cont = Desc::leaf(pa, 3, LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW });
-        assert!(needs_break_before_make(rw, cont, 3, G), "contiguous bit change");
     }
 }

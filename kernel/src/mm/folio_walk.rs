@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::mm::desc::LeafAttrs;
     use crate::mm::mm_struct::{MmStruct, VmFlags};
-    use crate::mm::pgtable::host::HostMem;
+    use crate::mm::pgtable::host::{HostMem, map};
     use crate::mm::pgtable::{LeafSizes, Tables};
 
     const G: Granule = Granule::K4;
@@ -159,11 +159,12 @@ mod tests {
         let mut t = Tables::new(root, G, 0, &mut mem);
         // A private PFNMAP VMA at 0x10_0000: PFN entries (special) and one
         // page COW replaced with an anon page (normal).
-        t.map(VirtAddr::new(0x10_0000), PhysAddr::new(0x0900_0000), 0x2000, SPECIAL, LeafSizes::PagesOnly).unwrap();
-        t.map(VirtAddr::new(0x10_2000), PhysAddr::new(0x4123_4000), 0x1000, USER, LeafSizes::PagesOnly).unwrap();
+        map(&mut t, VirtAddr::new(0x10_0000), PhysAddr::new(0x0900_0000), 0x2000, SPECIAL, LeafSizes::PagesOnly)
+            .unwrap();
+        map(&mut t, VirtAddr::new(0x10_2000), PhysAddr::new(0x4123_4000), 0x1000, USER, LeafSizes::PagesOnly).unwrap();
         // An anon VMA at 0x40_0000: a 2M block (a THP) and the zero page.
-        t.map(VirtAddr::new(0x40_0000), PhysAddr::new(0x4020_0000), 0x20_0000, USER, LeafSizes::Largest).unwrap();
-        t.map(VirtAddr::new(0x60_0000), ZERO, 0x1000, SPECIAL, LeafSizes::PagesOnly).unwrap();
+        map(&mut t, VirtAddr::new(0x40_0000), PhysAddr::new(0x4020_0000), 0x20_0000, USER, LeafSizes::Largest).unwrap();
+        map(&mut t, VirtAddr::new(0x60_0000), ZERO, 0x1000, SPECIAL, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 9);
         {
             let mut w = mm.mmap_write_lock();
@@ -227,7 +228,7 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
         let run = LeafAttrs { contiguous: true, ..USER };
-        t.map(VirtAddr::new(0x20_0000), PhysAddr::new(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
+        map(&mut t, VirtAddr::new(0x20_0000), PhysAddr::new(0x5000_0000), 0x1_0000, run, LeafSizes::PagesOnly).unwrap();
         let mm = MmStruct::new(root, 1);
         mm.mmap_write_lock().insert(Vma {
             start: VirtAddr::new(0x20_0000),

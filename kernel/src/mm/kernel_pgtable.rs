@@ -16,7 +16,7 @@ use super::desc::LeafAttrs;
 use super::frame::{self, Owner};
 use super::layout::{io_virt, phys_to_virt};
 use super::mm_struct::KernelPgtable;
-use super::pgtable::{LeafSizes, MapError, TableMemory, Tables};
+use super::pgtable::{CursorMut, Detached, ExclusiveTables, LeafSizes, MapError, Stage1Kernel, TableMemory, Tables};
 use crate::arch::aarch64::boot::{MAX_CPUS, STACK_SIZE, STACK_SLOT};
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, START_LEVEL, align_down, align_up};
 use crate::arch::aarch64::memory::{IO_BASE, IO_END, KIMAGE_VADDR};
@@ -133,7 +133,7 @@ pub fn stack_range(i: usize) -> (VirtAddr, VirtAddr) {
 }
 
 fn map_or_panic<M: TableMemory>(
-    t: &mut Tables<'_, M>,
+    c: &mut CursorMut<'_, '_, Stage1Kernel, M>,
     what: &str,
     va: VirtAddr,
     pa: PhysAddr,
@@ -141,7 +141,7 @@ fn map_or_panic<M: TableMemory>(
     a: LeafAttrs,
     s: LeafSizes,
 ) {
-    if let Err(e) = t.map(va, pa, size, a, s) {
+    if let Err(e) = c.map(va, pa, size, a, s) {
         panic!("cannot map {what} {va:#x}..{:#x}: {e:?}", va + size);
     }
 }
@@ -157,18 +157,22 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
     let empty_ttbr0 = mem.alloc_table().expect("kernel table pool");
     {
         let mut t = Tables::new(root, GRANULE, START_LEVEL, &mut mem);
+        // SAFETY: the tables are not installed yet and only this CPU runs.
+        let excl = unsafe { ExclusiveTables::new() };
+        let mut fl = super::tlb::KernelFlush;
+        let mut c = CursorMut::new(&excl, &mut t, Stage1Kernel, &mut fl);
         for (name, lo, hi, attrs) in image_sections() {
-            map_or_panic(&mut t, name, lo, kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly);
+            map_or_panic(&mut c, name, lo, kimage_to_phys(lo), hi - lo, attrs, LeafSizes::PagesOnly);
         }
         for i in 0..MAX_CPUS {
             let (lo, hi) = stack_range(i);
-            map_or_panic(&mut t, "stack", lo, kimage_to_phys(lo), hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+            map_or_panic(&mut c, "stack", lo, kimage_to_phys(lo), hi - lo, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         }
         for r in ram {
             let (s, e) = (align_up(r.start.as_u64(), PAGE_SIZE), align_down(r.end.as_u64(), PAGE_SIZE));
             if e > s {
                 map_or_panic(
-                    &mut t,
+                    &mut c,
                     "RAM",
                     phys_to_virt(PhysAddr::new(s)),
                     PhysAddr::new(s),
@@ -181,7 +185,7 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
         if let Some(u) = uart {
             let (s, e) = (align_down(u.start.as_u64(), PAGE_SIZE), align_up(u.end.as_u64(), PAGE_SIZE));
             map_or_panic(
-                &mut t,
+                &mut c,
                 "UART",
                 io_virt(PhysAddr::new(s)),
                 PhysAddr::new(s),
@@ -190,6 +194,9 @@ pub unsafe fn init(phys_base: u64, ram: &[PhysRange], uart: Option<PhysRange>) {
                 LeafSizes::PagesOnly,
             );
         }
+        // Building only fills holes: nothing was unlinked.
+        let Detached(d) = c.finish();
+        assert!(d.is_empty(), "building the kernel tables detached {d:?}");
     }
     // SAFETY: image pages keep their size and PA; the DTB fixmap window
     // disappears (no entry, so no conflict); nothing runs from TTBR0.
@@ -227,13 +234,13 @@ pub fn ioremap(r: PhysRange) -> Result<VirtAddr, MapError> {
     if io_virt(PhysAddr::new(e)).as_u64() > IO_END || e <= s {
         return Err(MapError::Misaligned);
     }
-    let _w = KERNEL_PGTABLE.write();
+    // Holes or identical entries: no TLBI, only visibility to the walker
+    // (the cursor publishes when it finishes).
+    with_live(|c| {
+        c.map(io_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)
+    })?;
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kernel tables not initialised");
-    let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
-    t.map(io_virt(PhysAddr::new(s)), PhysAddr::new(s), e - s, LeafAttrs::KERNEL_DEVICE, LeafSizes::PagesOnly)?;
-    // New entries replace invalid ones: no TLBI needed, only visibility to the walker.
-    crate::arch::aarch64::cpu::publish_tables();
     k.io_mapped.push((r.start.as_u64(), r.end.as_u64()));
     Ok(VirtAddr::new(IO_BASE + r.start.as_u64()))
 }
@@ -266,19 +273,17 @@ unsafe impl TableMemory for LiveRead {
     }
 }
 
-/// Runs `f` with a [`CursorMut`](super::pgtable::CursorMut) over the kernel tables (global entries,
+/// Runs `f` with a [`CursorMut`] over the kernel tables (global entries,
 /// real TLBI broadcast), under their write lock, which the cursor borrows;
 /// then frees the tables it detached.
-pub fn with_live<R>(
-    f: impl FnOnce(&mut super::pgtable::CursorMut<'_, '_, super::pgtable::Stage1Kernel, KernelTableMemHandle>) -> R,
-) -> R {
+pub fn with_live<R>(f: impl FnOnce(&mut CursorMut<'_, '_, Stage1Kernel, KernelTableMemHandle>) -> R) -> R {
     let w = KERNEL_PGTABLE.write();
     let mut g = KPT.lock();
     let k = g.as_mut().expect("kernel tables not initialised");
     let mut mem = KernelTableMemHandle(&mut k.mem);
     let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut mem);
     let mut fl = super::tlb::KernelFlush;
-    let mut live = super::pgtable::CursorMut::new(&w, &mut t, super::pgtable::Stage1Kernel, &mut fl);
+    let mut live = CursorMut::new(&w, &mut t, Stage1Kernel, &mut fl);
     let r = f(&mut live);
     let detached = live.finish();
     for pa in detached.0 {
@@ -287,7 +292,8 @@ pub fn with_live<R>(
     r
 }
 
-/// Maps `[va, va+size)` in the kernel tables: holes, identical entries or live-safe changes, unflushed (`Tables::map`).
+/// Maps `[va, va+size)` in the kernel tables with [`CursorMut::map`]:
+/// holes, identical entries, or live-safe changes (flushed before it returns).
 pub fn map_kernel(
     va: VirtAddr,
     pa: PhysAddr,
@@ -295,14 +301,7 @@ pub fn map_kernel(
     attrs: LeafAttrs,
     sizes: LeafSizes,
 ) -> Result<usize, MapError> {
-    let _w = KERNEL_PGTABLE.write();
-    let mut g = KPT.lock();
-    let k = g.as_mut().expect("kernel tables not initialised");
-    let mut t = Tables::new(k.root, GRANULE, START_LEVEL, &mut k.mem);
-    let n = t.map(va, pa, size, attrs, sizes)?;
-    // No TLBI: callers map holes, where visibility to the walker is enough.
-    crate::arch::aarch64::cpu::publish_tables();
-    Ok(n)
+    with_live(|c| c.map(va, pa, size, attrs, sizes))
 }
 
 fn free_table(mem: &mut KernelTableMem, pa: PhysAddr) {

@@ -244,5 +244,5 @@ fn restore(mut c: UserCursor<'_, '_>, pmd: Desc) -> Result<(), MmError> {
         detached.0.retain(|&t| t != child);
     }
     debug_assert!(detached.0.is_empty());
-    r.map_err(MmError::from)
+    r.map(|_| ()).map_err(MmError::from)
 }

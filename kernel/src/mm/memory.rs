@@ -58,13 +58,19 @@ pub fn zero_pfn_pool() {
 /// entries (no struct-page semantics), read-only unless the mapping is
 /// shared and writable, so a private mapping's writes COW into anon pages.
 pub fn remap_pfn_range(mt: MmTables<'_>, vma: &Vma, pfn: PhysAddr) -> Result<(), MmError> {
-    let _ptl = mt.mm.page_table_lock_guard();
+    let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let mut t = super::pgtable::Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let shared_w = vma.flags.contains(VmFlags::SHARED) && vma.flags.contains(VmFlags::WRITE);
     let attrs = LeafAttrs { special: true, writable: shared_w, ..vm_page_prot(vma) };
-    t.map(vma.start, pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly)?;
-    crate::arch::aarch64::cpu::publish_tables();
+    let mut fl = KernelFlush;
+    let mut c =
+        super::pgtable::CursorMut::new(&ptl, &mut t, super::pgtable::Stage1User { asid: mt.mm.asid() }, &mut fl);
+    let r = c.map(vma.start, pfn, vma.end - vma.start, attrs, super::pgtable::LeafSizes::PagesOnly);
+    // Holes only: nothing to flush or free; finishing publishes the entries.
+    let super::pgtable::Detached(d) = c.finish();
+    debug_assert!(d.is_empty());
+    r?;
     Ok(())
 }
 

@@ -133,7 +133,10 @@ mod tests {
     use crate::arch::aarch64::granule::Granule;
     use crate::mm::addr::PhysAddr;
     use crate::mm::desc::LeafAttrs;
-    use crate::mm::pgtable::{LeafSizes, Tables, host::HostMem};
+    use crate::mm::pgtable::{
+        LeafSizes, Tables,
+        host::{HostMem, map},
+    };
     use std::string::String;
 
     static MARKERS: &[(VirtAddr, &str)] = &[
@@ -146,7 +149,8 @@ mod tests {
         let g = Granule::K4;
         let (mut mem, root) = HostMem::new(g);
         let mut t = Tables::new(root, g, 0, &mut mem);
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0xffff_0000_4000_0000),
             PhysAddr::new(0x4000_0000),
             1 << 30,
@@ -154,7 +158,8 @@ mod tests {
             LeafSizes::Largest,
         )
         .unwrap();
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0xffff_8000_0000_0000),
             PhysAddr::new(0x4008_0000),
             0x10000,
@@ -162,7 +167,8 @@ mod tests {
             LeafSizes::PagesOnly,
         )
         .unwrap();
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0xffff_8000_0001_0000),
             PhysAddr::new(0x4009_0000),
             0x20000,

@@ -269,7 +269,7 @@ mod tests {
     use super::*;
     use crate::mm::desc::LeafAttrs;
     use crate::mm::mm_struct::{KernelPgtable, MmStruct, VmFlags};
-    use crate::mm::pgtable::host::HostMem;
+    use crate::mm::pgtable::host::{HostMem, map};
     use crate::mm::pgtable::{LeafSizes, Tables};
     use std::vec::Vec;
 
@@ -311,9 +311,17 @@ mod tests {
     fn setup() -> (HostMem, PhysAddr) {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x40_0000), PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest)
-            .unwrap();
-        t.map(
+        map(
+            &mut t,
+            VirtAddr::new(0x40_0000),
+            PhysAddr::new(0x8000_0000),
+            2 * MIB,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::Largest,
+        )
+        .unwrap();
+        map(
+            &mut t,
             VirtAddr::new(0x60_0000),
             PhysAddr::new(0x9000_0000),
             3 * 4096,
@@ -441,7 +449,8 @@ mod tests {
     fn kernel_walk_with_read_lock() {
         let (mut mem, root) = HostMem::new(Granule::K4);
         let mut t = Tables::new(root, Granule::K4, 0, &mut mem);
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0xffff_8000_0000_0000),
             PhysAddr::new(0x4000_0000),
             2 * 4096,

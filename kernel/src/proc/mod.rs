@@ -36,7 +36,7 @@ use crate::mm::kernel_pgtable::{self, FrameTableMem};
 use crate::mm::memory::{self, MmTables};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use crate::mm::mmap::{self, MmapArgs};
-use crate::mm::pgtable::{LeafSizes, TableMemory, Tables};
+use crate::mm::pgtable::{CursorMut, Detached, LeafSizes, Stage1User, TableMemory, Tables};
 use crate::mm::{madvise, mprotect};
 pub use error::ProcError;
 
@@ -148,15 +148,22 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     p.mm.mseal(agent.start, agent.end);
     let attrs = LeafAttrs { special: true, ..user_attrs(&agent) };
     let r = {
+        let ptl = p.mm.page_table_lock_guard();
         let mut mem = p.tables.lock();
         let mut t = Tables::new(root, GRANULE, USER_START_LEVEL, &mut *mem);
-        t.map(
+        let mut fl = crate::mm::tlb::KernelFlush;
+        let mut c = CursorMut::new(&ptl, &mut t, Stage1User { asid: p.mm.asid() }, &mut fl);
+        let r = c.map(
             VirtAddr::new(AGENT_VA),
             kernel_pgtable::kimage_to_phys(VirtAddr::new(lo)),
             hi - lo,
             attrs,
             LeafSizes::PagesOnly,
-        )
+        );
+        // Holes in new tables: nothing to flush or free.
+        let Detached(d) = c.finish();
+        debug_assert!(d.is_empty());
+        r
     };
     if let Err(e) = r {
         teardown(&p);

@@ -130,7 +130,7 @@ impl Layout {
 /// Builds a random layout in `[base, base + nslots * slot)`. `upper_levels`
 /// are the levels whose table entries covering the layout belong to the
 /// test alone, so they may carry limits.
-fn build<R: Regime, M: TableMemory>(
+fn build<R: Regime<Attrs = LeafAttrs>, M: TableMemory>(
     l: &mut CursorMut<'_, '_, R, M>,
     r: &mut Rng,
     base: u64,
@@ -165,7 +165,7 @@ fn build<R: Regime, M: TableMemory>(
                 let Some(pa) = ram_block() else { continue };
                 let mut a = random_attrs(r, user);
                 a.writable = false;
-                l.t.map(VirtAddr::new(va), pa, slot, a, LeafSizes::Largest).map_err(|e| err("map", e))?;
+                l.map(VirtAddr::new(va), pa, slot, a, LeafSizes::Largest).map_err(|e| err("map", e))?;
                 let split = r.chance(50);
                 lay.regions.push(Region { va, len: slot, pa, attrs: a, under_table: split, rets: false });
                 if split {
@@ -202,7 +202,7 @@ fn build<R: Regime, M: TableMemory>(
                     a = LeafAttrs { mem: MemType::Normal, el0: true, writable: true, kexec: true, af: true, ..a };
                 }
                 let off = if run { 0 } else { r.below(slot / PAGE_SIZE - count) * PAGE_SIZE };
-                l.t.map(VirtAddr::new(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
+                l.map(VirtAddr::new(va + off), pa, count * PAGE_SIZE, a, LeafSizes::PagesOnly)
                     .map_err(|e| err("map", e))?;
                 lay.regions.push(Region {
                     va: va + off,
@@ -257,7 +257,7 @@ fn build<R: Regime, M: TableMemory>(
             Sabotage::WrongAttrIndex => {
                 let idx = if g.attrs.mem == MemType::Normal { mair::NORMAL_NC } else { mair::NORMAL };
                 for p in (g.va..g.va + g.len).step_by(PAGE_SIZE as usize) {
-                    let Translation::Mapped { desc, .. } = l.t.translate(VirtAddr::new(p)) else { continue };
+                    let Translation::Mapped { desc, .. } = l.tables().translate(VirtAddr::new(p)) else { continue };
                     let wrong = Desc((desc.0 & !(0b111 << 2)) | (idx << 2));
                     l.replace(VirtAddr::new(p), 3, wrong).map_err(|e| err("replace", e))?;
                 }
@@ -567,7 +567,7 @@ fn at_random_layouts_kernel_ttbr1() -> Result<(), String> {
         // with_live frees the tables the teardown detaches, after the flush.
         let tally = kernel_pgtable::with_live(|l| -> Result<Tally, String> {
             let lay = build(l, &mut r, TEST_WINDOW, SLOTS, false, levels.clone(), round)?;
-            let c = compare(l.t, &mut r, &lay, SAMPLES, true);
+            let c = compare(l.tables(), &mut r, &lay, SAMPLES, true);
             teardown(l, &lay)?;
             c.map_err(|e| alloc::format!("seed {seed:#x}: {e}"))
         })?;
@@ -605,7 +605,7 @@ fn at_random_layouts_user_ttbr0_asid() -> Result<(), String> {
             let irq = cpu::local_irq_save();
             // SAFETY: nothing runs from TTBR0; restored below before interrupts.
             unsafe { cpu::switch_ttbr0(root.as_u64() | ((asid as u64) << 48)) };
-            let c = compare(l.t, &mut r, &lay, SAMPLES, false);
+            let c = compare(l.tables(), &mut r, &lay, SAMPLES, false);
             // SAFETY: back to the empty table.
             unsafe { cpu::switch_ttbr0(empty.as_u64()) };
             drop(irq);

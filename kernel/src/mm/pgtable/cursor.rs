@@ -31,10 +31,10 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use super::{MapError, TableMemory, Tables};
+use super::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::granule::Granule;
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::{Desc, Kind, TableAttrs};
+use crate::mm::desc::{Desc, Kind, LeafAttrs, TableAttrs};
 
 /// TLB maintenance, done for real by the kernel and recorded by host tests.
 pub trait TlbFlush {
@@ -72,8 +72,17 @@ pub trait Regime {
     /// The leaf attribute bits whose change needs BBM (memory type,
     /// shareability, contiguous, and nG where the regime has it).
     const BBM_BITS: u64;
+    /// The attributes [`CursorMut::map`] builds this regime's leaves from.
+    type Attrs: Copy;
     fn publish(fl: &mut Self::Flush);
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
+    /// The leaf mapping `pa` at `level` with `attrs`.
+    fn leaf(attrs: Self::Attrs, pa: PhysAddr, level: u32) -> Desc;
+    /// `new`, keeping what the MMU records in the live entry `cur`: its
+    /// access flag and its dirtiness (a write let through a DBM entry).
+    /// [`CursorMut::set`] and [`CursorMut::map`] store this, so replacing
+    /// an entry never loses either; clearing them is [`CursorMut::update`]'s.
+    fn keep_hw(cur: Desc, new: Desc) -> Desc;
 }
 
 /// Bits shared by both stages' permission rule: AP/S2AP[7:6], AF, DBM,
@@ -81,6 +90,23 @@ pub trait Regime {
 const S_PERM_BITS: u64 = (0b11 << 6) | (1 << 10) | (1 << 51) | (3 << 53) | (0xf << 55);
 const CONT: u64 = 1 << 52;
 const SH: u64 = 0b11 << 8;
+const AF: u64 = 1 << 10;
+const DBM: u64 = 1 << 51;
+/// AP[2] in stage 1 (read-only), S2AP[1] in stage 2 (write allowed).
+const AP2: u64 = 1 << 7;
+
+/// Stage 1's [`Regime::keep_hw`]: the MMU sets AF, and on a write
+/// through a DBM entry clears AP[2]. A new entry that is no longer
+/// hardware-writable records that write in the software dirty bit (as
+/// [`Desc::wrprotect`] does).
+fn s1_keep_hw(cur: Desc, new: Desc) -> Desc {
+    let mut n = new.0 | (cur.0 & AF);
+    let wrote = new.0 & AP2 != 0 && cur.0 & (AP2 | DBM) == DBM;
+    if wrote {
+        n = if n & DBM != 0 { n & !AP2 } else { n | crate::mm::desc::SW_DIRTY_BIT };
+    }
+    Desc(n)
+}
 
 /// Stage 1, TTBR0: user entries, not global (nG), TLBI by VA and ASID.
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +129,13 @@ impl Regime for Stage1User {
     type Flush = dyn TlbFlush;
     const PERM_BITS: u64 = S_PERM_BITS;
     const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    type Attrs = LeafAttrs;
+    fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
+        Desc::leaf(pa, level, attrs)
+    }
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        s1_keep_hw(cur, new)
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -115,6 +148,13 @@ impl Regime for Stage1Kernel {
     type Flush = dyn TlbFlush;
     const PERM_BITS: u64 = S_PERM_BITS;
     const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    type Attrs = LeafAttrs;
+    fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
+        Desc::leaf(pa, level, attrs)
+    }
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        s1_keep_hw(cur, new)
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -127,6 +167,20 @@ impl Regime for Stage2 {
     type Flush = dyn Stage2Flush;
     const PERM_BITS: u64 = S_PERM_BITS;
     const BBM_BITS: u64 = (0b1111 << 2) | SH | CONT;
+    type Attrs = S2Attrs;
+    fn leaf(attrs: S2Attrs, pa: PhysAddr, level: u32) -> Desc {
+        attrs.leaf(pa, level)
+    }
+    /// The MMU sets AF, and on a write through a DBM entry sets S2AP[1]; a
+    /// new entry without DBM records that write in software bit 55.
+    fn keep_hw(cur: Desc, new: Desc) -> Desc {
+        let mut n = new.0 | (cur.0 & AF);
+        let wrote = new.0 & AP2 == 0 && cur.0 & (AP2 | DBM) == AP2 | DBM;
+        if wrote {
+            n |= if n & DBM != 0 { AP2 } else { crate::mm::desc::SW_DIRTY_BIT };
+        }
+        Desc(n)
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -248,7 +302,7 @@ impl ExclusiveTables {
 /// A cursor over one set of live tables: a range editor that tracks BBM,
 /// flushes, and detached tables for one batch of changes.
 pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
-    pub t: &'a mut Tables<'m, M>,
+    t: &'a mut Tables<'m, M>,
     regime: R,
     fl: &'a mut R::Flush,
     /// Broken (invalidated) ranges whose TLB entries are not flushed yet.
@@ -357,6 +411,162 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         self.jump(VirtAddr::new(next), level);
     }
 
+    /// The tables the cursor edits, for reading (translate, walk).
+    pub fn tables(&self) -> &Tables<'m, M> {
+        self.t
+    }
+
+    /// Maps `[va, va+size)` to `[pa, pa+size)` with leaves built from
+    /// `attrs`, creating tables in holes on the way and using the largest
+    /// leaves `sizes` permits (Linux `__create_pgd_mapping`,
+    /// `remap_pfn_range`): into holes, over identical entries, or as
+    /// live-safe changes (flushed with the batch). A change that needs
+    /// break-before-make is refused, and so is a leaf or a table over a
+    /// range broken but not flushed. Within one table the pages go in one
+    /// loop, a load and a store each where the table is empty. Returns the
+    /// number of leaves written.
+    pub fn map(
+        &mut self,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: u64,
+        attrs: R::Attrs,
+        sizes: LeafSizes,
+    ) -> Result<usize, MapError> {
+        let g = self.t.granule;
+        if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
+            return Err(MapError::Misaligned);
+        }
+        let (mut va, mut pa, mut left) = (va.as_u64(), pa.as_u64(), size);
+        let mut written = 0;
+        while left > 0 {
+            let level = (self.t.start_level..=3)
+                .find(|&l| {
+                    let sz = g.level_size(l);
+                    (l == 3 || (sizes == LeafSizes::Largest && g.block_allowed(l)))
+                        && va % sz == 0
+                        && pa % sz == 0
+                        && left >= sz
+                })
+                .unwrap_or(3);
+            let sz = g.level_size(level);
+            // Pages: every entry up to the end of this level-3 table in one
+            // go (a block can only start where the next table would).
+            let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
+            let table = self.descend_creating(va, level)?;
+            self.fill(table, g.index(va, level), level, va, R::leaf(attrs, PhysAddr::new(pa), level), n)?;
+            written += n;
+            va = va.wrapping_add(sz * n as u64);
+            pa += sz * n as u64;
+            left -= sz * n as u64;
+        }
+        Ok(written)
+    }
+
+    /// Moves to the level-`level` entry for `va` and writes `new` there
+    /// with [`Self::set`], creating the missing tables above it in holes.
+    /// Returns the value replaced.
+    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<Desc, MapError> {
+        self.descend_creating(va.as_u64(), level).map_err(|e| match e {
+            MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
+                MapError::NeedsBreakBeforeMake { va, level, old, new }
+            }
+            e => e,
+        })?;
+        self.set(new)
+    }
+
+    /// Moves to the level-`level` entry for `va` along the kept path,
+    /// linking a new table into each hole above it (a make: refused over a
+    /// range broken but not flushed). Returns the table holding the entry.
+    fn descend_creating(&mut self, va: u64, level: u32) -> Result<PhysAddr, MapError> {
+        let g = self.t.granule;
+        let mut l = self.jump(VirtAddr::new(va), level);
+        while l < level {
+            let (table, idx) = (self.path[l as usize], g.index(va, l));
+            let d = self.t.read(table, idx);
+            if d.0 != 0 {
+                return Err(MapError::NeedsBreakBeforeMake {
+                    va: VirtAddr::new(va),
+                    level: l,
+                    old: d,
+                    new: Desc::INVALID,
+                });
+            }
+            let size = g.level_size(l);
+            if let Some(hit) = self.pending_hit(VirtAddr::new(va & !(size - 1)), size) {
+                return Err(violation(VirtAddr::new(hit), l));
+            }
+            let next = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+            self.t.write(table, idx, Desc::table(next));
+            l += 1;
+            self.path[l as usize] = next;
+            self.level = l;
+        }
+        Ok(self.path[level as usize])
+    }
+
+    /// The first address of `[va, va+size)` inside a range broken but not
+    /// flushed, if any.
+    fn pending_hit(&self, va: VirtAddr, size: u64) -> Option<u64> {
+        let va = va.as_u64();
+        let r = (va, va.wrapping_add(size));
+        self.pending.iter().find(|&&p| overlaps(p, r)).map(|p| p.0.max(va))
+    }
+
+    /// Writes `n` consecutive leaves from entry `idx` of `table` (level
+    /// `level`, the first for `va`), each mapping the next `level_size` of
+    /// memory after `first`'s: the building loop of [`Self::map`]. It stays
+    /// in one table; the pending check is made once for the whole run.
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        table: PhysAddr,
+        idx: usize,
+        level: u32,
+        va: u64,
+        first: Desc,
+        n: usize,
+    ) -> Result<(), MapError> {
+        let g = self.t.granule;
+        assert!(idx + n <= g.entries_per_table());
+        let step = g.level_size(level);
+        if let Some(hit) = self.pending_hit(VirtAddr::new(va), step * n as u64) {
+            return Err(violation(VirtAddr::new(hit & !(step - 1)), level));
+        }
+        // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
+        let slots = unsafe { core::slice::from_raw_parts(self.t.mem.table_ptr(table).add(idx), n) };
+        let mut d = first.0;
+        for (i, slot) in slots.iter().enumerate() {
+            let old = slot.load(Ordering::Relaxed);
+            if old == 0 {
+                slot.store(d, Ordering::Release);
+            } else if old != d {
+                self.fill_over(slot, VirtAddr::new(va.wrapping_add(i as u64 * step)), level, Desc(old), Desc(d))?;
+            }
+            d += step;
+        }
+        Ok(())
+    }
+
+    /// [`Self::fill`] over an entry that is not a hole: only a live-safe
+    /// change of a valid leaf, as a compare-and-swap that keeps the access
+    /// flag and dirtiness the MMU records ([`Regime::keep_hw`]); its old
+    /// TLB entries are flushed with the batch.
+    #[cold]
+    #[inline(never)]
+    fn fill_over(&mut self, slot: &AtomicU64, va: VirtAddr, level: u32, old: Desc, new: Desc) -> Result<(), MapError> {
+        if !old.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule) {
+            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+        }
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
+        if let Err(e) = cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
+            match e {}
+        }
+        self.push_stale(va, va.wrapping_add(self.t.granule.level_size(level)));
+        Ok(())
+    }
+
     /// The level of the entry the cursor is at.
     pub fn level(&self) -> u32 {
         self.level
@@ -401,26 +611,68 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let old = self.t.swap(table, idx, Desc::INVALID);
         if old.is_valid() {
             self.push_pending(va, va.wrapping_add(size));
-            if let Kind::Table(child) = old.kind(self.level, self.t.granule) {
-                self.pending_tables = true;
-                self.detached.push(child);
-            }
+            self.detach_at(old, self.level);
         }
         old
     }
 
-    /// Writes `new` at the cursor: into a hole, or over a live entry as a
-    /// change that needs no BBM (Linux `set_pte_at`); refused over a range
-    /// broken but not flushed, or where BBM is needed.
-    pub fn set(&mut self, new: Desc) -> Result<(), MapError> {
-        let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
-        let (va, level) = (VirtAddr::new(self.va).align_down(self.t.granule.level_size(self.level)), self.level);
-        let old = self.t.read(table, idx);
-        self.make_entry(table, idx, va, level, new)?;
-        if old.is_valid() && old != new {
-            self.push_stale(va, va.wrapping_add(self.t.granule.level_size(level)));
+    /// Writes `new` at the cursor (Linux `set_pte_at`,
+    /// `__ptep_set_access_flags`) and returns the value it replaced:
+    /// - into a hole: a store; refused over a range broken but not flushed;
+    /// - over a live entry, as a change that needs no BBM (refused where
+    ///   BBM is needed): a compare-and-swap loop that stores `new` with the
+    ///   access flag and dirtiness the entry holds ([`Regime::keep_hw`]),
+    ///   so one the MMU records between the load and the store is kept,
+    ///   and is in the value returned; the old TLB entries are flushed
+    ///   with the batch;
+    /// - an invalid `new` over a live entry is a break, as
+    ///   [`Self::get_and_clear`].
+    pub fn set(&mut self, new: Desc) -> Result<Desc, MapError> {
+        let g = self.t.granule;
+        let level = self.level;
+        let size = g.level_size(level);
+        let va = VirtAddr::new(self.va & !(size - 1));
+        let (table, idx) = (self.path[level as usize], g.index(self.va, level));
+        if !new.is_valid() {
+            let old = self.t.swap(table, idx, new);
+            if old.is_valid() {
+                self.push_pending(va, va.wrapping_add(size));
+                self.detach_at(old, level);
+            }
+            return Ok(old);
         }
-        Ok(())
+        if self.pending_hit(va, size).is_some() {
+            return Err(violation(va, level));
+        }
+        let slot = self.t.entry(table, idx);
+        let old = Desc(slot.load(Ordering::Acquire));
+        if !old.is_valid() {
+            // The MMU writes no invalid entry, and the lock keeps other CPUs out.
+            slot.store(new.0, Ordering::Release);
+            return Ok(old);
+        }
+        if needs_bbm::<R>(old, new, level, g) {
+            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+        }
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
+        let (old, stored) = match cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        if old != stored {
+            self.push_stale(va, va.wrapping_add(size));
+        }
+        Ok(Desc(old))
+    }
+
+    /// Records a table `old` unlinked at `level`: detached, flushed with a
+    /// non-leaf TLBI, and no longer on the cursor's path.
+    fn detach_at(&mut self, old: Desc, level: u32) {
+        if let Kind::Table(child) = old.kind(level, self.t.granule) {
+            self.pending_tables = true;
+            self.detached.push(child);
+            self.level = self.level.min(level);
+        }
     }
 
     /// The table and index holding the level-`level` entry for `va`.
@@ -469,8 +721,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// needs BBM.
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        let range = (va.as_u64(), va.wrapping_add(size).as_u64());
-        if new.is_valid() && self.pending.iter().any(|&p| overlaps(p, range)) {
+        if new.is_valid() && self.pending_hit(va, size).is_some() {
             return Err(violation(va, level));
         }
         let old = self.t.read(table, idx);
@@ -494,10 +745,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let bbm = old.is_valid() && (!new.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule));
         if bbm {
             self.break_entry(table, idx, va, size);
-            if let Kind::Table(child) = old.kind(level, self.t.granule) {
-                self.pending_tables = true;
-                self.detached.push(child);
-            }
+            self.detach_at(old, level);
             self.flush_pending();
         }
         self.make_entry(table, idx, va, level, new)?;
@@ -674,6 +922,10 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         self.edit(va, size, Some((set, clear)))
     }
 
+    /// The range loop of [`Self::unmap`] and [`Self::protect`] (Linux's
+    /// `walk_page_range` loops): it moves the cursor entry by entry along
+    /// its kept path ([`Self::jump`]), so the tables above are read again
+    /// only where the range crosses into another table.
     fn edit(&mut self, start: VirtAddr, size: u64, prot: Option<(u64, u64)>) -> Result<(), MapError> {
         let g = self.t.granule;
         if !start.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
@@ -684,68 +936,56 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let (va, end) = (start.as_u64(), start.wrapping_add(size).as_u64());
         let mut cur = va;
         while cur != end {
-            // Find the entry covering cur.
-            let mut table = self.t.root;
-            let mut level = self.t.start_level;
-            let mut step;
-            loop {
-                let lsize = g.level_size(level);
-                let idx = g.index(cur, level);
-                let entry_va = cur & !(lsize - 1);
-                let entry_end = entry_va.wrapping_add(lsize);
-                step = entry_end.wrapping_sub(cur).min(end.wrapping_sub(cur));
-                let d = self.t.read(table, idx);
-                let whole = entry_va >= va && entry_end.wrapping_sub(1) <= end.wrapping_sub(1) && cur == entry_va;
-                match d.kind(level, g) {
-                    Kind::None => break,
-                    Kind::NonPresent(_) => {
-                        if prot.is_none() && whole {
-                            self.t.write(table, idx, Desc::INVALID);
-                        }
-                        break;
+            // The deepest entry covering `cur`.
+            let level = self.jump(VirtAddr::new(cur), 3);
+            let lsize = g.level_size(level);
+            let (table, idx) = (self.path[level as usize], g.index(cur, level));
+            let entry_va = cur & !(lsize - 1);
+            let entry_end = entry_va.wrapping_add(lsize);
+            let step = entry_end.wrapping_sub(cur).min(end.wrapping_sub(cur));
+            let d = self.t.read(table, idx);
+            let whole = entry_va >= va && entry_end.wrapping_sub(1) <= end.wrapping_sub(1) && cur == entry_va;
+            match d.kind(level, g) {
+                Kind::None => {}
+                Kind::NonPresent(_) => {
+                    if prot.is_none() && whole {
+                        self.t.write(table, idx, Desc::INVALID);
                     }
-                    Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr::new(cur), level }),
-                    Kind::Table(next) if level < 3 => {
-                        table = next;
-                        level += 1;
-                        continue;
-                    }
-                    Kind::Table(_) => unreachable!(),
-                    Kind::Leaf(_) => {
-                        if d.contiguous() {
-                            let n = g.contiguous_entries(level) as u64;
-                            let run = entry_va & !(lsize * n - 1);
-                            if run < va || run.wrapping_add(lsize * n).wrapping_sub(1) > end.wrapping_sub(1) {
-                                self.split_contiguous(VirtAddr::new(cur), level)?;
-                                continue;
-                            }
-                        }
-                        if !whole {
-                            self.split(VirtAddr::new(cur), level)?;
-                            // Re-walk: the entry is now a table.
-                            table = self.t.root;
-                            level = self.t.start_level;
+                }
+                Kind::Reserved => return Err(MapError::NotMapped { va: VirtAddr::new(cur), level }),
+                Kind::Table(_) => unreachable!("jump stops above tables only at level 3"),
+                Kind::Leaf(_) => {
+                    if d.contiguous() {
+                        let n = g.contiguous_entries(level) as u64;
+                        let run = entry_va & !(lsize * n - 1);
+                        if run < va || run.wrapping_add(lsize * n).wrapping_sub(1) > end.wrapping_sub(1) {
+                            self.split_contiguous(VirtAddr::new(cur), level)?;
                             continue;
                         }
-                        match prot {
-                            None => {
-                                self.break_entry(table, idx, VirtAddr::new(entry_va), lsize);
-                            }
-                            Some((set, clear)) => {
-                                let old = self.t.rmw(table, idx, set, clear);
-                                if Desc((old.0 & !clear) | set) != old {
-                                    self.push_stale(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
-                                }
+                    }
+                    if !whole {
+                        // The entry becomes a table: the next jump goes into it.
+                        self.split(VirtAddr::new(cur), level)?;
+                        continue;
+                    }
+                    match prot {
+                        None => self.break_entry(table, idx, VirtAddr::new(entry_va), lsize),
+                        Some((set, clear)) => {
+                            let old = self.t.rmw(table, idx, set, clear);
+                            if Desc((old.0 & !clear) | set) != old {
+                                self.push_stale(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
                             }
                         }
-                        break;
                     }
                 }
             }
             cur = cur.wrapping_add(step);
         }
         if prot.is_none() {
-            self.free_empty(self.t.root, self.t.start_level, Self::root_base(start), start, VirtAddr::new(end))?;
+            let (root, top) = (self.t.root, self.t.start_level);
+            self.free_empty(root, top, Self::root_base(start), start, VirtAddr::new(end));
+            // Tables under the range may be gone: keep only the root.
+            self.level = top;
         }
         Ok(())
     }
@@ -753,19 +993,20 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Unlinks the tables under `[va, end)` that no longer map anything (an
     /// empty table maps nothing, so this is safe even where its span reaches
     /// outside the range). `base` is the VA of `table`'s first entry.
-    /// Returns whether `table` itself is now empty.
-    fn free_empty(
-        &mut self,
-        table: PhysAddr,
-        level: u32,
-        base: VirtAddr,
-        va: VirtAddr,
-        end: VirtAddr,
-    ) -> Result<bool, MapError> {
+    /// Returns whether `table` itself is now empty; the root is never
+    /// unlinked, so only its entries under the range are read.
+    fn free_empty(&mut self, table: PhysAddr, level: u32, base: VirtAddr, va: VirtAddr, end: VirtAddr) -> bool {
         let g = self.t.granule;
+        let (base, va, end) = (base.as_u64(), va.as_u64(), end.as_u64());
         let lsize = g.level_size(level);
+        let span = if level == self.t.start_level {
+            let first = g.index(va, level);
+            first..=g.index(end.wrapping_sub(1), level)
+        } else {
+            0..=g.entries_per_table() - 1
+        };
         let mut empty = true;
-        for idx in 0..g.entries_per_table() {
+        for idx in span {
             let d = self.t.read(table, idx);
             if d.0 == 0 {
                 continue;
@@ -773,24 +1014,19 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             let entry_va = base.wrapping_add(idx as u64 * lsize);
             let entry_end = entry_va.wrapping_add(lsize);
             if let (Kind::Table(child), true) = (d.kind(level, g), level < 3)
-                && overlaps(
-                    (va.as_u64(), end.as_u64().wrapping_sub(1)),
-                    (entry_va.as_u64(), entry_end.as_u64().wrapping_sub(1)),
-                )
+                && overlaps((va, end.wrapping_sub(1)), (entry_va, entry_end.wrapping_sub(1)))
+                && self.free_empty(child, level + 1, VirtAddr::new(entry_va), VirtAddr::new(va), VirtAddr::new(end))
             {
-                let child_empty = self.free_empty(child, level + 1, entry_va, va, end)?;
-                if child_empty {
-                    self.t.write(table, idx, Desc::INVALID);
-                    // Walk caches may hold the table entry: non-leaf TLBI.
-                    self.push_pending(entry_va, entry_end);
-                    self.pending_tables = true;
-                    self.detached.push(child);
-                    continue;
-                }
+                self.t.write(table, idx, Desc::INVALID);
+                // Walk caches may hold the table entry: non-leaf TLBI.
+                self.push_pending(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
+                self.pending_tables = true;
+                self.detached.push(child);
+                continue;
             }
             empty = false;
         }
-        Ok(empty)
+        empty
     }
 
     /// VA of the root table's first entry for the half `va` is in.
@@ -924,47 +1160,8 @@ fn perm_only(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> 
 impl<M: TableMemory> Tables<'_, M> {
     /// A plain store: into a hole, into a table not yet linked, or a
     /// change the caller has checked is live-safe.
-    pub(super) fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
+    fn write(&self, table: PhysAddr, idx: usize, d: Desc) {
         self.entry(table, idx).store(d.0, Ordering::Release);
-    }
-
-    /// Writes `n` consecutive leaves from entry `idx` of `table` (level
-    /// `level`, the first for `va`), each mapping the next `level_size`
-    /// of memory after `first`'s: into holes, or as live-safe changes;
-    /// anything that needs break-before-make is refused. The building loop
-    /// of `Tables::map`: it stays in one table, a load and a store per
-    /// entry when the table is empty.
-    pub(super) fn fill(
-        &self,
-        table: PhysAddr,
-        idx: usize,
-        level: u32,
-        va: VirtAddr,
-        first: Desc,
-        n: usize,
-    ) -> Result<(), MapError> {
-        let g = self.granule;
-        assert!(idx + n <= g.entries_per_table());
-        let step = g.level_size(level);
-        // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
-        let slots = unsafe { core::slice::from_raw_parts(self.mem.table_ptr(table).add(idx), n) };
-        let mut d = first.0;
-        for (i, slot) in slots.iter().enumerate() {
-            let old = slot.load(Ordering::Relaxed);
-            if old == 0 {
-                slot.store(d, Ordering::Release);
-            } else if old != d {
-                let (old, new) = (Desc(old), Desc(d));
-                if crate::mm::desc::needs_break_before_make(old, new, level, g) || old.is_valid() != new.is_valid() {
-                    let va = VirtAddr::new(va.as_u64().wrapping_add(i as u64 * step));
-                    return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
-                }
-                // A live-safe attribute change (permissions, AF).
-                slot.store(d, Ordering::Release);
-            }
-            d += step;
-        }
-        Ok(())
     }
 
     /// Atomic swap (Linux `ptep_get_and_clear`): the old value, with any
@@ -1266,7 +1463,7 @@ impl<'l> PteRun<'l> {
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use super::super::host::HostMem;
+    use super::super::host::{HostMem, map};
     use super::super::{LeafSizes, Translation};
     use super::*;
     use crate::arch::aarch64::granule::Granule;
@@ -1307,14 +1504,15 @@ mod tests {
 
     /// Maps `[va, va+size)` to the same physical addresses, kernel RW.
     fn map_ident(t: &mut Tables<'_, HostMem>, va: u64, size: u64, sizes: LeafSizes) {
-        t.map(VirtAddr::new(va), PhysAddr::new(va), size, LeafAttrs::KERNEL_RW, sizes).unwrap();
+        map(t, VirtAddr::new(va), PhysAddr::new(va), size, LeafAttrs::KERNEL_RW, sizes).unwrap();
     }
 
     #[test]
     fn split_block_into_pages_keeps_every_translation() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0x4000_0000),
             PhysAddr::new(0x8000_0000),
             2 * MIB,
@@ -1339,10 +1537,24 @@ mod tests {
     fn table_limits_accumulate_down_the_walk_and_flush_walk_caches() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 8192, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
-        t.map(VirtAddr::new(0x4020_0000), PhysAddr::new(0x9000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        map(
+            &mut t,
+            VirtAddr::new(0x4000_0000),
+            PhysAddr::new(0x8000_0000),
+            8192,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
+        map(
+            &mut t,
+            VirtAddr::new(0x4020_0000),
+            PhysAddr::new(0x9000_0000),
+            4096,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut l = CursorMut::new(excl(), &mut t, Stage1User { asid: 3 }, &mut rec);
         let up = TableAttrs { no_el0: true, pxn: true, ..TableAttrs::NONE };
@@ -1401,7 +1613,8 @@ mod tests {
         // Not aligned in PA: pages at 0x4000_0000 mapping PA 0x4000_1000...
         let (mut mem2, root2) = HostMem::new(K4);
         let mut t2 = Tables::new(root2, K4, 0, &mut mem2);
-        t2.map(
+        map(
+            &mut t2,
             VirtAddr::new(0x4000_0000),
             PhysAddr::new(0x4000_1000),
             2 * MIB,
@@ -1418,7 +1631,8 @@ mod tests {
     fn contiguous_runs_make_and_split() {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0x10_0000),
             PhysAddr::new(0x8010_0000),
             64 * 1024,
@@ -1535,7 +1749,8 @@ mod tests {
             let blk = g.level_size(2);
             let (mut mem, root) = HostMem::new(g);
             let mut t = Tables::new(root, g, start, &mut mem);
-            t.map(VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+            map(&mut t, VirtAddr::new(blk), PhysAddr::new(blk * 2), blk, LeafAttrs::KERNEL_RW, LeafSizes::Largest)
+                .unwrap();
             let mut rec = Rec::default();
             let mut l = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
             l.split(VirtAddr::new(blk), 2).unwrap();
@@ -1573,7 +1788,7 @@ mod tests {
             let d = rw.leaf(PhysAddr::new(0x4000_0000 + i * 4096), 3);
             assert_eq!(d.0 & (0b1111 << 2), 0b1111 << 2, "MemAttr normal WB");
             assert_eq!(d.0 & (1 << 11), 0, "no nG in stage 2");
-            c.t.set_leaf(VirtAddr::new(ipa), 3, d).unwrap();
+            c.set_leaf(VirtAddr::new(ipa), 3, d).unwrap();
         }
         assert_eq!(c.jump(VirtAddr::new(0x8000_2000), 3), 3);
         assert_eq!(c.query().kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_2000)));
@@ -1604,8 +1819,15 @@ mod tests {
         let (mut mem, root) = HostMem::new(K4);
         let mut t = Tables::new(root, K4, 0, &mut mem);
         // Two level-3 tables: the last page of one, the first of the next.
-        t.map(VirtAddr::new(0x1f_f000), PhysAddr::new(0x5000_0000), 0x2000, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly)
-            .unwrap();
+        map(
+            &mut t,
+            VirtAddr::new(0x1f_f000),
+            PhysAddr::new(0x5000_0000),
+            0x2000,
+            LeafAttrs::KERNEL_RW,
+            LeafSizes::PagesOnly,
+        )
+        .unwrap();
         let mut rec = Rec::default();
         let mut c = CursorMut::new(excl(), &mut t, Stage1User { asid: 5 }, &mut rec);
         assert_eq!(c.jump(VirtAddr::new(0x1f_f000), 3), 3);
@@ -1653,6 +1875,190 @@ mod tests {
     /// Held by the tests that switch the global hardware-update flags, so
     /// one test's switch-off cannot land in another's run.
     static HW_FLAGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// `set` over a live entry: a clean, old, writable DBM entry is set
+    /// again and again to values built from that clean original (toggling
+    /// PXN, a permission bit), while a second thread plays the MMU and, once
+    /// per round, sets AF and lets a write through (clears AP[2]). `set` is
+    /// a compare-and-swap that keeps the access flag and dirtiness the entry
+    /// holds ([`Regime::keep_hw`]), so every round ends young and dirty.
+    /// Storing `new` as is loses both in the deterministic part; a plain
+    /// load-then-store (keeping what the load saw) loses them when the
+    /// thread lands between the two, which over the rounds it does (both
+    /// checked by breaking `set` on purpose: the test then fails).
+    #[test]
+    fn set_over_a_live_entry_keeps_what_the_mmu_set() {
+        use core::sync::atomic::AtomicUsize;
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        const AP2: u64 = crate::mm::desc::AP_RDONLY;
+        const DBM: u64 = crate::mm::desc::DBM_BIT;
+        const AF: u64 = crate::mm::desc::AF_BIT;
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x1000, 4096, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        assert_eq!(c.jump(VirtAddr::new(0x1000), 3), 3);
+        // Clean (AP[2] set, DBM) and old (no AF).
+        c.update(DBM | AP2, AF).unwrap();
+        let clean = c.query();
+        let young_dirty = |d: Desc| d.0 & AF != 0 && d.0 & (DBM | AP2) == DBM;
+        // Deterministic: the entry is young and dirty; setting the clean value keeps both.
+        c.update(AF, AP2).unwrap();
+        let old = c.set(Desc(clean.0 | (1 << 53))).unwrap();
+        assert!(young_dirty(old), "the value replaced: {old:?}");
+        assert!(young_dirty(c.query()), "young and dirty after set: {:?}", c.query());
+        assert_ne!(c.query().0 & (1 << 53), 0, "and the permission change made");
+        // Racing: the "MMU" updates the entry while `set` runs.
+        let slot = c.t.mem.table_ptr(c.path[3]) as usize + c.t.granule.index(0x1000, 3) * 8;
+        let (go, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        const ROUNDS: usize = 300;
+        let mut lost = Vec::new();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                // SAFETY: the entry lives in `mem`, which outlives the scope.
+                let e = unsafe { &*(slot as *const AtomicU64) };
+                for round in 1..=ROUNDS {
+                    while go.load(Ordering::Acquire) != round {
+                        core::hint::spin_loop();
+                    }
+                    for _ in 0..(round * 37) % 500 {
+                        core::hint::spin_loop();
+                    }
+                    e.fetch_or(AF, Ordering::AcqRel);
+                    e.fetch_and(!AP2, Ordering::AcqRel);
+                    done.store(round, Ordering::Release);
+                }
+            });
+            for round in 1..=ROUNDS {
+                c.update(AP2, AF).unwrap();
+                assert!(!young_dirty(c.query()));
+                go.store(round, Ordering::Release);
+                let mut n = 0u64;
+                while done.load(Ordering::Acquire) != round || n < 20 {
+                    c.set(Desc(clean.0 ^ ((n & 1) << 53))).unwrap();
+                    n += 1;
+                }
+                // Checked after the scope: a panic here would leave the thread waiting.
+                if !young_dirty(c.query()) {
+                    lost.push((round, c.query()));
+                }
+            }
+        });
+        assert!(lost.is_empty(), "{} of {ROUNDS} rounds lost the MMU's update, first {:?}", lost.len(), lost.first());
+        let _ = c.finish();
+        crate::mm::desc::set_hw_af(false);
+    }
+
+    /// `protect` and `unmap` move along the cursor's path (Linux's
+    /// pagewalk loops): over 1024 pages in two level-3 tables they read the
+    /// root table a handful of times and each entry's table about twice per
+    /// entry. Walking from the root for every entry (checked by resetting
+    /// the cursor to the root before each step of `edit`) reads the root
+    /// over a thousand times and fails this test.
+    #[test]
+    fn range_edits_move_along_the_path_without_rewalking() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x20_0000, 4 * MIB, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        // (root visits, all table visits) so far; the root is table 0.
+        let visits = |c: &CursorMut<'_, '_, Stage1Kernel, HostMem>| {
+            let v = &c.tables().mem.visits;
+            (v[0].load(Ordering::Relaxed), v.iter().map(|x| x.load(Ordering::Relaxed)).sum::<usize>())
+        };
+        let (r0, a0) = visits(&c);
+        c.protect(VirtAddr::new(0x20_0000), 4 * MIB, 1 << 7, 0).unwrap();
+        let (r1, a1) = visits(&c);
+        assert!(r1 - r0 <= 4, "protect read the root {} times", r1 - r0);
+        assert!(a1 - a0 <= 2 * 1024 + 16, "protect visited tables {} times for 1024 entries", a1 - a0);
+        c.sync();
+        c.unmap(VirtAddr::new(0x20_0000), 4 * MIB).unwrap();
+        let (r2, _) = visits(&c);
+        assert!(r2 - r1 <= 4, "unmap read the root {} times", r2 - r1);
+        let d = c.finish();
+        assert_eq!(d.0.len(), 4, "both level-3 tables, then the level-2 and level-1 ones");
+        assert_eq!(t.count_tables(), 1);
+        assert!(rec.flushes.iter().any(|f| f.0 <= 0x20_0000 && 0x5f_f000 < f.0 + f.1), "{:?}", rec.flushes);
+    }
+
+    /// The BBM rule of each regime (Arm ARM D8.16.1): output address, block
+    /// size (a leaf replacing a table or the reverse), memory type,
+    /// shareability, the contiguous bit (and nG in stage 1) need BBM;
+    /// permissions and AF do not. Stage 2's MemAttr is bits [5:2], so a
+    /// change in bit 5 needs BBM there and not in stage 1 (NS).
+    #[test]
+    fn break_before_make_rules_per_regime() {
+        let pa = PhysAddr::new(0x4020_0000);
+        let rw = Desc::leaf(pa, 3, LeafAttrs::KERNEL_RW);
+        let bbm = needs_bbm::<Stage1Kernel>;
+        assert!(!bbm(rw, Desc::leaf(pa, 3, LeafAttrs::KERNEL_RO), 3, K4), "permission change is live-safe");
+        assert!(!bbm(rw, Desc(rw.0 & !(1 << 10)), 3, K4), "AF change is live-safe");
+        assert!(bbm(rw, Desc::leaf(PhysAddr::new(0x4030_0000), 3, LeafAttrs::KERNEL_RW), 3, K4), "output address");
+        assert!(bbm(rw, Desc::leaf(pa, 3, LeafAttrs::KERNEL_DEVICE), 3, K4), "memory type change");
+        let blk = Desc::leaf(pa, 2, LeafAttrs::KERNEL_RW);
+        assert!(bbm(blk, Desc::table(PhysAddr::new(0x5000_0000)), 2, K4), "split needs BBM");
+        assert!(!bbm(Desc::INVALID, rw, 3, K4), "invalid to valid is fine");
+        let cont = Desc::leaf(pa, 3, LeafAttrs { contiguous: true, ..LeafAttrs::KERNEL_RW });
+        assert!(bbm(rw, cont, 3, K4), "contiguous bit change");
+        assert!(needs_bbm::<Stage1User>(rw, Desc(rw.0 | (1 << 11)), 3, K4), "nG change");
+        assert!(!bbm(rw, Desc(rw.0 | (1 << 5)), 3, K4), "stage 1: bit 5 is NS, not the memory type");
+        let s2 = S2Attrs { read: true, write: true, xn: true, normal: true }.leaf(pa, 3);
+        assert!(needs_bbm::<Stage2>(s2, Desc(s2.0 ^ (1 << 5)), 3, K4), "stage 2: bit 5 is MemAttr");
+        assert!(!needs_bbm::<Stage2>(s2, Desc(s2.0 & !S2Attrs::S2AP_W), 3, K4), "stage 2 write-protect");
+    }
+
+    /// `map` is a make like any other: a leaf or a table over a range broken
+    /// but not flushed is refused, as is a change the regime's BBM rule
+    /// forbids (stage 2's MemAttr), and a permission change over a live
+    /// entry is flushed with the batch.
+    #[test]
+    fn map_keeps_the_bbm_rules_and_the_pending_check() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        map_ident(&mut t, 0x1000, 2 * 4096, LeafSizes::PagesOnly);
+        let mut rec = Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        c.jump(VirtAddr::new(0x2000), 3);
+        let _ = c.get_and_clear();
+        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        c.sync();
+        let e =
+            c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        assert_eq!(e, Err(MapError::BbmViolation { va: VirtAddr::new(0x2000), level: 3 }));
+        c.sync();
+        assert_eq!(
+            c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
+            Ok(2)
+        );
+        let _ = c.finish();
+        assert!(rec.flushes.iter().any(|f| f.0 <= 0x1000 && 0x1000 < f.0 + f.1), "the RO change is flushed");
+        // A whole level-1 entry broken and not flushed: the table `map` would link there is refused too.
+        let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+        c.jump(VirtAddr::new(0x1000), 1);
+        let _ = c.get_and_clear();
+        SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
+        c.sync();
+        let e = c.map(VirtAddr::new(0x5000), PhysAddr::new(0x5000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        assert!(matches!(e, Err(MapError::BbmViolation { level: 1, .. })), "{e:?}");
+        let _ = c.finish();
+        // Stage 2: a memory-type change is BBM there too.
+        let (mut mem, root) = HostMem::new(K4);
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
+        let mut s2 = S2Rec::default();
+        let mut c = CursorMut::new(excl(), &mut t, Stage2 { vmid: 3 }, &mut s2);
+        c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, rw, LeafSizes::PagesOnly).unwrap();
+        let dev = S2Attrs { normal: false, ..rw };
+        let e = c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, dev, LeafSizes::PagesOnly);
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 3, .. })), "{e:?}");
+        let ro = S2Attrs { write: false, ..rw };
+        c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, ro, LeafSizes::PagesOnly).unwrap();
+        let _ = c.finish();
+        assert!(s2.flushes.iter().any(|f| f.0 == 0x4000_0000 && f.2 == 3), "{:?}", s2.flushes);
+    }
 
     /// A second thread plays the MMU (FEAT_HAFDBS): it sets bits in the
     /// live entry with atomic ORs while the cursor toggles AP[2] on it. With

@@ -3,11 +3,10 @@
 //!
 //! The kernel runs this over real tables (reached through the linear map or
 //! the image); host unit tests run it over heap memory. Entries are read and
-//! written only as whole `u64`s through atomics. [`Tables::map`] and
-//! [`Tables::set_leaf`] fill holes, keep identical entries and make live-safe
-//! changes; anything that needs break-before-make is refused with
-//! [`MapError::NeedsBreakBeforeMake`]. Break-before-make sequences, splits and
-//! collapses go through the cursor ([`cursor`]).
+//! written only as whole `u64`s through atomics. [`Tables`] itself only
+//! reads (translate, walk); every store, building included, goes through
+//! the cursor ([`cursor`]), which needs a lock proof: tables not installed
+//! yet are built under [`ExclusiveTables`].
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +17,7 @@ pub use cursor::{
 };
 
 use super::addr::{PhysAddr, VirtAddr};
-use super::desc::{Desc, Kind, LeafAttrs, TableAttrs};
+use super::desc::{Desc, Kind, TableAttrs};
 use crate::arch::aarch64::granule::Granule;
 
 /// Where table pages come from and how to reach them.
@@ -81,7 +80,7 @@ pub enum MapError {
     NotPermissionBits(u64),
 }
 
-/// Which leaf sizes [`map`] may use.
+/// Which leaf sizes [`CursorMut::map`] may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafSizes {
     /// The largest block alignment and length allow.
@@ -141,87 +140,6 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 
     pub fn read(&self, table: PhysAddr, idx: usize) -> Desc {
         Desc(self.entry(table, idx).load(Ordering::Relaxed))
-    }
-
-    /// Maps `[va, va+size)` to `[pa, pa+size)`, creating tables as needed and
-    /// using the largest leaves `sizes` permits. Existing identical entries
-    /// are accepted; anything else already there is refused.
-    pub fn map(
-        &mut self,
-        va: VirtAddr,
-        pa: PhysAddr,
-        size: u64,
-        attrs: LeafAttrs,
-        sizes: LeafSizes,
-    ) -> Result<usize, MapError> {
-        let g = self.granule;
-        if !va.is_aligned(g.page_size()) || !pa.is_aligned(g.page_size()) || !size.is_multiple_of(g.page_size()) {
-            return Err(MapError::Misaligned);
-        }
-        let (mut va, mut pa, mut left) = (va.as_u64(), pa.as_u64(), size);
-        let mut written = 0;
-        while left > 0 {
-            let level = (self.start_level..=3)
-                .find(|&l| {
-                    let sz = g.level_size(l);
-                    (l == 3 || (sizes == LeafSizes::Largest && g.block_allowed(l)))
-                        && va % sz == 0
-                        && pa % sz == 0
-                        && left >= sz
-                })
-                .unwrap_or(3);
-            let sz = g.level_size(level);
-            // Pages: every entry up to the end of this level-3 table in one
-            // go (a block can only start where the next table would).
-            let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
-            let table = self.table_for(VirtAddr::new(va), level)?;
-            self.fill(
-                table,
-                g.index(va, level),
-                level,
-                VirtAddr::new(va),
-                Desc::leaf(PhysAddr::new(pa), level, attrs),
-                n,
-            )?;
-            written += n;
-            va = va.wrapping_add(sz * n as u64);
-            pa += sz * n as u64;
-            left -= sz * n as u64;
-        }
-        Ok(written)
-    }
-
-    /// The table holding the level-`level` entry for `va`, creating the
-    /// tables above it that are missing (holes only).
-    fn table_for(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
-        let mut table = self.root;
-        for l in self.start_level..level {
-            let idx = self.granule.index(va.as_u64(), l);
-            let d = self.read(table, idx);
-            table = match d.kind(l, self.granule) {
-                Kind::Table(next) => next,
-                Kind::None => {
-                    let next = self.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
-                    self.write(table, idx, Desc::table(next));
-                    next
-                }
-                _ => return Err(MapError::NeedsBreakBeforeMake { va, level: l, old: d, new: Desc::INVALID }),
-            };
-        }
-        Ok(table)
-    }
-
-    /// Installs `new` as the level-`level` entry for `va`, creating tables
-    /// on the way. Only into a hole or as a live-safe change; anything that
-    /// needs break-before-make is refused (use [`CursorMut`] for those).
-    pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
-        let table = self.table_for(va, level).map_err(|e| match e {
-            MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
-                MapError::NeedsBreakBeforeMake { va, level, old, new }
-            }
-            e => e,
-        })?;
-        self.fill(table, self.granule.index(va.as_u64(), level), level, va, new, 1)
     }
 
     /// Software translation of `va` (what the MMU would do, without TLBs).
@@ -302,6 +220,7 @@ impl<'m, M: TableMemory> Tables<'m, M> {
 pub mod host {
     extern crate std;
     use super::*;
+    use crate::mm::desc::LeafAttrs;
     use std::boxed::Box;
     use std::vec::Vec;
 
@@ -309,6 +228,9 @@ pub mod host {
         pub tables: Vec<Box<[AtomicU64]>>,
         pub entries: usize,
         pub limit: usize,
+        /// `table_ptr` calls on each table (index as in `tables`): each
+        /// entry read or written reaches its table through one.
+        pub visits: Vec<core::sync::atomic::AtomicUsize>,
     }
 
     /// Fake physical addresses: table i lives at 0x1_0000_0000 + i * 64K.
@@ -316,10 +238,37 @@ pub mod host {
 
     impl HostMem {
         pub fn new(g: Granule) -> (Self, PhysAddr) {
-            let mut m = HostMem { tables: Vec::new(), entries: g.entries_per_table(), limit: usize::MAX };
+            let mut m =
+                HostMem { tables: Vec::new(), entries: g.entries_per_table(), limit: usize::MAX, visits: Vec::new() };
             let root = m.alloc_table().unwrap();
             (m, root)
         }
+    }
+
+    /// Host tables are walked by no MMU: nothing to invalidate.
+    pub struct NoFlush;
+    impl TlbFlush for NoFlush {
+        fn publish(&mut self) {}
+        fn flush(&mut self, _: VirtAddr, _: u64, _: Option<u16>, _: bool) {}
+    }
+
+    /// Builds `[va, va+size)` into a host test's own tables with
+    /// [`CursorMut::map`].
+    pub fn map(
+        t: &mut Tables<'_, HostMem>,
+        va: VirtAddr,
+        pa: PhysAddr,
+        size: u64,
+        attrs: LeafAttrs,
+        sizes: LeafSizes,
+    ) -> Result<usize, MapError> {
+        // SAFETY: each host test's tables live in its own HostMem.
+        let excl = unsafe { ExclusiveTables::new() };
+        let mut fl = NoFlush;
+        let mut c = CursorMut::new(&excl, t, Stage1Kernel, &mut fl);
+        let r = c.map(va, pa, size, attrs, sizes);
+        assert!(c.finish().0.is_empty(), "mapping detaches nothing");
+        r
     }
 
     // SAFETY: tables are boxed slices of atomics kept alive in `tables`.
@@ -330,10 +279,13 @@ pub mod host {
             }
             let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
             self.tables.push(t);
+            self.visits.push(core::sync::atomic::AtomicUsize::new(0));
             Some(PhysAddr::new(BASE + (self.tables.len() as u64 - 1) * 0x10000))
         }
         fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
-            self.tables[((pa.as_u64() - BASE) / 0x10000) as usize].as_ptr()
+            let i = ((pa.as_u64() - BASE) / 0x10000) as usize;
+            self.visits[i].fetch_add(1, Ordering::Relaxed);
+            self.tables[i].as_ptr()
         }
     }
 }
@@ -341,8 +293,9 @@ pub mod host {
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use super::host::HostMem;
+    use super::host::{HostMem, map};
     use super::*;
+    use crate::mm::desc::LeafAttrs;
     use std::vec::Vec;
 
     const G: Granule = Granule::K4;
@@ -356,7 +309,7 @@ mod tests {
         // RAM at 1 GiB, 1.5 GiB + 4 KiB long: one 1G block, 256 2M blocks, one page.
         let size = GIB + 512 * MIB + 4096;
         let va = VirtAddr::new(0xffff_0000_4000_0000);
-        let n = t.map(va, PhysAddr::new(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        let n = map(&mut t, va, PhysAddr::new(0x4000_0000), size, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         assert_eq!(n, 1 + 256 + 1);
         match t.translate(va + 0x1234_5678) {
             Translation::Mapped { pa, level, .. } => {
@@ -381,7 +334,8 @@ mod tests {
     fn pages_only_and_misalignment() {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
-        let n = t.map(
+        let n = map(
+            &mut t,
             VirtAddr::new(0x20_0000),
             PhysAddr::new(0x20_0000),
             2 * MIB,
@@ -390,7 +344,7 @@ mod tests {
         );
         assert_eq!(n, Ok(512));
         assert_eq!(
-            t.map(VirtAddr::new(0x1001), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
+            map(&mut t, VirtAddr::new(0x1001), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
             Err(MapError::Misaligned)
         );
     }
@@ -400,17 +354,17 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
         let va = VirtAddr::new(0x4000_0000);
-        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Same mapping again: fine.
-        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
+        map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Different output address: refused.
-        let e = t.map(va, PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        let e = map(&mut t, va, PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
         assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
         // A page inside the block (a split): refused.
-        let e = t.map(va, PhysAddr::new(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
+        let e = map(&mut t, va, PhysAddr::new(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
         assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
         // Permission-only change: allowed live.
-        t.map(va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
+        map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
         match t.translate(va) {
             Translation::Mapped { desc, .. } => assert!(desc.perms().read_only),
             other => panic!("{other:?}"),
@@ -422,7 +376,8 @@ mod tests {
         let (mut mem, root) = HostMem::new(G);
         mem.limit = 2;
         let mut t = Tables::new(root, G, 0, &mut mem);
-        let e = t.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
+        let e =
+            map(&mut t, VirtAddr::new(0x1000), PhysAddr::new(0x1000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
         assert_eq!(e, Err(MapError::OutOfMemory));
     }
 
@@ -430,7 +385,8 @@ mod tests {
     fn walk_visits_tables_then_leaves_with_canonical_upper_addresses() {
         let (mut mem, root) = HostMem::new(G);
         let mut t = Tables::new(root, G, 0, &mut mem);
-        t.map(
+        map(
+            &mut t,
             VirtAddr::new(0xffff_8000_0000_0000),
             PhysAddr::new(0x4008_0000),
             3 * 4096,
@@ -452,15 +408,15 @@ mod tests {
         for (g, start, blk) in [(Granule::K16, 0, 32 * MIB), (Granule::K64, 1, 512 * MIB)] {
             let (mut mem, root) = HostMem::new(g);
             let mut t = Tables::new(root, g, start, &mut mem);
-            let n = t
-                .map(
-                    VirtAddr::new(0x4000_0000),
-                    PhysAddr::new(0x4000_0000),
-                    blk + g.page_size(),
-                    LeafAttrs::KERNEL_RW,
-                    LeafSizes::Largest,
-                )
-                .unwrap();
+            let n = map(
+                &mut t,
+                VirtAddr::new(0x4000_0000),
+                PhysAddr::new(0x4000_0000),
+                blk + g.page_size(),
+                LeafAttrs::KERNEL_RW,
+                LeafSizes::Largest,
+            )
+            .unwrap();
             assert_eq!(n, 2, "{g:?}");
             match t.translate(VirtAddr::new(0x4000_0000 + blk - 8)) {
                 Translation::Mapped { level, .. } => assert_eq!(level, 2, "{g:?}"),
