@@ -169,10 +169,10 @@ kernel_test!(thp_collapse_shared_after_fork);
 /// copies (the grandchild still maps the page) and the grandchild's write
 /// to the same page reuses it, as the last mapper (Linux
 /// `wp_can_reuse_anon_folio`); the parent's block is untouched by both.
-/// Refusing shared pages again (the old mapcount check) fails the
-/// collapse; releasing the old pages without dropping the parent's rmap
-/// makes the grandchild copy and fails `invariants`; freeing them instead
-/// of putting the parent's reference fails the children's data check.
+/// Refusing pages mapped more than once again fails the collapse
+/// (`-EAGAIN`); dropping the parent's references to the old pages without
+/// its rmap makes the grandchild copy, and the kernel panics when the
+/// grandchild exits (a folio freed while counted as mapped).
 fn thp_collapse_shared_after_fork() -> Result<(), String> {
     if too_big() {
         return super::cannot_apply("a block is more than half of RAM here");
