@@ -102,8 +102,8 @@ pub enum ScanResult {
     PteNonPresent,
     /// A page that is not anonymous memory (special, file): `SCAN_PAGE_ANON`.
     PageAnon,
-    /// A page mapped by another process too (fork), or held by GUP (a
-    /// reference or pin): `SCAN_PAGE_COUNT`, try again.
+    /// A folio with a reference no mapping accounts for (GUP, a reference
+    /// or a pin): `SCAN_PAGE_COUNT`, try again.
     PageCount,
 }
 
@@ -193,7 +193,7 @@ impl fmt::Display for MmError {
                     ScanResult::PmdNull => "nothing is mapped there",
                     ScanResult::PteNonPresent => "a non-present entry",
                     ScanResult::PageAnon => "a page that is not anonymous memory",
-                    ScanResult::PageCount => "a page is shared with another process or held by a pin or reference",
+                    ScanResult::PageCount => "a page is held by a pin or reference",
                 };
                 write!(f, "cannot collapse {addr:#x}: {w}")
             }

@@ -15,11 +15,17 @@
 //! ([`MapError::BbmViolation`](super::pgtable::MapError)); the old table
 //! then goes back as it was.
 //!
+//! Pages shared with another process (after fork) are copied like the
+//! others: Linux limits shared entries (`max_ptes_shared`) only for the
+//! khugepaged thread. This process drops its mapping of the old page and
+//! the other keeps it, read-only as before; when it is the last mapper, its
+//! next write reuses the page (`wp_can_reuse_anon_folio`), as after a zap.
+//!
 //! Refused, as Linux refuses them (the range stays as it was): a VMA that
 //! allows no block-sized folio (`nohugepage`, as the THP fault path's
 //! [`pmd_suitable`]), non-present entries, pages that are not anonymous
-//! memory, and pages whose references are not all this mapping's: mapped
-//! by another process too (after fork), or held by GUP (Linux
+//! memory, and folios with a reference no mapping accounts for: held by
+//! GUP, a reference or a pin (Linux `is_refcount_suitable`,
 //! `SCAN_PAGE_COUNT`: `-EAGAIN`).
 
 use alloc::vec::Vec;
@@ -114,8 +120,9 @@ fn collapse_huge_page(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr) -> Result<(),
 }
 
 /// Linux `hpage_collapse_scan_pmd`: the level-2 entry for `addr` and, for
-/// a table, its entries into `olds` after checking each can be collapsed:
-/// none, the zero page, or a page of an anonymous folio mapped once.
+/// a table, its entries into `olds` after checking each can be collapsed
+/// (none, the zero page, or a page of an anonymous folio, shared or not)
+/// and every folio's references.
 fn hpage_collapse_scan_pmd(c: &mut UserCursor<'_, '_>, addr: VirtAddr, olds: &mut Vec<Desc>) -> Result<Pmd, MmError> {
     olds.clear();
     let fail = |why| MmError::Collapse { addr, why };
@@ -135,6 +142,9 @@ fn hpage_collapse_scan_pmd(c: &mut UserCursor<'_, '_>, addr: VirtAddr, olds: &mu
         }
         olds.push(d);
     }
+    if !refcounts_suitable(olds) {
+        return Err(fail(ScanResult::PageCount));
+    }
     Ok(Pmd::Table)
 }
 
@@ -150,15 +160,14 @@ fn scan_pte(d: Desc) -> Result<(), ScanResult> {
         return if page::is_zero_pfn(pa) { Ok(()) } else { Err(ScanResult::PageAnon) };
     }
     let pg = page::phys_to_page(pa).ok_or(ScanResult::PageAnon)?;
-    let folio = pg.folio().filter(|f| f.is_anon()).ok_or(ScanResult::PageAnon)?;
-    if pg.mapcount() != 1 || folio.entire_mapcount() != 0 {
-        return Err(ScanResult::PageCount);
-    }
+    // Mapped by other processes too is fine: MADV_COLLAPSE copies it.
+    pg.folio().filter(|f| f.is_anon()).ok_or(ScanResult::PageAnon)?;
     Ok(())
 }
 
 /// Linux `is_refcount_suitable` over the scanned entries, once per folio:
-/// every reference is a mapping's (no GUP reference or pin in flight).
+/// every reference is a mapping's, in this process or another (no GUP
+/// reference or pin in flight).
 fn refcounts_suitable(olds: &[Desc]) -> bool {
     let mut last = None;
     for d in olds.iter().filter(|d| d.is_valid() && !d.special()) {
@@ -227,6 +236,8 @@ fn collapse_locked(
     for table in detached.0 {
         mem.free(table);
     }
+    // Linux `__collapse_huge_page_copy_succeeded`: this process's mapping
+    // and reference go; a page another process maps stays there.
     for d in olds.iter().filter(|d| d.is_valid() && !d.special()) {
         memory::put_mapped_page(d.output_address(PAGE_SIZE));
     }

@@ -1,6 +1,7 @@
 //! THP collapse of user memory (`madvise collapse`, Linux MADV_COLLAPSE,
 //! [`crate::mm::khugepaged`]): base pages of one level-2 range become one
-//! block, data intact, no fault afterwards and no frame lost; the
+//! block, data intact, no fault afterwards and no frame lost; pages shared
+//! after fork are copied, the other processes keeping theirs; the
 //! refusals leave the range as it was; and the break-before-make tracker
 //! catches a collapse whose flush was dropped.
 
@@ -159,39 +160,98 @@ fn thp_collapse_copies_into_a_block() -> Result<(), String> {
     Ok(())
 }
 
-kernel_test!(thp_collapse_refusals);
-/// Pages also mapped by a forked child, and pages pinned by GUP, are
-/// refused (Linux `SCAN_PAGE_COUNT`: -EAGAIN) and the range stays base
-/// pages with its data; after the child exits and the pin goes, the
-/// collapse succeeds. Removing the mapcount check makes the first refusal
-/// collapse (and leaves the child's pages in the parent's block's place);
-/// removing the reference check collapses under the pin.
-fn thp_collapse_refusals() -> Result<(), String> {
+kernel_test!(thp_collapse_shared_after_fork);
+/// Pages shared with forked processes are collapsed by copy, as Linux's
+/// MADV_COLLAPSE does (`max_ptes_shared` binds only khugepaged): the
+/// parent gets an exclusive block holding its data, and only its table
+/// goes back (the old pages stay with the others); the child and the
+/// grandchild keep their base pages and data. The child's write then
+/// copies (the grandchild still maps the page) and the grandchild's write
+/// to the same page reuses it, as the last mapper (Linux
+/// `wp_can_reuse_anon_folio`); the parent's block is untouched by both.
+/// Refusing pages mapped more than once again fails the collapse
+/// (`-EAGAIN`); dropping the parent's references to the old pages without
+/// its rmap makes the grandchild copy, and the kernel panics when the
+/// grandchild exits (a folio freed while counted as mapped).
+fn thp_collapse_shared_after_fork() -> Result<(), String> {
     if too_big() {
         return super::cannot_apply("a block is more than half of RAM here");
     }
-    let (p, c) = ("collapse_ref", "collapse_ref_child");
+    let (p, c, g) = ("collapse_fork", "collapse_fork_child", "collapse_fork_grandchild");
     let frames0 = user_and_table_frames();
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
         let m = fill_base_pages(p)?;
         proc::madvise(p, m, blk(), Advice::HugePage)?;
-        // Shared with a child after fork.
         proc::fork(p, c)?;
-        let e = proc::madvise(p, m, blk(), Advice::Collapse);
-        ensure!(e.as_ref().is_err_and(|e| is_collapse(e, ScanResult::PageCount)), "collapse of shared pages: {e:?}");
-        let errno = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
-        ensure!(errno == -EAGAIN, "MADV_COLLAPSE of shared pages: {errno}, expected -EAGAIN");
-        ensure!(proc::mapped_level(p, m) == Some(3), "the refused collapse must leave the pages");
+        proc::fork(c, g)?;
+        let (user1, tables1) = user_and_table_frames();
+        let got = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
+        ensure!(got == 0, "MADV_COLLAPSE of shared pages returned {got}");
+        let now = user_and_table_frames();
+        let want = (user1 + blk() / PAGE_SIZE, tables1 - 1);
+        ensure!(now == want, "user and table frames {:?} -> {now:?}, expected {want:?}", (user1, tables1));
+        ensure!(proc::mapped_level(p, m) == Some(2), "the parent's range must be one block");
+        let d = desc_of(p, m).ok_or("the parent's block is not mapped")?;
+        let excl = crate::mm::page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|pg| pg.anon_exclusive());
+        ensure!(excl && d.user_writable(), "the parent's block must be exclusive and writable: {:#x}", d.0);
+        for q in [c, g] {
+            ensure!(proc::mapped_level(q, m) == Some(3), "{q} must keep its base pages");
+        }
         check_chunks(p, m)?;
         check_chunks(c, m)?;
-        proc::exit(c)?;
+        check_chunks(g, m)?;
+        let page = |q: &str| desc_of(q, m).map(|d| d.output_address(PAGE_SIZE)).ok_or("chunk 0 is not mapped");
+        let old = page(c)?;
+        ensure!(page(g)? == old, "child and grandchild must share chunk 0");
+        // Still shared with the grandchild: the child's write copies.
+        ok(proc::access(c, op::WRITE, m, PAGE_SIZE, 0x66), "the child's write")?;
+        ensure!(page(c)? != old, "the child's write must copy: the grandchild maps the page too");
+        // Now the grandchild's alone: its write reuses the page.
+        let faults = proc::fault_count(g);
+        let before = user_and_table_frames();
+        ok(proc::access(g, op::WRITE, m, PAGE_SIZE, 0x67), "the grandchild's write")?;
+        ensure!(proc::fault_count(g) - faults == 1, "one write fault expected in the grandchild");
+        ensure!(page(g)? == old, "the grandchild's write must reuse the page it alone maps");
+        ensure!(user_and_table_frames() == before, "the grandchild's write must not allocate");
+        ok(proc::access(c, op::CHECK, m, PAGE_SIZE, 0x66), "the child's page")?;
+        ok(proc::access(g, op::CHECK, m, PAGE_SIZE, 0x67), "the grandchild's page")?;
+        check_chunks(p, m)?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+    })();
+    let _ = proc::exit(g);
+    let _ = proc::exit(c);
+    let _ = proc::exit(p);
+    r?;
+    let now = user_and_table_frames();
+    ensure!(now == frames0, "user and table frames {frames0:?} -> {now:?} after exit");
+    Ok(())
+}
+
+kernel_test!(thp_collapse_refusals);
+/// A page pinned by GUP is refused (Linux `SCAN_PAGE_COUNT`: -EAGAIN), the
+/// range stays base pages with its data, and the collapse succeeds once
+/// the pin goes. Making `refcounts_suitable` accept every folio collapses
+/// under the pin.
+fn thp_collapse_refusals() -> Result<(), String> {
+    if too_big() {
+        return super::cannot_apply("a block is more than half of RAM here");
+    }
+    let p = "collapse_ref";
+    let frames0 = user_and_table_frames();
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = fill_base_pages(p)?;
+        proc::madvise(p, m, blk(), Advice::HugePage)?;
         // Pinned (FOLL_PIN) by GUP: one page of the first chunk.
         let pin = crate::mm::gup::Foll { write: true, pin: true, longterm: true };
         proc::gup(p, "collapse_pin", m, PAGE_SIZE, pin, false, &|| Ok(()))?;
         let e = proc::madvise(p, m, blk(), Advice::Collapse);
         ensure!(e.as_ref().is_err_and(|e| is_collapse(e, ScanResult::PageCount)), "collapse of a pinned page: {e:?}");
+        let errno = proc::syscall(p, nr::MADVISE, [m.as_u64(), blk(), MADV_COLLAPSE, 0, 0, 0])?;
+        ensure!(errno == -EAGAIN, "MADV_COLLAPSE of a pinned page: {errno}, expected -EAGAIN");
         ensure!(proc::mapped_level(p, m) == Some(3), "the refused collapse must leave the pages");
+        check_chunks(p, m)?;
         crate::mm::gup::drop_handle("collapse_pin").map_err(|e| alloc::format!("unpin: {e:?}"))?;
         proc::madvise(p, m, blk(), Advice::Collapse)?;
         ensure!(proc::mapped_level(p, m) == Some(2), "the collapse goes through once nothing else holds the pages");
@@ -199,7 +259,6 @@ fn thp_collapse_refusals() -> Result<(), String> {
         crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
     })();
     let _ = crate::mm::gup::drop_handle("collapse_pin");
-    let _ = proc::exit(c);
     let _ = proc::exit(p);
     r?;
     let now = user_and_table_frames();
