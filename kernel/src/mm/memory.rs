@@ -27,7 +27,7 @@ use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::{Pte, PteRun, TableMemory, TlbFlush};
+use super::pgtable::{Pte, PteRun, Stage1User, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 
@@ -118,18 +118,30 @@ pub fn vma_access_permitted(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
-/// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
+/// The first entry of the mm's root table `pgd`, under its page-table
+/// lock `ptl` (Linux `pgd_offset`): where every walk starts, and where a
+/// lock of another mm is caught (one compare).
+#[inline(always)]
+pub(crate) fn root_entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, pgd: PhysAddr) -> Pte<'l> {
+    // SAFETY: table pages are RAM in the linear map, aligned to their size.
+    match unsafe { Pte::locate(ptl, mem, pgd, 0) } {
+        Ok(e) => e,
+        Err(e) => pte_bug(e),
+    }
+}
+
+/// The entry `idx` of `table` (Linux `pte_offset_map` and friends), under
+/// the lock `at` (an entry of the same mm) borrows.
 ///
 /// # Safety
-/// `table` is a table page of the mm whose page-table lock `ptl` is,
-/// reached from its pgd under that lock (with the mmap lock held too), so
-/// it stays a table of that mm while the returned `Pte` (which cannot
-/// outlive `ptl`) is used.
+/// `table` is a table page of the mm `at` belongs to, reached from its pgd
+/// under that lock (with the mmap lock held too), so it stays a table of
+/// that mm while the returned `Pte` (which cannot outlive the lock) is used.
 #[inline(always)]
-pub(crate) unsafe fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
+pub(crate) unsafe fn entry<'l>(at: Pte<'l>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
     // SAFETY: table pages are RAM in the linear map; the rest is the
     // caller's promise.
-    unsafe { Pte::locate(ptl, mem, table, idx) }
+    unsafe { at.locate_in(mem, table, idx) }
 }
 
 /// The slot of the level-`level` entry for `va` (2: Linux `pmd_offset`,
@@ -146,10 +158,11 @@ fn slot_lookup<'l>(
     alloc: bool,
 ) -> Option<Pte<'l>> {
     let g = GRANULE;
+    let at = root_entry(ptl, mem, pgd);
     let mut table = pgd;
     for l in USER_START_LEVEL..level {
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va, l)) };
+        let e = unsafe { entry(at, mem, table, g.index(va, l)) };
         match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
@@ -162,7 +175,7 @@ fn slot_lookup<'l>(
         }
     }
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    Some(unsafe { entry(ptl, mem, table, g.index(va, level)) })
+    Some(unsafe { entry(at, mem, table, g.index(va, level)) })
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
@@ -273,7 +286,7 @@ fn next_block<'l>(
     level: u32,
 ) -> Option<(u64, Pte<'l>)> {
     fn rec<'l>(
-        ptl: &'l PtlGuard<'_>,
+        root: Pte<'l>,
         mem: &FrameTableMem,
         at: u32,
         table: PhysAddr,
@@ -287,11 +300,11 @@ fn next_block<'l>(
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va, at)) };
+            let e = unsafe { entry(root, mem, table, g.index(va, at)) };
             match e.get().kind(at, g) {
                 Kind::Leaf(_) if at == level => return Some((va & !(size - 1), e)),
                 Kind::Table(next) if at < level => {
-                    if let Some(b) = rec(ptl, mem, at + 1, next, va, chunk_end, level) {
+                    if let Some(b) = rec(root, mem, at + 1, next, va, chunk_end, level) {
                         return Some(b);
                     }
                 }
@@ -301,7 +314,7 @@ fn next_block<'l>(
         }
         None
     }
-    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, level)
+    rec(root_entry(ptl, mem, pgd), mem, USER_START_LEVEL, pgd, start, end, level)
 }
 
 /// Calls `f(va, level, run)` for the level-3 entries of `[start, end)` in
@@ -319,7 +332,7 @@ fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
     f: &mut F,
 ) -> Result<(), MmError> {
     fn rec<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
-        ptl: &'l PtlGuard<'_>,
+        root: Pte<'l>,
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
@@ -332,16 +345,16 @@ fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
             // `[start, end)` lies in this table (its level-2 entry's span).
             let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            return f(start, 3, unsafe { entry(ptl, mem, table, first) }.run(last - first + 1));
+            return f(start, 3, unsafe { entry(root, mem, table, first) }.run(last - first + 1));
         }
         let size = g.level_size(level);
         let mut va = start;
         while va < end {
             let chunk_end = ((va & !(size - 1)) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
+            let e = unsafe { entry(root, mem, table, g.index(va, level)) };
             match e.get().kind(level, g) {
-                Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
+                Kind::Table(next) => rec(root, mem, level + 1, next, va, chunk_end, f)?,
                 Kind::None => {}
                 // A whole block (callers split the edges first).
                 Kind::Leaf(_) if level <= 2 && va.is_multiple_of(size) && chunk_end == va + size => {
@@ -355,7 +368,7 @@ fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
         }
         Ok(())
     }
-    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, f)
+    rec(root_entry(ptl, mem, pgd), mem, USER_START_LEVEL, pgd, start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
@@ -384,7 +397,7 @@ pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
 /// the new entry. Refused (the old entry stays) if the flush was skipped.
 fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super::pgtable::MapError> {
-    let old = slot.replace(d, VirtAddr::new(va), PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+    let old = slot.replace(d, &Stage1User { asid: mm.asid() }, &mut KernelFlush, VirtAddr::new(va), PAGE_SIZE)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(old)
 }
@@ -433,7 +446,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         _ => return VmFault::Sigsegv,
     };
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va, 3)) };
+    let slot = unsafe { entry(pmd, &mem, table, GRANULE.index(va, 3)) };
     let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
@@ -652,7 +665,8 @@ fn unfold_run(mm: &MmStruct, slot: Pte, va: u64) -> Result<(), super::pgtable::M
     let n = GRANULE.contiguous_entries(3);
     let run_va = va & !(cont_size() - 1);
     let mut old = [0u64; 128];
-    slot_at(slot, va, run_va).unfold(n, VirtAddr::new(run_va), cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
+    let regime = Stage1User { asid: mm.asid() };
+    slot_at(slot, va, run_va).unfold(n, &regime, &mut KernelFlush, VirtAddr::new(run_va), cont_size(), &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -1030,8 +1044,9 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // the range covers whole unlinked, then `tlb_finish_mmu`: the flush -
     // non-leaf if a table went - and only after it the tables and pages go
     // back (also whenever the fixed batch fills up on the way).
-    let mut tlb = MmuGather::new(mt.mm.asid());
-    clear_range(&ptl, &mut mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    let mut tlb = MmuGather::new(&ptl, mt.mm.asid());
+    let root = root_entry(&ptl, &mem, mt.mm.pgd);
+    clear_range(root, &mut mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -1043,8 +1058,9 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
 /// table only after a flush of the ASID. Allocates nothing. The caller has
 /// switched every CPU away from `mm` and frees the root.
 pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
-    let mut tlb = MmuGather::new_fullmm(mm.asid());
-    clear_range(ptl, mem, USER_START_LEVEL, mm.pgd, 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
+    let mut tlb = MmuGather::new_fullmm(ptl, mm.asid());
+    let root = root_entry(ptl, mem, mm.pgd);
+    clear_range(root, mem, USER_START_LEVEL, mm.pgd, 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
     tlb.finish(mem);
 }
 
@@ -1053,20 +1069,20 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
 /// references), and unlinks the child tables the range covers completely
 /// and clears the blocks it covers (the caller split those it cuts).
 fn clear_range(
-    ptl: &PtlGuard<'_>,
+    root: Pte<'_>,
     mem: &mut FrameTableMem,
     level: u32,
     table: PhysAddr,
     start: u64,
     end: u64,
-    tlb: &mut MmuGather,
+    tlb: &mut MmuGather<'_>,
 ) {
     let g = GRANULE;
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start, 3), g.index(end - 1, 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        zap_pte_range(unsafe { entry(ptl, mem, table, first) }.run(last - first + 1), start, tlb, mem);
+        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem);
         return;
     }
     let size = g.level_size(level);
@@ -1075,7 +1091,7 @@ fn clear_range(
         let entry_va = va & !(size - 1);
         let chunk_end = (entry_va + size).min(end);
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va, level)) };
+        let e = unsafe { entry(root, mem, table, g.index(va, level)) };
         match e.get().kind(level, g) {
             // A block the range covers whole (the edges were split).
             Kind::Leaf(_) => {
@@ -1088,7 +1104,7 @@ fn clear_range(
                 }
             }
             Kind::Table(next) => {
-                clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
+                clear_range(root, mem, level + 1, next, va, chunk_end, tlb);
                 if va == entry_va && chunk_end == entry_va + size {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
@@ -1108,7 +1124,7 @@ fn clear_range(
 /// mid-run went (its flush emptied the range), so every flush covers the
 /// entries cleared before it.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather, mem: &mut FrameTableMem) {
+fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
     let mut in_range = false;
     for i in 0..run.len() {
         if run.get(i).0 == 0 {

@@ -72,6 +72,11 @@ pub trait Regime {
     /// The leaf attribute bits whose change needs BBM (memory type,
     /// shareability, contiguous, and nG where the regime has it).
     const BBM_BITS: u64;
+    /// Write-protects a leaf (Linux `pte_wrprotect`) so that a write
+    /// faults, with hardware dirtiness (DBM, FEAT_HAFDBS) moved to the
+    /// software dirty bit and DBM cleared, so the MMU cannot make the entry
+    /// writable again. Changes only [`Self::PERM_BITS`].
+    fn wrprotect(d: Desc) -> Desc;
     fn publish(fl: &mut Self::Flush);
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
 }
@@ -103,6 +108,11 @@ impl Regime for Stage1User {
     type Flush = dyn TlbFlush;
     const PERM_BITS: u64 = S_PERM_BITS;
     const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    /// AP[2] read-only ([`Desc::wrprotect`]).
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        d.wrprotect()
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -115,6 +125,11 @@ impl Regime for Stage1Kernel {
     type Flush = dyn TlbFlush;
     const PERM_BITS: u64 = S_PERM_BITS;
     const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+    /// AP[2] read-only ([`Desc::wrprotect`]).
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        d.wrprotect()
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -125,8 +140,19 @@ impl Regime for Stage1Kernel {
 
 impl Regime for Stage2 {
     type Flush = dyn Stage2Flush;
-    const PERM_BITS: u64 = S_PERM_BITS;
+    /// S2AP[7:6], AF, DBM, XN[54:53] and the software bits [58:55]: the
+    /// same positions as stage 1's AP/UXN/PXN, other meanings.
+    const PERM_BITS: u64 = S2Attrs::S2AP_R | S2Attrs::S2AP_W | (1 << 10) | (1 << 51) | (3 << 53) | (0xf << 55);
     const BBM_BITS: u64 = (0b1111 << 2) | SH | CONT;
+    /// S2AP write permission cleared. With stage-2 DBM (VTCR_EL2.HD) the
+    /// MMU marks a DBM entry dirty by setting S2AP[1] (bit 7), the reverse
+    /// of stage 1's AP[2]: DBM with S2AP W set is hardware-dirty, kept as
+    /// the software dirty bit (55) as in stage 1.
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        let hw_dirty = (d.0 >> 51) & (d.0 >> 7) & 1;
+        Desc((d.0 & !(S2Attrs::S2AP_W | crate::mm::desc::DBM_BIT)) | (hw_dirty << 55))
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -218,30 +244,139 @@ const MAX_LEVELS: usize = 4;
 /// # }
 /// ```
 ///
+/// A guard locks one set of tables: [`CursorMut::new`] and [`Pte::locate`]
+/// check that the root they are handed is the guard's ([`Self::root`]), so
+/// another mm's page-table lock is refused too.
+///
 /// # Safety
 /// Implemented only for guards whose existence proves that no other code
-/// stores to the tables a cursor built with them edits.
-pub unsafe trait PgtableLock<R: Regime> {}
+/// stores to the tables rooted at [`Self::root`] (any tables, for `None`),
+/// and whose [`Self::pending`] is reachable only under the lock.
+pub unsafe trait PgtableLock<R: Regime> {
+    /// The root table of the tables this guard locks; `None`: tables the
+    /// holder owns outright ([`ExclusiveTables`]).
+    fn root(&self) -> Option<PhysAddr>;
+    /// Entries broken under this lock whose TLB entries are not flushed yet.
+    fn pending(&self) -> &PendingBreaks;
+}
 
-// SAFETY: every store to a user mm's tables is made under its page-table lock.
-unsafe impl PgtableLock<Stage1User> for crate::mm::mm_struct::PtlGuard<'_> {}
+// SAFETY: every store to a user mm's tables is made under its page-table
+// lock, and the guard carries the mm's pgd and its own pending record.
+unsafe impl PgtableLock<Stage1User> for crate::mm::mm_struct::PtlGuard<'_> {
+    #[inline(always)]
+    fn root(&self) -> Option<PhysAddr> {
+        Some(self.pgd())
+    }
+    #[inline(always)]
+    fn pending(&self) -> &PendingBreaks {
+        self.pending_breaks()
+    }
+}
 // SAFETY: every change to the kernel tables takes their lock for write.
-unsafe impl PgtableLock<Stage1Kernel> for crate::mm::mm_struct::KernelPgtableWrite<'_> {}
+unsafe impl PgtableLock<Stage1Kernel> for crate::mm::mm_struct::KernelPgtableWrite<'_> {
+    #[inline(always)]
+    fn root(&self) -> Option<PhysAddr> {
+        Some(crate::mm::mm_struct::KernelPgtableLocked::root(self))
+    }
+    #[inline(always)]
+    fn pending(&self) -> &PendingBreaks {
+        self.pending_breaks()
+    }
+}
 // SAFETY: `ExclusiveTables::new`'s contract.
-unsafe impl<R: Regime> PgtableLock<R> for ExclusiveTables {}
+unsafe impl<R: Regime> PgtableLock<R> for ExclusiveTables {
+    fn root(&self) -> Option<PhysAddr> {
+        None
+    }
+    fn pending(&self) -> &PendingBreaks {
+        &self.0
+    }
+}
 
 /// Proof for tables no other code can reach, so no lock guards them: tables
 /// a test builds for itself (host tests, `AT` checks on private tables),
 /// and stage-2 tables until a VM has its own lock.
-pub struct ExclusiveTables(());
+pub struct ExclusiveTables(PendingBreaks);
 
 impl ExclusiveTables {
     /// # Safety
     /// The tables of every cursor built with this proof are reachable only
     /// through that cursor's [`Tables`]: not linked into tables another CPU
     /// or another code path can edit.
-    pub unsafe fn new() -> Self {
-        Self(())
+    pub const unsafe fn new() -> Self {
+        Self(PendingBreaks::new())
+    }
+}
+
+/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`])
+/// and has not flushed from the TLBs yet, as the span of their slot
+/// addresses: a make ([`Pte::set_new`], [`Pte::replace`]) into that span is
+/// refused ([`MapError::BbmViolation`]). A span, not a list: zap breaks
+/// one entry after another, and recording one costs two compares and at
+/// most two stores. It can over-cover (entries between two broken ones),
+/// never under-cover. The regime's flush through [`PteRun::flush`] empties
+/// it when it covers the whole span, and [`crate::mm::mmu_gather::MmuGather`]'s
+/// flush (which covers everything the zap broke) empties it always.
+///
+/// Lives in the lock's guard, so it is written only by the lock's holder
+/// (relaxed loads and stores: plain `ldr`/`str`, atomic only to keep the
+/// guard `Sync`). It lasts as long as the guard: a break the holder leaves
+/// unflushed when it unlocks is not seen by the next holder.
+#[derive(Debug)]
+pub struct PendingBreaks {
+    /// `[lo, hi)`: slot addresses; `lo > hi` when empty.
+    lo: core::sync::atomic::AtomicUsize,
+    hi: core::sync::atomic::AtomicUsize,
+}
+
+impl Default for PendingBreaks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PendingBreaks {
+    /// Nothing broken.
+    pub const fn new() -> Self {
+        Self { lo: core::sync::atomic::AtomicUsize::new(usize::MAX), hi: core::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// The slot at `s` was broken.
+    #[inline(always)]
+    fn note(&self, s: usize) {
+        if s < self.lo.load(Ordering::Relaxed) {
+            self.lo.store(s, Ordering::Relaxed);
+        }
+        if s + 8 > self.hi.load(Ordering::Relaxed) {
+            self.hi.store(s + 8, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the slot at `s` may be broken and unflushed.
+    #[inline(always)]
+    fn covers(&self, s: usize) -> bool {
+        s >= self.lo.load(Ordering::Relaxed) && s < self.hi.load(Ordering::Relaxed)
+    }
+
+    /// A flush covered the slots `[lo, hi)`: the record empties if they
+    /// hold all of it.
+    #[inline(always)]
+    fn flushed(&self, lo: usize, hi: usize) {
+        if lo <= self.lo.load(Ordering::Relaxed) && self.hi.load(Ordering::Relaxed) <= hi {
+            self.clear();
+        }
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lo.load(Ordering::Relaxed) >= self.hi.load(Ordering::Relaxed)
+    }
+
+    /// A flush covered every entry broken under the lock (the mmu_gather's).
+    #[inline(always)]
+    pub fn clear(&self) {
+        self.lo.store(usize::MAX, Ordering::Relaxed);
+        self.hi.store(0, Ordering::Relaxed);
     }
 }
 
@@ -273,8 +408,14 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// A cursor over `t`, whose lock `lock` proves is held (the cursor
     /// borrows it for its whole life; see [`PgtableLock`]).
+    ///
+    /// # Panics
+    /// If `lock` guards other tables than `t` (another mm's lock): a kernel
+    /// bug, caught before any edit.
     pub fn new<L: PgtableLock<R>>(lock: &'a L, t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
-        let _ = lock;
+        if let Some(root) = lock.root() {
+            assert!(root == t.root, "CursorMut::new: the lock guards the tables at {root:?}, not {:?}", t.root);
+        }
         let (root, start) = (t.root, t.start_level);
         let mut path = [PhysAddr::new(0); MAX_LEVELS];
         path[start as usize] = root;
@@ -901,12 +1042,12 @@ fn cas_loop<E>(slot: &AtomicU64, mut cur: u64, f: impl Fn(u64) -> Result<u64, E>
     }
 }
 
-/// `f`, refused if it changes more than permission bits ([`Stage1User`]'s rule).
+/// `f`, refused if it changes more than `R`'s permission bits.
 #[inline(always)]
-fn perm_only(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
+fn perm_only<R: Regime>(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
     move |v| {
         let n = f(Desc(v)).0;
-        if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
+        if (n ^ v) & !R::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
     }
 }
 
@@ -969,51 +1110,65 @@ impl<M: TableMemory> Tables<'_, M> {
     }
 }
 
-/// One entry of a live user table (level 1, 2 or 3), located under the
-/// page-table lock: Linux's `pte_t *`/`pmd_t *` from `pte_offset_map_lock`
-/// and `pmd_offset`. Every store goes through its methods, which keep the
-/// BBM rules; the slot itself is never handed out.
-#[derive(Clone, Copy)]
-pub struct Pte<'l> {
+/// One entry of a live table (level 1, 2 or 3) in regime `R`, located
+/// under the lock that guards its tables: Linux's `pte_t *`/`pmd_t *` from
+/// `pte_offset_map_lock` and `pmd_offset`. Every store goes through its
+/// methods, which keep the BBM rules, `R`'s permission rule and the lock's
+/// [`PendingBreaks`]; the slot itself is never handed out.
+pub struct Pte<'l, R: Regime = Stage1User> {
     /// The entry itself; tables are aligned to their size, so the table
     /// and the index are the pointer's high and low bits.
     slot: *const AtomicU64,
-    /// Borrowed from the page-table lock's guard: no entry outlives it.
-    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
+    /// Borrowed from the lock's guard: no entry outlives it.
+    pending: &'l PendingBreaks,
+    _regime: core::marker::PhantomData<fn() -> R>,
 }
+
+impl<R: Regime> Clone for Pte<'_, R> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R: Regime> Copy for Pte<'_, R> {}
 
 /// Bytes of one table (one granule page).
 const TABLE_BYTES: usize = crate::arch::aarch64::granule::GRANULE.page_size() as usize;
 
-impl<'l> Pte<'l> {
-    /// Entry `idx` of the table at `table`, under the page-table lock
-    /// `ptl` (the `Pte` borrows it).
+impl<'l, R: Regime> Pte<'l, R> {
+    /// Entry `idx` of the root table `root`, under `lock` (the `Pte`
+    /// borrows it). Refused ([`MapError::WrongLock`]) if `lock` guards
+    /// other tables (another mm's lock): one compare.
     ///
     /// # Safety
-    /// `table` is a table page of `mem`, aligned to its size, that belongs
-    /// to the mm whose page-table lock `ptl` holds (linked into its tables,
-    /// or new and about to be), and stays a table while `ptl` is held.
+    /// `root` is a table page of `mem`, aligned to its size.
     #[inline(always)]
-    pub unsafe fn locate<M: TableMemory + ?Sized>(
-        _ptl: &'l crate::mm::mm_struct::PtlGuard<'_>,
+    pub unsafe fn locate<L: PgtableLock<R>, M: TableMemory + ?Sized>(
+        lock: &'l L,
         mem: &M,
-        table: PhysAddr,
+        root: PhysAddr,
         idx: usize,
-    ) -> Pte<'l> {
+    ) -> Result<Pte<'l, R>, MapError> {
+        if lock.root().is_some_and(|r| r != root) {
+            return Err(MapError::WrongLock { root });
+        }
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
-        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+        let slot = unsafe { mem.table_ptr(root).add(idx) };
+        Ok(Pte { slot, pending: lock.pending(), _regime: core::marker::PhantomData })
     }
 
-    /// Entry `idx` of another table of the same mm, under the same lock.
+    /// Entry `idx` of another table of the same tables, under the same lock.
     ///
     /// # Safety
-    /// As for [`Pte::locate`], with this entry's lock.
+    /// `table` is a table page of `mem`, aligned to its size, reached from
+    /// this entry's root under the lock (or new and about to be linked into
+    /// those tables), and stays a table while the lock is held.
     #[inline(always)]
-    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l> {
+    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l, R> {
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
-        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, ..self }
     }
 
     #[inline(always)]
@@ -1031,10 +1186,10 @@ impl<'l> Pte<'l> {
 
     /// Entry `idx` of the same table.
     #[inline(always)]
-    pub fn sibling(self, idx: usize) -> Pte<'l> {
+    pub fn sibling(self, idx: usize) -> Pte<'l, R> {
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         let base = self.slot as usize & !(TABLE_BYTES - 1);
-        Pte { slot: (base + idx * 8) as *const AtomicU64, _ptl: core::marker::PhantomData }
+        Pte { slot: (base + idx * 8) as *const AtomicU64, ..self }
     }
 
     /// The current value (Linux `ptep_get`).
@@ -1046,11 +1201,16 @@ impl<'l> Pte<'l> {
     /// Writes `d` into an entry that holds no valid translation (Linux
     /// `set_pte_at` on a none entry), or into a table not yet linked.
     /// Invalid to valid needs no TLBI; the caller publishes (`dsb ishst`).
+    /// Refused ([`MapError::BbmViolation`]) if the entry was broken under
+    /// this lock and not flushed since ([`PendingBreaks`]).
     #[inline(always)]
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
             return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+        }
+        if self.pending.covers(self.slot as usize) {
+            return Err(violation(VirtAddr::new(0), 3));
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1058,12 +1218,12 @@ impl<'l> Pte<'l> {
 
     /// Sets `set` and clears `clear` with a compare-and-swap loop (Linux
     /// `ptep_set_wrprotect`, `__ptep_set_access_flags`): an AF or dirty
-    /// bit the MMU sets meanwhile is kept. Only permission bits
-    /// ([`Stage1User`]'s rule). Returns the value replaced; the caller
+    /// bit the MMU sets meanwhile is kept. Only `R`'s permission bits
+    /// ([`Regime::PERM_BITS`]). Returns the value replaced; the caller
     /// flushes the old translation if it was valid.
     #[inline(always)]
     pub fn update(self, set: u64, clear: u64) -> Result<Desc, MapError> {
-        if (set | clear) & !Stage1User::PERM_BITS != 0 {
+        if (set | clear) & !R::PERM_BITS != 0 {
             return Err(MapError::NotPermissionBits(set | clear));
         }
         Ok(Desc(cas_update(self.slot(), set, clear)))
@@ -1073,19 +1233,19 @@ impl<'l> Pte<'l> {
     /// (Linux `ptep_set_wrprotect`, `__ptep_set_access_flags`, and the
     /// mprotect and fork loops): `f` sees the value the MMU last left, so
     /// an AF or dirty update it makes meanwhile is kept (`f` reruns). `f`
-    /// may change only permission bits. Returns `(old, new)`; the caller
-    /// flushes the old translation if it was valid.
+    /// may change only `R`'s permission bits. Returns `(old, new)`; the
+    /// caller flushes the old translation if it was valid.
     #[inline(always)]
     pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify(self.slot(), perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify(self.slot(), perm_only::<R>(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
-    /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
-    /// moved to the software dirty bit ([`Desc::wrprotect`]) on the value
-    /// the CAS saw. Returns `(old, new)`.
+    /// Linux `ptep_set_wrprotect`: `R`'s write-protect ([`Regime::wrprotect`]:
+    /// hardware dirtiness moved to the software dirty bit) on the value the
+    /// CAS saw. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect(self) -> (Desc, Desc) {
-        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0)) {
+        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(R::wrprotect(Desc(v)).0)) {
             Ok((o, n)) => (Desc(o), Desc(n)),
             Err(e) => match e {},
         }
@@ -1094,9 +1254,9 @@ impl<'l> Pte<'l> {
     /// This entry and the `n - 1` after it in the same table, for a range
     /// loop ([`PteRun`]).
     #[inline(always)]
-    pub fn run(self, n: usize) -> PteRun<'l> {
+    pub fn run(self, n: usize) -> PteRun<'l, R> {
         assert!(self.index() + n <= crate::arch::aarch64::granule::GRANULE.entries_per_table());
-        PteRun { first: self.slot, n, hw: crate::mm::desc::hw_updates(), _ptl: core::marker::PhantomData }
+        PteRun { first: self, n, hw: crate::mm::desc::hw_updates() }
     }
 
     /// Clears the contiguous bit of an entry in tables no CPU has run on
@@ -1107,45 +1267,57 @@ impl<'l> Pte<'l> {
 
     /// Clears the entry with an atomic swap (Linux `ptep_get_and_clear`)
     /// and returns what it held, with every AF/dirty update the MMU made.
-    /// The caller flushes the range before anything reuses what it mapped.
+    /// A valid entry is recorded as broken ([`PendingBreaks`]) until a flush
+    /// covers it; nothing may be made there before.
     #[inline(always)]
     pub fn get_and_clear(self) -> Desc {
-        Desc(self.slot().swap(0, Ordering::AcqRel))
+        let old = Desc(self.slot().swap(0, Ordering::AcqRel));
+        if old.is_valid() {
+            self.pending.note(self.slot as usize);
+        }
+        old
+    }
+
+    /// The regime's TLB flush of `[va, va+size)`, what this entry mapped
+    /// (Linux `flush_tlb_range` after `ptep_get_and_clear`); see
+    /// [`PteRun::flush`].
+    #[inline(always)]
+    pub fn flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) {
+        self.run(1).flush(regime, fl, va, size);
     }
 
     /// Break and flush (Linux `ptep_clear_flush`, `pmdp_invalidate`): swaps
     /// in an invalid entry and, if the old one was valid, TLBIs `[va,
-    /// va+size)` in `asid` and waits. Returns the old value as the swap
-    /// took it (AF/dirty included), to build the new entry from; write that
-    /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
-    /// back (what the TLBs may hold anyway) and the caller is told
-    /// ([`MapError::BbmViolation`]): it must not make.
-    pub fn clear_flush(self, va: VirtAddr, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
-        let old = self.get_and_clear();
+    /// va+size)` in the regime's ASID/VMID and waits. Returns the old value
+    /// as the swap took it (AF/dirty included), to build the new entry
+    /// from; write that with [`Pte::set_new`]. If the flush did not happen
+    /// the old entry goes back (what the TLBs may hold anyway) and the
+    /// caller is told ([`MapError::BbmViolation`]): it must not make.
+    pub fn clear_flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) -> Result<Desc, MapError> {
+        let old = Desc(self.slot().swap(0, Ordering::AcqRel));
         if old.is_valid() {
             if sabotaged() {
                 self.slot().store(old.0, Ordering::Release);
                 return Err(violation(va, 3));
             }
-            fl.flush(va, size, Some(asid), true);
+            regime.flush(fl, va, size, true);
         }
         Ok(old)
     }
 
     /// Break-before-make to `new` (Linux `ptep_clear_flush` then
-    /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in
-    /// `asid` and wait, then write `new`. Returns the old value. If the
-    /// flush did not happen the make is refused ([`MapError::BbmViolation`])
-    /// and the entry stays invalid.
-    pub fn replace(
-        self,
-        new: Desc,
-        va: VirtAddr,
-        size: u64,
-        asid: u16,
-        fl: &mut dyn TlbFlush,
-    ) -> Result<Desc, MapError> {
-        let old = self.clear_flush(va, size, asid, fl)?;
+    /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in the
+    /// regime's ASID/VMID and wait, then write `new`. Returns the old value.
+    /// If the flush did not happen, or the entry was broken earlier and
+    /// not flushed since ([`PendingBreaks`]), the make is refused
+    /// ([`MapError::BbmViolation`]).
+    pub fn replace(self, new: Desc, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) -> Result<Desc, MapError> {
+        let old = self.clear_flush(regime, fl, va, size)?;
+        // A valid old entry was flushed just now; an invalid one may have
+        // been broken earlier and not flushed since.
+        if !old.is_valid() && self.pending.covers(self.slot as usize) {
+            return Err(violation(va, 3));
+        }
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
     }
@@ -1156,14 +1328,14 @@ impl<'l> Pte<'l> {
     pub fn unfold(
         self,
         n: usize,
+        regime: &R,
+        fl: &mut R::Flush,
         va: VirtAddr,
         size: u64,
-        asid: u16,
-        fl: &mut dyn TlbFlush,
         olds: &mut [u64],
     ) -> Result<(), MapError> {
         for (i, o) in olds.iter_mut().enumerate().take(n) {
-            *o = self.sibling(self.index() + i).get_and_clear().0;
+            *o = self.sibling(self.index() + i).slot().swap(0, Ordering::AcqRel);
         }
         if sabotaged() {
             // Refused: the run goes back as it was (what the TLBs may hold).
@@ -1172,7 +1344,7 @@ impl<'l> Pte<'l> {
             }
             return Err(violation(va, 3));
         }
-        fl.flush(va, size, Some(asid), true);
+        regime.flush(fl, va, size, true);
         for (i, o) in olds.iter().enumerate().take(n) {
             self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
         }
@@ -1180,25 +1352,31 @@ impl<'l> Pte<'l> {
     }
 }
 
-/// Consecutive entries of one live user table under the page-table lock:
-/// Linux's `pte++` loops in `change_pte_range`, `copy_pte_range` and
-/// `zap_pte_range`. The range loops of `mm/memory.rs` visit a level-3
-/// table's entries through one run instead of locating each entry, and
-/// read once per run whether the MMU may write descriptors
-/// ([`crate::mm::desc::hw_updates`]; it changes only at boot and in the
-/// tests that switch TCR_EL1.HA/HD with no mm being edited). The same rules
-/// as [`Pte`]'s hold: read-modify-write is compare-and-swap whenever the
-/// MMU may write, and only permission bits change in place.
-#[derive(Clone, Copy)]
-pub struct PteRun<'l> {
-    first: *const AtomicU64,
+/// Consecutive entries of one live table under its lock: Linux's `pte++`
+/// loops in `change_pte_range`, `copy_pte_range` and `zap_pte_range`. The
+/// range loops of `mm/memory.rs` visit a level-3 table's entries through
+/// one run instead of locating each entry, and read once per run whether
+/// the MMU may write descriptors ([`crate::mm::desc::hw_updates`]; it
+/// changes only at boot and in the tests that switch TCR_EL1.HA/HD with no
+/// mm being edited). The same rules as [`Pte`]'s hold: read-modify-write
+/// is compare-and-swap whenever the MMU may write, and only `R`'s
+/// permission bits change in place.
+pub struct PteRun<'l, R: Regime = Stage1User> {
+    first: Pte<'l, R>,
     n: usize,
     /// [`crate::mm::desc::hw_updates`] when the run was located.
     hw: bool,
-    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
 }
 
-impl<'l> PteRun<'l> {
+impl<R: Regime> Clone for PteRun<'_, R> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R: Regime> Copy for PteRun<'_, R> {}
+
+impl<'l, R: Regime> PteRun<'l, R> {
     /// How many entries the run has.
     #[inline(always)]
     pub fn len(self) -> usize {
@@ -1213,10 +1391,10 @@ impl<'l> PteRun<'l> {
 
     /// Entry `i` of the run.
     #[inline(always)]
-    pub fn pte(self, i: usize) -> Pte<'l> {
+    pub fn pte(self, i: usize) -> Pte<'l, R> {
         assert!(i < self.n);
         // SAFETY: i < n, and the run lies in one table (`Pte::run`).
-        Pte { slot: unsafe { self.first.add(i) }, _ptl: core::marker::PhantomData }
+        Pte { slot: unsafe { self.first.slot.add(i) }, ..self.first }
     }
 
     /// The current value of entry `i` (Linux `ptep_get`).
@@ -1226,10 +1404,20 @@ impl<'l> PteRun<'l> {
     }
 
     /// [`Pte::get_and_clear`] on entry `i`: an atomic swap that keeps
-    /// every AF/dirty update the MMU made.
+    /// every AF/dirty update the MMU made, and records a valid entry as broken.
     #[inline(always)]
     pub fn get_and_clear(self, i: usize) -> Desc {
         self.pte(i).get_and_clear()
+    }
+
+    /// The regime's TLB flush of `[va, va+size)`, which the caller says is
+    /// what this run's entries mapped (Linux `flush_tlb_range`), and waits.
+    /// The lock's [`PendingBreaks`] empties if every entry it records is
+    /// in this run.
+    pub fn flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) {
+        regime.flush(fl, va, size, true);
+        let lo = self.first.slot as usize;
+        self.first.pending.flushed(lo, lo + self.n * 8);
     }
 
     /// [`Pte::modify`] on entry `i`, starting from `seen`, the value the
@@ -1238,14 +1426,14 @@ impl<'l> PteRun<'l> {
     /// entry since. Returns `(old, new)`.
     #[inline(always)]
     pub fn modify_from(self, i: usize, seen: Desc, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only::<R>(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
     /// [`Pte::set_wrprotect`] on entry `i`, starting from `seen`, the
     /// value the caller loaded from it. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect_from(self, i: usize, seen: Desc) -> (Desc, Desc) {
-        let f = |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0);
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::wrprotect(Desc(v)).0);
         match cas_modify_from(self.pte(i).slot(), self.hw, seen.0, f) {
             Ok((o, n)) => (Desc(o), Desc(n)),
             Err(e) => match e {},
@@ -1281,7 +1469,8 @@ mod tests {
 
     /// Host tables are the test's own: each lives in its own HostMem.
     fn excl() -> &'static ExclusiveTables {
-        static E: ExclusiveTables = ExclusiveTables(());
+        // SAFETY: the host tests that share it edit only tables of their own.
+        static E: ExclusiveTables = unsafe { ExclusiveTables::new() };
         &E
     }
 
