@@ -1883,8 +1883,10 @@ mod tests {
         let (table, idx) = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(0x1000, 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
-        // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
-        let run = unsafe { Pte::locate(&ptl, &*t.mem, table, idx) }.run(2);
+        // SAFETY: `root` is a table page of `mem` that stays one while `ptl` is held.
+        let run = unsafe { Pte::locate(&ptl, &*t.mem, root, 0) }.unwrap();
+        // SAFETY: as above; `table` is a table of the tables rooted at `root`.
+        let run = unsafe { run.locate_in(&*t.mem, table, idx) }.run(2);
         assert!(run.hw, "located with hardware updates on");
         let slot = run.pte(0).slot as usize;
         let done = core::sync::atomic::AtomicBool::new(false);
@@ -1929,5 +1931,166 @@ mod tests {
         assert!(new.0 & (1 << 56) != 0 && new.0 & (1 << 55) != 0, "the MMU's bit kept, dirtiness moved: {:#x}", new.0);
         assert!(new.0 & (1 << 7) != 0 && new.0 & (1 << 51) == 0, "read-only, no DBM: {:#x}", new.0);
         crate::mm::desc::set_hw_af(false);
+    }
+
+    /// The level-3 entry for `va` in the tables at `root`, creating tables
+    /// on the way through [`Pte::set_new`]: the walk the fault path makes,
+    /// in any regime.
+    fn pte_walk<'l, R: Regime>(
+        lock: &'l impl PgtableLock<R>,
+        mem: &mut HostMem,
+        root: PhysAddr,
+        va: u64,
+    ) -> Pte<'l, R> {
+        // SAFETY: `root` is a table page of `mem`.
+        let mut e = unsafe { Pte::locate(lock, &*mem, root, K4.index(va, 0)) }.unwrap();
+        for l in 1..=3 {
+            let next = match e.get().kind(l - 1, K4) {
+                Kind::Table(t) => t,
+                Kind::None => {
+                    let t = mem.alloc_table().unwrap();
+                    e.set_new(Desc::table(t)).unwrap();
+                    t
+                }
+                k => panic!("{k:?} at level {}", l - 1),
+            };
+            // SAFETY: `next` is a table of these tables, reached under the lock.
+            e = unsafe { e.locate_in(&*mem, next, K4.index(va, l)) };
+        }
+        e
+    }
+
+    /// Stage 2 through the hot-path API, unchanged: [`Pte`] maps into
+    /// holes, [`PteRun::set_wrprotect_from`] clears S2AP's write bit by
+    /// compare-and-swap from a stale value, keeping the access flag the
+    /// "MMU" set after it and moving stage-2 hardware dirtiness (DBM with
+    /// S2AP W set) to the software dirty bit, [`Pte::modify`] refuses a
+    /// MemAttr change (not a stage-2 permission bit), and
+    /// [`Pte::clear_flush`] records a flush by IPA and VMID. With
+    /// `Stage2::wrprotect` using stage 1's rule (setting bit 7, which is
+    /// stage 2's *write* permission) the read-only checks fail.
+    #[test]
+    fn stage2_through_pte_and_pte_run() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        // SAFETY: the tables are this test's own.
+        let excl = unsafe { ExclusiveTables::new() };
+        let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
+        let mut rec = S2Rec::default();
+        let s2 = Stage2 { vmid: 9 };
+        for i in 0..2u64 {
+            let e = pte_walk::<Stage2>(&excl, &mut mem, root, 0x8000_0000 + i * 4096);
+            e.set_new(rw.leaf(PhysAddr::new(0x4000_0000 + i * 4096), 3)).unwrap();
+        }
+        let e0 = pte_walk::<Stage2>(&excl, &mut mem, root, 0x8000_0000);
+        let run = e0.run(2);
+        // Entry 1 hardware-dirty (DBM, S2AP W), loaded without AF; the MMU sets AF after the load.
+        let stale = Desc((run.get(1).0 | crate::mm::desc::DBM_BIT) & !(1 << 10));
+        run.pte(1).slot().store(stale.0, Ordering::Release);
+        run.pte(1).slot().fetch_or(1 << 10, Ordering::AcqRel);
+        let (old, new) = run.set_wrprotect_from(1, stale);
+        assert_eq!(old.0, stale.0 | (1 << 10), "the CAS replaced the current value");
+        assert_eq!(new, run.get(1));
+        assert_ne!(new.0 & (1 << 10), 0, "the access flag the MMU set is kept: {:#x}", new.0);
+        assert_eq!(new.0 & (S2Attrs::S2AP_W | crate::mm::desc::DBM_BIT), 0, "stage-2 read-only: {:#x}", new.0);
+        assert_ne!(new.0 & S2Attrs::S2AP_R, 0, "still readable: {:#x}", new.0);
+        assert_ne!(new.0 & crate::mm::desc::SW_DIRTY_BIT, 0, "hardware dirtiness kept: {:#x}", new.0);
+        // A clean entry write-protected stays clean.
+        let (_, clean) = e0.set_wrprotect();
+        assert_eq!(clean.0 & (S2Attrs::S2AP_W | crate::mm::desc::SW_DIRTY_BIT), 0, "{:#x}", clean.0);
+        // MemAttr is no stage-2 permission bit.
+        assert!(matches!(e0.modify(|d| Desc(d.0 ^ (1 << 5))), Err(MapError::NotPermissionBits(_))));
+        assert!(matches!(e0.update(1 << 5, 0), Err(MapError::NotPermissionBits(_))));
+        // Break and flush: by IPA and VMID.
+        let old = e0.clear_flush(&s2, &mut rec, VirtAddr::new(0x8000_0000), 4096).unwrap();
+        assert_eq!(old.kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_0000)));
+        assert_eq!(rec.flushes, vec![(0x8000_0000, 4096, 9, true)]);
+        e0.set_new(rw.leaf(PhysAddr::new(0x4100_0000), 3)).unwrap();
+        let t = Tables::new(root, K4, 0, &mut mem);
+        assert_eq!(level_at(&t, 0x8000_0000), Some((3, 0x4100_0000)));
+        assert_eq!(level_at(&t, 0x8000_1000), Some((3, 0x4000_1000)));
+        crate::mm::desc::set_hw_af(false);
+    }
+
+    /// The pending-break record ([`PendingBreaks`]) across calls: a
+    /// `get_and_clear` of a valid entry, then `set_new` or `replace` on it
+    /// with no flush between, is refused as a [`MapError::BbmViolation`]
+    /// (counted) and leaves the entry invalid; after the regime's flush
+    /// through [`PteRun::flush`] the same make goes in. A flush of another
+    /// entry does not clear the record. Without the `covers` check in
+    /// `set_new` (or without `note` in `get_and_clear`) the first make
+    /// goes in and this test fails.
+    #[test]
+    fn make_over_a_broken_unflushed_entry_is_refused() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10) | (1 << 6) | (1 << 11));
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        let b = pte_walk(&ptl, &mut mem, root, 0x40_1000);
+        a.set_new(leaf(0x5000_0000)).unwrap();
+        b.set_new(leaf(0x5000_1000)).unwrap();
+        let mut rec = Rec::default();
+        let user = Stage1User { asid: 3 };
+        assert!(ptl.pending_breaks().is_empty());
+        let old = a.get_and_clear();
+        assert!(old.is_valid() && !ptl.pending_breaks().is_empty());
+        let v0 = BBM_VIOLATIONS.load(Ordering::Relaxed);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(BBM_VIOLATIONS.load(Ordering::Relaxed) > v0, "counted");
+        assert_eq!(a.get(), Desc(0), "the refused make left the entry invalid");
+        // `replace` finds the entry invalid, so its own flush would not happen: refused.
+        let r = a.replace(leaf(0x6000_0000), &user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        assert!(rec.flushes.is_empty());
+        // Another entry's flush leaves `a` recorded.
+        b.flush(&user, &mut rec, VirtAddr::new(0x40_1000), 4096);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        // The flush that covers it: the make goes in.
+        a.flush(&user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        assert_eq!(rec.flushes.last(), Some(&(0x40_0000, 4096, Some(3), true)));
+        assert!(ptl.pending_breaks().is_empty());
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        // Invalid entries cleared are no breaks; a replace of a valid one flushes itself.
+        assert_eq!(a.run(1).get_and_clear(0), leaf(0x6000_0000));
+        a.run(1).flush(&user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_1000), 4096).unwrap();
+        assert_eq!(b.get(), leaf(0x6000_1000));
+    }
+
+    /// A lock is proof only for its own tables: another mm's page-table
+    /// lock is refused by [`Pte::locate`] ([`MapError::WrongLock`]), and
+    /// the mm's own goes through. Without the root compare in `locate` the
+    /// first `locate` succeeds and this test fails.
+    #[test]
+    fn another_mms_lock_is_refused_by_pte_locate() {
+        let (mut mem, root) = HostMem::new(K4);
+        let other_root = mem.alloc_table().unwrap();
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
+        let other = crate::mm::mm_struct::MmStruct::new(other_root, 2);
+        let wrong = other.page_table_lock_guard();
+        // SAFETY: `root` is a table page of `mem`.
+        let r = unsafe { Pte::<Stage1User>::locate(&wrong, &mem, root, 0) };
+        assert!(matches!(r, Err(MapError::WrongLock { root: r }) if r == root), "{:?}", r.err());
+        let right = mm.page_table_lock_guard();
+        // SAFETY: as above.
+        assert!(unsafe { Pte::<Stage1User>::locate(&right, &mem, root, 0) }.is_ok());
+    }
+
+    /// [`CursorMut::new`] refuses another mm's page-table lock before any
+    /// edit. Without the root compare the cursor is built and the test
+    /// fails (no panic).
+    #[test]
+    #[should_panic(expected = "the lock guards the tables")]
+    fn another_mms_lock_is_refused_by_cursor_mut_new() {
+        let (mut mem, root) = HostMem::new(K4);
+        let other_root = mem.alloc_table().unwrap();
+        let other = crate::mm::mm_struct::MmStruct::new(other_root, 2);
+        let wrong = other.page_table_lock_guard();
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let mut rec = Rec::default();
+        let _ = CursorMut::new(&wrong, &mut t, Stage1User { asid: 1 }, &mut rec);
     }
 }
