@@ -14,7 +14,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub mod atcheck;
 pub mod cursor;
 pub use cursor::{
-    CursorMut, Detached, ExclusiveTables, PendingBreaks, PgtableLock, Pte, PteRun, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush,
+    CursorMut, Detached, ExclusiveTables, PendingBreaks, PgtableLock, Pte, PteRun, Regime, Stage1Kernel, Stage1User,
+    Stage2, TlbFlush,
 };
 
 use super::addr::{PhysAddr, VirtAddr};
