@@ -1126,22 +1126,19 @@ fn clear_range(
 #[inline(always)]
 fn zap_pte_range(run: PteRun<'_>, va: u64, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
     let mut in_range = false;
-    for i in 0..run.len() {
-        if run.get(i).0 == 0 {
-            continue;
-        }
-        let old = run.get_and_clear(i);
+    let end = va + run.len() as u64 * PAGE_SIZE;
+    run.get_and_clear_each(|i, old| {
         if !old.is_valid() {
-            continue;
+            return;
         }
         if !in_range {
             in_range = true;
-            tlb.flush_range(VirtAddr::new(va + i as u64 * PAGE_SIZE), VirtAddr::new(va + run.len() as u64 * PAGE_SIZE));
+            tlb.flush_range(VirtAddr::new(va + i as u64 * PAGE_SIZE), VirtAddr::new(end));
         }
         if !old.special() && tlb.remove_page(mem, old.output_address(PAGE_SIZE)) {
             in_range = false;
         }
-    }
+    });
 }
 
 /// Drops one mapping of the page at `pa` and the reference it held.

@@ -1403,11 +1403,30 @@ impl<'l, R: Regime> PteRun<'l, R> {
         self.pte(i).get()
     }
 
-    /// [`Pte::get_and_clear`] on entry `i`: an atomic swap that keeps
-    /// every AF/dirty update the MMU made, and records a valid entry as broken.
+    /// [`Pte::get_and_clear`] on every entry of the run that is not zero
+    /// (Linux `zap_pte_range`'s loop): `f(i, old)` gets each old value with
+    /// every AF/dirty update the MMU made. The run's whole span is recorded
+    /// as broken once, after the loop ([`PendingBreaks`]: no note per
+    /// entry; it may over-cover entries that held nothing valid until the
+    /// flush that follows).
     #[inline(always)]
-    pub fn get_and_clear(self, i: usize) -> Desc {
-        self.pte(i).get_and_clear()
+    pub fn get_and_clear_each(self, mut f: impl FnMut(usize, Desc)) {
+        // SAFETY: the run's entries lie in one table (`Pte::run`), live
+        // while the lock is held.
+        let slots = unsafe { core::slice::from_raw_parts(self.first.slot, self.n) };
+        let base = self.first.slot as usize;
+        for slot in slots {
+            if slot.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let old = Desc(slot.swap(0, Ordering::AcqRel));
+            // The index from the pointer: one induction variable in the loop.
+            f((slot as *const AtomicU64 as usize - base) / 8, old);
+        }
+        if let Some(last) = slots.last() {
+            self.first.pending.note(self.first.slot as usize);
+            self.first.pending.note(last as *const AtomicU64 as usize);
+        }
     }
 
     /// The regime's TLB flush of `[va, va+size)`, which the caller says is
@@ -2053,7 +2072,10 @@ mod tests {
         assert!(ptl.pending_breaks().is_empty());
         a.set_new(leaf(0x6000_0000)).unwrap();
         // Invalid entries cleared are no breaks; a replace of a valid one flushes itself.
-        assert_eq!(a.run(1).get_and_clear(0), leaf(0x6000_0000));
+        let mut seen = vec![];
+        a.run(1).get_and_clear_each(|i, d| seen.push((i, d)));
+        assert_eq!(seen, vec![(0, leaf(0x6000_0000))]);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
         a.run(1).flush(&user, &mut rec, VirtAddr::new(0x40_0000), 4096);
         a.set_new(leaf(0x6000_0000)).unwrap();
         b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_1000), 4096).unwrap();
