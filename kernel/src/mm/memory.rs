@@ -867,7 +867,7 @@ fn copy_pte_slow<'d>(
         },
     };
     // Linux `pte_mkold` for the child: its first access sets the flag.
-    dslot.set_new(child.mkold())?;
+    dslot.set_new_unused(child.mkold())?;
     Ok(())
 }
 
@@ -942,7 +942,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 let (old, ro) = srun.set_wrprotect_from(i, desc);
                 wrprotected |= ro != old;
                 // Linux `pte_mkold` for the child: its first access sets the flag.
-                if let Err(e) = d.pte(i).set_new(ro.mkold()) {
+                if let Err(e) = d.pte(i).set_new_unused(ro.mkold()) {
                     pte_bug(e);
                 }
                 continue;
@@ -1011,7 +1011,7 @@ fn copy_block(
         }
         return Err(MmError::NoMemory(Need::Table));
     };
-    dpmd.set_new(child.mkold())?;
+    dpmd.set_new_unused(child.mkold())?;
     Ok(child != desc)
 }
 

@@ -1259,6 +1259,20 @@ impl<'l, R: Regime> Pte<'l, R> {
         PteRun { first: self, n, hw: crate::mm::desc::hw_updates() }
     }
 
+    /// [`Pte::set_new`] into tables no CPU has run on yet (a fork child's,
+    /// before it first runs): no TLB can hold anything of them, so no
+    /// break there waits for a flush and the pending-break record is not
+    /// consulted (fork's copy loop stays one load and one store per entry).
+    #[inline(always)]
+    pub fn set_new_unused(self, d: Desc) -> Result<(), MapError> {
+        let old = self.get();
+        if old.is_valid() {
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+        }
+        self.slot().store(d.0, Ordering::Release);
+        Ok(())
+    }
+
     /// Clears the contiguous bit of an entry in tables no CPU has run on
     /// yet (a fork child's): nothing can cache it, so no BBM is needed.
     pub fn clear_cont_unused(self) {
