@@ -118,13 +118,14 @@ pub fn vma_access_permitted(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
-/// The first entry of the mm's root table `pgd`, under its page-table
-/// lock `ptl` (Linux `pgd_offset`): where every walk starts, and where a
-/// lock of another mm is caught (one compare).
+/// The first entry of the root table of the mm whose page-table lock
+/// `ptl` is (Linux `pgd_offset`): where every walk starts. The root comes
+/// from the guard, so a walk cannot reach another mm's tables under this
+/// lock, and `Pte::locate`'s root check folds away.
 #[inline(always)]
-pub(crate) fn root_entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, pgd: PhysAddr) -> Pte<'l> {
+pub(crate) fn root_entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem) -> Pte<'l> {
     // SAFETY: table pages are RAM in the linear map, aligned to their size.
-    match unsafe { Pte::locate(ptl, mem, pgd, 0) } {
+    match unsafe { Pte::locate(ptl, mem, ptl.pgd(), 0) } {
         Ok(e) => e,
         Err(e) => pte_bug(e),
     }
@@ -152,14 +153,13 @@ pub(crate) unsafe fn entry<'l>(at: Pte<'l>, mem: &FrameTableMem, table: PhysAddr
 fn slot_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
-    pgd: PhysAddr,
     va: u64,
     level: u32,
     alloc: bool,
 ) -> Option<Pte<'l>> {
     let g = GRANULE;
-    let at = root_entry(ptl, mem, pgd);
-    let mut table = pgd;
+    let at = root_entry(ptl, mem);
+    let mut table = ptl.pgd();
     for l in USER_START_LEVEL..level {
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
         let e = unsafe { entry(at, mem, table, g.index(va, l)) };
@@ -180,25 +180,13 @@ fn slot_lookup<'l>(
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
 #[inline(always)]
-pub(crate) fn pmd_lookup<'l>(
-    ptl: &'l PtlGuard<'_>,
-    mem: &mut FrameTableMem,
-    pgd: PhysAddr,
-    va: u64,
-    alloc: bool,
-) -> Option<Pte<'l>> {
-    slot_lookup(ptl, mem, pgd, va, 2, alloc)
+pub(crate) fn pmd_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: u64, alloc: bool) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, va, 2, alloc)
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup<'l>(
-    ptl: &'l PtlGuard<'_>,
-    mem: &mut FrameTableMem,
-    pgd: PhysAddr,
-    va: u64,
-    alloc: bool,
-) -> Option<Pte<'l>> {
-    slot_lookup(ptl, mem, pgd, va, 3, alloc)
+fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: u64, alloc: bool) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, va, 3, alloc)
 }
 
 /// Splits the blocks that `[start, end)` cuts (an end inside a block), so
@@ -226,7 +214,7 @@ pub(crate) fn split_blocks_at_edges(
         if edge % bs == 0 {
             continue;
         }
-        if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
+        if let Some(pmd) = pmd_lookup(ptl, mem, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
                 super::huge_memory::split_huge_pmd(mm, mem, pmd, VirtAddr::new(edge))?;
@@ -246,7 +234,7 @@ pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(),
 
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: u64) -> Result<(), MmError> {
-    if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
+    if let Some(pud) = slot_lookup(ptl, mem, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
         super::huge_memory::split_huge_pud(mm, mem, pud, VirtAddr::new(va))?;
@@ -266,7 +254,7 @@ fn split_puds_in(
         return Ok(());
     }
     let mut a = start;
-    while let Some((va, _)) = next_block(ptl, mem, mm.pgd, a, end, 1) {
+    while let Some((va, _)) = next_block(ptl, mem, a, end, 1) {
         split_pud_at(ptl, mm, mem, va.max(start))?;
         a = va + GRANULE.level_size(1);
     }
@@ -280,7 +268,6 @@ fn split_puds_in(
 fn next_block<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
-    pgd: PhysAddr,
     start: u64,
     end: u64,
     level: u32,
@@ -314,7 +301,7 @@ fn next_block<'l>(
         }
         None
     }
-    rec(root_entry(ptl, mem, pgd), mem, USER_START_LEVEL, pgd, start, end, level)
+    rec(root_entry(ptl, mem), mem, USER_START_LEVEL, ptl.pgd(), start, end, level)
 }
 
 /// Calls `f(va, level, run)` for the level-3 entries of `[start, end)` in
@@ -326,7 +313,6 @@ fn next_block<'l>(
 fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
-    pgd: PhysAddr,
     start: u64,
     end: u64,
     f: &mut F,
@@ -368,7 +354,7 @@ fn for_each_pte<'l, F: FnMut(u64, u32, PteRun<'l>) -> Result<(), MmError>>(
         }
         Ok(())
     }
-    rec(root_entry(ptl, mem, pgd), mem, USER_START_LEVEL, pgd, start, end, f)
+    rec(root_entry(ptl, mem), mem, USER_START_LEVEL, ptl.pgd(), start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
@@ -418,7 +404,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     {
         return r;
     }
-    let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
+    let Some(pmd) = pmd_lookup(&ptl, &mut mem, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, VirtAddr::new(va))
@@ -485,7 +471,7 @@ fn handle_pud_fault(
     va: u64,
     flags: FaultFlags,
 ) -> Option<VmFault> {
-    let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
+    let Some(pud) = slot_lookup(ptl, mem, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, VirtAddr::new(va))
@@ -805,7 +791,6 @@ fn wp_page_copy_from(
 fn copy_pte_slow<'d>(
     dptl: &'d PtlGuard<'_>,
     dmem: &mut FrameTableMem,
-    dst: &MmStruct,
     va: u64,
     level: u32,
     srun: PteRun,
@@ -816,7 +801,7 @@ fn copy_pte_slow<'d>(
     broken_runs: &mut Vec<u64>,
 ) -> Result<(), MmError> {
     if level == 2 {
-        *wrprotected |= copy_block(dptl, dmem, dst, va, srun.pte(i), desc)?;
+        *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
@@ -851,7 +836,7 @@ fn copy_pte_slow<'d>(
     };
     let dslot = match *drun {
         Some(d) => d.pte(i),
-        None => match pte_lookup(dptl, dmem, dst.pgd, va, true) {
+        None => match pte_lookup(dptl, dmem, va, true) {
             Some(s) => {
                 // The child's table covers the same addresses as the parent's.
                 let first = s.sibling(s.index() - i);
@@ -891,7 +876,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<u64> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a.as_u64(), vma.end.as_u64(), 2) {
+    while let Some((va, slot)) = next_block(&sptl, &smem, a.as_u64(), vma.end.as_u64(), 2) {
         a = VirtAddr::new(va + GRANULE.level_size(2));
         let d = slot.get();
         if !d.special() {
@@ -903,7 +888,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         }
     }
     for va in pinned_blocks {
-        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
+        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, va, false) {
             super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, VirtAddr::new(va))?;
         }
     }
@@ -916,7 +901,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut failed_at = None;
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start.as_u64(), vma.end.as_u64(), &mut |start, level, srun| {
+    let r = for_each_pte(&sptl, &smem, vma.start.as_u64(), vma.end.as_u64(), &mut |start, level, srun| {
         // Found at the first entry to copy (a table with nothing to copy
         // gets no child table).
         let mut drun: Option<PteRun> = None;
@@ -948,27 +933,15 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(
-                &dptl,
-                &mut dmem,
-                dst.mm,
-                va,
-                level,
-                srun,
-                i,
-                desc,
-                &mut drun,
-                &mut wrprotected,
-                &mut broken_runs,
-            )
-            .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
+                .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });
     // A failure inside a contiguous run leaves the parent's run half
     // write-protected: entries that must agree do not. Unfold it.
     if let Some(va) = failed_at
-        && let Some(slot) = pte_lookup(&sptl, &mut smem, src.mm.pgd, va, false)
+        && let Some(slot) = pte_lookup(&sptl, &mut smem, va, false)
     {
         // Best effort on the error path: only the BBM tests make it fail.
         let _ = unfold_run(src.mm, slot, va);
@@ -982,7 +955,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child has never run (no TLB entries): plain writes suffice.
     for run in broken_runs {
         for i in 0..GRANULE.contiguous_entries(3) as u64 {
-            if let Some(sl) = pte_lookup(&dptl, &mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+            if let Some(sl) = pte_lookup(&dptl, &mut dmem, run + i * PAGE_SIZE, false) {
                 // Never run, so never cached: CONT may go without BBM.
                 sl.clear_cont_unused();
             }
@@ -995,17 +968,10 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 /// fork of one block entry: the child gets the same (write-protected)
 /// block. Returns whether the parent's entry was write-protected.
 #[inline(never)]
-fn copy_block(
-    dptl: &PtlGuard<'_>,
-    dmem: &mut FrameTableMem,
-    dst: &MmStruct,
-    va: u64,
-    sslot: Pte,
-    desc: Desc,
-) -> Result<bool, MmError> {
+fn copy_block(dptl: &PtlGuard<'_>, dmem: &mut FrameTableMem, va: u64, sslot: Pte, desc: Desc) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
         .ok_or(MmError::Inconsistent { addr: va, what: Inconsistency::PinnedBlock })?;
-    let Some(dpmd) = pmd_lookup(dptl, dmem, dst.pgd, va, true) else {
+    let Some(dpmd) = pmd_lookup(dptl, dmem, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
         }
@@ -1035,7 +1001,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     for edge in [va, va + len] {
         if edge % cont_size() != 0 {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
-            if let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
+            if let Some(slot) = pte_lookup(&ptl, &mut mem, a, false) {
                 unfold_run(mt.mm, slot, a)?;
             }
         }
@@ -1045,8 +1011,8 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // non-leaf if a table went - and only after it the tables and pages go
     // back (also whenever the fixed batch fills up on the way).
     let mut tlb = MmuGather::new(&ptl, mt.mm.asid());
-    let root = root_entry(&ptl, &mem, mt.mm.pgd);
-    clear_range(root, &mut mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    let root = root_entry(&ptl, &mem);
+    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -1059,8 +1025,8 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
 /// switched every CPU away from `mm` and frees the root.
 pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
     let mut tlb = MmuGather::new_fullmm(ptl, mm.asid());
-    let root = root_entry(ptl, mem, mm.pgd);
-    clear_range(root, mem, USER_START_LEVEL, mm.pgd, 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
+    let root = root_entry(ptl, mem);
+    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), 0, crate::arch::aarch64::regs::USER_TOP, &mut tlb);
     tlb.finish(mem);
 }
 
@@ -1270,7 +1236,7 @@ pub fn change_protection(
     let mm = mt.mm;
     let el0 = readable || writable;
     // Linux `change_pte_range`: one pass over each level-3 table.
-    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |start, level, run| {
+    let r = for_each_pte(&ptl, &mem, va, va + len, &mut |start, level, run| {
         // By value: the loop's stores could alias what the closure borrows.
         let c = if level == 3 {
             protect_run(mm, run, start, va, len, el0, writable, shared)?
@@ -1379,7 +1345,7 @@ pub fn vm_insert_page(
     validate_page_before_insert(mt.mm, &vma, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else {
+    let Some(slot) = pte_lookup(&ptl, &mut mem, addr & !(PAGE_SIZE - 1), true) else {
         return Err(-crate::errno::ENOMEM);
     };
     insert_page_into_pte_locked(slot, &vma, pa)
@@ -1418,7 +1384,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAd
     }
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
+    let Some(slot) = pte_lookup(&ptl, &mut mem, addr & !(PAGE_SIZE - 1), true) else { return VmFault::Oom };
     let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();
     if has_page && !io {
         return match insert_page_into_pte_locked(slot, vma, pfn) {

@@ -35,7 +35,7 @@ fn cursor_pending_break_refuses_make_until_flushed() -> Result<(), String> {
         let (old, refused, between, accepted) = proc::with_proc(p, |pr| {
             let ptl = pr.mm.page_table_lock_guard();
             let mut mem = pr.tables.lock();
-            let Some(pmd) = memory::pmd_lookup(&ptl, &mut mem, pr.mm.pgd, va, false) else {
+            let Some(pmd) = memory::pmd_lookup(&ptl, &mut mem, va, false) else {
                 return Ok(Err(String::from("no level-2 entry")));
             };
             let Kind::Table(table) = pmd.get().kind(2, GRANULE) else {
