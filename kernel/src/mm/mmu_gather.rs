@@ -129,15 +129,23 @@ impl<'l> MmuGather<'l> {
     /// Linux `tlb_flush_mmu`: the flush that covers every change gathered
     /// so far, then the tables, pages and blocks go back.
     pub fn flush_mmu(&mut self, mem: &mut FrameTableMem) {
-        if self.fullmm {
-            crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
+        if self.fullmm || self.start < self.end {
+            if self.fullmm {
+                crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
+            } else {
+                KernelFlush.flush(
+                    VirtAddr::new(self.start),
+                    self.end - self.start,
+                    Some(self.asid),
+                    !self.freed_tables,
+                );
+            }
             trace(GatherEvent::Flushed);
-        } else if self.start < self.end {
-            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
-            trace(GatherEvent::Flushed);
+            // Every valid entry cleared under the lock so far was gathered
+            // (zap and teardown break nothing outside the gather), and is
+            // flushed now.
+            self.pending.clear();
         }
-        // Every entry cleared under the lock so far was gathered and is flushed now.
-        self.pending.clear();
         (self.start, self.end, self.freed_tables) = (u64::MAX, 0, false);
         for &pa in &self.tables[..self.nr_tables] {
             trace(GatherEvent::Freed(pa));
