@@ -13,7 +13,7 @@
 use super::error::{Inconsistency, MmError, Need};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::pgtable::Pte;
+use super::pgtable::{Pte, Stage1User};
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::desc::{Desc, LeafAttrs};
@@ -91,7 +91,8 @@ pub fn split_huge_pud(mm: &MmStruct, mem: &mut FrameTableMem, pud: Pte, va: Virt
     let table = mem.alloc_table().ok_or(MmError::NoMemory(Need::Table))?;
     // Break and flush first, then build the level-2 blocks from the value
     // the swap took (AF and dirty included).
-    let old = match pud.clear_flush(VirtAddr::new(base), pud_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pud.clear_flush(&Stage1User { asid: mm.asid() }, &mut KernelFlush, VirtAddr::new(base), pud_size())
+    {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);
@@ -247,7 +248,8 @@ pub fn split_huge_pmd(mm: &MmStruct, mem: &mut FrameTableMem, pmd: Pte, va: Virt
     // Break and flush first (Linux `pmdp_invalidate`), then build the page
     // entries from the value the swap took: an AF or dirty update the MMU
     // made to the block up to then is in it.
-    let old = match pmd.clear_flush(VirtAddr::new(base), pmd_size(), mm.asid(), &mut KernelFlush) {
+    let old = match pmd.clear_flush(&Stage1User { asid: mm.asid() }, &mut KernelFlush, VirtAddr::new(base), pmd_size())
+    {
         Ok(old) => old,
         Err(e) => {
             mem.free(table);

@@ -27,7 +27,7 @@ use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
 use super::page::{self, copy_page, folio_add_new_anon_rmap_pte, folio_remove_rmap_pte};
-use super::pgtable::{Pte, PteRun, TableMemory, TlbFlush};
+use super::pgtable::{Pte, PteRun, Stage1User, TableMemory, TlbFlush};
 use super::tlb::KernelFlush;
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 
@@ -124,18 +124,31 @@ pub fn vma_access_permitted(vma: &Vma, write: bool) -> bool {
     if write { vma.flags.contains(VmFlags::WRITE) } else { vma.flags.contains(VmFlags::READ) }
 }
 
-/// The entry `idx` of `table` (Linux `pte_offset_map` and friends).
+/// The first entry of the root table of the mm whose page-table lock
+/// `ptl` is (Linux `pgd_offset`): where every walk starts. The root comes
+/// from the guard, so a walk cannot reach another mm's tables under this
+/// lock, and `Pte::locate`'s root check folds away.
+#[inline(always)]
+pub(crate) fn root_entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem) -> Pte<'l> {
+    // SAFETY: table pages are RAM in the linear map, aligned to their size.
+    match unsafe { Pte::locate(ptl, mem, ptl.pgd(), 0) } {
+        Ok(e) => e,
+        Err(e) => pte_bug(e),
+    }
+}
+
+/// The entry `idx` of `table` (Linux `pte_offset_map` and friends), under
+/// the lock `at` (an entry of the same mm) borrows.
 ///
 /// # Safety
-/// `table` is a table page of the mm whose page-table lock `ptl` is,
-/// reached from its pgd under that lock (with the mmap lock held too), so
-/// it stays a table of that mm while the returned `Pte` (which cannot
-/// outlive `ptl`) is used.
+/// `table` is a table page of the mm `at` belongs to, reached from its pgd
+/// under that lock (with the mmap lock held too), so it stays a table of
+/// that mm while the returned `Pte` (which cannot outlive the lock) is used.
 #[inline(always)]
-pub(crate) unsafe fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
+pub(crate) unsafe fn entry<'l>(at: Pte<'l>, mem: &FrameTableMem, table: PhysAddr, idx: usize) -> Pte<'l> {
     // SAFETY: table pages are RAM in the linear map; the rest is the
     // caller's promise.
-    unsafe { Pte::locate(ptl, mem, table, idx) }
+    unsafe { at.locate_in(mem, table, idx) }
 }
 
 /// The slot of the level-`level` entry for `va` (2: Linux `pmd_offset`,
@@ -146,16 +159,16 @@ pub(crate) unsafe fn entry<'l>(ptl: &'l PtlGuard<'_>, mem: &FrameTableMem, table
 fn slot_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
-    pgd: PhysAddr,
     va: VirtAddr,
     level: u32,
     alloc: bool,
 ) -> Option<Pte<'l>> {
     let g = GRANULE;
-    let mut table = pgd;
+    let at = root_entry(ptl, mem);
+    let mut table = ptl.pgd();
     for l in USER_START_LEVEL..level {
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), l)) };
+        let e = unsafe { entry(at, mem, table, g.index(va.as_u64(), l)) };
         match e.get().kind(l, g) {
             Kind::Table(next) => table = next,
             Kind::None if alloc => {
@@ -168,7 +181,7 @@ fn slot_lookup<'l>(
         }
     }
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    Some(unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) })
+    Some(unsafe { entry(at, mem, table, g.index(va.as_u64(), level)) })
 }
 
 /// The level-2 slot for `va` ([`slot_lookup`]).
@@ -176,22 +189,15 @@ fn slot_lookup<'l>(
 pub(crate) fn pmd_lookup<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &mut FrameTableMem,
-    pgd: PhysAddr,
     va: VirtAddr,
     alloc: bool,
 ) -> Option<Pte<'l>> {
-    slot_lookup(ptl, mem, pgd, va, 2, alloc)
+    slot_lookup(ptl, mem, va, 2, alloc)
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup<'l>(
-    ptl: &'l PtlGuard<'_>,
-    mem: &mut FrameTableMem,
-    pgd: PhysAddr,
-    va: VirtAddr,
-    alloc: bool,
-) -> Option<Pte<'l>> {
-    slot_lookup(ptl, mem, pgd, va, 3, alloc)
+fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr, alloc: bool) -> Option<Pte<'l>> {
+    slot_lookup(ptl, mem, va, 3, alloc)
 }
 
 /// Splits the blocks that `[start, end)` cuts (an end inside a block), so
@@ -218,7 +224,7 @@ pub(crate) fn split_blocks_at_edges(
         if edge.is_aligned(bs) {
             continue;
         }
-        if let Some(pmd) = pmd_lookup(ptl, mem, mm.pgd, edge, false) {
+        if let Some(pmd) = pmd_lookup(ptl, mem, edge, false) {
             let d = pmd.get();
             if matches!(d.kind(2, GRANULE), Kind::Leaf(_)) {
                 super::huge_memory::split_huge_pmd(mm, mem, pmd, edge)?;
@@ -238,7 +244,7 @@ pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(),
 
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: VirtAddr) -> Result<(), MmError> {
-    if let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, false)
+    if let Some(pud) = slot_lookup(ptl, mem, va, 1, false)
         && matches!(pud.get().kind(1, GRANULE), Kind::Leaf(_))
     {
         super::huge_memory::split_huge_pud(mm, mem, pud, va)?;
@@ -258,7 +264,7 @@ fn split_puds_in(
         return Ok(());
     }
     let mut a = start;
-    while let Some((va, _)) = next_block(ptl, mem, mm.pgd, a, end, 1) {
+    while let Some((va, _)) = next_block(ptl, mem, a, end, 1) {
         split_pud_at(ptl, mm, mem, va.max(start))?;
         a = va + GRANULE.level_size(1);
     }
@@ -272,13 +278,12 @@ fn split_puds_in(
 fn next_block<'l>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
-    pgd: PhysAddr,
     start: VirtAddr,
     end: VirtAddr,
     level: u32,
 ) -> Option<(VirtAddr, Pte<'l>)> {
     fn rec<'l>(
-        ptl: &'l PtlGuard<'_>,
+        root: Pte<'l>,
         mem: &FrameTableMem,
         at: u32,
         table: PhysAddr,
@@ -292,11 +297,11 @@ fn next_block<'l>(
         while va < end {
             let chunk_end = (va.align_down(size) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), at)) };
+            let e = unsafe { entry(root, mem, table, g.index(va.as_u64(), at)) };
             match e.get().kind(at, g) {
                 Kind::Leaf(_) if at == level => return Some((va.align_down(size), e)),
                 Kind::Table(next) if at < level => {
-                    if let Some(b) = rec(ptl, mem, at + 1, next, va, chunk_end, level) {
+                    if let Some(b) = rec(root, mem, at + 1, next, va, chunk_end, level) {
                         return Some(b);
                     }
                 }
@@ -306,7 +311,7 @@ fn next_block<'l>(
         }
         None
     }
-    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, level)
+    rec(root_entry(ptl, mem), mem, USER_START_LEVEL, ptl.pgd(), start, end, level)
 }
 
 /// Calls `f(va, level, run)` for the level-3 entries of `[start, end)` in
@@ -318,13 +323,12 @@ fn next_block<'l>(
 fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
-    pgd: PhysAddr,
     start: VirtAddr,
     end: VirtAddr,
     f: &mut F,
 ) -> Result<(), MmError> {
     fn rec<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
-        ptl: &'l PtlGuard<'_>,
+        root: Pte<'l>,
         mem: &FrameTableMem,
         level: u32,
         table: PhysAddr,
@@ -337,16 +341,16 @@ fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
             // `[start, end)` lies in this table (its level-2 entry's span).
             let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            return f(start, 3, unsafe { entry(ptl, mem, table, first) }.run(last - first + 1));
+            return f(start, 3, unsafe { entry(root, mem, table, first) }.run(last - first + 1));
         }
         let size = g.level_size(level);
         let mut va = start;
         while va < end {
             let chunk_end = (va.align_down(size) + size).min(end);
             // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-            let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) };
+            let e = unsafe { entry(root, mem, table, g.index(va.as_u64(), level)) };
             match e.get().kind(level, g) {
-                Kind::Table(next) => rec(ptl, mem, level + 1, next, va, chunk_end, f)?,
+                Kind::Table(next) => rec(root, mem, level + 1, next, va, chunk_end, f)?,
                 Kind::None => {}
                 // A whole block (callers split the edges first).
                 Kind::Leaf(_) if level <= 2 && va.is_aligned(size) && chunk_end == va + size => f(va, level, e.run(1))?,
@@ -358,7 +362,7 @@ fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
         }
         Ok(())
     }
-    rec(ptl, mem, USER_START_LEVEL, pgd, start, end, f)
+    rec(root_entry(ptl, mem), mem, USER_START_LEVEL, ptl.pgd(), start, end, f)
 }
 
 /// Linux `set_pte_at` into an empty slot: invalid to valid needs no TLBI,
@@ -387,7 +391,7 @@ pub(crate) fn pte_bug(e: super::pgtable::MapError) -> ! {
 /// then `set_pte_at`): invalid, TLBI by VA+ASID (broadcast) and wait, then
 /// the new entry. Refused (the old entry stays) if the flush was skipped.
 fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: VirtAddr, d: Desc) -> Result<Desc, super::pgtable::MapError> {
-    let old = slot.replace(d, va, PAGE_SIZE, mm.asid(), &mut KernelFlush)?;
+    let old = slot.replace(d, &Stage1User { asid: mm.asid() }, &mut KernelFlush, va, PAGE_SIZE)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(old)
 }
@@ -408,7 +412,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     {
         return r;
     }
-    let Some(pmd) = pmd_lookup(&ptl, &mut mem, mt.mm.pgd, va, true) else { return VmFault::Oom };
+    let Some(pmd) = pmd_lookup(&ptl, &mut mem, va, true) else { return VmFault::Oom };
     let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, va)
@@ -436,7 +440,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         _ => return VmFault::Sigsegv,
     };
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-    let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va.as_u64(), 3)) };
+    let slot = unsafe { entry(pmd, &mem, table, GRANULE.index(va.as_u64(), 3)) };
     let desc = slot.get();
     if desc.0 == 0 {
         if vma.file != 0 {
@@ -475,7 +479,7 @@ fn handle_pud_fault(
     va: VirtAddr,
     flags: FaultFlags,
 ) -> Option<VmFault> {
-    let Some(pud) = slot_lookup(ptl, mem, mm.pgd, va, 1, true) else { return Some(VmFault::Oom) };
+    let Some(pud) = slot_lookup(ptl, mem, va, 1, true) else { return Some(VmFault::Oom) };
     let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, va)
@@ -656,7 +660,8 @@ fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtab
     let n = GRANULE.contiguous_entries(3);
     let run_va = va.align_down(cont_size());
     let mut old = [0u64; 128];
-    slot_at(slot, va, run_va).unfold(n, run_va, cont_size(), mm.asid(), &mut KernelFlush, &mut old)?;
+    let regime = Stage1User { asid: mm.asid() };
+    slot_at(slot, va, run_va).unfold(n, &regime, &mut KernelFlush, run_va, cont_size(), &mut old)?;
     crate::arch::aarch64::cpu::publish_tables();
     Ok(())
 }
@@ -795,7 +800,6 @@ fn wp_page_copy_from(
 fn copy_pte_slow<'d>(
     dptl: &'d PtlGuard<'_>,
     dmem: &mut FrameTableMem,
-    dst: &MmStruct,
     va: VirtAddr,
     level: u32,
     srun: PteRun,
@@ -806,7 +810,7 @@ fn copy_pte_slow<'d>(
     broken_runs: &mut Vec<VirtAddr>,
 ) -> Result<(), MmError> {
     if level == 2 {
-        *wrprotected |= copy_block(dptl, dmem, dst, va, srun.pte(i), desc)?;
+        *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
     if !desc.is_valid() {
@@ -842,7 +846,7 @@ fn copy_pte_slow<'d>(
     };
     let dslot = match *drun {
         Some(d) => d.pte(i),
-        None => match pte_lookup(dptl, dmem, dst.pgd, va, true) {
+        None => match pte_lookup(dptl, dmem, va, true) {
             Some(s) => {
                 // The child's table covers the same addresses as the parent's.
                 let first = s.sibling(s.index() - i);
@@ -858,7 +862,7 @@ fn copy_pte_slow<'d>(
         },
     };
     // Linux `pte_mkold` for the child: its first access sets the flag.
-    dslot.set_new(child.mkold())?;
+    dslot.set_new_unused(child.mkold())?;
     Ok(())
 }
 
@@ -882,7 +886,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // copy_huge_pmd fails with -EAGAIN and the PTE path copies).
     let mut pinned_blocks: Vec<VirtAddr> = Vec::new();
     let mut a = vma.start;
-    while let Some((va, slot)) = next_block(&sptl, &smem, src.mm.pgd, a, vma.end, 2) {
+    while let Some((va, slot)) = next_block(&sptl, &smem, a, vma.end, 2) {
         a = va + GRANULE.level_size(2);
         let d = slot.get();
         if !d.special() {
@@ -894,7 +898,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
         }
     }
     for va in pinned_blocks {
-        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, src.mm.pgd, va, false) {
+        if let Some(pmd) = pmd_lookup(&sptl, &mut smem, va, false) {
             super::huge_memory::split_huge_pmd(src.mm, &mut smem, pmd, va)?;
         }
     }
@@ -907,7 +911,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     let mut failed_at = None;
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
-    let r = for_each_pte(&sptl, &smem, src.mm.pgd, vma.start, vma.end, &mut |start, level, srun| {
+    let r = for_each_pte(&sptl, &smem, vma.start, vma.end, &mut |start, level, srun| {
         // Found at the first entry to copy (a table with nothing to copy
         // gets no child table).
         let mut drun: Option<PteRun> = None;
@@ -933,33 +937,21 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 let (old, ro) = srun.set_wrprotect_from(i, desc);
                 wrprotected |= ro != old;
                 // Linux `pte_mkold` for the child: its first access sets the flag.
-                if let Err(e) = d.pte(i).set_new(ro.mkold()) {
+                if let Err(e) = d.pte(i).set_new_unused(ro.mkold()) {
                     pte_bug(e);
                 }
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(
-                &dptl,
-                &mut dmem,
-                dst.mm,
-                va,
-                level,
-                srun,
-                i,
-                desc,
-                &mut drun,
-                &mut wrprotected,
-                &mut broken_runs,
-            )
-            .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
+                .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });
     // A failure inside a contiguous run leaves the parent's run half
     // write-protected: entries that must agree do not. Unfold it.
     if let Some(va) = failed_at
-        && let Some(slot) = pte_lookup(&sptl, &mut smem, src.mm.pgd, va, false)
+        && let Some(slot) = pte_lookup(&sptl, &mut smem, va, false)
     {
         // Best effort on the error path: only the BBM tests make it fail.
         let _ = unfold_run(src.mm, slot, va);
@@ -973,7 +965,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // The child has never run (no TLB entries): plain writes suffice.
     for run in broken_runs {
         for i in 0..GRANULE.contiguous_entries(3) as u64 {
-            if let Some(sl) = pte_lookup(&dptl, &mut dmem, dst.mm.pgd, run + i * PAGE_SIZE, false) {
+            if let Some(sl) = pte_lookup(&dptl, &mut dmem, run + i * PAGE_SIZE, false) {
                 // Never run, so never cached: CONT may go without BBM.
                 sl.clear_cont_unused();
             }
@@ -989,20 +981,19 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
 fn copy_block(
     dptl: &PtlGuard<'_>,
     dmem: &mut FrameTableMem,
-    dst: &MmStruct,
     va: VirtAddr,
     sslot: Pte,
     desc: Desc,
 ) -> Result<bool, MmError> {
     let child = super::huge_memory::copy_huge_pmd(sslot, desc)
         .ok_or(MmError::Inconsistent { addr: va.as_u64(), what: Inconsistency::PinnedBlock })?;
-    let Some(dpmd) = pmd_lookup(dptl, dmem, dst.pgd, va, true) else {
+    let Some(dpmd) = pmd_lookup(dptl, dmem, va, true) else {
         if !child.special() {
             super::huge_memory::put_mapped_block(child.output_address(GRANULE.level_size(2)));
         }
         return Err(MmError::NoMemory(Need::Table));
     };
-    dpmd.set_new(child.mkold())?;
+    dpmd.set_new_unused(child.mkold())?;
     Ok(child != desc)
 }
 
@@ -1025,7 +1016,7 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     for edge in [va, va + len] {
         if !edge.is_aligned(cont_size()) {
             let a = if edge == va { va } else { edge - PAGE_SIZE };
-            if let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
+            if let Some(slot) = pte_lookup(&ptl, &mut mem, a, false) {
                 unfold_run(mt.mm, slot, a)?;
             }
         }
@@ -1034,8 +1025,9 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // the range covers whole unlinked, then `tlb_finish_mmu`: the flush -
     // non-leaf if a table went - and only after it the tables and pages go
     // back (also whenever the fixed batch fills up on the way).
-    let mut tlb = MmuGather::new(mt.mm.asid());
-    clear_range(&ptl, &mut mem, USER_START_LEVEL, mt.mm.pgd, va, va + len, &mut tlb);
+    let mut tlb = MmuGather::new(&ptl, mt.mm.asid());
+    let root = root_entry(&ptl, &mem);
+    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -1047,9 +1039,10 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
 /// table only after a flush of the ASID. Allocates nothing. The caller has
 /// switched every CPU away from `mm` and frees the root.
 pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
-    let mut tlb = MmuGather::new_fullmm(mm.asid());
+    let mut tlb = MmuGather::new_fullmm(ptl, mm.asid());
+    let root = root_entry(ptl, mem);
     let top = VirtAddr::new(crate::arch::aarch64::regs::USER_TOP);
-    clear_range(ptl, mem, USER_START_LEVEL, mm.pgd, VirtAddr::new(0), top, &mut tlb);
+    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), VirtAddr::new(0), top, &mut tlb);
     tlb.finish(mem);
 }
 
@@ -1058,20 +1051,20 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
 /// references), and unlinks the child tables the range covers completely
 /// and clears the blocks it covers (the caller split those it cuts).
 fn clear_range(
-    ptl: &PtlGuard<'_>,
+    root: Pte<'_>,
     mem: &mut FrameTableMem,
     level: u32,
     table: PhysAddr,
     start: VirtAddr,
     end: VirtAddr,
-    tlb: &mut MmuGather,
+    tlb: &mut MmuGather<'_>,
 ) {
     let g = GRANULE;
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        zap_pte_range(unsafe { entry(ptl, mem, table, first) }.run(last - first + 1), start, tlb, mem);
+        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem);
         return;
     }
     let size = g.level_size(level);
@@ -1080,7 +1073,7 @@ fn clear_range(
         let entry_va = va.align_down(size);
         let chunk_end = (entry_va + size).min(end);
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        let e = unsafe { entry(ptl, mem, table, g.index(va.as_u64(), level)) };
+        let e = unsafe { entry(root, mem, table, g.index(va.as_u64(), level)) };
         match e.get().kind(level, g) {
             // A block the range covers whole (the edges were split).
             Kind::Leaf(_) => {
@@ -1093,7 +1086,7 @@ fn clear_range(
                 }
             }
             Kind::Table(next) => {
-                clear_range(ptl, mem, level + 1, next, va, chunk_end, tlb);
+                clear_range(root, mem, level + 1, next, va, chunk_end, tlb);
                 if va == entry_va && chunk_end == entry_va + size {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
@@ -1113,24 +1106,21 @@ fn clear_range(
 /// mid-run went (its flush emptied the range), so every flush covers the
 /// entries cleared before it.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather, mem: &mut FrameTableMem) {
+fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
     let mut in_range = false;
-    for i in 0..run.len() {
-        if run.get(i).0 == 0 {
-            continue;
-        }
-        let old = run.get_and_clear(i);
+    let end = va + run.len() as u64 * PAGE_SIZE;
+    run.get_and_clear_each(|i, old| {
         if !old.is_valid() {
-            continue;
+            return;
         }
         if !in_range {
             in_range = true;
-            tlb.flush_range(va + i as u64 * PAGE_SIZE, va + run.len() as u64 * PAGE_SIZE);
+            tlb.flush_range(va + i as u64 * PAGE_SIZE, end);
         }
         if !old.special() && tlb.remove_page(mem, old.output_address(PAGE_SIZE)) {
             in_range = false;
         }
-    }
+    });
 }
 
 /// Drops one mapping of the page at `pa` and the reference it held.
@@ -1268,7 +1258,7 @@ pub fn change_protection(
     let mm = mt.mm;
     let el0 = readable || writable;
     // Linux `change_pte_range`: one pass over each level-3 table.
-    let r = for_each_pte(&ptl, &mem, mt.mm.pgd, va, va + len, &mut |start, level, run| {
+    let r = for_each_pte(&ptl, &mem, va, va + len, &mut |start, level, run| {
         // By value: the loop's stores could alias what the closure borrows.
         let c = if level == 3 {
             protect_run(mm, run, start, va, len, el0, writable, shared)?
@@ -1374,7 +1364,7 @@ pub fn vm_insert_page(
     validate_page_before_insert(mt.mm, &vma, addr, pa)?;
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else {
+    let Some(slot) = pte_lookup(&ptl, &mut mem, addr.align_down(PAGE_SIZE), true) else {
         return Err(InsertError::NoMemory);
     };
     insert_page_into_pte_locked(slot, &vma, addr, pa)
@@ -1412,7 +1402,7 @@ pub fn vmf_insert_mixed(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, pfn: PhysAd
     }
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
-    let Some(slot) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, addr.align_down(PAGE_SIZE), true) else {
+    let Some(slot) = pte_lookup(&ptl, &mut mem, addr.align_down(PAGE_SIZE), true) else {
         return VmFault::Oom;
     };
     let has_page = !page::is_zero_pfn(pfn) && page::phys_to_page(pfn).and_then(|p| p.folio()).is_some();

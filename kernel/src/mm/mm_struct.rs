@@ -15,6 +15,7 @@ use core::ops::{Deref, DerefMut};
 use spin::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::addr::{PhysAddr, VirtAddr};
+use super::pgtable::PendingBreaks;
 
 bitflags_lite! {
     /// VMA flags (Linux `VM_*`), the subset pagelab uses. `PFN_MKWRITE`
@@ -332,14 +333,33 @@ impl MmStruct {
     }
     /// Takes the page-table lock (held while installing an entry).
     pub fn page_table_lock_guard(&self) -> PtlGuard<'_> {
-        PtlGuard(self.page_table_lock.lock())
+        PtlGuard { _lock: self.page_table_lock.lock(), pgd: self.pgd, pending: PendingBreaks::new() }
     }
 }
 
 /// The page-table lock held (Linux `pte_offset_map_lock`'s `ptl`): the
 /// cursor's entries ([`crate::mm::pgtable::Pte`]) borrow it, so none
-/// outlives the lock.
-pub struct PtlGuard<'a>(#[allow(dead_code)] spin::MutexGuard<'a, ()>);
+/// outlives the lock. It knows its mm's pgd, so the cursor refuses it for
+/// another mm's tables, and records the entries broken under it and not
+/// flushed yet.
+pub struct PtlGuard<'a> {
+    _lock: spin::MutexGuard<'a, ()>,
+    pgd: PhysAddr,
+    pending: PendingBreaks,
+}
+
+impl PtlGuard<'_> {
+    /// The root table of the mm whose lock this is.
+    #[inline(always)]
+    pub fn pgd(&self) -> PhysAddr {
+        self.pgd
+    }
+    /// Entries broken under this lock and not flushed yet.
+    #[inline(always)]
+    pub fn pending_breaks(&self) -> &PendingBreaks {
+        &self.pending
+    }
+}
 
 /// Proof that the mmap lock of [`MmapLocked::mm`] is held (read or write).
 pub trait MmapLocked: sealed::Sealed {
@@ -421,7 +441,7 @@ impl KernelPgtable {
         KernelPgtableRead(self.lock.read())
     }
     pub fn write(&self) -> KernelPgtableWrite<'_> {
-        KernelPgtableWrite(self.lock.write())
+        KernelPgtableWrite(self.lock.write(), PendingBreaks::new())
     }
 }
 
@@ -430,7 +450,9 @@ pub trait KernelPgtableLocked: sealed::Sealed {
     fn root(&self) -> PhysAddr;
 }
 pub struct KernelPgtableRead<'a>(RwLockReadGuard<'a, PhysAddr>);
-pub struct KernelPgtableWrite<'a>(RwLockWriteGuard<'a, PhysAddr>);
+/// The kernel tables' lock held for write, with the entries broken under
+/// it and not flushed yet.
+pub struct KernelPgtableWrite<'a>(RwLockWriteGuard<'a, PhysAddr>, PendingBreaks);
 impl KernelPgtableLocked for KernelPgtableRead<'_> {
     fn root(&self) -> PhysAddr {
         *self.0
@@ -442,6 +464,11 @@ impl KernelPgtableLocked for KernelPgtableWrite<'_> {
     }
 }
 impl KernelPgtableWrite<'_> {
+    /// Entries broken under this lock and not flushed yet.
+    #[inline(always)]
+    pub fn pending_breaks(&self) -> &PendingBreaks {
+        &self.1
+    }
     pub fn set_root(&mut self, root: PhysAddr) {
         *self.0 = root;
     }

@@ -21,7 +21,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::kernel_pgtable::FrameTableMem;
-use super::pgtable::TlbFlush;
+use super::mm_struct::PtlGuard;
+use super::pgtable::{PendingBreaks, TlbFlush};
 use super::tlb::KernelFlush;
 
 /// Pages one batch holds (Linux: a page of pointers, about 500).
@@ -31,8 +32,11 @@ pub const BATCH_OTHERS: usize = 32;
 
 /// One gather: the range to flush and what to free after the flush.
 #[must_use = "an MmuGather frees nothing until finish"]
-pub struct MmuGather {
+pub struct MmuGather<'l> {
     asid: u16,
+    /// The page-table lock's record of entries broken and not flushed: the
+    /// gather's flush covers all of them, so it empties the record.
+    pending: &'l PendingBreaks,
     /// The whole address space goes (exit): flush by ASID.
     fullmm: bool,
     /// The range whose translations changed, `[start, end)`; empty when none did.
@@ -48,11 +52,13 @@ pub struct MmuGather {
     nr_blocks: usize,
 }
 
-impl MmuGather {
-    /// Linux `tlb_gather_mmu` for the address space tagged `asid`.
-    pub fn new(asid: u16) -> Self {
+impl<'l> MmuGather<'l> {
+    /// Linux `tlb_gather_mmu` for the address space tagged `asid`, whose
+    /// page-table lock `ptl` is held while entries are cleared and gathered.
+    pub fn new(ptl: &'l PtlGuard<'_>, asid: u16) -> Self {
         Self {
             asid,
+            pending: ptl.pending_breaks(),
             fullmm: false,
             start: u64::MAX,
             end: 0,
@@ -68,8 +74,8 @@ impl MmuGather {
 
     /// Linux `tlb_gather_mmu_fullmm`: the whole address space goes and
     /// nothing runs with `asid` any more, so every flush is `TLBI ASIDE1IS`.
-    pub fn new_fullmm(asid: u16) -> Self {
-        Self { fullmm: true, ..Self::new(asid) }
+    pub fn new_fullmm(ptl: &'l PtlGuard<'_>, asid: u16) -> Self {
+        Self { fullmm: true, ..Self::new(ptl, asid) }
     }
 
     /// Linux `tlb_flush_pte_range`: `[start, end)` changed and must be flushed.
@@ -123,12 +129,22 @@ impl MmuGather {
     /// Linux `tlb_flush_mmu`: the flush that covers every change gathered
     /// so far, then the tables, pages and blocks go back.
     pub fn flush_mmu(&mut self, mem: &mut FrameTableMem) {
-        if self.fullmm {
-            crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
+        if self.fullmm || self.start < self.end {
+            if self.fullmm {
+                crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
+            } else {
+                KernelFlush.flush(
+                    VirtAddr::new(self.start),
+                    self.end - self.start,
+                    Some(self.asid),
+                    !self.freed_tables,
+                );
+            }
             trace(GatherEvent::Flushed);
-        } else if self.start < self.end {
-            KernelFlush.flush(VirtAddr::new(self.start), self.end - self.start, Some(self.asid), !self.freed_tables);
-            trace(GatherEvent::Flushed);
+            // Every valid entry cleared under the lock so far was gathered
+            // (zap and teardown break nothing outside the gather), and is
+            // flushed now.
+            self.pending.clear();
         }
         (self.start, self.end, self.freed_tables) = (u64::MAX, 0, false);
         for &pa in &self.tables[..self.nr_tables] {

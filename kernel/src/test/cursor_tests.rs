@@ -334,12 +334,12 @@ fn with_pte<R>(p: &str, va: u64, f: impl FnOnce(Pte<'_>) -> R) -> Result<R, Stri
     proc::with_proc(p, |pr| {
         let ptl = pr.mm.page_table_lock_guard();
         let mut mem = pr.tables.lock();
-        let pmd = memory::pmd_lookup(&ptl, &mut mem, pr.mm.pgd, VirtAddr::new(va), false);
-        let Some(Kind::Table(table)) = pmd.map(|e| e.get().kind(2, GRANULE)) else {
+        let pmd = memory::pmd_lookup(&ptl, &mut mem, VirtAddr::new(va), false);
+        let Some((pmd, Kind::Table(table))) = pmd.map(|e| (e, e.get().kind(2, GRANULE))) else {
             return Ok(Err(alloc::format!("{va:#x} has no level-3 table")));
         };
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        Ok(Ok(f(unsafe { memory::entry(&ptl, &mem, table, GRANULE.index(va, 3)) })))
+        Ok(Ok(f(unsafe { memory::entry(pmd, &mem, table, GRANULE.index(va, 3)) })))
     })?
 }
 

@@ -47,6 +47,7 @@ mod insert_tests;
 mod irq_tests;
 mod khugepaged_tests;
 mod mm_tests;
+mod pte_tests;
 mod sched_tests;
 mod syscall_tests;
 mod table_tests;

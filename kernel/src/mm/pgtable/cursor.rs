@@ -74,6 +74,11 @@ pub trait Regime {
     const BBM_BITS: u64;
     /// The attributes [`CursorMut::map`] builds this regime's leaves from.
     type Attrs: Copy;
+    /// Write-protects a leaf (Linux `pte_wrprotect`) so that a write
+    /// faults, with hardware dirtiness (DBM, FEAT_HAFDBS) moved to the
+    /// software dirty bit and DBM cleared, so the MMU cannot make the entry
+    /// writable again. Changes only [`Self::PERM_BITS`].
+    fn wrprotect(d: Desc) -> Desc;
     fn publish(fl: &mut Self::Flush);
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool);
     /// The leaf mapping `pa` at `level` with `attrs`.
@@ -136,6 +141,11 @@ impl Regime for Stage1User {
     fn keep_hw(cur: Desc, new: Desc) -> Desc {
         s1_keep_hw(cur, new)
     }
+    /// AP[2] read-only ([`Desc::wrprotect`]).
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        d.wrprotect()
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -155,6 +165,11 @@ impl Regime for Stage1Kernel {
     fn keep_hw(cur: Desc, new: Desc) -> Desc {
         s1_keep_hw(cur, new)
     }
+    /// AP[2] read-only ([`Desc::wrprotect`]).
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        d.wrprotect()
+    }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
     }
@@ -165,7 +180,9 @@ impl Regime for Stage1Kernel {
 
 impl Regime for Stage2 {
     type Flush = dyn Stage2Flush;
-    const PERM_BITS: u64 = S_PERM_BITS;
+    /// S2AP[7:6], AF, DBM, XN[54:53] and the software bits [58:55]: the
+    /// same positions as stage 1's AP/UXN/PXN, other meanings.
+    const PERM_BITS: u64 = S2Attrs::S2AP_R | S2Attrs::S2AP_W | (1 << 10) | (1 << 51) | (3 << 53) | (0xf << 55);
     const BBM_BITS: u64 = (0b1111 << 2) | SH | CONT;
     type Attrs = S2Attrs;
     fn leaf(attrs: S2Attrs, pa: PhysAddr, level: u32) -> Desc {
@@ -180,6 +197,15 @@ impl Regime for Stage2 {
             n |= if n & DBM != 0 { AP2 } else { crate::mm::desc::SW_DIRTY_BIT };
         }
         Desc(n)
+    }
+    /// S2AP write permission cleared. With stage-2 DBM (VTCR_EL2.HD) the
+    /// MMU marks a DBM entry dirty by setting S2AP[1] (bit 7), the reverse
+    /// of stage 1's AP[2]: DBM with S2AP W set is hardware-dirty, kept as
+    /// the software dirty bit (55) as in stage 1.
+    #[inline(always)]
+    fn wrprotect(d: Desc) -> Desc {
+        let hw_dirty = (d.0 >> 51) & (d.0 >> 7) & 1;
+        Desc((d.0 & !(S2Attrs::S2AP_W | crate::mm::desc::DBM_BIT)) | (hw_dirty << 55))
     }
     fn publish(fl: &mut Self::Flush) {
         fl.publish();
@@ -272,30 +298,139 @@ const MAX_LEVELS: usize = 4;
 /// # }
 /// ```
 ///
+/// A guard locks one set of tables: [`CursorMut::new`] and [`Pte::locate`]
+/// check that the root they are handed is the guard's ([`Self::root`]), so
+/// another mm's page-table lock is refused too.
+///
 /// # Safety
 /// Implemented only for guards whose existence proves that no other code
-/// stores to the tables a cursor built with them edits.
-pub unsafe trait PgtableLock<R: Regime> {}
+/// stores to the tables rooted at [`Self::root`] (any tables, for `None`),
+/// and whose [`Self::pending`] is reachable only under the lock.
+pub unsafe trait PgtableLock<R: Regime> {
+    /// The root table of the tables this guard locks; `None`: tables the
+    /// holder owns outright ([`ExclusiveTables`]).
+    fn root(&self) -> Option<PhysAddr>;
+    /// Entries broken under this lock whose TLB entries are not flushed yet.
+    fn pending(&self) -> &PendingBreaks;
+}
 
-// SAFETY: every store to a user mm's tables is made under its page-table lock.
-unsafe impl PgtableLock<Stage1User> for crate::mm::mm_struct::PtlGuard<'_> {}
+// SAFETY: every store to a user mm's tables is made under its page-table
+// lock, and the guard carries the mm's pgd and its own pending record.
+unsafe impl PgtableLock<Stage1User> for crate::mm::mm_struct::PtlGuard<'_> {
+    #[inline(always)]
+    fn root(&self) -> Option<PhysAddr> {
+        Some(self.pgd())
+    }
+    #[inline(always)]
+    fn pending(&self) -> &PendingBreaks {
+        self.pending_breaks()
+    }
+}
 // SAFETY: every change to the kernel tables takes their lock for write.
-unsafe impl PgtableLock<Stage1Kernel> for crate::mm::mm_struct::KernelPgtableWrite<'_> {}
+unsafe impl PgtableLock<Stage1Kernel> for crate::mm::mm_struct::KernelPgtableWrite<'_> {
+    #[inline(always)]
+    fn root(&self) -> Option<PhysAddr> {
+        Some(crate::mm::mm_struct::KernelPgtableLocked::root(self))
+    }
+    #[inline(always)]
+    fn pending(&self) -> &PendingBreaks {
+        self.pending_breaks()
+    }
+}
 // SAFETY: `ExclusiveTables::new`'s contract.
-unsafe impl<R: Regime> PgtableLock<R> for ExclusiveTables {}
+unsafe impl<R: Regime> PgtableLock<R> for ExclusiveTables {
+    fn root(&self) -> Option<PhysAddr> {
+        None
+    }
+    fn pending(&self) -> &PendingBreaks {
+        &self.0
+    }
+}
 
 /// Proof for tables no other code can reach, so no lock guards them: tables
 /// a test builds for itself (host tests, `AT` checks on private tables),
 /// and stage-2 tables until a VM has its own lock.
-pub struct ExclusiveTables(());
+pub struct ExclusiveTables(PendingBreaks);
 
 impl ExclusiveTables {
     /// # Safety
     /// The tables of every cursor built with this proof are reachable only
     /// through that cursor's [`Tables`]: not linked into tables another CPU
     /// or another code path can edit.
-    pub unsafe fn new() -> Self {
-        Self(())
+    pub const unsafe fn new() -> Self {
+        Self(PendingBreaks::new())
+    }
+}
+
+/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`])
+/// and has not flushed from the TLBs yet, as the span of their slot
+/// addresses: a make ([`Pte::set_new`], [`Pte::replace`]) into that span is
+/// refused ([`MapError::BbmViolation`]). A span, not a list: zap breaks
+/// one entry after another, and recording one costs two compares and at
+/// most two stores. It can over-cover (entries between two broken ones),
+/// never under-cover. The regime's flush through [`PteRun::flush`] empties
+/// it when it covers the whole span, and [`crate::mm::mmu_gather::MmuGather`]'s
+/// flush (which covers everything the zap broke) empties it always.
+///
+/// Lives in the lock's guard, so it is written only by the lock's holder
+/// (relaxed loads and stores: plain `ldr`/`str`, atomic only to keep the
+/// guard `Sync`). It lasts as long as the guard: a break the holder leaves
+/// unflushed when it unlocks is not seen by the next holder.
+#[derive(Debug)]
+pub struct PendingBreaks {
+    /// `[lo, hi)`: slot addresses; `lo > hi` when empty.
+    lo: core::sync::atomic::AtomicUsize,
+    hi: core::sync::atomic::AtomicUsize,
+}
+
+impl Default for PendingBreaks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PendingBreaks {
+    /// Nothing broken.
+    pub const fn new() -> Self {
+        Self { lo: core::sync::atomic::AtomicUsize::new(usize::MAX), hi: core::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// The slot at `s` was broken.
+    #[inline(always)]
+    fn note(&self, s: usize) {
+        if s < self.lo.load(Ordering::Relaxed) {
+            self.lo.store(s, Ordering::Relaxed);
+        }
+        if s + 8 > self.hi.load(Ordering::Relaxed) {
+            self.hi.store(s + 8, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the slot at `s` may be broken and unflushed.
+    #[inline(always)]
+    fn covers(&self, s: usize) -> bool {
+        s >= self.lo.load(Ordering::Relaxed) && s < self.hi.load(Ordering::Relaxed)
+    }
+
+    /// A flush covered the slots `[lo, hi)`: the record empties if they
+    /// hold all of it.
+    #[inline(always)]
+    fn flushed(&self, lo: usize, hi: usize) {
+        if lo <= self.lo.load(Ordering::Relaxed) && self.hi.load(Ordering::Relaxed) <= hi {
+            self.clear();
+        }
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lo.load(Ordering::Relaxed) >= self.hi.load(Ordering::Relaxed)
+    }
+
+    /// A flush covered every entry broken under the lock (the mmu_gather's).
+    #[inline(always)]
+    pub fn clear(&self) {
+        self.lo.store(usize::MAX, Ordering::Relaxed);
+        self.hi.store(0, Ordering::Relaxed);
     }
 }
 
@@ -327,8 +462,14 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// A cursor over `t`, whose lock `lock` proves is held (the cursor
     /// borrows it for its whole life; see [`PgtableLock`]).
+    ///
+    /// # Panics
+    /// If `lock` guards other tables than `t` (another mm's lock): a kernel
+    /// bug, caught before any edit.
     pub fn new<L: PgtableLock<R>>(lock: &'a L, t: &'a mut Tables<'m, M>, regime: R, fl: &'a mut R::Flush) -> Self {
-        let _ = lock;
+        if let Some(root) = lock.root() {
+            assert!(root == t.root, "CursorMut::new: the lock guards the tables at {root:?}, not {:?}", t.root);
+        }
         let (root, start) = (t.root, t.start_level);
         let mut path = [PhysAddr::new(0); MAX_LEVELS];
         path[start as usize] = root;
@@ -1147,12 +1288,12 @@ fn cas_loop<E>(slot: &AtomicU64, mut cur: u64, f: impl Fn(u64) -> Result<u64, E>
     }
 }
 
-/// `f`, refused if it changes more than permission bits ([`Stage1User`]'s rule).
+/// `f`, refused if it changes more than `R`'s permission bits.
 #[inline(always)]
-fn perm_only(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
+fn perm_only<R: Regime>(f: impl Fn(Desc) -> Desc) -> impl Fn(u64) -> Result<u64, MapError> {
     move |v| {
         let n = f(Desc(v)).0;
-        if (n ^ v) & !Stage1User::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
+        if (n ^ v) & !R::PERM_BITS != 0 { Err(MapError::NotPermissionBits(n ^ v)) } else { Ok(n) }
     }
 }
 
@@ -1176,51 +1317,65 @@ impl<M: TableMemory> Tables<'_, M> {
     }
 }
 
-/// One entry of a live user table (level 1, 2 or 3), located under the
-/// page-table lock: Linux's `pte_t *`/`pmd_t *` from `pte_offset_map_lock`
-/// and `pmd_offset`. Every store goes through its methods, which keep the
-/// BBM rules; the slot itself is never handed out.
-#[derive(Clone, Copy)]
-pub struct Pte<'l> {
+/// One entry of a live table (level 1, 2 or 3) in regime `R`, located
+/// under the lock that guards its tables: Linux's `pte_t *`/`pmd_t *` from
+/// `pte_offset_map_lock` and `pmd_offset`. Every store goes through its
+/// methods, which keep the BBM rules, `R`'s permission rule and the lock's
+/// [`PendingBreaks`]; the slot itself is never handed out.
+pub struct Pte<'l, R: Regime = Stage1User> {
     /// The entry itself; tables are aligned to their size, so the table
     /// and the index are the pointer's high and low bits.
     slot: *const AtomicU64,
-    /// Borrowed from the page-table lock's guard: no entry outlives it.
-    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
+    /// Borrowed from the lock's guard: no entry outlives it.
+    pending: &'l PendingBreaks,
+    _regime: core::marker::PhantomData<fn() -> R>,
 }
+
+impl<R: Regime> Clone for Pte<'_, R> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R: Regime> Copy for Pte<'_, R> {}
 
 /// Bytes of one table (one granule page).
 const TABLE_BYTES: usize = crate::arch::aarch64::granule::GRANULE.page_size() as usize;
 
-impl<'l> Pte<'l> {
-    /// Entry `idx` of the table at `table`, under the page-table lock
-    /// `ptl` (the `Pte` borrows it).
+impl<'l, R: Regime> Pte<'l, R> {
+    /// Entry `idx` of the root table `root`, under `lock` (the `Pte`
+    /// borrows it). Refused ([`MapError::WrongLock`]) if `lock` guards
+    /// other tables (another mm's lock): one compare.
     ///
     /// # Safety
-    /// `table` is a table page of `mem`, aligned to its size, that belongs
-    /// to the mm whose page-table lock `ptl` holds (linked into its tables,
-    /// or new and about to be), and stays a table while `ptl` is held.
+    /// `root` is a table page of `mem`, aligned to its size.
     #[inline(always)]
-    pub unsafe fn locate<M: TableMemory + ?Sized>(
-        _ptl: &'l crate::mm::mm_struct::PtlGuard<'_>,
+    pub unsafe fn locate<L: PgtableLock<R>, M: TableMemory + ?Sized>(
+        lock: &'l L,
         mem: &M,
-        table: PhysAddr,
+        root: PhysAddr,
         idx: usize,
-    ) -> Pte<'l> {
+    ) -> Result<Pte<'l, R>, MapError> {
+        if lock.root().is_some_and(|r| r != root) {
+            return Err(MapError::WrongLock { root });
+        }
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
-        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+        let slot = unsafe { mem.table_ptr(root).add(idx) };
+        Ok(Pte { slot, pending: lock.pending(), _regime: core::marker::PhantomData })
     }
 
-    /// Entry `idx` of another table of the same mm, under the same lock.
+    /// Entry `idx` of another table of the same tables, under the same lock.
     ///
     /// # Safety
-    /// As for [`Pte::locate`], with this entry's lock.
+    /// `table` is a table page of `mem`, aligned to its size, reached from
+    /// this entry's root under the lock (or new and about to be linked into
+    /// those tables), and stays a table while the lock is held.
     #[inline(always)]
-    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l> {
+    pub unsafe fn locate_in<M: TableMemory + ?Sized>(self, mem: &M, table: PhysAddr, idx: usize) -> Pte<'l, R> {
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         // SAFETY: idx is in the table (`table_ptr`'s contract).
-        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, _ptl: core::marker::PhantomData }
+        Pte { slot: unsafe { mem.table_ptr(table).add(idx) }, ..self }
     }
 
     #[inline(always)]
@@ -1238,10 +1393,10 @@ impl<'l> Pte<'l> {
 
     /// Entry `idx` of the same table.
     #[inline(always)]
-    pub fn sibling(self, idx: usize) -> Pte<'l> {
+    pub fn sibling(self, idx: usize) -> Pte<'l, R> {
         assert!(idx < crate::arch::aarch64::granule::GRANULE.entries_per_table());
         let base = self.slot as usize & !(TABLE_BYTES - 1);
-        Pte { slot: (base + idx * 8) as *const AtomicU64, _ptl: core::marker::PhantomData }
+        Pte { slot: (base + idx * 8) as *const AtomicU64, ..self }
     }
 
     /// The current value (Linux `ptep_get`).
@@ -1253,11 +1408,16 @@ impl<'l> Pte<'l> {
     /// Writes `d` into an entry that holds no valid translation (Linux
     /// `set_pte_at` on a none entry), or into a table not yet linked.
     /// Invalid to valid needs no TLBI; the caller publishes (`dsb ishst`).
+    /// Refused ([`MapError::BbmViolation`]) if the entry was broken under
+    /// this lock and not flushed since ([`PendingBreaks`]).
     #[inline(always)]
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
             return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+        }
+        if self.pending.covers(self.slot as usize) {
+            return Err(violation(VirtAddr::new(0), 3));
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1265,12 +1425,12 @@ impl<'l> Pte<'l> {
 
     /// Sets `set` and clears `clear` with a compare-and-swap loop (Linux
     /// `ptep_set_wrprotect`, `__ptep_set_access_flags`): an AF or dirty
-    /// bit the MMU sets meanwhile is kept. Only permission bits
-    /// ([`Stage1User`]'s rule). Returns the value replaced; the caller
+    /// bit the MMU sets meanwhile is kept. Only `R`'s permission bits
+    /// ([`Regime::PERM_BITS`]). Returns the value replaced; the caller
     /// flushes the old translation if it was valid.
     #[inline(always)]
     pub fn update(self, set: u64, clear: u64) -> Result<Desc, MapError> {
-        if (set | clear) & !Stage1User::PERM_BITS != 0 {
+        if (set | clear) & !R::PERM_BITS != 0 {
             return Err(MapError::NotPermissionBits(set | clear));
         }
         Ok(Desc(cas_update(self.slot(), set, clear)))
@@ -1280,19 +1440,19 @@ impl<'l> Pte<'l> {
     /// (Linux `ptep_set_wrprotect`, `__ptep_set_access_flags`, and the
     /// mprotect and fork loops): `f` sees the value the MMU last left, so
     /// an AF or dirty update it makes meanwhile is kept (`f` reruns). `f`
-    /// may change only permission bits. Returns `(old, new)`; the caller
-    /// flushes the old translation if it was valid.
+    /// may change only `R`'s permission bits. Returns `(old, new)`; the
+    /// caller flushes the old translation if it was valid.
     #[inline(always)]
     pub fn modify(self, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify(self.slot(), perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify(self.slot(), perm_only::<R>(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
-    /// Linux `ptep_set_wrprotect`: read-only, with hardware dirtiness
-    /// moved to the software dirty bit ([`Desc::wrprotect`]) on the value
-    /// the CAS saw. Returns `(old, new)`.
+    /// Linux `ptep_set_wrprotect`: `R`'s write-protect ([`Regime::wrprotect`]:
+    /// hardware dirtiness moved to the software dirty bit) on the value the
+    /// CAS saw. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect(self) -> (Desc, Desc) {
-        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0)) {
+        match cas_modify(self.slot(), |v| Ok::<u64, core::convert::Infallible>(R::wrprotect(Desc(v)).0)) {
             Ok((o, n)) => (Desc(o), Desc(n)),
             Err(e) => match e {},
         }
@@ -1301,9 +1461,23 @@ impl<'l> Pte<'l> {
     /// This entry and the `n - 1` after it in the same table, for a range
     /// loop ([`PteRun`]).
     #[inline(always)]
-    pub fn run(self, n: usize) -> PteRun<'l> {
+    pub fn run(self, n: usize) -> PteRun<'l, R> {
         assert!(self.index() + n <= crate::arch::aarch64::granule::GRANULE.entries_per_table());
-        PteRun { first: self.slot, n, hw: crate::mm::desc::hw_updates(), _ptl: core::marker::PhantomData }
+        PteRun { first: self, n, hw: crate::mm::desc::hw_updates() }
+    }
+
+    /// [`Pte::set_new`] into tables no CPU has run on yet (a fork child's,
+    /// before it first runs): no TLB can hold anything of them, so no
+    /// break there waits for a flush and the pending-break record is not
+    /// consulted (fork's copy loop stays one load and one store per entry).
+    #[inline(always)]
+    pub fn set_new_unused(self, d: Desc) -> Result<(), MapError> {
+        let old = self.get();
+        if old.is_valid() {
+            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+        }
+        self.slot().store(d.0, Ordering::Release);
+        Ok(())
     }
 
     /// Clears the contiguous bit of an entry in tables no CPU has run on
@@ -1314,45 +1488,57 @@ impl<'l> Pte<'l> {
 
     /// Clears the entry with an atomic swap (Linux `ptep_get_and_clear`)
     /// and returns what it held, with every AF/dirty update the MMU made.
-    /// The caller flushes the range before anything reuses what it mapped.
+    /// A valid entry is recorded as broken ([`PendingBreaks`]) until a flush
+    /// covers it; nothing may be made there before.
     #[inline(always)]
     pub fn get_and_clear(self) -> Desc {
-        Desc(self.slot().swap(0, Ordering::AcqRel))
+        let old = Desc(self.slot().swap(0, Ordering::AcqRel));
+        if old.is_valid() {
+            self.pending.note(self.slot as usize);
+        }
+        old
+    }
+
+    /// The regime's TLB flush of `[va, va+size)`, what this entry mapped
+    /// (Linux `flush_tlb_range` after `ptep_get_and_clear`); see
+    /// [`PteRun::flush`].
+    #[inline(always)]
+    pub fn flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) {
+        self.run(1).flush(regime, fl, va, size);
     }
 
     /// Break and flush (Linux `ptep_clear_flush`, `pmdp_invalidate`): swaps
     /// in an invalid entry and, if the old one was valid, TLBIs `[va,
-    /// va+size)` in `asid` and waits. Returns the old value as the swap
-    /// took it (AF/dirty included), to build the new entry from; write that
-    /// with [`Pte::set_new`]. If the flush did not happen the old entry goes
-    /// back (what the TLBs may hold anyway) and the caller is told
-    /// ([`MapError::BbmViolation`]): it must not make.
-    pub fn clear_flush(self, va: VirtAddr, size: u64, asid: u16, fl: &mut dyn TlbFlush) -> Result<Desc, MapError> {
-        let old = self.get_and_clear();
+    /// va+size)` in the regime's ASID/VMID and waits. Returns the old value
+    /// as the swap took it (AF/dirty included), to build the new entry
+    /// from; write that with [`Pte::set_new`]. If the flush did not happen
+    /// the old entry goes back (what the TLBs may hold anyway) and the
+    /// caller is told ([`MapError::BbmViolation`]): it must not make.
+    pub fn clear_flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) -> Result<Desc, MapError> {
+        let old = Desc(self.slot().swap(0, Ordering::AcqRel));
         if old.is_valid() {
             if sabotaged() {
                 self.slot().store(old.0, Ordering::Release);
                 return Err(violation(va, 3));
             }
-            fl.flush(va, size, Some(asid), true);
+            regime.flush(fl, va, size, true);
         }
         Ok(old)
     }
 
     /// Break-before-make to `new` (Linux `ptep_clear_flush` then
-    /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in
-    /// `asid` and wait, then write `new`. Returns the old value. If the
-    /// flush did not happen the make is refused ([`MapError::BbmViolation`])
-    /// and the entry stays invalid.
-    pub fn replace(
-        self,
-        new: Desc,
-        va: VirtAddr,
-        size: u64,
-        asid: u16,
-        fl: &mut dyn TlbFlush,
-    ) -> Result<Desc, MapError> {
-        let old = self.clear_flush(va, size, asid, fl)?;
+    /// `set_pte_at`): swap in an invalid entry, TLBI `[va, va+size)` in the
+    /// regime's ASID/VMID and wait, then write `new`. Returns the old value.
+    /// If the flush did not happen, or the entry was broken earlier and
+    /// not flushed since ([`PendingBreaks`]), the make is refused
+    /// ([`MapError::BbmViolation`]).
+    pub fn replace(self, new: Desc, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) -> Result<Desc, MapError> {
+        let old = self.clear_flush(regime, fl, va, size)?;
+        // A valid old entry was flushed just now; an invalid one may have
+        // been broken earlier and not flushed since.
+        if !old.is_valid() && self.pending.covers(self.slot as usize) {
+            return Err(violation(va, 3));
+        }
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
     }
@@ -1363,14 +1549,14 @@ impl<'l> Pte<'l> {
     pub fn unfold(
         self,
         n: usize,
+        regime: &R,
+        fl: &mut R::Flush,
         va: VirtAddr,
         size: u64,
-        asid: u16,
-        fl: &mut dyn TlbFlush,
         olds: &mut [u64],
     ) -> Result<(), MapError> {
         for (i, o) in olds.iter_mut().enumerate().take(n) {
-            *o = self.sibling(self.index() + i).get_and_clear().0;
+            *o = self.sibling(self.index() + i).slot().swap(0, Ordering::AcqRel);
         }
         if sabotaged() {
             // Refused: the run goes back as it was (what the TLBs may hold).
@@ -1379,7 +1565,7 @@ impl<'l> Pte<'l> {
             }
             return Err(violation(va, 3));
         }
-        fl.flush(va, size, Some(asid), true);
+        regime.flush(fl, va, size, true);
         for (i, o) in olds.iter().enumerate().take(n) {
             self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
         }
@@ -1387,25 +1573,31 @@ impl<'l> Pte<'l> {
     }
 }
 
-/// Consecutive entries of one live user table under the page-table lock:
-/// Linux's `pte++` loops in `change_pte_range`, `copy_pte_range` and
-/// `zap_pte_range`. The range loops of `mm/memory.rs` visit a level-3
-/// table's entries through one run instead of locating each entry, and
-/// read once per run whether the MMU may write descriptors
-/// ([`crate::mm::desc::hw_updates`]; it changes only at boot and in the
-/// tests that switch TCR_EL1.HA/HD with no mm being edited). The same rules
-/// as [`Pte`]'s hold: read-modify-write is compare-and-swap whenever the
-/// MMU may write, and only permission bits change in place.
-#[derive(Clone, Copy)]
-pub struct PteRun<'l> {
-    first: *const AtomicU64,
+/// Consecutive entries of one live table under its lock: Linux's `pte++`
+/// loops in `change_pte_range`, `copy_pte_range` and `zap_pte_range`. The
+/// range loops of `mm/memory.rs` visit a level-3 table's entries through
+/// one run instead of locating each entry, and read once per run whether
+/// the MMU may write descriptors ([`crate::mm::desc::hw_updates`]; it
+/// changes only at boot and in the tests that switch TCR_EL1.HA/HD with no
+/// mm being edited). The same rules as [`Pte`]'s hold: read-modify-write
+/// is compare-and-swap whenever the MMU may write, and only `R`'s
+/// permission bits change in place.
+pub struct PteRun<'l, R: Regime = Stage1User> {
+    first: Pte<'l, R>,
     n: usize,
     /// [`crate::mm::desc::hw_updates`] when the run was located.
     hw: bool,
-    _ptl: core::marker::PhantomData<&'l crate::mm::mm_struct::PtlGuard<'l>>,
 }
 
-impl<'l> PteRun<'l> {
+impl<R: Regime> Clone for PteRun<'_, R> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R: Regime> Copy for PteRun<'_, R> {}
+
+impl<'l, R: Regime> PteRun<'l, R> {
     /// How many entries the run has.
     #[inline(always)]
     pub fn len(self) -> usize {
@@ -1420,10 +1612,10 @@ impl<'l> PteRun<'l> {
 
     /// Entry `i` of the run.
     #[inline(always)]
-    pub fn pte(self, i: usize) -> Pte<'l> {
+    pub fn pte(self, i: usize) -> Pte<'l, R> {
         assert!(i < self.n);
         // SAFETY: i < n, and the run lies in one table (`Pte::run`).
-        Pte { slot: unsafe { self.first.add(i) }, _ptl: core::marker::PhantomData }
+        Pte { slot: unsafe { self.first.slot.add(i) }, ..self.first }
     }
 
     /// The current value of entry `i` (Linux `ptep_get`).
@@ -1432,11 +1624,40 @@ impl<'l> PteRun<'l> {
         self.pte(i).get()
     }
 
-    /// [`Pte::get_and_clear`] on entry `i`: an atomic swap that keeps
-    /// every AF/dirty update the MMU made.
+    /// [`Pte::get_and_clear`] on every entry of the run that is not zero
+    /// (Linux `zap_pte_range`'s loop): `f(i, old)` gets each old value with
+    /// every AF/dirty update the MMU made. The run's whole span is recorded
+    /// as broken once, after the loop ([`PendingBreaks`]: no note per
+    /// entry; it may over-cover entries that held nothing valid until the
+    /// flush that follows).
     #[inline(always)]
-    pub fn get_and_clear(self, i: usize) -> Desc {
-        self.pte(i).get_and_clear()
+    pub fn get_and_clear_each(self, mut f: impl FnMut(usize, Desc)) {
+        // SAFETY: the run's entries lie in one table (`Pte::run`), live
+        // while the lock is held.
+        let slots = unsafe { core::slice::from_raw_parts(self.first.slot, self.n) };
+        let base = self.first.slot as usize;
+        for slot in slots {
+            if slot.load(Ordering::Acquire) == 0 {
+                continue;
+            }
+            let old = Desc(slot.swap(0, Ordering::AcqRel));
+            // The index from the pointer: one induction variable in the loop.
+            f((slot as *const AtomicU64 as usize - base) / 8, old);
+        }
+        if let Some(last) = slots.last() {
+            self.first.pending.note(self.first.slot as usize);
+            self.first.pending.note(last as *const AtomicU64 as usize);
+        }
+    }
+
+    /// The regime's TLB flush of `[va, va+size)`, which the caller says is
+    /// what this run's entries mapped (Linux `flush_tlb_range`), and waits.
+    /// The lock's [`PendingBreaks`] empties if every entry it records is
+    /// in this run.
+    pub fn flush(self, regime: &R, fl: &mut R::Flush, va: VirtAddr, size: u64) {
+        regime.flush(fl, va, size, true);
+        let lo = self.first.slot as usize;
+        self.first.pending.flushed(lo, lo + self.n * 8);
     }
 
     /// [`Pte::modify`] on entry `i`, starting from `seen`, the value the
@@ -1445,14 +1666,14 @@ impl<'l> PteRun<'l> {
     /// entry since. Returns `(old, new)`.
     #[inline(always)]
     pub fn modify_from(self, i: usize, seen: Desc, f: impl Fn(Desc) -> Desc) -> Result<(Desc, Desc), MapError> {
-        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only(f)).map(|(o, n)| (Desc(o), Desc(n)))
+        cas_modify_from(self.pte(i).slot(), self.hw, seen.0, perm_only::<R>(f)).map(|(o, n)| (Desc(o), Desc(n)))
     }
 
     /// [`Pte::set_wrprotect`] on entry `i`, starting from `seen`, the
     /// value the caller loaded from it. Returns `(old, new)`.
     #[inline(always)]
     pub fn set_wrprotect_from(self, i: usize, seen: Desc) -> (Desc, Desc) {
-        let f = |v| Ok::<u64, core::convert::Infallible>(Desc(v).wrprotect().0);
+        let f = |v| Ok::<u64, core::convert::Infallible>(R::wrprotect(Desc(v)).0);
         match cas_modify_from(self.pte(i).slot(), self.hw, seen.0, f) {
             Ok((o, n)) => (Desc(o), Desc(n)),
             Err(e) => match e {},
@@ -1488,7 +1709,8 @@ mod tests {
 
     /// Host tables are the test's own: each lives in its own HostMem.
     fn excl() -> &'static ExclusiveTables {
-        static E: ExclusiveTables = ExclusiveTables(());
+        // SAFETY: the host tests that share it edit only tables of their own.
+        static E: ExclusiveTables = unsafe { ExclusiveTables::new() };
         &E
     }
 
@@ -2114,8 +2336,10 @@ mod tests {
             CursorMut::new(excl(), &mut t, Stage1Kernel, &mut Rec::default()).slot(VirtAddr::new(0x1000), 3).unwrap();
         let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
         let ptl = mm.page_table_lock_guard();
-        // SAFETY: `table` is a table page of `mem` that stays one while `ptl` is held.
-        let run = unsafe { Pte::locate(&ptl, &*t.mem, table, idx) }.run(2);
+        // SAFETY: `root` is a table page of `mem` that stays one while `ptl` is held.
+        let run = unsafe { Pte::locate(&ptl, &*t.mem, root, 0) }.unwrap();
+        // SAFETY: as above; `table` is a table of the tables rooted at `root`.
+        let run = unsafe { run.locate_in(&*t.mem, table, idx) }.run(2);
         assert!(run.hw, "located with hardware updates on");
         let slot = run.pte(0).slot as usize;
         let done = core::sync::atomic::AtomicBool::new(false);
@@ -2160,5 +2384,169 @@ mod tests {
         assert!(new.0 & (1 << 56) != 0 && new.0 & (1 << 55) != 0, "the MMU's bit kept, dirtiness moved: {:#x}", new.0);
         assert!(new.0 & (1 << 7) != 0 && new.0 & (1 << 51) == 0, "read-only, no DBM: {:#x}", new.0);
         crate::mm::desc::set_hw_af(false);
+    }
+
+    /// The level-3 entry for `va` in the tables at `root`, creating tables
+    /// on the way through [`Pte::set_new`]: the walk the fault path makes,
+    /// in any regime.
+    fn pte_walk<'l, R: Regime>(
+        lock: &'l impl PgtableLock<R>,
+        mem: &mut HostMem,
+        root: PhysAddr,
+        va: u64,
+    ) -> Pte<'l, R> {
+        // SAFETY: `root` is a table page of `mem`.
+        let mut e = unsafe { Pte::locate(lock, &*mem, root, K4.index(va, 0)) }.unwrap();
+        for l in 1..=3 {
+            let next = match e.get().kind(l - 1, K4) {
+                Kind::Table(t) => t,
+                Kind::None => {
+                    let t = mem.alloc_table().unwrap();
+                    e.set_new(Desc::table(t)).unwrap();
+                    t
+                }
+                k => panic!("{k:?} at level {}", l - 1),
+            };
+            // SAFETY: `next` is a table of these tables, reached under the lock.
+            e = unsafe { e.locate_in(&*mem, next, K4.index(va, l)) };
+        }
+        e
+    }
+
+    /// Stage 2 through the hot-path API, unchanged: [`Pte`] maps into
+    /// holes, [`PteRun::set_wrprotect_from`] clears S2AP's write bit by
+    /// compare-and-swap from a stale value, keeping the access flag the
+    /// "MMU" set after it and moving stage-2 hardware dirtiness (DBM with
+    /// S2AP W set) to the software dirty bit, [`Pte::modify`] refuses a
+    /// MemAttr change (not a stage-2 permission bit), and
+    /// [`Pte::clear_flush`] records a flush by IPA and VMID. With
+    /// `Stage2::wrprotect` using stage 1's rule (setting bit 7, which is
+    /// stage 2's *write* permission) the read-only checks fail.
+    #[test]
+    fn stage2_through_pte_and_pte_run() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let (mut mem, root) = HostMem::new(K4);
+        // SAFETY: the tables are this test's own.
+        let excl = unsafe { ExclusiveTables::new() };
+        let rw = S2Attrs { read: true, write: true, xn: true, normal: true };
+        let mut rec = S2Rec::default();
+        let s2 = Stage2 { vmid: 9 };
+        for i in 0..2u64 {
+            let e = pte_walk::<Stage2>(&excl, &mut mem, root, 0x8000_0000 + i * 4096);
+            e.set_new(rw.leaf(PhysAddr::new(0x4000_0000 + i * 4096), 3)).unwrap();
+        }
+        let e0 = pte_walk::<Stage2>(&excl, &mut mem, root, 0x8000_0000);
+        let run = e0.run(2);
+        // Entry 1 hardware-dirty (DBM, S2AP W), loaded without AF; the MMU sets AF after the load.
+        let stale = Desc((run.get(1).0 | crate::mm::desc::DBM_BIT) & !(1 << 10));
+        run.pte(1).slot().store(stale.0, Ordering::Release);
+        run.pte(1).slot().fetch_or(1 << 10, Ordering::AcqRel);
+        let (old, new) = run.set_wrprotect_from(1, stale);
+        assert_eq!(old.0, stale.0 | (1 << 10), "the CAS replaced the current value");
+        assert_eq!(new, run.get(1));
+        assert_ne!(new.0 & (1 << 10), 0, "the access flag the MMU set is kept: {:#x}", new.0);
+        assert_eq!(new.0 & (S2Attrs::S2AP_W | crate::mm::desc::DBM_BIT), 0, "stage-2 read-only: {:#x}", new.0);
+        assert_ne!(new.0 & S2Attrs::S2AP_R, 0, "still readable: {:#x}", new.0);
+        assert_ne!(new.0 & crate::mm::desc::SW_DIRTY_BIT, 0, "hardware dirtiness kept: {:#x}", new.0);
+        // A clean entry write-protected stays clean.
+        let (_, clean) = e0.set_wrprotect();
+        assert_eq!(clean.0 & (S2Attrs::S2AP_W | crate::mm::desc::SW_DIRTY_BIT), 0, "{:#x}", clean.0);
+        // MemAttr is no stage-2 permission bit.
+        assert!(matches!(e0.modify(|d| Desc(d.0 ^ (1 << 5))), Err(MapError::NotPermissionBits(_))));
+        assert!(matches!(e0.update(1 << 5, 0), Err(MapError::NotPermissionBits(_))));
+        // Break and flush: by IPA and VMID.
+        let old = e0.clear_flush(&s2, &mut rec, VirtAddr::new(0x8000_0000), 4096).unwrap();
+        assert_eq!(old.kind(3, K4), Kind::Leaf(PhysAddr::new(0x4000_0000)));
+        assert_eq!(rec.flushes, vec![(0x8000_0000, 4096, 9, true)]);
+        e0.set_new(rw.leaf(PhysAddr::new(0x4100_0000), 3)).unwrap();
+        let t = Tables::new(root, K4, 0, &mut mem);
+        assert_eq!(level_at(&t, 0x8000_0000), Some((3, 0x4100_0000)));
+        assert_eq!(level_at(&t, 0x8000_1000), Some((3, 0x4000_1000)));
+        crate::mm::desc::set_hw_af(false);
+    }
+
+    /// The pending-break record ([`PendingBreaks`]) across calls: a
+    /// `get_and_clear` of a valid entry, then `set_new` or `replace` on it
+    /// with no flush between, is refused as a [`MapError::BbmViolation`]
+    /// (counted) and leaves the entry invalid; after the regime's flush
+    /// through [`PteRun::flush`] the same make goes in. A flush of another
+    /// entry does not clear the record. Without the `covers` check in
+    /// `set_new` (or without `note` in `get_and_clear`) the first make
+    /// goes in and this test fails.
+    #[test]
+    fn make_over_a_broken_unflushed_entry_is_refused() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10) | (1 << 6) | (1 << 11));
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        let b = pte_walk(&ptl, &mut mem, root, 0x40_1000);
+        a.set_new(leaf(0x5000_0000)).unwrap();
+        b.set_new(leaf(0x5000_1000)).unwrap();
+        let mut rec = Rec::default();
+        let user = Stage1User { asid: 3 };
+        assert!(ptl.pending_breaks().is_empty());
+        let old = a.get_and_clear();
+        assert!(old.is_valid() && !ptl.pending_breaks().is_empty());
+        let v0 = BBM_VIOLATIONS.load(Ordering::Relaxed);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(BBM_VIOLATIONS.load(Ordering::Relaxed) > v0, "counted");
+        assert_eq!(a.get(), Desc(0), "the refused make left the entry invalid");
+        // `replace` finds the entry invalid, so its own flush would not happen: refused.
+        let r = a.replace(leaf(0x6000_0000), &user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        assert!(rec.flushes.is_empty());
+        // Another entry's flush leaves `a` recorded.
+        b.flush(&user, &mut rec, VirtAddr::new(0x40_1000), 4096);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        // The flush that covers it: the make goes in.
+        a.flush(&user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        assert_eq!(rec.flushes.last(), Some(&(0x40_0000, 4096, Some(3), true)));
+        assert!(ptl.pending_breaks().is_empty());
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        // Invalid entries cleared are no breaks; a replace of a valid one flushes itself.
+        let mut seen = vec![];
+        a.run(1).get_and_clear_each(|i, d| seen.push((i, d)));
+        assert_eq!(seen, vec![(0, leaf(0x6000_0000))]);
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        a.run(1).flush(&user, &mut rec, VirtAddr::new(0x40_0000), 4096);
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_1000), 4096).unwrap();
+        assert_eq!(b.get(), leaf(0x6000_1000));
+    }
+
+    /// A lock is proof only for its own tables: another mm's page-table
+    /// lock is refused by [`Pte::locate`] ([`MapError::WrongLock`]), and
+    /// the mm's own goes through. Without the root compare in `locate` the
+    /// first `locate` succeeds and this test fails.
+    #[test]
+    fn another_mms_lock_is_refused_by_pte_locate() {
+        let (mut mem, root) = HostMem::new(K4);
+        let other_root = mem.alloc_table().unwrap();
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 1);
+        let other = crate::mm::mm_struct::MmStruct::new(other_root, 2);
+        let wrong = other.page_table_lock_guard();
+        // SAFETY: `root` is a table page of `mem`.
+        let r = unsafe { Pte::<Stage1User>::locate(&wrong, &mem, root, 0) };
+        assert!(matches!(r, Err(MapError::WrongLock { root: r }) if r == root), "{:?}", r.err());
+        let right = mm.page_table_lock_guard();
+        // SAFETY: as above.
+        assert!(unsafe { Pte::<Stage1User>::locate(&right, &mem, root, 0) }.is_ok());
+    }
+
+    /// [`CursorMut::new`] refuses another mm's page-table lock before any
+    /// edit. Without the root compare the cursor is built and the test
+    /// fails (no panic).
+    #[test]
+    #[should_panic(expected = "the lock guards the tables")]
+    fn another_mms_lock_is_refused_by_cursor_mut_new() {
+        let (mut mem, root) = HostMem::new(K4);
+        let other_root = mem.alloc_table().unwrap();
+        let other = crate::mm::mm_struct::MmStruct::new(other_root, 2);
+        let wrong = other.page_table_lock_guard();
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let mut rec = Rec::default();
+        let _ = CursorMut::new(&wrong, &mut t, Stage1User { asid: 1 }, &mut rec);
     }
 }

@@ -13,7 +13,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 pub mod atcheck;
 pub mod cursor;
 pub use cursor::{
-    CursorMut, Detached, ExclusiveTables, PgtableLock, Pte, PteRun, Regime, Stage1Kernel, Stage1User, Stage2, TlbFlush,
+    CursorMut, Detached, ExclusiveTables, PendingBreaks, PgtableLock, Pte, PteRun, Regime, Stage1Kernel, Stage1User,
+    Stage2, TlbFlush,
 };
 
 use super::addr::{PhysAddr, VirtAddr};
@@ -78,6 +79,11 @@ pub enum MapError {
     },
     /// `protect` was asked to change bits that need break-before-make.
     NotPermissionBits(u64),
+    /// The lock handed over guards other tables than those rooted at
+    /// `root` (another mm's page-table lock).
+    WrongLock {
+        root: PhysAddr,
+    },
 }
 
 /// Which leaf sizes [`CursorMut::map`] may use.
