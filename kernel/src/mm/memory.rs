@@ -389,6 +389,17 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: u64, d: Desc) -> Result<Desc, super
     Ok(old)
 }
 
+/// Test-only sabotage: when armed, the next fault on a present entry of
+/// an anonymous VMA skips the "pte changed under us" recheck and goes on
+/// as if the entry were none (`test/cursor_tests.rs`; nothing else arms it).
+pub static SKIP_NEXT_NONE_RECHECK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`SKIP_NEXT_NONE_RECHECK`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn skip_none_recheck() -> bool {
+    SKIP_NEXT_NONE_RECHECK.load(Ordering::Relaxed) && SKIP_NEXT_NONE_RECHECK.swap(false, Ordering::Relaxed)
+}
+
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`vma_access_permitted`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
@@ -442,6 +453,12 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         if vma.flags.contains(VmFlags::PFNMAP) {
             return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
         }
+        return do_anonymous_page(slot, vma, va, flags);
+    }
+    // The test knob [`SKIP_NEXT_NONE_RECHECK`]: the fault goes on as if the
+    // entry were still none, as a fault that read it before another
+    // installed the page and did not recheck under the lock would.
+    if vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) && skip_none_recheck() {
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
@@ -533,30 +550,41 @@ fn spurious(mm: &MmStruct, slot: Pte, va: u64, level: u32, write: bool) -> VmFau
 
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
-/// exclusive to this mm.
+/// exclusive to this mm. `set_new` refuses a present entry: that is
+/// Linux's "pte changed under us" recheck (`vmf_pte_changed`) at the point
+/// of the make, and the fault backs off with nothing taken (the access
+/// retries and finds the entry).
 fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFault {
     if !flags.write {
-        set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
+        if slot.set_new(Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) })).is_err() {
+            return VmFault::Done;
+        }
+        crate::arch::aarch64::cpu::publish_tables();
         return VmFault::Done;
     }
     let Some((folio, base)) = alloc_anon_folio(slot, vma, va) else { return VmFault::Oom };
-    // Linux `folio_ref_add(folio, nr - 1)`: one reference per mapping.
     let nr = folio.nr_pages();
-    page::folio_ref_add(folio, nr as u32 - 1);
     let cont = folio.size() >= cont_size();
     let first = slot_at(slot, va, base);
     let proto = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
     for i in 0..nr {
-        folio_add_new_anon_rmap_pte(folio.page(i));
         let mut d = Desc(proto.0 + i * PAGE_SIZE);
         if cont {
             d = Desc(d.0 | CONT_BIT);
         }
-        // The folio's range lies in this level-3 table and maps nothing yet.
         if let Err(e) = first.sibling(first.index() + i as usize).set_new(d) {
-            pte_bug(e);
+            // `alloc_anon_folio` found a large folio's range none under
+            // the lock; only an order-0 folio's one entry can be present.
+            if i != 0 {
+                pte_bug(e);
+            }
+            folio.put();
+            return VmFault::Done;
         }
+        folio_add_new_anon_rmap_pte(folio.page(i));
     }
+    // Linux `folio_ref_add(folio, nr - 1)`: one reference per mapping.
+    page::folio_ref_add(folio, nr as u32 - 1);
     crate::arch::aarch64::cpu::publish_tables();
     VmFault::Done
 }
@@ -711,16 +739,51 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
+    // The test knob [`REUSE_WITH_COPY_OA`]: the change also moves the entry
+    // to a copy of the page, as a reuse mixed up with `wp_page_copy` would.
+    let copy = if reuse_with_copy_oa() { copy_for_reuse_sabotage(slot) } else { None };
+    let oa = copy.map(|c| c.pa().as_u64());
     // Compare-and-swap on the current value: a young or dirty bit the MMU
     // set since `desc` was read stays.
-    let old = match slot.modify(|d| maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
+    let old = match slot.modify(|d| {
+        let d = maybe_mkwrite(d, vma).mkdirty().mkyoung();
+        oa.map_or(d, |pa| Desc((d.0 & !OA_MASK) | pa))
+    }) {
         Ok((old, _)) => old,
-        Err(e) => pte_bug(e),
+        Err(e) => match copy {
+            // Refused (not a permission change) with the entry unchanged:
+            // the copy goes and the access retries.
+            Some(c) => {
+                c.put();
+                return VmFault::Done;
+            }
+            None => pte_bug(e),
+        },
     };
     if old.is_valid() {
         KernelFlush.flush(VirtAddr::new(va), PAGE_SIZE, Some(mm.asid()), true);
     }
     VmFault::Done
+}
+
+/// Test-only sabotage: when armed, the next [`wp_page_reuse`] changes the
+/// entry's output address to a copy of its page as well
+/// (`test/cursor_tests.rs`; nothing else arms it).
+pub static REUSE_WITH_COPY_OA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`REUSE_WITH_COPY_OA`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn reuse_with_copy_oa() -> bool {
+    REUSE_WITH_COPY_OA.load(Ordering::Relaxed) && REUSE_WITH_COPY_OA.swap(false, Ordering::Relaxed)
+}
+
+/// The copy [`REUSE_WITH_COPY_OA`] moves the entry to (None: no memory).
+#[cold]
+#[inline(never)]
+fn copy_for_reuse_sabotage(slot: Pte) -> Option<page::Folio> {
+    let new = page::folio_alloc_anon_nozero(0)?;
+    copy_page(new.pa(), slot.get().output_address(PAGE_SIZE));
+    Some(new)
 }
 
 /// Linux `wp_page_copy`: a new exclusive page with the old contents (or
