@@ -1,17 +1,18 @@
 //! Break-before-make on every path, caught by the cursor's tracker, one
-//! test per path. Where a path needs BBM (COW copy, THP split, contpte
-//! unfold, the kernel cursor's split, collapse, fold and unfold) the test
-//! arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM sequence needs is
-//! dropped), runs the path for real, and checks that the make over the
-//! broken-but-not-flushed range was refused ([`MapError::BbmViolation`],
-//! counted in [`BBM_VIOLATIONS`]) and that nothing was left half-changed.
-//! Where a path needs no BBM (a fault into an empty entry, COW reuse,
-//! mprotect, fork's write-protect, the user side of contpte) the test breaks
-//! what can go wrong there: a change of output address or of the
-//! contiguous bit over a live entry through the `Pte` API must be refused,
-//! and a dropped permission flush must leave a stale TLB entry that a real
-//! EL0 access on another CPU observes. Zap and teardown free through the
-//! mmu_gather only after the flush that covers what they free.
+//! test per path. Where a path needs BBM (COW copy, THP split of a 2M or a
+//! 1G block, contpte unfold, the kernel cursor's split, collapse, fold and
+//! unfold) the test arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM
+//! sequence needs is dropped), runs the path for real, and checks that the
+//! make over the broken-but-not-flushed range was refused
+//! ([`MapError::BbmViolation`], counted in [`BBM_VIOLATIONS`]) and that
+//! nothing was left half-changed. Where a path needs no BBM the test arms
+//! a knob next to the code it breaks and runs the whole path: a fault that
+//! skips the "pte changed under us" recheck, a COW reuse that moves the
+//! entry to a copy, a dropped permission flush that leaves a stale TLB
+//! entry a real EL0 access on another CPU observes, an mmu_gather that
+//! frees before its flush. The user side of contpte has no fold of live
+//! entries to break; its test checks that the `Pte` API refuses one.
+//! Each test says what caught the break and that it failed without that.
 
 use alloc::string::String;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -115,9 +116,10 @@ kernel_test!(cursor_bbm_thp_split_pud);
 /// the level-1 entry; 4K pages only, and 1G of free aligned RAM: the
 /// in-kernel run with 3G has it): an mprotect of half the 1G THP with the
 /// flush dropped fails with the violation and leaves the 1G block mapped,
-/// no table kept; the retried mprotect splits it into 2M blocks. With the
-/// flush check removed from `Pte::clear_flush` this test failed (the
-/// mprotect went through: "mprotect over a 1G split without its flush").
+/// no table kept; the retried mprotect splits it into 2M blocks. With
+/// `Pte::clear_flush`'s refusal removed (the flush dropped, the make going
+/// on) this test failed ("mprotect over a 1G split without its flush:
+/// Ok(())").
 fn cursor_bbm_thp_split_pud() -> Result<(), String> {
     use crate::mm::huge_memory::{pud_order, pud_size};
     let Some(order) = pud_order() else {
@@ -492,7 +494,9 @@ kernel_test!(cursor_bbm_cow_reuse);
 /// refused, the copy freed, the entry unchanged, and the retried access
 /// reuses the page (two faults, same output address, writable, no frame
 /// kept). With that check removed from `modify` (`perm_only` passing any
-/// value) this test failed ("reuse must keep the page").
+/// value) this test failed ("reuse must keep the page and make it
+/// writable"), and the process's exit then panicked on the copy's
+/// mapcount (it had no rmap).
 fn cursor_bbm_cow_reuse() -> Result<(), String> {
     use memory::REUSE_WITH_COPY_OA as KNOB;
     let (pa, ch) = ("bbm_reuse_parent", "bbm_reuse_child");
