@@ -446,19 +446,16 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
     let slot = unsafe { entry(&ptl, &mem, table, GRANULE.index(va, 3)) };
     let desc = slot.get();
-    if desc.0 == 0 {
+    // The test knob [`SKIP_NEXT_NONE_RECHECK`]: a present entry of an anon
+    // VMA taken for none, as by a fault that read it before another fault
+    // installed the page and did not recheck under the lock.
+    if desc.0 == 0 || skip_none_recheck() && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) {
         if vma.file != 0 {
             return do_fault(slot, vma, va, flags);
         }
         if vma.flags.contains(VmFlags::PFNMAP) {
             return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
         }
-        return do_anonymous_page(slot, vma, va, flags);
-    }
-    // The test knob [`SKIP_NEXT_NONE_RECHECK`]: the fault goes on as if the
-    // entry were still none, as a fault that read it before another
-    // installed the page and did not recheck under the lock would.
-    if vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) && skip_none_recheck() {
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
@@ -563,29 +560,38 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: u64, flags: FaultFlags) -> VmFaul
         return VmFault::Done;
     }
     let Some((folio, base)) = alloc_anon_folio(slot, vma, va) else { return VmFault::Oom };
+    // Linux `folio_ref_add(folio, nr - 1)`: one reference per mapping.
     let nr = folio.nr_pages();
+    page::folio_ref_add(folio, nr as u32 - 1);
     let cont = folio.size() >= cont_size();
     let first = slot_at(slot, va, base);
     let proto = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
     for i in 0..nr {
+        folio_add_new_anon_rmap_pte(folio.page(i));
         let mut d = Desc(proto.0 + i * PAGE_SIZE);
         if cont {
             d = Desc(d.0 | CONT_BIT);
         }
         if let Err(e) = first.sibling(first.index() + i as usize).set_new(d) {
-            // `alloc_anon_folio` found a large folio's range none under
-            // the lock; only an order-0 folio's one entry can be present.
-            if i != 0 {
-                pte_bug(e);
-            }
-            folio.put();
-            return VmFault::Done;
+            return anon_fault_back_off(folio, e);
         }
-        folio_add_new_anon_rmap_pte(folio.page(i));
     }
-    // Linux `folio_ref_add(folio, nr - 1)`: one reference per mapping.
-    page::folio_ref_add(folio, nr as u32 - 1);
     crate::arch::aarch64::cpu::publish_tables();
+    VmFault::Done
+}
+
+/// `do_anonymous_page` found its entry present when it made it: the new
+/// folio goes and the access retries (Linux `vmf_pte_changed`).
+#[cold]
+#[inline(never)]
+fn anon_fault_back_off(folio: page::Folio, e: super::pgtable::MapError) -> VmFault {
+    // `alloc_anon_folio` found a large folio's range none under the lock;
+    // only an order-0 folio's one entry can be present.
+    if folio.nr_pages() != 1 {
+        pte_bug(e);
+    }
+    page::folio_remove_rmap_pte(folio.page(0));
+    folio.put();
     VmFault::Done
 }
 
@@ -739,26 +745,20 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: u64, flags: FaultFlags
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
-    // The test knob [`REUSE_WITH_COPY_OA`]: the change also moves the entry
-    // to a copy of the page, as a reuse mixed up with `wp_page_copy` would.
-    let copy = if reuse_with_copy_oa() { copy_for_reuse_sabotage(slot) } else { None };
-    let oa = copy.map(|c| c.pa().as_u64());
     // Compare-and-swap on the current value: a young or dirty bit the MMU
     // set since `desc` was read stays.
-    let old = match slot.modify(|d| {
-        let d = maybe_mkwrite(d, vma).mkdirty().mkyoung();
-        oa.map_or(d, |pa| Desc((d.0 & !OA_MASK) | pa))
-    }) {
-        Ok((old, _)) => old,
-        Err(e) => match copy {
-            // Refused (not a permission change) with the entry unchanged:
-            // the copy goes and the access retries.
-            Some(c) => {
-                c.put();
-                return VmFault::Done;
-            }
-            None => pte_bug(e),
-        },
+    let change = |d| maybe_mkwrite(d, vma).mkdirty().mkyoung();
+    let old = if reuse_with_copy_oa() {
+        // The test knob [`REUSE_WITH_COPY_OA`].
+        match reuse_moving_to_copy(slot, change) {
+            Some(old) => old,
+            None => return VmFault::Done,
+        }
+    } else {
+        match slot.modify(change) {
+            Ok((old, _)) => old,
+            Err(e) => pte_bug(e),
+        }
     };
     if old.is_valid() {
         KernelFlush.flush(VirtAddr::new(va), PAGE_SIZE, Some(mm.asid()), true);
@@ -777,13 +777,24 @@ fn reuse_with_copy_oa() -> bool {
     REUSE_WITH_COPY_OA.load(Ordering::Relaxed) && REUSE_WITH_COPY_OA.swap(false, Ordering::Relaxed)
 }
 
-/// The copy [`REUSE_WITH_COPY_OA`] moves the entry to (None: no memory).
+/// [`wp_page_reuse`]'s change with [`REUSE_WITH_COPY_OA`] armed: `change`
+/// and the output address of a new copy of the page, as a reuse mixed up
+/// with `wp_page_copy` would make it. Returns the old entry if the change
+/// went through; `None` if it was refused (not a permission change: the
+/// entry is unchanged, the copy goes, the access retries) or there was no
+/// memory for the copy.
 #[cold]
 #[inline(never)]
-fn copy_for_reuse_sabotage(slot: Pte) -> Option<page::Folio> {
-    let new = page::folio_alloc_anon_nozero(0)?;
-    copy_page(new.pa(), slot.get().output_address(PAGE_SIZE));
-    Some(new)
+fn reuse_moving_to_copy(slot: Pte, change: impl Fn(Desc) -> Desc) -> Option<Desc> {
+    let copy = page::folio_alloc_anon_nozero(0)?;
+    copy_page(copy.pa(), slot.get().output_address(PAGE_SIZE));
+    match slot.modify(|d| Desc((change(d).0 & !OA_MASK) | copy.pa().as_u64())) {
+        Ok((old, _)) => Some(old),
+        Err(_) => {
+            copy.put();
+            None
+        }
+    }
 }
 
 /// Linux `wp_page_copy`: a new exclusive page with the old contents (or
