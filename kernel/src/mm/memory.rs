@@ -1297,6 +1297,88 @@ fn protect_run(
     Ok(changed)
 }
 
+/// Linux `contpte_try_fold` after mprotect (`modify_prot_commit_ptes` ->
+/// `set_ptes`): each aligned run of level-3 entries inside `[va, va+len)`
+/// that maps consecutive pages of one large anon folio, from a run-aligned
+/// page, with the same attributes (AF and dirty aside) and no contiguous
+/// bit is folded ([`fold_run`]). Called for VMAs with run-sized folios.
+pub fn contpte_try_fold(mt: MmTables<'_>, va: VirtAddr, len: u64) {
+    let ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let (mut a, end) = (va.align_up(cont_size()).as_u64(), (va + len).align_down(cont_size()).as_u64());
+    while a < end {
+        if let Some(first) = pte_lookup(&ptl, &mut mem, mt.mm.pgd, a, false) {
+            // A refusal (the fold's flush did not happen) left the run as it was.
+            let _ = fold_run(mt.mm, first, a);
+        }
+        a += cont_size();
+    }
+}
+
+/// Folds the run at `first` (the entry of `run_va`) if it may be one (see
+/// [`contpte_try_fold`]), by break-before-make of the whole run: every
+/// entry invalid (the first through `Pte::clear_flush`, whose TLBI covers
+/// the run), then each entry with the contiguous bit and the AF and dirty
+/// bits of all (Linux `contpte_convert`). Returns whether it folded. If the
+/// flush did not happen the entries go back as they were and the fold is
+/// refused ([`super::pgtable::MapError::BbmViolation`]).
+#[cold]
+#[inline(never)]
+fn fold_run(mm: &MmStruct, first: Pte, run_va: u64) -> Result<bool, super::pgtable::MapError> {
+    const SAME_BUT: u64 = AF_BIT | SW_DIRTY_BIT;
+    let n = GRANULE.contiguous_entries(3);
+    let d0 = first.get();
+    if !d0.is_valid() || d0.0 & CONT_BIT != 0 || d0.special() {
+        return Ok(false);
+    }
+    let pa = d0.output_address(PAGE_SIZE);
+    let whole = page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| {
+        f.is_anon() && pa.as_u64() % cont_size() == 0 && f.pa() <= pa && pa + cont_size() <= f.pa() + f.size()
+    });
+    // Entry i is entry 0 moved on by i pages, AF and dirty aside.
+    let alike = |i: usize, d: u64| d & !SAME_BUT == (d0.0 & !SAME_BUT) + i as u64 * PAGE_SIZE;
+    let entry = |i: usize| first.sibling(first.index() + i);
+    if !whole || !(1..n).all(|i| alike(i, entry(i).get().0)) {
+        return Ok(false);
+    }
+    let mut old = [0u64; 128];
+    for (i, o) in old.iter_mut().enumerate().take(n).skip(1) {
+        *o = entry(i).get_and_clear().0;
+    }
+    let put_back = |old: &[u64]| {
+        for (i, &o) in old.iter().enumerate().take(n).skip(1) {
+            // Invalid to the translation it held (what the TLBs may hold).
+            if let Err(e) = entry(i).set_new(Desc(o)) {
+                pte_bug(e);
+            }
+        }
+        crate::arch::aarch64::cpu::publish_tables();
+    };
+    match first.clear_flush(VirtAddr::new(run_va), cont_size(), mm.asid(), &mut KernelFlush) {
+        Ok(o) => old[0] = o.0,
+        Err(e) => {
+            put_back(&old);
+            return Err(e);
+        }
+    }
+    // The MMU may have changed an entry (DBM) between the check and its swap.
+    if !(0..n).all(|i| alike(i, old[i])) {
+        if let Err(e) = first.set_new(Desc(old[0])) {
+            pte_bug(e);
+        }
+        put_back(&old);
+        return Ok(false);
+    }
+    let young_dirty = old[..n].iter().fold(0, |acc, o| acc | (o & SAME_BUT));
+    for (i, &o) in old.iter().enumerate().take(n) {
+        if let Err(e) = entry(i).set_new(Desc(o | young_dirty | CONT_BIT)) {
+            pte_bug(e);
+        }
+    }
+    crate::arch::aarch64::cpu::publish_tables();
+    Ok(true)
+}
+
 /// Test-only sabotage: when armed, the next TLB flush of a permission-only
 /// change (mprotect's, fork's write-protect) is skipped, so
 /// `test/cursor_tests.rs` can show that an EL0 access then goes through
