@@ -1,7 +1,7 @@
 //! Break-before-make on every path, caught by the cursor's tracker, one
 //! test per path. Where a path needs BBM (COW copy, THP split of a 2M or a
-//! 1G block, contpte unfold, the kernel cursor's split, collapse, fold and
-//! unfold) the test arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM
+//! 1G block, the user contpte fold after mprotect and unfold, the kernel
+//! cursor's split, collapse, fold and unfold) the test arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM
 //! sequence needs is dropped), runs the path for real, and checks that the
 //! make over the broken-but-not-flushed range was refused
 //! ([`MapError::BbmViolation`], counted in [`BBM_VIOLATIONS`]) and that
@@ -10,8 +10,7 @@
 //! skips the "pte changed under us" recheck, a COW reuse that moves the
 //! entry to a copy, a dropped permission flush that leaves a stale TLB
 //! entry a real EL0 access on another CPU observes, an mmu_gather that
-//! frees before its flush. The user side of contpte has no fold of live
-//! entries to break; its test checks that the `Pte` API refuses one.
+//! frees before its flush.
 //! Each test says what caught the break and that it failed without that.
 
 use alloc::string::String;
