@@ -1333,7 +1333,7 @@ fn fold_run(mm: &MmStruct, first: Pte, run_va: u64) -> Result<bool, super::pgtab
     }
     let pa = d0.output_address(PAGE_SIZE);
     let whole = page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| {
-        f.is_anon() && pa.as_u64() % cont_size() == 0 && f.pa() <= pa && pa + cont_size() <= f.pa() + f.size()
+        f.is_anon() && pa.as_u64().is_multiple_of(cont_size()) && f.pa() <= pa && pa + cont_size() <= f.pa() + f.size()
     });
     // Entry i is entry 0 moved on by i pages, AF and dirty aside.
     let alike = |i: usize, d: u64| d & !SAME_BUT == (d0.0 & !SAME_BUT) + i as u64 * PAGE_SIZE;
