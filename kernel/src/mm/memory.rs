@@ -396,6 +396,17 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: VirtAddr, d: Desc) -> Result<Desc, 
     Ok(old)
 }
 
+/// Test-only sabotage: when armed, the next fault on a present entry of
+/// an anonymous VMA skips the "pte changed under us" recheck and goes on
+/// as if the entry were none (`test/cursor_tests.rs`; nothing else arms it).
+pub static SKIP_NEXT_NONE_RECHECK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`SKIP_NEXT_NONE_RECHECK`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn skip_none_recheck() -> bool {
+    SKIP_NEXT_NONE_RECHECK.load(Ordering::Relaxed) && SKIP_NEXT_NONE_RECHECK.swap(false, Ordering::Relaxed)
+}
+
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`vma_access_permitted`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
@@ -442,7 +453,10 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
     let slot = unsafe { entry(pmd, &mem, table, GRANULE.index(va.as_u64(), 3)) };
     let desc = slot.get();
-    if desc.0 == 0 {
+    // The test knob [`SKIP_NEXT_NONE_RECHECK`]: a present entry of an anon
+    // VMA taken for none, as by a fault that read it before another fault
+    // installed the page and did not recheck under the lock.
+    if desc.0 == 0 || skip_none_recheck() && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) {
         if vma.file != 0 {
             return do_fault(slot, vma, va, flags);
         }
@@ -540,10 +554,16 @@ fn spurious(mm: &MmStruct, slot: Pte, va: VirtAddr, level: u32, write: bool) -> 
 
 /// Linux `do_anonymous_page`: a read maps the shared zero page read-only
 /// (special: no refcount, no mapcount); a write gets a new zeroed folio,
-/// exclusive to this mm.
+/// exclusive to this mm. `set_new` refuses a present entry: that is
+/// Linux's "pte changed under us" recheck (`vmf_pte_changed`) at the point
+/// of the make, and the fault backs off with nothing taken (the access
+/// retries and finds the entry).
 fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if !flags.write {
-        set_pte_new(slot, Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) }));
+        if slot.set_new(Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) })).is_err() {
+            return VmFault::Done;
+        }
+        crate::arch::aarch64::cpu::publish_tables();
         return VmFault::Done;
     }
     let Some((folio, base)) = alloc_anon_folio(slot, vma, va) else { return VmFault::Oom };
@@ -559,12 +579,26 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> V
         if cont {
             d = Desc(d.0 | CONT_BIT);
         }
-        // The folio's range lies in this level-3 table and maps nothing yet.
         if let Err(e) = first.sibling(first.index() + i as usize).set_new(d) {
-            pte_bug(e);
+            return anon_fault_back_off(folio, e);
         }
     }
     crate::arch::aarch64::cpu::publish_tables();
+    VmFault::Done
+}
+
+/// `do_anonymous_page` found its entry present when it made it: the new
+/// folio goes and the access retries (Linux `vmf_pte_changed`).
+#[cold]
+#[inline(never)]
+fn anon_fault_back_off(folio: page::Folio, e: super::pgtable::MapError) -> VmFault {
+    // `alloc_anon_folio` found a large folio's range none under the lock;
+    // only an order-0 folio's one entry can be present.
+    if folio.nr_pages() != 1 {
+        pte_bug(e);
+    }
+    page::folio_remove_rmap_pte(folio.page(0));
+    folio.put();
     VmFault::Done
 }
 
@@ -722,14 +756,54 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, flags: Fault
     }
     // Compare-and-swap on the current value: a young or dirty bit the MMU
     // set since `desc` was read stays.
-    let old = match slot.modify(|d| maybe_mkwrite(d, vma).mkdirty().mkyoung()) {
-        Ok((old, _)) => old,
-        Err(e) => pte_bug(e),
+    let change = |d| maybe_mkwrite(d, vma).mkdirty().mkyoung();
+    let old = if reuse_with_copy_oa() {
+        // The test knob [`REUSE_WITH_COPY_OA`].
+        match reuse_moving_to_copy(slot, change) {
+            Some(old) => old,
+            None => return VmFault::Done,
+        }
+    } else {
+        match slot.modify(change) {
+            Ok((old, _)) => old,
+            Err(e) => pte_bug(e),
+        }
     };
     if old.is_valid() {
         KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true);
     }
     VmFault::Done
+}
+
+/// Test-only sabotage: when armed, the next [`wp_page_reuse`] changes the
+/// entry's output address to a copy of its page as well
+/// (`test/cursor_tests.rs`; nothing else arms it).
+pub static REUSE_WITH_COPY_OA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Takes [`REUSE_WITH_COPY_OA`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn reuse_with_copy_oa() -> bool {
+    REUSE_WITH_COPY_OA.load(Ordering::Relaxed) && REUSE_WITH_COPY_OA.swap(false, Ordering::Relaxed)
+}
+
+/// [`wp_page_reuse`]'s change with [`REUSE_WITH_COPY_OA`] armed: `change`
+/// and the output address of a new copy of the page, as a reuse mixed up
+/// with `wp_page_copy` would make it. Returns the old entry if the change
+/// went through; `None` if it was refused (not a permission change: the
+/// entry is unchanged, the copy goes, the access retries) or there was no
+/// memory for the copy.
+#[cold]
+#[inline(never)]
+fn reuse_moving_to_copy(slot: Pte, change: impl Fn(Desc) -> Desc) -> Option<Desc> {
+    let copy = page::folio_alloc_anon_nozero(0)?;
+    copy_page(copy.pa(), slot.get().output_address(PAGE_SIZE));
+    match slot.modify(|d| Desc((change(d).0 & !OA_MASK) | copy.pa().as_u64())) {
+        Ok((old, _)) => Some(old),
+        Err(_) => {
+            copy.put();
+            None
+        }
+    }
 }
 
 /// Linux `wp_page_copy`: a new exclusive page with the old contents (or
@@ -1223,6 +1297,60 @@ fn protect_run(
         changed |= protect_entry(run, i, d, el0, mkwrite);
     }
     Ok(changed)
+}
+
+/// Linux `contpte_try_fold` after mprotect (`modify_prot_commit_ptes` ->
+/// `set_ptes`): each aligned run of level-3 entries inside `[va, va+len)`
+/// that maps consecutive pages of one large anon folio, from a run-aligned
+/// page, with the same attributes (AF and dirty aside) and no contiguous
+/// bit is folded ([`fold_run`]). Called for VMAs with run-sized folios.
+pub fn contpte_try_fold(mt: MmTables<'_>, va: VirtAddr, len: u64) {
+    let ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let (mut a, end) = (va.align_up(cont_size()), (va + len).align_down(cont_size()));
+    while a < end {
+        if let Some(first) = pte_lookup(&ptl, &mut mem, a, false) {
+            // A refusal (the fold's flush did not happen) left the run as it was.
+            let _ = fold_run(mt.mm, first, a);
+        }
+        a += cont_size();
+    }
+}
+
+/// Folds the run at `first` (the entry of `run_va`) if it may be one (see
+/// [`contpte_try_fold`]), by break-before-make of the whole run
+/// (`Pte::convert_run`, Linux `contpte_convert`): each entry with the
+/// contiguous bit and the AF and dirty bits of all. Returns whether it
+/// folded. If the flush did not happen the entries go back as they were
+/// and the fold is refused ([`super::pgtable::MapError::BbmViolation`]).
+#[cold]
+#[inline(never)]
+fn fold_run(mm: &MmStruct, first: Pte, run_va: VirtAddr) -> Result<bool, super::pgtable::MapError> {
+    const SAME_BUT: u64 = AF_BIT | SW_DIRTY_BIT;
+    let n = GRANULE.contiguous_entries(3);
+    let d0 = first.get();
+    if !d0.is_valid() || d0.0 & CONT_BIT != 0 || d0.special() {
+        return Ok(false);
+    }
+    let pa = d0.output_address(PAGE_SIZE);
+    let whole = page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| {
+        f.is_anon() && pa.as_u64().is_multiple_of(cont_size()) && f.pa() <= pa && pa + cont_size() <= f.pa() + f.size()
+    });
+    // Entry i is entry 0 moved on by i pages, AF and dirty aside.
+    let alike = move |i: usize, d: u64| d & !SAME_BUT == (d0.0 & !SAME_BUT) + i as u64 * PAGE_SIZE;
+    if !whole || !(1..n).all(|i| alike(i, first.sibling(first.index() + i).get().0)) {
+        return Ok(false);
+    }
+    let mut old = [0u64; 128];
+    let regime = Stage1User { asid: mm.asid() };
+    // The MMU may change an entry (DBM) between the check and its swap:
+    // then the run is written back as it was, after the flush.
+    let folds = |old: &[u64]| (0..n).all(|i| alike(i, old[i]));
+    first.convert_run(n, &regime, &mut KernelFlush, run_va, cont_size(), &mut old, |old, i| {
+        if folds(old) { old[i] | old[..n].iter().fold(0, |acc, o| acc | (o & SAME_BUT)) | CONT_BIT } else { old[i] }
+    })?;
+    crate::arch::aarch64::cpu::publish_tables();
+    Ok(folds(&old))
 }
 
 /// Test-only sabotage: when armed, the next TLB flush of a permission-only

@@ -16,8 +16,12 @@
 //! and goes on. `zap_page_range` (munmap, madvise DONTNEED) and process
 //! teardown ([`super::memory::exit_mmap`], the `fullmm` case: one
 //! `TLBI ASIDE1IS` per batch) use it.
+//!
+//! The gather refuses to free while a range it was given is not flushed
+//! yet ([`UNFLUSHED_FREES`]), whatever order its callers use; the test
+//! knob [`FREE_BEFORE_FLUSH`] breaks that order on purpose.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::kernel_pgtable::FrameTableMem;
@@ -129,6 +133,10 @@ impl<'l> MmuGather<'l> {
     /// Linux `tlb_flush_mmu`: the flush that covers every change gathered
     /// so far, then the tables, pages and blocks go back.
     pub fn flush_mmu(&mut self, mem: &mut FrameTableMem) {
+        if free_before_flush() {
+            // The sabotage: the frees first (refused by `free_batch`).
+            self.free_batch(mem);
+        }
         if self.fullmm || self.start < self.end {
             if self.fullmm {
                 crate::arch::aarch64::mm::tlbflush::flush_tlb_asid(self.asid);
@@ -147,6 +155,19 @@ impl<'l> MmuGather<'l> {
             self.pending.clear();
         }
         (self.start, self.end, self.freed_tables) = (u64::MAX, 0, false);
+        self.free_batch(mem);
+    }
+
+    /// Gives back what the batch holds, unless a range given to
+    /// [`Self::flush_range`] is not flushed yet: a TLB may still translate
+    /// into what would be freed (the use after free mmu_gather exists to
+    /// prevent). Then nothing goes, the refusal is counted in
+    /// [`UNFLUSHED_FREES`], and the batch waits for the flush.
+    fn free_batch(&mut self, mem: &mut FrameTableMem) {
+        if self.start < self.end {
+            UNFLUSHED_FREES.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         for &pa in &self.tables[..self.nr_tables] {
             trace(GatherEvent::Freed(pa));
             mem.free(pa);
@@ -167,6 +188,21 @@ impl<'l> MmuGather<'l> {
         self.flush_mmu(mem);
     }
 }
+
+/// Test-only sabotage: when armed, the next [`MmuGather::flush_mmu`]
+/// frees its batch before its TLB flush. Nothing but
+/// `test/cursor_tests.rs` arms it.
+pub static FREE_BEFORE_FLUSH: AtomicBool = AtomicBool::new(false);
+
+/// Takes [`FREE_BEFORE_FLUSH`] if armed (one relaxed load when it is not).
+#[inline(always)]
+fn free_before_flush() -> bool {
+    FREE_BEFORE_FLUSH.load(Ordering::Relaxed) && FREE_BEFORE_FLUSH.swap(false, Ordering::Relaxed)
+}
+
+/// Frees a gather refused because a range it was given had not been
+/// flushed yet, since boot (for the tests).
+pub static UNFLUSHED_FREES: AtomicU64 = AtomicU64::new(0);
 
 /// What a gather did, in order, for the test that checks nothing goes back
 /// before the flush that covers it (`test/cursor_tests.rs`).

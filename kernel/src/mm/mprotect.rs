@@ -7,6 +7,7 @@ use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::VmFlags;
 use super::mmap::{accountable, check_user_range, split_covered, vm_enough_memory};
+use crate::arch::aarch64::granule::PAGE_SIZE;
 
 /// Linux `do_mprotect_pkey` over `[va, va+len)`: every page must be in a
 /// VMA (`not mapped` otherwise) and outside the sealed range. `none` keeps
@@ -49,6 +50,12 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
         // Cannot fail now that the edges are split.
         memory::change_protection(mt, s, e - s, readable, writable, shared)?;
         a = e;
+    }
+    // Runs made alike again fold back (only where run-sized folios can be;
+    // a run may span VMAs the mprotects split).
+    let cont_order = (memory::cont_size() / PAGE_SIZE).trailing_zeros() as u8;
+    if vmas.inside(va, end).any(|v| v.folio_order >= cont_order) {
+        memory::contpte_try_fold(mt, va, len);
     }
     Ok(())
 }

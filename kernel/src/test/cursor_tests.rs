@@ -1,35 +1,36 @@
 //! Break-before-make on every path, caught by the cursor's tracker, one
-//! test per path. Where a path needs BBM (COW copy, THP split, contpte
-//! unfold, the kernel cursor's split, collapse, fold and unfold) the test
-//! arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM sequence needs is
-//! dropped), runs the path for real, and checks that the make over the
-//! broken-but-not-flushed range was refused ([`MapError::BbmViolation`],
-//! counted in [`BBM_VIOLATIONS`]) and that nothing was left half-changed.
-//! Where a path needs no BBM (a fault into an empty entry, COW reuse,
-//! mprotect, fork's write-protect, the user side of contpte) the test breaks
-//! what can go wrong there: a change of output address or of the
-//! contiguous bit over a live entry through the `Pte` API must be refused,
-//! and a dropped permission flush must leave a stale TLB entry that a real
-//! EL0 access on another CPU observes. Zap and teardown free through the
-//! mmu_gather only after the flush that covers what they free.
+//! test per path. Where a path needs BBM (COW copy, THP split of a 2M or a
+//! 1G block, the user contpte fold after mprotect and unfold, the kernel
+//! cursor's split, collapse, fold and unfold) the test arms [`SKIP_NEXT_FLUSH`] (the next TLB flush a BBM
+//! sequence needs is dropped), runs the path for real, and checks that the
+//! make over the broken-but-not-flushed range was refused
+//! ([`MapError::BbmViolation`], counted in [`BBM_VIOLATIONS`]) and that
+//! nothing was left half-changed. Where a path needs no BBM the test arms
+//! a knob next to the code it breaks and runs the whole path: a fault that
+//! skips the "pte changed under us" recheck, a COW reuse that moves the
+//! entry to a copy, a dropped permission flush that leaves a stale TLB
+//! entry a real EL0 access on another CPU observes, an mmu_gather that
+//! frees before its flush.
+//! Each test says what caught the break and that it failed without that.
 
 use alloc::string::String;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::arch::aarch64::user::op;
 use crate::ensure;
 use crate::mm::addr::{PhysAddr, VirtAddr};
-use crate::mm::desc::{Desc, Kind, LeafAttrs};
+use crate::mm::desc::LeafAttrs;
 use crate::mm::error::MmError;
 use crate::mm::frame::{self, Owner};
 use crate::mm::kernel_pgtable;
 use crate::mm::memory;
+use crate::mm::mm_struct::MmapLocked;
 use crate::mm::mmap::MmapArgs;
 use crate::mm::mmu_gather::{self, GatherEvent};
 use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
-use crate::mm::pgtable::{LeafSizes, MapError, Pte, Translation};
+use crate::mm::pgtable::{LeafSizes, MapError, Translation};
 use crate::println;
 use crate::proc::{self, ProcError, RunEnd, sched};
 
@@ -103,6 +104,52 @@ fn cursor_bbm_thp_split() -> Result<(), String> {
         proc::mprotect(p, m, blk / 2, true, false)?;
         ensure!(level_of(p, m) == Some(3), "the retried mprotect splits the block");
         ensure!(matches!(proc::access(p, op::CHECK, m, blk, 0x33)?, RunEnd::Done), "data after the split");
+        Ok(())
+    })();
+    let _ = proc::exit(p);
+    r
+}
+
+kernel_test!(cursor_bbm_thp_split_pud);
+/// 1G THP split (`split_huge_pud`: block to a table of 2M blocks, BBM on
+/// the level-1 entry; 4K pages only, and 1G of free aligned RAM: the
+/// in-kernel run with 3G has it): an mprotect of half the 1G THP with the
+/// flush dropped fails with the violation and leaves the 1G block mapped,
+/// no table kept; the retried mprotect splits it into 2M blocks. With
+/// `Pte::clear_flush`'s refusal removed (the flush dropped, the make going
+/// on) this test failed ("mprotect over a 1G split without its flush:
+/// Ok(())").
+fn cursor_bbm_thp_split_pud() -> Result<(), String> {
+    use crate::mm::huge_memory::{pud_order, pud_size};
+    let Some(order) = pud_order() else {
+        return super::cannot_apply("no level-1 blocks with this granule (1G THPs need 4K pages)");
+    };
+    let blk = pud_size();
+    // The folio needs 1G of free, 1G-aligned RAM.
+    if blk > frame::stats().managed * PAGE_SIZE / 2 {
+        return super::cannot_apply("1G is more than half of RAM here (the 3G in-kernel run has room)");
+    }
+    let pt_frames = || frame::stats().by_owner[Owner::PageTable as usize];
+    let p = "bbm_thp_pud";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", MmapArgs { align: blk, folio_order: order, ..super::anon(blk) })?;
+        let last = m + (blk - PAGE_SIZE);
+        ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x36)?, RunEnd::Done), "write the 1G THP");
+        if level_of(p, m) != Some(1) {
+            return super::cannot_apply("no 1G folio for the THP (no free aligned 1G)");
+        }
+        ensure!(matches!(proc::access(p, op::WRITE, last, PAGE_SIZE, 0x37)?, RunEnd::Done), "write its end");
+        let (v0, t0) = (violations(), pt_frames());
+        let e = sabotaged(|| proc::mprotect(p, m, blk / 2, true, false));
+        ensure!(e.as_ref().is_err_and(is_violation), "mprotect over a 1G split without its flush: {e:?}");
+        ensure!(violations() == v0 + 1, "{} violations, expected 1", violations() - v0);
+        ensure!(level_of(p, m) == Some(1), "the refused split must leave the 1G block");
+        ensure!(pt_frames() == t0, "the refused split kept {} table frames", pt_frames() - t0);
+        proc::mprotect(p, m, blk / 2, true, false)?;
+        ensure!(level_of(p, m) == Some(2), "the retried mprotect splits the 1G block into 2M blocks");
+        ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x36)?, RunEnd::Done), "data after the split");
+        ensure!(matches!(proc::access(p, op::CHECK, last, PAGE_SIZE, 0x37)?, RunEnd::Done), "its end's data");
         Ok(())
     })();
     let _ = proc::exit(p);
@@ -328,63 +375,94 @@ fn cursor_gather_frees_only_after_the_flush() -> Result<(), String> {
     r
 }
 
-/// Runs `f` on the level-3 entry mapping `va` in process `p`, under its
-/// page-table lock (as the fault path holds it).
-fn with_pte<R>(p: &str, va: u64, f: impl FnOnce(Pte<'_>) -> R) -> Result<R, String> {
+kernel_test!(cursor_zap_free_before_flush_refused);
+/// Zap (munmap) with its mmu_gather broken on purpose: with
+/// `mmu_gather::FREE_BEFORE_FLUSH` armed the gather tries to free its batch
+/// before the TLB flush, while other CPUs may still translate into those
+/// pages. Caught by the gather itself, in every build and whatever the
+/// timing: it refuses to free while a range it was given is unflushed
+/// (counted in `UNFLUSHED_FREES`), and frees after the flush. The trace
+/// confirms no page went back before a flush, the frames come back and the
+/// range faults. With that refusal removed from `MmuGather::free_batch`
+/// this test failed ("0 refused frees, expected 1").
+fn cursor_zap_free_before_flush_refused() -> Result<(), String> {
+    use mmu_gather::{FREE_BEFORE_FLUSH, UNFLUSHED_FREES};
+    const PAGES: u64 = 32;
+    let p = "zap_free_early";
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let m = proc::mmap(p, "m", super::anon(PAGES * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(p, op::WRITE, m, PAGES * PAGE_SIZE, 0x56)?, RunEnd::Done), "write");
+        let (u0, free0) = (UNFLUSHED_FREES.load(Ordering::Relaxed), frame::stats().free);
+        FREE_BEFORE_FLUSH.store(true, Ordering::Relaxed);
+        let ev = gather_trace(|| proc::munmap(p, m, PAGES * PAGE_SIZE).map_err(String::from));
+        ensure!(!FREE_BEFORE_FLUSH.swap(false, Ordering::Relaxed), "munmap's gather did not take the knob");
+        let refused = UNFLUSHED_FREES.load(Ordering::Relaxed) - u0;
+        ensure!(refused == 1, "{refused} refused frees, expected 1");
+        check_gather("munmap, frees moved before the flush", &ev?, PAGES as usize, 1)?;
+        ensure!(frame::stats().free >= free0 + PAGES, "munmap gave back {} frames", frame::stats().free - free0);
+        for i in [0, PAGES - 1] {
+            let r = proc::access(p, op::CHECK, m + i * PAGE_SIZE, 1, 0x56)?;
+            ensure!(matches!(r, RunEnd::Fault { .. }), "page {i} still readable after munmap: {r:?}");
+        }
+        Ok(())
+    })();
+    FREE_BEFORE_FLUSH.store(false, Ordering::Relaxed);
+    let _ = proc::exit(p);
+    r
+}
+
+/// Runs the fault path ([`memory::handle_mm_fault`], as the fault entry
+/// does: under the mmap lock, with the VMA of `va`) for a fault on `va` in
+/// `p`, with `knob` armed for it. Returns the result and whether the path
+/// took the knob.
+fn fault_with_knob(p: &str, va: VirtAddr, write: bool, knob: &AtomicBool) -> Result<(memory::VmFault, bool), String> {
     proc::with_proc(p, |pr| {
-        let ptl = pr.mm.page_table_lock_guard();
-        let mut mem = pr.tables.lock();
-        let pmd = memory::pmd_lookup(&ptl, &mut mem, VirtAddr::new(va), false);
-        let Some((pmd, Kind::Table(table))) = pmd.map(|e| (e, e.get().kind(2, GRANULE))) else {
-            return Ok(Err(alloc::format!("{va:#x} has no level-3 table")));
-        };
-        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        Ok(Ok(f(unsafe { memory::entry(pmd, &mem, table, GRANULE.index(va, 3)) })))
+        let g = pr.mm.mmap_read_lock();
+        let Some(vma) = g.vmas().find(va).copied() else { return Ok(Err(alloc::format!("no VMA at {va:?}"))) };
+        knob.store(true, Ordering::Relaxed);
+        let r = memory::handle_mm_fault(pr.mt(), &vma, va, memory::FaultFlags { write, unshare: false });
+        Ok(Ok((r, !knob.swap(false, Ordering::Relaxed))))
     })?
 }
 
-/// `d` with its output address moved one page on: a change that needs
-/// break-before-make.
-fn other_oa(d: Desc) -> Desc {
-    Desc(d.0 ^ PAGE_SIZE)
-}
-
 kernel_test!(cursor_bbm_fault_into_empty_entry);
-/// Fault into an empty entry (`do_anonymous_page`, `set_pte_at`): invalid
-/// to valid needs no BBM, so what can go wrong is the entry not being
-/// empty any more - a racing fault on another CPU installed a page. Broken
-/// on purpose: `Pte::set_new` of an entry with another output address over
-/// the live one must be refused as `NeedsBreakBeforeMake`, and the entry,
-/// the mapped data and the fault path (which then finds the entry present)
-/// stay as they were. A plain store here would silently replace a live
-/// translation without BBM.
+/// Fault into an empty entry (`do_anonymous_page`): invalid to valid
+/// needs no BBM; what can go wrong is two faults on one empty entry, the
+/// second making its page over the one the first installed. Linux rechecks
+/// the entry under the lock ("pte changed under us"). Broken on purpose:
+/// after a real EL0 write fault installed the page, a second fault on it
+/// runs the whole path with that recheck skipped
+/// (`memory::SKIP_NEXT_NONE_RECHECK`), a write and then a read, as faults
+/// that read the entry none before the first fault took the lock would.
+/// Caught by `Pte::set_new`, which refuses a make over a valid entry: the
+/// fault backs off (its new folio freed), the entry, the data and the free
+/// frame count stay as they were. With that refusal removed from
+/// `set_new` this test failed: the write's zeroed folio replaced the live
+/// page without BBM ("the backed-off fault changed the entry").
 fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
+    use memory::SKIP_NEXT_NONE_RECHECK as KNOB;
     let p = "bbm_fault";
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
-        let m = proc::mmap(p, "m", super::anon(2 * PAGE_SIZE))?;
+        let m = proc::mmap(p, "m", super::anon(PAGE_SIZE))?;
         ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "fault in");
-        let (old, refused, after) = with_pte(p, m.as_u64(), |e| {
-            let old = e.get();
-            (old, e.set_new(other_oa(old)), e.get())
-        })?;
-        ensure!(old.is_valid(), "the faulted-in entry is not valid: {old:?}");
-        ensure!(
-            matches!(refused, Err(MapError::NeedsBreakBeforeMake { .. })),
-            "set_new over a live entry with a new output address: {refused:?}"
-        );
-        ensure!(after == old, "the refused make changed the entry: {old:?} -> {after:?}");
-        // Into the empty neighbour the same primitive works (the real fault).
+        let before = desc_of(p, m).ok_or("the write fault mapped nothing")?;
+        let free0 = frame::stats().free;
+        for write in [true, false] {
+            let (r, taken) = fault_with_knob(p, m, write, &KNOB)?;
+            ensure!(taken, "the fault path did not take the knob (write {write})");
+            ensure!(r == memory::VmFault::Done, "the fault over the present entry: {r:?} (write {write})");
+            let now = desc_of(p, m);
+            ensure!(now == Some(before), "the backed-off fault changed the entry: {before:?} -> {now:?}");
+            ensure!(frame::stats().free == free0, "the backed-off fault kept {} frames", free0 - frame::stats().free);
+        }
         let f0 = proc::fault_count(p);
-        ensure!(matches!(proc::access(p, op::WRITE, m + PAGE_SIZE, PAGE_SIZE, 0x62)?, RunEnd::Done), "2nd fault");
-        ensure!(
-            proc::fault_count(p) == f0 + 1,
-            "the fault into the empty entry took {} faults",
-            proc::fault_count(p) - f0
-        );
         ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x61)?, RunEnd::Done), "data after the refusal");
+        ensure!(proc::fault_count(p) == f0, "the page faulted again after the refusal");
         Ok(())
     })();
+    KNOB.store(false, Ordering::Relaxed);
     let _ = proc::exit(p);
     r
 }
@@ -392,11 +470,19 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
 kernel_test!(cursor_bbm_cow_reuse);
 /// COW reuse (`wp_page_reuse`: the only mapper of a read-only anon page
 /// writes): a permission-only change by compare-and-swap, same output
-/// address, no BBM, one fault. Broken on purpose: the same primitive
-/// (`Pte::modify`) asked to change the output address as well must be
-/// refused (`NotPermissionBits`) with the entry untouched - a reuse that
-/// moved the page would need BBM.
+/// address, no BBM. Broken on purpose: the parent's EL0 write after its
+/// child left runs the real fault with `memory::REUSE_WITH_COPY_OA` armed,
+/// so the reuse's change also moves the entry to a copy of the page (a
+/// reuse mixed up with `wp_page_copy`, which would need BBM). Caught by
+/// `Pte::modify`, which accepts only permission bits: the change is
+/// refused, the copy freed, the entry unchanged, and the retried access
+/// reuses the page (two faults, same output address, writable, no frame
+/// kept). With that check removed from `modify` (`perm_only` passing any
+/// value) this test failed ("reuse must keep the page and make it
+/// writable"), and the process's exit then panicked on the copy's
+/// mapcount (it had no rmap).
 fn cursor_bbm_cow_reuse() -> Result<(), String> {
+    use memory::REUSE_WITH_COPY_OA as KNOB;
     let (pa, ch) = ("bbm_reuse_parent", "bbm_reuse_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
@@ -406,24 +492,29 @@ fn cursor_bbm_cow_reuse() -> Result<(), String> {
         proc::exit(ch)?;
         let before = desc_of(pa, m).ok_or("not mapped after fork")?;
         ensure!(before.perms().read_only, "fork left the parent's entry writable: {before:?}");
-        let (v0, f0) = (violations(), proc::fault_count(pa));
-        ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x72)?, RunEnd::Done), "parent write after the child left");
+        let (v0, f0, free0) = (violations(), proc::fault_count(pa), frame::stats().free);
+        KNOB.store(true, Ordering::Relaxed);
+        let w = proc::access(pa, op::WRITE, m, 1, 0x72);
+        let taken = !KNOB.swap(false, Ordering::Relaxed);
+        ensure!(matches!(w?, RunEnd::Done), "parent write after the child left");
+        ensure!(taken, "the write fault did not reach wp_page_reuse");
         let after = desc_of(pa, m).ok_or("not mapped after reuse")?;
-        ensure!(proc::fault_count(pa) == f0 + 1, "reuse took {} faults, expected 1", proc::fault_count(pa) - f0);
-        ensure!(violations() == v0, "reuse hit the BBM tracker");
         ensure!(
             after.output_address(PAGE_SIZE) == before.output_address(PAGE_SIZE) && after.user_writable(),
             "reuse must keep the page and make it writable: {before:?} -> {after:?}"
         );
-        let (refused, now) = with_pte(pa, m.as_u64(), |e| (e.modify(other_oa), e.get()))?;
         ensure!(
-            matches!(refused, Err(MapError::NotPermissionBits(_))),
-            "modify with a new output address: {refused:?}"
+            proc::fault_count(pa) == f0 + 2,
+            "the refused reuse and its retry took {} faults, expected 2",
+            proc::fault_count(pa) - f0
         );
-        ensure!(now == after, "the refused modify changed the entry: {after:?} -> {now:?}");
-        ensure!(matches!(proc::access(pa, op::CHECK, m, 1, 0x72)?, RunEnd::Done), "data after the refusal");
+        ensure!(frame::stats().free == free0, "the refused reuse kept {} frames", free0 - frame::stats().free);
+        ensure!(violations() == v0, "reuse hit the BBM tracker");
+        ensure!(matches!(proc::access(pa, op::CHECK, m, 1, 0x72)?, RunEnd::Done), "the written byte");
+        ensure!(matches!(proc::access(pa, op::CHECK, m + 1, PAGE_SIZE - 1, 0x71)?, RunEnd::Done), "the page's data");
         Ok(())
     })();
+    KNOB.store(false, Ordering::Relaxed);
     let _ = proc::exit(ch);
     let _ = proc::exit(pa);
     r
@@ -534,49 +625,55 @@ fn cursor_bbm_fork_wrprotect_flush() -> Result<(), String> {
 }
 
 kernel_test!(cursor_bbm_contpte_fold_user);
-/// contpte fold on the user side. No user path folds live entries into a
-/// run (nor collapses a table into a block: THP collapse exists only on
-/// the kernel cursor, whose fold and collapse
-/// `cursor_bbm_kernel_split_collapse_fold` breaks on purpose): the fault
-/// path makes a run only into empty entries (`do_anonymous_page` with a
-/// run-sized folio). What can break is making a run where an entry is
-/// already present. Broken on purpose: setting the contiguous bit on a
-/// live entry through the `Pte` API - by `set_new` or by the CAS `update` -
-/// is refused (`NeedsBreakBeforeMake`, `NotPermissionBits`) and the entry
-/// is unchanged; and a write fault next to a present entry maps one page,
-/// not a run over it.
+/// contpte fold on the user side (`memory::contpte_try_fold`, Linux's
+/// after mprotect: BBM of the whole run). A run-sized folio's run is
+/// unfolded by an mprotect of one page; an mprotect of the whole run back
+/// makes its entries alike again, and it folds. Broken on purpose: with
+/// the fold's flush dropped ([`SKIP_NEXT_FLUSH`]) the mprotect succeeds
+/// (the fold is opportunistic), the violation is counted and the run
+/// stays unfolded, every page writable with its data; the same mprotect
+/// again folds it. With `Pte::clear_flush`'s refusal removed (the flush
+/// dropped, the make going on) this test failed ("0 violations, expected
+/// 1"). Also: the fault path makes a run only into none entries, so a
+/// write fault next to a present entry maps one page, not a run over it.
 fn cursor_bbm_contpte_fold_user() -> Result<(), String> {
-    use crate::mm::desc::CONT_BIT;
     let run = crate::mm::memory::cont_size();
     let order = (run / PAGE_SIZE).trailing_zeros() as u8;
     let p = "bbm_fold";
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
         let m = proc::mmap(p, "m", MmapArgs { align: run, folio_order: order, ..super::anon(2 * run) })?;
-        // A run into empty entries is what the fault path does.
-        ensure!(matches!(proc::access(p, op::WRITE, m + run, PAGE_SIZE, 0x51)?, RunEnd::Done), "write fault");
-        if !desc_of(p, m + run).is_some_and(|d| d.contiguous()) {
+        ensure!(matches!(proc::access(p, op::WRITE, m, run, 0x51)?, RunEnd::Done), "write the run");
+        if !desc_of(p, m).is_some_and(|d| d.contiguous()) {
             return super::cannot_apply("no run-sized folio (memory fragmented)");
         }
+        let folded = |what: &str, want: bool| -> Result<(), String> {
+            for i in [0, 1, run / PAGE_SIZE - 1] {
+                let d = desc_of(p, m + i * PAGE_SIZE).ok_or("the run lost a page")?;
+                ensure!(d.contiguous() == want, "{what}: page {i} {d:?}, contiguous expected {want}");
+                ensure!(d.user_writable(), "{what}: page {i} not writable: {d:?}");
+            }
+            Ok(())
+        };
+        proc::mprotect(p, m + PAGE_SIZE, PAGE_SIZE, true, false)?;
+        ensure!(desc_of(p, m).is_some_and(|d| !d.contiguous()), "mprotect of one page left the run folded");
+        let v0 = violations();
+        sabotaged(|| proc::mprotect(p, m, run, true, true))?;
+        ensure!(violations() == v0 + 1, "{} violations, expected 1", violations() - v0);
+        folded("the refused fold", false)?;
+        ensure!(matches!(proc::access(p, op::CHECK, m, run, 0x51)?, RunEnd::Done), "data after the refusal");
+        proc::mprotect(p, m, run, true, true)?;
+        folded("the retried fold", true)?;
+        ensure!(violations() == v0 + 1, "the retried fold hit the tracker");
+        ensure!(matches!(proc::access(p, op::CHECK, m, run, 0x51)?, RunEnd::Done), "data after the fold");
         // One entry of the other run present (the zero page), then a write
         // fault elsewhere in it: no run may be made over the present entry.
-        ensure!(matches!(proc::access(p, op::CHECK, m + 3 * PAGE_SIZE, 1, 0)?, RunEnd::Done), "read fault");
-        let zero = desc_of(p, m + 3 * PAGE_SIZE).ok_or("the read fault mapped nothing")?;
-        ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, 0x52)?, RunEnd::Done), "write next to it");
-        ensure!(desc_of(p, m).is_some_and(|d| !d.contiguous()), "a run was made over a present entry");
-        ensure!(desc_of(p, m + 3 * PAGE_SIZE) == Some(zero), "the present entry changed under the fault");
-        let (by_set, by_update, after) = with_pte(p, (m + 3 * PAGE_SIZE).as_u64(), |e| {
-            let old = e.get();
-            (e.set_new(Desc(old.0 | CONT_BIT)), e.update(CONT_BIT, 0), e.get())
-        })?;
-        ensure!(
-            matches!(by_set, Err(MapError::NeedsBreakBeforeMake { .. })),
-            "set_new folding a live entry: {by_set:?}"
-        );
-        ensure!(matches!(by_update, Err(MapError::NotPermissionBits(_))), "update folding a live entry: {by_update:?}");
-        ensure!(after == zero, "a refused fold changed the entry: {zero:?} -> {after:?}");
-        ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x52)?, RunEnd::Done), "data");
-        ensure!(matches!(proc::access(p, op::CHECK, m + run, PAGE_SIZE, 0x51)?, RunEnd::Done), "the run's data");
+        let o = m + run;
+        ensure!(matches!(proc::access(p, op::CHECK, o + 3 * PAGE_SIZE, 1, 0)?, RunEnd::Done), "read fault");
+        let zero = desc_of(p, o + 3 * PAGE_SIZE).ok_or("the read fault mapped nothing")?;
+        ensure!(matches!(proc::access(p, op::WRITE, o, PAGE_SIZE, 0x52)?, RunEnd::Done), "write next to it");
+        ensure!(desc_of(p, o).is_some_and(|d| !d.contiguous()), "a run was made over a present entry");
+        ensure!(desc_of(p, o + 3 * PAGE_SIZE) == Some(zero), "the present entry changed under the fault");
         Ok(())
     })();
     let _ = proc::exit(p);

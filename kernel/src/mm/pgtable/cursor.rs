@@ -1543,10 +1543,15 @@ impl<'l, R: Regime> Pte<'l, R> {
         Ok(old)
     }
 
-    /// Unfolds a contiguous run starting at this entry (`n` entries): BBM
-    /// on the whole run, then each entry without the contiguous bit.
-    /// Returns the old values (with their AF/dirty) through `olds`.
-    pub fn unfold(
+    /// Rewrites the `n`-entry contiguous run starting at this entry by
+    /// break-before-make of the whole run (Linux `contpte_convert`, behind
+    /// both the fold and the unfold): every entry swapped invalid (their
+    /// values, AF/dirty included, into `olds`), one TLBI of `[va, va+size)`,
+    /// then entry `i` written as `make(olds, i)`. If the flush did not
+    /// happen the run goes back as it was (what the TLBs may hold) and the
+    /// rewrite is refused ([`MapError::BbmViolation`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn convert_run(
         self,
         n: usize,
         regime: &R,
@@ -1554,6 +1559,7 @@ impl<'l, R: Regime> Pte<'l, R> {
         va: VirtAddr,
         size: u64,
         olds: &mut [u64],
+        make: impl Fn(&[u64], usize) -> u64,
     ) -> Result<(), MapError> {
         for (i, o) in olds.iter_mut().enumerate().take(n) {
             *o = self.sibling(self.index() + i).slot().swap(0, Ordering::AcqRel);
@@ -1566,10 +1572,25 @@ impl<'l, R: Regime> Pte<'l, R> {
             return Err(violation(va, 3));
         }
         regime.flush(fl, va, size, true);
-        for (i, o) in olds.iter().enumerate().take(n) {
-            self.sibling(self.index() + i).slot().store(o & !CONT, Ordering::Release);
+        for i in 0..n {
+            self.sibling(self.index() + i).slot().store(make(olds, i), Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Unfolds a contiguous run starting at this entry (`n` entries):
+    /// [`Self::convert_run`] to each entry without the contiguous bit.
+    /// Returns the old values (with their AF/dirty) through `olds`.
+    pub fn unfold(
+        self,
+        n: usize,
+        regime: &R,
+        fl: &mut R::Flush,
+        va: VirtAddr,
+        size: u64,
+        olds: &mut [u64],
+    ) -> Result<(), MapError> {
+        self.convert_run(n, regime, fl, va, size, olds, |o, i| o[i] & !CONT)
     }
 }
 
