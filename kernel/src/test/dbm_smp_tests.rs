@@ -106,8 +106,12 @@ const SCALE: u64 = PAGE_SIZE / 4096;
 /// after the writer's: far enough that the writer is not there yet when the
 /// edit loads the first entry. The writer, faster than the widened edit,
 /// catches up with it within the range and dirties the entry it has loaded.
-const AHEAD: u64 = if 32 / SCALE > 2 { 32 / SCALE } else { 2 };
-const GAP: u64 = if 8 / SCALE > 1 { 8 / SCALE } else { 1 };
+const AHEAD: u64 = at_least(32 / SCALE, 2);
+const GAP: u64 = at_least(8 / SCALE, 1);
+
+const fn at_least(v: u64, min: u64) -> u64 {
+    if v > min { v } else { min }
+}
 /// Passes of mprotect(R) then (RW) ahead of the writers in one round, while
 /// they write: each is one chance that a writer dirties a clean page inside
 /// an edit's window (one in a few passes under TCG).
