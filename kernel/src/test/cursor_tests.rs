@@ -653,9 +653,9 @@ kernel_test!(cursor_bbm_contpte_fold_user);
 /// the fold's flush dropped ([`SKIP_NEXT_FLUSH`]) the mprotect succeeds
 /// (the fold is opportunistic), the violation is counted and the run
 /// stays unfolded, every page writable with its data; the same mprotect
-/// again folds it. With `Pte::clear_flush`'s refusal removed (the flush
-/// dropped, the make going on) this test failed ("0 violations, expected
-/// 1"). Also: the fault path makes a run only into none entries, so a
+/// again folds it. The fold is `Pte::convert_run`; with its refusal
+/// removed (the flush dropped, the run written back with the bit all the
+/// same) this test failed ("0 violations, expected 1"). Also: the fault path makes a run only into none entries, so a
 /// write fault next to a present entry maps one page, not a run over it.
 fn cursor_bbm_contpte_fold_user() -> Result<(), String> {
     let run = crate::mm::memory::cont_size();
