@@ -1294,7 +1294,9 @@ pub fn prepare_protection(
             Ok(())
         });
     }
-    // Without exclusivity to differ only a run an end cuts is unfolded.
+    // Made read-only, every entry of a run the range covers gets the same
+    // change: only a run an end cuts is unfolded. Where no run is expected
+    // the two ends are looked at all the same (two lookups).
     for a in [va, end - PAGE_SIZE] {
         if let Some(slot) = pte_lookup(&ptl, &mut mem, a, false)
             && slot.get().is_valid()
