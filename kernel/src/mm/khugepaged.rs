@@ -85,7 +85,8 @@ fn thp_vma_allowable(vma: &Vma, va: VirtAddr) -> bool {
 enum Pmd {
     /// A block already: nothing to do (Linux `SCAN_PMD_MAPPED`).
     Mapped,
-    /// A table of entries that can be collapsed: their values, in order.
+    /// A table of entries that can be collapsed (their values, in order,
+    /// are in the scan's `olds`).
     Table,
 }
 

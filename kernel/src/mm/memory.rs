@@ -234,14 +234,6 @@ pub(crate) fn split_blocks_at_edges(
     Ok(())
 }
 
-/// Splits the blocks that `[va, va+len)` cuts (the fallible part of
-/// [`change_protection`], which callers run before they change a VMA).
-pub fn split_range_edges(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
-    let ptl = mt.mm.page_table_lock_guard();
-    let mut mem = mt.mem.lock();
-    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)
-}
-
 /// Splits the 1G block around `va`, if there is one.
 fn split_pud_at(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem, va: VirtAddr) -> Result<(), MmError> {
     if let Some(pud) = slot_lookup(ptl, mem, va, 1, false)
@@ -1227,8 +1219,29 @@ fn run_stays_uniform(slot: Pte, a: VirtAddr, start: VirtAddr, end: VirtAddr, wri
     (1..GRANULE.contiguous_entries(3)).all(|i| excl(i) == e0)
 }
 
+/// Unfolds the contiguous run holding `a` (entry `slot`) unless it stays
+/// uniform through the mprotect of `[va, va+len)` ([`run_stays_uniform`]).
+#[cold]
+#[inline(never)]
+fn unfold_unless_uniform(
+    mm: &MmStruct,
+    slot: Pte,
+    a: VirtAddr,
+    va: VirtAddr,
+    len: u64,
+    writable: bool,
+) -> Result<(), MmError> {
+    if !run_stays_uniform(slot, a, va, va + len, writable) {
+        unfold_run(mm, slot, a)?;
+    }
+    Ok(())
+}
+
 /// The contiguous-run part of [`change_protection`] at entry `a`: unfolds
-/// the run unless it stays uniform. Returns the entry to work on.
+/// the run unless it stays uniform. Returns the entry to work on. After
+/// [`prepare_protection`] under the same mmap write lock there is no such
+/// run left; the check stays so that no run keeps its bit while its
+/// entries are given different permissions.
 #[cold]
 #[inline(never)]
 fn cont_before_protect(
@@ -1240,10 +1253,59 @@ fn cont_before_protect(
     writable: bool,
 ) -> Result<Desc, MmError> {
     let run_va = a.align_down(cont_size());
-    if (a == run_va || a == va) && !run_stays_uniform(slot, a, va, va + len, writable) {
-        unfold_run(mm, slot, a)?;
+    if a == run_va || a == va {
+        unfold_unless_uniform(mm, slot, a, va, len, writable)?;
     }
     Ok(slot.get())
+}
+
+/// The fallible part of [`change_protection`] over `[va, va+len)`, which
+/// mprotect runs before it changes the VMA's flags, so that a failure
+/// leaves the flags and the entries agreeing: splits the blocks the range
+/// cuts and unfolds each contiguous run `change_protection` would unfold
+/// (the runs the range's ends cut; when making writable, also the runs
+/// whose pages differ in exclusivity). Such runs exist only where the VMA
+/// can hold run-sized folios (`cont_runs`: its `folio_order`, the policy
+/// of every path that sets the bit); elsewhere only the ends are looked at.
+pub fn prepare_protection(
+    mt: MmTables<'_>,
+    va: VirtAddr,
+    len: u64,
+    writable: bool,
+    cont_runs: bool,
+) -> Result<(), MmError> {
+    let ptl = mt.mm.page_table_lock_guard();
+    let mut mem = mt.mem.lock();
+    let (mm, end) = (mt.mm, va + len);
+    split_blocks_at_edges(&ptl, mm, &mut mem, va, end)?;
+    if writable && cont_runs {
+        // The entries `cont_before_protect` decides at: the range's first
+        // and each run's first.
+        return for_each_pte(&ptl, &mem, va, end, &mut |start, level, run| {
+            let mut i = 0;
+            while level == 3 && i < run.len() {
+                let a = start + i as u64 * PAGE_SIZE;
+                let d = run.get(i);
+                if d.is_valid() && d.0 & CONT_BIT != 0 {
+                    unfold_unless_uniform(mm, run.pte(i), a, va, len, writable)?;
+                }
+                i += ((a.align_down(cont_size()) + cont_size() - a) / PAGE_SIZE) as usize;
+            }
+            Ok(())
+        });
+    }
+    // Made read-only, every entry of a run the range covers gets the same
+    // change: only a run an end cuts is unfolded. Where no run is expected
+    // the two ends are looked at all the same (two lookups).
+    for a in [va, end - PAGE_SIZE] {
+        if let Some(slot) = pte_lookup(&ptl, &mut mem, a, false)
+            && slot.get().is_valid()
+            && slot.get().0 & CONT_BIT != 0
+        {
+            unfold_unless_uniform(mm, slot, a, va, len, writable)?;
+        }
+    }
+    Ok(())
 }
 
 /// The protection [`change_protection`] gives entry `i` of `run`, which

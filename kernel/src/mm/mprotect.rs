@@ -31,12 +31,16 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
         }
     }
     split_covered(&mut vmas, va, len)?;
-    // The blocks each VMA's edges cut are split first: the only step of
-    // `change_protection` that can fail (a table page). Done before any
-    // VMA changes, a failure leaves the VMAs and the entries agreeing.
+    // What can fail in `change_protection` (a table page for a block
+    // split, a refused unfold of a contiguous run) is done first, VMA by
+    // VMA, before any VMA's flags change: a failure leaves the VMAs and
+    // their entries agreeing.
+    let cont_order = (memory::cont_size() / PAGE_SIZE).trailing_zeros() as u8;
     let mut a = va;
-    while let Some((s, e)) = vmas.inside(a, end).map(|v| (v.start, v.end)).next() {
-        memory::split_range_edges(mt, s, e - s)?;
+    while let Some((s, e, cont_runs)) =
+        vmas.inside(a, end).map(|v| (v.start, v.end, v.folio_order >= cont_order)).next()
+    {
+        memory::prepare_protection(mt, s, e - s, writable, cont_runs)?;
         a = e;
     }
     for v in vmas.inside_mut(va, end) {
@@ -47,13 +51,12 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
     while let Some((s, e, shared)) =
         vmas.inside(a, end).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
     {
-        // Cannot fail now that the edges are split.
+        // Cannot fail after `prepare_protection`.
         memory::change_protection(mt, s, e - s, readable, writable, shared)?;
         a = e;
     }
     // Runs made alike again fold back (only where run-sized folios can be;
     // a run may span VMAs the mprotects split).
-    let cont_order = (memory::cont_size() / PAGE_SIZE).trailing_zeros() as u8;
     if vmas.inside(va, end).any(|v| v.folio_order >= cont_order) {
         memory::contpte_try_fold(mt, va, len);
     }

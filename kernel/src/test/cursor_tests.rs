@@ -160,6 +160,10 @@ kernel_test!(cursor_bbm_contpte_unfold);
 /// contpte unfold (`unfold_run`: BBM on the whole run): an mprotect of one
 /// page of a contiguous run with the flush dropped fails with the
 /// violation and leaves the run as it was; the retried one unfolds it.
+/// After each mprotect the VMA's flags and the entries agree on whether
+/// each page is writable: with the VMA's flags changed before the unfold
+/// (as `do_mprotect` once did) the refused mprotect left a read-only VMA
+/// over a writable entry and this test failed.
 fn cursor_bbm_contpte_unfold() -> Result<(), String> {
     let run = crate::mm::memory::cont_size();
     let order = (run / PAGE_SIZE).trailing_zeros() as u8;
@@ -176,8 +180,11 @@ fn cursor_bbm_contpte_unfold() -> Result<(), String> {
         ensure!(e.as_ref().is_err_and(is_violation), "mprotect over an unfold without its flush: {e:?}");
         ensure!(violations() == v0 + 1, "{} violations, expected 1", violations() - v0);
         ensure!(desc_of(p, m + PAGE_SIZE).is_some_and(|d| d.contiguous()), "the refused unfold must leave the run");
+        flags_agree(p, m, run)?;
         proc::mprotect(p, m + PAGE_SIZE, PAGE_SIZE, true, false)?;
         ensure!(desc_of(p, m).is_some_and(|d| !d.contiguous()), "the retried mprotect unfolds the run");
+        flags_agree(p, m, run)?;
+        ensure!(desc_of(p, m + PAGE_SIZE).is_some_and(|d| !d.user_writable()), "the mprotected page is read-only");
         ensure!(matches!(proc::access(p, op::CHECK, m, run, 0x44)?, RunEnd::Done), "data after the unfold");
         Ok(())
     })();
@@ -273,6 +280,20 @@ fn cursor_zap_clears_and_frees() -> Result<(), String> {
     })();
     let _ = proc::exit(p);
     r
+}
+
+/// Checks that over `[va, va+len)` of `p` each entry is writable exactly
+/// where its VMA allows writing (all pages here are exclusive anon ones).
+fn flags_agree(p: &str, va: VirtAddr, len: u64) -> Result<(), String> {
+    use crate::mm::mm_struct::VmFlags;
+    for a in (0..len / PAGE_SIZE).map(|i| va + i * PAGE_SIZE) {
+        let vma_w = proc::with_proc(p, |pr| Ok(pr.mm.mmap_read_lock().vmas().find(a).map(|v| v.flags)))?
+            .ok_or_else(|| alloc::format!("no VMA at {a:?}"))?
+            .contains(VmFlags::WRITE);
+        let pte_w = desc_of(p, a).ok_or_else(|| alloc::format!("nothing mapped at {a:?}"))?.user_writable();
+        ensure!(vma_w == pte_w, "at {a:?} the VMA says writable={vma_w}, the entry writable={pte_w}");
+    }
+    Ok(())
 }
 
 fn desc_of(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
@@ -632,9 +653,9 @@ kernel_test!(cursor_bbm_contpte_fold_user);
 /// the fold's flush dropped ([`SKIP_NEXT_FLUSH`]) the mprotect succeeds
 /// (the fold is opportunistic), the violation is counted and the run
 /// stays unfolded, every page writable with its data; the same mprotect
-/// again folds it. With `Pte::clear_flush`'s refusal removed (the flush
-/// dropped, the make going on) this test failed ("0 violations, expected
-/// 1"). Also: the fault path makes a run only into none entries, so a
+/// again folds it. The fold is `Pte::convert_run`; with its refusal
+/// removed (the flush dropped, the run written back with the bit all the
+/// same) this test failed ("0 violations, expected 1"). Also: the fault path makes a run only into none entries, so a
 /// write fault next to a present entry maps one page, not a run over it.
 fn cursor_bbm_contpte_fold_user() -> Result<(), String> {
     let run = crate::mm::memory::cont_size();
