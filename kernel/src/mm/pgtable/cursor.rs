@@ -29,7 +29,7 @@
 //! the flush that removed them from every TLB and walk cache.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::granule::Granule;
@@ -362,15 +362,23 @@ impl ExclusiveTables {
     }
 }
 
-/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`])
-/// and has not flushed from the TLBs yet, as the span of their slot
-/// addresses: a make ([`Pte::set_new`], [`Pte::replace`]) into that span is
-/// refused ([`MapError::BbmViolation`]). A span, not a list: zap breaks
-/// one entry after another, and recording one costs two compares and at
-/// most two stores. It can over-cover (entries between two broken ones),
-/// never under-cover. The regime's flush through [`PteRun::flush`] empties
-/// it when it covers the whole span, and [`crate::mm::mmu_gather::MmuGather`]'s
-/// flush (which covers everything the zap broke) empties it always.
+/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`],
+/// [`CursorMut`]'s breaks) and has not flushed from the TLBs yet: a make
+/// ([`Pte::set_new`], [`Pte::replace`], [`CursorMut`]'s writes) into them
+/// is refused ([`MapError::BbmViolation`]). Two spans of slot addresses,
+/// each inside one table page, not a list: zap breaks one entry after
+/// another, and recording one costs a few compares and at most three
+/// stores. A span can over-cover (entries between two broken ones of its
+/// table), never under-cover, and never covers another table lying
+/// physically between two broken ones. Breaks in a third table page while
+/// both spans hold others make the second span cover every slot (a zap
+/// across many tables, which makes nothing before its gather flushes).
+///
+/// Emptied by a flush that covers what it records: the regime's flush
+/// through [`PteRun::flush`] when a span lies in the flushed run,
+/// [`crate::mm::mmu_gather::MmuGather`]'s flush (which covers everything
+/// the zap broke) whenever it flushes, and a [`CursorMut`]'s flush when it
+/// holds that cursor's breaks only.
 ///
 /// Lives in the lock's guard, so it is written only by the lock's holder
 /// (relaxed loads and stores: plain `ldr`/`str`, atomic only to keep the
@@ -378,9 +386,14 @@ impl ExclusiveTables {
 /// unflushed when it unlocks is not seen by the next holder.
 #[derive(Debug)]
 pub struct PendingBreaks {
-    /// `[lo, hi)`: slot addresses; `lo > hi` when empty.
-    lo: core::sync::atomic::AtomicUsize,
-    hi: core::sync::atomic::AtomicUsize,
+    /// `[lo, hi)`: slot addresses in one table page; `lo > hi` when empty.
+    lo: AtomicUsize,
+    hi: AtomicUsize,
+    /// The second span: another table page, or `[0, usize::MAX)`.
+    lo2: AtomicUsize,
+    hi2: AtomicUsize,
+    /// The [`CursorMut`] whose breaks are all the record holds, or 0.
+    owner: AtomicUsize,
 }
 
 impl Default for PendingBreaks {
@@ -389,34 +402,116 @@ impl Default for PendingBreaks {
     }
 }
 
+/// The table page holding slot address `s`.
+#[inline(always)]
+const fn table_page(s: usize) -> usize {
+    s & !(TABLE_BYTES - 1)
+}
+
 impl PendingBreaks {
     /// Nothing broken.
     pub const fn new() -> Self {
-        Self { lo: core::sync::atomic::AtomicUsize::new(usize::MAX), hi: core::sync::atomic::AtomicUsize::new(0) }
+        Self {
+            lo: AtomicUsize::new(usize::MAX),
+            hi: AtomicUsize::new(0),
+            lo2: AtomicUsize::new(usize::MAX),
+            hi2: AtomicUsize::new(0),
+            owner: AtomicUsize::new(0),
+        }
     }
 
-    /// The slot at `s` was broken.
+    /// The slot at `s` was broken by a [`Pte`]: the record is no longer
+    /// one cursor's alone.
     #[inline(always)]
     fn note(&self, s: usize) {
-        if s < self.lo.load(Ordering::Relaxed) {
+        self.owner.store(0, Ordering::Relaxed);
+        self.add(s);
+    }
+
+    /// The slot at `s` was broken by the cursor numbered `id`.
+    fn note_by(&self, s: usize, id: usize) {
+        let owner = if self.is_empty() {
+            id
+        } else if self.owner.load(Ordering::Relaxed) == id {
+            id
+        } else {
+            0
+        };
+        self.owner.store(owner, Ordering::Relaxed);
+        self.add(s);
+    }
+
+    #[inline(always)]
+    fn add(&self, s: usize) {
+        let lo = self.lo.load(Ordering::Relaxed);
+        let hi = self.hi.load(Ordering::Relaxed);
+        if lo >= hi {
             self.lo.store(s, Ordering::Relaxed);
-        }
-        if s + 8 > self.hi.load(Ordering::Relaxed) {
             self.hi.store(s + 8, Ordering::Relaxed);
+        } else if table_page(s) == table_page(lo) {
+            Self::widen(&self.lo, &self.hi, lo, hi, s);
+        } else {
+            self.add_second(s);
+        }
+    }
+
+    /// [`Self::add`] for a slot outside the first span's table page.
+    #[inline(never)]
+    fn add_second(&self, s: usize) {
+        let lo = self.lo2.load(Ordering::Relaxed);
+        let hi = self.hi2.load(Ordering::Relaxed);
+        if lo >= hi {
+            self.lo2.store(s, Ordering::Relaxed);
+            self.hi2.store(s + 8, Ordering::Relaxed);
+        } else if table_page(s) == table_page(lo) && hi != usize::MAX {
+            Self::widen(&self.lo2, &self.hi2, lo, hi, s);
+        } else {
+            // A third table page: cover everything.
+            self.lo2.store(0, Ordering::Relaxed);
+            self.hi2.store(usize::MAX, Ordering::Relaxed);
+        }
+    }
+
+    #[inline(always)]
+    fn widen(lo_a: &AtomicUsize, hi_a: &AtomicUsize, lo: usize, hi: usize, s: usize) {
+        if s < lo {
+            lo_a.store(s, Ordering::Relaxed);
+        }
+        if s + 8 > hi {
+            hi_a.store(s + 8, Ordering::Relaxed);
         }
     }
 
     /// Whether the slot at `s` may be broken and unflushed.
     #[inline(always)]
     fn covers(&self, s: usize) -> bool {
-        s >= self.lo.load(Ordering::Relaxed) && s < self.hi.load(Ordering::Relaxed)
+        self.overlaps(s, s + 8)
     }
 
-    /// A flush covered the slots `[lo, hi)`: the record empties if they
-    /// hold all of it.
+    /// Whether a slot in `[lo, hi)` may be broken and unflushed.
+    #[inline(always)]
+    fn overlaps(&self, lo: usize, hi: usize) -> bool {
+        (lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi)
+            || (lo < self.hi2.load(Ordering::Relaxed) && self.lo2.load(Ordering::Relaxed) < hi)
+    }
+
+    /// A flush covered the slots `[lo, hi)`: each span they hold empties.
     #[inline(always)]
     fn flushed(&self, lo: usize, hi: usize) {
         if lo <= self.lo.load(Ordering::Relaxed) && self.hi.load(Ordering::Relaxed) <= hi {
+            self.lo.store(usize::MAX, Ordering::Relaxed);
+            self.hi.store(0, Ordering::Relaxed);
+        }
+        if lo <= self.lo2.load(Ordering::Relaxed) && self.hi2.load(Ordering::Relaxed) <= hi {
+            self.lo2.store(usize::MAX, Ordering::Relaxed);
+            self.hi2.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A flush by the cursor numbered `id` covered all its breaks: the
+    /// record empties if it holds nothing else.
+    fn flushed_by(&self, id: usize) {
+        if self.owner.load(Ordering::Relaxed) == id {
             self.clear();
         }
     }
@@ -424,6 +519,7 @@ impl PendingBreaks {
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
         self.lo.load(Ordering::Relaxed) >= self.hi.load(Ordering::Relaxed)
+            && self.lo2.load(Ordering::Relaxed) >= self.hi2.load(Ordering::Relaxed)
     }
 
     /// A flush covered every entry broken under the lock (the mmu_gather's).
@@ -431,6 +527,9 @@ impl PendingBreaks {
     pub fn clear(&self) {
         self.lo.store(usize::MAX, Ordering::Relaxed);
         self.hi.store(0, Ordering::Relaxed);
+        self.lo2.store(usize::MAX, Ordering::Relaxed);
+        self.hi2.store(0, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Relaxed);
     }
 }
 
@@ -440,8 +539,14 @@ pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
     t: &'a mut Tables<'m, M>,
     regime: R,
     fl: &'a mut R::Flush,
-    /// Broken (invalidated) ranges whose TLB entries are not flushed yet.
+    /// Broken (invalidated) ranges whose TLB entries are not flushed yet,
+    /// for the flush; their slots are in the lock's record too.
     pending: Vec<(u64, u64)>,
+    /// The lock's record of breaks not flushed ([`PgtableLock::pending`]),
+    /// shared with the [`Pte`]s made under the same lock.
+    record: &'a PendingBreaks,
+    /// This cursor's number in `record` once it broke something; 0 before.
+    id: usize,
     /// Ranges changed in a live-safe way (permissions) whose old TLB
     /// entries are not flushed yet: no BBM hazard, but flushed with the batch.
     stale: Option<(u64, u64)>,
@@ -454,6 +559,9 @@ pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
     level: u32,
     path: [PhysAddr; MAX_LEVELS],
 }
+
+/// Numbers the cursors that break entries, for [`PendingBreaks::owner`].
+static NEXT_CURSOR_ID: AtomicUsize = AtomicUsize::new(1);
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
@@ -478,6 +586,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             regime,
             fl,
             pending: Vec::new(),
+            record: lock.pending(),
+            id: 0,
             stale: None,
             pending_tables: false,
             detached: Vec::new(),
@@ -511,6 +621,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             return;
         }
         self.regime.flush(self.fl, VirtAddr::new(lo), hi.wrapping_sub(lo), !self.pending_tables);
+        if !self.pending.is_empty() {
+            self.record.flushed_by(self.id);
+        }
         self.pending.clear();
         self.stale = None;
         self.pending_tables = false;
@@ -635,7 +748,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                 });
             }
             let size = g.level_size(l);
-            if let Some(hit) = self.pending_hit(VirtAddr::new(va & !(size - 1)), size) {
+            if let Some(hit) = self.pending_hit(VirtAddr::new(va & !(size - 1)), size, table, idx, 1) {
                 return Err(violation(VirtAddr::new(hit), l));
             }
             let next = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
@@ -648,11 +761,21 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// The first address of `[va, va+size)` inside a range broken but not
-    /// flushed, if any.
-    fn pending_hit(&self, va: VirtAddr, size: u64) -> Option<u64> {
+    /// flushed, if any: by this cursor, or under its lock (the lock's
+    /// record, whose slots `n` entries from `idx` of `table` hold).
+    fn pending_hit(&self, va: VirtAddr, size: u64, table: PhysAddr, idx: usize, n: usize) -> Option<u64> {
         let va = va.as_u64();
         let r = (va, va.wrapping_add(size));
-        self.pending.iter().find(|&&p| overlaps(p, r)).map(|p| p.0.max(va))
+        if let Some(p) = self.pending.iter().find(|&&p| overlaps(p, r)) {
+            return Some(p.0.max(va));
+        }
+        let s = self.slot_addr(table, idx);
+        self.record.overlaps(s, s + n * 8).then_some(va)
+    }
+
+    /// The address of entry `idx` of `table`, as the lock's record keeps it.
+    fn slot_addr(&self, table: PhysAddr, idx: usize) -> usize {
+        self.t.entry(table, idx) as *const AtomicU64 as usize
     }
 
     /// Writes `n` consecutive leaves from entry `idx` of `table` (level
@@ -672,7 +795,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let g = self.t.granule;
         assert!(idx + n <= g.entries_per_table());
         let step = g.level_size(level);
-        if let Some(hit) = self.pending_hit(VirtAddr::new(va), step * n as u64) {
+        if let Some(hit) = self.pending_hit(VirtAddr::new(va), step * n as u64, table, idx, n) {
             return Err(violation(VirtAddr::new(hit & !(step - 1)), level));
         }
         // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
@@ -749,11 +872,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let size = self.t.granule.level_size(self.level);
         let va = VirtAddr::new(self.va).align_down(size);
         let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
-        let old = self.t.swap(table, idx, Desc::INVALID);
-        if old.is_valid() {
-            self.push_pending(va, va.wrapping_add(size));
-            self.detach_at(old, self.level);
-        }
+        let old = self.break_entry(table, idx, va, size);
+        self.detach_at(old, self.level);
         old
     }
 
@@ -777,12 +897,12 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if !new.is_valid() {
             let old = self.t.swap(table, idx, new);
             if old.is_valid() {
-                self.push_pending(va, va.wrapping_add(size));
+                self.push_pending(table, idx, va, va.wrapping_add(size));
                 self.detach_at(old, level);
             }
             return Ok(old);
         }
-        if self.pending_hit(va, size).is_some() {
+        if self.pending_hit(va, size, table, idx, 1).is_some() {
             return Err(violation(va, level));
         }
         let slot = self.t.entry(table, idx);
@@ -829,12 +949,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         Ok((table, self.t.granule.index(va.as_u64(), level)))
     }
 
-    /// Step 1: invalidate a live entry covering `[va, va+size)`.
-    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, size: u64) {
+    /// Step 1: invalidate a live entry covering `[va, va+size)`. Returns
+    /// the value the swap took out, with every AF/dirty update the MMU
+    /// made: the new entries are built from it.
+    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, size: u64) -> Desc {
         let old = self.t.swap(table, idx, Desc::INVALID);
         if old.is_valid() {
-            self.push_pending(va, va.wrapping_add(size));
+            self.push_pending(table, idx, va, va.wrapping_add(size));
         }
+        old
     }
 
     /// Records a live-safe change's range to flush with the batch.
@@ -843,9 +966,14 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         self.stale = Some(self.stale.map_or((lo, hi), |s| (s.0.min(lo), s.1.max(hi))));
     }
 
-    /// Records a broken range to flush, merged with the previous one when they
-    /// touch (an unmap of N pages stays one entry, not N).
-    fn push_pending(&mut self, lo: VirtAddr, hi: VirtAddr) {
+    /// Records entry `idx` of `table`, mapping `[lo, hi)`, as broken: in
+    /// the lock's record, and as a range to flush, merged with the previous
+    /// one when they touch (an unmap of N pages stays one range, not N).
+    fn push_pending(&mut self, table: PhysAddr, idx: usize, lo: VirtAddr, hi: VirtAddr) {
+        if self.id == 0 {
+            self.id = NEXT_CURSOR_ID.fetch_add(1, Ordering::Relaxed);
+        }
+        self.record.note_by(self.slot_addr(table, idx), self.id);
         let (lo, hi) = (lo.as_u64(), hi.as_u64());
         if let Some(last) = self.pending.last_mut()
             && lo <= last.1
@@ -862,7 +990,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// needs BBM.
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        if new.is_valid() && self.pending_hit(va, size).is_some() {
+        if new.is_valid() && self.pending_hit(va, size, table, idx, 1).is_some() {
             return Err(violation(va, level));
         }
         let old = self.t.read(table, idx);
@@ -885,16 +1013,22 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         }
         let bbm = old.is_valid() && (!new.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule));
         if bbm {
-            self.break_entry(table, idx, va, size);
+            let old = self.break_entry(table, idx, va, size);
             self.detach_at(old, level);
             self.flush_pending();
-        }
-        self.make_entry(table, idx, va, level, new)?;
-        if old.is_valid() && !bbm {
-            // A live-safe change (permissions): old TLB entries must still go.
+        } else if old.is_valid() {
+            // A live-safe change (permissions) of a live leaf: a
+            // compare-and-swap that keeps the AF/dirty the MMU sets
+            // meanwhile ([`Regime::keep_hw`]), as [`Self::set`].
+            let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
+            if let Err(e) = cas_modify_from(self.t.entry(table, idx), crate::mm::desc::hw_updates(), old.0, f) {
+                match e {}
+            }
+            // Old TLB entries must still go.
             self.push_stale(va, va.wrapping_add(size));
+            return Ok(());
         }
-        Ok(())
+        self.make_entry(table, idx, va, level, new)
     }
 
     /// Sets the hierarchical limits (APTable, UXNTable, PXNTable) of the
@@ -933,10 +1067,13 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if old.contiguous() {
             self.split_contiguous(va, level)?;
         }
-        let old = self.t.read(table, idx);
         let child_level = level + 1;
         let child_size = g.level_size(child_level);
         let child = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        // Built from the value the break swapped out (Linux builds the
+        // split from what `pmdp_invalidate` returned): an AF or dirty
+        // update the MMU made after the read above is kept.
+        let old = self.break_entry(table, idx, va, size);
         let ty = if child_level == 3 { 0b11 } else { 0b01 };
         let attrs = old.attr_bits() & !(1 << 52);
         for i in 0..g.entries_per_table() {
@@ -947,8 +1084,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                 Desc(((base.as_u64() + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty),
             );
         }
+        self.flush_pending();
         // A refused make leaves the new table unlinked: freed with the batch.
-        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+        self.make_entry(table, idx, va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
@@ -966,10 +1104,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let (first, n) = self.group(idx, level);
         let size = self.t.granule.level_size(level);
         let run_va = va.align_down(size * n as u64).align_down(size);
-        let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
-        for i in 0..n {
-            self.break_entry(table, first + i, run_va + i as u64 * size, size);
-        }
+        // The new entries are built from what the swaps took out (AF/dirty included).
+        let olds: Vec<Desc> =
+            (0..n).map(|i| self.break_entry(table, first + i, run_va + i as u64 * size, size)).collect();
         self.flush_pending();
         for (i, d) in olds.into_iter().enumerate() {
             self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 & !(1 << 52)))?;
@@ -1004,9 +1141,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if olds.iter().all(|d| d.contiguous()) {
             return Ok(());
         }
-        for i in 0..n {
-            self.break_entry(table, first + i, run_va + i as u64 * size, size);
-        }
+        // The new entries are built from what the swaps took out (AF/dirty included).
+        let olds: Vec<Desc> =
+            (0..n).map(|i| self.break_entry(table, first + i, run_va + i as u64 * size, size)).collect();
         self.flush_pending();
         for (i, d) in olds.into_iter().enumerate() {
             self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 | (1 << 52)))?;
@@ -1043,7 +1180,17 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if !ok {
             return Err(MapError::NotCollapsible { va, level });
         }
-        self.replace(va, level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        let old = self.break_entry(table, idx, va, size);
+        self.detach_at(old, level);
+        self.flush_pending();
+        // The child table is unreachable and flushed now: its entries hold
+        // every AF/dirty update the MMU made through them, and the block
+        // keeps them all ([`Regime::keep_hw`]).
+        let block = (0..g.entries_per_table())
+            .fold(Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01), |b, i| {
+                R::keep_hw(self.t.read(child, i), b)
+            });
+        self.make_entry(table, idx, va, level, block)
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
@@ -1110,7 +1257,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                         continue;
                     }
                     match prot {
-                        None => self.break_entry(table, idx, VirtAddr::new(entry_va), lsize),
+                        None => {
+                            self.break_entry(table, idx, VirtAddr::new(entry_va), lsize);
+                        }
                         Some((set, clear)) => {
                             let old = self.t.rmw(table, idx, set, clear);
                             if Desc((old.0 & !clear) | set) != old {
@@ -1160,7 +1309,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             {
                 self.t.write(table, idx, Desc::INVALID);
                 // Walk caches may hold the table entry: non-leaf TLBI.
-                self.push_pending(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
+                self.push_pending(table, idx, VirtAddr::new(entry_va), VirtAddr::new(entry_end));
                 self.pending_tables = true;
                 self.detached.push(child);
                 continue;
@@ -1730,9 +1879,9 @@ mod tests {
 
     /// Host tables are the test's own: each lives in its own HostMem.
     fn excl() -> &'static ExclusiveTables {
-        // SAFETY: the host tests that share it edit only tables of their own.
-        static E: ExclusiveTables = unsafe { ExclusiveTables::new() };
-        &E
+        // SAFETY: each test's tables are its own. One per call: tests run
+        // in parallel, and the proof carries the record of breaks.
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(unsafe { ExclusiveTables::new() }))
     }
 
     const MIB: u64 = 1 << 20;
