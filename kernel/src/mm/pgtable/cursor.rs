@@ -1796,25 +1796,27 @@ impl<'l, R: Regime> PteRun<'l, R> {
 
     /// [`Pte::get_and_clear`] on every entry of the run that is not zero
     /// (Linux `zap_pte_range`'s loop): `f(i, old)` gets each old value with
-    /// every AF/dirty update the MMU made. The run's whole span is recorded
-    /// as broken once, after the loop ([`PendingBreaks`]: no note per
-    /// entry; it may over-cover entries that held nothing valid until the
-    /// flush that follows).
+    /// every AF/dirty update the MMU made. If some value swapped out was
+    /// valid, the run's whole span is recorded as broken once, after the
+    /// loop ([`PendingBreaks`]: no note per entry; it may over-cover
+    /// entries that held nothing valid until the flush that follows).
     #[inline(always)]
     pub fn get_and_clear_each(self, mut f: impl FnMut(usize, Desc)) {
         // SAFETY: the run's entries lie in one table (`Pte::run`), live
         // while the lock is held.
         let slots = unsafe { core::slice::from_raw_parts(self.first.slot, self.n) };
         let base = self.first.slot as usize;
+        let mut broke = false;
         for slot in slots {
             if slot.load(Ordering::Acquire) == 0 {
                 continue;
             }
             let old = Desc(slot.swap(0, Ordering::AcqRel));
+            broke |= old.is_valid();
             // The index from the pointer: one induction variable in the loop.
             f((slot as *const AtomicU64 as usize - base) / 8, old);
         }
-        if let Some(last) = slots.last() {
+        if broke && let Some(last) = slots.last() {
             self.first.pending.note(self.first.slot as usize);
             self.first.pending.note(last as *const AtomicU64 as usize);
         }
@@ -2718,5 +2720,242 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         let mut rec = Rec::default();
         let _ = CursorMut::new(&wrong, &mut t, Stage1User { asid: 1 }, &mut rec);
+    }
+
+    /// One record for the lock: a break made through a [`Pte`] refuses a
+    /// [`CursorMut`]'s make there, a cursor's break refuses a `Pte`'s make,
+    /// a cursor's flush empties the record when it holds only that
+    /// cursor's breaks, and leaves it when a `Pte`'s break is in it. With
+    /// the cursor keeping its own list only (not the lock's record), the
+    /// first two refusals do not happen and this test fails (checked).
+    #[test]
+    fn cursor_mut_and_pte_share_the_lock_record() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10) | (1 << 6) | (1 << 11));
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        let b = pte_walk(&ptl, &mut mem, root, 0x40_1000);
+        a.set_new(leaf(0x5000_0000)).unwrap();
+        b.set_new(leaf(0x5000_1000)).unwrap();
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let mut rec = Rec::default();
+        let user = Stage1User { asid: 3 };
+        let mut c = CursorMut::new(&ptl, &mut t, user, &mut rec);
+        // A Pte's break, the cursor's make.
+        assert!(a.get_and_clear().is_valid());
+        let r = c.set_leaf(VirtAddr::new(0x40_0000), 3, leaf(0x6000_0000));
+        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        // The cursor's break, a Pte's make.
+        c.jump(VirtAddr::new(0x40_1000), 3);
+        assert!(c.get_and_clear().is_valid());
+        assert!(matches!(b.set_new(leaf(0x6000_1000)), Err(MapError::BbmViolation { .. })));
+        // The cursor's flush covers its own break only: the Pte's stays.
+        c.sync();
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        user.flush(&mut Rec::default(), VirtAddr::new(0x40_0000), 0x2000, true);
+        a.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(0x40_0000), 0x2000);
+        assert!(ptl.pending_breaks().is_empty());
+        // The cursor's breaks alone: its flush empties the record.
+        c.jump(VirtAddr::new(0x40_1000), 3);
+        let _ = c.set_leaf(VirtAddr::new(0x40_1000), 3, leaf(0x6000_1000)).unwrap();
+        assert!(c.get_and_clear().is_valid());
+        assert!(matches!(b.set_new(leaf(0x6000_1000)), Err(MapError::BbmViolation { .. })));
+        c.sync();
+        assert!(ptl.pending_breaks().is_empty(), "the cursor's flush emptied its record");
+        b.set_new(leaf(0x6000_1000)).unwrap();
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        assert!(c.finish().0.is_empty());
+    }
+
+    /// A run whose entries held nothing valid (a swap entry) breaks
+    /// nothing: the record stays empty and a make there goes in. Recording
+    /// the run whatever it held (checked) fails this test.
+    #[test]
+    fn clearing_invalid_entries_records_no_break() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        a.set_new(Desc(0x1234_0000)).unwrap();
+        let mut seen = vec![];
+        a.run(4).get_and_clear_each(|i, d| seen.push((i, d)));
+        assert_eq!(seen, vec![(0, Desc(0x1234_0000))]);
+        assert!(ptl.pending_breaks().is_empty());
+        a.set_new(Desc(0x5000_0000 | 0b11 | (1 << 10))).unwrap();
+    }
+
+    /// Breaks in two table pages do not cover a third table lying
+    /// physically between them: a make there goes in; a flush of one
+    /// table's run empties that table's span only; breaks in a third page
+    /// cover everything until the record is cleared. With one span of slot
+    /// addresses over all tables (checked) the make between is refused.
+    #[test]
+    fn breaks_in_two_tables_do_not_cover_a_table_between() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10));
+        let mut e: Vec<(u64, Pte<'_>)> =
+            [0x40_0000u64, 0x60_0000, 0x80_0000].iter().map(|&va| (va, pte_walk(&ptl, &mut mem, root, va))).collect();
+        e.sort_by_key(|(_, p)| p.slot as usize);
+        let [(lo_va, lo), (_, mid), (hi_va, hi)] = [e[0], e[1], e[2]];
+        for p in [lo, hi, lo.sibling(1), hi.sibling(1)] {
+            p.set_new(leaf(0x5000_0000)).unwrap();
+            assert!(p.get_and_clear().is_valid());
+        }
+        mid.set_new(leaf(0x5000_0000)).unwrap();
+        assert!(matches!(lo.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(matches!(hi.sibling(1).set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        let user = Stage1User { asid: 3 };
+        lo.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(lo_va), 0x2000);
+        lo.set_new(leaf(0x6000_0000)).unwrap();
+        assert!(matches!(hi.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        hi.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(hi_va), 0x2000);
+        assert!(ptl.pending_breaks().is_empty());
+        // Three table pages: everything is covered until a full flush.
+        hi.set_new(leaf(0x6000_0000)).unwrap();
+        for p in [lo, mid, hi] {
+            assert!(p.get_and_clear().is_valid());
+        }
+        assert!(matches!(hi.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(matches!(lo.sibling(7).set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        ptl.pending_breaks().clear();
+        lo.sibling(7).set_new(leaf(0x6000_0000)).unwrap();
+    }
+
+    /// Host tables whose "MMU" sets AF and lets a write through (clears
+    /// AP[2] of a DBM entry) on the `at`-th table access after arming, if
+    /// `target` and the entry `gate` (the one the walk goes through) are
+    /// valid then: a hardware update landing at every point of an edit.
+    struct MmuAt {
+        mem: HostMem,
+        calls: core::cell::Cell<usize>,
+        at: core::cell::Cell<usize>,
+        target: core::cell::Cell<usize>,
+        gate: core::cell::Cell<usize>,
+        fired: core::cell::Cell<bool>,
+    }
+    // SAFETY: `HostMem`'s.
+    unsafe impl TableMemory for MmuAt {
+        fn alloc_table(&mut self) -> Option<PhysAddr> {
+            self.mem.alloc_table()
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+            let n = self.calls.get() + 1;
+            self.calls.set(n);
+            if n == self.at.get() && self.target.get() != 0 {
+                // SAFETY: both are slots of `mem`'s tables, set by the test.
+                let (e, g) =
+                    unsafe { (&*(self.target.get() as *const AtomicU64), &*(self.gate.get() as *const AtomicU64)) };
+                if e.load(Ordering::Relaxed) & 1 != 0 && g.load(Ordering::Relaxed) & 1 != 0 {
+                    e.fetch_or(AF, Ordering::AcqRel);
+                    e.fetch_and(!AP2, Ordering::AcqRel);
+                    self.fired.set(true);
+                }
+            }
+            self.mem.table_ptr(pa)
+        }
+    }
+
+    /// `replace` (a live-safe permission change), `split`,
+    /// `split_contiguous`, `make_contiguous` and `collapse` of clean, old
+    /// DBM entries, with the "MMU" ([`MmuAt`]) setting AF and dirty at
+    /// each table access of the edit in turn: whenever it did, the entries
+    /// the edit leaves are young and dirty. Building them from a value
+    /// read before the break (`split` and the contiguous edits), storing
+    /// `replace`'s new value with a plain store, or building the collapsed
+    /// block without the children's final bits (each checked) loses the
+    /// update at some access and fails this test.
+    #[test]
+    fn edits_keep_an_mmu_update_made_after_their_read() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let young_dirty = |d: Desc| d.0 & AF != 0 && d.0 & (DBM | AP2) == DBM;
+        type Op = fn(&mut CursorMut<'_, '_, Stage1Kernel, MmuAt>, VirtAddr) -> Result<(), MapError>;
+        // (name, mapping size, leaf sizes, make the run contiguous first,
+        //  target level, the edit, level of the entry checked after)
+        let cases: [(&str, u64, LeafSizes, bool, u32, Op, u32); 5] = [
+            (
+                "replace",
+                0x1000,
+                LeafSizes::PagesOnly,
+                false,
+                3,
+                |c, va| {
+                    let (table, idx) = c.slot(va, 3)?;
+                    let cur = c.t.read(table, idx);
+                    c.replace(va, 3, Desc((cur.0 & !AF) | AP2 | (1 << 53)))
+                },
+                3,
+            ),
+            ("split", 2 * MIB, LeafSizes::Largest, false, 2, |c, va| c.split(va, 2), 3),
+            ("split_contiguous", 0x10000, LeafSizes::PagesOnly, true, 3, |c, va| c.split_contiguous(va, 3), 3),
+            ("make_contiguous", 0x10000, LeafSizes::PagesOnly, false, 3, |c, va| c.make_contiguous(va, 3), 3),
+            ("collapse", 2 * MIB, LeafSizes::PagesOnly, false, 3, |c, va| c.collapse(va, 2), 2),
+        ];
+        let va = VirtAddr::new(0x4000_0000);
+        for (name, size, sizes, cont, tl, op, check_level) in cases {
+            let mut fired = 0;
+            for at in 1.. {
+                let (hm, root) = HostMem::new(K4);
+                let mut m = MmuAt {
+                    mem: hm,
+                    calls: Default::default(),
+                    at: Default::default(),
+                    target: Default::default(),
+                    gate: Default::default(),
+                    fired: Default::default(),
+                };
+                let mut t = Tables::new(root, K4, 0, &mut m);
+                let mut rec = Rec::default();
+                let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+                c.map(va, PhysAddr::new(0x8000_0000), size, LeafAttrs::KERNEL_RW, sizes).unwrap();
+                // Clean (AP[2] set, DBM) and old (no AF).
+                c.protect(va, size, DBM | AP2, AF).unwrap();
+                if cont {
+                    c.make_contiguous(va, 3).unwrap();
+                }
+                c.sync();
+                // The target: the 6th entry (or the block), reached through `gate`.
+                let tva = if tl == 3 && size > 0x1000 { va + 5 * 0x1000 } else { va };
+                let (table, idx) = c.slot(tva, tl).unwrap();
+                let (gt, gi) = c.slot(tva, tl - 1).unwrap();
+                let gate = if tl == 3 && check_level == 2 { c.slot_addr(gt, gi) } else { c.slot_addr(table, idx) };
+                let target = c.slot_addr(table, idx);
+                let mm = &c.t.mem;
+                mm.target.set(target);
+                mm.gate.set(gate);
+                mm.calls.set(0);
+                mm.at.set(at);
+                let r = op(&mut c, va);
+                let mm = &c.t.mem;
+                let (done, hit) = (mm.calls.get() >= at, mm.fired.get());
+                // An update before the checks of a fold makes the run mixed:
+                // refused, with the entry left as the MMU wrote it.
+                let refused = matches!(r, Err(MapError::NotContiguous { .. } | MapError::NotCollapsible { .. }));
+                if refused && hit {
+                    c.jump(tva, tl);
+                    assert!(young_dirty(c.query()), "{name}: refused at access {at}, entry {:?}", c.query());
+                    fired += 1;
+                    continue;
+                }
+                r.unwrap_or_else(|e| panic!("{name} at access {at}: {e:?}"));
+                mm.target.set(0);
+                c.sync();
+                if !done {
+                    break;
+                }
+                if hit {
+                    fired += 1;
+                    assert_eq!(c.jump(tva, check_level), check_level);
+                    let d = c.query();
+                    assert!(young_dirty(d), "{name}: the MMU's update at access {at} lost: {d:?}");
+                }
+                let _ = c.finish();
+            }
+            assert!(fired > 0, "{name}: the MMU never updated the entry");
+        }
+        crate::mm::desc::set_hw_af(false);
     }
 }

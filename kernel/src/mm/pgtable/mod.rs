@@ -231,13 +231,19 @@ pub mod host {
     use std::vec::Vec;
 
     pub struct HostMem {
-        pub tables: Vec<Box<[AtomicU64]>>,
+        pub tables: Vec<Box<HostPage>>,
         pub entries: usize,
         pub limit: usize,
         /// `table_ptr` calls on each table (index as in `tables`): each
         /// entry read or written reaches its table through one.
         pub visits: Vec<core::sync::atomic::AtomicUsize>,
     }
+
+    /// One table's memory, aligned to the largest table's size as real
+    /// tables are to theirs (a [`super::Pte`] finds its table from the
+    /// slot's address).
+    #[repr(C, align(65536))]
+    pub struct HostPage([AtomicU64; 8192]);
 
     /// Fake physical addresses: table i lives at 0x1_0000_0000 + i * 64K.
     const BASE: u64 = 0x1_0000_0000;
@@ -283,7 +289,8 @@ pub mod host {
             if self.tables.len() >= self.limit {
                 return None;
             }
-            let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
+            // SAFETY: all zeroes is a valid `AtomicU64` array.
+            let t = unsafe { Box::<HostPage>::new_zeroed().assume_init() };
             self.tables.push(t);
             self.visits.push(core::sync::atomic::AtomicUsize::new(0));
             Some(PhysAddr::new(BASE + (self.tables.len() as u64 - 1) * 0x10000))
@@ -291,7 +298,7 @@ pub mod host {
         fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
             let i = ((pa.as_u64() - BASE) / 0x10000) as usize;
             self.visits[i].fetch_add(1, Ordering::Relaxed);
-            self.tables[i].as_ptr()
+            self.tables[i].0.as_ptr()
         }
     }
 }
