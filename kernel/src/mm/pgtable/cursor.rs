@@ -2885,7 +2885,7 @@ mod tests {
                 |c, va| {
                     let (table, idx) = c.slot(va, 3)?;
                     let cur = c.t.read(table, idx);
-                    c.replace(va, 3, Desc((cur.0 & !AF) | AP2 | (1 << 53)))
+                    c.replace(va, 3, Desc(((cur.0 & !AF) | AP2) ^ (1 << 53)))
                 },
                 3,
             ),
