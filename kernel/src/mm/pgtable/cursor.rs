@@ -4,13 +4,16 @@
 //! `ptep_set_access_flags` and `ptep_clear_flush`).
 //!
 //! Two shapes share the rules below:
-//! - [`CursorMut`] edits a range of a [`Tables`] (kernel tables, teardown,
-//!   host tests), generic over the translation [`Regime`]. It keeps the path
+//! - [`CursorMut`] edits a range of a [`Tables`] (kernel tables, user
+//!   tables in khugepaged, `remap_pfn_range` and the agent mapping,
+//!   teardown, host tests), generic over the translation [`Regime`]. It keeps the path
 //!   of tables from the root to its position, so stepping to the next entry
 //!   does not walk from the root again.
-//! - [`Pte`] is one located entry of a live user table, for the fault path
-//!   and the range loops of `mm/memory.rs` (Linux's `pte_t *` under the
-//!   page-table lock). Its fields are private; it never hands out the slot.
+//! - [`Pte`] is one located entry of a live table in any regime, under
+//!   the lock that guards it: for the fault path and the range loops of
+//!   `mm/memory.rs` (Linux's `pte_t *` under the page-table lock), the
+//!   huge-page splits, and stage 2. Its fields are private; it never hands
+//!   out the slot.
 //!
 //! Break-before-make (BBM, Arm ARM D8.16.1) where a change requires it:
 //!
@@ -57,8 +60,10 @@ pub struct Detached(pub Vec<PhysAddr>);
 pub trait Stage2Flush {
     /// Makes earlier table writes visible to the table walker.
     fn publish(&mut self);
-    /// Invalidates cached stage-2 translations of `[ipa, ipa+size)` in `vmid`.
-    fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool);
+    /// Invalidates cached stage-2 translations of `[ipa, ipa+size)` in
+    /// `vmid`. An IPA is stage 2's input address: a [`VirtAddr`], as the
+    /// [`Regime`] methods take it.
+    fn flush_ipa(&mut self, ipa: VirtAddr, size: u64, vmid: u16, leaf_only: bool);
 }
 
 /// A translation regime: what its entries mean and how its TLB entries
@@ -211,7 +216,7 @@ impl Regime for Stage2 {
         fl.publish();
     }
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
-        fl.flush_ipa(va.as_u64(), size, self.vmid, leaf_only);
+        fl.flush_ipa(va, size, self.vmid, leaf_only);
     }
 }
 
@@ -707,8 +712,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             // Pages: every entry up to the end of this level-3 table in one
             // go (a block can only start where the next table would).
             let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
-            let table = self.descend_creating(va, level)?;
-            self.fill(table, g.index(va, level), level, va, R::leaf(attrs, PhysAddr::new(pa), level), n)?;
+            let table = self.descend_creating(VirtAddr::new(va), level)?;
+            self.fill(
+                table,
+                g.index(va, level),
+                level,
+                VirtAddr::new(va),
+                R::leaf(attrs, PhysAddr::new(pa), level),
+                n,
+            )?;
             written += n;
             va = va.wrapping_add(sz * n as u64);
             pa += sz * n as u64;
@@ -721,7 +733,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// with [`Self::set`], creating the missing tables above it in holes.
     /// Returns the value replaced.
     pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<Desc, MapError> {
-        self.descend_creating(va.as_u64(), level).map_err(|e| match e {
+        self.descend_creating(va, level).map_err(|e| match e {
             MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
                 MapError::NeedsBreakBeforeMake { va, level, old, new }
             }
@@ -733,23 +745,23 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Moves to the level-`level` entry for `va` along the kept path,
     /// linking a new table into each hole above it (a make: refused over a
     /// range broken but not flushed). Returns the table holding the entry.
-    fn descend_creating(&mut self, va: u64, level: u32) -> Result<PhysAddr, MapError> {
+    fn descend_creating(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
         let g = self.t.granule;
-        let mut l = self.jump(VirtAddr::new(va), level);
+        let mut l = self.jump(va, level);
         while l < level {
-            let (table, idx) = (self.path[l as usize], g.index(va, l));
+            let (table, idx) = (self.path[l as usize], g.index(va.as_u64(), l));
             let d = self.t.read(table, idx);
             if d.0 != 0 {
                 return Err(MapError::NeedsBreakBeforeMake {
-                    va: VirtAddr::new(va),
-                    level: l,
+                    va: Some(va),
+                    level: Some(l),
                     old: d,
                     new: Desc::INVALID,
                 });
             }
             let size = g.level_size(l);
-            if let Some(hit) = self.pending_hit(VirtAddr::new(va & !(size - 1)), size, table, idx, 1) {
-                return Err(violation(VirtAddr::new(hit), l));
+            if let Some(hit) = self.pending_hit(va.align_down(size), size, table, idx, 1) {
+                return Err(violation(Some(VirtAddr::new(hit)), Some(l)));
             }
             let next = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
             self.t.write(table, idx, Desc::table(next));
@@ -788,15 +800,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         table: PhysAddr,
         idx: usize,
         level: u32,
-        va: u64,
+        va: VirtAddr,
         first: Desc,
         n: usize,
     ) -> Result<(), MapError> {
         let g = self.t.granule;
         assert!(idx + n <= g.entries_per_table());
         let step = g.level_size(level);
-        if let Some(hit) = self.pending_hit(VirtAddr::new(va), step * n as u64, table, idx, n) {
-            return Err(violation(VirtAddr::new(hit & !(step - 1)), level));
+        if let Some(hit) = self.pending_hit(va, step * n as u64, table, idx, n) {
+            return Err(violation(Some(VirtAddr::new(hit & !(step - 1))), Some(level)));
         }
         // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
         let slots = unsafe { core::slice::from_raw_parts(self.t.mem.table_ptr(table).add(idx), n) };
@@ -806,7 +818,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             if old == 0 {
                 slot.store(d, Ordering::Release);
             } else if old != d {
-                self.fill_over(slot, VirtAddr::new(va.wrapping_add(i as u64 * step)), level, Desc(old), Desc(d))?;
+                self.fill_over(slot, va.wrapping_add(i as u64 * step), level, Desc(old), Desc(d))?;
             }
             d += step;
         }
@@ -821,7 +833,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     #[inline(never)]
     fn fill_over(&mut self, slot: &AtomicU64, va: VirtAddr, level: u32, old: Desc, new: Desc) -> Result<(), MapError> {
         if !old.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         if let Err(e) = cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
@@ -903,7 +915,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             return Ok(old);
         }
         if self.pending_hit(va, size, table, idx, 1).is_some() {
-            return Err(violation(va, level));
+            return Err(violation(Some(va), Some(level)));
         }
         let slot = self.t.entry(table, idx);
         let old = Desc(slot.load(Ordering::Acquire));
@@ -913,7 +925,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             return Ok(old);
         }
         if needs_bbm::<R>(old, new, level, g) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         let (old, stored) = match cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
@@ -991,11 +1003,11 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
         if new.is_valid() && self.pending_hit(va, size, table, idx, 1).is_some() {
-            return Err(violation(va, level));
+            return Err(violation(Some(va), Some(level)));
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         self.t.write(table, idx, new);
         Ok(())
@@ -1369,9 +1381,17 @@ fn sabotaged() -> bool {
     SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
 }
 
-fn violation(va: VirtAddr, level: u32) -> MapError {
+#[cold]
+fn violation(va: Option<VirtAddr>, level: Option<u32>) -> MapError {
     BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
     MapError::BbmViolation { va, level }
+}
+
+/// The level whose entries map `size` bytes, if one does (for an error
+/// from a [`Pte`], which knows the size it flushes, not its level).
+#[cold]
+fn level_of(size: u64) -> Option<u32> {
+    (0..=3).find(|&l| crate::arch::aarch64::granule::GRANULE.level_size(l) == size)
 }
 
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
@@ -1563,10 +1583,10 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: None, level: None, old, new: d });
         }
         if self.pending.covers(self.slot as usize) {
-            return Err(violation(VirtAddr::new(0), 3));
+            return Err(violation(None, None));
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1623,7 +1643,7 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn set_new_unused(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: None, level: None, old, new: d });
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1668,7 +1688,7 @@ impl<'l, R: Regime> Pte<'l, R> {
         if old.is_valid() {
             if sabotaged() {
                 self.slot().store(old.0, Ordering::Release);
-                return Err(violation(va, 3));
+                return Err(violation(Some(va), level_of(size)));
             }
             regime.flush(fl, va, size, true);
         }
@@ -1686,7 +1706,7 @@ impl<'l, R: Regime> Pte<'l, R> {
         // A valid old entry was flushed just now; an invalid one may have
         // been broken earlier and not flushed since.
         if !old.is_valid() && self.pending.covers(self.slot as usize) {
-            return Err(violation(va, 3));
+            return Err(violation(Some(va), level_of(size)));
         }
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
@@ -1718,7 +1738,7 @@ impl<'l, R: Regime> Pte<'l, R> {
             for (i, o) in olds.iter().enumerate().take(n) {
                 self.sibling(self.index() + i).slot().store(*o, Ordering::Release);
             }
-            return Err(violation(va, 3));
+            return Err(violation(Some(va), level_of(size / n as u64)));
         }
         regime.flush(fl, va, size, true);
         for i in 0..n {
@@ -2164,8 +2184,8 @@ mod tests {
     }
     impl Stage2Flush for S2Rec {
         fn publish(&mut self) {}
-        fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool) {
-            self.flushes.push((ipa, size, vmid, leaf_only));
+        fn flush_ipa(&mut self, ipa: VirtAddr, size: u64, vmid: u16, leaf_only: bool) {
+            self.flushes.push((ipa.as_u64(), size, vmid, leaf_only));
         }
     }
 
@@ -2421,7 +2441,7 @@ mod tests {
         c.sync();
         let e =
             c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert_eq!(e, Err(MapError::BbmViolation { va: VirtAddr::new(0x2000), level: 3 }));
+        assert_eq!(e, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x2000)), level: Some(3) }));
         c.sync();
         assert_eq!(
             c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
@@ -2436,7 +2456,7 @@ mod tests {
         SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
         c.sync();
         let e = c.map(VirtAddr::new(0x5000), PhysAddr::new(0x5000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::BbmViolation { level: 1, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::BbmViolation { level: Some(1), .. })), "{e:?}");
         let _ = c.finish();
         // Stage 2: a memory-type change is BBM there too.
         let (mut mem, root) = HostMem::new(K4);
@@ -2447,7 +2467,7 @@ mod tests {
         c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, rw, LeafSizes::PagesOnly).unwrap();
         let dev = S2Attrs { normal: false, ..rw };
         let e = c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, dev, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 3, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(3), .. })), "{e:?}");
         let ro = S2Attrs { write: false, ..rw };
         c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, ro, LeafSizes::PagesOnly).unwrap();
         let _ = c.finish();
@@ -2662,12 +2682,14 @@ mod tests {
         let old = a.get_and_clear();
         assert!(old.is_valid() && !ptl.pending_breaks().is_empty());
         let v0 = BBM_VIOLATIONS.load(Ordering::Relaxed);
-        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        // A `Pte` knows its slot, not its address: the error claims neither.
+        let r = a.set_new(leaf(0x6000_0000));
+        assert_eq!(r, Err(MapError::BbmViolation { va: None, level: None }));
         assert!(BBM_VIOLATIONS.load(Ordering::Relaxed) > v0, "counted");
         assert_eq!(a.get(), Desc(0), "the refused make left the entry invalid");
         // `replace` finds the entry invalid, so its own flush would not happen: refused.
         let r = a.replace(leaf(0x6000_0000), &user, &mut rec, VirtAddr::new(0x40_0000), 4096);
-        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        assert_eq!(r, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x40_0000)), level: Some(3) }));
         assert!(rec.flushes.is_empty());
         // Another entry's flush leaves `a` recorded.
         b.flush(&user, &mut rec, VirtAddr::new(0x40_1000), 4096);
@@ -2686,6 +2708,10 @@ mod tests {
         a.set_new(leaf(0x6000_0000)).unwrap();
         b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_1000), 4096).unwrap();
         assert_eq!(b.get(), leaf(0x6000_1000));
+        // An error for a 2M entry names level 2 (from the size it flushes).
+        b.get_and_clear();
+        let r = b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_0000), 2 << 20);
+        assert_eq!(r, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x40_0000)), level: Some(2) }));
     }
 
     /// A lock is proof only for its own tables: another mm's page-table

@@ -44,17 +44,20 @@ pub enum MapError {
     /// The change would replace a live mapping in a way the architecture
     /// requires break-before-make for (different output address, memory type,
     /// or a block where a table is, or the reverse).
+    /// `va` and `level` are `None` where the edit does not know them: a
+    /// [`Pte`] is located by its slot, not by its address.
     NeedsBreakBeforeMake {
-        va: VirtAddr,
-        level: u32,
+        va: Option<VirtAddr>,
+        level: Option<u32>,
         old: Desc,
         new: Desc,
     },
     /// A valid entry was about to be written over a range that was broken
-    /// (invalidated) but whose TLB entries were not flushed yet.
+    /// (invalidated) but whose TLB entries were not flushed yet. `va` and
+    /// `level` as in [`Self::NeedsBreakBeforeMake`].
     BbmViolation {
-        va: VirtAddr,
-        level: u32,
+        va: Option<VirtAddr>,
+        level: Option<u32>,
     },
     /// No table or leaf where the operation needs one.
     NotMapped {
@@ -372,10 +375,10 @@ mod tests {
         map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Different output address: refused.
         let e = map(&mut t, va, PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(2), .. })), "{e:?}");
         // A page inside the block (a split): refused.
         let e = map(&mut t, va, PhysAddr::new(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(2), .. })), "{e:?}");
         // Permission-only change: allowed live.
         map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
         match t.translate(va) {
