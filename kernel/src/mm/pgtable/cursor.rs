@@ -435,14 +435,8 @@ impl PendingBreaks {
 
     /// The slot at `s` was broken by the cursor numbered `id`.
     fn note_by(&self, s: usize, id: usize) {
-        let owner = if self.is_empty() {
-            id
-        } else if self.owner.load(Ordering::Relaxed) == id {
-            id
-        } else {
-            0
-        };
-        self.owner.store(owner, Ordering::Relaxed);
+        let alone = self.is_empty() || self.owner.load(Ordering::Relaxed) == id;
+        self.owner.store(if alone { id } else { 0 }, Ordering::Relaxed);
         self.add(s);
     }
 
