@@ -391,12 +391,14 @@ impl ExclusiveTables {
 /// unflushed when it unlocks is not seen by the next holder.
 #[derive(Debug)]
 pub struct PendingBreaks {
-    /// `[lo, hi)`: slot addresses in one table page; `lo > hi` when empty.
+    /// `[lo, hi)`: the hull of the two spans below, checked first (the
+    /// common case, nothing recorded, costs two compares); `lo > hi` when empty.
     lo: AtomicUsize,
     hi: AtomicUsize,
+    /// The first span: slot addresses in one table page.
+    span: [AtomicUsize; 2],
     /// The second span: another table page, or `[0, usize::MAX)`.
-    lo2: AtomicUsize,
-    hi2: AtomicUsize,
+    span2: [AtomicUsize; 2],
     /// The [`CursorMut`] whose breaks are all the record holds, or 0.
     owner: AtomicUsize,
 }
@@ -413,71 +415,77 @@ const fn table_page(s: usize) -> usize {
     s & !(TABLE_BYTES - 1)
 }
 
+/// An empty span.
+const EMPTY: [usize; 2] = [usize::MAX, 0];
+
 impl PendingBreaks {
     /// Nothing broken.
     pub const fn new() -> Self {
         Self {
             lo: AtomicUsize::new(usize::MAX),
             hi: AtomicUsize::new(0),
-            lo2: AtomicUsize::new(usize::MAX),
-            hi2: AtomicUsize::new(0),
+            span: [AtomicUsize::new(usize::MAX), AtomicUsize::new(0)],
+            span2: [AtomicUsize::new(usize::MAX), AtomicUsize::new(0)],
             owner: AtomicUsize::new(0),
         }
     }
 
-    /// The slot at `s` was broken by a [`Pte`]: the record is no longer
-    /// one cursor's alone.
+    fn get(a: &[AtomicUsize; 2]) -> [usize; 2] {
+        [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)]
+    }
+
+    fn put(a: &[AtomicUsize; 2], v: [usize; 2]) {
+        a[0].store(v[0], Ordering::Relaxed);
+        a[1].store(v[1], Ordering::Relaxed);
+    }
+
+    /// The slots `[lo, hi)`, in one table page, were broken through a
+    /// [`Pte`]: the record is no longer one cursor's alone.
     #[inline(always)]
-    fn note(&self, s: usize) {
+    fn note(&self, lo: usize, hi: usize) {
         self.owner.store(0, Ordering::Relaxed);
-        self.add(s);
+        self.add(lo, hi);
     }
 
     /// The slot at `s` was broken by the cursor numbered `id`.
     fn note_by(&self, s: usize, id: usize) {
         let alone = self.is_empty() || self.owner.load(Ordering::Relaxed) == id;
         self.owner.store(if alone { id } else { 0 }, Ordering::Relaxed);
-        self.add(s);
+        self.add(s, s + 8);
     }
 
+    /// Adds `[lo, hi)` (one table page) to the hull and to the span of its
+    /// table page; the spans' upkeep is out of line (at most once per run
+    /// on zap's path).
     #[inline(always)]
-    fn add(&self, s: usize) {
-        let lo = self.lo.load(Ordering::Relaxed);
-        let hi = self.hi.load(Ordering::Relaxed);
-        if lo >= hi {
-            self.lo.store(s, Ordering::Relaxed);
-            self.hi.store(s + 8, Ordering::Relaxed);
-        } else if table_page(s) == table_page(lo) {
-            Self::widen(&self.lo, &self.hi, lo, hi, s);
-        } else {
-            self.add_second(s);
+    fn add(&self, lo: usize, hi: usize) {
+        if lo < self.lo.load(Ordering::Relaxed) {
+            self.lo.store(lo, Ordering::Relaxed);
         }
+        if hi > self.hi.load(Ordering::Relaxed) {
+            self.hi.store(hi, Ordering::Relaxed);
+        }
+        self.add_span(lo, hi);
     }
 
-    /// [`Self::add`] for a slot outside the first span's table page.
     #[inline(never)]
-    fn add_second(&self, s: usize) {
-        let lo = self.lo2.load(Ordering::Relaxed);
-        let hi = self.hi2.load(Ordering::Relaxed);
-        if lo >= hi {
-            self.lo2.store(s, Ordering::Relaxed);
-            self.hi2.store(s + 8, Ordering::Relaxed);
-        } else if table_page(s) == table_page(lo) && hi != usize::MAX {
-            Self::widen(&self.lo2, &self.hi2, lo, hi, s);
+    fn add_span(&self, lo: usize, hi: usize) {
+        let widen = |a: [usize; 2]| [a[0].min(lo), a[1].max(hi)];
+        let a = Self::get(&self.span);
+        let b = Self::get(&self.span2);
+        if a[0] >= a[1] {
+            Self::put(&self.span, [lo, hi]);
+        } else if table_page(lo) == table_page(a[0]) {
+            Self::put(&self.span, widen(a));
+        } else if b[0] >= b[1] {
+            Self::put(&self.span2, [lo, hi]);
+        } else if table_page(lo) == table_page(b[0]) && b[1] != usize::MAX {
+            Self::put(&self.span2, widen(b));
         } else {
             // A third table page: cover everything.
-            self.lo2.store(0, Ordering::Relaxed);
-            self.hi2.store(usize::MAX, Ordering::Relaxed);
-        }
-    }
-
-    #[inline(always)]
-    fn widen(lo_a: &AtomicUsize, hi_a: &AtomicUsize, lo: usize, hi: usize, s: usize) {
-        if s < lo {
-            lo_a.store(s, Ordering::Relaxed);
-        }
-        if s + 8 > hi {
-            hi_a.store(s + 8, Ordering::Relaxed);
+            Self::put(&self.span2, [0, usize::MAX]);
+            self.lo.store(0, Ordering::Relaxed);
+            self.hi.store(usize::MAX, Ordering::Relaxed);
         }
     }
 
@@ -487,24 +495,42 @@ impl PendingBreaks {
         self.overlaps(s, s + 8)
     }
 
-    /// Whether a slot in `[lo, hi)` may be broken and unflushed.
+    /// Whether a slot in `[lo, hi)` may be broken and unflushed: the hull
+    /// first, the spans only when it overlaps.
     #[inline(always)]
     fn overlaps(&self, lo: usize, hi: usize) -> bool {
-        (lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi)
-            || (lo < self.hi2.load(Ordering::Relaxed) && self.lo2.load(Ordering::Relaxed) < hi)
+        lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi && self.in_spans(lo, hi)
+    }
+
+    #[inline(never)]
+    fn in_spans(&self, lo: usize, hi: usize) -> bool {
+        let (a, b) = (Self::get(&self.span), Self::get(&self.span2));
+        (lo < a[1] && a[0] < hi) || (lo < b[1] && b[0] < hi)
     }
 
     /// A flush covered the slots `[lo, hi)`: each span they hold empties.
     #[inline(always)]
     fn flushed(&self, lo: usize, hi: usize) {
         if lo <= self.lo.load(Ordering::Relaxed) && self.hi.load(Ordering::Relaxed) <= hi {
-            self.lo.store(usize::MAX, Ordering::Relaxed);
-            self.hi.store(0, Ordering::Relaxed);
+            self.clear();
+        } else if lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi {
+            self.flushed_spans(lo, hi);
         }
-        if lo <= self.lo2.load(Ordering::Relaxed) && self.hi2.load(Ordering::Relaxed) <= hi {
-            self.lo2.store(usize::MAX, Ordering::Relaxed);
-            self.hi2.store(0, Ordering::Relaxed);
+    }
+
+    #[inline(never)]
+    fn flushed_spans(&self, lo: usize, hi: usize) {
+        let mut a = Self::get(&self.span);
+        let mut b = Self::get(&self.span2);
+        for x in [&mut a, &mut b] {
+            if lo <= x[0] && x[1] <= hi {
+                *x = EMPTY;
+            }
         }
+        Self::put(&self.span, a);
+        Self::put(&self.span2, b);
+        self.lo.store(a[0].min(b[0]), Ordering::Relaxed);
+        self.hi.store(a[1].max(b[1]), Ordering::Relaxed);
     }
 
     /// A flush by the cursor numbered `id` covered all its breaks: the
@@ -518,7 +544,6 @@ impl PendingBreaks {
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
         self.lo.load(Ordering::Relaxed) >= self.hi.load(Ordering::Relaxed)
-            && self.lo2.load(Ordering::Relaxed) >= self.hi2.load(Ordering::Relaxed)
     }
 
     /// A flush covered every entry broken under the lock (the mmu_gather's).
@@ -526,8 +551,8 @@ impl PendingBreaks {
     pub fn clear(&self) {
         self.lo.store(usize::MAX, Ordering::Relaxed);
         self.hi.store(0, Ordering::Relaxed);
-        self.lo2.store(usize::MAX, Ordering::Relaxed);
-        self.hi2.store(0, Ordering::Relaxed);
+        Self::put(&self.span, EMPTY);
+        Self::put(&self.span2, EMPTY);
         self.owner.store(0, Ordering::Relaxed);
     }
 }
@@ -1657,7 +1682,7 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn get_and_clear(self) -> Desc {
         let old = Desc(self.slot().swap(0, Ordering::AcqRel));
         if old.is_valid() {
-            self.pending.note(self.slot as usize);
+            self.pending.note(self.slot as usize, self.slot as usize + 8);
         }
         old
     }
@@ -1820,19 +1845,20 @@ impl<'l, R: Regime> PteRun<'l, R> {
         // while the lock is held.
         let slots = unsafe { core::slice::from_raw_parts(self.first.slot, self.n) };
         let base = self.first.slot as usize;
-        let mut broke = false;
+        // The OR of every value swapped out: bit 0 says whether one was valid.
+        let mut seen = 0;
         for slot in slots {
             if slot.load(Ordering::Acquire) == 0 {
                 continue;
             }
             let old = Desc(slot.swap(0, Ordering::AcqRel));
-            broke |= old.is_valid();
+            seen |= old.0;
             // The index from the pointer: one induction variable in the loop.
             f((slot as *const AtomicU64 as usize - base) / 8, old);
         }
-        if broke && let Some(last) = slots.last() {
-            self.first.pending.note(self.first.slot as usize);
-            self.first.pending.note(last as *const AtomicU64 as usize);
+        if Desc(seen).is_valid() {
+            let lo = self.first.slot as usize;
+            self.first.pending.note(lo, lo + self.n * 8);
         }
     }
 
