@@ -371,13 +371,14 @@ impl ExclusiveTables {
 /// [`CursorMut`]'s breaks) and has not flushed from the TLBs yet: a make
 /// ([`Pte::set_new`], [`Pte::replace`], [`CursorMut`]'s writes) into them
 /// is refused ([`MapError::BbmViolation`]). Two spans of slot addresses,
-/// each inside one table page, not a list: zap breaks one entry after
-/// another, and recording one costs a few compares and at most three
-/// stores. A span can over-cover (entries between two broken ones of its
-/// table), never under-cover, and never covers another table lying
-/// physically between two broken ones. Breaks in a third table page while
-/// both spans hold others make the second span cover every slot (a zap
-/// across many tables, which makes nothing before its gather flushes).
+/// each inside one table page, and their hull, not a list: zap records a
+/// whole run at once, and a check costs two compares against the hull
+/// (the spans are read only when it hits). A span can over-cover (entries
+/// between two broken ones of its table), never under-cover, and never
+/// covers another table lying physically between two broken ones. Breaks
+/// in a third table page while both spans hold others make the second
+/// span cover every slot (a zap across many tables, which makes nothing
+/// before its gather flushes).
 ///
 /// Emptied by a flush that covers what it records: the regime's flush
 /// through [`PteRun::flush`] when a span lies in the flushed run,
