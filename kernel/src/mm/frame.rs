@@ -172,6 +172,7 @@ pub const USER_RESERVE_BYTES: u64 = 16 << 20;
 
 /// Like [`alloc_zeroed`] for user memory: fails while free memory is at or
 /// below the reserve (Linux's min watermark, in spirit).
+#[inline]
 pub fn alloc_user_zeroed(order: u32) -> Option<PhysAddr> {
     let pa = alloc_user(order)?;
     crate::arch::aarch64::cpu::zero_pages(phys_to_virt(pa).as_u64(), PAGE_SIZE << order);

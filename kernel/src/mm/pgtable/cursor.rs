@@ -4,13 +4,16 @@
 //! `ptep_set_access_flags` and `ptep_clear_flush`).
 //!
 //! Two shapes share the rules below:
-//! - [`CursorMut`] edits a range of a [`Tables`] (kernel tables, teardown,
-//!   host tests), generic over the translation [`Regime`]. It keeps the path
+//! - [`CursorMut`] edits a range of a [`Tables`] (kernel tables, user
+//!   tables in khugepaged, `remap_pfn_range` and the agent mapping,
+//!   teardown, host tests), generic over the translation [`Regime`]. It keeps the path
 //!   of tables from the root to its position, so stepping to the next entry
 //!   does not walk from the root again.
-//! - [`Pte`] is one located entry of a live user table, for the fault path
-//!   and the range loops of `mm/memory.rs` (Linux's `pte_t *` under the
-//!   page-table lock). Its fields are private; it never hands out the slot.
+//! - [`Pte`] is one located entry of a live table in any regime, under
+//!   the lock that guards it: for the fault path and the range loops of
+//!   `mm/memory.rs` (Linux's `pte_t *` under the page-table lock), the
+//!   huge-page splits, and stage 2. Its fields are private; it never hands
+//!   out the slot.
 //!
 //! Break-before-make (BBM, Arm ARM D8.16.1) where a change requires it:
 //!
@@ -29,7 +32,7 @@
 //! the flush that removed them from every TLB and walk cache.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::{LeafSizes, MapError, TableMemory, Tables};
 use crate::arch::aarch64::granule::Granule;
@@ -57,8 +60,10 @@ pub struct Detached(pub Vec<PhysAddr>);
 pub trait Stage2Flush {
     /// Makes earlier table writes visible to the table walker.
     fn publish(&mut self);
-    /// Invalidates cached stage-2 translations of `[ipa, ipa+size)` in `vmid`.
-    fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool);
+    /// Invalidates cached stage-2 translations of `[ipa, ipa+size)` in
+    /// `vmid`. An IPA is stage 2's input address: a [`VirtAddr`], as the
+    /// [`Regime`] methods take it.
+    fn flush_ipa(&mut self, ipa: VirtAddr, size: u64, vmid: u16, leaf_only: bool);
 }
 
 /// A translation regime: what its entries mean and how its TLB entries
@@ -211,7 +216,7 @@ impl Regime for Stage2 {
         fl.publish();
     }
     fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
-        fl.flush_ipa(va.as_u64(), size, self.vmid, leaf_only);
+        fl.flush_ipa(va, size, self.vmid, leaf_only);
     }
 }
 
@@ -362,15 +367,24 @@ impl ExclusiveTables {
     }
 }
 
-/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`])
-/// and has not flushed from the TLBs yet, as the span of their slot
-/// addresses: a make ([`Pte::set_new`], [`Pte::replace`]) into that span is
-/// refused ([`MapError::BbmViolation`]). A span, not a list: zap breaks
-/// one entry after another, and recording one costs two compares and at
-/// most two stores. It can over-cover (entries between two broken ones),
-/// never under-cover. The regime's flush through [`PteRun::flush`] empties
-/// it when it covers the whole span, and [`crate::mm::mmu_gather::MmuGather`]'s
-/// flush (which covers everything the zap broke) empties it always.
+/// The entries a lock holder broke (cleared while valid, [`Pte::get_and_clear`],
+/// [`CursorMut`]'s breaks) and has not flushed from the TLBs yet: a make
+/// ([`Pte::set_new`], [`Pte::replace`], [`CursorMut`]'s writes) into them
+/// is refused ([`MapError::BbmViolation`]). Two spans of slot addresses,
+/// each inside one table page, and their hull, not a list: zap records a
+/// whole run at once, and a check costs two compares against the hull
+/// (the spans are read only when it hits). A span can over-cover (entries
+/// between two broken ones of its table), never under-cover, and never
+/// covers another table lying physically between two broken ones. Breaks
+/// in a third table page while both spans hold others make the second
+/// span cover every slot (a zap across many tables, which makes nothing
+/// before its gather flushes).
+///
+/// Emptied by a flush that covers what it records: the regime's flush
+/// through [`PteRun::flush`] when a span lies in the flushed run,
+/// [`crate::mm::mmu_gather::MmuGather`]'s flush (which covers everything
+/// the zap broke) whenever it flushes, and a [`CursorMut`]'s flush when it
+/// holds that cursor's breaks only.
 ///
 /// Lives in the lock's guard, so it is written only by the lock's holder
 /// (relaxed loads and stores: plain `ldr`/`str`, atomic only to keep the
@@ -378,9 +392,16 @@ impl ExclusiveTables {
 /// unflushed when it unlocks is not seen by the next holder.
 #[derive(Debug)]
 pub struct PendingBreaks {
-    /// `[lo, hi)`: slot addresses; `lo > hi` when empty.
-    lo: core::sync::atomic::AtomicUsize,
-    hi: core::sync::atomic::AtomicUsize,
+    /// `[lo, hi)`: the hull of the two spans below, checked first (the
+    /// common case, nothing recorded, costs two compares); `lo > hi` when empty.
+    lo: AtomicUsize,
+    hi: AtomicUsize,
+    /// The first span: slot addresses in one table page.
+    span: [AtomicUsize; 2],
+    /// The second span: another table page, or `[0, usize::MAX)`.
+    span2: [AtomicUsize; 2],
+    /// The [`CursorMut`] whose breaks are all the record holds, or 0.
+    owner: AtomicUsize,
 }
 
 impl Default for PendingBreaks {
@@ -389,34 +410,134 @@ impl Default for PendingBreaks {
     }
 }
 
+/// The table page holding slot address `s`.
+#[inline(always)]
+const fn table_page(s: usize) -> usize {
+    s & !(TABLE_BYTES - 1)
+}
+
+/// An empty span.
+const EMPTY: [usize; 2] = [usize::MAX, 0];
+
 impl PendingBreaks {
     /// Nothing broken.
     pub const fn new() -> Self {
-        Self { lo: core::sync::atomic::AtomicUsize::new(usize::MAX), hi: core::sync::atomic::AtomicUsize::new(0) }
+        Self {
+            lo: AtomicUsize::new(usize::MAX),
+            hi: AtomicUsize::new(0),
+            span: [AtomicUsize::new(usize::MAX), AtomicUsize::new(0)],
+            span2: [AtomicUsize::new(usize::MAX), AtomicUsize::new(0)],
+            owner: AtomicUsize::new(0),
+        }
     }
 
-    /// The slot at `s` was broken.
+    fn get(a: &[AtomicUsize; 2]) -> [usize; 2] {
+        [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)]
+    }
+
+    fn put(a: &[AtomicUsize; 2], v: [usize; 2]) {
+        a[0].store(v[0], Ordering::Relaxed);
+        a[1].store(v[1], Ordering::Relaxed);
+    }
+
+    /// The slots `[lo, hi)`, in one table page, were broken through a
+    /// [`Pte`]: the record is no longer one cursor's alone.
     #[inline(always)]
-    fn note(&self, s: usize) {
-        if s < self.lo.load(Ordering::Relaxed) {
-            self.lo.store(s, Ordering::Relaxed);
+    fn note(&self, lo: usize, hi: usize) {
+        self.owner.store(0, Ordering::Relaxed);
+        self.add(lo, hi);
+    }
+
+    /// The slot at `s` was broken by the cursor numbered `id`.
+    fn note_by(&self, s: usize, id: usize) {
+        let alone = self.is_empty() || self.owner.load(Ordering::Relaxed) == id;
+        self.owner.store(if alone { id } else { 0 }, Ordering::Relaxed);
+        self.add(s, s + 8);
+    }
+
+    /// Adds `[lo, hi)` (one table page) to the hull and to the span of its
+    /// table page; the spans' upkeep is out of line (at most once per run
+    /// on zap's path).
+    #[inline(always)]
+    fn add(&self, lo: usize, hi: usize) {
+        if lo < self.lo.load(Ordering::Relaxed) {
+            self.lo.store(lo, Ordering::Relaxed);
         }
-        if s + 8 > self.hi.load(Ordering::Relaxed) {
-            self.hi.store(s + 8, Ordering::Relaxed);
+        if hi > self.hi.load(Ordering::Relaxed) {
+            self.hi.store(hi, Ordering::Relaxed);
+        }
+        self.add_span(lo, hi);
+    }
+
+    #[inline(never)]
+    fn add_span(&self, lo: usize, hi: usize) {
+        let widen = |a: [usize; 2]| [a[0].min(lo), a[1].max(hi)];
+        let a = Self::get(&self.span);
+        let b = Self::get(&self.span2);
+        if a[0] >= a[1] {
+            Self::put(&self.span, [lo, hi]);
+        } else if table_page(lo) == table_page(a[0]) {
+            Self::put(&self.span, widen(a));
+        } else if b[0] >= b[1] {
+            Self::put(&self.span2, [lo, hi]);
+        } else if table_page(lo) == table_page(b[0]) && b[1] != usize::MAX {
+            Self::put(&self.span2, widen(b));
+        } else {
+            // A third table page: cover everything.
+            Self::put(&self.span2, [0, usize::MAX]);
+            self.lo.store(0, Ordering::Relaxed);
+            self.hi.store(usize::MAX, Ordering::Relaxed);
         }
     }
 
     /// Whether the slot at `s` may be broken and unflushed.
     #[inline(always)]
     fn covers(&self, s: usize) -> bool {
-        s >= self.lo.load(Ordering::Relaxed) && s < self.hi.load(Ordering::Relaxed)
+        self.overlaps(s, s + 8)
     }
 
-    /// A flush covered the slots `[lo, hi)`: the record empties if they
-    /// hold all of it.
+    /// Whether a slot in `[lo, hi)` may be broken and unflushed: the hull
+    /// first, the spans only when it overlaps.
+    #[inline(always)]
+    fn overlaps(&self, lo: usize, hi: usize) -> bool {
+        lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi && self.in_spans(lo, hi)
+    }
+
+    #[inline(never)]
+    fn in_spans(&self, lo: usize, hi: usize) -> bool {
+        let (a, b) = (Self::get(&self.span), Self::get(&self.span2));
+        (lo < a[1] && a[0] < hi) || (lo < b[1] && b[0] < hi)
+    }
+
+    /// A flush covered the slots `[lo, hi)`: each span they hold empties.
     #[inline(always)]
     fn flushed(&self, lo: usize, hi: usize) {
         if lo <= self.lo.load(Ordering::Relaxed) && self.hi.load(Ordering::Relaxed) <= hi {
+            self.clear();
+        } else if lo < self.hi.load(Ordering::Relaxed) && self.lo.load(Ordering::Relaxed) < hi {
+            self.flushed_spans(lo, hi);
+        }
+    }
+
+    #[inline(never)]
+    fn flushed_spans(&self, lo: usize, hi: usize) {
+        let mut a = Self::get(&self.span);
+        let mut b = Self::get(&self.span2);
+        for x in [&mut a, &mut b] {
+            if lo <= x[0] && x[1] <= hi {
+                *x = EMPTY;
+            }
+        }
+        Self::put(&self.span, a);
+        Self::put(&self.span2, b);
+        self.lo.store(a[0].min(b[0]), Ordering::Relaxed);
+        self.hi.store(a[1].max(b[1]), Ordering::Relaxed);
+    }
+
+    /// A flush by the cursor numbered `id` covered all its breaks: the
+    /// record empties if it holds nothing else.
+    fn flushed_by(&self, id: usize) {
+        if self.owner.load(Ordering::Relaxed) == id {
             self.clear();
         }
     }
@@ -431,6 +552,9 @@ impl PendingBreaks {
     pub fn clear(&self) {
         self.lo.store(usize::MAX, Ordering::Relaxed);
         self.hi.store(0, Ordering::Relaxed);
+        Self::put(&self.span, EMPTY);
+        Self::put(&self.span2, EMPTY);
+        self.owner.store(0, Ordering::Relaxed);
     }
 }
 
@@ -440,8 +564,14 @@ pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
     t: &'a mut Tables<'m, M>,
     regime: R,
     fl: &'a mut R::Flush,
-    /// Broken (invalidated) ranges whose TLB entries are not flushed yet.
+    /// Broken (invalidated) ranges whose TLB entries are not flushed yet,
+    /// for the flush; their slots are in the lock's record too.
     pending: Vec<(u64, u64)>,
+    /// The lock's record of breaks not flushed ([`PgtableLock::pending`]),
+    /// shared with the [`Pte`]s made under the same lock.
+    record: &'a PendingBreaks,
+    /// This cursor's number in `record` once it broke something; 0 before.
+    id: usize,
     /// Ranges changed in a live-safe way (permissions) whose old TLB
     /// entries are not flushed yet: no BBM hazard, but flushed with the batch.
     stale: Option<(u64, u64)>,
@@ -454,6 +584,9 @@ pub struct CursorMut<'a, 'm, R: Regime, M: TableMemory> {
     level: u32,
     path: [PhysAddr; MAX_LEVELS],
 }
+
+/// Numbers the cursors that break entries, for [`PendingBreaks::owner`].
+static NEXT_CURSOR_ID: AtomicUsize = AtomicUsize::new(1);
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
@@ -478,6 +611,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             regime,
             fl,
             pending: Vec::new(),
+            record: lock.pending(),
+            id: 0,
             stale: None,
             pending_tables: false,
             detached: Vec::new(),
@@ -511,6 +646,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             return;
         }
         self.regime.flush(self.fl, VirtAddr::new(lo), hi.wrapping_sub(lo), !self.pending_tables);
+        if !self.pending.is_empty() {
+            self.record.flushed_by(self.id);
+        }
         self.pending.clear();
         self.stale = None;
         self.pending_tables = false;
@@ -594,8 +732,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             // Pages: every entry up to the end of this level-3 table in one
             // go (a block can only start where the next table would).
             let n = if level == 3 { (g.entries_per_table() - g.index(va, 3)).min((left / sz) as usize) } else { 1 };
-            let table = self.descend_creating(va, level)?;
-            self.fill(table, g.index(va, level), level, va, R::leaf(attrs, PhysAddr::new(pa), level), n)?;
+            let table = self.descend_creating(VirtAddr::new(va), level)?;
+            self.fill(
+                table,
+                g.index(va, level),
+                level,
+                VirtAddr::new(va),
+                R::leaf(attrs, PhysAddr::new(pa), level),
+                n,
+            )?;
             written += n;
             va = va.wrapping_add(sz * n as u64);
             pa += sz * n as u64;
@@ -608,7 +753,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// with [`Self::set`], creating the missing tables above it in holes.
     /// Returns the value replaced.
     pub fn set_leaf(&mut self, va: VirtAddr, level: u32, new: Desc) -> Result<Desc, MapError> {
-        self.descend_creating(va.as_u64(), level).map_err(|e| match e {
+        self.descend_creating(va, level).map_err(|e| match e {
             MapError::NeedsBreakBeforeMake { va, level, old, .. } => {
                 MapError::NeedsBreakBeforeMake { va, level, old, new }
             }
@@ -620,23 +765,23 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// Moves to the level-`level` entry for `va` along the kept path,
     /// linking a new table into each hole above it (a make: refused over a
     /// range broken but not flushed). Returns the table holding the entry.
-    fn descend_creating(&mut self, va: u64, level: u32) -> Result<PhysAddr, MapError> {
+    fn descend_creating(&mut self, va: VirtAddr, level: u32) -> Result<PhysAddr, MapError> {
         let g = self.t.granule;
-        let mut l = self.jump(VirtAddr::new(va), level);
+        let mut l = self.jump(va, level);
         while l < level {
-            let (table, idx) = (self.path[l as usize], g.index(va, l));
+            let (table, idx) = (self.path[l as usize], g.index(va.as_u64(), l));
             let d = self.t.read(table, idx);
             if d.0 != 0 {
                 return Err(MapError::NeedsBreakBeforeMake {
-                    va: VirtAddr::new(va),
-                    level: l,
+                    va: Some(va),
+                    level: Some(l),
                     old: d,
                     new: Desc::INVALID,
                 });
             }
             let size = g.level_size(l);
-            if let Some(hit) = self.pending_hit(VirtAddr::new(va & !(size - 1)), size) {
-                return Err(violation(VirtAddr::new(hit), l));
+            if let Some(hit) = self.pending_hit(va.align_down(size), size, table, idx, 1) {
+                return Err(violation(Some(VirtAddr::new(hit)), Some(l)));
             }
             let next = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
             self.t.write(table, idx, Desc::table(next));
@@ -648,11 +793,21 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     }
 
     /// The first address of `[va, va+size)` inside a range broken but not
-    /// flushed, if any.
-    fn pending_hit(&self, va: VirtAddr, size: u64) -> Option<u64> {
+    /// flushed, if any: by this cursor, or under its lock (the lock's
+    /// record, whose slots `n` entries from `idx` of `table` hold).
+    fn pending_hit(&self, va: VirtAddr, size: u64, table: PhysAddr, idx: usize, n: usize) -> Option<u64> {
         let va = va.as_u64();
         let r = (va, va.wrapping_add(size));
-        self.pending.iter().find(|&&p| overlaps(p, r)).map(|p| p.0.max(va))
+        if let Some(p) = self.pending.iter().find(|&&p| overlaps(p, r)) {
+            return Some(p.0.max(va));
+        }
+        let s = self.slot_addr(table, idx);
+        self.record.overlaps(s, s + n * 8).then_some(va)
+    }
+
+    /// The address of entry `idx` of `table`, as the lock's record keeps it.
+    fn slot_addr(&self, table: PhysAddr, idx: usize) -> usize {
+        self.t.entry(table, idx) as *const AtomicU64 as usize
     }
 
     /// Writes `n` consecutive leaves from entry `idx` of `table` (level
@@ -665,15 +820,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         table: PhysAddr,
         idx: usize,
         level: u32,
-        va: u64,
+        va: VirtAddr,
         first: Desc,
         n: usize,
     ) -> Result<(), MapError> {
         let g = self.t.granule;
         assert!(idx + n <= g.entries_per_table());
         let step = g.level_size(level);
-        if let Some(hit) = self.pending_hit(VirtAddr::new(va), step * n as u64) {
-            return Err(violation(VirtAddr::new(hit & !(step - 1)), level));
+        if let Some(hit) = self.pending_hit(va, step * n as u64, table, idx, n) {
+            return Err(violation(Some(VirtAddr::new(hit & !(step - 1))), Some(level)));
         }
         // SAFETY: `TableMemory`'s contract; idx + n is in range (checked).
         let slots = unsafe { core::slice::from_raw_parts(self.t.mem.table_ptr(table).add(idx), n) };
@@ -683,7 +838,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             if old == 0 {
                 slot.store(d, Ordering::Release);
             } else if old != d {
-                self.fill_over(slot, VirtAddr::new(va.wrapping_add(i as u64 * step)), level, Desc(old), Desc(d))?;
+                self.fill_over(slot, va.wrapping_add(i as u64 * step), level, Desc(old), Desc(d))?;
             }
             d += step;
         }
@@ -698,7 +853,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     #[inline(never)]
     fn fill_over(&mut self, slot: &AtomicU64, va: VirtAddr, level: u32, old: Desc, new: Desc) -> Result<(), MapError> {
         if !old.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         if let Err(e) = cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
@@ -749,11 +904,8 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let size = self.t.granule.level_size(self.level);
         let va = VirtAddr::new(self.va).align_down(size);
         let (table, idx) = (self.path[self.level as usize], self.t.granule.index(self.va, self.level));
-        let old = self.t.swap(table, idx, Desc::INVALID);
-        if old.is_valid() {
-            self.push_pending(va, va.wrapping_add(size));
-            self.detach_at(old, self.level);
-        }
+        let old = self.break_entry(table, idx, va, size);
+        self.detach_at(old, self.level);
         old
     }
 
@@ -777,13 +929,13 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if !new.is_valid() {
             let old = self.t.swap(table, idx, new);
             if old.is_valid() {
-                self.push_pending(va, va.wrapping_add(size));
+                self.push_pending(table, idx, va, va.wrapping_add(size));
                 self.detach_at(old, level);
             }
             return Ok(old);
         }
-        if self.pending_hit(va, size).is_some() {
-            return Err(violation(va, level));
+        if self.pending_hit(va, size, table, idx, 1).is_some() {
+            return Err(violation(Some(va), Some(level)));
         }
         let slot = self.t.entry(table, idx);
         let old = Desc(slot.load(Ordering::Acquire));
@@ -793,7 +945,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             return Ok(old);
         }
         if needs_bbm::<R>(old, new, level, g) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
         let (old, stored) = match cas_modify_from(slot, crate::mm::desc::hw_updates(), old.0, f) {
@@ -829,12 +981,15 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         Ok((table, self.t.granule.index(va.as_u64(), level)))
     }
 
-    /// Step 1: invalidate a live entry covering `[va, va+size)`.
-    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, size: u64) {
+    /// Step 1: invalidate a live entry covering `[va, va+size)`. Returns
+    /// the value the swap took out, with every AF/dirty update the MMU
+    /// made: the new entries are built from it.
+    fn break_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, size: u64) -> Desc {
         let old = self.t.swap(table, idx, Desc::INVALID);
         if old.is_valid() {
-            self.push_pending(va, va.wrapping_add(size));
+            self.push_pending(table, idx, va, va.wrapping_add(size));
         }
+        old
     }
 
     /// Records a live-safe change's range to flush with the batch.
@@ -843,9 +998,14 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         self.stale = Some(self.stale.map_or((lo, hi), |s| (s.0.min(lo), s.1.max(hi))));
     }
 
-    /// Records a broken range to flush, merged with the previous one when they
-    /// touch (an unmap of N pages stays one entry, not N).
-    fn push_pending(&mut self, lo: VirtAddr, hi: VirtAddr) {
+    /// Records entry `idx` of `table`, mapping `[lo, hi)`, as broken: in
+    /// the lock's record, and as a range to flush, merged with the previous
+    /// one when they touch (an unmap of N pages stays one range, not N).
+    fn push_pending(&mut self, table: PhysAddr, idx: usize, lo: VirtAddr, hi: VirtAddr) {
+        if self.id == 0 {
+            self.id = NEXT_CURSOR_ID.fetch_add(1, Ordering::Relaxed);
+        }
+        self.record.note_by(self.slot_addr(table, idx), self.id);
         let (lo, hi) = (lo.as_u64(), hi.as_u64());
         if let Some(last) = self.pending.last_mut()
             && lo <= last.1
@@ -862,12 +1022,12 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
     /// needs BBM.
     fn make_entry(&mut self, table: PhysAddr, idx: usize, va: VirtAddr, level: u32, new: Desc) -> Result<(), MapError> {
         let size = self.t.granule.level_size(level);
-        if new.is_valid() && self.pending_hit(va, size).is_some() {
-            return Err(violation(va, level));
+        if new.is_valid() && self.pending_hit(va, size, table, idx, 1).is_some() {
+            return Err(violation(Some(va), Some(level)));
         }
         let old = self.t.read(table, idx);
         if old.is_valid() && new.is_valid() && needs_bbm::<R>(old, new, level, self.t.granule) {
-            return Err(MapError::NeedsBreakBeforeMake { va, level, old, new });
+            return Err(MapError::NeedsBreakBeforeMake { va: Some(va), level: Some(level), old, new });
         }
         self.t.write(table, idx, new);
         Ok(())
@@ -885,16 +1045,22 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         }
         let bbm = old.is_valid() && (!new.is_valid() || needs_bbm::<R>(old, new, level, self.t.granule));
         if bbm {
-            self.break_entry(table, idx, va, size);
+            let old = self.break_entry(table, idx, va, size);
             self.detach_at(old, level);
             self.flush_pending();
-        }
-        self.make_entry(table, idx, va, level, new)?;
-        if old.is_valid() && !bbm {
-            // A live-safe change (permissions): old TLB entries must still go.
+        } else if old.is_valid() {
+            // A live-safe change (permissions) of a live leaf: a
+            // compare-and-swap that keeps the AF/dirty the MMU sets
+            // meanwhile ([`Regime::keep_hw`]), as [`Self::set`].
+            let f = |v| Ok::<u64, core::convert::Infallible>(R::keep_hw(Desc(v), new).0);
+            if let Err(e) = cas_modify_from(self.t.entry(table, idx), crate::mm::desc::hw_updates(), old.0, f) {
+                match e {}
+            }
+            // Old TLB entries must still go.
             self.push_stale(va, va.wrapping_add(size));
+            return Ok(());
         }
-        Ok(())
+        self.make_entry(table, idx, va, level, new)
     }
 
     /// Sets the hierarchical limits (APTable, UXNTable, PXNTable) of the
@@ -933,10 +1099,13 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if old.contiguous() {
             self.split_contiguous(va, level)?;
         }
-        let old = self.t.read(table, idx);
         let child_level = level + 1;
         let child_size = g.level_size(child_level);
         let child = self.t.mem.alloc_table().ok_or(MapError::OutOfMemory)?;
+        // Built from the value the break swapped out (Linux builds the
+        // split from what `pmdp_invalidate` returned): an AF or dirty
+        // update the MMU made after the read above is kept.
+        let old = self.break_entry(table, idx, va, size);
         let ty = if child_level == 3 { 0b11 } else { 0b01 };
         let attrs = old.attr_bits() & !(1 << 52);
         for i in 0..g.entries_per_table() {
@@ -947,8 +1116,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                 Desc(((base.as_u64() + i as u64 * child_size) & 0x0000_ffff_ffff_f000) | attrs | ty),
             );
         }
+        self.flush_pending();
         // A refused make leaves the new table unlinked: freed with the batch.
-        self.replace(va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
+        self.make_entry(table, idx, va, level, Desc::table(child)).inspect_err(|_| self.detached.push(child))
     }
 
     /// The first index and entry count of the contiguous group holding `idx`.
@@ -966,10 +1136,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         let (first, n) = self.group(idx, level);
         let size = self.t.granule.level_size(level);
         let run_va = va.align_down(size * n as u64).align_down(size);
-        let olds: Vec<Desc> = (0..n).map(|i| self.t.read(table, first + i)).collect();
-        for i in 0..n {
-            self.break_entry(table, first + i, run_va + i as u64 * size, size);
-        }
+        // The new entries are built from what the swaps took out (AF/dirty included).
+        let olds: Vec<Desc> =
+            (0..n).map(|i| self.break_entry(table, first + i, run_va + i as u64 * size, size)).collect();
         self.flush_pending();
         for (i, d) in olds.into_iter().enumerate() {
             self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 & !(1 << 52)))?;
@@ -1004,9 +1173,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if olds.iter().all(|d| d.contiguous()) {
             return Ok(());
         }
-        for i in 0..n {
-            self.break_entry(table, first + i, run_va + i as u64 * size, size);
-        }
+        // The new entries are built from what the swaps took out (AF/dirty included).
+        let olds: Vec<Desc> =
+            (0..n).map(|i| self.break_entry(table, first + i, run_va + i as u64 * size, size)).collect();
         self.flush_pending();
         for (i, d) in olds.into_iter().enumerate() {
             self.make_entry(table, first + i, run_va + i as u64 * size, level, Desc(d.0 | (1 << 52)))?;
@@ -1043,7 +1212,17 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
         if !ok {
             return Err(MapError::NotCollapsible { va, level });
         }
-        self.replace(va, level, Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01))
+        let old = self.break_entry(table, idx, va, size);
+        self.detach_at(old, level);
+        self.flush_pending();
+        // The child table is unreachable and flushed now: its entries hold
+        // every AF/dirty update the MMU made through them, and the block
+        // keeps them all ([`Regime::keep_hw`]).
+        let block = (0..g.entries_per_table())
+            .fold(Desc((pa0.as_u64() & 0x0000_ffff_ffff_f000) | attrs | 0b01), |b, i| {
+                R::keep_hw(self.t.read(child, i), b)
+            });
+        self.make_entry(table, idx, va, level, block)
     }
 
     /// Unmaps `[va, va+size)`: splits blocks and contiguous runs that straddle
@@ -1110,7 +1289,9 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
                         continue;
                     }
                     match prot {
-                        None => self.break_entry(table, idx, VirtAddr::new(entry_va), lsize),
+                        None => {
+                            self.break_entry(table, idx, VirtAddr::new(entry_va), lsize);
+                        }
                         Some((set, clear)) => {
                             let old = self.t.rmw(table, idx, set, clear);
                             if Desc((old.0 & !clear) | set) != old {
@@ -1160,7 +1341,7 @@ impl<'a, 'm, R: Regime, M: TableMemory> CursorMut<'a, 'm, R, M> {
             {
                 self.t.write(table, idx, Desc::INVALID);
                 // Walk caches may hold the table entry: non-leaf TLBI.
-                self.push_pending(VirtAddr::new(entry_va), VirtAddr::new(entry_end));
+                self.push_pending(table, idx, VirtAddr::new(entry_va), VirtAddr::new(entry_end));
                 self.pending_tables = true;
                 self.detached.push(child);
                 continue;
@@ -1220,9 +1401,17 @@ fn sabotaged() -> bool {
     SKIP_NEXT_FLUSH.load(Ordering::Relaxed) && SKIP_NEXT_FLUSH.swap(false, Ordering::Relaxed)
 }
 
-fn violation(va: VirtAddr, level: u32) -> MapError {
+#[cold]
+fn violation(va: Option<VirtAddr>, level: Option<u32>) -> MapError {
     BBM_VIOLATIONS.fetch_add(1, Ordering::Relaxed);
     MapError::BbmViolation { va, level }
+}
+
+/// The level whose entries map `size` bytes, if one does (for an error
+/// from a [`Pte`], which knows the size it flushes, not its level).
+#[cold]
+fn level_of(size: u64) -> Option<u32> {
+    (0..=3).find(|&l| crate::arch::aarch64::granule::GRANULE.level_size(l) == size)
 }
 
 /// Compare-and-swap loop: `(v & !clear) | set`, returning the value it replaced.
@@ -1414,10 +1603,10 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn set_new(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: None, level: None, old, new: d });
         }
         if self.pending.covers(self.slot as usize) {
-            return Err(violation(VirtAddr::new(0), 3));
+            return Err(violation(None, None));
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1474,7 +1663,7 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn set_new_unused(self, d: Desc) -> Result<(), MapError> {
         let old = self.get();
         if old.is_valid() {
-            return Err(MapError::NeedsBreakBeforeMake { va: VirtAddr::new(0), level: 3, old, new: d });
+            return Err(MapError::NeedsBreakBeforeMake { va: None, level: None, old, new: d });
         }
         self.slot().store(d.0, Ordering::Release);
         Ok(())
@@ -1494,7 +1683,7 @@ impl<'l, R: Regime> Pte<'l, R> {
     pub fn get_and_clear(self) -> Desc {
         let old = Desc(self.slot().swap(0, Ordering::AcqRel));
         if old.is_valid() {
-            self.pending.note(self.slot as usize);
+            self.pending.note(self.slot as usize, self.slot as usize + 8);
         }
         old
     }
@@ -1519,7 +1708,7 @@ impl<'l, R: Regime> Pte<'l, R> {
         if old.is_valid() {
             if sabotaged() {
                 self.slot().store(old.0, Ordering::Release);
-                return Err(violation(va, 3));
+                return Err(violation(Some(va), level_of(size)));
             }
             regime.flush(fl, va, size, true);
         }
@@ -1537,7 +1726,7 @@ impl<'l, R: Regime> Pte<'l, R> {
         // A valid old entry was flushed just now; an invalid one may have
         // been broken earlier and not flushed since.
         if !old.is_valid() && self.pending.covers(self.slot as usize) {
-            return Err(violation(va, 3));
+            return Err(violation(Some(va), level_of(size)));
         }
         self.slot().store(new.0, Ordering::Release);
         Ok(old)
@@ -1569,7 +1758,7 @@ impl<'l, R: Regime> Pte<'l, R> {
             for (i, o) in olds.iter().enumerate().take(n) {
                 self.sibling(self.index() + i).slot().store(*o, Ordering::Release);
             }
-            return Err(violation(va, 3));
+            return Err(violation(Some(va), level_of(size / n as u64)));
         }
         regime.flush(fl, va, size, true);
         for i in 0..n {
@@ -1647,28 +1836,37 @@ impl<'l, R: Regime> PteRun<'l, R> {
 
     /// [`Pte::get_and_clear`] on every entry of the run that is not zero
     /// (Linux `zap_pte_range`'s loop): `f(i, old)` gets each old value with
-    /// every AF/dirty update the MMU made. The run's whole span is recorded
-    /// as broken once, after the loop ([`PendingBreaks`]: no note per
-    /// entry; it may over-cover entries that held nothing valid until the
-    /// flush that follows).
+    /// every AF/dirty update the MMU made. If some value swapped out was
+    /// valid, the run's whole span is recorded as broken once, after the
+    /// loop ([`PendingBreaks`]: no note per entry; it may over-cover
+    /// entries that held nothing valid until the flush that follows).
     #[inline(always)]
     pub fn get_and_clear_each(self, mut f: impl FnMut(usize, Desc)) {
         // SAFETY: the run's entries lie in one table (`Pte::run`), live
         // while the lock is held.
         let slots = unsafe { core::slice::from_raw_parts(self.first.slot, self.n) };
         let base = self.first.slot as usize;
-        for slot in slots {
-            if slot.load(Ordering::Acquire) == 0 {
-                continue;
-            }
+        let mut rest = slots.iter();
+        let mut swap = |slot: &AtomicU64| {
             let old = Desc(slot.swap(0, Ordering::AcqRel));
             // The index from the pointer: one induction variable in the loop.
             f((slot as *const AtomicU64 as usize - base) / 8, old);
+            old
+        };
+        // Up to the first valid entry, then the rest with no test of what
+        // was swapped out (zap's loop costs what it did without the record).
+        let broke = rest.by_ref().filter(|s| s.load(Ordering::Acquire) != 0).any(|s| swap(s).is_valid());
+        if !broke {
+            return;
         }
-        if let Some(last) = slots.last() {
-            self.first.pending.note(self.first.slot as usize);
-            self.first.pending.note(last as *const AtomicU64 as usize);
+        for slot in rest {
+            if slot.load(Ordering::Acquire) != 0 {
+                swap(slot);
+            }
         }
+        // After the loop: a gather flush inside it (a full batch) emptied the record.
+        let lo = self.first.slot as usize;
+        self.first.pending.note(lo, lo + self.n * 8);
     }
 
     /// The regime's TLB flush of `[va, va+size)`, which the caller says is
@@ -1730,9 +1928,9 @@ mod tests {
 
     /// Host tables are the test's own: each lives in its own HostMem.
     fn excl() -> &'static ExclusiveTables {
-        // SAFETY: the host tests that share it edit only tables of their own.
-        static E: ExclusiveTables = unsafe { ExclusiveTables::new() };
-        &E
+        // SAFETY: each test's tables are its own. One per call: tests run
+        // in parallel, and the proof carries the record of breaks.
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(unsafe { ExclusiveTables::new() }))
     }
 
     const MIB: u64 = 1 << 20;
@@ -2013,8 +2211,8 @@ mod tests {
     }
     impl Stage2Flush for S2Rec {
         fn publish(&mut self) {}
-        fn flush_ipa(&mut self, ipa: u64, size: u64, vmid: u16, leaf_only: bool) {
-            self.flushes.push((ipa, size, vmid, leaf_only));
+        fn flush_ipa(&mut self, ipa: VirtAddr, size: u64, vmid: u16, leaf_only: bool) {
+            self.flushes.push((ipa.as_u64(), size, vmid, leaf_only));
         }
     }
 
@@ -2270,7 +2468,7 @@ mod tests {
         c.sync();
         let e =
             c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert_eq!(e, Err(MapError::BbmViolation { va: VirtAddr::new(0x2000), level: 3 }));
+        assert_eq!(e, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x2000)), level: Some(3) }));
         c.sync();
         assert_eq!(
             c.map(VirtAddr::new(0x1000), PhysAddr::new(0x1000), 2 * 4096, LeafAttrs::KERNEL_RO, LeafSizes::PagesOnly),
@@ -2285,7 +2483,7 @@ mod tests {
         SKIP_NEXT_FLUSH.store(true, Ordering::Relaxed);
         c.sync();
         let e = c.map(VirtAddr::new(0x5000), PhysAddr::new(0x5000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::BbmViolation { level: 1, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::BbmViolation { level: Some(1), .. })), "{e:?}");
         let _ = c.finish();
         // Stage 2: a memory-type change is BBM there too.
         let (mut mem, root) = HostMem::new(K4);
@@ -2296,7 +2494,7 @@ mod tests {
         c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, rw, LeafSizes::PagesOnly).unwrap();
         let dev = S2Attrs { normal: false, ..rw };
         let e = c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, dev, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 3, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(3), .. })), "{e:?}");
         let ro = S2Attrs { write: false, ..rw };
         c.map(VirtAddr::new(0x4000_0000), PhysAddr::new(0x8000_0000), 4096, ro, LeafSizes::PagesOnly).unwrap();
         let _ = c.finish();
@@ -2511,12 +2709,14 @@ mod tests {
         let old = a.get_and_clear();
         assert!(old.is_valid() && !ptl.pending_breaks().is_empty());
         let v0 = BBM_VIOLATIONS.load(Ordering::Relaxed);
-        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        // A `Pte` knows its slot, not its address: the error claims neither.
+        let r = a.set_new(leaf(0x6000_0000));
+        assert_eq!(r, Err(MapError::BbmViolation { va: None, level: None }));
         assert!(BBM_VIOLATIONS.load(Ordering::Relaxed) > v0, "counted");
         assert_eq!(a.get(), Desc(0), "the refused make left the entry invalid");
         // `replace` finds the entry invalid, so its own flush would not happen: refused.
         let r = a.replace(leaf(0x6000_0000), &user, &mut rec, VirtAddr::new(0x40_0000), 4096);
-        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        assert_eq!(r, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x40_0000)), level: Some(3) }));
         assert!(rec.flushes.is_empty());
         // Another entry's flush leaves `a` recorded.
         b.flush(&user, &mut rec, VirtAddr::new(0x40_1000), 4096);
@@ -2535,6 +2735,10 @@ mod tests {
         a.set_new(leaf(0x6000_0000)).unwrap();
         b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_1000), 4096).unwrap();
         assert_eq!(b.get(), leaf(0x6000_1000));
+        // An error for a 2M entry names level 2 (from the size it flushes).
+        b.get_and_clear();
+        let r = b.replace(leaf(0x6000_1000), &user, &mut rec, VirtAddr::new(0x40_0000), 2 << 20);
+        assert_eq!(r, Err(MapError::BbmViolation { va: Some(VirtAddr::new(0x40_0000)), level: Some(2) }));
     }
 
     /// A lock is proof only for its own tables: another mm's page-table
@@ -2569,5 +2773,242 @@ mod tests {
         let mut t = Tables::new(root, K4, 0, &mut mem);
         let mut rec = Rec::default();
         let _ = CursorMut::new(&wrong, &mut t, Stage1User { asid: 1 }, &mut rec);
+    }
+
+    /// One record for the lock: a break made through a [`Pte`] refuses a
+    /// [`CursorMut`]'s make there, a cursor's break refuses a `Pte`'s make,
+    /// a cursor's flush empties the record when it holds only that
+    /// cursor's breaks, and leaves it when a `Pte`'s break is in it. With
+    /// the cursor keeping its own list only (not the lock's record), the
+    /// first two refusals do not happen and this test fails (checked).
+    #[test]
+    fn cursor_mut_and_pte_share_the_lock_record() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10) | (1 << 6) | (1 << 11));
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        let b = pte_walk(&ptl, &mut mem, root, 0x40_1000);
+        a.set_new(leaf(0x5000_0000)).unwrap();
+        b.set_new(leaf(0x5000_1000)).unwrap();
+        let mut t = Tables::new(root, K4, 0, &mut mem);
+        let mut rec = Rec::default();
+        let user = Stage1User { asid: 3 };
+        let mut c = CursorMut::new(&ptl, &mut t, user, &mut rec);
+        // A Pte's break, the cursor's make.
+        assert!(a.get_and_clear().is_valid());
+        let r = c.set_leaf(VirtAddr::new(0x40_0000), 3, leaf(0x6000_0000));
+        assert!(matches!(r, Err(MapError::BbmViolation { .. })), "{r:?}");
+        // The cursor's break, a Pte's make.
+        c.jump(VirtAddr::new(0x40_1000), 3);
+        assert!(c.get_and_clear().is_valid());
+        assert!(matches!(b.set_new(leaf(0x6000_1000)), Err(MapError::BbmViolation { .. })));
+        // The cursor's flush covers its own break only: the Pte's stays.
+        c.sync();
+        assert!(matches!(a.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        user.flush(&mut Rec::default(), VirtAddr::new(0x40_0000), 0x2000, true);
+        a.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(0x40_0000), 0x2000);
+        assert!(ptl.pending_breaks().is_empty());
+        // The cursor's breaks alone: its flush empties the record.
+        c.jump(VirtAddr::new(0x40_1000), 3);
+        let _ = c.set_leaf(VirtAddr::new(0x40_1000), 3, leaf(0x6000_1000)).unwrap();
+        assert!(c.get_and_clear().is_valid());
+        assert!(matches!(b.set_new(leaf(0x6000_1000)), Err(MapError::BbmViolation { .. })));
+        c.sync();
+        assert!(ptl.pending_breaks().is_empty(), "the cursor's flush emptied its record");
+        b.set_new(leaf(0x6000_1000)).unwrap();
+        a.set_new(leaf(0x6000_0000)).unwrap();
+        assert!(c.finish().0.is_empty());
+    }
+
+    /// A run whose entries held nothing valid (a swap entry) breaks
+    /// nothing: the record stays empty and a make there goes in. Recording
+    /// the run whatever it held (checked) fails this test.
+    #[test]
+    fn clearing_invalid_entries_records_no_break() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let a = pte_walk(&ptl, &mut mem, root, 0x40_0000);
+        a.set_new(Desc(0x1234_0000)).unwrap();
+        let mut seen = vec![];
+        a.run(4).get_and_clear_each(|i, d| seen.push((i, d)));
+        assert_eq!(seen, vec![(0, Desc(0x1234_0000))]);
+        assert!(ptl.pending_breaks().is_empty());
+        a.set_new(Desc(0x5000_0000 | 0b11 | (1 << 10))).unwrap();
+    }
+
+    /// Breaks in two table pages do not cover a third table lying
+    /// physically between them: a make there goes in; a flush of one
+    /// table's run empties that table's span only; breaks in a third page
+    /// cover everything until the record is cleared. With one span of slot
+    /// addresses over all tables (checked) the make between is refused.
+    #[test]
+    fn breaks_in_two_tables_do_not_cover_a_table_between() {
+        let (mut mem, root) = HostMem::new(K4);
+        let mm = crate::mm::mm_struct::MmStruct::new(root, 3);
+        let ptl = mm.page_table_lock_guard();
+        let leaf = |pa: u64| Desc(pa | 0b11 | (1 << 10));
+        let mut e: Vec<(u64, Pte<'_>)> =
+            [0x40_0000u64, 0x60_0000, 0x80_0000].iter().map(|&va| (va, pte_walk(&ptl, &mut mem, root, va))).collect();
+        e.sort_by_key(|(_, p)| p.slot as usize);
+        let [(lo_va, lo), (_, mid), (hi_va, hi)] = [e[0], e[1], e[2]];
+        for p in [lo, hi, lo.sibling(1), hi.sibling(1)] {
+            p.set_new(leaf(0x5000_0000)).unwrap();
+            assert!(p.get_and_clear().is_valid());
+        }
+        mid.set_new(leaf(0x5000_0000)).unwrap();
+        assert!(matches!(lo.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(matches!(hi.sibling(1).set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        let user = Stage1User { asid: 3 };
+        lo.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(lo_va), 0x2000);
+        lo.set_new(leaf(0x6000_0000)).unwrap();
+        assert!(matches!(hi.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        hi.run(2).flush(&user, &mut Rec::default(), VirtAddr::new(hi_va), 0x2000);
+        assert!(ptl.pending_breaks().is_empty());
+        // Three table pages: everything is covered until a full flush.
+        hi.set_new(leaf(0x6000_0000)).unwrap();
+        for p in [lo, mid, hi] {
+            assert!(p.get_and_clear().is_valid());
+        }
+        assert!(matches!(hi.set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        assert!(matches!(lo.sibling(7).set_new(leaf(0x6000_0000)), Err(MapError::BbmViolation { .. })));
+        ptl.pending_breaks().clear();
+        lo.sibling(7).set_new(leaf(0x6000_0000)).unwrap();
+    }
+
+    /// Host tables whose "MMU" sets AF and lets a write through (clears
+    /// AP[2] of a DBM entry) on the `at`-th table access after arming, if
+    /// `target` and the entry `gate` (the one the walk goes through) are
+    /// valid then: a hardware update landing at every point of an edit.
+    struct MmuAt {
+        mem: HostMem,
+        calls: core::cell::Cell<usize>,
+        at: core::cell::Cell<usize>,
+        target: core::cell::Cell<usize>,
+        gate: core::cell::Cell<usize>,
+        fired: core::cell::Cell<bool>,
+    }
+    // SAFETY: `HostMem`'s.
+    unsafe impl TableMemory for MmuAt {
+        fn alloc_table(&mut self) -> Option<PhysAddr> {
+            self.mem.alloc_table()
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
+            let n = self.calls.get() + 1;
+            self.calls.set(n);
+            if n == self.at.get() && self.target.get() != 0 {
+                // SAFETY: both are slots of `mem`'s tables, set by the test.
+                let (e, g) =
+                    unsafe { (&*(self.target.get() as *const AtomicU64), &*(self.gate.get() as *const AtomicU64)) };
+                if e.load(Ordering::Relaxed) & 1 != 0 && g.load(Ordering::Relaxed) & 1 != 0 {
+                    e.fetch_or(AF, Ordering::AcqRel);
+                    e.fetch_and(!AP2, Ordering::AcqRel);
+                    self.fired.set(true);
+                }
+            }
+            self.mem.table_ptr(pa)
+        }
+    }
+
+    /// `replace` (a live-safe permission change), `split`,
+    /// `split_contiguous`, `make_contiguous` and `collapse` of clean, old
+    /// DBM entries, with the "MMU" ([`MmuAt`]) setting AF and dirty at
+    /// each table access of the edit in turn: whenever it did, the entries
+    /// the edit leaves are young and dirty. Building them from a value
+    /// read before the break (`split` and the contiguous edits), storing
+    /// `replace`'s new value with a plain store, or building the collapsed
+    /// block without the children's final bits (each checked) loses the
+    /// update at some access and fails this test.
+    #[test]
+    fn edits_keep_an_mmu_update_made_after_their_read() {
+        let _hw = HW_FLAGS.lock().unwrap_or_else(|e| e.into_inner());
+        crate::mm::desc::set_hw_af(true);
+        let young_dirty = |d: Desc| d.0 & AF != 0 && d.0 & (DBM | AP2) == DBM;
+        type Op = fn(&mut CursorMut<'_, '_, Stage1Kernel, MmuAt>, VirtAddr) -> Result<(), MapError>;
+        // (name, mapping size, leaf sizes, make the run contiguous first,
+        //  target level, the edit, level of the entry checked after)
+        let cases: [(&str, u64, LeafSizes, bool, u32, Op, u32); 5] = [
+            (
+                "replace",
+                0x1000,
+                LeafSizes::PagesOnly,
+                false,
+                3,
+                |c, va| {
+                    let (table, idx) = c.slot(va, 3)?;
+                    let cur = c.t.read(table, idx);
+                    c.replace(va, 3, Desc(((cur.0 & !AF) | AP2) ^ (1 << 53)))
+                },
+                3,
+            ),
+            ("split", 2 * MIB, LeafSizes::Largest, false, 2, |c, va| c.split(va, 2), 3),
+            ("split_contiguous", 0x10000, LeafSizes::PagesOnly, true, 3, |c, va| c.split_contiguous(va, 3), 3),
+            ("make_contiguous", 0x10000, LeafSizes::PagesOnly, false, 3, |c, va| c.make_contiguous(va, 3), 3),
+            ("collapse", 2 * MIB, LeafSizes::PagesOnly, false, 3, |c, va| c.collapse(va, 2), 2),
+        ];
+        let va = VirtAddr::new(0x4000_0000);
+        for (name, size, sizes, cont, tl, op, check_level) in cases {
+            let mut fired = 0;
+            for at in 1.. {
+                let (hm, root) = HostMem::new(K4);
+                let mut m = MmuAt {
+                    mem: hm,
+                    calls: Default::default(),
+                    at: Default::default(),
+                    target: Default::default(),
+                    gate: Default::default(),
+                    fired: Default::default(),
+                };
+                let mut t = Tables::new(root, K4, 0, &mut m);
+                let mut rec = Rec::default();
+                let mut c = CursorMut::new(excl(), &mut t, Stage1Kernel, &mut rec);
+                c.map(va, PhysAddr::new(0x8000_0000), size, LeafAttrs::KERNEL_RW, sizes).unwrap();
+                // Clean (AP[2] set, DBM) and old (no AF).
+                c.protect(va, size, DBM | AP2, AF).unwrap();
+                if cont {
+                    c.make_contiguous(va, 3).unwrap();
+                }
+                c.sync();
+                // The target: the 6th entry (or the block), reached through `gate`.
+                let tva = if tl == 3 && size > 0x1000 { va + 5 * 0x1000 } else { va };
+                let (table, idx) = c.slot(tva, tl).unwrap();
+                let (gt, gi) = c.slot(tva, tl - 1).unwrap();
+                let gate = if tl == 3 && check_level == 2 { c.slot_addr(gt, gi) } else { c.slot_addr(table, idx) };
+                let target = c.slot_addr(table, idx);
+                let mm = &c.t.mem;
+                mm.target.set(target);
+                mm.gate.set(gate);
+                mm.calls.set(0);
+                mm.at.set(at);
+                let r = op(&mut c, va);
+                let mm = &c.t.mem;
+                let (done, hit) = (mm.calls.get() >= at, mm.fired.get());
+                // An update before the checks of a fold makes the run mixed:
+                // refused, with the entry left as the MMU wrote it.
+                let refused = matches!(r, Err(MapError::NotContiguous { .. } | MapError::NotCollapsible { .. }));
+                if refused && hit {
+                    c.jump(tva, tl);
+                    assert!(young_dirty(c.query()), "{name}: refused at access {at}, entry {:?}", c.query());
+                    fired += 1;
+                    continue;
+                }
+                r.unwrap_or_else(|e| panic!("{name} at access {at}: {e:?}"));
+                mm.target.set(0);
+                c.sync();
+                if !done {
+                    break;
+                }
+                if hit {
+                    fired += 1;
+                    assert_eq!(c.jump(tva, check_level), check_level);
+                    let d = c.query();
+                    assert!(young_dirty(d), "{name}: the MMU's update at access {at} lost: {d:?}");
+                }
+                let _ = c.finish();
+            }
+            assert!(fired > 0, "{name}: the MMU never updated the entry");
+        }
+        crate::mm::desc::set_hw_af(false);
     }
 }

@@ -44,17 +44,20 @@ pub enum MapError {
     /// The change would replace a live mapping in a way the architecture
     /// requires break-before-make for (different output address, memory type,
     /// or a block where a table is, or the reverse).
+    /// `va` and `level` are `None` where the edit does not know them: a
+    /// [`Pte`] is located by its slot, not by its address.
     NeedsBreakBeforeMake {
-        va: VirtAddr,
-        level: u32,
+        va: Option<VirtAddr>,
+        level: Option<u32>,
         old: Desc,
         new: Desc,
     },
     /// A valid entry was about to be written over a range that was broken
-    /// (invalidated) but whose TLB entries were not flushed yet.
+    /// (invalidated) but whose TLB entries were not flushed yet. `va` and
+    /// `level` as in [`Self::NeedsBreakBeforeMake`].
     BbmViolation {
-        va: VirtAddr,
-        level: u32,
+        va: Option<VirtAddr>,
+        level: Option<u32>,
     },
     /// No table or leaf where the operation needs one.
     NotMapped {
@@ -231,13 +234,19 @@ pub mod host {
     use std::vec::Vec;
 
     pub struct HostMem {
-        pub tables: Vec<Box<[AtomicU64]>>,
+        pub tables: Vec<Box<HostPage>>,
         pub entries: usize,
         pub limit: usize,
         /// `table_ptr` calls on each table (index as in `tables`): each
         /// entry read or written reaches its table through one.
         pub visits: Vec<core::sync::atomic::AtomicUsize>,
     }
+
+    /// One table's memory, aligned to the largest table's size as real
+    /// tables are to theirs (a [`super::Pte`] finds its table from the
+    /// slot's address).
+    #[repr(C, align(65536))]
+    pub struct HostPage([AtomicU64; 8192]);
 
     /// Fake physical addresses: table i lives at 0x1_0000_0000 + i * 64K.
     const BASE: u64 = 0x1_0000_0000;
@@ -283,7 +292,8 @@ pub mod host {
             if self.tables.len() >= self.limit {
                 return None;
             }
-            let t: Box<[AtomicU64]> = (0..self.entries).map(|_| AtomicU64::new(0)).collect();
+            // SAFETY: all zeroes is a valid `AtomicU64` array.
+            let t = unsafe { Box::<HostPage>::new_zeroed().assume_init() };
             self.tables.push(t);
             self.visits.push(core::sync::atomic::AtomicUsize::new(0));
             Some(PhysAddr::new(BASE + (self.tables.len() as u64 - 1) * 0x10000))
@@ -291,7 +301,7 @@ pub mod host {
         fn table_ptr(&self, pa: PhysAddr) -> *const AtomicU64 {
             let i = ((pa.as_u64() - BASE) / 0x10000) as usize;
             self.visits[i].fetch_add(1, Ordering::Relaxed);
-            self.tables[i].as_ptr()
+            self.tables[i].0.as_ptr()
         }
     }
 }
@@ -365,10 +375,10 @@ mod tests {
         map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest).unwrap();
         // Different output address: refused.
         let e = map(&mut t, va, PhysAddr::new(0x8000_0000), 2 * MIB, LeafAttrs::KERNEL_RW, LeafSizes::Largest);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(2), .. })), "{e:?}");
         // A page inside the block (a split): refused.
         let e = map(&mut t, va, PhysAddr::new(0x4000_0000), 4096, LeafAttrs::KERNEL_RW, LeafSizes::PagesOnly);
-        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: 2, .. })), "{e:?}");
+        assert!(matches!(e, Err(MapError::NeedsBreakBeforeMake { level: Some(2), .. })), "{e:?}");
         // Permission-only change: allowed live.
         map(&mut t, va, PhysAddr::new(0x4000_0000), 2 * MIB, LeafAttrs::KERNEL_RO, LeafSizes::Largest).unwrap();
         match t.translate(va) {
