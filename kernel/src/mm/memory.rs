@@ -388,20 +388,37 @@ fn set_pte_bbm(mm: &MmStruct, slot: Pte, va: VirtAddr, d: Desc) -> Result<Desc, 
     Ok(old)
 }
 
-/// Test-only sabotage: when armed, the next fault on a present entry of
-/// an anonymous VMA skips the "pte changed under us" recheck and goes on
-/// as if the entry were none (`test/cursor_tests.rs`; nothing else arms it).
-pub static SKIP_NEXT_NONE_RECHECK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Takes [`SKIP_NEXT_NONE_RECHECK`] if armed (one relaxed load when it is not).
-#[inline(always)]
-fn skip_none_recheck() -> bool {
-    SKIP_NEXT_NONE_RECHECK.load(Ordering::Relaxed) && SKIP_NEXT_NONE_RECHECK.swap(false, Ordering::Relaxed)
+/// Test-only sabotage of one step of the fault path, the `S` of
+/// [`handle_mm_fault_sabotaged`] (`test/cursor_tests.rs` runs it). A
+/// compile-time choice: [`handle_mm_fault`] is the instance with
+/// [`sabotage::NONE`], so the path every real fault takes carries no check.
+pub mod sabotage {
+    /// The fault path as it is.
+    pub const NONE: u8 = 0;
+    /// A present entry of an anonymous VMA is taken for none, as by a
+    /// fault that read it before another fault installed the page and
+    /// skipped Linux's "pte changed under us" recheck under the lock.
+    pub const SKIP_NONE_RECHECK: u8 = 1;
+    /// `wp_page_reuse`'s change also moves the entry to a copy of its
+    /// page, as a reuse mixed up with `wp_page_copy` would.
+    pub const REUSE_WITH_COPY_OA: u8 = 2;
 }
 
 /// Linux `handle_mm_fault` for a page of a private anonymous VMA. The
 /// caller has checked the VMA allows the access ([`vma_access_permitted`]).
 pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: FaultFlags) -> VmFault {
+    handle_mm_fault_sabotaged::<{ sabotage::NONE }>(mt, vma, addr, flags)
+}
+
+/// [`handle_mm_fault`] with the step `S` ([`sabotage`]) broken on purpose,
+/// for the tests that show what catches it.
+#[inline(always)]
+pub fn handle_mm_fault_sabotaged<const S: u8>(
+    mt: MmTables<'_>,
+    vma: &Vma,
+    addr: VirtAddr,
+    flags: FaultFlags,
+) -> VmFault {
     let va = addr.align_down(PAGE_SIZE);
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
@@ -445,10 +462,10 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
     // SAFETY: `table` was reached from this mm's pgd under `ptl`.
     let slot = unsafe { entry(pmd, &mem, table, GRANULE.index(va.as_u64(), 3)) };
     let desc = slot.get();
-    // The test knob [`SKIP_NEXT_NONE_RECHECK`]: a present entry of an anon
-    // VMA taken for none, as by a fault that read it before another fault
-    // installed the page and did not recheck under the lock.
-    if desc.0 == 0 || skip_none_recheck() && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP) {
+    // [`sabotage::SKIP_NONE_RECHECK`]: a present entry of an anon VMA
+    // taken for none.
+    let skip_recheck = S == sabotage::SKIP_NONE_RECHECK && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP);
+    if desc.0 == 0 || skip_recheck {
         if vma.file != 0 {
             return do_fault(slot, vma, va, flags);
         }
@@ -464,7 +481,7 @@ pub fn handle_mm_fault(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr, flags: Fault
         if flags.write && desc.user_writable() {
             return spurious(mt.mm, slot, va, 3, true);
         }
-        do_wp_page(mt.mm, slot, vma, va, desc, flags)
+        do_wp_page::<S>(mt.mm, slot, vma, va, desc, flags)
     } else if desc.perms().el0 {
         spurious(mt.mm, slot, va, 3, false)
     } else {
@@ -694,7 +711,14 @@ fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtab
 
 /// Linux `do_wp_page`: a write (or unshare) fault on a present read-only
 /// entry of a VMA that allows it.
-fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, desc: Desc, flags: FaultFlags) -> VmFault {
+fn do_wp_page<const S: u8>(
+    mm: &MmStruct,
+    slot: Pte,
+    vma: &Vma,
+    va: VirtAddr,
+    desc: Desc,
+    flags: FaultFlags,
+) -> VmFault {
     // One entry of a contiguous run is about to change on its own.
     if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) && unfold_run(mm, slot, va).is_err() {
         return VmFault::Done; // refused (the BBM tests): the run is unchanged, retry
@@ -723,17 +747,17 @@ fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, desc: Desc, fla
     let Some(folio) = pg.folio() else { return VmFault::Sigsegv };
     if !folio.is_anon() && vma.flags.contains(VmFlags::SHARED) {
         // Linux `wp_page_shared`: a shared file page is written in place.
-        return wp_page_reuse(mm, slot, vma, va, flags);
+        return wp_page_reuse::<S>(mm, slot, vma, va, flags);
     }
     if folio.is_anon() {
         if pg.anon_exclusive() {
-            return wp_page_reuse(mm, slot, vma, va, flags);
+            return wp_page_reuse::<S>(mm, slot, vma, va, flags);
         }
         // Linux `wp_can_reuse_anon_folio`: a small folio nobody else holds
         // a reference to (no other mapping, no GUP reference) is ours.
         if !folio.is_large() && folio.refcount() == 1 && folio.mapcount() == 1 {
             pg.set_anon_exclusive();
-            return wp_page_reuse(mm, slot, vma, va, flags);
+            return wp_page_reuse::<S>(mm, slot, vma, va, flags);
         }
     }
     wp_page_copy(mm, slot, vma, va, desc, Some(pg), flags)
@@ -742,15 +766,14 @@ fn do_wp_page(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, desc: Desc, fla
 /// Linux `wp_page_reuse`: the page stays; the entry becomes writable
 /// (a permission-only change: no break-before-make, but the old read-only
 /// translation must leave the TLB).
-fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+fn wp_page_reuse<const S: u8>(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if flags.unshare {
         return VmFault::Done; // exclusive already; R/O stays R/O
     }
     // Compare-and-swap on the current value: a young or dirty bit the MMU
     // set since `desc` was read stays.
     let change = |d| maybe_mkwrite(d, vma).mkdirty().mkyoung();
-    let old = if reuse_with_copy_oa() {
-        // The test knob [`REUSE_WITH_COPY_OA`].
+    let old = if S == sabotage::REUSE_WITH_COPY_OA {
         match reuse_moving_to_copy(slot, change) {
             Some(old) => old,
             None => return VmFault::Done,
@@ -767,18 +790,7 @@ fn wp_page_reuse(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, flags: Fault
     VmFault::Done
 }
 
-/// Test-only sabotage: when armed, the next [`wp_page_reuse`] changes the
-/// entry's output address to a copy of its page as well
-/// (`test/cursor_tests.rs`; nothing else arms it).
-pub static REUSE_WITH_COPY_OA: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
-
-/// Takes [`REUSE_WITH_COPY_OA`] if armed (one relaxed load when it is not).
-#[inline(always)]
-fn reuse_with_copy_oa() -> bool {
-    REUSE_WITH_COPY_OA.load(Ordering::Relaxed) && REUSE_WITH_COPY_OA.swap(false, Ordering::Relaxed)
-}
-
-/// [`wp_page_reuse`]'s change with [`REUSE_WITH_COPY_OA`] armed: `change`
+/// [`wp_page_reuse`]'s change under [`sabotage::REUSE_WITH_COPY_OA`]: `change`
 /// and the output address of a new copy of the page, as a reuse mixed up
 /// with `wp_page_copy` would make it. Returns the old entry if the change
 /// went through; `None` if it was refused (not a permission change: the

@@ -271,6 +271,7 @@ pub fn add_pin_ref_taken(f: Folio) {
 /// Allocates a zeroed anonymous folio of `2^order` pages with one reference
 /// and no mappings (Linux `vma_alloc_zeroed_movable_folio`). Honours the
 /// user reserve.
+#[inline]
 pub fn folio_alloc_anon(order: u32) -> Option<Folio> {
     let pa = frame::alloc_user_zeroed(order)?;
     Some(prep_folio(pa, order))

@@ -14,7 +14,7 @@
 //! Each test says what caught the break and that it failed without that.
 
 use alloc::string::String;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::arch::aarch64::memory::TEST_WINDOW;
@@ -433,17 +433,16 @@ fn cursor_zap_free_before_flush_refused() -> Result<(), String> {
     r
 }
 
-/// Runs the fault path ([`memory::handle_mm_fault`], as the fault entry
-/// does: under the mmap lock, with the VMA of `va`) for a fault on `va` in
-/// `p`, with `knob` armed for it. Returns the result and whether the path
-/// took the knob.
-fn fault_with_knob(p: &str, va: VirtAddr, write: bool, knob: &AtomicBool) -> Result<(memory::VmFault, bool), String> {
+/// Runs the fault path with step `S` broken
+/// ([`memory::handle_mm_fault_sabotaged`], as the fault entry calls
+/// `handle_mm_fault`: under the mmap lock, with the VMA of `va`) for a
+/// fault on `va` in `p`.
+fn sabotaged_fault<const S: u8>(p: &str, va: VirtAddr, write: bool) -> Result<memory::VmFault, String> {
     proc::with_proc(p, |pr| {
         let g = pr.mm.mmap_read_lock();
         let Some(vma) = g.vmas().find(va).copied() else { return Ok(Err(alloc::format!("no VMA at {va:?}"))) };
-        knob.store(true, Ordering::Relaxed);
-        let r = memory::handle_mm_fault(pr.mt(), &vma, va, memory::FaultFlags { write, unshare: false });
-        Ok(Ok((r, !knob.swap(false, Ordering::Relaxed))))
+        let flags = memory::FaultFlags { write, unshare: false };
+        Ok(Ok(memory::handle_mm_fault_sabotaged::<S>(pr.mt(), &vma, va, flags)))
     })?
 }
 
@@ -454,7 +453,7 @@ kernel_test!(cursor_bbm_fault_into_empty_entry);
 /// the entry under the lock ("pte changed under us"). Broken on purpose:
 /// after a real EL0 write fault installed the page, a second fault on it
 /// runs the whole path with that recheck skipped
-/// (`memory::SKIP_NEXT_NONE_RECHECK`), a write and then a read, as faults
+/// (`memory::sabotage::SKIP_NONE_RECHECK`), a write and then a read, as faults
 /// that read the entry none before the first fault took the lock would.
 /// Caught by `Pte::set_new`, which refuses a make over a valid entry: the
 /// fault backs off (its new folio freed), the entry, the data and the free
@@ -462,7 +461,6 @@ kernel_test!(cursor_bbm_fault_into_empty_entry);
 /// `set_new` this test failed: the write's zeroed folio replaced the live
 /// page without BBM ("the backed-off fault changed the entry").
 fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
-    use memory::SKIP_NEXT_NONE_RECHECK as KNOB;
     let p = "bbm_fault";
     proc::spawn(p)?;
     let r = (|| -> Result<(), String> {
@@ -471,8 +469,7 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
         let before = desc_of(p, m).ok_or("the write fault mapped nothing")?;
         let free0 = frame::stats().free;
         for write in [true, false] {
-            let (r, taken) = fault_with_knob(p, m, write, &KNOB)?;
-            ensure!(taken, "the fault path did not take the knob (write {write})");
+            let r = sabotaged_fault::<{ memory::sabotage::SKIP_NONE_RECHECK }>(p, m, write)?;
             ensure!(r == memory::VmFault::Done, "the fault over the present entry: {r:?} (write {write})");
             let now = desc_of(p, m);
             ensure!(now == Some(before), "the backed-off fault changed the entry: {before:?} -> {now:?}");
@@ -483,7 +480,6 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
         ensure!(proc::fault_count(p) == f0, "the page faulted again after the refusal");
         Ok(())
     })();
-    KNOB.store(false, Ordering::Relaxed);
     let _ = proc::exit(p);
     r
 }
@@ -491,19 +487,20 @@ fn cursor_bbm_fault_into_empty_entry() -> Result<(), String> {
 kernel_test!(cursor_bbm_cow_reuse);
 /// COW reuse (`wp_page_reuse`: the only mapper of a read-only anon page
 /// writes): a permission-only change by compare-and-swap, same output
-/// address, no BBM. Broken on purpose: the parent's EL0 write after its
-/// child left runs the real fault with `memory::REUSE_WITH_COPY_OA` armed,
-/// so the reuse's change also moves the entry to a copy of the page (a
-/// reuse mixed up with `wp_page_copy`, which would need BBM). Caught by
-/// `Pte::modify`, which accepts only permission bits: the change is
-/// refused, the copy freed, the entry unchanged, and the retried access
-/// reuses the page (two faults, same output address, writable, no frame
-/// kept). With that check removed from `modify` (`perm_only` passing any
-/// value) this test failed ("reuse must keep the page and make it
-/// writable"), and the process's exit then panicked on the copy's
-/// mapcount (it had no rmap).
+/// address, no BBM. Broken on purpose: the parent's write fault after its
+/// child left runs the whole fault path with
+/// `memory::sabotage::REUSE_WITH_COPY_OA`, so the reuse's change also
+/// moves the entry to a copy of the page (a reuse mixed up with
+/// `wp_page_copy`, which would need BBM). Caught by `Pte::modify`, which
+/// accepts only permission bits: the change is refused, the copy freed,
+/// the entry unchanged, and the parent's real EL0 write then reuses the
+/// page (one fault, same output address, writable, no frame kept). With
+/// that check removed from `modify` (`perm_only` passing any value) the
+/// sabotaged reuse moved the entry to the copy, and the run failed: the
+/// test's cleanup exit panicked on the copy's mapcount ("mapcount
+/// underflow": it had no rmap) before the test could report the moved
+/// entry.
 fn cursor_bbm_cow_reuse() -> Result<(), String> {
-    use memory::REUSE_WITH_COPY_OA as KNOB;
     let (pa, ch) = ("bbm_reuse_parent", "bbm_reuse_child");
     proc::spawn(pa)?;
     let r = (|| -> Result<(), String> {
@@ -514,19 +511,21 @@ fn cursor_bbm_cow_reuse() -> Result<(), String> {
         let before = desc_of(pa, m).ok_or("not mapped after fork")?;
         ensure!(before.perms().read_only, "fork left the parent's entry writable: {before:?}");
         let (v0, f0, free0) = (violations(), proc::fault_count(pa), frame::stats().free);
-        KNOB.store(true, Ordering::Relaxed);
-        let w = proc::access(pa, op::WRITE, m, 1, 0x72);
-        let taken = !KNOB.swap(false, Ordering::Relaxed);
-        ensure!(matches!(w?, RunEnd::Done), "parent write after the child left");
-        ensure!(taken, "the write fault did not reach wp_page_reuse");
+        let r = sabotaged_fault::<{ memory::sabotage::REUSE_WITH_COPY_OA }>(pa, m, true)?;
+        ensure!(r == memory::VmFault::Done, "the sabotaged reuse: {r:?}");
+        let now = desc_of(pa, m);
+        ensure!(now == Some(before), "the refused reuse changed the entry: {before:?} -> {now:?}");
+        ensure!(frame::stats().free == free0, "the refused reuse kept {} frames", free0 - frame::stats().free);
+        ensure!(violations() == v0, "reuse hit the BBM tracker");
+        ensure!(matches!(proc::access(pa, op::WRITE, m, 1, 0x72)?, RunEnd::Done), "parent write after the child left");
         let after = desc_of(pa, m).ok_or("not mapped after reuse")?;
         ensure!(
             after.output_address(PAGE_SIZE) == before.output_address(PAGE_SIZE) && after.user_writable(),
             "reuse must keep the page and make it writable: {before:?} -> {after:?}"
         );
         ensure!(
-            proc::fault_count(pa) == f0 + 2,
-            "the refused reuse and its retry took {} faults, expected 2",
+            proc::fault_count(pa) == f0 + 1,
+            "the reuse after the refused one took {} faults, expected 1",
             proc::fault_count(pa) - f0
         );
         ensure!(frame::stats().free == free0, "the refused reuse kept {} frames", free0 - frame::stats().free);
@@ -535,7 +534,6 @@ fn cursor_bbm_cow_reuse() -> Result<(), String> {
         ensure!(matches!(proc::access(pa, op::CHECK, m + 1, PAGE_SIZE - 1, 0x71)?, RunEnd::Done), "the page's data");
         Ok(())
     })();
-    KNOB.store(false, Ordering::Relaxed);
     let _ = proc::exit(ch);
     let _ = proc::exit(pa);
     r
