@@ -16,6 +16,7 @@
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
+use super::desc_of;
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::arch::aarch64::memory::TEST_WINDOW;
 use crate::arch::aarch64::user::op;
@@ -294,15 +295,6 @@ fn flags_agree(p: &str, va: VirtAddr, len: u64) -> Result<(), String> {
         ensure!(vma_w == pte_w, "at {a:?} the VMA says writable={vma_w}, the entry writable={pte_w}");
     }
     Ok(())
-}
-
-fn desc_of(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(p, |_, t| match t.translate(va) {
-        Translation::Mapped { desc, .. } => Some(desc),
-        _ => None,
-    })
-    .ok()
-    .flatten()
 }
 
 fn level_of(p: &str, va: VirtAddr) -> Option<u32> {

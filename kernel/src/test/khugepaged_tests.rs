@@ -8,6 +8,7 @@
 use alloc::string::String;
 use core::sync::atomic::Ordering;
 
+use super::desc_of;
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::arch::aarch64::user::op;
 use crate::ensure;
@@ -17,8 +18,8 @@ use crate::mm::error::{MmError, ScanResult};
 use crate::mm::frame::{self, Owner};
 use crate::mm::madvise::Advice;
 use crate::mm::mmap::MmapArgs;
+use crate::mm::pgtable::MapError;
 use crate::mm::pgtable::cursor::{BBM_VIOLATIONS, SKIP_NEXT_FLUSH};
-use crate::mm::pgtable::{MapError, Translation};
 use crate::proc::syscall::{MADV_COLLAPSE, nr};
 use crate::proc::{self, ProcError, RunEnd};
 
@@ -43,15 +44,6 @@ fn byte_of(k: u64) -> u8 {
 /// does not apply.
 fn too_big() -> bool {
     blk() > frame::stats().managed * PAGE_SIZE / 2
-}
-
-fn desc_of(p: &str, va: VirtAddr) -> Option<crate::mm::desc::Desc> {
-    proc::with_tables(p, |_, t| match t.translate(va) {
-        Translation::Mapped { desc, .. } => Some(desc),
-        _ => None,
-    })
-    .ok()
-    .flatten()
 }
 
 fn ok(r: Result<RunEnd, ProcError>, what: &str) -> Result<(), String> {

@@ -73,6 +73,16 @@ pub use table_tests::at_outcome;
 
 pub type TestFn = fn() -> Result<(), String>;
 
+/// The leaf entry that maps `va` in process `p`'s tables, if any.
+pub(crate) fn desc_of(p: &str, va: crate::mm::addr::VirtAddr) -> Option<crate::mm::desc::Desc> {
+    crate::proc::with_tables(p, |_, t| match t.translate(va) {
+        crate::mm::pgtable::Translation::Mapped { desc, .. } => Some(desc),
+        _ => None,
+    })
+    .ok()
+    .flatten()
+}
+
 /// `size` bytes of anonymous private read/write memory, base pages (the
 /// tests' usual `mmap`; struct update syntax changes the rest).
 pub(crate) fn anon(size: u64) -> crate::mm::mmap::MmapArgs {

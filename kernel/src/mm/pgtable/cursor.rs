@@ -135,53 +135,40 @@ pub struct Stage2 {
     pub vmid: u16,
 }
 
-impl Regime for Stage1User {
-    type Flush = dyn TlbFlush;
-    const PERM_BITS: u64 = S_PERM_BITS;
-    const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
-    type Attrs = LeafAttrs;
-    fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
-        Desc::leaf(pa, level, attrs)
-    }
-    fn keep_hw(cur: Desc, new: Desc) -> Desc {
-        s1_keep_hw(cur, new)
-    }
-    /// AP[2] read-only ([`Desc::wrprotect`]).
-    #[inline(always)]
-    fn wrprotect(d: Desc) -> Desc {
-        d.wrprotect()
-    }
-    fn publish(fl: &mut Self::Flush) {
-        fl.publish();
-    }
-    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
-        fl.flush(va, size, Some(self.asid), leaf_only);
-    }
+/// The two stage-1 regimes differ only in the ASID their TLBIs name
+/// (`$asid`: `Some` for TTBR0's non-global entries, `None` for TTBR1's
+/// global ones).
+macro_rules! stage1_regime {
+    ($ty:ty, |$s:ident| $asid:expr) => {
+        impl Regime for $ty {
+            type Flush = dyn TlbFlush;
+            const PERM_BITS: u64 = S_PERM_BITS;
+            const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
+            type Attrs = LeafAttrs;
+            fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
+                Desc::leaf(pa, level, attrs)
+            }
+            fn keep_hw(cur: Desc, new: Desc) -> Desc {
+                s1_keep_hw(cur, new)
+            }
+            /// AP[2] read-only ([`Desc::wrprotect`]).
+            #[inline(always)]
+            fn wrprotect(d: Desc) -> Desc {
+                d.wrprotect()
+            }
+            fn publish(fl: &mut Self::Flush) {
+                fl.publish();
+            }
+            fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
+                let $s = self;
+                fl.flush(va, size, $asid, leaf_only);
+            }
+        }
+    };
 }
 
-impl Regime for Stage1Kernel {
-    type Flush = dyn TlbFlush;
-    const PERM_BITS: u64 = S_PERM_BITS;
-    const BBM_BITS: u64 = (0b111 << 2) | SH | (1 << 11) | CONT;
-    type Attrs = LeafAttrs;
-    fn leaf(attrs: LeafAttrs, pa: PhysAddr, level: u32) -> Desc {
-        Desc::leaf(pa, level, attrs)
-    }
-    fn keep_hw(cur: Desc, new: Desc) -> Desc {
-        s1_keep_hw(cur, new)
-    }
-    /// AP[2] read-only ([`Desc::wrprotect`]).
-    #[inline(always)]
-    fn wrprotect(d: Desc) -> Desc {
-        d.wrprotect()
-    }
-    fn publish(fl: &mut Self::Flush) {
-        fl.publish();
-    }
-    fn flush(&self, fl: &mut Self::Flush, va: VirtAddr, size: u64, leaf_only: bool) {
-        fl.flush(va, size, None, leaf_only);
-    }
-}
+stage1_regime!(Stage1User, |s| Some(s.asid));
+stage1_regime!(Stage1Kernel, |_s| None);
 
 impl Regime for Stage2 {
     type Flush = dyn Stage2Flush;
