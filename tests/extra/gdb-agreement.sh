@@ -437,7 +437,9 @@ EOF
     # must be the live ones gdb read.
     mark=$(wc -l <"$log")
     printf 'info\r' >&3
-    if wait_for_after "$log" "$mark" "sysregs: " 10; then
+    # The whole line: output after it (the next line or the prompt) shows
+    # its newline went out, so a line still being printed is not compared.
+    if wait_for_line_after "$log" "$mark" '^sysregs: ' 10; then
         local got want
         got=$(tail -n +"$((mark + 1))" "$log" | tr -d '\r' | grep -m1 '^sysregs: ' || true)
         want=$(cat "$tmp/$name.sysregs" 2>/dev/null || true)
@@ -453,6 +455,16 @@ EOF
     local i
     for ((i = 0; i < 50; i++)); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
     stop_qemu
+}
+
+wait_for_line_after() { # file, line count to skip, regex, seconds: a whole matching line
+    local i
+    for ((i = 0; i < $4 * 10; i++)); do
+        tail -n +"$(($2 + 1))" "$1" | tr -d '\r' | awk -v re="$3" '$0 ~ re { seen = 1; next } seen { found = 1; exit } END { exit !found }' && return 0
+        kill -0 "$qpid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
 }
 
 wait_for_after() { # file, line count to skip, fixed string, seconds
