@@ -1444,7 +1444,10 @@ fn skip_perm_flush() -> bool {
 /// new protection; a private anon entry is made writable only where its
 /// page is exclusive (Linux `can_change_pte_writable`). Others stay
 /// read-only and are COWed (or reused) by the next write fault. All
-/// changes are permission-only (no BBM); one TLB flush at the end.
+/// changes are permission-only (no BBM); one TLB flush at the end. The
+/// caller ran [`prepare_protection`] over the range under the same mmap
+/// write lock, so no block straddles its edges (one that did would be
+/// reported as [`Inconsistency::BlockCut`], not split here again).
 pub fn change_protection(
     mt: MmTables<'_>,
     va: VirtAddr,
@@ -1454,8 +1457,7 @@ pub fn change_protection(
     shared: bool,
 ) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
-    let mut mem = mt.mem.lock();
-    split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
+    let mem = mt.mem.lock();
     let mut changed = false;
     let mm = mt.mm;
     let el0 = readable || writable;
