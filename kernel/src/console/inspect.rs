@@ -342,6 +342,7 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
                         (present && desc.uffd_wp())
                             || matches!(np, Some(NonPresent::Marker(m)) if m & crate::mm::desc::marker::UFFD_WP != 0)
                             || matches!(np, Some(NonPresent::Swap { uffd_wp: true, .. }))
+                            || matches!(np, Some(NonPresent::Migration { uffd_wp: true, .. }))
                     }
                     Flag::Folio(sz) => folio_size(&fw) == Some(sz),
                 };

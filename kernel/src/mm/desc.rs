@@ -79,16 +79,39 @@ pub enum Kind {
     Reserved,
 }
 
+/// A swap entry's device and slot (Linux `swp_entry_t`: `swp_type`, `swp_offset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SwpEntry {
+    pub type_: u8,
+    pub offset: u64,
+}
+
+/// The three migration entry kinds (Linux `SWP_MIGRATION_READ`,
+/// `SWP_MIGRATION_READ_EXCLUSIVE`, `SWP_MIGRATION_WRITE`): what the entry
+/// becomes again when the move is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationKind {
+    /// Read-only, maybe shared.
+    Read,
+    /// Read-only and PageAnonExclusive.
+    ReadExclusive,
+    /// Writable (hence exclusive for anonymous memory).
+    Write,
+}
+
 /// Software encodings of non-present entries (bit 0 clear, value non-zero).
 ///
-/// Bits 3:1 hold the kind; the payload starts at bit 12.
+/// Bits 3:1 hold the kind, bits 11:4 its flags, the payload starts at bit 12
+/// (Linux arm64 keeps the same state in its swap PTE format).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NonPresent {
-    /// A swapped-out page: swap slot, with the exclusive and uffd-wp bits preserved.
-    Swap { slot: u64, exclusive: bool, uffd_wp: bool },
-    /// A migration entry pointing at the frame being migrated.
-    Migration { pfn: u64, writable: bool },
-    /// A PTE marker (Linux `pte_marker`): bits of [`Marker`].
+    /// A swapped-out page: its swap entry, with `pte_swp_exclusive` and
+    /// `pte_swp_uffd_wp`.
+    Swap { entry: SwpEntry, exclusive: bool, uffd_wp: bool },
+    /// A migration entry naming the frame being moved, with the state the
+    /// entry gets back (Linux keeps dirty and young in the entry's offset bits).
+    Migration { pa: PhysAddr, kind: MigrationKind, dirty: bool, young: bool, uffd_wp: bool },
+    /// A PTE marker (Linux `pte_marker`): bits of [`marker`].
     Marker(u64),
     /// Present but inaccessible (PROT_NONE): the frame is still mapped for the kernel.
     ProtNone { pfn: u64 },
@@ -110,20 +133,41 @@ const NP_MARKER: u64 = 3;
 const NP_PROT_NONE: u64 = 4;
 const NP_EXCLUSIVE: u64 = 1 << 4;
 const NP_UFFD_WP: u64 = 1 << 5;
-const NP_WRITABLE: u64 = 1 << 6;
+/// Migration: the kind, 2 bits.
+const NP_MIG_KIND_SHIFT: u32 = 6;
+const NP_DIRTY: u64 = 1 << 8;
+const NP_YOUNG: u64 = 1 << 9;
+/// Swap: the device type, 5 bits (Linux `MAX_SWAPFILES_SHIFT`).
+const NP_SWP_TYPE_SHIFT: u32 = 6;
+pub const MAX_SWAPFILES: u8 = 32;
 const NP_PAYLOAD_SHIFT: u32 = 12;
+/// Largest swap offset the encoding holds (payload bits 62:12; bit 63 stays clear).
+pub const MAX_SWAP_OFFSET: u64 = (1 << (63 - NP_PAYLOAD_SHIFT)) - 1;
 
 impl NonPresent {
     pub fn encode(self) -> Desc {
+        let flag = |b: bool, bit: u64| if b { bit } else { 0 };
         let v = match self {
-            NonPresent::Swap { slot, exclusive, uffd_wp } => {
+            NonPresent::Swap { entry, exclusive, uffd_wp } => {
+                debug_assert!(entry.type_ < MAX_SWAPFILES && entry.offset <= MAX_SWAP_OFFSET);
                 (NP_SWAP << NP_KIND_SHIFT)
-                    | (slot << NP_PAYLOAD_SHIFT)
-                    | if exclusive { NP_EXCLUSIVE } else { 0 }
-                    | if uffd_wp { NP_UFFD_WP } else { 0 }
+                    | ((entry.type_ as u64) << NP_SWP_TYPE_SHIFT)
+                    | (entry.offset << NP_PAYLOAD_SHIFT)
+                    | flag(exclusive, NP_EXCLUSIVE)
+                    | flag(uffd_wp, NP_UFFD_WP)
             }
-            NonPresent::Migration { pfn, writable } => {
-                (NP_MIGRATION << NP_KIND_SHIFT) | (pfn << NP_PAYLOAD_SHIFT) | if writable { NP_WRITABLE } else { 0 }
+            NonPresent::Migration { pa, kind, dirty, young, uffd_wp } => {
+                let k = match kind {
+                    MigrationKind::Read => 0,
+                    MigrationKind::ReadExclusive => 1,
+                    MigrationKind::Write => 2,
+                };
+                (NP_MIGRATION << NP_KIND_SHIFT)
+                    | (pa.as_u64() & OA_MASK)
+                    | (k << NP_MIG_KIND_SHIFT)
+                    | flag(dirty, NP_DIRTY)
+                    | flag(young, NP_YOUNG)
+                    | flag(uffd_wp, NP_UFFD_WP)
             }
             NonPresent::Marker(bits) => (NP_MARKER << NP_KIND_SHIFT) | (bits << NP_PAYLOAD_SHIFT),
             NonPresent::ProtNone { pfn } => (NP_PROT_NONE << NP_KIND_SHIFT) | (pfn << NP_PAYLOAD_SHIFT),
@@ -135,10 +179,26 @@ impl NonPresent {
     fn decode(v: u64) -> Self {
         let payload = v >> NP_PAYLOAD_SHIFT;
         match (v >> NP_KIND_SHIFT) & 7 {
-            NP_SWAP => {
-                NonPresent::Swap { slot: payload, exclusive: v & NP_EXCLUSIVE != 0, uffd_wp: v & NP_UFFD_WP != 0 }
+            NP_SWAP => NonPresent::Swap {
+                entry: SwpEntry { type_: ((v >> NP_SWP_TYPE_SHIFT) & 0x1f) as u8, offset: payload },
+                exclusive: v & NP_EXCLUSIVE != 0,
+                uffd_wp: v & NP_UFFD_WP != 0,
+            },
+            NP_MIGRATION => {
+                let kind = match (v >> NP_MIG_KIND_SHIFT) & 3 {
+                    0 => MigrationKind::Read,
+                    1 => MigrationKind::ReadExclusive,
+                    2 => MigrationKind::Write,
+                    _ => return NonPresent::Unknown(v),
+                };
+                NonPresent::Migration {
+                    pa: PhysAddr::new(v & OA_MASK),
+                    kind,
+                    dirty: v & NP_DIRTY != 0,
+                    young: v & NP_YOUNG != 0,
+                    uffd_wp: v & NP_UFFD_WP != 0,
+                }
             }
-            NP_MIGRATION => NonPresent::Migration { pfn: payload, writable: v & NP_WRITABLE != 0 },
             NP_MARKER => NonPresent::Marker(payload),
             NP_PROT_NONE => NonPresent::ProtNone { pfn: payload },
             _ => NonPresent::Unknown(v),
@@ -531,6 +591,34 @@ mod tests {
     const G: Granule = Granule::K4;
 
     #[test]
+    fn swap_and_migration_entries_keep_all_their_state() {
+        let b = [false, true];
+        for (type_, offset) in [(0u8, 0u64), (1, 1), (31, MAX_SWAP_OFFSET), (7, 0x1234_5678)] {
+            for (exclusive, uffd_wp) in b.iter().flat_map(|&x| b.iter().map(move |&y| (x, y))) {
+                let np = NonPresent::Swap { entry: SwpEntry { type_, offset }, exclusive, uffd_wp };
+                let d = np.encode();
+                assert!(!d.is_valid() && d.0 != 0 && d.0 >> 63 == 0);
+                assert_eq!(d.kind(3, G), Kind::NonPresent(np));
+            }
+        }
+        let pa = PhysAddr::new(0xffff_ffff_f000);
+        for kind in [MigrationKind::Read, MigrationKind::ReadExclusive, MigrationKind::Write] {
+            for bits in 0..8u8 {
+                let np = NonPresent::Migration {
+                    pa,
+                    kind,
+                    dirty: bits & 1 != 0,
+                    young: bits & 2 != 0,
+                    uffd_wp: bits & 4 != 0,
+                };
+                assert_eq!(np.encode().kind(3, G), Kind::NonPresent(np));
+            }
+        }
+        let m = NonPresent::Marker(marker::UFFD_WP);
+        assert_eq!(m.encode().kind(3, G), Kind::NonPresent(m));
+    }
+
+    #[test]
     fn leaf_round_trip_and_permissions() {
         let d = Desc::leaf(PhysAddr::new(0x4020_0000), 2, LeafAttrs::KERNEL_RW);
         assert_eq!(d.kind(2, G), Kind::Leaf(PhysAddr::new(0x4020_0000)));
@@ -595,9 +683,6 @@ mod tests {
     #[test]
     fn non_present_encodings_round_trip_and_stay_invalid() {
         let cases = [
-            NonPresent::Swap { slot: 12345, exclusive: true, uffd_wp: false },
-            NonPresent::Swap { slot: 1, exclusive: false, uffd_wp: true },
-            NonPresent::Migration { pfn: 0x40080, writable: true },
             NonPresent::Marker(marker::UFFD_WP),
             NonPresent::Marker(marker::GUARD | marker::POISONED),
             NonPresent::ProtNone { pfn: 0x41234 },
