@@ -226,7 +226,9 @@ impl Desc {
         self.0 & 1 != 0
     }
 
-    /// Decodes the descriptor as found at `level` for `granule`.
+    /// Decodes the descriptor as found at `level` for `granule`. Inlined:
+    /// the fault paths call it for every level they pass.
+    #[inline]
     pub fn kind(self, level: u32, granule: Granule) -> Kind {
         if self.0 == 0 {
             return Kind::None;
