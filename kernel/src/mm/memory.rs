@@ -475,10 +475,8 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        if matches!(desc.kind(3, GRANULE), Kind::NonPresent(super::desc::NonPresent::Swap { .. })) {
-            return super::swap_state::do_swap_page(slot, vma, flags, desc);
-        }
-        return VmFault::Sigsegv; // markers come later
+        // Swap entries (markers come later: Sigsegv there).
+        return super::swap_state::do_swap_page(slot, vma, flags, desc);
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
