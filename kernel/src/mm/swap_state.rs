@@ -363,6 +363,10 @@ pub fn madvise_pageout(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<Pageo
             file_ranges.push((vma.file, vma.pgoff_of(p), 1));
         }
     }
+    // Without a device the page cache (RAM) is where file pages stay.
+    if swapfile::total_bytes() == 0 {
+        file_ranges.clear();
+    }
     for (id, first, n) in file_ranges {
         let Some(file) = super::shmem::get(id) else { continue };
         for (pgoff, _) in file.cached().into_iter().filter(|&(o, _)| o >= first && o < first + n) {
