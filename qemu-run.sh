@@ -354,7 +354,8 @@ qemu_cmd() {
     args+=" pagelab.expect-el=$((EL2 + 1)) pagelab.swap=$SWAP $*"
     [[ -n $APPEND ]] && args+=" $APPEND"
     # The swap pool comes on top of --mem: the kernel takes it from the top.
-    local ram=$(( $(mib "$MEM") + $(mib "$SWAP") ))M
+    local ram
+    ram=$(( $(mib "$MEM") + $(mib "$SWAP") ))M
     # shellcheck disable=SC2054  # commas are inside QEMU option values
     QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$ram"
           -nodefaults -no-user-config -display none -no-reboot
