@@ -6,8 +6,8 @@
 use alloc::string::String;
 
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
-use crate::ensure;
 use crate::arch::aarch64::user::op;
+use crate::ensure;
 use crate::mm::addr::VirtAddr;
 use crate::mm::desc::{AP_RDONLY, DBM_BIT, Desc, Kind, NonPresent, UFFD_WP_BIT};
 use crate::mm::madvise::Advice;
