@@ -26,7 +26,7 @@ fn entry_of(name: &str, va: VirtAddr) -> Result<Desc, String> {
 
 /// Runs `f` on the level-3 entry of `va` in `name`, under its page-table lock.
 fn with_pte<R>(name: &str, va: VirtAddr, f: impl FnOnce(&Process, Pte<'_>) -> R) -> Result<R, String> {
-    Ok(proc::with_proc(name, |p| {
+    let r = proc::with_proc(name, |p| {
         let mt = p.mt();
         let ptl = mt.mm.page_table_lock_guard();
         let mut mem = mt.mem.lock();
@@ -37,7 +37,8 @@ fn with_pte<R>(name: &str, va: VirtAddr, f: impl FnOnce(&Process, Pte<'_>) -> R)
         // SAFETY: `t` was reached from this mm's pgd under `ptl`.
         let pte = unsafe { memory::entry(pmd, &mem, t, GRANULE.index(va.as_u64(), 3)) };
         Ok(Ok(f(p, pte)))
-    })??)
+    });
+    r.unwrap_or_else(|e| Err(e.into()))
 }
 
 fn swp(d: Desc) -> Option<(bool, bool)> {
