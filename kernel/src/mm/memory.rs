@@ -475,7 +475,8 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        return VmFault::Sigsegv; // swap and markers come later
+        // Swap entries (markers come later: Sigsegv there).
+        return super::swap_state::do_swap_page(slot, vma, flags, desc);
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
@@ -622,17 +623,21 @@ fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
+    // With a reference for us: the mapping's, or dropped after the copy.
     let Some(pa) = file.get_page(pgoff) else { return VmFault::Oom };
+    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
     let shared = vma.flags.contains(VmFlags::SHARED);
     if flags.write && !shared {
-        let Some(new) = page::folio_alloc_anon_nozero(0) else { return VmFault::Oom };
-        copy_page(new.pa(), pa);
+        let copy = page::folio_alloc_anon_nozero(0);
+        if let Some(new) = copy {
+            copy_page(new.pa(), pa);
+        }
+        pg.folio().expect("page-cache page without a folio").put();
+        let Some(new) = copy else { return VmFault::Oom };
         folio_add_new_anon_rmap_pte(new.head());
         set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
         return VmFault::Done;
     }
-    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
-    pg.folio().expect("page-cache page without a folio").get();
     page::folio_add_file_rmap_pte(pg);
     let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
     if shared {
@@ -891,10 +896,9 @@ fn copy_pte_slow<'d>(
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
-    if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
-    }
-    let child = if desc.special() {
+    let child = if !desc.is_valid() {
+        super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?
+    } else if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
@@ -932,7 +936,9 @@ fn copy_pte_slow<'d>(
                 s
             }
             None => {
-                if !child.special() {
+                if !child.is_valid() {
+                    super::swap_state::put_nonpresent_copy(child);
+                } else if !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
                 return Err(MmError::NoMemory(Need::Table));
@@ -1189,6 +1195,8 @@ fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &m
     let end = va + run.len() as u64 * PAGE_SIZE;
     run.get_and_clear_each(|i, old| {
         if !old.is_valid() {
+            // get_and_clear_each hands over only entries that were not zero.
+            super::swap_state::zap_nonpresent_pte(old);
             return;
         }
         if !in_range {
