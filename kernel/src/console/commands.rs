@@ -320,6 +320,7 @@ fn info() -> Outcome {
         percpu::ONLINE.load(Ordering::Relaxed)
     );
     let _ = writeln!(o, "bootargs {}", b.board.bootargs);
+    let _ = writeln!(o, "reclaim  {}", crate::mm::vmscan::vmstat());
     Outcome::Done
 }
 
@@ -350,6 +351,7 @@ fn meminfo() -> Outcome {
     }
     let _ = writeln!(o, "kernel page-table pages: {}", kernel_pgtable::table_pages());
     let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
+    let _ = writeln!(o, "reclaim: {}", crate::mm::vmscan::vmstat());
     Outcome::Done
 }
 

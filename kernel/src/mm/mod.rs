@@ -37,6 +37,8 @@ pub mod ptdump;
 #[cfg(target_os = "none")]
 pub mod shmem;
 pub mod tlb_plan;
+#[cfg(target_os = "none")]
+pub mod vmscan;
 pub mod walk;
 
 #[cfg(target_os = "none")]
