@@ -42,9 +42,10 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::desc::{AF_BIT, CONT_BIT};
 use super::error::MmError;
 use super::memory::{MmTables, for_each_pte};
-use super::mm_struct::{MmapLocked, VmFlags, Vma};
+use super::addr::VirtAddr;
+use super::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use super::page::{self, Folio};
-use super::pgtable::{PteRun, TlbFlush};
+use super::pgtable::{Pte, PteRun, TlbFlush};
 use super::tlb::KernelFlush;
 use crate::arch::aarch64::granule::PAGE_SIZE;
 
@@ -190,7 +191,7 @@ pub fn walk_mm(mt: MmTables<'_>, pass: Pass, sc: &mut ScanControl) {
             if level == 3 {
                 match pass {
                     Pass::Age => age_run(run, va, asid, seq, sc),
-                    Pass::Evict | Pass::CountCold => evict_run(run, pass, seq, sc),
+                    Pass::Evict | Pass::CountCold => evict_run(mt.mm, run, va, pass, seq, sc),
                 }
             }
             Ok::<(), MmError>(())
@@ -215,7 +216,7 @@ fn candidate(d: super::desc::Desc) -> Option<Folio> {
 /// Linux `walk_pte_range`: young entries become old (`ptep_test_and_clear_young`),
 /// their folios move to generation `seq`, and one TLB invalidation covers
 /// the run's entries that were young.
-fn age_run(run: PteRun<'_>, va: crate::mm::addr::VirtAddr, asid: u16, seq: u32, sc: &mut ScanControl) {
+fn age_run(run: PteRun<'_>, va: VirtAddr, asid: u16, seq: u32, sc: &mut ScanControl) {
     let (mut lo, mut hi) = (usize::MAX, 0);
     for i in 0..run.len() {
         let d = run.get(i);
@@ -239,7 +240,7 @@ fn age_run(run: PteRun<'_>, va: crate::mm::addr::VirtAddr, asid: u16, seq: u32, 
 
 /// Linux `shrink_folio_list` over one run: referenced folios are activated,
 /// cold ones paged out.
-fn evict_run(run: PteRun<'_>, pass: Pass, seq: u32, sc: &mut ScanControl) {
+fn evict_run(mm: &MmStruct, run: PteRun<'_>, va: VirtAddr, pass: Pass, seq: u32, sc: &mut ScanControl) {
     for i in 0..run.len() {
         if pass == Pass::Evict && sc.nr_reclaimed >= sc.nr_to_reclaim {
             return;
@@ -264,7 +265,7 @@ fn evict_run(run: PteRun<'_>, pass: Pass, seq: u32, sc: &mut ScanControl) {
             sc.nr_reclaimed += 1;
             continue;
         }
-        match pageout(run, i, f) {
+        match pageout(mm, run.pte(i), va + i as u64 * PAGE_SIZE, f) {
             Ok(()) => sc.nr_reclaimed += 1,
             Err(PageoutError::SwapFull) => {
                 sc.nr_failed += 1;
@@ -278,7 +279,7 @@ fn evict_run(run: PteRun<'_>, pass: Pass, seq: u32, sc: &mut ScanControl) {
 
 /// Linux `pageout` of one exclusively mapped, unpinned, order-0 anonymous
 /// folio mapped by entry `i` of `run`: the swap-out primitive.
-fn pageout(_run: PteRun<'_>, _i: usize, _f: Folio) -> Result<(), PageoutError> {
+fn pageout(_mm: &MmStruct, _pte: Pte<'_>, _va: VirtAddr, _f: Folio) -> Result<(), PageoutError> {
     Err(PageoutError::SwapFull)
 }
 
