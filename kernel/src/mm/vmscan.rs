@@ -39,10 +39,10 @@
 //! whether free memory is really at the user reserve.
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::addr::VirtAddr;
 use super::desc::{AF_BIT, CONT_BIT};
 use super::error::MmError;
 use super::memory::{MmTables, for_each_pte};
-use super::addr::VirtAddr;
 use super::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use super::page::{self, Folio};
 use super::pgtable::{Pte, PteRun, TlbFlush};
@@ -283,9 +283,13 @@ fn pageout(_mm: &MmStruct, _pte: Pte<'_>, _va: VirtAddr, _f: Folio) -> Result<()
     Err(PageoutError::SwapFull)
 }
 
+/// Hands every address space reclaim may walk to the callback it is given
+/// (the process layer knows the processes; `mm` does not).
+pub type ForEachMm<'a> = &'a mut dyn FnMut(&mut dyn FnMut(MmTables<'_>));
+
 /// Linux `try_to_inc_max_seq`: a new youngest generation, then one aging
 /// walk over every address space `for_each_mm` hands out.
-pub fn age(for_each_mm: &mut dyn FnMut(&mut dyn FnMut(MmTables<'_>)), sc: &mut ScanControl) {
+pub fn age(for_each_mm: ForEachMm<'_>, sc: &mut ScanControl) {
     MAX_SEQ.fetch_add(1, Ordering::Relaxed);
     AGING.fetch_add(1, Ordering::Relaxed);
     for_each_mm(&mut |mt| walk_mm(mt, Pass::Age, sc));
@@ -301,7 +305,7 @@ static RECLAIM_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 /// [`MAX_AGING_PASSES`] times. Returns the pages freed; 0 means nothing
 /// more can go (no cold page, or swap full): out of memory. The caller
 /// holds no page-table lock and no allocator lock.
-pub fn try_to_free_pages(for_each_mm: &mut dyn FnMut(&mut dyn FnMut(MmTables<'_>))) -> u64 {
+pub fn try_to_free_pages(for_each_mm: ForEachMm<'_>) -> u64 {
     let _serial = RECLAIM_LOCK.lock();
     ALLOCSTALL.fetch_add(1, Ordering::Relaxed);
     let mut sc = ScanControl { nr_to_reclaim: RECLAIM_BATCH_BYTES / PAGE_SIZE, ..ScanControl::default() };
