@@ -11,6 +11,7 @@ UART=pl011
 CPU=cortex-a72
 SMP=1
 MEM=1G
+SWAP=64M
 GRANULE=4K
 VA_BITS=48
 GIC=3
@@ -82,7 +83,12 @@ Options:
   --el2             enter the kernel at EL2 (-M virt,virtualization=on)
   --smp N           number of CPUs (default 1, at most 8)
   --cpu NAME        cortex-a53 | cortex-a72 | max (default cortex-a72)
-  --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G)
+  --mem SIZE        RAM size, e.g. 512M, 1G, 4G (default 1G): what the kernel manages
+  --swap SIZE       RAM-backed swap device, e.g. 0, 64M, 256M (default 64M): on virt
+                    QEMU gets --mem plus SIZE of RAM and the kernel takes its swap
+                    pool from the top (pagelab.swap=SIZE); on the Raspberry Pi boards
+                    (fixed RAM) the pool comes out of their RAM. 0: no swap.
+                    "# swap: SIZE" in a script sets it (unless given), as "# mem:"
   --board NAME      virt (default) | raspi4b | raspi3b: QEMU's Raspberry Pi 4 B /
                     3 B machines, with the devicetree boards/NAME.dts (compiled
                     with dtc). They have 4 CPUs and a fixed RAM size (2G / 1G;
@@ -128,6 +134,8 @@ EOF
 }
 
 die() { echo "qemu-run.sh: $*" >&2; exit 1; }
+# mib SIZE: a size like 64M or 2G (or 0) in MiB.
+mib() { case $1 in 0) echo 0 ;; *G) echo $(( ${1%G} * 1024 )) ;; *M) echo "${1%M}" ;; esac; }
 say() { echo "pagelab: $*" >&2; }
 run() { [[ $VERBOSE == 1 ]] && echo "+ $*" >&2; "$@"; }
 
@@ -140,6 +148,7 @@ while [[ $# -gt 0 ]]; do
         --cpu) [[ $# -ge 2 ]] || die "--cpu needs a NAME"; CPU=$2; FIXED_OPTS+=" --cpu"; shift
                case $CPU in cortex-a53|cortex-a72|max) ;; *) die "unsupported --cpu '$CPU' (cortex-a53, cortex-a72, max)";; esac ;;
         --mem) [[ $# -ge 2 && $2 =~ ^[0-9]+[MG]$ ]] || die "--mem needs a size like 512M or 2G"; MEM=$2; FIXED_OPTS+=" --mem"; shift ;;
+        --swap) [[ $# -ge 2 && $2 =~ ^(0|[0-9]+[MG])$ ]] || die "--swap needs a size like 0, 64M or 1G"; SWAP=$2; SWAP_GIVEN=1; shift ;;
         --board) [[ $# -ge 2 ]] || die "--board needs a NAME"; BOARD=$2; shift
                  case $BOARD in virt|raspi3b|raspi4b) ;;
                                 *) die "unknown board '$BOARD' (virt, raspi4b, raspi3b)";; esac ;;
@@ -325,7 +334,7 @@ qemu_cmd() {
         # MODE_FROM_APPEND: pagelab.mode comes from $APPEND alone.
         local args="pagelab.exit=semihosting"
         [[ -z ${MODE_FROM_APPEND:-} ]] && args+=" pagelab.mode=$mode"
-        args+=" pagelab.expect-el=2 $*"
+        args+=" pagelab.expect-el=2 pagelab.swap=$SWAP $*"
         [[ $UART == mini && -z ${FW_DT:-} ]] && args+=" pagelab.uart=serial1"
         [[ -n $APPEND ]] && args+=" $APPEND"
         QEMU=(qemu-system-aarch64 -M "$BOARD" -cpu "$cpu" -smp 4 -m "$mem" -dtb "$dtb"
@@ -342,10 +351,12 @@ qemu_cmd() {
     machine+=",gic-version=$GIC"
     local args="pagelab.exit=semihosting"
     [[ -z ${MODE_FROM_APPEND:-} ]] && args+=" pagelab.mode=$mode"
-    args+=" pagelab.expect-el=$((EL2 + 1)) $*"
+    args+=" pagelab.expect-el=$((EL2 + 1)) pagelab.swap=$SWAP $*"
     [[ -n $APPEND ]] && args+=" $APPEND"
+    # The swap pool comes on top of --mem: the kernel takes it from the top.
+    local ram=$(( $(mib "$MEM") + $(mib "$SWAP") ))M
     # shellcheck disable=SC2054  # commas are inside QEMU option values
-    QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$MEM"
+    QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$ram"
           -nodefaults -no-user-config -display none -no-reboot
           -semihosting-config enable=on,target=native
           -kernel "$IMG" -append "$args")
@@ -443,6 +454,10 @@ cmd_script() {
     local script_mem
     script_mem=$(sed -n 's/^# mem: //p' "$SCRIPT" | head -n 1 || true)
     [[ -n $script_mem && $FIXED_OPTS != *--mem* ]] && MEM=$script_mem
+    # ... and "# swap: SIZE" the swap device unless --swap did.
+    local script_swap
+    script_swap=$(sed -n 's/^# swap: //p' "$SCRIPT" | head -n 1 || true)
+    [[ -n $script_swap && -z ${SWAP_GIVEN:-} ]] && SWAP=$script_swap
     # shellcheck disable=SC2046  # bootargs are words
     qemu_cmd script $(sed -n 's/^# bootargs: //p' "$SCRIPT" | head -n 1)
     QEMU+=(-initrd "$SCRIPT")
@@ -488,9 +503,9 @@ BENCH_NAMES=(linear_map_build_blocks linear_map_build_blocks_table_bytes linear_
 run_bench() {
     local log=$1 status=0
     # shellcheck disable=SC2054  # commas are inside QEMU option values
-    local q=(qemu-system-aarch64 -M virt -cpu max -smp 1 -m 1G -icount shift=0,sleep=off -seed 1
+    local q=(qemu-system-aarch64 -M virt -cpu max -smp 1 -m $((1024 + $(mib "$SWAP")))M -icount shift=0,sleep=off -seed 1
              -nodefaults -no-user-config -display none -no-reboot -semihosting-config enable=on,target=native
-             -kernel "$IMG" -append "pagelab.exit=semihosting pagelab.mode=bench $APPEND" -serial stdio -monitor none)
+             -kernel "$IMG" -append "pagelab.exit=semihosting pagelab.mode=bench pagelab.swap=$SWAP $APPEND" -serial stdio -monitor none)
     [[ $VERBOSE == 1 ]] && echo "+ ${q[*]}" >&2
     timeout -k 5 "${TIMEOUT:-600}" "${q[@]}" </dev/null >"$log" 2>&1 || status=$?
     local n missing=0
@@ -762,15 +777,18 @@ test_script() { # file smp should_fail
     local log="$LOGDIR/script-$GRANULE$va-$name-smp$SMP${APPEND_TAG:+-$APPEND_TAG}.log"
     EXTRA_QEMU=(-initrd "$file")
     # A script may ask for kernel bootargs on a line "# bootargs: ...".
-    local extra_args prev_mem=$MEM script_mem t=${TIMEOUT_SCRIPT:-180}
+    local extra_args prev_mem=$MEM prev_swap=$SWAP script_mem script_swap t=${TIMEOUT_SCRIPT:-180}
     extra_args=$(sed -n 's/^# bootargs: //p' "$file" | head -n 1 || true)
     # ... and for more RAM on a line "# mem: SIZE" (a 1G THP needs 3G).
     script_mem=$(sed -n 's/^# mem: //p' "$file" | head -n 1 || true)
     MEM=${script_mem:-$MEM}
+    # ... and "# swap: SIZE" for another swap device.
+    script_swap=$(sed -n 's/^# swap: //p' "$file" | head -n 1 || true)
+    SWAP=${script_swap:-$SWAP}
     # shellcheck disable=SC2086  # bootargs are words
     TIMEOUT=$t run_qemu_logged "$log" script $extra_args
     EXTRA_QEMU=()
-    MEM=$prev_mem
+    MEM=$prev_mem SWAP=$prev_swap
     final_summary "$log"
     local why; why=$(why_failed "$QSTATUS" "$t" "$log")
     if [[ $3 == 0 ]]; then

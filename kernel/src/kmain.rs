@@ -93,13 +93,29 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
             }
         }
     }
-    // The PFN pool: the last 4 MiB of the highest RAM bank, kept from the
-    // allocator for `mmap pfn=PHYS` (remap_pfn_range-style) mappings.
+    // The swap device: `pagelab.swap=SIZE` (default 64M) at the top of the
+    // highest RAM bank, kept from the allocator (qemu-run.sh adds SIZE to
+    // QEMU's RAM, so --mem stays what the kernel manages). Then the PFN
+    // pool: the 4 MiB below it, kept for `mmap pfn=PHYS`
+    // (remap_pfn_range-style) mappings.
     if let Some(top) = board.ram.iter().max_by_key(|r| r.end) {
-        let pool = PhysRange::new(
-            align_down(top.end.as_u64(), 2 << 20) - crate::mm::memory::PFN_POOL_SIZE,
-            align_down(top.end.as_u64(), 2 << 20),
-        );
+        let mut top_end = align_down(top.end.as_u64(), 2 << 20);
+        let swap = match board.bootarg("pagelab.swap") {
+            None => Some(crate::mm::swapfile::DEFAULT_SWAP_SIZE),
+            Some(a) => crate::util::parse_number(a),
+        };
+        crate::mm::swapfile::set_requested(swap);
+        if let Some(size) = swap.filter(|&s| s > 0).and_then(|s| s.checked_next_multiple_of(2 << 20))
+            && size.checked_add(64 << 20).is_some_and(|need| need <= top.size())
+        {
+            let pool = PhysRange::new(top_end - size, top_end);
+            if !reserved.iter().any(|r| r.0.overlaps(&pool)) {
+                reserved.push((pool, "swap device (pagelab.swap=)"));
+                crate::mm::swapfile::set_pool(pool.start, pool.end);
+                top_end -= size;
+            }
+        }
+        let pool = PhysRange::new(top_end - crate::mm::memory::PFN_POOL_SIZE, top_end);
         if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
             reserved.push((pool, "PFN pool (mmap pfn=)"));
             crate::mm::memory::set_pfn_pool(pool.start, pool.end);
@@ -149,6 +165,7 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
     heap::refill_reserve();
     crate::mm::page::init();
     crate::mm::memory::zero_pfn_pool();
+    crate::mm::swapfile::init();
 
     crate::arch::aarch64::mm::context::init(
         crate::arch::aarch64::sysreg::cpu_asid_bits(),

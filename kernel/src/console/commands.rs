@@ -65,7 +65,7 @@ contains TEXT). Available now:
   P mmap R SIZE [anon|memfd=F|pfn=PHYS] [private|shared] [prot=r|rw|none]
        [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
-  P madvise RANGE dontneed|hugepage|nohugepage|collapse
+  P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
@@ -347,6 +347,15 @@ fn meminfo() -> Outcome {
         }
         None => {
             let _ = writeln!(o, "PFN pool: none (RAM too small)");
+        }
+    }
+    match crate::mm::swapfile::pool() {
+        Some((s, e)) => {
+            let (slots, used) = crate::mm::swapfile::usage();
+            let _ = writeln!(o, "swap: {} at [{s:#x}, {e:#x}), {used} of {slots} slots in use", Bytes(e - s));
+        }
+        None => {
+            let _ = writeln!(o, "swap: none");
         }
     }
     let _ = writeln!(o, "kernel page-table pages: {}", kernel_pgtable::table_pages());

@@ -279,8 +279,8 @@ impl Flag {
 /// `P query RANGE expect FLAG...`: every page of RANGE must show each FLAG
 /// (a leading `!` negates). Every flag is read from the real entries and
 /// pages: a non-present entry is a swap, marker or migration entry only when
-/// its encoding says so (nothing creates swap or migration entries yet, so
-/// `!swap` and `!migration` hold and are checked, not assumed).
+/// its encoding says so. `exclusive` on a swap entry is its
+/// `pte_swp_exclusive` bit.
 pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
     if flags.is_empty() {
         return Err("query needs at least one flag".into());
@@ -328,7 +328,11 @@ pub(super) fn query(p: &str, r: Range, flags: &[&str]) -> CmdResult {
                     Flag::Present => present,
                     Flag::Writable => present && desc.may_write(),
                     Flag::Anon => page_of(&fw).is_some_and(|(f, _)| f.is_anon()),
-                    Flag::Exclusive => page_of(&fw).is_some_and(|(_, pg)| pg.anon_exclusive()),
+                    // On a swap entry: `pte_swp_exclusive`.
+                    Flag::Exclusive => {
+                        page_of(&fw).is_some_and(|(_, pg)| pg.anon_exclusive())
+                            || matches!(np, Some(NonPresent::Swap { exclusive: true, .. }))
+                    }
                     Flag::Zero => fw.as_ref().is_some_and(|f| f.zero),
                     Flag::Special => present && desc.special(),
                     Flag::Cont => present && desc.contiguous(),
@@ -380,8 +384,7 @@ fn folio_size(fw: &Option<crate::mm::folio_walk::FolioWalk<'_>>) -> Option<u64> 
 /// `P stats expect KEY=N...`: counters of P in pages, counted from its
 /// tables: rss (present pages, special mappings excluded), anon (normal pages
 /// in private anonymous VMAs), file, zero, and swap (swap entries in the
-/// tables: nothing writes them yet, so it counts 0 truthfully, and counts
-/// them once swap exists).
+/// tables, Linux's `MM_SWAPENTS`).
 pub(super) fn stats(p: &str, a: &[&str]) -> CmdResult {
     let ["expect", kvs @ ..] = a else { return Err("usage: P stats expect KEY=N...".into()) };
     if kvs.is_empty() {

@@ -148,7 +148,10 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
                 let (va, len) = range(p, r)?.pages();
                 proc::madvise(p, va, len, Advice::Collapse).map(|_| Outcome::Done).map_err(Into::into)
             }
-            [_, "pageout"] => Err("madvise pageout is not available yet (swap issue)".into()),
+            [r, "pageout"] => {
+                let (va, len) = range(p, r)?.pages();
+                proc::madvise(p, va, len, Advice::PageOut).map(|_| Outcome::Done).map_err(Into::into)
+            }
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse".into()),
         },
         "write" | "check" => match a {

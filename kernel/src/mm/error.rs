@@ -65,6 +65,12 @@ pub enum MmError {
     PfnMap { addr: VirtAddr },
     /// fork met a non-present entry it cannot copy yet.
     NotPresent { addr: VirtAddr },
+    /// `madvise pageout`: the swap device is full; `stayed` pages that
+    /// could have gone stayed in memory.
+    SwapFull { stayed: u64 },
+    /// `madvise pageout` of anonymous memory without a swap device
+    /// (`pagelab.swap=0`); `stayed` pages stayed in memory.
+    NoSwapDevice { stayed: u64 },
     /// `madvise collapse` (MADV_COLLAPSE) could not make one block of the
     /// level-2 range at `addr`.
     Collapse { addr: VirtAddr, why: ScanResult },
@@ -87,6 +93,8 @@ pub enum Inconsistency {
     PinnedBlock,
     /// A block that cannot be split (special, or not a THP).
     Unsplittable,
+    /// A swap entry that names a free slot.
+    BadSwapEntry,
 }
 
 /// Why a range could not be collapsed into one block (Linux
@@ -115,6 +123,8 @@ impl MmError {
             | MmError::Overcommit { .. }
             | MmError::NoAddressSpace { .. }
             | MmError::TooManyMappings
+            | MmError::SwapFull { .. }
+            | MmError::NoSwapDevice { .. }
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::FileMapped => EBUSY,
@@ -187,6 +197,10 @@ impl fmt::Display for MmError {
                 write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
             }
             MmError::NotPresent { addr } => write!(f, "non-present entry at {addr:#x}: not supported by fork yet"),
+            MmError::SwapFull { stayed } => write!(f, "swap full: {stayed} page(s) stayed in memory"),
+            MmError::NoSwapDevice { stayed } => {
+                write!(f, "no swap device (pagelab.swap=0): {stayed} page(s) stayed in memory")
+            }
             MmError::Collapse { addr, why } => {
                 let w = match why {
                     ScanResult::VmaCheck => "the mapping allows no huge page there (nohugepage, no thp=, file or pfn=)",
@@ -205,6 +219,7 @@ impl fmt::Display for MmError {
                     Inconsistency::NoFolio => "a mapped page without a folio",
                     Inconsistency::PinnedBlock => "a pinned block that was not split",
                     Inconsistency::Unsplittable => "a block that cannot be split",
+                    Inconsistency::BadSwapEntry => "a swap entry that names a free slot",
                 };
                 write!(f, "inconsistent tables at {addr:#x}: {w}")
             }

@@ -1,7 +1,8 @@
 //! Advice about user memory (Linux mm/madvise.c): `MADV_DONTNEED` zaps a
 //! range and keeps its VMAs; `MADV_HUGEPAGE`/`MADV_NOHUGEPAGE` set the folio
 //! policy of later faults; `MADV_COLLAPSE` makes blocks of what base pages
-//! map now ([`super::khugepaged`]).
+//! map now ([`super::khugepaged`]); `MADV_PAGEOUT` reclaims what a range
+//! maps now ([`super::swap_state::madvise_pageout`]).
 
 use super::addr::VirtAddr;
 use super::error::MmError;
@@ -22,6 +23,8 @@ pub enum Advice {
     /// `MADV_COLLAPSE`: every whole level-2 range mapped by page entries
     /// becomes one block-sized folio, now.
     Collapse,
+    /// `MADV_PAGEOUT`: anonymous pages go to swap, file pages are unmapped.
+    PageOut,
 }
 
 /// Linux `do_madvise` over `[va, va+len)`, VMA by VMA as
@@ -38,6 +41,7 @@ pub fn do_madvise(mt: MmTables<'_>, va: VirtAddr, len: u64, advice: Advice) -> R
         Advice::HugePage => madvise_hugepage(mt, va, len, true),
         Advice::NoHugePage => madvise_hugepage(mt, va, len, false),
         Advice::Collapse => madvise_collapse(mt, va, len),
+        Advice::PageOut => super::swap_state::madvise_pageout(mt, va, len).map(|_| ()),
     }
 }
 

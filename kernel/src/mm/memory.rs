@@ -475,7 +475,10 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        return VmFault::Sigsegv; // swap and markers come later
+        if matches!(desc.kind(3, GRANULE), Kind::NonPresent(super::desc::NonPresent::Swap { .. })) {
+            return super::swap_state::do_swap_page(slot, vma, flags, desc);
+        }
+        return VmFault::Sigsegv; // markers come later
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
@@ -891,10 +894,9 @@ fn copy_pte_slow<'d>(
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
-    if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
-    }
-    let child = if desc.special() {
+    let child = if !desc.is_valid() {
+        super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?
+    } else if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
@@ -932,7 +934,9 @@ fn copy_pte_slow<'d>(
                 s
             }
             None => {
-                if !child.special() {
+                if !child.is_valid() {
+                    super::swap_state::put_nonpresent_copy(child);
+                } else if !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
                 return Err(MmError::NoMemory(Need::Table));
@@ -1189,6 +1193,8 @@ fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &m
     let end = va + run.len() as u64 * PAGE_SIZE;
     run.get_and_clear_each(|i, old| {
         if !old.is_valid() {
+            // get_and_clear_each hands over only entries that were not zero.
+            super::swap_state::zap_nonpresent_pte(old);
             return;
         }
         if !in_range {

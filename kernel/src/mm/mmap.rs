@@ -43,10 +43,9 @@ pub struct MmapArgs {
 
 /// Linux's default overcommit heuristic (`OVERCOMMIT_GUESS`,
 /// `__vm_enough_memory`): a charged mapping may not be larger than total RAM
-/// plus swap (there is no swap device). Each mapping on its own, as Linux:
-/// the sum may be more.
+/// plus swap. Each mapping on its own, as Linux: the sum may be more.
 pub fn vm_enough_memory(size: u64) -> Result<(), MmError> {
-    let limit = super::frame::stats().managed * PAGE_SIZE;
+    let limit = super::frame::stats().managed * PAGE_SIZE + super::swapfile::total_bytes();
     if size > limit { Err(MmError::Overcommit { size, limit }) } else { Ok(()) }
 }
 

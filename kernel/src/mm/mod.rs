@@ -36,6 +36,10 @@ pub mod pgtable;
 pub mod ptdump;
 #[cfg(target_os = "none")]
 pub mod shmem;
+#[cfg(target_os = "none")]
+pub mod swap_state;
+#[cfg(target_os = "none")]
+pub mod swapfile;
 pub mod tlb_plan;
 #[cfg(target_os = "none")]
 pub mod vmscan;

@@ -56,6 +56,8 @@ pub mod pg {
     pub const FOLIO: u32 = 1 << 5;
     /// In a memfd/shmem page cache, which holds one reference for it.
     pub const FILE: u32 = 1 << 6;
+    /// In the swap cache (Linux `PG_swapcache`), which holds one reference.
+    pub const SWAPCACHE: u32 = 1 << 7;
     pub const ORDER_SHIFT: u32 = 24;
 }
 
@@ -197,6 +199,10 @@ impl Folio {
     pub fn in_page_cache(&self) -> bool {
         self.0.flags() & pg::FILE != 0
     }
+    /// Linux `folio_test_swapcache`.
+    pub fn in_swap_cache(&self) -> bool {
+        self.0.flags() & pg::SWAPCACHE != 0
+    }
     pub fn refcount(&self) -> u32 {
         self.0.refcount.load(Ordering::Acquire)
     }
@@ -312,6 +318,16 @@ pub fn folio_alloc_file() -> Option<Folio> {
 pub fn folio_remove_from_cache(f: Folio) {
     f.0.flags.fetch_and(!pg::FILE, Ordering::AcqRel);
     f.put();
+}
+
+/// The folio enters the swap cache (the caller gave the cache its reference).
+pub fn folio_set_swapcache(f: Folio) {
+    f.0.flags.fetch_or(pg::SWAPCACHE, Ordering::AcqRel);
+}
+
+/// The folio leaves the swap cache (the caller drops the cache's reference).
+pub fn folio_clear_swapcache(f: Folio) {
+    f.0.flags.fetch_and(!pg::SWAPCACHE, Ordering::AcqRel);
 }
 
 /// Linux `folio_add_file_rmap_pte` (a non-anon page gains a mapping).

@@ -13,7 +13,10 @@
 //!   writes;
 //! - a contiguous-bit run is complete, aligned and uniform;
 //! - a folio's refcount is its mappings plus its pins plus GUP references
-//!   plus the page cache's;
+//!   plus the page cache's and the swap cache's;
+//! - every swap slot's count is the swap entries that point at it, a
+//!   free slot has none, and a slot's swap-cache folio is flagged so (and
+//!   cached only while entries for the slot remain);
 //! - the frames the allocator counts as user memory are exactly the
 //!   folios' frames, and each address space's table pages are accounted.
 //!
@@ -26,7 +29,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::desc::Kind;
+use super::desc::{Kind, NonPresent};
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags};
 use super::page;
@@ -105,6 +108,17 @@ pub enum Violation {
     CacheCount { flagged: u64, cached: u64 },
     /// Frames allocated as user memory differ from the folios' frames.
     UserFrames { user: u64, folio_frames: u64 },
+    // The swap device against all the entries.
+    /// A swap slot's count differs from the swap entries that point at it
+    /// (a free slot has count 0).
+    SwapCount { offset: u64, count: u32, entries: u32 },
+    /// A slot's swap-cache entry is not a folio flagged as swap cache, or
+    /// the slot has no entries left to keep it.
+    SwapCacheBad { offset: u64, pa: u64 },
+    /// Folios flagged as swap cache differ from the slots that cache one.
+    SwapCacheCount { flagged: u64, cached: u64 },
+    /// The device's in-use counter differs from its map.
+    SwapInuse { counter: u64, used: u64 },
     // The kernel's tables.
     /// A kernel VA both writable and executable.
     KernelWx { va: u64 },
@@ -182,7 +196,7 @@ impl fmt::Display for Violation {
             }
             Refcount { folio, refcount, mappings, pins, refs, cache } => write!(
                 f,
-                "folio {folio:#x}: refcount {refcount} but {mappings} mappings + {pins} pins + {refs} references + {cache} page cache"
+                "folio {folio:#x}: refcount {refcount} but {mappings} mappings + {pins} pins + {refs} references + {cache} page or swap cache"
             ),
             MappedWithoutFolio { pa } => write!(f, "page {pa:#x} is mapped but belongs to no folio"),
             CacheNotFolio { file, off, pa } => {
@@ -194,6 +208,16 @@ impl fmt::Display for Violation {
             UserFrames { user, folio_frames } => {
                 write!(f, "{user} frames allocated as user memory but folios hold {folio_frames}")
             }
+            SwapCount { offset, count, entries } => {
+                write!(f, "swap slot {offset:#x}: count {count} but {entries} swap entries point at it")
+            }
+            SwapCacheBad { offset, pa } => {
+                write!(f, "swap slot {offset:#x}: swap-cache entry {pa:#x} is not a swap-cache folio kept by entries")
+            }
+            SwapCacheCount { flagged, cached } => {
+                write!(f, "{flagged} folios are flagged as swap cache but {cached} slots cache one")
+            }
+            SwapInuse { counter, used } => write!(f, "swap: {counter} slots counted in use but the map has {used}"),
             KernelWx { va } => write!(f, "kernel VA {va:#x} is both writable and executable"),
             KernelEl0 { va } => write!(f, "kernel VA {va:#x} is accessible from EL0"),
             KernelReserved { va, level } => write!(f, "reserved encoding at {va:#x} level {level}"),
@@ -263,6 +287,8 @@ struct Counts {
     maps: BTreeMap<u64, i32>,
     /// Block (entire) mappings per folio.
     blocks: BTreeMap<u64, i32>,
+    /// Swap entries per slot.
+    swaps: BTreeMap<u64, u32>,
 }
 
 fn check_user(for_each_mm: ForEachMm<'_>) -> Result<(), CheckError> {
@@ -278,7 +304,51 @@ fn check_user(for_each_mm: ForEachMm<'_>) -> Result<(), CheckError> {
     if let Some(e) = err {
         return Err(e);
     }
+    let swaps = core::mem::take(&mut c.swaps);
     check_folios(c)?;
+    check_swap(swaps)?;
+    Ok(())
+}
+
+/// Every swap slot against the entries counted in `swaps` and the swap
+/// cache against the folios.
+fn check_swap(mut swaps: BTreeMap<u64, u32>) -> Result<(), Violation> {
+    use Violation::*;
+    let mut err: Option<Violation> = None;
+    let mut cached = 0u64;
+    super::swapfile::for_each_slot(|offset, count, cache| {
+        let entries = swaps.remove(&offset).unwrap_or(0);
+        if err.is_some() {
+            return;
+        }
+        if count != entries {
+            err = Some(SwapCount { offset, count, entries });
+            return;
+        }
+        if let Some(pa) = cache {
+            cached += 1;
+            let ok = count > 0
+                && page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.pa() == pa && f.in_swap_cache());
+            if !ok {
+                err = Some(SwapCacheBad { offset, pa: pa.as_u64() });
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some((&offset, &entries)) = swaps.iter().next() {
+        return Err(SwapCount { offset, count: 0, entries });
+    }
+    let mut flagged = 0u64;
+    page::for_each_folio(|f| flagged += f.in_swap_cache() as u64);
+    if flagged != cached {
+        return Err(SwapCacheCount { flagged, cached });
+    }
+    let (counter, used) = super::swapfile::inuse_counts();
+    if counter != used {
+        return Err(SwapInuse { counter, used });
+    }
     Ok(())
 }
 
@@ -389,6 +459,9 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                 }
                 *c.maps.entry(pa.as_u64()).or_insert(0) += 1;
             }
+            Kind::NonPresent(NonPresent::Swap { entry, .. }) => {
+                *c.swaps.entry(entry.offset).or_insert(0) += 1;
+            }
             _ => {}
         }
     });
@@ -443,7 +516,7 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
             err = Some(Pincount { folio, pincount: f.pincount(), pins });
             return;
         }
-        let cache = f.in_page_cache() as u32;
+        let cache = f.in_page_cache() as u32 + f.in_swap_cache() as u32;
         if f.refcount() != mapped as u32 + f.pincount() + refs + cache {
             err = Some(Refcount { folio, refcount: f.refcount(), mappings: mapped, pins: f.pincount(), refs, cache });
         }

@@ -435,7 +435,7 @@ pub(crate) fn munmap_p(p: &Process, va: VirtAddr, len: u64) -> Result<(), MmErro
     Ok(())
 }
 
-/// `P madvise RANGE dontneed|hugepage|nohugepage|collapse` ([`madvise::do_madvise`]).
+/// `P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse` ([`madvise::do_madvise`]).
 pub fn madvise(name: &str, va: VirtAddr, len: u64, advice: madvise::Advice) -> Result<(), ProcError> {
     with_proc(name, |p| Ok(madvise::do_madvise(p.mt(), va, len, advice)?))
 }
