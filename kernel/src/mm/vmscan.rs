@@ -45,7 +45,8 @@ use super::error::MmError;
 use super::memory::{MmTables, for_each_pte};
 use super::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
 use super::page::{self, Folio};
-use super::pgtable::{Pte, PteRun, TlbFlush};
+use super::pgtable::{PteRun, TlbFlush};
+use super::swap_state::{self, SwapOutError};
 use super::tlb::KernelFlush;
 use crate::arch::aarch64::granule::PAGE_SIZE;
 
@@ -151,13 +152,6 @@ pub struct ScanControl {
     pub nr_aged: u64,
 }
 
-/// Why a cold page stayed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageoutError {
-    /// No swap device, or no free slot on it.
-    SwapFull,
-}
-
 /// What a walk over an address space does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -257,17 +251,21 @@ fn evict_run(mm: &MmStruct, run: PteRun<'_>, va: VirtAddr, pass: Pass, seq: u32,
             }
             continue;
         }
-        // Pinned, held by GUP, or mapped by another process too.
-        if f.maybe_dma_pinned() || f.refcount() != 1 || f.mapcount() != 1 {
+        let (pte, fva) = (run.pte(i), va + i as u64 * PAGE_SIZE);
+        // Pinned, held by GUP or the swap cache, or mapped by another
+        // process too: stays.
+        if f.maybe_dma_pinned() || !swap_state::swappable(pte, fva, f) {
             continue;
         }
         if pass == Pass::CountCold {
             sc.nr_reclaimed += 1;
             continue;
         }
-        match pageout(mm, run.pte(i), va + i as u64 * PAGE_SIZE, f) {
+        match swap_state::swap_out_folio(mm, pte, fva, f) {
             Ok(()) => sc.nr_reclaimed += 1,
-            Err(PageoutError::SwapFull) => {
+            // A GUP-fast took a reference meanwhile: the entry is back.
+            Err(SwapOutError::Busy) => {}
+            Err(SwapOutError::Swap(_) | SwapOutError::NoMemory) => {
                 sc.nr_failed += 1;
                 // Nothing more can go out this round.
                 sc.nr_to_reclaim = sc.nr_reclaimed;
@@ -275,12 +273,6 @@ fn evict_run(mm: &MmStruct, run: PteRun<'_>, va: VirtAddr, pass: Pass, seq: u32,
             }
         }
     }
-}
-
-/// Linux `pageout` of one exclusively mapped, unpinned, order-0 anonymous
-/// folio mapped by entry `i` of `run`: the swap-out primitive.
-fn pageout(_mm: &MmStruct, _pte: Pte<'_>, _va: VirtAddr, _f: Folio) -> Result<(), PageoutError> {
-    Err(PageoutError::SwapFull)
 }
 
 /// Hands every address space reclaim may walk to the callback it is given
