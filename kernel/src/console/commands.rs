@@ -349,14 +349,15 @@ fn meminfo() -> Outcome {
             let _ = writeln!(o, "PFN pool: none (RAM too small)");
         }
     }
-    match crate::mm::swapfile::pool() {
-        Some((s, e)) => {
-            let (slots, used) = crate::mm::swapfile::usage();
-            let _ = writeln!(o, "swap: {} at [{s:#x}, {e:#x}), {used} of {slots} slots in use", Bytes(e - s));
+    let (slots, used) = crate::mm::swapfile::usage();
+    if slots == 0 {
+        let _ = writeln!(o, "swap: none");
+    } else {
+        let _ = write!(o, "swap: {}", Bytes(crate::mm::swapfile::total_bytes()));
+        for (s, e) in crate::mm::swapfile::pool() {
+            let _ = write!(o, " [{s:#x}, {e:#x})");
         }
-        None => {
-            let _ = writeln!(o, "swap: none");
-        }
+        let _ = writeln!(o, ", {used} of {slots} slots in use");
     }
     let _ = writeln!(o, "kernel page-table pages: {}", kernel_pgtable::table_pages());
     let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
