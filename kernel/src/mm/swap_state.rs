@@ -340,8 +340,11 @@ pub fn madvise_pageout(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<Pageo
     let mut out = Pageout::default();
     let mut file_pages: Vec<VirtAddr> = Vec::new();
     let mut a = va;
-    while let Some((s, e, flags)) =
-        g.vmas().iter().find(|v| a < end && v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), v.flags))
+    while let Some((s, e, flags)) = g
+        .vmas()
+        .iter()
+        .find(|v| a < end && v.end > a && v.start < end)
+        .map(|v| (v.start.max(a), v.end.min(end), v.flags))
     {
         a = e;
         if flags.contains(VmFlags::PFNMAP) {
