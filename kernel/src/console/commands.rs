@@ -75,7 +75,7 @@ contains TEXT). Available now:
   ptdump kernel|P                  translation tables, Linux arm64 ptdump style
   invariants                       assertion: refcounts, mapcounts, exclusive flags,
                                    frame accounting and table rules hold
-  meminfo | info | cpus            memory, machine, CPUs (both first: reclaim counters)
+  meminfo | info | cpus            memory (with reclaim counters), machine, CPUs
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
