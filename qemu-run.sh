@@ -354,7 +354,8 @@ qemu_cmd() {
     args+=" pagelab.expect-el=$((EL2 + 1)) pagelab.swap=$SWAP $*"
     [[ -n $APPEND ]] && args+=" $APPEND"
     # The swap pool comes on top of --mem: the kernel takes it from the top.
-    local ram=$(( $(mib "$MEM") + $(mib "$SWAP") ))M
+    local ram
+    ram=$(( $(mib "$MEM") + $(mib "$SWAP") ))M
     # shellcheck disable=SC2054  # commas are inside QEMU option values
     QEMU=(qemu-system-aarch64 -M "$machine" -cpu "$CPU" -smp "$SMP" -m "$ram"
           -nodefaults -no-user-config -display none -no-reboot
@@ -497,7 +498,7 @@ BENCH_NAMES=(linear_map_build_blocks linear_map_build_blocks_table_bytes linear_
              linear_map_build_pages_table_bytes walker_entries_per_million_instructions
              null_syscall anon_write_fault anon_read_fault_zero write_after_zero_page fork_populated
              cow_write_child_copy cow_write_parent_reuse mprotect_ro_populated mprotect_rw_populated
-             munmap_populated)
+             munmap_populated swap_out swap_in_fault)
 
 # Runs the benchmarks once; $1 = log. Returns non-zero if anything is missing.
 run_bench() {

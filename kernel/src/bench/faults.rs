@@ -99,6 +99,8 @@ pub fn run() -> usize {
         ("munmap_populated", "page", "munmap of 16 MiB populated, per page"),
         ("thp_write_fault_2M", "2MiB", "first write to a thp=2M region: one zeroed 2M folio, one block entry"),
         ("thp_read_fault_2M", "2MiB", "first read of a thp=2M region: the huge zero folio, one block entry"),
+        ("swap_out", "page", "madvise pageout of 16 MiB of exclusive anon pages to swap (kernel call), per page"),
+        ("swap_in_fault", "page", "first read after pageout: swap-in from the RAM swap device"),
     ]
     .into_iter()
     .map(|(name, unit, note)| Series { name, unit, note, values: Vec::new() })
@@ -162,6 +164,21 @@ pub fn run() -> usize {
         s[9].values.push(per(t, 0));
         timed_syscall(PROC, nr::MUNMAP, [b, REGION, 0, 0, 0, 0]);
 
+        // Swap: pageout of a populated region, then read faults bring it back.
+        if crate::mm::swapfile::total_bytes() >= REGION {
+            let c = region(rep, "c");
+            touch(PROC, c, n, true);
+            let t0 = instructions();
+            proc::madvise(PROC, VirtAddr::new(c), REGION, crate::mm::madvise::Advice::PageOut).expect("bench pageout");
+            s[12].values.push(per(instructions() - t0, 0));
+            let (t, f) = touch(PROC, c, n, false);
+            check("swap_in_fault", f, n);
+            let (base, f) = touch(PROC, c, n, false);
+            check("swap-in baseline", f, 0);
+            s[13].values.push(per(t, base));
+            timed_syscall(PROC, nr::MUNMAP, [c, REGION, 0, 0, 0, 0]);
+        }
+
         // THP: one access per 2M block (block-sized folios exist with 4K pages only).
         if thp {
             let blocks = REGION / (2 << 20);
@@ -193,7 +210,7 @@ pub fn run() -> usize {
     }
     for x in s {
         if x.values.is_empty() {
-            println!("bench: {} skipped: no 2M blocks with this granule", x.name);
+            println!("bench: {} skipped: no 2M blocks with this granule, or no 16 MiB of swap", x.name);
             continue;
         }
         let v = median(x.values);

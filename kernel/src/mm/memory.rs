@@ -475,10 +475,8 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        if matches!(desc.kind(3, GRANULE), Kind::NonPresent(super::desc::NonPresent::Swap { .. })) {
-            return super::swap_state::do_swap_page(slot, vma, flags, desc);
-        }
-        return VmFault::Sigsegv; // markers come later
+        // Swap entries (markers come later: Sigsegv there).
+        return super::swap_state::do_swap_page(slot, vma, flags, desc);
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
@@ -625,17 +623,21 @@ fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
+    // With a reference for us: the mapping's, or dropped after the copy.
     let Some(pa) = file.get_page(pgoff) else { return VmFault::Oom };
+    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
     let shared = vma.flags.contains(VmFlags::SHARED);
     if flags.write && !shared {
-        let Some(new) = page::folio_alloc_anon_nozero(0) else { return VmFault::Oom };
-        copy_page(new.pa(), pa);
+        let copy = page::folio_alloc_anon_nozero(0);
+        if let Some(new) = copy {
+            copy_page(new.pa(), pa);
+        }
+        pg.folio().expect("page-cache page without a folio").put();
+        let Some(new) = copy else { return VmFault::Oom };
         folio_add_new_anon_rmap_pte(new.head());
         set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
         return VmFault::Done;
     }
-    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
-    pg.folio().expect("page-cache page without a folio").get();
     page::folio_add_file_rmap_pte(pg);
     let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
     if shared {

@@ -310,10 +310,16 @@ fn check_user(for_each_mm: ForEachMm<'_>) -> Result<(), CheckError> {
     Ok(())
 }
 
-/// Every swap slot against the entries counted in `swaps` and the swap
-/// cache against the folios.
+/// Every swap slot against the entries counted in `swaps` plus the swap
+/// entries files hold, and the swap cache against the folios.
 fn check_swap(mut swaps: BTreeMap<u64, u32>) -> Result<(), Violation> {
     use Violation::*;
+    // A file that holds a swap entry holds a reference to its slot.
+    super::shmem::for_each(|file| {
+        for e in file.swapped() {
+            *swaps.entry(e.offset).or_insert(0) += 1;
+        }
+    });
     let mut err: Option<Violation> = None;
     let mut cached = 0u64;
     super::swapfile::for_each_slot(|offset, count, cache| {

@@ -14,8 +14,16 @@
 //!   makes. It is freed when the last VMA that maps it goes away: VMAs
 //!   count their file ([`vma_get`], [`vma_put`], from `VmaList`).
 //!
+//! - **Swap** (Linux `shmem_writeout`, `shmem_swapin_folio`): `madvise
+//!   pageout` writes a page no mapping, pin or reference holds any more to
+//!   a swap slot ([`Memfd::swap_out_page`]); the file then holds the swap
+//!   entry where the page was, and the next lookup ([`Memfd::get_page`],
+//!   from a fault) reads it back into a new page-cache folio and frees the
+//!   slot.
+//!
 //! Locking: a file's page-cache lock nests inside the page-table lock of
-//! whichever mm faults (the fault path looks pages up with the PTL held).
+//! whichever mm faults (the fault path looks pages up with the PTL held);
+//! the swap lock nests inside it.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -25,8 +33,10 @@ use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
 use super::addr::PhysAddr;
+use super::desc::SwpEntry;
 use super::error::MmError;
 use super::page;
+use super::swapfile::{self, SwapError};
 use crate::arch::aarch64::granule::PAGE_SIZE;
 
 pub struct Memfd {
@@ -36,7 +46,15 @@ pub struct Memfd {
     size: AtomicU64,
     /// VMAs that map it.
     vmas: AtomicUsize,
-    cache: Mutex<BTreeMap<u64, PhysAddr>>,
+    /// The page cache: file page -> folio, or the swap entry of a page
+    /// that went to swap (Linux keeps both in one xarray).
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    pages: BTreeMap<u64, PhysAddr>,
+    swapped: BTreeMap<u64, SwpEntry>,
 }
 
 static FILES: Mutex<BTreeMap<u32, Arc<Memfd>>> = Mutex::new(BTreeMap::new());
@@ -51,7 +69,7 @@ fn new_file(name: Option<&str>) -> Result<Arc<Memfd>, MmError> {
         name: name.map(String::from),
         size: AtomicU64::new(0),
         vmas: AtomicUsize::new(0),
-        cache: Mutex::new(BTreeMap::new()),
+        cache: Mutex::new(Cache::default()),
     });
     FILES.lock().insert(id, f.clone());
     Ok(f)
@@ -90,37 +108,75 @@ impl Memfd {
     }
     /// Pages in the page cache.
     pub fn nr_cached(&self) -> usize {
-        self.cache.lock().len()
+        self.cache.lock().pages.len()
     }
     /// Whether `pa` is the cached page at `pgoff`.
     pub fn caches(&self, pgoff: u64, pa: PhysAddr) -> bool {
-        self.cache.lock().get(&pgoff) == Some(&pa)
+        self.cache.lock().pages.get(&pgoff) == Some(&pa)
     }
     /// Every cached page (for `invariants`).
     pub fn cached(&self) -> alloc::vec::Vec<(u64, PhysAddr)> {
-        self.cache.lock().iter().map(|(&o, &p)| (o, p)).collect()
+        self.cache.lock().pages.iter().map(|(&o, &p)| (o, p)).collect()
     }
-    /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff`, a new
-    /// zeroed one if the cache has none. None past the end of the file or
-    /// without memory.
+    /// Every swap entry the file holds (for `invariants`).
+    pub fn swapped(&self) -> alloc::vec::Vec<SwpEntry> {
+        self.cache.lock().swapped.values().copied().collect()
+    }
+    /// Linux `shmem_writeout`: the cached page at `pgoff` goes to swap if
+    /// nothing but the cache holds it (no mapping, pin or reference).
+    /// `Ok(false)`: no such page, or it is held.
+    pub fn swap_out_page(&self, pgoff: u64) -> Result<bool, SwapError> {
+        let mut c = self.cache.lock();
+        let Some(&pa) = c.pages.get(&pgoff) else { return Ok(false) };
+        let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
+        if f.refcount() != 1 || f.mapcount() != 0 {
+            return Ok(false);
+        }
+        // The swap map's insert cannot fail softly: room for it first.
+        if super::error::heap_headroom(0).is_err() {
+            return Ok(false);
+        }
+        let entry = swapfile::get_swap_pages(1)?;
+        swapfile::swap_writepage(entry, pa);
+        c.pages.remove(&pgoff);
+        c.swapped.insert(pgoff, entry);
+        page::folio_remove_from_cache(f);
+        Ok(true)
+    }
+    /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff` with a
+    /// reference for the caller (taken under the cache lock, so swap-out
+    /// cannot take the page meanwhile), a new zeroed one if the cache has
+    /// none, or the data read back from swap. None past the end of the
+    /// file or without memory.
     pub fn get_page(&self, pgoff: u64) -> Option<PhysAddr> {
         if pgoff >= self.size() / PAGE_SIZE {
             return None;
         }
         let mut c = self.cache.lock();
-        if let Some(&pa) = c.get(&pgoff) {
+        let get = |pa: PhysAddr| page::phys_to_page(pa).and_then(|p| p.folio()).map(|f| f.get());
+        if let Some(&pa) = c.pages.get(&pgoff) {
+            get(pa)?;
             return Some(pa);
         }
         // The cache's insert cannot fail softly: room for it first.
         super::error::heap_headroom(0).ok()?;
         let f = page::folio_alloc_file()?;
-        c.insert(pgoff, f.pa());
+        if let Some(entry) = c.swapped.remove(&pgoff) {
+            // Linux `shmem_swapin_folio`: the data comes back, the slot goes.
+            swapfile::swap_readpage(entry, f.pa());
+            let _ = swapfile::free_swap_and_cache(entry);
+        }
+        c.pages.insert(pgoff, f.pa());
+        f.get();
         Some(f.pa())
     }
     /// Drops every cached page (Linux `shmem_truncate_range` of the whole
     /// file, for pages nothing maps; the caller made sure of that).
     fn truncate(&self) {
-        let pages = core::mem::take(&mut *self.cache.lock());
+        let Cache { pages, swapped } = core::mem::take(&mut *self.cache.lock());
+        for entry in swapped.into_values() {
+            let _ = swapfile::free_swap_and_cache(entry);
+        }
         for pa in pages.into_values() {
             let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
             page::folio_remove_from_cache(f);

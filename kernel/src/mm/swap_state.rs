@@ -331,33 +331,53 @@ fn level3_entry<'l>(
 /// mmap read lock: private memory's anonymous pages go to swap
 /// ([`pageout_pte_range`]); page-cache pages (shared mappings, and those a
 /// private file mapping still maps) are unmapped through the zap path, and
-/// stay in the page cache, which is RAM: a later access faults them back
-/// in. PFN mappings are skipped, as Linux's `can_madv_lru_vma` does; holes
-/// too. If swap ran out, the error says how many pages stayed.
+/// each one nothing else holds then goes to swap from the file
+/// ([`super::shmem::Memfd::swap_out_page`], Linux `shmem_writeout`). PFN
+/// mappings are skipped, as Linux's `can_madv_lru_vma` does; holes too.
+/// If swap ran out, the error says how many pages stayed.
 pub fn madvise_pageout(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<Pageout, MmError> {
     let g = mt.mm.mmap_read_lock();
     let end = va + len;
     let mut out = Pageout::default();
-    let mut file_pages: Vec<VirtAddr> = Vec::new();
+    // (file, first page, pages) to write out once unmapped.
+    let mut file_ranges: Vec<(u32, u64, u64)> = Vec::new();
     let mut a = va;
-    while let Some((s, e, flags)) = g
-        .vmas()
-        .iter()
-        .find(|v| a < end && v.end > a && v.start < end)
-        .map(|v| (v.start.max(a), v.end.min(end), v.flags))
+    while let Some((s, e, vma)) =
+        g.vmas().iter().find(|v| a < end && v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), *v))
     {
         a = e;
-        if flags.contains(VmFlags::PFNMAP) {
+        if vma.flags.contains(VmFlags::PFNMAP) {
             continue;
         }
-        if flags.contains(VmFlags::SHARED) {
+        if vma.flags.contains(VmFlags::SHARED) {
             memory::zap_page_range(mt, s, e - s)?;
+            file_ranges.try_reserve(1).map_err(|_| MmError::NoMemory(Need::Heap))?;
+            file_ranges.push((vma.file, vma.pgoff_of(s), (e - s) / PAGE_SIZE));
             continue;
         }
+        let mut file_pages = Vec::new();
         pageout_private(mt, s, e, &mut out, &mut file_pages)?;
+        file_ranges.try_reserve(file_pages.len()).map_err(|_| MmError::NoMemory(Need::Heap))?;
+        for p in file_pages {
+            memory::zap_page_range(mt, p, PAGE_SIZE)?;
+            file_ranges.push((vma.file, vma.pgoff_of(p), 1));
+        }
     }
-    for p in file_pages {
-        memory::zap_page_range(mt, p, PAGE_SIZE)?;
+    // Without a device the page cache (RAM) is where file pages stay.
+    if swapfile::total_bytes() == 0 {
+        file_ranges.clear();
+    }
+    for (id, first, n) in file_ranges {
+        let Some(file) = super::shmem::get(id) else { continue };
+        for (pgoff, _) in file.cached().into_iter().filter(|&(o, _)| o >= first && o < first + n) {
+            match file.swap_out_page(pgoff) {
+                Ok(_) => {}
+                Err(e) => {
+                    out.stayed += 1;
+                    out.why = Some(e);
+                }
+            }
+        }
     }
     match out.why {
         Some(SwapError::NoDevice) => Err(MmError::NoSwapDevice { stayed: out.stayed }),

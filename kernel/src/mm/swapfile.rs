@@ -279,6 +279,15 @@ pub fn swap_writepage(entry: SwpEntry, src: PhysAddr) {
     page::copy_page(si.slot_pa(entry.offset), src);
 }
 
+/// Linux `swap_read_folio` for the RAM device: the slot of `entry` is
+/// copied to the page at `dst`.
+pub fn swap_readpage(entry: SwpEntry, dst: PhysAddr) {
+    let g = SWAP.lock();
+    let si = g.as_ref().expect("swap_readpage without a device");
+    assert!((entry.offset as usize) < si.swap_map.len());
+    page::copy_page(dst, si.slot_pa(entry.offset));
+}
+
 /// What [`swapin`] hands the fault: the folio (with one reference for the
 /// new mapping) and whether the faulting entry was the slot's last, after
 /// which nobody else can reach the data: the page may be exclusive.
