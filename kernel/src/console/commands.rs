@@ -66,6 +66,7 @@ contains TEXT). Available now:
        [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse
+                                   (pageout: anon pages to swap, --swap SIZE / pagelab.swap=)
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
@@ -81,8 +82,8 @@ contains TEXT). Available now:
   halt                             power off (QEMU exits)
 RANGE is REGION, REGION+OFF (the page that contains OFF) or REGION+OFF:LEN; write and
 check take its bytes, the other commands every page they touch. Ctrl-C stops a long
-command; up/down recall lines. Not yet: uffd, madvise pageout (no swap device: the
-swap, marker and migration flags of query read the entries, and none exist yet).";
+command; up/down recall lines. Not yet: uffd (the marker and migration flags of query
+read the entries, and none exist yet).";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork",

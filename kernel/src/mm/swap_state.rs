@@ -279,8 +279,10 @@ pub fn pageout_pte_range(
 
 /// `madvise pageout` of `[start, end)` inside one private VMA: blocks
 /// are split first (the folio then goes whole, PTE-mapped), then each
-/// level-3 table's part goes through [`pageout_pte_range`].
-fn pageout_private(
+/// level-3 table's part goes through [`pageout_pte_range`]. Page-cache
+/// pages are left mapped and listed in `file_pages`. The entry point for
+/// reclaim of a range of one private VMA (under the mmap read lock).
+pub fn pageout_private(
     mt: MmTables<'_>,
     start: VirtAddr,
     end: VirtAddr,

@@ -49,6 +49,7 @@ mod khugepaged_tests;
 mod mm_tests;
 mod pte_tests;
 mod sched_tests;
+mod swap_tests;
 mod syscall_tests;
 mod table_tests;
 mod vmscan_tests;
@@ -60,6 +61,7 @@ const MODULE_ORDER: &[&str] = &[
     "table_tests",
     "cursor_tests",
     "khugepaged_tests",
+    "swap_tests",
     "at_random",
     "syscall_tests",
     "irq_tests",
