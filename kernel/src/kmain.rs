@@ -107,13 +107,13 @@ pub unsafe extern "C" fn kernel_main(dtb_pa: u64, phys_base: u64, boot_el: u64) 
         crate::mm::swapfile::set_requested(swap);
         if let Some(size) = swap.filter(|&s| s > 0).and_then(|s| s.checked_next_multiple_of(2 << 20))
             && size.checked_add(64 << 20).is_some_and(|need| need <= top.size())
+            && let Some(extents) = swap_extents(top.start.as_u64(), top_end, size, &reserved)
         {
-            let pool = PhysRange::new(top_end - size, top_end);
-            if !reserved.iter().any(|r| r.0.overlaps(&pool)) {
-                reserved.push((pool, "swap device (pagelab.swap=)"));
-                crate::mm::swapfile::set_pool(pool.start, pool.end);
-                top_end -= size;
+            for &(s, e) in &extents {
+                reserved.push((PhysRange::new(s.as_u64(), e.as_u64()), "swap device (pagelab.swap=)"));
             }
+            crate::mm::swapfile::set_pool(&extents);
+            top_end = extents.iter().map(|x| x.0.as_u64()).min().unwrap_or(top_end);
         }
         let pool = PhysRange::new(top_end - crate::mm::memory::PFN_POOL_SIZE, top_end);
         if top.size() >= 64 << 20 && pool.start >= top.start && !reserved.iter().any(|r| r.0.overlaps(&pool)) {
@@ -467,4 +467,43 @@ fn crash(what: &str) {
             "pagelab: unknown crash kind `{other}` (stack-overflow, unmapped-read, undefined-instruction, panic)"
         ),
     }
+}
+
+/// The swap pool: `size` bytes taken downwards from `top_end` (2 MiB
+/// aligned) around the `reserved` ranges (QEMU puts the devicetree and
+/// initrd 128 MiB into RAM, inside a large pool on a small machine), in at
+/// most [`MAX_EXTENTS`](crate::mm::swapfile::MAX_EXTENTS) pieces, highest
+/// first. `None` if it does not fit above `floor`.
+fn swap_extents(
+    floor: u64,
+    top_end: u64,
+    size: u64,
+    reserved: &[(PhysRange, &str)],
+) -> Option<alloc::vec::Vec<(crate::mm::addr::PhysAddr, crate::mm::addr::PhysAddr)>> {
+    use crate::mm::addr::PhysAddr;
+    const ALIGN: u64 = 2 << 20;
+    let (mut end, mut need, mut out) = (top_end, size, alloc::vec::Vec::new());
+    while need > 0 {
+        if out.len() == crate::mm::swapfile::MAX_EXTENTS {
+            return None;
+        }
+        let start = end.checked_sub(need).filter(|&s| s >= floor)?;
+        let piece = PhysRange::new(start, end);
+        // The highest reserved range in the way: the piece stops above it.
+        match reserved.iter().map(|r| r.0).filter(|r| r.overlaps(&piece)).max_by_key(|r| r.end.as_u64()) {
+            None => {
+                out.push((PhysAddr::new(start), PhysAddr::new(end)));
+                need = 0;
+            }
+            Some(r) => {
+                let lo = r.end.as_u64().next_multiple_of(ALIGN);
+                if lo < end {
+                    out.push((PhysAddr::new(lo), PhysAddr::new(end)));
+                    need -= end - lo;
+                }
+                end = r.start.as_u64() / ALIGN * ALIGN;
+            }
+        }
+    }
+    Some(out)
 }

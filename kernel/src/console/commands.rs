@@ -76,7 +76,7 @@ contains TEXT). Available now:
   ptdump kernel|P                  translation tables, Linux arm64 ptdump style
   invariants                       assertion: refcounts, mapcounts, exclusive flags,
                                    frame accounting and table rules hold
-  meminfo | info | cpus            memory, machine, CPUs
+  meminfo | info | cpus            memory (with reclaim counters), machine, CPUs
   kwalk ADDR                       walk a kernel VA in software and with AT
   selftest [NAME]                  the in-kernel tests (all, or names containing NAME)
   halt                             power off (QEMU exits)
@@ -321,6 +321,7 @@ fn info() -> Outcome {
         percpu::ONLINE.load(Ordering::Relaxed)
     );
     let _ = writeln!(o, "bootargs {}", b.board.bootargs);
+    let _ = writeln!(o, "reclaim  {}", crate::mm::vmscan::vmstat());
     Outcome::Done
 }
 
@@ -349,17 +350,19 @@ fn meminfo() -> Outcome {
             let _ = writeln!(o, "PFN pool: none (RAM too small)");
         }
     }
-    match crate::mm::swapfile::pool() {
-        Some((s, e)) => {
-            let (slots, used) = crate::mm::swapfile::usage();
-            let _ = writeln!(o, "swap: {} at [{s:#x}, {e:#x}), {used} of {slots} slots in use", Bytes(e - s));
+    let (slots, used) = crate::mm::swapfile::usage();
+    if slots == 0 {
+        let _ = writeln!(o, "swap: none");
+    } else {
+        let _ = write!(o, "swap: {}", Bytes(crate::mm::swapfile::total_bytes()));
+        for (s, e) in crate::mm::swapfile::pool() {
+            let _ = write!(o, " [{s:#x}, {e:#x})");
         }
-        None => {
-            let _ = writeln!(o, "swap: none");
-        }
+        let _ = writeln!(o, ", {used} of {slots} slots in use");
     }
     let _ = writeln!(o, "kernel page-table pages: {}", kernel_pgtable::table_pages());
     let _ = writeln!(o, "kernel heap: {} used of {}", Bytes(h.used as u64), Bytes(h.total as u64));
+    let _ = writeln!(o, "reclaim: {}", crate::mm::vmscan::vmstat());
     Outcome::Done
 }
 

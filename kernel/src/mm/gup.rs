@@ -156,6 +156,8 @@ fn gup_one(mt: MmTables<'_>, lock: &impl MmapLocked, va: VirtAddr, flags: Foll) 
         if let Some(ff) = need {
             match memory::handle_mm_fault(mt, &vma, va, ff) {
                 VmFault::Done => {}
+                // Reclaimed: the loop faults again.
+                VmFault::Oom if crate::proc::direct_reclaim() => {}
                 VmFault::Oom => return Err(GupError::NoMemory),
                 VmFault::Sigsegv => return Err(GupError::Fault { addr: va }),
             }

@@ -312,7 +312,7 @@ fn next_block<'l>(
 /// (Linux's pgd/p4d/pud/pmd range loops down to `*_pte_range`, which
 /// steps `pte++` through one table). A block the range cuts is an error:
 /// callers split the edges first ([`split_blocks_at_edges`]).
-fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
+pub(crate) fn for_each_pte<'l, F: FnMut(VirtAddr, u32, PteRun<'l>) -> Result<(), MmError>>(
     ptl: &'l PtlGuard<'_>,
     mem: &FrameTableMem,
     start: VirtAddr,

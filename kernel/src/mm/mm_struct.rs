@@ -323,6 +323,11 @@ impl MmStruct {
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard { mm: self, vmas: self.mmap_lock.read() }
     }
+    /// Linux `mmap_read_trylock`: reclaim walks other address spaces and
+    /// skips one whose lock a writer holds rather than wait for it.
+    pub fn mmap_read_trylock(&self) -> Option<MmapReadGuard<'_>> {
+        self.mmap_lock.try_read().map(|vmas| MmapReadGuard { mm: self, vmas })
+    }
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
         MmapWriteGuard { mm: self, vmas: self.mmap_lock.write(), changed: false }
     }

@@ -41,6 +41,8 @@ pub mod swap_state;
 #[cfg(target_os = "none")]
 pub mod swapfile;
 pub mod tlb_plan;
+#[cfg(target_os = "none")]
+pub mod vmscan;
 pub mod walk;
 
 #[cfg(target_os = "none")]

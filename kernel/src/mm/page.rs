@@ -39,6 +39,10 @@ pub struct Page {
     entire_mapcount: AtomicI32,
     /// Tails: distance to the head in pages.
     head_off: AtomicU32,
+    /// Head only: the reclaim generation ([`super::vmscan`], Linux MGLRU's
+    /// gen in `folio->flags`): the aging sequence number at which the folio
+    /// was last found referenced (or allocated).
+    lru_gen: AtomicU32,
 }
 
 pub mod pg {
@@ -208,6 +212,14 @@ impl Folio {
     pub fn entire_mapcount(&self) -> i32 {
         self.0.entire_mapcount.load(Ordering::Acquire)
     }
+    /// The reclaim generation ([`super::vmscan`]).
+    pub fn lru_gen(&self) -> u32 {
+        self.0.lru_gen.load(Ordering::Relaxed)
+    }
+    /// Linux MGLRU `folio_update_gen`: found referenced at aging `seq`.
+    pub fn set_lru_gen(&self, seq: u32) {
+        self.0.lru_gen.store(seq, Ordering::Relaxed);
+    }
     /// Page `i` of the folio.
     pub fn page(&self, i: u64) -> &'static Page {
         phys_to_page(self.pa() + (i << PAGE_SHIFT)).expect("folio page outside RAM")
@@ -341,6 +353,8 @@ fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
     head.pincount.store(0, Ordering::Relaxed);
     head.entire_mapcount.store(0, Ordering::Relaxed);
     head.refcount.store(1, Ordering::Relaxed);
+    // New folios join the youngest generation (Linux `lru_gen_add_folio`).
+    head.lru_gen.store(super::vmscan::max_seq(), Ordering::Relaxed);
     let h = if order > 0 { pg::HEAD } else { 0 };
     head.flags.store(pg::FOLIO | pg::ANON | h | (order << pg::ORDER_SHIFT), Ordering::Release);
     Folio(head)

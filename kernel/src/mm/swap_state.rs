@@ -137,7 +137,7 @@ pub enum SwapOutError {
 /// `first` (the entry of `fva`): anonymous, mapped only by these
 /// consecutive entries, from its first page, with no other reference (no
 /// pin, no GUP reference, not in the swap cache).
-fn swappable(first: Pte, fva: VirtAddr, folio: Folio) -> bool {
+pub(crate) fn swappable(first: Pte, fva: VirtAddr, folio: Folio) -> bool {
     let nr = folio.nr_pages();
     folio.is_anon()
         && !folio.in_swap_cache()

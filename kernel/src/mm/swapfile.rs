@@ -63,12 +63,20 @@ impl core::fmt::Display for SwapError {
     }
 }
 
-/// The pool the boot code reserved: `[start, end)`.
-static POOL: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Most pieces the pool comes in (Linux's swap extents: the device's slots
+/// in order over discontiguous memory). The boot code splits the pool
+/// around what it must not cover, such as the devicetree and initrd QEMU
+/// puts 128 MiB into RAM.
+pub const MAX_EXTENTS: usize = 2;
+
+/// The pool the boot code reserved: `[start, end)` per extent, in slot
+/// order (an unused extent is `[0, 0)`).
+static POOL: [[AtomicU64; 2]; MAX_EXTENTS] = [const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_EXTENTS];
 
 /// Linux `swap_info_struct`, reduced to one RAM-backed device.
 struct SwapInfo {
-    base: PhysAddr,
+    /// Per extent: its first frame and its slots (Linux `swap_extent`).
+    extents: [(PhysAddr, u64); MAX_EXTENTS],
     /// Per slot: entry count | [`SWAP_HAS_CACHE`].
     swap_map: Vec<u32>,
     /// Per slot: the physical address of the swap-cache folio, or 0.
@@ -89,45 +97,58 @@ pub fn set_requested(size: Option<u64>) {
     REQUESTED.store(size.unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
-/// Records the pool the boot code kept from the frame allocator.
-pub fn set_pool(start: PhysAddr, end: PhysAddr) {
-    POOL[0].store(start.as_u64(), Ordering::Release);
-    POOL[1].store(end.as_u64(), Ordering::Release);
+/// Records the pool the boot code kept from the frame allocator: up to
+/// [`MAX_EXTENTS`] ranges, in slot order (none: no swap).
+pub fn set_pool(extents: &[(PhysAddr, PhysAddr)]) {
+    for (i, slot) in POOL.iter().enumerate() {
+        let (s, e) = extents.get(i).map_or((0, 0), |&(s, e)| (s.as_u64(), e.as_u64()));
+        slot[0].store(s, Ordering::Release);
+        slot[1].store(e, Ordering::Release);
+    }
 }
 
-/// The pool `[start, end)`, if there is one.
-pub fn pool() -> Option<(PhysAddr, PhysAddr)> {
-    let (s, e) = (POOL[0].load(Ordering::Acquire), POOL[1].load(Ordering::Acquire));
-    (e > s).then_some((PhysAddr::new(s), PhysAddr::new(e)))
+/// The pool's extents `[start, end)`, in slot order (none without swap).
+pub fn pool() -> impl Iterator<Item = (PhysAddr, PhysAddr)> {
+    POOL.iter().filter_map(|x| {
+        let (s, e) = (x[0].load(Ordering::Acquire), x[1].load(Ordering::Acquire));
+        (e > s).then_some((PhysAddr::new(s), PhysAddr::new(e)))
+    })
 }
 
 /// Builds the swap map and cache over the pool (`swapon`), once the heap
 /// exists. Without a pool, or without heap for the maps, there is no swap.
 pub fn init() {
-    let Some((s, e)) = pool() else {
+    if pool().next().is_none() {
         match REQUESTED.load(Ordering::Relaxed) {
             0 => log::info!("swap: none (pagelab.swap=0)"),
             u64::MAX => log::warn!("swap: pagelab.swap= is not a size (like 64M); no swap"),
             r => log::warn!("swap: {} do not fit in the top RAM bank with 64 MiB to spare; no swap", Bytes(r)),
         }
         return;
-    };
-    let n = ((e - s) / PAGE_SIZE) as usize;
+    }
+    let mut extents = [(PhysAddr::new(0), 0); MAX_EXTENTS];
+    for (x, (s, e)) in extents.iter_mut().zip(pool()) {
+        *x = (s, (e - s) / PAGE_SIZE);
+    }
+    let n = extents.iter().map(|x| x.1).sum::<u64>() as usize;
     let (mut map, mut cache) = (Vec::new(), Vec::new());
     if map.try_reserve_exact(n).is_err() || cache.try_reserve_exact(n).is_err() {
         log::warn!("swap: no heap for the swap map of {n} slots; no swap");
-        set_pool(PhysAddr::new(0), PhysAddr::new(0));
+        set_pool(&[]);
         return;
     }
     map.resize(n, 0);
     cache.resize(n, 0);
-    *SWAP.lock() = Some(SwapInfo { base: s, swap_map: map, cache, inuse: 0, next: 0 });
-    log::info!("swap: {} ({n} slots) at [{:#x}, {:#x})", Bytes(e - s), s.as_u64(), e.as_u64());
+    *SWAP.lock() = Some(SwapInfo { extents, swap_map: map, cache, inuse: 0, next: 0 });
+    for (s, e) in pool() {
+        log::info!("swap: {} at [{:#x}, {:#x})", Bytes(e - s), s.as_u64(), e.as_u64());
+    }
+    log::info!("swap: {n} slots");
 }
 
 /// Bytes of swap (0 without a device).
 pub fn total_bytes() -> u64 {
-    pool().map_or(0, |(s, e)| e - s)
+    pool().map(|(s, e)| e - s).sum()
 }
 
 /// `(slots, slots in use)`.
@@ -137,7 +158,14 @@ pub fn usage() -> (u64, u64) {
 
 impl SwapInfo {
     fn slot_pa(&self, offset: u64) -> PhysAddr {
-        self.base + offset * PAGE_SIZE
+        let mut o = offset;
+        for &(base, n) in &self.extents {
+            if o < n {
+                return base + o * PAGE_SIZE;
+            }
+            o -= n;
+        }
+        panic!("swap slot {offset:#x} outside the device");
     }
 
     fn word(&mut self, entry: SwpEntry) -> Result<&mut u32, SwapError> {

@@ -677,11 +677,28 @@ fn handle_user_fault(far: VirtAddr, esr: Esr) -> Result<(), Unresolved> {
     }
     let flags = memory::FaultFlags { write, unshare: false };
     p.stats.faults.fetch_add(1, Ordering::Relaxed);
-    match memory::handle_mm_fault(p.mt(), &vma, far, flags) {
-        memory::VmFault::Done => Ok(()),
-        memory::VmFault::Oom => Err(Unresolved::OutOfMemory),
-        memory::VmFault::Sigsegv => Err(Unresolved::NoPage),
+    loop {
+        match memory::handle_mm_fault(p.mt(), &vma, far, flags) {
+            memory::VmFault::Done => return Ok(()),
+            memory::VmFault::Oom if direct_reclaim() => {}
+            memory::VmFault::Oom => return Err(Unresolved::OutOfMemory),
+            memory::VmFault::Sigsegv => return Err(Unresolved::NoPage),
+        }
     }
+}
+
+/// After a fault or GUP found no frame (every page-table lock dropped):
+/// direct reclaim over every process if memory is really short
+/// ([`vmscan::should_reclaim`]). True when something was freed and the
+/// caller should retry; false means out of memory.
+#[cold]
+#[inline(never)]
+pub(crate) fn direct_reclaim() -> bool {
+    use crate::mm::vmscan;
+    vmscan::should_reclaim()
+        && vmscan::try_to_free_pages(&mut |f| {
+            for_each_process(|q| f(q.mt()));
+        }) > 0
 }
 
 /// Runs `f` with read access to `name`'s tables and its mmap lock.

@@ -52,6 +52,7 @@ mod sched_tests;
 mod swap_tests;
 mod syscall_tests;
 mod table_tests;
+mod vmscan_tests;
 
 /// The test modules in run order (a module missing here runs last).
 const MODULE_ORDER: &[&str] = &[
