@@ -22,7 +22,7 @@ use spin::Mutex;
 
 use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
-use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
+use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, NonPresent, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
@@ -196,7 +196,7 @@ pub(crate) fn pmd_lookup<'l>(
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr, alloc: bool) -> Option<Pte<'l>> {
+pub(crate) fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr, alloc: bool) -> Option<Pte<'l>> {
     slot_lookup(ptl, mem, va, 3, alloc)
 }
 
@@ -466,16 +466,13 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     // taken for none.
     let skip_recheck = S == sabotage::SKIP_NONE_RECHECK && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP);
     if desc.0 == 0 || skip_recheck {
-        if vma.file != 0 {
-            return do_fault(slot, vma, va, flags);
-        }
-        if vma.flags.contains(VmFlags::PFNMAP) {
-            return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
-        }
-        return do_anonymous_page(slot, vma, va, flags);
+        return do_pte_missing(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        return VmFault::Sigsegv; // swap and markers come later
+        return match desc.kind(3, GRANULE) {
+            Kind::NonPresent(NonPresent::Marker(m)) => super::userfaultfd::handle_pte_marker(mt.mm, slot, vma, va, m, flags),
+            _ => VmFault::Sigsegv,
+        };
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
@@ -487,6 +484,19 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     } else {
         VmFault::Sigsegv
     }
+}
+
+/// Linux `do_pte_missing`: a fault on a none entry (or on a marker that
+/// is gone) fills it from the file, or with anonymous memory.
+#[inline(always)]
+pub(crate) fn do_pte_missing(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+    if vma.file != 0 {
+        return do_fault(slot, vma, va, flags);
+    }
+    if vma.flags.contains(VmFlags::PFNMAP) {
+        return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
+    }
+    do_anonymous_page(slot, vma, va, flags)
 }
 
 /// The level-1 part of [`handle_mm_fault`] in a `thp=1G` VMA: a 1G block
@@ -696,7 +706,7 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: VirtAddr) -> Option<(page::Folio, 
 /// before any change that would leave the run's entries inconsistent.
 #[inline(never)]
 #[cold]
-fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
+pub(crate) fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
     if slot.get().0 & CONT_BIT == 0 {
         return Ok(());
     }
@@ -719,6 +729,10 @@ fn do_wp_page<const S: u8>(
     desc: Desc,
     flags: FaultFlags,
 ) -> VmFault {
+    // Linux `userfaultfd_pte_wp`: the write raises a uffd event first.
+    if flags.write && desc.0 & UFFD_WP_BIT != 0 {
+        return super::userfaultfd::do_wp_userfault(mm, slot, vma, va);
+    }
     // One entry of a contiguous run is about to change on its own.
     if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) && unfold_run(mm, slot, va).is_err() {
         return VmFault::Done; // refused (the BBM tests): the run is unchanged, retry
@@ -886,15 +900,21 @@ fn copy_pte_slow<'d>(
     drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
     broken_runs: &mut Vec<VirtAddr>,
+    uffd_wp_mask: u64,
 ) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
-    if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
-    }
-    let child = if desc.special() {
+    let child = if !desc.is_valid() {
+        match desc.kind(3, GRANULE) {
+            // Linux `copy_nonpresent_pte`: a uffd-wp marker goes to the
+            // child only if it keeps uffd-wp (`userfaultfd_wp(dst_vma)`).
+            Kind::NonPresent(NonPresent::Marker(_)) if uffd_wp_mask == 0 => return Ok(()),
+            Kind::NonPresent(NonPresent::Marker(_)) => desc,
+            _ => return Err(MmError::NotPresent { addr: va }),
+        }
+    } else if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
@@ -922,6 +942,7 @@ fn copy_pte_slow<'d>(
             Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
     };
+    let child = if child.is_valid() { Desc(child.0 & (!UFFD_WP_BIT | uffd_wp_mask)) } else { child };
     let dslot = match *drun {
         Some(d) => d.pte(i),
         None => match pte_lookup(dptl, dmem, va, true) {
@@ -932,7 +953,7 @@ fn copy_pte_slow<'d>(
                 s
             }
             None => {
-                if !child.special() {
+                if child.is_valid() && !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
                 return Err(MmError::NoMemory(Need::Table));
@@ -950,7 +971,10 @@ fn copy_pte_slow<'d>(
 /// copied for the child at once (Linux `copy_present_page`); special
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
-pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
+/// The child's entries keep uffd-wp bits and markers only if `dst_vma`
+/// (the child's copy of `vma`) is registered for uffd-wp (fork events).
+pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma, dst_vma: &Vma) -> Result<(), MmError> {
+    let uffd_wp_mask = if super::userfaultfd::userfaultfd_wp(dst_vma) { UFFD_WP_BIT } else { 0 };
     let sptl = src.mm.page_table_lock_guard();
     // The child has never run, so nothing else takes its lock; the child's
     // entries borrow it as the parent's borrow the parent's.
@@ -1015,14 +1039,26 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 let (old, ro) = srun.set_wrprotect_from(i, desc);
                 wrprotected |= ro != old;
                 // Linux `pte_mkold` for the child: its first access sets the flag.
-                if let Err(e) = d.pte(i).set_new_unused(ro.mkold()) {
+                if let Err(e) = d.pte(i).set_new_unused(Desc(ro.mkold().0 & (!UFFD_WP_BIT | uffd_wp_mask))) {
                     pte_bug(e);
                 }
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
-                .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(
+                &dptl,
+                &mut dmem,
+                va,
+                level,
+                srun,
+                i,
+                desc,
+                &mut drun,
+                &mut wrprotected,
+                &mut broken_runs,
+                uffd_wp_mask,
+            )
+            .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });
@@ -1083,10 +1119,26 @@ fn block_all_exclusive(d: Desc) -> bool {
         .is_some_and(|f| (0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()))
 }
 
+/// Linux `ZAP_FLAG_DROP_MARKER`: the zap drops uffd-wp state for good (the
+/// whole VMA goes away, or the pages leave the file under the page lock).
+pub const ZAP_FLAG_DROP_MARKER: u32 = 1 << 0;
+
+/// Linux `struct zap_details`, the part pagelab has: the flags, and the
+/// VMA a single-VMA zap works in (`zap_page_range_single`), which says
+/// whether write-protected entries leave uffd-wp markers behind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZapDetails<'a> {
+    pub zap_flags: u32,
+    pub vma: Option<&'a Vma>,
+}
+
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
-/// and only then drops the pages' mappings and references.
-pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
+/// and only then drops the pages' mappings and references. On a
+/// file-backed uffd-wp VMA without [`ZAP_FLAG_DROP_MARKER`] a
+/// write-protected entry becomes a uffd-wp marker and markers stay
+/// ([`super::userfaultfd::zap_keeps_wp`]).
+pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64, details: &ZapDetails<'_>) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
@@ -1105,7 +1157,8 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // back (also whenever the fixed batch fills up on the way).
     let mut tlb = MmuGather::new(&ptl, mt.mm.asid());
     let root = root_entry(&ptl, &mem);
-    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb);
+    let keep_wp = super::userfaultfd::zap_keeps_wp(details);
+    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb, keep_wp);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -1120,7 +1173,7 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
     let mut tlb = MmuGather::new_fullmm(ptl, mm.asid());
     let root = root_entry(ptl, mem);
     let top = VirtAddr::new(crate::arch::aarch64::regs::USER_TOP);
-    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), VirtAddr::new(0), top, &mut tlb);
+    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), VirtAddr::new(0), top, &mut tlb, false);
     tlb.finish(mem);
 }
 
@@ -1128,6 +1181,8 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
 /// valid ones mapped (special entries - the agent, the zero page - hold no
 /// references), and unlinks the child tables the range covers completely
 /// and clears the blocks it covers (the caller split those it cuts).
+/// `keep_wp`: uffd-wp state stays as markers, so tables stay linked.
+#[allow(clippy::too_many_arguments)]
 fn clear_range(
     root: Pte<'_>,
     mem: &mut FrameTableMem,
@@ -1136,13 +1191,14 @@ fn clear_range(
     start: VirtAddr,
     end: VirtAddr,
     tlb: &mut MmuGather<'_>,
+    keep_wp: bool,
 ) {
     let g = GRANULE;
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem);
+        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem, keep_wp);
         return;
     }
     let size = g.level_size(level);
@@ -1164,8 +1220,8 @@ fn clear_range(
                 }
             }
             Kind::Table(next) => {
-                clear_range(root, mem, level + 1, next, va, chunk_end, tlb);
-                if va == entry_va && chunk_end == entry_va + size {
+                clear_range(root, mem, level + 1, next, va, chunk_end, tlb, keep_wp);
+                if va == entry_va && chunk_end == entry_va + size && !keep_wp {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
                     tlb.remove_table(mem, next, entry_va, entry_va + size);
@@ -1182,12 +1238,15 @@ fn clear_range(
 /// is given once, from the first valid entry to the run's end, before that
 /// entry's page joins the batch, and again after a batch that fills up
 /// mid-run went (its flush emptied the range), so every flush covers the
-/// entries cleared before it.
+/// entries cleared before it. `keep_wp`: Linux `zap_install_uffd_wp_if_needed`.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
+fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem, keep_wp: bool) {
     let mut in_range = false;
     let end = va + run.len() as u64 * PAGE_SIZE;
     run.get_and_clear_each(|i, old| {
+        if keep_wp {
+            super::userfaultfd::zap_install_uffd_wp_if_needed(run.pte(i), old);
+        }
         if !old.is_valid() {
             return;
         }
@@ -1330,7 +1389,8 @@ fn protect_entry(run: PteRun, i: usize, d: Desc, el0: bool, mkwrite: bool) -> bo
     match run.modify_from(i, d, |cur| {
         let n = cur.wrprotect();
         let n = if el0 { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
-        if mkwrite { n.mkwrite() } else { n }
+        // Linux `change_pte_range`: a uffd-wp entry is never made writable.
+        if mkwrite && n.0 & UFFD_WP_BIT == 0 { n.mkwrite() } else { n }
     }) {
         Ok((old, new)) => new != old,
         Err(e) => pte_bug(e),

@@ -37,6 +37,7 @@ pub mod ptdump;
 #[cfg(target_os = "none")]
 pub mod shmem;
 pub mod tlb_plan;
+pub mod userfaultfd;
 pub mod walk;
 
 #[cfg(target_os = "none")]
