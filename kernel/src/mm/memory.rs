@@ -196,7 +196,12 @@ pub(crate) fn pmd_lookup<'l>(
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-pub(crate) fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr, alloc: bool) -> Option<Pte<'l>> {
+pub(crate) fn pte_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    va: VirtAddr,
+    alloc: bool,
+) -> Option<Pte<'l>> {
     slot_lookup(ptl, mem, va, 3, alloc)
 }
 
@@ -470,7 +475,9 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     }
     if !desc.is_valid() {
         return match desc.kind(3, GRANULE) {
-            Kind::NonPresent(NonPresent::Marker(m)) => super::userfaultfd::handle_pte_marker(mt.mm, slot, vma, va, m, flags),
+            Kind::NonPresent(NonPresent::Marker(m)) => {
+                super::userfaultfd::handle_pte_marker(mt.mm, slot, vma, va, m, flags)
+            }
             _ => VmFault::Sigsegv,
         };
     }

@@ -170,7 +170,14 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         // allocation to inject failures into, and a zap of special
         // entries only (no pages, no blocks) needs none that can fail.
         // Should it fail all the same, the VMA stays over its entries.
-        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, va, size, &memory::ZapDetails { zap_flags: memory::ZAP_FLAG_DROP_MARKER, vma: None })) {
+        match super::fail_alloc::unarmed(|| {
+            memory::zap_page_range(
+                mt,
+                va,
+                size,
+                &memory::ZapDetails { zap_flags: memory::ZAP_FLAG_DROP_MARKER, vma: None },
+            )
+        }) {
             Ok(()) => {
                 mm.mmap_write_lock().remove(va);
             }
