@@ -12,6 +12,7 @@ use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
 use crate::mm::mmap::MmapArgs;
+use crate::mm::userfaultfd;
 use crate::println;
 use crate::proc::{self, RunEnd, syscall::nr};
 
@@ -99,6 +100,11 @@ pub fn run() -> usize {
         ("munmap_populated", "page", "munmap of 16 MiB populated, per page"),
         ("thp_write_fault_2M", "2MiB", "first write to a thp=2M region: one zeroed 2M folio, one block entry"),
         ("thp_read_fault_2M", "2MiB", "first read of a thp=2M region: the huge zero folio, one block entry"),
+        (
+            "uffd_wp_fault",
+            "page",
+            "write to a uffd write-protected page: fault, event, resolve (unprotect), write fault (reuse)",
+        ),
     ]
     .into_iter()
     .map(|(name, unit, note)| Series { name, unit, note, values: Vec::new() })
@@ -161,6 +167,24 @@ pub fn run() -> usize {
         let t = timed_syscall(PROC, nr::MUNMAP, [a, REGION, 0, 0, 0, 0]);
         s[9].values.push(per(t, 0));
         timed_syscall(PROC, nr::MUNMAP, [b, REGION, 0, 0, 0, 0]);
+
+        // uffd-wp: populated, registered, write-protected; each write
+        // raises one event (two faults: the event's and the reuse).
+        let u = region(rep, "u");
+        touch(PROC, u, n, true);
+        let wp = proc::with_proc(PROC, |p| {
+            let (va, mt) = (VirtAddr::new(u), p.mt());
+            let r = userfaultfd::register(mt, va, REGION, false)
+                .and_then(|()| userfaultfd::writeprotect(mt, va, REGION, true));
+            Ok(r.is_ok())
+        });
+        check("uffd register and wp on", u64::from(wp != Ok(true)), 0);
+        let (t, f) = touch(PROC, u, n, true);
+        check("uffd_wp_fault", f, 2 * n);
+        let events = proc::with_proc(PROC, |p| Ok(userfaultfd::take_events(&p.mm))).unwrap_or(0);
+        check("uffd_wp_fault events", events, n);
+        s[12].values.push(per(t, wbase));
+        timed_syscall(PROC, nr::MUNMAP, [u, REGION, 0, 0, 0, 0]);
 
         // THP: one access per 2M block (block-sized folios exist with 4K pages only).
         if thp {
