@@ -907,7 +907,6 @@ fn copy_pte_slow<'d>(
     drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
     broken_runs: &mut Vec<VirtAddr>,
-    uffd_wp_mask: u64,
 ) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
@@ -915,9 +914,7 @@ fn copy_pte_slow<'d>(
     }
     let child = if !desc.is_valid() {
         match desc.kind(3, GRANULE) {
-            // Linux `copy_nonpresent_pte`: a uffd-wp marker goes to the
-            // child only if it keeps uffd-wp (`userfaultfd_wp(dst_vma)`).
-            Kind::NonPresent(NonPresent::Marker(_)) if uffd_wp_mask == 0 => return Ok(()),
+            // Linux `copy_nonpresent_pte`: a PTE marker is copied as it is.
             Kind::NonPresent(NonPresent::Marker(_)) => desc,
             _ => return Err(MmError::NotPresent { addr: va }),
         }
@@ -949,7 +946,6 @@ fn copy_pte_slow<'d>(
             Desc((desc.0 & !OA_MASK & !CONT_BIT) | new.pa().as_u64())
         }
     };
-    let child = if child.is_valid() { Desc(child.0 & (!UFFD_WP_BIT | uffd_wp_mask)) } else { child };
     let dslot = match *drun {
         Some(d) => d.pte(i),
         None => match pte_lookup(dptl, dmem, va, true) {
@@ -978,10 +974,9 @@ fn copy_pte_slow<'d>(
 /// copied for the child at once (Linux `copy_present_page`); special
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
-/// The child's entries keep uffd-wp bits and markers only if `dst_vma`
-/// (the child's copy of `vma`) is registered for uffd-wp (fork events).
-pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma, dst_vma: &Vma) -> Result<(), MmError> {
-    let uffd_wp_mask = if super::userfaultfd::userfaultfd_wp(dst_vma) { UFFD_WP_BIT } else { 0 };
+/// uffd-wp bits and markers are copied as they are (the caller drops them
+/// when the child does not keep them: [`super::userfaultfd::dup_userfaultfd_vma`]).
+pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
     let sptl = src.mm.page_table_lock_guard();
     // The child has never run, so nothing else takes its lock; the child's
     // entries borrow it as the parent's borrow the parent's.
@@ -1046,26 +1041,14 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma, dst_vma:
                 let (old, ro) = srun.set_wrprotect_from(i, desc);
                 wrprotected |= ro != old;
                 // Linux `pte_mkold` for the child: its first access sets the flag.
-                if let Err(e) = d.pte(i).set_new_unused(Desc(ro.mkold().0 & (!UFFD_WP_BIT | uffd_wp_mask))) {
+                if let Err(e) = d.pte(i).set_new_unused(ro.mkold()) {
                     pte_bug(e);
                 }
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(
-                &dptl,
-                &mut dmem,
-                va,
-                level,
-                srun,
-                i,
-                desc,
-                &mut drun,
-                &mut wrprotected,
-                &mut broken_runs,
-                uffd_wp_mask,
-            )
-            .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
+                .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });
@@ -1396,8 +1379,7 @@ fn protect_entry(run: PteRun, i: usize, d: Desc, el0: bool, mkwrite: bool) -> bo
     match run.modify_from(i, d, |cur| {
         let n = cur.wrprotect();
         let n = if el0 { Desc(n.0 | AP_EL0) } else { Desc(n.0 & !AP_EL0) };
-        // Linux `change_pte_range`: a uffd-wp entry is never made writable.
-        if mkwrite && n.0 & UFFD_WP_BIT == 0 { n.mkwrite() } else { n }
+        if mkwrite { n.mkwrite() } else { n }
     }) {
         Ok((old, new)) => new != old,
         Err(e) => pte_bug(e),
@@ -1431,8 +1413,9 @@ fn protect_run(
             d
         };
         // Linux `can_change_pte_writable`. A shared mapping has no COW:
-        // writable means writable.
+        // writable means writable. A uffd-wp entry is never made writable.
         let mkwrite = writable
+            && d.0 & UFFD_WP_BIT == 0
             && (shared
                 || !d.special() && page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
         changed |= protect_entry(run, i, d, el0, mkwrite);

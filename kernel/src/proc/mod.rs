@@ -209,7 +209,9 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
             if vma.file != 0 && vma.flags.contains(VmFlags::SHARED) && !crate::mm::userfaultfd::userfaultfd_wp(&cvma) {
                 continue;
             }
-            if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma, &cvma) {
+            if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma)
+                .and_then(|()| crate::mm::userfaultfd::dup_userfaultfd_entries(child.mt(), vma, &cvma))
+            {
                 drop(cv);
                 drop(pv);
                 teardown(&child);

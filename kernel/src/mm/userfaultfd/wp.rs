@@ -345,6 +345,22 @@ pub fn zap_install_uffd_wp_if_needed(pte: Pte, old: Desc) {
     }
 }
 
+/// After [`memory::copy_page_range`] of the parent's `vma` into the child's
+/// `cvma`: if the child does not keep uffd-wp (no fork events), its copied
+/// uffd-wp bits (present, swap and migration entries) and markers go
+/// (Linux `copy_pte_range` with `!userfaultfd_wp(dst_vma)`). Done as a
+/// pass over the child's new tables, off fork's copy loop; nothing ran
+/// on them, so nothing to flush.
+pub fn dup_userfaultfd_entries(child: MmTables<'_>, vma: &Vma, cvma: &Vma) -> Result<(), MmError> {
+    if !userfaultfd_wp(vma) || userfaultfd_wp(cvma) {
+        return Ok(());
+    }
+    uffd_wp_range(child, cvma.start, cvma.end, false).map_err(|e| match e {
+        UffdError::Mm(e) => e,
+        _ => unreachable!("wp off refuses nothing but the mm's errors"),
+    })
+}
+
 /// Linux `dup_userfaultfd` for the context: with `UFFD_FEATURE_EVENT_FORK`
 /// the child gets a context with the parent's features (its own event
 /// count, from 0). The fork event itself goes to the parent's monitor and
@@ -358,8 +374,8 @@ pub fn dup_userfaultfd(parent: &MmStruct, child: &MmStruct) {
 
 /// The child's copy of the parent's `vma` at fork: without
 /// `UFFD_FEATURE_EVENT_FORK` it loses `VM_UFFD_WP` (Linux `dup_userfaultfd`
-/// clears `__VM_UFFD_FLAGS`), and [`memory::copy_page_range`] then leaves
-/// out the uffd-wp bits and markers.
+/// clears `__VM_UFFD_FLAGS`), and [`dup_userfaultfd_entries`] then drops
+/// the uffd-wp bits and markers [`memory::copy_page_range`] copied.
 pub fn dup_userfaultfd_vma(parent: &MmStruct, vma: &Vma) -> Vma {
     if super::wp_kept_on_fork(&parent.uffd, vma) {
         *vma
