@@ -1415,7 +1415,6 @@ fn protect_run(
         // Linux `can_change_pte_writable`. A shared mapping has no COW:
         // writable means writable. A uffd-wp entry is never made writable.
         let mkwrite = writable
-            && d.0 & UFFD_WP_BIT == 0
             && (shared
                 || !d.special() && page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));
         changed |= protect_entry(run, i, d, el0, mkwrite);
