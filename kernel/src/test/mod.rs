@@ -51,6 +51,7 @@ mod pte_tests;
 mod sched_tests;
 mod syscall_tests;
 mod table_tests;
+mod uffd_tests;
 
 /// The test modules in run order (a module missing here runs last).
 const MODULE_ORDER: &[&str] = &[
