@@ -939,8 +939,8 @@ _OT, _OP, _OV = DT_OFFSETS["DebugTable"], DT_OFFSETS["DebugProc"], DT_OFFSETS["D
 
 # VmFlags (kernel/src/mm/mm_struct.rs), bit -> name.
 VM_FLAG_NAMES = {0: "READ", 1: "WRITE", 2: "EXEC", 3: "SHARED", 5: "MAYWRITE", 10: "PFNMAP",
-                 14: "IO", 20: "PFN_MKWRITE", 21: "FSDAX", 22: "NORESERVE", 28: "MIXEDMAP", 29: "HUGEPAGE",
-                 30: "NOHUGEPAGE"}
+                 12: "UFFD_WP", 14: "IO", 20: "PFN_MKWRITE", 21: "FSDAX", 22: "NORESERVE", 28: "MIXEDMAP",
+                 29: "HUGEPAGE", 30: "NOHUGEPAGE"}
 
 
 class DebugTableError(Exception):

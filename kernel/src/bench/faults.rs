@@ -12,6 +12,7 @@ use crate::arch::aarch64::granule::PAGE_SIZE;
 use crate::arch::aarch64::user::op;
 use crate::mm::addr::VirtAddr;
 use crate::mm::mmap::MmapArgs;
+use crate::mm::userfaultfd;
 use crate::println;
 use crate::proc::{self, RunEnd, syscall::nr};
 
@@ -101,6 +102,11 @@ pub fn run() -> usize {
         ("thp_read_fault_2M", "2MiB", "first read of a thp=2M region: the huge zero folio, one block entry"),
         ("swap_out", "page", "madvise pageout of 16 MiB of exclusive anon pages to swap (kernel call), per page"),
         ("swap_in_fault", "page", "first read after pageout: swap-in from the RAM swap device"),
+        (
+            "uffd_wp_fault",
+            "page",
+            "write to a uffd write-protected page: fault, event, resolve (unprotect), write fault (reuse)",
+        ),
     ]
     .into_iter()
     .map(|(name, unit, note)| Series { name, unit, note, values: Vec::new() })
@@ -178,6 +184,23 @@ pub fn run() -> usize {
             s[13].values.push(per(t, base));
             timed_syscall(PROC, nr::MUNMAP, [c, REGION, 0, 0, 0, 0]);
         }
+        // uffd-wp: populated, registered, write-protected; each write
+        // raises one event (two faults: the event's and the reuse).
+        let u = region(rep, "u");
+        touch(PROC, u, n, true);
+        let wp = proc::with_proc(PROC, |p| {
+            let (va, mt) = (VirtAddr::new(u), p.mt());
+            let r = userfaultfd::register(mt, va, REGION, false)
+                .and_then(|()| userfaultfd::writeprotect(mt, va, REGION, true));
+            Ok(r.is_ok())
+        });
+        check("uffd register and wp on", u64::from(wp != Ok(true)), 0);
+        let (t, f) = touch(PROC, u, n, true);
+        check("uffd_wp_fault", f, 2 * n);
+        let events = proc::with_proc(PROC, |p| Ok(userfaultfd::take_events(&p.mm))).unwrap_or(0);
+        check("uffd_wp_fault events", events, n);
+        s[14].values.push(per(t, wbase));
+        timed_syscall(PROC, nr::MUNMAP, [u, REGION, 0, 0, 0, 0]);
 
         // THP: one access per 2M block (block-sized folios exist with 4K pages only).
         if thp {

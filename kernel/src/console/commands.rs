@@ -73,6 +73,8 @@ contains TEXT). Available now:
   P fork C | P exit | P wait       (clone, exit_group and wait4 made from EL0)
   ps | P maps                      processes; P's VMAs (as gdb's pl-procs/pl-vmas)
   P pin N RANGE ro|rw [longterm] [fast] | P ref N RANGE | checkpin N BYTE | unpin N
+  P uffd RANGE register wp [fork-events] | P uffd RANGE wp on|off | P uffd RANGE unregister
+  P uffd-events expect N           userfaultfd write-protect and its events
   ptdump kernel|P                  translation tables, Linux arm64 ptdump style
   invariants                       assertion: refcounts, mapcounts, exclusive flags,
                                    frame accounting and table rules hold
@@ -82,8 +84,7 @@ contains TEXT). Available now:
   halt                             power off (QEMU exits)
 RANGE is REGION, REGION+OFF (the page that contains OFF) or REGION+OFF:LEN; write and
 check take its bytes, the other commands every page they touch. Ctrl-C stops a long
-command; up/down recall lines. Not yet: uffd (the marker and migration flags of query
-read the entries, and none exist yet).";
+command; up/down recall lines.";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork",

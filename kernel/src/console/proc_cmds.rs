@@ -212,7 +212,45 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             _ => Err("usage: P query RANGE expect FLAG...".into()),
         },
         "stats" => inspect::stats(p, a),
+        "uffd" => uffd(p, a),
+        "uffd-events" => match a {
+            ["expect", n] => {
+                let n = parse_number(n).ok_or_else(|| alloc::format!("`{}` is not a number", truncate(n, 20)))?;
+                let got = proc::with_proc(p, |pr| Ok(crate::mm::userfaultfd::take_events(&pr.mm)))?;
+                if got == n {
+                    Ok(Outcome::Assert(Ok(())))
+                } else {
+                    Ok(Outcome::Assert(Err(alloc::format!("{p} had {got} uffd event(s), expected {n}"))))
+                }
+            }
+            _ => Err("usage: P uffd-events expect N".into()),
+        },
         other => Err(alloc::format!("`{other}` is not available yet (processes and anonymous-memory issues)")),
+    }
+}
+
+/// `P uffd RANGE register wp [fork-events]`, `P uffd RANGE wp on|off`,
+/// `P uffd RANGE unregister` ([`crate::mm::userfaultfd`]).
+fn uffd(p: &str, a: &[&str]) -> CmdResult {
+    use crate::mm::userfaultfd as uffd;
+    let usage = || String::from("usage: P uffd RANGE register wp [fork-events] | wp on|off | unregister");
+    let [r, rest @ ..] = a else { return Err(usage()) };
+    let (va, len) = range(p, r)?.pages();
+    let r = proc::with_proc(p, |pr| {
+        let mt = pr.mt();
+        Ok(match rest {
+            ["register", "wp"] => Some(uffd::register(mt, va, len, false)),
+            ["register", "wp", "fork-events"] => Some(uffd::register(mt, va, len, true)),
+            ["wp", "on"] => Some(uffd::writeprotect(mt, va, len, true)),
+            ["wp", "off"] => Some(uffd::writeprotect(mt, va, len, false)),
+            ["unregister"] => Some(uffd::unregister(mt, va, len)),
+            _ => None,
+        })
+    })?;
+    match r {
+        None => Err(usage()),
+        Some(Ok(())) => Ok(Outcome::Done),
+        Some(Err(e)) => Err(alloc::format!("uffd: {e}")),
     }
 }
 

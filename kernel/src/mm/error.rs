@@ -108,6 +108,8 @@ pub enum ScanResult {
     PmdNull,
     /// A non-present entry (swap, marker): `SCAN_PTE_NON_PRESENT`.
     PteNonPresent,
+    /// A page write-protected by userfaultfd: `SCAN_PTE_UFFD_WP`.
+    PteUffdWp,
     /// A page that is not anonymous memory (special, file): `SCAN_PAGE_ANON`.
     PageAnon,
     /// A folio with a reference no mapping accounts for (GUP, a reference
@@ -206,6 +208,7 @@ impl fmt::Display for MmError {
                     ScanResult::VmaCheck => "the mapping allows no huge page there (nohugepage, no thp=, file or pfn=)",
                     ScanResult::PmdNull => "nothing is mapped there",
                     ScanResult::PteNonPresent => "a non-present entry",
+                    ScanResult::PteUffdWp => "a page write-protected by userfaultfd",
                     ScanResult::PageAnon => "a page that is not anonymous memory",
                     ScanResult::PageCount => "a page is held by a pin or reference",
                 };

@@ -154,6 +154,9 @@ fn scan_pte(d: Desc) -> Result<(), ScanResult> {
     if !d.is_valid() {
         return Err(ScanResult::PteNonPresent);
     }
+    if d.uffd_wp() {
+        return Err(ScanResult::PteUffdWp);
+    }
     let pa = d.output_address(PAGE_SIZE);
     if d.special() {
         // The zero page counts as none (Linux `is_zero_pfn`); other special

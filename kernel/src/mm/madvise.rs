@@ -8,7 +8,7 @@ use super::addr::VirtAddr;
 use super::error::MmError;
 use super::khugepaged;
 use super::memory::{self, MmTables};
-use super::mm_struct::{MmapLocked, VmFlags};
+use super::mm_struct::{MmapLocked, VmFlags, Vma};
 use super::mmap::check_user_range;
 
 /// The advice pagelab implements.
@@ -72,24 +72,22 @@ fn madvise_dontneed(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmEr
     let g = mt.mm.mmap_read_lock();
     let end = va + len;
     let mut a = va;
-    while let Some((s, e, pfn)) = g
-        .vmas()
-        .iter()
-        .find(|v| a < end && v.end > a && v.start < end)
-        .map(|v| (v.start.max(a), v.end.min(end), v.flags.contains(VmFlags::PFNMAP)))
+    while let Some((s, e, vma)) =
+        g.vmas().iter().find(|v| a < end && v.end > a && v.start < end).map(|v| (v.start.max(a), v.end.min(end), *v))
     {
-        if pfn {
+        if vma.flags.contains(VmFlags::PFNMAP) {
             return Err(MmError::PfnMap { addr: s });
         }
-        madvise_dontneed_single_vma(mt, s, e)?;
+        madvise_dontneed_single_vma(mt, &vma, s, e)?;
         a = e;
     }
     Ok(())
 }
 
-/// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA.
-fn madvise_dontneed_single_vma(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
-    memory::zap_page_range(mt, start, end - start)
+/// Linux `madvise_dontneed_single_vma`: zaps `[start, end)` of one VMA;
+/// a file-backed uffd-wp VMA keeps its uffd-wp state as markers.
+fn madvise_dontneed_single_vma(mt: MmTables<'_>, vma: &Vma, start: VirtAddr, end: VirtAddr) -> Result<(), MmError> {
+    memory::zap_page_range(mt, start, end - start, &memory::ZapDetails { zap_flags: 0, vma: Some(vma) })
 }
 
 fn madvise_hugepage(mt: MmTables<'_>, va: VirtAddr, len: u64, huge: bool) -> Result<(), MmError> {

@@ -22,7 +22,7 @@ use spin::Mutex;
 
 use super::addr::{PhysAddr, VirtAddr};
 pub use super::desc::CONT_BIT;
-use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
+use super::desc::{AF_BIT, AP_EL0, AP_RDONLY, Desc, Kind, LeafAttrs, NonPresent, OA_MASK, SW_DIRTY_BIT, UFFD_WP_BIT};
 use super::kernel_pgtable::FrameTableMem;
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::mmu_gather::MmuGather;
@@ -196,7 +196,12 @@ pub(crate) fn pmd_lookup<'l>(
 }
 
 /// The level-3 slot for `va` ([`slot_lookup`]).
-fn pte_lookup<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr, alloc: bool) -> Option<Pte<'l>> {
+pub(crate) fn pte_lookup<'l>(
+    ptl: &'l PtlGuard<'_>,
+    mem: &mut FrameTableMem,
+    va: VirtAddr,
+    alloc: bool,
+) -> Option<Pte<'l>> {
     slot_lookup(ptl, mem, va, 3, alloc)
 }
 
@@ -466,17 +471,15 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     // taken for none.
     let skip_recheck = S == sabotage::SKIP_NONE_RECHECK && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP);
     if desc.0 == 0 || skip_recheck {
-        if vma.file != 0 {
-            return do_fault(slot, vma, va, flags);
-        }
-        if vma.flags.contains(VmFlags::PFNMAP) {
-            return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
-        }
-        return do_anonymous_page(slot, vma, va, flags);
+        return do_pte_missing(slot, vma, va, flags);
     }
     if !desc.is_valid() {
-        // Swap entries (markers come later: Sigsegv there).
-        return super::swap_state::do_swap_page(slot, vma, flags, desc);
+        return match desc.kind(3, GRANULE) {
+            Kind::NonPresent(NonPresent::Marker(m)) => {
+                super::userfaultfd::handle_pte_marker(mt.mm, slot, vma, va, m, flags)
+            }
+            _ => super::swap_state::do_swap_page(slot, vma, flags, desc),
+        };
     }
     if flags.write || flags.unshare {
         if flags.write && desc.user_writable() {
@@ -488,6 +491,19 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     } else {
         VmFault::Sigsegv
     }
+}
+
+/// Linux `do_pte_missing`: a fault on a none entry (or on a marker that
+/// is gone) fills it from the file, or with anonymous memory.
+#[inline(always)]
+pub(crate) fn do_pte_missing(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+    if vma.file != 0 {
+        return do_fault(slot, vma, va, flags);
+    }
+    if vma.flags.contains(VmFlags::PFNMAP) {
+        return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
+    }
+    do_anonymous_page(slot, vma, va, flags)
 }
 
 /// The level-1 part of [`handle_mm_fault`] in a `thp=1G` VMA: a 1G block
@@ -701,7 +717,7 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: VirtAddr) -> Option<(page::Folio, 
 /// before any change that would leave the run's entries inconsistent.
 #[inline(never)]
 #[cold]
-fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
+pub(crate) fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
     if slot.get().0 & CONT_BIT == 0 {
         return Ok(());
     }
@@ -724,6 +740,10 @@ fn do_wp_page<const S: u8>(
     desc: Desc,
     flags: FaultFlags,
 ) -> VmFault {
+    // Linux `userfaultfd_pte_wp`: the write raises a uffd event first.
+    if flags.write && desc.0 & UFFD_WP_BIT != 0 {
+        return super::userfaultfd::do_wp_userfault(mm, slot, vma, va);
+    }
     // One entry of a contiguous run is about to change on its own.
     if desc.0 & CONT_BIT != 0 && !(flags.unshare && desc.user_writable()) && unfold_run(mm, slot, va).is_err() {
         return VmFault::Done; // refused (the BBM tests): the run is unchanged, retry
@@ -897,7 +917,11 @@ fn copy_pte_slow<'d>(
         return Ok(());
     }
     let child = if !desc.is_valid() {
-        super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?
+        match desc.kind(3, GRANULE) {
+            // Linux `copy_nonpresent_pte`: a PTE marker is copied as it is.
+            Kind::NonPresent(NonPresent::Marker(_)) => desc,
+            _ => super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?,
+        }
     } else if desc.special() {
         desc
     } else {
@@ -956,6 +980,8 @@ fn copy_pte_slow<'d>(
 /// copied for the child at once (Linux `copy_present_page`); special
 /// entries (zero page, PFN) are copied as they are. One TLB flush of the
 /// parent's range at the end (Linux flushes the whole mm in `dup_mmap`).
+/// uffd-wp bits and markers are copied as they are (the caller drops them
+/// when the child does not keep them: [`super::userfaultfd::dup_userfaultfd_vma`]).
 pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Result<(), MmError> {
     let sptl = src.mm.page_table_lock_guard();
     // The child has never run, so nothing else takes its lock; the child's
@@ -1089,10 +1115,26 @@ fn block_all_exclusive(d: Desc) -> bool {
         .is_some_and(|f| (0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()))
 }
 
+/// Linux `ZAP_FLAG_DROP_MARKER`: the zap drops uffd-wp state for good (the
+/// whole VMA goes away, or the pages leave the file under the page lock).
+pub const ZAP_FLAG_DROP_MARKER: u32 = 1 << 0;
+
+/// Linux `struct zap_details`, the part pagelab has: the flags, and the
+/// VMA a single-VMA zap works in (`zap_page_range_single`), which says
+/// whether write-protected entries leave uffd-wp markers behind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZapDetails<'a> {
+    pub zap_flags: u32,
+    pub vma: Option<&'a Vma>,
+}
+
 /// The zap side of munmap/madvise(DONTNEED)/exit: removes every entry in
 /// `[va, va+len)` with BBM and the TLB flush, frees the tables left empty
-/// and only then drops the pages' mappings and references.
-pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError> {
+/// and only then drops the pages' mappings and references. On a
+/// file-backed uffd-wp VMA without [`ZAP_FLAG_DROP_MARKER`] a
+/// write-protected entry becomes a uffd-wp marker and markers stay
+/// ([`super::userfaultfd::zap_keeps_wp`]).
+pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64, details: &ZapDetails<'_>) -> Result<(), MmError> {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     split_blocks_at_edges(&ptl, mt.mm, &mut mem, va, va + len)?;
@@ -1111,7 +1153,8 @@ pub fn zap_page_range(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), Mm
     // back (also whenever the fixed batch fills up on the way).
     let mut tlb = MmuGather::new(&ptl, mt.mm.asid());
     let root = root_entry(&ptl, &mem);
-    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb);
+    let keep_wp = super::userfaultfd::zap_keeps_wp(details);
+    clear_range(root, &mut mem, USER_START_LEVEL, ptl.pgd(), va, va + len, &mut tlb, keep_wp);
     tlb.finish(&mut mem);
     Ok(())
 }
@@ -1126,7 +1169,7 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
     let mut tlb = MmuGather::new_fullmm(ptl, mm.asid());
     let root = root_entry(ptl, mem);
     let top = VirtAddr::new(crate::arch::aarch64::regs::USER_TOP);
-    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), VirtAddr::new(0), top, &mut tlb);
+    clear_range(root, mem, USER_START_LEVEL, ptl.pgd(), VirtAddr::new(0), top, &mut tlb, false);
     tlb.finish(mem);
 }
 
@@ -1134,6 +1177,8 @@ pub fn exit_mmap(ptl: &PtlGuard<'_>, mm: &MmStruct, mem: &mut FrameTableMem) {
 /// valid ones mapped (special entries - the agent, the zero page - hold no
 /// references), and unlinks the child tables the range covers completely
 /// and clears the blocks it covers (the caller split those it cuts).
+/// `keep_wp`: uffd-wp state stays as markers, so tables stay linked.
+#[allow(clippy::too_many_arguments)]
 fn clear_range(
     root: Pte<'_>,
     mem: &mut FrameTableMem,
@@ -1142,13 +1187,14 @@ fn clear_range(
     start: VirtAddr,
     end: VirtAddr,
     tlb: &mut MmuGather<'_>,
+    keep_wp: bool,
 ) {
     let g = GRANULE;
     if level == 3 {
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem);
+        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem, keep_wp);
         return;
     }
     let size = g.level_size(level);
@@ -1170,8 +1216,8 @@ fn clear_range(
                 }
             }
             Kind::Table(next) => {
-                clear_range(root, mem, level + 1, next, va, chunk_end, tlb);
-                if va == entry_va && chunk_end == entry_va + size {
+                clear_range(root, mem, level + 1, next, va, chunk_end, tlb, keep_wp);
+                if va == entry_va && chunk_end == entry_va + size && !keep_wp {
                     // Unlinked before it joins the batch, which may free it at once.
                     e.get_and_clear();
                     tlb.remove_table(mem, next, entry_va, entry_va + size);
@@ -1188,12 +1234,15 @@ fn clear_range(
 /// is given once, from the first valid entry to the run's end, before that
 /// entry's page joins the batch, and again after a batch that fills up
 /// mid-run went (its flush emptied the range), so every flush covers the
-/// entries cleared before it.
+/// entries cleared before it. `keep_wp`: Linux `zap_install_uffd_wp_if_needed`.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
+fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem, keep_wp: bool) {
     let mut in_range = false;
     let end = va + run.len() as u64 * PAGE_SIZE;
     run.get_and_clear_each(|i, old| {
+        if keep_wp {
+            super::userfaultfd::zap_install_uffd_wp_if_needed(run.pte(i), old);
+        }
         if !old.is_valid() {
             // get_and_clear_each hands over only entries that were not zero.
             super::swap_state::zap_nonpresent_pte(old);
@@ -1372,7 +1421,7 @@ fn protect_run(
             d
         };
         // Linux `can_change_pte_writable`. A shared mapping has no COW:
-        // writable means writable.
+        // writable means writable. A uffd-wp entry is never made writable.
         let mkwrite = writable
             && (shared
                 || !d.special() && page::phys_to_page(d.output_address(PAGE_SIZE)).is_some_and(|p| p.anon_exclusive()));

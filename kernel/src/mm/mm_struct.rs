@@ -22,7 +22,8 @@ bitflags_lite! {
     /// and `FSDAX` stand in for `vma->vm_ops->pfn_mkwrite` being set and
     /// for `vma_is_fsdax()`, which `vm_mixed_zeropage_allowed` asks about.
     /// `NORESERVE` is Linux `VM_NORESERVE` (`MAP_NORESERVE`: no overcommit
-    /// check) at bit 22, as FSDAX has its bit 21.
+    /// check) at bit 22, as FSDAX has its bit 21. `UFFD_WP` is Linux
+    /// `VM_UFFD_WP` (registered for userfaultfd write-protect).
     pub struct VmFlags: u32 {
         const READ = 1 << 0;
         const WRITE = 1 << 1;
@@ -37,6 +38,7 @@ bitflags_lite! {
         const PFN_MKWRITE = 1 << 20;
         const FSDAX = 1 << 21;
         const NORESERVE = 1 << 22;
+        const UFFD_WP = 1 << 12;
     }
 }
 
@@ -292,6 +294,9 @@ pub struct MmStruct {
     /// The range [`MmStruct::mseal`] sealed: munmap and mprotect refuse to
     /// touch it (Linux `VM_SEALED`).
     sealed: spin::Once<(VirtAddr, VirtAddr)>,
+    /// The process's userfaultfd context (Linux `vma->vm_userfaultfd_ctx`;
+    /// pagelab has one per mm).
+    pub uffd: super::userfaultfd::UffdCtx,
 }
 
 /// First address `do_mmap` hands out.
@@ -308,6 +313,7 @@ impl MmStruct {
             forbid_zeropage: core::sync::atomic::AtomicBool::new(false),
             free_area: core::sync::atomic::AtomicU64::new(MMAP_BASE),
             sealed: spin::Once::new(),
+            uffd: super::userfaultfd::UffdCtx::new(),
         }
     }
     /// Seals `[start, end)` (Linux `mseal`): its VMAs can no longer be

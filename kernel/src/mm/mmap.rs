@@ -169,7 +169,14 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         // allocation to inject failures into, and a zap of special
         // entries only (no pages, no blocks) needs none that can fail.
         // Should it fail all the same, the VMA stays over its entries.
-        match super::fail_alloc::unarmed(|| memory::zap_page_range(mt, va, size)) {
+        match super::fail_alloc::unarmed(|| {
+            memory::zap_page_range(
+                mt,
+                va,
+                size,
+                &memory::ZapDetails { zap_flags: memory::ZAP_FLAG_DROP_MARKER, vma: None },
+            )
+        }) {
             Ok(()) => {
                 mm.mmap_write_lock().remove(va);
             }
@@ -199,7 +206,8 @@ pub fn do_munmap(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<(), MmError
     vmas.try_reserve(n)?;
     vmas.split_at(va);
     vmas.split_at(end);
-    memory::zap_page_range(mt, va, len)?;
+    // The VMAs go: their uffd-wp state with them.
+    memory::zap_page_range(mt, va, len, &memory::ZapDetails { zap_flags: memory::ZAP_FLAG_DROP_MARKER, vma: None })?;
     // One at a time: no list to allocate.
     loop {
         let Some(s) = vmas.inside(va, end).map(|v| v.start).next() else { break };

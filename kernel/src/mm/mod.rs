@@ -43,6 +43,7 @@ pub mod swapfile;
 pub mod tlb_plan;
 #[cfg(target_os = "none")]
 pub mod vmscan;
+pub mod userfaultfd;
 pub mod walk;
 
 #[cfg(target_os = "none")]

@@ -48,11 +48,17 @@ pub fn do_mprotect(mt: MmTables<'_>, va: VirtAddr, len: u64, readable: bool, wri
     }
     // VMA by VMA, without a list to allocate.
     let mut a = va;
-    while let Some((s, e, shared)) =
-        vmas.inside(a, end).map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED))).next()
+    while let Some((s, e, shared, uffd_wp)) = vmas
+        .inside(a, end)
+        .map(|v| (v.start, v.end, v.flags.contains(VmFlags::SHARED), super::userfaultfd::userfaultfd_wp(v)))
+        .next()
     {
+        // Linux `can_change_pte_writable` refuses uffd-wp entries; here no
+        // entry of a uffd-wp registered VMA is made writable ahead of a
+        // fault (the write fault does it, or raises the event), which keeps
+        // the check off the per-entry loop.
         // Cannot fail after `prepare_protection`.
-        memory::change_protection(mt, s, e - s, readable, writable, shared)?;
+        memory::change_protection(mt, s, e - s, readable, writable && !uffd_wp, shared)?;
         a = e;
     }
     // Runs made alike again fold back (only where run-sized folios can be;

@@ -89,6 +89,10 @@ pub enum Violation {
     PageCacheWritablePrivate { va: u64, pa: u64 },
     /// Table pages reachable from the root differ from those accounted.
     TablePages { reachable: usize, accounted: usize },
+    /// An entry with the uffd-wp bit that a write may go through.
+    UffdWpWritable { va: u64 },
+    /// A uffd-wp marker outside every VMA registered for uffd-wp.
+    MarkerOutsideUffdWp { va: u64 },
     // Folios against all the entries.
     /// A folio's entire_mapcount differs from the blocks that map it.
     EntireMapcount { folio: u64, mapcount: i32, blocks: i32 },
@@ -218,6 +222,8 @@ impl fmt::Display for Violation {
                 write!(f, "{flagged} folios are flagged as swap cache but {cached} slots cache one")
             }
             SwapInuse { counter, used } => write!(f, "swap: {counter} slots counted in use but the map has {used}"),
+            UffdWpWritable { va } => write!(f, "entry at {va:#x} has the uffd-wp bit but is writable"),
+            MarkerOutsideUffdWp { va } => write!(f, "uffd-wp marker at {va:#x} outside a uffd-wp registered VMA"),
             KernelWx { va } => write!(f, "kernel VA {va:#x} is both writable and executable"),
             KernelEl0 { va } => write!(f, "kernel VA {va:#x} is accessible from EL0"),
             KernelReserved { va, level } => write!(f, "reserved encoding at {va:#x} level {level}"),
@@ -405,6 +411,14 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                 }
                 _ => run = None,
             }
+        }
+        // uffd-wp state: never writable, and markers only where registered
+        // (unregister, fork without events and munmap clear them at once).
+        if let Some(v) = super::userfaultfd::check_entry(e.desc, va, |a| {
+            let i = vmas.partition_point(|&(_, ve, _)| ve <= a);
+            vmas.get(i).filter(|&&(vs, _, _)| vs <= a).map(|&(_, _, f)| f)
+        }) {
+            return fail(v);
         }
         // Every leaf lies in a VMA, and EL0 can write only where its
         // VMA allows writes (a failed mprotect must not leave more).

@@ -97,10 +97,9 @@ pub(crate) fn copy_nonpresent_pte(spte: Pte, va: VirtAddr, desc: Desc) -> Result
         // Non-present to non-present: nothing is cached, no flush.
         spte.set_new(shared).map_err(MmError::Table)?;
     }
-    // uffd-wp is copied as it is. MERGE(uffd): drop it here for a child
-    // without fork events (Linux `userfaultfd_wp` of the child's VMA).
-    let child_uffd_wp = uffd_wp;
-    Ok(NonPresent::Swap { entry, exclusive: false, uffd_wp: child_uffd_wp }.encode())
+    // uffd-wp is copied as it is: a child without fork events drops it with
+    // the rest of its uffd-wp state (`userfaultfd::dup_userfaultfd_entries`).
+    Ok(NonPresent::Swap { entry, exclusive: false, uffd_wp }.encode())
 }
 
 /// Gives back what a child's copy from [`copy_nonpresent_pte`] holds, when
@@ -352,7 +351,7 @@ pub fn madvise_pageout(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<Pageo
             continue;
         }
         if vma.flags.contains(VmFlags::SHARED) {
-            memory::zap_page_range(mt, s, e - s)?;
+            memory::zap_page_range(mt, s, e - s, &memory::ZapDetails { zap_flags: 0, vma: Some(&vma) })?;
             file_ranges.try_reserve(1).map_err(|_| MmError::NoMemory(Need::Heap))?;
             file_ranges.push((vma.file, vma.pgoff_of(s), (e - s) / PAGE_SIZE));
             continue;
@@ -361,7 +360,7 @@ pub fn madvise_pageout(mt: MmTables<'_>, va: VirtAddr, len: u64) -> Result<Pageo
         pageout_private(mt, s, e, &mut out, &mut file_pages)?;
         file_ranges.try_reserve(file_pages.len()).map_err(|_| MmError::NoMemory(Need::Heap))?;
         for p in file_pages {
-            memory::zap_page_range(mt, p, PAGE_SIZE)?;
+            memory::zap_page_range(mt, p, PAGE_SIZE, &memory::ZapDetails { zap_flags: 0, vma: Some(&vma) })?;
             file_ranges.push((vma.file, vma.pgoff_of(p), 1));
         }
     }

@@ -199,14 +199,19 @@ pub(crate) fn fork_p(parent: &Process, child_name: &str) -> Result<u32, ProcErro
             return Err(e.into());
         }
         vmas.extend(pv.iter().filter(|v| v.start != VirtAddr::new(AGENT_VA)));
+        crate::mm::userfaultfd::dup_userfaultfd(&parent.mm, &child.mm);
         for vma in &vmas {
-            cv.insert(*vma);
+            let cvma = crate::mm::userfaultfd::dup_userfaultfd_vma(&parent.mm, vma);
+            cv.insert(cvma);
             // Linux `vma_needs_copy`: a shared file mapping's entries are
-            // not copied; the child faults them in from the page cache.
-            if vma.file != 0 && vma.flags.contains(VmFlags::SHARED) {
+            // not copied (the child faults them in from the page cache)
+            // unless the child keeps uffd-wp markers.
+            if vma.file != 0 && vma.flags.contains(VmFlags::SHARED) && !crate::mm::userfaultfd::userfaultfd_wp(&cvma) {
                 continue;
             }
-            if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma) {
+            if let Err(e) = memory::copy_page_range(parent.mt(), child.mt(), vma)
+                .and_then(|()| crate::mm::userfaultfd::dup_userfaultfd_entries(child.mt(), vma, &cvma))
+            {
                 drop(cv);
                 drop(pv);
                 teardown(&child);

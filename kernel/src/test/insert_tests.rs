@@ -203,7 +203,14 @@ fn insert_pages_and_mixed() -> Result<(), String> {
             "EL0 read of the mixed zero page"
         );
         // Unmapping drops the mapping's reference; the driver's stays.
-        let g = proc::with_mm_write(P, |p, _| memory::zap_page_range(p.mt(), va, 4 * PAGE_SIZE))?;
+        let g = proc::with_mm_write(P, |p, _| {
+            memory::zap_page_range(
+                p.mt(),
+                va,
+                4 * PAGE_SIZE,
+                &memory::ZapDetails { zap_flags: memory::ZAP_FLAG_DROP_MARKER, vma: None },
+            )
+        })?;
         g?;
         ensure!(
             kp.refcount() == 1 && kp.head().mapcount() == 0,

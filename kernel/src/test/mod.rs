@@ -53,6 +53,7 @@ mod swap_tests;
 mod syscall_tests;
 mod table_tests;
 mod vmscan_tests;
+mod uffd_tests;
 
 /// The test modules in run order (a module missing here runs last).
 const MODULE_ORDER: &[&str] = &[

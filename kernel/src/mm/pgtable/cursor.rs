@@ -1599,6 +1599,20 @@ impl<'l, R: Regime> Pte<'l, R> {
         Ok(())
     }
 
+    /// Writes the non-present value `d` (a PTE marker, a swap entry) over
+    /// an entry that holds no valid translation (Linux `set_pte_at` of a
+    /// marker right after `ptep_get_and_clear` in zap). No TLB caches an
+    /// invalid entry, so a break not yet flushed does not hold it back.
+    #[inline(always)]
+    pub fn set_non_present(self, d: Desc) -> Result<(), MapError> {
+        let old = self.get();
+        if old.is_valid() || d.is_valid() {
+            return Err(MapError::NeedsBreakBeforeMake { va: None, level: None, old, new: d });
+        }
+        self.slot().store(d.0, Ordering::Release);
+        Ok(())
+    }
+
     /// Sets `set` and clears `clear` with a compare-and-swap loop (Linux
     /// `ptep_set_wrprotect`, `__ptep_set_access_flags`): an AF or dirty
     /// bit the MMU sets meanwhile is kept. Only `R`'s permission bits
