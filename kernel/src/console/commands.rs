@@ -66,6 +66,8 @@ contains TEXT). Available now:
        [align=SIZE] [thp=never|always|SIZE] [noreserve]
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|hugepage|nohugepage|collapse
+  P migrate RANGE                  move every page mapped there to new frames, for
+                                   every process that maps it (move_pages MOVE_ALL)
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
@@ -92,6 +94,7 @@ const PROCESS_COMMANDS: &[&str] = &[
     "munmap",
     "mprotect",
     "madvise",
+    "migrate",
     "write",
     "check",
     "touch",

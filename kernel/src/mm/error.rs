@@ -65,6 +65,10 @@ pub enum MmError {
     PfnMap { addr: VirtAddr },
     /// fork met a non-present entry it cannot copy yet.
     NotPresent { addr: VirtAddr },
+    /// `migrate` moved all but `stayed` pages: `pinned` of them are in
+    /// maybe-pinned folios (Linux refuses those), the rest had references
+    /// in flight, were being moved by someone else or found no memory.
+    PagesStayed { stayed: u64, pinned: u64 },
     /// `madvise collapse` (MADV_COLLAPSE) could not make one block of the
     /// level-2 range at `addr`.
     Collapse { addr: VirtAddr, why: ScanResult },
@@ -118,7 +122,9 @@ impl MmError {
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::FileMapped => EBUSY,
-            MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } => EAGAIN,
+            MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } | MmError::PagesStayed { .. } => {
+                EAGAIN
+            }
             MmError::NotAligned { .. }
             | MmError::Empty
             | MmError::OutOfRange { .. }
@@ -183,6 +189,9 @@ impl fmt::Display for MmError {
                 super::mm_struct::MAX_MAP_COUNT
             ),
             MmError::Again => f.write_str("the folio has references in flight; try again"),
+            MmError::PagesStayed { stayed, pinned } => {
+                write!(f, "{stayed} page(s) stayed where they were ({pinned} pinned)")
+            }
             MmError::PfnMap { addr } => {
                 write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
             }

@@ -436,7 +436,7 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, va)
-        && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
+        && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, va, flags)
     {
         return r;
     }
@@ -475,6 +475,11 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
         return do_anonymous_page(slot, vma, va, flags);
     }
     if !desc.is_valid() {
+        if super::migrate::is_migration_entry(desc) {
+            drop(mem);
+            drop(ptl);
+            return super::migrate::migration_entry_wait(mt, va, desc);
+        }
         return VmFault::Sigsegv; // swap and markers come later
     }
     if flags.write || flags.unshare {
@@ -506,7 +511,7 @@ fn handle_pud_fault(
     let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, va)
-        && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
+        && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, va, flags)
     {
         return Some(r);
     }
@@ -582,6 +587,7 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> V
     let cont = folio.size() >= cont_size();
     let first = slot_at(slot, va, base);
     let proto = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
+    super::rmap::folio_set_anon(folio, vma, base);
     for i in 0..nr {
         folio_add_new_anon_rmap_pte(folio.page(i));
         let mut d = Desc(proto.0 + i * PAGE_SIZE);
@@ -622,18 +628,23 @@ fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
-    let Some(pa) = file.get_page(pgoff) else { return VmFault::Oom };
+    let Some(cached) = file.get_folio(pgoff) else { return VmFault::Oom };
+    let pa = cached.pa();
     let shared = vma.flags.contains(VmFlags::SHARED);
     if flags.write && !shared {
-        let Some(new) = page::folio_alloc_anon_nozero(0) else { return VmFault::Oom };
-        copy_page(new.pa(), pa);
+        let new = page::folio_alloc_anon_nozero(0);
+        if let Some(new) = new {
+            copy_page(new.pa(), pa);
+        }
+        cached.put();
+        let Some(new) = new else { return VmFault::Oom };
         folio_add_new_anon_rmap_pte(new.head());
+        super::rmap::folio_set_anon(new, vma, va);
         set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
         return VmFault::Done;
     }
-    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
-    pg.folio().expect("page-cache page without a folio").get();
-    page::folio_add_file_rmap_pte(pg);
+    // The lookup's reference is the mapping's.
+    page::folio_add_file_rmap_pte(cached.head());
     let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
     if shared {
         d = maybe_mkwrite(d, vma);
@@ -696,7 +707,7 @@ fn alloc_anon_folio(slot: Pte, vma: &Vma, va: VirtAddr) -> Option<(page::Folio, 
 /// before any change that would leave the run's entries inconsistent.
 #[inline(never)]
 #[cold]
-fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
+pub(crate) fn unfold_run(mm: &MmStruct, slot: Pte, va: VirtAddr) -> Result<(), super::pgtable::MapError> {
     if slot.get().0 & CONT_BIT == 0 {
         return Ok(());
     }
@@ -849,6 +860,7 @@ fn wp_page_copy_from(
     };
     let Some(new) = new else { return VmFault::Oom };
     folio_add_new_anon_rmap_pte(new.head());
+    super::rmap::folio_set_anon(new, vma, va);
     let mut d = Desc::leaf(new.pa(), 3, vm_page_prot(vma));
     // Keep the access bits the entry had (EL0 access) and uffd-wp.
     d = Desc((d.0 & !(AP_EL0 | AP_RDONLY)) | (desc.0 & (AP_EL0 | AP_RDONLY)) | (desc.0 & UFFD_WP_BIT));
@@ -891,10 +903,9 @@ fn copy_pte_slow<'d>(
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
         return Ok(());
     }
-    if !desc.is_valid() {
-        return Err(MmError::NotPresent { addr: va });
-    }
-    let child = if desc.special() {
+    let child = if !desc.is_valid() {
+        super::migrate::copy_nonpresent_pte(srun.pte(i), desc).ok_or(MmError::NotPresent { addr: va })?
+    } else if desc.special() {
         desc
     } else {
         let pa = desc.output_address(PAGE_SIZE);
@@ -916,6 +927,7 @@ fn copy_pte_slow<'d>(
             let new = page::folio_alloc_anon_nozero(0).ok_or(MmError::NoMemory(Need::Frame))?;
             copy_page(new.pa(), pa);
             folio_add_new_anon_rmap_pte(new.head());
+            super::rmap::folio_set_anon_id(new, folio.mapping(), va);
             if desc.0 & CONT_BIT != 0 {
                 broken_runs.push(va.align_down(cont_size()));
             }
@@ -932,7 +944,7 @@ fn copy_pte_slow<'d>(
                 s
             }
             None => {
-                if !child.special() {
+                if child.is_valid() && !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
                 return Err(MmError::NoMemory(Need::Table));
@@ -940,7 +952,7 @@ fn copy_pte_slow<'d>(
         },
     };
     // Linux `pte_mkold` for the child: its first access sets the flag.
-    dslot.set_new_unused(child.mkold())?;
+    dslot.set_new_unused(if child.is_valid() { child.mkold() } else { child })?;
     Ok(())
 }
 

@@ -21,6 +21,8 @@ pub mod layout;
 pub mod madvise;
 #[cfg(target_os = "none")]
 pub mod memory;
+#[cfg(target_os = "none")]
+pub mod migrate;
 pub mod mm_struct;
 #[cfg(target_os = "none")]
 pub mod mmap;
@@ -34,6 +36,8 @@ pub mod page;
 pub mod page_table_check;
 pub mod pgtable;
 pub mod ptdump;
+#[cfg(target_os = "none")]
+pub mod rmap;
 #[cfg(target_os = "none")]
 pub mod shmem;
 pub mod tlb_plan;

@@ -101,21 +101,43 @@ impl Memfd {
         self.cache.lock().iter().map(|(&o, &p)| (o, p)).collect()
     }
     /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff`, a new
-    /// zeroed one if the cache has none. None past the end of the file or
-    /// without memory.
-    pub fn get_page(&self, pgoff: u64) -> Option<PhysAddr> {
+    /// zeroed one if the cache has none, with a reference the caller owns,
+    /// taken under the cache lock (so a migration that replaces the page
+    /// sees it, or the caller gets the new page). None past the end of the
+    /// file or without memory.
+    pub fn get_folio(&self, pgoff: u64) -> Option<page::Folio> {
         if pgoff >= self.size() / PAGE_SIZE {
             return None;
         }
         let mut c = self.cache.lock();
         if let Some(&pa) = c.get(&pgoff) {
-            return Some(pa);
+            let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
+            f.get();
+            return Some(f);
         }
         // The cache's insert cannot fail softly: room for it first.
         super::error::heap_headroom(0).ok()?;
         let f = page::folio_alloc_file()?;
+        f.set_mapping(self.id, pgoff);
         c.insert(pgoff, f.pa());
-        Some(f.pa())
+        f.get();
+        Some(f)
+    }
+    /// Linux `folio_migrate_mapping` for a page-cache page: `new` (copied,
+    /// locked, its one reference to become the cache's) replaces `old` at
+    /// `pgoff` if `old` holds exactly `expected` references, checked under
+    /// the cache lock so no lookup can take one meanwhile. `old` then loses
+    /// the cache's reference. False: it stays.
+    pub fn migrate_folio(&self, pgoff: u64, old: page::Folio, new: page::Folio, expected: u32) -> bool {
+        let mut c = self.cache.lock();
+        if c.get(&pgoff) != Some(&old.pa()) || old.refcount() != expected {
+            return false;
+        }
+        new.set_mapping(self.id, pgoff);
+        c.insert(pgoff, new.pa());
+        drop(c);
+        page::folio_remove_from_cache(old);
+        true
     }
     /// Drops every cached page (Linux `shmem_truncate_range` of the whole
     /// file, for pages nothing maps; the caller made sure of that).
