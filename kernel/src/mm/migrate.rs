@@ -59,6 +59,24 @@ pub static HELD: AtomicU64 = AtomicU64::new(0);
 pub static WAITS: AtomicU64 = AtomicU64::new(0);
 /// Pages moved since boot (for the benchmark).
 pub static MOVED: AtomicU64 = AtomicU64::new(0);
+/// The folios migrations hold a reference to (isolated), by head PA: the
+/// references `invariants` must count besides mappings, pins and GUP.
+static ISOLATED: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+
+/// References migrations hold on `f` (for `invariants`).
+pub fn isolated(f: Folio) -> u32 {
+    ISOLATED.lock().iter().filter(|&&pa| pa == f.pa().as_u64()).count() as u32
+}
+
+/// Gives back the isolation reference of `f`.
+fn putback(f: Folio) {
+    let mut l = ISOLATED.lock();
+    if let Some(i) = l.iter().position(|&pa| pa == f.pa().as_u64()) {
+        l.swap_remove(i);
+    }
+    drop(l);
+    f.put();
+}
 
 /// Why a folio stayed where it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +108,7 @@ pub fn migrate_range(mt: MmTables<'_>, start: VirtAddr, len: u64) -> Result<u64,
                 }
             }
         }
-        // The isolation reference.
-        f.put();
+        putback(f);
     }
     MOVED.fetch_add(moved, Ordering::Relaxed);
     if stayed > 0 { Err(MmError::PagesStayed { stayed, pinned }) } else { Ok(moved) }
@@ -109,8 +126,8 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
     let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let mut va = start;
     while va < end {
-        if super::error::heap_headroom(0).is_err() {
-            out.into_iter().for_each(Folio::put);
+        if super::error::heap_headroom(0).is_err() || ISOLATED.lock().try_reserve(1).is_err() {
+            out.into_iter().for_each(putback);
             return Err(MmError::NoMemory(Need::Heap));
         }
         let (step, pa) = match t.translate(va) {
@@ -131,6 +148,7 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
             && seen.insert(f.pa().as_u64())
         {
             f.get();
+            ISOLATED.lock().push(f.pa().as_u64());
             out.push(f);
         }
         va = va + step.max(PAGE_SIZE);

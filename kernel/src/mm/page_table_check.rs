@@ -468,7 +468,8 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
                 return;
             }
         }
-        let refs = super::gup::held(f, false);
+        // GUP references and the migrations' isolation references.
+        let refs = super::gup::held(f, false) + super::migrate::isolated(f);
         let pins = super::gup::held(f, true);
         if f.pincount() != pins {
             err = Some(Pincount { folio, pincount: f.pincount(), pins });

@@ -46,6 +46,7 @@ mod fail_alloc_tests;
 mod insert_tests;
 mod irq_tests;
 mod khugepaged_tests;
+mod migrate_tests;
 mod mm_tests;
 mod pte_tests;
 mod sched_tests;
