@@ -41,6 +41,8 @@ pub mod rmap;
 #[cfg(target_os = "none")]
 pub mod shmem;
 pub mod tlb_plan;
+#[cfg(target_os = "none")]
+pub mod truncate;
 pub mod walk;
 
 #[cfg(target_os = "none")]

@@ -342,6 +342,14 @@ pub fn folio_alloc_file_nozero() -> Option<Folio> {
     Some(f)
 }
 
+/// Zeroes `len` bytes of the page at `pa` from `off` (Linux
+/// `folio_zero_range`, for the partial pages of a truncate or hole punch).
+pub fn zero_range(pa: PhysAddr, off: u64, len: u64) {
+    assert!(off + len <= PAGE_SIZE, "zero_range beyond the page");
+    // SAFETY: a RAM page in the linear map; the bytes lie inside it.
+    unsafe { core::ptr::write_bytes((phys_to_virt(pa).as_u64() + off) as *mut u8, 0, len as usize) };
+}
+
 /// Linux `filemap_remove_folio` + the cache's `folio_put`: the folio leaves
 /// the page cache; mappings and pins keep it alive until they go.
 pub fn folio_remove_from_cache(f: Folio) {

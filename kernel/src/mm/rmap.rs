@@ -279,3 +279,13 @@ pub fn finds(mm: &MmStruct, vma: &Vma, va: VirtAddr, folio: Folio, i: u64) -> bo
     let listed = list.lock().get(&t.mapping).is_some_and(|m| m.contains_key(&mm_key(mm)));
     listed && page_va(&t, vma, i) == Some(va)
 }
+
+/// Calls `f` with every mm the file's mapping tree lists (Linux's walk of
+/// `mapping->i_mmap` in `unmap_mapping_range`), one at a time, no lock held.
+pub fn for_each_file_mm(file: u32, f: &mut dyn FnMut(MmTables<'_>)) {
+    let Some(resolve) = RESOLVER.get() else { return };
+    let mms: Vec<u64> = I_MMAP.lock().get(&file).map(|m| m.keys().copied().collect()).unwrap_or_default();
+    for key in mms {
+        resolve(key, f);
+    }
+}

@@ -88,6 +88,30 @@ impl Memfd {
     pub fn grow(&self, size: u64) {
         self.size.fetch_max(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::AcqRel);
     }
+    /// Sets the size (truncate): page-rounded, as `grow`. The caller drops
+    /// the pages past it ([`super::truncate`]).
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::Release);
+    }
+    /// The cached page at `pgoff`, if any.
+    pub fn lookup(&self, pgoff: u64) -> Option<PhysAddr> {
+        self.cache.lock().get(&pgoff).copied()
+    }
+    /// The cached page offsets in `[start, end)`.
+    pub fn cached_in(&self, start: u64, end: u64) -> alloc::vec::Vec<u64> {
+        self.cache.lock().range(start..end).map(|(&o, _)| o).collect()
+    }
+    /// Linux `filemap_remove_folio` for truncation: takes `pa` out of the
+    /// cache at `pgoff` if it is still there; the caller holds its folio
+    /// lock and drops the cache's reference ([`page::folio_remove_from_cache`]).
+    pub fn remove_cached(&self, pgoff: u64, pa: PhysAddr) -> bool {
+        let mut c = self.cache.lock();
+        if c.get(&pgoff) != Some(&pa) {
+            return false;
+        }
+        c.remove(&pgoff);
+        true
+    }
     /// Pages in the page cache.
     pub fn nr_cached(&self) -> usize {
         self.cache.lock().len()
@@ -148,6 +172,11 @@ impl Memfd {
             page::folio_remove_from_cache(f);
         }
     }
+}
+
+/// The named file `name`, if it exists (never creates it).
+pub fn find(name: &str) -> Option<Arc<Memfd>> {
+    FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned()
 }
 
 /// A VMA now maps file `id` (mmap, fork, VMA split).
