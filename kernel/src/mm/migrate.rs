@@ -35,7 +35,7 @@
 //! A 1G folio (`thp=1G`, one level-1 block) is not moved: it stays and is
 //! counted with the pages that stayed.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -61,18 +61,21 @@ pub static WAITS: AtomicU64 = AtomicU64::new(0);
 pub static MOVED: AtomicU64 = AtomicU64::new(0);
 /// The folios migrations hold a reference to (isolated), by head PA: the
 /// references `invariants` must count besides mappings, pins and GUP.
-static ISOLATED: spin::Mutex<Vec<u64>> = spin::Mutex::new(Vec::new());
+static ISOLATED: spin::Mutex<BTreeMap<u64, u32>> = spin::Mutex::new(BTreeMap::new());
 
 /// References migrations hold on `f` (for `invariants`).
 pub fn isolated(f: Folio) -> u32 {
-    ISOLATED.lock().iter().filter(|&&pa| pa == f.pa().as_u64()).count() as u32
+    ISOLATED.lock().get(&f.pa().as_u64()).copied().unwrap_or(0)
 }
 
 /// Gives back the isolation reference of `f`.
 fn putback(f: Folio) {
     let mut l = ISOLATED.lock();
-    if let Some(i) = l.iter().position(|&pa| pa == f.pa().as_u64()) {
-        l.swap_remove(i);
+    if let Some(n) = l.get_mut(&f.pa().as_u64()) {
+        *n -= 1;
+        if *n == 0 {
+            l.remove(&f.pa().as_u64());
+        }
     }
     drop(l);
     f.put();
@@ -126,7 +129,7 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
     let t = Tables::new(mt.mm.pgd, GRANULE, USER_START_LEVEL, &mut *mem);
     let mut va = start;
     while va < end {
-        if super::error::heap_headroom(0).is_err() || ISOLATED.lock().try_reserve(1).is_err() {
+        if super::error::heap_headroom(0).is_err() {
             out.into_iter().for_each(putback);
             return Err(MmError::NoMemory(Need::Heap));
         }
@@ -148,7 +151,7 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
             && seen.insert(f.pa().as_u64())
         {
             f.get();
-            ISOLATED.lock().push(f.pa().as_u64());
+            *ISOLATED.lock().entry(f.pa().as_u64()).or_insert(0) += 1;
             out.push(f);
         }
         va = va + step.max(PAGE_SIZE);
