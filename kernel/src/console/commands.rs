@@ -87,7 +87,8 @@ contains TEXT). Available now:
 RANGE is REGION, REGION+OFF (the page that contains OFF) or REGION+OFF:LEN; write and
 check take its bytes, the other commands every page they touch. Ctrl-C stops a long
 command; up/down recall lines. Not yet: uffd, madvise pageout (no swap device: the
-swap, marker and migration flags of query read the entries, and none exist yet).";
+swap and marker flags of query read the entries, and none exist yet; migration entries
+exist only while P migrate runs).";
 
 const PROCESS_COMMANDS: &[&str] = &[
     "fork",
