@@ -139,7 +139,7 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
                 ((va.align_down(size) + size) - va, (!desc.special()).then_some(pa))
             }
             Translation::Fault { level, .. } => {
-                let size = GRANULE.level_size(level.max(USER_START_LEVEL));
+                let size = GRANULE.level_size(level);
                 ((va.align_down(size) + size) - va, None)
             }
         };
@@ -154,7 +154,7 @@ fn isolate(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr) -> Result<Vec<Folio
             *ISOLATED.lock().entry(f.pa().as_u64()).or_insert(0) += 1;
             out.push(f);
         }
-        va = va + step.max(PAGE_SIZE);
+        va += step.max(PAGE_SIZE);
     }
     Ok(out)
 }

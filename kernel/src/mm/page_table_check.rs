@@ -415,10 +415,10 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
             }
             // A migration entry lives only while its migration holds the
             // old folio's lock.
-            Kind::NonPresent(NonPresent::Migration { pa, .. }) => {
-                if !page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_locked()) {
-                    fail(MigrationEntryLeft { va, pa: pa.as_u64() });
-                }
+            Kind::NonPresent(NonPresent::Migration { pa, .. })
+                if !page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_locked()) =>
+            {
+                fail(MigrationEntryLeft { va, pa: pa.as_u64() });
             }
             _ => {}
         }

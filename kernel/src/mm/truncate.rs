@@ -32,7 +32,7 @@ pub fn truncate(file: &Memfd, size: u64) -> Result<(), MmError> {
     let first = size.div_ceil(PAGE_SIZE);
     unmap_mapping_range(file, first, u64::MAX, true)?;
     drop_cached(file, first, u64::MAX)?;
-    if size % PAGE_SIZE != 0
+    if !size.is_multiple_of(PAGE_SIZE)
         && let Some(pa) = file.lookup(size / PAGE_SIZE)
     {
         page::zero_range(pa, size % PAGE_SIZE, PAGE_SIZE - size % PAGE_SIZE);
@@ -57,7 +57,7 @@ pub fn punch_hole(file: &Memfd, off: u64, len: u64) -> Result<(), MmError> {
     for pg in [off / PAGE_SIZE, end / PAGE_SIZE] {
         let (s, e) = ((pg * PAGE_SIZE).max(off), ((pg + 1) * PAGE_SIZE).min(end));
         if s < e
-            && (s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0)
+            && (!s.is_multiple_of(PAGE_SIZE) || !e.is_multiple_of(PAGE_SIZE))
             && let Some(pa) = file.lookup(pg)
         {
             page::zero_range(pa, s % PAGE_SIZE, e - s);
@@ -127,8 +127,7 @@ fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
 /// meanwhile goes too.
 fn drop_cached(file: &Memfd, first: u64, last: u64) -> Result<(), MmError> {
     for pgoff in file.cached_in(first, last) {
-        loop {
-            let Some(pa) = file.lookup(pgoff) else { break };
+        while let Some(pa) = file.lookup(pgoff) {
             let Some(f) = page::phys_to_page(pa).and_then(|p| p.folio()) else { break };
             if !f.trylock() {
                 // A migration holds it (Linux `folio_lock` sleeps here).
