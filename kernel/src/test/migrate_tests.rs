@@ -56,7 +56,7 @@ kernel_test!(migrate_moves_pages_with_their_state);
 /// Anon pages (small, a large folio, a THP block where the block is at
 /// most 32M) and a shared memfd page move to new frames: the data is
 /// intact, exclusive anon pages stay exclusive (a write after the move
-/// takes no fault), the page-cache page is the file's new page for every
+/// takes no fault), the uffd-wp bit stays where it was, the page-cache page is the file's new page for every
 /// mapper, and a pinned page stays with the error that says so.
 fn migrate_moves_pages_with_their_state() -> Result<(), String> {
     let (a, b) = ("mig_a", "mig_b");
@@ -65,6 +65,8 @@ fn migrate_moves_pages_with_their_state() -> Result<(), String> {
         // Small anon pages.
         let va = proc::mmap(a, "m", anon(4 * PAGE_SIZE))?;
         write(a, va, 4 * PAGE_SIZE, 0x31)?;
+        // uffd-wp set through the descriptor bit (no `uffd` command here).
+        set_uffd_wp(a, va + 3 * PAGE_SIZE)?;
         let before: Vec<PhysAddr> = (0..4).map(|i| pa_of(a, va + i * PAGE_SIZE)).collect::<Result<_, _>>()?;
         ensure!(proc::migrate(a, va, 4 * PAGE_SIZE)? == 4, "4 pages should have moved");
         for i in 0..4 {
@@ -73,6 +75,8 @@ fn migrate_moves_pages_with_their_state() -> Result<(), String> {
         }
         check(a, va, 4 * PAGE_SIZE, 0x31)?;
         console("mig_a query m expect present writable exclusive anon dirty !migration")?;
+        ensure!(entry_of(a, va + 3 * PAGE_SIZE)?.0.uffd_wp(), "the uffd-wp bit did not survive the move");
+        ensure!(!entry_of(a, va)?.0.uffd_wp(), "uffd-wp appeared on a page that did not have it");
         let faults = proc::fault_count(a);
         write(a, va, PAGE_SIZE, 0x32)?;
         ensure!(proc::fault_count(a) == faults, "a write after the move faulted (exclusive state lost)");
@@ -274,7 +278,7 @@ fn smp_migration_entries_wait_fork_and_zap() -> Result<(), String> {
         ensure!(pa_of(a, va)? != old, "page 0 did not move");
         console("migw_a query m+0 expect present writable exclusive dirty young !migration")?;
         // mprotect(R) left it read-only and exclusive: ReadExclusive came back as such.
-        console("migw_a query m+0x1000 expect present !writable exclusive")?;
+        console(&alloc::format!("migw_a query m+{PAGE_SIZE:#x} expect present !writable exclusive"))?;
         ensure!(entry_of(a, va + 2 * PAGE_SIZE)?.0.uffd_wp(), "the uffd-wp bit did not survive the move");
         check(a, va, 4 * PAGE_SIZE, 0x71)?;
 
