@@ -107,6 +107,7 @@ pub fn run() -> usize {
             "page",
             "write to a uffd write-protected page: fault, event, resolve (unprotect), write fault (reuse)",
         ),
+        ("migrate", "page", "P migrate of 16 MiB populated (exclusive anon pages), per page: rmap, copy, remap"),
     ]
     .into_iter()
     .map(|(name, unit, note)| Series { name, unit, note, values: Vec::new() })
@@ -225,6 +226,20 @@ pub fn run() -> usize {
             timed_syscall(PROC, nr::MUNMAP, [h, REGION, 0, 0, 0, 0]);
             timed_syscall(PROC, nr::MUNMAP, [z, REGION, 0, 0, 0, 0]);
         }
+
+        // migrate: every page of a populated region to a new frame; a write
+        // afterwards must take no fault (the pages came back exclusive and
+        // writable).
+        let m = region(rep, "m");
+        touch(PROC, m, n, true);
+        let t0 = instructions();
+        let moved = proc::migrate(PROC, VirtAddr::new(m), REGION);
+        let dt = instructions() - t0;
+        check("migrate moved every page", moved.map_or(0, |p| p), n);
+        s[12].values.push(per(dt, 0));
+        let (_, f) = touch(PROC, m, n, true);
+        check("write after migrate", f, 0);
+        timed_syscall(PROC, nr::MUNMAP, [m, REGION, 0, 0, 0, 0]);
     }
     proc::exit(PROC).expect("bench exit");
     if let Err(e) = crate::console::commands::invariants() {

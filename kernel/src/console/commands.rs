@@ -67,6 +67,11 @@ contains TEXT). Available now:
   P munmap RANGE | P mprotect RANGE prot=r|rw|none
   P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse
                                    (pageout: anon pages to swap, --swap SIZE / pagelab.swap=)
+  P migrate RANGE                  move every page mapped there to new frames, for
+                                   every process that maps it (move_pages MOVE_ALL)
+  memfd F truncate SIZE | memfd F punch OFF:LEN
+                                   shrink/grow file F or punch a hole: its pages go
+                                   from every mapping and the page cache
   P write RANGE BYTE | P check RANGE BYTE | P touch RANGE read|write
   P expect-fault read|write RANGE  (every access is a real EL0 load/store)
   P walk RANGE | P atcheck RANGE | P query RANGE expect FLAG... | P stats expect KEY=N...
@@ -94,6 +99,7 @@ const PROCESS_COMMANDS: &[&str] = &[
     "munmap",
     "mprotect",
     "madvise",
+    "migrate",
     "write",
     "check",
     "touch",
@@ -226,6 +232,25 @@ impl Session {
                 )),
                 _ => Err("usage: checkpin N BYTE".into()),
             },
+            "memfd" => match args {
+                [f, "truncate", size] => {
+                    let file = memfd_named(f)?;
+                    let size = crate::util::parse_number(size)
+                        .ok_or_else(|| alloc::format!("`{}` is not a size", truncate(size, 20)))?;
+                    crate::mm::truncate::truncate(&file, size).map(|_| Outcome::Done).map_err(|e| alloc::format!("{e}"))
+                }
+                [f, "punch", r] => {
+                    let file = memfd_named(f)?;
+                    let (off, len) = r
+                        .split_once(':')
+                        .and_then(|(o, l)| Some((crate::util::parse_number(o)?, crate::util::parse_number(l)?)))
+                        .ok_or_else(|| alloc::format!("`{}` is not OFF:LEN", truncate(r, 40)))?;
+                    crate::mm::truncate::punch_hole(&file, off, len)
+                        .map(|_| Outcome::Done)
+                        .map_err(|e| alloc::format!("{e}"))
+                }
+                _ => Err("usage: memfd F truncate SIZE | memfd F punch OFF:LEN".into()),
+            },
             "unpin" => match args {
                 [n] => Ok(crate::mm::gup::drop_handle(n).map(|_| Outcome::Done)?),
                 _ => Err("usage: unpin N".into()),
@@ -242,6 +267,11 @@ impl Session {
 }
 
 /// The contract's words for a process name that names none.
+/// The named memfd F (`memfd F ...` never creates one).
+fn memfd_named(f: &str) -> Result<alloc::sync::Arc<crate::mm::shmem::Memfd>, String> {
+    crate::mm::shmem::find(f).ok_or_else(|| alloc::format!("no such file `{}`", truncate(f, 40)))
+}
+
 pub(super) fn no_such_process(p: &str) -> String {
     alloc::format!("no such process `{}`", truncate(p, 40))
 }

@@ -154,6 +154,13 @@ pub fn run(p: &str, cmd: &str, a: &[&str]) -> CmdResult {
             }
             _ => Err("usage: P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse".into()),
         },
+        "migrate" => match a {
+            [r] => {
+                let (va, len) = range(p, r)?.pages();
+                proc::migrate(p, va, len).map(|_| Outcome::Done).map_err(Into::into)
+            }
+            _ => Err("usage: P migrate RANGE".into()),
+        },
         "write" | "check" => match a {
             [r, b] => {
                 let Range { va, len, .. } = range(p, r)?;

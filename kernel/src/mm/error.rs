@@ -71,6 +71,10 @@ pub enum MmError {
     /// `madvise pageout` of anonymous memory without a swap device
     /// (`pagelab.swap=0`); `stayed` pages stayed in memory.
     NoSwapDevice { stayed: u64 },
+    /// `migrate` moved all but `stayed` pages: `pinned` of them are in
+    /// maybe-pinned folios (Linux refuses those), the rest had references
+    /// in flight, were being moved by someone else or found no memory.
+    PagesStayed { stayed: u64, pinned: u64 },
     /// `madvise collapse` (MADV_COLLAPSE) could not make one block of the
     /// level-2 range at `addr`.
     Collapse { addr: VirtAddr, why: ScanResult },
@@ -130,7 +134,9 @@ impl MmError {
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::FileMapped => EBUSY,
-            MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } => EAGAIN,
+            MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } | MmError::PagesStayed { .. } => {
+                EAGAIN
+            }
             MmError::NotAligned { .. }
             | MmError::Empty
             | MmError::OutOfRange { .. }
@@ -195,6 +201,9 @@ impl fmt::Display for MmError {
                 super::mm_struct::MAX_MAP_COUNT
             ),
             MmError::Again => f.write_str("the folio has references in flight; try again"),
+            MmError::PagesStayed { stayed, pinned } => {
+                write!(f, "{stayed} page(s) stayed where they were ({pinned} pinned)")
+            }
             MmError::PfnMap { addr } => {
                 write!(f, "{addr:#x} is in a pfn= mapping (VM_PFNMAP): it cannot be zapped by madvise (Linux: EINVAL)")
             }

@@ -174,7 +174,8 @@ mod tests {
                 flags: VmFlags::PFNMAP | VmFlags::IO | VmFlags::READ,
                 folio_order: 0,
                 file: 0,
-                pgoff: 0
+                pgoff: 0,
+                anon_vma: 0,
             }));
             assert!(w.insert(Vma {
                 start: VirtAddr::new(0x40_0000),
@@ -182,7 +183,8 @@ mod tests {
                 flags: VmFlags::READ | VmFlags::WRITE,
                 folio_order: 0,
                 file: 0,
-                pgoff: 0
+                pgoff: 0,
+                anon_vma: 0,
             }));
         }
         let g = mm.mmap_read_lock();
@@ -237,6 +239,7 @@ mod tests {
             folio_order: 0,
             file: 0,
             pgoff: 0,
+            anon_vma: 0,
         });
         let g = mm.mmap_read_lock();
         let fw = folio_walk_start_with(&g, &mem, G, 0, VirtAddr::new(0x20_5123), FwFlags::default(), &is_zero).unwrap();

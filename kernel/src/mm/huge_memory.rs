@@ -61,12 +61,13 @@ pub fn pud_suitable(vma: &Vma, va: VirtAddr) -> bool {
 /// anything that changes part of it, first split it into 2M THPs
 /// ([`split_huge_pud`]), which follow the PMD rules. So it is never
 /// COW-shared and a write fault on it only ever reuses it.
-pub fn do_huge_pud_anonymous_page(pud: Pte, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
+pub fn do_huge_pud_anonymous_page(pud: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> Option<VmFault> {
     if !flags.write {
         return None;
     }
     let folio = page::folio_alloc_anon(pud_order()? as u32)?;
     page::folio_add_new_anon_rmap_pmd(folio);
+    super::rmap::folio_set_anon(folio, vma, va.align_down(folio.size()));
     memory::set_pte_new(
         pud,
         memory::maybe_mkwrite(Desc::leaf(folio.pa(), 1, memory::vm_page_prot(vma)), vma).mkdirty(),
@@ -167,7 +168,7 @@ fn block_desc(pa: PhysAddr, vma: &Vma) -> Desc {
 /// Linux `do_huge_pmd_anonymous_page` on an empty level-2 entry. A read
 /// maps the huge zero folio read-only (special); a write maps a new zeroed
 /// block-sized folio. `None`: no memory for it, fall back to page tables.
-pub fn do_huge_pmd_anonymous_page(pmd: Pte, vma: &Vma, flags: FaultFlags) -> Option<VmFault> {
+pub fn do_huge_pmd_anonymous_page(pmd: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> Option<VmFault> {
     if !flags.write {
         let z = huge_zero_folio()?;
         memory::set_pte_new(pmd, Desc::leaf(z, 2, LeafAttrs { special: true, ..memory::vm_page_prot(vma) }));
@@ -175,6 +176,7 @@ pub fn do_huge_pmd_anonymous_page(pmd: Pte, vma: &Vma, flags: FaultFlags) -> Opt
     }
     let folio = page::folio_alloc_anon(memory::max_folio_order() as u32)?;
     page::folio_add_new_anon_rmap_pmd(folio);
+    super::rmap::folio_set_anon(folio, vma, va.align_down(folio.size()));
     memory::set_pte_new(pmd, memory::maybe_mkwrite(block_desc(folio.pa(), vma), vma).mkdirty());
     Some(VmFault::Done)
 }

@@ -228,6 +228,7 @@ fn collapse_locked(
             }
         }
         page::folio_add_new_anon_rmap_pmd(folio);
+        super::rmap::folio_set_anon(folio, vma, addr.align_down(folio.size()));
         let block = memory::maybe_mkwrite(Desc::leaf(base, 2, memory::vm_page_prot(vma)), vma).mkdirty().mkyoung();
         // Make: refused if the break's flush did not happen.
         if let Err(e) = c.set(block) {

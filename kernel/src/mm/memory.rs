@@ -441,7 +441,7 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     let pd = pmd.get();
     if pd.0 == 0
         && super::huge_memory::pmd_suitable(vma, va)
-        && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, flags)
+        && let Some(r) = super::huge_memory::do_huge_pmd_anonymous_page(pmd, vma, va, flags)
     {
         return r;
     }
@@ -478,7 +478,12 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
             Kind::NonPresent(NonPresent::Marker(m)) => {
                 super::userfaultfd::handle_pte_marker(mt.mm, slot, vma, va, m, flags)
             }
-            _ => super::swap_state::do_swap_page(slot, vma, flags, desc),
+            Kind::NonPresent(NonPresent::Migration { .. }) => {
+                drop(mem);
+                drop(ptl);
+                super::migrate::migration_entry_wait(mt, va, desc)
+            }
+            _ => super::swap_state::do_swap_page(slot, vma, va, flags, desc),
         };
     }
     if flags.write || flags.unshare {
@@ -523,7 +528,7 @@ fn handle_pud_fault(
     let d = pud.get();
     if d.0 == 0
         && super::huge_memory::pud_suitable(vma, va)
-        && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, flags)
+        && let Some(r) = super::huge_memory::do_huge_pud_anonymous_page(pud, vma, va, flags)
     {
         return Some(r);
     }
@@ -599,6 +604,7 @@ fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> V
     let cont = folio.size() >= cont_size();
     let first = slot_at(slot, va, base);
     let proto = maybe_mkwrite(Desc::leaf(folio.pa(), 3, vm_page_prot(vma)), vma).mkdirty();
+    super::rmap::folio_set_anon(folio, vma, base);
     for i in 0..nr {
         folio_add_new_anon_rmap_pte(folio.page(i));
         let mut d = Desc(proto.0 + i * PAGE_SIZE);
@@ -639,22 +645,23 @@ fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
     if pgoff >= file.size() / PAGE_SIZE {
         return VmFault::Sigsegv; // Linux: SIGBUS past the end of the file
     }
-    // With a reference for us: the mapping's, or dropped after the copy.
-    let Some(pa) = file.get_page(pgoff) else { return VmFault::Oom };
-    let pg = page::phys_to_page(pa).expect("page-cache page outside RAM");
+    let Some(cached) = file.get_folio(pgoff) else { return VmFault::Oom };
+    let pa = cached.pa();
     let shared = vma.flags.contains(VmFlags::SHARED);
     if flags.write && !shared {
-        let copy = page::folio_alloc_anon_nozero(0);
-        if let Some(new) = copy {
+        let new = page::folio_alloc_anon_nozero(0);
+        if let Some(new) = new {
             copy_page(new.pa(), pa);
         }
-        pg.folio().expect("page-cache page without a folio").put();
-        let Some(new) = copy else { return VmFault::Oom };
+        cached.put();
+        let Some(new) = new else { return VmFault::Oom };
         folio_add_new_anon_rmap_pte(new.head());
+        super::rmap::folio_set_anon(new, vma, va);
         set_pte_new(slot, maybe_mkwrite(Desc::leaf(new.pa(), 3, vm_page_prot(vma)), vma).mkdirty());
         return VmFault::Done;
     }
-    page::folio_add_file_rmap_pte(pg);
+    // The lookup's reference is the mapping's.
+    page::folio_add_file_rmap_pte(cached.head());
     let mut d = Desc::leaf(pa, 3, vm_page_prot(vma));
     if shared {
         d = maybe_mkwrite(d, vma);
@@ -874,6 +881,7 @@ fn wp_page_copy_from(
     };
     let Some(new) = new else { return VmFault::Oom };
     folio_add_new_anon_rmap_pte(new.head());
+    super::rmap::folio_set_anon(new, vma, va);
     let mut d = Desc::leaf(new.pa(), 3, vm_page_prot(vma));
     // Keep the access bits the entry had (EL0 access) and uffd-wp.
     d = Desc((d.0 & !(AP_EL0 | AP_RDONLY)) | (desc.0 & (AP_EL0 | AP_RDONLY)) | (desc.0 & UFFD_WP_BIT));
@@ -920,6 +928,9 @@ fn copy_pte_slow<'d>(
         match desc.kind(3, GRANULE) {
             // Linux `copy_nonpresent_pte`: a PTE marker is copied as it is.
             Kind::NonPresent(NonPresent::Marker(_)) => desc,
+            Kind::NonPresent(NonPresent::Migration { .. }) => {
+                super::migrate::copy_nonpresent_pte(srun.pte(i), desc).ok_or(MmError::NotPresent { addr: va })?
+            }
             _ => super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?,
         }
     } else if desc.special() {
@@ -944,6 +955,7 @@ fn copy_pte_slow<'d>(
             let new = page::folio_alloc_anon_nozero(0).ok_or(MmError::NoMemory(Need::Frame))?;
             copy_page(new.pa(), pa);
             folio_add_new_anon_rmap_pte(new.head());
+            super::rmap::folio_set_anon_id(new, folio.mapping(), va);
             if desc.0 & CONT_BIT != 0 {
                 broken_runs.push(va.align_down(cont_size()));
             }
@@ -970,7 +982,7 @@ fn copy_pte_slow<'d>(
         },
     };
     // Linux `pte_mkold` for the child: its first access sets the flag.
-    dslot.set_new_unused(child.mkold())?;
+    dslot.set_new_unused(if child.is_valid() { child.mkold() } else { child })?;
     Ok(())
 }
 

@@ -120,6 +120,10 @@ pub struct Vma {
     pub file: u32,
     /// The file page mapped at `start` (Linux `vm_pgoff`).
     pub pgoff: u64,
+    /// Its anonymous folios' reverse-mapping anchor (Linux `vma->anon_vma`,
+    /// `mm::rmap` id; 0: none). fork's copy shares it, so every mm of the
+    /// fork tree that may map such a folio is listed under one id.
+    pub anon_vma: u32,
 }
 
 impl Vma {
@@ -160,20 +164,28 @@ impl Vma {
     }
 }
 
-/// A VMA that maps a file gained or lost one more VMA.
-fn file_vma_get(v: &Vma) {
+/// A VMA of the mm `owner` (its pgd) appeared: its file counts one more
+/// VMA, and the reverse map learns that `owner` may map the file's and the
+/// anon_vma's folios (Linux `vma_link`'s i_mmap insert, `anon_vma_chain`).
+fn vma_link(owner: u64, v: &Vma) {
     #[cfg(target_os = "none")]
-    if v.file != 0 {
-        crate::mm::shmem::vma_get(v.file);
+    {
+        crate::mm::rmap::vma_link(owner, v);
+        if v.file != 0 {
+            crate::mm::shmem::vma_get(v.file);
+        }
     }
-    let _ = v;
+    let _ = (owner, v);
 }
-fn file_vma_put(v: &Vma) {
+fn vma_unlink(owner: u64, v: &Vma) {
     #[cfg(target_os = "none")]
-    if v.file != 0 {
-        crate::mm::shmem::vma_put(v.file);
+    {
+        crate::mm::rmap::vma_unlink(owner, v);
+        if v.file != 0 {
+            crate::mm::shmem::vma_put(v.file);
+        }
     }
-    let _ = v;
+    let _ = (owner, v);
 }
 
 /// Called when the VMA list of an mm changed, with its write lock still
@@ -199,9 +211,13 @@ fn vmas_changed(mm: &MmStruct, vmas: &VmaList) {
     }
 }
 
-/// The VMAs of an mm, sorted and non-overlapping.
+/// The next anon_vma id ([`Vma::anon_vma`]).
+static NEXT_ANON_VMA: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+
+/// The VMAs of an mm, sorted and non-overlapping, and the mm they belong
+/// to (its pgd, the reverse map's name for it).
 #[derive(Default, Debug)]
-pub struct VmaList(Vec<Vma>);
+pub struct VmaList(Vec<Vma>, u64);
 
 /// Most VMAs an mm may have (Linux `vm.max_map_count`'s default): bounds
 /// the kernel memory a process's mappings take.
@@ -225,12 +241,17 @@ impl VmaList {
         super::error::try_reserve(&mut self.0, n)
     }
     /// Inserts `v`; refuses (returns false) if it overlaps an existing VMA.
-    pub fn insert(&mut self, v: Vma) -> bool {
+    pub fn insert(&mut self, mut v: Vma) -> bool {
         if v.start >= v.end || self.0.iter().any(|o| o.start < v.end && v.start < o.end) {
             return false;
         }
+        // Linux `anon_vma_prepare`, here at insert rather than at the first
+        // fault; fork's copies come with the parent's.
+        if v.anon_vma == 0 {
+            v.anon_vma = NEXT_ANON_VMA.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
         let pos = self.0.partition_point(|o| o.start < v.start);
-        file_vma_get(&v);
+        vma_link(self.1, &v);
         self.0.insert(pos, v);
         true
     }
@@ -240,7 +261,7 @@ impl VmaList {
         if let Some(i) = self.0.iter().position(|v| v.start < addr && addr < v.end) {
             let lo = self.0[i];
             let hi = Vma { start: addr, pgoff: lo.pgoff_of(addr), ..lo };
-            file_vma_get(&hi);
+            vma_link(self.1, &hi);
             self.0[i].end = addr;
             self.0.insert(i + 1, hi);
         }
@@ -262,7 +283,7 @@ impl VmaList {
     pub fn remove(&mut self, start: VirtAddr) -> Option<Vma> {
         let i = self.0.iter().position(|v| v.start == start)?;
         let v = self.0.remove(i);
-        file_vma_put(&v);
+        vma_unlink(self.1, &v);
         Some(v)
     }
     /// The VMA containing `addr` (Linux `vma_lookup`).
@@ -307,7 +328,7 @@ impl MmStruct {
         Self {
             pgd,
             asid_slot: core::sync::atomic::AtomicU64::new(asid as u64),
-            mmap_lock: RwLock::new(VmaList::default()),
+            mmap_lock: RwLock::new(VmaList(Vec::new(), pgd.as_u64())),
             page_table_lock: spin::Mutex::new(()),
             write_protect_seq: core::sync::atomic::AtomicU64::new(0),
             forbid_zeropage: core::sync::atomic::AtomicBool::new(false),
@@ -513,6 +534,7 @@ mod tests {
             folio_order: 0,
             file: 0,
             pgoff: 0,
+            anon_vma: 0,
         };
         assert!(l.insert(Vma { end: va(0x4000), ..v(0x1000) }));
         assert_eq!(l.splits_needed(va(0x1000), va(0x4000)), 0, "whole VMA: no split");
@@ -558,7 +580,8 @@ mod tests {
             flags: VmFlags::READ,
             folio_order: 0,
             file: 0,
-            pgoff: 0
+            pgoff: 0,
+            anon_vma: 0,
         }));
         assert!(w.insert(Vma {
             start: va(0x1000),
@@ -566,7 +589,8 @@ mod tests {
             flags: VmFlags::READ | VmFlags::WRITE,
             folio_order: 0,
             file: 0,
-            pgoff: 0
+            pgoff: 0,
+            anon_vma: 0,
         }));
         assert!(
             !w.insert(Vma {
@@ -575,7 +599,8 @@ mod tests {
                 flags: VmFlags::READ,
                 folio_order: 0,
                 file: 0,
-                pgoff: 0
+                pgoff: 0,
+                anon_vma: 0,
             }),
             "overlap"
         );
@@ -586,7 +611,8 @@ mod tests {
                 flags: VmFlags::READ,
                 folio_order: 0,
                 file: 0,
-                pgoff: 0
+                pgoff: 0,
+                anon_vma: 0,
             }),
             "empty"
         );
@@ -602,7 +628,15 @@ mod tests {
     fn split_vmas() {
         let mm = MmStruct::new(PhysAddr::new(0x1000), 1);
         let mut w = mm.mmap_write_lock();
-        w.insert(Vma { start: va(0x1000), end: va(0x9000), flags: VmFlags::READ, folio_order: 0, file: 0, pgoff: 0 });
+        w.insert(Vma {
+            start: va(0x1000),
+            end: va(0x9000),
+            flags: VmFlags::READ,
+            folio_order: 0,
+            file: 0,
+            pgoff: 0,
+            anon_vma: 0,
+        });
         w.split_at(va(0x3000));
         w.split_at(va(0x3000)); // already a boundary
         w.split_at(va(0x20000)); // a hole
@@ -634,6 +668,7 @@ mod tests {
             folio_order: 9,
             file: 0,
             pgoff: 0,
+            anon_vma: 0,
         };
         assert_eq!(
             v.maps_line(4096).to_string(),

@@ -149,6 +149,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
         folio_order: if a.pfn.is_some() || file != 0 { 0 } else { a.folio_order },
         file,
         pgoff,
+        anon_vma: 0,
     };
     let inserted = {
         let mut g = mm.mmap_write_lock();

@@ -21,6 +21,8 @@ pub mod layout;
 pub mod madvise;
 #[cfg(target_os = "none")]
 pub mod memory;
+#[cfg(target_os = "none")]
+pub mod migrate;
 pub mod mm_struct;
 #[cfg(target_os = "none")]
 pub mod mmap;
@@ -35,6 +37,8 @@ pub mod page_table_check;
 pub mod pgtable;
 pub mod ptdump;
 #[cfg(target_os = "none")]
+pub mod rmap;
+#[cfg(target_os = "none")]
 pub mod shmem;
 #[cfg(target_os = "none")]
 pub mod swap_state;
@@ -42,8 +46,10 @@ pub mod swap_state;
 pub mod swapfile;
 pub mod tlb_plan;
 #[cfg(target_os = "none")]
-pub mod vmscan;
+pub mod truncate;
 pub mod userfaultfd;
+#[cfg(target_os = "none")]
+pub mod vmscan;
 pub mod walk;
 
 #[cfg(target_os = "none")]

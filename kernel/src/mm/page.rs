@@ -18,7 +18,7 @@
 //! Every field is an atomic: the fast GUP path reads them without locks.
 
 use super::page_table_check::Violation;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::addr::PhysAddr;
 use super::frame::{self, Owner};
@@ -43,6 +43,14 @@ pub struct Page {
     /// gen in `folio->flags`): the aging sequence number at which the folio
     /// was last found referenced (or allocated).
     lru_gen: AtomicU32,
+    /// Head only: Linux `folio->mapping`, the reverse map's anchor: an
+    /// `mm::rmap` anon_vma id for anon folios, the shmem file id for
+    /// page-cache folios (0: none).
+    mapping: AtomicU32,
+    /// Head only: Linux `folio->index`: the page number of the folio's
+    /// first page (its VA for anon folios, the same in every mm of the fork
+    /// tree; its file page offset for page-cache folios).
+    index: AtomicU64,
 }
 
 pub mod pg {
@@ -58,6 +66,9 @@ pub mod pg {
     pub const FILE: u32 = 1 << 6;
     /// In the swap cache (Linux `PG_swapcache`), which holds one reference.
     pub const SWAPCACHE: u32 = 1 << 7;
+    /// Linux `PG_locked` (head): the folio is being migrated or dropped
+    /// from its file; whoever finds it so waits or backs off.
+    pub const LOCKED: u32 = 1 << 8;
     pub const ORDER_SHIFT: u32 = 24;
 }
 
@@ -274,6 +285,33 @@ impl Folio {
         assert!(old > 0, "unpin of an unpinned folio {:#x}", self.pa().as_u64());
         self.put();
     }
+    /// Linux `folio_trylock`.
+    pub fn trylock(&self) -> bool {
+        self.0.flags.fetch_or(pg::LOCKED, Ordering::AcqRel) & pg::LOCKED == 0
+    }
+    /// Linux `folio_unlock`.
+    pub fn unlock(&self) {
+        let old = self.0.flags.fetch_and(!pg::LOCKED, Ordering::AcqRel);
+        assert!(old & pg::LOCKED != 0, "unlock of an unlocked folio {:#x}", self.pa().as_u64());
+    }
+    /// Linux `folio_test_locked`.
+    pub fn is_locked(&self) -> bool {
+        self.0.flags() & pg::LOCKED != 0
+    }
+    /// Linux `folio->mapping` as an id ([`Page::mapping`]).
+    pub fn mapping(&self) -> u32 {
+        self.0.mapping.load(Ordering::Acquire)
+    }
+    /// Linux `folio->index` ([`Page::index`]).
+    pub fn index(&self) -> u64 {
+        self.0.index.load(Ordering::Acquire)
+    }
+    /// Sets `mapping` and `index` (Linux `__folio_set_anon`, or the page
+    /// cache's insert for a file folio).
+    pub fn set_mapping(&self, mapping: u32, index: u64) {
+        self.0.index.store(index, Ordering::Relaxed);
+        self.0.mapping.store(mapping, Ordering::Release);
+    }
 }
 
 /// Linux `folio_ref_add`.
@@ -311,6 +349,23 @@ pub fn folio_alloc_file() -> Option<Folio> {
     f.0.flags.fetch_and(!pg::ANON, Ordering::AcqRel);
     f.0.flags.fetch_or(pg::FILE, Ordering::AcqRel);
     Some(f)
+}
+
+/// Like [`folio_alloc_file`] but not zeroed: a migration target, whose
+/// every byte is copied from the old page.
+pub fn folio_alloc_file_nozero() -> Option<Folio> {
+    let f = folio_alloc_anon_nozero(0)?;
+    f.0.flags.fetch_and(!pg::ANON, Ordering::AcqRel);
+    f.0.flags.fetch_or(pg::FILE, Ordering::AcqRel);
+    Some(f)
+}
+
+/// Zeroes `len` bytes of the page at `pa` from `off` (Linux
+/// `folio_zero_range`, for the partial pages of a truncate or hole punch).
+pub fn zero_range(pa: PhysAddr, off: u64, len: u64) {
+    assert!(off + len <= PAGE_SIZE, "zero_range beyond the page");
+    // SAFETY: a RAM page in the linear map; the bytes lie inside it.
+    unsafe { core::ptr::write_bytes((phys_to_virt(pa).as_u64() + off) as *mut u8, 0, len as usize) };
 }
 
 /// Linux `filemap_remove_folio` + the cache's `folio_put`: the folio leaves
@@ -355,6 +410,8 @@ fn prep_folio(pa: PhysAddr, order: u32) -> Folio {
     head.refcount.store(1, Ordering::Relaxed);
     // New folios join the youngest generation (Linux `lru_gen_add_folio`).
     head.lru_gen.store(super::vmscan::max_seq(), Ordering::Relaxed);
+    head.mapping.store(0, Ordering::Relaxed);
+    head.index.store(0, Ordering::Relaxed);
     let h = if order > 0 { pg::HEAD } else { 0 };
     head.flags.store(pg::FOLIO | pg::ANON | h | (order << pg::ORDER_SHIFT), Ordering::Release);
     Folio(head)
@@ -483,6 +540,7 @@ pub fn split_entire_folio(
         return Err(MmError::Again);
     }
     let sub = 1u64 << new_order;
+    let (mapping, index) = (f.mapping(), f.index());
     for k in 0..(1u64 << (order - new_order)) {
         let hpa = pa + ((k * sub) << PAGE_SHIFT);
         let head = phys_to_page(hpa).expect("folio page outside RAM");
@@ -494,6 +552,8 @@ pub fn split_entire_folio(
         head.head_off.store(0, Ordering::Relaxed);
         head.mapcount.store(0, Ordering::Relaxed);
         head.entire_mapcount.store(1, Ordering::Relaxed);
+        head.mapping.store(mapping, Ordering::Relaxed);
+        head.index.store(index + k * sub, Ordering::Relaxed);
         head.flags.store(pg::FOLIO | pg::ANON | pg::HEAD | excl | (new_order << pg::ORDER_SHIFT), Ordering::Release);
         let nf = Folio(head);
         let (pins, refs) = held(nf);

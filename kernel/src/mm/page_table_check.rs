@@ -40,6 +40,12 @@ use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE, USER_START_LEVEL};
 /// `pa` a physical address; the other fields are the values that disagree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Violation {
+    // Reverse mapping and migration (`mm::rmap`, `mm::migrate`).
+    /// A migration entry whose folio no migration holds (left behind).
+    MigrationEntryLeft { va: u64, pa: u64 },
+    /// The reverse map (anon_vma or the file's mapping tree) does not lead
+    /// from the folio to this entry.
+    RmapMissing { va: u64, pa: u64 },
     // The frame allocator (`frame::check`).
     /// The frame allocator is not initialised.
     FramesUninitialised,
@@ -166,6 +172,12 @@ impl fmt::Display for Violation {
             }
             OutsideVmas { va, addr } => write!(f, "{va:#x}: a valid entry over {addr:#x}, which is in no VMA"),
             ZeroPageWritable { va } => write!(f, "{va:#x}: the zero page is mapped writable"),
+            MigrationEntryLeft { va, pa } => {
+                write!(f, "{va:#x}: migration entry for {pa:#x} left behind (no migration holds the folio)")
+            }
+            RmapMissing { va, pa } => {
+                write!(f, "{va:#x}: rmap_walk from the folio of {pa:#x} would not find this entry")
+            }
             SpecialBlock { va, size } => {
                 write!(f, "{va:#x}: a special {size:#x}-byte block that is not the huge zero folio")
             }
@@ -374,6 +386,11 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
     // Sorted and non-overlapping, as the VMA list.
     let vmas: Vec<(u64, u64, VmFlags)> =
         mt.mm.mmap_read_lock().vmas().iter().map(|v| (v.start.as_u64(), v.end.as_u64(), v.flags)).collect();
+    let full: Vec<super::mm_struct::Vma> = mt.mm.mmap_read_lock().vmas().iter().copied().collect();
+    let vma_at = |va: u64| {
+        let i = full.partition_point(|v| v.end.as_u64() <= va);
+        full.get(i).filter(|v| v.start.as_u64() <= va)
+    };
     let shared_at = |va: u64| {
         let i = vmas.partition_point(|&(_, e, _)| e <= va);
         vmas.get(i).is_some_and(|&(s, _, f)| s <= va && f.contains(VmFlags::SHARED))
@@ -455,6 +472,9 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                         if e.desc.may_write() && !(0..f.nr_pages()).all(|i| f.page(i).anon_exclusive()) {
                             return fail(WritableBlockShared { va });
                         }
+                        if !vma_at(va).is_some_and(|v| super::rmap::finds(mt.mm, v, e.va, f, 0)) {
+                            return fail(RmapMissing { va, pa: pa.as_u64() });
+                        }
                         *c.blocks.entry(pa.as_u64()).or_insert(0) += 1;
                     }
                     _ => fail(BlockNotFolio { va, pa: pa.as_u64() }),
@@ -477,10 +497,21 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                 if f.in_page_cache() && e.desc.may_write() && !shared_at(va) {
                     return fail(PageCacheWritablePrivate { va, pa: pa.as_u64() });
                 }
+                let i = (pa.as_u64() - f.pa().as_u64()) / PAGE_SIZE;
+                if !vma_at(va).is_some_and(|v| super::rmap::finds(mt.mm, v, e.va, f, i)) {
+                    return fail(RmapMissing { va, pa: pa.as_u64() });
+                }
                 *c.maps.entry(pa.as_u64()).or_insert(0) += 1;
             }
             Kind::NonPresent(NonPresent::Swap { entry, .. }) => {
                 *c.swaps.entry(entry.offset).or_insert(0) += 1;
+            }
+            // A migration entry lives only while its migration holds the
+            // old folio's lock.
+            Kind::NonPresent(NonPresent::Migration { pa, .. })
+                if !page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_locked()) =>
+            {
+                fail(MigrationEntryLeft { va, pa: pa.as_u64() });
             }
             _ => {}
         }
@@ -530,7 +561,8 @@ fn check_folios(mut c: Counts) -> Result<(), Violation> {
                 return;
             }
         }
-        let refs = super::gup::held(f, false);
+        // GUP references and the migrations' isolation references.
+        let refs = super::gup::held(f, false) + super::migrate::isolated(f);
         let pins = super::gup::held(f, true);
         if f.pincount() != pins {
             err = Some(Pincount { folio, pincount: f.pincount(), pins });

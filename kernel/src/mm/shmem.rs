@@ -106,6 +106,30 @@ impl Memfd {
     pub fn grow(&self, size: u64) {
         self.size.fetch_max(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::AcqRel);
     }
+    /// Sets the size (truncate): page-rounded, as `grow`. The caller drops
+    /// the pages past it ([`super::truncate`]).
+    pub fn set_size(&self, size: u64) {
+        self.size.store(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::Release);
+    }
+    /// The cached page at `pgoff`, if any.
+    pub fn lookup(&self, pgoff: u64) -> Option<PhysAddr> {
+        self.cache.lock().pages.get(&pgoff).copied()
+    }
+    /// The cached page offsets in `[start, end)`.
+    pub fn cached_in(&self, start: u64, end: u64) -> alloc::vec::Vec<u64> {
+        self.cache.lock().pages.range(start..end).map(|(&o, _)| o).collect()
+    }
+    /// Linux `filemap_remove_folio` for truncation: takes `pa` out of the
+    /// cache at `pgoff` if it is still there; the caller holds its folio
+    /// lock and drops the cache's reference ([`page::folio_remove_from_cache`]).
+    pub fn remove_cached(&self, pgoff: u64, pa: PhysAddr) -> bool {
+        let mut c = self.cache.lock();
+        if c.pages.get(&pgoff) != Some(&pa) {
+            return false;
+        }
+        c.pages.remove(&pgoff);
+        true
+    }
     /// Pages in the page cache.
     pub fn nr_cached(&self) -> usize {
         self.cache.lock().pages.len()
@@ -143,20 +167,20 @@ impl Memfd {
         page::folio_remove_from_cache(f);
         Ok(true)
     }
-    /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff` with a
-    /// reference for the caller (taken under the cache lock, so swap-out
-    /// cannot take the page meanwhile), a new zeroed one if the cache has
-    /// none, or the data read back from swap. None past the end of the
+    /// Linux `shmem_get_folio(SGP_CACHE)`: the page at `pgoff`, a new
+    /// zeroed one if the cache has none, with a reference the caller owns,
+    /// taken under the cache lock (so a migration that replaces the page
+    /// sees it, or the caller gets the new page). None past the end of the
     /// file or without memory.
-    pub fn get_page(&self, pgoff: u64) -> Option<PhysAddr> {
+    pub fn get_folio(&self, pgoff: u64) -> Option<page::Folio> {
         if pgoff >= self.size() / PAGE_SIZE {
             return None;
         }
         let mut c = self.cache.lock();
-        let get = |pa: PhysAddr| page::phys_to_page(pa).and_then(|p| p.folio()).map(|f| f.get());
         if let Some(&pa) = c.pages.get(&pgoff) {
-            get(pa)?;
-            return Some(pa);
+            let f = page::phys_to_page(pa).and_then(|p| p.folio()).expect("cached page without a folio");
+            f.get();
+            return Some(f);
         }
         // The cache's insert cannot fail softly: room for it first.
         super::error::heap_headroom(0).ok()?;
@@ -166,9 +190,48 @@ impl Memfd {
             swapfile::swap_readpage(entry, f.pa());
             let _ = swapfile::free_swap_and_cache(entry);
         }
+        f.set_mapping(self.id, pgoff);
         c.pages.insert(pgoff, f.pa());
         f.get();
-        Some(f.pa())
+        Some(f)
+    }
+    /// Linux `shmem_get_folio(SGP_READ)`: the page at `pgoff` with a
+    /// reference for the caller, read back from swap if it is there; None
+    /// for a hole (nothing is allocated for it).
+    pub fn get_folio_read(&self, pgoff: u64) -> Option<page::Folio> {
+        {
+            let c = self.cache.lock();
+            if !c.pages.contains_key(&pgoff) && !c.swapped.contains_key(&pgoff) {
+                return None;
+            }
+        }
+        self.get_folio(pgoff)
+    }
+    /// Linux `shmem_free_swap` over `[first, last)`: the swap copies of the
+    /// pages a truncate or hole punch takes go with them.
+    pub fn free_swapped_in(&self, first: u64, last: u64) {
+        let mut c = self.cache.lock();
+        while let Some((&o, _)) = c.swapped.range(first..last).next() {
+            if let Some(entry) = c.swapped.remove(&o) {
+                let _ = swapfile::free_swap_and_cache(entry);
+            }
+        }
+    }
+    /// Linux `folio_migrate_mapping` for a page-cache page: `new` (copied,
+    /// locked, its one reference to become the cache's) replaces `old` at
+    /// `pgoff` if `old` holds exactly `expected` references, checked under
+    /// the cache lock so no lookup can take one meanwhile. `old` then loses
+    /// the cache's reference. False: it stays.
+    pub fn migrate_folio(&self, pgoff: u64, old: page::Folio, new: page::Folio, expected: u32) -> bool {
+        let mut c = self.cache.lock();
+        if c.pages.get(&pgoff) != Some(&old.pa()) || old.refcount() != expected {
+            return false;
+        }
+        new.set_mapping(self.id, pgoff);
+        c.pages.insert(pgoff, new.pa());
+        drop(c);
+        page::folio_remove_from_cache(old);
+        true
     }
     /// Drops every cached page (Linux `shmem_truncate_range` of the whole
     /// file, for pages nothing maps; the caller made sure of that).
@@ -182,6 +245,11 @@ impl Memfd {
             page::folio_remove_from_cache(f);
         }
     }
+}
+
+/// The named file `name`, if it exists (never creates it).
+pub fn find(name: &str) -> Option<Arc<Memfd>> {
+    FILES.lock().values().find(|f| f.name.as_deref() == Some(name)).cloned()
 }
 
 /// A VMA now maps file `id` (mmap, fork, VMA split).

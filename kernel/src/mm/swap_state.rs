@@ -41,7 +41,7 @@ use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 /// entry of `va`), under the page-table lock.
 #[cold]
 #[inline(never)]
-pub(crate) fn do_swap_page(slot: Pte, vma: &Vma, flags: FaultFlags, desc: Desc) -> VmFault {
+pub(crate) fn do_swap_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags, desc: Desc) -> VmFault {
     let Kind::NonPresent(NonPresent::Swap { entry, exclusive, uffd_wp }) = desc.kind(3, GRANULE) else {
         return VmFault::Sigsegv;
     };
@@ -68,6 +68,10 @@ pub(crate) fn do_swap_page(slot: Pte, vma: &Vma, flags: FaultFlags, desc: Desc) 
     } else {
         page::folio_add_anon_rmap_pte(pg);
     }
+    // The reverse map's anchor: the same for every process of the fork tree
+    // (they share the anon_vma and the address), so a swap-cache folio a
+    // second process maps gets the same values.
+    super::rmap::folio_set_anon(folio, vma, va);
     if slot.set_new(d).is_err() {
         // The entry was broken and not flushed since (the BBM tests): the
         // swap entry stays, the access retries.

@@ -419,6 +419,7 @@ mod tests {
                 folio_order: 0,
                 file: 0,
                 pgoff: 0,
+                anon_vma: 0,
             });
             w.insert(Vma {
                 start: VirtAddr::new(0x60_0000),
@@ -427,6 +428,7 @@ mod tests {
                 folio_order: 0,
                 file: 0,
                 pgoff: 0,
+                anon_vma: 0,
             });
         }
         let g = mm.mmap_read_lock();

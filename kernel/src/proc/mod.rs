@@ -133,6 +133,8 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
     });
     // The debugger's mirror, before the first VMA (its snapshot needs the slot).
     debug_table::register(p.pid, ppid, name, &p.mm);
+    // The reverse map finds processes through us, from the first VMA on.
+    crate::mm::rmap::set_mm_resolver(resolve_mm);
     // The agent: kernel text pages, special (no struct-page semantics), EL0 RX.
     let (lo, hi) = user::agent_range();
     let agent = Vma {
@@ -142,6 +144,7 @@ fn new_process(name: &str, ppid: u32) -> Result<Box<Process>, ProcError> {
         folio_order: 0,
         file: 0,
         pgoff: 0,
+        anon_vma: 0,
     };
     p.mm.mmap_write_lock().insert(agent);
     // Neither munmap nor mprotect may touch the agent.
@@ -438,6 +441,23 @@ pub(crate) fn munmap_p(p: &Process, va: VirtAddr, len: u64) -> Result<(), MmErro
     mmap::do_munmap(p.mt(), va, len)?;
     p.regions.lock().retain(|_, r| !(r.va >= va && r.va + r.size <= va + len));
     Ok(())
+}
+
+/// The reverse map's way from an mm (its key, the pgd) to the process
+/// that owns it ([`crate::mm::rmap::MmResolver`]).
+fn resolve_mm(key: u64, f: &mut dyn FnMut(MmTables<'_>)) {
+    let ptr = PROCS.lock().values().find(|p| p.mm.pgd.as_u64() == key).map(|p| &**p as *const Process);
+    if let Some(ptr) = ptr {
+        // SAFETY: as in `with_proc`: processes are only removed by
+        // `exit_process`, never concurrently with a console command (a
+        // migration is one), and the box keeps the address stable.
+        f(unsafe { &*ptr }.mt());
+    }
+}
+
+/// `P migrate RANGE` ([`crate::mm::migrate::migrate_range`]): the pages moved.
+pub fn migrate(name: &str, va: VirtAddr, len: u64) -> Result<u64, ProcError> {
+    with_proc(name, |p| Ok(crate::mm::migrate::migrate_range(p.mt(), va, len)?))
 }
 
 /// `P madvise RANGE dontneed|pageout|hugepage|nohugepage|collapse` ([`madvise::do_madvise`]).
@@ -888,7 +908,8 @@ pub(crate) fn vma_for_test(name: &str, size: u64, flags: VmFlags) -> Result<Virt
     with_proc(name, |p| {
         let va = VirtAddr::new(p.mm.free_area.load(Ordering::Relaxed)).align_up(PAGE_SIZE);
         let end = va + align_up(size, PAGE_SIZE);
-        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0 }) {
+        if !p.mm.mmap_write_lock().insert(Vma { start: va, end, flags, folio_order: 0, file: 0, pgoff: 0, anon_vma: 0 })
+        {
             return Err(MmError::Overlap { addr: va }.into());
         }
         p.mm.free_area.store((end + PAGE_SIZE).as_u64(), Ordering::Relaxed);

@@ -46,14 +46,15 @@ mod fail_alloc_tests;
 mod insert_tests;
 mod irq_tests;
 mod khugepaged_tests;
+mod migrate_tests;
 mod mm_tests;
 mod pte_tests;
 mod sched_tests;
 mod swap_tests;
 mod syscall_tests;
 mod table_tests;
-mod vmscan_tests;
 mod uffd_tests;
+mod vmscan_tests;
 
 /// The test modules in run order (a module missing here runs last).
 const MODULE_ORDER: &[&str] = &[
