@@ -4,8 +4,9 @@
 //! Both go the way Linux does: the pages are first unmapped from every
 //! mapping of the file ([`unmap_mapping_range`], over the file's mapping
 //! tree), then each page leaves the page cache under its folio lock
-//! (waiting for a migration that holds it), and is unmapped once more in
-//! case a fault mapped it in between. A fault after that finds no page:
+//! (waiting for a migration that holds it), and is unmapped once more if
+//! a fault mapped it in between. Only that last unmap drops uffd-wp state
+//! (seed 004); the first pass leaves markers, as Linux's does. A fault after that finds no page:
 //! past the end of the file it is refused (Linux SIGBUS), in a hole it
 //! gets a new zeroed page. Partial pages at the edges are zeroed.
 //!
@@ -145,7 +146,14 @@ fn drop_cached(file: &Memfd, first: u64, last: u64) -> Result<(), MmError> {
                 f.unlock();
                 continue;
             }
-            let r = unmap_mapping_range(file, pgoff, pgoff + 1, false, memory::ZAP_FLAG_DROP_MARKER);
+            // Linux `truncate_cleanup_folio`: only a folio a fault mapped
+            // again since the first pass is unmapped here, dropping its
+            // uffd-wp state; markers that pass left stay (seed 004).
+            let r = if f.mapcount() > 0 {
+                unmap_mapping_range(file, pgoff, pgoff + 1, false, memory::ZAP_FLAG_DROP_MARKER)
+            } else {
+                Ok(())
+            };
             f.unlock();
             page::folio_remove_from_cache(f);
             r?;
