@@ -14,7 +14,7 @@
 //! `even_cows`); a punched hole leaves them, as Linux does.
 
 use super::addr::VirtAddr;
-use super::desc::Kind;
+use super::desc::{Kind, NonPresent};
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags, Vma};
@@ -120,12 +120,17 @@ fn unmap_mapping_mm(
     Ok(())
 }
 
-/// Whether `va` maps an anonymous page (a private COW copy).
+/// Whether `va` holds a private COW copy: an anonymous page, present or
+/// being migrated, or a swap entry (a private file mapping's file pages
+/// never go to swap through its entries). Linux's zap without `even_cows`
+/// skips all three.
 fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
+    let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| match s.get().kind(3, GRANULE) {
-        Kind::Leaf(pa) => page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon()),
+        Kind::Leaf(pa) | Kind::NonPresent(NonPresent::Migration { pa, .. }) => is_anon(pa),
+        Kind::NonPresent(NonPresent::Swap { .. }) => true,
         _ => false,
     })
 }
