@@ -23,7 +23,9 @@
 //!
 //! Refused, as Linux refuses them (the range stays as it was): a VMA that
 //! allows no block-sized folio (`nohugepage`, as the THP fault path's
-//! [`pmd_suitable`]), non-present entries, pages that are not anonymous
+//! [`pmd_suitable`]), non-present entries other than swap entries (those
+//! are swapped in first, as `MADV_COLLAPSE` does, unless they carry the
+//! uffd-wp bit), pages that are not anonymous
 //! memory, and folios with a reference no mapping accounts for: held by
 //! GUP, a reference or a pin (Linux `is_refcount_suitable`,
 //! `SCAN_PAGE_COUNT`: `-EAGAIN`).
@@ -31,11 +33,11 @@
 use alloc::vec::Vec;
 
 use super::addr::VirtAddr;
-use super::desc::{Desc, Kind};
+use super::desc::{Desc, Kind, NonPresent};
 use super::error::{MmError, Need, ScanResult, try_reserve};
 use super::huge_memory::{pmd_size, pmd_suitable};
 use super::kernel_pgtable::FrameTableMem;
-use super::memory::{self, MmTables};
+use super::memory::{self, MmTables, VmFault};
 use super::mm_struct::{MmStruct, PtlGuard, VmFlags, Vma};
 use super::page::{self, Folio};
 use super::pgtable::{CursorMut, Stage1User, Tables};
@@ -61,6 +63,7 @@ pub fn madvise_collapse(mt: MmTables<'_>, vma: &Vma, start: VirtAddr, end: VirtA
         if !thp_vma_allowable(vma, a) {
             return Err(MmError::Collapse { addr: a, why: ScanResult::VmaCheck });
         }
+        collapse_swapin(mt, vma, a)?;
         match collapse_huge_page(mt, vma, a) {
             Ok(()) => {}
             Err(e @ MmError::Collapse { .. }) => last_fail = Some(e),
@@ -69,6 +72,32 @@ pub fn madvise_collapse(mt: MmTables<'_>, vma: &Vma, start: VirtAddr, end: VirtA
         a += size;
     }
     last_fail.map_or(Ok(()), Err)
+}
+
+/// Linux `__collapse_huge_page_swapin` for `MADV_COLLAPSE`: the swap
+/// entries of the level-2 range at `addr` are read back through the fault
+/// path, so the scan finds their pages. One with the uffd-wp bit is left
+/// for the scan to refuse (Linux `SCAN_PTE_UFFD_WP`); out of memory stops
+/// the command.
+fn collapse_swapin(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr) -> Result<(), MmError> {
+    for i in 0..pmd_size() / PAGE_SIZE {
+        let va = addr + i * PAGE_SIZE;
+        let swapped = {
+            let ptl = mt.mm.page_table_lock_guard();
+            let mut mem = mt.mem.lock();
+            super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| {
+                matches!(s.get().kind(3, GRANULE), Kind::NonPresent(NonPresent::Swap { uffd_wp: false, .. }))
+            })
+        };
+        if swapped {
+            match memory::handle_mm_fault(mt, vma, va, memory::FaultFlags::default()) {
+                VmFault::Done => {}
+                VmFault::Oom => return Err(MmError::NoMemory(Need::Frame)),
+                VmFault::Sigsegv => return Err(MmError::Collapse { addr, why: ScanResult::PteNonPresent }),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `vma` may hold a block-sized anonymous folio at `va`: the

@@ -139,10 +139,13 @@ pub enum SwapOutError {
 /// Whether `folio` may be swapped out from the entries starting at
 /// `first` (the entry of `fva`): anonymous, mapped only by these
 /// consecutive entries, from its first page, with no other reference (no
-/// pin, no GUP reference, not in the swap cache).
+/// pin, no GUP reference, not in the swap cache), and not locked (Linux
+/// `shrink_folio_list` takes only a folio it can `folio_trylock`: a
+/// migration holds the lock while it moves the folio).
 pub(crate) fn swappable(first: Pte, fva: VirtAddr, folio: Folio) -> bool {
     let nr = folio.nr_pages();
     folio.is_anon()
+        && !folio.is_locked()
         && !folio.in_swap_cache()
         && fva.is_aligned(folio.size())
         && folio.entire_mapcount() == 0

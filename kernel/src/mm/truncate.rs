@@ -4,8 +4,9 @@
 //! Both go the way Linux does: the pages are first unmapped from every
 //! mapping of the file ([`unmap_mapping_range`], over the file's mapping
 //! tree), then each page leaves the page cache under its folio lock
-//! (waiting for a migration that holds it), and is unmapped once more in
-//! case a fault mapped it in between. A fault after that finds no page:
+//! (waiting for a migration that holds it), and is unmapped once more if
+//! a fault mapped it in between. Only that last unmap drops uffd-wp state
+//! (seed 004); the first pass leaves markers, as Linux's does. A fault after that finds no page:
 //! past the end of the file it is refused (Linux SIGBUS), in a hole it
 //! gets a new zeroed page. Partial pages at the edges are zeroed.
 //!
@@ -13,7 +14,7 @@
 //! `even_cows`); a punched hole leaves them, as Linux does.
 
 use super::addr::VirtAddr;
-use super::desc::Kind;
+use super::desc::{Kind, NonPresent};
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags, Vma};
@@ -119,12 +120,17 @@ fn unmap_mapping_mm(
     Ok(())
 }
 
-/// Whether `va` maps an anonymous page (a private COW copy).
+/// Whether `va` holds a private COW copy: an anonymous page, present or
+/// being migrated, or a swap entry (a private file mapping's file pages
+/// never go to swap through its entries). Linux's zap without `even_cows`
+/// skips all three.
 fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
+    let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| match s.get().kind(3, GRANULE) {
-        Kind::Leaf(pa) => page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon()),
+        Kind::Leaf(pa) | Kind::NonPresent(NonPresent::Migration { pa, .. }) => is_anon(pa),
+        Kind::NonPresent(NonPresent::Swap { .. }) => true,
         _ => false,
     })
 }
@@ -145,7 +151,14 @@ fn drop_cached(file: &Memfd, first: u64, last: u64) -> Result<(), MmError> {
                 f.unlock();
                 continue;
             }
-            let r = unmap_mapping_range(file, pgoff, pgoff + 1, false, memory::ZAP_FLAG_DROP_MARKER);
+            // Linux `truncate_cleanup_folio`: only a folio a fault mapped
+            // again since the first pass is unmapped here, dropping its
+            // uffd-wp state; markers that pass left stay (seed 004).
+            let r = if f.mapcount() > 0 {
+                unmap_mapping_range(file, pgoff, pgoff + 1, false, memory::ZAP_FLAG_DROP_MARKER)
+            } else {
+                Ok(())
+            };
             f.unlock();
             page::folio_remove_from_cache(f);
             r?;

@@ -171,3 +171,58 @@ fn swapped(p: &str, va: VirtAddr) -> Result<bool, String> {
         _ => false,
     })?)
 }
+
+kernel_test!(vmscan_skips_locked_folio);
+/// Eviction leaves a locked folio alone (Linux `shrink_folio_list` takes
+/// only a folio it can `folio_trylock`): a migration or truncation holds
+/// the lock while it changes the folio's mappings. Two cold pages, one of
+/// them locked: one eviction pass sends only the other to swap; unlocked,
+/// the next pass takes it too.
+///
+/// Checked without the lock test in `swap_state::swappable`: the locked
+/// page went to swap and the test failed.
+fn vmscan_skips_locked_folio() -> Result<(), String> {
+    if crate::mm::swapfile::total_bytes() == 0 {
+        return super::cannot_apply("no swap device (pagelab.swap=0)");
+    }
+    let p = "reclaim_locked";
+    proc::spawn(p)?;
+    let r = locked_in(p);
+    let _ = proc::exit(p);
+    r?;
+    crate::console::commands::invariants().map_err(|e| alloc::format!("invariants: {e}"))
+}
+
+fn locked_in(p: &str) -> Result<(), String> {
+    let m = proc::mmap(p, "m", super::anon(2 * PAGE_SIZE))?;
+    ensure!(matches!(proc::access(p, op::WRITE, m, 2 * PAGE_SIZE, 0x6c)?, RunEnd::Done), "write");
+    walk(p, Pass::Age)?;
+    walk(p, Pass::Age)?;
+    let pa = proc::with_tables(p, |_, t| match t.translate(m + PAGE_SIZE) {
+        Translation::Mapped { pa, .. } => Some(pa),
+        _ => None,
+    })?
+    .ok_or("page 1 is not mapped")?;
+    let f = crate::mm::page::phys_to_page(pa).and_then(|pg| pg.folio()).ok_or("no folio")?;
+    ensure!(f.trylock(), "page 1's folio is locked already");
+    let mut sc = ScanControl { nr_to_reclaim: 2, ..ScanControl::default() };
+    let evicted = proc::with_proc(p, |q| {
+        vmscan::walk_mm(q.mt(), Pass::Evict, &mut sc);
+        Ok(())
+    });
+    let locked_swapped = swapped(p, m + PAGE_SIZE);
+    if !matches!(locked_swapped, Ok(true)) {
+        f.unlock();
+    }
+    evicted?;
+    ensure!(!locked_swapped?, "eviction swapped out a locked folio");
+    ensure!(swapped(p, m)?, "the unlocked cold page stayed");
+    let mut sc = ScanControl { nr_to_reclaim: 1, ..ScanControl::default() };
+    proc::with_proc(p, |q| {
+        vmscan::walk_mm(q.mt(), Pass::Evict, &mut sc);
+        Ok(())
+    })?;
+    ensure!(swapped(p, m + PAGE_SIZE)?, "page 1 stayed after its folio was unlocked");
+    ensure!(matches!(proc::access(p, op::CHECK, m, 2 * PAGE_SIZE, 0x6c)?, RunEnd::Done), "data after swap-in");
+    Ok(())
+}

@@ -284,22 +284,34 @@ pub fn do_wp_userfault(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr) -> VmF
 /// event, which the monitor resolves by dropping the marker, and the retry
 /// fills the page writable; a read (or unshare) fills the page now, read-only
 /// with the uffd-wp bit (Linux `do_anonymous_page`/`finish_fault` with
-/// `pte_marker_uffd_wp`). Other markers (guard, poison) are not made here.
+/// `pte_marker_uffd_wp`). An access past the end of the file is refused
+/// with no event, and a read that brings nothing in (out of memory) leaves
+/// the marker for the retry: in Linux the marker goes only when the page
+/// entry replaces it. Other markers (guard, poison) are not made here.
 #[cold]
 #[inline(never)]
 pub fn handle_pte_marker(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, m: u64, flags: FaultFlags) -> VmFault {
     if m & marker::UFFD_WP == 0 {
         return VmFault::Sigsegv;
     }
-    slot.get_and_clear();
     if !userfaultfd_wp(vma) {
+        slot.get_and_clear();
         return VmFault::Done;
     }
+    if past_eof(vma, va) {
+        return VmFault::Sigsegv; // Linux: SIGBUS from the file's fault
+    }
+    let old = slot.get_and_clear();
     if flags.write {
         mm.uffd.count_event();
         return VmFault::Done;
     }
     let r = memory::do_pte_missing(slot, vma, va, flags);
+    if slot.get().0 == 0
+        && let Err(e) = slot.set_non_present(old)
+    {
+        memory::pte_bug(e);
+    }
     if slot.get().is_valid() {
         match slot.modify(|c| Desc(c.wrprotect().0 | UFFD_WP_BIT)) {
             // A shared mapping's page came in writable: drop that translation.
@@ -309,6 +321,12 @@ pub fn handle_pte_marker(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, m: u
         }
     }
     r
+}
+
+/// Whether `va` lies past the end of the file `vma` maps (memfd, shared
+/// anonymous memory), where the file's fault refuses the access.
+fn past_eof(vma: &Vma, va: VirtAddr) -> bool {
+    vma.file != 0 && crate::mm::shmem::get(vma.file).is_some_and(|f| vma.pgoff_of(va) >= f.size() / PAGE_SIZE)
 }
 
 /// Whether a zap with `details` leaves uffd-wp markers where write-protected
