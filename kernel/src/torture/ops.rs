@@ -797,11 +797,26 @@ impl Generator {
     /// A userfaultfd write-protect op over region `r` of `p`: mostly valid
     /// (register with the context's features, `wp` over registered pages),
     /// sometimes refused.
-    fn uffd(&mut self, m: &Model, p: u8, r: u8, pages: &[PageInfo]) -> Op {
+    fn uffd(&mut self, m: &Model, p: u8, r0: u8, pages: &[PageInfo]) -> Op {
+        // Mostly in a region that has registered pages, if one does.
+        let with_reg: Vec<u8> =
+            m.regions(p).into_iter().filter(|&q| m.region_pages(p, q).iter().any(|i| i.reg)).collect();
+        let (r, owned);
+        let pages = match self.rng.pick(&with_reg) {
+            Some(q) if self.rng.chance(80) => {
+                r = q;
+                owned = m.region_pages(p, q);
+                &owned[..]
+            }
+            _ => {
+                r = r0;
+                pages
+            }
+        };
         let len = pages.len() as u16;
         let regd: Vec<u16> = (0..len).filter(|&i| pages[i as usize].reg).collect();
         let roll = self.rng.below(10);
-        if roll < 3 || regd.is_empty() {
+        if roll < 2 || regd.is_empty() {
             let at = if self.rng.chance(25) { Span { first: 0, n: len } } else { self.mapped_span(pages) };
             let fork_events = match m.uffd_registered(p) {
                 Some(f) => f != self.rng.chance(10),
