@@ -552,8 +552,11 @@ impl Model {
     /// page mapped there may be in the swap cache (another entry for it is
     /// in swap), which the kernel does not migrate.
     pub fn migrate_uncertain(&self, p: u8, r: u8, at: Span) -> bool {
-        let mapped: Vec<ObjId> =
-            self.span_pages(p, r, at).filter(|pm| pm.pte != Pte::Absent).filter_map(|pm| pm.slot).collect();
+        let mapped: Vec<ObjId> = self
+            .span_pages(p, r, at)
+            .filter(|pm| !matches!(pm.pte, Pte::Absent | Pte::Swap))
+            .filter_map(|pm| pm.slot)
+            .collect();
         if mapped.is_empty() {
             return false;
         }
@@ -1176,6 +1179,124 @@ mod tests {
                 (Op::Mprotect { p: 0, r: 0, at: ALL, prot: Prot::Rw }, Expect::Refused),
                 (Op::Munmap { p: 0, r: 0, at: ALL }, Expect::Ok),
                 (Op::Munmap { p: 0, r: 0, at: ALL }, Expect::Refused),
+            ],
+        );
+    }
+
+    fn q(present: Option<bool>, swap: Option<bool>, marker: Option<bool>, uffd_wp: Option<bool>) -> QueryFlags {
+        QueryFlags { present, writable: None, swap, marker, uffd_wp }
+    }
+
+    #[test]
+    fn pageout_and_migrate_keep_contents() {
+        let mut m = Model::new();
+        let p1 = Span { first: 1, n: 1 };
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: ALL, byte: 5 }, Expect::Ok),
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                // Page 0 is the parent's alone again; pages 1..3 are shared.
+                (Op::Write { p: 0, r: 0, at: S1, byte: 6 }, Expect::Ok),
+                (Op::Pageout { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(false), Some(true), Some(false), None) }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: p1, q: q(Some(true), Some(false), None, None) }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), None, None, None) }, Expect::Fail),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 6 }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), Some(false), None, None) }, Expect::Pass),
+                (Op::Check { p: 1, r: 0, at: ALL, byte: 5 }, Expect::Pass),
+                // A pinned page stays (and the command fails); the rest moves.
+                (Op::Pin { p: 0, h: 0, r: 0, at: S1, write: false, longterm: false, fast: false }, Expect::Ok),
+                (Op::Migrate { p: 0, r: 0, at: ALL }, Expect::Refused),
+                (Op::Migrate { p: 0, r: 0, at: Span { first: 1, n: 3 } }, Expect::Ok),
+                (Op::CheckPin { h: 0, byte: 6 }, Expect::Pass),
+                (Op::Unpin { h: 0 }, Expect::Ok),
+                (Op::Migrate { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 6 }, Expect::Pass),
+            ],
+        );
+        // A page another process still has in swap may be in the swap
+        // cache: the generator leaves migrate alone there.
+        let mut m = Model::new();
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: ALL, byte: 5 }, Expect::Ok),
+                (Op::Pageout { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                (Op::Query { p: 1, r: 0, at: ALL, q: q(Some(false), Some(true), None, None) }, Expect::Pass),
+                (Op::Check { p: 1, r: 0, at: S1, byte: 5 }, Expect::Pass),
+            ],
+        );
+        assert!(m.migrate_uncertain(1, 0, S1));
+        assert!(!m.migrate_uncertain(1, 0, Span { first: 1, n: 1 }), "nothing is mapped there");
+    }
+
+    #[test]
+    fn uffd_wp_markers_events_and_fork() {
+        let mut m = Model::new();
+        let f = MapSpec { backing: Backing::Memfd(0), shared: true, ..A };
+        let reg = |p, r, fork_events| Op::UffdRegister { p, r, at: ALL, fork_events };
+        let wp = |p, r, on| Op::UffdWp { p, r, at: ALL, on };
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 1, m: f }, Expect::Ok),
+                (wp(0, 0, true), Expect::Refused),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (reg(0, 0, false), Expect::Ok),
+                (reg(0, 1, true), Expect::Refused),
+                (reg(0, 1, false), Expect::Ok),
+                (Op::Write { p: 0, r: 1, at: S1, byte: 3 }, Expect::Ok),
+                (wp(0, 0, true), Expect::Ok),
+                (wp(0, 1, true), Expect::Ok),
+                // Unpopulated pages get markers.
+                (Op::Query { p: 0, r: 0, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                (Op::Query { p: 0, r: 1, at: S1, q: q(Some(true), None, Some(false), Some(true)) }, Expect::Pass),
+                // A read raises no event; a write raises one per protected page.
+                (Op::Check { p: 0, r: 0, at: ALL, byte: 0 }, Expect::Pass),
+                (Op::Write { p: 0, r: 0, at: Span { first: 0, n: 2 }, byte: 4 }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: S1, byte: 4 }, Expect::Ok),
+                (Op::UffdEvents { p: 0, n: 1 }, Expect::Fail),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), None, None, Some(false)) }, Expect::Pass),
+                // Zap drops the protection of private anonymous memory,
+                // keeps it (a marker) in file-backed memory.
+                (Op::Dontneed { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Dontneed { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 0, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
+                (Op::Query { p: 0, r: 1, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                // So does pageout; and the data is the file's.
+                (Op::Pageout { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 1, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                (Op::Check { p: 0, r: 1, at: S1, byte: 3 }, Expect::Pass),
+                // Without fork events the child has none of it.
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                (Op::Query { p: 1, r: 1, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
+                (wp(1, 1, true), Expect::Refused),
+                (Op::Write { p: 1, r: 1, at: ALL, byte: 7 }, Expect::Ok),
+                (Op::UffdEvents { p: 1, n: 0 }, Expect::Pass),
+                (Op::Write { p: 0, r: 1, at: ALL, byte: 8 }, Expect::Ok),
+                (Op::UffdEvents { p: 0, n: 4 }, Expect::Pass),
+                // With them it keeps the registration and the protection.
+                (Op::UffdUnregister { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::UffdUnregister { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (reg(0, 0, true), Expect::Ok),
+                (wp(0, 0, true), Expect::Ok),
+                (Op::Fork { p: 0, c: 2 }, Expect::Ok),
+                (Op::Query { p: 2, r: 0, at: ALL, q: q(None, None, None, Some(true)) }, Expect::Pass),
+                (Op::Write { p: 2, r: 0, at: S1, byte: 9 }, Expect::Ok),
+                (Op::UffdEvents { p: 2, n: 1 }, Expect::Pass),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 0 }, Expect::Pass),
+                (Op::UffdUnregister { p: 2, r: 0, at: ALL }, Expect::Ok),
+                (Op::Query { p: 2, r: 0, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
             ],
         );
     }

@@ -880,6 +880,26 @@ mod tests {
     }
 
     #[test]
+    fn new_op_lines_read_back() {
+        for l in [
+            "p1 madvise r2+0x1000:0x2000 pageout",
+            "p1 migrate r2+0x0:0x1000",
+            "p1 uffd r0+0x0:0x4000 register wp",
+            "p1 uffd r0+0x0:0x4000 register wp fork-events",
+            "p1 uffd r0+0x1000:0x1000 wp on",
+            "p1 uffd r0+0x1000:0x1000 wp off",
+            "p1 uffd r0+0x0:0x4000 unregister",
+            "p3 uffd-events expect 12",
+            "p0 query r1+0x0:0x1000 expect !present !writable swap !marker uffd-wp",
+        ] {
+            let op = Op::parse(l, &M).unwrap_or_else(|| panic!("{l}"));
+            assert_eq!(op.render(&M), l);
+        }
+        assert_eq!(Op::parse("p1 uffd r0+0x0:0x1000 wp", &M), None);
+        assert_eq!(Op::parse("p0 query r1+0x0:0x1000 expect migration", &M), None);
+    }
+
+    #[test]
     fn same_seed_same_ops() {
         let run = |seed| {
             let mut g = Generator::new(seed, M);
