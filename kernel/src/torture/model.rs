@@ -1010,10 +1010,12 @@ impl Model {
                 }
             }
         }
-        if let Op::Write { p, .. } | Op::Touch { p, .. } | Op::Pin { p, .. } = *op
-            && self.has_uffd(p)
+        // Events come only from registered pages: elsewhere the full check's
+        // count is enough.
+        if let Op::Write { p, r, at, .. } | Op::Touch { p, r, at, .. } | Op::Pin { p, r, at, .. } = *op
+            && (self.uffd_events(p) > 0 || self.region_exists(p, r) && self.span_pages(p, r, at).any(|pm| pm.reg))
         {
-            out.push(Op::UffdEvents { p, n: self.procs[p as usize].as_ref().unwrap().events });
+            out.push(Op::UffdEvents { p, n: self.uffd_events(p) });
         }
     }
 
