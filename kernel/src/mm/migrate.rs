@@ -97,24 +97,28 @@ pub enum Stay {
 
 /// `P migrate RANGE`: moves every folio mapped in `[start, start+len)` of
 /// `mt` (and wherever else it is mapped). Returns the pages moved, or
-/// [`MmError::PagesStayed`] if some stayed.
+/// [`MmError::PagesStayed`] if some stayed, or out of memory if one stayed
+/// for lack of memory (Linux `move_pages`: -ENOMEM, which a caller retries).
 pub fn migrate_range(mt: MmTables<'_>, start: VirtAddr, len: u64) -> Result<u64, MmError> {
     let folios = isolate(mt, start, start + len)?;
-    let (mut moved, mut stayed, mut pinned) = (0, 0, 0);
+    let (mut moved, mut stayed, mut pinned, mut oom) = (0, 0, 0, false);
     for f in folios {
         match migrate_folio(f) {
             Ok(()) => moved += f.nr_pages(),
             Err(why) => {
                 stayed += f.nr_pages();
-                if why == Stay::Pinned {
-                    pinned += f.nr_pages();
-                }
+                pinned += if why == Stay::Pinned { f.nr_pages() } else { 0 };
+                oom |= why == Stay::NoMemory;
             }
         }
         putback(f);
     }
     MOVED.fetch_add(moved, Ordering::Relaxed);
-    if stayed > 0 { Err(MmError::PagesStayed { stayed, pinned }) } else { Ok(moved) }
+    match (stayed, oom) {
+        (0, _) => Ok(moved),
+        (_, true) => Err(MmError::NoMemory(Need::Frame)),
+        _ => Err(MmError::PagesStayed { stayed, pinned }),
+    }
 }
 
 /// Linux `add_page_for_migration`: the distinct folios mapped in the
@@ -178,9 +182,9 @@ fn migrate_locked(old: Folio) -> Result<(), Stay> {
     }
     let Some(t) = RmapTarget::of(old) else { return Err(Stay::Busy) };
     let file = !t.anon;
-    if !try_to_migrate(old, t) {
+    if let Err(why) = try_to_migrate(old, t) {
         remove_migration_ptes(t, old);
-        return Err(Stay::Busy);
+        return Err(why);
     }
     // Ours, and the page cache's (Linux `folio_expected_refs`).
     let expected = 1 + file as u32;
@@ -225,11 +229,12 @@ fn migrate_locked(old: Folio) -> Result<(), Stay> {
 }
 
 /// Linux `try_to_migrate`: every entry mapping `folio` becomes a migration
-/// entry; each mapping's mapcount and reference go. False if one could not
-/// be replaced (a block split without memory): the caller puts back what
-/// was done.
-fn try_to_migrate(folio: Folio, t: RmapTarget) -> bool {
+/// entry; each mapping's mapcount and reference go. An error if one could
+/// not be replaced (`NoMemory`: a block split without memory): the caller
+/// puts back what was done.
+fn try_to_migrate(folio: Folio, t: RmapTarget) -> Result<(), Stay> {
     let mut ok = true;
+    let mut split_failed = false;
     rmap::rmap_walk(t, Want::Mapped, &mut |h: &mut Hit<'_, '_>| {
         if !ok {
             return;
@@ -238,6 +243,7 @@ fn try_to_migrate(folio: Folio, t: RmapTarget) -> bool {
             // A THP moves whole, PTE-mapped: split the block first.
             if super::huge_memory::split_huge_pmd(h.mm, h.mem, h.slot, h.va).is_err() {
                 ok = false;
+                split_failed = true;
                 return;
             }
             for i in 0..folio.nr_pages() {
@@ -251,7 +257,11 @@ fn try_to_migrate(folio: Folio, t: RmapTarget) -> bool {
             ok &= unmap_one(h.mm, h.slot, h.va, folio, h.page);
         }
     });
-    ok
+    match (ok, split_failed) {
+        (true, _) => Ok(()),
+        (false, true) => Err(Stay::NoMemory),
+        (false, false) => Err(Stay::Busy),
+    }
 }
 
 /// One page entry to a migration entry (Linux `try_to_migrate_one`).

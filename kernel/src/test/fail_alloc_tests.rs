@@ -340,3 +340,43 @@ fn disarm_exit_and_count(name: &str, free0: u64, r: Result<(), String>) -> Resul
     ensure!(free == free0, "free frames {free0} -> {free} after exit");
     Ok(())
 }
+
+kernel_test!(fail_alloc_migrate_reports_out_of_memory);
+/// `migrate` of four pages with the k-th allocation failing for k = 0, 1,
+/// ...: a page that stays for lack of memory ends the command with out of
+/// memory (Linux `move_pages`: -ENOMEM), not with the "stayed" error of a
+/// pinned page, the data and `invariants` hold, and the call that gets
+/// through moves every page. (It used to report `1 page(s) stayed where
+/// they were (0 pinned)`, which the torture test's retry of an injected
+/// failure could not tell from a refusal.)
+fn fail_alloc_migrate_reports_out_of_memory() -> Result<(), String> {
+    let name = "fa_migrate";
+    let free0 = frame::stats().free;
+    proc::spawn(name)?;
+    let r = (|| -> Result<(), String> {
+        let va = proc::mmap(name, "m", super::anon(4 * PAGE_SIZE))?;
+        ensure!(matches!(proc::access(name, op::WRITE, va, 4 * PAGE_SIZE, 0x6d)?, RunEnd::Done), "the write");
+        let mut k = 0u64;
+        loop {
+            fail_alloc::fail_after(k);
+            let got = armed(|| proc::migrate(name, va, 4 * PAGE_SIZE));
+            fail_alloc::configure(0, 0);
+            crate::console::commands::invariants().map_err(|e| alloc::format!("allocation {k} failing: {e}"))?;
+            let end = proc::access(name, op::CHECK, va, 4 * PAGE_SIZE, 0x6d)?;
+            ensure!(matches!(end, RunEnd::Done), "allocation {k} failing: the data after it: {end:?}");
+            match got {
+                Ok(n) => {
+                    ensure!(n == 4, "allocation {k} failing: {n} pages moved, not 4");
+                    break;
+                }
+                Err(e) if e.is_oom() => {}
+                Err(e) => return Err(alloc::format!("allocation {k} failing: {e} (not out of memory)")),
+            }
+            k += 1;
+            ensure!(k < 1000, "migrate never got through");
+        }
+        ensure!(k >= 1, "migrate got through with allocation 0 failing: no new folio was allocated");
+        Ok(())
+    })();
+    disarm_exit_and_count(name, free0, r)
+}

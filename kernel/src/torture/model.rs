@@ -15,7 +15,17 @@
 //!   page and file pages of private mappings); references (FOLL_GET) do not;
 //! - MADV_DONTNEED drops private copies (anon reads zero again, file maps
 //!   read the file) and keeps shared pages;
-//! - munmap and exit leave pinned or referenced pages alive for `checkpin`.
+//! - munmap and exit leave pinned or referenced pages alive for `checkpin`;
+//! - `madvise pageout` and `migrate` never change what a page reads: pageout
+//!   sends a private page to swap when only this mapping holds it (one
+//!   mapping, no pin, no reference) and unmaps page-cache pages; migrate
+//!   leaves a mapped page that a pin or a GUP reference holds where it was
+//!   and then fails;
+//! - userfaultfd write-protect (`UFFD_FEATURE_WP_UNPOPULATED`): `wp on`
+//!   protects every page of a registered range, mapped or not; a write to a
+//!   protected page counts one event and unprotects that page; zap keeps the
+//!   protection in file-backed memory and drops it in private anonymous
+//!   memory; fork keeps it only with `fork-events`.
 //!
 //! It also knows, where that is certain, whether an entry is present and
 //! writable (see [`Pte`]). Pure: host-tested.
@@ -23,7 +33,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::ops::{Backing, MapSpec, Op, Prot, Span, Thp};
+use super::ops::{Backing, MapSpec, Op, Prot, QueryFlags, Span, Thp};
 
 pub const MAX_PROCS: usize = 6;
 pub const MAX_REGIONS: usize = 6;
@@ -51,6 +61,8 @@ pub enum Pte {
     Absent,
     /// Present; writable if known.
     Present(Option<bool>),
+    /// A swap entry.
+    Swap,
     /// A large folio or the huge zero page may or may not cover it.
     Unknown,
 }
@@ -92,6 +104,12 @@ struct PageM {
     /// The private (COW) page mapped here, if one exists.
     slot: Option<ObjId>,
     pte: Pte,
+    /// In a range registered for uffd write-protect.
+    reg: bool,
+    /// Write-protected: the entry has the uffd-wp bit or is a marker.
+    wp: bool,
+    /// `slot` may be in swap (a pageout since the last access here).
+    mswap: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +120,10 @@ struct Region {
 #[derive(Clone, Debug, Default)]
 struct Proc {
     regions: [Option<Region>; MAX_REGIONS],
+    /// The userfaultfd context, if open: whether it has fork events.
+    uffd: Option<bool>,
+    /// uffd-wp events since the last `uffd-events expect`.
+    events: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +140,8 @@ pub struct PageInfo {
     pub thp: bool,
     pub prot: Prot,
     pub pte: Pte,
+    /// Registered for uffd write-protect.
+    pub reg: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -236,8 +260,12 @@ impl Model {
         reg.pages
             .iter()
             .map(|pm| match pm {
-                Some(pm) => PageInfo { mapped: true, pfn: pm.pfn, thp: pm.thp, prot: pm.prot, pte: pm.pte },
-                None => PageInfo { mapped: false, pfn: false, thp: false, prot: Prot::None, pte: Pte::Absent },
+                Some(pm) => {
+                    PageInfo { mapped: true, pfn: pm.pfn, thp: pm.thp, prot: pm.prot, pte: pm.pte, reg: pm.reg }
+                }
+                None => {
+                    PageInfo { mapped: false, pfn: false, thp: false, prot: Prot::None, pte: Pte::Absent, reg: false }
+                }
             })
             .collect()
     }
@@ -319,6 +347,11 @@ impl Model {
                     if !pm.pfn {
                         pm.pte = Pte::Absent;
                     }
+                    pm.mswap = false;
+                    // Zap leaves a uffd-wp marker in file-backed memory only.
+                    if pm.base == Base::Zero {
+                        pm.wp = false;
+                    }
                     if let Some(o) = slot {
                         self.unmap_obj(o);
                     }
@@ -373,17 +406,19 @@ impl Model {
                 }
                 Expect::Ok
             }
-            Op::Query { p, r, at, present, writable } => {
+            Op::Query { p, r, at, q } => {
                 if !self.region_exists(p, r) || !self.span_ok(p, r, at) {
                     return Expect::Refused;
                 }
                 for i in at.first..at.first + at.n {
-                    let (pr, w) = match self.page(p, r, i).map(|pm| pm.pte) {
-                        None | Some(Pte::Absent) => (Some(false), Some(false)),
-                        Some(Pte::Present(w)) => (Some(true), w),
-                        Some(Pte::Unknown) => (None, None),
-                    };
-                    for (want, have) in [(present, pr), (writable, w)] {
+                    let k = self.known(p, r, i);
+                    for (want, have) in [
+                        (q.present, k.present),
+                        (q.writable, k.writable),
+                        (q.swap, k.swap),
+                        (q.marker, k.marker),
+                        (q.uffd_wp, k.uffd_wp),
+                    ] {
                         match (want, have) {
                             (None, _) => {}
                             (Some(a), Some(b)) if a == b => {}
@@ -395,7 +430,169 @@ impl Model {
                 }
                 Expect::Pass
             }
+            Op::Pageout { p, r, at } => self.pageout(p, r, at),
+            Op::Migrate { p, r, at } => {
+                if !self.region_exists(p, r) || !self.span_ok(p, r, at) {
+                    return Expect::Refused;
+                }
+                if self.migrate_stays(p, r, at) { Expect::Refused } else { Expect::Ok }
+            }
+            Op::UffdRegister { p, r, at, fork_events } => {
+                if !self.span_mapped(p, r, at) || self.span_pages(p, r, at).any(|pm| pm.pfn) {
+                    return Expect::Refused;
+                }
+                let pr = self.procs[p as usize].as_ref().unwrap();
+                let registered = pr.regions.iter().flatten().flat_map(|g| g.pages.iter().flatten()).any(|pm| pm.reg);
+                if pr.uffd.is_some_and(|f| f != fork_events) && registered {
+                    return Expect::Refused;
+                }
+                self.procs[p as usize].as_mut().unwrap().uffd = Some(fork_events);
+                for i in at.first..at.first + at.n {
+                    self.page_mut(p, r, i).unwrap().reg = true;
+                }
+                Expect::Ok
+            }
+            Op::UffdWp { p, r, at, on } => {
+                if !self.span_mapped(p, r, at) || self.span_pages(p, r, at).any(|pm| !pm.reg) {
+                    return Expect::Refused;
+                }
+                for i in at.first..at.first + at.n {
+                    let pm = self.page_mut(p, r, i).unwrap();
+                    pm.wp = on;
+                    // Protecting makes present entries read-only; unprotecting
+                    // leaves them so (the next write faults).
+                    if on && let Pte::Present(_) = pm.pte {
+                        pm.pte = Pte::Present(Some(false));
+                    }
+                }
+                Expect::Ok
+            }
+            Op::UffdUnregister { p, r, at } => {
+                if !self.span_mapped(p, r, at) {
+                    return Expect::Refused;
+                }
+                for i in at.first..at.first + at.n {
+                    let pm = self.page_mut(p, r, i).unwrap();
+                    pm.reg = false;
+                    pm.wp = false;
+                }
+                Expect::Ok
+            }
+            Op::UffdEvents { p, n } => {
+                let Some(pr) = self.procs[p as usize].as_mut() else { return Expect::Refused };
+                let got = core::mem::take(&mut pr.events);
+                if got == n { Expect::Pass } else { Expect::Fail }
+            }
             Op::Invariants => Expect::Pass,
+        }
+    }
+
+    /// The mapped pages of a span.
+    fn span_pages(&self, p: u8, r: u8, at: Span) -> impl Iterator<Item = &PageM> {
+        (at.first..at.first + at.n).filter_map(move |i| self.page(p, r, i))
+    }
+
+    /// What a `query` of page `i` may assert (None: not known).
+    fn known(&self, p: u8, r: u8, i: u16) -> QueryFlags {
+        let Some(pm) = self.page(p, r, i) else {
+            let no = Some(false);
+            return QueryFlags { present: no, writable: no, swap: no, marker: no, uffd_wp: no };
+        };
+        let (present, writable, swap, marker) = match pm.pte {
+            Pte::Absent => (Some(false), Some(false), Some(false), Some(pm.wp)),
+            Pte::Present(w) => (Some(true), w, Some(false), Some(false)),
+            Pte::Swap => (Some(false), Some(false), Some(true), Some(false)),
+            Pte::Unknown => (None, None, None, None),
+        };
+        QueryFlags { present, writable, swap, marker, uffd_wp: Some(pm.wp) }
+    }
+
+    /// `madvise pageout`: private pages only this mapping holds go to swap
+    /// (a large folio may or may not: the range may cut it); page-cache
+    /// pages are unmapped (a protected one leaves its marker); the zero
+    /// page stays.
+    fn pageout(&mut self, p: u8, r: u8, at: Span) -> Expect {
+        if !self.region_exists(p, r) || !self.span_ok(p, r, at) {
+            return Expect::Refused;
+        }
+        for i in at.first..at.first + at.n {
+            let Some(pm) = self.page(p, r, i).copied() else { continue };
+            if pm.pfn {
+                continue;
+            }
+            let pte = match pm.slot {
+                _ if pm.shared => Pte::Absent,
+                None if pm.base == Base::Zero => pm.pte,
+                None => Pte::Absent,
+                Some(_) if pm.thp => Pte::Unknown,
+                Some(o) => {
+                    let ob = &self.objs[o as usize];
+                    let alone = ob.maps == 1 && ob.pins == 0 && ob.refs == 0;
+                    if alone && matches!(pm.pte, Pte::Present(_)) { Pte::Swap } else { pm.pte }
+                }
+            };
+            let q = self.page_mut(p, r, i).unwrap();
+            q.pte = pte;
+            q.mswap |= q.slot.is_some();
+        }
+        Expect::Ok
+    }
+
+    /// Whether `migrate` leaves a page of the span where it was: one mapped
+    /// there that a pin or a GUP reference holds (not the zero page).
+    fn migrate_stays(&self, p: u8, r: u8, at: Span) -> bool {
+        self.span_pages(p, r, at).any(|pm| {
+            let o = self.shown(pm);
+            let ob = &self.objs[o as usize];
+            !pm.pfn && o != ZERO && matches!(pm.pte, Pte::Present(_)) && (ob.pins > 0 || ob.refs > 0)
+        })
+    }
+
+    /// Whether the model cannot tell what `migrate` over the span does: a
+    /// page mapped there may be in the swap cache (another entry for it is
+    /// in swap), which the kernel does not migrate.
+    pub fn migrate_uncertain(&self, p: u8, r: u8, at: Span) -> bool {
+        let mapped: Vec<ObjId> = self
+            .span_pages(p, r, at)
+            .filter(|pm| !matches!(pm.pte, Pte::Absent | Pte::Swap))
+            .filter_map(|pm| pm.slot)
+            .collect();
+        if mapped.is_empty() {
+            return false;
+        }
+        self.procs
+            .iter()
+            .flatten()
+            .flat_map(|pr| pr.regions.iter().flatten())
+            .flat_map(|g| g.pages.iter().flatten())
+            .any(|pm| pm.mswap && pm.slot.is_some_and(|o| mapped.contains(&o)))
+    }
+
+    /// The uffd-wp events of `p` since the last check.
+    pub fn uffd_events(&self, p: u8) -> u32 {
+        self.procs[p as usize].as_ref().map_or(0, |pr| pr.events)
+    }
+
+    /// Whether process `p` has a userfaultfd context (and so an event count
+    /// worth checking).
+    pub fn has_uffd(&self, p: u8) -> bool {
+        self.procs[p as usize].as_ref().is_some_and(|pr| pr.uffd.is_some())
+    }
+
+    /// Whether process `p` has a page registered for uffd-wp, and with which
+    /// context features.
+    pub fn uffd_registered(&self, p: u8) -> Option<bool> {
+        let pr = self.procs[p as usize].as_ref()?;
+        pr.regions.iter().flatten().flat_map(|g| g.pages.iter().flatten()).any(|pm| pm.reg).then_some(pr.uffd?)
+    }
+
+    /// A write to page `i` that is write-protected raises an event, which
+    /// the script model resolves by unprotecting the page.
+    fn wp_fault(&mut self, p: u8, r: u8, i: u16) {
+        let pm = self.page_mut(p, r, i).unwrap();
+        if pm.wp {
+            pm.wp = false;
+            self.procs[p as usize].as_mut().unwrap().events += 1;
         }
     }
 
@@ -455,7 +652,20 @@ impl Model {
         // remap_pfn_range maps every frame at mmap time; a private one read-only.
         let pte = if pfn { Pte::Present(Some(m.shared && m.prot == Prot::Rw)) } else { Pte::Absent };
         let pages = (0..m.pages)
-            .map(|i| Some(PageM { base: base_of(i), shared: m.shared, pfn, prot: m.prot, thp, slot: None, pte }))
+            .map(|i| {
+                Some(PageM {
+                    base: base_of(i),
+                    shared: m.shared,
+                    pfn,
+                    prot: m.prot,
+                    thp,
+                    slot: None,
+                    pte,
+                    reg: false,
+                    wp: false,
+                    mswap: false,
+                })
+            })
             .collect();
         self.procs[p as usize].as_mut().unwrap().regions[r as usize] = Some(Region { pages });
         Expect::Ok
@@ -470,13 +680,41 @@ impl Model {
             other => other,
         };
         let mut child = self.procs[p as usize].clone().unwrap();
+        // Without fork events the child has no registration, no uffd-wp
+        // bits and no markers; with them it keeps all three, and has a
+        // context of its own.
+        let fork_events = child.uffd == Some(true);
+        child.events = 0;
+        if !fork_events {
+            child.uffd = None;
+        }
         for r in 0..MAX_REGIONS {
             let Some(reg) = child.regions[r].as_mut() else { continue };
             for i in 0..reg.pages.len() {
                 let Some(cp) = reg.pages[i].as_mut() else { continue };
+                if !fork_events {
+                    cp.reg = false;
+                    cp.wp = false;
+                }
                 if cp.shared && !cp.pfn {
-                    // A shared file mapping's entries are not copied.
-                    cp.pte = Pte::Absent;
+                    // A shared file mapping's entries are not copied, unless
+                    // the child keeps uffd-wp (Linux `vma_needs_copy`).
+                    cp.pte = match cp.pte {
+                        Pte::Present(_) if cp.reg => Pte::Present(None),
+                        Pte::Unknown if cp.reg => Pte::Unknown,
+                        _ => Pte::Absent,
+                    };
+                    if cp.reg {
+                        // pagelab's copy write-protects the parent's
+                        // entries there too (Linux leaves shared ones
+                        // writable): either way is correct.
+                        let pp = self.procs[p as usize].as_mut().unwrap().regions[r].as_mut().unwrap().pages[i]
+                            .as_mut()
+                            .unwrap();
+                        if let Pte::Present(_) = pp.pte {
+                            pp.pte = Pte::Present(None);
+                        }
+                    }
                     continue;
                 }
                 if cp.shared {
@@ -573,12 +811,16 @@ impl Model {
                 return Expect::Refused;
             }
             let shown = self.shown(&pm);
+            self.page_mut(p, r, i).unwrap().mswap = false;
             match a {
                 Access::Read(want) => {
                     if pm.pte == Pte::Absent {
                         // A private read maps the zero page or the file page read-only.
                         self.page_mut(p, r, i).unwrap().pte =
                             Pte::Present(if pm.shared || pm.thp { None } else { Some(false) });
+                    } else if pm.pte == Pte::Swap {
+                        // Swap-in may map an exclusive page writable at once.
+                        self.page_mut(p, r, i).unwrap().pte = Pte::Present(None);
                     }
                     if pm.thp {
                         self.thp_neighbours(p, r);
@@ -588,6 +830,7 @@ impl Model {
                     }
                 }
                 Access::Write(b) => {
+                    self.wp_fault(p, r, i);
                     let b = b.unwrap_or(self.objs[shown as usize].byte);
                     let o = if pm.shared { shown } else { self.make_exclusive(p, r, i) };
                     self.objs[o as usize].byte = b;
@@ -621,6 +864,10 @@ impl Model {
             if !ok {
                 return Expect::Refused;
             }
+            if g.write {
+                self.wp_fault(p, r, i);
+            }
+            self.page_mut(p, r, i).unwrap().mswap = false;
             let pm = *self.page(p, r, i).unwrap();
             let o = if pm.shared {
                 self.shown(&pm)
@@ -670,13 +917,7 @@ impl Model {
         };
         let end = (at.first as usize + at.n as usize).min(reg.pages.len()) as u16;
         // Queries first: reads change what is present.
-        let known = |i: u16| -> (Option<bool>, Option<bool>) {
-            match reg.pages[i as usize].as_ref().map(|pm| pm.pte) {
-                None | Some(Pte::Absent) => (Some(false), Some(false)),
-                Some(Pte::Present(w)) => (Some(true), w),
-                Some(Pte::Unknown) => (None, None),
-            }
-        };
+        let known = |i: u16| self.known(p, r, i);
         let mut i = at.first;
         while i < end {
             let k = known(i);
@@ -684,8 +925,8 @@ impl Model {
             while j < end && known(j) == k {
                 j += 1;
             }
-            if k.0.is_some() {
-                out.push(Op::Query { p, r, at: Span { first: i, n: j - i }, present: k.0, writable: k.1 });
+            if k.any() {
+                out.push(Op::Query { p, r, at: Span { first: i, n: j - i }, q: k });
             }
             i = j;
         }
@@ -733,7 +974,12 @@ impl Model {
             | Op::Write { p, r, at, .. }
             | Op::Touch { p, r, at, .. }
             | Op::Pin { p, r, at, .. }
-            | Op::Ref { p, r, at, .. } => {
+            | Op::Ref { p, r, at, .. }
+            | Op::Pageout { p, r, at }
+            | Op::Migrate { p, r, at }
+            | Op::UffdRegister { p, r, at, .. }
+            | Op::UffdWp { p, r, at, .. }
+            | Op::UffdUnregister { p, r, at } => {
                 self.span_assertions(p, r, at, out);
                 if let Op::Munmap { .. } | Op::Mprotect { .. } = *op
                     && self.region_exists(p, r)
@@ -748,12 +994,28 @@ impl Model {
             }
             _ => {}
         }
-        if matches!(op, Op::Write { .. } | Op::Touch { .. } | Op::Fork { .. } | Op::Pin { .. } | Op::Ref { .. }) {
+        if matches!(
+            op,
+            Op::Write { .. }
+                | Op::Touch { .. }
+                | Op::Fork { .. }
+                | Op::Pin { .. }
+                | Op::Ref { .. }
+                | Op::Pageout { .. }
+                | Op::Migrate { .. }
+        ) {
             for h in self.live_handles() {
                 if let Some(b) = self.handle_byte(h) {
                     out.push(Op::CheckPin { h, byte: b });
                 }
             }
+        }
+        // Events come only from registered pages: elsewhere the full check's
+        // count is enough.
+        if let Op::Write { p, r, at, .. } | Op::Touch { p, r, at, .. } | Op::Pin { p, r, at, .. } = *op
+            && (self.uffd_events(p) > 0 || self.region_exists(p, r) && self.span_pages(p, r, at).any(|pm| pm.reg))
+        {
+            out.push(Op::UffdEvents { p, n: self.uffd_events(p) });
         }
     }
 
@@ -767,6 +1029,11 @@ impl Model {
         for h in self.live_handles() {
             if let Some(b) = self.handle_byte(h) {
                 out.push(Op::CheckPin { h, byte: b });
+            }
+        }
+        for p in self.live_procs() {
+            if self.has_uffd(p) {
+                out.push(Op::UffdEvents { p, n: self.procs[p as usize].as_ref().unwrap().events });
             }
         }
     }
@@ -812,7 +1079,15 @@ mod tests {
                 (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
                 (Op::Write { p: 0, r: 0, at: ALL, byte: 5 }, Expect::Ok),
                 (Op::Fork { p: 0, c: 1 }, Expect::Ok),
-                (Op::Query { p: 0, r: 0, at: ALL, present: Some(true), writable: Some(false) }, Expect::Pass),
+                (
+                    Op::Query {
+                        p: 0,
+                        r: 0,
+                        at: ALL,
+                        q: QueryFlags { present: Some(true), writable: Some(false), ..Default::default() },
+                    },
+                    Expect::Pass,
+                ),
                 (Op::Write { p: 1, r: 0, at: S1, byte: 6 }, Expect::Ok),
                 (Op::Check { p: 0, r: 0, at: S1, byte: 5 }, Expect::Pass),
                 (Op::Check { p: 1, r: 0, at: S1, byte: 6 }, Expect::Pass),
@@ -906,6 +1181,124 @@ mod tests {
                 (Op::Mprotect { p: 0, r: 0, at: ALL, prot: Prot::Rw }, Expect::Refused),
                 (Op::Munmap { p: 0, r: 0, at: ALL }, Expect::Ok),
                 (Op::Munmap { p: 0, r: 0, at: ALL }, Expect::Refused),
+            ],
+        );
+    }
+
+    fn q(present: Option<bool>, swap: Option<bool>, marker: Option<bool>, uffd_wp: Option<bool>) -> QueryFlags {
+        QueryFlags { present, writable: None, swap, marker, uffd_wp }
+    }
+
+    #[test]
+    fn pageout_and_migrate_keep_contents() {
+        let mut m = Model::new();
+        let p1 = Span { first: 1, n: 1 };
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: ALL, byte: 5 }, Expect::Ok),
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                // Page 0 is the parent's alone again; pages 1..3 are shared.
+                (Op::Write { p: 0, r: 0, at: S1, byte: 6 }, Expect::Ok),
+                (Op::Pageout { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(false), Some(true), Some(false), None) }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: p1, q: q(Some(true), Some(false), None, None) }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), None, None, None) }, Expect::Fail),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 6 }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), Some(false), None, None) }, Expect::Pass),
+                (Op::Check { p: 1, r: 0, at: ALL, byte: 5 }, Expect::Pass),
+                // A pinned page stays (and the command fails); the rest moves.
+                (Op::Pin { p: 0, h: 0, r: 0, at: S1, write: false, longterm: false, fast: false }, Expect::Ok),
+                (Op::Migrate { p: 0, r: 0, at: ALL }, Expect::Refused),
+                (Op::Migrate { p: 0, r: 0, at: Span { first: 1, n: 3 } }, Expect::Ok),
+                (Op::CheckPin { h: 0, byte: 6 }, Expect::Pass),
+                (Op::Unpin { h: 0 }, Expect::Ok),
+                (Op::Migrate { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 6 }, Expect::Pass),
+            ],
+        );
+        // A page another process still has in swap may be in the swap
+        // cache: the generator leaves migrate alone there.
+        let mut m = Model::new();
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: ALL, byte: 5 }, Expect::Ok),
+                (Op::Pageout { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                (Op::Query { p: 1, r: 0, at: ALL, q: q(Some(false), Some(true), None, None) }, Expect::Pass),
+                (Op::Check { p: 1, r: 0, at: S1, byte: 5 }, Expect::Pass),
+            ],
+        );
+        assert!(m.migrate_uncertain(1, 0, S1));
+        assert!(!m.migrate_uncertain(1, 0, Span { first: 1, n: 1 }), "nothing is mapped there");
+    }
+
+    #[test]
+    fn uffd_wp_markers_events_and_fork() {
+        let mut m = Model::new();
+        let f = MapSpec { backing: Backing::Memfd(0), shared: true, ..A };
+        let reg = |p, r, fork_events| Op::UffdRegister { p, r, at: ALL, fork_events };
+        let wp = |p, r, on| Op::UffdWp { p, r, at: ALL, on };
+        run(
+            &mut m,
+            &[
+                (Op::Spawn { p: 0 }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 0, m: A }, Expect::Ok),
+                (Op::Mmap { p: 0, r: 1, m: f }, Expect::Ok),
+                (wp(0, 0, true), Expect::Refused),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (reg(0, 0, false), Expect::Ok),
+                (reg(0, 1, true), Expect::Refused),
+                (reg(0, 1, false), Expect::Ok),
+                (Op::Write { p: 0, r: 1, at: S1, byte: 3 }, Expect::Ok),
+                (wp(0, 0, true), Expect::Ok),
+                (wp(0, 1, true), Expect::Ok),
+                // Unpopulated pages get markers.
+                (Op::Query { p: 0, r: 0, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                (Op::Query { p: 0, r: 1, at: S1, q: q(Some(true), None, Some(false), Some(true)) }, Expect::Pass),
+                // A read raises no event; a write raises one per protected page.
+                (Op::Check { p: 0, r: 0, at: ALL, byte: 0 }, Expect::Pass),
+                (Op::Write { p: 0, r: 0, at: Span { first: 0, n: 2 }, byte: 4 }, Expect::Ok),
+                (Op::Write { p: 0, r: 0, at: S1, byte: 4 }, Expect::Ok),
+                (Op::UffdEvents { p: 0, n: 1 }, Expect::Fail),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (Op::Query { p: 0, r: 0, at: S1, q: q(Some(true), None, None, Some(false)) }, Expect::Pass),
+                // Zap drops the protection of private anonymous memory,
+                // keeps it (a marker) in file-backed memory.
+                (Op::Dontneed { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::Dontneed { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 0, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
+                (Op::Query { p: 0, r: 1, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                // So does pageout; and the data is the file's.
+                (Op::Pageout { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (Op::Query { p: 0, r: 1, at: ALL, q: q(Some(false), None, Some(true), Some(true)) }, Expect::Pass),
+                (Op::Check { p: 0, r: 1, at: S1, byte: 3 }, Expect::Pass),
+                // Without fork events the child has none of it.
+                (Op::Fork { p: 0, c: 1 }, Expect::Ok),
+                (Op::Query { p: 1, r: 1, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
+                (wp(1, 1, true), Expect::Refused),
+                (Op::Write { p: 1, r: 1, at: ALL, byte: 7 }, Expect::Ok),
+                (Op::UffdEvents { p: 1, n: 0 }, Expect::Pass),
+                (Op::Write { p: 0, r: 1, at: ALL, byte: 8 }, Expect::Ok),
+                (Op::UffdEvents { p: 0, n: 4 }, Expect::Pass),
+                // With them it keeps the registration and the protection.
+                (Op::UffdUnregister { p: 0, r: 0, at: ALL }, Expect::Ok),
+                (Op::UffdUnregister { p: 0, r: 1, at: ALL }, Expect::Ok),
+                (reg(0, 0, true), Expect::Ok),
+                (wp(0, 0, true), Expect::Ok),
+                (Op::Fork { p: 0, c: 2 }, Expect::Ok),
+                (Op::Query { p: 2, r: 0, at: ALL, q: q(None, None, None, Some(true)) }, Expect::Pass),
+                (Op::Write { p: 2, r: 0, at: S1, byte: 9 }, Expect::Ok),
+                (Op::UffdEvents { p: 2, n: 1 }, Expect::Pass),
+                (Op::UffdEvents { p: 0, n: 0 }, Expect::Pass),
+                (Op::Check { p: 0, r: 0, at: S1, byte: 0 }, Expect::Pass),
+                (Op::UffdUnregister { p: 2, r: 0, at: ALL }, Expect::Ok),
+                (Op::Query { p: 2, r: 0, at: ALL, q: q(None, None, Some(false), Some(false)) }, Expect::Pass),
             ],
         );
     }

@@ -140,15 +140,83 @@ pub enum Op {
     Unpin {
         h: u8,
     },
-    /// `present`/`writable` asserted (Some(true)), negated (Some(false)) or not asked.
+    /// Each flag asserted (Some(true)), negated (Some(false)) or not asked.
     Query {
         p: u8,
         r: u8,
         at: Span,
-        present: Option<bool>,
-        writable: Option<bool>,
+        q: QueryFlags,
+    },
+    /// `madvise pageout`.
+    Pageout {
+        p: u8,
+        r: u8,
+        at: Span,
+    },
+    Migrate {
+        p: u8,
+        r: u8,
+        at: Span,
+    },
+    /// `uffd RANGE register wp [fork-events]`.
+    UffdRegister {
+        p: u8,
+        r: u8,
+        at: Span,
+        fork_events: bool,
+    },
+    /// `uffd RANGE wp on|off`.
+    UffdWp {
+        p: u8,
+        r: u8,
+        at: Span,
+        on: bool,
+    },
+    UffdUnregister {
+        p: u8,
+        r: u8,
+        at: Span,
+    },
+    /// `uffd-events expect N`.
+    UffdEvents {
+        p: u8,
+        n: u32,
     },
     Invariants,
+}
+
+/// The `query` flags the torture test asks about, in the order they are
+/// written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueryFlags {
+    pub present: Option<bool>,
+    pub writable: Option<bool>,
+    pub swap: Option<bool>,
+    pub marker: Option<bool>,
+    pub uffd_wp: Option<bool>,
+}
+
+impl QueryFlags {
+    const NAMES: [&'static str; 5] = ["present", "writable", "swap", "marker", "uffd-wp"];
+
+    fn get(&self) -> [Option<bool>; 5] {
+        [self.present, self.writable, self.swap, self.marker, self.uffd_wp]
+    }
+
+    fn slot(&mut self, i: usize) -> &mut Option<bool> {
+        match i {
+            0 => &mut self.present,
+            1 => &mut self.writable,
+            2 => &mut self.swap,
+            3 => &mut self.marker,
+            _ => &mut self.uffd_wp,
+        }
+    }
+
+    /// Whether any flag is asked.
+    pub fn any(&self) -> bool {
+        self.get().iter().any(Option::is_some)
+    }
 }
 
 /// What rendering needs to know about the machine.
@@ -187,7 +255,13 @@ impl Op {
             | Op::ExpectFault { p, .. }
             | Op::Pin { p, .. }
             | Op::Ref { p, .. }
-            | Op::Query { p, .. } => Some(p),
+            | Op::Query { p, .. }
+            | Op::Pageout { p, .. }
+            | Op::Migrate { p, .. }
+            | Op::UffdRegister { p, .. }
+            | Op::UffdWp { p, .. }
+            | Op::UffdUnregister { p, .. }
+            | Op::UffdEvents { p, .. } => Some(p),
             Op::CheckPin { .. } | Op::Unpin { .. } | Op::Invariants => None,
         }
     }
@@ -196,7 +270,12 @@ impl Op {
     pub fn is_assertion(&self) -> bool {
         matches!(
             self,
-            Op::Check { .. } | Op::ExpectFault { .. } | Op::CheckPin { .. } | Op::Query { .. } | Op::Invariants
+            Op::Check { .. }
+                | Op::ExpectFault { .. }
+                | Op::CheckPin { .. }
+                | Op::Query { .. }
+                | Op::UffdEvents { .. }
+                | Op::Invariants
         )
     }
 
@@ -265,9 +344,9 @@ impl Op {
             Op::Ref { p, h, r, at } => format!("p{p} ref h{h} {}", sp(r, at)),
             Op::CheckPin { h, byte } => format!("checkpin h{h} {byte:#04x}"),
             Op::Unpin { h } => format!("unpin h{h}"),
-            Op::Query { p, r, at, present, writable } => {
+            Op::Query { p, r, at, q } => {
                 let mut l = format!("p{p} query {} expect", sp(r, at));
-                for (name, v) in [("present", present), ("writable", writable)] {
+                for (name, v) in QueryFlags::NAMES.into_iter().zip(q.get()) {
                     match v {
                         Some(true) => {
                             let _ = write!(l, " {name}");
@@ -280,6 +359,14 @@ impl Op {
                 }
                 l
             }
+            Op::Pageout { p, r, at } => format!("p{p} madvise {} pageout", sp(r, at)),
+            Op::Migrate { p, r, at } => format!("p{p} migrate {}", sp(r, at)),
+            Op::UffdRegister { p, r, at, fork_events } => {
+                format!("p{p} uffd {} register wp{}", sp(r, at), if fork_events { " fork-events" } else { "" })
+            }
+            Op::UffdWp { p, r, at, on } => format!("p{p} uffd {} wp {}", sp(r, at), if on { "on" } else { "off" }),
+            Op::UffdUnregister { p, r, at } => format!("p{p} uffd {} unregister", sp(r, at)),
+            Op::UffdEvents { p, n } => format!("p{p} uffd-events expect {n}"),
             Op::Invariants => String::from("invariants"),
         }
     }
@@ -356,6 +443,7 @@ impl Op {
                             "dontneed" => Op::Dontneed { p, r, at },
                             "hugepage" => Op::Hugepage { p, r, at, on: true },
                             "nohugepage" => Op::Hugepage { p, r, at, on: false },
+                            "pageout" => Op::Pageout { p, r, at },
                             _ => return None,
                         }
                     }
@@ -403,20 +491,33 @@ impl Op {
                     }
                     ("query", [s, "expect", flags @ ..]) => {
                         let (r, at) = span(s)?;
-                        let (mut present, mut writable) = (None, None);
+                        let mut q = QueryFlags::default();
                         for f in flags {
                             let (neg, name) = match f.strip_prefix('!') {
                                 Some(n) => (true, n),
                                 None => (false, *f),
                             };
-                            match name {
-                                "present" => present = Some(!neg),
-                                "writable" => writable = Some(!neg),
-                                _ => return None,
-                            }
+                            let i = QueryFlags::NAMES.iter().position(|n| *n == name)?;
+                            *q.slot(i) = Some(!neg);
                         }
-                        Op::Query { p, r, at, present, writable }
+                        Op::Query { p, r, at, q }
                     }
+                    ("migrate", [s]) => {
+                        let (r, at) = span(s)?;
+                        Op::Migrate { p, r, at }
+                    }
+                    ("uffd", [s, rest @ ..]) => {
+                        let (r, at) = span(s)?;
+                        match rest {
+                            ["register", "wp"] => Op::UffdRegister { p, r, at, fork_events: false },
+                            ["register", "wp", "fork-events"] => Op::UffdRegister { p, r, at, fork_events: true },
+                            ["wp", "on"] => Op::UffdWp { p, r, at, on: true },
+                            ["wp", "off"] => Op::UffdWp { p, r, at, on: false },
+                            ["unregister"] => Op::UffdUnregister { p, r, at },
+                            _ => return None,
+                        }
+                    }
+                    ("uffd-events", ["expect", n]) => Op::UffdEvents { p, n: parse_number(n)?.try_into().ok()? },
                     _ => return None,
                 }
             }
@@ -552,8 +653,9 @@ impl Generator {
             let r = self.rng.below(model::MAX_REGIONS as u64) as u8;
             let h = self.rng.below(model::MAX_HANDLES as u64) as u8;
             let at = Span { first: 0, n: 1 };
-            return match self.rng.below(6) {
+            return match self.rng.below(7) {
                 0 => Op::Spawn { p },
+                6 => Op::UffdEvents { p, n: 0 },
                 1 => Op::Exit { p },
                 2 => Op::Write { p, r, at, byte: fresh_byte(&mut self.rng) },
                 3 => Op::Unpin { h },
@@ -665,6 +767,21 @@ impl Generator {
                 Op::ExpectFault { p, r, page, write: self.rng.chance(60) }
             }
             67..=72 => Op::Check { p, r, at: self.mapped_span(&pages), byte: 0 }.fix(m),
+            73..=75 => {
+                // Over mapped, non-PFN pages, as madvise above; migrate only
+                // where the model knows what it does.
+                let at = self.mapped_span(&pages);
+                let ok = (at.first..at.first + at.n).all(|i| pages[i as usize].mapped && !pages[i as usize].pfn);
+                if ok && roll < 75 {
+                    Op::Pageout { p, r, at }
+                } else if ok && !m.migrate_uncertain(p, r, at) {
+                    Op::Migrate { p, r, at }
+                } else {
+                    Op::Check { p, r, at: Span { first: 0, n: 1 }, byte: 0 }.fix(m)
+                }
+            }
+            76..=78 => self.uffd(m, p, r, &pages),
+            79 => Op::UffdEvents { p, n: m.uffd_events(p) },
             _ => {
                 let mut at = self.mapped_span(&pages);
                 if self.one_page_writes {
@@ -673,6 +790,55 @@ impl Generator {
                 Op::Write { p, r, at, byte: fresh_byte(&mut self.rng) }
             }
         }
+    }
+}
+
+impl Generator {
+    /// A userfaultfd write-protect op over region `r` of `p`: mostly valid
+    /// (register with the context's features, `wp` over registered pages),
+    /// sometimes refused.
+    fn uffd(&mut self, m: &Model, p: u8, r0: u8, pages: &[PageInfo]) -> Op {
+        // Mostly in a region that has registered pages, if one does.
+        let with_reg: Vec<u8> =
+            m.regions(p).into_iter().filter(|&q| m.region_pages(p, q).iter().any(|i| i.reg)).collect();
+        let (r, owned);
+        let pages = match self.rng.pick(&with_reg) {
+            Some(q) if self.rng.chance(80) => {
+                r = q;
+                owned = m.region_pages(p, q);
+                &owned[..]
+            }
+            _ => {
+                r = r0;
+                pages
+            }
+        };
+        let len = pages.len() as u16;
+        let regd: Vec<u16> = (0..len).filter(|&i| pages[i as usize].reg).collect();
+        let roll = self.rng.below(10);
+        if roll < 2 || regd.is_empty() {
+            let at = if self.rng.chance(25) { Span { first: 0, n: len } } else { self.mapped_span(pages) };
+            let fork_events = match m.uffd_registered(p) {
+                Some(f) => f != self.rng.chance(10),
+                None => self.rng.chance(50),
+            };
+            return Op::UffdRegister { p, r, at, fork_events };
+        }
+        if roll == 9 {
+            return Op::UffdUnregister { p, r, at: self.mapped_span(pages) };
+        }
+        let at = if self.rng.chance(90) {
+            let first = self.rng.pick(&regd).unwrap_or(0);
+            let max = 1 + self.rng.below(8) as u16;
+            let mut n = 1;
+            while n < max && first + n < len && pages[(first + n) as usize].reg {
+                n += 1;
+            }
+            Span { first, n }
+        } else {
+            self.span_in(len, 4)
+        };
+        Op::UffdWp { p, r, at, on: self.rng.chance(60) }
     }
 }
 
@@ -711,6 +877,26 @@ mod tests {
             assert_eq!(Op::parse(&line, &M), Some(op), "{line}");
             m.apply(&op);
         }
+    }
+
+    #[test]
+    fn new_op_lines_read_back() {
+        for l in [
+            "p1 madvise r2+0x1000:0x2000 pageout",
+            "p1 migrate r2+0x0:0x1000",
+            "p1 uffd r0+0x0:0x4000 register wp",
+            "p1 uffd r0+0x0:0x4000 register wp fork-events",
+            "p1 uffd r0+0x1000:0x1000 wp on",
+            "p1 uffd r0+0x1000:0x1000 wp off",
+            "p1 uffd r0+0x0:0x4000 unregister",
+            "p3 uffd-events expect 12",
+            "p0 query r1+0x0:0x1000 expect !present !writable swap !marker uffd-wp",
+        ] {
+            let op = Op::parse(l, &M).unwrap_or_else(|| panic!("{l}"));
+            assert_eq!(op.render(&M), l);
+        }
+        assert_eq!(Op::parse("p1 uffd r0+0x0:0x1000 wp", &M), None);
+        assert_eq!(Op::parse("p0 query r1+0x0:0x1000 expect migration", &M), None);
     }
 
     #[test]
