@@ -297,8 +297,9 @@ fn remove_migration_ptes(t: RmapTarget, new: Folio) {
         };
         let pg = new.page(h.page);
         let mut d = Desc::leaf(pg.pa(), 3, memory::vm_page_prot(h.vma));
-        if kind == MigrationKind::Write {
-            // mprotect leaves migration entries alone: the VMA decides.
+        if kind == MigrationKind::Write && !uffd_wp {
+            // mprotect leaves migration entries alone: the VMA decides. An
+            // entry with the uffd-wp bit never comes back writable.
             d = memory::maybe_mkwrite(d, h.vma);
         }
         if dirty {

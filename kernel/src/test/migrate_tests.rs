@@ -44,6 +44,14 @@ fn check(p: &str, va: VirtAddr, len: u64, b: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs one console command, which must not fail.
+fn run(line: &str) -> Result<(), String> {
+    let mut s = crate::console::commands::Session::new(false);
+    s.run_line(1, line.as_bytes());
+    ensure!(s.failed == 0, "`{line}` failed");
+    Ok(())
+}
+
 /// Runs one console line (a `query`), which must pass.
 fn console(line: &str) -> Result<(), String> {
     let mut s = crate::console::commands::Session::new(false);
@@ -324,6 +332,44 @@ fn smp_migration_entries_wait_fork_and_zap() -> Result<(), String> {
         check(a, z + 2 * PAGE_SIZE, 2 * PAGE_SIZE, 0x73)?;
         crate::console::commands::invariants().map_err(|e| alloc::format!("after munmap: {e}"))?;
         println!("  migration on cpu{mcpu}, reader on cpu{rcpu}: waited, fork and munmap met migration entries");
+        Ok(())
+    })
+}
+
+kernel_test!(smp_migration_uffd_wp_on_held);
+/// `wp on` while a writable anon page is held mid-migration on another
+/// CPU: the writable migration entry becomes readable-exclusive with the
+/// bit (Linux `change_pte_range`), and the page comes back read-only with
+/// the bit, still exclusive, so the next write raises one event.
+fn smp_migration_uffd_wp_on_held() -> Result<(), String> {
+    let n = cpus();
+    if n < 2 {
+        return super::cannot_apply("one CPU: runs with --smp 4");
+    }
+    let here = me();
+    let mcpu = (1..n).find(|&c| c != here).unwrap_or(0);
+    let a = "migwp_a";
+    in_process(a, || {
+        let va = proc::mmap(a, "m", anon(PAGE_SIZE))?;
+        write(a, va, PAGE_SIZE, 0x81)?;
+        run("migwp_a uffd m register wp")?;
+        start_held(a, va, PAGE_SIZE, mcpu)?;
+        let r = (|| -> Result<(), String> {
+            ensure!(migration_kind(a, va)?.0 == MigrationKind::Write, "not a writable migration entry");
+            run("migwp_a uffd m wp on")?;
+            let (k, _, _, wp) = migration_kind(a, va)?;
+            ensure!(k == MigrationKind::ReadExclusive && wp, "after wp on: {k:?} uffd-wp {wp}");
+            ensure!(release()? == 1, "the page did not move");
+            Ok(())
+        })();
+        HOLD.store(false, Ordering::Release);
+        r?;
+        console("migwp_a query m expect present !writable exclusive uffd-wp !migration")?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after the move: {e}"))?;
+        console("migwp_a uffd-events expect 0")?;
+        write(a, va, PAGE_SIZE, 0x82)?;
+        console("migwp_a uffd-events expect 1")?;
+        check(a, va, PAGE_SIZE, 0x82)?;
         Ok(())
     })
 }

@@ -7,7 +7,7 @@ use core::fmt;
 use super::{UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_WP_UNPOPULATED, userfaultfd_wp};
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::addr::VirtAddr;
-use crate::mm::desc::{CONT_BIT, Desc, Kind, NonPresent, UFFD_WP_BIT, marker};
+use crate::mm::desc::{CONT_BIT, Desc, Kind, MigrationKind, NonPresent, UFFD_WP_BIT, marker};
 use crate::mm::error::{MmError, Need};
 use crate::mm::memory::{self, FaultFlags, MmTables, VmFault, ZAP_FLAG_DROP_MARKER, ZapDetails};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
@@ -211,12 +211,23 @@ fn wp_entry(mm: &MmStruct, pte: Pte, va: VirtAddr) -> Result<bool, UffdError> {
             NonPresent::Swap { entry, exclusive, uffd_wp: true }
         }
         Kind::NonPresent(NonPresent::Migration { pa, kind, dirty, young, .. }) => {
-            NonPresent::Migration { pa, kind, dirty, young, uffd_wp: true }
+            NonPresent::Migration { pa, kind: wrprotect_migration(pa, kind), dirty, young, uffd_wp: true }
         }
         _ => return Ok(false),
     };
     pte.set_non_present(new.encode())?;
     Ok(false)
+}
+
+/// A writable migration entry write-protected (Linux `change_pte_range`):
+/// readable-exclusive for an anonymous folio, readable otherwise, so the
+/// page does not come back writable.
+fn wrprotect_migration(pa: crate::mm::addr::PhysAddr, kind: MigrationKind) -> MigrationKind {
+    if kind != MigrationKind::Write {
+        return kind;
+    }
+    let anon = crate::mm::page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
+    if anon { MigrationKind::ReadExclusive } else { MigrationKind::Read }
 }
 
 /// `wp off` of one entry (Linux `MM_CP_UFFD_WP_RESOLVE`). A software bit
