@@ -10,10 +10,11 @@
 //! gets a new zeroed page. Partial pages at the edges are zeroed.
 //!
 //! Truncation also removes private COW copies past the new end (Linux's
-//! `even_cows`); a punched hole leaves them, as Linux does.
+//! `even_cows`); a punched hole leaves them, as Linux does, whether they
+//! are mapped, in swap or being migrated.
 
 use super::addr::VirtAddr;
-use super::desc::Kind;
+use super::desc::{Kind, NonPresent};
 use super::error::MmError;
 use super::memory::{self, MmTables};
 use super::mm_struct::{MmapLocked, VmFlags, Vma};
@@ -119,12 +120,16 @@ fn unmap_mapping_mm(
     Ok(())
 }
 
-/// Whether `va` maps an anonymous page (a private COW copy).
+/// Whether `va` holds a private COW copy: an anonymous page, mapped, in
+/// swap, or being migrated (Linux `zap_nonpresent_ptes` keeps swap and
+/// anon migration entries unless `even_cows`).
 fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
+    let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
     super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| match s.get().kind(3, GRANULE) {
-        Kind::Leaf(pa) => page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon()),
+        Kind::Leaf(pa) | Kind::NonPresent(NonPresent::Migration { pa, .. }) => is_anon(pa),
+        Kind::NonPresent(NonPresent::Swap { .. }) => true,
         _ => false,
     })
 }
