@@ -26,7 +26,7 @@ use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 /// mapping and from the page cache.
 pub fn truncate(file: &Memfd, size: u64) -> Result<(), MmError> {
     let old = file.size();
-    file.set_size(size);
+    file.set_size(size)?;
     if size >= old {
         return Ok(());
     }
