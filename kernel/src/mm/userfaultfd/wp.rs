@@ -293,33 +293,28 @@ pub fn do_wp_userfault(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr) -> VmF
 /// Linux `handle_pte_marker` for a uffd-wp marker: in a VMA no longer
 /// registered the marker is stale and goes (no event); a write raises the
 /// event, which the monitor resolves by dropping the marker, and the retry
-/// fills the page writable; a read (or unshare) fills the page now, read-only
-/// with the uffd-wp bit (Linux `do_anonymous_page`/`finish_fault` with
-/// `pte_marker_uffd_wp`). Other markers (guard, poison) are not made here.
+/// fills the page writable; a read (or unshare) fills the page now,
+/// read-only with the uffd-wp bit from the start (Linux
+/// `do_anonymous_page`/`set_pte_range` with `vmf_orig_pte_uffd_wp`): the
+/// new entry replaces the marker in one store, so no other CPU can write
+/// in between, and a fill that fails (out of memory) leaves the marker.
+/// Other markers (guard, poison) are not made here.
 #[cold]
 #[inline(never)]
 pub fn handle_pte_marker(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, m: u64, flags: FaultFlags) -> VmFault {
     if m & marker::UFFD_WP == 0 {
         return VmFault::Sigsegv;
     }
-    slot.get_and_clear();
     if !userfaultfd_wp(vma) {
+        slot.get_and_clear();
         return VmFault::Done;
     }
     if flags.write {
         mm.uffd.count_event();
+        slot.get_and_clear();
         return VmFault::Done;
     }
-    let r = memory::do_pte_missing(slot, vma, va, flags);
-    if slot.get().is_valid() {
-        match slot.modify(|c| Desc(c.wrprotect().0 | UFFD_WP_BIT)) {
-            // A shared mapping's page came in writable: drop that translation.
-            Ok((old, _)) if old.may_write() => KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true),
-            Ok(_) => {}
-            Err(_) => unreachable!("write-protect is a permission change"),
-        }
-    }
-    r
+    memory::do_pte_missing(slot, vma, va, flags, true)
 }
 
 /// Whether a zap with `details` leaves uffd-wp markers where write-protected
