@@ -161,33 +161,38 @@ fn uffd_wp_range(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr, on: bool) -> 
     let mut mem = mt.mem.lock();
     let bs = GRANULE.level_size(2);
     let mut flush = false;
-    let mut a = start;
-    while a < end {
-        let next = (a.align_down(bs) + bs).min(end);
-        if on {
-            // Any block holding `a` is cut by `a + PAGE_SIZE`.
-            memory::split_blocks_at_edges(&ptl, mm, &mut mem, a, a + PAGE_SIZE)?;
-        }
-        let Some(first) = memory::pte_lookup(&ptl, &mut mem, a, on) else {
+    let r = (|| {
+        let mut a = start;
+        while a < end {
+            let next = (a.align_down(bs) + bs).min(end);
             if on {
-                return Err(MmError::NoMemory(Need::Table).into());
+                // Any block holding `a` is cut by `a + PAGE_SIZE`.
+                memory::split_blocks_at_edges(&ptl, mm, &mut mem, a, a + PAGE_SIZE)?;
             }
-            a = next; // no table: nothing to clear
-            continue;
-        };
-        let mut pva = a;
-        while pva < next {
-            let pte = first.sibling(first.index() + ((pva - a) / PAGE_SIZE) as usize);
-            flush |= if on { wp_entry(mm, pte, pva)? } else { unwp_entry(pte)? };
-            pva += PAGE_SIZE;
+            let Some(first) = memory::pte_lookup(&ptl, &mut mem, a, on) else {
+                if on {
+                    return Err(MmError::NoMemory(Need::Table).into());
+                }
+                a = next; // no table: nothing to clear
+                continue;
+            };
+            let mut pva = a;
+            while pva < next {
+                let pte = first.sibling(first.index() + ((pva - a) / PAGE_SIZE) as usize);
+                flush |= if on { wp_entry(mm, pte, pva)? } else { unwp_entry(pte)? };
+                pva += PAGE_SIZE;
+            }
+            a = next;
         }
-        a = next;
-    }
+        Ok(())
+    })();
+    // Refused part-way too: entries already made read-only may still be
+    // writable in TLBs (Linux flushes what change_protection changed).
     if flush {
         KernelFlush.flush(start, end - start, Some(mm.asid()), true);
     }
     crate::arch::aarch64::cpu::publish_tables();
-    Ok(())
+    r
 }
 
 /// `wp on` of one entry. Returns whether a writable translation may be
