@@ -200,7 +200,11 @@ impl fmt::Display for MmError {
             MmError::NoSuchFile => f.write_str("that memfd is gone"),
             MmError::FileMapped => f.write_str("that memfd is still mapped"),
             MmError::FileTooBig { size } => {
-                write!(f, "file size {size:#x} is larger than the largest file ({:#x}, Linux EFBIG)", super::shmem::MAX_FILE_SIZE)
+                write!(
+                    f,
+                    "file size {size:#x} is larger than the largest file ({:#x}, Linux EFBIG)",
+                    super::shmem::MAX_FILE_SIZE
+                )
             }
             MmError::TooManyMappings => write!(
                 f,

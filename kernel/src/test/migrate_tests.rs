@@ -82,9 +82,15 @@ fn migrate_moves_pages_with_their_state() -> Result<(), String> {
             ensure!(now != before[i as usize], "page {i} did not move ({now})");
         }
         check(a, va, 4 * PAGE_SIZE, 0x31)?;
-        console(&alloc::format!("mig_a query m+0:{:#x} expect present writable exclusive anon dirty !migration", 3 * PAGE_SIZE))?;
+        console(&alloc::format!(
+            "mig_a query m+0:{:#x} expect present writable exclusive anon dirty !migration",
+            3 * PAGE_SIZE
+        ))?;
         // The write-protected page comes back read-only with its bit.
-        console(&alloc::format!("mig_a query m+{:#x} expect present !writable exclusive uffd-wp !migration", 3 * PAGE_SIZE))?;
+        console(&alloc::format!(
+            "mig_a query m+{:#x} expect present !writable exclusive uffd-wp !migration",
+            3 * PAGE_SIZE
+        ))?;
         ensure!(!entry_of(a, va)?.0.uffd_wp(), "uffd-wp appeared on a page that did not have it");
         let faults = proc::fault_count(a);
         write(a, va, PAGE_SIZE, 0x32)?;

@@ -120,7 +120,7 @@ fn uffd_wp_on_refused_part_way_flushes() -> Result<(), String> {
 
 /// TLB maintenance operations issued so far (any kind).
 fn tlb_ops() -> u64 {
-    use core::sync::atomic::Ordering::Relaxed;
     use crate::mm::tlb::{FULL_FLUSHES, RANGE_OPS, TLBI_OPS};
+    use core::sync::atomic::Ordering::Relaxed;
     TLBI_OPS.load(Relaxed) + FULL_FLUSHES.load(Relaxed) + RANGE_OPS.load(Relaxed)
 }
