@@ -372,16 +372,6 @@ pub fn dup_userfaultfd_entries(child: MmTables<'_>, vma: &Vma, cvma: &Vma) -> Re
     })
 }
 
-/// Linux `pte_install_uffd_wp_if_needed`, for an unmapping outside zap
-/// (pageout and reclaim, Linux `try_to_unmap_one`): after `old` was
-/// cleared from `pte` in `vma`, a file-backed VMA registered for uffd-wp
-/// gets a uffd-wp marker where the bit was.
-pub fn pte_install_uffd_wp_if_needed(vma: &Vma, pte: Pte, old: Desc) {
-    if vma.file != 0 && userfaultfd_wp(vma) {
-        zap_install_uffd_wp_if_needed(pte, old);
-    }
-}
-
 /// Linux `dup_userfaultfd` for the context: with `UFFD_FEATURE_EVENT_FORK`
 /// the child gets a context with the parent's features (its own event
 /// count, from 0). The fork event itself goes to the parent's monitor and
