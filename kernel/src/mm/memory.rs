@@ -987,7 +987,7 @@ fn copy_pte_slow<'d>(
             }
             None => {
                 if !child.is_valid() {
-                    super::swap_state::put_nonpresent_copy(child);
+                    super::swap_state::zap_nonpresent_pte(child);
                 } else if !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
