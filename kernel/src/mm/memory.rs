@@ -933,6 +933,7 @@ fn copy_pte_slow<'d>(
     drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
     broken_runs: &mut Vec<VirtAddr>,
+    cow: bool,
 ) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
@@ -943,7 +944,7 @@ fn copy_pte_slow<'d>(
             // Linux `copy_nonpresent_pte`: a PTE marker is copied as it is.
             Kind::NonPresent(NonPresent::Marker(_)) => desc,
             Kind::NonPresent(NonPresent::Migration { .. }) => {
-                super::migrate::copy_nonpresent_pte(srun.pte(i), desc).ok_or(MmError::NotPresent { addr: va })?
+                super::migrate::copy_nonpresent_pte(srun.pte(i), desc, cow).ok_or(MmError::NotPresent { addr: va })?
             }
             _ => super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?,
         }
@@ -1045,6 +1046,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // Child runs that got an early copy: no longer one contiguous range.
     let mut broken_runs: Vec<VirtAddr> = Vec::new();
     let mut failed_at = None;
+    let cow = is_cow_mapping(vma.flags);
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
     let r = for_each_pte(&sptl, &smem, vma.start, vma.end, &mut |start, level, srun| {
@@ -1079,8 +1081,20 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
-                .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(
+                &dptl,
+                &mut dmem,
+                va,
+                level,
+                srun,
+                i,
+                desc,
+                &mut drun,
+                &mut wrprotected,
+                &mut broken_runs,
+                cow,
+            )
+            .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });

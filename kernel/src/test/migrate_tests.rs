@@ -379,3 +379,46 @@ fn smp_migration_uffd_wp_on_held() -> Result<(), String> {
         Ok(())
     })
 }
+
+kernel_test!(smp_migration_fork_shared_keeps_writable);
+/// fork while a shared memfd page is held mid-migration: a shared mapping
+/// is no COW mapping, so the writable migration entry stays writable in
+/// the parent and the child gets it as it is (Linux `copy_nonpresent_pte`
+/// converts only under `is_cow_mapping`); both map the new page writable
+/// and share it.
+fn smp_migration_fork_shared_keeps_writable() -> Result<(), String> {
+    let n = cpus();
+    if n < 2 {
+        return super::cannot_apply("one CPU: runs with --smp 4");
+    }
+    let here = me();
+    let mcpu = (1..n).find(|&c| c != here).unwrap_or(0);
+    let (a, c) = ("migsh_a", "migsh_c");
+    in_process(a, || {
+        let args = MmapArgs { shared: true, memfd: Some("migshfork".into()), ..anon(PAGE_SIZE) };
+        let va = proc::mmap(a, "f", args)?;
+        write(a, va, PAGE_SIZE, 0x91)?;
+        start_held(a, va, PAGE_SIZE, mcpu)?;
+        let r = (|| -> Result<(), String> {
+            ensure!(migration_kind(a, va)?.0 == MigrationKind::Write, "not a writable migration entry before fork");
+            sched::pin_to_caller(|| proc::fork(a, c))?;
+            let (pk, ck) = (migration_kind(a, va)?.0, migration_kind(c, va)?.0);
+            ensure!(
+                pk == MigrationKind::Write && ck == MigrationKind::Write,
+                "after fork: parent {pk:?}, child {ck:?}"
+            );
+            ensure!(release()? == 1, "the page did not move");
+            Ok(())
+        })();
+        HOLD.store(false, Ordering::Release);
+        r?;
+        console("migsh_a query f expect present writable !migration")?;
+        console("migsh_c query f expect present writable !migration")?;
+        ensure!(pa_of(a, va)? == pa_of(c, va)?, "parent and child do not share the page");
+        write(c, va, PAGE_SIZE, 0x92)?;
+        check(a, va, PAGE_SIZE, 0x92)?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after fork: {e}"))?;
+        proc::exit(c)?;
+        Ok(())
+    })
+}
