@@ -385,7 +385,8 @@ kernel_test!(smp_migration_fork_shared_keeps_writable);
 /// is no COW mapping, so the writable migration entry stays writable in
 /// the parent and the child gets it as it is (Linux `copy_nonpresent_pte`
 /// converts only under `is_cow_mapping`); both map the new page writable
-/// and share it.
+/// and share it. The range is registered for uffd-wp with fork events,
+/// so fork copies the shared mapping's entries (Linux `vma_needs_copy`).
 fn smp_migration_fork_shared_keeps_writable() -> Result<(), String> {
     let n = cpus();
     if n < 2 {
@@ -398,6 +399,7 @@ fn smp_migration_fork_shared_keeps_writable() -> Result<(), String> {
         let args = MmapArgs { shared: true, memfd: Some("migshfork".into()), ..anon(PAGE_SIZE) };
         let va = proc::mmap(a, "f", args)?;
         write(a, va, PAGE_SIZE, 0x91)?;
+        run("migsh_a uffd f register wp fork-events")?;
         start_held(a, va, PAGE_SIZE, mcpu)?;
         let r = (|| -> Result<(), String> {
             ensure!(migration_kind(a, va)?.0 == MigrationKind::Write, "not a writable migration entry before fork");
