@@ -57,8 +57,8 @@ pub enum MmError {
     NoSuchFile,
     /// The file is still mapped by some VMA.
     FileMapped,
-    /// A file size above Linux's `MAX_LFS_FILESIZE` ([`super::shmem::MAX_FILE_SIZE`]):
-    /// -EFBIG.
+    /// A file size above Linux's `MAX_LFS_FILESIZE` (2^63-1, shmem's
+    /// `MAX_FILE_SIZE`): -EFBIG.
     FileTooBig { size: u64 },
     /// The mm has `vm.max_map_count` VMAs already.
     TooManyMappings,
@@ -200,11 +200,7 @@ impl fmt::Display for MmError {
             MmError::NoSuchFile => f.write_str("that memfd is gone"),
             MmError::FileMapped => f.write_str("that memfd is still mapped"),
             MmError::FileTooBig { size } => {
-                write!(
-                    f,
-                    "file size {size:#x} is larger than the largest file ({:#x}, Linux EFBIG)",
-                    super::shmem::MAX_FILE_SIZE
-                )
+                write!(f, "file size {size:#x} is larger than the largest file (2^63-1 bytes, Linux EFBIG)")
             }
             MmError::TooManyMappings => write!(
                 f,
