@@ -9,6 +9,7 @@ pub const EFAULT: i64 = 14;
 pub const EBUSY: i64 = 16;
 pub const EEXIST: i64 = 17;
 pub const EINVAL: i64 = 22;
+pub const EFBIG: i64 = 27;
 pub const ENOSYS: i64 = 38;
 
 /// The name of errno `e` (positive), for messages.
@@ -23,6 +24,7 @@ pub fn name(e: i64) -> &'static str {
         EBUSY => "EBUSY",
         EEXIST => "EEXIST",
         EINVAL => "EINVAL",
+        EFBIG => "EFBIG",
         ENOSYS => "ENOSYS",
         _ => "error",
     }

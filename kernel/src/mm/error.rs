@@ -9,7 +9,7 @@ use core::fmt;
 
 use super::addr::{PhysAddr, VirtAddr};
 use super::pgtable::MapError;
-use crate::errno::{EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EINTR, EINVAL, ENOMEM};
+use crate::errno::{EAGAIN, EBADF, EBUSY, EEXIST, EFAULT, EFBIG, EINTR, EINVAL, ENOMEM};
 use crate::util::Bytes;
 
 /// What could not be allocated.
@@ -57,6 +57,9 @@ pub enum MmError {
     NoSuchFile,
     /// The file is still mapped by some VMA.
     FileMapped,
+    /// A file size above Linux's `MAX_LFS_FILESIZE` (2^63-1, shmem's
+    /// `MAX_FILE_SIZE`): -EFBIG.
+    FileTooBig { size: u64 },
     /// The mm has `vm.max_map_count` VMAs already.
     TooManyMappings,
     /// A folio has references in flight (GUP between its steps): try again.
@@ -134,6 +137,7 @@ impl MmError {
             | MmError::NotMapped { .. } => ENOMEM,
             MmError::NoSuchFile => EBADF,
             MmError::FileMapped => EBUSY,
+            MmError::FileTooBig { .. } => EFBIG,
             MmError::Again | MmError::Collapse { why: ScanResult::PageCount, .. } | MmError::PagesStayed { .. } => {
                 EAGAIN
             }
@@ -195,6 +199,9 @@ impl fmt::Display for MmError {
             }
             MmError::NoSuchFile => f.write_str("that memfd is gone"),
             MmError::FileMapped => f.write_str("that memfd is still mapped"),
+            MmError::FileTooBig { size } => {
+                write!(f, "file size {size:#x} is larger than the largest file (2^63-1 bytes, Linux EFBIG)")
+            }
             MmError::TooManyMappings => write!(
                 f,
                 "out of memory: {} mappings already (Linux vm.max_map_count)",

@@ -471,7 +471,7 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     // taken for none.
     let skip_recheck = S == sabotage::SKIP_NONE_RECHECK && vma.file == 0 && !vma.flags.contains(VmFlags::PFNMAP);
     if desc.0 == 0 || skip_recheck {
-        return do_pte_missing(slot, vma, va, flags);
+        return do_pte_missing(slot, vma, va, flags, false);
     }
     if !desc.is_valid() {
         return match desc.kind(3, GRANULE) {
@@ -498,17 +498,20 @@ pub fn handle_mm_fault_sabotaged<const S: u8>(
     }
 }
 
-/// Linux `do_pte_missing`: a fault on a none entry (or on a marker that
-/// is gone) fills it from the file, or with anonymous memory.
+/// Linux `do_pte_missing`: a fault on a none entry, or a read of a
+/// uffd-wp marker (`uffd_wp`, Linux `vmf_orig_pte_uffd_wp`), fills it from
+/// the file, or with anonymous memory. The new entry replaces the marker
+/// in one store, read-only with the uffd-wp bit from the start; a fill
+/// that fails leaves the marker where it was.
 #[inline(always)]
-pub(crate) fn do_pte_missing(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+pub(crate) fn do_pte_missing(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags, uffd_wp: bool) -> VmFault {
     if vma.file != 0 {
-        return do_fault(slot, vma, va, flags);
+        return do_fault(slot, vma, va, flags, uffd_wp);
     }
     if vma.flags.contains(VmFlags::PFNMAP) {
         return VmFault::Sigsegv; // no fault handler: what remap_pfn_range mapped is all there is
     }
-    do_anonymous_page(slot, vma, va, flags)
+    do_anonymous_page(slot, vma, va, flags, uffd_wp)
 }
 
 /// The level-1 part of [`handle_mm_fault`] in a `thp=1G` VMA: a 1G block
@@ -589,9 +592,15 @@ fn spurious(mm: &MmStruct, slot: Pte, va: VirtAddr, level: u32, write: bool) -> 
 /// Linux's "pte changed under us" recheck (`vmf_pte_changed`) at the point
 /// of the make, and the fault backs off with nothing taken (the access
 /// retries and finds the entry).
-fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+fn do_anonymous_page(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags, uffd_wp: bool) -> VmFault {
+    // A write to a uffd-wp marker raises the event before any fill.
+    debug_assert!(!(flags.write && uffd_wp), "a write fills no uffd-wp marker");
     if !flags.write {
-        if slot.set_new(Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) })).is_err() {
+        let mut d = Desc::leaf(page::zero_page(), 3, LeafAttrs { special: true, ..vm_page_prot(vma) });
+        if uffd_wp {
+            d = Desc(d.wrprotect().0 | UFFD_WP_BIT);
+        }
+        if slot.set_new(d).is_err() {
             return VmFault::Done;
         }
         crate::arch::aarch64::cpu::publish_tables();
@@ -639,7 +648,9 @@ fn anon_fault_back_off(folio: page::Folio, e: super::pgtable::MapError) -> VmFau
 /// the cached page itself (`do_read_fault` / `do_shared_fault`; writable
 /// at once in a shared writable mapping); a write to a private mapping
 /// gets an exclusive anon copy (`do_cow_fault`), and the file is unchanged.
-fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
+/// With `uffd_wp` (a read of a uffd-wp marker) the entry is read-only with
+/// the bit (Linux `set_pte_range`).
+fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags, uffd_wp: bool) -> VmFault {
     let Some(file) = super::shmem::get(vma.file) else { return VmFault::Sigsegv };
     let pgoff = vma.pgoff_of(va);
     if pgoff >= file.size() / PAGE_SIZE {
@@ -668,6 +679,9 @@ fn do_fault(slot: Pte, vma: &Vma, va: VirtAddr, flags: FaultFlags) -> VmFault {
         if flags.write {
             d = d.mkdirty();
         }
+    }
+    if uffd_wp {
+        d = Desc(d.wrprotect().0 | UFFD_WP_BIT);
     }
     set_pte_new(slot, d);
     VmFault::Done
@@ -919,6 +933,7 @@ fn copy_pte_slow<'d>(
     drun: &mut Option<PteRun<'d>>,
     wrprotected: &mut bool,
     broken_runs: &mut Vec<VirtAddr>,
+    cow: bool,
 ) -> Result<(), MmError> {
     if level == 2 {
         *wrprotected |= copy_block(dptl, dmem, va, srun.pte(i), desc)?;
@@ -929,7 +944,7 @@ fn copy_pte_slow<'d>(
             // Linux `copy_nonpresent_pte`: a PTE marker is copied as it is.
             Kind::NonPresent(NonPresent::Marker(_)) => desc,
             Kind::NonPresent(NonPresent::Migration { .. }) => {
-                super::migrate::copy_nonpresent_pte(srun.pte(i), desc).ok_or(MmError::NotPresent { addr: va })?
+                super::migrate::copy_nonpresent_pte(srun.pte(i), desc, cow).ok_or(MmError::NotPresent { addr: va })?
             }
             _ => super::swap_state::copy_nonpresent_pte(srun.pte(i), va, desc)?,
         }
@@ -973,7 +988,7 @@ fn copy_pte_slow<'d>(
             }
             None => {
                 if !child.is_valid() {
-                    super::swap_state::put_nonpresent_copy(child);
+                    super::swap_state::zap_nonpresent_pte(child);
                 } else if !child.special() {
                     put_mapped_page(child.output_address(PAGE_SIZE));
                 }
@@ -1031,6 +1046,7 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
     // Child runs that got an early copy: no longer one contiguous range.
     let mut broken_runs: Vec<VirtAddr> = Vec::new();
     let mut failed_at = None;
+    let cow = is_cow_mapping(vma.flags);
     // Linux `copy_pte_range`: one pass over each of the parent's level-3
     // tables, into the child's table for the same addresses.
     let r = for_each_pte(&sptl, &smem, vma.start, vma.end, &mut |start, level, srun| {
@@ -1065,8 +1081,20 @@ pub fn copy_page_range(src: MmTables<'_>, dst: MmTables<'_>, vma: &Vma) -> Resul
                 continue;
             }
             let va = start + i as u64 * PAGE_SIZE;
-            copy_pte_slow(&dptl, &mut dmem, va, level, srun, i, desc, &mut drun, &mut wrprotected, &mut broken_runs)
-                .inspect_err(|_| failed_at = Some(va))?;
+            copy_pte_slow(
+                &dptl,
+                &mut dmem,
+                va,
+                level,
+                srun,
+                i,
+                desc,
+                &mut drun,
+                &mut wrprotected,
+                &mut broken_runs,
+                cow,
+            )
+            .inspect_err(|_| failed_at = Some(va))?;
         }
         Ok(())
     });

@@ -307,8 +307,9 @@ fn remove_migration_ptes(t: RmapTarget, new: Folio) {
         };
         let pg = new.page(h.page);
         let mut d = Desc::leaf(pg.pa(), 3, memory::vm_page_prot(h.vma));
-        if kind == MigrationKind::Write {
-            // mprotect leaves migration entries alone: the VMA decides.
+        if kind == MigrationKind::Write && !uffd_wp {
+            // mprotect leaves migration entries alone: the VMA decides. An
+            // entry with the uffd-wp bit never comes back writable.
             d = memory::maybe_mkwrite(d, h.vma);
         }
         if dirty {
@@ -361,15 +362,17 @@ pub fn is_migration_entry(d: Desc) -> bool {
 }
 
 /// Linux `copy_nonpresent_pte` for a migration entry at fork: the child
-/// gets a copy; a writable or exclusive one becomes readable in both, so
-/// the page comes back COW-shared. None: not an entry fork copies.
+/// gets a copy; in a COW mapping (`cow`, Linux `is_cow_mapping`) a
+/// writable or exclusive one becomes readable in both, so the page comes
+/// back COW-shared. A shared mapping keeps it as it is. None: not an entry
+/// fork copies.
 #[cold]
 #[inline(never)]
-pub fn copy_nonpresent_pte(src: super::pgtable::Pte, d: Desc) -> Option<Desc> {
+pub fn copy_nonpresent_pte(src: super::pgtable::Pte, d: Desc, cow: bool) -> Option<Desc> {
     let Kind::NonPresent(NonPresent::Migration { pa, kind, dirty, young, uffd_wp }) = d.kind(3, GRANULE) else {
         return None;
     };
-    if kind == MigrationKind::Read {
+    if kind == MigrationKind::Read || !cow {
         return Some(d);
     }
     let ro = NonPresent::Migration { pa, kind: MigrationKind::Read, dirty, young, uffd_wp }.encode();

@@ -139,7 +139,7 @@ pub fn do_mmap(mt: MmTables<'_>, a: &MmapArgs) -> Result<(VirtAddr, u64), MmErro
     if let Some(f) = &file
         && a.file.is_none()
     {
-        f.grow(size);
+        f.grow(size)?;
     }
     let file = file.map_or(0, |f| f.id);
     let vma = Vma {

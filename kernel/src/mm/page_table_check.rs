@@ -15,7 +15,8 @@
 //! - a folio's refcount is its mappings plus its pins plus GUP references
 //!   plus the page cache's and the swap cache's;
 //! - every swap slot's count is the swap entries that point at it, a
-//!   free slot has none, and a slot's swap-cache folio is flagged so (and
+//!   free slot has none, an exclusive swap entry's slot counts 1 (it is
+//!   the only reference), and a slot's swap-cache folio is flagged so (and
 //!   cached only while entries for the slot remain);
 //! - the frames the allocator counts as user memory are exactly the
 //!   folios' frames, and each address space's table pages are accounted.
@@ -24,7 +25,7 @@
 //! encodings, and their table pages accounted. The frame allocator's
 //! counters agree with its bitmap ([`super::frame::check`]).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -122,6 +123,9 @@ pub enum Violation {
     /// A swap slot's count differs from the swap entries that point at it
     /// (a free slot has count 0).
     SwapCount { offset: u64, count: u32, entries: u32 },
+    /// An exclusive swap entry (`pte_swp_exclusive`) whose slot counts
+    /// other references too: exclusive means the only one.
+    SwapExclusiveShared { offset: u64, count: u32 },
     /// A slot's swap-cache entry is not a folio flagged as swap cache, or
     /// the slot has no entries left to keep it.
     SwapCacheBad { offset: u64, pa: u64 },
@@ -224,6 +228,9 @@ impl fmt::Display for Violation {
             UserFrames { user, folio_frames } => {
                 write!(f, "{user} frames allocated as user memory but folios hold {folio_frames}")
             }
+            SwapExclusiveShared { offset, count } => {
+                write!(f, "swap slot {offset:#x}: an exclusive swap entry points at it but its count is {count}")
+            }
             SwapCount { offset, count, entries } => {
                 write!(f, "swap slot {offset:#x}: count {count} but {entries} swap entries point at it")
             }
@@ -307,6 +314,8 @@ struct Counts {
     blocks: BTreeMap<u64, i32>,
     /// Swap entries per slot.
     swaps: BTreeMap<u64, u32>,
+    /// Slots that an exclusive swap entry points at.
+    exclusive_swaps: BTreeSet<u64>,
 }
 
 fn check_user(for_each_mm: ForEachMm<'_>) -> Result<(), CheckError> {
@@ -323,14 +332,16 @@ fn check_user(for_each_mm: ForEachMm<'_>) -> Result<(), CheckError> {
         return Err(e);
     }
     let swaps = core::mem::take(&mut c.swaps);
+    let exclusive = core::mem::take(&mut c.exclusive_swaps);
     check_folios(c)?;
-    check_swap(swaps)?;
+    check_swap(swaps, &exclusive)?;
     Ok(())
 }
 
 /// Every swap slot against the entries counted in `swaps` plus the swap
-/// entries files hold, and the swap cache against the folios.
-fn check_swap(mut swaps: BTreeMap<u64, u32>) -> Result<(), Violation> {
+/// entries files hold, a slot an exclusive entry points at (`exclusive`)
+/// counting that entry alone, and the swap cache against the folios.
+fn check_swap(mut swaps: BTreeMap<u64, u32>, exclusive: &BTreeSet<u64>) -> Result<(), Violation> {
     use Violation::*;
     // A file that holds a swap entry holds a reference to its slot.
     super::shmem::for_each(|file| {
@@ -347,6 +358,10 @@ fn check_swap(mut swaps: BTreeMap<u64, u32>) -> Result<(), Violation> {
         }
         if count != entries {
             err = Some(SwapCount { offset, count, entries });
+            return;
+        }
+        if count != 1 && exclusive.contains(&offset) {
+            err = Some(SwapExclusiveShared { offset, count });
             return;
         }
         if let Some(pa) = cache {
@@ -503,8 +518,11 @@ fn check_mm(mt: MmTables<'_>, c: &mut Counts) -> Result<(), Violation> {
                 }
                 *c.maps.entry(pa.as_u64()).or_insert(0) += 1;
             }
-            Kind::NonPresent(NonPresent::Swap { entry, .. }) => {
+            Kind::NonPresent(NonPresent::Swap { entry, exclusive, .. }) => {
                 *c.swaps.entry(entry.offset).or_insert(0) += 1;
+                if exclusive {
+                    c.exclusive_swaps.insert(entry.offset);
+                }
             }
             // A migration entry lives only while its migration holds the
             // old folio's lock.

@@ -98,18 +98,33 @@ pub fn for_each(mut f: impl FnMut(&Memfd)) {
     }
 }
 
+/// The largest file size (Linux `MAX_LFS_FILESIZE` on 64-bit, shmem's
+/// `s_maxbytes`).
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// `size` rounded up to whole pages, refused above [`MAX_FILE_SIZE`]
+/// (Linux `inode_newsize_ok`: -EFBIG), so the rounding cannot wrap.
+fn page_size_of(size: u64) -> Result<u64, MmError> {
+    if size > MAX_FILE_SIZE {
+        return Err(MmError::FileTooBig { size });
+    }
+    size.div_ceil(PAGE_SIZE).checked_mul(PAGE_SIZE).ok_or(MmError::FileTooBig { size })
+}
+
 impl Memfd {
     pub fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
     /// Grows the file to at least `size` bytes (never shrinks).
-    pub fn grow(&self, size: u64) {
-        self.size.fetch_max(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::AcqRel);
+    pub fn grow(&self, size: u64) -> Result<(), MmError> {
+        self.size.fetch_max(page_size_of(size)?, Ordering::AcqRel);
+        Ok(())
     }
     /// Sets the size (truncate): page-rounded, as `grow`. The caller drops
     /// the pages past it ([`super::truncate`]).
-    pub fn set_size(&self, size: u64) {
-        self.size.store(size.div_ceil(PAGE_SIZE) * PAGE_SIZE, Ordering::Release);
+    pub fn set_size(&self, size: u64) -> Result<(), MmError> {
+        self.size.store(page_size_of(size)?, Ordering::Release);
+        Ok(())
     }
     /// The cached page at `pgoff`, if any.
     pub fn lookup(&self, pgoff: u64) -> Option<PhysAddr> {

@@ -106,15 +106,10 @@ pub(crate) fn copy_nonpresent_pte(spte: Pte, va: VirtAddr, desc: Desc) -> Result
     Ok(NonPresent::Swap { entry, exclusive: false, uffd_wp }.encode())
 }
 
-/// Gives back what a child's copy from [`copy_nonpresent_pte`] holds, when
-/// fork could not install it.
-pub(crate) fn put_nonpresent_copy(d: Desc) {
-    zap_nonpresent_pte(d);
-}
-
 /// The zap of a non-present entry (Linux `zap_nonpresent_ptes`): a swap
 /// entry gives its slot reference back (`free_swap_and_cache`); the last
-/// one frees the slot and its swap-cache folio.
+/// one frees the slot and its swap-cache folio. Fork also gives back with
+/// it a child's copy from [`copy_nonpresent_pte`] it could not install.
 #[cold]
 #[inline(never)]
 pub(crate) fn zap_nonpresent_pte(old: Desc) {

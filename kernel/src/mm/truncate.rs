@@ -11,7 +11,8 @@
 //! gets a new zeroed page. Partial pages at the edges are zeroed.
 //!
 //! Truncation also removes private COW copies past the new end (Linux's
-//! `even_cows`); a punched hole leaves them, as Linux does.
+//! `even_cows`); a punched hole leaves them, as Linux does, whether they
+//! are mapped, in swap or being migrated.
 
 use super::addr::VirtAddr;
 use super::desc::{Kind, NonPresent};
@@ -26,7 +27,7 @@ use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 /// mapping and from the page cache.
 pub fn truncate(file: &Memfd, size: u64) -> Result<(), MmError> {
     let old = file.size();
-    file.set_size(size);
+    file.set_size(size)?;
     if size >= old {
         return Ok(());
     }
@@ -120,14 +121,13 @@ fn unmap_mapping_mm(
     Ok(())
 }
 
-/// Whether `va` holds a private COW copy: an anonymous page, present or
-/// being migrated, or a swap entry (a private file mapping's file pages
-/// never go to swap through its entries). Linux's zap without `even_cows`
-/// skips all three.
+/// Whether `va` holds a private COW copy: an anonymous page, mapped, in
+/// swap, or being migrated (Linux `zap_nonpresent_ptes` keeps swap and
+/// anon migration entries unless `even_cows`).
 fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
-    let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
+    let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
     super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| match s.get().kind(3, GRANULE) {
         Kind::Leaf(pa) | Kind::NonPresent(NonPresent::Migration { pa, .. }) => is_anon(pa),
         Kind::NonPresent(NonPresent::Swap { .. }) => true,

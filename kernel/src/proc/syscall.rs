@@ -363,6 +363,8 @@ fn ftruncate(p: &Process, fd: u64, length: u64) -> i64 {
     if length < f.size() {
         return -EINVAL;
     }
-    f.grow(length);
-    0
+    match f.grow(length) {
+        Ok(()) => 0,
+        Err(e) => -e.errno(),
+    }
 }

@@ -44,6 +44,14 @@ fn check(p: &str, va: VirtAddr, len: u64, b: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs one console command, which must not fail.
+fn run(line: &str) -> Result<(), String> {
+    let mut s = crate::console::commands::Session::new(false);
+    s.run_line(1, line.as_bytes());
+    ensure!(s.failed == 0, "`{line}` failed");
+    Ok(())
+}
+
 /// Runs one console line (a `query`), which must pass.
 fn console(line: &str) -> Result<(), String> {
     let mut s = crate::console::commands::Session::new(false);
@@ -213,9 +221,9 @@ fn migration_kind(p: &str, va: VirtAddr) -> Result<(MigrationKind, bool, bool, b
     }
 }
 
-/// Sets the uffd-wp bit of the present entry at `va` directly (break,
-/// flush, make), standing in for `uffd wp on`: read-only with the bit, as
-/// `invariants` requires (a writable entry with the bit is a violation).
+/// Write-protects the present entry at `va` and sets its uffd-wp bit
+/// directly (break, flush, make), standing in for `uffd wp on`: real code
+/// never makes a writable entry with the bit.
 fn set_uffd_wp(p: &str, va: VirtAddr) -> Result<(), String> {
     proc::with_proc(p, |pr| {
         let ptl = pr.mm.page_table_lock_guard();
@@ -330,6 +338,89 @@ fn smp_migration_entries_wait_fork_and_zap() -> Result<(), String> {
         check(a, z + 2 * PAGE_SIZE, 2 * PAGE_SIZE, 0x73)?;
         crate::console::commands::invariants().map_err(|e| alloc::format!("after munmap: {e}"))?;
         println!("  migration on cpu{mcpu}, reader on cpu{rcpu}: waited, fork and munmap met migration entries");
+        Ok(())
+    })
+}
+
+kernel_test!(smp_migration_uffd_wp_on_held);
+/// `wp on` while a writable anon page is held mid-migration on another
+/// CPU: the writable migration entry becomes readable-exclusive with the
+/// bit (Linux `change_pte_range`), and the page comes back read-only with
+/// the bit, still exclusive, so the next write raises one event.
+fn smp_migration_uffd_wp_on_held() -> Result<(), String> {
+    let n = cpus();
+    if n < 2 {
+        return super::cannot_apply("one CPU: runs with --smp 4");
+    }
+    let here = me();
+    let mcpu = (1..n).find(|&c| c != here).unwrap_or(0);
+    let a = "migwp_a";
+    in_process(a, || {
+        let va = proc::mmap(a, "m", anon(PAGE_SIZE))?;
+        write(a, va, PAGE_SIZE, 0x81)?;
+        run("migwp_a uffd m register wp")?;
+        start_held(a, va, PAGE_SIZE, mcpu)?;
+        let r = (|| -> Result<(), String> {
+            ensure!(migration_kind(a, va)?.0 == MigrationKind::Write, "not a writable migration entry");
+            run("migwp_a uffd m wp on")?;
+            let (k, _, _, wp) = migration_kind(a, va)?;
+            ensure!(k == MigrationKind::ReadExclusive && wp, "after wp on: {k:?} uffd-wp {wp}");
+            ensure!(release()? == 1, "the page did not move");
+            Ok(())
+        })();
+        HOLD.store(false, Ordering::Release);
+        r?;
+        console("migwp_a query m expect present !writable exclusive uffd-wp !migration")?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after the move: {e}"))?;
+        console("migwp_a uffd-events expect 0")?;
+        write(a, va, PAGE_SIZE, 0x82)?;
+        console("migwp_a uffd-events expect 1")?;
+        check(a, va, PAGE_SIZE, 0x82)?;
+        Ok(())
+    })
+}
+
+kernel_test!(smp_migration_fork_shared_keeps_writable);
+/// fork while a shared memfd page is held mid-migration: a shared mapping
+/// is no COW mapping, so the writable migration entry stays writable in
+/// the parent and the child gets it as it is (Linux `copy_nonpresent_pte`
+/// converts only under `is_cow_mapping`); both map the new page writable
+/// and share it. The range is registered for uffd-wp with fork events,
+/// so fork copies the shared mapping's entries (Linux `vma_needs_copy`).
+fn smp_migration_fork_shared_keeps_writable() -> Result<(), String> {
+    let n = cpus();
+    if n < 2 {
+        return super::cannot_apply("one CPU: runs with --smp 4");
+    }
+    let here = me();
+    let mcpu = (1..n).find(|&c| c != here).unwrap_or(0);
+    let (a, c) = ("migsh_a", "migsh_c");
+    in_process(a, || {
+        let args = MmapArgs { shared: true, memfd: Some("migshfork".into()), ..anon(PAGE_SIZE) };
+        let va = proc::mmap(a, "f", args)?;
+        write(a, va, PAGE_SIZE, 0x91)?;
+        run("migsh_a uffd f register wp fork-events")?;
+        start_held(a, va, PAGE_SIZE, mcpu)?;
+        let r = (|| -> Result<(), String> {
+            ensure!(migration_kind(a, va)?.0 == MigrationKind::Write, "not a writable migration entry before fork");
+            sched::pin_to_caller(|| proc::fork(a, c))?;
+            let (pk, ck) = (migration_kind(a, va)?.0, migration_kind(c, va)?.0);
+            ensure!(
+                pk == MigrationKind::Write && ck == MigrationKind::Write,
+                "after fork: parent {pk:?}, child {ck:?}"
+            );
+            ensure!(release()? == 1, "the page did not move");
+            Ok(())
+        })();
+        HOLD.store(false, Ordering::Release);
+        r?;
+        console("migsh_a query f expect present writable !migration")?;
+        console("migsh_c query f expect present writable !migration")?;
+        ensure!(pa_of(a, va)? == pa_of(c, va)?, "parent and child do not share the page");
+        write(c, va, PAGE_SIZE, 0x92)?;
+        check(a, va, PAGE_SIZE, 0x92)?;
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after fork: {e}"))?;
+        proc::exit(c)?;
         Ok(())
     })
 }

@@ -143,3 +143,48 @@ fn swap_out_puts_back_a_folio_referenced_meanwhile() -> Result<(), String> {
     proc::exit(P)?;
     r
 }
+
+kernel_test!(invariants_see_a_shared_exclusive_swap_entry);
+/// `invariants` refuses an exclusive swap entry whose slot counts another
+/// reference: two entries point at one slot (counts agree) but one says
+/// `pte_swp_exclusive`. Made by hand: page 1's entry is pointed at page
+/// 0's slot, which is duplicated, and page 1's own slot is freed. With
+/// page 0's exclusive bit cleared too the state is consistent again.
+fn invariants_see_a_shared_exclusive_swap_entry() -> Result<(), String> {
+    const P: &str = "swp_excl";
+    if crate::mm::swapfile::total_bytes() < 2 * PAGE_SIZE {
+        return super::cannot_apply("no swap device (pagelab.swap=0)");
+    }
+    proc::spawn(P)?;
+    let r = (|| -> Result<(), String> {
+        let va = proc::mmap(P, "a", super::anon(2 * PAGE_SIZE))?;
+        let (v0, v1) = (va, va + PAGE_SIZE);
+        ensure!(matches!(proc::access(P, op::WRITE, va, 2 * PAGE_SIZE, 0x6c)?, RunEnd::Done), "write");
+        proc::madvise(P, va, 2 * PAGE_SIZE, Advice::PageOut)?;
+        let entry = |v| match entry_of(P, v)?.kind(3, GRANULE) {
+            Kind::NonPresent(NonPresent::Swap { entry, exclusive: true, .. }) => Ok(entry),
+            k => Err(alloc::format!("{v:#x}: not an exclusive swap entry: {k:?}")),
+        };
+        let (e0, e1) = (entry(v0)?, entry(v1)?);
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after pageout: {e}"))?;
+        let set = |v, exclusive| {
+            with_pte(P, v, |_, pte| {
+                pte.get_and_clear();
+                pte.set_non_present(NonPresent::Swap { entry: e0, exclusive, uffd_wp: false }.encode())
+            })
+        };
+        crate::mm::swapfile::swap_duplicate(e0).map_err(|e| alloc::format!("{e:?}"))?;
+        set(v1, false)?.map_err(|e| alloc::format!("{e:?}"))?;
+        crate::mm::swapfile::free_swap_and_cache(e1).map_err(|e| alloc::format!("{e:?}"))?;
+        let seen = crate::console::commands::invariants();
+        set(v0, false)?.map_err(|e| alloc::format!("{e:?}"))?;
+        ensure!(seen.is_err(), "invariants accepted an exclusive swap entry whose slot counts 2");
+        crate::console::commands::invariants().map_err(|e| alloc::format!("both shared: {e}"))?;
+        ensure!(matches!(proc::access(P, op::CHECK, va, 2 * PAGE_SIZE, 0x6c)?, RunEnd::Done), "read back");
+        Ok(())
+    })();
+    proc::exit(P)?;
+    r?;
+    crate::console::commands::invariants().map_err(|e| alloc::format!("at the end: {e}"))?;
+    Ok(())
+}

@@ -65,3 +65,62 @@ fn uffd_marker_over_pending_break() -> Result<(), String> {
     let _ = proc::exit(p);
     r
 }
+
+kernel_test!(uffd_wp_on_refused_part_way_flushes);
+/// `wp on` over a range whose second level-2 span has no table yet, with
+/// every allocation failing: the first page, written just before (its
+/// writable translation in this CPU's TLB), is made read-only with the
+/// bit, then the table allocation fails and the command is refused. The
+/// TLB must still be flushed for what was done: the next write faults and
+/// raises the event. Without the flush on the error path the write would
+/// go through a stale writable translation on hardware; QEMU drops its
+/// TLB on every ASID switch, so the test sees the missing flush through
+/// the TLB maintenance counters (`mm::tlb`).
+fn uffd_wp_on_refused_part_way_flushes() -> Result<(), String> {
+    let p = "uffd_wp_refused";
+    let bs = GRANULE.level_size(2);
+    proc::spawn(p)?;
+    let r = (|| -> Result<(), String> {
+        let args = crate::mm::mmap::MmapArgs { align: bs, noreserve: true, ..super::anon(2 * bs) };
+        let m = proc::mmap(p, "m", args)?;
+        let wr = |b: u8| -> Result<(), String> {
+            ensure!(matches!(proc::access(p, op::WRITE, m, PAGE_SIZE, b)?, RunEnd::Done), "write {b:#x}");
+            Ok(())
+        };
+        wr(0x11)?;
+        let r = proc::with_proc(p, |pr| {
+            crate::mm::userfaultfd::register(pr.mt(), m, 2 * bs, false).map_err(|_| proc::ProcError::Invalid)?;
+            crate::mm::fail_alloc::fail_after(0);
+            crate::mm::fail_alloc::arm(true);
+            let before = tlb_ops();
+            let r = crate::mm::userfaultfd::writeprotect(pr.mt(), m, 2 * bs, true);
+            let flushed = tlb_ops() > before;
+            crate::mm::fail_alloc::arm(false);
+            crate::mm::fail_alloc::configure(0, 0);
+            Ok((r, flushed))
+        })?;
+        let (r, flushed) = r;
+        ensure!(
+            matches!(r, Err(crate::mm::userfaultfd::UffdError::Mm(e)) if e.is_oom()),
+            "wp on with no table memory: {r:?}"
+        );
+        ensure!(flushed, "the refused wp on issued no TLB flush for the page it write-protected");
+        let events = |pr: &proc::Process| Ok(crate::mm::userfaultfd::take_events(&pr.mm));
+        proc::with_proc(p, events)?;
+        wr(0x22)?;
+        let n = proc::with_proc(p, events)?;
+        ensure!(n == 1, "the write after the refused wp on raised {n} event(s), expected 1 (stale TLB entry)");
+        ensure!(matches!(proc::access(p, op::CHECK, m, PAGE_SIZE, 0x22)?, RunEnd::Done), "the data");
+        crate::console::commands::invariants().map_err(|e| alloc::format!("after the refused wp on: {e}"))?;
+        Ok(())
+    })();
+    proc::exit(p)?;
+    r
+}
+
+/// TLB maintenance operations issued so far (any kind).
+fn tlb_ops() -> u64 {
+    use crate::mm::tlb::{FULL_FLUSHES, RANGE_OPS, TLBI_OPS};
+    use core::sync::atomic::Ordering::Relaxed;
+    TLBI_OPS.load(Relaxed) + FULL_FLUSHES.load(Relaxed) + RANGE_OPS.load(Relaxed)
+}

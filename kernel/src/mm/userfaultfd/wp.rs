@@ -7,7 +7,7 @@ use core::fmt;
 use super::{UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_WP_UNPOPULATED, userfaultfd_wp};
 use crate::arch::aarch64::granule::{GRANULE, PAGE_SIZE};
 use crate::mm::addr::VirtAddr;
-use crate::mm::desc::{CONT_BIT, Desc, Kind, NonPresent, UFFD_WP_BIT, marker};
+use crate::mm::desc::{CONT_BIT, Desc, Kind, MigrationKind, NonPresent, UFFD_WP_BIT, marker};
 use crate::mm::error::{MmError, Need};
 use crate::mm::memory::{self, FaultFlags, MmTables, VmFault, ZAP_FLAG_DROP_MARKER, ZapDetails};
 use crate::mm::mm_struct::{MmStruct, MmapLocked, VmFlags, Vma};
@@ -161,33 +161,38 @@ fn uffd_wp_range(mt: MmTables<'_>, start: VirtAddr, end: VirtAddr, on: bool) -> 
     let mut mem = mt.mem.lock();
     let bs = GRANULE.level_size(2);
     let mut flush = false;
-    let mut a = start;
-    while a < end {
-        let next = (a.align_down(bs) + bs).min(end);
-        if on {
-            // Any block holding `a` is cut by `a + PAGE_SIZE`.
-            memory::split_blocks_at_edges(&ptl, mm, &mut mem, a, a + PAGE_SIZE)?;
-        }
-        let Some(first) = memory::pte_lookup(&ptl, &mut mem, a, on) else {
+    let r = (|| {
+        let mut a = start;
+        while a < end {
+            let next = (a.align_down(bs) + bs).min(end);
             if on {
-                return Err(MmError::NoMemory(Need::Table).into());
+                // Any block holding `a` is cut by `a + PAGE_SIZE`.
+                memory::split_blocks_at_edges(&ptl, mm, &mut mem, a, a + PAGE_SIZE)?;
             }
-            a = next; // no table: nothing to clear
-            continue;
-        };
-        let mut pva = a;
-        while pva < next {
-            let pte = first.sibling(first.index() + ((pva - a) / PAGE_SIZE) as usize);
-            flush |= if on { wp_entry(mm, pte, pva)? } else { unwp_entry(pte)? };
-            pva += PAGE_SIZE;
+            let Some(first) = memory::pte_lookup(&ptl, &mut mem, a, on) else {
+                if on {
+                    return Err(MmError::NoMemory(Need::Table).into());
+                }
+                a = next; // no table: nothing to clear
+                continue;
+            };
+            let mut pva = a;
+            while pva < next {
+                let pte = first.sibling(first.index() + ((pva - a) / PAGE_SIZE) as usize);
+                flush |= if on { wp_entry(mm, pte, pva)? } else { unwp_entry(pte)? };
+                pva += PAGE_SIZE;
+            }
+            a = next;
         }
-        a = next;
-    }
+        Ok(())
+    })();
+    // Refused part-way too: entries already made read-only may still be
+    // writable in TLBs (Linux flushes what change_protection changed).
     if flush {
         KernelFlush.flush(start, end - start, Some(mm.asid()), true);
     }
     crate::arch::aarch64::cpu::publish_tables();
-    Ok(())
+    r
 }
 
 /// `wp on` of one entry. Returns whether a writable translation may be
@@ -211,12 +216,23 @@ fn wp_entry(mm: &MmStruct, pte: Pte, va: VirtAddr) -> Result<bool, UffdError> {
             NonPresent::Swap { entry, exclusive, uffd_wp: true }
         }
         Kind::NonPresent(NonPresent::Migration { pa, kind, dirty, young, .. }) => {
-            NonPresent::Migration { pa, kind, dirty, young, uffd_wp: true }
+            NonPresent::Migration { pa, kind: wrprotect_migration(pa, kind), dirty, young, uffd_wp: true }
         }
         _ => return Ok(false),
     };
     pte.set_non_present(new.encode())?;
     Ok(false)
+}
+
+/// A writable migration entry write-protected (Linux `change_pte_range`):
+/// readable-exclusive for an anonymous folio, readable otherwise, so the
+/// page does not come back writable.
+fn wrprotect_migration(pa: crate::mm::addr::PhysAddr, kind: MigrationKind) -> MigrationKind {
+    if kind != MigrationKind::Write {
+        return kind;
+    }
+    let anon = crate::mm::page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
+    if anon { MigrationKind::ReadExclusive } else { MigrationKind::Read }
 }
 
 /// `wp off` of one entry (Linux `MM_CP_UFFD_WP_RESOLVE`). A software bit
@@ -282,12 +298,13 @@ pub fn do_wp_userfault(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr) -> VmF
 /// Linux `handle_pte_marker` for a uffd-wp marker: in a VMA no longer
 /// registered the marker is stale and goes (no event); a write raises the
 /// event, which the monitor resolves by dropping the marker, and the retry
-/// fills the page writable; a read (or unshare) fills the page now, read-only
-/// with the uffd-wp bit (Linux `do_anonymous_page`/`finish_fault` with
-/// `pte_marker_uffd_wp`). An access past the end of the file is refused
-/// with no event, and a read that brings nothing in (out of memory) leaves
-/// the marker for the retry: in Linux the marker goes only when the page
-/// entry replaces it. Other markers (guard, poison) are not made here.
+/// fills the page writable; a read (or unshare) fills the page now,
+/// read-only with the uffd-wp bit from the start (Linux
+/// `do_anonymous_page`/`set_pte_range` with `vmf_orig_pte_uffd_wp`): the
+/// new entry replaces the marker in one store, so no other CPU can write
+/// in between, and a fill that fails (out of memory) leaves the marker.
+/// An access past the end of the file is refused with no event and the
+/// marker kept. Other markers (guard, poison) are not made here.
 #[cold]
 #[inline(never)]
 pub fn handle_pte_marker(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, m: u64, flags: FaultFlags) -> VmFault {
@@ -301,26 +318,12 @@ pub fn handle_pte_marker(mm: &MmStruct, slot: Pte, vma: &Vma, va: VirtAddr, m: u
     if past_eof(vma, va) {
         return VmFault::Sigsegv; // Linux: SIGBUS from the file's fault
     }
-    let old = slot.get_and_clear();
     if flags.write {
         mm.uffd.count_event();
+        slot.get_and_clear();
         return VmFault::Done;
     }
-    let r = memory::do_pte_missing(slot, vma, va, flags);
-    if slot.get().0 == 0
-        && let Err(e) = slot.set_non_present(old)
-    {
-        memory::pte_bug(e);
-    }
-    if slot.get().is_valid() {
-        match slot.modify(|c| Desc(c.wrprotect().0 | UFFD_WP_BIT)) {
-            // A shared mapping's page came in writable: drop that translation.
-            Ok((old, _)) if old.may_write() => KernelFlush.flush(va, PAGE_SIZE, Some(mm.asid()), true),
-            Ok(_) => {}
-            Err(_) => unreachable!("write-protect is a permission change"),
-        }
-    }
-    r
+    memory::do_pte_missing(slot, vma, va, flags, true)
 }
 
 /// Whether `va` lies past the end of the file `vma` maps (memfd, shared
@@ -377,16 +380,6 @@ pub fn dup_userfaultfd_entries(child: MmTables<'_>, vma: &Vma, cvma: &Vma) -> Re
         UffdError::Mm(e) => e,
         _ => unreachable!("wp off refuses nothing but the mm's errors"),
     })
-}
-
-/// Linux `pte_install_uffd_wp_if_needed`, for an unmapping outside zap
-/// (pageout and reclaim, Linux `try_to_unmap_one`): after `old` was
-/// cleared from `pte` in `vma`, a file-backed VMA registered for uffd-wp
-/// gets a uffd-wp marker where the bit was.
-pub fn pte_install_uffd_wp_if_needed(vma: &Vma, pte: Pte, old: Desc) {
-    if vma.file != 0 && userfaultfd_wp(vma) {
-        zap_install_uffd_wp_if_needed(pte, old);
-    }
 }
 
 /// Linux `dup_userfaultfd` for the context: with `UFFD_FEATURE_EVENT_FORK`
