@@ -29,6 +29,12 @@ struct Series {
     values: Vec<u64>,
 }
 
+/// Records `v` for the series `name` (by name: an index silently goes to
+/// the wrong row when rows are added).
+fn record(s: &mut [Series], name: &str, v: u64) {
+    s.iter_mut().find(|x| x.name == name).expect("no such bench series").values.push(v);
+}
+
 /// One access per page: (instructions, faults).
 fn touch(p: &str, va: u64, pages: u64, write: bool) -> (u64, u64) {
     touch_stride(p, va, pages, PAGE_SIZE, write)
@@ -177,12 +183,12 @@ pub fn run() -> usize {
             touch(PROC, c, n, true);
             let t0 = instructions();
             proc::madvise(PROC, VirtAddr::new(c), REGION, crate::mm::madvise::Advice::PageOut).expect("bench pageout");
-            s[12].values.push(per(instructions() - t0, 0));
+            record(&mut s, "swap_out", per(instructions() - t0, 0));
             let (t, f) = touch(PROC, c, n, false);
             check("swap_in_fault", f, n);
             let (base, f) = touch(PROC, c, n, false);
             check("swap-in baseline", f, 0);
-            s[13].values.push(per(t, base));
+            record(&mut s, "swap_in_fault", per(t, base));
             timed_syscall(PROC, nr::MUNMAP, [c, REGION, 0, 0, 0, 0]);
         }
         // uffd-wp: populated, registered, write-protected; each write
@@ -200,7 +206,7 @@ pub fn run() -> usize {
         check("uffd_wp_fault", f, 2 * n);
         let events = proc::with_proc(PROC, |p| Ok(userfaultfd::take_events(&p.mm))).unwrap_or(0);
         check("uffd_wp_fault events", events, n);
-        s[14].values.push(per(t, wbase));
+        record(&mut s, "uffd_wp_fault", per(t, wbase));
         timed_syscall(PROC, nr::MUNMAP, [u, REGION, 0, 0, 0, 0]);
 
         // THP: one access per 2M block (block-sized folios exist with 4K pages only).
@@ -236,7 +242,7 @@ pub fn run() -> usize {
         let moved = proc::migrate(PROC, VirtAddr::new(m), REGION);
         let dt = instructions() - t0;
         check("migrate moved every page", moved.map_or(0, |p| p), n);
-        s[12].values.push(per(dt, 0));
+        record(&mut s, "migrate", per(dt, 0));
         let (_, f) = touch(PROC, m, n, true);
         check("write after migrate", f, 0);
         timed_syscall(PROC, nr::MUNMAP, [m, REGION, 0, 0, 0, 0]);

@@ -1234,7 +1234,13 @@ fn clear_range(
         // `[start, end)` lies in this table (its level-2 entry's span).
         let (first, last) = (g.index(start.as_u64(), 3), g.index((end - 1).as_u64(), 3));
         // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        zap_pte_range(unsafe { entry(root, mem, table, first) }.run(last - first + 1), start, tlb, mem, keep_wp);
+        let run = unsafe { entry(root, mem, table, first) }.run(last - first + 1);
+        // Two copies: the common one has no uffd-wp test in its loop.
+        if keep_wp {
+            zap_pte_range::<true>(run, start, tlb, mem);
+        } else {
+            zap_pte_range::<false>(run, start, tlb, mem);
+        }
         return;
     }
     let size = g.level_size(level);
@@ -1274,13 +1280,13 @@ fn clear_range(
 /// is given once, from the first valid entry to the run's end, before that
 /// entry's page joins the batch, and again after a batch that fills up
 /// mid-run went (its flush emptied the range), so every flush covers the
-/// entries cleared before it. `keep_wp`: Linux `zap_install_uffd_wp_if_needed`.
+/// entries cleared before it. `KEEP_WP`: Linux `zap_install_uffd_wp_if_needed`.
 #[inline(always)]
-fn zap_pte_range(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem, keep_wp: bool) {
+fn zap_pte_range<const KEEP_WP: bool>(run: PteRun<'_>, va: VirtAddr, tlb: &mut MmuGather<'_>, mem: &mut FrameTableMem) {
     let mut in_range = false;
     let end = va + run.len() as u64 * PAGE_SIZE;
     run.get_and_clear_each(|i, old| {
-        if keep_wp {
+        if KEEP_WP {
             super::userfaultfd::zap_install_uffd_wp_if_needed(run.pte(i), old);
         }
         if !old.is_valid() {
