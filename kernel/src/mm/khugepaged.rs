@@ -85,7 +85,7 @@ fn collapse_swapin(mt: MmTables<'_>, vma: &Vma, addr: VirtAddr) -> Result<(), Mm
         let swapped = {
             let ptl = mt.mm.page_table_lock_guard();
             let mut mem = mt.mem.lock();
-            super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| {
+            super::memory::pte_lookup(&ptl, &mut mem, va, false).is_some_and(|s| {
                 matches!(s.get().kind(3, GRANULE), Kind::NonPresent(NonPresent::Swap { uffd_wp: false, .. }))
             })
         };

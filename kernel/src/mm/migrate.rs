@@ -248,7 +248,7 @@ fn try_to_migrate(folio: Folio, t: RmapTarget) -> Result<(), Stay> {
             }
             for i in 0..folio.nr_pages() {
                 let va = h.va + i * PAGE_SIZE;
-                match rmap::pte_at(h.ptl, h.mem, va) {
+                match super::memory::pte_lookup(h.ptl, h.mem, va, false) {
                     Some(slot) if slot.get().is_valid() => ok &= unmap_one(h.mm, slot, va, folio, i),
                     _ => ok = false,
                 }
@@ -349,7 +349,7 @@ pub fn migration_entry_wait(mt: MmTables<'_>, va: VirtAddr, seen: Desc) -> VmFau
         }
         let ptl = mt.mm.page_table_lock_guard();
         let mut mem = mt.mem.lock();
-        if rmap::pte_at(&ptl, &mut mem, va).map(|s| s.get()) != Some(seen) {
+        if super::memory::pte_lookup(&ptl, &mut mem, va, false).map(|s| s.get()) != Some(seen) {
             return VmFault::Done;
         }
     }

@@ -256,16 +256,6 @@ fn walk_mm(mt: MmTables<'_>, t: RmapTarget, want: Want, f: &mut dyn FnMut(&mut H
     }
 }
 
-/// The level-3 entry for `va` under `ptl`, if its table exists.
-pub fn pte_at<'l>(ptl: &'l PtlGuard<'_>, mem: &mut FrameTableMem, va: VirtAddr) -> Option<Pte<'l>> {
-    let pmd = super::memory::pmd_lookup(ptl, mem, va, false)?;
-    match pmd.get().kind(2, GRANULE) {
-        // SAFETY: `table` was reached from this mm's pgd under `ptl`.
-        Kind::Table(table) => Some(unsafe { super::memory::entry(pmd, mem, table, GRANULE.index(va.as_u64(), 3)) }),
-        _ => None,
-    }
-}
-
 /// For `invariants`: whether the reverse map finds the entry at `va` of
 /// `vma` in `mm` that maps page `i` of `folio` (the anon_vma or mapping
 /// tree lists the mm, and the folio's index leads to `va`). Folios the

@@ -128,7 +128,7 @@ fn maps_anon(mt: MmTables<'_>, va: VirtAddr) -> bool {
     let ptl = mt.mm.page_table_lock_guard();
     let mut mem = mt.mem.lock();
     let is_anon = |pa| page::phys_to_page(pa).and_then(|p| p.folio()).is_some_and(|f| f.is_anon());
-    super::rmap::pte_at(&ptl, &mut mem, va).is_some_and(|s| match s.get().kind(3, GRANULE) {
+    super::memory::pte_lookup(&ptl, &mut mem, va, false).is_some_and(|s| match s.get().kind(3, GRANULE) {
         Kind::Leaf(pa) | Kind::NonPresent(NonPresent::Migration { pa, .. }) => is_anon(pa),
         Kind::NonPresent(NonPresent::Swap { .. }) => true,
         _ => false,

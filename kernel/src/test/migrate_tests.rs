@@ -228,7 +228,7 @@ fn set_uffd_wp(p: &str, va: VirtAddr) -> Result<(), String> {
     proc::with_proc(p, |pr| {
         let ptl = pr.mm.page_table_lock_guard();
         let mut mem = pr.tables.lock();
-        let slot = crate::mm::rmap::pte_at(&ptl, &mut mem, va).ok_or(proc::ProcError::Invalid)?;
+        let slot = crate::mm::memory::pte_lookup(&ptl, &mut mem, va, false).ok_or(proc::ProcError::Invalid)?;
         let regime = Stage1User { asid: pr.mm.asid() };
         let old = slot
             .clear_flush(&regime, &mut crate::mm::tlb::KernelFlush, va, PAGE_SIZE)

@@ -30,12 +30,9 @@ fn with_pte<R>(name: &str, va: VirtAddr, f: impl FnOnce(&Process, Pte<'_>) -> R)
         let mt = p.mt();
         let ptl = mt.mm.page_table_lock_guard();
         let mut mem = mt.mem.lock();
-        let Some(pmd) = memory::pmd_lookup(&ptl, &mut mem, va, false) else {
-            return Ok(Err(String::from("no level-2 entry")));
+        let Some(pte) = memory::pte_lookup(&ptl, &mut mem, va, false) else {
+            return Ok(Err(String::from("no level-3 table")));
         };
-        let Kind::Table(t) = pmd.get().kind(2, GRANULE) else { return Ok(Err(String::from("no level-3 table"))) };
-        // SAFETY: `t` was reached from this mm's pgd under `ptl`.
-        let pte = unsafe { memory::entry(pmd, &mem, t, GRANULE.index(va.as_u64(), 3)) };
         Ok(Ok(f(p, pte)))
     });
     r.unwrap_or_else(|e| Err(e.into()))
